@@ -1,0 +1,81 @@
+//! `baton apiserver` flags, named as kube-apiserver names them where they share meaning.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+
+/// The API server's command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiServerArgs {
+    /// Comma-separated etcd endpoints, e.g. http://127.0.0.1:2379.
+    #[arg(long = "etcd-servers", value_delimiter = ',', required = true)]
+    pub etcd_servers: Vec<String>,
+    /// CA file that signed etcd's serving certificate.
+    #[arg(long = "etcd-cafile")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long = "etcd-certfile")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long = "etcd-keyfile")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// The address to serve HTTPS on.
+    #[arg(long = "bind-address", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// The port to serve HTTPS on (0 picks a free one and prints it).
+    #[arg(long = "secure-port", default_value_t = 6443)]
+    pub secure_port: u16,
+    /// The IP range Service ClusterIPs are allocated from.
+    #[arg(long = "service-cluster-ip-range", default_value = "10.96.0.0/12")]
+    pub service_cluster_ip_range: IpNet,
+    /// The port range NodePorts are allocated from, e.g. 30000-32767.
+    #[arg(long = "service-node-port-range", default_value = "30000-32767", value_parser = parse_port_range)]
+    pub service_node_port_range: (u16, u16),
+    /// The serving certificate (PEM).
+    #[arg(long = "tls-cert-file", required = true)]
+    pub tls_cert_file: PathBuf,
+    /// The serving certificate's key (PEM).
+    #[arg(long = "tls-private-key-file", required = true)]
+    pub tls_private_key_file: PathBuf,
+    /// CA bundle that client certificates must chain to; its CN/O become user and groups.
+    #[arg(long = "client-ca-file", required = true)]
+    pub client_ca_file: PathBuf,
+    /// The address other components and the `kubernetes` Service use to reach this server
+    /// (defaults to the bind address, or 127.0.0.1 when that is unspecified).
+    #[arg(long = "advertise-address")]
+    pub advertise_address: Option<IpAddr>,
+    /// Seconds a pod tolerates a not-ready node (admission's default toleration).
+    #[arg(long = "default-not-ready-toleration-seconds", default_value_t = 300)]
+    pub default_not_ready_toleration_seconds: i64,
+    /// Seconds a pod tolerates an unreachable node (admission's default toleration).
+    #[arg(long = "default-unreachable-toleration-seconds", default_value_t = 300)]
+    pub default_unreachable_toleration_seconds: i64,
+    /// Write the port actually bound to this file once serving (for tests and tooling).
+    #[arg(long = "port-file")]
+    pub port_file: Option<PathBuf>,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a port range like 30000-32767"))?;
+    let lo: u16 = lo.trim().parse().map_err(|_| format!("{lo:?} is not a port"))?;
+    let hi: u16 = hi.trim().parse().map_err(|_| format!("{hi:?} is not a port"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("{s:?} is not a valid port range"));
+    }
+    Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port_range;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("30000-32767").unwrap(), (30000, 32767));
+        assert!(parse_port_range("32767-30000").is_err());
+        assert!(parse_port_range("30000").is_err());
+    }
+}

@@ -1,0 +1,299 @@
+//! watch: a chunked stream of JSON watch events (or Table rows for `kubectl get -w`), served
+//! from the resource's watch cache, with bookmarks and timeouts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use baton_store::{Store, StoreError};
+
+use super::read::{ListParams, list_params, read_list, selected};
+use super::{Call, set_type};
+use crate::ApiServer;
+use crate::body::{Body, Wanted};
+use crate::objects::parse_rv;
+use crate::resources::Resource;
+use crate::status::StatusError;
+use crate::watch_cache::{CachedEvent, Delivery, EventType, convert};
+
+/// How often bookmarks are sent to watchers that allow them.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// One watcher's view: what to filter and how to encode.
+struct Watcher {
+    resource: &'static Resource,
+    namespace: Option<String>,
+    params: ListParams,
+    table: bool,
+    include: String,
+    filtered: bool,
+    sent_headers: bool,
+    no_headers: bool,
+}
+
+impl Watcher {
+    fn in_scope(&self, obj: &Value) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| obj["metadata"]["namespace"].as_str() == Some(ns))
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        self.in_scope(obj) && selected(&self.params, obj)
+    }
+
+    /// The event type this watcher should see for a change, if any.
+    fn view(&self, event: &CachedEvent) -> Option<EventType> {
+        if !self.filtered {
+            return Some(event.kind);
+        }
+        let now = self.matches(&event.object);
+        let before = event.previous.as_ref().map_or(now, |p| self.matches(p));
+        match event.kind {
+            EventType::Added => now.then_some(EventType::Added),
+            EventType::Deleted => before.then_some(EventType::Deleted),
+            EventType::Modified => match (before, now) {
+                (true, true) => Some(EventType::Modified),
+                (false, true) => Some(EventType::Added),
+                (true, false) => Some(EventType::Deleted),
+                (false, false) => None,
+            },
+        }
+    }
+
+    fn encode(&mut self, kind: &str, obj: &Value) -> Bytes {
+        let mut obj = obj.clone();
+        set_type(self.resource, &mut obj);
+        let object = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
+            let rv = obj["metadata"]["resourceVersion"].clone();
+            let mut t = table_for(self.resource, &self.include, &obj, json!({ "resourceVersion": rv }));
+            if self.sent_headers || self.no_headers {
+                if let Some(m) = t.as_object_mut() {
+                    m.remove("columnDefinitions");
+                }
+            }
+            self.sent_headers = true;
+            t
+        } else {
+            obj
+        };
+        let mut line = serde_json::to_vec(&json!({ "type": kind, "object": object })).expect("JSON");
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn event_line(&mut self, event: &CachedEvent) -> Option<Bytes> {
+        let kind = self.view(event)?;
+        if !self.table && kind == event.kind {
+            return Some(event.json_line());
+        }
+        Some(self.encode(kind.as_str(), &event.object))
+    }
+}
+
+fn table_for(resource: &'static Resource, include: &str, obj: &Value, meta: Value) -> Value {
+    let now = jiff::Timestamp::now();
+    let object = match include {
+        "None" => Value::Null,
+        "Object" => obj.clone(),
+        _ => json!({ "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"] }),
+    };
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta,
+        "columnDefinitions": crate::resources::printers::column_definitions(resource.group, resource.kind),
+        "rows": [{ "cells": crate::resources::printers::cells(resource.group, resource.kind, obj, now), "object": object }],
+    })
+}
+
+fn bookmark(resource: &Resource, revision: i64, initial_end: bool) -> Bytes {
+    let mut meta = json!({ "resourceVersion": revision.to_string() });
+    if initial_end {
+        meta["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
+    }
+    let obj = json!({ "kind": resource.kind, "apiVersion": resource.api_version(), "metadata": meta });
+    let mut line = serde_json::to_vec(&json!({ "type": "BOOKMARK", "object": obj })).expect("JSON");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn error_line(err: &StatusError) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({ "type": "ERROR", "object": err.to_status() })).expect("JSON");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// GET with watch=true.
+pub async fn watch<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+    let resource = call.resource;
+    let params = list_params(call)?;
+    let timeout = call.query.int("timeoutSeconds")?.filter(|t| *t > 0).map_or_else(
+        // Upstream picks a random timeout between 30 and 60 minutes.
+        || Duration::from_secs(1800 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 7),
+        |t| Duration::from_secs(t as u64),
+    );
+    let bookmarks = call.query.flag("allowWatchBookmarks");
+    let send_initial = call.query.get("sendInitialEvents").map(|v| v == "true");
+    let rv = call.query.get("resourceVersion");
+    let cache = server.caches.get(resource).await.map_err(|e| crate::objects::store_error(resource, "", e))?;
+
+    // Initial state: synthetic ADDED events for everything that exists, then changes after it.
+    let list_first = match send_initial {
+        Some(v) => v,
+        None => matches!(rv, None | Some("0")),
+    };
+    let mut initial = vec![];
+    let after = if list_first {
+        let listed = read_list(server, &Call { query: &crate::body::Query::default(), ..clone_call(call) }, &params).await?;
+        initial = listed.items;
+        listed.revision
+    } else {
+        parse_rv(rv.unwrap_or("0"))?
+    };
+
+    let mut watcher = Watcher {
+        resource,
+        namespace: call.namespace().map(str::to_string),
+        filtered: !params.labels.is_empty() || !params.fields.is_empty() || call.namespace().is_some(),
+        params,
+        table: call.wanted == Wanted::Table,
+        include: call.query.get("includeObject").unwrap_or("Metadata").to_string(),
+        sent_headers: false,
+        no_headers: call.query.flag("noHeaders"),
+    };
+    let subscription = cache.subscribe(after);
+    let store = server.store.clone();
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let initial_end_bookmark = send_initial == Some(true) && bookmarks;
+    server.metrics.watchers_add(1);
+    let metrics = server.metrics.clone();
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let run = async {
+            for obj in &initial {
+                let line = watcher.encode("ADDED", obj);
+                tx.send(line).await.ok()?;
+            }
+            if initial_end_bookmark {
+                tx.send(bookmark(resource, after, true)).await.ok()?;
+            }
+            match subscription {
+                Some(sub) => serve_cached(&mut watcher, sub.backlog, sub.live, &tx, bookmarks, cache).await,
+                None => serve_direct(&mut watcher, store, after, &tx).await,
+            }
+        };
+        tokio::select! {
+            _ = run => {}
+            _ = &mut deadline => {}
+            _ = tx.closed() => {}
+        }
+        metrics.watchers_add(-1);
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    *resp.status_mut() = StatusCode::OK;
+    let ct = if call.wanted == Wanted::Table { "application/json;as=Table;v=v1;g=meta.k8s.io" } else { "application/json" };
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    Ok(resp)
+}
+
+fn clone_call<'a>(call: &Call<'a>) -> Call<'a> {
+    Call {
+        info: call.info,
+        resource: call.resource,
+        query: call.query,
+        wanted: call.wanted,
+        content_type: call.content_type,
+        body: call.body.clone(),
+        user: call.user,
+    }
+}
+
+async fn serve_cached(
+    watcher: &mut Watcher,
+    backlog: Vec<Arc<CachedEvent>>,
+    mut live: broadcast::Receiver<Delivery>,
+    tx: &mpsc::Sender<Bytes>,
+    bookmarks: bool,
+    cache: Arc<crate::watch_cache::WatchCache>,
+) -> Option<()> {
+    let mut last = 0;
+    for event in backlog {
+        last = event.revision;
+        if let Some(line) = watcher.event_line(&event) {
+            tx.send(line).await.ok()?;
+        }
+    }
+    let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            delivery = live.recv() => match delivery {
+                Ok(Delivery::Event(event)) => {
+                    if event.revision <= last {
+                        continue;
+                    }
+                    last = event.revision;
+                    if let Some(line) = watcher.event_line(&event) {
+                        tx.send(line).await.ok()?;
+                    }
+                }
+                // A lagging or reset watcher ends; the client resumes from its last resourceVersion.
+                Ok(Delivery::Reset) | Err(_) => return None,
+            },
+            _ = ticker.tick(), if bookmarks => {
+                let rev = cache.latest_revision().max(last);
+                tx.send(bookmark(watcher.resource, rev, false)).await.ok()?;
+            }
+        }
+    }
+}
+
+async fn serve_direct<S: Store>(watcher: &mut Watcher, store: Arc<S>, after: i64, tx: &mpsc::Sender<Bytes>) -> Option<()> {
+    let mut stream = match store.watch(watcher.resource.storage_prefix, after).await {
+        Ok(s) => s,
+        Err(e) => {
+            tx.send(error_line(&watch_error(after, e))).await.ok()?;
+            return None;
+        }
+    };
+    while let Some(batch) = stream.next().await {
+        match batch {
+            Ok(events) => {
+                for event in &events {
+                    if let Some(converted) = convert(event)
+                        && let Some(line) = watcher.event_line(&converted)
+                    {
+                        tx.send(line).await.ok()?;
+                    }
+                }
+            }
+            Err(e) => {
+                tx.send(error_line(&watch_error(after, e))).await.ok()?;
+                return None;
+            }
+        }
+    }
+    None
+}
+
+fn watch_error(after: i64, e: StoreError) -> StatusError {
+    match e {
+        StoreError::Compacted { compacted, .. } => {
+            StatusError::expired(format!("too old resource version: {after} ({compacted})"))
+        }
+        other => {
+            tracing::warn!(error = %other, "direct store watch failed");
+            StatusError::internal("watch of the store failed")
+        }
+    }
+}
+

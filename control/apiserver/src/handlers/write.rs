@@ -1,0 +1,443 @@
+//! create, update (PUT) and patch: decoding, defaulting, validation, and the write itself.
+
+use http::{HeaderValue, Response, StatusCode};
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use baton_store::{Store, StoreError};
+
+use super::{Call, set_type};
+use crate::ApiServer;
+use crate::body::{Body, json_response, parse_object};
+use crate::objects::{Decision, encode, guaranteed_update, set_resource_version, store_error};
+use crate::patch::{self, PatchType};
+use crate::resources::{Resource, defaults, validation};
+use crate::status::{FieldCause, StatusError};
+
+/// The current time as Kubernetes writes timestamps.
+pub fn now_rfc3339() -> String {
+    Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    bytes[..5].iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+/// Checks (and fills in) kind and apiVersion of a request body.
+fn check_type(resource: &Resource, obj: &mut Value) -> Result<(), StatusError> {
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    if (!kind.is_empty() && kind != resource.kind) || (!api_version.is_empty() && api_version != resource.api_version()) {
+        return Err(StatusError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({})",
+            resource.api_version()
+        ))
+        .with_kind_message(kind, resource));
+    }
+    set_type(resource, obj);
+    Ok(())
+}
+
+trait KindMessage {
+    fn with_kind_message(self, kind: &str, resource: &Resource) -> Self;
+}
+
+impl KindMessage for StatusError {
+    fn with_kind_message(mut self, kind: &str, resource: &Resource) -> Self {
+        if !kind.is_empty() && kind != resource.kind {
+            self.message = format!("the kind in the data ({kind}) does not match the expected kind ({})", resource.kind);
+        }
+        self
+    }
+}
+
+/// Field paths present in `input` but dropped by decoding (unknown fields).
+fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match o.get(k) {
+                    Some(ov) => unknown_fields(v, ov, &p, out),
+                    None if !v.is_null() && k != "status" => out.push(p),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            for (idx, (iv, ov)) in i.iter().zip(o).enumerate() {
+                unknown_fields(iv, ov, &format!("{path}[{idx}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Decodes into the typed form (dropping unknown fields, or refusing them under Strict).
+fn normalize(call: &Call<'_>, obj: Value, warnings: &mut Vec<String>) -> Result<Value, StatusError> {
+    let resource = call.resource;
+    let out = (resource.normalize)(obj.clone()).map_err(|e| {
+        StatusError::bad_request(format!(
+            "{} in version {:?} cannot be handled as a {}: {e}",
+            resource.kind, resource.version, resource.kind
+        ))
+    })?;
+    let mut unknown = vec![];
+    unknown_fields(&obj, &out, "", &mut unknown);
+    if !unknown.is_empty() {
+        let messages: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+        match call.query.get("fieldValidation").unwrap_or("Warn") {
+            "Strict" => {
+                return Err(StatusError::bad_request(format!("strict decoding error: {}", messages.join(", "))));
+            }
+            "Ignore" => {}
+            _ => warnings.extend(messages),
+        }
+    }
+    Ok(out)
+}
+
+fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), StatusError> {
+    let mut causes = vec![];
+    let rule = validation::name_rule(resource.group, resource.kind);
+    validation::metadata(&obj["metadata"], rule, &mut causes);
+    validation::object(resource.group, resource.kind, obj, &mut causes);
+    if let Some(old) = old {
+        validation::update(resource.group, resource.kind, old, obj, &mut causes);
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        Err(StatusError::invalid(&resource.subject(), name, causes))
+    }
+}
+
+fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - {w:?}")) {
+            resp.headers_mut().append(http::header::WARNING, v);
+        }
+    }
+    resp
+}
+
+/// Fills namespace and name (generateName) of a new object from the request.
+fn place(call: &Call<'_>, obj: &mut Value) -> Result<(), StatusError> {
+    let meta = obj
+        .as_object_mut()
+        .expect("object")
+        .entry("metadata")
+        .or_insert_with(|| json!({}));
+    if !meta.is_object() {
+        return Err(StatusError::bad_request("metadata must be an object"));
+    }
+    if call.resource.namespaced {
+        let ns = call.namespace().ok_or_else(StatusError::no_such_path)?;
+        match meta["namespace"].as_str() {
+            Some(given) if !given.is_empty() && given != ns => {
+                return Err(StatusError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => meta["namespace"] = json!(ns),
+        }
+    } else if let Some(m) = meta.as_object_mut() {
+        m.remove("namespace");
+    }
+    if meta["name"].as_str().is_none_or(str::is_empty)
+        && let Some(prefix) = meta["generateName"].as_str()
+    {
+        meta["name"] = json!(format!("{prefix}{}", random_suffix()));
+    }
+    Ok(())
+}
+
+/// Clears what a client may not set on create, as upstream's PrepareForCreate does.
+fn prepare_new(server_defaults: &defaults::DefaultingConfig, resource: &Resource, obj: &mut Value) {
+    let meta = &mut obj["metadata"];
+    let uid = uuid::Uuid::new_v4().to_string();
+    meta["uid"] = json!(uid);
+    meta["creationTimestamp"] = json!(now_rfc3339());
+    if let Some(m) = meta.as_object_mut() {
+        for field in ["deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "selfLink"] {
+            m.remove(field);
+        }
+    }
+    if resource.tracks_generation {
+        meta["generation"] = json!(1);
+    }
+    if resource.has_status && !matches!(resource.kind, "Node" | "PersistentVolumeClaim") {
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("status");
+        }
+    }
+    if (resource.group, resource.kind) == ("batch", "Job") {
+        defaults::job_selector(obj, &uid);
+    }
+    defaults::apply(resource.group, resource.kind, obj, server_defaults, true);
+}
+
+/// Makes sure the namespace of a new object exists and is not terminating.
+async fn check_namespace<S: Store>(server: &ApiServer<S>, call: &Call<'_>, name: &str) -> Result<(), StatusError> {
+    let Some(ns) = call.namespace() else { return Ok(()) };
+    let ns_resource = crate::resources::find("", "v1", "namespaces").expect("namespaces are served");
+    let kv = server
+        .store
+        .get(&ns_resource.key(None, ns))
+        .await
+        .map_err(|e| store_error(ns_resource, ns, e))?
+        .ok_or_else(|| StatusError::not_found(&ns_resource.subject(), ns))?;
+    let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+    if obj["status"]["phase"] == "Terminating" || !obj["metadata"]["deletionTimestamp"].is_null() {
+        let detail = format!("unable to create new content in namespace {ns} because it is being terminated");
+        return Err(StatusError::forbidden(&call.resource.subject(), name, &detail));
+    }
+    Ok(())
+}
+
+/// Creates `obj` (already parsed) for a create or a create-on-apply.
+async fn create_object<S: Store>(server: &ApiServer<S>, call: &Call<'_>, mut obj: Value, warnings: &mut Vec<String>) -> Result<Value, StatusError> {
+    let resource = call.resource;
+    check_type(resource, &mut obj)?;
+    place(call, &mut obj)?;
+    let mut obj = normalize(call, obj, warnings)?;
+    prepare_new(&server.defaulting, resource, &mut obj);
+    validate(resource, &obj, None)?;
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    check_namespace(server, call, &name).await?;
+    let key = resource.key(call.namespace(), &name);
+    if call.query.dry_run()? {
+        return Ok(obj);
+    }
+    let allocated = if resource.kind == "Service" && resource.group.is_empty() {
+        server.allocate_service(&mut obj, None).await?
+    } else {
+        Default::default()
+    };
+    match server.store.create(&key, encode(&obj)).await {
+        Ok(revision) => {
+            set_resource_version(&mut obj, revision);
+            Ok(obj)
+        }
+        Err(e) => {
+            server.release(&allocated).await;
+            Err(match e {
+                StoreError::AlreadyExists { .. } => StatusError::already_exists(&resource.subject(), &name),
+                other => store_error(resource, &name, other),
+            })
+        }
+    }
+}
+
+/// POST: create.
+pub async fn create<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+    let obj = parse_object(&call.body, call.content_type)?;
+    let mut warnings = vec![];
+    let created = create_object(server, call, obj, &mut warnings).await?;
+    Ok(with_warnings(json_response(StatusCode::CREATED, &created), &warnings))
+}
+
+/// Builds the object an update stores, from the current one and the client's.
+pub fn prepare_update(
+    server: &defaults::DefaultingConfig,
+    resource: &Resource,
+    current: &Value,
+    mut next: Value,
+    status_only: bool,
+) -> Result<Value, StatusError> {
+    if status_only {
+        let mut out = current.clone();
+        out["status"] = next.get("status").cloned().unwrap_or(Value::Null);
+        if out["status"].is_null()
+            && let Some(m) = out.as_object_mut()
+        {
+            m.remove("status");
+        }
+        return Ok(out);
+    }
+    // What the client may not change.
+    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "generation"] {
+        match current["metadata"].get(field) {
+            Some(v) => next["metadata"][field] = v.clone(),
+            None => {
+                if let Some(m) = next["metadata"].as_object_mut() {
+                    m.remove(field);
+                }
+            }
+        }
+    }
+    if resource.has_status {
+        match current.get("status") {
+            Some(status) => next["status"] = status.clone(),
+            None => {
+                if let Some(m) = next.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
+    if resource.kind == "Service" && resource.group.is_empty() {
+        crate::services::keep_allocations(current, &mut next);
+    }
+    defaults::apply(resource.group, resource.kind, &mut next, server, false);
+    if resource.tracks_generation && current.get("spec") != next.get("spec") {
+        let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+        next["metadata"]["generation"] = json!(generation);
+    }
+    validate(resource, &next, Some(current))?;
+    Ok(next)
+}
+
+/// Whether a deleting object lost its last finalizer (and so must now be removed).
+pub fn finished_deleting(obj: &Value) -> bool {
+    !obj["metadata"]["deletionTimestamp"].is_null()
+        && obj["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty)
+}
+
+/// PUT: update (also of the status subresource).
+pub async fn update<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+    update_with(server, call, call.info.subresource.as_deref() == Some("status")).await
+}
+
+/// PUT of the object or of its status.
+pub async fn update_with<S: Store>(server: &ApiServer<S>, call: &Call<'_>, status_only: bool) -> Result<Response<Body>, StatusError> {
+    let resource = call.resource;
+    let mut obj = parse_object(&call.body, call.content_type)?;
+    check_type(resource, &mut obj)?;
+    let name = call.name().to_string();
+    let body_name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    if body_name != name {
+        return Err(StatusError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    place(call, &mut obj)?;
+    let mut warnings = vec![];
+    let precondition = obj["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    let next = normalize(call, obj, &mut warnings)?;
+    let dry_run = call.query.dry_run()?;
+    let pool = server.preallocate_for_update(call, &next).await?;
+    let result = guaranteed_update(&server.store, resource, &call.key(), &name, |current| {
+        if let Some(rv) = &precondition
+            && current["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
+        {
+            return Err(StatusError::conflict(&resource.subject(), &name));
+        }
+        let mut prepared = prepare_update(&server.defaulting, resource, current, next.clone(), status_only)?;
+        pool.fill(&mut prepared);
+        if dry_run {
+            return Err(DryRun::wrap(prepared));
+        }
+        Ok(if finished_deleting(&prepared) { Decision::Delete } else { Decision::Write(prepared) })
+    })
+    .await;
+    finish_write(server, call, result, &pool, &warnings).await
+}
+
+/// Carries a dry-run result out of the update loop without writing.
+pub struct DryRun;
+
+impl DryRun {
+    const REASON: &'static str = "DryRun";
+
+    fn wrap(obj: Value) -> StatusError {
+        let mut err = StatusError::internal("");
+        err.reason = Self::REASON;
+        err.details = Some(obj);
+        err
+    }
+
+    fn unwrap(err: &StatusError) -> Option<Value> {
+        (err.reason == Self::REASON).then(|| err.details.clone().unwrap_or_default())
+    }
+}
+
+async fn finish_write<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+    result: Result<crate::objects::Updated, StatusError>,
+    pool: &crate::services::PortPool,
+    warnings: &[String],
+) -> Result<Response<Body>, StatusError> {
+    let resource = call.resource;
+    match result {
+        Ok(updated) => {
+            let mut obj = updated.object;
+            set_type(resource, &mut obj);
+            if resource.kind == "Service" && resource.group.is_empty() {
+                server.release_unused(&updated.previous, &obj, pool, updated.written).await;
+            }
+            Ok(with_warnings(json_response(StatusCode::OK, &obj), warnings))
+        }
+        Err(e) => {
+            server.release(&pool.claimed()).await;
+            match DryRun::unwrap(&e) {
+                Some(mut obj) => {
+                    set_type(resource, &mut obj);
+                    Ok(with_warnings(json_response(StatusCode::OK, &obj), warnings))
+                }
+                None => Err(e),
+            }
+        }
+    }
+}
+
+/// PATCH (also of the status subresource).
+pub async fn patch<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+    patch_with(server, call, call.info.subresource.as_deref() == Some("status")).await
+}
+
+/// PATCH of the object or its status.
+pub async fn patch_with<S: Store>(server: &ApiServer<S>, call: &Call<'_>, status_only: bool) -> Result<Response<Body>, StatusError> {
+    let resource = call.resource;
+    let patch_type = PatchType::from_content_type(call.content_type)?;
+    let name = call.name().to_string();
+    if patch_type == PatchType::Apply {
+        return crate::apply::server_side_apply(server, call, status_only).await;
+    }
+    let dry_run = call.query.dry_run()?;
+    let mut warnings = vec![];
+    let current = super::read::read_object(server, resource, &call.key(), &name).await?;
+    let preview = patch::apply(&current, patch_type, &call.body)?;
+    let pool = server.preallocate_for_update(call, &preview).await?;
+    let result = guaranteed_update(&server.store, resource, &call.key(), &name, |current| {
+        let mut patched = patch::apply(current, patch_type, &call.body)?;
+        if patched["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]
+            && patched["metadata"]["resourceVersion"].is_string()
+        {
+            return Err(StatusError::conflict(&resource.subject(), &name));
+        }
+        if patched["metadata"]["name"] != current["metadata"]["name"] {
+            return Err(StatusError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                patched["metadata"]["name"].as_str().unwrap_or_default()
+            )));
+        }
+        set_type(resource, &mut patched);
+        let mut local_warnings = vec![];
+        let next = normalize(call, patched, &mut local_warnings)?;
+        let mut prepared = prepare_update(&server.defaulting, resource, current, next, status_only)?;
+        pool.fill(&mut prepared);
+        if dry_run {
+            return Err(DryRun::wrap(prepared));
+        }
+        Ok(if finished_deleting(&prepared) { Decision::Delete } else { Decision::Write(prepared) })
+    })
+    .await;
+    warnings.dedup();
+    finish_write(server, call, result, &pool, &warnings).await
+}
+
+/// Creates an object for server-side apply when it does not exist yet.
+pub async fn create_for_apply<S: Store>(server: &ApiServer<S>, call: &Call<'_>, obj: Value) -> Result<Value, StatusError> {
+    let mut warnings = vec![];
+    create_object(server, call, obj, &mut warnings).await
+}
+
+/// Refuses a field cause as 422 for this call.
+pub fn invalid(call: &Call<'_>, causes: Vec<FieldCause>) -> StatusError {
+    StatusError::invalid(&call.resource.subject(), call.name(), causes)
+}

@@ -1,0 +1,274 @@
+//! Baton's Kubernetes API server: HTTPS with client-certificate authentication, the REST
+//! resources of Kubernetes v1.33 stored in etcd through the [`baton_store::Store`] seam, watch
+//! caches, discovery, Tables for kubectl, and metrics.
+
+pub mod allocator;
+pub mod apply;
+pub mod authn;
+pub mod body;
+pub mod config;
+pub mod discovery;
+pub mod handlers;
+pub mod metrics;
+pub mod objects;
+pub mod openapi;
+pub mod patch;
+pub mod request;
+pub mod resources;
+pub mod selectors;
+mod server;
+pub mod services;
+pub mod status;
+pub mod tls;
+pub mod watch_cache;
+
+use std::sync::Arc;
+
+use baton_store::{EtcdStore, EtcdTls, Store, StoreError};
+use serde_json::{Value, json};
+
+pub use config::ApiServerArgs;
+pub use server::serve;
+
+use crate::allocator::ServiceAllocator;
+use crate::metrics::Metrics;
+use crate::resources::defaults::DefaultingConfig;
+use crate::services::{Allocated, PortPool};
+use crate::status::StatusError;
+use crate::watch_cache::WatchCaches;
+
+/// A failure to start the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum StartApiServerError {
+    /// TLS files are missing or unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    /// etcd could not be reached.
+    #[error("connecting to etcd at {endpoints}")]
+    Etcd {
+        /// The `--etcd-servers` value.
+        endpoints: String,
+        /// The cause.
+        source: StoreError,
+    },
+    /// The listening socket could not be opened.
+    #[error("listening on {addr}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The system objects could not be created.
+    #[error("creating the system namespaces and the kubernetes Service: {0}")]
+    Bootstrap(String),
+}
+
+/// The shared state of the API server.
+pub struct ApiServer<S> {
+    /// The store (etcd).
+    pub store: Arc<S>,
+    /// One watch cache per resource.
+    pub caches: WatchCaches<S>,
+    /// Defaulting settings.
+    pub defaulting: DefaultingConfig,
+    /// ClusterIP and NodePort allocation.
+    pub allocator: ServiceAllocator,
+    /// Request metrics.
+    pub metrics: Metrics,
+    /// The address clients are told to use (`host:port`).
+    pub advertise: String,
+}
+
+impl<S> std::fmt::Debug for ApiServer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer").field("advertise", &self.advertise).finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> ApiServer<S> {
+    /// Assembles the server state.
+    pub fn new(store: Arc<S>, args: &ApiServerArgs, advertise: String) -> Self {
+        Self {
+            caches: WatchCaches::new(store.clone()),
+            store,
+            defaulting: DefaultingConfig {
+                not_ready_toleration_seconds: args.default_not_ready_toleration_seconds,
+                unreachable_toleration_seconds: args.default_unreachable_toleration_seconds,
+            },
+            allocator: ServiceAllocator::new(args.service_cluster_ip_range, args.service_node_port_range),
+            metrics: Metrics::default(),
+            advertise,
+        }
+    }
+
+    /// Claims the ClusterIP and NodePorts of a new Service.
+    pub async fn allocate_service(&self, svc: &mut Value, _current: Option<&Value>) -> Result<Allocated, StatusError> {
+        let mut allocated = Allocated::default();
+        let owner = format!(
+            "{}/{}",
+            svc["metadata"]["namespace"].as_str().unwrap_or_default(),
+            svc["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        let spec = &mut svc["spec"];
+        if spec["type"] != "ExternalName" && spec["clusterIP"] != "None" {
+            let wanted = spec["clusterIP"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+            let ip = self.allocator.claim_ip(&self.store, wanted.as_deref(), &owner).await?;
+            allocated.ips.push(ip.clone());
+            spec["clusterIP"] = json!(ip);
+            spec["clusterIPs"] = json!([ip]);
+        } else if spec["clusterIP"] == "None" {
+            spec["clusterIPs"] = json!(["None"]);
+        }
+        if services::needs_node_ports(spec) {
+            let count = spec["ports"].as_array().map_or(0, Vec::len);
+            for i in 0..count {
+                let field = format!("spec.ports[{i}].nodePort");
+                let wanted = spec["ports"][i]["nodePort"].as_i64().filter(|p| *p != 0);
+                match self.allocator.claim_port(&self.store, wanted, &owner, &field).await {
+                    Ok(port) => {
+                        allocated.ports.push(port);
+                        spec["ports"][i]["nodePort"] = json!(port);
+                    }
+                    Err(e) => {
+                        self.release(&allocated).await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(allocated)
+    }
+
+    /// Releases claimed addresses and ports.
+    pub async fn release(&self, allocated: &Allocated) {
+        for ip in &allocated.ips {
+            self.allocator.release_ip(&self.store, ip).await;
+        }
+        for port in &allocated.ports {
+            self.allocator.release_port(&self.store, *port).await;
+        }
+    }
+
+    /// Claims the NodePorts an update of a Service will need.
+    pub async fn preallocate_for_update(&self, call: &handlers::Call<'_>, next: &Value) -> Result<PortPool, StatusError> {
+        if !(call.resource.group.is_empty() && call.resource.kind == "Service") {
+            return Ok(PortPool::default());
+        }
+        let Ok(Some(kv)) = self.store.get(&call.key()).await else { return Ok(PortPool::default()) };
+        let current = objects::decode(&kv)?;
+        let mut merged = next.clone();
+        services::keep_allocations(&current, &mut merged);
+        let missing = services::missing_node_ports(&merged);
+        let owner = format!("{}/{}", call.namespace().unwrap_or_default(), call.name());
+        let mut ports = vec![];
+        for _ in 0..missing {
+            match self.allocator.claim_port(&self.store, None, &owner, "spec.ports.nodePort").await {
+                Ok(p) => ports.push(p),
+                Err(e) => {
+                    self.release(&Allocated { ips: vec![], ports }).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(PortPool::new(ports))
+    }
+
+    /// After a Service update: releases pool ports it did not use and what it gave up.
+    pub async fn release_unused(&self, previous: &Value, now: &Value, pool: &PortPool, written: bool) {
+        let (now_ips, now_ports) = allocator::held(now);
+        let (old_ips, old_ports) = allocator::held(previous);
+        let mut release = Allocated::default();
+        for p in pool.claimed().ports {
+            if !written || !now_ports.contains(&p) {
+                release.ports.push(p);
+            }
+        }
+        if written {
+            release.ips.extend(old_ips.into_iter().filter(|ip| !now_ips.contains(ip)));
+            release.ports.extend(old_ports.into_iter().filter(|p| !now_ports.contains(p)));
+        }
+        self.release(&release).await;
+    }
+
+    /// Creates what every cluster has: the system namespaces and the `kubernetes` Service.
+    pub async fn bootstrap(&self) -> Result<(), StatusError> {
+        let ns = resources::find("", "v1", "namespaces").expect("served");
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let key = ns.key(None, name);
+            if self.store.get(&key).await.map_err(|e| objects::store_error(ns, name, e))?.is_some() {
+                continue;
+            }
+            let mut obj = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } });
+            obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
+            obj["metadata"]["creationTimestamp"] = json!(handlers::now());
+            resources::defaults::apply("", "Namespace", &mut obj, &self.defaulting, true);
+            match self.store.create(&key, objects::encode(&obj)).await {
+                Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(objects::store_error(ns, name, e)),
+            }
+        }
+        let svc = resources::find("", "v1", "services").expect("served");
+        let key = svc.key(Some("default"), "kubernetes");
+        if self.store.get(&key).await.map_err(|e| objects::store_error(svc, "kubernetes", e))?.is_none() {
+            let port: i64 = self.advertise.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6443);
+            let mut obj = json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": { "name": "kubernetes", "namespace": "default",
+                    "labels": { "component": "apiserver", "provider": "kubernetes" },
+                    "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": handlers::now() },
+                "spec": { "type": "ClusterIP", "clusterIP": self.allocator.first_ip().to_string(),
+                    "ports": [{ "name": "https", "port": 443, "protocol": "TCP", "targetPort": port }] },
+            });
+            resources::defaults::apply("", "Service", &mut obj, &self.defaulting, true);
+            let allocated = self.allocate_service(&mut obj, None).await?;
+            if let Err(e) = self.store.create(&key, objects::encode(&obj)).await {
+                self.release(&allocated).await;
+                if !matches!(e, StoreError::AlreadyExists { .. }) {
+                    return Err(objects::store_error(svc, "kubernetes", e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `baton apiserver` until the process is stopped.
+pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
+    let tls = tls::server_config(&args.tls_cert_file, &args.tls_private_key_file, &args.client_ca_file)?;
+    let etcd_tls = EtcdTls {
+        ca_file: args.etcd_cafile.clone(),
+        cert_file: args.etcd_certfile.clone(),
+        key_file: args.etcd_keyfile.clone(),
+    };
+    let store = EtcdStore::connect(&args.etcd_servers, &etcd_tls)
+        .await
+        .map_err(|source| StartApiServerError::Etcd { endpoints: args.etcd_servers.join(","), source })?;
+    // Fail early, naming etcd, when it is not reachable.
+    store
+        .current_revision()
+        .await
+        .map_err(|source| StartApiServerError::Etcd { endpoints: args.etcd_servers.join(","), source })?;
+    let addr = std::net::SocketAddr::new(args.bind_address, args.secure_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartApiServerError::Listen { addr: addr.to_string(), source })?;
+    let bound = listener.local_addr().map_err(|source| StartApiServerError::Listen { addr: addr.to_string(), source })?;
+    let advertise_ip = args.advertise_address.unwrap_or(if args.bind_address.is_unspecified() {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    } else {
+        args.bind_address
+    });
+    let advertise = std::net::SocketAddr::new(advertise_ip, bound.port()).to_string();
+    let server = Arc::new(ApiServer::new(Arc::new(store), &args, advertise));
+    server.bootstrap().await.map_err(|e| StartApiServerError::Bootstrap(e.message))?;
+    if let Some(path) = &args.port_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bound.port().to_string())
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|source| StartApiServerError::Listen { addr: path.display().to_string(), source })?;
+    }
+    tracing::info!(address = %bound, "serving the Kubernetes API");
+    serve(server, listener, tls).await;
+    Ok(())
+}

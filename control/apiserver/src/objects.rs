@@ -1,0 +1,216 @@
+//! Objects in the store: JSON encoding, resourceVersion from the store revision, continue
+//! tokens, and the read-modify-write loop that every update goes through.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use baton_store::{KeyValue, ListOptions, Store, StoreError};
+use serde_json::{Value, json};
+
+use crate::resources::Resource;
+use crate::status::StatusError;
+
+/// Decodes a stored object and sets its resourceVersion from the store revision.
+pub fn decode(kv: &KeyValue) -> Result<Value, StatusError> {
+    let mut obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| StatusError::internal(format!("decoding {}: {e}", kv.key)))?;
+    set_resource_version(&mut obj, kv.mod_revision);
+    Ok(obj)
+}
+
+/// Decodes stored bytes at a known revision.
+pub fn decode_bytes(key: &str, value: &[u8], revision: i64) -> Result<Value, StatusError> {
+    let mut obj: Value = serde_json::from_slice(value)
+        .map_err(|e| StatusError::internal(format!("decoding {key}: {e}")))?;
+    set_resource_version(&mut obj, revision);
+    Ok(obj)
+}
+
+/// Sets metadata.resourceVersion.
+pub fn set_resource_version(obj: &mut Value, revision: i64) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+    }
+}
+
+/// Encodes an object for storage (without resourceVersion, which the store supplies).
+pub fn encode(obj: &Value) -> Bytes {
+    let mut obj = obj.clone();
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    Bytes::from(serde_json::to_vec(&obj).expect("JSON values always serialize"))
+}
+
+/// Maps a store failure to the API error a client sees.
+pub fn store_error(resource: &Resource, name: &str, err: StoreError) -> StatusError {
+    let subject = resource.subject();
+    match err {
+        StoreError::NotFound { .. } => StatusError::not_found(&subject, name),
+        StoreError::AlreadyExists { .. } => StatusError::already_exists(&subject, name),
+        StoreError::Conflict { .. } => StatusError::conflict(&subject, name),
+        StoreError::Compacted { requested, .. } => {
+            StatusError::expired(format!("too old resource version: {requested}"))
+        }
+        StoreError::Backend(e) => {
+            tracing::warn!(error = %e, "storage backend error");
+            StatusError::unavailable("storage is unavailable, please retry")
+        }
+        StoreError::InvalidKey => StatusError::internal("invalid key in storage"),
+    }
+}
+
+/// Parses a resourceVersion string.
+pub fn parse_rv(rv: &str) -> Result<i64, StatusError> {
+    rv.parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 0)
+        .ok_or_else(|| StatusError::bad_request(format!("invalid resource version: {rv:?}")))
+}
+
+/// The position a paged list continues from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Continue {
+    /// The revision of the first page.
+    pub revision: i64,
+    /// The key (relative to the list prefix) to start at.
+    pub start: String,
+}
+
+impl Continue {
+    /// Encodes the token as upstream does: base64 of `{"v":"meta.k8s.io/v1","rv":N,"start":K}`.
+    pub fn encode(&self) -> String {
+        let token = json!({ "v": "meta.k8s.io/v1", "rv": self.revision, "start": self.start });
+        STANDARD.encode(token.to_string())
+    }
+
+    /// Decodes a `continue` parameter.
+    pub fn decode(token: &str) -> Result<Self, StatusError> {
+        let bad = || StatusError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
+        let raw = STANDARD.decode(token).map_err(|_| bad())?;
+        let value: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+        if value["v"] != "meta.k8s.io/v1" {
+            return Err(bad());
+        }
+        let revision = value["rv"].as_i64().filter(|r| *r > 0).ok_or_else(bad)?;
+        let start = value["start"].as_str().ok_or_else(bad)?.to_string();
+        if start.contains("..") || start.starts_with('/') {
+            return Err(bad());
+        }
+        Ok(Self { revision, start })
+    }
+}
+
+/// The outcome of a read-modify-write.
+#[derive(Debug)]
+pub struct Updated {
+    /// The object as stored (with its new resourceVersion).
+    pub object: Value,
+    /// The object before the change.
+    pub previous: Value,
+    /// False when the change was a no-op and nothing was written.
+    pub written: bool,
+}
+
+/// What an update function decides.
+#[derive(Debug)]
+pub enum Decision {
+    /// Write this object.
+    Write(Value),
+    /// Delete the object (e.g. the last finalizer went away on a deleting object).
+    Delete,
+}
+
+/// Reads `key`, applies `change` and writes the result with compare-and-swap, retrying when
+/// another writer got there first. `change` sees the current object (with resourceVersion).
+pub async fn guaranteed_update<S: Store>(
+    store: &Arc<S>,
+    resource: &Resource,
+    key: &str,
+    name: &str,
+    mut change: impl FnMut(&Value) -> Result<Decision, StatusError>,
+) -> Result<Updated, StatusError> {
+    for _ in 0..32 {
+        let current = store
+            .get(key)
+            .await
+            .map_err(|e| store_error(resource, name, e))?
+            .ok_or_else(|| StatusError::not_found(&resource.subject(), name))?;
+        let previous = decode(&current)?;
+        match change(&previous)? {
+            Decision::Delete => {
+                match store.delete(key, Some(current.mod_revision)).await {
+                    Ok((_, revision)) => {
+                        let mut object = previous.clone();
+                        set_resource_version(&mut object, revision);
+                        return Ok(Updated { object, previous, written: true });
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(store_error(resource, name, e)),
+                }
+            }
+            Decision::Write(mut next) => {
+                set_resource_version(&mut next, current.mod_revision);
+                if next == previous {
+                    return Ok(Updated { object: next, previous, written: false });
+                }
+                match store.update(key, encode(&next), current.mod_revision).await {
+                    Ok(revision) => {
+                        set_resource_version(&mut next, revision);
+                        return Ok(Updated { object: next, previous, written: true });
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(store_error(resource, name, e)),
+                }
+            }
+        }
+    }
+    Err(StatusError::conflict(&resource.subject(), name))
+}
+
+/// Reads one page of keys under `prefix`.
+pub async fn list_page<S: Store>(
+    store: &Arc<S>,
+    resource: &Resource,
+    prefix: &str,
+    start: Option<&str>,
+    limit: i64,
+    revision: i64,
+) -> Result<(Vec<KeyValue>, i64, bool, i64), StatusError> {
+    let opts = ListOptions {
+        start_key: start.map(|s| format!("{prefix}{s}")),
+        limit,
+        revision,
+    };
+    match store.list(prefix, opts).await {
+        Ok(page) => Ok((page.items, page.revision, page.more, page.count)),
+        Err(StoreError::Compacted { .. }) if start.is_some() => Err(StatusError::expired(
+            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+        )),
+        Err(StoreError::Compacted { requested, .. }) => {
+            Err(StatusError::expired(format!("too old resource version: {requested}")))
+        }
+        Err(e) => Err(store_error(resource, "", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip() {
+        let c = Continue { revision: 42, start: "default/web-7\u{0}".into() };
+        assert_eq!(Continue::decode(&c.encode()).unwrap(), c);
+        assert!(Continue::decode("not base64!").is_err());
+    }
+
+    #[test]
+    fn encode_strips_resource_version() {
+        let obj = json!({"metadata": {"name": "a", "resourceVersion": "5"}});
+        let stored: Value = serde_json::from_slice(&encode(&obj)).unwrap();
+        assert!(stored["metadata"].get("resourceVersion").is_none());
+    }
+}

@@ -1,0 +1,147 @@
+//! /openapi/v2 and /openapi/v3, generated from the k8s-openapi types' schemas (their schemars
+//! support), with the `x-kubernetes-group-version-kind` extensions kubectl looks for and the
+//! write operations' parameters (so kubectl knows the server validates fields itself).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+use crate::resources::{CATALOG, Resource};
+
+fn group_version_path(r: &Resource) -> String {
+    if r.group.is_empty() { format!("api/{}", r.version) } else { format!("apis/{}/{}", r.group, r.version) }
+}
+
+fn gvk(r: &Resource) -> Value {
+    json!([{ "group": r.group, "version": r.version, "kind": r.kind }])
+}
+
+fn write_params() -> Value {
+    json!([
+        { "name": "dryRun", "in": "query", "schema": { "type": "string" }, "description": "When present, indicates that modifications should not be persisted." },
+        { "name": "fieldManager", "in": "query", "schema": { "type": "string" }, "description": "A name associated with the actor or entity that is making these changes." },
+        { "name": "fieldValidation", "in": "query", "schema": { "type": "string" }, "description": "Ignore, Warn or Strict: how to treat unknown or duplicate fields." },
+    ])
+}
+
+fn collection_path(r: &Resource) -> String {
+    if r.namespaced {
+        format!("/{}/namespaces/{{namespace}}/{}", group_version_path(r), r.plural)
+    } else {
+        format!("/{}/{}", group_version_path(r), r.plural)
+    }
+}
+
+fn paths_for(r: &Resource, type_ref: &str, v3: bool) -> Vec<(String, Value)> {
+    let body = |op: &str| {
+        let mut o = json!({
+            "operationId": format!("{op}{}", r.kind),
+            "x-kubernetes-action": op,
+            "x-kubernetes-group-version-kind": gvk(r)[0],
+            "parameters": write_params(),
+        });
+        if v3 {
+            o["requestBody"] = json!({ "content": { "*/*": { "schema": { "$ref": type_ref } } }, "required": true });
+            o["responses"] = json!({ "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": type_ref } } } } });
+        } else {
+            o["responses"] = json!({ "200": { "description": "OK", "schema": { "$ref": type_ref } } });
+        }
+        o
+    };
+    let collection = collection_path(r);
+    vec![
+        (collection.clone(), json!({ "post": body("post") })),
+        (format!("{collection}/{{name}}"), json!({ "put": body("put"), "patch": body("patch") })),
+    ]
+}
+
+fn settings(v3: bool) -> SchemaSettings {
+    if v3 {
+        SchemaSettings::openapi3()
+    } else {
+        let mut s = SchemaSettings::draft07();
+        s.definitions_path = "#/definitions/".into();
+        s
+    }
+}
+
+fn document(resources: &[&Resource], v3: bool) -> Value {
+    let mut generator = settings(v3).into_generator();
+    let mut paths = Map::new();
+    let mut kinds = vec![];
+    for r in resources {
+        let schema = (r.schema)(&mut generator);
+        let type_ref = schema.as_value().get("$ref").and_then(Value::as_str).unwrap_or_default().to_string();
+        let name = type_ref.rsplit('/').next().unwrap_or_default().to_string();
+        kinds.push((name, *r));
+        for (path, item) in paths_for(r, &type_ref, v3) {
+            paths.insert(path, item);
+        }
+    }
+    let mut definitions = generator.take_definitions(true);
+    for (name, r) in kinds {
+        if let Some(def) = definitions.get_mut(&name).and_then(Value::as_object_mut) {
+            def.insert("x-kubernetes-group-version-kind".into(), gvk(r));
+        }
+    }
+    let info = json!({ "title": "Kubernetes", "version": "v1.33.0" });
+    if v3 {
+        json!({ "openapi": "3.0.0", "info": info, "paths": paths, "components": { "schemas": definitions } })
+    } else {
+        json!({ "swagger": "2.0", "info": info, "paths": paths, "definitions": definitions })
+    }
+}
+
+/// The OpenAPI v2 document of every served type.
+pub fn v2() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| document(&CATALOG.iter().collect::<Vec<_>>(), false))
+}
+
+fn v3_docs() -> &'static BTreeMap<String, Value> {
+    static DOCS: OnceLock<BTreeMap<String, Value>> = OnceLock::new();
+    DOCS.get_or_init(|| {
+        let mut by_gv: BTreeMap<String, Vec<&Resource>> = BTreeMap::new();
+        for r in CATALOG {
+            by_gv.entry(group_version_path(r)).or_default().push(r);
+        }
+        by_gv.into_iter().map(|(gv, rs)| (gv, document(&rs, true))).collect()
+    })
+}
+
+/// `/openapi/v3`: the index of group-version documents.
+pub fn v3_index() -> Value {
+    let paths: Map<String, Value> = v3_docs()
+        .iter()
+        .map(|(gv, doc)| {
+            let hash = format!("{:016X}", fxhash(doc.to_string().as_bytes()));
+            (gv.clone(), json!({ "serverRelativeURL": format!("/openapi/v3/{gv}?hash={hash}") }))
+        })
+        .collect();
+    json!({ "paths": paths })
+}
+
+/// `/openapi/v3/<group-version path>`.
+pub fn v3_group(gv: &str) -> Option<&'static Value> {
+    v3_docs().get(gv)
+}
+
+fn fxhash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v3_documents_carry_kinds() {
+        let apps = v3_group("apis/apps/v1").unwrap();
+        let dep = &apps["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(dep["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+        assert!(dep["properties"]["spec"].is_object());
+        assert!(v3_index()["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/api/v1?hash="));
+    }
+}

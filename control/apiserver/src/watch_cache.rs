@@ -1,0 +1,257 @@
+//! One etcd watch per resource, fanned out to every client watch of that resource.
+//!
+//! The cache keeps the most recent events so that a client resuming from a recent
+//! resourceVersion is served from memory; older resourceVersions fall back to a direct store
+//! watch (which answers 410 Gone once etcd has compacted them).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use baton_store::{EventKind, Store, StoreError};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::objects::decode_bytes;
+use crate::resources::Resource;
+
+/// How many recent events each resource keeps for resuming watches.
+const HISTORY: usize = 4096;
+/// Capacity of the fan-out channel; a watcher that falls this far behind is closed and resumes.
+const FANOUT: usize = 2048;
+
+/// The type of a watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// ADDED
+    Added,
+    /// MODIFIED
+    Modified,
+    /// DELETED
+    Deleted,
+}
+
+impl EventType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "ADDED",
+            Self::Modified => "MODIFIED",
+            Self::Deleted => "DELETED",
+        }
+    }
+}
+
+/// A decoded change to one object.
+#[derive(Debug)]
+pub struct CachedEvent {
+    /// ADDED, MODIFIED or DELETED.
+    pub kind: EventType,
+    /// The store revision of the change.
+    pub revision: i64,
+    /// The object after the change (for DELETED: the last state, at the delete's revision).
+    pub object: Value,
+    /// The object before the change, when known.
+    pub previous: Option<Value>,
+    encoded: OnceLock<Bytes>,
+}
+
+impl CachedEvent {
+    /// Makes an event.
+    pub fn new(kind: EventType, revision: i64, object: Value, previous: Option<Value>) -> Self {
+        Self { kind, revision, object, previous, encoded: OnceLock::new() }
+    }
+
+    /// The event as one line of a JSON watch stream, encoded once and shared by all watchers.
+    pub fn json_line(&self) -> Bytes {
+        self.encoded
+            .get_or_init(|| {
+                let mut line = serde_json::to_vec(&json!({ "type": self.kind.as_str(), "object": self.object }))
+                    .expect("JSON values always serialize");
+                line.push(b'\n');
+                Bytes::from(line)
+            })
+            .clone()
+    }
+
+    /// The namespace of the object.
+    pub fn namespace(&self) -> Option<&str> {
+        self.object["metadata"]["namespace"].as_str()
+    }
+}
+
+/// What a watcher receives from the cache.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A change.
+    Event(Arc<CachedEvent>),
+    /// The cache lost continuity (etcd compacted past it); watchers must end so clients re-list.
+    Reset,
+}
+
+struct History {
+    events: VecDeque<Arc<CachedEvent>>,
+    /// Watchers may resume from any revision at or after this one.
+    oldest: i64,
+    /// The newest revision the cache knows the store has reached.
+    latest: i64,
+}
+
+/// The watch cache of one resource.
+pub struct WatchCache {
+    history: Mutex<History>,
+    tx: broadcast::Sender<Delivery>,
+}
+
+impl std::fmt::Debug for WatchCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchCache").finish_non_exhaustive()
+    }
+}
+
+/// A subscription: buffered events to send first, then the live channel.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Events after the requested revision that the cache already had.
+    pub backlog: Vec<Arc<CachedEvent>>,
+    /// Live deliveries.
+    pub live: broadcast::Receiver<Delivery>,
+}
+
+impl WatchCache {
+    fn new(start: i64) -> Arc<Self> {
+        let (tx, _) = broadcast::channel(FANOUT);
+        Arc::new(Self {
+            history: Mutex::new(History { events: VecDeque::new(), oldest: start, latest: start }),
+            tx,
+        })
+    }
+
+    /// Subscribes to changes after `after`, or `None` if the cache cannot serve that far back.
+    pub fn subscribe(&self, after: i64) -> Option<Subscription> {
+        let history = self.history.lock().expect("watch cache lock");
+        if after < history.oldest {
+            return None;
+        }
+        let backlog = history.events.iter().filter(|e| e.revision > after).cloned().collect();
+        Some(Subscription { backlog, live: self.tx.subscribe() })
+    }
+
+    /// The newest revision the cache has seen.
+    pub fn latest_revision(&self) -> i64 {
+        self.history.lock().expect("watch cache lock").latest
+    }
+
+    fn push(&self, event: CachedEvent) {
+        let event = Arc::new(event);
+        let mut history = self.history.lock().expect("watch cache lock");
+        history.latest = history.latest.max(event.revision);
+        history.events.push_back(event.clone());
+        while history.events.len() > HISTORY {
+            if let Some(old) = history.events.pop_front() {
+                history.oldest = old.revision;
+            }
+        }
+        let _ = self.tx.send(Delivery::Event(event));
+    }
+
+    fn reset(&self, start: i64) {
+        let mut history = self.history.lock().expect("watch cache lock");
+        history.events.clear();
+        history.oldest = start;
+        history.latest = start;
+        let _ = self.tx.send(Delivery::Reset);
+    }
+}
+
+/// Decodes a store event into an API watch event.
+pub fn convert(event: &baton_store::WatchEvent) -> Option<CachedEvent> {
+    let previous = event
+        .prev_value
+        .as_ref()
+        .and_then(|p| decode_bytes(&event.key, p, event.revision).ok());
+    match event.kind {
+        EventKind::Put => {
+            let object = decode_bytes(&event.key, &event.value, event.revision).ok()?;
+            let kind = if event.created { EventType::Added } else { EventType::Modified };
+            Some(CachedEvent::new(kind, event.revision, object, previous))
+        }
+        EventKind::Delete => {
+            let object = previous.clone()?;
+            Some(CachedEvent::new(EventType::Deleted, event.revision, object, previous))
+        }
+    }
+}
+
+/// The watch caches of all resources, made on first use.
+pub struct WatchCaches<S> {
+    store: Arc<S>,
+    caches: Mutex<HashMap<&'static str, Arc<WatchCache>>>,
+}
+
+impl<S> std::fmt::Debug for WatchCaches<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchCaches").finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> WatchCaches<S> {
+    /// No caches yet.
+    pub fn new(store: Arc<S>) -> Self {
+        Self { store, caches: Mutex::new(HashMap::new()) }
+    }
+
+    /// The cache of `resource`, started now if it was not running.
+    pub async fn get(&self, resource: &'static Resource) -> Result<Arc<WatchCache>, StoreError> {
+        if let Some(cache) = self.caches.lock().expect("caches lock").get(resource.storage_prefix) {
+            return Ok(cache.clone());
+        }
+        let start = self.store.current_revision().await?;
+        let mut caches = self.caches.lock().expect("caches lock");
+        if let Some(cache) = caches.get(resource.storage_prefix) {
+            return Ok(cache.clone());
+        }
+        let cache = WatchCache::new(start);
+        caches.insert(resource.storage_prefix, cache.clone());
+        tokio::spawn(feed(self.store.clone(), resource.storage_prefix, cache.clone(), start));
+        Ok(cache)
+    }
+}
+
+/// Feeds a cache from a store watch, reconnecting after store outages.
+async fn feed<S: Store>(store: Arc<S>, prefix: &'static str, cache: Arc<WatchCache>, start: i64) {
+    let mut after = start;
+    loop {
+        match store.watch(prefix, after).await {
+            Ok(mut stream) => {
+                while let Some(batch) = stream.next().await {
+                    match batch {
+                        Ok(events) => {
+                            for event in &events {
+                                after = after.max(event.revision);
+                                if let Some(converted) = convert(event) {
+                                    cache.push(converted);
+                                }
+                            }
+                        }
+                        Err(StoreError::Compacted { compacted, .. }) => {
+                            tracing::warn!(prefix, compacted, "watch cache fell behind compaction; resetting");
+                            let now = store.current_revision().await.unwrap_or(compacted);
+                            cache.reset(now);
+                            after = now;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(prefix, error = %e, "store watch failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(prefix, error = %e, "store watch could not start; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,264 @@
+//! The etcd v3 backend of [`Store`], on the `etcd-client` crate.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+
+use crate::{
+    EventKind, KeyValue, ListOptions, ListPage, Store, StoreError, WatchEvent, WatchStream,
+};
+
+/// Client TLS files for etcd (`--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`).
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTls {
+    /// CA bundle that signed etcd's serving certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate.
+    pub cert_file: Option<PathBuf>,
+    /// Client key.
+    pub key_file: Option<PathBuf>,
+}
+
+/// A [`Store`] on an etcd v3 cluster.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+fn is_compacted(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("compacted"))
+}
+
+fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+    Ok(KeyValue {
+        key: kv.key_str().map_err(|_| StoreError::InvalidKey)?.to_string(),
+        value: Bytes::copy_from_slice(kv.value()),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+    })
+}
+
+/// The end of the key range that holds every key starting with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl EtcdStore {
+    /// Connects to the etcd endpoints (`--etcd-servers`), with client TLS when given.
+    pub async fn connect(endpoints: &[String], tls: &EtcdTls) -> Result<Self, StoreError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if tls.ca_file.is_some() || tls.cert_file.is_some() {
+            let mut tls_options = TlsOptions::new();
+            if let Some(ca) = &tls.ca_file {
+                let pem = std::fs::read(ca).map_err(backend)?;
+                tls_options = tls_options.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                let cert = std::fs::read(cert).map_err(backend)?;
+                let key = std::fs::read(key).map_err(backend)?;
+                tls_options = tls_options.identity(Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(tls_options);
+        }
+        let client = Client::connect(endpoints, Some(options)).await.map_err(backend)?;
+        Ok(Self { client })
+    }
+}
+
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let resp = self.client.kv_client().get(key, None).await.map_err(backend)?;
+        resp.kvs().first().map(convert).transpose()
+    }
+
+    async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListPage, StoreError> {
+        let start = opts.start_key.clone().unwrap_or_else(|| prefix.to_string());
+        let mut get = GetOptions::new().with_range(prefix_end(prefix)).with_limit(opts.limit);
+        if opts.revision > 0 {
+            get = get.with_revision(opts.revision);
+        }
+        let resp = self.client.kv_client().get(start, Some(get)).await.map_err(|e| {
+            if is_compacted(&e) {
+                StoreError::Compacted { requested: opts.revision, compacted: 0 }
+            } else {
+                backend(e)
+            }
+        })?;
+        let items = resp.kvs().iter().map(convert).collect::<Result<Vec<_>, _>>()?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok(ListPage { items, revision, more: resp.more(), count: resp.count() })
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<i64, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value.to_vec(), None)]);
+        let resp = self.client.kv_client().txn(txn).await.map_err(backend)?;
+        if !resp.succeeded() {
+            return Err(StoreError::AlreadyExists { key: key.to_string() });
+        }
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: i64) -> Result<i64, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::put(key, value.to_vec(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.client.kv_client().txn(txn).await.map_err(backend)?;
+        if resp.succeeded() {
+            return Ok(resp.header().map(|h| h.revision()).unwrap_or_default());
+        }
+        let current = current_from(resp.op_responses())?;
+        if current.is_none() {
+            return Err(StoreError::NotFound { key: key.to_string() });
+        }
+        Err(StoreError::Conflict { key: key.to_string(), expected, current })
+    }
+
+    async fn delete(&self, key: &str, expected: Option<i64>) -> Result<(KeyValue, i64), StoreError> {
+        let mut kv = self.client.kv_client();
+        loop {
+            let Some(current) = self.get(key).await? else {
+                return Err(StoreError::NotFound { key: key.to_string() });
+            };
+            if let Some(expected) = expected
+                && expected != current.mod_revision
+            {
+                return Err(StoreError::Conflict {
+                    key: key.to_string(),
+                    expected,
+                    current: Some(current),
+                });
+            }
+            // Delete exactly the version we read, so the caller learns what was removed.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key, CompareOp::Equal, current.mod_revision)])
+                .and_then([TxnOp::delete(key, None)]);
+            let resp = kv.txn(txn).await.map_err(backend)?;
+            if resp.succeeded() {
+                let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+                return Ok((current, revision));
+            }
+        }
+    }
+
+    async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream, StoreError> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_progress_notify()
+            .with_start_revision(after_revision + 1);
+        let stream = self
+            .client
+            .watch_client()
+            .watch(prefix, Some(options))
+            .await
+            .map_err(backend)?;
+        let events = futures::stream::unfold(Some(stream), move |state| async move {
+            let mut stream = state?;
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() || resp.compact_revision() > 0 {
+                            let err = if resp.compact_revision() > 0 {
+                                StoreError::Compacted {
+                                    requested: after_revision,
+                                    compacted: resp.compact_revision(),
+                                }
+                            } else {
+                                backend(etcd_client::Error::WatchError(
+                                    resp.cancel_reason().to_string(),
+                                ))
+                            };
+                            return Some((Err(err), None));
+                        }
+                        if resp.events().is_empty() {
+                            continue;
+                        }
+                        let batch = resp.events().iter().map(convert_event).collect();
+                        return Some((batch, Some(stream)));
+                    }
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(backend(e)), None)),
+                }
+            }
+        });
+        Ok(Box::pin(events))
+    }
+
+    async fn current_revision(&self) -> Result<i64, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get("/", Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(backend)?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    async fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        self.client.kv_client().compact(revision, None).await.map_err(backend)?;
+        Ok(())
+    }
+}
+
+fn current_from(responses: Vec<TxnOpResponse>) -> Result<Option<KeyValue>, StoreError> {
+    for op in responses {
+        if let TxnOpResponse::Get(get) = op {
+            return get.kvs().first().map(convert).transpose();
+        }
+    }
+    Ok(None)
+}
+
+fn convert_event(event: &etcd_client::Event) -> Result<WatchEvent, StoreError> {
+    let kv = event.kv().ok_or(StoreError::InvalidKey)?;
+    let kind = match event.event_type() {
+        EventType::Put => EventKind::Put,
+        EventType::Delete => EventKind::Delete,
+    };
+    Ok(WatchEvent {
+        kind,
+        key: kv.key_str().map_err(|_| StoreError::InvalidKey)?.to_string(),
+        value: Bytes::copy_from_slice(kv.value()),
+        prev_value: event.prev_kv().map(|p| Bytes::copy_from_slice(p.value())),
+        revision: kv.mod_revision(),
+        created: kind == EventKind::Put && kv.create_revision() == kv.mod_revision(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte() {
+        assert_eq!(prefix_end("/registry/pods/"), b"/registry/pods0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+}

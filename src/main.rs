@@ -1,0 +1,94 @@
+//! `baton`: the one multi-call binary. It dispatches on the name it was started as (argv[0]:
+//! `apiserver`, ...) or on its first subcommand, and holds only wiring and the CLI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Baton: a Kubernetes distribution with a firmware-style node OS.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the Kubernetes API server.
+    Apiserver(Box<baton_apiserver::ApiServerArgs>),
+    /// Manage the cluster PKI.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Make a cluster CA, the API server certificate and an admin kubeconfig.
+    Init {
+        /// Directory to write the files into.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The API server URL written into admin.kubeconfig.
+        #[arg(long, default_value = baton_pki::DEFAULT_SERVER)]
+        server: String,
+        /// Extra DNS names or IP addresses for the API server certificate.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+    },
+}
+
+/// The role names `baton` answers to when started through a link of that name.
+const ROLES: &[&str] = &["apiserver"];
+
+fn args_with_role() -> Vec<String> {
+    let mut args: Vec<String> = std::env::args().collect();
+    let invoked = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("baton")
+        .to_string();
+    if let Some(role) = ROLES.iter().find(|r| invoked == **r) {
+        args.insert(1, (*role).to_string());
+        args[0] = "baton".into();
+    }
+    args
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(args_with_role());
+    init_logging();
+    let result = match cli.command {
+        Command::Apiserver(args) => run_async(async move { baton_apiserver::run(*args).await.map_err(anyhow::Error::from) }),
+        Command::Pki { command: PkiCommand::Init { dir, server, sans } } => pki_init(dir, server, sans),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(fut)
+}
+
+fn pki_init(dir: PathBuf, server: String, sans: Vec<String>) -> anyhow::Result<()> {
+    let files = baton_pki::init(&baton_pki::PkiInitOptions { dir, server, sans })?;
+    println!("CA:               {}{}", files.ca_cert.display(), if files.reused_ca { " (existing, reused)" } else { "" });
+    println!("API server cert:  {}", files.apiserver_cert.display());
+    println!("admin kubeconfig: {}", files.admin_kubeconfig.display());
+    Ok(())
+}
