@@ -60,16 +60,26 @@ fn args_with_role() -> Vec<String> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(args_with_role());
     init_logging();
     let result = match cli.command {
-        Command::Apiserver(args) => run_async(async move { baton_apiserver::run(*args).await.map_err(anyhow::Error::from) }),
-        Command::Pki { command: PkiCommand::Init { dir, server, sans } } => pki_init(dir, server, sans),
+        Command::Apiserver(args) => run_async(async move {
+            baton_apiserver::run(*args)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
+        Command::Pki {
+            command: PkiCommand::Init { dir, server, sans },
+        } => pki_init(dir, server, sans),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,13 +91,23 @@ fn main() -> ExitCode {
 }
 
 fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(fut)
 }
 
 fn pki_init(dir: PathBuf, server: String, sans: Vec<String>) -> anyhow::Result<()> {
     let files = baton_pki::init(&baton_pki::PkiInitOptions { dir, server, sans })?;
-    println!("CA:               {}{}", files.ca_cert.display(), if files.reused_ca { " (existing, reused)" } else { "" });
+    println!(
+        "CA:               {}{}",
+        files.ca_cert.display(),
+        if files.reused_ca {
+            " (existing, reused)"
+        } else {
+            ""
+        }
+    );
     println!("API server cert:  {}", files.apiserver_cert.display());
     println!("admin kubeconfig: {}", files.admin_kubeconfig.display());
     Ok(())

@@ -49,46 +49,94 @@ impl ServiceAllocator {
     }
 
     /// Claims `ip` (as given by the user) or a free one.
-    pub async fn claim_ip<S: Store>(&self, store: &Arc<S>, wanted: Option<&str>, owner: &str) -> Result<String, StatusError> {
+    pub async fn claim_ip<S: Store>(
+        &self,
+        store: &Arc<S>,
+        wanted: Option<&str>,
+        owner: &str,
+    ) -> Result<String, StatusError> {
         if let Some(ip) = wanted {
             let addr: IpAddr = ip.parse().map_err(|_| {
-                StatusError::bad_request(format!("spec.clusterIP: Invalid value: {ip:?}: must be a valid IP address"))
+                StatusError::bad_request(format!(
+                    "spec.clusterIP: Invalid value: {ip:?}: must be a valid IP address"
+                ))
             })?;
             if !self.range.contains(&addr) {
-                return Err(invalid_ip(ip, &format!("provided IP is not in the valid range. The range of valid IPs is {}", self.range)));
+                return Err(invalid_ip(
+                    ip,
+                    &format!(
+                        "provided IP is not in the valid range. The range of valid IPs is {}",
+                        self.range
+                    ),
+                ));
             }
-            return match store.create(&format!("{IP_PREFIX}{ip}"), Bytes::from(owner.to_string())).await {
+            return match store
+                .create(&format!("{IP_PREFIX}{ip}"), Bytes::from(owner.to_string()))
+                .await
+            {
                 Ok(_) => Ok(ip.to_string()),
-                Err(StoreError::AlreadyExists { .. }) => Err(invalid_ip(ip, &format!("failed to allocate IP {ip}: provided IP is already allocated"))),
+                Err(StoreError::AlreadyExists { .. }) => Err(invalid_ip(
+                    ip,
+                    &format!("failed to allocate IP {ip}: provided IP is already allocated"),
+                )),
                 Err(e) => Err(unavailable(e)),
             };
         }
-        let (net, broadcast) = ipv4_range(&self.range).ok_or_else(|| StatusError::internal("IPv6 service ranges are not supported yet"))?;
+        let (net, broadcast) = ipv4_range(&self.range)
+            .ok_or_else(|| StatusError::internal("IPv6 service ranges are not supported yet"))?;
         // Skip the network address, the first address (kubernetes) and the broadcast address.
         let size = u64::from(broadcast - net).saturating_sub(2).max(1);
         let start = random_u64() % size;
         for step in 0..size.min(4096) {
             let offset = 2 + (start + step) % size;
             let ip = Ipv4Addr::from(net + offset as u32).to_string();
-            match store.create(&format!("{IP_PREFIX}{ip}"), Bytes::from(owner.to_string())).await {
+            match store
+                .create(&format!("{IP_PREFIX}{ip}"), Bytes::from(owner.to_string()))
+                .await
+            {
                 Ok(_) => return Ok(ip),
                 Err(StoreError::AlreadyExists { .. }) => continue,
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        Err(StatusError::internal(format!("failed to allocate a serviceIP: range {} is full", self.range)))
+        Err(StatusError::internal(format!(
+            "failed to allocate a serviceIP: range {} is full",
+            self.range
+        )))
     }
 
     /// Claims a NodePort (the given one, or a free one).
-    pub async fn claim_port<S: Store>(&self, store: &Arc<S>, wanted: Option<i64>, owner: &str, field: &str) -> Result<i64, StatusError> {
+    pub async fn claim_port<S: Store>(
+        &self,
+        store: &Arc<S>,
+        wanted: Option<i64>,
+        owner: &str,
+        field: &str,
+    ) -> Result<i64, StatusError> {
         let (lo, hi) = (i64::from(self.ports.0), i64::from(self.ports.1));
         if let Some(port) = wanted {
             if !(lo..=hi).contains(&port) {
-                return Err(invalid_port(field, port, &format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}")));
+                return Err(invalid_port(
+                    field,
+                    port,
+                    &format!(
+                        "provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
+                    ),
+                ));
             }
-            return match store.create(&format!("{PORT_PREFIX}{port}"), Bytes::from(owner.to_string())).await {
+            return match store
+                .create(
+                    &format!("{PORT_PREFIX}{port}"),
+                    Bytes::from(owner.to_string()),
+                )
+                .await
+            {
                 Ok(_) => Ok(port),
-                Err(StoreError::AlreadyExists { .. }) => Err(invalid_port(field, port, "provided port is already allocated")),
+                Err(StoreError::AlreadyExists { .. }) => Err(invalid_port(
+                    field,
+                    port,
+                    "provided port is already allocated",
+                )),
                 Err(e) => Err(unavailable(e)),
             };
         }
@@ -96,13 +144,21 @@ impl ServiceAllocator {
         let start = random_u64() % size;
         for step in 0..size {
             let port = lo + ((start + step) % size) as i64;
-            match store.create(&format!("{PORT_PREFIX}{port}"), Bytes::from(owner.to_string())).await {
+            match store
+                .create(
+                    &format!("{PORT_PREFIX}{port}"),
+                    Bytes::from(owner.to_string()),
+                )
+                .await
+            {
                 Ok(_) => return Ok(port),
                 Err(StoreError::AlreadyExists { .. }) => continue,
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        Err(StatusError::internal("failed to allocate a nodePort: range is full"))
+        Err(StatusError::internal(
+            "failed to allocate a nodePort: range is full",
+        ))
     }
 
     /// Releases an address.
@@ -130,25 +186,60 @@ fn unavailable(e: StoreError) -> StatusError {
 }
 
 fn invalid_ip(ip: &str, detail: &str) -> StatusError {
-    let subject = crate::status::Subject { group: "", resource: "services", kind: "Service" };
-    let mut err = StatusError::invalid(&subject, "", vec![FieldCause::invalid("spec.clusterIPs", &serde_json::json!([ip]), detail)]);
-    err.message = format!("Service \"\" is invalid: spec.clusterIPs: Invalid value: []string{{{ip:?}}}: {detail}");
+    let subject = crate::status::Subject {
+        group: "",
+        resource: "services",
+        kind: "Service",
+    };
+    let mut err = StatusError::invalid(
+        &subject,
+        "",
+        vec![FieldCause::invalid(
+            "spec.clusterIPs",
+            &serde_json::json!([ip]),
+            detail,
+        )],
+    );
+    err.message = format!(
+        "Service \"\" is invalid: spec.clusterIPs: Invalid value: []string{{{ip:?}}}: {detail}"
+    );
     err
 }
 
 fn invalid_port(field: &str, port: i64, detail: &str) -> StatusError {
-    let subject = crate::status::Subject { group: "", resource: "services", kind: "Service" };
-    StatusError::invalid(&subject, "", vec![FieldCause::invalid(field, &serde_json::json!(port), detail)])
+    let subject = crate::status::Subject {
+        group: "",
+        resource: "services",
+        kind: "Service",
+    };
+    StatusError::invalid(
+        &subject,
+        "",
+        vec![FieldCause::invalid(field, &serde_json::json!(port), detail)],
+    )
 }
 
 /// The addresses and ports a Service holds.
 pub fn held(svc: &serde_json::Value) -> (Vec<String>, Vec<i64>) {
     let spec = &svc["spec"];
-    let mut ips: Vec<String> = spec["clusterIPs"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
-    if ips.is_empty() && let Some(ip) = spec["clusterIP"].as_str() {
+    let mut ips: Vec<String> = spec["clusterIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    if ips.is_empty()
+        && let Some(ip) = spec["clusterIP"].as_str()
+    {
         ips.push(ip.to_string());
     }
     ips.retain(|ip| ip != "None" && !ip.is_empty());
-    let ports = spec["ports"].as_array().into_iter().flatten().filter_map(|p| p["nodePort"].as_i64()).filter(|p| *p != 0).collect();
+    let ports = spec["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["nodePort"].as_i64())
+        .filter(|p| *p != 0)
+        .collect();
     (ips, ports)
 }

@@ -17,11 +17,20 @@ use crate::status::{FieldCause, StatusError};
 /// The merge key of a keyed list, for building `k:{...}` field-set entries.
 fn list_key(field: &str, items: &[Value]) -> Option<&'static str> {
     let key = match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets" => "name",
         "volumeMounts" => "mountPath",
         "conditions" => "type",
         "ports" => {
-            if items.iter().any(|i| i.get("containerPort").is_some()) { "containerPort" } else { "port" }
+            if items.iter().any(|i| i.get("containerPort").is_some()) {
+                "containerPort"
+            } else {
+                "port"
+            }
         }
         _ => return None,
     };
@@ -47,7 +56,14 @@ fn field_set_of(field: &str, v: &Value) -> Value {
         Value::Object(map) => {
             let mut out = Map::new();
             for (k, child) in map {
-                if matches!(k.as_str(), "resourceVersion" | "uid" | "creationTimestamp" | "managedFields" | "generation") {
+                if matches!(
+                    k.as_str(),
+                    "resourceVersion"
+                        | "uid"
+                        | "creationTimestamp"
+                        | "managedFields"
+                        | "generation"
+                ) {
                     continue;
                 }
                 out.insert(format!("f:{k}"), field_set_of(k, child));
@@ -76,7 +92,9 @@ fn field_set_of(field: &str, v: &Value) -> Value {
 
 /// Removes from `live` the fields in `old` that are not in `new` (fields a manager dropped).
 fn prune(live: &mut Value, old: &Value, new: &Value, field: &str) {
-    let (Some(old), Some(live_map)) = (old.as_object(), live.as_object_mut()) else { return };
+    let (Some(old), Some(live_map)) = (old.as_object(), live.as_object_mut()) else {
+        return;
+    };
     for (entry, old_child) in old {
         if entry == "." {
             continue;
@@ -102,11 +120,17 @@ fn prune(live: &mut Value, old: &Value, new: &Value, field: &str) {
 }
 
 fn prune_list(items: &mut Vec<Value>, old: &Value, new: &Value, field: &str) {
-    let Some(key) = list_key(field, items) else { return };
+    let Some(key) = list_key(field, items) else {
+        return;
+    };
     let Some(old) = old.as_object() else { return };
     for (entry, old_child) in old {
-        let Some(id) = entry.strip_prefix("k:") else { continue };
-        let Ok(id) = serde_json::from_str::<Value>(id) else { continue };
+        let Some(id) = entry.strip_prefix("k:") else {
+            continue;
+        };
+        let Ok(id) = serde_json::from_str::<Value>(id) else {
+            continue;
+        };
         let matches = |i: &Value| i.get(key) == id.get(key);
         match new.get(entry) {
             None => items.retain(|i| !matches(i)),
@@ -119,7 +143,13 @@ fn prune_list(items: &mut Vec<Value>, old: &Value, new: &Value, field: &str) {
     }
 }
 
-fn set_manager(obj: &mut Value, manager: &str, api_version: &str, fields: Value, subresource: Option<&str>) {
+fn set_manager(
+    obj: &mut Value,
+    manager: &str,
+    api_version: &str,
+    fields: Value,
+    subresource: Option<&str>,
+) {
     let now = crate::handlers::now();
     let entry = {
         let mut e = json!({
@@ -136,18 +166,36 @@ fn set_manager(obj: &mut Value, manager: &str, api_version: &str, fields: Value,
         e
     };
     let meta = &mut obj["metadata"];
-    let mut list: Vec<Value> = meta["managedFields"].as_array().cloned().unwrap_or_default();
+    let mut list: Vec<Value> = meta["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     list.retain(|m| !(m["manager"] == manager && m["operation"] == "Apply"));
     list.push(entry);
     meta["managedFields"] = Value::Array(list);
 }
 
 /// PATCH with application/apply-patch+yaml.
-pub async fn server_side_apply<S: Store>(server: &ApiServer<S>, call: &Call<'_>, status_only: bool) -> Result<Response<Body>, StatusError> {
+pub async fn server_side_apply<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+    status_only: bool,
+) -> Result<Response<Body>, StatusError> {
     let resource = call.resource;
     let manager = call.query.get("fieldManager").ok_or_else(|| {
-        let subject = crate::status::Subject { group: "meta.k8s.io", resource: "PatchOptions", kind: "PatchOptions" };
-        StatusError::invalid(&subject, "", vec![FieldCause::required("fieldManager", "is required for apply patch")])
+        let subject = crate::status::Subject {
+            group: "meta.k8s.io",
+            resource: "PatchOptions",
+            kind: "PatchOptions",
+        };
+        StatusError::invalid(
+            &subject,
+            "",
+            vec![FieldCause::required(
+                "fieldManager",
+                "is required for apply patch",
+            )],
+        )
     })?;
     let applied = parse_object(&call.body, "application/yaml")?;
     let mut applied_meta_checked = applied.clone();
@@ -162,10 +210,21 @@ pub async fn server_side_apply<S: Store>(server: &ApiServer<S>, call: &Call<'_>,
     let fields = field_set(&applied);
     let subresource = status_only.then_some("status");
     let key = call.key();
-    let exists = server.store.get(&key).await.map_err(|e| crate::objects::store_error(resource, call.name(), e))?.is_some();
+    let exists = server
+        .store
+        .get(&key)
+        .await
+        .map_err(|e| crate::objects::store_error(resource, call.name(), e))?
+        .is_some();
     if !exists {
         let mut obj = applied.clone();
-        set_manager(&mut obj, manager, &resource.api_version(), fields, subresource);
+        set_manager(
+            &mut obj,
+            manager,
+            &resource.api_version(),
+            fields,
+            subresource,
+        );
         let created = crate::handlers::create_for_apply(server, call, obj).await?;
         return Ok(json_response(StatusCode::CREATED, &created));
     }
@@ -183,13 +242,27 @@ pub async fn server_side_apply<S: Store>(server: &ApiServer<S>, call: &Call<'_>,
         }
         strategic_merge(&mut merged, &applied, "")?;
         set_type(resource, &mut merged);
-        set_manager(&mut merged, manager, &resource.api_version(), fields.clone(), subresource);
-        let next = (resource.normalize)(merged).map_err(|e| StatusError::bad_request(e.to_string()))?;
-        let prepared = crate::handlers::prepare_update(&server.defaulting, resource, current, next, status_only)?;
-        if dry_run {
-            return Err(StatusError::internal("dry-run").with_object(prepared));
-        }
-        Ok(Decision::Write(prepared))
+        set_manager(
+            &mut merged,
+            manager,
+            &resource.api_version(),
+            fields.clone(),
+            subresource,
+        );
+        let next =
+            (resource.normalize)(merged).map_err(|e| StatusError::bad_request(e.to_string()))?;
+        let prepared = crate::handlers::prepare_update(
+            &server.defaulting,
+            resource,
+            current,
+            next,
+            status_only,
+        )?;
+        Ok(if dry_run {
+            Decision::Preview(prepared)
+        } else {
+            Decision::Write(prepared)
+        })
     })
     .await;
     match result {
@@ -198,21 +271,7 @@ pub async fn server_side_apply<S: Store>(server: &ApiServer<S>, call: &Call<'_>,
             set_type(resource, &mut obj);
             Ok(json_response(StatusCode::OK, &obj))
         }
-        Err(e) if e.reason == "InternalError" && e.message == "dry-run" => {
-            Ok(json_response(StatusCode::OK, e.details.as_ref().unwrap_or(&Value::Null)))
-        }
         Err(e) => Err(e),
-    }
-}
-
-trait WithObject {
-    fn with_object(self, obj: Value) -> Self;
-}
-
-impl WithObject for StatusError {
-    fn with_object(mut self, obj: Value) -> Self {
-        self.details = Some(obj);
-        self
     }
 }
 
@@ -226,7 +285,10 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i"}]}});
         let set = field_set(&obj);
         assert_eq!(set["f:metadata"]["f:labels"]["f:a"], json!({}));
-        assert_eq!(set["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["f:image"], json!({}));
+        assert_eq!(
+            set["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["f:image"],
+            json!({})
+        );
     }
 
     #[test]

@@ -17,7 +17,12 @@ pub struct UserInfo {
 pub fn user_from_certificate(cert: &CertificateDer<'_>) -> Option<UserInfo> {
     let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
     let subject = parsed.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     if name.is_empty() {
         return None;
     }

@@ -27,14 +27,22 @@ pub fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(value).expect("JSON values always serialize");
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = code;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 /// A JSON response with another content type (e.g. aggregated discovery).
-pub fn json_response_as(code: StatusCode, value: &Value, content_type: &'static str) -> Response<Body> {
+pub fn json_response_as(
+    code: StatusCode,
+    value: &Value,
+    content_type: &'static str,
+) -> Response<Body> {
     let mut resp = json_response(code, value);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
@@ -42,7 +50,10 @@ pub fn json_response_as(code: StatusCode, value: &Value, content_type: &'static 
 pub fn text_response(code: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(full(text));
     *resp.status_mut() = code;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -50,7 +61,8 @@ pub fn text_response(code: StatusCode, text: impl Into<Bytes>) -> Response<Body>
 pub fn error_response(err: &StatusError) -> Response<Body> {
     let mut resp = json_response(err.code, &err.to_status());
     if let Some(retry) = err.retry_after {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry));
     }
     resp
 }
@@ -71,7 +83,10 @@ impl Query {
 
     /// A parameter, if present and not empty.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// A boolean parameter (`true`, `1`).
@@ -82,7 +97,11 @@ impl Query {
     /// An integer parameter; a malformed one is a 400 naming it.
     pub fn int(&self, key: &str) -> Result<Option<i64>, StatusError> {
         self.get(key)
-            .map(|v| v.parse::<i64>().map_err(|_| StatusError::bad_request(format!("invalid value for {key}: {v:?}"))))
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    StatusError::bad_request(format!("invalid value for {key}: {v:?}"))
+                })
+            })
             .transpose()
     }
 
@@ -110,7 +129,9 @@ pub fn parse_object(body: &[u8], content_type: &str) -> Result<Value, StatusErro
         })?
     };
     if !value.is_object() {
-        return Err(StatusError::bad_request("the request body is not a JSON object"));
+        return Err(StatusError::bad_request(
+            "the request body is not a JSON object",
+        ));
     }
     Ok(value)
 }
@@ -128,12 +149,17 @@ pub enum Wanted {
 
 /// Reads the Accept header.
 pub fn wanted(accept: Option<&str>) -> Result<Wanted, StatusError> {
-    let Some(accept) = accept else { return Ok(Wanted::Object) };
+    let Some(accept) = accept else {
+        return Ok(Wanted::Object);
+    };
     let mut json_ok = false;
     for media in accept.split(',') {
         let media = media.trim();
         let base = media.split(';').next().unwrap_or_default().trim();
-        if !matches!(base, "application/json" | "*/*" | "application/*" | "application/yaml" | "") {
+        if !matches!(
+            base,
+            "application/json" | "*/*" | "application/*" | "application/yaml" | ""
+        ) {
             continue;
         }
         if media.contains("as=Table") {
@@ -146,7 +172,11 @@ pub fn wanted(accept: Option<&str>) -> Result<Wanted, StatusError> {
             json_ok = true;
         }
     }
-    if json_ok { Ok(Wanted::Object) } else { Err(StatusError::not_acceptable(accept)) }
+    if json_ok {
+        Ok(Wanted::Object)
+    } else {
+        Err(StatusError::not_acceptable(accept))
+    }
 }
 
 #[cfg(test)]
@@ -157,7 +187,10 @@ mod tests {
     fn kubectl_get_asks_for_tables() {
         let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
         assert_eq!(wanted(Some(accept)).unwrap(), Wanted::Table);
-        assert_eq!(wanted(Some("application/json, */*")).unwrap(), Wanted::Object);
+        assert_eq!(
+            wanted(Some("application/json, */*")).unwrap(),
+            Wanted::Object
+        );
         assert_eq!(wanted(None).unwrap(), Wanted::Object);
         assert!(wanted(Some("application/vnd.kubernetes.protobuf")).is_err());
     }

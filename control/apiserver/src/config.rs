@@ -60,8 +60,14 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let (lo, hi) = s
         .split_once('-')
         .ok_or_else(|| format!("{s:?} is not a port range like 30000-32767"))?;
-    let lo: u16 = lo.trim().parse().map_err(|_| format!("{lo:?} is not a port"))?;
-    let hi: u16 = hi.trim().parse().map_err(|_| format!("{hi:?} is not a port"))?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .map_err(|_| format!("{lo:?} is not a port"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .map_err(|_| format!("{hi:?} is not a port"))?;
     if lo == 0 || lo > hi {
         return Err(format!("{s:?} is not a valid port range"));
     }

@@ -20,7 +20,10 @@ pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
             v.push(r.version);
         }
     }
-    order.into_iter().map(|g| (g, versions.remove(g).unwrap_or_default())).collect()
+    order
+        .into_iter()
+        .map(|g| (g, versions.remove(g).unwrap_or_default()))
+        .collect()
 }
 
 /// `/api`.
@@ -33,7 +36,10 @@ pub fn core_versions(server_address: &str) -> Value {
 }
 
 fn group_doc(group: &str, versions: &[&str]) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({ "groupVersion": format!("{group}/{v}"), "version": v })).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({ "groupVersion": format!("{group}/{v}"), "version": v }))
+        .collect();
     json!({ "name": group, "versions": vs, "preferredVersion": vs[0] })
 }
 
@@ -45,12 +51,15 @@ pub fn group_list() -> Value {
 
 /// `/apis/<group>`.
 pub fn group(name: &str) -> Option<Value> {
-    groups().into_iter().find(|(g, _)| *g == name).map(|(g, vs)| {
-        let mut doc = group_doc(g, &vs);
-        doc["kind"] = json!("APIGroup");
-        doc["apiVersion"] = json!("v1");
-        doc
-    })
+    groups()
+        .into_iter()
+        .find(|(g, _)| *g == name)
+        .map(|(g, vs)| {
+            let mut doc = group_doc(g, &vs);
+            doc["kind"] = json!("APIGroup");
+            doc["apiVersion"] = json!("v1");
+            doc
+        })
 }
 
 fn resource_entries(r: &Resource) -> Vec<Value> {
@@ -92,16 +101,27 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if resources.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources }))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources }),
+    )
 }
 
 /// The content type of aggregated discovery v2 documents.
-pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_V2: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// Whether the Accept header asks for aggregated discovery v2.
 pub fn wants_aggregated(accept: Option<&str>) -> bool {
-    accept.is_some_and(|a| a.split(',').next().is_some_and(|first| first.contains("as=APIGroupDiscoveryList") && first.contains("v=v2")))
+    accept.is_some_and(|a| {
+        a.split(',').next().is_some_and(|first| {
+            first.contains("as=APIGroupDiscoveryList") && first.contains("v=v2")
+        })
+    })
 }
 
 fn aggregated_group(group: &str, versions: &[&str]) -> Value {
@@ -147,7 +167,10 @@ pub fn aggregated(core: bool) -> Value {
     let items: Vec<Value> = if core {
         vec![aggregated_group("", &["v1"])]
     } else {
-        groups().iter().map(|(g, vs)| aggregated_group(g, vs)).collect()
+        groups()
+            .iter()
+            .map(|(g, vs)| aggregated_group(g, vs))
+            .collect()
     };
     json!({ "kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items })
 }
@@ -174,11 +197,22 @@ mod tests {
     #[test]
     fn core_list_has_pods_and_subresources() {
         let doc = resource_list("", "v1").unwrap();
-        let names: Vec<&str> = doc["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = doc["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
         assert!(names.contains(&"pods"));
         assert!(names.contains(&"pods/status"));
         assert!(names.contains(&"namespaces"));
-        let scale = resource_list("apps", "v1").unwrap()["resources"].as_array().unwrap().iter().find(|r| r["name"] == "deployments/scale").cloned().unwrap();
+        let scale = resource_list("apps", "v1").unwrap()["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "deployments/scale")
+            .cloned()
+            .unwrap();
         assert_eq!(scale["group"], "autoscaling");
         assert_eq!(scale["kind"], "Scale");
     }
@@ -186,8 +220,19 @@ mod tests {
     #[test]
     fn aggregated_lists_every_group() {
         let doc = aggregated(false);
-        let names: Vec<&str> = doc["items"].as_array().unwrap().iter().map(|g| g["metadata"]["name"].as_str().unwrap()).collect();
-        for g in ["apps", "batch", "discovery.k8s.io", "coordination.k8s.io", "events.k8s.io"] {
+        let names: Vec<&str> = doc["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["metadata"]["name"].as_str().unwrap())
+            .collect();
+        for g in [
+            "apps",
+            "batch",
+            "discovery.k8s.io",
+            "coordination.k8s.io",
+            "events.k8s.io",
+        ] {
             assert!(names.contains(&g), "{g}");
         }
     }

@@ -82,7 +82,9 @@ pub struct ApiServer<S> {
 
 impl<S> std::fmt::Debug for ApiServer<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiServer").field("advertise", &self.advertise).finish_non_exhaustive()
+        f.debug_struct("ApiServer")
+            .field("advertise", &self.advertise)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,14 +98,21 @@ impl<S: Store> ApiServer<S> {
                 not_ready_toleration_seconds: args.default_not_ready_toleration_seconds,
                 unreachable_toleration_seconds: args.default_unreachable_toleration_seconds,
             },
-            allocator: ServiceAllocator::new(args.service_cluster_ip_range, args.service_node_port_range),
+            allocator: ServiceAllocator::new(
+                args.service_cluster_ip_range,
+                args.service_node_port_range,
+            ),
             metrics: Metrics::default(),
             advertise,
         }
     }
 
     /// Claims the ClusterIP and NodePorts of a new Service.
-    pub async fn allocate_service(&self, svc: &mut Value, _current: Option<&Value>) -> Result<Allocated, StatusError> {
+    pub async fn allocate_service(
+        &self,
+        svc: &mut Value,
+        _current: Option<&Value>,
+    ) -> Result<Allocated, StatusError> {
         let mut allocated = Allocated::default();
         let owner = format!(
             "{}/{}",
@@ -112,8 +121,14 @@ impl<S: Store> ApiServer<S> {
         );
         let spec = &mut svc["spec"];
         if spec["type"] != "ExternalName" && spec["clusterIP"] != "None" {
-            let wanted = spec["clusterIP"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
-            let ip = self.allocator.claim_ip(&self.store, wanted.as_deref(), &owner).await?;
+            let wanted = spec["clusterIP"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
+            let ip = self
+                .allocator
+                .claim_ip(&self.store, wanted.as_deref(), &owner)
+                .await?;
             allocated.ips.push(ip.clone());
             spec["clusterIP"] = json!(ip);
             spec["clusterIPs"] = json!([ip]);
@@ -125,7 +140,11 @@ impl<S: Store> ApiServer<S> {
             for i in 0..count {
                 let field = format!("spec.ports[{i}].nodePort");
                 let wanted = spec["ports"][i]["nodePort"].as_i64().filter(|p| *p != 0);
-                match self.allocator.claim_port(&self.store, wanted, &owner, &field).await {
+                match self
+                    .allocator
+                    .claim_port(&self.store, wanted, &owner, &field)
+                    .await
+                {
                     Ok(port) => {
                         allocated.ports.push(port);
                         spec["ports"][i]["nodePort"] = json!(port);
@@ -151,11 +170,17 @@ impl<S: Store> ApiServer<S> {
     }
 
     /// Claims the NodePorts an update of a Service will need.
-    pub async fn preallocate_for_update(&self, call: &handlers::Call<'_>, next: &Value) -> Result<PortPool, StatusError> {
+    pub async fn preallocate_for_update(
+        &self,
+        call: &handlers::Call<'_>,
+        next: &Value,
+    ) -> Result<PortPool, StatusError> {
         if !(call.resource.group.is_empty() && call.resource.kind == "Service") {
             return Ok(PortPool::default());
         }
-        let Ok(Some(kv)) = self.store.get(&call.key()).await else { return Ok(PortPool::default()) };
+        let Ok(Some(kv)) = self.store.get(&call.key()).await else {
+            return Ok(PortPool::default());
+        };
         let current = objects::decode(&kv)?;
         let mut merged = next.clone();
         services::keep_allocations(&current, &mut merged);
@@ -163,7 +188,11 @@ impl<S: Store> ApiServer<S> {
         let owner = format!("{}/{}", call.namespace().unwrap_or_default(), call.name());
         let mut ports = vec![];
         for _ in 0..missing {
-            match self.allocator.claim_port(&self.store, None, &owner, "spec.ports.nodePort").await {
+            match self
+                .allocator
+                .claim_port(&self.store, None, &owner, "spec.ports.nodePort")
+                .await
+            {
                 Ok(p) => ports.push(p),
                 Err(e) => {
                     self.release(&Allocated { ips: vec![], ports }).await;
@@ -175,7 +204,13 @@ impl<S: Store> ApiServer<S> {
     }
 
     /// After a Service update: releases pool ports it did not use and what it gave up.
-    pub async fn release_unused(&self, previous: &Value, now: &Value, pool: &PortPool, written: bool) {
+    pub async fn release_unused(
+        &self,
+        previous: &Value,
+        now: &Value,
+        pool: &PortPool,
+        written: bool,
+    ) {
         let (now_ips, now_ports) = allocator::held(now);
         let (old_ips, old_ports) = allocator::held(previous);
         let mut release = Allocated::default();
@@ -185,8 +220,12 @@ impl<S: Store> ApiServer<S> {
             }
         }
         if written {
-            release.ips.extend(old_ips.into_iter().filter(|ip| !now_ips.contains(ip)));
-            release.ports.extend(old_ports.into_iter().filter(|p| !now_ports.contains(p)));
+            release
+                .ips
+                .extend(old_ips.into_iter().filter(|ip| !now_ips.contains(ip)));
+            release
+                .ports
+                .extend(old_ports.into_iter().filter(|p| !now_ports.contains(p)));
         }
         self.release(&release).await;
     }
@@ -196,10 +235,17 @@ impl<S: Store> ApiServer<S> {
         let ns = resources::find("", "v1", "namespaces").expect("served");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let key = ns.key(None, name);
-            if self.store.get(&key).await.map_err(|e| objects::store_error(ns, name, e))?.is_some() {
+            if self
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| objects::store_error(ns, name, e))?
+                .is_some()
+            {
                 continue;
             }
-            let mut obj = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } });
+            let mut obj =
+                json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } });
             obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
             obj["metadata"]["creationTimestamp"] = json!(handlers::now());
             resources::defaults::apply("", "Namespace", &mut obj, &self.defaulting, true);
@@ -210,8 +256,19 @@ impl<S: Store> ApiServer<S> {
         }
         let svc = resources::find("", "v1", "services").expect("served");
         let key = svc.key(Some("default"), "kubernetes");
-        if self.store.get(&key).await.map_err(|e| objects::store_error(svc, "kubernetes", e))?.is_none() {
-            let port: i64 = self.advertise.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6443);
+        if self
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| objects::store_error(svc, "kubernetes", e))?
+            .is_none()
+        {
+            let port: i64 = self
+                .advertise
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(6443);
             let mut obj = json!({
                 "apiVersion": "v1", "kind": "Service",
                 "metadata": { "name": "kubernetes", "namespace": "default",
@@ -235,7 +292,11 @@ impl<S: Store> ApiServer<S> {
 
 /// Runs `baton apiserver` until the process is stopped.
 pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
-    let tls = tls::server_config(&args.tls_cert_file, &args.tls_private_key_file, &args.client_ca_file)?;
+    let tls = tls::server_config(
+        &args.tls_cert_file,
+        &args.tls_private_key_file,
+        &args.client_ca_file,
+    )?;
     let etcd_tls = EtcdTls {
         ca_file: args.etcd_cafile.clone(),
         cert_file: args.etcd_certfile.clone(),
@@ -243,30 +304,52 @@ pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
     };
     let store = EtcdStore::connect(&args.etcd_servers, &etcd_tls)
         .await
-        .map_err(|source| StartApiServerError::Etcd { endpoints: args.etcd_servers.join(","), source })?;
+        .map_err(|source| StartApiServerError::Etcd {
+            endpoints: args.etcd_servers.join(","),
+            source,
+        })?;
     // Fail early, naming etcd, when it is not reachable.
     store
         .current_revision()
         .await
-        .map_err(|source| StartApiServerError::Etcd { endpoints: args.etcd_servers.join(","), source })?;
+        .map_err(|source| StartApiServerError::Etcd {
+            endpoints: args.etcd_servers.join(","),
+            source,
+        })?;
     let addr = std::net::SocketAddr::new(args.bind_address, args.secure_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| StartApiServerError::Listen { addr: addr.to_string(), source })?;
-    let bound = listener.local_addr().map_err(|source| StartApiServerError::Listen { addr: addr.to_string(), source })?;
-    let advertise_ip = args.advertise_address.unwrap_or(if args.bind_address.is_unspecified() {
-        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-    } else {
-        args.bind_address
-    });
+        .map_err(|source| StartApiServerError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartApiServerError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let advertise_ip = args
+        .advertise_address
+        .unwrap_or(if args.bind_address.is_unspecified() {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            args.bind_address
+        });
     let advertise = std::net::SocketAddr::new(advertise_ip, bound.port()).to_string();
     let server = Arc::new(ApiServer::new(Arc::new(store), &args, advertise));
-    server.bootstrap().await.map_err(|e| StartApiServerError::Bootstrap(e.message))?;
+    server
+        .bootstrap()
+        .await
+        .map_err(|e| StartApiServerError::Bootstrap(e.message))?;
     if let Some(path) = &args.port_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, bound.port().to_string())
             .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|source| StartApiServerError::Listen { addr: path.display().to_string(), source })?;
+            .map_err(|source| StartApiServerError::Listen {
+                addr: path.display().to_string(),
+                source,
+            })?;
     }
     tracing::info!(address = %bound, "serving the Kubernetes API");
     serve(server, listener, tls).await;

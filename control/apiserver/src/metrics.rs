@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Latency buckets (seconds), a subset of upstream's apiserver_request_duration_seconds.
-const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
+const BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -39,12 +41,18 @@ impl Metrics {
     /// Records one request.
     pub fn observe(&self, verb: &str, resource: &str, code: u16, elapsed: Duration) {
         let mut inner = self.inner.lock().expect("metrics lock");
-        *inner.requests.entry((verb.to_string(), resource.to_string(), code)).or_default() += 1;
+        *inner
+            .requests
+            .entry((verb.to_string(), resource.to_string(), code))
+            .or_default() += 1;
         // Watches are long-running: upstream excludes them from the latency histogram.
         if verb == "WATCH" {
             return;
         }
-        let h = inner.durations.entry((verb.to_string(), resource.to_string())).or_default();
+        let h = inner
+            .durations
+            .entry((verb.to_string(), resource.to_string()))
+            .or_default();
         if h.counts.is_empty() {
             h.counts = vec![0; BUCKETS.len()];
         }
@@ -84,7 +92,10 @@ impl Metrics {
         }
         out.push_str("# HELP apiserver_longrunning_requests Number of open watch requests.\n");
         out.push_str("# TYPE apiserver_longrunning_requests gauge\n");
-        out.push_str(&format!("apiserver_longrunning_requests{{verb=\"WATCH\"}} {}\n", self.watchers.load(Ordering::Relaxed)));
+        out.push_str(&format!(
+            "apiserver_longrunning_requests{{verb=\"WATCH\"}} {}\n",
+            self.watchers.load(Ordering::Relaxed)
+        ));
         out
     }
 }
@@ -99,8 +110,14 @@ mod tests {
         m.observe("LIST", "pods", 200, Duration::from_millis(3));
         m.observe("LIST", "pods", 200, Duration::from_millis(30));
         let text = m.render();
-        assert!(text.contains("apiserver_request_total{code=\"200\",resource=\"pods\",verb=\"LIST\"} 2"));
+        assert!(
+            text.contains(
+                "apiserver_request_total{code=\"200\",resource=\"pods\",verb=\"LIST\"} 2"
+            )
+        );
         assert!(text.contains("apiserver_request_duration_seconds_bucket{resource=\"pods\",verb=\"LIST\",le=\"0.005\"} 1"));
-        assert!(text.contains("apiserver_request_duration_seconds_count{resource=\"pods\",verb=\"LIST\"} 2"));
+        assert!(text.contains(
+            "apiserver_request_duration_seconds_count{resource=\"pods\",verb=\"LIST\"} 2"
+        ));
     }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use bytes::Bytes;
 use baton_store::{KeyValue, ListOptions, Store, StoreError};
+use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::resources::Resource;
@@ -31,7 +31,10 @@ pub fn decode_bytes(key: &str, value: &[u8], revision: i64) -> Result<Value, Sta
 /// Sets metadata.resourceVersion.
 pub fn set_resource_version(obj: &mut Value, revision: i64) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(revision.to_string()),
+        );
     }
 }
 
@@ -88,7 +91,11 @@ impl Continue {
 
     /// Decodes a `continue` parameter.
     pub fn decode(token: &str) -> Result<Self, StatusError> {
-        let bad = || StatusError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
+        let bad = || {
+            StatusError::bad_request(
+                "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+            )
+        };
         let raw = STANDARD.decode(token).map_err(|_| bad())?;
         let value: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
         if value["v"] != "meta.k8s.io/v1" {
@@ -121,6 +128,8 @@ pub enum Decision {
     Write(Value),
     /// Delete the object (e.g. the last finalizer went away on a deleting object).
     Delete,
+    /// Write nothing and return this object (dry runs).
+    Preview(Value),
 }
 
 /// Reads `key`, applies `change` and writes the result with compare-and-swap, retrying when
@@ -140,26 +149,43 @@ pub async fn guaranteed_update<S: Store>(
             .ok_or_else(|| StatusError::not_found(&resource.subject(), name))?;
         let previous = decode(&current)?;
         match change(&previous)? {
-            Decision::Delete => {
-                match store.delete(key, Some(current.mod_revision)).await {
-                    Ok((_, revision)) => {
-                        let mut object = previous.clone();
-                        set_resource_version(&mut object, revision);
-                        return Ok(Updated { object, previous, written: true });
-                    }
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(store_error(resource, name, e)),
-                }
+            Decision::Preview(object) => {
+                return Ok(Updated {
+                    object,
+                    previous,
+                    written: false,
+                });
             }
+            Decision::Delete => match store.delete(key, Some(current.mod_revision)).await {
+                Ok((_, revision)) => {
+                    let mut object = previous.clone();
+                    set_resource_version(&mut object, revision);
+                    return Ok(Updated {
+                        object,
+                        previous,
+                        written: true,
+                    });
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_error(resource, name, e)),
+            },
             Decision::Write(mut next) => {
                 set_resource_version(&mut next, current.mod_revision);
                 if next == previous {
-                    return Ok(Updated { object: next, previous, written: false });
+                    return Ok(Updated {
+                        object: next,
+                        previous,
+                        written: false,
+                    });
                 }
                 match store.update(key, encode(&next), current.mod_revision).await {
                     Ok(revision) => {
                         set_resource_version(&mut next, revision);
-                        return Ok(Updated { object: next, previous, written: true });
+                        return Ok(Updated {
+                            object: next,
+                            previous,
+                            written: true,
+                        });
                     }
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(e) => return Err(store_error(resource, name, e)),
@@ -189,9 +215,9 @@ pub async fn list_page<S: Store>(
         Err(StoreError::Compacted { .. }) if start.is_some() => Err(StatusError::expired(
             "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
         )),
-        Err(StoreError::Compacted { requested, .. }) => {
-            Err(StatusError::expired(format!("too old resource version: {requested}")))
-        }
+        Err(StoreError::Compacted { requested, .. }) => Err(StatusError::expired(format!(
+            "too old resource version: {requested}"
+        ))),
         Err(e) => Err(store_error(resource, "", e)),
     }
 }
@@ -202,7 +228,10 @@ mod tests {
 
     #[test]
     fn continue_tokens_round_trip() {
-        let c = Continue { revision: 42, start: "default/web-7\u{0}".into() };
+        let c = Continue {
+            revision: 42,
+            start: "default/web-7\u{0}".into(),
+        };
         assert_eq!(Continue::decode(&c.encode()).unwrap(), c);
         assert!(Continue::decode("not base64!").is_err());
     }

@@ -11,7 +11,11 @@ use serde_json::{Map, Value, json};
 use crate::resources::{CATALOG, Resource};
 
 fn group_version_path(r: &Resource) -> String {
-    if r.group.is_empty() { format!("api/{}", r.version) } else { format!("apis/{}/{}", r.group, r.version) }
+    if r.group.is_empty() {
+        format!("api/{}", r.version)
+    } else {
+        format!("apis/{}/{}", r.group, r.version)
+    }
 }
 
 fn gvk(r: &Resource) -> Value {
@@ -28,7 +32,11 @@ fn write_params() -> Value {
 
 fn collection_path(r: &Resource) -> String {
     if r.namespaced {
-        format!("/{}/namespaces/{{namespace}}/{}", group_version_path(r), r.plural)
+        format!(
+            "/{}/namespaces/{{namespace}}/{}",
+            group_version_path(r),
+            r.plural
+        )
     } else {
         format!("/{}/{}", group_version_path(r), r.plural)
     }
@@ -46,14 +54,18 @@ fn paths_for(r: &Resource, type_ref: &str, v3: bool) -> Vec<(String, Value)> {
             o["requestBody"] = json!({ "content": { "*/*": { "schema": { "$ref": type_ref } } }, "required": true });
             o["responses"] = json!({ "200": { "description": "OK", "content": { "application/json": { "schema": { "$ref": type_ref } } } } });
         } else {
-            o["responses"] = json!({ "200": { "description": "OK", "schema": { "$ref": type_ref } } });
+            o["responses"] =
+                json!({ "200": { "description": "OK", "schema": { "$ref": type_ref } } });
         }
         o
     };
     let collection = collection_path(r);
     vec![
         (collection.clone(), json!({ "post": body("post") })),
-        (format!("{collection}/{{name}}"), json!({ "put": body("put"), "patch": body("patch") })),
+        (
+            format!("{collection}/{{name}}"),
+            json!({ "put": body("put"), "patch": body("patch") }),
+        ),
     ]
 }
 
@@ -73,7 +85,12 @@ fn document(resources: &[&Resource], v3: bool) -> Value {
     let mut kinds = vec![];
     for r in resources {
         let schema = (r.schema)(&mut generator);
-        let type_ref = schema.as_value().get("$ref").and_then(Value::as_str).unwrap_or_default().to_string();
+        let type_ref = schema
+            .as_value()
+            .get("$ref")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let name = type_ref.rsplit('/').next().unwrap_or_default().to_string();
         kinds.push((name, *r));
         for (path, item) in paths_for(r, &type_ref, v3) {
@@ -107,7 +124,10 @@ fn v3_docs() -> &'static BTreeMap<String, Value> {
         for r in CATALOG {
             by_gv.entry(group_version_path(r)).or_default().push(r);
         }
-        by_gv.into_iter().map(|(gv, rs)| (gv, document(&rs, true))).collect()
+        by_gv
+            .into_iter()
+            .map(|(gv, rs)| (gv, document(&rs, true)))
+            .collect()
     })
 }
 
@@ -117,7 +137,10 @@ pub fn v3_index() -> Value {
         .iter()
         .map(|(gv, doc)| {
             let hash = format!("{:016X}", fxhash(doc.to_string().as_bytes()));
-            (gv.clone(), json!({ "serverRelativeURL": format!("/openapi/v3/{gv}?hash={hash}") }))
+            (
+                gv.clone(),
+                json!({ "serverRelativeURL": format!("/openapi/v3/{gv}?hash={hash}") }),
+            )
         })
         .collect();
     json!({ "paths": paths })
@@ -129,7 +152,9 @@ pub fn v3_group(gv: &str) -> Option<&'static Value> {
 }
 
 fn fxhash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -140,8 +165,16 @@ mod tests {
     fn v3_documents_carry_kinds() {
         let apps = v3_group("apis/apps/v1").unwrap();
         let dep = &apps["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
-        assert_eq!(dep["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+        assert_eq!(
+            dep["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
         assert!(dep["properties"]["spec"].is_object());
-        assert!(v3_index()["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/api/v1?hash="));
+        assert!(
+            v3_index()["paths"]["api/v1"]["serverRelativeURL"]
+                .as_str()
+                .unwrap()
+                .starts_with("/openapi/v3/api/v1?hash=")
+        );
     }
 }

@@ -41,7 +41,9 @@ pub fn apply(target: &Value, patch_type: PatchType, body: &[u8]) -> Result<Value
             let patch: json_patch::Patch = serde_json::from_slice(body)
                 .map_err(|e| StatusError::bad_request(format!("error decoding patch: {e}")))?;
             json_patch::patch(&mut doc, &patch).map_err(|e| {
-                let mut err = StatusError::bad_request(format!("the server rejected our request due to an error in our request: {e}"));
+                let mut err = StatusError::bad_request(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                ));
                 err.code = http::StatusCode::UNPROCESSABLE_ENTITY;
                 err.reason = "Invalid";
                 err
@@ -56,7 +58,9 @@ pub fn apply(target: &Value, patch_type: PatchType, body: &[u8]) -> Result<Value
             let patch: Value = serde_json::from_slice(body)
                 .map_err(|e| StatusError::bad_request(format!("error decoding patch: {e}")))?;
             if !patch.is_object() {
-                return Err(StatusError::bad_request("strategic merge patch must be a JSON object"));
+                return Err(StatusError::bad_request(
+                    "strategic merge patch must be a JSON object",
+                ));
             }
             strategic_merge(&mut doc, &patch, "")?;
         }
@@ -68,8 +72,14 @@ pub fn apply(target: &Value, patch_type: PatchType, body: &[u8]) -> Result<Value
 /// The patch merge key of a list field (upstream's `patchMergeKey` tags), if it merges by key.
 fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
-        | "resourceClaims" | "schedulingGates" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "schedulingGates" => "name",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
         "hostAliases" => "ip",
@@ -116,17 +126,24 @@ pub fn strategic_merge(doc: &mut Value, patch: &Value, field: &str) -> Result<()
     if !doc.is_object() {
         *doc = Value::Object(Map::new());
     }
-    let retain: Option<Vec<String>> = patch_map
-        .get("$retainKeys")
-        .and_then(Value::as_array)
-        .map(|keys| keys.iter().filter_map(|k| k.as_str().map(str::to_string)).collect());
+    let retain: Option<Vec<String>> =
+        patch_map
+            .get("$retainKeys")
+            .and_then(Value::as_array)
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+                    .collect()
+            });
     let map = doc.as_object_mut().expect("object");
     for (key, value) in patch_map {
         if key.starts_with("$setElementOrder/") || key == "$retainKeys" || key == "$patch" {
             continue;
         }
         if let Some(list_field) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(items)), Some(remove)) = (map.get_mut(list_field), value.as_array()) {
+            if let (Some(Value::Array(items)), Some(remove)) =
+                (map.get_mut(list_field), value.as_array())
+            {
                 items.retain(|i| !remove.contains(i));
             }
             continue;
@@ -160,14 +177,25 @@ pub fn strategic_merge(doc: &mut Value, patch: &Value, field: &str) -> Result<()
     Ok(())
 }
 
-fn merge_list(field: &str, existing: Option<Value>, patch_items: &[Value]) -> Result<Value, StatusError> {
+fn merge_list(
+    field: &str,
+    existing: Option<Value>,
+    patch_items: &[Value],
+) -> Result<Value, StatusError> {
     let mut items = match existing {
         Some(Value::Array(items)) => items,
         _ => vec![],
     };
     // `$patch: replace` as a list element replaces the whole list.
-    if patch_items.iter().any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace")) {
-        let kept = patch_items.iter().filter(|p| p.get("$patch").is_none()).cloned().collect();
+    if patch_items
+        .iter()
+        .any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        let kept = patch_items
+            .iter()
+            .filter(|p| p.get("$patch").is_none())
+            .cloned()
+            .collect();
         return Ok(Value::Array(kept));
     }
     if merges_as_set(field) {
@@ -184,7 +212,9 @@ fn merge_list(field: &str, existing: Option<Value>, patch_items: &[Value]) -> Re
     };
     for p in patch_items {
         let Some(id) = key_of(p, key).cloned() else {
-            return Err(StatusError::bad_request(format!("map: {p} does not contain declared merge key: {key}")));
+            return Err(StatusError::bad_request(format!(
+                "map: {p} does not contain declared merge key: {key}"
+            )));
         };
         let pos = items.iter().position(|i| key_of(i, key) == Some(&id));
         if p.get("$patch").and_then(Value::as_str) == Some("delete") {
@@ -241,7 +271,12 @@ mod tests {
         let doc = json!({"spec": {"replicas": 1}});
         let out = apply(&doc, PatchType::Merge, br#"{"spec":{"replicas":3}}"#).unwrap();
         assert_eq!(out["spec"]["replicas"], 3);
-        let out = apply(&doc, PatchType::Json, br#"[{"op":"replace","path":"/spec/replicas","value":5}]"#).unwrap();
+        let out = apply(
+            &doc,
+            PatchType::Json,
+            br#"[{"op":"replace","path":"/spec/replicas","value":5}]"#,
+        )
+        .unwrap();
         assert_eq!(out["spec"]["replicas"], 5);
     }
 }

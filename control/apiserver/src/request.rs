@@ -46,7 +46,11 @@ pub enum Target {
 fn split(path: &str) -> Vec<String> {
     path.split('/')
         .filter(|p| !p.is_empty())
-        .map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned())
+        .map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect()
 }
 
@@ -77,7 +81,11 @@ pub fn parse(method: &Method, path: &str, watch_param: bool) -> Target {
             return Target::Other(path.to_string());
         }
     }
-    let mut info = RequestInfo { group, version, ..Default::default() };
+    let mut info = RequestInfo {
+        group,
+        version,
+        ..Default::default()
+    };
     if rest[0] == "namespaces" {
         if rest.len() >= 3 && !matches!(rest[2].as_str(), "status" | "finalize") {
             info.namespace = Some(rest[1].clone());
@@ -87,7 +95,12 @@ pub fn parse(method: &Method, path: &str, watch_param: bool) -> Target {
             info.name = Some(rest[1].clone());
             info.resource = "namespaces".into();
             info.subresource = rest.get(2).cloned();
-            info.verb = verb(method, true, legacy_watch || watch_param, info.subresource.as_deref());
+            info.verb = verb(
+                method,
+                true,
+                legacy_watch || watch_param,
+                info.subresource.as_deref(),
+            );
             return Target::Resource(info);
         }
     }
@@ -97,7 +110,12 @@ pub fn parse(method: &Method, path: &str, watch_param: bool) -> Target {
     if rest.len() > 3 {
         return Target::Other(path.to_string());
     }
-    info.verb = verb(method, info.name.is_some(), legacy_watch || watch_param, info.subresource.as_deref());
+    info.verb = verb(
+        method,
+        info.name.is_some(),
+        legacy_watch || watch_param,
+        info.subresource.as_deref(),
+    );
     Target::Resource(info)
 }
 
@@ -128,7 +146,10 @@ mod tests {
 
     #[test]
     fn namespaced_object_and_subresource() {
-        let info = res(Method::PUT, "/apis/apps/v1/namespaces/ns1/deployments/web/scale");
+        let info = res(
+            Method::PUT,
+            "/apis/apps/v1/namespaces/ns1/deployments/web/scale",
+        );
         assert_eq!(info.group, "apps");
         assert_eq!(info.namespace.as_deref(), Some("ns1"));
         assert_eq!(info.resource, "deployments");
@@ -140,11 +161,17 @@ mod tests {
     #[test]
     fn namespace_object_and_lists() {
         let ns = res(Method::GET, "/api/v1/namespaces/kube-system");
-        assert_eq!((ns.resource.as_str(), ns.name.as_deref(), ns.verb), ("namespaces", Some("kube-system"), "get"));
+        assert_eq!(
+            (ns.resource.as_str(), ns.name.as_deref(), ns.verb),
+            ("namespaces", Some("kube-system"), "get")
+        );
         let list = res(Method::GET, "/api/v1/pods");
         assert_eq!((list.namespace, list.verb), (None, "list"));
         let watch = res(Method::GET, "/api/v1/watch/namespaces/a/pods");
-        assert_eq!((watch.namespace.as_deref(), watch.verb), (Some("a"), "watch"));
+        assert_eq!(
+            (watch.namespace.as_deref(), watch.verb),
+            (Some("a"), "watch")
+        );
         let dc = res(Method::DELETE, "/api/v1/namespaces/a/pods");
         assert_eq!(dc.verb, "deletecollection");
     }
@@ -153,10 +180,16 @@ mod tests {
     fn discovery_paths() {
         assert_eq!(parse(&Method::GET, "/api", false), Target::CoreVersions);
         assert_eq!(parse(&Method::GET, "/apis/", false), Target::Groups);
-        assert_eq!(parse(&Method::GET, "/apis/apps", false), Target::Group("apps".into()));
+        assert_eq!(
+            parse(&Method::GET, "/apis/apps", false),
+            Target::Group("apps".into())
+        );
         assert_eq!(
             parse(&Method::GET, "/apis/apps/v1", false),
-            Target::ResourceList { group: "apps".into(), version: "v1".into() }
+            Target::ResourceList {
+                group: "apps".into(),
+                version: "v1".into()
+            }
         );
     }
 }

@@ -40,13 +40,23 @@ fn split_top_level(s: &str) -> Vec<&str> {
 
 fn set_values(s: &str) -> Option<Vec<String>> {
     let inner = s.trim().strip_prefix('(')?.strip_suffix(')')?;
-    Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Some(
+        inner
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect(),
+    )
 }
 
 impl LabelSelector {
     /// Parses the `labelSelector` query form (`a=b,c!=d,e in (f,g),!h,i`).
     pub fn parse(s: &str) -> Result<Self, StatusError> {
-        let bad = |part: &str| StatusError::bad_request(format!("unable to parse requirement: {part:?}: invalid label selector"));
+        let bad = |part: &str| {
+            StatusError::bad_request(format!(
+                "unable to parse requirement: {part:?}: invalid label selector"
+            ))
+        };
         let mut reqs = vec![];
         for part in split_top_level(s) {
             let part = part.trim();
@@ -65,7 +75,10 @@ impl LabelSelector {
                 Requirement::NotIn(k.trim().into(), set_values(v).ok_or_else(|| bad(part))?)
             } else if let Some((k, v)) = part.split_once(" in ") {
                 Requirement::In(k.trim().into(), set_values(v).ok_or_else(|| bad(part))?)
-            } else if part.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+            } else if part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
                 Requirement::Exists(part.to_string())
             } else {
                 return Err(bad(part));
@@ -103,8 +116,12 @@ pub fn label_selector_matches(selector: &Value, labels: &Value) -> bool {
     let exprs_ok = selector["matchExpressions"].as_array().is_none_or(|exprs| {
         exprs.iter().all(|e| {
             let key = e["key"].as_str().unwrap_or_default();
-            let values: Vec<&str> =
-                e["values"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
             match e["operator"].as_str().unwrap_or_default() {
                 "In" => get(key).is_some_and(|v| values.contains(&v)),
                 "NotIn" => get(key).is_none_or(|v| !values.contains(&v)),
@@ -168,7 +185,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, false, v)
             } else {
-                return Err(StatusError::bad_request(format!("invalid selector: '{s}'; can't understand '{part}'")));
+                return Err(StatusError::bad_request(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                )));
             };
             let field = field.trim();
             if !matches!(field, "metadata.name" | "metadata.namespace")
@@ -190,7 +209,10 @@ impl FieldSelector {
 
     /// The value a `field=value` term requires of `field`, if any (to narrow a list).
     pub fn required_value(&self, field: &str) -> Option<&str> {
-        self.0.iter().find(|(f, neg, _)| f == field && !neg).map(|(_, _, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(f, neg, _)| f == field && !neg)
+            .map(|(_, _, v)| v.as_str())
     }
 
     /// Whether an object satisfies every term.
@@ -227,9 +249,21 @@ mod tests {
     fn label_selector_forms() {
         let labels = json!({"app": "web", "tier": "fe"});
         assert!(LabelSelector::parse("app=web").unwrap().matches(&labels));
-        assert!(LabelSelector::parse("app==web,tier!=be").unwrap().matches(&labels));
-        assert!(LabelSelector::parse("tier in (fe, be),app").unwrap().matches(&labels));
-        assert!(!LabelSelector::parse("tier notin (fe)").unwrap().matches(&labels));
+        assert!(
+            LabelSelector::parse("app==web,tier!=be")
+                .unwrap()
+                .matches(&labels)
+        );
+        assert!(
+            LabelSelector::parse("tier in (fe, be),app")
+                .unwrap()
+                .matches(&labels)
+        );
+        assert!(
+            !LabelSelector::parse("tier notin (fe)")
+                .unwrap()
+                .matches(&labels)
+        );
         assert!(LabelSelector::parse("!missing").unwrap().matches(&labels));
         assert!(!LabelSelector::parse("app=db").unwrap().matches(&labels));
         assert!(LabelSelector::parse("a in b").is_err());
@@ -240,7 +274,11 @@ mod tests {
         let pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
         let sel = FieldSelector::parse("spec.nodeName=n1,status.phase!=Failed", "", "Pod").unwrap();
         assert!(sel.matches(&pod));
-        assert!(FieldSelector::parse("spec.nodeName=", "", "Pod").unwrap().matches(&json!({"spec": {}})));
+        assert!(
+            FieldSelector::parse("spec.nodeName=", "", "Pod")
+                .unwrap()
+                .matches(&json!({"spec": {}}))
+        );
         let err = FieldSelector::parse("spec.foo=x", "", "Pod").unwrap_err();
         assert_eq!(err.message, "field label not supported: spec.foo");
     }

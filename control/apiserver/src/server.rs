@@ -17,7 +17,9 @@ use baton_store::Store;
 
 use crate::ApiServer;
 use crate::authn::{UserInfo, user_from_certificate};
-use crate::body::{Body, MAX_BODY, Query, error_response, json_response, json_response_as, text_response, wanted};
+use crate::body::{
+    Body, MAX_BODY, Query, error_response, json_response, json_response_as, text_response, wanted,
+};
 use crate::discovery;
 use crate::handlers::{self, Call};
 use crate::request::{self, Target};
@@ -25,7 +27,11 @@ use crate::resources;
 use crate::status::StatusError;
 
 /// Accepts connections until the listener fails.
-pub async fn serve<S: Store>(server: Arc<ApiServer<S>>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+pub async fn serve<S: Store>(
+    server: Arc<ApiServer<S>>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -57,7 +63,11 @@ pub async fn serve<S: Store>(server: Arc<ApiServer<S>>, listener: TcpListener, t
             let service = hyper::service::service_fn(move |req| {
                 let server = server.clone();
                 let user = user.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&server, req, user.as_ref().as_ref()).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        handle(&server, req, user.as_ref().as_ref()).await,
+                    )
+                }
             });
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -69,7 +79,11 @@ pub async fn serve<S: Store>(server: Arc<ApiServer<S>>, listener: TcpListener, t
     }
 }
 
-async fn handle<S: Store>(server: &ApiServer<S>, req: Request<Incoming>, user: Option<&UserInfo>) -> Response<Body> {
+async fn handle<S: Store>(
+    server: &ApiServer<S>,
+    req: Request<Incoming>,
+    user: Option<&UserInfo>,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -89,7 +103,12 @@ async fn handle<S: Store>(server: &ApiServer<S>, req: Request<Incoming>, user: O
         Ok(resp) => resp,
         Err(err) => error_response(&err),
     };
-    server.metrics.observe(&verb, &resource_label, resp.status().as_u16(), started.elapsed());
+    server.metrics.observe(
+        &verb,
+        &resource_label,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
     tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
     resp
 }
@@ -108,22 +127,39 @@ async fn route<S: Store>(
             "/readyz" => {
                 return match server.store.current_revision().await {
                     Ok(_) => Ok(text_response(StatusCode::OK, "ok")),
-                    Err(_) => Ok(text_response(StatusCode::INTERNAL_SERVER_ERROR, "[-]etcd failed: reason withheld\nreadyz check failed")),
+                    Err(_) => Ok(text_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "[-]etcd failed: reason withheld\nreadyz check failed",
+                    )),
                 };
             }
             _ => {}
         }
     }
-    let Some(user) = user else { return Err(StatusError::unauthorized()) };
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let Some(user) = user else {
+        return Err(StatusError::unauthorized());
+    };
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     match target {
         Target::CoreVersions => Ok(if discovery::wants_aggregated(accept.as_deref()) {
-            json_response_as(StatusCode::OK, &discovery::aggregated(true), discovery::AGGREGATED_V2)
+            json_response_as(
+                StatusCode::OK,
+                &discovery::aggregated(true),
+                discovery::AGGREGATED_V2,
+            )
         } else {
             json_response(StatusCode::OK, &discovery::core_versions(&server.advertise))
         }),
         Target::Groups => Ok(if discovery::wants_aggregated(accept.as_deref()) {
-            json_response_as(StatusCode::OK, &discovery::aggregated(false), discovery::AGGREGATED_V2)
+            json_response_as(
+                StatusCode::OK,
+                &discovery::aggregated(false),
+                discovery::AGGREGATED_V2,
+            )
         } else {
             json_response(StatusCode::OK, &discovery::group_list())
         }),
@@ -135,7 +171,8 @@ async fn route<S: Store>(
             .ok_or_else(StatusError::no_such_path),
         Target::Other(path) => other(server, &path),
         Target::Resource(info) => {
-            let resource = resources::find(&info.group, &info.version, &info.resource).ok_or_else(StatusError::no_such_path)?;
+            let resource = resources::find(&info.group, &info.version, &info.resource)
+                .ok_or_else(StatusError::no_such_path)?;
             let content_type = req
                 .headers()
                 .get(header::CONTENT_TYPE)
@@ -144,7 +181,15 @@ async fn route<S: Store>(
                 .to_string();
             let wanted = wanted(accept.as_deref())?;
             let body = read_body(req).await?;
-            let call = Call { info: &info, resource, query, wanted, content_type: &content_type, body, user };
+            let call = Call {
+                info: &info,
+                resource,
+                query,
+                wanted,
+                content_type: &content_type,
+                body,
+                user,
+            };
             handlers::dispatch(server, call).await
         }
     }
@@ -154,15 +199,23 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, StatusError> {
     if req.method() == Method::GET || req.method() == Method::HEAD {
         return Ok(Bytes::new());
     }
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
         && len > MAX_BODY
     {
         return Err(StatusError::too_large(MAX_BODY));
     }
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(StatusError::too_large(MAX_BODY)),
-        Err(e) => Err(StatusError::bad_request(format!("reading the request body: {e}"))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(StatusError::too_large(MAX_BODY))
+        }
+        Err(e) => Err(StatusError::bad_request(format!(
+            "reading the request body: {e}"
+        ))),
     }
 }
 
@@ -175,7 +228,10 @@ fn other<S: Store>(server: &ApiServer<S>, path: &str) -> Result<Response<Body>, 
         p if p.starts_with("/openapi/v3/") => crate::openapi::v3_group(&p["/openapi/v3/".len()..])
             .map(|doc| json_response(StatusCode::OK, doc))
             .ok_or_else(StatusError::no_such_path),
-        "" => Ok(json_response(StatusCode::OK, &serde_json::json!({ "paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/metrics", "/openapi/v2", "/openapi/v3", "/readyz", "/version"] }))),
+        "" => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/metrics", "/openapi/v2", "/openapi/v3", "/readyz", "/version"] }),
+        )),
         _ => Err(StatusError::no_such_path()),
     }
 }

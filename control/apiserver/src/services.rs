@@ -36,7 +36,9 @@ pub fn keep_allocations(current: &Value, next: &mut Value) {
         if let Some(ports) = spec["ports"].as_array_mut() {
             for p in ports.iter_mut() {
                 if p["nodePort"].as_i64().unwrap_or(0) == 0
-                    && let Some(prev) = old_ports.iter().find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
+                    && let Some(prev) = old_ports
+                        .iter()
+                        .find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
                     && prev["nodePort"].as_i64().unwrap_or(0) != 0
                 {
                     p["nodePort"] = prev["nodePort"].clone();
@@ -57,7 +59,12 @@ pub fn missing_node_ports(svc: &Value) -> usize {
     if !needs_node_ports(&svc["spec"]) {
         return 0;
     }
-    svc["spec"]["ports"].as_array().into_iter().flatten().filter(|p| p["nodePort"].as_i64().unwrap_or(0) == 0).count()
+    svc["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["nodePort"].as_i64().unwrap_or(0) == 0)
+        .count()
 }
 
 /// NodePorts claimed before an update, assigned to the ports that lack one.
@@ -91,6 +98,9 @@ impl PortPool {
 
     /// Everything claimed.
     pub fn claimed(&self) -> Allocated {
-        Allocated { ips: vec![], ports: self.ports.clone() }
+        Allocated {
+            ips: vec![],
+            ports: self.ports.clone(),
+        }
     }
 }

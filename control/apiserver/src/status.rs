@@ -45,7 +45,11 @@ impl FieldCause {
         } else {
             format!("Required value: {detail}")
         };
-        Self { reason: "FieldValueRequired", message, field: field.into() }
+        Self {
+            reason: "FieldValueRequired",
+            message,
+            field: field.into(),
+        }
     }
 
     /// A value outside a fixed set: `field: Unsupported value: "x": supported values: ...`.
@@ -53,14 +57,21 @@ impl FieldCause {
         let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
         Self {
             reason: "FieldValueNotSupported",
-            message: format!("Unsupported value: {value:?}: supported values: {}", list.join(", ")),
+            message: format!(
+                "Unsupported value: {value:?}: supported values: {}",
+                list.join(", ")
+            ),
             field: field.into(),
         }
     }
 
     /// A field that may not be set or changed: `field: Forbidden: detail`.
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
-        Self { reason: "FieldValueForbidden", message: format!("Forbidden: {detail}"), field: field.into() }
+        Self {
+            reason: "FieldValueForbidden",
+            message: format!("Forbidden: {detail}"),
+            field: field.into(),
+        }
     }
 
     /// A duplicate entry: `field: Duplicate value: VALUE`.
@@ -84,7 +95,7 @@ pub struct StatusError {
     /// Human-readable message, as upstream words it.
     pub message: String,
     /// `details`, when the error concerns a named object.
-    pub details: Option<Value>,
+    pub details: Option<Box<Value>>,
     /// Retry-After seconds, for 429/503.
     pub retry_after: Option<u32>,
 }
@@ -122,7 +133,13 @@ impl Subject<'_> {
 
 impl StatusError {
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None, retry_after: None }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
     }
 
     fn with_details(mut self, subject: &Subject<'_>, name: &str) -> Self {
@@ -130,7 +147,7 @@ impl StatusError {
         if !subject.group.is_empty() {
             details["group"] = json!(subject.group);
         }
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 
@@ -158,12 +175,19 @@ impl StatusError {
 
     /// 404 NotFound for a path that names nothing.
     pub fn no_such_path() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     /// 405 MethodNotAllowed.
     pub fn method_not_supported(subject: &Subject<'_>, verb: &str) -> Self {
-        let msg = format!("{verb} is not supported on resources of kind {:?}", subject.qualified());
+        let msg = format!(
+            "{verb} is not supported on resources of kind {:?}",
+            subject.qualified()
+        );
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", msg)
     }
 
@@ -172,7 +196,9 @@ impl StatusError {
         Self::new(
             StatusCode::NOT_ACCEPTABLE,
             "NotAcceptable",
-            format!("only the following media types are accepted: application/json, application/yaml (asked for {accept:?})"),
+            format!(
+                "only the following media types are accepted: application/json, application/yaml (asked for {accept:?})"
+            ),
         )
     }
 
@@ -193,7 +219,10 @@ impl StatusError {
 
     /// 409 Conflict with a message of the caller's.
     pub fn conflict_with(subject: &Subject<'_>, name: &str, detail: &str) -> Self {
-        let msg = format!("Operation cannot be fulfilled on {} {name:?}: {detail}", subject.qualified());
+        let msg = format!(
+            "Operation cannot be fulfilled on {} {name:?}: {detail}",
+            subject.qualified()
+        );
         Self::new(StatusCode::CONFLICT, "Conflict", msg).with_details(subject, name)
     }
 
@@ -216,7 +245,9 @@ impl StatusError {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {content_type:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {content_type:?})"
+            ),
         )
     }
 
@@ -225,11 +256,16 @@ impl StatusError {
         let summary = if causes.len() == 1 {
             format!("{}: {}", causes[0].field, causes[0].message)
         } else {
-            let parts: Vec<String> =
-                causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+            let parts: Vec<String> = causes
+                .iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect();
             format!("[{}]", parts.join(", "))
         };
-        let msg = format!("{} {name:?} is invalid: {summary}", subject.qualified_kind());
+        let msg = format!(
+            "{} {name:?} is invalid: {summary}",
+            subject.qualified_kind()
+        );
         let mut err = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", msg);
         let mut details = json!({ "name": name, "kind": subject.kind });
         if !subject.group.is_empty() {
@@ -239,7 +275,7 @@ impl StatusError {
             .iter()
             .map(|c| json!({ "reason": c.reason, "message": c.message, "field": c.field }))
             .collect();
-        err.details = Some(details);
+        err.details = Some(Box::new(details));
         err
     }
 
@@ -250,7 +286,11 @@ impl StatusError {
 
     /// 503 ServiceUnavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message);
+        let mut err = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            message,
+        );
         err.retry_after = Some(1);
         err
     }
@@ -272,10 +312,13 @@ impl StatusError {
             "code": self.code.as_u16(),
         });
         if let Some(details) = &self.details {
-            status["details"] = details.clone();
+            status["details"] = (**details).clone();
         }
         if let Some(retry) = self.retry_after {
-            let details = status["details"].as_object_mut().cloned().unwrap_or_default();
+            let details = status["details"]
+                .as_object_mut()
+                .cloned()
+                .unwrap_or_default();
             let mut details = Value::Object(details);
             details["retryAfterSeconds"] = json!(retry);
             status["details"] = details;
@@ -308,11 +351,19 @@ mod tests {
 
     #[test]
     fn invalid_message_matches_upstream_wording() {
-        let subject = Subject { group: "apps", resource: "deployments", kind: "Deployment" };
+        let subject = Subject {
+            group: "apps",
+            resource: "deployments",
+            kind: "Deployment",
+        };
         let err = StatusError::invalid(
             &subject,
             "web",
-            vec![FieldCause::invalid("spec.replicas", &json!(-1), "must be greater than or equal to 0")],
+            vec![FieldCause::invalid(
+                "spec.replicas",
+                &json!(-1),
+                "must be greater than or equal to 0",
+            )],
         );
         assert_eq!(
             err.message,
@@ -329,7 +380,14 @@ mod tests {
 
     #[test]
     fn not_found_names_the_qualified_resource() {
-        let subject = Subject { group: "", resource: "pods", kind: "Pod" };
-        assert_eq!(StatusError::not_found(&subject, "x").message, "pods \"x\" not found");
+        let subject = Subject {
+            group: "",
+            resource: "pods",
+            kind: "Pod",
+        };
+        assert_eq!(
+            StatusError::not_found(&subject, "x").message,
+            "pods \"x\" not found"
+        );
     }
 }

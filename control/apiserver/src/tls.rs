@@ -32,11 +32,18 @@ pub enum TlsSetupError {
 }
 
 fn file_err(flag: &'static str, path: &Path, detail: impl ToString) -> TlsSetupError {
-    TlsSetupError::File { flag, path: path.display().to_string(), detail: detail.to_string() }
+    TlsSetupError::File {
+        flag,
+        path: path.display().to_string(),
+        detail: detail.to_string(),
+    }
 }
 
 /// Reads all certificates in a PEM file.
-pub fn read_certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+pub fn read_certs(
+    flag: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
     let data = std::fs::read(path).map_err(|e| file_err(flag, path, e))?;
     let certs = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
@@ -55,12 +62,15 @@ pub fn server_config(
 ) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs("--tls-cert-file", cert_file)?;
-    let key_data = std::fs::read(key_file).map_err(|e| file_err("--tls-private-key-file", key_file, e))?;
+    let key_data =
+        std::fs::read(key_file).map_err(|e| file_err("--tls-private-key-file", key_file, e))?;
     let key = PrivateKeyDer::from_pem_slice(&key_data)
         .map_err(|e| file_err("--tls-private-key-file", key_file, e))?;
     let mut roots = RootCertStore::empty();
     for ca in read_certs("--client-ca-file", client_ca_file)? {
-        roots.add(ca).map_err(|e| TlsSetupError::ClientCa(e.to_string()))?;
+        roots
+            .add(ca)
+            .map_err(|e| TlsSetupError::ClientCa(e.to_string()))?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()

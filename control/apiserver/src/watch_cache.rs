@@ -61,15 +61,23 @@ pub struct CachedEvent {
 impl CachedEvent {
     /// Makes an event.
     pub fn new(kind: EventType, revision: i64, object: Value, previous: Option<Value>) -> Self {
-        Self { kind, revision, object, previous, encoded: OnceLock::new() }
+        Self {
+            kind,
+            revision,
+            object,
+            previous,
+            encoded: OnceLock::new(),
+        }
     }
 
     /// The event as one line of a JSON watch stream, encoded once and shared by all watchers.
     pub fn json_line(&self) -> Bytes {
         self.encoded
             .get_or_init(|| {
-                let mut line = serde_json::to_vec(&json!({ "type": self.kind.as_str(), "object": self.object }))
-                    .expect("JSON values always serialize");
+                let mut line = serde_json::to_vec(
+                    &json!({ "type": self.kind.as_str(), "object": self.object }),
+                )
+                .expect("JSON values always serialize");
                 line.push(b'\n');
                 Bytes::from(line)
             })
@@ -124,7 +132,11 @@ impl WatchCache {
     fn new(start: i64) -> Arc<Self> {
         let (tx, _) = broadcast::channel(FANOUT);
         Arc::new(Self {
-            history: Mutex::new(History { events: VecDeque::new(), oldest: start, latest: start }),
+            history: Mutex::new(History {
+                events: VecDeque::new(),
+                oldest: start,
+                latest: start,
+            }),
             tx,
         })
     }
@@ -135,8 +147,16 @@ impl WatchCache {
         if after < history.oldest {
             return None;
         }
-        let backlog = history.events.iter().filter(|e| e.revision > after).cloned().collect();
-        Some(Subscription { backlog, live: self.tx.subscribe() })
+        let backlog = history
+            .events
+            .iter()
+            .filter(|e| e.revision > after)
+            .cloned()
+            .collect();
+        Some(Subscription {
+            backlog,
+            live: self.tx.subscribe(),
+        })
     }
 
     /// The newest revision the cache has seen.
@@ -175,12 +195,21 @@ pub fn convert(event: &baton_store::WatchEvent) -> Option<CachedEvent> {
     match event.kind {
         EventKind::Put => {
             let object = decode_bytes(&event.key, &event.value, event.revision).ok()?;
-            let kind = if event.created { EventType::Added } else { EventType::Modified };
+            let kind = if event.created {
+                EventType::Added
+            } else {
+                EventType::Modified
+            };
             Some(CachedEvent::new(kind, event.revision, object, previous))
         }
         EventKind::Delete => {
             let object = previous.clone()?;
-            Some(CachedEvent::new(EventType::Deleted, event.revision, object, previous))
+            Some(CachedEvent::new(
+                EventType::Deleted,
+                event.revision,
+                object,
+                previous,
+            ))
         }
     }
 }
@@ -200,12 +229,20 @@ impl<S> std::fmt::Debug for WatchCaches<S> {
 impl<S: Store> WatchCaches<S> {
     /// No caches yet.
     pub fn new(store: Arc<S>) -> Self {
-        Self { store, caches: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            caches: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The cache of `resource`, started now if it was not running.
     pub async fn get(&self, resource: &'static Resource) -> Result<Arc<WatchCache>, StoreError> {
-        if let Some(cache) = self.caches.lock().expect("caches lock").get(resource.storage_prefix) {
+        if let Some(cache) = self
+            .caches
+            .lock()
+            .expect("caches lock")
+            .get(resource.storage_prefix)
+        {
             return Ok(cache.clone());
         }
         let start = self.store.current_revision().await?;
@@ -215,7 +252,12 @@ impl<S: Store> WatchCaches<S> {
         }
         let cache = WatchCache::new(start);
         caches.insert(resource.storage_prefix, cache.clone());
-        tokio::spawn(feed(self.store.clone(), resource.storage_prefix, cache.clone(), start));
+        tokio::spawn(feed(
+            self.store.clone(),
+            resource.storage_prefix,
+            cache.clone(),
+            start,
+        ));
         Ok(cache)
     }
 }
@@ -237,7 +279,11 @@ async fn feed<S: Store>(store: Arc<S>, prefix: &'static str, cache: Arc<WatchCac
                             }
                         }
                         Err(StoreError::Compacted { compacted, .. }) => {
-                            tracing::warn!(prefix, compacted, "watch cache fell behind compaction; resetting");
+                            tracing::warn!(
+                                prefix,
+                                compacted,
+                                "watch cache fell behind compaction; resetting"
+                            );
                             let now = store.current_revision().await.unwrap_or(compacted);
                             cache.reset(now);
                             after = now;

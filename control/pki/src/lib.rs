@@ -67,7 +67,9 @@ pub struct CertAndKey {
 
 impl std::fmt::Debug for CertAndKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertAndKey").field("key_pem", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("CertAndKey")
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,7 +87,10 @@ impl std::fmt::Debug for ClusterCa {
 }
 
 fn crypto(what: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
-    move |source| PkiError::Crypto { what: what.to_string(), source }
+    move |source| PkiError::Crypto {
+        what: what.to_string(),
+        source,
+    }
 }
 
 fn validity(params: &mut CertificateParams, lifetime: Duration) {
@@ -110,18 +115,28 @@ impl ClusterCa {
             KeyUsagePurpose::CrlSign,
         ];
         validity(&mut params, CA_VALIDITY);
-        let cert = params.self_signed(&key).map_err(crypto("signing the CA certificate"))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(crypto("signing the CA certificate"))?;
         let cert_pem = cert.pem();
         let key_pem = key.serialize_pem();
-        Ok(Self { cert_pem, key_pem, issuer: Issuer::new(params, key) })
+        Ok(Self {
+            cert_pem,
+            key_pem,
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Loads a CA from its PEM certificate and key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let key = KeyPair::from_pem(key_pem).map_err(crypto("parsing the CA key"))?;
-        let issuer =
-            Issuer::from_ca_cert_pem(cert_pem, key).map_err(crypto("parsing the CA certificate"))?;
-        Ok(Self { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string(), issuer })
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
+            .map_err(crypto("parsing the CA certificate"))?;
+        Ok(Self {
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            issuer,
+        })
     }
 
     /// Loads `ca.crt` and `ca.key` from `dir`.
@@ -158,25 +173,32 @@ impl ClusterCa {
                     .map_err(crypto("encoding a DNS name")),
             })
             .collect::<Result<_, _>>()?;
-        params.key_usages =
-            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, LEAF_VALIDITY);
         self.sign(params, "signing a serving certificate")
     }
 
-    /// Issues a client certificate for `user` in `groups` (CN = user, one O per group).
-    pub fn issue_client(&self, user: &str, groups: &[&str]) -> Result<CertAndKey, PkiError> {
+    /// Issues a client certificate for `user` (CN) in `group` (O), the way Kubernetes reads
+    /// client certificates. One group at most: rcgen's distinguished names hold one value per
+    /// attribute type, and every Kubernetes component needs at most one
+    /// (`system:masters`, `system:nodes` ...).
+    pub fn issue_client(&self, user: &str, group: Option<&str>) -> Result<CertAndKey, PkiError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, user);
-        for group in groups {
-            dn.push(DnType::OrganizationName, *group);
+        if let Some(group) = group {
+            dn.push(DnType::OrganizationName, group);
         }
         params.distinguished_name = dn;
-        params.key_usages =
-            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         validity(&mut params, LEAF_VALIDITY);
@@ -186,7 +208,10 @@ impl ClusterCa {
     fn sign(&self, params: CertificateParams, what: &str) -> Result<CertAndKey, PkiError> {
         let key = KeyPair::generate().map_err(crypto("generating a key"))?;
         let cert = params.signed_by(&key, &self.issuer).map_err(crypto(what))?;
-        Ok(CertAndKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertAndKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -227,7 +252,10 @@ pub fn server_host(server: &str) -> Result<String, PkiError> {
     let host = if let Some(v6) = authority.strip_prefix('[') {
         v6.split(']').next().unwrap_or_default().to_string()
     } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h).to_string()
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .to_string()
     };
     if host.is_empty() {
         return Err(PkiError::InvalidServer(server.to_string()));
@@ -262,9 +290,13 @@ pub fn init(opts: &PkiInitOptions) -> Result<PkiFiles, PkiError> {
     let ca_cert = dir.join("ca.crt");
     let ca_key = dir.join("ca.key");
     let reused_ca = ca_cert.exists() && ca_key.exists();
-    let ca = if reused_ca { ClusterCa::load(dir)? } else { ClusterCa::generate("kubernetes")? };
+    let ca = if reused_ca {
+        ClusterCa::load(dir)?
+    } else {
+        ClusterCa::generate("kubernetes")?
+    };
     let serving = ca.issue_server("kube-apiserver", &sans)?;
-    let admin = ca.issue_client(ADMIN_USER, &[ADMIN_GROUP])?;
+    let admin = ca.issue_client(ADMIN_USER, Some(ADMIN_GROUP))?;
     let kubeconfig = render_kubeconfig(&Kubeconfig {
         cluster: "baton",
         server: &opts.server,
@@ -273,7 +305,10 @@ pub fn init(opts: &PkiInitOptions) -> Result<PkiFiles, PkiError> {
         client: &admin,
     });
 
-    fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.clone(), source })?;
+    fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     if !reused_ca {
         write_file(&ca_cert, ca.cert_pem(), 0o644)?;
         write_file(&ca_key, ca.key_pem(), 0o600)?;
@@ -294,13 +329,19 @@ pub fn init(opts: &PkiInitOptions) -> Result<PkiFiles, PkiError> {
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
-    fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
+    fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes `contents` to `path` with `mode` through a temporary file and a rename.
 pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io { path: path.to_path_buf(), source };
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -327,15 +368,30 @@ mod tests {
     #[test]
     fn client_certificate_carries_user_and_groups() {
         let ca = ClusterCa::generate("test-ca").unwrap();
-        let client = ca.issue_client("alice", &["dev", "ops"]).unwrap();
+        let client = ca.issue_client("alice", Some("dev")).unwrap();
         let der = parse(&client.cert_pem);
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
-        let cn: Vec<_> = cert.subject().iter_common_name().map(|a| a.as_str().unwrap()).collect();
-        let orgs: Vec<_> =
-            cert.subject().iter_organization().map(|a| a.as_str().unwrap()).collect();
+        let cn: Vec<_> = cert
+            .subject()
+            .iter_common_name()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let orgs: Vec<_> = cert
+            .subject()
+            .iter_organization()
+            .map(|a| a.as_str().unwrap())
+            .collect();
         assert_eq!(cn, ["alice"]);
-        assert_eq!(orgs, ["dev", "ops"]);
-        assert_eq!(cert.issuer().iter_common_name().next().unwrap().as_str().unwrap(), "test-ca");
+        assert_eq!(orgs, ["dev"]);
+        assert_eq!(
+            cert.issuer()
+                .iter_common_name()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            "test-ca"
+        );
     }
 
     #[test]
@@ -358,10 +414,14 @@ mod tests {
         let der = parse(&serving);
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
         let san = cert.subject_alternative_name().unwrap().unwrap();
-        let names: Vec<String> = san.value.general_names.iter().map(|n| n.to_string()).collect();
-        for want in ["DNSName(localhost)", "DNSName(api.example)", "IPAddress(127.0.0.1)"] {
-            assert!(names.iter().any(|n| n.starts_with(want)), "{want} missing from {names:?}");
-        }
+        let names = &san.value.general_names;
+        assert!(names.contains(&GeneralName::DNSName("localhost")));
+        assert!(names.contains(&GeneralName::DNSName("api.example")));
+        assert!(names.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])));
+        assert!(
+            names.contains(&GeneralName::IPAddress(&[10, 0, 0, 1])),
+            "host of --server"
+        );
         let kubeconfig = fs::read_to_string(&second.admin_kubeconfig).unwrap();
         assert!(kubeconfig.contains("server: https://10.0.0.1:6443"));
         fs::remove_dir_all(&dir).unwrap();
@@ -369,7 +429,10 @@ mod tests {
 
     #[test]
     fn server_url_must_be_https() {
-        assert!(matches!(server_host("http://x:1"), Err(PkiError::InvalidServer(_))));
+        assert!(matches!(
+            server_host("http://x:1"),
+            Err(PkiError::InvalidServer(_))
+        ));
         assert_eq!(server_host("https://[::1]:6443").unwrap(), "::1");
         assert_eq!(server_host("https://api.local:6443").unwrap(), "api.local");
     }

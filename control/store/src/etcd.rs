@@ -46,7 +46,10 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
 
 fn convert(kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
     Ok(KeyValue {
-        key: kv.key_str().map_err(|_| StoreError::InvalidKey)?.to_string(),
+        key: kv
+            .key_str()
+            .map_err(|_| StoreError::InvalidKey)?
+            .to_string(),
         value: Bytes::copy_from_slice(kv.value()),
         create_revision: kv.create_revision(),
         mod_revision: kv.mod_revision(),
@@ -84,33 +87,64 @@ impl EtcdStore {
             }
             options = options.with_tls(tls_options);
         }
-        let client = Client::connect(endpoints, Some(options)).await.map_err(backend)?;
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(backend)?;
         Ok(Self { client })
     }
 }
 
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let resp = self.client.kv_client().get(key, None).await.map_err(backend)?;
+        let resp = self
+            .client
+            .kv_client()
+            .get(key, None)
+            .await
+            .map_err(backend)?;
         resp.kvs().first().map(convert).transpose()
     }
 
     async fn list(&self, prefix: &str, opts: ListOptions) -> Result<ListPage, StoreError> {
         let start = opts.start_key.clone().unwrap_or_else(|| prefix.to_string());
-        let mut get = GetOptions::new().with_range(prefix_end(prefix)).with_limit(opts.limit);
+        let mut get = GetOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_limit(opts.limit);
         if opts.revision > 0 {
             get = get.with_revision(opts.revision);
         }
-        let resp = self.client.kv_client().get(start, Some(get)).await.map_err(|e| {
-            if is_compacted(&e) {
-                StoreError::Compacted { requested: opts.revision, compacted: 0 }
-            } else {
-                backend(e)
-            }
-        })?;
-        let items = resp.kvs().iter().map(convert).collect::<Result<Vec<_>, _>>()?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        Ok(ListPage { items, revision, more: resp.more(), count: resp.count() })
+        let resp = self
+            .client
+            .kv_client()
+            .get(start, Some(get))
+            .await
+            .map_err(|e| {
+                if is_compacted(&e) {
+                    StoreError::Compacted {
+                        requested: opts.revision,
+                        compacted: 0,
+                    }
+                } else {
+                    backend(e)
+                }
+            })?;
+        let items = resp
+            .kvs()
+            .iter()
+            .map(convert)
+            .collect::<Result<Vec<_>, _>>()?;
+        // A read at a given revision reports that revision, not the store's newest.
+        let revision = if opts.revision > 0 {
+            opts.revision
+        } else {
+            resp.header().map(|h| h.revision()).unwrap_or_default()
+        };
+        Ok(ListPage {
+            items,
+            revision,
+            more: resp.more(),
+            count: resp.count(),
+        })
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<i64, StoreError> {
@@ -119,7 +153,9 @@ impl Store for EtcdStore {
             .and_then([TxnOp::put(key, value.to_vec(), None)]);
         let resp = self.client.kv_client().txn(txn).await.map_err(backend)?;
         if !resp.succeeded() {
-            return Err(StoreError::AlreadyExists { key: key.to_string() });
+            return Err(StoreError::AlreadyExists {
+                key: key.to_string(),
+            });
         }
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
@@ -135,16 +171,28 @@ impl Store for EtcdStore {
         }
         let current = current_from(resp.op_responses())?;
         if current.is_none() {
-            return Err(StoreError::NotFound { key: key.to_string() });
+            return Err(StoreError::NotFound {
+                key: key.to_string(),
+            });
         }
-        Err(StoreError::Conflict { key: key.to_string(), expected, current })
+        Err(StoreError::Conflict {
+            key: key.to_string(),
+            expected,
+            current,
+        })
     }
 
-    async fn delete(&self, key: &str, expected: Option<i64>) -> Result<(KeyValue, i64), StoreError> {
+    async fn delete(
+        &self,
+        key: &str,
+        expected: Option<i64>,
+    ) -> Result<(KeyValue, i64), StoreError> {
         let mut kv = self.client.kv_client();
         loop {
             let Some(current) = self.get(key).await? else {
-                return Err(StoreError::NotFound { key: key.to_string() });
+                return Err(StoreError::NotFound {
+                    key: key.to_string(),
+                });
             };
             if let Some(expected) = expected
                 && expected != current.mod_revision
@@ -157,7 +205,11 @@ impl Store for EtcdStore {
             }
             // Delete exactly the version we read, so the caller learns what was removed.
             let txn = Txn::new()
-                .when([Compare::mod_revision(key, CompareOp::Equal, current.mod_revision)])
+                .when([Compare::mod_revision(
+                    key,
+                    CompareOp::Equal,
+                    current.mod_revision,
+                )])
                 .and_then([TxnOp::delete(key, None)]);
             let resp = kv.txn(txn).await.map_err(backend)?;
             if resp.succeeded() {
@@ -222,7 +274,11 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: i64) -> Result<(), StoreError> {
-        self.client.kv_client().compact(revision, None).await.map_err(backend)?;
+        self.client
+            .kv_client()
+            .compact(revision, None)
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 }
@@ -244,7 +300,10 @@ fn convert_event(event: &etcd_client::Event) -> Result<WatchEvent, StoreError> {
     };
     Ok(WatchEvent {
         kind,
-        key: kv.key_str().map_err(|_| StoreError::InvalidKey)?.to_string(),
+        key: kv
+            .key_str()
+            .map_err(|_| StoreError::InvalidKey)?
+            .to_string(),
         value: Bytes::copy_from_slice(kv.value()),
         prev_value: event.prev_kv().map(|p| Bytes::copy_from_slice(p.value())),
         revision: kv.mod_revision(),

@@ -27,9 +27,13 @@ fn options(call: &Call<'_>) -> Result<DeleteOptions, StatusError> {
     let body: Value = if call.body.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&call.body).map_err(|e| StatusError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        serde_json::from_slice(&call.body)
+            .map_err(|e| StatusError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
-    let propagation = body["propagationPolicy"].as_str().map(str::to_string).or_else(|| call.query.get("propagationPolicy").map(str::to_string));
+    let propagation = body["propagationPolicy"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| call.query.get("propagationPolicy").map(str::to_string));
     if let Some(p) = &propagation
         && !["Orphan", "Background", "Foreground"].contains(&p.as_str())
     {
@@ -37,12 +41,19 @@ fn options(call: &Call<'_>) -> Result<DeleteOptions, StatusError> {
             "propagationPolicy: Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
         )));
     }
-    let dry_run = call.query.dry_run()? || body["dryRun"].as_array().is_some_and(|d| d.iter().any(|v| v == "All"));
+    let dry_run = call.query.dry_run()?
+        || body["dryRun"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|v| v == "All"));
     Ok(DeleteOptions {
-        grace_period: body["gracePeriodSeconds"].as_i64().or(call.query.int("gracePeriodSeconds")?),
+        grace_period: body["gracePeriodSeconds"]
+            .as_i64()
+            .or(call.query.int("gracePeriodSeconds")?),
         propagation,
         uid: body["preconditions"]["uid"].as_str().map(str::to_string),
-        resource_version: body["preconditions"]["resourceVersion"].as_str().map(str::to_string),
+        resource_version: body["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string),
         dry_run,
     })
 }
@@ -55,7 +66,13 @@ enum Outcome {
     Pending(Value),
 }
 
-async fn delete_one<S: Store>(server: &ApiServer<S>, call: &Call<'_>, key: &str, name: &str, opts: &DeleteOptions) -> Result<Outcome, StatusError> {
+async fn delete_one<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+    key: &str,
+    name: &str,
+    opts: &DeleteOptions,
+) -> Result<Outcome, StatusError> {
     let resource = call.resource;
     let mut immediate = false;
     let updated = guaranteed_update(&server.store, resource, key, name, |current| {
@@ -126,7 +143,9 @@ async fn delete_one<S: Store>(server: &ApiServer<S>, call: &Call<'_>, key: &str,
     if immediate {
         if resource.group.is_empty() && resource.kind == "Service" {
             let (ips, ports) = crate::allocator::held(&obj);
-            server.release(&crate::services::Allocated { ips, ports }).await;
+            server
+                .release(&crate::services::Allocated { ips, ports })
+                .await;
         }
         Ok(Outcome::Deleted(obj))
     } else {
@@ -135,7 +154,10 @@ async fn delete_one<S: Store>(server: &ApiServer<S>, call: &Call<'_>, key: &str,
 }
 
 /// DELETE of one object.
-pub async fn delete<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+pub async fn delete<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+) -> Result<Response<Body>, StatusError> {
     let opts = options(call)?;
     if opts.dry_run {
         let obj = super::read::read_object(server, call.resource, &call.key(), call.name()).await?;
@@ -148,13 +170,19 @@ pub async fn delete<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<
 }
 
 /// DELETE of a collection (with label and field selectors).
-pub async fn delete_collection<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+pub async fn delete_collection<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+) -> Result<Response<Body>, StatusError> {
     let opts = options(call)?;
     let params = list_params(call)?;
     let listed = read_list(server, call, &params).await?;
     let mut items = vec![];
     for obj in listed.items {
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
         let key = call.resource.key(ns.as_deref(), &name);
         if opts.dry_run {

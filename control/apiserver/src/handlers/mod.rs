@@ -48,7 +48,11 @@ impl Call<'_> {
 
     /// The namespace in the path (for namespaced resources).
     pub fn namespace(&self) -> Option<&str> {
-        if self.resource.namespaced { self.info.namespace.as_deref() } else { None }
+        if self.resource.namespaced {
+            self.info.namespace.as_deref()
+        } else {
+            None
+        }
     }
 
     /// The storage key of the named object.
@@ -58,7 +62,10 @@ impl Call<'_> {
 }
 
 /// Serves a resource request.
-pub async fn dispatch<S: Store>(server: &ApiServer<S>, call: Call<'_>) -> Result<Response<Body>, StatusError> {
+pub async fn dispatch<S: Store>(
+    server: &ApiServer<S>,
+    call: Call<'_>,
+) -> Result<Response<Body>, StatusError> {
     let resource = call.resource;
     if resource.namespaced && call.info.name.is_some() && call.info.namespace.is_none() {
         return Err(StatusError::no_such_path());
@@ -81,7 +88,10 @@ pub async fn dispatch<S: Store>(server: &ApiServer<S>, call: Call<'_>) -> Result
         "patch" => write::patch(server, &call).await,
         "delete" => delete::delete(server, &call).await,
         "deletecollection" => delete::delete_collection(server, &call).await,
-        other => Err(StatusError::method_not_supported(&resource.subject(), other)),
+        other => Err(StatusError::method_not_supported(
+            &resource.subject(),
+            other,
+        )),
     }
 }
 

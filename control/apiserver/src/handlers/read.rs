@@ -15,13 +15,21 @@ use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::StatusError;
 
 /// GET of one object.
-pub async fn get<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+pub async fn get<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+) -> Result<Response<Body>, StatusError> {
     let obj = read_object(server, call.resource, &call.key(), call.name()).await?;
     Ok(json_response(StatusCode::OK, &render_one(call, obj)))
 }
 
 /// Reads one object by key, or 404.
-pub async fn read_object<S: Store>(server: &ApiServer<S>, resource: &Resource, key: &str, name: &str) -> Result<Value, StatusError> {
+pub async fn read_object<S: Store>(
+    server: &ApiServer<S>,
+    resource: &Resource,
+    key: &str,
+    name: &str,
+) -> Result<Value, StatusError> {
     let kv = server
         .store
         .get(key)
@@ -40,7 +48,11 @@ pub fn render_one(call: &Call<'_>, obj: Value) -> Value {
         Wanted::Metadata => partial_metadata(&obj),
         Wanted::Table => {
             let rv = obj["metadata"]["resourceVersion"].clone();
-            table(call, std::slice::from_ref(&obj), json!({ "resourceVersion": rv }))
+            table(
+                call,
+                std::slice::from_ref(&obj),
+                json!({ "resourceVersion": rv }),
+            )
         }
     }
 }
@@ -89,7 +101,11 @@ pub struct ListParams {
 /// Parses labelSelector and fieldSelector.
 pub fn list_params(call: &Call<'_>) -> Result<ListParams, StatusError> {
     let labels = LabelSelector::parse(call.query.get("labelSelector").unwrap_or_default())?;
-    let fields = FieldSelector::parse(call.query.get("fieldSelector").unwrap_or_default(), call.resource.group, call.resource.kind)?;
+    let fields = FieldSelector::parse(
+        call.query.get("fieldSelector").unwrap_or_default(),
+        call.resource.group,
+        call.resource.kind,
+    )?;
     Ok(ListParams { labels, fields })
 }
 
@@ -112,11 +128,18 @@ pub struct Listed {
 }
 
 /// Reads objects of a list request, honouring limit/continue/resourceVersion and selectors.
-pub async fn read_list<S: Store>(server: &ApiServer<S>, call: &Call<'_>, params: &ListParams) -> Result<Listed, StatusError> {
+pub async fn read_list<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+    params: &ListParams,
+) -> Result<Listed, StatusError> {
     let resource = call.resource;
     let mut namespace = call.namespace().map(str::to_string);
     if namespace.is_none() && resource.namespaced {
-        namespace = params.fields.required_value("metadata.namespace").map(str::to_string);
+        namespace = params
+            .fields
+            .required_value("metadata.namespace")
+            .map(str::to_string);
     }
     let prefix = resource.list_prefix(namespace.as_deref());
     let limit = call.query.int("limit")?.unwrap_or(0).max(0);
@@ -144,7 +167,15 @@ pub async fn read_list<S: Store>(server: &ApiServer<S>, call: &Call<'_>, params:
     let mut items = vec![];
     let filtering = !params.labels.is_empty() || !params.fields.is_empty();
     loop {
-        let (kvs, rev, more, count) = list_page(&server.store, resource, &prefix, start.as_deref(), limit, revision).await?;
+        let (kvs, rev, more, count) = list_page(
+            &server.store,
+            resource,
+            &prefix,
+            start.as_deref(),
+            limit,
+            revision,
+        )
+        .await?;
         revision = rev;
         let fetched = kvs.len();
         let mut consumed = 0usize;
@@ -163,21 +194,42 @@ pub async fn read_list<S: Store>(server: &ApiServer<S>, call: &Call<'_>, params:
         }
         let has_more = more || consumed < fetched;
         let Some(last) = last_key.filter(|_| has_more) else {
-            return Ok(Listed { items, revision, continue_token: None, remaining: None });
+            return Ok(Listed {
+                items,
+                revision,
+                continue_token: None,
+                remaining: None,
+            });
         };
         let next_start = format!("{}\u{0}", &last[prefix.len()..]);
         if limit > 0 && items.len() as i64 >= limit {
-            let token = Continue { revision, start: next_start }.encode();
+            let token = Continue {
+                revision,
+                start: next_start,
+            }
+            .encode();
             // The remaining count is only exact without selectors.
-            let remaining = if filtering { None } else { Some(count - consumed as i64) };
-            return Ok(Listed { items, revision, continue_token: Some(token), remaining });
+            let remaining = if filtering {
+                None
+            } else {
+                Some(count - consumed as i64)
+            };
+            return Ok(Listed {
+                items,
+                revision,
+                continue_token: Some(token),
+                remaining,
+            });
         }
         start = Some(next_start);
     }
 }
 
 /// LIST.
-pub async fn list<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+pub async fn list<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+) -> Result<Response<Body>, StatusError> {
     let params = list_params(call)?;
     let listed = read_list(server, call, &params).await?;
     let mut meta = json!({ "resourceVersion": listed.revision.to_string() });

@@ -15,7 +15,11 @@ use crate::resources::printers::selector_to_string;
 use crate::status::{FieldCause, StatusError, success_status};
 
 /// Serves `<resource>/<name>/<subresource>`.
-pub async fn dispatch<S: Store>(server: &ApiServer<S>, call: &Call<'_>, sub: &str) -> Result<Response<Body>, StatusError> {
+pub async fn dispatch<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+    sub: &str,
+) -> Result<Response<Body>, StatusError> {
     let verb = call.info.verb;
     match (sub, verb) {
         ("status", "get") => super::read::get(server, call).await,
@@ -30,7 +34,10 @@ pub async fn dispatch<S: Store>(server: &ApiServer<S>, call: &Call<'_>, sub: &st
         ("binding", "create") => binding(server, call).await,
         ("eviction", "create") => eviction(server, call).await,
         ("log" | "exec" | "attach" | "portforward", _) => node_proxy(server, call, sub).await,
-        _ => Err(StatusError::method_not_supported(&call.resource.subject(), verb)),
+        _ => Err(StatusError::method_not_supported(
+            &call.resource.subject(),
+            verb,
+        )),
     }
 }
 
@@ -52,12 +59,21 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
-async fn scale<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+async fn scale<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+) -> Result<Response<Body>, StatusError> {
     let resource = call.resource;
     let name = call.name().to_string();
     let body = call.body.clone();
     let is_patch = call.info.verb == "patch";
-    let patch_type = if is_patch { Some(crate::patch::PatchType::from_content_type(call.content_type)?) } else { None };
+    let patch_type = if is_patch {
+        Some(crate::patch::PatchType::from_content_type(
+            call.content_type,
+        )?)
+    } else {
+        None
+    };
     let result = guaranteed_update(&server.store, resource, &call.key(), &name, |current| {
         let current_scale = scale_of(current);
         let wanted = match patch_type {
@@ -72,8 +88,20 @@ async fn scale<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Respo
         }
         let replicas = wanted["spec"]["replicas"].as_i64().unwrap_or(0);
         if replicas < 0 {
-            let subject = crate::status::Subject { group: "autoscaling", resource: "scale", kind: "Scale" };
-            return Err(StatusError::invalid(&subject, &name, vec![FieldCause::invalid("spec.replicas", &json!(replicas), "must be greater than or equal to 0")]));
+            let subject = crate::status::Subject {
+                group: "autoscaling",
+                resource: "scale",
+                kind: "Scale",
+            };
+            return Err(StatusError::invalid(
+                &subject,
+                &name,
+                vec![FieldCause::invalid(
+                    "spec.replicas",
+                    &json!(replicas),
+                    "must be greater than or equal to 0",
+                )],
+            ));
         }
         let mut next = current.clone();
         if next["spec"]["replicas"] != json!(replicas) {
@@ -87,12 +115,26 @@ async fn scale<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Respo
     Ok(json_response(StatusCode::OK, &scale_of(&result.object)))
 }
 
-async fn binding<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+async fn binding<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+) -> Result<Response<Body>, StatusError> {
     let body = parse_object(&call.body, call.content_type)?;
-    let node = body["target"]["name"].as_str().unwrap_or_default().to_string();
+    let node = body["target"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if node.is_empty() {
-        let subject = crate::status::Subject { group: "", resource: "bindings", kind: "Binding" };
-        return Err(StatusError::invalid(&subject, call.name(), vec![FieldCause::required("target.name", "")]));
+        let subject = crate::status::Subject {
+            group: "",
+            resource: "bindings",
+            kind: "Binding",
+        };
+        return Err(StatusError::invalid(
+            &subject,
+            call.name(),
+            vec![FieldCause::required("target.name", "")],
+        ));
     }
     let name = call.name().to_string();
     let resource = call.resource;
@@ -112,16 +154,26 @@ async fn binding<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Res
         Ok(Decision::Write(next))
     })
     .await?;
-    Ok(json_response(StatusCode::CREATED, &success_status(&resource.subject(), &name, None)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &success_status(&resource.subject(), &name, None),
+    ))
 }
 
-async fn eviction<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+async fn eviction<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+) -> Result<Response<Body>, StatusError> {
     let body = parse_object(&call.body, call.content_type)?;
     let mut delete_call_body = body["deleteOptions"].clone();
     if delete_call_body.is_null() {
         delete_call_body = json!({});
     }
-    let delete_info = crate::request::RequestInfo { subresource: None, verb: "delete", ..call.info.clone() };
+    let delete_info = crate::request::RequestInfo {
+        subresource: None,
+        verb: "delete",
+        ..call.info.clone()
+    };
     let bytes = bytes::Bytes::from(serde_json::to_vec(&delete_call_body).expect("JSON"));
     let delete_call = Call {
         info: &delete_info,
@@ -133,16 +185,26 @@ async fn eviction<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Re
         user: call.user,
     };
     super::delete::delete(server, &delete_call).await?;
-    Ok(json_response(StatusCode::CREATED, &success_status(&call.resource.subject(), call.name(), None)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &success_status(&call.resource.subject(), call.name(), None),
+    ))
 }
 
 /// pods/log, pods/exec ...: answered by the pod's kubelet. Until a node runs one, 503.
-async fn node_proxy<S: Store>(server: &ApiServer<S>, call: &Call<'_>, sub: &str) -> Result<Response<Body>, StatusError> {
+async fn node_proxy<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+    sub: &str,
+) -> Result<Response<Body>, StatusError> {
     let mut pod = read_object(server, call.resource, &call.key(), call.name()).await?;
     set_type(call.resource, &mut pod);
     let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
     if node.is_empty() {
-        return Err(StatusError::bad_request(format!("pod {} does not have a host assigned", call.name())));
+        return Err(StatusError::bad_request(format!(
+            "pod {} does not have a host assigned",
+            call.name()
+        )));
     }
     Err(StatusError::unavailable(format!(
         "pods/{sub} needs the kubelet of node {node:?}, and this cluster has no kubelet serving it yet"

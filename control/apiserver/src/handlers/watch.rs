@@ -40,7 +40,9 @@ struct Watcher {
 
 impl Watcher {
     fn in_scope(&self, obj: &Value) -> bool {
-        self.namespace.as_deref().is_none_or(|ns| obj["metadata"]["namespace"].as_str() == Some(ns))
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| obj["metadata"]["namespace"].as_str() == Some(ns))
     }
 
     fn matches(&self, obj: &Value) -> bool {
@@ -71,18 +73,24 @@ impl Watcher {
         set_type(self.resource, &mut obj);
         let object = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
             let rv = obj["metadata"]["resourceVersion"].clone();
-            let mut t = table_for(self.resource, &self.include, &obj, json!({ "resourceVersion": rv }));
-            if self.sent_headers || self.no_headers {
-                if let Some(m) = t.as_object_mut() {
-                    m.remove("columnDefinitions");
-                }
+            let mut t = table_for(
+                self.resource,
+                &self.include,
+                &obj,
+                json!({ "resourceVersion": rv }),
+            );
+            if (self.sent_headers || self.no_headers)
+                && let Some(m) = t.as_object_mut()
+            {
+                m.remove("columnDefinitions");
             }
             self.sent_headers = true;
             t
         } else {
             obj
         };
-        let mut line = serde_json::to_vec(&json!({ "type": kind, "object": object })).expect("JSON");
+        let mut line =
+            serde_json::to_vec(&json!({ "type": kind, "object": object })).expect("JSON");
         line.push(b'\n');
         Bytes::from(line)
     }
@@ -101,7 +109,9 @@ fn table_for(resource: &'static Resource, include: &str, obj: &Value, meta: Valu
     let object = match include {
         "None" => Value::Null,
         "Object" => obj.clone(),
-        _ => json!({ "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"] }),
+        _ => {
+            json!({ "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"] })
+        }
     };
     json!({
         "kind": "Table",
@@ -117,31 +127,44 @@ fn bookmark(resource: &Resource, revision: i64, initial_end: bool) -> Bytes {
     if initial_end {
         meta["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
     }
-    let obj = json!({ "kind": resource.kind, "apiVersion": resource.api_version(), "metadata": meta });
+    let obj =
+        json!({ "kind": resource.kind, "apiVersion": resource.api_version(), "metadata": meta });
     let mut line = serde_json::to_vec(&json!({ "type": "BOOKMARK", "object": obj })).expect("JSON");
     line.push(b'\n');
     Bytes::from(line)
 }
 
 fn error_line(err: &StatusError) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({ "type": "ERROR", "object": err.to_status() })).expect("JSON");
+    let mut line =
+        serde_json::to_vec(&json!({ "type": "ERROR", "object": err.to_status() })).expect("JSON");
     line.push(b'\n');
     Bytes::from(line)
 }
 
 /// GET with watch=true.
-pub async fn watch<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+pub async fn watch<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+) -> Result<Response<Body>, StatusError> {
     let resource = call.resource;
     let params = list_params(call)?;
-    let timeout = call.query.int("timeoutSeconds")?.filter(|t| *t > 0).map_or_else(
-        // Upstream picks a random timeout between 30 and 60 minutes.
-        || Duration::from_secs(1800 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 7),
-        |t| Duration::from_secs(t as u64),
-    );
+    let timeout = call
+        .query
+        .int("timeoutSeconds")?
+        .filter(|t| *t > 0)
+        .map_or_else(
+            // Upstream picks a random timeout between 30 and 60 minutes.
+            || Duration::from_secs(1800 + u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * 7),
+            |t| Duration::from_secs(t as u64),
+        );
     let bookmarks = call.query.flag("allowWatchBookmarks");
     let send_initial = call.query.get("sendInitialEvents").map(|v| v == "true");
     let rv = call.query.get("resourceVersion");
-    let cache = server.caches.get(resource).await.map_err(|e| crate::objects::store_error(resource, "", e))?;
+    let cache = server
+        .caches
+        .get(resource)
+        .await
+        .map_err(|e| crate::objects::store_error(resource, "", e))?;
 
     // Initial state: synthetic ADDED events for everything that exists, then changes after it.
     let list_first = match send_initial {
@@ -150,7 +173,15 @@ pub async fn watch<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<R
     };
     let mut initial = vec![];
     let after = if list_first {
-        let listed = read_list(server, &Call { query: &crate::body::Query::default(), ..clone_call(call) }, &params).await?;
+        let listed = read_list(
+            server,
+            &Call {
+                query: &crate::body::Query::default(),
+                ..clone_call(call)
+            },
+            &params,
+        )
+        .await?;
         initial = listed.items;
         listed.revision
     } else {
@@ -160,10 +191,16 @@ pub async fn watch<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<R
     let mut watcher = Watcher {
         resource,
         namespace: call.namespace().map(str::to_string),
-        filtered: !params.labels.is_empty() || !params.fields.is_empty() || call.namespace().is_some(),
+        filtered: !params.labels.is_empty()
+            || !params.fields.is_empty()
+            || call.namespace().is_some(),
         params,
         table: call.wanted == Wanted::Table,
-        include: call.query.get("includeObject").unwrap_or("Metadata").to_string(),
+        include: call
+            .query
+            .get("includeObject")
+            .unwrap_or("Metadata")
+            .to_string(),
         sent_headers: false,
         no_headers: call.query.flag("noHeaders"),
     };
@@ -185,7 +222,9 @@ pub async fn watch<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<R
                 tx.send(bookmark(resource, after, true)).await.ok()?;
             }
             match subscription {
-                Some(sub) => serve_cached(&mut watcher, sub.backlog, sub.live, &tx, bookmarks, cache).await,
+                Some(sub) => {
+                    serve_cached(&mut watcher, sub.backlog, sub.live, &tx, bookmarks, cache).await
+                }
                 None => serve_direct(&mut watcher, store, after, &tx).await,
             }
         };
@@ -196,12 +235,21 @@ pub async fn watch<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<R
         }
         metrics.watchers_add(-1);
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
     *resp.status_mut() = StatusCode::OK;
-    let ct = if call.wanted == Wanted::Table { "application/json;as=Table;v=v1;g=meta.k8s.io" } else { "application/json" };
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    let ct = if call.wanted == Wanted::Table {
+        "application/json;as=Table;v=v1;g=meta.k8s.io"
+    } else {
+        "application/json"
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     Ok(resp)
 }
 
@@ -257,7 +305,12 @@ async fn serve_cached(
     }
 }
 
-async fn serve_direct<S: Store>(watcher: &mut Watcher, store: Arc<S>, after: i64, tx: &mpsc::Sender<Bytes>) -> Option<()> {
+async fn serve_direct<S: Store>(
+    watcher: &mut Watcher,
+    store: Arc<S>,
+    after: i64,
+    tx: &mpsc::Sender<Bytes>,
+) -> Option<()> {
     let mut stream = match store.watch(watcher.resource.storage_prefix, after).await {
         Ok(s) => s,
         Err(e) => {
@@ -296,4 +349,3 @@ fn watch_error(after: i64, e: StoreError) -> StatusError {
         }
     }
 }
-

@@ -12,7 +12,7 @@ use crate::body::{Body, json_response, parse_object};
 use crate::objects::{Decision, encode, guaranteed_update, set_resource_version, store_error};
 use crate::patch::{self, PatchType};
 use crate::resources::{Resource, defaults, validation};
-use crate::status::{FieldCause, StatusError};
+use crate::status::StatusError;
 
 /// The current time as Kubernetes writes timestamps.
 pub fn now_rfc3339() -> String {
@@ -22,14 +22,19 @@ pub fn now_rfc3339() -> String {
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let bytes = *uuid::Uuid::new_v4().as_bytes();
-    bytes[..5].iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+    bytes[..5]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 /// Checks (and fills in) kind and apiVersion of a request body.
 fn check_type(resource: &Resource, obj: &mut Value) -> Result<(), StatusError> {
     let kind = obj["kind"].as_str().unwrap_or_default();
     let api_version = obj["apiVersion"].as_str().unwrap_or_default();
-    if (!kind.is_empty() && kind != resource.kind) || (!api_version.is_empty() && api_version != resource.api_version()) {
+    if (!kind.is_empty() && kind != resource.kind)
+        || (!api_version.is_empty() && api_version != resource.api_version())
+    {
         return Err(StatusError::bad_request(format!(
             "the API version in the data ({api_version}) does not match the expected API version ({})",
             resource.api_version()
@@ -47,7 +52,10 @@ trait KindMessage {
 impl KindMessage for StatusError {
     fn with_kind_message(mut self, kind: &str, resource: &Resource) -> Self {
         if !kind.is_empty() && kind != resource.kind {
-            self.message = format!("the kind in the data ({kind}) does not match the expected kind ({})", resource.kind);
+            self.message = format!(
+                "the kind in the data ({kind}) does not match the expected kind ({})",
+                resource.kind
+            );
         }
         self
     }
@@ -58,7 +66,11 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
     match (input, output) {
         (Value::Object(i), Value::Object(o)) => {
             for (k, v) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match o.get(k) {
                     Some(ov) => unknown_fields(v, ov, &p, out),
                     None if !v.is_null() && k != "status" => out.push(p),
@@ -76,7 +88,11 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
 }
 
 /// Decodes into the typed form (dropping unknown fields, or refusing them under Strict).
-fn normalize(call: &Call<'_>, obj: Value, warnings: &mut Vec<String>) -> Result<Value, StatusError> {
+fn normalize(
+    call: &Call<'_>,
+    obj: Value,
+    warnings: &mut Vec<String>,
+) -> Result<Value, StatusError> {
     let resource = call.resource;
     let out = (resource.normalize)(obj.clone()).map_err(|e| {
         StatusError::bad_request(format!(
@@ -87,10 +103,16 @@ fn normalize(call: &Call<'_>, obj: Value, warnings: &mut Vec<String>) -> Result<
     let mut unknown = vec![];
     unknown_fields(&obj, &out, "", &mut unknown);
     if !unknown.is_empty() {
-        let messages: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+        let messages: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
         match call.query.get("fieldValidation").unwrap_or("Warn") {
             "Strict" => {
-                return Err(StatusError::bad_request(format!("strict decoding error: {}", messages.join(", "))));
+                return Err(StatusError::bad_request(format!(
+                    "strict decoding error: {}",
+                    messages.join(", ")
+                )));
             }
             "Ignore" => {}
             _ => warnings.extend(messages),
@@ -162,17 +184,23 @@ fn prepare_new(server_defaults: &defaults::DefaultingConfig, resource: &Resource
     meta["uid"] = json!(uid);
     meta["creationTimestamp"] = json!(now_rfc3339());
     if let Some(m) = meta.as_object_mut() {
-        for field in ["deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "selfLink"] {
+        for field in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "resourceVersion",
+            "selfLink",
+        ] {
             m.remove(field);
         }
     }
     if resource.tracks_generation {
         meta["generation"] = json!(1);
     }
-    if resource.has_status && !matches!(resource.kind, "Node" | "PersistentVolumeClaim") {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
+    if resource.has_status
+        && !matches!(resource.kind, "Node" | "PersistentVolumeClaim")
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
     }
     if (resource.group, resource.kind) == ("batch", "Job") {
         defaults::job_selector(obj, &uid);
@@ -181,9 +209,16 @@ fn prepare_new(server_defaults: &defaults::DefaultingConfig, resource: &Resource
 }
 
 /// Makes sure the namespace of a new object exists and is not terminating.
-async fn check_namespace<S: Store>(server: &ApiServer<S>, call: &Call<'_>, name: &str) -> Result<(), StatusError> {
-    let Some(ns) = call.namespace() else { return Ok(()) };
-    let ns_resource = crate::resources::find("", "v1", "namespaces").expect("namespaces are served");
+async fn check_namespace<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+    name: &str,
+) -> Result<(), StatusError> {
+    let Some(ns) = call.namespace() else {
+        return Ok(());
+    };
+    let ns_resource =
+        crate::resources::find("", "v1", "namespaces").expect("namespaces are served");
     let kv = server
         .store
         .get(&ns_resource.key(None, ns))
@@ -192,21 +227,35 @@ async fn check_namespace<S: Store>(server: &ApiServer<S>, call: &Call<'_>, name:
         .ok_or_else(|| StatusError::not_found(&ns_resource.subject(), ns))?;
     let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
     if obj["status"]["phase"] == "Terminating" || !obj["metadata"]["deletionTimestamp"].is_null() {
-        let detail = format!("unable to create new content in namespace {ns} because it is being terminated");
-        return Err(StatusError::forbidden(&call.resource.subject(), name, &detail));
+        let detail = format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        );
+        return Err(StatusError::forbidden(
+            &call.resource.subject(),
+            name,
+            &detail,
+        ));
     }
     Ok(())
 }
 
 /// Creates `obj` (already parsed) for a create or a create-on-apply.
-async fn create_object<S: Store>(server: &ApiServer<S>, call: &Call<'_>, mut obj: Value, warnings: &mut Vec<String>) -> Result<Value, StatusError> {
+async fn create_object<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+    mut obj: Value,
+    warnings: &mut Vec<String>,
+) -> Result<Value, StatusError> {
     let resource = call.resource;
     check_type(resource, &mut obj)?;
     place(call, &mut obj)?;
     let mut obj = normalize(call, obj, warnings)?;
     prepare_new(&server.defaulting, resource, &mut obj);
     validate(resource, &obj, None)?;
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     check_namespace(server, call, &name).await?;
     let key = resource.key(call.namespace(), &name);
     if call.query.dry_run()? {
@@ -225,7 +274,9 @@ async fn create_object<S: Store>(server: &ApiServer<S>, call: &Call<'_>, mut obj
         Err(e) => {
             server.release(&allocated).await;
             Err(match e {
-                StoreError::AlreadyExists { .. } => StatusError::already_exists(&resource.subject(), &name),
+                StoreError::AlreadyExists { .. } => {
+                    StatusError::already_exists(&resource.subject(), &name)
+                }
                 other => store_error(resource, &name, other),
             })
         }
@@ -233,11 +284,17 @@ async fn create_object<S: Store>(server: &ApiServer<S>, call: &Call<'_>, mut obj
 }
 
 /// POST: create.
-pub async fn create<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
+pub async fn create<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+) -> Result<Response<Body>, StatusError> {
     let obj = parse_object(&call.body, call.content_type)?;
     let mut warnings = vec![];
     let created = create_object(server, call, obj, &mut warnings).await?;
-    Ok(with_warnings(json_response(StatusCode::CREATED, &created), &warnings))
+    Ok(with_warnings(
+        json_response(StatusCode::CREATED, &created),
+        &warnings,
+    ))
 }
 
 /// Builds the object an update stores, from the current one and the client's.
@@ -259,7 +316,14 @@ pub fn prepare_update(
         return Ok(out);
     }
     // What the client may not change.
-    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "generation"] {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+        "generation",
+    ] {
         match current["metadata"].get(field) {
             Some(v) => next["metadata"][field] = v.clone(),
             None => {
@@ -294,16 +358,30 @@ pub fn prepare_update(
 /// Whether a deleting object lost its last finalizer (and so must now be removed).
 pub fn finished_deleting(obj: &Value) -> bool {
     !obj["metadata"]["deletionTimestamp"].is_null()
-        && obj["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty)
+        && obj["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
 }
 
 /// PUT: update (also of the status subresource).
-pub async fn update<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
-    update_with(server, call, call.info.subresource.as_deref() == Some("status")).await
+pub async fn update<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+) -> Result<Response<Body>, StatusError> {
+    update_with(
+        server,
+        call,
+        call.info.subresource.as_deref() == Some("status"),
+    )
+    .await
 }
 
 /// PUT of the object or of its status.
-pub async fn update_with<S: Store>(server: &ApiServer<S>, call: &Call<'_>, status_only: bool) -> Result<Response<Body>, StatusError> {
+pub async fn update_with<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+    status_only: bool,
+) -> Result<Response<Body>, StatusError> {
     let resource = call.resource;
     let mut obj = parse_object(&call.body, call.content_type)?;
     check_type(resource, &mut obj)?;
@@ -316,7 +394,10 @@ pub async fn update_with<S: Store>(server: &ApiServer<S>, call: &Call<'_>, statu
     }
     place(call, &mut obj)?;
     let mut warnings = vec![];
-    let precondition = obj["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    let precondition = obj["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
     let next = normalize(call, obj, &mut warnings)?;
     let dry_run = call.query.dry_run()?;
     let pool = server.preallocate_for_update(call, &next).await?;
@@ -326,33 +407,25 @@ pub async fn update_with<S: Store>(server: &ApiServer<S>, call: &Call<'_>, statu
         {
             return Err(StatusError::conflict(&resource.subject(), &name));
         }
-        let mut prepared = prepare_update(&server.defaulting, resource, current, next.clone(), status_only)?;
+        let mut prepared = prepare_update(
+            &server.defaulting,
+            resource,
+            current,
+            next.clone(),
+            status_only,
+        )?;
         pool.fill(&mut prepared);
         if dry_run {
-            return Err(DryRun::wrap(prepared));
+            return Ok(Decision::Preview(prepared));
         }
-        Ok(if finished_deleting(&prepared) { Decision::Delete } else { Decision::Write(prepared) })
+        Ok(if finished_deleting(&prepared) {
+            Decision::Delete
+        } else {
+            Decision::Write(prepared)
+        })
     })
     .await;
     finish_write(server, call, result, &pool, &warnings).await
-}
-
-/// Carries a dry-run result out of the update loop without writing.
-pub struct DryRun;
-
-impl DryRun {
-    const REASON: &'static str = "DryRun";
-
-    fn wrap(obj: Value) -> StatusError {
-        let mut err = StatusError::internal("");
-        err.reason = Self::REASON;
-        err.details = Some(obj);
-        err
-    }
-
-    fn unwrap(err: &StatusError) -> Option<Value> {
-        (err.reason == Self::REASON).then(|| err.details.clone().unwrap_or_default())
-    }
 }
 
 async fn finish_write<S: Store>(
@@ -368,30 +441,38 @@ async fn finish_write<S: Store>(
             let mut obj = updated.object;
             set_type(resource, &mut obj);
             if resource.kind == "Service" && resource.group.is_empty() {
-                server.release_unused(&updated.previous, &obj, pool, updated.written).await;
+                server
+                    .release_unused(&updated.previous, &obj, pool, updated.written)
+                    .await;
             }
             Ok(with_warnings(json_response(StatusCode::OK, &obj), warnings))
         }
         Err(e) => {
             server.release(&pool.claimed()).await;
-            match DryRun::unwrap(&e) {
-                Some(mut obj) => {
-                    set_type(resource, &mut obj);
-                    Ok(with_warnings(json_response(StatusCode::OK, &obj), warnings))
-                }
-                None => Err(e),
-            }
+            Err(e)
         }
     }
 }
 
 /// PATCH (also of the status subresource).
-pub async fn patch<S: Store>(server: &ApiServer<S>, call: &Call<'_>) -> Result<Response<Body>, StatusError> {
-    patch_with(server, call, call.info.subresource.as_deref() == Some("status")).await
+pub async fn patch<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+) -> Result<Response<Body>, StatusError> {
+    patch_with(
+        server,
+        call,
+        call.info.subresource.as_deref() == Some("status"),
+    )
+    .await
 }
 
 /// PATCH of the object or its status.
-pub async fn patch_with<S: Store>(server: &ApiServer<S>, call: &Call<'_>, status_only: bool) -> Result<Response<Body>, StatusError> {
+pub async fn patch_with<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+    status_only: bool,
+) -> Result<Response<Body>, StatusError> {
     let resource = call.resource;
     let patch_type = PatchType::from_content_type(call.content_type)?;
     let name = call.name().to_string();
@@ -419,12 +500,17 @@ pub async fn patch_with<S: Store>(server: &ApiServer<S>, call: &Call<'_>, status
         set_type(resource, &mut patched);
         let mut local_warnings = vec![];
         let next = normalize(call, patched, &mut local_warnings)?;
-        let mut prepared = prepare_update(&server.defaulting, resource, current, next, status_only)?;
+        let mut prepared =
+            prepare_update(&server.defaulting, resource, current, next, status_only)?;
         pool.fill(&mut prepared);
         if dry_run {
-            return Err(DryRun::wrap(prepared));
+            return Ok(Decision::Preview(prepared));
         }
-        Ok(if finished_deleting(&prepared) { Decision::Delete } else { Decision::Write(prepared) })
+        Ok(if finished_deleting(&prepared) {
+            Decision::Delete
+        } else {
+            Decision::Write(prepared)
+        })
     })
     .await;
     warnings.dedup();
@@ -432,12 +518,11 @@ pub async fn patch_with<S: Store>(server: &ApiServer<S>, call: &Call<'_>, status
 }
 
 /// Creates an object for server-side apply when it does not exist yet.
-pub async fn create_for_apply<S: Store>(server: &ApiServer<S>, call: &Call<'_>, obj: Value) -> Result<Value, StatusError> {
+pub async fn create_for_apply<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+    obj: Value,
+) -> Result<Value, StatusError> {
     let mut warnings = vec![];
     create_object(server, call, obj, &mut warnings).await
-}
-
-/// Refuses a field cause as 422 for this call.
-pub fn invalid(call: &Call<'_>, causes: Vec<FieldCause>) -> StatusError {
-    StatusError::invalid(&call.resource.subject(), call.name(), causes)
 }

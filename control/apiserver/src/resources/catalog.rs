@@ -7,18 +7,41 @@ use super::{Resource, Subresource, roundtrip, schema_of};
 const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
 
 const fn status(group: &'static str, version: &'static str, kind: &'static str) -> Subresource {
-    Subresource { name: "status", kind: Some((group, version, kind)), verbs: STATUS_VERBS }
+    Subresource {
+        name: "status",
+        kind: Some((group, version, kind)),
+        verbs: STATUS_VERBS,
+    }
 }
 
-const SCALE: Subresource =
-    Subresource { name: "scale", kind: Some(("autoscaling", "v1", "Scale")), verbs: STATUS_VERBS };
+const SCALE: Subresource = Subresource {
+    name: "scale",
+    kind: Some(("autoscaling", "v1", "Scale")),
+    verbs: STATUS_VERBS,
+};
 
 const POD_SUBRESOURCES: &[Subresource] = &[
     status("", "v1", "Pod"),
-    Subresource { name: "binding", kind: Some(("", "v1", "Binding")), verbs: &["create"] },
-    Subresource { name: "eviction", kind: Some(("policy", "v1", "Eviction")), verbs: &["create"] },
-    Subresource { name: "log", kind: Some(("", "v1", "Pod")), verbs: &["get"] },
-    Subresource { name: "exec", kind: Some(("", "v1", "PodExecOptions")), verbs: &["create", "get"] },
+    Subresource {
+        name: "binding",
+        kind: Some(("", "v1", "Binding")),
+        verbs: &["create"],
+    },
+    Subresource {
+        name: "eviction",
+        kind: Some(("policy", "v1", "Eviction")),
+        verbs: &["create"],
+    },
+    Subresource {
+        name: "log",
+        kind: Some(("", "v1", "Pod")),
+        verbs: &["get"],
+    },
+    Subresource {
+        name: "exec",
+        kind: Some(("", "v1", "PodExecOptions")),
+        verbs: &["create", "get"],
+    },
 ];
 
 /// Every resource the API server serves.
@@ -34,7 +57,11 @@ pub static CATALOG: &[Resource] = &[
         categories: &[],
         subresources: &[
             status("", "v1", "Namespace"),
-            Subresource { name: "finalize", kind: Some(("", "v1", "Namespace")), verbs: &["update"] },
+            Subresource {
+                name: "finalize",
+                kind: Some(("", "v1", "Namespace")),
+                verbs: &["update"],
+            },
         ],
         has_status: true,
         tracks_generation: false,

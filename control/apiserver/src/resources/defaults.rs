@@ -28,7 +28,9 @@ fn child<'a>(obj: &'a mut Value, key: &str) -> &'a mut Value {
         *obj = Value::Object(Map::new());
     }
     let map = obj.as_object_mut().expect("object");
-    let slot = map.entry(key.to_string()).or_insert_with(|| Value::Object(Map::new()));
+    let slot = map
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
     if !slot.is_object() {
         *slot = Value::Object(Map::new());
     }
@@ -47,7 +49,7 @@ pub fn apply(group: &str, kind: &str, obj: &mut Value, cfg: &DefaultingConfig, c
         ("", "Pod") => pod(obj, cfg, creating),
         ("", "Service") => service(obj),
         ("", "Namespace") => namespace(obj),
-        ("", "Secret") => default(obj, "type", json!("Opaque")),
+        ("", "Secret") => secret(obj),
         ("apps", "Deployment") => deployment(obj),
         ("apps", "ReplicaSet") => {
             default(child(obj, "spec"), "replicas", json!(1));
@@ -76,8 +78,14 @@ fn pod(obj: &mut Value, cfg: &DefaultingConfig, creating: bool) {
             .or_insert_with(|| json!([]));
         if let Some(list) = tolerations.as_array_mut() {
             for (taint, seconds) in [
-                ("node.kubernetes.io/not-ready", cfg.not_ready_toleration_seconds),
-                ("node.kubernetes.io/unreachable", cfg.unreachable_toleration_seconds),
+                (
+                    "node.kubernetes.io/not-ready",
+                    cfg.not_ready_toleration_seconds,
+                ),
+                (
+                    "node.kubernetes.io/unreachable",
+                    cfg.unreachable_toleration_seconds,
+                ),
             ] {
                 let covered = list.iter().any(|t| {
                     (t["key"] == taint || (t["key"].is_null() && t["operator"] == "Exists"))
@@ -152,7 +160,11 @@ fn pod_spec(spec: &mut Value) {
 
 fn container(c: &mut Value) {
     let image = c["image"].as_str().unwrap_or_default().to_string();
-    let policy = if image_uses_latest(&image) { "Always" } else { "IfNotPresent" };
+    let policy = if image_uses_latest(&image) {
+        "Always"
+    } else {
+        "IfNotPresent"
+    };
     default(c, "imagePullPolicy", json!(policy));
     default(c, "terminationMessagePath", json!("/dev/termination-log"));
     default(c, "terminationMessagePolicy", json!("File"));
@@ -205,6 +217,23 @@ fn service(obj: &mut Value) {
     if spec["sessionAffinity"] == "ClientIP" {
         let cfg = child(spec, "sessionAffinityConfig");
         default(child(cfg, "clientIP"), "timeoutSeconds", json!(10800));
+    }
+}
+
+/// Secret: `stringData` is a write-only convenience merged into `data` (base64), as upstream does.
+fn secret(obj: &mut Value) {
+    use base64::Engine;
+    default(obj, "type", json!("Opaque"));
+    let Some(string_data) = obj.as_object_mut().and_then(|m| m.remove("stringData")) else {
+        return;
+    };
+    let Some(entries) = string_data.as_object() else {
+        return;
+    };
+    let data = child(obj, "data");
+    for (k, v) in entries {
+        let text = v.as_str().unwrap_or_default();
+        data[k] = json!(base64::engine::general_purpose::STANDARD.encode(text.as_bytes()));
     }
 }
 
@@ -283,7 +312,10 @@ pub fn job_selector(obj: &mut Value, uid: &str) {
     if obj["spec"]["manualSelector"] == json!(true) {
         return;
     }
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let spec = child(obj, "spec");
     if spec["selector"].is_null() {
         spec["selector"] = json!({ "matchLabels": { "batch.kubernetes.io/controller-uid": uid } });
@@ -304,7 +336,10 @@ mod tests {
     use super::*;
 
     fn cfg() -> DefaultingConfig {
-        DefaultingConfig { not_ready_toleration_seconds: 300, unreachable_toleration_seconds: 300 }
+        DefaultingConfig {
+            not_ready_toleration_seconds: 300,
+            unreachable_toleration_seconds: 300,
+        }
     }
 
     #[test]
@@ -317,7 +352,10 @@ mod tests {
         assert_eq!(pod["spec"]["dnsPolicy"], "ClusterFirst");
         assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 30);
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
-        assert_eq!(pod["spec"]["containers"][1]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            pod["spec"]["containers"][1]["imagePullPolicy"],
+            "IfNotPresent"
+        );
         assert_eq!(pod["spec"]["containers"][1]["ports"][0]["protocol"], "TCP");
         assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
         assert_eq!(pod["status"]["qosClass"], "BestEffort");
@@ -325,8 +363,18 @@ mod tests {
     }
 
     #[test]
+    fn secret_string_data_becomes_data() {
+        let mut s = json!({"metadata": {"name": "s"}, "stringData": {"password": "s3cret"}, "data": {"a": "YQ=="}});
+        apply("", "Secret", &mut s, &cfg(), true);
+        assert_eq!(s["data"], json!({"a": "YQ==", "password": "czNjcmV0"}));
+        assert!(s.get("stringData").is_none());
+        assert_eq!(s["type"], "Opaque");
+    }
+
+    #[test]
     fn qos_classes() {
-        let guaranteed = json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]});
+        let guaranteed =
+            json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]});
         assert_eq!(qos_class(&guaranteed), "Guaranteed");
         let burstable = json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]});
         assert_eq!(qos_class(&burstable), "Burstable");

@@ -60,19 +60,31 @@ pub struct Resource {
 }
 
 /// The schema of a k8s-openapi type, registering its definitions with the generator.
-pub fn schema_of<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub fn schema_of<T: schemars::JsonSchema>(
+    generator: &mut schemars::SchemaGenerator,
+) -> schemars::Schema {
     generator.subschema_for::<T>()
 }
 
 /// Round-trips a JSON object through its k8s-openapi type.
-pub fn roundtrip<T: DeserializeOwned + Serialize>(value: Value) -> Result<Value, serde_json::Error> {
+pub fn roundtrip<T: DeserializeOwned + Serialize>(
+    value: Value,
+) -> Result<Value, serde_json::Error> {
     let typed: T = serde_json::from_value(value)?;
     serde_json::to_value(typed)
 }
 
 /// The verbs of an ordinary resource.
-pub const ALL_VERBS: &[&str] =
-    &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+pub const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 impl Resource {
     /// `v1` or `apps/v1`.
@@ -86,7 +98,11 @@ impl Resource {
 
     /// What errors about this resource name.
     pub fn subject(&self) -> Subject<'static> {
-        Subject { group: self.group, resource: self.plural, kind: self.kind }
+        Subject {
+            group: self.group,
+            resource: self.plural,
+            kind: self.kind,
+        }
     }
 
     /// The list kind, e.g. `PodList`.
@@ -118,7 +134,9 @@ impl Resource {
 
 /// Finds a served resource by group, version and plural name.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    CATALOG.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    CATALOG
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// Finds a served resource by group and kind.

@@ -116,7 +116,13 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
         ],
         ("coordination.k8s.io", "Lease") => vec![NAME, ("Holder", "string", 0), AGE],
         ("scheduling.k8s.io", "PriorityClass") => {
-            vec![NAME, ("Value", "integer", 0), ("Global-Default", "boolean", 0), AGE, ("PreemptionPolicy", "string", 0)]
+            vec![
+                NAME,
+                ("Value", "integer", 0),
+                ("Global-Default", "boolean", 0),
+                AGE,
+                ("PreemptionPolicy", "string", 0),
+            ]
         }
         _ => vec![NAME, ("Created At", "date", 0)],
     }
@@ -152,23 +158,39 @@ pub fn human_duration(secs: i64) -> String {
         format!("{secs}s")
     } else if m < 10 {
         let s = secs % 60;
-        if s == 0 { format!("{m}m") } else { format!("{m}m{s}s") }
+        if s == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{s}s")
+        }
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
         let mm = m % 60;
-        if mm == 0 { format!("{h}h") } else { format!("{h}h{mm}m") }
+        if mm == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{mm}m")
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 192 {
         let hh = h % 24;
-        if hh == 0 { format!("{d}d") } else { format!("{d}d{hh}h") }
+        if hh == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{hh}h")
+        }
     } else if h < 24 * 365 * 2 {
         format!("{d}d")
     } else if h < 24 * 365 * 8 {
         let y = d / 365;
         let dd = d % 365;
-        if dd == 0 { format!("{y}y") } else { format!("{y}y{dd}d") }
+        if dd == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{dd}d")
+        }
     } else {
         format!("{}y", d / 365)
     }
@@ -190,8 +212,17 @@ fn selector_string(selector: &Value) -> String {
     if let Some(m) = selector["matchLabels"].as_object() {
         parts.extend(m.iter().map(|(k, v)| format!("{k}={}", s(v))));
     }
-    for e in selector["matchExpressions"].as_array().into_iter().flatten() {
-        let values: Vec<&str> = e["values"].as_array().into_iter().flatten().map(s).collect();
+    for e in selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
         let key = s(&e["key"]);
         parts.push(match s(&e["operator"]) {
             "In" => format!("{key} in ({})", values.join(",")),
@@ -211,28 +242,45 @@ pub fn selector_to_string(selector: &Value) -> String {
 }
 
 fn map_string(m: &Value) -> String {
-    let parts: Vec<String> = m.as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", s(v))).collect();
+    let parts: Vec<String> = m
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", s(v)))
+        .collect();
     none_if_empty(parts.join(","))
 }
 
 fn containers_images(template_spec: &Value) -> (String, String) {
-    let cs = template_spec["containers"].as_array().cloned().unwrap_or_default();
+    let cs = template_spec["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let names: Vec<&str> = cs.iter().map(|c| s(&c["name"])).collect();
     let images: Vec<&str> = cs.iter().map(|c| s(&c["image"])).collect();
     (names.join(","), images.join(","))
 }
 
 fn pod_status(pod: &Value) -> (String, String, String) {
-    let statuses = pod["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+    let statuses = pod["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let total = pod["spec"]["containers"].as_array().map_or(0, Vec::len);
-    let ready = statuses.iter().filter(|c| c["ready"] == json!(true)).count();
+    let ready = statuses
+        .iter()
+        .filter(|c| c["ready"] == json!(true))
+        .count();
     let restarts: i64 = statuses.iter().map(|c| i(&c["restartCount"])).sum();
     let mut reason = s(&pod["status"]["reason"]).to_string();
     if reason.is_empty() {
         reason = s(&pod["status"]["phase"]).to_string();
     }
     let mut init_done = true;
-    let inits = pod["status"]["initContainerStatuses"].as_array().cloned().unwrap_or_default();
+    let inits = pod["status"]["initContainerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let init_total = pod["spec"]["initContainers"].as_array().map_or(0, Vec::len);
     for (idx, c) in inits.iter().enumerate() {
         let term = &c["state"]["terminated"];
@@ -242,8 +290,14 @@ fn pod_status(pod: &Value) -> (String, String, String) {
         init_done = false;
         reason = if term.is_object() {
             let r = s(&term["reason"]);
-            if r.is_empty() { format!("Init:ExitCode:{}", i(&term["exitCode"])) } else { format!("Init:{r}") }
-        } else if !s(&c["state"]["waiting"]["reason"]).is_empty() && s(&c["state"]["waiting"]["reason"]) != "PodInitializing" {
+            if r.is_empty() {
+                format!("Init:ExitCode:{}", i(&term["exitCode"]))
+            } else {
+                format!("Init:{r}")
+            }
+        } else if !s(&c["state"]["waiting"]["reason"]).is_empty()
+            && s(&c["state"]["waiting"]["reason"]) != "PodInitializing"
+        {
             format!("Init:{}", s(&c["state"]["waiting"]["reason"]))
         } else {
             format!("Init:{idx}/{init_total}")
@@ -269,7 +323,11 @@ fn pod_status(pod: &Value) -> (String, String, String) {
         }
     }
     if !pod["metadata"]["deletionTimestamp"].is_null() {
-        reason = if s(&pod["status"]["reason"]) == "NodeLost" { "Unknown".into() } else { "Terminating".into() };
+        reason = if s(&pod["status"]["reason"]) == "NodeLost" {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
     }
     (format!("{ready}/{total}"), reason, restarts.to_string())
 }
@@ -295,7 +353,10 @@ fn node_roles(labels: &Value) -> String {
         .as_object()
         .into_iter()
         .flatten()
-        .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(str::to_string))
+        .filter_map(|(k, _)| {
+            k.strip_prefix("node-role.kubernetes.io/")
+                .map(str::to_string)
+        })
         .filter(|r| !r.is_empty())
         .collect();
     roles.sort();
@@ -304,9 +365,17 @@ fn node_roles(labels: &Value) -> String {
 
 fn node_status(node: &Value) -> String {
     let mut status = "Unknown".to_string();
-    for c in node["status"]["conditions"].as_array().into_iter().flatten() {
+    for c in node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if c["type"] == "Ready" {
-            status = if c["status"] == "True" { "Ready".into() } else { "NotReady".into() };
+            status = if c["status"] == "True" {
+                "Ready".into()
+            } else {
+                "NotReady".into()
+            };
         }
     }
     if node["spec"]["unschedulable"] == json!(true) {
@@ -338,8 +407,22 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
             let node = none_if_empty(s(&spec["nodeName"]).to_string());
             let nominated = none_if_empty(s(&status["nominatedNodeName"]).to_string());
             let gates = spec["readinessGates"].as_array().map_or(0, Vec::len);
-            let gates = if gates == 0 { "<none>".to_string() } else { format!("0/{gates}") };
-            vec![name, json!(ready), json!(reason), json!(restarts), json!(created), json!(ip), json!(node), json!(nominated), json!(gates)]
+            let gates = if gates == 0 {
+                "<none>".to_string()
+            } else {
+                format!("0/{gates}")
+            };
+            vec![
+                name,
+                json!(ready),
+                json!(reason),
+                json!(restarts),
+                json!(created),
+                json!(ip),
+                json!(node),
+                json!(nominated),
+                json!(gates),
+            ]
         }
         ("", "Namespace") => vec![name, json!(s(&status["phase"])), json!(created)],
         ("", "Node") => {
@@ -354,7 +437,9 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
                 json!(node_address(obj, "ExternalIP")),
                 json!(none_if_empty(s(&info["osImage"]).to_string())),
                 json!(none_if_empty(s(&info["kernelVersion"]).to_string())),
-                json!(none_if_empty(s(&info["containerRuntimeVersion"]).to_string())),
+                json!(none_if_empty(
+                    s(&info["containerRuntimeVersion"]).to_string()
+                )),
             ]
         }
         ("", "Service") => {
@@ -363,15 +448,37 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
             let external = match ty {
                 "ExternalName" => s(&spec["externalName"]).to_string(),
                 "LoadBalancer" => {
-                    let ing: Vec<&str> = status["loadBalancer"]["ingress"].as_array().into_iter().flatten().map(|i| s(&i["ip"])).collect();
-                    if ing.is_empty() { "<pending>".into() } else { ing.join(",") }
+                    let ing: Vec<&str> = status["loadBalancer"]["ingress"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|i| s(&i["ip"]))
+                        .collect();
+                    if ing.is_empty() {
+                        "<pending>".into()
+                    } else {
+                        ing.join(",")
+                    }
                 }
                 _ => {
-                    let ips: Vec<&str> = spec["externalIPs"].as_array().into_iter().flatten().map(s).collect();
+                    let ips: Vec<&str> = spec["externalIPs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(s)
+                        .collect();
                     none_if_empty(ips.join(","))
                 }
             };
-            vec![name, json!(ty), json!(cluster_ip), json!(external), json!(service_ports(spec)), json!(created), json!(map_string(&spec["selector"]))]
+            vec![
+                name,
+                json!(ty),
+                json!(cluster_ip),
+                json!(external),
+                json!(service_ports(spec)),
+                json!(created),
+                json!(map_string(&spec["selector"])),
+            ]
         }
         ("", "Endpoints") => {
             let mut eps = vec![];
@@ -382,26 +489,45 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
                     }
                 }
             }
-            let shown = if eps.len() > 3 { format!("{} + {} more...", eps[..3].join(","), eps.len() - 3) } else { none_if_empty(eps.join(",")) };
+            let shown = if eps.len() > 3 {
+                format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
+            } else {
+                none_if_empty(eps.join(","))
+            };
             vec![name, json!(shown), json!(created)]
         }
         ("", "ConfigMap") => {
-            let n = obj["data"].as_object().map_or(0, |m| m.len()) + obj["binaryData"].as_object().map_or(0, |m| m.len());
+            let n = obj["data"].as_object().map_or(0, |m| m.len())
+                + obj["binaryData"].as_object().map_or(0, |m| m.len());
             vec![name, json!(n), json!(created)]
         }
         ("", "Secret") => {
             let n = obj["data"].as_object().map_or(0, |m| m.len());
             vec![name, json!(s(&obj["type"])), json!(n), json!(created)]
         }
-        ("", "ServiceAccount") => vec![name, json!(obj["secrets"].as_array().map_or(0, Vec::len)), json!(created)],
+        ("", "ServiceAccount") => vec![
+            name,
+            json!(obj["secrets"].as_array().map_or(0, Vec::len)),
+            json!(created),
+        ],
         ("", "Event") => {
-            let last = if obj["lastTimestamp"].is_string() { &obj["lastTimestamp"] } else if obj["eventTime"].is_string() { &obj["eventTime"] } else { &meta["creationTimestamp"] };
+            let last = if obj["lastTimestamp"].is_string() {
+                &obj["lastTimestamp"]
+            } else if obj["eventTime"].is_string() {
+                &obj["eventTime"]
+            } else {
+                &meta["creationTimestamp"]
+            };
             let inv = &obj["involvedObject"];
             vec![
                 json!(age(last, now)),
                 json!(s(&obj["type"])),
                 json!(s(&obj["reason"])),
-                json!(format!("{}/{}", s(&inv["kind"]).to_lowercase(), s(&inv["name"]))),
+                json!(format!(
+                    "{}/{}",
+                    s(&inv["kind"]).to_lowercase(),
+                    s(&inv["name"])
+                )),
                 json!(s(&obj["message"])),
             ]
         }
@@ -409,7 +535,11 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
             let (c, im) = containers_images(&spec["template"]["spec"]);
             vec![
                 name,
-                json!(format!("{}/{}", i(&status["readyReplicas"]), i(&spec["replicas"]))),
+                json!(format!(
+                    "{}/{}",
+                    i(&status["readyReplicas"]),
+                    i(&spec["replicas"])
+                )),
                 json!(i(&status["updatedReplicas"])),
                 json!(i(&status["availableReplicas"])),
                 json!(created),
@@ -420,7 +550,16 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
         }
         ("apps", "ReplicaSet") => {
             let (c, im) = containers_images(&spec["template"]["spec"]);
-            vec![name, json!(i(&spec["replicas"])), json!(i(&status["replicas"])), json!(i(&status["readyReplicas"])), json!(created), json!(c), json!(im), json!(selector_string(&spec["selector"]))]
+            vec![
+                name,
+                json!(i(&spec["replicas"])),
+                json!(i(&status["replicas"])),
+                json!(i(&status["readyReplicas"])),
+                json!(created),
+                json!(c),
+                json!(im),
+                json!(selector_string(&spec["selector"])),
+            ]
         }
         ("apps", "DaemonSet") => {
             let (c, im) = containers_images(&spec["template"]["spec"]);
@@ -440,35 +579,107 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
         }
         ("apps", "StatefulSet") => {
             let (c, im) = containers_images(&spec["template"]["spec"]);
-            vec![name, json!(format!("{}/{}", i(&status["readyReplicas"]), i(&spec["replicas"]))), json!(created), json!(c), json!(im)]
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    i(&status["readyReplicas"]),
+                    i(&spec["replicas"])
+                )),
+                json!(created),
+                json!(c),
+                json!(im),
+            ]
         }
         ("batch", "Job") => {
             let (c, im) = containers_images(&spec["template"]["spec"]);
             let completions = match spec["completions"].as_i64() {
                 Some(n) => format!("{}/{n}", i(&status["succeeded"])),
-                None => format!("{}/1 of {}", i(&status["succeeded"]), i(&spec["parallelism"])),
+                None => format!(
+                    "{}/1 of {}",
+                    i(&status["succeeded"]),
+                    i(&spec["parallelism"])
+                ),
             };
             let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
-            let has = |t: &str| conditions.iter().any(|c| c["type"] == t && c["status"] == "True");
-            let state = if has("Complete") { "Complete" } else if has("Failed") { "Failed" } else if has("Suspended") { "Suspended" } else { "Running" };
-            let duration = match (status["startTime"].as_str(), status["completionTime"].as_str()) {
+            let has = |t: &str| {
+                conditions
+                    .iter()
+                    .any(|c| c["type"] == t && c["status"] == "True")
+            };
+            let state = if has("Complete") {
+                "Complete"
+            } else if has("Failed") {
+                "Failed"
+            } else if has("Suspended") {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            let duration = match (
+                status["startTime"].as_str(),
+                status["completionTime"].as_str(),
+            ) {
                 (Some(start), end) => {
-                    let start = start.parse::<Timestamp>().map(|t| t.as_second()).unwrap_or_default();
-                    let end = end.and_then(|e| e.parse::<Timestamp>().ok()).map_or(now.as_second(), |t| t.as_second());
+                    let start = start
+                        .parse::<Timestamp>()
+                        .map(|t| t.as_second())
+                        .unwrap_or_default();
+                    let end = end
+                        .and_then(|e| e.parse::<Timestamp>().ok())
+                        .map_or(now.as_second(), |t| t.as_second());
                     human_duration(end - start)
                 }
                 _ => String::new(),
             };
-            vec![name, json!(state), json!(completions), json!(duration), json!(created), json!(c), json!(im), json!(selector_string(&spec["selector"]))]
+            vec![
+                name,
+                json!(state),
+                json!(completions),
+                json!(duration),
+                json!(created),
+                json!(c),
+                json!(im),
+                json!(selector_string(&spec["selector"])),
+            ]
         }
         ("discovery.k8s.io", "EndpointSlice") => {
-            let ports: Vec<String> = obj["ports"].as_array().into_iter().flatten().map(|p| i(&p["port"]).to_string()).collect();
-            let addrs: Vec<String> = obj["endpoints"].as_array().into_iter().flatten().flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default()).map(|a| s(&a).to_string()).collect();
-            let shown = if addrs.len() > 3 { format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3) } else { none_if_empty(addrs.join(",")) };
-            vec![name, json!(s(&obj["addressType"])), json!(none_if_empty(ports.join(","))), json!(shown), json!(created)]
+            let ports: Vec<String> = obj["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| i(&p["port"]).to_string())
+                .collect();
+            let addrs: Vec<String> = obj["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .map(|a| s(&a).to_string())
+                .collect();
+            let shown = if addrs.len() > 3 {
+                format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
+            } else {
+                none_if_empty(addrs.join(","))
+            };
+            vec![
+                name,
+                json!(s(&obj["addressType"])),
+                json!(none_if_empty(ports.join(","))),
+                json!(shown),
+                json!(created),
+            ]
         }
-        ("coordination.k8s.io", "Lease") => vec![name, json!(s(&spec["holderIdentity"])), json!(created)],
-        ("scheduling.k8s.io", "PriorityClass") => vec![name, json!(i(&obj["value"])), json!(obj["globalDefault"] == json!(true)), json!(created), json!(s(&obj["preemptionPolicy"]))],
+        ("coordination.k8s.io", "Lease") => {
+            vec![name, json!(s(&spec["holderIdentity"])), json!(created)]
+        }
+        ("scheduling.k8s.io", "PriorityClass") => vec![
+            name,
+            json!(i(&obj["value"])),
+            json!(obj["globalDefault"] == json!(true)),
+            json!(created),
+            json!(s(&obj["preemptionPolicy"])),
+        ],
         _ => vec![name, meta["creationTimestamp"].clone()],
     }
 }

@@ -43,7 +43,8 @@ pub fn is_dns1035_label(s: &str) -> bool {
 fn is_label_value(s: &str) -> bool {
     s.is_empty()
         || (s.len() <= 63
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && s.starts_with(|c: char| c.is_ascii_alphanumeric())
             && s.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
@@ -90,7 +91,9 @@ pub fn check_name(rule: NameRule, name: &str) -> Option<&'static str> {
         NameRule::Subdomain if !is_dns1123_subdomain(name) => Some(DNS1123_SUBDOMAIN_MSG),
         NameRule::Label if !is_dns1123_label(name) => Some(DNS1123_LABEL_MSG),
         NameRule::Dns1035 if !is_dns1035_label(name) => Some(DNS1035_LABEL_MSG),
-        NameRule::PathSegment if name == "." || name == ".." || name.contains('/') || name.contains('%') => {
+        NameRule::PathSegment
+            if name == "." || name == ".." || name.contains('/') || name.contains('%') =>
+        {
             Some("may not contain '/' or '%' and may not be '.' or '..'")
         }
         _ => None,
@@ -105,21 +108,31 @@ pub fn metadata(meta: &Value, rule: NameRule, causes: &mut Vec<FieldCause>) {
                 causes.push(FieldCause::invalid("metadata.name", &meta["name"], msg));
             }
         }
-        None => causes.push(FieldCause::required("metadata.name", "name or generateName is required")),
+        None => causes.push(FieldCause::required(
+            "metadata.name",
+            "name or generateName is required",
+        )),
     }
     labels(&meta["labels"], "metadata.labels", causes);
     if let Some(annotations) = meta["annotations"].as_object() {
-        let total: usize = annotations.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
+        let total: usize = annotations
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
         if total > 256 * 1024 {
             causes.push(FieldCause {
                 reason: "FieldValueTooLong",
-                message: format!("Too long: may not be more than 262144 bytes"),
+                message: "Too long: may not be more than 262144 bytes".to_string(),
                 field: "metadata.annotations".into(),
             });
         }
         for key in annotations.keys() {
             if !is_qualified_name(&key.to_ascii_lowercase()) {
-                causes.push(FieldCause::invalid("metadata.annotations", &Value::String(key.clone()), QUALIFIED_NAME_MSG));
+                causes.push(FieldCause::invalid(
+                    "metadata.annotations",
+                    &Value::String(key.clone()),
+                    QUALIFIED_NAME_MSG,
+                ));
             }
         }
     }
@@ -127,15 +140,25 @@ pub fn metadata(meta: &Value, rule: NameRule, causes: &mut Vec<FieldCause>) {
 
 /// Validates a label map at `path`.
 pub fn labels(labels: &Value, path: &str, causes: &mut Vec<FieldCause>) {
-    let Some(map) = labels.as_object() else { return };
+    let Some(map) = labels.as_object() else {
+        return;
+    };
     for (key, value) in map {
         if !is_qualified_name(key) {
-            causes.push(FieldCause::invalid(path, &Value::String(key.clone()), QUALIFIED_NAME_MSG));
+            causes.push(FieldCause::invalid(
+                path,
+                &Value::String(key.clone()),
+                QUALIFIED_NAME_MSG,
+            ));
         }
         if let Some(v) = value.as_str()
             && !is_label_value(v)
         {
-            causes.push(FieldCause::invalid(format!("{path}"), value, LABEL_VALUE_MSG));
+            causes.push(FieldCause::invalid(
+                path.to_string(),
+                value,
+                LABEL_VALUE_MSG,
+            ));
         }
     }
 }
@@ -144,7 +167,11 @@ fn non_negative(obj: &Value, path: &str, field: &str, causes: &mut Vec<FieldCaus
     if let Some(n) = obj[field].as_i64()
         && n < 0
     {
-        causes.push(FieldCause::invalid(format!("{path}.{field}"), &obj[field], "must be greater than or equal to 0"));
+        causes.push(FieldCause::invalid(
+            format!("{path}.{field}"),
+            &obj[field],
+            "must be greater than or equal to 0",
+        ));
     }
 }
 
@@ -175,10 +202,18 @@ fn workload(obj: &Value, causes: &mut Vec<FieldCause>, restart_always: bool) {
     match spec.get("selector").filter(|s| !s.is_null()) {
         None => causes.push(FieldCause::required("spec.selector", "")),
         Some(selector) => {
-            let empty = selector["matchLabels"].as_object().is_none_or(|m| m.is_empty())
-                && selector["matchExpressions"].as_array().is_none_or(|m| m.is_empty());
+            let empty = selector["matchLabels"]
+                .as_object()
+                .is_none_or(|m| m.is_empty())
+                && selector["matchExpressions"]
+                    .as_array()
+                    .is_none_or(|m| m.is_empty());
             if empty {
-                causes.push(FieldCause::invalid("spec.selector", selector, "empty selector is invalid for deployment"));
+                causes.push(FieldCause::invalid(
+                    "spec.selector",
+                    selector,
+                    "empty selector is invalid for deployment",
+                ));
             } else if !crate::selectors::label_selector_matches(selector, template_labels) {
                 causes.push(FieldCause::invalid_shown(
                     "spec.template.metadata.labels",
@@ -192,10 +227,18 @@ fn workload(obj: &Value, causes: &mut Vec<FieldCause>, restart_always: bool) {
     pod_spec(template_spec, "spec.template.spec", causes);
     let policy = template_spec["restartPolicy"].as_str().unwrap_or("Always");
     if restart_always && policy != "Always" {
-        causes.push(FieldCause::not_supported("spec.template.spec.restartPolicy", policy, &["Always"]));
+        causes.push(FieldCause::not_supported(
+            "spec.template.spec.restartPolicy",
+            policy,
+            &["Always"],
+        ));
     }
     if !restart_always && policy == "Always" {
-        causes.push(FieldCause::not_supported("spec.template.spec.restartPolicy", policy, &["OnFailure", "Never"]));
+        causes.push(FieldCause::not_supported(
+            "spec.template.spec.restartPolicy",
+            policy,
+            &["OnFailure", "Never"],
+        ));
     }
 }
 
@@ -203,7 +246,11 @@ fn workload(obj: &Value, causes: &mut Vec<FieldCause>, restart_always: bool) {
 fn go_map(labels: &Value) -> String {
     let entries: Vec<String> = labels
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k:?}:{}", serde_json::to_string(v).unwrap_or_default())).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k:?}:{}", serde_json::to_string(v).unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default();
     format!("map[string]string{{{}}}", entries.join(", "))
 }
@@ -214,14 +261,21 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<FieldCause>) {
         causes.push(FieldCause::required(format!("{path}.containers"), ""));
     }
     let mut names = std::collections::HashSet::new();
-    for (list, field) in [(containers, "containers"), (spec["initContainers"].as_array(), "initContainers")] {
+    for (list, field) in [
+        (containers, "containers"),
+        (spec["initContainers"].as_array(), "initContainers"),
+    ] {
         for (i, c) in list.into_iter().flatten().enumerate() {
             let at = format!("{path}.{field}[{i}]");
             match c["name"].as_str() {
                 None | Some("") => causes.push(FieldCause::required(format!("{at}.name"), "")),
                 Some(name) => {
                     if !is_dns1123_label(name) {
-                        causes.push(FieldCause::invalid(format!("{at}.name"), &c["name"], DNS1123_LABEL_MSG));
+                        causes.push(FieldCause::invalid(
+                            format!("{at}.name"),
+                            &c["name"],
+                            DNS1123_LABEL_MSG,
+                        ));
                     } else if !names.insert(name.to_string()) {
                         causes.push(FieldCause::duplicate(format!("{at}.name"), &c["name"]));
                     }
@@ -234,7 +288,11 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<FieldCause>) {
                 if let Some(port) = p["containerPort"].as_i64()
                     && !(1..=65535).contains(&port)
                 {
-                    causes.push(FieldCause::invalid(format!("{at}.ports[{j}].containerPort"), &p["containerPort"], "must be between 1 and 65535, inclusive"));
+                    causes.push(FieldCause::invalid(
+                        format!("{at}.ports[{j}].containerPort"),
+                        &p["containerPort"],
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
             }
         }
@@ -242,12 +300,20 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<FieldCause>) {
     if let Some(policy) = spec["restartPolicy"].as_str()
         && !["Always", "OnFailure", "Never"].contains(&policy)
     {
-        causes.push(FieldCause::not_supported(format!("{path}.restartPolicy"), policy, &["Always", "OnFailure", "Never"]));
+        causes.push(FieldCause::not_supported(
+            format!("{path}.restartPolicy"),
+            policy,
+            &["Always", "OnFailure", "Never"],
+        ));
     }
     if let Some(policy) = spec["dnsPolicy"].as_str()
         && !["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"].contains(&policy)
     {
-        causes.push(FieldCause::not_supported(format!("{path}.dnsPolicy"), policy, &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"]));
+        causes.push(FieldCause::not_supported(
+            format!("{path}.dnsPolicy"),
+            policy,
+            &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"],
+        ));
     }
     non_negative(spec, path, "terminationGracePeriodSeconds", causes);
 }
@@ -256,7 +322,11 @@ fn service(obj: &Value, causes: &mut Vec<FieldCause>) {
     let spec = &obj["spec"];
     let ty = spec["type"].as_str().unwrap_or("ClusterIP");
     if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
-        causes.push(FieldCause::not_supported("spec.type", ty, &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]));
+        causes.push(FieldCause::not_supported(
+            "spec.type",
+            ty,
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        ));
     }
     let ports = spec["ports"].as_array();
     let headless = spec["clusterIP"] == "None";
@@ -269,12 +339,17 @@ fn service(obj: &Value, causes: &mut Vec<FieldCause>) {
         let at = format!("spec.ports[{i}]");
         match p["port"].as_i64() {
             Some(port) if (1..=65535).contains(&port) => {}
-            Some(_) => causes.push(FieldCause::invalid(format!("{at}.port"), &p["port"], "must be between 1 and 65535, inclusive")),
+            Some(_) => causes.push(FieldCause::invalid(
+                format!("{at}.port"),
+                &p["port"],
+                "must be between 1 and 65535, inclusive",
+            )),
             None => causes.push(FieldCause::required(format!("{at}.port"), "")),
         }
         match p["name"].as_str() {
             Some(name) if !name.is_empty() => {
-                if !names.insert(name.to_string()) {
+                let first = names.insert(name.to_string());
+                if !first {
                     causes.push(FieldCause::duplicate(format!("{at}.name"), &p["name"]));
                 }
             }
@@ -285,22 +360,37 @@ fn service(obj: &Value, causes: &mut Vec<FieldCause>) {
             && ty == "ClusterIP"
             && np != 0
         {
-            causes.push(FieldCause::forbidden(format!("{at}.nodePort"), "may not be used when `type` is 'ClusterIP'"));
+            causes.push(FieldCause::forbidden(
+                format!("{at}.nodePort"),
+                "may not be used when `type` is 'ClusterIP'",
+            ));
         }
     }
     if let Some(proto) = spec["sessionAffinity"].as_str()
         && !["None", "ClientIP"].contains(&proto)
     {
-        causes.push(FieldCause::not_supported("spec.sessionAffinity", proto, &["ClientIP", "None"]));
+        causes.push(FieldCause::not_supported(
+            "spec.sessionAffinity",
+            proto,
+            &["ClientIP", "None"],
+        ));
     }
 }
 
 /// Fields that may not change once set, per kind: `(path, JSON pointer)`.
 pub fn immutable_fields(group: &str, kind: &str) -> &'static [(&'static str, &'static str)] {
     match (group, kind) {
-        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") => &[("spec.selector", "/spec/selector")],
-        ("apps", "StatefulSet") => &[("spec.selector", "/spec/selector"), ("spec.serviceName", "/spec/serviceName")],
-        ("batch", "Job") => &[("spec.selector", "/spec/selector"), ("spec.completions", "/spec/completions")],
+        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") => {
+            &[("spec.selector", "/spec/selector")]
+        }
+        ("apps", "StatefulSet") => &[
+            ("spec.selector", "/spec/selector"),
+            ("spec.serviceName", "/spec/serviceName"),
+        ],
+        ("batch", "Job") => &[
+            ("spec.selector", "/spec/selector"),
+            ("spec.completions", "/spec/completions"),
+        ],
         ("", "Secret") | ("", "ConfigMap") => &[],
         ("", "Service") => &[("spec.clusterIP", "/spec/clusterIP")],
         ("", "Pod") => &[
@@ -328,7 +418,10 @@ pub fn update(group: &str, kind: &str, old: &Value, new: &Value, causes: &mut Ve
         && old_secret == &Value::Bool(true)
         && (old.get("data") != new.get("data") || new_secret != &Value::Bool(true))
     {
-        causes.push(FieldCause::forbidden("data", "field is immutable when `immutable` is set"));
+        causes.push(FieldCause::forbidden(
+            "data",
+            "field is immutable when `immutable` is set",
+        ));
     }
 }
 
@@ -355,8 +448,16 @@ mod tests {
         object("apps", "Deployment", &d, &mut causes);
         assert_eq!(causes.len(), 1, "{causes:?}");
         assert_eq!(causes[0].field, "spec.template.metadata.labels");
-        assert!(causes[0].message.contains("`selector` does not match template `labels`"));
-        assert!(causes[0].message.contains(r#"map[string]string{"app":"b"}"#));
+        assert!(
+            causes[0]
+                .message
+                .contains("`selector` does not match template `labels`")
+        );
+        assert!(
+            causes[0]
+                .message
+                .contains(r#"map[string]string{"app":"b"}"#)
+        );
     }
 
     #[test]
@@ -365,6 +466,9 @@ mod tests {
             "template": {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
         let mut causes = vec![];
         object("apps", "Deployment", &d, &mut causes);
-        assert_eq!(causes[0].message, "Invalid value: -1: must be greater than or equal to 0");
+        assert_eq!(
+            causes[0].message,
+            "Invalid value: -1: must be greater than or equal to 0"
+        );
     }
 }

@@ -1,0 +1,333 @@
+//! The test harness: real etcd and real `baton apiserver` processes on free loopback ports,
+//! with temporary directories, kubeconfigs for kube-rs and kubectl, and `wait_until`.
+//!
+//! Everything a test starts is stopped and removed when its guard is dropped, also when the
+//! test fails.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Makes a fresh directory under the system temp dir.
+    pub fn new(label: &str) -> Result<Self> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos();
+        let path =
+            std::env::temp_dir().join(format!("baton-{label}-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A real etcd server on free loopback ports with its own data directory.
+#[derive(Debug)]
+pub struct Etcd {
+    child: Option<Child>,
+    dir: TempDir,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it serves.
+    pub async fn start() -> Result<Self> {
+        let dir = TempDir::new("etcd")?;
+        let mut etcd = Self {
+            child: None,
+            dir,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+        };
+        etcd.launch().await?;
+        Ok(etcd)
+    }
+
+    async fn launch(&mut self) -> Result<()> {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.dir.path().join("etcd.log"))?;
+        let child = Command::new("etcd")
+            .arg("--name=test")
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (is Debian's etcd-server installed? run scripts/setup)")?;
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.client_port);
+        wait_until(
+            "etcd to accept connections",
+            Duration::from_secs(20),
+            || async { tokio::net::TcpStream::connect(&addr).await.ok().map(|_| ()) },
+        )
+        .await
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Stops etcd, keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.launch().await
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Locates the `baton` binary of this build (tests pass `env!("CARGO_BIN_EXE_baton")`).
+#[derive(Debug, Clone)]
+pub struct Binary(pub PathBuf);
+
+/// A running `baton apiserver` with its PKI and an admin kubeconfig.
+#[derive(Debug)]
+pub struct ApiServer {
+    child: Option<Child>,
+    binary: Binary,
+    etcd_url: String,
+    dir: TempDir,
+    port: u16,
+    /// Extra flags given at start.
+    extra: Vec<String>,
+}
+
+impl ApiServer {
+    /// Makes a PKI and starts the API server against `etcd_url`.
+    pub async fn start(binary: &Binary, etcd_url: &str, extra: &[&str]) -> Result<Self> {
+        let dir = TempDir::new("apiserver")?;
+        let port = free_port()?;
+        baton_pki::init(&baton_pki::PkiInitOptions {
+            dir: dir.path().join("pki"),
+            server: format!("https://127.0.0.1:{port}"),
+            sans: vec![],
+        })?;
+        let mut server = Self {
+            child: None,
+            binary: binary.clone(),
+            etcd_url: etcd_url.to_string(),
+            dir,
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.launch().await?;
+        Ok(server)
+    }
+
+    async fn launch(&mut self) -> Result<()> {
+        let pki = self.dir.path().join("pki");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("apiserver.log"))?;
+        let child = Command::new(&self.binary.0)
+            .arg("apiserver")
+            .arg(format!("--etcd-servers={}", self.etcd_url))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", self.port))
+            .arg(format!(
+                "--tls-cert-file={}",
+                pki.join("apiserver.crt").display()
+            ))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.join("apiserver.key").display()
+            ))
+            .arg(format!("--client-ca-file={}", pki.join("ca.crt").display()))
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting baton apiserver")?;
+        self.child = Some(child);
+        let client = self.client().await?;
+        let child = self.child.as_mut().expect("just started");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!("baton apiserver exited with {status}: {}", self.log());
+            }
+            let request = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("valid request");
+            let ok = client.request_text(request).await.is_ok_and(|t| t == "ok");
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("baton apiserver did not become ready: {}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("apiserver.log")).unwrap_or_default()
+    }
+
+    /// The HTTPS URL.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("pki").join("admin.kubeconfig")
+    }
+
+    /// The PKI directory (ca.crt, ca.key ...).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// A kube-rs client authenticated as the admin.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig())?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Stops the server.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// Restarts the server on the same port, PKI and etcd.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.launch().await
+    }
+
+    /// Runs a kubectl binary against this server.
+    pub fn kubectl(&self, kubectl: &Path, args: &[&str]) -> Output {
+        self.kubectl_with_input(kubectl, args, None)
+    }
+
+    /// Runs kubectl with `input` on its standard input.
+    pub fn kubectl_with_input(&self, kubectl: &Path, args: &[&str], input: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(kubectl)
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.dir.path())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {}: {e}", kubectl.display()));
+        if let Some(input) = input {
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(input.as_bytes())
+                .expect("writing kubectl stdin");
+        }
+        child.wait_with_output().expect("waiting for kubectl")
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The kubectl binaries to test with: v1.32 and v1.33 where installed (as on these machines),
+/// otherwise the `kubectl` on the PATH.
+pub fn kubectl_binaries() -> Vec<PathBuf> {
+    let dir = Path::new("/usr/lib/google-cloud-sdk/bin");
+    let found: Vec<PathBuf> = ["kubectl.1.32", "kubectl.1.33"]
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.exists())
+        .collect();
+    if found.is_empty() {
+        vec![PathBuf::from("kubectl")]
+    } else {
+        found
+    }
+}

@@ -1,0 +1,366 @@
+//! kubectl end to end against a real etcd and `baton apiserver`, as a user types it, with both
+//! kubectl versions these machines carry (v1.32 and v1.33).
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use baton_test_harness::{ApiServer, Binary, Etcd, kubectl_binaries};
+
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: demo
+  labels: {app: web}
+data:
+  greeting: hello
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: web-secret
+  namespace: demo
+stringData:
+  password: s3cret
+"#;
+
+struct Kubectl<'a> {
+    server: &'a ApiServer,
+    bin: &'a Path,
+}
+
+impl Kubectl<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        self.server.kubectl(self.bin, args)
+    }
+
+    fn input(&self, args: &[&str], input: &str) -> Output {
+        self.server.kubectl_with_input(self.bin, args, Some(input))
+    }
+
+    /// Runs and requires success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        check(&out, self.bin, args)
+    }
+
+    fn ok_input(&self, args: &[&str], input: &str) -> String {
+        let out = self.input(args, input);
+        check(&out, self.bin, args)
+    }
+}
+
+fn check(out: &Output, bin: &Path, args: &[&str]) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {stdout}\n{stderr}",
+        bin.display()
+    );
+    stdout
+}
+
+fn lines_with(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
+async fn scenario(binary: &Binary, bin: &Path) {
+    let etcd = Etcd::start().await.expect("etcd");
+    let server = ApiServer::start(binary, &etcd.url(), &[])
+        .await
+        .expect("apiserver");
+    let k = Kubectl {
+        server: &server,
+        bin,
+    };
+
+    // Namespaces and multi-document apply.
+    assert!(
+        k.ok_input(
+            &["apply", "-f", "-"],
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n"
+        )
+        .contains("namespace/demo created")
+    );
+    let out = k.ok_input(&["apply", "-f", "-"], APP);
+    for line in [
+        "deployment.apps/web created",
+        "service/web created",
+        "configmap/web-config created",
+        "secret/web-secret created",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in {out}");
+    }
+    let out = k.ok_input(&["apply", "-f", "-"], APP);
+    // As upstream: a Secret applied with stringData always reports "configured", since the
+    // write-only stringData is never in the live object kubectl compares against.
+    assert_eq!(lines_with(&out, "unchanged"), 3, "second apply: {out}");
+    assert!(out.contains("secret/web-secret configured"), "{out}");
+    let changed = APP.replace("greeting: hello", "greeting: bye");
+    let out = k.ok_input(&["apply", "-f", "-"], &changed);
+    assert!(out.contains("configmap/web-config configured"), "{out}");
+    assert!(
+        out.contains("deployment.apps/web unchanged") && out.contains("service/web unchanged"),
+        "{out}"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "configmap",
+            "web-config",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.data.greeting}"
+        ]),
+        "bye"
+    );
+    // stringData was folded into data.
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "secret",
+            "web-secret",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.data.password}"
+        ]),
+        "czNjcmV0"
+    );
+
+    // Server-side apply: a field the manager stops applying is removed.
+    let ssa = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: demo\ndata:\n  a: \"1\"\n  b: \"2\"\n";
+    assert!(
+        k.ok_input(&["apply", "--server-side", "-f", "-"], ssa)
+            .contains("configmap/ssa serverside-applied")
+    );
+    let ssa2 = ssa.replace("  b: \"2\"\n", "");
+    k.ok_input(&["apply", "--server-side", "-f", "-"], &ssa2);
+    assert_eq!(
+        k.ok(&["get", "cm", "ssa", "-n", "demo", "-o", "jsonpath={.data}"]),
+        r#"{"a":"1"}"#
+    );
+
+    // get in its output forms.
+    let wide = k.ok(&["get", "deploy", "-n", "demo", "-o", "wide"]);
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR"
+        ],
+        "{wide}"
+    );
+    assert!(
+        wide.lines()
+            .nth(1)
+            .unwrap_or_default()
+            .contains("busybox:1.36"),
+        "{wide}"
+    );
+    let svc = k.ok(&["get", "svc", "web", "-n", "demo"]);
+    assert!(svc.contains("ClusterIP") && svc.contains("80/TCP"), "{svc}");
+    let yaml = k.ok(&["get", "deploy", "web", "-n", "demo", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: Deployment") && yaml.contains("maxSurge: 25%"),
+        "{yaml}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "deploy", "web", "-n", "demo", "-o", "json"]))
+            .expect("json");
+    assert_eq!(
+        json["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    assert_eq!(json["metadata"]["generation"], 1);
+    let cols = k.ok(&[
+        "get",
+        "svc",
+        "-A",
+        "-o",
+        "custom-columns=NAME:.metadata.name,NS:.metadata.namespace",
+    ]);
+    assert!(
+        cols.contains("kubernetes") && cols.contains("web"),
+        "{cols}"
+    );
+    let all = k.ok(&["get", "cm", "-A", "-l", "app=web"]);
+    assert_eq!(all.lines().count(), 2, "{all}");
+    let field = k.ok(&[
+        "get",
+        "ns",
+        "--field-selector",
+        "metadata.name=demo",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(field.trim(), "namespace/demo");
+
+    // label, annotate, the three patch types, scale.
+    k.ok(&["label", "deploy", "web", "-n", "demo", "tier=fe"]);
+    k.ok(&["annotate", "deploy", "web", "-n", "demo", "note=hi"]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "demo",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"busybox:1.37"}]}}}}"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "demo",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"labels":{"m":"1"}}}"#,
+    ]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "demo",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#,
+    ]);
+    k.ok(&["scale", "deploy", "web", "-n", "demo", "--replicas", "5"]);
+    let got = k.ok(&["get", "deploy", "web", "-n", "demo", "-o", "jsonpath={.spec.replicas} {.metadata.labels.tier} {.metadata.labels.m} {.metadata.annotations.note} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort}"]);
+    assert_eq!(got, "5 fe 1 hi busybox:1.37 8080");
+
+    // get -w sees a later change.
+    let watch_bin = bin.to_path_buf();
+    let kubeconfig = server.kubeconfig();
+    let watcher = std::thread::spawn(move || {
+        std::process::Command::new("timeout")
+            .args([
+                "8",
+                watch_bin.to_str().expect("utf-8 path"),
+                "get",
+                "configmaps",
+                "-n",
+                "demo",
+                "-w",
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .expect("kubectl get -w")
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    k.ok_input(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: late\n  namespace: demo\n",
+    );
+    let watched =
+        String::from_utf8_lossy(&watcher.join().expect("watch thread").stdout).to_string();
+    assert!(
+        watched.contains("web-config"),
+        "initial list missing: {watched}"
+    );
+    assert!(
+        watched.lines().any(|l| l.starts_with("late")),
+        "change not seen: {watched}"
+    );
+
+    // delete --wait and delete -l.
+    assert!(
+        k.ok(&["delete", "cm", "late", "-n", "demo", "--wait"])
+            .contains("configmap \"late\" deleted")
+    );
+    let out = k.ok(&["delete", "cm,secret", "-n", "demo", "-l", "app=web"]);
+    assert!(out.contains("configmap \"web-config\" deleted"), "{out}");
+    let left = k.run(&["get", "cm", "web-config", "-n", "demo"]);
+    assert!(String::from_utf8_lossy(&left.stderr).contains("configmaps \"web-config\" not found"));
+
+    // explain and api-resources.
+    let explain = k.ok(&["explain", "pod.spec.containers"]);
+    assert!(
+        explain.contains("FIELDS") && explain.contains("image"),
+        "{explain}"
+    );
+    let resources = k.ok(&["api-resources"]);
+    assert!(
+        resources
+            .lines()
+            .any(|l| l.starts_with("deployments") && l.contains("apps/v1")),
+        "{resources}"
+    );
+
+    // An invalid object is refused with upstream's text, and nothing is stored.
+    let bad = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bad\n  namespace: demo\nspec:\n  replicas: -1\n  selector:\n    matchLabels: {app: a}\n  template:\n    metadata:\n      labels: {app: b}\n    spec:\n      containers: [{name: c, image: i}]\n";
+    let out = k.input(&["create", "-f", "-"], bad);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"The Deployment "bad" is invalid"#),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("spec.replicas: Invalid value: -1: must be greater than or equal to 0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(r#"spec.template.metadata.labels: Invalid value: map[string]string{"app":"b"}: `selector` does not match template `labels`"#), "{stderr}");
+    let missing = k.run(&["get", "deploy", "bad", "-n", "demo"]);
+    assert!(!missing.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_scenarios_with_each_kubectl_version() {
+    let binary = Binary(env!("CARGO_BIN_EXE_baton").into());
+    for bin in kubectl_binaries() {
+        scenario(&binary, &bin).await;
+    }
+}
