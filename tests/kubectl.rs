@@ -108,14 +108,53 @@ async fn scenario(binary: &Binary, bin: &Path) {
         bin,
     };
 
-    // Namespaces and multi-document apply.
+    // kubectl's typed clients send protobuf bodies.
     assert!(
-        k.ok_input(
-            &["apply", "-f", "-"],
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n"
-        )
-        .contains("namespace/demo created")
+        k.ok(&["create", "namespace", "demo"])
+            .contains("namespace/demo created")
     );
+    k.ok(&[
+        "create",
+        "configmap",
+        "literal",
+        "-n",
+        "demo",
+        "--from-literal=a=b",
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "cm",
+            "literal",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.data.a}"
+        ]),
+        "b"
+    );
+    k.ok(&[
+        "create",
+        "deployment",
+        "made",
+        "-n",
+        "demo",
+        "--image=busybox:1.36",
+        "--replicas=0",
+    ]);
+    let made = k.ok(&[
+        "get",
+        "deploy",
+        "made",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={.spec.replicas} {.spec.template.spec.restartPolicy}",
+    ]);
+    assert_eq!(made, "0 Always", "replicas 0 kept, defaults applied");
+    k.ok(&["delete", "deploy", "made", "-n", "demo"]);
+
+    // Multi-document apply.
     let out = k.ok_input(&["apply", "-f", "-"], APP);
     for line in [
         "deployment.apps/web created",

@@ -120,7 +120,10 @@ impl Query {
 /// Parses a JSON (or YAML) request body, answering 400 as upstream words it.
 pub fn parse_object(body: &[u8], content_type: &str) -> Result<Value, StatusError> {
     let is_yaml = content_type.contains("yaml");
-    let value: Value = if is_yaml {
+    let value: Value = if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        crate::protobuf::decode_request(body)
+            .map_err(|e| StatusError::bad_request(e.to_string()))?
+    } else if is_yaml {
         serde_saphyr::from_slice(body)
             .map_err(|e| StatusError::bad_request(format!("error decoding YAML: {e}")))?
     } else {

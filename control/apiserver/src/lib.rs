@@ -10,9 +10,11 @@ pub mod config;
 pub mod discovery;
 pub mod handlers;
 pub mod metrics;
+pub mod namespaces;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod request;
 pub mod resources;
 pub mod selectors;
@@ -69,7 +71,9 @@ pub struct ApiServer<S> {
     /// The store (etcd).
     pub store: Arc<S>,
     /// One watch cache per resource.
-    pub caches: WatchCaches<S>,
+    pub caches: Arc<WatchCaches<S>>,
+    /// Namespaces known from their watch cache.
+    pub namespaces: namespaces::NamespaceCache,
     /// Defaulting settings.
     pub defaulting: DefaultingConfig,
     /// ClusterIP and NodePort allocation.
@@ -92,7 +96,8 @@ impl<S: Store> ApiServer<S> {
     /// Assembles the server state.
     pub fn new(store: Arc<S>, args: &ApiServerArgs, advertise: String) -> Self {
         Self {
-            caches: WatchCaches::new(store.clone()),
+            caches: Arc::new(WatchCaches::new(store.clone())),
+            namespaces: namespaces::NamespaceCache::default(),
             store,
             defaulting: DefaultingConfig {
                 not_ready_toleration_seconds: args.default_not_ready_toleration_seconds,

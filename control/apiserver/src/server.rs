@@ -199,15 +199,8 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, StatusError> {
     if req.method() == Method::GET || req.method() == Method::HEAD {
         return Ok(Bytes::new());
     }
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > MAX_BODY
-    {
-        return Err(StatusError::too_large(MAX_BODY));
-    }
+    // The body is read up to the limit (not refused on its Content-Length alone), so that a
+    // client still sending gets the 413 rather than a reset connection.
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    KvClient, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 
 use crate::{
@@ -24,10 +24,15 @@ pub struct EtcdTls {
     pub key_file: Option<PathBuf>,
 }
 
+/// The largest etcd response accepted (a list of many large objects); as upstream, far above
+/// gRPC's 4 MiB default.
+const MAX_RESPONSE: usize = 2 * 1024 * 1024 * 1024 - 1;
+
 /// A [`Store`] on an etcd v3 cluster.
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    kv: KvClient,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -90,18 +95,14 @@ impl EtcdStore {
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(backend)?;
-        Ok(Self { client })
+        let kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE);
+        Ok(Self { client, kv })
     }
 }
 
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(key, None)
-            .await
-            .map_err(backend)?;
+        let resp = self.kv.clone().get(key, None).await.map_err(backend)?;
         resp.kvs().first().map(convert).transpose()
     }
 
@@ -113,21 +114,16 @@ impl Store for EtcdStore {
         if opts.revision > 0 {
             get = get.with_revision(opts.revision);
         }
-        let resp = self
-            .client
-            .kv_client()
-            .get(start, Some(get))
-            .await
-            .map_err(|e| {
-                if is_compacted(&e) {
-                    StoreError::Compacted {
-                        requested: opts.revision,
-                        compacted: 0,
-                    }
-                } else {
-                    backend(e)
+        let resp = self.kv.clone().get(start, Some(get)).await.map_err(|e| {
+            if is_compacted(&e) {
+                StoreError::Compacted {
+                    requested: opts.revision,
+                    compacted: 0,
                 }
-            })?;
+            } else {
+                backend(e)
+            }
+        })?;
         let items = resp
             .kvs()
             .iter()
@@ -151,7 +147,7 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value.to_vec(), None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(backend)?;
+        let resp = self.kv.clone().txn(txn).await.map_err(backend)?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists {
                 key: key.to_string(),
@@ -165,7 +161,7 @@ impl Store for EtcdStore {
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value.to_vec(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.client.kv_client().txn(txn).await.map_err(backend)?;
+        let resp = self.kv.clone().txn(txn).await.map_err(backend)?;
         if resp.succeeded() {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or_default());
         }
@@ -187,7 +183,7 @@ impl Store for EtcdStore {
         key: &str,
         expected: Option<i64>,
     ) -> Result<(KeyValue, i64), StoreError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv.clone();
         loop {
             let Some(current) = self.get(key).await? else {
                 return Err(StoreError::NotFound {
@@ -265,8 +261,8 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<i64, StoreError> {
         let resp = self
-            .client
-            .kv_client()
+            .kv
+            .clone()
             .get("/", Some(GetOptions::new().with_count_only()))
             .await
             .map_err(backend)?;

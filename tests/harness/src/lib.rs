@@ -65,6 +65,25 @@ where
     }
 }
 
+/// Makes a child process die with the test process, even when the test is killed before its
+/// guards can stop it (a SIGKILLed `cargo test` must not leave etcd running). The signal
+/// follows the spawning thread: spawn from the test's own thread or a runtime worker, never
+/// from a short-lived blocking-pool thread.
+fn die_with_parent(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+    // async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -97,7 +116,7 @@ impl Etcd {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log"))?;
-        let child = Command::new("etcd")
+        let child = die_with_parent(&mut Command::new("etcd"))
             .arg("--name=test")
             .arg(format!(
                 "--data-dir={}",
@@ -192,7 +211,7 @@ impl ApiServer {
             .create(true)
             .append(true)
             .open(self.dir.path().join("apiserver.log"))?;
-        let child = Command::new(&self.binary.0)
+        let child = die_with_parent(&mut Command::new(&self.binary.0))
             .arg("apiserver")
             .arg(format!("--etcd-servers={}", self.etcd_url))
             .arg("--bind-address=127.0.0.1")
@@ -231,6 +250,11 @@ impl ApiServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The server's log so far.

@@ -9,7 +9,7 @@ use baton_store::Store;
 use super::read::{list_params, read_list};
 use super::{Call, set_type};
 use crate::ApiServer;
-use crate::body::{Body, json_response};
+use crate::body::{Body, json_response, parse_object};
 use crate::objects::{Decision, guaranteed_update};
 use crate::status::StatusError;
 
@@ -27,8 +27,7 @@ fn options(call: &Call<'_>) -> Result<DeleteOptions, StatusError> {
     let body: Value = if call.body.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&call.body)
-            .map_err(|e| StatusError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        parse_object(&call.body, call.content_type)?
     };
     let propagation = body["propagationPolicy"]
         .as_str()

@@ -127,6 +127,9 @@ pub struct Listed {
     pub remaining: Option<i64>,
 }
 
+/// How many keys an unlimited list reads from the store at a time.
+const STORE_PAGE: i64 = 1000;
+
 /// Reads objects of a list request, honouring limit/continue/resourceVersion and selectors.
 pub async fn read_list<S: Store>(
     server: &ApiServer<S>,
@@ -167,12 +170,14 @@ pub async fn read_list<S: Store>(
     let mut items = vec![];
     let filtering = !params.labels.is_empty() || !params.fields.is_empty();
     loop {
+        // Unlimited lists are read in chunks too, at one revision, to bound each etcd response.
+        let page_size = if limit > 0 { limit } else { STORE_PAGE };
         let (kvs, rev, more, count) = list_page(
             &server.store,
             resource,
             &prefix,
             start.as_deref(),
-            limit,
+            page_size,
             revision,
         )
         .await?;

@@ -206,7 +206,10 @@ async fn node_proxy<S: Store>(
             call.name()
         )));
     }
-    Err(StatusError::unavailable(format!(
+    let mut err = StatusError::unavailable(format!(
         "pods/{sub} needs the kubelet of node {node:?}, and this cluster has no kubelet serving it yet"
-    )))
+    ));
+    // Not a moment's unavailability: ask clients not to retry at once.
+    err.retry_after = None;
+    Err(err)
 }

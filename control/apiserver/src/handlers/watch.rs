@@ -10,7 +10,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use baton_store::{Store, StoreError};
 
@@ -222,9 +222,7 @@ pub async fn watch<S: Store>(
                 tx.send(bookmark(resource, after, true)).await.ok()?;
             }
             match subscription {
-                Some(sub) => {
-                    serve_cached(&mut watcher, sub.backlog, sub.live, &tx, bookmarks, cache).await
-                }
+                Some(sub) => serve_cached(&mut watcher, after, sub, &tx, bookmarks, cache).await,
                 None => serve_direct(&mut watcher, store, after, &tx).await,
             }
         };
@@ -267,13 +265,16 @@ fn clone_call<'a>(call: &Call<'a>) -> Call<'a> {
 
 async fn serve_cached(
     watcher: &mut Watcher,
-    backlog: Vec<Arc<CachedEvent>>,
-    mut live: broadcast::Receiver<Delivery>,
+    after: i64,
+    subscription: crate::watch_cache::Subscription,
     tx: &mpsc::Sender<Bytes>,
     bookmarks: bool,
     cache: Arc<crate::watch_cache::WatchCache>,
 ) -> Option<()> {
-    let mut last = 0;
+    // Only changes after the requested revision: the live channel may still carry older ones
+    // that the cache had not yet received when the watch subscribed.
+    let mut last = after;
+    let crate::watch_cache::Subscription { backlog, mut live } = subscription;
     for event in backlog {
         last = event.revision;
         if let Some(line) = watcher.event_line(&event) {

@@ -217,6 +217,21 @@ async fn check_namespace<S: Store>(
     let Some(ns) = call.namespace() else {
         return Ok(());
     };
+    match server.namespaces.get(ns) {
+        Some(crate::namespaces::NamespaceState::Active) => return Ok(()),
+        Some(crate::namespaces::NamespaceState::Terminating) => {
+            let detail = format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            );
+            return Err(StatusError::forbidden(
+                &call.resource.subject(),
+                name,
+                &detail,
+            ));
+        }
+        // Not seen yet (or just created): ask etcd.
+        None => {}
+    }
     let ns_resource =
         crate::resources::find("", "v1", "namespaces").expect("namespaces are served");
     let kv = server

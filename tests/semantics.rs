@@ -1,0 +1,590 @@
+//! API semantics a client relies on, through kube-rs and raw requests: authentication, status
+//! codes and their Status bodies, defaulting, dry runs, generateName, strict field validation,
+//! Service address allocation, graceful pod deletion, finalizers, subresources and discovery.
+
+use std::collections::BTreeSet;
+
+use baton_test_harness::{ApiServer, Binary, Etcd};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+async fn start() -> (Etcd, ApiServer, kube::Client) {
+    let etcd = Etcd::start().await.unwrap();
+    let server = ApiServer::start(
+        &Binary(env!("CARGO_BIN_EXE_baton").into()),
+        &etcd.url(),
+        &[],
+    )
+    .await
+    .unwrap();
+    let client = server.client().await.unwrap();
+    (etcd, server, client)
+}
+
+/// Sends a raw request; returns (status, body as JSON or text).
+async fn raw(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("Content-Type", content_type)
+        .body(body)
+        .unwrap();
+    let resp = client
+        .send(req.map(kube::client::Body::from))
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = http_body_util_collect(resp).await;
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, value)
+}
+
+async fn http_body_util_collect(resp: http::Response<kube::client::Body>) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    resp.into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec()
+}
+
+/// A client that does not retry 503s (kube-rs retries them by default).
+async fn no_retry(server: &ApiServer) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.default_retry = false;
+    kube::Client::try_from(config).unwrap()
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": { "containers": [{ "name": "c", "image": "busybox" }] },
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_client_certificate_get_401() {
+    let (_etcd, server, _client) = start().await;
+    let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info.client_certificate_data = None;
+    config.auth_info.client_key_data = None;
+    let anonymous = kube::Client::try_from(config).unwrap();
+    let (status, body) = raw(
+        &anonymous,
+        "GET",
+        "/api/v1/namespaces",
+        "application/json",
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(body["reason"], "Unauthorized");
+    // Health endpoints answer anyway, as upstream's do for probes.
+    let (status, body) = raw(&anonymous, "GET", "/readyz", "text/plain", vec![]).await;
+    assert_eq!((status, body), (200, Value::String("ok".into())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_status_objects_and_refused_writes_change_nothing() {
+    let (_etcd, _server, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+
+    // 404 for a missing object and for a missing namespace.
+    let (status, body) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/configmaps/nope",
+        "application/json",
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (status, body["reason"].as_str(), body["message"].as_str()),
+        (404, Some("NotFound"), Some("configmaps \"nope\" not found"))
+    );
+    let (status, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/ghost/configmaps",
+        "application/json",
+        br#"{"metadata":{"name":"x"}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (404, Some("namespaces \"ghost\" not found"))
+    );
+
+    // 400 for an undecodable body, 409 for a duplicate, 422 naming the field.
+    let (status, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        b"{not json".to_vec(),
+    )
+    .await;
+    assert_eq!((status, body["reason"].as_str()), (400, Some("BadRequest")));
+    let (status, _) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        br#"{"metadata":{"name":"one"},"data":{"a":1}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        status, 400,
+        "a number where a string belongs does not decode"
+    );
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "one"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let (status, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        br#"{"metadata":{"name":"one"}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["reason"].as_str(), body["message"].as_str()),
+        (
+            409,
+            Some("AlreadyExists"),
+            Some("configmaps \"one\" already exists")
+        )
+    );
+    let (status, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        br#"{"metadata":{"name":"Not_Valid"}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!((status, body["reason"].as_str()), (422, Some("Invalid")));
+    assert_eq!(body["details"]["causes"][0]["field"], "metadata.name");
+
+    // 413 for bodies over 3 MiB.
+    let big = format!(
+        r#"{{"metadata":{{"name":"big"}},"data":{{"x":"{}"}}}}"#,
+        "a".repeat(3 * 1024 * 1024 + 10)
+    );
+    let (status, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        big.into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (413, Some("RequestEntityTooLarge"))
+    );
+
+    // Unknown fields: refused under Strict, dropped (with a warning) otherwise.
+    let body = br#"{"metadata":{"name":"strict"},"dataa":{"a":"1"}}"#.to_vec();
+    let (status, resp) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+        "application/json",
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        resp["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"unknown field "dataa""#),
+        "{resp}"
+    );
+    let (status, resp) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        body,
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert!(resp.get("dataa").is_none());
+
+    // Nothing refused was stored.
+    let names: BTreeSet<String> = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["one".to_string(), "strict".to_string()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_defaults_dry_run_and_generate_name() {
+    let (_etcd, _server, client) = start().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let dry = pods
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &pod("dry"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dry.spec.as_ref().unwrap().restart_policy.as_deref(),
+        Some("Always")
+    );
+    assert!(
+        pods.get_opt("dry").await.unwrap().is_none(),
+        "dry run stored the pod"
+    );
+
+    let mut generated = pod("");
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("web-".into());
+    let created = pods
+        .create(&PostParams::default(), &generated)
+        .await
+        .unwrap();
+    let name = created.metadata.name.clone().unwrap();
+    assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+    let spec = created.spec.unwrap();
+    assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirst"));
+    assert_eq!(spec.termination_grace_period_seconds, Some(30));
+    assert_eq!(spec.scheduler_name.as_deref(), Some("default-scheduler"));
+    assert_eq!(spec.service_account_name.as_deref(), Some("default"));
+    assert_eq!(
+        spec.containers[0].image_pull_policy.as_deref(),
+        Some("Always")
+    );
+    let tolerations = spec.tolerations.unwrap();
+    assert!(tolerations.iter().any(
+        |t| t.key.as_deref() == Some("node.kubernetes.io/unreachable")
+            && t.toleration_seconds == Some(300)
+    ));
+    let status = created.status.unwrap();
+    assert_eq!(
+        (status.phase.as_deref(), status.qos_class.as_deref()),
+        (Some("Pending"), Some("BestEffort"))
+    );
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_unique_addresses_released_on_delete() {
+    let (_etcd, _server, client) = start().await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc = |name: &str, ty: &str| -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"type": ty, "selector": {"app": name}, "ports": [{"port": 80}]}})).unwrap()
+    };
+    let mut ips = BTreeSet::new();
+    let mut node_ports = BTreeSet::new();
+    for i in 0..20 {
+        let created = svcs
+            .create(&PostParams::default(), &svc(&format!("s{i}"), "NodePort"))
+            .await
+            .unwrap();
+        let spec = created.spec.unwrap();
+        let ip = spec.cluster_ip.clone().unwrap();
+        assert!(
+            ip.starts_with("10.9") || ip.starts_with("10.10") || ip.starts_with("10.11"),
+            "{ip} outside 10.96.0.0/12"
+        );
+        assert!(ips.insert(ip), "ClusterIP handed out twice");
+        let port = spec.ports.as_ref().unwrap()[0].node_port.unwrap();
+        assert!((30000..=32767).contains(&port));
+        assert!(node_ports.insert(port), "NodePort handed out twice");
+        assert_eq!(spec.ports_target_port_or_default(), 80);
+    }
+    // A taken address is refused; once its Service is gone, it can be had again.
+    let taken = svcs
+        .get("s0")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip
+        .unwrap();
+    let mut wants = svc("again", "ClusterIP");
+    wants.spec.as_mut().unwrap().cluster_ip = Some(taken.clone());
+    let err = svcs
+        .create(&PostParams::default(), &wants)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422),
+        "{err:?}"
+    );
+    svcs.delete("s0", &DeleteParams::default()).await.unwrap();
+    let again = svcs.create(&PostParams::default(), &wants).await.unwrap();
+    assert_eq!(again.spec.unwrap().cluster_ip.unwrap(), taken);
+    // An update that omits the ClusterIP keeps it.
+    let mut updated = svcs.get("s1").await.unwrap();
+    let before = updated.spec.as_ref().unwrap().cluster_ip.clone();
+    updated.spec.as_mut().unwrap().cluster_ip = None;
+    updated.spec.as_mut().unwrap().cluster_ips = None;
+    let after = svcs
+        .replace("s1", &PostParams::default(), &updated)
+        .await
+        .unwrap();
+    assert_eq!(after.spec.unwrap().cluster_ip, before);
+}
+
+trait TargetPort {
+    fn ports_target_port_or_default(&self) -> i32;
+}
+
+impl TargetPort for k8s_openapi::api::core::v1::ServiceSpec {
+    fn ports_target_port_or_default(&self) -> i32 {
+        match self.ports.as_ref().and_then(|p| p[0].target_port.clone()) {
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i)) => i,
+            _ => 0,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_deletion_finalizers_and_subresources() {
+    let (_etcd, server, client) = start().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("bound"))
+        .await
+        .unwrap();
+
+    // Binding sets the node once; a second binding conflicts.
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "bound"}, "target": {"kind": "Node", "name": "node-1"}});
+    let (status, _) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/pods/bound/binding",
+        "application/json",
+        binding.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, body) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/pods/bound/binding",
+        "application/json",
+        binding.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        pods.get("bound")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .node_name
+            .as_deref(),
+        Some("node-1")
+    );
+
+    // The status subresource changes only status; the main resource ignores status.
+    let patched = pods
+        .patch_status(
+            "bound",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running"}, "spec": {"nodeName": "other"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.status.unwrap().phase.as_deref(), Some("Running"));
+    assert_eq!(patched.spec.unwrap().node_name.as_deref(), Some("node-1"));
+    let patched = pods
+        .patch(
+            "bound",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.status.unwrap().phase.as_deref(), Some("Running"));
+
+    // A pod on a node is deleted gracefully: marked, not removed (its kubelet finishes it).
+    pods.delete("bound", &DeleteParams::default())
+        .await
+        .unwrap();
+    let marked = pods.get("bound").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(30));
+    pods.delete(
+        "bound",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        pods.get_opt("bound").await.unwrap().is_none(),
+        "grace period 0 removes it"
+    );
+
+    // Finalizers hold an object until they are removed.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    cms.delete("held", &DeleteParams::default()).await.unwrap();
+    assert!(
+        cms.get("held")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(cms.get_opt("held").await.unwrap().is_none());
+
+    // Scale subresource and generation bookkeeping.
+    let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}})).unwrap();
+    let d = deploys.create(&PostParams::default(), &d).await.unwrap();
+    assert_eq!(d.metadata.generation, Some(1));
+    let scale = deploys.get_scale("d").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(1));
+    assert_eq!(scale.status.unwrap().selector.as_deref(), Some("a=b"));
+    deploys
+        .patch_scale(
+            "d",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    let d = deploys.get("d").await.unwrap();
+    assert_eq!(
+        (d.spec.unwrap().replicas, d.metadata.generation),
+        (Some(3), Some(2))
+    );
+    // A label change is not a spec change.
+    let d = deploys
+        .patch(
+            "d",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(d.metadata.generation, Some(2));
+
+    // pods/log answers 503 until a kubelet serves it (seen without kube-rs's 503 retries).
+    pods.create(&PostParams::default(), &pod("logs"))
+        .await
+        .unwrap();
+    raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/pods/logs/binding",
+        "application/json",
+        json!({"target": {"name": "node-1"}})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    let (status, body) = raw(
+        &no_retry(&server).await,
+        "GET",
+        "/api/v1/namespaces/default/pods/logs/log",
+        "application/json",
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("node-1"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_version_openapi_and_metrics() {
+    let (_etcd, _server, client) = start().await;
+    let version = client.apiserver_version().await.unwrap();
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str()),
+        ("1", "33")
+    );
+    let groups = client.list_api_groups().await.unwrap();
+    let names: Vec<&str> = groups.groups.iter().map(|g| g.name.as_str()).collect();
+    for g in [
+        "apps",
+        "batch",
+        "coordination.k8s.io",
+        "discovery.k8s.io",
+        "events.k8s.io",
+    ] {
+        assert!(names.contains(&g), "{g} missing from {names:?}");
+    }
+    let (status, index) = raw(&client, "GET", "/openapi/v3", "application/json", vec![]).await;
+    assert_eq!(status, 200);
+    let url = index["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, doc) = raw(&client, "GET", &url, "application/json", vec![]).await;
+    assert_eq!(status, 200);
+    assert!(
+        doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"]["properties"]["spec"]
+            .is_object()
+    );
+    let (status, metrics) = raw(&client, "GET", "/metrics", "text/plain", vec![]).await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("apiserver_request_total{code=\"200\",resource=\"\",verb=\"GET\"}")
+    );
+}
