@@ -77,6 +77,75 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// CPU time (user + system) a process has used so far.
+fn cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15 of stat; 11 and 12 of what follows the name.
+    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU used by etcd, the API server and this client over a phase.
+#[derive(Debug)]
+struct CpuSplit(Vec<(String, Duration)>);
+
+impl CpuSplit {
+    fn now(pids: &[(&str, String)]) -> Self {
+        Self(pids.iter().map(|(n, p)| (n.to_string(), cpu(p))).collect())
+    }
+
+    fn per_op_since(&self, pids: &[(&str, String)], ops: usize) -> String {
+        let later = Self::now(pids);
+        later
+            .0
+            .iter()
+            .zip(&self.0)
+            .map(|((n, after), (_, before))| {
+                format!(
+                    "{n} {:.0} µs",
+                    (*after - *before).as_secs_f64() * 1e6 / ops as f64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The API server's own mean create latency so far (from its /metrics), to tell server time
+/// from client and transport time.
+async fn server_mean_create(client: &kube::Client) -> String {
+    static PREVIOUS: std::sync::Mutex<(f64, f64)> = std::sync::Mutex::new((0.0, 0.0));
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("request");
+    let text = client.request_text(req).await.unwrap_or_default();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains("resource=\"pods\",verb=\"CREATE\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (sum, count) = (
+        value("apiserver_request_duration_seconds_sum"),
+        value("apiserver_request_duration_seconds_count"),
+    );
+    let mut prev = PREVIOUS.lock().expect("lock");
+    let (d_sum, d_count) = (sum - prev.0, count - prev.1);
+    *prev = (sum, count);
+    if d_count == 0.0 {
+        "n/a".into()
+    } else {
+        format!("{:.2} ms", d_sum / d_count * 1000.0)
+    }
+}
+
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: f64 = status
@@ -124,10 +193,23 @@ async fn main() -> anyhow::Result<()> {
         "| concurrency | raw etcd put/s | raw p50 | raw p99 | API create/s | API p50 | API p99 | API/raw |"
     );
     println!("|---|---|---|---|---|---|---|---|");
+    let pids = [
+        (
+            "etcd",
+            etcd.pid().map(|p| p.to_string()).unwrap_or_default(),
+        ),
+        (
+            "apiserver",
+            server.pid().map(|p| p.to_string()).unwrap_or_default(),
+        ),
+        ("client", "self".to_string()),
+    ];
+    let mut cpu_notes = vec![];
     let mut created = 0usize;
     let mut p99_at_16 = Duration::ZERO;
     let mut ratios = vec![];
     for (concurrency, n) in [(1usize, 1000usize), (16, 3000), (64, 3000)] {
+        let cpu_before = CpuSplit::now(&pids);
         let raw = timed(n, concurrency, |i| {
             let mut kv = etcd_client.kv_client();
             let bytes = bytes.clone();
@@ -142,7 +224,32 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await;
+        let raw_cpu = cpu_before.per_op_since(&pids, n);
+        // The same bytes as a create-if-absent transaction, what the API server sends.
+        let txn = timed(n, concurrency, |i| {
+            let mut kv = etcd_client.kv_client();
+            let bytes = bytes.clone();
+            async move {
+                let key = format!("/bench/txn/{concurrency}/{i}");
+                let txn = etcd_client::Txn::new()
+                    .when([etcd_client::Compare::create_revision(
+                        key.clone(),
+                        etcd_client::CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then([etcd_client::TxnOp::put(key, bytes.as_slice(), None)]);
+                kv.txn(txn).await.expect("etcd txn");
+            }
+        })
+        .await;
+        cpu_notes.push(format!(
+            "c={concurrency}: raw create-if-absent txn: {:.0}/s, p50 {}, p99 {}",
+            txn.throughput,
+            ms(txn.p50),
+            ms(txn.p99)
+        ));
         let base = created;
+        let cpu_before = CpuSplit::now(&pids);
         let api = timed(n, concurrency, |i| {
             let pods = pods.clone();
             async move {
@@ -154,7 +261,15 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await;
+        cpu_notes.push(format!(
+            "c={concurrency}: raw put: {raw_cpu}; API create: {}",
+            cpu_before.per_op_since(&pids, n)
+        ));
         created += n;
+        cpu_notes.push(format!(
+            "c={concurrency}: server-side mean create latency {}",
+            server_mean_create(&client).await
+        ));
         if concurrency == 16 {
             p99_at_16 = api.p99;
         }
@@ -170,6 +285,11 @@ async fn main() -> anyhow::Result<()> {
             ms(api.p99),
             ratio * 100.0
         );
+    }
+    println!();
+    println!("CPU per operation:");
+    for note in &cpu_notes {
+        println!("- {note}");
     }
     // Top up to 10,000 pods.
     let base = created;
@@ -197,8 +317,9 @@ async fn main() -> anyhow::Result<()> {
     let rss = server.pid().map_or(0.0, rss_mib);
 
     // 1,000 watchers receive one change: delivery latency from just before the write.
+    // Watchers start from a list's resourceVersion, as informers do.
     let rv = pods
-        .get("pod-00000")
+        .list(&ListParams::default().limit(1))
         .await?
         .metadata
         .resource_version

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use baton_test_harness::{ApiServer, Binary, Etcd};
+use baton_test_harness::{ApiServer, Binary, Etcd, wait_until};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
@@ -145,7 +145,14 @@ async fn watch_resumes_from_a_resource_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacted_resource_versions_answer_410_gone() {
     let etcd = Etcd::start().await.unwrap();
-    let server = ApiServer::start(&binary(), &etcd.url(), &[]).await.unwrap();
+    // The API server compacts etcd itself, as kube-apiserver does (--etcd-compaction-interval).
+    let server = ApiServer::start(
+        &binary(),
+        &etcd.url(),
+        &["--etcd-compaction-interval=300ms"],
+    )
+    .await
+    .unwrap();
     let api: Api<ConfigMap> = Api::namespaced(server.client().await.unwrap(), "default");
     let first = api
         .create(&PostParams::default(), &configmap("x", "0"))
@@ -157,18 +164,22 @@ async fn compacted_resource_versions_answer_410_gone() {
         cm.data = Some([("v".to_string(), i.to_string())].into());
         api.replace("x", &PostParams::default(), &cm).await.unwrap();
     }
-    // Compact etcd's history past the old revision, as kube-apiserver's compactor does.
-    let mut etcd_client = etcd_client::Client::connect([etcd.url()], None)
-        .await
-        .unwrap();
-    let current = etcd_client
-        .get("x", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    etcd_client.compact(current, None).await.unwrap();
+    // An exact list at a compacted revision is 410 Expired.
+    let exact = ListParams::default()
+        .at(&old_rv)
+        .matching(kube::api::VersionMatch::Exact);
+    let status = wait_until(
+        "etcd history to be compacted past the first revision",
+        Duration::from_secs(20),
+        || {
+            let api = api.clone();
+            let exact = exact.clone();
+            async move { api.list(&exact).await.err().map(api_status) }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
 
     // A watch from before the compaction ends with an ERROR event: 410 Expired.
     let mut stream = api
@@ -188,17 +199,6 @@ async fn compacted_resource_versions_answer_410_gone() {
         }
         other => panic!("expected 410, got {other:?}"),
     }
-    // An exact list at a compacted revision is 410 too.
-    let err = api
-        .list(
-            &ListParams::default()
-                .at(&old_rv)
-                .matching(kube::api::VersionMatch::Exact),
-        )
-        .await
-        .unwrap_err();
-    let status = api_status(err);
-    assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,9 +51,35 @@ pub struct ApiServerArgs {
     /// Seconds a pod tolerates an unreachable node (admission's default toleration).
     #[arg(long = "default-unreachable-toleration-seconds", default_value_t = 300)]
     pub default_unreachable_toleration_seconds: i64,
+    /// How often etcd's history is compacted (keeping one interval of it); 0 disables.
+    #[arg(long = "etcd-compaction-interval", default_value = "5m", value_parser = parse_duration)]
+    pub etcd_compaction_interval: std::time::Duration,
     /// Write the port actually bound to this file once serving (for tests and tooling).
     #[arg(long = "port-file")]
     pub port_file: Option<PathBuf>,
+}
+
+/// Parses a duration as Go prints them: `300ms`, `10s`, `5m`, `1h`, or `0`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("{s:?} has no unit (ms, s, m, h)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -77,6 +103,22 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 #[cfg(test)]
 mod tests {
     use super::parse_port_range;
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(
+            super::parse_duration("5m").unwrap(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            super::parse_duration("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(super::parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(super::parse_duration("5").is_err());
+        assert!(super::parse_duration("5d").is_err());
+    }
 
     #[test]
     fn port_ranges() {

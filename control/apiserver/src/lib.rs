@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod apply;
 pub mod authn;
 pub mod body;
+pub mod compactor;
 pub mod config;
 pub mod discovery;
 pub mod handlers;
@@ -347,6 +348,31 @@ pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
         .bootstrap()
         .await
         .map_err(|e| StartApiServerError::Bootstrap(e.message))?;
+    // Every resource's watch cache starts now, so that watches from any resourceVersion since
+    // this server started are served from memory.
+    for resource in resources::CATALOG {
+        server
+            .caches
+            .get(resource)
+            .await
+            .map_err(|source| StartApiServerError::Etcd {
+                endpoints: args.etcd_servers.join(","),
+                source,
+            })?;
+    }
+    if !args.etcd_compaction_interval.is_zero() {
+        tokio::spawn(compactor::run(
+            server.store.clone(),
+            server.caches.clone(),
+            args.etcd_compaction_interval,
+        ));
+    }
+    let ns_resource = resources::find("", "v1", "namespaces").expect("namespaces are served");
+    tokio::spawn(server.namespaces.clone().run(
+        server.store.clone(),
+        server.caches.clone(),
+        ns_resource,
+    ));
     if let Some(path) = &args.port_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, bound.port().to_string())

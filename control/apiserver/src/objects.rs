@@ -47,6 +47,100 @@ pub fn encode(obj: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(&obj).expect("JSON values always serialize"))
 }
 
+/// Finds where the top-level `metadata` object of stored JSON opens, so a list can copy the
+/// stored bytes and splice `resourceVersion` in without decoding: returns the bytes up to and
+/// including metadata's `{`, and the rest. `None` when the bytes are not a JSON object with a
+/// metadata object (the caller then decodes).
+pub fn split_at_metadata(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut i = skip_ws(raw, 0);
+    if raw.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(raw, i);
+        if raw.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(raw, i)?;
+        let key = &raw[i + 1..key_end - 1];
+        i = skip_ws(raw, key_end);
+        if raw.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(raw, i + 1);
+        if key == b"metadata" {
+            if raw.get(i) != Some(&b'{') {
+                return None;
+            }
+            return Some((&raw[..=i], &raw[i + 1..]));
+        }
+        i = skip_value(raw, i)?;
+        i = skip_ws(raw, i);
+        match raw.get(i) {
+            Some(b',') => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(raw: &[u8], mut i: usize) -> usize {
+    while matches!(raw.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+        i += 1;
+    }
+    i
+}
+
+/// Returns the index just past the string starting at `i` (which must be a quote).
+fn skip_string(raw: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    while let Some(&c) = raw.get(i) {
+        match c {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Returns the index just past the JSON value starting at `i`.
+fn skip_value(raw: &[u8], mut i: usize) -> Option<usize> {
+    match raw.get(i)? {
+        b'"' => skip_string(raw, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            while let Some(&c) = raw.get(i) {
+                match c {
+                    b'"' => {
+                        i = skip_string(raw, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            while let Some(&c) = raw.get(i) {
+                if matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') {
+                    return Some(i);
+                }
+                i += 1;
+            }
+            Some(i)
+        }
+    }
+}
+
 /// Maps a store failure to the API error a client sees.
 pub fn store_error(resource: &Resource, name: &str, err: StoreError) -> StatusError {
     let subject = resource.subject();
@@ -234,6 +328,20 @@ mod tests {
         };
         assert_eq!(Continue::decode(&c.encode()).unwrap(), c);
         assert!(Continue::decode("not base64!").is_err());
+    }
+
+    #[test]
+    fn split_finds_top_level_metadata_only() {
+        let raw = br#"{"apiVersion":"v1","spec":{"template":{"metadata":{"x":"}{\"metadata\":{"}}},"metadata":{"name":"a"}}"#;
+        let (head, tail) = split_at_metadata(raw).unwrap();
+        let mut out = head.to_vec();
+        out.extend_from_slice(br#""resourceVersion":"7","#);
+        out.extend_from_slice(tail);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["metadata"], json!({"resourceVersion": "7", "name": "a"}));
+        assert_eq!(v["spec"]["template"]["metadata"]["x"], "}{\"metadata\":{");
+        assert!(split_at_metadata(b"[1]").is_none());
+        assert!(split_at_metadata(br#"{"metadata":"x"}"#).is_none());
     }
 
     #[test]

@@ -69,7 +69,10 @@ pub async fn serve<S: Store>(
                     )
                 }
             });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // kubectl multiplexes its requests and watches over one HTTP/2 connection.
+            builder.http2().max_concurrent_streams(1000);
+            if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
             {

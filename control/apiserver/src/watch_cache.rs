@@ -53,21 +53,34 @@ pub struct CachedEvent {
     pub revision: i64,
     /// The object after the change (for DELETED: the last state, at the delete's revision).
     pub object: Value,
-    /// The object before the change, when known.
-    pub previous: Option<Value>,
+    /// The stored bytes of the object before the change, when known; decoded only when a
+    /// watcher with selectors asks (most watchers never need it).
+    previous_raw: Option<Bytes>,
+    previous: OnceLock<Option<Value>>,
     encoded: OnceLock<Bytes>,
 }
 
 impl CachedEvent {
     /// Makes an event.
-    pub fn new(kind: EventType, revision: i64, object: Value, previous: Option<Value>) -> Self {
+    pub fn new(kind: EventType, revision: i64, object: Value, previous_raw: Option<Bytes>) -> Self {
         Self {
             kind,
             revision,
             object,
-            previous,
+            previous_raw,
+            previous: OnceLock::new(),
             encoded: OnceLock::new(),
         }
+    }
+
+    /// The object before the change, when known.
+    pub fn previous(&self) -> Option<&Value> {
+        self.previous
+            .get_or_init(|| {
+                let raw = self.previous_raw.as_ref()?;
+                decode_bytes("previous object", raw, self.revision).ok()
+            })
+            .as_ref()
     }
 
     /// The event as one line of a JSON watch stream, encoded once and shared by all watchers.
@@ -177,6 +190,20 @@ impl WatchCache {
         let _ = self.tx.send(Delivery::Event(event));
     }
 
+    /// Forgets history at or before `revision` (etcd compacted it): watches from there on are
+    /// answered by etcd, which says 410 Gone.
+    fn compacted(&self, revision: i64) {
+        let mut history = self.history.lock().expect("watch cache lock");
+        history.oldest = history.oldest.max(revision);
+        while history
+            .events
+            .front()
+            .is_some_and(|e| e.revision <= revision)
+        {
+            history.events.pop_front();
+        }
+    }
+
     fn reset(&self, start: i64) {
         let mut history = self.history.lock().expect("watch cache lock");
         history.events.clear();
@@ -188,10 +215,6 @@ impl WatchCache {
 
 /// Decodes a store event into an API watch event.
 pub fn convert(event: &baton_store::WatchEvent) -> Option<CachedEvent> {
-    let previous = event
-        .prev_value
-        .as_ref()
-        .and_then(|p| decode_bytes(&event.key, p, event.revision).ok());
     match event.kind {
         EventKind::Put => {
             let object = decode_bytes(&event.key, &event.value, event.revision).ok()?;
@@ -200,15 +223,21 @@ pub fn convert(event: &baton_store::WatchEvent) -> Option<CachedEvent> {
             } else {
                 EventType::Modified
             };
-            Some(CachedEvent::new(kind, event.revision, object, previous))
+            Some(CachedEvent::new(
+                kind,
+                event.revision,
+                object,
+                event.prev_value.clone(),
+            ))
         }
         EventKind::Delete => {
-            let object = previous.clone()?;
+            let raw = event.prev_value.as_ref()?;
+            let object = decode_bytes(&event.key, raw, event.revision).ok()?;
             Some(CachedEvent::new(
                 EventType::Deleted,
                 event.revision,
                 object,
-                previous,
+                None,
             ))
         }
     }
@@ -259,6 +288,15 @@ impl<S: Store> WatchCaches<S> {
             start,
         ));
         Ok(cache)
+    }
+}
+
+impl<S: Store> WatchCaches<S> {
+    /// Tells every cache that the store compacted its history up to `revision`.
+    pub fn compacted(&self, revision: i64) {
+        for cache in self.caches.lock().expect("caches lock").values() {
+            cache.compacted(revision);
+        }
     }
 }
 

@@ -32,6 +32,7 @@ const MAX_RESPONSE: usize = 2 * 1024 * 1024 * 1024 - 1;
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    watcher: Client,
     kv: KvClient,
 }
 
@@ -92,11 +93,20 @@ impl EtcdStore {
             }
             options = options.with_tls(tls_options);
         }
-        let client = Client::connect(endpoints, Some(options))
+        // Watches get a connection of their own: a busy watch stream must never hold up
+        // reads and writes behind HTTP/2 flow control on a shared connection.
+        let client = Client::connect(endpoints, Some(options.clone()))
+            .await
+            .map_err(backend)?;
+        let watcher = Client::connect(endpoints, Some(options))
             .await
             .map_err(backend)?;
         let kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE);
-        Ok(Self { client, kv })
+        Ok(Self {
+            client,
+            watcher,
+            kv,
+        })
     }
 }
 
@@ -222,7 +232,7 @@ impl Store for EtcdStore {
             .with_progress_notify()
             .with_start_revision(after_revision + 1);
         let stream = self
-            .client
+            .watcher
             .watch_client()
             .watch(prefix, Some(options))
             .await
@@ -270,12 +280,14 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: i64) -> Result<(), StoreError> {
-        self.client
-            .kv_client()
-            .compact(revision, None)
-            .await
-            .map_err(backend)?;
-        Ok(())
+        match self.client.kv_client().compact(revision, None).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_compacted(&e) => Err(StoreError::Compacted {
+                requested: revision,
+                compacted: 0,
+            }),
+            Err(e) => Err(backend(e)),
+        }
     }
 }
 

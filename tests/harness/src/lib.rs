@@ -147,6 +147,11 @@ impl Etcd {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// etcd's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops etcd, keeping its data.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

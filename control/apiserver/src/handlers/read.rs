@@ -13,6 +13,7 @@ use crate::objects::{Continue, decode, list_page, parse_rv, store_error};
 use crate::resources::{Resource, printers};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::StatusError;
+use baton_store::KeyValue;
 
 /// GET of one object.
 pub async fn get<S: Store>(
@@ -127,6 +128,73 @@ pub struct Listed {
     pub remaining: Option<i64>,
 }
 
+/// Where the keys of a list go, one at a time.
+trait ListSink {
+    /// Takes one stored object; returns whether it counts as a returned item.
+    fn accept(&mut self, kv: KeyValue) -> Result<bool, StatusError>;
+}
+
+/// Decodes, filters by selectors, and keeps the objects.
+struct DecodedItems<'a> {
+    resource: &'static Resource,
+    params: &'a ListParams,
+    items: Vec<Value>,
+}
+
+impl ListSink for DecodedItems<'_> {
+    fn accept(&mut self, kv: KeyValue) -> Result<bool, StatusError> {
+        let mut obj = decode(&kv)?;
+        if !selected(self.params, &obj) {
+            return Ok(false);
+        }
+        set_type(self.resource, &mut obj);
+        self.items.push(obj);
+        Ok(true)
+    }
+}
+
+/// Copies stored JSON into the response as it is, with the resourceVersion spliced into
+/// metadata: no decoding, for unfiltered JSON lists (what informers and `list` calls ask).
+struct RawItems {
+    out: Vec<u8>,
+    count: usize,
+}
+
+impl ListSink for RawItems {
+    fn accept(&mut self, kv: KeyValue) -> Result<bool, StatusError> {
+        if self.count > 0 {
+            self.out.push(b',');
+        }
+        match crate::objects::split_at_metadata(&kv.value) {
+            Some((head, tail)) => {
+                self.out.extend_from_slice(head);
+                self.out.extend_from_slice(
+                    format!("\"resourceVersion\":\"{}\"", kv.mod_revision).as_bytes(),
+                );
+                if !tail.starts_with(b"}") {
+                    self.out.push(b',');
+                }
+                self.out.extend_from_slice(tail);
+            }
+            None => {
+                let obj = decode(&kv)?;
+                serde_json::to_writer(&mut self.out, &obj)
+                    .map_err(|e| StatusError::internal(e.to_string()))?;
+            }
+        }
+        self.count += 1;
+        Ok(true)
+    }
+}
+
+/// Where a list ended.
+#[derive(Debug)]
+struct ListEnd {
+    revision: i64,
+    continue_token: Option<String>,
+    remaining: Option<i64>,
+}
+
 /// How many keys an unlimited list reads from the store at a time.
 const STORE_PAGE: i64 = 1000;
 
@@ -136,6 +204,26 @@ pub async fn read_list<S: Store>(
     call: &Call<'_>,
     params: &ListParams,
 ) -> Result<Listed, StatusError> {
+    let mut sink = DecodedItems {
+        resource: call.resource,
+        params,
+        items: vec![],
+    };
+    let end = read_into(server, call, params, &mut sink).await?;
+    Ok(Listed {
+        items: sink.items,
+        revision: end.revision,
+        continue_token: end.continue_token,
+        remaining: end.remaining,
+    })
+}
+
+async fn read_into<S: Store>(
+    server: &ApiServer<S>,
+    call: &Call<'_>,
+    params: &ListParams,
+    sink: &mut impl ListSink,
+) -> Result<ListEnd, StatusError> {
     let resource = call.resource;
     let mut namespace = call.namespace().map(str::to_string);
     if namespace.is_none() && resource.namespaced {
@@ -167,7 +255,7 @@ pub async fn read_list<S: Store>(
             }
         }
     }
-    let mut items = vec![];
+    let mut returned: i64 = 0;
     let filtering = !params.labels.is_empty() || !params.fields.is_empty();
     loop {
         // Unlimited lists are read in chunks too, at one revision, to bound each etcd response.
@@ -187,27 +275,24 @@ pub async fn read_list<S: Store>(
         let mut last_key = None;
         for kv in kvs {
             consumed += 1;
-            let mut obj = decode(&kv)?;
-            last_key = Some(kv.key);
-            if selected(params, &obj) {
-                set_type(resource, &mut obj);
-                items.push(obj);
+            last_key = Some(kv.key.clone());
+            if sink.accept(kv)? {
+                returned += 1;
             }
-            if limit > 0 && items.len() as i64 >= limit {
+            if limit > 0 && returned >= limit {
                 break;
             }
         }
         let has_more = more || consumed < fetched;
         let Some(last) = last_key.filter(|_| has_more) else {
-            return Ok(Listed {
-                items,
+            return Ok(ListEnd {
                 revision,
                 continue_token: None,
                 remaining: None,
             });
         };
         let next_start = format!("{}\u{0}", &last[prefix.len()..]);
-        if limit > 0 && items.len() as i64 >= limit {
+        if limit > 0 && returned >= limit {
             let token = Continue {
                 revision,
                 start: next_start,
@@ -219,8 +304,7 @@ pub async fn read_list<S: Store>(
             } else {
                 Some(count - consumed as i64)
             };
-            return Ok(Listed {
-                items,
+            return Ok(ListEnd {
                 revision,
                 continue_token: Some(token),
                 remaining,
@@ -230,20 +314,52 @@ pub async fn read_list<S: Store>(
     }
 }
 
+fn list_metadata(end_revision: i64, continue_token: Option<&str>, remaining: Option<i64>) -> Value {
+    let mut meta = json!({ "resourceVersion": end_revision.to_string() });
+    if let Some(token) = continue_token {
+        meta["continue"] = json!(token);
+        if let Some(remaining) = remaining.filter(|r| *r > 0) {
+            meta["remainingItemCount"] = json!(remaining);
+        }
+    }
+    meta
+}
+
 /// LIST.
 pub async fn list<S: Store>(
     server: &ApiServer<S>,
     call: &Call<'_>,
 ) -> Result<Response<Body>, StatusError> {
     let params = list_params(call)?;
-    let listed = read_list(server, call, &params).await?;
-    let mut meta = json!({ "resourceVersion": listed.revision.to_string() });
-    if let Some(token) = &listed.continue_token {
-        meta["continue"] = json!(token);
-        if let Some(remaining) = listed.remaining.filter(|r| *r > 0) {
-            meta["remainingItemCount"] = json!(remaining);
-        }
+    if call.wanted == Wanted::Object && params.labels.is_empty() && params.fields.is_empty() {
+        let mut sink = RawItems {
+            out: Vec::with_capacity(64 * 1024),
+            count: 0,
+        };
+        sink.out.extend_from_slice(b"{\"items\":[");
+        let end = read_into(server, call, &params, &mut sink).await?;
+        let meta = list_metadata(end.revision, end.continue_token.as_deref(), end.remaining);
+        let tail = json!({
+            "kind": call.resource.list_kind(),
+            "apiVersion": call.resource.api_version(),
+            "metadata": meta,
+        });
+        let tail = serde_json::to_vec(&tail).expect("JSON");
+        sink.out.extend_from_slice(b"],");
+        sink.out.extend_from_slice(&tail[1..]);
+        let mut resp = Response::new(crate::body::full(sink.out));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
     }
+    let listed = read_list(server, call, &params).await?;
+    let meta = list_metadata(
+        listed.revision,
+        listed.continue_token.as_deref(),
+        listed.remaining,
+    );
     let body = match call.wanted {
         Wanted::Table => table(call, &listed.items, meta),
         Wanted::Metadata => json!({

@@ -55,7 +55,7 @@ impl Watcher {
             return Some(event.kind);
         }
         let now = self.matches(&event.object);
-        let before = event.previous.as_ref().map_or(now, |p| self.matches(p));
+        let before = event.previous().map_or(now, |p| self.matches(p));
         match event.kind {
             EventType::Added => now.then_some(EventType::Added),
             EventType::Deleted => before.then_some(EventType::Deleted),
