@@ -588,3 +588,75 @@ async fn discovery_version_openapi_and_metrics() {
             .contains("apiserver_request_total{code=\"200\",resource=\"\",verb=\"GET\"}")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_share_storage_between_core_and_events_k8s_io() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event as NewEvent;
+    use kube::api::{WatchEvent, WatchParams};
+
+    let (_etcd, _server, client) = start().await;
+    let core: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    let new: Api<NewEvent> = Api::namespaced(client.clone(), "default");
+
+    // Recorded through events.k8s.io, read through core/v1.
+    let recorded: NewEvent = serde_json::from_value(json!({
+        "metadata": {"name": "started.1"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "baton.dev/kubelet", "reportingInstance": "node-1",
+        "action": "Started", "reason": "Started", "type": "Normal", "note": "Started container web",
+        "regarding": {"kind": "Pod", "name": "web-0", "namespace": "default"},
+    }))
+    .unwrap();
+    let rv = new
+        .create(&PostParams::default(), &recorded)
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let seen = core.get("started.1").await.unwrap();
+    assert_eq!(seen.message.as_deref(), Some("Started container web"));
+    assert_eq!(seen.involved_object.name.as_deref(), Some("web-0"));
+    assert_eq!(
+        seen.reporting_component.as_deref(),
+        Some("baton.dev/kubelet")
+    );
+
+    // Recorded through core/v1, listed and watched through events.k8s.io.
+    let mut watch = new
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let old: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"name": "pulled.1"},
+        "involvedObject": {"kind": "Pod", "name": "web-1", "namespace": "default"},
+        "reason": "Pulled", "message": "Container image pulled", "type": "Normal", "count": 1,
+        "source": {"component": "kubelet"},
+    }))
+    .unwrap();
+    core.create(&PostParams::default(), &old).await.unwrap();
+    let listed = new.list(&ListParams::default()).await.unwrap();
+    let pulled = listed
+        .items
+        .iter()
+        .find(|e| e.metadata.name.as_deref() == Some("pulled.1"))
+        .expect("listed");
+    assert_eq!(pulled.note.as_deref(), Some("Container image pulled"));
+    assert_eq!(
+        pulled.regarding.as_ref().unwrap().name.as_deref(),
+        Some("web-1")
+    );
+    assert_eq!(pulled.deprecated_count, Some(1));
+    let event = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match event {
+        WatchEvent::Added(e) => assert_eq!(e.note.as_deref(), Some("Container image pulled")),
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+}

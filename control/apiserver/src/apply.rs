@@ -14,29 +14,6 @@ use crate::objects::{Decision, guaranteed_update};
 use crate::patch::strategic_merge;
 use crate::status::{FieldCause, StatusError};
 
-/// The merge key of a keyed list, for building `k:{...}` field-set entries.
-fn list_key(field: &str, items: &[Value]) -> Option<&'static str> {
-    let key = match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets" => "name",
-        "volumeMounts" => "mountPath",
-        "conditions" => "type",
-        "ports" => {
-            if items.iter().any(|i| i.get("containerPort").is_some()) {
-                "containerPort"
-            } else {
-                "port"
-            }
-        }
-        _ => return None,
-    };
-    Some(key)
-}
-
 /// The FieldsV1 set of an applied configuration.
 pub fn field_set(obj: &Value) -> Value {
     let mut out = Map::new();
@@ -70,7 +47,7 @@ fn field_set_of(field: &str, v: &Value) -> Value {
             }
             Value::Object(out)
         }
-        Value::Array(items) => match list_key(field, items) {
+        Value::Array(items) => match crate::patch::merge_key(field, items) {
             Some(key) => {
                 let mut out = Map::new();
                 for item in items {
@@ -120,7 +97,7 @@ fn prune(live: &mut Value, old: &Value, new: &Value, field: &str) {
 }
 
 fn prune_list(items: &mut Vec<Value>, old: &Value, new: &Value, field: &str) {
-    let Some(key) = list_key(field, items) else {
+    let Some(key) = crate::patch::merge_key(field, items) else {
         return;
     };
     let Some(old) = old.as_object() else { return };

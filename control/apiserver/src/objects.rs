@@ -241,7 +241,7 @@ pub async fn guaranteed_update<S: Store>(
             .await
             .map_err(|e| store_error(resource, name, e))?
             .ok_or_else(|| StatusError::not_found(&resource.subject(), name))?;
-        let previous = decode(&current)?;
+        let previous = resource.from_storage(decode(&current)?);
         match change(&previous)? {
             Decision::Preview(object) => {
                 return Ok(Updated {
@@ -272,7 +272,8 @@ pub async fn guaranteed_update<S: Store>(
                         written: false,
                     });
                 }
-                match store.update(key, encode(&next), current.mod_revision).await {
+                let stored = encode(&resource.to_storage(next.clone()));
+                match store.update(key, stored, current.mod_revision).await {
                     Ok(revision) => {
                         set_resource_version(&mut next, revision);
                         return Ok(Updated {

@@ -70,7 +70,7 @@ pub fn apply(target: &Value, patch_type: PatchType, body: &[u8]) -> Result<Value
 }
 
 /// The patch merge key of a list field (upstream's `patchMergeKey` tags), if it merges by key.
-fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+pub fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"

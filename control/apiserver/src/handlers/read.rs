@@ -37,7 +37,7 @@ pub async fn read_object<S: Store>(
         .await
         .map_err(|e| store_error(resource, name, e))?
         .ok_or_else(|| StatusError::not_found(&resource.subject(), name))?;
-    let mut obj = decode(&kv)?;
+    let mut obj = resource.from_storage(decode(&kv)?);
     set_type(resource, &mut obj);
     Ok(obj)
 }
@@ -143,7 +143,7 @@ struct DecodedItems<'a> {
 
 impl ListSink for DecodedItems<'_> {
     fn accept(&mut self, kv: KeyValue) -> Result<bool, StatusError> {
-        let mut obj = decode(&kv)?;
+        let mut obj = self.resource.from_storage(decode(&kv)?);
         if !selected(self.params, &obj) {
             return Ok(false);
         }
@@ -331,7 +331,12 @@ pub async fn list<S: Store>(
     call: &Call<'_>,
 ) -> Result<Response<Body>, StatusError> {
     let params = list_params(call)?;
-    if call.wanted == Wanted::Object && params.labels.is_empty() && params.fields.is_empty() {
+    let raw_ok = call.resource.view.is_none();
+    if raw_ok
+        && call.wanted == Wanted::Object
+        && params.labels.is_empty()
+        && params.fields.is_empty()
+    {
         let mut sink = RawItems {
             out: Vec::with_capacity(64 * 1024),
             count: 0,

@@ -50,13 +50,13 @@ impl Watcher {
     }
 
     /// The event type this watcher should see for a change, if any.
-    fn view(&self, event: &CachedEvent) -> Option<EventType> {
+    fn view(&self, kind: EventType, object: &Value, previous: Option<&Value>) -> Option<EventType> {
         if !self.filtered {
-            return Some(event.kind);
+            return Some(kind);
         }
-        let now = self.matches(&event.object);
-        let before = event.previous().map_or(now, |p| self.matches(p));
-        match event.kind {
+        let now = self.matches(object);
+        let before = previous.map_or(now, |p| self.matches(p));
+        match kind {
             EventType::Added => now.then_some(EventType::Added),
             EventType::Deleted => before.then_some(EventType::Deleted),
             EventType::Modified => match (before, now) {
@@ -96,7 +96,17 @@ impl Watcher {
     }
 
     fn event_line(&mut self, event: &CachedEvent) -> Option<Bytes> {
-        let kind = self.view(event)?;
+        if self.resource.view.is_some() {
+            // Stored in another form (events.k8s.io Events): convert, then filter and encode.
+            let object = self.resource.from_storage(event.object.clone());
+            let previous = event
+                .previous()
+                .cloned()
+                .map(|p| self.resource.from_storage(p));
+            let kind = self.view(event.kind, &object, previous.as_ref())?;
+            return Some(self.encode(kind.as_str(), &object));
+        }
+        let kind = self.view(event.kind, &event.object, event.previous())?;
         if !self.table && kind == event.kind {
             return Some(event.json_line());
         }

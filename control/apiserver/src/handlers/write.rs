@@ -281,7 +281,11 @@ async fn create_object<S: Store>(
     } else {
         Default::default()
     };
-    match server.store.create(&key, encode(&obj)).await {
+    match server
+        .store
+        .create(&key, encode(&resource.to_storage(obj.clone())))
+        .await
+    {
         Ok(revision) => {
             set_resource_version(&mut obj, revision);
             Ok(obj)

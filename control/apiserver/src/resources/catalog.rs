@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, scheduling};
 
-use super::{Resource, Subresource, roundtrip, schema_of};
+use super::{Resource, StorageView, Subresource, roundtrip, schema_of};
 
 const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
 
@@ -67,6 +67,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/namespaces/",
         normalize: roundtrip::<core::v1::Namespace>,
+        view: None,
         schema: schema_of::<core::v1::Namespace>,
     },
     Resource {
@@ -83,6 +84,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/pods/",
         normalize: roundtrip::<core::v1::Pod>,
+        view: None,
         schema: schema_of::<core::v1::Pod>,
     },
     Resource {
@@ -99,6 +101,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/minions/",
         normalize: roundtrip::<core::v1::Node>,
+        view: None,
         schema: schema_of::<core::v1::Node>,
     },
     Resource {
@@ -115,6 +118,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/services/specs/",
         normalize: roundtrip::<core::v1::Service>,
+        view: None,
         schema: schema_of::<core::v1::Service>,
     },
     Resource {
@@ -131,6 +135,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/services/endpoints/",
         normalize: roundtrip::<core::v1::Endpoints>,
+        view: None,
         schema: schema_of::<core::v1::Endpoints>,
     },
     Resource {
@@ -147,6 +152,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/configmaps/",
         normalize: roundtrip::<core::v1::ConfigMap>,
+        view: None,
         schema: schema_of::<core::v1::ConfigMap>,
     },
     Resource {
@@ -163,6 +169,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/secrets/",
         normalize: roundtrip::<core::v1::Secret>,
+        view: None,
         schema: schema_of::<core::v1::Secret>,
     },
     Resource {
@@ -179,6 +186,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/serviceaccounts/",
         normalize: roundtrip::<core::v1::ServiceAccount>,
+        view: None,
         schema: schema_of::<core::v1::ServiceAccount>,
     },
     Resource {
@@ -195,6 +203,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/events/",
         normalize: roundtrip::<core::v1::Event>,
+        view: None,
         schema: schema_of::<core::v1::Event>,
     },
     Resource {
@@ -211,6 +220,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/persistentvolumeclaims/",
         normalize: roundtrip::<core::v1::PersistentVolumeClaim>,
+        view: None,
         schema: schema_of::<core::v1::PersistentVolumeClaim>,
     },
     Resource {
@@ -227,6 +237,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: true,
         storage_prefix: "/registry/deployments/",
         normalize: roundtrip::<apps::v1::Deployment>,
+        view: None,
         schema: schema_of::<apps::v1::Deployment>,
     },
     Resource {
@@ -243,6 +254,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: true,
         storage_prefix: "/registry/replicasets/",
         normalize: roundtrip::<apps::v1::ReplicaSet>,
+        view: None,
         schema: schema_of::<apps::v1::ReplicaSet>,
     },
     Resource {
@@ -259,6 +271,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: true,
         storage_prefix: "/registry/daemonsets/",
         normalize: roundtrip::<apps::v1::DaemonSet>,
+        view: None,
         schema: schema_of::<apps::v1::DaemonSet>,
     },
     Resource {
@@ -275,6 +288,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: true,
         storage_prefix: "/registry/statefulsets/",
         normalize: roundtrip::<apps::v1::StatefulSet>,
+        view: None,
         schema: schema_of::<apps::v1::StatefulSet>,
     },
     Resource {
@@ -291,6 +305,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/controllerrevisions/",
         normalize: roundtrip::<apps::v1::ControllerRevision>,
+        view: None,
         schema: schema_of::<apps::v1::ControllerRevision>,
     },
     Resource {
@@ -307,6 +322,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: true,
         storage_prefix: "/registry/jobs/",
         normalize: roundtrip::<batch::v1::Job>,
+        view: None,
         schema: schema_of::<batch::v1::Job>,
     },
     Resource {
@@ -323,6 +339,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/endpointslices/",
         normalize: roundtrip::<discovery::v1::EndpointSlice>,
+        view: None,
         schema: schema_of::<discovery::v1::EndpointSlice>,
     },
     Resource {
@@ -339,6 +356,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/leases/",
         normalize: roundtrip::<coordination::v1::Lease>,
+        view: None,
         schema: schema_of::<coordination::v1::Lease>,
     },
     Resource {
@@ -353,8 +371,12 @@ pub static CATALOG: &[Resource] = &[
         subresources: &[],
         has_status: false,
         tracks_generation: false,
-        storage_prefix: "/registry/events.k8s.io/events/",
+        storage_prefix: "/registry/events/",
         normalize: roundtrip::<events::v1::Event>,
+        view: Some(StorageView {
+            to_storage: super::events::to_core,
+            from_storage: super::events::from_core,
+        }),
         schema: schema_of::<events::v1::Event>,
     },
     Resource {
@@ -371,6 +393,7 @@ pub static CATALOG: &[Resource] = &[
         tracks_generation: false,
         storage_prefix: "/registry/priorityclasses/",
         normalize: roundtrip::<scheduling::v1::PriorityClass>,
+        view: None,
         schema: schema_of::<scheduling::v1::PriorityClass>,
     },
 ];

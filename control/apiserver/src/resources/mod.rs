@@ -3,6 +3,7 @@
 
 mod catalog;
 pub mod defaults;
+pub mod events;
 pub mod printers;
 pub mod validation;
 
@@ -55,6 +56,9 @@ pub struct Resource {
     /// Decodes an object into its typed form and back: rejects bodies that do not decode and
     /// drops fields the type does not know.
     pub normalize: fn(Value) -> Result<Value, serde_json::Error>,
+    /// When objects are stored in another form (events.k8s.io Events are stored as core
+    /// Events): the conversions into and out of storage.
+    pub view: Option<StorageView>,
     /// The OpenAPI schema of the type (from k8s-openapi's schemars support).
     pub schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
 }
@@ -64,6 +68,15 @@ pub fn schema_of<T: schemars::JsonSchema>(
     generator: &mut schemars::SchemaGenerator,
 ) -> schemars::Schema {
     generator.subschema_for::<T>()
+}
+
+/// Conversions between a resource's API form and its stored form.
+#[derive(Debug, Clone, Copy)]
+pub struct StorageView {
+    /// API form to stored form.
+    pub to_storage: fn(Value) -> Value,
+    /// Stored form to API form.
+    pub from_storage: fn(Value) -> Value,
 }
 
 /// Round-trips a JSON object through its k8s-openapi type.
@@ -123,6 +136,22 @@ impl Resource {
         match namespace {
             Some(ns) if self.namespaced => format!("{}{ns}/", self.storage_prefix),
             _ => self.storage_prefix.to_string(),
+        }
+    }
+
+    /// Converts a stored object to this resource's form.
+    pub fn from_storage(&self, obj: Value) -> Value {
+        match self.view {
+            Some(view) => (view.from_storage)(obj),
+            None => obj,
+        }
+    }
+
+    /// Converts an object of this resource's form to its stored form.
+    pub fn to_storage(&self, obj: Value) -> Value {
+        match self.view {
+            Some(view) => (view.to_storage)(obj),
+            None => obj,
         }
     }
 
