@@ -296,6 +296,39 @@ impl<S: Store> ApiServer<S> {
     }
 }
 
+/// How long startup waits for etcd to answer (it may be starting beside the API server).
+const ETCD_STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Connects to etcd, retrying while it starts, and fails naming the endpoints after a minute.
+async fn connect_etcd(
+    endpoints: &[String],
+    tls: &EtcdTls,
+) -> Result<EtcdStore, StartApiServerError> {
+    let deadline = tokio::time::Instant::now() + ETCD_STARTUP_WAIT;
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let store = EtcdStore::connect(endpoints, tls).await?;
+            store.current_revision().await?;
+            Ok::<_, StoreError>(store)
+        };
+        match attempt.await {
+            Ok(store) => return Ok(store),
+            Err(source) if tokio::time::Instant::now() >= deadline => {
+                return Err(StartApiServerError::Etcd {
+                    endpoints: endpoints.join(","),
+                    source,
+                });
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "waiting for etcd");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 /// Runs `baton apiserver` until the process is stopped.
 pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
     let tls = tls::server_config(
@@ -308,20 +341,7 @@ pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
         cert_file: args.etcd_certfile.clone(),
         key_file: args.etcd_keyfile.clone(),
     };
-    let store = EtcdStore::connect(&args.etcd_servers, &etcd_tls)
-        .await
-        .map_err(|source| StartApiServerError::Etcd {
-            endpoints: args.etcd_servers.join(","),
-            source,
-        })?;
-    // Fail early, naming etcd, when it is not reachable.
-    store
-        .current_revision()
-        .await
-        .map_err(|source| StartApiServerError::Etcd {
-            endpoints: args.etcd_servers.join(","),
-            source,
-        })?;
+    let store = connect_etcd(&args.etcd_servers, &etcd_tls).await?;
     let addr = std::net::SocketAddr::new(args.bind_address, args.secure_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
