@@ -320,6 +320,46 @@ async fn scenario(binary: &Binary, bin: &Path) {
     let got = k.ok(&["get", "deploy", "web", "-n", "demo", "-o", "jsonpath={.spec.replicas} {.metadata.labels.tier} {.metadata.labels.m} {.metadata.annotations.note} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort}"]);
     assert_eq!(got, "5 fe 1 hi busybox:1.37 8080");
 
+    // Server-side apply refuses to take a field another manager set, unless forced.
+    let ssa_web = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: demo\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: web\n        image: busybox:1.37\n";
+    let refused = k.input(&["apply", "--server-side", "-f", "-"], ssa_web);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    // kubectl scale names no field manager, so (as upstream) its user agent's product is used.
+    assert!(
+        stderr.contains(r#"Apply failed with 1 conflict: conflict with "kubectl"#)
+            && stderr.contains("apps/v1: .spec.replicas"),
+        "{stderr}"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "5"
+    );
+    k.ok_input(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        ssa_web,
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "2"
+    );
+
     // get -w sees a later change.
     let watch_bin = bin.to_path_buf();
     let kubeconfig = server.kubeconfig();

@@ -660,3 +660,191 @@ async fn events_share_storage_between_core_and_events_k8s_io() {
         other => panic!("expected ADDED, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_rules_follow_upstream() {
+    use futures::StreamExt;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{WatchEvent, WatchParams};
+
+    let (_etcd, _server, client) = start().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+
+    // A pod in graceful termination survives status updates until its kubelet deletes it.
+    pods.create(&PostParams::default(), &pod("term"))
+        .await
+        .unwrap();
+    raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/pods/term/binding",
+        "application/json",
+        json!({"target": {"name": "n1"}}).to_string().into_bytes(),
+    )
+    .await;
+    pods.delete("term", &DeleteParams::default()).await.unwrap();
+    pods.patch_status(
+        "term",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        pods.get_opt("term").await.unwrap().is_some(),
+        "a status update deleted a terminating pod"
+    );
+
+    // A body naming another uid is a failed precondition (a recreated object of the same name).
+    let mut stale = pods.get("term").await.unwrap();
+    stale.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+    stale.metadata.resource_version = None;
+    let err = pods
+        .replace("term", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.message.contains("Precondition failed: UID in precondition")),
+        "{err:?}"
+    );
+
+    // Deleting a ConfigMap answers with a Status; a PUT creates a missing Lease.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "gone"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let deleted = cms.delete("gone", &DeleteParams::default()).await.unwrap();
+    assert!(
+        deleted.is_right(),
+        "expected a Status for a deleted ConfigMap"
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let lease: Lease = serde_json::from_value(
+        json!({"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a"}}),
+    )
+    .unwrap();
+    leases
+        .replace("leader", &PostParams::default(), &lease)
+        .await
+        .unwrap();
+    assert_eq!(
+        leases
+            .get("leader")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .holder_identity
+            .as_deref(),
+        Some("a")
+    );
+
+    // A namespace's spec.finalizers change only through /finalize.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = namespaces
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"finalizers": []}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ns.spec.unwrap().finalizers,
+        Some(vec!["kubernetes".to_string()])
+    );
+
+    // A named watch sees only that object; a metadata watch gets PartialObjectMetadata.
+    let rv = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut named = cms
+        .watch(&WatchParams::default().fields("metadata.name=b"), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let mut metadata = cms
+        .watch_metadata(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    for name in ["a", "b"] {
+        cms.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": "v"}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(10), named.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        WatchEvent::Added(cm) => assert_eq!(cm.metadata.name.as_deref(), Some("b")),
+        other => panic!("{other:?}"),
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(10), metadata.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        WatchEvent::Added(meta) => assert_eq!(meta.metadata.name.as_deref(), Some("a")),
+        other => panic!("{other:?}"),
+    }
+    let (_, line) = raw(
+        &client,
+        "GET",
+        &format!(
+            "/api/v1/namespaces/default/configmaps/a?watch=1&resourceVersion={rv}&timeoutSeconds=1"
+        ),
+        "application/json",
+        vec![],
+    )
+    .await;
+    let text = line
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| line.to_string());
+    assert!(
+        text.contains("\"name\":\"a\"") && !text.contains("\"name\":\"b\""),
+        "{text}"
+    );
+
+    // A NodePort taken by one Service cannot be set on another by an update.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc = |name: &str| -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}})).unwrap()
+    };
+    let first = svcs
+        .create(&PostParams::default(), &svc("np1"))
+        .await
+        .unwrap();
+    let taken = first.spec.unwrap().ports.unwrap()[0].node_port.unwrap();
+    svcs.create(&PostParams::default(), &svc("np2"))
+        .await
+        .unwrap();
+    let err = svcs
+        .patch(
+            "np2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ports": [{"port": 80, "nodePort": taken}]}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422),
+        "{err:?}"
+    );
+}

@@ -10,6 +10,7 @@ pub mod compactor;
 pub mod config;
 pub mod discovery;
 pub mod handlers;
+pub mod managed_fields;
 pub mod metrics;
 pub mod namespaces;
 pub mod objects;
@@ -192,6 +193,40 @@ impl<S: Store> ApiServer<S> {
         services::keep_allocations(&current, &mut merged);
         let missing = services::missing_node_ports(&merged);
         let owner = format!("{}/{}", call.namespace().unwrap_or_default(), call.name());
+        // NodePorts the update names that the Service does not hold yet are claimed too (and
+        // refused when taken or out of range), so no two Services share one.
+        let (_, held_now) = allocator::held(&current);
+        let mut explicit = vec![];
+        if services::needs_node_ports(&merged["spec"]) {
+            let ports = merged["spec"]["ports"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for (i, p) in ports.iter().enumerate() {
+                let Some(port) = p["nodePort"].as_i64().filter(|n| *n != 0) else {
+                    continue;
+                };
+                if held_now.contains(&port) || explicit.contains(&port) {
+                    continue;
+                }
+                let field = format!("spec.ports[{i}].nodePort");
+                match self
+                    .allocator
+                    .claim_port(&self.store, Some(port), &owner, &field)
+                    .await
+                {
+                    Ok(p) => explicit.push(p),
+                    Err(e) => {
+                        self.release(&Allocated {
+                            ips: vec![],
+                            ports: explicit,
+                        })
+                        .await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
         let mut ports = vec![];
         for _ in 0..missing {
             match self
@@ -201,12 +236,13 @@ impl<S: Store> ApiServer<S> {
             {
                 Ok(p) => ports.push(p),
                 Err(e) => {
+                    ports.extend(explicit);
                     self.release(&Allocated { ips: vec![], ports }).await;
                     return Err(e);
                 }
             }
         }
-        Ok(PortPool::new(ports))
+        Ok(PortPool::new(ports).with_explicit(explicit))
     }
 
     /// After a Service update: releases pool ports it did not use and what it gave up.

@@ -213,6 +213,8 @@ pub struct Updated {
     pub previous: Value,
     /// False when the change was a no-op and nothing was written.
     pub written: bool,
+    /// Whether the object was removed (its last finalizer went away).
+    pub deleted: bool,
 }
 
 /// What an update function decides.
@@ -248,6 +250,7 @@ pub async fn guaranteed_update<S: Store>(
                     object,
                     previous,
                     written: false,
+                    deleted: false,
                 });
             }
             Decision::Delete => match store.delete(key, Some(current.mod_revision)).await {
@@ -258,6 +261,7 @@ pub async fn guaranteed_update<S: Store>(
                         object,
                         previous,
                         written: true,
+                        deleted: true,
                     });
                 }
                 Err(StoreError::Conflict { .. }) => continue,
@@ -270,6 +274,7 @@ pub async fn guaranteed_update<S: Store>(
                         object: next,
                         previous,
                         written: false,
+                        deleted: false,
                     });
                 }
                 let stored = encode(&resource.to_storage(next.clone()));
@@ -280,6 +285,7 @@ pub async fn guaranteed_update<S: Store>(
                             object: next,
                             previous,
                             written: true,
+                            deleted: false,
                         });
                     }
                     Err(StoreError::Conflict { .. }) => continue,

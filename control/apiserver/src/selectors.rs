@@ -207,6 +207,11 @@ impl FieldSelector {
         self.0.is_empty()
     }
 
+    /// Adds the terms of another selector.
+    pub fn extend(&mut self, other: FieldSelector) {
+        self.0.extend(other.0);
+    }
+
     /// The value a `field=value` term requires of `field`, if any (to narrow a list).
     pub fn required_value(&self, field: &str) -> Option<&str> {
         self.0

@@ -183,6 +183,12 @@ async fn route<S: Store>(
                 .unwrap_or("application/json")
                 .to_string();
             let wanted = wanted(accept.as_deref())?;
+            let user_agent = req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
             let body = read_body(req).await?;
             let call = Call {
                 info: &info,
@@ -192,6 +198,7 @@ async fn route<S: Store>(
                 content_type: &content_type,
                 body,
                 user,
+                user_agent: &user_agent,
             };
             handlers::dispatch(server, call).await
         }

@@ -71,12 +71,22 @@ pub fn missing_node_ports(svc: &Value) -> usize {
 #[derive(Debug, Default)]
 pub struct PortPool {
     ports: Vec<i64>,
+    explicit: Vec<i64>,
 }
 
 impl PortPool {
     /// A pool of claimed ports.
     pub fn new(ports: Vec<i64>) -> Self {
-        Self { ports }
+        Self {
+            ports,
+            explicit: vec![],
+        }
+    }
+
+    /// Adds ports the update named itself (claimed, not handed out).
+    pub fn with_explicit(mut self, explicit: Vec<i64>) -> Self {
+        self.explicit = explicit;
+        self
     }
 
     /// Assigns pool ports to the Service's ports that lack a NodePort.
@@ -100,7 +110,7 @@ impl PortPool {
     pub fn claimed(&self) -> Allocated {
         Allocated {
             ips: vec![],
-            ports: self.ports.clone(),
+            ports: self.ports.iter().chain(&self.explicit).copied().collect(),
         }
     }
 }

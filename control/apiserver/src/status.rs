@@ -311,6 +311,12 @@ impl StatusError {
             "reason": self.reason,
             "code": self.code.as_u16(),
         });
+        // Upstream leaves the reason out when there is none (an internal error's plain text).
+        if self.reason.is_empty()
+            && let Some(m) = status.as_object_mut()
+        {
+            m.remove("reason");
+        }
         if let Some(details) = &self.details {
             status["details"] = (**details).clone();
         }

@@ -190,17 +190,19 @@ impl WatchCache {
         let _ = self.tx.send(Delivery::Event(event));
     }
 
-    /// Forgets history at or before `revision` (etcd compacted it): watches from there on are
-    /// answered by etcd, which says 410 Gone.
+    /// Forgets the events at or before `revision` (etcd compacted them): a watch from before
+    /// the newest forgotten event is then answered by etcd, which says 410 Gone. A resource
+    /// with no change in the compacted range keeps its window, so its quiet watchers resume.
     fn compacted(&self, revision: i64) {
         let mut history = self.history.lock().expect("watch cache lock");
-        history.oldest = history.oldest.max(revision);
         while history
             .events
             .front()
             .is_some_and(|e| e.revision <= revision)
         {
-            history.events.pop_front();
+            if let Some(old) = history.events.pop_front() {
+                history.oldest = history.oldest.max(old.revision);
+            }
         }
     }
 

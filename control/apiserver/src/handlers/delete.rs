@@ -11,7 +11,7 @@ use super::{Call, set_type};
 use crate::ApiServer;
 use crate::body::{Body, json_response, parse_object};
 use crate::objects::{Decision, guaranteed_update};
-use crate::status::StatusError;
+use crate::status::{StatusError, success_status};
 
 /// DeleteOptions from the body and the query.
 #[derive(Debug, Default, Clone)]
@@ -118,13 +118,13 @@ async fn delete_one<S: Store>(
         }
         // Graceful: mark, and let the finalizers' owners (or the kubelet) finish.
         if meta["deletionTimestamp"].is_null() {
-            let when = Timestamp::now() + SignedDuration::from_secs(grace);
+            let when = deletion_time(grace);
             next["metadata"]["deletionTimestamp"] = json!(when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
             next["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         } else if let Some(old) = meta["deletionGracePeriodSeconds"].as_i64()
             && grace < old
         {
-            let when = Timestamp::now() + SignedDuration::from_secs(grace);
+            let when = deletion_time(grace);
             next["metadata"]["deletionTimestamp"] = json!(when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
             next["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         }
@@ -152,6 +152,22 @@ async fn delete_one<S: Store>(
     }
 }
 
+/// When a graceful deletion ends: now plus the grace period (clamped, never overflowing).
+fn deletion_time(grace: i64) -> Timestamp {
+    Timestamp::now()
+        .checked_add(SignedDuration::from_secs(grace))
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// Resources whose DELETE answers with the deleted object (upstream's ReturnDeletedObject).
+fn returns_deleted_object(resource: &crate::resources::Resource) -> bool {
+    resource.group.is_empty()
+        && matches!(
+            resource.kind,
+            "Pod" | "ServiceAccount" | "PersistentVolumeClaim"
+        )
+}
+
 /// DELETE of one object.
 pub async fn delete<S: Store>(
     server: &ApiServer<S>,
@@ -163,8 +179,20 @@ pub async fn delete<S: Store>(
         return Ok(json_response(StatusCode::OK, &obj));
     }
     match delete_one(server, call, &call.key(), call.name(), &opts).await? {
-        Outcome::Deleted(obj) => Ok(json_response(StatusCode::OK, &obj)),
-        Outcome::Pending(obj) => Ok(json_response(StatusCode::ACCEPTED, &obj)),
+        // As upstream: pods, service accounts and claims answer with the deleted object, the
+        // rest with a Status; an object still being deleted is returned as it now is.
+        Outcome::Deleted(obj) if returns_deleted_object(call.resource) => {
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        Outcome::Deleted(obj) => Ok(json_response(
+            StatusCode::OK,
+            &success_status(
+                &call.resource.subject(),
+                call.name(),
+                obj["metadata"]["uid"].as_str(),
+            ),
+        )),
+        Outcome::Pending(obj) => Ok(json_response(StatusCode::OK, &obj)),
     }
 }
 

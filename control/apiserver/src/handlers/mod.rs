@@ -6,7 +6,9 @@ mod subresources;
 mod watch;
 mod write;
 
-pub use write::{create_for_apply, now_rfc3339 as now, prepare_update};
+pub use write::{
+    check_type, create_for_apply, finished_deleting, normalize, now_rfc3339 as now, prepare_update,
+};
 
 use bytes::Bytes;
 use http::Response;
@@ -38,6 +40,8 @@ pub struct Call<'a> {
     pub body: Bytes,
     /// Who asked.
     pub user: &'a UserInfo,
+    /// The User-Agent header ("" when absent).
+    pub user_agent: &'a str,
 }
 
 impl Call<'_> {
@@ -52,6 +56,22 @@ impl Call<'_> {
             self.info.namespace.as_deref()
         } else {
             None
+        }
+    }
+
+    /// The field manager of a write: `fieldManager`, else the user agent's product name, as
+    /// upstream defaults it.
+    pub fn manager(&self) -> String {
+        match self.query.get("fieldManager") {
+            Some(m) => m.to_string(),
+            None => {
+                let product = self.user_agent.split('/').next().unwrap_or_default().trim();
+                if product.is_empty() {
+                    "unknown".to_string()
+                } else {
+                    product.to_string()
+                }
+            }
         }
     }
 

@@ -108,6 +108,13 @@ async fn scale<S: Store>(
             next["spec"]["replicas"] = json!(replicas);
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             next["metadata"]["generation"] = json!(generation);
+            crate::managed_fields::record_update(
+                Some(current),
+                &mut next,
+                &call.manager(),
+                &resource.api_version(),
+                Some("scale"),
+            );
         }
         Ok(Decision::Write(next))
     })
@@ -183,6 +190,7 @@ async fn eviction<S: Store>(
         content_type: "application/json",
         body: bytes,
         user: call.user,
+        user_agent: call.user_agent,
     };
     super::delete::delete(server, &delete_call).await?;
     Ok(json_response(

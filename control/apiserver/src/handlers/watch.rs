@@ -10,7 +10,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use baton_store::{Store, StoreError};
 
@@ -32,6 +32,8 @@ struct Watcher {
     namespace: Option<String>,
     params: ListParams,
     table: bool,
+    /// PartialObjectMetadata instead of whole objects (metadata informers).
+    metadata_only: bool,
     include: String,
     filtered: bool,
     sent_headers: bool,
@@ -71,7 +73,9 @@ impl Watcher {
     fn encode(&mut self, kind: &str, obj: &Value) -> Bytes {
         let mut obj = obj.clone();
         set_type(self.resource, &mut obj);
-        let object = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
+        let object = if self.metadata_only && kind != "BOOKMARK" && kind != "ERROR" {
+            json!({ "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"] })
+        } else if self.table && kind != "BOOKMARK" && kind != "ERROR" {
             let rv = obj["metadata"]["resourceVersion"].clone();
             let mut t = table_for(
                 self.resource,
@@ -107,7 +111,7 @@ impl Watcher {
             return Some(self.encode(kind.as_str(), &object));
         }
         let kind = self.view(event.kind, &event.object, event.previous())?;
-        if !self.table && kind == event.kind {
+        if !self.table && !self.metadata_only && kind == event.kind {
             return Some(event.json_line());
         }
         Some(self.encode(kind.as_str(), &event.object))
@@ -157,7 +161,16 @@ pub async fn watch<S: Store>(
     call: &Call<'_>,
 ) -> Result<Response<Body>, StatusError> {
     let resource = call.resource;
-    let params = list_params(call)?;
+    let mut params = list_params(call)?;
+    // A watch of one named object is a watch with a metadata.name field selector, as upstream.
+    if let Some(name) = call.info.name.as_deref() {
+        let extra = crate::selectors::FieldSelector::parse(
+            &format!("metadata.name={name}"),
+            resource.group,
+            resource.kind,
+        )?;
+        params.fields.extend(extra);
+    }
     let timeout = call
         .query
         .int("timeoutSeconds")?
@@ -195,7 +208,13 @@ pub async fn watch<S: Store>(
         initial = listed.items;
         listed.revision
     } else {
-        parse_rv(rv.unwrap_or("0"))?
+        match rv {
+            // No initial events and no version: start from now.
+            None | Some("0") => cache
+                .latest_revision()
+                .max(server.store.current_revision().await.unwrap_or(0)),
+            Some(rv) => parse_rv(rv)?,
+        }
     };
 
     let mut watcher = Watcher {
@@ -206,6 +225,7 @@ pub async fn watch<S: Store>(
             || call.namespace().is_some(),
         params,
         table: call.wanted == Wanted::Table,
+        metadata_only: call.wanted == Wanted::Metadata,
         include: call
             .query
             .get("includeObject")
@@ -247,7 +267,9 @@ pub async fn watch<S: Store>(
         .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
     let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
     *resp.status_mut() = StatusCode::OK;
-    let ct = if call.wanted == Wanted::Table {
+    let ct = if call.wanted == Wanted::Metadata {
+        "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io"
+    } else if call.wanted == Wanted::Table {
         "application/json;as=Table;v=v1;g=meta.k8s.io"
     } else {
         "application/json"
@@ -270,6 +292,7 @@ fn clone_call<'a>(call: &Call<'a>) -> Call<'a> {
         content_type: call.content_type,
         body: call.body.clone(),
         user: call.user,
+        user_agent: call.user_agent,
     }
 }
 
@@ -309,8 +332,25 @@ async fn serve_cached(
                 Ok(Delivery::Reset) | Err(_) => return None,
             },
             _ = ticker.tick(), if bookmarks => {
-                let rev = cache.latest_revision().max(last);
-                tx.send(bookmark(watcher.resource, rev, false)).await.ok()?;
+                // Everything up to `latest` is already in the channel: send it first, so that
+                // no bookmark ever gets ahead of an event.
+                let latest = cache.latest_revision();
+                loop {
+                    match live.try_recv() {
+                        Ok(Delivery::Event(event)) => {
+                            if event.revision <= last {
+                                continue;
+                            }
+                            last = event.revision;
+                            if let Some(line) = watcher.event_line(&event) {
+                                tx.send(line).await.ok()?;
+                            }
+                        }
+                        Ok(Delivery::Reset) | Err(broadcast::error::TryRecvError::Lagged(_)) => return None,
+                        Err(_) => break,
+                    }
+                }
+                tx.send(bookmark(watcher.resource, latest.max(last), false)).await.ok()?;
             }
         }
     }

@@ -29,7 +29,8 @@ fn random_suffix() -> String {
 }
 
 /// Checks (and fills in) kind and apiVersion of a request body.
-fn check_type(resource: &Resource, obj: &mut Value) -> Result<(), StatusError> {
+/// Checks (and fills in) kind and apiVersion of a request body.
+pub fn check_type(resource: &Resource, obj: &mut Value) -> Result<(), StatusError> {
     let kind = obj["kind"].as_str().unwrap_or_default();
     let api_version = obj["apiVersion"].as_str().unwrap_or_default();
     if (!kind.is_empty() && kind != resource.kind)
@@ -88,7 +89,8 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
 }
 
 /// Decodes into the typed form (dropping unknown fields, or refusing them under Strict).
-fn normalize(
+/// Decodes into the typed form (dropping unknown fields, or refusing them under Strict).
+pub fn normalize(
     call: &Call<'_>,
     obj: Value,
     warnings: &mut Vec<String>,
@@ -263,9 +265,31 @@ async fn create_object<S: Store>(
 ) -> Result<Value, StatusError> {
     let resource = call.resource;
     check_type(resource, &mut obj)?;
+    if obj["metadata"]["resourceVersion"]
+        .as_str()
+        .is_some_and(|rv| !rv.is_empty())
+    {
+        return Err(StatusError::bad_request(
+            "resourceVersion should not be set on objects to be created",
+        ));
+    }
     place(call, &mut obj)?;
     let mut obj = normalize(call, obj, warnings)?;
+    // The creator owns the fields it sent (not the defaults), unless an apply already said so.
+    let applied = obj["metadata"].get("managedFields").is_some();
+    let requested = crate::managed_fields::leaves(&crate::managed_fields::field_set(&obj));
     prepare_new(&server.defaulting, resource, &mut obj);
+    if !applied {
+        crate::managed_fields::assign(
+            &mut obj,
+            &call.manager(),
+            "Update",
+            &resource.api_version(),
+            None,
+            &requested,
+            true,
+        );
+    }
     validate(resource, &obj, None)?;
     let name = obj["metadata"]["name"]
         .as_str()
@@ -274,6 +298,14 @@ async fn create_object<S: Store>(
     check_namespace(server, call, &name).await?;
     let key = resource.key(call.namespace(), &name);
     if call.query.dry_run()? {
+        let exists = server
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| store_error(resource, &name, e))?;
+        if exists.is_some() {
+            return Err(StatusError::already_exists(&resource.subject(), &name));
+        }
         return Ok(obj);
     }
     let allocated = if resource.kind == "Service" && resource.group.is_empty() {
@@ -362,11 +394,25 @@ pub fn prepare_update(
             }
         }
     }
+    // A client that leaves managedFields out keeps the recorded ones (upstream does the same).
+    if next["metadata"].get("managedFields").is_none()
+        && let Some(mf) = current["metadata"].get("managedFields")
+    {
+        next["metadata"]["managedFields"] = mf.clone();
+    }
     if resource.kind == "Service" && resource.group.is_empty() {
         crate::services::keep_allocations(current, &mut next);
     }
+    // A namespace's spec.finalizers change only through its finalize subresource.
+    if resource.kind == "Namespace" && resource.group.is_empty() {
+        next["spec"]["finalizers"] = current["spec"]["finalizers"].clone();
+    }
     defaults::apply(resource.group, resource.kind, &mut next, server, false);
-    if resource.tracks_generation && current.get("spec") != next.get("spec") {
+    let spec_changed = current.get("spec") != next.get("spec");
+    // Upstream also counts a Deployment's annotation changes as a new generation.
+    let annotations_changed = resource.kind == "Deployment"
+        && current["metadata"].get("annotations") != next["metadata"].get("annotations");
+    if resource.tracks_generation && (spec_changed || annotations_changed) {
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
         next["metadata"]["generation"] = json!(generation);
     }
@@ -374,12 +420,49 @@ pub fn prepare_update(
     Ok(next)
 }
 
-/// Whether a deleting object lost its last finalizer (and so must now be removed).
-pub fn finished_deleting(obj: &Value) -> bool {
-    !obj["metadata"]["deletionTimestamp"].is_null()
-        && obj["metadata"]["finalizers"]
+/// Whether an update must remove the object instead of writing it, as upstream's
+/// ShouldDeleteDuringUpdate: it was already being deleted with no grace period left, and the
+/// update removed its last finalizer (for a namespace, also its last spec finalizer).
+pub fn finished_deleting(current: &Value, next: &Value) -> bool {
+    let meta = &current["metadata"];
+    let graceless = meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0;
+    let no_finalizers = next["metadata"]["finalizers"]
+        .as_array()
+        .is_none_or(Vec::is_empty);
+    let no_spec_finalizers = next["kind"] != "Namespace"
+        || next["spec"]["finalizers"]
             .as_array()
-            .is_none_or(Vec::is_empty)
+            .is_none_or(Vec::is_empty);
+    !meta["deletionTimestamp"].is_null() && graceless && no_finalizers && no_spec_finalizers
+}
+
+/// Refuses an update whose body names another object (a recreated one with the same name).
+fn check_uid(
+    call: &Call<'_>,
+    current: &Value,
+    next: &Value,
+    is_patch: bool,
+) -> Result<(), StatusError> {
+    let Some(uid) = next["metadata"]["uid"].as_str().filter(|u| !u.is_empty()) else {
+        return Ok(());
+    };
+    let current_uid = current["metadata"]["uid"].as_str().unwrap_or_default();
+    if uid == current_uid {
+        return Ok(());
+    }
+    let subject = call.resource.subject();
+    if is_patch {
+        let cause =
+            crate::status::FieldCause::invalid("metadata.uid", &json!(uid), "field is immutable");
+        return Err(StatusError::invalid(&subject, call.name(), vec![cause]));
+    }
+    Err(StatusError::conflict_with(
+        &subject,
+        call.name(),
+        &format!(
+            "Precondition failed: UID in precondition: {uid}, UID in object meta: {current_uid}"
+        ),
+    ))
 }
 
 /// PUT: update (also of the status subresource).
@@ -393,6 +476,47 @@ pub async fn update<S: Store>(
         call.info.subresource.as_deref() == Some("status"),
     )
     .await
+}
+
+/// Kinds that a PUT creates when they do not exist (upstream's AllowCreateOnUpdate).
+fn creates_on_update(resource: &Resource) -> bool {
+    matches!(
+        (resource.group, resource.kind),
+        ("", "Endpoints")
+            | ("", "Event")
+            | ("events.k8s.io", "Event")
+            | ("coordination.k8s.io", "Lease")
+    )
+}
+
+/// The last steps of every update: NodePorts claimed beforehand, the manager's ownership of
+/// what it changed, and whether to preview, delete or write.
+fn decide(
+    call: &Call<'_>,
+    current: &Value,
+    mut prepared: Value,
+    pool: &crate::services::PortPool,
+    dry_run: bool,
+) -> Decision {
+    pool.fill(&mut prepared);
+    let subresource = match call.info.subresource.as_deref() {
+        Some("status") => Some("status"),
+        _ => None,
+    };
+    crate::managed_fields::record_update(
+        Some(current),
+        &mut prepared,
+        &call.manager(),
+        &call.resource.api_version(),
+        subresource,
+    );
+    if dry_run {
+        Decision::Preview(prepared)
+    } else if finished_deleting(current, &prepared) {
+        Decision::Delete
+    } else {
+        Decision::Write(prepared)
+    }
 }
 
 /// PUT of the object or of its status.
@@ -417,15 +541,22 @@ pub async fn update_with<S: Store>(
         .as_str()
         .filter(|s| !s.is_empty())
         .map(str::to_string);
+    let original = obj.clone();
     let next = normalize(call, obj, &mut warnings)?;
     let dry_run = call.query.dry_run()?;
-    let pool = server.preallocate_for_update(call, &next).await?;
+    let finalize = call.info.subresource.as_deref() == Some("finalize");
+    let pool = if dry_run {
+        Default::default()
+    } else {
+        server.preallocate_for_update(call, &next).await?
+    };
     let result = guaranteed_update(&server.store, resource, &call.key(), &name, |current| {
         if let Some(rv) = &precondition
             && current["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
         {
             return Err(StatusError::conflict(&resource.subject(), &name));
         }
+        check_uid(call, current, &next, false)?;
         let mut prepared = prepare_update(
             &server.defaulting,
             resource,
@@ -433,17 +564,25 @@ pub async fn update_with<S: Store>(
             next.clone(),
             status_only,
         )?;
-        pool.fill(&mut prepared);
-        if dry_run {
-            return Ok(Decision::Preview(prepared));
+        if finalize {
+            prepared["spec"]["finalizers"] = next["spec"]["finalizers"].clone();
         }
-        Ok(if finished_deleting(&prepared) {
-            Decision::Delete
-        } else {
-            Decision::Write(prepared)
-        })
+        Ok(decide(call, current, prepared, &pool, dry_run))
     })
     .await;
+    if let Err(e) = &result
+        && e.reason == "NotFound"
+        && !status_only
+        && creates_on_update(resource)
+        && precondition.is_none()
+    {
+        server.release(&pool.claimed()).await;
+        let created = create_object(server, call, original, &mut warnings).await?;
+        return Ok(with_warnings(
+            json_response(StatusCode::CREATED, &created),
+            &warnings,
+        ));
+    }
     finish_write(server, call, result, &pool, &warnings).await
 }
 
@@ -460,9 +599,17 @@ async fn finish_write<S: Store>(
             let mut obj = updated.object;
             set_type(resource, &mut obj);
             if resource.kind == "Service" && resource.group.is_empty() {
-                server
-                    .release_unused(&updated.previous, &obj, pool, updated.written)
-                    .await;
+                if updated.deleted {
+                    let (ips, ports) = crate::allocator::held(&updated.previous);
+                    server
+                        .release(&crate::services::Allocated { ips, ports })
+                        .await;
+                    server.release(&pool.claimed()).await;
+                } else {
+                    server
+                        .release_unused(&updated.previous, &obj, pool, updated.written)
+                        .await;
+                }
             }
             Ok(with_warnings(json_response(StatusCode::OK, &obj), warnings))
         }
@@ -502,7 +649,11 @@ pub async fn patch_with<S: Store>(
     let mut warnings = vec![];
     let current = super::read::read_object(server, resource, &call.key(), &name).await?;
     let preview = patch::apply(&current, patch_type, &call.body)?;
-    let pool = server.preallocate_for_update(call, &preview).await?;
+    let pool = if dry_run {
+        Default::default()
+    } else {
+        server.preallocate_for_update(call, &preview).await?
+    };
     let result = guaranteed_update(&server.store, resource, &call.key(), &name, |current| {
         let mut patched = patch::apply(current, patch_type, &call.body)?;
         if patched["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]
@@ -516,22 +667,14 @@ pub async fn patch_with<S: Store>(
                 patched["metadata"]["name"].as_str().unwrap_or_default()
             )));
         }
+        check_uid(call, current, &patched, true)?;
         set_type(resource, &mut patched);
-        let mut local_warnings = vec![];
-        let next = normalize(call, patched, &mut local_warnings)?;
-        let mut prepared =
-            prepare_update(&server.defaulting, resource, current, next, status_only)?;
-        pool.fill(&mut prepared);
-        if dry_run {
-            return Ok(Decision::Preview(prepared));
-        }
-        Ok(if finished_deleting(&prepared) {
-            Decision::Delete
-        } else {
-            Decision::Write(prepared)
-        })
+        let next = normalize(call, patched, &mut warnings)?;
+        let prepared = prepare_update(&server.defaulting, resource, current, next, status_only)?;
+        Ok(decide(call, current, prepared, &pool, dry_run))
     })
     .await;
+    warnings.sort();
     warnings.dedup();
     finish_write(server, call, result, &pool, &warnings).await
 }

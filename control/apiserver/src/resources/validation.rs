@@ -242,16 +242,18 @@ fn workload(obj: &Value, causes: &mut Vec<FieldCause>, restart_always: bool) {
     }
 }
 
-/// Renders a label map the way Go's `%#v` prints `map[string]string`, as upstream's messages do.
+/// Renders a label map the way Go's `%#v` prints `map[string]string`, as upstream's messages do
+/// (keys sorted, as Go prints maps).
 fn go_map(labels: &Value) -> String {
-    let entries: Vec<String> = labels
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k:?}:{}", serde_json::to_string(v).unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let Some(map) = labels.as_object() else {
+        return "map[string]string(nil)".to_string();
+    };
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let entries: Vec<String> = entries
+        .into_iter()
+        .map(|(k, v)| format!("{k:?}:{}", serde_json::to_string(v).unwrap_or_default()))
+        .collect();
     format!("map[string]string{{{}}}", entries.join(", "))
 }
 
@@ -377,7 +379,8 @@ fn service(obj: &Value, causes: &mut Vec<FieldCause>) {
     }
 }
 
-/// Fields that may not change once set, per kind: `(path, JSON pointer)`.
+/// Fields that may not change once set, per kind: `(path, JSON pointer)`. Pods are checked by
+/// [`update`] as upstream's `ValidatePodUpdate` does, not through this table.
 pub fn immutable_fields(group: &str, kind: &str) -> &'static [(&'static str, &'static str)] {
     match (group, kind) {
         ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "DaemonSet") => {
@@ -391,38 +394,513 @@ pub fn immutable_fields(group: &str, kind: &str) -> &'static [(&'static str, &'s
             ("spec.selector", "/spec/selector"),
             ("spec.completions", "/spec/completions"),
         ],
-        ("", "Secret") | ("", "ConfigMap") => &[],
+        ("", "Secret") => &[("type", "/type")],
         ("", "Service") => &[("spec.clusterIP", "/spec/clusterIP")],
-        ("", "Pod") => &[
-            ("spec.containers", "/spec/containers/0/name"),
-            ("spec.nodeName", "/spec/nodeName"),
-            ("spec.restartPolicy", "/spec/restartPolicy"),
-            ("spec.volumes", "/spec/volumes"),
-        ],
         _ => &[],
     }
 }
 
-/// Checks the immutable fields of an update.
+/// Checks an update against the object it replaces: upstream's `ValidateObjectMetaUpdate` for
+/// every kind, then the kind's own update rules (`ValidatePodUpdate`, the `immutable` flag of
+/// ConfigMaps and Secrets, immutable fields).
 pub fn update(group: &str, kind: &str, old: &Value, new: &Value, causes: &mut Vec<FieldCause>) {
+    object_meta_update(&old["metadata"], &new["metadata"], causes);
     for (path, pointer) in immutable_fields(group, kind) {
         let before = old.pointer(pointer);
         let after = new.pointer(pointer);
-        // Fields that were unset may be set once (e.g. a pod's nodeName by binding).
+        // Fields that were unset may be set once.
         if before.is_some_and(|b| !b.is_null()) && before != after {
             let shown = after.cloned().unwrap_or(Value::Null);
             causes.push(FieldCause::invalid(*path, &shown, "field is immutable"));
         }
     }
-    if let (Some(old_secret), Some(new_secret)) = (old.get("immutable"), new.get("immutable"))
-        && old_secret == &Value::Bool(true)
-        && (old.get("data") != new.get("data") || new_secret != &Value::Bool(true))
-    {
-        causes.push(FieldCause::forbidden(
-            "data",
-            "field is immutable when `immutable` is set",
+    match (group, kind) {
+        ("", "Pod") => pod_update(old, new, causes),
+        ("", "ConfigMap") => immutable_contents(old, new, &["data", "binaryData"], causes),
+        ("", "Secret") => immutable_contents(old, new, &["data"], causes),
+        _ => {}
+    }
+}
+
+const FIELD_IMMUTABLE: &str = "field is immutable";
+const IMMUTABLE_WHEN_SET: &str = "field is immutable when `immutable` is set";
+
+/// Upstream's `ValidateObjectMetaUpdate`: no new finalizers once the object is being deleted;
+/// name, namespace and uid never change.
+fn object_meta_update(old: &Value, new: &Value, causes: &mut Vec<FieldCause>) {
+    if !old["deletionTimestamp"].is_null() {
+        let names = |meta: &Value| -> std::collections::BTreeSet<String> {
+            meta["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        };
+        let before = names(old);
+        let added: Vec<String> = names(new)
+            .into_iter()
+            .filter(|f| !before.contains(f))
+            .map(|f| format!("{f:?}"))
+            .collect();
+        if !added.is_empty() {
+            causes.push(FieldCause::forbidden(
+                "metadata.finalizers",
+                &format!(
+                    "no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                    added.join(", ")
+                ),
+            ));
+        }
+    }
+    for field in ["name", "namespace", "uid"] {
+        let before = old[field].as_str().unwrap_or_default();
+        let after = new[field].as_str().unwrap_or_default();
+        if before != after {
+            causes.push(FieldCause::invalid(
+                format!("metadata.{field}"),
+                &Value::String(after.to_string()),
+                FIELD_IMMUTABLE,
+            ));
+        }
+    }
+}
+
+/// ConfigMaps and Secrets with `immutable: true`: the flag stays, and so do the contents.
+fn immutable_contents(old: &Value, new: &Value, fields: &[&str], causes: &mut Vec<FieldCause>) {
+    if old["immutable"] != Value::Bool(true) {
+        return;
+    }
+    if new["immutable"] != Value::Bool(true) {
+        causes.push(FieldCause::forbidden("immutable", IMMUTABLE_WHEN_SET));
+    }
+    for field in fields {
+        if !semantic_eq(&old[*field], &new[*field]) {
+            causes.push(FieldCause::forbidden(*field, IMMUTABLE_WHEN_SET));
+        }
+    }
+}
+
+/// Absent, null, `[]` and `{}` are the same value, as upstream's semantic equality treats nil and
+/// empty lists and maps.
+fn is_empty_value(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Array(items) => items.is_empty(),
+        Value::Object(map) => map.is_empty(),
+        _ => false,
+    }
+}
+
+/// Upstream's `apiequality.Semantic.DeepEqual` on decoded JSON.
+fn semantic_eq(a: &Value, b: &Value) -> bool {
+    if is_empty_value(a) && is_empty_value(b) {
+        return true;
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => x.keys().chain(y.keys()).all(|k| {
+            semantic_eq(
+                x.get(k).unwrap_or(&Value::Null),
+                y.get(k).unwrap_or(&Value::Null),
+            )
+        }),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| semantic_eq(a, b))
+        }
+        _ => a == b,
+    }
+}
+
+/// The fields upstream lets a Pod update change, as its message lists them.
+const UPDATABLE_POD_SPEC_FIELDS: &str = "`spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
+/// Upstream's `ValidatePodUpdate` (the spec part; metadata is checked for every kind). Binding
+/// sets `spec.nodeName` through its own subresource, which does not come here.
+fn pod_update(old: &Value, new: &Value, causes: &mut Vec<FieldCause>) {
+    let old_spec = &old["spec"];
+    let new_spec = &new["spec"];
+    for field in ["containers", "initContainers"] {
+        if !container_updates(old_spec, new_spec, field, causes) {
+            return;
+        }
+    }
+
+    // activeDeadlineSeconds: from unset to a value, or lowered; never unset again.
+    let path = "spec.activeDeadlineSeconds";
+    let old_deadline = &old_spec["activeDeadlineSeconds"];
+    let new_deadline = &new_spec["activeDeadlineSeconds"];
+    if !new_deadline.is_null() {
+        let seconds = new_deadline.as_i64().unwrap_or(-1);
+        if !(0..=i64::from(i32::MAX)).contains(&seconds) {
+            causes.push(FieldCause::invalid(
+                path,
+                new_deadline,
+                "must be between 0 and 2147483647, inclusive",
+            ));
+            return;
+        }
+        if old_deadline.as_i64().is_some_and(|before| before < seconds) {
+            causes.push(FieldCause::invalid(
+                path,
+                new_deadline,
+                "must be less than or equal to previous value",
+            ));
+            return;
+        }
+    } else if !old_deadline.is_null() {
+        // Upstream renders the nil pointer as the string "null".
+        causes.push(FieldCause::invalid(
+            path,
+            &Value::String("null".into()),
+            "must not update from a positive integer to nil value",
         ));
     }
+
+    only_added_tolerations(old_spec, new_spec, causes);
+    only_deleted_scheduling_gates(old_spec, new_spec, causes);
+
+    if semantic_eq(old_spec, new_spec) {
+        return;
+    }
+    // Put back what may change, then anything still different is forbidden.
+    let mut munged = new_spec.clone();
+    if let Some(m) = munged.as_object_mut() {
+        for field in ["containers", "initContainers"] {
+            if let Some(containers) = m.get_mut(field).and_then(Value::as_array_mut) {
+                for (i, c) in containers.iter_mut().enumerate() {
+                    if let Some(c) = c.as_object_mut() {
+                        match old_spec[field][i].get("image") {
+                            Some(image) => c.insert("image".into(), image.clone()),
+                            None => c.remove("image"),
+                        };
+                    }
+                }
+            }
+        }
+        for field in ["activeDeadlineSeconds", "schedulingGates", "tolerations"] {
+            set_or_remove(m, field, &old_spec[field]);
+        }
+        let old_grace = old_spec["terminationGracePeriodSeconds"].as_i64();
+        if old_grace.is_some_and(|g| g < 0)
+            && m.get("terminationGracePeriodSeconds") == Some(&1.into())
+        {
+            set_or_remove(
+                m,
+                "terminationGracePeriodSeconds",
+                &old_spec["terminationGracePeriodSeconds"],
+            );
+        }
+    }
+    // Gated pods may be narrowed: node selector additions and required node affinity additions.
+    if old_spec["schedulingGates"]
+        .as_array()
+        .is_some_and(|g| !g.is_empty())
+    {
+        gated_pod_mutations(old_spec, &mut munged, causes);
+    }
+    if !semantic_eq(old_spec, &munged) {
+        causes.push(FieldCause::forbidden(
+            "spec",
+            &format!(
+                "pod updates may not change fields other than {UPDATABLE_POD_SPEC_FIELDS}\n{}",
+                pod_spec_diff(old_spec, &munged)
+            ),
+        ));
+    }
+}
+
+fn set_or_remove(map: &mut serde_json::Map<String, Value>, field: &str, value: &Value) {
+    if value.is_null() {
+        map.remove(field);
+    } else {
+        map.insert(field.to_string(), value.clone());
+    }
+}
+
+/// Upstream's `ValidateContainerUpdates`; false when the update adds or removes containers, which
+/// ends the Pod checks there.
+fn container_updates(
+    old_spec: &Value,
+    new_spec: &Value,
+    field: &str,
+    causes: &mut Vec<FieldCause>,
+) -> bool {
+    let count = |spec: &Value| spec[field].as_array().map_or(0, Vec::len);
+    if count(old_spec) != count(new_spec) {
+        causes.push(FieldCause::forbidden(
+            format!("spec.{field}"),
+            "pod updates may not add or remove containers",
+        ));
+        return false;
+    }
+    // An empty image is already reported by the object's own validation.
+    for (i, c) in new_spec[field].as_array().into_iter().flatten().enumerate() {
+        if let Some(image) = c["image"].as_str()
+            && !image.trim().is_empty()
+            && image.trim() != image
+        {
+            causes.push(FieldCause::invalid(
+                format!("spec.{field}[{i}].image"),
+                &c["image"],
+                "must not have leading or trailing whitespace",
+            ));
+        }
+    }
+    true
+}
+
+/// Upstream's `validateOnlyAddedTolerations`: every old toleration must still be there, except
+/// that its `tolerationSeconds` may change.
+fn only_added_tolerations(old_spec: &Value, new_spec: &Value, causes: &mut Vec<FieldCause>) {
+    let same = |a: &Value, b: &Value| {
+        ["key", "operator", "value", "effect"]
+            .iter()
+            .all(|f| a[*f].as_str().unwrap_or_default() == b[*f].as_str().unwrap_or_default())
+    };
+    let new_tolerations = new_spec["tolerations"].as_array();
+    for old in old_spec["tolerations"].as_array().into_iter().flatten() {
+        if !new_tolerations
+            .into_iter()
+            .flatten()
+            .any(|new| same(old, new))
+        {
+            causes.push(FieldCause::forbidden(
+                "spec.tolerations",
+                "existing toleration can not be modified except its tolerationSeconds",
+            ));
+            return;
+        }
+    }
+}
+
+/// Upstream's `validateOnlyDeletedSchedulingGates`.
+fn only_deleted_scheduling_gates(old_spec: &Value, new_spec: &Value, causes: &mut Vec<FieldCause>) {
+    let old_names: Vec<&str> = old_spec["schedulingGates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
+    // Upstream keeps the last index of each new name (a map), and reports in map order; here in
+    // index order.
+    let mut added: Vec<(usize, &str)> = vec![];
+    for (i, gate) in new_spec["schedulingGates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let name = gate["name"].as_str().unwrap_or_default();
+        if old_names.contains(&name) {
+            continue;
+        }
+        added.retain(|(_, n)| *n != name);
+        added.push((i, name));
+    }
+    added.sort();
+    for (i, name) in added {
+        causes.push(FieldCause::forbidden(
+            format!("spec.schedulingGates[{i}].name"),
+            &format!("only deletion is allowed, but found new scheduling gate '{name}'"),
+        ));
+    }
+}
+
+/// The part of upstream's `ValidatePodUpdate` for pods that still have scheduling gates: node
+/// selector entries may be added and required node affinity terms may gain expressions. What is
+/// allowed is put back to the old value in `munged`.
+fn gated_pod_mutations(old_spec: &Value, munged: &mut Value, causes: &mut Vec<FieldCause>) {
+    if !semantic_eq(&munged["nodeSelector"], &old_spec["nodeSelector"]) {
+        let new_selector = &munged["nodeSelector"];
+        let removed_or_changed = old_spec["nodeSelector"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .any(|(k, v)| new_selector.get(k) != Some(v));
+        if removed_or_changed {
+            causes.push(FieldCause::invalid_shown(
+                "spec.nodeSelector",
+                &go_map(new_selector),
+                "only additions to spec.nodeSelector are allowed (no mutations or deletions)",
+            ));
+        }
+        if let Some(m) = munged.as_object_mut() {
+            set_or_remove(m, "nodeSelector", &old_spec["nodeSelector"]);
+        }
+    }
+
+    let old_affinity = &old_spec["affinity"]["nodeAffinity"];
+    let new_affinity = munged["affinity"]["nodeAffinity"].clone();
+    if semantic_eq(old_affinity, &new_affinity) {
+        return;
+    }
+    node_affinity_mutation(old_affinity, &new_affinity, causes);
+    let Some(m) = munged.as_object_mut() else {
+        return;
+    };
+    let munged_affinity_nil = m.get("affinity").is_none_or(Value::is_null);
+    if munged_affinity_nil {
+        if !old_affinity.is_null() {
+            m.insert(
+                "affinity".into(),
+                serde_json::json!({"nodeAffinity": old_affinity}),
+            );
+        }
+    } else if old_spec["affinity"].is_null()
+        && m["affinity"]["podAffinity"].is_null()
+        && m["affinity"]["podAntiAffinity"].is_null()
+    {
+        m.remove("affinity");
+    } else if let Some(affinity) = m.get_mut("affinity").and_then(Value::as_object_mut) {
+        set_or_remove(affinity, "nodeAffinity", old_affinity);
+    }
+}
+
+/// Upstream's `validateNodeAffinityMutation`.
+fn node_affinity_mutation(old: &Value, new: &Value, causes: &mut Vec<FieldCause>) {
+    let required = "requiredDuringSchedulingIgnoredDuringExecution";
+    if old[required].is_null() {
+        return;
+    }
+    let terms_path = format!("spec.affinity.nodeAffinity.{required}.nodeSelectorTerms");
+    let old_terms = old[required]["nodeSelectorTerms"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let new_terms = new[required]["nodeSelectorTerms"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !old_terms.is_empty() && old_terms.len() != new_terms.len() {
+        let shown = if new_terms.is_empty() {
+            "[]core.NodeSelectorTerm(nil)".to_string()
+        } else {
+            let terms: Vec<String> = new_terms.iter().map(go_node_selector_term).collect();
+            format!("[]core.NodeSelectorTerm{{{}}}", terms.join(", "))
+        };
+        causes.push(FieldCause::invalid_shown(
+            terms_path,
+            &shown,
+            "no additions/deletions to non-empty NodeSelectorTerms list are allowed",
+        ));
+        return;
+    }
+    for (i, (old_term, new_term)) in old_terms.iter().zip(&new_terms).enumerate() {
+        if !term_has_only_additions(new_term, old_term) {
+            causes.push(FieldCause::invalid_shown(
+                format!("{terms_path}[{i}]"),
+                &go_node_selector_term(new_term),
+                "only additions are allowed (no mutations or deletions)",
+            ));
+        }
+    }
+}
+
+fn term_has_only_additions(new: &Value, old: &Value) -> bool {
+    let list = |term: &Value, field: &str| term[field].as_array().cloned().unwrap_or_default();
+    let fields = ["matchExpressions", "matchFields"];
+    if fields.iter().all(|f| list(old, f).is_empty())
+        && fields.iter().any(|f| !list(new, f).is_empty())
+    {
+        return false;
+    }
+    fields.iter().all(|f| {
+        let (old, new) = (list(old, f), list(new, f));
+        old.is_empty()
+            || (new.len() >= old.len()
+                && semantic_eq(&Value::Array(new[..old.len()].to_vec()), &Value::Array(old)))
+    })
+}
+
+/// A node selector term as Go's `%#v` prints upstream's internal `core.NodeSelectorTerm`.
+fn go_node_selector_term(term: &Value) -> String {
+    let requirements = |field: &str| match term[field].as_array().filter(|r| !r.is_empty()) {
+        None => "[]core.NodeSelectorRequirement(nil)".to_string(),
+        Some(reqs) => {
+            let reqs: Vec<String> = reqs
+                .iter()
+                .map(|r| {
+                    let values = match r["values"].as_array().filter(|v| !v.is_empty()) {
+                        None => "[]string(nil)".to_string(),
+                        Some(values) => {
+                            let values: Vec<String> = values
+                                .iter()
+                                .map(|v| format!("{:?}", v.as_str().unwrap_or_default()))
+                                .collect();
+                            format!("[]string{{{}}}", values.join(", "))
+                        }
+                    };
+                    format!(
+                        "core.NodeSelectorRequirement{{Key:{:?}, Operator:{:?}, Values:{values}}}",
+                        r["key"].as_str().unwrap_or_default(),
+                        r["operator"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect();
+            format!("[]core.NodeSelectorRequirement{{{}}}", reqs.join(", "))
+        }
+    };
+    format!(
+        "core.NodeSelectorTerm{{MatchExpressions:{}, MatchFields:{}}}",
+        requirements("matchExpressions"),
+        requirements("matchFields")
+    )
+}
+
+/// A short diff of two pod specs after the pod update's message, in the shape of the `cmp.Diff`
+/// upstream appends (field by field, JSON values; upstream's own output is not stable either).
+fn pod_spec_diff(old: &Value, new: &Value) -> String {
+    let go_name = |field: &str| -> String {
+        match field {
+            "dnsPolicy" => "DNSPolicy".into(),
+            "dnsConfig" => "DNSConfig".into(),
+            "hostPID" => "HostPID".into(),
+            "hostIPC" => "HostIPC".into(),
+            "os" => "OS".into(),
+            "serviceAccount" => "DeprecatedServiceAccount".into(),
+            _ => {
+                let mut chars = field.chars();
+                chars
+                    .next()
+                    .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                    .unwrap_or_default()
+            }
+        }
+    };
+    let empty = serde_json::Map::new();
+    let (old_map, new_map) = (
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+    );
+    let mut fields: Vec<&String> = old_map.keys().collect();
+    fields.extend(new_map.keys().filter(|k| !old_map.contains_key(*k)));
+    let mut lines = vec!["  core.PodSpec{".to_string()];
+    let mut identical = 0;
+    let flush = |identical: &mut usize, lines: &mut Vec<String>| {
+        if *identical > 0 {
+            lines.push(format!("  \t... // {identical} identical fields"));
+            *identical = 0;
+        }
+    };
+    for field in fields {
+        let before = old_map.get(field).unwrap_or(&Value::Null);
+        let after = new_map.get(field).unwrap_or(&Value::Null);
+        if semantic_eq(before, after) {
+            identical += 1;
+            continue;
+        }
+        flush(&mut identical, &mut lines);
+        let name = go_name(field);
+        if !before.is_null() {
+            lines.push(format!("- \t{name}: {before},"));
+        }
+        if !after.is_null() {
+            lines.push(format!("+ \t{name}: {after},"));
+        }
+    }
+    flush(&mut identical, &mut lines);
+    lines.push("  }".to_string());
+    lines.join("\n")
 }
 
 #[cfg(test)]
@@ -458,6 +936,298 @@ mod tests {
                 .message
                 .contains(r#"map[string]string{"app":"b"}"#)
         );
+    }
+
+    fn update_errors(kind: &str, old: &Value, new: &Value) -> Vec<String> {
+        let mut causes = vec![];
+        update("", kind, old, new, &mut causes);
+        causes
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
+    }
+
+    fn pod(spec: Value) -> Value {
+        let mut base = json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u1"},
+            "spec": {
+                "containers": [{"name": "c", "image": "nginx:1"}],
+                "restartPolicy": "Always",
+                "terminationGracePeriodSeconds": 30,
+                "tolerations": [{"key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute", "tolerationSeconds": 300}]
+            }
+        });
+        for (k, v) in spec.as_object().unwrap() {
+            if v.is_null() {
+                base["spec"].as_object_mut().unwrap().remove(k);
+            } else {
+                base["spec"][k] = v.clone();
+            }
+        }
+        base
+    }
+
+    const POD_FORBIDDEN: &str = "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)\n";
+
+    #[test]
+    fn config_map_immutable() {
+        let old = json!({"metadata": {"name": "c"}, "immutable": true, "data": {"a": "1"}, "binaryData": {"b": "AA=="}});
+        assert!(update_errors("ConfigMap", &old, &old.clone()).is_empty());
+        let mut new = old.clone();
+        new["data"]["a"] = json!("2");
+        assert_eq!(
+            update_errors("ConfigMap", &old, &new),
+            ["data: Forbidden: field is immutable when `immutable` is set"]
+        );
+        let mut new = old.clone();
+        new["immutable"] = json!(false);
+        new["binaryData"] = json!({});
+        assert_eq!(
+            update_errors("ConfigMap", &old, &new),
+            [
+                "immutable: Forbidden: field is immutable when `immutable` is set",
+                "binaryData: Forbidden: field is immutable when `immutable` is set"
+            ]
+        );
+        let mut new = old.clone();
+        new.as_object_mut().unwrap().remove("immutable");
+        assert_eq!(
+            update_errors("ConfigMap", &old, &new),
+            ["immutable: Forbidden: field is immutable when `immutable` is set"]
+        );
+        // Not immutable before: anything goes, including becoming immutable.
+        let mutable = json!({"metadata": {"name": "c"}, "data": {"a": "1"}});
+        let mut new = mutable.clone();
+        new["data"]["a"] = json!("2");
+        new["immutable"] = json!(true);
+        assert!(update_errors("ConfigMap", &mutable, &new).is_empty());
+        // The whole refusal, as kubectl prints it.
+        let mut causes = vec![];
+        let mut new = old.clone();
+        new["data"]["a"] = json!("2");
+        update("", "ConfigMap", &old, &new, &mut causes);
+        let subject = crate::status::Subject {
+            group: "",
+            resource: "configmaps",
+            kind: "ConfigMap",
+        };
+        assert_eq!(
+            crate::status::StatusError::invalid(&subject, "c", causes).message,
+            "ConfigMap \"c\" is invalid: data: Forbidden: field is immutable when `immutable` is set"
+        );
+    }
+
+    #[test]
+    fn secret_immutable_and_type() {
+        let old = json!({"metadata": {"name": "s"}, "type": "Opaque", "immutable": true, "data": {"a": "MQ=="}});
+        let mut new = old.clone();
+        new["data"]["a"] = json!("Mg==");
+        new["type"] = json!("kubernetes.io/tls");
+        assert_eq!(
+            update_errors("Secret", &old, &new),
+            [
+                "type: Invalid value: \"kubernetes.io/tls\": field is immutable",
+                "data: Forbidden: field is immutable when `immutable` is set"
+            ]
+        );
+        let mut new = old.clone();
+        new["immutable"] = json!(false);
+        assert_eq!(
+            update_errors("Secret", &old, &new),
+            ["immutable: Forbidden: field is immutable when `immutable` is set"]
+        );
+    }
+
+    #[test]
+    fn object_meta_update_rules() {
+        let old = json!({"metadata": {"name": "c", "namespace": "a", "uid": "u1",
+            "deletionTimestamp": "2025-01-01T00:00:00Z", "finalizers": ["keep"]}});
+        let mut new = old.clone();
+        new["metadata"]["finalizers"] = json!(["y", "keep", "x"]);
+        assert_eq!(
+            update_errors("ConfigMap", &old, &new),
+            [
+                "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{\"x\", \"y\"}"
+            ]
+        );
+        // Removing finalizers of a deleting object is how it goes away.
+        let mut new = old.clone();
+        new["metadata"]["finalizers"] = json!([]);
+        assert!(update_errors("ConfigMap", &old, &new).is_empty());
+        // Not being deleted: finalizers may be added.
+        let mut live = old.clone();
+        live["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("deletionTimestamp");
+        let mut new = live.clone();
+        new["metadata"]["finalizers"] = json!(["keep", "x"]);
+        assert!(update_errors("ConfigMap", &live, &new).is_empty());
+        let mut new = live.clone();
+        new["metadata"]["namespace"] = json!("b");
+        new["metadata"]["uid"] = json!("u2");
+        assert_eq!(
+            update_errors("Deployment", &live, &new),
+            [
+                "metadata.namespace: Invalid value: \"b\": field is immutable",
+                "metadata.uid: Invalid value: \"u2\": field is immutable"
+            ]
+        );
+    }
+
+    #[test]
+    fn pod_update_allows_images_and_metadata() {
+        let old = pod(json!({"initContainers": [{"name": "i", "image": "busybox:1"}]}));
+        let mut new = old.clone();
+        new["spec"]["containers"][0]["image"] = json!("nginx:2");
+        new["spec"]["initContainers"][0]["image"] = json!("busybox:2");
+        new["metadata"]["labels"] = json!({"a": "b"});
+        assert!(update_errors("Pod", &old, &new).is_empty());
+        let mut new = old.clone();
+        new["spec"]["containers"][0]["image"] = json!(" nginx:2");
+        assert_eq!(
+            update_errors("Pod", &old, &new),
+            [
+                "spec.containers[0].image: Invalid value: \" nginx:2\": must not have leading or trailing whitespace"
+            ]
+        );
+    }
+
+    #[test]
+    fn pod_update_refuses_other_spec_changes() {
+        let old = pod(json!({}));
+        let new = pod(json!({"nodeName": "n1"}));
+        let errors = update_errors("Pod", &old, &new);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with(POD_FORBIDDEN), "{}", errors[0]);
+        assert!(errors[0].contains("+ \tNodeName: \"n1\","), "{}", errors[0]);
+        let mut new = old.clone();
+        new["spec"]["containers"][0]["ports"] = json!([{"containerPort": 80}]);
+        let errors = update_errors("Pod", &old, &new);
+        assert!(errors[0].starts_with(POD_FORBIDDEN), "{}", errors[0]);
+        let mut new = old.clone();
+        new["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "d", "image": "x"}));
+        assert_eq!(
+            update_errors("Pod", &old, &new),
+            ["spec.containers: Forbidden: pod updates may not add or remove containers"]
+        );
+    }
+
+    #[test]
+    fn pod_update_active_deadline_seconds() {
+        let unset = pod(json!({}));
+        let ten = pod(json!({"activeDeadlineSeconds": 10}));
+        let five = pod(json!({"activeDeadlineSeconds": 5}));
+        assert!(update_errors("Pod", &unset, &ten).is_empty());
+        assert!(update_errors("Pod", &ten, &five).is_empty());
+        assert_eq!(
+            update_errors("Pod", &five, &ten),
+            [
+                "spec.activeDeadlineSeconds: Invalid value: 10: must be less than or equal to previous value"
+            ]
+        );
+        assert_eq!(
+            update_errors("Pod", &ten, &unset),
+            [
+                "spec.activeDeadlineSeconds: Invalid value: \"null\": must not update from a positive integer to nil value"
+            ]
+        );
+        assert_eq!(
+            update_errors("Pod", &unset, &pod(json!({"activeDeadlineSeconds": -1}))),
+            [
+                "spec.activeDeadlineSeconds: Invalid value: -1: must be between 0 and 2147483647, inclusive"
+            ]
+        );
+    }
+
+    #[test]
+    fn pod_update_tolerations_grace_period_and_gates() {
+        let old = pod(json!({"schedulingGates": [{"name": "g1"}]}));
+        let mut new = old.clone();
+        new["spec"]["tolerations"][0]["tolerationSeconds"] = json!(10);
+        new["spec"]["tolerations"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"key": "other", "operator": "Exists"}));
+        new["spec"]["schedulingGates"] = json!([]);
+        assert!(update_errors("Pod", &old, &new).is_empty());
+        let mut new = old.clone();
+        new["spec"]["tolerations"][0]["value"] = json!("w");
+        assert_eq!(
+            update_errors("Pod", &old, &new),
+            [
+                "spec.tolerations: Forbidden: existing toleration can not be modified except its tolerationSeconds"
+            ]
+        );
+        let mut new = old.clone();
+        new["spec"]["schedulingGates"] = json!([{"name": "g1"}, {"name": "g2"}]);
+        assert_eq!(
+            update_errors("Pod", &old, &new),
+            [
+                "spec.schedulingGates[1].name: Forbidden: only deletion is allowed, but found new scheduling gate 'g2'"
+            ]
+        );
+        let negative = pod(json!({"terminationGracePeriodSeconds": -1}));
+        assert!(
+            update_errors(
+                "Pod",
+                &negative,
+                &pod(json!({"terminationGracePeriodSeconds": 1}))
+            )
+            .is_empty()
+        );
+        let errors = update_errors(
+            "Pod",
+            &old,
+            &pod(json!({"schedulingGates": [{"name": "g1"}], "terminationGracePeriodSeconds": 1})),
+        );
+        assert!(errors[0].starts_with(POD_FORBIDDEN), "{errors:?}");
+    }
+
+    #[test]
+    fn gated_pods_may_narrow_placement() {
+        let term = |exprs: Value| json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": exprs}]}}});
+        let a = json!({"key": "a", "operator": "In", "values": ["1"]});
+        let b = json!({"key": "b", "operator": "Exists"});
+        let gated = |extra: Value| {
+            let mut spec = json!({"schedulingGates": [{"name": "g"}]});
+            for (k, v) in extra.as_object().unwrap() {
+                spec[k] = v.clone();
+            }
+            pod(spec)
+        };
+        let old = gated(json!({"nodeSelector": {"a": "b"}, "affinity": term(json!([a]))}));
+        let new =
+            gated(json!({"nodeSelector": {"a": "b", "c": "d"}, "affinity": term(json!([a, b]))}));
+        assert!(update_errors("Pod", &old, &new).is_empty());
+        let new =
+            gated(json!({"nodeSelector": {"c": "d", "a": "z"}, "affinity": term(json!([a]))}));
+        assert_eq!(
+            update_errors("Pod", &old, &new),
+            [
+                "spec.nodeSelector: Invalid value: map[string]string{\"a\":\"z\", \"c\":\"d\"}: only additions to spec.nodeSelector are allowed (no mutations or deletions)"
+            ]
+        );
+        let new = gated(json!({"nodeSelector": {"a": "b"}, "affinity": term(json!([b]))}));
+        assert_eq!(
+            update_errors("Pod", &old, &new),
+            [
+                "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0]: Invalid value: core.NodeSelectorTerm{MatchExpressions:[]core.NodeSelectorRequirement{core.NodeSelectorRequirement{Key:\"b\", Operator:\"Exists\", Values:[]string(nil)}}, MatchFields:[]core.NodeSelectorRequirement(nil)}: only additions are allowed (no mutations or deletions)"
+            ]
+        );
+        // A pod that is not gated may not change its placement at all.
+        let mut ungated = old.clone();
+        ungated["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("schedulingGates");
+        let mut new = ungated.clone();
+        new["spec"]["nodeSelector"]["c"] = json!("d");
+        let errors = update_errors("Pod", &ungated, &new);
+        assert!(errors[0].starts_with(POD_FORBIDDEN), "{errors:?}");
     }
 
     #[test]

@@ -1,0 +1,459 @@
+//! Field ownership (`metadata.managedFields`, FieldsV1), as server-side apply keeps it: every
+//! write records which manager set which fields; an apply that would change a field another
+//! manager owns is a conflict unless forced.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+/// A field path in FieldsV1 segments: `f:spec`, `f:containers`, `k:{"name":"web"}`, ...
+pub type FieldPath = Vec<String>;
+
+/// The FieldsV1 set of an object (the fields it sets), as upstream records it.
+pub fn field_set(obj: &Value) -> Value {
+    let mut out = Map::new();
+    if let Some(map) = obj.as_object() {
+        for (k, v) in map {
+            if k == "apiVersion" || k == "kind" || (k == "metadata" && v.is_null()) {
+                continue;
+            }
+            out.insert(format!("f:{k}"), field_set_of(k, v));
+        }
+    }
+    Value::Object(out)
+}
+
+fn field_set_of(field: &str, v: &Value) -> Value {
+    match v {
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (k, child) in map {
+                if matches!(
+                    k.as_str(),
+                    "resourceVersion"
+                        | "uid"
+                        | "creationTimestamp"
+                        | "managedFields"
+                        | "generation"
+                ) {
+                    continue;
+                }
+                out.insert(format!("f:{k}"), field_set_of(k, child));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => match crate::patch::merge_key(field, items) {
+            Some(key) => {
+                let mut out = Map::new();
+                for item in items {
+                    let id = json!({ key: item.get(key).cloned().unwrap_or(Value::Null) });
+                    let mut entry = match field_set_of("", item) {
+                        Value::Object(m) => m,
+                        _ => Map::new(),
+                    };
+                    entry.insert(".".into(), json!({}));
+                    out.insert(format!("k:{id}"), Value::Object(entry));
+                }
+                Value::Object(out)
+            }
+            None => json!({}),
+        },
+        _ => json!({}),
+    }
+}
+
+/// The owned paths of a FieldsV1 set: its leaves, and the keyed list items whose existence
+/// it owns (those marked with `.`).
+pub fn leaves(fields: &Value) -> BTreeSet<FieldPath> {
+    fn walk(v: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+        if v.get(".").is_some() && !prefix.is_empty() {
+            out.insert(prefix.clone());
+        }
+        let children: Vec<(&String, &Value)> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.as_str() != ".")
+            .collect();
+        if children.is_empty() {
+            if !prefix.is_empty() {
+                out.insert(prefix.clone());
+            }
+            return;
+        }
+        for (k, child) in children {
+            prefix.push(k.clone());
+            walk(child, prefix, out);
+            prefix.pop();
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(fields, &mut vec![], &mut out);
+    out
+}
+
+/// Builds a FieldsV1 set from leaf paths.
+pub fn to_fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
+    let mut root = Map::new();
+    for path in paths {
+        let mut node = &mut root;
+        for seg in path {
+            let entry = node.entry(seg.clone()).or_insert_with(|| json!({}));
+            if seg.starts_with("k:")
+                && let Some(m) = entry.as_object_mut()
+            {
+                m.entry(".").or_insert_with(|| json!({}));
+            }
+            node = entry.as_object_mut().expect("field set nodes are objects");
+        }
+    }
+    Value::Object(root)
+}
+
+/// Whether a path names a keyed list item (its existence) rather than a field.
+pub fn is_item(path: &[String]) -> bool {
+    path.last().is_some_and(|s| s.starts_with("k:"))
+}
+
+/// Removes the field or list item at `path` from an object.
+pub fn remove(obj: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = obj;
+    for seg in parents {
+        let next = if let Some(name) = seg.strip_prefix("f:") {
+            cur.get_mut(name)
+        } else if let Some(id) = seg.strip_prefix("k:") {
+            let Ok(Value::Object(keys)) = serde_json::from_str::<Value>(id) else {
+                return;
+            };
+            cur.as_array_mut().and_then(|items| {
+                items
+                    .iter_mut()
+                    .find(|i| keys.iter().all(|(k, v)| i.get(k) == Some(v)))
+            })
+        } else {
+            None
+        };
+        let Some(next) = next else { return };
+        cur = next;
+    }
+    if let Some(name) = last.strip_prefix("f:") {
+        if let Some(map) = cur.as_object_mut() {
+            map.remove(name);
+        }
+    } else if let Some(id) = last.strip_prefix("k:")
+        && let Ok(Value::Object(keys)) = serde_json::from_str::<Value>(id)
+        && let Some(items) = cur.as_array_mut()
+    {
+        items.retain(|i| !keys.iter().all(|(k, v)| i.get(k) == Some(v)));
+    }
+}
+
+/// The paths any manager other than `manager`'s apply owns.
+pub fn owned_by_others(obj: &Value, manager: &str) -> BTreeSet<FieldPath> {
+    entries(obj)
+        .iter()
+        .filter(|e| !(e["manager"] == manager && e["operation"] == "Apply"))
+        .flat_map(|e| leaves(&e["fieldsV1"]))
+        .collect()
+}
+
+/// The paths `manager`'s apply owns.
+pub fn applied_by(obj: &Value, manager: &str) -> BTreeSet<FieldPath> {
+    entries(obj)
+        .iter()
+        .filter(|e| e["manager"] == manager && e["operation"] == "Apply")
+        .flat_map(|e| leaves(&e["fieldsV1"]))
+        .collect()
+}
+
+/// The value at a field path of an object, if set.
+pub fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut cur = obj;
+    for seg in path {
+        if let Some(name) = seg.strip_prefix("f:") {
+            cur = cur.get(name)?;
+        } else if let Some(id) = seg.strip_prefix("k:") {
+            let id: Value = serde_json::from_str(id).ok()?;
+            let keys = id.as_object()?;
+            cur = cur
+                .as_array()?
+                .iter()
+                .find(|item| keys.iter().all(|(k, v)| item.get(k) == Some(v)))?;
+        } else {
+            return None;
+        }
+    }
+    Some(cur)
+}
+
+/// Renders a path the way upstream's conflict messages do: `.spec.containers[name="web"].image`.
+pub fn render(path: &[String]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        if let Some(name) = seg.strip_prefix("f:") {
+            out.push('.');
+            out.push_str(name);
+        } else if let Some(id) = seg.strip_prefix("k:") {
+            let id: Value = serde_json::from_str(id).unwrap_or_default();
+            let parts: Vec<String> = id
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            out.push_str(&format!("[{}]", parts.join(",")));
+        }
+    }
+    out
+}
+
+fn entries(obj: &Value) -> Vec<Value> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn is_entry(e: &Value, manager: &str, operation: &str, subresource: Option<&str>) -> bool {
+    e["manager"] == manager
+        && e["operation"] == operation
+        && e["subresource"].as_str() == subresource
+}
+
+/// Writes the entries back, dropping those that own nothing.
+fn store_entries(obj: &mut Value, mut list: Vec<Value>) {
+    list.retain(|e| !leaves(&e["fieldsV1"]).is_empty());
+    if let Some(meta) = obj["metadata"].as_object_mut() {
+        if list.is_empty() {
+            meta.remove("managedFields");
+        } else {
+            meta.insert("managedFields".into(), Value::Array(list));
+        }
+    }
+}
+
+/// Gives `manager` the fields `paths` under `operation`, taking them from every other entry.
+pub fn assign(
+    obj: &mut Value,
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+    subresource: Option<&str>,
+    paths: &BTreeSet<FieldPath>,
+    replace_own: bool,
+) {
+    let mut list = entries(obj);
+    for e in list
+        .iter_mut()
+        .filter(|e| !is_entry(e, manager, operation, subresource))
+    {
+        let mut owned = leaves(&e["fieldsV1"]);
+        let before = owned.len();
+        owned.retain(|p| !paths.contains(p));
+        if owned.len() != before {
+            e["fieldsV1"] = to_fields_v1(&owned);
+        }
+    }
+    let mut mine = list
+        .iter()
+        .find(|e| is_entry(e, manager, operation, subresource))
+        .map(|e| leaves(&e["fieldsV1"]))
+        .unwrap_or_default();
+    if replace_own {
+        mine.clear();
+    }
+    mine.extend(paths.iter().cloned());
+    list.retain(|e| !is_entry(e, manager, operation, subresource));
+    let mut entry = json!({
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": api_version,
+        "time": crate::handlers::now(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": to_fields_v1(&mine),
+    });
+    if let Some(sub) = subresource {
+        entry["subresource"] = json!(sub);
+    }
+    list.push(entry);
+    store_entries(obj, list);
+}
+
+/// Records an update (create, PUT or non-apply PATCH) by `manager`: the fields it changed
+/// become its own; fields it removed are owned by no one.
+pub fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    api_version: &str,
+    subresource: Option<&str>,
+) {
+    let new_paths = leaves(&field_set(new));
+    let changed: BTreeSet<FieldPath> = new_paths
+        .iter()
+        .filter(|p| match old {
+            None => true,
+            // An item changes owner only when it is added; its fields are judged one by one.
+            Some(o) if is_item(p) => value_at(o, p).is_none(),
+            Some(o) => value_at(o, p) != value_at(new, p),
+        })
+        .cloned()
+        .collect();
+    // Fields that disappeared are no longer owned by anyone.
+    let mut list = entries(new);
+    for e in list.iter_mut() {
+        let owned = leaves(&e["fieldsV1"]);
+        let kept: BTreeSet<FieldPath> = owned
+            .iter()
+            .filter(|p| value_at(new, p).is_some())
+            .cloned()
+            .collect();
+        if kept.len() != owned.len() {
+            e["fieldsV1"] = to_fields_v1(&kept);
+        }
+    }
+    store_entries(new, list);
+    if !changed.is_empty() {
+        assign(
+            new,
+            manager,
+            "Update",
+            api_version,
+            subresource,
+            &changed,
+            false,
+        );
+    }
+}
+
+/// A field another manager owns that an apply would change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The other manager.
+    pub manager: String,
+    /// The API version it used.
+    pub api_version: String,
+    /// The field.
+    pub path: FieldPath,
+}
+
+/// The conflicts of applying `applied` (with field set `paths`) over `live` as `manager`.
+pub fn conflicts(
+    live: &Value,
+    applied: &Value,
+    paths: &BTreeSet<FieldPath>,
+    manager: &str,
+) -> Vec<Conflict> {
+    let mut out = vec![];
+    for e in entries(live) {
+        if e["manager"] == manager && e["operation"] == "Apply" {
+            continue;
+        }
+        for path in leaves(&e["fieldsV1"])
+            .intersection(paths)
+            .filter(|p| !is_item(p))
+        {
+            if value_at(live, path) != value_at(applied, path) {
+                out.push(Conflict {
+                    manager: e["manager"].as_str().unwrap_or_default().to_string(),
+                    api_version: e["apiVersion"].as_str().unwrap_or_default().to_string(),
+                    path: path.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Upstream's conflict message, e.g.
+/// `Apply failed with 1 conflict: conflict with "kubectl-scale" using apps/v1: .spec.replicas`.
+pub fn conflict_message(conflicts: &[Conflict]) -> String {
+    let n = conflicts.len();
+    if n == 1 {
+        let c = &conflicts[0];
+        return format!(
+            "Apply failed with 1 conflict: conflict with {:?} using {}: {}",
+            c.manager,
+            c.api_version,
+            render(&c.path)
+        );
+    }
+    let mut managers: Vec<(&str, &str)> = conflicts
+        .iter()
+        .map(|c| (c.manager.as_str(), c.api_version.as_str()))
+        .collect();
+    managers.dedup();
+    let mut msg = format!("Apply failed with {n} conflicts: ");
+    let groups: Vec<String> = managers
+        .iter()
+        .map(|(m, v)| {
+            let fields: Vec<String> = conflicts
+                .iter()
+                .filter(|c| c.manager == *m)
+                .map(|c| format!("- {}", render(&c.path)))
+                .collect();
+            format!("conflicts with {m:?} using {v}:\n{}", fields.join("\n"))
+        })
+        .collect();
+    msg.push_str(&groups.join("\n"));
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(v: &Value) -> BTreeSet<FieldPath> {
+        leaves(v)
+    }
+
+    #[test]
+    fn leaves_and_back() {
+        let set = json!({"f:metadata": {"f:labels": {"f:a": {}}}, "f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {".": {}, "f:image": {}}}}});
+        let l = leaves(&set);
+        assert!(l.contains(&vec![
+            "f:metadata".to_string(),
+            "f:labels".into(),
+            "f:a".into()
+        ]));
+        assert_eq!(to_fields_v1(&l), set);
+    }
+
+    #[test]
+    fn updates_take_ownership_of_what_they_change() {
+        let mut obj = json!({"metadata": {"name": "d"}, "spec": {"replicas": 1, "paused": false}});
+        record_update(None, &mut obj, "creator", "apps/v1", None);
+        let old = obj.clone();
+        obj["spec"]["replicas"] = json!(3);
+        record_update(Some(&old), &mut obj, "kubectl-scale", "apps/v1", None);
+        let mf = obj["metadata"]["managedFields"].as_array().unwrap().clone();
+        let scale = mf.iter().find(|e| e["manager"] == "kubectl-scale").unwrap();
+        assert_eq!(scale["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
+        let creator = mf.iter().find(|e| e["manager"] == "creator").unwrap();
+        assert!(creator["fieldsV1"]["f:spec"].get("f:replicas").is_none());
+        // Applying another replica count as a third manager conflicts with kubectl-scale.
+        let applied = json!({"spec": {"replicas": 5}});
+        let c = conflicts(&obj, &applied, &paths(&field_set(&applied)), "ssa");
+        assert_eq!(
+            conflict_message(&c),
+            "Apply failed with 1 conflict: conflict with \"kubectl-scale\" using apps/v1: .spec.replicas"
+        );
+        // The same value is shared ownership, not a conflict.
+        let same = json!({"spec": {"replicas": 3}});
+        assert!(conflicts(&obj, &same, &paths(&field_set(&same)), "ssa").is_empty());
+    }
+
+    #[test]
+    fn keyed_paths_render_like_upstream() {
+        let p: FieldPath = vec![
+            "f:spec".into(),
+            "f:containers".into(),
+            "k:{\"name\":\"web\"}".into(),
+            "f:image".into(),
+        ];
+        assert_eq!(render(&p), ".spec.containers[name=\"web\"].image");
+    }
+}
