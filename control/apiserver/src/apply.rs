@@ -80,6 +80,18 @@ pub async fn server_side_apply<S: Store>(
     let api_version = resource.api_version();
     let dry_run = call.query.dry_run()?;
     let mut warnings = vec![];
+    // Services: NodePorts the merged object will need are claimed before the write.
+    let pool = match (
+        dry_run,
+        crate::handlers::read::read_object(server, resource, &call.key(), call.name()).await,
+    ) {
+        (false, Ok(current)) => {
+            let mut preview = current;
+            strategic_merge(&mut preview, &applied, "")?;
+            server.preallocate_for_update(call, &preview).await?
+        }
+        _ => Default::default(),
+    };
     let result = guaranteed_update(
         &server.store,
         resource,
@@ -115,13 +127,14 @@ pub async fn server_side_apply<S: Store>(
                 true,
             );
             let next = crate::handlers::normalize(call, merged, &mut warnings)?;
-            let prepared = crate::handlers::prepare_update(
+            let mut prepared = crate::handlers::prepare_update(
                 &server.defaulting,
                 resource,
                 current,
                 next,
                 status_only,
             )?;
+            pool.fill(&mut prepared);
             Ok(if dry_run {
                 Decision::Preview(prepared)
             } else if crate::handlers::finished_deleting(current, &prepared) {
@@ -133,13 +146,10 @@ pub async fn server_side_apply<S: Store>(
     )
     .await;
     match result {
-        Ok(updated) => {
-            let mut obj = updated.object;
-            set_type(resource, &mut obj);
-            Ok(json_response(StatusCode::OK, &obj))
-        }
+        Ok(_) => crate::handlers::finish_write(server, call, result, &pool, &warnings).await,
         // Apply creates what does not exist yet (never through a subresource).
         Err(e) if e.reason == "NotFound" && !status_only => {
+            server.release(&pool.claimed()).await;
             let mut obj = applied.clone();
             managed_fields::assign(
                 &mut obj,
@@ -153,6 +163,6 @@ pub async fn server_side_apply<S: Store>(
             let created = crate::handlers::create_for_apply(server, call, obj).await?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
-        Err(e) => Err(e),
+        Err(_) => crate::handlers::finish_write(server, call, result, &pool, &warnings).await,
     }
 }

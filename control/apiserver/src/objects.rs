@@ -151,6 +151,9 @@ pub fn store_error(resource: &Resource, name: &str, err: StoreError) -> StatusEr
         StoreError::Compacted { requested, .. } => {
             StatusError::expired(format!("too old resource version: {requested}"))
         }
+        StoreError::FutureRevision { requested } => {
+            StatusError::timeout(format!("Too large resource version: {requested}"))
+        }
         StoreError::Backend(e) => {
             tracing::warn!(error = %e, "storage backend error");
             StatusError::unavailable("storage is unavailable, please retry")

@@ -125,7 +125,9 @@ impl Store for EtcdStore {
             get = get.with_revision(opts.revision);
         }
         let resp = self.kv.clone().get(start, Some(get)).await.map_err(|e| {
-            if is_compacted(&e) {
+            if matches!(&e, etcd_client::Error::GRpcStatus(s) if s.message().contains("future revision")) {
+                StoreError::FutureRevision { requested: opts.revision }
+            } else if is_compacted(&e) {
                 StoreError::Compacted {
                     requested: opts.revision,
                     compacted: 0,

@@ -112,6 +112,12 @@ pub enum StoreError {
         /// The compaction revision, when the store says it (0 when unknown).
         compacted: i64,
     },
+    /// The asked-for revision is newer than the store's.
+    #[error("revision {requested} is newer than the store's")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: i64,
+    },
     /// The store could not be reached or answered with an error.
     #[error("storage backend")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

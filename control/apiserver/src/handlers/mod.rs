@@ -1,13 +1,14 @@
 //! The REST handlers of resource requests: one file per group of verbs.
 
 mod delete;
-mod read;
+pub mod read;
 mod subresources;
 mod watch;
 mod write;
 
 pub use write::{
-    check_type, create_for_apply, finished_deleting, normalize, now_rfc3339 as now, prepare_update,
+    check_type, create_for_apply, finish_write, finished_deleting, normalize, now_rfc3339 as now,
+    prepare_update,
 };
 
 use bytes::Bytes;

@@ -241,13 +241,32 @@ async fn read_into<S: Store>(
         }
         None => (None, 0),
     };
+    // Upstream's ValidateListOptions.
+    let rv_param = call.query.get("resourceVersion");
+    let rv_match = call.query.get("resourceVersionMatch");
+    if rv_match.is_some() && rv_param.is_none() {
+        return Err(StatusError::bad_request(
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+        ));
+    }
+    if start.is_some() && rv_param.is_some_and(|rv| rv != "0") {
+        return Err(StatusError::bad_request(
+            "resourceVersion: Forbidden: specifying resource version is not allowed when using continue",
+        ));
+    }
+    if rv_match == Some("Exact") && rv_param == Some("0") {
+        return Err(StatusError::bad_request(
+            "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+        ));
+    }
+    let mut not_older_than = 0;
     if start.is_none()
-        && let Some(rv) = call.query.get("resourceVersion")
+        && let Some(rv) = rv_param
     {
         let rv = parse_rv(rv)?;
-        match call.query.get("resourceVersionMatch") {
+        match rv_match {
             Some("Exact") => revision = rv,
-            Some("NotOlderThan") | None => {}
+            Some("NotOlderThan") | None => not_older_than = rv,
             Some(other) => {
                 return Err(StatusError::bad_request(format!(
                     "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
@@ -269,6 +288,11 @@ async fn read_into<S: Store>(
             revision,
         )
         .await?;
+        if rev < not_older_than {
+            return Err(StatusError::timeout(format!(
+                "Too large resource version: {not_older_than}, current: {rev}"
+            )));
+        }
         revision = rev;
         let fetched = kvs.len();
         let mut consumed = 0usize;

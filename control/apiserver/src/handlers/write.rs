@@ -586,7 +586,9 @@ pub async fn update_with<S: Store>(
     finish_write(server, call, result, &pool, &warnings).await
 }
 
-async fn finish_write<S: Store>(
+/// Answers an update, releasing Service addresses and ports it claimed and did not use, or
+/// gave up.
+pub async fn finish_write<S: Store>(
     server: &ApiServer<S>,
     call: &Call<'_>,
     result: Result<crate::objects::Updated, StatusError>,
