@@ -117,33 +117,40 @@ impl CpuSplit {
     }
 }
 
-/// The API server's own mean create latency so far (from its /metrics), to tell server time
-/// from client and transport time.
+/// The API server's own mean create latency since the last call, and the part of it spent
+/// waiting for etcd (from its /metrics), to tell server, etcd and client time apart.
 async fn server_mean_create(client: &kube::Client) -> String {
-    static PREVIOUS: std::sync::Mutex<(f64, f64)> = std::sync::Mutex::new((0.0, 0.0));
+    static PREVIOUS: std::sync::Mutex<[f64; 4]> = std::sync::Mutex::new([0.0; 4]);
     let req = http::Request::get("/metrics")
         .body(Vec::new())
         .expect("request");
     let text = client.request_text(req).await.unwrap_or_default();
-    let value = |name: &str| -> f64 {
+    let value = |name: &str, labels: &str| -> f64 {
         text.lines()
-            .find(|l| l.starts_with(name) && l.contains("resource=\"pods\",verb=\"CREATE\""))
+            .find(|l| l.starts_with(name) && l.contains(labels))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    let (sum, count) = (
-        value("apiserver_request_duration_seconds_sum"),
-        value("apiserver_request_duration_seconds_count"),
-    );
+    let api = "resource=\"pods\",verb=\"CREATE\"";
+    let etcd = "operation=\"create\",type=\"pods\"";
+    let now = [
+        value("apiserver_request_duration_seconds_sum", api),
+        value("apiserver_request_duration_seconds_count", api),
+        value("etcd_request_duration_seconds_sum", etcd),
+        value("etcd_request_duration_seconds_count", etcd),
+    ];
     let mut prev = PREVIOUS.lock().expect("lock");
-    let (d_sum, d_count) = (sum - prev.0, count - prev.1);
-    *prev = (sum, count);
-    if d_count == 0.0 {
-        "n/a".into()
-    } else {
-        format!("{:.2} ms", d_sum / d_count * 1000.0)
+    let d: Vec<f64> = now.iter().zip(prev.iter()).map(|(a, b)| a - b).collect();
+    *prev = now;
+    if d[1] == 0.0 || d[3] == 0.0 {
+        return "n/a".into();
     }
+    format!(
+        "{:.2} ms, of which etcd {:.2} ms",
+        d[0] / d[1] * 1000.0,
+        d[2] / d[3] * 1000.0
+    )
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -230,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
             let mut kv = etcd_client.kv_client();
             let bytes = bytes.clone();
             async move {
-                let key = format!("/bench/txn/{concurrency}/{i}");
+                let key = format!("/registry/pods/rawbench/txn-{concurrency}-{i}");
                 let txn = etcd_client::Txn::new()
                     .when([etcd_client::Compare::create_revision(
                         key.clone(),

@@ -89,12 +89,12 @@ impl NamespaceCache {
             .subscribe(page.revision)
             .ok_or("namespace history is gone")?;
         for event in sub.backlog.drain(..) {
-            self.apply(event.kind, &event.object);
+            self.apply(event.kind, event.object());
         }
         loop {
             match sub.live.recv().await {
                 Ok(Delivery::Event(event)) if event.revision > page.revision => {
-                    self.apply(event.kind, &event.object)
+                    self.apply(event.kind, event.object())
                 }
                 Ok(Delivery::Event(_)) => {}
                 Ok(Delivery::Reset) => return Err("watch cache reset".into()),

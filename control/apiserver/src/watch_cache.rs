@@ -11,7 +11,7 @@ use std::time::Duration;
 use baton_store::{EventKind, Store, StoreError};
 use bytes::Bytes;
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::objects::decode_bytes;
@@ -44,33 +44,42 @@ impl EventType {
     }
 }
 
-/// A decoded change to one object.
+/// A change to one object, kept as the stored bytes and decoded only when a watcher needs the
+/// object itself (selectors, Tables, conversions): a plain JSON watch copies the bytes.
 #[derive(Debug)]
 pub struct CachedEvent {
     /// ADDED, MODIFIED or DELETED.
     pub kind: EventType,
     /// The store revision of the change.
     pub revision: i64,
-    /// The object after the change (for DELETED: the last state, at the delete's revision).
-    pub object: Value,
-    /// The stored bytes of the object before the change, when known; decoded only when a
-    /// watcher with selectors asks (most watchers never need it).
+    /// The stored bytes of the object after the change (for DELETED: its last state).
+    raw: Bytes,
+    object: OnceLock<Value>,
+    /// The stored bytes of the object before the change, when known.
     previous_raw: Option<Bytes>,
     previous: OnceLock<Option<Value>>,
     encoded: OnceLock<Bytes>,
 }
 
 impl CachedEvent {
-    /// Makes an event.
-    pub fn new(kind: EventType, revision: i64, object: Value, previous_raw: Option<Bytes>) -> Self {
+    /// Makes an event from stored bytes.
+    pub fn new(kind: EventType, revision: i64, raw: Bytes, previous_raw: Option<Bytes>) -> Self {
         Self {
             kind,
             revision,
-            object,
+            raw,
+            object: OnceLock::new(),
             previous_raw,
             previous: OnceLock::new(),
             encoded: OnceLock::new(),
         }
+    }
+
+    /// The object after the change, with its resourceVersion (the change's revision).
+    pub fn object(&self) -> &Value {
+        self.object.get_or_init(|| {
+            decode_bytes("watch event", &self.raw, self.revision).unwrap_or(Value::Null)
+        })
     }
 
     /// The object before the change, when known.
@@ -83,23 +92,35 @@ impl CachedEvent {
             .as_ref()
     }
 
-    /// The event as one line of a JSON watch stream, encoded once and shared by all watchers.
+    /// The event as one line of a JSON watch stream, built once and shared by all watchers:
+    /// the stored bytes with the resourceVersion spliced in, no decoding.
     pub fn json_line(&self) -> Bytes {
         self.encoded
             .get_or_init(|| {
-                let mut line = serde_json::to_vec(
-                    &json!({ "type": self.kind.as_str(), "object": self.object }),
-                )
-                .expect("JSON values always serialize");
-                line.push(b'\n');
+                let mut line = Vec::with_capacity(self.raw.len() + 64);
+                line.extend_from_slice(b"{\"type\":\"");
+                line.extend_from_slice(self.kind.as_str().as_bytes());
+                line.extend_from_slice(b"\",\"object\":");
+                match crate::objects::split_at_metadata(&self.raw) {
+                    Some((head, tail)) => {
+                        line.extend_from_slice(head);
+                        line.extend_from_slice(
+                            format!("\"resourceVersion\":\"{}\"", self.revision).as_bytes(),
+                        );
+                        if !tail.starts_with(b"}") {
+                            line.push(b',');
+                        }
+                        line.extend_from_slice(tail);
+                    }
+                    None => {
+                        serde_json::to_writer(&mut line, self.object())
+                            .expect("JSON values always serialize");
+                    }
+                }
+                line.extend_from_slice(b"}\n");
                 Bytes::from(line)
             })
             .clone()
-    }
-
-    /// The namespace of the object.
-    pub fn namespace(&self) -> Option<&str> {
-        self.object["metadata"]["namespace"].as_str()
     }
 }
 
@@ -215,11 +236,10 @@ impl WatchCache {
     }
 }
 
-/// Decodes a store event into an API watch event.
+/// Turns a store event into an API watch event (nothing is decoded yet).
 pub fn convert(event: &baton_store::WatchEvent) -> Option<CachedEvent> {
     match event.kind {
         EventKind::Put => {
-            let object = decode_bytes(&event.key, &event.value, event.revision).ok()?;
             let kind = if event.created {
                 EventType::Added
             } else {
@@ -228,17 +248,16 @@ pub fn convert(event: &baton_store::WatchEvent) -> Option<CachedEvent> {
             Some(CachedEvent::new(
                 kind,
                 event.revision,
-                object,
+                event.value.clone(),
                 event.prev_value.clone(),
             ))
         }
         EventKind::Delete => {
-            let raw = event.prev_value.as_ref()?;
-            let object = decode_bytes(&event.key, raw, event.revision).ok()?;
+            let raw = event.prev_value.clone()?;
             Some(CachedEvent::new(
                 EventType::Deleted,
                 event.revision,
-                object,
+                raw,
                 None,
             ))
         }
@@ -339,5 +358,29 @@ async fn feed<S: Store>(store: Arc<S>, prefix: &'static str, cache: Arc<WatchCac
             Err(e) => tracing::warn!(prefix, error = %e, "store watch could not start; retrying"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_splice_the_revision_without_decoding() {
+        let raw = Bytes::from_static(
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a"},"data":{"k":"v"}}"#,
+        );
+        let event = CachedEvent::new(EventType::Modified, 42, raw, None);
+        let line = event.json_line();
+        assert!(line.ends_with(b"\n"));
+        let parsed: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(parsed["type"], "MODIFIED");
+        assert_eq!(parsed["object"]["metadata"]["resourceVersion"], "42");
+        assert_eq!(parsed["object"]["data"]["k"], "v");
+        assert!(
+            event.object.get().is_none(),
+            "a plain JSON line needs no decoding"
+        );
+        assert_eq!(event.object()["metadata"]["resourceVersion"], "42");
     }
 }

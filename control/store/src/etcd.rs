@@ -33,7 +33,8 @@ const MAX_RESPONSE: usize = 2 * 1024 * 1024 * 1024 - 1;
 pub struct EtcdStore {
     client: Client,
     watcher: Client,
-    kv: KvClient,
+    kv: Vec<KvClient>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -74,7 +75,16 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// How many connections reads and writes use.
+const KV_CONNECTIONS: usize = 4;
+
 impl EtcdStore {
+    /// A KV client, round-robin over the connections.
+    fn kv(&self) -> KvClient {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.kv[i % self.kv.len()].clone()
+    }
+
     /// Connects to the etcd endpoints (`--etcd-servers`), with client TLS when given.
     pub async fn connect(endpoints: &[String], tls: &EtcdTls) -> Result<Self, StoreError> {
         let mut options = ConnectOptions::new()
@@ -98,21 +108,30 @@ impl EtcdStore {
         let client = Client::connect(endpoints, Some(options.clone()))
             .await
             .map_err(backend)?;
-        let watcher = Client::connect(endpoints, Some(options))
+        let watcher = Client::connect(endpoints, Some(options.clone()))
             .await
             .map_err(backend)?;
-        let kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE);
+        // Reads and writes spread over a few connections, so that one connection's HTTP/2
+        // processing never serializes the API server's concurrent requests.
+        let mut kv = vec![client.kv_client().max_decoding_message_size(MAX_RESPONSE)];
+        for _ in 1..KV_CONNECTIONS {
+            let extra = Client::connect(endpoints, Some(options.clone()))
+                .await
+                .map_err(backend)?;
+            kv.push(extra.kv_client().max_decoding_message_size(MAX_RESPONSE));
+        }
         Ok(Self {
             client,
             watcher,
             kv,
+            next: Default::default(),
         })
     }
 }
 
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let resp = self.kv.clone().get(key, None).await.map_err(backend)?;
+        let resp = self.kv().get(key, None).await.map_err(backend)?;
         resp.kvs().first().map(convert).transpose()
     }
 
@@ -124,7 +143,7 @@ impl Store for EtcdStore {
         if opts.revision > 0 {
             get = get.with_revision(opts.revision);
         }
-        let resp = self.kv.clone().get(start, Some(get)).await.map_err(|e| {
+        let resp = self.kv().get(start, Some(get)).await.map_err(|e| {
             if matches!(&e, etcd_client::Error::GRpcStatus(s) if s.message().contains("future revision")) {
                 StoreError::FutureRevision { requested: opts.revision }
             } else if is_compacted(&e) {
@@ -159,7 +178,7 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value.to_vec(), None)]);
-        let resp = self.kv.clone().txn(txn).await.map_err(backend)?;
+        let resp = self.kv().txn(txn).await.map_err(backend)?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists {
                 key: key.to_string(),
@@ -173,7 +192,7 @@ impl Store for EtcdStore {
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value.to_vec(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.kv.clone().txn(txn).await.map_err(backend)?;
+        let resp = self.kv().txn(txn).await.map_err(backend)?;
         if resp.succeeded() {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or_default());
         }
@@ -195,7 +214,7 @@ impl Store for EtcdStore {
         key: &str,
         expected: Option<i64>,
     ) -> Result<(KeyValue, i64), StoreError> {
-        let mut kv = self.kv.clone();
+        let mut kv = self.kv();
         loop {
             let Some(current) = self.get(key).await? else {
                 return Err(StoreError::NotFound {
@@ -273,8 +292,7 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<i64, StoreError> {
         let resp = self
-            .kv
-            .clone()
+            .kv()
             .get("/", Some(GetOptions::new().with_count_only()))
             .await
             .map_err(backend)?;

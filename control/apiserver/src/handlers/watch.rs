@@ -102,7 +102,7 @@ impl Watcher {
     fn event_line(&mut self, event: &CachedEvent) -> Option<Bytes> {
         if self.resource.view.is_some() {
             // Stored in another form (events.k8s.io Events): convert, then filter and encode.
-            let object = self.resource.from_storage(event.object.clone());
+            let object = self.resource.from_storage(event.object().clone());
             let previous = event
                 .previous()
                 .cloned()
@@ -110,11 +110,11 @@ impl Watcher {
             let kind = self.view(event.kind, &object, previous.as_ref())?;
             return Some(self.encode(kind.as_str(), &object));
         }
-        let kind = self.view(event.kind, &event.object, event.previous())?;
+        let kind = self.view(event.kind, event.object(), event.previous())?;
         if !self.table && !self.metadata_only && kind == event.kind {
             return Some(event.json_line());
         }
-        Some(self.encode(kind.as_str(), &event.object))
+        Some(self.encode(kind.as_str(), event.object()))
     }
 }
 

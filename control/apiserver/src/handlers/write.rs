@@ -313,11 +313,15 @@ async fn create_object<S: Store>(
     } else {
         Default::default()
     };
-    match server
+    let started = std::time::Instant::now();
+    let written = server
         .store
         .create(&key, encode(&resource.to_storage(obj.clone())))
-        .await
-    {
+        .await;
+    server
+        .metrics
+        .observe_etcd("create", resource.plural, started.elapsed());
+    match written {
         Ok(revision) => {
             set_resource_version(&mut obj, revision);
             Ok(obj)
