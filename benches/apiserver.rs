@@ -324,7 +324,9 @@ async fn main() -> anyhow::Result<()> {
     // The same list as bytes only (no client-side decoding), to separate server and client time.
     let mut raw_times = vec![];
     for _ in 0..5 {
-        let req = http::Request::get("/api/v1/namespaces/bench/pods").body(Vec::new()).expect("request");
+        let req = http::Request::get("/api/v1/namespaces/bench/pods")
+            .body(Vec::new())
+            .expect("request");
         let t = Instant::now();
         let text = client.request_text(req).await?;
         raw_times.push(t.elapsed());

@@ -328,3 +328,54 @@ async fn lists_page_over_a_thousand_objects_at_one_revision() {
         1001
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmarks_advance_on_a_quiet_resource() {
+    use k8s_openapi::api::core::v1::Secret;
+    let etcd = Etcd::start().await.unwrap();
+    let server = ApiServer::start(&binary(), &etcd.url(), &[]).await.unwrap();
+    let client = server.client().await.unwrap();
+    let quiet: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let rv = quiet
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut stream = quiet
+        .watch(
+            &WatchParams {
+                bookmarks: true,
+                ..WatchParams::default()
+            },
+            &rv,
+        )
+        .await
+        .unwrap()
+        .boxed();
+    // Another resource changes: the store's revision moves on, the secrets do not.
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let other = cms
+        .create(&PostParams::default(), &configmap("elsewhere", "0"))
+        .await
+        .unwrap();
+    let moved_to: u64 = other.metadata.resource_version.unwrap().parse().unwrap();
+    let bookmark = tokio::time::timeout(Duration::from_secs(40), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(WatchEvent::Bookmark(b))) => {
+                    let at: u64 = b.metadata.resource_version.parse().unwrap();
+                    if at >= moved_to {
+                        return at;
+                    }
+                }
+                Some(Ok(other)) => panic!("unexpected event {other:?}"),
+                other => panic!("watch ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a bookmark at the store's newer revision");
+    assert!(bookmark >= moved_to);
+}

@@ -211,6 +211,13 @@ impl WatchCache {
         let _ = self.tx.send(Delivery::Event(event));
     }
 
+    /// Records that every change up to `revision` has been seen (a progress notification), so
+    /// bookmarks can carry the store's revision even when nothing under the prefix changes.
+    fn progress(&self, revision: i64) {
+        let mut history = self.history.lock().expect("watch cache lock");
+        history.latest = history.latest.max(revision);
+    }
+
     /// Forgets the events at or before `revision` (etcd compacted them): a watch from before
     /// the newest forgotten event is then answered by etcd, which says 410 Gone. A resource
     /// with no change in the compacted range keeps its window, so its quiet watchers resume.
@@ -329,13 +336,14 @@ async fn feed<S: Store>(store: Arc<S>, prefix: &'static str, cache: Arc<WatchCac
             Ok(mut stream) => {
                 while let Some(batch) = stream.next().await {
                     match batch {
-                        Ok(events) => {
-                            for event in &events {
+                        Ok(batch) => {
+                            for event in &batch.events {
                                 after = after.max(event.revision);
                                 if let Some(converted) = convert(event) {
                                     cache.push(converted);
                                 }
                             }
+                            cache.progress(batch.revision);
                         }
                         Err(StoreError::Compacted { compacted, .. }) => {
                             tracing::warn!(

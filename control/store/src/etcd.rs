@@ -10,7 +10,8 @@ use etcd_client::{
 };
 
 use crate::{
-    EventKind, KeyValue, ListOptions, ListPage, Store, StoreError, WatchEvent, WatchStream,
+    EventKind, KeyValue, ListOptions, ListPage, Store, StoreError, WatchBatch, WatchEvent,
+    WatchStream,
 };
 
 /// Client TLS files for etcd (`--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`).
@@ -74,6 +75,9 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     }
     vec![0]
 }
+
+/// How often a watch asks etcd for a progress notification.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How many connections reads and writes use.
 const KV_CONNECTIONS: usize = 4;
@@ -258,10 +262,22 @@ impl Store for EtcdStore {
             .watch(prefix, Some(options))
             .await
             .map_err(backend)?;
-        let events = futures::stream::unfold(Some(stream), move |state| async move {
-            let mut stream = state?;
+        let ticker = tokio::time::interval(PROGRESS_INTERVAL);
+        let events = futures::stream::unfold(Some((stream, ticker)), move |state| async move {
+            let (mut stream, mut ticker) = state?;
             loop {
-                match stream.message().await {
+                let message = tokio::select! {
+                    message = stream.message() => message,
+                    _ = ticker.tick() => {
+                        // Ask etcd where this watch stands, so that quiet prefixes still learn
+                        // the store's revision (watch bookmarks carry it to clients).
+                        if let Err(e) = stream.request_progress().await {
+                            return Some((Err(backend(e)), None));
+                        }
+                        continue;
+                    }
+                };
+                match message {
                     Ok(Some(resp)) => {
                         if resp.canceled() || resp.compact_revision() > 0 {
                             let err = if resp.compact_revision() > 0 {
@@ -276,11 +292,26 @@ impl Store for EtcdStore {
                             };
                             return Some((Err(err), None));
                         }
+                        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
                         if resp.events().is_empty() {
-                            continue;
+                            // The creation answer says nothing about progress; a progress
+                            // notification means every change up to its revision was sent.
+                            if resp.created() {
+                                continue;
+                            }
+                            let batch = WatchBatch {
+                                events: vec![],
+                                revision,
+                            };
+                            return Some((Ok(batch), Some((stream, ticker))));
                         }
-                        let batch = resp.events().iter().map(convert_event).collect();
-                        return Some((batch, Some(stream)));
+                        let batch = resp
+                            .events()
+                            .iter()
+                            .map(convert_event)
+                            .collect::<Result<Vec<_>, _>>()
+                            .map(|events| WatchBatch { events, revision });
+                        return Some((batch, Some((stream, ticker))));
                     }
                     Ok(None) => return None,
                     Err(e) => return Some((Err(backend(e)), None)),

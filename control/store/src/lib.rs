@@ -76,8 +76,18 @@ pub struct WatchEvent {
     pub created: bool,
 }
 
-/// A stream of watch events, in revision order, batched as the store delivers them.
-pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Vec<WatchEvent>, StoreError>> + Send>>;
+/// A stream of watch batches, in revision order, as the store delivers them.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchBatch, StoreError>> + Send>>;
+
+/// What a watch delivers at a time: changes, or only the news that the store has reached a
+/// revision with no change under the prefix (a progress notification).
+#[derive(Debug, Clone, Default)]
+pub struct WatchBatch {
+    /// The changes, in revision order (empty for a progress notification).
+    pub events: Vec<WatchEvent>,
+    /// Every change up to this revision has been delivered.
+    pub revision: i64,
+}
 
 /// A failed store operation.
 #[derive(Debug, thiserror::Error)]

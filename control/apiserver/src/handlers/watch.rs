@@ -371,8 +371,8 @@ async fn serve_direct<S: Store>(
     };
     while let Some(batch) = stream.next().await {
         match batch {
-            Ok(events) => {
-                for event in &events {
+            Ok(batch) => {
+                for event in &batch.events {
                     if let Some(converted) = convert(event)
                         && let Some(line) = watcher.event_line(&converted)
                     {
