@@ -92,3 +92,27 @@ async fn objects_and_watches_survive_restarts() {
     let (names, _) = added_names(&api, &last, 1).await;
     assert_eq!(names, ["after-etcd"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_talks_to_etcd_over_mutual_tls() {
+    let (etcd, tls) = Etcd::start_tls().await.unwrap();
+    let flags = [
+        format!("--etcd-cafile={}", tls.ca.display()),
+        format!("--etcd-certfile={}", tls.cert.display()),
+        format!("--etcd-keyfile={}", tls.key.display()),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = ApiServer::start(
+        &Binary(env!("CARGO_BIN_EXE_baton").into()),
+        &etcd.url(),
+        &flags,
+    )
+    .await
+    .unwrap();
+    assert!(etcd.url().starts_with("https://"));
+    let api: Api<ConfigMap> = Api::namespaced(server.client().await.unwrap(), "default");
+    api.create(&PostParams::default(), &configmap("over-tls"))
+        .await
+        .unwrap();
+    assert!(api.get("over-tls").await.is_ok());
+}

@@ -96,6 +96,18 @@ pub struct Etcd {
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
+    tls: bool,
+}
+
+/// The files of an etcd started with TLS: its CA, and a client certificate it accepts.
+#[derive(Debug, Clone)]
+pub struct EtcdClientTls {
+    /// CA that signed etcd's serving certificate and the client certificate.
+    pub ca: PathBuf,
+    /// Client certificate.
+    pub cert: PathBuf,
+    /// Client key.
+    pub key: PathBuf,
 }
 
 impl Etcd {
@@ -107,16 +119,56 @@ impl Etcd {
             dir,
             client_port: free_port()?,
             peer_port: free_port()?,
+            tls: false,
         };
         etcd.launch().await?;
         Ok(etcd)
     }
 
+    /// Starts etcd serving HTTPS and requiring client certificates, with a CA of its own.
+    pub async fn start_tls() -> Result<(Self, EtcdClientTls)> {
+        let dir = TempDir::new("etcd")?;
+        let ca = baton_pki::ClusterCa::generate("etcd-ca")?;
+        let server =
+            ca.issue_server("etcd", &["127.0.0.1".to_string(), "localhost".to_string()])?;
+        let client = ca.issue_client("kube-apiserver-etcd-client", None)?;
+        let write = |name: &str, text: &str| -> Result<PathBuf> {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text)?;
+            Ok(path)
+        };
+        write("server.crt", &server.cert_pem)?;
+        write("server.key", &server.key_pem)?;
+        let files = EtcdClientTls {
+            ca: write("ca.crt", ca.cert_pem())?,
+            cert: write("client.crt", &client.cert_pem)?,
+            key: write("client.key", &client.key_pem)?,
+        };
+        let mut etcd = Self {
+            child: None,
+            dir,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            tls: true,
+        };
+        etcd.launch().await?;
+        Ok((etcd, files))
+    }
+
     async fn launch(&mut self) -> Result<()> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log"))?;
-        let child = die_with_parent(&mut Command::new("etcd"))
+        let mut command = Command::new("etcd");
+        if self.tls {
+            let d = self.dir.path();
+            command
+                .arg(format!("--cert-file={}", d.join("server.crt").display()))
+                .arg(format!("--key-file={}", d.join("server.key").display()))
+                .arg(format!("--trusted-ca-file={}", d.join("ca.crt").display()))
+                .arg("--client-cert-auth");
+        }
+        let child = die_with_parent(&mut command)
             .arg("--name=test")
             .arg(format!(
                 "--data-dir={}",
@@ -144,7 +196,8 @@ impl Etcd {
 
     /// The client URL.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// etcd's process id, while it runs.

@@ -319,15 +319,7 @@ async fn serve_cached(
     loop {
         tokio::select! {
             delivery = live.recv() => match delivery {
-                Ok(Delivery::Event(event)) => {
-                    if event.revision <= last {
-                        continue;
-                    }
-                    last = event.revision;
-                    if let Some(line) = watcher.event_line(&event) {
-                        tx.send(line).await.ok()?;
-                    }
-                }
+                Ok(Delivery::Event(event)) => forward(watcher, &event, &mut last, tx).await?,
                 // A lagging or reset watcher ends; the client resumes from its last resourceVersion.
                 Ok(Delivery::Reset) | Err(_) => return None,
             },
@@ -337,15 +329,7 @@ async fn serve_cached(
                 let latest = cache.latest_revision();
                 loop {
                     match live.try_recv() {
-                        Ok(Delivery::Event(event)) => {
-                            if event.revision <= last {
-                                continue;
-                            }
-                            last = event.revision;
-                            if let Some(line) = watcher.event_line(&event) {
-                                tx.send(line).await.ok()?;
-                            }
-                        }
+                        Ok(Delivery::Event(event)) => forward(watcher, &event, &mut last, tx).await?,
                         Ok(Delivery::Reset) | Err(broadcast::error::TryRecvError::Lagged(_)) => return None,
                         Err(_) => break,
                     }
@@ -354,6 +338,23 @@ async fn serve_cached(
             }
         }
     }
+}
+
+/// Sends one live event to the watcher, unless it is at or before what was already sent.
+async fn forward(
+    watcher: &mut Watcher,
+    event: &CachedEvent,
+    last: &mut i64,
+    tx: &mpsc::Sender<Bytes>,
+) -> Option<()> {
+    if event.revision <= *last {
+        return Some(());
+    }
+    *last = event.revision;
+    if let Some(line) = watcher.event_line(event) {
+        tx.send(line).await.ok()?;
+    }
+    Some(())
 }
 
 async fn serve_direct<S: Store>(
