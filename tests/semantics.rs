@@ -848,3 +848,46 @@ async fn update_rules_follow_upstream() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_owns_finalizers_value_by_value() {
+    let (_etcd, _server, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let apply = |finalizers: Vec<&str>| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared", "finalizers": finalizers}});
+    cms.patch(
+        "shared",
+        &PatchParams::apply("controller-a"),
+        &Patch::Apply(apply(vec!["a.example/f"])),
+    )
+    .await
+    .unwrap();
+    cms.patch(
+        "shared",
+        &PatchParams::apply("controller-b"),
+        &Patch::Apply(apply(vec!["b.example/f"])),
+    )
+    .await
+    .unwrap();
+    let both = cms
+        .get("shared")
+        .await
+        .unwrap()
+        .metadata
+        .finalizers
+        .unwrap();
+    assert_eq!(both.len(), 2, "{both:?}");
+    // controller-a stops applying its finalizer: only its own goes.
+    cms.patch(
+        "shared",
+        &PatchParams::apply("controller-a"),
+        &Patch::Apply(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        cms.get("shared").await.unwrap().metadata.finalizers,
+        Some(vec!["b.example/f".to_string()])
+    );
+}

@@ -42,6 +42,14 @@ fn field_set_of(field: &str, v: &Value) -> Value {
             }
             Value::Object(out)
         }
+        // Set-lists of primitives (finalizers) are owned value by value, as `v:` entries.
+        Value::Array(items) if field == "finalizers" => {
+            let out: Map<String, Value> = items
+                .iter()
+                .map(|v| (format!("v:{v}"), json!({})))
+                .collect();
+            Value::Object(out)
+        }
         Value::Array(items) => match crate::patch::merge_key(field, items) {
             Some(key) => {
                 let mut out = Map::new();
@@ -148,6 +156,11 @@ pub fn remove(obj: &mut Value, path: &[String]) {
         && let Some(items) = cur.as_array_mut()
     {
         items.retain(|i| !keys.iter().all(|(k, v)| i.get(k) == Some(v)));
+    } else if let Some(value) = last.strip_prefix("v:")
+        && let Ok(value) = serde_json::from_str::<Value>(value)
+        && let Some(items) = cur.as_array_mut()
+    {
+        items.retain(|i| *i != value);
     }
 }
 
@@ -182,6 +195,9 @@ pub fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
                 .as_array()?
                 .iter()
                 .find(|item| keys.iter().all(|(k, v)| item.get(k) == Some(v)))?;
+        } else if let Some(value) = seg.strip_prefix("v:") {
+            let value: Value = serde_json::from_str(value).ok()?;
+            cur = cur.as_array()?.iter().find(|item| **item == value)?;
         } else {
             return None;
         }
@@ -205,6 +221,8 @@ pub fn render(path: &[String]) -> String {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             out.push_str(&format!("[{}]", parts.join(",")));
+        } else if let Some(value) = seg.strip_prefix("v:") {
+            out.push_str(&format!("[={value}]"));
         }
     }
     out
@@ -444,6 +462,25 @@ mod tests {
         // The same value is shared ownership, not a conflict.
         let same = json!({"spec": {"replicas": 3}});
         assert!(conflicts(&obj, &same, &paths(&field_set(&same)), "ssa").is_empty());
+    }
+
+    #[test]
+    fn finalizers_are_owned_value_by_value() {
+        let mut obj =
+            json!({"metadata": {"name": "x", "finalizers": ["a.example/f", "b.example/f"]}});
+        let set = field_set(&obj);
+        assert_eq!(
+            set["f:metadata"]["f:finalizers"],
+            json!({"v:\"a.example/f\"": {}, "v:\"b.example/f\"": {}})
+        );
+        let path: FieldPath = vec![
+            "f:metadata".into(),
+            "f:finalizers".into(),
+            "v:\"a.example/f\"".into(),
+        ];
+        assert_eq!(value_at(&obj, &path), Some(&json!("a.example/f")));
+        remove(&mut obj, &path);
+        assert_eq!(obj["metadata"]["finalizers"], json!(["b.example/f"]));
     }
 
     #[test]
