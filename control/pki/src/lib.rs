@@ -396,8 +396,16 @@ mod tests {
 
     #[test]
     fn init_writes_kubeadm_file_names_and_reuses_the_ca() {
+        /// Removes the directory however the test ends.
+        struct Cleanup(PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(&self.0);
+            }
+        }
         let dir = std::env::temp_dir().join(format!("baton-pki-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
+        let _cleanup = Cleanup(dir.clone());
         let opts = PkiInitOptions {
             dir: dir.clone(),
             server: "https://10.0.0.1:6443".into(),
@@ -424,7 +432,6 @@ mod tests {
         );
         let kubeconfig = fs::read_to_string(&second.admin_kubeconfig).unwrap();
         assert!(kubeconfig.contains("server: https://10.0.0.1:6443"));
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
