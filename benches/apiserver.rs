@@ -352,7 +352,7 @@ async fn main() -> anyhow::Result<()> {
             .timeout(120);
         streams.push(api.watch(&wp, &rv).await?.boxed());
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Each watch is subscribed before its response headers come back: no wait is needed.
     let sent = Instant::now();
     let mut target = pods.get("pod-00000").await?;
     target

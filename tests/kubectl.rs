@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use baton_test_harness::{ApiServer, Binary, Etcd, kubectl_binaries};
+use baton_test_harness::{ApiServer, Binary, Etcd, kubectl_binaries, wait_until};
 
 const APP: &str = r#"
 apiVersion: apps/v1
@@ -361,38 +361,34 @@ async fn scenario(binary: &Binary, bin: &Path) {
     );
 
     // get -w sees a later change.
-    let watch_bin = bin.to_path_buf();
-    let kubeconfig = server.kubeconfig();
-    let watcher = std::thread::spawn(move || {
-        std::process::Command::new("timeout")
-            .args([
-                "8",
-                watch_bin.to_str().expect("utf-8 path"),
-                "get",
-                "configmaps",
-                "-n",
-                "demo",
-                "-w",
-            ])
-            .env("KUBECONFIG", kubeconfig)
-            .output()
-            .expect("kubectl get -w")
-    });
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let watch = server
+        .kubectl_background(bin, &["get", "configmaps", "-n", "demo", "-w"])
+        .expect("kubectl get -w");
+    wait_until(
+        "kubectl get -w to print the initial list",
+        Duration::from_secs(20),
+        || async { watch.output().contains("web-config").then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", watch.output()));
     k.ok_input(
         &["apply", "-f", "-"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: late\n  namespace: demo\n",
     );
-    let watched =
-        String::from_utf8_lossy(&watcher.join().expect("watch thread").stdout).to_string();
-    assert!(
-        watched.contains("web-config"),
-        "initial list missing: {watched}"
-    );
-    assert!(
-        watched.lines().any(|l| l.starts_with("late")),
-        "change not seen: {watched}"
-    );
+    wait_until(
+        "kubectl get -w to print the change",
+        Duration::from_secs(20),
+        || async {
+            watch
+                .output()
+                .lines()
+                .any(|l| l.starts_with("late"))
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", watch.output()));
+    drop(watch);
 
     // delete --wait and delete -l.
     assert!(

@@ -364,6 +364,25 @@ impl ApiServer {
         self.kubectl_with_input(kubectl, args, None)
     }
 
+    /// Starts a long-running kubectl (e.g. `get -w`) whose output collects in a file; it is
+    /// stopped when the returned guard is dropped.
+    pub fn kubectl_background(&self, kubectl: &Path, args: &[&str]) -> Result<BackgroundKubectl> {
+        let out = self
+            .dir
+            .path()
+            .join(format!("kubectl-{}.out", free_port()?));
+        let child = die_with_parent(&mut Command::new(kubectl))
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("running {}", kubectl.display()))?;
+        Ok(BackgroundKubectl { child, out })
+    }
+
     /// Runs kubectl with `input` on its standard input.
     pub fn kubectl_with_input(&self, kubectl: &Path, args: &[&str], input: Option<&str>) -> Output {
         use std::io::Write;
@@ -395,6 +414,26 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A kubectl running in the background; killed on drop.
+#[derive(Debug)]
+pub struct BackgroundKubectl {
+    child: Child,
+    out: PathBuf,
+}
+
+impl BackgroundKubectl {
+    /// What it has printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for BackgroundKubectl {
+    fn drop(&mut self) {
+        kill(&mut self.child);
     }
 }
 
