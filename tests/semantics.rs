@@ -579,14 +579,26 @@ async fn discovery_version_openapi_and_metrics() {
         doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"]["properties"]["spec"]
             .is_object()
     );
+    // Resource requests are counted and timed by verb and resource, creates' etcd time too.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "counted"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    cms.get("counted").await.unwrap();
     let (status, metrics) = raw(&client, "GET", "/metrics", "text/plain", vec![]).await;
     assert_eq!(status, 200);
-    assert!(
-        metrics
-            .as_str()
-            .unwrap()
-            .contains("apiserver_request_total{code=\"200\",resource=\"\",verb=\"GET\"}")
-    );
+    let text = metrics.as_str().unwrap();
+    for line in [
+        "apiserver_request_total{code=\"201\",resource=\"configmaps\",verb=\"CREATE\"} 1",
+        "apiserver_request_total{code=\"200\",resource=\"configmaps\",verb=\"GET\"} 1",
+        "apiserver_request_duration_seconds_count{resource=\"configmaps\",verb=\"CREATE\"} 1",
+        "etcd_request_duration_seconds_count{operation=\"create\",type=\"configmaps\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use crate::ApiServer;
 use crate::body::{Body, json_response, parse_object};
 use crate::handlers::{Call, set_type};
 use crate::managed_fields::{self, FieldPath};
-use crate::objects::{Decision, guaranteed_update};
+use crate::objects::guaranteed_update;
 use crate::patch::strategic_merge;
 use crate::status::{FieldCause, StatusError};
 
@@ -81,17 +81,12 @@ pub async fn server_side_apply<S: Store>(
     let dry_run = call.query.dry_run()?;
     let mut warnings = vec![];
     // Services: NodePorts the merged object will need are claimed before the write.
-    let pool = match (
-        dry_run,
-        crate::handlers::read::read_object(server, resource, &call.key(), call.name()).await,
-    ) {
-        (false, Ok(current)) => {
-            let mut preview = current;
-            strategic_merge(&mut preview, &applied, "")?;
-            server.preallocate_for_update(call, &preview).await?
-        }
-        _ => Default::default(),
-    };
+    let pool = crate::handlers::service_ports(server, call, dry_run, |current| {
+        let mut preview = current.clone();
+        strategic_merge(&mut preview, &applied, "")?;
+        Ok(preview)
+    })
+    .await?;
     let result = guaranteed_update(
         &server.store,
         resource,
@@ -135,13 +130,7 @@ pub async fn server_side_apply<S: Store>(
                 status_only,
             )?;
             pool.fill(&mut prepared);
-            Ok(if dry_run {
-                Decision::Preview(prepared)
-            } else if crate::handlers::finished_deleting(current, &prepared) {
-                Decision::Delete
-            } else {
-                Decision::Write(prepared)
-            })
+            Ok(crate::handlers::decision(current, prepared, dry_run))
         },
     )
     .await;

@@ -115,11 +115,7 @@ impl<S: Store> ApiServer<S> {
     }
 
     /// Claims the ClusterIP and NodePorts of a new Service.
-    pub async fn allocate_service(
-        &self,
-        svc: &mut Value,
-        _current: Option<&Value>,
-    ) -> Result<Allocated, StatusError> {
+    pub async fn allocate_service(&self, svc: &mut Value) -> Result<Allocated, StatusError> {
         let mut allocated = Allocated::default();
         let owner = format!(
             "{}/{}",
@@ -176,26 +172,26 @@ impl<S: Store> ApiServer<S> {
         }
     }
 
+    /// Releases what a removed Service held.
+    pub async fn release_held(&self, svc: &Value) {
+        let (ips, ports) = allocator::held(svc);
+        self.release(&Allocated { ips, ports }).await;
+    }
+
     /// Claims the NodePorts an update of a Service will need.
     pub async fn preallocate_for_update(
         &self,
         call: &handlers::Call<'_>,
+        current: &Value,
         next: &Value,
     ) -> Result<PortPool, StatusError> {
-        if !(call.resource.group.is_empty() && call.resource.kind == "Service") {
-            return Ok(PortPool::default());
-        }
-        let Ok(Some(kv)) = self.store.get(&call.key()).await else {
-            return Ok(PortPool::default());
-        };
-        let current = objects::decode(&kv)?;
         let mut merged = next.clone();
-        services::keep_allocations(&current, &mut merged);
+        services::keep_allocations(current, &mut merged);
         let missing = services::missing_node_ports(&merged);
         let owner = format!("{}/{}", call.namespace().unwrap_or_default(), call.name());
         // NodePorts the update names that the Service does not hold yet are claimed too (and
         // refused when taken or out of range), so no two Services share one.
-        let (_, held_now) = allocator::held(&current);
+        let (_, held_now) = allocator::held(current);
         let mut explicit = vec![];
         if services::needs_node_ports(&merged["spec"]) {
             let ports = merged["spec"]["ports"]
@@ -320,7 +316,7 @@ impl<S: Store> ApiServer<S> {
                     "ports": [{ "name": "https", "port": 443, "protocol": "TCP", "targetPort": port }] },
             });
             resources::defaults::apply("", "Service", &mut obj, &self.defaulting, true);
-            let allocated = self.allocate_service(&mut obj, None).await?;
+            let allocated = self.allocate_service(&mut obj).await?;
             if let Err(e) = self.store.create(&key, objects::encode(&obj)).await {
                 self.release(&allocated).await;
                 if !matches!(e, StoreError::AlreadyExists { .. }) {

@@ -303,7 +303,7 @@ pub fn assign(
 /// Records an update (create, PUT or non-apply PATCH) by `manager`: the fields it changed
 /// become its own; fields it removed are owned by no one.
 pub fn record_update(
-    old: Option<&Value>,
+    old: &Value,
     new: &mut Value,
     manager: &str,
     api_version: &str,
@@ -312,11 +312,13 @@ pub fn record_update(
     let new_paths = leaves(&field_set(new));
     let changed: BTreeSet<FieldPath> = new_paths
         .iter()
-        .filter(|p| match old {
-            None => true,
-            // An item changes owner only when it is added; its fields are judged one by one.
-            Some(o) if is_item(p) => value_at(o, p).is_none(),
-            Some(o) => value_at(o, p) != value_at(new, p),
+        // An item changes owner only when it is added; its fields are judged one by one.
+        .filter(|p| {
+            if is_item(p) {
+                value_at(old, p).is_none()
+            } else {
+                value_at(old, p) != value_at(new, p)
+            }
         })
         .cloned()
         .collect();
@@ -443,10 +445,13 @@ mod tests {
     #[test]
     fn updates_take_ownership_of_what_they_change() {
         let mut obj = json!({"metadata": {"name": "d"}, "spec": {"replicas": 1, "paused": false}});
-        record_update(None, &mut obj, "creator", "apps/v1", None);
+        let created = leaves(&field_set(&obj));
+        assign(
+            &mut obj, "creator", "Update", "apps/v1", None, &created, true,
+        );
         let old = obj.clone();
         obj["spec"]["replicas"] = json!(3);
-        record_update(Some(&old), &mut obj, "kubectl-scale", "apps/v1", None);
+        record_update(&old, &mut obj, "kubectl-scale", "apps/v1", None);
         let mf = obj["metadata"]["managedFields"].as_array().unwrap().clone();
         let scale = mf.iter().find(|e| e["manager"] == "kubectl-scale").unwrap();
         assert_eq!(scale["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));

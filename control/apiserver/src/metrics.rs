@@ -103,7 +103,7 @@ impl Metrics {
             out.push_str(&format!("apiserver_request_duration_seconds_sum{{resource=\"{resource}\",verb=\"{verb}\"}} {}\n", h.sum));
             out.push_str(&format!("apiserver_request_duration_seconds_count{{resource=\"{resource}\",verb=\"{verb}\"}} {}\n", h.total));
         }
-        out.push_str("# HELP etcd_request_duration_seconds Etcd request latency in seconds for each operation and resource.\n");
+        out.push_str("# HELP etcd_request_duration_seconds Etcd request latency in seconds of the API server's creates, by resource (other operations are not timed yet).\n");
         out.push_str("# TYPE etcd_request_duration_seconds summary\n");
         for ((operation, resource), (sum, count)) in &inner.etcd {
             out.push_str(&format!("etcd_request_duration_seconds_sum{{operation=\"{operation}\",type=\"{resource}\"}} {sum}\n"));

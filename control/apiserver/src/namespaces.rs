@@ -29,7 +29,8 @@ pub struct NamespaceCache {
     known: Arc<RwLock<HashMap<String, NamespaceState>>>,
 }
 
-fn state_of(obj: &Value) -> NamespaceState {
+/// The state a namespace object is in.
+pub fn state_of(obj: &Value) -> NamespaceState {
     if obj["status"]["phase"] == "Terminating" || !obj["metadata"]["deletionTimestamp"].is_null() {
         NamespaceState::Terminating
     } else {

@@ -14,10 +14,7 @@ use crate::status::StatusError;
 
 /// Decodes a stored object and sets its resourceVersion from the store revision.
 pub fn decode(kv: &KeyValue) -> Result<Value, StatusError> {
-    let mut obj: Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| StatusError::internal(format!("decoding {}: {e}", kv.key)))?;
-    set_resource_version(&mut obj, kv.mod_revision);
-    Ok(obj)
+    decode_bytes(&kv.key, &kv.value, kv.mod_revision)
 }
 
 /// Decodes stored bytes at a known revision.

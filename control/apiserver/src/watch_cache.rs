@@ -271,7 +271,7 @@ pub fn convert(event: &baton_store::WatchEvent) -> Option<CachedEvent> {
     }
 }
 
-/// The watch caches of all resources, made on first use.
+/// The watch caches of all resources (the API server starts them all with itself).
 pub struct WatchCaches<S> {
     store: Arc<S>,
     caches: Mutex<HashMap<&'static str, Arc<WatchCache>>>,

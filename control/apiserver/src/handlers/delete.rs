@@ -117,15 +117,10 @@ async fn delete_one<S: Store>(
             return Ok(Decision::Delete);
         }
         // Graceful: mark, and let the finalizers' owners (or the kubelet) finish.
-        if meta["deletionTimestamp"].is_null() {
-            let when = deletion_time(grace);
-            next["metadata"]["deletionTimestamp"] = json!(when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
-            next["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-        } else if let Some(old) = meta["deletionGracePeriodSeconds"].as_i64()
-            && grace < old
-        {
-            let when = deletion_time(grace);
-            next["metadata"]["deletionTimestamp"] = json!(when.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        // A first deletion, or a shorter grace period than the one running, sets the deadline.
+        let shorter = meta["deletionGracePeriodSeconds"].as_i64().is_some_and(|old| grace < old);
+        if meta["deletionTimestamp"].is_null() || shorter {
+            next["metadata"]["deletionTimestamp"] = json!(super::write::rfc3339(deletion_time(grace)));
             next["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
         }
         if !finalizers.is_empty() || meta.get("finalizers").is_some() {
@@ -140,11 +135,8 @@ async fn delete_one<S: Store>(
     let mut obj = updated.object;
     set_type(resource, &mut obj);
     if immediate {
-        if resource.group.is_empty() && resource.kind == "Service" {
-            let (ips, ports) = crate::allocator::held(&obj);
-            server
-                .release(&crate::services::Allocated { ips, ports })
-                .await;
+        if resource.is_core("Service") {
+            server.release_held(&obj).await;
         }
         Ok(Outcome::Deleted(obj))
     } else {

@@ -58,7 +58,8 @@ pub fn render_one(call: &Call<'_>, obj: Value) -> Value {
     }
 }
 
-fn partial_metadata(obj: &Value) -> Value {
+/// An object as meta.k8s.io PartialObjectMetadata (what metadata informers ask for).
+pub fn partial_metadata(obj: &Value) -> Value {
     json!({ "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"] })
 }
 

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use baton_store::Store;
 
 use super::read::read_object;
-use super::write::{patch_with, update_with};
+use super::write::{patch, update};
 use super::{Call, set_type};
 use crate::ApiServer;
 use crate::body::{Body, json_response, parse_object};
@@ -23,9 +23,9 @@ pub async fn dispatch<S: Store>(
     let verb = call.info.verb;
     match (sub, verb) {
         ("status", "get") => super::read::get(server, call).await,
-        ("status", "update") => update_with(server, call, true).await,
-        ("status", "patch") => patch_with(server, call, true).await,
-        ("finalize", "update") => update_with(server, call, false).await,
+        ("status", "update") => update(server, call, true).await,
+        ("status", "patch") => patch(server, call, true).await,
+        ("finalize", "update") => update(server, call, false).await,
         ("scale", "get") => {
             let obj = read_object(server, call.resource, &call.key(), call.name()).await?;
             Ok(json_response(StatusCode::OK, &scale_of(&obj)))
@@ -109,7 +109,7 @@ async fn scale<S: Store>(
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             next["metadata"]["generation"] = json!(generation);
             crate::managed_fields::record_update(
-                Some(current),
+                current,
                 &mut next,
                 &call.manager(),
                 &resource.api_version(),

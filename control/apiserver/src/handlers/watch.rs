@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use baton_store::{Store, StoreError};
 
-use super::read::{ListParams, list_params, read_list, selected};
+use super::read::{ListParams, list_params, partial_metadata, read_list, selected};
 use super::{Call, set_type};
 use crate::ApiServer;
 use crate::body::{Body, Wanted};
@@ -74,7 +74,7 @@ impl Watcher {
         let mut obj = obj.clone();
         set_type(self.resource, &mut obj);
         let object = if self.metadata_only && kind != "BOOKMARK" && kind != "ERROR" {
-            json!({ "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"] })
+            partial_metadata(&obj)
         } else if self.table && kind != "BOOKMARK" && kind != "ERROR" {
             let rv = obj["metadata"]["resourceVersion"].clone();
             let mut t = table_for(
@@ -123,9 +123,7 @@ fn table_for(resource: &'static Resource, include: &str, obj: &Value, meta: Valu
     let object = match include {
         "None" => Value::Null,
         "Object" => obj.clone(),
-        _ => {
-            json!({ "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"] })
-        }
+        _ => partial_metadata(obj),
     };
     json!({
         "kind": "Table",

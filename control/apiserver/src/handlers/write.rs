@@ -16,7 +16,12 @@ use crate::status::StatusError;
 
 /// The current time as Kubernetes writes timestamps.
 pub fn now_rfc3339() -> String {
-    Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    rfc3339(Timestamp::now())
+}
+
+/// A time as Kubernetes writes timestamps (seconds, UTC).
+pub fn rfc3339(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn random_suffix() -> String {
@@ -219,31 +224,23 @@ async fn check_namespace<S: Store>(
     let Some(ns) = call.namespace() else {
         return Ok(());
     };
-    match server.namespaces.get(ns) {
-        Some(crate::namespaces::NamespaceState::Active) => return Ok(()),
-        Some(crate::namespaces::NamespaceState::Terminating) => {
-            let detail = format!(
-                "unable to create new content in namespace {ns} because it is being terminated"
-            );
-            return Err(StatusError::forbidden(
-                &call.resource.subject(),
-                name,
-                &detail,
-            ));
-        }
+    use crate::namespaces::{NamespaceState, state_of};
+    let state = match server.namespaces.get(ns) {
+        Some(state) => state,
         // Not seen yet (or just created): ask etcd.
-        None => {}
-    }
-    let ns_resource =
-        crate::resources::find("", "v1", "namespaces").expect("namespaces are served");
-    let kv = server
-        .store
-        .get(&ns_resource.key(None, ns))
-        .await
-        .map_err(|e| store_error(ns_resource, ns, e))?
-        .ok_or_else(|| StatusError::not_found(&ns_resource.subject(), ns))?;
-    let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
-    if obj["status"]["phase"] == "Terminating" || !obj["metadata"]["deletionTimestamp"].is_null() {
+        None => {
+            let ns_resource =
+                crate::resources::find("", "v1", "namespaces").expect("namespaces are served");
+            let kv = server
+                .store
+                .get(&ns_resource.key(None, ns))
+                .await
+                .map_err(|e| store_error(ns_resource, ns, e))?
+                .ok_or_else(|| StatusError::not_found(&ns_resource.subject(), ns))?;
+            state_of(&serde_json::from_slice(&kv.value).unwrap_or_default())
+        }
+    };
+    if state == NamespaceState::Terminating {
         let detail = format!(
             "unable to create new content in namespace {ns} because it is being terminated"
         );
@@ -309,7 +306,7 @@ async fn create_object<S: Store>(
         return Ok(obj);
     }
     let allocated = if resource.kind == "Service" && resource.group.is_empty() {
-        server.allocate_service(&mut obj, None).await?
+        server.allocate_service(&mut obj).await?
     } else {
         Default::default()
     };
@@ -469,17 +466,25 @@ fn check_uid(
     ))
 }
 
-/// PUT: update (also of the status subresource).
-pub async fn update<S: Store>(
+/// For a Service update, the NodePorts its new form (`next_of` the stored one) needs, claimed
+/// before the write; nothing for other kinds, dry runs, or a Service that does not exist.
+pub async fn service_ports<S: Store>(
     server: &ApiServer<S>,
     call: &Call<'_>,
-) -> Result<Response<Body>, StatusError> {
-    update_with(
-        server,
-        call,
-        call.info.subresource.as_deref() == Some("status"),
-    )
-    .await
+    dry_run: bool,
+    next_of: impl FnOnce(&Value) -> Result<Value, StatusError>,
+) -> Result<crate::services::PortPool, StatusError> {
+    if dry_run || !call.resource.is_core("Service") {
+        return Ok(Default::default());
+    }
+    let current =
+        match super::read::read_object(server, call.resource, &call.key(), call.name()).await {
+            Ok(current) => current,
+            Err(e) if e.reason == "NotFound" => return Ok(Default::default()),
+            Err(e) => return Err(e),
+        };
+    let next = next_of(&current)?;
+    server.preallocate_for_update(call, &current, &next).await
 }
 
 /// Kinds that a PUT creates when they do not exist (upstream's AllowCreateOnUpdate).
@@ -508,12 +513,18 @@ fn decide(
         _ => None,
     };
     crate::managed_fields::record_update(
-        Some(current),
+        current,
         &mut prepared,
         &call.manager(),
         &call.resource.api_version(),
         subresource,
     );
+    decision(current, prepared, dry_run)
+}
+
+/// What an update that produced `prepared` does: preview it (dry run), remove the object (its
+/// deletion finished), or write it.
+pub fn decision(current: &Value, prepared: Value, dry_run: bool) -> Decision {
     if dry_run {
         Decision::Preview(prepared)
     } else if finished_deleting(current, &prepared) {
@@ -524,7 +535,7 @@ fn decide(
 }
 
 /// PUT of the object or of its status.
-pub async fn update_with<S: Store>(
+pub async fn update<S: Store>(
     server: &ApiServer<S>,
     call: &Call<'_>,
     status_only: bool,
@@ -549,11 +560,7 @@ pub async fn update_with<S: Store>(
     let next = normalize(call, obj, &mut warnings)?;
     let dry_run = call.query.dry_run()?;
     let finalize = call.info.subresource.as_deref() == Some("finalize");
-    let pool = if dry_run {
-        Default::default()
-    } else {
-        server.preallocate_for_update(call, &next).await?
-    };
+    let pool = service_ports(server, call, dry_run, |_| Ok(next.clone())).await?;
     let result = guaranteed_update(&server.store, resource, &call.key(), &name, |current| {
         if let Some(rv) = &precondition
             && current["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
@@ -606,10 +613,7 @@ pub async fn finish_write<S: Store>(
             set_type(resource, &mut obj);
             if resource.kind == "Service" && resource.group.is_empty() {
                 if updated.deleted {
-                    let (ips, ports) = crate::allocator::held(&updated.previous);
-                    server
-                        .release(&crate::services::Allocated { ips, ports })
-                        .await;
+                    server.release_held(&updated.previous).await;
                     server.release(&pool.claimed()).await;
                 } else {
                     server
@@ -626,21 +630,8 @@ pub async fn finish_write<S: Store>(
     }
 }
 
-/// PATCH (also of the status subresource).
-pub async fn patch<S: Store>(
-    server: &ApiServer<S>,
-    call: &Call<'_>,
-) -> Result<Response<Body>, StatusError> {
-    patch_with(
-        server,
-        call,
-        call.info.subresource.as_deref() == Some("status"),
-    )
-    .await
-}
-
 /// PATCH of the object or its status.
-pub async fn patch_with<S: Store>(
+pub async fn patch<S: Store>(
     server: &ApiServer<S>,
     call: &Call<'_>,
     status_only: bool,
@@ -653,13 +644,10 @@ pub async fn patch_with<S: Store>(
     }
     let dry_run = call.query.dry_run()?;
     let mut warnings = vec![];
-    let current = super::read::read_object(server, resource, &call.key(), &name).await?;
-    let preview = patch::apply(&current, patch_type, &call.body)?;
-    let pool = if dry_run {
-        Default::default()
-    } else {
-        server.preallocate_for_update(call, &preview).await?
-    };
+    let pool = service_ports(server, call, dry_run, |current| {
+        patch::apply(current, patch_type, &call.body)
+    })
+    .await?;
     let result = guaranteed_update(&server.store, resource, &call.key(), &name, |current| {
         let mut patched = patch::apply(current, patch_type, &call.body)?;
         if patched["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]

@@ -139,6 +139,11 @@ impl Resource {
         }
     }
 
+    /// Whether this is the core (group "") resource of `kind`.
+    pub fn is_core(&self, kind: &str) -> bool {
+        self.group.is_empty() && self.kind == kind
+    }
+
     /// Converts a stored object to this resource's form.
     pub fn from_storage(&self, obj: Value) -> Value {
         match self.view {
