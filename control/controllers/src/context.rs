@@ -1,0 +1,72 @@
+//! What every controller shares: the client, the shared Pod and Node informers, the event
+//! recorder and the manager's settings.
+
+use std::time::Duration;
+
+use baton_client::Informer;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+
+use crate::ControllerManagerArgs;
+
+/// Shared state of the controllers of one controller manager.
+pub struct Context {
+    pub client: Client,
+    /// Every Pod in the cluster (without managedFields).
+    pub pods: Informer<Pod>,
+    /// Every Node in the cluster.
+    pub nodes: Informer<Node>,
+    pub node_monitor_grace_period: Duration,
+    pub node_monitor_period: Duration,
+    /// `Some` when node CIDRs are allocated: (--cluster-cidr, --node-cidr-mask-size).
+    pub node_cidrs: Option<(ipnet::IpNet, u8)>,
+    pub concurrent_syncs: u16,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("pods", &self.pods)
+            .field("nodes", &self.nodes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub(crate) fn new(client: Client, args: &ControllerManagerArgs) -> Self {
+        Context {
+            pods: Informer::new(Api::all(client.clone()), watcher::Config::default()),
+            nodes: Informer::new(Api::all(client.clone()), watcher::Config::default()),
+            node_monitor_grace_period: args.node_monitor_grace_period,
+            node_monitor_period: args.node_monitor_period,
+            node_cidrs: args
+                .allocate_node_cidrs
+                .then_some((args.cluster_cidr, args.node_cidr_mask_size)),
+            concurrent_syncs: args.concurrent_syncs,
+            client,
+        }
+    }
+
+    /// An event recorder reporting as `controller` (e.g. "replicaset-controller").
+    pub fn recorder(&self, controller: &str) -> Recorder {
+        Recorder::new(
+            self.client.clone(),
+            Reporter {
+                controller: controller.to_string(),
+                instance: None,
+            },
+        )
+    }
+
+    /// Drives the shared informers (forever).
+    pub(crate) async fn run_informers(&self) {
+        tokio::join!(self.pods.run(), self.nodes.run());
+    }
+
+    /// Waits until every shared informer has listed once.
+    pub async fn wait_until_ready(&self) {
+        tokio::join!(self.pods.wait_until_ready(), self.nodes.wait_until_ready());
+    }
+}

@@ -1,0 +1,153 @@
+//! `baton controller-manager`: the reconcile loops that make the cluster match what its
+//! objects ask for, as kube-controller-manager's do. Each controller is a kube-runtime
+//! `Controller` (a work queue, one reconcile at a time per object, retries with backoff) fed
+//! by watches; Pods and Nodes come from shared informers so every controller reads the same
+//! cache. Only the elected leader runs controllers (`--leader-elect`, Lease
+//! kube-system/kube-controller-manager).
+
+mod context;
+pub mod pod_control;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+pub use context::Context;
+
+/// Flags of `baton controller-manager`, with kube-controller-manager's names.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerManagerArgs {
+    /// Path to a kubeconfig file with the API server's address and credentials.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub leader_election: baton_leader_election::LeaderElectionArgs,
+    /// Controllers to enable: '*' for all, 'foo' to enable one, '-foo' to disable one.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub controllers: Vec<String>,
+    /// How long a node may go without a heartbeat (its Lease) before it is marked unhealthy.
+    #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = baton_leader_election::parse_duration)]
+    pub node_monitor_grace_period: Duration,
+    /// How often node health is checked.
+    #[arg(long = "node-monitor-period", default_value = "5s", value_parser = baton_leader_election::parse_duration)]
+    pub node_monitor_period: Duration,
+    /// Give every node a spec.podCIDR out of --cluster-cidr. Unlike upstream, on by default:
+    /// Baton's pod network needs it.
+    #[arg(long = "allocate-node-cidrs", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allocate_node_cidrs: bool,
+    /// The CIDR range of pods in the cluster.
+    #[arg(long = "cluster-cidr", default_value = "10.244.0.0/16")]
+    pub cluster_cidr: ipnet::IpNet,
+    /// The prefix length of each node's pod CIDR.
+    #[arg(long = "node-cidr-mask-size", default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// Reconciles run at once per workload controller (upstream's --concurrent-*-syncs).
+    #[arg(long = "concurrent-syncs", default_value_t = 5)]
+    pub concurrent_syncs: u16,
+}
+
+/// The controller manager could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerManagerError {
+    #[error("connecting to the API server")]
+    Connect(#[from] baton_client::ConnectError),
+    #[error(transparent)]
+    LeaderElection(#[from] baton_leader_election::LeaderElectionError),
+    #[error("--controllers: unknown controller {0:?} (known: {known})", known = known_controllers())]
+    UnknownController(String),
+    #[error("--node-cidr-mask-size {mask}: must be at least the prefix of --cluster-cidr {cidr} and at most {max}")]
+    NodeCidrMask { mask: u8, cidr: ipnet::IpNet, max: u8 },
+}
+
+/// Starts one controller: registers what it watches on the shared informers (synchronously,
+/// before they run) and returns the loop to run once the caches are ready.
+type StartFn = fn(&Arc<Context>) -> BoxFuture<'static, ()>;
+
+/// Every controller, by its kube-controller-manager name.
+const CONTROLLERS: &[(&str, StartFn)] = &[];
+
+fn known_controllers() -> String {
+    CONTROLLERS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Which controllers `--controllers` enables, in CONTROLLERS order.
+fn enabled_controllers(flags: &[String]) -> Result<Vec<(&'static str, StartFn)>, ControllerManagerError> {
+    for flag in flags {
+        let name = flag.trim_start_matches('-');
+        if name != "*" && !CONTROLLERS.iter().any(|(known, _)| *known == name) {
+            return Err(ControllerManagerError::UnknownController(flag.clone()));
+        }
+    }
+    let all = flags.iter().any(|f| f == "*");
+    Ok(CONTROLLERS
+        .iter()
+        .filter(|(name, _)| {
+            let disabled = flags.iter().any(|f| f.strip_prefix('-') == Some(name));
+            let named = flags.iter().any(|f| f == name);
+            !disabled && (all || named)
+        })
+        .copied()
+        .collect())
+}
+
+/// Runs the controller manager until it loses leadership or fails.
+pub async fn run(args: ControllerManagerArgs) -> Result<(), ControllerManagerError> {
+    let enabled = enabled_controllers(&args.controllers)?;
+    let max_mask = if args.cluster_cidr.addr().is_ipv4() { 32 } else { 128 };
+    if args.node_cidr_mask_size < args.cluster_cidr.prefix_len() || args.node_cidr_mask_size > max_mask {
+        return Err(ControllerManagerError::NodeCidrMask {
+            mask: args.node_cidr_mask_size,
+            cidr: args.cluster_cidr,
+            max: max_mask,
+        });
+    }
+    let client = baton_client::connect(args.kubeconfig.as_deref(), "kube-controller-manager").await?;
+    let work = run_controllers(client.clone(), args.clone(), enabled);
+    if args.leader_election.leader_elect {
+        let elector = baton_leader_election::LeaderElector::new(
+            client,
+            &args.leader_election,
+            "kube-controller-manager",
+        );
+        elector.run(work).await?;
+    } else {
+        work.await;
+    }
+    Ok(())
+}
+
+async fn run_controllers(
+    client: kube::Client,
+    args: ControllerManagerArgs,
+    enabled: Vec<(&'static str, StartFn)>,
+) {
+    let ctx = Arc::new(Context::new(client, &args));
+    let loops: Vec<_> = enabled
+        .iter()
+        .map(|(name, start)| (*name, start(&ctx)))
+        .collect();
+    let informers = ctx.run_informers();
+    let controllers = async {
+        ctx.wait_until_ready().await;
+        tracing::info!(controllers = %loops.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(","), "caches synced; starting controllers");
+        futures::future::join_all(loops.into_iter().map(|(_, l)| l)).await;
+    };
+    tokio::join!(informers, controllers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_controller_is_named() {
+        let err = enabled_controllers(&["*".into(), "-nosuch".into()]).unwrap_err();
+        assert!(err.to_string().contains("\"-nosuch\""), "{err}");
+    }
+}

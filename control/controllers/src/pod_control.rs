@@ -1,0 +1,246 @@
+//! What the workload controllers (ReplicaSet, DaemonSet, StatefulSet, Job) share to create and
+//! delete their Pods: a Pod from a template with its controller reference, creation in
+//! upstream's slow-start batches, and expectations.
+//!
+//! Expectations (kube-controller-manager's ControllerExpectations): after a controller creates
+//! or deletes Pods, its cache has not seen them yet; a reconcile in that window would count too
+//! few or too many Pods and act again. So a controller records how many creations and deletions
+//! it expects to observe, the Pod informer counts them down, and a reconcile does not act on
+//! Pod counts until they are observed (or five minutes passed, in case a watch event was lost).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Resource, ResourceExt};
+
+/// How long unobserved expectations hold back a reconcile (upstream's ExpectationsTimeout).
+pub const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Debug)]
+struct Expected {
+    adds: i64,
+    deletes: i64,
+    since: Instant,
+}
+
+/// Creations and deletions a controller is waiting to see, per owner key (`namespace/name`).
+#[derive(Debug, Default)]
+pub struct Expectations {
+    by_owner: Mutex<HashMap<String, Expected>>,
+}
+
+impl Expectations {
+    /// Records that `adds` creations and `deletes` deletions are to be observed for `owner`.
+    pub fn expect(&self, owner: &str, adds: usize, deletes: usize) {
+        self.by_owner.lock().expect("expectations").insert(
+            owner.to_string(),
+            Expected {
+                adds: adds as i64,
+                deletes: deletes as i64,
+                since: Instant::now(),
+            },
+        );
+    }
+
+    /// A creation that was expected will never be observed (the create call failed).
+    pub fn creation_failed(&self, owner: &str) {
+        self.observed(owner, 1, 0);
+    }
+
+    /// A deletion that was expected will never be observed (the delete call failed).
+    pub fn deletion_failed(&self, owner: &str) {
+        self.observed(owner, 0, 1);
+    }
+
+    /// The informer saw one of `owner`'s Pods created.
+    pub fn observed_creation(&self, owner: &str) {
+        self.observed(owner, 1, 0);
+    }
+
+    /// The informer saw one of `owner`'s Pods deleted (or marked for deletion).
+    pub fn observed_deletion(&self, owner: &str) {
+        self.observed(owner, 0, 1);
+    }
+
+    fn observed(&self, owner: &str, adds: i64, deletes: i64) {
+        if let Some(e) = self.by_owner.lock().expect("expectations").get_mut(owner) {
+            e.adds -= adds;
+            e.deletes -= deletes;
+        }
+    }
+
+    /// Whether a reconcile of `owner` may act on its Pod counts.
+    pub fn satisfied(&self, owner: &str) -> bool {
+        match self.by_owner.lock().expect("expectations").get(owner) {
+            None => true,
+            Some(e) => (e.adds <= 0 && e.deletes <= 0) || e.since.elapsed() > EXPECTATIONS_TIMEOUT,
+        }
+    }
+
+    /// Drops what was expected of `owner` (it was deleted).
+    pub fn forget(&self, owner: &str) {
+        self.by_owner.lock().expect("expectations").remove(owner);
+    }
+}
+
+/// The `namespace/name` key of an object, as expectations and logs use it.
+pub fn key_of<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The controller reference an owner puts on what it creates (controller and
+/// blockOwnerDeletion true, as upstream's controllers set them).
+pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: owner.meta().name.clone().unwrap_or_default(),
+        uid: owner.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// The uid of the object that controls `obj`, if any.
+pub fn controller_uid<K: Resource>(obj: &K) -> Option<&str> {
+    obj.meta()
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.as_str())
+}
+
+/// A Pod made from `template`, owned by `owner`: labels, annotations and finalizers of the
+/// template, `generateName` (`name` when given, as StatefulSets name their Pods).
+pub fn pod_from_template(
+    template: &PodTemplateSpec,
+    owner: OwnerReference,
+    namespace: &str,
+    generate_name: &str,
+    name: Option<String>,
+) -> Pod {
+    let meta = template.metadata.clone().unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            name,
+            generate_name: Some(generate_name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            finalizers: meta.finalizers,
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    }
+}
+
+/// Creates `pods` in upstream's slow-start batches (1, 2, 4, ...), stopping after the first
+/// batch with a failure so that a quota or admission refusal does not cost one call per Pod.
+/// Returns (created, not attempted, first error): a caller lowers its expectations by the
+/// failed and the not attempted creations.
+pub async fn create_in_batches(
+    api: &Api<Pod>,
+    pods: Vec<Pod>,
+) -> (usize, usize, Option<kube::Error>) {
+    let total = pods.len();
+    let mut pods = pods.into_iter();
+    let mut created = 0;
+    let mut attempted = 0;
+    let mut batch = 1;
+    let params = PostParams::default();
+    while attempted < total {
+        let chunk: Vec<Pod> = pods.by_ref().take(batch).collect();
+        attempted += chunk.len();
+        let results = join_all(chunk.iter().map(|pod| api.create(&params, pod))).await;
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(_) => created += 1,
+                Err(e) if first_error.is_none() => first_error = Some(e),
+                Err(_) => {}
+            }
+        }
+        if let Some(e) = first_error {
+            return (created, total - attempted, Some(e));
+        }
+        batch *= 2;
+    }
+    (created, 0, None)
+}
+
+/// Deletes the named Pods at once; returns how many deletions failed and the first error
+/// (a Pod already gone counts as deleted).
+pub async fn delete_pods(api: &Api<Pod>, pods: &[&Pod]) -> (usize, Option<kube::Error>) {
+    let params = DeleteParams::default();
+    let names: Vec<String> = pods.iter().map(|pod| pod.name_any()).collect();
+    let results = join_all(names.iter().map(|name| api.delete(name, &params))).await;
+    let mut failed = 0;
+    let mut first = None;
+    for result in results {
+        match result {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                failed += 1;
+                first.get_or_insert(e);
+            }
+        }
+    }
+    (failed, first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations_hold_until_observed() {
+        let e = Expectations::default();
+        assert!(e.satisfied("ns/rs"));
+        e.expect("ns/rs", 2, 0);
+        assert!(!e.satisfied("ns/rs"));
+        e.observed_creation("ns/rs");
+        assert!(!e.satisfied("ns/rs"));
+        e.creation_failed("ns/rs");
+        assert!(e.satisfied("ns/rs"));
+        e.expect("ns/rs", 0, 1);
+        assert!(!e.satisfied("ns/rs"));
+        e.forget("ns/rs");
+        assert!(e.satisfied("ns/rs"));
+    }
+
+    #[test]
+    fn pods_from_templates_carry_the_controller_reference() {
+        let template = PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some([("app".to_string(), "web".to_string())].into()),
+                ..Default::default()
+            }),
+            spec: Some(Default::default()),
+        };
+        let owner = OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: "web-abc".into(),
+            uid: "u1".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        };
+        let pod = pod_from_template(&template, owner, "ns", "web-abc-", None);
+        assert_eq!(pod.metadata.generate_name.as_deref(), Some("web-abc-"));
+        assert_eq!(controller_uid(&pod), Some("u1"));
+        assert_eq!(pod.labels()["app"], "web");
+    }
+}
