@@ -18,6 +18,12 @@ struct Cli {
 enum Command {
     /// Run the Kubernetes API server.
     Apiserver(Box<baton_apiserver::ApiServerArgs>),
+    /// Run the scheduler (binds pending pods to nodes).
+    Scheduler(Box<baton_scheduler::SchedulerArgs>),
+    /// Run the controller manager (workload, endpoint, namespace, GC and node controllers).
+    ControllerManager(Box<baton_controllers::ControllerManagerArgs>),
+    /// Test tool: simulate nodes that register, heartbeat and report pods Running (like kwok).
+    SimNodes(Box<baton_sim_nodes::SimNodesArgs>),
     /// Manage the cluster PKI.
     Pki {
         #[command(subcommand)]
@@ -42,7 +48,7 @@ enum PkiCommand {
 }
 
 /// The role names `baton` answers to when started through a link of that name.
-const ROLES: &[&str] = &["apiserver"];
+const ROLES: &[&str] = &["apiserver", "scheduler", "controller-manager"];
 
 fn args_with_role() -> Vec<String> {
     let mut args: Vec<String> = std::env::args().collect();
@@ -74,6 +80,21 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Apiserver(args) => run_async(async move {
             baton_apiserver::run(*args)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
+        Command::Scheduler(args) => run_async(async move {
+            baton_scheduler::run(*args)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
+        Command::ControllerManager(args) => run_async(async move {
+            baton_controllers::run(*args)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
+        Command::SimNodes(args) => run_async(async move {
+            baton_sim_nodes::run(*args)
                 .await
                 .map_err(anyhow::Error::from)
         }),

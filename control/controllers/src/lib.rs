@@ -57,8 +57,14 @@ pub enum ControllerManagerError {
     LeaderElection(#[from] baton_leader_election::LeaderElectionError),
     #[error("--controllers: unknown controller {0:?} (known: {known})", known = known_controllers())]
     UnknownController(String),
-    #[error("--node-cidr-mask-size {mask}: must be at least the prefix of --cluster-cidr {cidr} and at most {max}")]
-    NodeCidrMask { mask: u8, cidr: ipnet::IpNet, max: u8 },
+    #[error(
+        "--node-cidr-mask-size {mask}: must be at least the prefix of --cluster-cidr {cidr} and at most {max}"
+    )]
+    NodeCidrMask {
+        mask: u8,
+        cidr: ipnet::IpNet,
+        max: u8,
+    },
 }
 
 /// Starts one controller: registers what it watches on the shared informers (synchronously,
@@ -77,7 +83,9 @@ fn known_controllers() -> String {
 }
 
 /// Which controllers `--controllers` enables, in CONTROLLERS order.
-fn enabled_controllers(flags: &[String]) -> Result<Vec<(&'static str, StartFn)>, ControllerManagerError> {
+fn enabled_controllers(
+    flags: &[String],
+) -> Result<Vec<(&'static str, StartFn)>, ControllerManagerError> {
     for flag in flags {
         let name = flag.trim_start_matches('-');
         if name != "*" && !CONTROLLERS.iter().any(|(known, _)| *known == name) {
@@ -99,15 +107,22 @@ fn enabled_controllers(flags: &[String]) -> Result<Vec<(&'static str, StartFn)>,
 /// Runs the controller manager until it loses leadership or fails.
 pub async fn run(args: ControllerManagerArgs) -> Result<(), ControllerManagerError> {
     let enabled = enabled_controllers(&args.controllers)?;
-    let max_mask = if args.cluster_cidr.addr().is_ipv4() { 32 } else { 128 };
-    if args.node_cidr_mask_size < args.cluster_cidr.prefix_len() || args.node_cidr_mask_size > max_mask {
+    let max_mask = if args.cluster_cidr.addr().is_ipv4() {
+        32
+    } else {
+        128
+    };
+    if args.node_cidr_mask_size < args.cluster_cidr.prefix_len()
+        || args.node_cidr_mask_size > max_mask
+    {
         return Err(ControllerManagerError::NodeCidrMask {
             mask: args.node_cidr_mask_size,
             cidr: args.cluster_cidr,
             max: max_mask,
         });
     }
-    let client = baton_client::connect(args.kubeconfig.as_deref(), "kube-controller-manager").await?;
+    let client =
+        baton_client::connect(args.kubeconfig.as_deref(), "kube-controller-manager").await?;
     let work = run_controllers(client.clone(), args.clone(), enabled);
     if args.leader_election.leader_elect {
         let elector = baton_leader_election::LeaderElector::new(

@@ -29,7 +29,10 @@ pub struct LeaderElectionArgs {
     #[arg(long = "leader-elect-retry-period", default_value = "2s", value_parser = parse_duration)]
     pub retry_period: Duration,
     /// The namespace of the Lease.
-    #[arg(long = "leader-elect-resource-namespace", default_value = "kube-system")]
+    #[arg(
+        long = "leader-elect-resource-namespace",
+        default_value = "kube-system"
+    )]
     pub resource_namespace: String,
     /// The name of the Lease (defaults to the component's name).
     #[arg(long = "leader-elect-resource-name")]
@@ -119,7 +122,9 @@ impl LeaderElector {
             match self.try_acquire_or_renew(&mut observed).await {
                 Ok(true) => break,
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, lease = %self.name, "leader election: cannot read or write the Lease"),
+                Err(e) => {
+                    tracing::warn!(error = %e, lease = %self.name, "leader election: cannot read or write the Lease")
+                }
             }
             tokio::time::sleep(self.retry_period).await;
         }
@@ -191,7 +196,10 @@ impl LeaderElector {
                 .lease_duration_seconds
                 .map(|s| Duration::from_secs(s.max(0) as u64))
                 .unwrap_or(self.lease_duration);
-            let seen_at = observed.as_ref().map(|(_, at)| *at).unwrap_or_else(Instant::now);
+            let seen_at = observed
+                .as_ref()
+                .map(|(_, at)| *at)
+                .unwrap_or_else(Instant::now);
             if seen_at.elapsed() < lease_seconds {
                 return Ok(false);
             }

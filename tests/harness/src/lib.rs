@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+mod components;
+
+pub use components::{Component, ControlPlane};
+
 /// A directory removed on drop.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);

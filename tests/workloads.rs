@@ -1,0 +1,492 @@
+//! The controller manager and scheduler acting on workloads, with simulated nodes: what a user
+//! sees with kubectl when they run Deployments, DaemonSets, Jobs and delete namespaces, and
+//! what happens when a node stops heartbeating.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use baton_test_harness::{Binary, ControlPlane, kubectl_binaries, wait_until};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+fn binary() -> Binary {
+    Binary(env!("CARGO_BIN_EXE_baton").into())
+}
+
+fn kubectl() -> std::path::PathBuf {
+    kubectl_binaries().remove(0)
+}
+
+/// Runs kubectl and requires success; returns stdout.
+fn ok(plane: &ControlPlane, bin: &Path, args: &[&str]) -> String {
+    let out = plane.apiserver.kubectl(bin, args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        plane.logs()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn apply(plane: &ControlPlane, bin: &Path, manifest: &str) {
+    let out = plane
+        .apiserver
+        .kubectl_with_input(bin, &["apply", "-f", "-"], Some(manifest));
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Running pods matching `selector` in `namespace`, with their nodes.
+async fn running_pods(pods: &Api<Pod>, selector: &str) -> Vec<(String, String)> {
+    let list = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    list.into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .map(|p| {
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            (p.name_any(), node)
+        })
+        .collect()
+}
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: web, image: "nginx:1.25", resources: {requests: {cpu: 100m, memory: 64Mi}}}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_scales_rolls_out_and_undoes() {
+    let plane = ControlPlane::start(&binary(), 3, &[])
+        .await
+        .expect("control plane");
+    let k = kubectl();
+    apply(&plane, &k, WEB);
+    let pods: Api<Pod> = Api::namespaced(plane.apiserver.client().await.unwrap(), "shop");
+
+    // Three replicas, Running, one on each node (the default topology spreading).
+    let running = wait_until("3 running web pods", Duration::from_secs(60), || async {
+        let r = running_pods(&pods, "app=web").await;
+        (r.len() == 3).then_some(r)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let nodes: BTreeSet<&String> = running.iter().map(|(_, n)| n).collect();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "replicas spread over the nodes: {running:?}"
+    );
+    let status = ok(
+        &plane,
+        &k,
+        &[
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            "shop",
+            "--timeout=60s",
+        ],
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
+
+    // Scale up and down.
+    ok(
+        &plane,
+        &k,
+        &["scale", "deployment/web", "-n", "shop", "--replicas=5"],
+    );
+    wait_until("5 running web pods", Duration::from_secs(60), || async {
+        (running_pods(&pods, "app=web").await.len() == 5).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    ok(
+        &plane,
+        &k,
+        &["scale", "deployment/web", "-n", "shop", "--replicas=2"],
+    );
+    wait_until("2 web pods left", Duration::from_secs(60), || async {
+        let all = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?;
+        (all.items.len() == 2 && running_pods(&pods, "app=web").await.len() == 2).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let get = ok(&plane, &k, &["get", "deployment", "web", "-n", "shop"]);
+    assert!(
+        get.lines().nth(1).is_some_and(|l| l.contains("2/2")),
+        "{get}"
+    );
+
+    // An image change rolls out; rollout status waits for it.
+    ok(
+        &plane,
+        &k,
+        &[
+            "set",
+            "image",
+            "deployment/web",
+            "-n",
+            "shop",
+            "web=nginx:1.27",
+        ],
+    );
+    let status = ok(
+        &plane,
+        &k,
+        &[
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            "shop",
+            "--timeout=90s",
+        ],
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let images = ok(
+        &plane,
+        &k,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "shop",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ],
+    );
+    assert_eq!(
+        images.split_whitespace().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["nginx:1.27"]),
+        "{images}"
+    );
+    let history = ok(
+        &plane,
+        &k,
+        &["rollout", "history", "deployment/web", "-n", "shop"],
+    );
+    assert!(
+        history.contains("1 ") && history.contains("2 "),
+        "{history}"
+    );
+
+    // Undo restores the previous template.
+    ok(
+        &plane,
+        &k,
+        &["rollout", "undo", "deployment/web", "-n", "shop"],
+    );
+    let status = ok(
+        &plane,
+        &k,
+        &[
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            "shop",
+            "--timeout=90s",
+        ],
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let image = ok(
+        &plane,
+        &k,
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    );
+    assert_eq!(image, "nginx:1.25");
+    wait_until("only nginx:1.25 pods", Duration::from_secs(60), || async {
+        let all = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?;
+        let images: BTreeSet<String> = all
+            .items
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.containers[0].image.clone())
+            .collect();
+        (all.items.len() == 2 && images == BTreeSet::from(["nginx:1.25".to_string()])).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let rs = ok(
+        &plane,
+        &k,
+        &[
+            "get",
+            "replicasets",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.items[*].status.replicas}",
+        ],
+    );
+    let mut counts: Vec<&str> = rs.split_whitespace().collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec!["0", "2"],
+        "the old ReplicaSet is scaled to zero: {rs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_job_and_namespace_deletion() {
+    let mut plane = ControlPlane::start(&binary(), 2, &[])
+        .await
+        .expect("control plane");
+    let k = kubectl();
+    apply(
+        &plane,
+        &k,
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: ops}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: ops}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: agent, image: "busybox:1.36"}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: report, namespace: ops}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    metadata:
+      annotations: {sim-nodes.baton.dev/outcome: Succeeded, sim-nodes.baton.dev/run-for: 300ms}
+    spec:
+      restartPolicy: Never
+      containers: [{name: report, image: "busybox:1.36"}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: ops}
+data: {a: b}
+"#,
+    );
+    let client = plane.apiserver.client().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "ops");
+
+    // One agent on each node, and on a node that joins later.
+    let on_nodes = |want: usize| {
+        let pods = pods.clone();
+        async move {
+            let r = running_pods(&pods, "app=agent").await;
+            let nodes: BTreeSet<String> = r.iter().map(|(_, n)| n.clone()).collect();
+            (r.len() == want && nodes.len() == want).then_some(())
+        }
+    };
+    wait_until("an agent on both nodes", Duration::from_secs(60), || {
+        on_nodes(2)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    plane
+        .add_sim_nodes("late-node", 1, "late-node-", &[])
+        .await
+        .expect("third node");
+    wait_until(
+        "an agent on the new node too",
+        Duration::from_secs(60),
+        || on_nodes(3),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let status = ok(
+        &plane,
+        &k,
+        &[
+            "rollout",
+            "status",
+            "daemonset/agent",
+            "-n",
+            "ops",
+            "--timeout=60s",
+        ],
+    );
+    assert!(status.contains("successfully rolled out"), "{status}");
+
+    // The Job runs 3 completions and reports Complete.
+    ok(
+        &plane,
+        &k,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/report",
+            "-n",
+            "ops",
+            "--timeout=90s",
+        ],
+    );
+    let succeeded = ok(
+        &plane,
+        &k,
+        &[
+            "get",
+            "job",
+            "report",
+            "-n",
+            "ops",
+            "-o",
+            "jsonpath={.status.succeeded}",
+        ],
+    );
+    assert_eq!(succeeded, "3");
+    let get = ok(&plane, &k, &["get", "job", "report", "-n", "ops"]);
+    assert!(get.contains("Complete") && get.contains("3/3"), "{get}");
+
+    // Deleting the namespace removes all it held, then the namespace itself.
+    ok(&plane, &k, &["delete", "namespace", "ops", "--wait=false"]);
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    wait_until("namespace ops gone", Duration::from_secs(90), || async {
+        matches!(namespaces.get_opt("ops").await, Ok(None)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let left = pods.list(&ListParams::default()).await.unwrap();
+    assert!(
+        left.items.is_empty(),
+        "pods left in a deleted namespace: {:?}",
+        left.items.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    );
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, "ops");
+    assert!(
+        cms.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_silent_node_come_back_elsewhere() {
+    let mut plane = ControlPlane::start(&binary(), 0, &["--node-monitor-grace-period=4s"])
+        .await
+        .expect("control plane");
+    plane
+        .add_sim_nodes("steady", 2, "steady-", &["--lease-renew-interval=1s"])
+        .await
+        .expect("steady nodes");
+    plane
+        .add_sim_nodes("doomed", 1, "doomed-", &["--lease-renew-interval=1s"])
+        .await
+        .expect("doomed node");
+    let k = kubectl();
+    // Tolerate an unreachable node for 2 s instead of the default 300 s.
+    apply(
+        &plane,
+        &k,
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: default}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      containers: [{name: api, image: "busybox:1.36"}]
+"#,
+    );
+    let pods: Api<Pod> = Api::namespaced(plane.apiserver.client().await.unwrap(), "default");
+    let running = wait_until("6 running api pods", Duration::from_secs(60), || async {
+        let r = running_pods(&pods, "app=api").await;
+        (r.len() == 6).then_some(r)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    assert!(
+        running.iter().any(|(_, n)| n == "doomed-0"),
+        "some pods on the doomed node: {running:?}"
+    );
+
+    // The doomed node's "kubelet" dies: no more heartbeats.
+    plane.sim_nodes[1].stop();
+    let node = ok(
+        &plane,
+        &k,
+        &["get", "node", "doomed-0", "-o", "jsonpath={.metadata.name}"],
+    );
+    assert_eq!(node, "doomed-0");
+    wait_until("doomed-0 NotReady and tainted unreachable", Duration::from_secs(60), || async {
+        let out = plane.apiserver.kubectl(&k, &["get", "node", "doomed-0", "-o", "jsonpath={.spec.taints[*].key} {.status.conditions[?(@.type==\"Ready\")].status}"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (text.contains("node.kubernetes.io/unreachable") && text.ends_with("Unknown")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let get = ok(&plane, &k, &["get", "nodes"]);
+    assert!(
+        get.lines()
+            .any(|l| l.starts_with("doomed-0") && l.contains("NotReady")),
+        "{get}"
+    );
+
+    // Its pods are evicted once their toleration runs out and come back on the others.
+    wait_until(
+        "6 running api pods on steady nodes",
+        Duration::from_secs(90),
+        || async {
+            let r = running_pods(&pods, "app=api").await;
+            (r.len() == 6 && r.iter().all(|(_, n)| n.starts_with("steady-"))).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+}
