@@ -9,7 +9,7 @@
 //! a Service). managedFields are dropped from cached objects: no controller reads them and they
 //! are a large part of every object.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -134,7 +134,9 @@ where
         };
         let handlers = self.handlers.clone();
         let store = self.store.clone();
-        let mut listed: HashSet<ObjectRef<K>> = HashSet::new();
+        // During a (re-)list the cache keeps its old contents until the list is complete, so
+        // handlers hear about listed objects only then: (key, the cached state before the list).
+        let mut listed: HashMap<ObjectRef<K>, Option<Arc<K>>> = HashMap::new();
         let mut events = watcher::watcher(self.api.clone(), self.config.clone())
             .default_backoff()
             .boxed();
@@ -153,24 +155,27 @@ where
                 Event::Init | Event::InitDone => {}
             }
             let handlers = handlers.lock().expect("informer handlers");
+            let notify = |event: InformerEvent<'_, K>| handlers.iter().for_each(|h| h(&event));
             match &event {
-                Event::Apply(obj) | Event::InitApply(obj) => {
-                    let key = ObjectRef::from_obj(obj);
-                    let old = store.get(&key);
-                    if matches!(event, Event::InitApply(_)) {
-                        listed.insert(key);
-                    }
-                    let changed = InformerEvent::Applied {
+                Event::Apply(obj) => {
+                    let old = store.get(&ObjectRef::from_obj(obj));
+                    // Cache first, then tell: a reconcile woken by a handler must find the
+                    // object it was told about (client-go's order).
+                    writer.apply_watcher_event(&event);
+                    notify(InformerEvent::Applied {
                         old: old.as_deref(),
                         new: obj,
-                    };
-                    handlers.iter().for_each(|h| h(&changed));
+                    });
+                }
+                Event::InitApply(obj) => {
+                    let key = ObjectRef::from_obj(obj);
+                    let old = store.get(&key);
+                    listed.insert(key, old);
                     writer.apply_watcher_event(&event);
                 }
                 Event::Delete(obj) => {
                     writer.apply_watcher_event(&event);
-                    let gone = InformerEvent::Deleted(obj);
-                    handlers.iter().for_each(|h| h(&gone));
+                    notify(InformerEvent::Deleted(obj));
                 }
                 Event::Init => {
                     listed.clear();
@@ -180,14 +185,20 @@ where
                     let vanished: Vec<Arc<K>> = store
                         .state()
                         .into_iter()
-                        .filter(|obj| !listed.contains(&ObjectRef::from_obj(obj.as_ref())))
+                        .filter(|obj| !listed.contains_key(&ObjectRef::from_obj(obj.as_ref())))
                         .collect();
                     writer.apply_watcher_event(&event);
-                    for obj in vanished {
-                        let gone = InformerEvent::Deleted(obj.as_ref());
-                        handlers.iter().for_each(|h| h(&gone));
+                    for (key, old) in listed.drain() {
+                        if let Some(new) = store.get(&key) {
+                            notify(InformerEvent::Applied {
+                                old: old.as_deref(),
+                                new: &new,
+                            });
+                        }
                     }
-                    listed.clear();
+                    for obj in vanished {
+                        notify(InformerEvent::Deleted(obj.as_ref()));
+                    }
                 }
             }
         }

@@ -23,6 +23,16 @@ pub struct Context {
     /// `Some` when node CIDRs are allocated: (--cluster-cidr, --node-cidr-mask-size).
     pub node_cidrs: Option<(ipnet::IpNet, u8)>,
     pub concurrent_syncs: u16,
+    /// --node-startup-grace-period.
+    pub node_startup_grace_period: Duration,
+    /// --terminated-pod-gc-threshold (0: no limit).
+    pub terminated_pod_gc_threshold: i64,
+    /// The shared Pod cache indexed by node, made on first use (see `pods_by_node()`).
+    pub(crate) pods_by_node: std::sync::OnceLock<std::sync::Arc<crate::pods_by_node::PodsByNode>>,
+    /// Services and the Pods of each namespace, for the endpoint controllers, made on first
+    /// use (see `service_cache()`).
+    pub(crate) service_cache:
+        std::sync::OnceLock<std::sync::Arc<crate::service_endpoints::ServiceCache>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -45,6 +55,10 @@ impl Context {
                 .allocate_node_cidrs
                 .then_some((args.cluster_cidr, args.node_cidr_mask_size)),
             concurrent_syncs: args.concurrent_syncs,
+            node_startup_grace_period: args.node_startup_grace_period,
+            terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+            pods_by_node: std::sync::OnceLock::new(),
+            service_cache: std::sync::OnceLock::new(),
             client,
         }
     }

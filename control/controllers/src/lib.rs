@@ -7,6 +7,25 @@
 
 mod context;
 pub mod pod_control;
+mod endpoints;
+mod endpointslice;
+mod failure_backoff;
+mod pods_by_node;
+mod service_endpoints;
+mod garbage_collector;
+mod namespace;
+mod node_ipam;
+mod node_lifecycle;
+mod pod_gc;
+mod serviceaccount;
+mod taint_eviction;
+mod controller_revision;
+mod daemonset;
+mod replicaset;
+mod deployment;
+mod statefulset;
+mod job;
+mod ttl_after_finished;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +65,13 @@ pub struct ControllerManagerArgs {
     /// Reconciles run at once per workload controller (upstream's --concurrent-*-syncs).
     #[arg(long = "concurrent-syncs", default_value_t = 5)]
     pub concurrent_syncs: u16,
+    /// How long a node that never reported its status may stay so before it is marked
+    /// unhealthy.
+    #[arg(long = "node-startup-grace-period", default_value = "1m", value_parser = baton_leader_election::parse_duration)]
+    pub node_startup_grace_period: Duration,
+    /// Terminated Pods kept before the Pod garbage collector deletes the oldest (0: no limit).
+    #[arg(long = "terminated-pod-gc-threshold", default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: i64,
 }
 
 /// The controller manager could not run.
@@ -72,7 +98,23 @@ pub enum ControllerManagerError {
 type StartFn = fn(&Arc<Context>) -> BoxFuture<'static, ()>;
 
 /// Every controller, by its kube-controller-manager name.
-const CONTROLLERS: &[(&str, StartFn)] = &[];
+const CONTROLLERS: &[(&str, StartFn)] = &[
+    ("endpoints-controller", endpoints::start),
+    ("endpointslice-controller", endpointslice::start),
+    ("namespace-controller", namespace::start),
+    ("garbage-collector-controller", garbage_collector::start),
+    ("serviceaccount-controller", serviceaccount::start),
+    ("node-lifecycle-controller", node_lifecycle::start),
+    ("taint-eviction-controller", taint_eviction::start),
+    ("node-ipam-controller", node_ipam::start),
+    ("pod-garbage-collector-controller", pod_gc::start),
+    ("daemonset-controller", daemonset::start),
+    ("replicaset-controller", replicaset::start),
+    ("deployment-controller", deployment::start),
+    ("statefulset-controller", statefulset::start),
+    ("job-controller", job::start),
+    ("ttl-after-finished-controller", ttl_after_finished::start),
+];
 
 fn known_controllers() -> String {
     CONTROLLERS

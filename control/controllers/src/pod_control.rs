@@ -154,6 +154,16 @@ pub async fn create_in_batches(
     api: &Api<Pod>,
     pods: Vec<Pod>,
 ) -> (usize, usize, Option<kube::Error>) {
+    create_in_batches_with(api, pods, |_| {}).await
+}
+
+/// `create_in_batches`, also handing each creation's outcome (the created Pod, or the error)
+/// to `outcome`, e.g. for upstream's SuccessfulCreate and FailedCreate events.
+pub async fn create_in_batches_with(
+    api: &Api<Pod>,
+    pods: Vec<Pod>,
+    mut outcome: impl FnMut(Result<&Pod, &kube::Error>),
+) -> (usize, usize, Option<kube::Error>) {
     let total = pods.len();
     let mut pods = pods.into_iter();
     let mut created = 0;
@@ -166,6 +176,7 @@ pub async fn create_in_batches(
         let results = join_all(chunk.iter().map(|pod| api.create(&params, pod))).await;
         let mut first_error = None;
         for result in results {
+            outcome(result.as_ref());
             match result {
                 Ok(_) => created += 1,
                 Err(e) if first_error.is_none() => first_error = Some(e),
@@ -215,9 +226,10 @@ pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp)
     if min_ready_seconds <= 0 {
         return true;
     }
-    ready.last_transition_time.as_ref().is_some_and(|t| {
-        t.0 + jiff::SignedDuration::from_secs(i64::from(min_ready_seconds)) < now
-    })
+    ready
+        .last_transition_time
+        .as_ref()
+        .is_some_and(|t| t.0 + jiff::SignedDuration::from_secs(i64::from(min_ready_seconds)) < now)
 }
 
 fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
@@ -272,7 +284,10 @@ pub fn observe_pod_event(
                 }
             }
         }
-        InformerEvent::Applied { old: Some(old), new } => {
+        InformerEvent::Applied {
+            old: Some(old),
+            new,
+        } => {
             if old.metadata.deletion_timestamp.is_none()
                 && new.metadata.deletion_timestamp.is_some()
                 && let Some(owner) = controller_key_of(new, kind)
@@ -280,13 +295,46 @@ pub fn observe_pod_event(
                 expectations.observed_deletion(&owner);
             }
         }
-        // Counted also when the mark was seen before, as upstream does: the mark may have been
-        // missed across a re-list, and an extra observation only lets a reconcile run early.
+        // A pod whose last known state carries the deletion mark was counted when the mark
+        // was seen; one removed without a mark we saw (a forced deletion, or one that
+        // happened while the watch was re-listing) is counted now. Counting twice would let a
+        // reconcile act before its other deletions were seen.
         InformerEvent::Deleted(pod) => {
-            if let Some(owner) = controller_key_of(pod, kind) {
+            if pod.metadata.deletion_timestamp.is_none()
+                && let Some(owner) = controller_key_of(pod, kind)
+            {
                 expectations.observed_deletion(&owner);
             }
         }
+    }
+}
+
+/// Records an event about the object `regarding` refers to, as upstream's controllers do
+/// through their event recorder; a failure to record is logged, never fatal. `related` names
+/// a second object (the Pod created or deleted): it also keeps events that differ only in
+/// their note apart in the recorder's series.
+pub async fn publish_event(
+    recorder: &kube::runtime::events::Recorder,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+    related: Option<k8s_openapi::api::core::v1::ObjectReference>,
+) {
+    use kube::runtime::events::{Event, EventType};
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(note),
+        action: reason.to_string(),
+        secondary: related,
+    };
+    if let Err(e) = recorder.publish(&event, regarding).await {
+        tracing::warn!(reason, object = ?regarding.name, error = %e, "recording an event failed");
     }
 }
 

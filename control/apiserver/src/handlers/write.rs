@@ -360,6 +360,18 @@ pub fn prepare_update(
     if status_only {
         let mut out = current.clone();
         out["status"] = next.get("status").cloned().unwrap_or(Value::Null);
+        // Upstream's apps status strategies keep everything but spec and labels from the
+        // client: the Deployment controller records its revision annotation this way.
+        if resource.group == "apps" {
+            match next["metadata"].get("annotations") {
+                Some(a) => out["metadata"]["annotations"] = a.clone(),
+                None => {
+                    if let Some(m) = out["metadata"].as_object_mut() {
+                        m.remove("annotations");
+                    }
+                }
+            }
+        }
         if out["status"].is_null()
             && let Some(m) = out.as_object_mut()
         {

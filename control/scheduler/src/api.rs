@@ -1,0 +1,356 @@
+//! The scheduler's writes to the API server, all made off the scheduling loop in their own
+//! tasks: bindings (many in flight), the PodScheduled condition and FailedScheduling events
+//! of pods that fit nowhere, and preemption (evicting victims, nominating nodes).
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::pod_info::PodInfo;
+
+/// How many bindings may be in flight at once.
+pub const MAX_BINDS_IN_FLIGHT: usize = 128;
+/// How many status, event and eviction writes may be in flight at once.
+pub const MAX_REPORTS_IN_FLIGHT: usize = 16;
+/// The events API's limit on a note.
+const NOTE_LENGTH_LIMIT: usize = 1024;
+
+/// The outcome of a binding, sent back to the scheduling loop.
+#[derive(Debug)]
+pub struct BindResult {
+    pub info: Arc<PodInfo>,
+    pub node: Arc<str>,
+    pub attempts: u32,
+    /// `None` when the binding was written.
+    pub error: Option<BindError>,
+}
+
+/// Why a binding failed.
+#[derive(Debug)]
+pub struct BindError {
+    /// The HTTP status when the API server answered.
+    pub code: Option<u16>,
+    pub message: String,
+}
+
+/// A pod's failure to schedule, to record on the pod.
+#[derive(Debug)]
+pub struct FailureReport {
+    pub pod: Arc<Pod>,
+    /// "Unschedulable" or "SchedulerError".
+    pub reason: &'static str,
+    pub message: String,
+    /// `Some(node)` sets status.nominatedNodeName (empty clears it); `None` leaves it.
+    pub nominated_node: Option<String>,
+}
+
+/// Writes to the API server for the scheduler.
+#[derive(Clone)]
+pub struct ApiWriter {
+    client: Client,
+    recorder: Recorder,
+    binds: Arc<Semaphore>,
+    reports: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for ApiWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiWriter")
+            .field("binds_available", &self.binds.available_permits())
+            .field("reports_available", &self.reports.available_permits())
+            .finish()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// upstream's truncateMessage for event notes.
+pub fn truncate_note(message: &str) -> String {
+    if message.len() <= NOTE_LENGTH_LIMIT {
+        return message.to_string();
+    }
+    let suffix = " ...";
+    let mut end = NOTE_LENGTH_LIMIT - suffix.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &message[..end])
+}
+
+fn pod_reference(pod: &Pod, resource_version: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: pod.metadata.name.clone(),
+        namespace: pod.metadata.namespace.clone(),
+        uid: pod.metadata.uid.clone(),
+        resource_version: resource_version.or_else(|| pod.metadata.resource_version.clone()),
+        field_path: None,
+    }
+}
+
+fn status_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+impl ApiWriter {
+    /// A writer reporting events as "default-scheduler".
+    pub fn new(client: Client) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "default-scheduler".into(),
+                instance: Some(format!("default-scheduler-{}", hostname())),
+            },
+        );
+        ApiWriter {
+            client,
+            recorder,
+            binds: Arc::new(Semaphore::new(MAX_BINDS_IN_FLIGHT)),
+            reports: Arc::new(Semaphore::new(MAX_REPORTS_IN_FLIGHT)),
+        }
+    }
+
+    fn pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Binds the pod to `node` in the background; the result comes back on `results`.
+    pub fn bind(
+        &self,
+        info: Arc<PodInfo>,
+        node: Arc<str>,
+        attempts: u32,
+        results: mpsc::UnboundedSender<BindResult>,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _permit = this.binds.acquire().await;
+            let binding = Binding {
+                metadata: ObjectMeta {
+                    name: Some(info.name().to_string()),
+                    namespace: Some(info.namespace.clone()),
+                    uid: Some(info.uid.clone()),
+                    ..Default::default()
+                },
+                target: ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Node".into()),
+                    name: Some(node.to_string()),
+                    ..Default::default()
+                },
+            };
+            let result = this
+                .pods(&info.namespace)
+                .create_subresource::<_, serde_json::Value>(
+                    "binding",
+                    info.name(),
+                    &PostParams::default(),
+                    &binding,
+                )
+                .await;
+            let error = result.err().map(|e| BindError {
+                code: status_code(&e),
+                message: e.to_string(),
+            });
+            let _ = results.send(BindResult {
+                info,
+                node,
+                attempts,
+                error,
+            });
+        });
+    }
+
+    /// Records a scheduling failure on the pod: the PodScheduled condition (when it changes)
+    /// and a FailedScheduling event.
+    pub fn report_failure(&self, report: FailureReport) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _permit = this.reports.acquire().await;
+            let resource_version = this.update_condition(&report).await;
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "FailedScheduling".into(),
+                note: Some(truncate_note(&report.message)),
+                action: "Scheduling".into(),
+                secondary: None,
+            };
+            // The reference carries the resource version the condition was written at, so a
+            // new message starts a new event instead of counting into the old one.
+            let reference = pod_reference(&report.pod, resource_version);
+            if let Err(e) = this.recorder.publish(&event, &reference).await {
+                tracing::warn!(pod = %format!("{}/{}", reference.namespace.unwrap_or_default(), reference.name.unwrap_or_default()), error = %e, "recording a FailedScheduling event failed");
+            }
+        });
+    }
+
+    /// Patches the PodScheduled condition (and nominatedNodeName) unless they already say the
+    /// same; returns the pod's resource version after the write.
+    async fn update_condition(&self, report: &FailureReport) -> Option<String> {
+        let pod = &report.pod;
+        let status = pod.status.as_ref();
+        let existing = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"));
+        let same_condition = existing.is_some_and(|c| {
+            c.status == "False"
+                && c.reason.as_deref() == Some(report.reason)
+                && c.message.as_deref() == Some(report.message.as_str())
+        });
+        let current_nominated = status
+            .and_then(|s| s.nominated_node_name.clone())
+            .unwrap_or_default();
+        let same_nomination = report
+            .nominated_node
+            .as_ref()
+            .is_none_or(|n| *n == current_nominated);
+        if same_condition && same_nomination {
+            return None;
+        }
+        let transition = match existing {
+            Some(c) if c.status == "False" => c.last_transition_time.clone(),
+            _ => None,
+        }
+        .unwrap_or_else(|| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())
+        });
+        let mut status_patch = json!({
+            "conditions": [{
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": report.reason,
+                "message": report.message,
+                "lastProbeTime": null,
+                "lastTransitionTime": transition,
+            }],
+        });
+        if let Some(node) = &report.nominated_node {
+            status_patch["nominatedNodeName"] = if node.is_empty() {
+                serde_json::Value::Null
+            } else {
+                json!(node)
+            };
+        }
+        let patch = json!({ "status": status_patch });
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        match self
+            .pods(namespace)
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+        {
+            Ok(updated) => updated.metadata.resource_version,
+            Err(e) => {
+                tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "updating the PodScheduled condition failed");
+                None
+            }
+        }
+    }
+
+    /// Evicts `victims` for `preemptor` on `node` (condition DisruptionTarget, delete, event)
+    /// and clears the nominations of lower-priority pods that lose the node.
+    pub fn preempt(
+        &self,
+        preemptor: Arc<PodInfo>,
+        node: Arc<str>,
+        victims: Vec<Arc<PodInfo>>,
+        displaced: Vec<Arc<PodInfo>>,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _permit = this.reports.acquire().await;
+            for victim in victims {
+                this.evict(&preemptor, &node, &victim).await;
+            }
+            for pod in displaced {
+                let patch = json!({ "status": { "nominatedNodeName": null } });
+                if let Err(e) = this
+                    .pods(&pod.namespace)
+                    .patch_status(pod.name(), &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    tracing::warn!(pod = %pod.key, error = %e, "clearing a nominated node failed");
+                }
+            }
+        });
+    }
+
+    async fn evict(&self, preemptor: &PodInfo, node: &str, victim: &PodInfo) {
+        let pods = self.pods(&victim.namespace);
+        let condition = json!({ "status": { "conditions": [{
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "PreemptionByScheduler",
+            "message": "default-scheduler: preempting to accommodate a higher priority pod",
+            "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        }]}});
+        if let Err(e) = pods
+            .patch_status(
+                victim.name(),
+                &PatchParams::default(),
+                &Patch::Strategic(&condition),
+            )
+            .await
+        {
+            tracing::warn!(pod = %victim.key, error = %e, "marking a preemption victim failed");
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(victim.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match pods.delete(victim.name(), &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return,
+            Err(e) => {
+                tracing::warn!(pod = %victim.key, error = %e, "deleting a preemption victim failed");
+                return;
+            }
+        }
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "Preempted".into(),
+            note: Some(format!("Preempted by pod {} on node {node}", preemptor.uid)),
+            action: "Preempting".into(),
+            secondary: Some(pod_reference(&preemptor.pod, None)),
+        };
+        if let Err(e) = self
+            .recorder
+            .publish(&event, &pod_reference(&victim.pod, None))
+            .await
+        {
+            tracing::warn!(pod = %victim.key, error = %e, "recording a Preempted event failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_note;
+
+    #[test]
+    fn notes_are_truncated_like_upstream() {
+        let short = "0/3 nodes are available: 3 Insufficient cpu.";
+        assert_eq!(truncate_note(short), short);
+        let long = "x".repeat(2000);
+        let note = truncate_note(&long);
+        assert_eq!(note.len(), 1024);
+        assert!(note.ends_with(" ..."));
+    }
+}
