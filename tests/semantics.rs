@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use baton_test_harness::{ApiServer, Binary, Etcd};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -901,5 +902,235 @@ async fn server_side_apply_owns_finalizers_value_by_value() {
     assert_eq!(
         cms.get("shared").await.unwrap().metadata.finalizers,
         Some(vec!["b.example/f".to_string()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_admission_resolves_pod_priorities_from_classes() {
+    let (_etcd, _server, client) = start().await;
+    let classes: Api<PriorityClass> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let create_pod = |name: &str, spec_extra: Value| {
+        let mut body = json!({
+            "metadata": { "name": name },
+            "spec": { "containers": [{ "name": "c", "image": "busybox" }] },
+        });
+        for (k, v) in spec_extra.as_object().cloned().unwrap_or_default() {
+            body["spec"][k] = v;
+        }
+        let client = client.clone();
+        async move {
+            raw(
+                &client,
+                "POST",
+                "/api/v1/namespaces/default/pods",
+                "application/json",
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+        }
+    };
+
+    // The system classes exist from startup, as upstream's bootstrap makes them.
+    let node_critical = classes.get("system-node-critical").await.unwrap();
+    let cluster_critical = classes.get("system-cluster-critical").await.unwrap();
+    assert_eq!(
+        (node_critical.value, cluster_critical.value),
+        (2_000_001_000, 2_000_000_000)
+    );
+    assert_eq!(
+        cluster_critical.description.as_deref(),
+        Some(
+            "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."
+        )
+    );
+    assert_eq!(
+        node_critical.preemption_policy.as_deref(),
+        Some("PreemptLowerPriority")
+    );
+    // ... and cannot be deleted.
+    let refused = classes
+        .delete("system-node-critical", &Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 403
+            && s.message == "priorityclasses.scheduling.k8s.io \"system-node-critical\" is forbidden: this is a system priority class and cannot be deleted"),
+        "{refused:?}"
+    );
+    assert!(
+        classes
+            .get_opt("system-node-critical")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_ne!(node_critical.global_default, Some(true));
+
+    // Without classes marked default, a pod gets priority 0.
+    let plain = pods
+        .create(&PostParams::default(), &pod("plain"))
+        .await
+        .unwrap();
+    let spec = plain.spec.unwrap();
+    assert_eq!(
+        (spec.priority, spec.preemption_policy.as_deref()),
+        (Some(0), Some("PreemptLowerPriority"))
+    );
+    assert_eq!(spec.priority_class_name, None);
+
+    // A pod naming a class gets its value and preemption policy.
+    classes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "high" }, "value": 1000, "preemptionPolicy": "Never",
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, body) = create_pod("important", json!({ "priorityClassName": "high" })).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (&body["spec"]["priority"], &body["spec"]["preemptionPolicy"]),
+        (&json!(1000), &json!("Never"))
+    );
+    let (status, body) = create_pod(
+        "critical",
+        json!({ "priorityClassName": "system-node-critical" }),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["spec"]["priority"]),
+        (201, &json!(2_000_001_000))
+    );
+
+    // An unknown class, or a priority the class contradicts, is refused and nothing stored.
+    let (status, body) = create_pod("orphan", json!({ "priorityClassName": "missing" })).await;
+    assert_eq!(
+        (status, body["reason"].as_str(), body["message"].as_str()),
+        (
+            403,
+            Some("Forbidden"),
+            Some("pods \"orphan\" is forbidden: no PriorityClass with name missing was found")
+        )
+    );
+    let (status, body) = create_pod(
+        "liar",
+        json!({ "priorityClassName": "high", "priority": 5 }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            403,
+            Some(
+                "pods \"liar\" is forbidden: the integer value of priority (5) must not be provided in pod spec; priority admission controller computed 1000 from the given PriorityClass name"
+            )
+        )
+    );
+    assert!(pods.get_opt("orphan").await.unwrap().is_none());
+    assert!(pods.get_opt("liar").await.unwrap().is_none());
+
+    // An update that leaves the priority out keeps it.
+    let (status, mut current) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/pods/important",
+        "application/json",
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let spec = current["spec"].as_object_mut().unwrap();
+    spec.remove("priority");
+    spec.remove("preemptionPolicy");
+    current["metadata"]["labels"] = json!({ "tier": "gold" });
+    let (status, body) = raw(
+        &client,
+        "PUT",
+        "/api/v1/namespaces/default/pods/important",
+        "application/json",
+        serde_json::to_vec(&current).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["spec"]["priority"], &body["spec"]["preemptionPolicy"]),
+        (&json!(1000), &json!("Never"))
+    );
+
+    // Class validation: user classes stay at or below 1000000000; system- names are reserved.
+    let (status, body) = raw(
+        &client,
+        "POST",
+        "/apis/scheduling.k8s.io/v1/priorityclasses",
+        "application/json",
+        br#"{"metadata":{"name":"too-high"},"value":1000000001}"#.to_vec(),
+    )
+    .await;
+    assert_eq!((status, body["reason"].as_str()), (422, Some("Invalid")));
+    assert_eq!(
+        body["details"]["causes"][0]["message"],
+        "Forbidden: maximum allowed value of a user defined priority is 1000000000"
+    );
+
+    // A default class applies to pods that name none, and there is only one default.
+    classes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "fallback" }, "value": 42, "globalDefault": true,
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let defaulted = pods
+        .create(&PostParams::default(), &pod("defaulted"))
+        .await
+        .unwrap();
+    let spec = defaulted.spec.unwrap();
+    assert_eq!(
+        (spec.priority_class_name.as_deref(), spec.priority),
+        (Some("fallback"), Some(42))
+    );
+    let (status, body) = raw(
+        &client,
+        "POST",
+        "/apis/scheduling.k8s.io/v1/priorityclasses",
+        "application/json",
+        br#"{"metadata":{"name":"another"},"value":7,"globalDefault":true}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            403,
+            Some(
+                "priorityclasses.scheduling.k8s.io \"another\" is forbidden: PriorityClass fallback is already marked as default. Only one default can exist"
+            )
+        )
+    );
+    let names: BTreeSet<String> = classes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(
+            [
+                "fallback",
+                "high",
+                "system-cluster-critical",
+                "system-node-critical"
+            ]
+            .map(String::from)
+        )
     );
 }

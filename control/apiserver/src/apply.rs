@@ -129,6 +129,11 @@ pub async fn server_side_apply<S: Store>(
                 next,
                 status_only,
             )?;
+            crate::priority_admission::admit_class_update(
+                &server.priority_classes,
+                resource,
+                &prepared,
+            )?;
             pool.fill(&mut prepared);
             Ok(crate::handlers::decision(current, prepared, dry_run))
         },

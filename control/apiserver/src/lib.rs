@@ -16,6 +16,8 @@ pub mod namespaces;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
+pub mod priority_admission;
+pub mod priority_classes;
 pub mod protobuf;
 pub mod request;
 pub mod resources;
@@ -25,6 +27,7 @@ pub mod services;
 pub mod status;
 pub mod tls;
 pub mod watch_cache;
+pub mod watched_map;
 
 use std::sync::Arc;
 
@@ -64,7 +67,7 @@ pub enum StartApiServerError {
         source: std::io::Error,
     },
     /// The system objects could not be created.
-    #[error("creating the system namespaces and the kubernetes Service: {0}")]
+    #[error("creating the system namespaces, PriorityClasses and the kubernetes Service: {0}")]
     Bootstrap(String),
 }
 
@@ -76,6 +79,8 @@ pub struct ApiServer<S> {
     pub caches: Arc<WatchCaches<S>>,
     /// Namespaces known from their watch cache.
     pub namespaces: namespaces::NamespaceCache,
+    /// PriorityClasses known from their watch cache, for Priority admission.
+    pub priority_classes: priority_classes::PriorityClassCache,
     /// Defaulting settings.
     pub defaulting: DefaultingConfig,
     /// ClusterIP and NodePort allocation.
@@ -100,6 +105,7 @@ impl<S: Store> ApiServer<S> {
         Self {
             caches: Arc::new(WatchCaches::new(store.clone())),
             namespaces: namespaces::NamespaceCache::default(),
+            priority_classes: priority_classes::PriorityClassCache::default(),
             store,
             defaulting: DefaultingConfig {
                 not_ready_toleration_seconds: args.default_not_ready_toleration_seconds,
@@ -268,7 +274,41 @@ impl<S: Store> ApiServer<S> {
         self.release(&release).await;
     }
 
-    /// Creates what every cluster has: the system namespaces and the `kubernetes` Service.
+    /// Creates upstream's system PriorityClasses that do not exist yet.
+    async fn bootstrap_priority_classes(&self) -> Result<(), StatusError> {
+        let pc = resources::find("scheduling.k8s.io", "v1", "priorityclasses").expect("served");
+        for class in priority_admission::SYSTEM_CLASSES {
+            let key = pc.key(None, class.name);
+            if self
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| objects::store_error(pc, class.name, e))?
+                .is_some()
+            {
+                continue;
+            }
+            let mut obj = class.object();
+            obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
+            obj["metadata"]["creationTimestamp"] = json!(handlers::now());
+            resources::defaults::apply(pc.group, pc.kind, &mut obj, &self.defaulting, true);
+            match self.store.create(&key, objects::encode(&obj)).await {
+                Ok(_) => {
+                    tracing::info!(
+                        name = class.name,
+                        value = class.value,
+                        "created PriorityClass"
+                    )
+                }
+                Err(StoreError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(objects::store_error(pc, class.name, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates what every cluster has: the system namespaces, the system PriorityClasses and
+    /// the `kubernetes` Service.
     pub async fn bootstrap(&self) -> Result<(), StatusError> {
         let ns = resources::find("", "v1", "namespaces").expect("served");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -292,6 +332,7 @@ impl<S: Store> ApiServer<S> {
                 Err(e) => return Err(objects::store_error(ns, name, e)),
             }
         }
+        self.bootstrap_priority_classes().await?;
         let svc = resources::find("", "v1", "services").expect("served");
         let key = svc.key(Some("default"), "kubernetes");
         if self
@@ -425,6 +466,12 @@ pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
         server.caches.clone(),
         ns_resource,
     ));
+    tokio::spawn(
+        server
+            .priority_classes
+            .clone()
+            .run(server.store.clone(), server.caches.clone()),
+    );
     if let Some(path) = &args.port_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, bound.port().to_string())

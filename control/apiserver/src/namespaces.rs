@@ -1,18 +1,16 @@
-//! What the API server knows of namespaces without asking etcd on every create: a map fed by
-//! the namespaces watch cache (upstream's NamespaceLifecycle admission keeps an informer the
-//! same way). A name the map does not know is looked up in etcd, so a namespace created a
+//! What the API server knows of namespaces without asking etcd on every create: a
+//! [`WatchedMap`] of namespace states (upstream's NamespaceLifecycle admission keeps an informer
+//! the same way). A name the map does not know is looked up in etcd, so a namespace created a
 //! moment ago is never refused.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use baton_store::Store;
 use serde_json::Value;
 
-use crate::objects::decode;
 use crate::resources::Resource;
-use crate::watch_cache::{Delivery, EventType, WatchCaches};
+use crate::watch_cache::WatchCaches;
+use crate::watched_map::WatchedMap;
 
 /// The state of one namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,9 +22,17 @@ pub enum NamespaceState {
 }
 
 /// Namespaces by name.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct NamespaceCache {
-    known: Arc<RwLock<HashMap<String, NamespaceState>>>,
+    known: WatchedMap<NamespaceState>,
+}
+
+impl Default for NamespaceCache {
+    fn default() -> Self {
+        Self {
+            known: WatchedMap::new(state_of),
+        }
+    }
 }
 
 /// The state a namespace object is in.
@@ -41,11 +47,7 @@ pub fn state_of(obj: &Value) -> NamespaceState {
 impl NamespaceCache {
     /// The cached state of `name`, if known.
     pub fn get(&self, name: &str) -> Option<NamespaceState> {
-        self.known
-            .read()
-            .expect("namespace cache lock")
-            .get(name)
-            .copied()
+        self.known.get(name)
     }
 
     /// Keeps the cache in step with the store, forever (restarting after any gap).
@@ -55,67 +57,6 @@ impl NamespaceCache {
         caches: Arc<WatchCaches<S>>,
         resource: &'static Resource,
     ) {
-        loop {
-            if let Err(e) = self.sync(&store, &caches, resource).await {
-                tracing::warn!(error = %e, "namespace cache resyncing");
-            }
-            self.known.write().expect("namespace cache lock").clear();
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn sync<S: Store>(
-        &self,
-        store: &Arc<S>,
-        caches: &WatchCaches<S>,
-        resource: &'static Resource,
-    ) -> Result<(), String> {
-        let cache = caches.get(resource).await.map_err(|e| e.to_string())?;
-        let page = store
-            .list(resource.storage_prefix, Default::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        {
-            let mut known = self.known.write().expect("namespace cache lock");
-            known.clear();
-            for kv in &page.items {
-                if let Ok(obj) = decode(kv)
-                    && let Some(name) = obj["metadata"]["name"].as_str()
-                {
-                    known.insert(name.to_string(), state_of(&obj));
-                }
-            }
-        }
-        let mut sub = cache
-            .subscribe(page.revision)
-            .ok_or("namespace history is gone")?;
-        for event in sub.backlog.drain(..) {
-            self.apply(event.kind, event.object());
-        }
-        loop {
-            match sub.live.recv().await {
-                Ok(Delivery::Event(event)) if event.revision > page.revision => {
-                    self.apply(event.kind, event.object())
-                }
-                Ok(Delivery::Event(_)) => {}
-                Ok(Delivery::Reset) => return Err("watch cache reset".into()),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    }
-
-    fn apply(&self, kind: EventType, obj: &Value) {
-        let Some(name) = obj["metadata"]["name"].as_str() else {
-            return;
-        };
-        let mut known = self.known.write().expect("namespace cache lock");
-        match kind {
-            EventType::Deleted => {
-                known.remove(name);
-            }
-            _ => {
-                known.insert(name.to_string(), state_of(obj));
-            }
-        }
+        self.known.run(store, caches, resource).await
     }
 }

@@ -22,7 +22,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use crate::Context;
-use crate::failure_backoff::FailureBackoff;
+use crate::failure_backoff::{FailureBackoff, log_failure};
 use crate::service_endpoints::{
     self as shared, HEADLESS_LABEL, LAST_CHANGE_TRIGGER_TIME, OwnWrites, ServiceCache, TriggerTimes,
 };
@@ -166,7 +166,12 @@ fn error_policy(svc: Arc<Service>, err: &SyncEndpointsError, state: Arc<State>) 
     let delay = state
         .backoff
         .next_delay(&crate::pod_control::key_of(svc.as_ref()));
-    tracing::warn!(service = %crate::pod_control::key_of(svc.as_ref()), error = %err, retry_in = ?delay, "syncing Endpoints failed");
+    log_failure!(
+        "syncing Endpoints failed",
+        &crate::pod_control::key_of(svc.as_ref()),
+        err,
+        delay,
+    );
     Action::requeue(delay)
 }
 

@@ -25,7 +25,7 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use crate::Context;
-use crate::failure_backoff::FailureBackoff;
+use crate::failure_backoff::{FailureBackoff, log_failure};
 use crate::service_endpoints::{
     self as shared, HEADLESS_LABEL, LAST_CHANGE_TRIGGER_TIME, OwnWrites, ServiceCache, TriggerTimes,
 };
@@ -182,7 +182,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
 fn error_policy(svc: Arc<Service>, err: &SyncEndpointSlicesError, state: Arc<State>) -> Action {
     let key = crate::pod_control::key_of(svc.as_ref());
     let delay = state.backoff.next_delay(&key);
-    tracing::warn!(service = %key, error = %err, retry_in = ?delay, "syncing EndpointSlices failed");
+    log_failure!("syncing EndpointSlices failed", &key, err, delay);
     Action::requeue(delay)
 }
 

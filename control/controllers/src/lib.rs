@@ -6,25 +6,25 @@
 //! kube-system/kube-controller-manager).
 
 mod context;
-pub mod pod_control;
+mod controller_revision;
+mod daemonset;
+mod deployment;
 mod endpoints;
 mod endpointslice;
 mod failure_backoff;
-mod pods_by_node;
-mod service_endpoints;
 mod garbage_collector;
+mod job;
 mod namespace;
 mod node_ipam;
 mod node_lifecycle;
+pub mod pod_control;
 mod pod_gc;
-mod serviceaccount;
-mod taint_eviction;
-mod controller_revision;
-mod daemonset;
+mod pods_by_node;
 mod replicaset;
-mod deployment;
+mod service_endpoints;
+mod serviceaccount;
 mod statefulset;
-mod job;
+mod taint_eviction;
 mod ttl_after_finished;
 
 use std::path::PathBuf;

@@ -25,7 +25,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use crate::Context;
-use crate::failure_backoff::FailureBackoff;
+use crate::failure_backoff::{FailureBackoff, log_failure};
 
 /// The spec finalizer this controller is responsible for.
 pub const FINALIZER: &str = "kubernetes";
@@ -103,7 +103,12 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
 
 fn error_policy(ns: Arc<Namespace>, err: &DeleteNamespaceError, state: Arc<State>) -> Action {
     let delay = state.backoff.next_delay(&ns.name_any());
-    tracing::warn!(namespace = %ns.name_any(), error = %err, retry_in = ?delay, "deleting namespace content failed");
+    log_failure!(
+        "deleting namespace content failed",
+        &ns.name_any(),
+        err,
+        delay,
+    );
     Action::requeue(delay)
 }
 
@@ -160,10 +165,11 @@ async fn reconcile(ns: Arc<Namespace>, state: Arc<State>) -> Result<Action, Dele
         tracing::debug!(namespace = %name, estimate = content.estimate, ?delay, "content remains");
         return Ok(Action::requeue(delay));
     }
-    finalize(&state.client, &name).await?;
+    if finalize(&state.client, &name).await? {
+        tracing::info!(namespace = %name, "namespace content removed; finalized");
+    }
     state.waits.lock().expect("waits").remove(&name);
     state.backoff.reset(&name);
-    tracing::info!(namespace = %name, "namespace content removed; finalized");
     Ok(Action::await_change())
 }
 
@@ -336,14 +342,19 @@ async fn pod_estimate(client: &Client, ns: &str) -> Result<i64, kube::Error> {
         .max(0))
 }
 
-/// Removes the `kubernetes` spec finalizer through the finalize subresource.
-async fn finalize(client: &Client, name: &str) -> Result<(), DeleteNamespaceError> {
+/// Removes the `kubernetes` spec finalizer through the finalize subresource; returns whether
+/// there was one to remove.
+async fn finalize(client: &Client, name: &str) -> Result<bool, DeleteNamespaceError> {
     let api: Api<Namespace> = Api::all(client.clone());
     let mut ns = match api.get(name).await {
         Ok(ns) => ns,
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(false),
         Err(e) => return Err(DeleteNamespaceError::Get(name.to_string(), e)),
     };
+    let listed = ns.spec.as_ref().and_then(|s| s.finalizers.as_ref());
+    if !listed.is_some_and(|f| f.iter().any(|f| f == FINALIZER)) {
+        return Ok(false);
+    }
     ns.metadata.managed_fields = None;
     let spec = ns.spec.get_or_insert_with(Default::default);
     let mut finalizers: Vec<String> = spec
@@ -360,8 +371,8 @@ async fn finalize(client: &Client, name: &str) -> Result<(), DeleteNamespaceErro
         .replace_subresource("finalize", name, &PostParams::default(), &ns)
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(e) => Err(DeleteNamespaceError::Finalize(name.to_string(), e)),
     }
 }

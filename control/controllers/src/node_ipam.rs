@@ -22,7 +22,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::Context;
-use crate::failure_backoff::FailureBackoff;
+use crate::failure_backoff::{FailureBackoff, log_failure};
 
 /// Giving a node its pod CIDR failed.
 #[derive(Debug, thiserror::Error)]
@@ -262,7 +262,12 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
 
 fn error_policy(node: Arc<Node>, err: &AllocateNodeCidrError, state: Arc<State>) -> Action {
     let delay = state.backoff.next_delay(&node.name_any());
-    tracing::warn!(error = %err, retry_in = ?delay, "allocating a node CIDR failed");
+    log_failure!(
+        "allocating a node CIDR failed",
+        &node.name_any(),
+        err,
+        delay,
+    );
     Action::requeue(delay)
 }
 

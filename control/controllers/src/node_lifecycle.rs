@@ -29,7 +29,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::Context;
-use crate::failure_backoff::FailureBackoff;
+use crate::failure_backoff::{FailureBackoff, log_failure};
 use crate::pods_by_node::node_of;
 
 /// The namespace of the node heartbeat Leases.
@@ -186,7 +186,12 @@ fn pod_error_policy(pod: Arc<Pod>, err: &UpdateNodeHealthError, state: Arc<State
     let delay = state
         .backoff
         .next_delay(&crate::pod_control::key_of(pod.as_ref()));
-    tracing::warn!(error = %err, retry_in = ?delay, "marking a pod not ready failed");
+    log_failure!(
+        "marking a pod not ready failed",
+        &crate::pod_control::key_of(pod.as_ref()),
+        err,
+        delay,
+    );
     Action::requeue(delay)
 }
 
@@ -204,7 +209,7 @@ async fn reconcile_pod(pod: Arc<Pod>, state: Arc<State>) -> Result<Action, Updat
 
 fn error_policy(node: Arc<Node>, err: &UpdateNodeHealthError, state: Arc<State>) -> Action {
     let delay = state.backoff.next_delay(&node.name_any());
-    tracing::warn!(error = %err, retry_in = ?delay, "updating node health failed");
+    log_failure!("updating node health failed", &node.name_any(), err, delay);
     Action::requeue(delay)
 }
 

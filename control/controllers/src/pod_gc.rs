@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::Context;
-use crate::failure_backoff::FailureBackoff;
+use crate::failure_backoff::{FailureBackoff, log_failure};
 use crate::pods_by_node::node_of;
 
 /// How long a node must be missing before its Pods are deleted (upstream's quarantineTime).
@@ -185,7 +185,12 @@ fn error_policy(pod: Arc<Pod>, err: &CollectPodError, state: Arc<State>) -> Acti
     let delay = state
         .backoff
         .next_delay(&crate::pod_control::key_of(pod.as_ref()));
-    tracing::warn!(error = %err, retry_in = ?delay, "pod garbage collection failed");
+    log_failure!(
+        "pod garbage collection failed",
+        &crate::pod_control::key_of(pod.as_ref()),
+        err,
+        delay,
+    );
     Action::requeue(delay)
 }
 

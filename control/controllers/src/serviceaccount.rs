@@ -16,7 +16,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use crate::Context;
-use crate::failure_backoff::FailureBackoff;
+use crate::failure_backoff::{FailureBackoff, log_failure};
 
 /// The ServiceAccount every namespace has.
 pub const DEFAULT_ACCOUNT: &str = "default";
@@ -78,7 +78,12 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
 
 fn error_policy(ns: Arc<Namespace>, err: &EnsureServiceAccountError, state: Arc<State>) -> Action {
     let delay = state.backoff.next_delay(&ns.name_any());
-    tracing::warn!(error = %err, retry_in = ?delay, "ensuring the default ServiceAccount failed");
+    log_failure!(
+        "ensuring the default ServiceAccount failed",
+        &ns.name_any(),
+        err,
+        delay,
+    );
     Action::requeue(delay)
 }
 

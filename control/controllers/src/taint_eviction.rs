@@ -23,7 +23,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::Context;
-use crate::failure_backoff::FailureBackoff;
+use crate::failure_backoff::{FailureBackoff, log_failure};
 use crate::pods_by_node::node_of;
 
 /// Evicting a Pod failed.
@@ -118,7 +118,12 @@ fn error_policy(pod: Arc<Pod>, err: &EvictPodError, state: Arc<State>) -> Action
     let delay = state
         .backoff
         .next_delay(&crate::pod_control::key_of(pod.as_ref()));
-    tracing::warn!(error = %err, retry_in = ?delay, "taint eviction failed");
+    log_failure!(
+        "taint eviction failed",
+        &crate::pod_control::key_of(pod.as_ref()),
+        err,
+        delay,
+    );
     Action::requeue(delay)
 }
 

@@ -166,6 +166,17 @@ pub async fn delete<S: Store>(
     call: &Call<'_>,
 ) -> Result<Response<Body>, StatusError> {
     let opts = options(call)?;
+    if call.resource.kind == "PriorityClass"
+        && crate::priority_admission::SYSTEM_CLASSES
+            .iter()
+            .any(|c| c.name == call.name())
+    {
+        return Err(StatusError::forbidden(
+            &call.resource.subject(),
+            call.name(),
+            "this is a system priority class and cannot be deleted",
+        ));
+    }
     if opts.dry_run {
         let obj = super::read::read_object(server, call.resource, &call.key(), call.name()).await?;
         return Ok(json_response(StatusCode::OK, &obj));

@@ -11,6 +11,7 @@ use crate::ApiServer;
 use crate::body::{Body, json_response, parse_object};
 use crate::objects::{Decision, encode, guaranteed_update, set_resource_version, store_error};
 use crate::patch::{self, PatchType};
+use crate::priority_admission;
 use crate::resources::{Resource, defaults, validation};
 use crate::status::StatusError;
 
@@ -287,12 +288,32 @@ async fn create_object<S: Store>(
             true,
         );
     }
-    validate(resource, &obj, None)?;
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_string();
+    // Admission as upstream orders it: NamespaceLifecycle and the mutating plugins, then
+    // validation, then the validating plugins.
     check_namespace(server, call, &name).await?;
+    if resource.is_core("Pod") {
+        priority_admission::admit_new_pod(
+            &server.priority_classes,
+            &*server.store,
+            resource,
+            &mut obj,
+        )
+        .await?;
+    }
+    validate(resource, &obj, None)?;
+    if is_priority_class(resource) {
+        priority_admission::admit_new_class(
+            &server.priority_classes,
+            &*server.store,
+            resource,
+            &obj,
+        )
+        .await?;
+    }
     let key = resource.key(call.namespace(), &name);
     if call.query.dry_run()? {
         let exists = server
@@ -321,6 +342,9 @@ async fn create_object<S: Store>(
     match written {
         Ok(revision) => {
             set_resource_version(&mut obj, revision);
+            if is_priority_class(resource) {
+                server.priority_classes.caught_up(revision).await;
+            }
             Ok(obj)
         }
         Err(e) => {
@@ -420,6 +444,9 @@ pub fn prepare_update(
     if resource.kind == "Namespace" && resource.group.is_empty() {
         next["spec"]["finalizers"] = current["spec"]["finalizers"].clone();
     }
+    if resource.is_core("Pod") {
+        priority_admission::keep_on_update(current, &mut next);
+    }
     defaults::apply(resource.group, resource.kind, &mut next, server, false);
     let spec_changed = current.get("spec") != next.get("spec");
     // Upstream also counts a Deployment's annotation changes as a new generation.
@@ -497,6 +524,23 @@ pub async fn service_ports<S: Store>(
         };
     let next = next_of(&current)?;
     server.preallocate_for_update(call, &current, &next).await
+}
+
+fn is_priority_class(resource: &Resource) -> bool {
+    (resource.group, resource.kind) == ("scheduling.k8s.io", "PriorityClass")
+}
+
+/// The validating admission of an update, run on each compare-and-swap attempt: Priority's
+/// refusal of a second default PriorityClass.
+fn admit_update<S: Store>(
+    server: &ApiServer<S>,
+    resource: &Resource,
+    next: &Value,
+) -> Result<(), StatusError> {
+    if is_priority_class(resource) {
+        priority_admission::admit_class_update(&server.priority_classes, resource, next)?;
+    }
+    Ok(())
 }
 
 /// Kinds that a PUT creates when they do not exist (upstream's AllowCreateOnUpdate).
@@ -590,6 +634,7 @@ pub async fn update<S: Store>(
         if finalize {
             prepared["spec"]["finalizers"] = next["spec"]["finalizers"].clone();
         }
+        admit_update(server, resource, &prepared)?;
         Ok(decide(call, current, prepared, &pool, dry_run))
     })
     .await;
@@ -623,6 +668,15 @@ pub async fn finish_write<S: Store>(
         Ok(updated) => {
             let mut obj = updated.object;
             set_type(resource, &mut obj);
+            // Pods created after this answer see the class as written.
+            if is_priority_class(resource)
+                && updated.written
+                && let Some(revision) = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|rv| rv.parse().ok())
+            {
+                server.priority_classes.caught_up(revision).await;
+            }
             if resource.kind == "Service" && resource.group.is_empty() {
                 if updated.deleted {
                     server.release_held(&updated.previous).await;
@@ -677,6 +731,7 @@ pub async fn patch<S: Store>(
         set_type(resource, &mut patched);
         let next = normalize(call, patched, &mut warnings)?;
         let prepared = prepare_update(&server.defaulting, resource, current, next, status_only)?;
+        admit_update(server, resource, &prepared)?;
         Ok(decide(call, current, prepared, &pool, dry_run))
     })
     .await;

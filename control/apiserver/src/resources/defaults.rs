@@ -58,6 +58,10 @@ pub fn apply(group: &str, kind: &str, obj: &mut Value, cfg: &DefaultingConfig, c
         ("apps", "DaemonSet") => daemonset(obj),
         ("apps", "StatefulSet") => statefulset(obj),
         ("batch", "Job") => job(obj),
+        // A pod's priority and preemption policy come from Priority admission, not defaults.
+        ("scheduling.k8s.io", "PriorityClass") => {
+            default(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
+        }
         _ => {}
     }
 }
@@ -145,8 +149,6 @@ fn pod_spec(spec: &mut Value) {
     default(spec, "schedulerName", json!("default-scheduler"));
     default(spec, "securityContext", json!({}));
     default(spec, "enableServiceLinks", json!(true));
-    default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
-    default(spec, "priority", json!(0));
     each_mut(spec, "containers", container);
     each_mut(spec, "initContainers", container);
     each_mut(spec, "volumes", |v| {
@@ -360,6 +362,26 @@ mod tests {
         assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
         assert_eq!(pod["status"]["qosClass"], "BestEffort");
         assert_eq!(pod["status"]["phase"], "Pending");
+    }
+
+    #[test]
+    fn priority_is_left_to_admission_and_classes_preempt_by_default() {
+        let mut rs = json!({"spec": {"template": {"spec": {"containers": []}}}});
+        apply("apps", "ReplicaSet", &mut rs, &cfg(), true);
+        let template = &rs["spec"]["template"]["spec"];
+        assert!(template.get("priority").is_none() && template.get("preemptionPolicy").is_none());
+        let mut pc = json!({"metadata": {"name": "high"}, "value": 10});
+        apply("scheduling.k8s.io", "PriorityClass", &mut pc, &cfg(), true);
+        assert_eq!(pc["preemptionPolicy"], "PreemptLowerPriority");
+        let mut never = json!({"metadata": {"name": "n"}, "value": 1, "preemptionPolicy": "Never"});
+        apply(
+            "scheduling.k8s.io",
+            "PriorityClass",
+            &mut never,
+            &cfg(),
+            false,
+        );
+        assert_eq!(never["preemptionPolicy"], "Never");
     }
 
     #[test]

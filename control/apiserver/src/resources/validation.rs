@@ -191,7 +191,46 @@ pub fn object(group: &str, kind: &str, obj: &Value, causes: &mut Vec<FieldCause>
             }
             workload(obj, causes, false);
         }
+        ("scheduling.k8s.io", "PriorityClass") => priority_class(obj, causes),
         _ => {}
+    }
+}
+
+/// Upstream's `ValidatePriorityClass`: `system-` names belong to the system classes, other
+/// classes stay at or below the highest user-definable value, and the preemption policy is one
+/// upstream knows.
+fn priority_class(obj: &Value, causes: &mut Vec<FieldCause>) {
+    use crate::priority_admission::{
+        HIGHEST_USER_DEFINABLE_PRIORITY, SYSTEM_PRIORITY_CLASS_PREFIX, unknown_system_class,
+    };
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let value = obj["value"].as_i64().unwrap_or(0);
+    if name.starts_with(SYSTEM_PRIORITY_CLASS_PREFIX) {
+        let global_default = obj["globalDefault"].as_bool().unwrap_or(false);
+        if let Some(error) = unknown_system_class(name, value, global_default) {
+            causes.push(FieldCause::forbidden(
+                "metadata.name",
+                &format!(
+                    "priority class names with '{SYSTEM_PRIORITY_CLASS_PREFIX}' prefix are reserved for system use only. error: {error}"
+                ),
+            ));
+        }
+    } else if value > HIGHEST_USER_DEFINABLE_PRIORITY {
+        causes.push(FieldCause::forbidden(
+            "value",
+            &format!(
+                "maximum allowed value of a user defined priority is {HIGHEST_USER_DEFINABLE_PRIORITY}"
+            ),
+        ));
+    }
+    match obj["preemptionPolicy"].as_str() {
+        None | Some("PreemptLowerPriority" | "Never") => {}
+        Some("") => causes.push(FieldCause::required("preemptionPolicy", "")),
+        Some(other) => causes.push(FieldCause::not_supported(
+            "preemptionPolicy",
+            other,
+            &["PreemptLowerPriority", "Never"],
+        )),
     }
 }
 
@@ -396,6 +435,7 @@ pub fn immutable_fields(group: &str, kind: &str) -> &'static [(&'static str, &'s
         ],
         ("", "Secret") => &[("type", "/type")],
         ("", "Service") => &[("spec.clusterIP", "/spec/clusterIP")],
+        ("scheduling.k8s.io", "PriorityClass") => &[("preemptionPolicy", "/preemptionPolicy")],
         _ => &[],
     }
 }
@@ -418,6 +458,10 @@ pub fn update(group: &str, kind: &str, old: &Value, new: &Value, causes: &mut Ve
         ("", "Pod") => pod_update(old, new, causes),
         ("", "ConfigMap") => immutable_contents(old, new, &["data", "binaryData"], causes),
         ("", "Secret") => immutable_contents(old, new, &["data"], causes),
+        // Upstream's `ValidatePriorityClassUpdate`.
+        ("scheduling.k8s.io", "PriorityClass") if old["value"] != new["value"] => causes.push(
+            FieldCause::forbidden("value", "may not be changed in an update."),
+        ),
         _ => {}
     }
 }
@@ -1239,6 +1283,68 @@ mod tests {
         assert_eq!(
             causes[0].message,
             "Invalid value: -1: must be greater than or equal to 0"
+        );
+    }
+
+    fn class_errors(obj: &Value) -> Vec<String> {
+        let mut causes = vec![];
+        object("scheduling.k8s.io", "PriorityClass", obj, &mut causes);
+        causes
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
+    }
+
+    #[test]
+    fn priority_class_values_and_reserved_names() {
+        let class = |name: &str, value: i64| json!({"metadata": {"name": name}, "value": value});
+        assert!(class_errors(&class("high", 1_000_000_000)).is_empty());
+        assert_eq!(
+            class_errors(&class("higher", 1_000_000_001)),
+            ["value: Forbidden: maximum allowed value of a user defined priority is 1000000000"]
+        );
+        assert!(class_errors(&class("system-cluster-critical", 2_000_000_000)).is_empty());
+        assert_eq!(
+            class_errors(&class("system-x", 1)),
+            [
+                "metadata.name: Forbidden: priority class names with 'system-' prefix are reserved for system use only. error: system-x is not a known system priority class"
+            ]
+        );
+        let mut odd = class("odd", 1);
+        odd["preemptionPolicy"] = json!("Sometimes");
+        assert_eq!(
+            class_errors(&odd),
+            [
+                r#"preemptionPolicy: Unsupported value: "Sometimes": supported values: "PreemptLowerPriority", "Never""#
+            ]
+        );
+    }
+
+    #[test]
+    fn priority_class_value_and_policy_are_immutable() {
+        let old = json!({"metadata": {"name": "high"}, "value": 10, "preemptionPolicy": "Never"});
+        let mut new = old.clone();
+        new["value"] = json!(11);
+        new["preemptionPolicy"] = json!("PreemptLowerPriority");
+        new["description"] = json!("may change");
+        let mut causes = vec![];
+        update(
+            "scheduling.k8s.io",
+            "PriorityClass",
+            &old,
+            &new,
+            &mut causes,
+        );
+        let errors: Vec<String> = causes
+            .into_iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                r#"preemptionPolicy: Invalid value: "PreemptLowerPriority": field is immutable"#,
+                "value: Forbidden: may not be changed in an update.",
+            ]
         );
     }
 }

@@ -13,9 +13,16 @@ async fn live() {
     let Ok(kc) = std::env::var("BATON_LIVE_KUBECONFIG") else {
         return;
     };
-    let secs: u64 = std::env::var("BATON_LIVE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let secs: u64 = std::env::var("BATON_LIVE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
     let extra = std::env::var("BATON_LIVE_ARGS").unwrap_or_default();
-    let mut argv = vec!["x".to_string(), format!("--kubeconfig={kc}"), "--leader-elect=false".into()];
+    let mut argv = vec![
+        "x".to_string(),
+        format!("--kubeconfig={kc}"),
+        "--leader-elect=false".into(),
+    ];
     argv.extend(extra.split_whitespace().map(str::to_string));
     let w = W::parse_from(argv);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(secs), crate::run(w.a)).await;
@@ -30,7 +37,8 @@ impl tracing::field::Visit for V {
 }
 impl tracing::Subscriber for Print {
     fn enabled(&self, m: &tracing::Metadata<'_>) -> bool {
-        *m.level() <= tracing::Level::INFO || (m.target().starts_with("baton_controllers") && *m.level() <= tracing::Level::DEBUG)
+        *m.level() <= tracing::Level::INFO
+            || (m.target().starts_with("baton_controllers") && *m.level() <= tracing::Level::DEBUG)
     }
     fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
         tracing::span::Id::from_u64(1)
@@ -40,7 +48,13 @@ impl tracing::Subscriber for Print {
     fn event(&self, e: &tracing::Event<'_>) {
         let mut v = V(String::new());
         e.record(&mut v);
-        eprintln!("{} {} {}{}", jiff::Timestamp::now(), e.metadata().level(), e.metadata().target(), v.0);
+        eprintln!(
+            "{} {} {}{}",
+            jiff::Timestamp::now(),
+            e.metadata().level(),
+            e.metadata().target(),
+            v.0
+        );
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}

@@ -19,7 +19,7 @@ use super::graph::{
 };
 use super::monitors::{FOREGROUND, Mapping, ORPHAN};
 use super::queue::WorkQueue;
-use crate::failure_backoff::FailureBackoff;
+use crate::failure_backoff::{FailureBackoff, log_failure};
 
 /// Orphaning runs on this many dependents at once.
 const PARALLEL_ORPHANING: usize = 10;
@@ -119,7 +119,7 @@ impl Collector {
                 Ok(()) => self.backoff.reset(&uid),
                 Err(e) => {
                     let delay = self.backoff.next_delay(&uid);
-                    tracing::warn!(uid = %uid, error = %e, retry_in = ?delay, "garbage collection failed");
+                    log_failure!("garbage collection failed", &uid, &e, delay);
                     self.deletes.add_after(uid.clone(), delay);
                 }
             }
@@ -136,7 +136,7 @@ impl Collector {
                 Ok(()) => self.backoff.reset(&key),
                 Err(e) => {
                     let delay = self.backoff.next_delay(&key);
-                    tracing::warn!(uid = %uid, error = %e, retry_in = ?delay, "orphaning dependents failed");
+                    log_failure!("orphaning dependents failed", &uid, &e, delay);
                     self.orphans.add_after(uid.clone(), delay);
                 }
             }
