@@ -17,8 +17,11 @@ use tokio::sync::broadcast;
 use crate::objects::decode_bytes;
 use crate::resources::Resource;
 
-/// How many recent events each resource keeps for resuming watches.
+/// How many recent events each resource keeps for resuming watches...
 const HISTORY: usize = 4096;
+/// ... and how many stored bytes they may hold at most: a few large objects changing often (an
+/// Endpoints of thousands of addresses) must not pin gigabytes. The newest event is always kept.
+const HISTORY_BYTES: usize = 16 << 20;
 /// Capacity of the fan-out channel; a watcher that falls this far behind is closed and resumes.
 const FANOUT: usize = 2048;
 
@@ -62,6 +65,13 @@ pub struct CachedEvent {
 }
 
 impl CachedEvent {
+    /// The stored bytes this event holds (its object and previous state), for the history's
+    /// byte bound. Decoded forms come on top: they exist only for events a watcher needed
+    /// decoded.
+    fn stored_bytes(&self) -> usize {
+        self.raw.len() + self.previous_raw.as_ref().map_or(0, Bytes::len)
+    }
+
     /// Makes an event from stored bytes.
     pub fn new(kind: EventType, revision: i64, raw: Bytes, previous_raw: Option<Bytes>) -> Self {
         Self {
@@ -135,6 +145,8 @@ pub enum Delivery {
 
 struct History {
     events: VecDeque<Arc<CachedEvent>>,
+    /// Stored bytes held by `events` (objects and their previous states).
+    bytes: usize,
     /// Watchers may resume from any revision at or after this one.
     oldest: i64,
     /// The newest revision the cache knows the store has reached.
@@ -168,6 +180,7 @@ impl WatchCache {
         Arc::new(Self {
             history: Mutex::new(History {
                 events: VecDeque::new(),
+                bytes: 0,
                 oldest: start,
                 latest: start,
             }),
@@ -202,9 +215,13 @@ impl WatchCache {
         let event = Arc::new(event);
         let mut history = self.history.lock().expect("watch cache lock");
         history.latest = history.latest.max(event.revision);
+        history.bytes += event.stored_bytes();
         history.events.push_back(event.clone());
-        while history.events.len() > HISTORY {
+        while history.events.len() > HISTORY
+            || (history.bytes > HISTORY_BYTES && history.events.len() > 1)
+        {
             if let Some(old) = history.events.pop_front() {
+                history.bytes -= old.stored_bytes();
                 history.oldest = old.revision;
             }
         }
@@ -229,6 +246,7 @@ impl WatchCache {
             .is_some_and(|e| e.revision <= revision)
         {
             if let Some(old) = history.events.pop_front() {
+                history.bytes -= old.stored_bytes();
                 history.oldest = history.oldest.max(old.revision);
             }
         }
@@ -237,6 +255,7 @@ impl WatchCache {
     fn reset(&self, start: i64) {
         let mut history = self.history.lock().expect("watch cache lock");
         history.events.clear();
+        history.bytes = 0;
         history.oldest = start;
         history.latest = start;
         let _ = self.tx.send(Delivery::Reset);
@@ -390,5 +409,39 @@ mod tests {
             "a plain JSON line needs no decoding"
         );
         assert_eq!(event.object()["metadata"]["resourceVersion"], "42");
+    }
+
+    #[test]
+    fn history_is_bounded_by_bytes_as_well_as_events() {
+        let cache = WatchCache::new(0);
+        let big = Bytes::from(vec![b' '; 1 << 20]);
+        for revision in 1..=40 {
+            cache.push(CachedEvent::new(
+                EventType::Modified,
+                revision,
+                big.clone(),
+                Some(big.clone()),
+            ));
+        }
+        let history = cache.history.lock().unwrap();
+        assert_eq!(history.events.len(), 8, "16 MiB hold eight 2 MiB events");
+        assert_eq!(history.bytes, 16 << 20);
+        assert_eq!(
+            history.oldest, 32,
+            "watchers resume after the newest evicted event"
+        );
+        drop(history);
+        assert!(
+            cache.subscribe(31).is_none(),
+            "too old: answered by etcd (410)"
+        );
+        assert_eq!(cache.subscribe(32).unwrap().backlog.len(), 8);
+        let huge = Bytes::from(vec![b' '; 32 << 20]);
+        cache.push(CachedEvent::new(EventType::Modified, 41, huge, None));
+        assert_eq!(
+            cache.history.lock().unwrap().events.len(),
+            1,
+            "the newest is always kept"
+        );
     }
 }
