@@ -50,7 +50,7 @@ struct State {
     cache: Arc<ServiceCache>,
     endpoints: Informer<Endpoints>,
     triggers: TriggerTimes,
-    own_writes: OwnWrites,
+    own_writes: Arc<OwnWrites>,
     backoff: FailureBackoff,
 }
 
@@ -62,7 +62,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
         endpoints: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default()),
         cache: cache.clone(),
         triggers: TriggerTimes::default(),
-        own_writes: OwnWrites::default(),
+        own_writes: Arc::default(),
         backoff: FailureBackoff::default(),
     });
     let by_pods = {
@@ -80,6 +80,15 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
         if let InformerEvent::Deleted(svc) = event {
             let _ = gone_tx.send((svc.namespace().unwrap_or_default(), svc.name_any()));
         }
+    });
+    // The watch settles the controller's own writes.
+    let own = state.own_writes.clone();
+    state.endpoints.on_event(move |event| {
+        let (ep, rv) = match event {
+            InformerEvent::Applied { new, .. } => (*new, new.metadata.resource_version.as_deref()),
+            InformerEvent::Deleted(ep) => (*ep, None),
+        };
+        own.observe(&ep.namespace().unwrap_or_default(), &ep.name_any(), rv);
     });
     // Endpoints deleted by someone else come back.
     let by_endpoints = state.endpoints.subscribe(|event| match event {
@@ -288,27 +297,31 @@ fn desired_labels(svc: &Service) -> BTreeMap<String, String> {
     labels
 }
 
-/// The address of a Pod for the Service: its IP of the Service's family (for a headless
-/// Service, the first listed family, or the Pod's own when none is).
-fn pod_address(svc: &Service, pod: &Pod) -> Option<EndpointAddress> {
+/// The IP family a Service's endpoints use: its cluster IP's, or for a headless Service its
+/// first listed family (`None`: each Pod's own, when none is listed).
+fn wants_ipv6(svc: &Service) -> Option<bool> {
     let spec = svc.spec.as_ref();
-    let want_v6 = if shared::is_headless(svc) {
-        match spec
-            .and_then(|s| s.ip_families.as_ref())
+    if shared::is_headless(svc) {
+        spec.and_then(|s| s.ip_families.as_ref())
             .and_then(|f| f.first())
-        {
-            Some(family) => family == "IPv6",
-            None => shared::pod_ips(pod)
-                .first()
-                .is_some_and(|ip| shared::is_ipv6(ip)),
-        }
+            .map(|family| family == "IPv6")
     } else {
-        spec.and_then(|s| s.cluster_ip.as_deref())
-            .is_some_and(shared::is_ipv6)
-    };
-    let ip = shared::pod_ips(pod)
-        .into_iter()
-        .find(|ip| shared::is_ipv6(ip) == want_v6)?;
+        Some(
+            spec.and_then(|s| s.cluster_ip.as_deref())
+                .is_some_and(shared::is_ipv6),
+        )
+    }
+}
+
+/// The address of a Pod for the Service: its IP of the Service's family.
+fn pod_address(
+    svc: &Service,
+    pod: &Pod,
+    ips: Vec<String>,
+    want_v6: Option<bool>,
+) -> Option<EndpointAddress> {
+    let want_v6 = want_v6.unwrap_or_else(|| ips.first().is_some_and(|ip| shared::is_ipv6(ip)));
+    let ip = ips.into_iter().find(|ip| shared::is_ipv6(ip) == want_v6)?;
     Some(EndpointAddress {
         ip,
         hostname: shared::endpoint_hostname(pod, svc),
@@ -331,30 +344,32 @@ fn pod_address(svc: &Service, pod: &Pod) -> Option<EndpointAddress> {
 /// resolves, ports offered by the same set of addresses sharing a subset (upstream's
 /// RepackSubsets), sorted.
 pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
-    let spec = svc.spec.clone().unwrap_or_default();
-    let publish = spec.publish_not_ready_addresses.unwrap_or(false);
-    let svc_ports = spec.ports.unwrap_or_default();
+    let spec = svc.spec.as_ref();
+    let publish = spec
+        .and_then(|s| s.publish_not_ready_addresses)
+        .unwrap_or(false);
+    let svc_ports: &[k8s_openapi::api::core::v1::ServicePort] =
+        spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
     let headless = shared::is_headless(svc);
-    // Every (address, ready) by address key, and the addresses offering each port (`None`:
-    // no ports, for a headless Service without any).
-    let mut addresses: BTreeMap<(String, String), (EndpointAddress, bool)> = BTreeMap::new();
-    let mut by_port: HashMap<Option<PortKey>, Vec<(String, String)>> = HashMap::new();
+    let want_v6 = wants_ipv6(svc);
+    // Every (address, ready), and the addresses (by index) offering each port (`None`: no
+    // ports, for a headless Service without any).
+    let mut addresses: Vec<(EndpointAddress, bool)> = Vec::with_capacity(pods.len());
+    let mut by_port: HashMap<Option<PortKey>, Vec<usize>> = HashMap::new();
     for pod in pods {
         if !shared::should_pod_be_in_endpoints(pod, publish) {
             continue;
         }
-        let Some(address) = pod_address(svc, pod) else {
+        let Some(address) = pod_address(svc, pod, shared::pod_ips(pod), want_v6) else {
             continue;
         };
-        let key = address_key(&address);
-        let ready = publish || shared::is_pod_ready(pod);
         let mut offered = vec![];
         if svc_ports.is_empty() {
             if headless {
                 offered.push(None);
             }
         } else {
-            for port in &svc_ports {
+            for port in svc_ports {
                 if let Some(number) = shared::find_port(pod, port) {
                     offered.push(Some(PortKey {
                         name: port.name.clone().unwrap_or_default(),
@@ -368,25 +383,36 @@ pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> 
         if offered.is_empty() {
             continue;
         }
-        addresses.insert(key.clone(), (address, ready));
+        let index = addresses.len();
+        addresses.push((address, publish || shared::is_pod_ready(pod)));
         for port in offered {
-            by_port.entry(port).or_default().push(key.clone());
+            by_port.entry(port).or_default().push(index);
         }
     }
-    // Ports offered by the same addresses share a subset.
-    let mut by_addresses: BTreeMap<Vec<(String, String)>, Vec<Option<PortKey>>> = BTreeMap::new();
-    for (port, mut keys) in by_port {
-        keys.sort();
-        keys.dedup();
-        by_addresses.entry(keys).or_default().push(port);
+    // Ports offered by the same addresses share a subset (each list is in ascending order,
+    // so equal sets are equal lists).
+    let mut by_addresses: BTreeMap<Vec<usize>, Vec<Option<PortKey>>> = BTreeMap::new();
+    for (port, indexes) in by_port {
+        by_addresses.entry(indexes).or_default().push(port);
     }
+    let single = by_addresses.len() == 1;
+    let mut addresses: Vec<Option<(EndpointAddress, bool)>> =
+        addresses.into_iter().map(Some).collect();
     let subsets = by_addresses
         .into_iter()
-        .map(|(keys, ports)| {
+        .map(|(indexes, ports)| {
             let mut ready = vec![];
             let mut not_ready = vec![];
-            for key in keys {
-                let (address, is_ready) = addresses[&key].clone();
+            for i in indexes {
+                // An address in one subset only is moved, not copied.
+                let entry = if single {
+                    addresses[i].take()
+                } else {
+                    addresses[i].clone()
+                };
+                let Some((address, is_ready)) = entry else {
+                    continue;
+                };
                 if is_ready {
                     ready.push(address);
                 } else {
@@ -421,18 +447,20 @@ struct PortKey {
     app_protocol: Option<String>,
 }
 
-fn address_key(a: &EndpointAddress) -> (String, String) {
-    (
-        a.ip.clone(),
-        a.target_ref
-            .as_ref()
-            .and_then(|r| r.uid.clone())
-            .unwrap_or_default(),
-    )
+/// Addresses in order: by IP, then target uid (upstream's LessEndpointAddress).
+fn cmp_address(a: &EndpointAddress, b: &EndpointAddress) -> std::cmp::Ordering {
+    fn uid(x: &EndpointAddress) -> Option<&str> {
+        x.target_ref.as_ref().and_then(|r| r.uid.as_deref())
+    }
+    a.ip.cmp(&b.ip).then_with(|| uid(a).cmp(&uid(b)))
 }
 
-fn port_sort_key(p: &EndpointPort) -> (Option<String>, i32, Option<String>) {
-    (p.name.clone(), p.port, p.protocol.clone())
+fn cmp_port(a: &EndpointPort, b: &EndpointPort) -> std::cmp::Ordering {
+    (a.name.as_deref(), a.port, a.protocol.as_deref()).cmp(&(
+        b.name.as_deref(),
+        b.port,
+        b.protocol.as_deref(),
+    ))
 }
 
 fn nonempty<T>(v: Option<Vec<T>>) -> Option<Vec<T>> {
@@ -447,7 +475,7 @@ fn normalized(subsets: Vec<EndpointSubset>) -> Vec<EndpointSubset> {
         .map(|mut s| {
             for list in [&mut s.addresses, &mut s.not_ready_addresses] {
                 if let Some(list) = list.as_mut() {
-                    list.sort_by_key(address_key);
+                    list.sort_by(cmp_address);
                     for a in list.iter_mut() {
                         if let Some(r) = a.target_ref.as_mut() {
                             r.resource_version = None;
@@ -456,7 +484,7 @@ fn normalized(subsets: Vec<EndpointSubset>) -> Vec<EndpointSubset> {
                 }
             }
             if let Some(ports) = s.ports.as_mut() {
-                ports.sort_by_key(port_sort_key);
+                ports.sort_by(cmp_port);
             }
             EndpointSubset {
                 addresses: nonempty(s.addresses),
@@ -466,18 +494,28 @@ fn normalized(subsets: Vec<EndpointSubset>) -> Vec<EndpointSubset> {
         })
         .filter(|s| s.addresses.is_some() || s.not_ready_addresses.is_some())
         .collect();
-    let order = |s: &EndpointSubset| {
-        let ports: Vec<_> = s.ports.iter().flatten().map(port_sort_key).collect();
-        let first = s
-            .addresses
+    subsets.sort_by(|a, b| {
+        let first = |s: &EndpointSubset| {
+            s.addresses
+                .iter()
+                .chain(s.not_ready_addresses.iter())
+                .flatten()
+                .next()
+                .cloned()
+        };
+        let ports = |s: &EndpointSubset| s.ports.clone().unwrap_or_default();
+        let (pa, pb) = (ports(a), ports(b));
+        let by_ports = pa
             .iter()
-            .chain(s.not_ready_addresses.iter())
-            .flatten()
-            .map(address_key)
-            .next();
-        (ports, first)
-    };
-    subsets.sort_by_key(order);
+            .zip(pb.iter())
+            .map(|(x, y)| cmp_port(x, y))
+            .find(|o| o.is_ne())
+            .unwrap_or_else(|| pa.len().cmp(&pb.len()));
+        by_ports.then_with(|| match (first(a), first(b)) {
+            (Some(x), Some(y)) => cmp_address(&x, &y),
+            (x, y) => x.is_some().cmp(&y.is_some()),
+        })
+    });
     subsets
 }
 

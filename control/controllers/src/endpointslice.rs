@@ -59,12 +59,14 @@ struct State {
     cache: Arc<ServiceCache>,
     slices: Informer<EndpointSlice>,
     /// Managed slice names by (namespace, Service name).
-    slices_by_service: Mutex<HashMap<(String, String), BTreeSet<String>>>,
+    slices_by_service: Arc<SlicesByService>,
     nodes: Store<Node>,
-    triggers: TriggerTimes,
-    own_writes: OwnWrites,
+    triggers: Arc<TriggerTimes>,
+    own_writes: Arc<OwnWrites>,
     backoff: FailureBackoff,
 }
+
+type SlicesByService = Mutex<HashMap<(String, String), BTreeSet<String>>>;
 
 fn service_of(slice: &EndpointSlice) -> Option<(String, String)> {
     Some((
@@ -84,15 +86,16 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
             Api::all(ctx.client.clone()),
             watcher::Config::default().labels(&selector),
         ),
-        slices_by_service: Mutex::default(),
+        slices_by_service: Arc::default(),
         nodes: ctx.nodes.store(),
-        triggers: TriggerTimes::default(),
-        own_writes: OwnWrites::default(),
+        triggers: Arc::default(),
+        own_writes: Arc::default(),
         backoff: FailureBackoff::default(),
     });
-    let index = state.clone();
+    // (Handlers hold the parts of the state they need, not the state that holds them.)
+    let index = state.slices_by_service.clone();
     state.slices.on_event(move |event| {
-        let mut by_service = index.slices_by_service.lock().expect("slices by service");
+        let mut by_service = index.lock().expect("slices by service");
         match event {
             InformerEvent::Applied { old, new } => {
                 if let Some(old) = old
@@ -126,30 +129,33 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
         InformerEvent::Applied { new, .. } => vec![ObjectRef::from_obj(*new)],
         InformerEvent::Deleted(_) => vec![],
     });
-    let forget = state.clone();
+    let (triggers, index, own) = (
+        state.triggers.clone(),
+        state.slices_by_service.clone(),
+        state.own_writes.clone(),
+    );
     cache.services.on_event(move |event| {
         if let InformerEvent::Deleted(svc) = event {
             let ns = svc.namespace().unwrap_or_default();
-            forget.triggers.forget(&ns, &svc.name_any());
-            let names: Vec<String> = forget
-                .slices_by_service
+            triggers.forget(&ns, &svc.name_any());
+            let names: Vec<String> = index
                 .lock()
                 .expect("slices by service")
                 .get(&(ns.clone(), svc.name_any()))
                 .map(|set| set.iter().cloned().collect())
                 .unwrap_or_default();
-            forget.own_writes.forget(&ns, &names);
+            own.forget(&ns, &names);
         }
     });
     // Slices changed by someone else (deleted, edited) are put back.
-    let own = state.clone();
+    let own = state.own_writes.clone();
     let by_slices = state.slices.subscribe(move |event| {
         let (slice, rv) = match event {
             InformerEvent::Applied { new, .. } => (*new, new.metadata.resource_version.as_deref()),
             InformerEvent::Deleted(slice) => (*slice, None),
         };
         let ns = slice.namespace().unwrap_or_default();
-        if own.own_writes.is_own(&ns, &slice.name_any(), rv) {
+        if own.observe(&ns, &slice.name_any(), rv) {
             return None;
         }
         service_of(slice).map(|(ns, name)| ObjectRef::<Service>::new(&name).within(&ns))
@@ -367,15 +373,18 @@ pub struct DesiredEndpoints {
 }
 
 /// What identifies an endpoint across changes: its addresses, hostname and target Pod.
-type EndpointKey = (Vec<String>, Option<String>, Option<String>, Option<String>);
+type EndpointKey = String;
 
 fn endpoint_key(e: &Endpoint) -> EndpointKey {
     let target = e.target_ref.as_ref();
-    (
-        e.addresses.clone(),
-        e.hostname.clone(),
-        target.and_then(|t| t.namespace.clone()),
-        target.and_then(|t| t.name.clone()),
+    format!(
+        "{}|{}|{}/{}",
+        e.addresses.join(","),
+        e.hostname.as_deref().unwrap_or_default(),
+        target
+            .and_then(|t| t.namespace.as_deref())
+            .unwrap_or_default(),
+        target.and_then(|t| t.name.as_deref()).unwrap_or_default(),
     )
 }
 
@@ -389,15 +398,22 @@ pub fn desired_endpoints(
     address_type: &str,
     zone_of: &dyn Fn(&str) -> Option<String>,
 ) -> DesiredEndpoints {
-    let spec = svc.spec.clone().unwrap_or_default();
-    let publish = spec.publish_not_ready_addresses.unwrap_or(false);
-    let svc_ports = spec.ports.unwrap_or_default();
-    let mut desired = DesiredEndpoints::default();
+    let spec = svc.spec.as_ref();
+    let publish = spec
+        .and_then(|s| s.publish_not_ready_addresses)
+        .unwrap_or(false);
+    let svc_ports: &[k8s_openapi::api::core::v1::ServicePort] =
+        spec.and_then(|s| s.ports.as_deref()).unwrap_or_default();
+    let want_v6 = address_type == "IPv6";
+    let mut by_numbers: HashMap<Vec<Option<i32>>, BTreeMap<EndpointKey, Endpoint>> = HashMap::new();
     for pod in pods {
         if !shared::should_pod_be_in_endpoints(pod, true) {
             continue;
         }
-        let Some(ip) = shared::pod_ip_of_family(pod, address_type) else {
+        let Some(ip) = shared::pod_ips(pod)
+            .into_iter()
+            .find(|ip| shared::is_ipv6(ip) == want_v6)
+        else {
             continue;
         };
         let serving = shared::is_pod_ready(pod);
@@ -426,22 +442,37 @@ pub fn desired_endpoints(
             }),
             ..Default::default()
         };
+        // The port numbers the Pod resolves, in the Service's port order: Pods resolving the
+        // same numbers share a group (the ports themselves are made once per group).
+        let numbers: Vec<Option<i32>> = svc_ports
+            .iter()
+            .map(|p| shared::find_port(pod, p))
+            .collect();
+        by_numbers
+            .entry(numbers)
+            .or_default()
+            .insert(endpoint_key(&endpoint), endpoint);
+    }
+    let mut desired = DesiredEndpoints::default();
+    for (numbers, endpoints) in by_numbers {
         let ports: Vec<EndpointPort> = svc_ports
             .iter()
-            .filter_map(|p| {
+            .zip(numbers)
+            .filter_map(|(p, number)| {
                 Some(EndpointPort {
                     name: Some(p.name.clone().unwrap_or_default()),
-                    port: Some(shared::find_port(pod, p)?),
+                    port: Some(number?),
                     protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".into())),
                     app_protocol: p.app_protocol.clone(),
                 })
             })
             .collect();
-        let group = desired
+        desired
             .groups
             .entry(ports_key(&ports))
-            .or_insert_with(|| (ports, BTreeMap::new()));
-        group.1.insert(endpoint_key(&endpoint), endpoint);
+            .or_insert_with(|| (ports, BTreeMap::new()))
+            .1
+            .extend(endpoints);
     }
     desired
 }

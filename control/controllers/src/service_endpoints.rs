@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use baton_client::{Informer, InformerEvent};
 use jiff::Timestamp;
@@ -27,7 +28,8 @@ pub struct ServiceCache {
     /// Every Service.
     pub services: Informer<Service>,
     services_by_ns: Mutex<HashMap<String, BTreeSet<String>>>,
-    pods_by_ns: Mutex<HashMap<String, HashSet<String>>>,
+    /// References (shared, cheap to copy out) to the Pods of each namespace.
+    pods_by_ns: Mutex<HashMap<String, HashSet<Arc<ObjectRef<Pod>>>>>,
     pods: Store<Pod>,
     /// Whether a controller drives the Service watch already.
     driven: std::sync::atomic::AtomicBool,
@@ -67,10 +69,9 @@ impl ServiceCache {
             let mut by_ns = index.pods_by_ns.lock().expect("pods by namespace");
             match event {
                 InformerEvent::Applied { old: None, new } => {
-                    by_ns
-                        .entry(new.namespace().unwrap_or_default())
-                        .or_default()
-                        .insert(new.name_any());
+                    let ns = new.namespace().unwrap_or_default();
+                    let reference = ObjectRef::new(&new.name_any()).within(&ns);
+                    by_ns.entry(ns).or_default().insert(Arc::new(reference));
                 }
                 InformerEvent::Applied { .. } => {}
                 InformerEvent::Deleted(pod) => remove_name(&mut by_ns, pod),
@@ -112,26 +113,23 @@ impl ServiceCache {
         self.services.store()
     }
 
-    /// The Pods in the Service's namespace that its selector selects, by name.
+    /// The Pods in the Service's namespace that its selector selects (in no particular order).
     pub fn pods_for(&self, svc: &Service) -> Vec<Arc<Pod>> {
         let Some(selector) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
             return vec![];
         };
         let ns = svc.namespace().unwrap_or_default();
-        let names: Vec<String> = self
+        let refs: Vec<Arc<ObjectRef<Pod>>> = self
             .pods_by_ns
             .lock()
             .expect("pods by namespace")
             .get(&ns)
             .map(|set| set.iter().cloned().collect())
             .unwrap_or_default();
-        let mut pods: Vec<Arc<Pod>> = names
-            .iter()
-            .filter_map(|name| self.pods.get(&ObjectRef::new(name).within(&ns)))
+        refs.iter()
+            .filter_map(|r| self.pods.get(r))
             .filter(|pod| selector_matches(selector, pod.metadata.labels.as_ref()))
-            .collect();
-        pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        pods
+            .collect()
     }
 
     /// The Services whose endpoints a Pod change may alter: those selecting the Pod before or
@@ -146,6 +144,10 @@ impl ServiceCache {
         } = event
             && !endpoint_facts_changed(old, new)
         {
+            return vec![];
+        }
+        // A Pod without an IP is in no endpoints, before or after.
+        if !event.objects().any(has_ip) {
             return vec![];
         }
         let pods: Vec<&Pod> = event.objects().collect();
@@ -176,10 +178,10 @@ impl ServiceCache {
     }
 }
 
-fn remove_name(by_ns: &mut HashMap<String, HashSet<String>>, pod: &Pod) {
+fn remove_name(by_ns: &mut HashMap<String, HashSet<Arc<ObjectRef<Pod>>>>, pod: &Pod) {
     let ns = pod.namespace().unwrap_or_default();
     if let Some(set) = by_ns.get_mut(&ns) {
-        set.remove(&pod.name_any());
+        set.remove(&ObjectRef::from_obj(pod));
         if set.is_empty() {
             by_ns.remove(&ns);
         }
@@ -273,17 +275,19 @@ pub fn is_ipv6(ip: &str) -> bool {
     ip.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_ipv6())
 }
 
-/// The Pod's first IP of the family (`IPv4` or `IPv6`).
-pub fn pod_ip_of_family(pod: &Pod, family: &str) -> Option<String> {
-    let want_v6 = family == "IPv6";
-    pod_ips(pod).into_iter().find(|ip| is_ipv6(ip) == want_v6)
+/// Whether the Pod has an IP (without copying its IPs out).
+fn has_ip(pod: &Pod) -> bool {
+    pod.status.as_ref().is_some_and(|s| {
+        s.pod_ips.iter().flatten().any(|ip| !ip.ip.is_empty())
+            || s.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
+    })
 }
 
 /// Upstream's ShouldPodBeInEndpoints: running (not terminal), with an IP, and not terminating
 /// unless terminating Pods are wanted.
 pub fn should_pod_be_in_endpoints(pod: &Pod, include_terminating: bool) -> bool {
     !is_terminal(pod)
-        && !pod_ips(pod).is_empty()
+        && has_ip(pod)
         && (include_terminating || pod.metadata.deletion_timestamp.is_none())
 }
 
@@ -340,7 +344,9 @@ pub fn format_trigger_time(t: Timestamp) -> String {
 #[derive(Debug, Default)]
 struct TriggerState {
     service: Option<Timestamp>,
-    pods: HashMap<String, Timestamp>,
+    /// Each Pod's trigger time, and the sync that last saw it.
+    pods: HashMap<String, (Timestamp, u64)>,
+    syncs: u64,
 }
 
 /// Upstream's TriggerTimeTracker: per Service, the trigger times (Ready transition of each Pod,
@@ -358,25 +364,35 @@ impl TriggerTimes {
         let mut services = self.services.lock().expect("trigger times");
         let known = services.contains_key(&key);
         let state = services.entry(key).or_default();
+        state.syncs += 1;
+        let sync = state.syncs;
         let mut earliest: Option<Timestamp> = None;
-        let mut seen = HashMap::with_capacity(pods.len());
         for pod in pods {
             let Some(t) = ready_transition(pod) else {
                 continue;
             };
-            let name = pod.name_any();
-            if state.pods.get(&name).is_none_or(|last| t > *last) {
-                earliest = Some(earliest.map_or(t, |e| e.min(t)));
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            match state.pods.get_mut(name) {
+                Some((last, seen)) => {
+                    if t > *last {
+                        earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                    }
+                    *last = t;
+                    *seen = sync;
+                }
+                None => {
+                    earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                    state.pods.insert(name.to_string(), (t, sync));
+                }
             }
-            seen.insert(name, t);
         }
+        state.pods.retain(|_, (_, seen)| *seen == sync);
         let created = svc.metadata.creation_timestamp.as_ref().map(|t| t.0);
         if let Some(c) = created
             && state.service.is_none_or(|last| c > last)
         {
             earliest = Some(earliest.map_or(c, |e| e.min(c)));
         }
-        state.pods = seen;
         state.service = created;
         if known { earliest } else { created }
     }
@@ -399,11 +415,18 @@ enum Written {
     Gone,
 }
 
+/// How long a write may go unseen by the watch before the cache is trusted anyway (a write
+/// whose event was missed must not hold its object back for ever; acting on a stale cache then
+/// costs at most a refused write and a retry).
+const OWN_WRITE_PATIENCE: Duration = Duration::from_secs(10);
+
 /// The controller's own writes its cache has not shown yet (upstream's EndpointSliceTracker,
 /// by resourceVersion): acting on a cache that lags behind them would undo or repeat them.
+/// Entries go when the watch shows the write (`observe`) or a reconcile finds the cache caught
+/// up.
 #[derive(Debug, Default)]
 pub struct OwnWrites {
-    pending: Mutex<HashMap<(String, String), Written>>,
+    pending: Mutex<HashMap<(String, String), (Written, Instant)>>,
 }
 
 fn version(rv: Option<&str>) -> Option<u64> {
@@ -411,22 +434,45 @@ fn version(rv: Option<&str>) -> Option<u64> {
 }
 
 impl OwnWrites {
+    fn record(&self, namespace: &str, name: &str, written: Written) {
+        self.pending
+            .lock()
+            .expect("own writes")
+            .insert((namespace.into(), name.into()), (written, Instant::now()));
+    }
+
     /// Records a create or update that answered with resourceVersion `rv`.
     pub fn wrote(&self, namespace: &str, name: &str, rv: Option<&str>) {
         if let Some(v) = version(rv) {
-            self.pending
-                .lock()
-                .expect("own writes")
-                .insert((namespace.into(), name.into()), Written::Version(v));
+            self.record(namespace, name, Written::Version(v));
         }
     }
 
     /// Records a deletion.
     pub fn deleted(&self, namespace: &str, name: &str) {
-        self.pending
-            .lock()
-            .expect("own writes")
-            .insert((namespace.into(), name.into()), Written::Gone);
+        self.record(namespace, name, Written::Gone);
+    }
+
+    /// A watch event for an object (`rv` `None`: it was deleted): the pending write it shows
+    /// or supersedes is forgotten. Returns whether the event is the controller's own write.
+    pub fn observe(&self, namespace: &str, name: &str, rv: Option<&str>) -> bool {
+        let key = (namespace.to_string(), name.to_string());
+        let mut pending = self.pending.lock().expect("own writes");
+        let Some((written, _)) = pending.get(&key) else {
+            return false;
+        };
+        let (own, settled) = match (written, version(rv)) {
+            (Written::Gone, None) => (true, true),
+            // Deleted after being written: nothing to wait for any more.
+            (Written::Version(_), None) => (false, true),
+            (Written::Version(v), Some(seen)) => (seen == *v, seen >= *v),
+            // Created again after being deleted.
+            (Written::Gone, Some(_)) => (false, true),
+        };
+        if settled {
+            pending.remove(&key);
+        }
+        own
     }
 
     /// Whether the cached state of an object (`None`: absent) already reflects the last write
@@ -434,29 +480,20 @@ impl OwnWrites {
     pub fn caught_up(&self, namespace: &str, name: &str, cached_rv: Option<Option<&str>>) -> bool {
         let key = (namespace.to_string(), name.to_string());
         let mut pending = self.pending.lock().expect("own writes");
-        let Some(written) = pending.get(&key) else {
+        let Some((written, at)) = pending.get(&key) else {
             return true;
         };
-        let fresh = match (written, cached_rv) {
-            (Written::Gone, None) => true,
-            (Written::Gone, Some(_)) => false,
-            (Written::Version(_), None) => false,
-            (Written::Version(v), Some(rv)) => version(rv).is_none_or(|c| c >= *v),
-        };
+        let fresh = at.elapsed() > OWN_WRITE_PATIENCE
+            || match (written, cached_rv) {
+                (Written::Gone, None) => true,
+                (Written::Gone, Some(_)) => false,
+                (Written::Version(_), None) => false,
+                (Written::Version(v), Some(rv)) => version(rv).is_none_or(|c| c >= *v),
+            };
         if fresh {
             pending.remove(&key);
         }
         fresh
-    }
-
-    /// Whether a watch event shows the controller's own last write (`None`: a deletion).
-    pub fn is_own(&self, namespace: &str, name: &str, rv: Option<&str>) -> bool {
-        let pending = self.pending.lock().expect("own writes");
-        match (pending.get(&(namespace.to_string(), name.to_string())), rv) {
-            (Some(Written::Gone), None) => true,
-            (Some(Written::Version(v)), Some(rv)) => version(Some(rv)) == Some(*v),
-            _ => false,
-        }
     }
 
     /// The objects in `namespace` with a write the cache has not shown yet, by name.
@@ -608,13 +645,21 @@ pub(crate) mod tests {
         w.wrote("ns", "a", Some("10"));
         assert!(!w.caught_up("ns", "a", None));
         assert!(!w.caught_up("ns", "a", Some(Some("9"))));
-        assert!(w.is_own("ns", "a", Some("10")));
-        assert!(!w.is_own("ns", "a", Some("11")));
         assert!(w.caught_up("ns", "a", Some(Some("10"))));
         w.deleted("ns", "a");
         assert!(!w.caught_up("ns", "a", Some(Some("10"))));
         assert_eq!(w.pending_in("ns"), vec!["a".to_string()]);
         assert!(w.caught_up("ns", "a", None));
         assert!(w.pending_in("ns").is_empty());
+        // Watch events settle writes: the own one is recognised; an older one is not enough.
+        w.wrote("ns", "b", Some("20"));
+        assert!(!w.observe("ns", "b", Some("19")));
+        assert_eq!(w.pending_in("ns"), vec!["b".to_string()]);
+        assert!(w.observe("ns", "b", Some("20")));
+        assert!(w.pending_in("ns").is_empty());
+        // Someone else deleting a written object settles it too (no waiting for ever).
+        w.wrote("ns", "c", Some("30"));
+        assert!(!w.observe("ns", "c", None));
+        assert!(w.caught_up("ns", "c", None));
     }
 }

@@ -122,6 +122,3 @@ async fn build_graph(
         }
     }
 }
-
-#[cfg(test)]
-mod live_probe;
