@@ -307,8 +307,38 @@ async fn create_defaults_dry_run_and_generate_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_get_unique_addresses_released_on_delete() {
-    let (_etcd, _server, client) = start().await;
+    let (_etcd, server, client) = start().await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+
+    // The kubernetes Service points at this API server, as upstream's endpoint reconciler does.
+    let port = server
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse::<i32>()
+        .unwrap();
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(client.clone(), "default");
+    let subset = endpoints
+        .get("kubernetes")
+        .await
+        .unwrap()
+        .subsets
+        .unwrap()
+        .remove(0);
+    assert_eq!(subset.addresses.unwrap()[0].ip, "127.0.0.1");
+    assert_eq!(subset.ports.unwrap()[0].port, port);
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "default");
+    let slice = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    assert_eq!(slice.endpoints[0].addresses, vec!["127.0.0.1".to_string()]);
+    assert_eq!(slice.ports.unwrap()[0].port, Some(port));
     let svc = |name: &str, ty: &str| -> Service {
         serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"type": ty, "selector": {"app": name}, "ports": [{"port": 80}]}})).unwrap()
     };

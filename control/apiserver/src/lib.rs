@@ -365,7 +365,105 @@ impl<S: Store> ApiServer<S> {
                 }
             }
         }
+        self.reconcile_kubernetes_endpoints().await
+    }
+
+    /// Points the `kubernetes` Service at this API server: its Endpoints and EndpointSlice
+    /// (upstream's endpoint reconciler; the endpoint controllers leave this Service alone).
+    async fn reconcile_kubernetes_endpoints(&self) -> Result<(), StatusError> {
+        let (ip, port) = match self.advertise.parse::<std::net::SocketAddr>() {
+            Ok(addr) => (addr.ip(), addr.port()),
+            Err(_) => return Ok(()),
+        };
+        let address_type = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        let port_entry = json!({ "name": "https", "port": port, "protocol": "TCP" });
+        let endpoints = json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": { "name": "kubernetes", "namespace": "default",
+                "labels": { "endpointslice.kubernetes.io/skip-mirror": "true" } },
+            "subsets": [{ "addresses": [{ "ip": ip.to_string() }], "ports": [port_entry] }],
+        });
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": { "name": "kubernetes", "namespace": "default",
+                "labels": { "kubernetes.io/service-name": "kubernetes" } },
+            "addressType": address_type,
+            "endpoints": [{ "addresses": [ip.to_string()], "conditions": { "ready": true } }],
+            "ports": [port_entry],
+        });
+        for (group, version, plural, obj) in [
+            ("", "v1", "endpoints", endpoints),
+            ("discovery.k8s.io", "v1", "endpointslices", slice),
+        ] {
+            let resource = resources::find(group, version, plural).expect("served");
+            self.ensure_system_object(resource, obj).await?;
+        }
         Ok(())
+    }
+
+    /// Writes `desired` (a namespaced object of `resource`) unless it is stored already with
+    /// the same content outside metadata; keeps the stored uid and creation time.
+    async fn ensure_system_object(
+        &self,
+        resource: &'static resources::Resource,
+        mut desired: Value,
+    ) -> Result<(), StatusError> {
+        let name = desired["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let namespace = desired["metadata"]["namespace"]
+            .as_str()
+            .map(str::to_string);
+        let key = resource.key(namespace.as_deref(), &name);
+        let stored = self
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| objects::store_error(resource, &name, e))?;
+        let current = stored.as_ref().map(objects::decode).transpose()?;
+        let content = |v: &Value| {
+            let mut v = v.clone();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("metadata");
+            }
+            v
+        };
+        if let Some(current) = &current
+            && content(current) == content(&desired)
+            && current["metadata"]["labels"] == desired["metadata"]["labels"]
+        {
+            return Ok(());
+        }
+        let (uid, created) = match &current {
+            Some(c) => (
+                c["metadata"]["uid"].clone(),
+                c["metadata"]["creationTimestamp"].clone(),
+            ),
+            None => (
+                json!(uuid::Uuid::new_v4().to_string()),
+                json!(handlers::now()),
+            ),
+        };
+        desired["metadata"]["uid"] = uid;
+        desired["metadata"]["creationTimestamp"] = created;
+        let result = match stored {
+            Some(kv) => self
+                .store
+                .update(&key, objects::encode(&desired), kv.mod_revision)
+                .await
+                .map(|_| ()),
+            None => self
+                .store
+                .create(&key, objects::encode(&desired))
+                .await
+                .map(|_| ()),
+        };
+        match result {
+            // Another API server wrote it at the same moment: its content is as good as ours.
+            Ok(()) | Err(StoreError::AlreadyExists { .. } | StoreError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(objects::store_error(resource, &name, e)),
+        }
     }
 }
 

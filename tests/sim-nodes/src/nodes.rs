@@ -229,21 +229,34 @@ async fn register(
         .await
         .map_err(wrap)?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    create_or_renew(&leases, &node.name, created.metadata.uid)
+        .await
+        .map_err(wrap)
+}
+
+/// Makes the node's Lease (owned by its Node, as the kubelet's is) or renews the one there.
+async fn create_or_renew(
+    leases: &Api<Lease>,
+    name: &str,
+    node_uid: Option<String>,
+) -> Result<(), kube::Error> {
     let lease = Lease {
         metadata: ObjectMeta {
-            name: Some(node.name.clone()),
+            name: Some(name.to_string()),
             namespace: Some(LEASE_NAMESPACE.into()),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "v1".into(),
-                kind: "Node".into(),
-                name: node.name.clone(),
-                uid: created.metadata.uid.unwrap_or_default(),
-                ..Default::default()
-            }]),
+            owner_references: node_uid.map(|uid| {
+                vec![OwnerReference {
+                    api_version: "v1".into(),
+                    kind: "Node".into(),
+                    name: name.to_string(),
+                    uid,
+                    ..Default::default()
+                }]
+            }),
             ..Default::default()
         },
         spec: Some(LeaseSpec {
-            holder_identity: Some(node.name.clone()),
+            holder_identity: Some(name.to_string()),
             lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
             renew_time: Some(MicroTime(jiff::Timestamp::now())),
             ..Default::default()
@@ -251,8 +264,8 @@ async fn register(
     };
     match leases.create(&PostParams::default(), &lease).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => renew(&leases, &node.name).await.map_err(wrap),
-        Err(e) => Err(wrap(e)),
+        Err(kube::Error::Api(s)) if s.code == 409 => renew(leases, name).await,
+        Err(e) => Err(e),
     }
 }
 
@@ -268,6 +281,22 @@ async fn renew(leases: &Api<Lease>, name: &str) -> Result<(), kube::Error> {
         .map(|_| ())
 }
 
+/// Renews a node's Lease; one that is gone (deleted by hand, or collected with an earlier
+/// Node of the same name) is made again, owned by the Node as it is now.
+async fn heartbeat_one(
+    client: &Client,
+    leases: &Api<Lease>,
+    name: &str,
+) -> Result<(), kube::Error> {
+    match renew(leases, name).await {
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            let node = Api::<Node>::all(client.clone()).get(name).await?;
+            create_or_renew(leases, name, node.metadata.uid).await
+        }
+        other => other,
+    }
+}
+
 /// Renews every node's Lease each `interval`, forever.
 pub(crate) async fn heartbeat(
     client: Client,
@@ -275,14 +304,14 @@ pub(crate) async fn heartbeat(
     interval: Duration,
     concurrency: usize,
 ) {
-    let leases: Api<Lease> = Api::namespaced(client, LEASE_NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
         let failures = stream::iter(names.iter())
-            .map(|name| renew(&leases, name))
+            .map(|name| heartbeat_one(&client, &leases, name))
             .buffer_unordered(concurrency.max(1))
             .filter(|r| std::future::ready(r.is_err()))
             .count()

@@ -209,6 +209,20 @@ async fn reconcile(pod: Arc<Pod>, state: Arc<State>) -> Result<Action, SimPodErr
         }
         "Running" => {
             let Some((phase, after)) = outcome(&pod) else {
+                if !is_ready(&pod) {
+                    // Marked not ready while this node was silent (the node lifecycle
+                    // controller does that): a live kubelet reports its pods ready again.
+                    let status = json!({ "status": { "conditions": [
+                        condition("Ready", "True"),
+                        condition("ContainersReady", "True"),
+                    ]}});
+                    api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status))
+                        .await
+                        .map_err(|source| SimPodError::Status {
+                            pod: name.clone(),
+                            source,
+                        })?;
+                }
                 return Ok(Action::await_change());
             };
             let started = pod
@@ -233,6 +247,13 @@ async fn reconcile(pod: Arc<Pod>, state: Arc<State>) -> Result<Action, SimPodErr
         }
         _ => Ok(Action::await_change()),
     }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The phase a pod's annotations ask it to end in, and after how long.
