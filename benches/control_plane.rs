@@ -148,6 +148,10 @@ async fn main() -> anyhow::Result<()> {
         .filter(|ok| std::future::ready(*ok))
         .count()
         .await;
+    anyhow::ensure!(
+        created >= 2,
+        "only {created} of {PODS} pods could be created"
+    );
     let create_rate = created as f64 / create_start.elapsed().as_secs_f64();
     plane.scheduler.restart()?;
     wait_until("the backlog bound", Duration::from_secs(600), || async {

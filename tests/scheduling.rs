@@ -368,8 +368,10 @@ async fn a_standby_scheduler_takes_over_from_a_dead_leader() {
             "jsonpath={.spec.holderIdentity}",
         ],
     );
+    assert!(!holder.is_empty(), "the Lease names its holder");
     assert!(
-        second.log().contains(&holder),
+        second.log().contains(&format!("identity={holder}")),
         "lease holder {holder} is the standby"
     );
+    assert!(!first.log().contains(&format!("identity={holder}")));
 }

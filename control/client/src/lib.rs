@@ -4,6 +4,8 @@
 
 pub mod informer;
 
+use std::time::Duration;
+
 use std::path::Path;
 
 pub use informer::{Informer, InformerEvent};
@@ -49,4 +51,44 @@ pub async fn connect(
         config.headers.push((http::header::USER_AGENT, value));
     }
     kube::Client::try_from(config).map_err(ConnectError::Client)
+}
+
+/// Parses a Go-style duration of one unit: `500ms`, `15s`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("invalid duration {text:?}: missing unit (ms, s, m or h)"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("invalid duration {text:?}: unknown unit {unit:?}")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("invalid duration {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_in_go_units() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("15").unwrap_err().contains("missing unit"));
+        assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("-1s").is_err());
+        assert!(
+            parse_duration("1e300s").is_err(),
+            "too long for a Duration, refused"
+        );
+    }
 }

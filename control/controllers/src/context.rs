@@ -13,15 +13,20 @@ use crate::ControllerManagerArgs;
 
 /// Shared state of the controllers of one controller manager.
 pub struct Context {
+    /// The API server client every controller uses.
     pub client: Client,
     /// Every Pod in the cluster (without managedFields).
     pub pods: Informer<Pod>,
     /// Every Node in the cluster.
     pub nodes: Informer<Node>,
+    /// --node-monitor-grace-period: how long a Node may go without a heartbeat before it is
+    /// marked unhealthy.
     pub node_monitor_grace_period: Duration,
+    /// --node-monitor-period: how often Node health is checked.
     pub node_monitor_period: Duration,
     /// `Some` when node CIDRs are allocated: (--cluster-cidr, --node-cidr-mask-size).
     pub node_cidrs: Option<(ipnet::IpNet, u8)>,
+    /// --concurrent-syncs: how many objects each workload controller reconciles at once.
     pub concurrent_syncs: u16,
     /// --node-startup-grace-period.
     pub node_startup_grace_period: Duration,

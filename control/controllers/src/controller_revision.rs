@@ -57,7 +57,8 @@ pub fn safe_encode(hash: u32) -> String {
         .collect()
 }
 
-/// A DaemonSet's template hash (upstream's ComputeHash): FNV-1a of the template, then of the
+/// A Pod template's hash (upstream's ComputeHash; DaemonSet revisions and Deployments'
+/// pod-template-hash both use it): FNV-1a of the template, then of the
 /// collision count as eight little-endian bytes when there is one.
 pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
     let bytes = serde_json::to_vec(template).unwrap_or_default();

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use baton_client::{Informer, InformerEvent};
 use futures::future::BoxFuture;
@@ -33,8 +32,6 @@ pub const MAX_CAPACITY: usize = 1000;
 pub const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 /// Annotation of leader-election records kept in Endpoints (never deleted as leftovers).
 const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
-/// How soon to look again when the cache has not yet shown the controller's last write.
-const STALE_CACHE_RETRY: Duration = Duration::from_millis(50);
 
 /// Syncing a Service's Endpoints failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,21 +78,24 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
             let _ = gone_tx.send((svc.namespace().unwrap_or_default(), svc.name_any()));
         }
     });
-    // The watch settles the controller's own writes.
+    // The watch settles the controller's own writes and wakes a reconcile waiting for one;
+    // Endpoints deleted by someone else come back.
     let own = state.own_writes.clone();
-    state.endpoints.on_event(move |event| {
+    let by_endpoints = state.endpoints.subscribe(move |event| {
         let (ep, rv) = match event {
             InformerEvent::Applied { new, .. } => (*new, new.metadata.resource_version.as_deref()),
             InformerEvent::Deleted(ep) => (*ep, None),
         };
-        own.observe(&ep.namespace().unwrap_or_default(), &ep.name_any(), rv);
-    });
-    // Endpoints deleted by someone else come back.
-    let by_endpoints = state.endpoints.subscribe(|event| match event {
-        InformerEvent::Deleted(ep) => vec![
-            ObjectRef::<Service>::new(&ep.name_any()).within(&ep.namespace().unwrap_or_default()),
-        ],
-        InformerEvent::Applied { .. } => vec![],
+        let ns = ep.namespace().unwrap_or_default();
+        let mut wake = own.observe(&ns, &ep.name_any(), rv).wake;
+        if matches!(event, InformerEvent::Deleted(_)) {
+            wake.push(ep.name_any());
+        }
+        wake.sort();
+        wake.dedup();
+        wake.into_iter()
+            .map(|name| ObjectRef::<Service>::new(&name).within(&ns))
+            .collect::<Vec<_>>()
     });
     let concurrency = ctx.concurrent_syncs;
     async move {
@@ -203,11 +203,12 @@ async fn reconcile(svc: Arc<Service>, state: Arc<State>) -> Result<Action, SyncE
         .endpoints
         .store()
         .get(&ObjectRef::new(&name).within(&ns));
-    let cached_rv = current
-        .as_ref()
-        .map(|e| e.metadata.resource_version.as_deref());
-    if !state.own_writes.caught_up(&ns, &name, cached_rv) {
-        return Ok(Action::requeue(STALE_CACHE_RETRY));
+    let own = Some(std::slice::from_ref(&name));
+    if let Some(wait) = state
+        .own_writes
+        .hold(&state.endpoints.store(), &ns, own, &name)
+    {
+        return Ok(wait);
     }
     let pods = state.cache.pods_for(&svc);
     let trigger = state.triggers.compute(&svc, &pods);
@@ -384,7 +385,7 @@ pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> 
             continue;
         }
         let index = addresses.len();
-        addresses.push((address, publish || shared::is_pod_ready(pod)));
+        addresses.push((address, publish || crate::pod_control::is_pod_ready(pod)));
         for port in offered {
             by_port.entry(port).or_default().push(index);
         }

@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use baton_client::{Informer, InformerEvent};
 use futures::future::BoxFuture;
@@ -40,8 +39,6 @@ pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const CONTROLLER_NAME: &str = "endpointslice-controller.k8s.io";
 /// The node label with its zone.
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-/// How soon to look again when the cache has not yet shown the controller's last writes.
-const STALE_CACHE_RETRY: Duration = Duration::from_millis(50);
 
 /// Syncing a Service's EndpointSlices failed.
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +144,8 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
             own.forget(&ns, &names);
         }
     });
-    // Slices changed by someone else (deleted, edited) are put back.
+    // Slices changed by someone else (deleted, edited) are put back; the controller's own
+    // writes wake only a reconcile that waits for them.
     let own = state.own_writes.clone();
     let by_slices = state.slices.subscribe(move |event| {
         let (slice, rv) = match event {
@@ -155,10 +153,18 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
             InformerEvent::Deleted(slice) => (*slice, None),
         };
         let ns = slice.namespace().unwrap_or_default();
-        if own.observe(&ns, &slice.name_any(), rv) {
-            return None;
+        let seen = own.observe(&ns, &slice.name_any(), rv);
+        let mut wake = seen.wake;
+        if !seen.own
+            && let Some((_, service)) = service_of(slice)
+        {
+            wake.push(service);
         }
-        service_of(slice).map(|(ns, name)| ObjectRef::<Service>::new(&name).within(&ns))
+        wake.sort();
+        wake.dedup();
+        wake.into_iter()
+            .map(|name| ObjectRef::<Service>::new(&name).within(&ns))
+            .collect::<Vec<_>>()
     });
     let concurrency = ctx.concurrent_syncs;
     async move {
@@ -206,16 +212,11 @@ async fn reconcile(
     {
         return Ok(Action::await_change());
     }
-    // The cache must show this controller's last writes before it is trusted.
+    // The cache must show this controller's last writes in the namespace before it is
+    // trusted (a slice just created may not be indexed under its Service yet).
     let store = state.slices.store();
-    for pending in state.own_writes.pending_in(&ns) {
-        let cached = store.get(&ObjectRef::new(&pending).within(&ns));
-        let rv = cached
-            .as_ref()
-            .map(|s| s.metadata.resource_version.as_deref());
-        if !state.own_writes.caught_up(&ns, &pending, rv) {
-            return Ok(Action::requeue(STALE_CACHE_RETRY));
-        }
+    if let Some(wait) = state.own_writes.hold(&store, &ns, None, &name) {
+        return Ok(wait);
     }
     let names: Vec<String> = state
         .slices_by_service
@@ -416,7 +417,7 @@ pub fn desired_endpoints(
         else {
             continue;
         };
-        let serving = shared::is_pod_ready(pod);
+        let serving = crate::pod_control::is_pod_ready(pod);
         let terminating = pod.metadata.deletion_timestamp.is_some();
         let node = pod
             .spec

@@ -81,6 +81,9 @@ pub enum ControllerManagerError {
     Connect(#[from] baton_client::ConnectError),
     #[error(transparent)]
     LeaderElection(#[from] baton_leader_election::LeaderElectionError),
+    /// The leader-election flags do not fit together.
+    #[error(transparent)]
+    LeaderElectionConfig(#[from] baton_leader_election::LeaderElectionConfigError),
     #[error("--controllers: unknown controller {0:?} (known: {known})", known = known_controllers())]
     UnknownController(String),
     #[error(
@@ -149,6 +152,7 @@ fn enabled_controllers(
 /// Runs the controller manager until it loses leadership or fails.
 pub async fn run(args: ControllerManagerArgs) -> Result<(), ControllerManagerError> {
     let enabled = enabled_controllers(&args.controllers)?;
+    args.leader_election.validate()?;
     let max_mask = if args.cluster_cidr.addr().is_ipv4() {
         32
     } else {

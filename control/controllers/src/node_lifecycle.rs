@@ -30,6 +30,7 @@ use serde_json::json;
 
 use crate::Context;
 use crate::failure_backoff::{FailureBackoff, log_failure};
+use crate::pod_control::is_pod_ready;
 use crate::pods_by_node::node_of;
 
 /// The namespace of the node heartbeat Leases.
@@ -126,7 +127,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     });
     let nodes = ctx.nodes.store();
     let ready_pods_on_lost_nodes = ctx.pods.subscribe(move |event| match event {
-        InformerEvent::Applied { new, .. } if pod_ready(new) && on_lost_node(&nodes, new) => {
+        InformerEvent::Applied { new, .. } if is_pod_ready(new) && on_lost_node(&nodes, new) => {
             Some(ObjectRef::from_obj(*new))
         }
         _ => None,
@@ -168,13 +169,6 @@ fn ready_status(node: &Node) -> Option<&str> {
     condition(node, "Ready").map(|c| c.status.as_str())
 }
 
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// Whether the Pod is bound to a node whose Ready condition is Unknown.
 fn on_lost_node(nodes: &Store<Node>, pod: &Pod) -> bool {
     node_of(pod)
@@ -197,7 +191,7 @@ fn pod_error_policy(pod: Arc<Pod>, err: &UpdateNodeHealthError, state: Arc<State
 
 /// Upstream's MarkPodsNotReady, per Pod: a Pod Ready on an unreachable node gets Ready False.
 async fn reconcile_pod(pod: Arc<Pod>, state: Arc<State>) -> Result<Action, UpdateNodeHealthError> {
-    if pod_ready(&pod) && on_lost_node(&state.nodes, &pod) {
+    if is_pod_ready(&pod) && on_lost_node(&state.nodes, &pod) {
         let key = crate::pod_control::key_of(pod.as_ref());
         mark_pod_not_ready(&state, &pod)
             .await

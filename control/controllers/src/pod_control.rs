@@ -16,6 +16,7 @@ use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 /// How long unobserved expectations hold back a reconcile (upstream's ExpectationsTimeout).
@@ -110,14 +111,26 @@ pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReferenc
     }
 }
 
-/// The uid of the object that controls `obj`, if any.
-pub fn controller_uid<K: Resource>(obj: &K) -> Option<&str> {
-    obj.meta()
-        .owner_references
+/// The controller reference of an object (its owner reference with `controller: true`), if
+/// any.
+pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
         .as_ref()?
         .iter()
         .find(|r| r.controller == Some(true))
-        .map(|r| r.uid.as_str())
+}
+
+/// The uid of the object that controls `obj`, if any.
+pub fn controller_uid<K: Resource>(obj: &K) -> Option<&str> {
+    controller_of(obj.meta()).map(|r| r.uid.as_str())
+}
+
+/// The object of kind `K` that controls the object with `meta`, in its namespace. Like
+/// upstream's resolveControllerRef, only the kind is compared here; whoever looks the owner up
+/// compares uids.
+pub fn controller_ref_of<K: Resource<DynamicType = ()>>(meta: &ObjectMeta) -> Option<ObjectRef<K>> {
+    let owner = controller_of(meta).filter(|r| r.kind == K::kind(&()))?;
+    Some(ObjectRef::new(&owner.name).within(meta.namespace.as_deref().unwrap_or_default()))
 }
 
 /// A Pod made from `template`, owned by `owner`: labels, annotations and finalizers of the
@@ -229,7 +242,13 @@ pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp)
     ready
         .last_transition_time
         .as_ref()
-        .is_some_and(|t| t.0 + jiff::SignedDuration::from_secs(i64::from(min_ready_seconds)) < now)
+        .and_then(|t| {
+            t.0.checked_add(jiff::SignedDuration::from_secs(i64::from(
+                min_ready_seconds,
+            )))
+            .ok()
+        })
+        .is_some_and(|available_at| available_at < now)
 }
 
 fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
@@ -244,18 +263,29 @@ fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodConditio
 /// Whether `pod` still counts as one of its controller's replicas: not Succeeded, not Failed,
 /// not marked for deletion (upstream's FilterActivePods).
 pub fn is_pod_active(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !matches!(phase, Some("Succeeded" | "Failed")) && pod.metadata.deletion_timestamp.is_none()
+    !is_pod_terminal(pod) && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// Whether `pod` has finished for good: phase Succeeded or Failed.
+pub fn is_pod_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// The text to show for a failed API call: the API server's status message for an error it
+/// answered, else the error itself.
+pub fn api_error_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The `namespace/name` key of `pod`'s controller when that controller is of kind `kind`.
 pub fn controller_key_of(pod: &Pod, kind: &str) -> Option<String> {
-    let owner = pod
-        .metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true))?;
+    let owner = controller_of(&pod.metadata)?;
     (owner.kind == kind).then(|| {
         format!(
             "{}/{}",

@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 
 use crate::Context;
 use crate::failure_backoff::{FailureBackoff, log_failure};
+use crate::pod_control::is_pod_terminal;
 use crate::pods_by_node::node_of;
 
 /// How long a node must be missing before its Pods are deleted (upstream's quarantineTime).
@@ -52,13 +53,6 @@ struct State {
     /// When each node was first found missing.
     missing_since: Mutex<HashMap<String, Instant>>,
     backoff: FailureBackoff,
-}
-
-fn is_terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
 }
 
 /// Whether a node is out of service: not Ready and tainted out-of-service with NoExecute.
@@ -140,9 +134,9 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
         ctx.pods.on_event(move |event| {
             let (was, is) = match event {
                 InformerEvent::Applied { old, new } => {
-                    (old.is_some_and(is_terminal), is_terminal(new))
+                    (old.is_some_and(is_pod_terminal), is_pod_terminal(new))
                 }
-                InformerEvent::Deleted(pod) => (is_terminal(pod), false),
+                InformerEvent::Deleted(pod) => (is_pod_terminal(pod), false),
             };
             let delta = i64::from(is) - i64::from(was);
             if delta != 0 && count.fetch_add(delta, Ordering::Relaxed) + delta > threshold {
@@ -261,7 +255,7 @@ async fn force_delete(
 ) -> Result<(), CollectPodError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
     let name = pod.name_any();
-    if !is_terminal(pod) {
+    if !is_pod_terminal(pod) {
         let mut status = json!({ "phase": "Failed" });
         if node_gone {
             status["conditions"] = json!([{
@@ -339,7 +333,7 @@ async fn trim_terminated(
         let finished: Vec<Arc<Pod>> = pods
             .state()
             .into_iter()
-            .filter(|p| is_terminal(p))
+            .filter(|p| is_pod_terminal(p))
             .collect();
         let doomed = oldest_beyond(finished, threshold);
         if doomed.is_empty() {

@@ -12,11 +12,13 @@ use baton_client::{Informer, InformerEvent};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 use crate::Context;
+use crate::pod_control::{is_pod_ready, is_pod_terminal};
 
 /// Annotation with the time of the Pod or Service change an endpoints write reflects.
 pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
@@ -209,22 +211,13 @@ pub fn endpoint_facts_changed(old: &Pod, new: &Pod) -> bool {
             pod_ips(pod),
             is_pod_ready(pod),
             ready_transition(pod),
-            is_terminal(pod),
+            is_pod_terminal(pod),
             spec.and_then(|s| s.node_name.clone()),
             spec.and_then(|s| s.hostname.clone()),
             spec.and_then(|s| s.subdomain.clone()),
         )
     };
     facts(old) != facts(new)
-}
-
-/// Whether the Pod's Ready condition is True.
-pub fn is_pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True")
 }
 
 fn ready_transition(pod: &Pod) -> Option<Timestamp> {
@@ -237,14 +230,6 @@ fn ready_transition(pod: &Pod) -> Option<Timestamp> {
         .last_transition_time
         .as_ref()
         .map(|t| t.0)
-}
-
-/// Whether the Pod has finished (Succeeded or Failed).
-pub fn is_terminal(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
 }
 
 /// The Pod's IPs (status.podIPs, or status.podIP when only that is set).
@@ -286,7 +271,7 @@ fn has_ip(pod: &Pod) -> bool {
 /// Upstream's ShouldPodBeInEndpoints: running (not terminal), with an IP, and not terminating
 /// unless terminating Pods are wanted.
 pub fn should_pod_be_in_endpoints(pod: &Pod, include_terminating: bool) -> bool {
-    !is_terminal(pod)
+    !is_pod_terminal(pod)
         && has_ip(pod)
         && (include_terminating || pod.metadata.deletion_timestamp.is_none())
 }
@@ -420,13 +405,32 @@ enum Written {
 /// costs at most a refused write and a retry).
 const OWN_WRITE_PATIENCE: Duration = Duration::from_secs(10);
 
+/// One write the cache has not shown yet.
+#[derive(Debug, Clone)]
+struct Pending {
+    written: Written,
+    at: Instant,
+    /// The objects (same namespace) whose reconciles wait for the watch to show this write.
+    waiters: BTreeSet<String>,
+}
+
 /// The controller's own writes its cache has not shown yet (upstream's EndpointSliceTracker,
 /// by resourceVersion): acting on a cache that lags behind them would undo or repeat them.
-/// Entries go when the watch shows the write (`observe`) or a reconcile finds the cache caught
-/// up.
+/// A reconcile that finds the cache behind (`hold`) waits for the watch event that shows the
+/// write (`observe` then asks for a wake-up), or at the latest until the patience runs out.
 #[derive(Debug, Default)]
 pub struct OwnWrites {
-    pending: Mutex<HashMap<(String, String), (Written, Instant)>>,
+    pending: Mutex<HashMap<(String, String), Pending>>,
+}
+
+/// What a watch event of a tracked object means for the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// The event shows the controller's own last write.
+    pub own: bool,
+    /// The objects (same namespace) whose reconciles waited for the write the event settles:
+    /// they must run again.
+    pub wake: Vec<String>,
 }
 
 fn version(rv: Option<&str>) -> Option<u64> {
@@ -435,10 +439,15 @@ fn version(rv: Option<&str>) -> Option<u64> {
 
 impl OwnWrites {
     fn record(&self, namespace: &str, name: &str, written: Written) {
+        let pending = Pending {
+            written,
+            at: Instant::now(),
+            waiters: BTreeSet::new(),
+        };
         self.pending
             .lock()
             .expect("own writes")
-            .insert((namespace.into(), name.into()), (written, Instant::now()));
+            .insert((namespace.into(), name.into()), pending);
     }
 
     /// Records a create or update that answered with resourceVersion `rv`.
@@ -453,58 +462,98 @@ impl OwnWrites {
         self.record(namespace, name, Written::Gone);
     }
 
-    /// A watch event for an object (`rv` `None`: it was deleted): the pending write it shows
-    /// or supersedes is forgotten. Returns whether the event is the controller's own write.
-    pub fn observe(&self, namespace: &str, name: &str, rv: Option<&str>) -> bool {
+    /// A watch event for an object (`rv` `None`: it was deleted), seen after the cache took
+    /// it: the pending write it shows or supersedes is forgotten.
+    pub fn observe(&self, namespace: &str, name: &str, rv: Option<&str>) -> Observed {
         let key = (namespace.to_string(), name.to_string());
         let mut pending = self.pending.lock().expect("own writes");
-        let Some((written, _)) = pending.get(&key) else {
-            return false;
+        let Some(entry) = pending.get(&key) else {
+            return Observed::default();
         };
-        let (own, settled) = match (written, version(rv)) {
+        let (own, settled) = match (entry.written, version(rv)) {
             (Written::Gone, None) => (true, true),
             // Deleted after being written: nothing to wait for any more.
             (Written::Version(_), None) => (false, true),
-            (Written::Version(v), Some(seen)) => (seen == *v, seen >= *v),
+            (Written::Version(v), Some(seen)) => (seen == v, seen >= v),
             // Created again after being deleted.
             (Written::Gone, Some(_)) => (false, true),
         };
-        if settled {
-            pending.remove(&key);
-        }
-        own
+        let wake = match settled {
+            true => pending
+                .remove(&key)
+                .map(|e| e.waiters.into_iter().collect())
+                .unwrap_or_default(),
+            false => Vec::new(),
+        };
+        Observed { own, wake }
     }
 
     /// Whether the cached state of an object (`None`: absent) already reflects the last write
-    /// to it; once it does, the write is forgotten.
-    pub fn caught_up(&self, namespace: &str, name: &str, cached_rv: Option<Option<&str>>) -> bool {
-        let key = (namespace.to_string(), name.to_string());
-        let mut pending = self.pending.lock().expect("own writes");
-        let Some((written, at)) = pending.get(&key) else {
-            return true;
+    /// to it, or the write has waited out its patience; either way the write is then
+    /// forgotten. Otherwise, how much longer to wait, and `waiter` is woken when it shows.
+    fn check(
+        pending: &mut HashMap<(String, String), Pending>,
+        key: (String, String),
+        cached_rv: Option<Option<&str>>,
+        waiter: &str,
+    ) -> Result<(), Duration> {
+        let Some(entry) = pending.get_mut(&key) else {
+            return Ok(());
         };
-        let fresh = at.elapsed() > OWN_WRITE_PATIENCE
-            || match (written, cached_rv) {
+        let left = OWN_WRITE_PATIENCE.saturating_sub(entry.at.elapsed());
+        let fresh = left.is_zero()
+            || match (entry.written, cached_rv) {
                 (Written::Gone, None) => true,
                 (Written::Gone, Some(_)) => false,
                 (Written::Version(_), None) => false,
-                (Written::Version(v), Some(rv)) => version(rv).is_none_or(|c| c >= *v),
+                (Written::Version(v), Some(rv)) => version(rv).is_none_or(|c| c >= v),
             };
         if fresh {
             pending.remove(&key);
+            Ok(())
+        } else {
+            entry.waiters.insert(waiter.to_string());
+            Err(left)
         }
-        fresh
     }
 
-    /// The objects in `namespace` with a write the cache has not shown yet, by name.
-    pub fn pending_in(&self, namespace: &str) -> Vec<String> {
-        self.pending
-            .lock()
-            .expect("own writes")
-            .keys()
-            .filter(|(ns, _)| ns == namespace)
-            .map(|(_, name)| name.clone())
-            .collect()
+    /// Whether the cache of `store` shows the controller's last writes to the named objects
+    /// of `namespace` (all of them with pending writes when `names` is `None`). When it does
+    /// not, the action for the reconcile of `waiter`: wait for the watch event that shows the
+    /// write (`observe` names `waiter` to wake), and look again once the write's patience
+    /// runs out.
+    pub fn hold<K>(
+        &self,
+        store: &Store<K>,
+        namespace: &str,
+        names: Option<&[String]>,
+        waiter: &str,
+    ) -> Option<Action>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone,
+    {
+        // The cache is read under the lock: an event that lands after the read is observed
+        // only once the write is marked awaited, so its wake-up is not lost.
+        let mut pending = self.pending.lock().expect("own writes");
+        let names: Vec<String> = match names {
+            Some(names) => names.to_vec(),
+            None => pending
+                .keys()
+                .filter(|(ns, _)| ns == namespace)
+                .map(|(_, name)| name.clone())
+                .collect(),
+        };
+        for name in names {
+            let cached = store.get(&ObjectRef::new(&name).within(namespace));
+            let rv = cached
+                .as_ref()
+                .map(|o| o.meta().resource_version.as_deref());
+            let key = (namespace.to_string(), name);
+            if let Err(left) = Self::check(&mut pending, key, rv, waiter) {
+                return Some(Action::requeue(left));
+            }
+        }
+        None
     }
 
     /// Forgets the writes to the named objects.
@@ -640,26 +689,77 @@ pub(crate) mod tests {
 
     #[test]
     fn own_writes_hold_until_the_cache_shows_them() {
+        use k8s_openapi::api::core::v1::Endpoints;
+        use kube::runtime::watcher::Event;
+
+        let (store, mut writer) = kube::runtime::reflector::store::<Endpoints>();
+        let cache = |writer: &mut kube::runtime::reflector::store::Writer<Endpoints>,
+                     name: &str,
+                     rv: &str| {
+            writer.apply_watcher_event(&Event::Apply(Endpoints {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some("ns".into()),
+                    resource_version: Some(rv.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }));
+        };
+        let names = |n: &str| vec![n.to_string()];
         let w = OwnWrites::default();
-        assert!(w.caught_up("ns", "a", None));
+        assert!(w.hold(&store, "ns", Some(&names("a")), "svc").is_none());
         w.wrote("ns", "a", Some("10"));
-        assert!(!w.caught_up("ns", "a", None));
-        assert!(!w.caught_up("ns", "a", Some(Some("9"))));
-        assert!(w.caught_up("ns", "a", Some(Some("10"))));
+        assert!(
+            w.hold(&store, "ns", Some(&names("a")), "svc").is_some(),
+            "absent"
+        );
+        assert!(w.hold(&store, "ns", None, "svc").is_some(), "pending in ns");
+        assert!(w.hold(&store, "other", None, "svc").is_none());
+        cache(&mut writer, "a", "9");
+        let held = w
+            .hold(&store, "ns", Some(&names("a")), "svc")
+            .expect("older version");
+        assert!(
+            format!("{held:?}").contains("Some("),
+            "a requeue at the deadline: {held:?}"
+        );
+        cache(&mut writer, "a", "10");
+        assert!(w.hold(&store, "ns", Some(&names("a")), "svc").is_none());
+        // A deletion holds until the cache loses the object.
         w.deleted("ns", "a");
-        assert!(!w.caught_up("ns", "a", Some(Some("10"))));
-        assert_eq!(w.pending_in("ns"), vec!["a".to_string()]);
-        assert!(w.caught_up("ns", "a", None));
-        assert!(w.pending_in("ns").is_empty());
-        // Watch events settle writes: the own one is recognised; an older one is not enough.
+        assert!(w.hold(&store, "ns", None, "svc").is_some());
+        // Watch events settle writes: the own one is recognised and wakes the held reconcile;
+        // an older one is not enough.
+        assert_eq!(
+            w.observe("ns", "a", None),
+            Observed {
+                own: true,
+                wake: vec!["svc".into()]
+            }
+        );
+        assert!(w.hold(&store, "ns", None, "svc").is_none());
         w.wrote("ns", "b", Some("20"));
-        assert!(!w.observe("ns", "b", Some("19")));
-        assert_eq!(w.pending_in("ns"), vec!["b".to_string()]);
-        assert!(w.observe("ns", "b", Some("20")));
-        assert!(w.pending_in("ns").is_empty());
+        assert_eq!(w.observe("ns", "b", Some("19")), Observed::default());
+        assert_eq!(
+            w.observe("ns", "b", Some("20")),
+            Observed {
+                own: true,
+                wake: vec![]
+            },
+            "nobody waited"
+        );
+        assert!(w.hold(&store, "ns", None, "svc").is_none());
         // Someone else deleting a written object settles it too (no waiting for ever).
         w.wrote("ns", "c", Some("30"));
-        assert!(!w.observe("ns", "c", None));
-        assert!(w.caught_up("ns", "c", None));
+        assert!(w.hold(&store, "ns", Some(&names("c")), "svc").is_some());
+        assert_eq!(
+            w.observe("ns", "c", None),
+            Observed {
+                own: false,
+                wake: vec!["svc".into()]
+            }
+        );
+        assert!(w.hold(&store, "ns", Some(&names("c")), "svc").is_none());
     }
 }

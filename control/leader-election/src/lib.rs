@@ -39,25 +39,7 @@ pub struct LeaderElectionArgs {
     pub resource_name: Option<String>,
 }
 
-/// Parses a Go-style duration of one unit: `500ms`, `15s`, `5m`, `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("invalid duration {text:?}: missing unit (ms, s, m or h)"))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("invalid duration {text:?}: unknown unit {unit:?}")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
-}
+pub use baton_client::parse_duration;
 
 /// Why leading stopped.
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +47,49 @@ pub enum LeaderElectionError {
     /// The leader could not renew its Lease within the renew deadline.
     #[error("leader election lost: Lease {namespace}/{name} not renewed within {deadline:?}")]
     Lost {
+        /// The Lease's namespace.
         namespace: String,
+        /// The Lease's name.
         name: String,
+        /// The renew deadline that passed.
         deadline: Duration,
     },
+}
+
+/// The leader-election flags do not fit together (client-go refuses the same).
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderElectionConfigError {
+    /// The Lease must outlive the renew deadline, in whole seconds.
+    #[error(
+        "--leader-elect-lease-duration ({lease:?}) must be at least 1s and greater than --leader-elect-renew-deadline ({renew:?})"
+    )]
+    LeaseDuration { lease: Duration, renew: Duration },
+    /// The renew deadline must leave room for retries.
+    #[error(
+        "--leader-elect-renew-deadline ({renew:?}) must be greater than 1.2 x --leader-elect-retry-period ({retry:?})"
+    )]
+    RenewDeadline { renew: Duration, retry: Duration },
+}
+
+impl LeaderElectionArgs {
+    /// Checks the durations as client-go's NewLeaderElector does.
+    pub fn validate(&self) -> Result<(), LeaderElectionConfigError> {
+        if self.lease_duration <= self.renew_deadline
+            || self.lease_duration < Duration::from_secs(1)
+        {
+            return Err(LeaderElectionConfigError::LeaseDuration {
+                lease: self.lease_duration,
+                renew: self.renew_deadline,
+            });
+        }
+        if self.renew_deadline.as_secs_f64() <= 1.2 * self.retry_period.as_secs_f64() {
+            return Err(LeaderElectionConfigError::RenewDeadline {
+                renew: self.renew_deadline,
+                retry: self.retry_period,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// One candidate for the leadership of a component.
@@ -133,12 +154,16 @@ impl LeaderElector {
             let mut last_renewal = Instant::now();
             loop {
                 tokio::time::sleep(self.retry_period).await;
-                match self.try_acquire_or_renew(&mut observed).await {
-                    Ok(true) => last_renewal = Instant::now(),
-                    Ok(false) => break,
-                    Err(e) => tracing::warn!(error = %e, "leader election: renewal failed"),
+                // A renewal that hangs must not outlast the deadline: by then a standby may
+                // take the Lease, and two leaders must never act at once.
+                let left = self.renew_deadline.saturating_sub(last_renewal.elapsed());
+                match tokio::time::timeout(left, self.try_acquire_or_renew(&mut observed)).await {
+                    Ok(Ok(true)) => last_renewal = Instant::now(),
+                    Ok(Ok(false)) => break,
+                    Ok(Err(e)) => tracing::warn!(error = %e, "leader election: renewal failed"),
+                    Err(_) => tracing::warn!("leader election: renewal timed out"),
                 }
-                if last_renewal.elapsed() > self.renew_deadline {
+                if last_renewal.elapsed() >= self.renew_deadline {
                     break;
                 }
             }
@@ -160,7 +185,8 @@ impl LeaderElector {
         observed: &mut Option<(String, Instant)>,
     ) -> Result<bool, kube::Error> {
         let now = MicroTime(jiff::Timestamp::now());
-        let duration_seconds = self.lease_duration.as_secs() as i32;
+        let duration_seconds =
+            i32::try_from(self.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
         let Some(mut lease) = self.leases.get_opt(&self.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -231,15 +257,34 @@ impl LeaderElector {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
     use std::time::Duration;
 
     #[test]
-    fn durations_in_go_units() {
-        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("15").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
+    fn flags_must_fit_together_as_in_client_go() {
+        use super::LeaderElectionArgs;
+        let args = |lease: u64, renew: u64, retry: u64| LeaderElectionArgs {
+            leader_elect: true,
+            lease_duration: Duration::from_millis(lease),
+            renew_deadline: Duration::from_millis(renew),
+            retry_period: Duration::from_millis(retry),
+            resource_namespace: "kube-system".into(),
+            resource_name: None,
+        };
+        assert!(args(15_000, 10_000, 2_000).validate().is_ok());
+        assert!(args(3_000, 2_000, 500).validate().is_ok());
+        let e = args(10_000, 10_000, 2_000).validate().unwrap_err();
+        assert!(
+            e.to_string().contains("--leader-elect-lease-duration"),
+            "{e}"
+        );
+        assert!(
+            args(900, 500, 100).validate().is_err(),
+            "sub-second leases are refused"
+        );
+        let e = args(15_000, 2_000, 2_000).validate().unwrap_err();
+        assert!(
+            e.to_string().contains("--leader-elect-renew-deadline"),
+            "{e}"
+        );
     }
 }

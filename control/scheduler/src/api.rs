@@ -164,7 +164,11 @@ impl ApiWriter {
                 .await;
             let error = result.err().map(|e| BindError {
                 code: status_code(&e),
-                message: e.to_string(),
+                // What the API server said, as upstream shows it (not the client's wrapping).
+                message: match &e {
+                    kube::Error::Api(status) => status.message.clone(),
+                    other => other.to_string(),
+                },
             });
             let _ = results.send(BindResult {
                 info,

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use baton_client::{Informer, InformerEvent};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
@@ -53,6 +54,9 @@ pub enum SchedulerError {
     Connect(#[from] baton_client::ConnectError),
     #[error(transparent)]
     LeaderElection(#[from] baton_leader_election::LeaderElectionError),
+    /// The leader-election flags do not fit together.
+    #[error(transparent)]
+    LeaderElectionConfig(#[from] baton_leader_election::LeaderElectionConfigError),
     #[error("the scheduling loop stopped")]
     LoopStopped,
 }
@@ -70,9 +74,15 @@ where
 {
     let informer = Arc::new(Informer::new(api, config));
     let tx = inputs.clone();
+    let store = informer.store();
     informer.on_event(move |event| {
         let change = match event {
-            InformerEvent::Applied { new, .. } => Change::Applied(Arc::new((*new).clone())),
+            // The informer has cached the object before telling: share that copy.
+            InformerEvent::Applied { new, .. } => Change::Applied(
+                store
+                    .get(&ObjectRef::from_obj(*new))
+                    .unwrap_or_else(|| Arc::new((*new).clone())),
+            ),
             InformerEvent::Deleted(old) => Change::Deleted(Arc::new((*old).clone())),
         };
         let _ = tx.send(wrap(change));
@@ -82,6 +92,7 @@ where
 
 /// Runs the scheduler until it loses leadership or fails.
 pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
+    args.leader_election.validate()?;
     let client = baton_client::connect(args.kubeconfig.as_deref(), "kube-scheduler").await?;
 
     let (input_tx, input_rx) = mpsc::unbounded_channel();

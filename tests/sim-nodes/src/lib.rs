@@ -27,6 +27,9 @@ pub const OUTCOME_ANNOTATION: &str = "sim-nodes.baton.dev/outcome";
 /// Pod annotation: how long the Pod runs before it ends (`2s`, `500ms`).
 pub const RUN_FOR_ANNOTATION: &str = "sim-nodes.baton.dev/run-for";
 
+/// The most nodes one process simulates (their InternalIPs come from 10.255.0.0/16).
+pub const MAX_NODES: usize = 60_000;
+
 /// Flags of `baton sim-nodes`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimNodesArgs {
@@ -71,6 +74,12 @@ pub enum SimNodesError {
     Label(String),
     #[error("--node-taint {0:?}: expected key[=value]:NoSchedule|PreferNoSchedule|NoExecute")]
     Taint(String),
+    /// A zero renew interval would renew in a busy loop.
+    #[error("--lease-renew-interval must be more than 0s")]
+    RenewInterval,
+    /// More nodes than the made-up address range holds.
+    #[error("--count {0}: at most {MAX_NODES} simulated nodes")]
+    Count(usize),
     #[error("registering node {node}")]
     Register {
         node: String,
@@ -79,31 +88,16 @@ pub enum SimNodesError {
     },
 }
 
-/// Parses `2s`, `500ms`, `1m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        return Err(format!(
-            "invalid duration {text:?}: expected a unit (ms, s, m)"
-        ));
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}"))?;
-    if value < 0.0 || !value.is_finite() {
-        return Err(format!("invalid duration {text:?}"));
-    }
-    Ok(Duration::from_secs_f64(value * scale))
-}
+pub use baton_client::parse_duration;
 
 /// Registers the nodes, then heartbeats and runs their pods until the process is stopped.
 pub async fn run(args: SimNodesArgs) -> Result<(), SimNodesError> {
+    if args.lease_renew_interval.is_zero() {
+        return Err(SimNodesError::RenewInterval);
+    }
+    if args.count > MAX_NODES {
+        return Err(SimNodesError::Count(args.count));
+    }
     let template = nodes::NodeTemplate::from_args(&args)?;
     let client = baton_client::connect(args.kubeconfig.as_deref(), "baton-sim-nodes").await?;
     let names: Vec<String> = (0..args.count)
@@ -121,18 +115,4 @@ pub async fn run(args: SimNodesArgs) -> Result<(), SimNodesError> {
     let pods = pods::run(client, registered, args.concurrency);
     tokio::join!(heartbeats, pods);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("2").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
 }

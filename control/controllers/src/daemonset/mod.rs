@@ -39,8 +39,8 @@ use self::eligibility::Placement;
 use crate::Context;
 use crate::failure_backoff::FailureBackoff;
 use crate::pod_control::{
-    EXPECTATIONS_TIMEOUT, Expectations, controller_uid, create_in_batches_with, key_of,
-    observe_pod_event, publish_event,
+    EXPECTATIONS_TIMEOUT, Expectations, api_error_message, controller_ref_of, controller_uid,
+    create_in_batches_with, key_of, observe_pod_event, publish_event,
 };
 
 const KIND: &str = "DaemonSet";
@@ -96,13 +96,13 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     let pod_changes = ctx.pods.subscribe(|event| {
         event
             .objects()
-            .filter_map(|pod| owner(pod.meta()))
+            .filter_map(|pod| controller_ref_of::<DaemonSet>(pod.meta()))
             .collect::<Vec<_>>()
     });
     let revision_changes = revisions.subscribe(|event| {
         event
             .objects()
-            .filter_map(|r| owner(r.meta()))
+            .filter_map(|r| controller_ref_of::<DaemonSet>(r.meta()))
             .collect::<Vec<_>>()
     });
 
@@ -142,18 +142,6 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
         tokio::join!(revisions.run(), run);
     }
     .boxed()
-}
-
-/// The DaemonSet controlling an object, from its controller reference.
-fn owner(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<ObjectRef<DaemonSet>> {
-    let owner = meta
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true) && r.kind == KIND && r.api_version == "apps/v1")?;
-    Some(ObjectRef::new(&owner.name).within(meta.namespace.as_deref().unwrap_or_default()))
 }
 
 /// Whether a node event can change where daemons belong.
@@ -408,7 +396,7 @@ impl DaemonSetController {
                         &regarding,
                         true,
                         "FailedDelete",
-                        format!("Error deleting: {}", error_text(&e)),
+                        format!("Error deleting: {}", api_error_message(&e)),
                         related,
                     )
                     .await;
@@ -423,7 +411,7 @@ impl DaemonSetController {
             .collect();
         let mut outcomes = Vec::new();
         let (_, skipped, create_error) = create_in_batches_with(&api, new_pods, |outcome| {
-            outcomes.push(outcome.map(|p| p.name_any()).map_err(error_text));
+            outcomes.push(outcome.map(|p| p.name_any()).map_err(api_error_message));
         })
         .await;
         for outcome in outcomes {
@@ -529,14 +517,6 @@ fn pod_reference(namespace: &str, name: &str) -> ObjectReference {
     }
 }
 
-/// An API error as upstream's events quote it: the server's message.
-fn error_text(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => s.message.clone(),
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,8 +537,15 @@ mod tests {
             }]),
             ..Default::default()
         };
-        assert_eq!(owner(&meta), Some(ObjectRef::new("agent").within("ns")));
-        assert_eq!(owner(&ObjectMeta::default()), None);
+        assert_eq!(
+            controller_ref_of::<DaemonSet>(&meta),
+            Some(ObjectRef::new("agent").within("ns"))
+        );
+        assert_eq!(controller_ref_of::<DaemonSet>(&ObjectMeta::default()), None);
+        assert_eq!(
+            controller_ref_of::<k8s_openapi::api::batch::v1::Job>(&meta),
+            None
+        );
     }
 
     #[test]

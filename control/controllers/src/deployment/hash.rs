@@ -8,41 +8,16 @@
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde_json::Value;
 
+use crate::controller_revision::template_hash;
+
 /// The label (and selector key) carrying the hash.
 pub(crate) const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
-/// Upstream's SafeEncodeString alphabet.
-const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-
-/// FNV-1a, 32 bits.
-fn fnv32a(data: &[u8], mut hash: u32) -> u32 {
-    for byte in data {
-        hash ^= u32::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash
-}
-
-const FNV32_OFFSET: u32 = 0x811c_9dc5;
-
-/// The pod-template-hash of `template` with `collision_count`.
+/// The pod-template-hash of `template` with `collision_count`: the same FNV-1a template hash
+/// (collision count bytes and safe encoding included) that DaemonSets label their revisions
+/// with, as upstream computes both with one ComputeHash.
 pub(crate) fn compute_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let printed = serde_json::to_vec(template).unwrap_or_default();
-    let mut hash = fnv32a(&printed, FNV32_OFFSET);
-    if let Some(count) = collision_count {
-        // Eight bytes, the count little-endian in the first four, as upstream writes it.
-        let mut bytes = [0u8; 8];
-        bytes[..4].copy_from_slice(&(count as u32).to_le_bytes());
-        hash = fnv32a(&bytes, hash);
-    }
-    safe_encode(&hash.to_string())
-}
-
-/// Maps each byte onto ALPHABET (upstream's rand.SafeEncodeString).
-fn safe_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| ALPHABET[usize::from(b) % ALPHABET.len()] as char)
-        .collect()
+    template_hash(template, collision_count)
 }
 
 /// Whether two Pod templates are the same apart from their pod-template-hash label (how a
@@ -107,29 +82,19 @@ mod tests {
     }
 
     #[test]
-    fn fnv32a_matches_the_reference_vectors() {
-        assert_eq!(fnv32a(b"", FNV32_OFFSET), 0x811c_9dc5);
-        assert_eq!(fnv32a(b"a", FNV32_OFFSET), 0xe40c_292c);
-        assert_eq!(fnv32a(b"foobar", FNV32_OFFSET), 0xbf9c_f968);
-    }
-
-    #[test]
     fn hash_is_stable_and_depends_on_template_and_collisions() {
         let a = compute_hash(&template("nginx:1.27"), None);
         assert_eq!(a, compute_hash(&template("nginx:1.27"), None));
         assert!((1..=10).contains(&a.len()), "{a}");
-        assert!(a.bytes().all(|b| ALPHABET.contains(&b)), "{a}");
+        // Pinned: the encoding of the FNV-1a sum of the template's JSON must not change, or
+        // every Deployment would roll out again after an upgrade.
+        assert_eq!(a, "6c8d7489d5");
         assert_ne!(a, compute_hash(&template("nginx:1.28"), None));
         let collided = compute_hash(&template("nginx:1.27"), Some(1));
         assert_ne!(a, collided);
+        assert_eq!(collided, "d898ff9b");
         assert_eq!(collided, compute_hash(&template("nginx:1.27"), Some(1)));
         assert_ne!(collided, compute_hash(&template("nginx:1.27"), Some(2)));
-    }
-
-    #[test]
-    fn safe_encoding_maps_digits() {
-        // '0' is byte 48: 48 % 27 = 21 -> '4'; '1' -> '5'; '9' (57) -> 57 % 27 = 3 -> 'f'.
-        assert_eq!(safe_encode("019"), "45f");
     }
 
     #[test]

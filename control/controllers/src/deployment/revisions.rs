@@ -142,7 +142,7 @@ pub(crate) fn set_new_rs_annotations(
     }
     if !exists {
         let desired = super::desired(d);
-        changed |= set_replicas_annotations(rs, desired, desired + max_surge);
+        changed |= set_replicas_annotations(rs, desired, desired.saturating_add(max_surge));
     }
     changed
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 
-use super::scale::{active, max_unavailable, new_rs_replicas, spec_total};
+use super::scale::{active, max_unavailable, new_rs_replicas, saturating_sum, spec_total};
 use super::status::deployment_complete;
 use super::sync::Rollout;
 use super::{SyncDeploymentError, by_creation, desired, rs_available, rs_spec};
@@ -39,10 +39,12 @@ pub(super) fn old_scale_down(
     if old_pods == 0 {
         return Vec::new();
     }
-    let all_pods = old_pods + rs_spec(new);
-    let min_available = desired(d) - max_unavailable(d);
-    let new_unavailable = rs_spec(new) - rs_available(new);
-    let max_scaled_down = all_pods - min_available - new_unavailable;
+    let all_pods = old_pods.saturating_add(rs_spec(new));
+    let min_available = desired(d).saturating_sub(max_unavailable(d));
+    let new_unavailable = rs_spec(new).saturating_sub(rs_available(new));
+    let max_scaled_down = all_pods
+        .saturating_sub(min_available)
+        .saturating_sub(new_unavailable);
     if max_scaled_down <= 0 {
         return Vec::new();
     }
@@ -58,20 +60,23 @@ pub(super) fn old_scale_down(
         if cleaned >= max_scaled_down {
             break;
         }
-        let unhealthy = *size - rs_available(rs);
+        let unhealthy = size.saturating_sub(rs_available(rs));
         if *size == 0 || unhealthy <= 0 {
             continue;
         }
-        let down = (max_scaled_down - cleaned).min(unhealthy);
+        let down = max_scaled_down.saturating_sub(cleaned).min(unhealthy);
         *size -= down;
-        cleaned += down;
+        cleaned = cleaned.saturating_add(down);
     }
 
     // Then available ones, down to the minimum availability.
-    let available: i32 =
-        olds.iter().map(|(rs, _)| rs_available(rs)).sum::<i32>() + rs_available(new);
+    let available = saturating_sum(
+        olds.iter()
+            .map(|(rs, _)| rs_available(rs))
+            .chain([rs_available(new)]),
+    );
     if available > min_available {
-        let budget = available - min_available;
+        let budget = available.saturating_sub(min_available);
         let mut scaled = 0;
         for (_, size) in olds.iter_mut() {
             if scaled >= budget {
@@ -80,9 +85,9 @@ pub(super) fn old_scale_down(
             if *size == 0 {
                 continue;
             }
-            let down = (*size).min(budget - scaled);
+            let down = (*size).min(budget.saturating_sub(scaled));
             *size -= down;
-            scaled += down;
+            scaled = scaled.saturating_add(down);
         }
     }
     olds.into_iter()

@@ -5,6 +5,7 @@
 //! desired-replicas and max-replicas annotations).
 
 use std::cmp::Ordering;
+use std::num::IntErrorKind;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -12,24 +13,38 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::revisions;
 use super::{by_creation, desired, is_rolling, rs_available, rs_spec};
 
-/// An absolute count or a percentage of `total`, rounded up or down. Anything else (which
-/// validation refuses) counts as zero.
+/// An absolute count or a percentage of `total`, rounded up or down, never below zero. A value
+/// that validation refuses (negative, or a string that is not a whole percentage) counts as
+/// zero; a percentage too large to represent clamps to `i32::MAX` instead of overflowing.
 pub(super) fn scaled_value(value: Option<&IntOrString>, total: i32, round_up: bool) -> i32 {
     match value {
         None => 0,
-        Some(IntOrString::Int(n)) => *n,
+        Some(IntOrString::Int(n)) => (*n).max(0),
         Some(IntOrString::String(s)) => {
-            let Some(percent) = s.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()) else {
+            let Some(percent) = s.strip_suffix('%').and_then(parse_percent) else {
                 return 0;
             };
-            let scaled = percent * i64::from(total);
+            // An i64 times an i32 always fits in an i128.
+            let scaled = i128::from(percent.max(0)) * i128::from(total.max(0));
             let value = if round_up {
-                scaled.div_euclid(100) + i64::from(scaled.rem_euclid(100) != 0)
+                scaled.div_euclid(100) + i128::from(scaled.rem_euclid(100) != 0)
             } else {
                 scaled.div_euclid(100)
             };
             i32::try_from(value).unwrap_or(i32::MAX)
         }
+    }
+}
+
+/// A whole percentage; digits beyond the range of `i64` saturate rather than fail.
+fn parse_percent(digits: &str) -> Option<i64> {
+    match digits.parse::<i64>() {
+        Ok(n) => Some(n),
+        Err(e) => match e.kind() {
+            IntErrorKind::PosOverflow => Some(i64::MAX),
+            IntErrorKind::NegOverflow => Some(i64::MIN),
+            _ => None,
+        },
     }
 }
 
@@ -78,9 +93,20 @@ pub(super) fn max_unavailable(d: &Deployment) -> i32 {
     fenceposts(d).map_or(0, |(_, unavailable)| unavailable.min(desired(d)))
 }
 
-/// Sum of spec.replicas.
+/// spec.replicas plus maxSurge: the most Pods a rolling update may run, saturating at
+/// `i32::MAX`.
+pub(super) fn max_total(d: &Deployment) -> i32 {
+    desired(d).saturating_add(max_surge(d))
+}
+
+/// Sum of spec.replicas, saturating rather than overflowing.
 pub(super) fn spec_total(rses: &[&ReplicaSet]) -> i32 {
-    rses.iter().map(|rs| rs_spec(rs)).sum()
+    saturating_sum(rses.iter().map(|rs| rs_spec(rs)))
+}
+
+/// A sum of replica counts that saturates at the bounds of `i32` instead of overflowing.
+pub(super) fn saturating_sum(values: impl IntoIterator<Item = i32>) -> i32 {
+    values.into_iter().fold(0, i32::saturating_add)
 }
 
 /// The size the new ReplicaSet may grow to now (upstream's NewRSNewReplicas).
@@ -88,13 +114,15 @@ pub(super) fn new_rs_replicas(d: &Deployment, all: &[&ReplicaSet], new: &Replica
     if !is_rolling(d) {
         return desired(d);
     }
-    let max_total = desired(d) + max_surge(d);
+    let max_total = max_total(d);
     let current = spec_total(all);
     if current >= max_total {
         return rs_spec(new);
     }
-    let up = (max_total - current).min(desired(d) - rs_spec(new));
-    rs_spec(new) + up
+    let up = max_total
+        .saturating_sub(current)
+        .min(desired(d).saturating_sub(rs_spec(new)));
+    rs_spec(new).saturating_add(up)
 }
 
 /// ReplicaSets with spec.replicas above zero.
@@ -166,12 +194,8 @@ pub(super) fn plan_scale(
         return Vec::new();
     }
     let mut all = active(olds.iter().copied().chain(new));
-    let allowed = if desired(d) > 0 {
-        desired(d) + max_surge(d)
-    } else {
-        0
-    };
-    let to_add = allowed - spec_total(&all);
+    let allowed = if desired(d) > 0 { max_total(d) } else { 0 };
+    let to_add = allowed.saturating_sub(spec_total(&all));
     match to_add.cmp(&0) {
         // Larger first; among equals, newer first when growing, older first when shrinking.
         Ordering::Greater => {
@@ -188,11 +212,11 @@ pub(super) fn plan_scale(
             continue;
         }
         let share = proportion(rs, d, to_add, added);
-        sizes.push(rs_spec(rs) + share);
-        added += share;
+        sizes.push(rs_spec(rs).saturating_add(share));
+        added = added.saturating_add(share);
     }
     if to_add != 0 && !sizes.is_empty() {
-        sizes[0] = (sizes[0] + to_add - added).max(0);
+        sizes[0] = sizes[0].saturating_add(to_add.saturating_sub(added)).max(0);
     }
     all.iter()
         .zip(sizes)
@@ -210,7 +234,7 @@ fn proportion(rs: &ReplicaSet, d: &Deployment, to_add: i32, added: i32) -> i32 {
         return 0;
     }
     let fraction = fraction(rs, d);
-    let allowed = to_add - added;
+    let allowed = to_add.saturating_sub(added);
     if to_add > 0 {
         fraction.min(allowed)
     } else {
@@ -222,9 +246,9 @@ fn proportion(rs: &ReplicaSet, d: &Deployment, to_add: i32, added: i32) -> i32 {
 /// one annotated on `rs` to the current one.
 fn fraction(rs: &ReplicaSet, d: &Deployment) -> i32 {
     if desired(d) == 0 {
-        return -rs_spec(rs);
+        return rs_spec(rs).saturating_neg();
     }
-    let max_now = desired(d) + max_surge(d);
+    let max_now = max_total(d);
     let max_before = match revisions::max_replicas_annotation(rs) {
         Some(n) if n != 0 => n,
         _ => d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0),
@@ -233,7 +257,8 @@ fn fraction(rs: &ReplicaSet, d: &Deployment) -> i32 {
         return 0;
     }
     let scaled = f64::from(rs_spec(rs)) * f64::from(max_now) / f64::from(max_before);
-    scaled.round() as i32 - rs_spec(rs)
+    // `as` saturates a float that does not fit.
+    (scaled.round() as i32).saturating_sub(rs_spec(rs))
 }
 
 fn name_of(rs: &ReplicaSet) -> String {
@@ -359,6 +384,50 @@ pub(super) mod tests {
             rolling_update: None,
         });
         assert_eq!((max_surge(&recreate), max_unavailable(&recreate)), (0, 0));
+    }
+
+    #[test]
+    fn huge_percentages_and_replicas_clamp_instead_of_overflowing() {
+        let huge = pct("9223372036854775807%");
+        assert_eq!(scaled_value(Some(&huge), i32::MAX, true), i32::MAX);
+        assert_eq!(scaled_value(Some(&huge), i32::MAX, false), i32::MAX);
+        assert_eq!(
+            scaled_value(Some(&pct("-9223372036854775808%")), i32::MAX, true),
+            0
+        );
+        assert_eq!(
+            scaled_value(Some(&pct("99999999999999999999%")), 10, true),
+            i32::MAX
+        );
+        assert_eq!(scaled_value(Some(&pct("abc")), 10, true), 0);
+        assert_eq!(scaled_value(Some(&IntOrString::Int(-5)), 10, true), 0);
+        assert_eq!(
+            resolve_fenceposts(Some(&huge), Some(&huge), i32::MAX),
+            (i32::MAX, i32::MAX)
+        );
+
+        let mut d = deployment(i32::MAX, huge.clone(), huge);
+        assert_eq!(max_surge(&d), i32::MAX);
+        assert_eq!(max_unavailable(&d), i32::MAX);
+        assert_eq!(max_total(&d), i32::MAX);
+        d.status.as_mut().unwrap().replicas = Some(i32::MAX);
+        let old = replicaset("old", 0, i32::MAX, i32::MAX, Some(i32::MAX));
+        let new = replicaset("new", 1, i32::MAX, 0, Some(i32::MAX));
+        assert_eq!(spec_total(&[&old, &new]), i32::MAX);
+        assert_eq!(new_rs_replicas(&d, &[&old, &new], &new), i32::MAX);
+        let new = replicaset("new", 1, 1, 0, Some(1));
+        assert_eq!(
+            new_rs_replicas(&d, &[&old, &new], &new),
+            1,
+            "the total is already at the (saturated) maximum"
+        );
+        let old = replicaset("old", 0, i32::MAX - 5, i32::MAX - 5, Some(i32::MAX));
+        assert_eq!(new_rs_replicas(&d, &[&old, &new], &new), 5);
+        let plan = plan_scale(&d, Some(&new), &[&old]);
+        assert!(plan.iter().all(|r| r.to >= 0), "{plan:?}");
+        let olds = [&old, &old];
+        let _ = plan_scale(&deployment(0, pct("1%"), pct("1%")), Some(&new), &olds);
+        let _ = crate::deployment::rolling::old_scale_down(&d, &olds, &new);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStat
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use super::scale::max_unavailable;
+use super::scale::{max_unavailable, saturating_sum};
 use super::{desired, rs_available, rs_ready, rs_status_replicas};
 use crate::replicaset::status::now_seconds;
 
@@ -111,21 +111,21 @@ pub(crate) fn calculate(
     new: Option<&ReplicaSet>,
     now: Timestamp,
 ) -> DeploymentStatus {
-    let available: i32 = all.iter().map(|rs| rs_available(rs)).sum();
-    let total: i32 = all.iter().map(|rs| super::rs_spec(rs)).sum();
+    let available = saturating_sum(all.iter().map(|rs| rs_available(rs)));
+    let total = saturating_sum(all.iter().map(|rs| super::rs_spec(rs)));
     let current = d.status.clone().unwrap_or_default();
     let mut status = DeploymentStatus {
         observed_generation: d.metadata.generation,
-        replicas: nonzero(all.iter().map(|rs| rs_status_replicas(rs)).sum()),
+        replicas: nonzero(saturating_sum(all.iter().map(|rs| rs_status_replicas(rs)))),
         updated_replicas: nonzero(new.map_or(0, rs_status_replicas)),
-        ready_replicas: nonzero(all.iter().map(|rs| rs_ready(rs)).sum()),
+        ready_replicas: nonzero(saturating_sum(all.iter().map(|rs| rs_ready(rs)))),
         available_replicas: nonzero(available),
-        unavailable_replicas: nonzero((total - available).max(0)),
+        unavailable_replicas: nonzero(total.saturating_sub(available).max(0)),
         collision_count: current.collision_count,
         conditions: current.conditions,
         terminating_replicas: None,
     };
-    if available >= desired(d) - max_unavailable(d) {
+    if available >= desired(d).saturating_sub(max_unavailable(d)) {
         set_condition(
             &mut status,
             condition(
@@ -164,8 +164,14 @@ pub(crate) fn deployment_complete(d: &Deployment, s: &DeploymentStatus) -> bool 
 /// more ready or more available replicas.
 pub(crate) fn deployment_progressing(d: &Deployment, new: &DeploymentStatus) -> bool {
     let old = d.status.clone().unwrap_or_default();
-    let old_old = old.replicas.unwrap_or(0) - old.updated_replicas.unwrap_or(0);
-    let new_old = new.replicas.unwrap_or(0) - new.updated_replicas.unwrap_or(0);
+    let old_old = old
+        .replicas
+        .unwrap_or(0)
+        .saturating_sub(old.updated_replicas.unwrap_or(0));
+    let new_old = new
+        .replicas
+        .unwrap_or(0)
+        .saturating_sub(new.updated_replicas.unwrap_or(0));
     new.updated_replicas.unwrap_or(0) > old.updated_replicas.unwrap_or(0)
         || new_old < old_old
         || new.ready_replicas.unwrap_or(0) > old.ready_replicas.unwrap_or(0)
@@ -176,7 +182,8 @@ pub(crate) fn deployment_progressing(d: &Deployment, new: &DeploymentStatus) -> 
 fn deadline(d: &Deployment, cond: &DeploymentCondition) -> Option<Timestamp> {
     let seconds = d.spec.as_ref()?.progress_deadline_seconds?;
     let from = cond.last_update_time.as_ref()?.0;
-    Some(from + SignedDuration::from_secs(i64::from(seconds)))
+    from.checked_add(SignedDuration::from_secs(i64::from(seconds)))
+        .ok()
 }
 
 /// Whether the rollout has gone without progress past its deadline.

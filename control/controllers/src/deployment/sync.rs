@@ -189,7 +189,7 @@ impl<'a> Rollout<'a> {
         let (new, olds) = self.partition();
         let new_revision = {
             let olds: Vec<&ReplicaSet> = olds.iter().map(|&i| &self.rs_list[i]).collect();
-            revisions::max_revision(&olds) + 1
+            revisions::max_revision(&olds).saturating_add(1)
         };
         if let Some(i) = new {
             self.sync_existing_new_rs(i, new_revision).await?;
@@ -432,7 +432,7 @@ impl<'a> Rollout<'a> {
         up: bool,
     ) -> Result<bool, SyncDeploymentError> {
         let want = desired(&self.d);
-        let max = want + max_surge(&self.d);
+        let max = scale::max_total(&self.d);
         let current = &self.rs_list[i];
         let from = rs_spec(current);
         let resize = from != to;

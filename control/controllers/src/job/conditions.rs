@@ -6,17 +6,28 @@
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+/// Condition type: the Job finished successfully (terminal).
 pub const COMPLETE: &str = "Complete";
+/// Condition type: the Job failed (terminal).
 pub const FAILED: &str = "Failed";
+/// Condition type: the Job met its success criteria; its remaining Pods are being finished.
 pub const SUCCESS_CRITERIA_MET: &str = "SuccessCriteriaMet";
+/// Condition type: the Job will fail; its remaining Pods are being finished.
 pub const FAILURE_TARGET: &str = "FailureTarget";
+/// Condition type: the Job is suspended (spec.suspend).
 pub const SUSPENDED: &str = "Suspended";
 
+/// Reason when the Job reached its number of successful completions.
 pub const REASON_COMPLETIONS_REACHED: &str = "CompletionsReached";
+/// Message going with `REASON_COMPLETIONS_REACHED`.
 pub const MESSAGE_COMPLETIONS_REACHED: &str = "Reached expected number of succeeded pods";
+/// Reason when the Job's Pods failed more often than spec.backoffLimit allows.
 pub const REASON_BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
+/// Message going with `REASON_BACKOFF_LIMIT_EXCEEDED`.
 pub const MESSAGE_BACKOFF_LIMIT_EXCEEDED: &str = "Job has reached the specified backoff limit";
+/// Reason when the Job ran longer than spec.activeDeadlineSeconds.
 pub const REASON_DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+/// Message going with `REASON_DEADLINE_EXCEEDED`.
 pub const MESSAGE_DEADLINE_EXCEEDED: &str = "Job was active longer than specified deadline";
 
 /// A True condition of `type_` made `now`.

@@ -29,7 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -46,8 +46,8 @@ use self::pods::{TRACKING_FINALIZER, has_tracking_finalizer, is_indexed};
 use crate::Context;
 use crate::failure_backoff::FailureBackoff;
 use crate::pod_control::{
-    Expectations, controller_key_of, controller_uid, create_in_batches_with, is_pod_active,
-    is_pod_ready, key_of, observe_pod_event, publish_event,
+    Expectations, api_error_message, controller_key_of, controller_ref_of, controller_uid,
+    create_in_batches_with, is_pod_active, is_pod_ready, key_of, observe_pod_event, publish_event,
 };
 
 const KIND: &str = "Job";
@@ -119,7 +119,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     let pod_changes = ctx.pods.subscribe(|event| {
         event
             .objects()
-            .filter_map(|pod| owner(pod.meta()))
+            .filter_map(|pod| controller_ref_of::<Job>(pod.meta()))
             .collect::<Vec<_>>()
     });
     let concurrency = ctx.concurrent_syncs;
@@ -156,17 +156,6 @@ fn observe_finalizers(removals: &FinalizerRemovals, event: &InformerEvent<'_, Po
     {
         removals.observed(&job, pod.metadata.uid.as_deref().unwrap_or_default());
     }
-}
-
-/// The Job controlling an object, from its controller reference.
-fn owner(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<ObjectRef<Job>> {
-    let owner =
-        meta.owner_references.as_ref()?.iter().find(|r| {
-            r.controller == Some(true) && r.kind == KIND && r.api_version == "batch/v1"
-        })?;
-    Some(ObjectRef::new(&owner.name).within(meta.namespace.as_deref().unwrap_or_default()))
 }
 
 fn error_policy(job: Arc<Job>, error: &SyncJobError, this: Arc<JobController>) -> Action {
@@ -572,7 +561,7 @@ impl JobController {
         let mut outcomes = Vec::new();
         let (created, skipped, error) =
             create_in_batches_with(&self.pod_api(job), new_pods, |outcome| {
-                outcomes.push(outcome.map(|p| p.name_any()).map_err(error_text));
+                outcomes.push(outcome.map(|p| p.name_any()).map_err(api_error_message));
             })
             .await;
         let regarding = job.object_ref(&());
@@ -669,7 +658,7 @@ impl JobController {
                         &regarding,
                         true,
                         "FailedDelete",
-                        format!("Error deleting: {}", error_text(&e)),
+                        format!("Error deleting: {}", api_error_message(&e)),
                         Some(pod_ref(job, &name)),
                     )
                     .await;
@@ -894,14 +883,6 @@ fn pod_ref(job: &Job, name: &str) -> ObjectReference {
         namespace: job.namespace(),
         name: Some(name.into()),
         ..Default::default()
-    }
-}
-
-/// An API error as upstream's events quote it: the server's message.
-fn error_text(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => s.message.clone(),
-        other => other.to_string(),
     }
 }
 

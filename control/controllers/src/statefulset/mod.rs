@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Po
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -33,7 +33,8 @@ use crate::Context;
 use crate::controller_revision::{owned_revisions, template_of};
 use crate::failure_backoff::FailureBackoff;
 use crate::pod_control::{
-    EXPECTATIONS_TIMEOUT, Expectations, controller_uid, key_of, observe_pod_event, publish_event,
+    EXPECTATIONS_TIMEOUT, Expectations, api_error_message, controller_ref_of, controller_uid,
+    key_of, observe_pod_event, publish_event,
 };
 
 const KIND: &str = "StatefulSet";
@@ -89,13 +90,13 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     let pod_changes = ctx.pods.subscribe(|event| {
         event
             .objects()
-            .filter_map(|pod| owner(pod.meta()))
+            .filter_map(|pod| controller_ref_of::<StatefulSet>(pod.meta()))
             .collect::<Vec<_>>()
     });
     let revision_changes = revisions.subscribe(|event| {
         event
             .objects()
-            .filter_map(|r| owner(r.meta()))
+            .filter_map(|r| controller_ref_of::<StatefulSet>(r.meta()))
             .collect::<Vec<_>>()
     });
     let controller = Controller::new(
@@ -121,18 +122,6 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
         tokio::join!(revisions.run(), run);
     }
     .boxed()
-}
-
-/// The StatefulSet controlling an object, from its controller reference.
-fn owner(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<ObjectRef<StatefulSet>> {
-    let owner = meta
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true) && r.kind == KIND && r.api_version == "apps/v1")?;
-    Some(ObjectRef::new(&owner.name).within(meta.namespace.as_deref().unwrap_or_default()))
 }
 
 fn error_policy(
@@ -411,7 +400,7 @@ impl StatefulSetController {
                 let note = format!(
                     "create Pod {name} in StatefulSet {} failed error: {}",
                     set.name_any(),
-                    error_text(&e)
+                    api_error_message(&e)
                 );
                 publish_event(
                     &self.recorder,
@@ -465,7 +454,7 @@ impl StatefulSetController {
                 let note = format!(
                     "delete Pod {name} in StatefulSet {} failed error: {}",
                     set.name_any(),
-                    error_text(&e)
+                    api_error_message(&e)
                 );
                 publish_event(
                     &self.recorder,
@@ -534,7 +523,7 @@ impl StatefulSetController {
                                 "create Claim {name} for Pod {} in StatefulSet {} failed error: {}",
                                 pod.name_any(),
                                 set.name_any(),
-                                error_text(&e)
+                                api_error_message(&e)
                             );
                             publish_event(
                                 &self.recorder,
@@ -651,13 +640,5 @@ fn pod_ref(set: &StatefulSet, name: &str) -> ObjectReference {
         namespace: set.namespace(),
         name: Some(name.into()),
         ..Default::default()
-    }
-}
-
-/// An API error as upstream's events quote it: the server's message.
-fn error_text(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => s.message.clone(),
-        other => other.to_string(),
     }
 }
