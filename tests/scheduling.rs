@@ -3,38 +3,18 @@
 //! and a standby scheduler taking over when the leader dies.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::Duration;
 
-use baton_test_harness::{Binary, Component, ControlPlane, kubectl_binaries, wait_until};
+use baton_test_harness::{
+    Binary, Component, ControlPlane, kubectl_apply as apply, kubectl_binaries, kubectl_ok as ok,
+    wait_until,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
 
 fn binary() -> Binary {
     Binary(env!("CARGO_BIN_EXE_baton").into())
-}
-
-fn ok(plane: &ControlPlane, bin: &Path, args: &[&str]) -> String {
-    let out = plane.apiserver.kubectl(bin, args);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        plane.logs()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn apply(plane: &ControlPlane, bin: &Path, manifest: &str) {
-    let out = plane
-        .apiserver
-        .kubectl_with_input(bin, &["apply", "-f", "-"], Some(manifest));
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Nodes of the bound pods matching `selector`, once `count` of them are bound.

@@ -3,10 +3,11 @@
 //! what happens when a node stops heartbeating.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
-use baton_test_harness::{Binary, ControlPlane, kubectl_binaries, wait_until};
+use baton_test_harness::{
+    Binary, ControlPlane, kubectl_apply as apply, kubectl_binaries, kubectl_ok as ok, wait_until,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -17,29 +18,6 @@ fn binary() -> Binary {
 
 fn kubectl() -> std::path::PathBuf {
     kubectl_binaries().remove(0)
-}
-
-/// Runs kubectl and requires success; returns stdout.
-fn ok(plane: &ControlPlane, bin: &Path, args: &[&str]) -> String {
-    let out = plane.apiserver.kubectl(bin, args);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        plane.logs()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn apply(plane: &ControlPlane, bin: &Path, manifest: &str) {
-    let out = plane
-        .apiserver
-        .kubectl_with_input(bin, &["apply", "-f", "-"], Some(manifest));
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Running pods matching `selector` in `namespace`, with their nodes.

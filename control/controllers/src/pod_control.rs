@@ -339,6 +339,76 @@ pub fn observe_pod_event(
     }
 }
 
+/// Creates a workload's `pods` in slow-start batches and records what upstream's controllers
+/// record: a `SuccessfulCreate` event ("Created pod: NAME") per Pod made and a `FailedCreate`
+/// ("Error creating: ...") per failure. Creations that failed or were never tried are taken
+/// off `owner_key`'s expectations. Returns how many were created and the first error.
+pub async fn create_pods_recorded(
+    api: &Api<Pod>,
+    pods: Vec<Pod>,
+    recorder: &kube::runtime::events::Recorder,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    expectations: &Expectations,
+    owner_key: &str,
+) -> (usize, Option<kube::Error>) {
+    let namespace = regarding.namespace.clone();
+    let mut outcomes = Vec::new();
+    let (created, skipped, error) = create_in_batches_with(api, pods, |outcome| {
+        outcomes.push(outcome.map(|p| p.name_any()).map_err(api_error_message));
+    })
+    .await;
+    for outcome in outcomes {
+        match outcome {
+            Ok(name) => {
+                let pod = k8s_openapi::api::core::v1::ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    namespace: namespace.clone(),
+                    name: Some(name.clone()),
+                    ..Default::default()
+                };
+                let note = format!("Created pod: {name}");
+                publish_event(
+                    recorder,
+                    regarding,
+                    false,
+                    "SuccessfulCreate",
+                    note,
+                    Some(pod),
+                )
+                .await;
+            }
+            Err(message) => {
+                expectations.creation_failed(owner_key);
+                let note = format!("Error creating: {message}");
+                publish_event(recorder, regarding, true, "FailedCreate", note, None).await;
+            }
+        }
+    }
+    for _ in 0..skipped {
+        expectations.creation_failed(owner_key);
+    }
+    (created, error)
+}
+
+/// A stream that wakes the controller (of kind `K`) of every object of `informer` that
+/// changes: how a workload controller hears about its Pods and ControllerRevisions.
+pub fn controller_changes<K, C>(
+    informer: &baton_client::Informer<C>,
+) -> tokio_stream::wrappers::UnboundedReceiverStream<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + 'static,
+    C: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    C::DynamicType: std::hash::Hash + Eq + Clone + Default,
+{
+    informer.subscribe(|event| {
+        event
+            .objects()
+            .filter_map(|obj| controller_ref_of::<K>(obj.meta()))
+            .collect::<Vec<_>>()
+    })
+}
+
 /// Records an event about the object `regarding` refers to, as upstream's controllers do
 /// through their event recorder; a failure to record is logged, never fatal. `related` names
 /// a second object (the Pod created or deleted): it also keeps events that differ only in

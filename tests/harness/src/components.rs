@@ -219,3 +219,28 @@ impl ControlPlane {
         out
     }
 }
+
+/// Runs kubectl against the plane's API server and requires success (the failure message
+/// carries the components' logs); returns standard output.
+pub fn kubectl_ok(plane: &ControlPlane, kubectl: &std::path::Path, args: &[&str]) -> String {
+    let out = plane.apiserver.kubectl(kubectl, args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        plane.logs()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl apply -f -` of `manifest`, required to succeed.
+pub fn kubectl_apply(plane: &ControlPlane, kubectl: &std::path::Path, manifest: &str) {
+    let out = plane
+        .apiserver
+        .kubectl_with_input(kubectl, &["apply", "-f", "-"], Some(manifest));
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 
 mod components;
 
-pub use components::{Component, ControlPlane};
+pub use components::{Component, ControlPlane, kubectl_apply, kubectl_ok};
 
 /// A directory removed on drop.
 #[derive(Debug)]

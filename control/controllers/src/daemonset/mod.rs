@@ -17,6 +17,7 @@ mod pods;
 mod rolling;
 mod status;
 
+use crate::pod_control::{controller_changes, create_pods_recorded};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,8 +40,8 @@ use self::eligibility::Placement;
 use crate::Context;
 use crate::failure_backoff::FailureBackoff;
 use crate::pod_control::{
-    EXPECTATIONS_TIMEOUT, Expectations, api_error_message, controller_ref_of, controller_uid,
-    create_in_batches_with, key_of, observe_pod_event, publish_event,
+    EXPECTATIONS_TIMEOUT, Expectations, api_error_message, controller_uid, key_of,
+    observe_pod_event, publish_event,
 };
 
 const KIND: &str = "DaemonSet";
@@ -93,18 +94,8 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     let observer = this.clone();
     ctx.pods
         .on_event(move |event| observe_pod_event(&observer.expectations, KIND, event));
-    let pod_changes = ctx.pods.subscribe(|event| {
-        event
-            .objects()
-            .filter_map(|pod| controller_ref_of::<DaemonSet>(pod.meta()))
-            .collect::<Vec<_>>()
-    });
-    let revision_changes = revisions.subscribe(|event| {
-        event
-            .objects()
-            .filter_map(|r| controller_ref_of::<DaemonSet>(r.meta()))
-            .collect::<Vec<_>>()
-    });
+    let pod_changes = controller_changes::<DaemonSet, _>(&ctx.pods);
+    let revision_changes = controller_changes::<DaemonSet, _>(&revisions);
 
     let controller = Controller::new(
         Api::<DaemonSet>::all(ctx.client.clone()),
@@ -409,42 +400,15 @@ impl DaemonSetController {
             .iter()
             .map(|node| pods::daemon_pod(ds, node, hash))
             .collect();
-        let mut outcomes = Vec::new();
-        let (_, skipped, create_error) = create_in_batches_with(&api, new_pods, |outcome| {
-            outcomes.push(outcome.map(|p| p.name_any()).map_err(api_error_message));
-        })
+        let (_, create_error) = create_pods_recorded(
+            &api,
+            new_pods,
+            &self.recorder,
+            &regarding,
+            &self.expectations,
+            key,
+        )
         .await;
-        for outcome in outcomes {
-            match outcome {
-                Ok(name) => {
-                    let related = Some(pod_reference(&namespace, &name));
-                    publish_event(
-                        &self.recorder,
-                        &regarding,
-                        false,
-                        "SuccessfulCreate",
-                        format!("Created pod: {name}"),
-                        related,
-                    )
-                    .await;
-                }
-                Err(message) => {
-                    self.expectations.creation_failed(key);
-                    publish_event(
-                        &self.recorder,
-                        &regarding,
-                        true,
-                        "FailedCreate",
-                        format!("Error creating: {message}"),
-                        None,
-                    )
-                    .await;
-                }
-            }
-        }
-        for _ in 0..skipped {
-            self.expectations.creation_failed(key);
-        }
         if let Some(e) = delete_error {
             return Err(SyncDaemonSetError::DeletePods(e));
         }
@@ -520,6 +484,7 @@ fn pod_reference(namespace: &str, name: &str) -> ObjectReference {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pod_control::controller_ref_of;
     use k8s_openapi::api::core::v1::{NodeSpec, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 

@@ -16,6 +16,7 @@ mod orphans;
 mod pods;
 mod tracking;
 
+use crate::pod_control::{controller_changes, create_pods_recorded};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,8 +47,8 @@ use self::pods::{TRACKING_FINALIZER, has_tracking_finalizer, is_indexed};
 use crate::Context;
 use crate::failure_backoff::FailureBackoff;
 use crate::pod_control::{
-    Expectations, api_error_message, controller_key_of, controller_ref_of, controller_uid,
-    create_in_batches_with, is_pod_active, is_pod_ready, key_of, observe_pod_event, publish_event,
+    Expectations, api_error_message, controller_key_of, controller_uid, is_pod_active,
+    is_pod_ready, key_of, observe_pod_event, publish_event,
 };
 
 const KIND: &str = "Job";
@@ -116,12 +117,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
             }
         }
     });
-    let pod_changes = ctx.pods.subscribe(|event| {
-        event
-            .objects()
-            .filter_map(|pod| controller_ref_of::<Job>(pod.meta()))
-            .collect::<Vec<_>>()
-    });
+    let pod_changes = controller_changes::<Job, _>(&ctx.pods);
     let concurrency = ctx.concurrent_syncs;
     let orphan_worker = orphans::run(
         ctx.client.clone(),
@@ -558,44 +554,16 @@ impl JobController {
         }
         self.expectations.expect(key, count, 0);
         let new_pods: Vec<Pod> = indexes.into_iter().map(|i| pods::job_pod(job, i)).collect();
-        let mut outcomes = Vec::new();
-        let (created, skipped, error) =
-            create_in_batches_with(&self.pod_api(job), new_pods, |outcome| {
-                outcomes.push(outcome.map(|p| p.name_any()).map_err(api_error_message));
-            })
-            .await;
         let regarding = job.object_ref(&());
-        for outcome in outcomes {
-            match outcome {
-                Ok(name) => {
-                    let related = Some(pod_ref(job, &name));
-                    publish_event(
-                        &self.recorder,
-                        &regarding,
-                        false,
-                        "SuccessfulCreate",
-                        format!("Created pod: {name}"),
-                        related,
-                    )
-                    .await;
-                }
-                Err(message) => {
-                    self.expectations.creation_failed(key);
-                    publish_event(
-                        &self.recorder,
-                        &regarding,
-                        true,
-                        "FailedCreate",
-                        format!("Error creating: {message}"),
-                        None,
-                    )
-                    .await;
-                }
-            }
-        }
-        for _ in 0..skipped {
-            self.expectations.creation_failed(key);
-        }
+        let (created, error) = create_pods_recorded(
+            &self.pod_api(job),
+            new_pods,
+            &self.recorder,
+            &regarding,
+            &self.expectations,
+            key,
+        )
+        .await;
         out.active = active + created as i32;
         out.error = error.map(SyncJobError::CreatePods);
         out

@@ -12,6 +12,7 @@ mod identity;
 mod plan;
 mod status;
 
+use crate::pod_control::controller_changes;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +34,8 @@ use crate::Context;
 use crate::controller_revision::{owned_revisions, template_of};
 use crate::failure_backoff::FailureBackoff;
 use crate::pod_control::{
-    EXPECTATIONS_TIMEOUT, Expectations, api_error_message, controller_ref_of, controller_uid,
-    key_of, observe_pod_event, publish_event,
+    EXPECTATIONS_TIMEOUT, Expectations, api_error_message, controller_uid, key_of,
+    observe_pod_event, publish_event,
 };
 
 const KIND: &str = "StatefulSet";
@@ -87,18 +88,8 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     let observer = this.clone();
     ctx.pods
         .on_event(move |event| observe_pod_event(&observer.expectations, KIND, event));
-    let pod_changes = ctx.pods.subscribe(|event| {
-        event
-            .objects()
-            .filter_map(|pod| controller_ref_of::<StatefulSet>(pod.meta()))
-            .collect::<Vec<_>>()
-    });
-    let revision_changes = revisions.subscribe(|event| {
-        event
-            .objects()
-            .filter_map(|r| controller_ref_of::<StatefulSet>(r.meta()))
-            .collect::<Vec<_>>()
-    });
+    let pod_changes = controller_changes::<StatefulSet, _>(&ctx.pods);
+    let revision_changes = controller_changes::<StatefulSet, _>(&revisions);
     let controller = Controller::new(
         Api::<StatefulSet>::all(ctx.client.clone()),
         watcher::Config::default(),
