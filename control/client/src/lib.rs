@@ -1,8 +1,11 @@
 //! The kube-rs plumbing that Baton's API clients (scheduler, controller manager, simulated
-//! nodes, later the kubelet and proxy) share: a client from a kubeconfig file, and shared
-//! informers, so that one watch and one cache of a resource serve every controller in a process.
+//! nodes, the kubelet, later the proxy) share: a client from a kubeconfig file, and shared
+//! informers, so that one watch and one cache of a resource serve every controller in a process;
+//! and the node Lease heartbeat.
 
 pub mod informer;
+pub mod node_flags;
+pub mod node_lease;
 
 use std::time::Duration;
 

@@ -5,23 +5,20 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use baton_client::node_flags::parse_taint;
+use baton_client::node_lease::renew_node_lease;
 use futures::{StreamExt, stream};
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
     NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::{SIMULATED_LABEL, SimNodesArgs, SimNodesError};
-
-/// Seconds a simulated node's Lease is valid for (the kubelet's default).
-const LEASE_DURATION_SECONDS: i32 = 40;
-const LEASE_NAMESPACE: &str = "kube-node-lease";
 
 /// What every simulated node looks like, from the flags.
 #[derive(Debug, Clone)]
@@ -159,24 +156,6 @@ impl NodeTemplate {
     }
 }
 
-/// `key=value:Effect` or `key:Effect`.
-fn parse_taint(text: &str) -> Option<Taint> {
-    let (key_value, effect) = text.rsplit_once(':')?;
-    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-        return None;
-    }
-    let (key, value) = match key_value.split_once('=') {
-        Some((k, v)) => (k, Some(v.to_string())),
-        None => (key_value, None),
-    };
-    (!key.is_empty()).then(|| Taint {
-        key: key.into(),
-        value,
-        effect: effect.into(),
-        time_added: None,
-    })
-}
-
 /// The made-up InternalIP of the `index`th node: 10.255.0.0/16 is used only for this.
 fn internal_ip(index: usize) -> Ipv4Addr {
     let n = index as u32 + 1;
@@ -228,73 +207,9 @@ async fn register(
     api.patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .map_err(wrap)?;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
-    create_or_renew(&leases, &node.name, created.metadata.uid)
+    renew_node_lease(client, &created.name_any())
         .await
         .map_err(wrap)
-}
-
-/// Makes the node's Lease (owned by its Node, as the kubelet's is) or renews the one there.
-async fn create_or_renew(
-    leases: &Api<Lease>,
-    name: &str,
-    node_uid: Option<String>,
-) -> Result<(), kube::Error> {
-    let lease = Lease {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(LEASE_NAMESPACE.into()),
-            owner_references: node_uid.map(|uid| {
-                vec![OwnerReference {
-                    api_version: "v1".into(),
-                    kind: "Node".into(),
-                    name: name.to_string(),
-                    uid,
-                    ..Default::default()
-                }]
-            }),
-            ..Default::default()
-        },
-        spec: Some(LeaseSpec {
-            holder_identity: Some(name.to_string()),
-            lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
-            renew_time: Some(MicroTime(jiff::Timestamp::now())),
-            ..Default::default()
-        }),
-    };
-    match leases.create(&PostParams::default(), &lease).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => renew(leases, name).await,
-        Err(e) => Err(e),
-    }
-}
-
-async fn renew(leases: &Api<Lease>, name: &str) -> Result<(), kube::Error> {
-    let patch = json!({ "spec": {
-        "holderIdentity": name,
-        "leaseDurationSeconds": LEASE_DURATION_SECONDS,
-        "renewTime": MicroTime(jiff::Timestamp::now()),
-    }});
-    leases
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
-}
-
-/// Renews a node's Lease; one that is gone (deleted by hand, or collected with an earlier
-/// Node of the same name) is made again, owned by the Node as it is now.
-async fn heartbeat_one(
-    client: &Client,
-    leases: &Api<Lease>,
-    name: &str,
-) -> Result<(), kube::Error> {
-    match renew(leases, name).await {
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            let node = Api::<Node>::all(client.clone()).get(name).await?;
-            create_or_renew(leases, name, node.metadata.uid).await
-        }
-        other => other,
-    }
 }
 
 /// Renews every node's Lease each `interval`, forever.
@@ -304,14 +219,13 @@ pub(crate) async fn heartbeat(
     interval: Duration,
     concurrency: usize,
 ) {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
         let failures = stream::iter(names.iter())
-            .map(|name| heartbeat_one(&client, &leases, name))
+            .map(|name| renew_node_lease(&client, name))
             .buffer_unordered(concurrency.max(1))
             .filter(|r| std::future::ready(r.is_err()))
             .count()
@@ -325,22 +239,6 @@ pub(crate) async fn heartbeat(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn taints_parse_with_and_without_values() {
-        let t = parse_taint("dedicated=gpu:NoSchedule").unwrap();
-        assert_eq!(
-            (t.key.as_str(), t.value.as_deref(), t.effect.as_str()),
-            ("dedicated", Some("gpu"), "NoSchedule")
-        );
-        let t = parse_taint("spot:NoExecute").unwrap();
-        assert_eq!(
-            (t.key.as_str(), t.value, t.effect.as_str()),
-            ("spot", None, "NoExecute")
-        );
-        assert!(parse_taint("spot:Sometimes").is_none());
-        assert!(parse_taint(":NoSchedule").is_none());
-    }
 
     #[test]
     fn internal_ips_are_distinct() {
