@@ -1,0 +1,24 @@
+//! Reproducible image builds for Baton. For now: the OCI test images built from Debian's
+//! busybox-static ([`build_busybox_image`], [`build_layered_test_image`]), the two archive
+//! formats users import ([`write_oci_archive`], [`write_docker_archive`]), and a push to a
+//! registry ([`push_layout`]). Kernel, initramfs and disk images join later (issue 7).
+
+mod archive;
+mod layer;
+mod oci_layout;
+mod push;
+mod test_image;
+
+pub use archive::{WriteArchiveError, write_docker_archive, write_oci_archive};
+pub use layer::{BuildLayerError, BuiltLayerBlob, LayerBuilder, sha256_digest};
+pub use oci_layout::{
+    ANNOTATION_REF_NAME, Descriptor, Index, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX,
+    MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_MANIFEST, Manifest, OciLayout, Platform, ReadLayoutError,
+    WriteLayoutError,
+};
+pub use push::{PushImageError, push_layout, push_layout_with_credentials};
+pub use test_image::{
+    BuildImageError, BuiltImage, BuiltLayer, DEFAULT_BUSYBOX, IMAGE_PATH_ENV, LAYERED_ADDED_FILE,
+    LAYERED_DELETED_FILE, LAYERED_MOTD, REQUIRED_APPLETS, build_busybox_image,
+    build_layered_test_image,
+};
