@@ -22,8 +22,17 @@ enum Command {
     Scheduler(Box<baton_scheduler::SchedulerArgs>),
     /// Run the controller manager (workload, endpoint, namespace, GC and node controllers).
     ControllerManager(Box<baton_controllers::ControllerManagerArgs>),
+    /// Run the kubelet (the node agent: runs the pods bound to this node).
+    Kubelet(Box<baton_kubelet::KubeletArgs>),
     /// Test tool: simulate nodes that register, heartbeat and report pods Running (like kwok).
     SimNodes(Box<baton_sim_nodes::SimNodesArgs>),
+    /// The container runtime process the kubelet starts (single-threaded; drives libcontainer).
+    #[command(hide = true)]
+    Runtime {
+        /// Directory of the runtime's state, socket and sandboxes.
+        #[arg(long, default_value = "/run/baton/runtime")]
+        root: PathBuf,
+    },
     /// Manage the cluster PKI.
     Pki {
         #[command(subcommand)]
@@ -48,7 +57,7 @@ enum PkiCommand {
 }
 
 /// The role names `baton` answers to when started through a link of that name.
-const ROLES: &[&str] = &["apiserver", "scheduler", "controller-manager"];
+const ROLES: &[&str] = &["apiserver", "scheduler", "controller-manager", "kubelet"];
 
 fn args_with_role() -> Vec<String> {
     let mut args: Vec<String> = std::env::args().collect();
@@ -65,9 +74,13 @@ fn args_with_role() -> Vec<String> {
     args
 }
 
+/// Info, but libcgroups' warnings about controllers a host lacks (hugetlb, net_prio ...) at
+/// every container creation are noise.
+const DEFAULT_LOG_FILTER: &str = "info,libcgroups=error";
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -94,11 +107,15 @@ fn main() -> ExitCode {
                 .await
                 .map_err(anyhow::Error::from)
         }),
+        Command::Kubelet(args) => {
+            run_async(async move { baton_kubelet::run(*args).await.map_err(anyhow::Error::from) })
+        }
         Command::SimNodes(args) => run_async(async move {
             baton_sim_nodes::run(*args)
                 .await
                 .map_err(anyhow::Error::from)
         }),
+        Command::Runtime { root } => runtime(&root),
         Command::Pki {
             command: PkiCommand::Init { dir, server, sans },
         } => pki_init(dir, server, sans),
@@ -117,6 +134,14 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyh
         .enable_all()
         .build()?;
     runtime.block_on(fut)
+}
+
+/// Serves the runtime process: no async runtime, one thread. It reports "ready" on stdout.
+fn runtime(root: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::fd::AsFd;
+    let ready = std::io::stdout().as_fd().try_clone_to_owned()?;
+    baton_runtime::serve(root, Some(ready))?;
+    Ok(())
 }
 
 fn pki_init(dir: PathBuf, server: String, sans: Vec<String>) -> anyhow::Result<()> {

@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 mod components;
+mod node;
+pub mod registry;
 
 pub use components::{Component, ControlPlane, kubectl_apply, kubectl_ok};
+pub use node::KubeletNode;
 
 /// A directory removed on drop.
 #[derive(Debug)]

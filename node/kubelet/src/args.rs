@@ -1,0 +1,195 @@
+//! `baton kubelet` flags, named as the upstream kubelet's where they mean the same.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Flags of `baton kubelet`.
+#[derive(Debug, Clone, Args)]
+pub struct KubeletArgs {
+    /// Kubeconfig of the kubelet's API client.
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// The node's name instead of the machine's hostname.
+    #[arg(long)]
+    pub hostname_override: Option<String>,
+    /// The node's InternalIP (default: the first global IPv4 address of the machine, else
+    /// 127.0.0.1).
+    #[arg(long)]
+    pub node_ip: Option<std::net::IpAddr>,
+    /// Labels to register the node with: key=value,...
+    #[arg(long, value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// Taints to register the node with: key=value:Effect,...
+    #[arg(long, value_delimiter = ',')]
+    pub register_with_taints: Vec<String>,
+    /// Most pods the node runs.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// Resources kept for the system: cpu=100m,memory=100Mi,ephemeral-storage=1Gi,pid=1000.
+    #[arg(long, value_delimiter = ',')]
+    pub system_reserved: Vec<String>,
+    /// Resources kept for Kubernetes' own daemons, in the same form.
+    #[arg(long, value_delimiter = ',')]
+    pub kube_reserved: Vec<String>,
+    /// The kubelet's state: pod directories, volumes, container bundles.
+    #[arg(long, default_value = "/var/lib/baton/kubelet")]
+    pub root_dir: PathBuf,
+    /// Where container logs go (`<namespace>_<pod>_<uid>/<container>/<restarts>.log`).
+    #[arg(long, default_value = "/var/log/pods")]
+    pub pod_logs_dir: PathBuf,
+    /// The runtime process's state and socket.
+    #[arg(long, default_value = "/run/baton/runtime")]
+    pub runtime_root: PathBuf,
+    /// The OCI image store.
+    #[arg(long, default_value = "/var/lib/baton/images")]
+    pub image_store: PathBuf,
+    /// Registries (host:port) pulled over plain HTTP.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// The cgroup under which pods' cgroups live (kubepods/...).
+    #[arg(long, default_value = "/")]
+    pub cgroup_root: String,
+    /// Rotate a container's log when it grows past this size.
+    #[arg(long, default_value = "10Mi")]
+    pub container_log_max_size: String,
+    /// Log files kept per container, the live one included.
+    #[arg(long, default_value_t = 5)]
+    pub container_log_max_files: u32,
+    /// How often the node's status is checked and, when changed, posted.
+    #[arg(long, default_value = "10s", value_parser = baton_client::parse_duration)]
+    pub node_status_update_frequency: Duration,
+    /// Cluster DNS server addresses written into pods' resolv.conf (dnsPolicy ClusterFirst).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_dns: Vec<String>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Collect unused images when the image filesystem is fuller than this percentage.
+    #[arg(long, default_value_t = 85)]
+    pub image_gc_high_threshold: u8,
+    /// ... until it is below this percentage.
+    #[arg(long, default_value_t = 80)]
+    pub image_gc_low_threshold: u8,
+}
+
+/// A flag's value could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --{flag} {value:?}: {reason}")]
+pub struct InvalidFlagError {
+    pub flag: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl KubeletArgs {
+    /// The node's name: --hostname-override, else the machine's hostname, lowercased.
+    pub fn node_name(&self) -> String {
+        self.hostname_override
+            .clone()
+            .unwrap_or_else(|| {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|name| name.into_string().ok())
+                    .unwrap_or_else(|| "localhost".into())
+            })
+            .to_lowercase()
+    }
+
+    /// Checks the flags that take structured values; the error names the flag.
+    pub fn validate(&self) -> Result<(), InvalidFlagError> {
+        parse_labels(&self.node_labels)?;
+        parse_taints(&self.register_with_taints)?;
+        parse_reserved("system-reserved", &self.system_reserved)?;
+        parse_reserved("kube-reserved", &self.kube_reserved)?;
+        crate::quantity::parse_nanos(&self.container_log_max_size).ok_or_else(|| {
+            InvalidFlagError {
+                flag: "container-log-max-size",
+                value: self.container_log_max_size.clone(),
+                reason: "not a quantity".into(),
+            }
+        })?;
+        if self.image_gc_low_threshold > self.image_gc_high_threshold
+            || self.image_gc_high_threshold > 100
+        {
+            return Err(InvalidFlagError {
+                flag: "image-gc-low-threshold",
+                value: self.image_gc_low_threshold.to_string(),
+                reason: format!(
+                    "must be at most --image-gc-high-threshold ({}), which is at most 100",
+                    self.image_gc_high_threshold
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The container log size limit in bytes.
+    pub fn log_max_size(&self) -> u64 {
+        crate::quantity::parse_nanos(&self.container_log_max_size)
+            .map(|nanos| (nanos / 1_000_000_000).max(0) as u64)
+            .unwrap_or(10 << 20)
+    }
+}
+
+/// `k=v` pairs of --node-labels.
+pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, InvalidFlagError> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once('=')
+                .filter(|(key, _)| !key.is_empty())
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .ok_or_else(|| InvalidFlagError {
+                    flag: "node-labels",
+                    value: item.clone(),
+                    reason: "expected key=value".into(),
+                })
+        })
+        .collect()
+}
+
+/// `key=value:Effect` or `key:Effect` items of --register-with-taints.
+pub fn parse_taints(
+    items: &[String],
+) -> Result<Vec<k8s_openapi::api::core::v1::Taint>, InvalidFlagError> {
+    items
+        .iter()
+        .map(|item| {
+            baton_client::node_flags::parse_taint(item).ok_or_else(|| InvalidFlagError {
+                flag: "register-with-taints",
+                value: item.clone(),
+                reason: "expected key=value:Effect with Effect NoSchedule, PreferNoSchedule or NoExecute".into(),
+            })
+        })
+        .collect()
+}
+
+/// `resource=quantity` items of --system-reserved / --kube-reserved.
+pub fn parse_reserved(
+    flag: &'static str,
+    items: &[String],
+) -> Result<BTreeMap<String, String>, InvalidFlagError> {
+    items
+        .iter()
+        .map(|item| {
+            let invalid = |reason: &str| InvalidFlagError {
+                flag,
+                value: item.clone(),
+                reason: reason.into(),
+            };
+            let (name, amount) = item
+                .split_once('=')
+                .ok_or_else(|| invalid("expected resource=quantity"))?;
+            if !matches!(name, "cpu" | "memory" | "ephemeral-storage" | "pid") {
+                return Err(invalid(
+                    "resource must be cpu, memory, ephemeral-storage or pid",
+                ));
+            }
+            crate::quantity::parse_nanos(amount).ok_or_else(|| invalid("not a quantity"))?;
+            Ok((name.to_owned(), amount.to_owned()))
+        })
+        .collect()
+}

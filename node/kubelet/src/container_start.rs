@@ -1,0 +1,501 @@
+//! Starting one attempt of one container: the image (by its pull policy, with Pulling/Pulled
+//! events), the environment, the OCI bundle (config.json over an overlay of the image's
+//! layers), then create and start through the runtime. Every failure comes back as the
+//! waiting reason and message the pod's status shows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use baton_images::{Image, PullOptions};
+use baton_runtime::{ContainerConfig, ContainerRuntime, Sandbox};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use kube::{Api, ResourceExt};
+
+use crate::cgroup_names::container_cgroup_path;
+use crate::container_spec::{
+    ContainerSpecInput, ImageDefaults, MountPropagation, PodEtcFiles, ResolvedMount,
+    SandboxNamespaces, build_spec,
+};
+use crate::context::KubeletContext;
+use crate::env::{EnvSources, NodeFacts, resolve_env};
+use crate::pod_dirs::PodDirs;
+use crate::pod_status::Attempt;
+use crate::qos::pod_cgroup_name;
+
+/// Why an attempt could not start: the container's waiting reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    pub reason: String,
+    pub message: String,
+    /// An image pull failed (the pull back-off applies, not the crash back-off).
+    pub image_pull: bool,
+}
+
+impl StartFailure {
+    fn new(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            reason: reason.to_owned(),
+            message: message.into(),
+            image_pull: false,
+        }
+    }
+}
+
+/// A started attempt and its init process.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub attempt: Attempt,
+    pub pid: i32,
+}
+
+/// The runtime's id of attempt `attempt` of container `name` of pod `uid`.
+pub fn container_id(uid: &str, name: &str, attempt: u32) -> String {
+    format!("{uid}_{name}_{attempt}")
+}
+
+/// Splits a runtime container id into (pod uid, container name, attempt).
+pub fn parse_container_id(id: &str) -> Option<(&str, &str, u32)> {
+    let mut parts = id.split('_');
+    let (uid, name, attempt) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((uid, name, attempt.parse().ok()?))
+}
+
+/// Everything one start needs from the worker.
+#[derive(Debug)]
+pub struct StartRequest<'a> {
+    pub pod: &'a Pod,
+    pub container: &'a Container,
+    pub attempt: u32,
+    pub sandbox: &'a Sandbox,
+    pub dirs: &'a PodDirs,
+    /// Host directory of each of the pod's volumes.
+    pub volumes: &'a HashMap<String, PathBuf>,
+    pub hostname: &'a str,
+    pub pod_ip: Option<&'a str>,
+}
+
+/// Starts the attempt.
+pub async fn start_container(
+    ctx: &KubeletContext,
+    request: &StartRequest<'_>,
+) -> Result<Started, StartFailure> {
+    let pod = request.pod;
+    let container = request.container;
+    let uid = pod.uid().unwrap_or_default();
+    let image = ensure_image(ctx, pod, container).await?;
+    let env = environment(ctx, pod, container, request.pod_ip).await?;
+    let mounts = resolve_mounts(container, request.volumes)?;
+
+    let id = container_id(&uid, &container.name, request.attempt);
+    let bundle = request.dirs.bundle(&container.name, request.attempt);
+    let layers = ctx.images.layer_dirs(&image);
+    let rootfs = baton_images::mount_overlay(&layers, &bundle).map_err(|err| {
+        StartFailure::new(
+            "CreateContainerError",
+            format!("mount the root filesystem: {err}"),
+        )
+    })?;
+    let result = create_and_start(ctx, request, &id, &bundle, &rootfs, &image, &env, &mounts).await;
+    if result.is_err() {
+        let _ = ctx.runtime.remove_container(&id).await;
+        if let Err(err) = baton_images::unmount_overlay(&bundle) {
+            tracing::warn!(%err, bundle = %bundle.display(), "unmounting a failed container's root filesystem");
+        }
+    }
+    let pid = result?;
+    let _ = ctx.images.mark_used(&image.id);
+    Ok(Started {
+        attempt: Attempt {
+            attempt: request.attempt,
+            container_id: id,
+            image_id: image_id(&image),
+            started_at: Some(jiff::Timestamp::now()),
+            exit: None,
+        },
+        pid,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create_and_start(
+    ctx: &KubeletContext,
+    request: &StartRequest<'_>,
+    id: &str,
+    bundle: &std::path::Path,
+    rootfs: &std::path::Path,
+    image: &Image,
+    env: &[(String, String)],
+    mounts: &[ResolvedMount],
+) -> Result<i32, StartFailure> {
+    let pod = request.pod;
+    let container = request.container;
+    let termination_log = request
+        .dirs
+        .termination_log(&container.name, request.attempt);
+    std::fs::write(&termination_log, b"").map_err(|err| {
+        StartFailure::new(
+            "CreateContainerError",
+            format!("{}: {err}", termination_log.display()),
+        )
+    })?;
+    let defaults = image_defaults(image);
+    let sandbox = SandboxNamespaces {
+        network: request.sandbox.network.clone().unwrap_or_default(),
+        ipc: request.sandbox.ipc.clone().unwrap_or_default(),
+        uts: request.sandbox.uts.clone().unwrap_or_default(),
+        pid: None,
+        shm: request.sandbox.shm.clone(),
+    };
+    let etc_files = PodEtcFiles {
+        hosts: request.dirs.etc_hosts(),
+        resolv_conf: request.dirs.resolv_conf(),
+        hostname: request.dirs.hostname(),
+    };
+    let pod_cgroup = format!(
+        "{}{}",
+        ctx.cgroup_root.trim_end_matches('/'),
+        pod_cgroup_name(pod)
+    );
+    let seccomp_root = ctx.root_dir.join("seccomp");
+    let input = ContainerSpecInput {
+        pod,
+        container,
+        image: &defaults,
+        rootfs,
+        env,
+        volume_mounts: mounts,
+        sandbox: &sandbox,
+        etc_files: &etc_files,
+        termination_log: &termination_log,
+        hostname: request.hostname,
+        cgroups_path: container_cgroup_path(&pod_cgroup, id),
+        cgroup_v2: ctx.cgroup_v2,
+        node_memory_capacity: ctx.machine.memory_bytes,
+        pod_pids_limit: None,
+        seccomp_profile_root: &seccomp_root,
+    };
+    let mut spec =
+        build_spec(&input).map_err(|err| StartFailure::new(err.reason(), err.to_string()))?;
+    if let Some(mut root) = spec.root().clone() {
+        root.set_path(rootfs.to_path_buf());
+        spec.set_root(Some(root));
+    }
+    spec.save(bundle.join("config.json")).map_err(|err| {
+        StartFailure::new(
+            "CreateContainerError",
+            format!("write {}: {err}", bundle.display()),
+        )
+    })?;
+    let config = ContainerConfig {
+        id: id.to_owned(),
+        bundle: bundle.to_path_buf(),
+        log_path: request.dirs.log_file(&container.name, request.attempt),
+        log_max_size: ctx.log_max_size,
+        log_max_files: ctx.log_max_files,
+    };
+    let pid = ctx
+        .runtime
+        .create_container(config)
+        .await
+        .map_err(|err| StartFailure::new("RunContainerError", err.to_string()))?;
+    ctx.event(
+        pod,
+        Some(&container.name),
+        false,
+        "Created",
+        format!("Created container: {}", container.name),
+    )
+    .await;
+    ctx.runtime
+        .start_container(id)
+        .await
+        .map_err(|err| StartFailure::new("RunContainerError", err.to_string()))?;
+    ctx.event(
+        pod,
+        Some(&container.name),
+        false,
+        "Started",
+        format!("Started container {}", container.name),
+    )
+    .await;
+    Ok(pid)
+}
+
+/// The image the container runs, pulled when its pull policy asks.
+async fn ensure_image(
+    ctx: &KubeletContext,
+    pod: &Pod,
+    container: &Container,
+) -> Result<Image, StartFailure> {
+    let reference = container.image.clone().unwrap_or_default();
+    if reference.is_empty() {
+        return Err(StartFailure::new("InvalidImageName", "no image given"));
+    }
+    let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
+        let tag_latest = !reference.contains('@')
+            && reference
+                .rsplit('/')
+                .next()
+                .is_none_or(|last| !last.contains(':') || last.ends_with(":latest"));
+        if tag_latest { "Always" } else { "IfNotPresent" }.to_owned()
+    });
+    let present = ctx.images.get(&reference);
+    match (policy.as_str(), present) {
+        ("Never", Some(image)) | ("IfNotPresent", Some(image)) => {
+            ctx.event(
+                pod,
+                Some(&container.name),
+                false,
+                "Pulled",
+                format!("Container image \"{reference}\" already present on machine"),
+            )
+            .await;
+            Ok(image)
+        }
+        ("Never", None) => {
+            let message =
+                format!("Container image \"{reference}\" is not present with pull policy of Never");
+            ctx.event(
+                pod,
+                Some(&container.name),
+                true,
+                "ErrImageNeverPull",
+                message.clone(),
+            )
+            .await;
+            Err(StartFailure::new("ErrImageNeverPull", message))
+        }
+        _ => {
+            ctx.event(
+                pod,
+                Some(&container.name),
+                false,
+                "Pulling",
+                format!("Pulling image \"{reference}\""),
+            )
+            .await;
+            let started = Instant::now();
+            let options = PullOptions {
+                insecure_registries: ctx.insecure_registries.clone(),
+                ..Default::default()
+            };
+            match ctx.images.pull(&reference, &options).await {
+                Ok(image) => {
+                    let took = started.elapsed().as_secs_f64();
+                    ctx.event(
+                        pod,
+                        Some(&container.name),
+                        false,
+                        "Pulled",
+                        format!(
+                            "Successfully pulled image \"{reference}\" in {took:.3}s ({took:.3}s including waiting). Image size: {} bytes.",
+                            image.size
+                        ),
+                    )
+                    .await;
+                    Ok(image)
+                }
+                Err(err) => {
+                    let message = format!("failed to pull and unpack image \"{reference}\": {err}");
+                    ctx.event(
+                        pod,
+                        Some(&container.name),
+                        true,
+                        "Failed",
+                        format!("Failed to pull image \"{reference}\": {message}"),
+                    )
+                    .await;
+                    ctx.event(
+                        pod,
+                        Some(&container.name),
+                        true,
+                        "Failed",
+                        "Error: ErrImagePull".into(),
+                    )
+                    .await;
+                    Err(StartFailure {
+                        reason: "ErrImagePull".into(),
+                        message,
+                        image_pull: true,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// How the image appears in container statuses' imageID: its repo digest if known.
+fn image_id(image: &Image) -> String {
+    image
+        .repo_digests
+        .first()
+        .cloned()
+        .unwrap_or_else(|| image.id.clone())
+}
+
+fn image_defaults(image: &Image) -> ImageDefaults {
+    let config = &image.config;
+    ImageDefaults {
+        entrypoint: config.entrypoint.clone(),
+        cmd: config.cmd.clone(),
+        env: config.env.clone(),
+        working_dir: (!config.working_dir.is_empty()).then(|| config.working_dir.clone()),
+        user: (!config.user.is_empty()).then(|| config.user.clone()),
+    }
+}
+
+/// ConfigMaps and Secrets the container's environment names, fetched before it is resolved.
+#[derive(Debug, Default)]
+struct FetchedSources {
+    config_maps: HashMap<String, Option<BTreeMap<String, String>>>,
+    secrets: HashMap<String, Option<BTreeMap<String, Vec<u8>>>>,
+}
+
+impl EnvSources for FetchedSources {
+    fn config_map(&self, _namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        self.config_maps.get(name).cloned().flatten()
+    }
+
+    fn secret(&self, _namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.secrets.get(name).cloned().flatten()
+    }
+}
+
+async fn environment(
+    ctx: &KubeletContext,
+    pod: &Pod,
+    container: &Container,
+    pod_ip: Option<&str>,
+) -> Result<Vec<(String, String)>, StartFailure> {
+    let namespace = pod.namespace().unwrap_or_else(|| "default".into());
+    let mut config_maps = Vec::new();
+    let mut secrets = Vec::new();
+    for var in container.env.iter().flatten() {
+        if let Some(from) = &var.value_from {
+            if let Some(key) = &from.config_map_key_ref {
+                config_maps.push(key.name.clone());
+            }
+            if let Some(key) = &from.secret_key_ref {
+                secrets.push(key.name.clone());
+            }
+        }
+    }
+    for from in container.env_from.iter().flatten() {
+        if let Some(source) = &from.config_map_ref {
+            config_maps.push(source.name.clone());
+        }
+        if let Some(source) = &from.secret_ref {
+            secrets.push(source.name.clone());
+        }
+    }
+    let mut sources = FetchedSources::default();
+    let api_error =
+        |err: kube::Error| StartFailure::new("CreateContainerConfigError", err.to_string());
+    let config_map_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    for name in config_maps {
+        if sources.config_maps.contains_key(&name) {
+            continue;
+        }
+        let data = config_map_api
+            .get_opt(&name)
+            .await
+            .map_err(api_error)?
+            .map(|cm| cm.data.unwrap_or_default());
+        sources.config_maps.insert(name, data);
+    }
+    let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    for name in secrets {
+        if sources.secrets.contains_key(&name) {
+            continue;
+        }
+        let data = secret_api
+            .get_opt(&name)
+            .await
+            .map_err(api_error)?
+            .map(|secret| {
+                secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(key, value)| (key, value.0))
+                    .collect()
+            });
+        sources.secrets.insert(name, data);
+    }
+    let node = NodeFacts {
+        node_name: ctx.node_name.clone(),
+        host_ips: vec![ctx.node_ip.to_string()],
+        allocatable: ctx.allocatable.clone(),
+    };
+    resolve_env(pod, container, &sources, &node, pod_ip)
+        .map_err(|err| StartFailure::new("CreateContainerConfigError", err.to_string()))
+}
+
+/// The container's volume mounts with their host directories.
+fn resolve_mounts(
+    container: &Container,
+    volumes: &HashMap<String, PathBuf>,
+) -> Result<Vec<ResolvedMount>, StartFailure> {
+    container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|mount| {
+            let source = volumes.get(&mount.name).ok_or_else(|| {
+                StartFailure::new(
+                    "CreateContainerConfigError",
+                    format!(
+                        "cannot find volume \"{}\" to mount into container \"{}\"",
+                        mount.name, container.name
+                    ),
+                )
+            })?;
+            let mut host_path = source.clone();
+            if let Some(sub_path) = mount.sub_path.as_deref().filter(|p| !p.is_empty()) {
+                if sub_path.starts_with('/') || sub_path.split('/').any(|part| part == "..") {
+                    return Err(StartFailure::new(
+                        "CreateContainerConfigError",
+                        format!(
+                            "failed to prepare subPath for volumeMount \"{}\" of container \"{}\"",
+                            mount.name, container.name
+                        ),
+                    ));
+                }
+                host_path = host_path.join(sub_path);
+                if !host_path.exists() {
+                    std::fs::create_dir_all(&host_path).map_err(|err| {
+                        StartFailure::new(
+                            "CreateContainerConfigError",
+                            format!("{}: {err}", host_path.display()),
+                        )
+                    })?;
+                }
+            }
+            Ok(ResolvedMount {
+                container_path: mount.mount_path.clone(),
+                host_path,
+                read_only: mount.read_only.unwrap_or(false),
+                propagation: MountPropagation::parse(mount.mount_propagation.as_deref()),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_round_trip() {
+        let uid = "0f6a2c1e-58c4-4b8e-9d1a-3c3b1f1e2a77";
+        let id = container_id(uid, "web-app", 3);
+        assert_eq!(parse_container_id(&id), Some((uid, "web-app", 3)));
+        assert_eq!(parse_container_id("x_y"), None);
+        assert_eq!(parse_container_id("x_y_z"), None);
+        assert_eq!(parse_container_id("a_b_1_2"), None);
+    }
+}

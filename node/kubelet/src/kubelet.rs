@@ -1,0 +1,222 @@
+//! `baton kubelet`: registers the node, keeps its status and Lease, watches the pods bound to
+//! it (fieldSelector spec.nodeName) and gives each its own worker; at start it removes what
+//! the runtime still has of pods that are gone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use baton_client::{Informer, InformerEvent};
+use baton_images::ImageStore;
+use baton_runtime::{ContainerRuntime, RuntimeClient};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tokio::sync::watch;
+
+use crate::args::{InvalidFlagError, KubeletArgs, parse_labels, parse_reserved, parse_taints};
+use crate::container_start::parse_container_id;
+use crate::context::KubeletContext;
+use crate::machine::{Machine, default_node_ip};
+use crate::node_status::{NodeIdentity, NodeStatusReporter, RegisterNodeError};
+use crate::pod_dirs::DnsSettings;
+use crate::pod_worker::{PodUpdate, PodWorker};
+
+/// Why the kubelet could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunKubeletError {
+    #[error(transparent)]
+    Flag(#[from] InvalidFlagError),
+    #[error("connect to the API server")]
+    Connect(#[from] baton_client::ConnectError),
+    #[error("prepare {path}")]
+    Prepare {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("start the container runtime")]
+    Runtime(#[from] baton_runtime::RuntimeCallError),
+    #[error("open the image store")]
+    Images(#[from] baton_images::OpenStoreError),
+    #[error(transparent)]
+    Register(#[from] RegisterNodeError),
+}
+
+/// Runs the kubelet until it is killed.
+pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
+    args.validate()?;
+    // oci-client's TLS (rustls) is built without a default crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let node_name = args.node_name();
+    for dir in [&args.root_dir, &args.pod_logs_dir] {
+        std::fs::create_dir_all(dir).map_err(|source| RunKubeletError::Prepare {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let client = baton_client::connect(Some(&args.kubeconfig), "kubelet").await?;
+    let program = std::env::current_exe().map_err(|source| RunKubeletError::Prepare {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let runtime = RuntimeClient::new(&args.runtime_root, program);
+    let runtime_pid = runtime.connect().await?;
+    tracing::info!(runtime_pid, "container runtime ready");
+    let images = ImageStore::open(&args.image_store)?;
+    let machine = Machine::read(&args.root_dir);
+    let node_ip = args.node_ip.unwrap_or_else(default_node_ip);
+    let mut reserved: Vec<(String, String)> =
+        parse_reserved("system-reserved", &args.system_reserved)?
+            .into_iter()
+            .collect();
+    reserved.extend(parse_reserved("kube-reserved", &args.kube_reserved)?);
+    let identity = NodeIdentity {
+        name: node_name.clone(),
+        ip: node_ip,
+        labels: parse_labels(&args.node_labels)?,
+        taints: parse_taints(&args.register_with_taints)?,
+        machine: machine.clone(),
+        max_pods: args.max_pods,
+        reserved,
+        root_dir: args.root_dir.clone(),
+    };
+    let allocatable = identity.allocatable();
+    let reporter = NodeStatusReporter::register(client.clone(), identity, true).await?;
+    let ctx = Arc::new(KubeletContext {
+        client: client.clone(),
+        runtime: runtime.clone(),
+        images,
+        node_name: node_name.clone(),
+        node_ip,
+        machine,
+        allocatable,
+        root_dir: args.root_dir.clone(),
+        pod_logs_dir: args.pod_logs_dir.clone(),
+        insecure_registries: args.insecure_registries.clone(),
+        log_max_size: args.log_max_size(),
+        log_max_files: args.container_log_max_files,
+        dns: DnsSettings {
+            cluster_dns: args.cluster_dns.clone(),
+            cluster_domain: args.cluster_domain.clone(),
+            host_resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            node_hostname: node_name.clone(),
+        },
+        cgroup_root: args.cgroup_root.clone(),
+        cgroup_v2: std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kubelet".into(),
+                instance: Some(node_name.clone()),
+            },
+        ),
+    });
+    let status_runtime = runtime.clone();
+    tokio::spawn(reporter.run(args.node_status_update_frequency, move || {
+        let runtime = status_runtime.clone();
+        Box::pin(async move { runtime.connect().await.is_ok() })
+    }));
+
+    let pods: Api<Pod> = Api::all(client);
+    let informer = Arc::new(Informer::new(
+        pods,
+        watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
+    ));
+    let workers = PodWorkers::new(ctx.clone());
+    informer.on_event(move |event| workers.dispatch(event));
+    let cleaner = informer.clone();
+    tokio::spawn(async move {
+        cleaner.wait_until_ready().await;
+        let known: HashSet<String> = cleaner
+            .store()
+            .state()
+            .iter()
+            .filter_map(|p| p.uid())
+            .collect();
+        remove_orphans(&ctx, &known).await;
+    });
+    tracing::info!(node = %node_name, "kubelet running");
+    informer.run().await;
+    Ok(())
+}
+
+/// The workers of the pods on this node, by uid.
+#[derive(Debug, Clone)]
+struct PodWorkers {
+    ctx: Arc<KubeletContext>,
+    workers: Arc<Mutex<HashMap<String, watch::Sender<PodUpdate>>>>,
+}
+
+impl PodWorkers {
+    fn new(ctx: Arc<KubeletContext>) -> Self {
+        Self {
+            ctx,
+            workers: Arc::default(),
+        }
+    }
+
+    /// Passes a pod change to its worker, starting one for a new pod.
+    fn dispatch(&self, event: &InformerEvent<'_, Pod>) {
+        let mut workers = self.workers.lock().expect("pod workers");
+        match event {
+            InformerEvent::Applied { new, .. } => {
+                let Some(uid) = new.uid() else { return };
+                let update = PodUpdate::Present(Arc::new((*new).clone()));
+                if let Some(sender) = workers.get(&uid)
+                    && sender.send(update.clone()).is_ok()
+                {
+                    return;
+                }
+                let (sender, receiver) = watch::channel(update);
+                workers.insert(uid, sender);
+                let ctx = self.ctx.clone();
+                let pod = (*new).clone();
+                tokio::spawn(async move {
+                    PodWorker::new(ctx, &pod).await.run(receiver).await;
+                });
+            }
+            InformerEvent::Deleted(old) => {
+                if let Some(sender) = old.uid().and_then(|uid| workers.remove(&uid)) {
+                    let _ = sender.send(PodUpdate::Gone);
+                }
+            }
+        }
+    }
+}
+
+/// Removes containers and sandboxes the runtime has for pods not bound here any more.
+async fn remove_orphans(ctx: &KubeletContext, known: &HashSet<String>) {
+    let Ok(containers) = ctx.runtime.list_containers().await else {
+        return;
+    };
+    let mut orphans = HashSet::new();
+    for status in containers {
+        let Some((uid, name, attempt)) = parse_container_id(&status.id) else {
+            continue;
+        };
+        if known.contains(uid) {
+            continue;
+        }
+        tracing::info!(container = %status.id, "removing a container of a pod that is gone");
+        let _ = ctx.runtime.remove_container(&status.id).await;
+        let bundle = ctx
+            .root_dir
+            .join("pods")
+            .join(uid)
+            .join("containers")
+            .join(name)
+            .join(attempt.to_string());
+        let _ = baton_images::unmount_overlay(&bundle);
+        orphans.insert(uid.to_owned());
+    }
+    for uid in orphans {
+        let _ = ctx.runtime.remove_sandbox(&uid).await;
+        let dir = ctx.root_dir.join("pods").join(&uid);
+        crate::volumes::tear_down(&crate::pod_dirs::PodDirs {
+            dir: dir.clone(),
+            logs: std::path::PathBuf::new(),
+        });
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

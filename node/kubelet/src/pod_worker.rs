@@ -1,0 +1,718 @@
+//! One task per pod: it makes the node match the pod (sandbox, volumes, init containers in
+//! order, then containers, restarts by the restart policy with back-off), posts the pod's
+//! status when it changes, and on deletion stops the containers within the grace period,
+//! removes everything the pod had on the node and lets the API server remove the pod.
+//! It wakes on a pod update, a container exit (pidfd) or a back-off deadline; never polls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_runtime::{ContainerRuntime, ContainerState, Sandbox, SandboxConfig, wait_for_exit};
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Api, ResourceExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::backoff::Backoff;
+use crate::container_spec::namespaces::pod_hostname;
+use crate::container_spec::pod_description;
+use crate::container_start::{StartRequest, parse_container_id, start_container};
+use crate::context::KubeletContext;
+use crate::pod_dirs::{PodDirs, etc_files};
+use crate::pod_status::{Attempt, ContainerTrack, Exit, PodFacts, pod_status};
+use crate::volumes;
+
+/// What the worker is told about its pod.
+#[derive(Debug, Clone)]
+pub enum PodUpdate {
+    /// The pod as the API has it now.
+    Present(Arc<Pod>),
+    /// The pod is gone from the API (deleted without the kubelet's help).
+    Gone,
+}
+
+/// SIGTERM and SIGKILL.
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
+/// How long a SIGKILLed container may take to go away.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Default size of a pod's /dev/shm.
+const SHM_SIZE: u64 = 64 << 20;
+
+/// The state of one pod's worker.
+pub struct PodWorker {
+    ctx: Arc<KubeletContext>,
+    uid: String,
+    dirs: PodDirs,
+    tracks: BTreeMap<String, ContainerTrack>,
+    crash_backoff: HashMap<String, Backoff>,
+    pull_backoff: HashMap<String, Backoff>,
+    sandbox: Option<Sandbox>,
+    start_time: Option<jiff::Timestamp>,
+    /// Names of containers whose watched process exited (sent by one task per process).
+    exits: mpsc::UnboundedReceiver<String>,
+    exit_sender: mpsc::UnboundedSender<String>,
+    /// Processes watched and not yet seen to exit.
+    watching: usize,
+    /// The status last posted.
+    posted: Option<PodStatus>,
+}
+
+impl std::fmt::Debug for PodWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodWorker")
+            .field("uid", &self.uid)
+            .field("tracks", &self.tracks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PodWorker {
+    /// A worker for `pod`, taking over the containers the runtime already has for it (after a
+    /// kubelet restart).
+    pub async fn new(ctx: Arc<KubeletContext>, pod: &Pod) -> Self {
+        let uid = pod.uid().unwrap_or_default();
+        let dirs = PodDirs::new(
+            &ctx.root_dir,
+            &ctx.pod_logs_dir,
+            &pod.namespace().unwrap_or_default(),
+            &pod.name_any(),
+            &uid,
+        );
+        let (exit_sender, exits) = mpsc::unbounded_channel();
+        let mut worker = Self {
+            ctx,
+            uid,
+            dirs,
+            tracks: BTreeMap::new(),
+            crash_backoff: HashMap::new(),
+            pull_backoff: HashMap::new(),
+            sandbox: None,
+            start_time: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0),
+            exits,
+            exit_sender,
+            watching: 0,
+            posted: pod.status.clone(),
+        };
+        worker.adopt().await;
+        worker
+    }
+
+    /// Rebuilds the container tracks from what the runtime has for this pod.
+    async fn adopt(&mut self) {
+        let Ok(all) = self.ctx.runtime.list_containers().await else {
+            return;
+        };
+        let mut attempts: BTreeMap<String, Vec<(u32, baton_runtime::ContainerStatus)>> =
+            BTreeMap::new();
+        for status in all {
+            if let Some((uid, name, attempt)) = parse_container_id(&status.id)
+                && uid == self.uid
+            {
+                attempts
+                    .entry(name.to_owned())
+                    .or_default()
+                    .push((attempt, status));
+            }
+        }
+        for (name, mut list) in attempts {
+            list.sort_by_key(|(attempt, _)| *attempt);
+            let mut track = ContainerTrack::default();
+            let mut iter = list.into_iter().rev();
+            if let Some((attempt, status)) = iter.next() {
+                if let (ContainerState::Running, Some(pid)) = (status.state, status.pid) {
+                    self.watch_exit(&name, pid);
+                }
+                track.restarts = attempt;
+                track.current = Some(attempt_of(attempt, &status));
+                track.ready = status.state == ContainerState::Running;
+                track.started = track.ready;
+            }
+            if let Some((attempt, status)) = iter.next() {
+                track.previous = Some(attempt_of(attempt, &status));
+            }
+            tracing::info!(pod = %self.uid, container = %name, "took over a running container");
+            self.tracks.insert(name, track);
+        }
+    }
+
+    fn watch_exit(&mut self, name: &str, pid: i32) {
+        let name = name.to_owned();
+        let sender = self.exit_sender.clone();
+        self.watching += 1;
+        tokio::spawn(async move {
+            if let Err(err) = wait_for_exit(pid).await {
+                tracing::warn!(%err, pid, "watching a container's process");
+            }
+            let _ = sender.send(name);
+        });
+    }
+
+    /// Runs until the pod is gone from the node.
+    pub async fn run(mut self, mut updates: watch::Receiver<PodUpdate>) {
+        loop {
+            let update = updates.borrow_and_update().clone();
+            let wake = match update {
+                PodUpdate::Present(pod) if pod.metadata.deletion_timestamp.is_none() => {
+                    self.sync(&pod).await
+                }
+                PodUpdate::Present(pod) => {
+                    self.terminate(Some(&pod)).await;
+                    return;
+                }
+                PodUpdate::Gone => {
+                    self.terminate(None).await;
+                    return;
+                }
+            };
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = updates.changed() => {
+                    if changed.is_err() {
+                        // The kubelet is shutting down; the containers go on running.
+                        return;
+                    }
+                }
+                Some(_) = self.exits.recv() => self.watching -= 1,
+                _ = sleep => {}
+            }
+        }
+    }
+
+    /// One pass over the pod; returns when it wants to be woken if nothing else happens.
+    async fn sync(&mut self, pod: &Pod) -> Option<Instant> {
+        self.refresh_exits().await;
+        let wake = self.converge(pod).await;
+        self.post_status(pod).await;
+        wake
+    }
+
+    /// Records the exits of attempts whose processes have ended.
+    async fn refresh_exits(&mut self) {
+        let running: Vec<(String, String)> = self
+            .tracks
+            .iter()
+            .filter_map(|(name, track)| {
+                let attempt = track.current.as_ref()?;
+                attempt
+                    .exit
+                    .is_none()
+                    .then(|| (name.clone(), attempt.container_id.clone()))
+            })
+            .collect();
+        for (name, id) in running {
+            let Ok(status) = self.ctx.runtime.container_status(&id).await else {
+                continue;
+            };
+            let Some(exit) = status
+                .exit
+                .filter(|_| status.state == ContainerState::Exited)
+            else {
+                continue;
+            };
+            let track = self.tracks.get_mut(&name).expect("tracked");
+            let attempt = track.current.as_mut().expect("current");
+            let message =
+                std::fs::read_to_string(self.dirs.termination_log(&name, attempt.attempt))
+                    .ok()
+                    .filter(|text| !text.is_empty());
+            let reason = if exit.oom_killed {
+                "OOMKilled"
+            } else if exit.unknown {
+                "Unknown"
+            } else if exit.exit_code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            };
+            let finished_at = exit
+                .finished_at
+                .parse()
+                .unwrap_or_else(|_| jiff::Timestamp::now());
+            let ran_for = attempt
+                .started_at
+                .map(|at| finished_at.duration_since(at).unsigned_abs())
+                .unwrap_or_default();
+            attempt.exit = Some(Exit {
+                exit_code: exit.exit_code,
+                signal: exit.signal,
+                reason: reason.to_owned(),
+                message,
+                finished_at,
+            });
+            track.ready = false;
+            track.started = false;
+            let backoff = self.crash_backoff.entry(name.clone()).or_default();
+            if ran_for >= crate::backoff::RESET_AFTER {
+                backoff.reset();
+            }
+            backoff.failed(Instant::now());
+        }
+    }
+
+    /// Brings the node in line with the pod; returns the next back-off deadline, if any.
+    async fn converge(&mut self, pod: &Pod) -> Option<Instant> {
+        let api_phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(api_phase, Some("Succeeded" | "Failed")) {
+            // A terminal pod never runs again.
+            self.stop_all(None).await;
+            return None;
+        }
+        if self.start_time.is_none() {
+            self.start_time = Some(jiff::Timestamp::now());
+        }
+        let retry = Instant::now() + crate::backoff::INITIAL;
+        let sandbox = match &self.sandbox {
+            Some(sandbox) => sandbox.clone(),
+            None => match self.create_sandbox(pod).await {
+                Ok(sandbox) => sandbox,
+                Err(message) => {
+                    self.ctx
+                        .event(pod, None, true, "FailedCreatePodSandBox", message)
+                        .await;
+                    return Some(retry);
+                }
+            },
+        };
+        let volumes = match volumes::set_up(pod, &self.dirs) {
+            Ok(volumes) => volumes,
+            Err(err) => {
+                self.ctx
+                    .event(pod, None, true, "FailedMount", err.to_string())
+                    .await;
+                return Some(retry);
+            }
+        };
+        let spec = pod.spec.clone().unwrap_or_default();
+        let policy = spec
+            .restart_policy
+            .as_deref()
+            .unwrap_or("Always")
+            .to_owned();
+        let hostname = pod_hostname(
+            pod,
+            &self.ctx.dns.node_hostname,
+            &self.ctx.dns.cluster_domain,
+        );
+
+        // Init containers, one at a time, each to success.
+        for init in spec.init_containers.iter().flatten() {
+            let track = self.tracks.get(&init.name).cloned().unwrap_or_default();
+            if track.running() {
+                return None;
+            }
+            match track.current.as_ref().and_then(|a| a.exit.as_ref()) {
+                Some(exit) if exit.exit_code == 0 && track.waiting.is_none() => continue,
+                Some(_) if policy == "Never" => return None,
+                _ => {}
+            }
+            return self
+                .start_or_back_off(pod, init, &sandbox, &volumes, &hostname)
+                .await;
+        }
+
+        let mut wake: Option<Instant> = None;
+        for container in &spec.containers {
+            let track = self
+                .tracks
+                .get(&container.name)
+                .cloned()
+                .unwrap_or_default();
+            if track.running() {
+                continue;
+            }
+            if let Some(exit) = track.current.as_ref().and_then(|a| a.exit.as_ref()) {
+                let restart = match policy.as_str() {
+                    "Always" => true,
+                    "OnFailure" => exit.exit_code != 0,
+                    _ => false,
+                };
+                if !restart {
+                    continue;
+                }
+            }
+            if let Some(at) = self
+                .start_or_back_off(pod, container, &sandbox, &volumes, &hostname)
+                .await
+            {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+        }
+        wake
+    }
+
+    /// Starts the next attempt of `container` unless its back-off forbids it now.
+    async fn start_or_back_off(
+        &mut self,
+        pod: &Pod,
+        container: &Container,
+        sandbox: &Sandbox,
+        volumes: &HashMap<String, PathBuf>,
+        hostname: &str,
+    ) -> Option<Instant> {
+        let now = Instant::now();
+        let image = container.image.clone().unwrap_or_default();
+        let previous = self
+            .tracks
+            .get(&container.name)
+            .cloned()
+            .unwrap_or_default();
+        let ran_before = previous.current.as_ref().is_some_and(|a| a.exit.is_some());
+        if ran_before
+            && let Some(at) = self
+                .crash_backoff
+                .get(&container.name)
+                .and_then(|b| b.retry_at(now))
+        {
+            let delay = self.crash_backoff[&container.name].delay().as_secs();
+            let track = self.tracks.entry(container.name.clone()).or_default();
+            if track
+                .waiting
+                .as_ref()
+                .is_none_or(|(reason, _)| reason != "CrashLoopBackOff")
+            {
+                self.ctx
+                    .event(
+                        pod,
+                        Some(&container.name),
+                        true,
+                        "BackOff",
+                        format!(
+                            "Back-off restarting failed container {} in pod {}",
+                            container.name,
+                            pod_description(pod)
+                        ),
+                    )
+                    .await;
+            }
+            let track = self.tracks.entry(container.name.clone()).or_default();
+            track.waiting = Some((
+                "CrashLoopBackOff".into(),
+                format!(
+                    "back-off {delay}s restarting failed container={} pod={}",
+                    container.name,
+                    pod_description(pod)
+                ),
+            ));
+            return Some(at);
+        }
+        if let Some(at) = self.pull_backoff.get(&image).and_then(|b| b.retry_at(now)) {
+            let track = self.tracks.entry(container.name.clone()).or_default();
+            track.waiting = Some((
+                "ImagePullBackOff".into(),
+                format!("Back-off pulling image \"{image}\""),
+            ));
+            return Some(at);
+        }
+        let attempt = previous
+            .current
+            .as_ref()
+            .map(|a| a.attempt + u32::from(a.exit.is_some()))
+            .unwrap_or(0);
+        let pod_ip = None;
+        let request = StartRequest {
+            pod,
+            container,
+            attempt,
+            sandbox,
+            dirs: &self.dirs,
+            volumes,
+            hostname,
+            pod_ip,
+        };
+        match start_container(&self.ctx, &request).await {
+            Ok(started) => {
+                self.pull_backoff.remove(&image);
+                let track = self.tracks.entry(container.name.clone()).or_default();
+                let replaced = track.current.take();
+                if let Some(old) = track.previous.take() {
+                    self.remove_attempt(&container.name, &old).await;
+                }
+                let track = self.tracks.entry(container.name.clone()).or_default();
+                track.previous = replaced;
+                track.current = Some(started.attempt);
+                track.restarts = attempt;
+                track.waiting = None;
+                track.ready = true;
+                track.started = true;
+                self.watch_exit(&container.name, started.pid);
+                None
+            }
+            Err(failure) => {
+                let track = self.tracks.entry(container.name.clone()).or_default();
+                track.waiting = Some((failure.reason.clone(), failure.message.clone()));
+                let backoff = if failure.image_pull {
+                    self.pull_backoff.entry(image).or_default()
+                } else {
+                    self.crash_backoff
+                        .entry(container.name.clone())
+                        .or_default()
+                };
+                backoff.failed(now);
+                if !failure.image_pull {
+                    self.ctx
+                        .event(
+                            pod,
+                            Some(&container.name),
+                            true,
+                            "Failed",
+                            format!("Error: {}", failure.reason),
+                        )
+                        .await;
+                }
+                Some(
+                    backoff
+                        .retry_at(now)
+                        .unwrap_or(now + crate::backoff::INITIAL),
+                )
+            }
+        }
+    }
+
+    async fn create_sandbox(&mut self, pod: &Pod) -> Result<Sandbox, String> {
+        let spec = pod.spec.as_ref();
+        let hostname = pod_hostname(
+            pod,
+            &self.ctx.dns.node_hostname,
+            &self.ctx.dns.cluster_domain,
+        );
+        let config = SandboxConfig {
+            id: self.uid.clone(),
+            hostname: hostname.chars().take(63).collect(),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            host_ipc: spec.and_then(|s| s.host_ipc).unwrap_or(false),
+            shm_size: SHM_SIZE,
+        };
+        let sandbox = self
+            .ctx
+            .runtime
+            .create_sandbox(config)
+            .await
+            .map_err(|err| format!("Failed to create pod sandbox: {err}"))?;
+        let pod_ip = spec
+            .and_then(|s| s.host_network)
+            .unwrap_or(false)
+            .then(|| self.ctx.node_ip.to_string());
+        let files = etc_files(pod, pod_ip.as_deref(), &self.ctx.dns);
+        self.dirs
+            .write_etc_files(&files)
+            .map_err(|err| format!("Failed to create pod sandbox: write /etc files: {err}"))?;
+        self.sandbox = Some(sandbox.clone());
+        Ok(sandbox)
+    }
+
+    /// Posts the pod's status if it changed.
+    async fn post_status(&mut self, pod: &Pod) {
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let facts = PodFacts {
+            host_ip: Some(self.ctx.node_ip.to_string()),
+            pod_ip: host_network.then(|| self.ctx.node_ip.to_string()),
+            sandbox_ready: self.sandbox.is_some(),
+            start_time: self.start_time,
+        };
+        let status = pod_status(pod, &self.tracks, &facts, pod.status.as_ref());
+        if self.posted.as_ref() == Some(&status) {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            &pod.namespace().unwrap_or_default(),
+        );
+        let patch = serde_json::json!({
+            "metadata": { "uid": self.uid },
+            "status": status,
+        });
+        match api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => self.posted = Some(status),
+            Err(err) => tracing::warn!(pod = %pod.name_any(), %err, "posting the pod status"),
+        }
+    }
+
+    /// Signals every running attempt and waits for them to end: SIGTERM, then SIGKILL once
+    /// `grace` has passed (`None`: at once).
+    async fn stop_all(&mut self, grace: Option<(Duration, &Pod)>) {
+        let running: Vec<(String, String)> = self
+            .tracks
+            .iter()
+            .filter_map(|(name, track)| {
+                let attempt = track.current.as_ref()?;
+                attempt
+                    .exit
+                    .is_none()
+                    .then(|| (name.clone(), attempt.container_id.clone()))
+            })
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        let deadline = match grace {
+            Some((grace, pod)) => {
+                for (name, id) in &running {
+                    self.ctx
+                        .event(
+                            pod,
+                            Some(name),
+                            false,
+                            "Killing",
+                            format!("Stopping container {name}"),
+                        )
+                        .await;
+                    let _ = self.ctx.runtime.signal_container(id, SIGTERM).await;
+                }
+                Instant::now() + grace
+            }
+            None => Instant::now(),
+        };
+        self.wait_for_exits(deadline).await;
+        for (_, id) in &running {
+            let _ = self.ctx.runtime.signal_container(id, SIGKILL).await;
+        }
+        self.wait_for_exits(Instant::now() + KILL_WAIT).await;
+        self.refresh_exits().await;
+    }
+
+    /// Waits until every watched process has exited or `deadline` passes.
+    async fn wait_for_exits(&mut self, deadline: Instant) {
+        let until = tokio::time::Instant::from_std(deadline);
+        while self.watching > 0 {
+            match tokio::time::timeout_at(until, self.exits.recv()).await {
+                Ok(Some(_)) => self.watching -= 1,
+                _ => return,
+            }
+        }
+    }
+
+    /// Stops the pod's containers within its grace period and removes everything it has on the
+    /// node; then lets the API server remove the pod.
+    async fn terminate(&mut self, pod: Option<&Pod>) {
+        let grace = pod
+            .and_then(|p| {
+                p.metadata.deletion_grace_period_seconds.or_else(|| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                })
+            })
+            .unwrap_or(30)
+            .max(0) as u64;
+        match pod {
+            Some(pod) => self.stop_all(Some((Duration::from_secs(grace), pod))).await,
+            None => self.stop_all(None).await,
+        }
+        self.clean_up().await;
+        if let Some(pod) = pod {
+            let api: Api<Pod> = Api::namespaced(
+                self.ctx.client.clone(),
+                &pod.namespace().unwrap_or_default(),
+            );
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(self.uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&pod.name_any(), &params).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+                Err(err) => tracing::warn!(pod = %pod.name_any(), %err, "removing the pod"),
+            }
+        }
+    }
+
+    /// Removes the pod's containers, sandbox, volumes and directories from the node.
+    async fn clean_up(&mut self) {
+        if let Ok(all) = self.ctx.runtime.list_containers().await {
+            for status in all {
+                if let Some((uid, name, attempt)) = parse_container_id(&status.id)
+                    && uid == self.uid
+                {
+                    let attempt = attempt_of(attempt, &status);
+                    self.remove_attempt(name, &attempt).await;
+                }
+            }
+        }
+        if let Err(err) = self.ctx.runtime.remove_sandbox(&self.uid).await {
+            tracing::warn!(pod = %self.uid, %err, "removing the pod sandbox");
+        }
+        volumes::tear_down(&self.dirs);
+        for (path, result) in [
+            (&self.dirs.dir, self.dirs.remove()),
+            (&self.dirs.logs, self.dirs.remove_logs()),
+        ] {
+            if let Err(err) = result {
+                tracing::warn!(path = %path.display(), %err, "removing a pod directory");
+            }
+        }
+        self.tracks.clear();
+        self.sandbox = None;
+    }
+
+    /// Removes one attempt's container and its bundle (root filesystem unmounted first).
+    async fn remove_attempt(&self, name: &str, attempt: &Attempt) {
+        if let Err(err) = self
+            .ctx
+            .runtime
+            .remove_container(&attempt.container_id)
+            .await
+        {
+            tracing::warn!(container = %attempt.container_id, %err, "removing a container");
+        }
+        let bundle = self.dirs.bundle(name, attempt.attempt);
+        if let Err(err) = baton_images::unmount_overlay(&bundle) {
+            tracing::warn!(bundle = %bundle.display(), %err, "unmounting a container's root filesystem");
+        }
+        let _ = std::fs::remove_dir_all(&bundle);
+    }
+}
+
+/// An attempt as the runtime reports it (after a kubelet restart).
+fn attempt_of(attempt: u32, status: &baton_runtime::ContainerStatus) -> Attempt {
+    let parse = |text: &Option<String>| text.as_deref().and_then(|t| t.parse().ok());
+    Attempt {
+        attempt,
+        container_id: status.id.clone(),
+        image_id: String::new(),
+        started_at: parse(&status.started_at),
+        exit: status.exit.as_ref().map(|exit| Exit {
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            reason: if exit.oom_killed {
+                "OOMKilled"
+            } else if exit.exit_code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            }
+            .into(),
+            message: None,
+            finished_at: exit
+                .finished_at
+                .parse()
+                .unwrap_or_else(|_| jiff::Timestamp::now()),
+        }),
+    }
+}

@@ -1,0 +1,78 @@
+//! Baton's container runtime. youki's libcontainer is not safe to call from a multi-threaded
+//! process, so every container operation runs in a separate single-threaded *runtime process*
+//! ([`serve`], `baton runtime --root DIR`), and the kubelet talks to it through
+//! [`RuntimeClient`], one request at a time over a Unix socket. [`ContainerRuntime`] is the
+//! seam: the kubelet is written against the trait, [`RuntimeClient`] is the real thing.
+//!
+//! Pod sandboxes are namespaces bind-mounted onto files (no pause container); containers are
+//! OCI bundles the kubelet prepares; their output lands in CRI-format log files; their exits
+//! are seen through pidfds.
+
+mod client;
+mod protocol;
+mod server;
+mod types;
+
+use std::future::Future;
+use std::os::fd::OwnedFd;
+
+pub use client::{RuntimeCallError, RuntimeClient, wait_for_exit};
+pub use server::{SOCKET_NAME, ServeRuntimeError, serve};
+pub use types::{
+    ContainerConfig, ContainerState, ContainerStatus, ExecConfig, ExitStatus, Sandbox,
+    SandboxConfig,
+};
+
+/// What the kubelet needs of a container runtime.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Creates the pod sandbox (idempotent: an existing one is returned).
+    fn create_sandbox(
+        &self,
+        config: SandboxConfig,
+    ) -> impl Future<Output = Result<Sandbox, RuntimeCallError>> + Send;
+    /// Removes the pod sandbox; a missing one is not an error.
+    fn remove_sandbox(&self, id: &str)
+    -> impl Future<Output = Result<(), RuntimeCallError>> + Send;
+    /// Creates a container from its bundle; returns the pid of its (waiting) process.
+    fn create_container(
+        &self,
+        config: ContainerConfig,
+    ) -> impl Future<Output = Result<i32, RuntimeCallError>> + Send;
+    /// Starts a created container.
+    fn start_container(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<(), RuntimeCallError>> + Send;
+    /// Sends a signal to a container's init process (nothing if it has exited).
+    fn signal_container(
+        &self,
+        id: &str,
+        signal: i32,
+    ) -> impl Future<Output = Result<(), RuntimeCallError>> + Send;
+    /// Kills what is left of a container and removes it; a missing one is not an error.
+    fn remove_container(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<(), RuntimeCallError>> + Send;
+    /// A container's status.
+    fn container_status(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<ContainerStatus, RuntimeCallError>> + Send;
+    /// Every container the runtime has.
+    fn list_containers(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ContainerStatus>, RuntimeCallError>> + Send;
+    /// Runs a process in a running container with the given stdin, stdout and stderr; returns
+    /// its pid.
+    fn exec(
+        &self,
+        config: ExecConfig,
+        stdio: [OwnedFd; 3],
+    ) -> impl Future<Output = Result<i32, RuntimeCallError>> + Send;
+    /// How an exec'd process ended (`None` while it runs).
+    fn exec_status(
+        &self,
+        pid: i32,
+    ) -> impl Future<Output = Result<Option<ExitStatus>, RuntimeCallError>> + Send;
+}

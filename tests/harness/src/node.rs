@@ -1,0 +1,164 @@
+//! A real `baton kubelet` on this machine as a test node: its state, logs, images and runtime
+//! under a temporary directory, its pods' cgroups under a cgroup of its own. Dropping it kills
+//! the kubelet, every container and sandbox (through the runtime process's shutdown), unmounts
+//! what it mounted and removes its cgroups and files.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+
+use crate::{ApiServer, Binary, Component, TempDir, wait_until};
+
+/// A kubelet node and everything it made.
+#[derive(Debug)]
+pub struct KubeletNode {
+    /// The node's name.
+    pub name: String,
+    kubelet: Option<Component>,
+    dir: TempDir,
+    cgroup_root: String,
+}
+
+impl KubeletNode {
+    /// Starts a kubelet named `name` against `server` and waits until its Node is Ready.
+    pub async fn start(
+        binary: &Binary,
+        server: &ApiServer,
+        name: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let dir = TempDir::new("kubelet")?;
+        let cgroup_root = format!("/baton-test-{}-{name}", std::process::id());
+        let path = |leaf: &str| dir.path().join(leaf).display().to_string();
+        let mut args = vec![
+            format!("--hostname-override={name}"),
+            "--node-ip=127.0.0.1".to_string(),
+            format!("--root-dir={}", path("root")),
+            format!("--pod-logs-dir={}", path("logs")),
+            format!("--runtime-root={}", path("runtime")),
+            format!("--image-store={}", path("images")),
+            format!("--cgroup-root={cgroup_root}"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let kubelet = Component::start(binary, server, &dir, "kubelet", "kubelet", &args)?;
+        let node = KubeletNode {
+            name: name.to_owned(),
+            kubelet: Some(kubelet),
+            dir,
+            cgroup_root,
+        };
+        let nodes: Api<Node> = Api::all(server.client().await?);
+        let ready = wait_until(
+            "the kubelet's node to be Ready",
+            Duration::from_secs(60),
+            || async {
+                let node = nodes.get_opt(name).await.ok()??;
+                node.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                    .then_some(())
+            },
+        )
+        .await;
+        if let Err(err) = ready {
+            anyhow::bail!("{err}\nkubelet log:\n{}", node.log());
+        }
+        Ok(node)
+    }
+
+    /// The kubelet's log so far.
+    pub fn log(&self) -> String {
+        self.kubelet
+            .as_ref()
+            .map(Component::log)
+            .unwrap_or_default()
+    }
+
+    /// Where the kubelet writes pod logs.
+    pub fn pod_logs_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// The runtime process's root directory.
+    pub fn runtime_root(&self) -> PathBuf {
+        self.dir.path().join("runtime")
+    }
+
+    /// The kubelet process (to kill or restart it).
+    pub fn kubelet(&mut self) -> &mut Component {
+        self.kubelet.as_mut().expect("kubelet")
+    }
+
+    /// Kills every container and sandbox by shutting the runtime process down.
+    fn shut_down_runtime(&self) {
+        let client = baton_runtime::RuntimeClient::new(self.runtime_root(), "/nonexistent");
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime
+                .block_on(client.shutdown())
+                .map_err(std::io::Error::other)
+        })
+        .join();
+    }
+}
+
+impl Drop for KubeletNode {
+    fn drop(&mut self) {
+        if let Some(mut kubelet) = self.kubelet.take() {
+            kubelet.stop();
+        }
+        self.shut_down_runtime();
+        unmount_below(self.dir.path());
+        remove_cgroups(&self.cgroup_root);
+    }
+}
+
+/// Unmounts everything mounted at or below `dir`, deepest first.
+fn unmount_below(dir: &Path) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| Path::new(point).starts_with(dir))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.len()));
+    for point in points {
+        let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Removes the cgroup `root` and everything below it in every hierarchy.
+fn remove_cgroups(root: &str) {
+    let relative = root.trim_start_matches('/');
+    let mut hierarchies = vec![PathBuf::from("/sys/fs/cgroup")];
+    hierarchies.extend(
+        std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path()),
+    );
+    for hierarchy in hierarchies {
+        remove_cgroup_tree(&hierarchy.join(relative));
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}

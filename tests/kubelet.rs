@@ -1,0 +1,367 @@
+//! The kubelet as a node: real etcd and API server, Debian's docker-registry serving the
+//! busybox test image built from busybox-static, and `baton kubelet` running pods through
+//! its libcontainer runtime process, as root. Pods are bound by setting spec.nodeName.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use baton_test_harness::registry::Registry;
+use baton_test_harness::{ApiServer, Binary, Etcd, KubeletNode, TempDir, wait_until};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+/// etcd, the API server, a registry with the busybox image, and one kubelet node.
+struct Cluster {
+    node: KubeletNode,
+    client: Client,
+    image: String,
+    server: ApiServer,
+    _registry: Registry,
+    _etcd: Etcd,
+    _images: TempDir,
+}
+
+impl Cluster {
+    async fn start(name: &str) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let binary = Binary(env!("CARGO_BIN_EXE_baton").into());
+        let etcd = Etcd::start().await?;
+        let server = ApiServer::start(&binary, &etcd.url(), &[]).await?;
+        let registry = Registry::start().await?;
+        let images = TempDir::new("images")?;
+        let image = format!("{}/busybox:1.35", registry.host());
+        let built = baton_image_builder::build_busybox_image(
+            std::path::Path::new("/usr/bin/busybox"),
+            &images.path().join("busybox"),
+            &image,
+        )?;
+        baton_image_builder::push_layout(&built.layout_dir, &image, true).await?;
+        let insecure = format!("--insecure-registry={}", registry.host());
+        let node = KubeletNode::start(&binary, &server, name, &[&insecure]).await?;
+        let client = server.client().await?;
+        Ok(Self {
+            node,
+            client,
+            image,
+            server,
+            _registry: registry,
+            _etcd: etcd,
+            _images: images,
+        })
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// Creates a pod bound to the node, running busybox with `command`.
+    async fn create_pod(&self, name: &str, command: &str, extra: serde_json::Value) -> Result<Pod> {
+        let mut pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": name },
+            "spec": {
+                "nodeName": self.node.name,
+                "terminationGracePeriodSeconds": 5,
+                "containers": [{
+                    "name": "main",
+                    "image": self.image,
+                    "command": ["sh", "-c", command],
+                }],
+            },
+        });
+        merge(&mut pod, extra);
+        Ok(self
+            .pods()
+            .create(&PostParams::default(), &serde_json::from_value(pod)?)
+            .await?)
+    }
+
+    /// Waits until `check` accepts the pod, showing the kubelet's log on failure.
+    async fn wait_for<T>(&self, what: &str, name: &str, check: impl Fn(&Pod) -> Option<T>) -> T {
+        let pods = self.pods();
+        let result = wait_until(what, Duration::from_secs(90), || async {
+            let pod = pods.get_opt(name).await.ok()??;
+            check(&pod)
+        })
+        .await;
+        match result {
+            Ok(value) => value,
+            Err(err) => {
+                let pod = pods.get_opt(name).await.ok().flatten();
+                panic!(
+                    "{err}\npod status: {:#?}\nkubelet log:\n{}",
+                    pod.and_then(|p| p.status),
+                    self.node.log()
+                )
+            }
+        }
+    }
+}
+
+fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(target), serde_json::Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge(target.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (target, patch) => *target = patch,
+    }
+}
+
+fn main_status(pod: &Pod) -> Option<ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+fn phase(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref()?.phase.as_deref()
+}
+
+#[tokio::test]
+async fn pods_run_complete_and_keep_their_output() -> Result<()> {
+    let cluster = Cluster::start("node-run").await?;
+    let pod = cluster
+        .create_pod("hello", "echo hello from baton; sleep 3600", json!({}))
+        .await?;
+    let uid = pod.metadata.uid.clone().unwrap();
+    let status = cluster
+        .wait_for("the pod to run", "hello", |pod| {
+            (phase(pod) == Some("Running"))
+                .then(|| main_status(pod))
+                .flatten()
+        })
+        .await;
+    assert!(status.ready, "{status:?}");
+    assert!(status.state.unwrap().running.is_some());
+    assert!(status.container_id.unwrap().starts_with("baton://"));
+    assert!(status.image_id.contains("sha256:"), "{}", status.image_id);
+    let conditions = cluster
+        .pods()
+        .get("hello")
+        .await?
+        .status
+        .unwrap()
+        .conditions
+        .unwrap();
+    for kind in [
+        "Ready",
+        "ContainersReady",
+        "Initialized",
+        "PodReadyToStartContainers",
+    ] {
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.type_ == kind && c.status == "True"),
+            "{kind} in {conditions:?}"
+        );
+    }
+    // The container's output is in its CRI log.
+    let log = cluster
+        .node
+        .pod_logs_dir()
+        .join(format!("default_hello_{uid}"))
+        .join("main/0.log");
+    wait_until("the output in the log", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|text| text.contains(" stdout F hello from baton"))
+    })
+    .await?;
+    // kubectl reads the status as users expect.
+    for kubectl in baton_test_harness::kubectl_binaries() {
+        let out = cluster
+            .server
+            .kubectl(&kubectl, &["get", "pod", "hello", "--no-headers"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("1/1") && text.contains("Running"), "{text}");
+    }
+
+    // A pod whose command ends with 0 and restartPolicy Never succeeds.
+    cluster
+        .create_pod(
+            "once",
+            "echo done",
+            json!({ "spec": { "restartPolicy": "Never" } }),
+        )
+        .await?;
+    let terminated = cluster
+        .wait_for("the pod to succeed", "once", |pod| {
+            (phase(pod) == Some("Succeeded"))
+                .then(|| main_status(pod)?.state?.terminated)
+                .flatten()
+        })
+        .await;
+    assert_eq!(
+        (terminated.exit_code, terminated.reason.as_deref()),
+        (0, Some("Completed"))
+    );
+
+    // Graceful deletion: the container gets SIGTERM, exits, and the pod is removed.
+    cluster
+        .pods()
+        .delete("hello", &DeleteParams::default())
+        .await?;
+    let pods = cluster.pods();
+    wait_until(
+        "the deleted pod to be gone",
+        Duration::from_secs(30),
+        || async { pods.get_opt("hello").await.ok()?.is_none().then_some(()) },
+    )
+    .await?;
+    assert!(!log.exists(), "the pod's logs are removed with it");
+    Ok(())
+}
+
+#[tokio::test]
+async fn failing_containers_restart_with_back_off() -> Result<()> {
+    let cluster = Cluster::start("node-crash").await?;
+    cluster
+        .create_pod("crasher", "echo crashing; exit 3", json!({}))
+        .await?;
+    let status = cluster
+        .wait_for("CrashLoopBackOff", "crasher", |pod| {
+            let status = main_status(pod)?;
+            let waiting = status.state.clone()?.waiting?;
+            (waiting.reason.as_deref() == Some("CrashLoopBackOff")).then_some(status)
+        })
+        .await;
+    assert!(status.restart_count >= 1, "{status:?}");
+    let last = status.last_state.unwrap().terminated.unwrap();
+    assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
+    let waiting = status.state.unwrap().waiting.unwrap();
+    assert!(
+        waiting
+            .message
+            .unwrap()
+            .starts_with("back-off 10s restarting failed container=main pod=crasher_default("),
+    );
+
+    // restartPolicy Never: the pod fails and is not restarted.
+    cluster
+        .create_pod(
+            "fails",
+            "exit 7",
+            json!({ "spec": { "restartPolicy": "Never" } }),
+        )
+        .await?;
+    let terminated = cluster
+        .wait_for("the pod to fail", "fails", |pod| {
+            (phase(pod) == Some("Failed"))
+                .then(|| main_status(pod)?.state?.terminated)
+                .flatten()
+        })
+        .await;
+    assert_eq!(terminated.exit_code, 7);
+    assert_eq!(
+        main_status(&cluster.pods().get("fails").await?)
+            .unwrap()
+            .restart_count,
+        0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn image_and_memory_errors_show_upstream_reasons() -> Result<()> {
+    let cluster = Cluster::start("node-errors").await?;
+    let missing = cluster.image.replace(":1.35", ":nope");
+    let pod = json!({ "spec": { "containers": [{ "name": "main", "image": missing, "command": ["true"] }] } });
+    cluster.create_pod("no-image", "true", pod).await?;
+    let waiting = cluster
+        .wait_for("ErrImagePull", "no-image", |pod| {
+            let waiting = main_status(pod)?.state?.waiting?;
+            matches!(
+                waiting.reason.as_deref(),
+                Some("ErrImagePull" | "ImagePullBackOff")
+            )
+            .then_some(waiting)
+        })
+        .await;
+    let message = waiting.message.unwrap_or_default();
+    assert!(
+        message.contains(&missing) || message.contains("Back-off pulling image"),
+        "{message}"
+    );
+
+    // Over its memory limit, a container is OOMKilled.
+    cluster
+        .create_pod(
+            "hog",
+            "dd if=/dev/zero of=/dev/null bs=128M count=1",
+            json!({ "spec": {
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "main",
+                    "image": cluster.image,
+                    "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"],
+                    "resources": { "limits": { "memory": "16Mi" } },
+                }],
+            } }),
+        )
+        .await?;
+    let terminated = cluster
+        .wait_for("the OOM kill", "hog", |pod| {
+            main_status(pod)?.state?.terminated
+        })
+        .await;
+    assert_eq!(
+        (terminated.reason.as_deref(), terminated.exit_code),
+        (Some("OOMKilled"), 137)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_kubelet_keeps_pods_running() -> Result<()> {
+    let mut cluster = Cluster::start("node-restart").await?;
+    cluster
+        .create_pod("steady", "sleep 3600", json!({}))
+        .await?;
+    let before = cluster
+        .wait_for("the pod to run", "steady", |pod| {
+            (phase(pod) == Some("Running"))
+                .then(|| main_status(pod))
+                .flatten()
+        })
+        .await;
+    cluster.node.kubelet().restart()?;
+    // The kubelet is back (it posts the node's status again) and the container is the same.
+    let pods = cluster.pods();
+    let name = cluster.node.name.clone();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
+    wait_until(
+        "the restarted kubelet to renew its lease",
+        Duration::from_secs(60),
+        || async {
+            let lease: Api<k8s_openapi::api::coordination::v1::Lease> =
+                Api::namespaced(cluster.client.clone(), "kube-node-lease");
+            let _ = nodes.get(&name).await.ok()?;
+            lease.get(&name).await.ok()?.spec?.renew_time.map(|_| ())
+        },
+    )
+    .await?;
+    let log_has = |text: &'static str| {
+        let node = &cluster.node;
+        move || std::future::ready(node.log().contains(text).then_some(()))
+    };
+    wait_until(
+        "the new kubelet to take the container over",
+        Duration::from_secs(60),
+        log_has("took over a running container"),
+    )
+    .await?;
+    let after = main_status(&pods.get("steady").await?).unwrap();
+    assert_eq!(after.container_id, before.container_id);
+    assert_eq!(after.restart_count, 0);
+    assert!(after.state.unwrap().running.is_some());
+    Ok(())
+}
