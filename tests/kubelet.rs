@@ -5,111 +5,14 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use baton_test_harness::registry::Registry;
-use baton_test_harness::{ApiServer, Binary, Etcd, KubeletNode, TempDir, wait_until};
+use baton_test_harness::{Binary, NodeCluster, wait_until};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use kube::api::{DeleteParams, PostParams};
-use kube::{Api, Client};
+use kube::Api;
+use kube::api::DeleteParams;
 use serde_json::json;
 
-/// etcd, the API server, a registry with the busybox image, and one kubelet node.
-struct Cluster {
-    node: KubeletNode,
-    client: Client,
-    image: String,
-    server: ApiServer,
-    _registry: Registry,
-    _etcd: Etcd,
-    _images: TempDir,
-}
-
-impl Cluster {
-    async fn start(name: &str) -> Result<Self> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let binary = Binary(env!("CARGO_BIN_EXE_baton").into());
-        let etcd = Etcd::start().await?;
-        let server = ApiServer::start(&binary, &etcd.url(), &[]).await?;
-        let registry = Registry::start().await?;
-        let images = TempDir::new("images")?;
-        let image = format!("{}/busybox:1.35", registry.host());
-        let built = baton_image_builder::build_busybox_image(
-            std::path::Path::new("/usr/bin/busybox"),
-            &images.path().join("busybox"),
-            &image,
-        )?;
-        baton_image_builder::push_layout(&built.layout_dir, &image, true).await?;
-        let insecure = format!("--insecure-registry={}", registry.host());
-        let node = KubeletNode::start(&binary, &server, name, &[&insecure]).await?;
-        let client = server.client().await?;
-        Ok(Self {
-            node,
-            client,
-            image,
-            server,
-            _registry: registry,
-            _etcd: etcd,
-            _images: images,
-        })
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), "default")
-    }
-
-    /// Creates a pod bound to the node, running busybox with `command`.
-    async fn create_pod(&self, name: &str, command: &str, extra: serde_json::Value) -> Result<Pod> {
-        let mut pod = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": { "name": name },
-            "spec": {
-                "nodeName": self.node.name,
-                "terminationGracePeriodSeconds": 5,
-                "containers": [{
-                    "name": "main",
-                    "image": self.image,
-                    "command": ["sh", "-c", command],
-                }],
-            },
-        });
-        merge(&mut pod, extra);
-        Ok(self
-            .pods()
-            .create(&PostParams::default(), &serde_json::from_value(pod)?)
-            .await?)
-    }
-
-    /// Waits until `check` accepts the pod, showing the kubelet's log on failure.
-    async fn wait_for<T>(&self, what: &str, name: &str, check: impl Fn(&Pod) -> Option<T>) -> T {
-        let pods = self.pods();
-        let result = wait_until(what, Duration::from_secs(90), || async {
-            let pod = pods.get_opt(name).await.ok()??;
-            check(&pod)
-        })
-        .await;
-        match result {
-            Ok(value) => value,
-            Err(err) => {
-                let pod = pods.get_opt(name).await.ok().flatten();
-                panic!(
-                    "{err}\npod status: {:#?}\nkubelet log:\n{}",
-                    pod.and_then(|p| p.status),
-                    self.node.log()
-                )
-            }
-        }
-    }
-}
-
-fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
-    match (target, patch) {
-        (serde_json::Value::Object(target), serde_json::Value::Object(patch)) => {
-            for (key, value) in patch {
-                merge(target.entry(key).or_insert(serde_json::Value::Null), value);
-            }
-        }
-        (target, patch) => *target = patch,
-    }
+fn binary() -> Binary {
+    Binary(env!("CARGO_BIN_EXE_baton").into())
 }
 
 fn main_status(pod: &Pod) -> Option<ContainerStatus> {
@@ -127,7 +30,7 @@ fn phase(pod: &Pod) -> Option<&str> {
 
 #[tokio::test]
 async fn pods_run_complete_and_keep_their_output() -> Result<()> {
-    let cluster = Cluster::start("node-run").await?;
+    let cluster = NodeCluster::start(&binary(), "node-run", &[]).await?;
     let pod = cluster
         .create_pod("hello", "echo hello from baton; sleep 3600", json!({}))
         .await?;
@@ -223,7 +126,7 @@ async fn pods_run_complete_and_keep_their_output() -> Result<()> {
 
 #[tokio::test]
 async fn failing_containers_restart_with_back_off() -> Result<()> {
-    let cluster = Cluster::start("node-crash").await?;
+    let cluster = NodeCluster::start(&binary(), "node-crash", &[]).await?;
     cluster
         .create_pod("crasher", "echo crashing; exit 3", json!({}))
         .await?;
@@ -272,7 +175,7 @@ async fn failing_containers_restart_with_back_off() -> Result<()> {
 
 #[tokio::test]
 async fn image_and_memory_errors_show_upstream_reasons() -> Result<()> {
-    let cluster = Cluster::start("node-errors").await?;
+    let cluster = NodeCluster::start(&binary(), "node-errors", &[]).await?;
     let missing = cluster.image.replace(":1.35", ":nope");
     let pod = json!({ "spec": { "containers": [{ "name": "main", "image": missing, "command": ["true"] }] } });
     cluster.create_pod("no-image", "true", pod).await?;
@@ -322,7 +225,7 @@ async fn image_and_memory_errors_show_upstream_reasons() -> Result<()> {
 
 #[tokio::test]
 async fn a_restarted_kubelet_keeps_pods_running() -> Result<()> {
-    let mut cluster = Cluster::start("node-restart").await?;
+    let mut cluster = NodeCluster::start(&binary(), "node-restart", &[]).await?;
     cluster
         .create_pod("steady", "sleep 3600", json!({}))
         .await?;

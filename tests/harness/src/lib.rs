@@ -14,10 +14,12 @@ use anyhow::{Context, Result, bail};
 
 mod components;
 mod node;
+mod node_cluster;
 pub mod registry;
 
 pub use components::{Component, ControlPlane, kubectl_apply, kubectl_ok};
 pub use node::KubeletNode;
+pub use node_cluster::{NodeCluster, merge_json};
 
 /// A directory removed on drop.
 #[derive(Debug)]

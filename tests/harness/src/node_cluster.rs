@@ -1,0 +1,142 @@
+//! A one-node cluster for kubelet tests: etcd, the API server, Debian's docker-registry
+//! serving the busybox test image (built from busybox-static by baton-image-builder), and one
+//! `baton kubelet`. Pods are bound by setting spec.nodeName (no scheduler).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::registry::Registry;
+use crate::{ApiServer, Binary, Etcd, KubeletNode, TempDir, wait_until};
+
+/// etcd, the API server, a registry with the busybox image, and one kubelet node. Fields drop
+/// in order: the node (its containers) before the servers it talks to.
+pub struct NodeCluster {
+    pub node: KubeletNode,
+    pub client: Client,
+    /// The busybox image's reference in the registry.
+    pub image: String,
+    pub server: ApiServer,
+    pub registry: Registry,
+    _etcd: Etcd,
+    _images: TempDir,
+}
+
+impl std::fmt::Debug for NodeCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCluster")
+            .field("node", &self.node.name)
+            .field("image", &self.image)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeCluster {
+    /// Starts everything; `extra` are further kubelet flags.
+    pub async fn start(binary: &Binary, name: &str, extra: &[&str]) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let etcd = Etcd::start().await?;
+        let server = ApiServer::start(binary, &etcd.url(), &[]).await?;
+        let registry = Registry::start().await?;
+        let images = TempDir::new("images")?;
+        let image = format!("{}/busybox:1.35", registry.host());
+        let built = baton_image_builder::build_busybox_image(
+            std::path::Path::new(baton_image_builder::DEFAULT_BUSYBOX),
+            &images.path().join("busybox"),
+            &image,
+        )?;
+        baton_image_builder::push_layout(&built.layout_dir, &image, true).await?;
+        let insecure = format!("--insecure-registry={}", registry.host());
+        let mut flags = vec![insecure.as_str()];
+        flags.extend_from_slice(extra);
+        let node = KubeletNode::start(binary, &server, name, &flags).await?;
+        let client = server.client().await?;
+        Ok(Self {
+            node,
+            client,
+            image,
+            server,
+            registry,
+            _etcd: etcd,
+            _images: images,
+        })
+    }
+
+    /// Pods of the default namespace.
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// Creates a pod bound to the node with one container `main` running busybox
+    /// `sh -c command`; `extra` is merged into the manifest (objects key by key, other values
+    /// replaced: a `containers` list given there replaces the default one).
+    pub async fn create_pod(
+        &self,
+        name: &str,
+        command: &str,
+        extra: serde_json::Value,
+    ) -> Result<Pod> {
+        let mut pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": name },
+            "spec": {
+                "nodeName": self.node.name,
+                "terminationGracePeriodSeconds": 5,
+                "containers": [{
+                    "name": "main",
+                    "image": self.image,
+                    "command": ["sh", "-c", command],
+                }],
+            },
+        });
+        merge_json(&mut pod, extra);
+        Ok(self
+            .pods()
+            .create(&PostParams::default(), &serde_json::from_value(pod)?)
+            .await?)
+    }
+
+    /// Waits (90 s at most) until `check` accepts pod `name`; on timeout panics with the pod's
+    /// status and the kubelet's log.
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        name: &str,
+        check: impl Fn(&Pod) -> Option<T>,
+    ) -> T {
+        let pods = self.pods();
+        let result = wait_until(what, Duration::from_secs(90), || async {
+            let pod = pods.get_opt(name).await.ok()??;
+            check(&pod)
+        })
+        .await;
+        match result {
+            Ok(value) => value,
+            Err(err) => {
+                let pod = pods.get_opt(name).await.ok().flatten();
+                panic!(
+                    "{err}\npod status: {:#?}\nkubelet log:\n{}",
+                    pod.and_then(|p| p.status),
+                    self.node.log()
+                )
+            }
+        }
+    }
+}
+
+/// Merges `patch` into `target`: objects key by key, anything else replaced.
+pub fn merge_json(target: &mut serde_json::Value, patch: serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(target), serde_json::Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge_json(target.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (target, patch) => *target = patch,
+    }
+}
