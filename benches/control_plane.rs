@@ -14,12 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_test_harness::{Binary, ControlPlane, wait_until};
+
+mod support;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
+use support::{memory_mib, ms, quantile};
 
 const NODES: usize = 1_000;
 const PODS: usize = 10_000;
@@ -40,31 +43,6 @@ fn pod(name: &str) -> Pod {
 
 /// Per pod (`namespace/name`): when the watch first saw it, and first saw it bound.
 type SeenAt = HashMap<String, (Instant, Option<Instant>)>;
-
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() as f64 * q).ceil() as usize)
-        .saturating_sub(1)
-        .min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// Resident and peak resident memory of a process, in MiB.
-fn memory_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

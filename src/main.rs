@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod image;
+
 /// Baton: a Kubernetes distribution with a firmware-style node OS.
 #[derive(Debug, Parser)]
 #[command(name = "baton", version, about)]
@@ -32,6 +34,11 @@ enum Command {
         /// Directory of the runtime's state, socket and sandboxes.
         #[arg(long, default_value = "/run/baton/runtime")]
         root: PathBuf,
+    },
+    /// Manage the node's image store.
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
     },
     /// Manage the cluster PKI.
     Pki {
@@ -116,6 +123,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }),
         Command::Runtime { root } => runtime(&root),
+        Command::Image { command } => run_async(image::run(command)),
         Command::Pki {
             command: PkiCommand::Init { dir, server, sans },
         } => pki_init(dir, server, sans),

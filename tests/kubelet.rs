@@ -268,3 +268,120 @@ async fn a_restarted_kubelet_keeps_pods_running() -> Result<()> {
     assert!(after.state.unwrap().running.is_some());
     Ok(())
 }
+
+#[tokio::test]
+async fn kubectl_logs_and_exec_reach_the_container() -> Result<()> {
+    let cluster = NodeCluster::start(&binary(), "node-kubectl", &[]).await?;
+    cluster
+        .create_pod(
+            "talker",
+            "echo first; echo oops >&2; while true; do echo tick; sleep 0.2; done",
+            json!({}),
+        )
+        .await?;
+    cluster
+        .wait_for("the pod to run", "talker", |pod| {
+            (phase(pod) == Some("Running")).then_some(())
+        })
+        .await;
+    for kubectl in baton_test_harness::kubectl_binaries() {
+        let kubectl = kubectl.as_path();
+        // kubectl logs: stdout and stderr, --tail, --timestamps.
+        let out = cluster.server.kubectl(kubectl, &["logs", "talker"]);
+        let logs = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // stdout and stderr are read apart, so only each one's own order is kept.
+        let lines: Vec<&str> = logs.lines().collect();
+        assert_eq!(lines.first(), Some(&"first"), "{logs}");
+        assert!(lines.contains(&"oops") && lines.contains(&"tick"), "{logs}");
+        let out = cluster
+            .server
+            .kubectl(kubectl, &["logs", "talker", "--tail=1", "--timestamps"]);
+        let tail = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(tail.lines().count(), 1, "{tail}");
+        assert!(
+            tail.trim_end().ends_with(" tick") && tail.starts_with("20"),
+            "{tail}"
+        );
+
+        // kubectl logs -f streams new lines as they come.
+        let follow = cluster
+            .server
+            .kubectl_background(kubectl, &["logs", "-f", "talker", "--tail=1"])?;
+        wait_until("followed lines", Duration::from_secs(30), || {
+            std::future::ready((follow.output().matches("tick").count() >= 4).then_some(()))
+        })
+        .await?;
+        drop(follow);
+
+        // kubectl exec: output, stdin, and the command's exit code.
+        let out = cluster.server.kubectl(
+            kubectl,
+            &[
+                "exec",
+                "talker",
+                "--",
+                "sh",
+                "-c",
+                "echo in-$(hostname); exit 7",
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "in-talker\n");
+        let out = cluster.server.kubectl_with_input(
+            kubectl,
+            &["exec", "-i", "talker", "--", "sh", "-c", "tr a-z A-Z"],
+            Some("shout\n"),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "SHOUT\n");
+        let out = cluster
+            .server
+            .kubectl(kubectl, &["exec", "talker", "-c", "nope", "--", "true"]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("container nope is not valid for pod talker"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // --previous shows the last run of a restarted container.
+    cluster
+        .create_pod(
+            "restarter",
+            "echo run-$(cat /proc/uptime | cut -d. -f1); sleep 1; exit 1",
+            json!({}),
+        )
+        .await?;
+    cluster
+        .wait_for("a restart", "restarter", |pod| {
+            (main_status(pod)?.restart_count >= 1).then_some(())
+        })
+        .await;
+    let kubectl = baton_test_harness::kubectl_binaries().remove(0);
+    let out = cluster
+        .server
+        .kubectl(&kubectl, &["logs", "restarter", "--previous"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("run-"));
+    Ok(())
+}

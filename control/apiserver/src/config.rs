@@ -54,6 +54,16 @@ pub struct ApiServerArgs {
     /// How often etcd's history is compacted (keeping one interval of it); 0 disables.
     #[arg(long = "etcd-compaction-interval", default_value = "5m", value_parser = parse_duration)]
     pub etcd_compaction_interval: std::time::Duration,
+    /// Client certificate the API server presents to kubelets (pods/log, pods/exec ...).
+    #[arg(long = "kubelet-client-certificate", requires = "kubelet_client_key")]
+    pub kubelet_client_certificate: Option<PathBuf>,
+    /// Key of --kubelet-client-certificate.
+    #[arg(long = "kubelet-client-key", requires = "kubelet_client_certificate")]
+    pub kubelet_client_key: Option<PathBuf>,
+    /// CA that kubelets' serving certificates must chain to (without it they are not verified,
+    /// as upstream).
+    #[arg(long = "kubelet-certificate-authority")]
+    pub kubelet_certificate_authority: Option<PathBuf>,
     /// Write the port actually bound to this file once serving (for tests and tooling).
     #[arg(long = "port-file")]
     pub port_file: Option<PathBuf>,

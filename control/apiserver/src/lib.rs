@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod managed_fields;
 pub mod metrics;
 pub mod namespaces;
+pub mod node_proxy;
 pub mod objects;
 pub mod openapi;
 pub mod patch;
@@ -25,7 +26,6 @@ pub mod selectors;
 mod server;
 pub mod services;
 pub mod status;
-pub mod tls;
 pub mod watch_cache;
 pub mod watched_map;
 
@@ -49,7 +49,7 @@ use crate::watch_cache::WatchCaches;
 pub enum StartApiServerError {
     /// TLS files are missing or unusable.
     #[error(transparent)]
-    Tls(#[from] tls::TlsSetupError),
+    Tls(#[from] baton_pki::tls::TlsSetupError),
     /// etcd could not be reached.
     #[error("connecting to etcd at {endpoints}")]
     Etcd {
@@ -66,6 +66,9 @@ pub enum StartApiServerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The kubelet client certificate or CA is unusable.
+    #[error(transparent)]
+    KubeletClient(#[from] node_proxy::KubeletClientError),
     /// The system objects could not be created.
     #[error("creating the system namespaces, PriorityClasses and the kubernetes Service: {0}")]
     Bootstrap(String),
@@ -89,6 +92,8 @@ pub struct ApiServer<S> {
     pub metrics: Metrics,
     /// The address clients are told to use (`host:port`).
     pub advertise: String,
+    /// How pods/log, pods/exec ... reach kubelets.
+    pub kubelet_client: node_proxy::KubeletClient,
 }
 
 impl<S> std::fmt::Debug for ApiServer<S> {
@@ -101,7 +106,12 @@ impl<S> std::fmt::Debug for ApiServer<S> {
 
 impl<S: Store> ApiServer<S> {
     /// Assembles the server state.
-    pub fn new(store: Arc<S>, args: &ApiServerArgs, advertise: String) -> Self {
+    pub fn new(
+        store: Arc<S>,
+        args: &ApiServerArgs,
+        advertise: String,
+        kubelet_client: node_proxy::KubeletClient,
+    ) -> Self {
         Self {
             caches: Arc::new(WatchCaches::new(store.clone())),
             namespaces: namespaces::NamespaceCache::default(),
@@ -117,6 +127,7 @@ impl<S: Store> ApiServer<S> {
             ),
             metrics: Metrics::default(),
             advertise,
+            kubelet_client,
         }
     }
 
@@ -502,10 +513,11 @@ async fn connect_etcd(
 
 /// Runs `baton apiserver` until the process is stopped.
 pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
-    let tls = tls::server_config(
+    let tls = baton_pki::tls::server_config(
         &args.tls_cert_file,
         &args.tls_private_key_file,
-        &args.client_ca_file,
+        Some(&args.client_ca_file),
+        baton_pki::tls::ClientAuth::Optional,
     )?;
     let etcd_tls = EtcdTls {
         ca_file: args.etcd_cafile.clone(),
@@ -534,7 +546,17 @@ pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
             args.bind_address
         });
     let advertise = std::net::SocketAddr::new(advertise_ip, bound.port()).to_string();
-    let server = Arc::new(ApiServer::new(Arc::new(store), &args, advertise));
+    let kubelet_client = node_proxy::KubeletClient::new(
+        args.kubelet_client_certificate.as_deref(),
+        args.kubelet_client_key.as_deref(),
+        args.kubelet_certificate_authority.as_deref(),
+    )?;
+    let server = Arc::new(ApiServer::new(
+        Arc::new(store),
+        &args,
+        advertise,
+        kubelet_client,
+    ));
     server
         .bootstrap()
         .await

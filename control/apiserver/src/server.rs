@@ -173,6 +173,9 @@ async fn route<S: Store>(
             .map(|doc| json_response(StatusCode::OK, &doc))
             .ok_or_else(StatusError::no_such_path),
         Target::Other(path) => other(server, &path),
+        Target::Resource(info) if crate::node_proxy::is_node_proxied(&info) => {
+            crate::node_proxy::proxy(server, req, &info).await
+        }
         Target::Resource(info) => {
             let resource = resources::find(&info.group, &info.version, &info.resource)
                 .ok_or_else(StatusError::no_such_path)?;

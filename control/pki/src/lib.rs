@@ -9,6 +9,8 @@ mod kubeconfig;
 
 pub use kubeconfig::{Kubeconfig, render_kubeconfig};
 
+pub mod tls;
+
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
@@ -26,6 +28,8 @@ pub const DEFAULT_SERVER: &str = "https://127.0.0.1:6443";
 pub const ADMIN_USER: &str = "kubernetes-admin";
 /// The group that upstream's RBAC binds to cluster-admin.
 pub const ADMIN_GROUP: &str = "system:masters";
+/// The user the API server acts as toward kubelets (kubeadm names it so).
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 /// How long a CA certificate is valid (kubeadm: 10 years).
 const CA_VALIDITY: Duration = Duration::days(3650);
@@ -239,6 +243,11 @@ pub struct PkiFiles {
     pub apiserver_key: PathBuf,
     /// admin.kubeconfig
     pub admin_kubeconfig: PathBuf,
+    /// apiserver-kubelet-client.crt: the API server's client certificate for kubelets
+    /// (pods/log, pods/exec ...).
+    pub apiserver_kubelet_client_cert: PathBuf,
+    /// apiserver-kubelet-client.key
+    pub apiserver_kubelet_client_key: PathBuf,
     /// Whether an existing CA in the directory was reused.
     pub reused_ca: bool,
 }
@@ -297,6 +306,7 @@ pub fn init(opts: &PkiInitOptions) -> Result<PkiFiles, PkiError> {
     };
     let serving = ca.issue_server("kube-apiserver", &sans)?;
     let admin = ca.issue_client(ADMIN_USER, Some(ADMIN_GROUP))?;
+    let kubelet_client = ca.issue_client(KUBELET_CLIENT_USER, Some(ADMIN_GROUP))?;
     let kubeconfig = render_kubeconfig(&Kubeconfig {
         cluster: "baton",
         server: &opts.server,
@@ -317,6 +327,8 @@ pub fn init(opts: &PkiInitOptions) -> Result<PkiFiles, PkiError> {
         apiserver_cert: dir.join("apiserver.crt"),
         apiserver_key: dir.join("apiserver.key"),
         admin_kubeconfig: dir.join("admin.kubeconfig"),
+        apiserver_kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+        apiserver_kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
         ca_cert,
         ca_key,
         reused_ca,
@@ -324,6 +336,16 @@ pub fn init(opts: &PkiInitOptions) -> Result<PkiFiles, PkiError> {
     write_file(&files.apiserver_cert, &serving.cert_pem, 0o644)?;
     write_file(&files.apiserver_key, &serving.key_pem, 0o600)?;
     write_file(&files.admin_kubeconfig, &kubeconfig, 0o600)?;
+    write_file(
+        &files.apiserver_kubelet_client_cert,
+        &kubelet_client.cert_pem,
+        0o644,
+    )?;
+    write_file(
+        &files.apiserver_kubelet_client_key,
+        &kubelet_client.key_pem,
+        0o600,
+    )?;
     tracing::info!(dir = %dir.display(), reused_ca, "cluster PKI written");
     Ok(files)
 }

@@ -67,6 +67,22 @@ pub struct KubeletArgs {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// The address the kubelet's HTTPS server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub address: std::net::IpAddr,
+    /// The port of the kubelet's HTTPS server (logs, exec; the API server proxies to it).
+    #[arg(long, default_value_t = 10250)]
+    pub port: u16,
+    /// The serving certificate (PEM); without it one is made under --root-dir/pki.
+    #[arg(long, requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The serving certificate's key (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// CA that clients' certificates must chain to (the API server's kubelet client
+    /// certificate); without it the server accepts every client.
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
     /// Collect unused images when the image filesystem is fuller than this percentage.
     #[arg(long, default_value_t = 85)]
     pub image_gc_high_threshold: u8,

@@ -41,6 +41,8 @@ pub enum RunKubeletError {
     Images(#[from] baton_images::OpenStoreError),
     #[error(transparent)]
     Register(#[from] RegisterNodeError),
+    #[error("serve the kubelet API")]
+    Serve(#[from] crate::server::ServeKubeletError),
 }
 
 /// Runs the kubelet until it is killed.
@@ -80,6 +82,7 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         max_pods: args.max_pods,
         reserved,
         root_dir: args.root_dir.clone(),
+        port: args.port,
     };
     let allocatable = identity.allocatable();
     let reporter = NodeStatusReporter::register(client.clone(), identity, true).await?;
@@ -123,6 +126,18 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         pods,
         watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
     ));
+    let server = crate::server::serve(
+        ctx.clone(),
+        informer.store(),
+        crate::server::ServerSettings {
+            address: std::net::SocketAddr::new(args.address, args.port),
+            cert_file: args.tls_cert_file.clone(),
+            key_file: args.tls_private_key_file.clone(),
+            client_ca_file: args.client_ca_file.clone(),
+        },
+    )
+    .await?;
+    tokio::spawn(server);
     let workers = PodWorkers::new(ctx.clone());
     informer.on_event(move |event| workers.dispatch(event));
     let cleaner = informer.clone();

@@ -19,6 +19,7 @@ pub mod pod_status;
 pub mod pod_worker;
 pub mod qos;
 pub mod quantity;
+pub mod server;
 pub mod volumes;
 
 pub use args::KubeletArgs;

@@ -21,8 +21,6 @@ use serde_json::json;
 use crate::machine::Machine;
 use crate::quantity::parse_nanos;
 
-/// The port the kubelet's server listens on, as nodes announce it.
-pub const KUBELET_PORT: i32 = 10250;
 /// How often the status is posted even when nothing changed.
 const STATUS_REPORT_FREQUENCY: Duration = Duration::from_secs(300);
 /// How often the node Lease is renewed (a quarter of its 40 s duration, as upstream).
@@ -55,6 +53,8 @@ pub struct NodeIdentity {
     pub reserved: Vec<(String, String)>,
     /// The directory whose filesystem is checked for disk pressure.
     pub root_dir: PathBuf,
+    /// The kubelet server's port (daemonEndpoints.kubeletEndpoint).
+    pub port: u16,
 }
 
 impl NodeIdentity {
@@ -150,7 +150,9 @@ impl NodeIdentity {
                 },
             ]),
             daemon_endpoints: Some(NodeDaemonEndpoints {
-                kubelet_endpoint: Some(DaemonEndpoint { port: KUBELET_PORT }),
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: i32::from(self.port),
+                }),
             }),
             node_info: Some(NodeSystemInfo {
                 architecture: self.node().metadata.labels.unwrap_or_default()["kubernetes.io/arch"]
@@ -430,6 +432,7 @@ mod tests {
                 ("memory".into(), "256Mi".into()),
             ],
             root_dir: PathBuf::from("/"),
+            port: 10250,
         }
     }
 

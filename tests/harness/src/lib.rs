@@ -292,6 +292,14 @@ impl ApiServer {
                 pki.join("apiserver.key").display()
             ))
             .arg(format!("--client-ca-file={}", pki.join("ca.crt").display()))
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                pki.join("apiserver-kubelet-client.crt").display()
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                pki.join("apiserver-kubelet-client.key").display()
+            ))
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)

@@ -41,6 +41,12 @@ impl KubeletNode {
             format!("--runtime-root={}", path("runtime")),
             format!("--image-store={}", path("images")),
             format!("--cgroup-root={cgroup_root}"),
+            "--address=127.0.0.1".to_string(),
+            format!("--port={}", crate::free_port()?),
+            format!(
+                "--client-ca-file={}",
+                server.pki_dir().join("ca.crt").display()
+            ),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -87,6 +93,11 @@ impl KubeletNode {
     /// The runtime process's root directory.
     pub fn runtime_root(&self) -> PathBuf {
         self.dir.path().join("runtime")
+    }
+
+    /// The kubelet's process id, while it runs.
+    pub fn kubelet_pid(&self) -> Option<u32> {
+        self.kubelet.as_ref().and_then(Component::pid)
     }
 
     /// The kubelet process (to kill or restart it).

@@ -1,13 +1,14 @@
-//! Subresources: status, scale, binding, eviction, and log/exec (proxied to the kubelet).
+//! Subresources: status, scale, binding, eviction (log/exec/attach/portforward are proxied to
+//! the kubelet before they get here: see `node_proxy`).
 
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use baton_store::Store;
 
+use super::Call;
 use super::read::read_object;
 use super::write::{patch, update};
-use super::{Call, set_type};
 use crate::ApiServer;
 use crate::body::{Body, json_response, parse_object};
 use crate::objects::{Decision, guaranteed_update};
@@ -33,7 +34,6 @@ pub async fn dispatch<S: Store>(
         ("scale", "update" | "patch") => scale(server, call).await,
         ("binding", "create") => binding(server, call).await,
         ("eviction", "create") => eviction(server, call).await,
-        ("log" | "exec" | "attach" | "portforward", _) => node_proxy(server, call, sub).await,
         _ => Err(StatusError::method_not_supported(
             &call.resource.subject(),
             verb,
@@ -197,27 +197,4 @@ async fn eviction<S: Store>(
         StatusCode::CREATED,
         &success_status(&call.resource.subject(), call.name(), None),
     ))
-}
-
-/// pods/log, pods/exec ...: answered by the pod's kubelet. Until a node runs one, 503.
-async fn node_proxy<S: Store>(
-    server: &ApiServer<S>,
-    call: &Call<'_>,
-    sub: &str,
-) -> Result<Response<Body>, StatusError> {
-    let mut pod = read_object(server, call.resource, &call.key(), call.name()).await?;
-    set_type(call.resource, &mut pod);
-    let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
-    if node.is_empty() {
-        return Err(StatusError::bad_request(format!(
-            "pod {} does not have a host assigned",
-            call.name()
-        )));
-    }
-    let mut err = StatusError::unavailable(format!(
-        "pods/{sub} needs the kubelet of node {node:?}, and this cluster has no kubelet serving it yet"
-    ));
-    // Not a moment's unavailability: ask clients not to retry at once.
-    err.retry_after = None;
-    Err(err)
 }

@@ -1,0 +1,369 @@
+//! pods/log, pods/exec, pods/attach and pods/portforward, answered by the pod's kubelet as
+//! kube-apiserver does: the request goes on to `https://<node InternalIP>:<kubelet port>/
+//! containerLogs|exec|attach|portForward/...` with the API server's kubelet client certificate,
+//! the answer streams back, and an upgraded connection (the WebSocket of `kubectl exec`) is
+//! spliced through both ways.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, BodyStream, Empty, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::Value;
+
+use baton_pki::tls::{read_certs, read_key};
+use baton_store::Store;
+
+use crate::ApiServer;
+use crate::body::{Body, Query};
+use crate::handlers::read::read_object;
+use crate::request::RequestInfo;
+use crate::resources;
+use crate::status::StatusError;
+
+/// The kubelet port when a Node does not announce one.
+const DEFAULT_KUBELET_PORT: i64 = 10250;
+
+/// Setting up the kubelet client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletClientError {
+    #[error(transparent)]
+    File(#[from] baton_pki::tls::TlsSetupError),
+    #[error("kubelet client TLS settings")]
+    Tls(#[source] rustls::Error),
+}
+
+/// How the API server connects to kubelets.
+#[derive(Clone)]
+pub struct KubeletClient {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for KubeletClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeletClient").finish_non_exhaustive()
+    }
+}
+
+impl KubeletClient {
+    /// A client presenting `cert`/`key` (when given) and verifying kubelets' serving
+    /// certificates against `ca` (when given; without it, as kube-apiserver without
+    /// --kubelet-certificate-authority, they are not verified).
+    pub fn new(
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, KubeletClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(KubeletClientError::Tls)?;
+        let builder = match ca {
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in read_certs("--kubelet-certificate-authority", path)? {
+                    roots.add(cert).map_err(KubeletClientError::Tls)?;
+                }
+                builder.with_root_certificates(roots)
+            }
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider))),
+        };
+        let config = match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certs("--kubelet-client-certificate", cert)?;
+                let key_der = read_key("--kubelet-client-key", key)?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(KubeletClientError::Tls)?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        Ok(Self {
+            tls: Arc::new(config),
+        })
+    }
+}
+
+/// Accepts any kubelet serving certificate (signatures still checked), as kube-apiserver does
+/// without --kubelet-certificate-authority.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Whether the request is one of the pod subresources the kubelet answers.
+pub fn is_node_proxied(info: &RequestInfo) -> bool {
+    info.resource == "pods"
+        && info.group.is_empty()
+        && matches!(
+            info.subresource.as_deref(),
+            Some("log" | "exec" | "attach" | "portforward")
+        )
+}
+
+/// Forwards the request to the pod's kubelet.
+pub async fn proxy<S: Store>(
+    server: &ApiServer<S>,
+    mut req: Request<Incoming>,
+    info: &RequestInfo,
+) -> Result<Response<Body>, StatusError> {
+    let pods = resources::find("", "v1", "pods").ok_or_else(StatusError::no_such_path)?;
+    let nodes = resources::find("", "v1", "nodes").ok_or_else(StatusError::no_such_path)?;
+    let name = info.name.as_deref().unwrap_or_default();
+    let namespace = info.namespace.as_deref().unwrap_or("default");
+    let pod = read_object(server, pods, &pods.key(Some(namespace), name), name).await?;
+    let sub = info.subresource.as_deref().unwrap_or_default();
+    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    if node_name.is_empty() {
+        return Err(StatusError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let query = Query::parse(req.uri().query());
+    let container = match sub {
+        "portforward" => String::new(),
+        _ => container_name(&pod, query.get("container"), name)?,
+    };
+    let node = read_object(server, nodes, &nodes.key(None, node_name), node_name).await?;
+    let address = node_address(&node).ok_or_else(|| {
+        StatusError::internal(format!(
+            "node {node_name} has no address to reach its kubelet"
+        ))
+    })?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_i64()
+        .filter(|p| *p > 0)
+        .unwrap_or(DEFAULT_KUBELET_PORT);
+    let endpoint = match sub {
+        "log" => "containerLogs",
+        "exec" => "exec",
+        "attach" => "attach",
+        _ => "portForward",
+    };
+    let mut path = format!("/{endpoint}/{namespace}/{name}");
+    if !container.is_empty() {
+        path.push('/');
+        path.push_str(&container);
+    }
+    if let Some(query) = req.uri().query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    let host = if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    };
+    let unreachable = |err: &dyn std::fmt::Display| {
+        StatusError::internal(format!(
+            "error trying to reach service: {} {}: {err}",
+            req_method_text(sub),
+            format_args!("https://{host}{path}")
+        ))
+    };
+
+    let stream = tokio::net::TcpStream::connect(&host)
+        .await
+        .map_err(|err| unreachable(&err))?;
+    let server_name = ServerName::try_from(address.clone()).map_err(|err| unreachable(&err))?;
+    let tls = tokio_rustls::TlsConnector::from(server.kubelet_client.tls.clone())
+        .connect(server_name, stream)
+        .await
+        .map_err(|err| unreachable(&err))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|err| unreachable(&err))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.with_upgrades().await {
+            tracing::debug!(%err, "kubelet connection ended");
+        }
+    });
+
+    let mut forward = Request::builder()
+        .method(req.method().clone())
+        .uri(&path)
+        .header(header::HOST, &host);
+    for (key, value) in req.headers() {
+        if key == header::HOST || key == header::AUTHORIZATION {
+            continue;
+        }
+        forward = forward.header(key, value);
+    }
+    let upgrade = req.headers().contains_key(header::UPGRADE);
+    let forward = forward
+        .body(Empty::<Bytes>::new())
+        .map_err(|err| StatusError::internal(err.to_string()))?;
+    let mut answer = sender
+        .send_request(forward)
+        .await
+        .map_err(|err| unreachable(&err))?;
+
+    if upgrade && answer.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let client_side = hyper::upgrade::on(&mut req);
+        let kubelet_side = hyper::upgrade::on(&mut answer);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, kubelet_side) {
+                Ok((client, kubelet)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut kubelet = TokioIo::new(kubelet);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut kubelet).await;
+                }
+                Err(err) => tracing::debug!(%err, "upgrading a proxied connection"),
+            }
+        });
+        let mut response = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+        for (key, value) in answer.headers() {
+            response = response.header(key, value);
+        }
+        return response
+            .body(
+                Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .map_err(|err| StatusError::internal(err.to_string()));
+    }
+
+    let (parts, body) = answer.into_parts();
+    // Stream the kubelet's answer (a followed log goes on until either side stops).
+    let frames = BodyStream::new(body)
+        .take_while(|frame| std::future::ready(frame.is_ok()))
+        .filter_map(|frame| std::future::ready(frame.ok()))
+        .map(Ok::<Frame<Bytes>, Infallible>);
+    Ok(Response::from_parts(
+        parts,
+        BodyExt::boxed(StreamBody::new(frames)),
+    ))
+}
+
+fn req_method_text(sub: &str) -> &'static str {
+    if sub == "log" { "Get" } else { "Post" }
+}
+
+/// The container a log/exec/attach request means: the named one, or the pod's only one.
+fn container_name(pod: &Value, asked: Option<&str>, pod_name: &str) -> Result<String, StatusError> {
+    let names: Vec<&str> = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|field| pod["spec"][field].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    match asked {
+        Some(name) if names.contains(&name) => Ok(name.to_owned()),
+        Some(name) => Err(StatusError::bad_request(format!(
+            "container {name} is not valid for pod {pod_name}"
+        ))),
+        None => {
+            let regular: Vec<&str> = pod["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            match regular.as_slice() {
+                [only] => Ok((*only).to_owned()),
+                _ => Err(StatusError::bad_request(format!(
+                    "a container name must be specified for pod {pod_name}, choose one of: [{}]",
+                    regular.join(" ")
+                ))),
+            }
+        }
+    }
+}
+
+/// The address to reach a node's kubelet at: InternalIP, else ExternalIP, else Hostname.
+fn node_address(node: &Value) -> Option<String> {
+    let addresses = node["status"]["addresses"].as_array()?;
+    ["InternalIP", "ExternalIP", "Hostname"]
+        .iter()
+        .find_map(|kind| {
+            addresses
+                .iter()
+                .find(|a| a["type"] == *kind)
+                .and_then(|a| a["address"].as_str())
+                .map(str::to_owned)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_container_is_the_named_or_the_only_one() {
+        let one = json!({ "spec": { "containers": [{ "name": "app" }] } });
+        assert_eq!(container_name(&one, None, "p").unwrap(), "app");
+        let two = json!({ "spec": {
+            "initContainers": [{ "name": "setup" }],
+            "containers": [{ "name": "app" }, { "name": "sidecar" }],
+        } });
+        let err = container_name(&two, None, "p").unwrap_err();
+        assert!(err.to_status()["message"].as_str().unwrap().contains(
+            "a container name must be specified for pod p, choose one of: [app sidecar]"
+        ));
+        assert_eq!(container_name(&two, Some("setup"), "p").unwrap(), "setup");
+        assert!(container_name(&two, Some("nope"), "p").is_err());
+    }
+
+    #[test]
+    fn kubelets_are_reached_at_the_internal_ip_first() {
+        let node = json!({ "status": { "addresses": [
+            { "type": "Hostname", "address": "n1" },
+            { "type": "InternalIP", "address": "10.0.0.7" },
+        ] } });
+        assert_eq!(node_address(&node).as_deref(), Some("10.0.0.7"));
+        assert_eq!(node_address(&json!({})), None);
+    }
+}

@@ -1,0 +1,446 @@
+//! `/exec/<namespace>/<pod>/<container>?command=...&stdin&stdout&stderr&tty`: a process in a
+//! running container over a WebSocket with the channel protocol kubectl speaks
+//! (v5.channel.k8s.io, or v4): each binary message starts with its stream — 0 stdin,
+//! 1 stdout, 2 stderr, 3 the final status (a metav1.Status: Success, or NonZeroExitCode with
+//! the exit code), 4 terminal resize; v5 adds 255 to close a stream (stdin's end).
+
+use std::os::fd::OwnedFd;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use kube::ResourceExt;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::{Body, ServerState, text};
+use crate::container_start::parse_container_id;
+use baton_runtime::{ContainerRuntime, ContainerState, ExecConfig};
+
+/// The subprotocols served, best first.
+const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const STATUS: u8 = 3;
+const RESIZE: u8 = 4;
+const CLOSE: u8 = 255;
+
+/// What the query asks for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ExecRequest {
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl ExecRequest {
+    pub fn parse(query: Option<&str>) -> Self {
+        let mut request = ExecRequest::default();
+        for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let on = matches!(value.as_ref(), "true" | "1");
+            match key.as_ref() {
+                "command" => request.command.push(value.into_owned()),
+                "stdin" | "input" => request.stdin = on,
+                "stdout" | "output" => request.stdout = on,
+                "stderr" | "error" => request.stderr = on,
+                "tty" => request.tty = on,
+                _ => {}
+            }
+        }
+        request
+    }
+}
+
+/// Serves the request: checks it, answers 101 and runs the session on the upgraded
+/// connection.
+pub(crate) async fn exec(
+    state: &ServerState,
+    namespace: &str,
+    pod_name: &str,
+    container: &str,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let request = ExecRequest::parse(req.uri().query());
+    if request.command.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least one command for the container",
+        );
+    }
+    let asked: Vec<String> = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
+        .collect();
+    let Some(protocol) = PROTOCOLS.iter().find(|p| asked.iter().any(|a| a == *p)) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unable to upgrade connection: the kubelet speaks {} over WebSocket",
+                PROTOCOLS.join(", ")
+            ),
+        );
+    };
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "unable to upgrade connection: not a WebSocket request",
+        );
+    };
+    let Some(pod) = state.pod(namespace, pod_name) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{pod_name}\" not found"),
+        );
+    };
+    let uid = pod.uid().unwrap_or_default();
+    let container_id = match running_container(state, &uid, container).await {
+        Some(id) => id,
+        None => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("unable to upgrade connection: container not found (\"{container}\")"),
+            );
+        }
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let ctx = state.ctx.clone();
+    let v5 = *protocol == PROTOCOLS[0];
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                if let Err(err) = session(&ctx, ws, container_id, request, v5).await {
+                    tracing::debug!(%err, "exec session");
+                }
+            }
+            Err(err) => tracing::debug!(%err, "upgrading an exec connection"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .header(header::SEC_WEBSOCKET_PROTOCOL, *protocol)
+        .body(
+            Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .expect("valid response")
+}
+
+/// The runtime id of the running attempt of `container` in pod `uid`.
+async fn running_container(state: &ServerState, uid: &str, container: &str) -> Option<String> {
+    let list = state.ctx.runtime.list_containers().await.ok()?;
+    list.into_iter()
+        .filter(|status| status.state == ContainerState::Running)
+        .filter_map(|status| {
+            let (pod, name, attempt) = parse_container_id(&status.id)?;
+            (pod == uid && name == container).then_some((attempt, status.id.clone()))
+        })
+        .max()
+        .map(|(_, id)| id)
+}
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The process's stdio as the kubelet holds it.
+struct Stdio {
+    /// Where stdin goes (absent without stdin).
+    input: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    outputs: Vec<(u8, Box<dyn AsyncRead + Send + Unpin>)>,
+    /// The terminal's leader side, for resizes.
+    terminal: Option<OwnedFd>,
+    /// The ends the process gets.
+    child: [OwnedFd; 3],
+}
+
+fn dev_null() -> std::io::Result<OwnedFd> {
+    Ok(std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?
+        .into())
+}
+
+fn pipe_stdio(request: &ExecRequest) -> std::io::Result<Stdio> {
+    let mut outputs: Vec<(u8, Box<dyn AsyncRead + Send + Unpin>)> = Vec::new();
+    let (stdin, input): (OwnedFd, Option<Box<dyn AsyncWrite + Send + Unpin>>) = if request.stdin {
+        let (reader, writer) = std::io::pipe()?;
+        let writer = tokio::net::unix::pipe::Sender::from_owned_fd(writer.into())?;
+        (reader.into(), Some(Box::new(writer)))
+    } else {
+        (dev_null()?, None)
+    };
+    let mut out = |wanted: bool, channel: u8| -> std::io::Result<OwnedFd> {
+        if !wanted {
+            return dev_null();
+        }
+        let (reader, writer) = std::io::pipe()?;
+        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())?;
+        outputs.push((channel, Box::new(reader)));
+        Ok(writer.into())
+    };
+    let stdout = out(request.stdout, STDOUT)?;
+    let stderr = out(request.stderr, STDERR)?;
+    Ok(Stdio {
+        input,
+        outputs,
+        terminal: None,
+        child: [stdin, stdout, stderr],
+    })
+}
+
+fn terminal_stdio() -> std::io::Result<Stdio> {
+    let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
+    let leader = pty.master;
+    let reader = tokio::fs::File::from_std(std::fs::File::from(leader.try_clone()?));
+    let writer = tokio::fs::File::from_std(std::fs::File::from(leader.try_clone()?));
+    let follower = pty.slave;
+    Ok(Stdio {
+        input: Some(Box::new(writer)),
+        outputs: vec![(STDOUT, Box::new(reader))],
+        terminal: Some(leader),
+        child: [follower.try_clone()?, follower.try_clone()?, follower],
+    })
+}
+
+/// The final status message of channel 3.
+pub(crate) fn exit_status_message(command: &[String], exit_code: i32) -> serde_json::Value {
+    if exit_code == 0 {
+        return json!({ "metadata": {}, "status": "Success" });
+    }
+    json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": format!(
+            "command terminated with non-zero exit code: error executing command [{}], exit code {exit_code}",
+            command.join(" ")
+        ),
+        "reason": "NonZeroExitCode",
+        "details": { "causes": [{ "reason": "ExitCode", "message": exit_code.to_string() }] },
+    })
+}
+
+fn framed(channel: u8, data: &[u8]) -> Message {
+    let mut frame = Vec::with_capacity(data.len() + 1);
+    frame.push(channel);
+    frame.extend_from_slice(data);
+    Message::Binary(Bytes::from(frame))
+}
+
+async fn session(
+    ctx: &crate::context::KubeletContext,
+    ws: Socket,
+    container_id: String,
+    request: ExecRequest,
+    v5: bool,
+) -> std::io::Result<()> {
+    let (mut sink, mut incoming) = ws.split();
+    let stdio = if request.tty {
+        terminal_stdio()
+    } else {
+        pipe_stdio(&request)
+    };
+    let stdio = match stdio {
+        Ok(stdio) => stdio,
+        Err(err) => {
+            let status = json!({ "metadata": {}, "status": "Failure", "message": format!("set up the process's stdio: {err}"), "reason": "InternalError" });
+            let _ = sink
+                .send(framed(STATUS, status.to_string().as_bytes()))
+                .await;
+            return Err(err);
+        }
+    };
+    let Stdio {
+        mut input,
+        outputs,
+        terminal,
+        child,
+    } = stdio;
+    let config = ExecConfig {
+        container_id: container_id.clone(),
+        args: request.command.clone(),
+        tty: request.tty,
+    };
+    let pid = match ctx.runtime.exec(config, child).await {
+        Ok(pid) => pid,
+        Err(err) => {
+            let status = json!({ "metadata": {}, "status": "Failure", "message": err.to_string(), "reason": "InternalError" });
+            let _ = sink
+                .send(framed(STATUS, status.to_string().as_bytes()))
+                .await;
+            close(&mut sink).await;
+            return Ok(());
+        }
+    };
+    // Output: one task per stream, all feeding the socket's writer.
+    let (frames, mut to_send) = tokio::sync::mpsc::channel::<Message>(16);
+    let mut readers = Vec::new();
+    for (channel, mut reader) in outputs {
+        let frames = frames.clone();
+        readers.push(tokio::spawn(async move {
+            let mut buffer = vec![0u8; 32 * 1024];
+            loop {
+                match reader.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if frames.send(framed(channel, &buffer[..n])).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    drop(frames);
+    let outputs_done = async {
+        for reader in readers {
+            let _ = reader.await;
+        }
+    };
+    tokio::pin!(outputs_done);
+    let exited = baton_runtime::wait_for_exit(pid);
+    tokio::pin!(exited);
+    let (mut process_done, mut output_done) = (false, false);
+    while !(process_done && (output_done || request.tty)) {
+        tokio::select! {
+            message = to_send.recv() => match message {
+                Some(message) => sink.send(message).await.map_err(std::io::Error::other)?,
+                None => output_done = true,
+            },
+            _ = &mut outputs_done, if !output_done => {}
+            _ = &mut exited, if !process_done => process_done = true,
+            message = incoming.next() => match message {
+                Some(Ok(Message::Binary(data))) if !data.is_empty() => {
+                    handle_input(&data, &mut input, terminal.as_ref(), v5).await;
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    // The client left: stop the process.
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                    return Ok(());
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    // Whatever output is still queued goes out before the status.
+    while let Ok(message) = to_send.try_recv() {
+        sink.send(message).await.map_err(std::io::Error::other)?;
+    }
+    let exit_code = match ctx.runtime.exec_status(pid).await {
+        Ok(Some(exit)) => exit.exit_code,
+        _ => 1,
+    };
+    let status = exit_status_message(&request.command, exit_code);
+    sink.send(framed(STATUS, status.to_string().as_bytes()))
+        .await
+        .map_err(std::io::Error::other)?;
+    close(&mut sink).await;
+    Ok(())
+}
+
+/// Ends the session with a normal closure (1000): kubectl treats a close without a status
+/// code as an error on its streams.
+async fn close(sink: &mut futures::stream::SplitSink<Socket, Message>) {
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.close().await;
+}
+
+/// Applies one message from the client: stdin data, a resize, or (v5) stdin's end.
+async fn handle_input(
+    data: &[u8],
+    input: &mut Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    terminal: Option<&OwnedFd>,
+    v5: bool,
+) {
+    match data[0] {
+        STDIN => {
+            if let Some(writer) = input.as_mut()
+                && writer.write_all(&data[1..]).await.is_err()
+            {
+                *input = None;
+            }
+        }
+        RESIZE => {
+            #[derive(serde::Deserialize)]
+            struct Size {
+                #[serde(rename = "Width")]
+                width: u16,
+                #[serde(rename = "Height")]
+                height: u16,
+            }
+            if let (Some(terminal), Ok(size)) =
+                (terminal, serde_json::from_slice::<Size>(&data[1..]))
+            {
+                let _ = rustix::termios::tcsetwinsize(
+                    terminal,
+                    rustix::termios::Winsize {
+                        ws_row: size.height,
+                        ws_col: size.width,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    },
+                );
+            }
+        }
+        CLOSE if v5 && data.get(1) == Some(&STDIN) => {
+            if let Some(mut writer) = input.take() {
+                let _ = writer.shutdown().await;
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_names_the_command_and_streams() {
+        let request = ExecRequest::parse(Some(
+            "command=sh&command=-c&command=echo+hi&stdin=true&stdout=true&tty=true&container=main",
+        ));
+        assert_eq!(request.command, ["sh", "-c", "echo hi"]);
+        assert!(request.stdin && request.stdout && request.tty && !request.stderr);
+    }
+
+    #[test]
+    fn the_status_carries_the_exit_code() {
+        let ok = exit_status_message(&["true".into()], 0);
+        assert_eq!(ok["status"], "Success");
+        let failed = exit_status_message(&["sh".into(), "-c".into(), "exit 7".into()], 7);
+        assert_eq!(failed["reason"], "NonZeroExitCode");
+        assert_eq!(failed["details"]["causes"][0]["message"], "7");
+        assert_eq!(
+            failed["message"],
+            "command terminated with non-zero exit code: error executing command [sh -c exit 7], exit code 7"
+        );
+    }
+}

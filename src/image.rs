@@ -1,0 +1,135 @@
+//! `baton image`: the node's image store from the command line (what `ctr images` and
+//! `crictl images` are to containerd): import archives, pull, list, remove, and build the
+//! busybox test image.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+/// `baton image` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image layout (directory or tar) or a `docker save` archive.
+    Import {
+        /// The layout directory or archive.
+        file: PathBuf,
+        /// The image store.
+        #[arg(long, default_value = baton_images::DEFAULT_ROOT)]
+        store: PathBuf,
+    },
+    /// Pull an image from a registry.
+    Pull {
+        /// The image reference (`busybox`, `registry:5000/app:1.0`, `name@sha256:...`).
+        reference: String,
+        /// Registries (host:port) spoken to over plain HTTP.
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+        /// The image store.
+        #[arg(long, default_value = baton_images::DEFAULT_ROOT)]
+        store: PathBuf,
+    },
+    /// List the images in the store.
+    List {
+        /// The image store.
+        #[arg(long, default_value = baton_images::DEFAULT_ROOT)]
+        store: PathBuf,
+    },
+    /// Remove an image (by reference or id) and the layers no other image uses.
+    Remove {
+        /// The image reference or id.
+        reference: String,
+        /// The image store.
+        #[arg(long, default_value = baton_images::DEFAULT_ROOT)]
+        store: PathBuf,
+    },
+    /// Build the busybox test image (from Debian's busybox-static) as an OCI layout,
+    /// reproducibly.
+    BuildTestImage {
+        /// The layout directory to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// The name recorded in the layout.
+        #[arg(long, default_value = "docker.io/library/busybox:1.35")]
+        reference: String,
+        /// The busybox binary.
+        #[arg(long, default_value = baton_image_builder::DEFAULT_BUSYBOX)]
+        busybox: PathBuf,
+        /// Also write the layout as an OCI archive (tar) here.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
+}
+
+/// Runs the subcommand.
+pub async fn run(command: ImageCommand) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match command {
+        ImageCommand::Import { file, store } => {
+            let store = baton_images::ImageStore::open(&store)?;
+            for image in store.import(&file).await? {
+                println!(
+                    "imported {} {}",
+                    short(&image.id),
+                    image.repo_tags.join(" ")
+                );
+            }
+        }
+        ImageCommand::Pull {
+            reference,
+            insecure_registries,
+            store,
+        } => {
+            let store = baton_images::ImageStore::open(&store)?;
+            let options = baton_images::PullOptions {
+                insecure_registries,
+                ..Default::default()
+            };
+            let image = store.pull(&reference, &options).await?;
+            println!("pulled {} {}", short(&image.id), image.repo_tags.join(" "));
+        }
+        ImageCommand::List { store } => {
+            let store = baton_images::ImageStore::open(&store)?;
+            // One row per name, as `crictl images` shows them.
+            let mut rows: Vec<(String, String, u64)> = Vec::new();
+            for image in store.list() {
+                let names = if image.repo_tags.is_empty() {
+                    vec!["<none>".to_owned()]
+                } else {
+                    image.repo_tags.clone()
+                };
+                for name in names {
+                    rows.push((name, short(&image.id).to_owned(), image.size));
+                }
+            }
+            rows.sort();
+            println!("{:<60} {:<14} {:>10}", "IMAGE", "IMAGE ID", "SIZE");
+            for (name, id, size) in rows {
+                println!("{name:<60} {id:<14} {:>8.1}MB", size as f64 / 1_000_000.0);
+            }
+        }
+        ImageCommand::Remove { reference, store } => {
+            let store = baton_images::ImageStore::open(&store)?;
+            let image = store.remove(&reference).await?;
+            println!("removed {}", short(&image.id));
+        }
+        ImageCommand::BuildTestImage {
+            output,
+            reference,
+            busybox,
+            archive,
+        } => {
+            let built = baton_image_builder::build_busybox_image(&busybox, &output, &reference)?;
+            if let Some(archive) = archive {
+                baton_image_builder::write_oci_archive(&built.layout_dir, &archive)?;
+            }
+            println!("{} {}", built.reference, built.manifest_digest);
+        }
+    }
+    Ok(())
+}
+
+/// The first 12 hex digits of an image id, as `crictl images` shows it.
+fn short(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
