@@ -297,7 +297,7 @@ pub fn resolve_env(
 }
 
 /// The value of a downward API `fieldRef`.
-fn field_value(
+pub(crate) fn field_value(
     field: &ObjectFieldSelector,
     pod: &Pod,
     node: &NodeFacts,
@@ -392,7 +392,7 @@ fn go_quote(value: &str) -> String {
 /// The value of a downward API `resourceFieldRef`: the container's (or the named container's)
 /// request or limit in units of the divisor, rounded up; a missing limit reads as the node's
 /// allocatable amount.
-fn resource_value(
+pub(crate) fn resource_value(
     selector: &ResourceFieldSelector,
     pod: &Pod,
     container: &Container,

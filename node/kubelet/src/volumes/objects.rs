@@ -1,0 +1,117 @@
+//! Where configMap, secret and projected volumes get their ConfigMaps and Secrets: the API
+//! (read on every set-up, so that updates reach running pods), behind a small trait so that
+//! payloads can be tested without a server.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Api, Client};
+
+/// Reads the ConfigMaps and Secrets of the pod's namespace. `Ok(None)`: the object does not
+/// exist; `Err`: the message of any other failure.
+pub trait ObjectSource {
+    async fn config_map(&self, name: &str) -> Result<Option<ConfigMap>, String>;
+    async fn secret(&self, name: &str) -> Result<Option<Secret>, String>;
+}
+
+/// The API server as an [`ObjectSource`].
+#[derive(Clone)]
+pub struct ApiObjects {
+    config_maps: Api<ConfigMap>,
+    secrets: Api<Secret>,
+}
+
+impl std::fmt::Debug for ApiObjects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiObjects").finish_non_exhaustive()
+    }
+}
+
+impl ApiObjects {
+    /// Objects of `namespace`.
+    pub fn new(client: &Client, namespace: &str) -> Self {
+        Self {
+            config_maps: Api::namespaced(client.clone(), namespace),
+            secrets: Api::namespaced(client.clone(), namespace),
+        }
+    }
+}
+
+/// The API's own message for a failed read (what upstream's FailedMount events show).
+fn message(err: kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message,
+        other => other.to_string(),
+    }
+}
+
+impl ObjectSource for ApiObjects {
+    async fn config_map(&self, name: &str) -> Result<Option<ConfigMap>, String> {
+        self.config_maps.get_opt(name).await.map_err(message)
+    }
+
+    async fn secret(&self, name: &str) -> Result<Option<Secret>, String> {
+        self.secrets.get_opt(name).await.map_err(message)
+    }
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! A map of objects standing in for the API in tests.
+
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+
+    use super::*;
+
+    /// ConfigMaps and Secrets by name; `failing` makes every read fail.
+    #[derive(Debug, Default)]
+    pub struct FakeObjects {
+        pub config_maps: BTreeMap<String, ConfigMap>,
+        pub secrets: BTreeMap<String, Secret>,
+        pub failing: bool,
+    }
+
+    impl FakeObjects {
+        pub fn with_config_map(mut self, name: &str, data: &[(&str, &str)]) -> Self {
+            let map = ConfigMap {
+                data: Some(
+                    data.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            };
+            self.config_maps.insert(name.into(), map);
+            self
+        }
+
+        pub fn with_secret(mut self, name: &str, data: &[(&str, &str)]) -> Self {
+            let secret = Secret {
+                data: Some(
+                    data.iter()
+                        .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                        .collect(),
+                ),
+                ..Default::default()
+            };
+            self.secrets.insert(name.into(), secret);
+            self
+        }
+    }
+
+    impl ObjectSource for FakeObjects {
+        async fn config_map(&self, name: &str) -> Result<Option<ConfigMap>, String> {
+            if self.failing {
+                return Err(format!("configmaps \"{name}\" is forbidden"));
+            }
+            Ok(self.config_maps.get(name).cloned())
+        }
+
+        async fn secret(&self, name: &str) -> Result<Option<Secret>, String> {
+            if self.failing {
+                return Err(format!("secrets \"{name}\" is forbidden"));
+            }
+            Ok(self.secrets.get(name).cloned())
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! configMap, secret, downwardAPI and projected volumes on a real kubelet node (as root):
+//! their files as a container sees them (items, modes, fsGroup, the secret's tmpfs), a
+//! ConfigMap update reaching a running container, and FailedMount for what cannot be mounted.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use baton_test_harness::{Binary, NodeCluster, wait_until};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+fn binary() -> Binary {
+    Binary(env!("CARGO_BIN_EXE_baton").into())
+}
+
+/// The CRI log of the first attempt of container `main` of pod `name`.
+fn log_file(cluster: &NodeCluster, pod: &Pod) -> PathBuf {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    cluster
+        .node
+        .pod_logs_dir()
+        .join(format!("default_{name}_{uid}/main/0.log"))
+}
+
+/// The text of each stdout line of a CRI log (`<time> stdout F <text>`).
+fn stdout_lines(path: &PathBuf) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let (_time, stream, _tag) = (parts.next()?, parts.next()?, parts.next()?);
+            (stream == "stdout").then(|| parts.next().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+/// The value printed as `key=value`, if the container printed it.
+fn printed(lines: &[String], key: &str) -> Option<String> {
+    lines
+        .iter()
+        .find_map(|line| line.strip_prefix(&format!("{key}=")).map(str::to_owned))
+}
+
+/// The note of the pod's FailedMount event, once there is one.
+async fn failed_mount(cluster: &NodeCluster, pod: &str) -> Option<String> {
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
+    let list = events.list(&ListParams::default()).await.ok()?;
+    list.items.into_iter().find_map(|event| {
+        (event.reason.as_deref() == Some("FailedMount")
+            && event.regarding.as_ref()?.name.as_deref() == Some(pod))
+        .then(|| event.note.unwrap_or_default())
+    })
+}
+
+fn waiting_reason(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .clone()
+}
+
+const SCRIPT: &str = r#"
+echo "config=$(cat /etc/config/key)"
+echo "config-bin=$(od -An -tx1 /etc/config/bin | tr -d ' ')"
+echo "secret=$(cat /etc/secret/db/password)"
+echo "secret-file=$(stat -L -c '%g %a' /etc/secret/db/password)"
+echo "secret-fs=$(awk '$2 == "/etc/secret" { print $3 }' /proc/mounts)"
+echo "secret-keys=$(ls /etc/secret | tr '\n' ' ')"
+echo "info-name=$(cat /etc/info/name)"
+echo "info-labels=$(cat /etc/info/labels | tr '\n' ';')"
+echo "info-memory=$(cat /etc/info/memory)"
+echo "info-mode=$(stat -L -c '%a' /etc/info/name)"
+echo "projected=$(cat /etc/projected/config/key),$(cat /etc/projected/password),$(cat /etc/projected/namespace)"
+echo "projected-mode=$(stat -L -c '%a' /etc/projected/password)"
+echo "projected-fs=$(awk '$2 == "/etc/projected" { print $3 }' /proc/mounts)"
+echo "optional=$(ls /etc/optional | wc -l)"
+while true; do echo "live=$(cat /etc/config/key)"; sleep 1; done
+"#;
+
+#[tokio::test]
+async fn config_map_secret_downward_api_and_projected_volumes() -> Result<()> {
+    let cluster = NodeCluster::start(&binary(), "node-volumes", &[]).await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), "default");
+    config_maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "app-config" },
+                "data": { "key": "value-1", "other": "x" },
+                "binaryData": { "bin": "AAH/" },
+            }))?,
+        )
+        .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "app-secret" },
+                "stringData": { "password": "hunter2", "user": "admin" },
+            }))?,
+        )
+        .await?;
+
+    let mounts = json!([
+        { "name": "config", "mountPath": "/etc/config" },
+        { "name": "secret", "mountPath": "/etc/secret", "readOnly": true },
+        { "name": "info", "mountPath": "/etc/info" },
+        { "name": "projected", "mountPath": "/etc/projected" },
+        { "name": "optional", "mountPath": "/etc/optional" },
+    ]);
+    let pod = cluster
+        .create_pod(
+            "volumes",
+            SCRIPT,
+            json!({
+                "metadata": { "labels": { "app": "web", "tier": "front" } },
+                "spec": {
+                    "securityContext": { "fsGroup": 2000 },
+                    "containers": [{
+                        "name": "main",
+                        "image": cluster.image,
+                        "command": ["sh", "-c", SCRIPT],
+                        "volumeMounts": mounts,
+                        "resources": { "requests": { "memory": "32Mi" } },
+                    }],
+                    "volumes": [
+                        { "name": "config", "configMap": { "name": "app-config" } },
+                        { "name": "secret", "secret": {
+                            "secretName": "app-secret",
+                            "defaultMode": 0o400,
+                            "items": [{ "key": "password", "path": "db/password" }],
+                        } },
+                        { "name": "info", "downwardAPI": { "items": [
+                            { "path": "name", "fieldRef": { "fieldPath": "metadata.name" } },
+                            { "path": "labels", "fieldRef": { "fieldPath": "metadata.labels" } },
+                            { "path": "memory", "resourceFieldRef": {
+                                "containerName": "main",
+                                "resource": "requests.memory",
+                                "divisor": "1Mi",
+                            } },
+                        ] } },
+                        { "name": "projected", "projected": {
+                            "defaultMode": 0o600,
+                            "sources": [
+                                { "configMap": { "name": "app-config", "items": [
+                                    { "key": "key", "path": "config/key" },
+                                ] } },
+                                { "secret": { "name": "app-secret" } },
+                                { "downwardAPI": { "items": [
+                                    { "path": "namespace", "fieldRef": { "fieldPath": "metadata.namespace" } },
+                                ] } },
+                            ],
+                        } },
+                        { "name": "optional", "configMap": { "name": "absent", "optional": true } },
+                    ],
+                },
+            }),
+        )
+        .await?;
+    let log = log_file(&cluster, &pod);
+    let lines = wait_until(
+        "the container's report",
+        Duration::from_secs(90),
+        || async {
+            let lines = stdout_lines(&log);
+            lines
+                .iter()
+                .any(|line| line.starts_with("live="))
+                .then_some(lines)
+        },
+    )
+    .await;
+    let lines = match lines {
+        Ok(lines) => lines,
+        Err(err) => panic!(
+            "{err}\nlog: {:?}\nkubelet log:\n{}",
+            stdout_lines(&log),
+            cluster.node.log()
+        ),
+    };
+    let get = |key: &str| printed(&lines, key).unwrap_or_else(|| panic!("{key} in {lines:?}"));
+    assert_eq!(get("config"), "value-1");
+    assert_eq!(get("config-bin"), "0001ff");
+    assert_eq!(get("secret"), "hunter2");
+    // defaultMode 0400 plus group read for the fsGroup, which owns the file.
+    assert_eq!(get("secret-file"), "2000 440");
+    assert_eq!(get("secret-fs"), "tmpfs", "secrets live on a tmpfs");
+    assert_eq!(get("secret-keys"), "db ", "only the listed item");
+    assert_eq!(get("info-name"), "volumes");
+    assert_eq!(get("info-labels"), "app=\"web\";tier=\"front\"");
+    assert_eq!(get("info-memory"), "32");
+    assert_eq!(get("info-mode"), "644");
+    assert_eq!(get("projected"), "value-1,hunter2,default");
+    assert_eq!(get("projected-mode"), "640");
+    assert_eq!(get("projected-fs"), "tmpfs");
+    assert_eq!(get("optional"), "0");
+
+    // An update of the ConfigMap reaches the running container.
+    config_maps
+        .patch(
+            "app-config",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "data": { "key": "value-2" } })),
+        )
+        .await?;
+    let updated = wait_until(
+        "the running container to read the new value",
+        Duration::from_secs(150),
+        || async {
+            stdout_lines(&log)
+                .iter()
+                .any(|line| line == "live=value-2")
+                .then_some(())
+        },
+    )
+    .await;
+    if let Err(err) = updated {
+        panic!("{err}\nkubelet log:\n{}", cluster.node.log());
+    }
+    let status = cluster.pods().get("volumes").await?.status.unwrap();
+    let restarts = status.container_statuses.unwrap()[0].restart_count;
+    assert_eq!(restarts, 0, "the update needs no restart");
+    Ok(())
+}
+
+#[tokio::test]
+async fn volumes_that_cannot_be_mounted_keep_the_pod_creating() -> Result<()> {
+    let cluster = NodeCluster::start(&binary(), "node-failed-mount", &[]).await?;
+    let mount = json!([{ "name": "config", "mountPath": "/etc/config" }]);
+    let with_volume = |volume: serde_json::Value| {
+        json!({ "spec": {
+            "containers": [{
+                "name": "main",
+                "image": cluster.image,
+                "command": ["sh", "-c", "sleep 3600"],
+                "volumeMounts": mount,
+            }],
+            "volumes": [volume],
+        } })
+    };
+    cluster
+        .create_pod(
+            "missing-config",
+            "sleep 3600",
+            with_volume(json!({ "name": "config", "configMap": { "name": "does-not-exist" } })),
+        )
+        .await?;
+    cluster
+        .create_pod(
+            "token",
+            "sleep 3600",
+            with_volume(json!({ "name": "config", "projected": { "sources": [
+                { "serviceAccountToken": { "path": "token", "expirationSeconds": 3600 } },
+            ] } })),
+        )
+        .await?;
+
+    let note = wait_until("a FailedMount event", Duration::from_secs(60), || {
+        failed_mount(&cluster, "missing-config")
+    })
+    .await?;
+    assert_eq!(
+        note,
+        "MountVolume.SetUp failed for volume \"config\" : configmap \"does-not-exist\" not found"
+    );
+    let note = wait_until("a FailedMount event", Duration::from_secs(60), || {
+        failed_mount(&cluster, "token")
+    })
+    .await?;
+    assert!(
+        note.starts_with(
+            "MountVolume.SetUp failed for volume \"config\" : failed to fetch token: "
+        ) && note.contains("TokenRequest"),
+        "{note}"
+    );
+    for name in ["missing-config", "token"] {
+        let reason = cluster
+            .wait_for("ContainerCreating", name, waiting_reason)
+            .await;
+        assert_eq!(reason, "ContainerCreating");
+    }
+
+    // Once the ConfigMap exists, the pod starts.
+    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "default");
+    config_maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "does-not-exist" },
+                "data": { "key": "now it does" },
+            }))?,
+        )
+        .await?;
+    cluster
+        .wait_for("the pod to run", "missing-config", |pod| {
+            (pod.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
+        })
+        .await;
+    Ok(())
+}
