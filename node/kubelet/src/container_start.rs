@@ -1,7 +1,7 @@
 //! Starting one attempt of one container: the image (by its pull policy, with Pulling/Pulled
 //! events), the environment, the OCI bundle (config.json over an overlay of the image's
-//! layers), then create and start through the runtime. Every failure comes back as the
-//! waiting reason and message the pod's status shows.
+//! layers), then create and start through the runtime, and its postStart hook. Every failure
+//! to start comes back as the waiting reason and message the pod's status shows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use baton_images::{Image, PullOptions};
 use baton_runtime::{ContainerConfig, ContainerRuntime, Sandbox};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, LifecycleHandler, Pod, Secret};
 use kube::{Api, ResourceExt};
+use tokio::sync::watch;
 
 use crate::cgroup_names::container_cgroup_path;
 use crate::container_spec::{
@@ -19,8 +20,11 @@ use crate::container_spec::{
 };
 use crate::context::KubeletContext;
 use crate::env::{EnvSources, NodeFacts, resolve_env};
+use crate::hooks::run_hook;
 use crate::pod_dirs::PodDirs;
 use crate::pod_status::Attempt;
+use crate::pod_worker::{PodUpdate, deletion_requested};
+use crate::probes::Target;
 use crate::qos::pod_cgroup_name;
 
 /// Why an attempt could not start: the container's waiting reason and message.
@@ -47,6 +51,8 @@ impl StartFailure {
 pub struct Started {
     pub attempt: Attempt,
     pub pid: i32,
+    /// Its postStart hook failed (upstream's message): the container is to be killed.
+    pub post_start_failure: Option<String>,
 }
 
 /// The runtime's id of attempt `attempt` of container `name` of pod `uid`.
@@ -76,6 +82,8 @@ pub struct StartRequest<'a> {
     pub volumes: &'a HashMap<String, PathBuf>,
     pub hostname: &'a str,
     pub pod_ip: Option<&'a str>,
+    /// The pod's updates: a postStart hook is cut short when the pod is deleted.
+    pub updates: Option<watch::Receiver<PodUpdate>>,
 }
 
 /// Starts the attempt.
@@ -108,16 +116,71 @@ pub async fn start_container(
     }
     let pid = result?;
     let _ = ctx.images.mark_used(&image.id);
+    let started_at = jiff::Timestamp::now();
+    let post_start_failure = match container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.as_ref())
+    {
+        Some(handler) => post_start(ctx, request, handler, &id).await,
+        None => None,
+    };
     Ok(Started {
         attempt: Attempt {
             attempt: request.attempt,
             container_id: id,
             image_id: image_id(&image),
-            started_at: Some(jiff::Timestamp::now()),
+            started_at: Some(started_at),
             exit: None,
         },
         pid,
+        post_start_failure,
     })
+}
+
+/// Runs the container's postStart hook right after the start, as upstream (the container
+/// counts as running once it has completed); returns the failure message if it failed. A
+/// deletion of the pod cuts the hook short (then the pod's termination stops the container).
+async fn post_start(
+    ctx: &KubeletContext,
+    request: &StartRequest<'_>,
+    handler: &LifecycleHandler,
+    id: &str,
+) -> Option<String> {
+    let pod = request.pod;
+    let name = request.container.name.as_str();
+    let pod_ip = request.pod_ip.and_then(|ip| ip.parse().ok());
+    let target = Target::new(
+        pod,
+        request.container,
+        id,
+        Some(request.sandbox),
+        pod_ip,
+        ctx.node_ip,
+    );
+    let hook = run_hook(&ctx.runtime, pod, handler, &target);
+    let result = match request.updates.clone() {
+        Some(updates) => tokio::select! {
+            result = hook => result,
+            () = deletion_requested(updates) => {
+                tracing::info!(container = %id, "postStart hook cut short: the pod is being deleted");
+                return None;
+            }
+        },
+        None => hook.await,
+    };
+    let message = result.err()?;
+    tracing::warn!(container = %id, error = %message, "postStart hook failed");
+    // As upstream, the message stays out of the event (it may hold secrets).
+    ctx.event(
+        pod,
+        Some(name),
+        true,
+        "FailedPostStartHook",
+        "PostStartHook failed".into(),
+    )
+    .await;
+    Some(message)
 }
 
 #[allow(clippy::too_many_arguments)]

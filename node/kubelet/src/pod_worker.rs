@@ -2,15 +2,18 @@
 //! order, then containers, restarts by the restart policy with back-off), posts the pod's
 //! status when it changes, and on deletion stops the containers within the grace period,
 //! removes everything the pod had on the node and lets the API server remove the pod.
-//! It wakes on a pod update, a container exit (pidfd) or a back-off deadline; never polls.
+//! It wakes on a pod update, a container exit (pidfd), a probe result or a deadline (back-off,
+//! the next probe run); never polls. Probes run as tasks of their own ([`crate::probes`]) and
+//! report back through a channel; a container whose liveness or startup probe or postStart
+//! hook failed is stopped by a task of its own ([`crate::container_stop`], preStop included).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_runtime::{ContainerRuntime, ContainerState, Sandbox, SandboxConfig, wait_for_exit};
-use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, ResourceExt};
 use tokio::sync::{mpsc, watch};
@@ -19,9 +22,13 @@ use crate::backoff::Backoff;
 use crate::container_spec::namespaces::pod_hostname;
 use crate::container_spec::pod_description;
 use crate::container_start::{StartRequest, parse_container_id, start_container};
+use crate::container_stop::{StopRequest, stop_container};
 use crate::context::KubeletContext;
 use crate::pod_dirs::{PodDirs, etc_files};
-use crate::pod_status::{Attempt, ContainerTrack, Exit, PodFacts, pod_status};
+use crate::pod_status::{Attempt, CONTAINER_ID_SCHEME, ContainerTrack, Exit, PodFacts, pod_status};
+use crate::probes::{
+    DueProbe, ProbeKind, ProbeManager, ProbeOutput, RunResult, Seed, Target, Verdict, run_probe,
+};
 use crate::volumes;
 
 /// What the worker is told about its pod.
@@ -33,8 +40,7 @@ pub enum PodUpdate {
     Gone,
 }
 
-/// SIGTERM and SIGKILL.
-const SIGTERM: i32 = 15;
+/// SIGKILL (a pod gone from the API is not given a grace period).
 const SIGKILL: i32 = 9;
 /// How long a SIGKILLed container may take to go away.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -58,6 +64,25 @@ pub struct PodWorker {
     watching: usize,
     /// The status last posted.
     posted: Option<PodStatus>,
+    /// When each probe of the running containers is due, and what their results mean.
+    probes: ProbeManager,
+    /// Results of probe runs (sent by one task per run), and those not yet applied.
+    probe_results: mpsc::UnboundedReceiver<ProbeReport>,
+    probe_sender: mpsc::UnboundedSender<ProbeReport>,
+    probe_reports: Vec<ProbeReport>,
+    /// Attempts (runtime ids) a task is stopping after a probe or postStart hook failure.
+    killing: HashSet<String>,
+    /// The pod's updates, for cutting a postStart hook short when the pod is deleted.
+    updates: Option<watch::Receiver<PodUpdate>>,
+}
+
+/// The result of one probe run, sent back to the worker.
+#[derive(Debug)]
+struct ProbeReport {
+    container: String,
+    container_id: String,
+    kind: ProbeKind,
+    result: RunResult,
 }
 
 impl std::fmt::Debug for PodWorker {
@@ -82,6 +107,7 @@ impl PodWorker {
             &uid,
         );
         let (exit_sender, exits) = mpsc::unbounded_channel();
+        let (probe_sender, probe_results) = mpsc::unbounded_channel();
         let mut worker = Self {
             ctx,
             uid,
@@ -99,9 +125,41 @@ impl PodWorker {
             exit_sender,
             watching: 0,
             posted: pod.status.clone(),
+            probes: ProbeManager::default(),
+            probe_results,
+            probe_sender,
+            probe_reports: Vec::new(),
+            killing: HashSet::new(),
+            updates: None,
         };
         worker.adopt().await;
+        worker.seed_probes(pod);
         worker
+    }
+
+    /// Carries the started and ready states the API shows for running containers over to
+    /// their probes, so that a kubelet restart does not turn a healthy pod unready.
+    fn seed_probes(&mut self, pod: &Pod) {
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref());
+        for status in statuses.into_iter().flatten() {
+            let Some(id) = status
+                .container_id
+                .as_deref()
+                .and_then(|id| id.strip_prefix(CONTAINER_ID_SCHEME))
+            else {
+                continue;
+            };
+            if status.state.as_ref().is_some_and(|s| s.running.is_some()) {
+                let seed = Seed {
+                    started: status.started.unwrap_or(false),
+                    ready: status.ready,
+                };
+                self.probes.seed(id, seed);
+            }
+        }
     }
 
     /// Rebuilds the container tracks from what the runtime has for this pod.
@@ -156,6 +214,7 @@ impl PodWorker {
 
     /// Runs until the pod is gone from the node.
     pub async fn run(mut self, mut updates: watch::Receiver<PodUpdate>) {
+        self.updates = Some(updates.clone());
         loop {
             let update = updates.borrow_and_update().clone();
             let wake = match update {
@@ -185,6 +244,7 @@ impl PodWorker {
                     }
                 }
                 Some(_) = self.exits.recv() => self.watching -= 1,
+                Some(report) = self.probe_results.recv() => self.probe_reports.push(report),
                 _ = sleep => {}
             }
         }
@@ -194,6 +254,9 @@ impl PodWorker {
     async fn sync(&mut self, pod: &Pod) -> Option<Instant> {
         self.refresh_exits().await;
         let wake = self.converge(pod).await;
+        // Volumes fed by ConfigMaps and Secrets are set up again periodically (updates).
+        let wake = wake.into_iter().chain(volumes::refresh_deadline(pod)).min();
+        let wake = wake.into_iter().chain(self.sync_probes(pod)).min();
         self.post_status(pod).await;
         wake
     }
@@ -258,6 +321,7 @@ impl PodWorker {
                 backoff.reset();
             }
             backoff.failed(Instant::now());
+            self.killing.remove(&id);
         }
     }
 
@@ -285,15 +349,16 @@ impl PodWorker {
                 }
             },
         };
-        let volumes = match volumes::set_up(pod, &self.dirs) {
-            Ok(volumes) => volumes,
-            Err(err) => {
-                self.ctx
-                    .event(pod, None, true, "FailedMount", err.to_string())
-                    .await;
-                return Some(retry);
-            }
-        };
+        let volumes =
+            match volumes::set_up(&self.ctx.client, pod, &self.dirs, &self.ctx.allocatable).await {
+                Ok(volumes) => volumes,
+                Err(err) => {
+                    self.ctx
+                        .event(pod, None, true, "FailedMount", err.to_string())
+                        .await;
+                    return Some(retry);
+                }
+            };
         let spec = pod.spec.clone().unwrap_or_default();
         let policy = spec
             .restart_policy
@@ -430,6 +495,7 @@ impl PodWorker {
             volumes,
             hostname,
             pod_ip,
+            updates: self.updates.clone(),
         };
         match start_container(&self.ctx, &request).await {
             Ok(started) => {
@@ -439,14 +505,33 @@ impl PodWorker {
                 if let Some(old) = track.previous.take() {
                     self.remove_attempt(&container.name, &old).await;
                 }
+                let id = started.attempt.container_id.clone();
                 let track = self.tracks.entry(container.name.clone()).or_default();
                 track.previous = replaced;
                 track.current = Some(started.attempt);
                 track.restarts = attempt;
                 track.waiting = None;
+                // Regular containers' probes decide these (sync_probes).
                 track.ready = true;
                 track.started = true;
                 self.watch_exit(&container.name, started.pid);
+                if started.post_start_failure.is_some() {
+                    // As upstream: killed with the pod's grace period (preStop included), then
+                    // restarted by the restart policy.
+                    let grace = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                        .unwrap_or(30)
+                        .max(0) as u64;
+                    self.stop_in_background(
+                        pod,
+                        container,
+                        &id,
+                        Duration::from_secs(grace),
+                        "FailedPostStartHook".into(),
+                    );
+                }
                 None
             }
             Err(failure) => {
@@ -550,8 +635,9 @@ impl PodWorker {
         }
     }
 
-    /// Signals every running attempt and waits for them to end: SIGTERM, then SIGKILL once
-    /// `grace` has passed (`None`: at once).
+    /// Stops every running attempt and waits for them to end: with a grace period, each one's
+    /// preStop hook, SIGTERM, then SIGKILL once the grace period has passed (all at once, as
+    /// upstream); without one (`None`), SIGKILL at once.
     async fn stop_all(&mut self, grace: Option<(Duration, &Pod)>) {
         let running: Vec<(String, String)> = self
             .tracks
@@ -567,30 +653,217 @@ impl PodWorker {
         if running.is_empty() {
             return;
         }
-        let deadline = match grace {
+        match grace {
             Some((grace, pod)) => {
-                for (name, id) in &running {
-                    self.ctx
-                        .event(
-                            pod,
-                            Some(name),
-                            false,
-                            "Killing",
-                            format!("Stopping container {name}"),
-                        )
-                        .await;
-                    let _ = self.ctx.runtime.signal_container(id, SIGTERM).await;
-                }
-                Instant::now() + grace
+                let requests: Vec<StopRequest> = running
+                    .iter()
+                    .map(|(name, id)| StopRequest {
+                        name: name.clone(),
+                        container_id: id.clone(),
+                        grace,
+                        message: format!("Stopping container {name}"),
+                        // A stop already under way (probe failure) has run the hook.
+                        pre_stop: pod_container(pod, name)
+                            .filter(|_| !self.killing.contains(id))
+                            .and_then(|container| self.pre_stop(pod, container, id)),
+                    })
+                    .collect();
+                let ctx = &self.ctx;
+                futures::future::join_all(
+                    requests
+                        .into_iter()
+                        .map(|request| stop_container(ctx, pod, request)),
+                )
+                .await;
             }
-            None => Instant::now(),
-        };
-        self.wait_for_exits(deadline).await;
-        for (_, id) in &running {
-            let _ = self.ctx.runtime.signal_container(id, SIGKILL).await;
+            None => {
+                for (_, id) in &running {
+                    let _ = self.ctx.runtime.signal_container(id, SIGKILL).await;
+                }
+            }
         }
         self.wait_for_exits(Instant::now() + KILL_WAIT).await;
         self.refresh_exits().await;
+    }
+
+    /// Applies the probe results that came in, stops containers whose liveness or startup
+    /// probe failed, sets each container's started and ready state, and starts the probe runs
+    /// due now; returns when the next one is due.
+    fn sync_probes(&mut self, pod: &Pod) -> Option<Instant> {
+        let now = Instant::now();
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or(&[]);
+        for container in containers {
+            let running = self
+                .tracks
+                .get(&container.name)
+                .filter(|track| track.running())
+                .and_then(|track| track.current.as_ref());
+            match running {
+                Some(attempt) => {
+                    let started_at = attempt.started_at.map_or(now, |at| instant_of(at, now));
+                    self.probes
+                        .running(container, &attempt.container_id, started_at);
+                }
+                None => self.probes.stopped(&container.name),
+            }
+        }
+        for report in std::mem::take(&mut self.probe_reports) {
+            let verdict = self.probes.record(
+                &report.container,
+                &report.container_id,
+                report.kind,
+                report.result,
+            );
+            if let (Some(Verdict::Kill(kind)), Some(container)) =
+                (verdict, pod_container(pod, &report.container))
+            {
+                self.kill_for_probe(pod, container, &report.container_id, kind);
+            }
+        }
+        for container in containers {
+            if let Some(track) = self.tracks.get_mut(&container.name) {
+                // A container being stopped for a failure is not ready any more.
+                let stopping = track
+                    .current
+                    .as_ref()
+                    .is_some_and(|a| self.killing.contains(&a.container_id));
+                track.started = self.probes.started(&container.name);
+                track.ready = self.probes.ready(&container.name) && !stopping;
+            }
+        }
+        // Containers being stopped are not probed again (their next attempt is).
+        let due: Vec<DueProbe> = self
+            .probes
+            .due(now)
+            .into_iter()
+            .filter(|due| !self.killing.contains(&due.container_id))
+            .collect();
+        if !due.is_empty() {
+            let pod = Arc::new(pod.clone());
+            for probe in due {
+                self.spawn_probe(&pod, probe);
+            }
+        }
+        self.probes.next_due()
+    }
+
+    /// Runs one probe in a task of its own: records its event (Unhealthy, ProbeWarning) and
+    /// sends the result back to the worker.
+    fn spawn_probe(&self, pod: &Arc<Pod>, due: DueProbe) {
+        let Some(container) = pod_container(pod, &due.container) else {
+            return;
+        };
+        let Some(probe) = due.kind.of(container).cloned() else {
+            return;
+        };
+        let target = self.target(pod, container, &due.container_id);
+        let (ctx, pod, sender) = (self.ctx.clone(), pod.clone(), self.probe_sender.clone());
+        tokio::spawn(async move {
+            let output = run_probe(&ctx.runtime, &probe, &target).await;
+            let kind = due.kind.title();
+            let _ = sender.send(ProbeReport {
+                container: due.container.clone(),
+                container_id: due.container_id,
+                kind: due.kind,
+                result: output.result(),
+            });
+            let (reason, note) = match output {
+                ProbeOutput::Success => return,
+                ProbeOutput::Warning(message) => {
+                    ("ProbeWarning", format!("{kind} probe warning: {message}"))
+                }
+                ProbeOutput::Failure(message) => {
+                    ("Unhealthy", format!("{kind} probe failed: {message}"))
+                }
+                ProbeOutput::Error(message) => (
+                    "Unhealthy",
+                    format!("{kind} probe errored and resulted in unknown state: {message}"),
+                ),
+            };
+            ctx.event(&pod, Some(&due.container), true, reason, note)
+                .await;
+        });
+    }
+
+    /// Stops a container whose liveness or startup probe failed, with the probe's
+    /// terminationGracePeriodSeconds or else the pod's.
+    fn kill_for_probe(
+        &mut self,
+        pod: &Pod,
+        container: &Container,
+        container_id: &str,
+        kind: ProbeKind,
+    ) {
+        let spec = pod.spec.as_ref();
+        let restart = spec.and_then(|s| s.restart_policy.as_deref()) != Some("Never");
+        let mut message = format!("Container {} failed {} probe", container.name, kind.lower());
+        if restart {
+            message.push_str(", will be restarted");
+        }
+        let grace = kind
+            .of(container)
+            .and_then(|p| p.termination_grace_period_seconds)
+            .or_else(|| spec.and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30)
+            .max(0) as u64;
+        self.stop_in_background(
+            pod,
+            container,
+            container_id,
+            Duration::from_secs(grace),
+            message,
+        );
+    }
+
+    /// Stops a running attempt in a task of its own (preStop hook, SIGTERM, SIGKILL); the
+    /// worker learns of its exit as of any other, and the restart policy applies.
+    fn stop_in_background(
+        &mut self,
+        pod: &Pod,
+        container: &Container,
+        container_id: &str,
+        grace: Duration,
+        message: String,
+    ) {
+        if !self.killing.insert(container_id.to_owned()) {
+            return;
+        }
+        let request = StopRequest {
+            name: container.name.clone(),
+            container_id: container_id.to_owned(),
+            grace,
+            message,
+            pre_stop: self.pre_stop(pod, container, container_id),
+        };
+        let (ctx, pod) = (self.ctx.clone(), pod.clone());
+        tokio::spawn(async move { stop_container(&ctx, &pod, request).await });
+    }
+
+    /// The container's preStop hook and where it reaches the container.
+    fn pre_stop(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        container_id: &str,
+    ) -> Option<(LifecycleHandler, Target)> {
+        let handler = container.lifecycle.as_ref()?.pre_stop.clone()?;
+        Some((handler, self.target(pod, container, container_id)))
+    }
+
+    /// Where probes and hooks of an attempt reach it (the pod has no IP of its own yet).
+    fn target(&self, pod: &Pod, container: &Container, container_id: &str) -> Target {
+        Target::new(
+            pod,
+            container,
+            container_id,
+            self.sandbox.as_ref(),
+            None,
+            self.ctx.node_ip,
+        )
     }
 
     /// Waits until every watched process has exited or `deadline` passes.
@@ -687,6 +960,34 @@ impl PodWorker {
         }
         let _ = std::fs::remove_dir_all(&bundle);
     }
+}
+
+/// Resolves once the pod is being deleted (or gone, or the kubelet stops watching it).
+pub async fn deletion_requested(mut updates: watch::Receiver<PodUpdate>) {
+    loop {
+        let deleting = match &*updates.borrow_and_update() {
+            PodUpdate::Present(pod) => pod.metadata.deletion_timestamp.is_some(),
+            PodUpdate::Gone => true,
+        };
+        if deleting || updates.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Container `name` of the pod, regular or init.
+fn pod_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+}
+
+/// The monotonic instant of wall-clock time `at` (`now` stands for the present).
+fn instant_of(at: jiff::Timestamp, now: Instant) -> Instant {
+    let ago = Duration::try_from(jiff::Timestamp::now().duration_since(at)).unwrap_or_default();
+    now.checked_sub(ago).unwrap_or(now)
 }
 
 /// An attempt as the runtime reports it (after a kubelet restart).
