@@ -34,6 +34,10 @@ enum Command {
         /// Directory of the runtime's state, socket and sandboxes.
         #[arg(long, default_value = "/run/baton/runtime")]
         root: PathBuf,
+        /// Instead of serving: kill every container and sandbox of the runtime process under
+        /// --root and stop it.
+        #[arg(long)]
+        shutdown: bool,
     },
     /// Manage the node's image store.
     Image {
@@ -122,7 +126,18 @@ fn main() -> ExitCode {
                 .await
                 .map_err(anyhow::Error::from)
         }),
-        Command::Runtime { root } => runtime(&root),
+        Command::Runtime {
+            root,
+            shutdown: false,
+        } => runtime(&root),
+        Command::Runtime {
+            root,
+            shutdown: true,
+        } => run_async(async move {
+            let client = baton_runtime::RuntimeClient::new(root, std::env::current_exe()?);
+            client.shutdown().await?;
+            Ok(())
+        }),
         Command::Image { command } => run_async(image::run(command)),
         Command::Pki {
             command: PkiCommand::Init { dir, server, sans },

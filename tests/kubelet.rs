@@ -284,6 +284,13 @@ async fn kubectl_logs_and_exec_reach_the_container() -> Result<()> {
             (phase(pod) == Some("Running")).then_some(())
         })
         .await;
+    // The log has a few ticks after the first lines.
+    let pods = cluster.pods();
+    wait_until("a few ticks", Duration::from_secs(30), || async {
+        let logs = pods.logs("talker", &Default::default()).await.ok()?;
+        (logs.matches("tick").count() >= 3).then_some(())
+    })
+    .await?;
     for kubectl in baton_test_harness::kubectl_binaries() {
         let kubectl = kubectl.as_path();
         // kubectl logs: stdout and stderr, --tail, --timestamps.

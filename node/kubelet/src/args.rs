@@ -127,14 +127,14 @@ impl KubeletArgs {
                 reason: "not a quantity".into(),
             }
         })?;
-        if self.image_gc_low_threshold > self.image_gc_high_threshold
+        if self.image_gc_low_threshold >= self.image_gc_high_threshold
             || self.image_gc_high_threshold > 100
         {
             return Err(InvalidFlagError {
                 flag: "image-gc-low-threshold",
                 value: self.image_gc_low_threshold.to_string(),
                 reason: format!(
-                    "must be at most --image-gc-high-threshold ({}), which is at most 100",
+                    "must be below --image-gc-high-threshold ({}), which is at most 100",
                     self.image_gc_high_threshold
                 ),
             });

@@ -1,5 +1,5 @@
 //! What every pod worker shares: the API client, the runtime, the image store, the node's
-//! facts and settings, and the event recorder.
+//! facts and settings, and the event sink.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use baton_images::ImageStore;
 use baton_runtime::RuntimeClient;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource};
 
 use crate::machine::Machine;
@@ -31,7 +30,7 @@ pub struct KubeletContext {
     pub dns: DnsSettings,
     pub cgroup_root: String,
     pub cgroup_v2: bool,
-    pub recorder: Recorder,
+    pub events: crate::events::EventSink,
 }
 
 impl std::fmt::Debug for KubeletContext {
@@ -57,20 +56,9 @@ impl KubeletContext {
         if let Some(name) = container {
             regarding.field_path = Some(container_field_path(pod, name));
         }
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: reason.to_owned(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&event, &regarding).await {
-            tracing::warn!(%err, reason, "recording an event");
-        }
+        self.events
+            .publish(&regarding, warning, reason, &note)
+            .await;
     }
 }
 

@@ -9,7 +9,6 @@ use baton_client::{Informer, InformerEvent};
 use baton_images::ImageStore;
 use baton_runtime::{ContainerRuntime, RuntimeClient};
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
@@ -107,13 +106,7 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         },
         cgroup_root: args.cgroup_root.clone(),
         cgroup_v2: std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "kubelet".into(),
-                instance: Some(node_name.clone()),
-            },
-        ),
+        events: crate::events::EventSink::new(client.clone(), &node_name),
     });
     let status_runtime = runtime.clone();
     tokio::spawn(reporter.run(args.node_status_update_frequency, move || {
@@ -138,6 +131,12 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
     )
     .await?;
     tokio::spawn(server);
+    tokio::spawn(crate::image_gc::run(
+        ctx.clone(),
+        informer.store(),
+        args.image_gc_high_threshold,
+        args.image_gc_low_threshold,
+    ));
     let workers = PodWorkers::new(ctx.clone());
     informer.on_event(move |event| workers.dispatch(event));
     let cleaner = informer.clone();

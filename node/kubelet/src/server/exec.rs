@@ -297,10 +297,9 @@ async fn session(
     };
     // Output: one task per stream, all feeding the socket's writer.
     let (frames, mut to_send) = tokio::sync::mpsc::channel::<Message>(16);
-    let mut readers = Vec::new();
     for (channel, mut reader) in outputs {
         let frames = frames.clone();
-        readers.push(tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut buffer = vec![0u8; 32 * 1024];
             loop {
                 match reader.read(&mut buffer).await {
@@ -312,15 +311,10 @@ async fn session(
                     }
                 }
             }
-        }));
+        });
     }
+    // The channel closes once every reader has reached the end of its stream.
     drop(frames);
-    let outputs_done = async {
-        for reader in readers {
-            let _ = reader.await;
-        }
-    };
-    tokio::pin!(outputs_done);
     let exited = baton_runtime::wait_for_exit(pid);
     tokio::pin!(exited);
     let (mut process_done, mut output_done) = (false, false);
@@ -330,14 +324,14 @@ async fn session(
                 Some(message) => sink.send(message).await.map_err(std::io::Error::other)?,
                 None => output_done = true,
             },
-            _ = &mut outputs_done, if !output_done => {}
             _ = &mut exited, if !process_done => process_done = true,
             message = incoming.next() => match message {
                 Some(Ok(Message::Binary(data))) if !data.is_empty() => {
                     handle_input(&data, &mut input, terminal.as_ref(), v5).await;
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                other @ (Some(Ok(Message::Close(_))) | None | Some(Err(_))) => {
                     // The client left: stop the process.
+                    tracing::debug!(?other, pid, "exec client left");
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
                     return Ok(());
                 }

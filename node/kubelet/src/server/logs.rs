@@ -407,7 +407,7 @@ mod tests {
             limit_bytes: Some(5),
             ..Default::default()
         };
-        assert_eq!(render_records(&lines(LOG), &limited), b"one\ntw");
+        assert_eq!(render_records(&lines(LOG), &limited), b"one\nt");
     }
 
     #[test]
