@@ -5,27 +5,13 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use baton_test_harness::{Binary, NodeCluster, wait_until};
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use baton_test_harness::{Binary, NodeCluster, main_status, pod_phase as phase, wait_until};
 use kube::Api;
 use kube::api::DeleteParams;
 use serde_json::json;
 
 fn binary() -> Binary {
     Binary(env!("CARGO_BIN_EXE_baton").into())
-}
-
-fn main_status(pod: &Pod) -> Option<ContainerStatus> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .first()
-        .cloned()
-}
-
-fn phase(pod: &Pod) -> Option<&str> {
-    pod.status.as_ref()?.phase.as_deref()
 }
 
 #[tokio::test]

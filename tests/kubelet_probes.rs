@@ -6,24 +6,13 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use baton_test_harness::{Binary, NodeCluster, TempDir, wait_until};
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use k8s_openapi::api::events::v1::Event;
-use kube::Api;
-use kube::api::{DeleteParams, ListParams};
+use baton_test_harness::{Binary, NodeCluster, TempDir, main_status, wait_until};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::DeleteParams;
 use serde_json::json;
 
 fn binary() -> Binary {
     Binary(env!("CARGO_BIN_EXE_baton").into())
-}
-
-fn main_status(pod: &Pod) -> Option<ContainerStatus> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .first()
-        .cloned()
 }
 
 /// The status of the pod's Ready condition ("True"/"False").
@@ -42,22 +31,6 @@ fn running_ready(pod: &Pod) -> Option<bool> {
     Some(status.ready)
 }
 
-/// The notes of the events with `reason` about pod `pod`.
-async fn event_notes(cluster: &NodeCluster, pod: &str, reason: &str) -> Vec<String> {
-    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
-    let Ok(list) = events.list(&ListParams::default()).await else {
-        return Vec::new();
-    };
-    list.items
-        .into_iter()
-        .filter(|event| {
-            event.reason.as_deref() == Some(reason)
-                && event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
-        })
-        .map(|event| event.note.unwrap_or_default())
-        .collect()
-}
-
 /// Waits (60 s at most) for an event with `reason` about `pod` whose note satisfies `check`.
 async fn wait_for_event(
     cluster: &NodeCluster,
@@ -69,7 +42,8 @@ async fn wait_for_event(
         &format!("a {reason} event about {pod}"),
         Duration::from_secs(60),
         || async {
-            event_notes(cluster, pod, reason)
+            cluster
+                .event_notes(pod, reason)
                 .await
                 .into_iter()
                 .find(|note| check(note))
@@ -80,7 +54,7 @@ async fn wait_for_event(
         Ok(note) => note,
         Err(err) => panic!(
             "{err}\nevents: {:?}\nkubelet log:\n{}",
-            event_notes(cluster, pod, reason).await,
+            cluster.event_notes(pod, reason).await,
             cluster.node.log()
         ),
     }
@@ -258,7 +232,8 @@ async fn readiness_probes_flip_ready_both_ways() -> Result<()> {
         })
         .await;
     assert!(
-        event_notes(&cluster, "slow-start", "Unhealthy")
+        cluster
+            .event_notes("slow-start", "Unhealthy")
             .await
             .iter()
             .all(|note| note.starts_with("Startup probe failed")),

@@ -2,42 +2,17 @@
 //! their files as a container sees them (items, modes, fsGroup, the secret's tmpfs), a
 //! ConfigMap update reaching a running container, and FailedMount for what cannot be mounted.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use baton_test_harness::{Binary, NodeCluster, wait_until};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use k8s_openapi::api::events::v1::Event;
+use baton_test_harness::{Binary, NodeCluster, wait_until, waiting_reason};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
 fn binary() -> Binary {
     Binary(env!("CARGO_BIN_EXE_baton").into())
-}
-
-/// The CRI log of the first attempt of container `main` of pod `name`.
-fn log_file(cluster: &NodeCluster, pod: &Pod) -> PathBuf {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    cluster
-        .node
-        .pod_logs_dir()
-        .join(format!("default_{name}_{uid}/main/0.log"))
-}
-
-/// The text of each stdout line of a CRI log (`<time> stdout F <text>`).
-fn stdout_lines(path: &PathBuf) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(4, ' ');
-            let (_time, stream, _tag) = (parts.next()?, parts.next()?, parts.next()?);
-            (stream == "stdout").then(|| parts.next().unwrap_or_default().to_owned())
-        })
-        .collect()
 }
 
 /// The value printed as `key=value`, if the container printed it.
@@ -45,31 +20,6 @@ fn printed(lines: &[String], key: &str) -> Option<String> {
     lines
         .iter()
         .find_map(|line| line.strip_prefix(&format!("{key}=")).map(str::to_owned))
-}
-
-/// The note of the pod's FailedMount event, once there is one.
-async fn failed_mount(cluster: &NodeCluster, pod: &str) -> Option<String> {
-    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
-    let list = events.list(&ListParams::default()).await.ok()?;
-    list.items.into_iter().find_map(|event| {
-        (event.reason.as_deref() == Some("FailedMount")
-            && event.regarding.as_ref()?.name.as_deref() == Some(pod))
-        .then(|| event.note.unwrap_or_default())
-    })
-}
-
-fn waiting_reason(pod: &Pod) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .first()?
-        .state
-        .as_ref()?
-        .waiting
-        .as_ref()?
-        .reason
-        .clone()
 }
 
 const SCRIPT: &str = r#"
@@ -171,12 +121,11 @@ async fn config_map_secret_downward_api_and_projected_volumes() -> Result<()> {
             }),
         )
         .await?;
-    let log = log_file(&cluster, &pod);
     let lines = wait_until(
         "the container's report",
         Duration::from_secs(90),
         || async {
-            let lines = stdout_lines(&log);
+            let lines = cluster.stdout_lines(&pod);
             lines
                 .iter()
                 .any(|line| line.starts_with("live="))
@@ -188,7 +137,7 @@ async fn config_map_secret_downward_api_and_projected_volumes() -> Result<()> {
         Ok(lines) => lines,
         Err(err) => panic!(
             "{err}\nlog: {:?}\nkubelet log:\n{}",
-            stdout_lines(&log),
+            cluster.stdout_lines(&pod),
             cluster.node.log()
         ),
     };
@@ -221,7 +170,8 @@ async fn config_map_secret_downward_api_and_projected_volumes() -> Result<()> {
         "the running container to read the new value",
         Duration::from_secs(150),
         || async {
-            stdout_lines(&log)
+            cluster
+                .stdout_lines(&pod)
                 .iter()
                 .any(|line| line == "live=value-2")
                 .then_some(())
@@ -269,16 +219,24 @@ async fn volumes_that_cannot_be_mounted_keep_the_pod_creating() -> Result<()> {
         )
         .await?;
 
-    let note = wait_until("a FailedMount event", Duration::from_secs(60), || {
-        failed_mount(&cluster, "missing-config")
+    let note = wait_until("a FailedMount event", Duration::from_secs(60), || async {
+        cluster
+            .event_notes("missing-config", "FailedMount")
+            .await
+            .into_iter()
+            .next()
     })
     .await?;
     assert_eq!(
         note,
         "MountVolume.SetUp failed for volume \"config\" : configmap \"does-not-exist\" not found"
     );
-    let note = wait_until("a FailedMount event", Duration::from_secs(60), || {
-        failed_mount(&cluster, "token")
+    let note = wait_until("a FailedMount event", Duration::from_secs(60), || async {
+        cluster
+            .event_notes("token", "FailedMount")
+            .await
+            .into_iter()
+            .next()
     })
     .await?;
     assert!(

@@ -19,7 +19,7 @@ pub mod registry;
 
 pub use components::{Component, ControlPlane, kubectl_apply, kubectl_ok};
 pub use node::KubeletNode;
-pub use node_cluster::{NodeCluster, merge_json};
+pub use node_cluster::{NodeCluster, main_status, merge_json, pod_phase, waiting_reason};
 
 /// A directory removed on drop.
 #[derive(Debug)]

@@ -140,3 +140,62 @@ pub fn merge_json(target: &mut serde_json::Value, patch: serde_json::Value) {
         (target, patch) => *target = patch,
     }
 }
+
+impl NodeCluster {
+    /// The messages (notes) of the events with `reason` about pod `pod`.
+    pub async fn event_notes(&self, pod: &str, reason: &str) -> Vec<String> {
+        use k8s_openapi::api::events::v1::Event;
+        let events: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        let Ok(list) = events.list(&kube::api::ListParams::default()).await else {
+            return Vec::new();
+        };
+        list.items
+            .into_iter()
+            .filter(|event| {
+                event.reason.as_deref() == Some(reason)
+                    && event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
+            })
+            .map(|event| event.note.unwrap_or_default())
+            .collect()
+    }
+
+    /// The text of each stdout line container `main` of `pod` wrote in its first attempt (from
+    /// its CRI log, `<time> stdout F <text>`).
+    pub fn stdout_lines(&self, pod: &Pod) -> Vec<String> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let path = self
+            .node
+            .pod_logs_dir()
+            .join(format!("default_{name}_{uid}/main/0.log"));
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(4, ' ');
+                let (_time, stream, _tag) = (parts.next()?, parts.next()?, parts.next()?);
+                (stream == "stdout").then(|| parts.next().unwrap_or_default().to_owned())
+            })
+            .collect()
+    }
+}
+
+/// The status of the pod's first container.
+pub fn main_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+/// The pod's phase.
+pub fn pod_phase(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref()?.phase.as_deref()
+}
+
+/// The waiting reason of the pod's first container.
+pub fn waiting_reason(pod: &Pod) -> Option<String> {
+    main_status(pod)?.state?.waiting?.reason
+}
