@@ -134,6 +134,12 @@ fn main() -> ExitCode {
             root,
             shutdown: true,
         } => run_async(async move {
+            // Only a running runtime process is stopped; none is started to be stopped.
+            let socket = root.join(baton_runtime::SOCKET_NAME);
+            if std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                println!("no runtime process answers at {}", socket.display());
+                return Ok(());
+            }
             let client = baton_runtime::RuntimeClient::new(root, std::env::current_exe()?);
             client.shutdown().await?;
             Ok(())

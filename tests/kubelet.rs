@@ -175,10 +175,20 @@ async fn image_and_memory_errors_show_upstream_reasons() -> Result<()> {
             .then_some(waiting)
         })
         .await;
+    // The pull failure, in the words containerd uses, is on the pod's events and in the
+    // waiting message.
+    let failure = format!(
+        "failed to pull and unpack image \"{missing}\": failed to resolve reference \"{missing}\": {missing}: not found"
+    );
     let message = waiting.message.unwrap_or_default();
     assert!(
-        message.contains(&missing) || message.contains("Back-off pulling image"),
+        message == failure || message == format!("Back-off pulling image \"{missing}\""),
         "{message}"
+    );
+    let notes = cluster.event_notes("no-image", "Failed").await;
+    assert!(
+        notes.contains(&format!("Failed to pull image \"{missing}\": {failure}")),
+        "{notes:?}"
     );
 
     // Over its memory limit, a container is OOMKilled.

@@ -389,13 +389,14 @@ async fn a_restarted_runtime_process_adopts_running_containers() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::SIGKILL).unwrap();
     wait_for_exit(first).await.unwrap();
     // The next call starts a new runtime process, which finds the container still running.
-    let status = loop {
-        match runtime.client.container_status("ticker").await {
-            Ok(status) => break status,
-            Err(baton_runtime::RuntimeCallError::Unavailable { .. }) => continue,
-            Err(err) => panic!("{err}"),
-        }
-    };
+    let client = runtime.client.clone();
+    let status =
+        baton_test_harness::wait_until("a new runtime process", Duration::from_secs(30), || {
+            let client = client.clone();
+            async move { client.container_status("ticker").await.ok() }
+        })
+        .await
+        .unwrap();
     assert_eq!(status.state, ContainerState::Running);
     assert_eq!(status.pid, Some(pid));
     assert_ne!(runtime.client.connect().await.unwrap(), first);

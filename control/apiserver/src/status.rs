@@ -74,6 +74,15 @@ impl FieldCause {
         }
     }
 
+    /// A reference to something that does not exist: `field: Not found: VALUE`.
+    pub fn not_found(field: impl Into<String>, value: &Value) -> Self {
+        Self {
+            reason: "FieldValueNotFound",
+            message: format!("Not found: {value}"),
+            field: field.into(),
+        }
+    }
+
     /// A duplicate entry: `field: Duplicate value: VALUE`.
     pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
         Self {

@@ -25,7 +25,6 @@ use crate::pod_dirs::PodDirs;
 use crate::pod_status::Attempt;
 use crate::pod_worker::{PodUpdate, deletion_requested};
 use crate::probes::Target;
-use crate::qos::pod_cgroup_name;
 
 /// Why an attempt could not start: the container's waiting reason and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,11 +217,7 @@ async fn create_and_start(
         resolv_conf: request.dirs.resolv_conf(),
         hostname: request.dirs.hostname(),
     };
-    let pod_cgroup = format!(
-        "{}{}",
-        ctx.cgroup_root.trim_end_matches('/'),
-        pod_cgroup_name(pod)
-    );
+    let pod_cgroup = crate::cgroups::pod_cgroup(&ctx.cgroup_root, pod);
     let seccomp_root = ctx.root_dir.join("seccomp");
     let input = ContainerSpecInput {
         pod,
@@ -363,7 +358,7 @@ async fn ensure_image(
                     Ok(image)
                 }
                 Err(err) => {
-                    let message = format!("failed to pull and unpack image \"{reference}\": {err}");
+                    let message = baton_images::error_chain(&err);
                     ctx.event(
                         pod,
                         Some(&container.name),

@@ -7,6 +7,7 @@
 pub mod args;
 pub mod backoff;
 pub mod cgroup_names;
+pub mod cgroups;
 pub mod container_spec;
 pub mod container_start;
 pub mod container_stop;

@@ -25,6 +25,8 @@ use crate::quantity::parse_nanos;
 const STATUS_REPORT_FREQUENCY: Duration = Duration::from_secs(300);
 /// How often the node Lease is renewed (a quarter of its 40 s duration, as upstream).
 const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
+/// How long the runtime may take to answer the status check.
+const RUNTIME_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Hard eviction thresholds kept out of allocatable: memory.available<100Mi, nodefs 10%.
 const EVICTION_MEMORY_BYTES: u64 = 100 << 20;
 const EVICTION_NODEFS_PERCENT: u64 = 10;
@@ -384,23 +386,29 @@ impl NodeStatusReporter {
         frequency: Duration,
         runtime_up: impl Fn() -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>>,
     ) {
-        let mut lease = tokio::time::interval(LEASE_RENEW_INTERVAL);
+        // The Lease has a task of its own, so that a slow status check never delays it.
+        let client = self.client.clone();
+        let name = self.identity.name.clone();
+        tokio::spawn(async move {
+            let mut lease = tokio::time::interval(LEASE_RENEW_INTERVAL);
+            lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                lease.tick().await;
+                if let Err(err) = baton_client::node_lease::renew_node_lease(&client, &name).await {
+                    tracing::warn!(%err, "renewing the node lease");
+                }
+            }
+        });
         let mut status = tokio::time::interval(frequency);
-        lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = lease.tick() => {
-                    if let Err(err) = baton_client::node_lease::renew_node_lease(&self.client, &self.identity.name).await {
-                        tracing::warn!(%err, "renewing the node lease");
-                    }
-                }
-                _ = status.tick() => {
-                    let up = runtime_up().await;
-                    if let Err(err) = self.update(up).await {
-                        tracing::warn!(%err, "updating the node status");
-                    }
-                }
+            status.tick().await;
+            // A runtime that does not answer within the check is down.
+            let up = tokio::time::timeout(RUNTIME_CHECK_TIMEOUT, runtime_up())
+                .await
+                .unwrap_or(false);
+            if let Err(err) = self.update(up).await {
+                tracing::warn!(%err, "updating the node status");
             }
         }
     }

@@ -62,6 +62,21 @@ impl PodDirs {
         self.logs.join(container).join(format!("{attempt}.log"))
     }
 
+    /// Removes the log of one attempt, rotated files included.
+    pub fn remove_log(&self, container: &str, attempt: u32) {
+        let live = self.log_file(container, attempt);
+        let prefix = format!("{attempt}.log.");
+        let rotated = std::fs::read_dir(self.logs.join(container))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|entry| entry.path());
+        for path in std::iter::once(live).chain(rotated) {
+            let _ = fs::remove_file(path);
+        }
+    }
+
     /// Writes the pod's /etc/hosts, /etc/resolv.conf and /etc/hostname.
     pub fn write_etc_files(&self, files: &EtcFiles) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
@@ -120,7 +135,6 @@ pub struct DnsSettings {
 pub fn etc_files(pod: &Pod, pod_ip: Option<&str>, dns: &DnsSettings) -> EtcFiles {
     let spec = pod.spec.as_ref();
     let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
-    let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod
         .metadata
         .namespace
@@ -129,8 +143,7 @@ pub fn etc_files(pod: &Pod, pod_ip: Option<&str>, dns: &DnsSettings) -> EtcFiles
     let hostname = if host_network {
         dns.node_hostname.clone()
     } else {
-        spec.and_then(|s| s.hostname.clone())
-            .unwrap_or_else(|| truncate_hostname(&name))
+        crate::container_spec::namespaces::short_hostname(pod)
     };
     let mut hosts = String::from("# Kubernetes-managed hosts file.\n");
     hosts.push_str("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
@@ -158,12 +171,6 @@ pub fn etc_files(pod: &Pod, pod_ip: Option<&str>, dns: &DnsSettings) -> EtcFiles
         resolv_conf: resolv_conf(pod, &namespace, dns),
         hostname,
     }
-}
-
-/// A pod name cut to the 63 characters a hostname may have, without a trailing '-' or '.'.
-fn truncate_hostname(name: &str) -> String {
-    let cut = &name[..name.len().min(63)];
-    cut.trim_end_matches(['-', '.']).to_owned()
 }
 
 fn resolv_conf(pod: &Pod, namespace: &str, dns: &DnsSettings) -> String {

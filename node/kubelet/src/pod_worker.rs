@@ -62,6 +62,8 @@ pub struct PodWorker {
     exit_sender: mpsc::UnboundedSender<String>,
     /// Processes watched and not yet seen to exit.
     watching: usize,
+    /// The pod's cgroup, removed with the pod.
+    pod_cgroup: Option<String>,
     /// The status last posted.
     posted: Option<PodStatus>,
     /// When each probe of the running containers is due, and what their results mean.
@@ -107,6 +109,7 @@ impl PodWorker {
             &uid,
         );
         let (exit_sender, exits) = mpsc::unbounded_channel();
+        let pod_cgroup = crate::cgroups::pod_cgroup(&ctx.cgroup_root, pod);
         let (probe_sender, probe_results) = mpsc::unbounded_channel();
         let mut worker = Self {
             ctx,
@@ -123,6 +126,7 @@ impl PodWorker {
                 .map(|t| t.0),
             exits,
             exit_sender,
+            pod_cgroup: Some(pod_cgroup),
             watching: 0,
             posted: pod.status.clone(),
             probes: ProbeManager::default(),
@@ -180,6 +184,19 @@ impl PodWorker {
             }
         }
         for (name, mut list) in attempts {
+            // One created but never started (the kubelet stopped in between) is removed: the
+            // worker starts that attempt again.
+            let mut created = Vec::new();
+            list.retain(|(attempt, status)| {
+                let keep = status.state != ContainerState::Created;
+                if !keep {
+                    created.push(attempt_of(*attempt, status));
+                }
+                keep
+            });
+            for attempt in created {
+                self.remove_attempt(&name, &attempt).await;
+            }
             list.sort_by_key(|(attempt, _)| *attempt);
             let mut track = ContainerTrack::default();
             let mut iter = list.into_iter().rev();
@@ -286,19 +303,8 @@ impl PodWorker {
             };
             let track = self.tracks.get_mut(&name).expect("tracked");
             let attempt = track.current.as_mut().expect("current");
-            let message =
-                std::fs::read_to_string(self.dirs.termination_log(&name, attempt.attempt))
-                    .ok()
-                    .filter(|text| !text.is_empty());
-            let reason = if exit.oom_killed {
-                "OOMKilled"
-            } else if exit.unknown {
-                "Unknown"
-            } else if exit.exit_code == 0 {
-                "Completed"
-            } else {
-                "Error"
-            };
+            let message = termination_message(&self.dirs.termination_log(&name, attempt.attempt));
+            let reason = exit_reason(&exit);
             let finished_at = exit
                 .finished_at
                 .parse()
@@ -612,6 +618,13 @@ impl PodWorker {
         };
         let status = pod_status(pod, &self.tracks, &facts, pod.status.as_ref());
         if self.posted.as_ref() == Some(&status) {
+            return;
+        }
+        // A terminal phase is final: what the node has now (after a reboot, nothing) never
+        // takes it back.
+        let api_phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(api_phase, Some("Succeeded" | "Failed")) && status.phase.as_deref() != api_phase
+        {
             return;
         }
         let api: Api<Pod> = Api::namespaced(
@@ -932,6 +945,9 @@ impl PodWorker {
             tracing::warn!(pod = %self.uid, %err, "removing the pod sandbox");
         }
         volumes::tear_down(&self.dirs);
+        if let Some(pod_cgroup) = &self.pod_cgroup {
+            crate::cgroups::remove(pod_cgroup);
+        }
         for (path, result) in [
             (&self.dirs.dir, self.dirs.remove()),
             (&self.dirs.logs, self.dirs.remove_logs()),
@@ -959,6 +975,7 @@ impl PodWorker {
             tracing::warn!(bundle = %bundle.display(), %err, "unmounting a container's root filesystem");
         }
         let _ = std::fs::remove_dir_all(&bundle);
+        self.dirs.remove_log(name, attempt.attempt);
     }
 }
 
@@ -1001,14 +1018,7 @@ fn attempt_of(attempt: u32, status: &baton_runtime::ContainerStatus) -> Attempt 
         exit: status.exit.as_ref().map(|exit| Exit {
             exit_code: exit.exit_code,
             signal: exit.signal,
-            reason: if exit.oom_killed {
-                "OOMKilled"
-            } else if exit.exit_code == 0 {
-                "Completed"
-            } else {
-                "Error"
-            }
-            .into(),
+            reason: exit_reason(exit).into(),
             message: None,
             finished_at: exit
                 .finished_at
@@ -1016,4 +1026,32 @@ fn attempt_of(attempt: u32, status: &baton_runtime::ContainerStatus) -> Attempt 
                 .unwrap_or_else(|_| jiff::Timestamp::now()),
         }),
     }
+}
+
+/// The terminated reason of an exit, as upstream names them.
+fn exit_reason(exit: &baton_runtime::ExitStatus) -> &'static str {
+    if exit.oom_killed {
+        "OOMKilled"
+    } else if exit.unknown {
+        "Unknown"
+    } else if exit.exit_code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    }
+}
+
+/// Most bytes of a termination message kept (upstream's limit).
+const MAX_TERMINATION_MESSAGE: u64 = 4096;
+
+/// The termination message a container wrote (its first 4096 bytes), if any.
+fn termination_message(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_TERMINATION_MESSAGE)
+        .read_to_end(&mut text)
+        .ok()?;
+    (!text.is_empty()).then(|| String::from_utf8_lossy(&text).into_owned())
 }

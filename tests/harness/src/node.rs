@@ -18,6 +18,7 @@ pub struct KubeletNode {
     /// The node's name.
     pub name: String,
     kubelet: Option<Component>,
+    binary: Binary,
     dir: TempDir,
     cgroup_root: String,
 }
@@ -54,6 +55,7 @@ impl KubeletNode {
         let node = KubeletNode {
             name: name.to_owned(),
             kubelet: Some(kubelet),
+            binary: binary.clone(),
             dir,
             cgroup_root,
         };
@@ -107,7 +109,9 @@ impl KubeletNode {
 
     /// Kills every container and sandbox by shutting the runtime process down.
     fn shut_down_runtime(&self) {
-        let client = baton_runtime::RuntimeClient::new(self.runtime_root(), "/nonexistent");
+        // With the real binary: if the runtime process died, a new one adopts the containers
+        // left behind, so that they are killed too.
+        let client = baton_runtime::RuntimeClient::new(self.runtime_root(), &self.binary.0);
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -338,6 +338,64 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<FieldCause>) {
             }
         }
     }
+    // Volume names become directory names on the node: DNS labels, unique.
+    let mut volumes = std::collections::HashSet::new();
+    for (i, v) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
+        let at = format!("{path}.volumes[{i}].name");
+        match v["name"].as_str() {
+            None | Some("") => causes.push(FieldCause::required(at, "")),
+            Some(name) if !is_dns1123_label(name) => {
+                causes.push(FieldCause::invalid(at, &v["name"], DNS1123_LABEL_MSG));
+            }
+            Some(name) if !volumes.insert(name.to_string()) => {
+                causes.push(FieldCause::duplicate(at, &v["name"]));
+            }
+            Some(_) => {}
+        }
+    }
+    for (list, field) in [
+        (spec["containers"].as_array(), "containers"),
+        (spec["initContainers"].as_array(), "initContainers"),
+    ] {
+        for (i, c) in list.into_iter().flatten().enumerate() {
+            for (j, m) in c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let at = format!("{path}.{field}[{i}].volumeMounts[{j}]");
+                let name = m["name"].as_str().unwrap_or_default();
+                if !volumes.contains(name) {
+                    causes.push(FieldCause::not_found(format!("{at}.name"), &m["name"]));
+                }
+                if m["mountPath"].as_str().is_none_or(str::is_empty) {
+                    causes.push(FieldCause::required(format!("{at}.mountPath"), ""));
+                }
+                if let Some(sub_path) = m["subPath"].as_str()
+                    && (sub_path.starts_with('/') || sub_path.split('/').any(|p| p == ".."))
+                {
+                    causes.push(FieldCause::invalid(
+                        format!("{at}.subPath"),
+                        &m["subPath"],
+                        "must be a relative path without '..'",
+                    ));
+                }
+            }
+        }
+    }
+    for field in ["hostname", "subdomain"] {
+        if let Some(value) = spec[field].as_str()
+            && !value.is_empty()
+            && !is_dns1123_label(value)
+        {
+            causes.push(FieldCause::invalid(
+                format!("{path}.{field}"),
+                &spec[field],
+                DNS1123_LABEL_MSG,
+            ));
+        }
+    }
     if let Some(policy) = spec["restartPolicy"].as_str()
         && !["Always", "OnFailure", "Never"].contains(&policy)
     {

@@ -123,6 +123,10 @@ pub struct ContainerSpecInput<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerConfigError {
     #[error(
+        "volume mount {path}: Bidirectional mount propagation is available only to privileged containers"
+    )]
+    BidirectionalUnprivileged { path: String },
+    #[error(
         "container's runAsUser breaks non-root policy (pod: \"{pod}\", container: {container})"
     )]
     RunAsUserRoot { pod: String, container: String },
@@ -181,6 +185,7 @@ impl ContainerConfigError {
     pub fn reason(&self) -> &'static str {
         match self {
             ContainerConfigError::RunAsUserRoot { .. }
+            | ContainerConfigError::BidirectionalUnprivileged { .. }
             | ContainerConfigError::RunsAsRoot { .. }
             | ContainerConfigError::NonNumericUser { .. }
             | ContainerConfigError::SeccompProfilePath { .. }
@@ -248,6 +253,18 @@ pub fn build_spec(input: &ContainerSpecInput) -> Result<Spec, ContainerConfigErr
 
     let namespaces = namespaces::namespaces(pod, input.sandbox, input.cgroup_v2, sc.privileged)?;
     let host_network = spec.and_then(|s| s.host_network) == Some(true);
+    // Mounts propagating back to the node are for privileged containers only (as upstream's
+    // validation says).
+    if !sc.privileged
+        && let Some(mount) = input
+            .volume_mounts
+            .iter()
+            .find(|m| m.propagation == MountPropagation::Bidirectional)
+    {
+        return Err(ContainerConfigError::BidirectionalUnprivileged {
+            path: mount.container_path.clone(),
+        });
+    }
     let mount_set = mounts::mounts(&mounts::MountInput {
         pod,
         container,

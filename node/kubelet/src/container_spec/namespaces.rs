@@ -69,23 +69,30 @@ const MAX_HOSTNAME: usize = 63;
 /// `spec.hostname` or the pod's name cut to 63 characters (without trailing `-` or `.`), with
 /// `.<subdomain>.<namespace>.svc.<cluster domain>` appended when `setHostnameAsFQDN` is set and
 /// the pod has a subdomain.
+/// The pod's own short hostname: `spec.hostname`, else its name cut to 63 characters without
+/// a trailing `-` or `.`.
+pub fn short_hostname(pod: &Pod) -> String {
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.as_deref())
+        .filter(|h| !h.is_empty())
+        .or(pod.metadata.name.as_deref())
+        .unwrap_or_default();
+    if name.chars().count() > MAX_HOSTNAME {
+        let cut: String = name.chars().take(MAX_HOSTNAME).collect();
+        cut.trim_end_matches(['-', '.']).to_string()
+    } else {
+        name.to_string()
+    }
+}
+
 pub fn pod_hostname(pod: &Pod, node_hostname: &str, cluster_domain: &str) -> String {
     let spec = pod.spec.as_ref();
     if spec.and_then(|s| s.host_network) == Some(true) {
         return node_hostname.to_string();
     }
-    let name = spec
-        .and_then(|s| s.hostname.as_deref())
-        .filter(|h| !h.is_empty())
-        .or(pod.metadata.name.as_deref())
-        .unwrap_or_default();
-    let mut hostname = if name.len() > MAX_HOSTNAME {
-        name[..MAX_HOSTNAME]
-            .trim_end_matches(['-', '.'])
-            .to_string()
-    } else {
-        name.to_string()
-    };
+    let mut hostname = short_hostname(pod);
     let subdomain = spec
         .and_then(|s| s.subdomain.as_deref())
         .filter(|s| !s.is_empty());

@@ -34,6 +34,8 @@ const STDERR: u8 = 2;
 const STATUS: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
+/// How long a terminal's last output may take to arrive after its process exited.
+const TTY_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What the query asks for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -339,8 +341,18 @@ async fn session(
             },
         }
     }
-    // Whatever output is still queued goes out before the status.
-    while let Ok(message) = to_send.try_recv() {
+    // Output still on its way goes out before the status. A terminal's reader may never see
+    // its end (another process can hold the terminal open), so it gets a bounded drain.
+    let drain_until = tokio::time::Instant::now() + TTY_DRAIN;
+    loop {
+        let next = if request.tty {
+            tokio::time::timeout_at(drain_until, to_send.recv())
+                .await
+                .unwrap_or_default()
+        } else {
+            to_send.try_recv().ok()
+        };
+        let Some(message) = next else { break };
         sink.send(message).await.map_err(std::io::Error::other)?;
     }
     let exit_code = match ctx.runtime.exec_status(pid).await {

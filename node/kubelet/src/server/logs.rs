@@ -183,15 +183,18 @@ fn attempt_files(dir: &Path, attempt: u32) -> Vec<PathBuf> {
     rotated
 }
 
-fn lines_of(path: &Path) -> Vec<Vec<u8>> {
-    std::fs::read(path)
-        .map(|data| {
-            data.split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect()
-        })
-        .unwrap_or_default()
+/// The complete lines of a log file's bytes (a last line without its newline is left out:
+/// it is still being written).
+fn split_lines(data: &[u8]) -> Vec<Vec<u8>> {
+    let complete = data
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |end| end + 1);
+    data[..complete]
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 /// Serves the request.
@@ -246,8 +249,15 @@ pub(crate) async fn container_logs(
     };
     let files = attempt_files(&dir, attempt);
     let mut lines = Vec::new();
+    // Where the live file was read up to, so that following goes on from exactly there.
+    let mut read_to = (0u64, 0u64);
     for file in &files {
-        lines.extend(lines_of(file));
+        let data = std::fs::read(file).unwrap_or_default();
+        if Some(file) == files.last() {
+            let inode = std::fs::metadata(file).map(|m| m.ino()).unwrap_or(0);
+            read_to = (inode, data.len() as u64);
+        }
+        lines.extend(split_lines(&data));
     }
     let first = render_records(&lines, &options);
     if !options.follow || options.previous {
@@ -272,15 +282,8 @@ pub(crate) async fn container_logs(
         if !first.is_empty() && sender.send(Bytes::from(first)).await.is_err() {
             return;
         }
-        if let Err(err) = follow(
-            &live,
-            pid,
-            timestamps,
-            limit.map(|l| l.saturating_sub(sent)),
-            sender,
-        )
-        .await
-        {
+        let limit = limit.map(|l| l.saturating_sub(sent));
+        if let Err(err) = follow(&live, read_to, pid, timestamps, limit, sender).await {
             tracing::debug!(%err, log = %live.display(), "following a log");
         }
     });
@@ -292,10 +295,11 @@ pub(crate) async fn container_logs(
         .expect("valid response")
 }
 
-/// Sends the records appended to `live` from its current end on, until process `pid` has
+/// Sends the records appended to `live` after what was already sent, until process `pid` has
 /// exited (or the client went away, or `limit` bytes were sent).
 async fn follow(
     live: &Path,
+    (read_inode, read_offset): (u64, u64),
     pid: Option<i32>,
     timestamps: bool,
     mut limit: Option<usize>,
@@ -312,7 +316,10 @@ async fn follow(
     let notify = register(notify)?;
     let mut file = File::open(live)?;
     let mut inode = file.metadata()?.ino();
-    file.seek(SeekFrom::End(0))?;
+    // On from where the first answer stopped (from the start of a file that replaced it).
+    if inode == read_inode {
+        file.seek(SeekFrom::Start(read_offset))?;
+    }
     let mut pending: Vec<u8> = Vec::new();
     let mut exited = pid.is_none();
     let exit = async {

@@ -1,7 +1,8 @@
 //! The kubelet's HTTPS server (port 10250): /healthz, /containerLogs, /exec (WebSocket,
 //! v5/v4.channel.k8s.io), /metrics. The API server proxies pods/log and pods/exec here.
-//! Clients must present a certificate signed by --client-ca-file when it is given; without
-//! it the kubelet serves anyone (and says so in its log). The serving certificate comes from
+//! Clients must present a certificate signed by --client-ca-file; without one the kubelet
+//! serves only on a loopback address (and says so in its log). Any certificate of that CA is
+//! allowed everything (no authorization by user yet). The serving certificate comes from
 //! --tls-cert-file/--tls-private-key-file, or is made once under `<root-dir>/pki/` signed by a
 //! CA of the node's own, as the upstream kubelet makes a self-signed one.
 
@@ -35,6 +36,10 @@ pub enum ServeKubeletError {
     Tls(#[from] baton_pki::tls::TlsSetupError),
     #[error("make the kubelet's serving certificate")]
     Certificate(#[from] baton_pki::PkiError),
+    #[error(
+        "--client-ca-file is required to serve on {address} (without it every client could exec into every container); give it, or --address=127.0.0.1"
+    )]
+    NoClientCa { address: SocketAddr },
     #[error("listen on {address}")]
     Listen {
         address: SocketAddr,
@@ -80,7 +85,15 @@ pub async fn serve(
     };
     let client_auth = baton_pki::tls::ClientAuth::Required;
     if settings.client_ca_file.is_none() {
-        tracing::warn!("no --client-ca-file: the kubelet server accepts every client");
+        // Logs and exec for anyone who can connect: only where nobody else can.
+        if !settings.address.ip().is_loopback() {
+            return Err(ServeKubeletError::NoClientCa {
+                address: settings.address,
+            });
+        }
+        tracing::warn!(
+            "no --client-ca-file: the kubelet server (on loopback) accepts every client"
+        );
     }
     let tls = baton_pki::tls::server_config(
         &cert,

@@ -120,6 +120,13 @@ pub async fn set_up(
     };
     let mut paths = HashMap::new();
     for volume in pod_volumes(pod) {
+        // The name becomes a directory name: never a path (the API server validates it too).
+        if !is_directory_name(&volume.name) {
+            return Err(MountVolumeError {
+                volume: volume.name.clone(),
+                reason: "the volume name is not a DNS label".into(),
+            });
+        }
         let path = set_up_one(&objects, &host, volume)
             .await
             .map_err(|reason| MountVolumeError {
@@ -129,6 +136,17 @@ pub async fn set_up(
         paths.insert(volume.name.clone(), path);
     }
     Ok(paths)
+}
+
+/// Whether `name` is a DNS-1123 label (what volume names are), so safe as one directory name.
+fn is_directory_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 /// What setting up a volume needs besides the volume.

@@ -29,6 +29,8 @@ use sandbox::HomeNamespaces;
 
 /// Name of the socket the runtime process listens on, inside its root directory.
 pub const SOCKET_NAME: &str = "runtime.sock";
+/// Most exits of exec'd processes kept for `ExecStatus`.
+const MAX_EXEC_EXITS: usize = 1024;
 /// oom_score_adj of the runtime process, as the kubelet's own (-999): the last to be killed.
 const OOM_SCORE_ADJ: &str = "-999";
 
@@ -76,6 +78,8 @@ struct Server {
     watched: HashMap<String, Watched>,
     execs: HashMap<i32, Watched>,
     exec_exits: HashMap<i32, ExitStatus>,
+    /// The pids of `exec_exits`, oldest first.
+    exec_exit_order: std::collections::VecDeque<i32>,
     pumps: HashMap<String, LogPump>,
     shutting_down: bool,
 }
@@ -104,6 +108,7 @@ pub fn serve(root: &Path, ready: Option<OwnedFd>) -> Result<(), ServeRuntimeErro
         watched: HashMap::new(),
         execs: HashMap::new(),
         exec_exits: HashMap::new(),
+        exec_exit_order: std::collections::VecDeque::new(),
         pumps: HashMap::new(),
         shutting_down: false,
     };
@@ -287,7 +292,13 @@ impl Server {
             Request::RemoveContainer { id } => {
                 let removed = self.containers.remove(&id);
                 if removed.is_ok() {
-                    self.watched.remove(&id);
+                    // A running one was SIGKILLed by the removal: reap it, or it would stay a
+                    // zombie of this process.
+                    if let Some(watched) = self.watched.remove(&id)
+                        && watched.child
+                    {
+                        let _ = waitid(WaitId::PidFd(watched.pidfd.as_fd()), WaitIdOptions::EXITED);
+                    }
                     self.pumps.remove(&id);
                 }
                 removed.map(|()| Response::Done)
@@ -416,6 +427,13 @@ impl Server {
 
     fn reap_exec(&mut self, pid: i32) {
         if let Some(watched) = self.execs.remove(&pid) {
+            // Exits nobody asked for (a client that went away) are forgotten, oldest first.
+            if self.exec_exit_order.len() >= MAX_EXEC_EXITS
+                && let Some(oldest) = self.exec_exit_order.pop_front()
+            {
+                self.exec_exits.remove(&oldest);
+            }
+            self.exec_exit_order.push_back(pid);
             self.exec_exits.insert(pid, exit_of(&watched));
         }
     }
