@@ -523,15 +523,15 @@ fn resolve_mounts(
                         ),
                     ));
                 }
-                host_path = host_path.join(sub_path);
-                if !host_path.exists() {
-                    std::fs::create_dir_all(&host_path).map_err(|err| {
-                        StartFailure::new(
-                            "CreateContainerConfigError",
-                            format!("{}: {err}", host_path.display()),
-                        )
-                    })?;
-                }
+                host_path = safe_sub_path(source, sub_path).map_err(|reason| {
+                    StartFailure::new(
+                        "CreateContainerConfigError",
+                        format!(
+                            "failed to prepare subPath for volumeMount \"{}\" of container \"{}\": {reason}",
+                            mount.name, container.name
+                        ),
+                    )
+                })?;
             }
             Ok(ResolvedMount {
                 container_path: mount.mount_path.clone(),
@@ -543,9 +543,49 @@ fn resolve_mounts(
         .collect()
 }
 
+/// `root/sub_path`, made as directories where missing, refusing symlinks on the way: a
+/// container that controls the volume's content must not make a later mount reach outside it
+/// (CVE-2017-1002101). Upstream resolves symlinks that stay inside the volume; this refuses
+/// every symlink. (A container swapping a directory for a symlink between this check and the
+/// mount is not guarded against yet.)
+fn safe_sub_path(root: &std::path::Path, sub_path: &str) -> Result<PathBuf, String> {
+    let mut path = root.to_path_buf();
+    for part in sub_path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if part == ".." {
+            return Err("'..' is not allowed".into());
+        }
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(format!("{} is a symbolic link", path.display()));
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+            }
+            Err(err) => return Err(format!("{}: {err}", path.display())),
+        }
+    }
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sub_paths_stay_inside_their_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("volume");
+        std::fs::create_dir(&root).unwrap();
+        let made = safe_sub_path(&root, "a/b").unwrap();
+        assert_eq!(made, root.join("a/b"));
+        assert!(made.is_dir());
+        std::os::unix::fs::symlink("/", root.join("escape")).unwrap();
+        let err = safe_sub_path(&root, "escape/etc").unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(safe_sub_path(&root, "a/../..").is_err());
+    }
 
     #[test]
     fn container_ids_round_trip() {

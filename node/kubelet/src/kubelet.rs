@@ -137,7 +137,15 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         args.image_gc_high_threshold,
         args.image_gc_low_threshold,
     ));
-    let workers = PodWorkers::new(ctx.clone());
+    // What the runtime has from before this kubelet started, listed once and handed to each
+    // pod's worker (listing per worker would cost O(pods²) state reads).
+    let mut existing: HashMap<String, Vec<baton_runtime::ContainerStatus>> = HashMap::new();
+    for status in runtime.list_containers().await? {
+        if let Some((uid, _, _)) = parse_container_id(&status.id) {
+            existing.entry(uid.to_owned()).or_default().push(status);
+        }
+    }
+    let workers = PodWorkers::new(ctx.clone(), existing);
     informer.on_event(move |event| workers.dispatch(event));
     let cleaner = informer.clone();
     tokio::spawn(async move {
@@ -160,13 +168,19 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
 struct PodWorkers {
     ctx: Arc<KubeletContext>,
     workers: Arc<Mutex<HashMap<String, watch::Sender<PodUpdate>>>>,
+    /// Containers found at start, by pod uid, until that pod's worker takes them.
+    existing: Arc<Mutex<HashMap<String, Vec<baton_runtime::ContainerStatus>>>>,
 }
 
 impl PodWorkers {
-    fn new(ctx: Arc<KubeletContext>) -> Self {
+    fn new(
+        ctx: Arc<KubeletContext>,
+        existing: HashMap<String, Vec<baton_runtime::ContainerStatus>>,
+    ) -> Self {
         Self {
             ctx,
             workers: Arc::default(),
+            existing: Arc::new(Mutex::new(existing)),
         }
     }
 
@@ -183,11 +197,20 @@ impl PodWorkers {
                     return;
                 }
                 let (sender, receiver) = watch::channel(update);
-                workers.insert(uid, sender);
+                workers.insert(uid.clone(), sender);
                 let ctx = self.ctx.clone();
                 let pod = (*new).clone();
+                let existing = self
+                    .existing
+                    .lock()
+                    .expect("existing containers")
+                    .remove(&uid)
+                    .unwrap_or_default();
                 tokio::spawn(async move {
-                    PodWorker::new(ctx, &pod).await.run(receiver).await;
+                    PodWorker::new(ctx, &pod, existing)
+                        .await
+                        .run(receiver)
+                        .await;
                 });
             }
             InformerEvent::Deleted(old) => {

@@ -97,9 +97,13 @@ impl std::fmt::Debug for PodWorker {
 }
 
 impl PodWorker {
-    /// A worker for `pod`, taking over the containers the runtime already has for it (after a
-    /// kubelet restart).
-    pub async fn new(ctx: Arc<KubeletContext>, pod: &Pod) -> Self {
+    /// A worker for `pod`, taking over `existing`: the containers the runtime had for it when
+    /// the kubelet started (after a kubelet restart; none for a new pod).
+    pub async fn new(
+        ctx: Arc<KubeletContext>,
+        pod: &Pod,
+        existing: Vec<baton_runtime::ContainerStatus>,
+    ) -> Self {
         let uid = pod.uid().unwrap_or_default();
         let dirs = PodDirs::new(
             &ctx.root_dir,
@@ -136,7 +140,7 @@ impl PodWorker {
             killing: HashSet::new(),
             updates: None,
         };
-        worker.adopt().await;
+        worker.adopt(existing).await;
         worker.seed_probes(pod);
         worker
     }
@@ -167,13 +171,10 @@ impl PodWorker {
     }
 
     /// Rebuilds the container tracks from what the runtime has for this pod.
-    async fn adopt(&mut self) {
-        let Ok(all) = self.ctx.runtime.list_containers().await else {
-            return;
-        };
+    async fn adopt(&mut self, existing: Vec<baton_runtime::ContainerStatus>) {
         let mut attempts: BTreeMap<String, Vec<(u32, baton_runtime::ContainerStatus)>> =
             BTreeMap::new();
-        for status in all {
+        for status in existing {
             if let Some((uid, name, attempt)) = parse_container_id(&status.id)
                 && uid == self.uid
             {

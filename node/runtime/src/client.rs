@@ -1,6 +1,6 @@
-//! The kubelet's side: [`RuntimeClient`] sends one request at a time to the runtime process,
-//! starting it (`<program> runtime --root DIR`) when none answers, and waits for container
-//! exits on pidfds in the async runtime.
+//! The kubelet's side: [`RuntimeClient`] sends one request at a time to the runtime process
+//! (from a thread of its own), starting it (`<program> runtime --root DIR`) when none answers,
+//! and waits for container exits on pidfds in the async runtime.
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
@@ -8,7 +8,9 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
 
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 use tokio::io::unix::AsyncFd;
@@ -34,23 +36,47 @@ pub enum RuntimeCallError {
     Protocol(&'static str),
 }
 
-/// A connection to the runtime process under one root directory.
+/// A connection to the runtime process under one root directory. Requests go, one at a time,
+/// through one thread of the client's own that holds the connection (blocking socket I/O never
+/// occupies the async runtime's threads).
 #[derive(Clone, Debug)]
 pub struct RuntimeClient {
     root: PathBuf,
-    program: PathBuf,
-    connection: Arc<Mutex<Option<UnixStream>>>,
+    requests: mpsc::Sender<Job>,
+}
+
+/// One request for the connection's thread, and where its answer goes.
+#[derive(Debug)]
+struct Job {
+    request: Request,
+    fds: Vec<OwnedFd>,
+    reply: oneshot::Sender<Result<Response, RuntimeCallError>>,
 }
 
 impl RuntimeClient {
     /// A client of the runtime process under `root`, started from `program` (the `baton`
     /// binary) when it is not running.
     pub fn new(root: impl Into<PathBuf>, program: impl Into<PathBuf>) -> Self {
-        Self {
-            root: root.into(),
+        let root = root.into();
+        let (requests, jobs) = mpsc::channel::<Job>();
+        let mut connection = Connection {
+            root: root.clone(),
             program: program.into(),
-            connection: Arc::new(Mutex::new(None)),
+            stream: None,
+        };
+        // The thread ends when the last clone of the client is dropped.
+        let spawned = std::thread::Builder::new()
+            .name("runtime-client".into())
+            .spawn(move || {
+                for job in jobs {
+                    let answer = connection.exchange(&job.request, &job.fds);
+                    let _ = job.reply.send(answer);
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::error!(%err, "starting the runtime client's thread");
         }
+        Self { root, requests }
     }
 
     /// The runtime's root directory.
@@ -69,10 +95,7 @@ impl RuntimeClient {
     /// Kills every container, removes every sandbox, and stops the runtime process.
     pub async fn shutdown(&self) -> Result<(), RuntimeCallError> {
         match self.call(Request::Shutdown, Vec::new()).await? {
-            Response::Done => {
-                *self.connection.lock().expect("runtime connection lock") = None;
-                Ok(())
-            }
+            Response::Done => Ok(()),
             _ => Err(RuntimeCallError::Protocol("shutdown")),
         }
     }
@@ -82,39 +105,59 @@ impl RuntimeClient {
         request: Request,
         fds: Vec<OwnedFd>,
     ) -> Result<Response, RuntimeCallError> {
-        let this = self.clone();
-        let response = tokio::task::spawn_blocking(move || this.call_blocking(&request, &fds))
-            .await
-            .map_err(|err| this_unavailable(&self.root, err.to_string()))??;
-        match response {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            request,
+            fds,
+            reply,
+        };
+        let gone = || unavailable(&self.root, "the runtime client's thread is gone".into());
+        self.requests.send(job).map_err(|_| gone())?;
+        match answer.await.map_err(|_| gone())?? {
             Response::Failed(message) => Err(RuntimeCallError::Failed(message)),
             response => Ok(response),
         }
     }
+}
 
-    fn call_blocking(
-        &self,
+/// The connection, owned by the client's thread.
+#[derive(Debug)]
+struct Connection {
+    root: PathBuf,
+    program: PathBuf,
+    stream: Option<UnixStream>,
+}
+
+impl Connection {
+    /// Sends one request and reads its answer, connecting (or starting the runtime process)
+    /// first when needed.
+    fn exchange(
+        &mut self,
         request: &Request,
         fds: &[OwnedFd],
     ) -> Result<Response, RuntimeCallError> {
-        let mut connection = self.connection.lock().expect("runtime connection lock");
-        if connection.is_none() {
-            *connection = Some(self.connect_or_start()?);
+        if self.stream.is_none() {
+            self.stream = Some(self.connect_or_start()?);
         }
-        let stream = connection.as_mut().expect("connected above");
+        let stream = self.stream.as_mut().expect("connected above");
         let exchanged = send_frame(stream, request, fds).and_then(|()| recv_frame(stream));
         match exchanged {
-            Ok(Some((response, _))) => Ok(response),
+            Ok(Some((response, _))) => {
+                if matches!(request, Request::Shutdown) {
+                    self.stream = None;
+                }
+                Ok(response)
+            }
             Ok(None) => {
-                *connection = None;
-                Err(this_unavailable(
+                self.stream = None;
+                Err(unavailable(
                     &self.root,
                     "the runtime process closed the connection".into(),
                 ))
             }
             Err(err) => {
-                *connection = None;
-                Err(this_unavailable(&self.root, err.to_string()))
+                self.stream = None;
+                Err(unavailable(&self.root, err.to_string()))
             }
         }
     }
@@ -136,7 +179,7 @@ impl RuntimeClient {
             .process_group(0)
             .spawn()
             .map_err(|err| {
-                this_unavailable(
+                unavailable(
                     &self.root,
                     format!("start {}: {err}", self.program.display()),
                 )
@@ -147,17 +190,17 @@ impl RuntimeClient {
         // Reap it whenever it ends, so that it never lingers as a zombie of the kubelet.
         std::thread::spawn(move || child.wait());
         if line.trim() != "ready" {
-            return Err(this_unavailable(
+            return Err(unavailable(
                 &self.root,
                 "the runtime process exited before it was ready (see its log)".into(),
             ));
         }
         tracing::info!(root = %self.root.display(), "started the runtime process");
-        UnixStream::connect(&socket).map_err(|err| this_unavailable(&self.root, err.to_string()))
+        UnixStream::connect(&socket).map_err(|err| unavailable(&self.root, err.to_string()))
     }
 }
 
-fn this_unavailable(root: &Path, message: String) -> RuntimeCallError {
+fn unavailable(root: &Path, message: String) -> RuntimeCallError {
     RuntimeCallError::Unavailable {
         root: root.to_owned(),
         message,

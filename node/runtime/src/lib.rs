@@ -2,7 +2,8 @@
 //! process, so every container operation runs in a separate single-threaded *runtime process*
 //! ([`serve`], `baton runtime --root DIR`), and the kubelet talks to it through
 //! [`RuntimeClient`], one request at a time over a Unix socket. [`ContainerRuntime`] is the
-//! seam: the kubelet is written against the trait, [`RuntimeClient`] is the real thing.
+//! operations as a trait, [`RuntimeClient`] its real implementation (the kubelet holds the
+//! client itself for now; a fake behind the trait is for unit tests to come).
 //!
 //! Pod sandboxes are namespaces bind-mounted onto files (no pause container); containers are
 //! OCI bundles the kubelet prepares; their output lands in CRI-format log files; their exits
