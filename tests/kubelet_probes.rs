@@ -146,8 +146,7 @@ async fn readiness_probes_flip_ready_both_ways() -> Result<()> {
         .await;
 
     // An exec probe's output is its failure message; one that outlives its timeout is killed
-    // and fails with upstream's message. (Two pods: kube-runtime's event recorder folds events
-    // of one object with the same reason into one series, whatever their notes.)
+    // and fails with upstream's message.
     cluster
         .create_pod(
             "exec-output",

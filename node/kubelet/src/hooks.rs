@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{LifecycleHandler, Pod};
 
 use crate::container_spec::pod_description;
 use crate::probes::exec::exec_in_container;
-use crate::probes::{Target, error_chain, http, http_request, user_agent};
+use crate::probes::{Target, http, http_request, user_agent};
 
 /// Runs `handler` against `target`, a container of `pod`; the error is the message upstream
 /// logs for a failed hook.
@@ -43,7 +43,7 @@ pub async fn run_hook<R: ContainerRuntime>(
                 ),
                 output.combined(),
             )),
-            Err(err) => Err(failed(error_chain(&err), String::new())),
+            Err(err) => Err(failed(baton_images::error_chain(&err), String::new())),
         };
     }
     if let Some(action) = &handler.http_get {

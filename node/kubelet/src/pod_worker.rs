@@ -525,12 +525,7 @@ impl PodWorker {
                 if started.post_start_failure.is_some() {
                     // As upstream: killed with the pod's grace period (preStop included), then
                     // restarted by the restart policy.
-                    let grace = pod
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.termination_grace_period_seconds)
-                        .unwrap_or(30)
-                        .max(0) as u64;
+                    let grace = pod_grace_seconds(pod);
                     self.stop_in_background(
                         pod,
                         container,
@@ -821,9 +816,7 @@ impl PodWorker {
         let grace = kind
             .of(container)
             .and_then(|p| p.termination_grace_period_seconds)
-            .or_else(|| spec.and_then(|s| s.termination_grace_period_seconds))
-            .unwrap_or(30)
-            .max(0) as u64;
+            .map_or_else(|| pod_grace_seconds(pod), |seconds| seconds.max(0) as u64);
         self.stop_in_background(
             pod,
             container,
@@ -894,16 +887,12 @@ impl PodWorker {
     /// Stops the pod's containers within its grace period and removes everything it has on the
     /// node; then lets the API server remove the pod.
     async fn terminate(&mut self, pod: Option<&Pod>) {
-        let grace = pod
-            .and_then(|p| {
-                p.metadata.deletion_grace_period_seconds.or_else(|| {
-                    p.spec
-                        .as_ref()
-                        .and_then(|s| s.termination_grace_period_seconds)
-                })
-            })
-            .unwrap_or(30)
-            .max(0) as u64;
+        // The deletion's own grace period, else the pod's.
+        let grace = pod.map_or(0, |p| {
+            p.metadata
+                .deletion_grace_period_seconds
+                .map_or_else(|| pod_grace_seconds(p), |seconds| seconds.max(0) as u64)
+        });
         match pod {
             Some(pod) => self.stop_all(Some((Duration::from_secs(grace), pod))).await,
             None => self.stop_all(None).await,
@@ -1055,4 +1044,13 @@ fn termination_message(path: &std::path::Path) -> Option<String> {
         .read_to_end(&mut text)
         .ok()?;
     (!text.is_empty()).then(|| String::from_utf8_lossy(&text).into_owned())
+}
+
+/// The pod's termination grace period in seconds (30 when unset, as upstream's default).
+fn pod_grace_seconds(pod: &Pod) -> u64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30)
+        .max(0) as u64
 }

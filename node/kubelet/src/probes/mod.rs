@@ -136,7 +136,7 @@ async fn run_once<R: ContainerRuntime>(runtime: &R, probe: &Probe, target: &Targ
                 Some(_) => ProbeOutput::Failure(output.combined()),
                 None => ProbeOutput::Failure(format!("command {:?} timed out", command.join(" "))),
             },
-            Err(err) => ProbeOutput::Error(error_chain(&err)),
+            Err(err) => ProbeOutput::Error(baton_images::error_chain(&err)),
         };
     }
     if let Some(action) = &probe.http_get {
@@ -259,18 +259,6 @@ pub fn resolve_host(host: &str, default: IpAddr) -> Result<IpAddr, String> {
         .trim_end_matches(']')
         .parse()
         .map_err(|_| format!("dial tcp: lookup {host}: host names are not resolved by Baton's kubelet; use an IP address"))
-}
-
-/// An error and its sources, joined by ": ".
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(next) = source {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        source = next.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -171,25 +171,13 @@ fn fs_group(pod: &Pod) -> Option<u32> {
     u32::try_from(group).ok()
 }
 
-/// The error and its causes, `: `-separated.
-fn describe(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 async fn set_up_one(
     objects: &impl ObjectSource,
     host: &Host<'_>,
     volume: &Volume,
 ) -> Result<PathBuf, String> {
     let dir = host.dirs.volume(&volume.name);
-    let reason = |err: &dyn Error| describe(err);
+    let reason = |err: &(dyn Error + 'static)| baton_images::error_chain(err);
     if let Some(source) = &volume.empty_dir {
         empty_dir::set_up(source, &dir, host.fs_group).map_err(|e| reason(&e))?;
         return Ok(dir);
