@@ -279,10 +279,9 @@ impl PodWorker {
         wake
     }
 
-    /// Records the exits of attempts whose processes have ended.
-    async fn refresh_exits(&mut self) {
-        let running: Vec<(String, String)> = self
-            .tracks
+    /// (container name, runtime id) of every attempt not known to have exited.
+    fn running_attempts(&self) -> Vec<(String, String)> {
+        self.tracks
             .iter()
             .filter_map(|(name, track)| {
                 let attempt = track.current.as_ref()?;
@@ -291,7 +290,12 @@ impl PodWorker {
                     .is_none()
                     .then(|| (name.clone(), attempt.container_id.clone()))
             })
-            .collect();
+            .collect()
+    }
+
+    /// Records the exits of attempts whose processes have ended.
+    async fn refresh_exits(&mut self) {
+        let running = self.running_attempts();
         for (name, id) in running {
             let Ok(status) = self.ctx.runtime.container_status(&id).await else {
                 continue;
@@ -648,17 +652,7 @@ impl PodWorker {
     /// preStop hook, SIGTERM, then SIGKILL once the grace period has passed (all at once, as
     /// upstream); without one (`None`), SIGKILL at once.
     async fn stop_all(&mut self, grace: Option<(Duration, &Pod)>) {
-        let running: Vec<(String, String)> = self
-            .tracks
-            .iter()
-            .filter_map(|(name, track)| {
-                let attempt = track.current.as_ref()?;
-                attempt
-                    .exit
-                    .is_none()
-                    .then(|| (name.clone(), attempt.container_id.clone()))
-            })
-            .collect();
+        let running = self.running_attempts();
         if running.is_empty() {
             return;
         }

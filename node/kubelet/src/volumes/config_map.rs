@@ -4,9 +4,11 @@
 
 use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, KeyToPath};
 
-use super::atomic_writer::{FileProjection, Payload};
+use std::collections::BTreeMap;
+
+use super::atomic_writer::Payload;
 use super::objects::ObjectSource;
-use super::{CollectPayloadError, DEFAULT_MODE, file_mode};
+use super::{CollectPayloadError, DEFAULT_MODE, file_mode, keyed_payload};
 
 /// The files of a configMap volume.
 pub async fn payload(
@@ -40,65 +42,30 @@ pub async fn fetch(
     }
 }
 
-/// The files for `items` of `config_map` (every key when there are no items).
+/// The files for `items` of `config_map` (every key of data and binaryData when there are no
+/// items).
 pub fn make_payload(
     items: Option<&[KeyToPath]>,
     config_map: &ConfigMap,
     default_mode: u32,
     optional: bool,
 ) -> Result<Payload, CollectPayloadError> {
-    let lookup = |key: &str| {
-        config_map
-            .data
-            .as_ref()
-            .and_then(|data| data.get(key))
-            .map(|text| text.as_bytes().to_vec())
-            .or_else(|| {
-                config_map
-                    .binary_data
-                    .as_ref()
-                    .and_then(|data| data.get(key))
-                    .map(|bytes| bytes.0.clone())
-            })
-    };
-    let mut payload = Payload::new();
-    match items.filter(|items| !items.is_empty()) {
-        None => {
-            let keys = config_map
-                .data
-                .iter()
-                .flat_map(|data| data.keys())
-                .chain(config_map.binary_data.iter().flat_map(|data| data.keys()));
-            for key in keys {
-                let data = lookup(key).unwrap_or_default();
-                payload.insert(
-                    key.clone(),
-                    FileProjection {
-                        data,
-                        mode: default_mode,
-                    },
-                );
-            }
-        }
-        Some(items) => {
-            for item in items {
-                let Some(data) = lookup(&item.key) else {
-                    if optional {
-                        continue;
-                    }
-                    return Err(CollectPayloadError::MissingConfigMapKey(item.key.clone()));
-                };
-                payload.insert(
-                    item.path.clone(),
-                    FileProjection {
-                        data,
-                        mode: file_mode(item.mode, default_mode),
-                    },
-                );
-            }
-        }
+    let mut data: BTreeMap<String, Vec<u8>> = config_map
+        .binary_data
+        .iter()
+        .flatten()
+        .map(|(key, bytes)| (key.clone(), bytes.0.clone()))
+        .collect();
+    for (key, text) in config_map.data.iter().flatten() {
+        data.insert(key.clone(), text.as_bytes().to_vec());
     }
-    Ok(payload)
+    keyed_payload(
+        &data,
+        items,
+        default_mode,
+        optional,
+        CollectPayloadError::MissingConfigMapKey,
+    )
 }
 
 #[cfg(test)]

@@ -138,6 +138,46 @@ pub async fn set_up(
     Ok(paths)
 }
 
+/// The files of a keyed object's data (a ConfigMap's or a Secret's): every key with the
+/// default mode, or only `items` (key -> path, with their modes). A missing key is `missing`
+/// unless the volume is optional.
+fn keyed_payload(
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
+    default_mode: u32,
+    optional: bool,
+    missing: fn(String) -> CollectPayloadError,
+) -> Result<atomic_writer::Payload, CollectPayloadError> {
+    let mut payload = atomic_writer::Payload::new();
+    match items.filter(|items| !items.is_empty()) {
+        None => {
+            for (key, bytes) in data {
+                let file = atomic_writer::FileProjection {
+                    data: bytes.clone(),
+                    mode: default_mode,
+                };
+                payload.insert(key.clone(), file);
+            }
+        }
+        Some(items) => {
+            for item in items {
+                let Some(bytes) = data.get(&item.key) else {
+                    if optional {
+                        continue;
+                    }
+                    return Err(missing(item.key.clone()));
+                };
+                let file = atomic_writer::FileProjection {
+                    data: bytes.clone(),
+                    mode: file_mode(item.mode, default_mode),
+                };
+                payload.insert(item.path.clone(), file);
+            }
+        }
+    }
+    Ok(payload)
+}
+
 /// Whether `name` is a DNS-1123 label (what volume names are), so safe as one directory name.
 fn is_directory_name(name: &str) -> bool {
     !name.is_empty()

@@ -4,9 +4,11 @@
 
 use k8s_openapi::api::core::v1::{KeyToPath, Secret, SecretVolumeSource};
 
-use super::atomic_writer::{FileProjection, Payload};
+use std::collections::BTreeMap;
+
+use super::atomic_writer::Payload;
 use super::objects::ObjectSource;
-use super::{CollectPayloadError, DEFAULT_MODE, file_mode};
+use super::{CollectPayloadError, DEFAULT_MODE, file_mode, keyed_payload};
 
 /// The files of a secret volume.
 pub async fn payload(
@@ -48,39 +50,19 @@ pub fn make_payload(
     default_mode: u32,
     optional: bool,
 ) -> Result<Payload, CollectPayloadError> {
-    let data = secret.data.clone().unwrap_or_default();
-    let mut payload = Payload::new();
-    match items.filter(|items| !items.is_empty()) {
-        None => {
-            for (key, value) in data {
-                payload.insert(
-                    key,
-                    FileProjection {
-                        data: value.0,
-                        mode: default_mode,
-                    },
-                );
-            }
-        }
-        Some(items) => {
-            for item in items {
-                let Some(value) = data.get(&item.key) else {
-                    if optional {
-                        continue;
-                    }
-                    return Err(CollectPayloadError::MissingSecretKey(item.key.clone()));
-                };
-                payload.insert(
-                    item.path.clone(),
-                    FileProjection {
-                        data: value.0.clone(),
-                        mode: file_mode(item.mode, default_mode),
-                    },
-                );
-            }
-        }
-    }
-    Ok(payload)
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(key, bytes)| (key.clone(), bytes.0.clone()))
+        .collect();
+    keyed_payload(
+        &data,
+        items,
+        default_mode,
+        optional,
+        CollectPayloadError::MissingSecretKey,
+    )
 }
 
 #[cfg(test)]
