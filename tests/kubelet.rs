@@ -191,6 +191,18 @@ async fn image_and_memory_errors_show_upstream_reasons() -> Result<()> {
         "{notes:?}"
     );
 
+    // Its logs cannot be read yet: the kubelet's refusal reaches kubectl as a Status.
+    let kubectl = baton_test_harness::kubectl_binaries().remove(0);
+    let out = cluster.server.kubectl(&kubectl, &["logs", "no-image"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "Error from server (BadRequest): container \"main\" in pod \"no-image\" is waiting to start"
+        ),
+        "{stderr}"
+    );
+
     // Over its memory limit, a container is OOMKilled.
     cluster
         .create_pod(

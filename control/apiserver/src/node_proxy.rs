@@ -276,6 +276,16 @@ pub async fn proxy<S: Store>(
             .map_err(|err| StatusError::internal(err.to_string()));
     }
 
+    if answer.status().is_client_error() || answer.status().is_server_error() {
+        // The kubelet explains a refusal in plain text; clients expect a Status.
+        let code = answer.status();
+        let text = http_body_util::Limited::new(answer.into_body(), MAX_ERROR_BODY)
+            .collect()
+            .await
+            .map(|body| String::from_utf8_lossy(&body.to_bytes()).trim().to_owned())
+            .unwrap_or_default();
+        return Err(kubelet_refusal(code, text));
+    }
     let (parts, body) = answer.into_parts();
     // Stream the kubelet's answer (a followed log goes on until either side stops).
     let frames = BodyStream::new(body)
@@ -286,6 +296,27 @@ pub async fn proxy<S: Store>(
         parts,
         BodyExt::boxed(StreamBody::new(frames)),
     ))
+}
+
+/// Most bytes of a kubelet's error answer passed on.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A kubelet's refusal as the Status kube-apiserver answers with.
+fn kubelet_refusal(code: StatusCode, message: String) -> StatusError {
+    match code {
+        StatusCode::BAD_REQUEST => StatusError::bad_request(message),
+        StatusCode::NOT_FOUND => {
+            let mut err = StatusError::bad_request(message);
+            err.code = StatusCode::NOT_FOUND;
+            err.reason = "NotFound";
+            err
+        }
+        _ => {
+            let mut err = StatusError::internal(message);
+            err.code = code;
+            err
+        }
+    }
 }
 
 fn req_method_text(sub: &str) -> &'static str {

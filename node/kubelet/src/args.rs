@@ -89,6 +89,10 @@ pub struct KubeletArgs {
     /// ... until it is below this percentage.
     #[arg(long, default_value_t = 80)]
     pub image_gc_low_threshold: u8,
+    /// An unused image younger than this (since its last use, pull or import) is not
+    /// collected.
+    #[arg(long, default_value = "2m", value_parser = baton_client::parse_duration)]
+    pub minimum_image_ttl_duration: Duration,
 }
 
 /// A flag's value could not be used.

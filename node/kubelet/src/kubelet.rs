@@ -136,6 +136,7 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         informer.store(),
         args.image_gc_high_threshold,
         args.image_gc_low_threshold,
+        args.minimum_image_ttl_duration,
     ));
     // What the runtime has from before this kubelet started, listed once and handed to each
     // pod's worker (listing per worker would cost O(pods²) state reads).
