@@ -335,6 +335,8 @@ async fn session(
                     // The client left: stop the process.
                     tracing::debug!(?other, pid, "exec client left");
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                    // Answer a close with a close (a client that is gone just fails this).
+                    close(&mut sink).await;
                     return Ok(());
                 }
                 Some(Ok(_)) => {}
