@@ -140,10 +140,7 @@ async fn run_to_exit(runtime: &Runtime, id: &str, bundle: PathBuf) -> baton_runt
         .await
         .unwrap();
     runtime.client.start_container(id).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), wait_for_exit(pid))
-        .await
-        .expect("container exits")
-        .unwrap();
+    exited(pid).await;
     let status = runtime.client.container_status(id).await.unwrap();
     assert_eq!(status.state, ContainerState::Exited, "{status:?}");
     status.exit.expect("an exited container has an exit status")
@@ -248,10 +245,7 @@ async fn a_sandbox_gives_containers_their_hostname_and_network_namespace() {
         .signal_container("hostname", 9)
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(30), wait_for_exit(pid))
-        .await
-        .unwrap()
-        .unwrap();
+    exited(pid).await;
     let exit = runtime
         .client
         .container_status("hostname")
@@ -358,10 +352,7 @@ async fn exec_runs_in_the_container_and_reports_its_exit_code() {
             .await
             .unwrap();
     assert!(output.contains("in-exec"), "{output}");
-    tokio::time::timeout(Duration::from_secs(30), wait_for_exit(pid))
-        .await
-        .unwrap()
-        .unwrap();
+    exited(pid).await;
     let exit = runtime
         .client
         .exec_status(pid)
@@ -387,7 +378,7 @@ async fn a_restarted_runtime_process_adopts_running_containers() {
     runtime.client.start_container("ticker").await.unwrap();
     let first = runtime.client.connect().await.unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::SIGKILL).unwrap();
-    wait_for_exit(first).await.unwrap();
+    exited(first).await;
     // The next call starts a new runtime process, which finds the container still running.
     let client = runtime.client.clone();
     let status =
@@ -415,4 +406,12 @@ async fn wait_until(what: &str, condition: impl Fn() -> bool) {
     })
     .await
     .unwrap();
+}
+
+/// Waits (30 s at most) until process `pid` has exited.
+async fn exited(pid: i32) {
+    tokio::time::timeout(Duration::from_secs(30), wait_for_exit(pid))
+        .await
+        .expect("the process exits within 30 s")
+        .unwrap();
 }

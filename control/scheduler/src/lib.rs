@@ -15,7 +15,6 @@ mod node_info;
 mod node_tree;
 mod plugins;
 mod pod_info;
-mod quantity;
 mod queue;
 mod resources;
 mod schedule_one;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::quantity::{parse_milli, parse_value};
+use baton_quantity::{parse_milli, parse_value};
 
 /// The CPU request assumed for a container that sets none, when spreading load (scoring only).
 pub const DEFAULT_MILLI_CPU_REQUEST: i64 = 100;

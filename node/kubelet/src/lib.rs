@@ -24,7 +24,7 @@ pub mod pod_status;
 pub mod pod_worker;
 pub mod probes;
 pub mod qos;
-pub mod quantity;
+pub use baton_quantity as quantity;
 pub mod server;
 pub mod volumes;
 

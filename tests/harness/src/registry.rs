@@ -5,11 +5,11 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{TempDir, die_with_parent, free_port, kill};
+use super::{TempDir, die_with_parent, free_port, kill, wait_until};
 
 /// User name of [`Registry::start_with_basic_auth`] registries in tests.
 pub const TEST_USERNAME: &str = "baton";
@@ -77,22 +77,29 @@ impl Registry {
 
     async fn wait_ready(&mut self) -> Result<()> {
         let addr = format!("127.0.0.1:{}", self.port);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!("docker-registry exited with {status}: {}", self.log());
-            }
-            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("docker-registry did not listen on {addr}: {}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let child = &mut self.child;
+        let ready = wait_until(
+            &format!("docker-registry to listen on {addr}"),
+            Duration::from_secs(20),
+            || {
+                let exited = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                let addr = addr.clone();
+                async move {
+                    if let Some(status) = exited {
+                        return Some(Err(status));
+                    }
+                    tokio::net::TcpStream::connect(&addr)
+                        .await
+                        .ok()
+                        .map(|_| Ok(()))
+                }
+            },
+        )
+        .await;
+        match ready {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(status)) => bail!("docker-registry exited with {status}: {}", self.log()),
+            Err(err) => bail!("{err}: {}", self.log()),
         }
     }
 

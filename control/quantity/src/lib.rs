@@ -1,5 +1,6 @@
 //! Kubernetes resource quantities (`100m`, `1.5Gi`, `2e3`) read as integers the way
-//! apimachinery's `Quantity.Value()` and `MilliValue()` do: exact, rounded up.
+//! apimachinery's `Quantity.Value()` and `MilliValue()` do: exact, rounded up. Shared by the
+//! scheduler (requests against allocatable) and the kubelet (limits, env, flags).
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -89,6 +90,16 @@ fn scaled(text: &str, unit: i128) -> Option<i64> {
         -((-nanos) / unit)
     };
     i64::try_from(value).ok()
+}
+
+/// `text` in thousandths of a unit (CPU millicores), rounded up; `None` when malformed.
+pub fn parse_milli(text: &str) -> Option<i64> {
+    scaled(text, NANOS_PER_MILLI)
+}
+
+/// `text` in whole units (bytes, counts), rounded up; `None` when malformed.
+pub fn parse_value(text: &str) -> Option<i64> {
+    scaled(text, NANOS_PER_UNIT)
 }
 
 /// `Quantity.Value()`: whole units, rounded up (0 for a malformed quantity).
