@@ -8,7 +8,6 @@
 
 mod containers;
 mod cri_log;
-mod loopback;
 mod sandbox;
 
 use std::collections::HashMap;

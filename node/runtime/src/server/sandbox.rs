@@ -12,8 +12,8 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
 
 use super::error_chain;
-use super::loopback::bring_loopback_up;
 use crate::types::{Sandbox, SandboxConfig};
+use baton_network::{LOOPBACK_INDEX, RouteSocket};
 
 /// The node's own namespaces, held open so the runtime process can return to them.
 #[derive(Debug)]
@@ -133,7 +133,9 @@ fn inside_new_namespaces(config: &SandboxConfig, sandbox: &Sandbox) -> Result<()
         bind_namespace("uts", uts)?;
     }
     if let Some(network) = &sandbox.network {
-        bring_loopback_up().map_err(|err| format!("bring loopback up: {err}"))?;
+        RouteSocket::open()
+            .and_then(|mut socket| socket.set_link(LOOPBACK_INDEX, None, None))
+            .map_err(|err| format!("bring loopback up: {}", error_chain(&err)))?;
         bind_namespace("net", network)?;
     }
     if let Some(ipc) = &sandbox.ipc {

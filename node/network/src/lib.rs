@@ -1,0 +1,25 @@
+//! Baton's pod network, all through netlink from Rust (no `ip`, no `brctl`, no shell): a small
+//! synchronous rtnetlink client ([`RouteSocket`]) for links, addresses and routes; network
+//! namespaces ([`NetNs`]); the persisted pod address allocator ([`AddressAllocator`]); the
+//! node's bridge with a veth pair per pod ([`BridgeNetwork`]); and routes to the other nodes'
+//! pod CIDRs ([`sync_node_routes`]).
+
+mod addresses;
+mod bridge;
+mod ipam;
+mod links;
+mod netlink;
+mod netns;
+mod node_routes;
+mod routes;
+
+pub use bridge::{
+    BridgeConfig, BridgeNetwork, HOST_INTERFACE_PREFIX, POD_INTERFACE, PodAddress, PodNetworkError,
+    host_interface,
+};
+pub use ipam::{AddressAllocator, AllocateAddressError};
+pub use links::Link;
+pub use netlink::{Create, NetlinkError, RouteSocket};
+pub use netns::{LOOPBACK_INDEX, NetNs, NetNsError};
+pub use node_routes::{RouteChanges, sync_node_routes};
+pub use routes::{BATON_ROUTE_PROTOCOL, Route};
