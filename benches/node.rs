@@ -331,7 +331,7 @@ async fn startup_bench(binary: &Binary) -> anyhow::Result<Vec<String>> {
     ])
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let binary = Binary(env!("CARGO_BIN_EXE_baton").into());

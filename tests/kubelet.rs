@@ -244,6 +244,13 @@ async fn a_restarted_kubelet_keeps_pods_running() -> Result<()> {
                 .flatten()
         })
         .await;
+    let ip_before = cluster
+        .pods()
+        .get("steady")
+        .await?
+        .status
+        .and_then(|s| s.pod_ip);
+    assert!(ip_before.is_some(), "the pod has an IP on the pod network");
     cluster.node.kubelet().restart()?;
     // The kubelet is back (it posts the node's status again) and the container is the same.
     let pods = cluster.pods();
@@ -270,7 +277,13 @@ async fn a_restarted_kubelet_keeps_pods_running() -> Result<()> {
         log_has("took over a running container"),
     )
     .await?;
-    let after = main_status(&pods.get("steady").await?).unwrap();
+    let pod = pods.get("steady").await?;
+    // The pod keeps its address: the restarted kubelet finds it attached.
+    assert_eq!(
+        pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        ip_before
+    );
+    let after = main_status(&pod).unwrap();
     assert_eq!(after.container_id, before.container_id);
     assert_eq!(after.restart_count, 0);
     assert!(after.state.unwrap().running.is_some());

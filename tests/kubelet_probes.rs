@@ -129,15 +129,16 @@ async fn readiness_probes_flip_ready_both_ways() -> Result<()> {
             }] } }),
         )
         .await?;
-    cluster
+    let pod_ip = cluster
         .wait_for("running but not ready", "tcp-ready", |pod| {
-            (running_ready(pod) == Some(false)).then_some(())
+            (running_ready(pod) == Some(false)).then_some(())?;
+            pod.status.as_ref()?.pod_ip.clone()
         })
         .await;
-    wait_for_event(&cluster, "tcp-ready", "Unhealthy", |note| {
-        note == "Readiness probe failed: dial tcp 127.0.0.1:9090: connect: connection refused"
-    })
-    .await;
+    // The probe dials the pod's own address on the pod network.
+    let refused =
+        format!("Readiness probe failed: dial tcp {pod_ip}:9090: connect: connection refused");
+    wait_for_event(&cluster, "tcp-ready", "Unhealthy", |note| note == refused).await;
     cluster
         .wait_for("ready once the port listens", "tcp-ready", |pod| {
             (running_ready(pod) == Some(true) && ready_condition(pod).as_deref() == Some("True"))

@@ -89,6 +89,14 @@ pub struct KubeletArgs {
     /// ... until it is below this percentage.
     #[arg(long, default_value_t = 80)]
     pub image_gc_low_threshold: u8,
+    /// The node's pod network: `baton` (a bridge and a veth pair per pod, set up by the
+    /// kubelet itself).
+    #[arg(long, default_value = "baton", value_parser = ["baton"])]
+    pub network_plugin: String,
+    /// The node's pod CIDR when its Node has none (standalone: no controller manager
+    /// allocating node CIDRs). A CIDR on the Node wins.
+    #[arg(long)]
+    pub pod_cidr: Option<ipnet::Ipv4Net>,
     /// An unused image younger than this (since its last use, pull or import) is not
     /// collected.
     #[arg(long, default_value = "2m", value_parser = baton_client::parse_duration)]

@@ -31,6 +31,8 @@ pub struct KubeletContext {
     pub cgroup_root: String,
     pub cgroup_v2: bool,
     pub events: crate::events::EventSink,
+    /// The node's pod network.
+    pub network: std::sync::Arc<crate::pod_network::PodNetwork>,
 }
 
 impl std::fmt::Debug for KubeletContext {

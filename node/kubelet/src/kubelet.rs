@@ -19,6 +19,7 @@ use crate::context::KubeletContext;
 use crate::machine::{Machine, default_node_ip};
 use crate::node_status::{NodeIdentity, NodeStatusReporter, RegisterNodeError};
 use crate::pod_dirs::DnsSettings;
+use crate::pod_network::PodNetwork;
 use crate::pod_worker::{PodUpdate, PodWorker};
 
 /// Why the kubelet could not run.
@@ -84,6 +85,7 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         port: args.port,
     };
     let allocatable = identity.allocatable();
+    let network = Arc::new(PodNetwork::new(&args.root_dir, node_ip));
     let reporter = NodeStatusReporter::register(client.clone(), identity, true).await?;
     let ctx = Arc::new(KubeletContext {
         client: client.clone(),
@@ -107,12 +109,23 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         cgroup_root: args.cgroup_root.clone(),
         cgroup_v2: std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
         events: crate::events::EventSink::new(client.clone(), &node_name),
+        network: network.clone(),
     });
+    tokio::spawn(crate::node_network::run(
+        client.clone(),
+        node_name.clone(),
+        network.clone(),
+        args.pod_cidr,
+    ));
     let status_runtime = runtime.clone();
-    tokio::spawn(reporter.run(args.node_status_update_frequency, move || {
-        let runtime = status_runtime.clone();
-        Box::pin(async move { runtime.connect().await.is_ok() })
-    }));
+    tokio::spawn(reporter.run(
+        args.node_status_update_frequency,
+        move || {
+            let runtime = status_runtime.clone();
+            Box::pin(async move { runtime.connect().await.is_ok() })
+        },
+        network.subscribe(),
+    ));
 
     let pods: Api<Pod> = Api::all(client);
     let informer = Arc::new(Informer::new(
@@ -158,6 +171,14 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
             .filter_map(|p| p.uid())
             .collect();
         remove_orphans(&ctx, &known).await;
+        // Addresses of pods that died while the kubelet was down, once the network is up.
+        let mut ready = ctx.network.subscribe();
+        if ready.wait_for(Option::is_some).await.is_ok() {
+            let store = cleaner.store();
+            ctx.network
+                .release_orphans(move || store.state().iter().filter_map(|p| p.uid()).collect())
+                .await;
+        }
     });
     tracing::info!(node = %node_name, "kubelet running");
     informer.run().await;
@@ -249,6 +270,7 @@ async fn remove_orphans(ctx: &KubeletContext, known: &HashSet<String>) {
         orphans.insert(uid.to_owned());
     }
     for uid in orphans {
+        ctx.network.detach(&uid).await;
         let _ = ctx.runtime.remove_sandbox(&uid).await;
         let dir = ctx.root_dir.join("pods").join(&uid);
         crate::volumes::tear_down(&crate::pod_dirs::PodDirs {

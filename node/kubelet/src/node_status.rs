@@ -18,6 +18,11 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
+use std::sync::Arc;
+
+use baton_network::BridgeNetwork;
+use tokio::sync::watch;
+
 use crate::machine::Machine;
 use crate::quantity::parse_nanos;
 
@@ -201,7 +206,7 @@ struct Observed {
 }
 
 /// Reads the pressure conditions and readiness of the node now.
-fn observe(identity: &NodeIdentity, runtime_up: bool) -> Vec<Observed> {
+fn observe(identity: &NodeIdentity, runtime_up: bool, network_ready: bool) -> Vec<Observed> {
     let memory_available = available_memory().unwrap_or(u64::MAX);
     let disk_low = nix::sys::statvfs::statvfs(&identity.root_dir)
         .map(|stat| stat.blocks_available() * 100 < stat.blocks() * EVICTION_NODEFS_PERCENT)
@@ -232,10 +237,16 @@ fn observe(identity: &NodeIdentity, runtime_up: bool) -> Vec<Observed> {
             "kubelet has no disk pressure",
         )
     };
-    let ready = if runtime_up {
-        ("True", "KubeletReady", "kubelet is posting ready status")
-    } else {
+    let ready = if !runtime_up {
         ("False", "KubeletNotReady", "container runtime is down")
+    } else if !network_ready {
+        (
+            "False",
+            "KubeletNotReady",
+            crate::pod_network::NETWORK_NOT_READY,
+        )
+    } else {
+        ("True", "KubeletReady", "kubelet is posting ready status")
     };
     [
         ("MemoryPressure", memory),
@@ -320,7 +331,8 @@ impl NodeStatusReporter {
             posted: Vec::new(),
             last_post: None,
         };
-        reporter.update(runtime_up).await.map_err(wrap)?;
+        // The pod network is not set up before the node exists (its pod CIDR is on the Node).
+        reporter.update(runtime_up, false).await.map_err(wrap)?;
         baton_client::node_lease::renew_node_lease(&reporter.client, &reporter.identity.name)
             .await
             .map_err(wrap)?;
@@ -328,8 +340,12 @@ impl NodeStatusReporter {
     }
 
     /// Posts the status if a condition changed or the report is due.
-    pub async fn update(&mut self, runtime_up: bool) -> Result<(), kube::Error> {
-        let observed = observe(&self.identity, runtime_up);
+    pub async fn update(
+        &mut self,
+        runtime_up: bool,
+        network_ready: bool,
+    ) -> Result<(), kube::Error> {
+        let observed = observe(&self.identity, runtime_up, network_ready);
         let changed = observed.len() != self.posted.len()
             || observed
                 .iter()
@@ -385,6 +401,7 @@ impl NodeStatusReporter {
         mut self,
         frequency: Duration,
         runtime_up: impl Fn() -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>>,
+        mut network: watch::Receiver<Option<Arc<BridgeNetwork>>>,
     ) {
         // The Lease has a task of its own, so that a slow status check never delays it.
         let client = self.client.clone();
@@ -402,12 +419,17 @@ impl NodeStatusReporter {
         let mut status = tokio::time::interval(frequency);
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            status.tick().await;
+            // Checked on every tick, and at once when the pod network becomes ready.
+            tokio::select! {
+                _ = status.tick() => {}
+                Ok(()) = network.changed() => {}
+            }
+            let network_ready = network.borrow_and_update().is_some();
             // A runtime that does not answer within the check is down.
             let up = tokio::time::timeout(RUNTIME_CHECK_TIMEOUT, runtime_up())
                 .await
                 .unwrap_or(false);
-            if let Err(err) = self.update(up).await {
+            if let Err(err) = self.update(up, network_ready).await {
                 tracing::warn!(%err, "updating the node status");
             }
         }
@@ -475,10 +497,16 @@ mod tests {
 
     #[test]
     fn a_down_runtime_makes_the_node_not_ready() {
-        let conditions = observe(&identity(), false);
+        let conditions = observe(&identity(), false, true);
         let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!((ready.status, ready.reason), ("False", "KubeletNotReady"));
-        let conditions = observe(&identity(), true);
+        let conditions = observe(&identity(), true, false);
+        let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(
+            (ready.status, ready.message),
+            ("False", crate::pod_network::NETWORK_NOT_READY)
+        );
+        let conditions = observe(&identity(), true, true);
         let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(
             (ready.status, ready.message),

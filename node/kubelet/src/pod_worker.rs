@@ -40,6 +40,15 @@ pub enum PodUpdate {
     Gone,
 }
 
+/// Why a pod's sandbox was not made.
+#[derive(Debug)]
+enum SandboxFailure {
+    /// The pod network is not set up yet: wait for it.
+    NetworkNotReady(String),
+    /// Anything else: retried after a delay.
+    Failed(String),
+}
+
 /// SIGKILL (a pod gone from the API is not given a grace period).
 const SIGKILL: i32 = 9;
 /// How long a SIGKILLed container may take to go away.
@@ -56,6 +65,10 @@ pub struct PodWorker {
     crash_backoff: HashMap<String, Backoff>,
     pull_backoff: HashMap<String, Backoff>,
     sandbox: Option<Sandbox>,
+    /// The pod's IP on the pod network (none for hostNetwork pods: theirs is the node's).
+    pod_ip: Option<std::net::Ipv4Addr>,
+    /// Readiness of the pod network, which a pod waits for before its sandbox is made.
+    network: watch::Receiver<Option<Arc<baton_network::BridgeNetwork>>>,
     start_time: Option<jiff::Timestamp>,
     /// Names of containers whose watched process exited (sent by one task per process).
     exits: mpsc::UnboundedReceiver<String>,
@@ -115,6 +128,7 @@ impl PodWorker {
         let (exit_sender, exits) = mpsc::unbounded_channel();
         let pod_cgroup = crate::cgroups::pod_cgroup(&ctx.cgroup_root, pod);
         let (probe_sender, probe_results) = mpsc::unbounded_channel();
+        let network = ctx.network.subscribe();
         let mut worker = Self {
             ctx,
             uid,
@@ -123,6 +137,8 @@ impl PodWorker {
             crash_backoff: HashMap::new(),
             pull_backoff: HashMap::new(),
             sandbox: None,
+            pod_ip: None,
+            network,
             start_time: pod
                 .status
                 .as_ref()
@@ -263,6 +279,7 @@ impl PodWorker {
                 }
                 Some(_) = self.exits.recv() => self.watching -= 1,
                 Some(report) = self.probe_results.recv() => self.probe_reports.push(report),
+                Ok(()) = self.network.changed() => {}
                 _ = sleep => {}
             }
         }
@@ -352,7 +369,14 @@ impl PodWorker {
             Some(sandbox) => sandbox.clone(),
             None => match self.create_sandbox(pod).await {
                 Ok(sandbox) => sandbox,
-                Err(message) => {
+                Err(SandboxFailure::NetworkNotReady(message)) => {
+                    // Woken when the network becomes ready (run's select).
+                    self.ctx
+                        .event(pod, None, true, "NetworkNotReady", message)
+                        .await;
+                    return None;
+                }
+                Err(SandboxFailure::Failed(message)) => {
                     self.ctx
                         .event(pod, None, true, "FailedCreatePodSandBox", message)
                         .await;
@@ -496,7 +520,8 @@ impl PodWorker {
             .as_ref()
             .map(|a| a.attempt + u32::from(a.exit.is_some()))
             .unwrap_or(0);
-        let pod_ip = None;
+        let pod_ip = self.pod_ip_text(pod);
+        let pod_ip = pod_ip.as_deref();
         let request = StartRequest {
             pod,
             container,
@@ -571,8 +596,15 @@ impl PodWorker {
         }
     }
 
-    async fn create_sandbox(&mut self, pod: &Pod) -> Result<Sandbox, String> {
+    async fn create_sandbox(&mut self, pod: &Pod) -> Result<Sandbox, SandboxFailure> {
         let spec = pod.spec.as_ref();
+        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+        if !host_network && !self.ctx.network.is_ready() {
+            let _ = self.network.borrow_and_update();
+            return Err(SandboxFailure::NetworkNotReady(
+                crate::pod_network::AttachPodError::NotReady.to_string(),
+            ));
+        }
         let hostname = pod_hostname(
             pod,
             &self.ctx.dns.node_hostname,
@@ -590,29 +622,38 @@ impl PodWorker {
             .runtime
             .create_sandbox(config)
             .await
-            .map_err(|err| format!("Failed to create pod sandbox: {err}"))?;
-        let pod_ip = spec
-            .and_then(|s| s.host_network)
-            .unwrap_or(false)
-            .then(|| self.ctx.node_ip.to_string());
+            .map_err(|err| {
+                SandboxFailure::Failed(format!("Failed to create pod sandbox: {err}"))
+            })?;
+        if let Some(netns) = &sandbox.network {
+            match self.ctx.network.attach(&self.uid, netns).await {
+                Ok(ip) => self.pod_ip = Some(ip),
+                Err(err) => {
+                    // Nothing half made stays: the next attempt starts from scratch.
+                    let _ = self.ctx.runtime.remove_sandbox(&self.uid).await;
+                    return Err(SandboxFailure::Failed(format!(
+                        "Failed to create pod sandbox: {}",
+                        baton_images::error_chain(&err)
+                    )));
+                }
+            }
+        }
+        let pod_ip = self.pod_ip_text(pod);
         let files = etc_files(pod, pod_ip.as_deref(), &self.ctx.dns);
-        self.dirs
-            .write_etc_files(&files)
-            .map_err(|err| format!("Failed to create pod sandbox: write /etc files: {err}"))?;
+        self.dirs.write_etc_files(&files).map_err(|err| {
+            SandboxFailure::Failed(format!(
+                "Failed to create pod sandbox: write /etc files: {err}"
+            ))
+        })?;
         self.sandbox = Some(sandbox.clone());
         Ok(sandbox)
     }
 
     /// Posts the pod's status if it changed.
     async fn post_status(&mut self, pod: &Pod) {
-        let host_network = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.host_network)
-            .unwrap_or(false);
         let facts = PodFacts {
             host_ip: Some(self.ctx.node_ip.to_string()),
-            pod_ip: host_network.then(|| self.ctx.node_ip.to_string()),
+            pod_ip: self.pod_ip_text(pod),
             sandbox_ready: self.sandbox.is_some(),
             start_time: self.start_time,
         };
@@ -855,16 +896,30 @@ impl PodWorker {
         Some((handler, self.target(pod, container, container_id)))
     }
 
-    /// Where probes and hooks of an attempt reach it (the pod has no IP of its own yet).
+    /// Where probes and hooks of an attempt reach it.
     fn target(&self, pod: &Pod, container: &Container, container_id: &str) -> Target {
         Target::new(
             pod,
             container,
             container_id,
             self.sandbox.as_ref(),
-            None,
+            self.pod_ip.map(std::net::IpAddr::V4),
             self.ctx.node_ip,
         )
+    }
+
+    /// The pod's IP as status and environment show it: the node's for a hostNetwork pod.
+    fn pod_ip_text(&self, pod: &Pod) -> Option<String> {
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        if host_network {
+            Some(self.ctx.node_ip.to_string())
+        } else {
+            self.pod_ip.map(|ip| ip.to_string())
+        }
     }
 
     /// Waits until every watched process has exited or `deadline` passes.
@@ -925,6 +980,8 @@ impl PodWorker {
                 }
             }
         }
+        self.ctx.network.detach(&self.uid).await;
+        self.pod_ip = None;
         if let Err(err) = self.ctx.runtime.remove_sandbox(&self.uid).await {
             tracing::warn!(pod = %self.uid, %err, "removing the pod sandbox");
         }

@@ -15,7 +15,7 @@ use crate::netlink::{Create, NetlinkError, RouteSocket};
 pub const BATON_ROUTE_PROTOCOL: u8 = 0x62;
 
 /// An IPv4 unicast route of the main table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
     /// Where it leads.
     pub destination: Ipv4Net,

@@ -3,11 +3,14 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::{ApiServer, Binary, Etcd, TempDir, die_with_parent, kill, wait_until};
+use baton_network::NetNs;
+
+use crate::{ApiServer, Binary, Etcd, TempDir, die_with_parent, in_netns, kill, wait_until};
 
 /// One `baton <role>` process talking to an API server through its admin kubeconfig.
 #[derive(Debug)]
@@ -17,11 +20,26 @@ pub struct Component {
     role: String,
     args: Vec<String>,
     log: PathBuf,
+    /// The network namespace it runs in (the spawning thread's when `None`).
+    netns: Option<Arc<NetNs>>,
 }
 
 impl Component {
     /// Starts `baton <role> --kubeconfig <admin> <args...>`, logging to `<dir>/<label>.log`.
     pub fn start(
+        binary: &Binary,
+        server: &ApiServer,
+        dir: &TempDir,
+        label: &str,
+        role: &str,
+        args: &[&str],
+    ) -> Result<Self> {
+        Self::start_in(None, binary, server, dir, label, role, args)
+    }
+
+    /// As [`Component::start`], in the network namespace `netns` when given.
+    pub fn start_in(
+        netns: Option<Arc<NetNs>>,
         binary: &Binary,
         server: &ApiServer,
         dir: &TempDir,
@@ -37,6 +55,7 @@ impl Component {
             role: role.to_string(),
             args: all,
             log: dir.path().join(format!("{label}.log")),
+            netns,
         };
         component.launch()?;
         Ok(component)
@@ -47,7 +66,11 @@ impl Component {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = die_with_parent(&mut Command::new(&self.binary.0))
+        let mut command = Command::new(&self.binary.0);
+        if let Some(netns) = &self.netns {
+            in_netns(&mut command, netns);
+        }
+        let child = die_with_parent(&mut command)
             .arg(&self.role)
             .args(&self.args)
             .env("BATON_LOG", "info")

@@ -4,7 +4,7 @@
 //! Everything a test starts is stopped and removed when its guard is dropped, also when the
 //! test fails.
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 mod components;
+mod lab;
 mod node;
 mod node_cluster;
 pub mod registry;
 
 pub use components::{Component, ControlPlane, kubectl_apply, kubectl_ok};
+pub use lab::{Lab, LabNode};
 pub use node::KubeletNode;
 pub use node_cluster::{NodeCluster, main_status, merge_json, pod_phase, waiting_reason};
 
@@ -86,6 +88,26 @@ fn die_with_parent(command: &mut Command) -> &mut Command {
     unsafe {
         command.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Makes a child process start in the network namespace `netns` (it joins it between fork and
+/// exec; the spawning thread stays where it is).
+fn in_netns<'a>(command: &'a mut Command, netns: &baton_network::NetNs) -> &'a mut Command {
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::process::CommandExt;
+    let fd = netns.as_fd().as_raw_fd();
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and only calls setns(2), which is
+    // async-signal-safe; the descriptor is inherited from the parent and stays open until
+    // exec (the namespace handle outlives the spawn).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -245,6 +267,7 @@ pub struct ApiServer {
     binary: Binary,
     etcd_url: String,
     dir: TempDir,
+    address: Ipv4Addr,
     port: u16,
     /// Extra flags given at start.
     extra: Vec<String>,
@@ -253,18 +276,30 @@ pub struct ApiServer {
 impl ApiServer {
     /// Makes a PKI and starts the API server against `etcd_url`.
     pub async fn start(binary: &Binary, etcd_url: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_at(binary, etcd_url, Ipv4Addr::LOCALHOST, extra).await
+    }
+
+    /// Makes a PKI and starts the API server listening on `address` (a lab's gateway, so that
+    /// nodes in their own network namespaces reach it); the kubeconfig names that address.
+    pub async fn start_at(
+        binary: &Binary,
+        etcd_url: &str,
+        address: Ipv4Addr,
+        extra: &[&str],
+    ) -> Result<Self> {
         let dir = TempDir::new("apiserver")?;
         let port = free_port()?;
         baton_pki::init(&baton_pki::PkiInitOptions {
             dir: dir.path().join("pki"),
-            server: format!("https://127.0.0.1:{port}"),
-            sans: vec![],
+            server: format!("https://{address}:{port}"),
+            sans: vec![address.to_string()],
         })?;
         let mut server = Self {
             child: None,
             binary: binary.clone(),
             etcd_url: etcd_url.to_string(),
             dir,
+            address,
             port,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -281,7 +316,7 @@ impl ApiServer {
         let child = die_with_parent(&mut Command::new(&self.binary.0))
             .arg("apiserver")
             .arg(format!("--etcd-servers={}", self.etcd_url))
-            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--bind-address={}", self.address))
             .arg(format!("--secure-port={}", self.port))
             .arg(format!(
                 "--tls-cert-file={}",
@@ -339,7 +374,7 @@ impl ApiServer {
 
     /// The HTTPS URL.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.address, self.port)
     }
 
     /// The admin kubeconfig.

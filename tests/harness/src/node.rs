@@ -1,5 +1,6 @@
-//! A real `baton kubelet` on this machine as a test node: its state, logs, images and runtime
-//! under a temporary directory, its pods' cgroups under a cgroup of its own. Dropping it kills
+//! A real `baton kubelet` on this machine as a test node: in a network namespace of its own on
+//! a [`Lab`](crate::Lab)'s network, its state, logs, images and runtime under a temporary
+//! directory, its pods' cgroups under a cgroup of its own. Dropping it kills
 //! the kubelet, every container and sandbox (through the runtime process's shutdown), unmounts
 //! what it mounted and removes its cgroups and files.
 
@@ -10,13 +11,17 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
-use crate::{ApiServer, Binary, Component, TempDir, wait_until};
+use crate::{ApiServer, Binary, Component, LabNode, TempDir, wait_until};
 
 /// A kubelet node and everything it made.
 #[derive(Debug)]
 pub struct KubeletNode {
     /// The node's name.
     pub name: String,
+    /// Its address on the lab network (its InternalIP).
+    pub ip: std::net::Ipv4Addr,
+    /// Its network namespace.
+    pub netns: std::sync::Arc<baton_network::NetNs>,
     kubelet: Option<Component>,
     binary: Binary,
     dir: TempDir,
@@ -24,10 +29,13 @@ pub struct KubeletNode {
 }
 
 impl KubeletNode {
-    /// Starts a kubelet named `name` against `server` and waits until its Node is Ready.
+    /// Starts a kubelet named `name` in the lab node `host` against `server` and waits until
+    /// its Node is Ready (which takes a pod CIDR: from a controller manager, or `--pod-cidr`
+    /// in `extra`).
     pub async fn start(
         binary: &Binary,
         server: &ApiServer,
+        host: &LabNode,
         name: &str,
         extra: &[&str],
     ) -> Result<Self> {
@@ -36,14 +44,12 @@ impl KubeletNode {
         let path = |leaf: &str| dir.path().join(leaf).display().to_string();
         let mut args = vec![
             format!("--hostname-override={name}"),
-            "--node-ip=127.0.0.1".to_string(),
+            format!("--node-ip={}", host.ip),
             format!("--root-dir={}", path("root")),
             format!("--pod-logs-dir={}", path("logs")),
             format!("--runtime-root={}", path("runtime")),
             format!("--image-store={}", path("images")),
             format!("--cgroup-root={cgroup_root}"),
-            "--address=127.0.0.1".to_string(),
-            format!("--port={}", crate::free_port()?),
             format!(
                 "--client-ca-file={}",
                 server.pki_dir().join("ca.crt").display()
@@ -51,9 +57,19 @@ impl KubeletNode {
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let kubelet = Component::start(binary, server, &dir, "kubelet", "kubelet", &args)?;
+        let kubelet = Component::start_in(
+            Some(host.namespace.clone()),
+            binary,
+            server,
+            &dir,
+            "kubelet",
+            "kubelet",
+            &args,
+        )?;
         let node = KubeletNode {
             name: name.to_owned(),
+            ip: host.ip,
+            netns: host.namespace.clone(),
             kubelet: Some(kubelet),
             binary: binary.clone(),
             dir,
@@ -90,6 +106,11 @@ impl KubeletNode {
     /// Where the kubelet writes pod logs.
     pub fn pod_logs_dir(&self) -> PathBuf {
         self.dir.path().join("logs")
+    }
+
+    /// The kubelet's --root-dir.
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.path().join("root")
     }
 
     /// The runtime process's root directory.

@@ -1,29 +1,37 @@
-//! A one-node cluster for kubelet tests: etcd, the API server, Debian's docker-registry
-//! serving the busybox test image (built from busybox-static by baton-image-builder), and one
-//! `baton kubelet`. Pods are bound by setting spec.nodeName (no scheduler).
+//! A cluster for kubelet tests, inside a [`Lab`]: etcd, the API server, a controller manager
+//! giving nodes their pod CIDRs, Debian's docker-registry serving the busybox test image (built
+//! from busybox-static by baton-image-builder), and one or more `baton kubelet`s, each in a
+//! network namespace of its own on the lab's network. Pods are bound by setting spec.nodeName
+//! (no scheduler).
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
 
 use crate::registry::Registry;
-use crate::{ApiServer, Binary, Etcd, KubeletNode, TempDir, wait_until};
+use crate::{ApiServer, Binary, Component, Etcd, KubeletNode, Lab, TempDir, wait_until};
 
-/// etcd, the API server, a registry with the busybox image, and one kubelet node. Fields drop
-/// in order: the node (its containers) before the servers it talks to.
+/// etcd, the API server, a registry with the busybox image, and kubelet nodes. Fields drop in
+/// order: the nodes (their containers) before the servers they talk to, the lab last.
 pub struct NodeCluster {
+    /// The first node.
     pub node: KubeletNode,
+    /// The other nodes.
+    pub others: Vec<KubeletNode>,
     pub client: Client,
     /// The busybox image's reference in the registry.
     pub image: String,
     pub server: ApiServer,
     pub registry: Registry,
+    _controller_manager: Component,
     _etcd: Etcd,
     _images: TempDir,
+    _dir: TempDir,
+    _lab: Lab,
 }
 
 impl std::fmt::Debug for NodeCluster {
@@ -36,12 +44,28 @@ impl std::fmt::Debug for NodeCluster {
 }
 
 impl NodeCluster {
-    /// Starts everything; `extra` are further kubelet flags.
+    /// Starts everything with one node `name`; `extra` are further kubelet flags.
     pub async fn start(binary: &Binary, name: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_nodes(binary, &[name], extra).await
+    }
+
+    /// Starts everything with a node for each of `names`; `extra` are further kubelet flags.
+    /// The calling thread enters the cluster's lab until the cluster is dropped.
+    pub async fn start_nodes(binary: &Binary, names: &[&str], extra: &[&str]) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut lab = Lab::enter()?;
         let etcd = Etcd::start().await?;
-        let server = ApiServer::start(binary, &etcd.url(), &[]).await?;
-        let registry = Registry::start().await?;
+        let server = ApiServer::start_at(binary, &etcd.url(), Lab::gateway(), &[]).await?;
+        let dir = TempDir::new("node-cluster")?;
+        let controller_manager = Component::start(
+            binary,
+            &server,
+            &dir,
+            "controller-manager",
+            "controller-manager",
+            &["--controllers=node-ipam-controller"],
+        )?;
+        let registry = Registry::start_at(Lab::gateway()).await?;
         let images = TempDir::new("images")?;
         let image = format!("{}/busybox:1.35", registry.host());
         let built = baton_image_builder::build_busybox_image(
@@ -53,16 +77,26 @@ impl NodeCluster {
         let insecure = format!("--insecure-registry={}", registry.host());
         let mut flags = vec![insecure.as_str()];
         flags.extend_from_slice(extra);
-        let node = KubeletNode::start(binary, &server, name, &flags).await?;
+        let mut nodes = Vec::new();
+        for name in names {
+            let host = lab.add_node()?;
+            nodes.push(KubeletNode::start(binary, &server, &host, name, &flags).await?);
+        }
+        let mut nodes = nodes.into_iter();
+        let node = nodes.next().context("a node cluster needs a node")?;
         let client = server.client().await?;
         Ok(Self {
             node,
+            others: nodes.collect(),
             client,
             image,
             server,
             registry,
+            _controller_manager: controller_manager,
             _etcd: etcd,
             _images: images,
+            _dir: dir,
+            _lab: lab,
         })
     }
 

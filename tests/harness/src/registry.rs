@@ -3,6 +3,7 @@
 //! process is killed and the directory removed when the guard is dropped, also when the test
 //! fails.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -24,27 +25,38 @@ pub const TEST_PASSWORD_BCRYPT: &str =
 pub struct Registry {
     child: Option<Child>,
     dir: TempDir,
+    address: Ipv4Addr,
     port: u16,
 }
 
 impl Registry {
     /// Starts an open (anonymous) registry and waits until it serves.
     pub async fn start() -> Result<Self> {
-        Self::launch(None).await
+        Self::launch(Ipv4Addr::LOCALHOST, None).await
+    }
+
+    /// Starts an open registry listening on `address` (a lab's gateway, for nodes in their own
+    /// network namespaces).
+    pub async fn start_at(address: Ipv4Addr) -> Result<Self> {
+        Self::launch(address, None).await
     }
 
     /// Starts a registry that requires HTTP basic authentication as `username` with the
     /// password whose bcrypt hash is `bcrypt_hash` (see [`TEST_PASSWORD_BCRYPT`]).
     pub async fn start_with_basic_auth(username: &str, bcrypt_hash: &str) -> Result<Self> {
-        Self::launch(Some(format!("{username}:{bcrypt_hash}\n"))).await
+        Self::launch(
+            Ipv4Addr::LOCALHOST,
+            Some(format!("{username}:{bcrypt_hash}\n")),
+        )
+        .await
     }
 
-    async fn launch(htpasswd: Option<String>) -> Result<Self> {
+    async fn launch(address: Ipv4Addr, htpasswd: Option<String>) -> Result<Self> {
         let dir = TempDir::new("registry")?;
         let port = free_port()?;
         let storage = dir.path().join("storage");
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}:{port}\n",
             storage.display()
         );
         if let Some(htpasswd) = htpasswd {
@@ -69,6 +81,7 @@ impl Registry {
         let mut registry = Self {
             child: Some(child),
             dir,
+            address,
             port,
         };
         registry.wait_ready().await?;
@@ -76,7 +89,7 @@ impl Registry {
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
-        let addr = format!("127.0.0.1:{}", self.port);
+        let addr = self.host();
         let child = &mut self.child;
         let ready = wait_until(
             &format!("docker-registry to listen on {addr}"),
@@ -103,9 +116,9 @@ impl Registry {
         }
     }
 
-    /// `127.0.0.1:<port>`, the registry part of image references.
+    /// `<address>:<port>`, the registry part of image references.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.address, self.port)
     }
 
     /// The registry's storage root (Distribution's filesystem driver layout).

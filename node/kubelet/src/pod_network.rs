@@ -1,0 +1,185 @@
+//! The pod network as the kubelet uses it: not ready until the node has a pod CIDR; then each
+//! pod sandbox is attached to the node's bridge (its address from the persisted allocator) and
+//! detached when the pod goes. Netlink calls are blocking, so they run on the blocking pool;
+//! one lock orders attaching against the release of orphaned addresses.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use baton_network::{BridgeConfig, BridgeNetwork, NetNs, RouteSocket};
+use ipnet::Ipv4Net;
+use tokio::sync::watch;
+
+/// The bridge every pod of the node is attached to.
+pub const BRIDGE: &str = "baton0";
+
+/// The MTU used when the node's own interface cannot be read.
+const DEFAULT_MTU: u32 = 1500;
+
+/// Upstream's words for a node whose pod network is not set up yet (the node's Ready message,
+/// and the event of a pod waiting for it).
+pub const NETWORK_NOT_READY: &str = "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: no pod CIDR assigned to the node";
+
+/// Attaching a pod failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachPodError {
+    /// The node has no pod CIDR yet.
+    #[error("network is not ready: {NETWORK_NOT_READY}")]
+    NotReady,
+    /// The sandbox's network namespace or the network failed.
+    #[error("set up the pod network")]
+    Network(#[source] baton_network::PodNetworkError),
+    /// The blocking task doing the work ended abnormally.
+    #[error("set up the pod network: the task failed")]
+    Task,
+}
+
+/// The node's pod network, set up once the pod CIDR is known.
+#[derive(Debug)]
+pub struct PodNetwork {
+    state_dir: PathBuf,
+    node_ip: IpAddr,
+    network: watch::Sender<Option<Arc<BridgeNetwork>>>,
+    lock: Arc<Mutex<()>>,
+}
+
+impl PodNetwork {
+    /// A network keeping its state under `root_dir/network`, for a node at `node_ip`.
+    pub fn new(root_dir: &Path, node_ip: IpAddr) -> Self {
+        Self {
+            state_dir: root_dir.join("network"),
+            node_ip,
+            network: watch::Sender::new(None),
+            lock: Arc::default(),
+        }
+    }
+
+    /// Whether pods can be attached.
+    pub fn is_ready(&self) -> bool {
+        self.network.borrow().is_some()
+    }
+
+    /// Changes of readiness.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<BridgeNetwork>>> {
+        self.network.subscribe()
+    }
+
+    /// The pod CIDR in use, once set up.
+    pub fn pod_cidr(&self) -> Option<Ipv4Net> {
+        self.network.borrow().as_ref().map(|n| n.pod_cidr())
+    }
+
+    /// Sets the bridge up for `pod_cidr`. Once set up, a different CIDR is refused: pods hold
+    /// addresses of the first (the kubelet must be restarted, as upstream's).
+    pub async fn set_up(&self, pod_cidr: Ipv4Net) -> Result<(), String> {
+        if let Some(current) = self.pod_cidr() {
+            if current == pod_cidr {
+                return Ok(());
+            }
+            return Err(format!(
+                "the node's pod CIDR changed from {current} to {pod_cidr}; restart the kubelet to use it"
+            ));
+        }
+        let state_dir = self.state_dir.clone();
+        let node_ip = self.node_ip;
+        let network = tokio::task::spawn_blocking(move || {
+            let mtu = node_mtu(node_ip).unwrap_or(DEFAULT_MTU);
+            BridgeNetwork::setup(BridgeConfig {
+                bridge: BRIDGE.into(),
+                pod_cidr,
+                mtu,
+                state_dir,
+            })
+        })
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|err| {
+            format!(
+                "set up bridge {BRIDGE} for pod CIDR {pod_cidr}: {}",
+                baton_images::error_chain(&err)
+            )
+        })?;
+        tracing::info!(%pod_cidr, bridge = BRIDGE, "pod network ready");
+        self.network.send_replace(Some(Arc::new(network)));
+        Ok(())
+    }
+
+    /// Attaches the sandbox `id` whose network namespace file is `netns`; returns its IP.
+    pub async fn attach(&self, id: &str, netns: &Path) -> Result<Ipv4Addr, AttachPodError> {
+        let network = self
+            .network
+            .borrow()
+            .clone()
+            .ok_or(AttachPodError::NotReady)?;
+        let lock = self.lock.clone();
+        let id = id.to_owned();
+        let netns = netns.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let _held = lock.lock().unwrap_or_else(|poison| poison.into_inner());
+            let namespace = NetNs::open(&netns).map_err(baton_network::PodNetworkError::from)?;
+            network.attach(&id, &namespace).map(|address| address.ip)
+        })
+        .await
+        .map_err(|_| AttachPodError::Task)?
+        .map_err(AttachPodError::Network)
+    }
+
+    /// Detaches the sandbox `id` and releases its address (nothing when the network was never
+    /// set up or the pod had no address).
+    pub async fn detach(&self, id: &str) {
+        let Some(network) = self.network.borrow().clone() else {
+            return;
+        };
+        let id = id.to_owned();
+        let result = tokio::task::spawn_blocking(move || network.detach(&id)).await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(err = %baton_images::error_chain(&err), "detaching a pod from the network")
+            }
+            Err(err) => tracing::warn!(%err, "detaching a pod from the network"),
+        }
+    }
+
+    /// Releases the addresses (and host interfaces) of sandboxes not in `live()`, which is
+    /// asked while attaching is held off, so that no pod attached meanwhile is missed.
+    pub async fn release_orphans(&self, live: impl FnOnce() -> HashSet<String> + Send + 'static) {
+        let Some(network) = self.network.borrow().clone() else {
+            return;
+        };
+        let lock = self.lock.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _held = lock.lock().unwrap_or_else(|poison| poison.into_inner());
+            network.release_orphans(&live())
+        })
+        .await;
+        match result {
+            Ok(Ok(released)) if !released.is_empty() => {
+                tracing::info!(?released, "released the addresses of pods that are gone");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(err = %baton_images::error_chain(&err), "releasing orphaned pod addresses")
+            }
+            Err(err) => tracing::warn!(%err, "releasing orphaned pod addresses"),
+        }
+    }
+}
+
+/// The MTU of the (non-loopback) interface holding the node's IP.
+fn node_mtu(node_ip: IpAddr) -> Option<u32> {
+    let IpAddr::V4(ip) = node_ip else { return None };
+    let mut socket = RouteSocket::open().ok()?;
+    let index = socket.interface_with_address(ip).ok()??;
+    if index == baton_network::LOOPBACK_INDEX {
+        return None;
+    }
+    socket
+        .links()
+        .ok()?
+        .into_iter()
+        .find(|link| link.index == index)?
+        .mtu
+}

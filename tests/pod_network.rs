@@ -1,0 +1,139 @@
+//! The pod network across nodes: two kubelets, each in a network namespace of its own on a lab
+//! bridge (nothing reaches the host's network), pod CIDRs from the controller manager's node
+//! IPAM, and host-gateway routes between the nodes. A pod on one node reaches a pod on the
+//! other without NAT (the server sees the client pod's own IP), and deleting the pods leaves
+//! no interface or address behind.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::Result;
+use baton_network::{HOST_INTERFACE_PREFIX, RouteSocket};
+use baton_test_harness::{Binary, KubeletNode, NodeCluster, pod_phase, wait_until};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, LogParams};
+use serde_json::json;
+
+fn binary() -> Binary {
+    Binary(env!("CARGO_BIN_EXE_baton").into())
+}
+
+/// A CGI script for busybox httpd that answers with the caller's address.
+const WHO_AM_I: &str = "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && exec httpd -f -p 0.0.0.0:8080 -h /www";
+
+fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
+    pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
+}
+
+async fn node_pod_cidr(cluster: &NodeCluster, node: &KubeletNode) -> Result<Ipv4Net> {
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let spec = nodes.get(&node.name).await?.spec.unwrap_or_default();
+    Ok(spec.pod_cidr.unwrap_or_default().parse()?)
+}
+
+/// The host ends of pod veth pairs on `node`, and the addresses its allocator holds.
+fn leftovers(node: &KubeletNode) -> Result<(Vec<String>, Vec<String>)> {
+    let interfaces = node.netns.run(|| -> Result<Vec<String>> {
+        Ok(RouteSocket::open()?
+            .links()?
+            .into_iter()
+            .map(|link| link.name)
+            .filter(|name| name.starts_with(HOST_INTERFACE_PREFIX))
+            .collect())
+    })??;
+    let mut addresses = Vec::new();
+    for range in std::fs::read_dir(node.root_dir().join("network"))? {
+        for entry in std::fs::read_dir(range?.path())? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.parse::<Ipv4Addr>().is_ok() {
+                addresses.push(name);
+            }
+        }
+    }
+    Ok((interfaces, addresses))
+}
+
+#[tokio::test]
+async fn pods_on_two_nodes_reach_each_other_without_nat() -> Result<()> {
+    let cluster = NodeCluster::start_nodes(&binary(), &["net-a", "net-b"], &[]).await?;
+    let node_b = &cluster.others[0];
+    cluster.create_pod("server", WHO_AM_I, json!({})).await?;
+    let server_ip = cluster
+        .wait_for("the server to run with an IP", "server", |pod| {
+            (pod_phase(pod) == Some("Running"))
+                .then(|| pod_ip(pod))
+                .flatten()
+        })
+        .await;
+    let cidr_a = node_pod_cidr(&cluster, &cluster.node).await?;
+    let cidr_b = node_pod_cidr(&cluster, node_b).await?;
+    assert_ne!(cidr_a, cidr_b);
+    assert!(
+        cidr_a.contains(&server_ip),
+        "{server_ip} is not in node a's {cidr_a}"
+    );
+
+    let fetch = format!(
+        "for i in $(seq 1 30); do wget -qO- http://{server_ip}:8080/cgi-bin/ip && exit 0; sleep 1; done; exit 1"
+    );
+    cluster
+        .create_pod(
+            "client",
+            &fetch,
+            json!({ "spec": { "nodeName": node_b.name, "restartPolicy": "Never" } }),
+        )
+        .await?;
+    let client_ip = cluster
+        .wait_for("the client to succeed", "client", |pod| {
+            (pod_phase(pod) == Some("Succeeded"))
+                .then(|| pod_ip(pod))
+                .flatten()
+        })
+        .await;
+    assert!(
+        cidr_b.contains(&client_ip),
+        "{client_ip} is not in node b's {cidr_b}"
+    );
+    let seen = cluster.pods().logs("client", &LogParams::default()).await?;
+    assert_eq!(
+        seen.trim(),
+        client_ip.to_string(),
+        "the server saw the client's own pod IP"
+    );
+
+    // Both pods go; neither node keeps an interface or an address of theirs.
+    for name in ["server", "client"] {
+        cluster
+            .pods()
+            .delete(name, &DeleteParams::default())
+            .await?;
+    }
+    let pods = cluster.pods();
+    wait_until("both pods to be gone", Duration::from_secs(60), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
+    for node in [&cluster.node, node_b] {
+        let left = wait_until(
+            "the node to release the pods' network",
+            Duration::from_secs(10),
+            || {
+                std::future::ready(
+                    leftovers(node)
+                        .ok()
+                        .filter(|(i, a)| i.is_empty() && a.is_empty()),
+                )
+            },
+        )
+        .await;
+        assert!(left.is_ok(), "{} keeps {:?}", node.name, leftovers(node)?);
+    }
+    Ok(())
+}
