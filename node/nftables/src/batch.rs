@@ -1,0 +1,337 @@
+//! A batch of nf_tables changes, applied atomically: the kernel applies all of it or none.
+
+use crate::expr::{Expr, Verdict};
+use crate::netlink::{Attributes, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
+
+/// nf_tables message types.
+mod msg {
+    pub const NEWTABLE: u16 = 0;
+    pub const NEWCHAIN: u16 = 3;
+    pub const NEWRULE: u16 = 6;
+    pub const DELRULE: u16 = 8;
+    pub const NEWSET: u16 = 9;
+    pub const NEWSETELEM: u16 = 12;
+    pub const DELSETELEM: u16 = 14;
+    pub const DESTROYTABLE: u16 = 26;
+    pub const DESTROYCHAIN: u16 = 27;
+    pub const DESTROYSET: u16 = 29;
+}
+
+/// Address families of tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4 (`ip`).
+    Ip = 2,
+    /// IPv4 and IPv6 (`inet`).
+    Inet = 1,
+}
+
+/// Netfilter hooks of the inet families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// Before routing.
+    Prerouting = 0,
+    /// To this host.
+    Input = 1,
+    /// Routed through this host.
+    Forward = 2,
+    /// From this host.
+    Output = 3,
+    /// After routing.
+    Postrouting = 4,
+}
+
+/// What a base chain is attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BaseChain {
+    /// `nat` or `filter`.
+    pub kind: &'static str,
+    /// The hook.
+    pub hook: Hook,
+    /// Its priority (dstnat -100, srcnat 100, filter 0).
+    pub priority: i32,
+}
+
+/// nf_tables data types of set keys and values (as `nft` names them, for listing).
+pub mod data_type {
+    /// An IPv4 address.
+    pub const IPV4_ADDR: u32 = 7;
+    /// A layer 4 protocol number.
+    pub const INET_PROTO: u32 = 12;
+    /// A port.
+    pub const INET_SERVICE: u32 = 13;
+    /// A verdict (the value of a verdict map).
+    pub const VERDICT: u32 = 0xffff_ff00;
+
+    /// The type of a concatenation of `types`.
+    pub fn concat(types: &[u32]) -> u32 {
+        types.iter().fold(0, |acc, t| (acc << 6) | t)
+    }
+}
+
+/// A named set or map.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SetSpec {
+    /// Its name.
+    pub name: String,
+    /// The key's data type ([`data_type`]).
+    pub key_type: u32,
+    /// The key's length in bytes (each field of a concatenation padded to 4).
+    pub key_len: u32,
+    /// A verdict map (values are verdicts) rather than a plain set.
+    pub verdict_map: bool,
+}
+
+/// One element of a set or map.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Element {
+    /// The key's bytes, as the lookup's register holds them.
+    pub key: Vec<u8>,
+    /// A verdict map's value.
+    pub verdict: Option<Verdict>,
+}
+
+/// Messages waiting to be sent, with what each one does (for error messages).
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub(crate) messages: Vec<(u16, u16, u8, Vec<u8>, String)>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of changes in the batch.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    fn push(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        family: Family,
+        attributes: Attributes,
+        what: String,
+    ) {
+        self.messages.push((
+            kind,
+            flags | NLM_F_REQUEST | NLM_F_ACK,
+            family as u8,
+            attributes.bytes().to_vec(),
+            what,
+        ));
+    }
+
+    /// Creates table `name` (nothing if it exists).
+    pub fn add_table(&mut self, family: Family, name: &str) -> &mut Self {
+        let mut a = Attributes::new();
+        a.string(1, name);
+        self.push(
+            msg::NEWTABLE,
+            NLM_F_CREATE,
+            family,
+            a,
+            format!("add table {name}"),
+        );
+        self
+    }
+
+    /// Deletes table `name` and everything in it (nothing if it does not exist).
+    pub fn destroy_table(&mut self, family: Family, name: &str) -> &mut Self {
+        let mut a = Attributes::new();
+        a.string(1, name);
+        self.push(
+            msg::DESTROYTABLE,
+            0,
+            family,
+            a,
+            format!("delete table {name}"),
+        );
+        self
+    }
+
+    /// Creates chain `name` (nothing if it exists); a base chain when `base` is given.
+    pub fn add_chain(
+        &mut self,
+        family: Family,
+        table: &str,
+        name: &str,
+        base: Option<&BaseChain>,
+    ) -> &mut Self {
+        let mut a = Attributes::new();
+        a.string(1, table).string(3, name);
+        if let Some(base) = base {
+            a.nested(4, |hook| {
+                hook.be32(1, base.hook as u32).be32(2, base.priority as u32);
+            });
+            // NF_ACCEPT policy.
+            a.be32(5, 1).string(7, base.kind);
+        }
+        self.push(
+            msg::NEWCHAIN,
+            NLM_F_CREATE,
+            family,
+            a,
+            format!("add chain {name}"),
+        );
+        self
+    }
+
+    /// Removes every rule of chain `name`.
+    pub fn flush_chain(&mut self, family: Family, table: &str, name: &str) -> &mut Self {
+        let mut a = Attributes::new();
+        a.string(1, table).string(2, name);
+        self.push(msg::DELRULE, 0, family, a, format!("flush chain {name}"));
+        self
+    }
+
+    /// Deletes chain `name` (it must have no rules and no references left; nothing if it does
+    /// not exist).
+    pub fn destroy_chain(&mut self, family: Family, table: &str, name: &str) -> &mut Self {
+        let mut a = Attributes::new();
+        a.string(1, table).string(3, name);
+        self.push(
+            msg::DESTROYCHAIN,
+            0,
+            family,
+            a,
+            format!("delete chain {name}"),
+        );
+        self
+    }
+
+    /// Appends a rule of `exprs` to chain `chain`.
+    pub fn add_rule(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+        exprs: &[Expr],
+    ) -> &mut Self {
+        let mut a = Attributes::new();
+        a.string(1, table).string(2, chain).nested(4, |list| {
+            for expr in exprs {
+                // NFTA_LIST_ELEM = 1.
+                list.nested(1, |e| expr.encode(e));
+            }
+        });
+        self.push(
+            msg::NEWRULE,
+            NLM_F_CREATE | NLM_F_APPEND,
+            family,
+            a,
+            format!("add rule to chain {chain}"),
+        );
+        self
+    }
+
+    /// Creates a named set or map (nothing if it exists).
+    pub fn add_set(&mut self, family: Family, table: &str, set: &SetSpec) -> &mut Self {
+        let mut a = Attributes::new();
+        a.string(1, table)
+            .string(2, &set.name)
+            // NFT_SET_MAP = 0x8.
+            .be32(3, if set.verdict_map { 0x8 } else { 0 })
+            .be32(4, set.key_type)
+            .be32(5, set.key_len)
+            .be32(10, 1);
+        if set.verdict_map {
+            a.be32(6, data_type::VERDICT).be32(7, 0);
+        }
+        self.push(
+            msg::NEWSET,
+            NLM_F_CREATE,
+            family,
+            a,
+            format!("add set {}", set.name),
+        );
+        self
+    }
+
+    /// Deletes set `name` (nothing if it does not exist).
+    pub fn destroy_set(&mut self, family: Family, table: &str, name: &str) -> &mut Self {
+        let mut a = Attributes::new();
+        a.string(1, table).string(2, name);
+        self.push(msg::DESTROYSET, 0, family, a, format!("delete set {name}"));
+        self
+    }
+
+    /// Adds `elements` to set `set`.
+    pub fn add_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elements: &[Element],
+    ) -> &mut Self {
+        self.elements(
+            msg::NEWSETELEM,
+            NLM_F_CREATE,
+            family,
+            table,
+            set,
+            elements,
+            "add to",
+        )
+    }
+
+    /// Removes `elements` (by key) from set `set`.
+    pub fn delete_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elements: &[Element],
+    ) -> &mut Self {
+        self.elements(
+            msg::DELSETELEM,
+            0,
+            family,
+            table,
+            set,
+            elements,
+            "remove from",
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn elements(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        family: Family,
+        table: &str,
+        set: &str,
+        elements: &[Element],
+        verb: &str,
+    ) -> &mut Self {
+        // Keep each message well below the socket buffer.
+        for chunk in elements.chunks(512) {
+            let mut a = Attributes::new();
+            a.string(1, table).string(2, set).nested(3, |list| {
+                for element in chunk {
+                    list.nested(1, |e| {
+                        e.nested(1, |key| {
+                            key.raw(1, &element.key);
+                        });
+                        if let Some(verdict) = &element.verdict {
+                            e.nested(2, |data| {
+                                data.nested(2, |v| verdict.encode(v));
+                            });
+                        }
+                    });
+                }
+            });
+            self.push(kind, flags, family, a, format!("{verb} set {set}"));
+        }
+        self
+    }
+}

@@ -1,0 +1,16 @@
+//! nf_tables over netlink from Rust, written for Baton because the nodes have no `nft` binary
+//! and the crates that exist either wrap libnftnl (C) or lack verdict maps: tables, base and
+//! regular chains, rules built from the expressions Baton uses ([`Expr`]), sets and verdict
+//! maps, all sent as one atomic [`Batch`] through an [`NftSocket`].
+
+mod batch;
+mod expr;
+mod netlink;
+mod socket;
+
+pub use batch::{BaseChain, Batch, Element, Family, Hook, SetSpec, data_type};
+pub use expr::{
+    CmpOp, Expr, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MetaKey, PayloadBase, REG_VERDICT,
+    RTN_LOCAL, Verdict, reg32,
+};
+pub use socket::{ApplyBatchError, NftSocket};

@@ -1,0 +1,230 @@
+//! Sending batches and reading tables back over a NETLINK_NETFILTER socket.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use netlink_sys::{Socket, SocketAddr};
+
+use crate::batch::{Batch, Family};
+use crate::netlink::{
+    NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, parse_attributes, push_message, split_messages,
+};
+
+/// The netlink protocol of netfilter.
+const NETLINK_NETFILTER: isize = 12;
+
+/// How long the kernel may take to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Applying a batch failed; nothing of it was applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation}")]
+pub struct ApplyBatchError {
+    /// The change the kernel refused (or the socket step that failed).
+    pub operation: String,
+    /// Why.
+    #[source]
+    pub source: io::Error,
+}
+
+/// A socket to the kernel's nf_tables, in the calling thread's network namespace.
+#[derive(Debug)]
+pub struct NftSocket {
+    socket: Socket,
+    sequence: u32,
+}
+
+fn socket_error(operation: &str) -> impl FnOnce(io::Error) -> ApplyBatchError + '_ {
+    move |source| ApplyBatchError {
+        operation: operation.to_owned(),
+        source,
+    }
+}
+
+impl NftSocket {
+    /// Opens the socket.
+    pub fn open() -> Result<Self, ApplyBatchError> {
+        let fail = socket_error("open a netfilter netlink socket");
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(fail)?;
+        socket
+            .bind_auto()
+            .map_err(socket_error("bind a netfilter netlink socket"))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(socket_error("connect a netfilter netlink socket"))?;
+        let fd = socket.as_fd();
+        let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as i64, 0);
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+            .map_err(|errno| socket_error("set the netlink answer timeout")(errno.into()))?;
+        // Large batches get large answers (one acknowledgement per message).
+        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBuf, &(8 << 20));
+        Ok(Self {
+            socket,
+            sequence: std::process::id().wrapping_mul(1 << 12),
+        })
+    }
+
+    /// Applies `batch` atomically; on error, names the change the kernel refused.
+    pub fn apply(&mut self, batch: &Batch) -> Result<(), ApplyBatchError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let first = self.sequence.wrapping_add(1);
+        let mut buffer = Vec::new();
+        push_message(
+            &mut buffer,
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            first,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
+        for (index, (kind, flags, family, attributes, _)) in batch.messages.iter().enumerate() {
+            let sequence = first.wrapping_add(1 + index as u32);
+            push_message(
+                &mut buffer,
+                (NFNL_SUBSYS_NFTABLES << 8) | kind,
+                *flags,
+                sequence,
+                *family,
+                0,
+                attributes,
+            );
+        }
+        let end = first.wrapping_add(1 + batch.messages.len() as u32);
+        push_message(
+            &mut buffer,
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            end,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
+        self.sequence = end;
+        self.socket
+            .send(&buffer, 0)
+            .map_err(socket_error("send an nftables batch"))?;
+
+        // One acknowledgement per message, or an error naming the first refused one.
+        let mut acknowledged = 0;
+        let mut received = Vec::with_capacity(256 * 1024);
+        while acknowledged < batch.messages.len() {
+            received.clear();
+            self.socket.recv(&mut received, 0).map_err(socket_error(
+                "read the kernel's answer to an nftables batch",
+            ))?;
+            for message in split_messages(&received) {
+                let index = message.sequence.wrapping_sub(first).wrapping_sub(1) as usize;
+                if message.kind != NLMSG_ERROR || index >= batch.messages.len() {
+                    continue;
+                }
+                let code = i32::from_ne_bytes(message.payload[0..4].try_into().expect("errno"));
+                if code != 0 {
+                    return Err(ApplyBatchError {
+                        operation: batch.messages[index].4.clone(),
+                        source: io::Error::from_raw_os_error(-code),
+                    });
+                }
+                acknowledged += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the tables of `family`.
+    pub fn tables(&mut self, family: Family) -> Result<Vec<String>, ApplyBatchError> {
+        self.dump(1, family, &[]).map(|objects| {
+            objects
+                .iter()
+                .filter_map(|attributes| string_attribute(attributes, 1))
+                .collect()
+        })
+    }
+
+    /// Names of the chains of `table`.
+    pub fn chains(&mut self, family: Family, table: &str) -> Result<Vec<String>, ApplyBatchError> {
+        let objects = self.dump(4, family, &[])?;
+        Ok(objects
+            .iter()
+            .filter(|a| string_attribute(a, 1).as_deref() == Some(table))
+            .filter_map(|a| string_attribute(a, 3))
+            .collect())
+    }
+
+    /// Number of rules in `table`.
+    pub fn rule_count(&mut self, family: Family, table: &str) -> Result<usize, ApplyBatchError> {
+        let objects = self.dump(7, family, &[])?;
+        Ok(objects
+            .iter()
+            .filter(|a| string_attribute(a, 1).as_deref() == Some(table))
+            .count())
+    }
+
+    fn dump(
+        &mut self,
+        kind: u16,
+        family: Family,
+        attributes: &[u8],
+    ) -> Result<Vec<Vec<u8>>, ApplyBatchError> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let sequence = self.sequence;
+        let mut buffer = Vec::new();
+        push_message(
+            &mut buffer,
+            (NFNL_SUBSYS_NFTABLES << 8) | kind,
+            NLM_F_REQUEST | NLM_F_DUMP | NLM_F_ACK,
+            sequence,
+            family as u8,
+            0,
+            attributes,
+        );
+        self.socket
+            .send(&buffer, 0)
+            .map_err(socket_error("send an nftables dump request"))?;
+        let mut objects = Vec::new();
+        let mut received = Vec::with_capacity(256 * 1024);
+        loop {
+            received.clear();
+            self.socket
+                .recv(&mut received, 0)
+                .map_err(socket_error("read an nftables dump"))?;
+            for message in split_messages(&received) {
+                if message.sequence != sequence {
+                    continue;
+                }
+                match message.kind {
+                    NLMSG_DONE => return Ok(objects),
+                    NLMSG_ERROR => {
+                        let code =
+                            i32::from_ne_bytes(message.payload[0..4].try_into().expect("errno"));
+                        if code != 0 {
+                            return Err(socket_error("dump nftables objects")(
+                                io::Error::from_raw_os_error(-code),
+                            ));
+                        }
+                    }
+                    _ => objects.push(message.payload.get(4..).unwrap_or_default().to_vec()),
+                }
+            }
+        }
+    }
+}
+
+fn string_attribute(attributes: &[u8], kind: u16) -> Option<String> {
+    parse_attributes(attributes)
+        .into_iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, value)| {
+            String::from_utf8_lossy(value.strip_suffix(&[0]).unwrap_or(value)).into_owned()
+        })
+}
+
+impl AsRawFd for NftSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}

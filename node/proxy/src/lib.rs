@@ -1,0 +1,3 @@
+//! `baton proxy`: kube-proxy for Baton nodes.
+
+pub mod service_model;
