@@ -26,6 +26,8 @@ enum Command {
     ControllerManager(Box<baton_controllers::ControllerManagerArgs>),
     /// Run the kubelet (the node agent: runs the pods bound to this node).
     Kubelet(Box<baton_kubelet::KubeletArgs>),
+    /// Run the proxy (kube-proxy: programs the node so that Services reach their endpoints).
+    Proxy(Box<baton_proxy::ProxyArgs>),
     /// Test tool: simulate nodes that register, heartbeat and report pods Running (like kwok).
     SimNodes(Box<baton_sim_nodes::SimNodesArgs>),
     /// The container runtime process the kubelet starts (single-threaded; drives libcontainer).
@@ -68,7 +70,13 @@ enum PkiCommand {
 }
 
 /// The role names `baton` answers to when started through a link of that name.
-const ROLES: &[&str] = &["apiserver", "scheduler", "controller-manager", "kubelet"];
+const ROLES: &[&str] = &[
+    "apiserver",
+    "scheduler",
+    "controller-manager",
+    "kubelet",
+    "proxy",
+];
 
 fn args_with_role() -> Vec<String> {
     let mut args: Vec<String> = std::env::args().collect();
@@ -120,6 +128,9 @@ fn main() -> ExitCode {
         }),
         Command::Kubelet(args) => {
             run_async(async move { baton_kubelet::run(*args).await.map_err(anyhow::Error::from) })
+        }
+        Command::Proxy(args) => {
+            run_async(async move { baton_proxy::run(*args).await.map_err(anyhow::Error::from) })
         }
         Command::SimNodes(args) => run_async(async move {
             baton_sim_nodes::run(*args)

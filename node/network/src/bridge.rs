@@ -88,6 +88,11 @@ impl BridgeNetwork {
         socket.add_address(bridge.index, allocator.gateway())?;
         socket.set_link(bridge.index, None, Some(config.mtu))?;
         write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+        // Bridged traffic between two pods of this node passes the IPv4 hooks, so that a reply
+        // to a Service's address is translated back (where the kernel has br_netfilter).
+        if std::path::Path::new(BRIDGE_NF_CALL).exists() {
+            write_sysctl(BRIDGE_NF_CALL, "1")?;
+        }
         Ok(Self {
             bridge_index: bridge.index,
             config,
@@ -148,6 +153,7 @@ impl BridgeNetwork {
             source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
         })?;
         socket.set_link(host.index, Some(self.bridge_index), None)?;
+        socket.set_hairpin(host.index)?;
         netns.run(|| configure_pod_side(address, gateway))??;
         Ok(())
     }
@@ -219,6 +225,9 @@ pub fn host_interface(id: &str) -> String {
     });
     format!("{HOST_INTERFACE_PREFIX}{:011x}", hash & 0xfff_ffff_ffff)
 }
+
+/// br_netfilter's switch for IPv4.
+const BRIDGE_NF_CALL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
 fn write_sysctl(path: &str, value: &str) -> Result<(), PodNetworkError> {
     let current = std::fs::read_to_string(path).unwrap_or_default();

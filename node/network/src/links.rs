@@ -4,7 +4,8 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 
 use crate::netlink::{Create, NetlinkError, RouteSocket};
@@ -145,6 +146,24 @@ impl RouteSocket {
         self.change(
             || format!("set interface {index} up"),
             RouteNetlinkMessage::SetLink(message),
+            Create::No,
+        )
+    }
+
+    /// Turns hairpin mode on for bridge port `index`: a frame may leave through the port it
+    /// came in by, which a pod reaching itself through a Service's address needs.
+    pub fn set_hairpin(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )])),
+        ]));
+        self.change(
+            || format!("turn hairpin mode on for interface {index}"),
+            RouteNetlinkMessage::NewLink(message),
             Create::No,
         )
     }

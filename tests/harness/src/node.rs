@@ -23,6 +23,7 @@ pub struct KubeletNode {
     /// Its network namespace.
     pub netns: std::sync::Arc<baton_network::NetNs>,
     kubelet: Option<Component>,
+    proxy: Option<Component>,
     binary: Binary,
     dir: TempDir,
     cgroup_root: String,
@@ -71,6 +72,7 @@ impl KubeletNode {
             ip: host.ip,
             netns: host.namespace.clone(),
             kubelet: Some(kubelet),
+            proxy: None,
             binary: binary.clone(),
             dir,
             cgroup_root,
@@ -93,6 +95,33 @@ impl KubeletNode {
             anyhow::bail!("{err}\nkubelet log:\n{}", node.log());
         }
         Ok(node)
+    }
+
+    /// Starts `baton proxy` (nftables mode) in the node's namespace, with the cluster CIDR of
+    /// the controller manager's default and `extra` flags.
+    pub fn start_proxy(&mut self, server: &ApiServer, extra: &[&str]) -> Result<()> {
+        let mut args = vec![
+            format!("--hostname-override={}", self.name),
+            "--cluster-cidr=10.244.0.0/16".to_string(),
+            format!("--healthz-bind-address={}:10256", self.ip),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.proxy = Some(Component::start_in(
+            Some(self.netns.clone()),
+            &self.binary,
+            server,
+            &self.dir,
+            "proxy",
+            "proxy",
+            &args,
+        )?);
+        Ok(())
+    }
+
+    /// The proxy's log so far.
+    pub fn proxy_log(&self) -> String {
+        self.proxy.as_ref().map(Component::log).unwrap_or_default()
     }
 
     /// The kubelet's log so far.
@@ -147,6 +176,9 @@ impl KubeletNode {
 
 impl Drop for KubeletNode {
     fn drop(&mut self) {
+        if let Some(mut proxy) = self.proxy.take() {
+            proxy.stop();
+        }
         if let Some(mut kubelet) = self.kubelet.take() {
             kubelet.stop();
         }

@@ -63,7 +63,7 @@ impl NodeCluster {
             &dir,
             "controller-manager",
             "controller-manager",
-            &["--controllers=node-ipam-controller"],
+            &["--controllers=node-ipam-controller,endpointslice-controller"],
         )?;
         let registry = Registry::start_at(Lab::gateway()).await?;
         let images = TempDir::new("images")?;

@@ -1,0 +1,503 @@
+//! The nftables mode's rules, rendered from the desired [`ProxyState`] as plain data (chains
+//! with their rules, and the elements of the verdict maps), so that a sync can compare what it
+//! wants with what it applied last and send only the difference.
+//!
+//! Layout of table `ip baton-proxy`:
+//! - base chains `nat-prerouting` and `nat-output` (dstnat) jump to `services`, which looks
+//!   `ip daddr . meta l4proto . th dport` up in the verdict map `service-ips`, then, for local
+//!   destinations, `meta l4proto . th dport` in `service-nodeports`: one lookup whatever the
+//!   number of Services;
+//! - a chain per service port (`svc-NS/NAME/PROTO/PORT`) picks an endpoint at random, a chain
+//!   per endpoint (`...__IP/PORT`) marks hairpin traffic for masquerading and DNATs; a chain per
+//!   externally reachable port (`ext-...`) marks for masquerading (Cluster policy) or keeps to
+//!   this node's endpoints (Local policy);
+//! - `nat-postrouting` (srcnat) masquerades marked packets;
+//! - filter chains at input, forward and output (priority -110) reject new connections to
+//!   service ports without endpoints (`no-endpoint-services`, `no-endpoint-nodeports`).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use baton_nftables::{
+    BaseChain, CmpOp, Expr, Hook, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MetaKey, RTN_LOCAL,
+    SetSpec, Verdict, data_type, reg32,
+};
+use ipnet::Ipv4Net;
+
+use crate::service_model::{Endpoint, Protocol, ProxyState, ServicePortInfo, categorize};
+
+/// The proxy's table.
+pub const TABLE: &str = "baton-proxy";
+/// The packet mark bit that asks for masquerading (upstream's 0x4000).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+
+/// Verdict maps of the table.
+pub const SERVICE_IPS: &str = "service-ips";
+/// Node ports to their chains.
+pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+/// Service addresses without endpoints, to the reject chain.
+pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+/// Node ports without endpoints, to the reject chain.
+pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+
+const SERVICES: &str = "services";
+const MASQUERADING: &str = "masquerading";
+const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+const REJECT: &str = "reject-chain";
+const ENDPOINTS_CHECK: &str = "endpoints-check";
+
+/// Settings that shape the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSettings {
+    /// This node's name (for Local traffic policies).
+    pub node_name: String,
+    /// The cluster's pod CIDR: traffic to a ClusterIP from outside it is masqueraded.
+    pub cluster_cidr: Option<Ipv4Net>,
+}
+
+/// Rules and map elements, as data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Regular chains (not the fixed base chains) and their rules.
+    pub chains: BTreeMap<String, Vec<Vec<Expr>>>,
+    /// Elements of each verdict map: key bytes to verdict.
+    pub maps: BTreeMap<&'static str, BTreeMap<Vec<u8>, Verdict>>,
+}
+
+impl Ruleset {
+    /// Number of rules (base chains included).
+    pub fn rule_count(&self) -> usize {
+        self.chains.values().map(Vec::len).sum::<usize>()
+            + base_chains().iter().map(|c| c.2.len()).sum::<usize>()
+    }
+}
+
+/// The base chains with their fixed rules.
+pub fn base_chains() -> Vec<(&'static str, BaseChain, Vec<Vec<Expr>>)> {
+    let nat = |hook, priority| BaseChain {
+        kind: "nat",
+        hook,
+        priority,
+    };
+    let filter = |hook| BaseChain {
+        kind: "filter",
+        hook,
+        priority: -110,
+    };
+    let jump = |chain: &str| vec![Expr::Verdict(Verdict::Jump(chain.into()))];
+    vec![
+        (
+            "nat-prerouting",
+            nat(Hook::Prerouting, -100),
+            vec![jump(SERVICES)],
+        ),
+        ("nat-output", nat(Hook::Output, -100), vec![jump(SERVICES)]),
+        (
+            "nat-postrouting",
+            nat(Hook::Postrouting, 100),
+            vec![jump(MASQUERADING)],
+        ),
+        (
+            "filter-input",
+            filter(Hook::Input),
+            vec![jump(ENDPOINTS_CHECK)],
+        ),
+        (
+            "filter-forward",
+            filter(Hook::Forward),
+            vec![jump(ENDPOINTS_CHECK)],
+        ),
+        (
+            "filter-output",
+            filter(Hook::Output),
+            vec![jump(ENDPOINTS_CHECK)],
+        ),
+    ]
+}
+
+/// The verdict maps of the table.
+pub fn maps() -> Vec<SetSpec> {
+    let address_key = data_type::concat(&[
+        data_type::IPV4_ADDR,
+        data_type::INET_PROTO,
+        data_type::INET_SERVICE,
+    ]);
+    let port_key = data_type::concat(&[data_type::INET_PROTO, data_type::INET_SERVICE]);
+    [
+        (SERVICE_IPS, address_key, 12),
+        (SERVICE_NODEPORTS, port_key, 8),
+        (NO_ENDPOINT_SERVICES, address_key, 12),
+        (NO_ENDPOINT_NODEPORTS, port_key, 8),
+    ]
+    .into_iter()
+    .map(|(name, key_type, key_len)| SetSpec {
+        name: name.into(),
+        key_type,
+        key_len,
+        verdict_map: true,
+    })
+    .collect()
+}
+
+fn protocol_number(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => IPPROTO_TCP,
+        Protocol::Udp => IPPROTO_UDP,
+        Protocol::Sctp => IPPROTO_SCTP,
+    }
+}
+
+/// `ip . proto . port` as the lookup's registers hold it (each field padded to 4 bytes).
+fn address_key(ip: Ipv4Addr, protocol: Protocol, port: u16) -> Vec<u8> {
+    let mut key = ip.octets().to_vec();
+    key.extend_from_slice(&port_key(protocol, port));
+    key
+}
+
+/// `proto . port`.
+fn port_key(protocol: Protocol, port: u16) -> Vec<u8> {
+    let [high, low] = port.to_be_bytes();
+    vec![protocol_number(protocol), 0, 0, 0, high, low, 0, 0]
+}
+
+/// The mark register dance: `meta mark set mark | bit`.
+fn set_mark_bit() -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            dreg: reg32(0),
+            key: MetaKey::Mark,
+        },
+        Expr::Bitwise {
+            sreg: reg32(0),
+            dreg: reg32(0),
+            mask: (!MASQUERADE_MARK).to_ne_bytes().to_vec(),
+            xor: MASQUERADE_MARK.to_ne_bytes().to_vec(),
+        },
+        Expr::MetaSet {
+            sreg: reg32(0),
+            key: MetaKey::Mark,
+        },
+    ]
+}
+
+/// The fixed regular chains.
+fn fixed_chains() -> BTreeMap<String, Vec<Vec<Expr>>> {
+    let mut chains = BTreeMap::new();
+    let lookup_address = |set: &str| {
+        vec![
+            Expr::ip_daddr(reg32(0)),
+            Expr::l4proto(reg32(1)),
+            Expr::th_dport(reg32(2)),
+            Expr::Lookup {
+                set: set.into(),
+                sreg: reg32(0),
+                dreg: Some(0),
+                invert: false,
+            },
+        ]
+    };
+    let lookup_local_port = |set: &str| {
+        vec![
+            Expr::FibDaddrType { dreg: reg32(0) },
+            Expr::Cmp {
+                sreg: reg32(0),
+                op: CmpOp::Eq,
+                data: RTN_LOCAL.to_ne_bytes().to_vec(),
+            },
+            Expr::l4proto(reg32(0)),
+            Expr::th_dport(reg32(1)),
+            Expr::Lookup {
+                set: set.into(),
+                sreg: reg32(0),
+                dreg: Some(0),
+                invert: false,
+            },
+        ]
+    };
+    chains.insert(
+        SERVICES.into(),
+        vec![
+            lookup_address(SERVICE_IPS),
+            lookup_local_port(SERVICE_NODEPORTS),
+        ],
+    );
+    chains.insert(
+        ENDPOINTS_CHECK.into(),
+        vec![
+            lookup_address(NO_ENDPOINT_SERVICES),
+            lookup_local_port(NO_ENDPOINT_NODEPORTS),
+        ],
+    );
+    chains.insert(REJECT.into(), vec![vec![Expr::Reject]]);
+    chains.insert(MARK_FOR_MASQUERADE.into(), vec![set_mark_bit()]);
+    chains.insert(
+        MASQUERADING.into(),
+        vec![
+            // Not marked: nothing to do.
+            vec![
+                Expr::Meta {
+                    dreg: reg32(0),
+                    key: MetaKey::Mark,
+                },
+                Expr::Bitwise {
+                    sreg: reg32(0),
+                    dreg: reg32(0),
+                    mask: MASQUERADE_MARK.to_ne_bytes().to_vec(),
+                    xor: 0u32.to_ne_bytes().to_vec(),
+                },
+                Expr::Cmp {
+                    sreg: reg32(0),
+                    op: CmpOp::Eq,
+                    data: 0u32.to_ne_bytes().to_vec(),
+                },
+                Expr::Verdict(Verdict::Return),
+            ],
+            // Clear the bit (a packet re-entering the stack is not masqueraded twice).
+            vec![
+                Expr::Meta {
+                    dreg: reg32(0),
+                    key: MetaKey::Mark,
+                },
+                Expr::Bitwise {
+                    sreg: reg32(0),
+                    dreg: reg32(0),
+                    mask: (!MASQUERADE_MARK).to_ne_bytes().to_vec(),
+                    xor: 0u32.to_ne_bytes().to_vec(),
+                },
+                Expr::MetaSet {
+                    sreg: reg32(0),
+                    key: MetaKey::Mark,
+                },
+                Expr::Masquerade,
+            ],
+        ],
+    );
+    chains
+}
+
+/// Chain names of a service port.
+fn port_chain_name(prefix: &str, info: &ServicePortInfo) -> String {
+    let port = if info.port_name.is_empty() {
+        info.port.to_string()
+    } else {
+        info.port_name.clone()
+    };
+    format!(
+        "{prefix}-{}/{}/{}/{port}",
+        info.namespace,
+        info.name,
+        info.protocol.as_str().to_lowercase()
+    )
+}
+
+fn endpoint_chain_name(service_chain: &str, endpoint: &Endpoint) -> String {
+    format!("{service_chain}__{}/{}", endpoint.ip, endpoint.port)
+}
+
+/// Rules that send a packet to one of `endpoints` at random, each equally likely (rule `i`
+/// takes it with probability 1/(n-i)).
+fn spread(endpoints: &[(String, &Endpoint)]) -> Vec<Vec<Expr>> {
+    let n = endpoints.len();
+    endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, (chain, _))| {
+            let goto = Expr::Verdict(Verdict::Goto(chain.clone()));
+            if i + 1 == n {
+                vec![goto]
+            } else {
+                vec![
+                    Expr::RandomNumber {
+                        dreg: reg32(0),
+                        modulus: u32::try_from(n - i).unwrap_or(u32::MAX),
+                    },
+                    Expr::Cmp {
+                        sreg: reg32(0),
+                        op: CmpOp::Eq,
+                        data: 0u32.to_ne_bytes().to_vec(),
+                    },
+                    goto,
+                ]
+            }
+        })
+        .collect()
+}
+
+/// Renders the rules for `state` on this node.
+pub fn render(state: &ProxyState, settings: &RuleSettings) -> Ruleset {
+    let mut ruleset = Ruleset {
+        chains: fixed_chains(),
+        maps: BTreeMap::new(),
+    };
+    for spec in maps() {
+        let name: &'static str = match spec.name.as_str() {
+            SERVICE_IPS => SERVICE_IPS,
+            SERVICE_NODEPORTS => SERVICE_NODEPORTS,
+            NO_ENDPOINT_SERVICES => NO_ENDPOINT_SERVICES,
+            _ => NO_ENDPOINT_NODEPORTS,
+        };
+        ruleset.maps.insert(name, BTreeMap::new());
+    }
+    for (info, endpoints) in state.services.values() {
+        render_port(&mut ruleset, info, endpoints, settings);
+    }
+    ruleset
+}
+
+fn render_port(
+    ruleset: &mut Ruleset,
+    info: &ServicePortInfo,
+    endpoints: &[Endpoint],
+    settings: &RuleSettings,
+) {
+    let categorized = categorize(info, endpoints, &settings.node_name);
+    let svc_chain = port_chain_name("svc", info);
+    let reject = Verdict::Goto(REJECT.into());
+
+    // One chain per endpoint this node may use.
+    for endpoint in &categorized.all_reachable {
+        let chain = endpoint_chain_name(&svc_chain, endpoint);
+        let mut hairpin = vec![
+            Expr::ip_saddr(reg32(0)),
+            Expr::cmp_ip(reg32(0), CmpOp::Eq, endpoint.ip),
+        ];
+        hairpin.push(Expr::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into())));
+        let dnat = vec![
+            Expr::l4proto(reg32(0)),
+            Expr::Cmp {
+                sreg: reg32(0),
+                op: CmpOp::Eq,
+                data: vec![protocol_number(info.protocol)],
+            },
+            Expr::load_ip(reg32(0), endpoint.ip),
+            Expr::load_port(reg32(1), endpoint.port),
+            Expr::Dnat {
+                addr_reg: reg32(0),
+                port_reg: Some(reg32(1)),
+            },
+        ];
+        ruleset.chains.insert(chain, vec![hairpin, dnat]);
+    }
+    let chains_of = |list: &[Endpoint]| -> Vec<(String, Endpoint)> {
+        list.iter()
+            .map(|e| (endpoint_chain_name(&svc_chain, e), e.clone()))
+            .collect()
+    };
+
+    // Traffic from inside the cluster (the cluster IP).
+    let internal = if info.internal_policy_local {
+        &categorized.local
+    } else {
+        &categorized.cluster
+    };
+    let internal = chains_of(internal);
+    let address = address_key(info.cluster_ip, info.protocol, info.port);
+    if internal.is_empty() {
+        if !info.internal_policy_local || !categorized.has_any_endpoints {
+            ruleset
+                .maps
+                .get_mut(NO_ENDPOINT_SERVICES)
+                .expect("map")
+                .insert(address, reject.clone());
+        }
+    } else {
+        let mut rules = Vec::new();
+        if let Some(cidr) = settings.cluster_cidr {
+            // From outside the cluster's pods to the cluster IP: masquerade, so replies come
+            // back through this node.
+            rules.push(vec![
+                Expr::ip_saddr(reg32(0)),
+                Expr::Bitwise {
+                    sreg: reg32(0),
+                    dreg: reg32(0),
+                    mask: cidr.netmask().octets().to_vec(),
+                    xor: vec![0; 4],
+                },
+                Expr::cmp_ip(reg32(0), CmpOp::Neq, cidr.network()),
+                Expr::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into())),
+            ]);
+        }
+        let refs: Vec<(String, &Endpoint)> = internal.iter().map(|(c, e)| (c.clone(), e)).collect();
+        rules.extend(spread(&refs));
+        ruleset.chains.insert(svc_chain.clone(), rules);
+        ruleset
+            .maps
+            .get_mut(SERVICE_IPS)
+            .expect("map")
+            .insert(address, Verdict::Goto(svc_chain.clone()));
+    }
+
+    // Traffic from outside (node ports, external and load-balancer IPs).
+    if !info.externally_accessible() {
+        return;
+    }
+    let external = if info.external_policy_local {
+        &categorized.local
+    } else {
+        &categorized.cluster
+    };
+    let external = chains_of(external);
+    let ext_chain = port_chain_name("ext", info);
+    let target = if external.is_empty() {
+        if info.external_policy_local && categorized.has_any_endpoints {
+            // Upstream drops (no local endpoint) rather than rejecting.
+            ruleset
+                .chains
+                .insert(ext_chain.clone(), vec![vec![Expr::Verdict(Verdict::Drop)]]);
+            Some(Verdict::Goto(ext_chain))
+        } else {
+            None
+        }
+    } else {
+        let mut rules = Vec::new();
+        if !info.external_policy_local {
+            rules.push(vec![Expr::Verdict(Verdict::Jump(
+                MARK_FOR_MASQUERADE.into(),
+            ))]);
+        }
+        let refs: Vec<(String, &Endpoint)> = external.iter().map(|(c, e)| (c.clone(), e)).collect();
+        rules.extend(spread(&refs));
+        ruleset.chains.insert(ext_chain.clone(), rules);
+        Some(Verdict::Goto(ext_chain))
+    };
+    let addresses: Vec<Ipv4Addr> = info
+        .external_ips
+        .iter()
+        .chain(&info.load_balancer_ips)
+        .copied()
+        .collect();
+    match target {
+        Some(verdict) => {
+            for ip in addresses {
+                ruleset
+                    .maps
+                    .get_mut(SERVICE_IPS)
+                    .expect("map")
+                    .insert(address_key(ip, info.protocol, info.port), verdict.clone());
+            }
+            if let Some(node_port) = info.node_port {
+                ruleset
+                    .maps
+                    .get_mut(SERVICE_NODEPORTS)
+                    .expect("map")
+                    .insert(port_key(info.protocol, node_port), verdict);
+            }
+        }
+        None => {
+            for ip in addresses {
+                ruleset
+                    .maps
+                    .get_mut(NO_ENDPOINT_SERVICES)
+                    .expect("map")
+                    .insert(address_key(ip, info.protocol, info.port), reject.clone());
+            }
+            if let Some(node_port) = info.node_port {
+                ruleset
+                    .maps
+                    .get_mut(NO_ENDPOINT_NODEPORTS)
+                    .expect("map")
+                    .insert(port_key(info.protocol, node_port), reject.clone());
+            }
+        }
+    }
+}
