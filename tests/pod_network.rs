@@ -103,8 +103,32 @@ async fn pods_on_two_nodes_reach_each_other_without_nat() -> Result<()> {
         "the server saw the client's own pod IP"
     );
 
-    // Both pods go; neither node keeps an interface or an address of theirs.
-    for name in ["server", "client"] {
+    // Traffic that leaves the cluster (to the lab) leaves with the node's address.
+    let outside = std::net::TcpListener::bind((baton_test_harness::Lab::gateway(), 0))?;
+    let port = outside.local_addr()?.port();
+    outside.set_nonblocking(true)?;
+    cluster
+        .create_pod(
+            "egress",
+            &format!(
+                "echo hello | nc {} {port}",
+                baton_test_harness::Lab::gateway()
+            ),
+            json!({ "spec": { "restartPolicy": "Never" } }),
+        )
+        .await?;
+    let peer = wait_until("the pod to connect out", Duration::from_secs(60), || {
+        std::future::ready(outside.accept().ok().map(|(_, peer)| peer))
+    })
+    .await?;
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(cluster.node.ip),
+        "masqueraded to the node's address"
+    );
+
+    // The pods go; neither node keeps an interface or an address of theirs.
+    for name in ["server", "client", "egress"] {
         cluster
             .pods()
             .delete(name, &DeleteParams::default())

@@ -279,6 +279,13 @@ async fn reconcile(node: Arc<Node>, state: Arc<State>) -> Result<Action, Allocat
     let uid = node.metadata.uid.clone().unwrap_or_default();
     let (cidr, cluster) = {
         let mut alloc = state.allocator.lock().expect("cidr allocator");
+        // The node as the cache has it now: the informer updates the cache before its
+        // handler takes this lock, so a subnet given meanwhile (and forgotten from `given`)
+        // shows here, and the node is not given a second one.
+        let latest = state.nodes.get(&ObjectRef::from_obj(node.as_ref()));
+        if latest.is_some_and(|latest| !node_cidrs(&latest).is_empty()) {
+            return Ok(Action::await_change());
+        }
         let cluster = alloc.set.cluster;
         let reuse = alloc
             .given

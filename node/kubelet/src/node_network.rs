@@ -40,6 +40,7 @@ pub async fn run(
     let runner = informer.clone();
     tokio::spawn(async move { runner.run().await });
     let mut applied: Option<BTreeSet<Route>> = None;
+    let mut masqueraded: Option<BTreeSet<Ipv4Net>> = None;
     loop {
         let nodes = store.state();
         let own_cidr = nodes
@@ -64,6 +65,14 @@ pub async fn run(
                 failed |= !apply_routes(&wanted).await;
                 applied = Some(wanted);
             }
+            let cluster: BTreeSet<Ipv4Net> =
+                nodes.iter().filter_map(|node| pod_cidr(node)).collect();
+            if masqueraded.as_ref() != Some(&cluster)
+                && let Some(own) = network.pod_cidr()
+            {
+                failed |= !apply_masquerade(own, &cluster).await;
+                masqueraded = Some(cluster);
+            }
         }
         let retry = async {
             if failed {
@@ -74,7 +83,10 @@ pub async fn run(
         };
         tokio::select! {
             changed = nudged.changed() => if changed.is_err() { return },
-            () = retry => applied = None,
+            () = retry => {
+                applied = None;
+                masqueraded = None;
+            }
         }
     }
 }
@@ -103,6 +115,25 @@ async fn apply_routes(wanted: &BTreeSet<Route>) -> bool {
         }
         Err(err) => {
             tracing::warn!(%err, "syncing routes to other nodes' pods");
+            false
+        }
+    }
+}
+
+/// Masquerades this node's pod traffic that leaves every pod CIDR of `cluster`; false when
+/// the rules could not be made.
+async fn apply_masquerade(own: Ipv4Net, cluster: &BTreeSet<Ipv4Net>) -> bool {
+    let cluster: Vec<Ipv4Net> = cluster.iter().copied().collect();
+    let result =
+        tokio::task::spawn_blocking(move || baton_network::sync_masquerade(own, &cluster)).await;
+    match result {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            tracing::warn!(err = %baton_images::error_chain(&err), "masquerading pod traffic that leaves the cluster");
+            false
+        }
+        Err(err) => {
+            tracing::warn!(%err, "masquerading pod traffic that leaves the cluster");
             false
         }
     }

@@ -8,6 +8,7 @@ mod addresses;
 mod bridge;
 mod ipam;
 mod links;
+mod masquerade;
 mod netlink;
 mod netns;
 mod node_routes;
@@ -19,6 +20,7 @@ pub use bridge::{
 };
 pub use ipam::{AddressAllocator, AllocateAddressError};
 pub use links::Link;
+pub use masquerade::{MASQUERADE_TABLE, masquerade_batch, remove_masquerade, sync_masquerade};
 pub use netlink::{Create, NetlinkError, RouteSocket};
 pub use netns::{LOOPBACK_INDEX, NetNs, NetNsError};
 pub use node_routes::{RouteChanges, sync_node_routes};

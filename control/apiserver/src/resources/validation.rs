@@ -514,6 +514,7 @@ pub fn update(group: &str, kind: &str, old: &Value, new: &Value, causes: &mut Ve
     }
     match (group, kind) {
         ("", "Pod") => pod_update(old, new, causes),
+        ("", "Node") => node_update(old, new, causes),
         ("", "ConfigMap") => immutable_contents(old, new, &["data", "binaryData"], causes),
         ("", "Secret") => immutable_contents(old, new, &["data"], causes),
         // Upstream's `ValidatePriorityClassUpdate`.
@@ -521,6 +522,33 @@ pub fn update(group: &str, kind: &str, old: &Value, new: &Value, causes: &mut Ve
             FieldCause::forbidden("value", "may not be changed in an update."),
         ),
         _ => {}
+    }
+}
+
+/// Upstream's `ValidateNodeUpdate`: a node's pod CIDRs are set once (from empty) and never
+/// changed, since pods hold addresses out of them.
+fn node_update(old: &Value, new: &Value, causes: &mut Vec<FieldCause>) {
+    let cidrs = |node: &Value| -> Vec<Value> {
+        let list = node["spec"]["podCIDRs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if list.is_empty() {
+            node["spec"]["podCIDR"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+                .map(|c| vec![Value::from(c)])
+                .unwrap_or_default()
+        } else {
+            list
+        }
+    };
+    let before = cidrs(old);
+    if !before.is_empty() && before != cidrs(new) {
+        causes.push(FieldCause::forbidden(
+            "spec.podCIDRs",
+            "node updates may not change podCIDR except from \"\" to valid",
+        ));
     }
 }
 
@@ -1009,6 +1037,24 @@ fn pod_spec_diff(old: &Value, new: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_node_pod_cidr_is_set_once() {
+        let empty = json!({"spec": {}});
+        let first = json!({"spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"]}});
+        let second = json!({"spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]}});
+        let mut causes = vec![];
+        update("", "Node", &empty, &first, &mut causes);
+        update("", "Node", &first, &first, &mut causes);
+        assert!(causes.is_empty(), "{causes:?}");
+        update("", "Node", &first, &second, &mut causes);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "spec.podCIDRs");
+        assert_eq!(
+            causes[0].message,
+            "Forbidden: node updates may not change podCIDR except from \"\" to valid"
+        );
+    }
 
     #[test]
     fn names() {
