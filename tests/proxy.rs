@@ -172,6 +172,60 @@ async fn services_reach_their_endpoints_through_nftables() -> Result<()> {
         network_log(&cluster.others[0])
     );
 
+    // With sessionAffinity ClientIP, one client keeps its endpoint.
+    let sticky: Service = serde_json::from_value(json!({
+        "metadata": { "name": "sticky" },
+        "spec": {
+            "selector": { "app": "web" },
+            "sessionAffinity": "ClientIP",
+            "ports": [{ "port": 81, "targetPort": "http" }],
+        },
+    }))?;
+    let sticky_ip = services
+        .create(&PostParams::default(), &sticky)
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .unwrap_or_default();
+    let programmed = wait_until(
+        "the sticky Service's endpoints",
+        Duration::from_secs(20),
+        || {
+            let chains = proxy_chains(&cluster.node.netns);
+            let endpoints = chains
+                .iter()
+                .filter(|c| c.starts_with("svc-default/sticky/") && c.contains("__"))
+                .count();
+            std::future::ready((endpoints == 2).then_some(()))
+        },
+    )
+    .await;
+    assert!(
+        programmed.is_ok(),
+        "{:?}",
+        proxy_chains(&cluster.node.netns)
+    );
+    cluster
+        .create_pod(
+            "sticky-client",
+            &format!("for i in $(seq 1 20); do timeout 2 wget -qO- http://{sticky_ip}:81/ || echo failed; done"),
+            json!({ "spec": { "restartPolicy": "Never" } }),
+        )
+        .await?;
+    cluster
+        .wait_for("the sticky client to finish", "sticky-client", |pod| {
+            (pod_phase(pod) == Some("Succeeded")).then_some(())
+        })
+        .await;
+    let answers = cluster.stdout_lines(&cluster.pods().get("sticky-client").await?);
+    assert_eq!(answers.len(), 20, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| a == &answers[0] && a.starts_with("web-")),
+        "{answers:?}"
+    );
+
     // A pod reaches itself through its Service (hairpin).
     let kubectl = &kubectl_binaries()[0];
     let itself = format!(
@@ -271,7 +325,7 @@ async fn services_reach_their_endpoints_through_nftables() -> Result<()> {
     );
 
     // Deleting the Services removes their chains on every node.
-    for name in ["web", "empty"] {
+    for name in ["web", "empty", "sticky"] {
         services.delete(name, &DeleteParams::default()).await?;
     }
     for node in [&cluster.node, &cluster.others[0]] {
@@ -281,8 +335,11 @@ async fn services_reach_their_endpoints_through_nftables() -> Result<()> {
             || {
                 let chains = proxy_chains(&node.netns);
                 std::future::ready(
-                    (!chains.is_empty() && !chains.iter().any(|c| c.contains("default/web")))
-                        .then_some(()),
+                    (!chains.is_empty()
+                        && !chains
+                            .iter()
+                            .any(|c| c.contains("default/web") || c.contains("default/sticky")))
+                    .then_some(()),
                 )
             },
         )

@@ -80,6 +80,9 @@ pub struct SetSpec {
     pub key_len: u32,
     /// A verdict map (values are verdicts) rather than a plain set.
     pub verdict_map: bool,
+    /// Elements expire this long after they were last added or updated (a set the packet
+    /// path updates, through [`Expr::UpdateSet`](crate::Expr::UpdateSet)).
+    pub timeout_ms: Option<u64>,
 }
 
 /// One element of a set or map.
@@ -236,15 +239,26 @@ impl Batch {
     /// Creates a named set or map (nothing if it exists).
     pub fn add_set(&mut self, family: Family, table: &str, set: &SetSpec) -> &mut Self {
         let mut a = Attributes::new();
+        // NFT_SET_MAP = 0x8, NFT_SET_TIMEOUT = 0x10, NFT_SET_EVAL (updated from the packet
+        // path) = 0x20.
+        let mut flags = 0;
+        if set.verdict_map {
+            flags |= 0x8;
+        }
+        if set.timeout_ms.is_some() {
+            flags |= 0x10 | 0x20;
+        }
         a.string(1, table)
             .string(2, &set.name)
-            // NFT_SET_MAP = 0x8.
-            .be32(3, if set.verdict_map { 0x8 } else { 0 })
+            .be32(3, flags)
             .be32(4, set.key_type)
             .be32(5, set.key_len)
             .be32(10, 1);
         if set.verdict_map {
             a.be32(6, data_type::VERDICT).be32(7, 0);
+        }
+        if let Some(timeout) = set.timeout_ms {
+            a.be64(11, timeout);
         }
         self.push(
             msg::NEWSET,

@@ -137,6 +137,8 @@ pub enum Expr {
     Reject,
     /// Counts packets and bytes.
     Counter,
+    /// Adds `sreg` to `set`, or refreshes its timeout when it is there (`update @set { ... }`).
+    UpdateSet { set: String, sreg: u32 },
 }
 
 impl Expr {
@@ -218,6 +220,7 @@ impl Expr {
             Expr::Masquerade => "masq",
             Expr::Reject => "reject",
             Expr::Counter => "counter",
+            Expr::UpdateSet { .. } => "dynset",
         }
     }
 
@@ -320,6 +323,10 @@ impl Expr {
             }
             Expr::Counter => {
                 a.be64(1, 0).be64(2, 0);
+            }
+            Expr::UpdateSet { set, sreg } => {
+                // NFTA_DYNSET_SET_NAME = 1, OP = 3 (NFT_DYNSET_OP_UPDATE = 1), SREG_KEY = 4.
+                a.string(1, set).be32(3, 1).be32(4, *sreg);
             }
         }
     }

@@ -46,6 +46,7 @@ fn program(backend: Ipv4Addr) -> Batch {
                 ]),
                 key_len: 12,
                 verdict_map: true,
+                timeout_ms: None,
             },
         )
         .add_rule(

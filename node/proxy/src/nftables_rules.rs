@@ -62,6 +62,8 @@ pub struct Ruleset {
     pub chains: BTreeMap<String, Vec<Vec<Expr>>>,
     /// Elements of each verdict map: key bytes to verdict.
     pub maps: BTreeMap<&'static str, BTreeMap<Vec<u8>, Verdict>>,
+    /// Session affinity sets (client addresses that recently used an endpoint), by name.
+    pub affinity_sets: BTreeMap<String, SetSpec>,
 }
 
 impl Ruleset {
@@ -135,6 +137,7 @@ pub fn maps() -> Vec<SetSpec> {
         key_type,
         key_len,
         verdict_map: true,
+        timeout_ms: None,
     })
     .collect()
 }
@@ -294,6 +297,34 @@ fn endpoint_chain_name(service_chain: &str, endpoint: &Endpoint) -> String {
     format!("{service_chain}__{}/{}", endpoint.ip, endpoint.port)
 }
 
+/// The affinity set of an endpoint chain; the timeout is part of the name, so that a changed
+/// timeout makes a new set (the old one goes once no rule uses it).
+fn affinity_set_name(endpoint_chain: &str, seconds: u32) -> String {
+    format!("affinity-{seconds}s-{endpoint_chain}")
+}
+
+/// With session affinity: a client that used an endpoint within the timeout goes to it again.
+fn sticky(endpoints: &[(String, &Endpoint)], seconds: Option<u32>) -> Vec<Vec<Expr>> {
+    let Some(seconds) = seconds else {
+        return Vec::new();
+    };
+    endpoints
+        .iter()
+        .map(|(chain, _)| {
+            vec![
+                Expr::ip_saddr(reg32(0)),
+                Expr::Lookup {
+                    set: affinity_set_name(chain, seconds),
+                    sreg: reg32(0),
+                    dreg: None,
+                    invert: false,
+                },
+                Expr::Verdict(Verdict::Goto(chain.clone())),
+            ]
+        })
+        .collect()
+}
+
 /// Rules that send a packet to one of `endpoints` at random, each equally likely (rule `i`
 /// takes it with probability 1/(n-i)).
 fn spread(endpoints: &[(String, &Endpoint)]) -> Vec<Vec<Expr>> {
@@ -328,6 +359,7 @@ pub fn render(state: &ProxyState, settings: &RuleSettings) -> Ruleset {
     let mut ruleset = Ruleset {
         chains: fixed_chains(),
         maps: BTreeMap::new(),
+        affinity_sets: BTreeMap::new(),
     };
     for spec in maps() {
         let name: &'static str = match spec.name.as_str() {
@@ -376,7 +408,29 @@ fn render_port(
                 port_reg: Some(reg32(1)),
             },
         ];
-        ruleset.chains.insert(chain, vec![hairpin, dnat]);
+        let mut rules = vec![hairpin];
+        if let Some(seconds) = info.session_affinity_seconds {
+            let set = affinity_set_name(&chain, seconds);
+            rules.push(vec![
+                Expr::ip_saddr(reg32(0)),
+                Expr::UpdateSet {
+                    set: set.clone(),
+                    sreg: reg32(0),
+                },
+            ]);
+            ruleset.affinity_sets.insert(
+                set.clone(),
+                SetSpec {
+                    name: set,
+                    key_type: data_type::IPV4_ADDR,
+                    key_len: 4,
+                    verdict_map: false,
+                    timeout_ms: Some(u64::from(seconds) * 1000),
+                },
+            );
+        }
+        rules.push(dnat);
+        ruleset.chains.insert(chain, rules);
     }
     let chains_of = |list: &[Endpoint]| -> Vec<(String, Endpoint)> {
         list.iter()
@@ -418,6 +472,7 @@ fn render_port(
             ]);
         }
         let refs: Vec<(String, &Endpoint)> = internal.iter().map(|(c, e)| (c.clone(), e)).collect();
+        rules.extend(sticky(&refs, info.session_affinity_seconds));
         rules.extend(spread(&refs));
         ruleset.chains.insert(svc_chain.clone(), rules);
         ruleset
@@ -456,6 +511,7 @@ fn render_port(
             ))]);
         }
         let refs: Vec<(String, &Endpoint)> = external.iter().map(|(c, e)| (c.clone(), e)).collect();
+        rules.extend(sticky(&refs, info.session_affinity_seconds));
         rules.extend(spread(&refs));
         ruleset.chains.insert(ext_chain.clone(), rules);
         Some(Verdict::Goto(ext_chain))

@@ -80,8 +80,8 @@ fn full(wanted: &Ruleset) -> Batch {
     batch
         .destroy_table(Family::Ip, TABLE)
         .add_table(Family::Ip, TABLE);
-    for spec in maps() {
-        batch.add_set(Family::Ip, TABLE, &spec);
+    for spec in maps().iter().chain(wanted.affinity_sets.values()) {
+        batch.add_set(Family::Ip, TABLE, spec);
     }
     for name in wanted.chains.keys() {
         batch.add_chain(Family::Ip, TABLE, name, None);
@@ -108,7 +108,12 @@ fn full(wanted: &Ruleset) -> Batch {
 /// Only what differs between `applied` and `wanted`.
 fn incremental(applied: &Ruleset, wanted: &Ruleset) -> Batch {
     let mut batch = Batch::new();
-    // New chains first (so that rules and elements may point at them).
+    // New sets and chains first (so that rules and elements may point at them).
+    for (name, spec) in &wanted.affinity_sets {
+        if !applied.affinity_sets.contains_key(name) {
+            batch.add_set(Family::Ip, TABLE, spec);
+        }
+    }
     for name in wanted
         .chains
         .keys()
@@ -166,9 +171,14 @@ fn incremental(applied: &Ruleset, wanted: &Ruleset) -> Batch {
             batch.add_elements(Family::Ip, TABLE, name, &elements(&added));
         }
     }
-    // Chains that went, once nothing points at them.
+    // Chains and sets that went, once nothing points at them.
     for name in removed {
         batch.destroy_chain(Family::Ip, TABLE, name);
+    }
+    for name in applied.affinity_sets.keys() {
+        if !wanted.affinity_sets.contains_key(name) {
+            batch.destroy_set(Family::Ip, TABLE, name);
+        }
     }
     batch
 }

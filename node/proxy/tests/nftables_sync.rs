@@ -110,6 +110,15 @@ fn syncs_apply_exactly_the_rendered_chains() {
             let rules = nft.rule_count(Family::Ip, TABLE).unwrap();
             assert_eq!(rules, render(&state, &settings).rule_count());
 
+            // Session affinity on b: a set per endpoint, gone with the affinity.
+            let mut sticky_b = b.clone();
+            sticky_b.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+            let sticky = render(&build_state(&[a.clone(), sticky_b], &slices), &settings);
+            assert_eq!(sticky.affinity_sets.len(), 1);
+            proxier.sync(&sticky).unwrap();
+            proxier.sync(&render(&state, &settings)).unwrap();
+            assert_eq!(nft.rule_count(Family::Ip, TABLE).unwrap(), rules);
+
             // Service a goes.
             proxier
                 .sync(&render(
