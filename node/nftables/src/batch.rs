@@ -1,7 +1,7 @@
 //! A batch of nf_tables changes, applied atomically: the kernel applies all of it or none.
 
 use crate::expr::{Expr, Verdict};
-use crate::netlink::{Attributes, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
+use crate::netlink::{Attributes, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST};
 
 /// nf_tables message types.
 mod msg {
@@ -126,7 +126,7 @@ impl Batch {
     ) {
         self.messages.push((
             kind,
-            flags | NLM_F_REQUEST | NLM_F_ACK,
+            flags | NLM_F_REQUEST,
             family as u8,
             attributes.bytes().to_vec(),
             what,

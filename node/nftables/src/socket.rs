@@ -15,6 +15,9 @@ use crate::netlink::{
 /// The netlink protocol of netfilter.
 const NETLINK_NETFILTER: isize = 12;
 
+/// The send buffer a netlink socket starts with (net.core.wmem_default), roughly.
+const DEFAULT_SEND_BUFFER: usize = 200 * 1024;
+
 /// How long the kernel may take to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,6 +37,8 @@ pub struct ApplyBatchError {
 pub struct NftSocket {
     socket: Socket,
     sequence: u32,
+    /// The send buffer's size, grown for large batches.
+    send_buffer: usize,
 }
 
 fn socket_error(operation: &str) -> impl FnOnce(io::Error) -> ApplyBatchError + '_ {
@@ -63,15 +68,21 @@ impl NftSocket {
         Ok(Self {
             socket,
             sequence: std::process::id().wrapping_mul(1 << 12),
+            send_buffer: DEFAULT_SEND_BUFFER,
         })
     }
 
     /// Applies `batch` atomically; on error, names the change the kernel refused.
+    ///
+    /// Only the last message asks for an acknowledgement: the kernel processes the whole batch
+    /// and reports every refused message before that acknowledgement, so one answer (not one
+    /// per message) tells how it went, which keeps large syncs cheap.
     pub fn apply(&mut self, batch: &Batch) -> Result<(), ApplyBatchError> {
         if batch.is_empty() {
             return Ok(());
         }
         let first = self.sequence.wrapping_add(1);
+        let count = batch.messages.len();
         let mut buffer = Vec::new();
         push_message(
             &mut buffer,
@@ -84,17 +95,22 @@ impl NftSocket {
         );
         for (index, (kind, flags, family, attributes, _)) in batch.messages.iter().enumerate() {
             let sequence = first.wrapping_add(1 + index as u32);
+            let flags = if index + 1 == count {
+                flags | NLM_F_ACK
+            } else {
+                *flags
+            };
             push_message(
                 &mut buffer,
                 (NFNL_SUBSYS_NFTABLES << 8) | kind,
-                *flags,
+                flags,
                 sequence,
                 *family,
                 0,
                 attributes,
             );
         }
-        let end = first.wrapping_add(1 + batch.messages.len() as u32);
+        let end = first.wrapping_add(1 + count as u32);
         push_message(
             &mut buffer,
             NFNL_MSG_BATCH_END,
@@ -105,34 +121,49 @@ impl NftSocket {
             &[],
         );
         self.sequence = end;
+        // The whole batch goes in one message; make room for it.
+        if buffer.len() > self.send_buffer {
+            let size = buffer.len().next_power_of_two();
+            nix::sys::socket::setsockopt(
+                &self.socket.as_fd(),
+                nix::sys::socket::sockopt::SndBufForce,
+                &size,
+            )
+            .map_err(|errno| socket_error("grow the netlink send buffer")(errno.into()))?;
+            self.send_buffer = size;
+        }
         self.socket
             .send(&buffer, 0)
             .map_err(socket_error("send an nftables batch"))?;
 
-        // One acknowledgement per message, or an error naming the first refused one.
-        let mut acknowledged = 0;
+        let last = first.wrapping_add(count as u32);
+        let mut refused: Option<ApplyBatchError> = None;
         let mut received = Vec::with_capacity(256 * 1024);
-        while acknowledged < batch.messages.len() {
+        loop {
             received.clear();
             self.socket.recv(&mut received, 0).map_err(socket_error(
                 "read the kernel's answer to an nftables batch",
             ))?;
             for message in split_messages(&received) {
                 let index = message.sequence.wrapping_sub(first).wrapping_sub(1) as usize;
-                if message.kind != NLMSG_ERROR || index >= batch.messages.len() {
+                if message.kind != NLMSG_ERROR || index >= count {
                     continue;
                 }
                 let code = i32::from_ne_bytes(message.payload[0..4].try_into().expect("errno"));
-                if code != 0 {
-                    return Err(ApplyBatchError {
+                if code != 0 && refused.is_none() {
+                    refused = Some(ApplyBatchError {
                         operation: batch.messages[index].4.clone(),
                         source: io::Error::from_raw_os_error(-code),
                     });
                 }
-                acknowledged += 1;
+                if message.sequence == last {
+                    return match refused {
+                        Some(err) => Err(err),
+                        None => Ok(()),
+                    };
+                }
             }
         }
-        Ok(())
     }
 
     /// Names of the tables of `family`.

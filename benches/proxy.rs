@@ -1,0 +1,240 @@
+//! kube-proxy benchmark (nftables mode): full and single-Service sync times for 1,000 and
+//! 10,000 Services with 2 endpoints each, and connection setup through a ClusterIP with 100 to
+//! 10,000 Services present. References measured in the same run: Debian's `nft -f` loading the
+//! very ruleset Baton programmed (what a proxy that writes nft text would pay), and connecting
+//! to the backend directly (no Service in the way). Runs as root inside network namespaces of
+//! its own.
+//!
+//! `CARGO_TARGET_DIR=/var/cache/baton/bench-target cargo bench --bench proxy`
+
+#[allow(dead_code)] // memory_mib is for the node benchmark.
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use baton_network::{NetNs, Route, RouteSocket};
+use baton_proxy::nftables_rules::{RuleSettings, render};
+use baton_proxy::nftables_sync::NftablesProxier;
+use baton_proxy::service_model::{ProxyState, build_state};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde_json::json;
+use support::{ms, quantile};
+
+/// The backend every benchmark connection ends at, and the Service address in front of it.
+const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const FRONT: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+
+fn cluster_ip(i: usize) -> String {
+    format!("10.96.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// `n` Services with two endpoints each, plus the one in front of the local backend; `round`
+/// changes the endpoints of Service 0 (a single-Service change).
+fn objects(n: usize, round: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut services = Vec::with_capacity(n + 1);
+    let mut slices = Vec::with_capacity(n + 1);
+    let mut add = |name: String, ip: String, endpoints: Vec<String>, target: u16| {
+        services.push(
+            serde_json::from_value(json!({
+                "metadata": { "name": name, "namespace": "bench" },
+                "spec": { "clusterIP": ip, "clusterIPs": [ip],
+                          "ports": [{ "name": "http", "port": 80, "protocol": "TCP" }] },
+            }))
+            .expect("service"),
+        );
+        slices.push(
+            serde_json::from_value(json!({
+                "metadata": { "name": format!("{name}-1"), "namespace": "bench",
+                              "labels": { "kubernetes.io/service-name": name } },
+                "addressType": "IPv4",
+                "ports": [{ "name": "http", "port": target, "protocol": "TCP" }],
+                "endpoints": endpoints.iter().map(|ip| json!({
+                    "addresses": [ip], "conditions": { "ready": true }, "nodeName": "bench",
+                })).collect::<Vec<_>>(),
+            }))
+            .expect("slice"),
+        );
+    };
+    for i in 0..n {
+        let shift = if i == 0 { round } else { 0 };
+        add(
+            format!("svc-{i}"),
+            cluster_ip(i),
+            vec![
+                format!("10.244.{}.{}", (i + shift) / 250, (i + shift) % 250 + 2),
+                format!("10.245.{}.{}", i / 250, i % 250 + 2),
+            ],
+            8080,
+        );
+    }
+    add("front".into(), FRONT.to_string(), vec![BACKEND.to_string()], 8080);
+    (services, slices)
+}
+
+fn state(n: usize, round: usize) -> ProxyState {
+    let (services, slices) = objects(n, round);
+    build_state(&services, &slices)
+}
+
+fn settings() -> RuleSettings {
+    RuleSettings {
+        node_name: "bench".into(),
+        cluster_cidr: Some("10.244.0.0/15".parse().expect("cidr")),
+    }
+}
+
+/// A namespace where Service addresses route to loopback and the backend listens.
+fn namespace() -> NetNs {
+    let namespace = NetNs::create().expect("namespace");
+    namespace
+        .run(|| {
+            let mut socket = RouteSocket::open().expect("rtnetlink");
+            socket
+                .add_address(1, "10.0.0.1/32".parse().expect("address"))
+                .expect("backend address");
+            for destination in ["10.96.0.0/12", "10.100.0.0/16"] {
+                socket
+                    .add_route(&Route {
+                        destination: destination.parse().expect("route"),
+                        gateway: None,
+                        interface: Some(1),
+                    })
+                    .expect("route");
+            }
+        })
+        .expect("namespace setup");
+    namespace
+}
+
+struct SyncResult {
+    services: usize,
+    render: Duration,
+    full: Duration,
+    incremental: Duration,
+    rules: usize,
+    nft_reference: Option<Duration>,
+}
+
+fn measure_sync(n: usize) -> SyncResult {
+    let namespace = namespace();
+    namespace
+        .run(|| {
+            let started = Instant::now();
+            let first = render(&state(n, 0), &settings());
+            let render_time = started.elapsed();
+            let rules = first.rule_count();
+            let mut proxier = NftablesProxier::new().expect("nftables socket");
+            let started = Instant::now();
+            proxier.sync(&first).expect("full sync");
+            let full = started.elapsed();
+            // A single Service changes; rendering everything again is part of the cost.
+            let mut times = Vec::new();
+            for round in 1..=11 {
+                let started = Instant::now();
+                let next = render(&state(n, round), &settings());
+                proxier.sync(&next).expect("incremental sync");
+                times.push(started.elapsed());
+            }
+            times.sort();
+            let nft_reference = nft_reference();
+            SyncResult {
+                services: n,
+                render: render_time,
+                full,
+                incremental: quantile(&times, 0.5),
+                rules,
+                nft_reference,
+            }
+        })
+        .expect("run in namespace")
+}
+
+/// `nft -f` loading the ruleset the proxier programmed, into a fresh namespace.
+fn nft_reference() -> Option<Duration> {
+    let listing = Command::new("nft").args(["list", "ruleset"]).output().ok()?;
+    let file = std::env::temp_dir().join(format!("baton-bench-{}.nft", std::process::id()));
+    std::fs::write(&file, &listing.stdout).ok()?;
+    let fresh = NetNs::create().ok()?;
+    let took = fresh
+        .run(|| {
+            let started = Instant::now();
+            let status = Command::new("nft").arg("-f").arg(&file).status().ok()?;
+            status.success().then(|| started.elapsed())
+        })
+        .ok()?;
+    let _ = std::fs::remove_file(&file);
+    took
+}
+
+/// Connects `count` times to `address`, accepting on `listener`: (connections per second,
+/// p50, p99).
+fn connect_rate(listener: &TcpListener, address: SocketAddr, count: usize) -> (f64, Duration, Duration) {
+    let mut times = Vec::with_capacity(count);
+    let started = Instant::now();
+    for _ in 0..count {
+        let begin = Instant::now();
+        let stream = TcpStream::connect(address).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        times.push(begin.elapsed());
+        drop((stream, accepted));
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    times.sort();
+    (rate, quantile(&times, 0.5), quantile(&times, 0.99))
+}
+
+fn measure_lookup(n: usize) -> ((f64, Duration, Duration), (f64, Duration, Duration)) {
+    let namespace = namespace();
+    namespace
+        .run(|| {
+            let mut proxier = NftablesProxier::new().expect("nftables socket");
+            proxier
+                .sync(&render(&state(n, 0), &settings()))
+                .expect("sync");
+            let listener = TcpListener::bind((BACKEND, 8080)).expect("backend");
+            let count = 3000;
+            // Warm up, then measure through the Service and directly.
+            connect_rate(&listener, SocketAddr::from((FRONT, 80)), 200);
+            let through = connect_rate(&listener, SocketAddr::from((FRONT, 80)), count);
+            let direct = connect_rate(&listener, SocketAddr::from((BACKEND, 8080)), count);
+            (through, direct)
+        })
+        .expect("run in namespace")
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    println!("# kube-proxy, nftables mode (2 cores, 24 GiB)\n");
+    println!("| Services | rules | render | full sync | single-Service change (render + sync, p50) | reference: `nft -f` of the same ruleset |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for n in [1_000, 10_000] {
+        let r = measure_sync(n);
+        println!(
+            "| {} | {} | {} | {} | {:.1} ms | {} |",
+            r.services,
+            r.rules,
+            ms(r.render),
+            ms(r.full),
+            r.incremental.as_secs_f64() * 1000.0,
+            r.nft_reference.map(ms).unwrap_or_else(|| "nft not installed".into())
+        );
+    }
+    println!("\n| Services present | connections/s through a ClusterIP | p50 | p99 | reference: direct to the backend (conn/s, p50, p99) |");
+    println!("|---:|---:|---:|---:|---:|");
+    for n in [100, 1_000, 10_000] {
+        let ((rate, p50, p99), (direct, d50, d99)) = measure_lookup(n);
+        println!(
+            "| {n} | {rate:.0} | {} | {} | {direct:.0}, {}, {} |",
+            us(p50),
+            us(p99),
+            us(d50),
+            us(d99)
+        );
+    }
+}
