@@ -70,7 +70,12 @@ fn objects(n: usize, round: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
             8080,
         );
     }
-    add("front".into(), FRONT.to_string(), vec![BACKEND.to_string()], 8080);
+    add(
+        "front".into(),
+        FRONT.to_string(),
+        vec![BACKEND.to_string()],
+        8080,
+    );
     (services, slices)
 }
 
@@ -154,7 +159,10 @@ fn measure_sync(n: usize) -> SyncResult {
 
 /// `nft -f` loading the ruleset the proxier programmed, into a fresh namespace.
 fn nft_reference() -> Option<Duration> {
-    let listing = Command::new("nft").args(["list", "ruleset"]).output().ok()?;
+    let listing = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .ok()?;
     let file = std::env::temp_dir().join(format!("baton-bench-{}.nft", std::process::id()));
     std::fs::write(&file, &listing.stdout).ok()?;
     let fresh = NetNs::create().ok()?;
@@ -171,7 +179,11 @@ fn nft_reference() -> Option<Duration> {
 
 /// Connects `count` times to `address`, accepting on `listener`: (connections per second,
 /// p50, p99).
-fn connect_rate(listener: &TcpListener, address: SocketAddr, count: usize) -> (f64, Duration, Duration) {
+fn connect_rate(
+    listener: &TcpListener,
+    address: SocketAddr,
+    count: usize,
+) -> (f64, Duration, Duration) {
     let mut times = Vec::with_capacity(count);
     let started = Instant::now();
     for _ in 0..count {
@@ -211,7 +223,9 @@ fn us(d: Duration) -> String {
 
 fn main() {
     println!("# kube-proxy, nftables mode (2 cores, 24 GiB)\n");
-    println!("| Services | rules | render | full sync | single-Service change (render + sync, p50) | reference: `nft -f` of the same ruleset |");
+    println!(
+        "| Services | rules | render | full sync | single-Service change (render + sync, p50) | reference: `nft -f` of the same ruleset |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|");
     for n in [1_000, 10_000] {
         let r = measure_sync(n);
@@ -222,10 +236,14 @@ fn main() {
             ms(r.render),
             ms(r.full),
             r.incremental.as_secs_f64() * 1000.0,
-            r.nft_reference.map(ms).unwrap_or_else(|| "nft not installed".into())
+            r.nft_reference
+                .map(ms)
+                .unwrap_or_else(|| "nft not installed".into())
         );
     }
-    println!("\n| Services present | connections/s through a ClusterIP | p50 | p99 | reference: direct to the backend (conn/s, p50, p99) |");
+    println!(
+        "\n| Services present | connections/s through a ClusterIP | p50 | p99 | reference: direct to the backend (conn/s, p50, p99) |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     for n in [100, 1_000, 10_000] {
         let ((rate, p50, p99), (direct, d50, d99)) = measure_lookup(n);

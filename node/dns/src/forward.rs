@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_server::proto::op::{Edns, Message, MessageType, Query};
 use hickory_server::proto::ProtoError;
+use hickory_server::proto::op::{Edns, Message, MessageType, Query};
 use hickory_server::proto::serialize::binary::DecodeError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -149,14 +149,22 @@ impl Forwarder {
         bytes: &[u8],
     ) -> Result<Message, ForwardQueryError> {
         let response = self
-            .timed(upstream, Transport::Udp, udp_exchange(upstream, request, bytes))
+            .timed(
+                upstream,
+                Transport::Udp,
+                udp_exchange(upstream, request, bytes),
+            )
             .await?;
         if !response.metadata.truncation {
             return Ok(response);
         }
         tracing::debug!(%upstream, "truncated UDP answer; asking again over TCP");
-        self.timed(upstream, Transport::Tcp, tcp_exchange(upstream, request, bytes))
-            .await
+        self.timed(
+            upstream,
+            Transport::Tcp,
+            tcp_exchange(upstream, request, bytes),
+        )
+        .await
     }
 
     async fn timed(

@@ -1,1 +1,122 @@
-//! Cluster DNS (being written).
+//! `baton dns`: Baton's cluster DNS. It answers the cluster domain from a watch of Services and
+//! EndpointSlices ([`watch`] keeps the [`records`] index current) with the semantics of the
+//! Kubernetes DNS specification as CoreDNS serves it, and forwards every other query to the
+//! upstream resolvers ([`upstreams`], [`forward`]); [`server`] is the hickory-server handler and
+//! its UDP and TCP listeners.
+
+pub mod forward;
+pub mod records;
+pub mod server;
+pub mod upstreams;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+pub use forward::{DEFAULT_UPSTREAM_TIMEOUT, ForwardQueryError, Forwarder};
+pub use records::{Answer, DEFAULT_TTL, Index, InvalidClusterDomainError, SharedIndex, Zone};
+pub use server::{ClusterDnsHandler, DnsServer, ServeDnsError, serve};
+
+/// The resolv.conf read for upstreams when no --upstream is given.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Flags of `baton dns`.
+#[derive(Debug, Clone, Args)]
+pub struct DnsArgs {
+    /// Kubeconfig of the server's API client (else $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The cluster domain answered from the API.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Where to serve DNS, over UDP and TCP.
+    #[arg(long, default_value = "0.0.0.0:53")]
+    pub listen: SocketAddr,
+    /// A resolver for names outside the cluster (IP or IP:PORT; repeatable). Default: the
+    /// nameservers of /etc/resolv.conf.
+    #[arg(long = "upstream", value_parser = upstreams::parse_upstream)]
+    pub upstreams: Vec<SocketAddr>,
+    /// TTL of the cluster's records, in seconds.
+    #[arg(long, default_value_t = DEFAULT_TTL)]
+    pub ttl: u32,
+    /// How long an upstream has to answer (Go-style duration).
+    #[arg(long, default_value = "2s", value_parser = baton_client::parse_duration)]
+    pub upstream_timeout: Duration,
+}
+
+/// Why the DNS server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunDnsError {
+    /// --cluster-domain is not a domain name.
+    #[error(transparent)]
+    ClusterDomain(#[from] InvalidClusterDomainError),
+    /// /etc/resolv.conf could not be read (and no --upstream was given).
+    #[error("read {path} for upstream resolvers")]
+    ReadResolvConf {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No upstream is left once the server's own address is removed.
+    #[error("no upstream resolver to forward to (give --upstream)")]
+    NoUpstream,
+    /// The API server could not be reached.
+    #[error("connect to the API server")]
+    Connect(#[from] baton_client::ConnectError),
+    /// The listeners could not be opened, or stopped.
+    #[error(transparent)]
+    Serve(#[from] ServeDnsError),
+}
+
+/// Runs the cluster DNS server until a listener fails: it serves at once (SERVFAIL for the
+/// cluster domain until the first list of Services and EndpointSlices is in), forwarding the
+/// rest upstream.
+pub async fn run(args: DnsArgs) -> Result<(), RunDnsError> {
+    let zone = Zone::new(&args.cluster_domain, args.ttl)?;
+    let configured = if args.upstreams.is_empty() {
+        let text =
+            std::fs::read_to_string(RESOLV_CONF).map_err(|source| RunDnsError::ReadResolvConf {
+                path: RESOLV_CONF.into(),
+                source,
+            })?;
+        upstreams::resolv_conf_nameservers(&text)
+    } else {
+        args.upstreams.clone()
+    };
+    let upstreams = upstreams::without_self(configured, args.listen);
+    if upstreams.is_empty() {
+        return Err(RunDnsError::NoUpstream);
+    }
+    let index = SharedIndex::new(Index::unsynced(zone.clone()));
+    let forwarder = Forwarder::new(upstreams.clone(), args.upstream_timeout);
+    let server = serve(args.listen, index.clone(), forwarder).await?;
+    tracing::info!(
+        domain = zone.domain(),
+        upstreams = ?upstreams,
+        address = %server.local_addr(),
+        "cluster DNS running"
+    );
+    let client = baton_client::connect(args.kubeconfig.as_deref(), "dns").await?;
+    tokio::select! {
+        result = server.wait() => result?,
+        () = watch::watch_cluster(client, zone, index) => {}
+    }
+    Ok(())
+}
+
+/// An error and its sources, `: `-separated, for logs.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(next) = source {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        source = next.source();
+    }
+    text
+}

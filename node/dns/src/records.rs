@@ -102,8 +102,7 @@ impl Zone {
 
     /// `<prefix>.<zone>.` (prefix made of valid labels).
     fn child(&self, prefix: &str) -> Name {
-        Name::from_ascii(format!("{prefix}.{}.", self.domain))
-            .unwrap_or_else(|_| self.name.clone())
+        Name::from_ascii(format!("{prefix}.{}.", self.domain)).unwrap_or_else(|_| self.name.clone())
     }
 }
 
@@ -144,7 +143,6 @@ struct Node {
     cname: Option<Name>,
     srv: BTreeSet<SrvTarget>,
     txt: Option<(String, u32)>,
-    ns: Option<Name>,
 }
 
 /// The cluster's records, indexed by owner name, and the PTR records by address.
@@ -226,8 +224,12 @@ impl Index {
         }
         let version = index.owner("dns-version");
         index.node(&version).txt = Some((DNS_SCHEMA_VERSION.to_owned(), SCHEMA_VERSION_TTL));
-        index.empty_non_terminals.insert(format!("svc.{}", index.zone.domain));
-        index.empty_non_terminals.insert(format!("pod.{}", index.zone.domain));
+        index
+            .empty_non_terminals
+            .insert(format!("svc.{}", index.zone.domain));
+        index
+            .empty_non_terminals
+            .insert(format!("pod.{}", index.zone.domain));
         index.fill_empty_non_terminals();
         index
     }
@@ -863,7 +865,11 @@ mod tests {
         let mut balancer = cluster_ip("default", "lb", "10.96.0.21", &[]);
         balancer.spec.as_mut().unwrap().type_ = Some("LoadBalancer".into());
         let index = build(
-            &[cluster_ip("default", "web", "10.96.0.10", &[]), node_port, balancer],
+            &[
+                cluster_ip("default", "web", "10.96.0.10", &[]),
+                node_port,
+                balancer,
+            ],
             &[],
         );
         assert_eq!(
@@ -916,10 +922,7 @@ mod tests {
         );
         let mut got = answers(&index, "pg.db.svc.cluster.local.", RecordType::A);
         got.sort_by_key(|r| r.to_string());
-        assert_eq!(
-            got,
-            vec![a("10.244.1.5"), a("10.244.1.6"), a("10.244.2.5")]
-        );
+        assert_eq!(got, vec![a("10.244.1.5"), a("10.244.1.6"), a("10.244.2.5")]);
     }
 
     #[test]
@@ -936,7 +939,11 @@ mod tests {
         );
         assert_nxdomain(&index, "pg.db.svc.cluster.local.", RecordType::A);
         assert_nxdomain(&index, "pg-0.pg.db.svc.cluster.local.", RecordType::A);
-        assert_nxdomain(&index, "_postgres._tcp.pg.db.svc.cluster.local.", RecordType::SRV);
+        assert_nxdomain(
+            &index,
+            "_postgres._tcp.pg.db.svc.cluster.local.",
+            RecordType::SRV,
+        );
     }
 
     #[test]
@@ -947,7 +954,10 @@ mod tests {
                 "db",
                 "pg",
                 "pg-1",
-                &[("10.244.1.5", Some("pg-0"), None), ("10.244.1.6", None, None)],
+                &[
+                    ("10.244.1.5", Some("pg-0"), None),
+                    ("10.244.1.6", None, None),
+                ],
                 &[],
             )],
         );
@@ -988,7 +998,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match index.lookup(&name("search.default.svc.cluster.local."), RecordType::CNAME) {
+        match index.lookup(
+            &name("search.default.svc.cluster.local."),
+            RecordType::CNAME,
+        ) {
             Answer::Found {
                 resolve_externally, ..
             } => assert_eq!(resolve_externally, None),
@@ -1007,7 +1020,10 @@ mod tests {
                 ..Default::default()
             },
         );
-        let index = build(&[alias, cluster_ip("default", "web", "10.96.0.10", &[])], &[]);
+        let index = build(
+            &[alias, cluster_ip("default", "web", "10.96.0.10", &[])],
+            &[],
+        );
         assert_eq!(
             answers(&index, "alias.default.svc.cluster.local.", RecordType::A),
             vec![
@@ -1047,14 +1063,21 @@ mod tests {
                     ))]
                 );
                 assert_eq!(
-                    additionals.iter().map(|r| r.data.clone()).collect::<Vec<_>>(),
+                    additionals
+                        .iter()
+                        .map(|r| r.data.clone())
+                        .collect::<Vec<_>>(),
                     vec![a("10.96.0.10")]
                 );
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            answers(&index, "_dns._udp.web.default.svc.cluster.local.", RecordType::SRV),
+            answers(
+                &index,
+                "_dns._udp.web.default.svc.cluster.local.",
+                RecordType::SRV
+            ),
             vec![RData::SRV(SRV::new(
                 0,
                 100,
@@ -1069,7 +1092,11 @@ mod tests {
             RecordType::SRV,
         );
         // The `_tcp.<svc>` level exists below the Service name.
-        assert_nodata(&index, "_tcp.web.default.svc.cluster.local.", RecordType::SRV);
+        assert_nodata(
+            &index,
+            "_tcp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+        );
     }
 
     #[test]
@@ -1126,12 +1153,18 @@ mod tests {
     #[test]
     fn ptr_for_cluster_ips_and_headless_endpoints_with_hostnames() {
         let index = build(
-            &[cluster_ip("default", "web", "10.96.0.10", &[]), headless("db", "pg")],
+            &[
+                cluster_ip("default", "web", "10.96.0.10", &[]),
+                headless("db", "pg"),
+            ],
             &[slice(
                 "db",
                 "pg",
                 "pg-1",
-                &[("10.244.1.5", Some("pg-0"), None), ("10.244.1.6", None, None)],
+                &[
+                    ("10.244.1.5", Some("pg-0"), None),
+                    ("10.244.1.6", None, None),
+                ],
                 &[],
             )],
         );
@@ -1150,7 +1183,11 @@ mod tests {
             ("10.0.96.10.in-addr.arpa.", RecordType::A),
             ("96.10.in-addr.arpa.", RecordType::PTR),
         ] {
-            assert_eq!(index.lookup(&name(qname), qtype), Answer::Forward, "{qname}");
+            assert_eq!(
+                index.lookup(&name(qname), qtype),
+                Answer::Forward,
+                "{qname}"
+            );
         }
     }
 
@@ -1158,13 +1195,29 @@ mod tests {
     fn pod_names_answer_the_address_they_encode() {
         let index = build(&[], &[]);
         assert_eq!(
-            answers(&index, "10-244-1-5.default.pod.cluster.local.", RecordType::A),
+            answers(
+                &index,
+                "10-244-1-5.default.pod.cluster.local.",
+                RecordType::A
+            ),
             vec![a("10.244.1.5")]
         );
-        assert_nodata(&index, "10-244-1-5.default.pod.cluster.local.", RecordType::AAAA);
-        assert_nxdomain(&index, "10-244-1-500.default.pod.cluster.local.", RecordType::A);
+        assert_nodata(
+            &index,
+            "10-244-1-5.default.pod.cluster.local.",
+            RecordType::AAAA,
+        );
+        assert_nxdomain(
+            &index,
+            "10-244-1-500.default.pod.cluster.local.",
+            RecordType::A,
+        );
         assert_nxdomain(&index, "web.default.pod.cluster.local.", RecordType::A);
-        assert_nxdomain(&index, "x.10-244-1-5.default.pod.cluster.local.", RecordType::A);
+        assert_nxdomain(
+            &index,
+            "x.10-244-1-5.default.pod.cluster.local.",
+            RecordType::A,
+        );
         assert_nodata(&index, "default.pod.cluster.local.", RecordType::A);
     }
 
@@ -1197,7 +1250,10 @@ mod tests {
 
     #[test]
     fn apex_soa_ns_and_schema_version() {
-        let index = build(&[cluster_ip("kube-system", "kube-dns", "10.96.0.10", &[])], &[]);
+        let index = build(
+            &[cluster_ip("kube-system", "kube-dns", "10.96.0.10", &[])],
+            &[],
+        );
         assert_eq!(answers(&index, "cluster.local.", RecordType::SOA).len(), 1);
         match index.lookup(&name("cluster.local."), RecordType::NS) {
             Answer::Found {
@@ -1250,7 +1306,12 @@ mod tests {
     fn the_cluster_domain_is_configurable_and_validated() {
         let zone = Zone::new("Corp.Example.", 5).unwrap();
         assert_eq!(zone.domain(), "corp.example");
-        let index = Index::build(zone, &[cluster_ip("default", "web", "10.96.0.10", &[])], &[], 1);
+        let index = Index::build(
+            zone,
+            &[cluster_ip("default", "web", "10.96.0.10", &[])],
+            &[],
+            1,
+        );
         match index.lookup(&name("web.default.svc.corp.example."), RecordType::A) {
             Answer::Found { answers, .. } => assert_eq!(answers[0].ttl, 5),
             other => panic!("{other:?}"),

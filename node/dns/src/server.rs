@@ -66,13 +66,13 @@ impl RequestHandler for ClusterDnsHandler {
             response.set_version(0);
             response
         });
-        let reply = self.reply(request, response_edns.as_ref()).await;
+        let reply = self.reply(request).await;
         send(request, response_edns.as_ref(), reply, response_handle).await
     }
 }
 
 impl ClusterDnsHandler {
-    async fn reply(&self, request: &Request, edns: Option<&Edns>) -> Reply {
+    async fn reply(&self, request: &Request) -> Reply {
         let error = |response_code| Reply {
             response_code,
             ..Reply::default()
@@ -83,7 +83,7 @@ impl ClusterDnsHandler {
         if request.metadata.op_code != OpCode::Query {
             return error(ResponseCode::NotImp);
         }
-        if request.edns.as_ref().is_some_and(|e| e.version() > 0) && edns.is_some() {
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
             return error(ResponseCode::BADVERS);
         }
         let Ok(info) = request.request_info() else {

@@ -59,12 +59,18 @@ mod tests {
 
     #[test]
     fn upstream_flags_take_an_ip_with_or_without_a_port() {
-        assert_eq!(parse_upstream("192.0.2.1"), Ok("192.0.2.1:53".parse().unwrap()));
+        assert_eq!(
+            parse_upstream("192.0.2.1"),
+            Ok("192.0.2.1:53".parse().unwrap())
+        );
         assert_eq!(
             parse_upstream("192.0.2.1:5353"),
             Ok("192.0.2.1:5353".parse().unwrap())
         );
-        assert_eq!(parse_upstream("2001:db8::1"), Ok("[2001:db8::1]:53".parse().unwrap()));
+        assert_eq!(
+            parse_upstream("2001:db8::1"),
+            Ok("[2001:db8::1]:53".parse().unwrap())
+        );
         assert_eq!(
             parse_upstream("[2001:db8::1]:5353"),
             Ok("[2001:db8::1]:5353".parse().unwrap())

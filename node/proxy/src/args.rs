@@ -15,7 +15,7 @@ pub struct ProxyArgs {
     /// The node's name instead of the machine's hostname (for Local traffic policies).
     #[arg(long)]
     pub hostname_override: Option<String>,
-    /// The dataplane: nftables (the default).
+    /// The dataplane: nftables (the default) or iptables.
     #[arg(long, default_value = "nftables")]
     pub proxy_mode: String,
     /// The cluster's pod CIDR: traffic to a ClusterIP from outside it is masqueraded.
@@ -40,6 +40,8 @@ pub struct ProxyArgs {
 pub enum ProxyMode {
     /// One nftables table with verdict maps.
     Nftables,
+    /// Upstream's iptables chains, applied with iptables-restore.
+    Iptables,
 }
 
 /// A flag's value could not be used.
@@ -72,8 +74,9 @@ impl ProxyArgs {
         };
         match self.proxy_mode.as_str() {
             "nftables" | "" => Ok(ProxyMode::Nftables),
-            "iptables" | "ipvs" | "userspace" => {
-                Err(fail("this mode is not built yet; use nftables"))
+            "iptables" => Ok(ProxyMode::Iptables),
+            "ipvs" | "userspace" => {
+                Err(fail("this mode is not built yet; use nftables or iptables"))
             }
             _ => Err(fail("must be one of nftables, iptables, ipvs, userspace")),
         }

@@ -3,6 +3,9 @@
 //! changed ([`nftables_sync`]), reporting on /metrics and /healthz ([`metrics`]).
 
 pub mod args;
+pub mod dataplane;
+pub mod iptables_rules;
+pub mod iptables_sync;
 pub mod metrics;
 pub mod nftables_rules;
 pub mod nftables_sync;

@@ -12,10 +12,10 @@ use kube::Api;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use crate::args::{InvalidProxyFlagError, ProxyArgs, ProxyMode};
+use crate::args::{InvalidProxyFlagError, ProxyArgs};
+use crate::dataplane::Dataplane;
 use crate::metrics::{ProxyMetrics, serve};
-use crate::nftables_rules::{RuleSettings, render};
-use crate::nftables_sync::NftablesProxier;
+use crate::nftables_rules::RuleSettings;
 use crate::service_model::{WATCH_LABEL_SELECTOR, build_state};
 
 /// How long a failed sync waits before the next try.
@@ -31,8 +31,8 @@ pub enum RunProxyError {
     #[error("connect to the API server")]
     Connect(#[from] baton_client::ConnectError),
     /// The dataplane could not be opened or cleaned.
-    #[error("open the nftables dataplane")]
-    Dataplane(#[from] baton_nftables::ApplyBatchError),
+    #[error("open the dataplane")]
+    Dataplane(#[from] crate::dataplane::DataplaneError),
     /// A server could not listen.
     #[error("serve {address}")]
     Serve {
@@ -47,13 +47,14 @@ pub enum RunProxyError {
 /// Runs the proxy until it is killed (or, with --cleanup, removes its rules and returns).
 pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
     let mode = args.mode()?;
-    let ProxyMode::Nftables = mode;
-    let mut proxier = NftablesProxier::new()?;
+    let mut proxier = Dataplane::open(mode)?;
     if args.cleanup {
         proxier.clean_up()?;
+        proxier.clean_up_other_modes();
         tracing::info!("removed the proxy's rules");
         return Ok(());
     }
+    proxier.clean_up_other_modes();
     let client = baton_client::connect(Some(&args.kubeconfig), "proxy").await?;
     let metrics = Arc::new(Mutex::new(ProxyMetrics::default()));
     for address in [args.metrics_bind_address, args.healthz_bind_address] {
@@ -92,19 +93,20 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
     };
     let mut last_sync: Option<Instant> = None;
     let mut proxier = Some(proxier);
-    tracing::info!(mode = "nftables", node = %settings.node_name, "proxy running");
+    tracing::info!(mode = ?mode, node = %settings.node_name, "proxy running");
     loop {
         if let Some(at) = last_sync.map(|t| t + args.min_sync_period) {
             tokio::time::sleep_until(at.into()).await;
         }
         changed.borrow_and_update();
         let state = build_state(&services.store().state(), &slices.store().state());
-        let ruleset = render(&state, &settings);
         let started = Instant::now();
         let mut dataplane = proxier.take().expect("the proxier is back after each sync");
+        let sync_settings = settings.clone();
+        let sync_state = state.clone();
         let (dataplane, result) = tokio::task::spawn_blocking(move || {
-            let result = dataplane.sync(&ruleset);
-            (dataplane, result.map(|stats| (stats, ruleset.rule_count())))
+            let result = dataplane.sync(&sync_state, &sync_settings);
+            (dataplane, result)
         })
         .await
         .expect("the sync task does not panic");

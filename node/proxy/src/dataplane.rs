@@ -1,0 +1,85 @@
+//! The proxy's dataplane, whichever mode: render the desired state, apply it, clean up. A mode
+//! that starts removes what the other modes left (upstream's behaviour when the mode changes).
+
+use crate::args::ProxyMode;
+use crate::iptables_rules::render_iptables;
+use crate::iptables_sync::{IptablesError, IptablesProxier};
+use crate::nftables_rules::{RuleSettings, render};
+use crate::nftables_sync::{NftablesProxier, SyncStats};
+use crate::service_model::ProxyState;
+
+/// Programming the dataplane failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// An nf_tables batch was refused.
+    #[error(transparent)]
+    Nftables(#[from] baton_nftables::ApplyBatchError),
+    /// iptables failed.
+    #[error(transparent)]
+    Iptables(#[from] IptablesError),
+}
+
+/// One mode's proxier.
+#[derive(Debug)]
+pub enum Dataplane {
+    /// nftables.
+    Nftables(NftablesProxier),
+    /// iptables.
+    Iptables(IptablesProxier),
+}
+
+impl Dataplane {
+    /// Opens `mode`'s dataplane.
+    pub fn open(mode: ProxyMode) -> Result<Self, DataplaneError> {
+        Ok(match mode {
+            ProxyMode::Nftables => Dataplane::Nftables(NftablesProxier::new()?),
+            ProxyMode::Iptables => Dataplane::Iptables(IptablesProxier::new()),
+        })
+    }
+
+    /// Removes the rules of the modes other than this one (what is not there is no error).
+    pub fn clean_up_other_modes(&self) {
+        match self {
+            Dataplane::Nftables(_) => {
+                // Without iptables installed there is nothing of it to remove.
+                if let Err(err) = IptablesProxier::new().clean_up()
+                    && !matches!(err, IptablesError::Start { .. })
+                {
+                    tracing::warn!(%err, "removing the iptables mode's rules");
+                }
+            }
+            Dataplane::Iptables(_) => {
+                if let Err(err) = NftablesProxier::new().and_then(|mut p| p.clean_up()) {
+                    tracing::warn!(%err, "removing the nftables mode's rules");
+                }
+            }
+        }
+    }
+
+    /// Applies `state`; returns what was sent and the number of rules now programmed.
+    pub fn sync(
+        &mut self,
+        state: &ProxyState,
+        settings: &RuleSettings,
+    ) -> Result<(SyncStats, usize), DataplaneError> {
+        match self {
+            Dataplane::Nftables(proxier) => {
+                let ruleset = render(state, settings);
+                Ok((proxier.sync(&ruleset)?, ruleset.rule_count()))
+            }
+            Dataplane::Iptables(proxier) => {
+                let ruleset = render_iptables(state, settings);
+                Ok((proxier.sync(&ruleset)?, ruleset.rule_count()))
+            }
+        }
+    }
+
+    /// Removes this mode's rules.
+    pub fn clean_up(&mut self) -> Result<(), DataplaneError> {
+        match self {
+            Dataplane::Nftables(proxier) => proxier.clean_up()?,
+            Dataplane::Iptables(proxier) => proxier.clean_up()?,
+        }
+        Ok(())
+    }
+}
