@@ -1,4 +1,4 @@
-//! `baton proxy` in nftables mode on two kubelet nodes, each in a network namespace of its own
+//! `baton proxy` in its nftables and iptables modes on two kubelet nodes, each in a network namespace of its own
 //! on a lab bridge (the test's thread is in the lab, nothing reaches the host's network): a
 //! ClusterIP Service with a named target port is reached from a pod and spreads over both
 //! endpoints, a pod reaches itself through its Service (hairpin), the NodePort answers from
@@ -61,22 +61,64 @@ fn fetch(address: SocketAddr) -> std::io::Result<String> {
         .to_owned())
 }
 
-/// Chains of the proxy's table in `netns`.
-fn proxy_chains(netns: &NetNs) -> Vec<String> {
-    netns
-        .run(|| {
-            NftSocket::open()
-                .and_then(|mut nft| nft.chains(Family::Ip, "baton-proxy"))
-                .unwrap_or_default()
-        })
-        .unwrap_or_default()
+/// The endpoints programmed for Service `service` in `netns`, in the proxy's `mode`, and
+/// whether the proxy's rules are there at all.
+fn programmed_endpoints(netns: &NetNs, mode: &str, service: &str) -> (usize, bool) {
+    let prefix = format!("default/{service}");
+    if mode == "nftables" {
+        let chains = netns
+            .run(|| {
+                NftSocket::open()
+                    .and_then(|mut nft| nft.chains(Family::Ip, "baton-proxy"))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let endpoints = chains
+            .iter()
+            .filter(|c| c.starts_with(&format!("svc-{prefix}/")) && c.contains("__"))
+            .count();
+        (endpoints, !chains.is_empty())
+    } else {
+        let saved = netns
+            .run(|| {
+                std::process::Command::new("iptables-save")
+                    .args(["-t", "nat"])
+                    .output()
+            })
+            .ok()
+            .and_then(Result::ok)
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let endpoints = saved
+            .lines()
+            .filter(|l| {
+                l.starts_with("-A KUBE-SEP-")
+                    && (l.contains(&format!("--comment \"{prefix}:"))
+                        || l.contains(&format!("--comment \"{prefix}\"")))
+                    && l.contains("-j DNAT")
+            })
+            .count();
+        (endpoints, saved.contains(":KUBE-SERVICES"))
+    }
 }
 
 #[tokio::test]
 async fn services_reach_their_endpoints_through_nftables() -> Result<()> {
-    let mut cluster = NodeCluster::start_nodes(&binary(), &["proxy-a", "proxy-b"], &[]).await?;
-    cluster.node.start_proxy(&cluster.server, &[])?;
-    cluster.others[0].start_proxy(&cluster.server, &[])?;
+    services_reach_their_endpoints("nftables").await
+}
+
+#[tokio::test]
+async fn services_reach_their_endpoints_through_iptables() -> Result<()> {
+    services_reach_their_endpoints("iptables").await
+}
+
+async fn services_reach_their_endpoints(mode: &str) -> Result<()> {
+    let mode_flag = format!("--proxy-mode={mode}");
+    let names = [format!("{mode}-a"), format!("{mode}-b")];
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut cluster = NodeCluster::start_nodes(&binary(), &names, &[]).await?;
+    cluster.node.start_proxy(&cluster.server, &[&mode_flag])?;
+    cluster.others[0].start_proxy(&cluster.server, &[&mode_flag])?;
     let (node_a, node_b) = (cluster.node.name.clone(), cluster.others[0].name.clone());
     cluster
         .create_pod("web-0", WEB, web_pod(&node_a, &cluster.image))
@@ -115,11 +157,7 @@ async fn services_reach_their_endpoints_through_nftables() -> Result<()> {
             "both endpoints in the rules",
             Duration::from_secs(20),
             || {
-                let chains = proxy_chains(&node.netns);
-                let endpoints = chains
-                    .iter()
-                    .filter(|c| c.starts_with("svc-default/web/") && c.contains("__"))
-                    .count();
+                let (endpoints, _) = programmed_endpoints(&node.netns, mode, "web");
                 std::future::ready((endpoints == 2).then_some(()))
             },
         )
@@ -128,7 +166,7 @@ async fn services_reach_their_endpoints_through_nftables() -> Result<()> {
             programmed.is_ok(),
             "{}: {:?}\n{}",
             node.name,
-            proxy_chains(&node.netns),
+            programmed_endpoints(&node.netns, mode, "web"),
             node.proxy_log()
         );
     }
@@ -191,20 +229,12 @@ async fn services_reach_their_endpoints_through_nftables() -> Result<()> {
         "the sticky Service's endpoints",
         Duration::from_secs(20),
         || {
-            let chains = proxy_chains(&cluster.node.netns);
-            let endpoints = chains
-                .iter()
-                .filter(|c| c.starts_with("svc-default/sticky/") && c.contains("__"))
-                .count();
+            let (endpoints, _) = programmed_endpoints(&cluster.node.netns, mode, "sticky");
             std::future::ready((endpoints == 2).then_some(()))
         },
     )
     .await;
-    assert!(
-        programmed.is_ok(),
-        "{:?}",
-        proxy_chains(&cluster.node.netns)
-    );
+    assert!(programmed.is_ok(), "{}", cluster.node.proxy_log());
     cluster
         .create_pod(
             "sticky-client",
@@ -333,14 +363,9 @@ async fn services_reach_their_endpoints_through_nftables() -> Result<()> {
             "the Services' chains to go",
             Duration::from_secs(10),
             || {
-                let chains = proxy_chains(&node.netns);
-                std::future::ready(
-                    (!chains.is_empty()
-                        && !chains
-                            .iter()
-                            .any(|c| c.contains("default/web") || c.contains("default/sticky")))
-                    .then_some(()),
-                )
+                let (web, present) = programmed_endpoints(&node.netns, mode, "web");
+                let (sticky, _) = programmed_endpoints(&node.netns, mode, "sticky");
+                std::future::ready((present && web == 0 && sticky == 0).then_some(()))
             },
         )
         .await;
@@ -348,7 +373,7 @@ async fn services_reach_their_endpoints_through_nftables() -> Result<()> {
             gone.is_ok(),
             "{} keeps {:?}",
             node.name,
-            proxy_chains(&node.netns)
+            programmed_endpoints(&node.netns, mode, "web")
         );
     }
     Ok(())

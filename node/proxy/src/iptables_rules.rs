@@ -201,13 +201,29 @@ fn sep_chain(info: &ServicePortInfo, endpoint: &Endpoint) -> String {
     )
 }
 
-/// Rules that pick one of `endpoints` at random, each equally likely.
+/// Rules that pick one of `endpoints` at random, each equally likely; with session affinity,
+/// a client seen within the timeout goes to its endpoint first (`-m recent`, as upstream).
 fn spread(
     ruleset: &mut IptablesRuleset,
     chain: &str,
     info: &ServicePortInfo,
     endpoints: &[Endpoint],
 ) {
+    if let Some(seconds) = info.session_affinity_seconds {
+        for endpoint in endpoints {
+            let target = sep_chain(info, endpoint);
+            ruleset.rule(
+                Table::Nat,
+                chain,
+                format!(
+                    "-m comment --comment \"{} -> {}:{}\" -m recent --name {target} --mask 255.255.255.255 --rcheck --seconds {seconds} --reap -j {target}",
+                    port_name(info),
+                    endpoint.ip,
+                    endpoint.port
+                ),
+            );
+        }
+    }
     let n = endpoints.len();
     for (i, endpoint) in endpoints.iter().enumerate() {
         let comment = format!(
@@ -279,10 +295,18 @@ pub fn render_iptables(state: &ProxyState, settings: &RuleSettings) -> IptablesR
                     endpoint.ip
                 ),
             );
+            let remember = if info.session_affinity_seconds.is_some() {
+                format!(" -m recent --name {chain} --mask 255.255.255.255 --set")
+            } else {
+                String::new()
+            };
             ruleset.rule(
                 Table::Nat,
                 &chain,
-                format!("-m comment --comment {name} -m {proto} -p {proto} -j DNAT --to-destination {}:{}", endpoint.ip, endpoint.port),
+                format!(
+                    "-m comment --comment {name} -m {proto} -p {proto}{remember} -j DNAT --to-destination {}:{}",
+                    endpoint.ip, endpoint.port
+                ),
             );
         }
         let internal = if info.internal_policy_local {
