@@ -28,6 +28,8 @@ enum Command {
     Kubelet(Box<baton_kubelet::KubeletArgs>),
     /// Run the proxy (kube-proxy: programs the node so that Services reach their endpoints).
     Proxy(Box<baton_proxy::ProxyArgs>),
+    /// Run the cluster DNS server (answers the cluster domain, forwards other names).
+    Dns(Box<baton_dns::DnsArgs>),
     /// Test tool: simulate nodes that register, heartbeat and report pods Running (like kwok).
     SimNodes(Box<baton_sim_nodes::SimNodesArgs>),
     /// The container runtime process the kubelet starts (single-threaded; drives libcontainer).
@@ -76,6 +78,7 @@ const ROLES: &[&str] = &[
     "controller-manager",
     "kubelet",
     "proxy",
+    "dns",
 ];
 
 fn args_with_role() -> Vec<String> {
@@ -97,8 +100,17 @@ fn args_with_role() -> Vec<String> {
 /// every container creation are noise.
 const DEFAULT_LOG_FILTER: &str = "info,libcgroups=error";
 
+/// hickory-server logs every DNS answer at info: warnings only, unless BATON_LOG says otherwise.
+const QUIET_DNS_LOG: &str = "hickory_server=warn";
+
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+    let configured = std::env::var("BATON_LOG").unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
+    let configured = if configured.contains("hickory") {
+        configured
+    } else {
+        format!("{configured},{QUIET_DNS_LOG}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&configured)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -131,6 +143,9 @@ fn main() -> ExitCode {
         }
         Command::Proxy(args) => {
             run_async(async move { baton_proxy::run(*args).await.map_err(anyhow::Error::from) })
+        }
+        Command::Dns(args) => {
+            run_async(async move { baton_dns::run(*args).await.map_err(anyhow::Error::from) })
         }
         Command::SimNodes(args) => run_async(async move {
             baton_sim_nodes::run(*args)

@@ -6,6 +6,7 @@
 
 pub mod forward;
 pub mod records;
+pub mod registration;
 pub mod server;
 pub mod upstreams;
 pub mod watch;
@@ -32,9 +33,11 @@ pub struct DnsArgs {
     /// The cluster domain answered from the API.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
-    /// Where to serve DNS, over UDP and TCP.
-    #[arg(long, default_value = "0.0.0.0:53")]
-    pub listen: SocketAddr,
+    /// Where to serve DNS, over UDP and TCP. Default: port 53 of --node-ip when given (UDP
+    /// answers must leave from the address a query came to, which a wildcard socket on a
+    /// node with a pod bridge does not do), else 0.0.0.0:53.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// A resolver for names outside the cluster (IP or IP:PORT; repeatable). Default: the
     /// nameservers of /etc/resolv.conf.
     #[arg(long = "upstream", value_parser = upstreams::parse_upstream)]
@@ -45,6 +48,17 @@ pub struct DnsArgs {
     /// How long an upstream has to answer (Go-style duration).
     #[arg(long, default_value = "2s", value_parser = baton_client::parse_duration)]
     pub upstream_timeout: Duration,
+    /// This node's address: with it, the server registers the `kube-system/kube-dns` Service
+    /// and an EndpointSlice naming itself, so that pods reach it at --cluster-dns-ip.
+    #[arg(long)]
+    pub node_ip: Option<std::net::Ipv4Addr>,
+    /// This node's name (for its EndpointSlice); default: the machine's hostname.
+    #[arg(long)]
+    pub hostname_override: Option<String>,
+    /// The `kube-dns` Service's address: upstream's convention is the tenth address of the
+    /// service range.
+    #[arg(long, default_value = "10.96.0.10")]
+    pub cluster_dns_ip: std::net::Ipv4Addr,
 }
 
 /// Why the DNS server could not run.
@@ -88,13 +102,17 @@ pub async fn run(args: DnsArgs) -> Result<(), RunDnsError> {
     } else {
         args.upstreams.clone()
     };
-    let upstreams = upstreams::without_self(configured, args.listen);
+    let listen = args.listen.unwrap_or_else(|| match args.node_ip {
+        Some(ip) => SocketAddr::from((ip, 53)),
+        None => SocketAddr::from(([0, 0, 0, 0], 53)),
+    });
+    let upstreams = upstreams::without_self(configured, listen);
     if upstreams.is_empty() {
         return Err(RunDnsError::NoUpstream);
     }
     let index = SharedIndex::new(Index::unsynced(zone.clone()));
     let forwarder = Forwarder::new(upstreams.clone(), args.upstream_timeout);
-    let server = serve(args.listen, index.clone(), forwarder).await?;
+    let server = serve(listen, index.clone(), forwarder).await?;
     tracing::info!(
         domain = zone.domain(),
         upstreams = ?upstreams,
@@ -102,6 +120,19 @@ pub async fn run(args: DnsArgs) -> Result<(), RunDnsError> {
         "cluster DNS running"
     );
     let client = baton_client::connect(args.kubeconfig.as_deref(), "dns").await?;
+    if let Some(node_ip) = args.node_ip {
+        let node_name = args.hostname_override.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_lowercase())
+                .unwrap_or_else(|_| "localhost".into())
+        });
+        tokio::spawn(registration::register_until_done(
+            client.clone(),
+            args.cluster_dns_ip,
+            node_name,
+            node_ip,
+        ));
+    }
     tokio::select! {
         result = server.wait() => result?,
         () = watch::watch_cluster(client, zone, index) => {}

@@ -23,7 +23,8 @@ pub struct KubeletNode {
     /// Its network namespace.
     pub netns: std::sync::Arc<baton_network::NetNs>,
     kubelet: Option<Component>,
-    proxy: Option<Component>,
+    /// What runs beside the kubelet (`proxy`, `dns`), by role.
+    addons: Vec<(String, Component)>,
     binary: Binary,
     dir: TempDir,
     cgroup_root: String,
@@ -72,7 +73,7 @@ impl KubeletNode {
             ip: host.ip,
             netns: host.namespace.clone(),
             kubelet: Some(kubelet),
-            proxy: None,
+            addons: Vec::new(),
             binary: binary.clone(),
             dir,
             cgroup_root,
@@ -97,8 +98,8 @@ impl KubeletNode {
         Ok(node)
     }
 
-    /// Starts `baton proxy` (nftables mode) in the node's namespace, with the cluster CIDR of
-    /// the controller manager's default and `extra` flags.
+    /// Starts `baton proxy` (nftables mode unless `extra` says otherwise) in the node's
+    /// namespace, with the cluster CIDR of the controller manager's default.
     pub fn start_proxy(&mut self, server: &ApiServer, extra: &[&str]) -> Result<()> {
         let mut args = vec![
             format!("--hostname-override={}", self.name),
@@ -106,22 +107,47 @@ impl KubeletNode {
             format!("--healthz-bind-address={}:10256", self.ip),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
+        self.start_addon(server, "proxy", &args)
+    }
+
+    /// Starts `baton dns` in the node's namespace on port 53, registered as this node's
+    /// kube-dns endpoint, forwarding other names to `upstream`.
+    pub fn start_dns(&mut self, server: &ApiServer, upstream: std::net::SocketAddr) -> Result<()> {
+        let args = vec![
+            format!("--hostname-override={}", self.name),
+            format!("--node-ip={}", self.ip),
+            format!("--upstream={upstream}"),
+        ];
+        self.start_addon(server, "dns", &args)
+    }
+
+    fn start_addon(&mut self, server: &ApiServer, role: &str, args: &[String]) -> Result<()> {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.proxy = Some(Component::start_in(
+        let component = Component::start_in(
             Some(self.netns.clone()),
             &self.binary,
             server,
             &self.dir,
-            "proxy",
-            "proxy",
+            role,
+            role,
             &args,
-        )?);
+        )?;
+        self.addons.push((role.to_owned(), component));
         Ok(())
+    }
+
+    /// The log so far of the addon `role` (`proxy`, `dns`).
+    pub fn addon_log(&self, role: &str) -> String {
+        self.addons
+            .iter()
+            .filter(|(r, _)| r == role)
+            .map(|(_, c)| c.log())
+            .collect()
     }
 
     /// The proxy's log so far.
     pub fn proxy_log(&self) -> String {
-        self.proxy.as_ref().map(Component::log).unwrap_or_default()
+        self.addon_log("proxy")
     }
 
     /// The kubelet's log so far.
@@ -176,8 +202,8 @@ impl KubeletNode {
 
 impl Drop for KubeletNode {
     fn drop(&mut self) {
-        if let Some(mut proxy) = self.proxy.take() {
-            proxy.stop();
+        for (_, mut addon) in self.addons.drain(..) {
+            addon.stop();
         }
         if let Some(mut kubelet) = self.kubelet.take() {
             kubelet.stop();
