@@ -106,6 +106,12 @@ impl Batch {
         Self::default()
     }
 
+    /// Appends `other`'s changes after this batch's.
+    pub fn append(&mut self, other: Batch) -> &mut Self {
+        self.messages.extend(other.messages);
+        self
+    }
+
     /// Number of changes in the batch.
     pub fn len(&self) -> usize {
         self.messages.len()

@@ -4,7 +4,7 @@
 use crate::args::ProxyMode;
 use crate::iptables_rules::render_iptables;
 use crate::iptables_sync::{IptablesError, IptablesProxier};
-use crate::nftables_rules::{RuleSettings, render};
+use crate::nftables_rules::RuleSettings;
 use crate::nftables_sync::{NftablesProxier, SyncStats};
 use crate::service_model::ProxyState;
 
@@ -64,8 +64,8 @@ impl Dataplane {
     ) -> Result<(SyncStats, usize), DataplaneError> {
         match self {
             Dataplane::Nftables(proxier) => {
-                let ruleset = render(state, settings);
-                Ok((proxier.sync(&ruleset)?, ruleset.rule_count()))
+                let stats = proxier.sync_state(state, settings)?;
+                Ok((stats, proxier.rule_count()))
             }
             Dataplane::Iptables(proxier) => {
                 let ruleset = render_iptables(state, settings);

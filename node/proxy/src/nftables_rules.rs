@@ -354,26 +354,69 @@ fn spread(endpoints: &[(String, &Endpoint)]) -> Vec<Vec<Expr>> {
         .collect()
 }
 
-/// Renders the rules for `state` on this node.
-pub fn render(state: &ProxyState, settings: &RuleSettings) -> Ruleset {
-    let mut ruleset = Ruleset {
-        chains: fixed_chains(),
-        maps: BTreeMap::new(),
-        affinity_sets: BTreeMap::new(),
-    };
-    for spec in maps() {
-        let name: &'static str = match spec.name.as_str() {
-            SERVICE_IPS => SERVICE_IPS,
-            SERVICE_NODEPORTS => SERVICE_NODEPORTS,
-            NO_ENDPOINT_SERVICES => NO_ENDPOINT_SERVICES,
-            _ => NO_ENDPOINT_NODEPORTS,
-        };
+/// A ruleset with the fixed chains and the (empty) verdict maps only.
+pub fn base_ruleset() -> Ruleset {
+    let mut ruleset = empty_ruleset();
+    ruleset.chains = fixed_chains();
+    ruleset
+}
+
+/// A ruleset with nothing but the (empty) verdict maps: what one service port's rules are
+/// rendered into.
+fn empty_ruleset() -> Ruleset {
+    let mut ruleset = Ruleset::default();
+    for name in [
+        SERVICE_IPS,
+        SERVICE_NODEPORTS,
+        NO_ENDPOINT_SERVICES,
+        NO_ENDPOINT_NODEPORTS,
+    ] {
         ruleset.maps.insert(name, BTreeMap::new());
     }
+    ruleset
+}
+
+/// Renders the rules for `state` on this node.
+pub fn render(state: &ProxyState, settings: &RuleSettings) -> Ruleset {
+    let mut ruleset = base_ruleset();
     for (info, endpoints) in state.services.values() {
         render_port(&mut ruleset, info, endpoints, settings);
     }
     ruleset
+}
+
+/// The chains, map elements and sets of one service port alone (no fixed chains).
+pub fn render_port_rules(
+    info: &ServicePortInfo,
+    endpoints: &[Endpoint],
+    settings: &RuleSettings,
+) -> Ruleset {
+    let mut ruleset = empty_ruleset();
+    render_port(&mut ruleset, info, endpoints, settings);
+    ruleset
+}
+
+impl Ruleset {
+    /// Adds `other`'s chains, elements and sets (names never collide between service ports).
+    pub fn merge(&mut self, other: &Ruleset) {
+        for (name, rules) in &other.chains {
+            self.chains.insert(name.clone(), rules.clone());
+        }
+        for (map, elements) in &other.maps {
+            let into = self.maps.entry(map).or_default();
+            for (key, verdict) in elements {
+                into.insert(key.clone(), verdict.clone());
+            }
+        }
+        for (name, set) in &other.affinity_sets {
+            self.affinity_sets.insert(name.clone(), set.clone());
+        }
+    }
+
+    /// Rules in the regular chains (without the base chains).
+    pub fn chain_rule_count(&self) -> usize {
+        self.chains.values().map(Vec::len).sum()
+    }
 }
 
 fn render_port(

@@ -6,7 +6,17 @@ use std::collections::BTreeMap;
 
 use baton_nftables::{ApplyBatchError, Batch, Element, Family, NftSocket};
 
-use crate::nftables_rules::{Ruleset, TABLE, base_chains, maps};
+use crate::nftables_rules::{
+    RuleSettings, Ruleset, TABLE, base_chains, base_ruleset, maps, render_port_rules,
+};
+use crate::service_model::{Endpoint, ProxyState, ServicePortInfo, ServicePortKey};
+
+/// A service port's rules when it has none (what a removed port is compared against).
+fn render_port_rules_empty() -> Ruleset {
+    let mut empty = base_ruleset();
+    empty.chains.clear();
+    empty
+}
 
 /// What one sync sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -17,11 +27,21 @@ pub struct SyncStats {
     pub changes: usize,
 }
 
+/// One service port as last applied: its inputs and its rendered rules.
+type AppliedPort = (ServicePortInfo, Vec<Endpoint>, Ruleset);
+
 /// The nftables dataplane and what it last applied.
 #[derive(Debug)]
 pub struct NftablesProxier {
     socket: NftSocket,
     applied: Option<Ruleset>,
+    /// Per service port, when the last sync came from [`NftablesProxier::sync_state`] (else
+    /// empty, and the next `sync_state` replaces everything).
+    ports: BTreeMap<ServicePortKey, AppliedPort>,
+    /// The settings the ports were rendered with.
+    settings: Option<RuleSettings>,
+    /// Rules programmed now.
+    rules: usize,
 }
 
 impl NftablesProxier {
@@ -30,11 +50,84 @@ impl NftablesProxier {
         Ok(Self {
             socket: NftSocket::open()?,
             applied: None,
+            ports: BTreeMap::new(),
+            settings: None,
+            rules: 0,
+        })
+    }
+
+    /// Rules programmed after the last successful sync.
+    pub fn rule_count(&self) -> usize {
+        self.rules
+    }
+
+    /// Makes the table hold the rules of `state`. Only the service ports whose Service or
+    /// endpoints changed since the last sync are rendered again and compared, so a change to
+    /// one Service costs the same with 10 or 10,000 of them (the first sync, and any after a
+    /// failure or a change of settings, replaces the whole table).
+    pub fn sync_state(
+        &mut self,
+        state: &ProxyState,
+        settings: &RuleSettings,
+    ) -> Result<SyncStats, ApplyBatchError> {
+        if self.applied.is_none() || self.settings.as_ref() != Some(settings) {
+            let mut ports = BTreeMap::new();
+            let mut whole = base_ruleset();
+            for (key, (info, endpoints)) in &state.services {
+                let rules = render_port_rules(info, endpoints, settings);
+                whole.merge(&rules);
+                ports.insert(key.clone(), (info.clone(), endpoints.clone(), rules));
+            }
+            let stats = self.sync(&whole)?;
+            self.ports = ports;
+            self.settings = Some(settings.clone());
+            return Ok(stats);
+        }
+        let empty = render_port_rules_empty();
+        let mut batch = Batch::new();
+        let mut changed: Vec<(ServicePortKey, Option<AppliedPort>)> = Vec::new();
+        let mut rules = self.rules;
+        for (key, (info, endpoints)) in &state.services {
+            let old = self.ports.get(key);
+            if old.is_some_and(|(i, e, _)| i == info && e == endpoints) {
+                continue;
+            }
+            let new = render_port_rules(info, endpoints, settings);
+            let before = old.map(|(_, _, r)| r).unwrap_or(&empty);
+            batch.append(incremental(before, &new));
+            rules = rules - before.chain_rule_count() + new.chain_rule_count();
+            changed.push((key.clone(), Some((info.clone(), endpoints.clone(), new))));
+        }
+        for (key, (_, _, old)) in &self.ports {
+            if !state.services.contains_key(key) {
+                batch.append(incremental(old, &empty));
+                rules -= old.chain_rule_count();
+                changed.push((key.clone(), None));
+            }
+        }
+        if let Err(err) = self.socket.apply(&batch) {
+            self.applied = None;
+            self.ports.clear();
+            return Err(err);
+        }
+        for (key, port) in changed {
+            match port {
+                Some(port) => self.ports.insert(key, port),
+                None => self.ports.remove(&key),
+            };
+        }
+        self.rules = rules;
+        Ok(SyncStats {
+            full: false,
+            changes: batch.len(),
         })
     }
 
     /// Makes the table hold `wanted`.
     pub fn sync(&mut self, wanted: &Ruleset) -> Result<SyncStats, ApplyBatchError> {
+        // Per-port bookkeeping does not describe `wanted`; a later `sync_state` starts over.
+        self.ports.clear();
+        self.settings = None;
         let (batch, full) = match &self.applied {
             Some(applied) => (incremental(applied, wanted), false),
             None => (full(wanted), true),
@@ -43,6 +136,7 @@ impl NftablesProxier {
         match result {
             Ok(()) => {
                 self.applied = Some(wanted.clone());
+                self.rules = wanted.rule_count();
                 Ok(SyncStats {
                     full,
                     changes: batch.len(),

@@ -140,3 +140,66 @@ fn syncs_apply_exactly_the_rendered_chains() {
         })
         .unwrap();
 }
+
+#[test]
+fn state_syncs_render_only_what_changed_and_match_a_full_render() {
+    let settings = RuleSettings {
+        node_name: "n1".into(),
+        cluster_cidr: None,
+    };
+    let namespace = NetNs::create().unwrap();
+    namespace
+        .run(|| {
+            let mut proxier = NftablesProxier::new().unwrap();
+            let mut nft = NftSocket::open().unwrap();
+            let services: Vec<Service> = (0..50)
+                .map(|i| service(&format!("s{i}"), &format!("10.96.1.{}", i + 1), None))
+                .collect();
+            let slices = |shift: u8| -> Vec<EndpointSlice> {
+                (0..50u8)
+                    .map(|i| {
+                        let ip = format!("10.244.1.{}", i.wrapping_add(shift) % 250 + 2);
+                        slice(&format!("s{i}"), &[(ip.as_str(), true)])
+                    })
+                    .collect()
+            };
+            let first = build_state(&services, &slices(0));
+            assert!(proxier.sync_state(&first, &settings).unwrap().full);
+            let full_rules = nft.rule_count(Family::Ip, TABLE).unwrap();
+            assert_eq!(proxier.rule_count(), full_rules);
+
+            // Service s0's endpoint moves: only its chains and element change.
+            let mut moved = slices(0);
+            moved[0] = slice("s0", &[("10.244.9.9", true)]);
+            let next = build_state(&services, &moved);
+            let stats = proxier.sync_state(&next, &settings).unwrap();
+            assert!(!stats.full);
+            assert!(stats.changes <= 8, "{stats:?}");
+            // The kernel holds what a full render of the new state holds.
+            let mut wanted: Vec<String> = render(&next, &settings).chains.into_keys().collect();
+            wanted.sort();
+            let mut present = nft.chains(Family::Ip, TABLE).unwrap();
+            present.retain(|c| !c.starts_with("nat-") && !c.starts_with("filter-"));
+            present.sort();
+            assert_eq!(present, wanted);
+            assert_eq!(
+                nft.rule_count(Family::Ip, TABLE).unwrap(),
+                proxier.rule_count()
+            );
+
+            // A Service goes.
+            let fewer = build_state(&services[1..], &moved[1..]);
+            proxier.sync_state(&fewer, &settings).unwrap();
+            assert!(
+                !nft.chains(Family::Ip, TABLE)
+                    .unwrap()
+                    .iter()
+                    .any(|c| c.contains("/s0/"))
+            );
+            assert_eq!(
+                nft.rule_count(Family::Ip, TABLE).unwrap(),
+                proxier.rule_count()
+            );
+        })
+        .unwrap();
+}
