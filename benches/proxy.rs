@@ -119,25 +119,31 @@ struct SyncResult {
 
 /// Full sync, then single-Service changes, the way the proxy runs them: the Services and
 /// EndpointSlices are in its informers' caches already (built here before the clock starts);
-/// each sync joins them into service ports, renders what changed and applies the difference.
+/// the first sync joins them all into service ports, later ones rebuild the ports of the one
+/// Service that changed, render them and apply the difference.
 fn measure_sync(n: usize) -> SyncResult {
-    let rounds: Vec<(Vec<Service>, Vec<EndpointSlice>)> = (0..=11).map(|r| objects(n, r)).collect();
+    let (services, slices) = objects(n, 0);
+    let changes: Vec<(Service, EndpointSlice)> = (1..=11)
+        .map(|round| {
+            let (mut services, mut slices) = objects(1, round);
+            (services.remove(0), slices.remove(0))
+        })
+        .collect();
     let namespace = namespace();
     namespace
         .run(|| {
             let mut proxier = NftablesProxier::new().expect("nftables socket");
-            let (services, slices) = &rounds[0];
             let started = Instant::now();
-            proxier
-                .sync_state(&build_state(services, slices), &settings())
-                .expect("full sync");
+            let mut state = build_state(&services, &slices);
+            proxier.sync_state(&state, &settings()).expect("full sync");
             let full = started.elapsed();
             let rules = proxier.rule_count();
             let mut times = Vec::new();
-            for (services, slices) in &rounds[1..] {
+            for (service, slice) in &changes {
                 let started = Instant::now();
+                state.update_service("bench", "svc-0", Some(service), std::slice::from_ref(slice));
                 let stats = proxier
-                    .sync_state(&build_state(services, slices), &settings())
+                    .sync_state(&state, &settings())
                     .expect("incremental sync");
                 times.push(started.elapsed());
                 assert!(!stats.full && stats.changes > 0);

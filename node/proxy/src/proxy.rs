@@ -2,21 +2,23 @@
 //! dirty, and a sync (no sooner than --min-sync-period after the last) renders the rules from
 //! everything known and applies the difference.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_client::Informer;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
 use crate::args::{InvalidProxyFlagError, ProxyArgs};
 use crate::dataplane::Dataplane;
 use crate::metrics::{ProxyMetrics, serve};
 use crate::nftables_rules::RuleSettings;
-use crate::service_model::{WATCH_LABEL_SELECTOR, build_state};
+use crate::service_model::{ProxyState, WATCH_LABEL_SELECTOR, build_state, slice_service};
 
 /// How long a failed sync waits before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -69,17 +71,31 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
     ));
     let slices = Arc::new(Informer::new(Api::<EndpointSlice>::all(client), config));
     let (dirty, mut changed) = watch::channel(());
+    // The Services whose ports must be built again: only those change in the state kept
+    // between syncs (upstream's change trackers).
+    let touched: Arc<Mutex<HashSet<(String, String)>>> = Arc::default();
     let mark_dirty = {
         let metrics = metrics.clone();
-        move || {
+        let touched = touched.clone();
+        move |keys: Vec<(String, String)>| {
+            touched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(keys);
             let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
             m.pending_since.get_or_insert_with(Instant::now);
             dirty.send_replace(());
         }
     };
     let on_service = mark_dirty.clone();
-    services.on_event(move |_| on_service());
-    slices.on_event(move |_| mark_dirty());
+    services.on_event(move |event| {
+        let keys = event
+            .objects()
+            .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
+            .collect();
+        on_service(keys);
+    });
+    slices.on_event(move |event| mark_dirty(event.objects().filter_map(slice_service).collect()));
     let runner = services.clone();
     tokio::spawn(async move { runner.run().await });
     let runner = slices.clone();
@@ -92,6 +108,8 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
         cluster_cidr: args.cluster_cidr,
     };
     let mut last_sync: Option<Instant> = None;
+    // The desired state, kept between syncs and updated for the Services that changed.
+    let mut state: Option<ProxyState> = None;
     let mut proxier = Some(proxier);
     tracing::info!(mode = ?mode, node = %settings.node_name, "proxy running");
     loop {
@@ -99,17 +117,30 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
             tokio::time::sleep_until(at.into()).await;
         }
         changed.borrow_and_update();
-        let state = build_state(&services.store().state(), &slices.store().state());
+        let keys: Vec<(String, String)> = touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        let mut current = match state.take() {
+            None => build_state(&services.store().state(), &slices.store().state()),
+            Some(mut current) => {
+                update_state(&mut current, &keys, &services.store(), &slices.store());
+                current
+            }
+        };
         let started = Instant::now();
         let mut dataplane = proxier.take().expect("the proxier is back after each sync");
         let sync_settings = settings.clone();
-        let sync_state = state.clone();
-        let (dataplane, result) = tokio::task::spawn_blocking(move || {
-            let result = dataplane.sync(&sync_state, &sync_settings);
-            (dataplane, result)
+        let (dataplane, synced, result) = tokio::task::spawn_blocking(move || {
+            let result = dataplane.sync(&current, &sync_settings);
+            (dataplane, current, result)
         })
         .await
         .expect("the sync task does not panic");
+        current = synced;
+        let service_ports = current.services.len();
+        state = Some(current);
         proxier = Some(dataplane);
         let took = started.elapsed();
         last_sync = Some(Instant::now());
@@ -117,9 +148,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
         {
             let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
             match &result {
-                Ok((stats, rules)) => {
-                    m.record(took, true, stats.full, *rules, state.services.len())
-                }
+                Ok((stats, rules)) => m.record(took, true, stats.full, *rules, service_ports),
                 Err(_) => m.record(took, false, false, 0, 0),
             }
         }
@@ -143,6 +172,34 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
         } else {
             tokio::time::sleep(RETRY_AFTER).await;
         }
+    }
+}
+
+/// Builds the ports of the Services `keys` (namespace, name) again from the caches.
+fn update_state(
+    state: &mut ProxyState,
+    keys: &[(String, String)],
+    services: &Store<Service>,
+    slices: &Store<EndpointSlice>,
+) {
+    if keys.is_empty() {
+        return;
+    }
+    let wanted: HashSet<&(String, String)> = keys.iter().collect();
+    let mut by_service: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
+    for slice in slices.state() {
+        if let Some(owner) = slice_service(&slice)
+            && wanted.contains(&owner)
+        {
+            by_service.entry(owner).or_default().push(slice);
+        }
+    }
+    for key in keys {
+        let (namespace, name) = key;
+        let service = services.get(&ObjectRef::new(name).within(namespace));
+        let owned = by_service.remove(key).unwrap_or_default();
+        let slices: Vec<&EndpointSlice> = owned.iter().map(|s| s.as_ref()).collect();
+        state.update_service(namespace, name, service.as_deref(), &slices);
     }
 }
 

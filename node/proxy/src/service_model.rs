@@ -541,6 +541,52 @@ pub fn build_state<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     state
 }
 
+/// The Service a slice belongs to: (namespace, name), unless the watch selector excludes it.
+pub fn slice_service(slice: &EndpointSlice) -> Option<(String, String)> {
+    let labels = slice.metadata.labels.as_ref();
+    if has_label(labels, LABEL_SERVICE_PROXY_NAME) || has_label(labels, LABEL_HEADLESS) {
+        return None;
+    }
+    let name = labels?.get(LABEL_SERVICE_NAME).filter(|n| !n.is_empty())?;
+    Some((
+        slice.metadata.namespace.clone().unwrap_or_default(),
+        name.clone(),
+    ))
+}
+
+impl ProxyState {
+    /// Replaces the ports of Service `namespace/name` with those `service` (`None`: it is
+    /// gone) and its `slices` give: the proxy updates only the Services that changed.
+    pub fn update_service<E: Borrow<EndpointSlice>>(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        service: Option<&Service>,
+        slices: &[E],
+    ) {
+        let first = ServicePortKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+        };
+        let stale: Vec<ServicePortKey> = self
+            .services
+            .range(first..)
+            .map(|(key, _)| key)
+            .take_while(|k| k.namespace == namespace && k.name == name)
+            .cloned()
+            .collect();
+        for key in stale {
+            self.services.remove(&key);
+        }
+        if let Some(service) = service {
+            let fresh = build_state(std::slice::from_ref(service), slices);
+            self.services.extend(fresh.services);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,6 +726,53 @@ mod tests {
 
     fn ips(endpoints: &[Endpoint]) -> Vec<String> {
         endpoints.iter().map(|ep| ep.ip.to_string()).collect()
+    }
+
+    #[test]
+    fn updating_one_service_gives_what_a_full_build_gives() {
+        let web = service(
+            "web",
+            "ClusterIP",
+            "10.96.0.10",
+            vec![port("http", 80, None)],
+        );
+        let db = service(
+            "db",
+            "ClusterIP",
+            "10.96.0.11",
+            vec![port("pg", 5432, None)],
+        );
+        let web_slice = |address: &str| {
+            slice(
+                "web-1",
+                "web",
+                &[("http", 8080)],
+                vec![api_endpoint(address, "n1", None)],
+            )
+        };
+        let db_slice = slice(
+            "db-1",
+            "db",
+            &[("pg", 5432)],
+            vec![api_endpoint("10.244.0.9", "n1", None)],
+        );
+        let mut state = build_state(
+            &[web.clone(), db.clone()],
+            &[web_slice("10.244.0.2"), db_slice.clone()],
+        );
+
+        // web's endpoint moves.
+        state.update_service("default", "web", Some(&web), &[web_slice("10.244.0.3")]);
+        assert_eq!(
+            state,
+            build_state(
+                &[web.clone(), db.clone()],
+                &[web_slice("10.244.0.3"), db_slice.clone()]
+            )
+        );
+        // db goes.
+        state.update_service::<EndpointSlice>("default", "db", None, &[]);
+        assert_eq!(state, build_state(&[web], &[web_slice("10.244.0.3")]));
     }
 
     #[test]
