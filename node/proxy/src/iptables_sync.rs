@@ -121,6 +121,7 @@ impl IptablesProxier {
             .lines()
             .filter(|l| l.starts_with("-A") || l.starts_with("-X"))
             .count();
+        let started = std::time::Instant::now();
         let result = if input.is_empty() {
             Ok(String::new())
         } else {
@@ -129,7 +130,11 @@ impl IptablesProxier {
         match result.and_then(|_| ensure_jumps()) {
             Ok(()) => {
                 self.applied = Some(wanted.clone());
-                Ok(SyncStats { full, changes })
+                Ok(SyncStats {
+                    full,
+                    changes,
+                    apply_time: started.elapsed(),
+                })
             }
             Err(err) => {
                 self.applied = None;

@@ -3,6 +3,7 @@
 //! one batch, so that the kernel never sees half a change.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use baton_nftables::{ApplyBatchError, Batch, Element, Family, NftSocket};
 
@@ -25,6 +26,8 @@ pub struct SyncStats {
     pub full: bool,
     /// Changes in the batch.
     pub changes: usize,
+    /// Time the kernel (or iptables-restore) took to apply them.
+    pub apply_time: std::time::Duration,
 }
 
 /// One service port as last applied: its inputs and its rendered rules.
@@ -70,7 +73,7 @@ impl NftablesProxier {
         state: &ProxyState,
         settings: &RuleSettings,
     ) -> Result<SyncStats, ApplyBatchError> {
-        if self.applied.is_none() || self.settings.as_ref() != Some(settings) {
+        if self.settings.as_ref() != Some(settings) {
             let mut ports = BTreeMap::new();
             let mut whole = base_ruleset();
             for (key, (info, endpoints)) in &state.services {
@@ -78,10 +81,20 @@ impl NftablesProxier {
                 whole.merge(&rules);
                 ports.insert(key.clone(), (info.clone(), endpoints.clone(), rules));
             }
-            let stats = self.sync(&whole)?;
+            let batch = full(&whole);
+            self.applied = None;
+            self.ports.clear();
+            let started = Instant::now();
+            self.socket.apply(&batch)?;
+            let apply_time = started.elapsed();
             self.ports = ports;
             self.settings = Some(settings.clone());
-            return Ok(stats);
+            self.rules = whole.rule_count();
+            return Ok(SyncStats {
+                full: true,
+                changes: batch.len(),
+                apply_time,
+            });
         }
         let empty = render_port_rules_empty();
         let mut batch = Batch::new();
@@ -105,11 +118,14 @@ impl NftablesProxier {
                 changed.push((key.clone(), None));
             }
         }
+        let started = Instant::now();
         if let Err(err) = self.socket.apply(&batch) {
-            self.applied = None;
+            // The kernel's state is unknown to us now: replace it all next time.
+            self.settings = None;
             self.ports.clear();
             return Err(err);
         }
+        let apply_time = started.elapsed();
         for (key, port) in changed {
             match port {
                 Some(port) => self.ports.insert(key, port),
@@ -120,6 +136,7 @@ impl NftablesProxier {
         Ok(SyncStats {
             full: false,
             changes: batch.len(),
+            apply_time,
         })
     }
 
@@ -132,6 +149,7 @@ impl NftablesProxier {
             Some(applied) => (incremental(applied, wanted), false),
             None => (full(wanted), true),
         };
+        let started = Instant::now();
         let result = self.socket.apply(&batch);
         match result {
             Ok(()) => {
@@ -140,6 +158,7 @@ impl NftablesProxier {
                 Ok(SyncStats {
                     full,
                     changes: batch.len(),
+                    apply_time: started.elapsed(),
                 })
             }
             Err(err) => {
