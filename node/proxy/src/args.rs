@@ -75,6 +75,9 @@ impl ProxyArgs {
         match self.proxy_mode.as_str() {
             "nftables" | "" => Ok(ProxyMode::Nftables),
             "iptables" => Ok(ProxyMode::Iptables),
+            "ipvs" if !std::path::Path::new(IPVS_PROC).exists() => Err(fail(
+                "this kernel has no IPVS (CONFIG_IP_VS; /proc/net/ip_vs is missing) and the mode also needs the dummy interface (CONFIG_DUMMY); use nftables or iptables",
+            )),
             "ipvs" | "userspace" => {
                 Err(fail("this mode is not built yet; use nftables or iptables"))
             }
@@ -83,9 +86,47 @@ impl ProxyArgs {
     }
 }
 
+/// Present when the kernel has IPVS (built in or loaded).
+const IPVS_PROC: &str = "/proc/net/ip_vs";
+
 fn nix_hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProxyArgs,
+    }
+
+    fn mode(value: &str) -> Result<ProxyMode, InvalidProxyFlagError> {
+        Cli::parse_from(["proxy", "--kubeconfig=k", &format!("--proxy-mode={value}")])
+            .args
+            .mode()
+    }
+
+    #[test]
+    fn modes_are_named_and_refused_with_the_reason() {
+        assert_eq!(mode("nftables").unwrap(), ProxyMode::Nftables);
+        assert_eq!(mode("iptables").unwrap(), ProxyMode::Iptables);
+        let err = mode("bogus").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid --proxy-mode \"bogus\": must be one of nftables, iptables, ipvs, userspace"
+        );
+        let ipvs = mode("ipvs").unwrap_err().to_string();
+        if std::path::Path::new(IPVS_PROC).exists() {
+            assert!(ipvs.contains("not built yet"), "{ipvs}");
+        } else {
+            assert!(ipvs.contains("CONFIG_IP_VS"), "{ipvs}");
+        }
+    }
 }
