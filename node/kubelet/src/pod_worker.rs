@@ -599,8 +599,9 @@ impl PodWorker {
     async fn create_sandbox(&mut self, pod: &Pod) -> Result<Sandbox, SandboxFailure> {
         let spec = pod.spec.as_ref();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
-        if !host_network && !self.ctx.network.is_ready() {
-            let _ = self.network.borrow_and_update();
+        // Read and marked seen in one step: a network that comes up right after still wakes
+        // the worker (run's select).
+        if !host_network && self.network.borrow_and_update().is_none() {
             return Err(SandboxFailure::NetworkNotReady(
                 crate::pod_network::AttachPodError::NotReady.to_string(),
             ));
@@ -629,8 +630,11 @@ impl PodWorker {
             match self.ctx.network.attach(&self.uid, netns).await {
                 Ok(ip) => self.pod_ip = Some(ip),
                 Err(err) => {
-                    // Nothing half made stays: the next attempt starts from scratch.
-                    let _ = self.ctx.runtime.remove_sandbox(&self.uid).await;
+                    // A sandbox with no containers yet is made again on the next attempt; one
+                    // whose containers run (a restarted kubelet found them) is kept.
+                    if self.tracks.is_empty() {
+                        let _ = self.ctx.runtime.remove_sandbox(&self.uid).await;
+                    }
                     return Err(SandboxFailure::Failed(format!(
                         "Failed to create pod sandbox: {}",
                         baton_images::error_chain(&err)

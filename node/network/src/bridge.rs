@@ -113,13 +113,14 @@ impl BridgeNetwork {
     /// Connects the pod sandbox `id` whose network namespace is `netns`: allocates its address
     /// (the one it holds already, after a kubelet restart) and makes its `eth0`. Idempotent.
     pub fn attach(&self, id: &str, netns: &NetNs) -> Result<PodAddress, PodNetworkError> {
+        let held_before = self.allocator.held_by(id)?.is_some();
         let ip = self.allocator.allocate(id)?;
         let gateway = self.allocator.gateway();
         let address = Ipv4Net::new(ip, gateway.prefix_len()).expect("valid prefix length");
         let result = self.connect(id, netns, address, gateway.addr());
-        if result.is_err() {
-            // Leave nothing half made: the next attempt starts from scratch.
-            let _ = RouteSocket::open().and_then(|mut s| s.delete_link(&host_interface(id)));
+        if result.is_err() && !held_before {
+            // An address this call handed out goes back (a pod that held one before, found
+            // again after a restart, keeps it).
             let _ = self.allocator.release(id);
         }
         result.map(|()| PodAddress {
@@ -148,7 +149,24 @@ impl BridgeNetwork {
         }
         socket.delete_link(&host_name)?;
         socket.create_veth(&host_name, POD_INTERFACE, netns, self.config.mtu)?;
-        let host = socket.link(&host_name)?.ok_or_else(|| NetlinkError {
+        let result = self.finish_veth(&mut socket, &host_name, netns, address, gateway);
+        if result.is_err() {
+            // The pair this call made goes again: the next attempt starts from scratch.
+            let _ = socket.delete_link(&host_name);
+        }
+        result
+    }
+
+    /// Puts the new pair's host end on the bridge and configures the pod's end.
+    fn finish_veth(
+        &self,
+        socket: &mut RouteSocket,
+        host_name: &str,
+        netns: &NetNs,
+        address: Ipv4Net,
+        gateway: Ipv4Addr,
+    ) -> Result<(), PodNetworkError> {
+        let host = socket.link(host_name)?.ok_or_else(|| NetlinkError {
             operation: format!("look up {host_name} after creating it"),
             source: std::io::Error::from_raw_os_error(nix::libc::ENODEV),
         })?;

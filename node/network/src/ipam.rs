@@ -172,7 +172,8 @@ impl AddressAllocator {
         Ok(released)
     }
 
-    fn held_by(&self, owner: &str) -> Result<Option<Ipv4Addr>, AllocateAddressError> {
+    /// The address `owner` holds, if any.
+    pub fn held_by(&self, owner: &str) -> Result<Option<Ipv4Addr>, AllocateAddressError> {
         Ok(self
             .allocations()?
             .into_iter()

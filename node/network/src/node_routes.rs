@@ -21,7 +21,20 @@ pub struct RouteChanges {
 /// removes the others Baton made. A route that cannot be added does not stop the rest.
 pub fn sync_node_routes(wanted: &[Route]) -> Result<RouteChanges, NetlinkError> {
     let mut socket = RouteSocket::open()?;
-    let present = socket.baton_routes()?;
+    // The kernel reports the outgoing interface of every route; a wanted route through a
+    // gateway leaves it to the kernel, so it is compared without it.
+    let present: Vec<Route> = socket
+        .baton_routes()?
+        .into_iter()
+        .map(|route| Route {
+            interface: if route.gateway.is_some() {
+                None
+            } else {
+                route.interface
+            },
+            ..route
+        })
+        .collect();
     let wanted_set: HashSet<&Route> = wanted.iter().collect();
     let present_set: HashSet<&Route> = present.iter().collect();
     let mut changes = RouteChanges::default();

@@ -105,6 +105,12 @@ fn node_routes_follow_the_wanted_set() {
         assert_eq!(present.len(), 1);
         assert_eq!(present[0].destination, to_node_2.destination);
         assert_eq!(present[0].gateway, to_node_2.gateway);
+        // The same wanted set again changes nothing (no route is taken down and put back).
+        let again = sync_node_routes(&[to_node_2]).unwrap();
+        assert!(
+            again.added.is_empty() && again.removed.is_empty(),
+            "{again:?}"
+        );
 
         // A gateway that is not on any local network is reported, and the others still go in.
         let unreachable = Route {

@@ -83,6 +83,9 @@ pub const IPPROTO_UDP: u8 = 17;
 /// SCTP.
 pub const IPPROTO_SCTP: u8 = 132;
 
+/// The `ct state` bit of a packet that opens a connection (`new`).
+pub const CT_STATE_NEW: u32 = 1 << 3;
+
 /// `fib daddr type` result for a local address (RTN_LOCAL).
 pub const RTN_LOCAL: u32 = 2;
 
@@ -139,6 +142,8 @@ pub enum Expr {
     Counter,
     /// Adds `sreg` to `set`, or refreshes its timeout when it is there (`update @set { ... }`).
     UpdateSet { set: String, sreg: u32 },
+    /// The connection tracking state bits (`ct state`, u32) into `dreg`.
+    CtState { dreg: u32 },
 }
 
 impl Expr {
@@ -221,6 +226,7 @@ impl Expr {
             Expr::Reject => "reject",
             Expr::Counter => "counter",
             Expr::UpdateSet { .. } => "dynset",
+            Expr::CtState { .. } => "ct",
         }
     }
 
@@ -323,6 +329,10 @@ impl Expr {
             }
             Expr::Counter => {
                 a.be64(1, 0).be64(2, 0);
+            }
+            Expr::CtState { dreg } => {
+                // NFTA_CT_DREG = 1, NFTA_CT_KEY = 2 (NFT_CT_STATE = 0).
+                a.be32(1, *dreg).be32(2, 0);
             }
             Expr::UpdateSet { set, sreg } => {
                 // NFTA_DYNSET_SET_NAME = 1, OP = 3 (NFT_DYNSET_OP_UPDATE = 1), SREG_KEY = 4.

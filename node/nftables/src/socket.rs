@@ -145,6 +145,17 @@ impl NftSocket {
                 "read the kernel's answer to an nftables batch",
             ))?;
             for message in split_messages(&received) {
+                if message.kind == NLMSG_ERROR && message.sequence == first {
+                    // The kernel refused the batch as a whole (permissions, an unsupported
+                    // request): answered on the batch's own sequence number, nothing follows.
+                    let code = i32::from_ne_bytes(message.payload[0..4].try_into().expect("errno"));
+                    if code != 0 {
+                        return Err(ApplyBatchError {
+                            operation: "apply an nftables batch".into(),
+                            source: io::Error::from_raw_os_error(-code),
+                        });
+                    }
+                }
                 let index = message.sequence.wrapping_sub(first).wrapping_sub(1) as usize;
                 if message.kind != NLMSG_ERROR || index >= count {
                     continue;

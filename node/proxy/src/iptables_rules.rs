@@ -319,10 +319,19 @@ pub fn render_iptables(state: &ProxyState, settings: &RuleSettings) -> IptablesR
             info.cluster_ip, info.port
         );
         if internal.is_empty() {
+            // Endpoints only on other nodes while the policy is Local: dropped, as upstream.
+            let (why, action) = if info.internal_policy_local && categorized.has_any_endpoints {
+                ("has no local endpoints", "DROP")
+            } else {
+                (
+                    "has no endpoints",
+                    "REJECT --reject-with icmp-port-unreachable",
+                )
+            };
             ruleset.rule(
                 Table::Filter,
                 "KUBE-SERVICES",
-                format!("-m comment --comment \"{name} has no endpoints\" {service_match} -j REJECT --reject-with icmp-port-unreachable"),
+                format!("-m comment --comment \"{name} {why}\" {service_match} -j {action}"),
             );
         } else {
             let svc = svc_chain(info);
@@ -349,18 +358,10 @@ pub fn render_iptables(state: &ProxyState, settings: &RuleSettings) -> IptablesR
             &categorized.cluster
         };
         let ext = ext_chain(info);
-        let target = if external.is_empty()
-            && !(info.external_policy_local && categorized.has_any_endpoints)
-        {
-            None
-        } else if external.is_empty() {
-            ruleset.rule(
-                Table::Nat,
-                &ext,
-                format!("-m comment --comment \"{name} has no local endpoints\" -j DROP"),
-            );
-            Some(ext.clone())
-        } else {
+        // Where external traffic goes: the ext chain, or a filter verdict (refused when there
+        // is no endpoint at all; dropped when the policy is Local and the endpoints are all
+        // on other nodes, as upstream; the nat table cannot drop).
+        let target: Result<String, (&str, &str)> = if !external.is_empty() {
             if !info.external_policy_local {
                 ruleset.rule(
                     Table::Nat,
@@ -369,34 +370,43 @@ pub fn render_iptables(state: &ProxyState, settings: &RuleSettings) -> IptablesR
                 );
             }
             spread(&mut ruleset, &ext, info, external);
-            Some(ext.clone())
+            Ok(ext.clone())
+        } else if info.external_policy_local && categorized.has_any_endpoints {
+            Err(("has no local endpoints", "DROP"))
+        } else {
+            Err((
+                "has no endpoints",
+                "REJECT --reject-with icmp-port-unreachable",
+            ))
         };
         for ip in info.external_ips.iter().chain(&info.load_balancer_ips) {
             let address_match = format!("-m {proto} -p {proto} -d {ip}/32 --dport {}", info.port);
             match &target {
-                Some(chain) => ruleset.rule(
+                Ok(chain) => ruleset.rule(
                     Table::Nat,
                     "KUBE-SERVICES",
-                    format!("-m comment --comment \"{name} external IP\" {address_match} -j {chain}"),
+                    format!(
+                        "-m comment --comment \"{name} external IP\" {address_match} -j {chain}"
+                    ),
                 ),
-                None => ruleset.rule(
+                Err((why, action)) => ruleset.rule(
                     Table::Filter,
                     "KUBE-EXTERNAL-SERVICES",
-                    format!("-m comment --comment \"{name} has no endpoints\" {address_match} -j REJECT --reject-with icmp-port-unreachable"),
+                    format!("-m comment --comment \"{name} {why}\" {address_match} -j {action}"),
                 ),
             }
         }
         if let Some(node_port) = info.node_port {
             match &target {
-                Some(chain) => ruleset.rule(
+                Ok(chain) => ruleset.rule(
                     Table::Nat,
                     "KUBE-NODEPORTS",
                     format!("-m comment --comment {name} -m {proto} -p {proto} --dport {node_port} -j {chain}"),
                 ),
-                None => ruleset.rule(
+                Err((why, action)) => ruleset.rule(
                     Table::Filter,
                     "KUBE-EXTERNAL-SERVICES",
-                    format!("-m comment --comment \"{name} has no endpoints\" -m addrtype --dst-type LOCAL -m {proto} -p {proto} --dport {node_port} -j REJECT --reject-with icmp-port-unreachable"),
+                    format!("-m comment --comment \"{name} {why}\" -m addrtype --dst-type LOCAL -m {proto} -p {proto} --dport {node_port} -j {action}"),
                 ),
             }
         }

@@ -61,16 +61,31 @@ fn run(program: &'static str, args: &[&str], input: Option<&str>) -> Result<Stri
     }
 }
 
-/// `KUBE-` chains of `table` that exist now.
+/// The proxy's chains of `table` that exist now.
 fn existing_chains(table: Table) -> Result<Vec<String>, IptablesError> {
     let saved = run("iptables-save", &["-t", table.name()], None)?;
     Ok(saved
         .lines()
         .filter_map(|line| line.strip_prefix(':'))
         .filter_map(|line| line.split_whitespace().next())
-        .filter(|chain| chain.starts_with("KUBE-"))
+        .filter(|chain| is_proxy_chain(chain))
         .map(str::to_owned)
         .collect())
+}
+
+/// The chains this mode owns (other `KUBE-` chains, such as the kubelet's `KUBE-FIREWALL`
+/// elsewhere, are left alone).
+fn is_proxy_chain(chain: &str) -> bool {
+    matches!(
+        chain,
+        "KUBE-SERVICES"
+            | "KUBE-NODEPORTS"
+            | "KUBE-POSTROUTING"
+            | "KUBE-MARK-MASQ"
+            | "KUBE-EXTERNAL-SERVICES"
+    ) || ["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-"]
+        .iter()
+        .any(|prefix| chain.starts_with(prefix))
 }
 
 /// Adds the built-in chains' jumps that are missing.

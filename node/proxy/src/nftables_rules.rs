@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use baton_nftables::{
-    BaseChain, CmpOp, Expr, Hook, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MetaKey, RTN_LOCAL,
-    SetSpec, Verdict, data_type, reg32,
+    BaseChain, CT_STATE_NEW, CmpOp, Expr, Hook, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MetaKey,
+    RTN_LOCAL, SetSpec, Verdict, data_type, reg32,
 };
 use ipnet::Ipv4Net;
 
@@ -87,6 +87,25 @@ pub fn base_chains() -> Vec<(&'static str, BaseChain, Vec<Vec<Expr>>)> {
         priority: -110,
     };
     let jump = |chain: &str| vec![Expr::Verdict(Verdict::Jump(chain.into()))];
+    // Only connections being opened are checked for endpoints (upstream's `ct state new`): a
+    // Service that loses its endpoints for a moment does not cut established ones.
+    let check_new = || {
+        vec![
+            Expr::CtState { dreg: reg32(0) },
+            Expr::Bitwise {
+                sreg: reg32(0),
+                dreg: reg32(0),
+                mask: CT_STATE_NEW.to_ne_bytes().to_vec(),
+                xor: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::Cmp {
+                sreg: reg32(0),
+                op: CmpOp::Neq,
+                data: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::Verdict(Verdict::Jump(ENDPOINTS_CHECK.into())),
+        ]
+    };
     vec![
         (
             "nat-prerouting",
@@ -99,21 +118,9 @@ pub fn base_chains() -> Vec<(&'static str, BaseChain, Vec<Vec<Expr>>)> {
             nat(Hook::Postrouting, 100),
             vec![jump(MASQUERADING)],
         ),
-        (
-            "filter-input",
-            filter(Hook::Input),
-            vec![jump(ENDPOINTS_CHECK)],
-        ),
-        (
-            "filter-forward",
-            filter(Hook::Forward),
-            vec![jump(ENDPOINTS_CHECK)],
-        ),
-        (
-            "filter-output",
-            filter(Hook::Output),
-            vec![jump(ENDPOINTS_CHECK)],
-        ),
+        ("filter-input", filter(Hook::Input), vec![check_new()]),
+        ("filter-forward", filter(Hook::Forward), vec![check_new()]),
+        ("filter-output", filter(Hook::Output), vec![check_new()]),
     ]
 }
 
@@ -199,8 +206,18 @@ fn fixed_chains() -> BTreeMap<String, Vec<Vec<Expr>>> {
             },
         ]
     };
+    // Node ports on local addresses, but not on 127.0.0.0/8 (upstream's rule: loopback
+    // cannot be DNATed to a pod; the connection is refused instead of hanging).
     let lookup_local_port = |set: &str| {
         vec![
+            Expr::ip_daddr(reg32(0)),
+            Expr::Bitwise {
+                sreg: reg32(0),
+                dreg: reg32(0),
+                mask: vec![255, 0, 0, 0],
+                xor: vec![0; 4],
+            },
+            Expr::cmp_ip(reg32(0), CmpOp::Neq, Ipv4Addr::new(127, 0, 0, 0)),
             Expr::FibDaddrType { dreg: reg32(0) },
             Expr::Cmp {
                 sreg: reg32(0),
@@ -362,8 +379,8 @@ pub fn base_ruleset() -> Ruleset {
 }
 
 /// A ruleset with nothing but the (empty) verdict maps: what one service port's rules are
-/// rendered into.
-fn empty_ruleset() -> Ruleset {
+/// rendered into, and what a removed port's rules are compared with.
+pub fn empty_ruleset() -> Ruleset {
     let mut ruleset = Ruleset::default();
     for name in [
         SERVICE_IPS,
@@ -490,13 +507,18 @@ fn render_port(
     let internal = chains_of(internal);
     let address = address_key(info.cluster_ip, info.protocol, info.port);
     if internal.is_empty() {
-        if !info.internal_policy_local || !categorized.has_any_endpoints {
-            ruleset
-                .maps
-                .get_mut(NO_ENDPOINT_SERVICES)
-                .expect("map")
-                .insert(address, reject.clone());
-        }
+        // No endpoint anywhere: refused. Endpoints only on other nodes while the policy is
+        // Local: dropped, as upstream.
+        let verdict = if info.internal_policy_local && categorized.has_any_endpoints {
+            Verdict::Drop
+        } else {
+            reject.clone()
+        };
+        ruleset
+            .maps
+            .get_mut(NO_ENDPOINT_SERVICES)
+            .expect("map")
+            .insert(address, verdict);
     } else {
         let mut rules = Vec::new();
         if let Some(cidr) = settings.cluster_cidr {

@@ -8,16 +8,9 @@ use std::time::Instant;
 use baton_nftables::{ApplyBatchError, Batch, Element, Family, NftSocket};
 
 use crate::nftables_rules::{
-    RuleSettings, Ruleset, TABLE, base_chains, base_ruleset, maps, render_port_rules,
+    RuleSettings, Ruleset, TABLE, base_chains, base_ruleset, empty_ruleset, maps, render_port_rules,
 };
 use crate::service_model::{Endpoint, ProxyState, ServicePortInfo, ServicePortKey};
-
-/// A service port's rules when it has none (what a removed port is compared against).
-fn render_port_rules_empty() -> Ruleset {
-    let mut empty = base_ruleset();
-    empty.chains.clear();
-    empty
-}
 
 /// What one sync sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,10 +89,22 @@ impl NftablesProxier {
                 apply_time,
             });
         }
-        let empty = render_port_rules_empty();
-        let mut batch = Batch::new();
+        let empty = empty_ruleset();
+        let mut phases = [Batch::new(), Batch::new(), Batch::new()];
+        let mut add = |applied: &Ruleset, wanted: &Ruleset| {
+            for (phase, part) in phases.iter_mut().zip(incremental_phases(applied, wanted)) {
+                phase.append(part);
+            }
+        };
         let mut changed: Vec<(ServicePortKey, Option<AppliedPort>)> = Vec::new();
         let mut rules = self.rules;
+        for (key, (_, _, old)) in &self.ports {
+            if !state.services.contains_key(key) {
+                add(old, &empty);
+                rules -= old.chain_rule_count();
+                changed.push((key.clone(), None));
+            }
+        }
         for (key, (info, endpoints)) in &state.services {
             let old = self.ports.get(key);
             if old.is_some_and(|(i, e, _)| i == info && e == endpoints) {
@@ -107,17 +112,12 @@ impl NftablesProxier {
             }
             let new = render_port_rules(info, endpoints, settings);
             let before = old.map(|(_, _, r)| r).unwrap_or(&empty);
-            batch.append(incremental(before, &new));
+            add(before, &new);
             rules = rules - before.chain_rule_count() + new.chain_rule_count();
             changed.push((key.clone(), Some((info.clone(), endpoints.clone(), new))));
         }
-        for (key, (_, _, old)) in &self.ports {
-            if !state.services.contains_key(key) {
-                batch.append(incremental(old, &empty));
-                rules -= old.chain_rule_count();
-                changed.push((key.clone(), None));
-            }
-        }
+        let [mut batch, additions, removals] = phases;
+        batch.append(additions).append(removals);
         let started = Instant::now();
         if let Err(err) = self.socket.apply(&batch) {
             // The kernel's state is unknown to us now: replace it all next time.
@@ -220,7 +220,19 @@ fn full(wanted: &Ruleset) -> Batch {
 
 /// Only what differs between `applied` and `wanted`.
 fn incremental(applied: &Ruleset, wanted: &Ruleset) -> Batch {
+    let [mut batch, additions, removals] = incremental_phases(applied, wanted);
+    batch.append(additions).append(removals);
+    batch
+}
+
+/// The difference in three phases that several service ports' changes are interleaved by
+/// (every port's first phase, then every port's second, then third), so that an address or
+/// node port one Service gives up is out of the maps before another takes it: (new sets and
+/// chains, element deletions, rewritten chains), (element additions), (removed chains and sets).
+fn incremental_phases(applied: &Ruleset, wanted: &Ruleset) -> [Batch; 3] {
     let mut batch = Batch::new();
+    let mut additions = Batch::new();
+    let mut removals = Batch::new();
     // New sets and chains first (so that rules and elements may point at them).
     for (name, spec) in &wanted.affinity_sets {
         if !applied.affinity_sets.contains_key(name) {
@@ -281,17 +293,17 @@ fn incremental(applied: &Ruleset, wanted: &Ruleset) -> Batch {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if !added.is_empty() {
-            batch.add_elements(Family::Ip, TABLE, name, &elements(&added));
+            additions.add_elements(Family::Ip, TABLE, name, &elements(&added));
         }
     }
     // Chains and sets that went, once nothing points at them.
     for name in removed {
-        batch.destroy_chain(Family::Ip, TABLE, name);
+        removals.destroy_chain(Family::Ip, TABLE, name);
     }
     for name in applied.affinity_sets.keys() {
         if !wanted.affinity_sets.contains_key(name) {
-            batch.destroy_set(Family::Ip, TABLE, name);
+            removals.destroy_set(Family::Ip, TABLE, name);
         }
     }
-    batch
+    [batch, additions, removals]
 }

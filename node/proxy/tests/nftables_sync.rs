@@ -187,6 +187,35 @@ fn state_syncs_render_only_what_changed_and_match_a_full_render() {
                 proxier.rule_count()
             );
 
+            // One Service goes and another takes its node port, and two swap theirs, in one
+            // sync: the kernel accepts it (deletions go before additions).
+            let with_ports = |a: u16, b: u16| -> Vec<Service> {
+                let mut all = services.clone();
+                all.push(service("np-a", "10.96.2.1", Some(a)));
+                all.push(service("np-b", "10.96.2.2", Some(b)));
+                all
+            };
+            let np_slices: Vec<EndpointSlice> = moved
+                .iter()
+                .cloned()
+                .chain([
+                    slice("np-a", &[("10.244.3.1", true)]),
+                    slice("np-b", &[("10.244.3.2", true)]),
+                    slice("np-c", &[("10.244.3.3", true)]),
+                ])
+                .collect();
+            proxier
+                .sync_state(&build_state(&with_ports(30001, 30002), &np_slices), &settings)
+                .unwrap();
+            let swapped = build_state(&with_ports(30002, 30001), &np_slices);
+            assert!(!proxier.sync_state(&swapped, &settings).unwrap().full);
+            let mut taken_over = services.clone();
+            taken_over.push(service("np-b", "10.96.2.2", Some(30002)));
+            taken_over.push(service("np-c", "10.96.2.3", Some(30001)));
+            let taken_over = build_state(&taken_over, &np_slices);
+            assert!(!proxier.sync_state(&taken_over, &settings).unwrap().full);
+            assert_eq!(nft.rule_count(Family::Ip, TABLE).unwrap(), proxier.rule_count());
+
             // A Service goes.
             let fewer = build_state(&services[1..], &moved[1..]);
             proxier.sync_state(&fewer, &settings).unwrap();
