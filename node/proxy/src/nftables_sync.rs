@@ -30,11 +30,10 @@ type AppliedPort = (ServicePortInfo, Vec<Endpoint>, Ruleset);
 #[derive(Debug)]
 pub struct NftablesProxier {
     socket: NftSocket,
-    applied: Option<Ruleset>,
-    /// Per service port, when the last sync came from [`NftablesProxier::sync_state`] (else
-    /// empty, and the next `sync_state` replaces everything).
+    /// Per service port, what was applied.
     ports: BTreeMap<ServicePortKey, AppliedPort>,
-    /// The settings the ports were rendered with.
+    /// The settings the ports were rendered with; `None` (at first, after a failure or a
+    /// clean-up) makes the next sync replace the whole table.
     settings: Option<RuleSettings>,
     /// Rules programmed now.
     rules: usize,
@@ -45,7 +44,6 @@ impl NftablesProxier {
     pub fn new() -> Result<Self, ApplyBatchError> {
         Ok(Self {
             socket: NftSocket::open()?,
-            applied: None,
             ports: BTreeMap::new(),
             settings: None,
             rules: 0,
@@ -75,7 +73,6 @@ impl NftablesProxier {
                 ports.insert(key.clone(), (info.clone(), endpoints.clone(), rules));
             }
             let batch = full(&whole);
-            self.applied = None;
             self.ports.clear();
             let started = Instant::now();
             self.socket.apply(&batch)?;
@@ -140,40 +137,12 @@ impl NftablesProxier {
         })
     }
 
-    /// Makes the table hold `wanted`.
-    pub fn sync(&mut self, wanted: &Ruleset) -> Result<SyncStats, ApplyBatchError> {
-        // Per-port bookkeeping does not describe `wanted`; a later `sync_state` starts over.
-        self.ports.clear();
-        self.settings = None;
-        let (batch, full) = match &self.applied {
-            Some(applied) => (incremental(applied, wanted), false),
-            None => (full(wanted), true),
-        };
-        let started = Instant::now();
-        let result = self.socket.apply(&batch);
-        match result {
-            Ok(()) => {
-                self.applied = Some(wanted.clone());
-                self.rules = wanted.rule_count();
-                Ok(SyncStats {
-                    full,
-                    changes: batch.len(),
-                    apply_time: started.elapsed(),
-                })
-            }
-            Err(err) => {
-                // The kernel's state is unknown to us now: replace it all next time.
-                self.applied = None;
-                Err(err)
-            }
-        }
-    }
-
     /// Removes the table (and with it every rule of this mode).
     pub fn clean_up(&mut self) -> Result<(), ApplyBatchError> {
         let mut batch = Batch::new();
         batch.destroy_table(Family::Ip, TABLE);
-        self.applied = None;
+        self.settings = None;
+        self.ports.clear();
         self.socket.apply(&batch)
     }
 }
@@ -215,13 +184,6 @@ fn full(wanted: &Ruleset) -> Batch {
             batch.add_rule(Family::Ip, TABLE, name, &rule);
         }
     }
-    batch
-}
-
-/// Only what differs between `applied` and `wanted`.
-fn incremental(applied: &Ruleset, wanted: &Ruleset) -> Batch {
-    let [mut batch, additions, removals] = incremental_phases(applied, wanted);
-    batch.append(additions).append(removals);
     batch
 }
 

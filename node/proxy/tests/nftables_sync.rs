@@ -60,13 +60,13 @@ fn syncs_apply_exactly_the_rendered_chains() {
             let b = service("b", "10.96.0.11", Some(30080));
 
             let stats = proxier
-                .sync(&render(
+                .sync_state(
                     &build_state(
                         std::slice::from_ref(&a),
                         &[slice("a", &[("10.244.1.2", true)])],
                     ),
                     &settings,
-                ))
+                )
                 .unwrap();
             assert!(stats.full);
             assert_eq!(
@@ -79,13 +79,13 @@ fn syncs_apply_exactly_the_rendered_chains() {
 
             // A second Service, without endpoints yet: no chain, a reject element.
             let stats = proxier
-                .sync(&render(
+                .sync_state(
                     &build_state(
                         &[a.clone(), b.clone()],
                         &[slice("a", &[("10.244.1.2", true)])],
                     ),
                     &settings,
-                ))
+                )
                 .unwrap();
             assert!(!stats.full);
             assert_eq!(chains(&mut nft).len(), 2);
@@ -96,7 +96,7 @@ fn syncs_apply_exactly_the_rendered_chains() {
                 slice("b", &[("10.244.1.3", true), ("10.244.2.4", false)]),
             ];
             let state = build_state(&[a.clone(), b.clone()], &slices);
-            proxier.sync(&render(&state, &settings)).unwrap();
+            proxier.sync_state(&state, &settings).unwrap();
             assert_eq!(
                 chains(&mut nft),
                 [
@@ -113,18 +113,19 @@ fn syncs_apply_exactly_the_rendered_chains() {
             // Session affinity on b: a set per endpoint, gone with the affinity.
             let mut sticky_b = b.clone();
             sticky_b.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
-            let sticky = render(&build_state(&[a.clone(), sticky_b], &slices), &settings);
-            assert_eq!(sticky.affinity_sets.len(), 1);
-            proxier.sync(&sticky).unwrap();
-            proxier.sync(&render(&state, &settings)).unwrap();
+            let sticky = build_state(&[a.clone(), sticky_b], &slices);
+            assert_eq!(render(&sticky, &settings).affinity_sets.len(), 1);
+            proxier.sync_state(&sticky, &settings).unwrap();
+            assert!(nft.rule_count(Family::Ip, TABLE).unwrap() > rules);
+            proxier.sync_state(&state, &settings).unwrap();
             assert_eq!(nft.rule_count(Family::Ip, TABLE).unwrap(), rules);
 
             // Service a goes.
             proxier
-                .sync(&render(
+                .sync_state(
                     &build_state(std::slice::from_ref(&b), &slices[1..]),
                     &settings,
-                ))
+                )
                 .unwrap();
             assert_eq!(
                 chains(&mut nft),
@@ -205,7 +206,10 @@ fn state_syncs_render_only_what_changed_and_match_a_full_render() {
                 ])
                 .collect();
             proxier
-                .sync_state(&build_state(&with_ports(30001, 30002), &np_slices), &settings)
+                .sync_state(
+                    &build_state(&with_ports(30001, 30002), &np_slices),
+                    &settings,
+                )
                 .unwrap();
             let swapped = build_state(&with_ports(30002, 30001), &np_slices);
             assert!(!proxier.sync_state(&swapped, &settings).unwrap().full);
@@ -214,7 +218,10 @@ fn state_syncs_render_only_what_changed_and_match_a_full_render() {
             taken_over.push(service("np-c", "10.96.2.3", Some(30001)));
             let taken_over = build_state(&taken_over, &np_slices);
             assert!(!proxier.sync_state(&taken_over, &settings).unwrap().full);
-            assert_eq!(nft.rule_count(Family::Ip, TABLE).unwrap(), proxier.rule_count());
+            assert_eq!(
+                nft.rule_count(Family::Ip, TABLE).unwrap(),
+                proxier.rule_count()
+            );
 
             // A Service goes.
             let fewer = build_state(&services[1..], &moved[1..]);
