@@ -237,5 +237,16 @@ async fn pods_resolve_services_and_outside_names() -> Result<()> {
     )
     .await;
     assert!(registered.is_ok());
+
+    // A node's slice, deleted, is applied again by its DNS server.
+    let name = format!("kube-dns-{node_b}");
+    slices.delete(&name, &Default::default()).await?;
+    let back = wait_until(
+        "the deleted slice to be back",
+        Duration::from_secs(20),
+        || async { slices.get_opt(&name).await.ok()?.map(|_| ()) },
+    )
+    .await;
+    assert!(back.is_ok(), "{}", cluster.others[0].addon_log("dns"));
     Ok(())
 }

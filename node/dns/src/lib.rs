@@ -126,7 +126,7 @@ pub async fn run(args: DnsArgs) -> Result<(), RunDnsError> {
                 .map(|name| name.trim().to_lowercase())
                 .unwrap_or_else(|_| "localhost".into())
         });
-        tokio::spawn(registration::register_until_done(
+        tokio::spawn(registration::keep_registered(
             client.clone(),
             args.cluster_dns_ip,
             node_name,

@@ -135,3 +135,48 @@ pub async fn register_until_done(
         }
     }
 }
+
+/// Registers, then keeps this node's EndpointSlice there: when it is deleted or changed (by
+/// anyone), it is applied again. Woken by a watch of the slices this server manages.
+pub async fn keep_registered(
+    client: Client,
+    cluster_ip: Ipv4Addr,
+    node_name: String,
+    node_ip: Ipv4Addr,
+) {
+    register_until_done(client.clone(), cluster_ip, node_name.clone(), node_ip).await;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
+    let informer = std::sync::Arc::new(baton_client::Informer::new(
+        slices,
+        kube::runtime::watcher::Config::default()
+            .labels(&format!("endpointslice.kubernetes.io/managed-by={MANAGER}")),
+    ));
+    let mine = format!("{SERVICE}-{node_name}");
+    let (nudge, mut nudged) = tokio::sync::watch::channel(());
+    let watched = mine.clone();
+    informer.on_event(move |event| {
+        if event
+            .objects()
+            .any(|slice| slice.metadata.name.as_deref() == Some(watched.as_str()))
+        {
+            nudge.send_replace(());
+        }
+    });
+    let runner = informer.clone();
+    tokio::spawn(async move { runner.run().await });
+    while nudged.changed().await.is_ok() {
+        let current = informer
+            .store()
+            .get(&kube::runtime::reflector::ObjectRef::new(&mine).within(NAMESPACE));
+        let serves_here = current.is_some_and(|slice| {
+            slice.endpoints.iter().any(|endpoint| {
+                endpoint.addresses == [node_ip.to_string()]
+                    && endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+            })
+        });
+        if !serves_here {
+            tracing::info!(slice = %mine, "this node's kube-dns EndpointSlice went or changed; applying it again");
+            register_until_done(client.clone(), cluster_ip, node_name.clone(), node_ip).await;
+        }
+    }
+}
