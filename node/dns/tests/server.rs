@@ -92,9 +92,19 @@ fn a_record(owner: &Name, ip: Ipv4Addr) -> Record {
 /// Serves the stand-in upstream on a free loopback port (UDP and TCP).
 async fn start_upstream() -> (Arc<Upstream>, SocketAddr, Server<UpstreamHandler>) {
     let upstream = Arc::new(Upstream::default());
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let address = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(address).await.unwrap();
+    // The UDP port's number may be taken for TCP by another test running meanwhile: another
+    // pair is tried then, as the server itself does.
+    let mut tries = 0;
+    let (udp, address, tcp) = loop {
+        tries += 1;
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = udp.local_addr().unwrap();
+        match TcpListener::bind(address).await {
+            Ok(tcp) => break (udp, address, tcp),
+            Err(err) if tries < 20 && err.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(err) => panic!("binding the upstream's TCP port {address}: {err}"),
+        }
+    };
     let mut server = Server::new(UpstreamHandler(upstream.clone()));
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(5), 16);
