@@ -13,6 +13,21 @@ use std::path::Path;
 
 pub use informer::{Informer, InformerEvent};
 
+/// An error and its sources, `: `-separated, for logs (a source whose text repeats an earlier
+/// part is left out).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(next) = source {
+        let text = next.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        source = next.source();
+    }
+    parts.join(": ")
+}
+
 /// Connecting to the API server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

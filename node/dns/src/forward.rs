@@ -133,7 +133,7 @@ impl Forwarder {
             match self.exchange(*upstream, &request, &bytes).await {
                 Ok(response) => return Ok(response),
                 Err(err) => {
-                    tracing::debug!(%upstream, err = %crate::error_chain(&err), "upstream failed");
+                    tracing::debug!(%upstream, err = %baton_client::error_chain(&err), "upstream failed");
                     last = err;
                 }
             }

@@ -139,15 +139,3 @@ pub async fn run(args: DnsArgs) -> Result<(), RunDnsError> {
     }
     Ok(())
 }
-
-/// An error and its sources, `: `-separated, for logs.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(next) = source {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        source = next.source();
-    }
-    text
-}

@@ -128,7 +128,7 @@ pub async fn register_until_done(
                 return;
             }
             Err(err) => {
-                tracing::warn!(err = %crate::error_chain(&err), ?delay, "registering the cluster DNS; retrying");
+                tracing::warn!(err = %baton_client::error_chain(&err), ?delay, "registering the cluster DNS; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }

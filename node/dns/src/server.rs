@@ -151,7 +151,7 @@ impl ClusterDnsHandler {
                 tracing::warn!(
                     name = %query.name(),
                     qtype = %query.query_type(),
-                    err = %crate::error_chain(&err),
+                    err = %baton_client::error_chain(&err),
                     "forwarding failed"
                 );
                 Reply {
@@ -177,7 +177,7 @@ impl ClusterDnsHandler {
             Err(err) => {
                 tracing::debug!(
                     name = %alias_query.name(),
-                    err = %crate::error_chain(&err),
+                    err = %baton_client::error_chain(&err),
                     "resolving an alias target failed"
                 );
                 Vec::new()

@@ -587,38 +587,23 @@ fn render_port(
         .chain(&info.load_balancer_ips)
         .copied()
         .collect();
-    match target {
-        Some(verdict) => {
-            for ip in addresses {
-                ruleset
-                    .maps
-                    .get_mut(SERVICE_IPS)
-                    .expect("map")
-                    .insert(address_key(ip, info.protocol, info.port), verdict.clone());
-            }
-            if let Some(node_port) = info.node_port {
-                ruleset
-                    .maps
-                    .get_mut(SERVICE_NODEPORTS)
-                    .expect("map")
-                    .insert(port_key(info.protocol, node_port), verdict);
-            }
-        }
-        None => {
-            for ip in addresses {
-                ruleset
-                    .maps
-                    .get_mut(NO_ENDPOINT_SERVICES)
-                    .expect("map")
-                    .insert(address_key(ip, info.protocol, info.port), reject.clone());
-            }
-            if let Some(node_port) = info.node_port {
-                ruleset
-                    .maps
-                    .get_mut(NO_ENDPOINT_NODEPORTS)
-                    .expect("map")
-                    .insert(port_key(info.protocol, node_port), reject.clone());
-            }
-        }
+    // With somewhere to go, the service maps; with nowhere, the no-endpoint maps (refused).
+    let (address_map, port_map, verdict) = match target {
+        Some(verdict) => (SERVICE_IPS, SERVICE_NODEPORTS, verdict),
+        None => (NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS, reject),
+    };
+    for ip in addresses {
+        ruleset
+            .maps
+            .get_mut(address_map)
+            .expect("map")
+            .insert(address_key(ip, info.protocol, info.port), verdict.clone());
+    }
+    if let Some(node_port) = info.node_port {
+        ruleset
+            .maps
+            .get_mut(port_map)
+            .expect("map")
+            .insert(port_key(info.protocol, node_port), verdict);
     }
 }

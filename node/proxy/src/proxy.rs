@@ -162,7 +162,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
                 );
             }
             Err(err) => {
-                tracing::warn!(err = %error_chain(&err), "syncing proxy rules; retrying with a full sync");
+                tracing::warn!(err = %baton_client::error_chain(&err), "syncing proxy rules; retrying with a full sync");
             }
         }
         if ok {
@@ -201,15 +201,4 @@ fn update_state(
         let slices: Vec<&EndpointSlice> = owned.iter().map(|s| s.as_ref()).collect();
         state.update_service(namespace, name, service.as_deref(), &slices);
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(next) = source {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        source = next.source();
-    }
-    text
 }
