@@ -1,0 +1,31 @@
+//! Where things live in guest physical memory at boot.
+
+/// The boot GDT (four 8-byte descriptors).
+pub const GDT_ADDR: u64 = 0x500;
+/// The boot IDT (empty: the kernel installs its own before enabling interrupts).
+pub const IDT_ADDR: u64 = 0x520;
+/// The zero page (`struct boot_params`), passed in `rsi`.
+pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// Initial stack pointer; the stack grows down below the page tables.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Page map level 4 of the boot identity map.
+pub const PML4_ADDR: u64 = 0x9000;
+/// Page directory pointer table of the boot identity map.
+pub const PDPT_ADDR: u64 = 0xa000;
+/// Page directory of the boot identity map (2 MiB pages).
+pub const PD_ADDR: u64 = 0xb000;
+/// The kernel command line.
+pub const CMDLINE_ADDR: u64 = 0x2_0000;
+/// Start of the extended BIOS data area: usable low memory ends here.
+pub const EBDA_START: u64 = 0x9_fc00;
+/// Start of high memory: kernels are loaded at or above this address.
+pub const HIMEM_START: u64 = 0x10_0000;
+/// Start of the 32-bit MMIO hole (devices, the TSS KVM needs, later the IOAPIC and LAPIC
+/// windows); guest RAM that does not fit below it continues at [`HIGH_RAM_START`].
+pub const MMIO32_START: u64 = 0xc000_0000;
+/// Where guest RAM above the 32-bit MMIO hole starts.
+pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
+/// Three pages KVM uses for the real-mode TSS on Intel hosts, inside the MMIO hole.
+pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
+/// Highest address an initramfs may end at when the kernel does not say (boot protocol < 2.03).
+pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;

@@ -1,0 +1,14 @@
+//! x86_64: the Linux 64-bit boot protocol and the vCPU state it needs.
+
+pub mod boot_params;
+pub mod cpuid;
+pub mod e820;
+pub mod gdt;
+pub mod initrd;
+pub mod kernel;
+pub mod lapic;
+pub mod layout;
+pub mod linux_boot;
+pub mod msr;
+pub mod paging;
+pub mod regs;

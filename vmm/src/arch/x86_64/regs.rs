@@ -1,0 +1,101 @@
+//! Register state for the 64-bit Linux boot protocol: long mode, paging on, flat segments,
+//! `rsi` = zero page, `rip` = the kernel's 64-bit entry.
+
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
+
+use super::gdt::{BOOT_GDT, CODE_INDEX, DATA_INDEX, TSS_INDEX, segment_from_entry};
+use super::layout::{BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PML4_ADDR};
+
+/// CR0: protected mode.
+const CR0_PE: u64 = 1;
+/// CR0: paging.
+const CR0_PG: u64 = 1 << 31;
+/// CR4: physical address extension.
+const CR4_PAE: u64 = 1 << 5;
+/// EFER: long mode enable.
+const EFER_LME: u64 = 1 << 8;
+/// EFER: long mode active.
+const EFER_LMA: u64 = 1 << 10;
+/// RFLAGS: the reserved bit 1, always set.
+const RFLAGS_RESERVED: u64 = 1 << 1;
+/// x87 control word after FNINIT.
+const FPU_CONTROL_WORD: u16 = 0x37f;
+/// MXCSR after reset: all exceptions masked.
+const MXCSR_DEFAULT: u32 = 0x1f80;
+
+/// General registers at the 64-bit entry.
+pub fn boot_regs(entry: u64, zero_page: u64) -> kvm_regs {
+    kvm_regs {
+        rflags: RFLAGS_RESERVED,
+        rip: entry,
+        rsp: BOOT_STACK_POINTER,
+        rbp: BOOT_STACK_POINTER,
+        rsi: zero_page,
+        ..Default::default()
+    }
+}
+
+/// Puts `sregs` (as read from the vCPU) in 64-bit mode on the boot GDT and identity map.
+pub fn set_long_mode(sregs: &mut kvm_sregs) {
+    let code = segment_from_entry(BOOT_GDT[usize::from(CODE_INDEX)], CODE_INDEX);
+    let data = segment_from_entry(BOOT_GDT[usize::from(DATA_INDEX)], DATA_INDEX);
+    let tss = segment_from_entry(BOOT_GDT[usize::from(TSS_INDEX)], TSS_INDEX);
+    sregs.gdt.base = GDT_ADDR;
+    sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
+    sregs.idt.base = IDT_ADDR;
+    sregs.idt.limit = (std::mem::size_of::<u64>() - 1) as u16;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = tss;
+    sregs.cr0 |= CR0_PE | CR0_PG;
+    sregs.cr3 = PML4_ADDR;
+    sregs.cr4 |= CR4_PAE;
+    sregs.efer |= EFER_LME | EFER_LMA;
+}
+
+/// FPU and SSE state at the entry.
+pub fn boot_fpu() -> kvm_fpu {
+    kvm_fpu {
+        fcw: FPU_CONTROL_WORD,
+        mxcsr: MXCSR_DEFAULT,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_mode_state() {
+        let mut sregs = kvm_sregs {
+            cr0: 0x6000_0010,
+            ..Default::default()
+        };
+        set_long_mode(&mut sregs);
+        assert_eq!(sregs.cr0, 0xe000_0011, "PE and PG added, CD/NW/ET kept");
+        assert_eq!(sregs.cr3, 0x9000);
+        assert_eq!(sregs.cr4 & CR4_PAE, CR4_PAE);
+        assert_eq!(sregs.efer, 0x500);
+        assert_eq!((sregs.gdt.base, sregs.gdt.limit), (0x500, 31));
+        assert_eq!((sregs.idt.base, sregs.idt.limit), (0x520, 7));
+        assert_eq!((sregs.cs.selector, sregs.cs.l, sregs.cs.db), (0x08, 1, 0));
+        for seg in [sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss] {
+            assert_eq!((seg.selector, seg.type_, seg.present), (0x10, 3, 1));
+        }
+        assert_eq!(sregs.tr.selector, 0x18);
+    }
+
+    #[test]
+    fn entry_registers() {
+        let regs = boot_regs(0x100_0000, 0x7000);
+        assert_eq!((regs.rip, regs.rsi, regs.rflags), (0x100_0000, 0x7000, 2));
+        assert_eq!((regs.rsp, regs.rbp), (0x8ff0, 0x8ff0));
+        assert_eq!(boot_fpu().fcw, 0x37f);
+        assert_eq!(boot_fpu().mxcsr, 0x1f80);
+    }
+}

@@ -1,0 +1,51 @@
+//! The JSON configuration file given with `--config`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use super::boot_source::BootSourceFile;
+use super::machine::MachineFile;
+
+/// The whole configuration file. Every section and field is optional; unknown ones are refused.
+///
+/// ```json
+/// {
+///   "boot-source": { "kernel": "bzImage", "initrds": ["a.cpio", "b.cpio.gz"], "cmdline": "console=ttyS0" },
+///   "machine": { "cpus": 2, "memory_mib": 256 },
+///   "console": "stdout"
+/// }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Kernel, initramfs parts and command line.
+    #[serde(rename = "boot-source", default)]
+    pub boot_source: BootSourceFile,
+    /// vCPUs and memory.
+    #[serde(default)]
+    pub machine: MachineFile,
+    /// `stdout` or a file path.
+    pub console: Option<String>,
+}
+
+impl ConfigFile {
+    /// Reads and parses the file at `path`.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+            flag: "--config",
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses the file's text.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}

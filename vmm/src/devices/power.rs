@@ -1,0 +1,72 @@
+//! The power button the guest presses: a sleep control register in the style of ACPI's
+//! hardware-reduced model, at port 0x600. Writing SLP_EN with SLP_TYP 5 (S5, soft off) ends
+//! the VM with [`VmExit::PowerOff`]. The ACPI tables that point Linux at it are not built yet;
+//! guests that know the port (the tests' programs, Baton's init later) use it directly.
+//!
+//! [`VmExit::PowerOff`]: crate::exit::VmExit::PowerOff
+
+use vm_superio::Trigger;
+
+use super::PioDevice;
+use crate::exit::ExitTrigger;
+
+/// The sleep control register's port.
+pub const SLEEP_CONTROL_PORT: u16 = 0x600;
+/// Ports it occupies.
+pub const SLEEP_CONTROL_LEN: u16 = 1;
+/// Sleep enable bit.
+const SLP_EN: u8 = 1 << 5;
+/// Sleep type S5 (soft off), in bits 2-4.
+const SLP_TYP_S5: u8 = 5;
+/// The value a guest writes to power off: SLP_EN | S5 << 2.
+pub const POWEROFF_VALUE: u8 = SLP_EN | (SLP_TYP_S5 << 2);
+
+/// The sleep control register on the port I/O bus.
+#[derive(Debug)]
+pub struct PowerControl {
+    poweroff: ExitTrigger,
+}
+
+impl PowerControl {
+    /// A register that fires `poweroff` on S5.
+    pub fn new(poweroff: ExitTrigger) -> Self {
+        Self { poweroff }
+    }
+}
+
+impl PioDevice for PowerControl {
+    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, _offset: u16, data: &[u8]) {
+        let Some(&value) = data.first() else {
+            return;
+        };
+        if value & SLP_EN != 0 && (value >> 2) & 0x7 == SLP_TYP_S5 {
+            if self.poweroff.trigger().is_err() {
+                tracing::warn!("poweroff request lost: the VMM is already stopping");
+            }
+        } else {
+            tracing::debug!(value, "sleep control write ignored");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::VmExit;
+
+    #[test]
+    fn only_s5_with_sleep_enable_powers_off() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut power = PowerControl::new(ExitTrigger::new(tx, VmExit::PowerOff));
+        assert_eq!(POWEROFF_VALUE, 0x34);
+        power.write(0, &[5 << 2]);
+        power.write(0, &[SLP_EN | (3 << 2)]);
+        assert!(rx.try_recv().is_err());
+        power.write(0, &[POWEROFF_VALUE]);
+        assert_eq!(rx.try_recv().unwrap(), VmExit::PowerOff);
+    }
+}

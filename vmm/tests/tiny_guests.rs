@@ -1,0 +1,430 @@
+//! Tiny guests through the whole VMM: programs assembled here are wrapped as an ELF vmlinux
+//! or a bzImage, booted through `baton_vmm::run` (flags, kernel loader, zero page, page
+//! tables, long-mode entry, CPUID, devices) and checked by what they write to the serial
+//! console and how they end the VM. They need /dev/kvm (as root); without it they fail
+//! naming the cause, unless BATON_VMM_TESTS_WITHOUT_KVM=skip, which makes them print
+//! "SKIPPED" with the reason instead.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use baton_vmm::{KvmKind, ResetCause, RunVmError, VmExit, VmmArgs};
+
+/// Zero page offsets (Linux boot protocol).
+const E820_ENTRIES: u32 = 0x1e8;
+const RAMDISK_IMAGE: u32 = 0x218;
+const RAMDISK_SIZE: u32 = 0x21c;
+const CMD_LINE_PTR: u32 = 0x228;
+
+/// Returns false (after printing why) when the test must not run; panics when KVM is
+/// missing and skipping was not asked for.
+fn kvm_available(test: &str) -> bool {
+    let why = if !Path::new("/dev/kvm").exists() {
+        "/dev/kvm is absent"
+    } else if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        "/dev/kvm cannot be opened read-write (run as root or in the kvm group)"
+    } else {
+        return true;
+    };
+    if std::env::var("BATON_VMM_TESTS_WITHOUT_KVM").as_deref() == Ok("skip") {
+        eprintln!("SKIPPED {test}: {why}");
+        false
+    } else {
+        panic!("{test}: {why}; set BATON_VMM_TESTS_WITHOUT_KVM=skip to skip tiny-guest tests");
+    }
+}
+
+/// A few x86-64 instructions, with labels for jumps and calls.
+#[derive(Default)]
+struct Asm {
+    code: Vec<u8>,
+    labels: HashMap<&'static str, usize>,
+    fixups: Vec<(usize, &'static str, usize)>,
+}
+
+impl Asm {
+    fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        self.code.extend_from_slice(bytes);
+        self
+    }
+    fn label(&mut self, name: &'static str) -> &mut Self {
+        assert!(
+            self.labels.insert(name, self.code.len()).is_none(),
+            "{name} twice"
+        );
+        self
+    }
+    /// `opcode` followed by a `width`-byte displacement to `label` from the next instruction.
+    fn rel(&mut self, opcode: &[u8], label: &'static str, width: usize) -> &mut Self {
+        self.code.extend_from_slice(opcode);
+        self.fixups.push((self.code.len(), label, width));
+        self.code.extend(std::iter::repeat_n(0, width));
+        self
+    }
+    fn mov_dx(&mut self, port: u16) -> &mut Self {
+        let [lo, hi] = port.to_le_bytes();
+        self.bytes(&[0x66, 0xba, lo, hi])
+    }
+    fn out_al(&mut self, value: u8) -> &mut Self {
+        self.bytes(&[0xb0, value, 0xee]) // mov al, value; out dx, al
+    }
+    /// `op reg, [r12 + disp32]` with ModRM `modrm` (mod=10, rm=100) and a SIB of r12.
+    fn r12_disp(&mut self, opcode: &[u8], modrm: u8, disp: u32) -> &mut Self {
+        self.bytes(&[0x41]).bytes(opcode).bytes(&[modrm, 0x24]);
+        self.bytes(&disp.to_le_bytes())
+    }
+    fn finish(&mut self) -> Vec<u8> {
+        for &(at, label, width) in &self.fixups {
+            let target = self.labels[label] as i64;
+            let rel = target - (at + width) as i64;
+            let bytes = rel.to_le_bytes();
+            if width == 1 {
+                assert!(i8::try_from(rel).is_ok(), "{label} out of rel8 range");
+            }
+            self.code[at..at + width].copy_from_slice(&bytes[..width]);
+        }
+        self.code.clone()
+    }
+}
+
+/// How the program ends the VM.
+#[derive(Clone, Copy)]
+enum Ending {
+    I8042Reset,
+    PowerOff,
+    TripleFault,
+}
+
+/// The guest program, entered at the 64-bit entry with rsi = zero page. It writes
+/// "hello\n", then "<e820 entries> <CPUID.1 logical processors> <cmdline>\n", then, when
+/// `echo_initrd`, the initramfs bytes and "\n", then ends as `ending` says.
+fn program(echo_initrd: bool, ending: Ending) -> Vec<u8> {
+    let mut a = Asm::default();
+    a.bytes(&[0x49, 0x89, 0xf4]) // mov r12, rsi
+        .mov_dx(0x3f8)
+        .rel(&[0x48, 0x8d, 0x35], "hello", 4) // lea rsi, [rip + hello]
+        .rel(&[0xe8], "puts", 4) // call puts
+        .r12_disp(&[0x0f, 0xb6], 0x84, E820_ENTRIES) // movzx eax, byte [r12 + e820_entries]
+        .bytes(&[0x04, b'0', 0xee]) // add al, '0'; out dx, al
+        .out_al(b' ')
+        .bytes(&[0xb8, 1, 0, 0, 0, 0x0f, 0xa2]) // mov eax, 1; cpuid
+        .bytes(&[0x89, 0xd8, 0xc1, 0xe8, 0x10]) // mov eax, ebx; shr eax, 16
+        .bytes(&[0x04, b'0']) // add al, '0'
+        .mov_dx(0x3f8)
+        .bytes(&[0xee])
+        .out_al(b' ')
+        .r12_disp(&[0x8b], 0xb4, CMD_LINE_PTR) // mov esi, [r12 + cmd_line_ptr]
+        .rel(&[0xe8], "puts", 4)
+        .out_al(b'\n');
+    if echo_initrd {
+        a.r12_disp(&[0x8b], 0xb4, RAMDISK_IMAGE) // mov esi, [r12 + ramdisk_image]
+            .r12_disp(&[0x8b], 0x8c, RAMDISK_SIZE) // mov ecx, [r12 + ramdisk_size]
+            .rel(&[0xe3], "echoed", 1) // jecxz echoed
+            .label("echo")
+            .bytes(&[0xac, 0xee]) // lodsb; out dx, al
+            .rel(&[0xe2], "echo", 1) // loop echo
+            .label("echoed")
+            .out_al(b'\n');
+    }
+    match ending {
+        Ending::I8042Reset => a.bytes(&[0xb0, 0xfe, 0xe6, 0x64]), // mov al, 0xfe; out 0x64, al
+        Ending::PowerOff => a.mov_dx(0x600).out_al(0x34),
+        Ending::TripleFault => a.bytes(&[0xcc]), // int3 with an empty IDT
+    };
+    a.label("halt")
+        .bytes(&[0xf4]) // hlt
+        .rel(&[0xeb], "halt", 1)
+        .label("puts")
+        .bytes(&[0xac, 0x84, 0xc0]) // lodsb; test al, al
+        .rel(&[0x74], "done", 1) // jz done
+        .bytes(&[0xee]) // out dx, al
+        .rel(&[0xeb], "puts", 1)
+        .label("done")
+        .bytes(&[0xc3]) // ret
+        .label("hello")
+        .bytes(b"hello\n\0");
+    a.finish()
+}
+
+/// An ELF64 executable with one PT_LOAD of `code` at physical 1 MiB, entered there.
+fn elf_kernel(code: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    const HEADERS: u64 = 64 + 56;
+    let mut elf = Vec::new();
+    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    elf.extend_from_slice(&2u16.to_le_bytes()); // e_type: EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // e_machine: x86-64
+    elf.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    elf.extend_from_slice(&LOAD.to_le_bytes()); // e_entry
+    elf.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for half in [64u16, 56, 1, 64, 0, 0] {
+        // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    elf.extend_from_slice(&1u32.to_le_bytes()); // p_type: LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // p_flags: R+X
+    for word in [
+        HEADERS,
+        LOAD,
+        LOAD,
+        code.len() as u64,
+        code.len() as u64,
+        0x1000,
+    ] {
+        // p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    assert_eq!(elf.len() as u64, HEADERS);
+    elf.extend_from_slice(code);
+    elf
+}
+
+/// A bzImage (boot protocol 2.15, one setup sector, 64-bit entry) whose protected-mode part
+/// holds `code` at the 64-bit entry (load address + 0x200), needing `init_size` bytes.
+fn bzimage_kernel(code: &[u8], init_size: u32) -> Vec<u8> {
+    let mut image = vec![0u8; 1024];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        image[offset..offset + bytes.len()].copy_from_slice(bytes);
+    };
+    put(0x1f1, &[1]); // setup_sects
+    put(0x1fe, &0xaa55u16.to_le_bytes()); // boot_flag
+    put(0x202, b"HdrS");
+    put(0x206, &0x020fu16.to_le_bytes()); // version
+    put(0x211, &[0x01]); // loadflags: LOADED_HIGH
+    put(0x214, &0x10_0000u32.to_le_bytes()); // code32_start
+    put(0x22c, &0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    put(0x230, &0x20_0000u32.to_le_bytes()); // kernel_alignment
+    put(0x236, &1u16.to_le_bytes()); // xloadflags: XLF_KERNEL_64
+    put(0x238, &2047u32.to_le_bytes()); // cmdline_size
+    put(0x260, &init_size.to_le_bytes()); // init_size
+    image.extend(std::iter::repeat_n(0xf4, 0x200)); // the 32-bit entry: hlt
+    image.extend_from_slice(code);
+    image
+}
+
+struct Guest {
+    dir: tempfile::TempDir,
+}
+
+impl Guest {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+    fn console(&self) -> PathBuf {
+        self.dir.path().join("console.log")
+    }
+    fn args(&self, kernel: PathBuf) -> VmmArgs {
+        VmmArgs {
+            kernel: Some(kernel),
+            console: Some(self.console().display().to_string()),
+            ..Default::default()
+        }
+    }
+    fn serial(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.console()).unwrap()).into_owned()
+    }
+}
+
+fn run(args: &VmmArgs) -> (Result<VmExit, RunVmError>, std::time::Duration) {
+    let started = Instant::now();
+    let result = baton_vmm::run(args);
+    (result, started.elapsed())
+}
+
+#[test]
+fn elf_guest_reads_boot_params_and_resets_through_the_i8042() {
+    if !kvm_available("elf_guest_reads_boot_params_and_resets_through_the_i8042") {
+        return;
+    }
+    let guest = Guest::new();
+    let kernel = guest.file("vmlinux", &elf_kernel(&program(false, Ending::I8042Reset)));
+    let args = VmmArgs {
+        cmdline: Some("console=ttyS0 baton.test=elf".into()),
+        ..guest.args(kernel)
+    };
+    let (exit, elapsed) = run(&args);
+    let exit = exit.unwrap();
+    eprintln!("ELF tiny guest: start to exit {elapsed:?}");
+    assert_eq!(
+        guest.serial(),
+        "hello\n3 1 console=ttyS0 baton.test=elf\n",
+        "e820 entries, CPUID logical processors, command line"
+    );
+    assert_eq!(exit, VmExit::Reset(ResetCause::I8042));
+    assert_eq!(exit.exit_code(), 3);
+}
+
+#[test]
+fn bzimage_guest_reads_concatenated_initrds_and_powers_off() {
+    if !kvm_available("bzimage_guest_reads_concatenated_initrds_and_powers_off") {
+        return;
+    }
+    let guest = Guest::new();
+    let kernel = guest.file(
+        "bzImage",
+        &bzimage_kernel(&program(true, Ending::PowerOff), 4 << 20),
+    );
+    let a = guest.file("a.cpio", b"abc");
+    let b = guest.file("b.cpio", b"defg");
+    let args = VmmArgs {
+        initrd: vec![a, b],
+        memory: Some(64),
+        ..guest.args(kernel)
+    };
+    let (exit, elapsed) = run(&args);
+    let exit = exit.unwrap();
+    eprintln!("bzImage tiny guest: start to exit {elapsed:?}");
+    assert_eq!(
+        guest.serial(),
+        "hello\n3 1 console=ttyS0 reboot=k panic=1\nabc\0defg\n",
+        "default command line; parts padded to 4 bytes"
+    );
+    assert_eq!(exit, VmExit::PowerOff);
+    assert_eq!(exit.exit_code(), 0);
+}
+
+#[test]
+fn one_two_and_four_vcpus_start_and_stop() {
+    if !kvm_available("one_two_and_four_vcpus_start_and_stop") {
+        return;
+    }
+    for cpus in [1u32, 2, 4] {
+        let guest = Guest::new();
+        let kernel = guest.file("vmlinux", &elf_kernel(&program(false, Ending::I8042Reset)));
+        let args = VmmArgs {
+            cpus: Some(cpus),
+            cmdline: Some("x".into()),
+            ..guest.args(kernel)
+        };
+        let started = Instant::now();
+        let outcome =
+            baton_vmm::run_config(&baton_vmm::VmConfig::from_args(&args).unwrap(), started)
+                .unwrap();
+        eprintln!(
+            "{cpus} vCPUs: first entry of vCPU 0 after {:?}, all threads joined after {:?}",
+            outcome.first_entry,
+            started.elapsed()
+        );
+        assert_eq!(
+            guest.serial(),
+            format!("hello\n3 {cpus} x\n"),
+            "CPUID leaf 1 counts {cpus} logical processors"
+        );
+        assert_eq!(outcome.exit, VmExit::Reset(ResetCause::I8042));
+        assert!(outcome.first_entry.is_some());
+    }
+}
+
+/// On hardware KVM a triple fault is KVM_EXIT_SHUTDOWN, which the VMM reports as a reset
+/// (exit code 3). PVM does not deliver the faults through the guest's IDT: KVM_RUN ends with
+/// an internal error at the faulting instruction, which the VMM reports as a vCPU fault
+/// (exit code 4). The test asserts whichever this host's KVM kind does, and says which.
+#[test]
+fn triple_fault_ends_the_vm() {
+    if !kvm_available("triple_fault_ends_the_vm") {
+        return;
+    }
+    let guest = Guest::new();
+    let kernel = guest.file("vmlinux", &elf_kernel(&program(false, Ending::TripleFault)));
+    let (exit, _) = run(&guest.args(kernel));
+    let exit = exit.unwrap();
+    assert!(guest.serial().starts_with("hello\n"));
+    let kind = baton_vmm::check::HostFacts::read().kind();
+    if kind == KvmKind::Pvm {
+        eprintln!(
+            "triple_fault_ends_the_vm: this host's KVM is PVM, which ends KVM_RUN with an \
+             internal error instead of KVM_EXIT_SHUTDOWN; asserting that (vCPU fault, exit \
+             code 4); the triple fault -> reset (exit code 3) mapping needs hardware KVM"
+        );
+        match &exit {
+            VmExit::VcpuFault { vcpu: 0, reason } => {
+                assert!(
+                    reason.starts_with("KVM internal error at rip 0x10"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected a vCPU fault on PVM, got {other:?}"),
+        }
+        assert_eq!(exit.exit_code(), 4);
+    } else {
+        assert_eq!(exit, VmExit::Reset(ResetCause::TripleFault));
+        assert_eq!(exit.exit_code(), 3);
+    }
+}
+
+#[test]
+fn bad_kernels_are_refused_naming_the_flag_and_leave_nothing_behind() {
+    if !kvm_available("bad_kernels_are_refused_naming_the_flag_and_leave_nothing_behind") {
+        return;
+    }
+    let guest = Guest::new();
+    let junk = guest.file("junk", &[0x5a; 4096]);
+    let err = baton_vmm::run(&guest.args(junk)).unwrap_err();
+    assert!(
+        err.to_string().starts_with("--kernel") && err.to_string().contains("not a kernel"),
+        "{err}"
+    );
+    assert!(!guest.console().exists(), "no console file left behind");
+
+    let huge = guest.file("bzImage", &bzimage_kernel(&[0xf4], 100 << 20));
+    let args = VmmArgs {
+        memory: Some(64),
+        ..guest.args(huge)
+    };
+    let err = baton_vmm::run(&args).unwrap_err();
+    assert!(
+        err.to_string().starts_with("--kernel")
+            && err.to_string().contains("--memory gives 64 MiB"),
+        "{err}"
+    );
+
+    let kernel = guest.file("vmlinux", &elf_kernel(&[0xf4]));
+    let initrd = guest.file("big.cpio", &vec![0u8; 64 << 20]);
+    let args = VmmArgs {
+        memory: Some(64),
+        initrd: vec![initrd],
+        ..guest.args(kernel)
+    };
+    let err = baton_vmm::run(&args).unwrap_err();
+    assert!(
+        err.to_string().starts_with("--initrd") && err.to_string().contains("raise --memory"),
+        "{err}"
+    );
+    assert!(!guest.console().exists(), "no console file left behind");
+}
+
+#[test]
+fn check_reports_this_hosts_kvm_and_runs_the_tiny_guest() {
+    if !kvm_available("check_reports_this_hosts_kvm_and_runs_the_tiny_guest") {
+        return;
+    }
+    let report = baton_vmm::check();
+    eprint!("{report}");
+    let run = report.tiny_guest.as_ref().expect("the tiny guest runs");
+    assert_eq!(run.serial, "baton\n");
+    assert_eq!(run.exit, VmExit::Reset(ResetCause::I8042));
+    assert_eq!(report.kind, report.facts.kind());
+    match report.kind {
+        KvmKind::Vmx | KvmKind::Svm => assert!(report.linux_usable),
+        KvmKind::Pvm | KvmKind::Unknown => {
+            assert!(!report.linux_usable);
+            assert_eq!(report.exit_code(), 1);
+        }
+        KvmKind::Absent => unreachable!("/dev/kvm was opened"),
+    }
+}
