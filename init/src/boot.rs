@@ -1,0 +1,278 @@
+//! Init's main line: the boot phases, then the services under the supervisor until a power
+//! request, then the shutdown. An invalid or missing machine configuration leaves the node in
+//! maintenance mode: the problems on the console, nothing applied, waiting to be fixed.
+
+use std::path::{Path, PathBuf};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cgroups::{parse_proc_cgroup, setup_cgroups};
+use crate::config_source::find_config;
+use crate::credentials::{CredentialPaths, write_credentials};
+use crate::environment::Environment;
+use crate::machine_config::MachineConfig;
+use crate::modules::load_modules;
+use crate::mounts::{early_mounts, mount_all, populate_sandbox_dev};
+use crate::network_setup::configure_network;
+use crate::node_services::{NodeLayout, SECURE_PORT, node_services};
+use crate::phases::{BootTimeline, error_chain};
+use crate::power::{PowerAction, finish};
+use crate::supervisor::{ReapMode, Supervisor, SupervisorOptions};
+use crate::sysctls::apply_sysctls;
+
+/// Where the bundled etcd is in the image.
+pub const ETCD_PATH: &str = "/usr/bin/etcd";
+/// Where the image links each role's name to /init.
+pub const BIN_DIR: &str = "/usr/bin";
+/// Where the node's credentials are written.
+pub const CREDENTIALS_DIR: &str = "/etc/kubernetes";
+
+/// Runs init as PID 1 and returns its exit code (in a sandbox; on a machine it never returns).
+pub fn run_init() -> u8 {
+    // A parent may have left signals blocked (a sandbox's creator blocks the ones it waits
+    // for); PID 1 needs SIGCHLD to reap and SIGTERM to shut down, and its services inherit
+    // this mask.
+    if let Err(err) = nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    ) {
+        eprintln!("baton init: cannot unblock signals: {err}");
+    }
+    let environment = Environment::detect();
+    install_panic_hook(environment);
+    tracing::info!(
+        environment = ?environment,
+        version = env!("CARGO_PKG_VERSION"),
+        "baton init starting"
+    );
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(%err, "cannot start init's runtime");
+            return finish(environment, PowerAction::Reboot);
+        }
+    };
+    let action = runtime.block_on(boot(environment));
+    drop(runtime);
+    finish(environment, action)
+}
+
+/// A panic in PID 1 flushes what it can and reboots the machine (in a sandbox the process
+/// simply ends, and its creator sees why).
+fn install_panic_hook(environment: Environment) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        if environment == Environment::Machine {
+            eprintln!("baton init panicked: rebooting");
+            nix::unistd::sync();
+            let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+        }
+    }));
+}
+
+async fn boot(environment: Environment) -> PowerAction {
+    let mut timeline = BootTimeline::default();
+    let root = Path::new("/");
+    let mounted = timeline.run("mounts", || mount_all(root, &early_mounts(environment)));
+    if mounted.is_err() {
+        return maintenance(vec!["the early mounts failed".into()]).await;
+    }
+    if environment.is_sandbox() {
+        let _ = timeline.run("dev", || populate_sandbox_dev(root));
+    }
+    let hierarchies =
+        parse_proc_cgroup(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+    match timeline.run("cgroups", || {
+        setup_cgroups(Path::new("/sys/fs/cgroup"), &hierarchies)
+    }) {
+        Ok(summary) => tracing::info!("{summary}"),
+        Err(err) => return maintenance(vec![error_chain(&err)]).await,
+    }
+    match environment {
+        Environment::Machine => {
+            let release = nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let modules = PathBuf::from("/lib/modules").join(release);
+            if let Err(err) = timeline.run("modules", || load_modules(&modules)) {
+                return maintenance(vec![error_chain(&err)]).await;
+            }
+        }
+        Environment::Sandbox => timeline.skip("modules", "a sandbox runs on the host's kernel"),
+    }
+    // A sandbox's /proc/cmdline is the host's: not this node's.
+    let cmdline = match environment {
+        Environment::Machine => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+        Environment::Sandbox => String::new(),
+    };
+    let found = match timeline.run("machine-config", || find_config(root, &cmdline)) {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return maintenance(vec![
+                "no machine configuration: none on the kernel command line, in /etc/baton, or on a BATON-CONFIG partition".into(),
+            ])
+            .await;
+        }
+        Err(err) => return maintenance(vec![error_chain(&err)]).await,
+    };
+    let config = match MachineConfig::parse(&found.yaml, &found.source) {
+        Ok(config) => config,
+        Err(err) => {
+            let mut problems = vec![err.to_string()];
+            problems.extend(err.problems());
+            return maintenance(problems).await;
+        }
+    };
+    tracing::info!(
+        role = config.machine.role.as_str(),
+        hostname = %config.machine.hostname,
+        source = %found.source,
+        "machine configuration loaded"
+    );
+    if let Err(err) = timeline.run("hostname", || {
+        nix::unistd::sethostname(&config.machine.hostname)
+    }) {
+        return maintenance(vec![format!("setting the hostname: {err}")]).await;
+    }
+    if let Err(err) = timeline.run("sysctls", || {
+        apply_sysctls(Path::new("/proc/sys"), environment, &config.machine.sysctls)
+    }) {
+        return maintenance(vec![error_chain(&err)]).await;
+    }
+    match (environment, &config.machine.data_disk) {
+        (Environment::Sandbox, _) => timeline.skip(
+            "state",
+            "the sandbox's root directory keeps /var across restarts",
+        ),
+        (Environment::Machine, Some(disk)) => {
+            return maintenance(vec![format!(
+                "machine.dataDisk {disk}: formatting and mounting a data disk is not built yet"
+            )])
+            .await;
+        }
+        (Environment::Machine, None) => {
+            let mounted = timeline.run("state", || {
+                mount_all(
+                    root,
+                    &[crate::mounts::MountSpec {
+                        target: "/var",
+                        fstype: "tmpfs",
+                        flags: nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                        data: "mode=0755",
+                    }],
+                )
+            });
+            if let Err(err) = mounted {
+                return maintenance(vec![error_chain(&err)]).await;
+            }
+        }
+    }
+    let address = match timeline.run("network", || {
+        configure_network(&config.machine.network, Path::new("/etc/resolv.conf"))
+    }) {
+        Ok(address) => address,
+        Err(err) => return maintenance(vec![error_chain(&err)]).await,
+    };
+    let node_ip = address.or_else(|| {
+        config
+            .cluster
+            .control_plane
+            .iter()
+            .find(|m| m.name == config.machine.hostname)
+            .map(|m| m.address)
+    });
+    let Some(node_ip) = node_ip else {
+        return maintenance(vec![
+            "machine.network.interfaces: no address for the node (none configured, and the node is not in cluster.controlPlane)".into(),
+        ])
+        .await;
+    };
+    timeline.skip("clock", "the kernel keeps the clock (kvmclock or the RTC)");
+    let credentials = match timeline.run("credentials", || {
+        write_credentials(
+            &config,
+            Path::new(CREDENTIALS_DIR),
+            Some(node_ip),
+            SECURE_PORT,
+        )
+    }) {
+        Ok(paths) => paths,
+        Err(err) => return maintenance(vec![error_chain(&err)]).await,
+    };
+    let layout = NodeLayout {
+        bin_dir: PathBuf::from(BIN_DIR),
+        etcd: PathBuf::from(ETCD_PATH),
+        state_dir: PathBuf::from("/var/lib"),
+        credentials,
+    };
+    run_services(&config, node_ip, &layout, &timeline).await
+}
+
+async fn run_services(
+    config: &MachineConfig,
+    node_ip: std::net::Ipv4Addr,
+    layout: &NodeLayout,
+    timeline: &BootTimeline,
+) -> PowerAction {
+    let specs = node_services(config, node_ip, layout);
+    let options = SupervisorOptions {
+        reap: ReapMode::AnyChild,
+        ..SupervisorOptions::default()
+    };
+    let (supervisor, handle) = match Supervisor::new(specs, options) {
+        Ok(pair) => pair,
+        Err(err) => return maintenance(vec![err.to_string()]).await,
+    };
+    tracing::info!(
+        ms = timeline.since_start().as_secs_f64() * 1e3,
+        "boot phases done; starting services"
+    );
+    let supervisor = tokio::spawn(supervisor.run());
+    let action = power_request().await;
+    tracing::info!(?action, "shutting down: stopping services");
+    handle.shutdown();
+    match supervisor.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::error!(%err, "the supervisor failed"),
+        Err(err) => tracing::error!(%err, "the supervisor task failed"),
+    }
+    action
+}
+
+/// Waits for a power request: SIGTERM or SIGINT power off; SIGRTMIN+5 reboots (systemd's
+/// signal for it).
+async fn power_request() -> PowerAction {
+    let streams = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::from_raw(libc::SIGRTMIN() + 5)),
+    );
+    let (Ok(mut term), Ok(mut int), Ok(mut reboot)) = streams else {
+        tracing::error!("cannot listen for power signals");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => PowerAction::PowerOff,
+        _ = int.recv() => PowerAction::PowerOff,
+        _ = reboot.recv() => PowerAction::Reboot,
+    }
+}
+
+/// Maintenance mode: reports every problem on the console and waits for a power request.
+async fn maintenance(problems: Vec<String>) -> PowerAction {
+    tracing::error!("maintenance mode: nothing of the machine configuration is applied");
+    for problem in &problems {
+        tracing::error!("maintenance: {problem}");
+    }
+    power_request().await
+}
+
+/// The credentials' paths on a node (for tools that read them).
+pub fn node_credentials() -> CredentialPaths {
+    CredentialPaths::under(Path::new(CREDENTIALS_DIR))
+}

@@ -1,0 +1,206 @@
+//! Finding the machine configuration, in this order: the kernel command line
+//! (`baton.config=PATH`), a file in the image (`/etc/baton/machine-config.yaml`, which an
+//! extra cpio archive appended to the initramfs or the sandbox's creator places), and a
+//! partition named `BATON-CONFIG` holding `machine-config.yaml`.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+/// The configuration's path inside the image.
+pub const CONFIG_IN_IMAGE: &str = "etc/baton/machine-config.yaml";
+/// The GPT partition name of a configuration partition.
+pub const CONFIG_PARTITION_NAME: &str = "BATON-CONFIG";
+/// The file on that partition.
+pub const CONFIG_ON_PARTITION: &str = "machine-config.yaml";
+/// The kernel command-line key.
+pub const CMDLINE_KEY: &str = "baton.config=";
+
+/// A configuration document and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundConfig {
+    /// The YAML text.
+    pub yaml: String,
+    /// Where it was found, for messages (`/etc/baton/machine-config.yaml`,
+    /// `partition BATON-CONFIG (/dev/vdb1)` ...).
+    pub source: String,
+}
+
+/// Why looking for the configuration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FindConfigError {
+    /// The command line names a file that cannot be read.
+    #[error("reading {path}, named by {CMDLINE_KEY} on the kernel command line")]
+    CommandLineFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command line names a source this build cannot fetch from.
+    #[error(
+        "{CMDLINE_KEY}{0}: only a file path is supported yet (vsock and HTTP metadata endpoints are not built)"
+    )]
+    UnsupportedSource(String),
+    /// A file exists but cannot be read.
+    #[error("reading {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration partition cannot be mounted.
+    #[error("mounting partition {CONFIG_PARTITION_NAME} ({device})")]
+    MountPartition {
+        /// Its device.
+        device: PathBuf,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// The value of `baton.config=` on `cmdline`, if any.
+pub fn cmdline_config(cmdline: &str) -> Option<&str> {
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix(CMDLINE_KEY))
+}
+
+/// Looks for the configuration under `root` (`/` on a node) given the kernel command line.
+pub fn find_config(root: &Path, cmdline: &str) -> Result<Option<FoundConfig>, FindConfigError> {
+    if let Some(value) = cmdline_config(cmdline) {
+        if !value.starts_with('/') {
+            return Err(FindConfigError::UnsupportedSource(value.to_string()));
+        }
+        let path = root.join(value.trim_start_matches('/'));
+        let yaml = std::fs::read_to_string(&path)
+            .map_err(|source| FindConfigError::CommandLineFile { path, source })?;
+        return Ok(Some(FoundConfig {
+            yaml,
+            source: value.to_string(),
+        }));
+    }
+    let in_image = root.join(CONFIG_IN_IMAGE);
+    match std::fs::read_to_string(&in_image) {
+        Ok(yaml) => {
+            return Ok(Some(FoundConfig {
+                yaml,
+                source: format!("/{CONFIG_IN_IMAGE}"),
+            }));
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(FindConfigError::Read {
+                path: in_image,
+                source,
+            });
+        }
+    }
+    match find_partition(&root.join("sys/class/block")) {
+        Some(name) => read_partition(root, &name).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The block device whose GPT partition name is `BATON-CONFIG`, from sysfs uevents.
+fn find_partition(class_block: &Path) -> Option<String> {
+    let entries = std::fs::read_dir(class_block).ok()?;
+    entries.flatten().find_map(|entry| {
+        let uevent = std::fs::read_to_string(entry.path().join("uevent")).ok()?;
+        let named = uevent
+            .lines()
+            .any(|l| l == format!("PARTNAME={CONFIG_PARTITION_NAME}"));
+        named.then(|| entry.file_name().to_string_lossy().into_owned())
+    })
+}
+
+fn read_partition(root: &Path, name: &str) -> Result<FoundConfig, FindConfigError> {
+    let device = root.join("dev").join(name);
+    let mount_point = root.join("run/baton/config-partition");
+    std::fs::create_dir_all(&mount_point).map_err(|source| FindConfigError::Read {
+        path: mount_point.clone(),
+        source,
+    })?;
+    let mut last = nix::Error::ENODEV;
+    let mounted = ["vfat", "ext4"].iter().any(|fstype| {
+        match mount(
+            Some(&device),
+            &mount_point,
+            Some(*fstype),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        ) {
+            Ok(()) => true,
+            Err(err) => {
+                last = err;
+                false
+            }
+        }
+    });
+    if !mounted {
+        return Err(FindConfigError::MountPartition {
+            device,
+            source: last,
+        });
+    }
+    let path = mount_point.join(CONFIG_ON_PARTITION);
+    let result = std::fs::read_to_string(&path);
+    if let Err(err) = umount2(&mount_point, MntFlags::MNT_DETACH) {
+        tracing::warn!(%err, "unmounting the configuration partition");
+    }
+    let yaml = result.map_err(|source| FindConfigError::Read { path, source })?;
+    Ok(FoundConfig {
+        yaml,
+        source: format!("partition {CONFIG_PARTITION_NAME} ({})", device.display()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_comes_before_the_image_file() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc/baton")).unwrap();
+        std::fs::write(root.path().join(CONFIG_IN_IMAGE), "image").unwrap();
+        std::fs::write(root.path().join("other.yaml"), "cmdline").unwrap();
+        let found = find_config(root.path(), "console=ttyS0 baton.config=/other.yaml")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (found.yaml.as_str(), found.source.as_str()),
+            ("cmdline", "/other.yaml")
+        );
+        let found = find_config(root.path(), "console=ttyS0").unwrap().unwrap();
+        assert_eq!(found.source, "/etc/baton/machine-config.yaml");
+        let err = find_config(root.path(), "baton.config=vsock:2:10000").unwrap_err();
+        assert!(err.to_string().contains("vsock:2:10000"), "{err}");
+        let err = find_config(root.path(), "baton.config=/missing.yaml").unwrap_err();
+        assert!(err.to_string().contains("/missing.yaml"), "{err}");
+    }
+
+    #[test]
+    fn the_partition_is_found_by_its_gpt_name() {
+        let root = tempfile::tempdir().unwrap();
+        for (dev, uevent) in [
+            ("vda", "MAJOR=254\nDEVNAME=vda\nDEVTYPE=disk\n"),
+            (
+                "vdb2",
+                "MAJOR=254\nDEVNAME=vdb2\nDEVTYPE=partition\nPARTNAME=BATON-CONFIG\n",
+            ),
+        ] {
+            let dir = root.path().join("sys/class/block").join(dev);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("uevent"), uevent).unwrap();
+        }
+        assert_eq!(
+            find_partition(&root.path().join("sys/class/block")).as_deref(),
+            Some("vdb2")
+        );
+    }
+}
