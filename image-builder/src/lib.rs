@@ -1,16 +1,24 @@
 //! Reproducible image builds for Baton. For now: the OCI test images built from Debian's
 //! busybox-static ([`build_busybox_image`], [`build_layered_test_image`]), the two archive
 //! formats users import ([`write_oci_archive`], [`write_docker_archive`]), and a push to a
-//! registry ([`push_layout`]). Kernel, initramfs and disk images join later (issue 7).
+//! registry ([`push_layout`]); the node image's initramfs ([`build_node_image`]) and its
+//! unpacking ([`unpack_initramfs`]). Kernel, UKI and disk images join later (issue 7).
 
 mod archive;
+mod initramfs;
 mod layer;
+mod node_image;
 mod oci_layout;
 mod push;
 mod test_image;
 
 pub use archive::{WriteArchiveError, write_docker_archive, write_oci_archive};
+pub use initramfs::{Entry, EntryKind, InitramfsError, Tree, unpack_initramfs};
 pub use layer::{BuildLayerError, BuiltLayerBlob, LayerBuilder, sha256_digest};
+pub use node_image::{
+    BuildNodeImageError, INITRAMFS_NAME, MANIFEST_NAME, NodeImage, NodeImageOptions, ROLE_LINKS,
+    build_node_image, default_cache_dir, sha256_hex, source_date_epoch,
+};
 pub use oci_layout::{
     ANNOTATION_REF_NAME, Descriptor, Index, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX,
     MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_MANIFEST, Manifest, OciLayout, Platform, ReadLayoutError,

@@ -76,9 +76,6 @@ pub enum RunDnsError {
         #[source]
         source: std::io::Error,
     },
-    /// No upstream is left once the server's own address is removed.
-    #[error("no upstream resolver to forward to (give --upstream)")]
-    NoUpstream,
     /// The API server could not be reached.
     #[error("connect to the API server")]
     Connect(#[from] baton_client::ConnectError),
@@ -108,7 +105,9 @@ pub async fn run(args: DnsArgs) -> Result<(), RunDnsError> {
     });
     let upstreams = upstreams::without_self(configured, listen);
     if upstreams.is_empty() {
-        return Err(RunDnsError::NoUpstream);
+        // A cluster without a way out (`baton cluster create`'s network) still serves its own
+        // names.
+        tracing::warn!("no upstream resolver: names outside the cluster domain get SERVFAIL");
     }
     let index = SharedIndex::new(Index::unsynced(zone.clone()));
     let forwarder = Forwarder::new(upstreams.clone(), args.upstream_timeout);

@@ -72,6 +72,45 @@ impl NetNs {
         })
     }
 
+    /// Makes a new namespace (loopback up) pinned at `path` by a bind mount of its file, as
+    /// `ip netns add` does under /run/netns, so that it outlives this process.
+    pub fn create_pinned(path: &Path) -> Result<Self, NetNsError> {
+        use std::os::fd::AsRawFd;
+        let namespace = Self::create()?;
+        let pin = || format!("pin network namespace at {}", path.display());
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(fail(pin()))?;
+        }
+        File::create(path).map_err(fail(pin()))?;
+        let source = format!("/proc/self/fd/{}", namespace.file.as_raw_fd());
+        let bound = nix::mount::mount(
+            Some(source.as_str()),
+            path,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        );
+        if let Err(errno) = bound {
+            let _ = std::fs::remove_file(path);
+            return Err(fail(pin())(errno.into()));
+        }
+        Ok(namespace)
+    }
+
+    /// Unpins the namespace pinned at `path` (unmounts and removes the file); it ends once
+    /// nothing else holds it. A missing pin is not an error.
+    pub fn unpin(path: &Path) -> Result<(), NetNsError> {
+        if !path.exists() {
+            return Ok(());
+        }
+        let unpin = || format!("unpin network namespace at {}", path.display());
+        match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+            Err(errno) => return Err(fail(unpin())(errno.into())),
+        }
+        std::fs::remove_file(path).map_err(fail(unpin()))
+    }
+
     /// Moves the calling thread into this namespace. Only for a thread that owns its
     /// namespace for good (a test's thread, a thread made for the purpose).
     pub fn enter(&self) -> Result<(), NetNsError> {

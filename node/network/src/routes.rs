@@ -79,6 +79,23 @@ impl RouteSocket {
         }
     }
 
+    /// Adds `route` as a static route of the machine's configuration (protocol `static`, not
+    /// Baton's pod-route mark, so the node route sync never removes it); one that exists
+    /// already is not an error.
+    pub fn add_static_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+        let mut message = route.message();
+        message.header.protocol = RouteProtocol::Static;
+        let result = self.change(
+            || format!("add static route {}", route.describe()),
+            RouteNetlinkMessage::NewRoute(message),
+            Create::Exclusive,
+        );
+        match result {
+            Err(err) if err.is_exists() => Ok(()),
+            other => other,
+        }
+    }
+
     /// Deletes `route`; a missing one is not an error.
     pub fn delete_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
         let result = self.change(

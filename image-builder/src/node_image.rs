@@ -1,0 +1,374 @@
+//! The node image's initramfs: the statically linked `baton` at /init with a link per role,
+//! the etcd binary and the C library it needs (from Debian packages fetched with
+//! `apt-get download` into a cache, never installed on the build host), the mount points init
+//! uses, and a manifest with the sha256 of every input and output.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::initramfs::{EntryKind, InitramfsError, Tree};
+
+/// The names `baton` answers to, linked to /init in /usr/bin.
+pub const ROLE_LINKS: &[&str] = &[
+    "baton",
+    "apiserver",
+    "scheduler",
+    "controller-manager",
+    "kubelet",
+    "proxy",
+    "dns",
+];
+
+/// Debian packages the image takes files from, and which files.
+const PACKAGE_FILES: &[(&str, &[&str])] = &[
+    ("etcd-server", &["usr/bin/etcd"]),
+    (
+        "libc6",
+        &[
+            "lib/x86_64-linux-gnu/libc.so.6",
+            "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            "lib64/ld-linux-x86-64.so.2",
+        ],
+    ),
+];
+
+/// Directories init mounts on or writes to.
+const MOUNT_POINTS: &[(&str, u32)] = &[
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("dev", 0o755),
+    ("run", 0o755),
+    ("tmp", 0o1777),
+    ("var", 0o755),
+    ("etc/baton", 0o755),
+    ("etc/kubernetes", 0o755),
+    ("root", 0o700),
+];
+
+/// The initramfs file name in the output directory.
+pub const INITRAMFS_NAME: &str = "initramfs.cpio.gz";
+/// The manifest file name in the output directory.
+pub const MANIFEST_NAME: &str = "manifest.json";
+
+/// What to build the node image from.
+#[derive(Clone, Debug)]
+pub struct NodeImageOptions {
+    /// The statically linked `baton` binary.
+    pub baton: PathBuf,
+    /// Where to write the image.
+    pub output: PathBuf,
+    /// Where downloaded Debian packages are kept between builds.
+    pub package_cache: PathBuf,
+    /// The time stamped on every entry (SOURCE_DATE_EPOCH).
+    pub source_date_epoch: u32,
+}
+
+/// A built node image.
+#[derive(Clone, Debug)]
+pub struct NodeImage {
+    /// The initramfs.
+    pub initramfs: PathBuf,
+    /// Its sha256, hex.
+    pub initramfs_sha256: String,
+    /// The manifest.
+    pub manifest: PathBuf,
+    /// The size of each file in the image, by path.
+    pub sizes: BTreeMap<String, u64>,
+}
+
+/// Why the node image could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildNodeImageError {
+    /// The `baton` binary is dynamically linked.
+    #[error(
+        "{0} is dynamically linked (it asks for an ELF interpreter); the node image needs the statically linked baton that `cargo build` makes with the project's .cargo/config.toml"
+    )]
+    NotStatic(PathBuf),
+    /// Reading an input or writing an output failed.
+    #[error("{action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tool (apt-get, dpkg-deb) failed.
+    #[error("{command} failed: {stderr}")]
+    Tool {
+        /// The command line.
+        command: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A package lacks a file the image needs.
+    #[error("Debian package {package} has no {path}")]
+    MissingFile {
+        /// The package.
+        package: String,
+        /// The file.
+        path: String,
+    },
+    /// Writing the initramfs failed.
+    #[error("writing the initramfs")]
+    Initramfs(#[from] InitramfsError),
+}
+
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> BuildNodeImageError + 'a {
+    move |source| BuildNodeImageError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Builds the node image's initramfs and manifest into `options.output`.
+pub fn build_node_image(options: &NodeImageOptions) -> Result<NodeImage, BuildNodeImageError> {
+    let baton = std::fs::read(&options.baton).map_err(io("reading", &options.baton))?;
+    if has_interpreter(&baton) {
+        return Err(BuildNodeImageError::NotStatic(options.baton.clone()));
+    }
+    let mut inputs = BTreeMap::new();
+    inputs.insert("baton".to_string(), sha256_hex(&baton));
+    let mut tree = Tree::default();
+    tree.add("init", EntryKind::File(baton), 0o755);
+    for role in ROLE_LINKS {
+        tree.add(
+            &format!("usr/bin/{role}"),
+            EntryKind::Symlink("/init".into()),
+            0o777,
+        );
+    }
+    for (dir, mode) in MOUNT_POINTS {
+        tree.add(dir, EntryKind::Directory, *mode);
+    }
+    tree.add(
+        "etc/os-release",
+        EntryKind::File(
+            format!(
+                "NAME=Baton\nID=baton\nVERSION_ID={}\nPRETTY_NAME=\"Baton {}\"\n",
+                env!("CARGO_PKG_VERSION"),
+                env!("CARGO_PKG_VERSION")
+            )
+            .into_bytes(),
+        ),
+        0o644,
+    );
+    tree.add(
+        "etc/passwd",
+        EntryKind::File(
+            b"root:x:0:0:root:/root:/init\nnobody:x:65534:65534:nobody:/:/init\n".to_vec(),
+        ),
+        0o644,
+    );
+    tree.add(
+        "etc/group",
+        EntryKind::File(b"root:x:0:\nnogroup:x:65534:\n".to_vec()),
+        0o644,
+    );
+    std::fs::create_dir_all(&options.package_cache)
+        .map_err(io("creating", &options.package_cache))?;
+    for (package, files) in PACKAGE_FILES {
+        let deb = fetch_package(package, &options.package_cache)?;
+        let deb_bytes = std::fs::read(&deb).map_err(io("reading", &deb))?;
+        inputs.insert(
+            deb.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256_hex(&deb_bytes),
+        );
+        for (path, kind, mode) in extract_from_deb(&deb, package, files)? {
+            tree.add(&path, kind, mode);
+        }
+    }
+    std::fs::create_dir_all(&options.output).map_err(io("creating", &options.output))?;
+    let initramfs = options.output.join(INITRAMFS_NAME);
+    let sizes = tree.write_initramfs(&initramfs, options.source_date_epoch)?;
+    let bytes = std::fs::read(&initramfs).map_err(io("reading", &initramfs))?;
+    let initramfs_sha256 = sha256_hex(&bytes);
+    let manifest = serde_json::json!({
+        "artifacts": {
+            INITRAMFS_NAME: { "sha256": initramfs_sha256, "size": bytes.len() },
+        },
+        "inputs": inputs,
+        "contents": sizes,
+    });
+    let manifest_path = options.output.join(MANIFEST_NAME);
+    let text = serde_json::to_string_pretty(&manifest).expect("a JSON value serializes");
+    std::fs::write(&manifest_path, text + "\n").map_err(io("writing", &manifest_path))?;
+    tracing::info!(
+        initramfs = %initramfs.display(),
+        bytes = bytes.len(),
+        "node image built"
+    );
+    Ok(NodeImage {
+        initramfs,
+        initramfs_sha256,
+        manifest: manifest_path,
+        sizes,
+    })
+}
+
+/// The user's cache directory for Baton: `$BATON_CACHE_DIR`, else `$XDG_CACHE_HOME/baton`,
+/// else `~/.cache/baton`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BATON_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("baton");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/baton")
+}
+
+/// SOURCE_DATE_EPOCH from the environment (0 when unset or not a number).
+pub fn source_date_epoch() -> u32 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The sha256 of `data`, hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Whether an ELF executable names a program interpreter (is dynamically linked).
+fn has_interpreter(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let read_u16 = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let read_u32 = |at: usize| {
+        elf.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let read_u64 = |at: usize| {
+        elf.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    if !elf.starts_with(b"\x7fELF") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) =
+        (read_u64(0x20), read_u16(0x36), read_u16(0x38))
+    else {
+        return false;
+    };
+    (0..phnum as usize)
+        .any(|i| read_u32(phoff as usize + i * phentsize as usize) == Some(PT_INTERP))
+}
+
+/// The cached `.deb` of `package`, downloaded with `apt-get download` when missing.
+fn fetch_package(package: &str, cache: &Path) -> Result<PathBuf, BuildNodeImageError> {
+    let cached = |cache: &Path| -> Result<Option<PathBuf>, BuildNodeImageError> {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
+            .map_err(io("reading", cache))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with(&format!("{package}_")) && n.ends_with(".deb")
+                })
+            })
+            .collect();
+        found.sort();
+        Ok(found.pop())
+    };
+    if let Some(deb) = cached(cache)? {
+        return Ok(deb);
+    }
+    run(Command::new("apt-get")
+        .arg("download")
+        .arg(package)
+        .current_dir(cache))?;
+    cached(cache)?.ok_or_else(|| BuildNodeImageError::Tool {
+        command: format!("apt-get download {package}"),
+        stderr: "no .deb file appeared".into(),
+    })
+}
+
+fn run(command: &mut Command) -> Result<Vec<u8>, BuildNodeImageError> {
+    let line = format!("{command:?}");
+    let output = command.output().map_err(|source| BuildNodeImageError::Io {
+        action: "running",
+        path: PathBuf::from(&line),
+        source,
+    })?;
+    if !output.status.success() {
+        return Err(BuildNodeImageError::Tool {
+            command: line,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(output.stdout)
+}
+
+/// The files `wanted` of a `.deb` (read through `dpkg-deb --fsys-tarfile`).
+fn extract_from_deb(
+    deb: &Path,
+    package: &str,
+    wanted: &[&str],
+) -> Result<Vec<(String, EntryKind, u32)>, BuildNodeImageError> {
+    let tar = run(Command::new("dpkg-deb").arg("--fsys-tarfile").arg(deb))?;
+    let mut archive = tar::Archive::new(std::io::Cursor::new(tar));
+    let mut found = Vec::new();
+    for entry in archive.entries().map_err(io("reading", deb))? {
+        let mut entry = entry.map_err(io("reading", deb))?;
+        let path = entry.path().map_err(io("reading", deb))?;
+        let path = path.to_string_lossy().trim_start_matches("./").to_string();
+        if !wanted.contains(&path.as_str()) {
+            continue;
+        }
+        let mode = entry.header().mode().map_err(io("reading", deb))? & 0o7777;
+        let kind = if entry.header().entry_type().is_symlink() {
+            let target = entry
+                .link_name()
+                .map_err(io("reading", deb))?
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            EntryKind::Symlink(target)
+        } else {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).map_err(io("reading", deb))?;
+            EntryKind::File(data)
+        };
+        found.push((path, kind, mode));
+    }
+    for path in wanted {
+        if !found.iter().any(|(p, _, _)| p == path) {
+            return Err(BuildNodeImageError::MissingFile {
+                package: package.to_string(),
+                path: path.to_string(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_executable_is_told_from_a_static_one() {
+        let dynamic = std::fs::read("/bin/sh").unwrap();
+        assert!(has_interpreter(&dynamic));
+        assert!(!has_interpreter(b"not an ELF file"));
+        // This test binary is linked the way the project builds everything: statically.
+        let this = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!has_interpreter(&this), "the project's binaries are static");
+    }
+}
