@@ -58,6 +58,19 @@ pub enum ImageCommand {
         #[arg(long)]
         archive: Option<PathBuf>,
     },
+    /// Build the node image: an initramfs holding this (statically linked) baton at /init,
+    /// etcd and what it needs from Debian packages, and a manifest of sha256 sums.
+    Build {
+        /// The directory to write (initramfs.cpio.gz, manifest.json).
+        #[arg(long)]
+        output: PathBuf,
+        /// The baton binary to put at /init (default: this one).
+        #[arg(long)]
+        baton: Option<PathBuf>,
+        /// Where downloaded Debian packages are kept (default: the user's cache directory).
+        #[arg(long)]
+        package_cache: Option<PathBuf>,
+    },
 }
 
 /// Runs the subcommand.
@@ -123,6 +136,34 @@ pub async fn run(command: ImageCommand) -> anyhow::Result<()> {
                 baton_image_builder::write_oci_archive(&built.layout_dir, &archive)?;
             }
             println!("{} {}", built.reference, built.manifest_digest);
+        }
+        ImageCommand::Build {
+            output,
+            baton,
+            package_cache,
+        } => {
+            let options = baton_image_builder::NodeImageOptions {
+                baton: match baton {
+                    Some(path) => path,
+                    None => std::env::current_exe()?,
+                },
+                output,
+                package_cache: package_cache
+                    .unwrap_or_else(|| baton_image_builder::default_cache_dir().join("packages")),
+                source_date_epoch: baton_image_builder::source_date_epoch(),
+            };
+            let image = baton_image_builder::build_node_image(&options)?;
+            println!("{:<50} {:>12}", "FILE", "BYTES");
+            for (path, size) in &image.sizes {
+                println!("/{path:<49} {size:>12}");
+            }
+            let total = std::fs::metadata(&image.initramfs)?.len();
+            println!(
+                "{} {} bytes sha256:{}",
+                image.initramfs.display(),
+                total,
+                image.initramfs_sha256
+            );
         }
     }
     Ok(())

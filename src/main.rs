@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod image;
 
 /// Baton: a Kubernetes distribution with a firmware-style node OS.
@@ -30,6 +31,9 @@ enum Command {
     Proxy(Box<baton_proxy::ProxyArgs>),
     /// Run the cluster DNS server (answers the cluster domain, forwards other names).
     Dns(Box<baton_dns::DnsArgs>),
+    /// Run as PID 1 of a Baton node (the image's /init): boot phases, then the node's services
+    /// from its machine configuration.
+    Init,
     /// Test tool: simulate nodes that register, heartbeat and report pods Running (like kwok).
     SimNodes(Box<baton_sim_nodes::SimNodesArgs>),
     /// The container runtime process the kubelet starts (single-threaded; drives libcontainer).
@@ -43,6 +47,19 @@ enum Command {
         #[arg(long)]
         shutdown: bool,
     },
+    /// Boot a Linux guest in a microVM on KVM (`baton vmm check`: can KVM boot Linux here?).
+    Vmm(Box<VmmCli>),
+    /// Create, list, inspect and destroy clusters on this machine.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
+    /// The process provider's node sandbox (started by `baton cluster create`).
+    #[command(hide = true)]
+    Sandbox {
+        #[command(subcommand)]
+        command: SandboxCommand,
+    },
     /// Manage the node's image store.
     Image {
         #[command(subcommand)]
@@ -53,6 +70,27 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct VmmCli {
+    #[command(subcommand)]
+    command: Option<VmmCommand>,
+    #[command(flatten)]
+    args: baton_vmm::VmmArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum VmmCommand {
+    /// Check whether KVM here can boot Linux guests (runs a tiny guest); exit 0 when it can.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxCommand {
+    /// Run one node: the image's init as PID 1 in namespaces of its own.
+    Run(baton_sandbox::SandboxArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +111,7 @@ enum PkiCommand {
 
 /// The role names `baton` answers to when started through a link of that name.
 const ROLES: &[&str] = &[
+    "init",
     "apiserver",
     "scheduler",
     "controller-manager",
@@ -90,7 +129,17 @@ fn args_with_role() -> Vec<String> {
         .unwrap_or("baton")
         .to_string();
     if let Some(role) = ROLES.iter().find(|r| invoked == **r) {
-        args.insert(1, (*role).to_string());
+        // `/init kubelet ...`: init's own binary started by a service (the kubelet's runtime
+        // process) under a subcommand of its own.
+        let names_subcommand = *role == "init"
+            && args.get(1).is_some_and(|first| {
+                <Cli as clap::CommandFactory>::command()
+                    .find_subcommand(first)
+                    .is_some()
+            });
+        if !names_subcommand {
+            args.insert(1, (*role).to_string());
+        }
         args[0] = "baton".into();
     }
     args
@@ -103,8 +152,12 @@ const DEFAULT_LOG_FILTER: &str = "info,libcgroups=error";
 /// hickory-server logs every DNS answer at info: warnings only, unless BATON_LOG says otherwise.
 const QUIET_DNS_LOG: &str = "hickory_server=warn";
 
-fn init_logging() {
-    let configured = std::env::var("BATON_LOG").unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
+/// `baton cluster` talks to the user through its progress lines: only warnings otherwise,
+/// and none of the client's connection errors while it waits for the API server.
+const CLUSTER_LOG_FILTER: &str = "warn,kube_client=off";
+
+fn init_logging(default_filter: &str) {
+    let configured = std::env::var("BATON_LOG").unwrap_or_else(|_| default_filter.into());
     let configured = if configured.contains("hickory") {
         configured
     } else {
@@ -121,8 +174,12 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(args_with_role());
-    init_logging();
+    init_logging(match cli.command {
+        Command::Cluster { .. } => CLUSTER_LOG_FILTER,
+        _ => DEFAULT_LOG_FILTER,
+    });
     let result = match cli.command {
+        Command::Init => return ExitCode::from(baton_init::run_init()),
         Command::Apiserver(args) => run_async(async move {
             baton_apiserver::run(*args)
                 .await
@@ -170,6 +227,14 @@ fn main() -> ExitCode {
             client.shutdown().await?;
             Ok(())
         }),
+        Command::Cluster { command } => cluster::run(command),
+        Command::Vmm(cli) => return vmm(*cli),
+        Command::Sandbox {
+            command: SandboxCommand::Run(args),
+        } => match baton_sandbox::run_sandbox(&args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(err) => Err(anyhow::Error::from(err)),
+        },
         Command::Image { command } => run_async(image::run(command)),
         Command::Pki {
             command: PkiCommand::Init { dir, server, sans },
@@ -181,6 +246,27 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `baton vmm`: the VMM's exit code is the guest's (0 powered off, 3 reboot, 4 vCPU fault).
+fn vmm(cli: VmmCli) -> ExitCode {
+    match cli.command {
+        Some(VmmCommand::Check) => {
+            let report = baton_vmm::check();
+            print!("{report}");
+            ExitCode::from(report.exit_code())
+        }
+        None => match baton_vmm::run(&cli.args) {
+            Ok(exit) => {
+                tracing::info!(%exit, "guest ended");
+                ExitCode::from(exit.exit_code())
+            }
+            Err(err) => {
+                eprintln!("error: {:#}", anyhow::Error::from(err));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -1,0 +1,672 @@
+//! `baton cluster create`: checks the host, makes the image ready, the PKI and a machine
+//! configuration per node, the cluster network, boots the nodes, starts the forwarder, waits
+//! until every node is Ready and DNS answers, and merges the kubeconfig context. On failure it
+//! shows the failing nodes' consoles and removes everything it made.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton_init::Role;
+use baton_network::NetNs;
+use baton_pki::{ClusterCa, Kubeconfig, render_kubeconfig};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+
+use crate::configs::{PlannedNode, machine_config, plan_nodes};
+use crate::destroy::destroy_cluster;
+use crate::image_cache::prepare_image;
+use crate::kubeconfig::{default_kubeconfig, merge_context};
+use crate::network::{create_cluster_network, create_node_network, gateway};
+use crate::progress::Progress;
+use crate::state::{ClusterState, NodeState, cluster_dir, now_secs};
+
+/// The providers `cluster create` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Provider {
+    /// Baton's own VMM, one microVM per node.
+    Microvm,
+    /// QEMU, direct kernel boot of the image.
+    Qemu,
+    /// No VM: each node is the image's root and init in namespaces of its own on this host.
+    Process,
+}
+
+/// `baton cluster create` flags.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CreateArgs {
+    /// The cluster's name (a DNS label).
+    #[arg(long, default_value = "baton")]
+    pub name: String,
+    /// Control-plane nodes: 1 or 3.
+    #[arg(long, default_value_t = 1, value_parser = parse_control_planes)]
+    pub control_planes: usize,
+    /// Worker nodes.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Where nodes run. Default: microvm where KVM can boot Linux guests, otherwise process.
+    #[arg(long, value_enum)]
+    pub provider: Option<Provider>,
+    /// CPUs per node.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Memory per node, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u64,
+    /// A node image directory (`baton image build --output DIR`). Default: this binary's
+    /// image, built into the cache when missing.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// How long to wait for every node to be Ready and DNS to answer.
+    #[arg(long, default_value = "5m", value_parser = baton_client::parse_duration)]
+    pub wait: Duration,
+    /// The kubeconfig to merge the `baton-NAME` context into (default: $KUBECONFIG or
+    /// ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Registries (host:port) the nodes pull from over plain HTTP.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+}
+
+fn parse_control_planes(value: &str) -> Result<usize, String> {
+    match value {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        _ => Err(format!(
+            "{value:?}: 1 or 3 (etcd needs an odd number of members)"
+        )),
+    }
+}
+
+/// Why a cluster could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateClusterError {
+    /// The flags ask for something impossible here.
+    #[error("{0}")]
+    Refused(String),
+    /// A step failed (the cluster was removed again).
+    #[error("{step}")]
+    Step {
+        /// The step.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn step_error<E: std::error::Error + Send + Sync + 'static>(
+    step: &'static str,
+) -> impl FnOnce(E) -> CreateClusterError {
+    move |err| CreateClusterError::Step {
+        step,
+        source: Box::new(err),
+    }
+}
+
+/// What a created cluster reports.
+#[derive(Clone, Debug)]
+pub struct CreatedCluster {
+    /// Its state.
+    pub state: ClusterState,
+    /// The kubeconfig context.
+    pub context: String,
+    /// Time from the command's start to every node Ready and DNS answering.
+    pub ready_after: Duration,
+}
+
+/// Checks the flags against the host before anything is made.
+fn check_host(args: &CreateArgs, provider: Provider) -> Result<(), CreateClusterError> {
+    let refuse = |message: String| Err(CreateClusterError::Refused(message));
+    let label_ok = !args.name.is_empty()
+        && args.name.len() <= 20
+        && args
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !args.name.starts_with('-');
+    if !label_ok {
+        return refuse(format!(
+            "--name {:?}: lower-case letters, digits and '-', at most 20 characters",
+            args.name
+        ));
+    }
+    if cluster_dir(&args.name)
+        .join(crate::state::STATE_FILE)
+        .exists()
+    {
+        return refuse(format!(
+            "a cluster named {} exists (see `baton cluster status {}`; `baton cluster destroy {}` removes it)",
+            args.name, args.name, args.name
+        ));
+    }
+    match provider {
+        Provider::Process => {}
+        Provider::Microvm | Provider::Qemu => {
+            return refuse(format!(
+                "--provider {}: not built yet; use --provider process",
+                if provider == Provider::Qemu {
+                    "qemu"
+                } else {
+                    "microvm"
+                }
+            ));
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return refuse(
+            "the process provider needs root (it makes namespaces, mounts and cgroups)".into(),
+        );
+    }
+    let nodes = (args.control_planes + args.workers) as u64;
+    if args.workers > 200 {
+        return refuse(format!("--workers {}: at most 200", args.workers));
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    if args.cpus == 0 || args.cpus > cores {
+        return refuse(format!(
+            "--cpus {}: this host has {cores} CPUs, so between 1 and {cores} per node",
+            args.cpus
+        ));
+    }
+    let available_mib = memory_available_kib().unwrap_or(u64::MAX) / 1024;
+    if args.memory < 256 {
+        return refuse(format!(
+            "--memory {}: at least 256 MiB per node",
+            args.memory
+        ));
+    }
+    if nodes * args.memory > available_mib {
+        return refuse(format!(
+            "{nodes} nodes of --memory {} MiB need {} MiB, but this host has {available_mib} MiB available",
+            args.memory,
+            nodes * args.memory
+        ));
+    }
+    Ok(())
+}
+
+fn memory_available_kib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Picks the provider: the one asked for, else microvm where KVM can boot Linux, else process
+/// (saying why).
+fn choose_provider(asked: Option<Provider>, progress: &Progress) -> Provider {
+    if let Some(provider) = asked {
+        return provider;
+    }
+    let kvm = baton_vmm::check();
+    let why = if kvm.linux_usable {
+        "KVM can boot Linux here, but the microvm provider is not built yet".to_string()
+    } else {
+        format!("KVM cannot boot Linux guests here: {}", kvm.reason)
+    };
+    progress.note(&format!(
+        "provider: process ({why}; --provider qemu boots the image under QEMU instead)"
+    ));
+    Provider::Process
+}
+
+/// Creates the cluster.
+pub async fn create_cluster(args: &CreateArgs) -> Result<CreatedCluster, CreateClusterError> {
+    let progress = Progress::default();
+    let provider = choose_provider(args.provider, &progress);
+    check_host(args, provider)?;
+    let dir = cluster_dir(&args.name);
+    std::fs::create_dir_all(&dir).map_err(step_error("creating the cluster's directory"))?;
+    let result = create_in(args, &dir, &progress).await;
+    match result {
+        Ok(created) => Ok(created),
+        Err((err, state)) => {
+            if let Some(state) = state {
+                for node in &state.nodes {
+                    let tail = console_tail(&node.console, 30);
+                    if !tail.is_empty() {
+                        progress.note(&format!(
+                            "--- console of {} (last lines)\n{tail}",
+                            node.name
+                        ));
+                    }
+                }
+                progress.note("removing what was made");
+                if let Err(cleanup) = destroy_cluster(&state) {
+                    progress.note(&format!("cleanup failed: {cleanup}"));
+                }
+            } else {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Err(err)
+        }
+    }
+}
+
+/// The last `lines` lines of a console log.
+pub fn console_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+type Failure = (CreateClusterError, Option<ClusterState>);
+
+async fn create_in(
+    args: &CreateArgs,
+    dir: &Path,
+    progress: &Progress,
+) -> Result<CreatedCluster, Failure> {
+    let fail_early = |err: CreateClusterError| (err, None);
+    let step = progress.step("Preparing the node image");
+    let image = prepare_image(args.image.as_deref())
+        .map_err(step_error("preparing the node image"))
+        .map_err(fail_early)?;
+    step.done(&image.sha256[..12]);
+
+    let step = progress.step("Making the PKI and machine configurations");
+    let ca = ClusterCa::generate("kubernetes")
+        .map_err(step_error("making the cluster CA"))
+        .map_err(fail_early)?;
+    let planned = plan_nodes(args.control_planes, args.workers);
+    let mut configs = Vec::new();
+    for node in &planned {
+        let config = machine_config(&args.name, &ca, &planned, node, &args.insecure_registries)
+            .map_err(step_error("issuing a node certificate"))
+            .map_err(fail_early)?;
+        let node_dir = dir.join("nodes").join(&node.name);
+        std::fs::create_dir_all(&node_dir)
+            .map_err(step_error("creating a node directory"))
+            .map_err(fail_early)?;
+        let path = node_dir.join("machine-config.yaml");
+        std::fs::write(&path, config.to_yaml())
+            .map_err(step_error("writing a machine configuration"))
+            .map_err(fail_early)?;
+        configs.push((node.clone(), node_dir, path));
+    }
+    step.done(&format!("{} nodes", planned.len()));
+
+    let api_port = free_local_port()
+        .map_err(step_error("finding a free port on 127.0.0.1"))
+        .map_err(fail_early)?;
+    let admin_kubeconfig = dir.join("admin.kubeconfig");
+    let mut state = ClusterState {
+        name: args.name.clone(),
+        provider: "process".into(),
+        created_at: now_secs(),
+        netns: crate::network::cluster_netns_path(&args.name),
+        gateway: gateway().addr(),
+        nodes: Vec::new(),
+        forwarder_pid: None,
+        api_port,
+        kubeconfig: args.kubeconfig.clone().unwrap_or_else(default_kubeconfig),
+        admin_kubeconfig: admin_kubeconfig.clone(),
+    };
+    // From here on everything made is in the state, so a failure can remove it.
+    let save = |state: &ClusterState| {
+        state
+            .save(dir)
+            .map_err(step_error("saving the cluster's state"))
+    };
+    save(&state).map_err(fail_early)?;
+    macro_rules! attempt {
+        ($result:expr, $step:expr) => {
+            match $result {
+                Ok(value) => value,
+                Err(err) => {
+                    $step.failed();
+                    return Err((err, Some(state.clone())));
+                }
+            }
+        };
+    }
+
+    let step = progress.step("Making the cluster network");
+    let cluster_ns = attempt!(
+        create_cluster_network(&args.name).map_err(step_error("making the cluster network")),
+        step
+    );
+    let mut node_netns = Vec::new();
+    for (index, (node, _, _)) in configs.iter().enumerate() {
+        let path = attempt!(
+            create_node_network(&cluster_ns, &args.name, &node.name, index)
+                .map_err(step_error("making a node's network")),
+            step
+        );
+        node_netns.push(path);
+    }
+    step.done(&format!(
+        "{} on bridge {}",
+        crate::network::CLUSTER_NETWORK,
+        crate::network::BRIDGE
+    ));
+
+    let step = progress.step(&format!(
+        "Booting {} nodes (process provider)",
+        planned.len()
+    ));
+    let exe = attempt!(
+        std::env::current_exe().map_err(step_error("finding this program")),
+        step
+    );
+    for ((node, node_dir, config_path), netns) in configs.iter().zip(&node_netns) {
+        let cgroup = format!("baton/{}/{}", args.name, node.name);
+        let cgroups = attempt!(
+            baton_sandbox::NodeCgroups::for_this_process(&cgroup)
+                .map_err(step_error("finding the node's cgroups")),
+            step
+        );
+        let console = node_dir.join("console.log");
+        let pid = attempt!(
+            spawn_detached(
+                &exe,
+                &[
+                    "sandbox".as_ref(),
+                    "run".as_ref(),
+                    "--image-root".as_ref(),
+                    image.root.as_os_str(),
+                    "--node-dir".as_ref(),
+                    node_dir.as_os_str(),
+                    "--netns".as_ref(),
+                    netns.as_os_str(),
+                    "--cgroup".as_ref(),
+                    cgroup.as_ref(),
+                    "--machine-config".as_ref(),
+                    config_path.as_os_str(),
+                ],
+                &console,
+            )
+            .map_err(step_error("starting a node")),
+            step
+        );
+        state.nodes.push(NodeState {
+            name: node.name.clone(),
+            role: node.role.as_str().into(),
+            ip: node.ip,
+            pid: Some(pid),
+            dir: node_dir.clone(),
+            netns: netns.clone(),
+            cgroups: cgroups.dirs,
+            console,
+            started_at: now_secs(),
+            ready_after_ms: None,
+        });
+        attempt!(save(&state), step);
+    }
+    step.done("");
+
+    let step = progress.step("Starting the API server forwarder");
+    let control_plane = planned
+        .iter()
+        .find(|n| n.role == Role::ControlPlane)
+        .expect("at least one control-plane node");
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port));
+    let to = SocketAddr::from((control_plane.ip, baton_init::node_services::SECURE_PORT));
+    let forwarder_log = dir.join("forwarder.log");
+    let forwarder = attempt!(
+        spawn_detached(
+            &exe,
+            &[
+                "cluster".as_ref(),
+                "forward".as_ref(),
+                "--netns".as_ref(),
+                state.netns.as_os_str(),
+                "--listen".as_ref(),
+                listen.to_string().as_ref(),
+                "--to".as_ref(),
+                to.to_string().as_ref(),
+            ],
+            &forwarder_log,
+        )
+        .map_err(step_error("starting the forwarder")),
+        step
+    );
+    state.forwarder_pid = Some(forwarder);
+    attempt!(save(&state), step);
+    let admin = attempt!(
+        ca.issue_client(baton_pki::ADMIN_USER, Some(baton_pki::ADMIN_GROUP))
+            .map_err(step_error("issuing the admin certificate")),
+        step
+    );
+    let server = format!("https://127.0.0.1:{api_port}");
+    let kubeconfig_text = render_kubeconfig(&Kubeconfig {
+        cluster: &args.name,
+        server: &server,
+        ca_pem: ca.cert_pem(),
+        user: baton_pki::ADMIN_USER,
+        client: &admin,
+    });
+    attempt!(
+        baton_pki::write_file(&admin_kubeconfig, &kubeconfig_text, 0o600)
+            .map_err(step_error("writing the admin kubeconfig")),
+        step
+    );
+    step.done(&server);
+
+    let deadline = Instant::now() + args.wait;
+    let step = progress.step("Waiting for the API server");
+    let client = attempt!(
+        wait_for_api(&admin_kubeconfig, deadline, &state.nodes).await,
+        step
+    );
+    step.done("");
+
+    let step = progress.step(&format!("Waiting for {} nodes to be Ready", planned.len()));
+    let ready = attempt!(
+        wait_for_nodes(
+            &client,
+            &planned,
+            deadline,
+            progress.elapsed(),
+            &state.nodes
+        )
+        .await,
+        step
+    );
+    for node in &mut state.nodes {
+        node.ready_after_ms = ready
+            .iter()
+            .find(|(name, _)| name == &node.name)
+            .map(|(_, after)| after.as_millis() as u64);
+    }
+    attempt!(save(&state), step);
+    step.done("");
+
+    let step = progress.step("Waiting for cluster DNS");
+    attempt!(wait_for_dns(&cluster_ns, &planned, deadline).await, step);
+    step.done("kubernetes.default.svc.cluster.local answers");
+    let ready_after = progress.elapsed();
+
+    let context = format!("baton-{}", args.name);
+    let step = progress.step("Merging the kubeconfig");
+    attempt!(
+        merge_context(&state.kubeconfig, &kubeconfig_text, &context)
+            .map_err(step_error("merging the kubeconfig")),
+        step
+    );
+    step.done(&context);
+    progress.note(&format!(
+        "Cluster {} is ready ({:.1}s). Try:\n  kubectl --context {context} get nodes",
+        args.name,
+        ready_after.as_secs_f64()
+    ));
+    if args.kubeconfig.is_some() {
+        progress.note(&format!(
+            "  (context {context} is in {})",
+            state.kubeconfig.display()
+        ));
+    }
+    Ok(CreatedCluster {
+        state,
+        context,
+        ready_after,
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: another process may take it meanwhile,
+/// in which case the forwarder fails to start and says so).
+fn free_local_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Starts `exe args` in a session of its own with its output in `log`, not waited for: it
+/// outlives this command.
+fn spawn_detached(exe: &Path, args: &[&std::ffi::OsStr], log: &Path) -> std::io::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let err = out.try_clone()?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()?;
+    Ok(child.id())
+}
+
+/// Why waiting failed.
+#[derive(Debug, thiserror::Error)]
+enum WaitError {
+    #[error("connecting to the API server")]
+    Connect(#[from] baton_client::ConnectError),
+    #[error("{0} (see `baton cluster status` and the nodes' console.log)")]
+    Timeout(String),
+    #[error("querying DNS")]
+    Dns(#[from] baton_network::NetNsError),
+}
+
+/// Fails when a node's process has ended: its console says why.
+fn nodes_alive(nodes: &[NodeState]) -> Result<(), CreateClusterError> {
+    for node in nodes {
+        let running = node.pid.is_some_and(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let state = stat
+                    .rsplit_once(')')
+                    .map_or("", |(_, rest)| rest.trim_start());
+                !state.starts_with('Z')
+            })
+        });
+        if !running {
+            return Err(CreateClusterError::Refused(format!(
+                "node {} stopped while the cluster was starting (its console is below)",
+                node.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_api(
+    kubeconfig: &Path,
+    deadline: Instant,
+    nodes: &[NodeState],
+) -> Result<kube::Client, CreateClusterError> {
+    let client = baton_client::connect(Some(kubeconfig), "baton-cluster-create")
+        .await
+        .map_err(WaitError::from)
+        .map_err(step_error("waiting for the API server"))?;
+    loop {
+        let ready = client
+            .request_text(
+                http::Request::get("/readyz")
+                    .body(Vec::new())
+                    .expect("a valid request"),
+            )
+            .await;
+        if ready.is_ok() {
+            return Ok(client);
+        }
+        nodes_alive(nodes)?;
+        if Instant::now() >= deadline {
+            return Err(step_error("waiting for the API server")(
+                WaitError::Timeout("the API server did not answer /readyz in time".into()),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until every planned node is registered and Ready; returns when each was first seen
+/// Ready, as time since the command started.
+async fn wait_for_nodes(
+    client: &kube::Client,
+    planned: &[PlannedNode],
+    deadline: Instant,
+    started_ago: Duration,
+    running: &[NodeState],
+) -> Result<Vec<(String, Duration)>, CreateClusterError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let began = Instant::now() - started_ago;
+    let mut ready: Vec<(String, Duration)> = Vec::new();
+    loop {
+        if let Ok(list) = nodes.list(&Default::default()).await {
+            for node in list.items {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                let is_ready = node
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                if is_ready && !ready.iter().any(|(n, _)| n == &name) {
+                    ready.push((name, began.elapsed()));
+                }
+            }
+        }
+        if planned
+            .iter()
+            .all(|p| ready.iter().any(|(n, _)| n == &p.name))
+        {
+            return Ok(ready);
+        }
+        nodes_alive(running)?;
+        if Instant::now() >= deadline {
+            let missing: Vec<&str> = planned
+                .iter()
+                .filter(|p| !ready.iter().any(|(n, _)| n == &p.name))
+                .map(|p| p.name.as_str())
+                .collect();
+            return Err(step_error("waiting for the nodes")(WaitError::Timeout(
+                format!("nodes not Ready in time: {}", missing.join(", ")),
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until every node's DNS server answers `kubernetes.default.svc.cluster.local` with an
+/// address, asking from the cluster network.
+async fn wait_for_dns(
+    cluster_ns: &NetNs,
+    planned: &[PlannedNode],
+    deadline: Instant,
+) -> Result<(), CreateClusterError> {
+    for node in planned {
+        loop {
+            let server = SocketAddr::from((node.ip, 53));
+            let answered = cluster_ns
+                .run(|| crate::dns_probe::resolves(server, "kubernetes.default.svc.cluster.local."))
+                .map_err(WaitError::from)
+                .map_err(step_error("waiting for cluster DNS"))?;
+            if answered {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(step_error("waiting for cluster DNS")(WaitError::Timeout(
+                    format!("DNS on {} did not answer in time", node.name),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! The node image for a cluster: built from this very binary into the cache when no image is
+//! given (and rebuilt only when the binary changed), and its initramfs unpacked once per
+//! image into a shared, read-only root that every node's overlay uses as its lower layer.
+
+use std::path::{Path, PathBuf};
+
+use baton_image_builder::{
+    BuildNodeImageError, INITRAMFS_NAME, InitramfsError, NodeImageOptions, build_node_image,
+    default_cache_dir, sha256_hex, source_date_epoch, unpack_initramfs,
+};
+
+/// The marker written once an unpacked root is complete.
+const COMPLETE_MARKER: &str = ".baton-unpacked";
+
+/// Why the image could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareImageError {
+    /// Building the image failed.
+    #[error("building the node image")]
+    Build(#[from] BuildNodeImageError),
+    /// The image directory holds no initramfs.
+    #[error(
+        "--image {0}: no {INITRAMFS_NAME} there (make one with `baton image build --output DIR`)"
+    )]
+    NoInitramfs(PathBuf),
+    /// A file could not be read or written.
+    #[error("{action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Unpacking failed.
+    #[error("unpacking the node image")]
+    Unpack(#[from] InitramfsError),
+}
+
+/// A node image ready for the process provider.
+#[derive(Clone, Debug)]
+pub struct PreparedImage {
+    /// The image directory.
+    pub dir: PathBuf,
+    /// The initramfs's sha256.
+    pub sha256: String,
+    /// The unpacked root.
+    pub root: PathBuf,
+}
+
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> PrepareImageError + 'a {
+    move |source| PrepareImageError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Makes the image ready: `image` when given, else the cached build of this binary.
+pub fn prepare_image(image: Option<&Path>) -> Result<PreparedImage, PrepareImageError> {
+    let cache = default_cache_dir();
+    let dir = match image {
+        Some(dir) => dir.to_path_buf(),
+        None => {
+            let baton =
+                std::env::current_exe().map_err(io("finding", Path::new("this program")))?;
+            let binary = std::fs::read(&baton).map_err(io("reading", &baton))?;
+            let dir = cache.join("images").join(&sha256_hex(&binary)[..16]);
+            if !dir.join(INITRAMFS_NAME).exists() {
+                build_node_image(&NodeImageOptions {
+                    baton,
+                    output: dir.clone(),
+                    package_cache: cache.join("packages"),
+                    source_date_epoch: source_date_epoch(),
+                })?;
+            }
+            dir
+        }
+    };
+    let initramfs = dir.join(INITRAMFS_NAME);
+    if !initramfs.exists() {
+        return Err(PrepareImageError::NoInitramfs(dir));
+    }
+    let bytes = std::fs::read(&initramfs).map_err(io("reading", &initramfs))?;
+    let sha256 = sha256_hex(&bytes);
+    let root = cache.join("roots").join(&sha256);
+    if !root.join(COMPLETE_MARKER).exists() {
+        let partial = cache.join("roots").join(format!("{sha256}.partial"));
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial).map_err(io("creating", &partial))?;
+        unpack_initramfs(&initramfs, &partial)?;
+        std::fs::write(partial.join(COMPLETE_MARKER), &sha256).map_err(io("writing", &partial))?;
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::rename(&partial, &root).map_err(io("renaming", &partial))?;
+    }
+    Ok(PreparedImage { dir, sha256, root })
+}

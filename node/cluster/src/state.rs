@@ -1,0 +1,169 @@
+//! A cluster's state on disk (`<data dir>/clusters/<name>/cluster.json`), which `list`,
+//! `status` and `destroy` read, also from a later run of the tool.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The state file's name in the cluster's directory.
+pub const STATE_FILE: &str = "cluster.json";
+
+/// The user's data directory for Baton: `$BATON_HOME`, else `$XDG_DATA_HOME/baton`, else
+/// `~/.local/share/baton`.
+pub fn data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BATON_HOME") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("baton");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".local/share/baton")
+}
+
+/// The directory of cluster `name`.
+pub fn cluster_dir(name: &str) -> PathBuf {
+    data_dir().join("clusters").join(name)
+}
+
+/// One node of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeState {
+    /// The node's name (its hostname).
+    pub name: String,
+    /// `control-plane` or `worker`.
+    pub role: String,
+    /// Its address on the cluster network.
+    pub ip: Ipv4Addr,
+    /// The node's process (the sandbox monitor), while it runs.
+    pub pid: Option<u32>,
+    /// The node's directory.
+    pub dir: PathBuf,
+    /// Its pinned network namespace.
+    pub netns: PathBuf,
+    /// Its cgroup directories on the host.
+    pub cgroups: Vec<PathBuf>,
+    /// Its console log (init's output).
+    pub console: PathBuf,
+    /// When it was started (seconds since the epoch).
+    pub started_at: u64,
+    /// How long it took to turn Ready, in milliseconds, once measured.
+    pub ready_after_ms: Option<u64>,
+}
+
+/// A cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterState {
+    /// Its name.
+    pub name: String,
+    /// The provider its nodes run on.
+    pub provider: String,
+    /// When it was created (seconds since the epoch).
+    pub created_at: u64,
+    /// The cluster network's pinned namespace.
+    pub netns: PathBuf,
+    /// The cluster network's gateway address (the bridge's).
+    pub gateway: Ipv4Addr,
+    /// The nodes.
+    pub nodes: Vec<NodeState>,
+    /// The forwarder from the host to the API server.
+    pub forwarder_pid: Option<u32>,
+    /// Its port on 127.0.0.1.
+    pub api_port: u16,
+    /// The kubeconfig holding the cluster's context.
+    pub kubeconfig: PathBuf,
+    /// The admin kubeconfig of the cluster alone.
+    pub admin_kubeconfig: PathBuf,
+}
+
+/// Why a cluster's state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterStateError {
+    /// The file could not be read or written.
+    #[error("{action} {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a cluster state.
+    #[error("{path} is not a cluster state file")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ClusterState {
+    /// Reads the state of the cluster in `dir`.
+    pub fn load(dir: &Path) -> Result<Self, ClusterStateError> {
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ClusterStateError::Io {
+            action: "reading",
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ClusterStateError::Malformed { path, source })
+    }
+
+    /// Writes the state into `dir` (through a temporary file and a rename).
+    pub fn save(&self, dir: &Path) -> Result<(), ClusterStateError> {
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(self).expect("the state serializes");
+        let io = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ClusterStateError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        std::fs::write(&tmp, text).map_err(io("writing", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("renaming", &path))
+    }
+
+    /// The names of every cluster with a state directory.
+    pub fn list_names() -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(data_dir().join("clusters"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().join(STATE_FILE).exists())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+/// Whether process `pid` runs and its command line contains `marker`, so that a pid the
+/// system reused for something else is never signalled.
+pub fn process_matches(pid: u32, marker: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            text.contains(marker)
+        })
+        .unwrap_or(false)
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,66 @@
+//! `baton cluster`: local clusters from the Baton image (see the baton-cluster crate).
+
+use clap::Subcommand;
+
+/// `baton cluster` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Boot a cluster on this machine and merge its kubeconfig context (`baton-NAME`).
+    Create(Box<baton_cluster::CreateArgs>),
+    /// List the clusters of this machine.
+    List,
+    /// Show a cluster's nodes, their processes, addresses and boot times.
+    Status {
+        /// The cluster's name.
+        name: String,
+    },
+    /// Stop every node of a cluster and remove everything it made.
+    Destroy {
+        /// The cluster's name.
+        name: String,
+    },
+    /// Relay 127.0.0.1 to the API server inside the cluster network (started by `create`).
+    #[command(hide = true)]
+    Forward(baton_cluster::ForwardArgs),
+}
+
+/// Runs the subcommand.
+pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Create(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(baton_cluster::create_cluster(&args))?;
+        }
+        ClusterCommand::List => {
+            let clusters: Vec<baton_cluster::ClusterState> =
+                baton_cluster::state::ClusterState::list_names()
+                    .iter()
+                    .filter_map(|name| {
+                        baton_cluster::ClusterState::load(&baton_cluster::cluster_dir(name)).ok()
+                    })
+                    .collect();
+            print!("{}", baton_cluster::status::list_table(&clusters));
+        }
+        ClusterCommand::Status { name } => {
+            let state = load(&name)?;
+            print!("{}", baton_cluster::status::status_table(&state));
+        }
+        ClusterCommand::Destroy { name } => {
+            let state = load(&name)?;
+            baton_cluster::destroy_cluster(&state)?;
+            println!("cluster {name} destroyed");
+        }
+        ClusterCommand::Forward(args) => baton_cluster::run_forwarder(&args)?,
+    }
+    Ok(())
+}
+
+fn load(name: &str) -> anyhow::Result<baton_cluster::ClusterState> {
+    let dir = baton_cluster::cluster_dir(name);
+    if !dir.join(baton_cluster::state::STATE_FILE).exists() {
+        anyhow::bail!("no cluster named {name} (see `baton cluster list`)");
+    }
+    Ok(baton_cluster::ClusterState::load(&dir)?)
+}
