@@ -150,7 +150,7 @@ pub async fn run(command: ImageCommand) -> anyhow::Result<()> {
                 output,
                 package_cache: package_cache
                     .unwrap_or_else(|| baton_image_builder::default_cache_dir().join("packages")),
-                source_date_epoch: baton_image_builder::source_date_epoch(),
+                source_date_epoch: baton_image_builder::source_date_epoch()?,
             };
             let image = baton_image_builder::build_node_image(&options)?;
             println!("{:<50} {:>12}", "FILE", "BYTES");

@@ -16,8 +16,9 @@ pub use archive::{WriteArchiveError, write_docker_archive, write_oci_archive};
 pub use initramfs::{Entry, EntryKind, InitramfsError, Tree, unpack_initramfs};
 pub use layer::{BuildLayerError, BuiltLayerBlob, LayerBuilder, sha256_digest};
 pub use node_image::{
-    BuildNodeImageError, INITRAMFS_NAME, MANIFEST_NAME, NodeImage, NodeImageOptions, ROLE_LINKS,
-    build_node_image, default_cache_dir, sha256_hex, source_date_epoch,
+    BuildNodeImageError, INITRAMFS_NAME, MANIFEST_NAME, NodeImage, NodeImageOptions,
+    PRELOADED_BUSYBOX, PRELOADED_IMAGES_DIR, ROLE_LINKS, build_node_image, default_cache_dir,
+    sha256_hex,
 };
 pub use oci_layout::{
     ANNOTATION_REF_NAME, Descriptor, Index, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX,
@@ -28,5 +29,5 @@ pub use push::{PushImageError, push_layout, push_layout_with_credentials};
 pub use test_image::{
     BuildImageError, BuiltImage, BuiltLayer, DEFAULT_BUSYBOX, IMAGE_PATH_ENV, LAYERED_ADDED_FILE,
     LAYERED_DELETED_FILE, LAYERED_MOTD, REQUIRED_APPLETS, build_busybox_image,
-    build_layered_test_image,
+    build_layered_test_image, source_date_epoch,
 };

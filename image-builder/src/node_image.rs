@@ -48,6 +48,13 @@ const MOUNT_POINTS: &[(&str, u32)] = &[
     ("root", 0o700),
 ];
 
+/// Where the image keeps OCI archives of the images its nodes start with (init imports them
+/// into the kubelet's image store before the kubelet starts).
+pub const PRELOADED_IMAGES_DIR: &str = "usr/share/baton/images";
+/// The preloaded test image: busybox (with its httpd, the test HTTP server), from Debian's
+/// busybox-static.
+pub const PRELOADED_BUSYBOX: &str = "docker.io/library/busybox:1.35";
+
 /// The initramfs file name in the output directory.
 pub const INITRAMFS_NAME: &str = "initramfs.cpio.gz";
 /// The manifest file name in the output directory.
@@ -62,8 +69,8 @@ pub struct NodeImageOptions {
     pub output: PathBuf,
     /// Where downloaded Debian packages are kept between builds.
     pub package_cache: PathBuf,
-    /// The time stamped on every entry (SOURCE_DATE_EPOCH).
-    pub source_date_epoch: u32,
+    /// The time stamped on every entry (SOURCE_DATE_EPOCH; cpio keeps 32 bits).
+    pub source_date_epoch: u64,
 }
 
 /// A built node image.
@@ -117,6 +124,12 @@ pub enum BuildNodeImageError {
     /// Writing the initramfs failed.
     #[error("writing the initramfs")]
     Initramfs(#[from] InitramfsError),
+    /// The preloaded test image could not be built.
+    #[error("building the preloaded busybox image")]
+    TestImage(#[from] crate::BuildImageError),
+    /// The preloaded test image could not be archived.
+    #[error("archiving the preloaded busybox image")]
+    Archive(#[from] crate::WriteArchiveError),
 }
 
 fn io<'a>(
@@ -189,9 +202,42 @@ pub fn build_node_image(options: &NodeImageOptions) -> Result<NodeImage, BuildNo
             tree.add(&path, kind, mode);
         }
     }
+    // The preloaded busybox image, from busybox-static's binary (kept in `scratch` until the
+    // initramfs is written).
+    let scratch =
+        tempfile::tempdir().map_err(io("creating", Path::new("a temporary directory")))?;
+    let busybox_deb = fetch_package("busybox-static", &options.package_cache)?;
+    let busybox_bytes = std::fs::read(&busybox_deb).map_err(io("reading", &busybox_deb))?;
+    inputs.insert(
+        busybox_deb
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sha256_hex(&busybox_bytes),
+    );
+    let busybox = scratch.path().join("busybox");
+    for (_, kind, _) in extract_from_deb(&busybox_deb, "busybox-static", &["bin/busybox"])? {
+        if let EntryKind::File(data) = kind {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&busybox, data).map_err(io("writing", &busybox))?;
+            std::fs::set_permissions(&busybox, std::fs::Permissions::from_mode(0o755))
+                .map_err(io("writing", &busybox))?;
+        }
+    }
+    let layout = scratch.path().join("layout");
+    crate::build_busybox_image(&busybox, &layout, PRELOADED_BUSYBOX)?;
+    let archive = scratch.path().join("busybox.tar");
+    crate::write_oci_archive(&layout, &archive)?;
+    tree.add(
+        &format!("{PRELOADED_IMAGES_DIR}/busybox.tar"),
+        EntryKind::HostFile(archive),
+        0o644,
+    );
+
     std::fs::create_dir_all(&options.output).map_err(io("creating", &options.output))?;
     let initramfs = options.output.join(INITRAMFS_NAME);
-    let sizes = tree.write_initramfs(&initramfs, options.source_date_epoch)?;
+    let mtime = u32::try_from(options.source_date_epoch).unwrap_or(u32::MAX);
+    let sizes = tree.write_initramfs(&initramfs, mtime)?;
     let bytes = std::fs::read(&initramfs).map_err(io("reading", &initramfs))?;
     let initramfs_sha256 = sha256_hex(&bytes);
     let manifest = serde_json::json!({
@@ -228,14 +274,6 @@ pub fn default_cache_dir() -> PathBuf {
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
     PathBuf::from(home).join(".cache/baton")
-}
-
-/// SOURCE_DATE_EPOCH from the environment (0 when unset or not a number).
-pub fn source_date_epoch() -> u32 {
-    std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The sha256 of `data`, hex.

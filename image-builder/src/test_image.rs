@@ -217,7 +217,9 @@ fn list_applets(busybox: &Path) -> Result<std::collections::BTreeSet<String>, Bu
 }
 
 /// `SOURCE_DATE_EPOCH` or 0.
-fn source_date_epoch() -> Result<u64, BuildImageError> {
+/// SOURCE_DATE_EPOCH from the environment (0 when unset); a value that is not a number is an
+/// error naming it.
+pub fn source_date_epoch() -> Result<u64, BuildImageError> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(value) => value
             .trim()

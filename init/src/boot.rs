@@ -17,6 +17,7 @@ use crate::network_setup::configure_network;
 use crate::node_services::{NodeLayout, SECURE_PORT, node_services};
 use crate::phases::{BootTimeline, error_chain};
 use crate::power::{PowerAction, finish};
+use crate::preload::{PRELOADED_IMAGES, preload_images};
 use crate::supervisor::{ReapMode, Supervisor, SupervisorOptions};
 use crate::sysctls::apply_sysctls;
 
@@ -210,6 +211,14 @@ async fn boot(environment: Environment) -> PowerAction {
         state_dir: PathBuf::from("/var/lib"),
         credentials,
     };
+    let started = std::time::Instant::now();
+    let store = layout.state_dir.join(crate::node_services::IMAGE_STORE);
+    let preloaded = preload_images(Path::new(PRELOADED_IMAGES), &store).await;
+    timeline.record("images", started.elapsed(), &preloaded);
+    match preloaded {
+        Ok(names) => tracing::info!(images = ?names, "preloaded images imported"),
+        Err(err) => return maintenance(vec![error_chain(&err)]).await,
+    }
     run_services(&config, node_ip, &layout, &timeline).await
 }
 

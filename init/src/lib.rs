@@ -18,6 +18,7 @@ pub mod network_setup;
 pub mod node_services;
 pub mod phases;
 pub mod power;
+pub mod preload;
 pub mod readiness;
 pub mod service;
 pub mod supervisor;

@@ -16,6 +16,8 @@ pub const SECURE_PORT: u16 = 6443;
 pub const ETCD_CLIENT_PORT: u16 = 2379;
 /// etcd's peer port.
 pub const ETCD_PEER_PORT: u16 = 2380;
+/// The kubelet's image store, under the state directory.
+pub const IMAGE_STORE: &str = "baton/images";
 /// The label kubectl shows as a node's role, on control-plane nodes.
 pub const CONTROL_PLANE_ROLE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 /// The proxy's health port.
@@ -140,7 +142,7 @@ pub fn node_services(
         ),
         format!(
             "--image-store={}",
-            path(&layout.state_dir.join("baton/images"))
+            path(&layout.state_dir.join(IMAGE_STORE))
         ),
     ];
     if control_plane {

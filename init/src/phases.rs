@@ -50,8 +50,19 @@ impl BootTimeline {
     ) -> Result<T, E> {
         let start = Instant::now();
         let result = phase();
-        let duration = start.elapsed();
-        let outcome = match &result {
+        self.record(name, start.elapsed(), &result);
+        result
+    }
+
+    /// Records phase `name`, which ran elsewhere (an async phase) for `duration` with
+    /// `result`.
+    pub fn record<T, E: std::error::Error>(
+        &mut self,
+        name: &'static str,
+        duration: Duration,
+        result: &Result<T, E>,
+    ) {
+        let outcome = match result {
             Ok(_) => {
                 tracing::info!(
                     phase = name,
@@ -71,7 +82,6 @@ impl BootTimeline {
             duration,
             outcome,
         });
-        result
     }
 
     /// Records phase `name` as skipped, with why.

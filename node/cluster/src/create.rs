@@ -298,6 +298,7 @@ async fn create_in(
         name: args.name.clone(),
         provider: "process".into(),
         created_at: now_secs(),
+        image_root: image.root.clone(),
         netns: crate::network::cluster_netns_path(&args.name),
         gateway: gateway().addr(),
         nodes: Vec::new(),

@@ -18,6 +18,9 @@ pub enum PrepareImageError {
     /// Building the image failed.
     #[error("building the node image")]
     Build(#[from] BuildNodeImageError),
+    /// SOURCE_DATE_EPOCH is not a number.
+    #[error("building the node image")]
+    SourceDateEpoch(#[from] baton_image_builder::BuildImageError),
     /// The image directory holds no initramfs.
     #[error(
         "--image {0}: no {INITRAMFS_NAME} there (make one with `baton image build --output DIR`)"
@@ -76,7 +79,7 @@ pub fn prepare_image(image: Option<&Path>) -> Result<PreparedImage, PrepareImage
                     baton,
                     output: dir.clone(),
                     package_cache: cache.join("packages"),
-                    source_date_epoch: source_date_epoch(),
+                    source_date_epoch: source_date_epoch()?,
                 })?;
             }
             dir
@@ -98,5 +101,41 @@ pub fn prepare_image(image: Option<&Path>) -> Result<PreparedImage, PrepareImage
         let _ = std::fs::remove_dir_all(&root);
         std::fs::rename(&partial, &root).map_err(io("renaming", &partial))?;
     }
+    prune_cache(&cache, &root);
     Ok(PreparedImage { dir, sha256, root })
+}
+
+/// Removes cached images and unpacked roots that neither `current` nor any existing cluster
+/// uses, so that the cache holds one image per binary still in use, not one per build.
+fn prune_cache(cache: &Path, current: &Path) {
+    let in_use: Vec<PathBuf> = crate::state::ClusterState::list_names()
+        .iter()
+        .filter_map(|name| crate::state::ClusterState::load(&crate::state::cluster_dir(name)).ok())
+        .map(|state| state.image_root)
+        .chain([current.to_path_buf()])
+        .collect();
+    let in_use_roots: Vec<String> = in_use
+        .iter()
+        .filter_map(|root| root.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(cache.join("roots")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !in_use_roots.contains(&name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    // A cached image is in use when its initramfs unpacked to a root in use.
+    if let Ok(entries) = std::fs::read_dir(cache.join("images")) {
+        for entry in entries.flatten() {
+            let initramfs = entry.path().join(INITRAMFS_NAME);
+            let used = std::fs::read(&initramfs)
+                .map(|bytes| in_use_roots.contains(&sha256_hex(&bytes)))
+                .unwrap_or(false);
+            if !used {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }

@@ -63,6 +63,8 @@ pub struct ClusterState {
     pub provider: String,
     /// When it was created (seconds since the epoch).
     pub created_at: u64,
+    /// The unpacked image root its nodes' overlays use (kept while the cluster exists).
+    pub image_root: PathBuf,
     /// The cluster network's pinned namespace.
     pub netns: PathBuf,
     /// The cluster network's gateway address (the bridge's).

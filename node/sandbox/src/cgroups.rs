@@ -81,12 +81,17 @@ impl NodeCgroups {
     }
 }
 
-/// Makes `dir` and its missing parents inside a cgroup hierarchy.
+/// Makes `dir` and its missing parents inside a cgroup hierarchy, each ready to be joined
+/// (v1 cpusets with the parent's CPUs and memory nodes).
 fn make_dir(dir: &Path) -> Result<(), NodeCgroupsError> {
-    if dir.exists() {
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
+    if dir.join("cgroup.procs").exists() && !parent.join("cgroup.procs").exists() {
+        // `dir` is the root of its hierarchy.
         return Ok(());
     }
-    let parent = dir.parent().expect("a cgroup directory has a parent");
+    // Parents first, each made or checked: another node's sandbox may be making them now.
     make_dir(parent)?;
     let v2 = parent.join("cgroup.subtree_control").exists();
     if v2 {
