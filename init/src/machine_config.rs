@@ -678,6 +678,87 @@ mod tests {
         assert!(errors[0].message.contains("does not match"));
     }
 
+    /// Every field path of `value` (`machine.network.interfaces[].name`), maps in
+    /// `map_fields` counted as leaves.
+    fn field_paths(
+        value: &serde_json::Value,
+        at: &str,
+        map_fields: &[&str],
+        out: &mut Vec<String>,
+    ) {
+        let child = |key: &str| {
+            if at.is_empty() {
+                key.to_string()
+            } else {
+                format!("{at}.{key}")
+            }
+        };
+        match value {
+            serde_json::Value::Object(fields) if !map_fields.contains(&at) => {
+                for (key, value) in fields {
+                    let path = child(key);
+                    out.push(path.clone());
+                    field_paths(value, &path, map_fields, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                if let Some(first) = items.first() {
+                    field_paths(first, &format!("{at}[]"), map_fields, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_reference_documents_every_field() {
+        let doc = include_str!("../../docs/machine-config.md");
+        let example = doc
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("an example in docs/machine-config.md");
+        let parsed: MachineConfig = serde_saphyr::from_str(example).expect("the example parses");
+        assert_eq!(parsed.machine.hostname, "worker-1");
+        // A configuration with every optional field set.
+        let mut full = control_plane();
+        full.machine.identity = Some(CertificateAndKey {
+            cert: "c".into(),
+            key: "k".into(),
+        });
+        full.machine.data_disk = Some("/dev/vdb".into());
+        full.machine
+            .sysctls
+            .insert("vm.max_map_count".into(), "1".into());
+        full.machine.kernel_args.push("quiet".into());
+        full.machine.network.interfaces[0].mtu = Some(1500);
+        full.machine
+            .kubelet
+            .insecure_registries
+            .push("r:5000".into());
+        full.machine.kubelet.extra_args.push("--max-pods=5".into());
+        full.machine.proxy.extra_args.push("--v=2".into());
+        full.cluster
+            .dns
+            .upstreams
+            .push("10.0.0.1:53".parse().unwrap());
+        let mut paths = Vec::new();
+        field_paths(
+            &serde_json::to_value(&full).unwrap(),
+            "",
+            &["machine.sysctls"],
+            &mut paths,
+        );
+        let missing: Vec<&String> = paths
+            .iter()
+            .filter(|p| !doc.contains(&format!("| `{p}` |")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in docs/machine-config.md: {missing:?}"
+        );
+    }
+
     #[test]
     fn workers_need_an_identity_and_no_ca_key() {
         let mut config = control_plane();

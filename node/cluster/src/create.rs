@@ -378,6 +378,10 @@ async fn create_in(
                     cgroup.as_ref(),
                     "--machine-config".as_ref(),
                     config_path.as_os_str(),
+                    "--memory".as_ref(),
+                    args.memory.to_string().as_ref(),
+                    "--cpus".as_ref(),
+                    args.cpus.to_string().as_ref(),
                 ],
                 &console,
             )

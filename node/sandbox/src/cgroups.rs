@@ -81,6 +81,41 @@ impl NodeCgroups {
     }
 }
 
+impl NodeCgroups {
+    /// Limits the node to `memory_mib` of memory and `cpus` CPUs (cgroup v1 or v2 files,
+    /// whichever the directories have).
+    pub fn limit(&self, memory_mib: u64, cpus: u32) -> Result<(), NodeCgroupsError> {
+        const PERIOD_US: u64 = 100_000;
+        let bytes = memory_mib * 1024 * 1024;
+        let quota = u64::from(cpus) * PERIOD_US;
+        for dir in &self.dirs {
+            let writes: Vec<(&str, String)> = if dir.join("memory.max").exists() {
+                // cgroup v2: memory and cpu in the one directory.
+                vec![
+                    ("memory.max", bytes.to_string()),
+                    ("cpu.max", format!("{quota} {PERIOD_US}")),
+                ]
+            } else if dir.join("memory.limit_in_bytes").exists() {
+                vec![("memory.limit_in_bytes", bytes.to_string())]
+            } else if dir.join("cpu.cfs_quota_us").exists() {
+                vec![
+                    ("cpu.cfs_period_us", PERIOD_US.to_string()),
+                    ("cpu.cfs_quota_us", quota.to_string()),
+                ]
+            } else {
+                Vec::new()
+            };
+            for (file, value) in writes {
+                let path = dir.join(file);
+                if path.exists() {
+                    std::fs::write(&path, value).map_err(fail("writing", &path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Makes `dir` and its missing parents inside a cgroup hierarchy, each ready to be joined
 /// (v1 cpusets with the parent's CPUs and memory nodes).
 fn make_dir(dir: &Path) -> Result<(), NodeCgroupsError> {

@@ -33,6 +33,12 @@ pub struct SandboxArgs {
     /// The node's machine configuration (YAML).
     #[arg(long)]
     pub machine_config: PathBuf,
+    /// The node's memory limit, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u64,
+    /// The node's CPU limit, in CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
     /// Internal: this process boots the node once (the monitor starts it with this flag).
     #[arg(long, hide = true)]
     pub boot: bool,
@@ -98,7 +104,9 @@ pub fn run_sandbox(args: &SandboxArgs) -> Result<u8, RunSandboxError> {
             path: args.machine_config.clone(),
             source,
         })?;
-    NodeCgroups::for_this_process(&args.cgroup)?.create_and_join()?;
+    let cgroups = NodeCgroups::for_this_process(&args.cgroup)?;
+    cgroups.create_and_join()?;
+    cgroups.limit(args.memory, args.cpus)?;
     place_machine_config(&NodeDirs::under(&args.node_dir), &yaml)?;
     let signals = forwarded_signals();
     block_signals(&signals)?;
