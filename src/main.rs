@@ -33,7 +33,11 @@ enum Command {
     Dns(Box<baton_dns::DnsArgs>),
     /// Run as PID 1 of a Baton node (the image's /init): boot phases, then the node's services
     /// from its machine configuration.
-    Init,
+    Init {
+        /// Words of the kernel command line the kernel passes on to init; ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        kernel_args: Vec<String>,
+    },
     /// Test tool: simulate nodes that register, heartbeat and report pods Running (like kwok).
     SimNodes(Box<baton_sim_nodes::SimNodesArgs>),
     /// The container runtime process the kubelet starts (single-threaded; drives libcontainer).
@@ -131,7 +135,10 @@ fn args_with_role() -> Vec<String> {
     if let Some(role) = ROLES.iter().find(|r| invoked == **r) {
         // `/init kubelet ...`: init's own binary started by a service (the kubelet's runtime
         // process) under a subcommand of its own.
+        // As PID 1, the arguments are the kernel command line's leftovers, never a
+        // subcommand.
         let names_subcommand = *role == "init"
+            && std::process::id() != 1
             && args.get(1).is_some_and(|first| {
                 <Cli as clap::CommandFactory>::command()
                     .find_subcommand(first)
@@ -179,7 +186,7 @@ fn main() -> ExitCode {
         _ => DEFAULT_LOG_FILTER,
     });
     let result = match cli.command {
-        Command::Init => return ExitCode::from(baton_init::run_init()),
+        Command::Init { .. } => return ExitCode::from(baton_init::run_init()),
         Command::Apiserver(args) => run_async(async move {
             baton_apiserver::run(*args)
                 .await

@@ -125,6 +125,34 @@ impl Drop for TestCluster {
     }
 }
 
+/// A node's entry in the cluster's state.
+fn node_state<'a>(state: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap()
+}
+
+/// The host pid of a node's init: the process of the node's cgroup that is PID 1 of its own
+/// PID namespace.
+fn init_pid(node: &serde_json::Value) -> Option<u32> {
+    node["cgroups"]
+        .as_array()?
+        .iter()
+        .filter_map(|c| c.as_str())
+        // init is in the node's cgroup (v1), or in its `init` child (v2).
+        .flat_map(|c| [Path::new(c).to_path_buf(), Path::new(c).join("init")])
+        .filter_map(|dir| std::fs::read_to_string(dir.join("cgroup.procs")).ok())
+        .flat_map(|procs| procs.lines().map(str::to_string).collect::<Vec<_>>())
+        .find_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+            (nspid.split_whitespace().nth(1) == Some("1")).then(|| pid.parse().ok())?
+        })
+}
+
 /// Polls `check` every 250 ms until it gives a value or `timeout` passes.
 fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -376,12 +404,7 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
         .unwrap(),
     )
     .unwrap();
-    let worker2 = state["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "worker-2")
-        .unwrap();
+    let worker2 = node_state(&state, "worker-2");
     let cgroups: Vec<PathBuf> = worker2["cgroups"]
         .as_array()
         .unwrap()
@@ -465,6 +488,67 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
         t,
     );
 
+    // worker-1 reboots (its init's reboot request, SIGRTMIN+5, as systemd's): init stops the
+    // node in order, its monitor boots it again, and it comes back with its pods.
+    let t = Instant::now();
+    let worker1 = node_state(&state, "worker-1");
+    let first_init = init_pid(worker1).expect("worker-1's init");
+    let signalled = Command::new("bash")
+        .args(["-c", &format!("kill -s RTMIN+5 {first_init}")])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let second_init = wait_for(
+        "worker-1's init to start again",
+        Duration::from_secs(60),
+        || init_pid(worker1).filter(|pid| *pid != first_init),
+    );
+    assert_ne!(second_init, first_init);
+    let console =
+        std::fs::read_to_string(cluster.node_dir("worker-1").join("console.log")).unwrap();
+    assert!(
+        console.contains("the node rebooted"),
+        "the monitor saw a reboot"
+    );
+    wait_for(
+        "the client pod to run again after the reboot",
+        Duration::from_secs(120),
+        || {
+            let out = cluster.kubectl(&["exec", "client", "--", "echo", "back"]);
+            (out.status.success() && String::from_utf8_lossy(&out.stdout).contains("back"))
+                .then_some(())
+        },
+    );
+    wait_for(
+        "the Service to answer after the reboot",
+        Duration::from_secs(60),
+        || {
+            let out = cluster.kubectl(&[
+                "exec",
+                "client",
+                "--",
+                "timeout",
+                "3",
+                "wget",
+                "-q",
+                "-O-",
+                "http://web:80/",
+            ]);
+            (out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains("hello from web-"))
+            .then_some(())
+        },
+    );
+    let ready = cluster.kubectl_ok(&[
+        "get",
+        "node",
+        "worker-1",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ]);
+    assert_eq!(ready.trim(), "True");
+    cluster.step("a rebooted worker comes back Ready with its pods", t);
+
     let t = Instant::now();
     let out = cluster.baton(&["cluster", "destroy", &name]);
     assert!(
@@ -499,10 +583,19 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
     }
     let cluster_dir = cluster.home.path().join(format!("clusters/{name}"));
     assert!(!cluster_dir.exists(), "{} left", cluster_dir.display());
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    // No process anywhere (in whatever mount namespace) still has a mount of the cluster's.
+    let home = cluster.home.path().to_string_lossy().into_owned();
+    let holders: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| {
+            std::fs::read_to_string(p.path().join("mountinfo")).is_ok_and(|m| m.contains(&home))
+        })
+        .map(|p| p.file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(
-        !mounts.contains(&*cluster.home.path().to_string_lossy()),
-        "mounts left under the cluster's directory"
+        holders.is_empty(),
+        "processes with the cluster's mounts: {holders:?}"
     );
     let kubeconfig_text = std::fs::read_to_string(&cluster.kubeconfig).unwrap_or_default();
     assert!(

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use flate2::Compression;
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 
 /// What an entry of the image is.
@@ -130,26 +130,52 @@ impl Tree {
     }
 }
 
-/// Unpacks a gzip-compressed newc cpio archive (several concatenated ones are read as one
-/// tree, as the kernel does) into `target`, which must exist.
+/// Unpacks a gzip-compressed newc cpio archive into `target`, which must exist. Several
+/// archives concatenated (each gzip member or cpio trailer followed by another archive) are
+/// read as one tree, as the kernel does. No entry lands outside `target`: names with `..` or a
+/// leading `/`, and paths through a symbolic link, are refused; an existing entry is replaced,
+/// never written through.
 pub fn unpack_initramfs(archive: &Path, target: &Path) -> Result<usize, InitramfsError> {
     use std::os::unix::fs::PermissionsExt;
     let file = std::fs::File::open(archive).map_err(io("opening", archive))?;
-    let mut reader: Box<dyn Read> = Box::new(GzDecoder::new(std::io::BufReader::new(file)));
+    let mut reader: Box<dyn Read> = Box::new(MultiGzDecoder::new(std::io::BufReader::new(file)));
     let mut count = 0;
+    let mut trailers = 0;
     loop {
-        let mut entry = cpio::NewcReader::new(reader).map_err(io("reading", archive))?;
+        let mut entry = match cpio::NewcReader::new(reader) {
+            Ok(entry) => entry,
+            // After a complete archive: the end, or padding after the last one.
+            Err(_) if trailers > 0 => break,
+            Err(err) => return Err(io("reading", archive)(err)),
+        };
         let name = entry.entry().name().to_string();
         if entry.entry().is_trailer() {
-            break;
+            trailers += 1;
+            reader = entry.finish().map_err(io("reading", archive))?;
+            continue;
         }
         if name.split('/').any(|part| part == "..") || name.starts_with('/') {
             return Err(InitramfsError::UnsafePath(name));
         }
-        let mode = entry.entry().mode();
         let path = target.join(&name);
+        // No parent of the entry may be a symbolic link (it could point out of `target`).
+        let mut parent = Path::new(&name).parent();
+        while let Some(dir) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            let through_link = std::fs::symlink_metadata(target.join(dir))
+                .is_ok_and(|m| m.file_type().is_symlink());
+            if through_link {
+                return Err(InitramfsError::UnsafePath(name));
+            }
+            parent = dir.parent();
+        }
+        let mode = entry.entry().mode();
+        let replace = |path: &Path| match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.is_dir() => std::fs::remove_file(path),
+            _ => Ok(()),
+        };
         match mode & 0o170000 {
             0o040000 => {
+                replace(&path).map_err(io("replacing", &path))?;
                 std::fs::create_dir_all(&path).map_err(io("creating", &path))?;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
                     .map_err(io("setting the mode of", &path))?;
@@ -159,11 +185,16 @@ pub fn unpack_initramfs(archive: &Path, target: &Path) -> Result<usize, Initramf
                 entry
                     .read_to_string(&mut link)
                     .map_err(io("reading", archive))?;
-                let _ = std::fs::remove_file(&path);
+                replace(&path).map_err(io("replacing", &path))?;
                 std::os::unix::fs::symlink(&link, &path).map_err(io("creating", &path))?;
             }
             0o100000 => {
-                let mut out = std::fs::File::create(&path).map_err(io("creating", &path))?;
+                replace(&path).map_err(io("replacing", &path))?;
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(io("creating", &path))?;
                 std::io::copy(&mut entry, &mut out).map_err(io("writing", &path))?;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
                     .map_err(io("setting the mode of", &path))?;
@@ -217,5 +248,55 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o755);
+    }
+
+    #[test]
+    fn an_appended_archive_adds_to_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, extra) = (dir.path().join("base.gz"), dir.path().join("extra.gz"));
+        tree().write_initramfs(&base, 0).unwrap();
+        let mut config = Tree::default();
+        config.add(
+            "etc/baton/machine-config.yaml",
+            EntryKind::File(b"kind: MachineConfig\n".to_vec()),
+            0o600,
+        );
+        config.write_initramfs(&extra, 0).unwrap();
+        let both = dir.path().join("both.gz");
+        let mut bytes = std::fs::read(&base).unwrap();
+        bytes.extend(std::fs::read(&extra).unwrap());
+        std::fs::write(&both, bytes).unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        unpack_initramfs(&both, &root).unwrap();
+        assert!(root.join("init").exists());
+        assert_eq!(
+            std::fs::read(root.join("etc/baton/machine-config.yaml")).unwrap(),
+            b"kind: MachineConfig\n"
+        );
+    }
+
+    #[test]
+    fn entries_through_a_symbolic_link_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let mut evil = Tree::default();
+        evil.add(
+            "a",
+            EntryKind::Symlink(outside.display().to_string()),
+            0o777,
+        );
+        evil.add("a/planted", EntryKind::File(b"x".to_vec()), 0o644);
+        let archive = dir.path().join("evil.gz");
+        evil.write_initramfs(&archive, 0).unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let err = unpack_initramfs(&archive, &root).unwrap_err();
+        assert!(
+            matches!(err, InitramfsError::UnsafePath(ref name) if name == "a/planted"),
+            "{err}"
+        );
+        assert!(!outside.join("planted").exists());
     }
 }

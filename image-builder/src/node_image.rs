@@ -237,7 +237,13 @@ pub fn build_node_image(options: &NodeImageOptions) -> Result<NodeImage, BuildNo
     std::fs::create_dir_all(&options.output).map_err(io("creating", &options.output))?;
     let initramfs = options.output.join(INITRAMFS_NAME);
     let mtime = u32::try_from(options.source_date_epoch).unwrap_or(u32::MAX);
-    let sizes = tree.write_initramfs(&initramfs, mtime)?;
+    // Written under a temporary name and renamed: an interrupted build leaves no initramfs
+    // that looks complete.
+    let partial = options
+        .output
+        .join(format!("{INITRAMFS_NAME}.partial-{}", std::process::id()));
+    let sizes = tree.write_initramfs(&partial, mtime)?;
+    std::fs::rename(&partial, &initramfs).map_err(io("renaming", &partial))?;
     let bytes = std::fs::read(&initramfs).map_err(io("reading", &initramfs))?;
     let initramfs_sha256 = sha256_hex(&bytes);
     let manifest = serde_json::json!({

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
 
 use crate::cgroups::{parse_proc_cgroup, setup_cgroups};
 use crate::config_source::find_config;
@@ -77,14 +77,17 @@ fn install_panic_hook(environment: Environment) {
 }
 
 async fn boot(environment: Environment) -> PowerAction {
+    let mut power = PowerSignals::listen();
     let mut timeline = BootTimeline::default();
     let root = Path::new("/");
     let mounted = timeline.run("mounts", || mount_all(root, &early_mounts(environment)));
-    if mounted.is_err() {
-        return maintenance(vec!["the early mounts failed".into()]).await;
+    if let Err(err) = mounted {
+        return maintenance(vec![error_chain(&err)], &mut power).await;
     }
-    if environment.is_sandbox() {
-        let _ = timeline.run("dev", || populate_sandbox_dev(root));
+    if environment.is_sandbox()
+        && let Err(err) = timeline.run("dev", || populate_sandbox_dev(root))
+    {
+        return maintenance(vec![error_chain(&err)], &mut power).await;
     }
     let hierarchies =
         parse_proc_cgroup(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
@@ -92,7 +95,7 @@ async fn boot(environment: Environment) -> PowerAction {
         setup_cgroups(Path::new("/sys/fs/cgroup"), &hierarchies)
     }) {
         Ok(summary) => tracing::info!("{summary}"),
-        Err(err) => return maintenance(vec![error_chain(&err)]).await,
+        Err(err) => return maintenance(vec![error_chain(&err)], &mut power).await,
     }
     match environment {
         Environment::Machine => {
@@ -101,7 +104,7 @@ async fn boot(environment: Environment) -> PowerAction {
                 .unwrap_or_default();
             let modules = PathBuf::from("/lib/modules").join(release);
             if let Err(err) = timeline.run("modules", || load_modules(&modules)) {
-                return maintenance(vec![error_chain(&err)]).await;
+                return maintenance(vec![error_chain(&err)], &mut power).await;
             }
         }
         Environment::Sandbox => timeline.skip("modules", "a sandbox runs on the host's kernel"),
@@ -116,17 +119,16 @@ async fn boot(environment: Environment) -> PowerAction {
         Ok(None) => {
             return maintenance(vec![
                 "no machine configuration: none on the kernel command line, in /etc/baton, or on a BATON-CONFIG partition".into(),
-            ])
-            .await;
+            ], &mut power).await;
         }
-        Err(err) => return maintenance(vec![error_chain(&err)]).await,
+        Err(err) => return maintenance(vec![error_chain(&err)], &mut power).await,
     };
     let config = match MachineConfig::parse(&found.yaml, &found.source) {
         Ok(config) => config,
         Err(err) => {
             let mut problems = vec![err.to_string()];
             problems.extend(err.problems());
-            return maintenance(problems).await;
+            return maintenance(problems, &mut power).await;
         }
     };
     tracing::info!(
@@ -138,12 +140,12 @@ async fn boot(environment: Environment) -> PowerAction {
     if let Err(err) = timeline.run("hostname", || {
         nix::unistd::sethostname(&config.machine.hostname)
     }) {
-        return maintenance(vec![format!("setting the hostname: {err}")]).await;
+        return maintenance(vec![format!("setting the hostname: {err}")], &mut power).await;
     }
     if let Err(err) = timeline.run("sysctls", || {
         apply_sysctls(Path::new("/proc/sys"), environment, &config.machine.sysctls)
     }) {
-        return maintenance(vec![error_chain(&err)]).await;
+        return maintenance(vec![error_chain(&err)], &mut power).await;
     }
     match (environment, &config.machine.data_disk) {
         (Environment::Sandbox, _) => timeline.skip(
@@ -151,9 +153,12 @@ async fn boot(environment: Environment) -> PowerAction {
             "the sandbox's root directory keeps /var across restarts",
         ),
         (Environment::Machine, Some(disk)) => {
-            return maintenance(vec![format!(
-                "machine.dataDisk {disk}: formatting and mounting a data disk is not built yet"
-            )])
+            return maintenance(
+                vec![format!(
+                    "machine.dataDisk {disk}: formatting and mounting a data disk is not built yet"
+                )],
+                &mut power,
+            )
             .await;
         }
         (Environment::Machine, None) => {
@@ -169,7 +174,7 @@ async fn boot(environment: Environment) -> PowerAction {
                 )
             });
             if let Err(err) = mounted {
-                return maintenance(vec![error_chain(&err)]).await;
+                return maintenance(vec![error_chain(&err)], &mut power).await;
             }
         }
     }
@@ -177,7 +182,7 @@ async fn boot(environment: Environment) -> PowerAction {
         configure_network(&config.machine.network, Path::new("/etc/resolv.conf"))
     }) {
         Ok(address) => address,
-        Err(err) => return maintenance(vec![error_chain(&err)]).await,
+        Err(err) => return maintenance(vec![error_chain(&err)], &mut power).await,
     };
     let node_ip = address.or_else(|| {
         config
@@ -190,8 +195,7 @@ async fn boot(environment: Environment) -> PowerAction {
     let Some(node_ip) = node_ip else {
         return maintenance(vec![
             "machine.network.interfaces: no address for the node (none configured, and the node is not in cluster.controlPlane)".into(),
-        ])
-        .await;
+        ], &mut power).await;
     };
     timeline.skip("clock", "the kernel keeps the clock (kvmclock or the RTC)");
     let credentials = match timeline.run("credentials", || {
@@ -203,7 +207,7 @@ async fn boot(environment: Environment) -> PowerAction {
         )
     }) {
         Ok(paths) => paths,
-        Err(err) => return maintenance(vec![error_chain(&err)]).await,
+        Err(err) => return maintenance(vec![error_chain(&err)], &mut power).await,
     };
     let layout = NodeLayout {
         bin_dir: PathBuf::from(BIN_DIR),
@@ -217,9 +221,9 @@ async fn boot(environment: Environment) -> PowerAction {
     timeline.record("images", started.elapsed(), &preloaded);
     match preloaded {
         Ok(names) => tracing::info!(images = ?names, "preloaded images imported"),
-        Err(err) => return maintenance(vec![error_chain(&err)]).await,
+        Err(err) => return maintenance(vec![error_chain(&err)], &mut power).await,
     }
-    run_services(&config, node_ip, &layout, &timeline).await
+    run_services(&config, node_ip, &layout, &timeline, &mut power).await
 }
 
 async fn run_services(
@@ -227,6 +231,7 @@ async fn run_services(
     node_ip: std::net::Ipv4Addr,
     layout: &NodeLayout,
     timeline: &BootTimeline,
+    power: &mut PowerSignals,
 ) -> PowerAction {
     let specs = node_services(config, node_ip, layout);
     let options = SupervisorOptions {
@@ -235,14 +240,14 @@ async fn run_services(
     };
     let (supervisor, handle) = match Supervisor::new(specs, options) {
         Ok(pair) => pair,
-        Err(err) => return maintenance(vec![err.to_string()]).await,
+        Err(err) => return maintenance(vec![err.to_string()], power).await,
     };
     tracing::info!(
         ms = timeline.since_start().as_secs_f64() * 1e3,
         "boot phases done; starting services"
     );
     let supervisor = tokio::spawn(supervisor.run());
-    let action = power_request().await;
+    let action = power.request().await;
     tracing::info!(?action, "shutting down: stopping services");
     handle.shutdown();
     match supervisor.await {
@@ -253,32 +258,52 @@ async fn run_services(
     action
 }
 
-/// Waits for a power request: SIGTERM or SIGINT power off; SIGRTMIN+5 reboots (systemd's
-/// signal for it).
-async fn power_request() -> PowerAction {
-    let streams = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::from_raw(libc::SIGRTMIN() + 5)),
-    );
-    let (Ok(mut term), Ok(mut int), Ok(mut reboot)) = streams else {
-        tracing::error!("cannot listen for power signals");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => PowerAction::PowerOff,
-        _ = int.recv() => PowerAction::PowerOff,
-        _ = reboot.recv() => PowerAction::Reboot,
+/// The power requests init listens for from its first moment: SIGTERM or SIGINT power off;
+/// SIGRTMIN+5 reboots (systemd's signal for it). A request that comes while the node still
+/// boots is kept (PID 1 of a PID namespace is sent only the signals it has handlers for, so
+/// the handlers must be there from the start).
+struct PowerSignals {
+    streams: Option<(SignalStream, SignalStream, SignalStream)>,
+}
+
+impl PowerSignals {
+    fn listen() -> Self {
+        let streams = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::from_raw(libc::SIGRTMIN() + 5)),
+        );
+        match streams {
+            (Ok(term), Ok(int), Ok(reboot)) => PowerSignals {
+                streams: Some((term, int, reboot)),
+            },
+            _ => {
+                tracing::error!("cannot listen for power signals");
+                PowerSignals { streams: None }
+            }
+        }
+    }
+
+    /// Waits for the next power request.
+    async fn request(&mut self) -> PowerAction {
+        let Some((term, int, reboot)) = &mut self.streams else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => PowerAction::PowerOff,
+            _ = int.recv() => PowerAction::PowerOff,
+            _ = reboot.recv() => PowerAction::Reboot,
+        }
     }
 }
 
 /// Maintenance mode: reports every problem on the console and waits for a power request.
-async fn maintenance(problems: Vec<String>) -> PowerAction {
+async fn maintenance(problems: Vec<String>, power: &mut PowerSignals) -> PowerAction {
     tracing::error!("maintenance mode: nothing of the machine configuration is applied");
     for problem in &problems {
         tracing::error!("maintenance: {problem}");
     }
-    power_request().await
+    power.request().await
 }
 
 /// The credentials' paths on a node (for tools that read them).

@@ -38,9 +38,10 @@ impl LogRing {
             let dropped = inner.lines.pop_front().expect("more than one line");
             inner.bytes -= dropped.len();
         }
-        drop(inner);
-        // No follower is not an error.
+        // Sent under the lock, so that a follower's copy and its receiver never both hold
+        // this line. No follower is not an error.
         let _ = self.follow.send(line);
+        drop(inner);
     }
 
     /// The lines kept now, oldest first.

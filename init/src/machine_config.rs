@@ -390,10 +390,10 @@ impl MachineConfig {
                     ),
                 );
             }
-            if interface.dhcp && !interface.addresses.is_empty() {
+            if interface.dhcp {
                 fail(
-                    &format!("{at}.addresses"),
-                    "must be empty when dhcp is true".into(),
+                    &format!("{at}.dhcp"),
+                    "DHCPv4 is not built yet: give addresses and routes".into(),
                 );
             }
             if let Some(mtu) = interface.mtu
@@ -405,6 +405,16 @@ impl MachineConfig {
                 );
             }
             for (j, route) in interface.routes.iter().enumerate() {
+                if route.to != route.to.trunc() {
+                    fail(
+                        &format!("{at}.routes[{j}].to"),
+                        format!(
+                            "{} has host bits set (the network is {})",
+                            route.to,
+                            route.to.trunc()
+                        ),
+                    );
+                }
                 let reachable =
                     interface.dhcp || interface.addresses.iter().any(|a| a.contains(&route.via));
                 if !reachable {
@@ -508,6 +518,20 @@ impl MachineConfig {
                 ),
             );
         }
+        for (i, member) in cluster.control_plane.iter().enumerate() {
+            if let Err(message) = check_dns_label(&member.name) {
+                fail(&format!("cluster.controlPlane[{i}].name"), message);
+            }
+            if cluster.control_plane[..i]
+                .iter()
+                .any(|m| m.name == member.name)
+            {
+                fail(
+                    &format!("cluster.controlPlane[{i}].name"),
+                    format!("{} is listed twice", member.name),
+                );
+            }
+        }
         if !cluster.service_cidr.contains(&cluster.dns.service_ip) {
             fail(
                 "cluster.dns.serviceIP",
@@ -521,7 +545,9 @@ impl MachineConfig {
     }
 }
 
-fn check_dns_label(name: &str) -> Result<(), String> {
+/// Checks that `name` is a DNS label (RFC 1123: lower-case letters, digits and '-', at most 63,
+/// not starting or ending with '-'); the error says so.
+pub fn check_dns_label(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name

@@ -126,8 +126,19 @@ enum Command {
 }
 
 enum Event {
-    Ready { index: usize, generation: u64 },
-    RestartDue { index: usize, generation: u64 },
+    Ready {
+        index: usize,
+        generation: u64,
+    },
+    RestartDue {
+        index: usize,
+        generation: u64,
+    },
+    /// A service asked to restart had its stop timeout to end after SIGTERM.
+    StopTimedOut {
+        index: usize,
+        generation: u64,
+    },
 }
 
 /// Talks to a running supervisor: status, logs, restarts and shutdown.
@@ -473,6 +484,17 @@ impl Supervisor {
                     );
                 }
             }
+            Event::StopTimedOut { index, generation } => {
+                let runtime = &self.services[index];
+                if runtime.generation == generation
+                    && runtime.restart_requested
+                    && let Some(pid) = runtime.pid
+                {
+                    let name = &self.specs[index].name;
+                    tracing::warn!(service = %name, "service did not stop for its restart: SIGKILL");
+                    signal_group(name, pid, Signal::SIGKILL);
+                }
+            }
             Event::RestartDue { index, generation } => {
                 let runtime = &mut self.services[index];
                 if runtime.generation == generation
@@ -501,6 +523,12 @@ impl Supervisor {
             (ServiceState::Running, Some(pid)) => {
                 runtime.restart_requested = true;
                 signal_group(&self.specs[index].name, pid, Signal::SIGTERM);
+                let (events, generation) = (self.events_tx.clone(), runtime.generation);
+                let timeout = self.specs[index].stop_timeout;
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    let _ = events.send(Event::StopTimedOut { index, generation });
+                });
             }
             // A service still waiting for its dependencies starts when they are ready.
             (ServiceState::Waiting, _) => {}

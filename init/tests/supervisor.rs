@@ -67,13 +67,9 @@ async fn a_service_starts_only_once_its_dependency_is_ready() {
         service(s, "db").state == ServiceState::Running
     })
     .await;
+    // db runs but is not ready (nothing listens yet): app waits.
+    assert!(!service(&statuses, "db").ready);
     assert_eq!(service(&statuses, "app").state, ServiceState::Waiting);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        service(&handle.status(), "app").state,
-        ServiceState::Waiting,
-        "app must wait while db is not ready"
-    );
     let _listener = tokio::net::TcpListener::bind(address).await.unwrap();
     let opened = Instant::now();
     let statuses = wait_for(&handle, "app to run", |s| {
@@ -145,10 +141,20 @@ async fn policies_never_and_on_failure_leave_a_clean_exit_alone() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn restart_on_request_replaces_the_process() {
-    let specs = vec![sh("web", "exec sleep 60")];
+    let mut stubborn = sh("stubborn", "trap '' TERM; echo up; exec sleep 60");
+    stubborn.stop_timeout = Duration::from_millis(300);
+    let specs = vec![sh("web", "exec sleep 60"), stubborn];
     let (supervisor, handle) = Supervisor::new(specs, options()).unwrap();
     let task = tokio::spawn(supervisor.run());
-    let first = wait_for(&handle, "web to run", |s| service(s, "web").pid.is_some()).await;
+    let first = wait_for(&handle, "web and stubborn to run", |s| {
+        service(s, "web").pid.is_some() && service(s, "stubborn").pid.is_some()
+    })
+    .await;
+    let stubborn_log = handle.logs("stubborn").unwrap();
+    wait_for(&handle, "stubborn's trap", |_| {
+        stubborn_log.lines().contains(&"up".to_string())
+    })
+    .await;
     let first_pid = service(&first, "web").pid.unwrap();
     handle.restart("web").await.unwrap();
     let second = wait_for(&handle, "a new web process", |s| {
@@ -160,6 +166,17 @@ async fn restart_on_request_replaces_the_process() {
         !pid_alive(first_pid),
         "the old process is gone (and reaped)"
     );
+    // A service that ignores SIGTERM is killed after its stop timeout, then started again.
+    let stubborn_first = service(&second, "stubborn").pid.unwrap();
+    handle.restart("stubborn").await.unwrap();
+    let third = wait_for(&handle, "a new stubborn process", |s| {
+        service(s, "stubborn")
+            .pid
+            .is_some_and(|p| p != stubborn_first)
+    })
+    .await;
+    assert_eq!(service(&third, "stubborn").restarts, 1);
+    assert!(!pid_alive(stubborn_first));
     let err = handle.restart("nope").await.unwrap_err();
     assert_eq!(err.to_string(), "no service named nope");
     handle.shutdown();

@@ -120,18 +120,11 @@ pub struct CreatedCluster {
 /// Checks the flags against the host before anything is made.
 fn check_host(args: &CreateArgs, provider: Provider) -> Result<(), CreateClusterError> {
     let refuse = |message: String| Err(CreateClusterError::Refused(message));
-    let label_ok = !args.name.is_empty()
-        && args.name.len() <= 20
-        && args
-            .name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !args.name.starts_with('-');
-    if !label_ok {
-        return refuse(format!(
-            "--name {:?}: lower-case letters, digits and '-', at most 20 characters",
-            args.name
-        ));
+    if let Err(why) = baton_init::machine_config::check_dns_label(&args.name) {
+        return refuse(format!("--name: {why}"));
+    }
+    if args.name.len() > 20 {
+        return refuse(format!("--name {:?}: at most 20 characters", args.name));
     }
     if cluster_dir(&args.name)
         .join(crate::state::STATE_FILE)
@@ -221,6 +214,11 @@ pub async fn create_cluster(args: &CreateArgs) -> Result<CreatedCluster, CreateC
     check_host(args, provider)?;
     let dir = cluster_dir(&args.name);
     std::fs::create_dir_all(&dir).map_err(step_error("creating the cluster's directory"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(step_error("creating the cluster's directory"))?;
+    }
     let result = create_in(args, &dir, &progress).await;
     match result {
         Ok(created) => Ok(created),
@@ -282,8 +280,20 @@ async fn create_in(
         std::fs::create_dir_all(&node_dir)
             .map_err(step_error("creating a node directory"))
             .map_err(fail_early)?;
+        // What this command generates must be valid: a node refusing it would only show as
+        // a timeout.
+        let problems = config.validate();
+        if !problems.is_empty() {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Err(fail_early(CreateClusterError::Refused(format!(
+                "the machine configuration of {} is invalid: {}",
+                node.name,
+                problems.join("; ")
+            ))));
+        }
         let path = node_dir.join("machine-config.yaml");
-        std::fs::write(&path, config.to_yaml())
+        // It holds the cluster CA's key on control-plane nodes: readable by root only.
+        baton_pki::write_file(&path, &config.to_yaml(), 0o600)
             .map_err(step_error("writing a machine configuration"))
             .map_err(fail_early)?;
         configs.push((node.clone(), node_dir, path));
@@ -301,10 +311,13 @@ async fn create_in(
         image_root: image.root.clone(),
         netns: crate::network::cluster_netns_path(&args.name),
         gateway: gateway().addr(),
+        pins: Vec::new(),
         nodes: Vec::new(),
         forwarder_pid: None,
         api_port,
-        kubeconfig: args.kubeconfig.clone().unwrap_or_else(default_kubeconfig),
+        kubeconfig: std::path::absolute(args.kubeconfig.clone().unwrap_or_else(default_kubeconfig))
+            .map_err(step_error("resolving --kubeconfig"))
+            .map_err(fail_early)?,
         admin_kubeconfig: admin_kubeconfig.clone(),
     };
     // From here on everything made is in the state, so a failure can remove it.
@@ -327,6 +340,13 @@ async fn create_in(
     }
 
     let step = progress.step("Making the cluster network");
+    state.pins.push(state.netns.clone());
+    state.pins.extend(
+        configs
+            .iter()
+            .map(|(node, _, _)| crate::network::node_netns_path(&args.name, &node.name)),
+    );
+    attempt!(save(&state), step);
     let cluster_ns = attempt!(
         create_cluster_network(&args.name).map_err(step_error("making the cluster network")),
         step
@@ -455,21 +475,14 @@ async fn create_in(
     let deadline = Instant::now() + args.wait;
     let step = progress.step("Waiting for the API server");
     let client = attempt!(
-        wait_for_api(&admin_kubeconfig, deadline, &state.nodes).await,
+        wait_for_api(&admin_kubeconfig, deadline, &state).await,
         step
     );
     step.done("");
 
     let step = progress.step(&format!("Waiting for {} nodes to be Ready", planned.len()));
     let ready = attempt!(
-        wait_for_nodes(
-            &client,
-            &planned,
-            deadline,
-            progress.elapsed(),
-            &state.nodes
-        )
-        .await,
+        wait_for_nodes(&client, &planned, deadline, progress.elapsed(), &state).await,
         step
     );
     for node in &mut state.nodes {
@@ -549,23 +562,21 @@ enum WaitError {
     Dns(#[from] baton_network::NetNsError),
 }
 
-/// Fails when a node's process has ended: its console says why.
-fn nodes_alive(nodes: &[NodeState]) -> Result<(), CreateClusterError> {
-    for node in nodes {
-        let running = node.pid.is_some_and(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let state = stat
-                    .rsplit_once(')')
-                    .map_or("", |(_, rest)| rest.trim_start());
-                !state.starts_with('Z')
-            })
-        });
-        if !running {
+/// Fails when a node's process, or the forwarder, has ended: the console says why.
+fn nodes_alive(state: &ClusterState) -> Result<(), CreateClusterError> {
+    for node in &state.nodes {
+        if !node.pid.is_some_and(crate::state::process_alive) {
             return Err(CreateClusterError::Refused(format!(
                 "node {} stopped while the cluster was starting (its console is below)",
                 node.name
             )));
         }
+    }
+    if !state.forwarder_pid.is_some_and(crate::state::process_alive) {
+        return Err(CreateClusterError::Refused(format!(
+            "the API server forwarder stopped (see {})",
+            cluster_dir(&state.name).join("forwarder.log").display()
+        )));
     }
     Ok(())
 }
@@ -573,7 +584,7 @@ fn nodes_alive(nodes: &[NodeState]) -> Result<(), CreateClusterError> {
 async fn wait_for_api(
     kubeconfig: &Path,
     deadline: Instant,
-    nodes: &[NodeState],
+    state: &ClusterState,
 ) -> Result<kube::Client, CreateClusterError> {
     let client = baton_client::connect(Some(kubeconfig), "baton-cluster-create")
         .await
@@ -590,7 +601,7 @@ async fn wait_for_api(
         if ready.is_ok() {
             return Ok(client);
         }
-        nodes_alive(nodes)?;
+        nodes_alive(state)?;
         if Instant::now() >= deadline {
             return Err(step_error("waiting for the API server")(
                 WaitError::Timeout("the API server did not answer /readyz in time".into()),
@@ -607,7 +618,7 @@ async fn wait_for_nodes(
     planned: &[PlannedNode],
     deadline: Instant,
     started_ago: Duration,
-    running: &[NodeState],
+    state: &ClusterState,
 ) -> Result<Vec<(String, Duration)>, CreateClusterError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let began = Instant::now() - started_ago;
@@ -633,7 +644,7 @@ async fn wait_for_nodes(
         {
             return Ok(ready);
         }
-        nodes_alive(running)?;
+        nodes_alive(state)?;
         if Instant::now() >= deadline {
             let missing: Vec<&str> = planned
                 .iter()

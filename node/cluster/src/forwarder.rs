@@ -57,8 +57,14 @@ pub fn run_forwarder(args: &ForwardArgs) -> Result<(), ForwardError> {
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener).map_err(ForwardError::Runtime)?;
         loop {
-            let Ok((mut inbound, peer)) = listener.accept().await else {
-                continue;
+            let (mut inbound, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors, say: wait for connections to close.
+                    tracing::warn!(%err, "accepting a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             tokio::spawn(async move {
                 match TcpStream::connect(to).await {

@@ -93,20 +93,49 @@ pub fn prepare_image(image: Option<&Path>) -> Result<PreparedImage, PrepareImage
     let sha256 = sha256_hex(&bytes);
     let root = cache.join("roots").join(&sha256);
     if !root.join(COMPLETE_MARKER).exists() {
-        let partial = cache.join("roots").join(format!("{sha256}.partial"));
+        // Unpacked under a name of this process's own, then renamed into place: a concurrent
+        // `create` that wins the rename is as good.
+        let partial = cache
+            .join("roots")
+            .join(format!("{sha256}.partial-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial).map_err(io("creating", &partial))?;
         unpack_initramfs(&initramfs, &partial)?;
         std::fs::write(partial.join(COMPLETE_MARKER), &sha256).map_err(io("writing", &partial))?;
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::rename(&partial, &root).map_err(io("renaming", &partial))?;
+        if std::fs::rename(&partial, &root).is_err() && root.join(COMPLETE_MARKER).exists() {
+            let _ = std::fs::remove_dir_all(&partial);
+        } else if !root.join(COMPLETE_MARKER).exists() {
+            return Err(PrepareImageError::Io {
+                action: "renaming",
+                path: partial,
+                source: std::io::Error::other(format!("{} is in the way", root.display())),
+            });
+        }
     }
     prune_cache(&cache, &root);
     Ok(PreparedImage { dir, sha256, root })
 }
 
-/// Removes cached images and unpacked roots that neither `current` nor any existing cluster
-/// uses, so that the cache holds one image per binary still in use, not one per build.
+/// How old an unfinished unpack must be before it is taken for abandoned.
+const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether some process's mounts use `root` (an overlay's lower layer in a node's mount
+/// namespace): the surest sign a cluster, of whatever user data directory, still runs on it.
+fn mounted_somewhere(root: &Path) -> bool {
+    let needle = root.display().to_string();
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries.flatten().any(|entry| {
+                std::fs::read_to_string(entry.path().join("mountinfo"))
+                    .is_ok_and(|mounts| mounts.contains(&needle))
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Removes cached images and unpacked roots that neither `current`, nor any cluster of this
+/// data directory, nor any mount on the machine uses, so that the cache holds the images in
+/// use rather than one per build. Unpacks still in progress (younger than an hour) stay.
 fn prune_cache(cache: &Path, current: &Path) {
     let in_use: Vec<PathBuf> = crate::state::ClusterState::list_names()
         .iter()
@@ -114,24 +143,31 @@ fn prune_cache(cache: &Path, current: &Path) {
         .map(|state| state.image_root)
         .chain([current.to_path_buf()])
         .collect();
-    let in_use_roots: Vec<String> = in_use
-        .iter()
-        .filter_map(|root| root.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
+    let mut kept_roots: Vec<String> = Vec::new();
     if let Ok(entries) = std::fs::read_dir(cache.join("roots")) {
         for entry in entries.flatten() {
+            let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !in_use_roots.contains(&name) {
-                let _ = std::fs::remove_dir_all(entry.path());
+            let recent = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() < ABANDONED_AFTER);
+            let keep = in_use.contains(&path)
+                || (name.contains(".partial") && recent)
+                || mounted_somewhere(&path);
+            if keep {
+                kept_roots.push(name);
+            } else {
+                let _ = std::fs::remove_dir_all(&path);
             }
         }
     }
-    // A cached image is in use when its initramfs unpacked to a root in use.
+    // A cached image stays while its initramfs's root does.
     if let Ok(entries) = std::fs::read_dir(cache.join("images")) {
         for entry in entries.flatten() {
             let initramfs = entry.path().join(INITRAMFS_NAME);
             let used = std::fs::read(&initramfs)
-                .map(|bytes| in_use_roots.contains(&sha256_hex(&bytes)))
+                .map(|bytes| kept_roots.contains(&sha256_hex(&bytes)))
                 .unwrap_or(false);
             if !used {
                 let _ = std::fs::remove_dir_all(entry.path());

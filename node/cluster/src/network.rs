@@ -32,9 +32,10 @@ pub fn cluster_netns_path(cluster: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(format!("baton-{cluster}"))
 }
 
-/// The pinned namespace file of a node.
+/// The pinned namespace file of a node. Cluster and node names hold no '.', so no node's pin
+/// is ever another cluster's.
 pub fn node_netns_path(cluster: &str, node: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(format!("baton-{cluster}-{node}"))
+    Path::new(NETNS_DIR).join(format!("baton-{cluster}.{node}"))
 }
 
 /// The bridge-side name of a node's veth (at most 15 characters, unique per node).

@@ -69,6 +69,10 @@ pub struct ClusterState {
     pub netns: PathBuf,
     /// The cluster network's gateway address (the bridge's).
     pub gateway: Ipv4Addr,
+    /// Every namespace pin made for the cluster (recorded before it is made, so that a
+    /// failed create removes it too).
+    #[serde(default)]
+    pub pins: Vec<PathBuf>,
     /// The nodes.
     pub nodes: Vec<NodeState>,
     /// The forwarder from the host to the API server.
@@ -151,15 +155,36 @@ impl ClusterState {
     }
 }
 
-/// Whether process `pid` runs and its command line contains `marker`, so that a pid the
-/// system reused for something else is never signalled.
+/// Whether process `pid` runs (and is not a zombie) and its command line contains `marker`,
+/// so that a pid the system reused for something else is never signalled.
 pub fn process_matches(pid: u32, marker: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmdline| {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            text.contains(marker)
-        })
-        .unwrap_or(false)
+    process_alive(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|cmdline| {
+                let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                text.contains(marker)
+            })
+            .unwrap_or(false)
+}
+
+/// Whether process `pid` exists and has not exited (a zombie has).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest.trim_start());
+        !state.starts_with('Z')
+    })
+}
+
+/// What only this node's sandbox process has on its command line: its namespace's pin.
+pub fn node_marker(node: &NodeState) -> String {
+    format!("--netns {} ", node.netns.display())
+}
+
+/// What only this cluster's forwarder has on its command line.
+pub fn forwarder_marker(state: &ClusterState) -> String {
+    format!("cluster forward --netns {} ", state.netns.display())
 }
 
 /// Seconds since the epoch.

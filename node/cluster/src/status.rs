@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::state::{ClusterState, now_secs, process_matches};
+use crate::state::{ClusterState, node_marker, now_secs, process_matches};
 
 /// The table `baton cluster list` prints.
 pub fn list_table(clusters: &[ClusterState]) -> String {
@@ -35,7 +35,9 @@ pub fn status_table(cluster: &ClusterState) -> String {
         "NODE", "ROLE", "ADDRESS", "PID", "PROCESS", "AGE", "READY AFTER"
     );
     for node in &cluster.nodes {
-        let running = node.pid.is_some_and(|pid| process_matches(pid, "sandbox"));
+        let running = node
+            .pid
+            .is_some_and(|pid| process_matches(pid, &node_marker(node)));
         let _ = writeln!(
             out,
             "{:<18} {:<14} {:<14} {:>8} {:<8} {:>8} {:>12}",

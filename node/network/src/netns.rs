@@ -81,7 +81,8 @@ impl NetNs {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(fail(pin()))?;
         }
-        File::create(path).map_err(fail(pin()))?;
+        // An existing pin is someone else's namespace: refused, never stacked over.
+        File::create_new(path).map_err(fail(pin()))?;
         let source = format!("/proc/self/fd/{}", namespace.file.as_raw_fd());
         let bound = nix::mount::mount(
             Some(source.as_str()),

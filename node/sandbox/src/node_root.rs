@@ -87,7 +87,17 @@ pub fn place_machine_config(dirs: &NodeDirs, yaml: &[u8]) -> Result<(), NodeRoot
     let dir = dirs.upper.join("etc/baton");
     std::fs::create_dir_all(&dir).map_err(io_error("creating", &dir))?;
     let path = dirs.upper.join(baton_init::config_source::CONFIG_IN_IMAGE);
-    std::fs::write(&path, yaml).map_err(io_error("writing", &path))
+    // It may hold the cluster CA's key: readable by root only.
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| file.write_all(yaml))
+        .map_err(io_error("writing", &path))
 }
 
 /// In a new mount namespace: makes every mount private, mounts the node's root from
