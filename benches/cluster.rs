@@ -2,7 +2,7 @@
 //! machine: time to every node Ready (and DNS answering), to a first pod Running, to
 //! destroyed; the host memory (PSS) of Baton's own processes per node; and the image's size.
 //! References in the same run: etcd alone from start to `/health` (the floor of a
-//! control-plane boot), and the published figures of kind, Talos and k3s.
+//! control-plane boot), and the published figures of kind and k3s.
 //!
 //! `CARGO_TARGET_DIR=/var/cache/baton/bench-target cargo bench --bench cluster` (as root).
 
@@ -109,6 +109,21 @@ fn etcd_to_health() -> Duration {
     took
 }
 
+/// Destroys the cluster when a run fails half-way (an assertion), so nothing is left behind.
+struct DestroyOnDrop<'a> {
+    home: &'a Path,
+    name: String,
+    destroyed: bool,
+}
+
+impl Drop for DestroyOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.destroyed {
+            let _ = baton(self.home, &["cluster", "destroy", &self.name]);
+        }
+    }
+}
+
 struct Run {
     ready: Duration,
     first_pod: Duration,
@@ -122,6 +137,11 @@ fn one_run(work: &Path, image: &Path, index: usize) -> Run {
     let name = format!("bench-{}-{index}", std::process::id());
     let home = work.join(format!("home-{index}"));
     let kubeconfig = work.join(format!("kubeconfig-{index}"));
+    let mut guard = DestroyOnDrop {
+        home: &home,
+        name: name.clone(),
+        destroyed: false,
+    };
     let started = Instant::now();
     let out = baton(
         &home,
@@ -198,6 +218,7 @@ fn one_run(work: &Path, image: &Path, index: usize) -> Run {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    guard.destroyed = true;
     Run {
         ready,
         first_pod,
@@ -264,5 +285,4 @@ fn main() {
     );
     println!("| kind, single-node cluster create (kind issues 2893, 585) | 15 to 30 s |");
     println!("| k3s, all default pods Ready (k3s issue 4340) | about 50 s |");
-    println!("| Talos `cluster create` | minutes |");
 }

@@ -1,4 +1,5 @@
-//! The node image's initramfs: the statically linked `baton` at /init with a link per role,
+//! The node image's initramfs: the statically linked `baton` (without its debug information)
+//! at /init with a link per role,
 //! the etcd binary and the C library it needs (from Debian packages fetched with
 //! `apt-get download` into a cache, never installed on the build host), the mount points init
 //! uses, and a manifest with the sha256 of every input and output.
@@ -151,6 +152,17 @@ pub fn build_node_image(options: &NodeImageOptions) -> Result<NodeImage, BuildNo
     }
     let mut inputs = BTreeMap::new();
     inputs.insert("baton".to_string(), sha256_hex(&baton));
+    // The image carries the binary without its debug information (a third to a fifth of the
+    // size): `strip --strip-debug` from the build host's binutils, as dpkg-deb is.
+    let scratch_bin =
+        tempfile::tempdir().map_err(io("creating", Path::new("a temporary directory")))?;
+    let stripped = scratch_bin.path().join("baton");
+    run(Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&options.baton))?;
+    let baton = std::fs::read(&stripped).map_err(io("reading", &stripped))?;
     let mut tree = Tree::default();
     tree.add("init", EntryKind::File(baton), 0o755);
     for role in ROLE_LINKS {

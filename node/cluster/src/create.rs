@@ -686,3 +686,46 @@ async fn wait_for_dns(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CreateArgs,
+    }
+
+    fn refused(flags: &[&str], provider: Provider) -> String {
+        let cli = Cli::try_parse_from(["create"].iter().chain(flags)).unwrap();
+        match check_host(&cli.args, provider) {
+            Err(CreateClusterError::Refused(message)) => message,
+            other => panic!("{flags:?} was not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_cannot_work_here_is_refused_by_flag_before_anything_is_made() {
+        assert!(refused(&["--name", "Bad_Name"], Provider::Process).starts_with("--name:"));
+        assert!(refused(&["--name", "ends-"], Provider::Process).starts_with("--name:"));
+        assert!(
+            refused(&["--name", "a-very-long-cluster-name"], Provider::Process)
+                .contains("at most 20 characters")
+        );
+        assert!(refused(&["--cpus", "999"], Provider::Process).starts_with("--cpus 999"));
+        assert!(refused(&["--memory", "100"], Provider::Process).starts_with("--memory 100"));
+        let too_much = refused(&["--memory", "100000000"], Provider::Process);
+        assert!(too_much.contains("MiB available"), "{too_much}");
+        assert_eq!(
+            refused(&["--name", "ok"], Provider::Qemu),
+            "--provider qemu: not built yet; use --provider process"
+        );
+        let err = Cli::try_parse_from(["create", "--control-planes", "2"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("1 or 3"), "{err}");
+    }
+}
