@@ -17,7 +17,7 @@ use crate::args::{InvalidFlagError, KubeletArgs, parse_labels, parse_reserved, p
 use crate::container_start::parse_container_id;
 use crate::context::KubeletContext;
 use crate::machine::{Machine, default_node_ip};
-use crate::node_status::{NodeIdentity, NodeStatusReporter, RegisterNodeError};
+use crate::node_status::{NodeIdentity, NodeStatusReporter};
 use crate::pod_dirs::DnsSettings;
 use crate::pod_network::PodNetwork;
 use crate::pod_worker::{PodUpdate, PodWorker};
@@ -39,8 +39,6 @@ pub enum RunKubeletError {
     Runtime(#[from] baton_runtime::RuntimeCallError),
     #[error("open the image store")]
     Images(#[from] baton_images::OpenStoreError),
-    #[error(transparent)]
-    Register(#[from] RegisterNodeError),
     #[error("serve the kubelet API")]
     Serve(#[from] crate::server::ServeKubeletError),
 }
@@ -86,7 +84,7 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
     };
     let allocatable = identity.allocatable();
     let network = Arc::new(PodNetwork::new(&args.root_dir, node_ip));
-    let reporter = NodeStatusReporter::register(client.clone(), identity, true).await?;
+    let reporter = register_until_done(&client, identity).await;
     let ctx = Arc::new(KubeletContext {
         client: client.clone(),
         runtime: runtime.clone(),
@@ -280,3 +278,26 @@ async fn remove_orphans(ctx: &KubeletContext, known: &HashSet<String>) {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// Registers the node, retrying with backoff (100 ms doubling to 7 s, as upstream's kubelet)
+/// while the API server cannot take it: a node often starts before its control plane does.
+async fn register_until_done(client: &kube::Client, identity: NodeIdentity) -> NodeStatusReporter {
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match NodeStatusReporter::register(client.clone(), identity.clone(), true).await {
+            Ok(reporter) => return reporter,
+            Err(err) => {
+                tracing::warn!(
+                    err = %baton_client::error_chain(&err),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "registering the node; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(REGISTER_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// The longest wait between attempts to register the node.
+const REGISTER_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(7);
