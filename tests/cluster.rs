@@ -80,6 +80,18 @@ impl TestCluster {
         );
     }
 
+    /// Waits until `url` answers with a web pod's page, fetched by the client pod (busybox wget
+    /// through `kubectl exec`); returns the page.
+    fn web_page_from_client(&self, url: &str, timeout: Duration) -> String {
+        wait_for(&format!("{url} from the client pod"), timeout, || {
+            let out = self.kubectl(&[
+                "exec", "client", "--", "timeout", "3", "wget", "-q", "-O-", url,
+            ]);
+            let body = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success() && body.starts_with("hello from web-")).then_some(body)
+        })
+    }
+
     fn node_dir(&self, node: &str) -> PathBuf {
         self.home
             .path()
@@ -153,16 +165,9 @@ fn init_pid(node: &serde_json::Value) -> Option<u32> {
         })
 }
 
-/// Polls `check` every 250 ms until it gives a value or `timeout` passes.
-fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+/// Polls `check` until it gives a value; fails the test after `timeout`.
+fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    baton_test_harness::wait_until_blocking(what, timeout, check).unwrap()
 }
 
 /// An HTTP GET of `/` at `address` from the cluster's network namespace.
@@ -349,18 +354,7 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
         format!("http://{cluster_ip}:80/"),
         "http://web.default.svc.cluster.local:80/".to_string(),
     ] {
-        let body = wait_for(
-            &format!("{target} from the client pod"),
-            Duration::from_secs(30),
-            || {
-                let out = cluster.kubectl(&[
-                    "exec", "client", "--", "timeout", "3", "wget", "-q", "-O-", &target,
-                ]);
-                let body = String::from_utf8_lossy(&out.stdout).into_owned();
-                (out.status.success() && body.contains("hello from web-")).then_some(body)
-            },
-        );
-        assert!(body.starts_with("hello from web-"), "{body}");
+        cluster.web_page_from_client(&target, Duration::from_secs(30));
     }
     let logs = cluster.kubectl_ok(&["logs", "client"]);
     assert!(logs.contains("client ready"), "{logs}");
@@ -463,26 +457,7 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
             .then_some(())
         },
     );
-    let body = wait_for(
-        "the Service to answer again",
-        Duration::from_secs(60),
-        || {
-            let out = cluster.kubectl(&[
-                "exec",
-                "client",
-                "--",
-                "timeout",
-                "3",
-                "wget",
-                "-q",
-                "-O-",
-                "http://web:80/",
-            ]);
-            let body = String::from_utf8_lossy(&out.stdout).into_owned();
-            (out.status.success() && body.contains("hello from web-")).then_some(body)
-        },
-    );
-    assert!(body.contains("hello from web-"));
+    cluster.web_page_from_client("http://web:80/", Duration::from_secs(60));
     cluster.step(
         "its pods recreated on the other worker; the Service recovers",
         t,
@@ -519,26 +494,7 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
                 .then_some(())
         },
     );
-    wait_for(
-        "the Service to answer after the reboot",
-        Duration::from_secs(60),
-        || {
-            let out = cluster.kubectl(&[
-                "exec",
-                "client",
-                "--",
-                "timeout",
-                "3",
-                "wget",
-                "-q",
-                "-O-",
-                "http://web:80/",
-            ]);
-            (out.status.success()
-                && String::from_utf8_lossy(&out.stdout).contains("hello from web-"))
-            .then_some(())
-        },
-    );
+    cluster.web_page_from_client("http://web:80/", Duration::from_secs(60));
     let ready = cluster.kubectl_ok(&[
         "get",
         "node",

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_network::NetNs;
 
@@ -32,12 +32,9 @@ impl Drop for Made {
     }
 }
 
+/// Polls `check` until it holds; fails the test after `timeout`.
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    baton_test_harness::wait_until_blocking(what, timeout, || check().then_some(())).unwrap();
 }
 
 const INVALID: &str = r#"
@@ -137,18 +134,12 @@ fn an_invalid_configuration_leaves_a_node_in_maintenance_and_it_still_powers_off
     let monitor = made.monitor.as_mut().unwrap();
     let pid = nix::unistd::Pid::from_raw(monitor.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = monitor.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node did not power off:\n{}",
-            read()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = baton_test_harness::wait_until_blocking(
+        "the node to power off",
+        Duration::from_secs(20),
+        || monitor.try_wait().unwrap(),
+    )
+    .unwrap_or_else(|err| panic!("{err}:\n{}", read()));
     assert_eq!(status.code(), Some(0), "{}", read());
     made.monitor = None;
     let left: usize = made

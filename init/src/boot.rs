@@ -15,7 +15,9 @@ use crate::modules::load_modules;
 use crate::mounts::{early_mounts, mount_all, populate_sandbox_dev};
 use crate::network_setup::configure_network;
 use crate::node_services::{NodeLayout, SECURE_PORT, node_services};
-use crate::phases::{BootTimeline, error_chain};
+use baton_client::error_chain;
+
+use crate::phases::BootTimeline;
 use crate::power::{PowerAction, finish};
 use crate::preload::{PRELOADED_IMAGES, preload_images};
 use crate::supervisor::{ReapMode, Supervisor, SupervisorOptions};

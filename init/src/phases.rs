@@ -72,7 +72,7 @@ impl BootTimeline {
                 PhaseOutcome::Done
             }
             Err(err) => {
-                let message = error_chain(err);
+                let message = baton_client::error_chain(err);
                 tracing::error!(phase = name, "boot phase failed: {message}");
                 PhaseOutcome::Failed(message)
             }
@@ -103,18 +103,6 @@ impl BootTimeline {
     pub fn since_start(&self) -> Duration {
         self.started.elapsed()
     }
-}
-
-/// An error and its causes, joined with ": ".
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub struct DestroyClusterError {
 }
 
 fn chain(err: &dyn std::error::Error) -> String {
-    baton_init::phases::error_chain(err)
+    baton_client::error_chain(err)
 }
 
 /// Stops node processes: SIGTERM to each node's monitor (init shuts the node down in order),

@@ -76,6 +76,25 @@ where
     }
 }
 
+/// [`wait_until`] for synchronous tests: polls `check` every 50 ms until it returns `Some`, or
+/// fails after `timeout` naming `what`.
+pub fn wait_until_blocking<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Makes a child process die with the test process, even when the test is killed before its
 /// guards can stop it (a SIGKILLed `cargo test` must not leave etcd running). The signal
 /// follows the spawning thread: spawn from the test's own thread or a runtime worker, never
