@@ -21,7 +21,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions, pidfd_open, waitid};
 
 use crate::protocol::{Request, Response, recv_frame, send_frame};
-use crate::types::ExitStatus;
+use crate::types::{ContainerState, ContainerStatus, ExitStatus};
 use containers::{Containers, Output, oom_kills, unknown_exit};
 use cri_log::{CriLogWriter, Stream};
 use sandbox::HomeNamespaces;
@@ -302,12 +302,12 @@ impl Server {
                 }
                 removed.map(|()| Response::Done)
             }
-            Request::ContainerStatus { id } => self.containers.status(&id).map(Response::Status),
+            Request::ContainerStatus { id } => self.container_status(&id).map(Response::Status),
             Request::ListContainers => Ok(Response::List(
                 self.containers
                     .ids()
                     .iter()
-                    .filter_map(|id| self.containers.status(id).ok())
+                    .filter_map(|id| self.container_status(id).ok())
                     .collect(),
             )),
             Request::Exec(config) => self.containers.exec(&config, fds).and_then(|pid| {
@@ -332,6 +332,17 @@ impl Server {
             }
         };
         result.unwrap_or_else(Response::Failed)
+    }
+
+    /// A container's status. A container that exited after this request's exits were recorded
+    /// is reaped now, so that its exit code and OOM kill are reported rather than "unknown".
+    fn container_status(&mut self, id: &str) -> Result<ContainerStatus, String> {
+        let status = self.containers.status(id)?;
+        if status.state == ContainerState::Exited && self.watched.contains_key(id) {
+            self.reap_container(id);
+            return self.containers.status(id);
+        }
+        Ok(status)
     }
 
     /// Starts copying a container's output into its log file.
