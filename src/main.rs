@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod cluster;
 mod image;
+mod node;
 
 /// Baton: a Kubernetes distribution with a firmware-style node OS.
 #[derive(Debug, Parser)]
@@ -58,6 +59,9 @@ enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Manage one node through its node API (version, services, logs, status, reboot,
+    /// apply-config ...).
+    Node(Box<node::NodeCli>),
     /// The process provider's node sandbox (started by `baton cluster create`).
     #[command(hide = true)]
     Sandbox {
@@ -235,6 +239,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Cluster { command } => cluster::run(command),
+        Command::Node(cli) => run_async(node::run(*cli)),
         Command::Vmm(cli) => return vmm(*cli),
         Command::Sandbox {
             command: SandboxCommand::Run(args),

@@ -463,16 +463,96 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
         t,
     );
 
-    // worker-1 reboots (its init's reboot request, SIGRTMIN+5, as systemd's): init stops the
-    // node in order, its monitor boots it again, and it comes back with its pods.
+    // The node API, through `baton node --cluster NAME --node NODE`.
+    let t = Instant::now();
+    let node_api = |node: &str, args: &[&str]| {
+        let mut all = vec!["node", "--cluster", name.as_str(), "--node", node];
+        all.extend_from_slice(args);
+        let out = cluster.baton(&all);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, services, err) = node_api("control-plane-1", &["services"]);
+    assert!(ok, "{err}");
+    for service in [
+        "etcd",
+        "apiserver",
+        "scheduler",
+        "controller-manager",
+        "kubelet",
+        "proxy",
+        "dns",
+    ] {
+        assert!(
+            services.lines().any(|l| l
+                .split_whitespace()
+                .take(3)
+                .eq([service, "Running", "true"])),
+            "{service} not running and ready:\n{services}"
+        );
+    }
+    let (ok, version, err) = node_api("worker-1", &["version"]);
+    assert!(ok, "{err}");
+    assert!(
+        version.contains("Hostname:     worker-1") && version.contains("Role:         worker"),
+        "{version}"
+    );
+    let (ok, logs, err) = node_api("worker-1", &["logs", "kubelet", "--tail", "3"]);
+    assert!(ok, "{err}");
+    assert_eq!(logs.lines().count(), 3, "{logs}");
+    let (ok, _, err) = node_api("worker-1", &["restart", "proxy"]);
+    assert!(ok, "{err}");
+    let (_, services, _) = node_api("worker-1", &["services"]);
+    let proxy = services.lines().find(|l| l.starts_with("proxy")).unwrap();
+    assert_eq!(
+        proxy.split_whitespace().nth(4),
+        Some("1"),
+        "one restart: {proxy}"
+    );
+    let (ok, _, err) = node_api("worker-1", &["kubeconfig"]);
+    assert!(!ok);
+    assert!(
+        err.contains("failed precondition: worker-1 is a worker"),
+        "{err}"
+    );
+    // The control plane's admin kubeconfig works (through the forwarder: its certificate
+    // names 127.0.0.1).
+    let (ok, admin, err) = node_api("control-plane-1", &["kubeconfig"]);
+    assert!(ok, "{err}");
+    let admin_file = cluster.home.path().join("from-node-api.kubeconfig");
+    std::fs::write(&admin_file, admin).unwrap();
+    let api_port = state["apiPort"].as_u64().unwrap();
+    let nodes = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&admin_file)
+        .args([
+            "--server",
+            &format!("https://127.0.0.1:{api_port}"),
+            "get",
+            "nodes",
+            "-o",
+            "name",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&nodes.stdout).contains("node/control-plane-1"),
+        "{}",
+        String::from_utf8_lossy(&nodes.stderr)
+    );
+    cluster.step("node API: services, version, logs, restart, kubeconfig", t);
+
+    // worker-1 reboots through its node API: init stops the node in order, its monitor boots
+    // it again, and it comes back with its pods.
     let t = Instant::now();
     let worker1 = node_state(&state, "worker-1");
     let first_init = init_pid(worker1).expect("worker-1's init");
-    let signalled = Command::new("bash")
-        .args(["-c", &format!("kill -s RTMIN+5 {first_init}")])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
+    let (ok, said, err) = node_api("worker-1", &["reboot"]);
+    assert!(ok, "{err}");
+    assert_eq!(said, "the node is rebooting\n");
     let second_init = wait_for(
         "worker-1's init to start again",
         Duration::from_secs(60),

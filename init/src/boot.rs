@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
+use tokio::sync::mpsc;
 
 use crate::cgroups::{parse_proc_cgroup, setup_cgroups};
 use crate::config_source::find_config;
@@ -14,6 +17,7 @@ use crate::machine_config::MachineConfig;
 use crate::modules::load_modules;
 use crate::mounts::{early_mounts, mount_all, populate_sandbox_dev};
 use crate::network_setup::configure_network;
+use crate::node_api::{self, AppliedConfig, Maintenance, NodeApiServer, NodeApiTls, NodeState};
 use crate::node_services::{NodeLayout, SECURE_PORT, node_services};
 use baton_client::error_chain;
 
@@ -78,198 +82,351 @@ fn install_panic_hook(environment: Environment) {
     }));
 }
 
-async fn boot(environment: Environment) -> PowerAction {
-    let mut power = PowerSignals::listen();
-    let mut timeline = BootTimeline::default();
-    let root = Path::new("/");
-    let mounted = timeline.run("mounts", || mount_all(root, &early_mounts(environment)));
-    if let Err(err) = mounted {
-        return maintenance(vec![error_chain(&err)], &mut power).await;
-    }
-    if environment.is_sandbox()
-        && let Err(err) = timeline.run("dev", || populate_sandbox_dev(root))
-    {
-        return maintenance(vec![error_chain(&err)], &mut power).await;
-    }
-    let hierarchies =
-        parse_proc_cgroup(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
-    match timeline.run("cgroups", || {
-        setup_cgroups(Path::new("/sys/fs/cgroup"), &hierarchies)
-    }) {
-        Ok(summary) => tracing::info!("{summary}"),
-        Err(err) => return maintenance(vec![error_chain(&err)], &mut power).await,
-    }
-    match environment {
-        Environment::Machine => {
-            let release = nix::sys::utsname::uname()
-                .map(|u| u.release().to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let modules = PathBuf::from("/lib/modules").join(release);
-            if let Err(err) = timeline.run("modules", || load_modules(&modules)) {
-                return maintenance(vec![error_chain(&err)], &mut power).await;
-            }
-        }
-        Environment::Sandbox => timeline.skip("modules", "a sandbox runs on the host's kernel"),
-    }
-    // A sandbox's /proc/cmdline is the host's: not this node's.
-    let cmdline = match environment {
-        Environment::Machine => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
-        Environment::Sandbox => String::new(),
-    };
-    let found = match timeline.run("machine-config", || find_config(root, &cmdline)) {
-        Ok(Some(found)) => found,
-        Ok(None) => {
-            return maintenance(vec![
-                "no machine configuration: none on the kernel command line, in /etc/baton, or on a BATON-CONFIG partition".into(),
-            ], &mut power).await;
-        }
-        Err(err) => return maintenance(vec![error_chain(&err)], &mut power).await,
-    };
-    let config = match MachineConfig::parse(&found.yaml, &found.source) {
-        Ok(config) => config,
-        Err(err) => {
-            let mut problems = vec![err.to_string()];
-            problems.extend(err.problems());
-            return maintenance(problems, &mut power).await;
-        }
-    };
-    tracing::info!(
-        role = config.machine.role.as_str(),
-        hostname = %config.machine.hostname,
-        source = %found.source,
-        "machine configuration loaded"
-    );
-    if let Err(err) = timeline.run("hostname", || {
-        nix::unistd::sethostname(&config.machine.hostname)
-    }) {
-        return maintenance(vec![format!("setting the hostname: {err}")], &mut power).await;
-    }
-    if let Err(err) = timeline.run("sysctls", || {
-        apply_sysctls(Path::new("/proc/sys"), environment, &config.machine.sysctls)
-    }) {
-        return maintenance(vec![error_chain(&err)], &mut power).await;
-    }
-    match (environment, &config.machine.data_disk) {
-        (Environment::Sandbox, _) => timeline.skip(
-            "state",
-            "the sandbox's root directory keeps /var across restarts",
-        ),
-        (Environment::Machine, Some(disk)) => {
-            return maintenance(
-                vec![format!(
-                    "machine.dataDisk {disk}: formatting and mounting a data disk is not built yet"
-                )],
-                &mut power,
-            )
-            .await;
-        }
-        (Environment::Machine, None) => {
-            let mounted = timeline.run("state", || {
-                mount_all(
-                    root,
-                    &[crate::mounts::MountSpec {
-                        target: "/var",
-                        fstype: "tmpfs",
-                        flags: nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-                        data: "mode=0755",
-                    }],
-                )
-            });
-            if let Err(err) = mounted {
-                return maintenance(vec![error_chain(&err)], &mut power).await;
-            }
-        }
-    }
-    let address = match timeline.run("network", || {
-        configure_network(&config.machine.network, Path::new("/etc/resolv.conf"))
-    }) {
-        Ok(address) => address,
-        Err(err) => return maintenance(vec![error_chain(&err)], &mut power).await,
-    };
-    let node_ip = address.or_else(|| {
-        config
-            .cluster
-            .control_plane
-            .iter()
-            .find(|m| m.name == config.machine.hostname)
-            .map(|m| m.address)
-    });
-    let Some(node_ip) = node_ip else {
-        return maintenance(vec![
-            "machine.network.interfaces: no address for the node (none configured, and the node is not in cluster.controlPlane)".into(),
-        ], &mut power).await;
-    };
-    timeline.skip("clock", "the kernel keeps the clock (kvmclock or the RTC)");
-    let credentials = match timeline.run("credentials", || {
-        write_credentials(
-            &config,
-            Path::new(CREDENTIALS_DIR),
-            Some(node_ip),
-            SECURE_PORT,
-        )
-    }) {
-        Ok(paths) => paths,
-        Err(err) => return maintenance(vec![error_chain(&err)], &mut power).await,
-    };
-    let layout = NodeLayout {
-        bin_dir: PathBuf::from(BIN_DIR),
-        etcd: PathBuf::from(ETCD_PATH),
-        state_dir: PathBuf::from("/var/lib"),
-        credentials,
-    };
-    let started = std::time::Instant::now();
-    let store = layout.state_dir.join(crate::node_services::IMAGE_STORE);
-    let preloaded = preload_images(Path::new(PRELOADED_IMAGES), &store).await;
-    timeline.record("images", started.elapsed(), &preloaded);
-    match preloaded {
-        Ok(names) => tracing::info!(images = ?names, "preloaded images imported"),
-        Err(err) => return maintenance(vec![error_chain(&err)], &mut power).await,
-    }
-    run_services(&config, node_ip, &layout, &timeline, &mut power).await
+/// Boot's working state: the timeline, the power requests, and the node API with the state it
+/// reports.
+struct Boot {
+    environment: Environment,
+    timeline: BootTimeline,
+    power: PowerSignals,
+    applied: mpsc::UnboundedReceiver<AppliedConfig>,
+    state: Arc<NodeState>,
+    api: Option<NodeApiServer>,
 }
 
-async fn run_services(
-    config: &MachineConfig,
-    node_ip: std::net::Ipv4Addr,
-    layout: &NodeLayout,
-    timeline: &BootTimeline,
-    power: &mut PowerSignals,
-) -> PowerAction {
-    let specs = node_services(config, node_ip, layout);
-    let options = SupervisorOptions {
-        reap: ReapMode::AnyChild,
-        ..SupervisorOptions::default()
+/// How maintenance mode ended.
+enum MaintenanceEnd {
+    /// A power request.
+    Power(PowerAction),
+    /// A corrected configuration, applied through the node API.
+    Applied(Box<AppliedConfig>),
+}
+
+async fn boot(environment: Environment) -> PowerAction {
+    let (state, receivers) = NodeState::new(environment, PathBuf::from("/"));
+    let mut boot = Boot {
+        environment,
+        timeline: BootTimeline::default(),
+        power: PowerSignals::listen(receivers.power),
+        applied: receivers.applied,
+        state,
+        api: None,
     };
-    let (supervisor, handle) = match Supervisor::new(specs, options) {
-        Ok(pair) => pair,
-        Err(err) => return maintenance(vec![err.to_string()], power).await,
-    };
-    tracing::info!(
-        ms = timeline.since_start().as_secs_f64() * 1e3,
-        "boot phases done; starting services"
-    );
-    let supervisor = tokio::spawn(supervisor.run());
-    let action = power.request().await;
-    tracing::info!(?action, "shutting down: stopping services");
-    handle.shutdown();
-    match supervisor.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::error!(%err, "the supervisor failed"),
-        Err(err) => tracing::error!(%err, "the supervisor task failed"),
+    let action = boot.run().await;
+    if let Some(api) = boot.api.take() {
+        api.stop().await;
     }
     action
 }
 
+impl Boot {
+    async fn run(&mut self) -> PowerAction {
+        if let Err(problem) = self.prepare_machine() {
+            return self.stay_in_maintenance(vec![problem]).await;
+        }
+        let (config, source) = match self.load_config() {
+            Ok(found) => found,
+            Err(problems) => match self.maintenance(problems, true).await {
+                MaintenanceEnd::Power(action) => return action,
+                MaintenanceEnd::Applied(applied) => (applied.config, applied.source),
+            },
+        };
+        tracing::info!(
+            role = config.machine.role.as_str(),
+            hostname = %config.machine.hostname,
+            source = %source,
+            "machine configuration loaded"
+        );
+        self.state.set_config(&config, &source);
+        self.serve_api(Some(&config)).await;
+        let (node_ip, layout) = match self.configure(&config).await {
+            Ok(done) => done,
+            Err(problem) => return self.stay_in_maintenance(vec![problem]).await,
+        };
+        self.run_services(&config, node_ip, &layout).await
+    }
+
+    /// Mounts, the sandbox's /dev, cgroups and modules: what comes before the configuration.
+    fn prepare_machine(&mut self) -> Result<(), String> {
+        let root = Path::new("/");
+        let environment = self.environment;
+        let timeline = &mut self.timeline;
+        timeline
+            .run("mounts", || mount_all(root, &early_mounts(environment)))
+            .map_err(|err| error_chain(&err))?;
+        if environment.is_sandbox() {
+            timeline
+                .run("dev", || populate_sandbox_dev(root))
+                .map_err(|err| error_chain(&err))?;
+        }
+        let hierarchies =
+            parse_proc_cgroup(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+        let summary = timeline
+            .run("cgroups", || {
+                setup_cgroups(Path::new("/sys/fs/cgroup"), &hierarchies)
+            })
+            .map_err(|err| error_chain(&err))?;
+        tracing::info!("{summary}");
+        match environment {
+            Environment::Machine => {
+                let release = nix::sys::utsname::uname()
+                    .map(|u| u.release().to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let modules = PathBuf::from("/lib/modules").join(release);
+                timeline
+                    .run("modules", || load_modules(&modules))
+                    .map_err(|err| error_chain(&err))?;
+            }
+            Environment::Sandbox => timeline.skip("modules", "a sandbox runs on the host's kernel"),
+        }
+        Ok(())
+    }
+
+    /// Finds and validates the machine configuration; every problem when there is none usable.
+    fn load_config(&mut self) -> Result<(MachineConfig, String), Vec<String>> {
+        // A sandbox's /proc/cmdline is the host's: not this node's.
+        let cmdline = match self.environment {
+            Environment::Machine => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+            Environment::Sandbox => String::new(),
+        };
+        let found = match self
+            .timeline
+            .run("machine-config", || find_config(Path::new("/"), &cmdline))
+        {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                return Err(vec![
+                    "no machine configuration: none applied through the node API, on the kernel command line, in /etc/baton, or on a BATON-CONFIG partition".into(),
+                ]);
+            }
+            Err(err) => return Err(vec![error_chain(&err)]),
+        };
+        match MachineConfig::parse(&found.yaml, &found.source) {
+            Ok(config) => Ok((config, found.source)),
+            Err(err) => {
+                let mut problems = vec![err.to_string()];
+                problems.extend(err.problems());
+                Err(problems)
+            }
+        }
+    }
+
+    /// Serves the node API with TLS for `config` (mutual TLS against its CA), or for a node
+    /// without a usable configuration; replaces the server already running.
+    async fn serve_api(&mut self, config: Option<&MachineConfig>) {
+        let tls = match config {
+            Some(config) => NodeApiTls::for_config(config, &config_addresses(config)),
+            None => NodeApiTls::maintenance(),
+        };
+        let tls = match tls {
+            Ok(tls) => tls,
+            Err(err) => {
+                tracing::error!("the node API cannot serve: {}", error_chain(&err));
+                return;
+            }
+        };
+        if let Some(previous) = self.api.take() {
+            previous.stop().await;
+        }
+        self.api = Some(NodeApiServer::start(
+            self.state.clone(),
+            &tls,
+            node_api::listen_address(),
+        ));
+    }
+
+    /// Hostname, sysctls, state, network, credentials and images: applying `config`.
+    async fn configure(
+        &mut self,
+        config: &MachineConfig,
+    ) -> Result<(std::net::Ipv4Addr, NodeLayout), String> {
+        let root = Path::new("/");
+        let environment = self.environment;
+        let timeline = &mut self.timeline;
+        timeline
+            .run("hostname", || {
+                nix::unistd::sethostname(&config.machine.hostname)
+            })
+            .map_err(|err| format!("setting the hostname: {err}"))?;
+        timeline
+            .run("sysctls", || {
+                apply_sysctls(Path::new("/proc/sys"), environment, &config.machine.sysctls)
+            })
+            .map_err(|err| error_chain(&err))?;
+        match (environment, &config.machine.data_disk) {
+            (Environment::Sandbox, _) => timeline.skip(
+                "state",
+                "the sandbox's root directory keeps /var across restarts",
+            ),
+            (Environment::Machine, Some(disk)) => {
+                return Err(format!(
+                    "machine.dataDisk {disk}: formatting and mounting a data disk is not built yet"
+                ));
+            }
+            (Environment::Machine, None) => {
+                timeline
+                    .run("state", || {
+                        mount_all(
+                            root,
+                            &[crate::mounts::MountSpec {
+                                target: "/var",
+                                fstype: "tmpfs",
+                                flags: nix::mount::MsFlags::MS_NOSUID
+                                    | nix::mount::MsFlags::MS_NODEV,
+                                data: "mode=0755",
+                            }],
+                        )
+                    })
+                    .map_err(|err| error_chain(&err))?;
+            }
+        }
+        let address = timeline
+            .run("network", || {
+                configure_network(&config.machine.network, Path::new("/etc/resolv.conf"))
+            })
+            .map_err(|err| error_chain(&err))?;
+        let node_ip = address
+            .or_else(|| {
+                config
+                    .cluster
+                    .control_plane
+                    .iter()
+                    .find(|m| m.name == config.machine.hostname)
+                    .map(|m| m.address)
+            })
+            .ok_or_else(|| {
+                "machine.network.interfaces: no address for the node (none configured, and the node is not in cluster.controlPlane)".to_string()
+            })?;
+        timeline.skip("clock", "the kernel keeps the clock (kvmclock or the RTC)");
+        let credentials = timeline
+            .run("credentials", || {
+                write_credentials(
+                    config,
+                    Path::new(CREDENTIALS_DIR),
+                    Some(node_ip),
+                    SECURE_PORT,
+                )
+            })
+            .map_err(|err| error_chain(&err))?;
+        let layout = NodeLayout {
+            bin_dir: PathBuf::from(BIN_DIR),
+            etcd: PathBuf::from(ETCD_PATH),
+            state_dir: PathBuf::from("/var/lib"),
+            credentials,
+        };
+        let started = std::time::Instant::now();
+        let store = layout.state_dir.join(crate::node_services::IMAGE_STORE);
+        let preloaded = preload_images(Path::new(PRELOADED_IMAGES), &store).await;
+        self.timeline
+            .record("images", started.elapsed(), &preloaded);
+        let names = preloaded.map_err(|err| error_chain(&err))?;
+        tracing::info!(images = ?names, "preloaded images imported");
+        Ok((node_ip, layout))
+    }
+
+    async fn run_services(
+        &mut self,
+        config: &MachineConfig,
+        node_ip: std::net::Ipv4Addr,
+        layout: &NodeLayout,
+    ) -> PowerAction {
+        let specs = node_services(config, node_ip, layout);
+        let options = SupervisorOptions {
+            reap: ReapMode::AnyChild,
+            ..SupervisorOptions::default()
+        };
+        let (supervisor, handle) = match Supervisor::new(specs, options) {
+            Ok(pair) => pair,
+            Err(err) => return self.stay_in_maintenance(vec![err.to_string()]).await,
+        };
+        tracing::info!(
+            ms = self.timeline.since_start().as_secs_f64() * 1e3,
+            "boot phases done; starting services"
+        );
+        self.state.set_phases(self.timeline.phases());
+        self.state.set_supervisor(handle.clone());
+        let supervisor = tokio::spawn(supervisor.run());
+        let action = self.power.request().await;
+        tracing::info!(?action, "shutting down: stopping services");
+        handle.shutdown();
+        match supervisor.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(%err, "the supervisor failed"),
+            Err(err) => tracing::error!(%err, "the supervisor task failed"),
+        }
+        action
+    }
+
+    /// Maintenance mode after part of the configuration was applied: only a power request
+    /// ends it (a configuration applied through the API is staged for the next boot).
+    async fn stay_in_maintenance(&mut self, problems: Vec<String>) -> PowerAction {
+        match self.maintenance(problems, false).await {
+            MaintenanceEnd::Power(action) => action,
+            MaintenanceEnd::Applied(_) => unreachable!("only recoverable maintenance hands over"),
+        }
+    }
+
+    /// Maintenance mode: reports every problem on the console and through the node API, and
+    /// waits for a power request or, when `recoverable`, a corrected configuration.
+    async fn maintenance(&mut self, problems: Vec<String>, recoverable: bool) -> MaintenanceEnd {
+        tracing::error!("maintenance mode: nothing of the machine configuration is applied");
+        for problem in &problems {
+            tracing::error!("maintenance: {problem}");
+        }
+        self.state.set_phases(self.timeline.phases());
+        self.state.enter_maintenance(Maintenance {
+            problems,
+            recoverable,
+        });
+        if self.api.is_none() {
+            self.serve_api(None).await;
+        }
+        loop {
+            tokio::select! {
+                action = self.power.request() => return MaintenanceEnd::Power(action),
+                Some(applied) = self.applied.recv() => {
+                    if recoverable {
+                        self.state.leave_maintenance();
+                        return MaintenanceEnd::Applied(Box::new(applied));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The node's addresses that its configuration names (for the node API's certificate).
+fn config_addresses(config: &MachineConfig) -> Vec<std::net::Ipv4Addr> {
+    let mut addresses: Vec<std::net::Ipv4Addr> = config
+        .machine
+        .network
+        .interfaces
+        .iter()
+        .flat_map(|i| i.addresses.iter().map(|a| a.addr()))
+        .collect();
+    addresses.extend(
+        config
+            .cluster
+            .control_plane
+            .iter()
+            .filter(|m| m.name == config.machine.hostname)
+            .map(|m| m.address),
+    );
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
 /// The power requests init listens for from its first moment: SIGTERM or SIGINT power off;
-/// SIGRTMIN+5 reboots (systemd's signal for it). A request that comes while the node still
-/// boots is kept (PID 1 of a PID namespace is sent only the signals it has handlers for, so
-/// the handlers must be there from the start).
+/// SIGRTMIN+5 reboots (systemd's signal for it); and the node API's reboot and shutdown. A
+/// request that comes while the node still boots is kept (PID 1 of a PID namespace is sent
+/// only the signals it has handlers for, so the handlers must be there from the start).
 struct PowerSignals {
     streams: Option<(SignalStream, SignalStream, SignalStream)>,
+    api: mpsc::UnboundedReceiver<PowerAction>,
 }
 
 impl PowerSignals {
-    fn listen() -> Self {
+    fn listen(api: mpsc::UnboundedReceiver<PowerAction>) -> Self {
         let streams = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
@@ -278,34 +435,32 @@ impl PowerSignals {
         match streams {
             (Ok(term), Ok(int), Ok(reboot)) => PowerSignals {
                 streams: Some((term, int, reboot)),
+                api,
             },
             _ => {
                 tracing::error!("cannot listen for power signals");
-                PowerSignals { streams: None }
+                PowerSignals { streams: None, api }
             }
         }
     }
 
     /// Waits for the next power request.
     async fn request(&mut self) -> PowerAction {
-        let Some((term, int, reboot)) = &mut self.streams else {
-            return std::future::pending().await;
+        let signals = async {
+            match &mut self.streams {
+                Some((term, int, reboot)) => tokio::select! {
+                    _ = term.recv() => PowerAction::PowerOff,
+                    _ = int.recv() => PowerAction::PowerOff,
+                    _ = reboot.recv() => PowerAction::Reboot,
+                },
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
-            _ = term.recv() => PowerAction::PowerOff,
-            _ = int.recv() => PowerAction::PowerOff,
-            _ = reboot.recv() => PowerAction::Reboot,
+            action = signals => action,
+            Some(action) = self.api.recv() => action,
         }
     }
-}
-
-/// Maintenance mode: reports every problem on the console and waits for a power request.
-async fn maintenance(problems: Vec<String>, power: &mut PowerSignals) -> PowerAction {
-    tracing::error!("maintenance mode: nothing of the machine configuration is applied");
-    for problem in &problems {
-        tracing::error!("maintenance: {problem}");
-    }
-    power.request().await
 }
 
 /// The credentials' paths on a node (for tools that read them).

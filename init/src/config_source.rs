@@ -1,5 +1,6 @@
-//! Finding the machine configuration, in this order: the kernel command line
-//! (`baton.config=PATH`), a file in the image (`/etc/baton/machine-config.yaml`, which an
+//! Finding the machine configuration, in this order: one applied through the node API and
+//! staged on the node's state (`/var/lib/baton/machine-config.yaml`, where /var persists when
+//! init looks), the kernel command line (`baton.config=PATH`), a file in the image (`/etc/baton/machine-config.yaml`, which an
 //! extra cpio archive appended to the initramfs or the sandbox's creator places), and a
 //! partition named `BATON-CONFIG` holding `machine-config.yaml`.
 
@@ -7,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
+/// Where a configuration applied through the node API is kept for the next boot.
+pub const STAGED_CONFIG: &str = "var/lib/baton/machine-config.yaml";
 /// The configuration's path inside the image.
 pub const CONFIG_IN_IMAGE: &str = "etc/baton/machine-config.yaml";
 /// The GPT partition name of a configuration partition.
@@ -72,6 +75,22 @@ pub fn cmdline_config(cmdline: &str) -> Option<&str> {
 
 /// Looks for the configuration under `root` (`/` on a node) given the kernel command line.
 pub fn find_config(root: &Path, cmdline: &str) -> Result<Option<FoundConfig>, FindConfigError> {
+    let staged = root.join(STAGED_CONFIG);
+    match std::fs::read_to_string(&staged) {
+        Ok(yaml) => {
+            return Ok(Some(FoundConfig {
+                yaml,
+                source: format!("/{STAGED_CONFIG} (applied through the node API)"),
+            }));
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(FindConfigError::Read {
+                path: staged,
+                source,
+            });
+        }
+    }
     if let Some(value) = cmdline_config(cmdline) {
         if !value.starts_with('/') {
             return Err(FindConfigError::UnsupportedSource(value.to_string()));
@@ -182,6 +201,20 @@ mod tests {
         assert!(err.to_string().contains("vsock:2:10000"), "{err}");
         let err = find_config(root.path(), "baton.config=/missing.yaml").unwrap_err();
         assert!(err.to_string().contains("/missing.yaml"), "{err}");
+    }
+
+    #[test]
+    fn a_configuration_applied_through_the_api_comes_first() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc/baton")).unwrap();
+        std::fs::create_dir_all(root.path().join("var/lib/baton")).unwrap();
+        std::fs::write(root.path().join(CONFIG_IN_IMAGE), "image").unwrap();
+        std::fs::write(root.path().join(STAGED_CONFIG), "staged").unwrap();
+        let found = find_config(root.path(), "baton.config=/etc/baton/machine-config.yaml")
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.yaml, "staged");
+        assert!(found.source.contains("node API"), "{}", found.source);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! same code runs on a machine and as PID 1 of a namespace sandbox (the `process` provider),
 //! where it skips only what belongs to a machine.
 
+pub mod apply_config;
 pub mod boot;
 pub mod cgroups;
 pub mod config_source;
@@ -15,6 +16,7 @@ pub mod machine_config;
 pub mod modules;
 pub mod mounts;
 pub mod network_setup;
+pub mod node_api;
 pub mod node_services;
 pub mod phases;
 pub mod power;

@@ -64,6 +64,11 @@ pub struct Machine {
     /// out: they issue their own from the cluster CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<CertificateAndKey>,
+    /// The node API's serving certificate (for the hostname and the node's addresses) and its
+    /// key. Control-plane nodes may leave it out: they issue their own from the cluster CA; a
+    /// worker without one serves a self-signed certificate that clients cannot verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_certificate: Option<CertificateAndKey>,
     /// Block device for persistent state (/var); tmpfs when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_disk: Option<String>,
@@ -428,6 +433,14 @@ impl MachineConfig {
         if let Some(identity) = &machine.identity {
             check_pair(&mut fail, "machine.identity", &identity.cert, &identity.key);
         }
+        if let Some(serving) = &machine.api_certificate {
+            check_pair(
+                &mut fail,
+                "machine.apiCertificate",
+                &serving.cert,
+                &serving.key,
+            );
+        }
         if let Some(disk) = &machine.data_disk
             && !disk.starts_with("/dev/")
         {
@@ -615,6 +628,7 @@ pub(crate) mod tests_support {
                     nameservers: vec!["10.251.0.1".parse().unwrap()],
                 },
                 identity: None,
+                api_certificate: None,
                 data_disk: None,
                 sysctls: BTreeMap::new(),
                 kernel_args: Vec::new(),
@@ -749,6 +763,10 @@ mod tests {
         // A configuration with every optional field set.
         let mut full = control_plane();
         full.machine.identity = Some(CertificateAndKey {
+            cert: "c".into(),
+            key: "k".into(),
+        });
+        full.machine.api_certificate = Some(CertificateAndKey {
             cert: "c".into(),
             key: "k".into(),
         });

@@ -70,6 +70,20 @@ pub fn machine_config(
         }
         Role::ControlPlane => None,
     };
+    // Control-plane nodes issue their own from the CA key they hold.
+    let api_certificate = match node.role {
+        Role::Worker => {
+            let issued = ca.issue_server(
+                &node.name,
+                &[node.name.clone(), node.ip.to_string(), "127.0.0.1".into()],
+            )?;
+            Some(CertificateAndKey {
+                cert: issued.cert_pem,
+                key: issued.key_pem,
+            })
+        }
+        Role::ControlPlane => None,
+    };
     let gateway = gateway();
     Ok(MachineConfig {
         api_version: API_VERSION.into(),
@@ -93,6 +107,7 @@ pub fn machine_config(
                 nameservers: Vec::new(),
             },
             identity,
+            api_certificate,
             data_disk: None,
             sysctls: Default::default(),
             kernel_args: Vec::new(),

@@ -470,6 +470,14 @@ async fn create_in(
             .map_err(step_error("writing the admin kubeconfig")),
         step
     );
+    // The same identity for the node API (`baton node --cluster NAME`).
+    let credentials = crate::node_access::NodeApiCredentialFiles::under(dir);
+    attempt!(
+        credentials
+            .write(ca.cert_pem(), &admin)
+            .map_err(step_error("writing the node API credentials")),
+        step
+    );
     step.done(&server);
 
     let deadline = Instant::now() + args.wait;

@@ -14,6 +14,7 @@ pub mod forwarder;
 pub mod image_cache;
 pub mod kubeconfig;
 pub mod network;
+pub mod node_access;
 pub mod progress;
 pub mod state;
 pub mod status;

@@ -1,0 +1,233 @@
+//! The client side: a tonic channel to one node over TLS that rustls sets up here, so that the
+//! connection may be made from inside a network namespace and, for a node in maintenance mode
+//! without a usable CA, without checking the node's certificate (`--insecure`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_network::NetNs;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::proto::node_client::NodeClient;
+
+/// How long connecting (TCP and the TLS handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the client proves and trusts.
+#[derive(Clone)]
+pub struct ClientCredentials {
+    /// The cluster CA the node's certificate must chain to; `None` accepts any certificate
+    /// (only for a node in maintenance mode that has no usable CA).
+    pub ca_pem: Option<String>,
+    /// The client certificate (the cluster CA's, in group `system:masters`) and its key, PEM.
+    pub client: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("verifies_server", &self.ca_pem.is_some())
+            .field("presents_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// Where the node is.
+#[derive(Clone, Debug)]
+pub struct NodeTarget {
+    /// Its node API address.
+    pub address: SocketAddr,
+    /// A network namespace to connect from (a pinned namespace's path), when the node is not
+    /// reachable from the caller's own.
+    pub netns: Option<PathBuf>,
+}
+
+/// Why a connection to a node could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectNodeError {
+    /// The CA or the client certificate or key is not usable PEM.
+    #[error("{what}: {detail}")]
+    Credentials {
+        /// Which part (`the CA certificate`, `the client key` ...).
+        what: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration")]
+    Tls(#[from] rustls::Error),
+    /// The channel could not be made.
+    #[error("connecting to the node API at {address}")]
+    Connect {
+        /// The node's address.
+        address: SocketAddr,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Connects to the node API of `target` with `credentials`.
+pub async fn connect(
+    target: &NodeTarget,
+    credentials: &ClientCredentials,
+) -> Result<NodeClient<Channel>, ConnectNodeError> {
+    let tls = Arc::new(client_config(credentials)?);
+    let address = target.address;
+    let netns = target.netns.clone();
+    let connector = tower::service_fn(move |_: Uri| {
+        let tls = tls.clone();
+        let netns = netns.clone();
+        async move {
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, open_tcp(address, netns))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))??;
+            let name = ServerName::IpAddress(address.ip().into());
+            let stream =
+                tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(tls).connect(name, tcp))
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    // The URI only names the authority for HTTP/2; the connector makes the connection.
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|source| ConnectNodeError::Connect { address, source })?
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| ConnectNodeError::Connect { address, source })?;
+    Ok(NodeClient::new(channel))
+}
+
+/// A TCP connection to `address`, opened inside `netns` when one is given.
+async fn open_tcp(
+    address: SocketAddr,
+    netns: Option<PathBuf>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(netns) = netns else {
+        return tokio::net::TcpStream::connect(address).await;
+    };
+    let stream = tokio::task::spawn_blocking(move || {
+        let namespace = NetNs::open(&netns).map_err(std::io::Error::other)?;
+        namespace
+            .run(|| std::net::TcpStream::connect_timeout(&address, CONNECT_TIMEOUT))
+            .map_err(std::io::Error::other)?
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    stream.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(stream)
+}
+
+fn credentials_error(
+    what: &'static str,
+) -> impl Fn(rustls::pki_types::pem::Error) -> ConnectNodeError {
+    move |err| ConnectNodeError::Credentials {
+        what,
+        detail: err.to_string(),
+    }
+}
+
+fn client_config(
+    credentials: &ClientCredentials,
+) -> Result<rustls::ClientConfig, ConnectNodeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &credentials.ca_pem {
+        Some(ca_pem) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+                roots
+                    .add(cert.map_err(credentials_error("the CA certificate"))?)
+                    .map_err(|err| ConnectNodeError::Credentials {
+                        what: "the CA certificate",
+                        detail: err.to_string(),
+                    })?;
+            }
+            if roots.is_empty() {
+                return Err(ConnectNodeError::Credentials {
+                    what: "the CA certificate",
+                    detail: "no PEM certificate".into(),
+                });
+            }
+            builder.with_root_certificates(roots)
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider))),
+    };
+    let mut config = match &credentials.client {
+        Some((cert_pem, key_pem)) => {
+            let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(credentials_error("the client certificate"))?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                .map_err(credentials_error("the client key"))?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Accepts whatever certificate the node shows (signatures are still checked): `--insecure`,
+/// for a node in maintenance mode without a usable cluster CA.
+#[derive(Debug)]
+struct AnyServerCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
