@@ -58,10 +58,21 @@ pub enum ImageCommand {
         #[arg(long)]
         archive: Option<PathBuf>,
     },
-    /// Build the node image: an initramfs holding this (statically linked) baton at /init,
-    /// etcd and what it needs from Debian packages, and a manifest of sha256 sums.
+    /// Write a node's machine configuration as a cpio archive to append to the image's
+    /// initramfs (`cat initramfs.cpio.gz config.cpio.gz`), after validating it.
+    ConfigArchive {
+        /// The MachineConfig file.
+        #[arg(long)]
+        machine_config: PathBuf,
+        /// The archive to write.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Build the node image: Debian's cloud kernel, and an initramfs holding this (statically
+    /// linked) baton at /init, the kernel modules the node loads, etcd and what it needs from
+    /// Debian packages; and a manifest of sha256 sums.
     Build {
-        /// The directory to write (initramfs.cpio.gz, manifest.json).
+        /// The directory to write (vmlinuz, initramfs.cpio.gz, manifest.json).
         #[arg(long)]
         output: PathBuf,
         /// The baton binary to put at /init (default: this one).
@@ -137,6 +148,26 @@ pub async fn run(command: ImageCommand) -> anyhow::Result<()> {
             }
             println!("{} {}", built.reference, built.manifest_digest);
         }
+        ImageCommand::ConfigArchive {
+            machine_config,
+            output,
+        } => {
+            let yaml = std::fs::read_to_string(&machine_config).map_err(|err| {
+                anyhow::anyhow!("--machine-config {}: {err}", machine_config.display())
+            })?;
+            let source = format!("--machine-config {}", machine_config.display());
+            if let Err(err) = baton_init::MachineConfig::parse(&yaml, &source) {
+                let mut message = err.to_string();
+                if let baton_init::LoadMachineConfigError::Malformed { source, .. } = &err {
+                    message = format!("{message}: {source}");
+                }
+                anyhow::bail!(message);
+            }
+            let mtime =
+                u32::try_from(baton_image_builder::source_date_epoch()?).unwrap_or(u32::MAX);
+            baton_image_builder::write_config_archive(&yaml, &output, mtime)?;
+            println!("{}", output.display());
+        }
         ImageCommand::Build {
             output,
             baton,
@@ -157,6 +188,12 @@ pub async fn run(command: ImageCommand) -> anyhow::Result<()> {
             for (path, size) in &image.sizes {
                 println!("/{path:<49} {size:>12}");
             }
+            println!(
+                "{} {} bytes (Linux {})",
+                image.kernel.display(),
+                std::fs::metadata(&image.kernel)?.len(),
+                image.kernel_release
+            );
             let total = std::fs::metadata(&image.initramfs)?.len();
             println!(
                 "{} {} bytes sha256:{}",

@@ -2,10 +2,12 @@
 //! busybox-static ([`build_busybox_image`], [`build_layered_test_image`]), the two archive
 //! formats users import ([`write_oci_archive`], [`write_docker_archive`]), and a push to a
 //! registry ([`push_layout`]); the node image's initramfs ([`build_node_image`]) and its
-//! unpacking ([`unpack_initramfs`]). Kernel, UKI and disk images join later (issue 7).
+//! unpacking ([`unpack_initramfs`]) with Debian's cloud kernel beside it and the modules the
+//! node needs inside. UKI and disk images join later (issue 7).
 
 mod archive;
 mod initramfs;
+mod kernel;
 mod layer;
 mod node_image;
 mod oci_layout;
@@ -14,11 +16,12 @@ mod test_image;
 
 pub use archive::{WriteArchiveError, write_docker_archive, write_oci_archive};
 pub use initramfs::{Entry, EntryKind, InitramfsError, Tree, unpack_initramfs};
+pub use kernel::{KERNEL_METAPACKAGE, KERNEL_NAME, NODE_MODULES, modinfo_field};
 pub use layer::{BuildLayerError, BuiltLayerBlob, LayerBuilder, sha256_digest};
 pub use node_image::{
-    BuildNodeImageError, INITRAMFS_NAME, MANIFEST_NAME, NodeImage, NodeImageOptions,
-    PRELOADED_BUSYBOX, PRELOADED_IMAGES_DIR, ROLE_LINKS, build_node_image, default_cache_dir,
-    sha256_hex,
+    BuildNodeImageError, CONFIG_IN_IMAGE, INITRAMFS_NAME, MANIFEST_NAME, NodeImage,
+    NodeImageOptions, PRELOADED_BUSYBOX, PRELOADED_IMAGES_DIR, ROLE_LINKS, build_node_image,
+    default_cache_dir, sha256_hex, write_config_archive,
 };
 pub use oci_layout::{
     ANNOTATION_REF_NAME, Descriptor, Index, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX,

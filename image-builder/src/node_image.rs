@@ -1,6 +1,6 @@
-//! The node image's initramfs: the statically linked `baton` (without its debug information)
-//! at /init with a link per role,
-//! the etcd binary and the C library it needs (from Debian packages fetched with
+//! The node image: Debian's cloud kernel, and an initramfs with the statically linked `baton`
+//! (without its debug information) at /init with a link per role, the kernel modules the node
+//! loads, the etcd binary and the C library it needs (from Debian packages fetched with
 //! `apt-get download` into a cache, never installed on the build host), the mount points init
 //! uses, and a manifest with the sha256 of every input and output.
 
@@ -56,6 +56,23 @@ pub const PRELOADED_IMAGES_DIR: &str = "usr/share/baton/images";
 /// busybox-static.
 pub const PRELOADED_BUSYBOX: &str = "docker.io/library/busybox:1.35";
 
+/// Where init looks for the machine configuration inside the image (an archive appended to
+/// the initramfs puts it there).
+pub const CONFIG_IN_IMAGE: &str = "etc/baton/machine-config.yaml";
+
+/// Writes a gzip-compressed newc cpio archive holding only `yaml` at [`CONFIG_IN_IMAGE`]: a
+/// node's configuration, appended to the image's initramfs (the kernel unpacks concatenated
+/// archives in order, so it adds to the image's tree).
+pub fn write_config_archive(yaml: &str, out: &Path, mtime: u32) -> Result<(), InitramfsError> {
+    let mut tree = Tree::default();
+    tree.add(
+        CONFIG_IN_IMAGE,
+        EntryKind::File(yaml.as_bytes().to_vec()),
+        0o600,
+    );
+    tree.write_initramfs(out, mtime).map(|_| ())
+}
+
 /// The initramfs file name in the output directory.
 pub const INITRAMFS_NAME: &str = "initramfs.cpio.gz";
 /// The manifest file name in the output directory.
@@ -77,6 +94,10 @@ pub struct NodeImageOptions {
 /// A built node image.
 #[derive(Clone, Debug)]
 pub struct NodeImage {
+    /// The kernel (Debian's cloud kernel).
+    pub kernel: PathBuf,
+    /// Its release, also the modules' directory under /lib/modules.
+    pub kernel_release: String,
     /// The initramfs.
     pub initramfs: PathBuf,
     /// Its sha256, hex.
@@ -122,6 +143,9 @@ pub enum BuildNodeImageError {
         /// The file.
         path: String,
     },
+    /// The kernel package lacks a module the node needs.
+    #[error("the kernel package has no module {0}, and the kernel does not have it built in")]
+    MissingModule(String),
     /// Writing the initramfs failed.
     #[error("writing the initramfs")]
     Initramfs(#[from] InitramfsError),
@@ -214,6 +238,35 @@ pub fn build_node_image(options: &NodeImageOptions) -> Result<NodeImage, BuildNo
             tree.add(&path, kind, mode);
         }
     }
+    // The kernel, and the modules the node loads at boot with a modules.dep for them.
+    let kernel_deb = fetch_package(
+        &crate::kernel::kernel_package(crate::kernel::KERNEL_METAPACKAGE)?,
+        &options.package_cache,
+    )?;
+    let kernel_bytes = std::fs::read(&kernel_deb).map_err(io("reading", &kernel_deb))?;
+    inputs.insert(
+        kernel_deb
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sha256_hex(&kernel_bytes),
+    );
+    drop(kernel_bytes);
+    let kernel = crate::kernel::kernel_files(&kernel_deb)?;
+    let modules_dir = format!("lib/modules/{}", kernel.release);
+    for (path, data) in kernel.modules {
+        tree.add(
+            &format!("{modules_dir}/{path}"),
+            EntryKind::File(data),
+            0o644,
+        );
+    }
+    tree.add(
+        &format!("{modules_dir}/modules.dep"),
+        EntryKind::File(kernel.modules_dep.into_bytes()),
+        0o644,
+    );
+
     // The preloaded busybox image, from busybox-static's binary (kept in `scratch` until the
     // initramfs is written).
     let scratch =
@@ -258,9 +311,22 @@ pub fn build_node_image(options: &NodeImageOptions) -> Result<NodeImage, BuildNo
     std::fs::rename(&partial, &initramfs).map_err(io("renaming", &partial))?;
     let bytes = std::fs::read(&initramfs).map_err(io("reading", &initramfs))?;
     let initramfs_sha256 = sha256_hex(&bytes);
+    let kernel_path = options.output.join(crate::kernel::KERNEL_NAME);
+    let partial_kernel = options.output.join(format!(
+        "{}.partial-{}",
+        crate::kernel::KERNEL_NAME,
+        std::process::id()
+    ));
+    std::fs::write(&partial_kernel, &kernel.vmlinuz).map_err(io("writing", &partial_kernel))?;
+    std::fs::rename(&partial_kernel, &kernel_path).map_err(io("renaming", &partial_kernel))?;
     let manifest = serde_json::json!({
         "artifacts": {
             INITRAMFS_NAME: { "sha256": initramfs_sha256, "size": bytes.len() },
+            crate::kernel::KERNEL_NAME: {
+                "sha256": sha256_hex(&kernel.vmlinuz),
+                "size": kernel.vmlinuz.len(),
+                "release": kernel.release,
+            },
         },
         "inputs": inputs,
         "contents": sizes,
@@ -274,6 +340,8 @@ pub fn build_node_image(options: &NodeImageOptions) -> Result<NodeImage, BuildNo
         "node image built"
     );
     Ok(NodeImage {
+        kernel: kernel_path,
+        kernel_release: kernel.release,
         initramfs,
         initramfs_sha256,
         manifest: manifest_path,
@@ -327,7 +395,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
 }
 
 /// The cached `.deb` of `package`, downloaded with `apt-get download` when missing.
-fn fetch_package(package: &str, cache: &Path) -> Result<PathBuf, BuildNodeImageError> {
+pub(crate) fn fetch_package(package: &str, cache: &Path) -> Result<PathBuf, BuildNodeImageError> {
     let cached = |cache: &Path| -> Result<Option<PathBuf>, BuildNodeImageError> {
         let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
             .map_err(io("reading", cache))?
@@ -356,7 +424,7 @@ fn fetch_package(package: &str, cache: &Path) -> Result<PathBuf, BuildNodeImageE
     })
 }
 
-fn run(command: &mut Command) -> Result<Vec<u8>, BuildNodeImageError> {
+pub(crate) fn run(command: &mut Command) -> Result<Vec<u8>, BuildNodeImageError> {
     let line = format!("{command:?}");
     let output = command.output().map_err(|source| BuildNodeImageError::Io {
         action: "running",

@@ -12,9 +12,9 @@ mod msg {
     pub const NEWSET: u16 = 9;
     pub const NEWSETELEM: u16 = 12;
     pub const DELSETELEM: u16 = 14;
-    pub const DESTROYTABLE: u16 = 26;
-    pub const DESTROYCHAIN: u16 = 27;
-    pub const DESTROYSET: u16 = 29;
+    pub const DELTABLE: u16 = 2;
+    pub const DELCHAIN: u16 = 5;
+    pub const DELSET: u16 = 11;
 }
 
 /// Address families of tables.
@@ -153,17 +153,14 @@ impl Batch {
         self
     }
 
-    /// Deletes table `name` and everything in it (nothing if it does not exist).
+    /// Deletes table `name` and everything in it (nothing if it does not exist). It is made
+    /// first and then deleted, as `nft` does for kernels before 6.3, which lack the
+    /// delete-if-present message (Debian bookworm's 6.1 among them).
     pub fn destroy_table(&mut self, family: Family, name: &str) -> &mut Self {
+        self.add_table(family, name);
         let mut a = Attributes::new();
         a.string(1, name);
-        self.push(
-            msg::DESTROYTABLE,
-            0,
-            family,
-            a,
-            format!("delete table {name}"),
-        );
+        self.push(msg::DELTABLE, 0, family, a, format!("delete table {name}"));
         self
     }
 
@@ -202,18 +199,11 @@ impl Batch {
         self
     }
 
-    /// Deletes chain `name` (it must have no rules and no references left; nothing if it does
-    /// not exist).
-    pub fn destroy_chain(&mut self, family: Family, table: &str, name: &str) -> &mut Self {
+    /// Deletes chain `name`, which must exist and have no rules and no references left.
+    pub fn delete_chain(&mut self, family: Family, table: &str, name: &str) -> &mut Self {
         let mut a = Attributes::new();
         a.string(1, table).string(3, name);
-        self.push(
-            msg::DESTROYCHAIN,
-            0,
-            family,
-            a,
-            format!("delete chain {name}"),
-        );
+        self.push(msg::DELCHAIN, 0, family, a, format!("delete chain {name}"));
         self
     }
 
@@ -276,11 +266,11 @@ impl Batch {
         self
     }
 
-    /// Deletes set `name` (nothing if it does not exist).
-    pub fn destroy_set(&mut self, family: Family, table: &str, name: &str) -> &mut Self {
+    /// Deletes set `name`, which must exist and have no references left.
+    pub fn delete_set(&mut self, family: Family, table: &str, name: &str) -> &mut Self {
         let mut a = Attributes::new();
         a.string(1, table).string(2, name);
-        self.push(msg::DESTROYSET, 0, family, a, format!("delete set {name}"));
+        self.push(msg::DELSET, 0, family, a, format!("delete set {name}"));
         self
     }
 

@@ -260,11 +260,11 @@ fn incremental_phases(applied: &Ruleset, wanted: &Ruleset) -> [Batch; 3] {
     }
     // Chains and sets that went, once nothing points at them.
     for name in removed {
-        removals.destroy_chain(Family::Ip, TABLE, name);
+        removals.delete_chain(Family::Ip, TABLE, name);
     }
     for name in applied.affinity_sets.keys() {
         if !wanted.affinity_sets.contains_key(name) {
-            removals.destroy_set(Family::Ip, TABLE, name);
+            removals.delete_set(Family::Ip, TABLE, name);
         }
     }
     [batch, additions, removals]

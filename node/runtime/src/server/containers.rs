@@ -45,14 +45,26 @@ pub(crate) struct Containers {
     pub state: PathBuf,
     meta: PathBuf,
     io: PathBuf,
+    /// The host's root is the kernel's initial rootfs (a node booted from its initramfs),
+    /// which pivot_root(2) cannot leave: containers move their root over `/` and chroot
+    /// instead (runc's and youki's `--no-pivot`).
+    no_pivot: bool,
 }
 
 impl Containers {
     pub(crate) fn new(root: &Path) -> std::io::Result<Self> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let no_pivot = root_is_initial_rootfs(&mountinfo);
+        if no_pivot {
+            tracing::info!(
+                "the root file system is the initramfs: containers start without pivot_root"
+            );
+        }
         let this = Self {
             state: root.join("containers"),
             meta: root.join("meta"),
             io: root.join("io"),
+            no_pivot,
         };
         for dir in [&this.state, &this.meta, &this.io] {
             fs::create_dir_all(dir)?;
@@ -100,6 +112,7 @@ impl Containers {
                     .with_stderr(stderr)
                     .as_init(&config.bundle)
                     .with_systemd(false)
+                    .with_no_pivot(self.no_pivot)
                     .with_detach(true)
             })
             .and_then(|builder| builder.build());
@@ -354,6 +367,18 @@ fn check_bundle(bundle: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `/` in `mountinfo` (/proc/self/mountinfo) is the kernel's initial rootfs.
+pub(crate) fn root_is_initial_rootfs(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        let mut halves = line.splitn(2, " - ");
+        let (Some(mount), Some(fs)) = (halves.next(), halves.next()) else {
+            return false;
+        };
+        mount.split_whitespace().nth(4) == Some("/")
+            && fs.split_whitespace().next() == Some("rootfs")
+    })
+}
+
 /// What is reported for a container whose exit the runtime did not see.
 pub(crate) fn unknown_exit() -> ExitStatus {
     ExitStatus {
@@ -390,4 +415,19 @@ pub(crate) fn oom_kills(path: &Path) -> u64 {
         })
         .max()
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::root_is_initial_rootfs;
+
+    #[test]
+    fn the_initramfs_root_is_recognised() {
+        let initramfs = "1 1 0:2 / / rw shared:1 - rootfs rootfs rw,size=1002540k\n\
+                         22 1 0:20 / /proc rw,nosuid - proc proc rw\n";
+        assert!(root_is_initial_rootfs(initramfs));
+        let disk = "25 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n\
+                    30 25 0:2 / /initrd rw - rootfs rootfs rw\n";
+        assert!(!root_is_initial_rootfs(disk));
+    }
 }
