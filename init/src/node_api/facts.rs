@@ -28,6 +28,21 @@ pub fn memory(meminfo: &str) -> (u64, u64) {
     (field("MemTotal:"), field("MemAvailable:"))
 }
 
+/// `VmRSS` of a /proc/PID/status, in bytes (zero when unknown).
+pub fn resident_memory(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// The size and free space of each file system in `mounts` that can be queried.
 pub fn disks(mounts: &[&str]) -> Vec<Disk> {
     mounts
@@ -111,6 +126,10 @@ mod tests {
         let meminfo = "MemTotal:        2000 kB\nMemFree:  10 kB\nMemAvailable:    1500 kB\n";
         assert_eq!(memory(meminfo), (2000 * 1024, 1500 * 1024));
         assert_eq!(memory(""), (0, 0));
+        assert_eq!(
+            resident_memory("Name:\tinit\nVmRSS:\t    5120 kB\n"),
+            5120 * 1024
+        );
     }
 
     #[test]

@@ -299,6 +299,9 @@ impl Node for NodeApi {
             uptime_seconds: self.state.uptime().as_secs_f64(),
             config_source: inner.config_source.clone(),
             config_staged: inner.staged,
+            init_memory_bytes: facts::resident_memory(
+                &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
+            ),
         }))
     }
 

@@ -33,6 +33,17 @@ pub enum Provider {
     Process,
 }
 
+impl Provider {
+    /// The provider's name, as `--provider` takes it and the cluster's state records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Microvm => "microvm",
+            Provider::Qemu => "qemu",
+            Provider::Process => "process",
+        }
+    }
+}
+
 /// `baton cluster create` flags.
 #[derive(Clone, Debug, clap::Args)]
 pub struct CreateArgs {
@@ -137,21 +148,37 @@ fn check_host(args: &CreateArgs, provider: Provider) -> Result<(), CreateCluster
     }
     match provider {
         Provider::Process => {}
-        Provider::Microvm | Provider::Qemu => {
-            return refuse(format!(
-                "--provider {}: not built yet; use --provider process",
-                if provider == Provider::Qemu {
-                    "qemu"
-                } else {
-                    "microvm"
-                }
-            ));
+        Provider::Qemu => {
+            if !crate::qemu_node::on_path(crate::qemu_node::QEMU) {
+                return refuse(format!(
+                    "--provider qemu: {} is not on PATH (Debian's package qemu-system-x86)",
+                    crate::qemu_node::QEMU
+                ));
+            }
+            if !Path::new("/dev/net/tun").exists() {
+                return refuse(
+                    "--provider qemu: /dev/net/tun is missing (the nodes' NICs are tap devices)"
+                        .into(),
+                );
+            }
+        }
+        Provider::Microvm => {
+            return refuse(
+                "--provider microvm: not built yet; use --provider qemu or --provider process"
+                    .into(),
+            );
         }
     }
     if !nix::unistd::geteuid().is_root() {
-        return refuse(
-            "the process provider needs root (it makes namespaces, mounts and cgroups)".into(),
-        );
+        return refuse(format!(
+            "--provider {}: needs root (it makes network namespaces{})",
+            provider.name(),
+            if provider == Provider::Process {
+                ", mounts and cgroups"
+            } else {
+                " and tap devices"
+            }
+        ));
     }
     let nodes = (args.control_planes + args.workers) as u64;
     if args.workers > 200 {
@@ -219,7 +246,7 @@ pub async fn create_cluster(args: &CreateArgs) -> Result<CreatedCluster, CreateC
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(step_error("creating the cluster's directory"))?;
     }
-    let result = create_in(args, &dir, &progress).await;
+    let result = create_in(args, provider, &dir, &progress).await;
     match result {
         Ok(created) => Ok(created),
         Err((err, state)) => {
@@ -256,6 +283,7 @@ type Failure = (CreateClusterError, Option<ClusterState>);
 
 async fn create_in(
     args: &CreateArgs,
+    provider: Provider,
     dir: &Path,
     progress: &Progress,
 ) -> Result<CreatedCluster, Failure> {
@@ -306,7 +334,7 @@ async fn create_in(
     let admin_kubeconfig = dir.join("admin.kubeconfig");
     let mut state = ClusterState {
         name: args.name.clone(),
-        provider: "process".into(),
+        provider: provider.name().into(),
         created_at: now_secs(),
         image_root: image.root.clone(),
         netns: crate::network::cluster_netns_path(&args.name),
@@ -341,24 +369,30 @@ async fn create_in(
 
     let step = progress.step("Making the cluster network");
     state.pins.push(state.netns.clone());
-    state.pins.extend(
-        configs
-            .iter()
-            .map(|(node, _, _)| crate::network::node_netns_path(&args.name, &node.name)),
-    );
+    if provider == Provider::Process {
+        state.pins.extend(
+            configs
+                .iter()
+                .map(|(node, _, _)| crate::network::node_netns_path(&args.name, &node.name)),
+        );
+    }
     attempt!(save(&state), step);
     let cluster_ns = attempt!(
         create_cluster_network(&args.name).map_err(step_error("making the cluster network")),
         step
     );
-    let mut node_netns = Vec::new();
+    // Per node: its namespace (process), or its tap device on the bridge (qemu).
+    let mut node_links = Vec::new();
     for (index, (node, _, _)) in configs.iter().enumerate() {
-        let path = attempt!(
-            create_node_network(&cluster_ns, &args.name, &node.name, index)
-                .map_err(step_error("making a node's network")),
+        let link = match provider {
+            Provider::Process => create_node_network(&cluster_ns, &args.name, &node.name, index)
+                .map(|path| path.into_os_string()),
+            _ => crate::network::create_node_tap(&cluster_ns, index).map(Into::into),
+        };
+        node_links.push(attempt!(
+            link.map_err(step_error("making a node's network")),
             step
-        );
-        node_netns.push(path);
+        ));
     }
     step.done(&format!(
         "{} on bridge {}",
@@ -367,14 +401,69 @@ async fn create_in(
     ));
 
     let step = progress.step(&format!(
-        "Booting {} nodes (process provider)",
-        planned.len()
+        "Booting {} nodes ({} provider)",
+        planned.len(),
+        provider.name()
     ));
     let exe = attempt!(
         std::env::current_exe().map_err(step_error("finding this program")),
         step
     );
-    for ((node, node_dir, config_path), netns) in configs.iter().zip(&node_netns) {
+    let kvm = provider == Provider::Qemu && baton_vmm::check().linux_usable;
+    for (index, ((node, node_dir, config_path), link)) in
+        configs.iter().zip(&node_links).enumerate()
+    {
+        if provider == Provider::Qemu {
+            let console = node_dir.join("console.log");
+            let yaml = attempt!(
+                std::fs::read_to_string(config_path)
+                    .map_err(step_error("reading a machine configuration")),
+                step
+            );
+            let initrd = attempt!(
+                crate::qemu_node::write_node_initrd(&image.dir, node_dir, &yaml)
+                    .map_err(step_error("writing a node's initrd")),
+                step
+            );
+            let tap = link.to_string_lossy();
+            let qemu = crate::qemu_node::QemuNode {
+                image_dir: &image.dir,
+                initrd: &initrd,
+                console: &console,
+                tap: &tap,
+                mac: &crate::qemu_node::mac_address(index),
+                memory_mib: args.memory,
+                cpus: args.cpus,
+                kvm,
+            };
+            let qemu_args = qemu.args();
+            let qemu_args: Vec<&std::ffi::OsStr> =
+                qemu_args.iter().map(|a| a.as_os_str()).collect();
+            let pid = attempt!(
+                spawn_detached(
+                    Path::new(crate::qemu_node::QEMU),
+                    &qemu_args,
+                    &node_dir.join("qemu.log")
+                )
+                .map_err(step_error("starting a node's QEMU")),
+                step
+            );
+            state.nodes.push(NodeState {
+                name: node.name.clone(),
+                role: node.role.as_str().into(),
+                ip: node.ip,
+                pid: Some(pid),
+                dir: node_dir.clone(),
+                netns: state.netns.clone(),
+                cgroups: Vec::new(),
+                console,
+                started_at: now_secs(),
+                ready_after_ms: None,
+            });
+            attempt!(save(&state), step);
+            continue;
+        }
+        let netns = PathBuf::from(link);
         let cgroup = format!("baton/{}/{}", args.name, node.name);
         let cgroups = attempt!(
             baton_sandbox::NodeCgroups::for_this_process(&cgroup)
@@ -727,8 +816,8 @@ mod tests {
         let too_much = refused(&["--memory", "100000000"], Provider::Process);
         assert!(too_much.contains("MiB available"), "{too_much}");
         assert_eq!(
-            refused(&["--name", "ok"], Provider::Qemu),
-            "--provider qemu: not built yet; use --provider process"
+            refused(&["--name", "ok"], Provider::Microvm),
+            "--provider microvm: not built yet; use --provider qemu or --provider process"
         );
         let err = Cli::try_parse_from(["create", "--control-planes", "2"])
             .err()

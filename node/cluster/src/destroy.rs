@@ -35,7 +35,10 @@ pub fn stop_nodes(state: &ClusterState) -> Vec<String> {
     let monitors: Vec<u32> = state
         .nodes
         .iter()
-        .filter_map(|n| n.pid.filter(|pid| process_matches(*pid, &node_marker(n))))
+        .filter_map(|n| {
+            n.pid
+                .filter(|pid| process_matches(*pid, &node_marker(&state.provider, n)))
+        })
         .collect();
     for pid in &monitors {
         let _ = nix::sys::signal::kill(

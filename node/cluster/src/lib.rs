@@ -1,7 +1,8 @@
 //! `baton cluster`: a whole Kubernetes cluster on this one machine. `create` makes the PKI
 //! and a machine configuration per node, an isolated network (a namespace named for the
 //! cluster with a bridge, one veth per node), boots the nodes from the Baton image with a
-//! provider (`process`: the image's root and init in namespaces of their own), starts a
+//! provider (`process`: the image's root and init in namespaces of their own; `qemu`: the
+//! image booted by QEMU with a tap on the cluster's bridge), starts a
 //! forwarder from 127.0.0.1 to the API server, waits for every node to be Ready and DNS to
 //! answer, and merges a `baton-NAME` context into the kubeconfig. `list`, `status` and
 //! `destroy` find clusters again from their state on disk.
@@ -16,6 +17,7 @@ pub mod kubeconfig;
 pub mod network;
 pub mod node_access;
 pub mod progress;
+pub mod qemu_node;
 pub mod state;
 pub mod status;
 

@@ -1,6 +1,7 @@
 //! The cluster's isolated network: a pinned network namespace named for the cluster holding a
-//! bridge with the gateway address, and per node a pinned namespace whose `eth0` is one end of
-//! a veth pair plugged into the bridge. The range exists only inside these namespaces.
+//! bridge with the gateway address, and per node either a pinned namespace whose `eth0` is one
+//! end of a veth pair plugged into the bridge (the `process` provider) or a tap device on the
+//! bridge (a VM's NIC). The range exists only inside these namespaces.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,9 @@ pub enum ClusterNetworkError {
     /// A netlink request failed.
     #[error("cluster network")]
     Netlink(#[from] NetlinkError),
+    /// A tap device could not be made.
+    #[error("cluster network")]
+    Tap(#[from] baton_network::CreateTapError),
 }
 
 /// Makes the cluster's namespace with its bridge up at the gateway address.
@@ -88,6 +92,21 @@ pub fn create_node_network(
         Ok(())
     })??;
     Ok(path)
+}
+
+/// Makes node number `index`'s tap device in the cluster namespace, up and plugged into the
+/// bridge, for its VM's NIC. Returns its name.
+pub fn create_node_tap(cluster_ns: &NetNs, index: usize) -> Result<String, ClusterNetworkError> {
+    let tap = crate::qemu_node::tap_name(index);
+    cluster_ns.run(|| -> Result<(), ClusterNetworkError> {
+        baton_network::create_tap(&tap)?;
+        let mut socket = RouteSocket::open()?;
+        let bridge = socket.link(BRIDGE)?.expect("the cluster's bridge");
+        let link = socket.link(&tap)?.expect("the tap just made");
+        socket.set_link(link.index, Some(bridge.index), Some(MTU))?;
+        Ok(())
+    })??;
+    Ok(tap)
 }
 
 /// Removes a pinned namespace (its interfaces go with it once nothing holds it).

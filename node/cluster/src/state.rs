@@ -177,9 +177,13 @@ pub fn process_alive(pid: u32) -> bool {
     })
 }
 
-/// What only this node's sandbox process has on its command line: its namespace's pin.
-pub fn node_marker(node: &NodeState) -> String {
-    format!("--netns {} ", node.netns.display())
+/// What only this node's process has on its command line: a sandbox's namespace pin, or
+/// QEMU's console file (`provider` is the cluster's).
+pub fn node_marker(provider: &str, node: &NodeState) -> String {
+    match provider {
+        "qemu" => format!("file:{} ", node.console.display()),
+        _ => format!("--netns {} ", node.netns.display()),
+    }
 }
 
 /// What only this cluster's forwarder has on its command line.

@@ -37,7 +37,7 @@ pub fn status_table(cluster: &ClusterState) -> String {
     for node in &cluster.nodes {
         let running = node
             .pid
-            .is_some_and(|pid| process_matches(pid, &node_marker(node)));
+            .is_some_and(|pid| process_matches(pid, &node_marker(&cluster.provider, node)));
         let _ = writeln!(
             out,
             "{:<18} {:<14} {:<14} {:>8} {:<8} {:>8} {:>12}",

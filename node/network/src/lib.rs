@@ -2,7 +2,7 @@
 //! synchronous rtnetlink client ([`RouteSocket`]) for links, addresses and routes; network
 //! namespaces ([`NetNs`]); the persisted pod address allocator ([`AddressAllocator`]); the
 //! node's bridge with a veth pair per pod ([`BridgeNetwork`]); and routes to the other nodes'
-//! pod CIDRs ([`sync_node_routes`]).
+//! pod CIDRs ([`sync_node_routes`]); and tap devices for VMs ([`create_tap`]).
 
 mod addresses;
 mod bridge;
@@ -13,6 +13,7 @@ mod netlink;
 mod netns;
 mod node_routes;
 mod routes;
+mod tap;
 
 pub use bridge::{
     BridgeConfig, BridgeNetwork, HOST_INTERFACE_PREFIX, POD_INTERFACE, PodAddress, PodNetworkError,
@@ -25,3 +26,4 @@ pub use netlink::{Create, NetlinkError, RouteSocket};
 pub use netns::{LOOPBACK_INDEX, NetNs, NetNsError};
 pub use node_routes::{RouteChanges, sync_node_routes};
 pub use routes::{BATON_ROUTE_PROTOCOL, Route};
+pub use tap::{CreateTapError, create_tap};

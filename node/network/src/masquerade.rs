@@ -78,7 +78,8 @@ mod tests {
                 "10.244.3.0/24".parse().unwrap(),
             ],
         );
-        // destroy, table, chain, 3 returns (two others and our own), the masquerade.
-        assert_eq!(batch.len(), 7);
+        // destroy (an add and a delete, which every kernel takes), table, chain, 3 returns
+        // (two others and our own), the masquerade.
+        assert_eq!(batch.len(), 8);
     }
 }
