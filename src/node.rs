@@ -296,8 +296,9 @@ async fn status_text(client: &mut NodeClient<Channel>) -> Result<String, tonic::
         mib(s.memory_available_bytes)
     ));
     out.push_str(&format!(
-        "Init memory:  {:.1} MiB\n",
-        s.init_memory_bytes as f64 / (1024.0 * 1024.0)
+        "Init memory:  {:.1} MiB resident, {:.1} MiB anonymous\n",
+        s.init_memory_bytes as f64 / (1024.0 * 1024.0),
+        s.init_anonymous_memory_bytes as f64 / (1024.0 * 1024.0)
     ));
     for problem in &s.problems {
         out.push_str(&format!("Problem:      {problem}\n"));

@@ -28,11 +28,12 @@ pub fn memory(meminfo: &str) -> (u64, u64) {
     (field("MemTotal:"), field("MemAvailable:"))
 }
 
-/// `VmRSS` of a /proc/PID/status, in bytes (zero when unknown).
-pub fn resident_memory(status: &str) -> u64 {
+/// Field `field` (`VmRSS`, `RssAnon` ...) of a /proc/PID/status, in bytes (zero when
+/// unknown).
+pub fn status_memory(status: &str, field: &str) -> u64 {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| {
             rest.trim()
                 .trim_end_matches("kB")
@@ -126,10 +127,9 @@ mod tests {
         let meminfo = "MemTotal:        2000 kB\nMemFree:  10 kB\nMemAvailable:    1500 kB\n";
         assert_eq!(memory(meminfo), (2000 * 1024, 1500 * 1024));
         assert_eq!(memory(""), (0, 0));
-        assert_eq!(
-            resident_memory("Name:\tinit\nVmRSS:\t    5120 kB\n"),
-            5120 * 1024
-        );
+        let status = "Name:\tinit\nVmRSS:\t    5120 kB\nRssAnon:\t  1024 kB\n";
+        assert_eq!(status_memory(status, "VmRSS"), 5120 * 1024);
+        assert_eq!(status_memory(status, "RssAnon"), 1024 * 1024);
     }
 
     #[test]

@@ -256,6 +256,7 @@ impl Node for NodeApi {
     ) -> Result<Response<StatusReply>, Status> {
         self.authorize(&request, Access::Maintenance)?;
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let own = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let (memory_total_bytes, memory_available_bytes) = facts::memory(&meminfo);
         let inner = self.state.lock();
         let phases = inner
@@ -299,9 +300,8 @@ impl Node for NodeApi {
             uptime_seconds: self.state.uptime().as_secs_f64(),
             config_source: inner.config_source.clone(),
             config_staged: inner.staged,
-            init_memory_bytes: facts::resident_memory(
-                &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
-            ),
+            init_memory_bytes: facts::status_memory(&own, "VmRSS"),
+            init_anonymous_memory_bytes: facts::status_memory(&own, "RssAnon"),
         }))
     }
 

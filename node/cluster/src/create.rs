@@ -439,15 +439,19 @@ async fn create_in(
             let qemu_args = qemu.args();
             let qemu_args: Vec<&std::ffi::OsStr> =
                 qemu_args.iter().map(|a| a.as_os_str()).collect();
-            let pid = attempt!(
-                spawn_detached(
-                    Path::new(crate::qemu_node::QEMU),
-                    &qemu_args,
-                    &node_dir.join("qemu.log")
-                )
-                .map_err(step_error("starting a node's QEMU")),
-                step
-            );
+            // Started from inside the cluster's namespace, where its tap is: QEMU finds the
+            // tap by name in its own namespace.
+            let spawned = cluster_ns
+                .run(|| {
+                    spawn_detached(
+                        Path::new(crate::qemu_node::QEMU),
+                        &qemu_args,
+                        &node_dir.join("qemu.log"),
+                    )
+                })
+                .map_err(std::io::Error::other)
+                .and_then(|spawned| spawned);
+            let pid = attempt!(spawned.map_err(step_error("starting a node's QEMU")), step);
             state.nodes.push(NodeState {
                 name: node.name.clone(),
                 role: node.role.as_str().into(),
