@@ -144,8 +144,31 @@ fn baton_run(work: &Path, image: &Path, initrd: &Path, creds: &Creds, index: usi
         &console,
         &[(api_port, 6443), (node_api_port, 50000)],
     ));
-    let mut init_started = None;
-    let mut services: Vec<(String, Duration)> = Vec::new();
+    // The console is watched on a thread of its own every 10 ms, so that the kubectl calls
+    // below (each up to 2 s while the API server is not up) do not blur when a line came.
+    let (stop_watching, stopped) = std::sync::mpsc::channel::<()>();
+    let watched_console = console.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut seen: Vec<(String, Duration)> = Vec::new();
+        let markers: Vec<(String, String)> =
+            std::iter::once(("init".to_string(), "baton init starting".to_string()))
+                .chain(
+                    SERVICES
+                        .iter()
+                        .map(|s| (s.to_string(), format!("service ready service={s} "))),
+                )
+                .collect();
+        while stopped.try_recv().is_err() {
+            let text = plain(&std::fs::read_to_string(&watched_console).unwrap_or_default());
+            for (name, marker) in &markers {
+                if text.contains(marker.as_str()) && !seen.iter().any(|(n, _)| n == name) {
+                    seen.push((name.clone(), started.elapsed()));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        seen
+    });
     let mut readyz = None;
     let node_ready;
     loop {
@@ -154,16 +177,6 @@ fn baton_run(work: &Path, image: &Path, initrd: &Path, creds: &Creds, index: usi
             "the node did not come up:\n{}",
             plain(&std::fs::read_to_string(&console).unwrap_or_default())
         );
-        let text = plain(&std::fs::read_to_string(&console).unwrap_or_default());
-        if init_started.is_none() && text.contains("baton init starting") {
-            init_started = Some(started.elapsed());
-        }
-        for service in SERVICES {
-            let line = format!("service ready service={service} ");
-            if text.contains(&line) && !services.iter().any(|(s, _)| s == service) {
-                services.push((service.to_string(), started.elapsed()));
-            }
-        }
         if readyz.is_none() {
             let out = Command::new("kubectl")
                 .arg("--kubeconfig")
@@ -194,6 +207,14 @@ fn baton_run(work: &Path, image: &Path, initrd: &Path, creds: &Creds, index: usi
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = stop_watching.send(());
+    let mut seen = watcher.join().unwrap();
+    let init_started = seen
+        .iter()
+        .find(|(name, _)| name == "init")
+        .map(|(_, at)| *at);
+    seen.retain(|(name, _)| name != "init");
+    let mut services = seen;
     let node = |verb: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_baton"))
             .args(["node", "--endpoint", &format!("127.0.0.1:{node_api_port}")])
@@ -366,7 +387,7 @@ fn main() {
     row("shutdown through the node API to QEMU's exit", &|r| {
         secs(r.shutdown)
     });
-    row("init's memory (VmRSS, with the node API)", &|r| {
+    row("init's memory (with the node API)", &|r| {
         r.init_memory.clone()
     });
     println!(
