@@ -167,7 +167,9 @@ const QUIET_DNS_LOG: &str = "hickory_server=warn";
 /// and none of the client's connection errors while it waits for the API server.
 const CLUSTER_LOG_FILTER: &str = "warn,kube_client=off";
 
-fn init_logging(default_filter: &str) {
+/// Logs to stderr, filtered by `BATON_LOG` (else `default_filter`); coloured on a terminal,
+/// except for init, whose terminal is a machine's console that is read as a log.
+fn init_logging(default_filter: &str, console: bool) {
     let configured = std::env::var("BATON_LOG").unwrap_or_else(|_| default_filter.into());
     let configured = if configured.contains("hickory") {
         configured
@@ -179,16 +181,20 @@ fn init_logging(default_filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(!console && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(args_with_role());
-    init_logging(match cli.command {
-        Command::Cluster { .. } => CLUSTER_LOG_FILTER,
-        _ => DEFAULT_LOG_FILTER,
-    });
+    let console = matches!(cli.command, Command::Init { .. });
+    init_logging(
+        match cli.command {
+            Command::Cluster { .. } => CLUSTER_LOG_FILTER,
+            _ => DEFAULT_LOG_FILTER,
+        },
+        console,
+    );
     let result = match cli.command {
         Command::Init { .. } => return ExitCode::from(baton_init::run_init()),
         Command::Apiserver(args) => run_async(async move {

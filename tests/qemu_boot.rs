@@ -5,7 +5,8 @@
 //! virtio NIC, and starts etcd, the API server and the rest. The test reaches the API server
 //! and the node API through QEMU's user network (forwarded to 127.0.0.1 only, and `restrict=on`
 //! so the guest reaches nothing else), runs a pod on the node, and shuts the machine down
-//! through the node API. QEMU is killed and every file removed, also when the test fails.
+//! through the node API. Two builds of the image are byte for byte the same. QEMU is killed and
+//! every file removed, also when the test fails.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -72,6 +73,20 @@ fn the_image_boots_a_control_plane_machine_under_qemu() {
         .args(["image", "build", "--output"])
         .arg(&image));
     assert!(built.status.success(), "{}", text(&built.stderr));
+    // Reproducible: a second build from the same inputs is byte for byte the same.
+    let again = dir.path().join("image-again");
+    let rebuilt = run(Command::new(baton)
+        .args(["image", "build", "--output"])
+        .arg(&again));
+    assert!(rebuilt.status.success(), "{}", text(&rebuilt.stderr));
+    for artifact in ["vmlinuz", "initramfs.cpio.gz", "manifest.json"] {
+        assert!(
+            std::fs::read(image.join(artifact)).unwrap()
+                == std::fs::read(again.join(artifact)).unwrap(),
+            "{artifact} differs between two builds"
+        );
+    }
+    std::fs::remove_dir_all(&again).unwrap();
 
     // A control-plane configuration on QEMU's user network.
     let ca = baton_pki::ClusterCa::generate("qemu-test").unwrap();
