@@ -1,0 +1,193 @@
+//! `baton cluster create --control-planes 3` with the `process` provider: three control-plane
+//! nodes whose etcd members form one cluster. It checks that every control-plane node runs
+//! etcd and the API server, that the cluster stays writable and schedules pods when one
+//! control-plane node powers off (etcd keeps its quorum with two of three), and that writes
+//! stop when a second one goes (no quorum). `cluster destroy` removes it, also when the test
+//! fails.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+struct HaCluster {
+    name: String,
+    home: tempfile::TempDir,
+    kubeconfig: PathBuf,
+    destroyed: bool,
+}
+
+impl HaCluster {
+    fn baton(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(args)
+            .env("BATON_HOME", self.home.path())
+            .output()
+            .expect("run baton")
+    }
+
+    fn node_api(&self, node: &str, verb: &str) -> String {
+        let out = self.baton(&["node", "--cluster", &self.name, "--node", node, verb]);
+        assert!(
+            out.status.success(),
+            "baton node {node} {verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
+    fn power_off(&self, node: &str) {
+        assert_eq!(
+            self.node_api(node, "shutdown"),
+            "the node is powering off\n"
+        );
+        baton_test_harness::wait_until_blocking(
+            &format!("{node} to stop"),
+            Duration::from_secs(60),
+            || {
+                let status = self.baton(&["cluster", "status", &self.name]);
+                String::from_utf8_lossy(&status.stdout)
+                    .lines()
+                    .any(|l| l.starts_with(node) && l.contains("stopped"))
+                    .then_some(())
+            },
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for HaCluster {
+    fn drop(&mut self) {
+        if !self.destroyed {
+            let _ = self.baton(&["cluster", "destroy", &self.name]);
+        }
+    }
+}
+
+#[test]
+fn three_control_planes_keep_the_cluster_writable_when_one_powers_off() {
+    let name = format!("ha-{}", std::process::id());
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = home.path().join("kubeconfig");
+    let mut cluster = HaCluster {
+        name: name.clone(),
+        home,
+        kubeconfig,
+        destroyed: false,
+    };
+    let kubeconfig = cluster.kubeconfig.display().to_string();
+    let out = cluster.baton(&[
+        "cluster",
+        "create",
+        "--name",
+        &name,
+        "--control-planes",
+        "3",
+        "--workers",
+        "1",
+        "--kubeconfig",
+        &kubeconfig,
+        "--wait",
+        "180s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nodes = cluster.kubectl(&["get", "nodes", "--no-headers"]);
+    let nodes = String::from_utf8_lossy(&nodes.stdout).into_owned();
+    for node in ["control-plane-1", "control-plane-2", "control-plane-3"] {
+        assert!(
+            nodes.lines().any(|l| l.split_whitespace().take(3).eq([
+                node,
+                "Ready",
+                "control-plane"
+            ])),
+            "{nodes}"
+        );
+        let services = cluster.node_api(node, "services");
+        for service in ["etcd", "apiserver"] {
+            assert!(
+                services.lines().any(|l| l
+                    .split_whitespace()
+                    .take(3)
+                    .eq([service, "Running", "true"])),
+                "{node}: {services}"
+            );
+        }
+    }
+
+    // One of three gone: etcd keeps its quorum, the API server takes writes, pods run.
+    cluster.power_off("control-plane-3");
+    let created = cluster.kubectl(&[
+        "create",
+        "configmap",
+        "after-one",
+        "--from-literal=k=v",
+        "--request-timeout=20s",
+    ]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let ran = cluster.kubectl(&[
+        "run",
+        "still-scheduling",
+        "--image=busybox:1.35",
+        "--restart=Never",
+        "--",
+        "true",
+    ]);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    baton_test_harness::wait_until_blocking(
+        "the pod to run to completion",
+        Duration::from_secs(120),
+        || {
+            let phase = cluster.kubectl(&[
+                "get",
+                "pod",
+                "still-scheduling",
+                "-o",
+                "jsonpath={.status.phase}",
+            ]);
+            (String::from_utf8_lossy(&phase.stdout) == "Succeeded").then_some(())
+        },
+    )
+    .unwrap();
+
+    // Two of three gone: no quorum, so the write does not commit.
+    cluster.power_off("control-plane-2");
+    let refused = cluster.kubectl(&[
+        "create",
+        "configmap",
+        "after-two",
+        "--from-literal=k=v",
+        "--request-timeout=10s",
+    ]);
+    assert!(
+        !refused.status.success(),
+        "a write without etcd quorum succeeded"
+    );
+
+    let out = cluster.baton(&["cluster", "destroy", &name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.destroyed = true;
+}
