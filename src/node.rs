@@ -100,7 +100,9 @@ pub enum NodeVerb {
 /// Runs `baton node`.
 pub async fn run(cli: NodeCli) -> anyhow::Result<()> {
     let (target, credentials) = resolve(&cli)?;
-    let mut client = baton_node_api::connect(&target, &credentials).await?;
+    let mut client = baton_node_api::connect(&target, &credentials)
+        .await
+        .map_err(|err| anyhow::anyhow!(baton_client::error_chain(&err)))?;
     call(&mut client, cli.verb)
         .await
         .map_err(|status| anyhow::anyhow!("{}: {}", code_name(status.code()), status.message()))
