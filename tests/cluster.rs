@@ -1,10 +1,10 @@
 //! `baton cluster create` end to end with the `process` provider: a 1 control-plane + 2 worker
 //! cluster from the node image, driven with the real kubectl. Each step prints its time.
 //!
-//! It checks what a user checks: the nodes Ready with their roles; a Deployment of the
-//! preloaded busybox image serving HTTP, spread over both workers, reachable through its
-//! Service by ClusterIP and by DNS name from a pod on a worker and by NodePort from the
-//! cluster's network; `kubectl logs` and `kubectl exec`; scaling; a worker that stops turns
+//! It checks what a user checks: the nodes Ready with their roles and their own capacity; a
+//! Deployment of the preloaded busybox image serving HTTP, spread over both workers, reachable
+//! through its Service by ClusterIP and by DNS name from a pod on a worker and by NodePort from
+//! the cluster's network; `kubectl logs` and `kubectl exec`; scaling; a worker that stops turns
 //! NotReady and its pod is recreated on the other worker while the Service keeps answering;
 //! and `cluster destroy` leaves no process, namespace, cgroup, mount or file behind.
 
@@ -311,6 +311,15 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
     let role = |node: &str| rows.iter().find(|r| r[0] == node).map(|r| r[2]);
     assert_eq!(role("control-plane-1"), Some("control-plane"), "{nodes}");
     assert_eq!(role("worker-1"), Some("<none>"), "{nodes}");
+    // A node's capacity is its own (the default --memory 1024 and --cpus 1), not the host's.
+    let capacity = cluster.kubectl_ok(&[
+        "get",
+        "node",
+        "worker-1",
+        "-o",
+        "jsonpath={.status.capacity.memory} {.status.capacity.cpu}",
+    ]);
+    assert_eq!(capacity, "1048576Ki 1");
     let status = cluster.baton(&["cluster", "status", &name]);
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(

@@ -41,6 +41,15 @@ impl Machine {
             .map(|n| n.get() as u32)
             .unwrap_or(1);
         let memory_bytes = meminfo_total(&read("/proc/meminfo")).unwrap_or(0);
+        // A node that is a cgroup of a larger host (the `process` provider's, with its own
+        // cgroup namespace) has the memory its cgroup allows, not the host's.
+        let memory_bytes = match cgroup_memory_limit(&[
+            &read("/sys/fs/cgroup/memory.max"),
+            &read("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+        ]) {
+            Some(limit) if limit < memory_bytes => limit,
+            _ => memory_bytes,
+        };
         let ephemeral_storage_bytes = nix::sys::statvfs::statvfs(root_dir)
             .map(|stat| stat.blocks() * stat.fragment_size())
             .unwrap_or(0);
@@ -65,6 +74,18 @@ fn meminfo_total(meminfo: &str) -> Option<u64> {
     let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The memory limit of the cgroup at the root of this process's cgroup namespace, from the
+/// contents of its v2 `memory.max` and v1 `memory.limit_in_bytes` (empty when absent; the
+/// true root cgroup has neither); `max` and v1's page-rounded `i64::MAX` mean no limit.
+fn cgroup_memory_limit(files: &[&str]) -> Option<u64> {
+    const V1_UNLIMITED: u64 = 0x7fff_ffff_ffff_f000;
+    files
+        .iter()
+        .filter_map(|text| text.trim().parse::<u64>().ok())
+        .filter(|limit| *limit < V1_UNLIMITED)
+        .min()
 }
 
 /// PRETTY_NAME of an os-release file.
@@ -113,6 +134,14 @@ mod tests {
             os_pretty_name(os).as_deref(),
             Some("Debian GNU/Linux 12 (bookworm)")
         );
+    }
+
+    #[test]
+    fn a_cgroup_limit_is_the_memory_of_a_node_inside_a_cgroup() {
+        assert_eq!(cgroup_memory_limit(&["1073741824", ""]), Some(1 << 30));
+        assert_eq!(cgroup_memory_limit(&["", "536870912"]), Some(1 << 29));
+        assert_eq!(cgroup_memory_limit(&["max", "9223372036854771712"]), None);
+        assert_eq!(cgroup_memory_limit(&["", ""]), None);
     }
 
     #[test]
