@@ -11,38 +11,32 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton_network::NetNs;
+use baton_test_harness::{CONTROL_PLANE_SERVICES, LocalCluster, services_running_and_ready};
 
-/// The cluster's state, image cache and kubeconfig, and a destroy on drop (also on failure).
+/// The test's cluster (destroyed on drop, also on failure), and when the test started.
 struct TestCluster {
-    name: String,
-    home: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    destroyed: bool,
+    cluster: LocalCluster,
     started: Instant,
 }
 
+impl std::ops::Deref for TestCluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        &mut self.cluster
+    }
+}
+
 impl TestCluster {
-    fn baton(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(args)
-            .env("BATON_HOME", self.home.path())
-            .output()
-            .expect("run baton")
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .expect("run kubectl")
-    }
-
     /// kubectl's stdout; panics with its stderr when it fails.
     fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
@@ -92,26 +86,9 @@ impl TestCluster {
         })
     }
 
-    fn node_dir(&self, node: &str) -> PathBuf {
-        self.home
-            .path()
-            .join("clusters")
-            .join(&self.name)
-            .join("nodes")
-            .join(node)
-    }
-
     /// The last lines of every node's console, for failure messages.
     fn consoles(&self) -> String {
-        let mut out = String::new();
-        for node in ["control-plane-1", "worker-1", "worker-2"] {
-            let text = std::fs::read_to_string(self.node_dir(node).join("console.log"))
-                .unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("\n--- console of {node} (last lines)\n"));
-            out.push_str(&lines[lines.len().saturating_sub(25)..].join("\n"));
-        }
-        out
+        self.console_tails(&["control-plane-1", "worker-1", "worker-2"], 25)
     }
 
     fn step(&self, name: &str, since: Instant) {
@@ -120,20 +97,6 @@ impl TestCluster {
             since.elapsed().as_secs_f64(),
             self.started.elapsed().as_secs_f64()
         );
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        if !self.destroyed {
-            let out = self.baton(&["cluster", "destroy", &self.name]);
-            eprintln!(
-                "cleanup: baton cluster destroy {}: {}{}",
-                self.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
     }
 }
 
@@ -250,13 +213,8 @@ spec:
 #[test]
 fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_without_a_trace() {
     let name = format!("e2e-{}", std::process::id());
-    let home = tempfile::tempdir().unwrap();
-    let kubeconfig = home.path().join("kubeconfig");
     let mut cluster = TestCluster {
-        name: name.clone(),
-        home,
-        kubeconfig,
-        destroyed: false,
+        cluster: LocalCluster::new(Path::new(env!("CARGO_BIN_EXE_baton")), &name),
         started: Instant::now(),
     };
 
@@ -474,35 +432,10 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
 
     // The node API, through `baton node --cluster NAME --node NODE`.
     let t = Instant::now();
-    let node_api = |node: &str, args: &[&str]| {
-        let mut all = vec!["node", "--cluster", name.as_str(), "--node", node];
-        all.extend_from_slice(args);
-        let out = cluster.baton(&all);
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let node_api = |node: &str, args: &[&str]| cluster.node_api(node, args);
     let (ok, services, err) = node_api("control-plane-1", &["services"]);
     assert!(ok, "{err}");
-    for service in [
-        "etcd",
-        "apiserver",
-        "scheduler",
-        "controller-manager",
-        "kubelet",
-        "proxy",
-        "dns",
-    ] {
-        assert!(
-            services.lines().any(|l| l
-                .split_whitespace()
-                .take(3)
-                .eq([service, "Running", "true"])),
-            "{service} not running and ready:\n{services}"
-        );
-    }
+    services_running_and_ready(&services, CONTROL_PLANE_SERVICES).unwrap();
     let (ok, version, err) = node_api("worker-1", &["version"]);
     assert!(ok, "{err}");
     assert!(

@@ -5,84 +5,32 @@
 //! stop when a second one goes (no quorum). `cluster destroy` removes it, also when the test
 //! fails.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use baton_test_harness::{LocalCluster, services_running_and_ready};
 use std::time::Duration;
 
-struct HaCluster {
-    name: String,
-    home: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    destroyed: bool,
-}
-
-impl HaCluster {
-    fn baton(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(args)
-            .env("BATON_HOME", self.home.path())
-            .output()
-            .expect("run baton")
-    }
-
-    fn node_api(&self, node: &str, verb: &str) -> String {
-        let out = self.baton(&["node", "--cluster", &self.name, "--node", node, verb]);
-        assert!(
-            out.status.success(),
-            "baton node {node} {verb}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .expect("run kubectl")
-    }
-
-    fn power_off(&self, node: &str) {
-        assert_eq!(
-            self.node_api(node, "shutdown"),
-            "the node is powering off\n"
-        );
-        baton_test_harness::wait_until_blocking(
-            &format!("{node} to stop"),
-            Duration::from_secs(60),
-            || {
-                let status = self.baton(&["cluster", "status", &self.name]);
-                String::from_utf8_lossy(&status.stdout)
-                    .lines()
-                    .any(|l| l.starts_with(node) && l.contains("stopped"))
-                    .then_some(())
-            },
-        )
-        .unwrap();
-    }
-}
-
-impl Drop for HaCluster {
-    fn drop(&mut self) {
-        if !self.destroyed {
-            let _ = self.baton(&["cluster", "destroy", &self.name]);
-        }
-    }
+/// Powers `node` off through its node API and waits until its process has ended.
+fn power_off(cluster: &LocalCluster, node: &str) {
+    let (ok, said, err) = cluster.node_api(node, &["shutdown"]);
+    assert!(ok, "{err}");
+    assert_eq!(said, "the node is powering off\n");
+    baton_test_harness::wait_until_blocking(
+        &format!("{node} to stop"),
+        Duration::from_secs(60),
+        || {
+            let status = cluster.baton(&["cluster", "status", &cluster.name]);
+            String::from_utf8_lossy(&status.stdout)
+                .lines()
+                .any(|l| l.starts_with(node) && l.contains("stopped"))
+                .then_some(())
+        },
+    )
+    .unwrap();
 }
 
 #[test]
 fn three_control_planes_keep_the_cluster_writable_when_one_powers_off() {
     let name = format!("ha-{}", std::process::id());
-    let home = tempfile::tempdir().unwrap();
-    let kubeconfig = home.path().join("kubeconfig");
-    let mut cluster = HaCluster {
-        name: name.clone(),
-        home,
-        kubeconfig,
-        destroyed: false,
-    };
+    let mut cluster = LocalCluster::new(std::path::Path::new(env!("CARGO_BIN_EXE_baton")), &name);
     let kubeconfig = cluster.kubeconfig.display().to_string();
     let out = cluster.baton(&[
         "cluster",
@@ -114,20 +62,14 @@ fn three_control_planes_keep_the_cluster_writable_when_one_powers_off() {
             ])),
             "{nodes}"
         );
-        let services = cluster.node_api(node, "services");
-        for service in ["etcd", "apiserver"] {
-            assert!(
-                services.lines().any(|l| l
-                    .split_whitespace()
-                    .take(3)
-                    .eq([service, "Running", "true"])),
-                "{node}: {services}"
-            );
-        }
+        let (ok, services, err) = cluster.node_api(node, &["services"]);
+        assert!(ok, "{err}");
+        services_running_and_ready(&services, &["etcd", "apiserver"])
+            .unwrap_or_else(|err| panic!("{node}: {err}"));
     }
 
     // One of three gone: etcd keeps its quorum, the API server takes writes, pods run.
-    cluster.power_off("control-plane-3");
+    power_off(&cluster, "control-plane-3");
     let created = cluster.kubectl(&[
         "create",
         "configmap",
@@ -170,7 +112,7 @@ fn three_control_planes_keep_the_cluster_writable_when_one_powers_off() {
     .unwrap();
 
     // Two of three gone: no quorum, so the write does not commit.
-    cluster.power_off("control-plane-2");
+    power_off(&cluster, "control-plane-2");
     let refused = cluster.kubectl(&[
         "create",
         "configmap",

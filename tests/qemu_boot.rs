@@ -265,23 +265,11 @@ fn the_image_boots_a_control_plane_machine_under_qemu() {
         "{status}"
     );
     let services = text(&node(&["services"]).stdout);
-    for service in [
-        "etcd",
-        "apiserver",
-        "scheduler",
-        "controller-manager",
-        "kubelet",
-        "proxy",
-        "dns",
-    ] {
-        assert!(
-            services.lines().any(|l| l
-                .split_whitespace()
-                .take(3)
-                .eq([service, "Running", "true"])),
-            "{service} not running and ready:\n{services}"
-        );
-    }
+    baton_test_harness::services_running_and_ready(
+        &services,
+        baton_test_harness::CONTROL_PLANE_SERVICES,
+    )
+    .unwrap();
     let dmesg = node(&["dmesg"]);
     assert!(
         text(&dmesg.stdout).contains("Linux version 6."),

@@ -5,48 +5,27 @@
 //! through its Service by DNS name; a worker rebooted through the node API comes back Ready and
 //! runs its pods again; and `cluster destroy` leaves no QEMU, namespace or file behind.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use baton_test_harness::LocalCluster;
 use std::time::{Duration, Instant};
 
-struct QemuCluster {
-    name: String,
-    home: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    destroyed: bool,
+struct QemuCluster(LocalCluster);
+
+impl std::ops::Deref for QemuCluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for QemuCluster {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        &mut self.0
+    }
 }
 
 impl QemuCluster {
-    fn baton(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(args)
-            .env("BATON_HOME", self.home.path())
-            .output()
-            .expect("run baton")
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .expect("run kubectl")
-    }
-
     fn consoles(&self) -> String {
-        let mut out = String::new();
-        for node in ["control-plane-1", "worker-1"] {
-            let path = self
-                .home
-                .path()
-                .join(format!("clusters/{}/nodes/{node}/console.log", self.name));
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("\n--- console of {node} (last lines)\n"));
-            out.push_str(&lines[lines.len().saturating_sub(30)..].join("\n"));
-        }
-        out
+        self.console_tails(&["control-plane-1", "worker-1"], 30)
     }
 
     fn wait(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
@@ -82,31 +61,13 @@ impl QemuCluster {
     }
 }
 
-impl Drop for QemuCluster {
-    fn drop(&mut self) {
-        if !self.destroyed {
-            let out = self.baton(&["cluster", "destroy", &self.name]);
-            eprintln!(
-                "cleanup: baton cluster destroy {}: {}{}",
-                self.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
-
 #[test]
 fn a_qemu_cluster_boots_serves_reboots_a_worker_and_is_destroyed() {
     let name = format!("qemu-{}", std::process::id());
-    let home = tempfile::tempdir().unwrap();
-    let kubeconfig = home.path().join("kubeconfig");
-    let mut cluster = QemuCluster {
-        name: name.clone(),
-        home,
-        kubeconfig,
-        destroyed: false,
-    };
+    let mut cluster = QemuCluster(LocalCluster::new(
+        std::path::Path::new(env!("CARGO_BIN_EXE_baton")),
+        &name,
+    ));
     let started = Instant::now();
     let kubeconfig = cluster.kubeconfig.display().to_string();
     let out = cluster.baton(&[
@@ -186,10 +147,7 @@ fn a_qemu_cluster_boots_serves_reboots_a_worker_and_is_destroyed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let console = cluster
-        .home
-        .path()
-        .join(format!("clusters/{name}/nodes/worker-1/console.log"));
+    let console = cluster.node_dir("worker-1").join("console.log");
     cluster.wait(
         "worker-1's init to start a second time",
         Duration::from_secs(180),

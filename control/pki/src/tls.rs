@@ -1,13 +1,16 @@
 //! Server TLS from PEM files, for the API server's and the kubelet's HTTPS listeners: rustls on
 //! ring with the serving certificate, and client certificates verified against
 //! `--client-ca-file` (optional for the API server, whose handler answers anonymous requests
-//! 401; required by the kubelet).
+//! 401; required by the kubelet); and the client-side verifier for servers whose certificate
+//! cannot be checked ([`AnyServerCertificate`]).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::RootCertStore;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -109,4 +112,62 @@ pub fn server_config(
     })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+/// A client's verifier that accepts whatever certificate the server shows, checking only the
+/// handshake's signatures: what kube-apiserver does with kubelets without
+/// --kubelet-certificate-authority, and `baton node --insecure` with a node in maintenance
+/// mode. Only for servers with no certificate a client could check.
+#[derive(Debug)]
+pub struct AnyServerCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl AnyServerCertificate {
+    /// The verifier, checking signatures with `provider`'s algorithms.
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        AnyServerCertificate(provider)
+    }
+}
+
+impl ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }

@@ -96,6 +96,20 @@ impl NodeApi {
     }
 }
 
+/// The machine's hostname as the kernel has it.
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The role of the configuration in use; empty while there is none.
+fn role_of(config: Option<&MachineConfig>) -> String {
+    config
+        .map(|c| c.machine.role.as_str().to_string())
+        .unwrap_or_default()
+}
+
 fn lines_stream(
     lines: Vec<String>,
     follow: Option<broadcast::Receiver<String>>,
@@ -136,14 +150,8 @@ impl Node for NodeApi {
         let inner = self.state.lock();
         Ok(Response::new(VersionReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            hostname: nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            role: inner
-                .config
-                .as_ref()
-                .map(|c| c.machine.role.as_str().to_string())
-                .unwrap_or_default(),
+            hostname: hostname(),
+            role: role_of(inner.config.as_ref()),
             environment: format!("{:?}", self.state.environment),
             maintenance: inner.maintenance.is_some(),
         }))
@@ -277,14 +285,8 @@ impl Node for NodeApi {
             })
             .collect();
         Ok(Response::new(StatusReply {
-            hostname: nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            role: inner
-                .config
-                .as_ref()
-                .map(|c| c.machine.role.as_str().to_string())
-                .unwrap_or_default(),
+            hostname: hostname(),
+            role: role_of(inner.config.as_ref()),
             environment: format!("{:?}", self.state.environment),
             maintenance: inner.maintenance.is_some(),
             problems: inner

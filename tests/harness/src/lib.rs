@@ -14,12 +14,14 @@ use anyhow::{Context, Result, bail};
 
 mod components;
 mod lab;
+mod local_cluster;
 mod node;
 mod node_cluster;
 pub mod registry;
 
 pub use components::{Component, ControlPlane, kubectl_apply, kubectl_ok};
 pub use lab::{Lab, LabNode};
+pub use local_cluster::{CONTROL_PLANE_SERVICES, LocalCluster, services_running_and_ready};
 pub use node::KubeletNode;
 pub use node_cluster::{NodeCluster, main_status, merge_json, pod_phase, waiting_reason};
 
