@@ -8,16 +8,15 @@
 //!
 //! `CARGO_TARGET_DIR=/var/cache/baton/bench-target cargo bench --bench node_boot` (as root).
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baton_image_builder::{EntryKind, Tree};
-use baton_init::machine_config::{ControlPlaneMember, Interface, StaticRoute};
+use baton_test_harness::qemu_machine::{AdminFiles, user_network_control_plane};
 
 const RUNS: usize = 2;
-const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 const SERVICES: &[&str] = &[
     "etcd",
     "apiserver",
@@ -132,7 +131,7 @@ impl Drop for Killed {
     }
 }
 
-fn baton_run(work: &Path, image: &Path, initrd: &Path, creds: &Creds, index: usize) -> Run {
+fn baton_run(work: &Path, image: &Path, initrd: &Path, creds: &AdminFiles, index: usize) -> Run {
     let api_port = free_port();
     let node_api_port = free_port();
     let console = work.join(format!("console-{index}.log"));
@@ -255,34 +254,6 @@ fn baton_run(work: &Path, image: &Path, initrd: &Path, creds: &Creds, index: usi
     }
 }
 
-/// The cluster CA and an admin identity, as files.
-struct Creds {
-    ca_pki: baton_pki::ClusterCa,
-    admin: baton_pki::CertAndKey,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Creds {
-    fn kubeconfig(&self, work: &Path, port: u16) -> PathBuf {
-        let path = work.join(format!("admin-{port}.kubeconfig"));
-        let server = format!("https://127.0.0.1:{port}");
-        std::fs::write(
-            &path,
-            baton_pki::render_kubeconfig(&baton_pki::Kubeconfig {
-                cluster: "bench",
-                server: &server,
-                ca_pem: self.ca_pki.cert_pem(),
-                user: baton_pki::ADMIN_USER,
-                client: &self.admin,
-            }),
-        )
-        .unwrap();
-        path
-    }
-}
-
 fn main() {
     let work = tempfile::tempdir().unwrap();
     let work = work.path();
@@ -302,45 +273,14 @@ fn main() {
     let build_time = started.elapsed();
 
     let ca = baton_pki::ClusterCa::generate("bench").unwrap();
-    let planned = baton_cluster::configs::plan_nodes(1, 0);
-    let mut config =
-        baton_cluster::configs::machine_config("bench", &ca, &planned, &planned[0], &[]).unwrap();
-    config.machine.network.interfaces = vec![Interface {
-        name: "eth0".into(),
-        addresses: vec![ipnet::Ipv4Net::new(GUEST_IP, 24).unwrap()],
-        routes: vec![StaticRoute {
-            to: "0.0.0.0/0".parse().unwrap(),
-            via: Ipv4Addr::new(10, 0, 2, 2),
-        }],
-        mtu: None,
-        dhcp: false,
-    }];
-    config.cluster.control_plane = vec![ControlPlaneMember {
-        name: planned[0].name.clone(),
-        address: GUEST_IP,
-    }];
-    config.cluster.endpoint = format!("https://{GUEST_IP}:6443");
+    let config = user_network_control_plane(&ca);
     let archive = work.join("config.cpio.gz");
     baton_image_builder::write_config_archive(&config.to_yaml(), &archive, 0).unwrap();
     let mut initrd = std::fs::read(image.join("initramfs.cpio.gz")).unwrap();
     initrd.extend(std::fs::read(&archive).unwrap());
     let initrd_path = work.join("initrd.cpio.gz");
     std::fs::write(&initrd_path, initrd).unwrap();
-    let admin = ca
-        .issue_client(baton_pki::ADMIN_USER, Some(baton_pki::ADMIN_GROUP))
-        .unwrap();
-    let write = |name: &str, body: &str| {
-        let path = work.join(name);
-        std::fs::write(&path, body).unwrap();
-        path
-    };
-    let creds = Creds {
-        ca: write("ca.crt", ca.cert_pem()),
-        cert: write("admin.crt", &admin.cert_pem),
-        key: write("admin.key", &admin.key_pem),
-        ca_pki: ca,
-        admin,
-    };
+    let creds = AdminFiles::write(&ca, work);
 
     let reference = reference_boot(work, &image.join("vmlinuz"));
     let runs: Vec<Run> = (0..RUNS)

@@ -8,16 +8,12 @@
 //! through the node API. Two builds of the image are byte for byte the same. QEMU is killed and
 //! every file removed, also when the test fails.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use baton_init::machine_config::{ControlPlaneMember, Interface, StaticRoute};
-
-/// QEMU's user network: the guest's address and its gateway.
-const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+use baton_test_harness::qemu_machine::{AdminFiles, GUEST_IP, user_network_control_plane};
 
 /// The machine, killed on drop.
 struct Machine {
@@ -90,24 +86,7 @@ fn the_image_boots_a_control_plane_machine_under_qemu() {
 
     // A control-plane configuration on QEMU's user network.
     let ca = baton_pki::ClusterCa::generate("qemu-test").unwrap();
-    let planned = baton_cluster::configs::plan_nodes(1, 0);
-    let mut config =
-        baton_cluster::configs::machine_config("qemu", &ca, &planned, &planned[0], &[]).unwrap();
-    config.machine.network.interfaces = vec![Interface {
-        name: "eth0".into(),
-        addresses: vec![ipnet::Ipv4Net::new(GUEST_IP, 24).unwrap()],
-        routes: vec![StaticRoute {
-            to: "0.0.0.0/0".parse().unwrap(),
-            via: GATEWAY,
-        }],
-        mtu: None,
-        dhcp: false,
-    }];
-    config.cluster.control_plane = vec![ControlPlaneMember {
-        name: planned[0].name.clone(),
-        address: GUEST_IP,
-    }];
-    config.cluster.endpoint = format!("https://{GUEST_IP}:6443");
+    let config = user_network_control_plane(&ca);
     let config_file = dir.path().join("machine-config.yaml");
     std::fs::write(&config_file, config.to_yaml()).unwrap();
     let archive = dir.path().join("config.cpio.gz");
@@ -176,31 +155,12 @@ fn the_image_boots_a_control_plane_machine_under_qemu() {
     };
 
     // The admin's credentials, for kubectl and the node API.
-    let admin = ca
-        .issue_client(baton_pki::ADMIN_USER, Some(baton_pki::ADMIN_GROUP))
-        .unwrap();
-    let kubeconfig = dir.path().join("admin.kubeconfig");
-    let server = format!("https://127.0.0.1:{api_port}");
-    std::fs::write(
-        &kubeconfig,
-        baton_pki::render_kubeconfig(&baton_pki::Kubeconfig {
-            cluster: "qemu",
-            server: &server,
-            ca_pem: ca.cert_pem(),
-            user: baton_pki::ADMIN_USER,
-            client: &admin,
-        }),
-    )
-    .unwrap();
-    let pem = |name: &str, body: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, body).unwrap();
-        path.display().to_string()
-    };
+    let admin = AdminFiles::write(&ca, dir.path());
+    let kubeconfig = admin.kubeconfig(dir.path(), api_port);
     let (ca_file, cert_file, key_file) = (
-        pem("ca.crt", ca.cert_pem()),
-        pem("admin.crt", &admin.cert_pem),
-        pem("admin.key", &admin.key_pem),
+        admin.ca.display().to_string(),
+        admin.cert.display().to_string(),
+        admin.key.display().to_string(),
     );
     let kubectl = |args: &[&str]| {
         run(Command::new("kubectl")

@@ -289,7 +289,7 @@ async fn create_in(
 ) -> Result<CreatedCluster, Failure> {
     let fail_early = |err: CreateClusterError| (err, None);
     let step = progress.step("Preparing the node image");
-    let image = prepare_image(args.image.as_deref())
+    let image = prepare_image(args.image.as_deref(), provider == Provider::Process)
         .map_err(step_error("preparing the node image"))
         .map_err(fail_early)?;
     step.done(&image.sha256[..12]);

@@ -42,14 +42,14 @@ pub enum PrepareImageError {
     Unpack(#[from] InitramfsError),
 }
 
-/// A node image ready for the process provider.
+/// A node image ready for a provider.
 #[derive(Clone, Debug)]
 pub struct PreparedImage {
     /// The image directory.
     pub dir: PathBuf,
     /// The initramfs's sha256.
     pub sha256: String,
-    /// The unpacked root.
+    /// The unpacked root (the image directory itself when it was not unpacked).
     pub root: PathBuf,
 }
 
@@ -64,8 +64,13 @@ fn io<'a>(
     }
 }
 
-/// Makes the image ready: `image` when given, else the cached build of this binary.
-pub fn prepare_image(image: Option<&Path>) -> Result<PreparedImage, PrepareImageError> {
+/// Makes the image ready: `image` when given, else the cached build of this binary; unpacked
+/// into a root when `unpack` (the `process` provider's nodes run on it; a VM boots the image
+/// as it is, and its `root` is then the image directory).
+pub fn prepare_image(
+    image: Option<&Path>,
+    unpack: bool,
+) -> Result<PreparedImage, PrepareImageError> {
     let cache = default_cache_dir();
     let dir = match image {
         Some(dir) => dir.to_path_buf(),
@@ -91,6 +96,13 @@ pub fn prepare_image(image: Option<&Path>) -> Result<PreparedImage, PrepareImage
     }
     let bytes = std::fs::read(&initramfs).map_err(io("reading", &initramfs))?;
     let sha256 = sha256_hex(&bytes);
+    if !unpack {
+        return Ok(PreparedImage {
+            root: dir.clone(),
+            dir,
+            sha256,
+        });
+    }
     let root = cache.join("roots").join(&sha256);
     if !root.join(COMPLETE_MARKER).exists() {
         // Unpacked under a name of this process's own, then renamed into place: a concurrent
@@ -162,13 +174,15 @@ fn prune_cache(cache: &Path, current: &Path) {
             }
         }
     }
-    // A cached image stays while its initramfs's root does.
+    // A cached image stays while its initramfs's root does, or while a VM cluster boots from
+    // it directly.
     if let Ok(entries) = std::fs::read_dir(cache.join("images")) {
         for entry in entries.flatten() {
             let initramfs = entry.path().join(INITRAMFS_NAME);
-            let used = std::fs::read(&initramfs)
-                .map(|bytes| kept_roots.contains(&sha256_hex(&bytes)))
-                .unwrap_or(false);
+            let used = in_use.contains(&entry.path())
+                || std::fs::read(&initramfs)
+                    .map(|bytes| kept_roots.contains(&sha256_hex(&bytes)))
+                    .unwrap_or(false);
             if !used {
                 let _ = std::fs::remove_dir_all(entry.path());
             }

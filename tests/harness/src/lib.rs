@@ -17,6 +17,7 @@ mod lab;
 mod local_cluster;
 mod node;
 mod node_cluster;
+pub mod qemu_machine;
 pub mod registry;
 
 pub use components::{Component, ControlPlane, kubectl_apply, kubectl_ok};

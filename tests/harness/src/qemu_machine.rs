@@ -1,0 +1,88 @@
+//! A control-plane machine on QEMU's user network, for the test and the benchmark that boot
+//! the node image under QEMU: its machine configuration, and the admin's credentials as files
+//! (for kubectl through a forwarded port, and for `baton node`).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use baton_init::MachineConfig;
+use baton_init::machine_config::{ControlPlaneMember, Interface, StaticRoute};
+use baton_pki::{CertAndKey, ClusterCa};
+
+/// The guest's address on QEMU's user network.
+pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+/// QEMU's user-network gateway.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+
+/// The configuration of control-plane node `control-plane-1` of a one-node cluster of `ca`, at
+/// [`GUEST_IP`] on QEMU's user network.
+pub fn user_network_control_plane(ca: &ClusterCa) -> MachineConfig {
+    let planned = baton_cluster::configs::plan_nodes(1, 0);
+    let mut config = baton_cluster::configs::machine_config("qemu", ca, &planned, &planned[0], &[])
+        .expect("a configuration");
+    config.machine.network.interfaces = vec![Interface {
+        name: "eth0".into(),
+        addresses: vec![ipnet::Ipv4Net::new(GUEST_IP, 24).expect("a valid prefix")],
+        routes: vec![StaticRoute {
+            to: "0.0.0.0/0".parse().expect("a valid network"),
+            via: GATEWAY,
+        }],
+        mtu: None,
+        dhcp: false,
+    }];
+    config.cluster.control_plane = vec![ControlPlaneMember {
+        name: planned[0].name.clone(),
+        address: GUEST_IP,
+    }];
+    config.cluster.endpoint = format!("https://{GUEST_IP}:6443");
+    config
+}
+
+/// The cluster CA and a fresh admin identity (group system:masters), written as PEM files.
+#[derive(Debug)]
+pub struct AdminFiles {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The admin's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    ca_pem: String,
+    admin: CertAndKey,
+}
+
+impl AdminFiles {
+    /// Issues the admin identity from `ca` and writes the files into `dir`.
+    pub fn write(ca: &ClusterCa, dir: &Path) -> Self {
+        let admin = ca
+            .issue_client(baton_pki::ADMIN_USER, Some(baton_pki::ADMIN_GROUP))
+            .expect("an admin certificate");
+        let write = |name: &str, body: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, body).expect("writing a PEM file");
+            path
+        };
+        AdminFiles {
+            ca: write("ca.crt", ca.cert_pem()),
+            cert: write("admin.crt", &admin.cert_pem),
+            key: write("admin.key", &admin.key_pem),
+            ca_pem: ca.cert_pem().to_string(),
+            admin,
+        }
+    }
+
+    /// Writes an admin kubeconfig for the API server at 127.0.0.1:`port` into `dir`.
+    pub fn kubeconfig(&self, dir: &Path, port: u16) -> PathBuf {
+        let path = dir.join(format!("admin-{port}.kubeconfig"));
+        let server = format!("https://127.0.0.1:{port}");
+        let text = baton_pki::render_kubeconfig(&baton_pki::Kubeconfig {
+            cluster: "qemu",
+            server: &server,
+            ca_pem: &self.ca_pem,
+            user: baton_pki::ADMIN_USER,
+            client: &self.admin,
+        });
+        std::fs::write(&path, text).expect("writing a kubeconfig");
+        path
+    }
+}
