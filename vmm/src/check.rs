@@ -16,6 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::arch::x86_64::layout::{HIMEM_START, ZERO_PAGE_ADDR};
 use crate::arch::x86_64::linux_boot::{BootEntry, write_boot_tables};
 use crate::devices::serial::ConsoleOutput;
+use crate::devices::{Bus, Buses};
 use crate::exit::{ResetCause, VmExit};
 use crate::memory::create_guest_memory;
 use crate::microvm::legacy_bus;
@@ -204,7 +205,11 @@ pub fn run_tiny_guest() -> Result<TinyGuestRun, String> {
     let (exits_tx, exits) = std::sync::mpsc::channel();
     let bus = legacy_bus(&vm, ConsoleOutput::Buffer(buffer.clone()), &exits_tx)
         .map_err(|e| e.to_string())?;
-    let outcome = run_vcpus(vec![vcpu], Arc::new(bus), exits_tx, exits, started)
+    let buses = Buses {
+        pio: bus,
+        mmio: Bus::mmio(),
+    };
+    let outcome = run_vcpus(vec![vcpu], Arc::new(buses), exits_tx, exits, started)
         .map_err(|e| e.to_string())?;
     let serial =
         String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|e| e.into_inner())).into_owned();

@@ -10,13 +10,18 @@ use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::linux_boot::{LinuxBootError, load_linux};
-use crate::config::{ConfigError, ConsoleConfig, VmConfig, VmmArgs};
+use crate::config::{BootSourceConfig, ConfigError, ConsoleConfig, VmConfig, VmmArgs};
+use crate::config::{NetConfig, VirtioDeviceKind, VirtioSlot};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::power::{PowerControl, SLEEP_CONTROL_LEN, SLEEP_CONTROL_PORT};
 use crate::devices::serial::{
     COM1_IRQ, COM1_PORT, ConsoleOutput, IrqLine, SERIAL_PORT_LEN, SerialDevice,
 };
-use crate::devices::{AddPioDeviceError, PioBus};
+use crate::devices::virtio::block::{Block, OpenDiskError};
+use crate::devices::virtio::net::{Net, NetReceiver};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{Interrupt, MMIO_SLOT_LEN, MmioTransport, VirtioDevice};
+use crate::devices::{AddBusDeviceError, Bus, Buses};
 use crate::exit::{ExitTrigger, ResetCause, VmExit};
 use crate::memory::{CreateMemoryError, create_guest_memory};
 use crate::vstate::kvm::{OpenKvmError, open_kvm};
@@ -85,7 +90,28 @@ pub enum RunVmError {
     },
     /// A device cannot be placed on the bus.
     #[error("cannot place a device")]
-    Device(#[from] AddPioDeviceError),
+    Device(#[from] AddBusDeviceError),
+    /// A disk image cannot be opened.
+    #[error(transparent)]
+    Disk(#[from] OpenDiskError),
+    /// A tap device cannot be opened.
+    #[error("--net {tap}: cannot open the tap device")]
+    Tap {
+        /// The tap's name.
+        tap: String,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A device thread cannot be started.
+    #[error("cannot start the {device} thread")]
+    DeviceThread {
+        /// The device.
+        device: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The vCPU threads cannot be started.
     #[error("cannot start the vCPUs")]
     StartVcpus(#[from] StartVcpusError),
@@ -110,7 +136,11 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
     }
     let memory = create_guest_memory(config.machine.memory_bytes())?;
     let vm = Vm::new(&kvm, &memory)?;
-    let boot = load_linux(&memory, &config.boot_source)?;
+    let boot_source = BootSourceConfig {
+        cmdline: config.kernel_cmdline(),
+        ..config.boot_source.clone()
+    };
+    let boot = load_linux(&memory, &boot_source)?;
 
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -127,7 +157,11 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
 
     let console = open_console(&config.console)?;
     let (exits_tx, exits) = std::sync::mpsc::channel();
-    let bus = legacy_bus(&vm, console, &exits_tx)?;
+    let (mmio, device_threads) = virtio_bus(&vm, config)?;
+    let buses = Buses {
+        pio: legacy_bus(&vm, console, &exits_tx)?,
+        mmio,
+    };
     tracing::info!(
         cpus,
         memory_mib = config.machine.memory_mib,
@@ -135,7 +169,8 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
         setup_us = started.elapsed().as_micros() as u64,
         "starting the VM"
     );
-    let outcome = run_vcpus(vcpus, Arc::new(bus), exits_tx, exits, started)?;
+    let outcome = run_vcpus(vcpus, Arc::new(buses), exits_tx, exits, started)?;
+    drop(device_threads);
     drop(vm);
     Ok(outcome)
 }
@@ -154,13 +189,96 @@ fn open_console(console: &ConsoleConfig) -> Result<ConsoleOutput, RunVmError> {
     }
 }
 
+/// The virtio devices of `config` on the MMIO bus, each on its own interrupt line, and the
+/// threads serving them (the network devices' receivers), which stop when dropped.
+pub fn virtio_bus(vm: &Vm, config: &VmConfig) -> Result<(Bus, Vec<NetReceiver>), RunVmError> {
+    let mut bus = Bus::mmio();
+    let mut receivers = Vec::new();
+    for VirtioSlot { kind, base, irq } in config.virtio_slots() {
+        let event_fd = |what: &'static str| {
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| RunVmError::EventFd { what, source })
+        };
+        let mut receiver = None;
+        let (name, device): (&'static str, Box<dyn VirtioDevice>) = match kind {
+            VirtioDeviceKind::Block(index) => {
+                let drive = &config.drives[index];
+                let id = format!("baton-vd{}", (b'a' + index as u8) as char);
+                (
+                    "virtio-blk",
+                    Box::new(Block::open(&drive.path, drive.read_only, &id)?),
+                )
+            }
+            VirtioDeviceKind::Net(index) => {
+                let net = &config.nets[index];
+                let tap = Arc::new(open_tap(net)?);
+                let buffers_added = event_fd("virtio-net")?;
+                let wake = buffers_added
+                    .try_clone()
+                    .map_err(|source| RunVmError::EventFd {
+                        what: "virtio-net",
+                        source,
+                    })?;
+                receiver = Some((net.tap.clone(), tap.clone(), wake));
+                (
+                    "virtio-net",
+                    Box::new(Net::new(tap, net.mac, buffers_added)),
+                )
+            }
+            VirtioDeviceKind::Rng => ("virtio-rng", Box::new(Rng::new())),
+        };
+        let line = event_fd(name)?;
+        vm.register_irqfd(&line, irq)
+            .map_err(|source| RunVmError::Irq {
+                device: name,
+                source,
+            })?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            format!("{name}@{base:#x}"),
+            device,
+            vm.memory().clone(),
+            Arc::new(Interrupt::new(line)),
+        )));
+        bus.insert(name, base, MMIO_SLOT_LEN, transport.clone())?;
+        if let Some((tap_name, tap, wake)) = receiver {
+            let thread_name = format!("net-{tap_name}");
+            receivers.push(
+                NetReceiver::spawn(thread_name.clone(), tap, wake, transport).map_err(
+                    |source| RunVmError::DeviceThread {
+                        device: thread_name,
+                        source,
+                    },
+                )?,
+            );
+        }
+    }
+    Ok((bus, receivers))
+}
+
+/// Opens the tap of `net`, in its network namespace if it names one.
+fn open_tap(net: &NetConfig) -> Result<File, RunVmError> {
+    let error = |source: Box<dyn std::error::Error + Send + Sync>| RunVmError::Tap {
+        tap: net.tap.clone(),
+        source,
+    };
+    match &net.netns {
+        None => baton_network::open_tap(&net.tap).map_err(|e| error(Box::new(e))),
+        Some(path) => {
+            let netns = baton_network::NetNs::open(path).map_err(|e| error(Box::new(e)))?;
+            netns
+                .run(|| baton_network::open_tap(&net.tap))
+                .map_err(|e| error(Box::new(e)))?
+                .map_err(|e| error(Box::new(e)))
+        }
+    }
+}
+
 /// The legacy devices every VM has: COM1 on IRQ 4 writing to `console`, the i8042 whose
 /// reset ends the VM, and the sleep control register whose S5 powers it off.
 pub fn legacy_bus(
     vm: &Vm,
     console: ConsoleOutput,
     exits: &Sender<VmExit>,
-) -> Result<PioBus, RunVmError> {
+) -> Result<Bus, RunVmError> {
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| RunVmError::EventFd {
         what: "COM1",
         source,
@@ -170,17 +288,17 @@ pub fn legacy_bus(
             device: "COM1",
             source,
         })?;
-    let mut bus = PioBus::new();
+    let mut bus = Bus::port_io();
     bus.insert(
         "COM1",
-        COM1_PORT,
-        SERIAL_PORT_LEN,
+        COM1_PORT.into(),
+        SERIAL_PORT_LEN.into(),
         Arc::new(Mutex::new(SerialDevice::new(IrqLine(irq), console))),
     )?;
     bus.insert(
         "i8042",
-        I8042_PORT,
-        I8042_PORT_LEN,
+        I8042_PORT.into(),
+        I8042_PORT_LEN.into(),
         Arc::new(Mutex::new(I8042::new(ExitTrigger::new(
             exits.clone(),
             VmExit::Reset(ResetCause::I8042),
@@ -188,8 +306,8 @@ pub fn legacy_bus(
     )?;
     bus.insert(
         "sleep control",
-        SLEEP_CONTROL_PORT,
-        SLEEP_CONTROL_LEN,
+        SLEEP_CONTROL_PORT.into(),
+        SLEEP_CONTROL_LEN.into(),
         Arc::new(Mutex::new(PowerControl::new(ExitTrigger::new(
             exits.clone(),
             VmExit::PowerOff,

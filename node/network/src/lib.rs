@@ -26,4 +26,4 @@ pub use netlink::{Create, NetlinkError, RouteSocket};
 pub use netns::{LOOPBACK_INDEX, NetNs, NetNsError};
 pub use node_routes::{RouteChanges, sync_node_routes};
 pub use routes::{BATON_ROUTE_PROTOCOL, Route};
-pub use tap::{CreateTapError, create_tap};
+pub use tap::{CreateTapError, create_tap, open_tap};

@@ -1,4 +1,4 @@
-//! Persistent TAP devices (a VM's network interface on the host side), made through
+//! TAP devices (a VM's network interface on the host side), made and opened through
 //! /dev/net/tun's ioctls: the one thing about links rtnetlink cannot create. A persistent tap
 //! outlives the descriptor that made it; QEMU opens it again by name, and it goes away with
 //! its network namespace.
@@ -47,6 +47,26 @@ struct TunRequest {
 /// headers, as QEMU's virtio NIC uses it) in the calling thread's network namespace. The
 /// device stays down and unattached: see `RouteSocket::set_link`.
 pub fn create_tap(name: &str) -> Result<(), CreateTapError> {
+    let tun = attach(name, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)?;
+    if tun_ioctl(&tun, TUNSETPERSIST, 1) < 0 {
+        return Err(CreateTapError::Ioctl {
+            name: name.to_string(),
+            call: "TUNSETPERSIST",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Opens tap device `name` for frames without a packet information or virtio-net header,
+/// in the calling thread's network namespace: a persistent tap of that name is attached, and
+/// otherwise a new one is made that goes away when the returned file is closed.
+pub fn open_tap(name: &str) -> Result<std::fs::File, CreateTapError> {
+    attach(name, IFF_TAP | IFF_NO_PI)
+}
+
+/// TUNSETIFF on a new /dev/net/tun descriptor.
+fn attach(name: &str, flags: libc::c_short) -> Result<std::fs::File, CreateTapError> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(CreateTapError::Name(name.to_string()));
     }
@@ -57,30 +77,23 @@ pub fn create_tap(name: &str) -> Result<(), CreateTapError> {
         .map_err(CreateTapError::Open)?;
     let mut request = TunRequest {
         name: [0; libc::IFNAMSIZ],
-        flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+        flags,
         _rest: [0; 22],
     };
     request.name[..name.len()].copy_from_slice(name.as_bytes());
-    let fail = |call| {
-        let name = name.to_string();
-        move || CreateTapError::Ioctl {
-            name,
-            call,
-            source: std::io::Error::last_os_error(),
-        }
-    };
     if tun_ioctl(
         &tun,
         TUNSETIFF,
         &mut request as *mut TunRequest as libc::c_ulong,
     ) < 0
     {
-        return Err(fail("TUNSETIFF")());
+        return Err(CreateTapError::Ioctl {
+            name: name.to_string(),
+            call: "TUNSETIFF",
+            source: std::io::Error::last_os_error(),
+        });
     }
-    if tun_ioctl(&tun, TUNSETPERSIST, 1) < 0 {
-        return Err(fail("TUNSETPERSIST")());
-    }
-    Ok(())
+    Ok(tun)
 }
 
 #[allow(unsafe_code)]

@@ -23,7 +23,17 @@ pub struct VmmArgs {
     /// Serial console output: `stdout` or a file path [default: stdout].
     #[arg(long, value_name = "stdout|PATH")]
     pub console: Option<String>,
-    /// JSON configuration file (sections `boot-source`, `machine`, `console`); flags override it.
+    /// A raw disk image as a virtio block device (`/dev/vda`, then `vdb`, ...); `,ro` makes
+    /// it read-only. Repeat for more disks; replaces the file's `drives`.
+    #[arg(long, value_name = "PATH[,ro]")]
+    pub disk: Vec<String>,
+    /// A virtio network interface on tap device TAP (attached if it exists, made
+    /// otherwise), with the guest's MAC address [default: random, locally administered],
+    /// opened in network namespace PATH [default: the VMM's]. Repeat for more; replaces the
+    /// file's `network-interfaces`.
+    #[arg(long, value_name = "TAP[,mac=MAC][,netns=PATH]")]
+    pub net: Vec<String>,
+    /// JSON configuration file (sections `boot-source`, `machine`, `console`, `drives`, `network-interfaces`); flags override it.
     #[arg(long, value_name = "FILE.json")]
     pub config: Option<PathBuf>,
 }

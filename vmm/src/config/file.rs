@@ -6,7 +6,9 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use super::boot_source::BootSourceFile;
+use super::drive::DriveFile;
 use super::machine::MachineFile;
+use super::net::NetFile;
 
 /// The whole configuration file. Every section and field is optional; unknown ones are refused.
 ///
@@ -14,7 +16,9 @@ use super::machine::MachineFile;
 /// {
 ///   "boot-source": { "kernel": "bzImage", "initrds": ["a.cpio", "b.cpio.gz"], "cmdline": "console=ttyS0" },
 ///   "machine": { "cpus": 2, "memory_mib": 256 },
-///   "console": "stdout"
+///   "console": "stdout",
+///   "drives": [{ "path": "disk.raw", "read_only": false }],
+///   "network-interfaces": [{ "tap": "tap0", "mac": "52:54:00:12:34:56" }]
 /// }
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -28,6 +32,12 @@ pub struct ConfigFile {
     pub machine: MachineFile,
     /// `stdout` or a file path.
     pub console: Option<String>,
+    /// Disks, in order.
+    #[serde(default)]
+    pub drives: Vec<DriveFile>,
+    /// Network interfaces, in order.
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetFile>,
 }
 
 impl ConfigFile {

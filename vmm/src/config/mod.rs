@@ -4,18 +4,25 @@
 pub mod args;
 pub mod boot_source;
 pub mod console;
+pub mod drive;
 pub mod file;
 pub mod machine;
+pub mod net;
 
 use std::path::PathBuf;
 
 pub use args::VmmArgs;
 pub use boot_source::BootSourceConfig;
 pub use console::ConsoleConfig;
+pub use drive::DriveConfig;
 pub use file::ConfigFile;
 pub use machine::MachineConfig;
+pub use net::NetConfig;
 
+use crate::arch::x86_64::layout::virtio_mmio_slot;
+use crate::devices::virtio::MMIO_SLOT_LEN;
 use boot_source::{DEFAULT_CMDLINE, MAX_CMDLINE_LEN};
+use drive::MAX_DEVICES;
 use machine::{DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 
 /// A configuration that cannot be used; each message names the flag (and the file field).
@@ -72,6 +79,36 @@ pub enum ConfigError {
         /// Its length in bytes.
         len: usize,
     },
+    /// The command line does not fit once the virtio-mmio devices are announced on it.
+    #[error(
+        "--cmdline (boot-source.cmdline): {len} bytes with the virtio-mmio device announcements, at most {MAX_CMDLINE_LEN} fit"
+    )]
+    CmdlineTooLongWithDevices {
+        /// Its length in bytes with the announcements.
+        len: usize,
+    },
+    /// A disk cannot be used.
+    #[error("--disk (drives) {value}: {reason}")]
+    Disk {
+        /// The value or path given.
+        value: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A network interface cannot be used.
+    #[error("--net (network-interfaces) {value}: {reason}")]
+    Net {
+        /// The value or tap name given.
+        value: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// More virtio devices than the VM has interrupt lines for.
+    #[error("--disk and --net: {count} devices, at most {MAX_DEVICES} together")]
+    TooManyDevices {
+        /// Disks and network interfaces given.
+        count: usize,
+    },
     /// The command line has a NUL byte.
     #[error("--cmdline (boot-source.cmdline): contains a NUL byte")]
     CmdlineNul,
@@ -94,6 +131,32 @@ pub struct VmConfig {
     pub machine: MachineConfig,
     /// Serial console output.
     pub console: ConsoleConfig,
+    /// Disks, as virtio block devices in this order.
+    pub drives: Vec<DriveConfig>,
+    /// Network interfaces, as virtio-net devices in this order.
+    pub nets: Vec<NetConfig>,
+}
+
+/// A virtio device of the VM, in the order devices take MMIO slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtioDeviceKind {
+    /// `drives[index]`.
+    Block(usize),
+    /// `nets[index]`.
+    Net(usize),
+    /// The entropy device every VM has.
+    Rng,
+}
+
+/// Where a virtio device sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioSlot {
+    /// What it is.
+    pub kind: VirtioDeviceKind,
+    /// Guest physical address of its registers.
+    pub base: u64,
+    /// Its interrupt line (GSI).
+    pub irq: u32,
 }
 
 impl VmConfig {
@@ -134,11 +197,88 @@ impl VmConfig {
             Some(value) => ConsoleConfig::parse(value)?,
             None => ConsoleConfig::Stdout,
         };
-        Ok(Self {
+        let drives = if args.disk.is_empty() {
+            file.drives
+        } else {
+            args.disk
+                .iter()
+                .map(|value| DriveConfig::parse_flag(value))
+                .collect::<Result<_, _>>()?
+        };
+        let nets = if args.net.is_empty() {
+            file.network_interfaces
+        } else {
+            args.net
+                .iter()
+                .map(|value| NetConfig::parse_flag(value))
+                .collect::<Result<_, _>>()?
+        };
+        if drives.len() + nets.len() > MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices {
+                count: drives.len() + nets.len(),
+            });
+        }
+        let drives: Vec<DriveConfig> = drives
+            .into_iter()
+            .map(DriveConfig::new)
+            .collect::<Result<_, _>>()?;
+        let nets: Vec<NetConfig> = nets
+            .into_iter()
+            .map(NetConfig::new)
+            .collect::<Result<_, _>>()?;
+        if let Some(twice) = nets.iter().enumerate().find(|(i, net)| {
+            nets[..*i]
+                .iter()
+                .any(|other| other.tap == net.tap && other.netns == net.netns)
+        }) {
+            return Err(ConfigError::Net {
+                value: twice.1.tap.clone(),
+                reason: "given twice".into(),
+            });
+        }
+        let config = Self {
             boot_source,
             machine,
             console,
-        })
+            drives,
+            nets,
+        };
+        let len = config.kernel_cmdline().len();
+        if len > MAX_CMDLINE_LEN {
+            return Err(ConfigError::CmdlineTooLongWithDevices { len });
+        }
+        Ok(config)
+    }
+
+    /// The virtio devices in slot order: the disks, the network interfaces, then the
+    /// entropy device.
+    pub fn virtio_slots(&self) -> Vec<VirtioSlot> {
+        (0..self.drives.len())
+            .map(VirtioDeviceKind::Block)
+            .chain((0..self.nets.len()).map(VirtioDeviceKind::Net))
+            .chain([VirtioDeviceKind::Rng])
+            .enumerate()
+            .map(|(slot, kind)| {
+                let (base, irq) = virtio_mmio_slot(slot);
+                VirtioSlot { kind, base, irq }
+            })
+            .collect()
+    }
+
+    /// The command line the kernel gets: the configured one followed by one
+    /// `virtio_mmio.device=4K@BASE:IRQ` per virtio device (for kernels built with
+    /// VIRTIO_MMIO_CMDLINE_DEVICES).
+    pub fn kernel_cmdline(&self) -> String {
+        let mut cmdline = self.boot_source.cmdline.clone();
+        for slot in self.virtio_slots() {
+            cmdline.push_str(&format!(
+                " virtio_mmio.device={}K@{:#x}:{}",
+                MMIO_SLOT_LEN >> 10,
+                slot.base,
+                slot.irq
+            ));
+        }
+        cmdline
     }
 }
 
@@ -286,14 +426,179 @@ mod tests {
     fn boundaries_are_accepted() {
         let dir = tempfile::tempdir().unwrap();
         let kernel = kernel_file(&dir);
+        let announcement = " virtio_mmio.device=4K@0xd0000000:5";
+        let longest = MAX_CMDLINE_LEN - announcement.len();
         let args = VmmArgs {
             cpus: Some(MAX_VCPUS),
             memory: Some(64),
-            cmdline: Some("x".repeat(MAX_CMDLINE_LEN)),
+            cmdline: Some("x".repeat(longest)),
             ..args_with_kernel(kernel)
         };
         let config = VmConfig::merge(&args, ConfigFile::default()).unwrap();
         assert_eq!(config.machine.memory_bytes(), 64 << 20);
+        assert_eq!(
+            config.kernel_cmdline(),
+            format!("{}{announcement}", "x".repeat(longest))
+        );
+        let args = VmmArgs {
+            cmdline: Some("x".repeat(longest + 1)),
+            ..args
+        };
+        let err = VmConfig::merge(&args, ConfigFile::default()).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::CmdlineTooLongWithDevices { len } if len == MAX_CMDLINE_LEN + 1),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("--cmdline"));
+    }
+
+    #[test]
+    fn disks_take_slots_before_the_entropy_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = kernel_file(&dir);
+        let a = dir.path().join("a.raw");
+        let b = dir.path().join("b.raw");
+        std::fs::write(&a, [0u8; 1024]).unwrap();
+        std::fs::write(&b, [0u8; 512]).unwrap();
+        let args = VmmArgs {
+            disk: vec![a.display().to_string(), format!("{},ro", b.display())],
+            ..args_with_kernel(kernel.clone())
+        };
+        let config = VmConfig::merge(&args, ConfigFile::default()).unwrap();
+        assert_eq!(
+            config.drives,
+            vec![
+                DriveConfig {
+                    path: a.clone(),
+                    read_only: false
+                },
+                DriveConfig {
+                    path: b.clone(),
+                    read_only: true
+                }
+            ]
+        );
+        let slots = config.virtio_slots();
+        assert_eq!(
+            slots,
+            vec![
+                VirtioSlot {
+                    kind: VirtioDeviceKind::Block(0),
+                    base: 0xd000_0000,
+                    irq: 5
+                },
+                VirtioSlot {
+                    kind: VirtioDeviceKind::Block(1),
+                    base: 0xd000_1000,
+                    irq: 6
+                },
+                VirtioSlot {
+                    kind: VirtioDeviceKind::Rng,
+                    base: 0xd000_2000,
+                    irq: 7
+                },
+            ]
+        );
+        assert!(config.kernel_cmdline().ends_with(
+            " virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7"
+        ));
+
+        let file = ConfigFile::parse(&format!(
+            r#"{{"drives": [{{"path": "{}", "read_only": true}}]}}"#,
+            a.display()
+        ))
+        .unwrap();
+        let from_file = VmConfig::merge(&args_with_kernel(kernel), file).unwrap();
+        assert_eq!(
+            from_file.drives,
+            vec![DriveConfig {
+                path: a,
+                read_only: true
+            }]
+        );
+    }
+
+    #[test]
+    fn network_interfaces_sit_between_disks_and_the_entropy_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = kernel_file(&dir);
+        let disk = dir.path().join("a.raw");
+        std::fs::write(&disk, [0u8; 512]).unwrap();
+        let args = VmmArgs {
+            disk: vec![disk.display().to_string()],
+            net: vec!["tap0,mac=52:54:00:00:00:01".into()],
+            ..args_with_kernel(kernel.clone())
+        };
+        let config = VmConfig::merge(&args, ConfigFile::default()).unwrap();
+        let kinds: Vec<_> = config.virtio_slots().iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                VirtioDeviceKind::Block(0),
+                VirtioDeviceKind::Net(0),
+                VirtioDeviceKind::Rng
+            ]
+        );
+        assert_eq!(config.nets[0].mac, [0x52, 0x54, 0, 0, 0, 1]);
+
+        let file = ConfigFile::parse(
+            r#"{"network-interfaces": [{"tap": "tap1"}, {"tap": "tap2", "mac": "02:00:00:00:00:02"}]}"#,
+        )
+        .unwrap();
+        let from_file = VmConfig::merge(&args_with_kernel(kernel.clone()), file).unwrap();
+        assert_eq!(from_file.nets.len(), 2);
+        assert_eq!(from_file.nets[1].tap, "tap2");
+
+        let twice = VmmArgs {
+            net: vec!["tap0".into(), "tap0,mac=52:54:00:00:00:02".into()],
+            ..args_with_kernel(kernel)
+        };
+        let err = VmConfig::merge(&twice, ConfigFile::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--net (network-interfaces) tap0: given twice"
+        );
+    }
+
+    #[test]
+    fn bad_disks_are_refused_naming_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = kernel_file(&dir);
+        let small = dir.path().join("small.raw");
+        std::fs::write(&small, [0u8; 100]).unwrap();
+        let good = dir.path().join("good.raw");
+        std::fs::write(&good, [0u8; 512]).unwrap();
+        let check = |disk: Vec<String>, expected: &str| {
+            let args = VmmArgs {
+                disk,
+                ..args_with_kernel(kernel.clone())
+            };
+            let err = VmConfig::merge(&args, ConfigFile::default()).unwrap_err();
+            let message = err.to_string();
+            assert!(message.starts_with("--disk"), "{message}");
+            assert!(
+                message.contains(expected),
+                "{message:?} should say {expected:?}"
+            );
+        };
+        check(
+            vec![dir.path().join("absent").display().to_string()],
+            "cannot be opened read-write",
+        );
+        check(
+            vec![small.display().to_string()],
+            "smaller than one 512-byte sector",
+        );
+        check(vec![dir.path().display().to_string()], "");
+        check(
+            vec![format!("{},rx", good.display())],
+            "unknown option \"rx\"",
+        );
+        check(vec![",ro".into()], "expected PATH[,ro]");
+        check(
+            vec![good.display().to_string(); MAX_DEVICES + 1],
+            "19 devices, at most 18 together",
+        );
     }
 
     #[test]

@@ -1,27 +1,30 @@
-//! The port I/O bus: which device answers which port range.
+//! An address bus: which device answers which address range. The same structure serves the
+//! port I/O space (ports 0-0xffff) and the MMIO space (guest physical addresses).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// A device reached through port I/O. Offsets are relative to the device's base port.
-pub trait PioDevice: Send {
+/// A device on a bus. Offsets are relative to the device's base address or port.
+pub trait BusDevice: Send {
     /// Fills `data` with what the guest reads at `offset`.
-    fn read(&mut self, offset: u16, data: &mut [u8]);
+    fn read(&mut self, offset: u64, data: &mut [u8]);
     /// Takes what the guest writes at `offset`.
-    fn write(&mut self, offset: u16, data: &[u8]);
+    fn write(&mut self, offset: u64, data: &[u8]);
 }
 
 /// A device range cannot be added.
 #[derive(Debug, thiserror::Error)]
-pub enum AddPioDeviceError {
-    /// The range overlaps another device's, or is empty or past port 0xffff.
-    #[error("{name} at ports {base:#x}+{len}: {reason}")]
+pub enum AddBusDeviceError {
+    /// The range overlaps another device's, is empty or is past the end of the space.
+    #[error("{name} at {space} {base:#x}+{len:#x}: {reason}")]
     BadRange {
         /// The device.
         name: &'static str,
-        /// Its base port.
-        base: u16,
-        /// Its number of ports.
-        len: u16,
+        /// `port` or `MMIO`.
+        space: &'static str,
+        /// Its base address.
+        base: u64,
+        /// Its length.
+        len: u64,
         /// What is wrong.
         reason: String,
     },
@@ -29,55 +32,71 @@ pub enum AddPioDeviceError {
 
 struct BusEntry {
     name: &'static str,
-    base: u16,
-    len: u16,
-    device: Arc<Mutex<dyn PioDevice>>,
+    base: u64,
+    len: u64,
+    device: Arc<Mutex<dyn BusDevice>>,
 }
 
-/// Port ranges and their devices; shared by all vCPU threads.
-#[derive(Default)]
-pub struct PioBus {
+/// Address ranges and their devices; shared by all vCPU threads.
+pub struct Bus {
+    space: &'static str,
+    /// One past the highest address of the space.
+    end: u128,
     entries: Vec<BusEntry>,
 }
 
-impl std::fmt::Debug for PioBus {
+impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
             .entries(
                 self.entries
                     .iter()
-                    .map(|e| format!("{} {:#x}+{}", e.name, e.base, e.len)),
+                    .map(|e| format!("{} {:#x}+{:#x}", e.name, e.base, e.len)),
             )
             .finish()
     }
 }
 
-impl PioBus {
-    /// An empty bus.
-    pub fn new() -> Self {
-        Self::default()
+impl Bus {
+    /// An empty port I/O bus (ports 0 to 0xffff).
+    pub fn port_io() -> Self {
+        Self {
+            space: "port",
+            end: 0x1_0000,
+            entries: Vec::new(),
+        }
     }
 
-    /// Adds `device` at ports `base..base + len`.
+    /// An empty MMIO bus (the whole guest physical address space).
+    pub fn mmio() -> Self {
+        Self {
+            space: "MMIO",
+            end: 1 << 64,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Adds `device` at `base..base + len`.
     pub fn insert(
         &mut self,
         name: &'static str,
-        base: u16,
-        len: u16,
-        device: Arc<Mutex<dyn PioDevice>>,
-    ) -> Result<(), AddPioDeviceError> {
-        let bad = |reason: String| AddPioDeviceError::BadRange {
+        base: u64,
+        len: u64,
+        device: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<(), AddBusDeviceError> {
+        let bad = |reason: String| AddBusDeviceError::BadRange {
             name,
+            space: self.space,
             base,
             len,
             reason,
         };
-        let end = u32::from(base) + u32::from(len);
-        if len == 0 || end > 0x1_0000 {
-            return Err(bad("empty or past port 0xffff".into()));
+        let end = u128::from(base) + u128::from(len);
+        if len == 0 || end > self.end {
+            return Err(bad("empty or past the end of the space".into()));
         }
         if let Some(other) = self.entries.iter().find(|e| {
-            u32::from(e.base) < end && u32::from(base) < u32::from(e.base) + u32::from(e.len)
+            u128::from(e.base) < end && u128::from(base) < u128::from(e.base) + u128::from(e.len)
         }) {
             return Err(bad(format!("overlaps {}", other.name)));
         }
@@ -94,31 +113,40 @@ impl PioBus {
         Ok(())
     }
 
-    fn find(&self, port: u16) -> Option<&BusEntry> {
-        let at = self.entries.partition_point(|e| e.base <= port);
+    fn find(&self, addr: u64) -> Option<&BusEntry> {
+        let at = self.entries.partition_point(|e| e.base <= addr);
         let entry = self.entries.get(at.checked_sub(1)?)?;
-        (u32::from(port) < u32::from(entry.base) + u32::from(entry.len)).then_some(entry)
+        (addr - entry.base < entry.len).then_some(entry)
     }
 
-    /// A guest read of `port`; returns false (and leaves `data` alone) if no device is there.
-    pub fn read(&self, port: u16, data: &mut [u8]) -> bool {
-        let Some(entry) = self.find(port) else {
+    /// A guest read at `addr`; returns false (and leaves `data` alone) if no device is there.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        let Some(entry) = self.find(addr) else {
             return false;
         };
         let mut device = entry.device.lock().unwrap_or_else(PoisonError::into_inner);
-        device.read(port - entry.base, data);
+        device.read(addr - entry.base, data);
         true
     }
 
-    /// A guest write to `port`; returns false if no device is there.
-    pub fn write(&self, port: u16, data: &[u8]) -> bool {
-        let Some(entry) = self.find(port) else {
+    /// A guest write at `addr`; returns false if no device is there.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        let Some(entry) = self.find(addr) else {
             return false;
         };
         let mut device = entry.device.lock().unwrap_or_else(PoisonError::into_inner);
-        device.write(port - entry.base, data);
+        device.write(addr - entry.base, data);
         true
     }
+}
+
+/// The two buses a vCPU's exits are routed to.
+#[derive(Debug)]
+pub struct Buses {
+    /// Port I/O (IN/OUT instructions).
+    pub pio: Bus,
+    /// Memory-mapped I/O (accesses to guest physical addresses without RAM).
+    pub mmio: Bus,
 }
 
 #[cfg(test)]
@@ -127,14 +155,14 @@ mod tests {
 
     #[derive(Default)]
     struct Recorder {
-        writes: Vec<(u16, Vec<u8>)>,
+        writes: Vec<(u64, Vec<u8>)>,
     }
 
-    impl PioDevice for Recorder {
-        fn read(&mut self, offset: u16, data: &mut [u8]) {
+    impl BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
             data.fill(offset as u8);
         }
-        fn write(&mut self, offset: u16, data: &[u8]) {
+        fn write(&mut self, offset: u64, data: &[u8]) {
             self.writes.push((offset, data.to_vec()));
         }
     }
@@ -143,7 +171,7 @@ mod tests {
     fn routes_by_range_with_offsets() {
         let a = Arc::new(Mutex::new(Recorder::default()));
         let b = Arc::new(Mutex::new(Recorder::default()));
-        let mut bus = PioBus::new();
+        let mut bus = Bus::port_io();
         bus.insert("b", 0x3f8, 8, b.clone()).unwrap();
         bus.insert("a", 0x60, 5, a.clone()).unwrap();
         let mut data = [0u8; 1];
@@ -163,7 +191,7 @@ mod tests {
     #[test]
     fn refuses_overlaps_and_bad_ranges() {
         let dev = || Arc::new(Mutex::new(Recorder::default()));
-        let mut bus = PioBus::new();
+        let mut bus = Bus::port_io();
         bus.insert("serial", 0x3f8, 8, dev()).unwrap();
         let err = bus.insert("other", 0x3ff, 2, dev()).unwrap_err();
         assert!(err.to_string().contains("overlaps serial"), "{err}");
@@ -172,5 +200,20 @@ mod tests {
         assert!(bus.insert("empty", 0x10, 0, dev()).is_err());
         assert!(bus.insert("wrap", 0xfff0, 0x20, dev()).is_err());
         assert!(bus.insert("last", 0xfff0, 0x10, dev()).is_ok());
+    }
+
+    #[test]
+    fn mmio_reaches_the_top_of_the_address_space() {
+        let dev = || Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = Bus::mmio();
+        bus.insert("virtio", 0xd000_0000, 0x1000, dev()).unwrap();
+        bus.insert("top", u64::MAX - 0xfff, 0x1000, dev()).unwrap();
+        let mut data = [0u8; 4];
+        assert!(bus.read(0xd000_0070, &mut data));
+        assert_eq!(data, [0x70; 4]);
+        assert!(!bus.read(0xd000_1000, &mut data));
+        assert!(bus.read(u64::MAX, &mut data));
+        let err = bus.insert("past", u64::MAX, 2, dev()).unwrap_err();
+        assert!(err.to_string().starts_with("past at MMIO"), "{err}");
     }
 }

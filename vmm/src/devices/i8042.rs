@@ -7,7 +7,7 @@
 
 use vm_superio::I8042Device;
 
-use super::PioDevice;
+use super::BusDevice;
 use crate::exit::ExitTrigger;
 
 /// Base port of the i8042 (data port).
@@ -35,8 +35,8 @@ impl I8042 {
     }
 }
 
-impl PioDevice for I8042 {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for I8042 {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         let value = self.device.read(offset as u8);
         data.fill(0);
         if let Some(byte) = data.first_mut() {
@@ -44,7 +44,7 @@ impl PioDevice for I8042 {
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) {
+    fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else {
             return;
         };

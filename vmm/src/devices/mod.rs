@@ -1,8 +1,10 @@
-//! Emulated devices and the port I/O bus they sit on.
+//! Emulated devices and the buses they sit on: the legacy devices on port I/O, virtio
+//! devices on MMIO.
 
 pub mod bus;
 pub mod i8042;
 pub mod power;
 pub mod serial;
+pub mod virtio;
 
-pub use bus::{AddPioDeviceError, PioBus, PioDevice};
+pub use bus::{AddBusDeviceError, Bus, BusDevice, Buses};

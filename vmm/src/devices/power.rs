@@ -7,7 +7,7 @@
 
 use vm_superio::Trigger;
 
-use super::PioDevice;
+use super::BusDevice;
 use crate::exit::ExitTrigger;
 
 /// The sleep control register's port.
@@ -34,12 +34,12 @@ impl PowerControl {
     }
 }
 
-impl PioDevice for PowerControl {
-    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+impl BusDevice for PowerControl {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
 
-    fn write(&mut self, _offset: u16, data: &[u8]) {
+    fn write(&mut self, _offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else {
             return;
         };

@@ -9,7 +9,7 @@ use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::PioDevice;
+use super::BusDevice;
 
 /// COM1's base port.
 pub const COM1_PORT: u16 = 0x3f8;
@@ -85,15 +85,15 @@ impl SerialDevice {
     }
 }
 
-impl PioDevice for SerialDevice {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         if let (Ok(offset), [byte, rest @ ..]) = (u8::try_from(offset), data) {
             *byte = self.uart.read(offset);
             rest.fill(0);
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) {
+    fn write(&mut self, offset: u64, data: &[u8]) {
         let (Ok(offset), Some(&value)) = (u8::try_from(offset), data.first()) else {
             return;
         };
@@ -107,9 +107,9 @@ impl PioDevice for SerialDevice {
 mod tests {
     use super::*;
 
-    const IER: u16 = 1;
-    const IIR: u16 = 2;
-    const LSR: u16 = 5;
+    const IER: u64 = 1;
+    const IIR: u64 = 2;
+    const LSR: u64 = 5;
 
     #[test]
     fn output_and_transmit_interrupt() {

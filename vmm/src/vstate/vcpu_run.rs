@@ -12,7 +12,7 @@ use kvm_ioctls::VcpuExit;
 
 use super::kick::{KickError, KickTarget, install_kick_handler, kick};
 use super::vcpu::Vcpu;
-use crate::devices::PioBus;
+use crate::devices::Buses;
 use crate::exit::{ResetCause, VmExit};
 
 /// vCPU threads cannot be started.
@@ -41,12 +41,12 @@ pub struct RunOutcome {
     pub first_entry: Option<Duration>,
 }
 
-/// Runs `vcpus` against `bus` until a [`VmExit`] arrives on `exits` (from a vCPU or a
+/// Runs `vcpus` against `buses` until a [`VmExit`] arrives on `exits` (from a vCPU or a
 /// device holding `exits_tx`), then stops and joins them all. `started` is when the VMM
 /// began, for the time-to-first-entry figure.
 pub fn run_vcpus(
     vcpus: Vec<Vcpu>,
-    bus: Arc<PioBus>,
+    buses: Arc<Buses>,
     exits_tx: Sender<VmExit>,
     exits: Receiver<VmExit>,
     started: Instant,
@@ -60,7 +60,7 @@ pub fn run_vcpus(
         let index = vcpu.index();
         let runner = VcpuRunner {
             vcpu,
-            bus: bus.clone(),
+            buses: buses.clone(),
             exits: exits_tx.clone(),
             stop: stop.clone(),
             entered: (index == 0).then(|| entered_tx.clone()),
@@ -111,7 +111,7 @@ pub fn run_vcpus(
 /// One vCPU thread's state.
 struct VcpuRunner {
     vcpu: Vcpu,
-    bus: Arc<PioBus>,
+    buses: Arc<Buses>,
     exits: Sender<VmExit>,
     stop: Arc<AtomicBool>,
     entered: Option<Sender<Instant>>,
@@ -163,28 +163,32 @@ impl VcpuRunner {
                 reason,
             })
         };
-        let bus = &self.bus;
+        let buses = &self.buses;
         match self.vcpu.fd_mut().run() {
             Ok(VcpuExit::IoIn(port, data)) => {
-                if !bus.read(port, data) {
+                if !buses.pio.read(u64::from(port), data) {
                     data.fill(0xff);
                     tracing::trace!(port, "read of an unassigned port");
                 }
                 Next::Continue
             }
             Ok(VcpuExit::IoOut(port, data)) => {
-                if !bus.write(port, data) {
+                if !buses.pio.write(u64::from(port), data) {
                     tracing::trace!(port, "write to an unassigned port");
                 }
                 Next::Continue
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
-                tracing::trace!(addr, "read of unassigned MMIO");
-                data.fill(0xff);
+                if !buses.mmio.read(addr, data) {
+                    tracing::trace!(addr, "read of unassigned MMIO");
+                    data.fill(0xff);
+                }
                 Next::Continue
             }
-            Ok(VcpuExit::MmioWrite(addr, _)) => {
-                tracing::trace!(addr, "write to unassigned MMIO");
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if !buses.mmio.write(addr, data) {
+                    tracing::trace!(addr, "write to unassigned MMIO");
+                }
                 Next::Continue
             }
             Ok(VcpuExit::Shutdown) => Next::Stop(VmExit::Reset(ResetCause::TripleFault)),

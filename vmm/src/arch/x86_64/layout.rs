@@ -12,7 +12,8 @@ pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 pub const PML4_ADDR: u64 = 0x9000;
 /// Page directory pointer table of the boot identity map.
 pub const PDPT_ADDR: u64 = 0xa000;
-/// Page directory of the boot identity map (2 MiB pages).
+/// The first of the four page directories of the boot identity map (2 MiB pages), one per
+/// GiB: 0xb000 to 0xefff.
 pub const PD_ADDR: u64 = 0xb000;
 /// The kernel command line.
 pub const CMDLINE_ADDR: u64 = 0x2_0000;
@@ -29,3 +30,17 @@ pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
 pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 /// Highest address an initramfs may end at when the kernel does not say (boot protocol < 2.03).
 pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
+/// Where the first virtio-mmio device's registers are; each device takes the next 4 KiB.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// The first virtio device's interrupt line; IRQs 0-4 are the legacy devices' (COM1 is 4).
+pub const FIRST_VIRTIO_IRQ: u32 = 5;
+/// The last interrupt line of the in-kernel IOAPIC.
+pub const LAST_IOAPIC_IRQ: u32 = 23;
+
+/// The registers' address and the interrupt line of virtio device number `slot`.
+pub fn virtio_mmio_slot(slot: usize) -> (u64, u32) {
+    (
+        VIRTIO_MMIO_START + slot as u64 * 0x1000,
+        FIRST_VIRTIO_IRQ + slot as u32,
+    )
+}

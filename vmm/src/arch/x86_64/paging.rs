@@ -1,4 +1,5 @@
-//! The identity page tables the 64-bit entry needs: the first 1 GiB mapped with 2 MiB pages.
+//! The identity page tables the 64-bit entry needs: the first 4 GiB mapped with 2 MiB pages,
+//! so that boot code reaches RAM below the MMIO hole and the virtio-mmio registers in it.
 
 use super::layout::{PD_ADDR, PDPT_ADDR, PML4_ADDR};
 
@@ -8,20 +9,26 @@ const PRESENT_RW: u64 = 0x3;
 const PRESENT_RW_LARGE: u64 = 0x83;
 /// Entries per table.
 const ENTRIES: u64 = 512;
+/// Page directories, one per GiB mapped.
+const DIRECTORIES: u64 = 4;
 
-/// The boot page tables as (guest address, 8-byte entry) pairs: PML4[0] -> PDPT, PDPT[0] ->
-/// PD, and PD[i] maps `i * 2 MiB` identically, for 1 GiB.
+/// The boot page tables as (guest address, 8-byte entry) pairs: PML4[0] -> PDPT, PDPT[g] ->
+/// the page directory of GiB `g` (4 consecutive pages from `PD_ADDR`), whose entry `i` maps
+/// `g GiB + i * 2 MiB` identically.
 pub fn identity_map_entries() -> impl Iterator<Item = (u64, u64)> {
-    [
-        (PML4_ADDR, PDPT_ADDR | PRESENT_RW),
-        (PDPT_ADDR, PD_ADDR | PRESENT_RW),
-    ]
-    .into_iter()
-    .chain((0..ENTRIES).map(|i| (PD_ADDR + i * 8, (i << 21) | PRESENT_RW_LARGE)))
+    let directory = |g: u64| PD_ADDR + g * 0x1000;
+    std::iter::once((PML4_ADDR, PDPT_ADDR | PRESENT_RW))
+        .chain((0..DIRECTORIES).map(move |g| (PDPT_ADDR + g * 8, directory(g) | PRESENT_RW)))
+        .chain((0..DIRECTORIES * ENTRIES).map(move |n| {
+            (
+                directory(n / ENTRIES) + (n % ENTRIES) * 8,
+                (n << 21) | PRESENT_RW_LARGE,
+            )
+        }))
 }
 
-/// Bytes of guest memory the boot identity map is mapped to (1 GiB).
-pub const IDENTITY_MAPPED: u64 = ENTRIES << 21;
+/// Bytes of guest physical address space the boot identity map covers (4 GiB).
+pub const IDENTITY_MAPPED: u64 = (DIRECTORIES * ENTRIES) << 21;
 
 #[cfg(test)]
 mod tests {
@@ -52,18 +59,21 @@ mod tests {
     }
 
     #[test]
-    fn first_gib_is_identity_mapped() {
+    fn first_four_gib_are_identity_mapped() {
         let entries: Vec<_> = identity_map_entries().collect();
-        assert_eq!(entries.len(), 514);
+        assert_eq!(entries.len(), 1 + 4 + 2048);
         assert_eq!(entries[0], (0x9000, 0xa003));
         assert_eq!(entries[1], (0xa000, 0xb003));
-        assert_eq!(entries[2], (0xb000, 0x83));
-        assert_eq!(entries[513], (0xb000 + 511 * 8, (511 << 21) | 0x83));
+        assert_eq!(entries[4], (0xa018, 0xe003));
+        assert_eq!(entries[5], (0xb000, 0x83));
+        assert_eq!(entries[5 + 2047], (0xe000 + 511 * 8, (2047 << 21) | 0x83));
         for addr in [
             0,
             0x7000,
             0x10_0000,
             0x100_0000 + 0x1234,
+            0x4000_0000,
+            0xd000_0070,
             IDENTITY_MAPPED - 1,
         ] {
             assert_eq!(translate(&entries, addr), Some(addr), "{addr:#x}");
