@@ -20,6 +20,7 @@ use crate::devices::serial::{
 use crate::devices::virtio::block::{Block, OpenDiskError};
 use crate::devices::virtio::net::{Net, NetReceiver};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{BoundSocket, Vsock, VsockMuxer};
 use crate::devices::virtio::{Interrupt, MMIO_SLOT_LEN, MmioTransport, VirtioDevice};
 use crate::devices::{AddBusDeviceError, Bus, Buses};
 use crate::exit::{ExitTrigger, ResetCause, VmExit};
@@ -103,6 +104,15 @@ pub enum RunVmError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The vsock device's socket cannot be made.
+    #[error("--vsock {}: cannot listen on the socket", path.display())]
+    VsockSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A device thread cannot be started.
     #[error("cannot start the {device} thread")]
     DeviceThread {
@@ -155,9 +165,10 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
         vcpus.push(vcpu);
     }
 
+    // The devices first: a tap that cannot be opened leaves no console file behind.
+    let (mmio, device_threads) = virtio_bus(&vm, config)?;
     let console = open_console(&config.console)?;
     let (exits_tx, exits) = std::sync::mpsc::channel();
-    let (mmio, device_threads) = virtio_bus(&vm, config)?;
     let buses = Buses {
         pio: legacy_bus(&vm, console, &exits_tx)?,
         mmio,
@@ -189,11 +200,19 @@ fn open_console(console: &ConsoleConfig) -> Result<ConsoleOutput, RunVmError> {
     }
 }
 
+/// Threads serving virtio devices; dropping them stops them (and removes the vsock socket).
+#[derive(Debug, Default)]
+pub struct DeviceThreads {
+    net: Vec<NetReceiver>,
+    vsock: Option<VsockMuxer>,
+}
+
 /// The virtio devices of `config` on the MMIO bus, each on its own interrupt line, and the
-/// threads serving them (the network devices' receivers), which stop when dropped.
-pub fn virtio_bus(vm: &Vm, config: &VmConfig) -> Result<(Bus, Vec<NetReceiver>), RunVmError> {
+/// threads serving them.
+pub fn virtio_bus(vm: &Vm, config: &VmConfig) -> Result<(Bus, DeviceThreads), RunVmError> {
     let mut bus = Bus::mmio();
-    let mut receivers = Vec::new();
+    let mut threads = DeviceThreads::default();
+    let mut vsock_muxer = None;
     for VirtioSlot { kind, base, irq } in config.virtio_slots() {
         let event_fd = |what: &'static str| {
             EventFd::new(libc::EFD_NONBLOCK).map_err(|source| RunVmError::EventFd { what, source })
@@ -224,6 +243,25 @@ pub fn virtio_bus(vm: &Vm, config: &VmConfig) -> Result<(Bus, Vec<NetReceiver>),
                     Box::new(Net::new(tap, net.mac, buffers_added)),
                 )
             }
+            VirtioDeviceKind::Vsock => {
+                let vsock = config.vsock.as_ref().expect("a vsock slot has a vsock");
+                let socket = BoundSocket::bind(vsock.uds_path.clone()).map_err(|source| {
+                    RunVmError::VsockSocket {
+                        path: vsock.uds_path.clone(),
+                        source,
+                    }
+                })?;
+                let kick = event_fd("virtio-vsock")?;
+                let wake = kick.try_clone().map_err(|source| RunVmError::EventFd {
+                    what: "virtio-vsock",
+                    source,
+                })?;
+                vsock_muxer = Some((vsock.guest_cid, socket, wake));
+                (
+                    "virtio-vsock",
+                    Box::new(Vsock::new(u64::from(vsock.guest_cid), kick)),
+                )
+            }
             VirtioDeviceKind::Rng => ("virtio-rng", Box::new(Rng::new())),
         };
         let line = event_fd(name)?;
@@ -241,8 +279,8 @@ pub fn virtio_bus(vm: &Vm, config: &VmConfig) -> Result<(Bus, Vec<NetReceiver>),
         bus.insert(name, base, MMIO_SLOT_LEN, transport.clone())?;
         if let Some((tap_name, tap, wake)) = receiver {
             let thread_name = format!("net-{tap_name}");
-            receivers.push(
-                NetReceiver::spawn(thread_name.clone(), tap, wake, transport).map_err(
+            threads.net.push(
+                NetReceiver::spawn(thread_name.clone(), tap, wake, transport.clone()).map_err(
                     |source| RunVmError::DeviceThread {
                         device: thread_name,
                         source,
@@ -250,8 +288,18 @@ pub fn virtio_bus(vm: &Vm, config: &VmConfig) -> Result<(Bus, Vec<NetReceiver>),
                 )?,
             );
         }
+        if let Some((guest_cid, socket, wake)) = vsock_muxer.take() {
+            threads.vsock = Some(
+                VsockMuxer::spawn(u64::from(guest_cid), socket, wake, transport).map_err(
+                    |source| RunVmError::DeviceThread {
+                        device: "vsock".into(),
+                        source,
+                    },
+                )?,
+            );
+        }
     }
-    Ok((bus, receivers))
+    Ok((bus, threads))
 }
 
 /// Opens the tap of `net`, in its network namespace if it names one.

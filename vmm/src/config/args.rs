@@ -33,7 +33,12 @@ pub struct VmmArgs {
     /// file's `network-interfaces`.
     #[arg(long, value_name = "TAP[,mac=MAC][,netns=PATH]")]
     pub net: Vec<String>,
-    /// JSON configuration file (sections `boot-source`, `machine`, `console`, `drives`, `network-interfaces`); flags override it.
+    /// A virtio socket device: the guest's context ID (3 or more) and the host side's Unix
+    /// socket, made by the VMM (write `CONNECT PORT\n` to it to reach guest port PORT); the
+    /// guest reaches host port P at `UDS_PATH_P`. Replaces the file's `vsock`.
+    #[arg(long, value_name = "CID,UDS_PATH")]
+    pub vsock: Option<String>,
+    /// JSON configuration file (sections `boot-source`, `machine`, `console`, `drives`, `network-interfaces`, `vsock`); flags override it.
     #[arg(long, value_name = "FILE.json")]
     pub config: Option<PathBuf>,
 }

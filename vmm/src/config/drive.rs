@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::ConfigError;
 
-/// Most disks and network interfaces a VM may have together: IRQs 5 to 23 serve the virtio
-/// devices, one of them the entropy device.
+/// Most disks, network interfaces and socket devices a VM may have together: IRQs 5 to 23
+/// serve the virtio devices, one of them the entropy device.
 pub const MAX_DEVICES: usize = 18;
 
 /// One entry of the file's `drives` list.

@@ -9,6 +9,7 @@ use super::boot_source::BootSourceFile;
 use super::drive::DriveFile;
 use super::machine::MachineFile;
 use super::net::NetFile;
+use super::vsock::VsockFile;
 
 /// The whole configuration file. Every section and field is optional; unknown ones are refused.
 ///
@@ -18,7 +19,8 @@ use super::net::NetFile;
 ///   "machine": { "cpus": 2, "memory_mib": 256 },
 ///   "console": "stdout",
 ///   "drives": [{ "path": "disk.raw", "read_only": false }],
-///   "network-interfaces": [{ "tap": "tap0", "mac": "52:54:00:12:34:56" }]
+///   "network-interfaces": [{ "tap": "tap0", "mac": "52:54:00:12:34:56" }],
+///   "vsock": { "guest_cid": 3, "uds_path": "/run/vm.vsock" }
 /// }
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -38,6 +40,8 @@ pub struct ConfigFile {
     /// Network interfaces, in order.
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<NetFile>,
+    /// The socket device.
+    pub vsock: Option<VsockFile>,
 }
 
 impl ConfigFile {

@@ -8,6 +8,7 @@ pub mod drive;
 pub mod file;
 pub mod machine;
 pub mod net;
+pub mod vsock;
 
 use std::path::PathBuf;
 
@@ -18,6 +19,7 @@ pub use drive::DriveConfig;
 pub use file::ConfigFile;
 pub use machine::MachineConfig;
 pub use net::NetConfig;
+pub use vsock::VsockConfig;
 
 use crate::arch::x86_64::layout::virtio_mmio_slot;
 use crate::devices::virtio::MMIO_SLOT_LEN;
@@ -103,8 +105,16 @@ pub enum ConfigError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The vsock device cannot be used.
+    #[error("--vsock (vsock) {value}: {reason}")]
+    Vsock {
+        /// The value given.
+        value: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// More virtio devices than the VM has interrupt lines for.
-    #[error("--disk and --net: {count} devices, at most {MAX_DEVICES} together")]
+    #[error("--disk, --net and --vsock: {count} devices, at most {MAX_DEVICES} together")]
     TooManyDevices {
         /// Disks and network interfaces given.
         count: usize,
@@ -135,6 +145,8 @@ pub struct VmConfig {
     pub drives: Vec<DriveConfig>,
     /// Network interfaces, as virtio-net devices in this order.
     pub nets: Vec<NetConfig>,
+    /// The socket device, if any.
+    pub vsock: Option<VsockConfig>,
 }
 
 /// A virtio device of the VM, in the order devices take MMIO slots.
@@ -144,6 +156,8 @@ pub enum VirtioDeviceKind {
     Block(usize),
     /// `nets[index]`.
     Net(usize),
+    /// The socket device.
+    Vsock,
     /// The entropy device every VM has.
     Rng,
 }
@@ -213,10 +227,13 @@ impl VmConfig {
                 .map(|value| NetConfig::parse_flag(value))
                 .collect::<Result<_, _>>()?
         };
-        if drives.len() + nets.len() > MAX_DEVICES {
-            return Err(ConfigError::TooManyDevices {
-                count: drives.len() + nets.len(),
-            });
+        let vsock = match &args.vsock {
+            Some(value) => Some(VsockConfig::parse_flag(value)?),
+            None => file.vsock,
+        };
+        let count = drives.len() + nets.len() + usize::from(vsock.is_some());
+        if count > MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices { count });
         }
         let drives: Vec<DriveConfig> = drives
             .into_iter()
@@ -236,12 +253,14 @@ impl VmConfig {
                 reason: "given twice".into(),
             });
         }
+        let vsock = vsock.map(VsockConfig::new).transpose()?;
         let config = Self {
             boot_source,
             machine,
             console,
             drives,
             nets,
+            vsock,
         };
         let len = config.kernel_cmdline().len();
         if len > MAX_CMDLINE_LEN {
@@ -250,12 +269,13 @@ impl VmConfig {
         Ok(config)
     }
 
-    /// The virtio devices in slot order: the disks, the network interfaces, then the
-    /// entropy device.
+    /// The virtio devices in slot order: the disks, the network interfaces, the socket
+    /// device, then the entropy device.
     pub fn virtio_slots(&self) -> Vec<VirtioSlot> {
         (0..self.drives.len())
             .map(VirtioDeviceKind::Block)
             .chain((0..self.nets.len()).map(VirtioDeviceKind::Net))
+            .chain(self.vsock.iter().map(|_| VirtioDeviceKind::Vsock))
             .chain([VirtioDeviceKind::Rng])
             .enumerate()
             .map(|(slot, kind)| {

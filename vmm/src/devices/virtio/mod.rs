@@ -11,6 +11,7 @@ pub mod mmio;
 pub mod net;
 pub mod queue;
 pub mod rng;
+pub mod vsock;
 
 pub use interrupt::Interrupt;
 pub use mmio::{MMIO_SLOT_LEN, MmioTransport};
