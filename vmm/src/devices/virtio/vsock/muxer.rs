@@ -603,7 +603,7 @@ impl Muxer {
 }
 
 /// A header and its payload from a transmit chain.
-fn read_packet(reader: &mut Reader<'_>) -> Option<Packet> {
+pub(crate) fn read_packet(reader: &mut Reader<'_>) -> Option<Packet> {
     let mut bytes = [0u8; HEADER_LEN];
     reader.read_exact(&mut bytes).ok()?;
     let header = Header::parse(&bytes);
