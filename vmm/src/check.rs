@@ -20,6 +20,7 @@ use crate::devices::{Bus, Buses};
 use crate::exit::{ResetCause, VmExit};
 use crate::memory::create_guest_memory;
 use crate::microvm::legacy_bus;
+use crate::seccomp::ThreadFilters;
 use crate::vstate::kvm::{KVM_PATH, open_kvm};
 use crate::vstate::vcpu::Vcpu;
 use crate::vstate::vcpu_run::run_vcpus;
@@ -209,8 +210,15 @@ pub fn run_tiny_guest() -> Result<TinyGuestRun, String> {
         pio: bus,
         mmio: Bus::mmio(),
     };
-    let outcome = run_vcpus(vec![vcpu], Arc::new(buses), exits_tx, exits, started)
-        .map_err(|e| e.to_string())?;
+    let outcome = run_vcpus(
+        vec![vcpu],
+        Arc::new(buses),
+        exits_tx,
+        exits,
+        started,
+        &ThreadFilters::disabled(),
+    )
+    .map_err(|e| e.to_string())?;
     let serial =
         String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
     Ok(TinyGuestRun {

@@ -13,6 +13,7 @@ pub mod devices;
 pub mod exit;
 pub mod memory;
 pub mod microvm;
+pub mod seccomp;
 pub mod vstate;
 
 pub use check::{KvmCheck, KvmKind, check};

@@ -25,6 +25,7 @@ use crate::devices::virtio::{Interrupt, MMIO_SLOT_LEN, MmioTransport, VirtioDevi
 use crate::devices::{AddBusDeviceError, Bus, Buses};
 use crate::exit::{ExitTrigger, ResetCause, VmExit};
 use crate::memory::{CreateMemoryError, create_guest_memory};
+use crate::seccomp::{SeccompError, ThreadFilters};
 use crate::vstate::kvm::{OpenKvmError, open_kvm};
 use crate::vstate::vcpu::{ConfigureVcpuError, Vcpu};
 use crate::vstate::vcpu_run::{RunOutcome, StartVcpusError, run_vcpus};
@@ -113,6 +114,9 @@ pub enum RunVmError {
         #[source]
         source: std::io::Error,
     },
+    /// The seccomp filters cannot be built.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// A device thread cannot be started.
     #[error("cannot start the {device} thread")]
     DeviceThread {
@@ -139,6 +143,7 @@ pub fn run(args: &VmmArgs) -> Result<VmExit, RunVmError> {
 /// time-to-first-entry figure in the outcome.
 pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, RunVmError> {
     let cpus = config.machine.cpus;
+    let filters = ThreadFilters::new(config.seccomp)?;
     let kvm = open_kvm()?;
     let max = kvm.get_max_vcpus();
     if cpus as usize > max {
@@ -166,7 +171,7 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
     }
 
     // The devices first: a tap that cannot be opened leaves no console file behind.
-    let (mmio, device_threads) = virtio_bus(&vm, config)?;
+    let (mmio, device_threads) = virtio_bus(&vm, config, &filters)?;
     let console = open_console(&config.console)?;
     let (exits_tx, exits) = std::sync::mpsc::channel();
     let buses = Buses {
@@ -180,7 +185,7 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
         setup_us = started.elapsed().as_micros() as u64,
         "starting the VM"
     );
-    let outcome = run_vcpus(vcpus, Arc::new(buses), exits_tx, exits, started)?;
+    let outcome = run_vcpus(vcpus, Arc::new(buses), exits_tx, exits, started, &filters)?;
     drop(device_threads);
     drop(vm);
     Ok(outcome)
@@ -209,7 +214,11 @@ pub struct DeviceThreads {
 
 /// The virtio devices of `config` on the MMIO bus, each on its own interrupt line, and the
 /// threads serving them.
-pub fn virtio_bus(vm: &Vm, config: &VmConfig) -> Result<(Bus, DeviceThreads), RunVmError> {
+pub fn virtio_bus(
+    vm: &Vm,
+    config: &VmConfig,
+    filters: &ThreadFilters,
+) -> Result<(Bus, DeviceThreads), RunVmError> {
     let mut bus = Bus::mmio();
     let mut threads = DeviceThreads::default();
     let mut vsock_muxer = None;
@@ -280,17 +289,16 @@ pub fn virtio_bus(vm: &Vm, config: &VmConfig) -> Result<(Bus, DeviceThreads), Ru
         if let Some((tap_name, tap, wake)) = receiver {
             let thread_name = format!("net-{tap_name}");
             threads.net.push(
-                NetReceiver::spawn(thread_name.clone(), tap, wake, transport.clone()).map_err(
-                    |source| RunVmError::DeviceThread {
+                NetReceiver::spawn(thread_name.clone(), tap, wake, transport.clone(), filters)
+                    .map_err(|source| RunVmError::DeviceThread {
                         device: thread_name,
                         source,
-                    },
-                )?,
+                    })?,
             );
         }
         if let Some((guest_cid, socket, wake)) = vsock_muxer.take() {
             threads.vsock = Some(
-                VsockMuxer::spawn(u64::from(guest_cid), socket, wake, transport).map_err(
+                VsockMuxer::spawn(u64::from(guest_cid), socket, wake, transport, filters).map_err(
                     |source| RunVmError::DeviceThread {
                         device: "vsock".into(),
                         source,

@@ -141,6 +141,27 @@ fn vsock_program() -> Vec<u8> {
     a.finish()
 }
 
+/// The seccomp mode (2: filtered) of this process's threads named `names`.
+fn seccomp_modes(names: &[&str]) -> Vec<(String, u32)> {
+    let mut modes = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !names.contains(&comm) {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        modes.push((comm.to_string(), mode));
+    }
+    modes.sort();
+    modes
+}
+
 #[test]
 fn guest_reaches_a_host_socket_over_vsock_and_back() {
     if !kvm_available("guest_reaches_a_host_socket_over_vsock_and_back") {
@@ -157,8 +178,10 @@ fn guest_reaches_a_host_socket_over_vsock_and_back() {
             .unwrap();
         let mut ping = [0u8; 4];
         stream.read_exact(&mut ping).unwrap();
+        // While the guest waits for the answer: the VMM's threads run under seccomp.
+        let filtered = seccomp_modes(&["vcpu0", "vsock"]);
         stream.write_all(b"pong").unwrap();
-        (ping, stream)
+        (ping, stream, filtered)
     });
     let args = VmmArgs {
         vsock: Some(format!("3,{}", uds.display())),
@@ -172,8 +195,13 @@ fn guest_reaches_a_host_socket_over_vsock_and_back() {
         .recv_timeout(Duration::from_secs(60))
         .expect("the guest ends within a minute");
     assert_eq!(exit, Ok(VmExit::PowerOff));
-    let (ping, _stream) = host.join().unwrap();
+    let (ping, _stream, filtered) = host.join().unwrap();
     assert_eq!(&ping, b"ping");
+    assert_eq!(
+        filtered,
+        [("vcpu0".to_string(), 2), ("vsock".to_string(), 2)],
+        "the vCPU and muxer threads are in seccomp filter mode"
+    );
     assert_eq!(
         guest.serial(),
         "2 5 pong\n",

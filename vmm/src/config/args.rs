@@ -38,6 +38,9 @@ pub struct VmmArgs {
     /// guest reaches host port P at `UDS_PATH_P`. Replaces the file's `vsock`.
     #[arg(long, value_name = "CID,UDS_PATH")]
     pub vsock: Option<String>,
+    /// Run the VMM's threads without their seccomp filters (for debugging only).
+    #[arg(long)]
+    pub no_seccomp: bool,
     /// JSON configuration file (sections `boot-source`, `machine`, `console`, `drives`, `network-interfaces`, `vsock`); flags override it.
     #[arg(long, value_name = "FILE.json")]
     pub config: Option<PathBuf>,

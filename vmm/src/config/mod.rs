@@ -147,6 +147,9 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// The socket device, if any.
     pub vsock: Option<VsockConfig>,
+    /// Whether the VMM's threads run under their seccomp filters (`--no-seccomp` turns
+    /// them off).
+    pub seccomp: bool,
 }
 
 /// A virtio device of the VM, in the order devices take MMIO slots.
@@ -261,6 +264,7 @@ impl VmConfig {
             drives,
             nets,
             vsock,
+            seccomp: !args.no_seccomp,
         };
         let len = config.kernel_cmdline().len();
         if len > MAX_CMDLINE_LEN {

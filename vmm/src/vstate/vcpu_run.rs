@@ -14,6 +14,7 @@ use super::kick::{KickError, KickTarget, install_kick_handler, kick};
 use super::vcpu::Vcpu;
 use crate::devices::Buses;
 use crate::exit::{ResetCause, VmExit};
+use crate::seccomp::{ThreadFilters, ThreadKind};
 
 /// vCPU threads cannot be started.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,7 @@ pub fn run_vcpus(
     exits_tx: Sender<VmExit>,
     exits: Receiver<VmExit>,
     started: Instant,
+    filters: &ThreadFilters,
 ) -> Result<RunOutcome, StartVcpusError> {
     install_kick_handler()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -64,6 +66,7 @@ pub fn run_vcpus(
             exits: exits_tx.clone(),
             stop: stop.clone(),
             entered: (index == 0).then(|| entered_tx.clone()),
+            filters: filters.clone(),
         };
         match std::thread::Builder::new()
             .name(format!("vcpu{index}"))
@@ -115,6 +118,7 @@ struct VcpuRunner {
     exits: Sender<VmExit>,
     stop: Arc<AtomicBool>,
     entered: Option<Sender<Instant>>,
+    filters: ThreadFilters,
 }
 
 /// What to do after handling one exit.
@@ -136,6 +140,13 @@ impl VcpuRunner {
                 return;
             }
         };
+        if let Err(error) = self.filters.install(ThreadKind::Vcpu) {
+            let _ = self.exits.send(VmExit::VcpuFault {
+                vcpu: index,
+                reason: error.to_string(),
+            });
+            return;
+        }
         if let Some(entered) = self.entered.take() {
             let _ = entered.send(Instant::now());
         }

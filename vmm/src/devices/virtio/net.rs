@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::queue::{BrokenQueue, drain_queue, use_chains};
 use super::{MmioTransport, VIRTIO_F_VERSION_1, VirtioDevice, device_type, read_config_bytes};
+use crate::seccomp::{ThreadFilters, ThreadKind, spawn_filtered};
 
 /// Feature: the configuration space has the MAC address.
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
@@ -181,6 +182,7 @@ impl NetReceiver {
         tap: Arc<File>,
         rx_buffers_added: EventFd,
         transport: Arc<Mutex<MmioTransport>>,
+        filters: &ThreadFilters,
     ) -> std::io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
@@ -202,9 +204,12 @@ impl NetReceiver {
             epoll,
             pending: None,
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("{name}-rx"))
-            .spawn(move || receive.run())?;
+        let thread = spawn_filtered(
+            format!("{name}-rx"),
+            filters,
+            ThreadKind::NetReceive,
+            move || receive.run(),
+        )?;
         Ok(Self {
             stop,
             thread: Some(thread),
@@ -385,9 +390,14 @@ mod tests {
     #[test]
     fn received_frames_wait_for_buffers_and_too_small_buffers_drop_them() {
         let (mut driver, peer, tap, buffers_added) = net_with_peer();
-        let receiver =
-            NetReceiver::spawn("test".into(), tap, buffers_added, driver.transport.clone())
-                .unwrap();
+        let receiver = NetReceiver::spawn(
+            "test".into(),
+            tap,
+            buffers_added,
+            driver.transport.clone(),
+            &ThreadFilters::disabled(),
+        )
+        .unwrap();
 
         // A frame before any receive buffer: it waits.
         let first = frame(b"first");

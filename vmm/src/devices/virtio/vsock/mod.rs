@@ -113,6 +113,7 @@ mod tests {
                 BoundSocket::bind(path.clone()).unwrap(),
                 kick,
                 driver.transport.clone(),
+                &crate::seccomp::ThreadFilters::disabled(),
             )
             .unwrap();
             driver.write32(reg::QUEUE_NOTIFY, 0);

@@ -32,6 +32,7 @@ use super::packet::{HEADER_LEN, HOST_CID, Header, Packet, SHUTDOWN_BOTH, TYPE_ST
 use super::{RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::MmioTransport;
 use crate::devices::virtio::queue::{drain_queue, use_chains};
+use crate::seccomp::{ThreadFilters, ThreadKind, spawn_filtered};
 
 /// The receive buffer the muxer announces per connection.
 pub const BUF_ALLOC: u32 = 256 * 1024;
@@ -92,6 +93,7 @@ impl VsockMuxer {
         socket: BoundSocket,
         kick: EventFd,
         transport: Arc<Mutex<MmioTransport>>,
+        filters: &ThreadFilters,
     ) -> std::io::Result<Self> {
         let listener = socket.listener.try_clone()?;
         let uds_path = socket.path.clone();
@@ -122,9 +124,9 @@ impl VsockMuxer {
             to_guest: VecDeque::new(),
             next_host_port: FIRST_HOST_PORT,
         };
-        let thread = std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || muxer.run())?;
+        let thread = spawn_filtered("vsock".into(), filters, ThreadKind::Vsock, move || {
+            muxer.run()
+        })?;
         Ok(Self {
             stop,
             thread: Some(thread),
