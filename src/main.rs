@@ -93,6 +93,16 @@ struct VmmCli {
 enum VmmCommand {
     /// Check whether KVM here can boot Linux guests (runs a tiny guest); exit 0 when it can.
     Check,
+    /// Send a request to a running VMM's API socket and print its JSON answer: status,
+    /// pause, resume, metrics, or shutdown [SECONDS].
+    Api {
+        /// The VMM's `--api-sock`.
+        #[arg(value_name = "SOCKET")]
+        socket: PathBuf,
+        /// The request and its argument.
+        #[arg(value_name = "REQUEST", required = true, num_args = 1..)]
+        request: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,6 +305,22 @@ fn vmm(cli: VmmCli) -> ExitCode {
             let report = baton_vmm::check();
             print!("{report}");
             ExitCode::from(report.exit_code())
+        }
+        Some(VmmCommand::Api { socket, request }) => {
+            match baton_vmm::api::request(&socket, &request.join(" ")) {
+                Ok(answer) => {
+                    println!("{answer}");
+                    if answer.starts_with("{\"error\"") {
+                        ExitCode::FAILURE
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(err) => {
+                    eprintln!("error: {}: {err}", socket.display());
+                    ExitCode::FAILURE
+                }
+            }
         }
         None => match baton_vmm::run(&cli.args) {
             Ok(exit) => {

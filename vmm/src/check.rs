@@ -217,6 +217,7 @@ pub fn run_tiny_guest() -> Result<TinyGuestRun, String> {
         exits,
         started,
         &ThreadFilters::disabled(),
+        Default::default(),
     )
     .map_err(|e| e.to_string())?;
     let serial =

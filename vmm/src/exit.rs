@@ -1,6 +1,6 @@
 //! How a VM ended, and the process exit code for each way.
 
-use std::sync::mpsc::{SendError, Sender};
+use std::sync::mpsc::{SendError, Sender, SyncSender};
 
 /// Exit code: the guest powered off.
 pub const EXIT_POWEROFF: u8 = 0;
@@ -8,6 +8,8 @@ pub const EXIT_POWEROFF: u8 = 0;
 pub const EXIT_RESET: u8 = 3;
 /// Exit code: a vCPU stopped on an error the guest cannot continue from.
 pub const EXIT_VCPU_FAULT: u8 = 4;
+/// Exit code: the VMM stopped the VM (the API's `shutdown`, once its timeout passed).
+pub const EXIT_STOPPED: u8 = 5;
 
 /// What asked for a reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,23 @@ pub enum VmExit {
         /// What happened.
         reason: String,
     },
+    /// The API's `shutdown` stopped the VM: the guest did not end by itself in time.
+    Stopped,
+}
+
+/// What the VMM's run loop waits for.
+#[derive(Debug)]
+pub enum VmEvent {
+    /// The VM ends.
+    Exit(VmExit),
+    /// Pause the vCPUs (`pause`) or let them run again; `done` is answered once they are
+    /// all parked (or released).
+    Pause {
+        /// Pause or resume.
+        pause: bool,
+        /// Answered when done.
+        done: SyncSender<()>,
+    },
 }
 
 impl VmExit {
@@ -43,6 +62,7 @@ impl VmExit {
             VmExit::PowerOff => EXIT_POWEROFF,
             VmExit::Reset(_) => EXIT_RESET,
             VmExit::VcpuFault { .. } => EXIT_VCPU_FAULT,
+            VmExit::Stopped => EXIT_STOPPED,
         }
     }
 }
@@ -55,6 +75,7 @@ impl std::fmt::Display for VmExit {
             VmExit::Reset(ResetCause::TripleFault) => write!(f, "guest triple-faulted (reset)"),
             VmExit::Reset(ResetCause::SystemEvent) => write!(f, "guest reset (system event)"),
             VmExit::VcpuFault { vcpu, reason } => write!(f, "vCPU {vcpu} stopped: {reason}"),
+            VmExit::Stopped => write!(f, "stopped by the VMM's API (shutdown timed out)"),
         }
     }
 }
@@ -62,22 +83,22 @@ impl std::fmt::Display for VmExit {
 /// A device's way to end the VM: sends one [`VmExit`] to the VMM's run loop.
 #[derive(Debug, Clone)]
 pub struct ExitTrigger {
-    sender: Sender<VmExit>,
+    sender: Sender<VmEvent>,
     exit: VmExit,
 }
 
 impl ExitTrigger {
     /// A trigger that sends `exit` on `sender`.
-    pub fn new(sender: Sender<VmExit>, exit: VmExit) -> Self {
+    pub fn new(sender: Sender<VmEvent>, exit: VmExit) -> Self {
         Self { sender, exit }
     }
 }
 
 impl vm_superio::Trigger for ExitTrigger {
-    type E = SendError<VmExit>;
+    type E = SendError<VmEvent>;
 
     fn trigger(&self) -> Result<(), Self::E> {
-        self.sender.send(self.exit.clone())
+        self.sender.send(VmEvent::Exit(self.exit.clone()))
     }
 }
 
@@ -95,6 +116,7 @@ mod tests {
             reason: "x".into(),
         };
         assert_eq!(fault.exit_code(), 4);
+        assert_eq!(VmExit::Stopped.exit_code(), 5);
         assert_eq!(fault.to_string(), "vCPU 1 stopped: x");
     }
 }

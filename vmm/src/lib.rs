@@ -6,6 +6,7 @@
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("baton-vmm supports x86_64 only");
 
+pub mod api;
 pub mod arch;
 pub mod check;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod exit;
 pub mod memory;
 pub mod microvm;
 pub mod seccomp;
+pub mod unix_socket;
 pub mod vstate;
 
 pub use check::{KvmCheck, KvmKind, check};

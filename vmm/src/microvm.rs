@@ -9,6 +9,7 @@ use std::time::Instant;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::{ApiContext, ApiDevice, ApiServer};
 use crate::arch::x86_64::linux_boot::{LinuxBootError, load_linux};
 use crate::config::{BootSourceConfig, ConfigError, ConsoleConfig, VmConfig, VmmArgs};
 use crate::config::{NetConfig, VirtioDeviceKind, VirtioSlot};
@@ -20,12 +21,14 @@ use crate::devices::serial::{
 use crate::devices::virtio::block::{Block, OpenDiskError};
 use crate::devices::virtio::net::{Net, NetReceiver};
 use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::vsock::{BoundSocket, Vsock, VsockMuxer};
+use crate::devices::virtio::vsock::{Vsock, VsockMuxer};
 use crate::devices::virtio::{Interrupt, MMIO_SLOT_LEN, MmioTransport, VirtioDevice};
 use crate::devices::{AddBusDeviceError, Bus, Buses};
-use crate::exit::{ExitTrigger, ResetCause, VmExit};
+use crate::exit::{ExitTrigger, ResetCause, VmEvent, VmExit};
 use crate::memory::{CreateMemoryError, create_guest_memory};
 use crate::seccomp::{SeccompError, ThreadFilters};
+use crate::unix_socket::BoundSocket;
+use crate::vstate::control::VcpuControl;
 use crate::vstate::kvm::{OpenKvmError, open_kvm};
 use crate::vstate::vcpu::{ConfigureVcpuError, Vcpu};
 use crate::vstate::vcpu_run::{RunOutcome, StartVcpusError, run_vcpus};
@@ -114,6 +117,15 @@ pub enum RunVmError {
         #[source]
         source: std::io::Error,
     },
+    /// The API socket cannot be made.
+    #[error("--api-sock {}: cannot listen on the socket", path.display())]
+    ApiSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The seccomp filters cannot be built.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -171,9 +183,37 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
     }
 
     // The devices first: a tap that cannot be opened leaves no console file behind.
-    let (mmio, device_threads) = virtio_bus(&vm, config, &filters)?;
-    let console = open_console(&config.console)?;
+    let (mmio, device_threads, api_devices) = virtio_bus(&vm, config, &filters)?;
     let (exits_tx, exits) = std::sync::mpsc::channel();
+    let control = Arc::new(VcpuControl::default());
+    let api = match &config.api_sock {
+        Some(path) => {
+            let socket =
+                BoundSocket::bind(path.clone()).map_err(|source| RunVmError::ApiSocket {
+                    path: path.clone(),
+                    source,
+                })?;
+            let context = ApiContext {
+                cpus,
+                memory_mib: config.machine.memory_mib,
+                started,
+                devices: api_devices,
+                control: control.clone(),
+                events: exits_tx.clone(),
+                vsock_socket: config.vsock.as_ref().map(|v| v.uds_path.clone()),
+            };
+            Some(
+                ApiServer::spawn(socket, context, &filters).map_err(|source| {
+                    RunVmError::DeviceThread {
+                        device: "api".into(),
+                        source,
+                    }
+                })?,
+            )
+        }
+        None => None,
+    };
+    let console = open_console(&config.console)?;
     let buses = Buses {
         pio: legacy_bus(&vm, console, &exits_tx)?,
         mmio,
@@ -185,7 +225,16 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
         setup_us = started.elapsed().as_micros() as u64,
         "starting the VM"
     );
-    let outcome = run_vcpus(vcpus, Arc::new(buses), exits_tx, exits, started, &filters)?;
+    let outcome = run_vcpus(
+        vcpus,
+        Arc::new(buses),
+        exits_tx,
+        exits,
+        started,
+        &filters,
+        control,
+    )?;
+    drop(api);
     drop(device_threads);
     drop(vm);
     Ok(outcome)
@@ -218,8 +267,9 @@ pub fn virtio_bus(
     vm: &Vm,
     config: &VmConfig,
     filters: &ThreadFilters,
-) -> Result<(Bus, DeviceThreads), RunVmError> {
+) -> Result<(Bus, DeviceThreads, Vec<ApiDevice>), RunVmError> {
     let mut bus = Bus::mmio();
+    let mut api_devices = Vec::new();
     let mut threads = DeviceThreads::default();
     let mut vsock_muxer = None;
     for VirtioSlot { kind, base, irq } in config.virtio_slots() {
@@ -246,11 +296,9 @@ pub fn virtio_bus(
                         what: "virtio-net",
                         source,
                     })?;
-                receiver = Some((net.tap.clone(), tap.clone(), wake));
-                (
-                    "virtio-net",
-                    Box::new(Net::new(tap, net.mac, buffers_added)),
-                )
+                let device = Net::new(tap.clone(), net.mac, buffers_added);
+                receiver = Some((net.tap.clone(), tap, wake, device.frames_received()));
+                ("virtio-net", Box::new(device))
             }
             VirtioDeviceKind::Vsock => {
                 let vsock = config.vsock.as_ref().expect("a vsock slot has a vsock");
@@ -286,14 +334,27 @@ pub fn virtio_bus(
             Arc::new(Interrupt::new(line)),
         )));
         bus.insert(name, base, MMIO_SLOT_LEN, transport.clone())?;
-        if let Some((tap_name, tap, wake)) = receiver {
+        api_devices.push(ApiDevice {
+            kind: name,
+            base,
+            irq,
+            transport: transport.clone(),
+        });
+        if let Some((tap_name, tap, wake, received)) = receiver {
             let thread_name = format!("net-{tap_name}");
             threads.net.push(
-                NetReceiver::spawn(thread_name.clone(), tap, wake, transport.clone(), filters)
-                    .map_err(|source| RunVmError::DeviceThread {
-                        device: thread_name,
-                        source,
-                    })?,
+                NetReceiver::spawn(
+                    thread_name.clone(),
+                    tap,
+                    wake,
+                    transport.clone(),
+                    received,
+                    filters,
+                )
+                .map_err(|source| RunVmError::DeviceThread {
+                    device: thread_name,
+                    source,
+                })?,
             );
         }
         if let Some((guest_cid, socket, wake)) = vsock_muxer.take() {
@@ -307,7 +368,7 @@ pub fn virtio_bus(
             );
         }
     }
-    Ok((bus, threads))
+    Ok((bus, threads, api_devices))
 }
 
 /// Opens the tap of `net`, in its network namespace if it names one.
@@ -333,7 +394,7 @@ fn open_tap(net: &NetConfig) -> Result<File, RunVmError> {
 pub fn legacy_bus(
     vm: &Vm,
     console: ConsoleOutput,
-    exits: &Sender<VmExit>,
+    exits: &Sender<VmEvent>,
 ) -> Result<Bus, RunVmError> {
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| RunVmError::EventFd {
         what: "COM1",

@@ -23,6 +23,8 @@ pub enum ThreadKind {
     NetReceive,
     /// The vsock muxer: epoll, Unix sockets, eventfds.
     Vsock,
+    /// The API: epoll, Unix sockets.
+    Api,
 }
 
 /// A filter cannot be built or installed.
@@ -86,7 +88,7 @@ fn extra_calls(kind: ThreadKind) -> &'static [libc::c_long] {
             libc::SYS_read,
             libc::SYS_readv,
         ],
-        ThreadKind::Vsock => &[
+        ThreadKind::Vsock | ThreadKind::Api => &[
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_ctl,
@@ -135,7 +137,7 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                 );
             }
             ThreadKind::NetReceive => {}
-            ThreadKind::Vsock => {
+            ThreadKind::Vsock | ThreadKind::Api => {
                 rules.insert(libc::SYS_ioctl, vec![arg_equals(1, FIONBIO)?]);
                 rules.insert(libc::SYS_socket, vec![arg_equals(0, libc::AF_UNIX as u64)?]);
             }
@@ -164,7 +166,12 @@ impl ThreadFilters {
             return Ok(Self(None));
         }
         let mut filters = BTreeMap::new();
-        for kind in [ThreadKind::Vcpu, ThreadKind::NetReceive, ThreadKind::Vsock] {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::NetReceive,
+            ThreadKind::Vsock,
+            ThreadKind::Api,
+        ] {
             filters.insert(kind as u8, filter(kind)?);
         }
         Ok(Self(Some(std::sync::Arc::new(filters))))
@@ -224,7 +231,12 @@ mod tests {
 
     #[test]
     fn every_filter_builds() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::NetReceive, ThreadKind::Vsock] {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::NetReceive,
+            ThreadKind::Vsock,
+            ThreadKind::Api,
+        ] {
             let program = filter(kind).unwrap();
             assert!(
                 program.len() > 10,

@@ -38,10 +38,14 @@ pub struct VmmArgs {
     /// guest reaches host port P at `UDS_PATH_P`. Replaces the file's `vsock`.
     #[arg(long, value_name = "CID,UDS_PATH")]
     pub vsock: Option<String>,
+    /// The VMM's API socket (status, pause, resume, metrics, shutdown); made by the VMM,
+    /// removed when it ends. Replaces the file's `api-sock`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
     /// Run the VMM's threads without their seccomp filters (for debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
-    /// JSON configuration file (sections `boot-source`, `machine`, `console`, `drives`, `network-interfaces`, `vsock`); flags override it.
+    /// JSON configuration file (sections `boot-source`, `machine`, `console`, `drives`, `network-interfaces`, `vsock`, `api-sock`); flags override it.
     #[arg(long, value_name = "FILE.json")]
     pub config: Option<PathBuf>,
 }

@@ -42,6 +42,9 @@ pub struct ConfigFile {
     pub network_interfaces: Vec<NetFile>,
     /// The socket device.
     pub vsock: Option<VsockFile>,
+    /// The API socket's path.
+    #[serde(rename = "api-sock")]
+    pub api_sock: Option<std::path::PathBuf>,
 }
 
 impl ConfigFile {

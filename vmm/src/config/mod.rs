@@ -113,6 +113,14 @@ pub enum ConfigError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The API socket path cannot be used.
+    #[error("--api-sock (api-sock) {}: {reason}", path.display())]
+    ApiSock {
+        /// The path given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: &'static str,
+    },
     /// More virtio devices than the VM has interrupt lines for.
     #[error("--disk, --net and --vsock: {count} devices, at most {MAX_DEVICES} together")]
     TooManyDevices {
@@ -150,6 +158,8 @@ pub struct VmConfig {
     /// Whether the VMM's threads run under their seccomp filters (`--no-seccomp` turns
     /// them off).
     pub seccomp: bool,
+    /// The API socket's path: free, in an existing directory.
+    pub api_sock: Option<PathBuf>,
 }
 
 /// A virtio device of the VM, in the order devices take MMIO slots.
@@ -257,6 +267,13 @@ impl VmConfig {
             });
         }
         let vsock = vsock.map(VsockConfig::new).transpose()?;
+        let api_sock = args.api_sock.clone().or(file.api_sock);
+        if let Some(path) = &api_sock {
+            check_free_socket_path(path).map_err(|reason| ConfigError::ApiSock {
+                path: path.clone(),
+                reason,
+            })?;
+        }
         let config = Self {
             boot_source,
             machine,
@@ -265,6 +282,7 @@ impl VmConfig {
             nets,
             vsock,
             seccomp: !args.no_seccomp,
+            api_sock,
         };
         let len = config.kernel_cmdline().len();
         if len > MAX_CMDLINE_LEN {
@@ -304,6 +322,24 @@ impl VmConfig {
         }
         cmdline
     }
+}
+
+/// Why a socket path the VMM is to make cannot be used, if it cannot.
+pub fn check_free_socket_path(path: &std::path::Path) -> Result<(), &'static str> {
+    if path.as_os_str().is_empty() || path.as_os_str().len() > 107 {
+        return Err("a socket path must have 1 to 107 bytes");
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err("its directory does not exist");
+    }
+    if path.symlink_metadata().is_ok() {
+        return Err("the path is busy: something exists there");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

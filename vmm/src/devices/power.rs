@@ -56,7 +56,7 @@ impl BusDevice for PowerControl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::VmExit;
+    use crate::exit::{VmEvent, VmExit};
 
     #[test]
     fn only_s5_with_sleep_enable_powers_off() {
@@ -67,6 +67,9 @@ mod tests {
         power.write(0, &[SLP_EN | (3 << 2)]);
         assert!(rx.try_recv().is_err());
         power.write(0, &[POWEROFF_VALUE]);
-        assert_eq!(rx.try_recv().unwrap(), VmExit::PowerOff);
+        assert!(matches!(
+            rx.try_recv().unwrap(),
+            VmEvent::Exit(VmExit::PowerOff)
+        ));
     }
 }

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::VcpuExit;
 
+use super::control::{ExitCounters, VcpuControl};
 use super::kick::{KickError, KickTarget, install_kick_handler, kick};
 use super::vcpu::Vcpu;
 use crate::devices::Buses;
-use crate::exit::{ResetCause, VmExit};
+use crate::exit::{ResetCause, VmEvent, VmExit};
 use crate::seccomp::{ThreadFilters, ThreadKind};
 
 /// vCPU threads cannot be started.
@@ -48,10 +49,11 @@ pub struct RunOutcome {
 pub fn run_vcpus(
     vcpus: Vec<Vcpu>,
     buses: Arc<Buses>,
-    exits_tx: Sender<VmExit>,
-    exits: Receiver<VmExit>,
+    exits_tx: Sender<VmEvent>,
+    exits: Receiver<VmEvent>,
     started: Instant,
     filters: &ThreadFilters,
+    control: Arc<VcpuControl>,
 ) -> Result<RunOutcome, StartVcpusError> {
     install_kick_handler()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -67,6 +69,7 @@ pub fn run_vcpus(
             stop: stop.clone(),
             entered: (index == 0).then(|| entered_tx.clone()),
             filters: filters.clone(),
+            control: control.clone(),
         };
         match std::thread::Builder::new()
             .name(format!("vcpu{index}"))
@@ -86,9 +89,32 @@ pub fn run_vcpus(
         Some(_) => None,
         // Every vCPU thread holds a sender, so this returns once one of them or a device has
         // sent; it fails only if all vCPU threads ended without a word, which they do not.
-        None => exits.recv().ok(),
+        None => loop {
+            match exits.recv() {
+                Ok(VmEvent::Exit(exit)) => break Some(exit),
+                Ok(VmEvent::Pause { pause, done }) => {
+                    control.gate.set_paused(pause);
+                    if pause {
+                        for thread in &threads {
+                            if let Err(error) = kick(thread) {
+                                tracing::warn!(%error, "vCPU thread not kicked");
+                            }
+                        }
+                        if !control
+                            .gate
+                            .wait_parked(threads.len(), Duration::from_secs(5))
+                        {
+                            tracing::warn!("not every vCPU paused within 5 s");
+                        }
+                    }
+                    let _ = done.send(());
+                }
+                Err(_) => break None,
+            }
+        },
     };
     stop.store(true, Ordering::SeqCst);
+    control.gate.release();
     for thread in &threads {
         if let Err(error) = kick(thread) {
             tracing::warn!(%error, "vCPU thread not kicked");
@@ -115,10 +141,11 @@ pub fn run_vcpus(
 struct VcpuRunner {
     vcpu: Vcpu,
     buses: Arc<Buses>,
-    exits: Sender<VmExit>,
+    exits: Sender<VmEvent>,
     stop: Arc<AtomicBool>,
     entered: Option<Sender<Instant>>,
     filters: ThreadFilters,
+    control: Arc<VcpuControl>,
 }
 
 /// What to do after handling one exit.
@@ -133,18 +160,18 @@ impl VcpuRunner {
         let target = match KickTarget::register(self.vcpu.fd_mut()) {
             Ok(target) => target,
             Err(error) => {
-                let _ = self.exits.send(VmExit::VcpuFault {
+                let _ = self.exits.send(VmEvent::Exit(VmExit::VcpuFault {
                     vcpu: index,
                     reason: error.to_string(),
-                });
+                }));
                 return;
             }
         };
         if let Err(error) = self.filters.install(ThreadKind::Vcpu) {
-            let _ = self.exits.send(VmExit::VcpuFault {
+            let _ = self.exits.send(VmEvent::Exit(VmExit::VcpuFault {
                 vcpu: index,
                 reason: error.to_string(),
-            });
+            }));
             return;
         }
         if let Some(entered) = self.entered.take() {
@@ -154,11 +181,15 @@ impl VcpuRunner {
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
+            self.control.gate.wait_while_paused();
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
             match self.run_once() {
                 Next::Continue => {}
                 Next::Stop(exit) => {
                     tracing::debug!(vcpu = index, %exit, "vCPU ends the VM");
-                    let _ = self.exits.send(exit);
+                    let _ = self.exits.send(VmEvent::Exit(exit));
                     break;
                 }
             }
@@ -175,7 +206,19 @@ impl VcpuRunner {
             })
         };
         let buses = &self.buses;
-        match self.vcpu.fd_mut().run() {
+        let counters: &ExitCounters = &self.control.exits;
+        let result = self.vcpu.fd_mut().run();
+        ExitCounters::count(match &result {
+            Ok(VcpuExit::IoIn(..)) => &counters.io_in,
+            Ok(VcpuExit::IoOut(..)) => &counters.io_out,
+            Ok(VcpuExit::MmioRead(..)) => &counters.mmio_read,
+            Ok(VcpuExit::MmioWrite(..)) => &counters.mmio_write,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                &counters.interrupted
+            }
+            _ => &counters.other,
+        });
+        match result {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !buses.pio.read(u64::from(port), data) {
                     data.fill(0xff);

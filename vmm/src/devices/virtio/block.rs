@@ -66,6 +66,18 @@ pub struct Block {
     sectors: u64,
     read_only: bool,
     id: [u8; ID_BYTES],
+    counters: BlockCounters,
+}
+
+/// What a block device has done, for the API's metrics.
+#[derive(Debug, Default, Clone, Copy)]
+struct BlockCounters {
+    reads: u64,
+    writes: u64,
+    flushes: u64,
+    failed: u64,
+    bytes_read: u64,
+    bytes_written: u64,
 }
 
 /// Why a well-formed request failed, for the log.
@@ -107,6 +119,7 @@ impl Block {
             sectors: len / SECTOR_SIZE,
             read_only,
             id: id_bytes,
+            counters: BlockCounters::default(),
         })
     }
 
@@ -166,7 +179,7 @@ impl Block {
     }
 
     /// Runs one request; returns the bytes written into the chain (data and status byte).
-    fn handle(&self, chain: Chain<'_>, mem: &GuestMemoryMmap) -> u32 {
+    fn handle(&mut self, chain: Chain<'_>, mem: &GuestMemoryMmap) -> u32 {
         let (mut reader, mut writer): (Reader<'_>, Writer<'_>) =
             match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
                 (Ok(reader), Ok(writer)) => (reader, writer),
@@ -222,6 +235,20 @@ impl Block {
                 (request_status::UNSUPP, 0)
             }
         };
+        let counters = &mut self.counters;
+        match (kind, status) {
+            (request::IN, request_status::OK) => {
+                counters.reads += 1;
+                counters.bytes_read += data_len as u64;
+            }
+            (request::OUT, request_status::OK) => {
+                counters.writes += 1;
+                counters.bytes_written += reader.bytes_read().saturating_sub(16) as u64;
+            }
+            (request::FLUSH, request_status::OK) => counters.flushes += 1,
+            (_, request_status::IOERR) => counters.failed += 1,
+            _ => {}
+        }
         match status_byte.write_all(&[status]) {
             Ok(()) => (data_len + 1) as u32,
             Err(_) => data_len as u32,
@@ -260,6 +287,18 @@ impl VirtioDevice for Block {
         mem: &GuestMemoryMmap,
     ) -> Result<usize, BrokenQueue> {
         drain_queue(queue, mem, |chain| self.handle(chain, mem))
+    }
+
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        let c = self.counters;
+        vec![
+            ("reads", c.reads),
+            ("writes", c.writes),
+            ("flushes", c.flushes),
+            ("failed", c.failed),
+            ("bytes_read", c.bytes_read),
+            ("bytes_written", c.bytes_written),
+        ]
     }
 }
 

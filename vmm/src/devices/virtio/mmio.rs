@@ -125,6 +125,13 @@ impl MmioTransport {
         self.status
     }
 
+    /// The device's counters, and whether it needs a reset.
+    pub fn metrics(&self) -> Vec<(&'static str, u64)> {
+        let mut metrics = self.device.metrics();
+        metrics.push(("needs_reset", u64::from(self.broken.is_some())));
+        metrics
+    }
+
     fn selected_queue(&mut self) -> Option<&mut Queue> {
         self.queues.get_mut(self.queue_sel as usize)
     }

@@ -61,6 +61,11 @@ pub trait VirtioDevice: Send {
     ) -> Result<usize, BrokenQueue>;
     /// Forgets what the driver set up (the driver wrote 0 to Status).
     fn reset(&mut self) {}
+
+    /// The device's counters, for the API's metrics.
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Copies `offset..offset + data.len()` of `config` into `data`, zero past its end.

@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
@@ -40,6 +41,8 @@ pub struct Net {
     frame: Vec<u8>,
     /// Frames written to the tap.
     pub frames_sent: u64,
+    /// Frames the receive thread gave the guest.
+    frames_received: Arc<AtomicU64>,
 }
 
 impl Net {
@@ -52,7 +55,13 @@ impl Net {
             rx_buffers_added,
             frame: Vec::new(),
             frames_sent: 0,
+            frames_received: Arc::default(),
         }
+    }
+
+    /// The counter the receive thread adds delivered frames to.
+    pub fn frames_received(&self) -> Arc<AtomicU64> {
+        self.frames_received.clone()
     }
 
     /// Sends one transmit chain's frame (after its header) to the tap; returns 0, the
@@ -104,6 +113,16 @@ impl VirtioDevice for Net {
     /// offered and read as 0.
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.mac, offset, data);
+    }
+
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("frames_sent", self.frames_sent),
+            (
+                "frames_received",
+                self.frames_received.load(Ordering::Relaxed),
+            ),
+        ]
     }
 
     fn process_queue(
@@ -182,6 +201,7 @@ impl NetReceiver {
         tap: Arc<File>,
         rx_buffers_added: EventFd,
         transport: Arc<Mutex<MmioTransport>>,
+        frames_received: Arc<AtomicU64>,
         filters: &ThreadFilters,
     ) -> std::io::Result<Self> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -203,6 +223,7 @@ impl NetReceiver {
             transport,
             epoll,
             pending: None,
+            frames_received,
         };
         let thread = spawn_filtered(
             format!("{name}-rx"),
@@ -238,6 +259,7 @@ struct Receive {
     epoll: Epoll,
     /// A frame read from the tap that no receive buffer has taken yet.
     pending: Option<Vec<u8>>,
+    frames_received: Arc<AtomicU64>,
 }
 
 impl Receive {
@@ -289,6 +311,7 @@ impl Receive {
         let delivered = matches!(used, Some(1..));
         if delivered {
             self.pending = None;
+            self.frames_received.fetch_add(1, Ordering::Relaxed);
         }
         let events = if delivered {
             EventSet::IN
@@ -395,6 +418,7 @@ mod tests {
             tap,
             buffers_added,
             driver.transport.clone(),
+            Arc::default(),
             &ThreadFilters::disabled(),
         )
         .unwrap();

@@ -69,6 +69,10 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        vec![("bytes_given", self.bytes_given)]
+    }
+
     fn process_queue(
         &mut self,
         _index: usize,

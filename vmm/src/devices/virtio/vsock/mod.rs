@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::queue::BrokenQueue;
 use super::{VIRTIO_F_VERSION_1, VirtioDevice, device_type, read_config_bytes};
 
-pub use muxer::{BoundSocket, VsockMuxer};
+pub use muxer::VsockMuxer;
 
 /// The receive queue.
 pub const RX_QUEUE: usize = 0;
@@ -110,7 +110,7 @@ mod tests {
             }
             let muxer = VsockMuxer::spawn(
                 CID,
-                BoundSocket::bind(path.clone()).unwrap(),
+                crate::unix_socket::BoundSocket::bind(path.clone()).unwrap(),
                 kick,
                 driver.transport.clone(),
                 &crate::seccomp::ThreadFilters::disabled(),

@@ -33,6 +33,7 @@ use super::{RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::MmioTransport;
 use crate::devices::virtio::queue::{drain_queue, use_chains};
 use crate::seccomp::{ThreadFilters, ThreadKind, spawn_filtered};
+use crate::unix_socket::BoundSocket;
 
 /// The receive buffer the muxer announces per connection.
 pub const BUF_ALLOC: u32 = 256 * 1024;
@@ -53,29 +54,6 @@ const STOP: u64 = 2;
 /// Tokens of host sockets: their descriptor plus this.
 const SOCKET_BASE: u64 = 3;
 
-/// The device's listening socket; the file goes when this is dropped.
-#[derive(Debug)]
-pub struct BoundSocket {
-    listener: UnixListener,
-    path: PathBuf,
-}
-
-impl BoundSocket {
-    /// Listens at `path`, which must be free.
-    pub fn bind(path: PathBuf) -> std::io::Result<Self> {
-        let listener = UnixListener::bind(&path)?;
-        Ok(Self { listener, path })
-    }
-}
-
-impl Drop for BoundSocket {
-    fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_file(&self.path) {
-            tracing::warn!(%error, path = %self.path.display(), "vsock socket not removed");
-        }
-    }
-}
-
 /// The muxer thread; dropping it stops the thread and removes the device's socket file.
 #[derive(Debug)]
 pub struct VsockMuxer {
@@ -95,8 +73,8 @@ impl VsockMuxer {
         transport: Arc<Mutex<MmioTransport>>,
         filters: &ThreadFilters,
     ) -> std::io::Result<Self> {
-        let listener = socket.listener.try_clone()?;
-        let uds_path = socket.path.clone();
+        let listener = socket.listener().try_clone()?;
+        let uds_path = socket.path().to_owned();
         listener.set_nonblocking(true)?;
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;

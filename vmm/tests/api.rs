@@ -1,0 +1,136 @@
+//! The VMM's API socket against a running tiny guest that writes to an unassigned port in a
+//! loop: status, metrics (port-write exits growing), pause (they stop growing), resume
+//! (they grow again), an unknown request, and shutdown, which stops a guest that does not
+//! power off by itself (exit code 5) and removes the socket. Needs /dev/kvm, as
+//! tests/tiny_guests.rs explains.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use baton_vmm::{VmExit, VmmArgs};
+use common::{Asm, Guest, elf_kernel, kvm_available};
+use serde_json::Value;
+
+fn ask(socket: &Path, request: &str) -> Value {
+    let answer = baton_vmm::api::request(socket, request).unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{answer:?}: {e}"))
+}
+
+fn port_writes(socket: &Path) -> u64 {
+    ask(socket, "metrics")["exits"]["io_out"].as_u64().unwrap()
+}
+
+#[test]
+fn status_metrics_pause_resume_and_shutdown() {
+    if !kvm_available("status_metrics_pause_resume_and_shutdown") {
+        return;
+    }
+    let guest = Guest::new();
+    let mut program = Asm::default();
+    program
+        .bytes(&[0xb0, 0x00]) // mov al, 0
+        .label("loop")
+        .bytes(&[0xe6, 0x80]) // out 0x80, al
+        .rel(&[0xeb], "loop", 1);
+    let kernel = guest.file("vmlinux", &elf_kernel(&program.finish()));
+    let disk = guest.file("disk.raw", &[0u8; 4096]);
+    let socket = guest.console().with_file_name("api.sock");
+    let args = VmmArgs {
+        cpus: Some(2),
+        disk: vec![disk.display().to_string()],
+        api_sock: Some(socket.clone()),
+        ..guest.args(kernel)
+    };
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let exit = baton_vmm::run(&args).map_err(|e| e.to_string());
+        let _ = done_tx.send((exit, started.elapsed()));
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the API socket appears");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let status = ask(&socket, "status");
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["cpus"], 2);
+    assert_eq!(status["memory_mib"], 128);
+    assert_eq!(status["devices"][0]["type"], "virtio-blk");
+    assert_eq!(status["devices"][0]["address"], "0xd0000000");
+    assert_eq!(status["devices"][1]["type"], "virtio-rng");
+
+    let metrics = ask(&socket, "metrics");
+    assert_eq!(metrics["devices"][0]["reads"], 0, "{metrics}");
+    assert_eq!(metrics["devices"][0]["needs_reset"], 0, "{metrics}");
+    let first = port_writes(&socket);
+    std::thread::sleep(Duration::from_millis(50));
+    let running = port_writes(&socket);
+    assert!(running > first, "the guest runs: {first} then {running}");
+
+    assert_eq!(ask(&socket, "pause")["state"], "paused");
+    let paused = port_writes(&socket);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(port_writes(&socket), paused, "no exits while paused");
+    assert_eq!(ask(&socket, "status")["state"], "paused");
+
+    assert_eq!(ask(&socket, "resume")["state"], "running");
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(port_writes(&socket) > paused, "it runs again");
+
+    let error = ask(&socket, "reboot");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown request \"reboot\""),
+        "{error}"
+    );
+    let error = ask(&socket, "shutdown soon");
+    assert!(
+        error["error"].as_str().unwrap().contains("SECONDS"),
+        "{error}"
+    );
+
+    let requested_at = Instant::now();
+    let shutdown = ask(&socket, "shutdown 0.3");
+    assert_eq!(shutdown["shutdown"], "requested");
+    assert_eq!(shutdown["guest_asked"], false, "no vsock device to ask on");
+    let (exit, _) = done
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the VM stops");
+    let waited = requested_at.elapsed();
+    assert_eq!(exit, Ok(VmExit::Stopped));
+    assert_eq!(VmExit::Stopped.exit_code(), 5);
+    assert!(
+        waited >= Duration::from_millis(300),
+        "stopped after the timeout, not before: {waited:?}"
+    );
+    assert!(!socket.exists(), "the socket is removed");
+}
+
+#[test]
+fn a_busy_api_socket_path_is_refused() {
+    if !kvm_available("a_busy_api_socket_path_is_refused") {
+        return;
+    }
+    let guest = Guest::new();
+    let kernel = guest.file("vmlinux", &elf_kernel(&[0xf4]));
+    let busy = guest.file("api.sock", b"");
+    let err = baton_vmm::run(&VmmArgs {
+        api_sock: Some(busy.clone()),
+        ..guest.args(kernel)
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "--api-sock (api-sock) {}: the path is busy: something exists there",
+            busy.display()
+        )
+    );
+    assert!(!guest.console().exists());
+}
