@@ -10,6 +10,7 @@ use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{ApiContext, ApiDevice, ApiServer};
+use crate::arch::x86_64::acpi::{AcpiVirtioDevice, WriteAcpiError, write_acpi_tables};
 use crate::arch::x86_64::linux_boot::{LinuxBootError, load_linux};
 use crate::config::{BootSourceConfig, ConfigError, ConsoleConfig, VmConfig, VmmArgs};
 use crate::config::{NetConfig, VirtioDeviceKind, VirtioSlot};
@@ -57,6 +58,9 @@ pub enum RunVmError {
     /// The KVM VM cannot be created.
     #[error("cannot create the VM")]
     CreateVm(#[from] CreateVmError),
+    /// The ACPI tables cannot be written.
+    #[error(transparent)]
+    Acpi(#[from] WriteAcpiError),
     /// The kernel, initramfs or boot structures cannot be loaded.
     #[error(transparent)]
     Boot(#[from] LinuxBootError),
@@ -167,7 +171,17 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
         cmdline: config.kernel_cmdline(),
         ..config.boot_source.clone()
     };
-    let boot = load_linux(&memory, &boot_source)?;
+    let acpi_devices: Vec<AcpiVirtioDevice> = config
+        .virtio_slots()
+        .iter()
+        .map(|slot| AcpiVirtioDevice {
+            base: slot.base,
+            len: MMIO_SLOT_LEN,
+            irq: slot.irq,
+        })
+        .collect();
+    let rsdp = write_acpi_tables(&memory, cpus, &acpi_devices)?;
+    let boot = load_linux(&memory, &boot_source, Some(rsdp))?;
 
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

@@ -259,3 +259,60 @@ fn check_reports_this_hosts_kvm_and_runs_the_tiny_guest() {
         KvmKind::Absent => unreachable!("/dev/kvm was opened"),
     }
 }
+
+/// Writes `n` bytes from rsi to COM1 (clobbers rcx, al).
+fn put_bytes(a: &mut Asm, label: &'static str, n: u8) {
+    a.bytes(&[0xb9, n, 0, 0, 0]) // mov ecx, n
+        .label(label)
+        .bytes(&[0xac, 0xee]) // lodsb; out dx, al
+        .rel(&[0xe2], label, 1); // loop
+}
+
+/// Follows the zero page's `acpi_rsdp_addr` to the RSDP, the XSDT, its two tables and the
+/// FADT's DSDT, writing each signature, then powers off through the FADT's port.
+fn acpi_program() -> Vec<u8> {
+    let mut a = Asm::default();
+    a.bytes(&[0x49, 0x89, 0xf4]) // mov r12, rsi (zero page)
+        .mov_dx(0x3f8)
+        .bytes(&[0x49, 0x8b, 0x9c, 0x24, 0x70, 0, 0, 0]) // mov rbx, [r12 + 0x70]
+        .bytes(&[0x48, 0x89, 0xde]); // mov rsi, rbx
+    put_bytes(&mut a, "rsdp", 8);
+    a.out_al(b' ')
+        .bytes(&[0x48, 0x8b, 0x5b, 0x18]) // mov rbx, [rbx + 24]: the XSDT
+        .bytes(&[0x48, 0x89, 0xde]);
+    put_bytes(&mut a, "xsdt", 4);
+    a.out_al(b' ')
+        .bytes(&[0x4c, 0x8b, 0x6b, 0x24]) // mov r13, [rbx + 36]: entry 0
+        .bytes(&[0x4c, 0x89, 0xee]); // mov rsi, r13
+    put_bytes(&mut a, "entry0", 4);
+    a.out_al(b' ')
+        .bytes(&[0x4c, 0x8b, 0x73, 0x2c]) // mov r14, [rbx + 44]: entry 1
+        .bytes(&[0x4c, 0x89, 0xf6]); // mov rsi, r14
+    put_bytes(&mut a, "entry1", 4);
+    a.out_al(b' ')
+        .bytes(&[0x4d, 0x8b, 0xbd, 140, 0, 0, 0]) // mov r15, [r13 + 140]: X_DSDT
+        .bytes(&[0x4c, 0x89, 0xfe]); // mov rsi, r15
+    put_bytes(&mut a, "dsdt", 4);
+    a.out_al(b'\n')
+        .mov_dx(0x600)
+        .out_al(0x34)
+        .label("halt")
+        .bytes(&[0xf4])
+        .rel(&[0xeb], "halt", 1);
+    a.finish()
+}
+
+#[test]
+fn guest_finds_the_acpi_tables_and_powers_off_through_the_fadt_port() {
+    if !kvm_available("guest_finds_the_acpi_tables_and_powers_off_through_the_fadt_port") {
+        return;
+    }
+    let guest = Guest::new();
+    let kernel = guest.file("vmlinux", &elf_kernel(&acpi_program()));
+    let (exit, _) = run(&VmmArgs {
+        cpus: Some(2),
+        ..guest.args(kernel)
+    });
+    assert_eq!(guest.serial(), "RSD PTR  XSDT FACP APIC DSDT\n");
+    assert_eq!(exit.unwrap(), VmExit::PowerOff);
+}

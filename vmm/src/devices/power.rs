@@ -1,7 +1,7 @@
-//! The power button the guest presses: a sleep control register in the style of ACPI's
-//! hardware-reduced model, at port 0x600. Writing SLP_EN with SLP_TYP 5 (S5, soft off) ends
-//! the VM with [`VmExit::PowerOff`]. The ACPI tables that point Linux at it are not built yet;
-//! guests that know the port (the tests' programs, Baton's init later) use it directly.
+//! The power button the guest presses: the sleep control register of ACPI's hardware-reduced
+//! model at port 0x600, and its sleep status register at 0x601 (reads 0). Writing SLP_EN
+//! with SLP_TYP 5 (S5, soft off) ends the VM with [`VmExit::PowerOff`]. The FADT points Linux
+//! at both (`arch/x86_64/acpi.rs`); guests that know the port use it directly.
 //!
 //! [`VmExit::PowerOff`]: crate::exit::VmExit::PowerOff
 
@@ -12,8 +12,10 @@ use crate::exit::ExitTrigger;
 
 /// The sleep control register's port.
 pub const SLEEP_CONTROL_PORT: u16 = 0x600;
-/// Ports it occupies.
-pub const SLEEP_CONTROL_LEN: u16 = 1;
+/// The sleep status register's port.
+pub const SLEEP_STATUS_PORT: u16 = 0x601;
+/// Ports it occupies: control and status.
+pub const SLEEP_CONTROL_LEN: u16 = 2;
 /// Sleep enable bit.
 const SLP_EN: u8 = 1 << 5;
 /// Sleep type S5 (soft off), in bits 2-4.
@@ -39,10 +41,14 @@ impl BusDevice for PowerControl {
         data.fill(0);
     }
 
-    fn write(&mut self, _offset: u64, data: &[u8]) {
+    fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else {
             return;
         };
+        if offset != 0 {
+            // The sleep status register: the wake status a guest clears; nothing to do.
+            return;
+        }
         if value & SLP_EN != 0 && (value >> 2) & 0x7 == SLP_TYP_S5 {
             if self.poweroff.trigger().is_err() {
                 tracing::warn!("poweroff request lost: the VMM is already stopping");
@@ -66,6 +72,11 @@ mod tests {
         power.write(0, &[5 << 2]);
         power.write(0, &[SLP_EN | (3 << 2)]);
         assert!(rx.try_recv().is_err());
+        power.write(1, &[POWEROFF_VALUE]);
+        assert!(
+            rx.try_recv().is_err(),
+            "the status register does not power off"
+        );
         power.write(0, &[POWEROFF_VALUE]);
         assert!(matches!(
             rx.try_recv().unwrap(),

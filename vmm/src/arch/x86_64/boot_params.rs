@@ -45,6 +45,8 @@ pub struct BootParamsInput<'a> {
     pub initrd: Option<(u64, u64)>,
     /// The memory map.
     pub e820: &'a [E820Entry],
+    /// Where the ACPI RSDP is, if the VM has ACPI tables.
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// Builds the zero page.
@@ -77,6 +79,7 @@ pub fn build_boot_params(input: &BootParamsInput<'_>) -> Result<boot_params, Bui
         slot.r#type = entry.kind;
     }
     params.e820_entries = input.e820.len() as u8;
+    params.acpi_rsdp_addr = input.acpi_rsdp.unwrap_or(0);
     Ok(params)
 }
 
@@ -106,6 +109,7 @@ mod tests {
             cmdline_addr: 0x2_0000,
             cmdline_size: 31,
             initrd: Some((0x0f00_0000, 0x12_3456)),
+            acpi_rsdp: None,
             e820: &e820,
         })
         .unwrap();
@@ -145,6 +149,7 @@ mod tests {
             cmdline_addr: 0x2_0000,
             cmdline_size: 1,
             initrd: None,
+            acpi_rsdp: None,
             e820: &[],
         })
         .unwrap();
@@ -177,6 +182,7 @@ mod tests {
             cmdline_addr: 0x2_0000,
             cmdline_size: 1,
             initrd: None,
+            acpi_rsdp: None,
             e820: &many,
         };
         assert!(matches!(
@@ -185,6 +191,7 @@ mod tests {
         ));
         let input = BootParamsInput {
             initrd: Some((1 << 32, 4096)),
+            acpi_rsdp: None,
             e820: &[],
             ..input
         };

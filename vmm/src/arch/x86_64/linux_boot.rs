@@ -63,6 +63,7 @@ pub enum LinuxBootError {
 pub fn load_linux(
     mem: &GuestMemoryMmap,
     boot: &BootSourceConfig,
+    acpi_rsdp: Option<u64>,
 ) -> Result<BootEntry, LinuxBootError> {
     let low_ram = low_ram_len(mem);
     let kernel = load_kernel(mem, &boot.kernel, low_ram)?;
@@ -99,6 +100,7 @@ pub fn load_linux(
         cmdline_size: cmdline.len() as u32,
         initrd,
         e820: &e820,
+        acpi_rsdp,
     })?;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
         .map_err(|source| LinuxBootError::Write {

@@ -1,5 +1,6 @@
-//! x86_64: the Linux 64-bit boot protocol and the vCPU state it needs.
+//! x86_64: the Linux 64-bit boot protocol, the vCPU state it needs, and the ACPI tables.
 
+pub mod acpi;
 pub mod boot_params;
 pub mod cpuid;
 pub mod e820;
