@@ -1,16 +1,16 @@
-//! `baton proxy` in its nftables and iptables modes on two kubelet nodes, each in a network namespace of its own
-//! on a lab bridge (the test's thread is in the lab, nothing reaches the host's network): a
-//! ClusterIP Service with a named target port is reached from a pod and spreads over both
-//! endpoints, a pod reaches itself through its Service (hairpin), the NodePort answers from
-//! the lab, endpoints follow readiness, a Service without endpoints refuses connections at
-//! once, and deleting a Service removes its rules.
+//! `baton proxy` in its nftables, iptables and userspace modes on two kubelet nodes, each in a
+//! network namespace of its own on a lab bridge (the test's thread is in the lab, nothing
+//! reaches the host's network): a ClusterIP Service with a named target port is reached from
+//! a pod and spreads over both endpoints, a pod reaches itself through its Service (hairpin),
+//! the NodePort answers from the lab, endpoints follow readiness, a Service without endpoints
+//! refuses connections at once, and deleting a Service removes its rules.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::Result;
-use baton_network::NetNs;
+use baton_network::{NetNs, RouteSocket};
 use baton_nftables::{Family, NftSocket};
 use baton_test_harness::{Binary, NodeCluster, kubectl_binaries, pod_phase, wait_until};
 use k8s_openapi::api::core::v1::Service;
@@ -46,11 +46,16 @@ fn web_pod(node: &str, image: &str) -> serde_json::Value {
     })
 }
 
-/// GET / through `address` (from the test's thread, in the lab), the body's first line.
+/// GET / through `address` (from the test's thread, in the lab), the body trimmed.
 fn fetch(address: SocketAddr) -> std::io::Result<String> {
+    fetch_path(address, "/")
+}
+
+/// GET `path` from `address` over HTTP/1.0, the body trimmed.
+fn fetch_path(address: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
     Ok(answer
@@ -65,6 +70,34 @@ fn fetch(address: SocketAddr) -> std::io::Result<String> {
 /// whether the proxy's rules are there at all.
 fn programmed_endpoints(netns: &NetNs, mode: &str, service: &str) -> (usize, bool) {
     let prefix = format!("default/{service}");
+    if mode == "userspace" {
+        // The proxy's own report: its /metrics in the node's namespace, and whether the
+        // cluster IPs are on the loopback interface.
+        let (metrics, addresses) = netns
+            .run(|| {
+                let metrics = fetch_path(SocketAddr::from(([127, 0, 0, 1], 10249)), "/metrics")
+                    .unwrap_or_default();
+                let addresses = RouteSocket::open()
+                    .and_then(|mut s| s.labeled_addresses("lo:kube-proxy"))
+                    .map(|a| a.len())
+                    .unwrap_or(0);
+                (metrics, addresses)
+            })
+            .unwrap_or_default();
+        let endpoints = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!(
+                    "baton_proxy_userspace_service_endpoints{{service=\"{prefix}"
+                ))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .sum();
+        return (
+            endpoints,
+            addresses > 0 || metrics.contains("kubeproxy_sync"),
+        );
+    }
     if mode == "nftables" {
         let chains = netns
             .run(|| {
@@ -110,6 +143,11 @@ async fn services_reach_their_endpoints_through_nftables() -> Result<()> {
 #[tokio::test]
 async fn services_reach_their_endpoints_through_iptables() -> Result<()> {
     services_reach_their_endpoints("iptables").await
+}
+
+#[tokio::test]
+async fn services_reach_their_endpoints_through_userspace() -> Result<()> {
+    services_reach_their_endpoints("userspace").await
 }
 
 async fn services_reach_their_endpoints(mode: &str) -> Result<()> {

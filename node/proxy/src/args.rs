@@ -42,6 +42,9 @@ pub enum ProxyMode {
     Nftables,
     /// Upstream's iptables chains, applied with iptables-restore.
     Iptables,
+    /// A proxy in the process, listening on each cluster IP (on the loopback interface)
+    /// and node port; no packet rules.
+    Userspace,
 }
 
 /// A flag's value could not be used.
@@ -78,9 +81,10 @@ impl ProxyArgs {
             "ipvs" if !std::path::Path::new(IPVS_PROC).exists() => Err(fail(
                 "this kernel has no IPVS (CONFIG_IP_VS; /proc/net/ip_vs is missing) and the mode also needs the dummy interface (CONFIG_DUMMY); use nftables or iptables",
             )),
-            "ipvs" | "userspace" => {
-                Err(fail("this mode is not built yet; use nftables or iptables"))
-            }
+            "userspace" => Ok(ProxyMode::Userspace),
+            "ipvs" => Err(fail(
+                "this mode is not built yet; use nftables, iptables or userspace",
+            )),
             _ => Err(fail("must be one of nftables, iptables, ipvs, userspace")),
         }
     }
@@ -117,6 +121,7 @@ mod tests {
     fn modes_are_named_and_refused_with_the_reason() {
         assert_eq!(mode("nftables").unwrap(), ProxyMode::Nftables);
         assert_eq!(mode("iptables").unwrap(), ProxyMode::Iptables);
+        assert_eq!(mode("userspace").unwrap(), ProxyMode::Userspace);
         let err = mode("bogus").unwrap_err().to_string();
         assert_eq!(
             err,

@@ -7,6 +7,7 @@ use crate::iptables_sync::{IptablesError, IptablesProxier};
 use crate::nftables_rules::RuleSettings;
 use crate::nftables_sync::{NftablesProxier, SyncStats};
 use crate::service_model::ProxyState;
+use crate::userspace::{UserspaceError, UserspaceProxier, clean_up_addresses};
 
 /// Programming the dataplane failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +18,9 @@ pub enum DataplaneError {
     /// iptables failed.
     #[error(transparent)]
     Iptables(#[from] IptablesError),
+    /// The userspace proxy could not be set up.
+    #[error(transparent)]
+    Userspace(#[from] UserspaceError),
 }
 
 /// One mode's proxier.
@@ -26,6 +30,8 @@ pub enum Dataplane {
     Nftables(NftablesProxier),
     /// iptables.
     Iptables(IptablesProxier),
+    /// The proxy in the process.
+    Userspace(UserspaceProxier),
 }
 
 impl Dataplane {
@@ -34,24 +40,50 @@ impl Dataplane {
         Ok(match mode {
             ProxyMode::Nftables => Dataplane::Nftables(NftablesProxier::new()?),
             ProxyMode::Iptables => Dataplane::Iptables(IptablesProxier::new()),
+            ProxyMode::Userspace => Dataplane::Userspace(UserspaceProxier::new()),
         })
+    }
+
+    /// For the userspace mode: each service port and the endpoints its cluster IP leads to.
+    pub fn userspace_backends(&self) -> Option<Vec<(String, usize)>> {
+        match self {
+            Dataplane::Userspace(proxier) => Some(proxier.backends()),
+            _ => None,
+        }
     }
 
     /// Removes the rules of the modes other than this one (what is not there is no error).
     pub fn clean_up_other_modes(&self) {
+        let iptables = || {
+            // Without iptables installed there is nothing of it to remove.
+            if let Err(err) = IptablesProxier::new().clean_up()
+                && !matches!(err, IptablesError::Start { .. })
+            {
+                tracing::warn!(%err, "removing the iptables mode's rules");
+            }
+        };
+        let nftables = || {
+            if let Err(err) = NftablesProxier::new().and_then(|mut p| p.clean_up()) {
+                tracing::warn!(%err, "removing the nftables mode's rules");
+            }
+        };
+        let userspace = || {
+            if let Err(err) = clean_up_addresses() {
+                tracing::warn!(%err, "removing the userspace mode's cluster IPs");
+            }
+        };
         match self {
             Dataplane::Nftables(_) => {
-                // Without iptables installed there is nothing of it to remove.
-                if let Err(err) = IptablesProxier::new().clean_up()
-                    && !matches!(err, IptablesError::Start { .. })
-                {
-                    tracing::warn!(%err, "removing the iptables mode's rules");
-                }
+                iptables();
+                userspace();
             }
             Dataplane::Iptables(_) => {
-                if let Err(err) = NftablesProxier::new().and_then(|mut p| p.clean_up()) {
-                    tracing::warn!(%err, "removing the nftables mode's rules");
-                }
+                nftables();
+                userspace();
+            }
+            Dataplane::Userspace(_) => {
+                nftables();
+                iptables();
             }
         }
     }
@@ -71,6 +103,10 @@ impl Dataplane {
                 let ruleset = render_iptables(state, settings);
                 Ok((proxier.sync(&ruleset)?, ruleset.rule_count()))
             }
+            Dataplane::Userspace(proxier) => {
+                let listeners = proxier.sync(state, settings)?;
+                Ok((SyncStats::default(), listeners))
+            }
         }
     }
 
@@ -79,6 +115,7 @@ impl Dataplane {
         match self {
             Dataplane::Nftables(proxier) => proxier.clean_up()?,
             Dataplane::Iptables(proxier) => proxier.clean_up()?,
+            Dataplane::Userspace(proxier) => proxier.clean_up()?,
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! `baton proxy`: kube-proxy for Baton nodes. It watches Services and EndpointSlices
 //! ([`service_model`]), renders the node's rules ([`nftables_rules`]) and applies only what
-//! changed ([`nftables_sync`]), reporting on /metrics and /healthz ([`metrics`]).
+//! changed ([`nftables_sync`]), reporting on /metrics and /healthz ([`metrics`]). The other
+//! modes: upstream's iptables chains ([`iptables_rules`]) and a proxy in the process
+//! ([`userspace`]).
 
 pub mod args;
 pub mod dataplane;
@@ -11,6 +13,7 @@ pub mod nftables_rules;
 pub mod nftables_sync;
 pub mod proxy;
 pub mod service_model;
+pub mod userspace;
 
 pub use args::ProxyArgs;
 pub use proxy::{RunProxyError, run};

@@ -34,6 +34,8 @@ pub struct ProxyMetrics {
     pub service_ports: usize,
     /// Since when changes wait to be applied (none pending: `None`).
     pub pending_since: Option<Instant>,
+    /// The userspace mode's service ports and their cluster IP's endpoints.
+    pub userspace_backends: Vec<(String, usize)>,
 }
 
 impl ProxyMetrics {
@@ -83,6 +85,14 @@ impl ProxyMetrics {
         let mut out = String::new();
         for (name, kind, value) in lines {
             out.push_str(&format!("# TYPE {name} {kind}\n{name} {value}\n"));
+        }
+        if !self.userspace_backends.is_empty() {
+            out.push_str("# TYPE baton_proxy_userspace_service_endpoints gauge\n");
+            for (service, endpoints) in &self.userspace_backends {
+                out.push_str(&format!(
+                    "baton_proxy_userspace_service_endpoints{{service=\"{service}\"}} {endpoints}\n"
+                ));
+            }
         }
         out
     }

@@ -141,12 +141,16 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
         current = synced;
         let service_ports = current.services.len();
         state = Some(current);
+        let userspace_backends = dataplane.userspace_backends();
         proxier = Some(dataplane);
         let took = started.elapsed();
         last_sync = Some(Instant::now());
         let ok = result.is_ok();
         {
             let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(backends) = userspace_backends {
+                m.userspace_backends = backends;
+            }
             match &result {
                 Ok((stats, rules)) => m.record(took, true, stats.full, *rules, service_ports),
                 Err(_) => m.record(took, false, false, 0, 0),
