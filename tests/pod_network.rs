@@ -1,14 +1,14 @@
 //! The pod network across nodes: two kubelets, each in a network namespace of its own on a lab
 //! bridge (nothing reaches the host's network), pod CIDRs from the controller manager's node
 //! IPAM, and host-gateway routes between the nodes. A pod on one node reaches a pod on the
-//! other without NAT (the server sees the client pod's own IP), and deleting the pods leaves
-//! no interface or address behind.
+//! other without NAT (the server sees the client pod's own IP), a host port answers on the
+//! node's address, and deleting the pods leaves no interface, address or rule behind.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::Result;
-use baton_network::{HOST_INTERFACE_PREFIX, RouteSocket};
+use baton_network::{HOST_INTERFACE_PREFIX, HOST_PORTS_TABLE, RouteSocket};
 use baton_test_harness::{Binary, KubeletNode, NodeCluster, pod_phase, wait_until};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -59,7 +59,19 @@ fn leftovers(node: &KubeletNode) -> Result<(Vec<String>, Vec<String>)> {
 async fn pods_on_two_nodes_reach_each_other_without_nat() -> Result<()> {
     let cluster = NodeCluster::start_nodes(&binary(), &["net-a", "net-b"], &[]).await?;
     let node_b = &cluster.others[0];
-    cluster.create_pod("server", WHO_AM_I, json!({})).await?;
+    // The server also asks for host port 18080.
+    cluster
+        .create_pod(
+            "server",
+            WHO_AM_I,
+            json!({ "spec": { "containers": [{
+                "name": "main",
+                "image": cluster.image,
+                "command": ["sh", "-c", WHO_AM_I],
+                "ports": [{ "containerPort": 8080, "hostPort": 18080 }],
+            }] } }),
+        )
+        .await?;
     let server_ip = cluster
         .wait_for("the server to run with an IP", "server", |pod| {
             (pod_phase(pod) == Some("Running"))
@@ -101,6 +113,20 @@ async fn pods_on_two_nodes_reach_each_other_without_nat() -> Result<()> {
         seen.trim(),
         client_ip.to_string(),
         "the server saw the client's own pod IP"
+    );
+
+    // The host port answers on node a's address, from the lab, and the server sees the
+    // lab's address (no source NAT).
+    let host_port = std::net::SocketAddr::from((cluster.node.ip, 18080));
+    let seen = wait_until("the host port to answer", Duration::from_secs(20), || {
+        std::future::ready(http_get(host_port, "/cgi-bin/ip").ok())
+    })
+    .await;
+    assert_eq!(
+        seen.as_deref().map(str::trim).ok(),
+        Some(baton_test_harness::Lab::gateway().to_string().as_str()),
+        "{seen:?}\n{}",
+        cluster.node.log()
     );
 
     // Traffic that leaves the cluster (to the lab) leaves with the node's address.
@@ -159,5 +185,33 @@ async fn pods_on_two_nodes_reach_each_other_without_nat() -> Result<()> {
         .await;
         assert!(left.is_ok(), "{} keeps {:?}", node.name, leftovers(node)?);
     }
+    // The host port went with its pod: no table, and the port refuses.
+    let tables = cluster
+        .node
+        .netns
+        .run(|| {
+            baton_nftables::NftSocket::open()
+                .and_then(|mut nft| nft.chains(baton_nftables::Family::Ip, HOST_PORTS_TABLE))
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    assert!(tables.is_empty(), "host port chains left: {tables:?}");
+    assert!(http_get(host_port, "/cgi-bin/ip").is_err());
     Ok(())
+}
+
+/// GET `path` from `address` over HTTP/1.0 (from the test's thread, in the lab): the body.
+fn http_get(address: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    // busybox httpd passes a CGI script's own header lines, ended by a bare newline.
+    answer
+        .replace("\r\n", "\n")
+        .split_once("\n\n")
+        .map(|(_, body)| body.to_owned())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {answer:?}")))
 }

@@ -3,13 +3,14 @@
 //! detached when the pod goes. Netlink calls are blocking, so they run on the blocking pool;
 //! one lock orders attaching against the release of orphaned addresses.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use baton_network::{BridgeConfig, BridgeNetwork, NetNs, RouteSocket};
+use baton_network::{BridgeConfig, BridgeNetwork, HostPortMapping, NetNs, RouteSocket};
 use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::watch;
 
 /// The bridge every pod of the node is attached to.
@@ -43,6 +44,8 @@ pub struct PodNetwork {
     node_ip: IpAddr,
     network: watch::Sender<Option<Arc<BridgeNetwork>>>,
     lock: Arc<Mutex<()>>,
+    /// Each pod's host ports; the nftables table is made from all of them.
+    host_ports: Arc<Mutex<BTreeMap<String, Vec<HostPortMapping>>>>,
 }
 
 impl PodNetwork {
@@ -53,6 +56,7 @@ impl PodNetwork {
             node_ip,
             network: watch::Sender::new(None),
             lock: Arc::default(),
+            host_ports: Arc::default(),
         }
     }
 
@@ -101,6 +105,16 @@ impl PodNetwork {
                 baton_images::error_chain(&err)
             )
         })?;
+        // Host ports a previous run left: the pods that still have them set them again when
+        // they are attached.
+        match tokio::task::spawn_blocking(|| baton_network::sync_host_ports(&[])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(
+                err = %baton_images::error_chain(&err),
+                "removing host ports a previous run left"
+            ),
+            Err(err) => tracing::warn!(%err, "removing host ports a previous run left"),
+        }
         tracing::info!(%pod_cidr, bridge = BRIDGE, "pod network ready");
         self.network.send_replace(Some(Arc::new(network)));
         Ok(())
@@ -126,9 +140,40 @@ impl PodNetwork {
         .map_err(AttachPodError::Network)
     }
 
+    /// Sets pod `id`'s host ports (none: removes them) and remakes the table when they
+    /// changed.
+    pub async fn set_host_ports(&self, id: &str, mappings: Vec<HostPortMapping>) {
+        let all: Vec<HostPortMapping> = {
+            let mut ports = self
+                .host_ports
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let before = ports.get(id).cloned().unwrap_or_default();
+            if before == mappings {
+                return;
+            }
+            if mappings.is_empty() {
+                ports.remove(id);
+            } else {
+                ports.insert(id.to_owned(), mappings);
+            }
+            ports.values().flatten().cloned().collect()
+        };
+        let count = all.len();
+        match tokio::task::spawn_blocking(move || baton_network::sync_host_ports(&all)).await {
+            Ok(Ok(())) => tracing::debug!(host_ports = count, "host ports programmed"),
+            Ok(Err(err)) => tracing::warn!(
+                err = %baton_images::error_chain(&err),
+                "programming the pods' host ports"
+            ),
+            Err(err) => tracing::warn!(%err, "programming the pods' host ports"),
+        }
+    }
+
     /// Detaches the sandbox `id` and releases its address (nothing when the network was never
     /// set up or the pod had no address).
     pub async fn detach(&self, id: &str) {
+        self.set_host_ports(id, Vec::new()).await;
         let Some(network) = self.network.borrow().clone() else {
             return;
         };
@@ -182,4 +227,80 @@ fn node_mtu(node_ip: IpAddr) -> Option<u32> {
         .into_iter()
         .find(|link| link.index == index)?
         .mtu
+}
+
+/// The host ports `pod` asks for, led to `pod_ip` (`hostPort` set and above 0; TCP unless
+/// the port says UDP or SCTP; `hostIP` when it is an IPv4 address other than 0.0.0.0).
+pub fn host_port_mappings(pod: &Pod, pod_ip: Ipv4Addr) -> Vec<HostPortMapping> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let mut mappings: Vec<HostPortMapping> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|port| {
+            let host_port = u16::try_from(port.host_port?).ok().filter(|p| *p > 0)?;
+            let container_port = u16::try_from(port.container_port).ok()?;
+            let protocol = match port.protocol.as_deref() {
+                Some("UDP") => 17,
+                Some("SCTP") => 132,
+                _ => 6,
+            };
+            let host_ip = port
+                .host_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+                .filter(|ip| !ip.is_unspecified());
+            Some(HostPortMapping {
+                protocol,
+                host_ip,
+                host_port,
+                pod_ip,
+                container_port,
+            })
+        })
+        .collect();
+    mappings.sort();
+    mappings.dedup();
+    mappings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports_come_from_every_container_port_that_asks() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "web" },
+            "spec": { "containers": [
+                { "name": "a", "ports": [
+                    { "containerPort": 8080, "hostPort": 80 },
+                    { "containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "10.0.0.5" },
+                    { "containerPort": 9000 },
+                ] },
+                { "name": "b", "ports": [
+                    { "containerPort": 8443, "hostPort": 443, "hostIP": "0.0.0.0" },
+                ] },
+            ] },
+        }))
+        .unwrap();
+        let ip = Ipv4Addr::new(10, 244, 0, 7);
+        let mappings = host_port_mappings(&pod, ip);
+        let view: Vec<_> = mappings
+            .iter()
+            .map(|m| (m.protocol, m.host_ip, m.host_port, m.container_port))
+            .collect();
+        assert_eq!(
+            view,
+            [
+                (6, None, 80, 8080),
+                (6, None, 443, 8443),
+                (17, Some(Ipv4Addr::new(10, 0, 0, 5)), 5353, 53),
+            ]
+        );
+        assert!(mappings.iter().all(|m| m.pod_ip == ip));
+    }
 }

@@ -628,7 +628,11 @@ impl PodWorker {
             })?;
         if let Some(netns) = &sandbox.network {
             match self.ctx.network.attach(&self.uid, netns).await {
-                Ok(ip) => self.pod_ip = Some(ip),
+                Ok(ip) => {
+                    self.pod_ip = Some(ip);
+                    let host_ports = crate::pod_network::host_port_mappings(pod, ip);
+                    self.ctx.network.set_host_ports(&self.uid, host_ports).await;
+                }
                 Err(err) => {
                     // A sandbox with no containers yet is made again on the next attempt; one
                     // whose containers run (a restarted kubelet found them) is kept.

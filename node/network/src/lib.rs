@@ -6,6 +6,7 @@
 
 mod addresses;
 mod bridge;
+mod host_ports;
 mod ipam;
 mod links;
 mod masquerade;
@@ -19,6 +20,7 @@ pub use bridge::{
     BridgeConfig, BridgeNetwork, HOST_INTERFACE_PREFIX, POD_INTERFACE, PodAddress, PodNetworkError,
     host_interface,
 };
+pub use host_ports::{HOST_PORTS_TABLE, HostPortMapping, host_ports_batch, sync_host_ports};
 pub use ipam::{AddressAllocator, AllocateAddressError};
 pub use links::Link;
 pub use masquerade::{MASQUERADE_TABLE, masquerade_batch, remove_masquerade, sync_masquerade};
