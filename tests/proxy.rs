@@ -71,17 +71,11 @@ fn fetch_path(address: SocketAddr, path: &str) -> std::io::Result<String> {
 fn programmed_endpoints(netns: &NetNs, mode: &str, service: &str) -> (usize, bool) {
     let prefix = format!("default/{service}");
     if mode == "userspace" {
-        // The proxy's own report: its /metrics in the node's namespace, and whether the
-        // cluster IPs are on the loopback interface.
-        let (metrics, addresses) = netns
+        // The proxy's own report: its /metrics in the node's namespace.
+        let metrics = netns
             .run(|| {
-                let metrics = fetch_path(SocketAddr::from(([127, 0, 0, 1], 10249)), "/metrics")
-                    .unwrap_or_default();
-                let addresses = RouteSocket::open()
-                    .and_then(|mut s| s.labeled_addresses("lo:kube-proxy"))
-                    .map(|a| a.len())
-                    .unwrap_or(0);
-                (metrics, addresses)
+                fetch_path(SocketAddr::from(([127, 0, 0, 1], 10249)), "/metrics")
+                    .unwrap_or_default()
             })
             .unwrap_or_default();
         let endpoints = metrics
@@ -93,10 +87,7 @@ fn programmed_endpoints(netns: &NetNs, mode: &str, service: &str) -> (usize, boo
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
             .sum();
-        return (
-            endpoints,
-            addresses > 0 || metrics.contains("kubeproxy_sync"),
-        );
+        return (endpoints, metrics.contains("kubeproxy_sync"));
     }
     if mode == "nftables" {
         let chains = netns
@@ -413,6 +404,22 @@ async fn services_reach_their_endpoints(mode: &str) -> Result<()> {
             node.name,
             programmed_endpoints(&node.netns, mode, "web")
         );
+        if mode == "userspace" {
+            // The deleted Services' cluster IPs left the loopback interface.
+            let on_lo: Vec<String> = node
+                .netns
+                .run(|| RouteSocket::open()?.labeled_addresses("lo:kube-proxy"))
+                .expect("the node's namespace")
+                .expect("the loopback addresses")
+                .into_iter()
+                .map(|(_, net)| net.addr().to_string())
+                .collect();
+            assert!(
+                !on_lo.contains(&cluster_ip) && !on_lo.contains(&sticky_ip),
+                "{} keeps {on_lo:?}",
+                node.name
+            );
+        }
     }
     Ok(())
 }

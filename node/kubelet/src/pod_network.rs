@@ -44,8 +44,9 @@ pub struct PodNetwork {
     node_ip: IpAddr,
     network: watch::Sender<Option<Arc<BridgeNetwork>>>,
     lock: Arc<Mutex<()>>,
-    /// Each pod's host ports; the nftables table is made from all of them.
-    host_ports: Arc<Mutex<BTreeMap<String, Vec<HostPortMapping>>>>,
+    /// Each pod's host ports as programmed; the nftables table is made from all of them.
+    /// Held across a table update, so that updates apply in order.
+    host_ports: tokio::sync::Mutex<BTreeMap<String, Vec<HostPortMapping>>>,
 }
 
 impl PodNetwork {
@@ -56,7 +57,7 @@ impl PodNetwork {
             node_ip,
             network: watch::Sender::new(None),
             lock: Arc::default(),
-            host_ports: Arc::default(),
+            host_ports: tokio::sync::Mutex::default(),
         }
     }
 
@@ -143,25 +144,27 @@ impl PodNetwork {
     /// Sets pod `id`'s host ports (none: removes them) and remakes the table when they
     /// changed.
     pub async fn set_host_ports(&self, id: &str, mappings: Vec<HostPortMapping>) {
-        let all: Vec<HostPortMapping> = {
-            let mut ports = self
-                .host_ports
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            let before = ports.get(id).cloned().unwrap_or_default();
-            if before == mappings {
-                return;
-            }
-            if mappings.is_empty() {
-                ports.remove(id);
-            } else {
-                ports.insert(id.to_owned(), mappings);
-            }
-            ports.values().flatten().cloned().collect()
-        };
+        let mut ports = self.host_ports.lock().await;
+        if ports
+            .get(id)
+            .map_or(mappings.is_empty(), |before| *before == mappings)
+        {
+            return;
+        }
+        let mut wanted = ports.clone();
+        if mappings.is_empty() {
+            wanted.remove(id);
+        } else {
+            wanted.insert(id.to_owned(), mappings);
+        }
+        let all: Vec<HostPortMapping> = wanted.values().flatten().cloned().collect();
         let count = all.len();
+        // Recorded only once programmed: a failed update is tried again by the next call.
         match tokio::task::spawn_blocking(move || baton_network::sync_host_ports(&all)).await {
-            Ok(Ok(())) => tracing::debug!(host_ports = count, "host ports programmed"),
+            Ok(Ok(())) => {
+                *ports = wanted;
+                tracing::debug!(host_ports = count, "host ports programmed");
+            }
             Ok(Err(err)) => tracing::warn!(
                 err = %baton_images::error_chain(&err),
                 "programming the pods' host ports"

@@ -342,18 +342,36 @@ fn listen(
     let _entered = runtime.enter();
     match protocol {
         Protocol::Udp => {
-            let socket = std::net::UdpSocket::bind(address).map_err(|e| failed("UDP", e))?;
+            let socket = retry_in_use(|| std::net::UdpSocket::bind(address))
+                .map_err(|e| failed("UDP", e))?;
             socket.set_nonblocking(true).map_err(|e| failed("UDP", e))?;
             let socket = UdpSocket::from_std(socket).map_err(|e| failed("UDP", e))?;
             Ok(runtime.spawn(serve_udp(Arc::new(socket), backends)))
         }
         _ => {
-            let listener = std::net::TcpListener::bind(address).map_err(|e| failed("TCP", e))?;
+            let listener = retry_in_use(|| std::net::TcpListener::bind(address))
+                .map_err(|e| failed("TCP", e))?;
             listener
                 .set_nonblocking(true)
                 .map_err(|e| failed("TCP", e))?;
             let listener = TcpListener::from_std(listener).map_err(|e| failed("TCP", e))?;
             Ok(runtime.spawn(serve_tcp(listener, backends)))
+        }
+    }
+}
+
+/// Binds, trying again for up to a second while the address is in use: a listener just
+/// stopped (its task aborted) closes its socket a moment later.
+fn retry_in_use<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match bind() {
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
         }
     }
 }
@@ -399,6 +417,9 @@ async fn serve_tcp(listener: TcpListener, backends: Arc<Backends>) {
 
 async fn serve_udp(socket: Arc<UdpSocket>, backends: Arc<Backends>) {
     let flows: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+    // The flows' reply relays end with this task (a JoinSet aborts its tasks when dropped),
+    // so that nothing keeps the listening socket open once the listener is stopped.
+    let mut relays = tokio::task::JoinSet::new();
     let mut buffer = vec![0u8; 65_536];
     loop {
         let (len, client) = match socket.recv_from(&mut buffer).await {
@@ -431,12 +452,14 @@ async fn serve_udp(socket: Arc<UdpSocket>, backends: Arc<Backends>) {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(client, upstream.clone());
-                tokio::spawn(relay_replies(
+                relays.spawn(relay_replies(
                     socket.clone(),
                     upstream.clone(),
                     client,
                     flows.clone(),
                 ));
+                // Reap the relays that ended.
+                while relays.try_join_next().is_some() {}
                 upstream
             }
         };

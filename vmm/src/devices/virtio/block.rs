@@ -4,7 +4,7 @@
 //! byte moves.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -110,7 +110,9 @@ impl Block {
             .write(!read_only)
             .open(path)
             .map_err(error)?;
-        let len = file.metadata().map_err(error)?.len();
+        // The end of the file: a regular file's size, and a block device's too (whose
+        // metadata says 0).
+        let len = (&file).seek(SeekFrom::End(0)).map_err(error)?;
         let mut id_bytes = [0u8; ID_BYTES];
         let n = id.len().min(ID_BYTES);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);

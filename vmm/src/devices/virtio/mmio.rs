@@ -436,14 +436,20 @@ mod tests {
             "before FEATURES_OK"
         );
         assert_eq!(driver.transport.lock().unwrap().queues[0].size(), 256);
-        driver.start(16);
+        let features = driver.device_features();
+        driver.negotiate(features);
+        driver.setup_queue(16, DESC_TABLE, AVAIL_RING, USED_RING);
         assert_eq!(driver.transport.lock().unwrap().queues[0].size(), 16);
-        driver.write32(reg::QUEUE_SEL, 0);
+        // Enabled, before DRIVER_OK: the queue's own registers are frozen.
         driver.write32(reg::QUEUE_DESC_LOW, 0x8000);
-        assert_eq!(
-            driver.transport.lock().unwrap().queues[0].desc_table(),
-            DESC_TABLE
-        );
+        driver.write32(reg::QUEUE_NUM, 8);
+        let desc = driver.transport.lock().unwrap().queues[0].desc_table();
+        assert_eq!(desc, DESC_TABLE);
+        assert_eq!(driver.transport.lock().unwrap().queues[0].size(), 16);
+        assert_eq!(driver.read32(reg::QUEUE_READY), 1);
+        // After DRIVER_OK, every queue register is.
+        driver.write32(reg::STATUS, 0xf);
+        driver.write32(reg::QUEUE_READY, 0);
         assert_eq!(driver.read32(reg::QUEUE_READY), 1);
     }
 

@@ -276,6 +276,16 @@ impl Receive {
                 }
             };
             for event in &events[..ready] {
+                if event.data() == TAP_EVENT
+                    && event
+                        .event_set()
+                        .intersects(EventSet::ERROR | EventSet::HANG_UP)
+                {
+                    // The tap is gone (its link or namespace was deleted): nothing more will
+                    // arrive, and epoll would report it forever.
+                    tracing::warn!("virtio-net: the tap failed; the device receives no more");
+                    return;
+                }
                 match event.data() {
                     STOP_EVENT => return,
                     BUFFERS_EVENT => {

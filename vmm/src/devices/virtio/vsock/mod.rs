@@ -130,6 +130,15 @@ mod tests {
         /// Sends a packet from guest port 5000 to host port `port`, and waits until the
         /// device has taken it.
         fn send(&mut self, port: u32, op: u16, payload: &[u8]) {
+            self.send_packet(port, op, 0, payload);
+        }
+
+        /// As [`send`](Self::send), with operation flags and no payload.
+        fn send_flags(&mut self, port: u32, op: u16, flags: u32) {
+            self.send_packet(port, op, flags, b"");
+        }
+
+        fn send_packet(&mut self, port: u32, op: u16, flags: u32, payload: &[u8]) {
             let header = Header {
                 src_cid: CID,
                 dst_cid: HOST_CID,
@@ -138,7 +147,7 @@ mod tests {
                 len: payload.len() as u32,
                 kind: TYPE_STREAM,
                 op,
-                flags: 0,
+                flags,
                 buf_alloc: 65536,
                 fwd_cnt: 0,
             };
@@ -285,6 +294,41 @@ mod tests {
         host.write_all(b"HELLO 52\n").unwrap();
         let mut rest = Vec::new();
         assert_eq!(host.read_to_end(&mut rest).unwrap(), 0, "closed");
+    }
+
+    #[test]
+    fn a_host_that_hangs_up_before_the_guest_answers_gets_the_guest_a_reset() {
+        let mut setup = Setup::new();
+        let mut host = UnixStream::connect(&setup.path).unwrap();
+        host.write_all(b"CONNECT 52\n").unwrap();
+        let (request, _) = setup.receive();
+        assert_eq!(request.op, op::REQUEST);
+        drop(host);
+        let (reset, _) = setup.receive();
+        assert_eq!(reset.op, op::RST);
+        assert_eq!(reset.src_port, request.src_port);
+    }
+
+    #[test]
+    fn a_guest_that_stops_sending_still_gets_the_answer() {
+        let mut setup = Setup::new();
+        let listener = UnixListener::bind(format!("{}_1234", setup.path.display())).unwrap();
+        setup.send(1234, op::REQUEST, b"");
+        assert_eq!(setup.receive().0.op, op::RESPONSE);
+        let (mut host, _) = listener.accept().unwrap();
+        host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        setup.send(1234, op::RW, b"question");
+        // SHUTDOWN with "no more sending" only.
+        setup.send_flags(1234, op::SHUTDOWN, 2);
+        let mut asked = Vec::new();
+        host.read_to_end(&mut asked).unwrap();
+        assert_eq!(
+            asked, b"question",
+            "the host reads to the end of the guest's data"
+        );
+        host.write_all(b"answer").unwrap();
+        let (rw, payload) = setup.receive();
+        assert_eq!((rw.op, payload.as_slice()), (op::RW, &b"answer"[..]));
     }
 
     #[test]

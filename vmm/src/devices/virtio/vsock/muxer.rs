@@ -41,6 +41,9 @@ pub const BUF_ALLOC: u32 = 256 * 1024;
 const MAX_PAYLOAD: usize = 4096;
 /// Most payload accepted in one packet from the guest.
 const MAX_GUEST_PAYLOAD: usize = 64 * 1024;
+/// Most packets waiting for the guest's receive buffers; past it, control packets the
+/// guest provoked (RSTs for its bad or unknown packets) are dropped.
+const MAX_WAITING: usize = 4096;
 /// How long a write to a host socket may block the muxer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest `CONNECT PORT\n` line.
@@ -198,7 +201,10 @@ impl Muxer {
                         if self.pending.contains_key(&fd) {
                             self.read_connect_line(fd);
                         } else if let Some(&key) = self.by_fd.get(&fd) {
-                            self.read_host(key);
+                            let hung_up = event
+                                .event_set()
+                                .intersects(EventSet::HANG_UP | EventSet::ERROR);
+                            self.read_host(key, hung_up);
                         }
                     }
                 }
@@ -251,6 +257,10 @@ impl Muxer {
     }
 
     fn send(&mut self, key: ConnKey, op: u16, flags: u32) {
+        if self.to_guest.len() >= MAX_WAITING && op == op::RST {
+            tracing::debug!("virtio-vsock: the guest takes no packets; reset dropped");
+            return;
+        }
         let packet = self.packet(key, op, flags, Vec::new());
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.fwd_cnt_told = conn.fwd_cnt;
@@ -355,11 +365,23 @@ impl Muxer {
     }
 
     /// Reads what a host socket has for the guest, as far as the guest's credit allows.
-    fn read_host(&mut self, key: ConnKey) {
+    /// `hung_up`: epoll reported the socket closed or failed, which it does even while the
+    /// socket is not watched for reading.
+    fn read_host(&mut self, key: ConnKey, hung_up: bool) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
         let credit = conn.credit() as usize;
+        if hung_up && (!conn.established || credit == 0) {
+            // Nothing more can be read for the guest now, and the host is gone.
+            if conn.established {
+                self.send(key, op::SHUTDOWN, SHUTDOWN_BOTH);
+                self.close(key);
+            } else {
+                self.reset(key);
+            }
+            return;
+        }
         if !conn.established || credit == 0 {
             conn.reading = false;
             let fd = conn.stream.as_raw_fd();
@@ -445,6 +467,9 @@ impl Muxer {
             op::RW if known => self.write_host(key, &packet.payload),
             op::CREDIT_UPDATE if known => {}
             op::CREDIT_REQUEST if known => self.send(key, op::CREDIT_UPDATE, 0),
+            op::SHUTDOWN if known && h.flags & SHUTDOWN_BOTH != SHUTDOWN_BOTH => {
+                self.half_close(key, h.flags)
+            }
             op::SHUTDOWN if known => self.reset(key),
             op::RST => self.close(key),
             _ => self.send(key, op::RST, 0),
@@ -506,6 +531,19 @@ impl Muxer {
         conn.reading = true;
         let fd = conn.stream.as_raw_fd();
         self.watch(fd, true, ControlOperation::Modify);
+    }
+
+    /// The guest will send no more (flag 2): the host socket's writing side is shut, and
+    /// the host's answer still reaches the guest. Only "no more receiving" (flag 1) changes
+    /// nothing here.
+    fn half_close(&mut self, key: ConnKey, flags: u32) {
+        const NO_MORE_SENDING: u32 = 2;
+        if flags & NO_MORE_SENDING != 0
+            && let Some(conn) = self.conns.get(&key)
+            && conn.stream.shutdown(std::net::Shutdown::Write).is_err()
+        {
+            self.reset(key);
+        }
     }
 
     /// Data from the guest to the host socket.
