@@ -376,6 +376,21 @@ async fn kubectl_logs_and_exec_reach_the_container() -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout), "SHOUT\n");
+        // kubectl attach: the output from now on (no earlier line), as it comes.
+        let attached = cluster
+            .server
+            .kubectl_background(kubectl, &["attach", "talker"])?;
+        wait_until("attached output", Duration::from_secs(30), || {
+            std::future::ready((attached.output().matches("tick").count() >= 3).then_some(()))
+        })
+        .await?;
+        let seen = attached.output();
+        assert!(
+            !seen.contains("first") && !seen.contains("oops"),
+            "attach shows only new output: {seen}"
+        );
+        drop(attached);
+
         let out = cluster
             .server
             .kubectl(kubectl, &["exec", "talker", "-c", "nope", "--", "true"]);

@@ -29,9 +29,9 @@ use baton_runtime::{ContainerRuntime, ContainerState, ExecConfig};
 /// The subprotocols served, best first.
 const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const STATUS: u8 = 3;
+pub(crate) const STDOUT: u8 = 1;
+pub(crate) const STDERR: u8 = 2;
+pub(crate) const STATUS: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 /// How long a terminal's last output may take to arrive after its process exited.
@@ -81,27 +81,9 @@ pub(crate) async fn exec(
             "you must specify at least one command for the container",
         );
     }
-    let asked: Vec<String> = req
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
-        .collect();
-    let Some(protocol) = PROTOCOLS.iter().find(|p| asked.iter().any(|a| a == *p)) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "unable to upgrade connection: the kubelet speaks {} over WebSocket",
-                PROTOCOLS.join(", ")
-            ),
-        );
-    };
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "unable to upgrade connection: not a WebSocket request",
-        );
+    let (protocol, key) = match negotiate(&req) {
+        Ok(negotiated) => negotiated,
+        Err(refusal) => return *refusal,
     };
     let Some(pod) = state.pod(namespace, pod_name) else {
         return text(
@@ -121,7 +103,7 @@ pub(crate) async fn exec(
     };
     let upgrade = hyper::upgrade::on(&mut req);
     let ctx = state.ctx.clone();
-    let v5 = *protocol == PROTOCOLS[0];
+    let v5 = is_v5(protocol);
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
@@ -135,6 +117,49 @@ pub(crate) async fn exec(
             Err(err) => tracing::debug!(%err, "upgrading an exec connection"),
         }
     });
+    switching_protocols(protocol, &key)
+}
+
+/// The channel protocol the client asked for (best first) and its WebSocket key, or the
+/// refusal to answer.
+pub(crate) fn negotiate(
+    req: &Request<Incoming>,
+) -> Result<(&'static str, http::HeaderValue), Box<Response<Body>>> {
+    let asked: Vec<String> = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
+        .collect();
+    let Some(protocol) = PROTOCOLS.iter().find(|p| asked.iter().any(|a| a == *p)) else {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unable to upgrade connection: the kubelet speaks {} over WebSocket",
+                PROTOCOLS.join(", ")
+            ),
+        )));
+    };
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "unable to upgrade connection: not a WebSocket request",
+        )));
+    };
+    Ok((protocol, key))
+}
+
+/// Whether `protocol` is v5 (which can close a single stream).
+pub(crate) fn is_v5(protocol: &str) -> bool {
+    protocol == PROTOCOLS[0]
+}
+
+/// The 101 answer that upgrades to `protocol`.
+pub(crate) fn switching_protocols(
+    protocol: &'static str,
+    key: &http::HeaderValue,
+) -> Response<Body> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "Upgrade")
@@ -143,7 +168,7 @@ pub(crate) async fn exec(
             header::SEC_WEBSOCKET_ACCEPT,
             derive_accept_key(key.as_bytes()),
         )
-        .header(header::SEC_WEBSOCKET_PROTOCOL, *protocol)
+        .header(header::SEC_WEBSOCKET_PROTOCOL, protocol)
         .body(
             Empty::<Bytes>::new()
                 .map_err(|never| match never {})
@@ -153,7 +178,11 @@ pub(crate) async fn exec(
 }
 
 /// The runtime id of the running attempt of `container` in pod `uid`.
-async fn running_container(state: &ServerState, uid: &str, container: &str) -> Option<String> {
+pub(crate) async fn running_container(
+    state: &ServerState,
+    uid: &str,
+    container: &str,
+) -> Option<String> {
     let list = state.ctx.runtime.list_containers().await.ok()?;
     list.into_iter()
         .filter(|status| status.state == ContainerState::Running)
@@ -165,7 +194,7 @@ async fn running_container(state: &ServerState, uid: &str, container: &str) -> O
         .map(|(_, id)| id)
 }
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// The process's stdio as the kubelet holds it.
 struct Stdio {
@@ -245,7 +274,7 @@ pub(crate) fn exit_status_message(command: &[String], exit_code: i32) -> serde_j
     })
 }
 
-fn framed(channel: u8, data: &[u8]) -> Message {
+pub(crate) fn framed(channel: u8, data: &[u8]) -> Message {
     let mut frame = Vec::with_capacity(data.len() + 1);
     frame.push(channel);
     frame.extend_from_slice(data);
@@ -371,7 +400,7 @@ async fn session(
 
 /// Ends the session with a normal closure (1000): kubectl treats a close without a status
 /// code as an error on its streams.
-async fn close(sink: &mut futures::stream::SplitSink<Socket, Message>) {
+pub(crate) async fn close(sink: &mut futures::stream::SplitSink<Socket, Message>) {
     let frame = CloseFrame {
         code: CloseCode::Normal,
         reason: "".into(),

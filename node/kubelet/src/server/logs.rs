@@ -76,6 +76,8 @@ impl LogOptions {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Record<'a> {
     pub time: &'a str,
+    /// Written to stderr (else stdout).
+    pub stderr: bool,
     pub partial: bool,
     pub content: &'a [u8],
 }
@@ -84,11 +86,12 @@ pub(crate) struct Record<'a> {
 pub(crate) fn parse_record(line: &[u8]) -> Option<Record<'_>> {
     let mut parts = line.splitn(4, |b| *b == b' ');
     let time = std::str::from_utf8(parts.next()?).ok()?;
-    let _stream = parts.next()?;
+    let stream = parts.next()?;
     let tag = parts.next()?;
     let content = parts.next().unwrap_or_default();
     Some(Record {
         time,
+        stderr: stream == b"stderr",
         partial: tag == b"P",
         content,
     })
@@ -152,7 +155,7 @@ pub(crate) fn render_records(lines: &[Vec<u8>], options: &LogOptions) -> Vec<u8>
 }
 
 /// The attempts (`<n>.log`) present in a container's log directory, ascending.
-fn attempts(dir: &Path) -> Vec<u32> {
+pub(crate) fn attempts(dir: &Path) -> Vec<u32> {
     let mut found: Vec<u32> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -168,7 +171,7 @@ fn attempts(dir: &Path) -> Vec<u32> {
 }
 
 /// The files of one attempt's log, oldest first (rotated ones, then the live one).
-fn attempt_files(dir: &Path, attempt: u32) -> Vec<PathBuf> {
+pub(crate) fn attempt_files(dir: &Path, attempt: u32) -> Vec<PathBuf> {
     let live = dir.join(format!("{attempt}.log"));
     let prefix = format!("{attempt}.log.");
     let mut rotated: Vec<PathBuf> = std::fs::read_dir(dir)

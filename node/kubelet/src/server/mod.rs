@@ -1,11 +1,13 @@
-//! The kubelet's HTTPS server (port 10250): /healthz, /containerLogs, /exec (WebSocket,
-//! v5/v4.channel.k8s.io), /metrics. The API server proxies pods/log and pods/exec here.
+//! The kubelet's HTTPS server (port 10250): /healthz, /containerLogs, /exec and /attach
+//! (WebSocket, v5/v4.channel.k8s.io), /metrics. The API server proxies pods/log, pods/exec
+//! and pods/attach here.
 //! Clients must present a certificate signed by --client-ca-file; without one the kubelet
 //! serves only on a loopback address (and says so in its log). Any certificate of that CA is
 //! allowed everything (no authorization by user yet). The serving certificate comes from
 //! --tls-cert-file/--tls-private-key-file, or is made once under `<root-dir>/pki/` signed by a
 //! CA of the node's own, as the upstream kubelet makes a self-signed one.
 
+mod attach;
 mod exec;
 mod logs;
 
@@ -152,9 +154,12 @@ async fn route(state: &ServerState, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET | &Method::POST, ["exec", namespace, pod, container]) => {
             exec::exec(state, namespace, pod, container, req).await
         }
-        (_, ["attach", ..] | ["portForward", ..]) => text(
+        (&Method::GET | &Method::POST, ["attach", namespace, pod, container]) => {
+            attach::attach(state, namespace, pod, container, req).await
+        }
+        (_, ["portForward", ..]) => text(
             StatusCode::NOT_IMPLEMENTED,
-            "attach and port-forward are not supported by Baton's kubelet yet",
+            "port-forward is not supported by Baton's kubelet yet",
         ),
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }

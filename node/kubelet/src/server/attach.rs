@@ -1,0 +1,174 @@
+//! `/attach/<namespace>/<pod>/<container>?stdout&stderr`: the running container's output from
+//! now on, over the same WebSocket channel protocol as exec (stdout on channel 1, stderr on
+//! 2), until the container exits (a final Success status on channel 3) or the client goes.
+//! The output is read from the container's log as the runtime writes it. A container's stdin
+//! cannot be attached to yet: a pod that asks for `stdin: true` is refused with that reason.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use kube::ResourceExt;
+use serde_json::json;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use super::exec::{
+    ExecRequest, STATUS, STDERR, STDOUT, Socket, close, framed, negotiate, running_container,
+    switching_protocols,
+};
+use super::logs::{attempt_files, attempts, parse_record};
+use super::{Body, ServerState, text};
+use baton_runtime::{ContainerRuntime, ContainerState};
+
+/// How often the log is read for new output.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Serves the request: checks it, answers 101 and streams the output on the upgraded
+/// connection.
+pub(crate) async fn attach(
+    state: &ServerState,
+    namespace: &str,
+    pod_name: &str,
+    container: &str,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let request = ExecRequest::parse(req.uri().query());
+    let (protocol, key) = match negotiate(&req) {
+        Ok(negotiated) => negotiated,
+        Err(refusal) => return *refusal,
+    };
+    let Some(pod) = state.pod(namespace, pod_name) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod \"{pod_name}\" not found"),
+        );
+    };
+    let spec_stdin = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == container))
+        .is_some_and(|c| c.stdin == Some(true));
+    if request.stdin && spec_stdin {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unable to attach to the stdin of container \"{container}\": Baton's kubelet does not keep containers' stdin open yet"
+            ),
+        );
+    }
+    let uid = pod.uid().unwrap_or_default();
+    let Some(container_id) = running_container(state, &uid, container).await else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("unable to upgrade connection: container not found (\"{container}\")"),
+        );
+    };
+    let pid = match state.ctx.runtime.container_status(&container_id).await {
+        Ok(status) if status.state == ContainerState::Running => status.pid,
+        _ => None,
+    };
+    let dir = state
+        .ctx
+        .pod_logs_dir
+        .join(format!("{namespace}_{pod_name}_{uid}"))
+        .join(container);
+    let Some(live) = attempts(&dir)
+        .last()
+        .and_then(|attempt| attempt_files(&dir, *attempt).last().cloned())
+    else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("unable to upgrade connection: no output of container \"{container}\""),
+        );
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                if let Err(err) = session(ws, &live, pid, request).await {
+                    tracing::debug!(%err, "attach session");
+                }
+            }
+            Err(err) => tracing::debug!(%err, "upgrading an attach connection"),
+        }
+    });
+    switching_protocols(protocol, &key)
+}
+
+/// Sends what the container writes from now on until it exits or the client goes.
+async fn session(
+    ws: Socket,
+    live: &std::path::Path,
+    pid: Option<i32>,
+    request: ExecRequest,
+) -> std::io::Result<()> {
+    let (mut sink, mut incoming) = ws.split();
+    let mut file = std::fs::File::open(live)?;
+    let mut offset = file.seek(SeekFrom::End(0))?;
+    let mut pending: Vec<u8> = Vec::new();
+    let exit = async {
+        if let Some(pid) = pid {
+            let _ = baton_runtime::wait_for_exit(pid).await;
+        }
+    };
+    tokio::pin!(exit);
+    let mut exited = pid.is_none();
+    loop {
+        // What the log has gained (a rotated log starts a new file: read it from its start).
+        let len = std::fs::metadata(live).map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            file = std::fs::File::open(live)?;
+            offset = 0;
+        }
+        let mut chunk = Vec::new();
+        file.read_to_end(&mut chunk)?;
+        offset += chunk.len() as u64;
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let Some(record) = parse_record(&line[..line.len() - 1]) else {
+                continue;
+            };
+            let (wanted, channel) = if record.stderr {
+                (request.stderr, STDERR)
+            } else {
+                (request.stdout, STDOUT)
+            };
+            if !wanted {
+                continue;
+            }
+            let mut data = record.content.to_vec();
+            if !record.partial {
+                data.push(b'\n');
+            }
+            if sink.send(framed(channel, &data)).await.is_err() {
+                return Ok(());
+            }
+        }
+        if exited {
+            let status = json!({ "metadata": {}, "status": "Success" });
+            let _ = sink
+                .send(framed(STATUS, status.to_string().as_bytes()))
+                .await;
+            close(&mut sink).await;
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = &mut exit => exited = true,
+            message = incoming.next() => match message {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                // Resizes and stdin without a stdin to write to are dropped.
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
