@@ -270,3 +270,60 @@ async fn volumes_that_cannot_be_mounted_keep_the_pod_creating() -> Result<()> {
         .await;
     Ok(())
 }
+
+#[tokio::test]
+async fn sub_path_expressions_give_each_pod_its_own_directory() -> Result<()> {
+    let cluster = NodeCluster::start(&binary(), "node-subpathexpr", &[]).await?;
+    let script = "echo hi > /logs/hello && echo \"seen=$(cat /all/$POD_NAME/hello)\" && sleep 3600";
+    let spec = |sub_path: serde_json::Value| {
+        let mut mount = json!({ "name": "work", "mountPath": "/logs" });
+        if let (Some(mount), Some(extra)) = (mount.as_object_mut(), sub_path.as_object()) {
+            mount.extend(extra.clone());
+        }
+        json!({ "spec": {
+            "containers": [{
+                "name": "main",
+                "image": cluster.image,
+                "command": ["sh", "-c", script],
+                "env": [{ "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }],
+                "volumeMounts": [mount, { "name": "work", "mountPath": "/all" }],
+            }],
+            "volumes": [{ "name": "work", "emptyDir": {} }],
+        } })
+    };
+    cluster
+        .create_pod(
+            "writer-0",
+            script,
+            spec(json!({ "subPathExpr": "$(POD_NAME)" })),
+        )
+        .await?;
+    let pods = cluster.pods();
+    let seen = wait_until("the pod to print", Duration::from_secs(60), || async {
+        let logs = pods.logs("writer-0", &Default::default()).await.ok()?;
+        let lines: Vec<String> = logs.lines().map(str::to_owned).collect();
+        printed(&lines, "seen")
+    })
+    .await?;
+    assert_eq!(
+        seen, "hi",
+        "the file is under the pod's own name in the volume"
+    );
+
+    // subPath and subPathExpr together are refused, naming the field.
+    let both = cluster
+        .create_pod(
+            "both",
+            script,
+            spec(json!({ "subPath": "a", "subPathExpr": "$(POD_NAME)" })),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        both.to_string()
+            .contains("spec.containers[0].volumeMounts[0].subPathExpr"),
+        "{both}"
+    );
+    assert!(both.to_string().contains("mutually exclusive"), "{both}");
+    Ok(())
+}

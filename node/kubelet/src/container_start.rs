@@ -95,7 +95,7 @@ pub async fn start_container(
     let uid = pod.uid().unwrap_or_default();
     let image = ensure_image(ctx, pod, container).await?;
     let env = environment(ctx, pod, container, request.pod_ip).await?;
-    let mounts = resolve_mounts(container, request.volumes)?;
+    let mounts = resolve_mounts(container, request.volumes, &env)?;
 
     let id = container_id(&uid, &container.name, request.attempt);
     let bundle = request.dirs.bundle(&container.name, request.attempt);
@@ -493,10 +493,12 @@ async fn environment(
         .map_err(|err| StartFailure::new("CreateContainerConfigError", err.to_string()))
 }
 
-/// The container's volume mounts with their host directories.
+/// The container's volume mounts with their host directories. A `subPathExpr` is expanded
+/// with the container's environment (`$(VAR)`, as upstream) and then taken as the subPath.
 fn resolve_mounts(
     container: &Container,
     volumes: &HashMap<String, PathBuf>,
+    env: &[(String, String)],
 ) -> Result<Vec<ResolvedMount>, StartFailure> {
     container
         .volume_mounts
@@ -513,7 +515,19 @@ fn resolve_mounts(
                 )
             })?;
             let mut host_path = source.clone();
-            if let Some(sub_path) = mount.sub_path.as_deref().filter(|p| !p.is_empty()) {
+            let expanded = mount.sub_path_expr.as_deref().map(|expr| {
+                crate::env::expand(expr, |name| {
+                    env.iter()
+                        .rev()
+                        .find(|(key, _)| key == name)
+                        .map(|(_, value)| value.clone())
+                })
+            });
+            if let Some(sub_path) = expanded
+                .as_deref()
+                .or(mount.sub_path.as_deref())
+                .filter(|p| !p.is_empty())
+            {
                 if sub_path.starts_with('/') || sub_path.split('/').any(|part| part == "..") {
                     return Err(StartFailure::new(
                         "CreateContainerConfigError",
@@ -585,6 +599,40 @@ mod tests {
         let err = safe_sub_path(&root, "escape/etc").unwrap_err();
         assert!(err.contains("symbolic link"), "{err}");
         assert!(safe_sub_path(&root, "a/../..").is_err());
+    }
+
+    #[test]
+    fn sub_path_expressions_expand_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("work");
+        std::fs::create_dir(&volume).unwrap();
+        let volumes = HashMap::from([("work".to_string(), volume.clone())]);
+        let container: Container = serde_json::from_value(serde_json::json!({
+            "name": "main",
+            "volumeMounts": [
+                { "name": "work", "mountPath": "/logs", "subPathExpr": "$(POD_NAME)/logs" },
+                { "name": "work", "mountPath": "/all" },
+            ],
+        }))
+        .unwrap();
+        let env = vec![("POD_NAME".to_string(), "web-0".to_string())];
+        let mounts = resolve_mounts(&container, &volumes, &env).unwrap();
+        assert_eq!(mounts[0].host_path, volume.join("web-0/logs"));
+        assert!(mounts[0].host_path.is_dir());
+        assert_eq!(mounts[1].host_path, volume);
+
+        let escaping: Container = serde_json::from_value(serde_json::json!({
+            "name": "main",
+            "volumeMounts": [{ "name": "work", "mountPath": "/x", "subPathExpr": "$(UP)/etc" }],
+        }))
+        .unwrap();
+        let up = vec![("UP".to_string(), "..".to_string())];
+        let err = resolve_mounts(&escaping, &volumes, &up).unwrap_err();
+        assert!(
+            err.message.contains("failed to prepare subPath"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

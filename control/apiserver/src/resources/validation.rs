@@ -372,13 +372,24 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<FieldCause>) {
                 if m["mountPath"].as_str().is_none_or(str::is_empty) {
                     causes.push(FieldCause::required(format!("{at}.mountPath"), ""));
                 }
-                if let Some(sub_path) = m["subPath"].as_str()
-                    && (sub_path.starts_with('/') || sub_path.split('/').any(|p| p == ".."))
+                for field in ["subPath", "subPathExpr"] {
+                    if let Some(sub_path) = m[field].as_str()
+                        && (sub_path.starts_with('/') || sub_path.split('/').any(|p| p == ".."))
+                    {
+                        causes.push(FieldCause::invalid(
+                            format!("{at}.{field}"),
+                            &m[field],
+                            "must be a relative path without '..'",
+                        ));
+                    }
+                }
+                if m["subPath"].as_str().is_some_and(|p| !p.is_empty())
+                    && m["subPathExpr"].as_str().is_some_and(|p| !p.is_empty())
                 {
                     causes.push(FieldCause::invalid(
-                        format!("{at}.subPath"),
-                        &m["subPath"],
-                        "must be a relative path without '..'",
+                        format!("{at}.subPathExpr"),
+                        &m["subPathExpr"],
+                        "subPathExpr and subPath are mutually exclusive",
                     ));
                 }
             }
