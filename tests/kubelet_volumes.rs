@@ -272,7 +272,7 @@ async fn volumes_that_cannot_be_mounted_keep_the_pod_creating() -> Result<()> {
 }
 
 #[tokio::test]
-async fn sub_path_expressions_give_each_pod_its_own_directory() -> Result<()> {
+async fn a_sub_path_expression_puts_the_pod_under_its_own_name() -> Result<()> {
     let cluster = NodeCluster::start(&binary(), "node-subpathexpr", &[]).await?;
     let script = "echo hi > /logs/hello && echo \"seen=$(cat /all/$POD_NAME/hello)\" && sleep 3600";
     let spec = |sub_path: serde_json::Value| {

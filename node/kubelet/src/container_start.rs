@@ -515,14 +515,18 @@ fn resolve_mounts(
                 )
             })?;
             let mut host_path = source.clone();
-            let expanded = mount.sub_path_expr.as_deref().map(|expr| {
-                crate::env::expand(expr, |name| {
-                    env.iter()
-                        .rev()
-                        .find(|(key, _)| key == name)
-                        .map(|(_, value)| value.clone())
-                })
-            });
+            let expanded = match mount.sub_path_expr.as_deref().filter(|e| !e.is_empty()) {
+                Some(expr) => Some(expand_sub_path(expr, env).map_err(|missing| {
+                    StartFailure::new(
+                        "CreateContainerConfigError",
+                        format!(
+                            "failed to prepare subPath for volumeMount \"{}\" of container \"{}\": missing value for {missing}",
+                            mount.name, container.name
+                        ),
+                    )
+                })?),
+                None => None,
+            };
             if let Some(sub_path) = expanded
                 .as_deref()
                 .or(mount.sub_path.as_deref())
@@ -555,6 +559,30 @@ fn resolve_mounts(
             })
         })
         .collect()
+}
+
+/// `expr` with each `$(VAR)` replaced by the container's `VAR`; a variable the environment
+/// lacks or has empty is an error naming it (upstream's "missing value for VAR").
+fn expand_sub_path(expr: &str, env: &[(String, String)]) -> Result<String, String> {
+    let value = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .filter(|value| !value.is_empty())
+    };
+    let missing = std::cell::RefCell::new(None);
+    let expanded = crate::env::expand(expr, |name| {
+        let found = value(name);
+        if found.is_none() {
+            missing.borrow_mut().get_or_insert_with(|| name.to_owned());
+        }
+        found
+    });
+    match missing.into_inner() {
+        Some(name) => Err(name),
+        None => Ok(expanded),
+    }
 }
 
 /// `root/sub_path`, made as directories where missing, refusing symlinks on the way: a
@@ -633,6 +661,27 @@ mod tests {
             "{}",
             err.message
         );
+
+        // A variable the environment lacks, or has empty, is refused by name.
+        let empty = vec![("UP".to_string(), String::new())];
+        for env in [Vec::new(), empty] {
+            let err = resolve_mounts(&escaping, &volumes, &env).unwrap_err();
+            assert_eq!(err.reason, "CreateContainerConfigError");
+            assert!(
+                err.message.ends_with("missing value for UP"),
+                "{}",
+                err.message
+            );
+        }
+
+        // An empty expression leaves subPath alone.
+        let both: Container = serde_json::from_value(serde_json::json!({
+            "name": "main",
+            "volumeMounts": [{ "name": "work", "mountPath": "/x", "subPath": "a", "subPathExpr": "" }],
+        }))
+        .unwrap();
+        let mounts = resolve_mounts(&both, &volumes, &env).unwrap();
+        assert_eq!(mounts[0].host_path, volume.join("a"));
     }
 
     #[test]

@@ -37,6 +37,15 @@ pub enum AttachPodError {
     Task,
 }
 
+/// The host ports the table should hold.
+#[derive(Debug, Default)]
+struct HostPorts {
+    /// Each pod's host ports.
+    wanted: BTreeMap<String, Vec<HostPortMapping>>,
+    /// The table may differ from `wanted`.
+    stale: bool,
+}
+
 /// The node's pod network, set up once the pod CIDR is known.
 #[derive(Debug)]
 pub struct PodNetwork {
@@ -44,9 +53,9 @@ pub struct PodNetwork {
     node_ip: IpAddr,
     network: watch::Sender<Option<Arc<BridgeNetwork>>>,
     lock: Arc<Mutex<()>>,
-    /// Each pod's host ports as programmed; the nftables table is made from all of them.
-    /// Held across a table update, so that updates apply in order.
-    host_ports: tokio::sync::Mutex<BTreeMap<String, Vec<HostPortMapping>>>,
+    /// Each pod's wanted host ports, and whether the table may differ from them (an update
+    /// failed or was cut short). Held across a table update, so that updates apply in order.
+    host_ports: tokio::sync::Mutex<HostPorts>,
 }
 
 impl PodNetwork {
@@ -145,24 +154,26 @@ impl PodNetwork {
     /// changed.
     pub async fn set_host_ports(&self, id: &str, mappings: Vec<HostPortMapping>) {
         let mut ports = self.host_ports.lock().await;
-        if ports
+        let unchanged = ports
+            .wanted
             .get(id)
-            .map_or(mappings.is_empty(), |before| *before == mappings)
-        {
+            .map_or(mappings.is_empty(), |before| *before == mappings);
+        if unchanged && !ports.stale {
             return;
         }
-        let mut wanted = ports.clone();
         if mappings.is_empty() {
-            wanted.remove(id);
+            ports.wanted.remove(id);
         } else {
-            wanted.insert(id.to_owned(), mappings);
+            ports.wanted.insert(id.to_owned(), mappings);
         }
-        let all: Vec<HostPortMapping> = wanted.values().flatten().cloned().collect();
+        let all: Vec<HostPortMapping> = ports.wanted.values().flatten().cloned().collect();
         let count = all.len();
-        // Recorded only once programmed: a failed update is tried again by the next call.
+        // Stale until the table is programmed: a failed (or cancelled) update is made again
+        // by the next call, whichever pod it is for.
+        ports.stale = true;
         match tokio::task::spawn_blocking(move || baton_network::sync_host_ports(&all)).await {
             Ok(Ok(())) => {
-                *ports = wanted;
+                ports.stale = false;
                 tracing::debug!(host_ports = count, "host ports programmed");
             }
             Ok(Err(err)) => tracing::warn!(

@@ -1,10 +1,12 @@
 //! `/attach/<namespace>/<pod>/<container>?stdout&stderr`: the running container's output from
 //! now on, over the same WebSocket channel protocol as exec (stdout on channel 1, stderr on
-//! 2), until the container exits (a final Success status on channel 3) or the client goes.
+//! 2; with `tty`, stdout only), until the container exits and its last output is written (a
+//! final Success status on channel 3) or the client goes.
 //! The output is read from the container's log as the runtime writes it. A container's stdin
 //! cannot be attached to yet: a pod that asks for `stdin: true` is refused with that reason.
 
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -27,6 +29,9 @@ use baton_runtime::{ContainerRuntime, ContainerState};
 
 /// How often the log is read for new output.
 const POLL: Duration = Duration::from_millis(100);
+/// How long the log may still grow after the container exited (the runtime writes what was
+/// left in the container's pipe, and its last unfinished line, once the pipe closes).
+const DRAIN: Duration = Duration::from_millis(500);
 
 /// Serves the request: checks it, answers 101 and streams the output on the upgraded
 /// connection.
@@ -37,7 +42,17 @@ pub(crate) async fn attach(
     container: &str,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    let request = ExecRequest::parse(req.uri().query());
+    let mut request = ExecRequest::parse(req.uri().query());
+    if !(request.stdin || request.stdout || request.stderr) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least 1 of stdin, stdout, stderr",
+        );
+    }
+    // A terminal has one output stream, as upstream.
+    if request.tty {
+        request.stderr = false;
+    }
     let (protocol, key) = match negotiate(&req) {
         Ok(negotiated) => negotiated,
         Err(refusal) => return *refusal,
@@ -113,24 +128,35 @@ async fn session(
     let (mut sink, mut incoming) = ws.split();
     let mut file = std::fs::File::open(live)?;
     let mut offset = file.seek(SeekFrom::End(0))?;
+    let mut inode = file.metadata()?.ino();
     let mut pending: Vec<u8> = Vec::new();
+    let mut exited_at: Option<std::time::Instant> = None;
     let exit = async {
         if let Some(pid) = pid {
             let _ = baton_runtime::wait_for_exit(pid).await;
         }
     };
     tokio::pin!(exit);
-    let mut exited = pid.is_none();
+    if pid.is_none() {
+        exited_at = Some(std::time::Instant::now());
+    }
     loop {
-        // What the log has gained (a rotated log starts a new file: read it from its start).
-        let len = std::fs::metadata(live).map(|m| m.len()).unwrap_or(0);
-        if len < offset {
-            file = std::fs::File::open(live)?;
-            offset = 0;
-        }
+        // What the log has gained; after a rotation, the rest of the old file, then the new
+        // one from its start (once it exists).
         let mut chunk = Vec::new();
         file.read_to_end(&mut chunk)?;
         offset += chunk.len() as u64;
+        if let Ok(now) = std::fs::metadata(live)
+            && (now.ino() != inode || now.len() < offset)
+            && let Ok(new) = std::fs::File::open(live)
+        {
+            inode = new.metadata()?.ino();
+            file = new;
+            let mut fresh = Vec::new();
+            file.read_to_end(&mut fresh)?;
+            offset = fresh.len() as u64;
+            chunk.extend_from_slice(&fresh);
+        }
         pending.extend_from_slice(&chunk);
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
@@ -153,7 +179,7 @@ async fn session(
                 return Ok(());
             }
         }
-        if exited {
+        if exited_at.is_some_and(|at| at.elapsed() >= DRAIN) {
             let status = json!({ "metadata": {}, "status": "Success" });
             let _ = sink
                 .send(framed(STATUS, status.to_string().as_bytes()))
@@ -163,7 +189,7 @@ async fn session(
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            _ = &mut exit => exited = true,
+            _ = &mut exit, if exited_at.is_none() => exited_at = Some(std::time::Instant::now()),
             message = incoming.next() => match message {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
                 // Resizes and stdin without a stdin to write to are dropped.

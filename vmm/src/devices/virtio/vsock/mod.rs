@@ -94,6 +94,9 @@ mod tests {
         _dir: tempfile::TempDir,
         rx_seen: u16,
         tx_sent: u16,
+        /// The guest's receive buffer and what it has consumed, as its packets announce.
+        buf_alloc: u32,
+        fwd_cnt: u32,
     }
 
     impl Setup {
@@ -124,6 +127,8 @@ mod tests {
                 _dir: dir,
                 rx_seen: 0,
                 tx_sent: 0,
+                buf_alloc: 65536,
+                fwd_cnt: 0,
             }
         }
 
@@ -148,8 +153,8 @@ mod tests {
                 kind: TYPE_STREAM,
                 op,
                 flags,
-                buf_alloc: 65536,
-                fwd_cnt: 0,
+                buf_alloc: self.buf_alloc,
+                fwd_cnt: self.fwd_cnt,
             };
             let mut bytes = header.to_bytes().to_vec();
             bytes.extend_from_slice(payload);
@@ -329,6 +334,32 @@ mod tests {
         host.write_all(b"answer").unwrap();
         let (rw, payload) = setup.receive();
         assert_eq!((rw.op, payload.as_slice()), (op::RW, &b"answer"[..]));
+    }
+
+    #[test]
+    fn a_host_that_writes_more_than_the_guest_takes_and_leaves_loses_nothing() {
+        let mut setup = Setup::new();
+        setup.buf_alloc = 8;
+        let listener = UnixListener::bind(format!("{}_1234", setup.path.display())).unwrap();
+        setup.send(1234, op::REQUEST, b"");
+        assert_eq!(setup.receive().0.op, op::RESPONSE);
+        let (mut host, _) = listener.accept().unwrap();
+        host.write_all(b"twenty bytes of data").unwrap();
+        drop(host);
+        let mut got = Vec::new();
+        loop {
+            let (header, payload) = setup.receive();
+            if header.op == op::SHUTDOWN {
+                break;
+            }
+            assert_eq!(header.op, op::RW);
+            assert!(payload.len() <= 8, "within the guest's credit");
+            got.extend_from_slice(&payload);
+            // The guest consumed it: a CREDIT_UPDATE gives the room back.
+            setup.fwd_cnt += payload.len() as u32;
+            setup.send(1234, op::CREDIT_UPDATE, b"");
+        }
+        assert_eq!(got, b"twenty bytes of data");
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //!   flight); a connection out of credit is not read until a CREDIT_UPDATE. The muxer's own
 //!   credit is [`BUF_ALLOC`]; it writes what the guest sends at once and tells the guest how
 //!   much it took once half of that is used.
-//! - A host socket that ends gets the guest a SHUTDOWN; an RST or SHUTDOWN from the guest
-//!   closes the host socket. Packets for unknown connections are answered with an RST.
+//! - A host socket that ends gets the guest a SHUTDOWN once the guest has read what it
+//!   wrote; the guest's SHUTDOWN "no more sending" shuts the host socket's writing side,
+//!   both flags (over one or more packets) or an RST close it. Packets for unknown
+//!   connections are answered with an RST.
 //!
 //! Writes to a host socket block the muxer for at most [`WRITE_TIMEOUT`]; a host that does
 //! not read in that time loses its connection.
@@ -41,8 +43,9 @@ pub const BUF_ALLOC: u32 = 256 * 1024;
 const MAX_PAYLOAD: usize = 4096;
 /// Most payload accepted in one packet from the guest.
 const MAX_GUEST_PAYLOAD: usize = 64 * 1024;
-/// Most packets waiting for the guest's receive buffers; past it, control packets the
-/// guest provoked (RSTs for its bad or unknown packets) are dropped.
+/// Most packets waiting for the guest's receive buffers before the RSTs answering the
+/// guest's packets for no connection are dropped (other packets are bounded by the
+/// connections and the guest's credit).
 const MAX_WAITING: usize = 4096;
 /// How long a write to a host socket may block the muxer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -149,6 +152,11 @@ struct Conn {
     fwd_cnt_told: u32,
     /// Whether the host socket is watched for reading.
     reading: bool,
+    /// The host hung up while the guest had no credit: the socket is out of epoll (which
+    /// reports a hang-up whatever the mask) until the guest has room for what is left.
+    hung_up: bool,
+    /// The SHUTDOWN flags the guest has sent so far.
+    guest_shutdown: u32,
 }
 
 impl Conn {
@@ -256,11 +264,17 @@ impl Muxer {
         }
     }
 
-    fn send(&mut self, key: ConnKey, op: u16, flags: u32) {
-        if self.to_guest.len() >= MAX_WAITING && op == op::RST {
+    /// An RST answering a guest packet for no connection: dropped when [`MAX_WAITING`]
+    /// packets already wait (the guest sends without taking its answers).
+    fn refuse(&mut self, key: ConnKey) {
+        if self.to_guest.len() >= MAX_WAITING {
             tracing::debug!("virtio-vsock: the guest takes no packets; reset dropped");
             return;
         }
+        self.send(key, op::RST, 0);
+    }
+
+    fn send(&mut self, key: ConnKey, op: u16, flags: u32) {
         let packet = self.packet(key, op, flags, Vec::new());
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.fwd_cnt_told = conn.fwd_cnt;
@@ -359,6 +373,8 @@ impl Muxer {
                 fwd_cnt: 0,
                 fwd_cnt_told: 0,
                 reading: false,
+                hung_up: false,
+                guest_shutdown: 0,
             },
         );
         self.send(key, op::REQUEST, 0);
@@ -372,14 +388,18 @@ impl Muxer {
             return;
         };
         let credit = conn.credit() as usize;
-        if hung_up && (!conn.established || credit == 0) {
-            // Nothing more can be read for the guest now, and the host is gone.
-            if conn.established {
-                self.send(key, op::SHUTDOWN, SHUTDOWN_BOTH);
-                self.close(key);
-            } else {
-                self.reset(key);
-            }
+        if hung_up && !conn.established {
+            // The host left before the guest answered its REQUEST.
+            self.reset(key);
+            return;
+        }
+        if hung_up && credit == 0 {
+            // The host is gone but what it wrote waits in the socket: leave epoll until the
+            // guest has room, then read it to its end.
+            conn.reading = false;
+            conn.hung_up = true;
+            let fd = conn.stream.as_raw_fd();
+            self.forget(fd);
             return;
         }
         if !conn.established || credit == 0 {
@@ -447,7 +467,7 @@ impl Muxer {
         }
         if h.kind != TYPE_STREAM {
             if h.op != op::RST {
-                self.send(key, op::RST, 0);
+                self.refuse(key);
             }
             return;
         }
@@ -457,7 +477,12 @@ impl Muxer {
             if conn.established && !conn.reading && conn.credit() > 0 {
                 conn.reading = true;
                 let fd = conn.stream.as_raw_fd();
-                self.watch(fd, true, ControlOperation::Modify);
+                let operation = if std::mem::take(&mut conn.hung_up) {
+                    ControlOperation::Add
+                } else {
+                    ControlOperation::Modify
+                };
+                self.watch(fd, true, operation);
             }
         }
         let known = self.conns.contains_key(&key);
@@ -467,12 +492,19 @@ impl Muxer {
             op::RW if known => self.write_host(key, &packet.payload),
             op::CREDIT_UPDATE if known => {}
             op::CREDIT_REQUEST if known => self.send(key, op::CREDIT_UPDATE, 0),
-            op::SHUTDOWN if known && h.flags & SHUTDOWN_BOTH != SHUTDOWN_BOTH => {
-                self.half_close(key, h.flags)
+            op::SHUTDOWN if known => {
+                let flags = self.conns.get_mut(&key).map_or(SHUTDOWN_BOTH, |conn| {
+                    conn.guest_shutdown |= h.flags;
+                    conn.guest_shutdown
+                });
+                if flags & SHUTDOWN_BOTH == SHUTDOWN_BOTH {
+                    self.reset(key);
+                } else {
+                    self.half_close(key, flags);
+                }
             }
-            op::SHUTDOWN if known => self.reset(key),
             op::RST => self.close(key),
-            _ => self.send(key, op::RST, 0),
+            _ => self.refuse(key),
         }
     }
 
@@ -504,6 +536,8 @@ impl Muxer {
                 fwd_cnt: 0,
                 fwd_cnt_told: 0,
                 reading: true,
+                hung_up: false,
+                guest_shutdown: 0,
             },
         );
         self.watch(fd, true, ControlOperation::Add);
