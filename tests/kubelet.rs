@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use baton_test_harness::{Binary, NodeCluster, main_status, pod_phase as phase, wait_until};
+use baton_test_harness::{
+    Binary, NodeCluster, main_status, pod_phase as phase, wait_until, waiting_reason,
+};
 use kube::Api;
 use kube::api::DeleteParams;
 use serde_json::json;
@@ -426,5 +428,94 @@ async fn kubectl_logs_and_exec_reach_the_container() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("run-"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn image_pull_secrets_open_a_registry_that_asks_for_a_password() -> Result<()> {
+    use baton_test_harness::Lab;
+    use baton_test_harness::registry::{
+        Registry, TEST_PASSWORD, TEST_PASSWORD_BCRYPT, TEST_USERNAME,
+    };
+    let port = baton_test_harness::free_port()?;
+    let private = format!("{}:{port}", Lab::gateway());
+    let insecure = format!("--insecure-registry={private}");
+    let cluster = NodeCluster::start(&binary(), "node-pull-secret", &[&insecure]).await?;
+    let _registry = Registry::start_with_basic_auth_at(
+        Lab::gateway(),
+        port,
+        TEST_USERNAME,
+        TEST_PASSWORD_BCRYPT,
+    )
+    .await?;
+    let image = format!("{private}/private:1");
+    let dir = tempfile::tempdir()?;
+    let layout = dir.path().join("layout");
+    baton_image_builder::build_busybox_image(
+        std::path::Path::new(baton_image_builder::DEFAULT_BUSYBOX),
+        &layout,
+        &image,
+    )?;
+    baton_image_builder::push_layout_with_credentials(
+        &layout,
+        &image,
+        true,
+        Some((TEST_USERNAME, TEST_PASSWORD)),
+    )
+    .await?;
+
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(cluster.client.clone(), "default");
+    let config = json!({ "auths": { private.clone(): {
+        "username": TEST_USERNAME, "password": TEST_PASSWORD,
+    } } });
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "registry-login" },
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": { ".dockerconfigjson": config.to_string() },
+    }))?;
+    secrets.create(&Default::default(), &secret).await?;
+    let with_image = |secrets: serde_json::Value| {
+        json!({ "spec": {
+            "imagePullSecrets": secrets,
+            "containers": [{
+                "name": "main",
+                "image": image,
+                "command": ["sh", "-c", "echo pulled; sleep 3600"],
+            }],
+        } })
+    };
+    cluster
+        .create_pod(
+            "with-secret",
+            "",
+            with_image(json!([{ "name": "missing" }, { "name": "registry-login" }])),
+        )
+        .await?;
+    cluster
+        .create_pod("without-secret", "", with_image(json!([])))
+        .await?;
+    cluster
+        .wait_for("the pod with the secret to run", "with-secret", |pod| {
+            (phase(pod) == Some("Running")).then_some(())
+        })
+        .await;
+    let reason = cluster
+        .wait_for(
+            "the pod without the secret to fail its pull",
+            "without-secret",
+            |pod| waiting_reason(pod).filter(|r| r == "ErrImagePull" || r == "ImagePullBackOff"),
+        )
+        .await;
+    assert!(reason == "ErrImagePull" || reason == "ImagePullBackOff");
+    let notes = cluster
+        .event_notes("with-secret", "FailedToRetrieveImagePullSecret")
+        .await;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("Unable to retrieve some image pull secrets (missing)")),
+        "{notes:?}"
+    );
     Ok(())
 }

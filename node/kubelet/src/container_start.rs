@@ -337,11 +337,8 @@ async fn ensure_image(
             )
             .await;
             let started = Instant::now();
-            let options = PullOptions {
-                insecure_registries: ctx.insecure_registries.clone(),
-                ..Default::default()
-            };
-            match ctx.images.pull(&reference, &options).await {
+            let credentials = pull_credentials(ctx, pod, &reference).await;
+            match pull_with(ctx, &reference, credentials).await {
                 Ok(image) => {
                     let took = started.elapsed().as_secs_f64();
                     ctx.event(
@@ -384,6 +381,81 @@ async fn ensure_image(
             }
         }
     }
+}
+
+/// The credentials the pod's `imagePullSecrets` give for `reference`'s registry. A secret
+/// that cannot be read is reported (upstream's FailedToRetrieveImagePullSecret) and the
+/// pull goes on without it.
+async fn pull_credentials(
+    ctx: &KubeletContext,
+    pod: &Pod,
+    reference: &str,
+) -> Vec<baton_images::RegistryCredentials> {
+    let names: Vec<String> = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.image_pull_secrets.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .filter(|name| !name.is_empty())
+        .collect();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let Ok(parsed) = baton_images::ImageReference::parse(reference) else {
+        return Vec::new();
+    };
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    let mut secrets = Vec::new();
+    let mut missing = Vec::new();
+    for name in names {
+        match api.get_opt(&name).await {
+            Ok(Some(secret)) => secrets.push(secret),
+            _ => missing.push(name),
+        }
+    }
+    if !missing.is_empty() {
+        ctx.event(
+            pod,
+            None,
+            true,
+            "FailedToRetrieveImagePullSecret",
+            format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                missing.join(", ")
+            ),
+        )
+        .await;
+    }
+    crate::pull_secrets::registry_credentials(parsed.registry(), &secrets)
+}
+
+/// Pulls `reference` with each of `credentials` in turn until one is accepted (anonymously
+/// when there are none), as upstream tries a pod's pull secrets.
+async fn pull_with(
+    ctx: &KubeletContext,
+    reference: &str,
+    credentials: Vec<baton_images::RegistryCredentials>,
+) -> Result<Image, baton_images::PullImageError> {
+    let mut tries: Vec<Option<baton_images::RegistryCredentials>> =
+        credentials.into_iter().map(Some).collect();
+    if tries.is_empty() {
+        tries.push(None);
+    }
+    let last = tries.len() - 1;
+    for (index, auth) in tries.into_iter().enumerate() {
+        let options = PullOptions {
+            insecure_registries: ctx.insecure_registries.clone(),
+            auth,
+        };
+        match ctx.images.pull(reference, &options).await {
+            Err(baton_images::PullImageError::Unauthorized { .. }) if index < last => continue,
+            result => return result,
+        }
+    }
+    unreachable!("the last try returns")
 }
 
 /// How the image appears in container statuses' imageID: its repo digest if known.

@@ -25,6 +25,7 @@ pub mod pod_network;
 pub mod pod_status;
 pub mod pod_worker;
 pub mod probes;
+pub mod pull_secrets;
 pub mod qos;
 pub use baton_quantity as quantity;
 pub mod server;

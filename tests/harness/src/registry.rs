@@ -51,9 +51,24 @@ impl Registry {
         .await
     }
 
+    /// Starts a registry requiring HTTP basic authentication (as
+    /// [`start_with_basic_auth`](Self::start_with_basic_auth)) on `address:port`: a lab's
+    /// gateway, on a port chosen before the nodes that must call it insecure are started.
+    pub async fn start_with_basic_auth_at(
+        address: Ipv4Addr,
+        port: u16,
+        username: &str,
+        bcrypt_hash: &str,
+    ) -> Result<Self> {
+        Self::launch_on(address, port, Some(format!("{username}:{bcrypt_hash}\n"))).await
+    }
+
     async fn launch(address: Ipv4Addr, htpasswd: Option<String>) -> Result<Self> {
+        Self::launch_on(address, free_port()?, htpasswd).await
+    }
+
+    async fn launch_on(address: Ipv4Addr, port: u16, htpasswd: Option<String>) -> Result<Self> {
         let dir = TempDir::new("registry")?;
-        let port = free_port()?;
         let storage = dir.path().join("storage");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}:{port}\n",
