@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use baton_vmm::{VmExit, VmmArgs};
-use common::{Asm, Guest, elf_kernel, kvm_available};
+use common::{Asm, Guest, elf_kernel, kvm_available, spawn_vm, wait_until};
 use serde_json::Value;
 
 fn ask(socket: &Path, request: &str) -> Value {
@@ -43,17 +43,10 @@ fn status_metrics_pause_resume_and_shutdown() {
         api_sock: Some(socket.clone()),
         ..guest.args(kernel)
     };
-    let (done_tx, done) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let started = Instant::now();
-        let exit = baton_vmm::run(&args).map_err(|e| e.to_string());
-        let _ = done_tx.send((exit, started.elapsed()));
+    let done = spawn_vm(args);
+    wait_until("the API socket", Duration::from_secs(10), || {
+        socket.exists().then_some(())
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "the API socket appears");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 
     let status = ask(&socket, "status");
     assert_eq!(status["state"], "running");
@@ -67,19 +60,23 @@ fn status_metrics_pause_resume_and_shutdown() {
     assert_eq!(metrics["devices"][0]["reads"], 0, "{metrics}");
     assert_eq!(metrics["devices"][0]["needs_reset"], 0, "{metrics}");
     let first = port_writes(&socket);
-    std::thread::sleep(Duration::from_millis(50));
-    let running = port_writes(&socket);
-    assert!(running > first, "the guest runs: {first} then {running}");
+    wait_until(
+        "the guest to write to the port",
+        Duration::from_secs(10),
+        || (port_writes(&socket) > first).then_some(()),
+    );
 
     assert_eq!(ask(&socket, "pause")["state"], "paused");
     let paused = port_writes(&socket);
+    // A window to see nothing happen in: a running guest makes hundreds of exits in it.
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(port_writes(&socket), paused, "no exits while paused");
     assert_eq!(ask(&socket, "status")["state"], "paused");
 
     assert_eq!(ask(&socket, "resume")["state"], "running");
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(port_writes(&socket) > paused, "it runs again");
+    wait_until("the guest to run again", Duration::from_secs(10), || {
+        (port_writes(&socket) > paused).then_some(())
+    });
 
     let error = ask(&socket, "reboot");
     assert!(
@@ -99,7 +96,7 @@ fn status_metrics_pause_resume_and_shutdown() {
     let shutdown = ask(&socket, "shutdown 0.3");
     assert_eq!(shutdown["shutdown"], "requested");
     assert_eq!(shutdown["guest_asked"], false, "no vsock device to ask on");
-    let (exit, _) = done
+    let exit = done
         .recv_timeout(Duration::from_secs(30))
         .expect("the VM stops");
     let waited = requested_at.elapsed();

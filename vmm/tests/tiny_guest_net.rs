@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use baton_network::{NetNs, RouteSocket, create_tap};
 use baton_vmm::{VmExit, VmmArgs};
-use common::{Asm, Guest, elf_kernel, kvm_available};
+use common::{Asm, Guest, elf_kernel, kvm_available, spawn_vm};
 
 const NET: u32 = 0xd000_0000;
 /// Queue memory: the receive queue's descriptors at BASE, its available ring at +0x1000,
@@ -22,48 +22,11 @@ const BASE: u32 = 0x20_0000;
 /// The frame's offset from BASE, after the 12-byte virtio-net header.
 const FRAME: u32 = 0x3_000c;
 
-/// `op [rbx + disp32]` / `op [rdi + disp32]` forms the program uses.
-trait NetAsm {
-    fn reg_write(&mut self, offset: u32, value: u32) -> &mut Self;
-    fn reg_read(&mut self, opcode: &[u8], modrm: u8, offset: u32) -> &mut Self;
-    fn mem_write(&mut self, offset: u32, value: u32) -> &mut Self;
-    fn mem_op(&mut self, opcode: &[u8], modrm: u8, offset: u32) -> &mut Self;
-}
-
-impl NetAsm for Asm {
-    /// `mov dword [rbx + offset], value`.
-    fn reg_write(&mut self, offset: u32, value: u32) -> &mut Self {
-        self.bytes(&[0xc7, 0x83])
-            .bytes(&offset.to_le_bytes())
-            .bytes(&value.to_le_bytes())
-    }
-    /// `opcode reg, [rbx + offset]` with ModRM `modrm` (mod=10, rm=011).
-    fn reg_read(&mut self, opcode: &[u8], modrm: u8, offset: u32) -> &mut Self {
-        self.bytes(opcode)
-            .bytes(&[modrm])
-            .bytes(&offset.to_le_bytes())
-    }
-    /// `mov dword [rdi + offset], value`.
-    fn mem_write(&mut self, offset: u32, value: u32) -> &mut Self {
-        self.bytes(&[0xc7, 0x87])
-            .bytes(&offset.to_le_bytes())
-            .bytes(&value.to_le_bytes())
-    }
-    /// `opcode reg, [rdi + offset]` with ModRM `modrm` (mod=10, rm=111).
-    fn mem_op(&mut self, opcode: &[u8], modrm: u8, offset: u32) -> &mut Self {
-        self.bytes(opcode)
-            .bytes(&[modrm])
-            .bytes(&offset.to_le_bytes())
-    }
-}
-
 fn net_program() -> Vec<u8> {
     let mut a = Asm::default();
     a.mov_dx(0x3f8)
-        .bytes(&[0xbb])
-        .bytes(&NET.to_le_bytes()) // mov ebx, NET
-        .bytes(&[0xbf])
-        .bytes(&BASE.to_le_bytes()) // mov edi, BASE
+        .mov_ebx(NET)
+        .mov_edi(BASE)
         .reg_write(0x070, 1)
         .reg_write(0x070, 3)
         .reg_write(0x024, 1)
@@ -85,17 +48,17 @@ fn net_program() -> Vec<u8> {
         .out_al(b'a')
         .out_al(b'c')
         .out_al(b' ')
-        .reg_read(&[0x8b], 0x83, 0x104) // mov eax, [rbx + 0x104]: mac[4], mac[5]
+        .reg_op(&[0x8b], 0x83, 0x104) // mov eax, [rbx + 0x104]: mac[4], mac[5]
         .bytes(&[0xc1, 0xe8, 0x08, 0xee]) // shr eax, 8; out dx, al
         .out_al(b'\n')
         // The frame: broadcast, from our MAC, EtherType 0x88b5, payload "hi".
         .mem_write(FRAME, 0xffff_ffff)
-        .reg_read(&[0x8b], 0x83, 0x100) // mov eax, [rbx + 0x100]: mac[0..4]
+        .reg_op(&[0x8b], 0x83, 0x100) // mov eax, [rbx + 0x100]: mac[0..4]
         .bytes(&[0xc1, 0xe0, 0x10, 0x0d, 0xff, 0xff, 0, 0]) // shl eax, 16; or eax, 0xffff
         .mem_op(&[0x89], 0x87, FRAME + 4) // mov [rdi + FRAME + 4], eax
-        .reg_read(&[0x8b], 0x83, 0x100)
+        .reg_op(&[0x8b], 0x83, 0x100)
         .bytes(&[0xc1, 0xe8, 0x10]) // shr eax, 16: mac[2], mac[3]
-        .reg_read(&[0x8b], 0x8b, 0x104) // mov ecx, [rbx + 0x104]: mac[4], mac[5]
+        .reg_op(&[0x8b], 0x8b, 0x104) // mov ecx, [rbx + 0x104]: mac[4], mac[5]
         .bytes(&[0xc1, 0xe1, 0x10, 0x09, 0xc8]) // shl ecx, 16; or eax, ecx
         .mem_op(&[0x89], 0x87, FRAME + 8)
         .mem_write(FRAME + 12, u32::from_le_bytes([0x88, 0xb5, b'h', b'i']))
@@ -217,7 +180,7 @@ fn two_guests_exchange_frames_through_taps_on_a_bridge() {
     }
     let network = TestNetwork::new();
     let kernel_bytes = elf_kernel(&net_program());
-    let (done_tx, done) = std::sync::mpsc::channel();
+    let mut ends = Vec::new();
     let guests: Vec<Guest> = (0..2).map(|_| Guest::new()).collect();
     for (guest, (tap, mac)) in guests.iter().zip([
         ("tap-a", "02:00:00:00:00:41"),
@@ -230,13 +193,10 @@ fn two_guests_exchange_frames_through_taps_on_a_bridge() {
             )],
             ..guest.args(guest.file("vmlinux", &kernel_bytes))
         };
-        let done_tx = done_tx.clone();
-        std::thread::spawn(move || {
-            let _ = done_tx.send((tap, baton_vmm::run(&args).map_err(|e| e.to_string())));
-        });
+        ends.push((tap, spawn_vm(args)));
     }
-    for _ in 0..2 {
-        let (tap, exit) = done
+    for (tap, end) in ends {
+        let exit = end
             .recv_timeout(Duration::from_secs(60))
             .expect("both guests end within a minute");
         assert_eq!(exit, Ok(VmExit::PowerOff), "{tap}");

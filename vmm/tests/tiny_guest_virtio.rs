@@ -17,15 +17,8 @@ const QUEUE: u32 = 0x20_0000;
 
 /// Instructions the virtio program needs, on top of the common assembler.
 trait VirtioAsm {
-    /// `mov ebx, imm32` / `mov edi, imm32`.
-    fn mov_ebx(&mut self, value: u32) -> &mut Self;
-    fn mov_edi(&mut self, value: u32) -> &mut Self;
-    /// `mov dword [rbx + disp32], imm32`: a device register write.
-    fn reg_write(&mut self, offset: u32, value: u32) -> &mut Self;
     /// `mov eax, [rbx + disp32]`: a device register read.
     fn reg_read(&mut self, offset: u32) -> &mut Self;
-    /// `mov dword [rdi + disp32], imm32`: a store into the queue area.
-    fn mem_write(&mut self, offset: u32, value: u32) -> &mut Self;
     /// Writes al as a digit, eax's four bytes as text, al or ax in hex.
     fn put_digit(&mut self) -> &mut Self;
     fn put_text4(&mut self) -> &mut Self;
@@ -34,24 +27,8 @@ trait VirtioAsm {
 }
 
 impl VirtioAsm for Asm {
-    fn mov_ebx(&mut self, value: u32) -> &mut Self {
-        self.bytes(&[0xbb]).bytes(&value.to_le_bytes())
-    }
-    fn mov_edi(&mut self, value: u32) -> &mut Self {
-        self.bytes(&[0xbf]).bytes(&value.to_le_bytes())
-    }
-    fn reg_write(&mut self, offset: u32, value: u32) -> &mut Self {
-        self.bytes(&[0xc7, 0x83])
-            .bytes(&offset.to_le_bytes())
-            .bytes(&value.to_le_bytes())
-    }
     fn reg_read(&mut self, offset: u32) -> &mut Self {
-        self.bytes(&[0x8b, 0x83]).bytes(&offset.to_le_bytes())
-    }
-    fn mem_write(&mut self, offset: u32, value: u32) -> &mut Self {
-        self.bytes(&[0xc7, 0x87])
-            .bytes(&offset.to_le_bytes())
-            .bytes(&value.to_le_bytes())
+        self.reg_op(&[0x8b], 0x83, offset)
     }
     fn put_digit(&mut self) -> &mut Self {
         self.bytes(&[0x04, b'0', 0xee]) // add al, '0'; out dx, al

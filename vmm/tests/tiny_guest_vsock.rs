@@ -10,7 +10,7 @@ use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use baton_vmm::{VmExit, VmmArgs};
-use common::{Asm, Guest, elf_kernel, kvm_available};
+use common::{Asm, Guest, elf_kernel, kvm_available, spawn_vm};
 
 const VSOCK: u32 = 0xd000_0000;
 /// The receive queue's rings at BASE (+0x1000 available, +0x2000 used), the transmit
@@ -21,32 +21,11 @@ const TX_PACKET: u32 = 0x3_0000;
 const RX_BUFFER: u32 = 0x4_0000;
 
 trait VsockAsm {
-    fn reg_write(&mut self, offset: u32, value: u32) -> &mut Self;
-    fn mem_write(&mut self, offset: u32, value: u32) -> &mut Self;
-    fn mem_op(&mut self, opcode: &[u8], modrm: u8, offset: u32) -> &mut Self;
     /// Spins until the receive queue's used index reaches `count`.
     fn wait_received(&mut self, label: &'static str, count: u32) -> &mut Self;
 }
 
 impl VsockAsm for Asm {
-    /// `mov dword [rbx + offset], value`.
-    fn reg_write(&mut self, offset: u32, value: u32) -> &mut Self {
-        self.bytes(&[0xc7, 0x83])
-            .bytes(&offset.to_le_bytes())
-            .bytes(&value.to_le_bytes())
-    }
-    /// `mov dword [rdi + offset], value`.
-    fn mem_write(&mut self, offset: u32, value: u32) -> &mut Self {
-        self.bytes(&[0xc7, 0x87])
-            .bytes(&offset.to_le_bytes())
-            .bytes(&value.to_le_bytes())
-    }
-    /// `opcode reg, [rdi + offset]` with ModRM `modrm` (mod=10, rm=111).
-    fn mem_op(&mut self, opcode: &[u8], modrm: u8, offset: u32) -> &mut Self {
-        self.bytes(opcode)
-            .bytes(&[modrm])
-            .bytes(&offset.to_le_bytes())
-    }
     fn wait_received(&mut self, label: &'static str, count: u32) -> &mut Self {
         self.label(label)
             .bytes(&[0xf3, 0x90]) // pause
@@ -77,10 +56,8 @@ fn write_header(a: &mut Asm, op: u16, len: u32) {
 fn vsock_program() -> Vec<u8> {
     let mut a = Asm::default();
     a.mov_dx(0x3f8)
-        .bytes(&[0xbb])
-        .bytes(&VSOCK.to_le_bytes()) // mov ebx, VSOCK
-        .bytes(&[0xbf])
-        .bytes(&BASE.to_le_bytes()) // mov edi, BASE
+        .mov_ebx(VSOCK)
+        .mov_edi(BASE)
         .reg_write(0x070, 1)
         .reg_write(0x070, 3)
         .reg_write(0x024, 1)
@@ -187,11 +164,7 @@ fn guest_reaches_a_host_socket_over_vsock_and_back() {
         vsock: Some(format!("3,{}", uds.display())),
         ..guest.args(kernel)
     };
-    let (done_tx, done) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(baton_vmm::run(&args).map_err(|e| e.to_string()));
-    });
-    let exit = done
+    let exit = spawn_vm(args)
         .recv_timeout(Duration::from_secs(60))
         .expect("the guest ends within a minute");
     assert_eq!(exit, Ok(VmExit::PowerOff));

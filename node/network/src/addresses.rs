@@ -12,22 +12,26 @@ impl RouteSocket {
     /// Adds `address` (with its prefix length) to interface `index`; an address the interface
     /// has already is not an error.
     pub fn add_address(&mut self, index: u32, address: Ipv4Net) -> Result<(), NetlinkError> {
-        let mut message = AddressMessage::default();
-        message.header.family = AddressFamily::Inet;
-        message.header.prefix_len = address.prefix_len();
-        message.header.index = index;
-        let ip = IpAddr::V4(address.addr());
-        message.attributes.push(AddressAttribute::Local(ip));
-        message.attributes.push(AddressAttribute::Address(ip));
+        let mut message = address_message(index, address);
         message
             .attributes
             .push(AddressAttribute::Broadcast(address.broadcast()));
-        let result = self.change(
-            || format!("add address {address} to interface {index}"),
+        self.new_address(message, || {
+            format!("add address {address} to interface {index}")
+        })
+    }
+
+    /// Sends RTM_NEWADDR; an address the interface has already is not an error.
+    fn new_address(
+        &mut self,
+        message: AddressMessage,
+        operation: impl FnOnce() -> String,
+    ) -> Result<(), NetlinkError> {
+        match self.change(
+            operation,
             RouteNetlinkMessage::NewAddress(message),
             Create::Exclusive,
-        );
-        match result {
+        ) {
             Err(err) if err.is_exists() => Ok(()),
             other => other,
         }
@@ -35,6 +39,15 @@ impl RouteSocket {
 
     /// The IPv4 addresses of every interface, as (interface index, address with prefix).
     pub fn ipv4_addresses(&mut self) -> Result<Vec<(u32, Ipv4Net)>, NetlinkError> {
+        Ok(self
+            .dump_addresses()?
+            .into_iter()
+            .map(|(index, net, _)| (index, net))
+            .collect())
+    }
+
+    /// Every IPv4 address: (interface index, address with prefix, label).
+    fn dump_addresses(&mut self) -> Result<Vec<(u32, Ipv4Net, Option<String>)>, NetlinkError> {
         let mut request = AddressMessage::default();
         request.header.family = AddressFamily::Inet;
         let answers = self.dump(
@@ -51,8 +64,12 @@ impl RouteSocket {
                     AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
                     _ => None,
                 })?;
+                let label = message.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Label(label) => Some(label.clone()),
+                    _ => None,
+                });
                 let net = Ipv4Net::new(ip, message.header.prefix_len).ok()?;
-                Some((message.header.index, net))
+                Some((message.header.index, net, label))
             })
             .collect())
     }
@@ -70,42 +87,18 @@ impl RouteSocket {
         message
             .attributes
             .push(AddressAttribute::Label(label.to_owned()));
-        let result = self.change(
-            || format!("add address {address} labeled {label} to interface {index}"),
-            RouteNetlinkMessage::NewAddress(message),
-            Create::Exclusive,
-        );
-        match result {
-            Err(err) if err.is_exists() => Ok(()),
-            other => other,
-        }
+        self.new_address(message, || {
+            format!("add address {address} labeled {label} to interface {index}")
+        })
     }
 
     /// The IPv4 addresses labeled `label`, as (interface index, address with prefix).
     pub fn labeled_addresses(&mut self, label: &str) -> Result<Vec<(u32, Ipv4Net)>, NetlinkError> {
-        let mut request = AddressMessage::default();
-        request.header.family = AddressFamily::Inet;
-        let answers = self.dump(
-            || "list addresses".into(),
-            RouteNetlinkMessage::GetAddress(request),
-        )?;
-        Ok(answers
-            .iter()
-            .filter_map(|answer| {
-                let RouteNetlinkMessage::NewAddress(message) = answer else {
-                    return None;
-                };
-                let labeled = message
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, AddressAttribute::Label(l) if l == label));
-                let ip = message.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                    _ => None,
-                })?;
-                let net = Ipv4Net::new(ip, message.header.prefix_len).ok()?;
-                labeled.then_some((message.header.index, net))
-            })
+        Ok(self
+            .dump_addresses()?
+            .into_iter()
+            .filter(|(_, _, l)| l.as_deref() == Some(label))
+            .map(|(index, net, _)| (index, net))
             .collect())
     }
 

@@ -71,6 +71,38 @@ impl Asm {
         self.bytes(&[0x41]).bytes(opcode).bytes(&[modrm, 0x24]);
         self.bytes(&disp.to_le_bytes())
     }
+    /// `mov ebx, imm32` (the device registers' base, in the virtio programs).
+    pub fn mov_ebx(&mut self, value: u32) -> &mut Self {
+        self.bytes(&[0xbb]).bytes(&value.to_le_bytes())
+    }
+    /// `mov edi, imm32` (the queue area's base, in the virtio programs).
+    pub fn mov_edi(&mut self, value: u32) -> &mut Self {
+        self.bytes(&[0xbf]).bytes(&value.to_le_bytes())
+    }
+    /// `mov dword [rbx + offset], value`: a device register write.
+    pub fn reg_write(&mut self, offset: u32, value: u32) -> &mut Self {
+        self.bytes(&[0xc7, 0x83])
+            .bytes(&offset.to_le_bytes())
+            .bytes(&value.to_le_bytes())
+    }
+    /// `opcode reg, [rbx + offset]` with ModRM `modrm` (mod=10, rm=011): a register read.
+    pub fn reg_op(&mut self, opcode: &[u8], modrm: u8, offset: u32) -> &mut Self {
+        self.bytes(opcode)
+            .bytes(&[modrm])
+            .bytes(&offset.to_le_bytes())
+    }
+    /// `mov dword [rdi + offset], value`: a store into the queue area.
+    pub fn mem_write(&mut self, offset: u32, value: u32) -> &mut Self {
+        self.bytes(&[0xc7, 0x87])
+            .bytes(&offset.to_le_bytes())
+            .bytes(&value.to_le_bytes())
+    }
+    /// `opcode reg, [rdi + offset]` with ModRM `modrm` (mod=10, rm=111).
+    pub fn mem_op(&mut self, opcode: &[u8], modrm: u8, offset: u32) -> &mut Self {
+        self.bytes(opcode)
+            .bytes(&[modrm])
+            .bytes(&offset.to_le_bytes())
+    }
     pub fn finish(&mut self) -> Vec<u8> {
         for &(at, label, width) in &self.fixups {
             let target = self.labels[label] as i64;
@@ -177,4 +209,34 @@ pub fn run(args: &VmmArgs) -> (Result<VmExit, RunVmError>, std::time::Duration) 
     let started = Instant::now();
     let result = baton_vmm::run(args);
     (result, started.elapsed())
+}
+
+/// Runs a VM from `args` on a thread of its own; its end arrives on the returned channel (the
+/// error as text), so that a test can wait for it with a deadline.
+pub fn spawn_vm(args: VmmArgs) -> std::sync::mpsc::Receiver<Result<VmExit, String>> {
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(baton_vmm::run(&args).map_err(|e| e.to_string()));
+    });
+    done
+}
+
+/// Polls `ready` every few milliseconds until it gives a value; panics naming `what` once
+/// `timeout` has passed.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut ready: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = ready() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }

@@ -13,15 +13,15 @@ use futures::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use kube::ResourceExt;
+
 use serde_json::json;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::exec::{
-    ExecRequest, STATUS, STDERR, STDOUT, Socket, close, framed, negotiate, running_container,
-    switching_protocols,
+    ExecRequest, STATUS, STDERR, STDOUT, Socket, close, framed, negotiate,
+    running_container_or_not_found, switching_protocols,
 };
 use super::logs::{attempt_files, attempts, parse_record};
 use super::{Body, ServerState, text};
@@ -57,11 +57,9 @@ pub(crate) async fn attach(
         Ok(negotiated) => negotiated,
         Err(refusal) => return *refusal,
     };
-    let Some(pod) = state.pod(namespace, pod_name) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("pod \"{pod_name}\" not found"),
-        );
+    let pod = match state.pod_or_not_found(namespace, pod_name) {
+        Ok(pod) => pod,
+        Err(refusal) => return *refusal,
     };
     let spec_stdin = pod
         .spec
@@ -76,22 +74,15 @@ pub(crate) async fn attach(
             ),
         );
     }
-    let uid = pod.uid().unwrap_or_default();
-    let Some(container_id) = running_container(state, &uid, container).await else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("unable to upgrade connection: container not found (\"{container}\")"),
-        );
+    let container_id = match running_container_or_not_found(state, &pod, container).await {
+        Ok(id) => id,
+        Err(refusal) => return *refusal,
     };
     let pid = match state.ctx.runtime.container_status(&container_id).await {
         Ok(status) if status.state == ContainerState::Running => status.pid,
         _ => None,
     };
-    let dir = state
-        .ctx
-        .pod_logs_dir
-        .join(format!("{namespace}_{pod_name}_{uid}"))
-        .join(container);
+    let dir = state.container_log_dir(&pod, container);
     let Some(live) = attempts(&dir)
         .last()
         .and_then(|attempt| attempt_files(&dir, *attempt).last().cloned())

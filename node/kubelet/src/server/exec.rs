@@ -85,21 +85,13 @@ pub(crate) async fn exec(
         Ok(negotiated) => negotiated,
         Err(refusal) => return *refusal,
     };
-    let Some(pod) = state.pod(namespace, pod_name) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("pod \"{pod_name}\" not found"),
-        );
+    let pod = match state.pod_or_not_found(namespace, pod_name) {
+        Ok(pod) => pod,
+        Err(refusal) => return *refusal,
     };
-    let uid = pod.uid().unwrap_or_default();
-    let container_id = match running_container(state, &uid, container).await {
-        Some(id) => id,
-        None => {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("unable to upgrade connection: container not found (\"{container}\")"),
-            );
-        }
+    let container_id = match running_container_or_not_found(state, &pod, container).await {
+        Ok(id) => id,
+        Err(refusal) => return *refusal,
     };
     let upgrade = hyper::upgrade::on(&mut req);
     let ctx = state.ctx.clone();
@@ -175,6 +167,22 @@ pub(crate) fn switching_protocols(
                 .boxed(),
         )
         .expect("valid response")
+}
+
+/// [`running_container`] of `pod`, or the 404 to answer with.
+pub(crate) async fn running_container_or_not_found(
+    state: &ServerState,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    container: &str,
+) -> Result<String, Box<Response<Body>>> {
+    running_container(state, &pod.uid().unwrap_or_default(), container)
+        .await
+        .ok_or_else(|| {
+            Box::new(text(
+                StatusCode::NOT_FOUND,
+                format!("unable to upgrade connection: container not found (\"{container}\")"),
+            ))
+        })
 }
 
 /// The runtime id of the running attempt of `container` in pod `uid`.

@@ -212,18 +212,12 @@ pub(crate) async fn container_logs(
         Ok(options) => options,
         Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
-    let Some(pod) = state.pod(namespace, pod_name) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("pod \"{pod_name}\" not found"),
-        );
+    let pod = match state.pod_or_not_found(namespace, pod_name) {
+        Ok(pod) => pod,
+        Err(refusal) => return *refusal,
     };
     let uid = pod.uid().unwrap_or_default();
-    let dir = state
-        .ctx
-        .pod_logs_dir
-        .join(format!("{namespace}_{pod_name}_{uid}"))
-        .join(container);
+    let dir = state.container_log_dir(&pod, container);
     let attempts = attempts(&dir);
     let attempt = if options.previous {
         match attempts.len() {

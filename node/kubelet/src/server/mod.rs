@@ -73,6 +73,33 @@ impl ServerState {
             .into_iter()
             .find(|pod| pod.namespace().as_deref() == Some(namespace) && pod.name_any() == name)
     }
+
+    /// [`pod`](Self::pod), or the 404 to answer with.
+    pub fn pod_or_not_found(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Arc<Pod>, Box<Response<Body>>> {
+        self.pod(namespace, name).ok_or_else(|| {
+            Box::new(text(
+                StatusCode::NOT_FOUND,
+                format!("pod \"{name}\" not found"),
+            ))
+        })
+    }
+
+    /// Where the CRI logs of `pod`'s container `container` are.
+    pub fn container_log_dir(&self, pod: &Pod, container: &str) -> std::path::PathBuf {
+        self.ctx
+            .pod_logs_dir
+            .join(format!(
+                "{}_{}_{}",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any(),
+                pod.uid().unwrap_or_default()
+            ))
+            .join(container)
+    }
 }
 
 /// Binds the listener (so that errors show at start) and returns the task that serves it.

@@ -202,6 +202,23 @@ impl TestDriver {
         self.used_on(0)
     }
 
+    /// Waits (5 s at most) until queue `q`'s used index reaches `idx` (a device thread
+    /// uses it); returns the used elements.
+    pub fn wait_used(&self, q: u16, idx: u16) -> Vec<(u32, u32)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (now, used) = self.used_on(q);
+            if now >= idx {
+                return used;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "queue {q}: used index stuck at {now}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
     /// Queue `q`'s used ring.
     pub fn used_on(&self, q: u16) -> (u16, Vec<(u32, u32)>) {
         let used = USED_RING + u64::from(q) * QUEUE_STRIDE;

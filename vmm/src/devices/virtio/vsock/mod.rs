@@ -71,7 +71,7 @@ impl VirtioDevice for Vsock {
 mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use vm_memory::{Bytes, GuestAddress};
 
@@ -165,21 +165,13 @@ mod tests {
             self.driver
                 .submit_on(1, &[(TX_BUFFER, bytes.len() as u32, false)]);
             self.tx_sent += 1;
-            self.wait_used(1, self.tx_sent);
-        }
-
-        fn wait_used(&self, q: u16, idx: u16) {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while self.driver.used_on(q).0 < idx {
-                assert!(Instant::now() < deadline, "queue {q} used index stuck");
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            self.driver.wait_used(1, self.tx_sent);
         }
 
         /// The next packet the device put in a receive buffer; the buffer is offered again.
         fn receive(&mut self) -> (Header, Vec<u8>) {
             self.rx_seen += 1;
-            self.wait_used(0, self.rx_seen);
+            self.driver.wait_used(0, self.rx_seen);
             let (_, used) = self.driver.used_on(0);
             let (id, len) = used[usize::from((self.rx_seen - 1) % RX_BUFFERS)];
             let addr = BUFFERS + u64::from(id) * 0x2000;
