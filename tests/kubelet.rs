@@ -519,3 +519,154 @@ async fn image_pull_secrets_open_a_registry_that_asks_for_a_password() -> Result
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn node_statistics_reach_kubectl_through_the_node_proxy() -> Result<()> {
+    let cluster = NodeCluster::start(&binary(), "node-stats", &[]).await?;
+    let image = cluster.image.clone();
+    cluster
+        .create_pod(
+            "busy",
+            "",
+            json!({ "spec": {
+                "containers": [{
+                    "name": "worker",
+                    "image": image,
+                    "command": ["sh", "-c",
+                        "dd if=/dev/zero of=/data/blob bs=1024 count=3072 2>/dev/null; echo written; \
+                         i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 3600"],
+                    "volumeMounts": [{ "name": "data", "mountPath": "/data" }],
+                }],
+                "volumes": [{ "name": "data", "emptyDir": {} }],
+            } }),
+        )
+        .await?;
+    cluster
+        .wait_for("the pod to run", "busy", |pod| {
+            (phase(pod) == Some("Running")).then_some(())
+        })
+        .await;
+    let kubectl = baton_test_harness::kubectl_binaries().remove(0);
+    let node = cluster.node.name.clone();
+    let raw = |path: String| {
+        let out = cluster.server.kubectl(&kubectl, &["get", "--raw", &path]);
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let summary_path = format!("/api/v1/nodes/{node}/proxy/stats/summary");
+    // The container's CPU rate needs two readings a second apart; the file is written first.
+    let summary = wait_until("the pod's statistics", Duration::from_secs(60), || {
+        let text = raw(summary_path.clone());
+        async move {
+            let summary: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let pod = summary["pods"]
+                .as_array()?
+                .iter()
+                .find(|p| p["podRef"]["name"] == "busy")?
+                .clone();
+            let written = pod["volume"][0]["usedBytes"].as_u64()? >= 3 << 20;
+            let rate = pod["containers"][0]["cpu"]["usageNanoCores"].is_u64();
+            (written && rate).then_some(summary)
+        }
+    })
+    .await?;
+    let node_stats = &summary["node"];
+    assert_eq!(node_stats["nodeName"], node.as_str());
+    for (what, value) in [
+        ("node CPU time", &node_stats["cpu"]["usageCoreNanoSeconds"]),
+        ("node working set", &node_stats["memory"]["workingSetBytes"]),
+        ("node fs capacity", &node_stats["fs"]["capacityBytes"]),
+        (
+            "image fs use",
+            &node_stats["runtime"]["imageFs"]["usedBytes"],
+        ),
+        ("pid limit", &node_stats["rlimit"]["maxpid"]),
+    ] {
+        assert!(value.as_u64().unwrap_or(0) > 0, "{what}: {node_stats}");
+    }
+    let pod = summary["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podRef"]["name"] == "busy")
+        .unwrap();
+    assert_eq!(pod["podRef"]["namespace"], "default");
+    let container = &pod["containers"][0];
+    assert_eq!(container["name"], "worker");
+    assert!(
+        container["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0,
+        "{pod}"
+    );
+    assert!(
+        container["memory"]["workingSetBytes"].as_u64().unwrap() > 0,
+        "{pod}"
+    );
+    assert!(
+        container["logs"]["usedBytes"].as_u64().unwrap() > 0,
+        "{pod}"
+    );
+    assert!(
+        pod["memory"]["workingSetBytes"].as_u64().unwrap() > 0,
+        "{pod}"
+    );
+    assert_eq!(pod["volume"][0]["name"], "data");
+    // The emptyDir on disk counts towards the pod's ephemeral storage.
+    assert!(
+        pod["ephemeral-storage"]["usedBytes"].as_u64().unwrap() >= 3 << 20,
+        "{pod}"
+    );
+    assert!(
+        pod["process_stats"]["process_count"].as_u64().unwrap_or(0) >= 1,
+        "{pod}"
+    );
+    assert!(pod["network"]["interfaces"].is_array(), "{pod}");
+
+    // CPU and memory only, and the metrics metrics-server scrapes.
+    let small: serde_json::Value =
+        serde_json::from_str(&raw(format!("{summary_path}?only_cpu_and_memory=true")))?;
+    assert!(small["node"]["cpu"].is_object() && small["node"]["fs"].is_null());
+    let metrics = raw(format!("/api/v1/nodes/{node}/proxy/metrics/resource"));
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "container_memory_working_set_bytes{container=\"worker\",namespace=\"default\",pod=\"busy\"} "
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nnode_cpu_usage_seconds_total "),
+        "{metrics}"
+    );
+    // The node's pods, and a path the kubelet does not serve.
+    let pods: serde_json::Value =
+        serde_json::from_str(&raw(format!("/api/v1/nodes/{node}/proxy/pods")))?;
+    assert!(
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["metadata"]["name"] == "busy")
+    );
+    let out = cluster.server.kubectl(
+        &kubectl,
+        &["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/nope")],
+    );
+    assert!(!out.status.success());
+    let out = cluster.server.kubectl(
+        &kubectl,
+        &[
+            "get",
+            "--raw",
+            "/api/v1/nodes/no-such-node/proxy/stats/summary",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nodes \"no-such-node\" not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

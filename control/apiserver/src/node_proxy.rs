@@ -1,6 +1,7 @@
 //! pods/log, pods/exec, pods/attach and pods/portforward, answered by the pod's kubelet as
 //! kube-apiserver does: the request goes on to `https://<node InternalIP>:<kubelet port>/
 //! containerLogs|exec|attach|portForward/...` with the API server's kubelet client certificate,
+//! and nodes/NAME/proxy/PATH (for example `stats/summary`) goes on to PATH on that kubelet;
 //! the answer streams back, and an upgraded connection (the WebSocket of `kubectl exec`) is
 //! spliced through both ways.
 
@@ -12,7 +13,7 @@ use rustls::pki_types::ServerName;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, BodyStream, Empty, StreamBody};
+use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -94,22 +95,75 @@ impl KubeletClient {
     }
 }
 
-/// Whether the request is one of the pod subresources the kubelet answers.
+/// Whether the request is one the kubelet answers: a pod's log, exec, attach or portforward,
+/// or a node's proxy.
 pub fn is_node_proxied(info: &RequestInfo) -> bool {
-    info.resource == "pods"
-        && info.group.is_empty()
+    info.group.is_empty()
         && matches!(
-            info.subresource.as_deref(),
-            Some("log" | "exec" | "attach" | "portforward")
+            (info.resource.as_str(), info.subresource.as_deref()),
+            ("pods", Some("log" | "exec" | "attach" | "portforward")) | ("nodes", Some("proxy"))
         )
 }
 
-/// Forwards the request to the pod's kubelet.
+/// Where on which kubelet a proxied request goes.
+struct KubeletTarget {
+    /// The Node object.
+    node: Value,
+    /// The port named in `nodes/NAME:PORT/proxy`, if any.
+    port: Option<i64>,
+    /// Path and query on the kubelet.
+    path: String,
+}
+
+/// Forwards the request to the kubelet that answers it.
 pub async fn proxy<S: Store>(
     server: &ApiServer<S>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     info: &RequestInfo,
 ) -> Result<Response<Body>, StatusError> {
+    let target = if info.resource == "nodes" {
+        node_target(server, &req, info).await?
+    } else {
+        pod_target(server, &req, info).await?
+    };
+    let method = req.method().to_string();
+    forward(server, req, target, &method).await
+}
+
+/// `nodes/NAME[:PORT]/proxy/PATH`: PATH on that node's kubelet.
+async fn node_target<S: Store>(
+    server: &ApiServer<S>,
+    req: &Request<Incoming>,
+    info: &RequestInfo,
+) -> Result<KubeletTarget, StatusError> {
+    let nodes = resources::find("", "v1", "nodes").ok_or_else(StatusError::no_such_path)?;
+    let asked = info.name.as_deref().unwrap_or_default();
+    let (name, port) = match asked.rsplit_once(':') {
+        Some((name, port)) => {
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| StatusError::bad_request(format!("invalid port: {port:?}")))?;
+            (name, Some(i64::from(port)))
+        }
+        None => (asked, None),
+    };
+    let node = read_object(server, nodes, &nodes.key(None, name), name).await?;
+    let mut path = format!("/{}", info.proxy_path.as_deref().unwrap_or_default());
+    if let Some(query) = req.uri().query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    Ok(KubeletTarget { node, port, path })
+}
+
+/// `pods/NAME/log|exec|attach|portforward`: the kubelet's endpoint for the pod's container.
+async fn pod_target<S: Store>(
+    server: &ApiServer<S>,
+    req: &Request<Incoming>,
+    info: &RequestInfo,
+) -> Result<KubeletTarget, StatusError> {
     let pods = resources::find("", "v1", "pods").ok_or_else(StatusError::no_such_path)?;
     let nodes = resources::find("", "v1", "nodes").ok_or_else(StatusError::no_such_path)?;
     let name = info.name.as_deref().unwrap_or_default();
@@ -128,15 +182,6 @@ pub async fn proxy<S: Store>(
         _ => container_name(&pod, query.get("container"), name)?,
     };
     let node = read_object(server, nodes, &nodes.key(None, node_name), node_name).await?;
-    let address = node_address(&node).ok_or_else(|| {
-        StatusError::internal(format!(
-            "node {node_name} has no address to reach its kubelet"
-        ))
-    })?;
-    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-        .as_i64()
-        .filter(|p| *p > 0)
-        .unwrap_or(DEFAULT_KUBELET_PORT);
     let endpoint = match sub {
         "log" => "containerLogs",
         "exec" => "exec",
@@ -152,6 +197,34 @@ pub async fn proxy<S: Store>(
         path.push('?');
         path.push_str(query);
     }
+    Ok(KubeletTarget {
+        node,
+        port: None,
+        path,
+    })
+}
+
+/// Most bytes of a request body passed on to a kubelet.
+const MAX_FORWARDED_BODY: usize = 16 * 1024 * 1024;
+
+/// Sends the request to the kubelet and streams (or splices, once upgraded) its answer back.
+async fn forward<S: Store>(
+    server: &ApiServer<S>,
+    mut req: Request<Incoming>,
+    target: KubeletTarget,
+    method: &str,
+) -> Result<Response<Body>, StatusError> {
+    let KubeletTarget { node, port, path } = target;
+    let node_name = node["metadata"]["name"].as_str().unwrap_or_default();
+    let address = node_address(&node).ok_or_else(|| {
+        StatusError::internal(format!(
+            "node {node_name} has no address to reach its kubelet"
+        ))
+    })?;
+    let port = port
+        .or_else(|| node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_i64())
+        .filter(|p| *p > 0)
+        .unwrap_or(DEFAULT_KUBELET_PORT);
     let host = if address.contains(':') {
         format!("[{address}]:{port}")
     } else {
@@ -160,7 +233,7 @@ pub async fn proxy<S: Store>(
     let unreachable = |err: &dyn std::fmt::Display| {
         StatusError::internal(format!(
             "error trying to reach service: {} {}: {err}",
-            req_method_text(sub),
+            method_text(method),
             format_args!("https://{host}{path}")
         ))
     };
@@ -193,8 +266,18 @@ pub async fn proxy<S: Store>(
         forward = forward.header(key, value);
     }
     let upgrade = req.headers().contains_key(header::UPGRADE);
+    // An upgrade keeps the request for its connection; other requests pass their body on.
+    let body = if upgrade {
+        Bytes::new()
+    } else {
+        http_body_util::Limited::new(req.body_mut(), MAX_FORWARDED_BODY)
+            .collect()
+            .await
+            .map_err(|err| StatusError::bad_request(format!("reading the request body: {err}")))?
+            .to_bytes()
+    };
     let forward = forward
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(body))
         .map_err(|err| StatusError::internal(err.to_string()))?;
     let mut answer = sender
         .send_request(forward)
@@ -270,8 +353,12 @@ fn kubelet_refusal(code: StatusCode, message: String) -> StatusError {
     }
 }
 
-fn req_method_text(sub: &str) -> &'static str {
-    if sub == "log" { "Get" } else { "Post" }
+/// `GET` as Go's net/http names it in its errors (`Get "https://..."`).
+fn method_text(method: &str) -> String {
+    let mut chars = method.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_string() + &chars.as_str().to_ascii_lowercase()
+    })
 }
 
 /// The container a log/exec/attach request means: the named one, or the pod's only one.

@@ -19,6 +19,8 @@ pub struct RequestInfo {
     pub subresource: Option<String>,
     /// The verb: get, list, watch, create, update, patch, delete, deletecollection.
     pub verb: &'static str,
+    /// The path after a `proxy` subresource (`stats/summary` of `nodes/n1/proxy/stats/summary`).
+    pub proxy_path: Option<String>,
 }
 
 /// What a path outside the resource tree names.
@@ -107,7 +109,9 @@ pub fn parse(method: &Method, path: &str, watch_param: bool) -> Target {
     info.resource = rest[0].clone();
     info.name = rest.get(1).cloned();
     info.subresource = rest.get(2).cloned();
-    if rest.len() > 3 {
+    if info.subresource.as_deref() == Some("proxy") {
+        info.proxy_path = Some(rest[3..].join("/"));
+    } else if rest.len() > 3 {
         return Target::Other(path.to_string());
     }
     info.verb = verb(
@@ -174,6 +178,26 @@ mod tests {
         );
         let dc = res(Method::DELETE, "/api/v1/namespaces/a/pods");
         assert_eq!(dc.verb, "deletecollection");
+    }
+
+    #[test]
+    fn proxy_subresources_keep_the_rest_of_the_path() {
+        let info = res(Method::GET, "/api/v1/nodes/n1/proxy/stats/summary");
+        assert_eq!(
+            (
+                info.resource.as_str(),
+                info.name.as_deref(),
+                info.subresource.as_deref(),
+                info.proxy_path.as_deref()
+            ),
+            ("nodes", Some("n1"), Some("proxy"), Some("stats/summary"))
+        );
+        let bare = res(Method::GET, "/api/v1/nodes/n1/proxy");
+        assert_eq!(bare.proxy_path.as_deref(), Some(""));
+        assert!(matches!(
+            parse(&Method::GET, "/api/v1/nodes/n1/status/extra", false),
+            Target::Other(_)
+        ));
     }
 
     #[test]

@@ -215,18 +215,7 @@ impl ImageStore {
     /// context), and the size of its filesystem.
     pub fn disk_usage(&self) -> Result<DiskUsage, DiskUsageError> {
         let root = self.root();
-        let stats = nix::sys::statvfs::statvfs(root).map_err(|e| DiskUsageError {
-            path: root.to_path_buf(),
-            source: e.into(),
-        })?;
-        let fragment = stats.fragment_size();
-        let mut usage = DiskUsage {
-            capacity_bytes: stats.blocks() * fragment,
-            available_bytes: stats.blocks_available() * fragment,
-            inodes: stats.files(),
-            inodes_free: stats.files_free(),
-            ..DiskUsage::default()
-        };
+        let mut usage = DiskUsage::of_filesystem(root)?;
         let mut seen = HashSet::new();
         for dir in [root.join("blobs"), root.join("layers")] {
             walk(&dir, &mut seen, &mut usage)?;
@@ -236,6 +225,30 @@ impl ImageStore {
             usage.inodes_used += 1;
         }
         Ok(usage)
+    }
+}
+
+impl DiskUsage {
+    /// The size and free space of the filesystem holding `path`, with nothing counted as used.
+    pub fn of_filesystem(path: &Path) -> Result<Self, DiskUsageError> {
+        let stats = nix::sys::statvfs::statvfs(path).map_err(|e| DiskUsageError {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+        let fragment = stats.fragment_size();
+        Ok(Self {
+            capacity_bytes: stats.blocks() * fragment,
+            available_bytes: stats.blocks_available() * fragment,
+            inodes: stats.files(),
+            inodes_free: stats.files_free(),
+            ..Self::default()
+        })
+    }
+
+    /// Counts the blocks and inodes under `dir` as used (each hardlinked inode once), as `du`
+    /// does; call it from a blocking context.
+    pub fn add_directory(&mut self, dir: &Path) -> Result<(), DiskUsageError> {
+        walk(dir, &mut HashSet::new(), self)
     }
 }
 

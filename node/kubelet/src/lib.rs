@@ -29,6 +29,7 @@ pub mod pull_secrets;
 pub mod qos;
 pub use baton_quantity as quantity;
 pub mod server;
+pub mod stats;
 pub mod volumes;
 
 pub use args::KubeletArgs;

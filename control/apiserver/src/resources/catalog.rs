@@ -42,6 +42,25 @@ const POD_SUBRESOURCES: &[Subresource] = &[
         kind: Some(("", "v1", "PodExecOptions")),
         verbs: &["create", "get"],
     },
+    Subresource {
+        name: "attach",
+        kind: Some(("", "v1", "PodAttachOptions")),
+        verbs: &["create", "get"],
+    },
+    Subresource {
+        name: "portforward",
+        kind: Some(("", "v1", "PodPortForwardOptions")),
+        verbs: &["create", "get"],
+    },
+];
+
+const NODE_SUBRESOURCES: &[Subresource] = &[
+    status("", "v1", "Node"),
+    Subresource {
+        name: "proxy",
+        kind: Some(("", "v1", "NodeProxyOptions")),
+        verbs: &["create", "delete", "get", "patch", "update"],
+    },
 ];
 
 /// Every resource the API server serves.
@@ -96,7 +115,7 @@ pub static CATALOG: &[Resource] = &[
         namespaced: false,
         short_names: &["no"],
         categories: &[],
-        subresources: &[status("", "v1", "Node")],
+        subresources: NODE_SUBRESOURCES,
         has_status: true,
         tracks_generation: false,
         storage_prefix: "/registry/minions/",

@@ -1,6 +1,7 @@
 //! The kubelet's HTTPS server (port 10250): /healthz, /containerLogs, /exec and /attach
-//! (WebSocket, v5/v4.channel.k8s.io), /metrics. The API server proxies pods/log, pods/exec
-//! and pods/attach here.
+//! (WebSocket, v5/v4.channel.k8s.io), /metrics, /metrics/resource, /stats/summary and /pods.
+//! The API server proxies pods/log, pods/exec and pods/attach here, and nodes/NAME/proxy/PATH
+//! to PATH.
 //! Clients must present a certificate signed by --client-ca-file; without one the kubelet
 //! serves only on a loopback address (and says so in its log). Any certificate of that CA is
 //! allowed everything (no authorization by user yet). The serving certificate comes from
@@ -10,6 +11,7 @@
 mod attach;
 mod exec;
 mod logs;
+mod stats;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -63,6 +65,7 @@ pub struct ServerSettings {
 pub(crate) struct ServerState {
     pub ctx: Arc<KubeletContext>,
     pub pods: Store<Pod>,
+    pub stats: Arc<crate::stats::StatsCollector>,
 }
 
 impl ServerState {
@@ -141,7 +144,10 @@ pub async fn serve(
             source,
         })?;
     tracing::info!(address = %settings.address, "kubelet server listening");
-    let state = Arc::new(ServerState { ctx, pods });
+    let stats = Arc::new(crate::stats::StatsCollector::new(ctx.clone()));
+    let sampled = pods.clone();
+    tokio::spawn(stats.clone().run_sampler(move || sampled.state()));
+    let state = Arc::new(ServerState { ctx, pods, stats });
     Ok(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -175,6 +181,9 @@ async fn route(state: &ServerState, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
         (&Method::GET, ["metrics"]) => metrics(state).await,
+        (&Method::GET, ["metrics", "resource"]) => stats::resource_metrics(state).await,
+        (&Method::GET, ["stats", "summary"]) => stats::summary(state, req.uri().query()).await,
+        (&Method::GET, ["pods"]) => stats::pods(state),
         (&Method::GET, ["containerLogs", namespace, pod, container]) => {
             logs::container_logs(state, namespace, pod, container, req.uri().query()).await
         }
