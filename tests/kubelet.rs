@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use baton_test_harness::{
     Binary, NodeCluster, main_status, pod_phase as phase, wait_until, waiting_reason,
 };
@@ -665,6 +665,120 @@ async fn node_statistics_reach_kubectl_through_the_node_proxy() -> Result<()> {
     );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("nodes \"no-such-node\" not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// One HTTP/1.0 GET through a local port; the body of the answer.
+fn http_get(port: u16, path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let body_at = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(answer.len(), |at| at + 4);
+    Ok(answer.split_off(body_at))
+}
+
+#[tokio::test]
+async fn kubectl_port_forward_reaches_the_pods_port() -> Result<()> {
+    let cluster = NodeCluster::start(&binary(), "node-portfwd", &[]).await?;
+    // busybox httpd on the pod's 8080, with a small page and a 1 MiB file.
+    cluster
+        .create_pod(
+            "web",
+            "mkdir -p /www && echo hello-from-pod > /www/index.html && \
+             head -c 1048576 /dev/zero | tr '\\0' x > /www/big && \
+             exec httpd -f -p 8080 -h /www",
+            json!({}),
+        )
+        .await?;
+    cluster
+        .wait_for("the pod to run", "web", |pod| {
+            (phase(pod) == Some("Running")).then_some(())
+        })
+        .await;
+    // kubectl 1.32 and 1.33 tunnel SPDY through a WebSocket first; with the variable off
+    // they upgrade the connection to SPDY itself.
+    for kubectl in baton_test_harness::kubectl_binaries() {
+        for websockets in ["true", "false"] {
+            let local = baton_test_harness::free_port()?;
+            let forward = cluster.server.kubectl_background_with_env(
+                &kubectl,
+                &["port-forward", "pod/web", &format!("{local}:8080"), ":9999"],
+                &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)],
+            )?;
+            wait_until("kubectl to listen", Duration::from_secs(30), || {
+                std::future::ready(
+                    forward
+                        .output()
+                        .contains(&format!("Forwarding from 127.0.0.1:{local} -> 8080"))
+                        .then_some(()),
+                )
+            })
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}: {}", forward.errors()))?;
+            let context = format!("{} websockets={websockets}", kubectl.display());
+            // Several connections in turn, each its own pair of streams.
+            for _ in 0..3 {
+                let body = http_get(local, "/index.html")
+                    .with_context(|| format!("{context}: {}", forward.errors()))?;
+                assert_eq!(body, b"hello-from-pod\n", "{context}");
+            }
+            // More than SPDY's initial 64 KiB window, whole and in order.
+            let big = http_get(local, "/big")
+                .with_context(|| format!("{context}: {}", forward.errors()))?;
+            assert_eq!(big.len(), 1 << 20, "{context}");
+            assert!(big.iter().all(|b| *b == b'x'), "{context}");
+            // A port nobody listens on: the connection closes and kubectl reports why.
+            let line = forward.output().lines().find_map(|l| {
+                l.strip_prefix("Forwarding from 127.0.0.1:")?
+                    .strip_suffix(" -> 9999")?
+                    .parse::<u16>()
+                    .ok()
+            });
+            let refused_port = line.with_context(|| {
+                format!("a local port for 9999 ({context}): {}", forward.output())
+            })?;
+            assert!(
+                http_get(refused_port, "/").map_or(true, |body| body.is_empty()),
+                "{context}"
+            );
+            wait_until(
+                "the refusal in kubectl's log",
+                Duration::from_secs(30),
+                || {
+                    std::future::ready(
+                        forward
+                            .errors()
+                            .contains("error forwarding port 9999 to pod default/web")
+                            .then_some(()),
+                    )
+                },
+            )
+            .await
+            .map_err(|err| anyhow::anyhow!("{err} ({context}): {}", forward.errors()))?;
+            assert!(
+                forward.errors().contains("connection refused"),
+                "{context}: {}",
+                forward.errors()
+            );
+        }
+    }
+    // A pod that does not exist.
+    let kubectl = baton_test_harness::kubectl_binaries().remove(0);
+    let out = cluster
+        .server
+        .kubectl(&kubectl, &["port-forward", "pod/nope", "8080"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pods \"nope\" not found"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

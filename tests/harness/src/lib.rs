@@ -441,20 +441,30 @@ impl ApiServer {
     /// Starts a long-running kubectl (e.g. `get -w`) whose output collects in a file; it is
     /// stopped when the returned guard is dropped.
     pub fn kubectl_background(&self, kubectl: &Path, args: &[&str]) -> Result<BackgroundKubectl> {
-        let out = self
-            .dir
-            .path()
-            .join(format!("kubectl-{}.out", free_port()?));
+        self.kubectl_background_with_env(kubectl, args, &[])
+    }
+
+    /// [`kubectl_background`](Self::kubectl_background) with extra environment variables.
+    pub fn kubectl_background_with_env(
+        &self,
+        kubectl: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<BackgroundKubectl> {
+        let stem = self.dir.path().join(format!("kubectl-{}", free_port()?));
+        let out = stem.with_extension("out");
+        let err = stem.with_extension("err");
         let child = die_with_parent(&mut Command::new(kubectl))
             .args(args)
             .env("KUBECONFIG", self.kubeconfig())
             .env("HOME", self.dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out)?)
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&err)?)
             .spawn()
             .with_context(|| format!("running {}", kubectl.display()))?;
-        Ok(BackgroundKubectl { child, out })
+        Ok(BackgroundKubectl { child, out, err })
     }
 
     /// Runs kubectl with `input` on its standard input.
@@ -496,12 +506,18 @@ impl Drop for ApiServer {
 pub struct BackgroundKubectl {
     child: Child,
     out: PathBuf,
+    err: PathBuf,
 }
 
 impl BackgroundKubectl {
     /// What it has printed so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// What it has printed on its standard error so far.
+    pub fn errors(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 }
 

@@ -53,7 +53,7 @@ pub(crate) async fn attach(
     if request.tty {
         request.stderr = false;
     }
-    let (protocol, key) = match negotiate(&req) {
+    let (protocol, key) = match negotiate(&req, &super::exec::PROTOCOLS) {
         Ok(negotiated) => negotiated,
         Err(refusal) => return *refusal,
     };

@@ -27,7 +27,7 @@ use crate::container_start::parse_container_id;
 use baton_runtime::{ContainerRuntime, ContainerState, ExecConfig};
 
 /// The subprotocols served, best first.
-const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+pub(crate) const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 const STDIN: u8 = 0;
 pub(crate) const STDOUT: u8 = 1;
 pub(crate) const STDERR: u8 = 2;
@@ -81,7 +81,7 @@ pub(crate) async fn exec(
             "you must specify at least one command for the container",
         );
     }
-    let (protocol, key) = match negotiate(&req) {
+    let (protocol, key) = match negotiate(&req, &PROTOCOLS) {
         Ok(negotiated) => negotiated,
         Err(refusal) => return *refusal,
     };
@@ -112,10 +112,11 @@ pub(crate) async fn exec(
     switching_protocols(protocol, &key)
 }
 
-/// The channel protocol the client asked for (best first) and its WebSocket key, or the
+/// The first of `protocols` (best first) the client asked for, and its WebSocket key, or the
 /// refusal to answer.
 pub(crate) fn negotiate(
     req: &Request<Incoming>,
+    protocols: &[&'static str],
 ) -> Result<(&'static str, http::HeaderValue), Box<Response<Body>>> {
     let asked: Vec<String> = req
         .headers()
@@ -124,12 +125,12 @@ pub(crate) fn negotiate(
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
         .collect();
-    let Some(protocol) = PROTOCOLS.iter().find(|p| asked.iter().any(|a| a == *p)) else {
+    let Some(protocol) = protocols.iter().find(|p| asked.iter().any(|a| a == *p)) else {
         return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             format!(
-                "unable to upgrade connection: the kubelet speaks {} over WebSocket",
-                PROTOCOLS.join(", ")
+                "unable to upgrade connection: the kubelet speaks {} over WebSocket here",
+                protocols.join(", ")
             ),
         )));
     };

@@ -1,7 +1,7 @@
 //! The kubelet's HTTPS server (port 10250): /healthz, /containerLogs, /exec and /attach
-//! (WebSocket, v5/v4.channel.k8s.io), /metrics, /metrics/resource, /stats/summary and /pods.
-//! The API server proxies pods/log, pods/exec and pods/attach here, and nodes/NAME/proxy/PATH
-//! to PATH.
+//! (WebSocket, v5/v4.channel.k8s.io), /portForward (SPDY/3.1, plain or inside a WebSocket),
+//! /metrics, /metrics/resource, /stats/summary and /pods. The API server proxies pods/log,
+//! pods/exec, pods/attach and pods/portforward here, and nodes/NAME/proxy/PATH to PATH.
 //! Clients must present a certificate signed by --client-ca-file; without one the kubelet
 //! serves only on a loopback address (and says so in its log). Any certificate of that CA is
 //! allowed everything (no authorization by user yet). The serving certificate comes from
@@ -11,6 +11,8 @@
 mod attach;
 mod exec;
 mod logs;
+mod port_forward;
+mod spdy;
 mod stats;
 
 use std::convert::Infallible;
@@ -193,10 +195,9 @@ async fn route(state: &ServerState, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET | &Method::POST, ["attach", namespace, pod, container]) => {
             attach::attach(state, namespace, pod, container, req).await
         }
-        (_, ["portForward", ..]) => text(
-            StatusCode::NOT_IMPLEMENTED,
-            "port-forward is not supported by Baton's kubelet yet",
-        ),
+        (&Method::GET | &Method::POST, ["portForward", namespace, pod]) => {
+            port_forward::port_forward(state, namespace, pod, req).await
+        }
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }
 }
