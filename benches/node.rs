@@ -101,6 +101,7 @@ async fn runtime_bench(binary: &Binary) -> anyhow::Result<Vec<String>> {
                 log_path: dir.path().join("logs").join(format!("{id}.log")),
                 log_max_size: 0,
                 log_max_files: 1,
+                stdin: false,
             })
             .await?;
         client.start_container(&id).await?;

@@ -784,3 +784,83 @@ async fn kubectl_port_forward_reaches_the_pods_port() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn kubectl_run_and_attach_feed_the_containers_stdin() -> Result<()> {
+    let cluster = NodeCluster::start(&binary(), "node-stdin", &[]).await?;
+    let echo = "while read line; do [ \"$line\" = quit ] && exit 0; echo \"got $line\"; done";
+    let on_node = json!({ "spec": { "nodeName": cluster.node.name } }).to_string();
+    for (round, kubectl) in baton_test_harness::kubectl_binaries().iter().enumerate() {
+        // kubectl run -i --rm: the pod is made with stdin, attached to once Running, fed,
+        // and deleted after its container exits.
+        let name = format!("feeder-{round}");
+        let out = cluster.server.kubectl_with_input(
+            kubectl,
+            &[
+                "run",
+                &name,
+                "-i",
+                "--rm",
+                "--restart=Never",
+                &format!("--image={}", cluster.image),
+                &format!("--overrides={on_node}"),
+                "--",
+                "sh",
+                "-c",
+                echo,
+            ],
+            Some("hello\nquit\n"),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("got hello"), "{stdout}");
+        assert!(
+            stdout.contains(&format!("pod \"{name}\" deleted")),
+            "{stdout}"
+        );
+    }
+
+    // kubectl attach -i to a running pod that keeps its stdin open.
+    cluster
+        .create_pod(
+            "listener",
+            echo,
+            json!({ "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "main",
+                "image": cluster.image,
+                "command": ["sh", "-c", echo],
+                "stdin": true,
+            }],
+        } }),
+        )
+        .await?;
+    cluster
+        .wait_for("the pod to run", "listener", |pod| {
+            (phase(pod) == Some("Running")).then_some(())
+        })
+        .await;
+    let kubectl = baton_test_harness::kubectl_binaries().remove(0);
+    let out = cluster.server.kubectl_with_input(
+        &kubectl,
+        &["attach", "-i", "listener"],
+        Some("hi\nquit\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got hi\n");
+    cluster
+        .wait_for("the container to end", "listener", |pod| {
+            (phase(pod) == Some("Succeeded")).then_some(())
+        })
+        .await;
+    Ok(())
+}

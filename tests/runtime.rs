@@ -82,6 +82,7 @@ impl Runtime {
             log_path: self.log_path(id),
             log_max_size: 0,
             log_max_files: 1,
+            stdin: false,
         }
     }
 
@@ -169,6 +170,42 @@ async fn a_container_runs_and_its_output_and_exit_code_are_kept() {
     runtime.client.remove_container("echo").await.unwrap();
     let err = runtime.client.container_status("echo").await.unwrap_err();
     assert!(err.to_string().contains("no container echo"), "{err}");
+}
+
+#[tokio::test]
+async fn a_container_with_stdin_reads_what_is_written_to_its_fifo() {
+    let runtime = Runtime::new();
+    let bundle = runtime.bundle(
+        "reader",
+        &[
+            "sh",
+            "-c",
+            "read first; read second; echo \"got $first and $second\"",
+        ],
+        |_| {},
+    );
+    let mut config = runtime.config("reader", bundle);
+    config.stdin = true;
+    let pid = runtime.client.create_container(config).await.unwrap();
+    runtime.client.start_container("reader").await.unwrap();
+    // Nobody writes yet: the container waits for input instead of reading end-of-file.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = runtime.client.container_status("reader").await.unwrap();
+    assert_eq!(status.state, ContainerState::Running, "{status:?}");
+    // Two writers in turn, as two attaches would be.
+    let fifo = baton_runtime::stdin_path(runtime.client.root(), "reader");
+    for line in ["one\n", "two\n"] {
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        std::io::Write::write_all(&mut writer, line.as_bytes()).unwrap();
+    }
+    exited(pid).await;
+    let lines = log_lines(&runtime.log_path("reader"));
+    assert!(
+        lines.contains(&("stdout".into(), "got one and two".into())),
+        "{lines:?}"
+    );
+    runtime.client.remove_container("reader").await.unwrap();
+    assert!(!fifo.exists(), "the FIFO goes with the container");
 }
 
 #[tokio::test]

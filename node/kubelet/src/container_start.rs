@@ -254,6 +254,7 @@ async fn create_and_start(
         log_path: request.dirs.log_file(&container.name, request.attempt),
         log_max_size: ctx.log_max_size,
         log_max_files: ctx.log_max_files,
+        stdin: container.stdin == Some(true),
     };
     let pid = ctx
         .runtime

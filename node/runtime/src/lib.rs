@@ -18,6 +18,12 @@ use std::future::Future;
 use std::os::fd::OwnedFd;
 
 pub use client::{RuntimeCallError, RuntimeClient, wait_for_exit};
+
+/// The FIFO the stdin of container `id` reads from, under the runtime's root directory, when
+/// its [`ContainerConfig::stdin`] was set.
+pub fn stdin_path(root: &std::path::Path, id: &str) -> std::path::PathBuf {
+    root.join("io").join(id).join("stdin")
+}
 pub use server::{SOCKET_NAME, ServeRuntimeError, serve};
 pub use types::{
     ContainerConfig, ContainerState, ContainerStatus, ExecConfig, ExitStatus, Sandbox,

@@ -50,6 +50,10 @@ pub struct ContainerConfig {
     pub log_max_size: u64,
     /// How many log files to keep, the live one included (at least 1).
     pub log_max_files: u32,
+    /// Whether the container's stdin stays open for writers (`io/<id>/stdin`, see
+    /// [`crate::stdin_path`]); without it stdin is /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 /// Where a container is in its life.

@@ -2,8 +2,11 @@
 //! now on, over the same WebSocket channel protocol as exec (stdout on channel 1, stderr on
 //! 2; with `tty`, stdout only), until the container exits and its last output is written (a
 //! final Success status on channel 3) or the client goes.
-//! The output is read from the container's log as the runtime writes it. A container's stdin
-//! cannot be attached to yet: a pod that asks for `stdin: true` is refused with that reason.
+//! The output is read from the container's log as the runtime writes it. With `stdin`, and a
+//! container whose spec asks for `stdin: true`, channel 0 is written to the container's stdin
+//! FIFO (which the runtime keeps open for it; see `baton_runtime::stdin_path`); a v5 client's
+//! end of stdin closes this attach's writer, not the container's stdin (as with
+//! `stdinOnce: false`). Input for a container without stdin is dropped.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -20,8 +23,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::exec::{
-    ExecRequest, STATUS, STDERR, STDOUT, Socket, close, framed, negotiate,
-    running_container_or_not_found, switching_protocols,
+    ExecRequest, Input, STATUS, STDERR, STDOUT, Socket, close, framed, handle_input, is_v5,
+    negotiate, running_container_or_not_found, switching_protocols,
 };
 use super::logs::{attempt_files, attempts, parse_record};
 use super::{Body, ServerState, text};
@@ -66,18 +69,28 @@ pub(crate) async fn attach(
         .as_ref()
         .and_then(|s| s.containers.iter().find(|c| c.name == container))
         .is_some_and(|c| c.stdin == Some(true));
-    if request.stdin && spec_stdin {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "unable to attach to the stdin of container \"{container}\": Baton's kubelet does not keep containers' stdin open yet"
-            ),
-        );
-    }
     let container_id = match running_container_or_not_found(state, &pod, container).await {
         Ok(id) => id,
         Err(refusal) => return *refusal,
     };
+    let input: Input = if request.stdin && spec_stdin {
+        let fifo = baton_runtime::stdin_path(state.ctx.runtime.root(), &container_id);
+        match tokio::net::unix::pipe::OpenOptions::new().open_sender(&fifo) {
+            Ok(sender) => Some(Box::new(sender)),
+            Err(err) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "unable to attach to the stdin of container \"{container}\": {}: {err}",
+                        fifo.display()
+                    ),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let v5 = is_v5(protocol);
     let pid = match state.ctx.runtime.container_status(&container_id).await {
         Ok(status) if status.state == ContainerState::Running => status.pid,
         _ => None,
@@ -99,7 +112,7 @@ pub(crate) async fn attach(
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
                         .await;
-                if let Err(err) = session(ws, &live, pid, request).await {
+                if let Err(err) = session(ws, &live, pid, request, input, v5).await {
                     tracing::debug!(%err, "attach session");
                 }
             }
@@ -115,6 +128,8 @@ async fn session(
     live: &std::path::Path,
     pid: Option<i32>,
     request: ExecRequest,
+    mut input: Input,
+    v5: bool,
 ) -> std::io::Result<()> {
     let (mut sink, mut incoming) = ws.split();
     let mut file = std::fs::File::open(live)?;
@@ -183,7 +198,10 @@ async fn session(
             _ = &mut exit, if exited_at.is_none() => exited_at = Some(std::time::Instant::now()),
             message = incoming.next() => match message {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
-                // Resizes and stdin without a stdin to write to are dropped.
+                // Stdin (resizes have no terminal to go to: containers have none).
+                Some(Ok(Message::Binary(data))) if !data.is_empty() => {
+                    handle_input(&data, &mut input, None, v5).await;
+                }
                 Some(Ok(_)) => {}
             },
         }

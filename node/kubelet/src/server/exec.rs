@@ -418,10 +418,13 @@ pub(crate) async fn close(sink: &mut futures::stream::SplitSink<Socket, Message>
     let _ = sink.close().await;
 }
 
+/// Where a session's stdin goes.
+pub(crate) type Input = Option<Box<dyn AsyncWrite + Send + Unpin>>;
+
 /// Applies one message from the client: stdin data, a resize, or (v5) stdin's end.
-async fn handle_input(
+pub(crate) async fn handle_input(
     data: &[u8],
-    input: &mut Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    input: &mut Input,
     terminal: Option<&OwnedFd>,
     v5: bool,
 ) {

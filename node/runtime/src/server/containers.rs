@@ -4,7 +4,9 @@
 //!
 //! Stdout and stderr are FIFOs, not pipes, and the container holds its end open read-write:
 //! a container never gets SIGPIPE because nobody reads, and a restarted runtime process opens
-//! the FIFOs again and goes on copying.
+//! the FIFOs again and goes on copying. A container that asks for stdin gets a third FIFO,
+//! `io/<id>/stdin`, also held open read-write by the container (so it waits for input rather
+//! than reading end-of-file while nobody is attached); `kubectl attach -i` writes to it.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::OwnedFd;
@@ -41,6 +43,8 @@ pub(crate) struct Output {
 /// The runtime's container directories.
 #[derive(Debug)]
 pub(crate) struct Containers {
+    /// The runtime's root directory.
+    root: PathBuf,
     /// libcontainer's root: one state directory per container.
     pub state: PathBuf,
     meta: PathBuf,
@@ -61,6 +65,7 @@ impl Containers {
             );
         }
         let this = Self {
+            root: root.to_owned(),
             state: root.join("containers"),
             meta: root.join("meta"),
             io: root.join("io"),
@@ -100,8 +105,14 @@ impl Containers {
             },
         )
         .map_err(|err| format!("{}: {err}", context()))?;
-        let stdin =
-            File::open("/dev/null").map_err(|err| format!("{}: /dev/null: {err}", context()))?;
+        let stdin: OwnedFd = if config.stdin {
+            self.open_stdin(id)
+                .map_err(|err| format!("{}: stdin: {err}", context()))?
+        } else {
+            File::open("/dev/null")
+                .map_err(|err| format!("{}: /dev/null: {err}", context()))?
+                .into()
+        };
         let built = ContainerBuilder::new(id.clone(), SyscallType::default())
             .with_root_path(&self.state)
             .and_then(|builder| builder.validate_id())
@@ -330,6 +341,18 @@ impl Containers {
             stdout,
             stderr,
         ))
+    }
+
+    /// Makes the container's stdin FIFO (after [`open_fifos`](Self::open_fifos), which makes
+    /// the directory) and returns the container's end.
+    fn open_stdin(&self, id: &str) -> std::io::Result<OwnedFd> {
+        let path = crate::stdin_path(&self.root, id);
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600))?;
+        Ok(OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)?
+            .into())
     }
 
     /// Forgets the runtime's own records of the container.
