@@ -13,7 +13,7 @@ use rustls::pki_types::ServerName;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, BodyStream, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -99,20 +99,23 @@ impl KubeletClient {
 /// or a node's proxy.
 pub fn is_node_proxied(info: &RequestInfo) -> bool {
     info.group.is_empty()
-        && matches!(
-            (info.resource.as_str(), info.subresource.as_deref()),
-            ("pods", Some("log" | "exec" | "attach" | "portforward")) | ("nodes", Some("proxy"))
-        )
+        && match (info.resource.as_str(), info.subresource.as_deref()) {
+            ("pods", Some("log" | "exec" | "attach" | "portforward")) => true,
+            // Nodes are not namespaced: /namespaces/x/nodes/... is no path at all.
+            ("nodes", Some("proxy")) => info.namespace.is_none(),
+            _ => false,
+        }
 }
 
 /// Where on which kubelet a proxied request goes.
 struct KubeletTarget {
     /// The Node object.
     node: Value,
-    /// The port named in `nodes/NAME:PORT/proxy`, if any.
-    port: Option<i64>,
-    /// Path and query on the kubelet.
+    /// Path on the kubelet.
     path: String,
+    /// Whether the kubelet's errors are passed on as they are (nodes/proxy) rather than as a
+    /// Status (the pod subresources).
+    raw_errors: bool,
 }
 
 /// Forwards the request to the kubelet that answers it.
@@ -122,40 +125,103 @@ pub async fn proxy<S: Store>(
     info: &RequestInfo,
 ) -> Result<Response<Body>, StatusError> {
     let target = if info.resource == "nodes" {
-        node_target(server, &req, info).await?
+        node_target(server, info).await?
     } else {
         pod_target(server, &req, info).await?
     };
-    let method = req.method().to_string();
-    forward(server, req, target, &method).await
+    forward(server, req, target).await
 }
 
-/// `nodes/NAME[:PORT]/proxy/PATH`: PATH on that node's kubelet.
+/// `nodes/NAME[:PORT]/proxy/PATH`: PATH on that node's kubelet. Only the kubelet's port is
+/// reached (with the API server's kubelet client certificate, which must not be presented to
+/// anything else), and only at an address that is not loopback, link-local or unspecified.
 async fn node_target<S: Store>(
     server: &ApiServer<S>,
-    req: &Request<Incoming>,
     info: &RequestInfo,
 ) -> Result<KubeletTarget, StatusError> {
     let nodes = resources::find("", "v1", "nodes").ok_or_else(StatusError::no_such_path)?;
     let asked = info.name.as_deref().unwrap_or_default();
     let (name, port) = match asked.rsplit_once(':') {
-        Some((name, port)) => {
-            let port = port
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| StatusError::bad_request(format!("invalid port: {port:?}")))?;
-            (name, Some(i64::from(port)))
-        }
+        Some((name, port)) => (
+            name,
+            Some(
+                port.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| StatusError::bad_request(format!("invalid port: {port:?}")))?,
+            ),
+        ),
         None => (asked, None),
     };
     let node = read_object(server, nodes, &nodes.key(None, name), name).await?;
-    let mut path = format!("/{}", info.proxy_path.as_deref().unwrap_or_default());
-    if let Some(query) = req.uri().query() {
-        path.push('?');
-        path.push_str(query);
+    let kubelet_port = kubelet_port(&node);
+    if let Some(port) = port
+        && i64::from(port) != kubelet_port
+    {
+        return Err(StatusError::bad_request(format!(
+            "nodes/{name}:{port}/proxy: only the kubelet's port ({kubelet_port}) is proxied"
+        )));
     }
-    Ok(KubeletTarget { node, port, path })
+    if let Some(ip) = node_address(&node).and_then(|a| a.parse::<std::net::IpAddr>().ok())
+        && !is_proxyable(ip)
+    {
+        return Err(StatusError::bad_request(format!(
+            "address not allowed: node {name} is at {ip}"
+        )));
+    }
+    Ok(KubeletTarget {
+        node,
+        path: proxy_path(info.proxy_path.as_deref().unwrap_or_default())?,
+        raw_errors: true,
+    })
+}
+
+/// The kubelet path for the decoded segments after `proxy/`: each escaped again, `.` and `..`
+/// refused.
+fn proxy_path(segments: &[String]) -> Result<String, StatusError> {
+    let mut path = String::new();
+    for segment in segments {
+        if segment == "." || segment == ".." {
+            return Err(StatusError::bad_request(format!(
+                "invalid proxy path segment {segment:?}"
+            )));
+        }
+        path.push('/');
+        path.extend(percent_encoding::utf8_percent_encode(segment, PATH_SEGMENT));
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+/// Characters escaped in a path segment (RFC 3986's `pchar` is what stays).
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+/// Whether the API server may be sent to `ip` on a client's behalf (upstream's
+/// `isProxyableIP`): not loopback, link-local or unspecified.
+fn is_proxyable(ip: std::net::IpAddr) -> bool {
+    let link_local = match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    !(ip.is_loopback() || ip.is_unspecified() || link_local)
 }
 
 /// `pods/NAME/log|exec|attach|portforward`: the kubelet's endpoint for the pod's container.
@@ -193,38 +259,59 @@ async fn pod_target<S: Store>(
         path.push('/');
         path.push_str(&container);
     }
-    if let Some(query) = req.uri().query() {
-        path.push('?');
-        path.push_str(query);
-    }
     Ok(KubeletTarget {
         node,
-        port: None,
         path,
+        raw_errors: false,
     })
 }
 
-/// Most bytes of a request body passed on to a kubelet.
-const MAX_FORWARDED_BODY: usize = 16 * 1024 * 1024;
+/// The port a Node announces for its kubelet, or the default.
+fn kubelet_port(node: &Value) -> i64 {
+    node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_i64()
+        .filter(|p| *p > 0)
+        .unwrap_or(DEFAULT_KUBELET_PORT)
+}
+
+/// Headers that belong to one connection, not passed on (RFC 9110 section 7.6.1), except on
+/// an upgrade, whose `Connection` and `Upgrade` the kubelet needs.
+fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    ) || name.as_str().starts_with("proxy-")
+}
 
 /// Sends the request to the kubelet and streams (or splices, once upgraded) its answer back.
 async fn forward<S: Store>(
     server: &ApiServer<S>,
     mut req: Request<Incoming>,
     target: KubeletTarget,
-    method: &str,
 ) -> Result<Response<Body>, StatusError> {
-    let KubeletTarget { node, port, path } = target;
+    let KubeletTarget {
+        node,
+        mut path,
+        raw_errors,
+    } = target;
+    if let Some(query) = req.uri().query() {
+        path.push('?');
+        path.push_str(query);
+    }
+    let method = req.method().to_string();
     let node_name = node["metadata"]["name"].as_str().unwrap_or_default();
     let address = node_address(&node).ok_or_else(|| {
         StatusError::internal(format!(
             "node {node_name} has no address to reach its kubelet"
         ))
     })?;
-    let port = port
-        .or_else(|| node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_i64())
-        .filter(|p| *p > 0)
-        .unwrap_or(DEFAULT_KUBELET_PORT);
+    let port = kubelet_port(&node);
     let host = if address.contains(':') {
         format!("[{address}]:{port}")
     } else {
@@ -233,7 +320,7 @@ async fn forward<S: Store>(
     let unreachable = |err: &dyn std::fmt::Display| {
         StatusError::internal(format!(
             "error trying to reach service: {} {}: {err}",
-            method_text(method),
+            method_text(&method),
             format_args!("https://{host}{path}")
         ))
     };
@@ -255,37 +342,37 @@ async fn forward<S: Store>(
         }
     });
 
+    let upgrade = req.headers().contains_key(header::UPGRADE);
     let mut forward = Request::builder()
         .method(req.method().clone())
         .uri(&path)
         .header(header::HOST, &host);
     for (key, value) in req.headers() {
-        if key == header::HOST || key == header::AUTHORIZATION {
+        if key == header::HOST || key == header::AUTHORIZATION || (!upgrade && is_hop_by_hop(key)) {
             continue;
         }
         forward = forward.header(key, value);
     }
-    let upgrade = req.headers().contains_key(header::UPGRADE);
-    // An upgrade keeps the request for its connection; other requests pass their body on.
-    let body = if upgrade {
-        Bytes::new()
+    // An upgrade keeps its connection (and has no body); other requests stream their body on.
+    let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let body: ForwardBody = if upgrade {
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed()
     } else {
-        http_body_util::Limited::new(req.body_mut(), MAX_FORWARDED_BODY)
-            .collect()
-            .await
-            .map_err(|err| StatusError::bad_request(format!("reading the request body: {err}")))?
-            .to_bytes()
+        req.into_body().boxed()
     };
     let forward = forward
-        .body(Full::new(body))
+        .body(body)
         .map_err(|err| StatusError::internal(err.to_string()))?;
     let mut answer = sender
         .send_request(forward)
         .await
         .map_err(|err| unreachable(&err))?;
 
-    if upgrade && answer.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let client_side = hyper::upgrade::on(&mut req);
+    if let Some(client_side) = client_side
+        && answer.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
         let kubelet_side = hyper::upgrade::on(&mut answer);
         tokio::spawn(async move {
             match tokio::try_join!(client_side, kubelet_side) {
@@ -310,7 +397,7 @@ async fn forward<S: Store>(
             .map_err(|err| StatusError::internal(err.to_string()));
     }
 
-    if answer.status().is_client_error() || answer.status().is_server_error() {
+    if !raw_errors && (answer.status().is_client_error() || answer.status().is_server_error()) {
         // The kubelet explains a refusal in plain text; clients expect a Status.
         let code = answer.status();
         let text = http_body_util::Limited::new(answer.into_body(), MAX_ERROR_BODY)
@@ -331,6 +418,9 @@ async fn forward<S: Store>(
         BodyExt::boxed(StreamBody::new(frames)),
     ))
 }
+
+/// The body of a request passed on to a kubelet.
+type ForwardBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// Most bytes of a kubelet's error answer passed on.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -424,6 +514,50 @@ mod tests {
         ));
         assert_eq!(container_name(&two, Some("setup"), "p").unwrap(), "setup");
         assert!(container_name(&two, Some("nope"), "p").is_err());
+    }
+
+    #[test]
+    fn proxy_paths_are_escaped_again_and_cannot_climb() {
+        let segments = |parts: &[&str]| parts.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            proxy_path(&segments(&["stats", "summary"])).unwrap(),
+            "/stats/summary"
+        );
+        assert_eq!(proxy_path(&[]).unwrap(), "/");
+        // A decoded '/', '?' or space stays inside its segment.
+        assert_eq!(
+            proxy_path(&segments(&["a/b", "c?d e"])).unwrap(),
+            "/a%2Fb/c%3Fd%20e"
+        );
+        assert!(proxy_path(&segments(&["logs", ".."])).is_err());
+        assert!(proxy_path(&segments(&["."])).is_err());
+    }
+
+    #[test]
+    fn only_routable_node_addresses_are_proxied_to() {
+        for refused in ["127.0.0.1", "::1", "0.0.0.0", "169.254.169.254", "fe80::1"] {
+            assert!(!is_proxyable(refused.parse().unwrap()), "{refused}");
+        }
+        for allowed in ["10.250.0.2", "192.168.1.5", "fd00::2"] {
+            assert!(is_proxyable(allowed.parse().unwrap()), "{allowed}");
+        }
+    }
+
+    #[test]
+    fn connection_headers_stay_behind() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "te",
+            "transfer-encoding",
+            "proxy-authorization",
+        ] {
+            assert!(
+                is_hop_by_hop(&header::HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+        assert!(!is_hop_by_hop(&header::ACCEPT));
     }
 
     #[test]

@@ -19,8 +19,9 @@ pub struct RequestInfo {
     pub subresource: Option<String>,
     /// The verb: get, list, watch, create, update, patch, delete, deletecollection.
     pub verb: &'static str,
-    /// The path after a `proxy` subresource (`stats/summary` of `nodes/n1/proxy/stats/summary`).
-    pub proxy_path: Option<String>,
+    /// The path segments after a `proxy` subresource, decoded (`["stats", "summary"]` of
+    /// `nodes/n1/proxy/stats/summary`).
+    pub proxy_path: Option<Vec<String>>,
 }
 
 /// What a path outside the resource tree names.
@@ -110,7 +111,7 @@ pub fn parse(method: &Method, path: &str, watch_param: bool) -> Target {
     info.name = rest.get(1).cloned();
     info.subresource = rest.get(2).cloned();
     if info.subresource.as_deref() == Some("proxy") {
-        info.proxy_path = Some(rest[3..].join("/"));
+        info.proxy_path = Some(rest[3..].to_vec());
     } else if rest.len() > 3 {
         return Target::Other(path.to_string());
     }
@@ -190,10 +191,21 @@ mod tests {
                 info.subresource.as_deref(),
                 info.proxy_path.as_deref()
             ),
-            ("nodes", Some("n1"), Some("proxy"), Some("stats/summary"))
+            (
+                "nodes",
+                Some("n1"),
+                Some("proxy"),
+                Some(&["stats".to_owned(), "summary".to_owned()][..])
+            )
         );
         let bare = res(Method::GET, "/api/v1/nodes/n1/proxy");
-        assert_eq!(bare.proxy_path.as_deref(), Some(""));
+        assert_eq!(bare.proxy_path.as_deref(), Some(&[][..]));
+        // Escapes are decoded per segment: an escaped slash stays inside its segment.
+        let escaped = res(Method::GET, "/api/v1/nodes/n1/proxy/a%2Fb/c%3Fd");
+        assert_eq!(
+            escaped.proxy_path,
+            Some(vec!["a/b".to_owned(), "c?d".to_owned()])
+        );
         assert!(matches!(
             parse(&Method::GET, "/api/v1/nodes/n1/status/extra", false),
             Target::Other(_)

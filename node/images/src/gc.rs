@@ -91,6 +91,8 @@ pub struct DiskUsage {
     pub capacity_bytes: u64,
     /// Bytes available to unprivileged users.
     pub available_bytes: u64,
+    /// Bytes free (the root-reserved blocks included).
+    pub free_bytes: u64,
     /// Inodes of the filesystem.
     pub inodes: u64,
     /// Free inodes.
@@ -239,6 +241,7 @@ impl DiskUsage {
         Ok(Self {
             capacity_bytes: stats.blocks() * fragment,
             available_bytes: stats.blocks_available() * fragment,
+            free_bytes: stats.blocks_free() * fragment,
             inodes: stats.files(),
             inodes_free: stats.files_free(),
             ..Self::default()
@@ -246,7 +249,8 @@ impl DiskUsage {
     }
 
     /// Counts the blocks and inodes under `dir` as used (each hardlinked inode once), as `du`
-    /// does; call it from a blocking context.
+    /// does; call it from a blocking context. Entries that vanish during the walk (a file
+    /// removed meanwhile) are skipped; the directory itself must exist.
     pub fn add_directory(&mut self, dir: &Path) -> Result<(), DiskUsageError> {
         walk(dir, &mut HashSet::new(), self)
     }
@@ -265,11 +269,19 @@ fn walk(
     let meta = std::fs::symlink_metadata(dir).map_err(error)?;
     usage.used_bytes += meta.blocks() * 512;
     usage.inodes_used += 1;
+    let gone = |err: &std::io::Error| err.kind() == std::io::ErrorKind::NotFound;
     for entry in std::fs::read_dir(dir).map_err(error)? {
         let entry = entry.map_err(error)?;
-        let meta = entry.metadata().map_err(error)?;
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(err) if gone(&err) => continue,
+            Err(err) => return Err(error(err)),
+        };
         if meta.is_dir() {
-            walk(&entry.path(), seen, usage)?;
+            match walk(&entry.path(), seen, usage) {
+                Err(err) if gone(&err.source) => {}
+                other => other?,
+            }
         } else if meta.nlink() <= 1 || seen.insert((meta.dev(), meta.ino())) {
             usage.used_bytes += meta.blocks() * 512;
             usage.inodes_used += 1;

@@ -40,7 +40,8 @@ impl Machine {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
-        let memory_bytes = meminfo_total(&read("/proc/meminfo")).unwrap_or(0);
+        let memory_bytes =
+            crate::stats::host::meminfo_bytes(&read("/proc/meminfo"), "MemTotal").unwrap_or(0);
         // A node that is a cgroup of a larger host (the `process` provider's, with its own
         // cgroup namespace) has the memory its cgroup allows, not the host's.
         let memory_bytes = match cgroup_memory_limit(&[
@@ -67,13 +68,6 @@ impl Machine {
             os_image: os_pretty_name(&read("/etc/os-release")).unwrap_or_else(|| "Linux".into()),
         }
     }
-}
-
-/// MemTotal of /proc/meminfo, in bytes.
-fn meminfo_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// The memory limit of the cgroup at the root of this process's cgroup namespace, from the
@@ -127,8 +121,9 @@ mod tests {
     #[test]
     fn meminfo_and_os_release_are_read() {
         let meminfo = "MemTotal:       24576000 kB\nMemFree:        1000 kB\n";
-        assert_eq!(meminfo_total(meminfo), Some(24576000 * 1024));
-        assert_eq!(meminfo_total("MemFree: 1 kB"), None);
+        let total = |text| crate::stats::host::meminfo_bytes(text, "MemTotal");
+        assert_eq!(total(meminfo), Some(24576000 * 1024));
+        assert_eq!(total("MemFree: 1 kB"), None);
         let os = "NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n";
         assert_eq!(
             os_pretty_name(os).as_deref(),

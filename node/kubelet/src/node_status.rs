@@ -273,9 +273,7 @@ fn observe(identity: &NodeIdentity, runtime_up: bool, network_ready: bool) -> Ve
 
 fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    crate::stats::host::meminfo_bytes(&meminfo, "MemAvailable")
 }
 
 /// Keeps the Node's status and Lease current.

@@ -148,9 +148,9 @@ pub async fn serve(
     tracing::info!(address = %settings.address, "kubelet server listening");
     let stats = Arc::new(crate::stats::StatsCollector::new(ctx.clone()));
     let sampled = pods.clone();
-    tokio::spawn(stats.clone().run_sampler(move || sampled.state()));
+    let sampler = stats.clone().run_sampler(move || sampled.state());
     let state = Arc::new(ServerState { ctx, pods, stats });
-    Ok(async move {
+    let accept = async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -174,6 +174,10 @@ pub async fn serve(
                 }
             });
         }
+    };
+    // The CPU sampler lives as long as the server.
+    Ok(async move {
+        tokio::join!(sampler, accept);
     })
 }
 

@@ -1,12 +1,13 @@
-//! /stats/summary (the Summary API's JSON), /metrics/resource (the Prometheus metrics that
-//! metrics-server scrapes for `kubectl top`) and /pods (the pods bound to this node).
+//! /stats/summary (the Summary API's JSON), /metrics/resource (upstream's resource metrics in
+//! the Prometheus text format, the ones metrics-server reads) and /pods (the pods bound to
+//! this node).
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::server::{Body, ServerState};
+use crate::server::{Body, ServerState, text};
 use crate::stats::Detail;
 use crate::stats::summary::{CpuStats, MemoryStats, Summary};
 
@@ -19,8 +20,10 @@ pub(crate) async fn summary(state: &ServerState, query: Option<&str>) -> Respons
     } else {
         Detail::Full
     };
-    let summary = state.stats.collect(&state.pods.state(), detail).await;
-    json(&summary)
+    match state.stats.collect(&state.pods.state(), detail).await {
+        Ok(summary) => json(&summary),
+        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
 }
 
 /// `GET /pods`: a PodList of the pods bound to this node, as the kubelet sees them.
@@ -36,10 +39,14 @@ pub(crate) fn pods(state: &ServerState) -> Response<Body> {
 
 /// `GET /metrics/resource`.
 pub(crate) async fn resource_metrics(state: &ServerState) -> Response<Body> {
-    let summary = state
+    let summary = match state
         .stats
         .collect(&state.pods.state(), Detail::CpuAndMemory)
-        .await;
+        .await
+    {
+        Ok(summary) => summary,
+        Err(err) => return text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    };
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
@@ -57,21 +64,29 @@ fn json(value: &impl serde::Serialize) -> Response<Body> {
 }
 
 /// The resource metrics of upstream's /metrics/resource, each sample stamped with the time
-/// it was read (milliseconds since the epoch).
+/// the collection began (milliseconds since the epoch).
 fn resource_text(summary: &Summary) -> String {
-    let mut metrics = ResourceMetrics::default();
-    metrics.node(summary.node.cpu.as_ref(), summary.node.memory.as_ref());
+    let mut metrics = ResourceMetrics {
+        at: summary.at,
+        samples: Default::default(),
+    };
+    metrics.cpu_memory(
+        Kind::Node,
+        "",
+        summary.node.cpu.as_ref(),
+        summary.node.memory.as_ref(),
+    );
     for pod in &summary.pods {
         let labels = format!(
             "namespace=\"{}\",pod=\"{}\"",
             escape(&pod.pod_ref.namespace),
             escape(&pod.pod_ref.name)
         );
-        metrics.cpu_memory("pod", &labels, pod.cpu.as_ref(), pod.memory.as_ref());
+        metrics.cpu_memory(Kind::Pod, &labels, pod.cpu.as_ref(), pod.memory.as_ref());
         for container in &pod.containers {
             let labels = format!("container=\"{}\",{labels}", escape(&container.name));
             metrics.cpu_memory(
-                "container",
+                Kind::Container,
                 &labels,
                 container.cpu.as_ref(),
                 container.memory.as_ref(),
@@ -81,117 +96,117 @@ fn resource_text(summary: &Summary) -> String {
                 .as_deref()
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok())
             {
-                metrics.add(
-                    "container_start_time_seconds",
-                    &labels,
-                    start.as_second().to_string(),
-                    start,
-                );
+                metrics.add(CONTAINER_START_TIME, &labels, start.as_second().to_string());
             }
         }
     }
+    metrics.add(SCRAPE_ERROR, "", u8::from(summary.scrape_error).to_string());
     metrics.render()
 }
 
 /// Samples by metric, rendered in a fixed order with their HELP and TYPE lines.
-#[derive(Default)]
 struct ResourceMetrics {
+    at: jiff::Timestamp,
     samples: std::collections::BTreeMap<&'static str, Vec<String>>,
 }
+
+/// Whose CPU and memory a sample is.
+#[derive(Clone, Copy)]
+enum Kind {
+    Node,
+    Pod,
+    Container,
+}
+
+const CONTAINER_CPU: &str = "container_cpu_usage_seconds_total";
+const CONTAINER_MEMORY: &str = "container_memory_working_set_bytes";
+const CONTAINER_START_TIME: &str = "container_start_time_seconds";
+const NODE_CPU: &str = "node_cpu_usage_seconds_total";
+const NODE_MEMORY: &str = "node_memory_working_set_bytes";
+const POD_CPU: &str = "pod_cpu_usage_seconds_total";
+const POD_MEMORY: &str = "pod_memory_working_set_bytes";
+const SCRAPE_ERROR: &str = "resource_scrape_error";
 
 /// (name, type, help) of each metric, in upstream's order.
 const RESOURCE_METRICS: &[(&str, &str, &str)] = &[
     (
-        "container_cpu_usage_seconds_total",
+        CONTAINER_CPU,
         "counter",
         "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
     ),
     (
-        "container_memory_working_set_bytes",
+        CONTAINER_MEMORY,
         "gauge",
         "[STABLE] Current working set of the container in bytes",
     ),
     (
-        "container_start_time_seconds",
+        CONTAINER_START_TIME,
         "gauge",
         "[STABLE] Start time of the container since unix epoch in seconds",
     ),
     (
-        "node_cpu_usage_seconds_total",
+        NODE_CPU,
         "counter",
         "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
     ),
     (
-        "node_memory_working_set_bytes",
+        NODE_MEMORY,
         "gauge",
         "[STABLE] Current working set of the node in bytes",
     ),
     (
-        "pod_cpu_usage_seconds_total",
+        POD_CPU,
         "counter",
         "[STABLE] Cumulative cpu time consumed by the pod in core-seconds",
     ),
     (
-        "pod_memory_working_set_bytes",
+        POD_MEMORY,
         "gauge",
         "[STABLE] Current working set of the pod in bytes",
     ),
     (
-        "resource_scrape_error",
+        SCRAPE_ERROR,
         "gauge",
         "[STABLE] 1 if there was an error while getting container metrics, 0 otherwise",
     ),
 ];
 
 impl ResourceMetrics {
-    fn add(&mut self, name: &'static str, labels: &str, value: String, at: jiff::Timestamp) {
+    fn add(&mut self, name: &'static str, labels: &str, value: String) {
         let labels = if labels.is_empty() {
             String::new()
         } else {
             format!("{{{labels}}}")
         };
-        self.samples
-            .entry(name)
-            .or_default()
-            .push(format!("{name}{labels} {value} {}", at.as_millisecond()));
-    }
-
-    fn node(&mut self, cpu: Option<&CpuStats>, memory: Option<&MemoryStats>) {
-        self.cpu_memory("node", "", cpu, memory);
+        self.samples.entry(name).or_default().push(format!(
+            "{name}{labels} {value} {}",
+            self.at.as_millisecond()
+        ));
     }
 
     /// `<kind>_cpu_usage_seconds_total` and `<kind>_memory_working_set_bytes`.
     fn cpu_memory(
         &mut self,
-        kind: &str,
+        kind: Kind,
         labels: &str,
         cpu: Option<&CpuStats>,
         memory: Option<&MemoryStats>,
     ) {
         let (cpu_name, memory_name) = match kind {
-            "node" => (RESOURCE_METRICS[3].0, RESOURCE_METRICS[4].0),
-            "pod" => (RESOURCE_METRICS[5].0, RESOURCE_METRICS[6].0),
-            _ => (RESOURCE_METRICS[0].0, RESOURCE_METRICS[1].0),
+            Kind::Node => (NODE_CPU, NODE_MEMORY),
+            Kind::Pod => (POD_CPU, POD_MEMORY),
+            Kind::Container => (CONTAINER_CPU, CONTAINER_MEMORY),
         };
         if let Some(cpu) = cpu {
             let seconds = cpu.usage_core_nano_seconds as f64 / 1e9;
-            self.add(cpu_name, labels, format!("{seconds}"), time_of(&cpu.time));
+            self.add(cpu_name, labels, format!("{seconds}"));
         }
         if let Some(memory) = memory {
-            self.add(
-                memory_name,
-                labels,
-                memory.working_set_bytes.to_string(),
-                time_of(&memory.time),
-            );
+            self.add(memory_name, labels, memory.working_set_bytes.to_string());
         }
     }
 
-    fn render(mut self) -> String {
-        self.samples
-            .entry("resource_scrape_error")
-            .or_default()
-            .push("resource_scrape_error 0".to_owned());
+    fn render(self) -> String {
         let mut out = String::new();
         for (name, kind, help) in RESOURCE_METRICS {
             let Some(samples) = self.samples.get(name) else {
@@ -205,10 +220,6 @@ impl ResourceMetrics {
         }
         out
     }
-}
-
-fn time_of(text: &str) -> jiff::Timestamp {
-    text.parse().unwrap_or_else(|_| jiff::Timestamp::now())
 }
 
 /// A label value with `\`, `"` and newlines escaped, as the text format wants.
@@ -279,9 +290,12 @@ mod tests {
                 ephemeral_storage: None,
                 process_stats: None,
             }],
+            // Samples carry the collection's time to the millisecond.
+            at: "2026-11-29T03:00:00.250Z".parse().unwrap(),
+            scrape_error: false,
         };
         let text = resource_text(&summary);
-        let at = "1795921200000";
+        let at = "1795921200250";
         for line in [
             format!("node_cpu_usage_seconds_total 2.5 {at}"),
             format!("node_memory_working_set_bytes 1024 {at}"),
@@ -289,12 +303,25 @@ mod tests {
             format!(
                 "container_cpu_usage_seconds_total{{container=\"app\",namespace=\"default\",pod=\"web\"}} 0.5 {at}"
             ),
-            "container_start_time_seconds{container=\"app\",namespace=\"default\",pod=\"web\"} 1795917600 1795917600000".to_owned(),
-            "resource_scrape_error 0".to_owned(),
+            format!(
+                "container_start_time_seconds{{container=\"app\",namespace=\"default\",pod=\"web\"}} 1795917600 {at}"
+            ),
+            format!("resource_scrape_error 0 {at}"),
             "# TYPE container_cpu_usage_seconds_total counter".to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
         assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
+        // A runtime that could not list its containers is a scrape error.
+        let failed = Summary {
+            scrape_error: true,
+            pods: vec![],
+            ..summary
+        };
+        assert!(
+            resource_text(&failed)
+                .lines()
+                .any(|l| l == format!("resource_scrape_error 1 {at}"))
+        );
     }
 }

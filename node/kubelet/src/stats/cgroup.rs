@@ -15,8 +15,10 @@ pub struct CgroupStats {
     pub cpu_usage_ns: Option<u64>,
     /// Memory use.
     pub memory: Option<MemoryStats>,
-    /// Processes (tasks) in the cgroup and below.
+    /// Processes (not threads) directly in the cgroup (`cgroup.procs`).
     pub processes: Option<u64>,
+    /// Tasks (threads) in the cgroup and below (`pids.current`).
+    pub tasks: Option<u64>,
 }
 
 /// Memory figures of a cgroup, in bytes and counts.
@@ -48,7 +50,8 @@ pub fn read(path: &str, v2: bool) -> CgroupStats {
                 .map(|usec| usec.saturating_mul(1000)),
             memory: read_number(&dir.join("memory.current"))
                 .map(|usage| memory_stats(usage, stat.as_deref(), V2_KEYS)),
-            processes: read_number(&dir.join("pids.current")),
+            processes: count_lines(&dir.join("cgroup.procs")),
+            tasks: read_number(&dir.join("pids.current")),
         }
     } else {
         let memory_dir = root.join("memory").join(relative);
@@ -58,7 +61,8 @@ pub fn read(path: &str, v2: bool) -> CgroupStats {
                 .and_then(|dir| read_number(&dir.join("cpuacct.usage"))),
             memory: read_number(&memory_dir.join("memory.usage_in_bytes"))
                 .map(|usage| memory_stats(usage, stat.as_deref(), V1_KEYS)),
-            processes: read_number(&root.join("pids").join(relative).join("pids.current")),
+            processes: count_lines(&memory_dir.join("cgroup.procs")),
+            tasks: read_number(&root.join("pids").join(relative).join("pids.current")),
         }
     }
 }
@@ -103,8 +107,13 @@ fn read_number(path: &Path) -> Option<u64> {
     read_file(path)?.trim().parse().ok()
 }
 
-/// The value of `key` in a `key value` per line file (`memory.stat`, `cpu.stat`).
-fn keyed(text: &str, key: &str) -> Option<u64> {
+fn count_lines(path: &Path) -> Option<u64> {
+    Some(read_file(path)?.lines().count() as u64)
+}
+
+/// The value of `key` in a `key value` per line file (`memory.stat`, `cpu.stat`,
+/// `/proc/vmstat`).
+pub fn keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (name, value) = line.split_once(' ')?;
         (name == key).then(|| value.trim().parse().ok()).flatten()
@@ -143,8 +152,9 @@ mod tests {
     }
 
     #[test]
-    fn the_kubelets_own_cgroup_can_be_read() {
-        // Whatever the host's layout, the root cgroup has CPU and memory figures on one side.
+    fn the_test_processs_own_cgroup_can_be_read() {
+        // Whatever the host's layout (v2, or v1 with a memory hierarchy), this process's
+        // cgroup has memory figures and lists this process.
         let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let path = own
@@ -163,5 +173,6 @@ mod tests {
         let stats = read(&path, v2);
         let memory = stats.memory.expect("memory of this process's cgroup");
         assert!(memory.usage_bytes > 0 && memory.working_set_bytes <= memory.usage_bytes);
+        assert!(stats.processes.unwrap_or(0) >= 1, "{stats:?}");
     }
 }

@@ -2,7 +2,7 @@
 //! `/proc/vmstat`), interface counters (`net/dev` of a network namespace), tasks
 //! (`/proc/loadavg`) and the boot time.
 
-use crate::stats::cgroup::MemoryStats;
+use crate::stats::cgroup::{MemoryStats, keyed};
 use crate::stats::summary::InterfaceStats;
 
 /// CPU time the machine spent busy (user, nice, system, irq, softirq, steal), in nanoseconds,
@@ -15,11 +15,13 @@ pub fn cpu_usage_ns(stat: &str, ticks_per_second: u64) -> Option<u64> {
         .map(|f| f.parse().ok())
         .collect::<Option<_>>()?;
     // user nice system idle iowait irq softirq steal ...
-    let busy: u64 = [0, 1, 2, 5, 6, 7]
+    let busy: u128 = [0, 1, 2, 5, 6, 7]
         .iter()
         .filter_map(|i| fields.get(*i))
+        .map(|ticks| u128::from(*ticks))
         .sum();
-    Some(busy.saturating_mul(1_000_000_000) / ticks_per_second.max(1))
+    let ns = busy * 1_000_000_000 / u128::from(ticks_per_second.max(1));
+    Some(u64::try_from(ns).unwrap_or(u64::MAX))
 }
 
 /// The boot time (seconds since the epoch), the `btime` line of /proc/stat.
@@ -32,29 +34,28 @@ pub fn boot_time(stat: &str) -> Option<i64> {
 /// The machine's memory as the kubelet reports the node's: usage is what is not free, the
 /// working set that less inactive file pages.
 pub fn memory(meminfo: &str, vmstat: &str) -> Option<MemoryStats> {
-    let kib = |key: &str| {
-        meminfo.lines().find_map(|line| {
-            let rest = line.strip_prefix(key)?.strip_prefix(':')?;
-            rest.split_whitespace().next()?.parse::<u64>().ok()
-        })
-    };
-    let count = |key: &str| {
-        vmstat.lines().find_map(|line| {
-            let (name, value) = line.split_once(' ')?;
-            (name == key).then(|| value.trim().parse::<u64>().ok())?
-        })
-    };
-    let usage = kib("MemTotal")?.saturating_sub(kib("MemFree")?) * 1024;
+    let bytes = |key: &str| meminfo_bytes(meminfo, key);
+    let usage = bytes("MemTotal")?.saturating_sub(bytes("MemFree")?);
     Some(MemoryStats {
         usage_bytes: usage,
-        working_set_bytes: usage.saturating_sub(kib("Inactive(file)").unwrap_or(0) * 1024),
-        rss_bytes: kib("AnonPages").unwrap_or(0) * 1024,
-        page_faults: count("pgfault").unwrap_or(0),
-        major_page_faults: count("pgmajfault").unwrap_or(0),
+        working_set_bytes: usage.saturating_sub(bytes("Inactive(file)").unwrap_or(0)),
+        rss_bytes: bytes("AnonPages").unwrap_or(0),
+        page_faults: keyed(vmstat, "pgfault").unwrap_or(0),
+        major_page_faults: keyed(vmstat, "pgmajfault").unwrap_or(0),
     })
 }
 
-/// Every interface of a `net/dev` file but loopback.
+/// A `/proc/meminfo` figure (`MemTotal`, `MemAvailable` ...) in bytes.
+pub fn meminfo_bytes(meminfo: &str, key: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        let kib: u64 = rest.split_whitespace().next()?.parse().ok()?;
+        Some(kib * 1024)
+    })
+}
+
+/// Every interface of a `net/dev` file but loopback and the host ends of pods' veth pairs
+/// (their traffic is the pods', counted again on the node's own interfaces).
 pub fn interfaces(net_dev: &str) -> Vec<InterfaceStats> {
     net_dev
         .lines()
@@ -67,12 +68,14 @@ pub fn interfaces(net_dev: &str) -> Vec<InterfaceStats> {
                 .map(|v| v.parse().ok())
                 .collect::<Option<_>>()?;
             // rx: bytes packets errs drop fifo frame compressed multicast; then tx the same.
-            (name != "lo" && values.len() >= 16).then(|| InterfaceStats {
-                name: name.to_owned(),
-                rx_bytes: values[0],
-                rx_errors: values[2],
-                tx_bytes: values[8],
-                tx_errors: values[10],
+            (name != "lo" && !name.starts_with("veth") && values.len() >= 16).then(|| {
+                InterfaceStats {
+                    name: name.to_owned(),
+                    rx_bytes: values[0],
+                    rx_errors: values[2],
+                    tx_bytes: values[8],
+                    tx_errors: values[10],
+                }
             })
         })
         .collect()
@@ -100,6 +103,10 @@ mod tests {
         assert_eq!(cpu_usage_ns(stat, 100), Some(1_720_000_000));
         assert_eq!(boot_time(stat), Some(1_764_300_000));
         assert_eq!(cpu_usage_ns("intr 1\n", 100), None);
+        // A big machine's long uptime (2e11 ticks: 2e20 ns do not fit before the division,
+        // 2e18 after it) is not cut short.
+        let long = "cpu  200000000000 0 0 0 0 0 0 0 0 0\n";
+        assert_eq!(cpu_usage_ns(long, 100), Some(2_000_000_000_000_000_000));
     }
 
     #[test]
@@ -114,7 +121,7 @@ mod tests {
 
     #[test]
     fn interfaces_skip_loopback() {
-        let dev = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:    500       5    0    0    0     0          0         0      500       5    0    0    0     0       0          0\n  eth0:   1200      10    1    0    0     0          0         0      3400      20    2    0    0     0       0          0\n";
+        let dev = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:    500       5    0    0    0     0          0         0      500       5    0    0    0     0       0          0\nveth1a2b:   10       1    0    0    0     0          0         0      10       1    0    0    0     0       0          0\n  eth0:   1200      10    1    0    0     0          0         0      3400      20    2    0    0     0       0          0\n";
         assert_eq!(
             interfaces(dev),
             vec![InterfaceStats {

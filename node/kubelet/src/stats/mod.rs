@@ -1,22 +1,24 @@
 //! Resource statistics of the node and its pods, as the kubelet serves them at
 //! /stats/summary and /metrics/resource: CPU and memory from the pod and container cgroups
-//! ([`cgroup`]), the machine's from /proc ([`host`]), network counters from each pod's network
+//! ([`cgroup`]) and the node's from the root of its cgroup namespace (the machine's /proc
+//! figures where that root has none, [`host`]), network counters from each pod's network
 //! namespace, and disk use of writable layers, logs, volumes and the image store. A sampler
 //! reads CPU time every 10 s so that a summary can give a rate (`usageNanoCores`) at once, as
-//! cAdvisor's housekeeping does.
+//! cAdvisor's housekeeping does; disk use is measured at most every 30 s per directory (a walk
+//! of every file), as upstream measures volumes in the background.
 
 pub mod cgroup;
 pub mod host;
 pub mod summary;
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use baton_images::DiskUsage;
 use baton_runtime::{ContainerRuntime, ContainerState, ContainerStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Volume};
 use kube::ResourceExt;
 
 use crate::cgroup_names::container_cgroup_path;
@@ -34,6 +36,9 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// The shortest window a CPU rate is computed over.
 const MIN_RATE_WINDOW: Duration = Duration::from_secs(1);
 
+/// How long a directory's measured disk use is served before it is walked again.
+const DISK_USAGE_TTL: Duration = Duration::from_secs(30);
+
 /// What a collection includes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detail {
@@ -43,10 +48,16 @@ pub enum Detail {
     Full,
 }
 
+/// Statistics could not be collected.
+#[derive(Debug, thiserror::Error)]
+#[error("collecting statistics: {0}")]
+pub struct CollectStatsError(String);
+
 /// Collects statistics and keeps the CPU samples rates are computed from.
 pub struct StatsCollector {
     ctx: Arc<KubeletContext>,
     cpu: Mutex<CpuRates>,
+    disk: Mutex<HashMap<PathBuf, (Instant, DiskUsage)>>,
 }
 
 impl std::fmt::Debug for StatsCollector {
@@ -55,12 +66,20 @@ impl std::fmt::Debug for StatsCollector {
     }
 }
 
+/// A lock that a panicked holder did not spoil: the data is plain numbers.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl StatsCollector {
     /// A collector for the kubelet of `ctx`.
     pub fn new(ctx: Arc<KubeletContext>) -> Self {
         Self {
             ctx,
             cpu: Mutex::new(CpuRates::default()),
+            disk: Mutex::new(HashMap::new()),
         }
     }
 
@@ -70,26 +89,35 @@ impl StatsCollector {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.collect(&pods(), Detail::CpuAndMemory).await;
+            if let Err(err) = self.collect(&pods(), Detail::CpuAndMemory).await {
+                tracing::warn!(%err, "sampling CPU time");
+            }
         }
     }
 
-    /// The summary of the node and of `pods` (the pods bound to it).
-    pub async fn collect(self: &Arc<Self>, pods: &[Arc<Pod>], detail: Detail) -> Summary {
-        let containers = self
-            .ctx
-            .runtime
-            .list_containers()
-            .await
-            .unwrap_or_else(|err| {
+    /// The summary of the node and of `pods` (the pods bound to it). A runtime that cannot
+    /// list its containers still gives the node's figures, with
+    /// [`Summary::scrape_error`] set.
+    pub async fn collect(
+        self: &Arc<Self>,
+        pods: &[Arc<Pod>],
+        detail: Detail,
+    ) -> Result<Summary, CollectStatsError> {
+        let (containers, scrape_error) = match self.ctx.runtime.list_containers().await {
+            Ok(containers) => (containers, false),
+            Err(err) => {
                 tracing::warn!(%err, "listing containers for statistics");
-                vec![]
-            });
+                (vec![], true)
+            }
+        };
         let pods = pods.to_vec();
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.collect_blocking(&pods, &containers, detail))
-            .await
-            .expect("statistics collection does not panic")
+        let mut summary =
+            tokio::task::spawn_blocking(move || this.collect_blocking(&pods, &containers, detail))
+                .await
+                .map_err(|err| CollectStatsError(err.to_string()))?;
+        summary.scrape_error = scrape_error;
+        Ok(summary)
     }
 
     fn collect_blocking(
@@ -98,40 +126,55 @@ impl StatsCollector {
         containers: &[ContainerStatus],
         detail: Detail,
     ) -> Summary {
-        let now = Instant::now();
-        let time = timestamp(jiff::Timestamp::now());
-        let mut seen = Vec::new();
+        let at = jiff::Timestamp::now();
+        let time = timestamp(at);
+        let v2 = self.ctx.cgroup_v2;
+        let mut seen = HashSet::new();
+        // Each reading is timed when it is taken, so that slow disk walks between readings
+        // do not skew the rates.
         let mut cpu_of = |key: String, usage: Option<u64>| {
             let usage = usage?;
-            let rate = self
-                .cpu
-                .lock()
-                .expect("cpu rates")
-                .observe(&key, now, usage);
-            seen.push(key);
+            let rate = lock(&self.cpu).observe(&key, Instant::now(), usage);
+            seen.insert(key);
             Some(CpuStats {
                 time: time.clone(),
                 usage_nano_cores: rate,
                 usage_core_nano_seconds: usage,
             })
         };
+        // The node: the root of this cgroup namespace (the node's own cgroup when the node is
+        // a cgroup of a larger host), else the machine's figures.
+        let root = cgroup::read("/", v2);
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .map_or(100, |t| t as u64);
-        let node_cpu = cpu_of(String::new(), host::cpu_usage_ns(&stat, ticks));
-        let node_memory = host::memory(
-            &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
-            &std::fs::read_to_string("/proc/vmstat").unwrap_or_default(),
-        )
-        .map(|m| memory_stats(&time, m, Some(self.ctx.machine.memory_bytes)));
+        let node_cpu_ns = root.cpu_usage_ns.or_else(|| {
+            let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                .ok()
+                .flatten()
+                .map_or(100, |t| t as u64);
+            host::cpu_usage_ns(&stat, ticks)
+        });
+        let node_cpu = cpu_of(String::new(), node_cpu_ns);
+        let node_memory = root
+            .memory
+            .or_else(|| {
+                host::memory(
+                    &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+                    &std::fs::read_to_string("/proc/vmstat").unwrap_or_default(),
+                )
+            })
+            .map(|m| memory_stats(&time, m, Some(self.ctx.machine.memory_bytes)));
 
+        let full = detail == Detail::Full;
+        let mut measured = HashSet::new();
+        let mut usage_of = |dir: &Path| {
+            measured.insert(dir.to_path_buf());
+            self.disk_usage(dir)
+        };
         let mut pod_stats = Vec::new();
         for pod in pods {
             let uid = pod.uid().unwrap_or_default();
             let pod_cgroup = crate::cgroups::pod_cgroup(&self.ctx.cgroup_root, pod);
-            let pod_cgroup_stats = cgroup::read(&pod_cgroup, self.ctx.cgroup_v2);
+            let pod_cgroup_stats = cgroup::read(&pod_cgroup, v2);
             let dirs = PodDirs::new(
                 &self.ctx.root_dir,
                 &self.ctx.pod_logs_dir,
@@ -147,13 +190,13 @@ impl StatsCollector {
                     (pod_uid == uid).then_some((name, c))
                 })
                 .collect();
-            let mut ephemeral = (detail == Detail::Full).then(|| fs_of(&self.ctx.root_dir));
+            let mut ephemeral = full.then(|| fs_of(&self.ctx.root_dir)).flatten();
+            let mut processes = 0;
             let mut container_stats = Vec::new();
             for (name, container) in &running {
-                let cgroup_stats = cgroup::read(
-                    &container_cgroup_path(&pod_cgroup, &container.id),
-                    self.ctx.cgroup_v2,
-                );
+                let cgroup_stats =
+                    cgroup::read(&container_cgroup_path(&pod_cgroup, &container.id), v2);
+                processes += cgroup_stats.processes.unwrap_or(0);
                 let mut stats = ContainerStats {
                     name: (*name).to_owned(),
                     start_time: container.started_at.as_deref().and_then(rfc3339_seconds),
@@ -162,11 +205,11 @@ impl StatsCollector {
                     rootfs: None,
                     logs: None,
                 };
-                if let Some(total) = ephemeral.as_mut() {
+                if full {
                     let rootfs = usage_of(&container.bundle.join("upper"));
                     let logs = usage_of(&dirs.logs.join(name));
                     for part in [&rootfs, &logs].into_iter().flatten() {
-                        add_used(total, part);
+                        add_used(&mut ephemeral, part);
                     }
                     stats.rootfs = rootfs.map(|u| fs_stats(&time, u));
                     stats.logs = logs.map(|u| fs_stats(&time, u));
@@ -174,7 +217,7 @@ impl StatsCollector {
                 container_stats.push(stats);
             }
             let mut volumes = Vec::new();
-            if let Some(total) = ephemeral.as_mut() {
+            if full {
                 for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
                     if volume.host_path.is_some() {
                         continue;
@@ -182,13 +225,8 @@ impl StatsCollector {
                     let Some(usage) = usage_of(&dirs.volume(&volume.name)) else {
                         continue;
                     };
-                    let in_memory = volume.secret.is_some()
-                        || volume
-                            .empty_dir
-                            .as_ref()
-                            .is_some_and(|e| e.medium.as_deref() == Some("Memory"));
-                    if !in_memory {
-                        add_used(total, &usage);
+                    if is_local_ephemeral(volume) {
+                        add_used(&mut ephemeral, &usage);
                     }
                     volumes.push(VolumeStats {
                         fs: fs_stats(&time, usage),
@@ -196,7 +234,7 @@ impl StatsCollector {
                     });
                 }
             }
-            let network = (detail == Detail::Full)
+            let network = full
                 .then(|| running.iter().find_map(|(_, c)| c.pid))
                 .flatten()
                 .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok())
@@ -219,16 +257,15 @@ impl StatsCollector {
                     .map(|m| memory_stats(&time, m, None)),
                 network,
                 volume: volumes,
-                ephemeral_storage: ephemeral.flatten().map(|u| fs_stats(&time, u)),
-                process_stats: (detail == Detail::Full)
-                    .then_some(pod_cgroup_stats.processes)
-                    .flatten()
-                    .map(|process_count| ProcessStats { process_count }),
+                ephemeral_storage: ephemeral.map(|u| fs_stats(&time, u)),
+                process_stats: full.then_some(ProcessStats {
+                    process_count: processes,
+                }),
             });
         }
-        self.cpu.lock().expect("cpu rates").keep_only(&seen);
+        lock(&self.cpu).keep_only(&seen);
 
-        let node = NodeStats {
+        let mut node = NodeStats {
             node_name: self.ctx.node_name.clone(),
             start_time: host::boot_time(&stat)
                 .and_then(|secs| jiff::Timestamp::from_second(secs).ok())
@@ -240,48 +277,93 @@ impl StatsCollector {
             runtime: None,
             rlimit: None,
         };
-        let node = match detail {
-            Detail::CpuAndMemory => node,
-            Detail::Full => self.full_node(node, &time),
-        };
-        Summary {
-            node,
-            pods: pod_stats,
-        }
-    }
-
-    /// Adds the node's network, filesystems and process ids.
-    fn full_node(&self, node: NodeStats, time: &str) -> NodeStats {
-        let image_fs = self.ctx.images.disk_usage().ok();
-        NodeStats {
-            network: std::fs::read_to_string("/proc/net/dev")
+        if full {
+            let image_root = self.ctx.images.root().to_path_buf();
+            measured.insert(image_root.clone());
+            let image_fs = self.cached(&image_root, || self.ctx.images.disk_usage().ok());
+            node.network = std::fs::read_to_string("/proc/net/dev")
                 .ok()
-                .and_then(|dev| network_stats(time, host::interfaces(&dev))),
-            fs: fs_of(&self.ctx.root_dir).map(|u| {
+                .and_then(|dev| network_stats(&time, host::interfaces(&dev)));
+            node.fs = fs_of(&self.ctx.root_dir).map(|u| {
                 fs_stats(
-                    time,
+                    &time,
                     DiskUsage {
-                        used_bytes: u.capacity_bytes.saturating_sub(u.available_bytes),
+                        used_bytes: u.capacity_bytes.saturating_sub(u.free_bytes),
                         inodes_used: u.inodes.saturating_sub(u.inodes_free),
                         ..u
                     },
                 )
-            }),
-            runtime: image_fs.map(|u| RuntimeStats {
-                image_fs: fs_stats(time, u),
-                container_fs: fs_stats(time, u),
-            }),
-            rlimit: std::fs::read_to_string("/proc/loadavg")
-                .ok()
-                .and_then(|l| host::tasks(&l))
+            });
+            node.runtime = image_fs.map(|u| RuntimeStats {
+                image_fs: fs_stats(&time, u),
+                container_fs: fs_stats(&time, u),
+            });
+            let read = |path: &str| {
+                std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u64>().ok())
+            };
+            let maxpid = [
+                read("/proc/sys/kernel/threads-max"),
+                Some(self.ctx.machine.pid_max),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.ctx.machine.pid_max);
+            node.rlimit = root
+                .tasks
+                .or_else(|| {
+                    std::fs::read_to_string("/proc/loadavg")
+                        .ok()
+                        .and_then(|l| host::tasks(&l))
+                })
                 .map(|curproc| RlimitStats {
-                    time: time.to_owned(),
-                    maxpid: self.ctx.machine.pid_max,
+                    time: time.clone(),
+                    maxpid,
                     curproc,
-                }),
-            ..node
+                });
+            lock(&self.disk).retain(|dir, _| measured.contains(dir));
+        }
+        Summary {
+            node,
+            pods: pod_stats,
+            at,
+            scrape_error: false,
         }
     }
+
+    /// What the files under `dir` use of their filesystem, walked at most every
+    /// [`DISK_USAGE_TTL`].
+    fn disk_usage(&self, dir: &Path) -> Option<DiskUsage> {
+        self.cached(dir, || {
+            let mut usage = fs_of(dir)?;
+            usage.add_directory(dir).ok()?;
+            Some(usage)
+        })
+    }
+
+    fn cached(&self, key: &Path, measure: impl FnOnce() -> Option<DiskUsage>) -> Option<DiskUsage> {
+        if let Some((at, usage)) = lock(&self.disk).get(key)
+            && at.elapsed() < DISK_USAGE_TTL
+        {
+            return Some(*usage);
+        }
+        let usage = measure()?;
+        lock(&self.disk).insert(key.to_path_buf(), (Instant::now(), usage));
+        Some(usage)
+    }
+}
+
+/// Whether a volume counts towards the pod's ephemeral storage, as upstream's
+/// `IsLocalEphemeralVolume`: emptyDir on disk and configMap (secrets, downward API and
+/// projected volumes are tmpfs, and Memory emptyDirs count as memory).
+fn is_local_ephemeral(volume: &Volume) -> bool {
+    volume.config_map.is_some()
+        || volume
+            .empty_dir
+            .as_ref()
+            .is_some_and(|e| e.medium.as_deref().unwrap_or_default().is_empty())
 }
 
 /// CPU time samples per cgroup, and the rate between the last two far enough apart.
@@ -326,7 +408,7 @@ impl CpuRates {
     }
 
     /// Forgets the cgroups not in `keys` (gone containers and pods).
-    fn keep_only(&mut self, keys: &[String]) {
+    fn keep_only(&mut self, keys: &HashSet<String>) {
         self.samples.retain(|key, _| keys.contains(key));
     }
 }
@@ -359,13 +441,6 @@ fn network_stats(time: &str, interfaces: Vec<summary::InterfaceStats>) -> Option
 /// The filesystem holding `path`, nothing counted as used.
 fn fs_of(path: &Path) -> Option<DiskUsage> {
     DiskUsage::of_filesystem(path).ok()
-}
-
-/// What the files under `dir` use of their filesystem.
-fn usage_of(dir: &Path) -> Option<DiskUsage> {
-    let mut usage = fs_of(dir)?;
-    usage.add_directory(dir).ok()?;
-    Some(usage)
 }
 
 fn add_used(total: &mut Option<DiskUsage>, part: &DiskUsage) {
@@ -420,7 +495,7 @@ mod tests {
             rates.observe("c", two + Duration::from_millis(10), 5_000_000_000),
             Some(500_000_000)
         );
-        rates.keep_only(&[]);
+        rates.keep_only(&HashSet::new());
         assert_eq!(rates.observe("c", two + Duration::from_secs(5), 1), None);
     }
 

@@ -8,6 +8,12 @@ use serde::Serialize;
 pub struct Summary {
     pub node: NodeStats,
     pub pods: Vec<PodStats>,
+    /// When the collection began, to the nanosecond (the JSON's times are to the second).
+    #[serde(skip)]
+    pub at: jiff::Timestamp,
+    /// The runtime could not list its containers: the pods' figures are missing.
+    #[serde(skip)]
+    pub scrape_error: bool,
 }
 
 /// The node's own figures.
