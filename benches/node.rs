@@ -102,6 +102,7 @@ async fn runtime_bench(binary: &Binary) -> anyhow::Result<Vec<String>> {
                 log_max_size: 0,
                 log_max_files: 1,
                 stdin: false,
+                tty: false,
             })
             .await?;
         client.start_container(&id).await?;

@@ -560,9 +560,11 @@ async fn node_statistics_reach_kubectl_through_the_node_proxy() -> Result<()> {
     let summary_path = format!("/api/v1/nodes/{node}/proxy/stats/summary");
     // The container's CPU rate needs two readings a second apart; the file is written first.
     let summary = wait_until("the pod's statistics", Duration::from_secs(60), || {
-        let text = raw(summary_path.clone());
+        let out = cluster
+            .server
+            .kubectl(&kubectl, &["get", "--raw", &summary_path]);
         async move {
-            let summary: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let summary: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
             let pod = summary["pods"]
                 .as_array()?
                 .iter()
@@ -654,7 +656,25 @@ async fn node_statistics_reach_kubectl_through_the_node_proxy() -> Result<()> {
         &kubectl,
         &["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/nope")],
     );
-    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only the kubelet's port is reached through a node.
+    let out = cluster.server.kubectl(
+        &kubectl,
+        &[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{node}:2379/proxy/health"),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only the kubelet's port"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cluster.server.kubectl(
         &kubectl,
         &[
@@ -746,10 +766,14 @@ async fn kubectl_port_forward_reaches_the_pods_port() -> Result<()> {
             let refused_port = line.with_context(|| {
                 format!("a local port for 9999 ({context}): {}", forward.output())
             })?;
-            assert!(
-                http_get(refused_port, "/").map_or(true, |body| body.is_empty()),
-                "{context}"
-            );
+            // Nothing comes back (kubectl closes the connection, or it fails).
+            if let Ok(body) = http_get(refused_port, "/") {
+                assert!(
+                    body.is_empty(),
+                    "{context}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
             wait_until(
                 "the refusal in kubectl's log",
                 Duration::from_secs(30),
@@ -824,6 +848,58 @@ async fn kubectl_run_and_attach_feed_the_containers_stdin() -> Result<()> {
         );
     }
 
+    // stdinOnce (what kubectl run -i sets): the end of kubectl's input is the container's.
+    let out = cluster.server.kubectl_with_input(
+        &baton_test_harness::kubectl_binaries().remove(0),
+        &[
+            "run",
+            "counter",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            &format!("--image={}", cluster.image),
+            &format!("--overrides={on_node}"),
+            "--",
+            "wc",
+            "-l",
+        ],
+        Some("a\nb\nc\n"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().next().map(str::trim), Some("3"), "{stdout}");
+
+    // kubectl run -it: the container gets a terminal (kubectl's own input here is not one,
+    // so it attaches without; the shell still reads its terminal, fed from stdin).
+    let kubectl = baton_test_harness::kubectl_binaries().remove(0);
+    let out = cluster.server.kubectl_with_input(
+        &kubectl,
+        &[
+            "run",
+            "shell",
+            "-it",
+            "--rm",
+            "--restart=Never",
+            &format!("--image={}", cluster.image),
+            &format!("--overrides={on_node}"),
+            "--",
+            "sh",
+        ],
+        Some("tty; echo answer-$((6*7))\nexit\n"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("answer-42"), "{stdout}");
+    assert!(stdout.contains("/dev/pts/0"), "{stdout}");
+
     // kubectl attach -i to a running pod that keeps its stdin open.
     cluster
         .create_pod(
@@ -845,7 +921,6 @@ async fn kubectl_run_and_attach_feed_the_containers_stdin() -> Result<()> {
             (phase(pod) == Some("Running")).then_some(())
         })
         .await;
-    let kubectl = baton_test_harness::kubectl_binaries().remove(0);
     let out = cluster.server.kubectl_with_input(
         &kubectl,
         &["attach", "-i", "listener"],

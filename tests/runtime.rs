@@ -4,7 +4,7 @@
 //! killing every container and removing every sandbox and cgroup it made.
 
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use oci_spec::runtime::{
 };
 
 const APPLETS: &[&str] = &[
-    "sh", "echo", "sleep", "cat", "hostname", "dd", "head", "ls", "true", "readlink",
+    "sh", "echo", "sleep", "cat", "hostname", "dd", "head", "ls", "true", "readlink", "tty", "stty",
 ];
 
 /// A runtime process under a fresh root, shut down (with everything it made) on drop.
@@ -83,6 +83,7 @@ impl Runtime {
             log_max_size: 0,
             log_max_files: 1,
             stdin: false,
+            tty: false,
         }
     }
 
@@ -173,14 +174,14 @@ async fn a_container_runs_and_its_output_and_exit_code_are_kept() {
 }
 
 #[tokio::test]
-async fn a_container_with_stdin_reads_what_is_written_to_its_fifo() {
+async fn a_container_with_stdin_reads_its_fifo_until_the_runtime_lets_go() {
     let runtime = Runtime::new();
     let bundle = runtime.bundle(
         "reader",
         &[
             "sh",
             "-c",
-            "read first; read second; echo \"got $first and $second\"",
+            "while read line; do echo \"got $line\"; done; echo end-of-input",
         ],
         |_| {},
     );
@@ -188,24 +189,94 @@ async fn a_container_with_stdin_reads_what_is_written_to_its_fifo() {
     config.stdin = true;
     let pid = runtime.client.create_container(config).await.unwrap();
     runtime.client.start_container("reader").await.unwrap();
-    // Nobody writes yet: the container waits for input instead of reading end-of-file.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fifo = baton_runtime::stdin_path(runtime.client.root(), "reader");
+    let log = runtime.log_path("reader");
+    // Two writers in turn, as two attaches would be; each one's going does not end the input
+    // (the runtime holds a writer too). A non-blocking open fails (ENXIO) if nobody reads.
+    for line in ["one", "two"] {
+        let mut writer = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&fifo)
+            .expect("the container reads its stdin");
+        std::io::Write::write_all(&mut writer, format!("{line}\n").as_bytes()).unwrap();
+        drop(writer);
+        let expected = ("stdout".to_owned(), format!("got {line}"));
+        wait_until("the line in the log", || {
+            log_lines(&log).contains(&expected)
+        })
+        .await;
+    }
     let status = runtime.client.container_status("reader").await.unwrap();
     assert_eq!(status.state, ContainerState::Running, "{status:?}");
-    // Two writers in turn, as two attaches would be.
-    let fifo = baton_runtime::stdin_path(runtime.client.root(), "reader");
-    for line in ["one\n", "two\n"] {
-        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-        std::io::Write::write_all(&mut writer, line.as_bytes()).unwrap();
-    }
+    assert!(!log_lines(&log).contains(&("stdout".into(), "end-of-input".into())));
+    // stdinOnce: once the runtime lets go and no writer is left, the container reads the end.
+    runtime.client.close_stdin("reader").await.unwrap();
     exited(pid).await;
-    let lines = log_lines(&runtime.log_path("reader"));
     assert!(
-        lines.contains(&("stdout".into(), "got one and two".into())),
-        "{lines:?}"
+        log_lines(&log).contains(&("stdout".into(), "end-of-input".into())),
+        "{:?}",
+        log_lines(&log)
     );
     runtime.client.remove_container("reader").await.unwrap();
     assert!(!fifo.exists(), "the FIFO goes with the container");
+}
+
+#[tokio::test]
+async fn a_container_with_a_terminal_gets_input_and_window_size_through_it() {
+    let runtime = Runtime::new();
+    let bundle = runtime.bundle(
+        "term",
+        &["sh", "-c", "tty; read line; echo \"got $line\"; stty size"],
+        |spec| {
+            let mut process = spec.process().clone().unwrap();
+            process.set_terminal(Some(true));
+            spec.set_process(Some(process));
+        },
+    );
+    let mut config = runtime.config("term", bundle);
+    config.stdin = true;
+    config.tty = true;
+    let pid = runtime.client.create_container(config).await.unwrap();
+    runtime.client.start_container("term").await.unwrap();
+    runtime
+        .client
+        .resize_terminal("term", 100, 40)
+        .await
+        .unwrap();
+    let fifo = baton_runtime::stdin_path(runtime.client.root(), "term");
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    std::io::Write::write_all(&mut writer, b"hello\n").unwrap();
+    exited(pid).await;
+    let lines: Vec<(String, String)> = log_lines(&runtime.log_path("term"))
+        .into_iter()
+        .map(|(stream, text)| (stream, text.trim_end_matches('\r').to_owned()))
+        .collect();
+    // The terminal's output is stdout; it echoes the input, as terminals do.
+    for expected in ["/dev/pts/0", "hello", "got hello", "40 100"] {
+        assert!(
+            lines.contains(&("stdout".into(), expected.into())),
+            "{expected} in {lines:?}"
+        );
+    }
+    // A container without a terminal has no size to set.
+    let plain = runtime.bundle("plain", &["sleep", "30"], |_| {});
+    runtime
+        .client
+        .create_container(runtime.config("plain", plain))
+        .await
+        .unwrap();
+    let err = runtime
+        .client
+        .resize_terminal("plain", 80, 24)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("container plain has no terminal"),
+        "{err}"
+    );
+    runtime.client.remove_container("plain").await.unwrap();
+    runtime.client.remove_container("term").await.unwrap();
 }
 
 #[tokio::test]

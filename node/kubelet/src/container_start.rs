@@ -255,6 +255,7 @@ async fn create_and_start(
         log_max_size: ctx.log_max_size,
         log_max_files: ctx.log_max_files,
         stdin: container.stdin == Some(true),
+        tty: container.tty == Some(true),
     };
     let pid = ctx
         .runtime

@@ -117,6 +117,17 @@ mod tests {
         async fn remove_container(&self, _: &str) -> Result<(), baton_runtime::RuntimeCallError> {
             Err(unavailable())
         }
+        async fn close_stdin(&self, _: &str) -> Result<(), baton_runtime::RuntimeCallError> {
+            Err(unavailable())
+        }
+        async fn resize_terminal(
+            &self,
+            _: &str,
+            _: u16,
+            _: u16,
+        ) -> Result<(), baton_runtime::RuntimeCallError> {
+            Err(unavailable())
+        }
         async fn container_status(
             &self,
             _: &str,

@@ -281,6 +281,31 @@ impl ContainerRuntime for RuntimeClient {
         }
     }
 
+    async fn close_stdin(&self, id: &str) -> Result<(), RuntimeCallError> {
+        let request = Request::CloseStdin { id: id.to_owned() };
+        match self.call(request, Vec::new()).await? {
+            Response::Done => Ok(()),
+            _ => Err(RuntimeCallError::Protocol("close stdin")),
+        }
+    }
+
+    async fn resize_terminal(
+        &self,
+        id: &str,
+        width: u16,
+        height: u16,
+    ) -> Result<(), RuntimeCallError> {
+        let request = Request::ResizeTerminal {
+            id: id.to_owned(),
+            width,
+            height,
+        };
+        match self.call(request, Vec::new()).await? {
+            Response::Done => Ok(()),
+            _ => Err(RuntimeCallError::Protocol("resize terminal")),
+        }
+    }
+
     async fn container_status(&self, id: &str) -> Result<ContainerStatus, RuntimeCallError> {
         let request = Request::ContainerStatus { id: id.to_owned() };
         match self.call(request, Vec::new()).await? {

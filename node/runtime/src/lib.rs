@@ -24,6 +24,12 @@ pub use client::{RuntimeCallError, RuntimeClient, wait_for_exit};
 pub fn stdin_path(root: &std::path::Path, id: &str) -> std::path::PathBuf {
     root.join("io").join(id).join("stdin")
 }
+
+/// The bind-mounted network namespace of sandbox `id` (a pod's uid) under the runtime's root
+/// directory; it exists unless the pod uses the host's network.
+pub fn sandbox_network_path(root: &std::path::Path, id: &str) -> std::path::PathBuf {
+    root.join("sandboxes").join(id).join("net")
+}
 pub use server::{SOCKET_NAME, ServeRuntimeError, serve};
 pub use types::{
     ContainerConfig, ContainerState, ContainerStatus, ExecConfig, ExitStatus, Sandbox,
@@ -60,6 +66,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn remove_container(
         &self,
         id: &str,
+    ) -> impl Future<Output = Result<(), RuntimeCallError>> + Send;
+    /// Closes the runtime's own hold on a container's stdin (`stdinOnce`): once the writers
+    /// attached now are gone too, the container reads end-of-file.
+    fn close_stdin(&self, id: &str) -> impl Future<Output = Result<(), RuntimeCallError>> + Send;
+    /// Sets the window size of a container's terminal (`tty: true`).
+    fn resize_terminal(
+        &self,
+        id: &str,
+        width: u16,
+        height: u16,
     ) -> impl Future<Output = Result<(), RuntimeCallError>> + Send;
     /// A container's status.
     fn container_status(

@@ -44,6 +44,16 @@ pub(crate) enum Request {
     ContainerStatus {
         id: String,
     },
+    /// Drop the runtime's own writer of a container's stdin.
+    CloseStdin {
+        id: String,
+    },
+    /// Set the window size of a container's terminal.
+    ResizeTerminal {
+        id: String,
+        width: u16,
+        height: u16,
+    },
     ListContainers,
     /// Run a process in a container; stdin, stdout and stderr arrive as three descriptors.
     Exec(ExecConfig),

@@ -54,6 +54,10 @@ pub struct ContainerConfig {
     /// [`crate::stdin_path`]); without it stdin is /dev/null.
     #[serde(default)]
     pub stdin: bool,
+    /// Whether the bundle's process has a terminal (`process.terminal`): the runtime then
+    /// holds the terminal's master, logs its output as stdout and feeds it the stdin FIFO.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// Where a container is in its life.

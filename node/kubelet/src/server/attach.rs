@@ -4,9 +4,12 @@
 //! final Success status on channel 3) or the client goes.
 //! The output is read from the container's log as the runtime writes it. With `stdin`, and a
 //! container whose spec asks for `stdin: true`, channel 0 is written to the container's stdin
-//! FIFO (which the runtime keeps open for it; see `baton_runtime::stdin_path`); a v5 client's
-//! end of stdin closes this attach's writer, not the container's stdin (as with
-//! `stdinOnce: false`). Input for a container without stdin is dropped.
+//! FIFO (see `baton_runtime::stdin_path`; for a container with `tty: true` the runtime copies it
+//! into the terminal); a v5 client's end of stdin closes this attach's writer. Input for a
+//! container without stdin is dropped. With `stdinOnce`, the end of the first attach's input
+//! (a v5 close of stdin, or the session's end) lets the runtime close the container's stdin, so
+//! that it reads end-of-file. With `tty`, window sizes (channel 4) go to the container's
+//! terminal through the runtime.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
@@ -23,12 +26,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::exec::{
-    ExecRequest, Input, STATUS, STDERR, STDOUT, Socket, close, framed, handle_input, is_v5,
-    negotiate, running_container_or_not_found, switching_protocols,
+    ExecRequest, Input, STATUS, STDERR, STDOUT, Socket, StdinWriter, close, framed, handle_input,
+    is_v5, negotiate, running_container_or_not_found, switching_protocols, terminal_size,
 };
 use super::logs::{attempt_files, attempts, parse_record};
 use super::{Body, ServerState, text};
-use baton_runtime::{ContainerRuntime, ContainerState};
+use baton_runtime::{ContainerRuntime, ContainerState, RuntimeClient};
 
 /// How often the log is read for new output.
 const POLL: Duration = Duration::from_millis(100);
@@ -64,11 +67,12 @@ pub(crate) async fn attach(
         Ok(pod) => pod,
         Err(refusal) => return *refusal,
     };
-    let spec_stdin = pod
+    let spec = pod
         .spec
         .as_ref()
-        .and_then(|s| s.containers.iter().find(|c| c.name == container))
-        .is_some_and(|c| c.stdin == Some(true));
+        .and_then(|s| s.containers.iter().find(|c| c.name == container));
+    let spec_stdin = spec.is_some_and(|c| c.stdin == Some(true));
+    let spec_tty = spec.is_some_and(|c| c.tty == Some(true));
     let container_id = match running_container_or_not_found(state, &pod, container).await {
         Ok(id) => id,
         Err(refusal) => return *refusal,
@@ -76,21 +80,26 @@ pub(crate) async fn attach(
     let input: Input = if request.stdin && spec_stdin {
         let fifo = baton_runtime::stdin_path(state.ctx.runtime.root(), &container_id);
         match tokio::net::unix::pipe::OpenOptions::new().open_sender(&fifo) {
-            Ok(sender) => Some(Box::new(sender)),
+            Ok(sender) => Some(StdinWriter::spawn(sender)),
+            // Nobody reads it any more (the process closed its stdin, or just exited): the
+            // output can still be attached to.
             Err(err) => {
-                return text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "unable to attach to the stdin of container \"{container}\": {}: {err}",
-                        fifo.display()
-                    ),
-                );
+                tracing::debug!(container = %container_id, %err, "attaching without stdin");
+                None
             }
         }
     } else {
         None
     };
+    // With stdinOnce, the first attach's end of input is the container's.
+    let stdin_once = (input.is_some() && spec.is_some_and(|c| c.stdin_once == Some(true)))
+        .then(|| (state.ctx.runtime.clone(), container_id.clone()));
     let v5 = is_v5(protocol);
+    // Window sizes go to the container's terminal, which the runtime holds.
+    let terminal = (request.tty && spec_tty).then(|| Terminal {
+        runtime: state.ctx.runtime.clone(),
+        container_id: container_id.clone(),
+    });
     let pid = match state.ctx.runtime.container_status(&container_id).await {
         Ok(status) if status.state == ContainerState::Running => status.pid,
         _ => None,
@@ -112,14 +121,50 @@ pub(crate) async fn attach(
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
                         .await;
-                if let Err(err) = session(ws, &live, pid, request, input, v5).await {
+                let client = ClientInput {
+                    stdin: input,
+                    terminal,
+                    stdin_once: stdin_once.clone(),
+                    v5,
+                };
+                if let Err(err) = session(ws, &live, pid, request, client).await {
                     tracing::debug!(%err, "attach session");
                 }
+                // However the session ended, its input has.
+                close_stdin_once(stdin_once.as_ref()).await;
             }
             Err(err) => tracing::debug!(%err, "upgrading an attach connection"),
         }
     });
     switching_protocols(protocol, &key)
+}
+
+/// Lets the runtime close the container's stdin (`stdinOnce`), once this attach's input is
+/// over: the container reads end-of-file when this attach's writer is gone too.
+async fn close_stdin_once(stdin_once: Option<&(RuntimeClient, String)>) {
+    if let Some((runtime, id)) = stdin_once
+        && let Err(err) = runtime.close_stdin(id).await
+    {
+        tracing::debug!(container = %id, %err, "closing a container's stdin");
+    }
+}
+
+/// Where the client's messages go.
+struct ClientInput {
+    /// The container's stdin, if attached to.
+    stdin: Input,
+    /// The container's terminal, for window sizes.
+    terminal: Option<Terminal>,
+    /// The runtime and container whose stdin ends with this attach's input (`stdinOnce`).
+    stdin_once: Option<(RuntimeClient, String)>,
+    /// Whether the client speaks v5 (which can close stdin alone).
+    v5: bool,
+}
+
+/// The terminal of the container attached to, for window sizes.
+struct Terminal {
+    runtime: RuntimeClient,
+    container_id: String,
 }
 
 /// Sends what the container writes from now on until it exits or the client goes.
@@ -128,8 +173,7 @@ async fn session(
     live: &std::path::Path,
     pid: Option<i32>,
     request: ExecRequest,
-    mut input: Input,
-    v5: bool,
+    mut client: ClientInput,
 ) -> std::io::Result<()> {
     let (mut sink, mut incoming) = ws.split();
     let mut file = std::fs::File::open(live)?;
@@ -198,9 +242,25 @@ async fn session(
             _ = &mut exit, if exited_at.is_none() => exited_at = Some(std::time::Instant::now()),
             message = incoming.next() => match message {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
-                // Stdin (resizes have no terminal to go to: containers have none).
                 Some(Ok(Message::Binary(data))) if !data.is_empty() => {
-                    handle_input(&data, &mut input, None, v5).await;
+                    match (terminal_size(&data), &client.terminal) {
+                        (Some((width, height)), Some(terminal)) => {
+                            let resized = terminal
+                                .runtime
+                                .resize_terminal(&terminal.container_id, width, height)
+                                .await;
+                            if let Err(err) = resized {
+                                tracing::debug!(%err, "resizing a container's terminal");
+                            }
+                        }
+                        _ => {
+                            let had_input = client.stdin.is_some();
+                            handle_input(&data, &mut client.stdin, None, client.v5).await;
+                            if had_input && client.stdin.is_none() {
+                                close_stdin_once(client.stdin_once.as_ref()).await;
+                            }
+                        }
+                    }
                 }
                 Some(Ok(_)) => {}
             },

@@ -32,7 +32,7 @@ const STDIN: u8 = 0;
 pub(crate) const STDOUT: u8 = 1;
 pub(crate) const STDERR: u8 = 2;
 pub(crate) const STATUS: u8 = 3;
-const RESIZE: u8 = 4;
+pub(crate) const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 /// How long a terminal's last output may take to arrive after its process exited.
 const TTY_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
@@ -118,13 +118,7 @@ pub(crate) fn negotiate(
     req: &Request<Incoming>,
     protocols: &[&'static str],
 ) -> Result<(&'static str, http::HeaderValue), Box<Response<Body>>> {
-    let asked: Vec<String> = req
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
-        .collect();
+    let asked = header_tokens(req, header::SEC_WEBSOCKET_PROTOCOL.as_str());
     let Some(protocol) = protocols.iter().find(|p| asked.iter().any(|a| a == *p)) else {
         return Err(Box::new(text(
             StatusCode::BAD_REQUEST,
@@ -143,6 +137,17 @@ pub(crate) fn negotiate(
     Ok((protocol, key))
 }
 
+/// The comma-separated tokens of every `name` header of the request.
+pub(crate) fn header_tokens(req: &Request<Incoming>, name: &str) -> Vec<String> {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
 /// Whether `protocol` is v5 (which can close a single stream).
 pub(crate) fn is_v5(protocol: &str) -> bool {
     protocol == PROTOCOLS[0]
@@ -153,15 +158,28 @@ pub(crate) fn switching_protocols(
     protocol: &'static str,
     key: &http::HeaderValue,
 ) -> Response<Body> {
-    Response::builder()
+    upgraded_to(
+        "websocket",
+        &[
+            (
+                header::SEC_WEBSOCKET_ACCEPT.as_str(),
+                derive_accept_key(key.as_bytes()),
+            ),
+            (header::SEC_WEBSOCKET_PROTOCOL.as_str(), protocol.to_owned()),
+        ],
+    )
+}
+
+/// A 101 answer upgrading the connection to `protocol`, with `headers`.
+pub(crate) fn upgraded_to(protocol: &str, headers: &[(&str, String)]) -> Response<Body> {
+    let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(
-            header::SEC_WEBSOCKET_ACCEPT,
-            derive_accept_key(key.as_bytes()),
-        )
-        .header(header::SEC_WEBSOCKET_PROTOCOL, protocol)
+        .header(header::UPGRADE, protocol);
+    for (name, value) in headers {
+        response = response.header(*name, value);
+    }
+    response
         .body(
             Empty::<Bytes>::new()
                 .map_err(|never| match never {})
@@ -208,7 +226,7 @@ pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// The process's stdio as the kubelet holds it.
 struct Stdio {
     /// Where stdin goes (absent without stdin).
-    input: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    input: Input,
     outputs: Vec<(u8, Box<dyn AsyncRead + Send + Unpin>)>,
     /// The terminal's leader side, for resizes.
     terminal: Option<OwnedFd>,
@@ -226,10 +244,10 @@ fn dev_null() -> std::io::Result<OwnedFd> {
 
 fn pipe_stdio(request: &ExecRequest) -> std::io::Result<Stdio> {
     let mut outputs: Vec<(u8, Box<dyn AsyncRead + Send + Unpin>)> = Vec::new();
-    let (stdin, input): (OwnedFd, Option<Box<dyn AsyncWrite + Send + Unpin>>) = if request.stdin {
+    let (stdin, input): (OwnedFd, Input) = if request.stdin {
         let (reader, writer) = std::io::pipe()?;
         let writer = tokio::net::unix::pipe::Sender::from_owned_fd(writer.into())?;
-        (reader.into(), Some(Box::new(writer)))
+        (reader.into(), Some(StdinWriter::spawn(writer)))
     } else {
         (dev_null()?, None)
     };
@@ -259,7 +277,7 @@ fn terminal_stdio() -> std::io::Result<Stdio> {
     let writer = tokio::fs::File::from_std(std::fs::File::from(leader.try_clone()?));
     let follower = pty.slave;
     Ok(Stdio {
-        input: Some(Box::new(writer)),
+        input: Some(StdinWriter::spawn(writer)),
         outputs: vec![(STDOUT, Box::new(reader))],
         terminal: Some(leader),
         child: [follower.try_clone()?, follower.try_clone()?, follower],
@@ -418,8 +436,56 @@ pub(crate) async fn close(sink: &mut futures::stream::SplitSink<Socket, Message>
     let _ = sink.close().await;
 }
 
+/// The (width, height) of a resize message (channel 4, `{"Width":W,"Height":H}`).
+pub(crate) fn terminal_size(message: &[u8]) -> Option<(u16, u16)> {
+    #[derive(serde::Deserialize)]
+    struct Size {
+        #[serde(rename = "Width")]
+        width: u16,
+        #[serde(rename = "Height")]
+        height: u16,
+    }
+    if message.first() != Some(&RESIZE) {
+        return None;
+    }
+    let size: Size = serde_json::from_slice(&message[1..]).ok()?;
+    Some((size.width, size.height))
+}
+
+/// Stdin messages queued for a process before the session waits for it to read.
+const STDIN_QUEUE: usize = 64;
+
+/// A session's stdin: its writes go through a queue to a task of their own, so that a process
+/// that does not read its input holds up only that input (once the queue is full), not the
+/// session's output or its noticing the exit. Dropping it ends the input once the queue is
+/// written.
+pub(crate) struct StdinWriter {
+    queue: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+impl StdinWriter {
+    /// Starts the task writing to `writer`.
+    pub(crate) fn spawn(mut writer: impl AsyncWrite + Send + Unpin + 'static) -> Self {
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<Bytes>(STDIN_QUEUE);
+        tokio::spawn(async move {
+            while let Some(data) = queued.recv().await {
+                if writer.write_all(&data).await.is_err() {
+                    return;
+                }
+            }
+            let _ = writer.shutdown().await;
+        });
+        Self { queue }
+    }
+
+    /// Queues `data`; false once the process's input is gone.
+    async fn send(&self, data: &[u8]) -> bool {
+        self.queue.send(Bytes::copy_from_slice(data)).await.is_ok()
+    }
+}
+
 /// Where a session's stdin goes.
-pub(crate) type Input = Option<Box<dyn AsyncWrite + Send + Unpin>>;
+pub(crate) type Input = Option<StdinWriter>;
 
 /// Applies one message from the client: stdin data, a resize, or (v5) stdin's end.
 pub(crate) async fn handle_input(
@@ -430,28 +496,19 @@ pub(crate) async fn handle_input(
 ) {
     match data[0] {
         STDIN => {
-            if let Some(writer) = input.as_mut()
-                && writer.write_all(&data[1..]).await.is_err()
+            if let Some(writer) = input.as_ref()
+                && !writer.send(&data[1..]).await
             {
                 *input = None;
             }
         }
         RESIZE => {
-            #[derive(serde::Deserialize)]
-            struct Size {
-                #[serde(rename = "Width")]
-                width: u16,
-                #[serde(rename = "Height")]
-                height: u16,
-            }
-            if let (Some(terminal), Ok(size)) =
-                (terminal, serde_json::from_slice::<Size>(&data[1..]))
-            {
+            if let (Some(terminal), Some((width, height))) = (terminal, terminal_size(data)) {
                 let _ = rustix::termios::tcsetwinsize(
                     terminal,
                     rustix::termios::Winsize {
-                        ws_row: size.height,
-                        ws_col: size.width,
+                        ws_row: height,
+                        ws_col: width,
                         ws_xpixel: 0,
                         ws_ypixel: 0,
                     },
@@ -459,9 +516,8 @@ pub(crate) async fn handle_input(
             }
         }
         CLOSE if v5 && data.get(1) == Some(&STDIN) => {
-            if let Some(mut writer) = input.take() {
-                let _ = writer.shutdown().await;
-            }
+            // The writer task closes the input once what is queued is written.
+            *input = None;
         }
         _ => {}
     }

@@ -5,34 +5,38 @@
 //! each forwarded connection is a pair of streams the client opens with the headers
 //! `streamType` (`error` or `data`), `port` and `requestID`: once both are there the kubelet
 //! connects to localhost:port inside the pod's network namespace (IPv4, then IPv6) and copies
-//! bytes both ways on the data stream; a failure is written on the error stream as text, and
-//! both streams are ended with FIN once the pod's side of the connection has closed.
+//! bytes both ways on the data stream. As containerd's forwarder, once one direction has ended
+//! the other gets a second to finish (the client's end of input half-closes the pod's socket
+//! first). A failure is written on the error stream as text; the error stream always ends
+//! with FIN, the data stream too unless the client reset it.
+//!
+//! Limits keep one client from holding the kubelet: a pair must be complete within 30 s, a
+//! session has at most 128 pairs, a stream queues at most 32 frames for a pod that does not
+//! read (then it is reset, and the others go on), and frames are size-checked before anything
+//! is allocated for them (see `spdy`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use kube::ResourceExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::exec::{negotiate, switching_protocols};
+use super::exec::{header_tokens, negotiate, switching_protocols, upgraded_to};
 use super::spdy::{FLAG_FIN, Frame, FrameReader, FrameWriter, MAX_DATA_WRITE, RST_REFUSED_STREAM};
 use super::{Body, ServerState, text};
-use crate::container_start::parse_container_id;
-use crate::probes::netns::{connect, os_text};
-use baton_runtime::{ContainerRuntime, ContainerState, RuntimeClient};
+use crate::probes::netns::{connect, dial_message, os_text};
 
 /// The port-forward protocol version.
 const PROTOCOL: &str = "portforward.k8s.io";
@@ -42,34 +46,47 @@ const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 const SPDY: &str = "SPDY/3.1";
 /// How long a connect to the pod's port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Data frames from the client queued per stream before the session stops reading.
-const INBOUND_QUEUE: usize = 16;
+/// What one session may hold.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// How long the second half of a pair may take to come (upstream's stream creation
+    /// timeout is 30 s).
+    pair_timeout: Duration,
+    /// Pairs (pending or forwarding) one session may have.
+    max_pairs: usize,
+    /// Data frames from the client queued per stream; a pod that falls further behind has its
+    /// stream reset rather than stall the session.
+    inbound_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            pair_timeout: Duration::from_secs(30),
+            max_pairs: 128,
+            inbound_queue: 32,
+        }
+    }
+}
+/// How long one direction may go on once the other has ended (containerd's grace).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long the session's last frames may take to be written once it ends.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// RST_STREAM status: the stream id is not valid.
+const RST_PROTOCOL_ERROR: u32 = 1;
+/// RST_STREAM status: the stream is being cancelled (its pod did not keep up).
+const RST_CANCEL: u32 = 5;
+/// The largest WebSocket message accepted in the tunnel.
+const MAX_TUNNEL_MESSAGE: usize = 2 * 1024 * 1024;
 
 /// Which pod a session forwards to.
 #[derive(Clone)]
 struct Target {
-    runtime: RuntimeClient,
     namespace: String,
     name: String,
     uid: String,
-}
-
-impl Target {
-    /// The pod's network namespace, through one of its running containers.
-    async fn netns(&self) -> Result<PathBuf, String> {
-        let containers = self
-            .runtime
-            .list_containers()
-            .await
-            .map_err(|err| format!("listing the pod's containers: {err}"))?;
-        containers
-            .iter()
-            .filter(|c| c.state == ContainerState::Running)
-            .filter(|c| parse_container_id(&c.id).is_some_and(|(uid, _, _)| uid == self.uid))
-            .find_map(|c| c.pid)
-            .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
-            .ok_or_else(|| "the pod has no running container".to_owned())
-    }
+    /// The pod's network namespace file (`None`: the pod uses the node's network).
+    netns: Option<PathBuf>,
 }
 
 /// Checks the request, answers 101 and runs the session on the upgraded connection.
@@ -98,13 +115,7 @@ pub(crate) async fn port_forward(
                 "unable to upgrade connection: port-forward needs Upgrade: SPDY/3.1 or a WebSocket",
             );
         }
-        let versions: Vec<String> = req
-            .headers()
-            .get_all("X-Stream-Protocol-Version")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
-            .collect();
+        let versions = header_tokens(&req, "X-Stream-Protocol-Version");
         if !versions.is_empty() && !versions.iter().any(|v| v == PROTOCOL) {
             return text(
                 StatusCode::FORBIDDEN,
@@ -119,11 +130,18 @@ pub(crate) async fn port_forward(
         Ok(pod) => pod,
         Err(refusal) => return *refusal,
     };
+    let uid = pod.uid().unwrap_or_default();
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
     let target = Target {
-        runtime: state.ctx.runtime.clone(),
         namespace: namespace.to_owned(),
         name: pod_name.to_owned(),
-        uid: pod.uid().unwrap_or_default(),
+        netns: (!host_network)
+            .then(|| baton_runtime::sandbox_network_path(state.ctx.runtime.root(), &uid)),
+        uid,
     };
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -135,25 +153,18 @@ pub(crate) async fn port_forward(
             }
         };
         if websocket {
-            let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, None).await;
-            session(websocket_bytes(ws), target).await;
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(MAX_TUNNEL_MESSAGE))
+                .max_frame_size(Some(MAX_TUNNEL_MESSAGE));
+            let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
+            session(websocket_bytes(ws), target, Limits::default()).await;
         } else {
-            session(upgraded, target).await;
+            session(upgraded, target, Limits::default()).await;
         }
     });
     match negotiated {
         Some((protocol, key)) => switching_protocols(protocol, &key),
-        None => Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::CONNECTION, "Upgrade")
-            .header(header::UPGRADE, SPDY)
-            .header("X-Stream-Protocol-Version", PROTOCOL)
-            .body(
-                Empty::<Bytes>::new()
-                    .map_err(|never| match never {})
-                    .boxed(),
-            )
-            .expect("valid response"),
+        None => upgraded_to(SPDY, &[("X-Stream-Protocol-Version", PROTOCOL.to_owned())]),
     }
 }
 
@@ -194,47 +205,90 @@ where
 }
 
 /// A pair of streams waiting for its other half.
-#[derive(Default)]
 struct PendingPair {
     error_stream: Option<u32>,
     data_stream: Option<(u32, mpsc::Receiver<Bytes>)>,
     port: String,
+    since: Instant,
+}
+
+/// What the session keeps of a data stream whose connection is being forwarded.
+struct Forwarding {
+    /// Cancels the forwarder (the client reset the stream, or the pod fell behind).
+    cancel: oneshot::Sender<()>,
 }
 
 /// Runs one SPDY session until the client goes away; its forwarded connections end with it.
-async fn session<IO>(io: IO, target: Target)
+async fn session<IO>(io: IO, target: Target, limits: Limits)
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read, write) = tokio::io::split(io);
     let (frames, mut outgoing) = mpsc::channel::<Frame>(64);
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         let mut writer = FrameWriter::new(write);
         while let Some(frame) = outgoing.recv().await {
-            if let Err(err) = writer.write(&frame).await {
-                tracing::debug!(%err, "port-forward session write");
-                break;
+            // Whatever else is queued goes out with it, in one flush.
+            let mut next = Some(frame);
+            while let Some(frame) = next {
+                if let Err(err) = writer.write_unflushed(&frame).await {
+                    tracing::debug!(%err, "port-forward session write");
+                    return;
+                }
+                next = outgoing.try_recv().ok();
+            }
+            if writer.flush().await.is_err() {
+                return;
             }
         }
         let _ = writer.shutdown().await;
     });
-    let mut reader = FrameReader::new(read);
+    // Frames are read on a task of their own, so that the loop below can also wait for pair
+    // deadlines without ever abandoning a frame half read.
+    let (incoming_frames, mut incoming) = mpsc::channel(8);
+    let reader = tokio::spawn(async move {
+        let mut reader = FrameReader::new(read);
+        loop {
+            match reader.next().await {
+                Ok(Some(frame)) => {
+                    if incoming_frames.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(err) => {
+                    tracing::debug!(%err, "port-forward session read");
+                    return;
+                }
+            }
+        }
+    });
     let mut pending: HashMap<String, PendingPair> = HashMap::new();
     let mut inbound: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
-    let mut forwarders: HashMap<u32, AbortHandle> = HashMap::new();
+    let mut forwarding: HashMap<u32, Forwarding> = HashMap::new();
     let mut tasks = JoinSet::new();
+    let mut last_stream_id = 0u32;
+    let mut gone_away = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let frame = match reader.next().await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(err) => {
-                tracing::debug!(%err, "port-forward session read");
-                break;
+        let frame = tokio::select! {
+            frame = incoming.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            _ = tick.tick() => {
+                expire_pairs(&mut pending, &mut inbound, &frames, limits.pair_timeout).await;
+                continue;
             }
         };
+        // Finished forwarders are forgotten.
+        while tasks.try_join_next().is_some() {}
+        forwarding.retain(|_, f| !f.cancel.is_closed());
         match frame {
             Frame::SynStream {
-                stream_id, headers, ..
+                stream_id,
+                flags,
+                headers,
             } => {
                 let header = |name: &str| {
                     headers
@@ -243,13 +297,22 @@ where
                         .map(|(_, v)| v.clone())
                 };
                 let kind = header("streamtype").unwrap_or_default();
-                if kind != "error" && kind != "data" {
-                    let _ = frames
-                        .send(Frame::RstStream {
-                            stream_id,
-                            status: RST_REFUSED_STREAM,
-                        })
-                        .await;
+                // Client streams have odd, increasing ids.
+                let refusal = if stream_id % 2 == 0 || stream_id <= last_stream_id {
+                    Some(RST_PROTOCOL_ERROR)
+                } else if gone_away
+                    || (kind != "error" && kind != "data")
+                    || pending.len() + forwarding.len() >= limits.max_pairs
+                {
+                    Some(RST_REFUSED_STREAM)
+                } else {
+                    None
+                };
+                if stream_id > last_stream_id {
+                    last_stream_id = stream_id;
+                }
+                if let Some(status) = refusal {
+                    let _ = frames.send(Frame::RstStream { stream_id, status }).await;
                     continue;
                 }
                 let _ = frames
@@ -265,13 +328,40 @@ where
                     "error" => stream_id.to_string(),
                     _ => stream_id.saturating_sub(2).to_string(),
                 });
-                let pair = pending.entry(request.clone()).or_default();
-                pair.port = header("port").unwrap_or_default();
+                let pair = pending
+                    .entry(request.clone())
+                    .or_insert_with(|| PendingPair {
+                        error_stream: None,
+                        data_stream: None,
+                        port: String::new(),
+                        since: Instant::now(),
+                    });
+                let taken = if kind == "error" {
+                    pair.error_stream.is_some()
+                } else {
+                    pair.data_stream.is_some()
+                };
+                if taken {
+                    // A second stream of one kind for one request: upstream's "already
+                    // assigned".
+                    let _ = frames
+                        .send(Frame::RstStream {
+                            stream_id,
+                            status: RST_PROTOCOL_ERROR,
+                        })
+                        .await;
+                    continue;
+                }
                 if kind == "error" {
                     pair.error_stream = Some(stream_id);
                 } else {
-                    let (sender, receiver) = mpsc::channel(INBOUND_QUEUE);
-                    inbound.insert(stream_id, sender);
+                    // The data stream's port is the one forwarded.
+                    pair.port = header("port").unwrap_or_default();
+                    let (sender, receiver) = mpsc::channel(limits.inbound_queue);
+                    // A data stream opened with FIN has no input at all.
+                    if flags & FLAG_FIN == 0 {
+                        inbound.insert(stream_id, sender);
+                    }
                     pair.data_stream = Some((stream_id, receiver));
                 }
                 if pair.error_stream.is_some() && pair.data_stream.is_some() {
@@ -281,6 +371,7 @@ where
                     else {
                         continue;
                     };
+                    let (cancel, cancelled) = oneshot::channel();
                     let connection = Connection {
                         target: target.clone(),
                         port: pair.port,
@@ -288,8 +379,8 @@ where
                         data_stream,
                         frames: frames.clone(),
                     };
-                    let handle = tasks.spawn(connection.run(receiver));
-                    forwarders.insert(data_stream, handle);
+                    tasks.spawn(connection.run(receiver, cancelled));
+                    forwarding.insert(data_stream, Forwarding { cancel });
                 }
             }
             Frame::Data {
@@ -299,9 +390,26 @@ where
             } => {
                 if !data.is_empty()
                     && let Some(sender) = inbound.get(&stream_id)
-                    && sender.send(data).await.is_err()
                 {
-                    inbound.remove(&stream_id);
+                    match sender.try_send(data) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            inbound.remove(&stream_id);
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // The pod does not keep up: this connection ends, not the session.
+                            inbound.remove(&stream_id);
+                            if let Some(f) = forwarding.remove(&stream_id) {
+                                let _ = f.cancel.send(());
+                            }
+                            let _ = frames
+                                .send(Frame::RstStream {
+                                    stream_id,
+                                    status: RST_CANCEL,
+                                })
+                                .await;
+                        }
+                    }
                 }
                 if flags & FLAG_FIN != 0 {
                     // The client sends no more: the pod's side sees the end of input.
@@ -309,25 +417,76 @@ where
                 }
             }
             Frame::RstStream { stream_id, .. } => {
+                // The forwarder stops, and still ends its error stream.
                 inbound.remove(&stream_id);
-                if let Some(handle) = forwarders.remove(&stream_id) {
-                    handle.abort();
+                if let Some(f) = forwarding.remove(&stream_id) {
+                    let _ = f.cancel.send(());
                 }
             }
-            Frame::Ping { id } => {
+            // Only the client's pings (odd ids) are answered; ours would be even.
+            Frame::Ping { id } if id % 2 == 1 => {
                 let _ = frames.send(Frame::Ping { id }).await;
             }
-            Frame::GoAway { .. } => break,
-            Frame::SynReply { .. } | Frame::Headers { .. } | Frame::Ignored { .. } => {}
+            // No new streams; the ones open go on until the client closes the connection.
+            Frame::GoAway { .. } => gone_away = true,
+            Frame::Ping { .. }
+            | Frame::SynReply { .. }
+            | Frame::Headers { .. }
+            | Frame::Ignored { .. } => {}
         }
-        // Finished forwarders need no abort handle.
-        while tasks.try_join_next().is_some() {}
-        forwarders.retain(|_, handle| !handle.is_finished());
     }
+    reader.abort();
     drop(inbound);
     tasks.shutdown().await;
     drop(frames);
-    let _ = writer.await;
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+/// Ends the pairs whose other half did not come in time: the error stream (if any) says so,
+/// and both streams end.
+async fn expire_pairs(
+    pending: &mut HashMap<String, PendingPair>,
+    inbound: &mut HashMap<u32, mpsc::Sender<Bytes>>,
+    frames: &mpsc::Sender<Frame>,
+    timeout: Duration,
+) {
+    let expired: Vec<String> = pending
+        .iter()
+        .filter(|(_, pair)| pair.since.elapsed() >= timeout)
+        .map(|(request, _)| request.clone())
+        .collect();
+    for request in expired {
+        let Some(pair) = pending.remove(&request) else {
+            continue;
+        };
+        if let Some(stream_id) = pair.error_stream {
+            let message = format!("timed out waiting for the data stream of request {request}");
+            for frame in [data(stream_id, 0, Bytes::from(message)), fin(stream_id)] {
+                let _ = frames.send(frame).await;
+            }
+        }
+        if let Some((stream_id, _)) = pair.data_stream {
+            inbound.remove(&stream_id);
+            let _ = frames.send(fin(stream_id)).await;
+        }
+    }
+}
+
+fn data(stream_id: u32, flags: u8, data: Bytes) -> Frame {
+    Frame::Data {
+        stream_id,
+        flags,
+        data,
+    }
+}
+
+fn fin(stream_id: u32) -> Frame {
+    data(stream_id, FLAG_FIN, Bytes::new())
 }
 
 /// One forwarded connection: a pair of streams and the pod's port.
@@ -340,32 +499,26 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, from_client: mpsc::Receiver<Bytes>) {
-        let result = self.forward(from_client).await;
+    async fn run(self, from_client: mpsc::Receiver<Bytes>, cancelled: oneshot::Receiver<()>) {
+        let result = tokio::select! {
+            result = self.forward(from_client) => result,
+            // Reset by the client (or cut for not keeping up): no more data on that stream.
+            _ = cancelled => Ok(()),
+        };
         if let Err(message) = result {
             tracing::debug!(pod = %self.target.name, port = %self.port, %message, "port-forward");
             let _ = self
                 .frames
-                .send(Frame::Data {
-                    stream_id: self.error_stream,
-                    flags: 0,
-                    data: Bytes::from(message),
-                })
+                .send(data(self.error_stream, 0, Bytes::from(message)))
                 .await;
-            let _ = self.frames.send(self.fin(self.data_stream)).await;
+            let _ = self.frames.send(fin(self.data_stream)).await;
         }
-        let _ = self.frames.send(self.fin(self.error_stream)).await;
+        let _ = self.frames.send(fin(self.error_stream)).await;
     }
 
-    fn fin(&self, stream_id: u32) -> Frame {
-        Frame::Data {
-            stream_id,
-            flags: FLAG_FIN,
-            data: Bytes::new(),
-        }
-    }
-
-    /// Connects and copies until both sides are done; the error text for the client if not.
+    /// Connects and copies until both sides are done (or one is and the other had its
+    /// grace); the error text for the client if not. The data stream's FIN is sent here once
+    /// the pod's side has ended.
     async fn forward(&self, mut from_client: mpsc::Receiver<Bytes>) -> Result<(), String> {
         let port: u16 = self
             .port
@@ -381,8 +534,17 @@ impl Connection {
                 target.namespace, target.name, target.uid
             )
         };
-        let netns = target.netns().await.map_err(failed)?;
-        let stream = connect_localhost(&netns, port).await.map_err(failed)?;
+        if let Some(netns) = &target.netns
+            && !netns.exists()
+        {
+            return Err(failed(format!(
+                "the pod's network namespace {} is gone",
+                netns.display()
+            )));
+        }
+        let stream = connect_localhost(target.netns.as_deref(), port)
+            .await
+            .map_err(failed)?;
         let (mut from_pod, mut to_pod) = stream.into_split();
         let upstream = async {
             while let Some(data) = from_client.recv().await {
@@ -396,33 +558,39 @@ impl Connection {
             let mut buffer = vec![0u8; MAX_DATA_WRITE];
             loop {
                 let n = from_pod.read(&mut buffer).await?;
-                let frame = Frame::Data {
-                    stream_id: data_stream,
-                    flags: if n == 0 { FLAG_FIN } else { 0 },
-                    data: Bytes::copy_from_slice(&buffer[..n]),
-                };
+                let flags = if n == 0 { FLAG_FIN } else { 0 };
+                let frame = data(data_stream, flags, Bytes::copy_from_slice(&buffer[..n]));
                 if frames.send(frame).await.is_err() || n == 0 {
                     return std::io::Result::Ok(());
                 }
             }
         };
-        // Done once the pod's side has ended (as containerd's forwarder: the client's end of
-        // input only half-closes the pod's socket, and the client waits for both FINs).
         tokio::pin!(upstream, downstream);
-        let result = tokio::select! {
-            result = &mut downstream => result,
-            result = &mut upstream => match result {
-                Ok(()) => downstream.await,
-                Err(err) => Err(err),
-            },
+        let (first, downstream_done) = tokio::select! {
+            result = &mut downstream => (result, true),
+            result = &mut upstream => (result, false),
         };
-        result.map_err(|err| failed(format!("copying: {}", os_text(&err))))
+        first.map_err(|err| failed(format!("copying: {}", os_text(&err))))?;
+        let rest = if downstream_done {
+            tokio::time::timeout(CLOSE_GRACE, &mut upstream).await
+        } else {
+            tokio::time::timeout(CLOSE_GRACE, &mut downstream).await
+        };
+        if rest.is_err() && !downstream_done {
+            // The pod's side never ended: its stream ends here.
+            let _ = self.frames.send(fin(self.data_stream)).await;
+        }
+        match rest {
+            Ok(Err(err)) => Err(failed(format!("copying: {}", os_text(&err)))),
+            _ => Ok(()),
+        }
     }
 }
 
-/// Connects to localhost:`port` inside the network namespace: 127.0.0.1, then [::1].
+/// Connects to localhost:`port` inside the network namespace (`None`: the node's own):
+/// 127.0.0.1, then [::1].
 async fn connect_localhost(
-    netns: &std::path::Path,
+    netns: Option<&std::path::Path>,
     port: u16,
 ) -> Result<tokio::net::TcpStream, String> {
     let mut failures = Vec::new();
@@ -433,12 +601,9 @@ async fn connect_localhost(
             SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
         ),
     ] {
-        match connect(Some(netns), address, CONNECT_TIMEOUT).await {
+        match connect(netns, address, CONNECT_TIMEOUT).await {
             Ok(stream) => return Ok(stream),
-            Err(err) => failures.push(format!(
-                "{family}: {}",
-                crate::probes::netns::dial_message(address, &err)
-            )),
+            Err(err) => failures.push(format!("{family}: {}", dial_message(address, &err))),
         }
     }
     Err(format!(
@@ -450,120 +615,277 @@ async fn connect_localhost(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpListener;
 
-    /// The pod a forwarder in a test points at.
-    fn test_target(runtime: RuntimeClient) -> Target {
+    /// A pod on the node's own network (a hostNetwork pod): its ports are the test's.
+    fn target() -> Target {
         Target {
-            runtime,
             namespace: "default".into(),
             name: "web".into(),
-            uid: "no-such-uid".into(),
+            uid: "u1".into(),
+            netns: None,
         }
     }
 
-    /// A session whose pod has no running container: each pair is answered, then its error
-    /// stream carries the reason and both streams end.
-    #[tokio::test]
-    async fn a_pair_without_a_pod_gets_its_error_and_fins() {
-        let root = tempfile::tempdir().unwrap();
-        // A runtime that cannot start: listing containers fails, which the error text names.
-        let runtime = RuntimeClient::new(root.path(), "/nonexistent/baton");
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let session = tokio::spawn(session(server, test_target(runtime)));
-        let (read, write) = tokio::io::split(client);
-        let mut client = (FrameWriter::new(write), FrameReader::new(read));
-        let headers = |kind: &str| {
-            vec![
-                ("streamtype".to_owned(), kind.to_owned()),
-                ("port".to_owned(), "8080".to_owned()),
-                ("requestid".to_owned(), "0".to_owned()),
-            ]
-        };
-        client
-            .0
-            .write(&Frame::SynStream {
-                stream_id: 1,
-                flags: 0,
-                headers: headers("error"),
-            })
-            .await
-            .unwrap();
-        client
-            .0
-            .write(&Frame::SynStream {
-                stream_id: 3,
-                flags: 0,
-                headers: headers("data"),
-            })
-            .await
-            .unwrap();
-        client.0.write(&Frame::Ping { id: 1 }).await.unwrap();
-        client
-            .0
-            .write(&Frame::SynStream {
-                stream_id: 5,
-                flags: 0,
-                headers: headers("bogus"),
-            })
-            .await
-            .unwrap();
-        let mut replies = vec![];
-        let mut error_text = String::new();
-        let mut fins = vec![];
-        let mut pong = false;
-        let mut refused = false;
-        while fins.len() < 2 || !pong || !refused {
-            match client.1.next().await.unwrap().expect("a frame") {
-                Frame::SynReply { stream_id, .. } => replies.push(stream_id),
-                Frame::Data {
-                    stream_id,
-                    flags,
-                    data,
-                } => {
-                    if stream_id == 1 {
-                        error_text.push_str(&String::from_utf8_lossy(&data));
-                    }
-                    if flags & FLAG_FIN != 0 {
-                        fins.push(stream_id);
+    fn headers(kind: &str, port: u16, request: &str) -> Vec<(String, String)> {
+        vec![
+            ("streamtype".to_owned(), kind.to_owned()),
+            ("port".to_owned(), port.to_string()),
+            ("requestid".to_owned(), request.to_owned()),
+        ]
+    }
+
+    /// The client's side of a session: a writer, and the frames it receives.
+    struct Client {
+        writer: FrameWriter<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
+        received: mpsc::UnboundedReceiver<Frame>,
+        session: tokio::task::JoinHandle<()>,
+    }
+
+    impl Client {
+        fn start(limits: Limits) -> Self {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let session = tokio::spawn(session(server, target(), limits));
+            let (read, write) = tokio::io::split(client);
+            let (sender, received) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut reader = FrameReader::new(read);
+                while let Ok(Some(frame)) = reader.next().await {
+                    if sender.send(frame).is_err() {
+                        return;
                     }
                 }
-                Frame::Ping { id } => pong = id == 1,
-                Frame::RstStream { stream_id, status } => {
-                    refused = stream_id == 5 && status == RST_REFUSED_STREAM;
-                }
-                other => panic!("unexpected {other:?}"),
+            });
+            Self {
+                writer: FrameWriter::new(write),
+                received,
+                session,
             }
         }
+
+        async fn send(&mut self, frame: Frame) {
+            self.writer.write(&frame).await.unwrap();
+        }
+
+        async fn open_pair(&mut self, error: u32, data: u32, port: u16, request: &str) {
+            for (stream_id, kind) in [(error, "error"), (data, "data")] {
+                self.send(Frame::SynStream {
+                    stream_id,
+                    flags: 0,
+                    headers: headers(kind, port, request),
+                })
+                .await;
+            }
+        }
+
+        /// Frames until `done` accepts one (10 s at most).
+        async fn until(&mut self, mut done: impl FnMut(&Frame) -> bool) -> Vec<Frame> {
+            let mut seen = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let frame = tokio::time::timeout_at(deadline, self.received.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("no such frame; got {seen:?}"))
+                    .expect("the session is open");
+                let last = done(&frame);
+                seen.push(frame);
+                if last {
+                    return seen;
+                }
+            }
+        }
+    }
+
+    fn is_fin(frame: &Frame, stream: u32) -> bool {
+        matches!(frame, Frame::Data { stream_id, flags, .. } if *stream_id == stream && flags & FLAG_FIN != 0)
+    }
+
+    fn text_on(frames: &[Frame], stream: u32) -> String {
+        frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Data {
+                    stream_id, data, ..
+                } if *stream_id == stream => Some(String::from_utf8_lossy(data).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A refused port: the pair is answered, its error stream carries the reason, and both
+    /// streams end; pings are answered and bad streams refused meanwhile.
+    #[tokio::test]
+    async fn a_refused_port_gets_its_error_and_both_fins() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let mut client = Client::start(Limits::default());
+        client.open_pair(1, 3, port, "0").await;
+        client.send(Frame::Ping { id: 7 }).await;
+        for (stream_id, kind) in [(5, "bogus"), (4, "data")] {
+            client
+                .send(Frame::SynStream {
+                    stream_id,
+                    flags: 0,
+                    headers: headers(kind, port, "1"),
+                })
+                .await;
+        }
+        // Both FINs, the pong and both refusals, in whatever order.
+        let mut wanted = 5;
+        let frames = client
+            .until(|f| {
+                let counts = is_fin(f, 1)
+                    || is_fin(f, 3)
+                    || matches!(f, Frame::Ping { .. } | Frame::RstStream { .. });
+                wanted -= usize::from(counts);
+                wanted == 0
+            })
+            .await;
+        let replies: Vec<u32> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::SynReply { stream_id, .. } => Some(*stream_id),
+                _ => None,
+            })
+            .collect();
         assert_eq!(replies, [1, 3]);
-        fins.sort();
-        assert_eq!(fins, [1, 3]);
+        let error = text_on(&frames, 1);
         assert!(
-            error_text.starts_with(
-                "error forwarding port 8080 to pod default/web, uid no-such-uid: listing the pod's containers"
-            ),
-            "{error_text}"
+            error.starts_with(&format!(
+                "error forwarding port {port} to pod default/web, uid u1: failed to connect to localhost:{port}"
+            )) && error.contains("connection refused"),
+            "{error}"
         );
-        // The client's GOAWAY ends the session.
+        assert!(frames.contains(&Frame::Ping { id: 7 }), "{frames:?}");
+        assert!(frames.contains(&Frame::RstStream {
+            stream_id: 5,
+            status: RST_REFUSED_STREAM
+        }));
+        assert!(frames.contains(&Frame::RstStream {
+            stream_id: 4,
+            status: RST_PROTOCOL_ERROR
+        }));
+        // The client's GOAWAY, then its close, end the session.
         client
-            .0
-            .write(&Frame::GoAway {
+            .send(Frame::GoAway {
                 last_good_stream_id: 0,
                 status: 0,
             })
-            .await
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(5), session)
+            .await;
+        client.writer.shutdown().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), client.session)
             .await
             .expect("the session ends")
             .unwrap();
     }
 
+    /// Bytes go both ways; the client's reset of the data stream still ends the error stream
+    /// (kubectl waits for it).
+    #[tokio::test]
+    async fn data_flows_and_a_reset_still_ends_the_error_stream() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buffer = [0u8; 64];
+            let n = socket.read(&mut buffer).await.unwrap();
+            socket.write_all(&buffer[..n]).await.unwrap();
+            // Then it keeps the connection open.
+            std::future::pending::<()>().await;
+        });
+        let mut client = Client::start(Limits::default());
+        client.open_pair(1, 3, port, "0").await;
+        client
+            .send(Frame::Data {
+                stream_id: 3,
+                flags: 0,
+                data: Bytes::from_static(b"ping"),
+            })
+            .await;
+        let frames = client
+            .until(|f| matches!(f, Frame::Data { stream_id: 3, data, .. } if !data.is_empty()))
+            .await;
+        assert_eq!(text_on(&frames, 3), "ping");
+        client
+            .send(Frame::RstStream {
+                stream_id: 3,
+                status: RST_CANCEL,
+            })
+            .await;
+        let frames = client.until(|f| is_fin(f, 1)).await;
+        assert_eq!(text_on(&frames, 1), "", "no error after a reset");
+    }
+
+    /// A pod that does not read has its stream reset once its queue is full; the session
+    /// goes on answering.
+    #[tokio::test]
+    async fn a_pod_that_does_not_read_loses_its_stream_not_the_session() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted, mut held) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let _ = accepted.send(socket);
+            }
+        });
+        let mut client = Client::start(Limits {
+            inbound_queue: 2,
+            ..Limits::default()
+        });
+        client.open_pair(1, 3, port, "0").await;
+        let _socket = held.recv().await;
+        // Far more than the socket buffers and the queue hold.
+        let chunk = Bytes::from(vec![b'x'; 32 * 1024]);
+        let mut reset = false;
+        for _ in 0..2048 {
+            client
+                .send(Frame::Data {
+                    stream_id: 3,
+                    flags: 0,
+                    data: chunk.clone(),
+                })
+                .await;
+            if let Ok(Frame::RstStream { stream_id: 3, .. }) = client.received.try_recv() {
+                reset = true;
+                break;
+            }
+        }
+        if !reset {
+            client
+                .until(|f| matches!(f, Frame::RstStream { stream_id: 3, .. }))
+                .await;
+        }
+        client.send(Frame::Ping { id: 9 }).await;
+        client.until(|f| *f == Frame::Ping { id: 9 }).await;
+    }
+
+    /// Half a pair is given up after the pair timeout, with the reason on its error stream.
+    #[tokio::test]
+    async fn half_a_pair_times_out() {
+        let mut client = Client::start(Limits {
+            pair_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        });
+        client
+            .send(Frame::SynStream {
+                stream_id: 1,
+                flags: 0,
+                headers: headers("error", 80, "7"),
+            })
+            .await;
+        let frames = client.until(|f| is_fin(f, 1)).await;
+        assert_eq!(
+            text_on(&frames, 1),
+            "timed out waiting for the data stream of request 7"
+        );
+    }
+
     #[tokio::test]
     async fn ports_are_checked() {
-        let root = tempfile::tempdir().unwrap();
         let (frames, _outgoing) = mpsc::channel(4);
         let connection = |port: &str| Connection {
-            target: test_target(RuntimeClient::new(root.path(), "/nonexistent/baton")),
+            target: target(),
             port: port.to_owned(),
             error_stream: 1,
             data_stream: 3,

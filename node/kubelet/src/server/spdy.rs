@@ -19,8 +19,12 @@ pub const RST_REFUSED_STREAM: u32 = 3;
 const VERSION: u16 = 3;
 /// Largest header block accepted, compressed or not.
 const MAX_HEADER_BLOCK: usize = 256 * 1024;
-/// Largest data payload written in one frame (the reader accepts up to SPDY's 2^24-1).
+/// Largest data payload written in one frame.
 pub const MAX_DATA_WRITE: usize = 32 * 1024;
+/// Largest data payload read in one frame (kubectl sends at most 32 KiB).
+const MAX_DATA_READ: usize = 1024 * 1024;
+/// Largest payload of any other control frame (SETTINGS, WINDOW_UPDATE ...).
+const MAX_OTHER_CONTROL: usize = 64 * 1024;
 
 const SYN_STREAM: u16 = 1;
 const SYN_REPLY: u16 = 2;
@@ -83,6 +87,10 @@ pub enum SpdyError {
     Malformed(&'static str),
     #[error("header block: {0}")]
     HeaderBlock(String),
+    #[error("a frame of {length} bytes is larger than {limit} bytes")]
+    TooLarge { length: usize, limit: usize },
+    #[error("the connection ended inside a frame")]
+    Truncated,
 }
 
 /// The zlib dictionary of SPDY/3 header blocks: the length-prefixed names and values below,
@@ -191,15 +199,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame, or `None` once the peer closed the connection between frames.
     pub async fn next(&mut self) -> Result<Option<Frame>, SpdyError> {
         let mut head = [0u8; 8];
-        match self.inner.read_exact(&mut head).await {
-            Ok(_) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(err) => return Err(err.into()),
+        let first = self.inner.read(&mut head).await?;
+        if first == 0 {
+            return Ok(None);
         }
+        self.inner
+            .read_exact(&mut head[first..])
+            .await
+            .map_err(truncated)?;
         let flags = head[4];
         let length = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
+        // Nothing is allocated for a length beyond what the frame's type may carry.
+        let limit = if head[0] & 0x80 == 0 {
+            MAX_DATA_READ
+        } else {
+            match u16::from_be_bytes([head[2], head[3]]) {
+                SYN_STREAM | SYN_REPLY | HEADERS => MAX_HEADER_BLOCK + 10,
+                _ => MAX_OTHER_CONTROL,
+            }
+        };
+        if length > limit {
+            return Err(SpdyError::TooLarge { length, limit });
+        }
         let mut payload = vec![0u8; length];
-        self.inner.read_exact(&mut payload).await?;
+        self.inner
+            .read_exact(&mut payload)
+            .await
+            .map_err(truncated)?;
         if head[0] & 0x80 == 0 {
             let stream_id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
             return Ok(Some(Frame::Data {
@@ -213,12 +239,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Err(SpdyError::UnsupportedVersion(version));
         }
         let kind = u16::from_be_bytes([head[2], head[3]]);
-        let word = |at: usize, what| {
+        // Stream ids have 31 bits; statuses and ping ids 32.
+        let full_word = |at: usize, what| {
             payload
                 .get(at..at + 4)
-                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                 .ok_or(SpdyError::Malformed(what))
         };
+        let word = |at: usize, what| full_word(at, what).map(|w| w & 0x7fff_ffff);
         let frame = match kind {
             SYN_STREAM => Frame::SynStream {
                 stream_id: word(0, "SYN_STREAM")?,
@@ -237,17 +265,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             },
             RST_STREAM => Frame::RstStream {
                 stream_id: word(0, "RST_STREAM")?,
-                status: word(4, "RST_STREAM")?,
+                status: full_word(4, "RST_STREAM")?,
             },
             PING => Frame::Ping {
-                id: payload
-                    .get(0..4)
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                    .ok_or(SpdyError::Malformed("PING"))?,
+                id: full_word(0, "PING")?,
             },
             GOAWAY => Frame::GoAway {
                 last_good_stream_id: word(0, "GOAWAY")?,
-                status: word(4, "GOAWAY").unwrap_or(0),
+                status: full_word(4, "GOAWAY").unwrap_or(0),
             },
             kind => Frame::Ignored { kind },
         };
@@ -350,9 +375,21 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Writes `frame` and flushes it.
+    #[cfg(test)]
     pub async fn write(&mut self, frame: &Frame) -> Result<(), SpdyError> {
+        self.write_unflushed(frame).await?;
+        self.flush().await
+    }
+
+    /// Writes `frame`, leaving it in any buffer on the way (see [`flush`](Self::flush)).
+    pub async fn write_unflushed(&mut self, frame: &Frame) -> Result<(), SpdyError> {
         let bytes = self.encode(frame)?;
         self.inner.write_all(&bytes).await?;
+        Ok(())
+    }
+
+    /// Flushes what was written.
+    pub async fn flush(&mut self) -> Result<(), SpdyError> {
         self.inner.flush().await?;
         Ok(())
     }
@@ -450,10 +487,19 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
-/// The flags byte and the 24-bit length.
+/// The flags byte and the 24-bit length (payloads written here are far below 2^24).
 fn frame_length(flags: u8, length: usize) -> [u8; 4] {
+    assert!(length < 1 << 24, "a SPDY frame payload of {length} bytes");
     let length = (length as u32).to_be_bytes();
     [flags, length[1], length[2], length[3]]
+}
+
+fn truncated(err: std::io::Error) -> SpdyError {
+    if err.kind() == std::io::ErrorKind::UnexpectedEof {
+        SpdyError::Truncated
+    } else {
+        err.into()
+    }
 }
 
 #[cfg(test)]
@@ -542,5 +588,19 @@ mod tests {
         }
         // A block that claims more pairs than it has.
         assert!(parse_header_block(&[0, 0, 0, 2, 0, 0, 0, 1, b'a', 0, 0, 0, 0]).is_err());
+        // A PING claiming 16 MiB is refused before anything is allocated for it.
+        let (mut client, server) = tokio::io::duplex(1024);
+        client
+            .write_all(&[0x80, 3, 0, 6, 0, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        let err = FrameReader::new(server).next().await.unwrap_err();
+        assert!(matches!(err, SpdyError::TooLarge { .. }), "{err}");
+        // A connection that ends inside a frame's head is not a clean end.
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(&[0x80, 3, 0]).await.unwrap();
+        drop(client);
+        let err = FrameReader::new(server).next().await.unwrap_err();
+        assert!(matches!(err, SpdyError::Truncated), "{err}");
     }
 }

@@ -5,8 +5,9 @@
 //! Stdout and stderr are FIFOs, not pipes, and the container holds its end open read-write:
 //! a container never gets SIGPIPE because nobody reads, and a restarted runtime process opens
 //! the FIFOs again and goes on copying. A container that asks for stdin gets a third FIFO,
-//! `io/<id>/stdin`, also held open read-write by the container (so it waits for input rather
-//! than reading end-of-file while nobody is attached); `kubectl attach -i` writes to it.
+//! `io/<id>/stdin`, which it reads; the runtime holds a writer of it (so the container waits
+//! for input rather than reading end-of-file while nobody is attached) until `CloseStdin`
+//! (`stdinOnce`), and `kubectl attach -i` writes to it.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::OwnedFd;
@@ -20,6 +21,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 
+use super::terminal::{ConsoleSocket, MASTER_TIMEOUT, Terminal};
 use super::{check_id, error_chain};
 use crate::types::{ContainerConfig, ContainerState, ContainerStatus, ExecConfig, ExitStatus};
 
@@ -31,13 +33,22 @@ pub(crate) struct Meta {
     pub log_max_files: u32,
     pub started_at: Option<String>,
     pub exit: Option<ExitStatus>,
+    /// The runtime let go of the container's stdin (`CloseStdin`): a new runtime process must
+    /// not hold it open again.
+    #[serde(default)]
+    pub stdin_closed: bool,
 }
 
-/// The readers of a container's stdout and stderr FIFOs.
+/// What the runtime reads a container's output from: its stdout and stderr FIFOs, or the
+/// master of its terminal (then stdout only), and the terminal itself.
 #[derive(Debug)]
 pub(crate) struct Output {
     pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
+    pub stderr: Option<OwnedFd>,
+    pub terminal: Option<Terminal>,
+    /// The runtime's writer of the container's stdin FIFO: while it is open the container
+    /// never reads end-of-file.
+    pub stdin_writer: Option<OwnedFd>,
 }
 
 /// The runtime's container directories.
@@ -105,19 +116,45 @@ impl Containers {
             },
         )
         .map_err(|err| format!("{}: {err}", context()))?;
-        let stdin: OwnedFd = if config.stdin {
-            self.open_stdin(id)
-                .map_err(|err| format!("{}: stdin: {err}", context()))?
+        let fail = |err: &dyn std::fmt::Display| {
+            self.forget(id);
+            format!("{}: {err}", context())
+        };
+        let null = || File::open("/dev/null").map(OwnedFd::from);
+        // With a terminal the container's stdio is the terminal's slave (libcontainer puts it
+        // there); the stdin FIFO is then the runtime's to read (without blocking: it polls).
+        let (stdin_reader, stdin_writer) = if config.stdin {
+            let (reader, writer) = self
+                .open_stdin(id, config.tty)
+                .map_err(|err| fail(&format!("stdin: {err}")))?;
+            (Some(reader), Some(writer))
         } else {
-            File::open("/dev/null")
-                .map_err(|err| format!("{}: /dev/null: {err}", context()))?
-                .into()
+            (None, None)
+        };
+        let (stdin_reader, stdin, stdout, stderr) = match (config.tty, stdin_reader) {
+            (false, Some(reader)) => (None, reader, stdout, stderr),
+            (false, None) => (None, null().map_err(|err| fail(&err))?, stdout, stderr),
+            (true, reader) => (
+                reader,
+                null().map_err(|err| fail(&err))?,
+                null().map_err(|err| fail(&err))?,
+                null().map_err(|err| fail(&err))?,
+            ),
+        };
+        let console = if config.tty {
+            Some(
+                ConsoleSocket::bind(&self.root)
+                    .map_err(|err| fail(&format!("console socket: {err}")))?,
+            )
+        } else {
+            None
         };
         let built = ContainerBuilder::new(id.clone(), SyscallType::default())
             .with_root_path(&self.state)
             .and_then(|builder| builder.validate_id())
             .map(|builder| {
                 builder
+                    .with_console_socket(console.as_ref().map(|c| c.path().to_path_buf()))
                     .with_stdin(stdin)
                     .with_stdout(stdout)
                     .with_stderr(stderr)
@@ -134,10 +171,34 @@ impl Containers {
                 return Err(format!("{}: {}", context(), error_chain(&err)));
             }
         };
-        match pid {
-            Some(pid) => Ok((pid, output)),
-            None => Err(format!("{}: libcontainer returned no pid", context())),
+        let Some(pid) = pid else {
+            return Err(format!("{}: libcontainer returned no pid", context()));
+        };
+        let mut output = output;
+        output.stdin_writer = stdin_writer;
+        if let Some(console) = console {
+            let terminal = console
+                .receive_master(MASTER_TIMEOUT)
+                .and_then(|master| Ok((master.try_clone()?, master)));
+            match terminal {
+                Ok((reader, master)) => {
+                    output = Output {
+                        stdout: reader,
+                        stderr: None,
+                        terminal: Some(Terminal {
+                            master,
+                            input: stdin_reader,
+                        }),
+                        stdin_writer: output.stdin_writer,
+                    };
+                }
+                Err(err) => {
+                    let _ = self.remove(id);
+                    return Err(format!("{}: terminal: {err}", context()));
+                }
+            }
         }
+        Ok((pid, output))
     }
 
     /// Lets the created container's process run its command.
@@ -279,9 +340,23 @@ impl Containers {
     /// Opens the readers of an existing container's FIFOs again (a restarted runtime process).
     pub(crate) fn reopen_output(&self, id: &str) -> std::io::Result<Output> {
         let dir = self.io.join(id);
+        // The stdin FIFO is held open again unless the last runtime let go of it; a container
+        // that no longer reads it (ENXIO) has none.
+        let stdin_writer = if self.read_meta(id).stdin_closed {
+            None
+        } else {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(crate::stdin_path(&self.root, id))
+                .ok()
+                .map(OwnedFd::from)
+        };
         Ok(Output {
             stdout: open_reader(&dir.join("stdout"))?,
-            stderr: open_reader(&dir.join("stderr"))?,
+            stderr: Some(open_reader(&dir.join("stderr"))?),
+            terminal: None,
+            stdin_writer,
         })
     }
 
@@ -336,7 +411,9 @@ impl Containers {
         Ok((
             Output {
                 stdout: stdout_reader,
-                stderr: stderr_reader,
+                stderr: Some(stderr_reader),
+                terminal: None,
+                stdin_writer: None,
             },
             stdout,
             stderr,
@@ -344,15 +421,32 @@ impl Containers {
     }
 
     /// Makes the container's stdin FIFO (after [`open_fifos`](Self::open_fifos), which makes
-    /// the directory) and returns the container's end.
-    fn open_stdin(&self, id: &str) -> std::io::Result<OwnedFd> {
+    /// the directory): its reading end (non-blocking only for `runtime_reads`, a terminal's
+    /// input the runtime polls) and the runtime's writer, which keeps the reader from seeing
+    /// end-of-file while nobody is attached.
+    fn open_stdin(&self, id: &str, runtime_reads: bool) -> std::io::Result<(OwnedFd, OwnedFd)> {
         let path = crate::stdin_path(&self.root, id);
         nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600))?;
-        Ok(OpenOptions::new()
+        // Opening the reader first without blocking lets the writer open at once.
+        let reader: OwnedFd = OpenOptions::new()
             .read(true)
-            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&path)?
-            .into())
+            .into();
+        let writer: OwnedFd = OpenOptions::new().write(true).open(&path)?.into();
+        if !runtime_reads {
+            rustix::io::ioctl_fionbio(&reader, false)?;
+        }
+        Ok((reader, writer))
+    }
+
+    /// Records that the runtime let go of the container's stdin.
+    pub(crate) fn record_stdin_closed(&self, id: &str) {
+        let mut meta = self.read_meta(id);
+        meta.stdin_closed = true;
+        if let Err(err) = self.write_meta(id, &meta) {
+            tracing::warn!(container = %id, %err, "recording a closed stdin");
+        }
     }
 
     /// Forgets the runtime's own records of the container.

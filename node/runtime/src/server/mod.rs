@@ -9,6 +9,7 @@
 mod containers;
 mod cri_log;
 mod sandbox;
+mod terminal;
 
 use std::collections::HashMap;
 use std::fs;
@@ -80,6 +81,10 @@ struct Server {
     /// The pids of `exec_exits`, oldest first.
     exec_exit_order: std::collections::VecDeque<i32>,
     pumps: HashMap<String, LogPump>,
+    /// The terminals of the containers that have one.
+    terminals: HashMap<String, terminal::Terminal>,
+    /// The runtime's writers of containers' stdin FIFOs.
+    stdin_writers: HashMap<String, OwnedFd>,
     shutting_down: bool,
 }
 
@@ -109,6 +114,8 @@ pub fn serve(root: &Path, ready: Option<OwnedFd>) -> Result<(), ServeRuntimeErro
         exec_exits: HashMap::new(),
         exec_exit_order: std::collections::VecDeque::new(),
         pumps: HashMap::new(),
+        terminals: HashMap::new(),
+        stdin_writers: HashMap::new(),
         shutting_down: false,
     };
     server.adopt();
@@ -133,6 +140,8 @@ enum Source {
     Container(String),
     Exec(i32),
     Log(String, Stream),
+    /// A terminal's stdin FIFO.
+    Input(String),
 }
 
 impl Server {
@@ -198,6 +207,12 @@ impl Server {
                 }
             }
         }
+        for (id, terminal) in &self.terminals {
+            if let Some(input) = &terminal.input {
+                sources.push(Source::Input(id.clone()));
+                fds.push(PollFd::new(input, PollFlags::IN));
+            }
+        }
         match poll(&mut fds, None) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => return Ok(()),
@@ -231,6 +246,11 @@ impl Server {
                 }
                 Source::Container(id) => self.reap_container(&id),
                 Source::Exec(pid) => self.reap_exec(pid),
+                Source::Input(id) => {
+                    if let Some(terminal) = self.terminals.get_mut(&id) {
+                        terminal.forward_input(&id);
+                    }
+                }
                 Source::Log(..) => {}
             }
         }
@@ -299,9 +319,24 @@ impl Server {
                         let _ = waitid(WaitId::PidFd(watched.pidfd.as_fd()), WaitIdOptions::EXITED);
                     }
                     self.pumps.remove(&id);
+                    self.terminals.remove(&id);
+                    self.stdin_writers.remove(&id);
                 }
                 removed.map(|()| Response::Done)
             }
+            Request::CloseStdin { id } => {
+                if self.stdin_writers.remove(&id).is_some() {
+                    self.containers.record_stdin_closed(&id);
+                }
+                Ok(Response::Done)
+            }
+            Request::ResizeTerminal { id, width, height } => match self.terminals.get(&id) {
+                Some(terminal) => terminal
+                    .resize(width, height)
+                    .map(|()| Response::Done)
+                    .map_err(|err| format!("resize the terminal of container {id}: {err}")),
+                None => Err(format!("container {id} has no terminal")),
+            },
             Request::ContainerStatus { id } => self.container_status(&id).map(Response::Status),
             Request::ListContainers => Ok(Response::List(
                 self.containers
@@ -347,6 +382,12 @@ impl Server {
 
     /// Starts copying a container's output into its log file.
     fn pump(&mut self, id: &str, output: Output) {
+        if let Some(terminal) = output.terminal {
+            self.terminals.insert(id.to_owned(), terminal);
+        }
+        if let Some(writer) = output.stdin_writer {
+            self.stdin_writers.insert(id.to_owned(), writer);
+        }
         let meta = self.containers.read_meta(id);
         match CriLogWriter::open(&meta.log_path, meta.log_max_size, meta.log_max_files) {
             Ok(writer) => {
@@ -355,7 +396,7 @@ impl Server {
                     LogPump {
                         writer,
                         stdout: Some(output.stdout),
-                        stderr: Some(output.stderr),
+                        stderr: output.stderr,
                     },
                 );
             }
@@ -379,7 +420,8 @@ impl Server {
         };
         let mut buffer = [0u8; 64 * 1024];
         match rustix::io::read(fd.as_fd(), &mut buffer) {
-            Ok(0) => {
+            // A terminal's master reads EIO once the container's side is closed: its end.
+            Ok(0) | Err(rustix::io::Errno::IO) => {
                 *slot = None;
                 let _ = pump.writer.finish(stream);
             }
@@ -462,6 +504,8 @@ impl Server {
         }
         self.watched.clear();
         self.pumps.clear();
+        self.terminals.clear();
+        self.stdin_writers.clear();
         self.shutting_down = true;
         tracing::info!(root = %self.root.display(), "runtime process shut down");
     }

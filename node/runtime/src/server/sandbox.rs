@@ -47,6 +47,9 @@ impl HomeNamespaces {
     }
 }
 
+/// The network namespace's file in a sandbox directory (see [`crate::sandbox_network_path`]).
+const NETWORK: &str = "net";
+
 /// Where the sandbox `id` lives under the runtime's `sandboxes` directory.
 pub(crate) fn sandbox_dir(sandboxes: &Path, id: &str) -> PathBuf {
     sandboxes.join(id)
@@ -56,7 +59,7 @@ pub(crate) fn sandbox_dir(sandboxes: &Path, id: &str) -> PathBuf {
 fn describe(dir: &Path, config: &SandboxConfig) -> Sandbox {
     Sandbox {
         id: config.id.clone(),
-        network: (!config.host_network).then(|| dir.join("net")),
+        network: (!config.host_network).then(|| dir.join(NETWORK)),
         uts: (!config.host_network).then(|| dir.join("uts")),
         ipc: (!config.host_ipc).then(|| dir.join("ipc")),
         shm: dir.join("shm"),
