@@ -1,18 +1,21 @@
 //! httpGet probes and hooks: one HTTP/1.1 GET per connection (`Connection: close`), made from
-//! inside the pod's network namespace. As upstream: the User-Agent is `kube-probe/1.33` (or
-//! `kube-lifecycle/1.33` for hooks) and Accept `*/*` unless httpHeaders set them (an empty
-//! Accept removes it), a Host header replaces the request's host, redirects are followed only
-//! to the same host name (at most 10), and a probe succeeds on 200..399: a redirect it did not
-//! follow succeeds with a warning. The messages are upstream's (Go's client errors included),
-//! since users read them in events.
+//! inside the pod's network namespace, over TLS for scheme HTTPS. As upstream: the server's
+//! certificate is not verified (the kubelet has nothing to verify a pod's against), the
+//! User-Agent is `kube-probe/1.33` (or `kube-lifecycle/1.33` for hooks) and Accept `*/*`
+//! unless httpHeaders set them (an empty Accept removes it), a Host header replaces the
+//! request's host, redirects are followed only to the same host name (at most 10, whatever
+//! their scheme), and a probe succeeds on 200..399: a redirect it did not follow succeeds with
+//! a warning. The messages are upstream's (Go's client errors included), since users read them
+//! in events.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::ProbeOutput;
 use super::netns::{connect, dial_message};
@@ -27,6 +30,8 @@ const MAX_REDIRECTS: usize = 10;
 /// A GET to make: where to connect, and what to ask for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpGet {
+    /// Scheme HTTPS: the exchange goes over TLS.
+    pub tls: bool,
     /// The host as the URL names it.
     pub host: String,
     /// The address `host` stands for.
@@ -41,6 +46,7 @@ pub struct HttpGet {
 impl HttpGet {
     fn url(&self) -> Url<'_> {
         Url {
+            tls: self.tls,
             host: &self.host,
             port: self.port,
             path: &self.path,
@@ -48,8 +54,9 @@ impl HttpGet {
     }
 }
 
-/// An `http://` URL as Go prints it.
+/// An `http://` or `https://` URL as Go prints it.
 struct Url<'a> {
+    tls: bool,
     host: &'a str,
     port: u16,
     path: &'a str,
@@ -57,10 +64,11 @@ struct Url<'a> {
 
 impl fmt::Display for Url<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
         if self.host.contains(':') {
-            write!(f, "http://[{}]:{}{}", self.host, self.port, self.path)
+            write!(f, "{scheme}://[{}]:{}{}", self.host, self.port, self.path)
         } else {
-            write!(f, "http://{}:{}{}", self.host, self.port, self.path)
+            write!(f, "{scheme}://{}:{}{}", self.host, self.port, self.path)
         }
     }
 }
@@ -153,6 +161,25 @@ pub async fn get(
     unreachable!("the loop returns by its last hop")
 }
 
+/// A connection, plain or TLS.
+trait Connection: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Connection for T {}
+
+/// The TLS settings of HTTPS probes: any server certificate, as upstream's probes
+/// (`InsecureSkipVerify`), HTTP/1.1.
+static TLS: LazyLock<Arc<rustls::ClientConfig>> = LazyLock::new(|| {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(baton_pki::tls::AnyServerCertificate::new(
+            provider,
+        )))
+        .with_no_client_auth();
+    Arc::new(config)
+});
+
 /// One request on a new connection: returns the response head, the connection and the bytes
 /// read after the head.
 async fn exchange(
@@ -161,7 +188,7 @@ async fn exchange(
     user_agent: &str,
     url: &str,
     deadline: Option<tokio::time::Instant>,
-) -> Result<(Head, TcpStream, Vec<u8>), String> {
+) -> Result<(Head, Box<dyn Connection>, Vec<u8>), String> {
     let text = request_text(request, user_agent).map_err(|err| format!("Get \"{url}\": {err}"))?;
     let addr = SocketAddr::new(request.addr, request.port);
     // The caller bounds the whole exchange; the connect gets what is left of that bound, so
@@ -169,9 +196,24 @@ async fn exchange(
     let connect_timeout = deadline.map_or(Duration::from_secs(3600), |at| {
         at.saturating_duration_since(tokio::time::Instant::now())
     });
-    let mut stream = connect(netns, addr, connect_timeout)
+    let tcp = connect(netns, addr, connect_timeout)
         .await
         .map_err(|err| format!("Get \"{url}\": {}", dial_message(addr, &err)))?;
+    let mut stream: Box<dyn Connection> = if request.tls {
+        // The URL's host names the server (SNI), unless it is an address.
+        let name = match request.host.parse::<IpAddr>() {
+            Ok(ip) => ServerName::IpAddress(ip.into()),
+            Err(_) => ServerName::try_from(request.host.clone())
+                .map_err(|err| format!("Get \"{url}\": tls: {err}"))?,
+        };
+        let tls = tokio_rustls::TlsConnector::from(TLS.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|err| format!("Get \"{url}\": tls: {}", tls_text(&err)))?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
     stream.write_all(text.as_bytes()).await.map_err(|err| {
         format!(
             "Get \"{url}\": write tcp {addr}: {}",
@@ -210,6 +252,12 @@ async fn exchange(
         }
         return Ok((head, stream, buffer));
     }
+}
+
+/// A TLS failure as text: rustls's own error where there is one.
+fn tls_text(err: &std::io::Error) -> String {
+    err.get_ref()
+        .map_or_else(|| super::netns::os_text(err), |inner| inner.to_string())
 }
 
 /// The request's bytes; refuses header fields that would break the request apart.
@@ -303,7 +351,7 @@ fn parse_head(bytes: &[u8]) -> Result<Head, String> {
 }
 
 /// Reads the body (up to [`MAX_BODY`]): by Content-Length, chunked, or to end of file.
-async fn read_body(stream: &mut TcpStream, mut raw: Vec<u8>, head: &Head) -> Vec<u8> {
+async fn read_body(stream: &mut Box<dyn Connection>, mut raw: Vec<u8>, head: &Head) -> Vec<u8> {
     let length: Option<usize> = head.header("content-length").and_then(|v| v.parse().ok());
     let chunked = head
         .header("transfer-encoding")
@@ -355,26 +403,36 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     body
 }
 
-/// The request a redirect to `location` makes, if it can be followed (plain HTTP).
+/// The request a redirect to `location` makes, if it can be followed (HTTP or HTTPS).
 fn redirect(from: &HttpGet, location: &str) -> Option<HttpGet> {
-    let (host, port, path) = if let Some(rest) = location.strip_prefix("http://") {
-        split_authority(rest)?
+    let (tls, (host, port, path)) = if let Some(rest) = location.strip_prefix("http://") {
+        (false, split_authority(rest, 80)?)
+    } else if let Some(rest) = location.strip_prefix("https://") {
+        (true, split_authority(rest, 443)?)
     } else if location.contains("://") {
-        // Another scheme (https): not followed.
+        // Another scheme: not followed.
         return None;
     } else if let Some(rest) = location.strip_prefix("//") {
-        split_authority(rest)?
+        let default_port = if from.tls { 443 } else { 80 };
+        (from.tls, split_authority(rest, default_port)?)
     } else if location.starts_with('/') {
-        (from.host.clone(), from.port, location.to_owned())
+        (
+            from.tls,
+            (from.host.clone(), from.port, location.to_owned()),
+        )
     } else {
         let dir = match from.path.split('?').next().unwrap_or("/").rfind('/') {
             Some(slash) => &from.path[..=slash],
             None => "/",
         };
-        (from.host.clone(), from.port, format!("{dir}{location}"))
+        (
+            from.tls,
+            (from.host.clone(), from.port, format!("{dir}{location}")),
+        )
     };
     // Only the same host name is followed, so its address is the one already known.
     Some(HttpGet {
+        tls,
         addr: from.addr,
         port,
         path,
@@ -388,8 +446,9 @@ fn redirect(from: &HttpGet, location: &str) -> Option<HttpGet> {
     })
 }
 
-/// `host[:port]/path` (or `[v6]:port/path`) into its parts; the port defaults to 80.
-fn split_authority(rest: &str) -> Option<(String, u16, String)> {
+/// `host[:port]/path` (or `[v6]:port/path`) into its parts; the port defaults to
+/// `default_port`.
+fn split_authority(rest: &str, default_port: u16) -> Option<(String, u16, String)> {
     let (authority, path) = match rest.find(['/', '?']) {
         Some(at) if rest[at..].starts_with('/') => (&rest[..at], rest[at..].to_owned()),
         Some(at) => (&rest[..at], format!("/{}", &rest[at..])),
@@ -406,7 +465,7 @@ fn split_authority(rest: &str) -> Option<(String, u16, String)> {
     };
     let port = match port {
         Some(port) => port.parse().ok()?,
-        None => 80,
+        None => default_port,
     };
     Some((host.to_owned(), port, path))
 }
@@ -449,6 +508,7 @@ mod tests {
 
     fn request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpGet {
         HttpGet {
+            tls: false,
             host: addr.ip().to_string(),
             addr: addr.ip(),
             port: addr.port(),
@@ -580,6 +640,7 @@ mod tests {
     #[test]
     fn redirect_targets_resolve_like_urls() {
         let from = HttpGet {
+            tls: false,
             host: "10.0.0.1".into(),
             addr: "10.0.0.1".parse().unwrap(),
             port: 8080,
@@ -599,7 +660,82 @@ mod tests {
             (to.host.as_str(), to.port, to.path.as_str()),
             ("fd00::1", 81, "/?y")
         );
-        assert_eq!(redirect(&from, "https://10.0.0.1/"), None);
+        // Another scheme of the same host is followed, with its default port.
+        let to = redirect(&from, "https://10.0.0.1/secure").unwrap();
+        assert_eq!((to.tls, to.port, to.path.as_str()), (true, 443, "/secure"));
+        assert_eq!(redirect(&from, "ftp://10.0.0.1/"), None);
+        // A relative redirect keeps the scheme.
+        let from_tls = HttpGet { tls: true, ..from };
+        assert!(redirect(&from_tls, "/next").unwrap().tls);
+    }
+
+    /// An HTTPS server with a certificate nobody could verify (a fresh CA's), as pods have.
+    async fn serve_tls(response: &'static str) -> SocketAddr {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = baton_pki::ClusterCa::generate("probe-test-ca").unwrap();
+        let issued = ca.issue_server("pod", &["pod.test".to_owned()]).unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
+        let config =
+            baton_pki::tls::server_config(&cert, &key, None, baton_pki::tls::ClientAuth::Optional)
+                .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut stream) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut request = Vec::new();
+                while find(&request, b"\r\n\r\n").is_none() {
+                    let mut chunk = [0u8; 1024];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn https_probes_talk_tls_without_verifying_the_pod() {
+        let addr = serve_tls("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        let get = HttpGet {
+            tls: true,
+            ..request(addr, "/healthz", &[])
+        };
+        assert_eq!(
+            probe(None, &get, "kube-probe/1.33", SECOND).await,
+            ProbeOutput::Success
+        );
+        // A plain HTTP server on an HTTPS probe's port fails the handshake, and says so (it
+        // answers the handshake's bytes with a 400, as HTTP servers do).
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let _ = stream
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+                .await;
+        });
+        let get = HttpGet {
+            tls: true,
+            ..request(plain, "/", &[])
+        };
+        let ProbeOutput::Failure(message) = probe(None, &get, "kube-probe/1.33", SECOND).await
+        else {
+            panic!("a handshake with a plain HTTP server fails");
+        };
+        assert!(
+            message.starts_with(&format!("Get \"https://{plain}/\": tls: ")),
+            "{message}"
+        );
     }
 
     #[test]

@@ -179,7 +179,7 @@ async fn run_once<R: ContainerRuntime>(runtime: &R, probe: &Probe, target: &Targ
     ))
 }
 
-/// The GET an httpGet action makes (probes and hooks): scheme HTTP, the host or else
+/// The GET an httpGet action makes (probes and hooks): scheme HTTP or HTTPS, the host or else
 /// `default_host`, the port by number or container port name, the path, the headers.
 pub fn http_request(
     action: &HTTPGetAction,
@@ -187,11 +187,13 @@ pub fn http_request(
     default_host: IpAddr,
 ) -> Result<http::HttpGet, String> {
     let scheme = action.scheme.as_deref().unwrap_or("HTTP");
-    if !scheme.eq_ignore_ascii_case("http") {
-        return Err(format!(
-            "scheme {scheme} is not supported by Baton's kubelet (HTTP is)"
-        ));
-    }
+    let tls = if scheme.eq_ignore_ascii_case("http") {
+        false
+    } else if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else {
+        return Err(format!("unsupported scheme: {scheme:?} (HTTP or HTTPS)"));
+    };
     let port = resolve_port(&action.port, container)?;
     let host_text = action.host.clone().unwrap_or_default();
     let addr = resolve_host(&host_text, default_host)?;
@@ -213,6 +215,7 @@ pub fn http_request(
         .map(|h| (h.name.clone(), h.value.clone()))
         .collect();
     Ok(http::HttpGet {
+        tls,
         host,
         addr,
         port,
@@ -325,9 +328,16 @@ mod tests {
         let request = http_request(&action, &container(), default).unwrap();
         assert_eq!(request.addr, "10.1.2.3".parse::<IpAddr>().unwrap());
         assert_eq!(request.path, "/");
+        assert!(!request.tls);
         let action = HTTPGetAction {
             scheme: Some("HTTPS".into()),
             port: IntOrString::Int(443),
+            ..Default::default()
+        };
+        assert!(http_request(&action, &container(), default).unwrap().tls);
+        let action = HTTPGetAction {
+            scheme: Some("FTP".into()),
+            port: IntOrString::Int(21),
             ..Default::default()
         };
         assert!(http_request(&action, &container(), default).is_err());
