@@ -187,6 +187,16 @@ async fn main() -> anyhow::Result<()> {
             },
         )
         .await?;
+    // Every namespace of a cluster has its `default` service account (the controller manager
+    // makes it), which ServiceAccount admission reads on every pod create.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "bench");
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({ "metadata": { "name": "default" } }))?,
+        )
+        .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "bench");
     let etcd_client = etcd_client::Client::connect([etcd.url()], None).await?;
     let bytes = Arc::new(serde_json::to_vec(&pod("raw"))?);

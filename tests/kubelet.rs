@@ -517,6 +517,35 @@ async fn image_pull_secrets_open_a_registry_that_asks_for_a_password() -> Result
             .any(|n| n.starts_with("Unable to retrieve some image pull secrets (missing)")),
         "{notes:?}"
     );
+
+    // A service account's image pull secrets go to the pods that run as it and name none.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(cluster.client.clone(), "default");
+    accounts
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "puller" },
+                "imagePullSecrets": [{ "name": "registry-login" }],
+            }))?,
+        )
+        .await?;
+    let mut spec = with_image(json!([]));
+    spec["spec"]["serviceAccountName"] = json!("puller");
+    let pod = cluster.create_pod("as-puller", "", spec).await?;
+    let names: Vec<String> = pod
+        .spec
+        .and_then(|s| s.image_pull_secrets)
+        .into_iter()
+        .flatten()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["registry-login"]);
+    cluster
+        .wait_for("the service account's pod to run", "as-puller", |pod| {
+            (phase(pod) == Some("Running")).then_some(())
+        })
+        .await;
     Ok(())
 }
 

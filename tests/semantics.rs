@@ -303,6 +303,52 @@ async fn create_defaults_dry_run_and_generate_name() {
         (Some("Pending"), Some("BestEffort"))
     );
     assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+
+    // ServiceAccount admission: the account's image pull secrets go to pods naming none; a
+    // pod's own are kept; an account that does not exist changes nothing.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "default");
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": { "name": "robot" },
+                "imagePullSecrets": [{ "name": "robot-registry" }],
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let secrets_of = |pod: &Pod| -> Vec<String> {
+        pod.spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    let as_robot = |name: &str, own: Value| {
+        let mut pod: Value = serde_json::to_value(pod(name)).unwrap();
+        pod["spec"]["serviceAccountName"] = json!("robot");
+        pod["spec"]["imagePullSecrets"] = own;
+        serde_json::from_value::<Pod>(pod).unwrap()
+    };
+    let inherited = pods
+        .create(&PostParams::default(), &as_robot("robot-1", json!([])))
+        .await
+        .unwrap();
+    assert_eq!(secrets_of(&inherited), ["robot-registry"]);
+    let own = pods
+        .create(
+            &PostParams::default(),
+            &as_robot("robot-2", json!([{ "name": "mine" }])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(secrets_of(&own), ["mine"]);
+    let mut orphan = as_robot("orphan", json!([]));
+    orphan.spec.as_mut().unwrap().service_account_name = Some("nobody".into());
+    let orphan = pods.create(&PostParams::default(), &orphan).await.unwrap();
+    assert!(secrets_of(&orphan).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

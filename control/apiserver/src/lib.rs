@@ -24,6 +24,7 @@ pub mod request;
 pub mod resources;
 pub mod selectors;
 mod server;
+pub mod service_accounts;
 pub mod services;
 pub mod status;
 pub mod watch_cache;
@@ -84,6 +85,8 @@ pub struct ApiServer<S> {
     pub namespaces: namespaces::NamespaceCache,
     /// PriorityClasses known from their watch cache, for Priority admission.
     pub priority_classes: priority_classes::PriorityClassCache,
+    /// Service accounts' image pull secrets, for ServiceAccount admission.
+    pub service_accounts: service_accounts::ServiceAccountCache,
     /// Defaulting settings.
     pub defaulting: DefaultingConfig,
     /// ClusterIP and NodePort allocation.
@@ -116,6 +119,7 @@ impl<S: Store> ApiServer<S> {
             caches: Arc::new(WatchCaches::new(store.clone())),
             namespaces: namespaces::NamespaceCache::default(),
             priority_classes: priority_classes::PriorityClassCache::default(),
+            service_accounts: service_accounts::ServiceAccountCache::default(),
             store,
             defaulting: DefaultingConfig {
                 not_ready_toleration_seconds: args.default_not_ready_toleration_seconds,
@@ -589,6 +593,12 @@ pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
     tokio::spawn(
         server
             .priority_classes
+            .clone()
+            .run(server.store.clone(), server.caches.clone()),
+    );
+    tokio::spawn(
+        server
+            .service_accounts
             .clone()
             .run(server.store.clone(), server.caches.clone()),
     );

@@ -1,6 +1,7 @@
-//! A map from object name to what admission needs to know of that object, kept in step with
-//! one resource's watch cache (upstream's admission plugins keep informers the same way), so
-//! that hot paths such as every create ask memory instead of etcd.
+//! A map from object name (`namespace/name` for namespaced objects) to what admission needs to
+//! know of that object, kept in step with one resource's watch cache (upstream's admission
+//! plugins keep informers the same way), so that hot paths such as every create ask memory
+//! instead of etcd.
 //!
 //! The map is replaced by a fresh list from etcd whenever the watch loses continuity; until
 //! that list is in, it reads as not synced and callers ask etcd themselves.
@@ -127,9 +128,9 @@ impl<T: Clone + Send + Sync + 'static> WatchedMap<T> {
         let mut by_name = HashMap::with_capacity(page.items.len());
         for kv in &page.items {
             if let Ok(obj) = decode(kv)
-                && let Some(name) = obj["metadata"]["name"].as_str()
+                && let Some(name) = map_key(&obj)
             {
-                by_name.insert(name.to_string(), (self.extract)(&obj));
+                by_name.insert(name, (self.extract)(&obj));
             }
         }
         let mut sub = cache
@@ -157,16 +158,14 @@ impl<T: Clone + Send + Sync + 'static> WatchedMap<T> {
     }
 
     fn apply(&self, kind: EventType, obj: &Value, revision: i64) {
-        if let Some(name) = obj["metadata"]["name"].as_str() {
+        if let Some(name) = map_key(obj) {
             let mut entries = self.entries.write().expect("watched map lock");
             match kind {
                 EventType::Deleted => {
-                    entries.by_name.remove(name);
+                    entries.by_name.remove(&name);
                 }
                 _ => {
-                    entries
-                        .by_name
-                        .insert(name.to_string(), (self.extract)(obj));
+                    entries.by_name.insert(name, (self.extract)(obj));
                 }
             }
         }
@@ -178,6 +177,15 @@ impl<T: Clone + Send + Sync + 'static> WatchedMap<T> {
             newer
         });
     }
+}
+
+/// An object's key in the map: `namespace/name` for a namespaced object, else its name.
+fn map_key(obj: &Value) -> Option<String> {
+    let name = obj["metadata"]["name"].as_str()?;
+    Some(match obj["metadata"]["namespace"].as_str() {
+        Some(namespace) if !namespace.is_empty() => format!("{namespace}/{name}"),
+        _ => name.to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -296,6 +296,13 @@ async fn create_object<S: Store>(
     // validation, then the validating plugins.
     check_namespace(server, call, &name).await?;
     if resource.is_core("Pod") {
+        crate::service_accounts::admit_new_pod(
+            &server.service_accounts,
+            &*server.store,
+            call.namespace().unwrap_or("default"),
+            &mut obj,
+        )
+        .await?;
         priority_admission::admit_new_pod(
             &server.priority_classes,
             &*server.store,
