@@ -93,6 +93,8 @@ pub async fn server_side_apply<S: Store>(
         &call.key(),
         call.name(),
         |current| {
+            // Only the last attempt's warnings are the answer's.
+            warnings.clear();
             let conflicts: Vec<_> =
                 managed_fields::conflicts(current, &applied, &applied_paths, manager);
             if !conflicts.is_empty() && !force {

@@ -162,12 +162,20 @@ async fn node_target<S: Store>(
             "nodes/{name}:{port}/proxy: only the kubelet's port ({kubelet_port}) is proxied"
         )));
     }
-    if let Some(ip) = node_address(&node).and_then(|a| a.parse::<std::net::IpAddr>().ok())
-        && !is_proxyable(ip)
-    {
-        return Err(StatusError::bad_request(format!(
-            "address not allowed: node {name} is at {ip}"
-        )));
+    // Only an address is checked and reached: a host name could resolve anywhere.
+    let address = node_address(&node).unwrap_or_default();
+    match address.parse::<std::net::IpAddr>() {
+        Ok(ip) if is_proxyable(ip) => {}
+        Ok(ip) => {
+            return Err(StatusError::bad_request(format!(
+                "address not allowed: node {name} is at {ip}"
+            )));
+        }
+        Err(_) => {
+            return Err(StatusError::bad_request(format!(
+                "node {name} has no IP address to proxy to (it has {address:?})"
+            )));
+        }
     }
     Ok(KubeletTarget {
         node,
@@ -217,6 +225,8 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
 /// Whether the API server may be sent to `ip` on a client's behalf (upstream's
 /// `isProxyableIP`): not loopback, link-local or unspecified.
 fn is_proxyable(ip: std::net::IpAddr) -> bool {
+    // An IPv4 address written as IPv6 (::ffff:127.0.0.1) is that IPv4 address.
+    let ip = ip.to_canonical();
     let link_local = match ip {
         std::net::IpAddr::V4(v4) => v4.is_link_local(),
         std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
@@ -348,7 +358,11 @@ async fn forward<S: Store>(
         .uri(&path)
         .header(header::HOST, &host);
     for (key, value) in req.headers() {
-        if key == header::HOST || key == header::AUTHORIZATION || (!upgrade && is_hop_by_hop(key)) {
+        let keeps_upgrade = upgrade && (key == header::CONNECTION || key == header::UPGRADE);
+        if key == header::HOST
+            || key == header::AUTHORIZATION
+            || (is_hop_by_hop(key) && !keeps_upgrade)
+        {
             continue;
         }
         forward = forward.header(key, value);
@@ -535,7 +549,15 @@ mod tests {
 
     #[test]
     fn only_routable_node_addresses_are_proxied_to() {
-        for refused in ["127.0.0.1", "::1", "0.0.0.0", "169.254.169.254", "fe80::1"] {
+        for refused in [
+            "127.0.0.1",
+            "::1",
+            "0.0.0.0",
+            "169.254.169.254",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
             assert!(!is_proxyable(refused.parse().unwrap()), "{refused}");
         }
         for allowed in ["10.250.0.2", "192.168.1.5", "fd00::2"] {

@@ -229,7 +229,8 @@ pub enum Decision {
 }
 
 /// Reads `key`, applies `change` and writes the result with compare-and-swap, retrying when
-/// another writer got there first. `change` sees the current object (with resourceVersion).
+/// another writer got there first. `change` sees the current object (with resourceVersion);
+/// it is called again on each retry, and only its last call's outcome counts.
 pub async fn guaranteed_update<S: Store>(
     store: &Arc<S>,
     resource: &Resource,

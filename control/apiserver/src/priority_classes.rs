@@ -81,16 +81,7 @@ impl PriorityClassCache {
         store: &S,
         name: &str,
     ) -> Result<Option<PriorityClassInfo>, StatusError> {
-        if let Some(info) = self.known.get(name) {
-            return Ok(Some(info));
-        }
-        let resource = resource();
-        let kv = store
-            .get(&resource.key(None, name))
-            .await
-            .map_err(|e| store_error(resource, name, e))?;
-        kv.map(|kv| decode(&kv).map(|obj| info_of(&obj)))
-            .transpose()
+        self.known.get_or_fetch(store, resource(), None, name).await
     }
 
     /// The default class (name and class), if one exists: from the cache once it is synced,

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use baton_store::Store;
 use serde_json::{Value, json};
 
-use crate::objects::{decode, store_error};
 use crate::resources::{self, Resource};
 use crate::status::StatusError;
 use crate::watch_cache::WatchCaches;
@@ -55,16 +54,9 @@ impl ServiceAccountCache {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Vec<String>>, StatusError> {
-        if let Some(secrets) = self.known.get(&format!("{namespace}/{name}")) {
-            return Ok(Some(secrets));
-        }
-        let resource = resource();
-        let kv = store
-            .get(&resource.key(Some(namespace), name))
+        self.known
+            .get_or_fetch(store, resource(), Some(namespace), name)
             .await
-            .map_err(|e| store_error(resource, name, e))?;
-        kv.map(|kv| decode(&kv).map(|obj| pull_secrets_of(&obj)))
-            .transpose()
     }
 
     /// Keeps the cache in step with the store, forever (restarting after any gap).

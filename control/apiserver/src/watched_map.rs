@@ -14,8 +14,9 @@ use baton_store::Store;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::objects::decode;
+use crate::objects::{decode, store_error};
 use crate::resources::Resource;
+use crate::status::StatusError;
 use crate::watch_cache::{Delivery, EventType, WatchCaches};
 
 /// How long a failed sync waits before listing again.
@@ -75,6 +76,27 @@ impl<T: Clone + Send + Sync + 'static> WatchedMap<T> {
             .by_name
             .get(name)
             .cloned()
+    }
+
+    /// What the map knows of `name` in `namespace` (cluster objects: `None`), else what the
+    /// store has; `None` when the object does not exist.
+    pub async fn get_or_fetch<S: Store>(
+        &self,
+        store: &S,
+        resource: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<T>, StatusError> {
+        let key = namespace.map_or_else(|| name.to_owned(), |ns| format!("{ns}/{name}"));
+        if let Some(known) = self.get(&key) {
+            return Ok(Some(known));
+        }
+        let kv = store
+            .get(&resource.key(namespace, name))
+            .await
+            .map_err(|e| store_error(resource, name, e))?;
+        kv.map(|kv| decode(&kv).map(|obj| (self.extract)(&obj)))
+            .transpose()
     }
 
     /// Runs `f` over all entries, or answers `None` while the map is not synced.

@@ -25,6 +25,24 @@ pub fn stdin_path(root: &std::path::Path, id: &str) -> std::path::PathBuf {
     root.join("io").join(id).join("stdin")
 }
 
+/// Sets the window size of the terminal whose master (or slave) is `terminal`.
+pub fn set_window_size(
+    terminal: impl std::os::fd::AsFd,
+    width: u16,
+    height: u16,
+) -> std::io::Result<()> {
+    rustix::termios::tcsetwinsize(
+        terminal,
+        rustix::termios::Winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
+    )?;
+    Ok(())
+}
+
 /// The bind-mounted network namespace of sandbox `id` (a pod's uid) under the runtime's root
 /// directory; it exists unless the pod uses the host's network.
 pub fn sandbox_network_path(root: &std::path::Path, id: &str) -> std::path::PathBuf {

@@ -73,7 +73,6 @@ async fn delete_one<S: Store>(
     opts: &DeleteOptions,
 ) -> Result<Outcome, StatusError> {
     let resource = call.resource;
-    let mut immediate = false;
     let updated = guaranteed_update(&server.store, resource, key, name, |current| {
         let meta = &current["metadata"];
         if let Some(uid) = &opts.uid
@@ -113,7 +112,6 @@ async fn delete_one<S: Store>(
         }
         let spec_finalizers = is_namespace && current["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
         if finalizers.is_empty() && grace == 0 && !spec_finalizers {
-            immediate = true;
             return Ok(Decision::Delete);
         }
         // Graceful: mark, and let the finalizers' owners (or the kubelet) finish.
@@ -134,7 +132,9 @@ async fn delete_one<S: Store>(
     .await?;
     let mut obj = updated.object;
     set_type(resource, &mut obj);
-    if immediate {
+    // What the last attempt did counts: a deletion that lost its compare-and-swap may have
+    // become a graceful one.
+    if updated.deleted {
         if resource.is_core("Service") {
             server.release_held(&obj).await;
         }

@@ -722,6 +722,8 @@ pub async fn patch<S: Store>(
     })
     .await?;
     let result = guaranteed_update(&server.store, resource, &call.key(), &name, |current| {
+        // Only the last attempt's warnings are the answer's.
+        warnings.clear();
         let mut patched = patch::apply(current, patch_type, &call.body)?;
         if patched["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]
             && patched["metadata"]["resourceVersion"].is_string()
@@ -742,8 +744,6 @@ pub async fn patch<S: Store>(
         Ok(decide(call, current, prepared, &pool, dry_run))
     })
     .await;
-    warnings.sort();
-    warnings.dedup();
     finish_write(server, call, result, &pool, &warnings).await
 }
 

@@ -70,7 +70,12 @@ fn pod(obj: &mut Value, cfg: &DefaultingConfig, creating: bool) {
     let spec = child(obj, "spec");
     pod_spec(spec);
     if creating {
-        // ServiceAccount admission.
+        // ServiceAccount admission: the deprecated `serviceAccount` names the account when
+        // `serviceAccountName` does not.
+        let deprecated = spec["serviceAccount"].clone();
+        if deprecated.as_str().is_some_and(|n| !n.is_empty()) {
+            default(spec, "serviceAccountName", deprecated);
+        }
         default(spec, "serviceAccountName", json!("default"));
         let sa = spec["serviceAccountName"].clone();
         default(spec, "serviceAccount", sa);

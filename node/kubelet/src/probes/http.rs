@@ -214,7 +214,12 @@ async fn exchange(
     } else {
         Box::new(tcp)
     };
-    stream.write_all(text.as_bytes()).await.map_err(|err| {
+    // A TLS stream holds records until it is flushed.
+    let written = match stream.write_all(text.as_bytes()).await {
+        Ok(()) => stream.flush().await,
+        Err(err) => Err(err),
+    };
+    written.map_err(|err| {
         format!(
             "Get \"{url}\": write tcp {addr}: {}",
             super::netns::os_text(&err)

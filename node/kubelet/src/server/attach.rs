@@ -6,9 +6,9 @@
 //! container whose spec asks for `stdin: true`, channel 0 is written to the container's stdin
 //! FIFO (see `baton_runtime::stdin_path`; for a container with `tty: true` the runtime copies it
 //! into the terminal); a v5 client's end of stdin closes this attach's writer. Input for a
-//! container without stdin is dropped. With `stdinOnce`, the end of the first attach's input
-//! (a v5 close of stdin, or the session's end) lets the runtime close the container's stdin, so
-//! that it reads end-of-file. With `tty`, window sizes (channel 4) go to the container's
+//! container without stdin is dropped. With `stdinOnce` (and no terminal), the end of the
+//! first attach's input (a v5 close of stdin, or the session's end) lets the runtime close the
+//! container's stdin, so that it reads end-of-file. With `tty`, window sizes (channel 4) go to the container's
 //! terminal through the runtime.
 
 use std::io::{Read, Seek, SeekFrom};
@@ -26,8 +26,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::exec::{
-    ExecRequest, Input, STATUS, STDERR, STDOUT, Socket, StdinWriter, close, framed, handle_input,
-    is_v5, negotiate, running_container_or_not_found, switching_protocols, terminal_size,
+    ExecRequest, Input, STATUS, STDERR, STDOUT, Socket, StdinWriter, close, drain_input, framed,
+    handle_input, input_blocked, is_v5, negotiate, running_container_or_not_found,
+    switching_protocols, terminal_size,
 };
 use super::logs::{attempt_files, attempts, parse_record};
 use super::{Body, ServerState, text};
@@ -91,9 +92,11 @@ pub(crate) async fn attach(
     } else {
         None
     };
-    // With stdinOnce, the first attach's end of input is the container's.
-    let stdin_once = (input.is_some() && spec.is_some_and(|c| c.stdin_once == Some(true)))
-        .then(|| (state.ctx.runtime.clone(), container_id.clone()));
+    // With stdinOnce, the first attach's end of input is the container's; not for a terminal,
+    // whose input ends only with it (as containerd: `kubectl attach -it` can come back).
+    let stdin_once =
+        (input.is_some() && !spec_tty && spec.is_some_and(|c| c.stdin_once == Some(true)))
+            .then(|| (state.ctx.runtime.clone(), container_id.clone()));
     let v5 = is_v5(protocol);
     // Window sizes go to the container's terminal, which the runtime holds.
     let terminal = (request.tty && spec_tty).then(|| Terminal {
@@ -240,7 +243,8 @@ async fn session(
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = &mut exit, if exited_at.is_none() => exited_at = Some(std::time::Instant::now()),
-            message = incoming.next() => match message {
+            _ = drain_input(&mut client.stdin), if input_blocked(&client.stdin) => {}
+            message = incoming.next(), if !input_blocked(&client.stdin) => match message {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
                 Some(Ok(Message::Binary(data))) if !data.is_empty() => {
                     match (terminal_size(&data), &client.terminal) {
@@ -255,7 +259,7 @@ async fn session(
                         }
                         _ => {
                             let had_input = client.stdin.is_some();
-                            handle_input(&data, &mut client.stdin, None, client.v5).await;
+                            handle_input(&data, &mut client.stdin, None, client.v5);
                             if had_input && client.stdin.is_none() {
                                 close_stdin_once(client.stdin_once.as_ref()).await;
                             }

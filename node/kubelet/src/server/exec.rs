@@ -383,9 +383,10 @@ async fn session(
                 None => output_done = true,
             },
             _ = &mut exited, if !process_done => process_done = true,
-            message = incoming.next() => match message {
+            _ = drain_input(&mut input), if input_blocked(&input) => {}
+            message = incoming.next(), if !input_blocked(&input) => match message {
                 Some(Ok(Message::Binary(data))) if !data.is_empty() => {
-                    handle_input(&data, &mut input, terminal.as_ref(), v5).await;
+                    handle_input(&data, &mut input, terminal.as_ref(), v5);
                 }
                 other @ (Some(Ok(Message::Close(_))) | None | Some(Err(_))) => {
                     // The client left: stop the process.
@@ -455,12 +456,13 @@ pub(crate) fn terminal_size(message: &[u8]) -> Option<(u16, u16)> {
 /// Stdin messages queued for a process before the session waits for it to read.
 const STDIN_QUEUE: usize = 64;
 
-/// A session's stdin: its writes go through a queue to a task of their own, so that a process
-/// that does not read its input holds up only that input (once the queue is full), not the
-/// session's output or its noticing the exit. Dropping it ends the input once the queue is
-/// written.
+/// A session's stdin: its writes go through a queue to a task of their own. The session never
+/// waits on the queue: what a full queue cannot take is held as pending, and the session then
+/// reads no more client messages until the queue takes it ([`drain_input`]), while output,
+/// exits and everything else go on. Dropping it ends the input once the queue is written.
 pub(crate) struct StdinWriter {
     queue: tokio::sync::mpsc::Sender<Bytes>,
+    pending: Option<Bytes>,
 }
 
 impl StdinWriter {
@@ -475,12 +477,47 @@ impl StdinWriter {
             }
             let _ = writer.shutdown().await;
         });
-        Self { queue }
+        Self {
+            queue,
+            pending: None,
+        }
     }
 
-    /// Queues `data`; false once the process's input is gone.
-    async fn send(&self, data: &[u8]) -> bool {
-        self.queue.send(Bytes::copy_from_slice(data)).await.is_ok()
+    /// Queues `data` without waiting (holding it as pending when the queue is full); false
+    /// once the process's input is gone.
+    fn offer(&mut self, data: &[u8]) -> bool {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.queue.try_send(Bytes::copy_from_slice(data)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(data)) => {
+                self.pending = Some(data);
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Whether the session's stdin holds a chunk its queue could not take yet (then no client
+/// message is read until [`drain_input`] has queued it).
+pub(crate) fn input_blocked(input: &Input) -> bool {
+    input.as_ref().is_some_and(|w| w.pending.is_some())
+}
+
+/// Waits until the queue takes the pending chunk (cancel-safe: the chunk stays pending until
+/// a place is reserved); the input is dropped if the process's input is gone.
+pub(crate) async fn drain_input(input: &mut Input) {
+    let Some(writer) = input.as_mut() else {
+        return std::future::pending().await;
+    };
+    let queue = writer.queue.clone();
+    match queue.reserve().await {
+        Ok(permit) => {
+            if let Some(data) = writer.pending.take() {
+                permit.send(data);
+            }
+        }
+        Err(_) => *input = None,
     }
 }
 
@@ -488,31 +525,18 @@ impl StdinWriter {
 pub(crate) type Input = Option<StdinWriter>;
 
 /// Applies one message from the client: stdin data, a resize, or (v5) stdin's end.
-pub(crate) async fn handle_input(
-    data: &[u8],
-    input: &mut Input,
-    terminal: Option<&OwnedFd>,
-    v5: bool,
-) {
+pub(crate) fn handle_input(data: &[u8], input: &mut Input, terminal: Option<&OwnedFd>, v5: bool) {
     match data[0] {
         STDIN => {
-            if let Some(writer) = input.as_ref()
-                && !writer.send(&data[1..]).await
+            if let Some(writer) = input.as_mut()
+                && !writer.offer(&data[1..])
             {
                 *input = None;
             }
         }
         RESIZE => {
             if let (Some(terminal), Some((width, height))) = (terminal, terminal_size(data)) {
-                let _ = rustix::termios::tcsetwinsize(
-                    terminal,
-                    rustix::termios::Winsize {
-                        ws_row: height,
-                        ws_col: width,
-                        ws_xpixel: 0,
-                        ws_ypixel: 0,
-                    },
-                );
+                let _ = baton_runtime::set_window_size(terminal, width, height);
             }
         }
         CLOSE if v5 && data.get(1) == Some(&STDIN) => {
@@ -547,5 +571,32 @@ mod tests {
             failed["message"],
             "command terminated with non-zero exit code: error executing command [sh -c exit 7], exit code 7"
         );
+    }
+
+    #[tokio::test]
+    async fn stdin_that_is_not_read_holds_up_only_its_input() {
+        use tokio::io::AsyncReadExt;
+        let (writer, mut reader) = tokio::io::duplex(16);
+        let mut input: Input = Some(StdinWriter::spawn(writer));
+        // Offering never waits: once the pipe and the queue are full, a chunk is held.
+        let mut offered = 0;
+        while !input_blocked(&input) {
+            handle_input(&[STDIN, b'x'], &mut input, None, true);
+            offered += 1;
+            assert!(offered < 10_000, "the queue never filled");
+            tokio::task::yield_now().await;
+        }
+        // Once the process reads, the held chunk goes on, and everything arrives in order.
+        let reading = tokio::spawn(async move {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        drain_input(&mut input).await;
+        assert!(!input_blocked(&input));
+        drop(input);
+        let all = reading.await.unwrap();
+        assert_eq!(all.len(), offered);
+        assert!(all.iter().all(|b| *b == b'x'));
     }
 }

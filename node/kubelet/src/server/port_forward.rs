@@ -54,9 +54,12 @@ struct Limits {
     pair_timeout: Duration,
     /// Pairs (pending or forwarding) one session may have.
     max_pairs: usize,
-    /// Data frames from the client queued per stream; a pod that falls further behind has its
-    /// stream reset rather than stall the session.
+    /// Data frames from the client queued per stream before the session waits for the pod.
     inbound_queue: usize,
+    /// How long the session waits for a pod that does not take its data before resetting that
+    /// stream (meanwhile the session reads nothing, as kubectl's own SPDY library, which has
+    /// no flow control, waits).
+    stall_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -65,10 +68,12 @@ impl Default for Limits {
             pair_timeout: Duration::from_secs(30),
             max_pairs: 128,
             inbound_queue: 32,
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
-/// How long one direction may go on once the other has ended (containerd's grace).
+/// How long the client's remaining input may take to reach the pod once the pod's side has
+/// ended (containerd's grace).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long the session's last frames may take to be written once it ends.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -297,12 +302,19 @@ where
                         .map(|(_, v)| v.clone())
                 };
                 let kind = header("streamtype").unwrap_or_default();
+                // Old clients send no request id: the pair is then the error stream's id (the
+                // data stream comes right after it, two ids on).
+                let request = header("requestid").unwrap_or_else(|| match kind.as_str() {
+                    "error" => stream_id.to_string(),
+                    _ => stream_id.saturating_sub(2).to_string(),
+                });
+                let new_pair = !pending.contains_key(&request);
                 // Client streams have odd, increasing ids.
                 let refusal = if stream_id % 2 == 0 || stream_id <= last_stream_id {
                     Some(RST_PROTOCOL_ERROR)
                 } else if gone_away
                     || (kind != "error" && kind != "data")
-                    || pending.len() + forwarding.len() >= limits.max_pairs
+                    || (new_pair && pending.len() + forwarding.len() >= limits.max_pairs)
                 {
                     Some(RST_REFUSED_STREAM)
                 } else {
@@ -322,12 +334,6 @@ where
                         headers: vec![],
                     })
                     .await;
-                // Old clients send no request id: the pair is then the error stream's id (the
-                // data stream comes right after it, two ids on).
-                let request = header("requestid").unwrap_or_else(|| match kind.as_str() {
-                    "error" => stream_id.to_string(),
-                    _ => stream_id.saturating_sub(2).to_string(),
-                });
                 let pair = pending
                     .entry(request.clone())
                     .or_insert_with(|| PendingPair {
@@ -389,16 +395,27 @@ where
                 data,
             } => {
                 if !data.is_empty()
-                    && let Some(sender) = inbound.get(&stream_id)
+                    && let Some(sender) = inbound.get(&stream_id).cloned()
                 {
-                    match sender.try_send(data) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            inbound.remove(&stream_id);
+                    use mpsc::error::{SendTimeoutError, TrySendError};
+                    let delivered = match sender.try_send(data) {
+                        Ok(()) => Ok(()),
+                        Err(TrySendError::Closed(_)) => Err(false),
+                        // The pod reads slower than the client sends: wait for it, for a
+                        // while.
+                        Err(TrySendError::Full(data)) => {
+                            match sender.send_timeout(data, limits.stall_timeout).await {
+                                Ok(()) => Ok(()),
+                                Err(SendTimeoutError::Closed(_)) => Err(false),
+                                Err(SendTimeoutError::Timeout(_)) => Err(true),
+                            }
                         }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            // The pod does not keep up: this connection ends, not the session.
-                            inbound.remove(&stream_id);
+                    };
+                    if let Err(stalled) = delivered {
+                        inbound.remove(&stream_id);
+                        if stalled {
+                            // The pod does not take its data: this connection ends, not the
+                            // session.
                             if let Some(f) = forwarding.remove(&stream_id) {
                                 let _ = f.cancel.send(());
                             }
@@ -422,6 +439,11 @@ where
                 if let Some(f) = forwarding.remove(&stream_id) {
                     let _ = f.cancel.send(());
                 }
+                // Half a pair that is reset will not be completed.
+                pending.retain(|_, pair| {
+                    pair.error_stream != Some(stream_id)
+                        && pair.data_stream.as_ref().map(|(id, _)| *id) != Some(stream_id)
+                });
             }
             // Only the client's pings (odd ids) are answered; ours would be even.
             Frame::Ping { id } if id % 2 == 1 => {
@@ -500,10 +522,10 @@ struct Connection {
 
 impl Connection {
     async fn run(self, from_client: mpsc::Receiver<Bytes>, cancelled: oneshot::Receiver<()>) {
-        let result = tokio::select! {
+        let (result, data_ended) = tokio::select! {
             result = self.forward(from_client) => result,
-            // Reset by the client (or cut for not keeping up): no more data on that stream.
-            _ = cancelled => Ok(()),
+            // Reset by the client (or cut for not keeping up): nothing more on that stream.
+            _ = cancelled => (Ok(()), true),
         };
         if let Err(message) = result {
             tracing::debug!(pod = %self.target.name, port = %self.port, %message, "port-forward");
@@ -511,22 +533,29 @@ impl Connection {
                 .frames
                 .send(data(self.error_stream, 0, Bytes::from(message)))
                 .await;
+        }
+        if !data_ended {
             let _ = self.frames.send(fin(self.data_stream)).await;
         }
         let _ = self.frames.send(fin(self.error_stream)).await;
     }
 
-    /// Connects and copies until both sides are done (or one is and the other had its
-    /// grace); the error text for the client if not. The data stream's FIN is sent here once
-    /// the pod's side has ended.
-    async fn forward(&self, mut from_client: mpsc::Receiver<Bytes>) -> Result<(), String> {
-        let port: u16 = self
-            .port
-            .parse()
-            .map_err(|err| format!("unable to parse {:?} as a port: {err}", self.port))?;
-        if port == 0 {
-            return Err(format!("port {:?} must be > 0", self.port));
-        }
+    /// Connects and copies until the pod's side has ended; the error text for the client if
+    /// it fails, and whether the data stream's FIN was sent. Once the pod's side has ended,
+    /// the client's remaining input gets [`CLOSE_GRACE`] to reach it (failures then are no
+    /// error: the pod is gone); once the client's input has ended, the pod's socket is
+    /// half-closed and its side is waited for (the client waits for it too).
+    async fn forward(&self, mut from_client: mpsc::Receiver<Bytes>) -> (Result<(), String>, bool) {
+        let port: u16 = match self.port.parse() {
+            Ok(0) => return (Err(format!("port {:?} must be > 0", self.port)), false),
+            Ok(port) => port,
+            Err(err) => {
+                return (
+                    Err(format!("unable to parse {:?} as a port: {err}", self.port)),
+                    false,
+                );
+            }
+        };
         let target = &self.target;
         let failed = |cause: String| {
             format!(
@@ -537,14 +566,13 @@ impl Connection {
         if let Some(netns) = &target.netns
             && !netns.exists()
         {
-            return Err(failed(format!(
-                "the pod's network namespace {} is gone",
-                netns.display()
-            )));
+            let cause = format!("the pod's network namespace {} is gone", netns.display());
+            return (Err(failed(cause)), false);
         }
-        let stream = connect_localhost(target.netns.as_deref(), port)
-            .await
-            .map_err(failed)?;
+        let stream = match connect_localhost(target.netns.as_deref(), port).await {
+            Ok(stream) => stream,
+            Err(cause) => return (Err(failed(cause)), false),
+        };
         let (mut from_pod, mut to_pod) = stream.into_split();
         let upstream = async {
             while let Some(data) = from_client.recv().await {
@@ -565,24 +593,23 @@ impl Connection {
                 }
             }
         };
+        let copying = |err: std::io::Error| failed(format!("copying: {}", os_text(&err)));
         tokio::pin!(upstream, downstream);
-        let (first, downstream_done) = tokio::select! {
-            result = &mut downstream => (result, true),
-            result = &mut upstream => (result, false),
-        };
-        first.map_err(|err| failed(format!("copying: {}", os_text(&err))))?;
-        let rest = if downstream_done {
-            tokio::time::timeout(CLOSE_GRACE, &mut upstream).await
-        } else {
-            tokio::time::timeout(CLOSE_GRACE, &mut downstream).await
-        };
-        if rest.is_err() && !downstream_done {
-            // The pod's side never ended: its stream ends here.
-            let _ = self.frames.send(fin(self.data_stream)).await;
-        }
-        match rest {
-            Ok(Err(err)) => Err(failed(format!("copying: {}", os_text(&err)))),
-            _ => Ok(()),
+        tokio::select! {
+            ended = &mut downstream => match ended {
+                Ok(()) => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut upstream).await;
+                    (Ok(()), true)
+                }
+                Err(err) => (Err(copying(err)), false),
+            },
+            ended = &mut upstream => match ended {
+                Ok(()) => match downstream.await {
+                    Ok(()) => (Ok(()), true),
+                    Err(err) => (Err(copying(err)), false),
+                },
+                Err(err) => (Err(copying(err)), false),
+            },
         }
     }
 }
@@ -817,8 +844,8 @@ mod tests {
         assert_eq!(text_on(&frames, 1), "", "no error after a reset");
     }
 
-    /// A pod that does not read has its stream reset once its queue is full; the session
-    /// goes on answering.
+    /// A pod that does not read has its stream reset once its queue stays full for the stall
+    /// timeout; the session goes on answering.
     #[tokio::test]
     async fn a_pod_that_does_not_read_loses_its_stream_not_the_session() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -831,6 +858,7 @@ mod tests {
         });
         let mut client = Client::start(Limits {
             inbound_queue: 2,
+            stall_timeout: Duration::from_millis(300),
             ..Limits::default()
         });
         client.open_pair(1, 3, port, "0").await;
@@ -858,6 +886,33 @@ mod tests {
         }
         client.send(Frame::Ping { id: 9 }).await;
         client.until(|f| *f == Frame::Ping { id: 9 }).await;
+    }
+
+    /// A client that half-closes (its input ended) still gets the pod's whole answer, however
+    /// long it takes.
+    #[tokio::test]
+    async fn after_the_clients_end_of_input_the_pods_answer_is_waited_for() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            socket.read_to_end(&mut request).await.unwrap();
+            // Longer than the grace a client gets after the pod's end.
+            tokio::time::sleep(CLOSE_GRACE + Duration::from_millis(500)).await;
+            socket.write_all(b"late answer").await.unwrap();
+        });
+        let mut client = Client::start(Limits::default());
+        client.open_pair(1, 3, port, "0").await;
+        client
+            .send(Frame::Data {
+                stream_id: 3,
+                flags: FLAG_FIN,
+                data: Bytes::from_static(b"question"),
+            })
+            .await;
+        let frames = client.until(|f| is_fin(f, 3)).await;
+        assert_eq!(text_on(&frames, 3), "late answer");
     }
 
     /// Half a pair is given up after the pair timeout, with the reason on its error stream.
@@ -892,13 +947,15 @@ mod tests {
             frames: frames.clone(),
         };
         let (_sender, receiver) = mpsc::channel(1);
-        let err = connection("http").forward(receiver).await.unwrap_err();
+        let (result, data_ended) = connection("http").forward(receiver).await;
+        let err = result.unwrap_err();
         assert!(
             err.starts_with("unable to parse \"http\" as a port"),
             "{err}"
         );
+        assert!(!data_ended);
         let (_sender, receiver) = mpsc::channel(1);
-        let err = connection("0").forward(receiver).await.unwrap_err();
+        let err = connection("0").forward(receiver).await.0.unwrap_err();
         assert_eq!(err, "port \"0\" must be > 0");
     }
 }

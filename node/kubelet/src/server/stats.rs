@@ -96,11 +96,18 @@ fn resource_text(summary: &Summary) -> String {
                 .as_deref()
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok())
             {
-                metrics.add(CONTAINER_START_TIME, &labels, start.as_second().to_string());
+                // Stamped with the start itself, as upstream.
+                let value = start.as_second().to_string();
+                metrics.add_stamped(CONTAINER_START_TIME, &labels, value, Some(start));
             }
         }
     }
-    metrics.add(SCRAPE_ERROR, "", u8::from(summary.scrape_error).to_string());
+    metrics.add_stamped(
+        SCRAPE_ERROR,
+        "",
+        u8::from(summary.scrape_error).to_string(),
+        None,
+    );
     metrics.render()
 }
 
@@ -172,16 +179,29 @@ const RESOURCE_METRICS: &[(&str, &str, &str)] = &[
 ];
 
 impl ResourceMetrics {
+    /// A sample stamped with the collection's time.
     fn add(&mut self, name: &'static str, labels: &str, value: String) {
+        self.add_stamped(name, labels, value, Some(self.at));
+    }
+
+    /// A sample stamped with `at` (none: no timestamp).
+    fn add_stamped(
+        &mut self,
+        name: &'static str,
+        labels: &str,
+        value: String,
+        at: Option<jiff::Timestamp>,
+    ) {
         let labels = if labels.is_empty() {
             String::new()
         } else {
             format!("{{{labels}}}")
         };
-        self.samples.entry(name).or_default().push(format!(
-            "{name}{labels} {value} {}",
-            self.at.as_millisecond()
-        ));
+        let stamp = at.map_or_else(String::new, |at| format!(" {}", at.as_millisecond()));
+        self.samples
+            .entry(name)
+            .or_default()
+            .push(format!("{name}{labels} {value}{stamp}"));
     }
 
     /// `<kind>_cpu_usage_seconds_total` and `<kind>_memory_working_set_bytes`.
@@ -303,10 +323,8 @@ mod tests {
             format!(
                 "container_cpu_usage_seconds_total{{container=\"app\",namespace=\"default\",pod=\"web\"}} 0.5 {at}"
             ),
-            format!(
-                "container_start_time_seconds{{container=\"app\",namespace=\"default\",pod=\"web\"}} 1795917600 {at}"
-            ),
-            format!("resource_scrape_error 0 {at}"),
+            "container_start_time_seconds{container=\"app\",namespace=\"default\",pod=\"web\"} 1795917600 1795917600000".to_owned(),
+            "resource_scrape_error 0".to_owned(),
             "# TYPE container_cpu_usage_seconds_total counter".to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
@@ -321,7 +339,7 @@ mod tests {
         assert!(
             resource_text(&failed)
                 .lines()
-                .any(|l| l == format!("resource_scrape_error 1 {at}"))
+                .any(|l| l == "resource_scrape_error 1")
         );
     }
 }

@@ -103,7 +103,8 @@ fn read_file(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
-fn read_number(path: &Path) -> Option<u64> {
+/// A file holding one number (`memory.current`, `/proc/sys/kernel/pid_max` ...).
+pub fn read_number(path: &Path) -> Option<u64> {
     read_file(path)?.trim().parse().ok()
 }
 

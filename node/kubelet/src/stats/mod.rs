@@ -298,19 +298,12 @@ impl StatsCollector {
                 image_fs: fs_stats(&time, u),
                 container_fs: fs_stats(&time, u),
             });
-            let read = |path: &str| {
-                std::fs::read_to_string(path)
-                    .ok()
-                    .and_then(|text| text.trim().parse::<u64>().ok())
-            };
-            let maxpid = [
-                read("/proc/sys/kernel/threads-max"),
-                Some(self.ctx.machine.pid_max),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(self.ctx.machine.pid_max);
+            let threads_max = cgroup::read_number(Path::new("/proc/sys/kernel/threads-max"));
+            let maxpid = [threads_max, Some(self.ctx.machine.pid_max)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(self.ctx.machine.pid_max);
             node.rlimit = root
                 .tasks
                 .or_else(|| {

@@ -172,6 +172,9 @@ impl Containers {
             }
         };
         let Some(pid) = pid else {
+            if let Err(err) = self.remove(id) {
+                tracing::warn!(container = %id, %err, "removing a container created without a pid");
+            }
             return Err(format!("{}: libcontainer returned no pid", context()));
         };
         let mut output = output;
@@ -188,12 +191,17 @@ impl Containers {
                         terminal: Some(Terminal {
                             master,
                             input: stdin_reader,
+                            dropped_reported: false,
                         }),
                         stdin_writer: output.stdin_writer,
                     };
                 }
                 Err(err) => {
-                    let _ = self.remove(id);
+                    // The init is this process's child: killed by the removal, then reaped.
+                    if let Err(err) = self.remove(id) {
+                        tracing::warn!(container = %id, %err, "removing a container without its terminal");
+                    }
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
                     return Err(format!("{}: terminal: {err}", context()));
                 }
             }

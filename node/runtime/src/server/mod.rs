@@ -99,6 +99,7 @@ pub fn serve(root: &Path, ready: Option<OwnedFd>) -> Result<(), ServeRuntimeErro
     let _ = fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ);
     let sandboxes = root.join("sandboxes");
     fs::create_dir_all(&sandboxes).map_err(prepare)?;
+    terminal::remove_stale_sockets(root);
     let socket = root.join(SOCKET_NAME);
     let _ = fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).map_err(prepare)?;

@@ -17,8 +17,12 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
-/// How long a container's init may take to send its terminal after it was created.
-pub(crate) const MASTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a container's init may take to send its terminal once it was created (it sends it
+/// before libcontainer's create returns, so this only bounds a broken init).
+pub(crate) const MASTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The file name prefix of console sockets in the runtime's root.
+const SOCKET_PREFIX: &str = "console-";
 
 /// Numbers the console sockets of this process (their paths must stay short: a Unix socket
 /// path has at most 107 bytes).
@@ -36,7 +40,10 @@ impl ConsoleSocket {
     /// Listens on a fresh socket under `dir`.
     pub(crate) fn bind(dir: &Path) -> io::Result<Self> {
         let number = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("console-{}-{number}.sock", std::process::id()));
+        let path = dir.join(format!(
+            "{SOCKET_PREFIX}{}-{number}.sock",
+            std::process::id()
+        ));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
         listener.set_nonblocking(true)?;
@@ -79,6 +86,17 @@ impl ConsoleSocket {
     }
 }
 
+/// Removes the console sockets a runtime process that died left in `dir`.
+pub(crate) fn remove_stale_sockets(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(SOCKET_PREFIX) && name.ends_with(".sock") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl Drop for ConsoleSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -113,6 +131,8 @@ pub(crate) struct Terminal {
     /// The reading end of the container's stdin FIFO, whose bytes go into the terminal;
     /// `None` for a container without stdin, or once every writer is gone.
     pub input: Option<OwnedFd>,
+    /// Whether dropped input was reported already (once per terminal).
+    pub dropped_reported: bool,
 }
 
 impl Terminal {
@@ -143,8 +163,16 @@ impl Terminal {
             match rustix::io::write(&self.master, &buffer[written..count]) {
                 Ok(n) => written += n,
                 Err(rustix::io::Errno::INTR) => {}
+                // The container's side is closed (it exited): no more input.
+                Err(rustix::io::Errno::IO) => {
+                    self.input = None;
+                    return;
+                }
                 Err(err) => {
-                    tracing::warn!(container = %id, %err, dropped = count - written, "writing to a container's terminal");
+                    if !self.dropped_reported {
+                        self.dropped_reported = true;
+                        tracing::warn!(container = %id, %err, dropped = count - written, "writing to a container's terminal (input it cannot take is dropped; reported once)");
+                    }
                     return;
                 }
             }
@@ -153,15 +181,6 @@ impl Terminal {
 
     /// Sets the terminal's window size.
     pub(crate) fn resize(&self, width: u16, height: u16) -> io::Result<()> {
-        rustix::termios::tcsetwinsize(
-            &self.master,
-            rustix::termios::Winsize {
-                ws_row: height,
-                ws_col: width,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            },
-        )?;
-        Ok(())
+        crate::set_window_size(&self.master, width, height)
     }
 }
