@@ -213,11 +213,10 @@ async fn a_container_with_stdin_reads_its_fifo_until_the_runtime_lets_go() {
     // stdinOnce: once the runtime lets go and no writer is left, the container reads the end.
     runtime.client.close_stdin("reader").await.unwrap();
     exited(pid).await;
-    assert!(
-        log_lines(&log).contains(&("stdout".into(), "end-of-input".into())),
-        "{:?}",
-        log_lines(&log)
-    );
+    wait_until("the end of input in the log", || {
+        log_lines(&log).contains(&("stdout".into(), "end-of-input".into()))
+    })
+    .await;
     runtime.client.remove_container("reader").await.unwrap();
     assert!(!fifo.exists(), "the FIFO goes with the container");
 }
@@ -248,10 +247,19 @@ async fn a_container_with_a_terminal_gets_input_and_window_size_through_it() {
     let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     std::io::Write::write_all(&mut writer, b"hello\n").unwrap();
     exited(pid).await;
-    let lines: Vec<(String, String)> = log_lines(&runtime.log_path("term"))
-        .into_iter()
-        .map(|(stream, text)| (stream, text.trim_end_matches('\r').to_owned()))
-        .collect();
+    let log = runtime.log_path("term");
+    let terminal_lines = || -> Vec<(String, String)> {
+        log_lines(&log)
+            .into_iter()
+            .map(|(stream, text)| (stream, text.trim_end_matches('\r').to_owned()))
+            .collect()
+    };
+    // The runtime copies the terminal's last output after the exit.
+    wait_until("the terminal's last line in the log", || {
+        terminal_lines().contains(&("stdout".into(), "40 100".into()))
+    })
+    .await;
+    let lines = terminal_lines();
     // The terminal's output is stdout; it echoes the input, as terminals do.
     for expected in ["/dev/pts/0", "hello", "got hello", "40 100"] {
         assert!(
