@@ -129,6 +129,27 @@ async fn pods_on_two_nodes_reach_each_other_without_nat() -> Result<()> {
         cluster.node.log()
     );
 
+    // The pod reaches its own host port through the node's address (hairpin).
+    let kubectl = baton_test_harness::kubectl_binaries().remove(0);
+    let out = cluster.server.kubectl(
+        &kubectl,
+        &[
+            "exec",
+            "server",
+            "--",
+            "timeout",
+            "10",
+            "wget",
+            "-qO-",
+            &format!("http://{host_port}/cgi-bin/ip"),
+        ],
+    );
+    assert!(
+        out.status.success() && !out.stdout.is_empty(),
+        "hairpin to the pod's own host port: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Traffic that leaves the cluster (to the lab) leaves with the node's address.
     let outside = std::net::TcpListener::bind((baton_test_harness::Lab::gateway(), 0))?;
     let port = outside.local_addr()?.port();

@@ -3,6 +3,9 @@
 //! port is sent to the pod's address and container port. One nftables table of its own,
 //! replaced whole (atomically) whenever a pod with host ports comes or goes, with the rules in
 //! the prerouting (traffic from outside) and output (traffic from the node itself) NAT hooks.
+//! A pod reaching its own host port through the node's address (hairpin) is masqueraded in
+//! postrouting, as portmap's hairpin rule does: otherwise its own answer would come from its
+//! own address and not match the connection it made.
 
 use std::net::Ipv4Addr;
 
@@ -82,6 +85,26 @@ pub fn host_ports_batch(mappings: &[HostPortMapping]) -> Batch {
             ]);
             batch.add_rule(Family::Ip, HOST_PORTS_TABLE, chain, &rule);
         }
+    }
+    let base = BaseChain {
+        kind: "nat",
+        hook: Hook::Postrouting,
+        priority: 100,
+    };
+    batch.add_chain(Family::Ip, HOST_PORTS_TABLE, "postrouting", Some(&base));
+    let mut pods: Vec<Ipv4Addr> = mappings.iter().map(|m| m.pod_ip).collect();
+    pods.sort();
+    pods.dedup();
+    for pod in pods {
+        // From the pod to the pod once the host port's DNAT has sent it back: hairpin.
+        let rule = vec![
+            Expr::ip_saddr(reg32(0)),
+            Expr::cmp_ip(reg32(0), CmpOp::Eq, pod),
+            Expr::ip_daddr(reg32(0)),
+            Expr::cmp_ip(reg32(0), CmpOp::Eq, pod),
+            Expr::Masquerade,
+        ];
+        batch.add_rule(Family::Ip, HOST_PORTS_TABLE, "postrouting", &rule);
     }
     batch
 }

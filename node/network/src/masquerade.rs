@@ -39,8 +39,14 @@ pub fn masquerade_batch(pod_cidr: Ipv4Net, cluster_cidrs: &[Ipv4Net]) -> Batch {
         .destroy_table(Family::Ip, MASQUERADE_TABLE)
         .add_table(Family::Ip, MASQUERADE_TABLE)
         .add_chain(Family::Ip, MASQUERADE_TABLE, chain, Some(&base));
-    for cidr in cluster_cidrs.iter().chain(std::iter::once(&pod_cidr)) {
-        let mut rule = matches_cidr(Expr::ip_daddr(reg32(0)), cidr.trunc());
+    // Each pod CIDR once (the cluster's list usually holds this node's own too).
+    let destinations: std::collections::BTreeSet<Ipv4Net> = cluster_cidrs
+        .iter()
+        .chain(std::iter::once(&pod_cidr))
+        .map(Ipv4Net::trunc)
+        .collect();
+    for cidr in destinations {
+        let mut rule = matches_cidr(Expr::ip_daddr(reg32(0)), cidr);
         rule.push(Expr::Verdict(Verdict::Return));
         batch.add_rule(Family::Ip, MASQUERADE_TABLE, chain, &rule);
     }
@@ -81,5 +87,16 @@ mod tests {
         // destroy (an add and a delete, which every kernel takes), table, chain, 3 returns
         // (two others and our own), the masquerade.
         assert_eq!(batch.len(), 8);
+        // The node's own CIDR in the cluster's list (as the kubelet passes it) is not
+        // returned twice.
+        let with_own = masquerade_batch(
+            "10.244.1.0/24".parse().unwrap(),
+            &[
+                "10.244.1.0/24".parse().unwrap(),
+                "10.244.2.0/24".parse().unwrap(),
+                "10.244.3.0/24".parse().unwrap(),
+            ],
+        );
+        assert_eq!(with_own.len(), 8);
     }
 }
