@@ -681,42 +681,27 @@ async fn node_statistics_reach_kubectl_through_the_node_proxy() -> Result<()> {
             .iter()
             .any(|p| p["metadata"]["name"] == "busy")
     );
-    let out = cluster.server.kubectl(
-        &kubectl,
-        &["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/nope")],
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("NotFound"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Only the kubelet's port is reached through a node.
-    let out = cluster.server.kubectl(
-        &kubectl,
-        &[
-            "get",
-            "--raw",
-            &format!("/api/v1/nodes/{node}:2379/proxy/health"),
-        ],
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("only the kubelet's port"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cluster.server.kubectl(
-        &kubectl,
-        &[
-            "get",
-            "--raw",
-            "/api/v1/nodes/no-such-node/proxy/stats/summary",
-        ],
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("nodes \"no-such-node\" not found"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Refusals: a path the kubelet does not serve, a port that is not the kubelet's, a node
+    // that does not exist.
+    let refusal = |path: String| {
+        let out = cluster.server.kubectl(&kubectl, &["get", "--raw", &path]);
+        assert!(!out.status.success(), "{path} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for (path, expected) in [
+        (format!("/api/v1/nodes/{node}/proxy/nope"), "NotFound"),
+        (
+            format!("/api/v1/nodes/{node}:2379/proxy/health"),
+            "only the kubelet's port",
+        ),
+        (
+            "/api/v1/nodes/no-such-node/proxy/stats/summary".to_owned(),
+            "nodes \"no-such-node\" not found",
+        ),
+    ] {
+        let stderr = refusal(path);
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
     Ok(())
 }
 
