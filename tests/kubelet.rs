@@ -828,33 +828,38 @@ async fn kubectl_run_and_attach_feed_the_containers_stdin() -> Result<()> {
     let cluster = NodeCluster::start(&binary(), "node-stdin", &[]).await?;
     let echo = "while read line; do [ \"$line\" = quit ] && exit 0; echo \"got $line\"; done";
     let on_node = json!({ "spec": { "nodeName": cluster.node.name } }).to_string();
-    for (round, kubectl) in baton_test_harness::kubectl_binaries().iter().enumerate() {
-        // kubectl run -i --rm: the pod is made with stdin, attached to once Running, fed,
-        // and deleted after its container exits.
-        let name = format!("feeder-{round}");
-        let out = cluster.server.kubectl_with_input(
-            kubectl,
-            &[
-                "run",
-                &name,
-                "-i",
-                "--rm",
-                "--restart=Never",
-                &format!("--image={}", cluster.image),
-                &format!("--overrides={on_node}"),
-                "--",
-                "sh",
-                "-c",
-                echo,
-            ],
-            Some("hello\nquit\n"),
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
+    // `kubectl run NAME FLAGS --rm --restart=Never` of the test image on the node, fed
+    // `input`; its output, once it succeeded.
+    let run = |kubectl: &std::path::Path, name: &str, flag: &str, command: &[&str], input: &str| {
+        let image = format!("--image={}", cluster.image);
+        let overrides = format!("--overrides={on_node}");
+        let mut args = vec![
+            "run",
+            name,
+            flag,
+            "--rm",
+            "--restart=Never",
+            &image,
+            &overrides,
+            "--",
+        ];
+        args.extend_from_slice(command);
+        let out = cluster
+            .server
+            .kubectl_with_input(kubectl, &args, Some(input));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
             "{stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        stdout
+    };
+    for (round, kubectl) in baton_test_harness::kubectl_binaries().iter().enumerate() {
+        // kubectl run -i --rm: the pod is made with stdin, attached to once Running, fed,
+        // and deleted after its container exits.
+        let name = format!("feeder-{round}");
+        let stdout = run(kubectl, &name, "-i", &["sh", "-c", echo], "hello\nquit\n");
         assert!(stdout.contains("got hello"), "{stdout}");
         assert!(
             stdout.contains(&format!("pod \"{name}\" deleted")),
@@ -863,53 +868,18 @@ async fn kubectl_run_and_attach_feed_the_containers_stdin() -> Result<()> {
     }
 
     // stdinOnce (what kubectl run -i sets): the end of kubectl's input is the container's.
-    let out = cluster.server.kubectl_with_input(
-        &baton_test_harness::kubectl_binaries().remove(0),
-        &[
-            "run",
-            "counter",
-            "-i",
-            "--rm",
-            "--restart=Never",
-            &format!("--image={}", cluster.image),
-            &format!("--overrides={on_node}"),
-            "--",
-            "wc",
-            "-l",
-        ],
-        Some("a\nb\nc\n"),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let kubectl = baton_test_harness::kubectl_binaries().remove(0);
+    let stdout = run(&kubectl, "counter", "-i", &["wc", "-l"], "a\nb\nc\n");
     assert_eq!(stdout.lines().next().map(str::trim), Some("3"), "{stdout}");
 
     // kubectl run -it: the container gets a terminal (kubectl's own input here is not one,
     // so it attaches without; the shell still reads its terminal, fed from stdin).
-    let kubectl = baton_test_harness::kubectl_binaries().remove(0);
-    let out = cluster.server.kubectl_with_input(
+    let stdout = run(
         &kubectl,
-        &[
-            "run",
-            "shell",
-            "-it",
-            "--rm",
-            "--restart=Never",
-            &format!("--image={}", cluster.image),
-            &format!("--overrides={on_node}"),
-            "--",
-            "sh",
-        ],
-        Some("tty; echo answer-$((6*7))\nexit\n"),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        "shell",
+        "-it",
+        &["sh"],
+        "tty; echo answer-$((6*7))\nexit\n",
     );
     assert!(stdout.contains("answer-42"), "{stdout}");
     assert!(stdout.contains("/dev/pts/0"), "{stdout}");

@@ -2,7 +2,8 @@
 //! now on, over the same WebSocket channel protocol as exec (stdout on channel 1, stderr on
 //! 2; with `tty`, stdout only), until the container exits and its last output is written (a
 //! final Success status on channel 3) or the client goes.
-//! The output is read from the container's log as the runtime writes it. With `stdin`, and a
+//! The output is read from the container's log as the runtime writes it (through `LogTail`,
+//! woken by inotify, as `kubectl logs -f`). With `stdin`, and a
 //! container whose spec asks for `stdin: true`, channel 0 is written to the container's stdin
 //! FIFO (see `baton_runtime::stdin_path`; for a container with `tty: true` the runtime copies it
 //! into the terminal); a v5 client's end of stdin closes this attach's writer. Input for a
@@ -11,8 +12,6 @@
 //! container's stdin, so that it reads end-of-file. With `tty`, window sizes (channel 4) go to the container's
 //! terminal through the runtime.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -30,12 +29,10 @@ use super::exec::{
     handle_input, input_blocked, is_v5, negotiate, running_container_or_not_found,
     switching_protocols, terminal_size,
 };
-use super::logs::{attempt_files, attempts, parse_record};
+use super::logs::{LogTail, TailFrom, attempt_files, attempts, parse_record};
 use super::{Body, ServerState, text};
 use baton_runtime::{ContainerRuntime, ContainerState, RuntimeClient};
 
-/// How often the log is read for new output.
-const POLL: Duration = Duration::from_millis(100);
 /// How long the log may still grow after the container exited (the runtime writes what was
 /// left in the container's pipe, and its last unfinished line, once the pipe closes).
 const DRAIN: Duration = Duration::from_millis(500);
@@ -179,11 +176,8 @@ async fn session(
     mut client: ClientInput,
 ) -> std::io::Result<()> {
     let (mut sink, mut incoming) = ws.split();
-    let mut file = std::fs::File::open(live)?;
-    let mut offset = file.seek(SeekFrom::End(0))?;
-    let mut inode = file.metadata()?.ino();
-    let mut pending: Vec<u8> = Vec::new();
-    let mut exited_at: Option<std::time::Instant> = None;
+    let mut tail = LogTail::open(live, TailFrom::End)?;
+    let mut drained_by: Option<tokio::time::Instant> = None;
     let exit = async {
         if let Some(pid) = pid {
             let _ = baton_runtime::wait_for_exit(pid).await;
@@ -191,29 +185,11 @@ async fn session(
     };
     tokio::pin!(exit);
     if pid.is_none() {
-        exited_at = Some(std::time::Instant::now());
+        drained_by = Some(tokio::time::Instant::now() + DRAIN);
     }
     loop {
-        // What the log has gained; after a rotation, the rest of the old file, then the new
-        // one from its start (once it exists).
-        let mut chunk = Vec::new();
-        file.read_to_end(&mut chunk)?;
-        offset += chunk.len() as u64;
-        if let Ok(now) = std::fs::metadata(live)
-            && (now.ino() != inode || now.len() < offset)
-            && let Ok(new) = std::fs::File::open(live)
-        {
-            inode = new.metadata()?.ino();
-            file = new;
-            let mut fresh = Vec::new();
-            file.read_to_end(&mut fresh)?;
-            offset = fresh.len() as u64;
-            chunk.extend_from_slice(&fresh);
-        }
-        pending.extend_from_slice(&chunk);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let Some(record) = parse_record(&line[..line.len() - 1]) else {
+        for line in tail.read_lines()? {
+            let Some(record) = parse_record(&line) else {
                 continue;
             };
             let (wanted, channel) = if record.stderr {
@@ -232,7 +208,7 @@ async fn session(
                 return Ok(());
             }
         }
-        if exited_at.is_some_and(|at| at.elapsed() >= DRAIN) {
+        if drained_by.is_some_and(|at| tokio::time::Instant::now() >= at) {
             let status = json!({ "metadata": {}, "status": "Success" });
             let _ = sink
                 .send(framed(STATUS, status.to_string().as_bytes()))
@@ -241,8 +217,12 @@ async fn session(
             return Ok(());
         }
         tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = &mut exit, if exited_at.is_none() => exited_at = Some(std::time::Instant::now()),
+            changed = tail.changed() => changed?,
+            // The last output has had its time to reach the log.
+            _ = tokio::time::sleep_until(drained_by.unwrap_or_else(tokio::time::Instant::now)), if drained_by.is_some() => {}
+            _ = &mut exit, if drained_by.is_none() => {
+                drained_by = Some(tokio::time::Instant::now() + DRAIN);
+            }
             _ = drain_input(&mut client.stdin), if input_blocked(&client.stdin) => {}
             message = incoming.next(), if !input_blocked(&client.stdin) => match message {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),

@@ -292,32 +292,106 @@ pub(crate) async fn container_logs(
         .expect("valid response")
 }
 
+/// Where following a live log begins.
+pub(crate) enum TailFrom {
+    /// At `offset` of the file with inode `inode` (at the start of a file that replaced it).
+    At { inode: u64, offset: u64 },
+    /// At the end of the file as it is now.
+    End,
+}
+
+/// A container attempt's live CRI log being followed: the complete lines appended since the
+/// last read, across rotations (the live file renamed and a new one made), with inotify on
+/// the log's directory to wait for more. `kubectl logs -f` and `kubectl attach` both read
+/// through it.
+pub(crate) struct LogTail {
+    live: PathBuf,
+    file: File,
+    inode: u64,
+    /// The start of a line not yet complete.
+    pending: Vec<u8>,
+    notify: AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl LogTail {
+    /// Follows `live` from `from`.
+    pub(crate) fn open(live: &Path, from: TailFrom) -> std::io::Result<Self> {
+        use rustix::fs::inotify;
+        let dir = live.parent().unwrap_or(Path::new("/"));
+        let notify = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
+        inotify::add_watch(
+            &notify,
+            dir,
+            inotify::WatchFlags::MODIFY
+                | inotify::WatchFlags::CREATE
+                | inotify::WatchFlags::MOVED_TO,
+        )?;
+        let mut file = File::open(live)?;
+        let inode = file.metadata()?.ino();
+        match from {
+            TailFrom::At {
+                inode: read_inode,
+                offset,
+            } if read_inode == inode => {
+                file.seek(SeekFrom::Start(offset))?;
+            }
+            TailFrom::At { .. } => {}
+            TailFrom::End => {
+                file.seek(SeekFrom::End(0))?;
+            }
+        }
+        Ok(Self {
+            live: live.to_path_buf(),
+            file,
+            inode,
+            pending: Vec::new(),
+            notify: register(notify)?,
+        })
+    }
+
+    /// The complete lines appended since the last call (the rest of a rotated file first,
+    /// then the new live file's), without their newlines.
+    pub(crate) fn read_lines(&mut self) -> std::io::Result<Vec<Vec<u8>>> {
+        loop {
+            self.file.read_to_end(&mut self.pending)?;
+            match std::fs::metadata(&self.live) {
+                Ok(now) if now.ino() != self.inode => {
+                    self.file = File::open(&self.live)?;
+                    self.inode = now.ino();
+                }
+                _ => break,
+            }
+        }
+        let mut lines = Vec::new();
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+            let mut line: Vec<u8> = self.pending.drain(..=end).collect();
+            line.pop();
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+
+    /// Waits until the log's directory changes (a write, a new file, a rename).
+    pub(crate) async fn changed(&self) -> std::io::Result<()> {
+        let mut guard = self.notify.readable().await?;
+        let mut buffer = [0u8; 4096];
+        while rustix::io::read(guard.get_inner(), &mut buffer).is_ok() {}
+        guard.clear_ready();
+        Ok(())
+    }
+}
+
 /// Sends the records appended to `live` after what was already sent, until process `pid` has
 /// exited (or the client went away, or `limit` bytes were sent).
 async fn follow(
     live: &Path,
-    (read_inode, read_offset): (u64, u64),
+    (inode, offset): (u64, u64),
     pid: Option<i32>,
     timestamps: bool,
     mut limit: Option<usize>,
     sender: tokio::sync::mpsc::Sender<Bytes>,
 ) -> std::io::Result<()> {
-    use rustix::fs::inotify;
-    let dir = live.parent().unwrap_or(Path::new("/"));
-    let notify = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
-    inotify::add_watch(
-        &notify,
-        dir,
-        inotify::WatchFlags::MODIFY | inotify::WatchFlags::CREATE | inotify::WatchFlags::MOVED_TO,
-    )?;
-    let notify = register(notify)?;
-    let mut file = File::open(live)?;
-    let mut inode = file.metadata()?.ino();
-    // On from where the first answer stopped (from the start of a file that replaced it).
-    if inode == read_inode {
-        file.seek(SeekFrom::Start(read_offset))?;
-    }
-    let mut pending: Vec<u8> = Vec::new();
+    let mut tail = LogTail::open(live, TailFrom::At { inode, offset })?;
     let mut exited = pid.is_none();
     let exit = async {
         if let Some(pid) = pid {
@@ -326,46 +400,24 @@ async fn follow(
     };
     tokio::pin!(exit);
     loop {
-        // Drain what is there (the live file, and a new one after a rotation).
-        loop {
-            let mut chunk = Vec::new();
-            file.read_to_end(&mut chunk)?;
-            pending.extend_from_slice(&chunk);
-            let mut out = Vec::new();
-            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                if let Some(record) = parse_record(&line[..line.len() - 1]) {
-                    render(&record, timestamps, &mut out);
-                }
-            }
-            if let Some(left) = limit.as_mut() {
-                out.truncate(*left);
-                *left -= out.len();
-            }
-            if !out.is_empty() && sender.send(Bytes::from(out)).await.is_err() {
-                return Ok(());
-            }
-            if limit == Some(0) {
-                return Ok(());
-            }
-            match std::fs::metadata(live) {
-                Ok(now) if now.ino() != inode => {
-                    file = File::open(live)?;
-                    inode = now.ino();
-                }
-                _ => break,
+        let mut out = Vec::new();
+        for line in tail.read_lines()? {
+            if let Some(record) = parse_record(&line) {
+                render(&record, timestamps, &mut out);
             }
         }
-        if exited {
+        if let Some(left) = limit.as_mut() {
+            out.truncate(*left);
+            *left -= out.len();
+        }
+        if !out.is_empty() && sender.send(Bytes::from(out)).await.is_err() {
+            return Ok(());
+        }
+        if limit == Some(0) || exited {
             return Ok(());
         }
         tokio::select! {
-            ready = notify.readable() => {
-                let mut guard = ready?;
-                let mut buffer = [0u8; 4096];
-                while rustix::io::read(guard.get_inner(), &mut buffer).is_ok() {}
-                guard.clear_ready();
-            }
+            changed = tail.changed() => changed?,
             _ = &mut exit => exited = true,
             _ = sender.closed() => return Ok(()),
         }
