@@ -11,7 +11,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
@@ -288,11 +288,28 @@ impl Pull<'_> {
         let mut image = assemble_image(&config_bytes, &config.digest, &manifest_digest, &layers)
             .map_err(|e| self.invalid(e))?;
 
-        futures::stream::iter(image.layers.clone())
-            .map(|layer| async move { self.fetch_and_unpack(&layer).await })
+        // After the first failure no further layer starts, but the ones under way are awaited:
+        // an unpack runs on a blocking thread that dropping its future would not stop, and the
+        // pull must not return while it still writes into the store's tmp directory.
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let results: Vec<Result<(), PullImageError>> = futures::stream::iter(image.layers.clone())
+            .map(|layer| {
+                let failed = &failed;
+                async move {
+                    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    let result = self.fetch_and_unpack(&layer).await;
+                    if result.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    result
+                }
+            })
             .buffer_unordered(CONCURRENT_LAYERS)
-            .try_collect::<Vec<()>>()
-            .await?;
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
 
         if let Some(tagged) = self.parsed.tagged() {
             image.repo_tags.push(tagged);
