@@ -60,6 +60,8 @@ TOP_LEVEL = [
     ("api.scheduling.v1.PriorityClass", "scheduling.k8s.io/v1", "PriorityClass"),
     ("api.policy.v1.Eviction", "policy/v1", "Eviction"),
     ("api.autoscaling.v1.Scale", "autoscaling/v1", "Scale"),
+    ("api.authentication.v1.TokenRequest", "authentication.k8s.io/v1", "TokenRequest"),
+    ("api.authentication.v1.SelfSubjectReview", "authentication.k8s.io/v1", "SelfSubjectReview"),
     # Registered in every group version as well; the decoder knows that.
     ("apimachinery.pkg.apis.meta.v1.DeleteOptions", "meta.k8s.io/v1", "DeleteOptions"),
 ]

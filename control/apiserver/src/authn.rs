@@ -1,8 +1,20 @@
 //! Authentication: the user and groups of a request, from its verified client certificate
-//! (CN = user name, each O = a group), as kube-apiserver's x509 authenticator does.
+//! (CN = user name, each O = a group), as kube-apiserver's x509 authenticator does, else from
+//! a service account token in `Authorization: Bearer` (checked by [`crate::tokens`], then
+//! refused when the account, or the pod, secret or node it is bound to, is gone or was
+//! recreated under another UID).
 
 use rustls_pki_types::CertificateDer;
+use serde_json::Value;
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+use baton_store::Store;
+
+use crate::ApiServer;
+use crate::handlers::read::read_object;
+use crate::resources;
+use crate::status::StatusError;
+use crate::tokens::{Claims, ObjectRef};
 
 /// Who made a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,4 +44,124 @@ pub fn user_from_certificate(cert: &CertificateDer<'_>) -> Option<UserInfo> {
         .collect();
     groups.push("system:authenticated".to_string());
     Some(UserInfo { name, groups })
+}
+
+/// The SelfSubjectReview that `kubectl auth whoami` asks for: who the request came as.
+pub fn self_subject_review(user: &UserInfo) -> Value {
+    serde_json::json!({
+        "kind": "SelfSubjectReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": { "creationTimestamp": null },
+        "status": { "userInfo": { "username": user.name, "groups": user.groups } },
+    })
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The service account a bearer token authenticates, or 401 when it does not.
+pub async fn user_from_token<S: Store>(
+    server: &ApiServer<S>,
+    token: &str,
+) -> Result<UserInfo, StatusError> {
+    let Some(tokens) = &server.tokens else {
+        return Err(StatusError::unauthorized());
+    };
+    let now = jiff::Timestamp::now().as_second();
+    if let Some(claims) = tokens.recall(token, now) {
+        return Ok(claims.user());
+    }
+    let claims = tokens.verify(token, now).map_err(|e| {
+        tracing::debug!(error = %e, "bearer token refused");
+        StatusError::unauthorized()
+    })?;
+    if let Err(why) = check_bound_objects(server, &claims, now).await? {
+        tracing::debug!(user = %claims.sub, why, "bearer token refused");
+        return Err(StatusError::unauthorized());
+    }
+    tokens.remember(token, &claims);
+    Ok(claims.user())
+}
+
+/// Whether the objects `claims` name still exist with their UIDs: `Ok(Err(why))` when not;
+/// `Err` when they could not be read.
+async fn check_bound_objects<S: Store>(
+    server: &ApiServer<S>,
+    claims: &Claims,
+    now: i64,
+) -> Result<Result<(), String>, StatusError> {
+    let k = &claims.kubernetes;
+    let account = server
+        .service_accounts
+        .get(&*server.store, &k.namespace, &k.serviceaccount.name)
+        .await?;
+    match account {
+        Some(account) if account.uid == k.serviceaccount.uid => {}
+        Some(_) => return Ok(Err("service account UID differs".into())),
+        None => return Ok(Err("service account is gone".into())),
+    }
+    let bound = [
+        ("pods", Some(k.namespace.as_str()), &k.pod),
+        ("secrets", Some(k.namespace.as_str()), &k.secret),
+        // The node of a pod-bound token only informs; the pod check covers it.
+        ("nodes", None, if k.pod.is_none() { &k.node } else { &None }),
+    ];
+    for (plural, namespace, reference) in bound {
+        let Some(ObjectRef { name, uid }) = reference else {
+            continue;
+        };
+        let resource = resources::find("", "v1", plural).expect("core resources are served");
+        let object = match read_object(server, resource, &resource.key(namespace, name), name).await
+        {
+            Ok(object) => object,
+            Err(e) if e.code == http::StatusCode::NOT_FOUND => {
+                return Ok(Err(format!("bound {plural} {name:?} is gone")));
+            }
+            Err(e) => return Err(e),
+        };
+        if object["metadata"]["uid"].as_str() != Some(uid.as_str()) {
+            return Ok(Err(format!("bound {plural} {name:?} has another UID")));
+        }
+        if deleted_before(&object, now) {
+            return Ok(Err(format!("bound {plural} {name:?} is being deleted")));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Whether `object`'s deletionTimestamp (the end of its grace period) has passed.
+fn deleted_before(object: &Value, now: i64) -> bool {
+    object["metadata"]["deletionTimestamp"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .is_some_and(|t| t.as_second() <= now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_header() {
+        assert_eq!(bearer_token("Bearer abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(bearer_token("bearer  tok "), Some("tok"));
+        assert_eq!(bearer_token("Basic dXNlcjpwYXNz"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+    }
+
+    #[test]
+    fn deletion_counts_once_the_grace_period_is_over() {
+        let at = |t: &str| serde_json::json!({ "metadata": { "deletionTimestamp": t } });
+        let end = "2026-01-01T00:00:30Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_second();
+        assert!(!deleted_before(&at("2026-01-01T00:00:30Z"), end - 1));
+        assert!(deleted_before(&at("2026-01-01T00:00:30Z"), end));
+        assert!(!deleted_before(&serde_json::json!({ "metadata": {} }), end));
+    }
 }

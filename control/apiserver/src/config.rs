@@ -64,6 +64,23 @@ pub struct ApiServerArgs {
     /// as upstream).
     #[arg(long = "kubelet-certificate-authority")]
     pub kubelet_certificate_authority: Option<PathBuf>,
+    /// The issuer (`iss`) of service account tokens.
+    #[arg(
+        long = "service-account-issuer",
+        default_value = "https://kubernetes.default.svc.cluster.local"
+    )]
+    pub service_account_issuer: String,
+    /// A public key (PEM) that verifies service account tokens; repeatable (keys being rotated
+    /// out stay listed). The public half of --service-account-signing-key-file is always one.
+    #[arg(long = "service-account-key-file")]
+    pub service_account_key_file: Vec<PathBuf>,
+    /// The private key (PEM, PKCS#8, ECDSA P-256) that signs service account tokens; without it
+    /// no tokens are issued (serviceaccounts/token) and pods get no API token volume.
+    #[arg(long = "service-account-signing-key-file")]
+    pub service_account_signing_key_file: Option<PathBuf>,
+    /// The audiences a token must name to be accepted (defaults to the issuer).
+    #[arg(long = "api-audiences", value_delimiter = ',')]
+    pub api_audiences: Vec<String>,
     /// Write the port actually bound to this file once serving (for tests and tooling).
     #[arg(long = "port-file")]
     pub port_file: Option<PathBuf>,

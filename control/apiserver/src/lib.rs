@@ -27,6 +27,7 @@ mod server;
 pub mod service_accounts;
 pub mod services;
 pub mod status;
+pub mod tokens;
 pub mod watch_cache;
 pub mod watched_map;
 
@@ -70,6 +71,9 @@ pub enum StartApiServerError {
     /// The kubelet client certificate or CA is unusable.
     #[error(transparent)]
     KubeletClient(#[from] node_proxy::KubeletClientError),
+    /// A service account key file is unusable.
+    #[error(transparent)]
+    ServiceAccountKey(#[from] tokens::jwt::LoadKeyError),
     /// The system objects could not be created.
     #[error("creating the system namespaces, PriorityClasses and the kubernetes Service: {0}")]
     Bootstrap(String),
@@ -97,6 +101,8 @@ pub struct ApiServer<S> {
     pub advertise: String,
     /// How pods/log, pods/exec ... reach kubelets.
     pub kubelet_client: node_proxy::KubeletClient,
+    /// Service account tokens: `None` when no key is configured (none issued or accepted).
+    pub tokens: Option<tokens::TokenIssuer>,
 }
 
 impl<S> std::fmt::Debug for ApiServer<S> {
@@ -114,6 +120,7 @@ impl<S: Store> ApiServer<S> {
         args: &ApiServerArgs,
         advertise: String,
         kubelet_client: node_proxy::KubeletClient,
+        tokens: Option<tokens::TokenIssuer>,
     ) -> Self {
         Self {
             caches: Arc::new(WatchCaches::new(store.clone())),
@@ -132,6 +139,7 @@ impl<S: Store> ApiServer<S> {
             metrics: Metrics::default(),
             advertise,
             kubelet_client,
+            tokens,
         }
     }
 
@@ -523,6 +531,7 @@ pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
         Some(&args.client_ca_file),
         baton_pki::tls::ClientAuth::Optional,
     )?;
+    let tokens = tokens::TokenIssuer::from_args(&args)?;
     let etcd_tls = EtcdTls {
         ca_file: args.etcd_cafile.clone(),
         cert_file: args.etcd_certfile.clone(),
@@ -560,6 +569,7 @@ pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
         &args,
         advertise,
         kubelet_client,
+        tokens,
     ));
     server
         .bootstrap()

@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use baton_store::Store;
 
 use crate::ApiServer;
-use crate::authn::{UserInfo, user_from_certificate};
+use crate::authn::{UserInfo, bearer_token, user_from_certificate, user_from_token};
 use crate::body::{
     Body, MAX_BODY, Query, error_response, json_response, json_response_as, text_response, wanted,
 };
@@ -102,10 +102,23 @@ async fn handle<S: Store>(
         }
         _ => (method.as_str().to_string(), String::new()),
     };
-    let resp = match route(server, req, target, &query, user).await {
-        Ok(resp) => resp,
-        Err(err) => error_response(&err),
+    // A client certificate wins over a token, as upstream's authenticators are ordered.
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .filter(|_| user.is_none())
+        .map(str::to_owned);
+    let token_user = match token {
+        Some(token) => user_from_token(server, &token).await.map(Some),
+        None => Ok(None),
     };
+    let result = match token_user {
+        Ok(token_user) => route(server, req, target, &query, user.or(token_user.as_ref())).await,
+        Err(err) => Err(err),
+    };
+    let resp = result.unwrap_or_else(|err| error_response(&err));
     server.metrics.observe(
         &verb,
         &resource_label,
@@ -173,6 +186,17 @@ async fn route<S: Store>(
             .map(|doc| json_response(StatusCode::OK, &doc))
             .ok_or_else(StatusError::no_such_path),
         Target::Other(path) => other(server, &path),
+        Target::Resource(info)
+            if info.group == "authentication.k8s.io"
+                && info.version == "v1"
+                && info.resource == "selfsubjectreviews"
+                && info.verb == "create" =>
+        {
+            Ok(json_response(
+                StatusCode::CREATED,
+                &crate::authn::self_subject_review(user),
+            ))
+        }
         Target::Resource(info) if crate::node_proxy::is_node_proxied(&info) => {
             crate::node_proxy::proxy(server, req, &info).await
         }

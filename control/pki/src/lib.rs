@@ -60,6 +60,46 @@ pub enum PkiError {
     InvalidServer(String),
 }
 
+/// A service account signing key: the ECDSA P-256 private key (PEM, PKCS#8) the API server
+/// signs tokens with, and its public key (PEM, SubjectPublicKeyInfo) that verifies them.
+#[derive(Clone)]
+pub struct ServiceAccountKey {
+    /// The private key, PEM (PKCS#8).
+    pub key_pem: String,
+    /// The public key, PEM.
+    pub public_pem: String,
+}
+
+impl std::fmt::Debug for ServiceAccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccountKey")
+            .field("public_pem", &self.public_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceAccountKey {
+    /// Makes a new key.
+    pub fn generate() -> Result<Self, PkiError> {
+        let key =
+            KeyPair::generate().map_err(crypto("generating the service account signing key"))?;
+        Ok(Self {
+            key_pem: key.serialize_pem(),
+            public_pem: key.public_key_pem(),
+        })
+    }
+
+    /// The public half of a PEM private key.
+    pub fn from_private_pem(key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(crypto("parsing the service account signing key"))?;
+        Ok(Self {
+            key_pem: key_pem.to_string(),
+            public_pem: key.public_key_pem(),
+        })
+    }
+}
+
 /// A PEM certificate and its PEM private key.
 #[derive(Clone)]
 pub struct CertAndKey {
@@ -248,6 +288,10 @@ pub struct PkiFiles {
     pub apiserver_kubelet_client_cert: PathBuf,
     /// apiserver-kubelet-client.key
     pub apiserver_kubelet_client_key: PathBuf,
+    /// sa.key: the service account token signing key (kubeadm's name).
+    pub service_account_key: PathBuf,
+    /// sa.pub: its public key, which verifies the tokens.
+    pub service_account_pub: PathBuf,
     /// Whether an existing CA in the directory was reused.
     pub reused_ca: bool,
 }
@@ -273,7 +317,8 @@ pub fn server_host(server: &str) -> Result<String, PkiError> {
 }
 
 /// Makes (or completes) the cluster PKI in `opts.dir`: a CA (reused when `ca.crt` and `ca.key`
-/// exist), the API server's serving certificate, and the admin kubeconfig.
+/// exist), the API server's serving certificate, the admin kubeconfig, and the service account
+/// signing key (reused when `sa.key` exists, so tokens already issued stay valid).
 ///
 /// Every file is written to a temporary name and renamed, so an interrupted run never leaves
 /// a half-written file; all inputs are checked before anything is written.
@@ -304,6 +349,12 @@ pub fn init(opts: &PkiInitOptions) -> Result<PkiFiles, PkiError> {
     } else {
         ClusterCa::generate("kubernetes")?
     };
+    let sa_key_path = dir.join("sa.key");
+    let service_account = if sa_key_path.exists() {
+        ServiceAccountKey::from_private_pem(&read(&sa_key_path)?)?
+    } else {
+        ServiceAccountKey::generate()?
+    };
     let serving = ca.issue_server("kube-apiserver", &sans)?;
     let admin = ca.issue_client(ADMIN_USER, Some(ADMIN_GROUP))?;
     let kubelet_client = ca.issue_client(KUBELET_CLIENT_USER, Some(ADMIN_GROUP))?;
@@ -329,6 +380,8 @@ pub fn init(opts: &PkiInitOptions) -> Result<PkiFiles, PkiError> {
         admin_kubeconfig: dir.join("admin.kubeconfig"),
         apiserver_kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
         apiserver_kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
+        service_account_pub: dir.join("sa.pub"),
+        service_account_key: sa_key_path,
         ca_cert,
         ca_key,
         reused_ca,
@@ -345,6 +398,12 @@ pub fn init(opts: &PkiInitOptions) -> Result<PkiFiles, PkiError> {
         &files.apiserver_kubelet_client_key,
         &kubelet_client.key_pem,
         0o600,
+    )?;
+    write_file(&files.service_account_key, &service_account.key_pem, 0o600)?;
+    write_file(
+        &files.service_account_pub,
+        &service_account.public_pem,
+        0o644,
     )?;
     tracing::info!(dir = %dir.display(), reused_ca, "cluster PKI written");
     Ok(files)
@@ -436,9 +495,23 @@ mod tests {
         let first = init(&opts).unwrap();
         assert!(!first.reused_ca);
         let ca_before = fs::read_to_string(&first.ca_cert).unwrap();
+        let sa_before = fs::read_to_string(&first.service_account_key).unwrap();
         let second = init(&opts).unwrap();
         assert!(second.reused_ca);
         assert_eq!(ca_before, fs::read_to_string(&second.ca_cert).unwrap());
+        assert_eq!(
+            sa_before,
+            fs::read_to_string(&second.service_account_key).unwrap(),
+            "the service account key is kept, so issued tokens stay valid"
+        );
+        let public = fs::read_to_string(&second.service_account_pub).unwrap();
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+        assert_eq!(
+            ServiceAccountKey::from_private_pem(&sa_before)
+                .unwrap()
+                .public_pem,
+            public
+        );
 
         let serving = fs::read_to_string(&second.apiserver_cert).unwrap();
         let der = parse(&serving);

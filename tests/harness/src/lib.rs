@@ -357,6 +357,14 @@ impl ApiServer {
                 "--kubelet-client-key={}",
                 pki.join("apiserver-kubelet-client.key").display()
             ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.join("sa.key").display()
+            ))
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.join("sa.pub").display()
+            ))
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)

@@ -3,6 +3,7 @@
 mod delete;
 pub mod read;
 mod subresources;
+mod token_request;
 mod watch;
 mod write;
 

@@ -1,4 +1,4 @@
-//! Subresources: status, scale, binding, eviction (log/exec/attach/portforward are proxied to
+//! Subresources: status, scale, binding, eviction, token (log/exec/attach/portforward are proxied to
 //! the kubelet before they get here: see `node_proxy`).
 
 use http::{Response, StatusCode};
@@ -34,6 +34,7 @@ pub async fn dispatch<S: Store>(
         ("scale", "update" | "patch") => scale(server, call).await,
         ("binding", "create") => binding(server, call).await,
         ("eviction", "create") => eviction(server, call).await,
+        ("token", "create") => super::token_request::create(server, call).await,
         _ => Err(StatusError::method_not_supported(
             &call.resource.subject(),
             verb,

@@ -301,6 +301,7 @@ async fn create_object<S: Store>(
             &*server.store,
             call.namespace().unwrap_or("default"),
             &mut obj,
+            server.tokens.as_ref().is_some_and(|t| t.can_issue()),
         )
         .await?;
         priority_admission::admit_new_pod(

@@ -34,6 +34,8 @@ pub static TOP_LEVEL: &[TopLevel] = &[
     TopLevel { api_version: "scheduling.k8s.io/v1", kind: "PriorityClass", message: &SCHEDULING_V1_PRIORITY_CLASS },
     TopLevel { api_version: "policy/v1", kind: "Eviction", message: &POLICY_V1_EVICTION },
     TopLevel { api_version: "autoscaling/v1", kind: "Scale", message: &AUTOSCALING_V1_SCALE },
+    TopLevel { api_version: "authentication.k8s.io/v1", kind: "TokenRequest", message: &AUTHENTICATION_V1_TOKEN_REQUEST },
+    TopLevel { api_version: "authentication.k8s.io/v1", kind: "SelfSubjectReview", message: &AUTHENTICATION_V1_SELF_SUBJECT_REVIEW },
     TopLevel { api_version: "meta.k8s.io/v1", kind: "DeleteOptions", message: &META_V1_DELETE_OPTIONS },
 ];
 
@@ -1941,4 +1943,50 @@ pub static AUTOSCALING_V1_SCALE_SPEC: Message = Message { name: "k8s.io.api.auto
 pub static AUTOSCALING_V1_SCALE_STATUS: Message = Message { name: "k8s.io.api.autoscaling.v1.ScaleStatus", fields: &[
     F { tag: 1, json: "replicas", kind: I32, rule: Always },
     F { tag: 2, json: "selector", kind: Str, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static AUTHENTICATION_V1_TOKEN_REQUEST: Message = Message { name: "k8s.io.api.authentication.v1.TokenRequest", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "spec", kind: Msg(&AUTHENTICATION_V1_TOKEN_REQUEST_SPEC), rule: Always },
+    F { tag: 3, json: "status", kind: Msg(&AUTHENTICATION_V1_TOKEN_REQUEST_STATUS), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static AUTHENTICATION_V1_TOKEN_REQUEST_SPEC: Message = Message { name: "k8s.io.api.authentication.v1.TokenRequestSpec", fields: &[
+    F { tag: 1, json: "audiences", kind: Str, rule: ListOrNull },
+    F { tag: 4, json: "expirationSeconds", kind: I64, rule: Ptr },
+    F { tag: 3, json: "boundObjectRef", kind: Msg(&AUTHENTICATION_V1_BOUND_OBJECT_REFERENCE), rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static AUTHENTICATION_V1_BOUND_OBJECT_REFERENCE: Message = Message { name: "k8s.io.api.authentication.v1.BoundObjectReference", fields: &[
+    F { tag: 1, json: "kind", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "apiVersion", kind: Str, rule: OmitEmpty },
+    F { tag: 3, json: "name", kind: Str, rule: OmitEmpty },
+    F { tag: 4, json: "uid", kind: Str, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static AUTHENTICATION_V1_TOKEN_REQUEST_STATUS: Message = Message { name: "k8s.io.api.authentication.v1.TokenRequestStatus", fields: &[
+    F { tag: 1, json: "token", kind: Str, rule: Always },
+    F { tag: 2, json: "expirationTimestamp", kind: Time, rule: Always },
+] };
+
+#[rustfmt::skip]
+pub static AUTHENTICATION_V1_SELF_SUBJECT_REVIEW: Message = Message { name: "k8s.io.api.authentication.v1.SelfSubjectReview", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "status", kind: Msg(&AUTHENTICATION_V1_SELF_SUBJECT_REVIEW_STATUS), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static AUTHENTICATION_V1_SELF_SUBJECT_REVIEW_STATUS: Message = Message { name: "k8s.io.api.authentication.v1.SelfSubjectReviewStatus", fields: &[
+    F { tag: 1, json: "userInfo", kind: Msg(&AUTHENTICATION_V1_USER_INFO), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static AUTHENTICATION_V1_USER_INFO: Message = Message { name: "k8s.io.api.authentication.v1.UserInfo", fields: &[
+    F { tag: 1, json: "username", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "uid", kind: Str, rule: OmitEmpty },
+    F { tag: 3, json: "groups", kind: Str, rule: List },
 ] };

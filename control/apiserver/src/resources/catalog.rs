@@ -200,7 +200,11 @@ pub static CATALOG: &[Resource] = &[
         namespaced: true,
         short_names: &["sa"],
         categories: &[],
-        subresources: &[],
+        subresources: &[Subresource {
+            name: "token",
+            kind: Some(("authentication.k8s.io", "v1", "TokenRequest")),
+            verbs: &["create"],
+        }],
         has_status: false,
         tracks_generation: false,
         storage_prefix: "/registry/serviceaccounts/",
