@@ -325,6 +325,20 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
     }
     let logs = cluster.kubectl_ok(&["logs", "client"]);
     assert!(logs.contains("client ready"), "{logs}");
+    // Every pod holds its service account's token and the cluster CA.
+    let account = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let namespace = cluster.kubectl_ok(&[
+        "exec",
+        "client",
+        "--",
+        "cat",
+        &format!("{account}/namespace"),
+    ]);
+    assert_eq!(namespace, "default");
+    let token = cluster.kubectl_ok(&["exec", "client", "--", "cat", &format!("{account}/token")]);
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let ca = cluster.kubectl_ok(&["exec", "client", "--", "cat", &format!("{account}/ca.crt")]);
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
     cluster.step(
         "Service by ClusterIP and DNS name from a pod; logs and exec",
         t,

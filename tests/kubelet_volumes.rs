@@ -1,6 +1,8 @@
 //! configMap, secret, downwardAPI and projected volumes on a real kubelet node (as root):
-//! their files as a container sees them (items, modes, fsGroup, the secret's tmpfs), a
-//! ConfigMap update reaching a running container, and FailedMount for what cannot be mounted.
+//! their files as a container sees them (items, modes, fsGroup, the secret's tmpfs), the
+//! service account token volume every pod gets (a token that authenticates as the pod's
+//! account, the cluster CA, the namespace), a ConfigMap update reaching a running container,
+//! and FailedMount for what cannot be mounted.
 
 use std::time::Duration;
 
@@ -37,8 +39,33 @@ echo "projected=$(cat /etc/projected/config/key),$(cat /etc/projected/password),
 echo "projected-mode=$(stat -L -c '%a' /etc/projected/password)"
 echo "projected-fs=$(awk '$2 == "/etc/projected" { print $3 }' /proc/mounts)"
 echo "optional=$(ls /etc/optional | wc -l)"
+SA=/var/run/secrets/kubernetes.io/serviceaccount
+echo "sa-files=$(ls $SA | tr '\n' ' ')"
+echo "sa-namespace=$(cat $SA/namespace)"
+echo "sa-ca=$(tr -d '\n' < $SA/ca.crt)"
+echo "sa-token=$(cat $SA/token)"
+echo "sa-writable=$(touch $SA/x 2>/dev/null && echo yes || echo no)"
 while true; do echo "live=$(cat /etc/config/key)"; sleep 1; done
 "#;
+
+/// Who `token` authenticates as, asked with a client that holds only the token.
+async fn whoami(
+    cluster: &NodeCluster,
+    token: &str,
+) -> Result<k8s_openapi::api::authentication::v1::SelfSubjectReview> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+        cluster.server.url(),
+        cluster.server.pki_dir().join("ca.crt").display()
+    );
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let api: Api<SelfSubjectReview> = Api::all(kube::Client::try_from(config)?);
+    Ok(api
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await?)
+}
 
 #[tokio::test]
 async fn config_map_secret_downward_api_and_projected_volumes() -> Result<()> {
@@ -157,6 +184,28 @@ async fn config_map_secret_downward_api_and_projected_volumes() -> Result<()> {
     assert_eq!(get("projected-mode"), "640");
     assert_eq!(get("projected-fs"), "tmpfs");
     assert_eq!(get("optional"), "0");
+
+    // The service account token volume: the token authenticates as the pod's account.
+    assert_eq!(get("sa-files"), "ca.crt namespace token ");
+    assert_eq!(get("sa-namespace"), "default");
+    let ca = std::fs::read_to_string(cluster.server.pki_dir().join("ca.crt"))?;
+    assert_eq!(get("sa-ca"), ca.replace('\n', ""));
+    assert_eq!(
+        get("sa-writable"),
+        "no",
+        "the token volume is mounted read-only"
+    );
+    let review = whoami(&cluster, &get("sa-token")).await?;
+    assert_eq!(
+        review
+            .status
+            .unwrap()
+            .user_info
+            .unwrap()
+            .username
+            .as_deref(),
+        Some("system:serviceaccount:default:default")
+    );
 
     // An update of the ConfigMap reaches the running container.
     config_maps

@@ -28,6 +28,11 @@ pub struct CredentialPaths {
     /// Control plane only: the admin kubeconfig (scheduler, controller manager, and what the
     /// node API hands out).
     pub admin_kubeconfig: PathBuf,
+    /// Control plane only, when the configuration carries one: the service account token
+    /// signing key (kubeadm's `sa.key`).
+    pub service_account_key: PathBuf,
+    /// Its public key (`sa.pub`).
+    pub service_account_pub: PathBuf,
 }
 
 impl CredentialPaths {
@@ -42,6 +47,8 @@ impl CredentialPaths {
             kubelet_client_cert: pki.join("apiserver-kubelet-client.crt"),
             kubelet_client_key: pki.join("apiserver-kubelet-client.key"),
             admin_kubeconfig: dir.join("admin.kubeconfig"),
+            service_account_key: pki.join("sa.key"),
+            service_account_pub: pki.join("sa.pub"),
         }
     }
 }
@@ -124,6 +131,15 @@ pub fn write_credentials(
             ca.issue_client(baton_pki::KUBELET_CLIENT_USER, Some(baton_pki::ADMIN_GROUP))?;
         write_file(&paths.kubelet_client_cert, &kubelet_client.cert_pem, 0o644)?;
         write_file(&paths.kubelet_client_key, &kubelet_client.key_pem, 0o600)?;
+        if let Some(key) = &cluster.service_account_key {
+            let service_account = baton_pki::ServiceAccountKey::from_private_pem(key)?;
+            write_file(&paths.service_account_key, &service_account.key_pem, 0o600)?;
+            write_file(
+                &paths.service_account_pub,
+                &service_account.public_pem,
+                0o644,
+            )?;
+        }
         let admin = ca.issue_client(baton_pki::ADMIN_USER, Some(baton_pki::ADMIN_GROUP))?;
         write_kubeconfig(
             &paths.admin_kubeconfig,

@@ -193,6 +193,11 @@ pub struct Cluster {
     pub endpoint: String,
     /// The cluster CA: its certificate, and on control-plane nodes its key.
     pub ca: ClusterCa,
+    /// Control plane only: the key (PEM, PKCS#8, ECDSA P-256) that signs service account
+    /// tokens, the same on every control-plane node. Without it the API server issues no
+    /// tokens and pods get no API token volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_key: Option<String>,
     /// The control-plane members (etcd peers), by name and address.
     #[serde(default)]
     pub control_plane: Vec<ControlPlaneMember>,
@@ -497,6 +502,23 @@ impl MachineConfig {
             ),
             (Role::Worker, None) => {}
         }
+        match (machine.role, &cluster.service_account_key) {
+            (Role::Worker, Some(_)) => fail(
+                "cluster.serviceAccountKey",
+                "must not be given to a worker node".into(),
+            ),
+            (Role::ControlPlane, Some(key)) => {
+                let p256 = rcgen::KeyPair::from_pem(key)
+                    .is_ok_and(|pair| pair.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256);
+                if !p256 {
+                    fail(
+                        "cluster.serviceAccountKey",
+                        "is not a PEM ECDSA P-256 private key (PKCS#8)".into(),
+                    );
+                }
+            }
+            _ => {}
+        }
         if machine.role == Role::Worker && machine.identity.is_none() {
             fail(
                 "machine.identity",
@@ -642,6 +664,9 @@ pub(crate) mod tests_support {
                     cert: ca.cert_pem().into(),
                     key: Some(ca.key_pem().into()),
                 },
+                service_account_key: Some(
+                    baton_pki::ServiceAccountKey::generate().unwrap().key_pem,
+                ),
                 control_plane: vec![ControlPlaneMember {
                     name: "cp-1".into(),
                     address: "10.251.0.10".parse().unwrap(),
@@ -810,5 +835,18 @@ mod tests {
         let found = fields(&config);
         assert!(found.contains(&"cluster.ca.key".to_string()), "{found:?}");
         assert!(found.contains(&"machine.identity".to_string()), "{found:?}");
+        assert!(
+            found.contains(&"cluster.serviceAccountKey".to_string()),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn the_service_account_key_must_be_an_ecdsa_key() {
+        let mut config = control_plane();
+        config.cluster.service_account_key = Some("not a key".into());
+        assert_eq!(fields(&config), ["cluster.serviceAccountKey"]);
+        config.cluster.service_account_key = None;
+        assert!(fields(&config).is_empty(), "optional");
     }
 }

@@ -83,36 +83,43 @@ pub fn node_services(
         });
         etcd.stop_timeout = Duration::from_secs(15);
         services.push(etcd);
+        let mut apiserver_args = vec![
+            format!("--etcd-servers={client_url}"),
+            "--bind-address=0.0.0.0".to_string(),
+            format!("--secure-port={SECURE_PORT}"),
+            format!("--tls-cert-file={}", path(&credentials.apiserver_cert)),
+            format!(
+                "--tls-private-key-file={}",
+                path(&credentials.apiserver_key)
+            ),
+            format!("--client-ca-file={}", path(&credentials.ca_cert)),
+            format!("--service-cluster-ip-range={}", cluster.service_cidr),
+            format!(
+                "--kubelet-client-certificate={}",
+                path(&credentials.kubelet_client_cert)
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                path(&credentials.kubelet_client_key)
+            ),
+        ];
+        if cluster.service_account_key.is_some() {
+            apiserver_args.push(format!(
+                "--service-account-signing-key-file={}",
+                path(&credentials.service_account_key)
+            ));
+            apiserver_args.push(format!(
+                "--service-account-key-file={}",
+                path(&credentials.service_account_pub)
+            ));
+        }
         services.push(
-            ServiceSpec::new(
-                "apiserver",
-                role("apiserver"),
-                &[
-                    &format!("--etcd-servers={client_url}"),
-                    "--bind-address=0.0.0.0",
-                    &format!("--secure-port={SECURE_PORT}"),
-                    &format!("--tls-cert-file={}", path(&credentials.apiserver_cert)),
-                    &format!(
-                        "--tls-private-key-file={}",
-                        path(&credentials.apiserver_key)
-                    ),
-                    &format!("--client-ca-file={}", path(&credentials.ca_cert)),
-                    &format!("--service-cluster-ip-range={}", cluster.service_cidr),
-                    &format!(
-                        "--kubelet-client-certificate={}",
-                        path(&credentials.kubelet_client_cert)
-                    ),
-                    &format!(
-                        "--kubelet-client-key={}",
-                        path(&credentials.kubelet_client_key)
-                    ),
-                ],
-            )
-            .after(&["etcd"])
-            .ready_when(Readiness::TcpConnect(SocketAddr::from((
-                Ipv4Addr::LOCALHOST,
-                SECURE_PORT,
-            )))),
+            spec_from("apiserver", &role("apiserver"), &apiserver_args)
+                .after(&["etcd"])
+                .ready_when(Readiness::TcpConnect(SocketAddr::from((
+                    Ipv4Addr::LOCALHOST,
+                    SECURE_PORT,
+                )))),
         );
         let admin = format!("--kubeconfig={}", path(&credentials.admin_kubeconfig));
         services.push(
@@ -237,6 +244,14 @@ mod tests {
                 .contains(&"--initial-cluster=cp-1=http://10.251.0.10:2380".to_string()),
             "{:?}",
             etcd.args
+        );
+        let apiserver = services.iter().find(|s| s.name == "apiserver").unwrap();
+        assert!(
+            apiserver.args.contains(
+                &"--service-account-signing-key-file=/etc/kubernetes/pki/sa.key".to_string()
+            ),
+            "{:?}",
+            apiserver.args
         );
         let kubelet = services.iter().find(|s| s.name == "kubelet").unwrap();
         assert_eq!(kubelet.depends_on, ["apiserver"]);

@@ -51,6 +51,15 @@ pub async fn connect(
     kubeconfig: Option<&Path>,
     user_agent: &str,
 ) -> Result<kube::Client, ConnectError> {
+    let config = load_config(kubeconfig, user_agent).await?;
+    kube::Client::try_from(config).map_err(ConnectError::Client)
+}
+
+/// The client configuration [`connect`] builds its client from.
+pub async fn load_config(
+    kubeconfig: Option<&Path>,
+    user_agent: &str,
+) -> Result<kube::Config, ConnectError> {
     let mut config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -68,7 +77,24 @@ pub async fn connect(
     if let Ok(value) = http::HeaderValue::from_str(user_agent) {
         config.headers.push((http::header::USER_AGENT, value));
     }
-    kube::Client::try_from(config).map_err(ConnectError::Client)
+    Ok(config)
+}
+
+/// The CA certificates a client configuration trusts for the API server, as PEM.
+pub fn root_ca_pem(config: &kube::Config) -> Option<String> {
+    use base64::Engine;
+    let certs = config.root_cert.as_ref().filter(|c| !c.is_empty())?;
+    let mut pem = String::new();
+    for der in certs {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in encoded.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    Some(pem)
 }
 
 /// Parses a Go-style duration of one unit: `500ms`, `15s`, `5m`, `1h`.

@@ -32,6 +32,8 @@ pub struct Context {
     pub node_startup_grace_period: Duration,
     /// --terminated-pod-gc-threshold (0: no limit).
     pub terminated_pod_gc_threshold: i64,
+    /// The CA bundle published as kube-root-ca.crt (--root-ca-file, else the kubeconfig's).
+    pub root_ca_pem: Option<String>,
     /// The shared Pod cache indexed by node, made on first use (see `pods_by_node()`).
     pub(crate) pods_by_node: std::sync::OnceLock<std::sync::Arc<crate::pods_by_node::PodsByNode>>,
     /// Services and the Pods of each namespace, for the endpoint controllers, made on first
@@ -50,7 +52,11 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub(crate) fn new(client: Client, args: &ControllerManagerArgs) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        args: &ControllerManagerArgs,
+        root_ca_pem: Option<String>,
+    ) -> Self {
         Context {
             pods: Informer::new(Api::all(client.clone()), watcher::Config::default()),
             nodes: Informer::new(Api::all(client.clone()), watcher::Config::default()),
@@ -62,6 +68,7 @@ impl Context {
             concurrent_syncs: args.concurrent_syncs,
             node_startup_grace_period: args.node_startup_grace_period,
             terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+            root_ca_pem,
             pods_by_node: std::sync::OnceLock::new(),
             service_cache: std::sync::OnceLock::new(),
             client,

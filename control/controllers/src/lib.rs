@@ -21,6 +21,7 @@ pub mod pod_control;
 mod pod_gc;
 mod pods_by_node;
 mod replicaset;
+mod root_ca_publisher;
 mod service_endpoints;
 mod serviceaccount;
 mod statefulset;
@@ -72,6 +73,10 @@ pub struct ControllerManagerArgs {
     /// Terminated Pods kept before the Pod garbage collector deletes the oldest (0: no limit).
     #[arg(long = "terminated-pod-gc-threshold", default_value_t = 12500)]
     pub terminated_pod_gc_threshold: i64,
+    /// The CA bundle (PEM) published to every namespace as ConfigMap kube-root-ca.crt; by
+    /// default the CA the kubeconfig trusts for the API server.
+    #[arg(long = "root-ca-file")]
+    pub root_ca_file: Option<PathBuf>,
 }
 
 /// The controller manager could not run.
@@ -84,6 +89,13 @@ pub enum ControllerManagerError {
     /// The leader-election flags do not fit together.
     #[error(transparent)]
     LeaderElectionConfig(#[from] baton_leader_election::LeaderElectionConfigError),
+    /// --root-ca-file could not be read.
+    #[error("--root-ca-file: reading {path}")]
+    RootCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("--controllers: unknown controller {0:?} (known: {known})", known = known_controllers())]
     UnknownController(String),
     #[error(
@@ -107,6 +119,10 @@ const CONTROLLERS: &[(&str, StartFn)] = &[
     ("namespace-controller", namespace::start),
     ("garbage-collector-controller", garbage_collector::start),
     ("serviceaccount-controller", serviceaccount::start),
+    (
+        "root-ca-certificate-publisher-controller",
+        root_ca_publisher::start,
+    ),
     ("node-lifecycle-controller", node_lifecycle::start),
     ("taint-eviction-controller", taint_eviction::start),
     ("node-ipam-controller", node_ipam::start),
@@ -167,9 +183,21 @@ pub async fn run(args: ControllerManagerArgs) -> Result<(), ControllerManagerErr
             max: max_mask,
         });
     }
-    let client =
-        baton_client::connect(args.kubeconfig.as_deref(), "kube-controller-manager").await?;
-    let work = run_controllers(client.clone(), args.clone(), enabled);
+    let root_ca_from_file = match &args.root_ca_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
+            ControllerManagerError::RootCa {
+                path: path.clone(),
+                source,
+            }
+        })?),
+        None => None,
+    };
+    let config =
+        baton_client::load_config(args.kubeconfig.as_deref(), "kube-controller-manager").await?;
+    let root_ca_pem = root_ca_from_file.or_else(|| baton_client::root_ca_pem(&config));
+    let client = kube::Client::try_from(config)
+        .map_err(|e| ControllerManagerError::Connect(baton_client::ConnectError::Client(e)))?;
+    let work = run_controllers(client.clone(), args.clone(), root_ca_pem, enabled);
     if args.leader_election.leader_elect {
         let elector = baton_leader_election::LeaderElector::new(
             client,
@@ -186,9 +214,10 @@ pub async fn run(args: ControllerManagerArgs) -> Result<(), ControllerManagerErr
 async fn run_controllers(
     client: kube::Client,
     args: ControllerManagerArgs,
+    root_ca_pem: Option<String>,
     enabled: Vec<(&'static str, StartFn)>,
 ) {
-    let ctx = Arc::new(Context::new(client, &args));
+    let ctx = Arc::new(Context::new(client, &args, root_ca_pem));
     let loops: Vec<_> = enabled
         .iter()
         .map(|(name, start)| (*name, start(&ctx)))

@@ -5,7 +5,7 @@ use baton_init::machine_config::{
     ControlPlaneMember, Interface, KIND, Kubelet, Machine, MachineConfig, Network, Proxy, Role,
     StaticRoute,
 };
-use baton_pki::{ClusterCa, PkiError};
+use baton_pki::{ClusterCa, PkiError, ServiceAccountKey};
 
 use crate::network::{gateway, node_address};
 
@@ -46,6 +46,7 @@ pub fn plan_nodes(control_planes: usize, workers: usize) -> Vec<PlannedNode> {
 pub fn machine_config(
     name: &str,
     ca: &ClusterCa,
+    service_account: &ServiceAccountKey,
     nodes: &[PlannedNode],
     node: &PlannedNode,
     insecure_registries: &[String],
@@ -138,6 +139,8 @@ pub fn machine_config(
                 cert: ca.cert_pem().into(),
                 key: (node.role == Role::ControlPlane).then(|| ca.key_pem().to_string()),
             },
+            service_account_key: (node.role == Role::ControlPlane)
+                .then(|| service_account.key_pem.clone()),
             control_plane,
             pod_cidr: "10.244.0.0/16".parse().expect("a valid network"),
             service_cidr: "10.96.0.0/12".parse().expect("a valid network"),
@@ -153,12 +156,19 @@ mod tests {
     #[test]
     fn every_planned_node_gets_a_valid_configuration() {
         let ca = ClusterCa::generate("kubernetes").unwrap();
+        let service_account = ServiceAccountKey::generate().unwrap();
         let nodes = plan_nodes(1, 2);
         let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["control-plane-1", "worker-1", "worker-2"]);
         for node in &nodes {
-            let config = machine_config("demo", &ca, &nodes, node, &[]).unwrap();
+            let config = machine_config("demo", &ca, &service_account, &nodes, node, &[]).unwrap();
             assert_eq!(config.validate(), Vec::new(), "{}", node.name);
+            assert_eq!(
+                config.cluster.service_account_key.is_some(),
+                node.role == Role::ControlPlane,
+                "{}",
+                node.name
+            );
             assert_eq!(config.cluster.endpoint, "https://10.251.0.10:6443");
         }
     }

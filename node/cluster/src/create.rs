@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use baton_init::Role;
 use baton_network::NetNs;
-use baton_pki::{ClusterCa, Kubeconfig, render_kubeconfig};
+use baton_pki::{ClusterCa, Kubeconfig, ServiceAccountKey, render_kubeconfig};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
@@ -298,12 +298,22 @@ async fn create_in(
     let ca = ClusterCa::generate("kubernetes")
         .map_err(step_error("making the cluster CA"))
         .map_err(fail_early)?;
+    let service_account = ServiceAccountKey::generate()
+        .map_err(step_error("making the service account signing key"))
+        .map_err(fail_early)?;
     let planned = plan_nodes(args.control_planes, args.workers);
     let mut configs = Vec::new();
     for node in &planned {
-        let config = machine_config(&args.name, &ca, &planned, node, &args.insecure_registries)
-            .map_err(step_error("issuing a node certificate"))
-            .map_err(fail_early)?;
+        let config = machine_config(
+            &args.name,
+            &ca,
+            &service_account,
+            &planned,
+            node,
+            &args.insecure_registries,
+        )
+        .map_err(step_error("issuing a node certificate"))
+        .map_err(fail_early)?;
         let node_dir = dir.join("nodes").join(&node.name);
         std::fs::create_dir_all(&node_dir)
             .map_err(step_error("creating a node directory"))

@@ -33,6 +33,8 @@ pub struct KubeletContext {
     pub events: crate::events::EventSink,
     /// The node's pod network.
     pub network: std::sync::Arc<crate::pod_network::PodNetwork>,
+    /// The service account tokens of projected volumes.
+    pub tokens: std::sync::Arc<crate::volumes::TokenCache>,
 }
 
 impl std::fmt::Debug for KubeletContext {

@@ -86,6 +86,7 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
     let network = Arc::new(PodNetwork::new(&args.root_dir, node_ip));
     let reporter = register_until_done(&client, identity).await;
     let ctx = Arc::new(KubeletContext {
+        tokens: Arc::default(),
         client: client.clone(),
         runtime: runtime.clone(),
         images,

@@ -384,16 +384,23 @@ impl PodWorker {
                 }
             },
         };
-        let volumes =
-            match volumes::set_up(&self.ctx.client, pod, &self.dirs, &self.ctx.allocatable).await {
-                Ok(volumes) => volumes,
-                Err(err) => {
-                    self.ctx
-                        .event(pod, None, true, "FailedMount", err.to_string())
-                        .await;
-                    return Some(retry);
-                }
-            };
+        let volumes = match volumes::set_up(
+            &self.ctx.client,
+            &self.ctx.tokens,
+            pod,
+            &self.dirs,
+            &self.ctx.allocatable,
+        )
+        .await
+        {
+            Ok(volumes) => volumes,
+            Err(err) => {
+                self.ctx
+                    .event(pod, None, true, "FailedMount", err.to_string())
+                    .await;
+                return Some(retry);
+            }
+        };
         let spec = pod.spec.clone().unwrap_or_default();
         let policy = spec
             .restart_policy
@@ -994,6 +1001,7 @@ impl PodWorker {
             tracing::warn!(pod = %self.uid, %err, "removing the pod sandbox");
         }
         volumes::tear_down(&self.dirs);
+        self.ctx.tokens.forget_pod(&self.uid);
         if let Some(pod_cgroup) = &self.pod_cgroup {
             crate::cgroups::remove(pod_cgroup);
         }

@@ -63,7 +63,11 @@ impl NodeCluster {
             &dir,
             "controller-manager",
             "controller-manager",
-            &["--controllers=node-ipam-controller,endpointslice-controller"],
+            // Pods mount their service account's token and the cluster CA: the accounts and
+            // the kube-root-ca.crt ConfigMaps must exist.
+            &[
+                "--controllers=node-ipam-controller,endpointslice-controller,serviceaccount-controller,root-ca-certificate-publisher-controller",
+            ],
         )?;
         let registry = Registry::start_at(Lab::gateway()).await?;
         let images = TempDir::new("images")?;

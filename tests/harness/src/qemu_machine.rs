@@ -18,8 +18,16 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// [`GUEST_IP`] on QEMU's user network.
 pub fn user_network_control_plane(ca: &ClusterCa) -> MachineConfig {
     let planned = baton_cluster::configs::plan_nodes(1, 0);
-    let mut config = baton_cluster::configs::machine_config("qemu", ca, &planned, &planned[0], &[])
-        .expect("a configuration");
+    let service_account = baton_pki::ServiceAccountKey::generate().expect("a key");
+    let mut config = baton_cluster::configs::machine_config(
+        "qemu",
+        ca,
+        &service_account,
+        &planned,
+        &planned[0],
+        &[],
+    )
+    .expect("a configuration");
     config.machine.network.interfaces = vec![Interface {
         name: "eth0".into(),
         addresses: vec![ipnet::Ipv4Net::new(GUEST_IP, 24).expect("a valid prefix")],

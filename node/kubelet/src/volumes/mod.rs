@@ -16,6 +16,7 @@ mod objects;
 mod ownership;
 mod projected;
 mod secret;
+mod service_account_token;
 
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error;
@@ -33,6 +34,7 @@ use crate::env::EnvError;
 use crate::pod_dirs::PodDirs;
 use empty_dir::Medium;
 use objects::{ApiObjects, ObjectSource};
+pub use service_account_token::TokenCache;
 
 /// How often the pod worker sets up volumes fed by ConfigMaps and Secrets again (upstream
 /// resyncs each pod about every minute).
@@ -65,11 +67,8 @@ pub enum CollectPayloadError {
     Api(String),
     #[error(transparent)]
     DownwardApi(EnvError),
-    #[error(
-        "failed to fetch token: the API server does not serve TokenRequest \
-         (serviceaccounts/token), so serviceAccountToken projections cannot be mounted"
-    )]
-    TokenRequestUnsupported,
+    #[error("failed to fetch token: {0}")]
+    FetchToken(String),
     #[error("{0} projections are not supported")]
     Unsupported(&'static str),
     /// Several failures, reported together as upstream's aggregate errors are: `[a, b]`.
@@ -106,12 +105,13 @@ fn file_mode(mode: Option<i32>, default: u32) -> u32 {
 /// for containers without a limit.
 pub async fn set_up(
     client: &kube::Client,
+    tokens: &std::sync::Arc<TokenCache>,
     pod: &Pod,
     dirs: &PodDirs,
     allocatable: &BTreeMap<String, Quantity>,
 ) -> Result<HashMap<String, PathBuf>, MountVolumeError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let objects = ApiObjects::new(client, namespace);
+    let objects = ApiObjects::new(client, namespace, tokens.clone());
     let host = Host {
         pod,
         dirs,
@@ -262,7 +262,8 @@ async fn set_up_one(
 }
 
 /// When the pod worker should set the pod's volumes up again if nothing else wakes it: in
-/// [`REFRESH_PERIOD`] when a volume follows ConfigMaps or Secrets and the pod still runs.
+/// [`REFRESH_PERIOD`] when a volume follows ConfigMaps or Secrets or holds a service account
+/// token (replaced before it expires) and the pod still runs.
 /// (downwardAPI volumes follow the pod itself, whose updates wake the worker anyway.)
 pub fn refresh_deadline(pod: &Pod) -> Option<Instant> {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -273,11 +274,11 @@ pub fn refresh_deadline(pod: &Pod) -> Option<Instant> {
         volume.config_map.is_some()
             || volume.secret.is_some()
             || volume.projected.as_ref().is_some_and(|projected| {
-                projected
-                    .sources
-                    .iter()
-                    .flatten()
-                    .any(|source| source.config_map.is_some() || source.secret.is_some())
+                projected.sources.iter().flatten().any(|source| {
+                    source.config_map.is_some()
+                        || source.secret.is_some()
+                        || source.service_account_token.is_some()
+                })
             })
     });
     follows_objects.then(|| Instant::now() + REFRESH_PERIOD)

@@ -1,22 +1,30 @@
-//! Where configMap, secret and projected volumes get their ConfigMaps and Secrets: the API
-//! (read on every set-up, so that updates reach running pods), behind a small trait so that
-//! payloads can be tested without a server.
+//! Where configMap, secret and projected volumes get their ConfigMaps, Secrets and service
+//! account tokens: the API (read on every set-up, so that updates reach running pods; tokens
+//! through the kubelet's [`TokenCache`]), behind a small trait so that payloads can be tested
+//! without a server.
+
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 
-/// Reads the ConfigMaps and Secrets of the pod's namespace. `Ok(None)`: the object does not
-/// exist; `Err`: the message of any other failure.
+use super::service_account_token::{TokenCache, TokenSpec};
+
+/// Reads the ConfigMaps and Secrets of the pod's namespace, and tokens of its service account.
+/// `Ok(None)`: the object does not exist; `Err`: the message of any other failure.
 pub trait ObjectSource {
     async fn config_map(&self, name: &str) -> Result<Option<ConfigMap>, String>;
     async fn secret(&self, name: &str) -> Result<Option<Secret>, String>;
+    async fn service_account_token(&self, spec: &TokenSpec) -> Result<String, String>;
 }
 
 /// The API server as an [`ObjectSource`].
 #[derive(Clone)]
 pub struct ApiObjects {
+    client: Client,
     config_maps: Api<ConfigMap>,
     secrets: Api<Secret>,
+    tokens: Arc<TokenCache>,
 }
 
 impl std::fmt::Debug for ApiObjects {
@@ -26,11 +34,13 @@ impl std::fmt::Debug for ApiObjects {
 }
 
 impl ApiObjects {
-    /// Objects of `namespace`.
-    pub fn new(client: &Client, namespace: &str) -> Self {
+    /// Objects of `namespace`; tokens from `tokens`.
+    pub fn new(client: &Client, namespace: &str, tokens: Arc<TokenCache>) -> Self {
         Self {
+            client: client.clone(),
             config_maps: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client.clone(), namespace),
+            tokens,
         }
     }
 }
@@ -50,6 +60,10 @@ impl ObjectSource for ApiObjects {
 
     async fn secret(&self, name: &str) -> Result<Option<Secret>, String> {
         self.secrets.get_opt(name).await.map_err(message)
+    }
+
+    async fn service_account_token(&self, spec: &TokenSpec) -> Result<String, String> {
+        self.tokens.get(&self.client, spec).await
     }
 }
 
@@ -112,6 +126,18 @@ pub mod fake {
                 return Err(format!("secrets \"{name}\" is forbidden"));
             }
             Ok(self.secrets.get(name).cloned())
+        }
+
+        async fn service_account_token(&self, spec: &TokenSpec) -> Result<String, String> {
+            if self.failing {
+                return Err(format!("serviceaccounts \"{}\" not found", spec.account));
+            }
+            Ok(format!(
+                "token-of-{}-for-{}-{}s",
+                spec.account,
+                spec.audience.as_deref().unwrap_or("api"),
+                spec.expiration_seconds
+            ))
         }
     }
 }
