@@ -430,6 +430,77 @@ async fn scenario(binary: &Binary, bin: &Path) {
     assert!(stderr.contains(r#"spec.template.metadata.labels: Invalid value: map[string]string{"app":"b"}: `selector` does not match template `labels`"#), "{stderr}");
     let missing = k.run(&["get", "deploy", "bad", "-n", "demo"]);
     assert!(!missing.status.success());
+
+    // RBAC objects, as charts and operators create them (stored and served; not enforced).
+    let admin = k.ok(&["get", "clusterrolebinding", "cluster-admin", "-o", "wide"]);
+    assert!(
+        lines_with(&admin, "ClusterRole/cluster-admin") == 1 && admin.contains("system:masters"),
+        "{admin}"
+    );
+    k.ok(&[
+        "create",
+        "role",
+        "reader",
+        "-n",
+        "demo",
+        "--verb=get,list",
+        "--resource=pods",
+    ]);
+    k.ok(&["create", "serviceaccount", "robot", "-n", "demo"]);
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "robot-reads",
+        "-n",
+        "demo",
+        "--role=reader",
+        "--serviceaccount=demo:robot",
+        "--user=jane",
+    ]);
+    let bindings = k.ok(&["get", "rolebindings", "-n", "demo", "-o", "wide"]);
+    let header = bindings.lines().next().unwrap_or_default();
+    for column in ["NAME", "ROLE", "AGE", "USERS", "GROUPS", "SERVICEACCOUNTS"] {
+        assert!(header.contains(column), "{bindings}");
+    }
+    let row = bindings
+        .lines()
+        .find(|l| l.starts_with("robot-reads"))
+        .unwrap_or_default();
+    assert!(
+        row.contains("Role/reader") && row.contains("jane") && row.contains("demo/robot"),
+        "{bindings}"
+    );
+    let rules = k.ok(&[
+        "get",
+        "role",
+        "reader",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={.rules[0].verbs}",
+    ]);
+    assert_eq!(rules, r#"["get","list"]"#);
+    let changed = k.run(&[
+        "patch",
+        "rolebinding",
+        "robot-reads",
+        "-n",
+        "demo",
+        "--type=merge",
+        "-p",
+        r#"{"roleRef":{"kind":"ClusterRole","name":"admin"}}"#,
+    ]);
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    assert!(
+        !changed.status.success() && stderr.contains("cannot change roleRef"),
+        "{stderr}"
+    );
+    let resources = k.ok(&["api-resources", "--api-group=rbac.authorization.k8s.io"]);
+    assert_eq!(
+        lines_with(&resources, "rbac.authorization.k8s.io/v1"),
+        4,
+        "{resources}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,12 +54,8 @@ async fn whoami(
     token: &str,
 ) -> Result<k8s_openapi::api::authentication::v1::SelfSubjectReview> {
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-    let yaml = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
-        cluster.server.url(),
-        cluster.server.pki_dir().join("ca.crt").display()
-    );
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml)?;
+    let path = cluster.server.token_kubeconfig("pod-token", token)?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     let api: Api<SelfSubjectReview> = Api::all(kube::Client::try_from(config)?);
     Ok(api
@@ -258,15 +254,12 @@ async fn volumes_that_cannot_be_mounted_keep_the_pod_creating() -> Result<()> {
             with_volume(json!({ "name": "config", "configMap": { "name": "does-not-exist" } })),
         )
         .await?;
-    cluster
-        .create_pod(
-            "token",
-            "sleep 3600",
-            with_volume(json!({ "name": "config", "projected": { "sources": [
-                { "serviceAccountToken": { "path": "token", "expirationSeconds": 3600 } },
-            ] } })),
-        )
-        .await?;
+    // A service account that does not exist (yet) gets no token.
+    let mut ghost = with_volume(json!({ "name": "config", "projected": { "sources": [
+        { "serviceAccountToken": { "path": "token", "expirationSeconds": 3600 } },
+    ] } }));
+    ghost["spec"]["serviceAccountName"] = json!("ghost");
+    cluster.create_pod("token", "sleep 3600", ghost).await?;
 
     let note = wait_until("a FailedMount event", Duration::from_secs(60), || async {
         cluster
@@ -289,9 +282,8 @@ async fn volumes_that_cannot_be_mounted_keep_the_pod_creating() -> Result<()> {
     })
     .await?;
     assert!(
-        note.starts_with(
-            "MountVolume.SetUp failed for volume \"config\" : failed to fetch token: "
-        ) && note.contains("TokenRequest"),
+        note.starts_with("MountVolume.SetUp failed for volume ")
+            && note.contains(r#"failed to fetch token: serviceaccounts "ghost" not found"#),
         "{note}"
     );
     for name in ["missing-config", "token"] {
@@ -312,11 +304,22 @@ async fn volumes_that_cannot_be_mounted_keep_the_pod_creating() -> Result<()> {
             }))?,
         )
         .await?;
-    cluster
-        .wait_for("the pod to run", "missing-config", |pod| {
-            (pod.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
-        })
-        .await;
+    // Once the service account exists, the other gets its token and starts.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(cluster.client.clone(), "default");
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": { "name": "ghost" } }))?,
+        )
+        .await?;
+    for name in ["missing-config", "token"] {
+        cluster
+            .wait_for("the pod to run", name, |pod| {
+                (pod.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(())
+            })
+            .await;
+    }
     Ok(())
 }
 

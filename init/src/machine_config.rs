@@ -507,15 +507,14 @@ impl MachineConfig {
                 "cluster.serviceAccountKey",
                 "must not be given to a worker node".into(),
             ),
-            (Role::ControlPlane, Some(key)) => {
-                let p256 = rcgen::KeyPair::from_pem(key)
-                    .is_ok_and(|pair| pair.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256);
-                if !p256 {
-                    fail(
-                        "cluster.serviceAccountKey",
-                        "is not a PEM ECDSA P-256 private key (PKCS#8)".into(),
-                    );
-                }
+            (Role::ControlPlane, Some(key))
+                if baton_pki::ServiceAccountKey::from_private_pem(key).is_err() =>
+            {
+                fail(
+                    "cluster.serviceAccountKey",
+                    "is not an ECDSA P-256 private key in PKCS#8 PEM (\"BEGIN PRIVATE KEY\")"
+                        .into(),
+                );
             }
             _ => {}
         }
@@ -846,6 +845,9 @@ mod tests {
         let mut config = control_plane();
         config.cluster.service_account_key = Some("not a key".into());
         assert_eq!(fields(&config), ["cluster.serviceAccountKey"]);
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        config.cluster.service_account_key = Some(p384.serialize_pem());
+        assert_eq!(fields(&config), ["cluster.serviceAccountKey"], "P-384");
         config.cluster.service_account_key = None;
         assert!(fields(&config).is_empty(), "optional");
     }

@@ -61,6 +61,10 @@ TOP_LEVEL = [
     ("api.policy.v1.Eviction", "policy/v1", "Eviction"),
     ("api.autoscaling.v1.Scale", "autoscaling/v1", "Scale"),
     ("api.authentication.v1.TokenRequest", "authentication.k8s.io/v1", "TokenRequest"),
+    ("api.rbac.v1.Role", "rbac.authorization.k8s.io/v1", "Role"),
+    ("api.rbac.v1.RoleBinding", "rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("api.rbac.v1.ClusterRole", "rbac.authorization.k8s.io/v1", "ClusterRole"),
+    ("api.rbac.v1.ClusterRoleBinding", "rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
     ("api.authentication.v1.SelfSubjectReview", "authentication.k8s.io/v1", "SelfSubjectReview"),
     # Registered in every group version as well; the decoder knows that.
     ("apimachinery.pkg.apis.meta.v1.DeleteOptions", "meta.k8s.io/v1", "DeleteOptions"),

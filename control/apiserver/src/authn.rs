@@ -100,8 +100,13 @@ async fn check_bound_objects<S: Store>(
         .get(&*server.store, &k.namespace, &k.serviceaccount.name)
         .await?;
     match account {
-        Some(account) if account.uid == k.serviceaccount.uid => {}
-        Some(_) => return Ok(Err("service account UID differs".into())),
+        Some(account) if account.uid != k.serviceaccount.uid => {
+            return Ok(Err("service account UID differs".into()));
+        }
+        Some(account) if deleted_before(account.deletion_timestamp.as_deref(), now) => {
+            return Ok(Err("service account is being deleted".into()));
+        }
+        Some(_) => {}
         None => return Ok(Err("service account is gone".into())),
     }
     let bound = [
@@ -126,17 +131,16 @@ async fn check_bound_objects<S: Store>(
         if object["metadata"]["uid"].as_str() != Some(uid.as_str()) {
             return Ok(Err(format!("bound {plural} {name:?} has another UID")));
         }
-        if deleted_before(&object, now) {
+        if deleted_before(object["metadata"]["deletionTimestamp"].as_str(), now) {
             return Ok(Err(format!("bound {plural} {name:?} is being deleted")));
         }
     }
     Ok(Ok(()))
 }
 
-/// Whether `object`'s deletionTimestamp (the end of its grace period) has passed.
-fn deleted_before(object: &Value, now: i64) -> bool {
-    object["metadata"]["deletionTimestamp"]
-        .as_str()
+/// Whether a deletionTimestamp (the end of the object's grace period) has passed.
+fn deleted_before(deletion_timestamp: Option<&str>, now: i64) -> bool {
+    deletion_timestamp
         .and_then(|t| t.parse::<jiff::Timestamp>().ok())
         .is_some_and(|t| t.as_second() <= now)
 }
@@ -155,13 +159,13 @@ mod tests {
 
     #[test]
     fn deletion_counts_once_the_grace_period_is_over() {
-        let at = |t: &str| serde_json::json!({ "metadata": { "deletionTimestamp": t } });
+        let at = Some("2026-01-01T00:00:30Z");
         let end = "2026-01-01T00:00:30Z"
             .parse::<jiff::Timestamp>()
             .unwrap()
             .as_second();
-        assert!(!deleted_before(&at("2026-01-01T00:00:30Z"), end - 1));
-        assert!(deleted_before(&at("2026-01-01T00:00:30Z"), end));
-        assert!(!deleted_before(&serde_json::json!({ "metadata": {} }), end));
+        assert!(!deleted_before(at, end - 1));
+        assert!(deleted_before(at, end));
+        assert!(!deleted_before(None, end));
     }
 }

@@ -330,8 +330,8 @@ impl<S: Store> ApiServer<S> {
         Ok(())
     }
 
-    /// Creates what every cluster has: the system namespaces, the system PriorityClasses and
-    /// the `kubernetes` Service.
+    /// Creates what every cluster has: the system namespaces, the system PriorityClasses, the
+    /// `cluster-admin` ClusterRole bound to `system:masters`, and the `kubernetes` Service.
     pub async fn bootstrap(&self) -> Result<(), StatusError> {
         let ns = resources::find("", "v1", "namespaces").expect("served");
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -356,6 +356,7 @@ impl<S: Store> ApiServer<S> {
             }
         }
         self.bootstrap_priority_classes().await?;
+        self.bootstrap_cluster_admin().await?;
         let svc = resources::find("", "v1", "services").expect("served");
         let key = svc.key(Some("default"), "kubernetes");
         if self
@@ -391,6 +392,36 @@ impl<S: Store> ApiServer<S> {
         self.reconcile_kubernetes_endpoints().await
     }
 
+    /// Upstream's `cluster-admin` ClusterRole and its binding to `system:masters` (the only
+    /// bootstrap roles Baton makes: without an authorizer they document, not grant).
+    async fn bootstrap_cluster_admin(&self) -> Result<(), StatusError> {
+        let group = "rbac.authorization.k8s.io";
+        let metadata = json!({
+            "name": "cluster-admin",
+            "labels": { "kubernetes.io/bootstrapping": "rbac-defaults" },
+            "annotations": { "rbac.authorization.kubernetes.io/autoupdate": "true" },
+        });
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": metadata,
+            "rules": [
+                { "apiGroups": ["*"], "resources": ["*"], "verbs": ["*"] },
+                { "nonResourceURLs": ["*"], "verbs": ["*"] },
+            ],
+        });
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": metadata,
+            "roleRef": { "apiGroup": group, "kind": "ClusterRole", "name": "cluster-admin" },
+            "subjects": [{ "apiGroup": group, "kind": "Group", "name": baton_pki::ADMIN_GROUP }],
+        });
+        for (plural, obj) in [("clusterroles", role), ("clusterrolebindings", binding)] {
+            let resource = resources::find(group, "v1", plural).expect("served");
+            self.ensure_system_object(resource, obj).await?;
+        }
+        Ok(())
+    }
+
     /// Points the `kubernetes` Service at this API server: its Endpoints and EndpointSlice
     /// (upstream's endpoint reconciler; the endpoint controllers leave this Service alone).
     async fn reconcile_kubernetes_endpoints(&self) -> Result<(), StatusError> {
@@ -424,7 +455,7 @@ impl<S: Store> ApiServer<S> {
         Ok(())
     }
 
-    /// Writes `desired` (a namespaced object of `resource`) unless it is stored already with
+    /// Writes `desired` (an object of `resource`) unless it is stored already with
     /// the same content outside metadata; keeps the stored uid and creation time.
     async fn ensure_system_object(
         &self,

@@ -42,6 +42,8 @@ pub struct AccountView {
     pub pull_secrets: Vec<String>,
     /// Its `automountServiceAccountToken`.
     pub automount: Option<bool>,
+    /// Its `metadata.deletionTimestamp`, while it is being deleted.
+    pub deletion_timestamp: Option<String>,
 }
 
 fn view_of(account: &Value) -> AccountView {
@@ -59,6 +61,9 @@ fn view_of(account: &Value) -> AccountView {
             .map(str::to_owned)
             .collect(),
         automount: account["automountServiceAccountToken"].as_bool(),
+        deletion_timestamp: account["metadata"]["deletionTimestamp"]
+            .as_str()
+            .map(str::to_owned),
     }
 }
 
@@ -105,7 +110,10 @@ pub async fn admit_new_pod<S: Store>(
     pod: &mut Value,
     mount_token: bool,
 ) -> Result<(), StatusError> {
-    let is_mirror = pod["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string();
+    // Upstream's plugin leaves mirror pods (static pods' API copies) alone.
+    if pod["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string() {
+        return Ok(());
+    }
     let spec = &mut pod["spec"];
     let account_name = spec["serviceAccountName"]
         .as_str()
@@ -130,7 +138,7 @@ pub async fn admit_new_pod<S: Store>(
         .as_bool()
         .or(account.and_then(|a| a.automount))
         .unwrap_or(true);
-    if mount_token && automount && !is_mirror {
+    if mount_token && automount {
         mount_token_volume(spec);
     }
     Ok(())

@@ -172,8 +172,9 @@ async fn reconcile(ns: Arc<Namespace>, state: Arc<State>) -> Result<Action, Publ
     };
     match result {
         Ok(()) => tracing::debug!(namespace = %name, "published the root CA ConfigMap"),
-        // A conflict or a race with a create: the informer brings the newer state.
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        // A conflict or a race with a create: the informer brings the newer state. Not
+        // found: the namespace is gone.
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
         Err(e) if crate::service_endpoints::namespace_terminating(&e) => {}
         Err(source) => {
             return Err(PublishRootCaError {

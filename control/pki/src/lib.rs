@@ -55,6 +55,11 @@ pub enum PkiError {
         /// The cause.
         source: rcgen::Error,
     },
+    /// A service account key is not an ECDSA P-256 key in PKCS#8 PEM (all Baton signs with).
+    #[error(
+        "the service account key is not an ECDSA P-256 private key in PKCS#8 PEM (\"BEGIN PRIVATE KEY\")"
+    )]
+    ServiceAccountKey,
     /// The `--server` URL is not an https URL.
     #[error("--server: {0:?} is not an https://HOST:PORT URL")]
     InvalidServer(String),
@@ -89,10 +94,15 @@ impl ServiceAccountKey {
         })
     }
 
-    /// The public half of a PEM private key.
+    /// The public half of a PEM private key, which must be ECDSA P-256 in PKCS#8.
     pub fn from_private_pem(key_pem: &str) -> Result<Self, PkiError> {
         let key = KeyPair::from_pem(key_pem)
-            .map_err(crypto("parsing the service account signing key"))?;
+            .ok()
+            .filter(|key| {
+                key_pem.contains("-----BEGIN PRIVATE KEY-----")
+                    && key.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256
+            })
+            .ok_or(PkiError::ServiceAccountKey)?;
         Ok(Self {
             key_pem: key_pem.to_string(),
             public_pem: key.public_key_pem(),

@@ -412,6 +412,19 @@ impl ApiServer {
         self.dir.path().join("pki").join("admin.kubeconfig")
     }
 
+    /// Writes a kubeconfig (named `name`) that authenticates with `token` alone, no client
+    /// certificate; returns its path.
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join(format!("{name}.kubeconfig"));
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: baton\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  context: {{cluster: baton, user: {name}}}\ncurrent-context: {name}\n",
+            self.url(),
+            self.pki_dir().join("ca.crt").display()
+        );
+        std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     /// The PKI directory (ca.crt, ca.key ...).
     pub fn pki_dir(&self) -> PathBuf {
         self.dir.path().join("pki")

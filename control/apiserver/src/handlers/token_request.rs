@@ -43,6 +43,7 @@ pub async fn create<S: Store>(
     let namespace = call.namespace().unwrap_or_default().to_string();
     let name = call.name().to_string();
     let request = parse_object(&call.body, call.content_type)?;
+    check_shape(&request, &namespace, &name)?;
     let spec = &request["spec"];
 
     let expiration = match &spec["expirationSeconds"] {
@@ -72,6 +73,7 @@ pub async fn create<S: Store>(
         .into_iter()
         .flatten()
         .filter_map(|a| a.as_str())
+        .filter(|a| !a.is_empty())
         .map(str::to_owned)
         .collect();
     if audiences.is_empty() {
@@ -95,7 +97,8 @@ pub async fn create<S: Store>(
         bind(server, &mut claims, bound).await?;
     }
 
-    let issued_at = jiff::Timestamp::now().as_second();
+    let now = jiff::Timestamp::now();
+    let issued_at = now.as_second();
     let expires_at = issued_at + expiration;
     let token = tokens
         .issue(claims, audiences.clone(), issued_at, expires_at)
@@ -113,7 +116,11 @@ pub async fn create<S: Store>(
         &json!({
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
-            "metadata": { "name": name, "namespace": namespace, "creationTimestamp": null },
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "creationTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            },
             "spec": spec_out,
             "status": { "token": token, "expirationTimestamp": expiration_timestamp },
         }),
@@ -190,28 +197,94 @@ async fn bind<S: Store>(
                 .as_str()
                 .unwrap_or("default");
             if runs_as != account {
+                // Upstream's words.
                 return Err(StatusError::bad_request(format!(
-                    "cannot bind a token for service account {account:?} to pod {object_name:?}, which runs as service account {runs_as:?}"
+                    "cannot bind token for serviceaccount {account:?} to pod running with different serviceaccount name."
                 )));
             }
             if let Some(node) = object["spec"]["nodeName"]
                 .as_str()
                 .filter(|n| !n.is_empty())
             {
+                // A node that is gone is named without its UID, as upstream does.
                 let nodes = resources::find("", "v1", "nodes").expect("served");
-                if let Ok(node_object) =
-                    read_object(server, nodes, &nodes.key(None, node), node).await
-                {
-                    claims.node = Some(ObjectRef {
-                        name: node.to_string(),
-                        uid: uid_of(&node_object),
-                    });
-                }
+                let uid = match read_object(server, nodes, &nodes.key(None, node), node).await {
+                    Ok(node_object) => uid_of(&node_object),
+                    Err(e) if e.code == StatusCode::NOT_FOUND => String::new(),
+                    Err(e) => return Err(e),
+                };
+                claims.node = Some(ObjectRef {
+                    name: node.to_string(),
+                    uid,
+                });
             }
             claims.pod = Some(reference);
         }
         "Secret" => claims.secret = Some(reference),
         _ => claims.node = Some(reference),
+    }
+    Ok(())
+}
+
+/// Refuses a body that is not a TokenRequest for this account: another kind, another name or
+/// namespace in its metadata, or fields of the wrong type (a token for other audiences than
+/// asked would be worse than none).
+fn check_shape(request: &Value, namespace: &str, name: &str) -> Result<(), StatusError> {
+    if let Some(kind) = request["kind"].as_str()
+        && !kind.is_empty()
+        && kind != "TokenRequest"
+    {
+        return Err(StatusError::bad_request(format!(
+            "the body is a {kind:?}, not a TokenRequest"
+        )));
+    }
+    let meta = &request["metadata"];
+    for (field, expected) in [("name", name), ("namespace", namespace)] {
+        if let Some(given) = meta[field].as_str()
+            && !given.is_empty()
+            && given != expected
+        {
+            return Err(invalid(
+                name,
+                &format!("metadata.{field}"),
+                &json!(given),
+                &format!("must match the service account {field} if specified"),
+            ));
+        }
+    }
+    let spec = &request["spec"];
+    let audiences = &spec["audiences"];
+    let audiences_ok = audiences.is_null()
+        || audiences
+            .as_array()
+            .is_some_and(|list| list.iter().all(Value::is_string));
+    if !audiences_ok {
+        return Err(invalid(
+            name,
+            "spec.audiences",
+            audiences,
+            "must be a list of strings",
+        ));
+    }
+    let bound = &spec["boundObjectRef"];
+    if !bound.is_null() && !bound.is_object() {
+        return Err(invalid(
+            name,
+            "spec.boundObjectRef",
+            bound,
+            "must be an object",
+        ));
+    }
+    for field in ["kind", "apiVersion", "name", "uid"] {
+        let value = &bound[field];
+        if !value.is_null() && !value.is_string() {
+            return Err(invalid(
+                name,
+                &format!("spec.boundObjectRef.{field}"),
+                value,
+                "must be a string",
+            ));
+        }
     }
     Ok(())
 }
@@ -229,4 +302,38 @@ fn invalid(name: &str, field: &str, value: &Value, detail: &str) -> StatusError 
         name,
         vec![FieldCause::invalid(field, value, detail)],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(request: Value) -> String {
+        let err = check_shape(&request, "team", "builder").unwrap_err();
+        err.message
+    }
+
+    #[test]
+    fn a_body_that_is_not_this_accounts_token_request_is_refused() {
+        assert!(
+            check_shape(
+                &json!({ "spec": { "audiences": ["vault"] } }),
+                "team",
+                "builder"
+            )
+            .is_ok()
+        );
+        assert!(check_shape(&json!({}), "team", "builder").is_ok());
+        let named = refusal(json!({ "metadata": { "name": "other" } }));
+        assert!(
+            named.contains("metadata.name: Invalid value: \"other\": must match the service account name if specified"),
+            "{named}"
+        );
+        let audiences = refusal(json!({ "spec": { "audiences": "vault" } }));
+        assert!(audiences.contains("spec.audiences"), "{audiences}");
+        let uid = refusal(json!({ "spec": { "boundObjectRef": { "kind": "Pod", "uid": 7 } } }));
+        assert!(uid.contains("spec.boundObjectRef.uid"), "{uid}");
+        let kind = refusal(json!({ "kind": "Pod" }));
+        assert!(kind.contains("not a TokenRequest"), "{kind}");
+    }
 }

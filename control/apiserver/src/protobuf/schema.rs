@@ -35,6 +35,10 @@ pub static TOP_LEVEL: &[TopLevel] = &[
     TopLevel { api_version: "policy/v1", kind: "Eviction", message: &POLICY_V1_EVICTION },
     TopLevel { api_version: "autoscaling/v1", kind: "Scale", message: &AUTOSCALING_V1_SCALE },
     TopLevel { api_version: "authentication.k8s.io/v1", kind: "TokenRequest", message: &AUTHENTICATION_V1_TOKEN_REQUEST },
+    TopLevel { api_version: "rbac.authorization.k8s.io/v1", kind: "Role", message: &RBAC_V1_ROLE },
+    TopLevel { api_version: "rbac.authorization.k8s.io/v1", kind: "RoleBinding", message: &RBAC_V1_ROLE_BINDING },
+    TopLevel { api_version: "rbac.authorization.k8s.io/v1", kind: "ClusterRole", message: &RBAC_V1_CLUSTER_ROLE },
+    TopLevel { api_version: "rbac.authorization.k8s.io/v1", kind: "ClusterRoleBinding", message: &RBAC_V1_CLUSTER_ROLE_BINDING },
     TopLevel { api_version: "authentication.k8s.io/v1", kind: "SelfSubjectReview", message: &AUTHENTICATION_V1_SELF_SUBJECT_REVIEW },
     TopLevel { api_version: "meta.k8s.io/v1", kind: "DeleteOptions", message: &META_V1_DELETE_OPTIONS },
 ];
@@ -1971,6 +1975,62 @@ pub static AUTHENTICATION_V1_BOUND_OBJECT_REFERENCE: Message = Message { name: "
 pub static AUTHENTICATION_V1_TOKEN_REQUEST_STATUS: Message = Message { name: "k8s.io.api.authentication.v1.TokenRequestStatus", fields: &[
     F { tag: 1, json: "token", kind: Str, rule: Always },
     F { tag: 2, json: "expirationTimestamp", kind: Time, rule: Always },
+] };
+
+#[rustfmt::skip]
+pub static RBAC_V1_ROLE: Message = Message { name: "k8s.io.api.rbac.v1.Role", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "rules", kind: Msg(&RBAC_V1_POLICY_RULE), rule: List },
+] };
+
+#[rustfmt::skip]
+pub static RBAC_V1_POLICY_RULE: Message = Message { name: "k8s.io.api.rbac.v1.PolicyRule", fields: &[
+    F { tag: 1, json: "verbs", kind: Str, rule: ListOrNull },
+    F { tag: 2, json: "apiGroups", kind: Str, rule: List },
+    F { tag: 3, json: "resources", kind: Str, rule: List },
+    F { tag: 4, json: "resourceNames", kind: Str, rule: List },
+    F { tag: 5, json: "nonResourceURLs", kind: Str, rule: List },
+] };
+
+#[rustfmt::skip]
+pub static RBAC_V1_ROLE_BINDING: Message = Message { name: "k8s.io.api.rbac.v1.RoleBinding", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "subjects", kind: Msg(&RBAC_V1_SUBJECT), rule: List },
+    F { tag: 3, json: "roleRef", kind: Msg(&RBAC_V1_ROLE_REF), rule: Always },
+] };
+
+#[rustfmt::skip]
+pub static RBAC_V1_SUBJECT: Message = Message { name: "k8s.io.api.rbac.v1.Subject", fields: &[
+    F { tag: 1, json: "kind", kind: Str, rule: Always },
+    F { tag: 2, json: "apiGroup", kind: Str, rule: OmitEmpty },
+    F { tag: 3, json: "name", kind: Str, rule: Always },
+    F { tag: 4, json: "namespace", kind: Str, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static RBAC_V1_ROLE_REF: Message = Message { name: "k8s.io.api.rbac.v1.RoleRef", fields: &[
+    F { tag: 1, json: "apiGroup", kind: Str, rule: Always },
+    F { tag: 2, json: "kind", kind: Str, rule: Always },
+    F { tag: 3, json: "name", kind: Str, rule: Always },
+] };
+
+#[rustfmt::skip]
+pub static RBAC_V1_CLUSTER_ROLE: Message = Message { name: "k8s.io.api.rbac.v1.ClusterRole", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "rules", kind: Msg(&RBAC_V1_POLICY_RULE), rule: List },
+    F { tag: 3, json: "aggregationRule", kind: Msg(&RBAC_V1_AGGREGATION_RULE), rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static RBAC_V1_AGGREGATION_RULE: Message = Message { name: "k8s.io.api.rbac.v1.AggregationRule", fields: &[
+    F { tag: 1, json: "clusterRoleSelectors", kind: Msg(&META_V1_LABEL_SELECTOR), rule: List },
+] };
+
+#[rustfmt::skip]
+pub static RBAC_V1_CLUSTER_ROLE_BINDING: Message = Message { name: "k8s.io.api.rbac.v1.ClusterRoleBinding", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "subjects", kind: Msg(&RBAC_V1_SUBJECT), rule: List },
+    F { tag: 3, json: "roleRef", kind: Msg(&RBAC_V1_ROLE_REF), rule: Always },
 ] };
 
 #[rustfmt::skip]

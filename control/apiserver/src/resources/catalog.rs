@@ -1,6 +1,6 @@
 //! The table of served resources (Kubernetes v1.33 names, short names and categories).
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, scheduling};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, rbac, scheduling};
 
 use super::{Resource, StorageView, Subresource, roundtrip, schema_of};
 
@@ -418,5 +418,75 @@ pub static CATALOG: &[Resource] = &[
         normalize: roundtrip::<scheduling::v1::PriorityClass>,
         view: None,
         schema: schema_of::<scheduling::v1::PriorityClass>,
+    },
+    // RBAC objects are stored and served (charts and operators create them), not enforced:
+    // there is no authorizer yet, as upstream's --authorization-mode=AlwaysAllow.
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "Role",
+        plural: "roles",
+        singular: "role",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        has_status: false,
+        tracks_generation: false,
+        storage_prefix: "/registry/roles/",
+        normalize: roundtrip::<rbac::v1::Role>,
+        view: None,
+        schema: schema_of::<rbac::v1::Role>,
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "RoleBinding",
+        plural: "rolebindings",
+        singular: "rolebinding",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        has_status: false,
+        tracks_generation: false,
+        storage_prefix: "/registry/rolebindings/",
+        normalize: roundtrip::<rbac::v1::RoleBinding>,
+        view: None,
+        schema: schema_of::<rbac::v1::RoleBinding>,
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRole",
+        plural: "clusterroles",
+        singular: "clusterrole",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        has_status: false,
+        tracks_generation: false,
+        storage_prefix: "/registry/clusterroles/",
+        normalize: roundtrip::<rbac::v1::ClusterRole>,
+        view: None,
+        schema: schema_of::<rbac::v1::ClusterRole>,
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+        singular: "clusterrolebinding",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        has_status: false,
+        tracks_generation: false,
+        storage_prefix: "/registry/clusterrolebindings/",
+        normalize: roundtrip::<rbac::v1::ClusterRoleBinding>,
+        view: None,
+        schema: schema_of::<rbac::v1::ClusterRoleBinding>,
     },
 ];

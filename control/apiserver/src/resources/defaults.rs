@@ -162,6 +162,15 @@ fn pod_spec(spec: &mut Value) {
                 default(src, "defaultMode", json!(420));
             }
         }
+        if let Some(sources) = v["projected"]["sources"].as_array_mut() {
+            for token in sources
+                .iter_mut()
+                .map(|s| &mut s["serviceAccountToken"])
+                .filter(|t| t.is_object())
+            {
+                default(token, "expirationSeconds", json!(3600));
+            }
+        }
     });
 }
 

@@ -124,6 +124,14 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
                 ("PreemptionPolicy", "string", 0),
             ]
         }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => vec![
+            NAME,
+            ("Role", "string", 0),
+            AGE,
+            ("Users", "string", 1),
+            ("Groups", "string", 1),
+            ("ServiceAccounts", "string", 1),
+        ],
         _ => vec![NAME, ("Created At", "date", 0)],
     }
 }
@@ -680,6 +688,30 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
             json!(created),
             json!(s(&obj["preemptionPolicy"])),
         ],
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            let subjects = |wanted: &str| -> String {
+                obj["subjects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|subject| subject["kind"] == wanted)
+                    .map(|subject| match (wanted, subject["namespace"].as_str()) {
+                        ("ServiceAccount", Some(ns)) => format!("{ns}/{}", s(&subject["name"])),
+                        _ => s(&subject["name"]).to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let role_ref = &obj["roleRef"];
+            vec![
+                name,
+                json!(format!("{}/{}", s(&role_ref["kind"]), s(&role_ref["name"]))),
+                json!(created),
+                json!(subjects("User")),
+                json!(subjects("Group")),
+                json!(subjects("ServiceAccount")),
+            ]
+        }
         _ => vec![name, meta["creationTimestamp"].clone()],
     }
 }

@@ -1,5 +1,7 @@
 //! Validation with upstream's field paths and messages. A refused object is never stored.
 
+mod rbac;
+
 use serde_json::Value;
 
 use crate::status::FieldCause;
@@ -175,6 +177,30 @@ fn non_negative(obj: &Value, path: &str, field: &str, causes: &mut Vec<FieldCaus
     }
 }
 
+/// Upstream's checks of a projected service account token: a path, and a lifetime of ten
+/// minutes to 2^32 seconds.
+fn service_account_token_projection(token: &Value, at: &str, causes: &mut Vec<FieldCause>) {
+    if token["path"].as_str().is_none_or(str::is_empty) {
+        causes.push(FieldCause::required(format!("{at}.path"), ""));
+    }
+    if let Some(seconds) = token["expirationSeconds"].as_i64() {
+        let field = format!("{at}.expirationSeconds");
+        if seconds < 600 {
+            causes.push(FieldCause::invalid(
+                field,
+                &token["expirationSeconds"],
+                "may not specify a duration less than 10 minutes",
+            ));
+        } else if seconds > 1 << 32 {
+            causes.push(FieldCause::invalid(
+                field,
+                &token["expirationSeconds"],
+                "may not specify a duration larger than 2^32 seconds",
+            ));
+        }
+    }
+}
+
 /// Validates the object's own fields, per kind.
 pub fn object(group: &str, kind: &str, obj: &Value, causes: &mut Vec<FieldCause>) {
     match (group, kind) {
@@ -192,6 +218,10 @@ pub fn object(group: &str, kind: &str, obj: &Value, causes: &mut Vec<FieldCause>
             workload(obj, causes, false);
         }
         ("scheduling.k8s.io", "PriorityClass") => priority_class(obj, causes),
+        ("rbac.authorization.k8s.io", "Role") => rbac::role(obj, true, causes),
+        ("rbac.authorization.k8s.io", "ClusterRole") => rbac::role(obj, false, causes),
+        ("rbac.authorization.k8s.io", "RoleBinding") => rbac::binding(obj, true, causes),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => rbac::binding(obj, false, causes),
         _ => {}
     }
 }
@@ -351,6 +381,14 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<FieldCause>) {
                 causes.push(FieldCause::duplicate(at, &v["name"]));
             }
             Some(_) => {}
+        }
+        let sources = v["projected"]["sources"].as_array().into_iter().flatten();
+        for (j, source) in sources.enumerate() {
+            let token = &source["serviceAccountToken"];
+            if token.is_object() {
+                let at = format!("{path}.volumes[{i}].projected.sources[{j}].serviceAccountToken");
+                service_account_token_projection(token, &at, causes);
+            }
         }
     }
     for (list, field) in [
@@ -532,6 +570,9 @@ pub fn update(group: &str, kind: &str, old: &Value, new: &Value, causes: &mut Ve
         ("scheduling.k8s.io", "PriorityClass") if old["value"] != new["value"] => causes.push(
             FieldCause::forbidden("value", "may not be changed in an update."),
         ),
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            rbac::binding_update(old, new, causes)
+        }
         _ => {}
     }
 }
@@ -1398,6 +1439,39 @@ mod tests {
         assert_eq!(
             causes[0].message,
             "Invalid value: -1: must be greater than or equal to 0"
+        );
+    }
+
+    #[test]
+    fn projected_tokens_need_a_path_and_ten_minutes_to_2_32_seconds() {
+        let pod = |token: Value| {
+            json!({"spec": {"containers": [{"name": "c", "image": "i"}],
+                "volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": token}]}}]}})
+        };
+        let errors = |obj: &Value| -> Vec<String> {
+            let mut causes = vec![];
+            object("", "Pod", obj, &mut causes);
+            causes
+                .into_iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect()
+        };
+        let at = "spec.volumes[0].projected.sources[0].serviceAccountToken";
+        assert!(errors(&pod(json!({"path": "token", "expirationSeconds": 3607}))).is_empty());
+        assert_eq!(
+            errors(&pod(json!({"path": "token", "expirationSeconds": 60}))),
+            [format!(
+                "{at}.expirationSeconds: Invalid value: 60: may not specify a duration less than 10 minutes"
+            )]
+        );
+        assert_eq!(
+            errors(&pod(json!({"expirationSeconds": 8589934592_i64}))),
+            [
+                format!("{at}.path: Required value"),
+                format!(
+                    "{at}.expirationSeconds: Invalid value: 8589934592: may not specify a duration larger than 2^32 seconds"
+                )
+            ]
         );
     }
 

@@ -111,7 +111,6 @@ async fn request(client: &Client, spec: &TokenSpec) -> Result<Issued, String> {
         },
         status: None,
     };
-    let issued_at = jiff::Timestamp::now().as_second();
     let answer = api
         .create_token_request(&spec.account, &PostParams::default(), &request)
         .await
@@ -122,10 +121,16 @@ async fn request(client: &Client, spec: &TokenSpec) -> Result<Issued, String> {
     let status = answer
         .status
         .ok_or_else(|| "the TokenRequest answer has no status".to_string())?;
+    // Both times on the API server's clock, as upstream reckons a token's age.
+    let expires_at = status.expiration_timestamp.0.as_second();
+    let lifetime = answer
+        .spec
+        .expiration_seconds
+        .unwrap_or(spec.expiration_seconds);
     Ok(Issued {
         token: status.token,
-        issued_at,
-        expires_at: status.expiration_timestamp.0.as_second(),
+        issued_at: expires_at - lifetime,
+        expires_at,
     })
 }
 
