@@ -501,6 +501,64 @@ async fn scenario(binary: &Binary, bin: &Path) {
         4,
         "{resources}"
     );
+
+    // Ingresses, IngressClasses and NetworkPolicies, for the controllers that act on them.
+    k.ok(&[
+        "create",
+        "ingress",
+        "web",
+        "-n",
+        "demo",
+        "--class=nginx",
+        "--rule=web.example/=web:80",
+        "--rule=api.example/*=web:80,tls",
+    ]);
+    k.ok_input(
+        &["apply", "-f", "-"],
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: nginx}\nspec:\n  controller: example.com/ingress\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web-only, namespace: demo}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from:\n    - podSelector: {}\n    ports:\n    - {port: 8080}\n",
+    );
+    let ingresses = k.ok(&["get", "ing", "-n", "demo"]);
+    let row = ingresses
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_default();
+    for cell in ["nginx", "web.example,api.example", "80, 443"] {
+        assert!(row.contains(cell), "{cell}: {ingresses}");
+    }
+    let classes = k.ok(&["get", "ingressclass"]);
+    assert!(
+        classes.lines().any(|l| l.starts_with("nginx")
+            && l.contains("example.com/ingress")
+            && l.contains("<none>")),
+        "{classes}"
+    );
+    let policies = k.ok(&["get", "netpol", "-n", "demo"]);
+    assert!(
+        policies
+            .lines()
+            .any(|l| l.starts_with("web-only") && l.contains("app=web")),
+        "{policies}"
+    );
+    let port = k.ok(&[
+        "get",
+        "netpol",
+        "web-only",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={.spec.ingress[0].ports[0]}",
+    ]);
+    assert_eq!(port, r#"{"port":8080,"protocol":"TCP"}"#);
+    let types = k.ok(&[
+        "get",
+        "netpol",
+        "web-only",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={.spec.policyTypes}",
+    ]);
+    assert_eq!(types, r#"["Ingress"]"#);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -129,6 +129,32 @@ async fn tokens_authenticate_their_service_account_until_what_they_name_is_gone(
             "system:authenticated"
         ])
     );
+    // Other systems verify the tokens with the keys the issuer discovery document points at.
+    let discovery: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "--raw", "/.well-known/openid-configuration"]))
+            .unwrap();
+    assert_eq!(
+        discovery["issuer"],
+        "https://kubernetes.default.svc.cluster.local"
+    );
+    assert_eq!(
+        discovery["jwks_uri"],
+        "https://kubernetes.default.svc.cluster.local/openid/v1/jwks"
+    );
+    let jwks: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "--raw", "/openid/v1/jwks"])).unwrap();
+    use base64::Engine;
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split('.').next().unwrap())
+        .unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    assert_eq!(header["alg"], "ES256");
+    let key = &jwks["keys"][0];
+    assert_eq!(key["kid"], header["kid"], "{jwks}");
+    assert_eq!(
+        (key["kty"].as_str(), key["crv"].as_str()),
+        (Some("EC"), Some("P-256"))
+    );
     let pods = k.ok(&[
         "--kubeconfig",
         &builder,

@@ -252,6 +252,18 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, StatusError> {
 fn other<S: Store>(server: &ApiServer<S>, path: &str) -> Result<Response<Body>, StatusError> {
     match path.trim_end_matches('/') {
         "/version" => Ok(json_response(StatusCode::OK, &discovery::version())),
+        // Service account issuer discovery, as upstream serves it to authenticated clients.
+        "/.well-known/openid-configuration" | "/openid/v1/jwks" => {
+            let tokens = server
+                .tokens
+                .as_ref()
+                .ok_or_else(StatusError::no_such_path)?;
+            Ok(if path.starts_with("/openid") {
+                json_response_as(StatusCode::OK, &tokens.jwks(), "application/jwk-set+json")
+            } else {
+                json_response(StatusCode::OK, &tokens.openid_configuration())
+            })
+        }
         "/metrics" => Ok(text_response(StatusCode::OK, server.metrics.render())),
         "/openapi/v2" => Ok(json_response(StatusCode::OK, crate::openapi::v2())),
         "/openapi/v3" => Ok(json_response(StatusCode::OK, &crate::openapi::v3_index())),

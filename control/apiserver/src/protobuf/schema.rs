@@ -35,6 +35,9 @@ pub static TOP_LEVEL: &[TopLevel] = &[
     TopLevel { api_version: "policy/v1", kind: "Eviction", message: &POLICY_V1_EVICTION },
     TopLevel { api_version: "autoscaling/v1", kind: "Scale", message: &AUTOSCALING_V1_SCALE },
     TopLevel { api_version: "authentication.k8s.io/v1", kind: "TokenRequest", message: &AUTHENTICATION_V1_TOKEN_REQUEST },
+    TopLevel { api_version: "networking.k8s.io/v1", kind: "NetworkPolicy", message: &NETWORKING_V1_NETWORK_POLICY },
+    TopLevel { api_version: "networking.k8s.io/v1", kind: "Ingress", message: &NETWORKING_V1_INGRESS },
+    TopLevel { api_version: "networking.k8s.io/v1", kind: "IngressClass", message: &NETWORKING_V1_INGRESS_CLASS },
     TopLevel { api_version: "rbac.authorization.k8s.io/v1", kind: "Role", message: &RBAC_V1_ROLE },
     TopLevel { api_version: "rbac.authorization.k8s.io/v1", kind: "RoleBinding", message: &RBAC_V1_ROLE_BINDING },
     TopLevel { api_version: "rbac.authorization.k8s.io/v1", kind: "ClusterRole", message: &RBAC_V1_CLUSTER_ROLE },
@@ -1975,6 +1978,159 @@ pub static AUTHENTICATION_V1_BOUND_OBJECT_REFERENCE: Message = Message { name: "
 pub static AUTHENTICATION_V1_TOKEN_REQUEST_STATUS: Message = Message { name: "k8s.io.api.authentication.v1.TokenRequestStatus", fields: &[
     F { tag: 1, json: "token", kind: Str, rule: Always },
     F { tag: 2, json: "expirationTimestamp", kind: Time, rule: Always },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_NETWORK_POLICY: Message = Message { name: "k8s.io.api.networking.v1.NetworkPolicy", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "spec", kind: Msg(&NETWORKING_V1_NETWORK_POLICY_SPEC), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_NETWORK_POLICY_SPEC: Message = Message { name: "k8s.io.api.networking.v1.NetworkPolicySpec", fields: &[
+    F { tag: 1, json: "podSelector", kind: Msg(&META_V1_LABEL_SELECTOR), rule: OmitEmpty },
+    F { tag: 2, json: "ingress", kind: Msg(&NETWORKING_V1_NETWORK_POLICY_INGRESS_RULE), rule: List },
+    F { tag: 3, json: "egress", kind: Msg(&NETWORKING_V1_NETWORK_POLICY_EGRESS_RULE), rule: List },
+    F { tag: 4, json: "policyTypes", kind: Str, rule: List },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_NETWORK_POLICY_INGRESS_RULE: Message = Message { name: "k8s.io.api.networking.v1.NetworkPolicyIngressRule", fields: &[
+    F { tag: 1, json: "ports", kind: Msg(&NETWORKING_V1_NETWORK_POLICY_PORT), rule: List },
+    F { tag: 2, json: "from", kind: Msg(&NETWORKING_V1_NETWORK_POLICY_PEER), rule: List },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_NETWORK_POLICY_PORT: Message = Message { name: "k8s.io.api.networking.v1.NetworkPolicyPort", fields: &[
+    F { tag: 1, json: "protocol", kind: Str, rule: Ptr },
+    F { tag: 2, json: "port", kind: IntOrString, rule: Ptr },
+    F { tag: 3, json: "endPort", kind: I32, rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_NETWORK_POLICY_PEER: Message = Message { name: "k8s.io.api.networking.v1.NetworkPolicyPeer", fields: &[
+    F { tag: 1, json: "podSelector", kind: Msg(&META_V1_LABEL_SELECTOR), rule: Ptr },
+    F { tag: 2, json: "namespaceSelector", kind: Msg(&META_V1_LABEL_SELECTOR), rule: Ptr },
+    F { tag: 3, json: "ipBlock", kind: Msg(&NETWORKING_V1_IP_BLOCK), rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_IP_BLOCK: Message = Message { name: "k8s.io.api.networking.v1.IpBlock", fields: &[
+    F { tag: 1, json: "cidr", kind: Str, rule: Always },
+    F { tag: 2, json: "except", kind: Str, rule: List },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_NETWORK_POLICY_EGRESS_RULE: Message = Message { name: "k8s.io.api.networking.v1.NetworkPolicyEgressRule", fields: &[
+    F { tag: 1, json: "ports", kind: Msg(&NETWORKING_V1_NETWORK_POLICY_PORT), rule: List },
+    F { tag: 2, json: "to", kind: Msg(&NETWORKING_V1_NETWORK_POLICY_PEER), rule: List },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS: Message = Message { name: "k8s.io.api.networking.v1.Ingress", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "spec", kind: Msg(&NETWORKING_V1_INGRESS_SPEC), rule: OmitEmpty },
+    F { tag: 3, json: "status", kind: Msg(&NETWORKING_V1_INGRESS_STATUS), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_SPEC: Message = Message { name: "k8s.io.api.networking.v1.IngressSpec", fields: &[
+    F { tag: 4, json: "ingressClassName", kind: Str, rule: Ptr },
+    F { tag: 1, json: "defaultBackend", kind: Msg(&NETWORKING_V1_INGRESS_BACKEND), rule: Ptr },
+    F { tag: 2, json: "tls", kind: Msg(&NETWORKING_V1_INGRESS_TLS), rule: List },
+    F { tag: 3, json: "rules", kind: Msg(&NETWORKING_V1_INGRESS_RULE), rule: List },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_BACKEND: Message = Message { name: "k8s.io.api.networking.v1.IngressBackend", fields: &[
+    F { tag: 4, json: "service", kind: Msg(&NETWORKING_V1_INGRESS_SERVICE_BACKEND), rule: Ptr },
+    F { tag: 3, json: "resource", kind: Msg(&CORE_V1_TYPED_LOCAL_OBJECT_REFERENCE), rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_SERVICE_BACKEND: Message = Message { name: "k8s.io.api.networking.v1.IngressServiceBackend", fields: &[
+    F { tag: 1, json: "name", kind: Str, rule: Always },
+    F { tag: 2, json: "port", kind: Msg(&NETWORKING_V1_SERVICE_BACKEND_PORT), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_SERVICE_BACKEND_PORT: Message = Message { name: "k8s.io.api.networking.v1.ServiceBackendPort", fields: &[
+    F { tag: 1, json: "name", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "number", kind: I32, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_TLS: Message = Message { name: "k8s.io.api.networking.v1.IngressTls", fields: &[
+    F { tag: 1, json: "hosts", kind: Str, rule: List },
+    F { tag: 2, json: "secretName", kind: Str, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_RULE: Message = Message { name: "k8s.io.api.networking.v1.IngressRule", fields: &[
+    F { tag: 1, json: "host", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "", kind: Msg(&NETWORKING_V1_INGRESS_RULE_VALUE), rule: Inline },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_RULE_VALUE: Message = Message { name: "k8s.io.api.networking.v1.IngressRuleValue", fields: &[
+    F { tag: 1, json: "http", kind: Msg(&NETWORKING_V1_HTTP_INGRESS_RULE_VALUE), rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_HTTP_INGRESS_RULE_VALUE: Message = Message { name: "k8s.io.api.networking.v1.HttpIngressRuleValue", fields: &[
+    F { tag: 1, json: "paths", kind: Msg(&NETWORKING_V1_HTTP_INGRESS_PATH), rule: ListOrNull },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_HTTP_INGRESS_PATH: Message = Message { name: "k8s.io.api.networking.v1.HttpIngressPath", fields: &[
+    F { tag: 1, json: "path", kind: Str, rule: OmitEmpty },
+    F { tag: 3, json: "pathType", kind: Str, rule: PtrOrNull },
+    F { tag: 2, json: "backend", kind: Msg(&NETWORKING_V1_INGRESS_BACKEND), rule: Always },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_STATUS: Message = Message { name: "k8s.io.api.networking.v1.IngressStatus", fields: &[
+    F { tag: 1, json: "loadBalancer", kind: Msg(&NETWORKING_V1_INGRESS_LOAD_BALANCER_STATUS), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_LOAD_BALANCER_STATUS: Message = Message { name: "k8s.io.api.networking.v1.IngressLoadBalancerStatus", fields: &[
+    F { tag: 1, json: "ingress", kind: Msg(&NETWORKING_V1_INGRESS_LOAD_BALANCER_INGRESS), rule: List },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_LOAD_BALANCER_INGRESS: Message = Message { name: "k8s.io.api.networking.v1.IngressLoadBalancerIngress", fields: &[
+    F { tag: 1, json: "ip", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "hostname", kind: Str, rule: OmitEmpty },
+    F { tag: 4, json: "ports", kind: Msg(&NETWORKING_V1_INGRESS_PORT_STATUS), rule: List },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_PORT_STATUS: Message = Message { name: "k8s.io.api.networking.v1.IngressPortStatus", fields: &[
+    F { tag: 1, json: "port", kind: I32, rule: Always },
+    F { tag: 2, json: "protocol", kind: Str, rule: Always },
+    F { tag: 3, json: "error", kind: Str, rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_CLASS: Message = Message { name: "k8s.io.api.networking.v1.IngressClass", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "spec", kind: Msg(&NETWORKING_V1_INGRESS_CLASS_SPEC), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_CLASS_SPEC: Message = Message { name: "k8s.io.api.networking.v1.IngressClassSpec", fields: &[
+    F { tag: 1, json: "controller", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "parameters", kind: Msg(&NETWORKING_V1_INGRESS_CLASS_PARAMETERS_REFERENCE), rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static NETWORKING_V1_INGRESS_CLASS_PARAMETERS_REFERENCE: Message = Message { name: "k8s.io.api.networking.v1.IngressClassParametersReference", fields: &[
+    F { tag: 1, json: "apiGroup", kind: Str, rule: Ptr },
+    F { tag: 2, json: "kind", kind: Str, rule: Always },
+    F { tag: 3, json: "name", kind: Str, rule: Always },
+    F { tag: 4, json: "scope", kind: Str, rule: Ptr },
+    F { tag: 5, json: "namespace", kind: Str, rule: Ptr },
 ] };
 
 #[rustfmt::skip]

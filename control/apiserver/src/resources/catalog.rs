@@ -1,6 +1,8 @@
 //! The table of served resources (Kubernetes v1.33 names, short names and categories).
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, events, rbac, scheduling};
+use k8s_openapi::api::{
+    apps, batch, coordination, core, discovery, events, networking, rbac, scheduling,
+};
 
 use super::{Resource, StorageView, Subresource, roundtrip, schema_of};
 
@@ -418,6 +420,60 @@ pub static CATALOG: &[Resource] = &[
         normalize: roundtrip::<scheduling::v1::PriorityClass>,
         view: None,
         schema: schema_of::<scheduling::v1::PriorityClass>,
+    },
+    // Stored and served for the controllers and network plugins that act on them: Baton's
+    // proxy does not enforce NetworkPolicies, and no ingress controller is built in (upstream
+    // has none either).
+    Resource {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "NetworkPolicy",
+        plural: "networkpolicies",
+        singular: "networkpolicy",
+        namespaced: true,
+        short_names: &["netpol"],
+        categories: &[],
+        subresources: &[],
+        has_status: false,
+        tracks_generation: true,
+        storage_prefix: "/registry/networkpolicies/",
+        normalize: roundtrip::<networking::v1::NetworkPolicy>,
+        view: None,
+        schema: schema_of::<networking::v1::NetworkPolicy>,
+    },
+    Resource {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "Ingress",
+        plural: "ingresses",
+        singular: "ingress",
+        namespaced: true,
+        short_names: &["ing"],
+        categories: &[],
+        subresources: &[status("networking.k8s.io", "v1", "Ingress")],
+        has_status: true,
+        tracks_generation: true,
+        storage_prefix: "/registry/ingresses/",
+        normalize: roundtrip::<networking::v1::Ingress>,
+        view: None,
+        schema: schema_of::<networking::v1::Ingress>,
+    },
+    Resource {
+        group: "networking.k8s.io",
+        version: "v1",
+        kind: "IngressClass",
+        plural: "ingressclasses",
+        singular: "ingressclass",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        has_status: false,
+        tracks_generation: false,
+        storage_prefix: "/registry/ingressclasses/",
+        normalize: roundtrip::<networking::v1::IngressClass>,
+        view: None,
+        schema: schema_of::<networking::v1::IngressClass>,
     },
     // RBAC objects are stored and served (charts and operators create them), not enforced:
     // there is no authorizer yet, as upstream's --authorization-mode=AlwaysAllow.

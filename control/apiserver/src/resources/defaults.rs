@@ -62,8 +62,29 @@ pub fn apply(group: &str, kind: &str, obj: &mut Value, cfg: &DefaultingConfig, c
         ("scheduling.k8s.io", "PriorityClass") => {
             default(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
         }
+        ("networking.k8s.io", "NetworkPolicy") => network_policy(obj),
         _ => {}
     }
+}
+
+/// Upstream's NetworkPolicy defaults: ports are TCP, and policyTypes is Ingress, plus Egress
+/// when there are egress rules.
+fn network_policy(obj: &mut Value) {
+    let spec = child(obj, "spec");
+    for direction in ["ingress", "egress"] {
+        each_mut(spec, direction, |rule| {
+            each_mut(rule, "ports", |port| {
+                default(port, "protocol", json!("TCP"))
+            });
+        });
+    }
+    let has_egress = spec["egress"].as_array().is_some_and(|e| !e.is_empty());
+    let types = if has_egress {
+        json!(["Ingress", "Egress"])
+    } else {
+        json!(["Ingress"])
+    };
+    default(spec, "policyTypes", types);
 }
 
 fn pod(obj: &mut Value, cfg: &DefaultingConfig, creating: bool) {

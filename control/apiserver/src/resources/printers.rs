@@ -124,6 +124,21 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
                 ("PreemptionPolicy", "string", 0),
             ]
         }
+        ("networking.k8s.io", "NetworkPolicy") => vec![NAME, ("Pod-Selector", "string", 0), AGE],
+        ("networking.k8s.io", "Ingress") => vec![
+            NAME,
+            ("Class", "string", 0),
+            ("Hosts", "string", 0),
+            ("Address", "string", 0),
+            ("Ports", "string", 0),
+            AGE,
+        ],
+        ("networking.k8s.io", "IngressClass") => vec![
+            NAME,
+            ("Controller", "string", 0),
+            ("Parameters", "string", 0),
+            AGE,
+        ],
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => vec![
             NAME,
             ("Role", "string", 0),
@@ -688,6 +703,64 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
             json!(created),
             json!(s(&obj["preemptionPolicy"])),
         ],
+        ("networking.k8s.io", "NetworkPolicy") => {
+            vec![
+                name,
+                json!(selector_string(&spec["podSelector"])),
+                json!(created),
+            ]
+        }
+        ("networking.k8s.io", "Ingress") => {
+            let hosts: Vec<&str> = spec["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["host"].as_str().filter(|h| !h.is_empty()))
+                .collect();
+            let hosts = if hosts.is_empty() {
+                "*".to_string()
+            } else {
+                hosts.join(",")
+            };
+            let addresses: Vec<&str> = obj["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| {
+                    i["ip"]
+                        .as_str()
+                        .or(i["hostname"].as_str())
+                        .filter(|a| !a.is_empty())
+                })
+                .collect();
+            let tls = spec["tls"].as_array().is_some_and(|t| !t.is_empty());
+            vec![
+                name,
+                json!(none_if_empty(s(&spec["ingressClassName"]).to_string())),
+                json!(hosts),
+                json!(addresses.join(",")),
+                json!(if tls { "80, 443" } else { "80" }),
+                json!(created),
+            ]
+        }
+        ("networking.k8s.io", "IngressClass") => {
+            let parameters = &spec["parameters"];
+            let shown = if parameters.is_object() {
+                let kind = match parameters["apiGroup"].as_str() {
+                    Some(group) => format!("{}.{group}", s(&parameters["kind"])),
+                    None => s(&parameters["kind"]).to_string(),
+                };
+                format!("{kind}/{}", s(&parameters["name"]))
+            } else {
+                "<none>".to_string()
+            };
+            vec![
+                name,
+                json!(s(&spec["controller"])),
+                json!(shown),
+                json!(created),
+            ]
+        }
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
             let subjects = |wanted: &str| -> String {
                 obj["subjects"]

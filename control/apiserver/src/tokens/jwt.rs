@@ -110,6 +110,20 @@ impl VerifyingKey {
     pub fn id(&self) -> String {
         key_id(&self.point)
     }
+
+    /// The key as a JSON Web Key (RFC 7517, 7518): the coordinates of the point.
+    pub fn jwk(&self) -> Value {
+        let (x, y) = self.point[1..].split_at(32);
+        json!({
+            "use": "sig",
+            "kty": "EC",
+            "kid": self.id(),
+            "crv": "P-256",
+            "alg": "ES256",
+            "x": URL_SAFE_NO_PAD.encode(x),
+            "y": URL_SAFE_NO_PAD.encode(y),
+        })
+    }
 }
 
 /// The key that signs tokens.
@@ -264,6 +278,20 @@ mod tests {
             verify(&format!("{token}.x"), &keys),
             Err(InvalidTokenError::Malformed)
         );
+    }
+
+    #[test]
+    fn the_jwk_holds_the_point_that_verifies_tokens() {
+        let signing = key();
+        let token = signing.sign(&json!({ "sub": "a" }));
+        let jwk = signing.verifying_key().jwk();
+        assert_eq!(jwk["kid"], signing.kid);
+        let coordinate = |name: &str| URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap()).unwrap();
+        let mut point = vec![4u8];
+        point.extend(coordinate("x"));
+        point.extend(coordinate("y"));
+        let rebuilt = VerifyingKey { point };
+        assert!(verify(&token, &[rebuilt]).is_ok());
     }
 
     #[test]

@@ -174,6 +174,23 @@ impl TokenIssuer {
         }
     }
 
+    /// The OpenID Connect discovery document (`/.well-known/openid-configuration`), which lets
+    /// other systems verify the tokens with the keys at `jwks_uri`.
+    pub fn openid_configuration(&self) -> serde_json::Value {
+        serde_json::json!({
+            "issuer": self.issuer,
+            "jwks_uri": format!("{}/openid/v1/jwks", self.issuer.trim_end_matches('/')),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        })
+    }
+
+    /// The verification keys as a JSON Web Key Set (`/openid/v1/jwks`).
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": self.keys.iter().map(VerifyingKey::jwk).collect::<Vec<_>>() })
+    }
+
     /// Whether tokens are issued (a signing key is configured).
     pub fn can_issue(&self) -> bool {
         self.signing.is_some()
