@@ -462,3 +462,122 @@ spec:
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
 }
+
+const BUDGET: &str = r#"
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web, namespace: shop}
+spec:
+  minAvailable: 3
+  selector: {matchLabels: {app: web}}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_the_disruption_budget() {
+    let plane = ControlPlane::start(&binary(), 2, &[])
+        .await
+        .expect("control plane");
+    let k = kubectl();
+    apply(&plane, &k, WEB);
+    apply(&plane, &k, BUDGET);
+    let pods: Api<Pod> = Api::namespaced(plane.apiserver.client().await.unwrap(), "shop");
+    let running = wait_until("3 running web pods", Duration::from_secs(60), || async {
+        let r = running_pods(&pods, "app=web").await;
+        (r.len() == 3).then_some(r)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let jsonpath = |path: &str| {
+        ok(
+            &plane,
+            &k,
+            &[
+                "get",
+                "pdb",
+                "web",
+                "-n",
+                "shop",
+                "-o",
+                &format!("jsonpath={path}"),
+            ],
+        )
+    };
+    wait_until("the budget's status", Duration::from_secs(30), || async {
+        (jsonpath("{.status.currentHealthy}/{.status.disruptionsAllowed}") == "3/0").then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let table = ok(&plane, &k, &["get", "pdb", "-n", "shop"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "MIN",
+            "AVAILABLE",
+            "MAX",
+            "UNAVAILABLE",
+            "ALLOWED",
+            "DISRUPTIONS",
+            "AGE"
+        ]
+    );
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..4], ["web", "3", "N/A", "0"], "{table}");
+
+    // The budget allows no disruption: drain evicts nothing and gives up at its timeout.
+    let node = running[0].1.clone();
+    let drain = plane
+        .apiserver
+        .kubectl(&k, &["drain", &node, "--ignore-daemonsets", "--timeout=8s"]);
+    let stderr = String::from_utf8_lossy(&drain.stderr);
+    assert!(!drain.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{stderr}"
+    );
+    assert_eq!(running_pods(&pods, "app=web").await.len(), 3);
+
+    // One disruption allowed: drain evicts one pod at a time, each after its replacement is
+    // Ready elsewhere, and the node ends up empty.
+    ok(
+        &plane,
+        &k,
+        &[
+            "patch",
+            "pdb",
+            "web",
+            "-n",
+            "shop",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"minAvailable":2}}"#,
+        ],
+    );
+    ok(
+        &plane,
+        &k,
+        &["drain", &node, "--ignore-daemonsets", "--grace-period=1", "--timeout=120s"],
+    );
+    let after = wait_until(
+        "3 web pods off the drained node",
+        Duration::from_secs(60),
+        || async {
+            let r = running_pods(&pods, "app=web").await;
+            (r.len() == 3 && r.iter().all(|(_, n)| *n != node)).then_some(r)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    assert_eq!(after.len(), 3);
+}

@@ -59,6 +59,7 @@ TOP_LEVEL = [
     ("api.events.v1.Event", "events.k8s.io/v1", "Event"),
     ("api.scheduling.v1.PriorityClass", "scheduling.k8s.io/v1", "PriorityClass"),
     ("api.policy.v1.Eviction", "policy/v1", "Eviction"),
+    ("api.policy.v1.PodDisruptionBudget", "policy/v1", "PodDisruptionBudget"),
     ("api.autoscaling.v1.Scale", "autoscaling/v1", "Scale"),
     ("api.authentication.v1.TokenRequest", "authentication.k8s.io/v1", "TokenRequest"),
     ("api.networking.v1.NetworkPolicy", "networking.k8s.io/v1", "NetworkPolicy"),

@@ -288,6 +288,19 @@ impl StatusError {
         err
     }
 
+    /// 429 TooManyRequests with the causes upstream's eviction gives (`DisruptionBudget`).
+    pub fn too_many_requests(message: impl Into<String>, causes: &[(&str, String)]) -> Self {
+        let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message);
+        let causes: Vec<Value> = causes
+            .iter()
+            .map(|(reason, message)| json!({ "reason": reason, "message": message }))
+            .collect();
+        err.details = Some(Box::new(json!({ "causes": causes })));
+        // No Retry-After, as upstream's eviction: client-go would retry on its own (ten times)
+        // and kubectl drain, which retries every 5 s itself, would stall.
+        err
+    }
+
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)

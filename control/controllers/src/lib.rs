@@ -9,6 +9,7 @@ mod context;
 mod controller_revision;
 mod daemonset;
 mod deployment;
+mod disruption;
 mod endpoints;
 mod endpointslice;
 mod failure_backoff;
@@ -133,6 +134,7 @@ const CONTROLLERS: &[(&str, StartFn)] = &[
     ("statefulset-controller", statefulset::start),
     ("job-controller", job::start),
     ("ttl-after-finished-controller", ttl_after_finished::start),
+    ("disruption-controller", disruption::start),
 ];
 
 fn known_controllers() -> String {

@@ -1,6 +1,7 @@
 //! The REST handlers of resource requests: one file per group of verbs.
 
 mod delete;
+mod disruption_budget;
 pub mod read;
 mod subresources;
 mod token_request;

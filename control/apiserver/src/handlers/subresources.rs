@@ -173,6 +173,8 @@ async fn eviction<S: Store>(
     call: &Call<'_>,
 ) -> Result<Response<Body>, StatusError> {
     let body = parse_object(&call.body, call.content_type)?;
+    let pod = read_object(server, call.resource, &call.key(), call.name()).await?;
+    super::disruption_budget::take_disruption(server, &pod).await?;
     let mut delete_call_body = body["deleteOptions"].clone();
     if delete_call_body.is_null() {
         delete_call_body = json!({});

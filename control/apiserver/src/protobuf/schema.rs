@@ -33,6 +33,7 @@ pub static TOP_LEVEL: &[TopLevel] = &[
     TopLevel { api_version: "events.k8s.io/v1", kind: "Event", message: &EVENTS_V1_EVENT },
     TopLevel { api_version: "scheduling.k8s.io/v1", kind: "PriorityClass", message: &SCHEDULING_V1_PRIORITY_CLASS },
     TopLevel { api_version: "policy/v1", kind: "Eviction", message: &POLICY_V1_EVICTION },
+    TopLevel { api_version: "policy/v1", kind: "PodDisruptionBudget", message: &POLICY_V1_POD_DISRUPTION_BUDGET },
     TopLevel { api_version: "autoscaling/v1", kind: "Scale", message: &AUTOSCALING_V1_SCALE },
     TopLevel { api_version: "authentication.k8s.io/v1", kind: "TokenRequest", message: &AUTHENTICATION_V1_TOKEN_REQUEST },
     TopLevel { api_version: "networking.k8s.io/v1", kind: "NetworkPolicy", message: &NETWORKING_V1_NETWORK_POLICY },
@@ -1932,6 +1933,32 @@ pub static META_V1_DELETE_OPTIONS: Message = Message { name: "k8s.io.apimachiner
 pub static META_V1_PRECONDITIONS: Message = Message { name: "k8s.io.apimachinery.pkg.apis.meta.v1.Preconditions", fields: &[
     F { tag: 1, json: "uid", kind: Str, rule: Ptr },
     F { tag: 2, json: "resourceVersion", kind: Str, rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static POLICY_V1_POD_DISRUPTION_BUDGET: Message = Message { name: "k8s.io.api.policy.v1.PodDisruptionBudget", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "spec", kind: Msg(&POLICY_V1_POD_DISRUPTION_BUDGET_SPEC), rule: OmitEmpty },
+    F { tag: 3, json: "status", kind: Msg(&POLICY_V1_POD_DISRUPTION_BUDGET_STATUS), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static POLICY_V1_POD_DISRUPTION_BUDGET_SPEC: Message = Message { name: "k8s.io.api.policy.v1.PodDisruptionBudgetSpec", fields: &[
+    F { tag: 1, json: "minAvailable", kind: IntOrString, rule: Ptr },
+    F { tag: 2, json: "selector", kind: Msg(&META_V1_LABEL_SELECTOR), rule: Ptr },
+    F { tag: 3, json: "maxUnavailable", kind: IntOrString, rule: Ptr },
+    F { tag: 4, json: "unhealthyPodEvictionPolicy", kind: Str, rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static POLICY_V1_POD_DISRUPTION_BUDGET_STATUS: Message = Message { name: "k8s.io.api.policy.v1.PodDisruptionBudgetStatus", fields: &[
+    F { tag: 1, json: "observedGeneration", kind: I64, rule: OmitEmpty },
+    F { tag: 2, json: "disruptedPods", kind: Time, rule: Map },
+    F { tag: 3, json: "disruptionsAllowed", kind: I32, rule: Always },
+    F { tag: 4, json: "currentHealthy", kind: I32, rule: Always },
+    F { tag: 5, json: "desiredHealthy", kind: I32, rule: Always },
+    F { tag: 6, json: "expectedPods", kind: I32, rule: Always },
+    F { tag: 7, json: "conditions", kind: Msg(&META_V1_CONDITION), rule: List },
 ] };
 
 #[rustfmt::skip]

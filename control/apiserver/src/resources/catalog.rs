@@ -1,7 +1,7 @@
 //! The table of served resources (Kubernetes v1.33 names, short names and categories).
 
 use k8s_openapi::api::{
-    apps, batch, coordination, core, discovery, events, networking, rbac, scheduling,
+    apps, batch, coordination, core, discovery, events, networking, policy, rbac, scheduling,
 };
 
 use super::{Resource, StorageView, Subresource, roundtrip, schema_of};
@@ -420,6 +420,23 @@ pub static CATALOG: &[Resource] = &[
         normalize: roundtrip::<scheduling::v1::PriorityClass>,
         view: None,
         schema: schema_of::<scheduling::v1::PriorityClass>,
+    },
+    Resource {
+        group: "policy",
+        version: "v1",
+        kind: "PodDisruptionBudget",
+        plural: "poddisruptionbudgets",
+        singular: "poddisruptionbudget",
+        namespaced: true,
+        short_names: &["pdb"],
+        categories: &[],
+        subresources: &[status("policy", "v1", "PodDisruptionBudget")],
+        has_status: true,
+        tracks_generation: true,
+        storage_prefix: "/registry/poddisruptionbudgets/",
+        normalize: roundtrip::<policy::v1::PodDisruptionBudget>,
+        view: None,
+        schema: schema_of::<policy::v1::PodDisruptionBudget>,
     },
     // Stored and served for the controllers and network plugins that act on them: Baton's
     // proxy does not enforce NetworkPolicies, and no ingress controller is built in (upstream

@@ -125,6 +125,13 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
             ]
         }
         ("networking.k8s.io", "NetworkPolicy") => vec![NAME, ("Pod-Selector", "string", 0), AGE],
+        ("policy", "PodDisruptionBudget") => vec![
+            NAME,
+            ("Min Available", "string", 0),
+            ("Max Unavailable", "string", 0),
+            ("Allowed Disruptions", "integer", 0),
+            AGE,
+        ],
         ("networking.k8s.io", "Ingress") => vec![
             NAME,
             ("Class", "string", 0),
@@ -703,6 +710,20 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
             json!(created),
             json!(s(&obj["preemptionPolicy"])),
         ],
+        ("policy", "PodDisruptionBudget") => {
+            let bound = |v: &Value| match v {
+                Value::Null => "N/A".to_string(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            vec![
+                name,
+                json!(bound(&spec["minAvailable"])),
+                json!(bound(&spec["maxUnavailable"])),
+                json!(i(&obj["status"]["disruptionsAllowed"])),
+                json!(created),
+            ]
+        }
         ("networking.k8s.io", "NetworkPolicy") => {
             vec![
                 name,

@@ -177,6 +177,43 @@ fn non_negative(obj: &Value, path: &str, field: &str, causes: &mut Vec<FieldCaus
     }
 }
 
+/// Upstream's `ValidatePodDisruptionBudgetSpec`: at most one of minAvailable and
+/// maxUnavailable, each a non-negative count or a percentage (at most 100%).
+fn disruption_budget(spec: &Value, causes: &mut Vec<FieldCause>) {
+    if !spec["minAvailable"].is_null() && !spec["maxUnavailable"].is_null() {
+        causes.push(FieldCause::invalid(
+            "spec",
+            spec,
+            "minAvailable and maxUnavailable cannot be both set",
+        ));
+    }
+    for field in ["minAvailable", "maxUnavailable"] {
+        let value = &spec[field];
+        let at = format!("spec.{field}");
+        match value {
+            Value::Null => {}
+            Value::Number(n) if n.as_i64().is_some_and(|n| n < 0) => causes.push(
+                FieldCause::invalid(at, value, "must be greater than or equal to 0"),
+            ),
+            Value::Number(_) => {}
+            Value::String(s) => match s.strip_suffix('%').map(str::parse::<i64>) {
+                Some(Ok(percent)) if (0..=100).contains(&percent) => {}
+                Some(Ok(_)) => causes.push(FieldCause::invalid(
+                    at,
+                    value,
+                    "must not be greater than 100%",
+                )),
+                _ => causes.push(FieldCause::invalid(
+                    at,
+                    value,
+                    "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+                )),
+            },
+            other => causes.push(FieldCause::invalid(at, other, "must be an integer or a percentage")),
+        }
+    }
+}
+
 /// Upstream's checks of a projected service account token: a path, and a lifetime of ten
 /// minutes to 2^32 seconds.
 fn service_account_token_projection(token: &Value, at: &str, causes: &mut Vec<FieldCause>) {
@@ -218,6 +255,7 @@ pub fn object(group: &str, kind: &str, obj: &Value, causes: &mut Vec<FieldCause>
             workload(obj, causes, false);
         }
         ("scheduling.k8s.io", "PriorityClass") => priority_class(obj, causes),
+        ("policy", "PodDisruptionBudget") => disruption_budget(&obj["spec"], causes),
         ("rbac.authorization.k8s.io", "Role") => rbac::role(obj, true, causes),
         ("rbac.authorization.k8s.io", "ClusterRole") => rbac::role(obj, false, causes),
         ("rbac.authorization.k8s.io", "RoleBinding") => rbac::binding(obj, true, causes),
