@@ -495,6 +495,22 @@ async fn scenario(binary: &Binary, bin: &Path) {
         !changed.status.success() && stderr.contains("cannot change roleRef"),
         "{stderr}"
     );
+    // Names with colons, and the API groups a manifest leaves out, as charts write them.
+    k.ok_input(
+        &["apply", "-f", "-"],
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: \"system:demo-reader\"}\nrules:\n- {apiGroups: [\"\"], resources: [pods], verbs: [get]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: \"system:demo-reader\"}\nroleRef: {kind: ClusterRole, name: \"system:demo-reader\"}\nsubjects:\n- {kind: Group, name: \"system:authenticated\"}\n",
+    );
+    let defaulted = k.ok(&[
+        "get",
+        "clusterrolebinding",
+        "system:demo-reader",
+        "-o",
+        "jsonpath={.roleRef.apiGroup} {.subjects[0].apiGroup}",
+    ]);
+    assert_eq!(
+        defaulted,
+        "rbac.authorization.k8s.io rbac.authorization.k8s.io"
+    );
     let resources = k.ok(&["api-resources", "--api-group=rbac.authorization.k8s.io"]);
     assert_eq!(
         lines_with(&resources, "rbac.authorization.k8s.io/v1"),

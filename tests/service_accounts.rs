@@ -139,7 +139,8 @@ async fn tokens_authenticate_their_service_account_until_what_they_name_is_gone(
     );
     assert_eq!(
         discovery["jwks_uri"],
-        "https://kubernetes.default.svc.cluster.local/openid/v1/jwks"
+        format!("{}/openid/v1/jwks", server.url()),
+        "on the API server's address, as upstream"
     );
     let jwks: serde_json::Value =
         serde_json::from_str(&k.ok(&["get", "--raw", "/openid/v1/jwks"])).unwrap();

@@ -463,6 +463,14 @@ spec:
     .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
 }
 
+/// Whether a pod's Ready condition is True.
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 const BUDGET: &str = r#"
 apiVersion: policy/v1
 kind: PodDisruptionBudget
@@ -536,7 +544,13 @@ async fn drain_waits_for_the_disruption_budget() {
     assert_eq!(&row[..4], ["web", "3", "N/A", "0"], "{table}");
 
     // The budget allows no disruption: drain evicts nothing and gives up at its timeout.
-    let node = running[0].1.clone();
+    // The node with the most web pods (two of the three), so that evicting them all at once
+    // would break the budget.
+    let node = running
+        .iter()
+        .map(|(_, n)| n.clone())
+        .max_by_key(|n| running.iter().filter(|(_, m)| m == n).count())
+        .unwrap();
     let drain = plane
         .apiserver
         .kubectl(&k, &["drain", &node, "--ignore-daemonsets", "--timeout=8s"]);
@@ -564,10 +578,45 @@ async fn drain_waits_for_the_disruption_budget() {
             r#"{"spec":{"minAvailable":2}}"#,
         ],
     );
-    ok(
-        &plane,
-        &k,
-        &["drain", &node, "--ignore-daemonsets", "--grace-period=1", "--timeout=120s"],
+    let mut drain = plane
+        .apiserver
+        .kubectl_background(
+            &k,
+            &[
+                "drain",
+                &node,
+                "--ignore-daemonsets",
+                "--grace-period=1",
+                "--timeout=120s",
+            ],
+        )
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut fewest_ready = usize::MAX;
+    let status = loop {
+        if let Some(status) = drain.exited() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "drain hangs: {}",
+            drain.errors()
+        );
+        let ready = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
+            .count();
+        fewest_ready = fewest_ready.min(ready);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{}{}", drain.output(), drain.errors());
+    assert!(
+        fewest_ready >= 2,
+        "the budget kept 2 pods ready during the drain: {fewest_ready}"
     );
     let after = wait_until(
         "3 web pods off the drained node",

@@ -261,7 +261,10 @@ fn other<S: Store>(server: &ApiServer<S>, path: &str) -> Result<Response<Body>, 
             Ok(if path.starts_with("/openid") {
                 json_response_as(StatusCode::OK, &tokens.jwks(), "application/jwk-set+json")
             } else {
-                json_response(StatusCode::OK, &tokens.openid_configuration())
+                json_response(
+                    StatusCode::OK,
+                    &tokens.openid_configuration(&server.advertise),
+                )
             })
         }
         "/metrics" => Ok(text_response(StatusCode::OK, server.metrics.render())),

@@ -288,16 +288,25 @@ impl StatusError {
         err
     }
 
-    /// 429 TooManyRequests with the causes upstream's eviction gives (`DisruptionBudget`).
-    pub fn too_many_requests(message: impl Into<String>, causes: &[(&str, String)]) -> Self {
+    /// 429 TooManyRequests with the causes upstream's eviction gives (`DisruptionBudget`), and
+    /// a Retry-After only where upstream sends one (client-go retries such answers itself, so
+    /// `kubectl drain`, which retries every 5 s on its own, would stall behind it).
+    pub fn too_many_requests(
+        message: impl Into<String>,
+        causes: &[(&str, String)],
+        retry_after: Option<u32>,
+    ) -> Self {
         let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message);
         let causes: Vec<Value> = causes
             .iter()
             .map(|(reason, message)| json!({ "reason": reason, "message": message }))
             .collect();
-        err.details = Some(Box::new(json!({ "causes": causes })));
-        // No Retry-After, as upstream's eviction: client-go would retry on its own (ten times)
-        // and kubectl drain, which retries every 5 s itself, would stall.
+        let mut details = json!({ "causes": causes });
+        if let Some(seconds) = retry_after {
+            details["retryAfterSeconds"] = json!(seconds);
+        }
+        err.details = Some(Box::new(details));
+        err.retry_after = retry_after;
         err
     }
 

@@ -6,8 +6,9 @@
 //! the covered pods less maxUnavailable (the same way); disruptionsAllowed is what healthy pods
 //! exceed it by.
 //!
-//! Unlike upstream, a percentage or maxUnavailable counts the pods the selector covers rather
-//! than the replicas their controllers ask for (the same once a workload has all its pods).
+//! Unlike upstream, a percentage or maxUnavailable counts the pods the selector covers (those
+//! not finished and not being deleted) rather than the replicas their controllers ask for: the
+//! two differ while a workload is short of pods or has extra ones.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::Context;
 use crate::failure_backoff::FailureBackoff;
-use crate::pod_control::{is_pod_ready, key_of};
+use crate::pod_control::{is_pod_ready, is_pod_terminal, key_of};
 
 /// How long an evicted pod counts as disrupted before the controller stops waiting for its
 /// deletion to show (upstream's DeletionTimeout).
@@ -122,13 +123,7 @@ fn error_policy(
 
 /// An IntOrString bound as a count of `total` pods (percentages rounded up).
 fn count_of(bound: &IntOrString, total: i32) -> i32 {
-    match bound {
-        IntOrString::Int(n) => *n,
-        IntOrString::String(s) => {
-            let percent: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
-            ((percent * i64::from(total) + 99) / 100) as i32
-        }
-    }
+    crate::deployment::scale::scaled_value(Some(bound), total, true)
 }
 
 /// The status `budget` should have for `pods` (those in its namespace) at `now`; also when the
@@ -165,7 +160,11 @@ pub fn compute_status(
         next_timeout = Some(next_timeout.map_or(left, |t| t.min(left)));
         disrupted.insert(name, at);
     }
-    let expected = covered.len() as i32;
+    // Finished pods and pods on their way out stand for no replica.
+    let expected = covered
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && !is_pod_terminal(p))
+        .count() as i32;
     let healthy = covered
         .iter()
         .filter(|p| {

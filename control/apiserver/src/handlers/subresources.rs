@@ -174,7 +174,11 @@ async fn eviction<S: Store>(
 ) -> Result<Response<Body>, StatusError> {
     let body = parse_object(&call.body, call.content_type)?;
     let pod = read_object(server, call.resource, &call.key(), call.name()).await?;
-    super::disruption_budget::take_disruption(server, &pod).await?;
+    let dry_run = call.query.dry_run()?
+        || body["deleteOptions"]["dryRun"]
+            .as_array()
+            .is_some_and(|modes| modes.iter().any(|m| m == "All"));
+    super::disruption_budget::take_disruption(server, &pod, dry_run).await?;
     let mut delete_call_body = body["deleteOptions"].clone();
     if delete_call_body.is_null() {
         delete_call_body = json!({});

@@ -63,8 +63,34 @@ pub fn apply(group: &str, kind: &str, obj: &mut Value, cfg: &DefaultingConfig, c
             default(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
         }
         ("networking.k8s.io", "NetworkPolicy") => network_policy(obj),
+        ("networking.k8s.io", "IngressClass") => {
+            if let Some(parameters) = obj["spec"].get_mut("parameters").filter(|p| p.is_object()) {
+                default(parameters, "scope", json!("Cluster"));
+            }
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => rbac_binding(obj),
         _ => {}
     }
+}
+
+/// Upstream's RBAC binding defaults: the roleRef's API group, and that of User and Group
+/// subjects.
+fn rbac_binding(obj: &mut Value) {
+    const GROUP: &str = "rbac.authorization.k8s.io";
+    // An empty group counts as unset (the typed form writes "" for a missing one).
+    let set_group = |target: &mut Value| {
+        if target["apiGroup"].as_str().is_none_or(str::is_empty) {
+            target["apiGroup"] = json!(GROUP);
+        }
+    };
+    if obj["roleRef"].is_object() {
+        set_group(&mut obj["roleRef"]);
+    }
+    each_mut(obj, "subjects", |subject| {
+        if matches!(subject["kind"].as_str(), Some("User" | "Group")) {
+            set_group(subject);
+        }
+    });
 }
 
 /// Upstream's NetworkPolicy defaults: ports are TCP, and policyTypes is Ingress, plus Egress
@@ -84,6 +110,9 @@ fn network_policy(obj: &mut Value) {
     } else {
         json!(["Ingress"])
     };
+    if spec["policyTypes"].as_array().is_some_and(Vec::is_empty) {
+        spec["policyTypes"] = Value::Null;
+    }
     default(spec, "policyTypes", types);
 }
 

@@ -738,22 +738,22 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
                 .flatten()
                 .filter_map(|r| r["host"].as_str().filter(|h| !h.is_empty()))
                 .collect();
-            let hosts = if hosts.is_empty() {
-                "*".to_string()
-            } else {
-                hosts.join(",")
+            // Upstream shows three hosts and counts the rest.
+            let hosts = match hosts.len() {
+                0 => "*".to_string(),
+                1..=3 => hosts.join(","),
+                n => format!("{} + {} more...", hosts[..3].join(","), n - 3),
             };
-            let addresses: Vec<&str> = obj["status"]["loadBalancer"]["ingress"]
+            let mut addresses: Vec<&str> = obj["status"]["loadBalancer"]["ingress"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|i| {
-                    i["ip"]
-                        .as_str()
-                        .or(i["hostname"].as_str())
-                        .filter(|a| !a.is_empty())
-                })
+                .flat_map(|i| [i["ip"].as_str(), i["hostname"].as_str()])
+                .flatten()
+                .filter(|a| !a.is_empty())
                 .collect();
+            addresses.sort_unstable();
+            addresses.dedup();
             let tls = spec["tls"].as_array().is_some_and(|t| !t.is_empty());
             vec![
                 name,

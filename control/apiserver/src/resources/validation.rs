@@ -83,6 +83,8 @@ pub fn name_rule(group: &str, kind: &str) -> NameRule {
         ("", "Namespace") => NameRule::Label,
         ("", "Service") => NameRule::Dns1035,
         ("", "Event") | ("events.k8s.io", "Event") => NameRule::PathSegment,
+        // Upstream checks RBAC names only as path segments (`system:aggregate-to-edit`).
+        ("rbac.authorization.k8s.io", _) => NameRule::PathSegment,
         _ => NameRule::Subdomain,
     }
 }
@@ -196,8 +198,12 @@ fn disruption_budget(spec: &Value, causes: &mut Vec<FieldCause>) {
                 FieldCause::invalid(at, value, "must be greater than or equal to 0"),
             ),
             Value::Number(_) => {}
-            Value::String(s) => match s.strip_suffix('%').map(str::parse::<i64>) {
-                Some(Ok(percent)) if (0..=100).contains(&percent) => {}
+            Value::String(s) => match s
+                .strip_suffix('%')
+                .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .map(str::parse::<i64>)
+            {
+                Some(Ok(percent)) if percent <= 100 => {}
                 Some(Ok(_)) => causes.push(FieldCause::invalid(
                     at,
                     value,
@@ -211,6 +217,15 @@ fn disruption_budget(spec: &Value, causes: &mut Vec<FieldCause>) {
             },
             other => causes.push(FieldCause::invalid(at, other, "must be an integer or a percentage")),
         }
+    }
+    if let Some(policy) = spec["unhealthyPodEvictionPolicy"].as_str()
+        && !matches!(policy, "IfHealthyBudget" | "AlwaysAllow")
+    {
+        causes.push(FieldCause::not_supported(
+            "spec.unhealthyPodEvictionPolicy",
+            policy,
+            &["AlwaysAllow", "IfHealthyBudget"],
+        ));
     }
 }
 

@@ -175,11 +175,12 @@ impl TokenIssuer {
     }
 
     /// The OpenID Connect discovery document (`/.well-known/openid-configuration`), which lets
-    /// other systems verify the tokens with the keys at `jwks_uri`.
-    pub fn openid_configuration(&self) -> serde_json::Value {
+    /// other systems verify the tokens with the keys at `jwks_uri`: on this server at
+    /// `address` (`host:port`), as upstream points it at its external address.
+    pub fn openid_configuration(&self, address: &str) -> serde_json::Value {
         serde_json::json!({
             "issuer": self.issuer,
-            "jwks_uri": format!("{}/openid/v1/jwks", self.issuer.trim_end_matches('/')),
+            "jwks_uri": format!("https://{address}/openid/v1/jwks"),
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["ES256"],

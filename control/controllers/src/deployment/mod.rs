@@ -12,7 +12,7 @@ mod hash;
 mod recreate;
 mod revisions;
 mod rolling;
-mod scale;
+pub(crate) mod scale;
 mod status;
 mod sync;
 

@@ -16,7 +16,7 @@ use super::{by_creation, desired, is_rolling, rs_available, rs_spec};
 /// An absolute count or a percentage of `total`, rounded up or down, never below zero. A value
 /// that validation refuses (negative, or a string that is not a whole percentage) counts as
 /// zero; a percentage too large to represent clamps to `i32::MAX` instead of overflowing.
-pub(super) fn scaled_value(value: Option<&IntOrString>, total: i32, round_up: bool) -> i32 {
+pub(crate) fn scaled_value(value: Option<&IntOrString>, total: i32, round_up: bool) -> i32 {
     match value {
         None => 0,
         Some(IntOrString::Int(n)) => (*n).max(0),
