@@ -681,6 +681,40 @@ async fn node_statistics_reach_kubectl_through_the_node_proxy() -> Result<()> {
             .iter()
             .any(|p| p["metadata"]["name"] == "busy")
     );
+    // kubectl top, through the resource metrics API the API server serves from the kubelets.
+    let top = |args: &[&str]| {
+        let out = cluster.server.kubectl(&kubectl, args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let nodes = wait_until("kubectl top node", Duration::from_secs(30), || {
+        let (ok, stdout, _) = top(&["top", "node", "--no-headers"]);
+        let found = ok && stdout.contains(node.as_str());
+        async move { found.then_some(stdout) }
+    })
+    .await?;
+    // NAME CPU(cores) CPU(%) MEMORY(bytes) MEMORY(%)
+    let row: Vec<&str> = nodes.split_whitespace().collect();
+    assert_eq!(row.len(), 5, "{nodes}");
+    assert!(
+        row[1].ends_with('m') && row[3].ends_with("Mi") && row[4].ends_with('%'),
+        "{nodes}"
+    );
+    let (ok, pods_top, stderr) = top(&["top", "pod", "busy", "--containers", "--no-headers"]);
+    assert!(ok, "{stderr}");
+    // POD NAME CPU(cores) MEMORY(bytes)
+    let row: Vec<&str> = pods_top.split_whitespace().collect();
+    assert_eq!(&row[..2], ["busy", "worker"], "{pods_top}");
+    assert!(
+        row[2].ends_with('m') && row[3].ends_with("Mi"),
+        "{pods_top}"
+    );
+    let (ok, _, stderr) = top(&["top", "pod", "no-such-pod"]);
+    assert!(!ok && stderr.contains("not found"), "{stderr}");
+
     // Refusals: a path the kubelet does not serve, a port that is not the kubelet's, a node
     // that does not exist.
     let refusal = |path: String| {

@@ -7,17 +7,89 @@ use serde_json::{Value, json};
 
 use crate::resources::{ALL_VERBS, CATALOG, Resource};
 
+/// A served resource that is not stored: computed on request (resource metrics) or a review
+/// that is only created (SelfSubjectReview).
+struct Virtual {
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+    verbs: &'static [&'static str],
+}
+
+const VIRTUAL: &[Virtual] = &[
+    Virtual {
+        group: "authentication.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectReview",
+        plural: "selfsubjectreviews",
+        singular: "selfsubjectreview",
+        namespaced: false,
+        verbs: &["create"],
+    },
+    Virtual {
+        group: "metrics.k8s.io",
+        version: "v1beta1",
+        kind: "NodeMetrics",
+        plural: "nodes",
+        singular: "",
+        namespaced: false,
+        verbs: &["get", "list"],
+    },
+    Virtual {
+        group: "metrics.k8s.io",
+        version: "v1beta1",
+        kind: "PodMetrics",
+        plural: "pods",
+        singular: "",
+        namespaced: true,
+        verbs: &["get", "list"],
+    },
+];
+
+/// Every served group and version, stored resources first.
+fn group_versions() -> impl Iterator<Item = (&'static str, &'static str)> {
+    CATALOG
+        .iter()
+        .map(|r| (r.group, r.version))
+        .chain(VIRTUAL.iter().map(|v| (v.group, v.version)))
+}
+
+/// The legacy discovery entry of a virtual resource.
+fn virtual_entry(v: &Virtual) -> Value {
+    json!({
+        "name": v.plural,
+        "singularName": v.singular,
+        "namespaced": v.namespaced,
+        "kind": v.kind,
+        "verbs": v.verbs,
+    })
+}
+
+/// The aggregated discovery entry of a virtual resource.
+fn virtual_aggregated(v: &Virtual) -> Value {
+    json!({
+        "resource": v.plural,
+        "responseKind": { "group": v.group, "version": v.version, "kind": v.kind },
+        "scope": if v.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": v.singular,
+        "verbs": v.verbs,
+    })
+}
+
 /// The groups served, in upstream's preference order, with their versions.
 pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut order: Vec<&'static str> = vec![];
     let mut versions: BTreeMap<&'static str, Vec<&'static str>> = BTreeMap::new();
-    for r in CATALOG.iter().filter(|r| !r.group.is_empty()) {
-        if !order.contains(&r.group) {
-            order.push(r.group);
+    for (group, version) in group_versions().filter(|(g, _)| !g.is_empty()) {
+        if !order.contains(&group) {
+            order.push(group);
         }
-        let v = versions.entry(r.group).or_default();
-        if !v.contains(&r.version) {
-            v.push(r.version);
+        let v = versions.entry(group).or_default();
+        if !v.contains(&version) {
+            v.push(version);
         }
     }
     order
@@ -97,6 +169,12 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         .iter()
         .filter(|r| r.group == group && r.version == version)
         .flat_map(resource_entries)
+        .chain(
+            VIRTUAL
+                .iter()
+                .filter(|v| v.group == group && v.version == version)
+                .map(virtual_entry),
+        )
         .collect();
     if resources.is_empty() {
         return None;
@@ -151,6 +229,12 @@ fn aggregated_group(group: &str, versions: &[&str]) -> Value {
                         "subresources": subs,
                     })
                 })
+                .chain(
+                    VIRTUAL
+                        .iter()
+                        .filter(|r| r.group == group && r.version == *v)
+                        .map(virtual_aggregated),
+                )
                 .collect();
             json!({ "version": v, "resources": resources, "freshness": "Current" })
         })

@@ -21,6 +21,7 @@ pub mod priority_admission;
 pub mod priority_classes;
 pub mod protobuf;
 pub mod request;
+pub mod resource_metrics;
 pub mod resources;
 pub mod selectors;
 mod server;

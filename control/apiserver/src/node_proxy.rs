@@ -95,6 +95,92 @@ impl KubeletClient {
     }
 }
 
+/// A kubelet that could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ReachKubeletError {
+    /// The node lists no address.
+    #[error("the node has no address to reach its kubelet")]
+    NoAddress,
+    /// Connecting, the TLS handshake or the HTTP exchange failed.
+    #[error("{0}")]
+    Connection(String),
+    /// The kubelet answered with an error.
+    #[error("the kubelet answered {0}")]
+    Status(StatusCode),
+}
+
+impl KubeletClient {
+    /// An HTTP/1 connection to `node`'s kubelet (upgrades allowed).
+    async fn connect(
+        &self,
+        node: &Value,
+    ) -> Result<hyper::client::conn::http1::SendRequest<ForwardBody>, ReachKubeletError> {
+        let address = node_address(node).ok_or(ReachKubeletError::NoAddress)?;
+        let host = kubelet_host(node).ok_or(ReachKubeletError::NoAddress)?;
+        let failed = |err: &dyn std::fmt::Display| ReachKubeletError::Connection(err.to_string());
+        let stream = tokio::net::TcpStream::connect(&host)
+            .await
+            .map_err(|err| failed(&err))?;
+        let server_name = ServerName::try_from(address).map_err(|err| failed(&err))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(server_name, stream)
+            .await
+            .map_err(|err| failed(&err))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|err| failed(&err))?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.with_upgrades().await {
+                tracing::debug!(%err, "kubelet connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// GETs `path` from `node`'s kubelet and returns the body of a 200 answer (at most
+    /// `limit` bytes).
+    pub async fn get(
+        &self,
+        node: &Value,
+        path: &str,
+        limit: usize,
+    ) -> Result<Bytes, ReachKubeletError> {
+        let mut sender = self.connect(node).await?;
+        let host = kubelet_host(node).ok_or(ReachKubeletError::NoAddress)?;
+        let request = Request::get(path)
+            .header(header::HOST, &host)
+            .body(
+                Empty::<Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .map_err(|err| ReachKubeletError::Connection(err.to_string()))?;
+        let answer = sender
+            .send_request(request)
+            .await
+            .map_err(|err| ReachKubeletError::Connection(err.to_string()))?;
+        if answer.status() != StatusCode::OK {
+            return Err(ReachKubeletError::Status(answer.status()));
+        }
+        http_body_util::Limited::new(answer.into_body(), limit)
+            .collect()
+            .await
+            .map(|body| body.to_bytes())
+            .map_err(|err| ReachKubeletError::Connection(err.to_string()))
+    }
+}
+
+/// `address:port` (IPv6 in brackets) of `node`'s kubelet.
+fn kubelet_host(node: &Value) -> Option<String> {
+    let address = node_address(node)?;
+    let port = kubelet_port(node);
+    Some(if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    })
+}
+
 /// Whether the request is one the kubelet answers: a pod's log, exec, attach or portforward,
 /// or a node's proxy.
 pub fn is_node_proxied(info: &RequestInfo) -> bool {
@@ -316,17 +402,11 @@ async fn forward<S: Store>(
     }
     let method = req.method().to_string();
     let node_name = node["metadata"]["name"].as_str().unwrap_or_default();
-    let address = node_address(&node).ok_or_else(|| {
+    let host = kubelet_host(&node).ok_or_else(|| {
         StatusError::internal(format!(
             "node {node_name} has no address to reach its kubelet"
         ))
     })?;
-    let port = kubelet_port(&node);
-    let host = if address.contains(':') {
-        format!("[{address}]:{port}")
-    } else {
-        format!("{address}:{port}")
-    };
     let unreachable = |err: &dyn std::fmt::Display| {
         StatusError::internal(format!(
             "error trying to reach service: {} {}: {err}",
@@ -334,23 +414,11 @@ async fn forward<S: Store>(
             format_args!("https://{host}{path}")
         ))
     };
-
-    let stream = tokio::net::TcpStream::connect(&host)
+    let mut sender = server
+        .kubelet_client
+        .connect(&node)
         .await
         .map_err(|err| unreachable(&err))?;
-    let server_name = ServerName::try_from(address.clone()).map_err(|err| unreachable(&err))?;
-    let tls = tokio_rustls::TlsConnector::from(server.kubelet_client.tls.clone())
-        .connect(server_name, stream)
-        .await
-        .map_err(|err| unreachable(&err))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|err| unreachable(&err))?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.with_upgrades().await {
-            tracing::debug!(%err, "kubelet connection ended");
-        }
-    });
 
     let upgrade = req.headers().contains_key(header::UPGRADE);
     let mut forward = Request::builder()

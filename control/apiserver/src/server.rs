@@ -197,6 +197,9 @@ async fn route<S: Store>(
                 &crate::authn::self_subject_review(user),
             ))
         }
+        Target::Resource(info) if crate::resource_metrics::is_metrics_request(&info) => {
+            crate::resource_metrics::serve(server, &info, query).await
+        }
         Target::Resource(info) if crate::node_proxy::is_node_proxied(&info) => {
             crate::node_proxy::proxy(server, req, &info).await
         }
