@@ -41,6 +41,16 @@ async fn running_pods(pods: &Api<Pod>, selector: &str) -> Vec<(String, String)> 
         .collect()
 }
 
+/// The 3 web pods, once they all run (with the components' logs when they do not).
+async fn three_running_web_pods(plane: &ControlPlane, pods: &Api<Pod>) -> Vec<(String, String)> {
+    wait_until("3 running web pods", Duration::from_secs(60), || async {
+        let r = running_pods(pods, "app=web").await;
+        (r.len() == 3).then_some(r)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()))
+}
+
 const WEB: &str = r#"
 apiVersion: v1
 kind: Namespace
@@ -69,12 +79,7 @@ async fn deployment_scales_rolls_out_and_undoes() {
     let pods: Api<Pod> = Api::namespaced(plane.apiserver.client().await.unwrap(), "shop");
 
     // Three replicas, Running, one on each node (the default topology spreading).
-    let running = wait_until("3 running web pods", Duration::from_secs(60), || async {
-        let r = running_pods(&pods, "app=web").await;
-        (r.len() == 3).then_some(r)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let running = three_running_web_pods(&plane, &pods).await;
     let nodes: BTreeSet<&String> = running.iter().map(|(_, n)| n).collect();
     assert_eq!(
         nodes.len(),
@@ -489,12 +494,7 @@ async fn drain_waits_for_the_disruption_budget() {
     apply(&plane, &k, WEB);
     apply(&plane, &k, BUDGET);
     let pods: Api<Pod> = Api::namespaced(plane.apiserver.client().await.unwrap(), "shop");
-    let running = wait_until("3 running web pods", Duration::from_secs(60), || async {
-        let r = running_pods(&pods, "app=web").await;
-        (r.len() == 3).then_some(r)
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let running = three_running_web_pods(&plane, &pods).await;
     let jsonpath = |path: &str| {
         ok(
             &plane,

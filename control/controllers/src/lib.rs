@@ -18,6 +18,7 @@ mod job;
 mod namespace;
 mod node_ipam;
 mod node_lifecycle;
+mod per_namespace;
 pub mod pod_control;
 mod pod_gc;
 mod pods_by_node;

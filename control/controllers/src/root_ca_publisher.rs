@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use baton_client::{Informer, InformerEvent};
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -76,23 +76,17 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     });
     let concurrency = ctx.concurrent_syncs;
     async move {
-        let work = async {
-            state.config_maps.wait_until_ready().await;
-            Controller::new(
-                Api::<Namespace>::all(state.client.clone()),
-                watcher::Config::default(),
-            )
-            .with_config(kube::runtime::Config::default().concurrency(concurrency))
-            .reconcile_on(by_config_maps)
-            .run(reconcile, error_policy, state.clone())
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "root CA publisher reconcile");
-                }
-            })
-            .await;
-        };
-        tokio::join!(state.config_maps.run(), work);
+        crate::per_namespace::run(
+            state.client.clone(),
+            &state.config_maps,
+            by_config_maps,
+            concurrency,
+            reconcile,
+            error_policy,
+            state.clone(),
+            "root-ca-certificate-publisher-controller",
+        )
+        .await
     }
     .boxed()
 }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use baton_client::{Informer, InformerEvent};
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -55,23 +55,17 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     });
     let concurrency = ctx.concurrent_syncs;
     async move {
-        let work = async {
-            state.accounts.wait_until_ready().await;
-            Controller::new(
-                Api::<Namespace>::all(state.client.clone()),
-                watcher::Config::default(),
-            )
-            .with_config(kube::runtime::Config::default().concurrency(concurrency))
-            .reconcile_on(by_accounts)
-            .run(reconcile, error_policy, state.clone())
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "serviceaccount reconcile");
-                }
-            })
-            .await;
-        };
-        tokio::join!(state.accounts.run(), work);
+        crate::per_namespace::run(
+            state.client.clone(),
+            &state.accounts,
+            by_accounts,
+            concurrency,
+            reconcile,
+            error_policy,
+            state.clone(),
+            "serviceaccount-controller",
+        )
+        .await
     }
     .boxed()
 }

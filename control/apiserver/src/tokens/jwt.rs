@@ -71,6 +71,15 @@ fn key_id(point: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, &spki))
 }
 
+/// The bytes of the key file `flag` names.
+fn read_key_file(flag: &'static str, path: &Path) -> Result<Vec<u8>, LoadKeyError> {
+    std::fs::read(path).map_err(|source| LoadKeyError::Read {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// A key that verifies tokens.
 #[derive(Debug, Clone)]
 pub struct VerifyingKey {
@@ -81,11 +90,7 @@ pub struct VerifyingKey {
 impl VerifyingKey {
     /// Reads a public key (or the public half of a private key) from a PEM file.
     pub fn from_pem_file(flag: &'static str, path: &Path) -> Result<Self, LoadKeyError> {
-        let pem = std::fs::read(path).map_err(|source| LoadKeyError::Read {
-            flag,
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let pem = read_key_file(flag, path)?;
         let parse_error = |reason: &str| LoadKeyError::Parse {
             flag,
             path: path.to_path_buf(),
@@ -144,11 +149,7 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     /// Reads a PKCS#8 PEM private key.
     pub fn from_pem_file(flag: &'static str, path: &Path) -> Result<Self, LoadKeyError> {
-        let pem = std::fs::read(path).map_err(|source| LoadKeyError::Read {
-            flag,
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let pem = read_key_file(flag, path)?;
         Self::from_pem(&pem).map_err(|reason| LoadKeyError::Parse {
             flag,
             path: path.to_path_buf(),
