@@ -692,28 +692,34 @@ async fn node_statistics_reach_kubectl_through_the_node_proxy() -> Result<()> {
     };
     let nodes = wait_until("kubectl top node", Duration::from_secs(30), || {
         let (ok, stdout, _) = top(&["top", "node", "--no-headers"]);
-        let found = ok && stdout.contains(node.as_str());
+        let found = ok && stdout.contains(node.as_str()) && !stdout.contains("<unknown>");
         async move { found.then_some(stdout) }
     })
     .await?;
     // NAME CPU(cores) CPU(%) MEMORY(bytes) MEMORY(%)
     let row: Vec<&str> = nodes.split_whitespace().collect();
     assert_eq!(row.len(), 5, "{nodes}");
-    assert!(
-        row[1].ends_with('m') && row[3].ends_with("Mi") && row[4].ends_with('%'),
-        "{nodes}"
-    );
+    let value = |cell: &str, unit: &str| -> u64 {
+        cell.strip_suffix(unit)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{cell} is not a count of {unit}"))
+    };
+    assert!(value(row[3], "Mi") > 0, "the node's memory: {nodes}");
+    value(row[1], "m");
+    value(row[4], "%");
     let (ok, pods_top, stderr) = top(&["top", "pod", "busy", "--containers", "--no-headers"]);
     assert!(ok, "{stderr}");
     // POD NAME CPU(cores) MEMORY(bytes)
     let row: Vec<&str> = pods_top.split_whitespace().collect();
     assert_eq!(&row[..2], ["busy", "worker"], "{pods_top}");
-    assert!(
-        row[2].ends_with('m') && row[3].ends_with("Mi"),
-        "{pods_top}"
-    );
+    value(row[2], "m");
+    value(row[3], "Mi");
+    // A pod that does not exist is upstream's not-found for the pod itself.
     let (ok, _, stderr) = top(&["top", "pod", "no-such-pod"]);
-    assert!(!ok && stderr.contains("not found"), "{stderr}");
+    assert!(
+        !ok && stderr.contains(r#"pods "no-such-pod" not found"#),
+        "{stderr}"
+    );
 
     // Refusals: a path the kubelet does not serve, a port that is not the kubelet's, a node
     // that does not exist.

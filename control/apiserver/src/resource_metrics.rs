@@ -2,7 +2,8 @@
 //! reads: served by the API server itself, from each kubelet's Summary API
 //! (`/stats/summary?only_cpu_and_memory=true`), asked at the moment of the request, where
 //! upstream clusters run metrics-server behind the aggregation layer. CPU is the kubelet's
-//! 10-second usage rate, memory the working set, as metrics-server reports them.
+//! usage rate over its last sample window (1 to 10 s; reported as 10 s), memory the working
+//! set, in metrics-server's units.
 
 use std::time::Duration;
 
@@ -13,14 +14,17 @@ use baton_store::{ListOptions, Store};
 
 use crate::ApiServer;
 use crate::body::{Body, Query, json_response};
+use crate::handlers::read::read_object;
 use crate::objects::{decode, store_error};
 use crate::request::RequestInfo;
 use crate::resources;
-use crate::selectors::LabelSelector;
+use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{StatusError, Subject};
 
 /// The group version served.
 pub const GROUP_VERSION: (&str, &str) = ("metrics.k8s.io", "v1beta1");
+/// How many kubelets are asked at once.
+const KUBELETS_AT_ONCE: usize = 32;
 /// How long one kubelet may take to answer.
 const KUBELET_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest summary read from a kubelet.
@@ -45,70 +49,94 @@ pub async fn serve<S: Store>(
     info: &RequestInfo,
     query: &Query,
 ) -> Result<Response<Body>, StatusError> {
-    if !matches!(info.verb, "get" | "list") || info.subresource.is_some() {
+    let (plural, kind) = match info.resource.as_str() {
+        "nodes" if info.namespace.is_none() => ("nodes", "NodeMetrics"),
+        "pods" => ("pods", "PodMetrics"),
+        _ => return Err(StatusError::no_such_path()),
+    };
+    if info.subresource.is_some() {
         return Err(StatusError::no_such_path());
     }
-    let selector = match query.get("labelSelector") {
+    if !matches!(info.verb, "get" | "list") {
+        let subject = Subject {
+            group: GROUP_VERSION.0,
+            resource: plural,
+            kind,
+        };
+        return Err(StatusError::method_not_supported(&subject, info.verb));
+    }
+    let core_kind = if plural == "nodes" { "Node" } else { "Pod" };
+    let labels = match query.get("labelSelector") {
         Some(s) if !s.is_empty() => Some(LabelSelector::parse(s)?),
         _ => None,
     };
-    let name = info.name.as_deref();
-    match info.resource.as_str() {
-        "nodes" if info.namespace.is_none() => {
-            let nodes = objects_of(server, "nodes", None).await?;
-            let nodes: Vec<Value> = nodes
-                .into_iter()
-                .filter(|n| name.is_none_or(|name| n["metadata"]["name"] == name))
-                .filter(|n| {
-                    selector
-                        .as_ref()
-                        .is_none_or(|s| s.matches(&n["metadata"]["labels"]))
-                })
-                .collect();
-            let summaries = summaries(server, &nodes).await;
-            let items: Vec<Value> = summaries
-                .iter()
-                .filter_map(|s| node_metrics(s, &nodes))
-                .collect();
-            answer(name, "NodeMetrics", "nodes", items)
+    let fields = match query.get("fieldSelector") {
+        Some(s) if !s.is_empty() => Some(FieldSelector::parse(s, "", core_kind)?),
+        _ => None,
+    };
+    let namespace = info.namespace.as_deref();
+    // One object: it must exist (upstream's not-found for the object itself), then have
+    // figures (metrics-server's not-found for its metrics).
+    let objects = match info.name.as_deref() {
+        Some(name) => {
+            if plural == "pods" && namespace.is_none() {
+                return Err(StatusError::no_such_path());
+            }
+            let resource = resources::find("", "v1", plural).expect("core resources are served");
+            vec![read_object(server, resource, &resource.key(namespace, name), name).await?]
         }
-        "pods" => {
-            let namespace = info.namespace.as_deref();
-            let pods: Vec<Value> = objects_of(server, "pods", namespace)
-                .await?
-                .into_iter()
-                .filter(|p| name.is_none_or(|name| p["metadata"]["name"] == name))
-                .filter(|p| {
-                    selector
-                        .as_ref()
-                        .is_none_or(|s| s.matches(&p["metadata"]["labels"]))
-                })
-                .collect();
-            let mut node_names: Vec<&str> = pods
-                .iter()
-                .filter_map(|p| p["spec"]["nodeName"].as_str())
-                .filter(|n| !n.is_empty())
-                .collect();
-            node_names.sort_unstable();
-            node_names.dedup();
-            let nodes: Vec<Value> = objects_of(server, "nodes", None)
-                .await?
-                .into_iter()
-                .filter(|n| {
-                    n["metadata"]["name"]
-                        .as_str()
-                        .is_some_and(|name| node_names.contains(&name))
-                })
-                .collect();
-            let summaries = summaries(server, &nodes).await;
-            let items: Vec<Value> = pods
-                .iter()
-                .filter_map(|pod| pod_metrics(pod, &summaries))
-                .collect();
-            answer(name, "PodMetrics", "pods", items)
+        None => objects_of(server, plural, namespace).await?,
+    };
+    let objects: Vec<Value> = objects
+        .into_iter()
+        .filter(|o| {
+            labels
+                .as_ref()
+                .is_none_or(|s| s.matches(&o["metadata"]["labels"]))
+        })
+        .filter(|o| fields.as_ref().is_none_or(|s| s.matches(o)))
+        .collect();
+    let items: Vec<Value> = if plural == "nodes" {
+        let summaries = summaries(server, &objects).await;
+        summaries
+            .iter()
+            .filter_map(|s| node_metrics(s, &objects))
+            .collect()
+    } else {
+        let mut node_names: Vec<&str> = objects
+            .iter()
+            .filter_map(|p| p["spec"]["nodeName"].as_str())
+            .filter(|n| !n.is_empty())
+            .collect();
+        node_names.sort_unstable();
+        node_names.dedup();
+        let nodes_resource = resources::find("", "v1", "nodes").expect("served");
+        let mut nodes = Vec::new();
+        for node in node_names {
+            match read_object(
+                server,
+                nodes_resource,
+                &nodes_resource.key(None, node),
+                node,
+            )
+            .await
+            {
+                Ok(object) => nodes.push(object),
+                Err(e) if e.code == StatusCode::NOT_FOUND => {}
+                Err(e) => return Err(e),
+            }
         }
-        _ => Err(StatusError::no_such_path()),
-    }
+        let summaries = summaries(server, &nodes).await;
+        objects
+            .iter()
+            .filter_map(|pod| pod_metrics(pod, &summaries))
+            .collect()
+    };
+    let missing = info.name.as_deref().map(|name| match namespace {
+        Some(ns) if plural == "pods" => format!("{ns}/{name}"),
+        _ => name.to_string(),
+    });
+    answer(missing.as_deref(), kind, items)
 }
 
 /// The objects of a core resource (in `namespace`, or all).
@@ -130,45 +158,48 @@ async fn objects_of<S: Store>(
     page.items.iter().map(decode).collect()
 }
 
-/// Each reachable node's summary, asked of all kubelets at once.
+/// Each reachable node's summary, asked of [`KUBELETS_AT_ONCE`] kubelets at a time.
 async fn summaries<S: Store>(server: &ApiServer<S>, nodes: &[Value]) -> Vec<NodeSummary> {
-    let asks = nodes.iter().map(|node| async move {
-        let name = node["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let path = "/stats/summary?only_cpu_and_memory=true";
-        let got = tokio::time::timeout(
-            KUBELET_TIMEOUT,
-            server.kubelet_client.get(node, path, MAX_SUMMARY),
-        )
-        .await;
-        match got {
-            Ok(Ok(body)) => match serde_json::from_slice::<Value>(&body) {
-                Ok(summary) => Some(NodeSummary {
-                    node: name,
-                    summary,
-                }),
-                Err(err) => {
-                    tracing::debug!(node = name, %err, "a kubelet's summary is not JSON");
-                    None
-                }
-            },
-            Ok(Err(err)) => {
-                tracing::debug!(node = name, %err, "no metrics from a kubelet");
+    let mut found = Vec::new();
+    for chunk in nodes.chunks(KUBELETS_AT_ONCE) {
+        let asks = chunk.iter().map(|node| summary_of(server, node));
+        found.extend(futures::future::join_all(asks).await.into_iter().flatten());
+    }
+    found
+}
+
+/// One node's summary, or `None` when its kubelet does not give one in time.
+async fn summary_of<S: Store>(server: &ApiServer<S>, node: &Value) -> Option<NodeSummary> {
+    let name = node["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let path = "/stats/summary?only_cpu_and_memory=true";
+    let got = tokio::time::timeout(
+        KUBELET_TIMEOUT,
+        server.kubelet_client.get(node, path, MAX_SUMMARY),
+    )
+    .await;
+    match got {
+        Ok(Ok(body)) => match serde_json::from_slice::<Value>(&body) {
+            Ok(summary) => Some(NodeSummary {
+                node: name,
+                summary,
+            }),
+            Err(err) => {
+                tracing::debug!(node = name, %err, "a kubelet's summary is not JSON");
                 None
             }
-            Err(_) => {
-                tracing::debug!(node = name, "no metrics from a kubelet in time");
-                None
-            }
+        },
+        Ok(Err(err)) => {
+            tracing::debug!(node = name, %err, "no metrics from a kubelet");
+            None
         }
-    });
-    futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+        Err(_) => {
+            tracing::debug!(node = name, "no metrics from a kubelet in time");
+            None
+        }
+    }
 }
 
 /// `{cpu, memory}` from a summary's `cpu` and `memory` objects; `None` without both figures.
@@ -206,18 +237,25 @@ fn pod_metrics(pod: &Value, summaries: &[NodeSummary]) -> Option<Value> {
         .as_array()?
         .iter()
         .find(|p| p["podRef"]["namespace"] == namespace && p["podRef"]["name"] == name)?;
+    // metrics-server leaves out a pod unless it has figures for every container.
     let containers: Vec<Value> = stats["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| {
-            Some(json!({ "name": c["name"], "usage": usage(&c["cpu"], &c["memory"])? }))
-        })
-        .collect();
-    // metrics-server leaves out pods it has no container figures for.
+        .as_array()?
+        .iter()
+        .map(|c| Some(json!({ "name": c["name"], "usage": usage(&c["cpu"], &c["memory"])? })))
+        .collect::<Option<_>>()?;
     if containers.is_empty() {
         return None;
     }
+    let timestamp = if stats["cpu"]["time"].is_string() {
+        stats["cpu"]["time"].clone()
+    } else {
+        stats["containers"]
+            .as_array()?
+            .iter()
+            .filter_map(|c| c["cpu"]["time"].as_str())
+            .min()
+            .map_or(Value::Null, |t| json!(t))
+    };
     Some(json!({
         "metadata": {
             "name": name,
@@ -225,36 +263,37 @@ fn pod_metrics(pod: &Value, summaries: &[NodeSummary]) -> Option<Value> {
             "creationTimestamp": crate::handlers::now(),
             "labels": pod["metadata"]["labels"],
         },
-        "timestamp": stats["cpu"]["time"],
+        "timestamp": timestamp,
         "window": WINDOW,
         "containers": containers,
     }))
 }
 
-/// One object (`name` given) or the list.
+/// One object (`missing` names it as metrics-server does in its not-found) or the list.
 fn answer(
-    name: Option<&str>,
+    missing: Option<&str>,
     kind: &'static str,
-    plural: &'static str,
     items: Vec<Value>,
 ) -> Result<Response<Body>, StatusError> {
     let api_version = format!("{}/{}", GROUP_VERSION.0, GROUP_VERSION.1);
-    let with_type = |mut item: Value| {
-        item["kind"] = json!(kind);
-        item["apiVersion"] = json!(api_version);
-        item
-    };
-    match name {
+    match missing {
         Some(name) => {
-            let item = items.into_iter().next().ok_or_else(|| {
+            let mut item = items.into_iter().next().ok_or_else(|| {
+                let resource = if kind == "NodeMetrics" {
+                    "nodemetrics"
+                } else {
+                    "podmetrics"
+                };
                 let subject = Subject {
                     group: GROUP_VERSION.0,
-                    resource: plural,
+                    resource,
                     kind,
                 };
                 StatusError::not_found(&subject, name)
             })?;
-            Ok(json_response(StatusCode::OK, &with_type(item)))
+            item["kind"] = json!(kind);
+            item["apiVersion"] = json!(api_version);
+            Ok(json_response(StatusCode::OK, &item))
         }
         None => Ok(json_response(
             StatusCode::OK,
@@ -300,10 +339,22 @@ mod tests {
         );
         assert_eq!(node["metadata"]["labels"]["zone"], "a");
         let pod = json!({ "metadata": { "name": "web", "namespace": "shop" }, "spec": { "nodeName": "n1" } });
-        let metrics = pod_metrics(&pod, &[summary()]).unwrap();
+        let metrics = pod_metrics(&pod, &[summary()]);
+        assert!(
+            metrics.is_none(),
+            "a container without figures: {metrics:?}"
+        );
+        let mut ready = summary();
+        ready.summary["pods"][0]["containers"][1] = json!({
+            "name": "starting", "cpu": { "usageNanoCores": 2_000u64 }, "memory": { "workingSetBytes": 8192u64 },
+        });
+        let metrics = pod_metrics(&pod, &[ready]).unwrap();
         assert_eq!(
             metrics["containers"],
-            json!([{ "name": "app", "usage": { "cpu": "1000n", "memory": "4Ki" } }])
+            json!([
+                { "name": "app", "usage": { "cpu": "1000n", "memory": "4Ki" } },
+                { "name": "starting", "usage": { "cpu": "2000n", "memory": "8Ki" } },
+            ])
         );
         let elsewhere = json!({ "metadata": { "name": "web", "namespace": "shop" }, "spec": { "nodeName": "n2" } });
         assert!(pod_metrics(&elsewhere, &[summary()]).is_none());
