@@ -555,26 +555,17 @@ async fn scenario(binary: &Binary, bin: &Path) {
             .any(|l| l.starts_with("web-only") && l.contains("app=web")),
         "{policies}"
     );
-    let port = k.ok(&[
+    // Upstream's defaults: TCP ports, and policyTypes Ingress for a policy without egress.
+    let defaulted = k.ok(&[
         "get",
         "netpol",
         "web-only",
         "-n",
         "demo",
         "-o",
-        "jsonpath={.spec.ingress[0].ports[0]}",
+        "jsonpath={.spec.ingress[0].ports[0]} {.spec.policyTypes}",
     ]);
-    assert_eq!(port, r#"{"port":8080,"protocol":"TCP"}"#);
-    let types = k.ok(&[
-        "get",
-        "netpol",
-        "web-only",
-        "-n",
-        "demo",
-        "-o",
-        "jsonpath={.spec.policyTypes}",
-    ]);
-    assert_eq!(types, r#"["Ingress"]"#);
+    assert_eq!(defaulted, r#"{"port":8080,"protocol":"TCP"} ["Ingress"]"#);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

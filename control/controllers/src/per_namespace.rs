@@ -7,7 +7,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use baton_client::Informer;
+use baton_client::{Informer, InformerEvent};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::{Action, Controller};
@@ -15,6 +15,45 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
+
+/// Which changes of a kept object wake its namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Only its deletion (it is made again).
+    OnDelete,
+    /// Any change (it is also set back when edited).
+    OnAnyChange,
+}
+
+/// The informer of the kept objects (every namespace's object named `name`) and the stream
+/// of namespaces their changes wake.
+pub fn kept_objects<K>(
+    client: Client,
+    name: &str,
+    wake: Wake,
+) -> (
+    Informer<K>,
+    impl Stream<Item = ObjectRef<Namespace>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let informer = Informer::new(
+        Api::<K>::all(client),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    );
+    let namespaces = informer.subscribe(move |event: &InformerEvent<'_, K>| {
+        let object = match event {
+            InformerEvent::Deleted(object) => object,
+            InformerEvent::Applied { new, .. } if wake == Wake::OnAnyChange => new,
+            InformerEvent::Applied { .. } => return None,
+        };
+        Some(ObjectRef::<Namespace>::new(
+            object.meta().namespace.as_deref().unwrap_or_default(),
+        ))
+    });
+    (informer, namespaces)
+}
 
 /// Runs the informer of the kept objects and, once it has listed, the Controller over
 /// Namespaces (`concurrency` reconciles at once), forever. `what` names the controller in

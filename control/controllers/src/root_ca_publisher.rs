@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use baton_client::{Informer, InformerEvent};
+use baton_client::Informer;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -14,11 +14,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use crate::Context;
 use crate::failure_backoff::{FailureBackoff, log_failure};
+use crate::per_namespace::{self, Wake};
 use crate::serviceaccount::is_active;
 
 /// The ConfigMap's name (upstream's).
@@ -55,19 +55,8 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
         );
         return futures::future::ready(()).boxed();
     };
-    let config_maps = Informer::new(
-        Api::<ConfigMap>::all(ctx.client.clone()),
-        watcher::Config::default().fields(&format!("metadata.name={ROOT_CA_CONFIG_MAP}")),
-    );
-    let by_config_maps = config_maps.subscribe(|event| {
-        let cm = match event {
-            InformerEvent::Deleted(cm) => cm,
-            InformerEvent::Applied { new, .. } => new,
-        };
-        Some(ObjectRef::<Namespace>::new(
-            &cm.namespace().unwrap_or_default(),
-        ))
-    });
+    let (config_maps, by_config_maps) =
+        per_namespace::kept_objects(ctx.client.clone(), ROOT_CA_CONFIG_MAP, Wake::OnAnyChange);
     let state = Arc::new(State {
         client: ctx.client.clone(),
         config_maps,
@@ -76,7 +65,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     });
     let concurrency = ctx.concurrent_syncs;
     async move {
-        crate::per_namespace::run(
+        per_namespace::run(
             state.client.clone(),
             &state.config_maps,
             by_config_maps,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use baton_client::{Informer, InformerEvent};
+use baton_client::Informer;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -12,11 +12,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use crate::Context;
 use crate::failure_backoff::{FailureBackoff, log_failure};
+use crate::per_namespace::{self, Wake};
 
 /// The ServiceAccount every namespace has.
 pub const DEFAULT_ACCOUNT: &str = "default";
@@ -38,16 +38,8 @@ struct State {
 
 /// Registers the controller's subscriptions and returns its loop.
 pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
-    let accounts = Informer::new(
-        Api::<ServiceAccount>::all(ctx.client.clone()),
-        watcher::Config::default().fields(&format!("metadata.name={DEFAULT_ACCOUNT}")),
-    );
-    let by_accounts = accounts.subscribe(|event| match event {
-        InformerEvent::Deleted(sa) => Some(ObjectRef::<Namespace>::new(
-            &sa.namespace().unwrap_or_default(),
-        )),
-        InformerEvent::Applied { .. } => None,
-    });
+    let (accounts, by_accounts) =
+        per_namespace::kept_objects(ctx.client.clone(), DEFAULT_ACCOUNT, Wake::OnDelete);
     let state = Arc::new(State {
         client: ctx.client.clone(),
         accounts,
@@ -55,7 +47,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     });
     let concurrency = ctx.concurrent_syncs;
     async move {
-        crate::per_namespace::run(
+        per_namespace::run(
             state.client.clone(),
             &state.accounts,
             by_accounts,
