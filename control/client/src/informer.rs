@@ -7,7 +7,8 @@
 //! Pod must wake its ReplicaSet), so the fan-out here reports both, with the previous state of
 //! a changed object so that a handler can react to what changed (a Pod's labels moving it out of
 //! a Service). managedFields are dropped from cached objects: no controller reads them and they
-//! are a large part of every object.
+//! are a large part of every object; an informer may also be given a transform that drops more
+//! (client-go's `SetTransform`), as the control plane's Pod informers do (see `slim`).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -44,6 +45,9 @@ impl<K> InformerEvent<'_, K> {
 
 type Handler<K> = Box<dyn Fn(&InformerEvent<'_, K>) + Send + Sync>;
 
+/// What an informer does to each object before caching it.
+pub type Transform<K> = fn(&mut K);
+
 /// One watch and cache of resource `K`, shared by the handlers registered on it.
 pub struct Informer<K>
 where
@@ -55,6 +59,7 @@ where
     store: Store<K>,
     writer: Mutex<Option<reflector::store::Writer<K>>>,
     handlers: Arc<Mutex<Vec<Handler<K>>>>,
+    transform: Option<Transform<K>>,
 }
 
 impl<K> Debug for Informer<K>
@@ -84,7 +89,16 @@ where
             store,
             writer: Mutex::new(Some(writer)),
             handlers: Arc::default(),
+            transform: None,
         }
+    }
+
+    /// The same informer, applying `transform` to every object before it is cached or handed
+    /// to a handler (for dropping fields that no user of the cache reads). Every user of the
+    /// cache sees the transformed objects, so none may write one back whole (PUT): patch.
+    pub fn with_transform(mut self, transform: Transform<K>) -> Self {
+        self.transform = Some(transform);
+        self
     }
 
     /// The cache (ready once the first list has been read: see `wait_until_ready`).
@@ -151,6 +165,9 @@ where
             match &mut event {
                 Event::Apply(obj) | Event::InitApply(obj) | Event::Delete(obj) => {
                     obj.meta_mut().managed_fields = None;
+                    if let Some(transform) = self.transform {
+                        transform(obj);
+                    }
                 }
                 Event::Init | Event::InitDone => {}
             }

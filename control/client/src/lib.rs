@@ -6,6 +6,7 @@
 pub mod informer;
 pub mod node_flags;
 pub mod node_lease;
+pub mod slim;
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@ use crate::ControllerManagerArgs;
 pub struct Context {
     /// The API server client every controller uses.
     pub client: Client,
-    /// Every Pod in the cluster (without managedFields).
+    /// Every Pod in the cluster, slimmed (`baton_client::slim::pod`).
     pub pods: Informer<Pod>,
     /// Every Node in the cluster.
     pub nodes: Informer<Node>,
@@ -58,7 +58,9 @@ impl Context {
         root_ca_pem: Option<String>,
     ) -> Self {
         Context {
-            pods: Informer::new(Api::all(client.clone()), watcher::Config::default()),
+            // Slimmed (baton_client::slim): controllers patch pods, never replace them.
+            pods: Informer::new(Api::all(client.clone()), watcher::Config::default())
+                .with_transform(baton_client::slim::pod),
             nodes: Informer::new(Api::all(client.clone()), watcher::Config::default()),
             node_monitor_grace_period: args.node_monitor_grace_period,
             node_monitor_period: args.node_monitor_period,

@@ -60,10 +60,9 @@ pub enum SchedulerError {
     LoopStopped,
 }
 
-/// An informer whose changes go to the scheduling loop as `wrap`ped inputs.
-fn informer<K>(
-    api: Api<K>,
-    config: watcher::Config,
+/// `informer`, its changes going to the scheduling loop as `wrap`ped inputs.
+fn to_loop<K>(
+    informer: Informer<K>,
     inputs: &mpsc::UnboundedSender<Input>,
     wrap: fn(Change<K>) -> Input,
 ) -> Arc<Informer<K>>
@@ -71,7 +70,7 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Hash + Eq + Clone + Default,
 {
-    let informer = Arc::new(Informer::new(api, config));
+    let informer = Arc::new(informer);
     let tx = inputs.clone();
     let store = informer.store();
     informer.on_event(move |event| {
@@ -99,27 +98,34 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
     let (lead_tx, lead_rx) = watch::channel(false);
 
     // Finished pods leave the watch (as deletions), as with upstream's scheduler informer.
-    let pods = informer(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
+    // Cached slimmed (baton_client::slim): the scheduler only patches pods.
+    let pods = to_loop(
+        Informer::new(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
+        )
+        .with_transform(baton_client::slim::pod),
         &input_tx,
         Input::Pod,
     );
-    let nodes = informer(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
+    let nodes = to_loop(
+        Informer::new(Api::<Node>::all(client.clone()), watcher::Config::default()),
         &input_tx,
         Input::Node,
     );
-    let services = informer(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
+    let services = to_loop(
+        Informer::new(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        ),
         &input_tx,
         Input::Service,
     );
-    let namespaces = informer(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
+    let namespaces = to_loop(
+        Informer::new(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        ),
         &input_tx,
         Input::Namespace,
     );

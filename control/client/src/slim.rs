@@ -1,0 +1,165 @@
+//! Slimmer cached copies of objects for the control plane's informers. A decoded Pod with one
+//! container and a service account volume takes about 17 KiB in memory (the k8s-openapi structs
+//! hold every optional field inline: a `Volume` alone is 3 KiB); the scheduler and the controller
+//! manager each cache every Pod of the cluster, so what they never read is dropped on arrival.
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+/// The annotation `kubectl apply` keeps its last applied configuration in: a second copy of
+/// the object that no controller reads.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops from `pod` what neither the scheduler nor any controller reads from its cache:
+/// volumes other than PersistentVolumeClaims (the StatefulSet controller checks those), every
+/// container field but name, image, ports, resources, resizePolicy and restartPolicy,
+/// ephemeral containers, and kubectl's last-applied annotation; and gives back the spare
+/// capacity of the lists that remain. A slimmed Pod must never be written back whole.
+pub fn pod(pod: &mut Pod) {
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+    if let Some(owners) = pod.metadata.owner_references.as_mut() {
+        owners.shrink_to_fit();
+    }
+    if let Some(spec) = pod.spec.as_mut() {
+        if let Some(volumes) = spec.volumes.as_mut() {
+            volumes.retain(|v| v.persistent_volume_claim.is_some());
+            volumes.shrink_to_fit();
+        }
+        for containers in [Some(&mut spec.containers), spec.init_containers.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            for container in containers.iter_mut() {
+                *container = slim_container(std::mem::take(container));
+            }
+            containers.shrink_to_fit();
+        }
+        spec.ephemeral_containers = None;
+        if let Some(tolerations) = spec.tolerations.as_mut() {
+            tolerations.shrink_to_fit();
+        }
+    }
+    if let Some(status) = pod.status.as_mut() {
+        for list in [
+            status.container_statuses.as_mut(),
+            status.init_container_statuses.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            list.shrink_to_fit();
+        }
+        status.ephemeral_container_statuses = None;
+        if let Some(conditions) = status.conditions.as_mut() {
+            conditions.shrink_to_fit();
+        }
+    }
+}
+
+/// The fields of a container that the control plane reads: its name, image (image
+/// locality), ports (named target ports, host ports), resources and resize policy (requests,
+/// in-place resizes) and restart policy (sidecars).
+fn slim_container(container: Container) -> Container {
+    Container {
+        name: container.name,
+        image: container.image,
+        ports: container.ports,
+        resources: container.resources,
+        resize_policy: container.resize_policy,
+        restart_policy: container.restart_policy,
+        ..Container::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_pod() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web-0", "namespace": "default", "labels": {"app": "web"},
+                "annotations": {
+                    LAST_APPLIED: "{\"kind\":\"Pod\"}",
+                    "controller.kubernetes.io/pod-deletion-cost": "10"
+                },
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                    "name": "web", "uid": "u1", "controller": true}]
+            },
+            "spec": {
+                "nodeName": "n1",
+                "volumes": [
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "data-web-0"}},
+                    {"name": "kube-api-access-x", "projected": {"sources": []}}
+                ],
+                "initContainers": [{"name": "log", "image": "busybox", "restartPolicy": "Always",
+                    "command": ["tail"], "resources": {"requests": {"cpu": "10m"}}}],
+                "containers": [{
+                    "name": "app", "image": "nginx:1.25",
+                    "command": ["nginx"], "args": ["-g", "daemon off;"],
+                    "env": [{"name": "A", "value": "1"}],
+                    "ports": [{"name": "http", "containerPort": 80, "hostPort": 8080}],
+                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                    "livenessProbe": {"tcpSocket": {"port": 80}},
+                    "terminationMessagePath": "/dev/termination-log"
+                }],
+                "ephemeralContainers": [{"name": "debug", "image": "busybox"}],
+                "tolerations": [{"key": "k", "operator": "Exists"}]
+            },
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "app", "image": "nginx:1.25", "imageID": "",
+                    "ready": true, "restartCount": 2}]
+            }
+        }))
+        .expect("valid pod")
+    }
+
+    #[test]
+    fn keeps_what_the_control_plane_reads_and_drops_the_rest() {
+        let mut slimmed = full_pod();
+        pod(&mut slimmed);
+
+        let annotations = slimmed.metadata.annotations.as_ref().unwrap();
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert_eq!(
+            annotations["controller.kubernetes.io/pod-deletion-cost"],
+            "10"
+        );
+        assert_eq!(slimmed.metadata.labels, full_pod().metadata.labels);
+        assert_eq!(
+            slimmed.metadata.owner_references,
+            full_pod().metadata.owner_references
+        );
+
+        let spec = slimmed.spec.as_ref().unwrap();
+        let volumes: Vec<&str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, ["data"]);
+        let app = &spec.containers[0];
+        assert_eq!(app.image.as_deref(), Some("nginx:1.25"));
+        assert_eq!(app.ports, full_pod().spec.unwrap().containers[0].ports);
+        assert_eq!(
+            app.resources,
+            full_pod().spec.unwrap().containers[0].resources
+        );
+        assert!(app.command.is_none() && app.args.is_none() && app.env.is_none());
+        assert!(app.volume_mounts.is_none() && app.liveness_probe.is_none());
+        assert!(app.termination_message_path.is_none());
+        let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        assert!(sidecar.command.is_none());
+        assert!(spec.ephemeral_containers.is_none());
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.tolerations, full_pod().spec.unwrap().tolerations);
+
+        assert_eq!(slimmed.status, full_pod().status);
+    }
+}
