@@ -630,3 +630,79 @@ async fn drain_waits_for_the_disruption_budget() {
     .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
     assert_eq!(after.len(), 3);
 }
+
+const BUDGET_MAX_ONE: &str = r#"
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web-max, namespace: shop}
+spec:
+  maxUnavailable: 1
+  selector: {matchLabels: {app: web}}
+"#;
+
+const STRAY: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: stray, namespace: shop, labels: {app: web}}
+spec:
+  containers:
+  - {name: web, image: "nginx:1.25"}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_unavailable_counts_the_replicas_the_deployment_asks_for() {
+    let plane = ControlPlane::start(&binary(), 2, &[])
+        .await
+        .expect("control plane");
+    let k = kubectl();
+    apply(&plane, &k, WEB);
+    apply(&plane, &k, BUDGET_MAX_ONE);
+    let pods: Api<Pod> = Api::namespaced(plane.apiserver.client().await.unwrap(), "shop");
+    three_running_web_pods(&plane, &pods).await;
+    let budget_is = |wanted: &'static str| {
+        let plane = &plane;
+        let k = &k;
+        async move {
+            let path = "jsonpath={.status.expectedPods}/{.status.desiredHealthy}/\
+                        {.status.disruptionsAllowed} {.status.conditions[0].reason}: \
+                        {.status.conditions[0].message}";
+            let mut last = String::new();
+            let seen = wait_until(wanted, Duration::from_secs(60), || {
+                last = ok(
+                    plane,
+                    k,
+                    &["get", "pdb", "web-max", "-n", "shop", "-o", path],
+                );
+                let matched = last.trim() == wanted;
+                async move { matched.then_some(()) }
+            })
+            .await;
+            seen.unwrap_or_else(|e| panic!("{e}: last {last:?}\n{}", plane.logs()));
+        }
+    };
+    budget_is("3/2/1 SufficientPods:").await;
+
+    // A covered pod no controller scales: the budget cannot count its pods and fails safe.
+    apply(&plane, &k, STRAY);
+    budget_is(r#"3/2/0 SyncFailed: found no controller ref for pod "stray""#).await;
+    let described = ok(&plane, &k, &["describe", "pdb", "web-max", "-n", "shop"]);
+    assert!(
+        described.contains("NoControllerRef")
+            && described.contains("Failed to calculate the number of expected pods"),
+        "{described}"
+    );
+    ok(
+        &plane,
+        &k,
+        &["delete", "pod", "stray", "-n", "shop", "--wait"],
+    );
+    budget_is("3/2/1 SufficientPods:").await;
+
+    // Scaled to 4: the fourth replica counts as expected before it is Ready.
+    ok(
+        &plane,
+        &k,
+        &["scale", "deployment", "web", "-n", "shop", "--replicas=4"],
+    );
+    budget_is("4/3/1 SufficientPods:").await;
+}

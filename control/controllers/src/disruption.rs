@@ -2,13 +2,14 @@
 //! PodDisruptionBudget's status, which pods/eviction consults. The pods a budget covers are
 //! those its selector picks in its namespace; healthy are those Ready and not being deleted
 //! (nor just evicted: listed in `disruptedPods`, until they are gone or two minutes passed).
-//! desiredHealthy is minAvailable (a count, or a percentage of the covered pods rounded up), or
-//! the covered pods less maxUnavailable (the same way); disruptionsAllowed is what healthy pods
-//! exceed it by.
-//!
-//! Unlike upstream, a percentage or maxUnavailable counts the pods the selector covers (those
-//! not finished and not being deleted) rather than the replicas their controllers ask for: the
-//! two differ while a workload is short of pods or has extra ones.
+//! With a minAvailable count, expectedPods are the covered pods (not finished, not being
+//! deleted) and desiredHealthy is that count. With a percentage or maxUnavailable, expectedPods
+//! are the replicas the pods' controllers ask for, as upstream counts them (a ReplicaSet's
+//! Deployment, else the ReplicaSet; a StatefulSet), and desiredHealthy is the percentage of
+//! them rounded up, or them less maxUnavailable (rounded up the same way). disruptionsAllowed
+//! is what healthy pods exceed desiredHealthy by (none while nothing is expected). A covered
+//! pod without such a controller makes the budget fail safe, as upstream's does: no
+//! disruptions allowed, the condition `SyncFailed` with upstream's message, and events.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use baton_client::{Informer, InformerEvent};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -24,9 +26,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::PostParams;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::Context;
 use crate::failure_backoff::FailureBackoff;
@@ -45,10 +48,39 @@ pub struct UpdateBudgetStatusError {
     source: kube::Error,
 }
 
+/// The replicas the controllers of a budget's pods ask for could not be counted.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpectedScaleError {
+    /// Upstream's text and event reason.
+    #[error("found no controller ref for pod {0:?}")]
+    NoControllerRef(String),
+    /// The pod's controller is not one whose scale is known, or is gone (upstream's text).
+    #[error("found no controllers for pod {0:?}")]
+    NoControllers(String),
+    #[error("reading the controller of pod {pod:?}")]
+    Read {
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ExpectedScaleError {
+    /// The reason of the event upstream records for the error.
+    fn reason(&self) -> &'static str {
+        match self {
+            ExpectedScaleError::NoControllerRef(_) => "NoControllerRef",
+            ExpectedScaleError::NoControllers(_) => "NoControllers",
+            ExpectedScaleError::Read { .. } => "CalculateExpectedPodCountFailed",
+        }
+    }
+}
+
 struct Disruption {
     client: Client,
     pods: Store<Pod>,
     budgets: Informer<PodDisruptionBudget>,
+    recorder: Recorder,
     errors: FailureBackoff,
 }
 
@@ -85,6 +117,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
         client: ctx.client.clone(),
         pods: ctx.pods.store(),
         budgets,
+        recorder: ctx.recorder("disruption-controller"),
         errors: FailureBackoff::default(),
     });
     let concurrency = ctx.concurrent_syncs;
@@ -126,21 +159,125 @@ fn count_of(bound: &IntOrString, total: i32) -> i32 {
     crate::deployment::scale::scaled_value(Some(bound), total, true)
 }
 
-/// The status `budget` should have for `pods` (those in its namespace) at `now`; also when the
-/// oldest disruption it still waits for times out.
-pub fn compute_status(
-    budget: &PodDisruptionBudget,
-    pods: &[Arc<Pod>],
-    now: jiff::Timestamp,
-) -> (PodDisruptionBudgetStatus, Option<Duration>) {
-    let covered: Vec<&Pod> = match selector_of(budget) {
+/// Whether `budget` counts the replicas its pods' controllers ask for (maxUnavailable, or a
+/// percentage minAvailable) rather than its pods.
+pub fn counts_controller_scale(budget: &PodDisruptionBudget) -> bool {
+    budget.spec.as_ref().is_some_and(|spec| {
+        spec.max_unavailable.is_some() || matches!(spec.min_available, Some(IntOrString::String(_)))
+    })
+}
+
+/// The pods of `pods` (those in its namespace) that `budget` covers.
+pub fn covered_pods<'a>(budget: &PodDisruptionBudget, pods: &'a [Arc<Pod>]) -> Vec<&'a Pod> {
+    match selector_of(budget) {
         Some(selector) => pods
             .iter()
             .map(AsRef::as_ref)
             .filter(|p| selector.matches(p.labels()))
             .collect(),
         None => Vec::new(),
-    };
+    }
+}
+
+/// The replicas the controllers of `pods` ask for, each controller counted once (upstream's
+/// getExpectedScale): a ReplicaSet's owning Deployment, else the ReplicaSet; a StatefulSet.
+async fn expected_scale(client: &Client, pods: &[&Pod]) -> Result<i32, ExpectedScaleError> {
+    let mut scales: BTreeMap<String, i32> = BTreeMap::new();
+    for pod in pods {
+        let name = pod.name_any();
+        let namespace = pod.namespace().unwrap_or_default();
+        let Some(owner) = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+        else {
+            return Err(ExpectedScaleError::NoControllerRef(name));
+        };
+        if scales.contains_key(&owner.uid) {
+            continue;
+        }
+        let read = |source| ExpectedScaleError::Read {
+            pod: name.clone(),
+            source,
+        };
+        let found = match (owner.api_version.as_str(), owner.kind.as_str()) {
+            ("apps/v1", "ReplicaSet") => {
+                let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
+                match sets.get_opt(&owner.name).await.map_err(read)? {
+                    Some(set) if set.metadata.uid.as_ref() == Some(&owner.uid) => {
+                        replica_set_scale(client, &namespace, &set)
+                            .await
+                            .map_err(read)?
+                    }
+                    _ => None,
+                }
+            }
+            ("apps/v1", "StatefulSet") => {
+                let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+                sets.get_opt(&owner.name)
+                    .await
+                    .map_err(read)?
+                    .filter(|set| set.metadata.uid.as_ref() == Some(&owner.uid))
+                    .map(|set| {
+                        let replicas = set.spec.and_then(|s| s.replicas).unwrap_or(1);
+                        (owner.uid.clone(), replicas)
+                    })
+            }
+            _ => None,
+        };
+        let Some((uid, replicas)) = found else {
+            return Err(ExpectedScaleError::NoControllers(name));
+        };
+        scales.insert(owner.uid.clone(), 0);
+        scales.insert(uid, replicas);
+    }
+    Ok(scales.values().sum())
+}
+
+/// (uid, replicas) of the controller that scales `set`: its Deployment when one controls it
+/// (`None` when that Deployment is gone), else the ReplicaSet itself.
+async fn replica_set_scale(
+    client: &Client,
+    namespace: &str,
+    set: &ReplicaSet,
+) -> Result<Option<(String, i32)>, kube::Error> {
+    let owner = set
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    match owner {
+        Some(owner) if owner.api_version == "apps/v1" && owner.kind == "Deployment" => {
+            let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+            Ok(deployments
+                .get_opt(&owner.name)
+                .await?
+                .filter(|d| d.metadata.uid.as_ref() == Some(&owner.uid))
+                .map(|d| {
+                    let replicas = d.spec.and_then(|s| s.replicas).unwrap_or(1);
+                    (owner.uid.clone(), replicas)
+                }))
+        }
+        _ => Ok(Some((
+            set.metadata.uid.clone().unwrap_or_default(),
+            set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        ))),
+    }
+}
+
+/// The status `budget` should have for `pods` (those in its namespace) at `now`, given the
+/// replicas its pods' controllers ask for when it counts those (`counts_controller_scale`);
+/// also when the oldest disruption it still waits for times out.
+pub fn compute_status(
+    budget: &PodDisruptionBudget,
+    pods: &[Arc<Pod>],
+    controller_scale: Option<i32>,
+    now: jiff::Timestamp,
+) -> (PodDisruptionBudgetStatus, Option<Duration>) {
+    let covered = covered_pods(budget, pods);
     let previous = budget.status.clone().unwrap_or_default();
     // Evicted pods stay disrupted until their deletion shows, or the timeout passes.
     let mut disrupted = BTreeMap::new();
@@ -161,10 +298,12 @@ pub fn compute_status(
         disrupted.insert(name, at);
     }
     // Finished pods and pods on their way out stand for no replica.
-    let expected = covered
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && !is_pod_terminal(p))
-        .count() as i32;
+    let expected = controller_scale.unwrap_or_else(|| {
+        covered
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && !is_pod_terminal(p))
+            .count() as i32
+    });
     let healthy = covered
         .iter()
         .filter(|p| {
@@ -179,7 +318,13 @@ pub fn compute_status(
         (Some(min), None) => count_of(min, expected),
         (None, None) => expected,
     };
-    let allowed = (healthy - desired).max(0);
+    // Nothing is allowed while nothing is expected: the first pods of a budget may show
+    // before its status counts them (upstream's rule).
+    let allowed = if expected > 0 {
+        (healthy - desired).max(0)
+    } else {
+        0
+    };
     let (status, reason, message) = if allowed > 0 {
         ("True", "SufficientPods", "")
     } else {
@@ -231,49 +376,115 @@ async fn reconcile(
         .into_iter()
         .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
         .collect();
-    let (status, next_timeout) = compute_status(&budget, &pods, jiff::Timestamp::now());
-    let unchanged = budget.status.as_ref().is_some_and(|s| {
-        let mut current = s.clone();
-        let mut wanted = status.clone();
-        // The condition's time is kept when nothing else changed.
-        current.conditions = None;
-        wanted.conditions = None;
-        current == wanted
-            && s.conditions
-                .as_ref()
-                .and_then(|c| c.first())
-                .map(|c| &c.status)
-                == status
-                    .conditions
-                    .as_ref()
-                    .and_then(|c| c.first())
-                    .map(|c| &c.status)
-    });
-    if !unchanged {
-        let api: Api<PodDisruptionBudget> = Api::namespaced(this.client.clone(), &namespace);
-        let mut next = (*budget).clone();
-        next.metadata.managed_fields = None;
-        next.status = Some(status);
-        match api
-            .replace_status(&budget.name_any(), &PostParams::default(), &next)
-            .await
-        {
-            Ok(_) => {}
-            // A newer state of the budget is on its way through the watch.
-            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
-            Err(source) => {
-                return Err(UpdateBudgetStatusError {
-                    budget: key,
-                    source,
-                });
-            }
+    let scale = if counts_controller_scale(&budget) {
+        match expected_scale(&this.client, &covered_pods(&budget, &pods)).await {
+            Ok(scale) => Some(scale),
+            Err(error) => return fail_safe(&this, &budget, error).await,
         }
-    }
+    } else {
+        None
+    };
+    let (status, next_timeout) = compute_status(&budget, &pods, scale, jiff::Timestamp::now());
+    write_status(&this, &budget, status).await?;
     this.errors.reset(&key);
     Ok(match next_timeout {
         Some(left) => Action::requeue(left),
         None => Action::await_change(),
     })
+}
+
+/// The DisruptionAllowed condition of a status: (status, reason, message).
+fn condition_of(status: &PodDisruptionBudgetStatus) -> Option<(&str, &str, &str)> {
+    let condition = status.conditions.as_ref()?.first()?;
+    Some((&condition.status, &condition.reason, &condition.message))
+}
+
+/// Writes `status` unless the budget has it already (the condition's time aside).
+async fn write_status(
+    this: &Disruption,
+    budget: &PodDisruptionBudget,
+    status: PodDisruptionBudgetStatus,
+) -> Result<(), UpdateBudgetStatusError> {
+    let unchanged = budget.status.as_ref().is_some_and(|current| {
+        let mut current_counts = current.clone();
+        let mut wanted_counts = status.clone();
+        current_counts.conditions = None;
+        wanted_counts.conditions = None;
+        current_counts == wanted_counts && condition_of(current) == condition_of(&status)
+    });
+    if unchanged {
+        return Ok(());
+    }
+    let api: Api<PodDisruptionBudget> =
+        Api::namespaced(this.client.clone(), &budget.namespace().unwrap_or_default());
+    let mut next = budget.clone();
+    next.metadata.managed_fields = None;
+    next.status = Some(status);
+    match api
+        .replace_status(&budget.name_any(), &PostParams::default(), &next)
+        .await
+    {
+        Ok(_) => Ok(()),
+        // A newer state of the budget is on its way through the watch.
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
+        Err(source) => Err(UpdateBudgetStatusError {
+            budget: key_of(budget),
+            source,
+        }),
+    }
+}
+
+/// Upstream's failSafe: a budget whose expected pods cannot be counted allows no disruption,
+/// says why in its condition (reason SyncFailed) and in events, and is tried again later.
+async fn fail_safe(
+    this: &Disruption,
+    budget: &PodDisruptionBudget,
+    error: ExpectedScaleError,
+) -> Result<Action, UpdateBudgetStatusError> {
+    let key = key_of(budget);
+    let message = error.to_string();
+    let mut status = budget.status.clone().unwrap_or_default();
+    let newly_failing = condition_of(&status) != Some(("False", "SyncFailed", &message));
+    if newly_failing {
+        let reference = budget.object_ref(&());
+        let mut events = vec![(
+            "CalculateExpectedPodCountFailed",
+            format!("Failed to calculate the number of expected pods: {message}"),
+        )];
+        if !matches!(error, ExpectedScaleError::Read { .. }) {
+            events.insert(0, (error.reason(), message.clone()));
+        }
+        for (reason, note) in events {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: reason.into(),
+                note: Some(note),
+                action: "Sync".into(),
+                secondary: None,
+            };
+            if let Err(e) = this.recorder.publish(&event, &reference).await {
+                tracing::debug!(budget = %key, error = %e, "recording a disruption budget event");
+            }
+        }
+    }
+    tracing::info!(budget = %key, error = %baton_client::error_chain(&error), "disruption budget fails safe");
+    status.disruptions_allowed = 0;
+    let transition = match budget.status.as_ref().and_then(|s| s.conditions.as_ref()) {
+        Some(c) if c.first().is_some_and(|c| c.status == "False") => {
+            c[0].last_transition_time.clone()
+        }
+        _ => Time(jiff::Timestamp::now()),
+    };
+    status.conditions = Some(vec![Condition {
+        type_: "DisruptionAllowed".into(),
+        status: "False".into(),
+        reason: "SyncFailed".into(),
+        message,
+        last_transition_time: transition,
+        observed_generation: budget.metadata.generation,
+    }]);
+    write_status(this, budget, status).await?;
+    Ok(Action::requeue(this.errors.next_delay(&key)))
 }
 
 #[cfg(test)]
@@ -328,7 +539,8 @@ mod tests {
     fn allowed_disruptions_are_healthy_pods_beyond_the_budget() {
         let pods = vec![pod("a", true), pod("b", true), pod("c", false)];
         let now = jiff::Timestamp::now();
-        let (status, _) = compute_status(&budget(Some(IntOrString::Int(1)), None), &pods, now);
+        let (status, _) =
+            compute_status(&budget(Some(IntOrString::Int(1)), None), &pods, None, now);
         assert_eq!(
             (
                 status.expected_pods,
@@ -342,6 +554,7 @@ mod tests {
         let (status, _) = compute_status(
             &budget(Some(IntOrString::String("50%".into())), None),
             &pods,
+            Some(3),
             now,
         );
         assert_eq!((status.desired_healthy, status.disruptions_allowed), (2, 0));
@@ -350,8 +563,47 @@ mod tests {
             (condition.status.as_str(), condition.reason.as_str()),
             ("False", "InsufficientPods")
         );
-        let (status, _) = compute_status(&budget(None, Some(IntOrString::Int(1))), &pods, now);
+        let (status, _) = compute_status(
+            &budget(None, Some(IntOrString::Int(1))),
+            &pods,
+            Some(3),
+            now,
+        );
         assert_eq!((status.desired_healthy, status.disruptions_allowed), (2, 0));
+    }
+
+    #[test]
+    fn percentages_and_max_unavailable_count_the_replicas_asked_for() {
+        let pods = vec![pod("a", true), pod("b", true), pod("c", true)];
+        let now = jiff::Timestamp::now();
+        let max_one = budget(None, Some(IntOrString::Int(1)));
+        assert!(counts_controller_scale(&max_one));
+        assert!(!counts_controller_scale(&budget(
+            Some(IntOrString::Int(1)),
+            None
+        )));
+        // Scaled up to 4 with 3 pods so far: 3 must stay healthy, so none may go.
+        let (status, _) = compute_status(&max_one, &pods, Some(4), now);
+        assert_eq!(
+            (
+                status.expected_pods,
+                status.desired_healthy,
+                status.disruptions_allowed
+            ),
+            (4, 3, 0)
+        );
+        // A rollout's surge pod: 3 asked for, 4 healthy pods, so two may go.
+        let mut surge = pods.clone();
+        surge.push(pod("d", true));
+        let (status, _) = compute_status(&max_one, &surge, Some(3), now);
+        assert_eq!((status.desired_healthy, status.disruptions_allowed), (2, 2));
+        // 34% of 3 rounds up to 2.
+        let percent = budget(Some(IntOrString::String("34%".into())), None);
+        let (status, _) = compute_status(&percent, &pods, Some(3), now);
+        assert_eq!((status.desired_healthy, status.disruptions_allowed), (2, 1));
+        // Scaled to zero: nothing is expected, so nothing may go.
+        let (status, _) = compute_status(&max_one, &pods, Some(0), now);
+        assert_eq!((status.expected_pods, status.disruptions_allowed), (0, 0));
     }
 
     #[test]
@@ -363,11 +615,11 @@ mod tests {
             disrupted_pods: Some(BTreeMap::from([("a".into(), Time(now))])),
             ..Default::default()
         });
-        let (status, timeout) = compute_status(&evicted, &pods, now);
+        let (status, timeout) = compute_status(&evicted, &pods, None, now);
         assert_eq!((status.current_healthy, status.disruptions_allowed), (1, 0));
         assert_eq!(timeout, Some(DISRUPTION_TIMEOUT));
         let later = now + jiff::SignedDuration::from_secs(121);
-        let (status, timeout) = compute_status(&evicted, &pods, later);
+        let (status, timeout) = compute_status(&evicted, &pods, None, later);
         assert_eq!((status.current_healthy, status.disruptions_allowed), (2, 1));
         assert!(status.disrupted_pods.is_none() && timeout.is_none());
     }
@@ -376,10 +628,10 @@ mod tests {
     fn no_selector_covers_nothing_and_an_empty_one_everything() {
         let mut open = budget(Some(IntOrString::Int(0)), None);
         open.spec.as_mut().unwrap().selector = None;
-        let (status, _) = compute_status(&open, &[pod("a", true)], jiff::Timestamp::now());
+        let (status, _) = compute_status(&open, &[pod("a", true)], None, jiff::Timestamp::now());
         assert_eq!((status.expected_pods, status.disruptions_allowed), (0, 0));
         open.spec.as_mut().unwrap().selector = Some(LabelSelector::default());
-        let (status, _) = compute_status(&open, &[pod("a", true)], jiff::Timestamp::now());
+        let (status, _) = compute_status(&open, &[pod("a", true)], None, jiff::Timestamp::now());
         assert_eq!((status.expected_pods, status.disruptions_allowed), (1, 1));
     }
 }
