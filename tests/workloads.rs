@@ -638,6 +638,13 @@ metadata: {name: web-max, namespace: shop}
 spec:
   maxUnavailable: 1
   selector: {matchLabels: {app: web}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: front, namespace: shop}
+spec:
+  maxUnavailable: 1
+  selector: {matchLabels: {tier: front}}
 "#;
 
 const STRAY: &str = r#"
@@ -649,6 +656,19 @@ spec:
   - {name: web, image: "nginx:1.25"}
 "#;
 
+const WEB_JOB: &str = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: warmup, namespace: shop}
+spec:
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: warmup, image: "busybox"}
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_unavailable_counts_the_replicas_the_deployment_asks_for() {
     let plane = ControlPlane::start(&binary(), 2, &[])
@@ -658,8 +678,9 @@ async fn max_unavailable_counts_the_replicas_the_deployment_asks_for() {
     apply(&plane, &k, WEB);
     apply(&plane, &k, BUDGET_MAX_ONE);
     let pods: Api<Pod> = Api::namespaced(plane.apiserver.client().await.unwrap(), "shop");
-    three_running_web_pods(&plane, &pods).await;
-    let budget_is = |wanted: &'static str| {
+    let web = three_running_web_pods(&plane, &pods).await;
+    // "expectedPods/desiredHealthy/disruptionsAllowed reason: message" of a budget.
+    let budget_is = |budget: &'static str, wanted: &'static str| {
         let plane = &plane;
         let k = &k;
         async move {
@@ -668,41 +689,62 @@ async fn max_unavailable_counts_the_replicas_the_deployment_asks_for() {
                         {.status.conditions[0].message}";
             let mut last = String::new();
             let seen = wait_until(wanted, Duration::from_secs(60), || {
-                last = ok(
-                    plane,
-                    k,
-                    &["get", "pdb", "web-max", "-n", "shop", "-o", path],
-                );
+                last = ok(plane, k, &["get", "pdb", budget, "-n", "shop", "-o", path]);
                 let matched = last.trim() == wanted;
                 async move { matched.then_some(()) }
             })
             .await;
-            seen.unwrap_or_else(|e| panic!("{e}: last {last:?}\n{}", plane.logs()));
+            seen.unwrap_or_else(|e| panic!("{budget}: {e}: last {last:?}\n{}", plane.logs()));
         }
     };
-    budget_is("3/2/1 SufficientPods:").await;
+    budget_is("web-max", "3/2/1 SufficientPods:").await;
 
-    // A covered pod no controller scales: the budget cannot count its pods and fails safe.
+    // A budget over two of the Deployment's three pods still expects all three replicas: with
+    // two healthy pods and one allowed to be unavailable, none may go (counting its own pods
+    // it would say 2/1/1).
+    for (name, _) in &web[..2] {
+        ok(
+            &plane,
+            &k,
+            &["label", "pod", name, "-n", "shop", "tier=front"],
+        );
+    }
+    budget_is("front", "3/2/0 InsufficientPods:").await;
+
+    // A covered pod without a controller counts for nothing and draws a warning.
     apply(&plane, &k, STRAY);
-    budget_is(r#"3/2/0 SyncFailed: found no controller ref for pod "stray""#).await;
+    budget_is("web-max", "3/2/2 SufficientPods:").await;
     let described = ok(&plane, &k, &["describe", "pdb", "web-max", "-n", "shop"]);
     assert!(
-        described.contains("NoControllerRef")
+        described.contains("UnmanagedPods") && described.contains("were found to be unmanaged"),
+        "{described}"
+    );
+
+    // A covered pod of a Job, which has no scale: the budget cannot count and fails safe.
+    apply(&plane, &k, WEB_JOB);
+    budget_is(
+        "web-max",
+        "3/2/0 SyncFailed: jobs.batch does not implement the scale subresource",
+    )
+    .await;
+    let described = ok(&plane, &k, &["describe", "pdb", "web-max", "-n", "shop"]);
+    assert!(
+        described.contains("CalculateExpectedPodCountFailed")
             && described.contains("Failed to calculate the number of expected pods"),
         "{described}"
     );
     ok(
         &plane,
         &k,
-        &["delete", "pod", "stray", "-n", "shop", "--wait"],
+        &[
+            "delete",
+            "job",
+            "warmup",
+            "-n",
+            "shop",
+            "--cascade=foreground",
+            "--wait",
+        ],
     );
-    budget_is("3/2/1 SufficientPods:").await;
-
-    // Scaled to 4: the fourth replica counts as expected before it is Ready.
-    ok(
-        &plane,
-        &k,
-        &["scale", "deployment", "web", "-n", "shop", "--replicas=4"],
-    );
-    budget_is("4/3/1 SufficientPods:").await;
+    budget_is("web-max", "3/2/2 SufficientPods:").await;
 }

@@ -3,13 +3,15 @@
 //! those its selector picks in its namespace; healthy are those Ready and not being deleted
 //! (nor just evicted: listed in `disruptedPods`, until they are gone or two minutes passed).
 //! With a minAvailable count, expectedPods are the covered pods (not finished, not being
-//! deleted) and desiredHealthy is that count. With a percentage or maxUnavailable, expectedPods
-//! are the replicas the pods' controllers ask for, as upstream counts them (a ReplicaSet's
-//! Deployment, else the ReplicaSet; a StatefulSet), and desiredHealthy is the percentage of
-//! them rounded up, or them less maxUnavailable (rounded up the same way). disruptionsAllowed
-//! is what healthy pods exceed desiredHealthy by (none while nothing is expected). A covered
-//! pod without such a controller makes the budget fail safe, as upstream's does: no
-//! disruptions allowed, the condition `SyncFailed` with upstream's message, and events.
+//! deleted) and desiredHealthy is minAvailable. With a percentage or maxUnavailable,
+//! expectedPods are the replicas the pods' controllers ask for, as upstream counts them (a
+//! ReplicaSet's Deployment, else the ReplicaSet; a StatefulSet), and desiredHealthy is the
+//! percentage of them rounded up, or them less maxUnavailable (rounded up the same way); pods
+//! without a controller count for nothing and draw an `UnmanagedPods` warning. A pod whose
+//! controller has no scale (a Job, a DaemonSet) or is gone makes the budget fail safe, as
+//! upstream's does: no disruptions allowed, the condition `SyncFailed` with upstream's message,
+//! and a `CalculateExpectedPodCountFailed` event. disruptionsAllowed is what healthy pods
+//! exceed desiredHealthy by (none while nothing is expected).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,16 +50,20 @@ pub struct UpdateBudgetStatusError {
     source: kube::Error,
 }
 
-/// The replicas the controllers of a budget's pods ask for could not be counted.
+/// The replicas the controllers of a budget's pods ask for could not be counted (upstream's
+/// texts).
 #[derive(Debug, thiserror::Error)]
 pub enum ExpectedScaleError {
-    /// Upstream's text and event reason.
-    #[error("found no controller ref for pod {0:?}")]
-    NoControllerRef(String),
-    /// The pod's controller is not one whose scale is known, or is gone (upstream's text).
+    /// The pod's controller is gone, or is not the object the pod names.
     #[error("found no controllers for pod {0:?}")]
     NoControllers(String),
-    #[error("reading the controller of pod {pod:?}")]
+    /// The pod's controller is of a kind that has no scale (a DaemonSet, a Job, a Node).
+    #[error("{0} does not implement the scale subresource")]
+    NoScale(&'static str),
+    /// The pod's controller is of a kind the API server does not serve.
+    #[error("no matches for kind {kind:?} in version {version:?}")]
+    UnknownKind { kind: String, version: String },
+    #[error("reading the controller of pod {pod:?}: {source}")]
     Read {
         pod: String,
         #[source]
@@ -65,15 +71,12 @@ pub enum ExpectedScaleError {
     },
 }
 
-impl ExpectedScaleError {
-    /// The reason of the event upstream records for the error.
-    fn reason(&self) -> &'static str {
-        match self {
-            ExpectedScaleError::NoControllerRef(_) => "NoControllerRef",
-            ExpectedScaleError::NoControllers(_) => "NoControllers",
-            ExpectedScaleError::Read { .. } => "CalculateExpectedPodCountFailed",
-        }
-    }
+/// What counting the replicas asked for found: their sum, and the covered pods that no
+/// controller owns (upstream leaves those out and warns).
+#[derive(Debug, Default, PartialEq)]
+pub struct ExpectedScale {
+    pub replicas: i32,
+    pub unmanaged: Vec<String>,
 }
 
 struct Disruption {
@@ -81,6 +84,8 @@ struct Disruption {
     pods: Store<Pod>,
     budgets: Informer<PodDisruptionBudget>,
     recorder: Recorder,
+    /// The unmanaged pods last warned of, by budget key.
+    unmanaged_reported: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
     errors: FailureBackoff,
 }
 
@@ -118,6 +123,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
         pods: ctx.pods.store(),
         budgets,
         recorder: ctx.recorder("disruption-controller"),
+        unmanaged_reported: Default::default(),
         errors: FailureBackoff::default(),
     });
     let concurrency = ctx.concurrent_syncs;
@@ -180,9 +186,15 @@ pub fn covered_pods<'a>(budget: &PodDisruptionBudget, pods: &'a [Arc<Pod>]) -> V
 }
 
 /// The replicas the controllers of `pods` ask for, each controller counted once (upstream's
-/// getExpectedScale): a ReplicaSet's owning Deployment, else the ReplicaSet; a StatefulSet.
-async fn expected_scale(client: &Client, pods: &[&Pod]) -> Result<i32, ExpectedScaleError> {
+/// getExpectedScale and its finders): a ReplicaSet's owning Deployment, else the ReplicaSet
+/// (also when that Deployment is gone, as upstream's generic scale finder does); a
+/// StatefulSet. Pods without a controller are listed as unmanaged.
+async fn expected_scale(
+    client: &Client,
+    pods: &[&Pod],
+) -> Result<ExpectedScale, ExpectedScaleError> {
     let mut scales: BTreeMap<String, i32> = BTreeMap::new();
+    let mut unmanaged = Vec::new();
     for pod in pods {
         let name = pod.name_any();
         let namespace = pod.namespace().unwrap_or_default();
@@ -193,7 +205,8 @@ async fn expected_scale(client: &Client, pods: &[&Pod]) -> Result<i32, ExpectedS
             .flatten()
             .find(|o| o.controller == Some(true))
         else {
-            return Err(ExpectedScaleError::NoControllerRef(name));
+            unmanaged.push(name);
+            continue;
         };
         if scales.contains_key(&owner.uid) {
             continue;
@@ -206,11 +219,11 @@ async fn expected_scale(client: &Client, pods: &[&Pod]) -> Result<i32, ExpectedS
             ("apps/v1", "ReplicaSet") => {
                 let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
                 match sets.get_opt(&owner.name).await.map_err(read)? {
-                    Some(set) if set.metadata.uid.as_ref() == Some(&owner.uid) => {
+                    Some(set) if set.metadata.uid.as_ref() == Some(&owner.uid) => Some(
                         replica_set_scale(client, &namespace, &set)
                             .await
-                            .map_err(read)?
-                    }
+                            .map_err(read)?,
+                    ),
                     _ => None,
                 }
             }
@@ -225,7 +238,16 @@ async fn expected_scale(client: &Client, pods: &[&Pod]) -> Result<i32, ExpectedS
                         (owner.uid.clone(), replicas)
                     })
             }
-            _ => None,
+            ("apps/v1", "DaemonSet") => return Err(ExpectedScaleError::NoScale("daemonsets.apps")),
+            ("batch/v1", "Job") => return Err(ExpectedScaleError::NoScale("jobs.batch")),
+            ("v1", "Node") => return Err(ExpectedScaleError::NoScale("nodes")),
+            ("apps/v1", "Deployment") | ("v1", "ReplicationController") => None,
+            (version, kind) => {
+                return Err(ExpectedScaleError::UnknownKind {
+                    kind: kind.to_string(),
+                    version: version.to_string(),
+                });
+            }
         };
         let Some((uid, replicas)) = found else {
             return Err(ExpectedScaleError::NoControllers(name));
@@ -233,39 +255,41 @@ async fn expected_scale(client: &Client, pods: &[&Pod]) -> Result<i32, ExpectedS
         scales.insert(owner.uid.clone(), 0);
         scales.insert(uid, replicas);
     }
-    Ok(scales.values().sum())
+    let replicas = scales.values().fold(0i32, |sum, r| sum.saturating_add(*r));
+    Ok(ExpectedScale {
+        replicas,
+        unmanaged,
+    })
 }
 
-/// (uid, replicas) of the controller that scales `set`: its Deployment when one controls it
-/// (`None` when that Deployment is gone), else the ReplicaSet itself.
+/// (uid, replicas) of the controller that scales `set`: its Deployment when one controls it,
+/// else (also when that Deployment is gone) the ReplicaSet itself.
 async fn replica_set_scale(
     client: &Client,
     namespace: &str,
     set: &ReplicaSet,
-) -> Result<Option<(String, i32)>, kube::Error> {
+) -> Result<(String, i32), kube::Error> {
     let owner = set
         .metadata
         .owner_references
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true));
-    match owner {
-        Some(owner) if owner.api_version == "apps/v1" && owner.kind == "Deployment" => {
-            let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-            Ok(deployments
-                .get_opt(&owner.name)
-                .await?
-                .filter(|d| d.metadata.uid.as_ref() == Some(&owner.uid))
-                .map(|d| {
-                    let replicas = d.spec.and_then(|s| s.replicas).unwrap_or(1);
-                    (owner.uid.clone(), replicas)
-                }))
+    if let Some(owner) = owner.filter(|o| o.api_version == "apps/v1" && o.kind == "Deployment") {
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+        let deployment = deployments
+            .get_opt(&owner.name)
+            .await?
+            .filter(|d| d.metadata.uid.as_ref() == Some(&owner.uid));
+        if let Some(deployment) = deployment {
+            let replicas = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
+            return Ok((owner.uid.clone(), replicas));
         }
-        _ => Ok(Some((
-            set.metadata.uid.clone().unwrap_or_default(),
-            set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-        ))),
     }
+    Ok((
+        set.metadata.uid.clone().unwrap_or_default(),
+        set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+    ))
 }
 
 /// The status `budget` should have for `pods` (those in its namespace) at `now`, given the
@@ -377,8 +401,14 @@ async fn reconcile(
         .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
         .collect();
     let scale = if counts_controller_scale(&budget) {
-        match expected_scale(&this.client, &covered_pods(&budget, &pods)).await {
-            Ok(scale) => Some(scale),
+        // By name, so that an error names the same pod every time.
+        let mut covered = covered_pods(&budget, &pods);
+        covered.sort_by_key(|p| p.metadata.name.clone());
+        match expected_scale(&this.client, &covered).await {
+            Ok(scale) => {
+                warn_of_unmanaged_pods(&this, &budget, scale.unmanaged).await;
+                Some(scale.replicas)
+            }
             Err(error) => return fail_safe(&this, &budget, error).await,
         }
     } else {
@@ -434,8 +464,55 @@ async fn write_status(
     }
 }
 
-/// Upstream's failSafe: a budget whose expected pods cannot be counted allows no disruption,
-/// says why in its condition (reason SyncFailed) and in events, and is tried again later.
+/// Records upstream's UnmanagedPods warning when the budget's pods without a controller
+/// change to a non-empty set (upstream warns on every sync; its recorder folds repeats).
+async fn warn_of_unmanaged_pods(
+    this: &Disruption,
+    budget: &PodDisruptionBudget,
+    pods: Vec<String>,
+) {
+    let key = key_of(budget);
+    {
+        let mut reported = this.unmanaged_reported.lock().expect("unmanaged pods");
+        if reported.get(&key) == Some(&pods) {
+            return;
+        }
+        if pods.is_empty() {
+            reported.remove(&key);
+            return;
+        }
+        reported.insert(key.clone(), pods.clone());
+    }
+    tracing::info!(budget = %key, pods = ?pods, "found unmanaged pods associated with this PodDisruptionBudget");
+    let selector = selector_of(budget)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    let note = format!(
+        "Pods selected by this PodDisruptionBudget (selector: {selector}) were found to be \
+         unmanaged. As a result, the status of the PDB cannot be calculated correctly, which \
+         may result in undefined behavior. To account for these pods please set \
+         \".spec.minAvailable\" field of the PDB to an integer value."
+    );
+    publish(this, budget, "UnmanagedPods", note).await;
+}
+
+/// Records a Warning event about `budget`.
+async fn publish(this: &Disruption, budget: &PodDisruptionBudget, reason: &str, note: String) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    if let Err(e) = this.recorder.publish(&event, &budget.object_ref(&())).await {
+        tracing::debug!(budget = %key_of(budget), error = %e, "recording a disruption budget event");
+    }
+}
+
+/// Upstream's failSafe: a budget whose expected pods cannot be counted allows no disruption
+/// and says why in its condition (reason SyncFailed) and an event. A failed read is tried
+/// again with backoff; any other cause waits for a change (of the budget or its pods).
 async fn fail_safe(
     this: &Disruption,
     budget: &PodDisruptionBudget,
@@ -446,28 +523,10 @@ async fn fail_safe(
     let mut status = budget.status.clone().unwrap_or_default();
     let newly_failing = condition_of(&status) != Some(("False", "SyncFailed", &message));
     if newly_failing {
-        let reference = budget.object_ref(&());
-        let mut events = vec![(
-            "CalculateExpectedPodCountFailed",
-            format!("Failed to calculate the number of expected pods: {message}"),
-        )];
-        if !matches!(error, ExpectedScaleError::Read { .. }) {
-            events.insert(0, (error.reason(), message.clone()));
-        }
-        for (reason, note) in events {
-            let event = Event {
-                type_: EventType::Warning,
-                reason: reason.into(),
-                note: Some(note),
-                action: "Sync".into(),
-                secondary: None,
-            };
-            if let Err(e) = this.recorder.publish(&event, &reference).await {
-                tracing::debug!(budget = %key, error = %e, "recording a disruption budget event");
-            }
-        }
+        let note = format!("Failed to calculate the number of expected pods: {message}");
+        publish(this, budget, "CalculateExpectedPodCountFailed", note).await;
+        tracing::info!(budget = %key, error = %message, "disruption budget fails safe");
     }
-    tracing::info!(budget = %key, error = %baton_client::error_chain(&error), "disruption budget fails safe");
     status.disruptions_allowed = 0;
     let transition = match budget.status.as_ref().and_then(|s| s.conditions.as_ref()) {
         Some(c) if c.first().is_some_and(|c| c.status == "False") => {
@@ -484,7 +543,10 @@ async fn fail_safe(
         observed_generation: budget.metadata.generation,
     }]);
     write_status(this, budget, status).await?;
-    Ok(Action::requeue(this.errors.next_delay(&key)))
+    Ok(match error {
+        ExpectedScaleError::Read { .. } => Action::requeue(this.errors.next_delay(&key)),
+        _ => Action::await_change(),
+    })
 }
 
 #[cfg(test)]
