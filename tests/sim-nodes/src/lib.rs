@@ -6,7 +6,9 @@
 //!
 //! Annotations a Pod can carry (on a Job's pod template, say):
 //! - `sim-nodes.baton.dev/outcome`: `Succeeded` or `Failed` — the Pod ends that way;
-//! - `sim-nodes.baton.dev/run-for`: how long it runs first (`2s`, `500ms`; default `0s`).
+//! - `sim-nodes.baton.dev/run-for`: how long it runs first (`2s`, `500ms`; default `0s`);
+//! - `sim-nodes.baton.dev/never-start`: `true` — the Pod stays Pending once bound, as on the
+//!   fake nodes of upstream's scheduler_perf, which run nothing and write no status.
 //!
 //! Stopping the process stops the heartbeats, as a dead kubelet would: the controller
 //! manager then marks its nodes unreachable.
@@ -26,6 +28,8 @@ pub const SIMULATED_LABEL: &str = "sim-nodes.baton.dev/simulated";
 pub const OUTCOME_ANNOTATION: &str = "sim-nodes.baton.dev/outcome";
 /// Pod annotation: how long the Pod runs before it ends (`2s`, `500ms`).
 pub const RUN_FOR_ANNOTATION: &str = "sim-nodes.baton.dev/run-for";
+/// Pod annotation: `true` leaves the Pod Pending once bound (no status is written).
+pub const NEVER_START_ANNOTATION: &str = "sim-nodes.baton.dev/never-start";
 
 /// The most nodes one process simulates (their InternalIPs come from 10.255.0.0/16).
 pub const MAX_NODES: usize = 60_000;

@@ -187,6 +187,9 @@ async fn reconcile(pod: Arc<Pod>, state: Arc<State>) -> Result<Action, SimPodErr
             Err(source) => Err(SimPodError::Remove { pod: name, source }),
         };
     }
+    if never_starts(&pod) {
+        return Ok(Action::await_change());
+    }
     let phase = pod
         .status
         .as_ref()
@@ -254,6 +257,13 @@ fn is_ready(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether the pod's annotation asks it never to start.
+fn never_starts(pod: &Pod) -> bool {
+    pod.annotations()
+        .get(crate::NEVER_START_ANNOTATION)
+        .is_some_and(|v| v == "true")
 }
 
 /// The phase a pod's annotations ask it to end in, and after how long.
