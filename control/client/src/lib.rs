@@ -6,6 +6,7 @@
 pub mod informer;
 pub mod node_flags;
 pub mod node_lease;
+pub mod request_limit;
 pub mod slim;
 
 use std::time::Duration;
@@ -54,6 +55,20 @@ pub async fn connect(
 ) -> Result<kube::Client, ConnectError> {
     let config = load_config(kubeconfig, user_agent).await?;
     kube::Client::try_from(config).map_err(ConnectError::Client)
+}
+
+/// Like [`connect`], with at most `max_in_flight` requests other than watches in flight (see
+/// [`request_limit`]): for components whose bursts would otherwise open a connection per request.
+pub async fn connect_with_request_limit(
+    kubeconfig: Option<&Path>,
+    user_agent: &str,
+    max_in_flight: usize,
+) -> Result<kube::Client, ConnectError> {
+    let config = load_config(kubeconfig, user_agent).await?;
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(ConnectError::Client)?;
+    Ok(builder
+        .with_layer(&request_limit::RequestLimitLayer::new(max_in_flight))
+        .build())
 }
 
 /// The client configuration [`connect`] builds its client from.

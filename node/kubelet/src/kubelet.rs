@@ -22,6 +22,11 @@ use crate::pod_dirs::DnsSettings;
 use crate::pod_network::PodNetwork;
 use crate::pod_worker::{PodUpdate, PodWorker};
 
+/// The most API requests (watches aside) the kubelet has in flight: a burst of pod starts
+/// queues its status writes, token requests and reads on this many connections instead of
+/// opening one per request (see `baton_client::request_limit`).
+const API_REQUESTS_IN_FLIGHT: usize = 8;
+
 /// Why the kubelet could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunKubeletError {
@@ -55,7 +60,12 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
             source,
         })?;
     }
-    let client = baton_client::connect(Some(&args.kubeconfig), "kubelet").await?;
+    let client = baton_client::connect_with_request_limit(
+        Some(&args.kubeconfig),
+        "kubelet",
+        API_REQUESTS_IN_FLIGHT,
+    )
+    .await?;
     let program = std::env::current_exe().map_err(|source| RunKubeletError::Prepare {
         path: "/proc/self/exe".into(),
         source,
