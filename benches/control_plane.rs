@@ -35,15 +35,14 @@ const CREATE_CONCURRENCY: usize = 64;
 
 /// A bench pod; one that `never_starts` stays Pending on its simulated node once bound.
 fn pod(namespace: &str, name: &str, never_starts: bool) -> Pod {
-    let annotations = if never_starts {
-        json!({ baton_sim_nodes::NEVER_START_ANNOTATION: "true" })
-    } else {
-        json!({})
-    };
+    let mut metadata =
+        json!({ "name": name, "namespace": namespace, "labels": { "app": "bench" } });
+    if never_starts {
+        metadata["annotations"] = json!({ baton_sim_nodes::NEVER_START_ANNOTATION: "true" });
+    }
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": name, "namespace": namespace, "labels": { "app": "bench" },
-                      "annotations": annotations },
+        "metadata": metadata,
         "spec": { "containers": [{
             "name": "app", "image": "registry.local/bench/app:1.0",
             "resources": { "requests": { "cpu": "10m", "memory": "16Mi" } },

@@ -59,6 +59,8 @@ pub async fn connect(
 
 /// Like [`connect`], with at most `max_in_flight` requests other than watches in flight (see
 /// [`request_limit`]): for components whose bursts would otherwise open a connection per request.
+/// Not for clients that read streaming answers slowly (`log_stream` with follow): those hold
+/// their permit while they read.
 pub async fn connect_with_request_limit(
     kubeconfig: Option<&Path>,
     user_agent: &str,

@@ -2,18 +2,31 @@
 //! one request per connection at a time, so a burst of N concurrent requests opens N TLS
 //! connections (handshakes on both ends, and buffers kept while they idle in the pool). The
 //! kubelet starting 100 pods at once went from 14 to 139 sockets. With the cap, requests beyond
-//! it wait their turn and reuse the connections already open. Watches never wait: they hold a
-//! connection for as long as they run.
+//! it wait their turn and mostly reuse the connections already open (about twice the cap in
+//! sockets: hyper hands a finished connection back to its pool from a task of its own, so a
+//! waiter may open a new one first). Watches never wait: they hold a connection for as long as
+//! they run. A capped request gets [`REQUEST_TIMEOUT`] for its answer, so that requests stuck on
+//! a dead connection cannot hold every permit. A streaming answer read slowly (`log_stream` with
+//! follow) would hold its permit as long: clients that use those should not be capped.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::{Layer, Service};
+use tower::{BoxError, Layer, Service};
+
+/// How long a capped request may wait for its answer (its headers) once it holds a permit.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A capped request got no answer within [`REQUEST_TIMEOUT`].
+#[derive(Debug, thiserror::Error)]
+#[error("no answer from the API server within {0:?}")]
+pub struct RequestTimeoutError(Duration);
 
 /// Layer capping a client's non-watch requests in flight at `max`.
 #[derive(Debug, Clone)]
@@ -61,41 +74,44 @@ fn is_watch<B>(request: &Request<B>) -> bool {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestLimit<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
     type Response = Response<PermitBody<ResBody>>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let permits = (!is_watch(&request)).then(|| self.permits.clone());
-        // The inner future does nothing (no connection is taken) until it is polled, which is
-        // after the permit is held.
+        // kube's stack rewrites the URI and headers and opens its trace span now (so traced
+        // latency includes the wait), but takes no connection until the future is polled,
+        // which is after the permit is held.
         let response = self.inner.call(request);
         Box::pin(async move {
-            let permit = match permits {
-                Some(permits) => permits.acquire_owned().await.ok(),
-                None => None,
+            let Some(permits) = permits else {
+                let response = response.await.map_err(Into::into)?;
+                return Ok(response.map(|body| PermitBody { body, permit: None }));
             };
-            let response = response.await?;
-            Ok(response.map(|body| PermitBody {
-                body,
-                _permit: permit,
-            }))
+            let permit = permits.acquire_owned().await.ok();
+            let response = tokio::time::timeout(REQUEST_TIMEOUT, response)
+                .await
+                .map_err(|_| RequestTimeoutError(REQUEST_TIMEOUT))?
+                .map_err(Into::into)?;
+            Ok(response.map(|body| PermitBody { body, permit }))
         })
     }
 }
 
-/// A response body holding its request's permit until it is read to the end or dropped (when
-/// its connection has gone back to the pool).
+/// A response body holding its request's permit until it has been read to the end (or is
+/// dropped).
 #[derive(Debug)]
 pub struct PermitBody<B> {
     body: B,
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<B: Body + Unpin> Body for PermitBody<B> {
@@ -106,7 +122,11 @@ impl<B: Body + Unpin> Body for PermitBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) {
+            self.permit = None;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -187,6 +207,30 @@ mod tests {
         });
         futures::future::join_all(calls).await;
         assert_eq!(counting.most.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_permit_is_held_until_the_answer_is_read() {
+        let counting = Counting::default();
+        let mut limited = RequestLimitLayer::new(1).layer(counting.clone());
+        let unread = limited.call(request("/api/v1/pods")).await.unwrap();
+        let mut second = limited.clone();
+        let next = tokio::spawn(async move {
+            let response = second.call(request("/api/v1/nodes")).await.unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !next.is_finished(),
+            "the second request waits for the first's body"
+        );
+        let body = unread.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.as_ref(), b"ok");
+        let second = tokio::time::timeout(std::time::Duration::from_secs(5), next)
+            .await
+            .expect("the second request runs once the first answer is read")
+            .unwrap();
+        assert_eq!(second.as_ref(), b"ok");
     }
 
     #[test]

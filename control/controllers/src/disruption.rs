@@ -63,12 +63,6 @@ pub enum ExpectedScaleError {
     /// The pod's controller is of a kind the API server does not serve.
     #[error("no matches for kind {kind:?} in version {version:?}")]
     UnknownKind { kind: String, version: String },
-    #[error("reading the controller of pod {pod:?}: {source}")]
-    Read {
-        pod: String,
-        #[source]
-        source: kube::Error,
-    },
 }
 
 /// What counting the replicas asked for found: their sum, and the covered pods that no
@@ -79,10 +73,25 @@ pub struct ExpectedScale {
     pub unmanaged: Vec<String>,
 }
 
+/// The controllers whose scale a budget may count, as watched (upstream's listers).
+struct Scalers {
+    replica_sets: Informer<ReplicaSet>,
+    deployments: Informer<Deployment>,
+    stateful_sets: Informer<StatefulSet>,
+}
+
+/// Caches of the controllers whose scale a budget may count.
+pub struct ScalerStores {
+    pub replica_sets: Store<ReplicaSet>,
+    pub deployments: Store<Deployment>,
+    pub stateful_sets: Store<StatefulSet>,
+}
+
 struct Disruption {
     client: Client,
     pods: Store<Pod>,
     budgets: Informer<PodDisruptionBudget>,
+    scalers: Scalers,
     recorder: Recorder,
     /// The unmanaged pods last warned of, by budget key.
     unmanaged_reported: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
@@ -94,6 +103,46 @@ struct Disruption {
 fn selector_of(budget: &PodDisruptionBudget) -> Option<Selector> {
     let selector = budget.spec.as_ref()?.selector.clone()?;
     selector.try_into().ok()
+}
+
+/// For an informer's subscription: the budgets in the namespace of the changed object, when
+/// its replicas (or its existence) changed.
+fn budgets_of_namespace<K>(
+    budgets: Store<PodDisruptionBudget>,
+) -> impl Fn(&InformerEvent<'_, K>) -> Vec<ObjectRef<PodDisruptionBudget>> + Send + Sync + 'static
+where
+    K: Resource + serde::Serialize,
+{
+    move |event| {
+        let scale_changed = match event {
+            InformerEvent::Applied {
+                old: Some(old),
+                new,
+            } => replicas_of(*old) != replicas_of(*new),
+            _ => true,
+        };
+        if !scale_changed {
+            return Vec::new();
+        }
+        let Some(namespace) = event
+            .objects()
+            .next()
+            .and_then(|o| o.meta().namespace.clone())
+        else {
+            return Vec::new();
+        };
+        budgets
+            .state()
+            .iter()
+            .filter(|b| b.metadata.namespace.as_deref() == Some(namespace.as_str()))
+            .map(|b| ObjectRef::from_obj(b.as_ref()))
+            .collect()
+    }
+}
+
+/// spec.replicas of a workload object, read generically.
+fn replicas_of<K: serde::Serialize>(object: &K) -> Option<i64> {
+    serde_json::to_value(object).ok()?["spec"]["replicas"].as_i64()
 }
 
 /// Registers the pod subscription and returns the loop.
@@ -118,10 +167,26 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
         }
         wake
     });
+    let scalers = Scalers {
+        replica_sets: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default()),
+        deployments: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default()),
+        stateful_sets: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default()),
+    };
+    // A controller whose scale changes wakes the budgets of its namespace.
+    let by_replica_sets = scalers
+        .replica_sets
+        .subscribe(budgets_of_namespace(budgets.store()));
+    let by_deployments = scalers
+        .deployments
+        .subscribe(budgets_of_namespace(budgets.store()));
+    let by_stateful_sets = scalers
+        .stateful_sets
+        .subscribe(budgets_of_namespace(budgets.store()));
     let this = Arc::new(Disruption {
         client: ctx.client.clone(),
         pods: ctx.pods.store(),
         budgets,
+        scalers,
         recorder: ctx.recorder("disruption-controller"),
         unmanaged_reported: Default::default(),
         errors: FailureBackoff::default(),
@@ -130,12 +195,18 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     async move {
         let work = async {
             this.budgets.wait_until_ready().await;
+            this.scalers.replica_sets.wait_until_ready().await;
+            this.scalers.deployments.wait_until_ready().await;
+            this.scalers.stateful_sets.wait_until_ready().await;
             Controller::new(
                 Api::<PodDisruptionBudget>::all(this.client.clone()),
                 watcher::Config::default(),
             )
             .with_config(Config::default().concurrency(concurrency))
             .reconcile_on(by_pods)
+            .reconcile_on(by_replica_sets)
+            .reconcile_on(by_deployments)
+            .reconcile_on(by_stateful_sets)
             .run(reconcile, error_policy, this.clone())
             .for_each(|result| async move {
                 if let Err(e) = result {
@@ -144,7 +215,13 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
             })
             .await;
         };
-        tokio::join!(this.budgets.run(), work);
+        tokio::join!(
+            this.budgets.run(),
+            this.scalers.replica_sets.run(),
+            this.scalers.deployments.run(),
+            this.scalers.stateful_sets.run(),
+            work
+        );
     }
     .boxed()
 }
@@ -189,8 +266,8 @@ pub fn covered_pods<'a>(budget: &PodDisruptionBudget, pods: &'a [Arc<Pod>]) -> V
 /// getExpectedScale and its finders): a ReplicaSet's owning Deployment, else the ReplicaSet
 /// (also when that Deployment is gone, as upstream's generic scale finder does); a
 /// StatefulSet. Pods without a controller are listed as unmanaged.
-async fn expected_scale(
-    client: &Client,
+pub fn expected_scale(
+    stores: &ScalerStores,
     pods: &[&Pod],
 ) -> Result<ExpectedScale, ExpectedScaleError> {
     let mut scales: BTreeMap<String, i32> = BTreeMap::new();
@@ -211,33 +288,21 @@ async fn expected_scale(
         if scales.contains_key(&owner.uid) {
             continue;
         }
-        let read = |source| ExpectedScaleError::Read {
-            pod: name.clone(),
-            source,
-        };
+
         let found = match (owner.api_version.as_str(), owner.kind.as_str()) {
-            ("apps/v1", "ReplicaSet") => {
-                let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
-                match sets.get_opt(&owner.name).await.map_err(read)? {
-                    Some(set) if set.metadata.uid.as_ref() == Some(&owner.uid) => Some(
-                        replica_set_scale(client, &namespace, &set)
-                            .await
-                            .map_err(read)?,
-                    ),
-                    _ => None,
-                }
-            }
-            ("apps/v1", "StatefulSet") => {
-                let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-                sets.get_opt(&owner.name)
-                    .await
-                    .map_err(read)?
-                    .filter(|set| set.metadata.uid.as_ref() == Some(&owner.uid))
-                    .map(|set| {
-                        let replicas = set.spec.and_then(|s| s.replicas).unwrap_or(1);
-                        (owner.uid.clone(), replicas)
-                    })
-            }
+            ("apps/v1", "ReplicaSet") => stores
+                .replica_sets
+                .get(&ObjectRef::new(&owner.name).within(&namespace))
+                .filter(|set| set.metadata.uid.as_ref() == Some(&owner.uid))
+                .map(|set| replica_set_scale(stores, &namespace, &set)),
+            ("apps/v1", "StatefulSet") => stores
+                .stateful_sets
+                .get(&ObjectRef::new(&owner.name).within(&namespace))
+                .filter(|set| set.metadata.uid.as_ref() == Some(&owner.uid))
+                .map(|set| {
+                    let replicas = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    (owner.uid.clone(), replicas)
+                }),
             ("apps/v1", "DaemonSet") => return Err(ExpectedScaleError::NoScale("daemonsets.apps")),
             ("batch/v1", "Job") => return Err(ExpectedScaleError::NoScale("jobs.batch")),
             ("v1", "Node") => return Err(ExpectedScaleError::NoScale("nodes")),
@@ -264,32 +329,34 @@ async fn expected_scale(
 
 /// (uid, replicas) of the controller that scales `set`: its Deployment when one controls it,
 /// else (also when that Deployment is gone) the ReplicaSet itself.
-async fn replica_set_scale(
-    client: &Client,
-    namespace: &str,
-    set: &ReplicaSet,
-) -> Result<(String, i32), kube::Error> {
-    let owner = set
+fn replica_set_scale(stores: &ScalerStores, namespace: &str, set: &ReplicaSet) -> (String, i32) {
+    let deployment = set
         .metadata
         .owner_references
         .iter()
         .flatten()
-        .find(|o| o.controller == Some(true));
-    if let Some(owner) = owner.filter(|o| o.api_version == "apps/v1" && o.kind == "Deployment") {
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-        let deployment = deployments
-            .get_opt(&owner.name)
-            .await?
-            .filter(|d| d.metadata.uid.as_ref() == Some(&owner.uid));
-        if let Some(deployment) = deployment {
-            let replicas = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
-            return Ok((owner.uid.clone(), replicas));
-        }
+        .find(|o| o.controller == Some(true))
+        .filter(|o| o.api_version == "apps/v1" && o.kind == "Deployment")
+        .and_then(|owner| {
+            stores
+                .deployments
+                .get(&ObjectRef::new(&owner.name).within(namespace))
+                .filter(|d| d.metadata.uid.as_ref() == Some(&owner.uid))
+        });
+    match deployment {
+        Some(deployment) => (
+            deployment.metadata.uid.clone().unwrap_or_default(),
+            deployment
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(1),
+        ),
+        None => (
+            set.metadata.uid.clone().unwrap_or_default(),
+            set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        ),
     }
-    Ok((
-        set.metadata.uid.clone().unwrap_or_default(),
-        set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-    ))
 }
 
 /// The status `budget` should have for `pods` (those in its namespace) at `now`, given the
@@ -404,7 +471,12 @@ async fn reconcile(
         // By name, so that an error names the same pod every time.
         let mut covered = covered_pods(&budget, &pods);
         covered.sort_by_key(|p| p.metadata.name.clone());
-        match expected_scale(&this.client, &covered).await {
+        let stores = ScalerStores {
+            replica_sets: this.scalers.replica_sets.store(),
+            deployments: this.scalers.deployments.store(),
+            stateful_sets: this.scalers.stateful_sets.store(),
+        };
+        match expected_scale(&stores, &covered) {
             Ok(scale) => {
                 warn_of_unmanaged_pods(&this, &budget, scale.unmanaged).await;
                 Some(scale.replicas)
@@ -511,8 +583,8 @@ async fn publish(this: &Disruption, budget: &PodDisruptionBudget, reason: &str, 
 }
 
 /// Upstream's failSafe: a budget whose expected pods cannot be counted allows no disruption
-/// and says why in its condition (reason SyncFailed) and an event. A failed read is tried
-/// again with backoff; any other cause waits for a change (of the budget or its pods).
+/// and says why in its condition (reason SyncFailed) and an event, and waits for a change (of
+/// the budget, its pods or their controllers).
 async fn fail_safe(
     this: &Disruption,
     budget: &PodDisruptionBudget,
@@ -543,10 +615,8 @@ async fn fail_safe(
         observed_generation: budget.metadata.generation,
     }]);
     write_status(this, budget, status).await?;
-    Ok(match error {
-        ExpectedScaleError::Read { .. } => Action::requeue(this.errors.next_delay(&key)),
-        _ => Action::await_change(),
-    })
+    this.errors.reset(&key);
+    Ok(Action::await_change())
 }
 
 #[cfg(test)]
@@ -666,6 +736,109 @@ mod tests {
         // Scaled to zero: nothing is expected, so nothing may go.
         let (status, _) = compute_status(&max_one, &pods, Some(0), now);
         assert_eq!((status.expected_pods, status.disruptions_allowed), (0, 0));
+    }
+
+    /// A store holding `objects`.
+    fn store_of<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: Resource + Clone + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        for object in objects {
+            writer.apply_watcher_event(&watcher::Event::Apply(object));
+        }
+        store
+    }
+
+    fn owned<K: serde::de::DeserializeOwned>(
+        name: &str,
+        uid: &str,
+        owner: Option<(&str, &str, &str, &str)>,
+        replicas: i32,
+    ) -> K {
+        let owners: Vec<serde_json::Value> = owner
+            .into_iter()
+            .map(|(api_version, kind, name, uid)| {
+                serde_json::json!({"apiVersion": api_version, "kind": kind, "name": name,
+                    "uid": uid, "controller": true})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "shop", "uid": uid, "ownerReferences": owners},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}}
+        }))
+        .expect("valid object")
+    }
+
+    fn pod_of(name: &str, owner: Option<(&str, &str, &str, &str)>) -> Pod {
+        owned::<Pod>(name, &format!("uid-{name}"), owner, 0)
+    }
+
+    #[test]
+    fn the_expected_scale_counts_each_controller_once() {
+        let stores = ScalerStores {
+            deployments: store_of(vec![owned::<Deployment>("web", "d1", None, 3)]),
+            replica_sets: store_of(vec![
+                owned(
+                    "web-a",
+                    "r1",
+                    Some(("apps/v1", "Deployment", "web", "d1")),
+                    3,
+                ),
+                owned(
+                    "web-b",
+                    "r2",
+                    Some(("apps/v1", "Deployment", "web", "d1")),
+                    1,
+                ),
+                owned(
+                    "left",
+                    "r3",
+                    Some(("apps/v1", "Deployment", "gone", "d9")),
+                    4,
+                ),
+            ]),
+            stateful_sets: store_of(vec![owned::<StatefulSet>("db", "s1", None, 2)]),
+        };
+        let rs = |name: &'static str, uid: &'static str| Some(("apps/v1", "ReplicaSet", name, uid));
+        let pods = [
+            pod_of("web-a-1", rs("web-a", "r1")),
+            pod_of("web-a-2", rs("web-a", "r1")),
+            pod_of("web-b-1", rs("web-b", "r2")),
+            pod_of("db-0", Some(("apps/v1", "StatefulSet", "db", "s1"))),
+            pod_of("left-1", rs("left", "r3")),
+            pod_of("bare", None),
+        ];
+        let refs: Vec<&Pod> = pods.iter().collect();
+        // The Deployment's 3 (both of its ReplicaSets), the StatefulSet's 2, and 4 of the
+        // ReplicaSet whose Deployment is gone.
+        assert_eq!(
+            expected_scale(&stores, &refs).unwrap(),
+            ExpectedScale {
+                replicas: 9,
+                unmanaged: vec!["bare".to_string()]
+            }
+        );
+
+        let job_pod = pod_of("job-1", Some(("batch/v1", "Job", "warmup", "j1")));
+        let error = expected_scale(&stores, &[&pods[0], &job_pod]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "jobs.batch does not implement the scale subresource"
+        );
+        let stale = pod_of("web-z-1", rs("web-a", "another-uid"));
+        let error = expected_scale(&stores, &[&stale]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"found no controllers for pod "web-z-1""#
+        );
+        let custom = pod_of("c-1", Some(("example.com/v1", "Widget", "w", "w1")));
+        let error = expected_scale(&stores, &[&custom]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"no matches for kind "Widget" in version "example.com/v1""#
+        );
     }
 
     #[test]

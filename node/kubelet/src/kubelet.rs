@@ -66,6 +66,9 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         API_REQUESTS_IN_FLIGHT,
     )
     .await?;
+    // The node's status and Lease go through a client of their own, as upstream's kubelet's
+    // heartbeat client does: a burst of pod work must not delay the heartbeat.
+    let heartbeat_client = baton_client::connect(Some(&args.kubeconfig), "kubelet").await?;
     let program = std::env::current_exe().map_err(|source| RunKubeletError::Prepare {
         path: "/proc/self/exe".into(),
         source,
@@ -94,7 +97,7 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
     };
     let allocatable = identity.allocatable();
     let network = Arc::new(PodNetwork::new(&args.root_dir, node_ip));
-    let reporter = register_until_done(&client, identity).await;
+    let reporter = register_until_done(&heartbeat_client, identity).await;
     let ctx = Arc::new(KubeletContext {
         tokens: Arc::default(),
         client: client.clone(),
