@@ -57,6 +57,18 @@ pub async fn connect(
     kube::Client::try_from(config).map_err(ConnectError::Client)
 }
 
+/// Like [`connect`], for clients that never watch: every read of an answer may wait at most
+/// `timeout` (kube's own default is no limit), so that a request on a dead connection fails.
+pub async fn connect_with_read_timeout(
+    kubeconfig: Option<&Path>,
+    user_agent: &str,
+    timeout: Duration,
+) -> Result<kube::Client, ConnectError> {
+    let mut config = load_config(kubeconfig, user_agent).await?;
+    config.read_timeout = Some(timeout);
+    kube::Client::try_from(config).map_err(ConnectError::Client)
+}
+
 /// Like [`connect`], with at most `max_in_flight` requests other than watches in flight (see
 /// [`request_limit`]): for components whose bursts would otherwise open a connection per request.
 /// Not for clients that read streaming answers slowly (`log_stream` with follow): those hold

@@ -20,9 +20,12 @@ use std::time::Duration;
 use baton_client::{Informer, InformerEvent};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec, StatefulSet, StatefulSetSpec,
+};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::PostParams;
@@ -105,20 +108,88 @@ fn selector_of(budget: &PodDisruptionBudget) -> Option<Selector> {
     selector.try_into().ok()
 }
 
+/// What of a workload controller decides the scale a budget counts: its replicas and the uid
+/// of its own controller (a ReplicaSet adopted by a Deployment counts the Deployment's).
+type ScaleKey = (Option<i32>, Option<String>);
+
+fn controller_uid(meta: &ObjectMeta) -> Option<String> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone())
+}
+
+fn replica_set_key(set: &ReplicaSet) -> ScaleKey {
+    let replicas = set.spec.as_ref().and_then(|s| s.replicas);
+    (replicas, controller_uid(&set.metadata))
+}
+
+fn deployment_key(deployment: &Deployment) -> ScaleKey {
+    let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
+    (replicas, controller_uid(&deployment.metadata))
+}
+
+fn stateful_set_key(set: &StatefulSet) -> ScaleKey {
+    let replicas = set.spec.as_ref().and_then(|s| s.replicas);
+    (replicas, controller_uid(&set.metadata))
+}
+
+/// Keeps only what a workload controller's scale needs of its metadata (these caches drop
+/// templates and status too).
+fn scale_metadata(meta: &mut ObjectMeta) {
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        owner_references: meta.owner_references.take(),
+        ..ObjectMeta::default()
+    };
+}
+
+fn replica_set_scale_only(set: &mut ReplicaSet) {
+    scale_metadata(&mut set.metadata);
+    let replicas = set.spec.as_ref().and_then(|s| s.replicas);
+    set.spec = Some(ReplicaSetSpec {
+        replicas,
+        ..ReplicaSetSpec::default()
+    });
+    set.status = None;
+}
+
+fn deployment_scale_only(deployment: &mut Deployment) {
+    scale_metadata(&mut deployment.metadata);
+    let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
+    deployment.spec = Some(DeploymentSpec {
+        replicas,
+        ..DeploymentSpec::default()
+    });
+    deployment.status = None;
+}
+
+fn stateful_set_scale_only(set: &mut StatefulSet) {
+    scale_metadata(&mut set.metadata);
+    let replicas = set.spec.as_ref().and_then(|s| s.replicas);
+    set.spec = Some(StatefulSetSpec {
+        replicas,
+        ..StatefulSetSpec::default()
+    });
+    set.status = None;
+}
+
 /// For an informer's subscription: the budgets in the namespace of the changed object, when
-/// its replicas (or its existence) changed.
-fn budgets_of_namespace<K>(
+/// what its scale counts (`key`) changed, or it came or went.
+fn budgets_of_namespace<K: Resource + 'static>(
     budgets: Store<PodDisruptionBudget>,
-) -> impl Fn(&InformerEvent<'_, K>) -> Vec<ObjectRef<PodDisruptionBudget>> + Send + Sync + 'static
-where
-    K: Resource + serde::Serialize,
-{
+    key: fn(&K) -> ScaleKey,
+) -> impl Fn(&InformerEvent<'_, K>) -> Vec<ObjectRef<PodDisruptionBudget>> + Send + Sync + 'static {
     move |event| {
         let scale_changed = match event {
             InformerEvent::Applied {
                 old: Some(old),
                 new,
-            } => replicas_of(*old) != replicas_of(*new),
+            } => key(old) != key(new),
             _ => true,
         };
         if !scale_changed {
@@ -138,11 +209,6 @@ where
             .map(|b| ObjectRef::from_obj(b.as_ref()))
             .collect()
     }
-}
-
-/// spec.replicas of a workload object, read generically.
-fn replicas_of<K: serde::Serialize>(object: &K) -> Option<i64> {
-    serde_json::to_value(object).ok()?["spec"]["replicas"].as_i64()
 }
 
 /// Registers the pod subscription and returns the loop.
@@ -168,20 +234,23 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
         wake
     });
     let scalers = Scalers {
-        replica_sets: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default()),
-        deployments: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default()),
-        stateful_sets: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default()),
+        replica_sets: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default())
+            .with_transform(replica_set_scale_only),
+        deployments: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default())
+            .with_transform(deployment_scale_only),
+        stateful_sets: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default())
+            .with_transform(stateful_set_scale_only),
     };
     // A controller whose scale changes wakes the budgets of its namespace.
     let by_replica_sets = scalers
         .replica_sets
-        .subscribe(budgets_of_namespace(budgets.store()));
+        .subscribe(budgets_of_namespace(budgets.store(), replica_set_key));
     let by_deployments = scalers
         .deployments
-        .subscribe(budgets_of_namespace(budgets.store()));
+        .subscribe(budgets_of_namespace(budgets.store(), deployment_key));
     let by_stateful_sets = scalers
         .stateful_sets
-        .subscribe(budgets_of_namespace(budgets.store()));
+        .subscribe(budgets_of_namespace(budgets.store(), stateful_set_key));
     let this = Arc::new(Disruption {
         client: ctx.client.clone(),
         pods: ctx.pods.store(),
@@ -303,10 +372,19 @@ pub fn expected_scale(
                     let replicas = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
                     (owner.uid.clone(), replicas)
                 }),
+            // A pod a Deployment owns itself: upstream's generic scale finder reads the
+            // Deployment's scale.
+            ("apps/v1", "Deployment") => stores
+                .deployments
+                .get(&ObjectRef::new(&owner.name).within(&namespace))
+                .filter(|d| d.metadata.uid.as_ref() == Some(&owner.uid))
+                .map(|d| {
+                    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                    (owner.uid.clone(), replicas)
+                }),
             ("apps/v1", "DaemonSet") => return Err(ExpectedScaleError::NoScale("daemonsets.apps")),
             ("batch/v1", "Job") => return Err(ExpectedScaleError::NoScale("jobs.batch")),
             ("v1", "Node") => return Err(ExpectedScaleError::NoScale("nodes")),
-            ("apps/v1", "Deployment") | ("v1", "ReplicationController") => None,
             (version, kind) => {
                 return Err(ExpectedScaleError::UnknownKind {
                     kind: kind.to_string(),
@@ -778,7 +856,7 @@ mod tests {
     #[test]
     fn the_expected_scale_counts_each_controller_once() {
         let stores = ScalerStores {
-            deployments: store_of(vec![owned::<Deployment>("web", "d1", None, 3)]),
+            deployments: store_of(vec![owned::<Deployment>("web", "d1", None, 5)]),
             replica_sets: store_of(vec![
                 owned(
                     "web-a",
@@ -798,6 +876,13 @@ mod tests {
                     Some(("apps/v1", "Deployment", "gone", "d9")),
                     4,
                 ),
+                // Owned by an earlier Deployment of the same name.
+                owned(
+                    "web-old",
+                    "r4",
+                    Some(("apps/v1", "Deployment", "web", "d0")),
+                    6,
+                ),
             ]),
             stateful_sets: store_of(vec![owned::<StatefulSet>("db", "s1", None, 2)]),
         };
@@ -808,15 +893,18 @@ mod tests {
             pod_of("web-b-1", rs("web-b", "r2")),
             pod_of("db-0", Some(("apps/v1", "StatefulSet", "db", "s1"))),
             pod_of("left-1", rs("left", "r3")),
+            pod_of("web-old-1", rs("web-old", "r4")),
             pod_of("bare", None),
         ];
         let refs: Vec<&Pod> = pods.iter().collect();
-        // The Deployment's 3 (both of its ReplicaSets), the StatefulSet's 2, and 4 of the
-        // ReplicaSet whose Deployment is gone.
+        // The Deployment's 5 (once, for both of its ReplicaSets), the StatefulSet's 2, and the
+        // ReplicaSets' own 4 and 6 where their Deployment is gone or another one.
+        let direct = pod_of("web-x", Some(("apps/v1", "Deployment", "web", "d1")));
+        assert_eq!(expected_scale(&stores, &[&direct]).unwrap().replicas, 5);
         assert_eq!(
             expected_scale(&stores, &refs).unwrap(),
             ExpectedScale {
-                replicas: 9,
+                replicas: 17,
                 unmanaged: vec!["bare".to_string()]
             }
         );

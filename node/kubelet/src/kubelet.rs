@@ -27,6 +27,10 @@ use crate::pod_worker::{PodUpdate, PodWorker};
 /// opening one per request (see `baton_client::request_limit`).
 const API_REQUESTS_IN_FLIGHT: usize = 8;
 
+/// How long a heartbeat request (node status, Lease) may wait for its answer: upstream's
+/// heartbeat client timeout (the node status update frequency, within the Lease's 40 s).
+const HEARTBEAT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why the kubelet could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunKubeletError {
@@ -66,9 +70,15 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         API_REQUESTS_IN_FLIGHT,
     )
     .await?;
-    // The node's status and Lease go through a client of their own, as upstream's kubelet's
-    // heartbeat client does: a burst of pod work must not delay the heartbeat.
-    let heartbeat_client = baton_client::connect(Some(&args.kubeconfig), "kubelet").await?;
+    // The node's registration, status and Lease go through a client of their own, as with
+    // upstream's kubelet's heartbeat client: a burst of pod work does not queue ahead of the
+    // heartbeat, and a request stuck on a dead connection fails after upstream's 10 s.
+    let heartbeat_client = baton_client::connect_with_read_timeout(
+        Some(&args.kubeconfig),
+        "kubelet",
+        HEARTBEAT_TIMEOUT,
+    )
+    .await?;
     let program = std::env::current_exe().map_err(|source| RunKubeletError::Prepare {
         path: "/proc/self/exe".into(),
         source,
