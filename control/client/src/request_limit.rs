@@ -146,11 +146,13 @@ mod tests {
 
     use http_body_util::{BodyExt, Full};
 
-    /// A service that counts the requests it is working on, answering after a short wait.
+    /// A service that counts the requests it is working on (and all it was given), each taking
+    /// 20 ms to answer, as a server would, so that concurrent ones overlap.
     #[derive(Clone, Default)]
     struct Counting {
         now: Arc<AtomicUsize>,
         most: Arc<AtomicUsize>,
+        calls: Arc<AtomicUsize>,
     }
 
     impl Service<Request<()>> for Counting {
@@ -164,7 +166,9 @@ mod tests {
 
         fn call(&mut self, _: Request<()>) -> Self::Future {
             let (now, most) = (self.now.clone(), self.most.clone());
+            let calls = self.calls.clone();
             Box::pin(async move {
+                calls.fetch_add(1, Ordering::SeqCst);
                 let working = now.fetch_add(1, Ordering::SeqCst) + 1;
                 most.fetch_max(working, Ordering::SeqCst);
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -215,15 +219,17 @@ mod tests {
         let mut limited = RequestLimitLayer::new(1).layer(counting.clone());
         let unread = limited.call(request("/api/v1/pods")).await.unwrap();
         let mut second = limited.clone();
-        let next = tokio::spawn(async move {
+        let mut next = tokio::spawn(async move {
             let response = second.call(request("/api/v1/nodes")).await.unwrap();
             response.into_body().collect().await.unwrap().to_bytes()
         });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Given ten times the inner service's answer time, the second request has not run.
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), &mut next).await;
         assert!(
-            !next.is_finished(),
+            waited.is_err(),
             "the second request waits for the first's body"
         );
+        assert_eq!(counting.calls.load(Ordering::SeqCst), 1);
         let body = unread.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body.as_ref(), b"ok");
         let second = tokio::time::timeout(std::time::Duration::from_secs(5), next)

@@ -25,8 +25,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::PostParams;
 use kube::core::{Selector, SelectorExt};
@@ -38,7 +38,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::Context;
 use crate::failure_backoff::FailureBackoff;
-use crate::pod_control::{is_pod_ready, is_pod_terminal, key_of};
+use crate::pod_control::{controller_of, is_pod_ready, is_pod_terminal, key_of};
 
 /// How long an evicted pod counts as disrupted before the controller stops waiting for its
 /// deletion to show (upstream's DeletionTimeout).
@@ -108,88 +108,82 @@ fn selector_of(budget: &PodDisruptionBudget) -> Option<Selector> {
     selector.try_into().ok()
 }
 
-/// What of a workload controller decides the scale a budget counts: its replicas and the uid
-/// of its own controller (a ReplicaSet adopted by a Deployment counts the Deployment's).
-type ScaleKey = (Option<i32>, Option<String>);
-
-fn controller_uid(meta: &ObjectMeta) -> Option<String> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.clone())
+/// A workload controller whose scale a budget may count.
+trait Scaled: Resource<DynamicType = ()> + Clone + 'static {
+    /// spec.replicas.
+    fn replicas(&self) -> Option<i32>;
+    /// Drops all but what its scale needs (these caches keep no template and no status).
+    fn keep_scale_only(&mut self);
 }
 
-fn replica_set_key(set: &ReplicaSet) -> ScaleKey {
-    let replicas = set.spec.as_ref().and_then(|s| s.replicas);
-    (replicas, controller_uid(&set.metadata))
-}
+macro_rules! scaled {
+    ($kind:ty, $spec:ident) => {
+        impl Scaled for $kind {
+            fn replicas(&self) -> Option<i32> {
+                self.spec.as_ref().and_then(|s| s.replicas)
+            }
 
-fn deployment_key(deployment: &Deployment) -> ScaleKey {
-    let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
-    (replicas, controller_uid(&deployment.metadata))
-}
-
-fn stateful_set_key(set: &StatefulSet) -> ScaleKey {
-    let replicas = set.spec.as_ref().and_then(|s| s.replicas);
-    (replicas, controller_uid(&set.metadata))
-}
-
-/// Keeps only what a workload controller's scale needs of its metadata (these caches drop
-/// templates and status too).
-fn scale_metadata(meta: &mut ObjectMeta) {
-    *meta = ObjectMeta {
-        name: meta.name.take(),
-        namespace: meta.namespace.take(),
-        uid: meta.uid.take(),
-        resource_version: meta.resource_version.take(),
-        owner_references: meta.owner_references.take(),
-        ..ObjectMeta::default()
+            fn keep_scale_only(&mut self) {
+                let meta = &mut self.metadata;
+                self.metadata = ObjectMeta {
+                    name: meta.name.take(),
+                    namespace: meta.namespace.take(),
+                    uid: meta.uid.take(),
+                    resource_version: meta.resource_version.take(),
+                    owner_references: meta.owner_references.take(),
+                    ..ObjectMeta::default()
+                };
+                self.spec = Some($spec {
+                    replicas: self.replicas(),
+                    ..$spec::default()
+                });
+                self.status = None;
+            }
+        }
     };
 }
 
-fn replica_set_scale_only(set: &mut ReplicaSet) {
-    scale_metadata(&mut set.metadata);
-    let replicas = set.spec.as_ref().and_then(|s| s.replicas);
-    set.spec = Some(ReplicaSetSpec {
-        replicas,
-        ..ReplicaSetSpec::default()
-    });
-    set.status = None;
+scaled!(ReplicaSet, ReplicaSetSpec);
+scaled!(Deployment, DeploymentSpec);
+scaled!(StatefulSet, StatefulSetSpec);
+
+/// (uid, replicas) of a workload controller (replicas default to 1).
+fn scale_of<K: Scaled>(object: &K) -> (String, i32) {
+    (
+        object.meta().uid.clone().unwrap_or_default(),
+        object.replicas().unwrap_or(1),
+    )
 }
 
-fn deployment_scale_only(deployment: &mut Deployment) {
-    scale_metadata(&mut deployment.metadata);
-    let replicas = deployment.spec.as_ref().and_then(|s| s.replicas);
-    deployment.spec = Some(DeploymentSpec {
-        replicas,
-        ..DeploymentSpec::default()
-    });
-    deployment.status = None;
+/// What of a workload controller decides the scale a budget counts: its replicas and the uid
+/// of its own controller (a ReplicaSet adopted by a Deployment counts the Deployment's).
+fn scale_key<K: Scaled>(object: &K) -> (Option<i32>, Option<String>) {
+    let controller = controller_of(object.meta()).map(|o| o.uid.clone());
+    (object.replicas(), controller)
 }
 
-fn stateful_set_scale_only(set: &mut StatefulSet) {
-    scale_metadata(&mut set.metadata);
-    let replicas = set.spec.as_ref().and_then(|s| s.replicas);
-    set.spec = Some(StatefulSetSpec {
-        replicas,
-        ..StatefulSetSpec::default()
-    });
-    set.status = None;
+/// The object of `store` that `owner` names (same name and uid) in `namespace`.
+fn owned_by<K: Scaled>(
+    store: &Store<K>,
+    owner: &OwnerReference,
+    namespace: &str,
+) -> Option<Arc<K>> {
+    store
+        .get(&ObjectRef::new(&owner.name).within(namespace))
+        .filter(|object| object.meta().uid.as_ref() == Some(&owner.uid))
 }
 
 /// For an informer's subscription: the budgets in the namespace of the changed object, when
-/// what its scale counts (`key`) changed, or it came or went.
-fn budgets_of_namespace<K: Resource + 'static>(
+/// what its scale counts (`scale_key`) changed, or it came or went.
+fn budgets_of_namespace<K: Scaled>(
     budgets: Store<PodDisruptionBudget>,
-    key: fn(&K) -> ScaleKey,
 ) -> impl Fn(&InformerEvent<'_, K>) -> Vec<ObjectRef<PodDisruptionBudget>> + Send + Sync + 'static {
     move |event| {
         let scale_changed = match event {
             InformerEvent::Applied {
                 old: Some(old),
                 new,
-            } => key(old) != key(new),
+            } => scale_key(*old) != scale_key(*new),
             _ => true,
         };
         if !scale_changed {
@@ -235,22 +229,22 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     });
     let scalers = Scalers {
         replica_sets: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default())
-            .with_transform(replica_set_scale_only),
+            .with_transform(ReplicaSet::keep_scale_only),
         deployments: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default())
-            .with_transform(deployment_scale_only),
+            .with_transform(Deployment::keep_scale_only),
         stateful_sets: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default())
-            .with_transform(stateful_set_scale_only),
+            .with_transform(StatefulSet::keep_scale_only),
     };
     // A controller whose scale changes wakes the budgets of its namespace.
     let by_replica_sets = scalers
         .replica_sets
-        .subscribe(budgets_of_namespace(budgets.store(), replica_set_key));
+        .subscribe(budgets_of_namespace(budgets.store()));
     let by_deployments = scalers
         .deployments
-        .subscribe(budgets_of_namespace(budgets.store(), deployment_key));
+        .subscribe(budgets_of_namespace(budgets.store()));
     let by_stateful_sets = scalers
         .stateful_sets
-        .subscribe(budgets_of_namespace(budgets.store(), stateful_set_key));
+        .subscribe(budgets_of_namespace(budgets.store()));
     let this = Arc::new(Disruption {
         client: ctx.client.clone(),
         pods: ctx.pods.store(),
@@ -344,13 +338,7 @@ pub fn expected_scale(
     for pod in pods {
         let name = pod.name_any();
         let namespace = pod.namespace().unwrap_or_default();
-        let Some(owner) = pod
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-        else {
+        let Some(owner) = controller_of(&pod.metadata) else {
             unmanaged.push(name);
             continue;
         };
@@ -359,29 +347,16 @@ pub fn expected_scale(
         }
 
         let found = match (owner.api_version.as_str(), owner.kind.as_str()) {
-            ("apps/v1", "ReplicaSet") => stores
-                .replica_sets
-                .get(&ObjectRef::new(&owner.name).within(&namespace))
-                .filter(|set| set.metadata.uid.as_ref() == Some(&owner.uid))
+            ("apps/v1", "ReplicaSet") => owned_by(&stores.replica_sets, owner, &namespace)
                 .map(|set| replica_set_scale(stores, &namespace, &set)),
-            ("apps/v1", "StatefulSet") => stores
-                .stateful_sets
-                .get(&ObjectRef::new(&owner.name).within(&namespace))
-                .filter(|set| set.metadata.uid.as_ref() == Some(&owner.uid))
-                .map(|set| {
-                    let replicas = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                    (owner.uid.clone(), replicas)
-                }),
+            ("apps/v1", "StatefulSet") => {
+                owned_by(&stores.stateful_sets, owner, &namespace).map(|set| scale_of(&*set))
+            }
             // A pod a Deployment owns itself: upstream's generic scale finder reads the
             // Deployment's scale.
-            ("apps/v1", "Deployment") => stores
-                .deployments
-                .get(&ObjectRef::new(&owner.name).within(&namespace))
-                .filter(|d| d.metadata.uid.as_ref() == Some(&owner.uid))
-                .map(|d| {
-                    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                    (owner.uid.clone(), replicas)
-                }),
+            ("apps/v1", "Deployment") => {
+                owned_by(&stores.deployments, owner, &namespace).map(|d| scale_of(&*d))
+            }
             ("apps/v1", "DaemonSet") => return Err(ExpectedScaleError::NoScale("daemonsets.apps")),
             ("batch/v1", "Job") => return Err(ExpectedScaleError::NoScale("jobs.batch")),
             ("v1", "Node") => return Err(ExpectedScaleError::NoScale("nodes")),
@@ -408,33 +383,10 @@ pub fn expected_scale(
 /// (uid, replicas) of the controller that scales `set`: its Deployment when one controls it,
 /// else (also when that Deployment is gone) the ReplicaSet itself.
 fn replica_set_scale(stores: &ScalerStores, namespace: &str, set: &ReplicaSet) -> (String, i32) {
-    let deployment = set
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
+    controller_of(&set.metadata)
         .filter(|o| o.api_version == "apps/v1" && o.kind == "Deployment")
-        .and_then(|owner| {
-            stores
-                .deployments
-                .get(&ObjectRef::new(&owner.name).within(namespace))
-                .filter(|d| d.metadata.uid.as_ref() == Some(&owner.uid))
-        });
-    match deployment {
-        Some(deployment) => (
-            deployment.metadata.uid.clone().unwrap_or_default(),
-            deployment
-                .spec
-                .as_ref()
-                .and_then(|s| s.replicas)
-                .unwrap_or(1),
-        ),
-        None => (
-            set.metadata.uid.clone().unwrap_or_default(),
-            set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-        ),
-    }
+        .and_then(|owner| owned_by(&stores.deployments, owner, namespace))
+        .map_or_else(|| scale_of(set), |deployment| scale_of(&*deployment))
 }
 
 /// The status `budget` should have for `pods` (those in its namespace) at `now`, given the
