@@ -231,3 +231,242 @@ fn http_get(address: std::net::SocketAddr, path: &str) -> std::io::Result<String
         .map(|(_, body)| body.to_owned())
         .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {answer:?}")))
 }
+
+/// The reference plugins' configuration: a bridge with host-local addresses (kept under
+/// `ipam_dir`) and portmap for host ports.
+fn reference_plugins_config(ipam_dir: &std::path::Path) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "test-pods",
+        "plugins": [
+            {
+                "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local", "dataDir": ipam_dir,
+                    "ranges": [[{ "subnet": "10.88.0.0/24" }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }],
+                },
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true } },
+        ],
+    })
+}
+
+/// The addresses host-local holds in `ipam_dir` (one file per address).
+fn reserved_addresses(ipam_dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(ipam_dir.join("test-pods"))
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.parse::<Ipv4Addr>().is_ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn cni_mode_attaches_pods_through_the_debian_reference_plugins() -> Result<()> {
+    const BIN_DIR: &str = "/usr/lib/cni";
+    assert!(
+        std::path::Path::new(BIN_DIR).join("bridge").is_file(),
+        "the reference plugins are missing: scripts/setup installs containernetworking-plugins"
+    );
+    let conf = tempfile::tempdir()?;
+    let ipam = tempfile::tempdir()?;
+    std::fs::write(
+        conf.path().join("10-test-pods.conflist"),
+        serde_json::to_vec(&reference_plugins_config(ipam.path()))?,
+    )?;
+    let conf_dir = conf.path().display().to_string();
+    let mut cluster = NodeCluster::start(
+        &binary(),
+        "cni-a",
+        &[
+            "--network-plugin=cni",
+            "--cni-conf-dir",
+            &conf_dir,
+            "--cni-bin-dir",
+            BIN_DIR,
+        ],
+    )
+    .await?;
+    let subnet: Ipv4Net = "10.88.0.0/24".parse()?;
+    cluster
+        .create_pod(
+            "server",
+            WHO_AM_I,
+            json!({ "spec": { "containers": [{
+                "name": "main",
+                "image": cluster.image,
+                "command": ["sh", "-c", WHO_AM_I],
+                "ports": [{ "containerPort": 8080, "hostPort": 18081 }],
+            }] } }),
+        )
+        .await?;
+    let server_ip = cluster
+        .wait_for("the server to run with an IP", "server", |pod| {
+            (pod_phase(pod) == Some("Running"))
+                .then(|| pod_ip(pod))
+                .flatten()
+        })
+        .await;
+    assert!(
+        subnet.contains(&server_ip),
+        "{server_ip} is not host-local's"
+    );
+
+    // Another pod reaches it, and the server sees the client's own address.
+    let fetch = format!(
+        "for i in $(seq 1 30); do wget -qO- http://{server_ip}:8080/cgi-bin/ip && exit 0; sleep 1; done; exit 1"
+    );
+    cluster
+        .create_pod(
+            "client",
+            &fetch,
+            json!({ "spec": { "restartPolicy": "Never" } }),
+        )
+        .await?;
+    let client_ip = cluster
+        .wait_for("the client to succeed", "client", |pod| {
+            (pod_phase(pod) == Some("Succeeded"))
+                .then(|| pod_ip(pod))
+                .flatten()
+        })
+        .await;
+    let seen = cluster.pods().logs("client", &LogParams::default()).await?;
+    assert_eq!(seen.trim(), client_ip.to_string());
+
+    // portmap got the host port: it answers on the node's address, from the lab.
+    let host_port = std::net::SocketAddr::from((cluster.node.ip, 18081));
+    let answer = wait_until("the host port to answer", Duration::from_secs(20), || {
+        std::future::ready(http_get(host_port, "/cgi-bin/ip").ok())
+    })
+    .await;
+    assert!(answer.is_ok(), "{answer:?}\n{}", cluster.node.log());
+
+    // A restarted kubelet finds the server attached and keeps its address (it runs CHECK,
+    // which Debian's portmap fails wrongly for IPv4-only pods, containernetworking/plugins#819,
+    // so only a warning comes of it): no second address is reserved for it.
+    cluster.node.kubelet().restart()?;
+    cluster
+        .create_pod("after-restart", "sleep 3600", json!({}))
+        .await?;
+    cluster
+        .wait_for("a pod to start after the restart", "after-restart", |pod| {
+            (pod_phase(pod) == Some("Running")).then_some(())
+        })
+        .await;
+    let server = cluster.pods().get("server").await?;
+    assert_eq!(pod_ip(&server), Some(server_ip));
+    assert_eq!(
+        reserved_addresses(ipam.path()).len(),
+        3,
+        "server, client and the new pod: {:?}",
+        reserved_addresses(ipam.path())
+    );
+    assert!(http_get(host_port, "/cgi-bin/ip").is_ok());
+
+    // A configuration naming a plugin that is not there: new pods say so in an event, the
+    // server keeps answering, and the pod starts once the configuration is fixed.
+    let broken = conf.path().join("00-broken.conflist");
+    std::fs::write(
+        &broken,
+        serde_json::to_vec(&json!({
+            "cniVersion": "1.0.0", "name": "broken",
+            "plugins": [{ "type": "no-such-plugin" }],
+        }))?,
+    )?;
+    // The configuration is read every 5 s.
+    let node = &cluster.node;
+    let loaded = wait_until("the kubelet to load it", Duration::from_secs(20), || {
+        std::future::ready(node.log().contains("network=broken").then_some(()))
+    })
+    .await;
+    assert!(loaded.is_ok(), "{}", node.log());
+    cluster
+        .create_pod("waiting", "sleep 3600", json!({}))
+        .await?;
+    let notes = wait_until(
+        "the sandbox failure event",
+        Duration::from_secs(30),
+        || async {
+            let notes = cluster
+                .event_notes("waiting", "FailedCreatePodSandBox")
+                .await;
+            (!notes.is_empty()).then_some(notes)
+        },
+    )
+    .await?;
+    assert!(
+        notes[0].contains(&format!(
+            "plugin type=\"no-such-plugin\" name=\"broken\" failed (add): failed to find plugin \"no-such-plugin\" in path [{BIN_DIR}]"
+        )),
+        "{notes:?}"
+    );
+    assert!(http_get(host_port, "/cgi-bin/ip").is_ok());
+    std::fs::remove_file(&broken)?;
+    cluster
+        .wait_for("the pod to start on the fixed network", "waiting", |pod| {
+            (pod_phase(pod) == Some("Running")).then_some(())
+        })
+        .await;
+
+    // Everything goes: no address is left reserved, no veth on the node, nothing cached,
+    // and portmap's rules for the server are gone.
+    assert_eq!(reserved_addresses(ipam.path()).len(), 4);
+    for name in ["server", "client", "after-restart", "waiting"] {
+        cluster
+            .pods()
+            .delete(name, &DeleteParams::default().grace_period(0))
+            .await?;
+    }
+    let pods = cluster.pods();
+    wait_until("the pods to be gone", Duration::from_secs(60), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
+    let cache = cluster.node.root_dir().join("cni-cache");
+    let clean = wait_until(
+        "the plugins to release the pods",
+        Duration::from_secs(20),
+        || {
+            let cached = std::fs::read_dir(&cache).map_or(0, |d| d.count());
+            std::future::ready(
+                (cached == 0 && reserved_addresses(ipam.path()).is_empty()).then_some(()),
+            )
+        },
+    )
+    .await;
+    assert!(
+        clean.is_ok(),
+        "left: {:?} reserved, cache {:?}\n{}",
+        reserved_addresses(ipam.path()),
+        std::fs::read_dir(&cache).map(|d| d.count()),
+        cluster.node.log()
+    );
+    let veths = cluster.node.netns.run(|| -> Result<Vec<String>> {
+        Ok(RouteSocket::open()?
+            .links()?
+            .into_iter()
+            .map(|link| link.name)
+            .filter(|name| name.starts_with("veth"))
+            .collect())
+    })??;
+    assert!(veths.is_empty(), "veths left: {veths:?}");
+    let rules = cluster.node.netns.run(|| {
+        std::process::Command::new("iptables-save")
+            .args(["-t", "nat"])
+            .output()
+    })??;
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        !rules.contains("18081") && !rules.contains("CNI-DN-"),
+        "portmap rules left:\n{rules}"
+    );
+    assert!(http_get(host_port, "/cgi-bin/ip").is_err());
+    Ok(())
+}

@@ -90,9 +90,21 @@ pub struct KubeletArgs {
     #[arg(long, default_value_t = 80)]
     pub image_gc_low_threshold: u8,
     /// The node's pod network: `baton` (a bridge and a veth pair per pod, set up by the
-    /// kubelet itself).
-    #[arg(long, default_value = "baton", value_parser = ["baton"])]
+    /// kubelet itself), or `cni` (the plugins of the network in --cni-conf-dir).
+    #[arg(long, default_value = "baton", value_parser = ["baton", "cni"])]
     pub network_plugin: String,
+    /// With --network-plugin=cni: the directory of CNI network configurations; the first
+    /// valid file in lexical order is the pod network.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// With --network-plugin=cni: the directories of CNI plugin binaries, comma-separated,
+    /// searched in order.
+    #[arg(long, default_value = "/opt/cni/bin", value_delimiter = ',')]
+    pub cni_bin_dir: Vec<PathBuf>,
+    /// With --network-plugin=cni: where the result of each pod's ADD is kept, for its DEL and
+    /// CHECK (default: --root-dir/cni-cache).
+    #[arg(long)]
+    pub cni_cache_dir: Option<PathBuf>,
     /// The node's pod CIDR when its Node has none (standalone: no controller manager
     /// allocating node CIDRs). A CIDR on the Node wins.
     #[arg(long)]

@@ -19,7 +19,7 @@ use crate::context::KubeletContext;
 use crate::machine::{Machine, default_node_ip};
 use crate::node_status::{NodeIdentity, NodeStatusReporter};
 use crate::pod_dirs::DnsSettings;
-use crate::pod_network::PodNetwork;
+use crate::pod_network::{NetworkState, PodNetwork};
 use crate::pod_worker::{PodUpdate, PodWorker};
 
 /// The most API requests (watches aside) the kubelet has in flight: a burst of pod starts
@@ -106,8 +106,27 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         port: args.port,
     };
     let allocatable = identity.allocatable();
-    let network = Arc::new(PodNetwork::new(&args.root_dir, node_ip));
-    let reporter = register_until_done(&heartbeat_client, identity).await;
+    let network = Arc::new(match args.network_plugin.as_str() {
+        "cni" => PodNetwork::cni(
+            &args.root_dir,
+            node_ip,
+            baton_network::cni::CniPlugins {
+                conf_dir: args.cni_conf_dir.clone(),
+                bin_dirs: args.cni_bin_dir.clone(),
+                cache_dir: args
+                    .cni_cache_dir
+                    .clone()
+                    .unwrap_or_else(|| args.root_dir.join("cni-cache")),
+            },
+        ),
+        _ => PodNetwork::new(&args.root_dir, node_ip),
+    });
+    let network_not_ready = network
+        .subscribe()
+        .borrow()
+        .not_ready_message()
+        .unwrap_or_default();
+    let reporter = register_until_done(&heartbeat_client, identity, network_not_ready).await;
     let ctx = Arc::new(KubeletContext {
         tokens: Arc::default(),
         client: client.clone(),
@@ -133,12 +152,16 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         events: crate::events::EventSink::new(client.clone(), &node_name),
         network: network.clone(),
     });
-    tokio::spawn(crate::node_network::run(
-        client.clone(),
-        node_name.clone(),
-        network.clone(),
-        args.pod_cidr,
-    ));
+    if args.network_plugin == "cni" {
+        tokio::spawn(crate::cni_network::watch_config(network.clone()));
+    } else {
+        tokio::spawn(crate::node_network::run(
+            client.clone(),
+            node_name.clone(),
+            network.clone(),
+            args.pod_cidr,
+        ));
+    }
     let status_runtime = runtime.clone();
     tokio::spawn(reporter.run(
         args.node_status_update_frequency,
@@ -193,9 +216,10 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
             .filter_map(|p| p.uid())
             .collect();
         remove_orphans(&ctx, &known).await;
-        // Addresses of pods that died while the kubelet was down, once the network is up.
+        // Addresses of pods that died while the kubelet was down, once the bridge is up (CNI
+        // plugins are given what their cache holds).
         let mut ready = ctx.network.subscribe();
-        if ready.wait_for(Option::is_some).await.is_ok() {
+        if ctx.network.cni.is_some() || ready.wait_for(NetworkState::is_ready).await.is_ok() {
             let store = cleaner.store();
             ctx.network
                 .release_orphans(move || store.state().iter().filter_map(|p| p.uid()).collect())
@@ -305,10 +329,21 @@ async fn remove_orphans(ctx: &KubeletContext, known: &HashSet<String>) {
 
 /// Registers the node, retrying with backoff (100 ms doubling to 7 s, as upstream's kubelet)
 /// while the API server cannot take it: a node often starts before its control plane does.
-async fn register_until_done(client: &kube::Client, identity: NodeIdentity) -> NodeStatusReporter {
+async fn register_until_done(
+    client: &kube::Client,
+    identity: NodeIdentity,
+    network_not_ready: &'static str,
+) -> NodeStatusReporter {
     let mut delay = std::time::Duration::from_millis(100);
     loop {
-        match NodeStatusReporter::register(client.clone(), identity.clone(), true).await {
+        match NodeStatusReporter::register(
+            client.clone(),
+            identity.clone(),
+            true,
+            network_not_ready,
+        )
+        .await
+        {
             Ok(reporter) => return reporter,
             Err(err) => {
                 tracing::warn!(

@@ -8,6 +8,7 @@ pub mod args;
 pub mod backoff;
 pub mod cgroup_names;
 pub mod cgroups;
+pub mod cni_network;
 pub mod container_spec;
 pub mod container_start;
 pub mod container_stop;

@@ -18,9 +18,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-use std::sync::Arc;
-
-use baton_network::BridgeNetwork;
+use crate::pod_network::NetworkState;
 use tokio::sync::watch;
 
 use crate::machine::Machine;
@@ -206,7 +204,11 @@ struct Observed {
 }
 
 /// Reads the pressure conditions and readiness of the node now.
-fn observe(identity: &NodeIdentity, runtime_up: bool, network_ready: bool) -> Vec<Observed> {
+fn observe(
+    identity: &NodeIdentity,
+    runtime_up: bool,
+    network_not_ready: Option<&'static str>,
+) -> Vec<Observed> {
     let memory_available = available_memory().unwrap_or(u64::MAX);
     let disk_low = nix::sys::statvfs::statvfs(&identity.root_dir)
         .map(|stat| stat.blocks_available() * 100 < stat.blocks() * EVICTION_NODEFS_PERCENT)
@@ -239,12 +241,8 @@ fn observe(identity: &NodeIdentity, runtime_up: bool, network_ready: bool) -> Ve
     };
     let ready = if !runtime_up {
         ("False", "KubeletNotReady", "container runtime is down")
-    } else if !network_ready {
-        (
-            "False",
-            "KubeletNotReady",
-            crate::pod_network::NETWORK_NOT_READY,
-        )
+    } else if let Some(message) = network_not_ready {
+        ("False", "KubeletNotReady", message)
     } else {
         ("True", "KubeletReady", "kubelet is posting ready status")
     };
@@ -299,6 +297,7 @@ impl NodeStatusReporter {
         client: Client,
         identity: NodeIdentity,
         runtime_up: bool,
+        network_not_ready: &'static str,
     ) -> Result<Self, RegisterNodeError> {
         let api: Api<Node> = Api::all(client.clone());
         let name = identity.name.clone();
@@ -330,7 +329,10 @@ impl NodeStatusReporter {
             last_post: None,
         };
         // The pod network is not set up before the node exists (its pod CIDR is on the Node).
-        reporter.update(runtime_up, false).await.map_err(wrap)?;
+        reporter
+            .update(runtime_up, Some(network_not_ready))
+            .await
+            .map_err(wrap)?;
         baton_client::node_lease::renew_node_lease(&reporter.client, &reporter.identity.name)
             .await
             .map_err(wrap)?;
@@ -341,9 +343,9 @@ impl NodeStatusReporter {
     pub async fn update(
         &mut self,
         runtime_up: bool,
-        network_ready: bool,
+        network_not_ready: Option<&'static str>,
     ) -> Result<(), kube::Error> {
-        let observed = observe(&self.identity, runtime_up, network_ready);
+        let observed = observe(&self.identity, runtime_up, network_not_ready);
         let changed = observed.len() != self.posted.len()
             || observed
                 .iter()
@@ -399,7 +401,7 @@ impl NodeStatusReporter {
         mut self,
         frequency: Duration,
         runtime_up: impl Fn() -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>>,
-        mut network: watch::Receiver<Option<Arc<BridgeNetwork>>>,
+        mut network: watch::Receiver<NetworkState>,
     ) {
         // The Lease has a task of its own, so that a slow status check never delays it.
         let client = self.client.clone();
@@ -422,12 +424,12 @@ impl NodeStatusReporter {
                 _ = status.tick() => {}
                 Ok(()) = network.changed() => {}
             }
-            let network_ready = network.borrow_and_update().is_some();
+            let network_not_ready = network.borrow_and_update().not_ready_message();
             // A runtime that does not answer within the check is down.
             let up = tokio::time::timeout(RUNTIME_CHECK_TIMEOUT, runtime_up())
                 .await
                 .unwrap_or(false);
-            if let Err(err) = self.update(up, network_ready).await {
+            if let Err(err) = self.update(up, network_not_ready).await {
                 tracing::warn!(%err, "updating the node status");
             }
         }
@@ -495,16 +497,20 @@ mod tests {
 
     #[test]
     fn a_down_runtime_makes_the_node_not_ready() {
-        let conditions = observe(&identity(), false, true);
+        let conditions = observe(&identity(), false, None);
         let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!((ready.status, ready.reason), ("False", "KubeletNotReady"));
-        let conditions = observe(&identity(), true, false);
+        let conditions = observe(
+            &identity(),
+            true,
+            Some(crate::pod_network::NETWORK_NOT_READY),
+        );
         let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(
             (ready.status, ready.message),
             ("False", crate::pod_network::NETWORK_NOT_READY)
         );
-        let conditions = observe(&identity(), true, true);
+        let conditions = observe(&identity(), true, None);
         let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(
             (ready.status, ready.message),

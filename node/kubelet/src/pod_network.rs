@@ -1,13 +1,16 @@
-//! The pod network as the kubelet uses it: not ready until the node has a pod CIDR; then each
-//! pod sandbox is attached to the node's bridge (its address from the persisted allocator) and
-//! detached when the pod goes. Netlink calls are blocking, so they run on the blocking pool;
-//! one lock orders attaching against the release of orphaned addresses.
+//! The pod network as the kubelet uses it, in one of two modes. `baton` (the default): not
+//! ready until the node has a pod CIDR; then each pod sandbox is attached to the node's bridge
+//! (its address from the persisted allocator) and detached when the pod goes. Netlink calls are
+//! blocking, so they run on the blocking pool; one lock orders attaching against the release of
+//! orphaned addresses. `cni`: the plugins of the configuration directory's network attach and
+//! detach sandboxes (`cni_network.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use baton_network::cni::{CniPlugins, NetworkConfigList};
 use baton_network::{BridgeConfig, BridgeNetwork, HostPortMapping, NetNs, RouteSocket};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
@@ -23,15 +26,57 @@ const DEFAULT_MTU: u32 = 1500;
 /// and the event of a pod waiting for it).
 pub const NETWORK_NOT_READY: &str = "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: no pod CIDR assigned to the node";
 
+/// The same in CNI mode, when the configuration directory holds no valid network
+/// (containerd's words).
+pub const CNI_NOT_READY: &str = "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized";
+
+/// The pod network's state, as pod workers and the node's status follow it.
+#[derive(Debug, Clone)]
+pub enum NetworkState {
+    /// Pods cannot be attached yet; the node's Ready message says why.
+    NotReady(&'static str),
+    /// The node's bridge is set up.
+    Bridge(Arc<BridgeNetwork>),
+    /// A CNI network configuration is loaded.
+    Cni(Arc<NetworkConfigList>),
+}
+
+impl NetworkState {
+    /// Whether pods can be attached.
+    pub fn is_ready(&self) -> bool {
+        !matches!(self, Self::NotReady(_))
+    }
+
+    /// Why pods cannot be attached, when they cannot.
+    pub fn not_ready_message(&self) -> Option<&'static str> {
+        match self {
+            Self::NotReady(message) => Some(message),
+            _ => None,
+        }
+    }
+}
+
 /// Attaching a pod failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachPodError {
-    /// The node has no pod CIDR yet.
-    #[error("network is not ready: {NETWORK_NOT_READY}")]
-    NotReady,
+    /// The network is not set up yet.
+    #[error("network is not ready: {0}")]
+    NotReady(&'static str),
     /// The sandbox's network namespace or the network failed.
     #[error("set up the pod network")]
     Network(#[source] baton_network::PodNetworkError),
+    /// A CNI plugin failed (containerd's words).
+    #[error("failed to setup network for sandbox {id:?}")]
+    Cni {
+        id: String,
+        #[source]
+        source: baton_network::cni::CniError,
+    },
+    /// The CNI plugins attached the pod but gave it no IPv4 address.
+    #[error(
+        "failed to setup network for sandbox {id:?}: the CNI result gives interface eth0 no IPv4 address: {result}"
+    )]
+    NoAddress { id: String, result: String },
     /// The blocking task doing the work ended abnormally.
     #[error("set up the pod network: the task failed")]
     Task,
@@ -46,43 +91,65 @@ struct HostPorts {
     stale: bool,
 }
 
-/// The node's pod network, set up once the pod CIDR is known.
+/// The node's pod network: the bridge, set up once the pod CIDR is known, or CNI plugins.
 #[derive(Debug)]
 pub struct PodNetwork {
     state_dir: PathBuf,
     node_ip: IpAddr,
-    network: watch::Sender<Option<Arc<BridgeNetwork>>>,
+    network: watch::Sender<NetworkState>,
     lock: Arc<Mutex<()>>,
+    /// In CNI mode, the runtime and a lock held shared while attaching and exclusively while
+    /// orphans are released (so that a pod attached meanwhile is not taken for one).
+    pub(crate) cni: Option<(CniPlugins, tokio::sync::RwLock<()>)>,
     /// Each pod's wanted host ports, and whether the table may differ from them (an update
     /// failed or was cut short). Held across a table update, so that updates apply in order.
     host_ports: tokio::sync::Mutex<HostPorts>,
 }
 
 impl PodNetwork {
-    /// A network keeping its state under `root_dir/network`, for a node at `node_ip`.
+    /// The bridge network, keeping its state under `root_dir/network`, for a node at
+    /// `node_ip`.
     pub fn new(root_dir: &Path, node_ip: IpAddr) -> Self {
         Self {
             state_dir: root_dir.join("network"),
             node_ip,
-            network: watch::Sender::new(None),
+            network: watch::Sender::new(NetworkState::NotReady(NETWORK_NOT_READY)),
             lock: Arc::default(),
+            cni: None,
             host_ports: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The CNI network of `plugins`, not ready until a configuration is loaded.
+    pub fn cni(root_dir: &Path, node_ip: IpAddr, plugins: CniPlugins) -> Self {
+        Self {
+            network: watch::Sender::new(NetworkState::NotReady(CNI_NOT_READY)),
+            cni: Some((plugins, tokio::sync::RwLock::default())),
+            ..Self::new(root_dir, node_ip)
         }
     }
 
     /// Whether pods can be attached.
     pub fn is_ready(&self) -> bool {
-        self.network.borrow().is_some()
+        self.network.borrow().is_ready()
     }
 
     /// Changes of readiness.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<BridgeNetwork>>> {
+    pub fn subscribe(&self) -> watch::Receiver<NetworkState> {
         self.network.subscribe()
     }
 
-    /// The pod CIDR in use, once set up.
+    /// Sets the state (the CNI configuration loaded, or gone).
+    pub(crate) fn set_state(&self, state: NetworkState) {
+        self.network.send_replace(state);
+    }
+
+    /// The pod CIDR in use, once the bridge is set up.
     pub fn pod_cidr(&self) -> Option<Ipv4Net> {
-        self.network.borrow().as_ref().map(|n| n.pod_cidr())
+        match &*self.network.borrow() {
+            NetworkState::Bridge(network) => Some(network.pod_cidr()),
+            _ => None,
+        }
     }
 
     /// Sets the bridge up for `pod_cidr`. Once set up, a different CIDR is refused: pods hold
@@ -126,33 +193,49 @@ impl PodNetwork {
             Err(err) => tracing::warn!(%err, "removing host ports a previous run left"),
         }
         tracing::info!(%pod_cidr, bridge = BRIDGE, "pod network ready");
-        self.network.send_replace(Some(Arc::new(network)));
+        self.network
+            .send_replace(NetworkState::Bridge(Arc::new(network)));
         Ok(())
     }
 
-    /// Attaches the sandbox `id` whose network namespace file is `netns`; returns its IP.
-    pub async fn attach(&self, id: &str, netns: &Path) -> Result<Ipv4Addr, AttachPodError> {
-        let network = self
-            .network
-            .borrow()
-            .clone()
-            .ok_or(AttachPodError::NotReady)?;
+    /// Attaches the sandbox `id` of `pod`, whose network namespace file is `netns`, and sets
+    /// its host ports up; returns its IP.
+    pub async fn attach(
+        &self,
+        id: &str,
+        netns: &Path,
+        pod: &Pod,
+    ) -> Result<Ipv4Addr, AttachPodError> {
+        let state = self.network.borrow().clone();
+        let network = match state {
+            NetworkState::NotReady(message) => return Err(AttachPodError::NotReady(message)),
+            NetworkState::Cni(network) => {
+                let (plugins, lock) = self.cni.as_ref().expect("a CNI state has CNI plugins");
+                let _held = lock.read().await;
+                return crate::cni_network::attach(plugins, &network, id, netns, pod).await;
+            }
+            NetworkState::Bridge(network) => network,
+        };
         let lock = self.lock.clone();
-        let id = id.to_owned();
+        let owned_id = id.to_owned();
         let netns = netns.to_owned();
-        tokio::task::spawn_blocking(move || {
+        let ip = tokio::task::spawn_blocking(move || {
             let _held = lock.lock().unwrap_or_else(|poison| poison.into_inner());
             let namespace = NetNs::open(&netns).map_err(baton_network::PodNetworkError::from)?;
-            network.attach(&id, &namespace).map(|address| address.ip)
+            network
+                .attach(&owned_id, &namespace)
+                .map(|address| address.ip)
         })
         .await
         .map_err(|_| AttachPodError::Task)?
-        .map_err(AttachPodError::Network)
+        .map_err(AttachPodError::Network)?;
+        self.set_host_ports(id, host_port_mappings(pod, ip)).await;
+        Ok(ip)
     }
 
     /// Sets pod `id`'s host ports (none: removes them) and remakes the table when they
-    /// changed.
-    pub async fn set_host_ports(&self, id: &str, mappings: Vec<HostPortMapping>) {
+    /// changed (in bridge mode; with CNI, plugins such as portmap do this).
+    async fn set_host_ports(&self, id: &str, mappings: Vec<HostPortMapping>) {
         let mut ports = self.host_ports.lock().await;
         let unchanged = ports
             .wanted
@@ -187,8 +270,12 @@ impl PodNetwork {
     /// Detaches the sandbox `id` and releases its address (nothing when the network was never
     /// set up or the pod had no address).
     pub async fn detach(&self, id: &str) {
+        if let Some((plugins, _)) = &self.cni {
+            crate::cni_network::detach(plugins, id).await;
+            return;
+        }
         self.set_host_ports(id, Vec::new()).await;
-        let Some(network) = self.network.borrow().clone() else {
+        let NetworkState::Bridge(network) = self.network.borrow().clone() else {
             return;
         };
         let id = id.to_owned();
@@ -205,7 +292,12 @@ impl PodNetwork {
     /// Releases the addresses (and host interfaces) of sandboxes not in `live()`, which is
     /// asked while attaching is held off, so that no pod attached meanwhile is missed.
     pub async fn release_orphans(&self, live: impl FnOnce() -> HashSet<String> + Send + 'static) {
-        let Some(network) = self.network.borrow().clone() else {
+        if let Some((plugins, lock)) = &self.cni {
+            let _held = lock.write().await;
+            crate::cni_network::release_orphans(plugins, &live()).await;
+            return;
+        }
+        let NetworkState::Bridge(network) = self.network.borrow().clone() else {
             return;
         };
         let lock = self.lock.clone();

@@ -68,7 +68,7 @@ pub struct PodWorker {
     /// The pod's IP on the pod network (none for hostNetwork pods: theirs is the node's).
     pod_ip: Option<std::net::Ipv4Addr>,
     /// Readiness of the pod network, which a pod waits for before its sandbox is made.
-    network: watch::Receiver<Option<Arc<baton_network::BridgeNetwork>>>,
+    network: watch::Receiver<crate::pod_network::NetworkState>,
     start_time: Option<jiff::Timestamp>,
     /// Names of containers whose watched process exited (sent by one task per process).
     exits: mpsc::UnboundedReceiver<String>,
@@ -608,9 +608,10 @@ impl PodWorker {
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
         // Read and marked seen in one step: a network that comes up right after still wakes
         // the worker (run's select).
-        if !host_network && self.network.borrow_and_update().is_none() {
+        if !host_network && let Some(message) = self.network.borrow_and_update().not_ready_message()
+        {
             return Err(SandboxFailure::NetworkNotReady(
-                crate::pod_network::AttachPodError::NotReady.to_string(),
+                crate::pod_network::AttachPodError::NotReady(message).to_string(),
             ));
         }
         let hostname = pod_hostname(
@@ -634,12 +635,8 @@ impl PodWorker {
                 SandboxFailure::Failed(format!("Failed to create pod sandbox: {err}"))
             })?;
         if let Some(netns) = &sandbox.network {
-            match self.ctx.network.attach(&self.uid, netns).await {
-                Ok(ip) => {
-                    self.pod_ip = Some(ip);
-                    let host_ports = crate::pod_network::host_port_mappings(pod, ip);
-                    self.ctx.network.set_host_ports(&self.uid, host_ports).await;
-                }
+            match self.ctx.network.attach(&self.uid, netns, pod).await {
+                Ok(ip) => self.pod_ip = Some(ip),
                 Err(err) => {
                     // A sandbox with no containers yet is made again on the next attempt; one
                     // whose containers run (a restarted kubelet found them) is kept.

@@ -2,10 +2,12 @@
 //! synchronous rtnetlink client ([`RouteSocket`]) for links, addresses and routes; network
 //! namespaces ([`NetNs`]); the persisted pod address allocator ([`AddressAllocator`]); the
 //! node's bridge with a veth pair per pod ([`BridgeNetwork`]); and routes to the other nodes'
-//! pod CIDRs ([`sync_node_routes`]); and tap devices for VMs ([`create_tap`]).
+//! pod CIDRs ([`sync_node_routes`]); tap devices for VMs ([`create_tap`]); and a CNI runtime
+//! that runs the plugins a user brings instead of the bridge ([`cni`]).
 
 mod addresses;
 mod bridge;
+pub mod cni;
 mod host_ports;
 mod ipam;
 mod links;

@@ -1,0 +1,218 @@
+//! The runtime's order of operations and its cache, with plugins written as shell scripts
+//! that follow the execution protocol and record what they were given. The reference
+//! plugins themselves are run by tests/pod_network.rs.
+
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    plugins: CniPlugins,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let plugins = CniPlugins {
+            conf_dir: dir.path().join("net.d"),
+            bin_dirs: vec![bin],
+            cache_dir: dir.path().join("cache"),
+        };
+        Self { dir, plugins }
+    }
+
+    /// A plugin that appends `COMMAND name` to the log, keeps its last input per command,
+    /// prints `add_output` on ADD, and fails on the command `fail_on`.
+    fn plugin(&self, name: &str, add_output: &str, fail_on: &str) {
+        let root = self.dir.path().display();
+        let script = format!(
+            "#!/bin/sh\n\
+             cat > {root}/stdin-{name}-$CNI_COMMAND\n\
+             echo \"$CNI_COMMAND {name} $CNI_NETNS\" >> {root}/log\n\
+             if [ \"$CNI_COMMAND\" = '{fail_on}' ]; then echo '{{\"code\":7,\"msg\":\"{name} refused\"}}'; exit 1; fi\n\
+             if [ \"$CNI_COMMAND\" = ADD ]; then echo '{add_output}'; fi\n"
+        );
+        let path = self.plugins.bin_dirs[0].join(name);
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn stdin(&self, name: &str, command: &str) -> Value {
+        let path = self.dir.path().join(format!("stdin-{name}-{command}"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn attachment(&self) -> Attachment {
+        Attachment {
+            container_id: "pod-1".into(),
+            netns: self.dir.path().join("netns"),
+            ifname: "eth0".into(),
+            args: vec![("K8S_POD_NAME".into(), "web".into())],
+            capability_args: Map::new(),
+        }
+    }
+}
+
+const RESULT: &str = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"cni0"},{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.22.0.5/16","gateway":"10.22.0.1","interface":1}]}"#;
+
+fn network(types: &[&str]) -> NetworkConfigList {
+    NetworkConfigList::from_list(serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "pods",
+        "plugins": types.iter().map(|t| serde_json::json!({ "type": t })).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn add_chains_results_and_del_undoes_in_reverse_with_the_cached_result() {
+    let setup = Setup::new();
+    std::fs::write(setup.dir.path().join("netns"), "").unwrap();
+    setup.plugin("first", RESULT, "");
+    setup.plugin("second", RESULT, "");
+    let attachment = setup.attachment();
+    let result = setup
+        .plugins
+        .add(&network(&["first", "second"]), &attachment)
+        .await
+        .unwrap();
+    assert_eq!(
+        result_ipv4(&result, "eth0"),
+        Some(Ipv4Addr::new(10, 22, 0, 5))
+    );
+    // The second plugin got the first one's result.
+    assert_eq!(
+        setup.stdin("second", "ADD")["prevResult"],
+        serde_json::from_str::<Value>(RESULT).unwrap()
+    );
+    assert!(setup.stdin("first", "ADD").get("prevResult").is_none());
+    let cached = setup.plugins.cached("pod-1").unwrap().unwrap();
+    assert_eq!(cached.attachment, attachment);
+    assert_eq!(setup.plugins.cached_ids(), ["pod-1"]);
+
+    setup.plugins.check(&cached).await.unwrap();
+    assert_eq!(setup.stdin("first", "CHECK")["prevResult"], result);
+
+    // DEL uses the cached configuration, even when the directory now says otherwise.
+    setup.plugins.del("pod-1").await.unwrap();
+    let netns = attachment.netns.display();
+    assert_eq!(
+        setup.log(),
+        [
+            format!("ADD first {netns}"),
+            format!("ADD second {netns}"),
+            format!("CHECK first {netns}"),
+            format!("CHECK second {netns}"),
+            format!("DEL second {netns}"),
+            format!("DEL first {netns}"),
+        ]
+    );
+    assert_eq!(setup.stdin("first", "DEL")["prevResult"], result);
+    assert!(setup.plugins.cached("pod-1").unwrap().is_none());
+    assert!(setup.plugins.cached_ids().is_empty());
+    // Nothing cached: nothing to delete.
+    setup.plugins.del("pod-1").await.unwrap();
+    assert_eq!(setup.log().len(), 6);
+}
+
+#[tokio::test]
+async fn a_failed_add_is_undone_and_names_the_plugin() {
+    let setup = Setup::new();
+    setup.plugin("first", RESULT, "");
+    setup.plugin("second", RESULT, "ADD");
+    let err = setup
+        .plugins
+        .add(&network(&["first", "second"]), &setup.attachment())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        format!("{err}: {}", std::error::Error::source(&err).unwrap()),
+        "plugin type=\"second\" name=\"pods\" failed (add): second refused"
+    );
+    // Undone in reverse, the namespace still passed; nothing cached.
+    let netns = setup.attachment().netns.display().to_string();
+    assert_eq!(
+        setup.log(),
+        [
+            format!("ADD first {netns}"),
+            format!("ADD second {netns}"),
+            format!("DEL second {netns}"),
+            format!("DEL first {netns}"),
+        ]
+    );
+    assert!(setup.plugins.cached("pod-1").unwrap().is_none());
+
+    let err = setup
+        .plugins
+        .add(&network(&["missing"]), &setup.attachment())
+        .await
+        .unwrap_err();
+    assert!(
+        std::error::Error::source(&err)
+            .unwrap()
+            .to_string()
+            .starts_with("failed to find plugin \"missing\" in path ["),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_gone_namespace_is_not_passed_to_del_and_check_follows_the_version() {
+    let setup = Setup::new();
+    setup.plugin("only", RESULT, "CHECK");
+    let mut old = network(&["only"]);
+    old.cni_version = "0.3.1".into();
+    setup.plugins.add(&old, &setup.attachment()).await.unwrap();
+    let cached = setup.plugins.cached("pod-1").unwrap().unwrap();
+    // 0.3.1 has no CHECK: the failing CHECK is never run.
+    setup.plugins.check(&cached).await.unwrap();
+    setup.plugins.del("pod-1").await.unwrap();
+    let netns = setup.attachment().netns.display().to_string();
+    assert_eq!(
+        setup.log(),
+        [format!("ADD only {netns}"), "DEL only ".into()]
+    );
+
+    setup
+        .plugins
+        .add(&network(&["only"]), &setup.attachment())
+        .await
+        .unwrap();
+    let cached = setup.plugins.cached("pod-1").unwrap().unwrap();
+    let err = setup.plugins.check(&cached).await.unwrap_err();
+    assert!(err.to_string().contains("failed (check)"), "{err}");
+}
+
+#[test]
+fn the_pod_address_is_the_sandbox_interface_s() {
+    let result: Value = serde_json::json!({
+        "interfaces": [{ "name": "cni0" }, { "name": "vethx" }, { "name": "eth0", "sandbox": "/run/netns/p" }],
+        "ips": [
+            { "address": "10.0.0.1/24", "interface": 0 },
+            { "address": "fd00::5/64", "interface": 2 },
+            { "address": "10.0.0.5/24", "gateway": "10.0.0.1", "interface": 2 },
+        ],
+    });
+    assert_eq!(
+        result_ipv4(&result, "eth0"),
+        Some(Ipv4Addr::new(10, 0, 0, 5))
+    );
+    // Without interface indexes (plugins of old versions), the first IPv4 address.
+    let result = serde_json::json!({ "ips": [{ "address": "10.0.0.9/24" }] });
+    assert_eq!(
+        result_ipv4(&result, "eth0"),
+        Some(Ipv4Addr::new(10, 0, 0, 9))
+    );
+    assert_eq!(result_ipv4(&serde_json::json!({}), "eth0"), None);
+}
