@@ -345,7 +345,17 @@ async fn cni_mode_attaches_pods_through_the_debian_reference_plugins() -> Result
 
     // A restarted kubelet finds the server attached and keeps its address (it runs CHECK,
     // which Debian's portmap fails wrongly for IPv4-only pods, containernetworking/plugins#819,
-    // so only a warning comes of it): no second address is reserved for it.
+    // so only a warning comes of it): no second ADD, no second address.
+    let server_uid = cluster
+        .pods()
+        .get("server")
+        .await?
+        .metadata
+        .uid
+        .unwrap_or_default();
+    let cache = cluster.node.root_dir().join("cni-cache");
+    let server_entry = cache.join(format!("{server_uid}.json"));
+    let written = std::fs::metadata(&server_entry)?.modified()?;
     cluster.node.kubelet().restart()?;
     cluster
         .create_pod("after-restart", "sleep 3600", json!({}))
@@ -357,6 +367,12 @@ async fn cni_mode_attaches_pods_through_the_debian_reference_plugins() -> Result
         .await;
     let server = cluster.pods().get("server").await?;
     assert_eq!(pod_ip(&server), Some(server_ip));
+    assert_eq!(
+        std::fs::metadata(&server_entry)?.modified()?,
+        written,
+        "the server was attached again:\n{}",
+        cluster.node.log()
+    );
     assert_eq!(
         reserved_addresses(ipam.path()).len(),
         3,
@@ -411,8 +427,20 @@ async fn cni_mode_attaches_pods_through_the_debian_reference_plugins() -> Result
         .await;
 
     // Everything goes: no address is left reserved, no veth on the node, nothing cached,
-    // and portmap's rules for the server are gone.
+    // and no rule of bridge's or portmap's for any of the pods.
     assert_eq!(reserved_addresses(ipam.path()).len(), 4);
+    let mut uids = Vec::new();
+    for name in ["server", "client", "after-restart", "waiting"] {
+        uids.push(
+            cluster
+                .pods()
+                .get(name)
+                .await?
+                .metadata
+                .uid
+                .unwrap_or_default(),
+        );
+    }
     for name in ["server", "client", "after-restart", "waiting"] {
         cluster
             .pods()
@@ -429,7 +457,6 @@ async fn cni_mode_attaches_pods_through_the_debian_reference_plugins() -> Result
             .then_some(())
     })
     .await?;
-    let cache = cluster.node.root_dir().join("cni-cache");
     let clean = wait_until(
         "the plugins to release the pods",
         Duration::from_secs(20),
@@ -457,15 +484,20 @@ async fn cni_mode_attaches_pods_through_the_debian_reference_plugins() -> Result
             .collect())
     })??;
     assert!(veths.is_empty(), "veths left: {veths:?}");
-    let rules = cluster.node.netns.run(|| {
-        std::process::Command::new("iptables-save")
-            .args(["-t", "nat"])
-            .output()
-    })??;
+    let rules = cluster
+        .node
+        .netns
+        .run(|| std::process::Command::new("iptables-save").output())??;
     let rules = String::from_utf8_lossy(&rules.stdout);
     assert!(
-        !rules.contains("18081") && !rules.contains("CNI-DN-"),
-        "portmap rules left:\n{rules}"
+        rules.contains("CNI-HOSTPORT-DNAT"),
+        "portmap's rules were never seen:\n{rules}"
+    );
+    assert!(
+        !rules.contains("18081")
+            && !rules.contains("CNI-DN-")
+            && uids.iter().all(|uid| !rules.contains(uid.as_str())),
+        "rules left for the pods:\n{rules}"
     );
     assert!(http_get(host_port, "/cgi-bin/ip").is_err());
     Ok(())

@@ -4,12 +4,13 @@
 //! kubelet started (a CNI DaemonSet writing its file) makes the node Ready. Pods are attached
 //! with ADD, given the pod's namespace, name and uid in CNI_ARGS and its host ports as the
 //! `portMappings` capability (for the portmap plugin); detached with DEL; and a pod found
-//! attached by a restarted kubelet is checked with CHECK and kept (a failure is logged).
+//! attached by a restarted kubelet is checked with CHECK and kept (a failure is logged), also
+//! while no configuration is loaded.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_network::POD_INTERFACE;
@@ -23,118 +24,146 @@ use crate::pod_network::{AttachPodError, CNI_NOT_READY, NetworkState, PodNetwork
 /// How often the configuration directory is read.
 pub const CONFIG_SYNC_PERIOD: Duration = Duration::from_secs(5);
 
-/// Keeps the network's state in line with the configuration directory, forever.
-pub async fn watch_config(network: Arc<PodNetwork>) {
-    let Some((plugins, _)) = &network.cni else {
-        return;
-    };
-    let mut last_problem = String::new();
-    let mut tick = tokio::time::interval(CONFIG_SYNC_PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let loaded = {
-            let plugins = plugins.clone();
-            tokio::task::spawn_blocking(move || plugins.load()).await
+/// The CNI runtime and a lock per sandbox, so that a sandbox's ADD, CHECK and DEL never run
+/// at once (a worker's teardown and the release of orphans at start could otherwise meet).
+#[derive(Debug)]
+pub struct CniNetwork {
+    plugins: CniPlugins,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl CniNetwork {
+    /// The runtime of `plugins`.
+    pub fn new(plugins: CniPlugins) -> Self {
+        Self {
+            plugins,
+            locks: Mutex::default(),
+        }
+    }
+
+    /// The lock of sandbox `id`.
+    fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("CNI locks")
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Whether sandbox `id` is attached (a restarted kubelet's pod keeps its network even
+    /// while no configuration is loaded).
+    pub fn is_attached(&self, id: &str) -> bool {
+        self.plugins.is_attached(id)
+    }
+
+    /// Attaches the sandbox `id` of `pod` to `network` (none loaded: only a sandbox attached
+    /// before is kept); returns its IP. A sandbox attached before in the same namespace (by an
+    /// earlier kubelet) is checked with CHECK and keeps its address (a failed CHECK is
+    /// logged); one whose namespace was made again is detached and attached again.
+    pub async fn attach(
+        &self,
+        network: Option<&NetworkConfigList>,
+        id: &str,
+        netns: &Path,
+        pod: &Pod,
+    ) -> Result<Ipv4Addr, AttachPodError> {
+        let lock = self.lock_of(id);
+        let _held = lock.lock().await;
+        if network.is_none() && !self.plugins.is_attached(id) {
+            return Err(AttachPodError::NotReady(CNI_NOT_READY));
+        }
+        let attachment = Attachment {
+            container_id: id.to_owned(),
+            netns: netns.to_owned(),
+            ifname: POD_INTERFACE.to_owned(),
+            args: cni_args(pod, id),
+            capability_args: capability_args(pod),
         };
-        let current = network.subscribe().borrow().clone();
-        match loaded {
-            Ok(Ok(list)) => {
-                last_problem.clear();
-                if matches!(&current, NetworkState::Cni(loaded) if **loaded == list) {
-                    continue;
-                }
-                let types: Vec<&str> = list
-                    .plugins
-                    .iter()
-                    .map(|p| p.plugin_type.as_str())
-                    .collect();
-                tracing::info!(network = %list.name, plugins = ?types, "CNI network configuration loaded");
-                network.set_state(NetworkState::Cni(Arc::new(list)));
-            }
-            Ok(Err(err)) => {
-                let problem = baton_images::error_chain(&err);
-                if problem != last_problem {
-                    tracing::warn!(err = %problem, "no CNI network: pods wait for one");
-                    last_problem = problem;
-                }
-                if current.is_ready() {
-                    network.set_state(NetworkState::NotReady(CNI_NOT_READY));
-                }
-            }
-            Err(err) => tracing::warn!(%err, "reading the CNI configuration"),
-        }
-    }
-}
-
-/// Attaches the sandbox `id` of `pod` to `network`; returns its IP. A sandbox attached before
-/// (by an earlier kubelet) is checked with CHECK and keeps its address (a failed CHECK is
-/// logged); one whose namespace changed (the sandbox was made again) is detached and attached
-/// again.
-pub async fn attach(
-    plugins: &CniPlugins,
-    network: &NetworkConfigList,
-    id: &str,
-    netns: &Path,
-    pod: &Pod,
-) -> Result<Ipv4Addr, AttachPodError> {
-    let failed = |source| AttachPodError::Cni {
-        id: id.to_owned(),
-        source,
-    };
-    if let Some(cached) = plugins.cached(id).map_err(failed)? {
-        if cached.attachment.netns == netns {
-            // Kept even when CHECK fails: attaching again would cut the running pod's
-            // connections, and a CHECK can fail wrongly (Debian's portmap 1.1.1 looks for
-            // IPv6 rules an IPv4 pod never had: containernetworking/plugins#819).
-            if let Err(err) = plugins.check(&cached).await {
-                tracing::warn!(
-                    pod = %id,
-                    err = %baton_images::error_chain(&err),
-                    "the pod's network failed its CNI CHECK; keeping it as attached"
-                );
-            }
-            if let Some(ip) = result_ipv4(&cached.result, POD_INTERFACE) {
-                return Ok(ip);
-            }
-        }
-        plugins.del(id).await.map_err(failed)?;
-    }
-    let attachment = Attachment {
-        container_id: id.to_owned(),
-        netns: netns.to_owned(),
-        ifname: POD_INTERFACE.to_owned(),
-        args: cni_args(pod, id),
-        capability_args: capability_args(pod),
-    };
-    let result = plugins.add(network, &attachment).await.map_err(failed)?;
-    match result_ipv4(&result, POD_INTERFACE) {
-        Some(ip) => Ok(ip),
-        None => {
-            detach(plugins, id).await;
-            Err(AttachPodError::NoAddress {
+        let result = self
+            .plugins
+            .attach(network, &attachment)
+            .await
+            .map_err(|source| AttachPodError::Cni {
                 id: id.to_owned(),
-                result: result.to_string(),
-            })
+                source,
+            })?;
+        if let Some(ip) = result_ipv4(&result, POD_INTERFACE) {
+            return Ok(ip);
+        }
+        if let Err(err) = self.plugins.del(id).await {
+            tracing::warn!(pod = %id, err = %baton_images::error_chain(&err), "detaching a pod the CNI network gave no address");
+        }
+        Err(AttachPodError::NoAddress {
+            id: id.to_owned(),
+            result: result.to_string(),
+        })
+    }
+
+    /// Detaches the sandbox `id` (nothing when it was never attached); a failure is logged and
+    /// the attachment kept, so that a later detach (or the release of orphans at start) tries
+    /// again.
+    pub async fn detach(&self, id: &str) {
+        let lock = self.lock_of(id);
+        let held = lock.lock().await;
+        if let Err(err) = self.plugins.del(id).await {
+            tracing::warn!(pod = %id, err = %baton_images::error_chain(&err), "detaching a pod from the CNI network");
+        } else if !self.plugins.cached_ids().iter().any(|cached| cached == id) {
+            drop(held);
+            self.locks.lock().expect("CNI locks").remove(id);
         }
     }
-}
 
-/// Detaches the sandbox `id` (nothing when it was never attached); a failure is logged and
-/// the attachment kept, so that a later detach (or the release of orphans at start) tries
-/// again.
-pub async fn detach(plugins: &CniPlugins, id: &str) {
-    if let Err(err) = plugins.del(id).await {
-        tracing::warn!(pod = %id, err = %baton_images::error_chain(&err), "detaching a pod from the CNI network");
-    }
-}
-
-/// Detaches the sandboxes attached to the network whose pods are not in `live`.
-pub async fn release_orphans(plugins: &CniPlugins, live: &HashSet<String>) {
-    for id in plugins.cached_ids() {
-        if !live.contains(&id) {
+    /// Detaches the sandboxes attached to the network whose pods are not in `live()`. The
+    /// cache is listed before `live()` is asked: a sandbox cached by then belongs to a pod
+    /// the kubelet knew, which `live()` still holds unless it is gone.
+    pub async fn release_orphans(&self, live: impl FnOnce() -> HashSet<String>) {
+        let cached = self.plugins.cached_ids();
+        let live = live();
+        for id in cached.into_iter().filter(|id| !live.contains(id)) {
             tracing::info!(pod = %id, "detaching a pod that is gone from the CNI network");
-            detach(plugins, &id).await;
+            self.detach(&id).await;
+        }
+    }
+
+    /// Keeps `network`'s state in line with the configuration directory, forever.
+    pub async fn watch_config(&self, network: &PodNetwork) {
+        let mut last_problem = String::new();
+        let mut tick = tokio::time::interval(CONFIG_SYNC_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let loaded = {
+                let plugins = self.plugins.clone();
+                tokio::task::spawn_blocking(move || plugins.load()).await
+            };
+            let current = network.subscribe().borrow().clone();
+            match loaded {
+                Ok(Ok(list)) => {
+                    last_problem.clear();
+                    if matches!(&current, NetworkState::Cni(loaded) if **loaded == list) {
+                        continue;
+                    }
+                    let types: Vec<&str> = list
+                        .plugins
+                        .iter()
+                        .map(|p| p.plugin_type.as_str())
+                        .collect();
+                    tracing::info!(network = %list.name, plugins = ?types, "CNI network configuration loaded");
+                    network.set_state(NetworkState::Cni(Arc::new(list)));
+                }
+                Ok(Err(err)) => {
+                    let problem = baton_images::error_chain(&err);
+                    if problem != last_problem {
+                        tracing::warn!(err = %problem, "no CNI network: new pods wait for one");
+                        last_problem = problem;
+                    }
+                    if current.is_ready() {
+                        network.set_state(NetworkState::NotReady(CNI_NOT_READY));
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "reading the CNI configuration"),
+            }
         }
     }
 }

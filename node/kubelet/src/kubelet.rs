@@ -107,7 +107,7 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
     };
     let allocatable = identity.allocatable();
     let network = Arc::new(match args.network_plugin.as_str() {
-        "cni" => PodNetwork::cni(
+        "cni" => PodNetwork::with_cni(
             &args.root_dir,
             node_ip,
             baton_network::cni::CniPlugins {
@@ -152,8 +152,13 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         events: crate::events::EventSink::new(client.clone(), &node_name),
         network: network.clone(),
     });
-    if args.network_plugin == "cni" {
-        tokio::spawn(crate::cni_network::watch_config(network.clone()));
+    if network.cni().is_some() {
+        let watched = network.clone();
+        tokio::spawn(async move {
+            if let Some(cni) = watched.cni() {
+                cni.watch_config(&watched).await;
+            }
+        });
     } else {
         tokio::spawn(crate::node_network::run(
             client.clone(),
@@ -219,7 +224,7 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         // Addresses of pods that died while the kubelet was down, once the bridge is up (CNI
         // plugins are given what their cache holds).
         let mut ready = ctx.network.subscribe();
-        if ctx.network.cni.is_some() || ready.wait_for(NetworkState::is_ready).await.is_ok() {
+        if ctx.network.cni().is_some() || ready.wait_for(NetworkState::is_ready).await.is_ok() {
             let store = cleaner.store();
             ctx.network
                 .release_orphans(move || store.state().iter().filter_map(|p| p.uid()).collect())

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use baton_network::cni::{CniPlugins, NetworkConfigList};
+
+use crate::cni_network::CniNetwork;
 use baton_network::{BridgeConfig, BridgeNetwork, HostPortMapping, NetNs, RouteSocket};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Pod;
@@ -70,11 +72,12 @@ pub enum AttachPodError {
     Cni {
         id: String,
         #[source]
-        source: baton_network::cni::CniError,
+        source: baton_network::cni::CniOperationError,
     },
     /// The CNI plugins attached the pod but gave it no IPv4 address.
     #[error(
-        "failed to setup network for sandbox {id:?}: the CNI result gives interface eth0 no IPv4 address: {result}"
+        "failed to setup network for sandbox {id:?}: the CNI result gives interface {} no IPv4 address: {result}",
+        baton_network::POD_INTERFACE
     )]
     NoAddress { id: String, result: String },
     /// The blocking task doing the work ended abnormally.
@@ -98,9 +101,8 @@ pub struct PodNetwork {
     node_ip: IpAddr,
     network: watch::Sender<NetworkState>,
     lock: Arc<Mutex<()>>,
-    /// In CNI mode, the runtime and a lock held shared while attaching and exclusively while
-    /// orphans are released (so that a pod attached meanwhile is not taken for one).
-    pub(crate) cni: Option<(CniPlugins, tokio::sync::RwLock<()>)>,
+    /// In CNI mode, the plugins' runtime.
+    cni: Option<CniNetwork>,
     /// Each pod's wanted host ports, and whether the table may differ from them (an update
     /// failed or was cut short). Held across a table update, so that updates apply in order.
     host_ports: tokio::sync::Mutex<HostPorts>,
@@ -121,10 +123,10 @@ impl PodNetwork {
     }
 
     /// The CNI network of `plugins`, not ready until a configuration is loaded.
-    pub fn cni(root_dir: &Path, node_ip: IpAddr, plugins: CniPlugins) -> Self {
+    pub fn with_cni(root_dir: &Path, node_ip: IpAddr, plugins: CniPlugins) -> Self {
         Self {
             network: watch::Sender::new(NetworkState::NotReady(CNI_NOT_READY)),
-            cni: Some((plugins, tokio::sync::RwLock::default())),
+            cni: Some(CniNetwork::new(plugins)),
             ..Self::new(root_dir, node_ip)
         }
     }
@@ -132,6 +134,18 @@ impl PodNetwork {
     /// Whether pods can be attached.
     pub fn is_ready(&self) -> bool {
         self.network.borrow().is_ready()
+    }
+
+    /// In CNI mode, the plugins' runtime.
+    pub fn cni(&self) -> Option<&CniNetwork> {
+        self.cni.as_ref()
+    }
+
+    /// Whether sandbox `id` is attached already, so that it is kept while the network is not
+    /// ready (CNI mode: a restarted kubelet's pods keep theirs while no configuration is
+    /// loaded).
+    pub fn has_attachment(&self, id: &str) -> bool {
+        self.cni.as_ref().is_some_and(|cni| cni.is_attached(id))
     }
 
     /// Changes of readiness.
@@ -207,14 +221,17 @@ impl PodNetwork {
         pod: &Pod,
     ) -> Result<Ipv4Addr, AttachPodError> {
         let state = self.network.borrow().clone();
+        if let Some(cni) = &self.cni {
+            let network = match &state {
+                NetworkState::Cni(network) => Some(network.as_ref()),
+                _ => None,
+            };
+            return cni.attach(network, id, netns, pod).await;
+        }
         let network = match state {
-            NetworkState::NotReady(message) => return Err(AttachPodError::NotReady(message)),
-            NetworkState::Cni(network) => {
-                let (plugins, lock) = self.cni.as_ref().expect("a CNI state has CNI plugins");
-                let _held = lock.read().await;
-                return crate::cni_network::attach(plugins, &network, id, netns, pod).await;
-            }
             NetworkState::Bridge(network) => network,
+            NetworkState::NotReady(message) => return Err(AttachPodError::NotReady(message)),
+            NetworkState::Cni(_) => unreachable!("a CNI state without CNI plugins"),
         };
         let lock = self.lock.clone();
         let owned_id = id.to_owned();
@@ -270,8 +287,8 @@ impl PodNetwork {
     /// Detaches the sandbox `id` and releases its address (nothing when the network was never
     /// set up or the pod had no address).
     pub async fn detach(&self, id: &str) {
-        if let Some((plugins, _)) = &self.cni {
-            crate::cni_network::detach(plugins, id).await;
+        if let Some(cni) = &self.cni {
+            cni.detach(id).await;
             return;
         }
         self.set_host_ports(id, Vec::new()).await;
@@ -292,9 +309,8 @@ impl PodNetwork {
     /// Releases the addresses (and host interfaces) of sandboxes not in `live()`, which is
     /// asked while attaching is held off, so that no pod attached meanwhile is missed.
     pub async fn release_orphans(&self, live: impl FnOnce() -> HashSet<String> + Send + 'static) {
-        if let Some((plugins, lock)) = &self.cni {
-            let _held = lock.write().await;
-            crate::cni_network::release_orphans(plugins, &live()).await;
+        if let Some(cni) = &self.cni {
+            cni.release_orphans(live).await;
             return;
         }
         let NetworkState::Bridge(network) = self.network.borrow().clone() else {

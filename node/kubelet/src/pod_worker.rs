@@ -608,7 +608,10 @@ impl PodWorker {
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
         // Read and marked seen in one step: a network that comes up right after still wakes
         // the worker (run's select).
-        if !host_network && let Some(message) = self.network.borrow_and_update().not_ready_message()
+        let not_ready = self.network.borrow_and_update().not_ready_message();
+        if !host_network
+            && let Some(message) = not_ready
+            && !self.ctx.network.has_attachment(&self.uid)
         {
             return Err(SandboxFailure::NetworkNotReady(
                 crate::pod_network::AttachPodError::NotReady(message).to_string(),
@@ -642,6 +645,10 @@ impl PodWorker {
                     // whose containers run (a restarted kubelet found them) is kept.
                     if self.tracks.is_empty() {
                         let _ = self.ctx.runtime.remove_sandbox(&self.uid).await;
+                    }
+                    if let crate::pod_network::AttachPodError::NotReady(_) = err {
+                        // The network went away since the check above: wait for it.
+                        return Err(SandboxFailure::NetworkNotReady(err.to_string()));
                     }
                     return Err(SandboxFailure::Failed(format!(
                         "Failed to create pod sandbox: {}",

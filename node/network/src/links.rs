@@ -23,6 +23,8 @@ pub struct Link {
     pub up: bool,
     /// MTU in bytes.
     pub mtu: Option<u32>,
+    /// The hardware (MAC) address, for interfaces that have one of six bytes.
+    pub mac: Option<[u8; 6]>,
 }
 
 impl Link {
@@ -33,12 +35,14 @@ impl Link {
             controller: None,
             up: message.header.flags.contains(LinkFlags::Up),
             mtu: None,
+            mac: None,
         };
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Controller(index) => link.controller = Some(*index),
                 LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
+                LinkAttribute::Address(bytes) => link.mac = bytes.as_slice().try_into().ok(),
                 _ => {}
             }
         }

@@ -1,7 +1,9 @@
 //! CNI network configuration lists as a container runtime finds them (CNI spec 1.0, "Network
-//! configuration lists"): the first valid file of the configuration directory in lexical
-//! order, either a `.conflist` or a single plugin's `.conf`/`.json` taken as a list of one, as
-//! libcni's `ConfFiles` and upstream's kubelet (dockershim) chose theirs.
+//! configuration lists"): the first file of the configuration directory in lexical order,
+//! either a `.conflist` or a single plugin's `.conf`/`.json` taken as a list of one, as
+//! containerd's go-cni chooses it: when that file is not valid there is no network (falling
+//! back to a later file would attach pods to a leftover network while the first is being
+//! written).
 
 use std::path::{Path, PathBuf};
 
@@ -42,29 +44,30 @@ pub enum LoadConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// No file of the directory holds a valid configuration; `problems` says what is wrong
-    /// with each one that was tried.
-    #[error("no valid networks found in {}{}", dir.display(), problems_text(problems))]
-    NoNetwork { dir: PathBuf, problems: Vec<String> },
-}
-
-fn problems_text(problems: &[String]) -> String {
-    if problems.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", problems.join("; "))
-    }
+    /// The directory holds no configuration file.
+    #[error("no network config found in {}", dir.display())]
+    NoFile {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The first configuration file is not valid; `problem` says what is wrong.
+    #[error("invalid CNI configuration {}: {problem}", file.display())]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong (the field, where there is one).
+        problem: String,
+    },
 }
 
 impl NetworkConfigList {
-    /// The first valid configuration in `dir` (files in lexical order; files that are not
-    /// valid are skipped, and named in the error when none is).
+    /// The configuration of the first file in `dir` in lexical order.
     pub fn load(dir: &Path) -> Result<Self, LoadConfigError> {
         let read_dir = |source| LoadConfigError::ReadDir {
             dir: dir.to_owned(),
             source,
         };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        let first = std::fs::read_dir(dir)
             .map_err(read_dir)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| {
@@ -72,22 +75,17 @@ impl NetworkConfigList {
                     .and_then(|e| e.to_str())
                     .is_some_and(|e| EXTENSIONS.contains(&e))
             })
-            .collect();
-        files.sort();
-        let mut problems = Vec::new();
-        for file in files {
-            let parsed = std::fs::read(&file)
-                .map_err(|err| err.to_string())
-                .and_then(|bytes| Self::parse(&file, &bytes));
-            match parsed {
-                Ok(list) => return Ok(list),
-                Err(problem) => problems.push(format!("{}: {problem}", file.display())),
-            }
-        }
-        Err(LoadConfigError::NoNetwork {
-            dir: dir.to_owned(),
-            problems,
-        })
+            .min()
+            .ok_or_else(|| LoadConfigError::NoFile {
+                dir: dir.to_owned(),
+            })?;
+        std::fs::read(&first)
+            .map_err(|err| err.to_string())
+            .and_then(|bytes| Self::parse(&first, &bytes))
+            .map_err(|problem| LoadConfigError::Invalid {
+                file: first,
+                problem,
+            })
     }
 
     /// Parses `bytes` read from `file`: a list when the name ends in `.conflist`, else one
@@ -168,6 +166,12 @@ impl NetworkConfigList {
     pub fn runs_check(&self) -> bool {
         !self.disable_check && version_at_least(&self.cni_version, (0, 4, 0))
     }
+
+    /// Whether DEL is given ADD's result as `prevResult` (from version 0.4.0, as libcni;
+    /// plugins of older versions may refuse the field).
+    pub fn passes_prev_result_to_del(&self) -> bool {
+        version_at_least(&self.cni_version, (0, 4, 0))
+    }
 }
 
 impl PluginConfig {
@@ -231,9 +235,8 @@ mod tests {
     }
 
     #[test]
-    fn the_first_valid_file_in_lexical_order_is_the_network() {
+    fn the_first_file_in_lexical_order_is_the_network() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "05-broken.conflist", "{ not json");
         write(
             dir.path(),
             "10-pods.conflist",
@@ -246,7 +249,7 @@ mod tests {
             "20-other.conf",
             r#"{ "cniVersion": "1.0.0", "name": "other", "type": "ptp" }"#,
         );
-        write(dir.path(), "99-notes.txt", "ignored");
+        write(dir.path(), "00-notes.txt", "ignored");
         let list = NetworkConfigList::load(dir.path()).unwrap();
         assert_eq!(list.name, "pods");
         let types: Vec<_> = list
@@ -256,6 +259,14 @@ mod tests {
             .collect();
         assert_eq!(types, ["bridge", "portmap"]);
         assert!(list.runs_check());
+        // A first file that is not valid is no network (no falling back to a later one).
+        write(dir.path(), "05-half-written.conflist", "{ \"cniVersion\": ");
+        let err = NetworkConfigList::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid CNI configuration ")
+                && err.contains("05-half-written.conflist: not valid JSON"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -274,37 +285,40 @@ mod tests {
 
     #[test]
     fn invalid_files_are_named_with_what_is_wrong() {
-        let dir = tempfile::tempdir().unwrap();
-        write(
-            dir.path(),
-            "a.conflist",
-            r#"{ "cniVersion": "1.0.0", "name": "x", "plugins": [] }"#,
+        let problem = |name: &str, text: &str| {
+            NetworkConfigList::parse(Path::new(name), text.as_bytes()).unwrap_err()
+        };
+        assert_eq!(
+            problem(
+                "a.conflist",
+                r#"{ "cniVersion": "1.0.0", "name": "x", "plugins": [] }"#
+            ),
+            "plugins: no plugins in list"
         );
-        write(
-            dir.path(),
-            "b.conflist",
-            r#"{ "cniVersion": "1.0.0", "name": "x", "plugins": [ { "bridge": "cni0" } ] }"#,
+        assert_eq!(
+            problem(
+                "b.conflist",
+                r#"{ "cniVersion": "1.0.0", "name": "x", "plugins": [ { "bridge": "cni0" } ] }"#
+            ),
+            "plugins[0].type: missing"
         );
-        write(
-            dir.path(),
-            "c.conf",
-            r#"{ "cniVersion": "1.0.0", "type": "bridge" }"#,
+        assert_eq!(
+            problem("c.conf", r#"{ "cniVersion": "1.0.0", "type": "bridge" }"#),
+            "name: missing"
         );
-        let err = NetworkConfigList::load(dir.path()).unwrap_err().to_string();
-        for expected in [
-            "no valid networks found in ",
-            "a.conflist: plugins: no plugins in list",
-            "b.conflist: plugins[0].type: missing",
-            "c.conf: name: missing",
-        ] {
-            assert!(err.contains(expected), "{expected:?} not in {err:?}");
-        }
+        assert_eq!(
+            problem(
+                "d.conflist",
+                r#"{ "cniVersion": "1.0.0", "name": "x", "plugins": [], "disableCheck": 3 }"#
+            ),
+            "disableCheck: not a boolean: 3"
+        );
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(
             NetworkConfigList::load(empty.path())
                 .unwrap_err()
                 .to_string(),
-            format!("no valid networks found in {}", empty.path().display())
+            format!("no network config found in {}", empty.path().display())
         );
     }
 

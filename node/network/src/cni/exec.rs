@@ -14,8 +14,11 @@ pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// The operations of the spec this runtime uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
+    /// Attach the container.
     Add,
+    /// Check that the attachment is as ADD left it.
     Check,
+    /// Detach the container.
     Del,
 }
 
@@ -42,10 +45,13 @@ impl Operation {
 /// What one call tells the plugin besides its configuration.
 #[derive(Debug, Clone)]
 pub struct Invocation<'a> {
+    /// `CNI_COMMAND`.
     pub operation: Operation,
+    /// `CNI_CONTAINERID`.
     pub container_id: &'a str,
     /// The container's network namespace file; none on a DEL whose namespace is gone.
     pub netns: Option<&'a Path>,
+    /// `CNI_IFNAME`.
     pub ifname: &'a str,
     /// `CNI_ARGS`: `KEY=VALUE` pairs joined with `;`.
     pub args: &'a str,
@@ -53,38 +59,65 @@ pub struct Invocation<'a> {
     pub bin_dirs: &'a [PathBuf],
 }
 
-/// A plugin could not be run, or said it failed.
+/// A plugin could not be run, or said it failed (libcni's words where it has them).
 #[derive(Debug, thiserror::Error)]
-pub enum PluginError {
-    /// No binary of that name in any plugin directory (libcni's words).
+pub enum RunPluginError {
+    /// No binary of that name in any plugin directory.
     #[error("failed to find plugin {plugin_type:?} in path {}", go_list(dirs))]
     NotFound {
+        /// The plugin's `type`.
         plugin_type: String,
+        /// The directories searched.
         dirs: Vec<PathBuf>,
     },
     /// The binary could not be started or waited for.
     #[error("run {}", path.display())]
     Run {
+        /// The binary.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: std::io::Error,
     },
     /// The plugin did not finish in time and was killed.
     #[error("{} did not finish within {}s and was killed", path.display(), PLUGIN_TIMEOUT.as_secs())]
-    TimedOut { path: PathBuf },
+    TimedOut {
+        /// The binary.
+        path: PathBuf,
+    },
     /// The plugin failed and said why in the spec's error object.
     #[error("{msg}{}", details_text(details))]
     Failed {
+        /// The spec's error code.
         code: u64,
+        /// Its message.
         msg: String,
+        /// Its details.
         details: String,
     },
-    /// The plugin failed without an error object (libcni's words, with its standard error).
-    #[error("netplugin failed: {stderr:?}")]
-    Exited { stderr: String },
-    /// The plugin succeeded but its output is not a result.
-    #[error("decode the plugin's result: {reason}")]
-    BadResult { reason: String },
+    /// The plugin failed, wrote nothing on its standard output, and `stderr` on its error
+    /// output (`exit` is how it ended, as Go prints it).
+    #[error("{}", exited_text(stderr, exit))]
+    Exited {
+        /// Its error output, quoted and cut to 1 KiB.
+        stderr: String,
+        /// `exit status N` or `signal: N`.
+        exit: String,
+    },
+    /// The plugin failed and wrote something that is not an error object.
+    #[error("netplugin failed but error parsing its diagnostic message {output}: {reason}")]
+    BadError {
+        /// Its standard output, quoted and cut to 1 KiB.
+        output: String,
+        /// Why it is not an error object.
+        reason: String,
+    },
+    /// The plugin succeeded but its output is not a result object.
+    #[error("decode the plugin's result {output}: not a JSON object")]
+    BadResult {
+        /// Its standard output, quoted and cut to 1 KiB.
+        output: String,
+    },
 }
 
 fn details_text(details: &str) -> String {
@@ -92,6 +125,36 @@ fn details_text(details: &str) -> String {
         String::new()
     } else {
         format!("; {details}")
+    }
+}
+
+fn exited_text(stderr: &str, exit: &str) -> String {
+    if stderr == "\"\"" {
+        format!("netplugin failed with no error message: {exit}")
+    } else {
+        format!("netplugin failed: {stderr}: {exit}")
+    }
+}
+
+/// `bytes` as a quoted string for a message, cut to its first KiB.
+pub fn quoted(bytes: &[u8]) -> String {
+    const LIMIT: usize = 1024;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(LIMIT)]);
+    let text = text.trim();
+    if bytes.len() > LIMIT {
+        format!("{text:?}...")
+    } else {
+        format!("{text:?}")
+    }
+}
+
+/// How a process ended, as Go's os/exec prints it.
+fn go_exit_text(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("signal: {signal}"),
+        (None, None) => status.to_string(),
     }
 }
 
@@ -103,8 +166,8 @@ fn go_list(dirs: &[PathBuf]) -> String {
 }
 
 /// The plugin binary `plugin_type` in the first of `dirs` that has it.
-pub fn find_plugin(plugin_type: &str, dirs: &[PathBuf]) -> Result<PathBuf, PluginError> {
-    let not_found = || PluginError::NotFound {
+pub fn find_plugin(plugin_type: &str, dirs: &[PathBuf]) -> Result<PathBuf, RunPluginError> {
+    let not_found = || RunPluginError::NotFound {
         plugin_type: plugin_type.to_owned(),
         dirs: dirs.to_vec(),
     };
@@ -124,8 +187,8 @@ pub async fn invoke(
     path: &Path,
     invocation: &Invocation<'_>,
     stdin: &[u8],
-) -> Result<Vec<u8>, PluginError> {
-    let run_error = |source| PluginError::Run {
+) -> Result<Vec<u8>, RunPluginError> {
+    let run_error = |source| RunPluginError::Run {
         path: path.to_owned(),
         source,
     };
@@ -155,7 +218,7 @@ pub async fn invoke(
     };
     let output = tokio::time::timeout(PLUGIN_TIMEOUT, run)
         .await
-        .map_err(|_| PluginError::TimedOut {
+        .map_err(|_| RunPluginError::TimedOut {
             path: path.to_owned(),
         })?
         .map_err(run_error)?;
@@ -170,14 +233,21 @@ pub async fn invoke(
         #[serde(default)]
         details: String,
     }
+    if output.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Err(RunPluginError::Exited {
+            stderr: quoted(&output.stderr),
+            exit: go_exit_text(output.status),
+        });
+    }
     match serde_json::from_slice::<ErrorObject>(&output.stdout) {
-        Ok(error) => Err(PluginError::Failed {
+        Ok(error) => Err(RunPluginError::Failed {
             code: error.code,
             msg: error.msg,
             details: error.details,
         }),
-        Err(_) => Err(PluginError::Exited {
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        Err(err) => Err(RunPluginError::BadError {
+            output: quoted(&output.stdout),
+            reason: err.to_string(),
         }),
     }
 }
@@ -255,12 +325,34 @@ mod tests {
         let err = invoke(&failing, &invocation(&dirs, None), b"{}")
             .await
             .unwrap_err();
-        assert!(matches!(err, PluginError::Failed { code: 11, .. }));
+        assert!(matches!(err, RunPluginError::Failed { code: 11, .. }));
         assert_eq!(err.to_string(), "no addresses left; range 10.0.0.0/30");
         let crashing = plugin(dir.path(), "crashing", "echo 'panic: oops' >&2; exit 2");
         let err = invoke(&crashing, &invocation(&dirs, None), b"{}")
             .await
             .unwrap_err();
-        assert_eq!(err.to_string(), "netplugin failed: \"panic: oops\"");
+        assert_eq!(
+            err.to_string(),
+            "netplugin failed: \"panic: oops\": exit status 2"
+        );
+        let silent = plugin(dir.path(), "silent", "kill -9 $$");
+        let err = invoke(&silent, &invocation(&dirs, None), b"{}")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "netplugin failed with no error message: signal: 9"
+        );
+        let garbled = plugin(dir.path(), "garbled", "echo 'not json'; exit 1");
+        let err = invoke(&garbled, &invocation(&dirs, None), b"{}")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "netplugin failed but error parsing its diagnostic message \"not json\": "
+            ),
+            "{err}"
+        );
     }
 }

@@ -1,22 +1,25 @@
 //! A CNI runtime (spec 1.0): the kubelet's other pod network, for users who bring their own
 //! plugins (Calico, Flannel, Cilium, the reference plugins). ADD runs a network's plugins in
 //! order, each given the previous one's result; DEL runs them in reverse with the result ADD
-//! gave; CHECK asks each whether the attachment is still as ADD left it. What ADD gave is kept
-//! in a cache file per container (as libcni's `/var/lib/cni/results`), so that DEL and CHECK
-//! use the configuration the container was attached with, also after a restart or a change of
-//! configuration.
+//! gave; CHECK asks each whether the attachment is still as ADD left it. Every attachment has
+//! a cache file (as libcni's `/var/lib/cni/results`), written before the first ADD runs and
+//! completed with the result, so that DEL and CHECK use the configuration the container was
+//! attached with (also after a restart, a crash in the middle of ADD, or a change of
+//! configuration) and nothing a plugin did is forgotten.
 
 mod config;
 mod exec;
 
+use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use config::{LoadConfigError, NetworkConfigList, PluginConfig};
-pub use exec::{Operation, PLUGIN_TIMEOUT, PluginError};
+pub use exec::{Operation, PLUGIN_TIMEOUT, RunPluginError};
 
 /// The runtime's settings: where configurations, plugins and the cache are.
 #[derive(Debug, Clone)]
@@ -34,8 +37,11 @@ pub struct CniPlugins {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Attachment {
+    /// `CNI_CONTAINERID`: unique on the node (the pod's sandbox id).
     pub container_id: String,
+    /// `CNI_NETNS`: the container's network namespace file.
     pub netns: PathBuf,
+    /// `CNI_IFNAME`: the interface to make inside the namespace.
     pub ifname: String,
     /// `CNI_ARGS` pairs (the pod's namespace, name and uid for Kubernetes).
     pub args: Vec<(String, String)>,
@@ -43,41 +49,68 @@ pub struct Attachment {
     pub capability_args: Map<String, Value>,
 }
 
-/// What the cache holds for an attached container.
+/// What the cache holds for a container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CachedAttachment {
     #[serde(flatten)]
     pub attachment: Attachment,
+    /// The namespace ADD ran in (device and inode of its file): a namespace made again at the
+    /// same path is another one, whose container must be attached again.
+    #[serde(default)]
+    pub netns_identity: Option<(u64, u64)>,
     /// The configuration list it was attached with.
     pub config: Value,
-    /// The result of ADD.
+    /// The result of ADD; null while ADD runs, or when ADD failed and undoing it failed too.
     pub result: Value,
 }
 
-/// A CNI operation failed.
+/// A CNI operation on a container failed.
 #[derive(Debug, thiserror::Error)]
-pub enum CniError {
+pub enum CniOperationError {
     /// A plugin failed (libcni's words).
     #[error("plugin type={plugin_type:?} name={network:?} failed ({})", operation.verb())]
     Plugin {
+        /// The plugin's `type`.
         plugin_type: String,
+        /// The network's name.
         network: String,
+        /// What it was asked to do.
         operation: Operation,
+        /// What went wrong.
         #[source]
-        source: PluginError,
+        source: RunPluginError,
     },
-    /// The cache file could not be read or written.
-    #[error("{action} the CNI cache file {}", path.display())]
-    Cache {
-        action: &'static str,
+    /// The container must be attached, and no network is configured.
+    #[error("no CNI network is configured")]
+    NoNetwork,
+    /// The cache file could not be read.
+    #[error("read the CNI cache file {}", path.display())]
+    ReadCache {
+        /// The file.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: std::io::Error,
     },
-    /// The cached configuration is no longer a valid list.
-    #[error("the CNI cache file {} holds an invalid configuration: {reason}", path.display())]
-    CachedConfig { path: PathBuf, reason: String },
+    /// The cache file could not be written.
+    #[error("write the CNI cache file {}", path.display())]
+    WriteCache {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cache file could not be removed.
+    #[error("remove the CNI cache file {}", path.display())]
+    RemoveCache {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Attachment {
@@ -91,20 +124,69 @@ impl Attachment {
     }
 }
 
+/// The device and inode of the namespace file at `path` (a bind mount of the namespace, so
+/// these name the namespace itself).
+fn namespace_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 impl CniPlugins {
     /// The network the configuration directory holds now.
     pub fn load(&self) -> Result<NetworkConfigList, LoadConfigError> {
         NetworkConfigList::load(&self.conf_dir)
     }
 
-    /// Attaches the container to `network`: runs ADD through the plugins in order and caches
-    /// the result. When a plugin fails, what the earlier ones did is undone with DEL (as
-    /// container runtimes tear a failed sandbox's network down).
-    pub async fn add(
+    /// Attaches the container, or keeps it attached; returns the result of its ADD. A
+    /// container the cache holds as attached in the same namespace is checked with CHECK and
+    /// kept (a failed CHECK is logged: attaching again would cut a running container's
+    /// connections, and CHECK can fail wrongly, as Debian's portmap 1.1.1 does for IPv4-only
+    /// containers, containernetworking/plugins#819). Anything else cached (another
+    /// namespace, an ADD that never finished) is detached first, then the container is
+    /// attached to `network` (which it must then be given).
+    pub async fn attach(
+        &self,
+        network: Option<&NetworkConfigList>,
+        attachment: &Attachment,
+    ) -> Result<Value, CniOperationError> {
+        let id = &attachment.container_id;
+        match self.cached(id) {
+            Ok(Some(cached))
+                if !cached.result.is_null()
+                    && cached.netns_identity.is_some()
+                    && cached.netns_identity == namespace_identity(&attachment.netns) =>
+            {
+                if let Err(err) = self.check(&cached).await {
+                    tracing::warn!(
+                        container = %id,
+                        err = &err as &dyn std::error::Error,
+                        "the container's network failed its CNI CHECK; keeping it as attached"
+                    );
+                }
+                return Ok(cached.result);
+            }
+            Ok(None) => {}
+            // Detached first; an unreadable entry is dropped there.
+            Ok(Some(_)) | Err(_) => self.del(id).await?,
+        }
+        self.add(network.ok_or(CniOperationError::NoNetwork)?, attachment)
+            .await
+    }
+
+    /// Runs ADD through the plugins in order and caches the result. When a plugin fails,
+    /// what the earlier ones did is undone with DEL (as container runtimes tear a failed
+    /// sandbox's network down); if that fails too, the entry stays for a later DEL.
+    async fn add(
         &self,
         network: &NetworkConfigList,
         attachment: &Attachment,
-    ) -> Result<Value, CniError> {
+    ) -> Result<Value, CniOperationError> {
+        let mut entry = CachedAttachment {
+            attachment: attachment.clone(),
+            netns_identity: namespace_identity(&attachment.netns),
+            config: network.to_value(),
+            result: Value::Null,
+        };
+        self.write_cache(&entry)?;
         let mut result: Option<Value> = None;
         for plugin in &network.plugins {
             let stdin = plugin.stdin(network, result.as_ref(), &attachment.capability_args);
@@ -115,44 +197,39 @@ impl CniPlugins {
                     serde_json::from_slice::<Value>(&out)
                         .ok()
                         .filter(Value::is_object)
-                        .ok_or_else(|| PluginError::BadResult {
-                            reason: format!(
-                                "not a JSON object: {:?}",
-                                String::from_utf8_lossy(&out)
-                            ),
+                        .ok_or_else(|| RunPluginError::BadResult {
+                            output: exec::quoted(&out),
                         })
                 });
             match run {
                 Ok(value) => result = Some(value),
                 Err(source) => {
-                    if let Err(err) = self
-                        .del_with(network, attachment, result.as_ref(), true)
-                        .await
-                    {
-                        tracing::warn!(
+                    let prev = result
+                        .as_ref()
+                        .filter(|_| network.passes_prev_result_to_del());
+                    match self.del_with(network, attachment, prev, true, true).await {
+                        Ok(()) => self.remove_cache(&attachment.container_id)?,
+                        Err(err) => tracing::warn!(
                             container = %attachment.container_id,
                             err = &err as &dyn std::error::Error,
-                            "undoing a failed CNI ADD"
-                        );
+                            "undoing a failed CNI ADD; the cache keeps the container for a later DEL"
+                        ),
                     }
                     return Err(plugin_error(plugin, network, Operation::Add, source));
                 }
             }
         }
-        let result = result.unwrap_or_else(|| Value::Object(Map::new()));
-        let cached = CachedAttachment {
-            attachment: attachment.clone(),
-            config: network.to_value(),
-            result: result.clone(),
-        };
-        self.write_cache(&cached)?;
-        Ok(result)
+        entry.result = result.unwrap_or_else(|| Value::Object(Map::new()));
+        self.write_cache(&entry)?;
+        Ok(entry.result)
     }
 
     /// Checks the container's attachment with CHECK through every plugin (nothing to do when
-    /// the network's version predates CHECK or turns it off).
-    pub async fn check(&self, cached: &CachedAttachment) -> Result<(), CniError> {
-        let network = self.cached_network(cached)?;
+    /// the network's version predates CHECK, 0.4.0, or the list turns it off).
+    pub async fn check(&self, cached: &CachedAttachment) -> Result<(), CniOperationError> {
+        let Some(network) = self.cached_network(cached) else {
+            return Ok(());
+        };
         if !network.runs_check() {
             return Ok(());
         }
@@ -176,55 +253,71 @@ impl CniPlugins {
         Ok(())
     }
 
-    /// Detaches container `id`: DEL through its cached network's plugins in reverse order,
-    /// then forgets it. Without a cache entry, nothing was attached (ADD caches before it
-    /// returns), so there is nothing to do.
-    pub async fn del(&self, id: &str) -> Result<(), CniError> {
-        let Some(cached) = self.cached(id)? else {
-            return Ok(());
+    /// Detaches container `id`: DEL through its cached network's plugins in reverse order
+    /// (with ADD's result as prevResult from version 0.4.0, as libcni), then forgets it.
+    /// Nothing cached: nothing was attached (ADD caches before it runs). An entry that cannot
+    /// be read (a torn write) is detached with the current network and no prevResult, as
+    /// libcni does with a cache it cannot read, and dropped. A failed DEL keeps the entry.
+    pub async fn del(&self, id: &str) -> Result<(), CniOperationError> {
+        let cached = match self.cached(id) {
+            Ok(Some(cached)) => cached,
+            Ok(None) => return Ok(()),
+            Err(err) => {
+                tracing::warn!(
+                    container = %id,
+                    err = &err as &dyn std::error::Error,
+                    "dropping a CNI cache entry that cannot be read"
+                );
+                if let Ok(network) = self.load() {
+                    let attachment = Attachment {
+                        container_id: id.to_owned(),
+                        netns: PathBuf::new(),
+                        ifname: crate::POD_INTERFACE.to_owned(),
+                        args: Vec::new(),
+                        capability_args: Map::new(),
+                    };
+                    if let Err(err) = self
+                        .del_with(&network, &attachment, None, false, true)
+                        .await
+                    {
+                        tracing::warn!(container = %id, err = &err as &dyn std::error::Error, "DEL without a cache entry");
+                    }
+                }
+                return self.remove_cache(id);
+            }
         };
-        let network = self.cached_network(&cached)?;
-        // A namespace that is gone (the node rebooted) is not passed, as the spec allows.
-        let netns_exists = cached.attachment.netns.exists();
-        self.del_with(
-            &network,
-            &cached.attachment,
-            Some(&cached.result),
-            netns_exists,
-        )
-        .await?;
-        let path = self.cache_path(id);
-        match std::fs::remove_file(&path) {
-            Err(source) if source.kind() != std::io::ErrorKind::NotFound => Err(CniError::Cache {
-                action: "remove",
-                path,
-                source,
-            }),
-            _ => Ok(()),
+        if let Some(network) = self.cached_network(&cached) {
+            // A namespace that is gone (the node rebooted) is not passed, as the spec allows.
+            let netns_exists = cached.attachment.netns.exists();
+            let prev = Some(&cached.result)
+                .filter(|r| !r.is_null() && network.passes_prev_result_to_del());
+            // An ADD that never finished: a plugin that cannot be found did nothing to undo.
+            let unfinished = cached.result.is_null();
+            self.del_with(&network, &cached.attachment, prev, netns_exists, unfinished)
+                .await?;
         }
+        self.remove_cache(id)
     }
 
-    /// What the cache holds for container `id`.
-    pub fn cached(&self, id: &str) -> Result<Option<CachedAttachment>, CniError> {
+    /// What the cache holds for container `id`; an entry that cannot be decoded is an error.
+    pub fn cached(&self, id: &str) -> Result<Option<CachedAttachment>, CniOperationError> {
         let path = self.cache_path(id);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(CniError::Cache {
-                    action: "read",
-                    path,
-                    source,
-                });
-            }
+            Err(source) => return Err(CniOperationError::ReadCache { path, source }),
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|err| CniError::Cache {
-                action: "decode",
+            .map_err(|err| CniOperationError::ReadCache {
                 path,
                 source: std::io::Error::other(err),
             })
+    }
+
+    /// Whether the cache holds container `id` as attached (its ADD finished).
+    pub fn is_attached(&self, id: &str) -> bool {
+        matches!(self.cached(id), Ok(Some(cached)) if !cached.result.is_null())
     }
 
     /// The containers the cache holds.
@@ -240,25 +333,35 @@ impl CniPlugins {
             .collect()
     }
 
+    /// DEL through `network`'s plugins in reverse. With `skip_missing` (undoing an ADD that
+    /// never finished), a plugin whose binary cannot be found is passed over: it cannot have
+    /// done anything to undo, and refusing would keep the container from ever being
+    /// attached again.
     async fn del_with(
         &self,
         network: &NetworkConfigList,
         attachment: &Attachment,
-        result: Option<&Value>,
-        netns_exists: bool,
-    ) -> Result<(), CniError> {
+        prev_result: Option<&Value>,
+        with_netns: bool,
+        skip_missing: bool,
+    ) -> Result<(), CniOperationError> {
         for plugin in network.plugins.iter().rev() {
-            let stdin = plugin.stdin(network, result, &attachment.capability_args);
-            self.run(
-                plugin,
-                network,
-                Operation::Del,
-                attachment,
-                netns_exists,
-                &stdin,
-            )
-            .await
-            .map_err(|source| plugin_error(plugin, network, Operation::Del, source))?;
+            let stdin = plugin.stdin(network, prev_result, &attachment.capability_args);
+            match self
+                .run(
+                    plugin,
+                    network,
+                    Operation::Del,
+                    attachment,
+                    with_netns,
+                    &stdin,
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(RunPluginError::NotFound { .. }) if skip_missing => {}
+                Err(source) => return Err(plugin_error(plugin, network, Operation::Del, source)),
+            }
         }
         Ok(())
     }
@@ -271,7 +374,7 @@ impl CniPlugins {
         attachment: &Attachment,
         with_netns: bool,
         stdin: &[u8],
-    ) -> Result<Vec<u8>, PluginError> {
+    ) -> Result<Vec<u8>, RunPluginError> {
         let path = exec::find_plugin(&plugin.plugin_type, &self.bin_dirs)?;
         let args = attachment.args_text();
         let invocation = exec::Invocation {
@@ -292,36 +395,51 @@ impl CniPlugins {
         exec::invoke(&path, &invocation, stdin).await
     }
 
-    fn cached_network(&self, cached: &CachedAttachment) -> Result<NetworkConfigList, CniError> {
-        NetworkConfigList::from_list(cached.config.clone()).map_err(|reason| {
-            CniError::CachedConfig {
-                path: self.cache_path(&cached.attachment.container_id),
-                reason,
-            }
-        })
+    /// The cached configuration (an entry whose configuration is no longer a valid list, which
+    /// only a hand edit makes, has none: it is logged, and DEL forgets the container).
+    fn cached_network(&self, cached: &CachedAttachment) -> Option<NetworkConfigList> {
+        NetworkConfigList::from_list(cached.config.clone())
+            .inspect_err(|reason| {
+                tracing::warn!(
+                    container = %cached.attachment.container_id,
+                    %reason,
+                    "a CNI cache entry holds an invalid configuration"
+                )
+            })
+            .ok()
     }
 
     fn cache_path(&self, id: &str) -> PathBuf {
         self.cache_dir.join(format!("{id}.json"))
     }
 
-    /// Writes the cache file whole (a temporary file renamed into place).
-    fn write_cache(&self, cached: &CachedAttachment) -> Result<(), CniError> {
+    /// Writes the cache file whole and durably (a temporary file, synced, renamed into place,
+    /// and the directory synced).
+    fn write_cache(&self, cached: &CachedAttachment) -> Result<(), CniOperationError> {
         let path = self.cache_path(&cached.attachment.container_id);
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&self.cache_dir)?;
             let temporary = path.with_extension("json.tmp");
-            std::fs::write(
-                &temporary,
-                serde_json::to_vec(cached).map_err(std::io::Error::other)?,
-            )?;
-            std::fs::rename(&temporary, &path)
+            let mut file = std::fs::File::create(&temporary)?;
+            file.write_all(&serde_json::to_vec(cached).map_err(std::io::Error::other)?)?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
+            std::fs::File::open(&self.cache_dir)?.sync_all()
         };
-        write().map_err(|source| CniError::Cache {
-            action: "write",
+        write().map_err(|source| CniOperationError::WriteCache {
             path: path.clone(),
             source,
         })
+    }
+
+    fn remove_cache(&self, id: &str) -> Result<(), CniOperationError> {
+        let path = self.cache_path(id);
+        match std::fs::remove_file(&path) {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                Err(CniOperationError::RemoveCache { path, source })
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -329,9 +447,9 @@ fn plugin_error(
     plugin: &PluginConfig,
     network: &NetworkConfigList,
     operation: Operation,
-    source: PluginError,
-) -> CniError {
-    CniError::Plugin {
+    source: RunPluginError,
+) -> CniOperationError {
+    CniOperationError::Plugin {
         plugin_type: plugin.plugin_type.clone(),
         network: network.name.clone(),
         operation,

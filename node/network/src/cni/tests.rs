@@ -78,13 +78,15 @@ fn network(types: &[&str]) -> NetworkConfigList {
 #[tokio::test]
 async fn add_chains_results_and_del_undoes_in_reverse_with_the_cached_result() {
     let setup = Setup::new();
-    std::fs::write(setup.dir.path().join("netns"), "").unwrap();
+    let netns = setup.dir.path().join("netns");
+    std::fs::write(&netns, "").unwrap();
     setup.plugin("first", RESULT, "");
     setup.plugin("second", RESULT, "");
     let attachment = setup.attachment();
+    let network = network(&["first", "second"]);
     let result = setup
         .plugins
-        .add(&network(&["first", "second"]), &attachment)
+        .attach(Some(&network), &attachment)
         .await
         .unwrap();
     assert_eq!(
@@ -100,13 +102,17 @@ async fn add_chains_results_and_del_undoes_in_reverse_with_the_cached_result() {
     let cached = setup.plugins.cached("pod-1").unwrap().unwrap();
     assert_eq!(cached.attachment, attachment);
     assert_eq!(setup.plugins.cached_ids(), ["pod-1"]);
+    assert!(setup.plugins.is_attached("pod-1"));
 
-    setup.plugins.check(&cached).await.unwrap();
+    // Attached again in the same namespace (a restarted kubelet): CHECK, and kept, even
+    // without a network configured now.
+    let kept = setup.plugins.attach(None, &attachment).await.unwrap();
+    assert_eq!(kept, result);
     assert_eq!(setup.stdin("first", "CHECK")["prevResult"], result);
 
-    // DEL uses the cached configuration, even when the directory now says otherwise.
+    // DEL uses the configuration the container was attached with, whatever it is given.
     setup.plugins.del("pod-1").await.unwrap();
-    let netns = attachment.netns.display();
+    let netns = netns.display();
     assert_eq!(
         setup.log(),
         [
@@ -127,13 +133,54 @@ async fn add_chains_results_and_del_undoes_in_reverse_with_the_cached_result() {
 }
 
 #[tokio::test]
+async fn a_namespace_made_again_at_the_same_path_is_attached_again() {
+    let setup = Setup::new();
+    let netns = setup.dir.path().join("netns");
+    std::fs::write(&netns, "").unwrap();
+    setup.plugin("only", RESULT, "");
+    let network = network(&["only"]);
+    let attachment = setup.attachment();
+    setup
+        .plugins
+        .attach(Some(&network), &attachment)
+        .await
+        .unwrap();
+    // The sandbox is made again (a reboot, a runtime restart): same path, another file.
+    let remade = setup.dir.path().join("netns.new");
+    std::fs::write(&remade, "").unwrap();
+    std::fs::rename(&remade, &netns).unwrap();
+    setup
+        .plugins
+        .attach(Some(&network), &attachment)
+        .await
+        .unwrap();
+    let netns = netns.display();
+    assert_eq!(
+        setup.log(),
+        [
+            format!("ADD only {netns}"),
+            format!("DEL only {netns}"),
+            format!("ADD only {netns}"),
+        ]
+    );
+    // Without a network to attach to, the container cannot be attached again.
+    let other = Attachment {
+        netns: setup.dir.path().join("other-netns"),
+        ..attachment
+    };
+    std::fs::write(&other.netns, "").unwrap();
+    let err = setup.plugins.attach(None, &other).await.unwrap_err();
+    assert!(matches!(err, CniOperationError::NoNetwork), "{err}");
+}
+
+#[tokio::test]
 async fn a_failed_add_is_undone_and_names_the_plugin() {
     let setup = Setup::new();
     setup.plugin("first", RESULT, "");
     setup.plugin("second", RESULT, "ADD");
     let err = setup
         .plugins
-        .add(&network(&["first", "second"]), &setup.attachment())
+        .attach(Some(&network(&["first", "second"])), &setup.attachment())
         .await
         .unwrap_err();
     assert_eq!(
@@ -153,9 +200,11 @@ async fn a_failed_add_is_undone_and_names_the_plugin() {
     );
     assert!(setup.plugins.cached("pod-1").unwrap().is_none());
 
+    // A plugin that is not there: ADD fails, nothing is left to undo or cache, and the
+    // container is attached once the network names plugins that are there.
     let err = setup
         .plugins
-        .add(&network(&["missing"]), &setup.attachment())
+        .attach(Some(&network(&["first", "missing"])), &setup.attachment())
         .await
         .unwrap_err();
     assert!(
@@ -165,28 +214,91 @@ async fn a_failed_add_is_undone_and_names_the_plugin() {
             .starts_with("failed to find plugin \"missing\" in path ["),
         "{err:?}"
     );
+    assert!(setup.plugins.cached("pod-1").unwrap().is_none());
+    assert_eq!(
+        setup.log()[4..],
+        [format!("ADD first {netns}"), format!("DEL first {netns}")]
+    );
+    setup
+        .plugins
+        .attach(Some(&network(&["first"])), &setup.attachment())
+        .await
+        .unwrap();
+    assert!(setup.plugins.is_attached("pod-1"));
+}
+
+#[tokio::test]
+async fn what_cannot_be_undone_stays_cached_until_a_del_succeeds() {
+    let setup = Setup::new();
+    // ADD fails, and so does the DEL that undoes it.
+    setup.plugin("stubborn", RESULT, "ADD");
+    let path = setup.plugins.bin_dirs[0].join("stubborn");
+    let failing_del = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("= 'ADD' ]", "!= 'NONE' ]");
+    std::fs::write(&path, failing_del).unwrap();
+    let network = network(&["stubborn"]);
+    assert!(
+        setup
+            .plugins
+            .attach(Some(&network), &setup.attachment())
+            .await
+            .is_err()
+    );
+    let pending = setup.plugins.cached("pod-1").unwrap().unwrap();
+    assert!(pending.result.is_null() && !setup.plugins.is_attached("pod-1"));
+    assert!(setup.plugins.del("pod-1").await.is_err());
+    assert!(setup.plugins.cached("pod-1").unwrap().is_some());
+    // Once DEL works, the entry goes (with no prevResult: ADD never gave one).
+    setup.plugin("stubborn", RESULT, "NONE");
+    setup.plugins.del("pod-1").await.unwrap();
+    assert!(setup.plugins.cached_ids().is_empty());
+    assert!(setup.stdin("stubborn", "DEL").get("prevResult").is_none());
+}
+
+#[tokio::test]
+async fn an_unreadable_cache_entry_is_detached_with_the_current_network_and_dropped() {
+    let setup = Setup::new();
+    setup.plugin("only", RESULT, "");
+    std::fs::create_dir_all(&setup.plugins.conf_dir).unwrap();
+    std::fs::write(
+        setup.plugins.conf_dir.join("10-pods.conflist"),
+        network(&["only"]).to_value().to_string(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(&setup.plugins.cache_dir).unwrap();
+    std::fs::write(setup.plugins.cache_dir.join("pod-1.json"), "{ torn").unwrap();
+    assert!(setup.plugins.cached("pod-1").is_err());
+    setup.plugins.del("pod-1").await.unwrap();
+    assert_eq!(setup.log(), ["DEL only "]);
+    assert!(setup.plugins.cached_ids().is_empty());
 }
 
 #[tokio::test]
 async fn a_gone_namespace_is_not_passed_to_del_and_check_follows_the_version() {
     let setup = Setup::new();
+    let netns = setup.dir.path().join("netns");
+    std::fs::write(&netns, "").unwrap();
     setup.plugin("only", RESULT, "CHECK");
     let mut old = network(&["only"]);
     old.cni_version = "0.3.1".into();
-    setup.plugins.add(&old, &setup.attachment()).await.unwrap();
-    let cached = setup.plugins.cached("pod-1").unwrap().unwrap();
-    // 0.3.1 has no CHECK: the failing CHECK is never run.
-    setup.plugins.check(&cached).await.unwrap();
+    let attachment = setup.attachment();
+    setup.plugins.attach(Some(&old), &attachment).await.unwrap();
+    // 0.3.1 has no CHECK: attaching again keeps it without running the failing CHECK.
+    setup.plugins.attach(Some(&old), &attachment).await.unwrap();
+    std::fs::remove_file(&netns).unwrap();
     setup.plugins.del("pod-1").await.unwrap();
-    let netns = setup.attachment().netns.display().to_string();
     assert_eq!(
         setup.log(),
-        [format!("ADD only {netns}"), "DEL only ".into()]
+        [format!("ADD only {}", netns.display()), "DEL only ".into()]
     );
+    // ... and a 0.3.1 DEL gets no prevResult (libcni's rule).
+    assert!(setup.stdin("only", "DEL").get("prevResult").is_none());
 
+    std::fs::write(&netns, "").unwrap();
     setup
         .plugins
-        .add(&network(&["only"]), &setup.attachment())
+        .attach(Some(&network(&["only"])), &attachment)
         .await
         .unwrap();
     let cached = setup.plugins.cached("pod-1").unwrap().unwrap();
