@@ -279,12 +279,20 @@ impl Boot {
                     .map_err(|err| error_chain(&err))?;
             }
         }
-        let address = timeline
+        let configured = timeline
             .run("network", || {
-                configure_network(&config.machine.network, Path::new("/etc/resolv.conf"))
+                configure_network(
+                    &config.machine.network,
+                    Path::new("/etc/resolv.conf"),
+                    crate::network_setup::DHCP_WAIT,
+                )
             })
             .map_err(|err| error_chain(&err))?;
-        let node_ip = address
+        let node_ip = configured.node_ip;
+        for lease in configured.leases {
+            lease.keep();
+        }
+        let node_ip = node_ip
             .or_else(|| {
                 config
                     .cluster

@@ -10,6 +10,7 @@ pub mod boot;
 pub mod cgroups;
 pub mod config_source;
 pub mod credentials;
+pub mod dhcp;
 pub mod environment;
 pub mod log_ring;
 pub mod machine_config;

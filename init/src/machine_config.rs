@@ -400,12 +400,6 @@ impl MachineConfig {
                     ),
                 );
             }
-            if interface.dhcp {
-                fail(
-                    &format!("{at}.dhcp"),
-                    "DHCPv4 is not built yet: give addresses and routes".into(),
-                );
-            }
             if let Some(mtu) = interface.mtu
                 && !(576..=65535).contains(&mtu)
             {

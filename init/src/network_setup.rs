@@ -1,5 +1,6 @@
 //! The machine's network from its configuration, through netlink: loopback up, each
-//! interface up with its MTU, addresses and static routes, and /etc/resolv.conf.
+//! interface up with its MTU, addresses and static routes, a DHCPv4 lease for those that ask
+//! (`dhcp.rs`), and /etc/resolv.conf.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,11 @@ use std::time::{Duration, Instant};
 
 use baton_network::{LOOPBACK_INDEX, NetlinkError, Route, RouteSocket};
 
+use crate::dhcp::{self, DhcpClient, DhcpExchangeError, KeepLeaseSettings, Lease};
 use crate::machine_config::Network;
+
+/// How long boot waits for a DHCP lease on each interface that asks for one.
+pub const DHCP_WAIT: Duration = Duration::from_secs(30);
 
 /// How long init waits for an interface to appear (a driver still probing).
 const INTERFACE_WAIT: Duration = Duration::from_secs(10);
@@ -23,6 +28,12 @@ pub enum ConfigureNetworkError {
     /// A configured interface never appeared.
     #[error("interface {0} (machine.network.interfaces) did not appear within {INTERFACE_WAIT:?}")]
     NoInterface(String),
+    /// An interface that asks for DHCP has no hardware address.
+    #[error("interface {0} (machine.network.interfaces) has no Ethernet address for DHCP")]
+    NoHardwareAddress(String),
+    /// No lease came.
+    #[error("machine.network.interfaces: no DHCP lease")]
+    Dhcp(#[source] DhcpExchangeError),
     /// /etc/resolv.conf could not be written.
     #[error("writing {path}")]
     ResolvConf {
@@ -34,13 +45,45 @@ pub enum ConfigureNetworkError {
     },
 }
 
-/// Configures `network` in the current network namespace and writes the resolvers to
-/// `resolv_conf`. Returns the first configured address (the node's).
+/// A DHCP lease to keep after boot.
+#[derive(Debug)]
+pub struct LeaseToKeep {
+    /// The interface's client.
+    pub client: DhcpClient,
+    /// The lease.
+    pub lease: Lease,
+    /// When it was granted.
+    pub granted: Instant,
+    /// What keeping it needs.
+    pub settings: KeepLeaseSettings,
+}
+
+impl LeaseToKeep {
+    /// Keeps the lease on a thread of its own, for as long as the process lives.
+    pub fn keep(self) -> std::thread::JoinHandle<()> {
+        dhcp::keep_lease(self.client, self.lease, self.granted, self.settings)
+    }
+}
+
+/// The network as configured.
+#[derive(Debug, Default)]
+pub struct ConfiguredNetwork {
+    /// The first static address, else the first leased one (the node's).
+    pub node_ip: Option<Ipv4Addr>,
+    /// The leases, to keep.
+    pub leases: Vec<LeaseToKeep>,
+}
+
+/// Configures `network` in the current network namespace (asking a DHCP server, for
+/// `dhcp_wait` at most, on the interfaces that say so) and writes the resolvers to
+/// `resolv_conf`.
 pub fn configure_network(
     network: &Network,
     resolv_conf: &Path,
-) -> Result<Option<Ipv4Addr>, ConfigureNetworkError> {
+    dhcp_wait: Duration,
+) -> Result<ConfiguredNetwork, ConfigureNetworkError> {
     let mut socket = RouteSocket::open()?;
+    let mut leases = Vec::new();
     socket.set_link(LOOPBACK_INDEX, None, None)?;
     for interface in &network.interfaces {
         let deadline = Instant::now() + INTERFACE_WAIT;
@@ -57,6 +100,31 @@ pub fn configure_network(
         for address in &interface.addresses {
             socket.add_address(link.index, *address)?;
         }
+        if interface.dhcp {
+            let mac = link
+                .mac
+                .filter(|mac| mac.iter().any(|byte| *byte != 0))
+                .ok_or_else(|| ConfigureNetworkError::NoHardwareAddress(interface.name.clone()))?;
+            let mut client =
+                DhcpClient::open(&interface.name, mac).map_err(ConfigureNetworkError::Dhcp)?;
+            let granted = Instant::now();
+            let lease = client
+                .acquire(granted + dhcp_wait)
+                .map_err(ConfigureNetworkError::Dhcp)?;
+            dhcp::apply_lease(&mut socket, link.index, None, &lease, interface.mtu)?;
+            tracing::info!(interface = %interface.name, address = %lease.address, router = ?lease.router, lease = ?lease.lease_time, "DHCP lease granted");
+            leases.push(LeaseToKeep {
+                client,
+                lease,
+                granted,
+                settings: KeepLeaseSettings {
+                    index: link.index,
+                    configured_mtu: interface.mtu,
+                    nameservers: network.nameservers.clone(),
+                    resolv_conf: resolv_conf.to_path_buf(),
+                },
+            });
+        }
         for route in &interface.routes {
             socket.add_static_route(&Route {
                 destination: route.to,
@@ -65,24 +133,22 @@ pub fn configure_network(
             })?;
         }
     }
-    let mut resolv = String::new();
-    for nameserver in &network.nameservers {
-        resolv.push_str(&format!("nameserver {nameserver}\n"));
-    }
-    if let Some(parent) = resolv_conf.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| ConfigureNetworkError::ResolvConf {
-            path: parent.to_path_buf(),
-            source,
-        })?;
-    }
-    std::fs::write(resolv_conf, resolv).map_err(|source| ConfigureNetworkError::ResolvConf {
+    // One lease's resolvers (the first interface's), after the configured ones.
+    dhcp::write_resolvers(
+        resolv_conf,
+        &network.nameservers,
+        leases.first().map(|kept| &kept.lease),
+    )
+    .map_err(|source| ConfigureNetworkError::ResolvConf {
         path: resolv_conf.to_path_buf(),
         source,
     })?;
-    Ok(network
+    let node_ip = network
         .interfaces
         .iter()
         .flat_map(|i| i.addresses.first())
         .map(|a| a.addr())
-        .next())
+        .next()
+        .or_else(|| leases.first().map(|kept| kept.lease.address.addr()));
+    Ok(ConfiguredNetwork { node_ip, leases })
 }

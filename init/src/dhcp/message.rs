@@ -1,0 +1,278 @@
+//! DHCPv4 messages (RFC 2131) as the client sends and reads them, encoded and decoded with the
+//! `dhcproto` crate: DISCOVER, REQUEST in its three forms (after an offer, renewing, rebinding),
+//! and the lease an ACK grants.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use ipnet::Ipv4Net;
+
+/// What the client asks servers to include.
+const REQUESTED: [OptionCode; 6] = [
+    OptionCode::SubnetMask,
+    OptionCode::Router,
+    OptionCode::DomainNameServer,
+    OptionCode::InterfaceMtu,
+    OptionCode::Renewal,
+    OptionCode::Rebinding,
+];
+
+/// A lease as a server granted it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The address with the subnet's prefix.
+    pub address: Ipv4Net,
+    /// The first router the server named.
+    pub router: Option<Ipv4Addr>,
+    /// The resolvers the server named.
+    pub dns: Vec<Ipv4Addr>,
+    /// The interface MTU the server asks for.
+    pub mtu: Option<u16>,
+    /// The server that granted it (where renewals go).
+    pub server: Ipv4Addr,
+    /// How long it lasts.
+    pub lease_time: Duration,
+    /// When to renew (T1; half the lease unless the server says).
+    pub renew_after: Duration,
+    /// When to rebind with any server (T2; seven eighths of the lease unless the server says).
+    pub rebind_after: Duration,
+}
+
+/// Which REQUEST to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Selecting: accepting `address` offered by `server` (broadcast).
+    Selecting { address: Ipv4Addr, server: Ipv4Addr },
+    /// Renewing (unicast to the server) or rebinding (broadcast) the lease on `address`.
+    Extending { address: Ipv4Addr },
+}
+
+/// A message of the client's: a DHCP request of `kind` with transaction `xid` from `mac`.
+fn client_message(xid: u32, mac: &[u8; 6], kind: MessageType, ciaddr: Ipv4Addr) -> Message {
+    let unspecified = Ipv4Addr::UNSPECIFIED;
+    let mut message = Message::new_with_id(xid, ciaddr, unspecified, unspecified, unspecified, mac);
+    // Until it has an address the client cannot take unicast answers: ask for broadcast.
+    if ciaddr.is_unspecified() {
+        message.set_flags(Flags::default().set_broadcast());
+    }
+    let options = message.opts_mut();
+    options.insert(DhcpOption::MessageType(kind));
+    let mut client_id = vec![1];
+    client_id.extend_from_slice(mac);
+    options.insert(DhcpOption::ClientIdentifier(client_id));
+    options.insert(DhcpOption::ParameterRequestList(REQUESTED.to_vec()));
+    message
+}
+
+/// DHCPDISCOVER.
+pub fn discover(xid: u32, mac: &[u8; 6]) -> Vec<u8> {
+    encode(&client_message(
+        xid,
+        mac,
+        MessageType::Discover,
+        Ipv4Addr::UNSPECIFIED,
+    ))
+}
+
+/// DHCPREQUEST.
+pub fn request(xid: u32, mac: &[u8; 6], request: Request) -> Vec<u8> {
+    let message = match request {
+        Request::Selecting { address, server } => {
+            let mut message = client_message(xid, mac, MessageType::Request, Ipv4Addr::UNSPECIFIED);
+            message
+                .opts_mut()
+                .insert(DhcpOption::RequestedIpAddress(address));
+            message
+                .opts_mut()
+                .insert(DhcpOption::ServerIdentifier(server));
+            message
+        }
+        Request::Extending { address } => client_message(xid, mac, MessageType::Request, address),
+    };
+    encode(&message)
+}
+
+fn encode(message: &Message) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(300);
+    message
+        .encode(&mut Encoder::new(&mut bytes))
+        .expect("a DHCP message of the client's encodes");
+    bytes
+}
+
+/// A server's answer to transaction `xid` for `mac`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// DHCPOFFER of an address by a server.
+    Offer { address: Ipv4Addr, server: Ipv4Addr },
+    /// DHCPACK granting a lease.
+    Ack(Lease),
+    /// DHCPNAK: the address may not be used; start over.
+    Nak,
+}
+
+/// Decodes `bytes` as a server's reply to transaction `xid` for `mac`; `None` for anything
+/// else (another client's, another transaction's, not DHCP, or missing what it must hold).
+pub fn parse_reply(bytes: &[u8], xid: u32, mac: &[u8; 6]) -> Option<Reply> {
+    let message = Message::decode(&mut Decoder::new(bytes)).ok()?;
+    if message.opcode() != Opcode::BootReply
+        || message.xid() != xid
+        || message.chaddr().get(..6) != Some(mac.as_slice())
+    {
+        return None;
+    }
+    let options = message.opts();
+    let server = match options.get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(server)) => *server,
+        _ => message.siaddr(),
+    };
+    match options.msg_type()? {
+        MessageType::Offer => Some(Reply::Offer {
+            address: message.yiaddr(),
+            server,
+        }),
+        MessageType::Nak => Some(Reply::Nak),
+        MessageType::Ack => {
+            let lease_time = match options.get(OptionCode::AddressLeaseTime) {
+                Some(DhcpOption::AddressLeaseTime(seconds)) => u64::from(*seconds),
+                _ => return None,
+            };
+            let seconds = |code, default: u64| match options.get(code) {
+                Some(DhcpOption::Renewal(value) | DhcpOption::Rebinding(value)) => {
+                    u64::from(*value)
+                }
+                _ => default,
+            };
+            let prefix = match options.get(OptionCode::SubnetMask) {
+                Some(DhcpOption::SubnetMask(mask)) => ipnet::ipv4_mask_to_prefix(*mask).ok()?,
+                // RFC 2131 leaves it out only for a classful default; take a host route.
+                _ => 32,
+            };
+            let router = match options.get(OptionCode::Router) {
+                Some(DhcpOption::Router(routers)) => routers.first().copied(),
+                _ => None,
+            };
+            let dns = match options.get(OptionCode::DomainNameServer) {
+                Some(DhcpOption::DomainNameServer(servers)) => servers.clone(),
+                _ => Vec::new(),
+            };
+            let mtu = match options.get(OptionCode::InterfaceMtu) {
+                Some(DhcpOption::InterfaceMtu(mtu)) => Some(*mtu),
+                _ => None,
+            };
+            Some(Reply::Ack(Lease {
+                address: Ipv4Net::new(message.yiaddr(), prefix).ok()?,
+                router,
+                dns,
+                mtu,
+                server,
+                lease_time: Duration::from_secs(lease_time),
+                renew_after: Duration::from_secs(seconds(OptionCode::Renewal, lease_time / 2)),
+                rebind_after: Duration::from_secs(seconds(
+                    OptionCode::Rebinding,
+                    lease_time * 7 / 8,
+                )),
+            }))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
+
+    /// A server's reply of `kind` to `xid`, built the way a server would.
+    fn server_reply(xid: u32, kind: MessageType, options: Vec<DhcpOption>) -> Vec<u8> {
+        let mut message = Message::new_with_id(
+            xid,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::new(10, 9, 0, 50),
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &MAC,
+        );
+        message.set_opcode(Opcode::BootReply);
+        message.opts_mut().insert(DhcpOption::MessageType(kind));
+        for option in options {
+            message.opts_mut().insert(option);
+        }
+        encode(&message)
+    }
+
+    #[test]
+    fn requests_carry_what_each_state_needs() {
+        let bytes = discover(7, &MAC);
+        let message = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(message.opts().msg_type(), Some(MessageType::Discover));
+        assert!(message.flags().broadcast());
+        assert_eq!(&message.chaddr()[..6], &MAC);
+
+        let server = Ipv4Addr::new(10, 9, 0, 1);
+        let address = Ipv4Addr::new(10, 9, 0, 50);
+        let bytes = request(8, &MAC, Request::Selecting { address, server });
+        let message = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(
+            message.opts().get(OptionCode::RequestedIpAddress),
+            Some(&DhcpOption::RequestedIpAddress(address))
+        );
+        assert_eq!(
+            message.opts().get(OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(server))
+        );
+        assert!(message.ciaddr().is_unspecified());
+
+        // Renewing names the address in ciaddr, and neither option (RFC 2131, 4.3.2).
+        let bytes = request(9, &MAC, Request::Extending { address });
+        let message = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(message.ciaddr(), address);
+        assert!(!message.flags().broadcast());
+        assert!(message.opts().get(OptionCode::RequestedIpAddress).is_none());
+        assert!(message.opts().get(OptionCode::ServerIdentifier).is_none());
+    }
+
+    #[test]
+    fn an_ack_becomes_a_lease_with_the_rfc_s_default_timers() {
+        let server = Ipv4Addr::new(10, 9, 0, 1);
+        let bytes = server_reply(
+            5,
+            MessageType::Ack,
+            vec![
+                DhcpOption::ServerIdentifier(server),
+                DhcpOption::AddressLeaseTime(3600),
+                DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)),
+                DhcpOption::Router(vec![server, Ipv4Addr::new(10, 9, 0, 2)]),
+                DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 9, 0, 53)]),
+                DhcpOption::InterfaceMtu(1400),
+            ],
+        );
+        let Some(Reply::Ack(lease)) = parse_reply(&bytes, 5, &MAC) else {
+            panic!("not an ack");
+        };
+        assert_eq!(lease.address, "10.9.0.50/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(lease.router, Some(server));
+        assert_eq!(lease.dns, [Ipv4Addr::new(10, 9, 0, 53)]);
+        assert_eq!(lease.mtu, Some(1400));
+        assert_eq!(lease.server, server);
+        assert_eq!(
+            (lease.lease_time, lease.renew_after, lease.rebind_after),
+            (
+                Duration::from_secs(3600),
+                Duration::from_secs(1800),
+                Duration::from_secs(3150)
+            )
+        );
+        // Another transaction's, another client's, or an ack without a lease time: ignored.
+        assert_eq!(parse_reply(&bytes, 6, &MAC), None);
+        assert_eq!(parse_reply(&bytes, 5, &[9; 6]), None);
+        let no_time = server_reply(5, MessageType::Ack, vec![]);
+        assert_eq!(parse_reply(&no_time, 5, &MAC), None);
+        assert_eq!(parse_reply(b"not dhcp", 5, &MAC), None);
+        let nak = server_reply(5, MessageType::Nak, vec![]);
+        assert_eq!(parse_reply(&nak, 5, &MAC), Some(Reply::Nak));
+    }
+}

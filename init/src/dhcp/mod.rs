@@ -1,0 +1,213 @@
+//! A DHCPv4 client (RFC 2131) for the machine's interfaces that ask for one
+//! (`machine.network.interfaces[].dhcp`): DISCOVER, OFFER, REQUEST, ACK on a UDP socket bound
+//! to the interface (no raw sockets: until it has an address the client asks servers to
+//! broadcast their answers), then the lease kept by a thread of its own that renews it at T1
+//! (unicast to the server), rebinds at T2 (broadcast), and starts over when it expires.
+
+mod keeper;
+mod message;
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, sockopt};
+
+pub use keeper::{
+    KeepLeaseSettings, LeasePhase, apply_lease, keep_lease, lease_phase, write_resolvers,
+};
+pub use message::Lease;
+use message::{Reply, Request};
+
+/// The ports of RFC 2131.
+const CLIENT_PORT: u16 = 68;
+const SERVER_PORT: u16 = 67;
+
+/// The first wait for an answer; doubled on each retransmission up to [`MAX_WAIT`] (RFC 2131,
+/// 4.1, with a shorter start: a node's boot is waiting).
+const FIRST_WAIT: Duration = Duration::from_secs(1);
+const MAX_WAIT: Duration = Duration::from_secs(16);
+
+/// A DHCP exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DhcpExchangeError {
+    /// The socket could not be made or used.
+    #[error("DHCP on {interface}: {action}")]
+    Socket {
+        /// The interface.
+        interface: String,
+        /// What failed.
+        action: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No server answered in time.
+    #[error("DHCP on {interface}: no server answered within {waited:?}")]
+    NoAnswer {
+        /// The interface.
+        interface: String,
+        /// How long the client tried.
+        waited: Duration,
+    },
+    /// The server refused the address (DHCPNAK).
+    #[error("DHCP on {interface}: the server refused the request (DHCPNAK)")]
+    Refused {
+        /// The interface.
+        interface: String,
+    },
+}
+
+/// The client of one interface.
+#[derive(Debug)]
+pub struct DhcpClient {
+    interface: String,
+    mac: [u8; 6],
+    socket: UdpSocket,
+}
+
+impl DhcpClient {
+    /// A client for `interface`, whose hardware address is `mac`: a UDP socket on port 68 bound
+    /// to the interface, allowed to broadcast.
+    pub fn open(interface: &str, mac: [u8; 6]) -> Result<Self, DhcpExchangeError> {
+        let fail = |action: &'static str| {
+            let interface = interface.to_owned();
+            move |source: std::io::Error| DhcpExchangeError::Socket {
+                interface,
+                action,
+                source,
+            }
+        };
+        let fd: OwnedFd = socket::socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(std::io::Error::from)
+        .map_err(fail("make a UDP socket"))?;
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
+            .map_err(std::io::Error::from)
+            .map_err(fail("set SO_REUSEADDR"))?;
+        socket::setsockopt(&fd, sockopt::Broadcast, &true)
+            .map_err(std::io::Error::from)
+            .map_err(fail("set SO_BROADCAST"))?;
+        socket::setsockopt(&fd, sockopt::BindToDevice, &interface.into())
+            .map_err(std::io::Error::from)
+            .map_err(fail("bind the socket to the interface"))?;
+        let address = SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT));
+        socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &address)
+            .map_err(std::io::Error::from)
+            .map_err(fail("bind port 68"))?;
+        Ok(Self {
+            interface: interface.to_owned(),
+            mac,
+            socket: UdpSocket::from(fd),
+        })
+    }
+
+    /// Gets a lease: DISCOVER until a server offers, then REQUEST that offer until it is
+    /// acknowledged; gives up at `deadline`.
+    pub fn acquire(&mut self, deadline: Instant) -> Result<Lease, DhcpExchangeError> {
+        let started = Instant::now();
+        let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT);
+        loop {
+            let xid = rand::random();
+            let offer = self.exchange(
+                &message::discover(xid, &self.mac),
+                broadcast,
+                deadline,
+                |reply| match reply {
+                    Reply::Offer { address, server } => Some((address, server)),
+                    _ => None,
+                },
+            );
+            let (address, server) = match offer {
+                Some(offer) => offer,
+                None => return Err(self.no_answer(started)),
+            };
+            let xid = rand::random();
+            let request = message::request(xid, &self.mac, Request::Selecting { address, server });
+            match self.exchange(&request, broadcast, deadline, Some) {
+                Some(Reply::Ack(lease)) => return Ok(lease),
+                // Refused (another client took it meanwhile): start over.
+                Some(_) => continue,
+                None => return Err(self.no_answer(started)),
+            }
+        }
+    }
+
+    /// Extends `lease`: REQUEST to its server (renewing) or to every server (`rebind`); gives
+    /// up at `deadline`.
+    pub fn extend(
+        &mut self,
+        lease: &Lease,
+        rebind: bool,
+        deadline: Instant,
+    ) -> Result<Lease, DhcpExchangeError> {
+        let started = Instant::now();
+        let to = if rebind {
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT)
+        } else {
+            SocketAddrV4::new(lease.server, SERVER_PORT)
+        };
+        let xid = rand::random();
+        let request = message::request(
+            xid,
+            &self.mac,
+            Request::Extending {
+                address: lease.address.addr(),
+            },
+        );
+        match self.exchange(&request, to, deadline, Some) {
+            Some(Reply::Ack(lease)) => Ok(lease),
+            Some(_) => Err(DhcpExchangeError::Refused {
+                interface: self.interface.clone(),
+            }),
+            None => Err(self.no_answer(started)),
+        }
+    }
+
+    fn no_answer(&self, started: Instant) -> DhcpExchangeError {
+        DhcpExchangeError::NoAnswer {
+            interface: self.interface.clone(),
+            waited: started.elapsed(),
+        }
+    }
+
+    /// Sends `request` to `to` (again after 1, 2, 4 ... 16 s without an answer) until
+    /// `accept` takes a reply to its transaction, or `deadline`.
+    fn exchange<T>(
+        &mut self,
+        request: &[u8],
+        to: SocketAddrV4,
+        deadline: Instant,
+        accept: impl Fn(Reply) -> Option<T>,
+    ) -> Option<T> {
+        let xid = u32::from_be_bytes(request[4..8].try_into().ok()?);
+        let mut wait = FIRST_WAIT;
+        let mut buffer = [0u8; 1500];
+        while Instant::now() < deadline {
+            if let Err(err) = self.socket.send_to(request, to) {
+                tracing::debug!(interface = %self.interface, %err, "sending a DHCP request");
+            }
+            let resend_at = (Instant::now() + wait).min(deadline);
+            wait = (wait * 2).min(MAX_WAIT);
+            loop {
+                let left = resend_at.saturating_duration_since(Instant::now());
+                if left.is_zero() || self.socket.set_read_timeout(Some(left)).is_err() {
+                    break;
+                }
+                let Ok((length, _)) = self.socket.recv_from(&mut buffer) else {
+                    break;
+                };
+                if let Some(taken) =
+                    message::parse_reply(&buffer[..length], xid, &self.mac).and_then(&accept)
+                {
+                    return Some(taken);
+                }
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,186 @@
+//! Init's DHCPv4 client against a real server: Debian's dnsmasq in a network namespace of the
+//! test's, joined by a veth pair to another namespace where the machine's network is
+//! configured as init does at boot. Nothing leaves the two namespaces, and both go with the
+//! test (dnsmasq is killed first).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use baton_init::machine_config::{Interface, Network};
+use baton_init::network_setup::configure_network;
+use baton_network::{NetNs, RouteSocket};
+use ipnet::Ipv4Net;
+
+const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+
+/// dnsmasq, killed when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A machine namespace with `eth0`, wired to a server namespace whose end holds 10.77.0.1/24.
+fn wire() -> (NetNs, NetNs) {
+    let server = NetNs::create().unwrap();
+    let machine = NetNs::create().unwrap();
+    server
+        .run(|| {
+            let mut socket = RouteSocket::open().unwrap();
+            socket
+                .create_veth("dhcp-srv", "eth0", &machine, 1500)
+                .unwrap();
+            let link = socket.link("dhcp-srv").unwrap().unwrap();
+            socket.set_link(link.index, None, None).unwrap();
+            socket
+                .add_address(link.index, "10.77.0.1/24".parse().unwrap())
+                .unwrap();
+        })
+        .unwrap();
+    (server, machine)
+}
+
+fn machine_network(nameservers: Vec<IpAddr>) -> Network {
+    Network {
+        interfaces: vec![Interface {
+            name: "eth0".into(),
+            addresses: Vec::new(),
+            routes: Vec::new(),
+            mtu: None,
+            dhcp: true,
+        }],
+        nameservers,
+    }
+}
+
+#[test]
+fn an_interface_that_asks_gets_a_lease_applies_it_and_can_extend_it() {
+    assert!(
+        std::path::Path::new(DNSMASQ).exists(),
+        "dnsmasq is missing: scripts/setup installs dnsmasq-base"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ns, machine_ns) = wire();
+    let leases = dir.path().join("leases");
+    let _server = server_ns
+        .run(|| {
+            Command::new(DNSMASQ)
+                .args([
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--port=0",
+                    "--interface=dhcp-srv",
+                    "--bind-interfaces",
+                    "--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,2m",
+                    "--dhcp-option=option:router,10.77.0.1",
+                    "--dhcp-option=option:dns-server,10.77.0.53",
+                    "--dhcp-option=option:mtu,1400",
+                    "--dhcp-authoritative",
+                    &format!("--dhcp-leasefile={}", leases.display()),
+                    &format!("--pid-file={}", dir.path().join("pid").display()),
+                ])
+                .spawn()
+                .map(Server)
+        })
+        .unwrap()
+        .unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    let configured = machine_ns
+        .run(|| {
+            configure_network(
+                &machine_network(vec!["10.77.0.99".parse().unwrap()]),
+                &resolv,
+                Duration::from_secs(30),
+            )
+        })
+        .unwrap()
+        .unwrap();
+    let node_ip = configured
+        .node_ip
+        .expect("the leased address is the node's");
+    let range = 50..=60;
+    assert!(
+        node_ip.octets()[..3] == [10, 77, 0] && range.contains(&node_ip.octets()[3]),
+        "{node_ip}"
+    );
+    // The address with the server's prefix, the default route, the MTU, the resolvers.
+    let (addresses, routes, mtu) = machine_ns
+        .run(|| {
+            let mut socket = RouteSocket::open().unwrap();
+            let link = socket.link("eth0").unwrap().unwrap();
+            let addresses = socket.ipv4_addresses().unwrap();
+            let routes = std::process::Command::new("ip")
+                .args(["-4", "route", "show", "default"])
+                .output()
+                .unwrap();
+            (
+                addresses,
+                String::from_utf8_lossy(&routes.stdout).into_owned(),
+                link.mtu,
+            )
+        })
+        .unwrap();
+    let expected = Ipv4Net::new(node_ip, 24).unwrap();
+    assert!(
+        addresses.iter().any(|(_, address)| *address == expected),
+        "{addresses:?}"
+    );
+    assert!(
+        routes.contains("default via 10.77.0.1 dev eth0"),
+        "{routes}"
+    );
+    assert_eq!(mtu, Some(1400));
+    assert_eq!(
+        std::fs::read_to_string(&resolv).unwrap(),
+        "nameserver 10.77.0.99\nnameserver 10.77.0.53\n"
+    );
+    assert_eq!(configured.leases.len(), 1);
+    let mut kept = configured.leases.into_iter().next().unwrap();
+    assert_eq!(kept.lease.lease_time, Duration::from_secs(120));
+    assert_eq!(kept.lease.server, Ipv4Addr::new(10, 77, 0, 1));
+
+    // Renewing (unicast to the server, from the leased address) and rebinding (broadcast)
+    // keep the address.
+    for rebind in [false, true] {
+        let lease = kept.lease.clone();
+        let extended = machine_ns
+            .run(|| {
+                kept.client
+                    .extend(&lease, rebind, Instant::now() + Duration::from_secs(20))
+            })
+            .unwrap()
+            .unwrap_or_else(|err| panic!("extending (rebind {rebind}): {err}"));
+        assert_eq!(extended.address, lease.address);
+    }
+    let recorded = std::fs::read_to_string(&leases).unwrap();
+    assert!(recorded.contains(&node_ip.to_string()), "{recorded}");
+}
+
+#[test]
+fn without_a_server_boot_says_no_lease_came() {
+    let (_server_ns, machine_ns) = wire();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let err = machine_ns
+        .run(|| {
+            configure_network(
+                &machine_network(Vec::new()),
+                &dir.path().join("resolv.conf"),
+                Duration::from_secs(3),
+            )
+        })
+        .unwrap()
+        .unwrap_err();
+    let text = baton_client::error_chain(&err);
+    assert!(
+        text.starts_with(
+            "machine.network.interfaces: no DHCP lease: DHCP on eth0: no server answered within"
+        ),
+        "{text}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
