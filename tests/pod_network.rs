@@ -33,16 +33,91 @@ async fn node_pod_cidr(cluster: &NodeCluster, node: &KubeletNode) -> Result<Ipv4
     Ok(spec.pod_cidr.unwrap_or_default().parse()?)
 }
 
-/// The host ends of pod veth pairs on `node`, and the addresses its allocator holds.
-fn leftovers(node: &KubeletNode) -> Result<(Vec<String>, Vec<String>)> {
-    let interfaces = node.netns.run(|| -> Result<Vec<String>> {
+/// Starts pod `server` (who-am-i on port 8080, also on host port `host_port`) on the first
+/// node; its IP once it runs.
+async fn start_server(cluster: &NodeCluster, host_port: u16) -> Result<Ipv4Addr> {
+    cluster
+        .create_pod(
+            "server",
+            WHO_AM_I,
+            json!({ "spec": { "containers": [{
+                "name": "main",
+                "image": cluster.image,
+                "command": ["sh", "-c", WHO_AM_I],
+                "ports": [{ "containerPort": 8080, "hostPort": host_port }],
+            }] } }),
+        )
+        .await?;
+    Ok(cluster
+        .wait_for("the server to run with an IP", "server", |pod| {
+            (pod_phase(pod) == Some("Running"))
+                .then(|| pod_ip(pod))
+                .flatten()
+        })
+        .await)
+}
+
+/// Runs pod `client` (`spec` merged into its spec) until it has fetched who-am-i from the
+/// server at `server_ip`; its IP, and the address the server saw.
+async fn fetch_from_client(
+    cluster: &NodeCluster,
+    server_ip: Ipv4Addr,
+    spec: serde_json::Value,
+) -> Result<(Ipv4Addr, String)> {
+    let fetch = format!(
+        "for i in $(seq 1 30); do wget -qO- http://{server_ip}:8080/cgi-bin/ip && exit 0; sleep 1; done; exit 1"
+    );
+    let mut extra = json!({ "spec": { "restartPolicy": "Never" } });
+    baton_test_harness::merge_json(&mut extra, json!({ "spec": spec }));
+    cluster.create_pod("client", &fetch, extra).await?;
+    let client_ip = cluster
+        .wait_for("the client to succeed", "client", |pod| {
+            (pod_phase(pod) == Some("Succeeded"))
+                .then(|| pod_ip(pod))
+                .flatten()
+        })
+        .await;
+    let seen = cluster.pods().logs("client", &LogParams::default()).await?;
+    Ok((client_ip, seen.trim().to_owned()))
+}
+
+/// The host ends of pod veth pairs on `node` (the bridge's and the CNI bridge plugin's
+/// alike).
+fn host_veths(node: &KubeletNode) -> Result<Vec<String>> {
+    node.netns.run(|| -> Result<Vec<String>> {
         Ok(RouteSocket::open()?
             .links()?
             .into_iter()
             .map(|link| link.name)
             .filter(|name| name.starts_with(HOST_INTERFACE_PREFIX))
             .collect())
-    })??;
+    })?
+}
+
+/// Deletes pods `names` at once and waits until the API server has none left.
+async fn delete_all(cluster: &NodeCluster, names: &[&str]) -> Result<()> {
+    for name in names {
+        cluster
+            .pods()
+            .delete(name, &DeleteParams::default().grace_period(0))
+            .await?;
+    }
+    let pods = cluster.pods();
+    wait_until("the pods to be gone", Duration::from_secs(60), || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// The host ends of pod veth pairs on `node`, and the addresses its allocator holds.
+fn leftovers(node: &KubeletNode) -> Result<(Vec<String>, Vec<String>)> {
+    let interfaces = host_veths(node)?;
     let mut addresses = Vec::new();
     for range in std::fs::read_dir(node.root_dir().join("network"))? {
         for entry in std::fs::read_dir(range?.path())? {
@@ -60,25 +135,7 @@ async fn pods_on_two_nodes_reach_each_other_without_nat() -> Result<()> {
     let cluster = NodeCluster::start_nodes(&binary(), &["net-a", "net-b"], &[]).await?;
     let node_b = &cluster.others[0];
     // The server also asks for host port 18080.
-    cluster
-        .create_pod(
-            "server",
-            WHO_AM_I,
-            json!({ "spec": { "containers": [{
-                "name": "main",
-                "image": cluster.image,
-                "command": ["sh", "-c", WHO_AM_I],
-                "ports": [{ "containerPort": 8080, "hostPort": 18080 }],
-            }] } }),
-        )
-        .await?;
-    let server_ip = cluster
-        .wait_for("the server to run with an IP", "server", |pod| {
-            (pod_phase(pod) == Some("Running"))
-                .then(|| pod_ip(pod))
-                .flatten()
-        })
-        .await;
+    let server_ip = start_server(&cluster, 18080).await?;
     let cidr_a = node_pod_cidr(&cluster, &cluster.node).await?;
     let cidr_b = node_pod_cidr(&cluster, node_b).await?;
     assert_ne!(cidr_a, cidr_b);
@@ -87,28 +144,12 @@ async fn pods_on_two_nodes_reach_each_other_without_nat() -> Result<()> {
         "{server_ip} is not in node a's {cidr_a}"
     );
 
-    let fetch = format!(
-        "for i in $(seq 1 30); do wget -qO- http://{server_ip}:8080/cgi-bin/ip && exit 0; sleep 1; done; exit 1"
-    );
-    cluster
-        .create_pod(
-            "client",
-            &fetch,
-            json!({ "spec": { "nodeName": node_b.name, "restartPolicy": "Never" } }),
-        )
-        .await?;
-    let client_ip = cluster
-        .wait_for("the client to succeed", "client", |pod| {
-            (pod_phase(pod) == Some("Succeeded"))
-                .then(|| pod_ip(pod))
-                .flatten()
-        })
-        .await;
+    let (client_ip, seen) =
+        fetch_from_client(&cluster, server_ip, json!({ "nodeName": node_b.name })).await?;
     assert!(
         cidr_b.contains(&client_ip),
         "{client_ip} is not in node b's {cidr_b}"
     );
-    let seen = cluster.pods().logs("client", &LogParams::default()).await?;
     assert_eq!(
         seen.trim(),
         client_ip.to_string(),
@@ -175,22 +216,7 @@ async fn pods_on_two_nodes_reach_each_other_without_nat() -> Result<()> {
     );
 
     // The pods go; neither node keeps an interface or an address of theirs.
-    for name in ["server", "client", "egress"] {
-        cluster
-            .pods()
-            .delete(name, &DeleteParams::default())
-            .await?;
-    }
-    let pods = cluster.pods();
-    wait_until("both pods to be gone", Duration::from_secs(60), || async {
-        pods.list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .is_empty()
-            .then_some(())
-    })
-    .await?;
+    delete_all(&cluster, &["server", "client", "egress"]).await?;
     for node in [&cluster.node, node_b] {
         let left = wait_until(
             "the node to release the pods' network",
@@ -290,49 +316,14 @@ async fn cni_mode_attaches_pods_through_the_debian_reference_plugins() -> Result
     )
     .await?;
     let subnet: Ipv4Net = "10.88.0.0/24".parse()?;
-    cluster
-        .create_pod(
-            "server",
-            WHO_AM_I,
-            json!({ "spec": { "containers": [{
-                "name": "main",
-                "image": cluster.image,
-                "command": ["sh", "-c", WHO_AM_I],
-                "ports": [{ "containerPort": 8080, "hostPort": 18081 }],
-            }] } }),
-        )
-        .await?;
-    let server_ip = cluster
-        .wait_for("the server to run with an IP", "server", |pod| {
-            (pod_phase(pod) == Some("Running"))
-                .then(|| pod_ip(pod))
-                .flatten()
-        })
-        .await;
+    let server_ip = start_server(&cluster, 18081).await?;
     assert!(
         subnet.contains(&server_ip),
         "{server_ip} is not host-local's"
     );
 
     // Another pod reaches it, and the server sees the client's own address.
-    let fetch = format!(
-        "for i in $(seq 1 30); do wget -qO- http://{server_ip}:8080/cgi-bin/ip && exit 0; sleep 1; done; exit 1"
-    );
-    cluster
-        .create_pod(
-            "client",
-            &fetch,
-            json!({ "spec": { "restartPolicy": "Never" } }),
-        )
-        .await?;
-    let client_ip = cluster
-        .wait_for("the client to succeed", "client", |pod| {
-            (pod_phase(pod) == Some("Succeeded"))
-                .then(|| pod_ip(pod))
-                .flatten()
-        })
-        .await;
-    let seen = cluster.pods().logs("client", &LogParams::default()).await?;
+    let (client_ip, seen) = fetch_from_client(&cluster, server_ip, json!({})).await?;
     assert_eq!(seen.trim(), client_ip.to_string());
 
     // portmap got the host port: it answers on the node's address, from the lab.
@@ -441,22 +432,7 @@ async fn cni_mode_attaches_pods_through_the_debian_reference_plugins() -> Result
                 .unwrap_or_default(),
         );
     }
-    for name in ["server", "client", "after-restart", "waiting"] {
-        cluster
-            .pods()
-            .delete(name, &DeleteParams::default().grace_period(0))
-            .await?;
-    }
-    let pods = cluster.pods();
-    wait_until("the pods to be gone", Duration::from_secs(60), || async {
-        pods.list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .is_empty()
-            .then_some(())
-    })
-    .await?;
+    delete_all(&cluster, &["server", "client", "after-restart", "waiting"]).await?;
     let clean = wait_until(
         "the plugins to release the pods",
         Duration::from_secs(20),
@@ -475,14 +451,7 @@ async fn cni_mode_attaches_pods_through_the_debian_reference_plugins() -> Result
         std::fs::read_dir(&cache).map(|d| d.count()),
         cluster.node.log()
     );
-    let veths = cluster.node.netns.run(|| -> Result<Vec<String>> {
-        Ok(RouteSocket::open()?
-            .links()?
-            .into_iter()
-            .map(|link| link.name)
-            .filter(|name| name.starts_with("veth"))
-            .collect())
-    })??;
+    let veths = host_veths(&cluster.node)?;
     assert!(veths.is_empty(), "veths left: {veths:?}");
     let rules = cluster
         .node

@@ -290,7 +290,9 @@ impl Boot {
             .map_err(|err| error_chain(&err))?;
         let node_ip = configured.node_ip;
         for lease in configured.leases {
-            lease.keep();
+            if let Err(err) = lease.keep() {
+                tracing::error!(%err, "starting the thread that keeps a DHCP lease");
+            }
         }
         let node_ip = node_ip
             .or_else(|| {

@@ -60,7 +60,7 @@ pub struct LeaseToKeep {
 
 impl LeaseToKeep {
     /// Keeps the lease on a thread of its own, for as long as the process lives.
-    pub fn keep(self) -> std::thread::JoinHandle<()> {
+    pub fn keep(self) -> std::io::Result<std::thread::JoinHandle<()>> {
         dhcp::keep_lease(self.client, self.lease, self.granted, self.settings)
     }
 }
@@ -122,6 +122,7 @@ pub fn configure_network(
                     configured_mtu: interface.mtu,
                     nameservers: network.nameservers.clone(),
                     resolv_conf: resolv_conf.to_path_buf(),
+                    writes_resolvers: leases.is_empty(),
                 },
             });
         }

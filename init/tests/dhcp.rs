@@ -66,28 +66,7 @@ fn an_interface_that_asks_gets_a_lease_applies_it_and_can_extend_it() {
     let dir = tempfile::tempdir().unwrap();
     let (server_ns, machine_ns) = wire();
     let leases = dir.path().join("leases");
-    let _server = server_ns
-        .run(|| {
-            Command::new(DNSMASQ)
-                .args([
-                    "--keep-in-foreground",
-                    "--conf-file=/dev/null",
-                    "--port=0",
-                    "--interface=dhcp-srv",
-                    "--bind-interfaces",
-                    "--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,2m",
-                    "--dhcp-option=option:router,10.77.0.1",
-                    "--dhcp-option=option:dns-server,10.77.0.53",
-                    "--dhcp-option=option:mtu,1400",
-                    "--dhcp-authoritative",
-                    &format!("--dhcp-leasefile={}", leases.display()),
-                    &format!("--pid-file={}", dir.path().join("pid").display()),
-                ])
-                .spawn()
-                .map(Server)
-        })
-        .unwrap()
-        .unwrap();
+    let server = start_dnsmasq(&server_ns, dir.path(), "10.77.0.50,10.77.0.60", "10.77.0.1");
     let resolv = dir.path().join("resolv.conf");
     let configured = machine_ns
         .run(|| {
@@ -113,15 +92,7 @@ fn an_interface_that_asks_gets_a_lease_applies_it_and_can_extend_it() {
             let mut socket = RouteSocket::open().unwrap();
             let link = socket.link("eth0").unwrap().unwrap();
             let addresses = socket.ipv4_addresses().unwrap();
-            let routes = std::process::Command::new("ip")
-                .args(["-4", "route", "show", "default"])
-                .output()
-                .unwrap();
-            (
-                addresses,
-                String::from_utf8_lossy(&routes.stdout).into_owned(),
-                link.mtu,
-            )
+            (addresses, default_routes(), link.mtu)
         })
         .unwrap();
     let expected = Ipv4Net::new(node_ip, 24).unwrap();
@@ -129,10 +100,7 @@ fn an_interface_that_asks_gets_a_lease_applies_it_and_can_extend_it() {
         addresses.iter().any(|(_, address)| *address == expected),
         "{addresses:?}"
     );
-    assert!(
-        routes.contains("default via 10.77.0.1 dev eth0"),
-        "{routes}"
-    );
+    assert_eq!(routes, "default via 10.77.0.1 dev eth0 proto dhcp");
     assert_eq!(mtu, Some(1400));
     assert_eq!(
         std::fs::read_to_string(&resolv).unwrap(),
@@ -158,6 +126,83 @@ fn an_interface_that_asks_gets_a_lease_applies_it_and_can_extend_it() {
     }
     let recorded = std::fs::read_to_string(&leases).unwrap();
     assert!(recorded.contains(&node_ip.to_string()), "{recorded}");
+
+    // The server names another router: the renewed lease replaces the default route.
+    drop(server);
+    let server = start_dnsmasq(&server_ns, dir.path(), "10.77.0.50,10.77.0.60", "10.77.0.2");
+    let before = kept.lease.clone();
+    let routes = machine_ns
+        .run(|| {
+            let renewed = kept
+                .client
+                .extend(&before, false, Instant::now() + Duration::from_secs(20))
+                .unwrap();
+            assert_eq!(renewed.router, Some(Ipv4Addr::new(10, 77, 0, 2)));
+            let mut socket = RouteSocket::open().unwrap();
+            let index = socket.link("eth0").unwrap().unwrap().index;
+            baton_init::dhcp::apply_lease(&mut socket, index, Some(&before), &renewed, None)
+                .unwrap();
+            default_routes()
+        })
+        .unwrap();
+    assert_eq!(routes, "default via 10.77.0.2 dev eth0 proto dhcp");
+
+    // The server no longer hands out that address: it refuses the renewal (DHCPNAK).
+    drop(server);
+    let _server = start_dnsmasq(
+        &server_ns,
+        dir.path(),
+        "10.77.0.100,10.77.0.110",
+        "10.77.0.1",
+    );
+    let refused = machine_ns
+        .run(|| {
+            kept.client
+                .extend(&before, false, Instant::now() + Duration::from_secs(20))
+        })
+        .unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(baton_init::dhcp::DhcpExchangeError::Refused { .. })
+        ),
+        "{refused:?}"
+    );
+}
+
+/// dnsmasq in `namespace` handing out `range` with `router`, its lease file in `dir`.
+fn start_dnsmasq(namespace: &NetNs, dir: &std::path::Path, range: &str, router: &str) -> Server {
+    namespace
+        .run(|| {
+            Command::new(DNSMASQ)
+                .args([
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--port=0",
+                    "--interface=dhcp-srv",
+                    "--bind-interfaces",
+                    &format!("--dhcp-range={range},255.255.255.0,2m"),
+                    &format!("--dhcp-option=option:router,{router}"),
+                    "--dhcp-option=option:dns-server,10.77.0.53",
+                    "--dhcp-option=option:mtu,1400",
+                    "--dhcp-authoritative",
+                    &format!("--dhcp-leasefile={}", dir.join("leases").display()),
+                    &format!("--pid-file={}", dir.join("pid").display()),
+                ])
+                .spawn()
+                .map(Server)
+        })
+        .unwrap()
+        .unwrap()
+}
+
+/// `ip -4 route show default` in the calling thread's namespace.
+fn default_routes() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "route", "show", "default"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[test]

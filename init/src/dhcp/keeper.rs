@@ -28,6 +28,9 @@ pub struct KeepLeaseSettings {
     pub nameservers: Vec<IpAddr>,
     /// Where the resolvers go.
     pub resolv_conf: PathBuf,
+    /// Whether this lease's resolvers are written (the first DHCP interface's only, so that
+    /// two leases do not take turns).
+    pub writes_resolvers: bool,
 }
 
 /// Where a lease stands at `elapsed` since it was granted.
@@ -67,9 +70,11 @@ pub fn lease_phase(lease: &Lease, elapsed: Duration) -> LeasePhase {
     }
 }
 
-/// Applies `lease` to interface `index`, after `previous` (whose address is removed when it
-/// changed): the address with its prefix, the lease's MTU when the configuration sets none,
-/// and a default route through its router.
+/// Applies `lease` to interface `index`, after `previous` (whose address and route are
+/// removed when they changed): the address with its prefix, a default route through its
+/// router (marked as DHCP's, replacing the previous router's), and the lease's MTU when the
+/// configuration sets none and it is sensible (576 to 65535; a refused MTU is logged: the
+/// address matters more).
 pub fn apply_lease(
     socket: &mut RouteSocket,
     index: u32,
@@ -77,19 +82,33 @@ pub fn apply_lease(
     lease: &Lease,
     configured_mtu: Option<u32>,
 ) -> Result<(), NetlinkError> {
-    if let Some(previous) = previous
-        && previous.address != lease.address
-    {
-        remove_lease(socket, index, previous)?;
+    if let Some(previous) = previous {
+        if previous.address != lease.address {
+            remove_lease(socket, index, previous)?;
+        } else if let Some(router) = previous.router
+            && lease.router.is_none()
+        {
+            socket.delete_dhcp_route(&default_route(index, router))?;
+        }
+    }
+    socket.add_address(index, lease.address)?;
+    if let Some(router) = lease.router {
+        socket.replace_dhcp_route(&default_route(index, router))?;
     }
     if configured_mtu.is_none()
         && let Some(mtu) = lease.mtu
     {
-        socket.set_link(index, None, Some(u32::from(mtu)))?;
-    }
-    socket.add_address(index, lease.address)?;
-    if let Some(router) = lease.router {
-        socket.add_static_route(&default_route(index, router))?;
+        let mtu = u32::from(mtu);
+        let applied = if (576..=65535).contains(&mtu) {
+            socket
+                .set_link(index, None, Some(mtu))
+                .map_err(|err| err.to_string())
+        } else {
+            Err(format!("{mtu} is outside 576..=65535"))
+        };
+        if let Err(err) = applied {
+            tracing::warn!(%err, "the DHCP lease's MTU was not applied");
+        }
     }
     Ok(())
 }
@@ -97,7 +116,7 @@ pub fn apply_lease(
 /// Takes `lease`'s address and default route off interface `index`.
 fn remove_lease(socket: &mut RouteSocket, index: u32, lease: &Lease) -> Result<(), NetlinkError> {
     if let Some(router) = lease.router {
-        socket.delete_route(&default_route(index, router))?;
+        socket.delete_dhcp_route(&default_route(index, router))?;
     }
     socket.delete_address(index, lease.address)
 }
@@ -110,7 +129,9 @@ fn default_route(index: u32, router: Ipv4Addr) -> Route {
     }
 }
 
-/// Writes the configured resolvers, then the lease's that are not among them.
+/// Writes the configured resolvers, then the lease's that are not among them, when that
+/// changes the file (through a temporary file renamed into place, so that readers never see
+/// it empty).
 pub fn write_resolvers(
     path: &Path,
     configured: &[IpAddr],
@@ -127,10 +148,15 @@ pub fn write_resolvers(
         .iter()
         .map(|server| format!("nameserver {server}\n"))
         .collect();
+    if std::fs::read_to_string(path).is_ok_and(|now| now == text) {
+        return Ok(());
+    }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(path, text)
+    let temporary = path.with_extension("dhcp-tmp");
+    std::fs::write(&temporary, text)?;
+    std::fs::rename(&temporary, path)
 }
 
 /// Keeps `lease` (granted at `granted`) on the interface for as long as the process lives, on
@@ -140,7 +166,7 @@ pub fn keep_lease(
     mut lease: Lease,
     mut granted: Instant,
     settings: KeepLeaseSettings,
-) -> std::thread::JoinHandle<()> {
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("dhcp-{}", client.interface))
         .spawn(move || {
@@ -154,12 +180,7 @@ pub fn keep_lease(
                     LeasePhase::Rebinding { retry } => (true, retry),
                     LeasePhase::Expired => {
                         tracing::warn!(interface = %client.interface, address = %lease.address, "the DHCP lease expired; asking for a new one");
-                        if let Ok(mut socket) = RouteSocket::open() {
-                            let _ = remove_lease(&mut socket, settings.index, &lease);
-                        }
-                        let (new, at) = acquire_until_granted(&mut client);
-                        update(&settings, None, &new);
-                        (lease, granted) = (new, at);
+                        (lease, granted) = start_over(&mut client, &settings, &lease);
                         continue;
                     }
                 };
@@ -171,6 +192,11 @@ pub fn keep_lease(
                         update(&settings, Some(&lease), &new);
                         (lease, granted) = (new, attempt_started);
                     }
+                    // The server took the address back (RFC 2131, 4.4.5: back to INIT).
+                    Err(err @ super::DhcpExchangeError::Refused { .. }) => {
+                        tracing::warn!(err = %baton_client::error_chain(&err), address = %lease.address, "the DHCP server refused the lease; asking for a new one");
+                        (lease, granted) = start_over(&mut client, &settings, &lease);
+                    }
                     Err(err) => {
                         tracing::warn!(err = %baton_client::error_chain(&err), "extending the DHCP lease");
                         std::thread::sleep(retry.saturating_sub(attempt_started.elapsed()));
@@ -178,7 +204,27 @@ pub fn keep_lease(
                 }
             }
         })
-        .expect("spawning the DHCP thread")
+}
+
+/// Takes `lease` off the interface and asks for a new one until it comes; the new lease and
+/// when it was granted. Another address than before is logged as an error: the node's
+/// services were started with the old one.
+fn start_over(
+    client: &mut DhcpClient,
+    settings: &KeepLeaseSettings,
+    lease: &Lease,
+) -> (Lease, Instant) {
+    if let Ok(mut socket) = RouteSocket::open()
+        && let Err(err) = remove_lease(&mut socket, settings.index, lease)
+    {
+        tracing::warn!(err = %baton_client::error_chain(&err), "removing the DHCP lease");
+    }
+    let (new, granted) = acquire_until_granted(client);
+    if new.address.addr() != lease.address.addr() {
+        tracing::error!(before = %lease.address, now = %new.address, "the node's DHCP address changed; its services still use the one before until the node restarts");
+    }
+    update(settings, None, &new);
+    (new, granted)
 }
 
 /// Asks for a lease until one is granted (30 s attempts, a pause of up to a minute between).
@@ -212,7 +258,9 @@ fn update(settings: &KeepLeaseSettings, previous: Option<&Lease>, lease: &Lease)
     if let Err(err) = applied {
         tracing::warn!(err = %baton_client::error_chain(&err), "applying the DHCP lease");
     }
-    if let Err(err) = write_resolvers(&settings.resolv_conf, &settings.nameservers, Some(lease)) {
+    if settings.writes_resolvers
+        && let Err(err) = write_resolvers(&settings.resolv_conf, &settings.nameservers, Some(lease))
+    {
         tracing::warn!(%err, path = %settings.resolv_conf.display(), "writing the resolvers of the DHCP lease");
     }
 }

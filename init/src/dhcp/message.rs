@@ -113,38 +113,54 @@ pub enum Reply {
     Nak,
 }
 
-/// Decodes `bytes` as a server's reply to transaction `xid` for `mac`; `None` for anything
-/// else (another client's, another transaction's, not DHCP, or missing what it must hold).
-pub fn parse_reply(bytes: &[u8], xid: u32, mac: &[u8; 6]) -> Option<Reply> {
+/// Decodes `bytes`, received from `source`, as a server's reply to transaction `xid` for
+/// `mac`; `None` for anything else (another client's, another transaction's, not DHCP,
+/// malformed, or missing what it must hold). Bytes from the network are hostile: nothing
+/// here may panic.
+pub fn parse_reply(bytes: &[u8], source: Ipv4Addr, xid: u32, mac: &[u8; 6]) -> Option<Reply> {
     let message = Message::decode(&mut Decoder::new(bytes)).ok()?;
+    // `chaddr()` slices by the packet's own hardware address length: check it first.
     if message.opcode() != Opcode::BootReply
         || message.xid() != xid
-        || message.chaddr().get(..6) != Some(mac.as_slice())
+        || usize::from(message.hlen()) != mac.len()
+        || message.chaddr() != mac.as_slice()
     {
         return None;
     }
     let options = message.opts();
     let server = match options.get(OptionCode::ServerIdentifier) {
-        Some(DhcpOption::ServerIdentifier(server)) => *server,
-        _ => message.siaddr(),
+        Some(DhcpOption::ServerIdentifier(server)) => Some(*server),
+        _ => None,
     };
     match options.msg_type()? {
+        // An offer must say which server it is from: the REQUEST names it.
         MessageType::Offer => Some(Reply::Offer {
             address: message.yiaddr(),
-            server,
+            server: server?,
         }),
         MessageType::Nak => Some(Reply::Nak),
         MessageType::Ack => {
+            // A lease of no time cannot be kept.
             let lease_time = match options.get(OptionCode::AddressLeaseTime) {
-                Some(DhcpOption::AddressLeaseTime(seconds)) => u64::from(*seconds),
+                Some(DhcpOption::AddressLeaseTime(seconds)) if *seconds > 0 => u64::from(*seconds),
                 _ => return None,
             };
-            let seconds = |code, default: u64| match options.get(code) {
+            let given = |code| match options.get(code) {
                 Some(DhcpOption::Renewal(value) | DhcpOption::Rebinding(value)) => {
-                    u64::from(*value)
+                    Some(u64::from(*value))
                 }
-                _ => default,
+                _ => None,
             };
+            // T1 < T2 < the lease, else the RFC's defaults (half, seven eighths).
+            let mut rebind = given(OptionCode::Rebinding)
+                .filter(|t2| *t2 < lease_time)
+                .unwrap_or(lease_time * 7 / 8);
+            let renew = given(OptionCode::Renewal)
+                .filter(|t1| *t1 < rebind)
+                .unwrap_or((lease_time / 2).min(rebind));
+            if renew >= rebind {
+                rebind = lease_time * 7 / 8;
+            }
             let prefix = match options.get(OptionCode::SubnetMask) {
                 Some(DhcpOption::SubnetMask(mask)) => ipnet::ipv4_mask_to_prefix(*mask).ok()?,
                 // RFC 2131 leaves it out only for a classful default; take a host route.
@@ -167,13 +183,10 @@ pub fn parse_reply(bytes: &[u8], xid: u32, mac: &[u8; 6]) -> Option<Reply> {
                 router,
                 dns,
                 mtu,
-                server,
+                server: server.unwrap_or(source),
                 lease_time: Duration::from_secs(lease_time),
-                renew_after: Duration::from_secs(seconds(OptionCode::Renewal, lease_time / 2)),
-                rebind_after: Duration::from_secs(seconds(
-                    OptionCode::Rebinding,
-                    lease_time * 7 / 8,
-                )),
+                renew_after: Duration::from_secs(renew),
+                rebind_after: Duration::from_secs(rebind),
             }))
         }
         _ => None,
@@ -185,6 +198,7 @@ mod tests {
     use super::*;
 
     const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x42];
+    const SOURCE: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 
     /// A server's reply of `kind` to `xid`, built the way a server would.
     fn server_reply(xid: u32, kind: MessageType, options: Vec<DhcpOption>) -> Vec<u8> {
@@ -250,7 +264,7 @@ mod tests {
                 DhcpOption::InterfaceMtu(1400),
             ],
         );
-        let Some(Reply::Ack(lease)) = parse_reply(&bytes, 5, &MAC) else {
+        let Some(Reply::Ack(lease)) = parse_reply(&bytes, SOURCE, 5, &MAC) else {
             panic!("not an ack");
         };
         assert_eq!(lease.address, "10.9.0.50/24".parse::<Ipv4Net>().unwrap());
@@ -267,12 +281,56 @@ mod tests {
             )
         );
         // Another transaction's, another client's, or an ack without a lease time: ignored.
-        assert_eq!(parse_reply(&bytes, 6, &MAC), None);
-        assert_eq!(parse_reply(&bytes, 5, &[9; 6]), None);
+        assert_eq!(parse_reply(&bytes, SOURCE, 6, &MAC), None);
+        assert_eq!(parse_reply(&bytes, SOURCE, 5, &[9; 6]), None);
         let no_time = server_reply(5, MessageType::Ack, vec![]);
-        assert_eq!(parse_reply(&no_time, 5, &MAC), None);
-        assert_eq!(parse_reply(b"not dhcp", 5, &MAC), None);
+        assert_eq!(parse_reply(&no_time, SOURCE, 5, &MAC), None);
+        assert_eq!(parse_reply(b"not dhcp", SOURCE, 5, &MAC), None);
         let nak = server_reply(5, MessageType::Nak, vec![]);
-        assert_eq!(parse_reply(&nak, 5, &MAC), Some(Reply::Nak));
+        assert_eq!(parse_reply(&nak, SOURCE, 5, &MAC), Some(Reply::Nak));
+        // An offer that does not name its server is no offer.
+        let anonymous = server_reply(5, MessageType::Offer, vec![]);
+        assert_eq!(parse_reply(&anonymous, SOURCE, 5, &MAC), None);
+    }
+
+    #[test]
+    fn hostile_replies_are_ignored_without_a_panic() {
+        let mut bytes = server_reply(
+            5,
+            MessageType::Offer,
+            vec![DhcpOption::ServerIdentifier(SOURCE)],
+        );
+        assert!(parse_reply(&bytes, SOURCE, 5, &MAC).is_some());
+        // The hardware address length (byte 2) says 255: it must not be trusted.
+        bytes[2] = 255;
+        assert_eq!(parse_reply(&bytes, SOURCE, 5, &MAC), None);
+        for length in 0..bytes.len() {
+            assert_eq!(parse_reply(&bytes[..length], SOURCE, 5, &MAC), None);
+        }
+    }
+
+    #[test]
+    fn timers_out_of_order_fall_back_to_the_rfc_s() {
+        let bytes = server_reply(
+            5,
+            MessageType::Ack,
+            vec![
+                DhcpOption::AddressLeaseTime(800),
+                DhcpOption::Renewal(900),
+                DhcpOption::Rebinding(1000),
+                DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)),
+            ],
+        );
+        let Some(Reply::Ack(lease)) = parse_reply(&bytes, SOURCE, 5, &MAC) else {
+            panic!("not an ack");
+        };
+        assert_eq!(
+            (lease.renew_after, lease.rebind_after),
+            (Duration::from_secs(400), Duration::from_secs(700))
+        );
+        // Without a server identifier, the server is where the ack came from.
+        assert_eq!(lease.server, SOURCE);
+        let zero = server_reply(5, MessageType::Ack, vec![DhcpOption::AddressLeaseTime(0)]);
+        assert_eq!(parse_reply(&zero, SOURCE, 5, &MAC), None);
     }
 }

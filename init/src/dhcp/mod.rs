@@ -27,6 +27,8 @@ const SERVER_PORT: u16 = 67;
 /// 4.1, with a shorter start: a node's boot is waiting).
 const FIRST_WAIT: Duration = Duration::from_secs(1);
 const MAX_WAIT: Duration = Duration::from_secs(16);
+/// The pause after a NAK before asking again.
+const NAK_PAUSE: Duration = Duration::from_secs(2);
 
 /// A DHCP exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +117,7 @@ impl DhcpClient {
             let xid = rand::random();
             let offer = self.exchange(
                 &message::discover(xid, &self.mac),
+                xid,
                 broadcast,
                 deadline,
                 |reply| match reply {
@@ -126,12 +129,17 @@ impl DhcpClient {
                 Some(offer) => offer,
                 None => return Err(self.no_answer(started)),
             };
-            let xid = rand::random();
+            // The REQUEST keeps the OFFER's transaction (RFC 2131, 4.4.1).
             let request = message::request(xid, &self.mac, Request::Selecting { address, server });
-            match self.exchange(&request, broadcast, deadline, Some) {
-                Some(Reply::Ack(lease)) => return Ok(lease),
-                // Refused (another client took it meanwhile): start over.
-                Some(_) => continue,
+            let answer = self.exchange(&request, xid, broadcast, deadline, |reply| match reply {
+                Reply::Ack(lease) if lease.address.addr() == address => Some(Some(lease)),
+                Reply::Nak => Some(None),
+                _ => None,
+            });
+            match answer {
+                Some(Some(lease)) => return Ok(lease),
+                // Refused (another client took it meanwhile): start over after a pause.
+                Some(None) => std::thread::sleep(NAK_PAUSE),
                 None => return Err(self.no_answer(started)),
             }
         }
@@ -159,9 +167,14 @@ impl DhcpClient {
                 address: lease.address.addr(),
             },
         );
-        match self.exchange(&request, to, deadline, Some) {
-            Some(Reply::Ack(lease)) => Ok(lease),
-            Some(_) => Err(DhcpExchangeError::Refused {
+        let answer = self.exchange(&request, xid, to, deadline, |reply| match reply {
+            Reply::Ack(lease) => Some(Some(lease)),
+            Reply::Nak => Some(None),
+            Reply::Offer { .. } => None,
+        });
+        match answer {
+            Some(Some(lease)) => Ok(lease),
+            Some(None) => Err(DhcpExchangeError::Refused {
                 interface: self.interface.clone(),
             }),
             None => Err(self.no_answer(started)),
@@ -175,16 +188,16 @@ impl DhcpClient {
         }
     }
 
-    /// Sends `request` to `to` (again after 1, 2, 4 ... 16 s without an answer) until
-    /// `accept` takes a reply to its transaction, or `deadline`.
+    /// Sends `request` (transaction `xid`) to `to` (again after 1, 2, 4 ... 16 s without an
+    /// answer) until `accept` takes a reply to its transaction, or `deadline`.
     fn exchange<T>(
         &mut self,
         request: &[u8],
+        xid: u32,
         to: SocketAddrV4,
         deadline: Instant,
         accept: impl Fn(Reply) -> Option<T>,
     ) -> Option<T> {
-        let xid = u32::from_be_bytes(request[4..8].try_into().ok()?);
         let mut wait = FIRST_WAIT;
         let mut buffer = [0u8; 1500];
         while Instant::now() < deadline {
@@ -198,11 +211,18 @@ impl DhcpClient {
                 if left.is_zero() || self.socket.set_read_timeout(Some(left)).is_err() {
                     break;
                 }
-                let Ok((length, _)) = self.socket.recv_from(&mut buffer) else {
-                    break;
+                let (length, from) = match self.socket.recv_from(&mut buffer) {
+                    Ok(received) => received,
+                    // A signal (PID 1 gets SIGCHLD often) is not a timeout.
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                let std::net::SocketAddr::V4(from) = from else {
+                    continue;
                 };
                 if let Some(taken) =
-                    message::parse_reply(&buffer[..length], xid, &self.mac).and_then(&accept)
+                    message::parse_reply(&buffer[..length], *from.ip(), xid, &self.mac)
+                        .and_then(&accept)
                 {
                     return Some(taken);
                 }

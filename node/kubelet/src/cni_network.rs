@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_network::POD_INTERFACE;
-use baton_network::cni::{Attachment, CniPlugins, NetworkConfigList, result_ipv4};
+use baton_network::cni::{
+    Attachment, CniOperationError, CniPlugins, NetworkConfigList, result_ipv4,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::{Map, Value};
@@ -80,14 +82,17 @@ impl CniNetwork {
             args: cni_args(pod, id),
             capability_args: capability_args(pod),
         };
-        let result = self
-            .plugins
-            .attach(network, &attachment)
-            .await
-            .map_err(|source| AttachPodError::Cni {
-                id: id.to_owned(),
-                source,
-            })?;
+        let result =
+            self.plugins
+                .attach(network, &attachment)
+                .await
+                .map_err(|source| match source {
+                    CniOperationError::NoNetwork => AttachPodError::NotReady(CNI_NOT_READY),
+                    source => AttachPodError::Cni {
+                        id: id.to_owned(),
+                        source,
+                    },
+                })?;
         if let Some(ip) = result_ipv4(&result, POD_INTERFACE) {
             return Ok(ip);
         }
@@ -105,12 +110,16 @@ impl CniNetwork {
     /// again.
     pub async fn detach(&self, id: &str) {
         let lock = self.lock_of(id);
-        let held = lock.lock().await;
+        let _held = lock.lock().await;
         if let Err(err) = self.plugins.del(id).await {
             tracing::warn!(pod = %id, err = %baton_images::error_chain(&err), "detaching a pod from the CNI network");
-        } else if !self.plugins.cached_ids().iter().any(|cached| cached == id) {
-            drop(held);
-            self.locks.lock().expect("CNI locks").remove(id);
+            return;
+        }
+        // Forgotten only when no one else holds or waits for it (the map's copy and ours): a
+        // waiter must get the same lock as whoever comes next.
+        let mut locks = self.locks.lock().expect("CNI locks");
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(id);
         }
     }
 

@@ -96,6 +96,33 @@ impl RouteSocket {
         }
     }
 
+    /// Adds `route` as a DHCP lease's (protocol `dhcp`), replacing a route to the same
+    /// destination (another router of a renewed lease).
+    pub fn replace_dhcp_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+        let mut message = route.message();
+        message.header.protocol = RouteProtocol::Dhcp;
+        self.change(
+            || format!("add DHCP route {}", route.describe()),
+            RouteNetlinkMessage::NewRoute(message),
+            Create::Replace,
+        )
+    }
+
+    /// Deletes the DHCP lease's `route`; a missing one is not an error.
+    pub fn delete_dhcp_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+        let mut message = route.message();
+        message.header.protocol = RouteProtocol::Dhcp;
+        let result = self.change(
+            || format!("delete DHCP route {}", route.describe()),
+            RouteNetlinkMessage::DelRoute(message),
+            Create::No,
+        );
+        match result {
+            Err(err) if err.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
     /// Deletes `route`; a missing one is not an error.
     pub fn delete_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
         let result = self.change(

@@ -71,9 +71,11 @@ impl NetworkConfigList {
             .map_err(read_dir)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| {
-                path.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| EXTENSIONS.contains(&e))
+                path.is_file()
+                    && path
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| EXTENSIONS.contains(&e))
             })
             .min()
             .ok_or_else(|| LoadConfigError::NoFile {

@@ -55,10 +55,13 @@ pub struct Attachment {
 pub struct CachedAttachment {
     #[serde(flatten)]
     pub attachment: Attachment,
-    /// The namespace ADD ran in (device and inode of its file): a namespace made again at the
+    /// The namespace ADD ran in (see [`namespace_identity`]): a namespace made again at the
     /// same path is another one, whose container must be attached again.
     #[serde(default)]
-    pub netns_identity: Option<(u64, u64)>,
+    pub netns_identity: Option<String>,
+    /// While ADD has not finished: how many plugins were started (DEL undoes only those).
+    #[serde(default)]
+    pub started: Option<usize>,
     /// The configuration list it was attached with.
     pub config: Value,
     /// The result of ADD; null while ADD runs, or when ADD failed and undoing it failed too.
@@ -93,6 +96,15 @@ pub enum CniOperationError {
         #[source]
         source: std::io::Error,
     },
+    /// The cache file holds no entry (a torn write).
+    #[error("decode the CNI cache file {}", path.display())]
+    DecodeCache {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The cache file could not be written.
     #[error("write the CNI cache file {}", path.display())]
     WriteCache {
@@ -124,10 +136,42 @@ impl Attachment {
     }
 }
 
-/// The device and inode of the namespace file at `path` (a bind mount of the namespace, so
-/// these name the namespace itself).
-fn namespace_identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+/// What tells the network namespace at `path` from any other: the boot's id with the
+/// namespace's cookie (`SO_NETNS_COOKIE`, never reused while the machine runs; namespace inode
+/// numbers are), or with the file's device and inode where the kernel has no cookie or the
+/// file is not a namespace.
+pub fn namespace_identity(path: &Path) -> Option<String> {
+    let metadata = std::fs::metadata(path).ok()?;
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let boot = boot.trim();
+    let cookie = crate::NetNs::open(path)
+        .ok()
+        .and_then(|namespace| namespace.run(netns_cookie).ok().flatten());
+    Some(match cookie {
+        Some(cookie) => format!("{boot}/cookie/{cookie}"),
+        None => format!("{boot}/inode/{}/{}", metadata.dev(), metadata.ino()),
+    })
+}
+
+/// The calling thread's network namespace cookie (nix has no wrapper for the option).
+#[allow(unsafe_code)]
+fn netns_cookie() -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    let mut cookie: u64 = 0;
+    let mut length = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the buffer is a u64 and `length` says its size.
+    let status = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut length,
+        )
+    };
+    (status == 0).then_some(cookie)
 }
 
 impl CniPlugins {
@@ -185,29 +229,44 @@ impl CniPlugins {
             netns_identity: namespace_identity(&attachment.netns),
             config: network.to_value(),
             result: Value::Null,
+            started: Some(0),
         };
-        self.write_cache(&entry)?;
         let mut result: Option<Value> = None;
-        for plugin in &network.plugins {
+        for (index, plugin) in network.plugins.iter().enumerate() {
             let stdin = plugin.stdin(network, result.as_ref(), &attachment.capability_args);
-            let run = self
-                .run(plugin, network, Operation::Add, attachment, true, &stdin)
-                .await
-                .and_then(|out| {
-                    serde_json::from_slice::<Value>(&out)
-                        .ok()
-                        .filter(Value::is_object)
-                        .ok_or_else(|| RunPluginError::BadResult {
-                            output: exec::quoted(&out),
-                        })
-                });
+            // Recorded before the plugin runs (and only once its binary is found), so that a
+            // DEL after a crash undoes exactly the plugins that may have done something.
+            let found = exec::find_plugin(&plugin.plugin_type, &self.bin_dirs);
+            if found.is_ok() {
+                entry.started = Some(index + 1);
+                self.write_cache(&entry)?;
+            }
+            let run = match found {
+                Ok(_) => {
+                    self.run(plugin, network, Operation::Add, attachment, true, &stdin)
+                        .await
+                }
+                Err(err) => Err(err),
+            }
+            .and_then(|out| {
+                serde_json::from_slice::<Value>(&out)
+                    .ok()
+                    .filter(Value::is_object)
+                    .ok_or_else(|| RunPluginError::BadResult {
+                        output: exec::quoted(&out),
+                    })
+            });
             match run {
                 Ok(value) => result = Some(value),
                 Err(source) => {
                     let prev = result
                         .as_ref()
                         .filter(|_| network.passes_prev_result_to_del());
-                    match self.del_with(network, attachment, prev, true, true).await {
+                    let started = entry.started.unwrap_or_default();
+                    match self
+                        .del_with(network, started, attachment, prev, true)
+                        .await
+                    {
                         Ok(()) => self.remove_cache(&attachment.container_id)?,
                         Err(err) => tracing::warn!(
                             container = %attachment.container_id,
@@ -220,6 +279,7 @@ impl CniPlugins {
             }
         }
         entry.result = result.unwrap_or_else(|| Value::Object(Map::new()));
+        entry.started = None;
         self.write_cache(&entry)?;
         Ok(entry.result)
     }
@@ -255,45 +315,46 @@ impl CniPlugins {
 
     /// Detaches container `id`: DEL through its cached network's plugins in reverse order
     /// (with ADD's result as prevResult from version 0.4.0, as libcni), then forgets it.
-    /// Nothing cached: nothing was attached (ADD caches before it runs). An entry that cannot
-    /// be read (a torn write) is detached with the current network and no prevResult, as
-    /// libcni does with a cache it cannot read, and dropped. A failed DEL keeps the entry.
+    /// Nothing cached: nothing was attached (ADD caches before it runs). An ADD that never
+    /// finished is undone for the plugins it started. An entry that cannot be decoded (a
+    /// torn write) is detached with the current network and no prevResult, as libcni does
+    /// with a cache it cannot read, and dropped once that DEL succeeds. A failed DEL keeps the
+    /// entry.
     pub async fn del(&self, id: &str) -> Result<(), CniOperationError> {
         let cached = match self.cached(id) {
             Ok(Some(cached)) => cached,
             Ok(None) => return Ok(()),
-            Err(err) => {
+            Err(err @ CniOperationError::DecodeCache { .. }) => {
                 tracing::warn!(
                     container = %id,
                     err = &err as &dyn std::error::Error,
-                    "dropping a CNI cache entry that cannot be read"
+                    "a CNI cache entry cannot be decoded: DEL with the current network"
                 );
-                if let Ok(network) = self.load() {
-                    let attachment = Attachment {
-                        container_id: id.to_owned(),
-                        netns: PathBuf::new(),
-                        ifname: crate::POD_INTERFACE.to_owned(),
-                        args: Vec::new(),
-                        capability_args: Map::new(),
-                    };
-                    if let Err(err) = self
-                        .del_with(&network, &attachment, None, false, true)
-                        .await
-                    {
-                        tracing::warn!(container = %id, err = &err as &dyn std::error::Error, "DEL without a cache entry");
-                    }
-                }
+                let network = self.load().map_err(|_| err)?;
+                let attachment = Attachment {
+                    container_id: id.to_owned(),
+                    netns: PathBuf::new(),
+                    ifname: crate::POD_INTERFACE.to_owned(),
+                    args: Vec::new(),
+                    capability_args: Map::new(),
+                };
+                let all = network.plugins.len();
+                self.del_with(&network, all, &attachment, None, false)
+                    .await?;
                 return self.remove_cache(id);
             }
+            Err(err) => return Err(err),
         };
         if let Some(network) = self.cached_network(&cached) {
             // A namespace that is gone (the node rebooted) is not passed, as the spec allows.
             let netns_exists = cached.attachment.netns.exists();
             let prev = Some(&cached.result)
                 .filter(|r| !r.is_null() && network.passes_prev_result_to_del());
-            // An ADD that never finished: a plugin that cannot be found did nothing to undo.
-            let unfinished = cached.result.is_null();
-            self.del_with(&network, &cached.attachment, prev, netns_exists, unfinished)
+            let started = match (&cached.result, cached.started) {
+                (Value::Null, Some(started)) => started,
+                _ => network.plugins.len(),
+            };
+            self.del_with(&network, started, &cached.attachment, prev, netns_exists)
                 .await?;
         }
         self.remove_cache(id)
@@ -309,10 +370,7 @@ impl CniPlugins {
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|err| CniOperationError::ReadCache {
-                path,
-                source: std::io::Error::other(err),
-            })
+            .map_err(|source| CniOperationError::DecodeCache { path, source })
     }
 
     /// Whether the cache holds container `id` as attached (its ADD finished).
@@ -333,19 +391,16 @@ impl CniPlugins {
             .collect()
     }
 
-    /// DEL through `network`'s plugins in reverse. With `skip_missing` (undoing an ADD that
-    /// never finished), a plugin whose binary cannot be found is passed over: it cannot have
-    /// done anything to undo, and refusing would keep the container from ever being
-    /// attached again.
+    /// DEL through the first `started` of `network`'s plugins, in reverse.
     async fn del_with(
         &self,
         network: &NetworkConfigList,
+        started: usize,
         attachment: &Attachment,
         prev_result: Option<&Value>,
         with_netns: bool,
-        skip_missing: bool,
     ) -> Result<(), CniOperationError> {
-        for plugin in network.plugins.iter().rev() {
+        for plugin in network.plugins.iter().take(started).rev() {
             let stdin = plugin.stdin(network, prev_result, &attachment.capability_args);
             match self
                 .run(
@@ -359,7 +414,6 @@ impl CniPlugins {
                 .await
             {
                 Ok(_) => {}
-                Err(RunPluginError::NotFound { .. }) if skip_missing => {}
                 Err(source) => return Err(plugin_error(plugin, network, Operation::Del, source)),
             }
         }

@@ -260,15 +260,18 @@ async fn what_cannot_be_undone_stays_cached_until_a_del_succeeds() {
 async fn an_unreadable_cache_entry_is_detached_with_the_current_network_and_dropped() {
     let setup = Setup::new();
     setup.plugin("only", RESULT, "");
+    std::fs::create_dir_all(&setup.plugins.cache_dir).unwrap();
+    std::fs::write(setup.plugins.cache_dir.join("pod-1.json"), "{ torn").unwrap();
+    assert!(setup.plugins.cached("pod-1").is_err());
+    // No network to detach it with: kept for later.
+    assert!(setup.plugins.del("pod-1").await.is_err());
+    assert_eq!(setup.plugins.cached_ids(), ["pod-1"]);
     std::fs::create_dir_all(&setup.plugins.conf_dir).unwrap();
     std::fs::write(
         setup.plugins.conf_dir.join("10-pods.conflist"),
         network(&["only"]).to_value().to_string(),
     )
     .unwrap();
-    std::fs::create_dir_all(&setup.plugins.cache_dir).unwrap();
-    std::fs::write(setup.plugins.cache_dir.join("pod-1.json"), "{ torn").unwrap();
-    assert!(setup.plugins.cached("pod-1").is_err());
     setup.plugins.del("pod-1").await.unwrap();
     assert_eq!(setup.log(), ["DEL only "]);
     assert!(setup.plugins.cached_ids().is_empty());
@@ -327,4 +330,19 @@ fn the_pod_address_is_the_sandbox_interface_s() {
         Some(Ipv4Addr::new(10, 0, 0, 9))
     );
     assert_eq!(result_ipv4(&serde_json::json!({}), "eth0"), None);
+}
+
+#[test]
+fn namespaces_are_told_apart_by_their_cookie() {
+    use std::os::fd::{AsFd, AsRawFd};
+    let first = crate::NetNs::create().unwrap();
+    let second = crate::NetNs::create().unwrap();
+    let path = |namespace: &crate::NetNs| {
+        std::path::PathBuf::from(format!("/proc/self/fd/{}", namespace.as_fd().as_raw_fd()))
+    };
+    let a = namespace_identity(&path(&first)).unwrap();
+    let b = namespace_identity(&path(&second)).unwrap();
+    assert!(a.contains("/cookie/") && b.contains("/cookie/"), "{a} {b}");
+    assert_ne!(a, b);
+    assert_eq!(namespace_identity(&path(&first)).unwrap(), a);
 }
