@@ -105,8 +105,8 @@ pub fn configure_network(
                 .mac
                 .filter(|mac| mac.iter().any(|byte| *byte != 0))
                 .ok_or_else(|| ConfigureNetworkError::NoHardwareAddress(interface.name.clone()))?;
-            let mut client =
-                DhcpClient::open(&interface.name, mac).map_err(ConfigureNetworkError::Dhcp)?;
+            let mut client = DhcpClient::open(&interface.name, link.index, mac)
+                .map_err(ConfigureNetworkError::Dhcp)?;
             let granted = Instant::now();
             let lease = client
                 .acquire(granted + dhcp_wait)

@@ -206,6 +206,33 @@ fn default_routes() -> String {
 }
 
 #[test]
+fn a_strict_reverse_path_filter_does_not_keep_the_offer_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ns, machine_ns) = wire();
+    // rp_filter 1 everywhere in the machine's namespace: with no address and no route, the
+    // server's broadcast answers fail the check and no UDP socket sees them.
+    machine_ns
+        .run(|| {
+            for name in ["all", "default", "eth0"] {
+                std::fs::write(format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"), "1").unwrap();
+            }
+        })
+        .unwrap();
+    let _server = start_dnsmasq(&server_ns, dir.path(), "10.77.0.50,10.77.0.60", "10.77.0.1");
+    let configured = machine_ns
+        .run(|| {
+            configure_network(
+                &machine_network(Vec::new()),
+                &dir.path().join("resolv.conf"),
+                Duration::from_secs(20),
+            )
+        })
+        .unwrap()
+        .unwrap();
+    assert!(configured.node_ip.is_some());
+}
+
+#[test]
 fn without_a_server_boot_says_no_lease_came() {
     let (_server_ns, machine_ns) = wire();
     let dir = tempfile::tempdir().unwrap();

@@ -1,11 +1,13 @@
 //! A DHCPv4 client (RFC 2131) for the machine's interfaces that ask for one
-//! (`machine.network.interfaces[].dhcp`): DISCOVER, OFFER, REQUEST, ACK on a UDP socket bound
-//! to the interface (no raw sockets: until it has an address the client asks servers to
-//! broadcast their answers), then the lease kept by a thread of its own that renews it at T1
-//! (unicast to the server), rebinds at T2 (broadcast), and starts over when it expires.
+//! (`machine.network.interfaces[].dhcp`): DISCOVER, OFFER, REQUEST, ACK sent on a UDP socket
+//! bound to the interface, the answers read from a packet socket until the interface has an
+//! address (the kernel's reverse-path filter drops them before any UDP socket sees them when
+//! no route leads back to the server), then the lease kept by a thread of its own that renews
+//! it at T1 (unicast to the server), rebinds at T2 (broadcast), and starts over when it ends.
 
 mod keeper;
 mod message;
+mod packet;
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::OwnedFd;
@@ -64,14 +66,17 @@ pub enum DhcpExchangeError {
 #[derive(Debug)]
 pub struct DhcpClient {
     interface: String,
+    index: u32,
     mac: [u8; 6],
     socket: UdpSocket,
+    /// While getting a lease: where answers are read.
+    packet: Option<OwnedFd>,
 }
 
 impl DhcpClient {
-    /// A client for `interface`, whose hardware address is `mac`: a UDP socket on port 68 bound
-    /// to the interface, allowed to broadcast.
-    pub fn open(interface: &str, mac: [u8; 6]) -> Result<Self, DhcpExchangeError> {
+    /// A client for `interface` (index `index`), whose hardware address is `mac`: a UDP socket
+    /// on port 68 bound to the interface, allowed to broadcast.
+    pub fn open(interface: &str, index: u32, mac: [u8; 6]) -> Result<Self, DhcpExchangeError> {
         let fail = |action: &'static str| {
             let interface = interface.to_owned();
             move |source: std::io::Error| DhcpExchangeError::Socket {
@@ -103,14 +108,29 @@ impl DhcpClient {
             .map_err(fail("bind port 68"))?;
         Ok(Self {
             interface: interface.to_owned(),
+            index,
             mac,
             socket: UdpSocket::from(fd),
+            packet: None,
         })
     }
 
     /// Gets a lease: DISCOVER until a server offers, then REQUEST that offer until it is
     /// acknowledged; gives up at `deadline`.
     pub fn acquire(&mut self, deadline: Instant) -> Result<Lease, DhcpExchangeError> {
+        self.packet = match packet::open() {
+            Ok(fd) => Some(fd),
+            Err(err) => {
+                tracing::warn!(interface = %self.interface, %err, "no packet socket for DHCP: answers are read from the UDP socket");
+                None
+            }
+        };
+        let lease = self.acquire_with_open_sockets(deadline);
+        self.packet = None;
+        lease
+    }
+
+    fn acquire_with_open_sockets(&mut self, deadline: Instant) -> Result<Lease, DhcpExchangeError> {
         let started = Instant::now();
         let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT);
         loop {
@@ -208,26 +228,44 @@ impl DhcpClient {
             wait = (wait * 2).min(MAX_WAIT);
             loop {
                 let left = resend_at.saturating_duration_since(Instant::now());
-                if left.is_zero() || self.socket.set_read_timeout(Some(left)).is_err() {
+                if left.is_zero() {
                     break;
                 }
-                let (length, from) = match self.socket.recv_from(&mut buffer) {
-                    Ok(received) => received,
+                let (payload, source) = match self.receive(&mut buffer, left) {
+                    Ok(Some(received)) => received,
+                    Ok(None) => continue,
                     // A signal (PID 1 gets SIGCHLD often) is not a timeout.
                     Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 };
-                let std::net::SocketAddr::V4(from) = from else {
-                    continue;
-                };
                 if let Some(taken) =
-                    message::parse_reply(&buffer[..length], *from.ip(), xid, &self.mac)
-                        .and_then(&accept)
+                    message::parse_reply(&buffer[payload], source, xid, &self.mac).and_then(&accept)
                 {
                     return Some(taken);
                 }
             }
         }
         None
+    }
+
+    /// Waits up to `wait` for a datagram to port 68: where its payload is in `buffer`, and its
+    /// source; `None` for a packet that is not one.
+    fn receive(
+        &self,
+        buffer: &mut [u8],
+        wait: Duration,
+    ) -> std::io::Result<Option<(std::ops::Range<usize>, Ipv4Addr)>> {
+        if let Some(packet) = &self.packet {
+            let Some(length) = packet::receive(packet, self.index, buffer, wait)? else {
+                return Ok(None);
+            };
+            return Ok(packet::udp_payload(&buffer[..length], CLIENT_PORT));
+        }
+        self.socket.set_read_timeout(Some(wait))?;
+        let (length, from) = self.socket.recv_from(buffer)?;
+        Ok(match from {
+            std::net::SocketAddr::V4(from) => Some((0..length, *from.ip())),
+            std::net::SocketAddr::V6(_) => None,
+        })
     }
 }
