@@ -72,9 +72,9 @@ pub fn lease_phase(lease: &Lease, elapsed: Duration) -> LeasePhase {
 
 /// Applies `lease` to interface `index`, after `previous` (whose address and route are
 /// removed when they changed): the address with its prefix, a default route through its
-/// router (marked as DHCP's, replacing the previous router's), and the lease's MTU when the
-/// configuration sets none and it is sensible (576 to 65535; a refused MTU is logged: the
-/// address matters more).
+/// router (marked as DHCP's; a default route that is there already, such as one of the
+/// configuration's, is left alone), and the lease's MTU when the configuration sets none and
+/// it is sensible (576 to 65535; a refused MTU is logged: the address matters more).
 pub fn apply_lease(
     socket: &mut RouteSocket,
     index: u32,
@@ -86,14 +86,14 @@ pub fn apply_lease(
         if previous.address != lease.address {
             remove_lease(socket, index, previous)?;
         } else if let Some(router) = previous.router
-            && lease.router.is_none()
+            && lease.router != Some(router)
         {
             socket.delete_dhcp_route(&default_route(index, router))?;
         }
     }
     socket.add_address(index, lease.address)?;
     if let Some(router) = lease.router {
-        socket.replace_dhcp_route(&default_route(index, router))?;
+        socket.add_dhcp_route(&default_route(index, router))?;
     }
     if configured_mtu.is_none()
         && let Some(mtu) = lease.mtu

@@ -310,6 +310,39 @@ mod tests {
     }
 
     #[test]
+    fn options_of_lying_lengths_are_errors_not_panics() {
+        let good = server_reply(
+            5,
+            MessageType::Offer,
+            vec![DhcpOption::ServerIdentifier(SOURCE)],
+        );
+        // Options whose decoders assert a length the packet gives: rapid commit (80), client
+        // FQDN (81), client network interface (94), bulk lease query times (91 to 93); then
+        // every byte of a good reply changed in turn.
+        let end = good.len() - 1;
+        for (code, length) in [
+            (80u8, 3u8),
+            (81, 0),
+            (81, 2),
+            (94, 1),
+            (91, 2),
+            (92, 0),
+            (93, 7),
+        ] {
+            let mut bytes = good[..end].to_vec();
+            bytes.extend_from_slice(&[code, length, 1, 2, 3, 4, 5, 6, 7, 255]);
+            let _ = parse_reply(&bytes, SOURCE, 5, &MAC);
+        }
+        for at in 0..good.len() {
+            for value in [0u8, 1, 3, 127, 255] {
+                let mut bytes = good.clone();
+                bytes[at] = value;
+                let _ = parse_reply(&bytes, SOURCE, 5, &MAC);
+            }
+        }
+    }
+
+    #[test]
     fn timers_out_of_order_fall_back_to_the_rfc_s() {
         let bytes = server_reply(
             5,

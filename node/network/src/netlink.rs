@@ -5,8 +5,8 @@
 use std::io;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -58,8 +58,6 @@ pub enum Create {
     Exclusive,
     /// Not a creation (a change or a deletion).
     No,
-    /// Create, or replace what is there (NLM_F_REPLACE).
-    Replace,
 }
 
 /// An rtnetlink socket bound to the network namespace it was opened in.
@@ -93,10 +91,8 @@ impl RouteSocket {
         create: Create,
     ) -> Result<(), NetlinkError> {
         let mut flags = NLM_F_REQUEST | NLM_F_ACK;
-        match create {
-            Create::Exclusive => flags |= NLM_F_CREATE | NLM_F_EXCL,
-            Create::Replace => flags |= NLM_F_CREATE | NLM_F_REPLACE,
-            Create::No => {}
+        if create == Create::Exclusive {
+            flags |= NLM_F_CREATE | NLM_F_EXCL;
         }
         self.exchange(message, flags)
             .map(drop)

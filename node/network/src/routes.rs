@@ -96,16 +96,21 @@ impl RouteSocket {
         }
     }
 
-    /// Adds `route` as a DHCP lease's (protocol `dhcp`), replacing a route to the same
-    /// destination (another router of a renewed lease).
-    pub fn replace_dhcp_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+    /// Adds `route` as a DHCP lease's (protocol `dhcp`); a route to the same destination
+    /// that exists already (the lease's own, or one of the configuration) is kept and not an
+    /// error.
+    pub fn add_dhcp_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
         let mut message = route.message();
         message.header.protocol = RouteProtocol::Dhcp;
-        self.change(
+        let result = self.change(
             || format!("add DHCP route {}", route.describe()),
             RouteNetlinkMessage::NewRoute(message),
-            Create::Replace,
-        )
+            Create::Exclusive,
+        );
+        match result {
+            Err(err) if err.is_exists() => Ok(()),
+            other => other,
+        }
     }
 
     /// Deletes the DHCP lease's `route`; a missing one is not an error.

@@ -55,10 +55,10 @@ pub struct Attachment {
 pub struct CachedAttachment {
     #[serde(flatten)]
     pub attachment: Attachment,
-    /// The namespace ADD ran in (see [`namespace_identity`]): a namespace made again at the
-    /// same path is another one, whose container must be attached again.
+    /// The namespace ADD ran in: a namespace made again at the same path is another one,
+    /// whose container must be attached again.
     #[serde(default)]
-    pub netns_identity: Option<String>,
+    pub netns_identity: Option<NamespaceIdentity>,
     /// While ADD has not finished: how many plugins were started (DEL undoes only those).
     #[serde(default)]
     pub started: Option<usize>,
@@ -136,32 +136,69 @@ impl Attachment {
     }
 }
 
-/// What tells the network namespace at `path` from any other: the boot's id with the
-/// namespace's cookie (`SO_NETNS_COOKIE`, never reused while the machine runs; namespace inode
-/// numbers are), or with the file's device and inode where the kernel has no cookie or the
-/// file is not a namespace.
-pub fn namespace_identity(path: &Path) -> Option<String> {
-    let metadata = std::fs::metadata(path).ok()?;
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let boot = boot.trim();
-    let cookie = crate::NetNs::open(path)
-        .ok()
-        .and_then(|namespace| namespace.run(netns_cookie).ok().flatten());
-    Some(match cookie {
-        Some(cookie) => format!("{boot}/cookie/{cookie}"),
-        None => format!("{boot}/inode/{}/{}", metadata.dev(), metadata.ino()),
-    })
+/// What tells a network namespace from any other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceIdentity {
+    /// The boot it was seen in (/proc/sys/kernel/random/boot_id).
+    pub boot_id: String,
+    /// Its `SO_NETNS_COOKIE`, which the kernel never reuses while it runs (namespace inode
+    /// numbers it does); none where it could not be read.
+    pub cookie: Option<u64>,
+    /// The device of its file.
+    pub device: u64,
+    /// The inode of its file.
+    pub inode: u64,
 }
 
-/// The calling thread's network namespace cookie (nix has no wrapper for the option).
+impl NamespaceIdentity {
+    /// The identity of the namespace whose file is at `path` (a file that is not a namespace
+    /// has no cookie).
+    pub fn of(path: &Path) -> Option<Self> {
+        let metadata = std::fs::metadata(path).ok()?;
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let cookie = crate::NetNs::open(path)
+            .ok()
+            .and_then(|namespace| namespace.run(netns_cookie).ok().flatten());
+        Some(Self {
+            boot_id,
+            cookie,
+            device: metadata.dev(),
+            inode: metadata.ino(),
+        })
+    }
+
+    /// Whether both name the same namespace: the same boot, and the same cookie where both
+    /// have one (a cookie that could not be read this time is no proof of a new namespace),
+    /// else the same file.
+    pub fn same_namespace(&self, other: &Self) -> bool {
+        self.boot_id == other.boot_id
+            && match (self.cookie, other.cookie) {
+                (Some(mine), Some(theirs)) => mine == theirs,
+                _ => (self.device, self.inode) == (other.device, other.inode),
+            }
+    }
+}
+
+/// The calling thread's network namespace cookie, from a socket that is never bound (nix has
+/// no wrapper for the option).
 #[allow(unsafe_code)]
 fn netns_cookie() -> Option<u64> {
     use std::os::fd::AsRawFd;
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    let socket = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ok()?;
     let mut cookie: u64 = 0;
     let mut length = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: the buffer is a u64 and `length` says its size.
+    // SAFETY: the buffer is a u64 that lives through the call, and `length` says its size.
     let status = unsafe {
         libc::getsockopt(
             socket.as_raw_fd(),
@@ -196,8 +233,11 @@ impl CniPlugins {
         match self.cached(id) {
             Ok(Some(cached))
                 if !cached.result.is_null()
-                    && cached.netns_identity.is_some()
-                    && cached.netns_identity == namespace_identity(&attachment.netns) =>
+                    && cached
+                        .netns_identity
+                        .as_ref()
+                        .zip(NamespaceIdentity::of(&attachment.netns))
+                        .is_some_and(|(then, now)| then.same_namespace(&now)) =>
             {
                 if let Err(err) = self.check(&cached).await {
                     tracing::warn!(
@@ -226,7 +266,7 @@ impl CniPlugins {
     ) -> Result<Value, CniOperationError> {
         let mut entry = CachedAttachment {
             attachment: attachment.clone(),
-            netns_identity: namespace_identity(&attachment.netns),
+            netns_identity: NamespaceIdentity::of(&attachment.netns),
             config: network.to_value(),
             result: Value::Null,
             started: Some(0),

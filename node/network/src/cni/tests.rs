@@ -340,9 +340,20 @@ fn namespaces_are_told_apart_by_their_cookie() {
     let path = |namespace: &crate::NetNs| {
         std::path::PathBuf::from(format!("/proc/self/fd/{}", namespace.as_fd().as_raw_fd()))
     };
-    let a = namespace_identity(&path(&first)).unwrap();
-    let b = namespace_identity(&path(&second)).unwrap();
-    assert!(a.contains("/cookie/") && b.contains("/cookie/"), "{a} {b}");
-    assert_ne!(a, b);
-    assert_eq!(namespace_identity(&path(&first)).unwrap(), a);
+    let a = NamespaceIdentity::of(&path(&first)).unwrap();
+    let b = NamespaceIdentity::of(&path(&second)).unwrap();
+    assert!(a.cookie.is_some() && b.cookie.is_some(), "{a:?} {b:?}");
+    assert!(!a.same_namespace(&b));
+    assert!(a.same_namespace(&NamespaceIdentity::of(&path(&first)).unwrap()));
+    // A cookie not read this time: the file decides.
+    let unread = NamespaceIdentity {
+        cookie: None,
+        ..a.clone()
+    };
+    assert!(a.same_namespace(&unread));
+    let other_boot = NamespaceIdentity {
+        boot_id: "another".into(),
+        ..a.clone()
+    };
+    assert!(!a.same_namespace(&other_boot));
 }
