@@ -57,16 +57,24 @@ pub async fn connect(
     kube::Client::try_from(config).map_err(ConnectError::Client)
 }
 
-/// Like [`connect`], for clients that never watch: every read of an answer may wait at most
-/// `timeout` (kube's own default is no limit), so that a request on a dead connection fails.
-pub async fn connect_with_read_timeout(
+/// Like [`connect`], with every request other than a watch given `timeout` for its answer's
+/// headers (kube's own default is no limit), so that a request on a dead connection fails.
+/// Not kube's `read_timeout`: that one also ends connections idle in the pool for as long,
+/// and a client that asks every `timeout` (a heartbeat) then races the end of its own
+/// connection and fails with `SendRequest` every few requests.
+pub async fn connect_with_request_timeout(
     kubeconfig: Option<&Path>,
     user_agent: &str,
     timeout: Duration,
 ) -> Result<kube::Client, ConnectError> {
-    let mut config = load_config(kubeconfig, user_agent).await?;
-    config.read_timeout = Some(timeout);
-    kube::Client::try_from(config).map_err(ConnectError::Client)
+    let config = load_config(kubeconfig, user_agent).await?;
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(ConnectError::Client)?;
+    Ok(builder
+        .with_layer(&request_limit::RequestLimitLayer::with_timeout(
+            usize::MAX,
+            timeout,
+        ))
+        .build())
 }
 
 /// Like [`connect`], with at most `max_in_flight` requests other than watches in flight (see

@@ -32,13 +32,22 @@ pub struct RequestTimeoutError(Duration);
 #[derive(Debug, Clone)]
 pub struct RequestLimitLayer {
     permits: Arc<Semaphore>,
+    timeout: Duration,
 }
 
 impl RequestLimitLayer {
-    /// At most `max` (at least 1) requests other than watches in flight at once.
+    /// At most `max` (at least 1) requests other than watches in flight at once, each given
+    /// [`REQUEST_TIMEOUT`] for its answer.
     pub fn new(max: usize) -> Self {
+        Self::with_timeout(max, REQUEST_TIMEOUT)
+    }
+
+    /// At most `max` (at least 1) requests other than watches in flight at once, each given
+    /// `timeout` for its answer (its headers) once it holds a permit.
+    pub fn with_timeout(max: usize, timeout: Duration) -> Self {
         RequestLimitLayer {
-            permits: Arc::new(Semaphore::new(max.max(1))),
+            permits: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
+            timeout,
         }
     }
 }
@@ -50,6 +59,7 @@ impl<S> Layer<S> for RequestLimitLayer {
         RequestLimit {
             inner,
             permits: self.permits.clone(),
+            timeout: self.timeout,
         }
     }
 }
@@ -59,6 +69,7 @@ impl<S> Layer<S> for RequestLimitLayer {
 pub struct RequestLimit<S> {
     inner: S,
     permits: Arc<Semaphore>,
+    timeout: Duration,
 }
 
 /// Whether `request` is a watch (`watch=true` or `watch=1` in its query, as kube-rs and
@@ -87,6 +98,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let permits = (!is_watch(&request)).then(|| self.permits.clone());
+        let timeout = self.timeout;
         // kube's stack rewrites the URI and headers and opens its trace span now (so traced
         // latency includes the wait), but takes no connection until the future is polled,
         // which is after the permit is held.
@@ -97,9 +109,9 @@ where
                 return Ok(response.map(|body| PermitBody { body, permit: None }));
             };
             let permit = permits.acquire_owned().await.ok();
-            let response = tokio::time::timeout(REQUEST_TIMEOUT, response)
+            let response = tokio::time::timeout(timeout, response)
                 .await
-                .map_err(|_| RequestTimeoutError(REQUEST_TIMEOUT))?
+                .map_err(|_| RequestTimeoutError(timeout))?
                 .map_err(Into::into)?;
             Ok(response.map(|body| PermitBody { body, permit }))
         })
@@ -237,6 +249,22 @@ mod tests {
             .expect("the second request runs once the first answer is read")
             .unwrap();
         assert_eq!(second.as_ref(), b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_answer_in_time_fails_with_the_layer_s_timeout() {
+        let timeout = Duration::from_millis(50);
+        let mut service = RequestLimitLayer::with_timeout(usize::MAX, timeout).layer(
+            tower::service_fn(|_request: Request<()>| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, std::convert::Infallible>(Response::new(()))
+            }),
+        );
+        let started = std::time::Instant::now();
+        let request = Request::get("/api/v1/nodes").body(()).unwrap();
+        let err = service.call(request).await.unwrap_err();
+        assert!(err.is::<RequestTimeoutError>(), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
     // The node's registration, status and Lease go through a client of their own, as with
     // upstream's kubelet's heartbeat client: a burst of pod work does not queue ahead of the
     // heartbeat, and a request stuck on a dead connection fails after upstream's 10 s.
-    let heartbeat_client = baton_client::connect_with_read_timeout(
+    let heartbeat_client = baton_client::connect_with_request_timeout(
         Some(&args.kubeconfig),
         "kubelet",
         HEARTBEAT_TIMEOUT,
