@@ -68,42 +68,44 @@ impl RouteSocket {
     /// Adds `route`, marked as Baton's; a route to the same destination that exists already is
     /// not an error.
     pub fn add_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
-        let result = self.change(
-            || format!("add route {}", route.describe()),
-            RouteNetlinkMessage::NewRoute(route.message()),
-            Create::Exclusive,
-        );
-        match result {
-            Err(err) if err.is_exists() => Ok(()),
-            other => other,
-        }
+        self.add_route_of(route, RouteProtocol::Other(BATON_ROUTE_PROTOCOL), "route")
     }
 
     /// Adds `route` as a static route of the machine's configuration (protocol `static`, not
     /// Baton's pod-route mark, so the node route sync never removes it); one that exists
     /// already is not an error.
     pub fn add_static_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
-        let mut message = route.message();
-        message.header.protocol = RouteProtocol::Static;
-        let result = self.change(
-            || format!("add static route {}", route.describe()),
-            RouteNetlinkMessage::NewRoute(message),
-            Create::Exclusive,
-        );
-        match result {
-            Err(err) if err.is_exists() => Ok(()),
-            other => other,
-        }
+        self.add_route_of(route, RouteProtocol::Static, "static route")
     }
 
     /// Adds `route` as a DHCP lease's (protocol `dhcp`); a route to the same destination
     /// that exists already (the lease's own, or one of the configuration) is kept and not an
     /// error.
     pub fn add_dhcp_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+        self.add_route_of(route, RouteProtocol::Dhcp, "DHCP route")
+    }
+
+    /// Deletes the DHCP lease's `route`; a missing one is not an error.
+    pub fn delete_dhcp_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+        self.delete_route_of(route, RouteProtocol::Dhcp, "DHCP route")
+    }
+
+    /// Deletes `route` (Baton's); a missing one is not an error.
+    pub fn delete_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+        self.delete_route_of(route, RouteProtocol::Other(BATON_ROUTE_PROTOCOL), "route")
+    }
+
+    /// Adds `route` marked with `protocol`; one that exists already is not an error.
+    fn add_route_of(
+        &mut self,
+        route: &Route,
+        protocol: RouteProtocol,
+        kind: &str,
+    ) -> Result<(), NetlinkError> {
         let mut message = route.message();
-        message.header.protocol = RouteProtocol::Dhcp;
+        message.header.protocol = protocol;
         let result = self.change(
-            || format!("add DHCP route {}", route.describe()),
+            || format!("add {kind} {}", route.describe()),
             RouteNetlinkMessage::NewRoute(message),
             Create::Exclusive,
         );
@@ -113,26 +115,19 @@ impl RouteSocket {
         }
     }
 
-    /// Deletes the DHCP lease's `route`; a missing one is not an error.
-    pub fn delete_dhcp_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+    /// Deletes `route` marked with `protocol` (the kernel matches the mark); a missing one is
+    /// not an error.
+    fn delete_route_of(
+        &mut self,
+        route: &Route,
+        protocol: RouteProtocol,
+        kind: &str,
+    ) -> Result<(), NetlinkError> {
         let mut message = route.message();
-        message.header.protocol = RouteProtocol::Dhcp;
+        message.header.protocol = protocol;
         let result = self.change(
-            || format!("delete DHCP route {}", route.describe()),
+            || format!("delete {kind} {}", route.describe()),
             RouteNetlinkMessage::DelRoute(message),
-            Create::No,
-        );
-        match result {
-            Err(err) if err.is_not_found() => Ok(()),
-            other => other,
-        }
-    }
-
-    /// Deletes `route`; a missing one is not an error.
-    pub fn delete_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
-        let result = self.change(
-            || format!("delete route {}", route.describe()),
-            RouteNetlinkMessage::DelRoute(route.message()),
             Create::No,
         );
         match result {
