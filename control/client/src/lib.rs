@@ -67,14 +67,8 @@ pub async fn connect_with_request_timeout(
     user_agent: &str,
     timeout: Duration,
 ) -> Result<kube::Client, ConnectError> {
-    let config = load_config(kubeconfig, user_agent).await?;
-    let builder = kube::client::ClientBuilder::try_from(config).map_err(ConnectError::Client)?;
-    Ok(builder
-        .with_layer(&request_limit::RequestLimitLayer::with_timeout(
-            usize::MAX,
-            timeout,
-        ))
-        .build())
+    let layer = request_limit::RequestLimitLayer::with_timeout(usize::MAX, timeout);
+    connect_with_layer(kubeconfig, user_agent, &layer).await
 }
 
 /// Like [`connect`], with at most `max_in_flight` requests other than watches in flight (see
@@ -86,11 +80,19 @@ pub async fn connect_with_request_limit(
     user_agent: &str,
     max_in_flight: usize,
 ) -> Result<kube::Client, ConnectError> {
+    let layer = request_limit::RequestLimitLayer::new(max_in_flight);
+    connect_with_layer(kubeconfig, user_agent, &layer).await
+}
+
+/// Like [`connect`], with `layer` around the client's requests.
+async fn connect_with_layer(
+    kubeconfig: Option<&Path>,
+    user_agent: &str,
+    layer: &request_limit::RequestLimitLayer,
+) -> Result<kube::Client, ConnectError> {
     let config = load_config(kubeconfig, user_agent).await?;
     let builder = kube::client::ClientBuilder::try_from(config).map_err(ConnectError::Client)?;
-    Ok(builder
-        .with_layer(&request_limit::RequestLimitLayer::new(max_in_flight))
-        .build())
+    Ok(builder.with_layer(layer).build())
 }
 
 /// The client configuration [`connect`] builds its client from.

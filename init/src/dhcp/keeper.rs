@@ -286,28 +286,18 @@ mod tests {
     fn a_lease_is_renewed_from_t1_rebound_from_t2_and_over_at_its_end() {
         let lease = lease(3600);
         let s = Duration::from_secs;
-        assert_eq!(
-            lease_phase(&lease, s(0)),
-            LeasePhase::Bound { left: s(1800) }
-        );
-        // Renewing: half the time left to T2 (3150 s), at least 60 s.
-        assert_eq!(
-            lease_phase(&lease, s(1800)),
-            LeasePhase::Renewing { retry: s(675) }
-        );
-        assert_eq!(
-            lease_phase(&lease, s(3100)),
-            LeasePhase::Renewing { retry: s(50) }
-        );
-        assert_eq!(
-            lease_phase(&lease, s(3150)),
-            LeasePhase::Rebinding { retry: s(225) }
-        );
-        assert_eq!(
-            lease_phase(&lease, s(3599)),
-            LeasePhase::Rebinding { retry: s(1) }
-        );
-        assert_eq!(lease_phase(&lease, s(3600)), LeasePhase::Expired);
+        // Renewing and rebinding: half the time left to the next stage, at least 60 s, never
+        // past it (T2 is 3150 s).
+        for (elapsed, phase) in [
+            (0, LeasePhase::Bound { left: s(1800) }),
+            (1800, LeasePhase::Renewing { retry: s(675) }),
+            (3100, LeasePhase::Renewing { retry: s(50) }),
+            (3150, LeasePhase::Rebinding { retry: s(225) }),
+            (3599, LeasePhase::Rebinding { retry: s(1) }),
+            (3600, LeasePhase::Expired),
+        ] {
+            assert_eq!(lease_phase(&lease, s(elapsed)), phase, "at {elapsed} s");
+        }
     }
 
     #[test]

@@ -72,9 +72,6 @@ impl CniNetwork {
     ) -> Result<Ipv4Addr, AttachPodError> {
         let lock = self.lock_of(id);
         let _held = lock.lock().await;
-        if network.is_none() && !self.plugins.is_attached(id) {
-            return Err(AttachPodError::NotReady(CNI_NOT_READY));
-        }
         let attachment = Attachment {
             container_id: id.to_owned(),
             netns: netns.to_owned(),
