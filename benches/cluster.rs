@@ -1,6 +1,7 @@
 //! `baton cluster create` with the process provider, 1 control plane + 2 workers, on this
-//! machine: time to every node Ready (and DNS answering), to a first pod Running, to
-//! destroyed; the host memory (PSS) of Baton's own processes per node; and the image's size.
+//! machine: time to every node Ready (and DNS answering), to a first pod Running, to stopped
+//! and started again (`cluster stop`, `cluster start` to every node Ready and DNS answering),
+//! to destroyed; the host memory (PSS) of Baton's own processes per node; and the image's size.
 //! References in the same run: etcd alone from start to `/health` (the floor of a
 //! control-plane boot), and the published figures of kind and k3s.
 //!
@@ -128,6 +129,8 @@ struct Run {
     ready: Duration,
     first_pod: Duration,
     destroy: Duration,
+    stop: Duration,
+    start: Duration,
     total: Duration,
     control_plane_mib: f64,
     worker_mib: f64,
@@ -211,6 +214,23 @@ fn one_run(work: &Path, image: &Path, index: usize) -> Run {
             control_plane_mib = mib;
         }
     }
+    // Stopped and started again (what a host restart asks of it), timed apart from the rest.
+    let stop_started = Instant::now();
+    let out = baton(&home, &["cluster", "stop", &name]);
+    assert!(
+        out.status.success(),
+        "cluster stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stop = stop_started.elapsed();
+    let start_started = Instant::now();
+    let out = baton(&home, &["cluster", "start", &name]);
+    assert!(
+        out.status.success(),
+        "cluster start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = start_started.elapsed();
     let destroy_started = Instant::now();
     let out = baton(&home, &["cluster", "destroy", &name]);
     assert!(
@@ -223,7 +243,9 @@ fn one_run(work: &Path, image: &Path, index: usize) -> Run {
         ready,
         first_pod,
         destroy: destroy_started.elapsed(),
-        total: started.elapsed(),
+        stop,
+        start,
+        total: started.elapsed() - stop - start,
         control_plane_mib,
         worker_mib: workers.iter().sum::<f64>() / workers.len().max(1) as f64,
     }
@@ -261,15 +283,17 @@ fn main() {
     let runs: Vec<Run> = (0..RUNS).map(|i| one_run(work.path(), &image, i)).collect();
     println!();
     println!(
-        "| run | create to all Ready + DNS | to first pod Running | destroy | create to destroyed | control plane PSS | worker PSS |"
+        "| run | create to all Ready + DNS | to first pod Running | stop | start to all Ready + DNS | destroy | create to destroyed (without stop and start) | control plane PSS | worker PSS |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (i, run) in runs.iter().enumerate() {
         println!(
-            "| {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.0} MiB | {:.0} MiB |",
+            "| {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.0} MiB | {:.0} MiB |",
             i + 1,
             run.ready.as_secs_f64(),
             run.first_pod.as_secs_f64(),
+            run.stop.as_secs_f64(),
+            run.start.as_secs_f64(),
             run.destroy.as_secs_f64(),
             run.total.as_secs_f64(),
             run.control_plane_mib,

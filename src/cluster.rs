@@ -14,6 +14,13 @@ pub enum ClusterCommand {
         /// The cluster's name.
         name: String,
     },
+    /// Shut a cluster's nodes down and remove its network, keeping its data for `start`.
+    Stop {
+        /// The cluster's name.
+        name: String,
+    },
+    /// Boot a stopped cluster again (after `stop`, or after the host restarted).
+    Start(baton_cluster::StartArgs),
     /// Stop every node of a cluster and remove everything it made.
     Destroy {
         /// The cluster's name.
@@ -46,6 +53,23 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Status { name } => {
             let state = load(&name)?;
             print!("{}", baton_cluster::status::status_table(&state));
+        }
+        ClusterCommand::Stop { name } => {
+            let mut state = load(&name)?;
+            baton_cluster::stop_cluster(&mut state)?;
+            println!("cluster {name} stopped");
+            if state.provider != "process" {
+                println!(
+                    "(its {} nodes kept nothing: `cluster start` cannot bring it back)",
+                    state.provider
+                );
+            }
+        }
+        ClusterCommand::Start(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(baton_cluster::start_cluster(&args))?;
         }
         ClusterCommand::Destroy { name } => {
             let state = load(&name)?;

@@ -2,8 +2,9 @@
 //! nodes whose etcd members form one cluster. It checks that every control-plane node runs
 //! etcd and the API server, that the cluster stays writable and schedules pods when one
 //! control-plane node powers off (etcd keeps its quorum with two of three), and that writes
-//! stop when a second one goes (no quorum). `cluster destroy` removes it, also when the test
-//! fails.
+//! stop when a second one goes (no quorum), and that `cluster stop` and `cluster start` bring
+//! all three members back with the cluster's data. `cluster destroy` removes it, also when the
+//! test fails.
 
 use baton_test_harness::{LocalCluster, services_running_and_ready};
 use std::time::Duration;
@@ -123,6 +124,34 @@ fn three_control_planes_keep_the_cluster_writable_when_one_powers_off() {
     assert!(
         !refused.status.success(),
         "a write without etcd quorum succeeded"
+    );
+
+    // The whole cluster stopped and started again: the three etcd members find each other
+    // from their data and the writes made with quorum are there.
+    let stopped = cluster.baton(&["cluster", "stop", &name]);
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    let started = cluster.baton(&["cluster", "start", &name, "--wait", "180s"]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    for node in ["control-plane-1", "control-plane-2", "control-plane-3"] {
+        let (ok, services, err) = cluster.node_api(node, &["services"]);
+        assert!(ok, "{err}");
+        services_running_and_ready(&services, &["etcd", "apiserver"])
+            .unwrap_or_else(|err| panic!("{node} after the restart: {err}"));
+    }
+    let kept = cluster.kubectl(&["get", "configmap", "after-one", "-o", "jsonpath={.data.k}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&kept.stdout),
+        "v",
+        "{}",
+        String::from_utf8_lossy(&kept.stderr)
     );
 
     let out = cluster.baton(&["cluster", "destroy", &name]);

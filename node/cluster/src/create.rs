@@ -3,24 +3,23 @@
 //! until every node is Ready and DNS answers, and merges the kubeconfig context. On failure it
 //! shows the failing nodes' consoles and removes everything it made.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use baton_init::Role;
-use baton_network::NetNs;
 use baton_pki::{ClusterCa, Kubeconfig, ServiceAccountKey, render_kubeconfig};
-use k8s_openapi::api::core::v1::Node;
-use kube::Api;
 
-use crate::configs::{PlannedNode, machine_config, plan_nodes};
+use crate::boot::{
+    BootClusterError, BootedNode, NodeBoot, boot_node, make_network, save, start_forwarder,
+    wait_for_api, wait_for_dns, wait_for_nodes,
+};
+use crate::configs::{machine_config, plan_nodes};
 use crate::destroy::destroy_cluster;
 use crate::image_cache::prepare_image;
 use crate::kubeconfig::{default_kubeconfig, merge_context};
-use crate::network::{create_cluster_network, create_node_network, gateway};
+use crate::network::gateway;
 use crate::progress::Progress;
-use crate::state::{ClusterState, NodeState, cluster_dir, now_secs};
+use crate::state::{ClusterState, cluster_dir, now_secs};
 
 /// The providers `cluster create` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -41,6 +40,13 @@ impl Provider {
             Provider::Qemu => "qemu",
             Provider::Process => "process",
         }
+    }
+
+    /// The provider named `name` (as [`Provider::name`] gives it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Provider::Microvm, Provider::Qemu, Provider::Process]
+            .into_iter()
+            .find(|provider| provider.name() == name)
     }
 }
 
@@ -106,6 +112,9 @@ pub enum CreateClusterError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Booting the cluster failed (the cluster was removed again).
+    #[error(transparent)]
+    Boot(#[from] BootClusterError),
 }
 
 fn step_error<E: std::error::Error + Send + Sync + 'static>(
@@ -191,18 +200,23 @@ fn check_host(args: &CreateArgs, provider: Provider) -> Result<(), CreateCluster
             args.cpus
         ));
     }
-    let available_mib = memory_available_kib().unwrap_or(u64::MAX) / 1024;
     if args.memory < 256 {
         return refuse(format!(
             "--memory {}: at least 256 MiB per node",
             args.memory
         ));
     }
-    if nodes * args.memory > available_mib {
-        return refuse(format!(
-            "{nodes} nodes of --memory {} MiB need {} MiB, but this host has {available_mib} MiB available",
-            args.memory,
-            nodes * args.memory
+    memory_fits(nodes, args.memory).map_err(CreateClusterError::Refused)
+}
+
+/// Whether `nodes` nodes of `memory_mib` each fit in the host's available memory; if not,
+/// says so.
+pub(crate) fn memory_fits(nodes: u64, memory_mib: u64) -> Result<(), String> {
+    let available_mib = memory_available_kib().unwrap_or(u64::MAX) / 1024;
+    if nodes * memory_mib > available_mib {
+        return Err(format!(
+            "{nodes} nodes of --memory {memory_mib} MiB need {} MiB, but this host has {available_mib} MiB available",
+            nodes * memory_mib
         ));
     }
     Ok(())
@@ -350,6 +364,8 @@ async fn create_in(
         netns: crate::network::cluster_netns_path(&args.name),
         gateway: gateway().addr(),
         pins: Vec::new(),
+        cpus: args.cpus,
+        memory_mib: args.memory,
         nodes: Vec::new(),
         forwarder_pid: None,
         api_port,
@@ -359,51 +375,25 @@ async fn create_in(
         admin_kubeconfig: admin_kubeconfig.clone(),
     };
     // From here on everything made is in the state, so a failure can remove it.
-    let save = |state: &ClusterState| {
-        state
-            .save(dir)
-            .map_err(step_error("saving the cluster's state"))
-    };
-    save(&state).map_err(fail_early)?;
+    save(&state).map_err(|err| fail_early(err.into()))?;
     macro_rules! attempt {
         ($result:expr, $step:expr) => {
             match $result {
                 Ok(value) => value,
                 Err(err) => {
                     $step.failed();
-                    return Err((err, Some(state.clone())));
+                    return Err((err.into(), Some(state.clone())));
                 }
             }
         };
     }
 
     let step = progress.step("Making the cluster network");
-    state.pins.push(state.netns.clone());
-    if provider == Provider::Process {
-        state.pins.extend(
-            configs
-                .iter()
-                .map(|(node, _, _)| crate::network::node_netns_path(&args.name, &node.name)),
-        );
-    }
-    attempt!(save(&state), step);
-    let cluster_ns = attempt!(
-        create_cluster_network(&args.name).map_err(step_error("making the cluster network")),
-        step
-    );
-    // Per node: its namespace (process), or its tap device on the bridge (qemu).
-    let mut node_links = Vec::new();
-    for (index, (node, _, _)) in configs.iter().enumerate() {
-        let link = match provider {
-            Provider::Process => create_node_network(&cluster_ns, &args.name, &node.name, index)
-                .map(|path| path.into_os_string()),
-            _ => crate::network::create_node_tap(&cluster_ns, index).map(Into::into),
-        };
-        node_links.push(attempt!(
-            link.map_err(step_error("making a node's network")),
-            step
-        ));
-    }
+    let names: Vec<&str> = configs
+        .iter()
+        .map(|(node, _, _)| node.name.as_str())
+        .collect();
+    let (cluster_ns, node_links) = attempt!(make_network(&mut state, provider, &names), step);
     step.done(&format!(
         "{} on bridge {}",
         crate::network::CLUSTER_NETWORK,
@@ -415,145 +405,23 @@ async fn create_in(
         planned.len(),
         provider.name()
     ));
-    let exe = attempt!(
-        std::env::current_exe().map_err(step_error("finding this program")),
-        step
-    );
-    let kvm = provider == Provider::Qemu && baton_vmm::check().linux_usable;
-    for (index, ((node, node_dir, config_path), link)) in
-        configs.iter().zip(&node_links).enumerate()
-    {
-        if provider == Provider::Qemu {
-            let console = node_dir.join("console.log");
-            let yaml = attempt!(
-                std::fs::read_to_string(config_path)
-                    .map_err(step_error("reading a machine configuration")),
-                step
-            );
-            let initrd = attempt!(
-                crate::qemu_node::write_node_initrd(&image.dir, node_dir, &yaml)
-                    .map_err(step_error("writing a node's initrd")),
-                step
-            );
-            let tap = link.to_string_lossy();
-            let qemu = crate::qemu_node::QemuNode {
-                image_dir: &image.dir,
-                initrd: &initrd,
-                console: &console,
-                tap: &tap,
-                mac: &crate::qemu_node::mac_address(index),
-                memory_mib: args.memory,
-                cpus: args.cpus,
-                kvm,
-            };
-            let qemu_args = qemu.args();
-            let qemu_args: Vec<&std::ffi::OsStr> =
-                qemu_args.iter().map(|a| a.as_os_str()).collect();
-            // Started from inside the cluster's namespace, where its tap is: QEMU finds the
-            // tap by name in its own namespace.
-            let spawned = cluster_ns
-                .run(|| {
-                    spawn_detached(
-                        Path::new(crate::qemu_node::QEMU),
-                        &qemu_args,
-                        &node_dir.join("qemu.log"),
-                    )
-                })
-                .map_err(std::io::Error::other)
-                .and_then(|spawned| spawned);
-            let pid = attempt!(spawned.map_err(step_error("starting a node's QEMU")), step);
-            state.nodes.push(NodeState {
-                name: node.name.clone(),
-                role: node.role.as_str().into(),
-                ip: node.ip,
-                pid: Some(pid),
-                dir: node_dir.clone(),
-                netns: state.netns.clone(),
-                cgroups: Vec::new(),
-                console,
-                started_at: now_secs(),
-                ready_after_ms: None,
-            });
-            attempt!(save(&state), step);
-            continue;
-        }
-        let netns = PathBuf::from(link);
-        let cgroup = format!("baton/{}/{}", args.name, node.name);
-        let cgroups = attempt!(
-            baton_sandbox::NodeCgroups::for_this_process(&cgroup)
-                .map_err(step_error("finding the node's cgroups")),
-            step
-        );
-        let console = node_dir.join("console.log");
-        let pid = attempt!(
-            spawn_detached(
-                &exe,
-                &[
-                    "sandbox".as_ref(),
-                    "run".as_ref(),
-                    "--image-root".as_ref(),
-                    image.root.as_os_str(),
-                    "--node-dir".as_ref(),
-                    node_dir.as_os_str(),
-                    "--netns".as_ref(),
-                    netns.as_os_str(),
-                    "--cgroup".as_ref(),
-                    cgroup.as_ref(),
-                    "--machine-config".as_ref(),
-                    config_path.as_os_str(),
-                    "--memory".as_ref(),
-                    args.memory.to_string().as_ref(),
-                    "--cpus".as_ref(),
-                    args.cpus.to_string().as_ref(),
-                ],
-                &console,
-            )
-            .map_err(step_error("starting a node")),
-            step
-        );
-        state.nodes.push(NodeState {
-            name: node.name.clone(),
-            role: node.role.as_str().into(),
+    let boot = attempt!(NodeBoot::of(&state, provider), step);
+    for (index, ((node, node_dir, _), link)) in configs.iter().zip(&node_links).enumerate() {
+        let booted = BootedNode {
+            index,
+            name: &node.name,
+            role: node.role.as_str(),
             ip: node.ip,
-            pid: Some(pid),
-            dir: node_dir.clone(),
-            netns: netns.clone(),
-            cgroups: cgroups.dirs,
-            console,
-            started_at: now_secs(),
-            ready_after_ms: None,
-        });
+            dir: node_dir,
+        };
+        let booted = attempt!(boot_node(&boot, &cluster_ns, booted, link), step);
+        state.nodes.push(booted);
         attempt!(save(&state), step);
     }
     step.done("");
 
     let step = progress.step("Starting the API server forwarder");
-    let control_plane = planned
-        .iter()
-        .find(|n| n.role == Role::ControlPlane)
-        .expect("at least one control-plane node");
-    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, api_port));
-    let to = SocketAddr::from((control_plane.ip, baton_init::node_services::SECURE_PORT));
-    let forwarder_log = dir.join("forwarder.log");
-    let forwarder = attempt!(
-        spawn_detached(
-            &exe,
-            &[
-                "cluster".as_ref(),
-                "forward".as_ref(),
-                "--netns".as_ref(),
-                state.netns.as_os_str(),
-                "--listen".as_ref(),
-                listen.to_string().as_ref(),
-                "--to".as_ref(),
-                to.to_string().as_ref(),
-            ],
-            &forwarder_log,
-        )
-        .map_err(step_error("starting the forwarder")),
-        step
-    );
-    state.forwarder_pid = Some(forwarder);
+    state.forwarder_pid = Some(attempt!(start_forwarder(&state, &boot.exe), step));
     attempt!(save(&state), step);
     let admin = attempt!(
         ca.issue_client(baton_pki::ADMIN_USER, Some(baton_pki::ADMIN_GROUP))
@@ -592,21 +460,18 @@ async fn create_in(
     step.done("");
 
     let step = progress.step(&format!("Waiting for {} nodes to be Ready", planned.len()));
-    let ready = attempt!(
-        wait_for_nodes(&client, &planned, deadline, progress.elapsed(), &state).await,
+    let began = Instant::now() - progress.elapsed();
+    attempt!(
+        wait_for_nodes(&client, deadline, began, state.created_at, &mut state).await,
         step
     );
-    for node in &mut state.nodes {
-        node.ready_after_ms = ready
-            .iter()
-            .find(|(name, _)| name == &node.name)
-            .map(|(_, after)| after.as_millis() as u64);
-    }
-    attempt!(save(&state), step);
     step.done("");
 
     let step = progress.step("Waiting for cluster DNS");
-    attempt!(wait_for_dns(&cluster_ns, &planned, deadline).await, step);
+    attempt!(
+        wait_for_dns(&cluster_ns, &state.nodes, deadline).await,
+        step
+    );
     step.done("kubernetes.default.svc.cluster.local answers");
     let ready_after = progress.elapsed();
 
@@ -641,161 +506,6 @@ async fn create_in(
 fn free_local_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
-}
-
-/// Starts `exe args` in a session of its own with its output in `log`, not waited for: it
-/// outlives this command.
-fn spawn_detached(exe: &Path, args: &[&std::ffi::OsStr], log: &Path) -> std::io::Result<u32> {
-    use std::os::unix::process::CommandExt;
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    let err = out.try_clone()?;
-    let child = Command::new(exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()?;
-    Ok(child.id())
-}
-
-/// Why waiting failed.
-#[derive(Debug, thiserror::Error)]
-enum WaitError {
-    #[error("connecting to the API server")]
-    Connect(#[from] baton_client::ConnectError),
-    #[error("{0} (see `baton cluster status` and the nodes' console.log)")]
-    Timeout(String),
-    #[error("querying DNS")]
-    Dns(#[from] baton_network::NetNsError),
-}
-
-/// Fails when a node's process, or the forwarder, has ended: the console says why.
-fn nodes_alive(state: &ClusterState) -> Result<(), CreateClusterError> {
-    for node in &state.nodes {
-        if !node.pid.is_some_and(crate::state::process_alive) {
-            return Err(CreateClusterError::Refused(format!(
-                "node {} stopped while the cluster was starting (its console is below)",
-                node.name
-            )));
-        }
-    }
-    if !state.forwarder_pid.is_some_and(crate::state::process_alive) {
-        return Err(CreateClusterError::Refused(format!(
-            "the API server forwarder stopped (see {})",
-            cluster_dir(&state.name).join("forwarder.log").display()
-        )));
-    }
-    Ok(())
-}
-
-async fn wait_for_api(
-    kubeconfig: &Path,
-    deadline: Instant,
-    state: &ClusterState,
-) -> Result<kube::Client, CreateClusterError> {
-    let client = baton_client::connect(Some(kubeconfig), "baton-cluster-create")
-        .await
-        .map_err(WaitError::from)
-        .map_err(step_error("waiting for the API server"))?;
-    loop {
-        let ready = client
-            .request_text(
-                http::Request::get("/readyz")
-                    .body(Vec::new())
-                    .expect("a valid request"),
-            )
-            .await;
-        if ready.is_ok() {
-            return Ok(client);
-        }
-        nodes_alive(state)?;
-        if Instant::now() >= deadline {
-            return Err(step_error("waiting for the API server")(
-                WaitError::Timeout("the API server did not answer /readyz in time".into()),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Waits until every planned node is registered and Ready; returns when each was first seen
-/// Ready, as time since the command started.
-async fn wait_for_nodes(
-    client: &kube::Client,
-    planned: &[PlannedNode],
-    deadline: Instant,
-    started_ago: Duration,
-    state: &ClusterState,
-) -> Result<Vec<(String, Duration)>, CreateClusterError> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let began = Instant::now() - started_ago;
-    let mut ready: Vec<(String, Duration)> = Vec::new();
-    loop {
-        if let Ok(list) = nodes.list(&Default::default()).await {
-            for node in list.items {
-                let name = node.metadata.name.clone().unwrap_or_default();
-                let is_ready = node
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                if is_ready && !ready.iter().any(|(n, _)| n == &name) {
-                    ready.push((name, began.elapsed()));
-                }
-            }
-        }
-        if planned
-            .iter()
-            .all(|p| ready.iter().any(|(n, _)| n == &p.name))
-        {
-            return Ok(ready);
-        }
-        nodes_alive(state)?;
-        if Instant::now() >= deadline {
-            let missing: Vec<&str> = planned
-                .iter()
-                .filter(|p| !ready.iter().any(|(n, _)| n == &p.name))
-                .map(|p| p.name.as_str())
-                .collect();
-            return Err(step_error("waiting for the nodes")(WaitError::Timeout(
-                format!("nodes not Ready in time: {}", missing.join(", ")),
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Waits until every node's DNS server answers `kubernetes.default.svc.cluster.local` with an
-/// address, asking from the cluster network.
-async fn wait_for_dns(
-    cluster_ns: &NetNs,
-    planned: &[PlannedNode],
-    deadline: Instant,
-) -> Result<(), CreateClusterError> {
-    for node in planned {
-        loop {
-            let server = SocketAddr::from((node.ip, 53));
-            let answered = cluster_ns
-                .run(|| crate::dns_probe::resolves(server, "kubernetes.default.svc.cluster.local."))
-                .map_err(WaitError::from)
-                .map_err(step_error("waiting for cluster DNS"))?;
-            if answered {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(step_error("waiting for cluster DNS")(WaitError::Timeout(
-                    format!("DNS on {} did not answer in time", node.name),
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

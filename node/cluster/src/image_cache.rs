@@ -128,6 +128,11 @@ pub fn prepare_image(
     Ok(PreparedImage { dir, sha256, root })
 }
 
+/// Whether `root` is a complete unpacked image root.
+pub fn is_unpacked_root(root: &Path) -> bool {
+    root.join(COMPLETE_MARKER).exists()
+}
+
 /// How old an unfinished unpack must be before it is taken for abandoned.
 const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 

@@ -7,6 +7,7 @@
 //! answer, and merges a `baton-NAME` context into the kubeconfig. `list`, `status` and
 //! `destroy` find clusters again from their state on disk.
 
+pub mod boot;
 pub mod configs;
 pub mod create;
 pub mod destroy;
@@ -18,10 +19,14 @@ pub mod network;
 pub mod node_access;
 pub mod progress;
 pub mod qemu_node;
+pub mod start;
 pub mod state;
 pub mod status;
+pub mod stop;
 
 pub use create::{CreateArgs, CreateClusterError, CreatedCluster, Provider, create_cluster};
 pub use destroy::{DestroyClusterError, destroy_cluster};
 pub use forwarder::{ForwardArgs, run_forwarder};
+pub use start::{StartArgs, StartClusterError, start_cluster};
 pub use state::{ClusterState, cluster_dir};
+pub use stop::{StopClusterError, stop_cluster};

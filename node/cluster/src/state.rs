@@ -73,6 +73,12 @@ pub struct ClusterState {
     /// failed create removes it too).
     #[serde(default)]
     pub pins: Vec<PathBuf>,
+    /// CPUs per node (`--cpus`).
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    /// Memory per node, MiB (`--memory`).
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
     /// The nodes.
     pub nodes: Vec<NodeState>,
     /// The forwarder from the host to the API server.
@@ -83,6 +89,16 @@ pub struct ClusterState {
     pub kubeconfig: PathBuf,
     /// The admin kubeconfig of the cluster alone.
     pub admin_kubeconfig: PathBuf,
+}
+
+/// `--cpus`'s default, for states written before the field was.
+fn default_cpus() -> u32 {
+    1
+}
+
+/// `--memory`'s default, for states written before the field was.
+fn default_memory_mib() -> u64 {
+    1024
 }
 
 /// Why a cluster's state could not be read or written.
@@ -184,6 +200,12 @@ pub fn node_marker(provider: &str, node: &NodeState) -> String {
         "qemu" => format!("file:{} ", node.console.display()),
         _ => format!("--netns {} ", node.netns.display()),
     }
+}
+
+/// Whether `node`'s process (of `cluster`) runs.
+pub fn node_running(cluster: &ClusterState, node: &NodeState) -> bool {
+    node.pid
+        .is_some_and(|pid| process_matches(pid, &node_marker(&cluster.provider, node)))
 }
 
 /// What only this cluster's forwarder has on its command line.

@@ -2,21 +2,26 @@
 
 use std::fmt::Write;
 
-use crate::state::{ClusterState, node_marker, now_secs, process_matches};
+use crate::state::{ClusterState, node_running, now_secs};
 
 /// The table `baton cluster list` prints.
 pub fn list_table(clusters: &[ClusterState]) -> String {
     let mut out = format!(
-        "{:<20} {:<10} {:>6} {:>10}\n",
-        "NAME", "PROVIDER", "NODES", "AGE"
+        "{:<20} {:<10} {:>7} {:>10}\n",
+        "NAME", "PROVIDER", "RUNNING", "AGE"
     );
     for cluster in clusters {
+        let running = cluster
+            .nodes
+            .iter()
+            .filter(|node| node_running(cluster, node))
+            .count();
         let _ = writeln!(
             out,
-            "{:<20} {:<10} {:>6} {:>10}",
+            "{:<20} {:<10} {:>7} {:>10}",
             cluster.name,
             cluster.provider,
-            cluster.nodes.len(),
+            format!("{running}/{}", cluster.nodes.len()),
             age(cluster.created_at)
         );
     }
@@ -35,9 +40,7 @@ pub fn status_table(cluster: &ClusterState) -> String {
         "NODE", "ROLE", "ADDRESS", "PID", "PROCESS", "AGE", "READY AFTER"
     );
     for node in &cluster.nodes {
-        let running = node
-            .pid
-            .is_some_and(|pid| process_matches(pid, &node_marker(&cluster.provider, node)));
+        let running = node_running(cluster, node);
         let _ = writeln!(
             out,
             "{:<18} {:<14} {:<14} {:>8} {:<8} {:>8} {:>12}",

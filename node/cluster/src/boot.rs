@@ -1,0 +1,430 @@
+//! What `cluster create` and `cluster start` share: making the cluster's network, booting a
+//! node with its provider, starting the forwarder, and waiting for the API server, the nodes
+//! and DNS. Every step records what it made in the cluster's state before making it, so that
+//! a failure can remove it again.
+
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton_network::NetNs;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+
+use crate::create::Provider;
+use crate::network::{create_cluster_network, create_node_network};
+use crate::state::{ClusterState, NodeState, cluster_dir, now_secs};
+
+/// Why a step of booting a cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootClusterError {
+    /// A step failed.
+    #[error("{step}")]
+    Step {
+        /// The step.
+        step: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A node's process ended while the cluster was starting.
+    #[error("node {0} stopped while the cluster was starting (its console is below)")]
+    NodeStopped(String),
+    /// The forwarder ended while the cluster was starting.
+    #[error("the API server forwarder stopped (see {})", .0.display())]
+    ForwarderStopped(PathBuf),
+}
+
+/// Wraps an error as the failure of `step`.
+pub(crate) fn boot_step<E: std::error::Error + Send + Sync + 'static>(
+    step: &'static str,
+) -> impl FnOnce(E) -> BootClusterError {
+    move |err| BootClusterError::Step {
+        step,
+        source: Box::new(err),
+    }
+}
+
+/// Why waiting failed.
+#[derive(Debug, thiserror::Error)]
+enum WaitError {
+    #[error("connecting to the API server")]
+    Connect(#[from] baton_client::ConnectError),
+    #[error("{0} (see `baton cluster status` and the nodes' console.log)")]
+    Timeout(String),
+    #[error("querying DNS")]
+    Dns(#[from] baton_network::NetNsError),
+}
+
+/// How the nodes of a cluster boot.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeBoot {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The provider.
+    pub provider: Provider,
+    /// The unpacked image root (process), or the image directory (qemu).
+    pub image_root: PathBuf,
+    /// This program (the process provider's nodes run `baton sandbox run`).
+    pub exe: PathBuf,
+    /// Memory per node, MiB.
+    pub memory_mib: u64,
+    /// CPUs per node.
+    pub cpus: u32,
+    /// Whether QEMU uses KVM (else software emulation).
+    pub kvm: bool,
+}
+
+impl NodeBoot {
+    /// How the nodes of the cluster `state` describes boot.
+    pub fn of(state: &ClusterState, provider: Provider) -> Result<Self, BootClusterError> {
+        Ok(NodeBoot {
+            cluster: state.name.clone(),
+            provider,
+            image_root: state.image_root.clone(),
+            exe: std::env::current_exe().map_err(boot_step("finding this program"))?,
+            memory_mib: state.memory_mib,
+            cpus: state.cpus,
+            kvm: provider == Provider::Qemu && baton_vmm::check().linux_usable,
+        })
+    }
+}
+
+/// A node to boot.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BootedNode<'a> {
+    /// Its place in the cluster (its veth or tap and MAC address).
+    pub index: usize,
+    /// Its name.
+    pub name: &'a str,
+    /// `control-plane` or `worker`.
+    pub role: &'a str,
+    /// Its address on the cluster network.
+    pub ip: Ipv4Addr,
+    /// Its directory.
+    pub dir: &'a Path,
+}
+
+impl BootedNode<'_> {
+    fn machine_config(&self) -> PathBuf {
+        self.dir.join("machine-config.yaml")
+    }
+}
+
+/// Saves `state` in its cluster's directory.
+pub(crate) fn save(state: &ClusterState) -> Result<(), BootClusterError> {
+    state
+        .save(&cluster_dir(&state.name))
+        .map_err(boot_step("saving the cluster's state"))
+}
+
+/// Makes the cluster network: the cluster's namespace with its bridge, and per node (in the
+/// order of `nodes`) its namespace (process) or its tap on the bridge (qemu). Returns the
+/// cluster's namespace and each node's link (a namespace pin or a tap's name). The pins are
+/// in `state` (and saved) before they are made.
+pub(crate) fn make_network(
+    state: &mut ClusterState,
+    provider: Provider,
+    nodes: &[&str],
+) -> Result<(NetNs, Vec<OsString>), BootClusterError> {
+    let mut pins = vec![state.netns.clone()];
+    if provider == Provider::Process {
+        pins.extend(
+            nodes
+                .iter()
+                .map(|node| crate::network::node_netns_path(&state.name, node)),
+        );
+    }
+    for pin in pins {
+        if !state.pins.contains(&pin) {
+            state.pins.push(pin);
+        }
+    }
+    save(state)?;
+    let cluster_ns =
+        create_cluster_network(&state.name).map_err(boot_step("making the cluster network"))?;
+    let mut links = Vec::new();
+    for (index, node) in nodes.iter().enumerate() {
+        let link = match provider {
+            Provider::Process => create_node_network(&cluster_ns, &state.name, node, index)
+                .map(|path| path.into_os_string()),
+            _ => crate::network::create_node_tap(&cluster_ns, index).map(Into::into),
+        };
+        links.push(link.map_err(boot_step("making a node's network"))?);
+    }
+    Ok((cluster_ns, links))
+}
+
+/// Boots `node` with `boot.provider`, plugged into `link` (from [`make_network`]), and returns
+/// its state (its process is not waited for: it outlives this command).
+pub(crate) fn boot_node(
+    boot: &NodeBoot,
+    cluster_ns: &NetNs,
+    node: BootedNode<'_>,
+    link: &OsString,
+) -> Result<NodeState, BootClusterError> {
+    let console = node.dir.join("console.log");
+    let config_path = node.machine_config();
+    let mut booted = NodeState {
+        name: node.name.to_string(),
+        role: node.role.to_string(),
+        ip: node.ip,
+        pid: None,
+        dir: node.dir.to_path_buf(),
+        netns: PathBuf::from(link),
+        cgroups: Vec::new(),
+        console: console.clone(),
+        started_at: now_secs(),
+        ready_after_ms: None,
+    };
+    if boot.provider == Provider::Qemu {
+        let yaml = std::fs::read_to_string(&config_path)
+            .map_err(boot_step("reading a machine configuration"))?;
+        let initrd = crate::qemu_node::write_node_initrd(&boot.image_root, node.dir, &yaml)
+            .map_err(boot_step("writing a node's initrd"))?;
+        let tap = link.to_string_lossy();
+        let qemu = crate::qemu_node::QemuNode {
+            image_dir: &boot.image_root,
+            initrd: &initrd,
+            console: &console,
+            tap: &tap,
+            mac: &crate::qemu_node::mac_address(node.index),
+            memory_mib: boot.memory_mib,
+            cpus: boot.cpus,
+            kvm: boot.kvm,
+        };
+        let qemu_args = qemu.args();
+        let qemu_args: Vec<&std::ffi::OsStr> = qemu_args.iter().map(|a| a.as_os_str()).collect();
+        // Started from inside the cluster's namespace, where its tap is: QEMU finds the tap
+        // by name in its own namespace.
+        let pid = cluster_ns
+            .run(|| {
+                spawn_detached(
+                    Path::new(crate::qemu_node::QEMU),
+                    &qemu_args,
+                    &node.dir.join("qemu.log"),
+                )
+            })
+            .map_err(std::io::Error::other)
+            .and_then(|spawned| spawned)
+            .map_err(boot_step("starting a node's QEMU"))?;
+        booted.pid = Some(pid);
+        booted.netns = crate::network::cluster_netns_path(&boot.cluster);
+        return Ok(booted);
+    }
+    let cgroup = format!("baton/{}/{}", boot.cluster, node.name);
+    booted.cgroups = baton_sandbox::NodeCgroups::for_this_process(&cgroup)
+        .map_err(boot_step("finding the node's cgroups"))?
+        .dirs;
+    let pid = spawn_detached(
+        &boot.exe,
+        &[
+            "sandbox".as_ref(),
+            "run".as_ref(),
+            "--image-root".as_ref(),
+            boot.image_root.as_os_str(),
+            "--node-dir".as_ref(),
+            node.dir.as_os_str(),
+            "--netns".as_ref(),
+            link.as_os_str(),
+            "--cgroup".as_ref(),
+            cgroup.as_ref(),
+            "--machine-config".as_ref(),
+            config_path.as_os_str(),
+            "--memory".as_ref(),
+            boot.memory_mib.to_string().as_ref(),
+            "--cpus".as_ref(),
+            boot.cpus.to_string().as_ref(),
+        ],
+        &console,
+    )
+    .map_err(boot_step("starting a node"))?;
+    booted.pid = Some(pid);
+    Ok(booted)
+}
+
+/// Starts the forwarder from 127.0.0.1:`state.api_port` to the first control-plane node's
+/// API server, from inside the cluster's namespace; returns its pid.
+pub(crate) fn start_forwarder(state: &ClusterState, exe: &Path) -> Result<u32, BootClusterError> {
+    let control_plane = state
+        .nodes
+        .iter()
+        .find(|n| n.role == baton_init::Role::ControlPlane.as_str())
+        .expect("at least one control-plane node");
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, state.api_port));
+    let to = SocketAddr::from((control_plane.ip, baton_init::node_services::SECURE_PORT));
+    spawn_detached(
+        exe,
+        &[
+            "cluster".as_ref(),
+            "forward".as_ref(),
+            "--netns".as_ref(),
+            state.netns.as_os_str(),
+            "--listen".as_ref(),
+            listen.to_string().as_ref(),
+            "--to".as_ref(),
+            to.to_string().as_ref(),
+        ],
+        &forwarder_log(&state.name),
+    )
+    .map_err(boot_step("starting the forwarder"))
+}
+
+fn forwarder_log(cluster: &str) -> PathBuf {
+    cluster_dir(cluster).join("forwarder.log")
+}
+
+/// Starts `exe args` in a session of its own with its output in `log`, not waited for: it
+/// outlives this command.
+fn spawn_detached(exe: &Path, args: &[&std::ffi::OsStr], log: &Path) -> std::io::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let err = out.try_clone()?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()?;
+    Ok(child.id())
+}
+
+/// Fails when a node's process, or the forwarder, has ended: the console says why.
+fn nodes_alive(state: &ClusterState) -> Result<(), BootClusterError> {
+    for node in &state.nodes {
+        if !node.pid.is_some_and(crate::state::process_alive) {
+            return Err(BootClusterError::NodeStopped(node.name.clone()));
+        }
+    }
+    if !state.forwarder_pid.is_some_and(crate::state::process_alive) {
+        return Err(BootClusterError::ForwarderStopped(forwarder_log(
+            &state.name,
+        )));
+    }
+    Ok(())
+}
+
+/// Waits until the API server answers /readyz through the forwarder.
+pub(crate) async fn wait_for_api(
+    kubeconfig: &Path,
+    deadline: Instant,
+    state: &ClusterState,
+) -> Result<kube::Client, BootClusterError> {
+    let client = baton_client::connect(Some(kubeconfig), "baton-cluster")
+        .await
+        .map_err(WaitError::from)
+        .map_err(boot_step("waiting for the API server"))?;
+    loop {
+        let ready = client
+            .request_text(
+                http::Request::get("/readyz")
+                    .body(Vec::new())
+                    .expect("a valid request"),
+            )
+            .await;
+        if ready.is_ok() {
+            return Ok(client);
+        }
+        nodes_alive(state)?;
+        if Instant::now() >= deadline {
+            return Err(boot_step("waiting for the API server")(WaitError::Timeout(
+                "the API server did not answer /readyz in time".into(),
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until every node of `state` is registered and Ready by a status its kubelet posted
+/// since `booted_at` (seconds since the epoch: a node object from before a restart still says
+/// Ready until the node lifecycle controller notices), and records in `state` when each was
+/// first seen Ready, as time since `began`.
+pub(crate) async fn wait_for_nodes(
+    client: &kube::Client,
+    deadline: Instant,
+    began: Instant,
+    booted_at: u64,
+    state: &mut ClusterState,
+) -> Result<(), BootClusterError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut ready: Vec<(String, Duration)> = Vec::new();
+    loop {
+        if let Ok(list) = nodes.list(&Default::default()).await {
+            for node in list.items {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                let is_ready = node
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| {
+                        c.type_ == "Ready"
+                            && c.status == "True"
+                            && c.last_heartbeat_time
+                                .as_ref()
+                                .is_some_and(|t| t.0.as_second() > booted_at as i64)
+                    });
+                if is_ready && !ready.iter().any(|(n, _)| n == &name) {
+                    ready.push((name, began.elapsed()));
+                }
+            }
+        }
+        let missing: Vec<&str> = state
+            .nodes
+            .iter()
+            .filter(|p| !ready.iter().any(|(n, _)| n == &p.name))
+            .map(|p| p.name.as_str())
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        nodes_alive(state)?;
+        if Instant::now() >= deadline {
+            return Err(boot_step("waiting for the nodes")(WaitError::Timeout(
+                format!("nodes not Ready in time: {}", missing.join(", ")),
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for node in &mut state.nodes {
+        node.ready_after_ms = ready
+            .iter()
+            .find(|(name, _)| name == &node.name)
+            .map(|(_, after)| after.as_millis() as u64);
+    }
+    save(state)
+}
+
+/// Waits until every node's DNS server answers `kubernetes.default.svc.cluster.local` with an
+/// address, asking from the cluster network.
+pub(crate) async fn wait_for_dns(
+    cluster_ns: &NetNs,
+    nodes: &[NodeState],
+    deadline: Instant,
+) -> Result<(), BootClusterError> {
+    for node in nodes {
+        loop {
+            let server = SocketAddr::from((node.ip, 53));
+            let answered = cluster_ns
+                .run(|| crate::dns_probe::resolves(server, "kubernetes.default.svc.cluster.local."))
+                .map_err(WaitError::from)
+                .map_err(boot_step("waiting for cluster DNS"))?;
+            if answered {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(boot_step("waiting for cluster DNS")(WaitError::Timeout(
+                    format!("DNS on {} did not answer in time", node.name),
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! `baton cluster stop`: everything a host restart would end, ended in order: each node shut
+//! down (SIGTERM to its process, init stops its services in order, then whatever is left in
+//! its cgroups is killed), the forwarder stopped, the network namespaces removed. The
+//! cluster's directory (machine configurations, each node's root and /var, the PKI) and its
+//! kubeconfig context stay, so that `cluster start` boots it again with everything it held.
+//! `destroy` stops a cluster the same way before removing it.
+
+use std::time::{Duration, Instant};
+
+use crate::network::remove_namespace;
+use crate::state::{ClusterState, forwarder_marker, node_running, process_matches};
+
+/// How long a node gets to shut down in order before its processes are killed.
+const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long killing what is left may take.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a cluster could not be stopped entirely: every step that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("stopping cluster {cluster}: {}", .failures.join("; "))]
+pub struct StopClusterError {
+    /// The cluster.
+    pub cluster: String,
+    /// What failed, each with its causes.
+    pub failures: Vec<String>,
+}
+
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    baton_client::error_chain(err)
+}
+
+/// Stops node processes: SIGTERM to each node's monitor (init shuts the node down in order),
+/// then, after the timeout, SIGKILL to everything left in the nodes' cgroups, which are
+/// removed. Returns what failed.
+pub fn stop_nodes(state: &ClusterState) -> Vec<String> {
+    let monitors: Vec<u32> = state
+        .nodes
+        .iter()
+        .filter(|node| node_running(state, node))
+        .filter_map(|node| node.pid)
+        .collect();
+    for pid in &monitors {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let deadline = Instant::now() + NODE_STOP_TIMEOUT;
+    while monitors.iter().any(|pid| crate::state::process_alive(*pid)) && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut failures = Vec::new();
+    for node in &state.nodes {
+        if let Err(err) = baton_sandbox::kill_and_remove_cgroups(&node.cgroups, KILL_TIMEOUT) {
+            failures.push(format!("stopping node {}: {}", node.name, chain(&err)));
+        }
+    }
+    // The cluster's cgroup (`baton/<cluster>`) and `baton` itself once no other cluster uses
+    // it; a parent still in use stays.
+    for node in &state.nodes {
+        for dir in &node.cgroups {
+            for parent in dir.ancestors().skip(1).take(2) {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
+    failures
+}
+
+/// Stops the forwarder, when it is still the process the state names.
+pub fn stop_forwarder(state: &ClusterState) {
+    if let Some(pid) = state.forwarder_pid
+        && process_matches(pid, &forwarder_marker(state))
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Removes every namespace pin of the cluster (the interfaces in them go too). Returns what
+/// failed.
+pub fn remove_pins(state: &ClusterState) -> Vec<String> {
+    let mut pins: Vec<&std::path::Path> = state.pins.iter().map(|p| p.as_path()).collect();
+    pins.extend(state.nodes.iter().map(|n| n.netns.as_path()));
+    pins.push(&state.netns);
+    pins.sort();
+    pins.dedup();
+    pins.into_iter()
+        .filter_map(|pin| remove_namespace(pin).err())
+        .map(|err| chain(&err))
+        .collect()
+}
+
+/// Stops the cluster `state` describes and records that it is stopped (no processes, no
+/// cgroups) in its state file. Stopping a stopped cluster changes nothing.
+pub fn stop_cluster(state: &mut ClusterState) -> Result<(), StopClusterError> {
+    let mut failures = stop_nodes(state);
+    stop_forwarder(state);
+    failures.extend(remove_pins(state));
+    if failures.is_empty() {
+        for node in &mut state.nodes {
+            node.pid = None;
+            node.cgroups.clear();
+        }
+        state.forwarder_pid = None;
+        if let Err(err) = state.save(&crate::state::cluster_dir(&state.name)) {
+            failures.push(chain(&err));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(StopClusterError {
+            cluster: state.name.clone(),
+            failures,
+        })
+    }
+}
