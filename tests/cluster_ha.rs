@@ -1,7 +1,9 @@
 //! `baton cluster create --control-planes 3` with the `process` provider: three control-plane
 //! nodes whose etcd members form one cluster. It checks that every control-plane node runs
-//! etcd and the API server, that the cluster stays writable and schedules pods when one
-//! control-plane node powers off (etcd keeps its quorum with two of three), and that writes
+//! etcd and the API server and backs the `kubernetes` Service, that the cluster stays writable
+//! and schedules pods when the first control-plane node powers off (etcd keeps its quorum with
+//! two of three; the host's forwarder and the worker's local API endpoint turn to the other
+//! API servers, and the `kubernetes` Service drops the lost one), and that writes
 //! stop when a second one goes (no quorum), and that `cluster stop` and `cluster start` bring
 //! all three members back with the cluster's data. `cluster destroy` removes it, also when the
 //! test fails.
@@ -23,6 +25,28 @@ fn power_off(cluster: &LocalCluster, node: &str) {
                 .lines()
                 .any(|l| l.starts_with(node) && l.contains("stopped"))
                 .then_some(())
+        },
+    )
+    .unwrap();
+}
+
+/// Waits until the `kubernetes` Endpoints list exactly `addresses` (at most 45 s: a stopped
+/// API server's record expires 15 s after its last renewal, every 10 s).
+fn kubernetes_endpoints_become(cluster: &LocalCluster, addresses: &[&str]) {
+    let want = addresses.join(" ");
+    baton_test_harness::wait_until_blocking(
+        &format!("the kubernetes endpoints to be {want}"),
+        Duration::from_secs(45),
+        || {
+            let out = cluster.kubectl(&[
+                "get",
+                "endpoints",
+                "kubernetes",
+                "-o",
+                "jsonpath={.subsets[*].addresses[*].ip}",
+                "--request-timeout=10s",
+            ]);
+            (String::from_utf8_lossy(&out.stdout) == want).then_some(())
         },
     )
     .unwrap();
@@ -69,8 +93,13 @@ fn three_control_planes_keep_the_cluster_writable_when_one_powers_off() {
             .unwrap_or_else(|err| panic!("{node}: {err}"));
     }
 
-    // One of three gone: etcd keeps its quorum, the API server takes writes, pods run.
-    power_off(&cluster, "control-plane-3");
+    // Every API server backs the `kubernetes` Service.
+    kubernetes_endpoints_become(&cluster, &["10.251.0.10", "10.251.0.11", "10.251.0.12"]);
+
+    // One of three gone, the first (the cluster endpoint in every machine configuration):
+    // etcd keeps its quorum, the API servers of the others take writes (through the host's
+    // forwarder), the worker's kubelet reaches them through its local endpoint, and pods run.
+    power_off(&cluster, "control-plane-1");
     let created = cluster.kubectl(&[
         "create",
         "configmap",
@@ -111,6 +140,16 @@ fn three_control_planes_keep_the_cluster_writable_when_one_powers_off() {
         },
     )
     .unwrap();
+
+    kubernetes_endpoints_become(&cluster, &["10.251.0.11", "10.251.0.12"]);
+    let worker = cluster.kubectl(&[
+        "get",
+        "node",
+        "worker-1",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&worker.stdout), "True");
 
     // Two of three gone: no quorum, so the write does not commit.
     power_off(&cluster, "control-plane-2");

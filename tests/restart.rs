@@ -1,5 +1,6 @@
 //! Restarting the API server and etcd mid-test: every object is still there, and watchers that
-//! resume from their last resourceVersion miss no event.
+//! resume from their last resourceVersion miss no event. Several API servers on one etcd: each
+//! backs the `kubernetes` Service while it runs.
 
 use std::time::Duration;
 
@@ -115,4 +116,77 @@ async fn api_server_talks_to_etcd_over_mutual_tls() {
         .await
         .unwrap();
     assert!(api.get("over-tls").await.is_ok());
+}
+
+/// The `kubernetes` Endpoints and EndpointSlice addresses, each sorted.
+async fn kubernetes_endpoints(client: &kube::Client) -> (Vec<String>, Vec<String>) {
+    use k8s_openapi::api::core::v1::Endpoints;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let endpoints = Api::<Endpoints>::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await
+        .unwrap();
+    let mut from_endpoints: Vec<String> = endpoints
+        .subsets
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|s| s.addresses.clone().unwrap_or_default())
+        .map(|a| a.ip)
+        .collect();
+    let slice = Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await
+        .unwrap();
+    let mut from_slice: Vec<String> = slice
+        .endpoints
+        .iter()
+        .flat_map(|e| e.addresses.clone())
+        .collect();
+    from_endpoints.sort();
+    from_slice.sort();
+    (from_endpoints, from_slice)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_server_on_one_etcd_backs_the_kubernetes_service_while_it_runs() {
+    let etcd = Etcd::start().await.unwrap();
+    let binary = Binary(env!("CARGO_BIN_EXE_baton").into());
+    let first = ApiServer::start(&binary, &etcd.url(), &["--advertise-address=10.1.0.1"])
+        .await
+        .unwrap();
+    let mut second = ApiServer::start(&binary, &etcd.url(), &["--advertise-address=10.1.0.2"])
+        .await
+        .unwrap();
+    let client = first.client().await.unwrap();
+    let both = vec!["10.1.0.1".to_string(), "10.1.0.2".to_string()];
+    // The first server lists the second at its next renewal (every 10 s).
+    wait_until(
+        "both API servers in the kubernetes endpoints",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let both = both.clone();
+            async move { (kubernetes_endpoints(&client).await == (both.clone(), both)).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+
+    // The second stops: its record expires (15 s after its last renewal) and it drops out.
+    second.stop();
+    let only_first = vec!["10.1.0.1".to_string()];
+    wait_until(
+        "the stopped API server to drop out of the kubernetes endpoints",
+        Duration::from_secs(45),
+        || {
+            let client = client.clone();
+            let only_first = only_first.clone();
+            async move {
+                (kubernetes_endpoints(&client).await == (only_first.clone(), only_first))
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
 }

@@ -339,6 +339,21 @@ impl Boot {
         node_ip: std::net::Ipv4Addr,
         layout: &NodeLayout,
     ) -> PowerAction {
+        // A worker's services reach the API servers through the local endpoint.
+        let balancer = if config.machine.role == crate::machine_config::Role::Worker {
+            match crate::api_balancer::start(&config.cluster).await {
+                Ok(task) => Some(task),
+                Err(err) => {
+                    let problem = format!(
+                        "the local API endpoint 127.0.0.1:{}: {err}",
+                        crate::api_balancer::API_BALANCER_PORT
+                    );
+                    return self.stay_in_maintenance(vec![problem]).await;
+                }
+            }
+        } else {
+            None
+        };
         let specs = node_services(config, node_ip, layout);
         let options = SupervisorOptions {
             reap: ReapMode::AnyChild,
@@ -362,6 +377,9 @@ impl Boot {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::error!(%err, "the supervisor failed"),
             Err(err) => tracing::error!(%err, "the supervisor task failed"),
+        }
+        if let Some(balancer) = balancer {
+            balancer.abort();
         }
         action
     }

@@ -65,11 +65,12 @@ pub enum WriteCredentialsError {
 }
 
 /// The API server URL the node's own services use: the local API server on a control-plane
-/// node, the cluster endpoint elsewhere.
+/// node, the local endpoint to every control-plane node's on a worker
+/// ([`crate::api_balancer`]).
 pub fn local_server(config: &MachineConfig, secure_port: u16) -> String {
     match config.machine.role {
         Role::ControlPlane => format!("https://127.0.0.1:{secure_port}"),
-        Role::Worker => config.cluster.endpoint.clone(),
+        Role::Worker => crate::api_balancer::local_endpoint(),
     }
 }
 

@@ -5,6 +5,7 @@
 //! same code runs on a machine and as PID 1 of a namespace sandbox (the `process` provider),
 //! where it skips only what belongs to a machine.
 
+pub mod api_balancer;
 pub mod apply_config;
 pub mod boot;
 pub mod cgroups;

@@ -86,6 +86,8 @@ pub fn node_services(
         let mut apiserver_args = vec![
             format!("--etcd-servers={client_url}"),
             "--bind-address=0.0.0.0".to_string(),
+            // The address the `kubernetes` Service sends pods to, one per control-plane node.
+            format!("--advertise-address={node_ip}"),
             format!("--secure-port={SECURE_PORT}"),
             format!("--tls-cert-file={}", path(&credentials.apiserver_cert)),
             format!(

@@ -45,6 +45,10 @@ pub struct ApiServerArgs {
     /// (defaults to the bind address, or 127.0.0.1 when that is unspecified).
     #[arg(long = "advertise-address")]
     pub advertise_address: Option<IpAddr>,
+    /// How the `kubernetes` Service's endpoints are kept: `lease` (every API server whose
+    /// record in etcd is renewed) or `none`.
+    #[arg(long = "endpoint-reconciler-type", value_enum, default_value = "lease")]
+    pub endpoint_reconciler_type: crate::master_leases::EndpointReconcilerType,
     /// Seconds a pod tolerates a not-ready node (admission's default toleration).
     #[arg(long = "default-not-ready-toleration-seconds", default_value_t = 300)]
     pub default_not_ready_toleration_seconds: i64,

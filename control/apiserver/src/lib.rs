@@ -11,6 +11,7 @@ pub mod config;
 pub mod discovery;
 pub mod handlers;
 pub mod managed_fields;
+pub mod master_leases;
 pub mod metrics;
 pub mod namespaces;
 pub mod node_proxy;
@@ -41,6 +42,7 @@ pub use config::ApiServerArgs;
 pub use server::serve;
 
 use crate::allocator::ServiceAllocator;
+use crate::master_leases::EndpointReconcilerType;
 use crate::metrics::Metrics;
 use crate::resources::defaults::DefaultingConfig;
 use crate::services::{Allocated, PortPool};
@@ -390,7 +392,7 @@ impl<S: Store> ApiServer<S> {
                 }
             }
         }
-        self.reconcile_kubernetes_endpoints().await
+        Ok(())
     }
 
     /// Upstream's `cluster-admin` ClusterRole and its binding to `system:masters` (the only
@@ -425,25 +427,38 @@ impl<S: Store> ApiServer<S> {
 
     /// Points the `kubernetes` Service at this API server: its Endpoints and EndpointSlice
     /// (upstream's endpoint reconciler; the endpoint controllers leave this Service alone).
-    async fn reconcile_kubernetes_endpoints(&self) -> Result<(), StatusError> {
-        let (ip, port) = match self.advertise.parse::<std::net::SocketAddr>() {
-            Ok(addr) => (addr.ip(), addr.port()),
-            Err(_) => return Ok(()),
+    /// Sets the `kubernetes` Endpoints and EndpointSlice to `addresses` (the API servers) on
+    /// `port`, writing only what changed.
+    pub(crate) async fn write_kubernetes_endpoints(
+        &self,
+        addresses: &[std::net::IpAddr],
+        port: u16,
+    ) -> Result<(), StatusError> {
+        let Some(first) = addresses.first() else {
+            return Ok(());
         };
-        let address_type = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        let address_type = if first.is_ipv4() { "IPv4" } else { "IPv6" };
         let port_entry = json!({ "name": "https", "port": port, "protocol": "TCP" });
+        let subset_addresses: Vec<Value> = addresses
+            .iter()
+            .map(|ip| json!({ "ip": ip.to_string() }))
+            .collect();
+        let slice_endpoints: Vec<Value> = addresses
+            .iter()
+            .map(|ip| json!({ "addresses": [ip.to_string()], "conditions": { "ready": true } }))
+            .collect();
         let endpoints = json!({
             "apiVersion": "v1", "kind": "Endpoints",
             "metadata": { "name": "kubernetes", "namespace": "default",
                 "labels": { "endpointslice.kubernetes.io/skip-mirror": "true" } },
-            "subsets": [{ "addresses": [{ "ip": ip.to_string() }], "ports": [port_entry] }],
+            "subsets": [{ "addresses": subset_addresses, "ports": [port_entry] }],
         });
         let slice = json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": { "name": "kubernetes", "namespace": "default",
                 "labels": { "kubernetes.io/service-name": "kubernetes" } },
             "addressType": address_type,
-            "endpoints": [{ "addresses": [ip.to_string()], "conditions": { "ready": true } }],
+            "endpoints": slice_endpoints,
             "ports": [port_entry],
         });
         for (group, version, plural, obj) in [
@@ -625,6 +640,13 @@ pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
             server.caches.clone(),
             args.etcd_compaction_interval,
         ));
+    }
+    if args.endpoint_reconciler_type == EndpointReconcilerType::Lease {
+        server
+            .reconcile_master_leases()
+            .await
+            .map_err(|e| StartApiServerError::Bootstrap(e.message))?;
+        tokio::spawn(master_leases::run(server.clone()));
     }
     let ns_resource = resources::find("", "v1", "namespaces").expect("namespaces are served");
     tokio::spawn(server.namespaces.clone().run(

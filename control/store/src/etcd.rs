@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    KvClient, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    KvClient, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 
 use crate::{
@@ -188,6 +188,32 @@ impl Store for EtcdStore {
                 key: key.to_string(),
             });
         }
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    async fn put_with_ttl(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<i64, StoreError> {
+        // A lease of its own per write, as upstream's storage does: the key moves to the new
+        // lease, and the previous one expires without taking it along.
+        let lease = self
+            .client
+            .lease_client()
+            .grant(ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(backend)?;
+        let resp = self
+            .kv()
+            .put(
+                key,
+                value.to_vec(),
+                Some(PutOptions::new().with_lease(lease.id())),
+            )
+            .await
+            .map_err(backend)?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 

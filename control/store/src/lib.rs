@@ -181,6 +181,16 @@ pub trait Store: Send + Sync + 'static {
         after_revision: i64,
     ) -> impl Future<Output = Result<WatchStream, StoreError>> + Send;
 
+    /// Writes `key` unconditionally, to expire `ttl` after this write unless written again:
+    /// for records that must vanish with their writer (upstream's master leases). Returns the
+    /// new revision.
+    fn put_with_ttl(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: std::time::Duration,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
     /// The store's current revision.
     fn current_revision(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
 

@@ -245,31 +245,33 @@ pub(crate) fn boot_node(
     Ok(booted)
 }
 
-/// Starts the forwarder from 127.0.0.1:`state.api_port` to the first control-plane node's
-/// API server, from inside the cluster's namespace; returns its pid.
+/// Starts the forwarder from 127.0.0.1:`state.api_port` to the control-plane nodes' API
+/// servers (the first that answers), from inside the cluster's namespace; returns its pid.
 pub(crate) fn start_forwarder(state: &ClusterState, exe: &Path) -> Result<u32, BootClusterError> {
-    let control_plane = state
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, state.api_port));
+    let mut args: Vec<OsString> = vec![
+        "cluster".into(),
+        "forward".into(),
+        "--netns".into(),
+        state.netns.clone().into(),
+        "--listen".into(),
+        listen.to_string().into(),
+    ];
+    for node in state
         .nodes
         .iter()
-        .find(|n| n.role == baton_init::Role::ControlPlane.as_str())
-        .expect("at least one control-plane node");
-    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, state.api_port));
-    let to = SocketAddr::from((control_plane.ip, baton_init::node_services::SECURE_PORT));
-    spawn_detached(
-        exe,
-        &[
-            "cluster".as_ref(),
-            "forward".as_ref(),
-            "--netns".as_ref(),
-            state.netns.as_os_str(),
-            "--listen".as_ref(),
-            listen.to_string().as_ref(),
-            "--to".as_ref(),
-            to.to_string().as_ref(),
-        ],
-        &forwarder_log(&state.name),
-    )
-    .map_err(boot_step("starting the forwarder"))
+        .filter(|n| n.role == baton_init::Role::ControlPlane.as_str())
+    {
+        args.push("--to".into());
+        args.push(
+            SocketAddr::from((node.ip, baton_init::node_services::SECURE_PORT))
+                .to_string()
+                .into(),
+        );
+    }
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(OsString::as_os_str).collect();
+    spawn_detached(exe, &args, &forwarder_log(&state.name))
+        .map_err(boot_step("starting the forwarder"))
 }
 
 fn forwarder_log(cluster: &str) -> PathBuf {

@@ -1,12 +1,13 @@
 //! `baton cluster forward`: the API server reachable from the host. It binds its port on the
 //! host's 127.0.0.1, then moves into the cluster's network namespace, so every connection it
-//! accepts there is relayed to the API server inside.
+//! accepts there is relayed to an API server inside: the one that took the last connection, or
+//! the next control-plane node's when that one does not answer.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use baton_network::NetNs;
-use tokio::net::{TcpListener, TcpStream};
+use baton_network::{NetNs, RelayBackends, relay};
+use tokio::net::TcpListener;
 
 /// `baton cluster forward` flags.
 #[derive(Clone, Debug, clap::Args)]
@@ -17,10 +18,13 @@ pub struct ForwardArgs {
     /// The host address to listen on (`127.0.0.1:PORT`).
     #[arg(long)]
     pub listen: SocketAddr,
-    /// The address inside the namespace to relay to.
-    #[arg(long)]
-    pub to: SocketAddr,
+    /// An address inside the namespace to relay to (repeated: tried in turn).
+    #[arg(long, required = true)]
+    pub to: Vec<SocketAddr>,
 }
+
+/// How long a control-plane node gets to accept a connection before the next is tried.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why the forwarder stopped.
 #[derive(Debug, thiserror::Error)]
@@ -53,27 +57,10 @@ pub fn run_forwarder(args: &ForwardArgs) -> Result<(), ForwardError> {
         .enable_all()
         .build()
         .map_err(ForwardError::Runtime)?;
-    let to = args.to;
+    let backends = std::sync::Arc::new(RelayBackends::new(args.to.clone(), CONNECT_TIMEOUT));
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener).map_err(ForwardError::Runtime)?;
-        loop {
-            let (mut inbound, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of descriptors, say: wait for connections to close.
-                    tracing::warn!(%err, "accepting a connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            tokio::spawn(async move {
-                match TcpStream::connect(to).await {
-                    Ok(mut outbound) => {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                    Err(err) => tracing::warn!(%peer, %to, %err, "cannot reach the API server"),
-                }
-            });
-        }
+        relay(listener, backends).await;
+        Ok(())
     })
 }

@@ -4,8 +4,9 @@
 //! provider (`process`: the image's root and init in namespaces of their own; `qemu`: the
 //! image booted by QEMU with a tap on the cluster's bridge), starts a
 //! forwarder from 127.0.0.1 to the API server, waits for every node to be Ready and DNS to
-//! answer, and merges a `baton-NAME` context into the kubeconfig. `list`, `status` and
-//! `destroy` find clusters again from their state on disk.
+//! answer, and merges a `baton-NAME` context into the kubeconfig. `list`, `status`, `stop`,
+//! `start` and `destroy` find clusters again from their state on disk; `start` boots a stopped
+//! cluster (also after a host restart) from the directory it kept.
 
 pub mod boot;
 pub mod configs;

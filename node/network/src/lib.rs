@@ -17,6 +17,7 @@ mod netns;
 mod node_routes;
 mod routes;
 mod tap;
+mod tcp_relay;
 
 pub use bridge::{
     BridgeConfig, BridgeNetwork, HOST_INTERFACE_PREFIX, POD_INTERFACE, PodAddress, PodNetworkError,
@@ -31,3 +32,4 @@ pub use netns::{LOOPBACK_INDEX, NetNs, NetNsError};
 pub use node_routes::{RouteChanges, sync_node_routes};
 pub use routes::{BATON_ROUTE_PROTOCOL, Route};
 pub use tap::{CreateTapError, create_tap, open_tap};
+pub use tcp_relay::{RelayBackends, relay};
