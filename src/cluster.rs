@@ -55,15 +55,16 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
             print!("{}", baton_cluster::status::status_table(&state));
         }
         ClusterCommand::Stop { name } => {
-            let mut state = load(&name)?;
-            baton_cluster::stop_cluster(&mut state)?;
-            println!("cluster {name} stopped");
+            let (_lock, mut state) = load_locked(&name)?;
             if state.provider != "process" {
-                println!(
-                    "(its {} nodes kept nothing: `cluster start` cannot bring it back)",
+                anyhow::bail!(
+                    "cluster {name} runs on the {} provider, whose nodes keep nothing once stopped \
+                     (`baton cluster destroy {name}` removes it)",
                     state.provider
                 );
             }
+            baton_cluster::stop_cluster(&mut state)?;
+            println!("cluster {name} stopped");
         }
         ClusterCommand::Start(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -72,13 +73,26 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
             runtime.block_on(baton_cluster::start_cluster(&args))?;
         }
         ClusterCommand::Destroy { name } => {
-            let state = load(&name)?;
+            let (_lock, state) = load_locked(&name)?;
             baton_cluster::destroy_cluster(&state)?;
             println!("cluster {name} destroyed");
         }
         ClusterCommand::Forward(args) => baton_cluster::run_forwarder(&args)?,
     }
     Ok(())
+}
+
+/// Loads cluster `name`'s state under its lock, for a command that changes the cluster.
+fn load_locked(
+    name: &str,
+) -> anyhow::Result<(
+    baton_cluster::state::ClusterLock,
+    baton_cluster::ClusterState,
+)> {
+    load(name)?;
+    let lock = baton_cluster::state::ClusterLock::acquire(&baton_cluster::cluster_dir(name), name)
+        .map_err(anyhow::Error::msg)?;
+    Ok((lock, load(name)?))
 }
 
 fn load(name: &str) -> anyhow::Result<baton_cluster::ClusterState> {

@@ -142,14 +142,29 @@ fn three_control_planes_keep_the_cluster_writable_when_one_powers_off() {
     .unwrap();
 
     kubernetes_endpoints_become(&cluster, &["10.251.0.11", "10.251.0.12"]);
-    let worker = cluster.kubectl(&[
-        "get",
-        "node",
-        "worker-1",
-        "-o",
-        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-    ]);
-    assert_eq!(String::from_utf8_lossy(&worker.stdout), "True");
+    // The worker's kubelet still renews its Lease (every 10 s), through its local endpoint.
+    let renewed = || {
+        let out = cluster.kubectl(&[
+            "get",
+            "lease",
+            "worker-1",
+            "-n",
+            "kube-node-lease",
+            "-o",
+            "jsonpath={.spec.renewTime}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = renewed();
+    baton_test_harness::wait_until_blocking(
+        "worker-1's Lease to be renewed without control-plane-1",
+        Duration::from_secs(30),
+        || {
+            let now = renewed();
+            (!now.is_empty() && now != before).then_some(())
+        },
+    )
+    .unwrap();
 
     // Two of three gone: no quorum, so the write does not commit.
     power_off(&cluster, "control-plane-2");

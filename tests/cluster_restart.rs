@@ -1,6 +1,7 @@
 //! `baton cluster stop` and `baton cluster start` with the `process` provider: a 1
-//! control-plane + 1 worker cluster is stopped (nothing of it runs: no process, namespace or
-//! mount) and started again with its objects, its nodes and its pods; then its processes are
+//! control-plane + 1 worker cluster is stopped (nothing of it runs: no process, namespace,
+//! cgroup or mount), a start that fails stops it again, and it starts again with its objects,
+//! its nodes and its pods; then its processes are
 //! killed and its namespaces removed as a host restart would, and `start` brings it back
 //! again. `cluster destroy` removes it, also when the test fails.
 
@@ -38,6 +39,15 @@ fn processes_with_mounts_of(home: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The cluster's state file.
+fn cluster_state(cluster: &LocalCluster) -> serde_json::Value {
+    let path = cluster
+        .home
+        .path()
+        .join(format!("clusters/{}/cluster.json", cluster.name));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// Every process in cgroup `dir` and the cgroups below it.
 fn processes_under(dir: &Path) -> Vec<i32> {
     let mut pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
@@ -60,7 +70,9 @@ fn namespaces_of(cluster: &str) -> Vec<String> {
             entries
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("baton-{cluster}")))
+                .filter(|n| {
+                    n == &format!("baton-{cluster}") || n.starts_with(&format!("baton-{cluster}."))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -159,6 +171,14 @@ fn a_stopped_cluster_starts_again_with_its_objects_nodes_and_pods() {
     );
 
     // Stop: nothing of the cluster runs, its data stays.
+    let cgroups: Vec<String> = cluster_state(&cluster)["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["cgroups"].as_array().unwrap().clone())
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert!(!cgroups.is_empty());
     let t = Instant::now();
     let stopped = cluster.baton(&["cluster", "stop", &name]);
     assert!(
@@ -197,10 +217,46 @@ fn a_stopped_cluster_starts_again_with_its_objects_nodes_and_pods() {
             .success(),
         "the API server still answers"
     );
+    for cgroup in &cgroups {
+        assert!(!Path::new(cgroup).exists(), "cgroup left: {cgroup}");
+    }
     assert!(cluster.node_dir("control-plane-1").join("var").is_dir());
     // Stopping a stopped cluster changes nothing.
     let again = cluster.baton(&["cluster", "stop", &name]);
     assert!(again.status.success(), "{}", stderr(&again));
+
+    // A start that fails (a worker whose configuration its init refuses stays in maintenance
+    // and never turns Ready) stops the cluster again, its data kept.
+    let config = cluster.node_dir("worker-1").join("machine-config.yaml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        good.replace("hostname: worker-1", "hostname: Not_A_Name"),
+    )
+    .unwrap();
+    let failed = cluster.baton(&["cluster", "start", &name, "--wait", "20s"]);
+    assert!(!failed.status.success());
+    assert!(
+        stderr(&failed).contains("nodes not Ready in time: worker-1")
+            && stderr(&failed).contains("stopping the cluster again (its data is kept)"),
+        "{}",
+        stderr(&failed)
+    );
+    assert_eq!(namespaces_of(&name), Vec::<String>::new());
+    assert_eq!(
+        processes_with_mounts_of(cluster.home.path()),
+        Vec::<String>::new()
+    );
+    let after_failure = cluster_state(&cluster);
+    assert!(
+        after_failure["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["pid"].is_null() && n["cgroups"].as_array().unwrap().is_empty()),
+        "{after_failure}"
+    );
+    std::fs::write(&config, good).unwrap();
 
     let t = Instant::now();
     let started = cluster.baton(&["cluster", "start", &name, "--wait", "180s"]);
@@ -228,16 +284,7 @@ fn a_stopped_cluster_starts_again_with_its_objects_nodes_and_pods() {
     // As a host restart would: every process of the cluster killed at once and its namespace
     // pins gone, with no `stop`.
     let t = Instant::now();
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            cluster
-                .home
-                .path()
-                .join(format!("clusters/{name}/cluster.json")),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let state = cluster_state(&cluster);
     let mut pids: Vec<i32> = vec![state["forwarderPid"].as_i64().unwrap() as i32];
     for node in state["nodes"].as_array().unwrap() {
         for cgroup in node["cgroups"].as_array().unwrap() {

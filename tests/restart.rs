@@ -1,6 +1,7 @@
 //! Restarting the API server and etcd mid-test: every object is still there, and watchers that
 //! resume from their last resourceVersion miss no event. Several API servers on one etcd: each
-//! backs the `kubernetes` Service while it runs.
+//! backs the `kubernetes` Service while it runs; one told to stop removes itself, one killed
+//! drops out when its record expires.
 
 use std::time::Duration;
 
@@ -147,6 +148,18 @@ async fn kubernetes_endpoints(client: &kube::Client) -> (Vec<String>, Vec<String
     (from_endpoints, from_slice)
 }
 
+/// Waits until the `kubernetes` Endpoints and EndpointSlice both list exactly `want`.
+async fn endpoints_become(client: &kube::Client, want: &[&str], what: &str, timeout: Duration) {
+    let want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
+    wait_until(what, timeout, || {
+        let client = client.clone();
+        let want = want.clone();
+        async move { (kubernetes_endpoints(&client).await == (want.clone(), want)).then_some(()) }
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_api_server_on_one_etcd_backs_the_kubernetes_service_while_it_runs() {
     let etcd = Etcd::start().await.unwrap();
@@ -158,35 +171,44 @@ async fn every_api_server_on_one_etcd_backs_the_kubernetes_service_while_it_runs
         .await
         .unwrap();
     let client = first.client().await.unwrap();
-    let both = vec!["10.1.0.1".to_string(), "10.1.0.2".to_string()];
-    // The first server lists the second at its next renewal (every 10 s).
-    wait_until(
+    endpoints_become(
+        &client,
+        &["10.1.0.1", "10.1.0.2"],
         "both API servers in the kubernetes endpoints",
         Duration::from_secs(30),
-        || {
-            let client = client.clone();
-            let both = both.clone();
-            async move { (kubernetes_endpoints(&client).await == (both.clone(), both)).then_some(()) }
-        },
     )
-    .await
-    .unwrap();
+    .await;
 
-    // The second stops: its record expires (15 s after its last renewal) and it drops out.
-    second.stop();
-    let only_first = vec!["10.1.0.1".to_string()];
-    wait_until(
-        "the stopped API server to drop out of the kubernetes endpoints",
-        Duration::from_secs(45),
-        || {
-            let client = client.clone();
-            let only_first = only_first.clone();
-            async move {
-                (kubernetes_endpoints(&client).await == (only_first.clone(), only_first))
-                    .then_some(())
-            }
-        },
+    // The second is told to stop (SIGTERM): it removes itself before it exits.
+    let pid = nix::unistd::Pid::from_raw(second.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    endpoints_become(
+        &client,
+        &["10.1.0.1"],
+        "the API server told to stop to remove itself from the kubernetes endpoints",
+        Duration::from_secs(5),
     )
-    .await
-    .unwrap();
+    .await;
+    second.stop();
+
+    // A third one dies without a word (SIGKILL): its record expires 15 s after its last
+    // renewal, and it drops out.
+    let mut third = ApiServer::start(&binary, &etcd.url(), &["--advertise-address=10.1.0.3"])
+        .await
+        .unwrap();
+    endpoints_become(
+        &client,
+        &["10.1.0.1", "10.1.0.3"],
+        "the third API server in the kubernetes endpoints",
+        Duration::from_secs(30),
+    )
+    .await;
+    third.stop();
+    endpoints_become(
+        &client,
+        &["10.1.0.1"],
+        "the killed API server to drop out of the kubernetes endpoints",
+        Duration::from_secs(45),
+    )
+    .await;
 }

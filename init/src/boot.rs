@@ -344,10 +344,7 @@ impl Boot {
             match crate::api_balancer::start(&config.cluster).await {
                 Ok(task) => Some(task),
                 Err(err) => {
-                    let problem = format!(
-                        "the local API endpoint 127.0.0.1:{}: {err}",
-                        crate::api_balancer::API_BALANCER_PORT
-                    );
+                    let problem = format!("the local API endpoint: {}", error_chain(&err));
                     return self.stay_in_maintenance(vec![problem]).await;
                 }
             }

@@ -425,19 +425,20 @@ impl<S: Store> ApiServer<S> {
         Ok(())
     }
 
-    /// Points the `kubernetes` Service at this API server: its Endpoints and EndpointSlice
-    /// (upstream's endpoint reconciler; the endpoint controllers leave this Service alone).
     /// Sets the `kubernetes` Endpoints and EndpointSlice to `addresses` (the API servers) on
-    /// `port`, writing only what changed.
+    /// `port`, writing only what changed (the endpoint controllers leave this Service alone).
+    /// The EndpointSlice holds the addresses of `family`'s (this server's) address family, as
+    /// upstream keeps one slice per family.
     pub(crate) async fn write_kubernetes_endpoints(
         &self,
         addresses: &[std::net::IpAddr],
+        family: std::net::IpAddr,
         port: u16,
     ) -> Result<(), StatusError> {
-        let Some(first) = addresses.first() else {
+        if addresses.is_empty() {
             return Ok(());
-        };
-        let address_type = if first.is_ipv4() { "IPv4" } else { "IPv6" };
+        }
+        let address_type = if family.is_ipv4() { "IPv4" } else { "IPv6" };
         let port_entry = json!({ "name": "https", "port": port, "protocol": "TCP" });
         let subset_addresses: Vec<Value> = addresses
             .iter()
@@ -445,6 +446,7 @@ impl<S: Store> ApiServer<S> {
             .collect();
         let slice_endpoints: Vec<Value> = addresses
             .iter()
+            .filter(|ip| ip.is_ipv4() == family.is_ipv4())
             .map(|ip| json!({ "addresses": [ip.to_string()], "conditions": { "ready": true } }))
             .collect();
         let endpoints = json!({
@@ -642,10 +644,6 @@ pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
         ));
     }
     if args.endpoint_reconciler_type == EndpointReconcilerType::Lease {
-        server
-            .reconcile_master_leases()
-            .await
-            .map_err(|e| StartApiServerError::Bootstrap(e.message))?;
         tokio::spawn(master_leases::run(server.clone()));
     }
     let ns_resource = resources::find("", "v1", "namespaces").expect("namespaces are served");

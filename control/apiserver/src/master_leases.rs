@@ -46,6 +46,12 @@ impl<S: Store> ApiServer<S> {
             .put_with_ttl(&key, Bytes::from(record.to_string()), LEASE_TTL)
             .await
             .map_err(|e| StatusError::internal(format!("renewing {key}: {e}")))?;
+        self.write_live_endpoints(advertise).await
+    }
+
+    /// Sets the `kubernetes` endpoints to the address of every live record, in upstream's
+    /// order (as strings).
+    async fn write_live_endpoints(&self, advertise: SocketAddr) -> Result<(), StatusError> {
         let page = self
             .store
             .list(LEASE_PREFIX, ListOptions::default())
@@ -56,20 +62,63 @@ impl<S: Store> ApiServer<S> {
             .iter()
             .filter_map(|kv| kv.key.strip_prefix(LEASE_PREFIX)?.parse().ok())
             .collect();
-        addresses.sort();
+        addresses.sort_by_key(ToString::to_string);
         addresses.dedup();
-        self.write_kubernetes_endpoints(&addresses, advertise.port())
+        self.write_kubernetes_endpoints(&addresses, advertise.ip(), advertise.port())
             .await
+    }
+
+    /// Removes this server's record and reconciles once more, so that the `kubernetes`
+    /// Service stops sending traffic here before the server goes (upstream does the same at
+    /// shutdown).
+    pub async fn remove_master_lease(&self) -> Result<(), StatusError> {
+        let Ok(advertise) = self.advertise.parse::<SocketAddr>() else {
+            return Ok(());
+        };
+        let key = format!("{LEASE_PREFIX}{}", advertise.ip());
+        match self.store.delete(&key, None).await {
+            Ok(_) | Err(baton_store::StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(StatusError::internal(format!("removing {key}: {e}"))),
+        }
+        self.write_live_endpoints(advertise).await
     }
 }
 
-/// Runs the reconciler forever, every interval (the first reconciliation is the caller's,
-/// before the server serves).
+/// Runs the reconciler: at once, then every interval (a late round does not shorten the
+/// next), until SIGTERM or SIGINT; then removes this server's record and ends the process.
 pub async fn run<S: Store>(server: Arc<ApiServer<S>>) {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut interrupt =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    let mut ticks = tokio::time::interval(RECONCILE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(RECONCILE_INTERVAL).await;
-        if let Err(err) = server.reconcile_master_leases().await {
-            tracing::warn!(error = %err.message, "reconciling the kubernetes endpoints");
+        tokio::select! {
+            _ = ticks.tick() => {
+                if let Err(err) = server.reconcile_master_leases().await {
+                    tracing::warn!(error = %err.message, "reconciling the kubernetes endpoints");
+                }
+            }
+            _ = recv(&mut terminate) => break,
+            _ = recv(&mut interrupt) => break,
         }
+    }
+    tracing::info!("stopping: removing this server from the kubernetes endpoints");
+    match tokio::time::timeout(Duration::from_secs(5), server.remove_master_lease()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err.message, "removing this server's record"),
+        Err(_) => tracing::warn!("removing this server's record took too long"),
+    }
+    std::process::exit(0);
+}
+
+/// The next signal, or never when the handler could not be installed.
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }

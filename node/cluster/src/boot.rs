@@ -10,11 +10,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baton_network::NetNs;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use kube::Api;
 
 use crate::create::Provider;
 use crate::network::{create_cluster_network, create_node_network};
+use crate::progress::Progress;
 use crate::state::{ClusterState, NodeState, cluster_dir, now_secs};
 
 /// Why a step of booting a cluster failed.
@@ -25,6 +26,17 @@ pub enum BootClusterError {
     Step {
         /// The step.
         step: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A step for one node failed.
+    #[error("{step} node {node}")]
+    NodeStep {
+        /// The step.
+        step: &'static str,
+        /// The node.
+        node: String,
         /// The cause.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -43,6 +55,19 @@ pub(crate) fn boot_step<E: std::error::Error + Send + Sync + 'static>(
 ) -> impl FnOnce(E) -> BootClusterError {
     move |err| BootClusterError::Step {
         step,
+        source: Box::new(err),
+    }
+}
+
+/// Wraps an error as the failure of `step` for `node`.
+fn node_step<E: std::error::Error + Send + Sync + 'static>(
+    step: &'static str,
+    node: &str,
+) -> impl FnOnce(E) -> BootClusterError {
+    let node = node.to_string();
+    move |err| BootClusterError::NodeStep {
+        step,
+        node,
         source: Box::new(err),
     }
 }
@@ -85,8 +110,10 @@ impl NodeBoot {
             provider,
             image_root: state.image_root.clone(),
             exe: std::env::current_exe().map_err(boot_step("finding this program"))?,
-            memory_mib: state.memory_mib,
-            cpus: state.cpus,
+            memory_mib: state
+                .memory_mib
+                .unwrap_or(crate::create::DEFAULT_MEMORY_MIB),
+            cpus: state.cpus.unwrap_or(crate::create::DEFAULT_CPUS),
             kvm: provider == Provider::Qemu && baton_vmm::check().linux_usable,
         })
     }
@@ -152,7 +179,7 @@ pub(crate) fn make_network(
                 .map(|path| path.into_os_string()),
             _ => crate::network::create_node_tap(&cluster_ns, index).map(Into::into),
         };
-        links.push(link.map_err(boot_step("making a node's network"))?);
+        links.push(link.map_err(node_step("making the network of", node))?);
     }
     Ok((cluster_ns, links))
 }
@@ -181,9 +208,9 @@ pub(crate) fn boot_node(
     };
     if boot.provider == Provider::Qemu {
         let yaml = std::fs::read_to_string(&config_path)
-            .map_err(boot_step("reading a machine configuration"))?;
+            .map_err(node_step("reading the machine configuration of", node.name))?;
         let initrd = crate::qemu_node::write_node_initrd(&boot.image_root, node.dir, &yaml)
-            .map_err(boot_step("writing a node's initrd"))?;
+            .map_err(node_step("writing the initrd of", node.name))?;
         let tap = link.to_string_lossy();
         let qemu = crate::qemu_node::QemuNode {
             image_dir: &boot.image_root,
@@ -209,14 +236,14 @@ pub(crate) fn boot_node(
             })
             .map_err(std::io::Error::other)
             .and_then(|spawned| spawned)
-            .map_err(boot_step("starting a node's QEMU"))?;
+            .map_err(node_step("starting QEMU for", node.name))?;
         booted.pid = Some(pid);
         booted.netns = crate::network::cluster_netns_path(&boot.cluster);
         return Ok(booted);
     }
     let cgroup = format!("baton/{}/{}", boot.cluster, node.name);
     booted.cgroups = baton_sandbox::NodeCgroups::for_this_process(&cgroup)
-        .map_err(boot_step("finding the node's cgroups"))?
+        .map_err(node_step("finding the cgroups of", node.name))?
         .dirs;
     let pid = spawn_detached(
         &boot.exe,
@@ -240,7 +267,7 @@ pub(crate) fn boot_node(
         ],
         &console,
     )
-    .map_err(boot_step("starting a node"))?;
+    .map_err(node_step("starting", node.name))?;
     booted.pid = Some(pid);
     Ok(booted)
 }
@@ -312,8 +339,79 @@ fn nodes_alive(state: &ClusterState) -> Result<(), BootClusterError> {
     Ok(())
 }
 
+/// Waits (until `deadline`) for the API server through the forwarder, for every node to be
+/// Ready by a status posted since `booted_at`, and for every node's DNS server, each a step of
+/// `progress`; records when each node turned Ready in `state`.
+pub(crate) async fn wait_until_serving(
+    state: &mut ClusterState,
+    cluster_ns: &NetNs,
+    deadline: Instant,
+    booted_at: u64,
+    progress: &Progress,
+) -> Result<(), BootClusterError> {
+    let step = progress.step("Waiting for the API server");
+    let client = match wait_for_api(&state.admin_kubeconfig.clone(), deadline, state).await {
+        Ok(client) => client,
+        Err(err) => {
+            step.failed();
+            return Err(err);
+        }
+    };
+    step.done("");
+    let step = progress.step(&format!(
+        "Waiting for {} nodes to be Ready",
+        state.nodes.len()
+    ));
+    let began = Instant::now() - progress.elapsed();
+    if let Err(err) = wait_for_nodes(&client, deadline, began, booted_at, state).await {
+        step.failed();
+        return Err(err);
+    }
+    step.done("");
+    let step = progress.step("Waiting for cluster DNS");
+    if let Err(err) = wait_for_dns(cluster_ns, &state.nodes, deadline).await {
+        step.failed();
+        return Err(err);
+    }
+    step.done("kubernetes.default.svc.cluster.local answers");
+    Ok(())
+}
+
+/// Prints the last lines of every node's console (after a failure: they say why).
+pub(crate) fn show_consoles(progress: &Progress, state: &ClusterState) {
+    for node in &state.nodes {
+        let tail = console_tail(&node.console, 30);
+        if !tail.is_empty() {
+            progress.note(&format!(
+                "--- console of {} (last lines)\n{tail}",
+                node.name
+            ));
+        }
+    }
+}
+
+/// The last `lines` lines of a console log.
+pub fn console_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether `condition` (a Node's) says Ready by a status posted at or after `booted_at`
+/// (seconds since the epoch) less a second of slack for the clock's rounding: a Node object
+/// from before a restart still says Ready, with an older heartbeat, until the node lifecycle
+/// controller notices.
+fn ready_since(condition: &NodeCondition, booted_at: u64) -> bool {
+    condition.type_ == "Ready"
+        && condition.status == "True"
+        && condition
+            .last_heartbeat_time
+            .as_ref()
+            .is_some_and(|t| t.0.as_second() + 1 >= booted_at as i64)
+}
+
 /// Waits until the API server answers /readyz through the forwarder.
-pub(crate) async fn wait_for_api(
+async fn wait_for_api(
     kubeconfig: &Path,
     deadline: Instant,
     state: &ClusterState,
@@ -344,10 +442,9 @@ pub(crate) async fn wait_for_api(
 }
 
 /// Waits until every node of `state` is registered and Ready by a status its kubelet posted
-/// since `booted_at` (seconds since the epoch: a node object from before a restart still says
-/// Ready until the node lifecycle controller notices), and records in `state` when each was
-/// first seen Ready, as time since `began`.
-pub(crate) async fn wait_for_nodes(
+/// since `booted_at` ([`ready_since`]), and records in `state` when each was first seen
+/// Ready, as time since `began`.
+async fn wait_for_nodes(
     client: &kube::Client,
     deadline: Instant,
     began: Instant,
@@ -365,13 +462,7 @@ pub(crate) async fn wait_for_nodes(
                     .and_then(|s| s.conditions)
                     .unwrap_or_default()
                     .iter()
-                    .any(|c| {
-                        c.type_ == "Ready"
-                            && c.status == "True"
-                            && c.last_heartbeat_time
-                                .as_ref()
-                                .is_some_and(|t| t.0.as_second() > booted_at as i64)
-                    });
+                    .any(|c| ready_since(c, booted_at));
                 if is_ready && !ready.iter().any(|(n, _)| n == &name) {
                     ready.push((name, began.elapsed()));
                 }
@@ -405,7 +496,7 @@ pub(crate) async fn wait_for_nodes(
 
 /// Waits until every node's DNS server answers `kubernetes.default.svc.cluster.local` with an
 /// address, asking from the cluster network.
-pub(crate) async fn wait_for_dns(
+async fn wait_for_dns(
     cluster_ns: &NetNs,
     nodes: &[NodeState],
     deadline: Instant,
@@ -429,4 +520,42 @@ pub(crate) async fn wait_for_dns(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn ready_at(second: i64) -> NodeCondition {
+        NodeCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            last_heartbeat_time: Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(second).unwrap(),
+            )),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_node_counts_as_ready_only_by_a_status_posted_since_the_boot() {
+        let booted_at = 1_800_000_000;
+        // Posted before the stop: the Node object still says Ready.
+        assert!(!ready_since(&ready_at(booted_at as i64 - 300), booted_at));
+        assert!(!ready_since(&ready_at(booted_at as i64 - 2), booted_at));
+        // Posted since the boot (the second it began included, and one before for rounding).
+        assert!(ready_since(&ready_at(booted_at as i64 - 1), booted_at));
+        assert!(ready_since(&ready_at(booted_at as i64), booted_at));
+        assert!(ready_since(&ready_at(booted_at as i64 + 3), booted_at));
+        // Not Ready, or no heartbeat at all.
+        let mut not_ready = ready_at(booted_at as i64 + 3);
+        not_ready.status = "False".into();
+        assert!(!ready_since(&not_ready, booted_at));
+        let mut no_heartbeat = ready_at(booted_at as i64 + 3);
+        no_heartbeat.last_heartbeat_time = None;
+        assert!(!ready_since(&no_heartbeat, booted_at));
+        // A new cluster's nodes (create asks since 0).
+        assert!(ready_since(&ready_at(booted_at as i64), 0));
+    }
 }

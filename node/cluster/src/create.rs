@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use baton_pki::{ClusterCa, Kubeconfig, ServiceAccountKey, render_kubeconfig};
 
 use crate::boot::{
-    BootClusterError, BootedNode, NodeBoot, boot_node, make_network, save, start_forwarder,
-    wait_for_api, wait_for_dns, wait_for_nodes,
+    BootClusterError, BootedNode, NodeBoot, boot_node, make_network, save, show_consoles,
+    start_forwarder, wait_until_serving,
 };
 use crate::configs::{machine_config, plan_nodes};
 use crate::destroy::destroy_cluster;
@@ -19,7 +19,7 @@ use crate::image_cache::prepare_image;
 use crate::kubeconfig::{default_kubeconfig, merge_context};
 use crate::network::gateway;
 use crate::progress::Progress;
-use crate::state::{ClusterState, cluster_dir, now_secs};
+use crate::state::{ClusterLock, ClusterState, cluster_dir, now_secs};
 
 /// The providers `cluster create` knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +50,11 @@ impl Provider {
     }
 }
 
+/// `--cpus`'s default.
+pub const DEFAULT_CPUS: u32 = 1;
+/// `--memory`'s default, MiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 1024;
+
 /// `baton cluster create` flags.
 #[derive(Clone, Debug, clap::Args)]
 pub struct CreateArgs {
@@ -66,10 +71,10 @@ pub struct CreateArgs {
     #[arg(long, value_enum)]
     pub provider: Option<Provider>,
     /// CPUs per node.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = DEFAULT_CPUS)]
     pub cpus: u32,
     /// Memory per node, MiB.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = DEFAULT_MEMORY_MIB)]
     pub memory: u64,
     /// A node image directory (`baton image build --output DIR`). Default: this binary's
     /// image, built into the cache when missing.
@@ -260,20 +265,20 @@ pub async fn create_cluster(args: &CreateArgs) -> Result<CreatedCluster, CreateC
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(step_error("creating the cluster's directory"))?;
     }
+    // Two creates of one name: the second finds the lock taken, or the first one's state.
+    let _lock = ClusterLock::acquire(&dir, &args.name).map_err(CreateClusterError::Refused)?;
+    if dir.join(crate::state::STATE_FILE).exists() {
+        return Err(CreateClusterError::Refused(format!(
+            "a cluster named {} exists",
+            args.name
+        )));
+    }
     let result = create_in(args, provider, &dir, &progress).await;
     match result {
         Ok(created) => Ok(created),
         Err((err, state)) => {
             if let Some(state) = state {
-                for node in &state.nodes {
-                    let tail = console_tail(&node.console, 30);
-                    if !tail.is_empty() {
-                        progress.note(&format!(
-                            "--- console of {} (last lines)\n{tail}",
-                            node.name
-                        ));
-                    }
-                }
+                show_consoles(&progress, &state);
                 progress.note("removing what was made");
                 if let Err(cleanup) = destroy_cluster(&state) {
                     progress.note(&format!("cleanup failed: {cleanup}"));
@@ -284,13 +289,6 @@ pub async fn create_cluster(args: &CreateArgs) -> Result<CreatedCluster, CreateC
             Err(err)
         }
     }
-}
-
-/// The last `lines` lines of a console log.
-pub fn console_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 type Failure = (CreateClusterError, Option<ClusterState>);
@@ -364,8 +362,8 @@ async fn create_in(
         netns: crate::network::cluster_netns_path(&args.name),
         gateway: gateway().addr(),
         pins: Vec::new(),
-        cpus: args.cpus,
-        memory_mib: args.memory,
+        cpus: Some(args.cpus),
+        memory_mib: Some(args.memory),
         nodes: Vec::new(),
         forwarder_pid: None,
         api_port,
@@ -376,6 +374,14 @@ async fn create_in(
     };
     // From here on everything made is in the state, so a failure can remove it.
     save(&state).map_err(|err| fail_early(err.into()))?;
+    if provider == Provider::Process {
+        // Kept in the cache while this cluster exists, also stopped (when nothing mounts it).
+        crate::image_cache::record_user(&state.image_root, dir)
+            .map_err(step_error(
+                "recording the cluster as a user of its image root",
+            ))
+            .map_err(|err| (err, Some(state.clone())))?;
+    }
     macro_rules! attempt {
         ($result:expr, $step:expr) => {
             match $result {
@@ -452,27 +458,10 @@ async fn create_in(
     step.done(&server);
 
     let deadline = Instant::now() + args.wait;
-    let step = progress.step("Waiting for the API server");
-    let client = attempt!(
-        wait_for_api(&admin_kubeconfig, deadline, &state).await,
-        step
-    );
-    step.done("");
-
-    let step = progress.step(&format!("Waiting for {} nodes to be Ready", planned.len()));
-    let began = Instant::now() - progress.elapsed();
-    attempt!(
-        wait_for_nodes(&client, deadline, began, state.created_at, &mut state).await,
-        step
-    );
-    step.done("");
-
-    let step = progress.step("Waiting for cluster DNS");
-    attempt!(
-        wait_for_dns(&cluster_ns, &state.nodes, deadline).await,
-        step
-    );
-    step.done("kubernetes.default.svc.cluster.local answers");
+    // A new cluster has no Node objects from before: any Ready counts.
+    if let Err(err) = wait_until_serving(&mut state, &cluster_ns, deadline, 0, progress).await {
+        return Err((err.into(), Some(state.clone())));
+    }
     let ready_after = progress.elapsed();
 
     let context = format!("baton-{}", args.name);

@@ -1,6 +1,7 @@
 //! `baton cluster destroy`: stops the cluster as `stop` does (every node, the forwarder, the
-//! namespaces), then removes the kubeconfig context and the cluster's directory. Every step runs even when an earlier one failed; the failures are
-//! reported together. Nothing is left behind.
+//! namespaces), then removes the kubeconfig context and the cluster's directory. Every step
+//! runs even when an earlier one failed; the failures are reported together. Nothing is left
+//! behind.
 
 use crate::kubeconfig::remove_context;
 use crate::state::{ClusterState, cluster_dir};
@@ -25,6 +26,7 @@ pub fn destroy_cluster(state: &ClusterState) -> Result<(), DestroyClusterError> 
         failures.push(format!("removing the kubeconfig context: {}", chain(&err)));
     }
     let dir = cluster_dir(&state.name);
+    crate::image_cache::forget_user(&state.image_root, &dir);
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}

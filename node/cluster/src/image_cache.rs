@@ -128,6 +128,60 @@ pub fn prepare_image(
     Ok(PreparedImage { dir, sha256, root })
 }
 
+/// The directory of `root`'s users: one file per cluster that runs on it, named for the
+/// cluster's directory and holding its path.
+fn users_dir(root: &Path) -> PathBuf {
+    let mut name = root.as_os_str().to_owned();
+    name.push(USERS_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// The suffix of a root's users directory, beside the root in the cache.
+const USERS_SUFFIX: &str = ".users";
+
+fn user_file(root: &Path, cluster_dir: &Path) -> PathBuf {
+    let id = &sha256_hex(cluster_dir.as_os_str().as_encoded_bytes())[..16];
+    users_dir(root).join(id)
+}
+
+/// Records that the cluster in `cluster_dir` runs on `root`, so that no `create` of any data
+/// directory prunes the root while that cluster exists (stopped clusters hold no mount of it).
+pub fn record_user(root: &Path, cluster_dir: &Path) -> std::io::Result<()> {
+    let cluster_dir = std::path::absolute(cluster_dir)?;
+    let file = user_file(root, &cluster_dir);
+    std::fs::create_dir_all(users_dir(root))?;
+    std::fs::write(file, cluster_dir.as_os_str().as_encoded_bytes())
+}
+
+/// Forgets the cluster in `cluster_dir` as a user of `root`.
+pub fn forget_user(root: &Path, cluster_dir: &Path) {
+    if let Ok(cluster_dir) = std::path::absolute(cluster_dir) {
+        let _ = std::fs::remove_file(user_file(root, &cluster_dir));
+    }
+    let _ = std::fs::remove_dir(users_dir(root));
+}
+
+/// Whether a cluster that still exists recorded itself as a user of `root`; removes the
+/// records of clusters that are gone.
+fn has_users(root: &Path) -> bool {
+    let mut used = false;
+    for entry in std::fs::read_dir(users_dir(root))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let cluster_dir = std::fs::read(entry.path())
+            .map(|bytes| PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()))
+            .ok();
+        if cluster_dir.is_some_and(|dir| dir.join(crate::state::STATE_FILE).exists()) {
+            used = true;
+        } else {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    used
+}
+
 /// Whether `root` is a complete unpacked image root.
 pub fn is_unpacked_root(root: &Path) -> bool {
     root.join(COMPLETE_MARKER).exists()
@@ -151,7 +205,8 @@ fn mounted_somewhere(root: &Path) -> bool {
 }
 
 /// Removes cached images and unpacked roots that neither `current`, nor any cluster of this
-/// data directory, nor any mount on the machine uses, so that the cache holds the images in
+/// data directory, nor any cluster that recorded itself as a user (of any data directory), nor
+/// any mount on the machine uses, so that the cache holds the images in
 /// use rather than one per build. Unpacks still in progress (younger than an hour) stay.
 fn prune_cache(cache: &Path, current: &Path) {
     let in_use: Vec<PathBuf> = crate::state::ClusterState::list_names()
@@ -165,17 +220,29 @@ fn prune_cache(cache: &Path, current: &Path) {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(USERS_SUFFIX) {
+                // Goes with its root.
+                if !path
+                    .with_file_name(name.trim_end_matches(USERS_SUFFIX))
+                    .exists()
+                {
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+                continue;
+            }
             let recent = entry
                 .metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|t| t.elapsed().unwrap_or_default() < ABANDONED_AFTER);
             let keep = in_use.contains(&path)
                 || (name.contains(".partial") && recent)
+                || has_users(&path)
                 || mounted_somewhere(&path);
             if keep {
                 kept_roots.push(name);
             } else {
                 let _ = std::fs::remove_dir_all(&path);
+                let _ = std::fs::remove_dir_all(users_dir(&path));
             }
         }
     }
@@ -192,5 +259,45 @@ fn prune_cache(cache: &Path, current: &Path) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_stays_while_a_cluster_that_recorded_itself_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let roots = cache.join("roots");
+        for name in ["kept", "orphaned", "unused", "current"] {
+            std::fs::create_dir_all(roots.join(name)).unwrap();
+            std::fs::write(roots.join(name).join(COMPLETE_MARKER), name).unwrap();
+        }
+        // A stopped cluster (its state file exists) and one that is gone.
+        let alive = dir.path().join("home-a/clusters/a");
+        std::fs::create_dir_all(&alive).unwrap();
+        std::fs::write(alive.join(crate::state::STATE_FILE), "{}").unwrap();
+        record_user(&roots.join("kept"), &alive).unwrap();
+        record_user(
+            &roots.join("orphaned"),
+            &dir.path().join("home-b/clusters/b"),
+        )
+        .unwrap();
+
+        prune_cache(&cache, &roots.join("current"));
+
+        assert!(roots.join("kept").exists());
+        assert!(roots.join("current").exists());
+        assert!(!roots.join("orphaned").exists());
+        assert!(!roots.join("orphaned.users").exists());
+        assert!(!roots.join("unused").exists());
+
+        // Once the cluster is destroyed, the next create prunes its root.
+        forget_user(&roots.join("kept"), &alive);
+        prune_cache(&cache, &roots.join("current"));
+        assert!(!roots.join("kept").exists());
+        assert!(!roots.join("kept.users").exists());
     }
 }

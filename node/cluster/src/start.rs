@@ -9,14 +9,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::boot::{
-    BootClusterError, BootedNode, NodeBoot, boot_node, make_network, save, start_forwarder,
-    wait_for_api, wait_for_dns, wait_for_nodes,
+    BootClusterError, BootedNode, NodeBoot, boot_node, make_network, save, show_consoles,
+    start_forwarder, wait_until_serving,
 };
-use crate::create::{Provider, console_tail, memory_fits};
+use crate::create::{Provider, memory_fits};
 use crate::kubeconfig::merge_context;
 use crate::progress::Progress;
 use crate::state::{
-    ClusterState, ClusterStateError, cluster_dir, forwarder_marker, node_running, process_matches,
+    ClusterLock, ClusterState, ClusterStateError, cluster_dir, forwarder_marker, node_running,
+    process_matches,
 };
 use crate::stop::{StopClusterError, stop_cluster};
 
@@ -47,8 +48,9 @@ pub enum StartClusterError {
     Boot(#[from] BootClusterError),
 }
 
-/// Checks that cluster `state` can start here; says why not otherwise.
-fn check_startable(state: &ClusterState) -> Result<Provider, String> {
+/// Checks that cluster `state`, whose directory is `dir`, can start here; says why not
+/// otherwise.
+fn check_startable(state: &ClusterState, dir: &Path) -> Result<Provider, String> {
     let name = &state.name;
     let provider = Provider::from_name(&state.provider).ok_or_else(|| {
         format!(
@@ -88,6 +90,31 @@ fn check_startable(state: &ClusterState) -> Result<Provider, String> {
             "cluster start {name}: needs root (it makes network namespaces, mounts and cgroups)"
         ));
     }
+    // A create that was killed before it finished (its cleanup never ran).
+    let node_dirs = std::fs::read_dir(dir.join("nodes"))
+        .map(|entries| entries.flatten().count())
+        .unwrap_or(0);
+    if !state.admin_kubeconfig.exists()
+        || !state
+            .nodes
+            .iter()
+            .any(|n| n.role == baton_init::Role::ControlPlane.as_str())
+        || state.nodes.len() != node_dirs
+    {
+        return Err(format!(
+            "the create of cluster {name} never finished (`baton cluster destroy {name}` removes it)"
+        ));
+    }
+    // The same name in another data directory: its namespaces are this cluster's names.
+    if let Some(pin) = std::iter::once(&state.netns)
+        .chain(&state.pins)
+        .find(|pin| crate::state::namespace_in_use(pin))
+    {
+        return Err(format!(
+            "{} is in use (a cluster named {name} of another data directory runs)",
+            pin.display()
+        ));
+    }
     if !crate::image_cache::is_unpacked_root(&state.image_root) {
         return Err(format!(
             "cluster {name}'s node image root {} is gone (removed from the image cache); \
@@ -110,7 +137,12 @@ fn check_startable(state: &ClusterState) -> Result<Provider, String> {
             state.api_port
         ));
     }
-    memory_fits(state.nodes.len() as u64, state.memory_mib)?;
+    memory_fits(
+        state.nodes.len() as u64,
+        state
+            .memory_mib
+            .unwrap_or(crate::create::DEFAULT_MEMORY_MIB),
+    )?;
     Ok(provider)
 }
 
@@ -124,8 +156,9 @@ pub async fn start_cluster(args: &StartArgs) -> Result<Duration, StartClusterErr
             args.name
         )));
     }
+    let _lock = ClusterLock::acquire(&dir, &args.name).map_err(StartClusterError::Refused)?;
     let mut state = ClusterState::load(&dir)?;
-    let provider = check_startable(&state).map_err(StartClusterError::Refused)?;
+    let provider = check_startable(&state, &dir).map_err(StartClusterError::Refused)?;
     // What a run that ended without `stop` (a host restart, a killed node) may have left:
     // empty cgroups, namespace pins.
     stop_cluster(&mut state).map_err(StartClusterError::Clear)?;
@@ -133,15 +166,7 @@ pub async fn start_cluster(args: &StartArgs) -> Result<Duration, StartClusterErr
     match boot(&mut state, provider, args.wait, &progress).await {
         Ok(ready_after) => Ok(ready_after),
         Err(err) => {
-            for node in &state.nodes {
-                let tail = console_tail(&node.console, 30);
-                if !tail.is_empty() {
-                    progress.note(&format!(
-                        "--- console of {} (last lines)\n{tail}",
-                        node.name
-                    ));
-                }
-            }
+            show_consoles(&progress, &state);
             progress.note("stopping the cluster again (its data is kept)");
             if let Err(cleanup) = stop_cluster(&mut state) {
                 progress.note(&format!("stopping failed: {cleanup}"));
@@ -159,6 +184,14 @@ async fn boot(
 ) -> Result<Duration, BootClusterError> {
     let deadline = Instant::now() + wait;
     let booted_at = crate::state::now_secs();
+    if state.cpus.is_none() || state.memory_mib.is_none() {
+        progress.note(&format!(
+            "cluster {} was made before --cpus and --memory were recorded: its nodes start with the defaults ({} CPU, {} MiB)",
+            state.name,
+            crate::create::DEFAULT_CPUS,
+            crate::create::DEFAULT_MEMORY_MIB
+        ));
+    }
     macro_rules! attempt {
         ($result:expr, $step:expr) => {
             match $result {
@@ -201,30 +234,7 @@ async fn boot(
     attempt!(save(state), step);
     step.done(&format!("https://127.0.0.1:{}", state.api_port));
 
-    let step = progress.step("Waiting for the API server");
-    let client = attempt!(
-        wait_for_api(&state.admin_kubeconfig, deadline, state).await,
-        step
-    );
-    step.done("");
-
-    let step = progress.step(&format!(
-        "Waiting for {} nodes to be Ready",
-        state.nodes.len()
-    ));
-    let began = Instant::now() - progress.elapsed();
-    attempt!(
-        wait_for_nodes(&client, deadline, began, booted_at, state).await,
-        step
-    );
-    step.done("");
-
-    let step = progress.step("Waiting for cluster DNS");
-    attempt!(
-        wait_for_dns(&cluster_ns, &state.nodes, deadline).await,
-        step
-    );
-    step.done("kubernetes.default.svc.cluster.local answers");
+    wait_until_serving(state, &cluster_ns, deadline, booted_at, progress).await?;
     let ready_after = progress.elapsed();
 
     // The context again, in case it was removed from the kubeconfig meanwhile.
@@ -267,6 +277,7 @@ mod tests {
         let node_dir = dir.join("nodes/control-plane-1");
         std::fs::create_dir_all(&node_dir).unwrap();
         std::fs::write(node_dir.join("machine-config.yaml"), "").unwrap();
+        std::fs::write(dir.join("admin.kubeconfig"), "").unwrap();
         ClusterState {
             name: "c1".into(),
             provider: "process".into(),
@@ -275,8 +286,8 @@ mod tests {
             netns: dir.join("netns"),
             gateway: std::net::Ipv4Addr::new(10, 251, 0, 1),
             pins: Vec::new(),
-            cpus: 1,
-            memory_mib: 256,
+            cpus: Some(1),
+            memory_mib: Some(256),
             nodes: vec![NodeState {
                 name: "control-plane-1".into(),
                 role: "control-plane".into(),
@@ -301,11 +312,11 @@ mod tests {
     fn what_cannot_start_is_refused_naming_why() {
         let dir = tempfile::tempdir().unwrap();
         let state = stopped_cluster(dir.path());
-        assert_eq!(check_startable(&state), Ok(Provider::Process));
+        assert_eq!(check_startable(&state, dir.path()), Ok(Provider::Process));
 
         let mut qemu = state.clone();
         qemu.provider = "qemu".into();
-        let refused = check_startable(&qemu).unwrap_err();
+        let refused = check_startable(&qemu, dir.path()).unwrap_err();
         assert!(
             refused.starts_with(
                 "cluster c1 runs on the qemu provider, whose nodes keep their /var in memory"
@@ -316,12 +327,12 @@ mod tests {
         let taken = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
         let mut port_taken = state.clone();
         port_taken.api_port = taken.local_addr().unwrap().port();
-        let refused = check_startable(&port_taken).unwrap_err();
+        let refused = check_startable(&port_taken, dir.path()).unwrap_err();
         assert!(refused.contains("is taken by another program"), "{refused}");
 
         let no_config = stopped_cluster(&dir.path().join("no-config"));
         std::fs::remove_file(no_config.nodes[0].dir.join("machine-config.yaml")).unwrap();
-        let refused = check_startable(&no_config).unwrap_err();
+        let refused = check_startable(&no_config, &dir.path().join("no-config")).unwrap_err();
         assert!(
             refused.starts_with("node control-plane-1 of cluster c1 has no machine configuration"),
             "{refused}"
@@ -329,12 +340,29 @@ mod tests {
 
         let no_root = stopped_cluster(&dir.path().join("no-root"));
         std::fs::remove_file(no_root.image_root.join(".baton-unpacked")).unwrap();
-        let refused = check_startable(&no_root).unwrap_err();
+        let refused = check_startable(&no_root, &dir.path().join("no-root")).unwrap_err();
         assert!(refused.contains("node image root"), "{refused}");
 
+        // A create killed half way: a node directory it never recorded, or no admin
+        // kubeconfig yet.
+        let unfinished_dir = dir.path().join("unfinished");
+        let unfinished = stopped_cluster(&unfinished_dir);
+        std::fs::create_dir_all(unfinished_dir.join("nodes/worker-1")).unwrap();
+        let refused = check_startable(&unfinished, &unfinished_dir).unwrap_err();
+        assert_eq!(
+            refused,
+            "the create of cluster c1 never finished (`baton cluster destroy c1` removes it)"
+        );
+        std::fs::remove_dir(unfinished_dir.join("nodes/worker-1")).unwrap();
+        std::fs::remove_file(unfinished_dir.join("admin.kubeconfig")).unwrap();
+        assert_eq!(
+            check_startable(&unfinished, &unfinished_dir).unwrap_err(),
+            refused
+        );
+
         let mut too_big = stopped_cluster(dir.path());
-        too_big.memory_mib = u64::MAX / 4;
-        let refused = check_startable(&too_big).unwrap_err();
+        too_big.memory_mib = Some(u64::MAX / 4);
+        let refused = check_startable(&too_big, dir.path()).unwrap_err();
         assert!(refused.contains("MiB available"), "{refused}");
     }
 }

@@ -73,12 +73,12 @@ pub struct ClusterState {
     /// failed create removes it too).
     #[serde(default)]
     pub pins: Vec<PathBuf>,
-    /// CPUs per node (`--cpus`).
-    #[serde(default = "default_cpus")]
-    pub cpus: u32,
-    /// Memory per node, MiB (`--memory`).
-    #[serde(default = "default_memory_mib")]
-    pub memory_mib: u64,
+    /// CPUs per node (`--cpus`); `None` in states written before it was recorded.
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    /// Memory per node, MiB (`--memory`); `None` in states written before it was recorded.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
     /// The nodes.
     pub nodes: Vec<NodeState>,
     /// The forwarder from the host to the API server.
@@ -89,16 +89,6 @@ pub struct ClusterState {
     pub kubeconfig: PathBuf,
     /// The admin kubeconfig of the cluster alone.
     pub admin_kubeconfig: PathBuf,
-}
-
-/// `--cpus`'s default, for states written before the field was.
-fn default_cpus() -> u32 {
-    1
-}
-
-/// `--memory`'s default, for states written before the field was.
-fn default_memory_mib() -> u64 {
-    1024
 }
 
 /// Why a cluster's state could not be read or written.
@@ -200,6 +190,51 @@ pub fn node_marker(provider: &str, node: &NodeState) -> String {
         "qemu" => format!("file:{} ", node.console.display()),
         _ => format!("--netns {} ", node.netns.display()),
     }
+}
+
+/// An exclusive lock on a cluster's directory, held while a command changes the cluster
+/// (`create`, `start`, `stop`, `destroy`), so that two never work on one cluster at once.
+#[derive(Debug)]
+pub struct ClusterLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl ClusterLock {
+    /// Takes the lock of cluster `name` in `dir` (made when missing), or says who holds it.
+    pub fn acquire(dir: &Path, name: &str) -> Result<Self, String> {
+        let path = dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|err| format!("opening {}: {err}", path.display()))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(ClusterLock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(format!(
+                "another baton command is working on cluster {name} (it holds {})",
+                path.display()
+            )),
+            Err((_, errno)) => Err(format!("locking {}: {errno}", path.display())),
+        }
+    }
+}
+
+/// Whether some process is in the network namespace pinned at `pin` (a cluster's, from
+/// this or another data directory).
+pub fn namespace_in_use(pin: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(pinned) = std::fs::metadata(pin) else {
+        return false;
+    };
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries.flatten().any(|entry| {
+                std::fs::metadata(entry.path().join("ns/net"))
+                    .is_ok_and(|ns| ns.ino() == pinned.ino() && ns.dev() == pinned.dev())
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// Whether `node`'s process (of `cluster`) runs.

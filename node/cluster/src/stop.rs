@@ -104,6 +104,7 @@ pub fn stop_cluster(state: &mut ClusterState) -> Result<(), StopClusterError> {
         for node in &mut state.nodes {
             node.pid = None;
             node.cgroups.clear();
+            node.ready_after_ms = None;
         }
         state.forwarder_pid = None;
         if let Err(err) = state.save(&crate::state::cluster_dir(&state.name)) {

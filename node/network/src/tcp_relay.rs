@@ -44,6 +44,7 @@ impl RelayBackends {
                         self.preferred.store(index, Ordering::Relaxed);
                     }
                     let _ = stream.set_nodelay(true);
+                    keep_alive(&stream);
                     return Some((stream, backend));
                 }
                 Ok(Err(err)) => tracing::debug!(%backend, %err, "backend refused"),
@@ -52,6 +53,18 @@ impl RelayBackends {
         }
         None
     }
+}
+
+/// Probes an idle connection after 10 s, every 5 s, and gives up after 3 unanswered probes:
+/// a backend that vanished without closing its connections (a machine powered off, a VM
+/// killed) ends them within 25 s, so that the client on the other side reconnects (through
+/// the relay, to a backend that answers) instead of waiting on a dead peer.
+fn keep_alive(stream: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(stream, sockopt::KeepAlive, &true);
+    let _ = setsockopt(stream, sockopt::TcpKeepIdle, &10);
+    let _ = setsockopt(stream, sockopt::TcpKeepInterval, &5);
+    let _ = setsockopt(stream, sockopt::TcpKeepCount, &3);
 }
 
 /// Relays every connection `listener` accepts to `backends`, until the task is dropped.
