@@ -29,6 +29,9 @@ pub enum ClusterCommand {
     /// Relay 127.0.0.1 to the API server inside the cluster network (started by `create`).
     #[command(hide = true)]
     Forward(baton_cluster::ForwardArgs),
+    /// Run a microVM node's VMM, again after each reboot (started by `create`).
+    #[command(hide = true)]
+    VmMonitor(baton_cluster::microvm_node::VmMonitorArgs),
 }
 
 /// Runs the subcommand.
@@ -78,6 +81,9 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
             println!("cluster {name} destroyed");
         }
         ClusterCommand::Forward(args) => baton_cluster::run_forwarder(&args)?,
+        ClusterCommand::VmMonitor(args) => {
+            std::process::exit(baton_cluster::microvm_node::run_vm_monitor(&args))
+        }
     }
     Ok(())
 }

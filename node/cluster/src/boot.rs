@@ -206,12 +206,33 @@ pub(crate) fn boot_node(
         started_at: now_secs(),
         ready_after_ms: None,
     };
-    if boot.provider == Provider::Qemu {
+    if matches!(boot.provider, Provider::Qemu | Provider::Microvm) {
         let yaml = std::fs::read_to_string(&config_path)
             .map_err(node_step("reading the machine configuration of", node.name))?;
         let initrd = crate::qemu_node::write_node_initrd(&boot.image_root, node.dir, &yaml)
             .map_err(node_step("writing the initrd of", node.name))?;
+        booted.netns = crate::network::cluster_netns_path(&boot.cluster);
         let tap = link.to_string_lossy();
+        if boot.provider == Provider::Microvm {
+            let vm = crate::microvm_node::MicrovmNode {
+                image_dir: &boot.image_root,
+                initrd: &initrd,
+                console: &console,
+                tap: &tap,
+                netns: &booted.netns,
+                mac: &crate::qemu_node::mac_address(node.index),
+                api_socket: &node.dir.join("vmm.sock"),
+                memory_mib: boot.memory_mib,
+                cpus: boot.cpus,
+            };
+            let mut args: Vec<OsString> = vec!["cluster".into(), "vm-monitor".into(), "--".into()];
+            args.extend(vm.vmm_args());
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(OsString::as_os_str).collect();
+            let pid = spawn_detached(&boot.exe, &args, &node.dir.join("vmm.log"))
+                .map_err(node_step("starting the VMM of", node.name))?;
+            booted.pid = Some(pid);
+            return Ok(booted);
+        }
         let qemu = crate::qemu_node::QemuNode {
             image_dir: &boot.image_root,
             initrd: &initrd,
@@ -238,7 +259,6 @@ pub(crate) fn boot_node(
             .and_then(|spawned| spawned)
             .map_err(node_step("starting QEMU for", node.name))?;
         booted.pid = Some(pid);
-        booted.netns = crate::network::cluster_netns_path(&boot.cluster);
         return Ok(booted);
     }
     let cgroup = format!("baton/{}/{}", boot.cluster, node.name);

@@ -177,10 +177,19 @@ fn check_host(args: &CreateArgs, provider: Provider) -> Result<(), CreateCluster
             }
         }
         Provider::Microvm => {
-            return refuse(
-                "--provider microvm: not built yet; use --provider qemu or --provider process"
-                    .into(),
-            );
+            let kvm = baton_vmm::check();
+            if !kvm.linux_usable {
+                return refuse(format!(
+                    "--provider microvm: KVM cannot boot Linux guests here ({}); use --provider qemu or --provider process",
+                    kvm.reason
+                ));
+            }
+            if !Path::new("/dev/net/tun").exists() {
+                return refuse(
+                    "--provider microvm: /dev/net/tun is missing (the nodes' NICs are tap devices)"
+                        .into(),
+                );
+            }
         }
     }
     if !nix::unistd::geteuid().is_root() {
@@ -242,13 +251,13 @@ fn choose_provider(asked: Option<Provider>, progress: &Progress) -> Provider {
         return provider;
     }
     let kvm = baton_vmm::check();
-    let why = if kvm.linux_usable {
-        "KVM can boot Linux here, but the microvm provider is not built yet".to_string()
-    } else {
-        format!("KVM cannot boot Linux guests here: {}", kvm.reason)
-    };
+    if kvm.linux_usable {
+        progress.note("provider: microvm (KVM can boot Linux here)");
+        return Provider::Microvm;
+    }
     progress.note(&format!(
-        "provider: process ({why}; --provider qemu boots the image under QEMU instead)"
+        "provider: process (KVM cannot boot Linux guests here: {}; --provider qemu boots the image under QEMU instead)",
+        kvm.reason
     ));
     Provider::Process
 }
@@ -528,10 +537,13 @@ mod tests {
         assert!(refused(&["--memory", "100"], Provider::Process).starts_with("--memory 100"));
         let too_much = refused(&["--memory", "100000000"], Provider::Process);
         assert!(too_much.contains("MiB available"), "{too_much}");
-        assert_eq!(
-            refused(&["--name", "ok"], Provider::Microvm),
-            "--provider microvm: not built yet; use --provider qemu or --provider process"
-        );
+        if !baton_vmm::check().linux_usable {
+            let refused = refused(&["--name", "ok"], Provider::Microvm);
+            assert!(
+                refused.starts_with("--provider microvm: KVM cannot boot Linux guests here ("),
+                "{refused}"
+            );
+        }
         let err = Cli::try_parse_from(["create", "--control-planes", "2"])
             .err()
             .unwrap()

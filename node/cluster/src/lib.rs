@@ -16,6 +16,7 @@ pub mod dns_probe;
 pub mod forwarder;
 pub mod image_cache;
 pub mod kubeconfig;
+pub mod microvm_node;
 pub mod network;
 pub mod node_access;
 pub mod progress;

@@ -183,11 +183,13 @@ pub fn process_alive(pid: u32) -> bool {
     })
 }
 
-/// What only this node's process has on its command line: a sandbox's namespace pin, or
-/// QEMU's console file (`provider` is the cluster's).
+/// What only this node's process has on its command line: a sandbox's namespace pin, QEMU's
+/// console file, or the console file in the VMM monitor's arguments (`provider` is the
+/// cluster's).
 pub fn node_marker(provider: &str, node: &NodeState) -> String {
     match provider {
         "qemu" => format!("file:{} ", node.console.display()),
+        "microvm" => format!("--console {} ", node.console.display()),
         _ => format!("--netns {} ", node.netns.display()),
     }
 }

@@ -40,8 +40,15 @@ pub fn stop_nodes(state: &ClusterState) -> Vec<String> {
         .filter_map(|node| node.pid)
         .collect();
     for pid in &monitors {
+        // A microVM node's monitor and its VMM share a process group (the monitor's): both go.
+        // A process node's monitor forwards the signal to init itself.
+        let target = if state.provider == "microvm" {
+            -(*pid as i32)
+        } else {
+            *pid as i32
+        };
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::unistd::Pid::from_raw(target),
             nix::sys::signal::Signal::SIGTERM,
         );
     }

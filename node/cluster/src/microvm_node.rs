@@ -1,0 +1,145 @@
+//! The `microvm` provider's nodes: the image booted by Baton's own VMM (`baton vmm`: direct
+//! kernel boot of its vmlinuz, the initramfs and an archive of the node's configuration as two
+//! initrds, a virtio-mmio NIC on a tap device plugged into the cluster's bridge), one VMM per
+//! node, as Firecracker runs one per microVM. The VMM ends when its guest reboots (exit code
+//! 3), as Firecracker's does, so each node runs under a monitor (`baton cluster vm-monitor`)
+//! that starts it again then; a power-off ends both. It needs KVM that can boot Linux (`baton
+//! vmm check`), which this project's machines lack: `create` refuses it there, naming why.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use baton_image_builder::KERNEL_NAME;
+
+/// The guest kernel's command line: the console on the serial port, a reboot through the
+/// keyboard controller (the VMM's i8042 turns it into exit code 3), and a reboot at once on
+/// panic (the monitor starts the node again).
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// How one node's VMM runs.
+#[derive(Clone, Debug)]
+pub struct MicrovmNode<'a> {
+    /// The image directory (its vmlinuz and initramfs).
+    pub image_dir: &'a Path,
+    /// The node's initrd: the image's initramfs with its configuration appended (see
+    /// [`crate::qemu_node::write_node_initrd`]).
+    pub initrd: &'a Path,
+    /// Where the serial console goes.
+    pub console: &'a Path,
+    /// The tap device on the cluster's bridge.
+    pub tap: &'a str,
+    /// The cluster's network namespace, where the tap is.
+    pub netns: &'a Path,
+    /// The NIC's MAC address.
+    pub mac: &'a str,
+    /// The VMM's API socket.
+    pub api_socket: &'a Path,
+    /// Guest memory, MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub cpus: u32,
+}
+
+impl MicrovmNode<'_> {
+    /// The arguments of `baton vmm`. The console path is also how `stop` and `destroy`
+    /// recognise the node's monitor.
+    pub fn vmm_args(&self) -> Vec<OsString> {
+        let path = |p: &Path| p.as_os_str().to_owned();
+        vec![
+            "--kernel".into(),
+            path(&self.image_dir.join(KERNEL_NAME)),
+            "--initrd".into(),
+            path(self.initrd),
+            "--cmdline".into(),
+            KERNEL_CMDLINE.into(),
+            "--cpus".into(),
+            self.cpus.to_string().into(),
+            "--memory".into(),
+            self.memory_mib.to_string().into(),
+            "--console".into(),
+            path(self.console),
+            "--net".into(),
+            format!(
+                "{},mac={},netns={}",
+                self.tap,
+                self.mac,
+                self.netns.display()
+            )
+            .into(),
+            "--api-sock".into(),
+            path(self.api_socket),
+        ]
+    }
+}
+
+/// `baton cluster vm-monitor` flags.
+#[derive(Clone, Debug, clap::Args)]
+pub struct VmMonitorArgs {
+    /// The arguments of `baton vmm`, after `--`.
+    #[arg(last = true, required = true)]
+    pub vmm_args: Vec<OsString>,
+}
+
+/// Runs `baton vmm VMM_ARGS` again each time its guest reboots (exit code 3); returns the
+/// exit code of the run that ended otherwise (0 when the guest powered off, 1 when it could
+/// not run or a signal ended it).
+pub fn run_vm_monitor(args: &VmMonitorArgs) -> i32 {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(err) => {
+            eprintln!("error: finding this program: {err}");
+            return 1;
+        }
+    };
+    loop {
+        let status = std::process::Command::new(&exe)
+            .arg("vmm")
+            .args(&args.vmm_args)
+            .status();
+        match status.map(|s| s.code()) {
+            Ok(Some(3)) => {
+                tracing::info!("the node rebooted: starting its VMM again");
+            }
+            Ok(Some(code)) => return code,
+            // Ended by a signal (stop, destroy).
+            Ok(None) => return 1,
+            Err(err) => {
+                eprintln!("error: starting baton vmm: {err}");
+                return 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_vm_boots_the_image_with_its_initrd_on_its_tap() {
+        let node = MicrovmNode {
+            image_dir: Path::new("/cache/images/abc"),
+            initrd: Path::new("/state/nodes/worker-1/initrd.cpio.gz"),
+            console: Path::new("/state/nodes/worker-1/console.log"),
+            tap: "tap-node1",
+            netns: Path::new("/run/netns/baton-c1"),
+            mac: &crate::qemu_node::mac_address(1),
+            api_socket: Path::new("/state/nodes/worker-1/vmm.sock"),
+            memory_mib: 1024,
+            cpus: 2,
+        };
+        let args: Vec<String> = node
+            .vmm_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args.join(" "),
+            "--kernel /cache/images/abc/vmlinuz --initrd /state/nodes/worker-1/initrd.cpio.gz \
+             --cmdline console=ttyS0 reboot=k panic=-1 --cpus 2 --memory 1024 \
+             --console /state/nodes/worker-1/console.log \
+             --net tap-node1,mac=52:54:00:ba:00:01,netns=/run/netns/baton-c1 \
+             --api-sock /state/nodes/worker-1/vmm.sock"
+        );
+    }
+}
