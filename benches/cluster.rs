@@ -151,6 +151,8 @@ fn one_run(work: &Path, image: &Path, index: usize) -> Run {
         &[
             "cluster",
             "create",
+            "--provider",
+            "process",
             "--name",
             &name,
             "--image",

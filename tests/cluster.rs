@@ -223,6 +223,8 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
     let out = cluster.baton(&[
         "cluster",
         "create",
+        "--provider",
+        "process",
         "--name",
         &name,
         "--kubeconfig",
@@ -246,6 +248,8 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
     let again = cluster.baton(&[
         "cluster",
         "create",
+        "--provider",
+        "process",
         "--name",
         &name,
         "--kubeconfig",
@@ -369,16 +373,7 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
 
     // worker-2 loses power: every process of the node is killed.
     let t = Instant::now();
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            cluster
-                .home
-                .path()
-                .join(format!("clusters/{name}/cluster.json")),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let state = cluster.state();
     let worker2 = node_state(&state, "worker-2");
     let cgroups: Vec<PathBuf> = worker2["cgroups"]
         .as_array()

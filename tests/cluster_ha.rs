@@ -60,6 +60,8 @@ fn three_control_planes_keep_the_cluster_writable_when_one_powers_off() {
     let out = cluster.baton(&[
         "cluster",
         "create",
+        "--provider",
+        "process",
         "--name",
         &name,
         "--control-planes",

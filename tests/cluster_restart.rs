@@ -39,15 +39,6 @@ fn processes_with_mounts_of(home: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The cluster's state file.
-fn cluster_state(cluster: &LocalCluster) -> serde_json::Value {
-    let path = cluster
-        .home
-        .path()
-        .join(format!("clusters/{}/cluster.json", cluster.name));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 /// Every process in cgroup `dir` and the cgroups below it.
 fn processes_under(dir: &Path) -> Vec<i32> {
     let mut pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
@@ -116,6 +107,8 @@ fn a_stopped_cluster_starts_again_with_its_objects_nodes_and_pods() {
     let out = cluster.baton(&[
         "cluster",
         "create",
+        "--provider",
+        "process",
         "--name",
         &name,
         "--workers",
@@ -171,7 +164,7 @@ fn a_stopped_cluster_starts_again_with_its_objects_nodes_and_pods() {
     );
 
     // Stop: nothing of the cluster runs, its data stays.
-    let cgroups: Vec<String> = cluster_state(&cluster)["nodes"]
+    let cgroups: Vec<String> = cluster.state()["nodes"]
         .as_array()
         .unwrap()
         .iter()
@@ -247,7 +240,7 @@ fn a_stopped_cluster_starts_again_with_its_objects_nodes_and_pods() {
         processes_with_mounts_of(cluster.home.path()),
         Vec::<String>::new()
     );
-    let after_failure = cluster_state(&cluster);
+    let after_failure = cluster.state();
     assert!(
         after_failure["nodes"]
             .as_array()
@@ -284,7 +277,7 @@ fn a_stopped_cluster_starts_again_with_its_objects_nodes_and_pods() {
     // As a host restart would: every process of the cluster killed at once and its namespace
     // pins gone, with no `stop`.
     let t = Instant::now();
-    let state = cluster_state(&cluster);
+    let state = cluster.state();
     let mut pids: Vec<i32> = vec![state["forwarderPid"].as_i64().unwrap() as i32];
     for node in state["nodes"].as_array().unwrap() {
         for cgroup in node["cgroups"].as_array().unwrap() {

@@ -219,16 +219,7 @@ fn vm_cluster_boots_serves_reboots_a_worker_and_is_destroyed(provider: &str, wai
         || cluster.node_ready("worker-1") && cluster.web_page().is_some(),
     );
 
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            cluster
-                .home
-                .path()
-                .join(format!("clusters/{name}/cluster.json")),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let state = cluster.state();
     let out = cluster.baton(&["cluster", "destroy", &name]);
     assert!(
         out.status.success(),

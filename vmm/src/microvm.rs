@@ -257,14 +257,17 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
 fn open_console(console: &ConsoleConfig) -> Result<ConsoleOutput, RunVmError> {
     match console {
         ConsoleConfig::Stdout => Ok(ConsoleOutput::Stdout(std::io::stdout())),
-        ConsoleConfig::File(path) => {
-            File::create(path)
-                .map(ConsoleOutput::File)
-                .map_err(|source| RunVmError::Console {
-                    path: path.clone(),
-                    source,
-                })
-        }
+        // Appended to, as a serial log should be: a VMM started again after its guest
+        // rebooted (a cluster node's monitor does that) keeps the earlier boots' lines.
+        ConsoleConfig::File(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(ConsoleOutput::File)
+            .map_err(|source| RunVmError::Console {
+                path: path.clone(),
+                source,
+            }),
     }
 }
 

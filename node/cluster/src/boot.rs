@@ -397,15 +397,19 @@ pub(crate) async fn wait_until_serving(
     Ok(())
 }
 
-/// Prints the last lines of every node's console (after a failure: they say why).
+/// Prints the last lines of every node's console, and of its VM's log (QEMU's or the VMM's),
+/// after a failure: they say why.
 pub(crate) fn show_consoles(progress: &Progress, state: &ClusterState) {
     for node in &state.nodes {
-        let tail = console_tail(&node.console, 30);
-        if !tail.is_empty() {
-            progress.note(&format!(
-                "--- console of {} (last lines)\n{tail}",
-                node.name
-            ));
+        for (what, path, lines) in [
+            ("console", node.console.clone(), 30),
+            ("QEMU log", node.dir.join("qemu.log"), 10),
+            ("VMM log", node.dir.join("vmm.log"), 10),
+        ] {
+            let tail = console_tail(&path, lines);
+            if !tail.is_empty() {
+                progress.note(&format!("--- {what} of {} (last lines)\n{tail}", node.name));
+            }
         }
     }
 }

@@ -383,14 +383,10 @@ async fn create_in(
     };
     // From here on everything made is in the state, so a failure can remove it.
     save(&state).map_err(|err| fail_early(err.into()))?;
-    if provider == Provider::Process {
-        // Kept in the cache while this cluster exists, also stopped (when nothing mounts it).
-        crate::image_cache::record_user(&state.image_root, dir)
-            .map_err(step_error(
-                "recording the cluster as a user of its image root",
-            ))
-            .map_err(|err| (err, Some(state.clone())))?;
-    }
+    // Kept in the cache while this cluster exists, also stopped (when nothing mounts it).
+    crate::image_cache::record_user(&state.image_root, dir)
+        .map_err(step_error("recording the cluster as a user of its image"))
+        .map_err(|err| (err, Some(state.clone())))?;
     macro_rules! attempt {
         ($result:expr, $step:expr) => {
             match $result {

@@ -144,9 +144,19 @@ fn user_file(root: &Path, cluster_dir: &Path) -> PathBuf {
     users_dir(root).join(id)
 }
 
-/// Records that the cluster in `cluster_dir` runs on `root`, so that no `create` of any data
-/// directory prunes the root while that cluster exists (stopped clusters hold no mount of it).
+/// Records that the cluster in `cluster_dir` runs on `root` (an unpacked root, or the image
+/// directory a VM cluster boots from), so that no `create` of any data directory prunes it
+/// while that cluster exists (stopped clusters hold no mount of it).
 pub fn record_user(root: &Path, cluster_dir: &Path) -> std::io::Result<()> {
+    // An image of the user's own (`--image DIR`) is never pruned: nothing to record beside it.
+    if !root.starts_with(default_cache_dir()) {
+        return Ok(());
+    }
+    write_user_record(root, cluster_dir)
+}
+
+/// Writes the record of [`record_user`] beside `root`, wherever it is.
+fn write_user_record(root: &Path, cluster_dir: &Path) -> std::io::Result<()> {
     let cluster_dir = std::path::absolute(cluster_dir)?;
     let file = user_file(root, &cluster_dir);
     std::fs::create_dir_all(users_dir(root))?;
@@ -246,17 +256,23 @@ fn prune_cache(cache: &Path, current: &Path) {
             }
         }
     }
-    // A cached image stays while its initramfs's root does, or while a VM cluster boots from
-    // it directly.
+    // A cached image stays while its initramfs's root does, or while a VM cluster (of any
+    // data directory) boots from it directly: its VMs read the kernel again at each reset.
     if let Ok(entries) = std::fs::read_dir(cache.join("images")) {
         for entry in entries.flatten() {
-            let initramfs = entry.path().join(INITRAMFS_NAME);
-            let used = in_use.contains(&entry.path())
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().ends_with(USERS_SUFFIX) {
+                continue;
+            }
+            let initramfs = path.join(INITRAMFS_NAME);
+            let used = in_use.contains(&path)
+                || has_users(&path)
                 || std::fs::read(&initramfs)
                     .map(|bytes| kept_roots.contains(&sha256_hex(&bytes)))
                     .unwrap_or(false);
             if !used {
-                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = std::fs::remove_dir_all(&path);
+                let _ = std::fs::remove_dir_all(users_dir(&path));
             }
         }
     }
@@ -279,8 +295,8 @@ mod tests {
         let alive = dir.path().join("home-a/clusters/a");
         std::fs::create_dir_all(&alive).unwrap();
         std::fs::write(alive.join(crate::state::STATE_FILE), "{}").unwrap();
-        record_user(&roots.join("kept"), &alive).unwrap();
-        record_user(
+        write_user_record(&roots.join("kept"), &alive).unwrap();
+        write_user_record(
             &roots.join("orphaned"),
             &dir.path().join("home-b/clusters/b"),
         )

@@ -1,6 +1,6 @@
 //! The `microvm` provider's nodes: the image booted by Baton's own VMM (`baton vmm`: direct
-//! kernel boot of its vmlinuz, the initramfs and an archive of the node's configuration as two
-//! initrds, a virtio-mmio NIC on a tap device plugged into the cluster's bridge), one VMM per
+//! kernel boot of its vmlinuz, the initramfs with an archive of the node's configuration
+//! appended as the initrd, a virtio-mmio NIC on a tap device plugged into the cluster's bridge), one VMM per
 //! node, as Firecracker runs one per microVM. The VMM ends when its guest reboots (exit code
 //! 3), as Firecracker's does, so each node runs under a monitor (`baton cluster vm-monitor`)
 //! that starts it again then; a power-off ends both. It needs KVM that can boot Linux (`baton
@@ -19,7 +19,7 @@ pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 /// How one node's VMM runs.
 #[derive(Clone, Debug)]
 pub struct MicrovmNode<'a> {
-    /// The image directory (its vmlinuz and initramfs).
+    /// The image directory (its vmlinuz).
     pub image_dir: &'a Path,
     /// The node's initrd: the image's initramfs with its configuration appended (see
     /// [`crate::qemu_node::write_node_initrd`]).
@@ -80,25 +80,44 @@ pub struct VmMonitorArgs {
     pub vmm_args: Vec<OsString>,
 }
 
-/// Runs `baton vmm VMM_ARGS` again each time its guest reboots (exit code 3); returns the
-/// exit code of the run that ended otherwise (0 when the guest powered off, 1 when it could
-/// not run or a signal ended it).
+/// How many reboots within [`REBOOT_WINDOW`] the monitor follows before it gives up (a guest
+/// that panics at every boot would otherwise loop for ever).
+pub const MAX_REBOOTS: usize = 5;
+/// See [`MAX_REBOOTS`].
+pub const REBOOT_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether one more reboot, after reboots at `recent` (oldest first), is still followed; keeps
+/// only the reboots within the window in `recent`.
+fn follow_reboot(recent: &mut Vec<std::time::Instant>, now: std::time::Instant) -> bool {
+    recent.retain(|at| now.duration_since(*at) < REBOOT_WINDOW);
+    recent.push(now);
+    recent.len() <= MAX_REBOOTS
+}
+
+/// Runs `baton vmm VMM_ARGS` again each time its guest reboots (exit code 3), at most
+/// [`MAX_REBOOTS`] times a minute; returns the exit code of the run that ended otherwise (0
+/// when the guest powered off, 1 when it could not run, a signal ended it, or it rebooted too
+/// often). Its lines go to its log (`nodes/NODE/vmm.log`).
 pub fn run_vm_monitor(args: &VmMonitorArgs) -> i32 {
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(err) => {
-            eprintln!("error: finding this program: {err}");
-            return 1;
-        }
-    };
+    // This very binary, also if the file was replaced since (an upgrade while the node runs).
+    let exe = std::path::Path::new("/proc/self/exe");
+    let mut reboots = Vec::new();
     loop {
-        let status = std::process::Command::new(&exe)
+        let status = std::process::Command::new(exe)
             .arg("vmm")
             .args(&args.vmm_args)
             .status();
         match status.map(|s| s.code()) {
             Ok(Some(3)) => {
-                tracing::info!("the node rebooted: starting its VMM again");
+                if !follow_reboot(&mut reboots, std::time::Instant::now()) {
+                    eprintln!(
+                        "the node rebooted {MAX_REBOOTS} times within {}s: giving up",
+                        REBOOT_WINDOW.as_secs()
+                    );
+                    return 1;
+                }
+                eprintln!("the node rebooted: starting its VMM again");
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
             Ok(Some(code)) => return code,
             // Ended by a signal (stop, destroy).
@@ -114,6 +133,23 @@ pub fn run_vm_monitor(args: &VmMonitorArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reboots_are_followed_until_they_come_too_fast() {
+        let start = std::time::Instant::now();
+        let at = |secs: u64| start + std::time::Duration::from_secs(secs);
+        let mut recent = Vec::new();
+        for second in 0..MAX_REBOOTS as u64 {
+            assert!(follow_reboot(&mut recent, at(second)));
+        }
+        // One more within the minute: too many.
+        assert!(!follow_reboot(&mut recent, at(10)));
+        // Spread out, they are followed for ever.
+        let mut spread = Vec::new();
+        for minute in 0..20 {
+            assert!(follow_reboot(&mut spread, at(minute * 30)));
+        }
+    }
 
     #[test]
     fn a_node_vm_boots_the_image_with_its_initrd_on_its_tap() {

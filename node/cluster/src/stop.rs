@@ -58,6 +58,11 @@ pub fn stop_nodes(state: &ClusterState) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut failures = Vec::new();
+    if state.provider == "microvm" {
+        // The VMMs (no cgroups of their own) may outlive their monitors while they free guest
+        // memory: the namespaces and files go only once every process of each group has.
+        failures.extend(end_process_groups(&monitors));
+    }
     for node in &state.nodes {
         if let Err(err) = baton_sandbox::kill_and_remove_cgroups(&node.cgroups, KILL_TIMEOUT) {
             failures.push(format!("stopping node {}: {}", node.name, chain(&err)));
@@ -73,6 +78,34 @@ pub fn stop_nodes(state: &ClusterState) -> Vec<String> {
         }
     }
     failures
+}
+
+/// Kills what is left in the process groups `leaders` led (they had SIGTERM already) and
+/// waits, up to [`KILL_TIMEOUT`], until no process of them remains. Returns what failed.
+fn end_process_groups(leaders: &[u32]) -> Vec<String> {
+    use nix::sys::signal::{Signal, kill};
+    let group = |leader: u32| nix::unistd::Pid::from_raw(-(leader as i32));
+    let alive = |leader: u32| kill(group(leader), None).is_ok();
+    let deadline = Instant::now() + KILL_TIMEOUT;
+    let mut killed = false;
+    loop {
+        let left: Vec<u32> = leaders.iter().copied().filter(|l| alive(*l)).collect();
+        if left.is_empty() {
+            return Vec::new();
+        }
+        if !killed {
+            for leader in &left {
+                let _ = kill(group(*leader), Signal::SIGKILL);
+            }
+            killed = true;
+        } else if Instant::now() >= deadline {
+            return left
+                .iter()
+                .map(|l| format!("the processes of group {l} did not end"))
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Stops the forwarder, when it is still the process the state names.

@@ -74,6 +74,20 @@ impl LocalCluster {
             .join(node)
     }
 
+    /// The cluster's state file (`cluster.json`: its nodes, their processes, cgroups and
+    /// namespaces, the forwarder), as `baton cluster` last wrote it.
+    pub fn state(&self) -> serde_json::Value {
+        let path = self
+            .home
+            .path()
+            .join("clusters")
+            .join(&self.name)
+            .join("cluster.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+    }
+
     /// The last `lines` lines of each of `nodes`' consoles, for failure messages.
     pub fn console_tails(&self, nodes: &[&str], lines: usize) -> String {
         let mut out = String::new();
