@@ -219,19 +219,7 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
     };
 
     let t = Instant::now();
-    let kubeconfig = cluster.kubeconfig.display().to_string();
-    let out = cluster.baton(&[
-        "cluster",
-        "create",
-        "--provider",
-        "process",
-        "--name",
-        &name,
-        "--kubeconfig",
-        &kubeconfig,
-        "--wait",
-        "180s",
-    ]);
+    let out = cluster.create("process", &["--wait", "180s"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "cluster create failed:\n{stderr}");
     assert!(
@@ -245,16 +233,7 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
     cluster.step("cluster create (1 control plane, 2 workers)", t);
 
     // A second cluster of the same name is refused before anything is made.
-    let again = cluster.baton(&[
-        "cluster",
-        "create",
-        "--provider",
-        "process",
-        "--name",
-        &name,
-        "--kubeconfig",
-        &kubeconfig,
-    ]);
+    let again = cluster.create("process", &[]);
     assert!(!again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stderr).contains(&format!("a cluster named {name} exists")),

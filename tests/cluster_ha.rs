@@ -56,23 +56,10 @@ fn kubernetes_endpoints_become(cluster: &LocalCluster, addresses: &[&str]) {
 fn three_control_planes_keep_the_cluster_writable_when_one_powers_off() {
     let name = format!("ha-{}", std::process::id());
     let mut cluster = LocalCluster::new(std::path::Path::new(env!("CARGO_BIN_EXE_baton")), &name);
-    let kubeconfig = cluster.kubeconfig.display().to_string();
-    let out = cluster.baton(&[
-        "cluster",
-        "create",
-        "--provider",
+    let out = cluster.create(
         "process",
-        "--name",
-        &name,
-        "--control-planes",
-        "3",
-        "--workers",
-        "1",
-        "--kubeconfig",
-        &kubeconfig,
-        "--wait",
-        "180s",
-    ]);
+        &["--control-planes", "3", "--workers", "1", "--wait", "180s"],
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -102,22 +102,8 @@ fn everything_is_back(cluster: &LocalCluster, uid: &str) {
 fn a_stopped_cluster_starts_again_with_its_objects_nodes_and_pods() {
     let name = format!("rs-{}", std::process::id());
     let mut cluster = LocalCluster::new(Path::new(env!("CARGO_BIN_EXE_baton")), &name);
-    let kubeconfig = cluster.kubeconfig.display().to_string();
     let t = Instant::now();
-    let out = cluster.baton(&[
-        "cluster",
-        "create",
-        "--provider",
-        "process",
-        "--name",
-        &name,
-        "--workers",
-        "1",
-        "--kubeconfig",
-        &kubeconfig,
-        "--wait",
-        "180s",
-    ]);
+    let out = cluster.create("process", &["--workers", "1", "--wait", "180s"]);
     assert!(out.status.success(), "cluster create: {}", stderr(&out));
     eprintln!(
         "[{:>6.1}s] cluster create (1 + 1)",

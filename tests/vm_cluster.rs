@@ -82,19 +82,7 @@ fn a_microvm_cluster_boots_serves_reboots_a_worker_and_is_destroyed() {
         std::path::Path::new(env!("CARGO_BIN_EXE_baton")),
         &name,
     ));
-    let kubeconfig = cluster.kubeconfig.display().to_string();
-    let out = cluster.baton(&[
-        "cluster",
-        "create",
-        "--name",
-        &name,
-        "--provider",
-        "microvm",
-        "--workers",
-        "1",
-        "--kubeconfig",
-        &kubeconfig,
-    ]);
+    let out = cluster.create("microvm", &["--workers", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success());
     assert!(
@@ -122,21 +110,7 @@ fn vm_cluster_boots_serves_reboots_a_worker_and_is_destroyed(provider: &str, wai
         &name,
     ));
     let started = Instant::now();
-    let kubeconfig = cluster.kubeconfig.display().to_string();
-    let out = cluster.baton(&[
-        "cluster",
-        "create",
-        "--name",
-        &name,
-        "--provider",
-        provider,
-        "--workers",
-        "1",
-        "--kubeconfig",
-        &kubeconfig,
-        "--wait",
-        wait,
-    ]);
+    let out = cluster.create(provider, &["--workers", "1", "--wait", wait]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "cluster create failed:\n{stderr}");
     assert!(

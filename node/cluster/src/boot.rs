@@ -114,7 +114,7 @@ impl NodeBoot {
                 .memory_mib
                 .unwrap_or(crate::create::DEFAULT_MEMORY_MIB),
             cpus: state.cpus.unwrap_or(crate::create::DEFAULT_CPUS),
-            kvm: provider == Provider::Qemu && baton_vmm::check().linux_usable,
+            kvm: provider == Provider::Qemu && crate::create::kvm_check().linux_usable,
         })
     }
 }
@@ -395,6 +395,32 @@ pub(crate) async fn wait_until_serving(
     }
     step.done("kubernetes.default.svc.cluster.local answers");
     Ok(())
+}
+
+/// Merges the cluster's context (`baton-NAME`, from its admin kubeconfig) into the kubeconfig
+/// its state names, as a step of `progress`; returns the context's name.
+pub(crate) fn merge_kubeconfig_step(
+    state: &ClusterState,
+    progress: &Progress,
+) -> Result<String, BootClusterError> {
+    let context = format!("baton-{}", state.name);
+    let step = progress.step("Merging the kubeconfig");
+    let merged = std::fs::read_to_string(&state.admin_kubeconfig)
+        .map_err(boot_step("reading the admin kubeconfig"))
+        .and_then(|text| {
+            crate::kubeconfig::merge_context(&state.kubeconfig, &text, &context)
+                .map_err(boot_step("merging the kubeconfig"))
+        });
+    match merged {
+        Ok(()) => {
+            step.done(&context);
+            Ok(context)
+        }
+        Err(err) => {
+            step.failed();
+            Err(err)
+        }
+    }
 }
 
 /// Prints the last lines of every node's console, and of its VM's log (QEMU's or the VMM's),

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use baton_pki::{ClusterCa, Kubeconfig, ServiceAccountKey, render_kubeconfig};
 
 use crate::boot::{
-    BootClusterError, BootedNode, NodeBoot, boot_node, make_network, save, show_consoles,
-    start_forwarder, wait_until_serving,
+    BootClusterError, BootedNode, NodeBoot, boot_node, make_network, merge_kubeconfig_step, save,
+    show_consoles, start_forwarder, wait_until_serving,
 };
 use crate::configs::{machine_config, plan_nodes};
 use crate::destroy::destroy_cluster;
 use crate::image_cache::prepare_image;
-use crate::kubeconfig::{default_kubeconfig, merge_context};
+use crate::kubeconfig::default_kubeconfig;
 use crate::network::gateway;
 use crate::progress::Progress;
 use crate::state::{ClusterLock, ClusterState, cluster_dir, now_secs};
@@ -177,7 +177,7 @@ fn check_host(args: &CreateArgs, provider: Provider) -> Result<(), CreateCluster
             }
         }
         Provider::Microvm => {
-            let kvm = baton_vmm::check();
+            let kvm = kvm_check();
             if !kvm.linux_usable {
                 return refuse(format!(
                     "--provider microvm: KVM cannot boot Linux guests here ({}); use --provider qemu or --provider process",
@@ -244,13 +244,19 @@ fn memory_available_kib() -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// `baton vmm check`'s verdict, found once per command (it boots a tiny guest).
+pub(crate) fn kvm_check() -> &'static baton_vmm::KvmCheck {
+    static CHECK: std::sync::OnceLock<baton_vmm::KvmCheck> = std::sync::OnceLock::new();
+    CHECK.get_or_init(baton_vmm::check)
+}
+
 /// Picks the provider: the one asked for, else microvm where KVM can boot Linux, else process
 /// (saying why).
 fn choose_provider(asked: Option<Provider>, progress: &Progress) -> Provider {
     if let Some(provider) = asked {
         return provider;
     }
-    let kvm = baton_vmm::check();
+    let kvm = kvm_check();
     if kvm.linux_usable {
         progress.note("provider: microvm (KVM can boot Linux here)");
         return Provider::Microvm;
@@ -469,14 +475,10 @@ async fn create_in(
     }
     let ready_after = progress.elapsed();
 
-    let context = format!("baton-{}", args.name);
-    let step = progress.step("Merging the kubeconfig");
-    attempt!(
-        merge_context(&state.kubeconfig, &kubeconfig_text, &context)
-            .map_err(step_error("merging the kubeconfig")),
-        step
-    );
-    step.done(&context);
+    let context = match merge_kubeconfig_step(&state, progress) {
+        Ok(context) => context,
+        Err(err) => return Err((err.into(), Some(state.clone()))),
+    };
     progress.note(&format!(
         "Cluster {} is ready ({:.1}s). Try:\n  kubectl --context {context} get nodes",
         args.name,
@@ -533,7 +535,7 @@ mod tests {
         assert!(refused(&["--memory", "100"], Provider::Process).starts_with("--memory 100"));
         let too_much = refused(&["--memory", "100000000"], Provider::Process);
         assert!(too_much.contains("MiB available"), "{too_much}");
-        if !baton_vmm::check().linux_usable {
+        if !kvm_check().linux_usable {
             let refused = refused(&["--name", "ok"], Provider::Microvm);
             assert!(
                 refused.starts_with("--provider microvm: KVM cannot boot Linux guests here ("),

@@ -9,11 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::boot::{
-    BootClusterError, BootedNode, NodeBoot, boot_node, make_network, save, show_consoles,
-    start_forwarder, wait_until_serving,
+    BootClusterError, BootedNode, NodeBoot, boot_node, make_network, merge_kubeconfig_step, save,
+    show_consoles, start_forwarder, wait_until_serving,
 };
 use crate::create::{Provider, memory_fits};
-use crate::kubeconfig::merge_context;
 use crate::progress::Progress;
 use crate::state::{
     ClusterLock, ClusterState, ClusterStateError, cluster_dir, forwarder_marker, node_running,
@@ -238,30 +237,13 @@ async fn boot(
     let ready_after = progress.elapsed();
 
     // The context again, in case it was removed from the kubeconfig meanwhile.
-    let context = format!("baton-{}", state.name);
-    let step = progress.step("Merging the kubeconfig");
-    attempt!(
-        merge_admin_context(&state.admin_kubeconfig, &state.kubeconfig, &context),
-        step
-    );
-    step.done(&context);
+    let context = merge_kubeconfig_step(state, progress)?;
     progress.note(&format!(
         "Cluster {} is running again ({:.1}s). Try:\n  kubectl --context {context} get nodes",
         state.name,
         ready_after.as_secs_f64()
     ));
     Ok(ready_after)
-}
-
-fn merge_admin_context(
-    admin_kubeconfig: &Path,
-    kubeconfig: &Path,
-    context: &str,
-) -> Result<(), BootClusterError> {
-    let text = std::fs::read_to_string(admin_kubeconfig)
-        .map_err(crate::boot::boot_step("reading the admin kubeconfig"))?;
-    merge_context(kubeconfig, &text, context)
-        .map_err(crate::boot::boot_step("merging the kubeconfig"))
 }
 
 #[cfg(test)]

@@ -42,6 +42,24 @@ impl LocalCluster {
             .expect("run baton")
     }
 
+    /// Runs `baton cluster create --name NAME --provider PROVIDER --kubeconfig KUBECONFIG
+    /// FLAGS` (the test's cluster, its context merged into the test's own kubeconfig).
+    pub fn create(&self, provider: &str, flags: &[&str]) -> Output {
+        let kubeconfig = self.kubeconfig.display().to_string();
+        let mut args = vec![
+            "cluster",
+            "create",
+            "--name",
+            self.name.as_str(),
+            "--provider",
+            provider,
+            "--kubeconfig",
+            kubeconfig.as_str(),
+        ];
+        args.extend_from_slice(flags);
+        self.baton(&args)
+    }
+
     /// Runs `kubectl --kubeconfig KUBECONFIG ARGS`.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         Command::new("kubectl")
