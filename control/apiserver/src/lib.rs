@@ -644,6 +644,11 @@ pub async fn run(args: ApiServerArgs) -> Result<(), StartApiServerError> {
         ));
     }
     if args.endpoint_reconciler_type == EndpointReconcilerType::Lease {
+        // The first round runs before the port is reported, so that a client of a started
+        // server finds the kubernetes Endpoints; later rounds run in the background.
+        if let Err(err) = server.reconcile_master_leases().await {
+            tracing::warn!(error = %err.message, "reconciling the kubernetes endpoints");
+        }
         tokio::spawn(master_leases::run(server.clone()));
     }
     let ns_resource = resources::find("", "v1", "namespaces").expect("namespaces are served");

@@ -84,14 +84,18 @@ impl<S: Store> ApiServer<S> {
     }
 }
 
-/// Runs the reconciler: at once, then every interval (a late round does not shorten the
-/// next), until SIGTERM or SIGINT; then removes this server's record and ends the process.
+/// Runs the reconciler every interval after the first (which the caller runs before serving;
+/// a late round does not shorten the next), until SIGTERM or SIGINT; then removes this
+/// server's record and ends the process.
 pub async fn run<S: Store>(server: Arc<ApiServer<S>>) {
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut interrupt =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-    let mut ticks = tokio::time::interval(RECONCILE_INTERVAL);
+    let mut ticks = tokio::time::interval_at(
+        tokio::time::Instant::now() + RECONCILE_INTERVAL,
+        RECONCILE_INTERVAL,
+    );
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
