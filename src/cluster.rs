@@ -59,13 +59,6 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
         }
         ClusterCommand::Stop { name } => {
             let (_lock, mut state) = load_locked(&name)?;
-            if state.provider != "process" {
-                anyhow::bail!(
-                    "cluster {name} runs on the {} provider, whose nodes keep nothing once stopped \
-                     (`baton cluster destroy {name}` removes it)",
-                    state.provider
-                );
-            }
             baton_cluster::stop_cluster(&mut state)?;
             println!("cluster {name} stopped");
         }

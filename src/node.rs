@@ -333,12 +333,13 @@ async fn status_text(client: &mut NodeClient<Channel>) -> Result<String, tonic::
         .map(|d| {
             vec![
                 d.mount_point.clone(),
+                d.device.clone(),
                 mib(d.total_bytes),
                 mib(d.available_bytes),
             ]
         })
         .collect();
-    out.push_str(&table(&["MOUNT", "SIZE", "AVAILABLE"], &disks));
+    out.push_str(&table(&["MOUNT", "DEVICE", "SIZE", "AVAILABLE"], &disks));
     Ok(out)
 }
 

@@ -3,9 +3,11 @@
 //! cluster's bridge, by QEMU (`--provider qemu`: software emulation here, this host's KVM
 //! cannot boot Linux) or by Baton's own VMM (`--provider microvm`, which needs KVM that can).
 //! It checks what a user checks: both nodes Ready; a web pod and a client pod on the worker,
-//! the web pod reached through its Service by DNS name; a worker rebooted through the node API
-//! comes back Ready and runs its pods again; and `cluster destroy` leaves no VM, namespace or
-//! file behind. Where KVM cannot boot Linux, the microvm run checks that `create` refuses
+//! the web pod reached through its Service by DNS name; /var on each node's data disk; a worker
+//! rebooted through the node API comes back Ready and runs its pods again; `cluster stop` shuts
+//! the nodes down in order and `cluster start` boots them again from their data disks (each
+//! formatted only at its first boot) with the pods serving again; and `cluster destroy` leaves
+//! no VM, namespace or file behind. Where KVM cannot boot Linux, the microvm run checks that `create` refuses
 //! before making anything, naming why, and reports the boot as skipped with that reason.
 
 use baton_test_harness::LocalCluster;
@@ -166,9 +168,20 @@ fn vm_cluster_boots_serves_reboots_a_worker_and_is_destroyed(provider: &str, wai
     let node = cluster.kubectl(&["get", "pod", "client", "-o", "jsonpath={.spec.nodeName}"]);
     assert_eq!(String::from_utf8_lossy(&node.stdout), "worker-1");
 
+    // Each node keeps its /var on its data disk, formatted at its first boot.
+    let status = cluster.baton(&["node", "--cluster", &name, "--node", "worker-1", "status"]);
+    let status_text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status_text
+            .lines()
+            .any(|l| l.starts_with("/var ") && l.contains("/dev/vda")),
+        "{status_text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
     // A reboot through the node API: QEMU resets the guest (the microvm node's monitor starts
-    // its VMM again), which boots again from the image (its /var was a tmpfs), registers, and
-    // runs its pods again.
+    // its VMM again), which boots again from the image and its data disk, registers, and runs
+    // its pods again.
     let out = cluster.baton(&["node", "--cluster", &name, "--node", "worker-1", "reboot"]);
     assert!(
         out.status.success(),
@@ -192,6 +205,59 @@ fn vm_cluster_boots_serves_reboots_a_worker_and_is_destroyed(provider: &str, wai
         Duration::from_secs(300),
         || cluster.node_ready("worker-1") && cluster.web_page().is_some(),
     );
+
+    // Stop and start: each node shuts down in order through its node API and powers off; the
+    // cluster boots again from its data disks with its objects, and the pods serve again.
+    let out = cluster.baton(&["cluster", "stop", &name]);
+    assert!(
+        out.status.success(),
+        "cluster stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in ["control-plane-1", "worker-1"] {
+        let console =
+            std::fs::read_to_string(cluster.node_dir(node).join("console.log")).unwrap_or_default();
+        assert!(
+            console.contains("shutting down: stopping services action=PowerOff")
+                && console.contains("reboot: Power down"),
+            "{node} shut down in order through its node API:\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            cluster.consoles()
+        );
+    }
+    let status =
+        String::from_utf8_lossy(&cluster.baton(&["cluster", "status", &name]).stdout).into_owned();
+    assert_eq!(status.matches("running").count(), 0, "{status}");
+    let started = Instant::now();
+    let out = cluster.baton(&["cluster", "start", &name, "--wait", wait]);
+    assert!(
+        out.status.success(),
+        "cluster start: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.consoles()
+    );
+    println!(
+        "{provider} cluster (1+1) started again in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    cluster.wait(
+        "the web page after the cluster started again",
+        Duration::from_secs(300),
+        || cluster.node_ready("worker-1") && cluster.web_page().is_some(),
+    );
+    for node in ["control-plane-1", "worker-1"] {
+        let console =
+            std::fs::read_to_string(cluster.node_dir(node).join("console.log")).unwrap_or_default();
+        assert_eq!(
+            console.matches("formatted the data disk").count(),
+            1,
+            "{node}'s disk is formatted once, at its first boot, of 3:\n{console}"
+        );
+        assert_eq!(
+            console.matches("baton init starting").count(),
+            if node == "worker-1" { 3 } else { 2 }
+        );
+    }
 
     let state = cluster.state();
     let out = cluster.baton(&["cluster", "destroy", &name]);

@@ -258,9 +258,22 @@ impl Boot {
                 "the sandbox's root directory keeps /var across restarts",
             ),
             (Environment::Machine, Some(disk)) => {
-                return Err(format!(
-                    "machine.dataDisk {disk}: formatting and mounting a data disk is not built yet"
-                ));
+                let disk = Path::new(disk);
+                let var = Path::new("/var");
+                timeline
+                    .run("state", || {
+                        crate::data_disk::mount_data_disk(disk, var, crate::data_disk::DEVICE_WAIT)
+                    })
+                    .map_err(|err| error_chain(&err))?;
+                if let Some(free) = crate::data_disk::low_space(var) {
+                    tracing::warn!(
+                        disk = %disk.display(),
+                        free_mib = free >> 20,
+                        "machine.dataDisk {} is nearly full: {} MiB free on /var",
+                        disk.display(),
+                        free >> 20
+                    );
+                }
             }
             (Environment::Machine, None) => {
                 timeline

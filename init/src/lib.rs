@@ -11,6 +11,7 @@ pub mod boot;
 pub mod cgroups;
 pub mod config_source;
 pub mod credentials;
+pub mod data_disk;
 pub mod dhcp;
 pub mod environment;
 pub mod log_ring;

@@ -44,8 +44,9 @@ pub fn status_memory(status: &str, field: &str) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// The size and free space of each file system in `mounts` that can be queried.
+/// The size, free space and device of each file system in `mounts` that can be queried.
 pub fn disks(mounts: &[&str]) -> Vec<Disk> {
+    let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     mounts
         .iter()
         .filter_map(|mount| {
@@ -55,9 +56,20 @@ pub fn disks(mounts: &[&str]) -> Vec<Disk> {
                 mount_point: (*mount).to_string(),
                 total_bytes: stat.blocks() * unit,
                 available_bytes: stat.blocks_available() * unit,
+                device: mounted_device(&table, mount).unwrap_or_default(),
             })
         })
         .collect()
+}
+
+/// What is mounted on `mount_point` according to the mount table `table` (/proc/self/mounts
+/// format; the last mount on a point is the one seen).
+pub fn mounted_device(table: &str, mount_point: &str) -> Option<String> {
+    table.lines().rev().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let device = fields.next()?;
+        (fields.next()? == mount_point).then(|| device.to_string())
+    })
 }
 
 /// Every IPv4 address of every interface, as `address/prefix`.
@@ -143,6 +155,13 @@ mod tests {
     }
 
     #[test]
+    fn the_last_mount_on_a_point_names_its_device() {
+        let table = "sysfs /sys sysfs rw 0 0\ntmpfs /var tmpfs rw 0 0\n/dev/vda /var ext4 rw 0 0\n";
+        assert_eq!(mounted_device(table, "/var").as_deref(), Some("/dev/vda"));
+        assert_eq!(mounted_device(table, "/run"), None);
+    }
+
+    #[test]
     fn the_loopback_address_is_listed() {
         let found = addresses();
         assert!(
@@ -153,6 +172,7 @@ mod tests {
         );
         let root = disks(&["/"]);
         assert_eq!(root.len(), 1);
+        assert!(!root[0].device.is_empty(), "{root:?}");
         assert!(root[0].total_bytes >= root[0].available_bytes && root[0].total_bytes > 0);
     }
 }

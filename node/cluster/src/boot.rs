@@ -83,6 +83,23 @@ enum WaitError {
     Dns(#[from] baton_network::NetNsError),
 }
 
+/// A VM node's data disk, in its directory: a sparse raw image the guest formats at its first
+/// boot and keeps its /var on, so that a stopped cluster starts again with what it held.
+pub const DATA_DISK_FILE: &str = "data.img";
+/// The data disk's size (sparse: the host's disk holds only what the node wrote).
+pub const DATA_DISK_BYTES: u64 = 8 << 30;
+/// The device a VM node sees its data disk as (its only virtio block device).
+pub const DATA_DISK_DEVICE: &str = "/dev/vda";
+
+/// Makes the empty data disk of the VM node whose directory is `node_dir`.
+pub(crate) fn create_data_disk(node_dir: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(node_dir.join(DATA_DISK_FILE))?
+        .set_len(DATA_DISK_BYTES)
+}
+
 /// How the nodes of a cluster boot.
 #[derive(Clone, Debug)]
 pub(crate) struct NodeBoot {
@@ -222,6 +239,7 @@ pub(crate) fn boot_node(
                 netns: &booted.netns,
                 mac: &crate::qemu_node::mac_address(node.index),
                 api_socket: &node.dir.join("vmm.sock"),
+                data_disk: &node.dir.join(DATA_DISK_FILE),
                 memory_mib: boot.memory_mib,
                 cpus: boot.cpus,
             };
@@ -239,6 +257,7 @@ pub(crate) fn boot_node(
             console: &console,
             tap: &tap,
             mac: &crate::qemu_node::mac_address(node.index),
+            data_disk: &node.dir.join(DATA_DISK_FILE),
             memory_mib: boot.memory_mib,
             cpus: boot.cpus,
             kvm: boot.kvm,

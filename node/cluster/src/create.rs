@@ -331,7 +331,7 @@ async fn create_in(
     let planned = plan_nodes(args.control_planes, args.workers);
     let mut configs = Vec::new();
     for node in &planned {
-        let config = machine_config(
+        let mut config = machine_config(
             &args.name,
             &ca,
             &service_account,
@@ -345,6 +345,12 @@ async fn create_in(
         std::fs::create_dir_all(&node_dir)
             .map_err(step_error("creating a node directory"))
             .map_err(fail_early)?;
+        if provider != Provider::Process {
+            config.machine.data_disk = Some(crate::boot::DATA_DISK_DEVICE.into());
+            crate::boot::create_data_disk(&node_dir)
+                .map_err(step_error("making a node's data disk"))
+                .map_err(fail_early)?;
+        }
         // What this command generates must be valid: a node refusing it would only show as
         // a timeout.
         let problems = config.validate();

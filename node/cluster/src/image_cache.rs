@@ -192,6 +192,13 @@ fn has_users(root: &Path) -> bool {
     used
 }
 
+/// Whether `dir` holds what a VM node boots: the image's kernel and initramfs.
+pub fn is_bootable_image(dir: &Path) -> bool {
+    [baton_image_builder::KERNEL_NAME, INITRAMFS_NAME]
+        .iter()
+        .all(|name| dir.join(name).is_file())
+}
+
 /// Whether `root` is a complete unpacked image root.
 pub fn is_unpacked_root(root: &Path) -> bool {
     root.join(COMPLETE_MARKER).exists()

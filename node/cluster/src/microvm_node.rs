@@ -34,6 +34,8 @@ pub struct MicrovmNode<'a> {
     pub mac: &'a str,
     /// The VMM's API socket.
     pub api_socket: &'a Path,
+    /// The data disk image (the guest's /dev/vda).
+    pub data_disk: &'a Path,
     /// Guest memory, MiB.
     pub memory_mib: u64,
     /// vCPUs.
@@ -66,6 +68,8 @@ impl MicrovmNode<'_> {
                 self.netns.display()
             )
             .into(),
+            "--disk".into(),
+            path(self.data_disk),
             "--api-sock".into(),
             path(self.api_socket),
         ]
@@ -161,6 +165,7 @@ mod tests {
             netns: Path::new("/run/netns/baton-c1"),
             mac: &crate::qemu_node::mac_address(1),
             api_socket: Path::new("/state/nodes/worker-1/vmm.sock"),
+            data_disk: Path::new("/state/nodes/worker-1/data.img"),
             memory_mib: 1024,
             cpus: 2,
         };
@@ -175,7 +180,7 @@ mod tests {
              --cmdline console=ttyS0 reboot=k panic=-1 --cpus 2 --memory 1024 \
              --console /state/nodes/worker-1/console.log \
              --net tap-node1,mac=52:54:00:ba:00:01,netns=/run/netns/baton-c1 \
-             --api-sock /state/nodes/worker-1/vmm.sock"
+             --disk /state/nodes/worker-1/data.img --api-sock /state/nodes/worker-1/vmm.sock"
         );
     }
 }

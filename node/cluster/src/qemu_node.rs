@@ -96,6 +96,8 @@ pub struct QemuNode<'a> {
     pub tap: &'a str,
     /// The NIC's MAC address.
     pub mac: &'a str,
+    /// The data disk image (the guest's /dev/vda).
+    pub data_disk: &'a Path,
     /// Guest memory, MiB.
     pub memory_mib: u64,
     /// vCPUs.
@@ -121,8 +123,14 @@ impl QemuNode<'_> {
         push("none");
         push("-monitor");
         push("none");
+        // Appended to: a node's console keeps every boot, across `cluster stop` and `start`.
+        push("-chardev");
+        push(&format!(
+            "file,id=console,path={},append=on",
+            self.console.display()
+        ));
         push("-serial");
-        push(&format!("file:{}", self.console.display()));
+        push("chardev:console");
         push("-kernel");
         push(&self.image_dir.join(KERNEL_NAME).display().to_string());
         push("-initrd");
@@ -136,6 +144,11 @@ impl QemuNode<'_> {
         ));
         push("-device");
         push(&format!("virtio-net-pci,netdev=net0,mac={}", self.mac));
+        push("-drive");
+        push(&format!(
+            "file={},format=raw,if=virtio",
+            self.data_disk.display()
+        ));
         args
     }
 }
@@ -156,6 +169,7 @@ mod tests {
             console: Path::new("/n/console.log"),
             tap: "tap-node0",
             mac: "52:54:00:ba:00:00",
+            data_disk: Path::new("/n/data.img"),
             memory_mib: 1024,
             cpus: 1,
             kvm: false,
@@ -171,7 +185,14 @@ mod tests {
             line.contains("-kernel /img/vmlinuz -initrd /n/initrd.cpio.gz"),
             "{line}"
         );
-        assert!(line.contains("file:/n/console.log"), "{line}");
+        assert!(
+            line.contains("-chardev file,id=console,path=/n/console.log,append=on"),
+            "{line}"
+        );
+        assert!(
+            line.contains("-drive file=/n/data.img,format=raw,if=virtio"),
+            "{line}"
+        );
         assert!(
             line.contains("tap,id=net0,ifname=tap-node0,script=no"),
             "{line}"

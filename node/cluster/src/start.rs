@@ -57,10 +57,19 @@ fn check_startable(state: &ClusterState, dir: &Path) -> Result<Provider, String>
             state.provider
         )
     })?;
-    if provider != Provider::Process {
+    if provider != Provider::Process
+        && let Some(node) = state
+            .nodes
+            .iter()
+            .find(|node| !node.dir.join(crate::boot::DATA_DISK_FILE).exists())
+    {
         return Err(format!(
-            "cluster {name} runs on the {} provider, whose nodes keep their /var in memory: \
-             nothing of the cluster outlived its nodes (`baton cluster destroy {name}` and create it again)",
+            "node {} of cluster {name} has no data disk ({} in {}; a {} node made before data \
+             disks kept its /var in memory): nothing of the cluster outlived its nodes \
+             (`baton cluster destroy {name}` and create it again)",
+            node.name,
+            crate::boot::DATA_DISK_FILE,
+            node.dir.display(),
             provider.name()
         ));
     }
@@ -114,9 +123,15 @@ fn check_startable(state: &ClusterState, dir: &Path) -> Result<Provider, String>
             pin.display()
         ));
     }
-    if !crate::image_cache::is_unpacked_root(&state.image_root) {
+    let image_present = match provider {
+        Provider::Process => crate::image_cache::is_unpacked_root(&state.image_root),
+        Provider::Qemu | Provider::Microvm => {
+            crate::image_cache::is_bootable_image(&state.image_root)
+        }
+    };
+    if !image_present {
         return Err(format!(
-            "cluster {name}'s node image root {} is gone (removed from the image cache); \
+            "cluster {name}'s node image {} is gone (removed from the image cache); \
              `baton cluster destroy {name}` and create it again",
             state.image_root.display()
         ));
@@ -300,11 +315,17 @@ mod tests {
         qemu.provider = "qemu".into();
         let refused = check_startable(&qemu, dir.path()).unwrap_err();
         assert!(
-            refused.starts_with(
-                "cluster c1 runs on the qemu provider, whose nodes keep their /var in memory"
-            ),
+            refused.starts_with("node control-plane-1 of cluster c1 has no data disk (data.img"),
             "{refused}"
         );
+        crate::boot::create_data_disk(&qemu.nodes[0].dir).unwrap();
+        // A VM cluster's image is the directory of its kernel and initramfs.
+        let refused = check_startable(&qemu, dir.path()).unwrap_err();
+        assert!(refused.contains("node image"), "{refused}");
+        for file in ["vmlinuz", "initramfs.cpio.gz"] {
+            std::fs::write(qemu.image_root.join(file), "").unwrap();
+        }
+        assert_eq!(check_startable(&qemu, dir.path()), Ok(Provider::Qemu));
 
         let taken = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
         let mut port_taken = state.clone();
@@ -323,7 +344,7 @@ mod tests {
         let no_root = stopped_cluster(&dir.path().join("no-root"));
         std::fs::remove_file(no_root.image_root.join(".baton-unpacked")).unwrap();
         let refused = check_startable(&no_root, &dir.path().join("no-root")).unwrap_err();
-        assert!(refused.contains("node image root"), "{refused}");
+        assert!(refused.contains("node image"), "{refused}");
 
         // A create killed half way: a node directory it never recorded, or no admin
         // kubeconfig yet.

@@ -188,7 +188,7 @@ pub fn process_alive(pid: u32) -> bool {
 /// cluster's).
 pub fn node_marker(provider: &str, node: &NodeState) -> String {
     match provider {
-        "qemu" => format!("file:{} ", node.console.display()),
+        "qemu" => format!("path={},append=on ", node.console.display()),
         "microvm" => format!("--console {} ", node.console.display()),
         _ => format!("--netns {} ", node.netns.display()),
     }

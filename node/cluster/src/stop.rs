@@ -1,9 +1,11 @@
 //! `baton cluster stop`: everything a host restart would end, ended in order: each node shut
-//! down (SIGTERM to its process, init stops its services in order, then whatever is left in
-//! its cgroups is killed), the forwarder stopped, the network namespaces removed. The
-//! cluster's directory (machine configurations, each node's root and /var, the PKI) and its
-//! kubeconfig context stay, so that `cluster start` boots it again with everything it held.
-//! `destroy` stops a cluster the same way before removing it.
+//! down (a VM node through its node API: init stops its services in order, unmounts its data
+//! disk and powers the machine off; a process node by SIGTERM to its monitor, which init
+//! handles the same way; then whatever is left is killed), the forwarder stopped, the network
+//! namespaces removed. The cluster's directory (machine configurations, each node's root and
+//! /var or data disk, the PKI) and its kubeconfig context stay, so that `cluster start` boots
+//! it again with everything it held. `destroy` kills the nodes without asking before removing
+//! the cluster.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,13 @@ use crate::state::{ClusterState, forwarder_marker, node_running, process_matches
 
 /// How long a node gets to shut down in order before its processes are killed.
 const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a VM node gets to power off after its node API was asked to shut it down (QEMU's
+/// software emulation is slow).
+const VM_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long asking one node's API may take.
+const NODE_API_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause between two asks of a node that failed.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// How long killing what is left may take.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -80,6 +89,96 @@ pub fn stop_nodes(state: &ClusterState) -> Vec<String> {
     failures
 }
 
+/// Asks each running VM node to shut down through its node API, and waits up to
+/// [`VM_SHUTDOWN_TIMEOUT`] for its process (QEMU, or the VMM's monitor) to end when the guest
+/// powers off. A node that cannot be asked, or does not end in time, is left to
+/// [`stop_nodes`], which kills it as a power cut would (its data disk's journal recovers it).
+pub fn shut_down_vm_nodes(state: &ClusterState) {
+    if state.provider == "process" {
+        return;
+    }
+    let running: Vec<&crate::state::NodeState> = state
+        .nodes
+        .iter()
+        .filter(|node| node_running(state, node))
+        .collect();
+    if running.is_empty() {
+        return;
+    }
+    let credentials = match crate::node_access::NodeApiCredentialFiles::under(
+        &crate::state::cluster_dir(&state.name),
+    )
+    .read()
+    {
+        Ok(credentials) => credentials,
+        Err(err) => {
+            tracing::warn!(error = %chain(&err), "the node API's credentials; killing the nodes");
+            return;
+        }
+    };
+    let targets: Vec<(String, baton_node_api::NodeTarget)> = running
+        .iter()
+        .map(|node| {
+            (
+                node.name.clone(),
+                baton_node_api::NodeTarget {
+                    address: std::net::SocketAddr::from((node.ip, baton_node_api::NODE_API_PORT)),
+                    netns: Some(state.netns.clone()),
+                },
+            )
+        })
+        .collect();
+    // A runtime of its own on a thread of its own: callers may be inside another runtime.
+    let asked = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            // One after the other: each answers at once and then shuts down on its own.
+            for (name, target) in &targets {
+                let ask = || async {
+                    let mut client = baton_node_api::connect(target, &credentials)
+                        .await
+                        .map_err(|err| chain(&err))?;
+                    client
+                        .shutdown(baton_node_api::proto::PowerRequest::default())
+                        .await
+                        .map_err(|status| status.message().to_string())
+                };
+                // Asked again after a failure (a connection refused while a service restarts)
+                // until the node's time is up.
+                let deadline = tokio::time::Instant::now() + NODE_API_TIMEOUT;
+                let error = loop {
+                    let error = match tokio::time::timeout_at(deadline, ask()).await {
+                        Ok(Ok(_)) => break None,
+                        Ok(Err(err)) => err,
+                        Err(_) => break Some("timed out".to_string()),
+                    };
+                    if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                        break Some(error);
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                };
+                if let Some(error) = error {
+                    tracing::warn!(node = %name, %error, "asking the node to shut down");
+                }
+            }
+        });
+        Some(())
+    })
+    .join();
+    if !matches!(asked, Ok(Some(()))) {
+        tracing::warn!("could not ask the nodes to shut down; killing them");
+        return;
+    }
+    let pids: Vec<u32> = running.iter().filter_map(|node| node.pid).collect();
+    let deadline = Instant::now() + VM_SHUTDOWN_TIMEOUT;
+    while pids.iter().any(|pid| crate::state::process_alive(*pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Kills what is left in the process groups `leaders` led (they had SIGTERM already) and
 /// waits, up to [`KILL_TIMEOUT`], until no process of them remains. Returns what failed.
 fn end_process_groups(leaders: &[u32]) -> Vec<String> {
@@ -137,6 +236,7 @@ pub fn remove_pins(state: &ClusterState) -> Vec<String> {
 /// Stops the cluster `state` describes and records that it is stopped (no processes, no
 /// cgroups) in its state file. Stopping a stopped cluster changes nothing.
 pub fn stop_cluster(state: &mut ClusterState) -> Result<(), StopClusterError> {
+    shut_down_vm_nodes(state);
     let mut failures = stop_nodes(state);
     stop_forwarder(state);
     failures.extend(remove_pins(state));

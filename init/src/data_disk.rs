@@ -1,0 +1,199 @@
+//! The node's data disk (`machine.dataDisk`): waited for, formatted as ext4 on first boot when
+//! it holds no file system, and mounted on /var, so that etcd's data, the kubelet's state and
+//! the image store outlive a reboot. A disk holding anything else is refused and left as it is.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use baton_ext4_format::{DiskContent, FormatExt4Error, FormatOptions, ProbeDiskError};
+use nix::mount::{MsFlags, mount};
+
+/// The label init gives the file systems it makes.
+pub const DATA_DISK_LABEL: &str = "BATON-STATE";
+/// How long init waits for the disk's device node (the virtio block driver probes the device
+/// after its module loads).
+pub const DEVICE_WAIT: Duration = Duration::from_secs(10);
+/// Below this much free space the disk is reported as nearly full.
+pub const LOW_SPACE_BYTES: u64 = 256 << 20;
+
+/// What preparing the disk did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataDiskState {
+    /// It held no file system and was formatted (a first boot).
+    Formatted {
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// It held Baton's file system, which was mounted.
+    Mounted,
+}
+
+/// Preparing the data disk failed; nothing on it was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum MountDataDiskError {
+    /// The device did not appear.
+    #[error("machine.dataDisk {disk}: no such device after {waited:?}")]
+    Absent {
+        /// The configured path.
+        disk: PathBuf,
+        /// How long init waited.
+        waited: Duration,
+    },
+    /// The device could not be opened.
+    #[error("machine.dataDisk {disk}: opening it")]
+    Open {
+        /// The configured path.
+        disk: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Its first blocks could not be read.
+    #[error("machine.dataDisk {disk}")]
+    Probe {
+        /// The configured path.
+        disk: PathBuf,
+        /// Why.
+        source: ProbeDiskError,
+    },
+    /// It holds something other than an ext file system.
+    #[error(
+        "machine.dataDisk {disk} holds {what}; init formats only a disk without a file system \
+         and mounts only ext4 (wipe the disk's first MiB to let init format it)"
+    )]
+    Foreign {
+        /// The configured path.
+        disk: PathBuf,
+        /// What it holds.
+        what: &'static str,
+    },
+    /// Formatting it failed.
+    #[error("machine.dataDisk {disk}: formatting it as ext4")]
+    Format {
+        /// The configured path.
+        disk: PathBuf,
+        /// Why.
+        source: FormatExt4Error,
+    },
+    /// The mount point could not be made.
+    #[error("making the mount point {target}")]
+    MountPoint {
+        /// The mount point.
+        target: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Mounting it failed.
+    #[error("machine.dataDisk {disk}: mounting it on {target}")]
+    Mount {
+        /// The configured path.
+        disk: PathBuf,
+        /// The mount point.
+        target: PathBuf,
+        /// Why.
+        source: nix::Error,
+    },
+}
+
+/// Waits up to `wait` for `disk`, formats it if it holds no file system, and mounts it on
+/// `target` (made if missing).
+pub fn mount_data_disk(
+    disk: &Path,
+    target: &Path,
+    wait: Duration,
+) -> Result<DataDiskState, MountDataDiskError> {
+    let file = open_when_present(disk, wait)?;
+    let state = match baton_ext4_format::probe(&file).map_err(|source| {
+        MountDataDiskError::Probe {
+            disk: disk.to_path_buf(),
+            source,
+        }
+    })? {
+        DiskContent::Ext4 { .. } => DataDiskState::Mounted,
+        DiskContent::Other(what) => {
+            return Err(MountDataDiskError::Foreign {
+                disk: disk.to_path_buf(),
+                what,
+            });
+        }
+        DiskContent::Unformatted => {
+            let format_error = |source| MountDataDiskError::Format {
+                disk: disk.to_path_buf(),
+                source,
+            };
+            let size = baton_ext4_format::disk_size(&file).map_err(format_error)?;
+            baton_ext4_format::format(&file, &new_file_system()).map_err(format_error)?;
+            tracing::info!(disk = %disk.display(), bytes = size, "formatted the data disk as ext4");
+            DataDiskState::Formatted { size }
+        }
+    };
+    drop(file);
+    let mount_error = |source| MountDataDiskError::Mount {
+        disk: disk.to_path_buf(),
+        target: target.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(target).map_err(|source| MountDataDiskError::MountPoint {
+        target: target.to_path_buf(),
+        source,
+    })?;
+    mount(
+        Some(disk),
+        target,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .map_err(mount_error)?;
+    Ok(state)
+}
+
+/// Free bytes of the file system at `target`, when it has less than [`LOW_SPACE_BYTES`].
+pub fn low_space(target: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(target).ok()?;
+    let free = stat.blocks_available() * stat.fragment_size();
+    (free < LOW_SPACE_BYTES).then_some(free)
+}
+
+/// Opens `disk` for reading and writing, waiting up to `wait` for it to appear.
+fn open_when_present(disk: &Path, wait: Duration) -> Result<File, MountDataDiskError> {
+    let start = Instant::now();
+    loop {
+        match OpenOptions::new().read(true).write(true).open(disk) {
+            Ok(file) => return Ok(file),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if start.elapsed() >= wait {
+                    return Err(MountDataDiskError::Absent {
+                        disk: disk.to_path_buf(),
+                        waited: wait,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(MountDataDiskError::Open {
+                    disk: disk.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// A new file system's identity: random UUID, hash seed and journal sequence.
+fn new_file_system() -> FormatOptions {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32);
+    // A version 4 (random) UUID.
+    let mut uuid: [u8; 16] = rand::random();
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    FormatOptions {
+        label: DATA_DISK_LABEL.into(),
+        uuid,
+        hash_seed: rand::random(),
+        journal_sequence: rand::random(),
+        now,
+    }
+}
