@@ -258,12 +258,18 @@ impl Boot {
                 "the sandbox's root directory keeps /var across restarts",
             ),
             (Environment::Machine, Some(disk)) => {
-                let disk = Path::new(disk);
+                let disk = PathBuf::from(disk);
                 let var = Path::new("/var");
+                let device = disk.clone();
                 timeline
-                    .run("state", || {
-                        crate::data_disk::mount_data_disk(disk, var, crate::data_disk::DEVICE_WAIT)
+                    .run_blocking("state", move || {
+                        crate::data_disk::mount_data_disk(
+                            &device,
+                            Path::new("/var"),
+                            crate::data_disk::DEVICE_WAIT,
+                        )
                     })
+                    .await
                     .map_err(|err| error_chain(&err))?;
                 if let Some(free) = crate::data_disk::low_space(var) {
                     tracing::warn!(
@@ -292,14 +298,16 @@ impl Boot {
                     .map_err(|err| error_chain(&err))?;
             }
         }
+        let network = config.machine.network.clone();
         let configured = timeline
-            .run("network", || {
+            .run_blocking("network", move || {
                 configure_network(
-                    &config.machine.network,
+                    &network,
                     Path::new("/etc/resolv.conf"),
                     crate::network_setup::DHCP_WAIT,
                 )
             })
+            .await
             .map_err(|err| error_chain(&err))?;
         let node_ip = configured.node_ip;
         for lease in configured.leases {

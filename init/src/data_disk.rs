@@ -25,11 +25,13 @@ pub enum DataDiskState {
         /// Its size in bytes.
         size: u64,
     },
-    /// It held Baton's file system, which was mounted.
+    /// It held the file system init made on it (labelled [`DATA_DISK_LABEL`]), which was
+    /// mounted.
     Mounted,
 }
 
-/// Preparing the data disk failed; nothing on it was changed.
+/// Preparing the data disk failed. A disk refused for what it holds is left as it was; a
+/// format that failed part way is started again at the next boot.
 #[derive(Debug, thiserror::Error)]
 pub enum MountDataDiskError {
     /// The device did not appear.
@@ -56,16 +58,17 @@ pub enum MountDataDiskError {
         /// Why.
         source: ProbeDiskError,
     },
-    /// It holds something other than an ext file system.
+    /// It holds something init did not make there.
     #[error(
-        "machine.dataDisk {disk} holds {what}; init formats only a disk without a file system \
-         and mounts only ext4 (wipe the disk's first MiB to let init format it)"
+        "machine.dataDisk {disk} holds {what}; init formats only a disk whose first MiB is \
+         zeros and mounts only the file system it made (label {DATA_DISK_LABEL}); wipe the \
+         disk's first MiB to let init format it"
     )]
     Foreign {
         /// The configured path.
         disk: PathBuf,
         /// What it holds.
-        what: &'static str,
+        what: String,
     },
     /// Formatting it failed.
     #[error("machine.dataDisk {disk}: formatting it as ext4")]
@@ -109,14 +112,26 @@ pub fn mount_data_disk(
             source,
         }
     })? {
-        DiskContent::Ext4 { .. } => DataDiskState::Mounted,
+        DiskContent::Ext4 { label } if label == DATA_DISK_LABEL => DataDiskState::Mounted,
+        DiskContent::Ext4 { label } => {
+            return Err(MountDataDiskError::Foreign {
+                disk: disk.to_path_buf(),
+                what: format!("an ext file system labelled {label:?}"),
+            });
+        }
         DiskContent::Other(what) => {
             return Err(MountDataDiskError::Foreign {
                 disk: disk.to_path_buf(),
-                what,
+                what: what.to_string(),
             });
         }
-        DiskContent::Unformatted => {
+        DiskContent::Unrecognised => {
+            return Err(MountDataDiskError::Foreign {
+                disk: disk.to_path_buf(),
+                what: "data that no known signature names".to_string(),
+            });
+        }
+        DiskContent::Blank | DiskContent::Unfinished => {
             let format_error = |source| MountDataDiskError::Format {
                 disk: disk.to_path_buf(),
                 source,
@@ -161,7 +176,11 @@ fn open_when_present(disk: &Path, wait: Duration) -> Result<File, MountDataDiskE
     loop {
         match OpenOptions::new().read(true).write(true).open(disk) {
             Ok(file) => return Ok(file),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            // Not there yet, or its node is there before its driver bound it.
+            Err(err)
+                if err.kind() == std::io::ErrorKind::NotFound
+                    || err.raw_os_error() == Some(nix::libc::ENXIO) =>
+            {
                 if start.elapsed() >= wait {
                     return Err(MountDataDiskError::Absent {
                         disk: disk.to_path_buf(),

@@ -54,6 +54,27 @@ impl BootTimeline {
         result
     }
 
+    /// Runs phase `name`, which blocks (waits for a device or a lease, writes a disk), on a
+    /// thread of the blocking pool, so that the node API on init's one-thread runtime keeps
+    /// answering meanwhile; logs and records it as [`BootTimeline::run`] does.
+    pub async fn run_blocking<T, E>(
+        &mut self,
+        name: &'static str,
+        phase: impl FnOnce() -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: std::error::Error + Send + 'static,
+    {
+        let start = Instant::now();
+        let result = match tokio::task::spawn_blocking(phase).await {
+            Ok(result) => result,
+            Err(err) => std::panic::resume_unwind(err.into_panic()),
+        };
+        self.record(name, start.elapsed(), &result);
+        result
+    }
+
     /// Records phase `name`, which ran elsewhere (an async phase) for `duration` with
     /// `result`.
     pub fn record<T, E: std::error::Error>(

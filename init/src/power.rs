@@ -73,8 +73,9 @@ fn reap_some() -> bool {
     }
 }
 
-/// Unmounts everything but the root, innermost first (lazily: a busy mount goes when its last
-/// user does).
+/// Unmounts everything but the root, innermost first: at once where nothing uses the mount
+/// (so that a data disk's file system is clean before reboot(2)), lazily otherwise (it goes
+/// when its last user does).
 pub fn unmount_all() {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
         return;
@@ -86,7 +87,9 @@ pub fn unmount_all() {
         .collect();
     targets.reverse();
     for target in targets {
-        if let Err(err) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+        let unmounted = nix::mount::umount2(target, nix::mount::MntFlags::empty())
+            .or_else(|_| nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH));
+        if let Err(err) = unmounted {
             tracing::debug!(%target, %err, "unmount at shutdown");
         }
     }

@@ -48,10 +48,24 @@ fn image(dir: &Path, size: u64) -> PathBuf {
     path
 }
 
+/// An image full of old data but for its first MiB (as after wiping it to hand the disk to
+/// init): the file system is made over what the disk held.
+fn used_image(dir: &Path, size: u64) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("disk.img");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + 13) as u8).collect();
+    file.write_all(&vec![0u8; 1 << 20]).unwrap();
+    for _ in 1..size >> 20 {
+        file.write_all(&chunk).unwrap();
+    }
+    path
+}
+
 #[test]
-fn a_blank_disk_is_formatted_once_and_keeps_what_was_written() {
+fn a_wiped_disk_is_formatted_once_and_keeps_what_was_written() {
     let dir = tempfile::tempdir().unwrap();
-    let image = image(dir.path(), 600 << 20);
+    let image = used_image(dir.path(), 600 << 20);
     let var = dir.path().join("var");
     {
         let device = LoopDevice::attach(&image);
@@ -87,11 +101,14 @@ fn a_blank_disk_is_formatted_once_and_keeps_what_was_written() {
         .arg(&image)
         .output()
         .expect("e2fsck runs (scripts/setup installs e2fsprogs)");
-    assert!(
-        fsck.status.success(),
+    let report = format!(
         "{}{}",
         String::from_utf8_lossy(&fsck.stdout),
         String::from_utf8_lossy(&fsck.stderr)
+    );
+    assert!(
+        fsck.status.success() && !report.contains("? no"),
+        "{report}"
     );
     // The next boot mounts what is there rather than formatting again.
     let device = LoopDevice::attach(&image);
@@ -108,30 +125,59 @@ fn a_blank_disk_is_formatted_once_and_keeps_what_was_written() {
     );
 }
 
+/// Writes what a disk holds into its first bytes.
+type WriteHead = dyn Fn(&mut Vec<u8>);
+
 #[test]
 fn a_disk_holding_something_else_is_refused_and_left_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
-    let image = image(dir.path(), 64 << 20);
-    // A GPT partition table's header, as a disk from elsewhere would hold.
-    let mut head = std::fs::read(&image).unwrap();
-    head[510..512].copy_from_slice(b"\x55\xaa");
-    head[512..520].copy_from_slice(b"EFI PART");
-    std::fs::write(&image, &head).unwrap();
     let var = dir.path().join("var");
-    let device = LoopDevice::attach(&image);
-    let err = mount_data_disk(&device.0, &var, Duration::from_secs(1)).unwrap_err();
-    assert!(matches!(err, MountDataDiskError::Foreign { .. }), "{err:?}");
-    let text = err.to_string();
-    assert!(
-        text.contains("machine.dataDisk /dev/loop") && text.contains("a GPT partition table"),
-        "{text}"
-    );
-    drop(device);
-    assert!(
-        std::fs::read(&image).unwrap() == head,
-        "the disk was changed"
-    );
-    assert!(!var.exists() || std::fs::read_dir(&var).unwrap().next().is_none());
+    // What a disk from elsewhere holds: a GPT partition table; an ext4 file system init did
+    // not make; data with no signature at all.
+    let gpt = |head: &mut Vec<u8>| {
+        head[510..512].copy_from_slice(b"\x55\xaa");
+        head[512..520].copy_from_slice(b"EFI PART");
+    };
+    let other_ext4 = |head: &mut Vec<u8>| {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(head.len() as u64).unwrap();
+        let options = baton_ext4_format::FormatOptions {
+            label: "someone-else".into(),
+            uuid: [7; 16],
+            hash_seed: [9; 16],
+            journal_sequence: 1,
+            now: 0,
+        };
+        baton_ext4_format::format(file.as_file(), &options).unwrap();
+        *head = std::fs::read(file.path()).unwrap();
+    };
+    let data = |head: &mut Vec<u8>| head[700_000] = 1;
+    let cases: [(&WriteHead, &str); 3] = [
+        (&gpt, "a GPT partition table"),
+        (&other_ext4, "an ext file system labelled \"someone-else\""),
+        (&data, "data that no known signature names"),
+    ];
+    for (make, named) in cases {
+        let image = image(dir.path(), 64 << 20);
+        let mut head = std::fs::read(&image).unwrap();
+        make(&mut head);
+        std::fs::write(&image, &head).unwrap();
+        let device = LoopDevice::attach(&image);
+        let err = mount_data_disk(&device.0, &var, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, MountDataDiskError::Foreign { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("machine.dataDisk /dev/loop") && text.contains(named),
+            "{text}"
+        );
+        drop(device);
+        assert!(
+            std::fs::read(&image).unwrap() == head,
+            "{named}: the disk was changed"
+        );
+        assert!(!var.exists() || std::fs::read_dir(&var).unwrap().next().is_none());
+        std::fs::remove_file(&image).unwrap();
+    }
 }
 
 #[test]

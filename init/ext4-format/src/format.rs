@@ -36,6 +36,38 @@ const FILE_TYPE_DIRECTORY: u8 = 2;
 const JOURNAL_MAGIC: u32 = 0xC03B_3998;
 const JOURNAL_SUPERBLOCK_V2: u32 = 4;
 
+/// The label of a file system being formatted: the primary superblock carries it from the
+/// first write to the last, so that an interrupted format is known as one (and formatted again)
+/// rather than taken for data.
+pub const FORMATTING_LABEL: &str = "(formatting)";
+
+/// What formatting writes to: a block device or a file (a fake in tests).
+pub trait Disk {
+    /// Its size in bytes.
+    fn size(&self) -> std::io::Result<u64>;
+    /// Writes all of `bytes` at `offset`.
+    fn write_all_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<()>;
+    /// Flushes what was written to stable storage.
+    fn sync(&self) -> std::io::Result<()>;
+}
+
+impl Disk for File {
+    /// A block device's metadata says 0 bytes; its end says its size.
+    fn size(&self) -> std::io::Result<u64> {
+        use std::io::Seek;
+        let mut handle = self;
+        handle.seek(std::io::SeekFrom::End(0))
+    }
+
+    fn write_all_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        FileExt::write_all_at(self, bytes, offset)
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        self.sync_all()
+    }
+}
+
 /// What the new file system is named and stamped with.
 #[derive(Clone, Debug)]
 pub struct FormatOptions {
@@ -63,11 +95,17 @@ pub struct Formatted {
     pub inodes: u64,
     /// Journal blocks.
     pub journal_blocks: u64,
+    /// Blocks free for files.
+    pub free_blocks: u64,
 }
 
 /// Formats `disk` (a block device or a file) as an empty ext4 file system filling it.
-pub fn format(disk: &File, options: &FormatOptions) -> Result<Formatted, FormatExt4Error> {
-    if options.label.len() > 16 {
+///
+/// The primary superblock is written first labelled [`FORMATTING_LABEL`], then everything
+/// else, then (after a flush) the superblock with its own label: an interrupted format
+/// leaves a disk that [`crate::probe`] calls [`crate::DiskContent::Unfinished`].
+pub fn format(disk: &impl Disk, options: &FormatOptions) -> Result<Formatted, FormatExt4Error> {
+    if options.label.len() > 16 || options.label == FORMATTING_LABEL {
         return Err(FormatExt4Error::Label(options.label.clone()));
     }
     let size = disk_size(disk)?;
@@ -77,6 +115,21 @@ pub fn format(disk: &File, options: &FormatOptions) -> Result<Formatted, FormatE
         disk.write_all_at(bytes, block * BLOCK_SIZE)
             .map_err(|source| FormatExt4Error::Write { block, source })
     };
+    let sync = || {
+        disk.sync()
+            .map_err(|source| FormatExt4Error::Sync { source })
+    };
+    let first_block = |label: &str| {
+        let mut block = vec![0u8; BLOCK_SIZE as usize];
+        let labelled = FormatOptions {
+            label: label.to_string(),
+            ..options.clone()
+        };
+        block[1024..2048].copy_from_slice(&superblock(&layout, &labelled, 0));
+        block
+    };
+    write(0, &first_block(FORMATTING_LABEL))?;
+    sync()?;
     for (index, group) in layout.groups.iter().enumerate() {
         if group.has_superblock && index > 0 {
             write(group.start, &superblock(&layout, options, index as u16))?;
@@ -104,29 +157,21 @@ pub fn format(disk: &File, options: &FormatOptions) -> Result<Formatted, FormatE
         &directory_block(LOST_FOUND_INODE, ROOT_INODE, None),
     )?;
     write(layout.journal_start, &journal_superblock(&layout, options))?;
-    // The primary superblock last: until it is written the disk holds no file system, so an
-    // interrupted format is formatted again at the next boot.
-    disk.sync_data()
-        .map_err(|source| FormatExt4Error::Sync { source })?;
-    let mut first = vec![0u8; BLOCK_SIZE as usize];
-    first[1024..2048].copy_from_slice(&superblock(&layout, options, 0));
-    write(0, &first)?;
-    disk.sync_all()
-        .map_err(|source| FormatExt4Error::Sync { source })?;
+    sync()?;
+    write(0, &first_block(&options.label))?;
+    sync()?;
     Ok(Formatted {
         blocks: layout.blocks,
         groups: layout.groups.len(),
         inodes: layout.inodes(),
         journal_blocks: layout.journal_blocks,
+        free_blocks: layout.free_blocks(),
     })
 }
 
-/// The disk's size in bytes (a block device's metadata says 0, its end says the size).
-pub fn disk_size(disk: &File) -> Result<u64, FormatExt4Error> {
-    use std::io::Seek;
-    let mut handle = disk;
-    handle
-        .seek(std::io::SeekFrom::End(0))
+/// The disk's size in bytes.
+pub fn disk_size(disk: &impl Disk) -> Result<u64, FormatExt4Error> {
+    disk.size()
         .map_err(|source| FormatExt4Error::Size { source })
 }
 
@@ -160,7 +205,7 @@ fn superblock(layout: &Layout, options: &FormatOptions, group: u16) -> Vec<u8> {
     put16(&mut sb, 0x36, u16::MAX); // no mount-count check
     put16(&mut sb, 0x38, MAGIC);
     put16(&mut sb, 0x3A, 1); // cleanly unmounted
-    put16(&mut sb, 0x3C, 1); // on errors: continue
+    put16(&mut sb, 0x3C, 2); // on errors: remount read-only (etcd stops rather than corrupts)
     put32(&mut sb, 0x40, options.now); // last check
     put32(&mut sb, 0x4C, 1); // dynamic inode sizes
     put32(&mut sb, 0x54, FIRST_INODE);

@@ -21,6 +21,8 @@ pub const FIRST_INODE: u32 = 11;
 /// The smallest disk formatted: room for one group's metadata, the directories and the
 /// smallest journal mke2fs makes (1024 blocks).
 pub const MIN_DISK_BYTES: u64 = 16 << 20;
+/// The largest disk formatted: block numbers are 32 bits without the 64bit feature.
+pub const MAX_DISK_BYTES: u64 = u32::MAX as u64 * BLOCK_SIZE;
 /// A last group smaller than its own metadata plus this many blocks is left out (its blocks
 /// stay unused), as mke2fs does.
 const MIN_LAST_GROUP_DATA_BLOCKS: u64 = 64;
@@ -78,8 +80,13 @@ impl Layout {
                 min: MIN_DISK_BYTES,
             });
         }
-        // Block numbers are 32 bits without the 64bit feature (16 TiB).
-        let mut blocks = (size / BLOCK_SIZE).min(u64::from(u32::MAX));
+        if size > MAX_DISK_BYTES {
+            return Err(FormatExt4Error::TooLarge {
+                size,
+                max: MAX_DISK_BYTES,
+            });
+        }
+        let mut blocks = size / BLOCK_SIZE;
         let inodes_per_group = inodes_per_group(blocks.min(BLOCKS_PER_GROUP));
         let inode_table_blocks = inodes_per_group * INODE_SIZE / BLOCK_SIZE;
         loop {
@@ -237,6 +244,29 @@ mod tests {
         let layout = Layout::plan((10 * BLOCKS_PER_GROUP + 4000) * BLOCK_SIZE).unwrap();
         assert_eq!(layout.groups.len(), 11);
         assert_eq!(layout.groups[10].blocks, 4000);
+    }
+
+    #[test]
+    fn the_largest_disk_fits_and_a_larger_one_is_refused() {
+        let layout = Layout::plan(MAX_DISK_BYTES).unwrap();
+        assert_eq!(layout.blocks, u64::from(u32::MAX));
+        assert_eq!(layout.groups.len(), 131072);
+        assert!(layout.free_blocks() > 0);
+        assert!(matches!(
+            Layout::plan(MAX_DISK_BYTES + BLOCK_SIZE),
+            Err(FormatExt4Error::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_last_group_just_long_enough_is_kept() {
+        // A group without a superblock copy needs 2 bitmaps and 512 inode-table blocks, and
+        // 64 blocks of data to be worth having (group 2 has no copy).
+        let kept = Layout::plan((2 * BLOCKS_PER_GROUP + 2 + 512 + 64) * BLOCK_SIZE).unwrap();
+        assert_eq!(kept.groups.len(), 3);
+        let dropped = Layout::plan((2 * BLOCKS_PER_GROUP + 2 + 512 + 63) * BLOCK_SIZE).unwrap();
+        assert_eq!(dropped.groups.len(), 2);
+        assert_eq!(dropped.blocks, 2 * BLOCKS_PER_GROUP);
     }
 
     #[test]

@@ -12,9 +12,9 @@ mod format;
 mod layout;
 mod probe;
 
-pub use format::{FormatOptions, Formatted, disk_size, format};
-pub use layout::MIN_DISK_BYTES;
-pub use probe::{DiskContent, probe};
+pub use format::{Disk, FORMATTING_LABEL, FormatOptions, Formatted, disk_size, format};
+pub use layout::{MAX_DISK_BYTES, MIN_DISK_BYTES};
+pub use probe::{DiskContent, PROBE_BYTES, probe};
 
 /// Formatting a disk failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +27,16 @@ pub enum FormatExt4Error {
         /// The least it takes.
         min: u64,
     },
-    /// The label does not fit the superblock.
-    #[error("label {0:?} is longer than 16 bytes")]
+    /// The disk is larger than a file system without the 64bit feature covers.
+    #[error("the disk has {size} bytes; this format covers at most {max} (16 TiB)")]
+    TooLarge {
+        /// The disk's size.
+        size: u64,
+        /// The most it covers.
+        max: u64,
+    },
+    /// The label does not fit the superblock, or is the one an unfinished format carries.
+    #[error("label {0:?} is longer than 16 bytes or reserved")]
     Label(String),
     /// The disk's size could not be read.
     #[error("reading the disk's size")]

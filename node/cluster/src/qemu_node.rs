@@ -106,6 +106,11 @@ pub struct QemuNode<'a> {
     pub kvm: bool,
 }
 
+/// `path` as the value of a QEMU option: its commas doubled (a single one would end the value).
+pub fn option_value(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
 impl QemuNode<'_> {
     /// QEMU's arguments. The console path is also how `destroy` recognises the process.
     pub fn args(&self) -> Vec<OsString> {
@@ -127,7 +132,7 @@ impl QemuNode<'_> {
         push("-chardev");
         push(&format!(
             "file,id=console,path={},append=on",
-            self.console.display()
+            option_value(self.console)
         ));
         push("-serial");
         push("chardev:console");
@@ -147,7 +152,7 @@ impl QemuNode<'_> {
         push("-drive");
         push(&format!(
             "file={},format=raw,if=virtio",
-            self.data_disk.display()
+            option_value(self.data_disk)
         ));
         args
     }
@@ -156,6 +161,11 @@ impl QemuNode<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commas_in_paths_are_doubled_for_qemu() {
+        assert_eq!(option_value(Path::new("/a,b/c")), "/a,,b/c");
+    }
 
     #[test]
     fn each_node_gets_its_own_tap_and_mac() {

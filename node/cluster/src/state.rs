@@ -188,7 +188,10 @@ pub fn process_alive(pid: u32) -> bool {
 /// cluster's).
 pub fn node_marker(provider: &str, node: &NodeState) -> String {
     match provider {
-        "qemu" => format!("path={},append=on ", node.console.display()),
+        "qemu" => format!(
+            "path={},append=on ",
+            crate::qemu_node::option_value(&node.console)
+        ),
         "microvm" => format!("--console {} ", node.console.display()),
         _ => format!("--netns {} ", node.netns.display()),
     }

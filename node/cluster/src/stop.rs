@@ -89,10 +89,11 @@ pub fn stop_nodes(state: &ClusterState) -> Vec<String> {
     failures
 }
 
-/// Asks each running VM node to shut down through its node API, and waits up to
-/// [`VM_SHUTDOWN_TIMEOUT`] for its process (QEMU, or the VMM's monitor) to end when the guest
-/// powers off. A node that cannot be asked, or does not end in time, is left to
-/// [`stop_nodes`], which kills it as a power cut would (its data disk's journal recovers it).
+/// Asks each running VM node to shut down through its node API, all at once, and waits up to
+/// [`VM_SHUTDOWN_TIMEOUT`] for the process (QEMU, or the VMM's monitor) of each node that
+/// accepted to end when its guest powers off. A node that cannot be asked, or does not end in
+/// time, is left to [`stop_nodes`], which kills it as a power cut would (its data disk's
+/// journal recovers it).
 pub fn shut_down_vm_nodes(state: &ClusterState) {
     if state.provider == "process" {
         return;
@@ -129,54 +130,74 @@ pub fn shut_down_vm_nodes(state: &ClusterState) {
         })
         .collect();
     // A runtime of its own on a thread of its own: callers may be inside another runtime.
-    let asked = std::thread::spawn(move || {
+    let accepted = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .ok()?;
-        runtime.block_on(async {
-            // One after the other: each answers at once and then shuts down on its own.
-            for (name, target) in &targets {
-                let ask = || async {
-                    let mut client = baton_node_api::connect(target, &credentials)
-                        .await
-                        .map_err(|err| chain(&err))?;
-                    client
-                        .shutdown(baton_node_api::proto::PowerRequest::default())
-                        .await
-                        .map_err(|status| status.message().to_string())
-                };
-                // Asked again after a failure (a connection refused while a service restarts)
-                // until the node's time is up.
-                let deadline = tokio::time::Instant::now() + NODE_API_TIMEOUT;
-                let error = loop {
-                    let error = match tokio::time::timeout_at(deadline, ask()).await {
-                        Ok(Ok(_)) => break None,
-                        Ok(Err(err)) => err,
-                        Err(_) => break Some("timed out".to_string()),
-                    };
-                    if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
-                        break Some(error);
-                    }
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                };
-                if let Some(error) = error {
-                    tracing::warn!(node = %name, %error, "asking the node to shut down");
-                }
-            }
-        });
-        Some(())
+        Some(
+            runtime.block_on(futures::future::join_all(
+                targets
+                    .iter()
+                    .map(|(name, target)| ask_to_shut_down(name, target, &credentials)),
+            )),
+        )
     })
     .join();
-    if !matches!(asked, Ok(Some(()))) {
+    let Ok(Some(accepted)) = accepted else {
         tracing::warn!("could not ask the nodes to shut down; killing them");
         return;
-    }
-    let pids: Vec<u32> = running.iter().filter_map(|node| node.pid).collect();
+    };
+    let pids: Vec<u32> = running
+        .iter()
+        .zip(accepted)
+        .filter(|(_, accepted)| *accepted)
+        .filter_map(|(node, _)| node.pid)
+        .collect();
     let deadline = Instant::now() + VM_SHUTDOWN_TIMEOUT;
     while pids.iter().any(|pid| crate::state::process_alive(*pid)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Asks node `name` at `target` to shut down; asks again after a failure that may pass (a
+/// refused connection while its API restarts) until [`NODE_API_TIMEOUT`]. Returns whether the
+/// node accepted (also when it was shutting down already).
+async fn ask_to_shut_down(
+    name: &str,
+    target: &baton_node_api::NodeTarget,
+    credentials: &baton_node_api::ClientCredentials,
+) -> bool {
+    let ask = || async {
+        let mut client = baton_node_api::connect(target, credentials)
+            .await
+            .map_err(|err| (tonic::Code::Unavailable, chain(&err)))?;
+        client
+            .shutdown(baton_node_api::proto::PowerRequest::default())
+            .await
+            .map_err(|status| (status.code(), status.message().to_string()))
+    };
+    let deadline = tokio::time::Instant::now() + NODE_API_TIMEOUT;
+    let error = loop {
+        match tokio::time::timeout_at(deadline, ask()).await {
+            Ok(Ok(_)) => return true,
+            Ok(Err((code, message))) if message.contains("already shutting down") => {
+                tracing::debug!(node = name, ?code, "the node was shutting down already");
+                return true;
+            }
+            Ok(Err((tonic::Code::PermissionDenied | tonic::Code::Unauthenticated, message))) => {
+                break message;
+            }
+            Ok(Err((_, message))) if tokio::time::Instant::now() + RETRY_PAUSE < deadline => {
+                tracing::debug!(node = name, error = %message, "asking the node to shut down again");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Ok(Err((_, message))) => break message,
+            Err(_) => break "timed out".to_string(),
+        }
+    };
+    tracing::warn!(node = name, %error, "asking the node to shut down");
+    false
 }
 
 /// Kills what is left in the process groups `leaders` led (they had SIGTERM already) and
