@@ -6,7 +6,8 @@
 //! the web pod reached through its Service by DNS name; /var on each node's data disk; a worker
 //! rebooted through the node API comes back Ready and runs its pods again; `cluster stop` shuts
 //! the nodes down in order and `cluster start` boots them again from their data disks (each
-//! formatted only at its first boot) with the pods serving again; and `cluster destroy` leaves
+//! formatted only at its first boot, each later boot seeding its random pool from the seed the
+//! boot before saved there) with the pods serving again; and `cluster destroy` leaves
 //! no VM, namespace or file behind. Where KVM cannot boot Linux, the microvm run checks that `create` refuses
 //! before making anything, naming why, and reports the boot as skipped with that reason.
 
@@ -253,9 +254,16 @@ fn vm_cluster_boots_serves_reboots_a_worker_and_is_destroyed(provider: &str, wai
             1,
             "{node}'s disk is formatted once, at its first boot, of 3:\n{console}"
         );
+        let boots = if node == "worker-1" { 3 } else { 2 };
+        assert_eq!(console.matches("baton init starting").count(), boots);
+        // Every boot after the first seeds the random pool from the seed the one before saved
+        // on the data disk.
         assert_eq!(
-            console.matches("baton init starting").count(),
-            if node == "worker-1" { 3 } else { 2 }
+            console
+                .matches("mixed the random seed saved by the last boot")
+                .count(),
+            boots - 1,
+            "{node}:\n{console}"
         );
     }
 

@@ -15,6 +15,7 @@ pub fn ms(d: Duration) -> String {
 }
 
 /// Resident and peak resident memory of a process, in MiB.
+#[allow(dead_code, reason = "not every benchmark reads memory")]
 pub fn memory_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {

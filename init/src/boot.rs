@@ -298,6 +298,23 @@ impl Boot {
                     .map_err(|err| error_chain(&err))?;
             }
         }
+        if environment.is_sandbox() {
+            timeline.skip("entropy", "the host's kernel keeps its own random pool");
+        } else {
+            // Not worth maintenance mode: the kernel seeds itself from the virtio RNG too.
+            let seeded = timeline.run("entropy", || {
+                crate::entropy::seed_entropy(
+                    Path::new(crate::entropy::SEED_FILE),
+                    Path::new("/dev/urandom"),
+                )
+            });
+            if let Ok(crate::entropy::Seeded::Mixed(bytes)) = seeded {
+                tracing::info!(
+                    bytes,
+                    "mixed the random seed saved by the last boot into the pool"
+                );
+            }
+        }
         let network = config.machine.network.clone();
         let configured = timeline
             .run_blocking("network", move || {

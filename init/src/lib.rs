@@ -13,6 +13,7 @@ pub mod config_source;
 pub mod credentials;
 pub mod data_disk;
 pub mod dhcp;
+pub mod entropy;
 pub mod environment;
 pub mod log_ring;
 pub mod machine_config;
