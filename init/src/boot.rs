@@ -273,8 +273,6 @@ impl Boot {
                     .map_err(|err| error_chain(&err))?;
                 if let Some(free) = crate::data_disk::low_space(var) {
                     tracing::warn!(
-                        disk = %disk.display(),
-                        free_mib = free >> 20,
                         "machine.dataDisk {} is nearly full: {} MiB free on /var",
                         disk.display(),
                         free >> 20
@@ -301,13 +299,16 @@ impl Boot {
         if environment.is_sandbox() {
             timeline.skip("entropy", "the host's kernel keeps its own random pool");
         } else {
-            // Not worth maintenance mode: the kernel seeds itself from the virtio RNG too.
-            let seeded = timeline.run("entropy", || {
-                crate::entropy::seed_entropy(
-                    Path::new(crate::entropy::SEED_FILE),
-                    Path::new("/dev/urandom"),
-                )
-            });
+            // Not worth maintenance mode: the kernel credits the virtio RNG (and RDRAND where
+            // the CPU has it) on its own.
+            let seeded = timeline
+                .run_blocking("entropy", || {
+                    crate::entropy::seed_entropy(
+                        Path::new(crate::entropy::SEED_FILE),
+                        Path::new("/dev/urandom"),
+                    )
+                })
+                .await;
             if let Ok(crate::entropy::Seeded::Mixed(bytes)) = seeded {
                 tracing::info!(
                     bytes,

@@ -79,8 +79,10 @@ pub enum MountDataDiskError {
         source: FormatExt4Error,
     },
     /// The mount point could not be made.
-    #[error("making the mount point {target}")]
+    #[error("machine.dataDisk {disk}: making its mount point {target}")]
     MountPoint {
+        /// The configured path.
+        disk: PathBuf,
         /// The mount point.
         target: PathBuf,
         /// Why.
@@ -149,6 +151,7 @@ pub fn mount_data_disk(
         source,
     };
     std::fs::create_dir_all(target).map_err(|source| MountDataDiskError::MountPoint {
+        disk: disk.to_path_buf(),
         target: target.to_path_buf(),
         source,
     })?;

@@ -87,8 +87,18 @@ pub fn unmount_all() {
         .collect();
     targets.reverse();
     for target in targets {
-        let unmounted = nix::mount::umount2(target, nix::mount::MntFlags::empty())
-            .or_else(|_| nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH));
+        // A busy mount is made read-only first (its file system is then clean, as
+        // systemd-shutdown does), then detached.
+        let unmounted = nix::mount::umount2(target, nix::mount::MntFlags::empty()).or_else(|_| {
+            let _ = nix::mount::mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
+            nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
+        });
         if let Err(err) = unmounted {
             tracing::debug!(%target, %err, "unmount at shutdown");
         }

@@ -69,9 +69,9 @@ fn a_wiped_disk_is_formatted_once_and_keeps_what_was_written() {
     let var = dir.path().join("var");
     {
         let device = LoopDevice::attach(&image);
-        let state = mount_data_disk(&device.0, &var, Duration::from_secs(1)).unwrap();
-        assert_eq!(state, DataDiskState::Formatted { size: 600 << 20 });
+        let state = mount_data_disk(&device.0, &var, Duration::from_secs(1));
         let _mounted = Mounted(var.clone());
+        assert_eq!(state.unwrap(), DataDiskState::Formatted { size: 600 << 20 });
         assert!(var.join("lost+found").is_dir());
         // What a node keeps there: many small files in nested directories, a large one
         // spanning block groups, and the xattrs overlayfs sets on its upper directories.
@@ -112,9 +112,9 @@ fn a_wiped_disk_is_formatted_once_and_keeps_what_was_written() {
     );
     // The next boot mounts what is there rather than formatting again.
     let device = LoopDevice::attach(&image);
-    let state = mount_data_disk(&device.0, &var, Duration::from_secs(1)).unwrap();
-    assert_eq!(state, DataDiskState::Mounted);
+    let state = mount_data_disk(&device.0, &var, Duration::from_secs(1));
     let _mounted = Mounted(var.clone());
+    assert_eq!(state.unwrap(), DataDiskState::Mounted);
     assert_eq!(
         std::fs::read_to_string(var.join("lib/kubelet/pods/7/f187")).unwrap(),
         "187"
@@ -163,7 +163,9 @@ fn a_disk_holding_something_else_is_refused_and_left_as_it_was() {
         make(&mut head);
         std::fs::write(&image, &head).unwrap();
         let device = LoopDevice::attach(&image);
-        let err = mount_data_disk(&device.0, &var, Duration::from_secs(1)).unwrap_err();
+        let result = mount_data_disk(&device.0, &var, Duration::from_secs(1));
+        let _mounted = result.is_ok().then(|| Mounted(var.clone()));
+        let err = result.unwrap_err();
         assert!(matches!(err, MountDataDiskError::Foreign { .. }), "{err:?}");
         let text = err.to_string();
         assert!(
@@ -175,7 +177,12 @@ fn a_disk_holding_something_else_is_refused_and_left_as_it_was() {
             std::fs::read(&image).unwrap() == head,
             "{named}: the disk was changed"
         );
-        assert!(!var.exists() || std::fs::read_dir(&var).unwrap().next().is_none());
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(
+            !mounts.contains(&format!(" {} ", var.display())),
+            "{named}: something is mounted on {}",
+            var.display()
+        );
         std::fs::remove_file(&image).unwrap();
     }
 }

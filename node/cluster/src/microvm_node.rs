@@ -69,7 +69,8 @@ impl MicrovmNode<'_> {
             )
             .into(),
             "--disk".into(),
-            path(self.data_disk),
+            // `,rw` so that a comma in the path is not taken for the option's.
+            format!("{},rw", self.data_disk.display()).into(),
             "--api-sock".into(),
             path(self.api_socket),
         ]
@@ -180,7 +181,7 @@ mod tests {
              --cmdline console=ttyS0 reboot=k panic=-1 --cpus 2 --memory 1024 \
              --console /state/nodes/worker-1/console.log \
              --net tap-node1,mac=52:54:00:ba:00:01,netns=/run/netns/baton-c1 \
-             --disk /state/nodes/worker-1/data.img --api-sock /state/nodes/worker-1/vmm.sock"
+             --disk /state/nodes/worker-1/data.img,rw --api-sock /state/nodes/worker-1/vmm.sock"
         );
     }
 }

@@ -149,6 +149,9 @@ impl QemuNode<'_> {
         ));
         push("-device");
         push(&format!("virtio-net-pci,netdev=net0,mac={}", self.mac));
+        // The guest kernel credits what the host's generator gives (TCG has no RDRAND).
+        push("-device");
+        push("virtio-rng-pci");
         push("-drive");
         push(&format!(
             "file={},format=raw,if=virtio",

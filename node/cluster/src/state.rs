@@ -183,17 +183,21 @@ pub fn process_alive(pid: u32) -> bool {
     })
 }
 
-/// What only this node's process has on its command line: a sandbox's namespace pin, QEMU's
-/// console file, or the console file in the VMM monitor's arguments (`provider` is the
-/// cluster's).
-pub fn node_marker(provider: &str, node: &NodeState) -> String {
+/// What only this node's process has on its command line, one of: a sandbox's namespace pin,
+/// QEMU's console file (as QEMU is started now, or as an earlier Baton started it, whose
+/// clusters may still run), or the console file in the VMM monitor's arguments (`provider` is
+/// the cluster's).
+pub fn node_markers(provider: &str, node: &NodeState) -> Vec<String> {
     match provider {
-        "qemu" => format!(
-            "path={},append=on ",
-            crate::qemu_node::option_value(&node.console)
-        ),
-        "microvm" => format!("--console {} ", node.console.display()),
-        _ => format!("--netns {} ", node.netns.display()),
+        "qemu" => vec![
+            format!(
+                "path={},append=on ",
+                crate::qemu_node::option_value(&node.console)
+            ),
+            format!("file:{} ", node.console.display()),
+        ],
+        "microvm" => vec![format!("--console {} ", node.console.display())],
+        _ => vec![format!("--netns {} ", node.netns.display())],
     }
 }
 
@@ -244,8 +248,11 @@ pub fn namespace_in_use(pin: &Path) -> bool {
 
 /// Whether `node`'s process (of `cluster`) runs.
 pub fn node_running(cluster: &ClusterState, node: &NodeState) -> bool {
-    node.pid
-        .is_some_and(|pid| process_matches(pid, &node_marker(&cluster.provider, node)))
+    node.pid.is_some_and(|pid| {
+        node_markers(&cluster.provider, node)
+            .iter()
+            .any(|marker| process_matches(pid, marker))
+    })
 }
 
 /// What only this cluster's forwarder has on its command line.
