@@ -516,13 +516,7 @@ fn a_process_cluster_boots_serves_survives_a_lost_worker_and_is_destroyed_withou
     cluster.step("a rebooted worker comes back Ready with its pods", t);
 
     let t = Instant::now();
-    let out = cluster.baton(&["cluster", "destroy", &name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cluster.destroyed = true;
+    cluster.destroy();
     cluster.step("cluster destroy", t);
     let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
         .map(|entries| {

@@ -197,11 +197,5 @@ fn three_control_planes_keep_the_cluster_writable_when_one_powers_off() {
         String::from_utf8_lossy(&kept.stderr)
     );
 
-    let out = cluster.baton(&["cluster", "destroy", &name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cluster.destroyed = true;
+    cluster.destroy();
 }

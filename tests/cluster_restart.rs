@@ -300,9 +300,7 @@ fn a_stopped_cluster_starts_again_with_its_objects_nodes_and_pods() {
     );
     everything_is_back(&cluster, &uid);
 
-    let out = cluster.baton(&["cluster", "destroy", &name]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    cluster.destroyed = true;
+    cluster.destroy();
     assert_eq!(namespaces_of(&name), Vec::<String>::new());
     assert!(!cluster.home.path().join("clusters").join(&name).exists());
 }

@@ -268,13 +268,7 @@ fn vm_cluster_boots_serves_reboots_a_worker_and_is_destroyed(provider: &str, wai
     }
 
     let state = cluster.state();
-    let out = cluster.baton(&["cluster", "destroy", &name]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cluster.destroyed = true;
+    cluster.destroy();
     // No process (QEMU, or a VMM and its monitor) still names a node's console.
     for node in state["nodes"].as_array().unwrap() {
         let console = node["console"].as_str().unwrap();

@@ -22,7 +22,8 @@ pub const LOW_SPACE_BYTES: u64 = 256 << 20;
 pub enum DataDiskState {
     /// It held no file system and was formatted (a first boot).
     Formatted {
-        /// Its size in bytes.
+        /// The file system's size in bytes (the disk's, but for a last block group too short
+        /// to be worth its metadata).
         size: u64,
     },
     /// It held the file system init made on it (labelled [`DATA_DISK_LABEL`]), which was
@@ -108,6 +109,12 @@ pub fn mount_data_disk(
     wait: Duration,
 ) -> Result<DataDiskState, MountDataDiskError> {
     let file = open_when_present(disk, wait)?;
+    let foreign = |what: String| {
+        Err(MountDataDiskError::Foreign {
+            disk: disk.to_path_buf(),
+            what,
+        })
+    };
     let state = match baton_ext4_format::probe(&file).map_err(|source| {
         MountDataDiskError::Probe {
             disk: disk.to_path_buf(),
@@ -116,32 +123,19 @@ pub fn mount_data_disk(
     })? {
         DiskContent::Ext4 { label } if label == DATA_DISK_LABEL => DataDiskState::Mounted,
         DiskContent::Ext4 { label } => {
-            return Err(MountDataDiskError::Foreign {
-                disk: disk.to_path_buf(),
-                what: format!("an ext file system labelled {label:?}"),
-            });
+            return foreign(format!("an ext file system labelled {label:?}"));
         }
-        DiskContent::Other(what) => {
-            return Err(MountDataDiskError::Foreign {
-                disk: disk.to_path_buf(),
-                what: what.to_string(),
-            });
-        }
-        DiskContent::Unrecognised => {
-            return Err(MountDataDiskError::Foreign {
-                disk: disk.to_path_buf(),
-                what: "data that no known signature names".to_string(),
-            });
-        }
+        DiskContent::Other(what) => return foreign(what.to_string()),
+        DiskContent::Unrecognised => return foreign("data that no known signature names".into()),
         DiskContent::Blank | DiskContent::Unfinished => {
-            let format_error = |source| MountDataDiskError::Format {
-                disk: disk.to_path_buf(),
-                source,
-            };
-            let size = baton_ext4_format::disk_size(&file).map_err(format_error)?;
-            baton_ext4_format::format(&file, &new_file_system()).map_err(format_error)?;
-            tracing::info!(disk = %disk.display(), bytes = size, "formatted the data disk as ext4");
-            DataDiskState::Formatted { size }
+            let made = baton_ext4_format::format(&file, &new_file_system()).map_err(|source| {
+                MountDataDiskError::Format {
+                    disk: disk.to_path_buf(),
+                    source,
+                }
+            })?;
+            tracing::info!(disk = %disk.display(), bytes = made.bytes(), "formatted the data disk as ext4");
+            DataDiskState::Formatted { size: made.bytes() }
         }
     };
     drop(file);

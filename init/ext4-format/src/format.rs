@@ -99,6 +99,13 @@ pub struct Formatted {
     pub free_blocks: u64,
 }
 
+impl Formatted {
+    /// The file system's size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.blocks * BLOCK_SIZE
+    }
+}
+
 /// Formats `disk` (a block device or a file) as an empty ext4 file system filling it.
 ///
 /// The primary superblock is written first labelled [`FORMATTING_LABEL`], then everything
@@ -170,7 +177,7 @@ pub fn format(disk: &impl Disk, options: &FormatOptions) -> Result<Formatted, Fo
 }
 
 /// The disk's size in bytes.
-pub fn disk_size(disk: &impl Disk) -> Result<u64, FormatExt4Error> {
+fn disk_size(disk: &impl Disk) -> Result<u64, FormatExt4Error> {
     disk.size()
         .map_err(|source| FormatExt4Error::Size { source })
 }

@@ -12,7 +12,7 @@ mod format;
 mod layout;
 mod probe;
 
-pub use format::{Disk, FORMATTING_LABEL, FormatOptions, Formatted, disk_size, format};
+pub use format::{Disk, FORMATTING_LABEL, FormatOptions, Formatted, format};
 pub use layout::{MAX_DISK_BYTES, MIN_DISK_BYTES};
 pub use probe::{DiskContent, PROBE_BYTES, probe};
 

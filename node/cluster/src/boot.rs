@@ -230,18 +230,23 @@ pub(crate) fn boot_node(
             .map_err(node_step("writing the initrd of", node.name))?;
         booted.netns = crate::network::cluster_netns_path(&boot.cluster);
         let tap = link.to_string_lossy();
+        let mac = crate::qemu_node::mac_address(node.index);
+        let data_disk = node.dir.join(DATA_DISK_FILE);
+        let machine = crate::vm_machine::VmMachine {
+            image_dir: &boot.image_root,
+            initrd: &initrd,
+            console: &console,
+            tap: &tap,
+            mac: &mac,
+            data_disk: &data_disk,
+            memory_mib: boot.memory_mib,
+            cpus: boot.cpus,
+        };
         if boot.provider == Provider::Microvm {
             let vm = crate::microvm_node::MicrovmNode {
-                image_dir: &boot.image_root,
-                initrd: &initrd,
-                console: &console,
-                tap: &tap,
+                machine,
                 netns: &booted.netns,
-                mac: &crate::qemu_node::mac_address(node.index),
                 api_socket: &node.dir.join("vmm.sock"),
-                data_disk: &node.dir.join(DATA_DISK_FILE),
-                memory_mib: boot.memory_mib,
-                cpus: boot.cpus,
             };
             let mut args: Vec<OsString> = vec!["cluster".into(), "vm-monitor".into(), "--".into()];
             args.extend(vm.vmm_args());
@@ -252,14 +257,7 @@ pub(crate) fn boot_node(
             return Ok(booted);
         }
         let qemu = crate::qemu_node::QemuNode {
-            image_dir: &boot.image_root,
-            initrd: &initrd,
-            console: &console,
-            tap: &tap,
-            mac: &crate::qemu_node::mac_address(node.index),
-            data_disk: &node.dir.join(DATA_DISK_FILE),
-            memory_mib: boot.memory_mib,
-            cpus: boot.cpus,
+            machine,
             kvm: boot.kvm,
         };
         let qemu_args = qemu.args();

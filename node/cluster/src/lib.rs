@@ -25,6 +25,7 @@ pub mod start;
 pub mod state;
 pub mod status;
 pub mod stop;
+pub mod vm_machine;
 
 pub use create::{CreateArgs, CreateClusterError, CreatedCluster, Provider, create_cluster};
 pub use destroy::{DestroyClusterError, destroy_cluster};

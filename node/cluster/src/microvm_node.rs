@@ -19,27 +19,12 @@ pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 /// How one node's VMM runs.
 #[derive(Clone, Debug)]
 pub struct MicrovmNode<'a> {
-    /// The image directory (its vmlinuz).
-    pub image_dir: &'a Path,
-    /// The node's initrd: the image's initramfs with its configuration appended (see
-    /// [`crate::qemu_node::write_node_initrd`]).
-    pub initrd: &'a Path,
-    /// Where the serial console goes.
-    pub console: &'a Path,
-    /// The tap device on the cluster's bridge.
-    pub tap: &'a str,
+    /// The machine.
+    pub machine: crate::vm_machine::VmMachine<'a>,
     /// The cluster's network namespace, where the tap is.
     pub netns: &'a Path,
-    /// The NIC's MAC address.
-    pub mac: &'a str,
     /// The VMM's API socket.
     pub api_socket: &'a Path,
-    /// The data disk image (the guest's /dev/vda).
-    pub data_disk: &'a Path,
-    /// Guest memory, MiB.
-    pub memory_mib: u64,
-    /// vCPUs.
-    pub cpus: u32,
 }
 
 impl MicrovmNode<'_> {
@@ -49,28 +34,28 @@ impl MicrovmNode<'_> {
         let path = |p: &Path| p.as_os_str().to_owned();
         vec![
             "--kernel".into(),
-            path(&self.image_dir.join(KERNEL_NAME)),
+            path(&self.machine.image_dir.join(KERNEL_NAME)),
             "--initrd".into(),
-            path(self.initrd),
+            path(self.machine.initrd),
             "--cmdline".into(),
             KERNEL_CMDLINE.into(),
             "--cpus".into(),
-            self.cpus.to_string().into(),
+            self.machine.cpus.to_string().into(),
             "--memory".into(),
-            self.memory_mib.to_string().into(),
+            self.machine.memory_mib.to_string().into(),
             "--console".into(),
-            path(self.console),
+            path(self.machine.console),
             "--net".into(),
             format!(
                 "{},mac={},netns={}",
-                self.tap,
-                self.mac,
+                self.machine.tap,
+                self.machine.mac,
                 self.netns.display()
             )
             .into(),
             "--disk".into(),
             // `,rw` so that a comma in the path is not taken for the option's.
-            format!("{},rw", self.data_disk.display()).into(),
+            format!("{},rw", self.machine.data_disk.display()).into(),
             "--api-sock".into(),
             path(self.api_socket),
         ]
@@ -158,17 +143,20 @@ mod tests {
 
     #[test]
     fn a_node_vm_boots_the_image_with_its_initrd_on_its_tap() {
+        let mac = crate::qemu_node::mac_address(1);
         let node = MicrovmNode {
-            image_dir: Path::new("/cache/images/abc"),
-            initrd: Path::new("/state/nodes/worker-1/initrd.cpio.gz"),
-            console: Path::new("/state/nodes/worker-1/console.log"),
-            tap: "tap-node1",
+            machine: crate::vm_machine::VmMachine {
+                image_dir: Path::new("/cache/images/abc"),
+                initrd: Path::new("/state/nodes/worker-1/initrd.cpio.gz"),
+                console: Path::new("/state/nodes/worker-1/console.log"),
+                tap: "tap-node1",
+                mac: &mac,
+                data_disk: Path::new("/state/nodes/worker-1/data.img"),
+                memory_mib: 1024,
+                cpus: 2,
+            },
             netns: Path::new("/run/netns/baton-c1"),
-            mac: &crate::qemu_node::mac_address(1),
             api_socket: Path::new("/state/nodes/worker-1/vmm.sock"),
-            data_disk: Path::new("/state/nodes/worker-1/data.img"),
-            memory_mib: 1024,
-            cpus: 2,
         };
         let args: Vec<String> = node
             .vmm_args()

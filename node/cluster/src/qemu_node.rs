@@ -86,22 +86,8 @@ pub fn write_node_initrd(
 /// How one node's QEMU runs.
 #[derive(Clone, Debug)]
 pub struct QemuNode<'a> {
-    /// The image directory (its vmlinuz).
-    pub image_dir: &'a Path,
-    /// The node's initrd (see [`write_node_initrd`]).
-    pub initrd: &'a Path,
-    /// Where the serial console goes.
-    pub console: &'a Path,
-    /// The tap device on the cluster's bridge.
-    pub tap: &'a str,
-    /// The NIC's MAC address.
-    pub mac: &'a str,
-    /// The data disk image (the guest's /dev/vda).
-    pub data_disk: &'a Path,
-    /// Guest memory, MiB.
-    pub memory_mib: u64,
-    /// vCPUs.
-    pub cpus: u32,
+    /// The machine.
+    pub machine: crate::vm_machine::VmMachine<'a>,
     /// Use KVM rather than software emulation.
     pub kvm: bool,
 }
@@ -121,9 +107,9 @@ impl QemuNode<'_> {
         push("-accel");
         push(if self.kvm { "kvm" } else { "tcg" });
         push("-m");
-        push(&self.memory_mib.to_string());
+        push(&self.machine.memory_mib.to_string());
         push("-smp");
-        push(&self.cpus.to_string());
+        push(&self.machine.cpus.to_string());
         push("-display");
         push("none");
         push("-monitor");
@@ -132,30 +118,40 @@ impl QemuNode<'_> {
         push("-chardev");
         push(&format!(
             "file,id=console,path={},append=on",
-            option_value(self.console)
+            option_value(self.machine.console)
         ));
         push("-serial");
         push("chardev:console");
         push("-kernel");
-        push(&self.image_dir.join(KERNEL_NAME).display().to_string());
+        push(
+            &self
+                .machine
+                .image_dir
+                .join(KERNEL_NAME)
+                .display()
+                .to_string(),
+        );
         push("-initrd");
-        push(&self.initrd.display().to_string());
+        push(&self.machine.initrd.display().to_string());
         push("-append");
         push("console=ttyS0 panic=-1");
         push("-netdev");
         push(&format!(
             "tap,id=net0,ifname={},script=no,downscript=no",
-            self.tap
+            self.machine.tap
         ));
         push("-device");
-        push(&format!("virtio-net-pci,netdev=net0,mac={}", self.mac));
+        push(&format!(
+            "virtio-net-pci,netdev=net0,mac={}",
+            self.machine.mac
+        ));
         // The guest kernel credits what the host's generator gives (TCG has no RDRAND).
         push("-device");
         push("virtio-rng-pci");
         push("-drive");
         push(&format!(
             "file={},format=raw,if=virtio",
-            option_value(self.data_disk)
+            option_value(self.machine.data_disk)
         ));
         args
     }
@@ -177,14 +173,16 @@ mod tests {
         assert_eq!(mac_address(1), "52:54:00:ba:00:01");
         assert_eq!(mac_address(258), "52:54:00:ba:01:02");
         let node = QemuNode {
-            image_dir: Path::new("/img"),
-            initrd: Path::new("/n/initrd.cpio.gz"),
-            console: Path::new("/n/console.log"),
-            tap: "tap-node0",
-            mac: "52:54:00:ba:00:00",
-            data_disk: Path::new("/n/data.img"),
-            memory_mib: 1024,
-            cpus: 1,
+            machine: crate::vm_machine::VmMachine {
+                image_dir: Path::new("/img"),
+                initrd: Path::new("/n/initrd.cpio.gz"),
+                console: Path::new("/n/console.log"),
+                tap: "tap-node0",
+                mac: "52:54:00:ba:00:00",
+                data_disk: Path::new("/n/data.img"),
+                memory_mib: 1024,
+                cpus: 1,
+            },
             kvm: false,
         };
         let args: Vec<String> = node

@@ -61,11 +61,7 @@ pub fn stop_nodes(state: &ClusterState) -> Vec<String> {
             nix::sys::signal::Signal::SIGTERM,
         );
     }
-    let deadline = Instant::now() + NODE_STOP_TIMEOUT;
-    while monitors.iter().any(|pid| crate::state::process_alive(*pid)) && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_exit(&monitors, NODE_STOP_TIMEOUT);
     let mut failures = Vec::new();
     if state.provider == "microvm" {
         // The VMMs (no cgroups of their own) may outlive their monitors while they free guest
@@ -154,9 +150,14 @@ pub fn shut_down_vm_nodes(state: &ClusterState) {
         .filter(|(_, accepted)| *accepted)
         .filter_map(|(node, _)| node.pid)
         .collect();
-    let deadline = Instant::now() + VM_SHUTDOWN_TIMEOUT;
+    wait_for_exit(&pids, VM_SHUTDOWN_TIMEOUT);
+}
+
+/// Waits until none of `pids` is alive, or `timeout` has passed (polling every 50 ms).
+fn wait_for_exit(pids: &[u32], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
     while pids.iter().any(|pid| crate::state::process_alive(*pid)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

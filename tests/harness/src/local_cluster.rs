@@ -42,6 +42,19 @@ impl LocalCluster {
             .expect("run baton")
     }
 
+    /// Runs `baton cluster destroy NAME`, panics with its output unless it succeeded, and
+    /// marks the cluster destroyed (the drop then leaves it alone).
+    pub fn destroy(&mut self) {
+        let out = self.baton(&["cluster", "destroy", &self.name]);
+        assert!(
+            out.status.success(),
+            "baton cluster destroy {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.destroyed = true;
+    }
+
     /// Runs `baton cluster create --name NAME --provider PROVIDER --kubeconfig KUBECONFIG
     /// FLAGS` (the test's cluster, its context merged into the test's own kubeconfig).
     pub fn create(&self, provider: &str, flags: &[&str]) -> Output {
