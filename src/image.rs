@@ -68,13 +68,32 @@ pub enum ImageCommand {
         #[arg(long)]
         output: PathBuf,
     },
-    /// Build the node image: Debian's cloud kernel, and an initramfs holding this (statically
-    /// linked) baton at /init, the kernel modules the node loads, etcd and what it needs from
-    /// Debian packages; and a manifest of sha256 sums.
-    Build {
-        /// The directory to write (vmlinuz, initramfs.cpio.gz, manifest.json).
+    /// Write a node's machine configuration on a configuration disk, after validating it: a
+    /// GPT disk image with one FAT partition named BATON-CONFIG holding machine-config.yaml,
+    /// where a node booted from the system disk finds it.
+    ConfigDisk {
+        /// The MachineConfig file.
+        #[arg(long)]
+        machine_config: PathBuf,
+        /// The disk image to write.
         #[arg(long)]
         output: PathBuf,
+    },
+    /// Build the node image: Debian's cloud kernel, and an initramfs holding this (statically
+    /// linked) baton at /init, the kernel modules the node loads, etcd and what it needs from
+    /// Debian packages; for UEFI machines a unified kernel image and a GPT system disk (raw
+    /// and qcow2); and a manifest of sha256 sums.
+    Build {
+        /// The directory to write (vmlinuz, initramfs.cpio.gz, baton.efi, disk.raw,
+        /// disk.qcow2, manifest.json).
+        #[arg(long)]
+        output: PathBuf,
+        /// The system disk's size, in bytes or with a suffix (M or MiB, G or GiB).
+        #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+        disk_size: u64,
+        /// Build only the kernel and the initramfs (no unified kernel image, no disk).
+        #[arg(long)]
+        no_uefi: bool,
         /// The baton binary to put at /init (default: this one).
         #[arg(long)]
         baton: Option<PathBuf>,
@@ -152,24 +171,28 @@ pub async fn run(command: ImageCommand) -> anyhow::Result<()> {
             machine_config,
             output,
         } => {
-            let yaml = std::fs::read_to_string(&machine_config).map_err(|err| {
-                anyhow::anyhow!("--machine-config {}: {err}", machine_config.display())
-            })?;
-            let source = format!("--machine-config {}", machine_config.display());
-            if let Err(err) = baton_init::MachineConfig::parse(&yaml, &source) {
-                let mut message = err.to_string();
-                if let baton_init::LoadMachineConfigError::Malformed { source, .. } = &err {
-                    message = format!("{message}: {source}");
-                }
-                anyhow::bail!(message);
-            }
+            let yaml = read_machine_config(&machine_config)?;
             let mtime =
                 u32::try_from(baton_image_builder::source_date_epoch()?).unwrap_or(u32::MAX);
             baton_image_builder::write_config_archive(&yaml, &output, mtime)?;
             println!("{}", output.display());
         }
+        ImageCommand::ConfigDisk {
+            machine_config,
+            output,
+        } => {
+            let yaml = read_machine_config(&machine_config)?;
+            baton_image_builder::write_config_disk(
+                &yaml,
+                &output,
+                baton_image_builder::source_date_epoch()?,
+            )?;
+            println!("{}", output.display());
+        }
         ImageCommand::Build {
             output,
+            disk_size,
+            no_uefi,
             baton,
             package_cache,
         } => {
@@ -182,6 +205,7 @@ pub async fn run(command: ImageCommand) -> anyhow::Result<()> {
                 package_cache: package_cache
                     .unwrap_or_else(|| baton_image_builder::default_cache_dir().join("packages")),
                 source_date_epoch: baton_image_builder::source_date_epoch()?,
+                disk_size: (!no_uefi).then_some(disk_size),
             };
             let image = baton_image_builder::build_node_image(&options)?;
             println!("{:<50} {:>12}", "FILE", "BYTES");
@@ -201,9 +225,61 @@ pub async fn run(command: ImageCommand) -> anyhow::Result<()> {
                 total,
                 image.initramfs_sha256
             );
+            if let Some(uefi) = &image.uefi {
+                for path in [&uefi.uki, &uefi.disk_raw, &uefi.disk_qcow2] {
+                    println!(
+                        "{} {} bytes",
+                        path.display(),
+                        std::fs::metadata(path)?.len()
+                    );
+                }
+                for partition in &uefi.partitions {
+                    println!(
+                        "  partition {:<12} at {:>10} bytes, {:>10} bytes",
+                        partition.name, partition.offset, partition.size
+                    );
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// A machine configuration file's text, once it validates; errors name the flag and file.
+fn read_machine_config(path: &std::path::Path) -> anyhow::Result<String> {
+    let yaml = std::fs::read_to_string(path)
+        .map_err(|err| anyhow::anyhow!("--machine-config {}: {err}", path.display()))?;
+    let source = format!("--machine-config {}", path.display());
+    if let Err(err) = baton_init::MachineConfig::parse(&yaml, &source) {
+        let mut message = err.to_string();
+        if let baton_init::LoadMachineConfigError::Malformed { source, .. } = &err {
+            message = format!("{message}: {source}");
+        }
+        anyhow::bail!(message);
+    }
+    Ok(yaml)
+}
+
+/// A size in bytes from `2147483648`, `2048M`, `2048MiB`, `2G` or `2GiB`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let scale: u64 = match unit {
+        "" => 1,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?}: use bytes, or a number with M, MiB, G or GiB"
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is not a size"))
 }
 
 /// The first 12 hex digits of an image id, as `crictl images` shows it.

@@ -1,15 +1,24 @@
-//! The node image booted as a machine: Debian's cloud kernel and Baton's initramfs under QEMU
-//! (software emulation, `-M pc`: KVM here cannot boot Linux), with a control-plane machine
-//! configuration appended as an extra cpio archive (`baton image config-archive`). init runs as
-//! the machine's PID 1: it loads the image's kernel modules, mounts cgroup v2, configures the
-//! virtio NIC, and starts etcd, the API server and the rest. The test reaches the API server
-//! and the node API through QEMU's user network (forwarded to 127.0.0.1 only, and `restrict=on`
-//! so the guest reaches nothing else), runs a pod on the node, and shuts the machine down
-//! through the node API. Two builds of the image are byte for byte the same. QEMU is killed and
-//! every file removed, also when the test fails.
+//! The node image booted as a machine under QEMU (software emulation, `-M pc`: KVM here cannot
+//! boot Linux), twice, one machine at a time:
+//!
+//! - **Direct kernel boot**: Debian's cloud kernel and Baton's initramfs, with a control-plane
+//!   machine configuration appended as an extra cpio archive (`baton image config-archive`).
+//!   init runs as the machine's PID 1: it loads the image's kernel modules, mounts cgroup v2,
+//!   configures the virtio NIC, and starts etcd, the API server and the rest. The test reaches
+//!   the API server and the node API through QEMU's user network (forwarded to 127.0.0.1 only,
+//!   and `restrict=on` so the guest reaches nothing else), runs a pod on the node, and shuts
+//!   the machine down through the node API.
+//! - **UEFI, the bare-metal path**: Debian's OVMF firmware boots the image's GPT system disk
+//!   (as qcow2, under a copy-on-write overlay): systemd-boot on the EFI system partition starts
+//!   slot A's unified kernel image; the machine configuration comes from a configuration disk
+//!   (`baton image config-disk`), and /var is the disk's `BATON-STATE` partition, formatted on
+//!   first boot.
+//!
+//! Two builds of the image (initramfs, unified kernel image, raw and qcow2 disks) are byte for
+//! byte the same. QEMU is killed and every file removed, also when the test fails.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,6 +69,14 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The sha256 of a file, hex, read in pieces.
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
+}
+
 #[test]
 fn the_image_boots_a_control_plane_machine_under_qemu() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,21 +92,156 @@ fn the_image_boots_a_control_plane_machine_under_qemu() {
         .args(["image", "build", "--output"])
         .arg(&again));
     assert!(rebuilt.status.success(), "{}", text(&rebuilt.stderr));
-    for artifact in ["vmlinuz", "initramfs.cpio.gz", "manifest.json"] {
-        assert!(
-            std::fs::read(image.join(artifact)).unwrap()
-                == std::fs::read(again.join(artifact)).unwrap(),
+    for artifact in [
+        "vmlinuz",
+        "initramfs.cpio.gz",
+        "baton.efi",
+        "disk.raw",
+        "disk.qcow2",
+        "manifest.json",
+    ] {
+        assert_eq!(
+            sha256_file(&image.join(artifact)),
+            sha256_file(&again.join(artifact)),
             "{artifact} differs between two builds"
         );
     }
     std::fs::remove_dir_all(&again).unwrap();
 
+    direct_kernel_boot(baton, dir.path(), &image);
+    uefi_disk_boot(baton, dir.path(), &image);
+}
+
+/// A booted machine with the admin's ways in: kubectl through the forwarded API port, and the
+/// node API.
+struct Guest {
+    machine: Machine,
+    kubeconfig: PathBuf,
+    endpoint: String,
+    admin: AdminFiles,
+}
+
+impl Guest {
+    /// Starts `qemu` (a command line without its network and console) with the API server's
+    /// and the node API's ports forwarded to free loopback ports, for a machine of `ca`.
+    fn start(mut qemu: Command, ca: &baton_pki::ClusterCa, dir: &Path) -> Guest {
+        let api_port = free_loopback_port();
+        let node_api_port = free_loopback_port();
+        let console = dir.join("console.log");
+        let qemu_log = dir.join("qemu.log");
+        let child = qemu
+            .args(["-display", "none", "-serial"])
+            .arg(format!("file:{}", console.display()))
+            .args(["-monitor", "none", "-no-reboot"])
+            .arg("-netdev")
+            .arg(format!(
+                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:6443,hostfwd=tcp:127.0.0.1:{node_api_port}-:50000"
+            ))
+            .args(["-device", "virtio-net-pci,netdev=net0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&qemu_log).unwrap())
+            .spawn()
+            .unwrap();
+        let admin = AdminFiles::write(ca, dir);
+        Guest {
+            machine: Machine {
+                qemu: Some(child),
+                console,
+                qemu_log,
+            },
+            kubeconfig: admin.kubeconfig(dir, api_port),
+            endpoint: SocketAddr::from(([127, 0, 0, 1], node_api_port)).to_string(),
+            admin,
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        run(Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args))
+    }
+
+    fn node(&self, args: &[&str]) -> Output {
+        run(Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["node", "--endpoint", &self.endpoint, "--ca"])
+            .arg(&self.admin.ca)
+            .arg("--cert")
+            .arg(&self.admin.cert)
+            .arg("--key")
+            .arg(&self.admin.key)
+            .args(args))
+    }
+
+    /// Waits for `check`, failing with the console's last lines.
+    fn wait(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        baton_test_harness::wait_until_blocking(what, timeout, || check().then_some(()))
+            .unwrap_or_else(|err| panic!("{err}\nconsole:\n{}", self.machine.console()));
+    }
+
+    /// Waits for the API server's /readyz and the node's Ready condition.
+    fn wait_ready(&self, node: &str, started: Instant, how: &str) {
+        self.wait(
+            "the API server to answer /readyz",
+            Duration::from_secs(300),
+            || {
+                let out = self.kubectl(&["get", "--raw", "/readyz"]);
+                out.status.success() && text(&out.stdout) == "ok"
+            },
+        );
+        let ready_after = started.elapsed();
+        self.wait("the node to be Ready", Duration::from_secs(120), || {
+            let out = self.kubectl(&[
+                "get",
+                "node",
+                node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            text(&out.stdout) == "True"
+        });
+        eprintln!(
+            "{how}: API server ready {:.1}s after QEMU started (software emulation); node Ready after {:.1}s",
+            ready_after.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Shuts the machine down through the node API and waits for QEMU to end; the console.
+    fn shut_down(mut self) -> String {
+        let off = self.node(&["shutdown"]);
+        assert!(off.status.success(), "{}", text(&off.stderr));
+        let qemu = self.machine.qemu.as_mut().unwrap();
+        let exited = baton_test_harness::wait_until_blocking(
+            "QEMU to end when the guest powers off",
+            Duration::from_secs(120),
+            || qemu.try_wait().unwrap(),
+        );
+        let console = self.machine.console();
+        let exited = exited.unwrap_or_else(|err| panic!("{err}\nconsole:\n{console}"));
+        assert!(exited.success(), "QEMU: {exited}");
+        self.machine.qemu = None;
+        assert!(console.contains("reboot: Power down"), "{console}");
+        assert!(
+            console.contains("shutting down: stopping services"),
+            "an ordered stop: {console}"
+        );
+        console
+    }
+}
+
+/// Direct kernel boot of the kernel and the initramfs, the configuration appended as a cpio
+/// archive; a pod runs; shutdown through the node API.
+fn direct_kernel_boot(baton: &str, dir: &Path, image: &Path) {
+    let dir = &dir.join("direct");
+    std::fs::create_dir_all(dir).unwrap();
     // A control-plane configuration on QEMU's user network.
     let ca = baton_pki::ClusterCa::generate("qemu-test").unwrap();
     let config = user_network_control_plane(&ca);
-    let config_file = dir.path().join("machine-config.yaml");
+    let config_file = dir.join("machine-config.yaml");
     std::fs::write(&config_file, config.to_yaml()).unwrap();
-    let archive = dir.path().join("config.cpio.gz");
+    let archive = dir.join("config.cpio.gz");
     let made = run(Command::new(baton)
         .args(["image", "config-archive", "--machine-config"])
         .arg(&config_file)
@@ -98,11 +250,11 @@ fn the_image_boots_a_control_plane_machine_under_qemu() {
     assert!(made.status.success(), "{}", text(&made.stderr));
     let mut initrd = std::fs::read(image.join("initramfs.cpio.gz")).unwrap();
     initrd.extend(std::fs::read(&archive).unwrap());
-    let initrd_path = dir.path().join("initrd.cpio.gz");
+    let initrd_path = dir.join("initrd.cpio.gz");
     std::fs::write(&initrd_path, initrd).unwrap();
 
     // A bad configuration is refused by the archive tool, naming the file and the field.
-    let bad = dir.path().join("bad.yaml");
+    let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
         config
@@ -114,100 +266,29 @@ fn the_image_boots_a_control_plane_machine_under_qemu() {
         .args(["image", "config-archive", "--machine-config"])
         .arg(&bad)
         .arg("--output")
-        .arg(dir.path().join("bad.cpio.gz")));
+        .arg(dir.join("bad.cpio.gz")));
     assert!(!refused.status.success());
     assert!(
         text(&refused.stderr).contains("bad.yaml") && text(&refused.stderr).contains("role"),
         "{}",
         text(&refused.stderr)
     );
-    assert!(!dir.path().join("bad.cpio.gz").exists());
+    assert!(!dir.join("bad.cpio.gz").exists());
 
     // Boot.
-    let api_port = free_loopback_port();
-    let node_api_port = free_loopback_port();
-    let console = dir.path().join("console.log");
-    let qemu_log = dir.path().join("qemu.log");
     let started = Instant::now();
-    let qemu = Command::new("qemu-system-x86_64")
-        .args(["-M", "pc", "-accel", "tcg", "-m", "2048", "-smp", "2"])
-        .args(["-display", "none", "-serial"])
-        .arg(format!("file:{}", console.display()))
-        .args(["-monitor", "none", "-no-reboot", "-kernel"])
-        .arg(image.join("vmlinuz"))
-        .arg("-initrd")
-        .arg(&initrd_path)
-        .args(["-append", "console=ttyS0 panic=-1"])
-        .arg("-netdev")
-        .arg(format!(
-            "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:6443,hostfwd=tcp:127.0.0.1:{node_api_port}-:50000"
-        ))
-        .args(["-device", "virtio-net-pci,netdev=net0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&qemu_log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut machine = Machine {
-        qemu: Some(qemu),
-        console,
-        qemu_log,
-    };
-
-    // The admin's credentials, for kubectl and the node API.
-    let admin = AdminFiles::write(&ca, dir.path());
-    let kubeconfig = admin.kubeconfig(dir.path(), api_port);
-    let (ca_file, cert_file, key_file) = (
-        admin.ca.display().to_string(),
-        admin.cert.display().to_string(),
-        admin.key.display().to_string(),
-    );
-    let kubectl = |args: &[&str]| {
-        run(Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(args))
-    };
-    let endpoint = SocketAddr::from(([127, 0, 0, 1], node_api_port)).to_string();
-    let node = |args: &[&str]| {
-        run(Command::new(baton)
-            .args(["node", "--endpoint", &endpoint, "--ca", &ca_file])
-            .args(["--cert", &cert_file, "--key", &key_file])
-            .args(args))
-    };
-    let wait = |what: &str, timeout: Duration, check: &mut dyn FnMut() -> bool| {
-        baton_test_harness::wait_until_blocking(what, timeout, || check().then_some(()))
-            .unwrap_or_else(|err| panic!("{err}\nconsole:\n{}", machine.console()));
-    };
-
-    wait(
-        "the API server to answer /readyz",
-        Duration::from_secs(240),
-        &mut || {
-            let out = kubectl(&["get", "--raw", "/readyz"]);
-            out.status.success() && text(&out.stdout) == "ok"
-        },
-    );
-    let ready_after = started.elapsed();
-    wait(
-        "the node to be Ready",
-        Duration::from_secs(120),
-        &mut || {
-            let out = kubectl(&[
-                "get",
-                "node",
-                "control-plane-1",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ]);
-            text(&out.stdout) == "True"
-        },
-    );
-    eprintln!(
-        "API server ready {:.1}s after QEMU started (software emulation); node Ready after {:.1}s",
-        ready_after.as_secs_f64(),
-        started.elapsed().as_secs_f64()
-    );
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-M", "pc", "-accel", "tcg", "-m", "2048", "-smp", "2", "-kernel",
+    ])
+    .arg(image.join("vmlinuz"))
+    .arg("-initrd")
+    .arg(&initrd_path)
+    .args(["-append", "console=ttyS0 panic=-1"]);
+    let guest = Guest::start(qemu, &ca, dir);
+    guest.wait_ready("control-plane-1", started, "direct kernel boot");
+    let node = |args: &[&str]| guest.node(args);
+    let kubectl = |args: &[&str]| guest.kubectl(args);
 
     // The node API over mutual TLS: a machine, every module loaded, every service ready.
     let status = node(&["status"]);
@@ -250,7 +331,7 @@ fn the_image_boots_a_control_plane_machine_under_qemu() {
         "command":["sh","-c","echo hello from $(hostname)"]}]}}"#;
     let mut apply = Command::new("kubectl")
         .arg("--kubeconfig")
-        .arg(&kubeconfig)
+        .arg(&guest.kubeconfig)
         .args(["apply", "-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -258,7 +339,7 @@ fn the_image_boots_a_control_plane_machine_under_qemu() {
         .unwrap();
     std::io::Write::write_all(apply.stdin.as_mut().unwrap(), pod.as_bytes()).unwrap();
     assert!(apply.wait().unwrap().success());
-    wait("the pod to succeed", Duration::from_secs(180), &mut || {
+    guest.wait("the pod to succeed", Duration::from_secs(180), || {
         text(&kubectl(&["get", "pod", "hello", "-o", "jsonpath={.status.phase}"]).stdout)
             == "Succeeded"
     });
@@ -271,21 +352,154 @@ fn the_image_boots_a_control_plane_machine_under_qemu() {
     );
 
     // Shutdown through the node API: services stop in order and the machine powers off.
-    let off = node(&["shutdown"]);
-    assert!(off.status.success(), "{}", text(&off.stderr));
-    let qemu = machine.qemu.as_mut().unwrap();
-    let exited = baton_test_harness::wait_until_blocking(
-        "QEMU to end when the guest powers off",
-        Duration::from_secs(120),
-        || qemu.try_wait().unwrap(),
+    guest.shut_down();
+}
+
+/// The UEFI path: OVMF boots the GPT system disk (qcow2, under an overlay), systemd-boot
+/// starts slot A, the configuration comes from a configuration disk, and /var is the disk's
+/// BATON-STATE partition.
+fn uefi_disk_boot(baton: &str, dir: &Path, image: &Path) {
+    let dir = &dir.join("uefi");
+    std::fs::create_dir_all(dir).unwrap();
+    // The system disk as a user inspects it: a GPT with the EFI system partition and the
+    // state partition, and a FAT file system on the former with systemd-boot and both slots.
+    let listed = run(Command::new("partx")
+        .args(["--show", "--output", "NR,NAME"])
+        .arg(image.join("disk.raw")));
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let names: Vec<String> = text(&listed.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(names, ["1 EFI", "2 BATON-STATE"]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image.join("manifest.json")).unwrap()).unwrap();
+    let esp = &manifest["artifacts"]["disk.raw"]["partitions"][0];
+    let (offset, size) = (
+        esp["offset"].as_u64().unwrap(),
+        esp["size"].as_u64().unwrap(),
     );
-    let console = machine.console();
-    let exited = exited.unwrap_or_else(|err| panic!("{err}\nconsole:\n{console}"));
-    assert!(exited.success(), "QEMU: {exited}");
-    machine.qemu = None;
-    assert!(console.contains("reboot: Power down"), "{console}");
+    let esp_file = dir.join("esp.img");
+    {
+        use std::io::{Read, Seek};
+        let mut disk = std::fs::File::open(image.join("disk.raw")).unwrap();
+        disk.seek(std::io::SeekFrom::Start(offset)).unwrap();
+        let mut out = std::fs::File::create(&esp_file).unwrap();
+        std::io::copy(&mut disk.take(size), &mut out).unwrap();
+    }
+    let checked = run(Command::new("fsck.fat").args(["-n", "-l"]).arg(&esp_file));
     assert!(
-        console.contains("shutting down: stopping services"),
-        "an ordered stop: {console}"
+        checked.status.success(),
+        "fsck.fat: {}{}",
+        text(&checked.stdout),
+        text(&checked.stderr)
     );
+    let listing = text(&checked.stdout);
+    for file in [
+        "/EFI/BOOT/BOOTX64.EFI",
+        "/EFI/Linux/baton-a.efi",
+        "/EFI/Linux/baton-b.efi",
+        "/loader/loader.conf",
+    ] {
+        assert!(
+            listing.to_lowercase().contains(&file.to_lowercase()),
+            "{file} on the EFI system partition: {listing}"
+        );
+    }
+    std::fs::remove_file(&esp_file).unwrap();
+
+    // The node writes to an overlay: the built disk stays as it was.
+    let overlay = dir.join("node.qcow2");
+    let made = run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(image.join("disk.qcow2"))
+        .arg(&overlay));
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let vars = dir.join("OVMF_VARS.fd");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+
+    // The configuration on a configuration disk, with /var on the state partition.
+    let ca = baton_pki::ClusterCa::generate("uefi-test").unwrap();
+    let mut config = user_network_control_plane(&ca);
+    config.machine.data_disk = Some("/dev/disk/by-partlabel/BATON-STATE".into());
+    let config_file = dir.join("machine-config.yaml");
+    std::fs::write(&config_file, config.to_yaml()).unwrap();
+    let config_disk = dir.join("config.img");
+    let made = run(Command::new(baton)
+        .args(["image", "config-disk", "--machine-config"])
+        .arg(&config_file)
+        .arg("--output")
+        .arg(&config_disk));
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    // An invalid configuration is refused by name, and no disk is written.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        config
+            .to_yaml()
+            .replace("role: control-plane", "role: boss"),
+    )
+    .unwrap();
+    let refused = run(Command::new(baton)
+        .args(["image", "config-disk", "--machine-config"])
+        .arg(&bad)
+        .arg("--output")
+        .arg(dir.join("bad.img")));
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("bad.yaml") && text(&refused.stderr).contains("role"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!dir.join("bad.img").exists());
+
+    let started = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-M", "pc", "-accel", "tcg", "-m", "2048", "-smp", "2"])
+        .arg("-drive")
+        .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
+        .arg("-drive")
+        .arg(format!("if=virtio,format=qcow2,file={}", overlay.display()))
+        .arg("-drive")
+        .arg(format!(
+            "if=virtio,format=raw,readonly=on,file={}",
+            config_disk.display()
+        ));
+    let guest = Guest::start(qemu, &ca, dir);
+    guest.wait_ready("control-plane-1", started, "UEFI boot from the disk image");
+
+    // Booted from the unified kernel image: its command line, not one QEMU passed.
+    let status = guest.node(&["status"]);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let status = text(&status.stdout);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("/var") && l.contains("/dev/vda2")),
+        "/var on the state partition: {status}"
+    );
+    let console = guest.machine.console();
+    assert!(
+        console.contains("partition BATON-CONFIG (/dev/vdb1)"),
+        "the configuration from the configuration disk: {console}"
+    );
+    let dmesg = text(&guest.node(&["dmesg"]).stdout);
+    assert!(
+        dmesg.contains("Command line: console=tty0 console=ttyS0 panic=-1"),
+        "{dmesg}"
+    );
+    assert!(dmesg.contains("efi: EFI v"), "booted through UEFI: {dmesg}");
+    guest.shut_down();
+    // The overlay took the node's writes; the built disk's state partition is still blank.
+    let backing = run(Command::new("qemu-img")
+        .args(["compare", "-q"])
+        .arg(image.join("disk.qcow2"))
+        .arg(image.join("disk.raw")));
+    assert!(backing.status.success(), "the built disk changed");
 }

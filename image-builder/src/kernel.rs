@@ -17,7 +17,9 @@ pub const KERNEL_NAME: &str = "vmlinuz";
 
 /// The modules a node loads at boot (init loads every module of the image), by module name:
 /// virtio transports and devices, overlayfs for container roots, the pod network (bridge,
-/// br_netfilter, veth, vxlan), what the proxy's nftables and ipvs modes use, and dm-verity.
+/// br_netfilter, veth, vxlan), what the proxy's nftables and ipvs modes use, dm-verity, and
+/// FAT with the code page and character set it mounts with by default (the configuration
+/// partition).
 pub const NODE_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_mmio",
@@ -50,6 +52,9 @@ pub const NODE_MODULES: &[&str] = &[
     "ip_vs_wrr",
     "ip_vs_sh",
     "dm_verity",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
 ];
 
 /// The kernel and modules taken from the package.

@@ -89,6 +89,9 @@ pub struct NodeImageOptions {
     pub package_cache: PathBuf,
     /// The time stamped on every entry (SOURCE_DATE_EPOCH; cpio keeps 32 bits).
     pub source_date_epoch: u64,
+    /// The UEFI system disk's size in bytes; `None` builds no unified kernel image and no
+    /// disk (what a cluster on one machine boots needs only the kernel and the initramfs).
+    pub disk_size: Option<u64>,
 }
 
 /// A built node image.
@@ -106,6 +109,8 @@ pub struct NodeImage {
     pub manifest: PathBuf,
     /// The size of each file in the image, by path.
     pub sizes: BTreeMap<String, u64>,
+    /// The unified kernel image and the system disk, when asked for.
+    pub uefi: Option<crate::node_disk::UefiArtifacts>,
 }
 
 /// Why the node image could not be built.
@@ -155,6 +160,12 @@ pub enum BuildNodeImageError {
     /// The preloaded test image could not be archived.
     #[error("archiving the preloaded busybox image")]
     Archive(#[from] crate::WriteArchiveError),
+    /// The unified kernel image could not be made.
+    #[error("making the unified kernel image")]
+    Uki(#[from] crate::uki::BuildUkiError),
+    /// The system disk could not be written.
+    #[error("writing the system disk")]
+    Disk(#[from] crate::disk_image::WriteDiskImageError),
 }
 
 fn io<'a>(
@@ -201,14 +212,7 @@ pub fn build_node_image(options: &NodeImageOptions) -> Result<NodeImage, BuildNo
     }
     tree.add(
         "etc/os-release",
-        EntryKind::File(
-            format!(
-                "NAME=Baton\nID=baton\nVERSION_ID={}\nPRETTY_NAME=\"Baton {}\"\n",
-                env!("CARGO_PKG_VERSION"),
-                env!("CARGO_PKG_VERSION")
-            )
-            .into_bytes(),
-        ),
+        EntryKind::File(os_release().into_bytes()),
         0o644,
     );
     tree.add(
@@ -319,26 +323,54 @@ pub fn build_node_image(options: &NodeImageOptions) -> Result<NodeImage, BuildNo
     ));
     std::fs::write(&partial_kernel, &kernel.vmlinuz).map_err(io("writing", &partial_kernel))?;
     std::fs::rename(&partial_kernel, &kernel_path).map_err(io("renaming", &partial_kernel))?;
-    let manifest = serde_json::json!({
-        "artifacts": {
-            INITRAMFS_NAME: { "sha256": initramfs_sha256, "size": bytes.len() },
-            crate::kernel::KERNEL_NAME: {
-                "sha256": sha256_hex(&kernel.vmlinuz),
-                "size": kernel.vmlinuz.len(),
-                "release": kernel.release,
-            },
+    let uefi = match options.disk_size {
+        Some(disk_size) => Some(crate::node_disk::build_uefi_artifacts(
+            &kernel.vmlinuz,
+            &bytes,
+            &os_release(),
+            &options.package_cache,
+            &options.output,
+            disk_size,
+            options.source_date_epoch,
+        )?),
+        None => None,
+    };
+    let mut artifacts = serde_json::json!({
+        INITRAMFS_NAME: { "sha256": initramfs_sha256, "size": bytes.len() },
+        crate::kernel::KERNEL_NAME: {
+            "sha256": sha256_hex(&kernel.vmlinuz),
+            "size": kernel.vmlinuz.len(),
+            "release": kernel.release,
         },
+    });
+    drop(bytes);
+    if let Some(uefi) = &uefi {
+        inputs.insert(uefi.input.0.clone(), uefi.input.1.clone());
+        for path in [&uefi.uki, &uefi.disk_raw, &uefi.disk_qcow2] {
+            let (sha256, size) = sha256_file(path)?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            artifacts[name] = serde_json::json!({ "sha256": sha256, "size": size });
+        }
+        artifacts[crate::node_disk::DISK_RAW_NAME]["partitions"] = uefi
+            .partitions
+            .iter()
+            .map(|p| {
+                serde_json::json!({ "name": p.name, "offset": p.offset, "size": p.size, "guid": p.guid })
+            })
+            .collect();
+    }
+    let manifest = serde_json::json!({
+        "artifacts": artifacts,
         "inputs": inputs,
         "contents": sizes,
     });
     let manifest_path = options.output.join(MANIFEST_NAME);
     let text = serde_json::to_string_pretty(&manifest).expect("a JSON value serializes");
     std::fs::write(&manifest_path, text + "\n").map_err(io("writing", &manifest_path))?;
-    tracing::info!(
-        initramfs = %initramfs.display(),
-        bytes = bytes.len(),
-        "node image built"
-    );
+    tracing::info!(initramfs = %initramfs.display(), "node image built");
     Ok(NodeImage {
         kernel: kernel_path,
         kernel_release: kernel.release,
@@ -346,7 +378,25 @@ pub fn build_node_image(options: &NodeImageOptions) -> Result<NodeImage, BuildNo
         initramfs_sha256,
         manifest: manifest_path,
         sizes,
+        uefi,
     })
+}
+
+/// The image's /etc/os-release (also the unified kernel image's `.osrel`).
+fn os_release() -> String {
+    format!(
+        "NAME=Baton\nID=baton\nVERSION_ID={}\nPRETTY_NAME=\"Baton {}\"\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The sha256 (hex) and size of a file, read in pieces (disk images are large and sparse).
+fn sha256_file(path: &Path) -> Result<(String, u64), BuildNodeImageError> {
+    let mut file = std::fs::File::open(path).map_err(io("reading", path))?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut file, &mut hasher).map_err(io("reading", path))?;
+    Ok((hex::encode(hasher.finalize()), size))
 }
 
 /// The user's cache directory for Baton: `$BATON_CACHE_DIR`, else `$XDG_CACHE_HOME/baton`,
@@ -441,7 +491,7 @@ pub(crate) fn run(command: &mut Command) -> Result<Vec<u8>, BuildNodeImageError>
 }
 
 /// The files `wanted` of a `.deb` (read through `dpkg-deb --fsys-tarfile`).
-fn extract_from_deb(
+pub(crate) fn extract_from_deb(
     deb: &Path,
     package: &str,
     wanted: &[&str],

@@ -119,22 +119,10 @@ pub fn find_config(root: &Path, cmdline: &str) -> Result<Option<FoundConfig>, Fi
             });
         }
     }
-    match find_partition(&root.join("sys/class/block")) {
+    match crate::partitions::partition_named(&root.join("sys/class/block"), CONFIG_PARTITION_NAME) {
         Some(name) => read_partition(root, &name).map(Some),
         None => Ok(None),
     }
-}
-
-/// The block device whose GPT partition name is `BATON-CONFIG`, from sysfs uevents.
-fn find_partition(class_block: &Path) -> Option<String> {
-    let entries = std::fs::read_dir(class_block).ok()?;
-    entries.flatten().find_map(|entry| {
-        let uevent = std::fs::read_to_string(entry.path().join("uevent")).ok()?;
-        let named = uevent
-            .lines()
-            .any(|l| l == format!("PARTNAME={CONFIG_PARTITION_NAME}"));
-        named.then(|| entry.file_name().to_string_lossy().into_owned())
-    })
 }
 
 fn read_partition(root: &Path, name: &str) -> Result<FoundConfig, FindConfigError> {
@@ -215,25 +203,5 @@ mod tests {
             .unwrap();
         assert_eq!(found.yaml, "staged");
         assert!(found.source.contains("node API"), "{}", found.source);
-    }
-
-    #[test]
-    fn the_partition_is_found_by_its_gpt_name() {
-        let root = tempfile::tempdir().unwrap();
-        for (dev, uevent) in [
-            ("vda", "MAJOR=254\nDEVNAME=vda\nDEVTYPE=disk\n"),
-            (
-                "vdb2",
-                "MAJOR=254\nDEVNAME=vdb2\nDEVTYPE=partition\nPARTNAME=BATON-CONFIG\n",
-            ),
-        ] {
-            let dir = root.path().join("sys/class/block").join(dev);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("uevent"), uevent).unwrap();
-        }
-        assert_eq!(
-            find_partition(&root.path().join("sys/class/block")).as_deref(),
-            Some("vdb2")
-        );
     }
 }

@@ -108,7 +108,7 @@ pub fn mount_data_disk(
     target: &Path,
     wait: Duration,
 ) -> Result<DataDiskState, MountDataDiskError> {
-    let file = open_when_present(disk, wait)?;
+    let (device, file) = open_when_present(disk, wait)?;
     let foreign = |what: String| {
         Err(MountDataDiskError::Foreign {
             disk: disk.to_path_buf(),
@@ -150,7 +150,7 @@ pub fn mount_data_disk(
         source,
     })?;
     mount(
-        Some(disk),
+        Some(&device),
         target,
         Some("ext4"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
@@ -167,12 +167,20 @@ pub fn low_space(target: &Path) -> Option<u64> {
     (free < LOW_SPACE_BYTES).then_some(free)
 }
 
-/// Opens `disk` for reading and writing, waiting up to `wait` for it to appear.
-fn open_when_present(disk: &Path, wait: Duration) -> Result<File, MountDataDiskError> {
+/// Opens `disk` for reading and writing, waiting up to `wait` for it to appear: the device
+/// node and the open file (`/dev/disk/by-partlabel/NAME` is looked up by GPT name in sysfs
+/// each time, as there is no udev to make the link).
+fn open_when_present(disk: &Path, wait: Duration) -> Result<(PathBuf, File), MountDataDiskError> {
     let start = Instant::now();
     loop {
-        match OpenOptions::new().read(true).write(true).open(disk) {
-            Ok(file) => return Ok(file),
+        let device =
+            crate::partitions::resolve_device(disk, Path::new(crate::partitions::SYS_CLASS_BLOCK));
+        let opened = match &device {
+            Some(device) => OpenOptions::new().read(true).write(true).open(device),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        };
+        match opened {
+            Ok(file) => return Ok((device.unwrap_or_else(|| disk.to_path_buf()), file)),
             // Not there yet, or its node is there before its driver bound it.
             Err(err)
                 if err.kind() == std::io::ErrorKind::NotFound

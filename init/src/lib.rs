@@ -22,6 +22,7 @@ pub mod mounts;
 pub mod network_setup;
 pub mod node_api;
 pub mod node_services;
+pub mod partitions;
 pub mod phases;
 pub mod power;
 pub mod preload;

@@ -85,6 +85,7 @@ pub fn prepare_image(
                     output: dir.clone(),
                     package_cache: cache.join("packages"),
                     source_date_epoch: source_date_epoch()?,
+                    disk_size: None,
                 })?;
             }
             dir
