@@ -4,7 +4,10 @@
 //! ready, to the API server answering `/readyz` on the host, to the node registered Ready; the
 //! init phases and init's own memory from the node API; and the shutdown. Reference in the same
 //! run, same QEMU flags and kernel: a busybox initramfs whose /init powers off at once (the
-//! kernel's own boot and power-off).
+//! kernel's own boot and power-off). Beside the direct kernel boots, one boot of the image's
+//! UEFI system disk (qcow2 under an overlay) with Debian's OVMF, systemd-boot and the unified
+//! kernel image, its configuration on a configuration disk and /var on the disk's
+//! BATON-STATE partition (formatted in that boot).
 //!
 //! `CARGO_TARGET_DIR=/var/cache/baton/bench-target cargo bench --bench node_boot` (as root).
 
@@ -35,14 +38,66 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// QEMU with direct kernel boot and a user network forwarding `forwards` (host port, guest
-/// port) from 127.0.0.1.
-fn qemu(kernel: &Path, initrd: &Path, console: &Path, forwards: &[(u16, u16)]) -> Child {
+/// How a machine boots.
+enum Boot<'a> {
+    /// QEMU loads the kernel and the initramfs (with the configuration appended).
+    Direct { kernel: &'a Path, initrd: &'a Path },
+    /// OVMF boots the system disk (under a fresh overlay); the configuration is on a disk.
+    Uefi {
+        system_disk: &'a Path,
+        config_disk: &'a Path,
+    },
+}
+
+/// QEMU booting `boot` with a user network forwarding `forwards` (host port, guest port) from
+/// 127.0.0.1; files it writes go in `work`, named by `index`.
+fn qemu(boot: &Boot, work: &Path, index: usize, console: &Path, forwards: &[(u16, u16)]) -> Child {
     let mut netdev = "user,id=net0,restrict=on".to_string();
     for (host, guest) in forwards {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
     }
-    Command::new("qemu-system-x86_64")
+    let mut command = Command::new("qemu-system-x86_64");
+    match boot {
+        Boot::Direct { kernel, initrd } => {
+            command
+                .arg("-kernel")
+                .arg(kernel)
+                .arg("-initrd")
+                .arg(initrd)
+                .args(["-append", "console=ttyS0 panic=-1"]);
+        }
+        Boot::Uefi {
+            system_disk,
+            config_disk,
+        } => {
+            let overlay = work.join(format!("node-{index}.qcow2"));
+            let made = Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(system_disk)
+                .arg(&overlay)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let vars = work.join(format!("vars-{index}.fd"));
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+            command
+                .arg("-drive")
+                .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ))
+                .arg("-drive")
+                .arg(format!("if=virtio,format=qcow2,file={}", overlay.display()))
+                .arg("-drive")
+                .arg(format!(
+                    "if=virtio,format=raw,readonly=on,file={}",
+                    config_disk.display()
+                ));
+        }
+    }
+    command
         .args(["-M", "pc", "-accel", "tcg", "-m", "2048", "-smp", "2"])
         .args([
             "-display",
@@ -53,11 +108,6 @@ fn qemu(kernel: &Path, initrd: &Path, console: &Path, forwards: &[(u16, u16)]) -
             "-serial",
         ])
         .arg(format!("file:{}", console.display()))
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1"])
         .args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -106,7 +156,11 @@ fn reference_boot(work: &Path, kernel: &Path) -> Duration {
     tree.write_initramfs(&initrd, 0).unwrap();
     let console = work.join("reference-console.log");
     let started = Instant::now();
-    let mut child = qemu(kernel, &initrd, &console, &[]);
+    let boot = Boot::Direct {
+        kernel,
+        initrd: &initrd,
+    };
+    let mut child = qemu(&boot, work, usize::MAX, &console, &[]);
     let status = child.wait().unwrap();
     assert!(status.success(), "the reference guest did not power off");
     started.elapsed()
@@ -131,15 +185,16 @@ impl Drop for Killed {
     }
 }
 
-fn baton_run(work: &Path, image: &Path, initrd: &Path, creds: &AdminFiles, index: usize) -> Run {
+fn baton_run(work: &Path, boot: &Boot, creds: &AdminFiles, index: usize) -> Run {
     let api_port = free_port();
     let node_api_port = free_port();
     let console = work.join(format!("console-{index}.log"));
     let kubeconfig = creds.kubeconfig(work, api_port);
     let started = Instant::now();
     let mut guest = Killed(qemu(
-        &image.join("vmlinuz"),
-        initrd,
+        boot,
+        work,
+        index,
         &console,
         &[(api_port, 6443), (node_api_port, 50000)],
     ));
@@ -282,19 +337,41 @@ fn main() {
     std::fs::write(&initrd_path, initrd).unwrap();
     let creds = AdminFiles::write(&ca, work);
 
+    let mut uefi_config = config.clone();
+    uefi_config.machine.data_disk = Some("/dev/disk/by-partlabel/BATON-STATE".into());
+    let config_disk = work.join("config.img");
+    baton_image_builder::write_config_disk(&uefi_config.to_yaml(), &config_disk, 0).unwrap();
+
     let reference = reference_boot(work, &image.join("vmlinuz"));
-    let runs: Vec<Run> = (0..RUNS)
-        .map(|i| baton_run(work, &image, &initrd_path, &creds, i))
+    let kernel = image.join("vmlinuz");
+    let direct = Boot::Direct {
+        kernel: &kernel,
+        initrd: &initrd_path,
+    };
+    let mut runs: Vec<Run> = (0..RUNS)
+        .map(|i| baton_run(work, &direct, &creds, i))
         .collect();
+    let system_disk = image.join("disk.qcow2");
+    runs.push(baton_run(
+        work,
+        &Boot::Uefi {
+            system_disk: &system_disk,
+            config_disk: &config_disk,
+        },
+        &creds,
+        RUNS,
+    ));
 
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(image.join("manifest.json")).unwrap())
             .unwrap();
     println!(
-        "image: vmlinuz {} bytes (Linux {}), initramfs {} bytes, built in {}",
+        "image: vmlinuz {} bytes (Linux {}), initramfs {} bytes, unified kernel image {} bytes, disk.qcow2 {} bytes, built in {}",
         manifest["artifacts"]["vmlinuz"]["size"],
         manifest["artifacts"]["vmlinuz"]["release"],
         manifest["artifacts"]["initramfs.cpio.gz"]["size"],
+        manifest["artifacts"]["baton.efi"]["size"],
+        manifest["artifacts"]["disk.qcow2"]["size"],
         secs(build_time)
     );
     println!(
@@ -303,9 +380,10 @@ fn main() {
     );
     print!("| from QEMU's start to |");
     for i in 0..RUNS {
-        print!(" run {} |", i + 1);
+        print!(" direct boot, run {} |", i + 1);
     }
-    println!("\n|---|{}", "---|".repeat(RUNS));
+    print!(" UEFI: OVMF, systemd-boot, the unified kernel image |");
+    println!("\n|---|{}", "---|".repeat(RUNS + 1));
     let row = |name: &str, value: &dyn Fn(&Run) -> String| {
         print!("| {name} |");
         for run in &runs {
@@ -333,5 +411,9 @@ fn main() {
     println!(
         "\ninit phases (node API status, run 1):\n{}",
         runs[0].phases
+    );
+    println!(
+        "\ninit phases (node API status, UEFI boot):\n{}",
+        runs[RUNS].phases
     );
 }

@@ -120,7 +120,8 @@ fn an_invalid_configuration_leaves_a_node_in_maintenance_until_a_corrected_one_i
     let baton = env!("CARGO_BIN_EXE_baton");
     let image = dir.path().join("image");
     let built = Command::new(baton)
-        .args(["image", "build", "--output", &image.display().to_string()])
+        .args(["image", "build", "--no-uefi", "--output"])
+        .arg(&image)
         .output()
         .unwrap();
     assert!(
