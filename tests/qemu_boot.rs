@@ -423,6 +423,8 @@ fn uefi_disk_boot(baton: &str, dir: &Path, image: &Path) {
     let ca = baton_pki::ClusterCa::generate("uefi-test").unwrap();
     let mut config = user_network_control_plane(&ca);
     config.machine.data_disk = Some("/dev/disk/by-partlabel/BATON-STATE".into());
+    // This machine's kernel has IPVS (the host's has not): the proxy runs in its ipvs mode.
+    config.machine.proxy.mode = "ipvs".into();
     let config_file = dir.join("machine-config.yaml");
     std::fs::write(&config_file, config.to_yaml()).unwrap();
     let config_disk = dir.join("config.img");
@@ -495,6 +497,10 @@ fn uefi_disk_boot(baton: &str, dir: &Path, image: &Path) {
         "{dmesg}"
     );
     assert!(dmesg.contains("efi: EFI v"), "booted through UEFI: {dmesg}");
+
+    // The proxy's ipvs mode serves a ClusterIP: busybox httpd behind a Service, reached from
+    // another pod and from itself (hairpin, masqueraded).
+    ipvs_cluster_ip(&guest);
     guest.shut_down();
     // The overlay took the node's writes; the built disk's state partition is still blank.
     let backing = run(Command::new("qemu-img")
@@ -502,4 +508,89 @@ fn uefi_disk_boot(baton: &str, dir: &Path, image: &Path) {
         .arg(image.join("disk.qcow2"))
         .arg(image.join("disk.raw")));
     assert!(backing.status.success(), "the built disk changed");
+}
+
+/// A Service in front of a busybox httpd pod, reached through its ClusterIP by another pod
+/// and by the server itself, with the proxy in its ipvs mode.
+fn ipvs_cluster_ip(guest: &Guest) {
+    let apply = |yaml: &str| {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&guest.kubeconfig)
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), yaml.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "kubectl apply: {yaml}");
+    };
+    apply(
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"default","labels":{"app":"web"}},
+         "spec":{"tolerations":[{"operator":"Exists"}],
+          "containers":[{"name":"httpd","image":"docker.io/library/busybox:1.35","imagePullPolicy":"Never",
+           "command":["sh","-c","mkdir -p /www && echo hello through ipvs > /www/index.html && exec httpd -f -p 8080 -h /www"],
+           "ports":[{"containerPort":8080}]}]}}"#,
+    );
+    apply(
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"web","namespace":"default"},
+         "spec":{"selector":{"app":"web"},"ports":[{"port":80,"targetPort":8080}]}}"#,
+    );
+    guest.wait("the web pod to run", Duration::from_secs(180), || {
+        text(
+            &guest
+                .kubectl(&["get", "pod", "web", "-o", "jsonpath={.status.phase}"])
+                .stdout,
+        ) == "Running"
+    });
+    let cluster_ip = text(
+        &guest
+            .kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])
+            .stdout,
+    );
+    assert!(!cluster_ip.is_empty());
+    // busybox nc with a plain HTTP/1.0 request (busybox's static wget crashes in this guest:
+    // it looks the "http" service up through glibc's NSS, which a static binary cannot load).
+    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {cluster_ip} 80");
+    let fetch = format!(
+        "for i in $(seq 1 60); do {request} | grep '^hello' && exit 0; sleep 1; done; exit 1"
+    );
+    apply(&format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"client","namespace":"default"}},
+        "spec":{{"restartPolicy":"Never","tolerations":[{{"operator":"Exists"}}],
+        "containers":[{{"name":"main","image":"docker.io/library/busybox:1.35","imagePullPolicy":"Never",
+        "command":["sh","-c",{}]}}]}}}}"#,
+        serde_json::to_string(&fetch).unwrap()
+    ));
+    guest.wait("the client pod to finish", Duration::from_secs(180), || {
+        let phase = text(
+            &guest
+                .kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"])
+                .stdout,
+        );
+        phase == "Succeeded" || phase == "Failed"
+    });
+    let logs = guest.kubectl(&["logs", "client"]);
+    let proxy_logs = text(&guest.node(&["logs", "proxy"]).stdout);
+    assert_eq!(
+        text(&logs.stdout),
+        "hello through ipvs\n",
+        "{}\nproxy:\n{proxy_logs}",
+        text(&logs.stderr)
+    );
+    // Hairpin: the server reaches itself through its Service.
+    let hairpin = guest.kubectl(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        &format!("{request} | grep '^hello'"),
+    ]);
+    assert_eq!(
+        text(&hairpin.stdout),
+        "hello through ipvs\n",
+        "{}\nproxy:\n{proxy_logs}",
+        text(&hairpin.stderr)
+    );
 }

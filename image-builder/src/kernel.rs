@@ -51,6 +51,7 @@ pub const NODE_MODULES: &[&str] = &[
     "ip_vs_rr",
     "ip_vs_wrr",
     "ip_vs_sh",
+    "dummy",
     "dm_verity",
     "vfat",
     "nls_cp437",

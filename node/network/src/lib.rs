@@ -2,14 +2,16 @@
 //! synchronous rtnetlink client ([`RouteSocket`]) for links, addresses and routes; network
 //! namespaces ([`NetNs`]); the persisted pod address allocator ([`AddressAllocator`]); the
 //! node's bridge with a veth pair per pod ([`BridgeNetwork`]); and routes to the other nodes'
-//! pod CIDRs ([`sync_node_routes`]); tap devices for VMs ([`create_tap`]); and a CNI runtime
-//! that runs the plugins a user brings instead of the bridge ([`cni`]).
+//! pod CIDRs ([`sync_node_routes`]); tap devices for VMs ([`create_tap`]); IPVS virtual
+//! services through generic netlink ([`IpvsSocket`]); and a CNI runtime that runs the plugins a
+//! user brings instead of the bridge ([`cni`]).
 
 mod addresses;
 mod bridge;
 pub mod cni;
 mod host_ports;
 mod ipam;
+mod ipvs;
 mod links;
 mod masquerade;
 mod netlink;
@@ -25,6 +27,7 @@ pub use bridge::{
 };
 pub use host_ports::{HOST_PORTS_TABLE, HostPortMapping, host_ports_batch, sync_host_ports};
 pub use ipam::{AddressAllocator, AllocateAddressError};
+pub use ipvs::{Destination, IpvsProtocol, IpvsSocket, ServiceAddress, VirtualService};
 pub use links::Link;
 pub use masquerade::{MASQUERADE_TABLE, masquerade_batch, remove_masquerade, sync_masquerade};
 pub use netlink::{Create, NetlinkError, RouteSocket};

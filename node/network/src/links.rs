@@ -101,6 +101,22 @@ impl RouteSocket {
         )
     }
 
+    /// Creates a dummy interface called `name` (down): a place for addresses the node answers
+    /// to without a device behind them (the proxy's ipvs mode puts cluster IPs there).
+    pub fn create_dummy(&mut self, name: &str) -> Result<(), NetlinkError> {
+        let mut message = named(name);
+        message
+            .attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Dummy,
+            )]));
+        self.change(
+            || format!("create dummy interface {name}"),
+            RouteNetlinkMessage::NewLink(message),
+            Create::Exclusive,
+        )
+    }
+
     /// Creates a veth pair: `name` here, `peer_name` in the network namespace `peer_netns`,
     /// both with `mtu`.
     pub fn create_veth(

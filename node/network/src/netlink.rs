@@ -143,48 +143,63 @@ impl RouteSocket {
         message: RouteNetlinkMessage,
         flags: u16,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.sequence = self.sequence.wrapping_add(1);
-        let sequence = self.sequence;
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = sequence;
-        let mut request = NetlinkMessage::new(header, NetlinkPayload::from(message));
-        request.finalize();
-        let mut buffer = vec![0u8; request.buffer_len()];
-        request.serialize(&mut buffer);
-        self.socket.send(&buffer, 0)?;
+        exchange(&self.socket, &mut self.sequence, message, flags)
+    }
+}
 
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut answers = Vec::new();
-        let mut received = Vec::with_capacity(64 * 1024);
-        loop {
-            received.clear();
-            self.socket.recv(&mut received, 0)?;
-            let mut offset = 0;
-            while offset < received.len() {
-                let answer =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&received[offset..])
-                        .map_err(|err| io::Error::other(format!("decode netlink answer: {err}")))?;
-                let length = answer.header.length as usize;
-                if length == 0 {
-                    return Err(io::Error::other("netlink answer of length 0"));
+/// Sends `message` with `flags` on `socket` and collects the answers to it: the messages of a
+/// dump until its end, or nothing but the acknowledgement; an error answer as its errno.
+pub(crate) fn exchange<M>(
+    socket: &Socket,
+    sequence: &mut u32,
+    message: M,
+    flags: u16,
+) -> io::Result<Vec<M>>
+where
+    M: netlink_packet_core::NetlinkSerializable
+        + netlink_packet_core::NetlinkDeserializable
+        + std::fmt::Debug,
+{
+    *sequence = sequence.wrapping_add(1);
+    let sequence = *sequence;
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = sequence;
+    let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+    request.finalize();
+    let mut buffer = vec![0u8; request.buffer_len()];
+    request.serialize(&mut buffer);
+    socket.send(&buffer, 0)?;
+
+    let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+    let mut answers = Vec::new();
+    let mut received = Vec::with_capacity(64 * 1024);
+    loop {
+        received.clear();
+        socket.recv(&mut received, 0)?;
+        let mut offset = 0;
+        while offset < received.len() {
+            let answer = NetlinkMessage::<M>::deserialize(&received[offset..])
+                .map_err(|err| io::Error::other(format!("decode netlink answer: {err}")))?;
+            let length = answer.header.length as usize;
+            if length == 0 {
+                return Err(io::Error::other("netlink answer of length 0"));
+            }
+            offset += length;
+            if answer.header.sequence_number != sequence {
+                continue;
+            }
+            match answer.payload {
+                NetlinkPayload::Error(error) => {
+                    return match error.code {
+                        None if !dump => Ok(answers),
+                        None => continue,
+                        Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                    };
                 }
-                offset += length;
-                if answer.header.sequence_number != sequence {
-                    continue;
-                }
-                match answer.payload {
-                    NetlinkPayload::Error(error) => {
-                        return match error.code {
-                            None if !dump => Ok(answers),
-                            None => continue,
-                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                        };
-                    }
-                    NetlinkPayload::Done(_) => return Ok(answers),
-                    NetlinkPayload::InnerMessage(inner) => answers.push(inner),
-                    _ => {}
-                }
+                NetlinkPayload::Done(_) => return Ok(answers),
+                NetlinkPayload::InnerMessage(inner) => answers.push(inner),
+                _ => {}
             }
         }
     }

@@ -4,6 +4,7 @@
 use crate::args::ProxyMode;
 use crate::iptables_rules::render_iptables;
 use crate::iptables_sync::{IptablesError, IptablesProxier};
+use crate::ipvs_sync::{IpvsError, IpvsProxier, clean_up_ipvs};
 use crate::nftables_rules::RuleSettings;
 use crate::nftables_sync::{NftablesProxier, SyncStats};
 use crate::service_model::ProxyState;
@@ -21,6 +22,9 @@ pub enum DataplaneError {
     /// The userspace proxy could not be set up.
     #[error(transparent)]
     Userspace(#[from] UserspaceError),
+    /// IPVS could not be programmed.
+    #[error(transparent)]
+    Ipvs(#[from] IpvsError),
 }
 
 /// One mode's proxier.
@@ -32,6 +36,8 @@ pub enum Dataplane {
     Iptables(IptablesProxier),
     /// The proxy in the process.
     Userspace(UserspaceProxier),
+    /// IPVS.
+    Ipvs(IpvsProxier),
 }
 
 impl Dataplane {
@@ -41,6 +47,7 @@ impl Dataplane {
             ProxyMode::Nftables => Dataplane::Nftables(NftablesProxier::new()?),
             ProxyMode::Iptables => Dataplane::Iptables(IptablesProxier::new()),
             ProxyMode::Userspace => Dataplane::Userspace(UserspaceProxier::new()),
+            ProxyMode::Ipvs => Dataplane::Ipvs(IpvsProxier::new()),
         })
     }
 
@@ -72,18 +79,31 @@ impl Dataplane {
                 tracing::warn!(%err, "removing the userspace mode's cluster IPs");
             }
         };
+        let ipvs = || {
+            if let Err(err) = clean_up_ipvs() {
+                tracing::warn!(%err, "removing the ipvs mode's services");
+            }
+        };
         match self {
             Dataplane::Nftables(_) => {
                 iptables();
                 userspace();
+                ipvs();
             }
             Dataplane::Iptables(_) => {
                 nftables();
                 userspace();
+                ipvs();
             }
             Dataplane::Userspace(_) => {
                 nftables();
                 iptables();
+                ipvs();
+            }
+            Dataplane::Ipvs(_) => {
+                nftables();
+                iptables();
+                userspace();
             }
         }
     }
@@ -107,6 +127,10 @@ impl Dataplane {
                 let listeners = proxier.sync(state, settings)?;
                 Ok((SyncStats::default(), listeners))
             }
+            Dataplane::Ipvs(proxier) => {
+                let stats = proxier.sync(state, settings)?;
+                Ok((stats, proxier.rule_count()))
+            }
         }
     }
 
@@ -116,6 +140,7 @@ impl Dataplane {
             Dataplane::Nftables(proxier) => proxier.clean_up()?,
             Dataplane::Iptables(proxier) => proxier.clean_up()?,
             Dataplane::Userspace(proxier) => proxier.clean_up()?,
+            Dataplane::Ipvs(proxier) => proxier.clean_up()?,
         }
         Ok(())
     }

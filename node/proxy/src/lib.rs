@@ -1,13 +1,14 @@
 //! `baton proxy`: kube-proxy for Baton nodes. It watches Services and EndpointSlices
 //! ([`service_model`]), renders the node's rules ([`nftables_rules`]) and applies only what
 //! changed ([`nftables_sync`]), reporting on /metrics and /healthz ([`metrics`]). The other
-//! modes: upstream's iptables chains ([`iptables_rules`]) and a proxy in the process
-//! ([`userspace`]).
+//! modes: upstream's iptables chains ([`iptables_rules`]), IPVS virtual services
+//! ([`ipvs_sync`]) and a proxy in the process ([`userspace`]).
 
 pub mod args;
 pub mod dataplane;
 pub mod iptables_rules;
 pub mod iptables_sync;
+pub mod ipvs_sync;
 pub mod metrics;
 pub mod nftables_rules;
 pub mod nftables_sync;

@@ -171,7 +171,7 @@ fn port_key(protocol: Protocol, port: u16) -> Vec<u8> {
 }
 
 /// The mark register dance: `meta mark set mark | bit`.
-fn set_mark_bit() -> Vec<Expr> {
+pub(crate) fn set_mark_bit() -> Vec<Expr> {
     vec![
         Expr::Meta {
             dreg: reg32(0),
@@ -250,49 +250,52 @@ fn fixed_chains() -> BTreeMap<String, Vec<Vec<Expr>>> {
     );
     chains.insert(REJECT.into(), vec![vec![Expr::Reject]]);
     chains.insert(MARK_FOR_MASQUERADE.into(), vec![set_mark_bit()]);
-    chains.insert(
-        MASQUERADING.into(),
-        vec![
-            // Not marked: nothing to do.
-            vec![
-                Expr::Meta {
-                    dreg: reg32(0),
-                    key: MetaKey::Mark,
-                },
-                Expr::Bitwise {
-                    sreg: reg32(0),
-                    dreg: reg32(0),
-                    mask: MASQUERADE_MARK.to_ne_bytes().to_vec(),
-                    xor: 0u32.to_ne_bytes().to_vec(),
-                },
-                Expr::Cmp {
-                    sreg: reg32(0),
-                    op: CmpOp::Eq,
-                    data: 0u32.to_ne_bytes().to_vec(),
-                },
-                Expr::Verdict(Verdict::Return),
-            ],
-            // Clear the bit (a packet re-entering the stack is not masqueraded twice).
-            vec![
-                Expr::Meta {
-                    dreg: reg32(0),
-                    key: MetaKey::Mark,
-                },
-                Expr::Bitwise {
-                    sreg: reg32(0),
-                    dreg: reg32(0),
-                    mask: (!MASQUERADE_MARK).to_ne_bytes().to_vec(),
-                    xor: 0u32.to_ne_bytes().to_vec(),
-                },
-                Expr::MetaSet {
-                    sreg: reg32(0),
-                    key: MetaKey::Mark,
-                },
-                Expr::Masquerade,
-            ],
-        ],
-    );
+    chains.insert(MASQUERADING.into(), masquerade_marked());
     chains
+}
+
+/// Masquerades packets marked for it, clearing the mark (a packet re-entering the stack is not
+/// masqueraded twice); leaves the others alone.
+pub(crate) fn masquerade_marked() -> Vec<Vec<Expr>> {
+    vec![
+        // Not marked: nothing to do.
+        vec![
+            Expr::Meta {
+                dreg: reg32(0),
+                key: MetaKey::Mark,
+            },
+            Expr::Bitwise {
+                sreg: reg32(0),
+                dreg: reg32(0),
+                mask: MASQUERADE_MARK.to_ne_bytes().to_vec(),
+                xor: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::Cmp {
+                sreg: reg32(0),
+                op: CmpOp::Eq,
+                data: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::Verdict(Verdict::Return),
+        ],
+        // Clear the bit (a packet re-entering the stack is not masqueraded twice).
+        vec![
+            Expr::Meta {
+                dreg: reg32(0),
+                key: MetaKey::Mark,
+            },
+            Expr::Bitwise {
+                sreg: reg32(0),
+                dreg: reg32(0),
+                mask: (!MASQUERADE_MARK).to_ne_bytes().to_vec(),
+                xor: 0u32.to_ne_bytes().to_vec(),
+            },
+            Expr::MetaSet {
+                sreg: reg32(0),
+                key: MetaKey::Mark,
+            },
+            Expr::Masquerade,
+        ],
+    ]
 }
 
 /// Chain names of a service port.
