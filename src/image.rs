@@ -88,9 +88,10 @@ pub enum ImageCommand {
         /// disk.qcow2, manifest.json).
         #[arg(long)]
         output: PathBuf,
-        /// The system disk's size, in bytes or with a suffix (M or MiB, G or GiB).
-        #[arg(long, default_value = "2GiB", value_parser = parse_size)]
-        disk_size: u64,
+        /// The system disk's size, in bytes or with a suffix (M or MiB, G or GiB); 2 GiB
+        /// unless given.
+        #[arg(long, value_parser = parse_size, conflicts_with = "no_uefi")]
+        disk_size: Option<u64>,
         /// Build only the kernel and the initramfs (no unified kernel image, no disk).
         #[arg(long)]
         no_uefi: bool,
@@ -205,7 +206,8 @@ pub async fn run(command: ImageCommand) -> anyhow::Result<()> {
                 package_cache: package_cache
                     .unwrap_or_else(|| baton_image_builder::default_cache_dir().join("packages")),
                 source_date_epoch: baton_image_builder::source_date_epoch()?,
-                disk_size: (!no_uefi).then_some(disk_size),
+                disk_size: (!no_uefi)
+                    .then(|| disk_size.unwrap_or(baton_image_builder::DEFAULT_DISK_SIZE)),
             };
             let image = baton_image_builder::build_node_image(&options)?;
             println!("{:<50} {:>12}", "FILE", "BYTES");

@@ -13,6 +13,9 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+/// 1980-01-01T00:00:00Z, the earliest time FAT can record.
+const FAT_EPOCH: u64 = 315_532_800;
+
 /// Bytes per logical block: the GPT is written for 512-byte sectors.
 pub const SECTOR: u64 = 512;
 /// Where partitions start and how they are aligned.
@@ -296,12 +299,19 @@ fn write_fat(
         source,
     })?;
     let target = format!("{}@@{}", path.display(), at.offset);
+    // FAT cannot hold times before 1980.
+    let epoch = epoch.max(FAT_EPOCH);
     let mtools = |tool: &str| {
         let mut command = Command::new(tool);
+        // Nothing of the build host's: no configuration file (mtools reads ~/.mtoolsrc,
+        // /etc/mtools.conf and MTOOLS_* variables) and UTC (it stamps local times).
         command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", scratch.path())
+            .env("TZ", "UTC")
             .env("SOURCE_DATE_EPOCH", epoch.to_string())
             .env("MTOOLS_SKIP_CHECK", "1")
-            .env("MTOOLSRC", "/dev/null")
             .arg("-i")
             .arg(&target);
         command
@@ -425,6 +435,15 @@ mod tests {
             );
             assert_eq!(&out.stdout, data, "{path}");
         }
+        // Stamped with the given time in UTC, whatever the build host's time zone.
+        let listing = Command::new("mdir")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .env("TZ", "UTC")
+            .args(["-i", &target, "::/loader"])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        assert!(listing.contains("2023-11-14  22:13"), "{listing}");
         // FAT32, labelled, and clean to fsck.fat.
         let esp = dir.path().join("esp.img");
         let bytes = std::fs::read(&image).unwrap();

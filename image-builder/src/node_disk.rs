@@ -96,8 +96,16 @@ pub fn build_uefi_artifacts(
             files.insert(path, data);
         }
     }
-    let stub = files.remove(EFI_STUB).unwrap_or_default();
-    let systemd_boot = files.remove(SYSTEMD_BOOT).unwrap_or_default();
+    let mut take = |path: &str| {
+        files
+            .remove(path)
+            .ok_or_else(|| BuildNodeImageError::MissingFile {
+                package: SYSTEMD_BOOT_PACKAGE.into(),
+                path: format!("{path} (as a regular file)"),
+            })
+    };
+    let stub = take(EFI_STUB)?;
+    let systemd_boot = take(SYSTEMD_BOOT)?;
     let uki = build_uki(
         &stub,
         &[
@@ -185,8 +193,9 @@ pub const CONFIG_FILE: &str = "machine-config.yaml";
 /// A configuration disk's size.
 pub const CONFIG_DISK_SIZE: u64 = 8 << 20;
 
-/// Writes a configuration disk at `out`: one FAT partition named `BATON-CONFIG` holding
-/// `yaml` as `machine-config.yaml`, stamped with `epoch`.
+/// Writes a configuration disk at `out` (mode 0600: it carries the machine's keys): one FAT
+/// partition named `BATON-CONFIG` holding `yaml` as `machine-config.yaml`, stamped with
+/// `epoch`.
 pub fn write_config_disk(yaml: &str, out: &Path, epoch: u64) -> Result<(), WriteDiskImageError> {
     let mut files = BTreeMap::new();
     files.insert(CONFIG_FILE.to_string(), yaml.as_bytes().to_vec());
@@ -208,6 +217,19 @@ pub fn write_config_disk(yaml: &str, out: &Path, epoch: u64) -> Result<(), Write
         sha256_hex(yaml.as_bytes()).as_bytes(),
         epoch,
     )?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| {
+                let _ = std::fs::remove_file(&partial);
+                WriteDiskImageError::Io {
+                    action: "setting the mode of".into(),
+                    path: partial.clone(),
+                    source,
+                }
+            },
+        )?;
+    }
     std::fs::rename(&partial, out).map_err(|source| {
         let _ = std::fs::remove_file(&partial);
         WriteDiskImageError::Io {

@@ -333,7 +333,28 @@ pub fn build_node_image(options: &NodeImageOptions) -> Result<NodeImage, BuildNo
             disk_size,
             options.source_date_epoch,
         )?),
-        None => None,
+        None => {
+            // No UEFI artifacts from an earlier build left beside this one's manifest.
+            for name in [
+                crate::node_disk::UKI_NAME,
+                crate::node_disk::DISK_RAW_NAME,
+                crate::node_disk::DISK_QCOW2_NAME,
+            ] {
+                let stale = options.output.join(name);
+                match std::fs::remove_file(&stale) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => {
+                        return Err(BuildNodeImageError::Io {
+                            action: "removing",
+                            path: stale,
+                            source,
+                        });
+                    }
+                }
+            }
+            None
+        }
     };
     let mut artifacts = serde_json::json!({
         INITRAMFS_NAME: { "sha256": initramfs_sha256, "size": bytes.len() },

@@ -40,6 +40,10 @@ pub enum BuildUkiError {
     /// The image would not fit PE's 32-bit sizes.
     #[error("the unified kernel image would exceed 4 GiB")]
     TooLarge,
+    /// The stub is signed: adding sections would break its signature (and the certificate
+    /// table would have to move).
+    #[error("the EFI stub carries a certificate table (it is signed); use an unsigned stub")]
+    Signed,
 }
 
 const SECTION_HEADER_LEN: usize = 40;
@@ -94,9 +98,14 @@ pub fn build_uki(stub: &[u8], sections: &[UkiSection<'_>]) -> Result<Vec<u8>, Bu
     if section_align == 0 || file_align == 0 {
         return Err(BuildUkiError::NotPe("zero alignment"));
     }
+    // Data directory 4, the certificate table (PE32+ data directories start at 112).
+    if optional_len >= 112 + 5 * 8 && u32_at(stub, optional + 112 + 4 * 8 + 4)? != 0 {
+        return Err(BuildUkiError::Signed);
+    }
     let table = optional + optional_len;
-    // The headers end where the first section's data begins, if that is sooner.
-    let mut headers_end = headers_len;
+    // The headers end where the first section's data begins, if that is sooner (and within
+    // the file).
+    let mut headers_end = headers_len.min(stub.len());
     let mut next_va = 0u64;
     for i in 0..section_count {
         let header = table + i * SECTION_HEADER_LEN;
@@ -120,7 +129,8 @@ pub fn build_uki(stub: &[u8], sections: &[UkiSection<'_>]) -> Result<Vec<u8>, Bu
 
     let mut image = stub.to_vec();
     let mut initialized = u64::from(u32_at(stub, optional + 8)?);
-    let mut va = align_up(next_va, section_align.max(SECTION_VA_ALIGN));
+    let va_align = section_align.max(SECTION_VA_ALIGN);
+    let mut va = align_up(next_va, va_align);
     let mut end = next_va;
     for (i, section) in sections.iter().enumerate() {
         if section.name.len() > 8 {
@@ -144,7 +154,7 @@ pub fn build_uki(stub: &[u8], sections: &[UkiSection<'_>]) -> Result<Vec<u8>, Bu
         put_u32(&mut image, header + 36, DATA_SECTION);
         initialized += raw_size;
         end = va + section.data.len() as u64;
-        va = align_up(end, SECTION_VA_ALIGN);
+        va = align_up(end, va_align);
     }
     let new_count =
         u16::try_from(section_count + sections.len()).map_err(|_| BuildUkiError::TooLarge)?;
@@ -274,11 +284,12 @@ mod tests {
             u32_at(&uki, optional + 56).unwrap(),
             0x3000 + 5000u32.div_ceil(0x200) * 0x200
         );
-        // The checksum field verifies: recomputing it gives the stored value.
+        // The checksum field holds the checksum of the whole image.
         assert_eq!(
             pe_checksum(&uki, optional + 64),
             u32_at(&uki, optional + 64).unwrap()
         );
+        assert_ne!(u32_at(&uki, optional + 64).unwrap(), 0);
         // Same inputs, same bytes.
         let again = build_uki(
             &stub,
@@ -295,6 +306,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(uki, again);
+    }
+
+    #[test]
+    fn the_checksum_folds_carries_skips_its_own_field_and_adds_the_length() {
+        // 0x0001 + 0xffff = 0x10000, folded to 0x0001; the field at 4..8 is skipped; plus 8.
+        let image = [0x01, 0x00, 0xff, 0xff, 0xaa, 0xaa, 0xaa, 0xaa];
+        assert_eq!(pe_checksum(&image, 4), 1 + 8);
+        // An odd length: the last byte is the low half of a word.
+        assert_eq!(pe_checksum(&[0x02, 0x00, 0x03], 8), 2 + 3 + 3);
+    }
+
+    #[test]
+    fn a_signed_stub_is_refused() {
+        let mut stub = tiny_pe();
+        let optional = 0x84 + 20;
+        put_u32(&mut stub, optional + 112 + 4 * 8, 0x600);
+        put_u32(&mut stub, optional + 112 + 4 * 8 + 4, 0x100);
+        assert_eq!(build_uki(&stub, &[]).unwrap_err(), BuildUkiError::Signed);
     }
 
     #[test]

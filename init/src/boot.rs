@@ -70,6 +70,9 @@ pub fn run_init() -> u8 {
 
 /// A panic in PID 1 flushes what it can and reboots the machine (in a sandbox the process
 /// simply ends, and its creator sees why).
+/// How long a machine with no configuration elsewhere waits for a `BATON-CONFIG` partition.
+const CONFIG_PARTITION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn install_panic_hook(environment: Environment) {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -188,10 +191,15 @@ impl Boot {
             Environment::Machine => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
             Environment::Sandbox => String::new(),
         };
-        let found = match self
-            .timeline
-            .run("machine-config", || find_config(Path::new("/"), &cmdline))
-        {
+        // On a machine a configuration disk may still be probing when nothing else gives a
+        // configuration; a sandbox has no disks of its own.
+        let config_partition_wait = match self.environment {
+            Environment::Machine => CONFIG_PARTITION_WAIT,
+            Environment::Sandbox => std::time::Duration::ZERO,
+        };
+        let found = match self.timeline.run("machine-config", || {
+            find_config(Path::new("/"), &cmdline, config_partition_wait)
+        }) {
             Ok(Some(found)) => found,
             Ok(None) => {
                 return Err(vec![

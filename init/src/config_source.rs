@@ -55,6 +55,9 @@ pub enum FindConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// Several partitions are named `BATON-CONFIG`.
+    #[error(transparent)]
+    AmbiguousPartition(#[from] crate::partitions::AmbiguousPartitionError),
     /// The configuration partition cannot be mounted.
     #[error("mounting partition {CONFIG_PARTITION_NAME} ({device})")]
     MountPartition {
@@ -73,8 +76,14 @@ pub fn cmdline_config(cmdline: &str) -> Option<&str> {
         .find_map(|arg| arg.strip_prefix(CMDLINE_KEY))
 }
 
-/// Looks for the configuration under `root` (`/` on a node) given the kernel command line.
-pub fn find_config(root: &Path, cmdline: &str) -> Result<Option<FoundConfig>, FindConfigError> {
+/// Looks for the configuration under `root` (`/` on a node) given the kernel command line;
+/// when nothing before it gives one, waits up to `partition_wait` for a `BATON-CONFIG`
+/// partition (a disk's driver may still be probing it).
+pub fn find_config(
+    root: &Path,
+    cmdline: &str,
+    partition_wait: std::time::Duration,
+) -> Result<Option<FoundConfig>, FindConfigError> {
     let staged = root.join(STAGED_CONFIG);
     match std::fs::read_to_string(&staged) {
         Ok(yaml) => {
@@ -119,9 +128,18 @@ pub fn find_config(root: &Path, cmdline: &str) -> Result<Option<FoundConfig>, Fi
             });
         }
     }
-    match crate::partitions::partition_named(&root.join("sys/class/block"), CONFIG_PARTITION_NAME) {
-        Some(name) => read_partition(root, &name).map(Some),
-        None => Ok(None),
+    let deadline = std::time::Instant::now() + partition_wait;
+    loop {
+        if let Some(name) = crate::partitions::partition_named(
+            &root.join("sys/class/block"),
+            CONFIG_PARTITION_NAME,
+        )? {
+            return read_partition(root, &name).map(Some);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
@@ -169,6 +187,7 @@ fn read_partition(root: &Path, name: &str) -> Result<FoundConfig, FindConfigErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn the_command_line_comes_before_the_image_file() {
@@ -176,18 +195,26 @@ mod tests {
         std::fs::create_dir_all(root.path().join("etc/baton")).unwrap();
         std::fs::write(root.path().join(CONFIG_IN_IMAGE), "image").unwrap();
         std::fs::write(root.path().join("other.yaml"), "cmdline").unwrap();
-        let found = find_config(root.path(), "console=ttyS0 baton.config=/other.yaml")
-            .unwrap()
-            .unwrap();
+        let found = find_config(
+            root.path(),
+            "console=ttyS0 baton.config=/other.yaml",
+            Duration::ZERO,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(
             (found.yaml.as_str(), found.source.as_str()),
             ("cmdline", "/other.yaml")
         );
-        let found = find_config(root.path(), "console=ttyS0").unwrap().unwrap();
+        let found = find_config(root.path(), "console=ttyS0", Duration::ZERO)
+            .unwrap()
+            .unwrap();
         assert_eq!(found.source, "/etc/baton/machine-config.yaml");
-        let err = find_config(root.path(), "baton.config=vsock:2:10000").unwrap_err();
+        let err =
+            find_config(root.path(), "baton.config=vsock:2:10000", Duration::ZERO).unwrap_err();
         assert!(err.to_string().contains("vsock:2:10000"), "{err}");
-        let err = find_config(root.path(), "baton.config=/missing.yaml").unwrap_err();
+        let err =
+            find_config(root.path(), "baton.config=/missing.yaml", Duration::ZERO).unwrap_err();
         assert!(err.to_string().contains("/missing.yaml"), "{err}");
     }
 
@@ -198,9 +225,13 @@ mod tests {
         std::fs::create_dir_all(root.path().join("var/lib/baton")).unwrap();
         std::fs::write(root.path().join(CONFIG_IN_IMAGE), "image").unwrap();
         std::fs::write(root.path().join(STAGED_CONFIG), "staged").unwrap();
-        let found = find_config(root.path(), "baton.config=/etc/baton/machine-config.yaml")
-            .unwrap()
-            .unwrap();
+        let found = find_config(
+            root.path(),
+            "baton.config=/etc/baton/machine-config.yaml",
+            Duration::ZERO,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(found.yaml, "staged");
         assert!(found.source.contains("node API"), "{}", found.source);
     }

@@ -35,6 +35,15 @@ pub enum DataDiskState {
 /// format that failed part way is started again at the next boot.
 #[derive(Debug, thiserror::Error)]
 pub enum MountDataDiskError {
+    /// Several partitions carry the name the configuration gives.
+    #[error("machine.dataDisk {disk}")]
+    Ambiguous {
+        /// The configured disk.
+        disk: PathBuf,
+        /// Which partitions.
+        #[source]
+        source: crate::partitions::AmbiguousPartitionError,
+    },
     /// The device did not appear.
     #[error("machine.dataDisk {disk}: no such device after {waited:?}")]
     Absent {
@@ -174,7 +183,11 @@ fn open_when_present(disk: &Path, wait: Duration) -> Result<(PathBuf, File), Mou
     let start = Instant::now();
     loop {
         let device =
-            crate::partitions::resolve_device(disk, Path::new(crate::partitions::SYS_CLASS_BLOCK));
+            crate::partitions::resolve_device(disk, Path::new(crate::partitions::SYS_CLASS_BLOCK))
+                .map_err(|source| MountDataDiskError::Ambiguous {
+                    disk: disk.to_path_buf(),
+                    source,
+                })?;
         let opened = match &device {
             Some(device) => OpenOptions::new().read(true).write(true).open(device),
             None => Err(std::io::ErrorKind::NotFound.into()),

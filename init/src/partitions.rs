@@ -10,12 +10,28 @@ pub const BY_PARTLABEL: &str = "/dev/disk/by-partlabel/";
 /// The sysfs directory of block devices on a machine.
 pub const SYS_CLASS_BLOCK: &str = "/sys/class/block";
 
+/// More than one partition carries the name asked for (two disks written from one image):
+/// init will not guess which is this machine's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("more than one partition is named {name} ({}): detach the disks that are not this machine's", devices.join(", "))]
+pub struct AmbiguousPartitionError {
+    /// The GPT name.
+    pub name: String,
+    /// The devices carrying it (`vda2`, `sda2`).
+    pub devices: Vec<String>,
+}
+
 /// The name of the block device (`vda2`) whose GPT partition name is `name`, looking under
-/// `class_block` (`/sys/class/block`).
-pub fn partition_named(class_block: &Path, name: &str) -> Option<String> {
+/// `class_block` (`/sys/class/block`); an error when several carry it.
+pub fn partition_named(
+    class_block: &Path,
+    name: &str,
+) -> Result<Option<String>, AmbiguousPartitionError> {
     let wanted = format!("PARTNAME={name}");
-    let mut found: Vec<String> = std::fs::read_dir(class_block)
-        .ok()?
+    let Ok(entries) = std::fs::read_dir(class_block) else {
+        return Ok(None);
+    };
+    let mut found: Vec<String> = entries
         .flatten()
         .filter(|entry| {
             std::fs::read_to_string(entry.path().join("uevent"))
@@ -23,19 +39,28 @@ pub fn partition_named(class_block: &Path, name: &str) -> Option<String> {
         })
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
         .collect();
-    // The first by name when more than one disk carries the name: the same choice each boot.
     found.sort();
-    found.into_iter().next()
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(AmbiguousPartitionError {
+            name: name.to_string(),
+            devices: found,
+        }),
+    }
 }
 
 /// The device node a `/dev/...` path names: itself, or for `/dev/disk/by-partlabel/NAME` the
 /// partition of that GPT name found under `class_block` (`None` while there is none).
-pub fn resolve_device(path: &Path, class_block: &Path) -> Option<PathBuf> {
+pub fn resolve_device(
+    path: &Path,
+    class_block: &Path,
+) -> Result<Option<PathBuf>, AmbiguousPartitionError> {
     match path.to_str().and_then(|p| p.strip_prefix(BY_PARTLABEL)) {
         Some(name) => {
-            partition_named(class_block, name).map(|device| Path::new("/dev").join(device))
+            Ok(partition_named(class_block, name)?.map(|device| Path::new("/dev").join(device)))
         }
-        None => Some(path.to_path_buf()),
+        None => Ok(Some(path.to_path_buf())),
     }
 }
 
@@ -62,21 +87,38 @@ mod tests {
             std::fs::write(dir.join("uevent"), uevent).unwrap();
         }
         assert_eq!(
-            partition_named(root.path(), "BATON-CONFIG").as_deref(),
+            partition_named(root.path(), "BATON-CONFIG")
+                .unwrap()
+                .as_deref(),
             Some("vdb2")
         );
-        assert_eq!(partition_named(root.path(), "BATON"), None);
+        assert_eq!(partition_named(root.path(), "BATON").unwrap(), None);
         assert_eq!(
-            resolve_device(Path::new("/dev/disk/by-partlabel/BATON-STATE"), root.path()),
+            resolve_device(Path::new("/dev/disk/by-partlabel/BATON-STATE"), root.path()).unwrap(),
             Some(PathBuf::from("/dev/vda2"))
         );
         assert_eq!(
-            resolve_device(Path::new("/dev/disk/by-partlabel/OTHER"), root.path()),
+            resolve_device(Path::new("/dev/disk/by-partlabel/OTHER"), root.path()).unwrap(),
             None
         );
         assert_eq!(
-            resolve_device(Path::new("/dev/vdc"), root.path()),
+            resolve_device(Path::new("/dev/vdc"), root.path()).unwrap(),
             Some(PathBuf::from("/dev/vdc"))
+        );
+        // A second disk written from the same image: refused, naming both.
+        let dir = root.path().join("sda2");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("uevent"),
+            "DEVNAME=sda2\nDEVTYPE=partition\nPARTNAME=BATON-STATE\n",
+        )
+        .unwrap();
+        let err = resolve_device(Path::new("/dev/disk/by-partlabel/BATON-STATE"), root.path())
+            .unwrap_err();
+        assert_eq!(err.devices, ["sda2", "vda2"]);
+        assert!(
+            err.to_string().contains("BATON-STATE (sda2, vda2)"),
+            "{err}"
         );
     }
 }

@@ -4,12 +4,17 @@
 //! cluster IPs are put on the dummy interface `kube-ipvs0` so the node takes packets for them
 //! as its own, where IPVS sees them. Masquerading is left to netfilter, as upstream's ipvs mode
 //! does with iptables: a small nftables table marks connections to a service address from
-//! outside the cluster's pods and masquerades them after IPVS chose the endpoint, and
-//! masquerades a pod that reached itself through its Service (hairpin).
+//! outside the cluster's pods (but not to the external addresses and node ports of a Service
+//! whose external traffic policy is Local, which keep the client's address) and masquerades
+//! them after IPVS chose the endpoint, masquerades a pod that reached itself through its
+//! Service (hairpin), and rejects new connections to the dummy interface's addresses on ports
+//! no Service serves (so host sockets listening on every address are not reachable there).
 //!
 //! Each sync compares with what the kernel has (virtual services, their destinations, the
 //! dummy interface's addresses) and changes only the difference; the nftables table is
-//! replaced in one batch.
+//! replaced in one batch. The mode touches only virtual services that are its own: those on
+//! the dummy interface's addresses, and those on a node address with a port in the node port
+//! range.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -20,8 +25,8 @@ use baton_network::{
     VirtualService,
 };
 use baton_nftables::{
-    ApplyBatchError, BaseChain, Batch, CmpOp, Element, Expr, Family, Hook, NftSocket, SetSpec,
-    data_type, reg32,
+    ApplyBatchError, BaseChain, Batch, CT_STATE_NEW, CmpOp, Element, Expr, Family, Hook, NftSocket,
+    SetSpec, data_type, reg32,
 };
 use ipnet::Ipv4Net;
 
@@ -36,7 +41,12 @@ pub const IPVS_TABLE: &str = "baton-ipvs";
 /// The scheduler of every virtual service: round robin, upstream's default.
 const SCHEDULER: &str = "rr";
 const SERVICE_ADDRESSES: &str = "service-addresses";
+const MASQUERADE_ADDRESSES: &str = "masquerade-addresses";
+const INTERFACE_ADDRESSES: &str = "interface-addresses";
 const HAIRPIN: &str = "hairpin";
+/// Upstream's default node port range: a virtual service on a node address with a port in it
+/// is taken to be this mode's.
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
 /// sysctls the mode needs: conntrack entries for IPVS connections (so netfilter can
 /// masquerade them), and connections to a removed destination dropped rather than kept.
 const SYSCTLS: &[(&str, &str)] = &[
@@ -72,6 +82,9 @@ pub struct IpvsState {
     pub services: BTreeMap<ServiceAddress, (VirtualService, BTreeSet<Destination>)>,
     /// Addresses to put on [`IPVS_INTERFACE`].
     pub interface_addresses: BTreeSet<Ipv4Addr>,
+    /// Service addresses whose connections from outside the pods are masqueraded (all but the
+    /// external addresses and node ports of Services with a Local external traffic policy).
+    pub masquerade: BTreeSet<ServiceAddress>,
     /// Endpoints that may reach themselves through a service: (address, protocol, port).
     pub hairpin: BTreeSet<(Ipv4Addr, IpvsProtocol, u16)>,
 }
@@ -115,12 +128,15 @@ pub fn render_ipvs(
                 })
                 .collect()
         };
-        let mut add = |address: Ipv4Addr, port: u16, endpoints: &[Endpoint]| {
+        let mut add = |address: Ipv4Addr, port: u16, endpoints: &[Endpoint], masquerade: bool| {
             let service_address = ServiceAddress {
                 protocol,
                 address,
                 port,
             };
+            if masquerade {
+                wanted.masquerade.insert(service_address);
+            }
             wanted.services.insert(
                 service_address,
                 (
@@ -133,15 +149,16 @@ pub fn render_ipvs(
                 ),
             );
         };
-        add(info.cluster_ip, info.port, internal);
+        let masquerade_external = !info.external_policy_local;
+        add(info.cluster_ip, info.port, internal, true);
         wanted.interface_addresses.insert(info.cluster_ip);
         for ip in info.external_ips.iter().chain(&info.load_balancer_ips) {
-            add(*ip, info.port, external);
+            add(*ip, info.port, external, masquerade_external);
             wanted.interface_addresses.insert(*ip);
         }
         if let Some(node_port) = info.node_port {
             for ip in node_addresses {
-                add(*ip, node_port, external);
+                add(*ip, node_port, external, masquerade_external);
             }
         }
         for endpoint in &categorized.all_reachable {
@@ -153,6 +170,15 @@ pub fn render_ipvs(
     wanted
 }
 
+/// What the masquerading table was last built from.
+type TableInputs = (
+    Vec<ServiceAddress>,
+    BTreeSet<ServiceAddress>,
+    BTreeSet<Ipv4Addr>,
+    BTreeSet<(Ipv4Addr, IpvsProtocol, u16)>,
+    Option<Ipv4Net>,
+);
+
 /// The ipvs dataplane.
 #[derive(Debug, Default)]
 pub struct IpvsProxier {
@@ -160,6 +186,9 @@ pub struct IpvsProxier {
     sysctls_set: bool,
     /// Virtual services and destinations programmed now.
     programmed: usize,
+    /// The masquerading table's inputs as last applied: the table is sent again only when
+    /// they change.
+    table: Option<TableInputs>,
 }
 
 impl IpvsProxier {
@@ -222,9 +251,16 @@ impl IpvsProxier {
         }
 
         let mut ipvs = IpvsSocket::open()?;
+        let ours = |address: &ServiceAddress| {
+            present.contains(&address.address)
+                || wanted.interface_addresses.contains(&address.address)
+                || (node_addresses.contains(&address.address)
+                    && NODE_PORT_RANGE.contains(&address.port))
+        };
         let programmed: BTreeMap<ServiceAddress, VirtualService> = ipvs
             .services()?
             .into_iter()
+            .filter(|service| ours(&service.address))
             .map(|service| (service.address, service))
             .collect();
         for address in programmed.keys() {
@@ -281,10 +317,19 @@ impl IpvsProxier {
             changes += 1;
         }
 
-        let mut nft = NftSocket::open()?;
-        let batch = masquerade_table(&wanted, settings);
-        changes += batch.len();
-        nft.apply(&batch)?;
+        let inputs: TableInputs = (
+            wanted.services.keys().copied().collect(),
+            wanted.masquerade.clone(),
+            wanted.interface_addresses.clone(),
+            wanted.hairpin.clone(),
+            settings.cluster_cidr,
+        );
+        if self.table.as_ref() != Some(&inputs) {
+            let batch = masquerade_table(&wanted, settings);
+            changes += batch.len();
+            NftSocket::open()?.apply(&batch)?;
+            self.table = Some(inputs);
+        }
         self.programmed = count;
         Ok(SyncStats {
             full: false,
@@ -293,20 +338,42 @@ impl IpvsProxier {
         })
     }
 
-    /// Removes every virtual service, the dummy interface and the masquerading table.
+    /// Removes this mode's virtual services, the dummy interface and the masquerading table.
     pub fn clean_up(&mut self) -> Result<(), IpvsError> {
+        self.table = None;
         clean_up_ipvs()
     }
 }
 
-/// Removes what the ipvs mode programs (also when another mode starts): every virtual service
-/// (where the kernel has IPVS), the dummy interface and the masquerading table.
+/// Removes what the ipvs mode programs (also when another mode starts): its virtual services
+/// (those on the dummy interface's addresses, and those on node addresses with a port in the
+/// node port range), the dummy interface and the masquerading table.
 pub fn clean_up_ipvs() -> Result<(), IpvsError> {
-    if std::path::Path::new("/proc/net/ip_vs").exists() {
-        IpvsSocket::open()?.flush()?;
-    }
     let mut route = RouteSocket::open()?;
-    if route.link(IPVS_INTERFACE)?.is_some() {
+    let interface = route.link(IPVS_INTERFACE)?.map(|link| link.index);
+    if std::path::Path::new("/proc/net/ip_vs").exists() {
+        let addresses = route.ipv4_addresses()?;
+        let on_interface: BTreeSet<Ipv4Addr> = addresses
+            .iter()
+            .filter(|(index, _)| Some(*index) == interface)
+            .map(|(_, net)| net.addr())
+            .collect();
+        let node: BTreeSet<Ipv4Addr> = addresses
+            .iter()
+            .filter(|(index, net)| Some(*index) != interface && !net.addr().is_loopback())
+            .map(|(_, net)| net.addr())
+            .collect();
+        let mut ipvs = IpvsSocket::open()?;
+        for service in ipvs.services()? {
+            let address = service.address;
+            if on_interface.contains(&address.address)
+                || (node.contains(&address.address) && NODE_PORT_RANGE.contains(&address.port))
+            {
+                ipvs.delete_service(&address)?;
+            }
+        }
+    }
+    if interface.is_some() {
         route.delete_link(IPVS_INTERFACE)?;
     }
     let mut batch = Batch::new();
@@ -346,13 +413,26 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
         data_type::INET_PROTO,
         data_type::INET_SERVICE,
     ]);
+    for name in [SERVICE_ADDRESSES, MASQUERADE_ADDRESSES] {
+        batch.add_set(
+            Family::Ip,
+            IPVS_TABLE,
+            &SetSpec {
+                name: name.into(),
+                key_type: address,
+                key_len: 12,
+                verdict_map: false,
+                timeout_ms: None,
+            },
+        );
+    }
     batch.add_set(
         Family::Ip,
         IPVS_TABLE,
         &SetSpec {
-            name: SERVICE_ADDRESSES.into(),
-            key_type: address,
-            key_len: 12,
+            name: INTERFACE_ADDRESSES.into(),
+            key_type: data_type::IPV4_ADDR,
+            key_len: 4,
             verdict_map: false,
             timeout_ms: None,
         },
@@ -373,16 +453,32 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
             timeout_ms: None,
         },
     );
-    let services: Vec<Element> = wanted
-        .services
-        .keys()
-        .map(|a| Element {
-            key: address_key(a.address, a.protocol, a.port),
-            verdict: None,
-        })
-        .collect();
-    if !services.is_empty() {
-        batch.add_elements(Family::Ip, IPVS_TABLE, SERVICE_ADDRESSES, &services);
+    let keys = |addresses: &mut dyn Iterator<Item = &ServiceAddress>| -> Vec<Element> {
+        addresses
+            .map(|a| Element {
+                key: address_key(a.address, a.protocol, a.port),
+                verdict: None,
+            })
+            .collect()
+    };
+    for (name, elements) in [
+        (SERVICE_ADDRESSES, keys(&mut wanted.services.keys())),
+        (MASQUERADE_ADDRESSES, keys(&mut wanted.masquerade.iter())),
+        (
+            INTERFACE_ADDRESSES,
+            wanted
+                .interface_addresses
+                .iter()
+                .map(|ip| Element {
+                    key: ip.octets().to_vec(),
+                    verdict: None,
+                })
+                .collect(),
+        ),
+    ] {
+        if !elements.is_empty() {
+            batch.add_elements(Family::Ip, IPVS_TABLE, name, &elements);
+        }
     }
     let hairpin: Vec<Element> = wanted
         .hairpin
@@ -403,7 +499,7 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
         Expr::l4proto(reg32(1)),
         Expr::th_dport(reg32(2)),
         Expr::Lookup {
-            set: SERVICE_ADDRESSES.into(),
+            set: MASQUERADE_ADDRESSES.into(),
             sreg: reg32(0),
             dreg: None,
             invert: false,
@@ -436,6 +532,38 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
         },
         Expr::Masquerade,
     ];
+    // A new connection to a dummy interface address on a port no Service serves: rejected,
+    // not handed to a host socket listening on every address.
+    let filter = vec![
+        Expr::CtState { dreg: reg32(0) },
+        Expr::Bitwise {
+            sreg: reg32(0),
+            dreg: reg32(0),
+            mask: CT_STATE_NEW.to_ne_bytes().to_vec(),
+            xor: 0u32.to_ne_bytes().to_vec(),
+        },
+        Expr::Cmp {
+            sreg: reg32(0),
+            op: CmpOp::Neq,
+            data: 0u32.to_ne_bytes().to_vec(),
+        },
+        Expr::ip_daddr(reg32(0)),
+        Expr::Lookup {
+            set: INTERFACE_ADDRESSES.into(),
+            sreg: reg32(0),
+            dreg: None,
+            invert: false,
+        },
+        Expr::l4proto(reg32(1)),
+        Expr::th_dport(reg32(2)),
+        Expr::Lookup {
+            set: SERVICE_ADDRESSES.into(),
+            sreg: reg32(0),
+            dreg: None,
+            invert: true,
+        },
+        Expr::Reject,
+    ];
     let nat = |hook, priority| BaseChain {
         kind: "nat",
         hook,
@@ -454,6 +582,15 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
             std::iter::once(hairpin_rule)
                 .chain(masquerade_marked())
                 .collect(),
+        ),
+        (
+            "filter-input",
+            BaseChain {
+                kind: "filter",
+                hook: Hook::Input,
+                priority: 0,
+            },
+            vec![filter],
         ),
     ] {
         batch.add_chain(Family::Ip, IPVS_TABLE, name, Some(&base));
@@ -546,6 +683,11 @@ mod tests {
             wanted.hairpin.into_iter().collect::<Vec<_>>(),
             [(Ipv4Addr::new(10, 244, 0, 7), IpvsProtocol::Tcp, 8080)]
         );
+        assert_eq!(
+            wanted.masquerade.len(),
+            3,
+            "a Cluster policy masquerades everywhere"
+        );
     }
 
     #[test]
@@ -571,5 +713,23 @@ mod tests {
         };
         assert_eq!(count(Ipv4Addr::new(10, 96, 0, 20)), Some(2));
         assert_eq!(count(Ipv4Addr::new(192, 168, 1, 5)), Some(1));
+        // The external addresses and node ports keep the client's address; the cluster IP
+        // is still masqueraded from outside the pods.
+        let masqueraded: Vec<Ipv4Addr> = wanted.masquerade.iter().map(|a| a.address).collect();
+        assert_eq!(masqueraded, [Ipv4Addr::new(10, 96, 0, 20)]);
+    }
+
+    #[test]
+    fn set_keys_are_laid_out_as_the_rules_load_them() {
+        // ip . proto . port, each field padded to 4 bytes: what `ip daddr . meta l4proto .
+        // th dport` leaves in registers 0 to 2.
+        assert_eq!(
+            address_key(Ipv4Addr::new(10, 96, 0, 20), IpvsProtocol::Tcp, 80),
+            [10, 96, 0, 20, 6, 0, 0, 0, 0, 80, 0, 0]
+        );
+        assert_eq!(
+            address_key(Ipv4Addr::new(10, 96, 0, 10), IpvsProtocol::Udp, 53),
+            [10, 96, 0, 10, 17, 0, 0, 0, 0, 53, 0, 0]
+        );
     }
 }
