@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baton_image_builder::{EntryKind, Tree};
-use baton_test_harness::qemu_machine::{AdminFiles, user_network_control_plane};
+use baton_test_harness::qemu_machine::{AdminFiles, add_uefi_disks, user_network_control_plane};
 
 const RUNS: usize = 2;
 const SERVICES: &[&str] = &[
@@ -70,31 +70,13 @@ fn qemu(boot: &Boot, work: &Path, index: usize, console: &Path, forwards: &[(u16
             system_disk,
             config_disk,
         } => {
-            let overlay = work.join(format!("node-{index}.qcow2"));
-            let made = Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-                .arg(system_disk)
-                .arg(&overlay)
-                .status()
-                .unwrap();
-            assert!(made.success());
-            let vars = work.join(format!("vars-{index}.fd"));
-            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
-            command
-                .arg("-drive")
-                .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
-                .arg("-drive")
-                .arg(format!(
-                    "if=pflash,format=raw,unit=1,file={}",
-                    vars.display()
-                ))
-                .arg("-drive")
-                .arg(format!("if=virtio,format=qcow2,file={}", overlay.display()))
-                .arg("-drive")
-                .arg(format!(
-                    "if=virtio,format=raw,readonly=on,file={}",
-                    config_disk.display()
-                ));
+            add_uefi_disks(
+                &mut command,
+                work,
+                &format!("node-{index}"),
+                system_disk,
+                config_disk,
+            );
         }
     }
     command

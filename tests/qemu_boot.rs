@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use baton_test_harness::qemu_machine::{AdminFiles, GUEST_IP, user_network_control_plane};
+use baton_test_harness::qemu_machine::{
+    AdminFiles, GUEST_IP, add_uefi_disks, user_network_control_plane,
+};
 
 /// The machine, killed on drop.
 struct Machine {
@@ -110,6 +112,37 @@ fn the_image_boots_a_control_plane_machine_under_qemu() {
 
     direct_kernel_boot(baton, dir.path(), &image);
     uefi_disk_boot(baton, dir.path(), &image);
+}
+
+/// `baton image TOOL` refuses `config` with an unknown role, naming the file and the field,
+/// and writes nothing.
+fn refuses_a_bad_configuration(
+    baton: &str,
+    tool: &str,
+    dir: &Path,
+    config: &baton_init::MachineConfig,
+) {
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        config
+            .to_yaml()
+            .replace("role: control-plane", "role: boss"),
+    )
+    .unwrap();
+    let output = dir.join("bad.out");
+    let refused = run(Command::new(baton)
+        .args(["image", tool, "--machine-config"])
+        .arg(&bad)
+        .arg("--output")
+        .arg(&output));
+    assert!(!refused.status.success(), "{tool} took a bad configuration");
+    assert!(
+        text(&refused.stderr).contains("bad.yaml") && text(&refused.stderr).contains("role"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!output.exists());
 }
 
 /// A booted machine with the admin's ways in: kubectl through the forwarded API port, and the
@@ -254,26 +287,7 @@ fn direct_kernel_boot(baton: &str, dir: &Path, image: &Path) {
     std::fs::write(&initrd_path, initrd).unwrap();
 
     // A bad configuration is refused by the archive tool, naming the file and the field.
-    let bad = dir.join("bad.yaml");
-    std::fs::write(
-        &bad,
-        config
-            .to_yaml()
-            .replace("role: control-plane", "role: boss"),
-    )
-    .unwrap();
-    let refused = run(Command::new(baton)
-        .args(["image", "config-archive", "--machine-config"])
-        .arg(&bad)
-        .arg("--output")
-        .arg(dir.join("bad.cpio.gz")));
-    assert!(!refused.status.success());
-    assert!(
-        text(&refused.stderr).contains("bad.yaml") && text(&refused.stderr).contains("role"),
-        "{}",
-        text(&refused.stderr)
-    );
-    assert!(!dir.join("bad.cpio.gz").exists());
+    refuses_a_bad_configuration(baton, "config-archive", dir, &config);
 
     // Boot.
     let started = Instant::now();
@@ -411,14 +425,6 @@ fn uefi_disk_boot(baton: &str, dir: &Path, image: &Path) {
 
     // The node writes to an overlay: the built disk stays as it was.
     let built_disk = sha256_file(&image.join("disk.qcow2"));
-    let overlay = dir.join("node.qcow2");
-    let made = run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(image.join("disk.qcow2"))
-        .arg(&overlay));
-    assert!(made.status.success(), "{}", text(&made.stderr));
-    let vars = dir.join("OVMF_VARS.fd");
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
 
     // The configuration on a configuration disk, with /var on the state partition.
     let ca = baton_pki::ClusterCa::generate("uefi-test").unwrap();
@@ -436,44 +442,18 @@ fn uefi_disk_boot(baton: &str, dir: &Path, image: &Path) {
         .arg(&config_disk));
     assert!(made.status.success(), "{}", text(&made.stderr));
     // An invalid configuration is refused by name, and no disk is written.
-    let bad = dir.join("bad.yaml");
-    std::fs::write(
-        &bad,
-        config
-            .to_yaml()
-            .replace("role: control-plane", "role: boss"),
-    )
-    .unwrap();
-    let refused = run(Command::new(baton)
-        .args(["image", "config-disk", "--machine-config"])
-        .arg(&bad)
-        .arg("--output")
-        .arg(dir.join("bad.img")));
-    assert!(!refused.status.success());
-    assert!(
-        text(&refused.stderr).contains("bad.yaml") && text(&refused.stderr).contains("role"),
-        "{}",
-        text(&refused.stderr)
-    );
-    assert!(!dir.join("bad.img").exists());
+    refuses_a_bad_configuration(baton, "config-disk", dir, &config);
 
     let started = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-M", "pc", "-accel", "tcg", "-m", "2048", "-smp", "2"])
-        .arg("-drive")
-        .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!("if=virtio,format=qcow2,file={}", overlay.display()))
-        .arg("-drive")
-        .arg(format!(
-            "if=virtio,format=raw,readonly=on,file={}",
-            config_disk.display()
-        ));
+    qemu.args(["-M", "pc", "-accel", "tcg", "-m", "2048", "-smp", "2"]);
+    add_uefi_disks(
+        &mut qemu,
+        dir,
+        "node",
+        &image.join("disk.qcow2"),
+        &config_disk,
+    );
     let guest = Guest::start(qemu, &ca, dir);
     guest.wait_ready("control-plane-1", started, "UEFI boot from the disk image");
 

@@ -25,12 +25,14 @@ use baton_network::{
     VirtualService,
 };
 use baton_nftables::{
-    ApplyBatchError, BaseChain, Batch, CT_STATE_NEW, CmpOp, Element, Expr, Family, Hook, NftSocket,
-    SetSpec, data_type, reg32,
+    ApplyBatchError, BaseChain, Batch, CmpOp, Element, Expr, Family, Hook, NftSocket, SetSpec,
+    data_type, reg32,
 };
 use ipnet::Ipv4Net;
 
-use crate::nftables_rules::{RuleSettings, masquerade_marked, set_mark_bit};
+use crate::nftables_rules::{
+    RuleSettings, ct_state_new, load_address_key, masquerade_marked, set_mark_bit,
+};
 use crate::nftables_sync::SyncStats;
 use crate::service_model::{Endpoint, Protocol, ProxyState, categorize};
 
@@ -107,16 +109,8 @@ pub fn render_ipvs(
     let mut wanted = IpvsState::default();
     for (info, endpoints) in state.services.values() {
         let categorized = categorize(info, endpoints, &settings.node_name);
-        let internal = if info.internal_policy_local {
-            &categorized.local
-        } else {
-            &categorized.cluster
-        };
-        let external = if info.external_policy_local {
-            &categorized.local
-        } else {
-            &categorized.cluster
-        };
+        let internal = categorized.internal(info);
+        let external = categorized.external(info);
         let protocol = ipvs_protocol(info.protocol);
         let destinations = |endpoints: &[Endpoint]| -> BTreeSet<Destination> {
             endpoints
@@ -494,17 +488,14 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
     }
     // To a service address from outside the cluster's pods (all sources when the cluster's
     // pod range is not known): mark for masquerading.
-    let mut mark = vec![
-        Expr::ip_daddr(reg32(0)),
-        Expr::l4proto(reg32(1)),
-        Expr::th_dport(reg32(2)),
-        Expr::Lookup {
-            set: MASQUERADE_ADDRESSES.into(),
-            sreg: reg32(0),
-            dreg: None,
-            invert: false,
-        },
-    ];
+    let lookup = |set: &str, invert: bool| Expr::Lookup {
+        set: set.into(),
+        sreg: reg32(0),
+        dreg: None,
+        invert,
+    };
+    let mut mark = load_address_key();
+    mark.push(lookup(MASQUERADE_ADDRESSES, false));
     if let Some(cidr) = settings.cluster_cidr {
         mark.extend([
             Expr::ip_saddr(reg32(0)),
@@ -519,51 +510,18 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
     }
     mark.extend(set_mark_bit());
     // After IPVS chose the endpoint: a packet from the endpoint to itself is masqueraded.
-    let hairpin_rule = vec![
-        Expr::ip_daddr(reg32(0)),
-        Expr::l4proto(reg32(1)),
-        Expr::th_dport(reg32(2)),
+    let mut hairpin_rule = load_address_key();
+    hairpin_rule.extend([
         Expr::ip_saddr(reg32(3)),
-        Expr::Lookup {
-            set: HAIRPIN.into(),
-            sreg: reg32(0),
-            dreg: None,
-            invert: false,
-        },
+        lookup(HAIRPIN, false),
         Expr::Masquerade,
-    ];
+    ]);
     // A new connection to a dummy interface address on a port no Service serves: rejected,
     // not handed to a host socket listening on every address.
-    let filter = vec![
-        Expr::CtState { dreg: reg32(0) },
-        Expr::Bitwise {
-            sreg: reg32(0),
-            dreg: reg32(0),
-            mask: CT_STATE_NEW.to_ne_bytes().to_vec(),
-            xor: 0u32.to_ne_bytes().to_vec(),
-        },
-        Expr::Cmp {
-            sreg: reg32(0),
-            op: CmpOp::Neq,
-            data: 0u32.to_ne_bytes().to_vec(),
-        },
-        Expr::ip_daddr(reg32(0)),
-        Expr::Lookup {
-            set: INTERFACE_ADDRESSES.into(),
-            sreg: reg32(0),
-            dreg: None,
-            invert: false,
-        },
-        Expr::l4proto(reg32(1)),
-        Expr::th_dport(reg32(2)),
-        Expr::Lookup {
-            set: SERVICE_ADDRESSES.into(),
-            sreg: reg32(0),
-            dreg: None,
-            invert: true,
-        },
-        Expr::Reject,
-    ];
+    let mut filter = ct_state_new();
+    filter.extend([Expr::ip_daddr(reg32(0)), lookup(INTERFACE_ADDRESSES, false)]);
+    filter.extend(load_address_key());
+    filter.extend([lookup(SERVICE_ADDRESSES, true), Expr::Reject]);
     let nat = |hook, priority| BaseChain {
         kind: "nat",
         hook,

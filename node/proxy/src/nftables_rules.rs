@@ -90,21 +90,9 @@ pub fn base_chains() -> Vec<(&'static str, BaseChain, Vec<Vec<Expr>>)> {
     // Only connections being opened are checked for endpoints (upstream's `ct state new`): a
     // Service that loses its endpoints for a moment does not cut established ones.
     let check_new = || {
-        vec![
-            Expr::CtState { dreg: reg32(0) },
-            Expr::Bitwise {
-                sreg: reg32(0),
-                dreg: reg32(0),
-                mask: CT_STATE_NEW.to_ne_bytes().to_vec(),
-                xor: 0u32.to_ne_bytes().to_vec(),
-            },
-            Expr::Cmp {
-                sreg: reg32(0),
-                op: CmpOp::Neq,
-                data: 0u32.to_ne_bytes().to_vec(),
-            },
-            Expr::Verdict(Verdict::Jump(ENDPOINTS_CHECK.into())),
-        ]
+        let mut rule = ct_state_new();
+        rule.push(Expr::Verdict(Verdict::Jump(ENDPOINTS_CHECK.into())));
+        rule
     };
     vec![
         (
@@ -170,6 +158,33 @@ fn port_key(protocol: Protocol, port: u16) -> Vec<u8> {
     vec![protocol_number(protocol), 0, 0, 0, high, low, 0, 0]
 }
 
+/// `ct state new`: the rule goes on only for a connection's first packet.
+pub(crate) fn ct_state_new() -> Vec<Expr> {
+    vec![
+        Expr::CtState { dreg: reg32(0) },
+        Expr::Bitwise {
+            sreg: reg32(0),
+            dreg: reg32(0),
+            mask: CT_STATE_NEW.to_ne_bytes().to_vec(),
+            xor: 0u32.to_ne_bytes().to_vec(),
+        },
+        Expr::Cmp {
+            sreg: reg32(0),
+            op: CmpOp::Neq,
+            data: 0u32.to_ne_bytes().to_vec(),
+        },
+    ]
+}
+
+/// `ip daddr . meta l4proto . th dport` into registers 0 to 2, the key of an address set.
+pub(crate) fn load_address_key() -> Vec<Expr> {
+    vec![
+        Expr::ip_daddr(reg32(0)),
+        Expr::l4proto(reg32(1)),
+        Expr::th_dport(reg32(2)),
+    ]
+}
+
 /// The mark register dance: `meta mark set mark | bit`.
 pub(crate) fn set_mark_bit() -> Vec<Expr> {
     vec![
@@ -194,17 +209,14 @@ pub(crate) fn set_mark_bit() -> Vec<Expr> {
 fn fixed_chains() -> BTreeMap<String, Vec<Vec<Expr>>> {
     let mut chains = BTreeMap::new();
     let lookup_address = |set: &str| {
-        vec![
-            Expr::ip_daddr(reg32(0)),
-            Expr::l4proto(reg32(1)),
-            Expr::th_dport(reg32(2)),
-            Expr::Lookup {
-                set: set.into(),
-                sreg: reg32(0),
-                dreg: Some(0),
-                invert: false,
-            },
-        ]
+        let mut rule = load_address_key();
+        rule.push(Expr::Lookup {
+            set: set.into(),
+            sreg: reg32(0),
+            dreg: Some(0),
+            invert: false,
+        });
+        rule
     };
     // Node ports on local addresses, but not on 127.0.0.0/8 (upstream's rule: loopback
     // cannot be DNATed to a pod; the connection is refused instead of hanging).

@@ -421,6 +421,28 @@ pub struct CategorizedEndpoints {
     pub has_any_endpoints: bool,
 }
 
+impl CategorizedEndpoints {
+    /// The endpoints traffic from inside the cluster goes to (to the cluster IP), by the
+    /// port's internal traffic policy.
+    pub fn internal(&self, info: &ServicePortInfo) -> &[Endpoint] {
+        if info.internal_policy_local {
+            &self.local
+        } else {
+            &self.cluster
+        }
+    }
+
+    /// The endpoints traffic from outside goes to (external IPs, load-balancer IPs, node
+    /// ports), by the port's external traffic policy.
+    pub fn external(&self, info: &ServicePortInfo) -> &[Endpoint] {
+        if info.external_policy_local {
+            &self.local
+        } else {
+            &self.cluster
+        }
+    }
+}
+
 /// Splits `endpoints` into the sets the dataplane programs for `info` on `node_name`.
 ///
 /// "Usable" means ready; when no ready endpoint exists, serving-and-terminating endpoints are

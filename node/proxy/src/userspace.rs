@@ -240,18 +240,8 @@ impl UserspaceProxier {
                 .map(|e| SocketAddrV4::new(e.ip, e.port))
                 .collect()
         };
-        let cluster = if info.internal_policy_local {
-            &categorized.local
-        } else {
-            &categorized.cluster
-        };
-        let external = if info.external_policy_local {
-            &categorized.local
-        } else {
-            &categorized.cluster
-        };
-        port.cluster.set(addresses(cluster));
-        port.external.set(addresses(external));
+        port.cluster.set(addresses(categorized.internal(info)));
+        port.external.set(addresses(categorized.external(info)));
         let service = key.to_string();
         for (backends, listeners, tasks) in [
             (&port.cluster, &shape.cluster, &mut port.cluster_tasks),

@@ -94,3 +94,51 @@ impl AdminFiles {
         path
     }
 }
+
+/// Debian's OVMF firmware code, and the variable store a machine's copy is made from.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// See [`OVMF_CODE`].
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Adds to `qemu` what a UEFI boot of the image's system disk needs: OVMF with a copy of its
+/// variables, the system disk under a copy-on-write overlay (so the built disk stays as it
+/// was), and the configuration disk read-only, both as virtio disks. The copy and the overlay
+/// are made in `dir`, named by `name`.
+pub fn add_uefi_disks(
+    qemu: &mut std::process::Command,
+    dir: &Path,
+    name: &str,
+    system_disk: &Path,
+    config_disk: &Path,
+) {
+    let overlay = dir.join(format!("{name}.qcow2"));
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(system_disk)
+        .arg(&overlay)
+        .output()
+        .expect("qemu-img runs (scripts/setup installs qemu-utils)");
+    assert!(
+        made.status.success(),
+        "qemu-img create: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let vars = dir.join(format!("{name}-vars.fd"));
+    std::fs::copy(OVMF_VARS, &vars).expect("OVMF is installed (scripts/setup installs ovmf)");
+    qemu.arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
+        .arg("-drive")
+        .arg(format!("if=virtio,format=qcow2,file={}", overlay.display()))
+        .arg("-drive")
+        .arg(format!(
+            "if=virtio,format=raw,readonly=on,file={}",
+            config_disk.display()
+        ));
+}
