@@ -145,12 +145,17 @@ fn refuses_a_bad_configuration(
     assert!(!output.exists());
 }
 
+/// A node port the test's Services use, forwarded from the host.
+const GUEST_NODE_PORT: u16 = 30080;
+
 /// A booted machine with the admin's ways in: kubectl through the forwarded API port, and the
 /// node API.
 struct Guest {
     machine: Machine,
     kubeconfig: PathBuf,
     endpoint: String,
+    /// Forwarded to the guest's node port [`GUEST_NODE_PORT`].
+    node_port: SocketAddr,
     admin: AdminFiles,
 }
 
@@ -160,6 +165,7 @@ impl Guest {
     fn start(mut qemu: Command, ca: &baton_pki::ClusterCa, dir: &Path) -> Guest {
         let api_port = free_loopback_port();
         let node_api_port = free_loopback_port();
+        let node_port = free_loopback_port();
         let console = dir.join("console.log");
         let qemu_log = dir.join("qemu.log");
         let child = qemu
@@ -168,7 +174,7 @@ impl Guest {
             .args(["-monitor", "none", "-no-reboot"])
             .arg("-netdev")
             .arg(format!(
-                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:6443,hostfwd=tcp:127.0.0.1:{node_api_port}-:50000"
+                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:6443,hostfwd=tcp:127.0.0.1:{node_api_port}-:50000,hostfwd=tcp:127.0.0.1:{node_port}-:{GUEST_NODE_PORT}"
             ))
             .args(["-device", "virtio-net-pci,netdev=net0"])
             .stdin(Stdio::null())
@@ -185,6 +191,7 @@ impl Guest {
             },
             kubeconfig: admin.kubeconfig(dir, api_port),
             endpoint: SocketAddr::from(([127, 0, 0, 1], node_api_port)).to_string(),
+            node_port: SocketAddr::from(([127, 0, 0, 1], node_port)),
             admin,
         }
     }
@@ -491,8 +498,23 @@ fn uefi_disk_boot(baton: &str, dir: &Path, image: &Path) {
     );
 }
 
-/// A Service in front of a busybox httpd pod, reached through its ClusterIP by another pod
-/// and by the server itself, with the proxy in its ipvs mode.
+/// The answer to `GET /` at `address` (empty on any failure).
+fn http_get(address: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))
+    else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let _ = stream.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+/// A NodePort Service in front of a busybox httpd pod, reached through its ClusterIP by
+/// another pod and by the server itself, and through its node port from the host, with the
+/// proxy in its ipvs mode.
 fn ipvs_cluster_ip(guest: &Guest) {
     let apply = |yaml: &str| {
         let mut child = Command::new("kubectl")
@@ -513,10 +535,11 @@ fn ipvs_cluster_ip(guest: &Guest) {
            "command":["sh","-c","mkdir -p /www && echo hello through ipvs > /www/index.html && exec httpd -f -p 8080 -h /www"],
            "ports":[{"containerPort":8080}]}]}}"#,
     );
-    apply(
-        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"web","namespace":"default"},
-         "spec":{"selector":{"app":"web"},"ports":[{"port":80,"targetPort":8080}]}}"#,
-    );
+    apply(&format!(
+        r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"web","namespace":"default"}},
+            "spec":{{"type":"NodePort","selector":{{"app":"web"}},
+            "ports":[{{"port":80,"targetPort":8080,"nodePort":{GUEST_NODE_PORT}}}]}}}}"#
+    ));
     guest.wait("the web pod to run", Duration::from_secs(180), || {
         text(
             &guest
@@ -530,8 +553,8 @@ fn ipvs_cluster_ip(guest: &Guest) {
             .stdout,
     );
     assert!(!cluster_ip.is_empty());
-    // busybox nc with a plain HTTP/1.0 request (busybox's static wget crashes in this guest:
-    // it looks the "http" service up through glibc's NSS, which a static binary cannot load).
+    // busybox nc with a plain HTTP/1.0 request (busybox's static wget crashes with a
+    // segmentation fault in this guest, though not on the host; not investigated yet).
     let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {cluster_ip} 80");
     let fetch = format!(
         "for i in $(seq 1 60); do {request} | grep '^hello' && exit 0; sleep 1; done; exit 1"
@@ -558,6 +581,18 @@ fn ipvs_cluster_ip(guest: &Guest) {
         "hello through ipvs\n",
         "{}\nproxy:\n{proxy_logs}",
         text(&logs.stderr)
+    );
+    // The node port from outside the node (QEMU's user network: the source is its gateway,
+    // outside the pod range), so the connection is marked and masqueraded after IPVS chose
+    // the endpoint.
+    let mut answer = String::new();
+    guest.wait(
+        "the node port to answer from the host",
+        Duration::from_secs(60),
+        || {
+            answer = http_get(guest.node_port);
+            answer.contains("hello through ipvs")
+        },
     );
     // Hairpin: the server reaches itself through its Service.
     let hairpin = guest.kubectl(&[
