@@ -128,18 +128,13 @@ pub fn find_config(
             });
         }
     }
-    let deadline = std::time::Instant::now() + partition_wait;
-    loop {
-        if let Some(name) = crate::partitions::partition_named(
-            &root.join("sys/class/block"),
-            CONFIG_PARTITION_NAME,
-        )? {
-            return read_partition(root, &name).map(Some);
-        }
-        if std::time::Instant::now() >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let class_block = root.join("sys/class/block");
+    let found = crate::partitions::wait_for_device(partition_wait, || {
+        crate::partitions::partition_named(&class_block, CONFIG_PARTITION_NAME)
+    })?;
+    match found {
+        Some(name) => read_partition(root, &name).map(Some),
+        None => Ok(None),
     }
 }
 

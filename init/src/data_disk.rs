@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_ext4_format::{DiskContent, FormatExt4Error, FormatOptions, ProbeDiskError};
 use nix::mount::{MsFlags, mount};
@@ -180,41 +180,36 @@ pub fn low_space(target: &Path) -> Option<u64> {
 /// node and the open file (`/dev/disk/by-partlabel/NAME` is looked up by GPT name in sysfs
 /// each time, as there is no udev to make the link).
 fn open_when_present(disk: &Path, wait: Duration) -> Result<(PathBuf, File), MountDataDiskError> {
-    let start = Instant::now();
-    loop {
-        let device =
-            crate::partitions::resolve_device(disk, Path::new(crate::partitions::SYS_CLASS_BLOCK))
-                .map_err(|source| MountDataDiskError::Ambiguous {
-                    disk: disk.to_path_buf(),
-                    source,
-                })?;
-        let opened = match &device {
-            Some(device) => OpenOptions::new().read(true).write(true).open(device),
-            None => Err(std::io::ErrorKind::NotFound.into()),
+    let class_block = Path::new(crate::partitions::SYS_CLASS_BLOCK);
+    let opened = crate::partitions::wait_for_device(wait, || {
+        let device = crate::partitions::resolve_device(disk, class_block).map_err(|source| {
+            MountDataDiskError::Ambiguous {
+                disk: disk.to_path_buf(),
+                source,
+            }
+        })?;
+        let Some(device) = device else {
+            return Ok(None);
         };
-        match opened {
-            Ok(file) => return Ok((device.unwrap_or_else(|| disk.to_path_buf()), file)),
+        match OpenOptions::new().read(true).write(true).open(&device) {
+            Ok(file) => Ok(Some((device, file))),
             // Not there yet, or its node is there before its driver bound it.
             Err(err)
                 if err.kind() == std::io::ErrorKind::NotFound
                     || err.raw_os_error() == Some(nix::libc::ENXIO) =>
             {
-                if start.elapsed() >= wait {
-                    return Err(MountDataDiskError::Absent {
-                        disk: disk.to_path_buf(),
-                        waited: wait,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(50));
+                Ok(None)
             }
-            Err(source) => {
-                return Err(MountDataDiskError::Open {
-                    disk: disk.to_path_buf(),
-                    source,
-                });
-            }
+            Err(source) => Err(MountDataDiskError::Open {
+                disk: disk.to_path_buf(),
+                source,
+            }),
         }
-    }
+    })?;
+    opened.ok_or_else(|| MountDataDiskError::Absent {
+        disk: disk.to_path_buf(),
+        waited: wait,
+    })
 }
 
 /// A new file system's identity: random UUID, hash seed and journal sequence.

@@ -50,6 +50,26 @@ pub fn partition_named(
     }
 }
 
+/// Calls `attempt` until it finds what it looks for or fails, every 50 ms for up to `wait`:
+/// how init waits for a block device whose driver may still be probing it (there is no udev
+/// to say when it appears). `Ok(None)` once `wait` has passed.
+pub fn wait_for_device<T, E>(
+    wait: std::time::Duration,
+    mut attempt: impl FnMut() -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
+    const INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Some(found) = attempt()? {
+            return Ok(Some(found));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(INTERVAL);
+    }
+}
+
 /// The device node a `/dev/...` path names: itself, or for `/dev/disk/by-partlabel/NAME` the
 /// partition of that GPT name found under `class_block` (`None` while there is none).
 pub fn resolve_device(
@@ -67,6 +87,25 @@ pub fn resolve_device(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_for_a_device_stops_when_found_failed_or_out_of_time() {
+        use std::time::{Duration, Instant};
+        let mut calls = 0;
+        let found: Result<Option<u32>, ()> = wait_for_device(Duration::from_secs(5), || {
+            calls += 1;
+            Ok((calls == 3).then_some(calls))
+        });
+        assert_eq!(found, Ok(Some(3)));
+        let failed: Result<Option<u32>, &str> =
+            wait_for_device(Duration::from_secs(5), || Err("ambiguous"));
+        assert_eq!(failed, Err("ambiguous"));
+        let started = Instant::now();
+        let absent: Result<Option<u32>, ()> =
+            wait_for_device(Duration::from_millis(200), || Ok(None));
+        assert_eq!(absent, Ok(None));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
 
     #[test]
     fn a_partition_is_found_by_its_gpt_name() {

@@ -31,7 +31,6 @@ const IPVS_CMD_NEW_DEST: u8 = 5;
 const IPVS_CMD_SET_DEST: u8 = 6;
 const IPVS_CMD_DEL_DEST: u8 = 7;
 const IPVS_CMD_GET_DEST: u8 = 8;
-const IPVS_CMD_FLUSH: u8 = 17;
 
 /// Attributes of a command, of a service, of a destination.
 const IPVS_CMD_ATTR_SERVICE: u16 = 1;
@@ -71,7 +70,8 @@ pub enum IpvsProtocol {
 }
 
 impl IpvsProtocol {
-    fn number(self) -> u16 {
+    /// Its IP protocol number.
+    pub fn number(self) -> u8 {
         match self {
             IpvsProtocol::Tcp => 6,
             IpvsProtocol::Udp => 17,
@@ -287,7 +287,7 @@ fn read_address(bytes: Option<&[u8]>) -> Option<Ipv4Addr> {
 fn service_key(address: &ServiceAddress) -> Vec<Attr> {
     vec![
         Attr::u16(IPVS_SVC_ATTR_AF, AF_INET),
-        Attr::u16(IPVS_SVC_ATTR_PROTOCOL, address.protocol.number()),
+        Attr::u16(IPVS_SVC_ATTR_PROTOCOL, address.protocol.number().into()),
         Attr::address(IPVS_SVC_ATTR_ADDR, address.address),
         Attr::port(IPVS_SVC_ATTR_PORT, address.port),
     ]
@@ -556,17 +556,6 @@ impl IpvsSocket {
                 Attr::Nested(IPVS_CMD_ATTR_DEST, destination_attrs(destination)),
             ],
             NLM_F_REQUEST | NLM_F_ACK | extra_flags,
-        )
-        .map(drop)
-    }
-
-    /// Deletes every virtual service.
-    pub fn flush(&mut self) -> Result<(), NetlinkError> {
-        self.request(
-            || "flush IPVS services".into(),
-            IPVS_CMD_FLUSH,
-            Vec::new(),
-            NLM_F_REQUEST | NLM_F_ACK,
         )
         .map(drop)
     }

@@ -31,7 +31,7 @@ use baton_nftables::{
 use ipnet::Ipv4Net;
 
 use crate::nftables_rules::{
-    RuleSettings, ct_state_new, load_address_key, masquerade_marked, set_mark_bit,
+    RuleSettings, address_key_of, ct_state_new, load_address_key, masquerade_marked, set_mark_bit,
 };
 use crate::nftables_sync::SyncStats;
 use crate::service_model::{Endpoint, Protocol, ProxyState, categorize};
@@ -380,20 +380,9 @@ fn host_net(ip: Ipv4Addr) -> Ipv4Net {
     Ipv4Net::new(ip, 32).expect("/32 is a valid prefix")
 }
 
-fn protocol_number(protocol: IpvsProtocol) -> u8 {
-    match protocol {
-        IpvsProtocol::Tcp => 6,
-        IpvsProtocol::Udp => 17,
-        IpvsProtocol::Sctp => 132,
-    }
-}
-
 /// `ip . proto . port` as the lookup's registers hold it (each field padded to 4 bytes).
 fn address_key(ip: Ipv4Addr, protocol: IpvsProtocol, port: u16) -> Vec<u8> {
-    let mut key = ip.octets().to_vec();
-    let [high, low] = port.to_be_bytes();
-    key.extend_from_slice(&[protocol_number(protocol), 0, 0, 0, high, low, 0, 0]);
-    key
+    address_key_of(ip, protocol.number(), port)
 }
 
 /// The masquerading table, whole: replaces the one there in one batch.

@@ -147,15 +147,24 @@ fn protocol_number(protocol: Protocol) -> u8 {
 
 /// `ip . proto . port` as the lookup's registers hold it (each field padded to 4 bytes).
 fn address_key(ip: Ipv4Addr, protocol: Protocol, port: u16) -> Vec<u8> {
+    address_key_of(ip, protocol_number(protocol), port)
+}
+
+/// [`address_key`] from a protocol number.
+pub(crate) fn address_key_of(ip: Ipv4Addr, protocol: u8, port: u16) -> Vec<u8> {
     let mut key = ip.octets().to_vec();
-    key.extend_from_slice(&port_key(protocol, port));
+    key.extend_from_slice(&port_key_of(protocol, port));
     key
 }
 
 /// `proto . port`.
 fn port_key(protocol: Protocol, port: u16) -> Vec<u8> {
+    port_key_of(protocol_number(protocol), port)
+}
+
+fn port_key_of(protocol: u8, port: u16) -> Vec<u8> {
     let [high, low] = port.to_be_bytes();
-    vec![protocol_number(protocol), 0, 0, 0, high, low, 0, 0]
+    vec![protocol, 0, 0, 0, high, low, 0, 0]
 }
 
 /// `ct state new`: the rule goes on only for a connection's first packet.
