@@ -202,6 +202,37 @@ async fn scenario(binary: &Binary, bin: &Path) {
         "czNjcmV0"
     );
 
+    // A `kind: List` is validated on the client against /openapi/v2 (which kubectl reads in
+    // gnostic's protobuf encoding) before any item is applied.
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: listed-a, namespace: demo}\n  data: {x: '1'}\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: listed-b, namespace: demo}\n  data: {x: '2'}\n";
+    let out = k.ok_input(&["apply", "-f", "-"], list);
+    assert!(
+        out.contains("configmap/listed-a created") && out.contains("configmap/listed-b created"),
+        "{out}"
+    );
+    let out = k.ok_input(&["apply", "-f", "-"], list);
+    assert_eq!(
+        lines_with(&out, "unchanged"),
+        2,
+        "second apply of the List: {out}"
+    );
+    let bad_list = list
+        .replace("data: {x: '2'}", "data: {x: '2'}\n  bogus: 1")
+        .replace("listed-a", "listed-c");
+    let refused = k.input(&["apply", "-f", "-"], &bad_list);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(r#"unknown field "bogus" in io.k8s.api.core.v1.ConfigMap"#),
+        "{stderr}"
+    );
+    assert!(
+        !k.run(&["get", "configmap", "listed-c", "-n", "demo"])
+            .status
+            .success(),
+        "an item of a refused List was applied"
+    );
+
     // Server-side apply: a field the manager stops applying is removed.
     let ssa = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: demo\ndata:\n  a: \"1\"\n  b: \"2\"\n";
     assert!(

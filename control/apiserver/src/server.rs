@@ -18,7 +18,8 @@ use baton_store::Store;
 use crate::ApiServer;
 use crate::authn::{UserInfo, bearer_token, user_from_certificate, user_from_token};
 use crate::body::{
-    Body, MAX_BODY, Query, error_response, json_response, json_response_as, text_response, wanted,
+    Body, MAX_BODY, Query, error_response, full, json_response, json_response_as, text_response,
+    wanted,
 };
 use crate::discovery;
 use crate::handlers::{self, Call};
@@ -185,7 +186,7 @@ async fn route<S: Store>(
         Target::ResourceList { group, version } => discovery::resource_list(&group, &version)
             .map(|doc| json_response(StatusCode::OK, &doc))
             .ok_or_else(StatusError::no_such_path),
-        Target::Other(path) => other(server, &path),
+        Target::Other(path) => other(server, &path, accept.as_deref()),
         Target::Resource(info)
             if info.group == "authentication.k8s.io"
                 && info.version == "v1"
@@ -252,7 +253,32 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, StatusError> {
     }
 }
 
-fn other<S: Store>(server: &ApiServer<S>, path: &str) -> Result<Response<Body>, StatusError> {
+/// /openapi/v2 as JSON or, when asked for (as kubectl does), in gnostic's protobuf encoding.
+fn openapi_v2(accept: Option<&str>) -> Result<Response<Body>, StatusError> {
+    use crate::openapi::{V2_PROTOBUF, V2Encoding};
+    let (bytes, content_type) = match crate::openapi::v2_encoding(accept) {
+        Some(V2Encoding::Json) => (crate::openapi::v2_json(), "application/json"),
+        Some(V2Encoding::Protobuf) => (crate::openapi::v2_protobuf(), V2_PROTOBUF),
+        None => {
+            return Err(StatusError::not_acceptable_of(
+                accept.unwrap_or_default(),
+                &["application/json", V2_PROTOBUF],
+            ));
+        }
+    };
+    let mut resp = Response::new(full(bytes));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    Ok(resp)
+}
+
+fn other<S: Store>(
+    server: &ApiServer<S>,
+    path: &str,
+    accept: Option<&str>,
+) -> Result<Response<Body>, StatusError> {
     match path.trim_end_matches('/') {
         "/version" => Ok(json_response(StatusCode::OK, &discovery::version())),
         // Service account issuer discovery, as upstream serves it to authenticated clients.
@@ -271,7 +297,7 @@ fn other<S: Store>(server: &ApiServer<S>, path: &str) -> Result<Response<Body>, 
             })
         }
         "/metrics" => Ok(text_response(StatusCode::OK, server.metrics.render())),
-        "/openapi/v2" => Ok(json_response(StatusCode::OK, crate::openapi::v2())),
+        "/openapi/v2" => openapi_v2(accept),
         "/openapi/v3" => Ok(json_response(StatusCode::OK, &crate::openapi::v3_index())),
         p if p.starts_with("/openapi/v3/") => crate::openapi::v3_group(&p["/openapi/v3/".len()..])
             .map(|doc| json_response(StatusCode::OK, doc))

@@ -200,13 +200,19 @@ impl StatusError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", msg)
     }
 
-    /// 406 NotAcceptable.
+    /// 406 NotAcceptable for an object or list.
     pub fn not_acceptable(accept: &str) -> Self {
+        Self::not_acceptable_of(accept, &["application/json", "application/yaml"])
+    }
+
+    /// 406 NotAcceptable, naming the media types that are served.
+    pub fn not_acceptable_of(accept: &str, served: &[&str]) -> Self {
         Self::new(
             StatusCode::NOT_ACCEPTABLE,
             "NotAcceptable",
             format!(
-                "only the following media types are accepted: application/json, application/yaml (asked for {accept:?})"
+                "only the following media types are accepted: {} (asked for {accept:?})",
+                served.join(", ")
             ),
         )
     }

@@ -1,9 +1,15 @@
 //! /openapi/v2 and /openapi/v3, generated from the k8s-openapi types' schemas (their schemars
 //! support), with the `x-kubernetes-group-version-kind` extensions kubectl looks for and the
 //! write operations' parameters (so kubectl knows the server validates fields itself).
+//! /openapi/v2 is also served in gnostic's protobuf encoding ([`v2_protobuf`]), the form kubectl
+//! asks for.
+
+mod v2_protobuf;
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
+
+use bytes::Bytes;
 
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
@@ -22,12 +28,35 @@ fn gvk(r: &Resource) -> Value {
     json!([{ "group": r.group, "version": r.version, "kind": r.kind }])
 }
 
-fn write_params() -> Value {
-    json!([
-        { "name": "dryRun", "in": "query", "schema": { "type": "string" }, "description": "When present, indicates that modifications should not be persisted." },
-        { "name": "fieldManager", "in": "query", "schema": { "type": "string" }, "description": "A name associated with the actor or entity that is making these changes." },
-        { "name": "fieldValidation", "in": "query", "schema": { "type": "string" }, "description": "Ignore, Warn or Strict: how to treat unknown or duplicate fields." },
-    ])
+/// The query parameters of a write: OpenAPI v3 puts a parameter's type under `schema`, Swagger
+/// 2.0 beside its name.
+fn write_params(v3: bool) -> Value {
+    let params = [
+        (
+            "dryRun",
+            "When present, indicates that modifications should not be persisted.",
+        ),
+        (
+            "fieldManager",
+            "A name associated with the actor or entity that is making these changes.",
+        ),
+        (
+            "fieldValidation",
+            "Ignore, Warn or Strict: how to treat unknown or duplicate fields.",
+        ),
+    ];
+    params
+        .iter()
+        .map(|(name, description)| {
+            let mut p = json!({ "name": name, "in": "query", "description": description });
+            if v3 {
+                p["schema"] = json!({ "type": "string" });
+            } else {
+                p["type"] = json!("string");
+            }
+            p
+        })
+        .collect()
 }
 
 fn collection_path(r: &Resource) -> String {
@@ -48,7 +77,7 @@ fn paths_for(r: &Resource, type_ref: &str, v3: bool) -> Vec<(String, Value)> {
             "operationId": format!("{op}{}", r.kind),
             "x-kubernetes-action": op,
             "x-kubernetes-group-version-kind": gvk(r)[0],
-            "parameters": write_params(),
+            "parameters": write_params(v3),
         });
         if v3 {
             o["requestBody"] = json!({ "content": { "*/*": { "schema": { "$ref": type_ref } } }, "required": true });
@@ -104,6 +133,11 @@ fn document(resources: &[&Resource], v3: bool) -> Value {
         }
     }
     let info = json!({ "title": "Kubernetes", "version": "v1.33.0" });
+    if !v3 {
+        for def in definitions.values_mut() {
+            refs_beside_siblings(def);
+        }
+    }
     if v3 {
         json!({ "openapi": "3.0.0", "info": info, "paths": paths, "components": { "schemas": definitions } })
     } else {
@@ -111,10 +145,94 @@ fn document(resources: &[&Resource], v3: bool) -> Value {
     }
 }
 
+/// Rewrites `{"allOf": [{"$ref": R}], ...}` (how the schemas say "R, described here") into
+/// `{"$ref": R, ...}`, as upstream's Swagger 2.0 document has it: kube-openapi's proto models
+/// follow a `$ref` but take a schema with neither a type nor properties for an arbitrary value.
+fn refs_beside_siblings(schema: &mut Value) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    let single_ref = match object.get("allOf").and_then(Value::as_array) {
+        Some(all) if all.len() == 1 => all[0]
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .and_then(|o| o.get("$ref"))
+            .cloned(),
+        _ => None,
+    };
+    if let Some(reference) = single_ref {
+        object.remove("allOf");
+        object.insert("$ref".into(), reference);
+    }
+    for (key, value) in object.iter_mut() {
+        match key.as_str() {
+            "properties" | "definitions" => {
+                for sub in value
+                    .as_object_mut()
+                    .into_iter()
+                    .flat_map(|m| m.values_mut())
+                {
+                    refs_beside_siblings(sub);
+                }
+            }
+            "items" | "additionalProperties" => refs_beside_siblings(value),
+            "allOf" | "anyOf" | "oneOf" => {
+                for sub in value.as_array_mut().into_iter().flatten() {
+                    refs_beside_siblings(sub);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The OpenAPI v2 document of every served type.
 pub fn v2() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| document(&CATALOG.iter().collect::<Vec<_>>(), false))
+}
+
+/// The media type of the OpenAPI v2 document in gnostic's protobuf encoding, as upstream
+/// labels its answers.
+pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+/// The deprecated name of the same, which kubectl still asks for (and which is no valid media
+/// type for Go's parser, so it is never sent back).
+const V2_PROTOBUF_DEPRECATED: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+
+/// How /openapi/v2 is answered, from the request's Accept header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum V2Encoding {
+    Json,
+    Protobuf,
+}
+
+/// Picks the first media type of `accept` /openapi/v2 can be served as; `None` when there is
+/// none (406). No Accept header means JSON.
+pub fn v2_encoding(accept: Option<&str>) -> Option<V2Encoding> {
+    let Some(accept) = accept else {
+        return Some(V2Encoding::Json);
+    };
+    accept.split(',').find_map(
+        |media| match media.split(';').next().unwrap_or_default().trim() {
+            "application/json" | "application/*" | "*/*" | "" => Some(V2Encoding::Json),
+            V2_PROTOBUF | V2_PROTOBUF_DEPRECATED => Some(V2Encoding::Protobuf),
+            _ => None,
+        },
+    )
+}
+
+/// The OpenAPI v2 document as JSON bytes, serialized once.
+pub fn v2_json() -> Bytes {
+    static BYTES: OnceLock<Bytes> = OnceLock::new();
+    BYTES.get_or_init(|| Bytes::from(v2().to_string())).clone()
+}
+
+/// The OpenAPI v2 document in gnostic's protobuf encoding, encoded once.
+pub fn v2_protobuf() -> Bytes {
+    static BYTES: OnceLock<Bytes> = OnceLock::new();
+    BYTES
+        .get_or_init(|| Bytes::from(v2_protobuf::encode(v2())))
+        .clone()
 }
 
 fn v3_docs() -> &'static BTreeMap<String, Value> {
@@ -160,6 +278,29 @@ fn fxhash(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v2_is_served_as_asked() {
+        assert_eq!(v2_encoding(None), Some(V2Encoding::Json));
+        assert_eq!(v2_encoding(Some("*/*")), Some(V2Encoding::Json));
+        // What kubectl sends.
+        assert_eq!(
+            v2_encoding(Some(
+                "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+            )),
+            Some(V2Encoding::Protobuf)
+        );
+        assert_eq!(
+            v2_encoding(Some(&format!("{V2_PROTOBUF}, application/json"))),
+            Some(V2Encoding::Protobuf)
+        );
+        assert_eq!(v2_encoding(Some("text/html")), None);
+        assert!(v2_protobuf().starts_with(b"\x0a\x032.0"));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&v2_json()).unwrap()["swagger"],
+            "2.0"
+        );
+    }
 
     #[test]
     fn v3_documents_carry_kinds() {
