@@ -90,18 +90,32 @@ fn programmed_endpoints(netns: &NetNs, mode: &str, service: &str) -> (usize, boo
         return (endpoints, metrics.contains("kubeproxy_sync"));
     }
     if mode == "nftables" {
-        let chains = netns
+        // The elements (not range ends) of the Service's endpoint maps; with session
+        // affinity, its endpoint chains instead.
+        let map_prefix = format!("endpoints-svc-{prefix}/");
+        netns
             .run(|| {
-                NftSocket::open()
-                    .and_then(|mut nft| nft.chains(Family::Ip, "baton-proxy"))
-                    .unwrap_or_default()
+                let Ok(mut nft) = NftSocket::open() else {
+                    return (0, false);
+                };
+                let sets = nft.sets(Family::Ip, "baton-proxy").unwrap_or_default();
+                let in_maps = sets
+                    .iter()
+                    .filter(|s| s.starts_with(&map_prefix))
+                    .flat_map(|s| {
+                        nft.set_elements(Family::Ip, "baton-proxy", s)
+                            .unwrap_or_default()
+                    })
+                    .filter(|e| !e.interval_end)
+                    .count();
+                let chains = nft.chains(Family::Ip, "baton-proxy").unwrap_or_default();
+                let in_chains = chains
+                    .iter()
+                    .filter(|c| c.starts_with(&format!("svc-{prefix}/")) && c.contains("__"))
+                    .count();
+                (in_maps + in_chains, !sets.is_empty())
             })
-            .unwrap_or_default();
-        let endpoints = chains
-            .iter()
-            .filter(|c| c.starts_with(&format!("svc-{prefix}/")) && c.contains("__"))
-            .count();
-        (endpoints, !chains.is_empty())
+            .unwrap_or_default()
     } else {
         let saved = netns
             .run(|| {

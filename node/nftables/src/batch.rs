@@ -56,6 +56,8 @@ pub struct BaseChain {
 pub mod data_type {
     /// An IPv4 address.
     pub const IPV4_ADDR: u32 = 7;
+    /// A plain integer.
+    pub const INTEGER: u32 = 4;
     /// A layer 4 protocol number.
     pub const INET_PROTO: u32 = 12;
     /// A port.
@@ -80,18 +82,38 @@ pub struct SetSpec {
     pub key_len: u32,
     /// A verdict map (values are verdicts) rather than a plain set.
     pub verdict_map: bool,
+    /// A data map: the values' data type and length in bytes (each field of a concatenation
+    /// padded to 4), loaded into the lookup's destination registers.
+    pub data: Option<(u32, u32)>,
+    /// Keys are ranges (each element a start key, and an end element one past its last key).
+    pub interval: bool,
     /// Elements expire this long after they were last added or updated (a set the packet
     /// path updates, through [`Expr::UpdateSet`](crate::Expr::UpdateSet)).
     pub timeout_ms: Option<u64>,
 }
 
 /// One element of a set or map.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Element {
     /// The key's bytes, as the lookup's register holds them.
     pub key: Vec<u8>,
     /// A verdict map's value.
     pub verdict: Option<Verdict>,
+    /// A data map's value.
+    pub data: Option<Vec<u8>>,
+    /// In an interval set: the element that ends the range before it (its key is one past the
+    /// range's last key).
+    pub interval_end: bool,
+}
+
+impl Element {
+    /// An element of a plain set.
+    pub fn key(key: Vec<u8>) -> Self {
+        Element {
+            key,
+            ..Element::default()
+        }
+    }
 }
 
 /// Messages waiting to be sent, with what each one does (for error messages).
@@ -235,10 +257,13 @@ impl Batch {
     /// Creates a named set or map (nothing if it exists).
     pub fn add_set(&mut self, family: Family, table: &str, set: &SetSpec) -> &mut Self {
         let mut a = Attributes::new();
-        // NFT_SET_MAP = 0x8, NFT_SET_TIMEOUT = 0x10, NFT_SET_EVAL (updated from the packet
-        // path) = 0x20.
+        // NFT_SET_INTERVAL = 0x4, NFT_SET_MAP = 0x8, NFT_SET_TIMEOUT = 0x10, NFT_SET_EVAL
+        // (updated from the packet path) = 0x20.
         let mut flags = 0;
-        if set.verdict_map {
+        if set.interval {
+            flags |= 0x4;
+        }
+        if set.verdict_map || set.data.is_some() {
             flags |= 0x8;
         }
         if set.timeout_ms.is_some() {
@@ -252,6 +277,8 @@ impl Batch {
             .be32(10, 1);
         if set.verdict_map {
             a.be32(6, data_type::VERDICT).be32(7, 0);
+        } else if let Some((data_type, data_len)) = set.data {
+            a.be32(6, data_type).be32(7, data_len);
         }
         if let Some(timeout) = set.timeout_ms {
             a.be64(11, timeout);
@@ -291,6 +318,14 @@ impl Batch {
             elements,
             "add to",
         )
+    }
+
+    /// Removes every element of set `set`.
+    pub fn flush_set(&mut self, family: Family, table: &str, set: &str) -> &mut Self {
+        let mut a = Attributes::new();
+        a.string(1, table).string(2, set);
+        self.push(msg::DELSETELEM, 0, family, a, format!("flush set {set}"));
+        self
     }
 
     /// Removes `elements` (by key) from set `set`.
@@ -336,6 +371,15 @@ impl Batch {
                             e.nested(2, |data| {
                                 data.nested(2, |v| verdict.encode(v));
                             });
+                        } else if let Some(value) = &element.data {
+                            // NFTA_SET_ELEM_DATA = 2 holding NFTA_DATA_VALUE = 1.
+                            e.nested(2, |data| {
+                                data.raw(1, value);
+                            });
+                        }
+                        if element.interval_end {
+                            // NFTA_SET_ELEM_FLAGS = 3: NFT_SET_ELEM_INTERVAL_END = 1.
+                            e.be32(3, 1);
                         }
                     });
                 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use netlink_sys::{Socket, SocketAddr};
 
-use crate::batch::{Batch, Family};
+use crate::batch::{Batch, Element, Family};
 use crate::netlink::{
-    NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLM_F_ACK, NLM_F_DUMP,
-    NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, parse_attributes, push_message, split_messages,
+    Attributes, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NLM_F_ACK,
+    NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, parse_attributes, push_message,
+    split_messages,
 };
 
 /// The netlink protocol of netfilter.
@@ -195,6 +196,62 @@ impl NftSocket {
             .filter(|a| string_attribute(a, 1).as_deref() == Some(table))
             .filter_map(|a| string_attribute(a, 3))
             .collect())
+    }
+
+    /// Names of the sets and maps of `table`.
+    pub fn sets(&mut self, family: Family, table: &str) -> Result<Vec<String>, ApplyBatchError> {
+        // NFT_MSG_GETSET = 10; NFTA_SET_TABLE = 1, NFTA_SET_NAME = 2.
+        let objects = self.dump(10, family, &[])?;
+        Ok(objects
+            .iter()
+            .filter(|a| string_attribute(a, 1).as_deref() == Some(table))
+            .filter_map(|a| string_attribute(a, 2))
+            .collect())
+    }
+
+    /// The elements of set `set` of `table`: keys, data values and interval-end flags
+    /// (verdicts are not read back).
+    pub fn set_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+    ) -> Result<Vec<Element>, ApplyBatchError> {
+        // NFT_MSG_GETSETELEM = 13; NFTA_SET_ELEM_LIST_TABLE = 1, _SET = 2, _ELEMENTS = 3.
+        let mut request = Attributes::new();
+        request.string(1, table).string(2, set);
+        let objects = self.dump(13, family, request.bytes())?;
+        let value = |nested: &[u8]| {
+            parse_attributes(nested)
+                .into_iter()
+                .find(|(k, _)| *k == 1)
+                .map(|(_, v)| v.to_vec())
+        };
+        let mut elements = Vec::new();
+        for object in &objects {
+            for (kind, list) in parse_attributes(object) {
+                if kind != 3 {
+                    continue;
+                }
+                for (_, element) in parse_attributes(list) {
+                    let mut found = Element::default();
+                    for (kind, attribute) in parse_attributes(element) {
+                        match kind {
+                            1 => found.key = value(attribute).unwrap_or_default(),
+                            2 => found.data = value(attribute),
+                            3 => {
+                                found.interval_end = attribute.get(..4).is_some_and(|f| {
+                                    u32::from_be_bytes(f.try_into().expect("4 bytes")) & 1 != 0
+                                })
+                            }
+                            _ => {}
+                        }
+                    }
+                    elements.push(found);
+                }
+            }
+        }
+        Ok(elements)
     }
 
     /// Number of rules in `table`.

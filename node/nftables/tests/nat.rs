@@ -46,6 +46,8 @@ fn program(backend: Ipv4Addr) -> Batch {
                 ]),
                 key_len: 12,
                 verdict_map: true,
+                data: None,
+                interval: false,
                 timeout_ms: None,
             },
         )
@@ -92,6 +94,7 @@ fn program(backend: Ipv4Addr) -> Batch {
             &[Element {
                 key: service_key(Ipv4Addr::new(10, 96, 0, 10), 80),
                 verdict: Some(Verdict::Goto("svc-web".into())),
+                ..Element::default()
             }],
         );
     batch

@@ -405,6 +405,8 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
                 key_type: address,
                 key_len: 12,
                 verdict_map: false,
+                data: None,
+                interval: false,
                 timeout_ms: None,
             },
         );
@@ -417,6 +419,8 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
             key_type: data_type::IPV4_ADDR,
             key_len: 4,
             verdict_map: false,
+            data: None,
+            interval: false,
             timeout_ms: None,
         },
     );
@@ -433,15 +437,14 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
             ]),
             key_len: 16,
             verdict_map: false,
+            data: None,
+            interval: false,
             timeout_ms: None,
         },
     );
     let keys = |addresses: &mut dyn Iterator<Item = &ServiceAddress>| -> Vec<Element> {
         addresses
-            .map(|a| Element {
-                key: address_key(a.address, a.protocol, a.port),
-                verdict: None,
-            })
+            .map(|a| Element::key(address_key(a.address, a.protocol, a.port)))
             .collect()
     };
     for (name, elements) in [
@@ -452,10 +455,7 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
             wanted
                 .interface_addresses
                 .iter()
-                .map(|ip| Element {
-                    key: ip.octets().to_vec(),
-                    verdict: None,
-                })
+                .map(|ip| Element::key(ip.octets().to_vec()))
                 .collect(),
         ),
     ] {
@@ -469,7 +469,7 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
         .map(|(ip, protocol, port)| {
             let mut key = address_key(*ip, *protocol, *port);
             key.extend_from_slice(&ip.octets());
-            Element { key, verdict: None }
+            Element::key(key)
         })
         .collect();
     if !hairpin.is_empty() {

@@ -7,20 +7,29 @@
 //!   `ip daddr . meta l4proto . th dport` up in the verdict map `service-ips`, then, for local
 //!   destinations, `meta l4proto . th dport` in `service-nodeports`: one lookup whatever the
 //!   number of Services;
-//! - a chain per service port (`svc-NS/NAME/PROTO/PORT`) picks an endpoint at random, a chain
-//!   per endpoint (`...__IP/PORT`) marks hairpin traffic for masquerading and DNATs; a chain per
+//! - a chain per service port (`svc-NS/NAME/PROTO/PORT`) DNATs to an endpoint picked at random:
+//!   a random number in `0..65536` looked up in the port's interval map `endpoints-svc-...`,
+//!   which splits that range evenly between the endpoints' `address . port`. A chain per
 //!   externally reachable port (`ext-...`) marks for masquerading (Cluster policy) or keeps to
-//!   this node's endpoints (Local policy);
-//! - `nat-postrouting` (srcnat) masquerades marked packets;
+//!   this node's endpoints (Local policy), then picks the same way from its own map. An
+//!   endpoint change is then a change of map elements only: the kernel validates the jumps of
+//!   the whole table when a batch adds a rule or a verdict element, which at 10,000 Services
+//!   costs tens of milliseconds, but not for data elements;
+//! - with session affinity (ClientIP) a port keeps upstream's layout instead: a chain per
+//!   endpoint (`...__IP/PORT`) that records the client in the endpoint's affinity set and
+//!   DNATs, and rules that send a recorded client back to its endpoint;
+//! - `nat-postrouting` (srcnat) masquerades marked packets, and hairpin traffic (a pod reaching
+//!   itself through a Service: `ip saddr . ip daddr` in the set `hairpin`, which holds `IP . IP`
+//!   for every endpoint address);
 //! - filter chains at input, forward and output (priority -110) reject new connections to
 //!   service ports without endpoints (`no-endpoint-services`, `no-endpoint-nodeports`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use baton_nftables::{
-    BaseChain, CT_STATE_NEW, CmpOp, Expr, Hook, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MetaKey,
-    RTN_LOCAL, SetSpec, Verdict, data_type, reg32,
+    BaseChain, CT_STATE_NEW, CmpOp, Element, Expr, Hook, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
+    MetaKey, RTN_LOCAL, SetSpec, Verdict, data_type, reg32,
 };
 use ipnet::Ipv4Net;
 
@@ -39,6 +48,13 @@ pub const SERVICE_NODEPORTS: &str = "service-nodeports";
 pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 /// Node ports without endpoints, to the reject chain.
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+
+/// `IP . IP` for every endpoint address: after DNAT, a packet whose source is its destination
+/// is hairpin traffic.
+pub const HAIRPIN: &str = "hairpin";
+/// Random numbers for picking an endpoint are drawn from `0..ENDPOINT_RANGE`; a port's endpoint
+/// map splits that range between its endpoints (so a port uses at most this many endpoints).
+pub const ENDPOINT_RANGE: u32 = 1 << 16;
 
 const SERVICES: &str = "services";
 const MASQUERADING: &str = "masquerading";
@@ -64,6 +80,10 @@ pub struct Ruleset {
     pub maps: BTreeMap<&'static str, BTreeMap<Vec<u8>, Verdict>>,
     /// Session affinity sets (client addresses that recently used an endpoint), by name.
     pub affinity_sets: BTreeMap<String, SetSpec>,
+    /// Endpoint maps ([`endpoint_map_spec`]) and their elements, by name.
+    pub endpoint_maps: BTreeMap<String, Vec<Element>>,
+    /// Endpoint addresses, whose `IP . IP` goes into the [`HAIRPIN`] set.
+    pub hairpin: BTreeSet<Ipv4Addr>,
 }
 
 impl Ruleset {
@@ -132,9 +152,104 @@ pub fn maps() -> Vec<SetSpec> {
         key_type,
         key_len,
         verdict_map: true,
+        data: None,
+        interval: false,
         timeout_ms: None,
     })
     .collect()
+}
+
+/// The [`HAIRPIN`] set.
+pub fn hairpin_set() -> SetSpec {
+    SetSpec {
+        name: HAIRPIN.into(),
+        key_type: data_type::concat(&[data_type::IPV4_ADDR, data_type::IPV4_ADDR]),
+        key_len: 8,
+        verdict_map: false,
+        data: None,
+        interval: false,
+        timeout_ms: None,
+    }
+}
+
+/// The element of the [`HAIRPIN`] set for an endpoint address.
+pub fn hairpin_element(ip: Ipv4Addr) -> Element {
+    let mut key = ip.octets().to_vec();
+    key.extend_from_slice(&ip.octets());
+    Element::key(key)
+}
+
+/// An endpoint map: ranges of random numbers (network order) to `address . port`.
+pub fn endpoint_map_spec(name: &str) -> SetSpec {
+    SetSpec {
+        name: name.into(),
+        key_type: data_type::INTEGER,
+        key_len: 4,
+        verdict_map: false,
+        data: Some((
+            data_type::concat(&[data_type::IPV4_ADDR, data_type::INET_SERVICE]),
+            8,
+        )),
+        interval: true,
+        timeout_ms: None,
+    }
+}
+
+/// The elements of an endpoint map: `0..ENDPOINT_RANGE` split into one range per endpoint, as
+/// evenly as integer division allows (each a start element carrying the endpoint, and an end
+/// element one past the range).
+pub fn endpoint_ranges(endpoints: &[&Endpoint]) -> Vec<Element> {
+    let used = &endpoints[..endpoints.len().min(ENDPOINT_RANGE as usize)];
+    let n = used.len() as u64;
+    let bound = |i: u64| (i * u64::from(ENDPOINT_RANGE) / n) as u32;
+    let mut elements = Vec::with_capacity(used.len() * 2);
+    for (i, endpoint) in (0u64..).zip(used) {
+        let mut data = endpoint.ip.octets().to_vec();
+        data.extend_from_slice(&endpoint.port.to_be_bytes());
+        data.extend_from_slice(&[0, 0]);
+        elements.push(Element {
+            key: bound(i).to_be_bytes().to_vec(),
+            data: Some(data),
+            ..Element::default()
+        });
+        elements.push(Element {
+            key: bound(i + 1).to_be_bytes().to_vec(),
+            interval_end: true,
+            ..Element::default()
+        });
+    }
+    elements
+}
+
+/// DNATs to an endpoint of `map`, picked at random.
+fn pick_from_map(map: &str, protocol: Protocol) -> Vec<Expr> {
+    vec![
+        // DNAT with a port needs the protocol known.
+        Expr::l4proto(reg32(0)),
+        Expr::Cmp {
+            sreg: reg32(0),
+            op: CmpOp::Eq,
+            data: vec![protocol_number(protocol)],
+        },
+        Expr::RandomNumber {
+            dreg: reg32(0),
+            modulus: ENDPOINT_RANGE,
+        },
+        Expr::HostToNetwork32 {
+            sreg: reg32(0),
+            dreg: reg32(0),
+        },
+        Expr::Lookup {
+            set: map.into(),
+            sreg: reg32(0),
+            dreg: Some(reg32(0)),
+            invert: false,
+        },
+        Expr::Dnat {
+            addr_reg: reg32(0),
+            port_reg: Some(reg32(1)),
+        },
+    ]
 }
 
 fn protocol_number(protocol: Protocol) -> u8 {
@@ -271,7 +386,21 @@ fn fixed_chains() -> BTreeMap<String, Vec<Vec<Expr>>> {
     );
     chains.insert(REJECT.into(), vec![vec![Expr::Reject]]);
     chains.insert(MARK_FOR_MASQUERADE.into(), vec![set_mark_bit()]);
-    chains.insert(MASQUERADING.into(), masquerade_marked());
+    // Hairpin traffic is marked, then masqueraded with the rest.
+    let mut hairpin = vec![
+        Expr::ip_saddr(reg32(0)),
+        Expr::ip_daddr(reg32(1)),
+        Expr::Lookup {
+            set: HAIRPIN.into(),
+            sreg: reg32(0),
+            dreg: None,
+            invert: false,
+        },
+    ];
+    hairpin.extend(set_mark_bit());
+    let mut masquerading = vec![hairpin];
+    masquerading.extend(masquerade_marked());
+    chains.insert(MASQUERADING.into(), masquerading);
     chains
 }
 
@@ -366,6 +495,30 @@ fn sticky(endpoints: &[(String, &Endpoint)], seconds: Option<u32>) -> Vec<Vec<Ex
         .collect()
 }
 
+/// The rules of `chain` that send a packet to one of `endpoints` (with their affinity chains'
+/// names): with session affinity, through the endpoint chains; without, through the chain's
+/// endpoint map, whose elements go into `ruleset`.
+fn pick_endpoint(
+    ruleset: &mut Ruleset,
+    chain: &str,
+    endpoints: &[(String, Endpoint)],
+    info: &ServicePortInfo,
+) -> Vec<Vec<Expr>> {
+    if info.session_affinity_seconds.is_some() {
+        let refs: Vec<(String, &Endpoint)> =
+            endpoints.iter().map(|(c, e)| (c.clone(), e)).collect();
+        let mut rules = sticky(&refs, info.session_affinity_seconds);
+        rules.extend(spread(&refs));
+        return rules;
+    }
+    let map = format!("endpoints-{chain}");
+    let targets: Vec<&Endpoint> = endpoints.iter().map(|(_, e)| e).collect();
+    ruleset
+        .endpoint_maps
+        .insert(map.clone(), endpoint_ranges(&targets));
+    vec![pick_from_map(&map, info.protocol)]
+}
+
 /// Rules that send a packet to one of `endpoints` at random, each equally likely (rule `i`
 /// takes it with probability 1/(n-i)).
 fn spread(endpoints: &[(String, &Endpoint)]) -> Vec<Vec<Expr>> {
@@ -452,6 +605,10 @@ impl Ruleset {
         for (name, set) in &other.affinity_sets {
             self.affinity_sets.insert(name.clone(), set.clone());
         }
+        for (name, elements) in &other.endpoint_maps {
+            self.endpoint_maps.insert(name.clone(), elements.clone());
+        }
+        self.hairpin.extend(&other.hairpin);
     }
 
     /// Rules in the regular chains (without the base chains).
@@ -470,14 +627,17 @@ fn render_port(
     let svc_chain = port_chain_name("svc", info);
     let reject = Verdict::Goto(REJECT.into());
 
-    // One chain per endpoint this node may use.
-    for endpoint in &categorized.all_reachable {
+    ruleset
+        .hairpin
+        .extend(categorized.all_reachable.iter().map(|e| e.ip));
+    // With session affinity, one chain per endpoint this node may use.
+    let affinity_endpoints = if info.session_affinity_seconds.is_some() {
+        categorized.all_reachable.as_slice()
+    } else {
+        &[]
+    };
+    for endpoint in affinity_endpoints {
         let chain = endpoint_chain_name(&svc_chain, endpoint);
-        let mut hairpin = vec![
-            Expr::ip_saddr(reg32(0)),
-            Expr::cmp_ip(reg32(0), CmpOp::Eq, endpoint.ip),
-        ];
-        hairpin.push(Expr::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into())));
         let dnat = vec![
             Expr::l4proto(reg32(0)),
             Expr::Cmp {
@@ -492,7 +652,7 @@ fn render_port(
                 port_reg: Some(reg32(1)),
             },
         ];
-        let mut rules = vec![hairpin];
+        let mut rules = vec![];
         if let Some(seconds) = info.session_affinity_seconds {
             let set = affinity_set_name(&chain, seconds);
             rules.push(vec![
@@ -509,6 +669,8 @@ fn render_port(
                     key_type: data_type::IPV4_ADDR,
                     key_len: 4,
                     verdict_map: false,
+                    data: None,
+                    interval: false,
                     timeout_ms: Some(u64::from(seconds) * 1000),
                 },
             );
@@ -560,9 +722,7 @@ fn render_port(
                 Expr::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into())),
             ]);
         }
-        let refs: Vec<(String, &Endpoint)> = internal.iter().map(|(c, e)| (c.clone(), e)).collect();
-        rules.extend(sticky(&refs, info.session_affinity_seconds));
-        rules.extend(spread(&refs));
+        rules.extend(pick_endpoint(ruleset, &svc_chain, &internal, info));
         ruleset.chains.insert(svc_chain.clone(), rules);
         ruleset
             .maps
@@ -599,9 +759,7 @@ fn render_port(
                 MARK_FOR_MASQUERADE.into(),
             ))]);
         }
-        let refs: Vec<(String, &Endpoint)> = external.iter().map(|(c, e)| (c.clone(), e)).collect();
-        rules.extend(sticky(&refs, info.session_affinity_seconds));
-        rules.extend(spread(&refs));
+        rules.extend(pick_endpoint(ruleset, &ext_chain, &external, info));
         ruleset.chains.insert(ext_chain.clone(), rules);
         Some(Verdict::Goto(ext_chain))
     };
@@ -629,5 +787,96 @@ fn render_port(
             .get_mut(port_map)
             .expect("map")
             .insert(port_key(info.protocol, node_port), verdict);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(last: u8) -> Endpoint {
+        Endpoint {
+            ip: Ipv4Addr::new(10, 244, 1, last),
+            port: 8080,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: None,
+        }
+    }
+
+    /// The ranges as (first, one past the last, endpoint's last octet).
+    fn ranges(elements: &[Element]) -> Vec<(u32, u32, u8)> {
+        elements
+            .chunks(2)
+            .map(|pair| {
+                let key = |e: &Element| u32::from_be_bytes(e.key.clone().try_into().unwrap());
+                assert!(!pair[0].interval_end && pair[1].interval_end);
+                let data = pair[0].data.as_ref().unwrap();
+                assert_eq!(data[4..], [0x1f, 0x90, 0, 0], "port 8080, padded");
+                (key(&pair[0]), key(&pair[1]), data[3])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn endpoint_ranges_split_the_random_numbers_evenly() {
+        let three: Vec<Endpoint> = (1..=3).map(endpoint).collect();
+        let refs: Vec<&Endpoint> = three.iter().collect();
+        assert_eq!(
+            ranges(&endpoint_ranges(&refs)),
+            [(0, 21845, 1), (21845, 43690, 2), (43690, 65536, 3)]
+        );
+        let one = endpoint(7);
+        assert_eq!(ranges(&endpoint_ranges(&[&one])), [(0, 65536, 7)]);
+        // Every share is within one number of the others, and the ranges cover 0..65536.
+        let many: Vec<Endpoint> = (1..=250).map(endpoint).collect();
+        let refs: Vec<&Endpoint> = many.iter().collect();
+        let split = ranges(&endpoint_ranges(&refs));
+        let sizes: Vec<u32> = split.iter().map(|(a, b, _)| b - a).collect();
+        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+        assert!(split.windows(2).all(|w| w[0].1 == w[1].0));
+        assert_eq!((split[0].0, split[249].1), (0, ENDPOINT_RANGE));
+    }
+
+    #[test]
+    fn only_affinity_ports_get_endpoint_chains() {
+        let info = ServicePortInfo {
+            namespace: "default".into(),
+            name: "web".into(),
+            port_name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            node_port: None,
+            session_affinity_seconds: None,
+            external_policy_local: false,
+            internal_policy_local: false,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
+            health_check_node_port: None,
+        };
+        let endpoints = [endpoint(1), endpoint(2)];
+        let settings = RuleSettings {
+            node_name: "n1".into(),
+            cluster_cidr: None,
+        };
+        let plain = render_port_rules(&info, &endpoints, &settings);
+        assert_eq!(plain.chains.len(), 1, "{:?}", plain.chains.keys());
+        assert_eq!(
+            plain.endpoint_maps["endpoints-svc-default/web/tcp/80"].len(),
+            4
+        );
+        assert_eq!(plain.hairpin.len(), 2);
+        let sticky = ServicePortInfo {
+            session_affinity_seconds: Some(10800),
+            ..info
+        };
+        let sticky = render_port_rules(&sticky, &endpoints, &settings);
+        assert_eq!(sticky.chains.len(), 3);
+        assert!(sticky.endpoint_maps.is_empty());
+        assert_eq!(sticky.affinity_sets.len(), 2);
+        assert_eq!(sticky.hairpin.len(), 2);
     }
 }

@@ -3,12 +3,14 @@
 //! one batch, so that the kernel never sees half a change.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use baton_nftables::{ApplyBatchError, Batch, Element, Family, NftSocket};
 
 use crate::nftables_rules::{
-    RuleSettings, Ruleset, TABLE, base_chains, base_ruleset, empty_ruleset, maps, render_port_rules,
+    HAIRPIN, RuleSettings, Ruleset, TABLE, base_chains, base_ruleset, empty_ruleset,
+    endpoint_map_spec, hairpin_element, hairpin_set, maps, render_port_rules,
 };
 use crate::service_model::{Endpoint, ProxyState, ServicePortInfo, ServicePortKey};
 
@@ -37,6 +39,9 @@ pub struct NftablesProxier {
     settings: Option<RuleSettings>,
     /// Rules programmed now.
     rules: usize,
+    /// How many service ports use each endpoint address (its hairpin element goes with the
+    /// last).
+    hairpin: BTreeMap<Ipv4Addr, usize>,
 }
 
 impl NftablesProxier {
@@ -47,6 +52,7 @@ impl NftablesProxier {
             ports: BTreeMap::new(),
             settings: None,
             rules: 0,
+            hairpin: BTreeMap::new(),
         })
     }
 
@@ -67,17 +73,23 @@ impl NftablesProxier {
         if self.settings.as_ref() != Some(settings) {
             let mut ports = BTreeMap::new();
             let mut whole = base_ruleset();
+            let mut hairpin = BTreeMap::new();
             for (key, (info, endpoints)) in &state.services {
                 let rules = render_port_rules(info, endpoints, settings);
                 whole.merge(&rules);
+                for ip in &rules.hairpin {
+                    *hairpin.entry(*ip).or_default() += 1;
+                }
                 ports.insert(key.clone(), (info.clone(), endpoints.clone(), rules));
             }
             let batch = full(&whole);
             self.ports.clear();
+            self.hairpin.clear();
             let started = Instant::now();
             self.socket.apply(&batch)?;
             let apply_time = started.elapsed();
             self.ports = ports;
+            self.hairpin = hairpin;
             self.settings = Some(settings.clone());
             self.rules = whole.rule_count();
             return Ok(SyncStats {
@@ -95,10 +107,15 @@ impl NftablesProxier {
         };
         let mut changed: Vec<(ServicePortKey, Option<AppliedPort>)> = Vec::new();
         let mut rules = self.rules;
+        // Per endpoint address, the change in the number of ports using it.
+        let mut hairpin_delta: BTreeMap<Ipv4Addr, isize> = BTreeMap::new();
         for (key, (_, _, old)) in &self.ports {
             if !state.services.contains_key(key) {
                 add(old, &empty);
                 rules -= old.chain_rule_count();
+                for ip in &old.hairpin {
+                    *hairpin_delta.entry(*ip).or_default() -= 1;
+                }
                 changed.push((key.clone(), None));
             }
         }
@@ -111,16 +128,47 @@ impl NftablesProxier {
             let before = old.map(|(_, _, r)| r).unwrap_or(&empty);
             add(before, &new);
             rules = rules - before.chain_rule_count() + new.chain_rule_count();
+            for ip in &before.hairpin {
+                *hairpin_delta.entry(*ip).or_default() -= 1;
+            }
+            for ip in &new.hairpin {
+                *hairpin_delta.entry(*ip).or_default() += 1;
+            }
             changed.push((key.clone(), Some((info.clone(), endpoints.clone(), new))));
         }
-        let [mut batch, additions, removals] = phases;
+        let [mut batch, mut additions, removals] = phases;
+        let mut hairpin_gone = Vec::new();
+        let mut hairpin_new = Vec::new();
+        for (ip, delta) in &hairpin_delta {
+            let before = self.hairpin.get(ip).copied().unwrap_or(0);
+            let after = before.saturating_add_signed(*delta);
+            if before > 0 && after == 0 {
+                hairpin_gone.push(hairpin_element(*ip));
+            } else if before == 0 && after > 0 {
+                hairpin_new.push(hairpin_element(*ip));
+            }
+        }
+        if !hairpin_gone.is_empty() {
+            batch.delete_elements(Family::Ip, TABLE, HAIRPIN, &hairpin_gone);
+        }
+        if !hairpin_new.is_empty() {
+            additions.add_elements(Family::Ip, TABLE, HAIRPIN, &hairpin_new);
+        }
         batch.append(additions).append(removals);
         let started = Instant::now();
         if let Err(err) = self.socket.apply(&batch) {
             // The kernel's state is unknown to us now: replace it all next time.
             self.settings = None;
             self.ports.clear();
+            self.hairpin.clear();
             return Err(err);
+        }
+        for (ip, delta) in hairpin_delta {
+            let count = self.hairpin.entry(ip).or_default();
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                self.hairpin.remove(&ip);
+            }
         }
         let apply_time = started.elapsed();
         for (key, port) in changed {
@@ -143,6 +191,7 @@ impl NftablesProxier {
         batch.destroy_table(Family::Ip, TABLE);
         self.settings = None;
         self.ports.clear();
+        self.hairpin.clear();
         self.socket.apply(&batch)
     }
 }
@@ -152,6 +201,7 @@ fn elements(map: &BTreeMap<Vec<u8>, baton_nftables::Verdict>) -> Vec<Element> {
         .map(|(key, verdict)| Element {
             key: key.clone(),
             verdict: Some(verdict.clone()),
+            ..Element::default()
         })
         .collect()
 }
@@ -162,8 +212,24 @@ fn full(wanted: &Ruleset) -> Batch {
     batch
         .destroy_table(Family::Ip, TABLE)
         .add_table(Family::Ip, TABLE);
-    for spec in maps().iter().chain(wanted.affinity_sets.values()) {
-        batch.add_set(Family::Ip, TABLE, spec);
+    for spec in maps()
+        .into_iter()
+        .chain([hairpin_set()])
+        .chain(wanted.affinity_sets.values().cloned())
+        .chain(wanted.endpoint_maps.keys().map(|n| endpoint_map_spec(n)))
+    {
+        batch.add_set(Family::Ip, TABLE, &spec);
+    }
+    for (name, elements) in &wanted.endpoint_maps {
+        batch.add_elements(Family::Ip, TABLE, name, elements);
+    }
+    let hairpin: Vec<Element> = wanted
+        .hairpin
+        .iter()
+        .map(|ip| hairpin_element(*ip))
+        .collect();
+    if !hairpin.is_empty() {
+        batch.add_elements(Family::Ip, TABLE, HAIRPIN, &hairpin);
     }
     for name in wanted.chains.keys() {
         batch.add_chain(Family::Ip, TABLE, name, None);
@@ -201,6 +267,20 @@ fn incremental_phases(applied: &Ruleset, wanted: &Ruleset) -> [Batch; 3] {
             batch.add_set(Family::Ip, TABLE, spec);
         }
     }
+    // Endpoint maps: new ones made, changed ones emptied, and filled; an endpoint change is
+    // only this (no rule changes, so the kernel does not validate the table again).
+    for (name, elements) in &wanted.endpoint_maps {
+        match applied.endpoint_maps.get(name) {
+            Some(old) if old == elements => continue,
+            Some(_) => {
+                batch.flush_set(Family::Ip, TABLE, name);
+            }
+            None => {
+                batch.add_set(Family::Ip, TABLE, &endpoint_map_spec(name));
+            }
+        }
+        batch.add_elements(Family::Ip, TABLE, name, elements);
+    }
     for name in wanted
         .chains
         .keys()
@@ -215,10 +295,7 @@ fn incremental_phases(applied: &Ruleset, wanted: &Ruleset) -> [Batch; 3] {
         let gone: Vec<Element> = had
             .iter()
             .filter(|(key, verdict)| want.get(*key) != Some(*verdict))
-            .map(|(key, _)| Element {
-                key: key.clone(),
-                verdict: None,
-            })
+            .map(|(key, _)| Element::key(key.clone()))
             .collect();
         if !gone.is_empty() {
             batch.delete_elements(Family::Ip, TABLE, name, &gone);
@@ -264,6 +341,11 @@ fn incremental_phases(applied: &Ruleset, wanted: &Ruleset) -> [Batch; 3] {
     }
     for name in applied.affinity_sets.keys() {
         if !wanted.affinity_sets.contains_key(name) {
+            removals.delete_set(Family::Ip, TABLE, name);
+        }
+    }
+    for name in applied.endpoint_maps.keys() {
+        if !wanted.endpoint_maps.contains_key(name) {
             removals.delete_set(Family::Ip, TABLE, name);
         }
     }

@@ -1,6 +1,6 @@
 //! The nftables proxier against the real kernel, as root, in a network namespace the test
 //! makes: a full sync, then incremental ones as Services and endpoints come and go, each
-//! leaving exactly the chains the rendering asks for.
+//! leaving exactly the chains and endpoint maps the rendering asks for.
 
 use baton_network::NetNs;
 use baton_nftables::{Family, NftSocket};
@@ -38,6 +38,13 @@ fn slice(service: &str, ready: &[(&str, bool)]) -> EndpointSlice {
     .unwrap()
 }
 
+fn endpoint_maps(nft: &mut NftSocket) -> Vec<String> {
+    let mut sets = nft.sets(Family::Ip, TABLE).unwrap();
+    sets.retain(|s| s.starts_with("endpoints-"));
+    sets.sort();
+    sets
+}
+
 fn chains(nft: &mut NftSocket) -> Vec<String> {
     let mut chains = nft.chains(Family::Ip, TABLE).unwrap();
     chains.retain(|c| c.starts_with("svc-") || c.starts_with("ext-"));
@@ -69,12 +76,10 @@ fn syncs_apply_exactly_the_rendered_chains() {
                 )
                 .unwrap();
             assert!(stats.full);
+            assert_eq!(chains(&mut nft), ["svc-default/a/tcp/http"]);
             assert_eq!(
-                chains(&mut nft),
-                [
-                    "svc-default/a/tcp/http",
-                    "svc-default/a/tcp/http__10.244.1.2/8080"
-                ]
+                endpoint_maps(&mut nft),
+                ["endpoints-svc-default/a/tcp/http"]
             );
 
             // A second Service, without endpoints yet: no chain, a reject element.
@@ -88,7 +93,7 @@ fn syncs_apply_exactly_the_rendered_chains() {
                 )
                 .unwrap();
             assert!(!stats.full);
-            assert_eq!(chains(&mut nft).len(), 2);
+            assert_eq!(chains(&mut nft).len(), 1);
 
             // Its endpoints arrive, one unready.
             let slices = [
@@ -102,23 +107,36 @@ fn syncs_apply_exactly_the_rendered_chains() {
                 [
                     "ext-default/b/tcp/http",
                     "svc-default/a/tcp/http",
-                    "svc-default/a/tcp/http__10.244.1.2/8080",
                     "svc-default/b/tcp/http",
-                    "svc-default/b/tcp/http__10.244.1.3/8080",
+                ]
+            );
+            assert_eq!(
+                endpoint_maps(&mut nft),
+                [
+                    "endpoints-ext-default/b/tcp/http",
+                    "endpoints-svc-default/a/tcp/http",
+                    "endpoints-svc-default/b/tcp/http",
                 ]
             );
             let rules = nft.rule_count(Family::Ip, TABLE).unwrap();
             assert_eq!(rules, render(&state, &settings).rule_count());
 
-            // Session affinity on b: a set per endpoint, gone with the affinity.
+            // Session affinity on b: upstream's layout, a chain and a set per endpoint, and no
+            // endpoint maps for b; all gone with the affinity.
             let mut sticky_b = b.clone();
             sticky_b.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
             let sticky = build_state(&[a.clone(), sticky_b], &slices);
             assert_eq!(render(&sticky, &settings).affinity_sets.len(), 1);
             proxier.sync_state(&sticky, &settings).unwrap();
             assert!(nft.rule_count(Family::Ip, TABLE).unwrap() > rules);
+            assert!(chains(&mut nft).contains(&"svc-default/b/tcp/http__10.244.1.3/8080".into()));
+            assert_eq!(
+                endpoint_maps(&mut nft),
+                ["endpoints-svc-default/a/tcp/http"]
+            );
             proxier.sync_state(&state, &settings).unwrap();
             assert_eq!(nft.rule_count(Family::Ip, TABLE).unwrap(), rules);
+            assert_eq!(endpoint_maps(&mut nft).len(), 3);
 
             // Service a goes.
             proxier
@@ -129,10 +147,13 @@ fn syncs_apply_exactly_the_rendered_chains() {
                 .unwrap();
             assert_eq!(
                 chains(&mut nft),
+                ["ext-default/b/tcp/http", "svc-default/b/tcp/http"]
+            );
+            assert_eq!(
+                endpoint_maps(&mut nft),
                 [
-                    "ext-default/b/tcp/http",
-                    "svc-default/b/tcp/http",
-                    "svc-default/b/tcp/http__10.244.1.3/8080"
+                    "endpoints-ext-default/b/tcp/http",
+                    "endpoints-svc-default/b/tcp/http",
                 ]
             );
 
@@ -169,13 +190,18 @@ fn state_syncs_render_only_what_changed_and_match_a_full_render() {
             let full_rules = nft.rule_count(Family::Ip, TABLE).unwrap();
             assert_eq!(proxier.rule_count(), full_rules);
 
-            // Service s0's endpoint moves: only its chains and element change.
+            // Service s0's endpoint moves: only its endpoint map's elements (and the hairpin
+            // set) change, no rule.
             let mut moved = slices(0);
             moved[0] = slice("s0", &[("10.244.9.9", true)]);
             let next = build_state(&services, &moved);
             let stats = proxier.sync_state(&next, &settings).unwrap();
             assert!(!stats.full);
-            assert!(stats.changes <= 8, "{stats:?}");
+            assert_eq!(
+                stats.changes, 4,
+                "flush, fill, hairpin out and in: {stats:?}"
+            );
+            assert_eq!(nft.rule_count(Family::Ip, TABLE).unwrap(), full_rules);
             // The kernel holds what a full render of the new state holds.
             let mut wanted: Vec<String> = render(&next, &settings).chains.into_keys().collect();
             wanted.sort();
