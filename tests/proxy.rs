@@ -90,30 +90,30 @@ fn programmed_endpoints(netns: &NetNs, mode: &str, service: &str) -> (usize, boo
         return (endpoints, metrics.contains("kubeproxy_sync"));
     }
     if mode == "nftables" {
-        // The elements (not range ends) of the Service's endpoint maps; with session
-        // affinity, its endpoint chains instead.
-        let map_prefix = format!("endpoints-svc-{prefix}/");
+        // The elements of the endpoints map whose chain id is one of the Service's cluster-IP
+        // chains; with session affinity, its endpoint chains instead.
         netns
             .run(|| {
                 let Ok(mut nft) = NftSocket::open() else {
                     return (0, false);
                 };
-                let sets = nft.sets(Family::Ip, "baton-proxy").unwrap_or_default();
-                let in_maps = sets
-                    .iter()
-                    .filter(|s| s.starts_with(&map_prefix))
-                    .flat_map(|s| {
-                        nft.set_elements(Family::Ip, "baton-proxy", s)
-                            .unwrap_or_default()
-                    })
-                    .filter(|e| !e.interval_end)
-                    .count();
                 let chains = nft.chains(Family::Ip, "baton-proxy").unwrap_or_default();
+                let ids: Vec<[u8; 8]> = chains
+                    .iter()
+                    .filter(|c| c.starts_with(&format!("svc-{prefix}/")) && !c.contains("__"))
+                    .map(|c| baton_proxy::nftables_rules::chain_id(c))
+                    .collect();
+                let in_map = nft
+                    .set_elements(Family::Ip, "baton-proxy", "endpoints")
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|e| ids.iter().any(|id| e.key.starts_with(id)))
+                    .count();
                 let in_chains = chains
                     .iter()
                     .filter(|c| c.starts_with(&format!("svc-{prefix}/")) && c.contains("__"))
                     .count();
-                (in_maps + in_chains, !sets.is_empty())
+                (in_map + in_chains, !chains.is_empty())
             })
             .unwrap_or_default()
     } else {

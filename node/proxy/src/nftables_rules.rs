@@ -8,13 +8,15 @@
 //!   destinations, `meta l4proto . th dport` in `service-nodeports`: one lookup whatever the
 //!   number of Services;
 //! - a chain per service port (`svc-NS/NAME/PROTO/PORT`) DNATs to an endpoint picked at random:
-//!   a random number in `0..65536` looked up in the port's interval map `endpoints-svc-...`,
-//!   which splits that range evenly between the endpoints' `address . port`. A chain per
-//!   externally reachable port (`ext-...`) marks for masquerading (Cluster policy) or keeps to
-//!   this node's endpoints (Local policy), then picks the same way from its own map. An
-//!   endpoint change is then a change of map elements only: the kernel validates the jumps of
-//!   the whole table when a batch adds a rule or a verdict element, which at 10,000 Services
-//!   costs tens of milliseconds, but not for data elements;
+//!   it looks `chain id . numgen random mod N` up in the map `endpoints`, whose values are the
+//!   endpoints' `address . port` (the id is a 64-bit hash of the chain's name; N the number of
+//!   endpoints). A chain per externally reachable port (`ext-...`) marks for masquerading
+//!   (Cluster policy) or keeps to this node's endpoints (Local policy), then picks the same way
+//!   under its own id. Endpoints that change while their number stays are then a change of map
+//!   elements only: the kernel validates the jumps of the whole table when a batch adds a rule
+//!   or a verdict element, which at 10,000 Services costs tens of milliseconds, but not for
+//!   data elements. (One map for all ports, since the kernel finds named sets by walking a
+//!   list: a set per port made a 10,000-Service table take 20 s to load.);
 //! - with session affinity (ClientIP) a port keeps upstream's layout instead: a chain per
 //!   endpoint (`...__IP/PORT`) that records the client in the endpoint's affinity set and
 //!   DNATs, and rules that send a recorded client back to its endpoint;
@@ -52,9 +54,8 @@ pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 /// `IP . IP` for every endpoint address: after DNAT, a packet whose source is its destination
 /// is hairpin traffic.
 pub const HAIRPIN: &str = "hairpin";
-/// Random numbers for picking an endpoint are drawn from `0..ENDPOINT_RANGE`; a port's endpoint
-/// map splits that range between its endpoints (so a port uses at most this many endpoints).
-pub const ENDPOINT_RANGE: u32 = 1 << 16;
+/// The map from `chain id . endpoint number` to the endpoint's `address . port`.
+pub const ENDPOINTS: &str = "endpoints";
 
 const SERVICES: &str = "services";
 const MASQUERADING: &str = "masquerading";
@@ -80,8 +81,8 @@ pub struct Ruleset {
     pub maps: BTreeMap<&'static str, BTreeMap<Vec<u8>, Verdict>>,
     /// Session affinity sets (client addresses that recently used an endpoint), by name.
     pub affinity_sets: BTreeMap<String, SetSpec>,
-    /// Endpoint maps ([`endpoint_map_spec`]) and their elements, by name.
-    pub endpoint_maps: BTreeMap<String, Vec<Element>>,
+    /// Elements of the [`ENDPOINTS`] map: `chain id . endpoint number` to `address . port`.
+    pub endpoints: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Endpoint addresses, whose `IP . IP` goes into the [`HAIRPIN`] set.
     pub hairpin: BTreeSet<Ipv4Addr>,
 }
@@ -179,50 +180,54 @@ pub fn hairpin_element(ip: Ipv4Addr) -> Element {
     Element::key(key)
 }
 
-/// An endpoint map: ranges of random numbers (network order) to `address . port`.
-pub fn endpoint_map_spec(name: &str) -> SetSpec {
+/// The [`ENDPOINTS`] map.
+pub fn endpoints_map() -> SetSpec {
+    // Listed by nft as `mark . mark . mark`: the id's two halves and the endpoint number.
+    let word = 19;
     SetSpec {
-        name: name.into(),
-        key_type: data_type::INTEGER,
-        key_len: 4,
+        name: ENDPOINTS.into(),
+        key_type: data_type::concat(&[word, word, word]),
+        key_len: 12,
         verdict_map: false,
         data: Some((
             data_type::concat(&[data_type::IPV4_ADDR, data_type::INET_SERVICE]),
             8,
         )),
-        interval: true,
+        interval: false,
         timeout_ms: None,
     }
 }
 
-/// The elements of an endpoint map: `0..ENDPOINT_RANGE` split into one range per endpoint, as
-/// evenly as integer division allows (each a start element carrying the endpoint, and an end
-/// element one past the range).
-pub fn endpoint_ranges(endpoints: &[&Endpoint]) -> Vec<Element> {
-    let used = &endpoints[..endpoints.len().min(ENDPOINT_RANGE as usize)];
-    let n = used.len() as u64;
-    let bound = |i: u64| (i * u64::from(ENDPOINT_RANGE) / n) as u32;
-    let mut elements = Vec::with_capacity(used.len() * 2);
-    for (i, endpoint) in (0u64..).zip(used) {
-        let mut data = endpoint.ip.octets().to_vec();
-        data.extend_from_slice(&endpoint.port.to_be_bytes());
-        data.extend_from_slice(&[0, 0]);
-        elements.push(Element {
-            key: bound(i).to_be_bytes().to_vec(),
-            data: Some(data),
-            ..Element::default()
-        });
-        elements.push(Element {
-            key: bound(i + 1).to_be_bytes().to_vec(),
-            interval_end: true,
-            ..Element::default()
-        });
-    }
-    elements
+/// A chain's id in the [`ENDPOINTS`] map: the FNV-1a hash of its name (64 bits, so that ids of
+/// different chains do not meet in practice).
+pub fn chain_id(chain: &str) -> [u8; 8] {
+    chain
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+        .to_be_bytes()
 }
 
-/// DNATs to an endpoint of `map`, picked at random.
-fn pick_from_map(map: &str, protocol: Protocol) -> Vec<Expr> {
+/// The [`ENDPOINTS`] elements of `chain`: endpoint `i` under `id . i` (`i` as the random
+/// number's register holds it, in host order).
+pub fn endpoint_elements(chain: &str, endpoints: &[&Endpoint]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let id = chain_id(chain);
+    (0u32..)
+        .zip(endpoints)
+        .map(|(i, endpoint)| {
+            let mut key = id.to_vec();
+            key.extend_from_slice(&i.to_ne_bytes());
+            let mut data = endpoint.ip.octets().to_vec();
+            data.extend_from_slice(&endpoint.port.to_be_bytes());
+            data.extend_from_slice(&[0, 0]);
+            (key, data)
+        })
+        .collect()
+}
+
+/// DNATs to one of `chain`'s `count` endpoints in the [`ENDPOINTS`] map, picked at random.
+fn pick_from_map(chain: &str, count: usize, protocol: Protocol) -> Vec<Expr> {
     vec![
         // DNAT with a port needs the protocol known.
         Expr::l4proto(reg32(0)),
@@ -231,16 +236,16 @@ fn pick_from_map(map: &str, protocol: Protocol) -> Vec<Expr> {
             op: CmpOp::Eq,
             data: vec![protocol_number(protocol)],
         },
-        Expr::RandomNumber {
+        Expr::Immediate {
             dreg: reg32(0),
-            modulus: ENDPOINT_RANGE,
+            data: chain_id(chain).to_vec(),
         },
-        Expr::HostToNetwork32 {
-            sreg: reg32(0),
-            dreg: reg32(0),
+        Expr::RandomNumber {
+            dreg: reg32(2),
+            modulus: u32::try_from(count).unwrap_or(u32::MAX),
         },
         Expr::Lookup {
-            set: map.into(),
+            set: ENDPOINTS.into(),
             sreg: reg32(0),
             dreg: Some(reg32(0)),
             invert: false,
@@ -511,12 +516,9 @@ fn pick_endpoint(
         rules.extend(spread(&refs));
         return rules;
     }
-    let map = format!("endpoints-{chain}");
     let targets: Vec<&Endpoint> = endpoints.iter().map(|(_, e)| e).collect();
-    ruleset
-        .endpoint_maps
-        .insert(map.clone(), endpoint_ranges(&targets));
-    vec![pick_from_map(&map, info.protocol)]
+    ruleset.endpoints.extend(endpoint_elements(chain, &targets));
+    vec![pick_from_map(chain, targets.len(), info.protocol)]
 }
 
 /// Rules that send a packet to one of `endpoints` at random, each equally likely (rule `i`
@@ -605,8 +607,8 @@ impl Ruleset {
         for (name, set) in &other.affinity_sets {
             self.affinity_sets.insert(name.clone(), set.clone());
         }
-        for (name, elements) in &other.endpoint_maps {
-            self.endpoint_maps.insert(name.clone(), elements.clone());
+        for (key, data) in &other.endpoints {
+            self.endpoints.insert(key.clone(), data.clone());
         }
         self.hairpin.extend(&other.hairpin);
     }
@@ -805,38 +807,20 @@ mod tests {
         }
     }
 
-    /// The ranges as (first, one past the last, endpoint's last octet).
-    fn ranges(elements: &[Element]) -> Vec<(u32, u32, u8)> {
-        elements
-            .chunks(2)
-            .map(|pair| {
-                let key = |e: &Element| u32::from_be_bytes(e.key.clone().try_into().unwrap());
-                assert!(!pair[0].interval_end && pair[1].interval_end);
-                let data = pair[0].data.as_ref().unwrap();
-                assert_eq!(data[4..], [0x1f, 0x90, 0, 0], "port 8080, padded");
-                (key(&pair[0]), key(&pair[1]), data[3])
-            })
-            .collect()
-    }
-
     #[test]
-    fn endpoint_ranges_split_the_random_numbers_evenly() {
-        let three: Vec<Endpoint> = (1..=3).map(endpoint).collect();
-        let refs: Vec<&Endpoint> = three.iter().collect();
-        assert_eq!(
-            ranges(&endpoint_ranges(&refs)),
-            [(0, 21845, 1), (21845, 43690, 2), (43690, 65536, 3)]
-        );
-        let one = endpoint(7);
-        assert_eq!(ranges(&endpoint_ranges(&[&one])), [(0, 65536, 7)]);
-        // Every share is within one number of the others, and the ranges cover 0..65536.
-        let many: Vec<Endpoint> = (1..=250).map(endpoint).collect();
-        let refs: Vec<&Endpoint> = many.iter().collect();
-        let split = ranges(&endpoint_ranges(&refs));
-        let sizes: Vec<u32> = split.iter().map(|(a, b, _)| b - a).collect();
-        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
-        assert!(split.windows(2).all(|w| w[0].1 == w[1].0));
-        assert_eq!((split[0].0, split[249].1), (0, ENDPOINT_RANGE));
+    fn endpoints_are_numbered_under_their_chain_id() {
+        let two = [endpoint(1), endpoint(2)];
+        let refs: Vec<&Endpoint> = two.iter().collect();
+        let a = endpoint_elements("svc-default/a/tcp/80", &refs);
+        let b = endpoint_elements("svc-default/b/tcp/80", &refs);
+        assert_eq!(a.len(), 2);
+        assert!(a.keys().all(|k| k.len() == 12 && !b.contains_key(k)));
+        let (key, data) = a
+            .iter()
+            .find(|(k, _)| k[8..] == 1u32.to_ne_bytes())
+            .unwrap();
+        assert_eq!(key[..8], chain_id("svc-default/a/tcp/80"));
+        assert_eq!(data, &[10, 244, 1, 2, 0x1f, 0x90, 0, 0]);
     }
 
     #[test]
@@ -864,10 +848,7 @@ mod tests {
         };
         let plain = render_port_rules(&info, &endpoints, &settings);
         assert_eq!(plain.chains.len(), 1, "{:?}", plain.chains.keys());
-        assert_eq!(
-            plain.endpoint_maps["endpoints-svc-default/web/tcp/80"].len(),
-            4
-        );
+        assert_eq!(plain.endpoints.len(), 2);
         assert_eq!(plain.hairpin.len(), 2);
         let sticky = ServicePortInfo {
             session_affinity_seconds: Some(10800),
@@ -875,7 +856,7 @@ mod tests {
         };
         let sticky = render_port_rules(&sticky, &endpoints, &settings);
         assert_eq!(sticky.chains.len(), 3);
-        assert!(sticky.endpoint_maps.is_empty());
+        assert!(sticky.endpoints.is_empty());
         assert_eq!(sticky.affinity_sets.len(), 2);
         assert_eq!(sticky.hairpin.len(), 2);
     }

@@ -9,8 +9,8 @@ use std::time::Instant;
 use baton_nftables::{ApplyBatchError, Batch, Element, Family, NftSocket};
 
 use crate::nftables_rules::{
-    HAIRPIN, RuleSettings, Ruleset, TABLE, base_chains, base_ruleset, empty_ruleset,
-    endpoint_map_spec, hairpin_element, hairpin_set, maps, render_port_rules,
+    ENDPOINTS, HAIRPIN, RuleSettings, Ruleset, TABLE, base_chains, base_ruleset, empty_ruleset,
+    endpoints_map, hairpin_element, hairpin_set, maps, render_port_rules,
 };
 use crate::service_model::{Endpoint, ProxyState, ServicePortInfo, ServicePortKey};
 
@@ -206,6 +206,17 @@ fn elements(map: &BTreeMap<Vec<u8>, baton_nftables::Verdict>) -> Vec<Element> {
         .collect()
 }
 
+fn endpoint_elements(endpoints: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<Element> {
+    endpoints
+        .iter()
+        .map(|(key, data)| Element {
+            key: key.clone(),
+            data: Some(data.clone()),
+            ..Element::default()
+        })
+        .collect()
+}
+
 /// Deletes the table and builds it again, all in one batch.
 fn full(wanted: &Ruleset) -> Batch {
     let mut batch = Batch::new();
@@ -214,14 +225,18 @@ fn full(wanted: &Ruleset) -> Batch {
         .add_table(Family::Ip, TABLE);
     for spec in maps()
         .into_iter()
-        .chain([hairpin_set()])
+        .chain([hairpin_set(), endpoints_map()])
         .chain(wanted.affinity_sets.values().cloned())
-        .chain(wanted.endpoint_maps.keys().map(|n| endpoint_map_spec(n)))
     {
         batch.add_set(Family::Ip, TABLE, &spec);
     }
-    for (name, elements) in &wanted.endpoint_maps {
-        batch.add_elements(Family::Ip, TABLE, name, elements);
+    if !wanted.endpoints.is_empty() {
+        batch.add_elements(
+            Family::Ip,
+            TABLE,
+            ENDPOINTS,
+            &endpoint_elements(&wanted.endpoints),
+        );
     }
     let hairpin: Vec<Element> = wanted
         .hairpin
@@ -267,19 +282,17 @@ fn incremental_phases(applied: &Ruleset, wanted: &Ruleset) -> [Batch; 3] {
             batch.add_set(Family::Ip, TABLE, spec);
         }
     }
-    // Endpoint maps: new ones made, changed ones emptied, and filled; an endpoint change is
-    // only this (no rule changes, so the kernel does not validate the table again).
-    for (name, elements) in &wanted.endpoint_maps {
-        match applied.endpoint_maps.get(name) {
-            Some(old) if old == elements => continue,
-            Some(_) => {
-                batch.flush_set(Family::Ip, TABLE, name);
-            }
-            None => {
-                batch.add_set(Family::Ip, TABLE, &endpoint_map_spec(name));
-            }
-        }
-        batch.add_elements(Family::Ip, TABLE, name, elements);
+    // Endpoints that went or changed, out first (an endpoint change that keeps the number of
+    // endpoints is only this and the additions below: no rule changes, so the kernel does not
+    // validate the table again).
+    let gone: Vec<Element> = applied
+        .endpoints
+        .iter()
+        .filter(|(key, data)| wanted.endpoints.get(*key) != Some(*data))
+        .map(|(key, _)| Element::key(key.clone()))
+        .collect();
+    if !gone.is_empty() {
+        batch.delete_elements(Family::Ip, TABLE, ENDPOINTS, &gone);
     }
     for name in wanted
         .chains
@@ -335,6 +348,15 @@ fn incremental_phases(applied: &Ruleset, wanted: &Ruleset) -> [Batch; 3] {
             additions.add_elements(Family::Ip, TABLE, name, &elements(&added));
         }
     }
+    let added: BTreeMap<Vec<u8>, Vec<u8>> = wanted
+        .endpoints
+        .iter()
+        .filter(|(key, data)| applied.endpoints.get(*key) != Some(*data))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !added.is_empty() {
+        additions.add_elements(Family::Ip, TABLE, ENDPOINTS, &endpoint_elements(&added));
+    }
     // Chains and sets that went, once nothing points at them.
     for name in removed {
         removals.delete_chain(Family::Ip, TABLE, name);
@@ -344,10 +366,6 @@ fn incremental_phases(applied: &Ruleset, wanted: &Ruleset) -> [Batch; 3] {
             removals.delete_set(Family::Ip, TABLE, name);
         }
     }
-    for name in applied.endpoint_maps.keys() {
-        if !wanted.endpoint_maps.contains_key(name) {
-            removals.delete_set(Family::Ip, TABLE, name);
-        }
-    }
+
     [batch, additions, removals]
 }

@@ -38,11 +38,20 @@ fn slice(service: &str, ready: &[(&str, bool)]) -> EndpointSlice {
     .unwrap()
 }
 
-fn endpoint_maps(nft: &mut NftSocket) -> Vec<String> {
-    let mut sets = nft.sets(Family::Ip, TABLE).unwrap();
-    sets.retain(|s| s.starts_with("endpoints-"));
-    sets.sort();
-    sets
+/// The `address:port` values of the endpoints map, sorted.
+fn endpoints(nft: &mut NftSocket) -> Vec<String> {
+    let mut found: Vec<String> = nft
+        .set_elements(Family::Ip, TABLE, "endpoints")
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let data = e.data.unwrap();
+            let port = u16::from_be_bytes([data[4], data[5]]);
+            format!("{}.{}.{}.{}:{port}", data[0], data[1], data[2], data[3])
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 fn chains(nft: &mut NftSocket) -> Vec<String> {
@@ -77,10 +86,7 @@ fn syncs_apply_exactly_the_rendered_chains() {
                 .unwrap();
             assert!(stats.full);
             assert_eq!(chains(&mut nft), ["svc-default/a/tcp/http"]);
-            assert_eq!(
-                endpoint_maps(&mut nft),
-                ["endpoints-svc-default/a/tcp/http"]
-            );
+            assert_eq!(endpoints(&mut nft), ["10.244.1.2:8080"]);
 
             // A second Service, without endpoints yet: no chain, a reject element.
             let stats = proxier
@@ -110,19 +116,16 @@ fn syncs_apply_exactly_the_rendered_chains() {
                     "svc-default/b/tcp/http",
                 ]
             );
+            // b's endpoint twice: under its cluster IP's chain and its node port's.
             assert_eq!(
-                endpoint_maps(&mut nft),
-                [
-                    "endpoints-ext-default/b/tcp/http",
-                    "endpoints-svc-default/a/tcp/http",
-                    "endpoints-svc-default/b/tcp/http",
-                ]
+                endpoints(&mut nft),
+                ["10.244.1.2:8080", "10.244.1.3:8080", "10.244.1.3:8080"]
             );
             let rules = nft.rule_count(Family::Ip, TABLE).unwrap();
             assert_eq!(rules, render(&state, &settings).rule_count());
 
             // Session affinity on b: upstream's layout, a chain and a set per endpoint, and no
-            // endpoint maps for b; all gone with the affinity.
+            // map elements for b; all gone with the affinity.
             let mut sticky_b = b.clone();
             sticky_b.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
             let sticky = build_state(&[a.clone(), sticky_b], &slices);
@@ -130,13 +133,10 @@ fn syncs_apply_exactly_the_rendered_chains() {
             proxier.sync_state(&sticky, &settings).unwrap();
             assert!(nft.rule_count(Family::Ip, TABLE).unwrap() > rules);
             assert!(chains(&mut nft).contains(&"svc-default/b/tcp/http__10.244.1.3/8080".into()));
-            assert_eq!(
-                endpoint_maps(&mut nft),
-                ["endpoints-svc-default/a/tcp/http"]
-            );
+            assert_eq!(endpoints(&mut nft), ["10.244.1.2:8080"]);
             proxier.sync_state(&state, &settings).unwrap();
             assert_eq!(nft.rule_count(Family::Ip, TABLE).unwrap(), rules);
-            assert_eq!(endpoint_maps(&mut nft).len(), 3);
+            assert_eq!(endpoints(&mut nft).len(), 3);
 
             // Service a goes.
             proxier
@@ -149,13 +149,7 @@ fn syncs_apply_exactly_the_rendered_chains() {
                 chains(&mut nft),
                 ["ext-default/b/tcp/http", "svc-default/b/tcp/http"]
             );
-            assert_eq!(
-                endpoint_maps(&mut nft),
-                [
-                    "endpoints-ext-default/b/tcp/http",
-                    "endpoints-svc-default/b/tcp/http",
-                ]
-            );
+            assert_eq!(endpoints(&mut nft), ["10.244.1.3:8080", "10.244.1.3:8080"]);
 
             proxier.clean_up().unwrap();
             assert!(nft.tables(Family::Ip).unwrap().is_empty());
@@ -190,8 +184,8 @@ fn state_syncs_render_only_what_changed_and_match_a_full_render() {
             let full_rules = nft.rule_count(Family::Ip, TABLE).unwrap();
             assert_eq!(proxier.rule_count(), full_rules);
 
-            // Service s0's endpoint moves: only its endpoint map's elements (and the hairpin
-            // set) change, no rule.
+            // Service s0's endpoint moves: only its element of the endpoints map (and the
+            // hairpin set) changes, no rule.
             let mut moved = slices(0);
             moved[0] = slice("s0", &[("10.244.9.9", true)]);
             let next = build_state(&services, &moved);
@@ -199,7 +193,7 @@ fn state_syncs_render_only_what_changed_and_match_a_full_render() {
             assert!(!stats.full);
             assert_eq!(
                 stats.changes, 4,
-                "flush, fill, hairpin out and in: {stats:?}"
+                "element out and in, hairpin out and in: {stats:?}"
             );
             assert_eq!(nft.rule_count(Family::Ip, TABLE).unwrap(), full_rules);
             // The kernel holds what a full render of the new state holds.
