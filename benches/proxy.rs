@@ -1,9 +1,10 @@
 //! kube-proxy benchmark (nftables mode): full and single-Service sync times for 1,000 and
 //! 10,000 Services with 2 endpoints each, and connection setup through a ClusterIP with 100 to
 //! 10,000 Services present. References measured in the same run: Debian's `nft -f` loading the
-//! very ruleset Baton programmed (what a proxy that writes nft text would pay), and connecting
-//! to the backend directly (no Service in the way). Runs as root inside network namespaces of
-//! its own.
+//! same Services in upstream kube-proxy's nftables layout (a chain per Service and per
+//! endpoint, `numgen ... vmap` between them), in full and for the same single-Service change
+//! (what upstream's proxy, which writes nft text, pays), and connecting to the backend directly
+//! (no Service in the way). Runs as root inside network namespaces of its own.
 //!
 //! `CARGO_TARGET_DIR=/var/cache/baton/bench-target cargo bench --bench proxy`
 
@@ -116,7 +117,8 @@ struct SyncResult {
     full_kernel: Duration,
     incremental: Duration,
     incremental_kernel: Duration,
-    nft_reference: Option<Duration>,
+    /// Upstream's layout through `nft -f`: the whole table, and the single-Service change.
+    nft_reference: (Option<Duration>, Option<Duration>),
 }
 
 /// Full sync, then single-Service changes, the way the proxy runs them: the Services and
@@ -155,7 +157,7 @@ fn measure_sync(n: usize) -> SyncResult {
             }
             times.sort();
             let (incremental, incremental_kernel) = times[times.len() / 2];
-            let nft_reference = nft_reference();
+            let nft_reference = upstream_reference(&services, &slices, &changes[0].1);
             SyncResult {
                 services: n,
                 rules,
@@ -169,23 +171,127 @@ fn measure_sync(n: usize) -> SyncResult {
         .expect("run in namespace")
 }
 
-/// `nft -f` loading the ruleset the proxier programmed, into a fresh namespace.
-fn nft_reference() -> Option<Duration> {
-    let listing = Command::new("nft")
-        .args(["list", "ruleset"])
-        .output()
-        .ok()?;
-    let file = std::env::temp_dir().join(format!("baton-bench-{}.nft", std::process::id()));
-    std::fs::write(&file, &listing.stdout).ok()?;
-    let fresh = NetNs::create().ok()?;
-    let took = fresh
-        .run(|| {
-            let started = Instant::now();
-            let status = Command::new("nft").arg("-f").arg(&file).status().ok()?;
-            status.success().then(|| started.elapsed())
+/// The endpoints (`address`, port) of a slice.
+fn endpoints_of(slice: &EndpointSlice) -> Vec<(String, i32)> {
+    let port = slice
+        .ports
+        .as_ref()
+        .and_then(|p| p.first())
+        .and_then(|p| p.port)
+        .unwrap_or(0);
+    slice
+        .endpoints
+        .iter()
+        .flat_map(|e| e.addresses.iter().map(|a| (a.clone(), port)))
+        .collect()
+}
+
+/// Rules of upstream kube-proxy's nftables layout for Service `i`'s endpoint chain.
+fn upstream_endpoint_chain(i: usize, address: &str, port: i32) -> String {
+    let chain = format!("endpoint-{i}-{address}");
+    format!(
+        "add chain ip kube-proxy {chain}\n\
+         add rule ip kube-proxy {chain} ip saddr {address} jump mark-for-masquerade\n\
+         add rule ip kube-proxy {chain} meta l4proto tcp dnat to {address}:{port}\n"
+    )
+}
+
+fn upstream_service_rule(i: usize, endpoints: &[(String, i32)]) -> String {
+    let choices: Vec<String> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(k, (address, _))| format!("{k} : goto endpoint-{i}-{address}"))
+        .collect();
+    format!(
+        "add rule ip kube-proxy service-{i} numgen random mod {} vmap {{ {} }}\n",
+        endpoints.len(),
+        choices.join(", ")
+    )
+}
+
+/// `nft -f` of the Services in upstream kube-proxy's nftables layout, into a fresh namespace:
+/// (the whole table, then the single-Service change of `changed`, which replaces Service 0's
+/// endpoints). `None` where nft failed or is missing.
+fn upstream_reference(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    changed: &EndpointSlice,
+) -> (Option<Duration>, Option<Duration>) {
+    let mut text = String::from(
+        "add table ip kube-proxy\n\
+         add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }\n\
+         add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority dstnat ; }\n\
+         add chain ip kube-proxy mark-for-masquerade\n\
+         add rule ip kube-proxy mark-for-masquerade meta mark set meta mark or 0x4000\n\
+         add chain ip kube-proxy services\n\
+         add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips\n\
+         add rule ip kube-proxy nat-prerouting jump services\n",
+    );
+    let mut elements = Vec::new();
+    for (i, (service, slice)) in services.iter().zip(slices).enumerate() {
+        let ip = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.cluster_ip.clone())
+            .unwrap_or_default();
+        let endpoints = endpoints_of(slice);
+        for (address, port) in &endpoints {
+            text.push_str(&upstream_endpoint_chain(i, address, *port));
+        }
+        text.push_str(&format!(
+            "add chain ip kube-proxy service-{i}\n\
+             add rule ip kube-proxy service-{i} ip daddr {ip} tcp dport 80 ip saddr != 10.244.0.0/15 jump mark-for-masquerade\n"
+        ));
+        text.push_str(&upstream_service_rule(i, &endpoints));
+        elements.push(format!("{ip} . tcp . 80 : goto service-{i}"));
+    }
+    text.push_str(&format!(
+        "add element ip kube-proxy service-ips {{ {} }}\n",
+        elements.join(", ")
+    ));
+    // The change: Service 0's endpoints become `changed`'s.
+    let old = endpoints_of(&slices[0]);
+    let new = endpoints_of(changed);
+    let mut change = String::new();
+    for (address, port) in new.iter().filter(|e| !old.contains(e)) {
+        change.push_str(&upstream_endpoint_chain(0, address, *port));
+    }
+    change.push_str("flush chain ip kube-proxy service-0\n");
+    change.push_str(&format!(
+        "add rule ip kube-proxy service-0 ip daddr {} tcp dport 80 ip saddr != 10.244.0.0/15 jump mark-for-masquerade\n",
+        cluster_ip(0)
+    ));
+    change.push_str(&upstream_service_rule(0, &new));
+    for (address, _) in old.iter().filter(|e| !new.contains(e)) {
+        change.push_str(&format!(
+            "flush chain ip kube-proxy endpoint-0-{address}\n\
+             delete chain ip kube-proxy endpoint-0-{address}\n"
+        ));
+    }
+    let dir = std::env::temp_dir();
+    let full_file = dir.join(format!("baton-bench-{}.nft", std::process::id()));
+    let change_file = dir.join(format!("baton-bench-{}-change.nft", std::process::id()));
+    let written = std::fs::write(&full_file, text).and(std::fs::write(&change_file, change));
+    let load = |file: &std::path::Path| -> Option<Duration> {
+        let started = Instant::now();
+        let status = Command::new("nft").arg("-f").arg(file).status().ok()?;
+        status.success().then(|| started.elapsed())
+    };
+    let took = written
+        .ok()
+        .and_then(|()| NetNs::create().ok())
+        .and_then(|fresh| {
+            fresh
+                .run(|| {
+                    let full = load(&full_file);
+                    let change = full.and_then(|_| load(&change_file));
+                    (full, change)
+                })
+                .ok()
         })
-        .ok()?;
-    let _ = std::fs::remove_file(&file);
+        .unwrap_or((None, None));
+    let _ = std::fs::remove_file(&full_file);
+    let _ = std::fs::remove_file(&change_file);
     took
 }
 
@@ -237,7 +343,7 @@ fn us(d: Duration) -> String {
 fn main() {
     println!("# kube-proxy, nftables mode (2 cores, 24 GiB)\n");
     println!(
-        "| Services | rules | full sync (of which the kernel) | single-Service change, p50 of 11 (of which the kernel) | reference: `nft -f` of the same ruleset |"
+        "| Services | rules | full sync (of which the kernel) | single-Service change, p50 of 11 (of which the kernel) | reference: upstream's layout through `nft -f`, full / the same change |"
     );
     println!("|---:|---:|---:|---:|---:|");
     for n in [1_000, 10_000] {
@@ -250,9 +356,11 @@ fn main() {
             ms(r.full_kernel),
             r.incremental.as_secs_f64() * 1000.0,
             r.incremental_kernel.as_secs_f64() * 1000.0,
-            r.nft_reference
-                .map(ms)
-                .unwrap_or_else(|| "nft not installed".into())
+            match r.nft_reference {
+                (Some(full), Some(change)) =>
+                    format!("{} / {:.1} ms", ms(full), change.as_secs_f64() * 1000.0),
+                _ => "nft failed or not installed".into(),
+            }
         );
     }
     println!(

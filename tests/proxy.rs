@@ -90,8 +90,8 @@ fn programmed_endpoints(netns: &NetNs, mode: &str, service: &str) -> (usize, boo
         return (endpoints, metrics.contains("kubeproxy_sync"));
     }
     if mode == "nftables" {
-        // The elements of the endpoints map whose chain id is one of the Service's cluster-IP
-        // chains; with session affinity, its endpoint chains instead.
+        // The endpoint-map elements under the ids of the Service's cluster-IP chains; with
+        // session affinity, its endpoint chains instead.
         netns
             .run(|| {
                 let Ok(mut nft) = NftSocket::open() else {
@@ -103,12 +103,17 @@ fn programmed_endpoints(netns: &NetNs, mode: &str, service: &str) -> (usize, boo
                     .filter(|c| c.starts_with(&format!("svc-{prefix}/")) && !c.contains("__"))
                     .map(|c| baton_proxy::nftables_rules::chain_id(c))
                     .collect();
-                let in_map = nft
-                    .set_elements(Family::Ip, "baton-proxy", "endpoints")
-                    .unwrap_or_default()
+                let in_map = ids
                     .iter()
-                    .filter(|e| ids.iter().any(|id| e.key.starts_with(id)))
-                    .count();
+                    .map(|id| {
+                        let map = baton_proxy::nftables_rules::endpoint_map_name(id[0]);
+                        nft.set_elements(Family::Ip, "baton-proxy", &map)
+                            .unwrap_or_default()
+                            .iter()
+                            .filter(|e| e.key.starts_with(id))
+                            .count()
+                    })
+                    .sum::<usize>();
                 let in_chains = chains
                     .iter()
                     .filter(|c| c.starts_with(&format!("svc-{prefix}/")) && c.contains("__"))

@@ -8,15 +8,19 @@
 //!   destinations, `meta l4proto . th dport` in `service-nodeports`: one lookup whatever the
 //!   number of Services;
 //! - a chain per service port (`svc-NS/NAME/PROTO/PORT`) DNATs to an endpoint picked at random:
-//!   it looks `chain id . numgen random mod N` up in the map `endpoints`, whose values are the
+//!   it looks `chain id . numgen random mod N` up in one of 64 endpoint maps
+//!   (`endpoints-00` to `endpoints-3f`, by the id's first byte), whose values are the
 //!   endpoints' `address . port` (the id is a 64-bit hash of the chain's name; N the number of
 //!   endpoints). A chain per externally reachable port (`ext-...`) marks for masquerading
 //!   (Cluster policy) or keeps to this node's endpoints (Local policy), then picks the same way
 //!   under its own id. Endpoints that change while their number stays are then a change of map
 //!   elements only: the kernel validates the jumps of the whole table when a batch adds a rule
 //!   or a verdict element, which at 10,000 Services costs tens of milliseconds, but not for
-//!   data elements. (One map for all ports, since the kernel finds named sets by walking a
-//!   list: a set per port made a 10,000-Service table take 20 s to load.);
+//!   data elements. Why 64 shared maps: the kernel finds named sets by walking a list (a map
+//!   per port made a 10,000-Service table take 20 s to load), and checks every element added
+//!   against every rule that looks its map up (one map for all ports took 18 s); a rule cannot
+//!   hand its key to a shared rule elsewhere (the kernel refuses rules that read registers
+//!   they did not write);
 //! - with session affinity (ClientIP) a port keeps upstream's layout instead: a chain per
 //!   endpoint (`...__IP/PORT`) that records the client in the endpoint's affinity set and
 //!   DNATs, and rules that send a recorded client back to its endpoint;
@@ -54,8 +58,9 @@ pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 /// `IP . IP` for every endpoint address: after DNAT, a packet whose source is its destination
 /// is hairpin traffic.
 pub const HAIRPIN: &str = "hairpin";
-/// The map from `chain id . endpoint number` to the endpoint's `address . port`.
-pub const ENDPOINTS: &str = "endpoints";
+/// How many endpoint maps (`chain id . endpoint number` to the endpoint's `address . port`)
+/// the ports share.
+pub const ENDPOINT_MAPS: u8 = 64;
 
 const SERVICES: &str = "services";
 const MASQUERADING: &str = "masquerading";
@@ -81,7 +86,8 @@ pub struct Ruleset {
     pub maps: BTreeMap<&'static str, BTreeMap<Vec<u8>, Verdict>>,
     /// Session affinity sets (client addresses that recently used an endpoint), by name.
     pub affinity_sets: BTreeMap<String, SetSpec>,
-    /// Elements of the [`ENDPOINTS`] map: `chain id . endpoint number` to `address . port`.
+    /// Elements of the endpoint maps, `chain id . endpoint number` to `address . port` (each
+    /// in the map [`endpoint_map_name`] gives for the key's first byte).
     pub endpoints: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Endpoint addresses, whose `IP . IP` goes into the [`HAIRPIN`] set.
     pub hairpin: BTreeSet<Ipv4Addr>,
@@ -180,12 +186,23 @@ pub fn hairpin_element(ip: Ipv4Addr) -> Element {
     Element::key(key)
 }
 
-/// The [`ENDPOINTS`] map.
-pub fn endpoints_map() -> SetSpec {
+/// The endpoint map that holds the elements of the chain whose id starts with `id_byte`.
+pub fn endpoint_map_name(id_byte: u8) -> String {
+    format!("endpoints-{:02x}", id_byte % ENDPOINT_MAPS)
+}
+
+/// The endpoint maps.
+pub fn endpoint_maps() -> Vec<SetSpec> {
+    (0..ENDPOINT_MAPS)
+        .map(|i| endpoint_map(&endpoint_map_name(i)))
+        .collect()
+}
+
+fn endpoint_map(name: &str) -> SetSpec {
     // Listed by nft as `mark . mark . mark`: the id's two halves and the endpoint number.
     let word = 19;
     SetSpec {
-        name: ENDPOINTS.into(),
+        name: name.into(),
         key_type: data_type::concat(&[word, word, word]),
         key_len: 12,
         verdict_map: false,
@@ -198,7 +215,7 @@ pub fn endpoints_map() -> SetSpec {
     }
 }
 
-/// A chain's id in the [`ENDPOINTS`] map: the FNV-1a hash of its name (64 bits, so that ids of
+/// A chain's id in the endpoint maps: the FNV-1a hash of its name (64 bits, so that ids of
 /// different chains do not meet in practice).
 pub fn chain_id(chain: &str) -> [u8; 8] {
     chain
@@ -209,7 +226,7 @@ pub fn chain_id(chain: &str) -> [u8; 8] {
         .to_be_bytes()
 }
 
-/// The [`ENDPOINTS`] elements of `chain`: endpoint `i` under `id . i` (`i` as the random
+/// The endpoint-map elements of `chain`: endpoint `i` under `id . i` (`i` as the random
 /// number's register holds it, in host order).
 pub fn endpoint_elements(chain: &str, endpoints: &[&Endpoint]) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let id = chain_id(chain);
@@ -226,8 +243,9 @@ pub fn endpoint_elements(chain: &str, endpoints: &[&Endpoint]) -> BTreeMap<Vec<u
         .collect()
 }
 
-/// DNATs to one of `chain`'s `count` endpoints in the [`ENDPOINTS`] map, picked at random.
+/// DNATs to one of `chain`'s `count` endpoints, picked at random.
 fn pick_from_map(chain: &str, count: usize, protocol: Protocol) -> Vec<Expr> {
+    let id = chain_id(chain);
     vec![
         // DNAT with a port needs the protocol known.
         Expr::l4proto(reg32(0)),
@@ -238,14 +256,14 @@ fn pick_from_map(chain: &str, count: usize, protocol: Protocol) -> Vec<Expr> {
         },
         Expr::Immediate {
             dreg: reg32(0),
-            data: chain_id(chain).to_vec(),
+            data: id.to_vec(),
         },
         Expr::RandomNumber {
             dreg: reg32(2),
             modulus: u32::try_from(count).unwrap_or(u32::MAX),
         },
         Expr::Lookup {
-            set: ENDPOINTS.into(),
+            set: endpoint_map_name(id[0]),
             sreg: reg32(0),
             dreg: Some(reg32(0)),
             invert: false,
@@ -390,6 +408,7 @@ fn fixed_chains() -> BTreeMap<String, Vec<Vec<Expr>>> {
         ],
     );
     chains.insert(REJECT.into(), vec![vec![Expr::Reject]]);
+
     chains.insert(MARK_FOR_MASQUERADE.into(), vec![set_mark_bit()]);
     // Hairpin traffic is marked, then masqueraded with the rest.
     let mut hairpin = vec![

@@ -9,8 +9,8 @@ use std::time::Instant;
 use baton_nftables::{ApplyBatchError, Batch, Element, Family, NftSocket};
 
 use crate::nftables_rules::{
-    ENDPOINTS, HAIRPIN, RuleSettings, Ruleset, TABLE, base_chains, base_ruleset, empty_ruleset,
-    endpoints_map, hairpin_element, hairpin_set, maps, render_port_rules,
+    HAIRPIN, RuleSettings, Ruleset, TABLE, base_chains, base_ruleset, empty_ruleset,
+    endpoint_map_name, endpoint_maps, hairpin_element, hairpin_set, maps, render_port_rules,
 };
 use crate::service_model::{Endpoint, ProxyState, ServicePortInfo, ServicePortKey};
 
@@ -206,15 +206,22 @@ fn elements(map: &BTreeMap<Vec<u8>, baton_nftables::Verdict>) -> Vec<Element> {
         .collect()
 }
 
-fn endpoint_elements(endpoints: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<Element> {
-    endpoints
-        .iter()
-        .map(|(key, data)| Element {
-            key: key.clone(),
-            data: Some(data.clone()),
-            ..Element::default()
-        })
-        .collect()
+/// Adds endpoint-map elements, each to its map.
+fn add_endpoint_elements(batch: &mut Batch, endpoints: &BTreeMap<Vec<u8>, Vec<u8>>) {
+    let mut by_map: BTreeMap<String, Vec<Element>> = BTreeMap::new();
+    for (key, data) in endpoints {
+        by_map
+            .entry(endpoint_map_name(key[0]))
+            .or_default()
+            .push(Element {
+                key: key.clone(),
+                data: Some(data.clone()),
+                ..Element::default()
+            });
+    }
+    for (map, elements) in &by_map {
+        batch.add_elements(Family::Ip, TABLE, map, elements);
+    }
 }
 
 /// Deletes the table and builds it again, all in one batch.
@@ -225,18 +232,11 @@ fn full(wanted: &Ruleset) -> Batch {
         .add_table(Family::Ip, TABLE);
     for spec in maps()
         .into_iter()
-        .chain([hairpin_set(), endpoints_map()])
+        .chain([hairpin_set()])
+        .chain(endpoint_maps())
         .chain(wanted.affinity_sets.values().cloned())
     {
         batch.add_set(Family::Ip, TABLE, &spec);
-    }
-    if !wanted.endpoints.is_empty() {
-        batch.add_elements(
-            Family::Ip,
-            TABLE,
-            ENDPOINTS,
-            &endpoint_elements(&wanted.endpoints),
-        );
     }
     let hairpin: Vec<Element> = wanted
         .hairpin
@@ -259,6 +259,9 @@ fn full(wanted: &Ruleset) -> Batch {
             batch.add_elements(Family::Ip, TABLE, name, &elements(map));
         }
     }
+    // After the rules: the kernel checks each element against each rule looking its map up
+    // when it comes, and each existing element when a rule comes; either way once.
+    add_endpoint_elements(&mut batch, &wanted.endpoints);
     for (name, base, rules) in base_chains() {
         batch.add_chain(Family::Ip, TABLE, name, Some(&base));
         for rule in rules {
@@ -285,14 +288,16 @@ fn incremental_phases(applied: &Ruleset, wanted: &Ruleset) -> [Batch; 3] {
     // Endpoints that went or changed, out first (an endpoint change that keeps the number of
     // endpoints is only this and the additions below: no rule changes, so the kernel does not
     // validate the table again).
-    let gone: Vec<Element> = applied
-        .endpoints
-        .iter()
-        .filter(|(key, data)| wanted.endpoints.get(*key) != Some(*data))
-        .map(|(key, _)| Element::key(key.clone()))
-        .collect();
-    if !gone.is_empty() {
-        batch.delete_elements(Family::Ip, TABLE, ENDPOINTS, &gone);
+    let mut gone: BTreeMap<String, Vec<Element>> = BTreeMap::new();
+    for (key, data) in &applied.endpoints {
+        if wanted.endpoints.get(key) != Some(data) {
+            gone.entry(endpoint_map_name(key[0]))
+                .or_default()
+                .push(Element::key(key.clone()));
+        }
+    }
+    for (map, elements) in &gone {
+        batch.delete_elements(Family::Ip, TABLE, map, elements);
     }
     for name in wanted
         .chains
@@ -354,9 +359,7 @@ fn incremental_phases(applied: &Ruleset, wanted: &Ruleset) -> [Batch; 3] {
         .filter(|(key, data)| applied.endpoints.get(*key) != Some(*data))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    if !added.is_empty() {
-        additions.add_elements(Family::Ip, TABLE, ENDPOINTS, &endpoint_elements(&added));
-    }
+    add_endpoint_elements(&mut additions, &added);
     // Chains and sets that went, once nothing points at them.
     for name in removed {
         removals.delete_chain(Family::Ip, TABLE, name);

@@ -38,12 +38,18 @@ fn slice(service: &str, ready: &[(&str, bool)]) -> EndpointSlice {
     .unwrap()
 }
 
-/// The `address:port` values of the endpoints map, sorted.
+/// The `address:port` values of the endpoint maps, sorted.
 fn endpoints(nft: &mut NftSocket) -> Vec<String> {
-    let mut found: Vec<String> = nft
-        .set_elements(Family::Ip, TABLE, "endpoints")
+    let maps: Vec<String> = nft
+        .sets(Family::Ip, TABLE)
         .unwrap()
         .into_iter()
+        .filter(|s| s.starts_with("endpoints-"))
+        .collect();
+    assert_eq!(maps.len(), 64);
+    let mut found: Vec<String> = maps
+        .iter()
+        .flat_map(|m| nft.set_elements(Family::Ip, TABLE, m).unwrap())
         .map(|e| {
             let data = e.data.unwrap();
             let port = u16::from_be_bytes([data[4], data[5]]);
