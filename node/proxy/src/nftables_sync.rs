@@ -2,7 +2,7 @@
 //! table in one batch; later ones send only the chains and map elements that changed, also in
 //! one batch, so that the kernel never sees half a change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -64,7 +64,9 @@ impl NftablesProxier {
     /// Makes the table hold the rules of `state`. Only the service ports whose Service or
     /// endpoints changed since the last sync are rendered again and compared, so a change to
     /// one Service costs the same with 10 or 10,000 of them (the first sync, and any after a
-    /// failure or a change of settings, replaces the whole table).
+    /// failure or a change of settings, replaces the whole table). When `state` knows which
+    /// ports changed since it was last applied ([`ProxyState::mark_applied`]), only those are
+    /// looked at; otherwise every port is compared with what was applied.
     pub fn sync_state(
         &mut self,
         state: &ProxyState,
@@ -109,18 +111,34 @@ impl NftablesProxier {
         let mut rules = self.rules;
         // Per endpoint address, the change in the number of ports using it.
         let mut hairpin_delta: BTreeMap<Ipv4Addr, isize> = BTreeMap::new();
-        for (key, (_, _, old)) in &self.ports {
-            if !state.services.contains_key(key) {
-                add(old, &empty);
-                rules -= old.chain_rule_count();
-                for ip in &old.hairpin {
-                    *hairpin_delta.entry(*ip).or_default() -= 1;
-                }
-                changed.push((key.clone(), None));
+        // The ports to look at: those the state says changed since it was last applied, or,
+        // when it does not know, every port (compared with what was applied).
+        let every;
+        let candidates: &BTreeSet<ServicePortKey> = match state.touched() {
+            Some(touched) => touched,
+            None => {
+                every = self
+                    .ports
+                    .keys()
+                    .chain(state.services.keys())
+                    .cloned()
+                    .collect();
+                &every
             }
-        }
-        for (key, (info, endpoints)) in &state.services {
+        };
+        for key in candidates {
             let old = self.ports.get(key);
+            let Some((info, endpoints)) = state.services.get(key) else {
+                if let Some((_, _, old)) = old {
+                    add(old, &empty);
+                    rules -= old.chain_rule_count();
+                    for ip in &old.hairpin {
+                        *hairpin_delta.entry(*ip).or_default() -= 1;
+                    }
+                    changed.push((key.clone(), None));
+                }
+                continue;
+            };
             if old.is_some_and(|(i, e, _)| i == info && e == endpoints) {
                 continue;
             }

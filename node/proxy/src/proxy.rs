@@ -139,6 +139,10 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
         .await
         .expect("the sync task does not panic");
         current = synced;
+        if result.is_ok() {
+            // Later updates are tracked from here, so the next sync looks only at them.
+            current.mark_applied();
+        }
         let service_ports = current.services.len();
         state = Some(current);
         let userspace_backends = dataplane.userspace_backends();

@@ -8,7 +8,7 @@
 //! hands the resulting [`ProxyState`] to the dataplane.
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -498,11 +498,24 @@ pub fn categorize(
 
 /// The whole desired state for one node: every service port with its endpoints, ordered by
 /// key so the dataplane renders the same rules for the same input.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct ProxyState {
     /// Service ports with their endpoints (empty when the Service has none).
     pub services: BTreeMap<ServicePortKey, (ServicePortInfo, Vec<Endpoint>)>,
+    /// The service ports [`ProxyState::update_service`] touched since
+    /// [`ProxyState::mark_applied`]; `None` (a state built whole, or never applied) means
+    /// unknown, and a dataplane compares every port. Changes made to `services` directly are
+    /// not tracked.
+    touched: Option<BTreeSet<ServicePortKey>>,
 }
+
+impl PartialEq for ProxyState {
+    fn eq(&self, other: &Self) -> bool {
+        self.services == other.services
+    }
+}
+
+impl Eq for ProxyState {}
 
 /// Whether `labels` carry `key` (objects kube-proxy's watch selector excludes).
 fn has_label(labels: Option<&BTreeMap<String, String>>, key: &str) -> bool {
@@ -601,11 +614,28 @@ impl ProxyState {
             .collect();
         for key in stale {
             self.services.remove(&key);
+            if let Some(touched) = &mut self.touched {
+                touched.insert(key);
+            }
         }
         if let Some(service) = service {
             let fresh = build_state(std::slice::from_ref(service), slices);
+            if let Some(touched) = &mut self.touched {
+                touched.extend(fresh.services.keys().cloned());
+            }
             self.services.extend(fresh.services);
         }
+    }
+
+    /// Records that a dataplane applied this state: from now on, [`ProxyState::touched`] names
+    /// the service ports changed since.
+    pub fn mark_applied(&mut self) {
+        self.touched = Some(BTreeSet::new());
+    }
+
+    /// The service ports changed since [`ProxyState::mark_applied`], when known.
+    pub fn touched(&self) -> Option<&BTreeSet<ServicePortKey>> {
+        self.touched.as_ref()
     }
 }
 

@@ -265,3 +265,58 @@ fn state_syncs_render_only_what_changed_and_match_a_full_render() {
         })
         .unwrap();
 }
+
+#[test]
+fn a_state_that_tracks_its_changes_is_synced_by_them_alone() {
+    let settings = RuleSettings {
+        node_name: "n1".into(),
+        cluster_cidr: None,
+    };
+    let namespace = NetNs::create().unwrap();
+    namespace
+        .run(|| {
+            let mut proxier = NftablesProxier::new().unwrap();
+            let mut nft = NftSocket::open().unwrap();
+            let services: Vec<Service> = (0..20)
+                .map(|i| service(&format!("s{i}"), &format!("10.96.1.{}", i + 1), None))
+                .collect();
+            let slices: Vec<EndpointSlice> = (0..20)
+                .map(|i| slice(&format!("s{i}"), &[(&format!("10.244.1.{}", i + 2), true)]))
+                .collect();
+            let mut state = build_state(&services, &slices);
+            assert!(state.touched().is_none());
+            proxier.sync_state(&state, &settings).unwrap();
+            state.mark_applied();
+            let rules = nft.rule_count(Family::Ip, TABLE).unwrap();
+
+            // s3's endpoint moves and s4 goes: the sync looks at those two alone, and the
+            // kernel ends up holding what a full render of the new state holds.
+            state.update_service(
+                "default",
+                "s3",
+                Some(&services[3]),
+                &[slice("s3", &[("10.244.9.9", true)])],
+            );
+            state.update_service::<EndpointSlice>("default", "s4", None, &[]);
+            assert_eq!(state.touched().unwrap().len(), 2);
+            let stats = proxier.sync_state(&state, &settings).unwrap();
+            assert!(!stats.full);
+            state.mark_applied();
+            assert!(state.touched().unwrap().is_empty());
+            let held = endpoints(&mut nft);
+            assert!(held.contains(&"10.244.9.9:8080".to_string()), "{held:?}");
+            assert!(
+                !held.contains(&"10.244.1.5:8080".to_string())
+                    && !held.contains(&"10.244.1.6:8080".to_string()),
+                "{held:?}"
+            );
+            assert_eq!(held.len(), 19);
+            assert!(!chains(&mut nft).contains(&"svc-default/s4/tcp/http".to_string()));
+            assert_eq!(nft.rule_count(Family::Ip, TABLE).unwrap(), rules - 1);
+            assert_eq!(
+                nft.rule_count(Family::Ip, TABLE).unwrap(),
+                render(&state, &settings).rule_count()
+            );
+        })
+        .unwrap();
+}
