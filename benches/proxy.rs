@@ -351,7 +351,7 @@ fn main() {
     for n in [1_000, 10_000] {
         let r = measure_sync(n);
         println!(
-            "| {} | {} | {} ({}) | {:.1} ms ({:.1} ms) | {} |",
+            "| {} | {} | {} ({}) | {:.2} ms ({:.2} ms) | {} |",
             r.services,
             r.rules,
             ms(r.full),
