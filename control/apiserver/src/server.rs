@@ -271,6 +271,8 @@ fn openapi_v2(accept: Option<&str>) -> Result<Response<Body>, StatusError> {
         header::CONTENT_TYPE,
         http::HeaderValue::from_static(content_type),
     );
+    resp.headers_mut()
+        .insert(header::VARY, http::HeaderValue::from_static("Accept"));
     Ok(resp)
 }
 

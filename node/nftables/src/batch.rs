@@ -56,8 +56,6 @@ pub struct BaseChain {
 pub mod data_type {
     /// An IPv4 address.
     pub const IPV4_ADDR: u32 = 7;
-    /// A plain integer.
-    pub const INTEGER: u32 = 4;
     /// A layer 4 protocol number.
     pub const INET_PROTO: u32 = 12;
     /// A port.
@@ -85,8 +83,6 @@ pub struct SetSpec {
     /// A data map: the values' data type and length in bytes (each field of a concatenation
     /// padded to 4), loaded into the lookup's destination registers.
     pub data: Option<(u32, u32)>,
-    /// Keys are ranges (each element a start key, and an end element one past its last key).
-    pub interval: bool,
     /// Elements expire this long after they were last added or updated (a set the packet
     /// path updates, through [`Expr::UpdateSet`](crate::Expr::UpdateSet)).
     pub timeout_ms: Option<u64>,
@@ -101,9 +97,6 @@ pub struct Element {
     pub verdict: Option<Verdict>,
     /// A data map's value.
     pub data: Option<Vec<u8>>,
-    /// In an interval set: the element that ends the range before it (its key is one past the
-    /// range's last key).
-    pub interval_end: bool,
 }
 
 impl Element {
@@ -257,12 +250,9 @@ impl Batch {
     /// Creates a named set or map (nothing if it exists).
     pub fn add_set(&mut self, family: Family, table: &str, set: &SetSpec) -> &mut Self {
         let mut a = Attributes::new();
-        // NFT_SET_INTERVAL = 0x4, NFT_SET_MAP = 0x8, NFT_SET_TIMEOUT = 0x10, NFT_SET_EVAL
-        // (updated from the packet path) = 0x20.
+        // NFT_SET_MAP = 0x8, NFT_SET_TIMEOUT = 0x10, NFT_SET_EVAL (updated from the packet
+        // path) = 0x20.
         let mut flags = 0;
-        if set.interval {
-            flags |= 0x4;
-        }
         if set.verdict_map || set.data.is_some() {
             flags |= 0x8;
         }
@@ -320,14 +310,6 @@ impl Batch {
         )
     }
 
-    /// Removes every element of set `set`.
-    pub fn flush_set(&mut self, family: Family, table: &str, set: &str) -> &mut Self {
-        let mut a = Attributes::new();
-        a.string(1, table).string(2, set);
-        self.push(msg::DELSETELEM, 0, family, a, format!("flush set {set}"));
-        self
-    }
-
     /// Removes `elements` (by key) from set `set`.
     pub fn delete_elements(
         &mut self,
@@ -376,10 +358,6 @@ impl Batch {
                             e.nested(2, |data| {
                                 data.raw(1, value);
                             });
-                        }
-                        if element.interval_end {
-                            // NFTA_SET_ELEM_FLAGS = 3: NFT_SET_ELEM_INTERVAL_END = 1.
-                            e.be32(3, 1);
                         }
                     });
                 }

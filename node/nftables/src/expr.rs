@@ -86,6 +86,9 @@ pub const IPPROTO_SCTP: u8 = 132;
 /// The `ct state` bit of a packet that opens a connection (`new`).
 pub const CT_STATE_NEW: u32 = 1 << 3;
 
+/// The `ct status` bit of a connection whose destination was translated (IPS_DST_NAT).
+pub const CT_STATUS_DNAT: u32 = 1 << 5;
+
 /// `fib daddr type` result for a local address (RTN_LOCAL).
 pub const RTN_LOCAL: u32 = 2;
 
@@ -126,10 +129,6 @@ pub enum Expr {
     },
     /// A random number in `0..modulus` into `dreg`.
     RandomNumber { dreg: u32, modulus: u32 },
-    /// Converts the 32-bit integer in `sreg` from host to network byte order into `dreg`
-    /// (what an interval set keyed by a host-order value, such as a random number, is looked
-    /// up with: the kernel orders interval keys bytewise).
-    HostToNetwork32 { sreg: u32, dreg: u32 },
     /// `fib daddr type` into `dreg`.
     FibDaddrType { dreg: u32 },
     /// Destination NAT to the address in `addr_reg` and, when given, the port in `port_reg`.
@@ -148,6 +147,9 @@ pub enum Expr {
     UpdateSet { set: String, sreg: u32 },
     /// The connection tracking state bits (`ct state`, u32) into `dreg`.
     CtState { dreg: u32 },
+    /// The connection tracking status bits (`ct status`, u32, e.g. [`CT_STATUS_DNAT`]) into
+    /// `dreg`.
+    CtStatus { dreg: u32 },
 }
 
 impl Expr {
@@ -224,14 +226,13 @@ impl Expr {
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
             Expr::Lookup { .. } => "lookup",
             Expr::RandomNumber { .. } => "numgen",
-            Expr::HostToNetwork32 { .. } => "byteorder",
             Expr::FibDaddrType { .. } => "fib",
             Expr::Dnat { .. } => "nat",
             Expr::Masquerade => "masq",
             Expr::Reject => "reject",
             Expr::Counter => "counter",
             Expr::UpdateSet { .. } => "dynset",
-            Expr::CtState { .. } => "ct",
+            Expr::CtState { .. } | Expr::CtStatus { .. } => "ct",
         }
     }
 
@@ -309,15 +310,6 @@ impl Expr {
                 // NFT_NG_RANDOM = 1.
                 a.be32(1, *dreg).be32(2, *modulus).be32(3, 1).be32(4, 0);
             }
-            Expr::HostToNetwork32 { sreg, dreg } => {
-                // NFTA_BYTEORDER_SREG = 1, DREG = 2, OP = 3 (NFT_BYTEORDER_HTON = 1), LEN = 4,
-                // SIZE = 5.
-                a.be32(1, *sreg)
-                    .be32(2, *dreg)
-                    .be32(3, 1)
-                    .be32(4, 4)
-                    .be32(5, 4);
-            }
             Expr::FibDaddrType { dreg } => {
                 // NFT_FIB_RESULT_ADDRTYPE = 3, NFTA_FIB_F_DADDR = 2.
                 a.be32(1, *dreg).be32(2, 3).be32(3, 2);
@@ -347,6 +339,10 @@ impl Expr {
             Expr::CtState { dreg } => {
                 // NFTA_CT_DREG = 1, NFTA_CT_KEY = 2 (NFT_CT_STATE = 0).
                 a.be32(1, *dreg).be32(2, 0);
+            }
+            Expr::CtStatus { dreg } => {
+                // NFTA_CT_DREG = 1, NFTA_CT_KEY = 2 (NFT_CT_STATUS = 2).
+                a.be32(1, *dreg).be32(2, 2);
             }
             Expr::UpdateSet { set, sreg } => {
                 // NFTA_DYNSET_SET_NAME = 1, OP = 3 (NFT_DYNSET_OP_UPDATE = 1), SREG_KEY = 4.

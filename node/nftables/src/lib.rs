@@ -10,7 +10,7 @@ mod socket;
 
 pub use batch::{BaseChain, Batch, Element, Family, Hook, SetSpec, data_type};
 pub use expr::{
-    CT_STATE_NEW, CmpOp, Expr, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MetaKey, PayloadBase,
-    REG_VERDICT, RTN_LOCAL, Verdict, reg32,
+    CT_STATE_NEW, CT_STATUS_DNAT, CmpOp, Expr, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MetaKey,
+    PayloadBase, REG_VERDICT, RTN_LOCAL, Verdict, reg32,
 };
 pub use socket::{ApplyBatchError, NftSocket};

@@ -209,8 +209,8 @@ impl NftSocket {
             .collect())
     }
 
-    /// The elements of set `set` of `table`: keys, data values and interval-end flags
-    /// (verdicts are not read back).
+    /// The elements of set `set` of `table`: keys and data values (verdicts are not read
+    /// back).
     pub fn set_elements(
         &mut self,
         family: Family,
@@ -239,11 +239,6 @@ impl NftSocket {
                         match kind {
                             1 => found.key = value(attribute).unwrap_or_default(),
                             2 => found.data = value(attribute),
-                            3 => {
-                                found.interval_end = attribute.get(..4).is_some_and(|f| {
-                                    u32::from_be_bytes(f.try_into().expect("4 bytes")) & 1 != 0
-                                })
-                            }
                             _ => {}
                         }
                     }

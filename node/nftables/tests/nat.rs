@@ -47,7 +47,6 @@ fn program(backend: Ipv4Addr) -> Batch {
                 key_len: 12,
                 verdict_map: true,
                 data: None,
-                interval: false,
                 timeout_ms: None,
             },
         )

@@ -406,7 +406,6 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
                 key_len: 12,
                 verdict_map: false,
                 data: None,
-                interval: false,
                 timeout_ms: None,
             },
         );
@@ -420,7 +419,6 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
             key_len: 4,
             verdict_map: false,
             data: None,
-            interval: false,
             timeout_ms: None,
         },
     );
@@ -438,7 +436,6 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
             key_len: 16,
             verdict_map: false,
             data: None,
-            interval: false,
             timeout_ms: None,
         },
     );

@@ -9,7 +9,7 @@
 //!   number of Services;
 //! - a chain per service port (`svc-NS/NAME/PROTO/PORT`) DNATs to an endpoint picked at random:
 //!   it looks `chain id . numgen random mod N` up in one of 64 endpoint maps
-//!   (`endpoints-00` to `endpoints-3f`, by the id's first byte), whose values are the
+//!   (`endpoints-00` to `endpoints-3f`, by the id's first byte modulo 64), whose values are the
 //!   endpoints' `address . port` (the id is a 64-bit hash of the chain's name; N the number of
 //!   endpoints). A chain per externally reachable port (`ext-...`) marks for masquerading
 //!   (Cluster policy) or keeps to this node's endpoints (Local policy), then picks the same way
@@ -17,7 +17,7 @@
 //!   elements only: the kernel validates the jumps of the whole table when a batch adds a rule
 //!   or a verdict element, which at 10,000 Services costs tens of milliseconds, but not for
 //!   data elements. Why 64 shared maps: the kernel finds named sets by walking a list (a map
-//!   per port made a 10,000-Service table take 20 s to load), and checks every element added
+//!   per port made a 10,000-Service table take 22 s to load), and checks every element added
 //!   against every rule that looks its map up (one map for all ports took 18 s); a rule cannot
 //!   hand its key to a shared rule elsewhere (the kernel refuses rules that read registers
 //!   they did not write);
@@ -25,8 +25,8 @@
 //!   endpoint (`...__IP/PORT`) that records the client in the endpoint's affinity set and
 //!   DNATs, and rules that send a recorded client back to its endpoint;
 //! - `nat-postrouting` (srcnat) masquerades marked packets, and hairpin traffic (a pod reaching
-//!   itself through a Service: `ip saddr . ip daddr` in the set `hairpin`, which holds `IP . IP`
-//!   for every endpoint address);
+//!   itself through a Service: a destination-NATed connection whose `ip saddr . ip daddr` is in
+//!   the set `hairpin`, which holds `IP . IP` for every endpoint address);
 //! - filter chains at input, forward and output (priority -110) reject new connections to
 //!   service ports without endpoints (`no-endpoint-services`, `no-endpoint-nodeports`).
 
@@ -34,8 +34,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use baton_nftables::{
-    BaseChain, CT_STATE_NEW, CmpOp, Element, Expr, Hook, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
-    MetaKey, RTN_LOCAL, SetSpec, Verdict, data_type, reg32,
+    BaseChain, CT_STATE_NEW, CT_STATUS_DNAT, CmpOp, Element, Expr, Hook, IPPROTO_SCTP, IPPROTO_TCP,
+    IPPROTO_UDP, MetaKey, RTN_LOCAL, SetSpec, Verdict, data_type, reg32,
 };
 use ipnet::Ipv4Net;
 
@@ -160,7 +160,6 @@ pub fn maps() -> Vec<SetSpec> {
         key_len,
         verdict_map: true,
         data: None,
-        interval: false,
         timeout_ms: None,
     })
     .collect()
@@ -174,7 +173,6 @@ pub fn hairpin_set() -> SetSpec {
         key_len: 8,
         verdict_map: false,
         data: None,
-        interval: false,
         timeout_ms: None,
     }
 }
@@ -210,7 +208,6 @@ fn endpoint_map(name: &str) -> SetSpec {
             data_type::concat(&[data_type::IPV4_ADDR, data_type::INET_SERVICE]),
             8,
         )),
-        interval: false,
         timeout_ms: None,
     }
 }
@@ -410,8 +407,21 @@ fn fixed_chains() -> BTreeMap<String, Vec<Vec<Expr>>> {
     chains.insert(REJECT.into(), vec![vec![Expr::Reject]]);
 
     chains.insert(MARK_FOR_MASQUERADE.into(), vec![set_mark_bit()]);
-    // Hairpin traffic is marked, then masqueraded with the rest.
+    // Hairpin traffic (a Service's DNAT sent it back to its source) is marked, then
+    // masqueraded with the rest.
     let mut hairpin = vec![
+        Expr::CtStatus { dreg: reg32(0) },
+        Expr::Bitwise {
+            sreg: reg32(0),
+            dreg: reg32(0),
+            mask: CT_STATUS_DNAT.to_ne_bytes().to_vec(),
+            xor: 0u32.to_ne_bytes().to_vec(),
+        },
+        Expr::Cmp {
+            sreg: reg32(0),
+            op: CmpOp::Neq,
+            data: 0u32.to_ne_bytes().to_vec(),
+        },
         Expr::ip_saddr(reg32(0)),
         Expr::ip_daddr(reg32(1)),
         Expr::Lookup {
@@ -691,7 +701,6 @@ fn render_port(
                     key_len: 4,
                     verdict_map: false,
                     data: None,
-                    interval: false,
                     timeout_ms: Some(u64::from(seconds) * 1000),
                 },
             );

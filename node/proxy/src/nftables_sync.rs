@@ -85,6 +85,8 @@ impl NftablesProxier {
                 ports.insert(key.clone(), (info.clone(), endpoints.clone(), rules));
             }
             let batch = full(&whole);
+            // Until it is applied, nothing is known to be there.
+            self.settings = None;
             self.ports.clear();
             self.hairpin.clear();
             let started = Instant::now();

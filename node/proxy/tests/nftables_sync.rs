@@ -317,6 +317,27 @@ fn a_state_that_tracks_its_changes_is_synced_by_them_alone() {
                 nft.rule_count(Family::Ip, TABLE).unwrap(),
                 render(&state, &settings).rule_count()
             );
+
+            // Only what the state says it touched is looked at: s5's endpoint changed behind
+            // its back stays as applied, until a state that does not know what changed (built
+            // whole) makes the proxier compare every port.
+            let s5 = state
+                .services
+                .values_mut()
+                .find(|(info, _)| info.name == "s5")
+                .unwrap();
+            s5.1[0].ip = "10.244.8.8".parse().unwrap();
+            proxier.sync_state(&state, &settings).unwrap();
+            assert!(!endpoints(&mut nft).contains(&"10.244.8.8:8080".to_string()));
+            let whole = state.clone();
+            let rebuilt = build_state(&services, &slices);
+            assert!(rebuilt.touched().is_none());
+            let mut untracked = rebuilt;
+            untracked.services = whole.services;
+            assert!(!proxier.sync_state(&untracked, &settings).unwrap().full);
+            let held = endpoints(&mut nft);
+            assert!(held.contains(&"10.244.8.8:8080".to_string()), "{held:?}");
+            assert!(!held.contains(&"10.244.1.7:8080".to_string()), "{held:?}");
         })
         .unwrap();
 }

@@ -206,19 +206,35 @@ pub enum V2Encoding {
     Protobuf,
 }
 
-/// Picks the first media type of `accept` /openapi/v2 can be served as; `None` when there is
-/// none (406). No Accept header means JSON.
+/// Picks the media type of `accept` /openapi/v2 is served as: the most preferred one (by `q`,
+/// then order; `q=0` refused) it can be served as; `None` when there is none (406). No Accept
+/// header means JSON.
 pub fn v2_encoding(accept: Option<&str>) -> Option<V2Encoding> {
-    let Some(accept) = accept else {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
         return Some(V2Encoding::Json);
     };
-    accept.split(',').find_map(
-        |media| match media.split(';').next().unwrap_or_default().trim() {
-            "application/json" | "application/*" | "*/*" | "" => Some(V2Encoding::Json),
+    let mut ranges: Vec<(f32, &str)> = accept
+        .split(',')
+        .filter_map(|media| {
+            let mut parts = media.split(';');
+            let range = parts.next()?.trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (!range.is_empty() && q > 0.0).then_some((q, range))
+        })
+        .collect();
+    // Stable: equal preferences keep their order.
+    ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ranges.into_iter().find_map(|(_, range)| {
+        let range = range.to_ascii_lowercase();
+        match range.as_str() {
+            "application/json" | "application/*" | "*/*" => Some(V2Encoding::Json),
             V2_PROTOBUF | V2_PROTOBUF_DEPRECATED => Some(V2Encoding::Protobuf),
             _ => None,
-        },
-    )
+        }
+    })
 }
 
 /// The OpenAPI v2 document as JSON bytes, serialized once.
@@ -295,6 +311,18 @@ mod tests {
             Some(V2Encoding::Protobuf)
         );
         assert_eq!(v2_encoding(Some("text/html")), None);
+        assert_eq!(v2_encoding(Some("text/html,")), None);
+        assert_eq!(
+            v2_encoding(Some(&format!("application/json;q=0, {V2_PROTOBUF}"))),
+            Some(V2Encoding::Protobuf)
+        );
+        assert_eq!(
+            v2_encoding(Some(&format!(
+                "application/json;q=0.5, {}",
+                V2_PROTOBUF.to_uppercase()
+            ))),
+            Some(V2Encoding::Protobuf)
+        );
         assert!(v2_protobuf().starts_with(b"\x0a\x032.0"));
         assert_eq!(
             serde_json::from_slice::<Value>(&v2_json()).unwrap()["swagger"],

@@ -8,7 +8,8 @@
 //! `NamedAny` vendor extension whose value carries the JSON text in `Any.yaml` (JSON is YAML,
 //! and kube-openapi reads extensions from there). Keys gnostic has no field for are dropped, as
 //! are the parts of Swagger 2.0 Baton's documents never carry (security, tags, external docs,
-//! xml, response headers and examples).
+//! xml, response headers and examples, and the validation keywords of an array parameter's
+//! items).
 
 use prost::encoding::{WireType, encode_key, encode_varint};
 use serde_json::{Map, Value};
