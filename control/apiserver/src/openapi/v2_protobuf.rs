@@ -67,6 +67,29 @@ impl Message {
         }
     }
 
+    /// A repeated `Any` field from the items of a JSON array (`enum`).
+    fn anys(&mut self, field: u32, value: Option<&Value>) {
+        for item in value.and_then(Value::as_array).into_iter().flatten() {
+            self.message(field, any(item));
+        }
+    }
+
+    /// The ten validation keywords Swagger 2.0 schemas and parameters share, which gnostic
+    /// numbers in the same order from `first`: maximum, exclusiveMaximum, minimum,
+    /// exclusiveMinimum, maxLength, minLength, pattern, maxItems, minItems, uniqueItems.
+    fn validation_keywords(&mut self, first: u32, object: &Map<String, Value>) {
+        self.double(first, object.get("maximum"));
+        self.boolean(first + 1, object.get("exclusiveMaximum"));
+        self.double(first + 2, object.get("minimum"));
+        self.boolean(first + 3, object.get("exclusiveMinimum"));
+        self.int64(first + 4, object.get("maxLength"));
+        self.int64(first + 5, object.get("minLength"));
+        self.string(first + 6, object.get("pattern"));
+        self.int64(first + 7, object.get("maxItems"));
+        self.int64(first + 8, object.get("minItems"));
+        self.boolean(first + 9, object.get("uniqueItems"));
+    }
+
     /// An embedded message; written even when empty, since its presence is meaningful (an
     /// object schema with `properties: {}` is not one without).
     fn message(&mut self, field: u32, message: Message) {
@@ -295,24 +318,8 @@ fn non_body_parameter(p: &Map<String, Value>) -> Message {
     if let Some(default) = p.get("default") {
         s.message(9 + shift, any(default));
     }
-    s.double(10 + shift, p.get("maximum"));
-    s.boolean(11 + shift, p.get("exclusiveMaximum"));
-    s.double(12 + shift, p.get("minimum"));
-    s.boolean(13 + shift, p.get("exclusiveMinimum"));
-    s.int64(14 + shift, p.get("maxLength"));
-    s.int64(15 + shift, p.get("minLength"));
-    s.string(16 + shift, p.get("pattern"));
-    s.int64(17 + shift, p.get("maxItems"));
-    s.int64(18 + shift, p.get("minItems"));
-    s.boolean(19 + shift, p.get("uniqueItems"));
-    for e in p
-        .get("enum")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        s.message(20 + shift, any(e));
-    }
+    s.validation_keywords(10 + shift, p);
+    s.anys(20 + shift, p.get("enum"));
     s.double(21 + shift, p.get("multipleOf"));
     s.vendor_extensions(22 + shift, p);
     let mut m = Message::default();
@@ -329,14 +336,7 @@ fn primitives_items(items: &Map<String, Value>) -> Message {
         m.message(3, primitives_items(inner));
     }
     m.string(4, items.get("collectionFormat"));
-    for e in items
-        .get("enum")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        m.message(16, any(e));
-    }
+    m.anys(16, items.get("enum"));
     m.vendor_extensions(18, items);
     m
 }
@@ -355,27 +355,11 @@ fn schema(value: &Value) -> Message {
         m.message(5, any(default));
     }
     m.double(6, s.get("multipleOf"));
-    m.double(7, s.get("maximum"));
-    m.boolean(8, s.get("exclusiveMaximum"));
-    m.double(9, s.get("minimum"));
-    m.boolean(10, s.get("exclusiveMinimum"));
-    m.int64(11, s.get("maxLength"));
-    m.int64(12, s.get("minLength"));
-    m.string(13, s.get("pattern"));
-    m.int64(14, s.get("maxItems"));
-    m.int64(15, s.get("minItems"));
-    m.boolean(16, s.get("uniqueItems"));
+    m.validation_keywords(7, s);
     m.int64(17, s.get("maxProperties"));
     m.int64(18, s.get("minProperties"));
     m.strings(19, s.get("required"));
-    for e in s
-        .get("enum")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        m.message(20, any(e));
-    }
+    m.anys(20, s.get("enum"));
     match s.get("additionalProperties") {
         Some(Value::Bool(b)) => {
             // AdditionalPropertiesItem: oneof boolean = 2 (written even when false).
