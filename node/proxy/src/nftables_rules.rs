@@ -16,8 +16,8 @@
 //!   under its own id. Endpoints that change while their number stays are then a change of map
 //!   elements only: the kernel validates the jumps of the whole table when a batch adds a rule
 //!   or a verdict element, which at 10,000 Services costs tens of milliseconds, but not for
-//!   data elements. Why 64 shared maps: the kernel finds named sets by walking a list (a map
-//!   per port made a 10,000-Service table take 22 s to load), and checks every element added
+//!   data elements. Why 64 shared maps: the kernel finds named sets by walking a list (an
+//!   interval map per port made a 10,000-Service table take 22 s to load), and checks every element added
 //!   against every rule that looks its map up (one map for all ports took 18 s); a rule cannot
 //!   hand its key to a shared rule elsewhere (the kernel refuses rules that read registers
 //!   they did not write);
@@ -849,6 +849,24 @@ mod tests {
             .unwrap();
         assert_eq!(key[..8], chain_id("svc-default/a/tcp/80"));
         assert_eq!(data, &[10, 244, 1, 2, 0x1f, 0x90, 0, 0]);
+    }
+
+    #[test]
+    fn hairpin_marking_is_for_destination_nated_connections_only() {
+        let chains = fixed_chains();
+        let hairpin = &chains[MASQUERADING][0];
+        assert_eq!(hairpin[0], Expr::CtStatus { dreg: reg32(0) });
+        assert!(
+            matches!(&hairpin[1], Expr::Bitwise { mask, .. } if *mask == CT_STATUS_DNAT.to_ne_bytes())
+        );
+        assert!(matches!(&hairpin[2], Expr::Cmp { op: CmpOp::Neq, data, .. } if *data == [0; 4]));
+        assert!(
+            matches!(&hairpin[5], Expr::Lookup { set, .. } if set == HAIRPIN),
+            "{hairpin:?}"
+        );
+        assert_eq!(hairpin.len(), 6 + set_mark_bit().len());
+        // Then the marked packets (hairpin ones among them) are masqueraded.
+        assert_eq!(chains[MASQUERADING][1..], masquerade_marked());
     }
 
     #[test]

@@ -327,13 +327,16 @@ fn a_state_that_tracks_its_changes_is_synced_by_them_alone() {
                 .find(|(info, _)| info.name == "s5")
                 .unwrap();
             s5.1[0].ip = "10.244.8.8".parse().unwrap();
-            proxier.sync_state(&state, &settings).unwrap();
-            assert!(!endpoints(&mut nft).contains(&"10.244.8.8:8080".to_string()));
-            let whole = state.clone();
-            let rebuilt = build_state(&services, &slices);
-            assert!(rebuilt.touched().is_none());
-            let mut untracked = rebuilt;
-            untracked.services = whole.services;
+            assert!(!proxier.sync_state(&state, &settings).unwrap().full);
+            let held = endpoints(&mut nft);
+            assert!(
+                held.contains(&"10.244.1.7:8080".to_string())
+                    && !held.contains(&"10.244.8.8:8080".to_string()),
+                "{held:?}"
+            );
+            let mut untracked = build_state(&services, &slices);
+            assert!(untracked.touched().is_none());
+            untracked.services = state.services.clone();
             assert!(!proxier.sync_state(&untracked, &settings).unwrap().full);
             let held = endpoints(&mut nft);
             assert!(held.contains(&"10.244.8.8:8080".to_string()), "{held:?}");

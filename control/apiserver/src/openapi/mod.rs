@@ -207,33 +207,45 @@ pub enum V2Encoding {
 }
 
 /// Picks the media type of `accept` /openapi/v2 is served as: the most preferred one (by `q`,
-/// then order; `q=0` refused) it can be served as; `None` when there is none (406). No Accept
-/// header means JSON.
+/// then order) it can be served as, a wildcard standing for the first served type not refused
+/// by name with `q=0`; `None` when there is none (406). No Accept header means JSON.
 pub fn v2_encoding(accept: Option<&str>) -> Option<V2Encoding> {
     let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
         return Some(V2Encoding::Json);
     };
-    let mut ranges: Vec<(f32, &str)> = accept
+    let encoding_of = |range: &str| match range {
+        "application/json" => Some(V2Encoding::Json),
+        V2_PROTOBUF | V2_PROTOBUF_DEPRECATED => Some(V2Encoding::Protobuf),
+        _ => None,
+    };
+    let mut ranges: Vec<(f32, String)> = accept
         .split(',')
         .filter_map(|media| {
             let mut parts = media.split(';');
-            let range = parts.next()?.trim();
+            let range = parts.next()?.trim().to_ascii_lowercase();
             let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
+                .filter_map(|p| {
+                    let (name, value) = p.split_once('=')?;
+                    name.trim().eq_ignore_ascii_case("q").then_some(value)
+                })
                 .find_map(|q| q.trim().parse::<f32>().ok())
                 .unwrap_or(1.0);
-            (!range.is_empty() && q > 0.0).then_some((q, range))
+            (!range.is_empty()).then_some((q, range))
         })
         .collect();
+    let refused: Vec<V2Encoding> = ranges
+        .iter()
+        .filter(|(q, _)| *q <= 0.0)
+        .filter_map(|(_, range)| encoding_of(range))
+        .collect();
+    ranges.retain(|(q, _)| *q > 0.0);
     // Stable: equal preferences keep their order.
     ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
-    ranges.into_iter().find_map(|(_, range)| {
-        let range = range.to_ascii_lowercase();
-        match range.as_str() {
-            "application/json" | "application/*" | "*/*" => Some(V2Encoding::Json),
-            V2_PROTOBUF | V2_PROTOBUF_DEPRECATED => Some(V2Encoding::Protobuf),
-            _ => None,
-        }
+    ranges.iter().find_map(|(_, range)| match range.as_str() {
+        "*/*" | "application/*" => [V2Encoding::Json, V2Encoding::Protobuf]
+            .into_iter()
+            .find(|e| !refused.contains(e)),
+        named => encoding_of(named),
     })
 }
 
@@ -312,6 +324,12 @@ mod tests {
         );
         assert_eq!(v2_encoding(Some("text/html")), None);
         assert_eq!(v2_encoding(Some("text/html,")), None);
+        // A type refused by name is not served through a wildcard either.
+        assert_eq!(
+            v2_encoding(Some("*/*;q=0.1, application/json;Q=0")),
+            Some(V2Encoding::Protobuf)
+        );
+        assert_eq!(v2_encoding(Some("application/json;q=0")), None);
         assert_eq!(
             v2_encoding(Some(&format!("application/json;q=0, {V2_PROTOBUF}"))),
             Some(V2Encoding::Protobuf)

@@ -8,8 +8,7 @@
 //! `NamedAny` vendor extension whose value carries the JSON text in `Any.yaml` (JSON is YAML,
 //! and kube-openapi reads extensions from there). Keys gnostic has no field for are dropped, as
 //! are the parts of Swagger 2.0 Baton's documents never carry (security, tags, external docs,
-//! xml, response headers and examples, and the validation keywords of an array parameter's
-//! items).
+//! xml, response headers and examples).
 
 use prost::encoding::{WireType, encode_key, encode_varint};
 use serde_json::{Map, Value};
@@ -336,7 +335,12 @@ fn primitives_items(items: &Map<String, Value>) -> Message {
         m.message(3, primitives_items(inner));
     }
     m.string(4, items.get("collectionFormat"));
+    if let Some(default) = items.get("default") {
+        m.message(5, any(default));
+    }
+    m.validation_keywords(6, items);
     m.anys(16, items.get("enum"));
+    m.double(17, items.get("multipleOf"));
     m.vendor_extensions(18, items);
     m
 }
