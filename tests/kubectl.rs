@@ -462,6 +462,22 @@ async fn scenario(binary: &Binary, bin: &Path) {
     let missing = k.run(&["get", "deploy", "bad", "-n", "demo"]);
     assert!(!missing.status.success());
 
+    // Access reviews: with no RBAC enforced, every authenticated user may do everything, and
+    // `kubectl auth can-i` says so (typed clients send these reviews as protobuf).
+    assert_eq!(
+        k.ok(&["auth", "can-i", "create", "pods", "-n", "demo"])
+            .trim(),
+        "yes"
+    );
+    assert_eq!(k.ok(&["auth", "can-i", "get", "/healthz"]).trim(), "yes");
+    let rules = k.ok(&["auth", "can-i", "--list", "-n", "demo"]);
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.starts_with("*.*") && l.contains("[*]")),
+        "{rules}"
+    );
+
     // RBAC objects, as charts and operators create them (stored and served; not enforced).
     let admin = k.ok(&["get", "clusterrolebinding", "cluster-admin", "-o", "wide"]);
     assert!(

@@ -70,6 +70,9 @@ TOP_LEVEL = [
     ("api.rbac.v1.ClusterRole", "rbac.authorization.k8s.io/v1", "ClusterRole"),
     ("api.rbac.v1.ClusterRoleBinding", "rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
     ("api.authentication.v1.SelfSubjectReview", "authentication.k8s.io/v1", "SelfSubjectReview"),
+    ("api.authorization.v1.SelfSubjectAccessReview", "authorization.k8s.io/v1", "SelfSubjectAccessReview"),
+    ("api.authorization.v1.SelfSubjectRulesReview", "authorization.k8s.io/v1", "SelfSubjectRulesReview"),
+    ("api.authorization.v1.SubjectAccessReview", "authorization.k8s.io/v1", "SubjectAccessReview"),
     # Registered in every group version as well; the decoder knows that.
     ("apimachinery.pkg.apis.meta.v1.DeleteOptions", "meta.k8s.io/v1", "DeleteOptions"),
 ]

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::resources::{ALL_VERBS, CATALOG, Resource};
 
 /// A served resource that is not stored: computed on request (resource metrics) or a review
-/// that is only created (SelfSubjectReview).
+/// that is only created (SelfSubjectReview, the access reviews).
 struct Virtual {
     group: &'static str,
     version: &'static str,
@@ -26,6 +26,33 @@ const VIRTUAL: &[Virtual] = &[
         kind: "SelfSubjectReview",
         plural: "selfsubjectreviews",
         singular: "selfsubjectreview",
+        namespaced: false,
+        verbs: &["create"],
+    },
+    Virtual {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectAccessReview",
+        plural: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        namespaced: false,
+        verbs: &["create"],
+    },
+    Virtual {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectRulesReview",
+        plural: "selfsubjectrulesreviews",
+        singular: "selfsubjectrulesreview",
+        namespaced: false,
+        verbs: &["create"],
+    },
+    Virtual {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SubjectAccessReview",
+        plural: "subjectaccessreviews",
+        singular: "subjectaccessreview",
         namespaced: false,
         verbs: &["create"],
     },

@@ -5,6 +5,7 @@
 pub mod allocator;
 pub mod apply;
 pub mod authn;
+pub mod authz;
 pub mod body;
 pub mod compactor;
 pub mod config;

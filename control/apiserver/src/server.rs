@@ -198,6 +198,28 @@ async fn route<S: Store>(
                 &crate::authn::self_subject_review(user),
             ))
         }
+        Target::Resource(info)
+            if info.group == crate::authz::GROUP
+                && info.version == "v1"
+                && info.verb == "create"
+                && info.namespace.is_none()
+                && crate::authz::REVIEWS
+                    .iter()
+                    .any(|(plural, _)| *plural == info.resource) =>
+        {
+            let content_type = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json")
+                .to_string();
+            let body = read_body(req).await?;
+            let asked = crate::body::parse_object(&body, &content_type)?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &crate::authz::review(&info.resource, &asked)?,
+            ))
+        }
         Target::Resource(info) if crate::resource_metrics::is_metrics_request(&info) => {
             crate::resource_metrics::serve(server, &info, query).await
         }

@@ -44,6 +44,9 @@ pub static TOP_LEVEL: &[TopLevel] = &[
     TopLevel { api_version: "rbac.authorization.k8s.io/v1", kind: "ClusterRole", message: &RBAC_V1_CLUSTER_ROLE },
     TopLevel { api_version: "rbac.authorization.k8s.io/v1", kind: "ClusterRoleBinding", message: &RBAC_V1_CLUSTER_ROLE_BINDING },
     TopLevel { api_version: "authentication.k8s.io/v1", kind: "SelfSubjectReview", message: &AUTHENTICATION_V1_SELF_SUBJECT_REVIEW },
+    TopLevel { api_version: "authorization.k8s.io/v1", kind: "SelfSubjectAccessReview", message: &AUTHORIZATION_V1_SELF_SUBJECT_ACCESS_REVIEW },
+    TopLevel { api_version: "authorization.k8s.io/v1", kind: "SelfSubjectRulesReview", message: &AUTHORIZATION_V1_SELF_SUBJECT_RULES_REVIEW },
+    TopLevel { api_version: "authorization.k8s.io/v1", kind: "SubjectAccessReview", message: &AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW },
     TopLevel { api_version: "meta.k8s.io/v1", kind: "DeleteOptions", message: &META_V1_DELETE_OPTIONS },
 ];
 
@@ -2232,4 +2235,113 @@ pub static AUTHENTICATION_V1_USER_INFO: Message = Message { name: "k8s.io.api.au
     F { tag: 1, json: "username", kind: Str, rule: OmitEmpty },
     F { tag: 2, json: "uid", kind: Str, rule: OmitEmpty },
     F { tag: 3, json: "groups", kind: Str, rule: List },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_SELF_SUBJECT_ACCESS_REVIEW: Message = Message { name: "k8s.io.api.authorization.v1.SelfSubjectAccessReview", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "spec", kind: Msg(&AUTHORIZATION_V1_SELF_SUBJECT_ACCESS_REVIEW_SPEC), rule: Always },
+    F { tag: 3, json: "status", kind: Msg(&AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW_STATUS), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_SELF_SUBJECT_ACCESS_REVIEW_SPEC: Message = Message { name: "k8s.io.api.authorization.v1.SelfSubjectAccessReviewSpec", fields: &[
+    F { tag: 1, json: "resourceAttributes", kind: Msg(&AUTHORIZATION_V1_RESOURCE_ATTRIBUTES), rule: Ptr },
+    F { tag: 2, json: "nonResourceAttributes", kind: Msg(&AUTHORIZATION_V1_NON_RESOURCE_ATTRIBUTES), rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_RESOURCE_ATTRIBUTES: Message = Message { name: "k8s.io.api.authorization.v1.ResourceAttributes", fields: &[
+    F { tag: 1, json: "namespace", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "verb", kind: Str, rule: OmitEmpty },
+    F { tag: 3, json: "group", kind: Str, rule: OmitEmpty },
+    F { tag: 4, json: "version", kind: Str, rule: OmitEmpty },
+    F { tag: 5, json: "resource", kind: Str, rule: OmitEmpty },
+    F { tag: 6, json: "subresource", kind: Str, rule: OmitEmpty },
+    F { tag: 7, json: "name", kind: Str, rule: OmitEmpty },
+    F { tag: 8, json: "fieldSelector", kind: Msg(&AUTHORIZATION_V1_FIELD_SELECTOR_ATTRIBUTES), rule: Ptr },
+    F { tag: 9, json: "labelSelector", kind: Msg(&AUTHORIZATION_V1_LABEL_SELECTOR_ATTRIBUTES), rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_FIELD_SELECTOR_ATTRIBUTES: Message = Message { name: "k8s.io.api.authorization.v1.FieldSelectorAttributes", fields: &[
+    F { tag: 1, json: "rawSelector", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "requirements", kind: Msg(&META_V1_FIELD_SELECTOR_REQUIREMENT), rule: List },
+] };
+
+#[rustfmt::skip]
+pub static META_V1_FIELD_SELECTOR_REQUIREMENT: Message = Message { name: "k8s.io.apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement", fields: &[
+    F { tag: 1, json: "key", kind: Str, rule: Always },
+    F { tag: 2, json: "operator", kind: Str, rule: Always },
+    F { tag: 3, json: "values", kind: Str, rule: List },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_LABEL_SELECTOR_ATTRIBUTES: Message = Message { name: "k8s.io.api.authorization.v1.LabelSelectorAttributes", fields: &[
+    F { tag: 1, json: "rawSelector", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "requirements", kind: Msg(&META_V1_LABEL_SELECTOR_REQUIREMENT), rule: List },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_NON_RESOURCE_ATTRIBUTES: Message = Message { name: "k8s.io.api.authorization.v1.NonResourceAttributes", fields: &[
+    F { tag: 1, json: "path", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "verb", kind: Str, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW_STATUS: Message = Message { name: "k8s.io.api.authorization.v1.SubjectAccessReviewStatus", fields: &[
+    F { tag: 1, json: "allowed", kind: Bool, rule: Always },
+    F { tag: 4, json: "denied", kind: Bool, rule: OmitEmpty },
+    F { tag: 2, json: "reason", kind: Str, rule: OmitEmpty },
+    F { tag: 3, json: "evaluationError", kind: Str, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_SELF_SUBJECT_RULES_REVIEW: Message = Message { name: "k8s.io.api.authorization.v1.SelfSubjectRulesReview", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "spec", kind: Msg(&AUTHORIZATION_V1_SELF_SUBJECT_RULES_REVIEW_SPEC), rule: Always },
+    F { tag: 3, json: "status", kind: Msg(&AUTHORIZATION_V1_SUBJECT_RULES_REVIEW_STATUS), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_SELF_SUBJECT_RULES_REVIEW_SPEC: Message = Message { name: "k8s.io.api.authorization.v1.SelfSubjectRulesReviewSpec", fields: &[
+    F { tag: 1, json: "namespace", kind: Str, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_SUBJECT_RULES_REVIEW_STATUS: Message = Message { name: "k8s.io.api.authorization.v1.SubjectRulesReviewStatus", fields: &[
+    F { tag: 1, json: "resourceRules", kind: Msg(&AUTHORIZATION_V1_RESOURCE_RULE), rule: ListOrNull },
+    F { tag: 2, json: "nonResourceRules", kind: Msg(&AUTHORIZATION_V1_NON_RESOURCE_RULE), rule: ListOrNull },
+    F { tag: 3, json: "incomplete", kind: Bool, rule: Always },
+    F { tag: 4, json: "evaluationError", kind: Str, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_RESOURCE_RULE: Message = Message { name: "k8s.io.api.authorization.v1.ResourceRule", fields: &[
+    F { tag: 1, json: "verbs", kind: Str, rule: ListOrNull },
+    F { tag: 2, json: "apiGroups", kind: Str, rule: List },
+    F { tag: 3, json: "resources", kind: Str, rule: List },
+    F { tag: 4, json: "resourceNames", kind: Str, rule: List },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_NON_RESOURCE_RULE: Message = Message { name: "k8s.io.api.authorization.v1.NonResourceRule", fields: &[
+    F { tag: 1, json: "verbs", kind: Str, rule: ListOrNull },
+    F { tag: 2, json: "nonResourceURLs", kind: Str, rule: List },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW: Message = Message { name: "k8s.io.api.authorization.v1.SubjectAccessReview", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "spec", kind: Msg(&AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW_SPEC), rule: Always },
+    F { tag: 3, json: "status", kind: Msg(&AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW_STATUS), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW_SPEC: Message = Message { name: "k8s.io.api.authorization.v1.SubjectAccessReviewSpec", fields: &[
+    F { tag: 1, json: "resourceAttributes", kind: Msg(&AUTHORIZATION_V1_RESOURCE_ATTRIBUTES), rule: Ptr },
+    F { tag: 2, json: "nonResourceAttributes", kind: Msg(&AUTHORIZATION_V1_NON_RESOURCE_ATTRIBUTES), rule: Ptr },
+    F { tag: 3, json: "user", kind: Str, rule: OmitEmpty },
+    F { tag: 4, json: "groups", kind: Str, rule: List },
+    F { tag: 6, json: "uid", kind: Str, rule: OmitEmpty },
 ] };
