@@ -3,7 +3,9 @@
 //! The reviews clients ask say exactly that: `kubectl auth can-i` (SelfSubjectAccessReview)
 //! answers yes, `kubectl auth can-i --list` (SelfSubjectRulesReview) lists `*` rules, and a
 //! SubjectAccessReview (what webhooks and proxies ask about another user) is allowed. The
-//! request is validated as upstream validates it, and nothing is stored.
+//! request's kind, attributes, subject and namespace are checked as upstream checks them
+//! (not yet: that metadata is empty, and the field and label selector attributes), and
+//! nothing is stored.
 
 use serde_json::{Value, json};
 
@@ -25,22 +27,69 @@ pub fn review(plural: &str, body: &Value) -> Result<Value, StatusError> {
     let Some((_, kind)) = REVIEWS.iter().find(|(p, _)| *p == plural) else {
         return Err(StatusError::no_such_path());
     };
-    let spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
-    let mut causes = Vec::new();
-    let status = if *kind == "SelfSubjectRulesReview" {
-        json!({
-            "resourceRules": [{ "verbs": ["*"], "apiGroups": ["*"], "resources": ["*"] }],
-            "nonResourceRules": [{ "verbs": ["*"], "nonResourceURLs": ["*"] }],
-            "incomplete": false,
-        })
+    let sent_kind = body["kind"].as_str().unwrap_or_default();
+    let sent_version = body["apiVersion"].as_str().unwrap_or_default();
+    if !sent_kind.is_empty() && sent_kind != *kind {
+        return Err(StatusError::bad_request(format!(
+            "the kind in the data ({sent_kind}) does not match the expected kind ({kind})"
+        )));
+    }
+    if !sent_version.is_empty() && sent_version != "authorization.k8s.io/v1" {
+        return Err(StatusError::bad_request(format!(
+            "the API version in the data ({sent_version}) does not match the expected API version (authorization.k8s.io/v1)"
+        )));
+    }
+    let asked = body.get("spec").cloned().unwrap_or_else(|| json!({}));
+    if *kind == "SelfSubjectRulesReview" {
+        if asked["namespace"].as_str().unwrap_or_default().is_empty() {
+            return Err(StatusError::bad_request("no namespace on request"));
+        }
+        // As upstream: a new review with the rules, its spec left empty.
+        return Ok(json!({
+            "kind": kind,
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": { "creationTimestamp": null },
+            "spec": {},
+            "status": {
+                "resourceRules": [{ "verbs": ["*"], "apiGroups": ["*"], "resources": ["*"] }],
+                "nonResourceRules": [{ "verbs": ["*"], "nonResourceURLs": ["*"] }],
+                "incomplete": false,
+            },
+        }));
+    }
+    // The spec's own fields only (a SelfSubjectAccessReview has no subject).
+    let fields: &[&str] = if *kind == "SubjectAccessReview" {
+        &[
+            "resourceAttributes",
+            "nonResourceAttributes",
+            "user",
+            "groups",
+            "extra",
+            "uid",
+        ]
     } else {
+        &["resourceAttributes", "nonResourceAttributes"]
+    };
+    let spec: serde_json::Map<String, Value> = fields
+        .iter()
+        .filter_map(|f| asked.get(*f).map(|v| ((*f).to_string(), v.clone())))
+        .collect();
+    let mut causes = Vec::new();
+    let status = {
         let present = |field: &str| spec.get(field).is_some_and(|v| !v.is_null());
         let resource = present("resourceAttributes");
         let non_resource = present("nonResourceAttributes");
         if resource && non_resource {
-            causes.push(FieldCause::invalid(
+            // Upstream prints the Go value.
+            let attributes = &spec["nonResourceAttributes"];
+            let go = format!(
+                "authorization.NonResourceAttributes{{Path:{:?}, Verb:{:?}}}",
+                attributes["path"].as_str().unwrap_or_default(),
+                attributes["verb"].as_str().unwrap_or_default()
+            );
+            causes.push(FieldCause::invalid_shown(
                 "spec.nonResourceAttributes",
-                &spec["nonResourceAttributes"],
+                &go,
                 "cannot be specified in combination with resourceAttributes",
             ));
         } else if !resource && !non_resource {
@@ -67,10 +116,12 @@ pub fn review(plural: &str, body: &Value) -> Result<Value, StatusError> {
         json!({ "allowed": true })
     };
     if !causes.is_empty() {
+        // Upstream names the kind of the decoded object, which is empty by then:
+        // `.authorization.k8s.io "" is invalid: ...`.
         let subject = Subject {
             group: GROUP,
             resource: plural,
-            kind,
+            kind: "",
         };
         return Err(StatusError::invalid(&subject, "", causes));
     }
@@ -101,6 +152,20 @@ mod tests {
         .unwrap();
         assert_eq!(rules["status"]["resourceRules"][0]["verbs"][0], "*");
         assert_eq!(rules["status"]["incomplete"], false);
+        assert_eq!(rules["spec"], json!({}));
+        let err = review("selfsubjectrulesreviews", &json!({ "spec": {} })).unwrap_err();
+        assert_eq!(err.code, http::StatusCode::BAD_REQUEST);
+        // Only the spec's own fields come back.
+        let with_user = json!({ "spec": { "resourceAttributes": { "verb": "get" }, "user": "x" } });
+        let answer = review("selfsubjectaccessreviews", &with_user).unwrap();
+        assert!(answer["spec"].get("user").is_none());
+        let wrong_kind = json!({ "kind": "SubjectAccessReview", "spec": { "resourceAttributes": {}, "user": "u" } });
+        assert_eq!(
+            review("selfsubjectaccessreviews", &wrong_kind)
+                .unwrap_err()
+                .code,
+            http::StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]
@@ -112,8 +177,21 @@ mod tests {
             message.contains("spec.resourceAttributes: Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified"),
             "{message}"
         );
-        let both = json!({ "spec": { "resourceAttributes": {}, "nonResourceAttributes": {}, "user": "u" } });
-        assert!(review("subjectaccessreviews", &both).is_err());
+        assert!(
+            message.starts_with(".authorization.k8s.io \"\" is invalid: "),
+            "{message}"
+        );
+        let both = json!({ "spec": { "resourceAttributes": {}, "nonResourceAttributes": { "path": "/healthz", "verb": "get" }, "user": "u" } });
+        let message = review("subjectaccessreviews", &both)
+            .unwrap_err()
+            .to_status()["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.contains(r#"spec.nonResourceAttributes: Invalid value: authorization.NonResourceAttributes{Path:"/healthz", Verb:"get"}: cannot be specified in combination with resourceAttributes"#),
+            "{message}"
+        );
         let nobody =
             json!({ "spec": { "nonResourceAttributes": { "path": "/healthz", "verb": "get" } } });
         let err = review("subjectaccessreviews", &nobody).unwrap_err();

@@ -203,6 +203,8 @@ async fn route<S: Store>(
                 && info.version == "v1"
                 && info.verb == "create"
                 && info.namespace.is_none()
+                && info.name.is_none()
+                && info.subresource.is_none()
                 && crate::authz::REVIEWS
                     .iter()
                     .any(|(plural, _)| *plural == info.resource) =>
