@@ -209,12 +209,7 @@ async fn route<S: Store>(
                     .iter()
                     .any(|(plural, _)| *plural == info.resource) =>
         {
-            let content_type = req
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/json")
-                .to_string();
+            let content_type = request_content_type(&req);
             let body = read_body(req).await?;
             let asked = crate::body::parse_object(&body, &content_type)?;
             Ok(json_response(
@@ -231,12 +226,7 @@ async fn route<S: Store>(
         Target::Resource(info) => {
             let resource = resources::find(&info.group, &info.version, &info.resource)
                 .ok_or_else(StatusError::no_such_path)?;
-            let content_type = req
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/json")
-                .to_string();
+            let content_type = request_content_type(&req);
             let wanted = wanted(accept.as_deref())?;
             let user_agent = req
                 .headers()
@@ -258,6 +248,15 @@ async fn route<S: Store>(
             handlers::dispatch(server, call).await
         }
     }
+}
+
+/// The request's Content-Type (JSON when it says none).
+fn request_content_type(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string()
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, StatusError> {
