@@ -63,10 +63,12 @@ pub fn wait_for_device<T, E>(
         if let Some(found) = attempt()? {
             return Ok(Some(found));
         }
-        if std::time::Instant::now() >= deadline {
+        let now = std::time::Instant::now();
+        if now >= deadline {
             return Ok(None);
         }
-        std::thread::sleep(INTERVAL);
+        // The poll interval, never past the deadline.
+        std::thread::sleep(INTERVAL.min(deadline - now));
     }
 }
 

@@ -66,6 +66,20 @@ impl Message {
         }
     }
 
+    /// An `Any` field (`default`, `example`), absent when the key is.
+    fn any(&mut self, field: u32, value: Option<&Value>) {
+        if let Some(value) = value {
+            self.message(field, any(value));
+        }
+    }
+
+    /// A repeated `ParametersItem` field from a `parameters` array.
+    fn parameters(&mut self, field: u32, value: Option<&Value>) {
+        for p in value.and_then(Value::as_array).into_iter().flatten() {
+            self.message(field, parameters_item(p));
+        }
+    }
+
     /// A repeated `Any` field from the items of a JSON array (`enum`).
     fn anys(&mut self, field: u32, value: Option<&Value>) {
         for item in value.and_then(Value::as_array).into_iter().flatten() {
@@ -188,14 +202,7 @@ fn path_item(item: &Map<String, Value>) -> Message {
             m.message(field, operation(op));
         }
     }
-    for p in item
-        .get("parameters")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        m.message(9, parameters_item(p));
-    }
+    m.parameters(9, item.get("parameters"));
     m.vendor_extensions(10, item);
     m
 }
@@ -208,14 +215,7 @@ fn operation(op: &Map<String, Value>) -> Message {
     m.string(5, op.get("operationId"));
     m.strings(6, op.get("produces"));
     m.strings(7, op.get("consumes"));
-    for p in op
-        .get("parameters")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        m.message(8, parameters_item(p));
-    }
+    m.parameters(8, op.get("parameters"));
     if let Some(responses) = object(op.get("responses")) {
         let mut r = Message::default();
         for (code, response) in responses.iter().filter(|(k, _)| !k.starts_with("x-")) {
@@ -314,9 +314,7 @@ fn non_body_parameter(p: &Map<String, Value>) -> Message {
         s.message(7 + shift, primitives_items(items));
     }
     s.string(8 + shift, p.get("collectionFormat"));
-    if let Some(default) = p.get("default") {
-        s.message(9 + shift, any(default));
-    }
+    s.any(9 + shift, p.get("default"));
     s.validation_keywords(10 + shift, p);
     s.anys(20 + shift, p.get("enum"));
     s.double(21 + shift, p.get("multipleOf"));
@@ -335,9 +333,7 @@ fn primitives_items(items: &Map<String, Value>) -> Message {
         m.message(3, primitives_items(inner));
     }
     m.string(4, items.get("collectionFormat"));
-    if let Some(default) = items.get("default") {
-        m.message(5, any(default));
-    }
+    m.any(5, items.get("default"));
     m.validation_keywords(6, items);
     m.anys(16, items.get("enum"));
     m.double(17, items.get("multipleOf"));
@@ -355,9 +351,7 @@ fn schema(value: &Value) -> Message {
     m.string(2, s.get("format"));
     m.string(3, s.get("title"));
     m.string(4, s.get("description"));
-    if let Some(default) = s.get("default") {
-        m.message(5, any(default));
-    }
+    m.any(5, s.get("default"));
     m.double(6, s.get("multipleOf"));
     m.validation_keywords(7, s);
     m.int64(17, s.get("maxProperties"));
@@ -412,9 +406,7 @@ fn schema(value: &Value) -> Message {
     }
     m.string(26, s.get("discriminator"));
     m.boolean(27, s.get("readOnly"));
-    if let Some(example) = s.get("example") {
-        m.message(30, any(example));
-    }
+    m.any(30, s.get("example"));
     m.vendor_extensions(31, s);
     m
 }
