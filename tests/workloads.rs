@@ -748,3 +748,195 @@ async fn max_unavailable_counts_the_replicas_the_deployment_asks_for() {
     );
     budget_is("web-max", "3/2/2 SufficientPods:").await;
 }
+
+const REPORT_CRONJOB: &str = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: report}
+spec:
+  schedule: "* * * * *"
+  successfulJobsHistoryLimit: 1
+  jobTemplate:
+    metadata: {labels: {app: report}}
+    spec:
+      template:
+        metadata:
+          annotations: {sim-nodes.baton.dev/outcome: Succeeded, sim-nodes.baton.dev/run-for: 300ms}
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: report, image: "busybox:1.36"}]
+"#;
+
+/// The CronJob's Jobs, oldest first (names end in the scheduled minute).
+async fn cronjob_jobs(jobs: &Api<k8s_openapi::api::batch::v1::Job>) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = jobs
+        .list(&ListParams::default().labels("app=report"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|j| {
+            j.owner_references()
+                .iter()
+                .any(|o| o.kind == "CronJob" && o.name == "report")
+        })
+        .map(|j| {
+            let complete = j
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c.type_ == "Complete" && c.status == "True")
+                });
+            (j.name_any(), complete)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjob_starts_missed_and_scheduled_jobs_and_keeps_its_history() {
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    let plane = ControlPlane::start(&binary(), 1, &[])
+        .await
+        .expect("control plane");
+    let k = kubectl();
+
+    // Validation speaks the cron parser's language.
+    let bad = plane.apiserver.kubectl(
+        &k,
+        &[
+            "create",
+            "cronjob",
+            "bad",
+            "--image=busybox:1.36",
+            "--schedule=61 * * * *",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success()
+            && stderr.contains(
+                "spec.schedule: Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61"
+            ),
+        "{stderr}"
+    );
+
+    apply(&plane, &k, REPORT_CRONJOB);
+    let client = plane.apiserver.client().await.unwrap();
+    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), "default");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let get = ok(&plane, &k, &["get", "cronjob", "report"]);
+    let header: Vec<&str> = get.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST", "SCHEDULE", "AGE"
+        ],
+        "{get}"
+    );
+    assert!(
+        get.contains("* * * * *") && get.contains("<none>") && get.contains("False"),
+        "{get}"
+    );
+
+    // As if the controller had been down for three minutes: the most recent missed time
+    // starts at once, and only that one.
+    let now = jiff::Timestamp::now().as_second();
+    let three_minutes_ago = jiff::Timestamp::from_second(now - now.rem_euclid(60) - 180).unwrap();
+    cron_jobs
+        .patch_status(
+            "report",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "status": {"lastScheduleTime": three_minutes_ago}
+            })),
+        )
+        .await
+        .unwrap();
+    let first = wait_until(
+        "a job for the missed time",
+        Duration::from_secs(20),
+        || async { cronjob_jobs(&jobs).await.into_iter().next() },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let minute: i64 = first.0.trim_start_matches("report-").parse().unwrap();
+    assert!(
+        minute * 60 > three_minutes_ago.as_second()
+            && minute * 60 <= jiff::Timestamp::now().as_second(),
+        "{first:?} is not a scheduled minute since {three_minutes_ago}"
+    );
+    assert_eq!(cronjob_jobs(&jobs).await.len(), 1);
+    let job = jobs.get(&first.0).await.unwrap();
+    let scheduled = jiff::Timestamp::from_second(minute * 60).unwrap();
+    assert_eq!(
+        job.annotations()["batch.kubernetes.io/cronjob-scheduled-timestamp"],
+        scheduled.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    );
+
+    // It completes; the CronJob notes the success and lists nothing active.
+    let status = wait_until("the success recorded", Duration::from_secs(60), || async {
+        let cj = cron_jobs.get("report").await.ok()?;
+        let status = cj.status?;
+        (status.last_successful_time.is_some() && status.active.is_none()).then_some(status)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    assert_eq!(status.last_schedule_time.map(|t| t.0), Some(scheduled));
+
+    // The next minute comes by itself; once its Job completes, the history limit of one
+    // success lets the first go.
+    let second = wait_until(
+        "a job at the next minute",
+        Duration::from_secs(75),
+        || async {
+            let all = cronjob_jobs(&jobs).await;
+            all.iter().find(|(name, _)| *name != first.0).cloned()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let kept = wait_until(
+        "only the newest job kept",
+        Duration::from_secs(60),
+        || async {
+            let all = cronjob_jobs(&jobs).await;
+            (all.len() == 1 && all[0].0 == second.0 && all[0].1).then_some(())
+        },
+    )
+    .await;
+    if let Err(e) = kept {
+        let left = cronjob_jobs(&jobs).await;
+        panic!("{e}: {left:?}\n{}", plane.logs());
+    }
+    let describe = ok(&plane, &k, &["describe", "cronjob", "report"]);
+    for expected in [
+        format!("Created job {}", first.0),
+        format!("Saw completed job: {}, condition: Complete", first.0),
+        format!("Deleted job {}", first.0),
+    ] {
+        assert!(
+            describe.contains(&expected),
+            "{expected:?} missing:\n{describe}"
+        );
+    }
+
+    // kubectl makes a Job from the CronJob's template by hand (as the server returns it:
+    // the history limit may let it go as soon as it completes).
+    let by_hand = ok(
+        &plane,
+        &k,
+        &[
+            "create",
+            "job",
+            "by-hand",
+            "--from=cronjob/report",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].name} {.metadata.labels.app} {.metadata.annotations.cronjob\\.kubernetes\\.io/instantiate}",
+        ],
+    );
+    assert_eq!(by_hand, "report report manual");
+}

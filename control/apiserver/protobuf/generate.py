@@ -54,6 +54,7 @@ TOP_LEVEL = [
     ("api.apps.v1.StatefulSet", "apps/v1", "StatefulSet"),
     ("api.apps.v1.ControllerRevision", "apps/v1", "ControllerRevision"),
     ("api.batch.v1.Job", "batch/v1", "Job"),
+    ("api.batch.v1.CronJob", "batch/v1", "CronJob"),
     ("api.discovery.v1.EndpointSlice", "discovery.k8s.io/v1", "EndpointSlice"),
     ("api.coordination.v1.Lease", "coordination.k8s.io/v1", "Lease"),
     ("api.events.v1.Event", "events.k8s.io/v1", "Event"),

@@ -7,6 +7,7 @@
 
 mod context;
 mod controller_revision;
+mod cronjob;
 mod daemonset;
 mod deployment;
 mod disruption;
@@ -134,6 +135,7 @@ const CONTROLLERS: &[(&str, StartFn)] = &[
     ("deployment-controller", deployment::start),
     ("statefulset-controller", statefulset::start),
     ("job-controller", job::start),
+    ("cronjob-controller", cronjob::start),
     ("ttl-after-finished-controller", ttl_after_finished::start),
     ("disruption-controller", disruption::start),
 ];

@@ -134,8 +134,9 @@ fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Result<(),
     let rule = validation::name_rule(resource.group, resource.kind);
     validation::metadata(&obj["metadata"], rule, &mut causes);
     validation::object(resource.group, resource.kind, obj, &mut causes);
-    if let Some(old) = old {
-        validation::update(resource.group, resource.kind, old, obj, &mut causes);
+    match old {
+        Some(old) => validation::update(resource.group, resource.kind, old, obj, &mut causes),
+        None => validation::create(resource.group, resource.kind, obj, &mut causes),
     }
     if causes.is_empty() {
         Ok(())

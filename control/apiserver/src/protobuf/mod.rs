@@ -1285,6 +1285,20 @@ mod tests {
         );
     }
 
+    /// kubectl sends protobuf for every kind it writes: a served kind without a schema fails
+    /// every `kubectl create` of it.
+    #[test]
+    fn every_served_kind_has_a_schema() {
+        for resource in crate::resources::CATALOG {
+            let api_version = resource.api_version();
+            assert!(
+                supports(&api_version, resource.kind),
+                "{api_version} {} has no protobuf schema: add it to protobuf/generate.py",
+                resource.kind
+            );
+        }
+    }
+
     #[test]
     fn rejects_content_encodings() {
         let unknown = Unknown {

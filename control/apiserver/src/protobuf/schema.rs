@@ -28,6 +28,7 @@ pub static TOP_LEVEL: &[TopLevel] = &[
     TopLevel { api_version: "apps/v1", kind: "StatefulSet", message: &APPS_V1_STATEFUL_SET },
     TopLevel { api_version: "apps/v1", kind: "ControllerRevision", message: &APPS_V1_CONTROLLER_REVISION },
     TopLevel { api_version: "batch/v1", kind: "Job", message: &BATCH_V1_JOB },
+    TopLevel { api_version: "batch/v1", kind: "CronJob", message: &BATCH_V1_CRON_JOB },
     TopLevel { api_version: "discovery.k8s.io/v1", kind: "EndpointSlice", message: &DISCOVERY_V1_ENDPOINT_SLICE },
     TopLevel { api_version: "coordination.k8s.io/v1", kind: "Lease", message: &COORDINATION_V1_LEASE },
     TopLevel { api_version: "events.k8s.io/v1", kind: "Event", message: &EVENTS_V1_EVENT },
@@ -1812,6 +1813,38 @@ pub static BATCH_V1_JOB_CONDITION: Message = Message { name: "k8s.io.api.batch.v
 pub static BATCH_V1_UNCOUNTED_TERMINATED_PODS: Message = Message { name: "k8s.io.api.batch.v1.UncountedTerminatedPods", fields: &[
     F { tag: 1, json: "succeeded", kind: Str, rule: List },
     F { tag: 2, json: "failed", kind: Str, rule: List },
+] };
+
+#[rustfmt::skip]
+pub static BATCH_V1_CRON_JOB: Message = Message { name: "k8s.io.api.batch.v1.CronJob", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "spec", kind: Msg(&BATCH_V1_CRON_JOB_SPEC), rule: OmitEmpty },
+    F { tag: 3, json: "status", kind: Msg(&BATCH_V1_CRON_JOB_STATUS), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static BATCH_V1_CRON_JOB_SPEC: Message = Message { name: "k8s.io.api.batch.v1.CronJobSpec", fields: &[
+    F { tag: 1, json: "schedule", kind: Str, rule: Always },
+    F { tag: 8, json: "timeZone", kind: Str, rule: Ptr },
+    F { tag: 2, json: "startingDeadlineSeconds", kind: I64, rule: Ptr },
+    F { tag: 3, json: "concurrencyPolicy", kind: Str, rule: OmitEmpty },
+    F { tag: 4, json: "suspend", kind: Bool, rule: Ptr },
+    F { tag: 5, json: "jobTemplate", kind: Msg(&BATCH_V1_JOB_TEMPLATE_SPEC), rule: Always },
+    F { tag: 6, json: "successfulJobsHistoryLimit", kind: I32, rule: Ptr },
+    F { tag: 7, json: "failedJobsHistoryLimit", kind: I32, rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static BATCH_V1_JOB_TEMPLATE_SPEC: Message = Message { name: "k8s.io.api.batch.v1.JobTemplateSpec", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "spec", kind: Msg(&BATCH_V1_JOB_SPEC), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static BATCH_V1_CRON_JOB_STATUS: Message = Message { name: "k8s.io.api.batch.v1.CronJobStatus", fields: &[
+    F { tag: 1, json: "active", kind: Msg(&CORE_V1_OBJECT_REFERENCE), rule: List },
+    F { tag: 4, json: "lastScheduleTime", kind: Time, rule: Ptr },
+    F { tag: 5, json: "lastSuccessfulTime", kind: Time, rule: Ptr },
 ] };
 
 #[rustfmt::skip]

@@ -58,6 +58,7 @@ pub fn apply(group: &str, kind: &str, obj: &mut Value, cfg: &DefaultingConfig, c
         ("apps", "DaemonSet") => daemonset(obj),
         ("apps", "StatefulSet") => statefulset(obj),
         ("batch", "Job") => job(obj),
+        ("batch", "CronJob") => cron_job(obj),
         // A pod's priority and preemption policy come from Priority admission, not defaults.
         ("scheduling.k8s.io", "PriorityClass") => {
             default(obj, "preemptionPolicy", json!("PreemptLowerPriority"));
@@ -371,6 +372,17 @@ fn job(obj: &mut Value) {
     default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
     let template = child(spec, "template");
     pod_template(template);
+}
+
+/// Upstream's `SetDefaults_CronJob`, and the pod defaults inside its job template (the
+/// template's Job fields are defaulted when the Job is made from it).
+fn cron_job(obj: &mut Value) {
+    let spec = child(obj, "spec");
+    default(spec, "concurrencyPolicy", json!("Allow"));
+    default(spec, "suspend", json!(false));
+    default(spec, "successfulJobsHistoryLimit", json!(3));
+    default(spec, "failedJobsHistoryLimit", json!(1));
+    pod_template(child(child(child(spec, "jobTemplate"), "spec"), "template"));
 }
 
 /// Upstream's Job selector generation: a controller-uid label on the template and a selector on it.

@@ -107,6 +107,18 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
             ("Images", "string", 1),
             ("Selector", "string", 1),
         ],
+        ("batch", "CronJob") => vec![
+            NAME,
+            ("Schedule", "string", 0),
+            ("Timezone", "string", 0),
+            ("Suspend", "boolean", 0),
+            ("Active", "integer", 0),
+            ("Last Schedule", "string", 0),
+            AGE,
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
         ("discovery.k8s.io", "EndpointSlice") => vec![
             NAME,
             ("AddressType", "string", 0),
@@ -671,6 +683,31 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
                 json!(c),
                 json!(im),
                 json!(selector_string(&spec["selector"])),
+            ]
+        }
+        ("batch", "CronJob") => {
+            let (c, im) = containers_images(&spec["jobTemplate"]["spec"]["template"]["spec"]);
+            let suspend = match spec["suspend"].as_bool() {
+                Some(true) => "True",
+                Some(false) => "False",
+                None => "<unset>",
+            };
+            let active = status["active"].as_array().map_or(0, Vec::len);
+            let last_schedule = match status["lastScheduleTime"] {
+                Value::Null => "<none>".to_string(),
+                ref at => age(at, now),
+            };
+            vec![
+                name,
+                json!(s(&spec["schedule"])),
+                json!(none_if_empty(s(&spec["timeZone"]).to_string())),
+                json!(suspend),
+                json!(active),
+                json!(last_schedule),
+                json!(created),
+                json!(c),
+                json!(im),
+                json!(selector_string(&spec["jobTemplate"]["spec"]["selector"])),
             ]
         }
         ("discovery.k8s.io", "EndpointSlice") => {

@@ -1,5 +1,6 @@
 //! Validation with upstream's field paths and messages. A refused object is never stored.
 
+mod cronjob;
 mod rbac;
 
 use serde_json::Value;
@@ -269,6 +270,7 @@ pub fn object(group: &str, kind: &str, obj: &Value, causes: &mut Vec<FieldCause>
             }
             workload(obj, causes, false);
         }
+        ("batch", "CronJob") => cronjob::spec(obj, causes),
         ("scheduling.k8s.io", "PriorityClass") => priority_class(obj, causes),
         ("policy", "PodDisruptionBudget") => disruption_budget(&obj["spec"], causes),
         ("rbac.authorization.k8s.io", "Role") => rbac::role(obj, true, causes),
@@ -347,20 +349,36 @@ fn workload(obj: &Value, causes: &mut Vec<FieldCause>, restart_always: bool) {
     }
     let template_spec = &spec["template"]["spec"];
     pod_spec(template_spec, "spec.template.spec", causes);
-    let policy = template_spec["restartPolicy"].as_str().unwrap_or("Always");
-    if restart_always && policy != "Always" {
-        causes.push(FieldCause::not_supported(
-            "spec.template.spec.restartPolicy",
-            policy,
-            &["Always"],
-        ));
+    if restart_always {
+        let policy = template_spec["restartPolicy"].as_str().unwrap_or("Always");
+        if policy != "Always" {
+            causes.push(FieldCause::not_supported(
+                "spec.template.spec.restartPolicy",
+                policy,
+                &["Always"],
+            ));
+        }
+    } else {
+        restart_policy_of_job(template_spec, "spec.template.spec", causes);
     }
-    if !restart_always && policy == "Always" {
+}
+
+/// A Job's Pods restart OnFailure or Never, not Always (`path` is the pod spec's).
+fn restart_policy_of_job(pod_spec: &Value, path: &str, causes: &mut Vec<FieldCause>) {
+    let policy = pod_spec["restartPolicy"].as_str().unwrap_or("Always");
+    if policy == "Always" {
         causes.push(FieldCause::not_supported(
-            "spec.template.spec.restartPolicy",
+            format!("{path}.restartPolicy"),
             policy,
             &["OnFailure", "Never"],
         ));
+    }
+}
+
+/// The checks only a new object gets, per kind.
+pub fn create(group: &str, kind: &str, obj: &Value, causes: &mut Vec<FieldCause>) {
+    if (group, kind) == ("batch", "CronJob") {
+        cronjob::create(obj, causes);
     }
 }
 
