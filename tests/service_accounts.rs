@@ -129,6 +129,36 @@ async fn tokens_authenticate_their_service_account_until_what_they_name_is_gone(
             "system:authenticated"
         ])
     );
+    // Impersonation: `--as` acts as another user (any user may, until RBAC is enforced),
+    // with the groups asked for and system:authenticated, or a service account's groups.
+    let as_jane = k.ok(&[
+        "auth",
+        "whoami",
+        "--as=jane",
+        "--as-group=devs",
+        "--as-uid=u-1",
+        "-o",
+        "json",
+    ]);
+    let review: serde_json::Value = serde_json::from_str(&as_jane).unwrap();
+    assert_eq!(
+        review["status"]["userInfo"],
+        serde_json::json!({"username": "jane", "uid": "u-1", "groups": ["devs", "system:authenticated"]})
+    );
+    let as_account = k.ok(&[
+        "--kubeconfig",
+        &builder,
+        "auth",
+        "whoami",
+        "--as=system:serviceaccount:team:quiet",
+        "-o",
+        "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+    ]);
+    assert_eq!(
+        as_account,
+        r#"system:serviceaccount:team:quiet ["system:serviceaccounts","system:serviceaccounts:team","system:authenticated"]"#
+    );
+    k.ok(&["get", "serviceaccounts", "-n", "team", "--as=jane"]);
     // Other systems verify the tokens with the keys the issuer discovery document points at.
     let discovery: serde_json::Value =
         serde_json::from_str(&k.ok(&["get", "--raw", "/.well-known/openid-configuration"]))

@@ -17,12 +17,16 @@ use crate::status::StatusError;
 use crate::tokens::{Claims, ObjectRef};
 
 /// Who made a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UserInfo {
     /// The user name.
     pub name: String,
     /// The groups, including `system:authenticated`.
     pub groups: Vec<String>,
+    /// The user's uid, when the credential names one.
+    pub uid: Option<String>,
+    /// Extra attributes, by key.
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Reads the user from the leaf client certificate that TLS already verified.
@@ -43,7 +47,11 @@ pub fn user_from_certificate(cert: &CertificateDer<'_>) -> Option<UserInfo> {
         .filter_map(|o| o.as_str().ok().map(str::to_string))
         .collect();
     groups.push("system:authenticated".to_string());
-    Some(UserInfo { name, groups })
+    Some(UserInfo {
+        name,
+        groups,
+        ..UserInfo::default()
+    })
 }
 
 /// The SelfSubjectReview that `kubectl auth whoami` asks for: who the request came as.
@@ -52,8 +60,20 @@ pub fn self_subject_review(user: &UserInfo) -> Value {
         "kind": "SelfSubjectReview",
         "apiVersion": "authentication.k8s.io/v1",
         "metadata": { "creationTimestamp": null },
-        "status": { "userInfo": { "username": user.name, "groups": user.groups } },
+        "status": { "userInfo": user_info(user) },
     })
+}
+
+/// A user as authentication.k8s.io's `UserInfo` (uid and extra only when set).
+fn user_info(user: &UserInfo) -> Value {
+    let mut info = serde_json::json!({ "username": user.name, "groups": user.groups });
+    if let Some(uid) = &user.uid {
+        info["uid"] = uid.clone().into();
+    }
+    if !user.extra.is_empty() {
+        info["extra"] = serde_json::json!(user.extra);
+    }
+    info
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header.

@@ -11,6 +11,7 @@ pub mod compactor;
 pub mod config;
 pub mod discovery;
 pub mod handlers;
+pub mod impersonation;
 pub mod managed_fields;
 pub mod master_leases;
 pub mod metrics;

@@ -115,8 +115,23 @@ async fn handle<S: Store>(
         Some(token) => user_from_token(server, &token).await.map(Some),
         None => Ok(None),
     };
+    let mut req = req;
     let result = match token_user {
-        Ok(token_user) => route(server, req, target, &query, user.or(token_user.as_ref())).await,
+        Ok(token_user) => {
+            let authenticated = user.or(token_user.as_ref());
+            // Only an authenticated request may act as someone else.
+            let acting_as = match authenticated {
+                Some(_) => crate::impersonation::impersonated(req.headers_mut()),
+                None => Ok(None),
+            };
+            match acting_as {
+                Ok(acting_as) => {
+                    let user = acting_as.as_ref().or(authenticated);
+                    route(server, req, target, &query, user).await
+                }
+                Err(err) => Err(err),
+            }
+        }
         Err(err) => Err(err),
     };
     let resp = result.unwrap_or_else(|err| error_response(&err));

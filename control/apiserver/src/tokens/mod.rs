@@ -84,6 +84,7 @@ impl Claims {
                 format!("system:serviceaccounts:{ns}"),
                 "system:authenticated".to_string(),
             ],
+            ..UserInfo::default()
         }
     }
 }
