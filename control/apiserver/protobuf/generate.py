@@ -47,6 +47,8 @@ TOP_LEVEL = [
     ("api.core.v1.ServiceAccount", "v1", "ServiceAccount"),
     ("api.core.v1.Event", "v1", "Event"),
     ("api.core.v1.PersistentVolumeClaim", "v1", "PersistentVolumeClaim"),
+    ("api.core.v1.PersistentVolume", "v1", "PersistentVolume"),
+    ("api.storage.v1.StorageClass", "storage.k8s.io/v1", "StorageClass"),
     ("api.core.v1.Binding", "v1", "Binding"),
     ("api.apps.v1.Deployment", "apps/v1", "Deployment"),
     ("api.apps.v1.ReplicaSet", "apps/v1", "ReplicaSet"),

@@ -31,6 +31,7 @@ mod server;
 pub mod service_accounts;
 pub mod services;
 pub mod status;
+pub mod storage_classes;
 pub mod tokens;
 pub mod watch_cache;
 pub mod watched_map;

@@ -95,7 +95,8 @@ pub async fn start_container(
     let uid = pod.uid().unwrap_or_default();
     let image = ensure_image(ctx, pod, container).await?;
     let env = environment(ctx, pod, container, request.pod_ip).await?;
-    let mounts = resolve_mounts(container, request.volumes, &env)?;
+    let read_only = crate::volumes::read_only_volumes(pod);
+    let mounts = resolve_mounts(container, request.volumes, &read_only, &env)?;
 
     let id = container_id(&uid, &container.name, request.attempt);
     let bundle = request.dirs.bundle(&container.name, request.attempt);
@@ -572,6 +573,7 @@ async fn environment(
 fn resolve_mounts(
     container: &Container,
     volumes: &HashMap<String, PathBuf>,
+    read_only_volumes: &std::collections::HashSet<String>,
     env: &[(String, String)],
 ) -> Result<Vec<ResolvedMount>, StartFailure> {
     container
@@ -628,7 +630,8 @@ fn resolve_mounts(
             Ok(ResolvedMount {
                 container_path: mount.mount_path.clone(),
                 host_path,
-                read_only: mount.read_only.unwrap_or(false),
+                read_only: mount.read_only.unwrap_or(false)
+                    || read_only_volumes.contains(&mount.name),
                 propagation: MountPropagation::parse(mount.mount_propagation.as_deref()),
             })
         })
@@ -718,7 +721,7 @@ mod tests {
         }))
         .unwrap();
         let env = vec![("POD_NAME".to_string(), "web-0".to_string())];
-        let mounts = resolve_mounts(&container, &volumes, &env).unwrap();
+        let mounts = resolve_mounts(&container, &volumes, &Default::default(), &env).unwrap();
         assert_eq!(mounts[0].host_path, volume.join("web-0/logs"));
         assert!(mounts[0].host_path.is_dir());
         assert_eq!(mounts[1].host_path, volume);
@@ -729,7 +732,7 @@ mod tests {
         }))
         .unwrap();
         let up = vec![("UP".to_string(), "..".to_string())];
-        let err = resolve_mounts(&escaping, &volumes, &up).unwrap_err();
+        let err = resolve_mounts(&escaping, &volumes, &Default::default(), &up).unwrap_err();
         assert!(
             err.message.contains("failed to prepare subPath"),
             "{}",
@@ -739,7 +742,7 @@ mod tests {
         // A variable the environment lacks, or has empty, is refused by name.
         let empty = vec![("UP".to_string(), String::new())];
         for env in [Vec::new(), empty] {
-            let err = resolve_mounts(&escaping, &volumes, &env).unwrap_err();
+            let err = resolve_mounts(&escaping, &volumes, &Default::default(), &env).unwrap_err();
             assert_eq!(err.reason, "CreateContainerConfigError");
             assert!(
                 err.message.ends_with("missing value for UP"),
@@ -754,7 +757,7 @@ mod tests {
             "volumeMounts": [{ "name": "work", "mountPath": "/x", "subPath": "a", "subPathExpr": "" }],
         }))
         .unwrap();
-        let mounts = resolve_mounts(&both, &volumes, &env).unwrap();
+        let mounts = resolve_mounts(&both, &volumes, &Default::default(), &env).unwrap();
         assert_eq!(mounts[0].host_path, volume.join("a"));
     }
 

@@ -313,6 +313,9 @@ async fn create_object<S: Store>(
         )
         .await?;
     }
+    if resource.is_core("PersistentVolumeClaim") {
+        crate::storage_classes::admit_new_claim(&*server.store, &mut obj).await?;
+    }
     validate(resource, &obj, None)?;
     if is_priority_class(resource) {
         priority_admission::admit_new_class(

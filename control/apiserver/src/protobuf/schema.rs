@@ -21,6 +21,8 @@ pub static TOP_LEVEL: &[TopLevel] = &[
     TopLevel { api_version: "v1", kind: "ServiceAccount", message: &CORE_V1_SERVICE_ACCOUNT },
     TopLevel { api_version: "v1", kind: "Event", message: &CORE_V1_EVENT },
     TopLevel { api_version: "v1", kind: "PersistentVolumeClaim", message: &CORE_V1_PERSISTENT_VOLUME_CLAIM },
+    TopLevel { api_version: "v1", kind: "PersistentVolume", message: &CORE_V1_PERSISTENT_VOLUME },
+    TopLevel { api_version: "storage.k8s.io/v1", kind: "StorageClass", message: &STORAGE_V1_STORAGE_CLASS },
     TopLevel { api_version: "v1", kind: "Binding", message: &CORE_V1_BINDING },
     TopLevel { api_version: "apps/v1", kind: "Deployment", message: &APPS_V1_DEPLOYMENT },
     TopLevel { api_version: "apps/v1", kind: "ReplicaSet", message: &APPS_V1_REPLICA_SET },
@@ -1492,6 +1494,208 @@ pub static CORE_V1_PERSISTENT_VOLUME_CLAIM_CONDITION: Message = Message { name: 
 pub static CORE_V1_MODIFY_VOLUME_STATUS: Message = Message { name: "k8s.io.api.core.v1.ModifyVolumeStatus", fields: &[
     F { tag: 1, json: "targetVolumeAttributesClassName", kind: Str, rule: OmitEmpty },
     F { tag: 2, json: "status", kind: Str, rule: Always },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_PERSISTENT_VOLUME: Message = Message { name: "k8s.io.api.core.v1.PersistentVolume", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "spec", kind: Msg(&CORE_V1_PERSISTENT_VOLUME_SPEC), rule: OmitEmpty },
+    F { tag: 3, json: "status", kind: Msg(&CORE_V1_PERSISTENT_VOLUME_STATUS), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_PERSISTENT_VOLUME_SPEC: Message = Message { name: "k8s.io.api.core.v1.PersistentVolumeSpec", fields: &[
+    F { tag: 1, json: "capacity", kind: Quantity, rule: Map },
+    F { tag: 2, json: "", kind: Msg(&CORE_V1_PERSISTENT_VOLUME_SOURCE), rule: Inline },
+    F { tag: 3, json: "accessModes", kind: Str, rule: List },
+    F { tag: 4, json: "claimRef", kind: Msg(&CORE_V1_OBJECT_REFERENCE), rule: Ptr },
+    F { tag: 5, json: "persistentVolumeReclaimPolicy", kind: Str, rule: OmitEmpty },
+    F { tag: 6, json: "storageClassName", kind: Str, rule: OmitEmpty },
+    F { tag: 7, json: "mountOptions", kind: Str, rule: List },
+    F { tag: 8, json: "volumeMode", kind: Str, rule: Ptr },
+    F { tag: 9, json: "nodeAffinity", kind: Msg(&CORE_V1_VOLUME_NODE_AFFINITY), rule: Ptr },
+    F { tag: 10, json: "volumeAttributesClassName", kind: Str, rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_PERSISTENT_VOLUME_SOURCE: Message = Message { name: "k8s.io.api.core.v1.PersistentVolumeSource", fields: &[
+    F { tag: 1, json: "gcePersistentDisk", kind: Msg(&CORE_V1_GCE_PERSISTENT_DISK_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 2, json: "awsElasticBlockStore", kind: Msg(&CORE_V1_AWS_ELASTIC_BLOCK_STORE_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 3, json: "hostPath", kind: Msg(&CORE_V1_HOST_PATH_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 4, json: "glusterfs", kind: Msg(&CORE_V1_GLUSTERFS_PERSISTENT_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 5, json: "nfs", kind: Msg(&CORE_V1_NFS_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 6, json: "rbd", kind: Msg(&CORE_V1_RBD_PERSISTENT_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 7, json: "iscsi", kind: Msg(&CORE_V1_ISCSI_PERSISTENT_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 8, json: "cinder", kind: Msg(&CORE_V1_CINDER_PERSISTENT_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 9, json: "cephfs", kind: Msg(&CORE_V1_CEPH_FS_PERSISTENT_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 10, json: "fc", kind: Msg(&CORE_V1_FC_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 11, json: "flocker", kind: Msg(&CORE_V1_FLOCKER_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 12, json: "flexVolume", kind: Msg(&CORE_V1_FLEX_PERSISTENT_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 13, json: "azureFile", kind: Msg(&CORE_V1_AZURE_FILE_PERSISTENT_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 14, json: "vsphereVolume", kind: Msg(&CORE_V1_VSPHERE_VIRTUAL_DISK_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 15, json: "quobyte", kind: Msg(&CORE_V1_QUOBYTE_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 16, json: "azureDisk", kind: Msg(&CORE_V1_AZURE_DISK_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 17, json: "photonPersistentDisk", kind: Msg(&CORE_V1_PHOTON_PERSISTENT_DISK_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 18, json: "portworxVolume", kind: Msg(&CORE_V1_PORTWORX_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 19, json: "scaleIO", kind: Msg(&CORE_V1_SCALE_IO_PERSISTENT_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 20, json: "local", kind: Msg(&CORE_V1_LOCAL_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 21, json: "storageos", kind: Msg(&CORE_V1_STORAGE_OS_PERSISTENT_VOLUME_SOURCE), rule: OmitEmpty },
+    F { tag: 22, json: "csi", kind: Msg(&CORE_V1_CSI_PERSISTENT_VOLUME_SOURCE), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_GLUSTERFS_PERSISTENT_VOLUME_SOURCE: Message = Message { name: "k8s.io.api.core.v1.GlusterfsPersistentVolumeSource", fields: &[
+    F { tag: 1, json: "endpoints", kind: Str, rule: Always },
+    F { tag: 2, json: "path", kind: Str, rule: Always },
+    F { tag: 3, json: "readOnly", kind: Bool, rule: OmitEmpty },
+    F { tag: 4, json: "endpointsNamespace", kind: Str, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_RBD_PERSISTENT_VOLUME_SOURCE: Message = Message { name: "k8s.io.api.core.v1.RbdPersistentVolumeSource", fields: &[
+    F { tag: 1, json: "monitors", kind: Str, rule: ListOrNull },
+    F { tag: 2, json: "image", kind: Str, rule: Always },
+    F { tag: 3, json: "fsType", kind: Str, rule: OmitEmpty },
+    F { tag: 4, json: "pool", kind: Str, rule: OmitEmpty },
+    F { tag: 5, json: "user", kind: Str, rule: OmitEmpty },
+    F { tag: 6, json: "keyring", kind: Str, rule: OmitEmpty },
+    F { tag: 7, json: "secretRef", kind: Msg(&CORE_V1_SECRET_REFERENCE), rule: OmitEmpty },
+    F { tag: 8, json: "readOnly", kind: Bool, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_SECRET_REFERENCE: Message = Message { name: "k8s.io.api.core.v1.SecretReference", fields: &[
+    F { tag: 1, json: "name", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "namespace", kind: Str, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_ISCSI_PERSISTENT_VOLUME_SOURCE: Message = Message { name: "k8s.io.api.core.v1.IscsiPersistentVolumeSource", fields: &[
+    F { tag: 1, json: "targetPortal", kind: Str, rule: Always },
+    F { tag: 2, json: "iqn", kind: Str, rule: Always },
+    F { tag: 3, json: "lun", kind: I32, rule: Always },
+    F { tag: 4, json: "iscsiInterface", kind: Str, rule: OmitEmpty },
+    F { tag: 5, json: "fsType", kind: Str, rule: OmitEmpty },
+    F { tag: 6, json: "readOnly", kind: Bool, rule: OmitEmpty },
+    F { tag: 7, json: "portals", kind: Str, rule: List },
+    F { tag: 8, json: "chapAuthDiscovery", kind: Bool, rule: OmitEmpty },
+    F { tag: 11, json: "chapAuthSession", kind: Bool, rule: OmitEmpty },
+    F { tag: 10, json: "secretRef", kind: Msg(&CORE_V1_SECRET_REFERENCE), rule: OmitEmpty },
+    F { tag: 12, json: "initiatorName", kind: Str, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_CINDER_PERSISTENT_VOLUME_SOURCE: Message = Message { name: "k8s.io.api.core.v1.CinderPersistentVolumeSource", fields: &[
+    F { tag: 1, json: "volumeID", kind: Str, rule: Always },
+    F { tag: 2, json: "fsType", kind: Str, rule: OmitEmpty },
+    F { tag: 3, json: "readOnly", kind: Bool, rule: OmitEmpty },
+    F { tag: 4, json: "secretRef", kind: Msg(&CORE_V1_SECRET_REFERENCE), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_CEPH_FS_PERSISTENT_VOLUME_SOURCE: Message = Message { name: "k8s.io.api.core.v1.CephFsPersistentVolumeSource", fields: &[
+    F { tag: 1, json: "monitors", kind: Str, rule: ListOrNull },
+    F { tag: 2, json: "path", kind: Str, rule: OmitEmpty },
+    F { tag: 3, json: "user", kind: Str, rule: OmitEmpty },
+    F { tag: 4, json: "secretFile", kind: Str, rule: OmitEmpty },
+    F { tag: 5, json: "secretRef", kind: Msg(&CORE_V1_SECRET_REFERENCE), rule: OmitEmpty },
+    F { tag: 6, json: "readOnly", kind: Bool, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_FLEX_PERSISTENT_VOLUME_SOURCE: Message = Message { name: "k8s.io.api.core.v1.FlexPersistentVolumeSource", fields: &[
+    F { tag: 1, json: "driver", kind: Str, rule: Always },
+    F { tag: 2, json: "fsType", kind: Str, rule: OmitEmpty },
+    F { tag: 3, json: "secretRef", kind: Msg(&CORE_V1_SECRET_REFERENCE), rule: OmitEmpty },
+    F { tag: 4, json: "readOnly", kind: Bool, rule: OmitEmpty },
+    F { tag: 5, json: "options", kind: Str, rule: Map },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_AZURE_FILE_PERSISTENT_VOLUME_SOURCE: Message = Message { name: "k8s.io.api.core.v1.AzureFilePersistentVolumeSource", fields: &[
+    F { tag: 1, json: "secretName", kind: Str, rule: Always },
+    F { tag: 2, json: "shareName", kind: Str, rule: Always },
+    F { tag: 3, json: "readOnly", kind: Bool, rule: OmitEmpty },
+    F { tag: 4, json: "secretNamespace", kind: Str, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_SCALE_IO_PERSISTENT_VOLUME_SOURCE: Message = Message { name: "k8s.io.api.core.v1.ScaleIoPersistentVolumeSource", fields: &[
+    F { tag: 1, json: "gateway", kind: Str, rule: Always },
+    F { tag: 2, json: "system", kind: Str, rule: Always },
+    F { tag: 3, json: "secretRef", kind: Msg(&CORE_V1_SECRET_REFERENCE), rule: Always },
+    F { tag: 4, json: "sslEnabled", kind: Bool, rule: OmitEmpty },
+    F { tag: 5, json: "protectionDomain", kind: Str, rule: OmitEmpty },
+    F { tag: 6, json: "storagePool", kind: Str, rule: OmitEmpty },
+    F { tag: 7, json: "storageMode", kind: Str, rule: OmitEmpty },
+    F { tag: 8, json: "volumeName", kind: Str, rule: OmitEmpty },
+    F { tag: 9, json: "fsType", kind: Str, rule: OmitEmpty },
+    F { tag: 10, json: "readOnly", kind: Bool, rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_LOCAL_VOLUME_SOURCE: Message = Message { name: "k8s.io.api.core.v1.LocalVolumeSource", fields: &[
+    F { tag: 1, json: "path", kind: Str, rule: Always },
+    F { tag: 2, json: "fsType", kind: Str, rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_STORAGE_OS_PERSISTENT_VOLUME_SOURCE: Message = Message { name: "k8s.io.api.core.v1.StorageOsPersistentVolumeSource", fields: &[
+    F { tag: 1, json: "volumeName", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "volumeNamespace", kind: Str, rule: OmitEmpty },
+    F { tag: 3, json: "fsType", kind: Str, rule: OmitEmpty },
+    F { tag: 4, json: "readOnly", kind: Bool, rule: OmitEmpty },
+    F { tag: 5, json: "secretRef", kind: Msg(&CORE_V1_OBJECT_REFERENCE), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_CSI_PERSISTENT_VOLUME_SOURCE: Message = Message { name: "k8s.io.api.core.v1.CSIPersistentVolumeSource", fields: &[
+    F { tag: 1, json: "driver", kind: Str, rule: Always },
+    F { tag: 2, json: "volumeHandle", kind: Str, rule: Always },
+    F { tag: 3, json: "readOnly", kind: Bool, rule: OmitEmpty },
+    F { tag: 4, json: "fsType", kind: Str, rule: OmitEmpty },
+    F { tag: 5, json: "volumeAttributes", kind: Str, rule: Map },
+    F { tag: 6, json: "controllerPublishSecretRef", kind: Msg(&CORE_V1_SECRET_REFERENCE), rule: OmitEmpty },
+    F { tag: 7, json: "nodeStageSecretRef", kind: Msg(&CORE_V1_SECRET_REFERENCE), rule: OmitEmpty },
+    F { tag: 8, json: "nodePublishSecretRef", kind: Msg(&CORE_V1_SECRET_REFERENCE), rule: OmitEmpty },
+    F { tag: 9, json: "controllerExpandSecretRef", kind: Msg(&CORE_V1_SECRET_REFERENCE), rule: OmitEmpty },
+    F { tag: 10, json: "nodeExpandSecretRef", kind: Msg(&CORE_V1_SECRET_REFERENCE), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_VOLUME_NODE_AFFINITY: Message = Message { name: "k8s.io.api.core.v1.VolumeNodeAffinity", fields: &[
+    F { tag: 1, json: "required", kind: Msg(&CORE_V1_NODE_SELECTOR), rule: OmitEmpty },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_PERSISTENT_VOLUME_STATUS: Message = Message { name: "k8s.io.api.core.v1.PersistentVolumeStatus", fields: &[
+    F { tag: 1, json: "phase", kind: Str, rule: OmitEmpty },
+    F { tag: 2, json: "message", kind: Str, rule: OmitEmpty },
+    F { tag: 3, json: "reason", kind: Str, rule: OmitEmpty },
+    F { tag: 4, json: "lastPhaseTransitionTime", kind: Time, rule: Ptr },
+] };
+
+#[rustfmt::skip]
+pub static STORAGE_V1_STORAGE_CLASS: Message = Message { name: "k8s.io.api.storage.v1.StorageClass", fields: &[
+    F { tag: 1, json: "metadata", kind: Msg(&META_V1_OBJECT_META), rule: OmitEmpty },
+    F { tag: 2, json: "provisioner", kind: Str, rule: Always },
+    F { tag: 3, json: "parameters", kind: Str, rule: Map },
+    F { tag: 4, json: "reclaimPolicy", kind: Str, rule: Ptr },
+    F { tag: 5, json: "mountOptions", kind: Str, rule: List },
+    F { tag: 6, json: "allowVolumeExpansion", kind: Bool, rule: Ptr },
+    F { tag: 7, json: "volumeBindingMode", kind: Str, rule: Ptr },
+    F { tag: 8, json: "allowedTopologies", kind: Msg(&CORE_V1_TOPOLOGY_SELECTOR_TERM), rule: List },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_TOPOLOGY_SELECTOR_TERM: Message = Message { name: "k8s.io.api.core.v1.TopologySelectorTerm", fields: &[
+    F { tag: 1, json: "matchLabelExpressions", kind: Msg(&CORE_V1_TOPOLOGY_SELECTOR_LABEL_REQUIREMENT), rule: List },
+] };
+
+#[rustfmt::skip]
+pub static CORE_V1_TOPOLOGY_SELECTOR_LABEL_REQUIREMENT: Message = Message { name: "k8s.io.api.core.v1.TopologySelectorLabelRequirement", fields: &[
+    F { tag: 1, json: "key", kind: Str, rule: Always },
+    F { tag: 2, json: "values", kind: Str, rule: ListOrNull },
 ] };
 
 #[rustfmt::skip]

@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::{
     apps, batch, coordination, core, discovery, events, networking, policy, rbac, scheduling,
+    storage,
 };
 
 use super::{Resource, StorageView, Subresource, roundtrip, schema_of};
@@ -247,6 +248,40 @@ pub static CATALOG: &[Resource] = &[
         normalize: roundtrip::<core::v1::PersistentVolumeClaim>,
         view: None,
         schema: schema_of::<core::v1::PersistentVolumeClaim>,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "PersistentVolume",
+        plural: "persistentvolumes",
+        singular: "persistentvolume",
+        namespaced: false,
+        short_names: &["pv"],
+        categories: &[],
+        subresources: &[status("", "v1", "PersistentVolume")],
+        has_status: true,
+        tracks_generation: false,
+        storage_prefix: "/registry/persistentvolumes/",
+        normalize: roundtrip::<core::v1::PersistentVolume>,
+        view: None,
+        schema: schema_of::<core::v1::PersistentVolume>,
+    },
+    Resource {
+        group: "storage.k8s.io",
+        version: "v1",
+        kind: "StorageClass",
+        plural: "storageclasses",
+        singular: "storageclass",
+        namespaced: false,
+        short_names: &["sc"],
+        categories: &[],
+        subresources: &[],
+        has_status: false,
+        tracks_generation: false,
+        storage_prefix: "/registry/storageclasses/",
+        normalize: roundtrip::<storage::v1::StorageClass>,
+        view: None,
+        schema: schema_of::<storage::v1::StorageClass>,
     },
     Resource {
         group: "apps",

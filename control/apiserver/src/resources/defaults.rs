@@ -59,6 +59,23 @@ pub fn apply(group: &str, kind: &str, obj: &mut Value, cfg: &DefaultingConfig, c
         ("apps", "StatefulSet") => statefulset(obj),
         ("batch", "Job") => job(obj),
         ("batch", "CronJob") => cron_job(obj),
+        ("", "PersistentVolumeClaim") => {
+            default(child(obj, "spec"), "volumeMode", json!("Filesystem"));
+            default(child(obj, "status"), "phase", json!("Pending"));
+        }
+        ("", "PersistentVolume") => {
+            let spec = child(obj, "spec");
+            default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+            default(spec, "volumeMode", json!("Filesystem"));
+            if let Some(host_path) = spec.get_mut("hostPath").filter(|h| h.is_object()) {
+                default(host_path, "type", json!(""));
+            }
+            default(child(obj, "status"), "phase", json!("Pending"));
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            default(obj, "reclaimPolicy", json!("Delete"));
+            default(obj, "volumeBindingMode", json!("Immediate"));
+        }
         // A pod's priority and preemption policy come from Priority admission, not defaults.
         ("scheduling.k8s.io", "PriorityClass") => {
             default(obj, "preemptionPolicy", json!("PreemptLowerPriority"));

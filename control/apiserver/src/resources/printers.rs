@@ -107,6 +107,38 @@ pub fn columns(group: &str, kind: &str) -> Vec<Column> {
             ("Images", "string", 1),
             ("Selector", "string", 1),
         ],
+        ("", "PersistentVolumeClaim") => vec![
+            NAME,
+            ("Status", "string", 0),
+            ("Volume", "string", 0),
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            AGE,
+            ("VolumeMode", "string", 1),
+        ],
+        ("", "PersistentVolume") => vec![
+            NAME,
+            ("Capacity", "string", 0),
+            ("Access Modes", "string", 0),
+            ("Reclaim Policy", "string", 0),
+            ("Status", "string", 0),
+            ("Claim", "string", 0),
+            ("StorageClass", "string", 0),
+            ("VolumeAttributesClass", "string", 0),
+            ("Reason", "string", 0),
+            AGE,
+            ("VolumeMode", "string", 1),
+        ],
+        ("storage.k8s.io", "StorageClass") => vec![
+            NAME,
+            ("Provisioner", "string", 0),
+            ("ReclaimPolicy", "string", 0),
+            ("VolumeBindingMode", "string", 0),
+            ("AllowVolumeExpansion", "boolean", 0),
+            AGE,
+        ],
         ("batch", "CronJob") => vec![
             NAME,
             ("Schedule", "string", 0),
@@ -243,6 +275,26 @@ fn age(ts: &Value, now: Timestamp) -> String {
         Some(t) => human_duration(now.as_second() - t.as_second()),
         None => "<unknown>".into(),
     }
+}
+
+fn unset_if_missing(v: &Value) -> String {
+    v.as_str().unwrap_or("<unset>").to_string()
+}
+
+/// Access modes as kubectl abbreviates them, in upstream's order.
+fn access_modes(modes: &Value) -> String {
+    let listed: Vec<&str> = modes.as_array().into_iter().flatten().map(s).collect();
+    [
+        ("ReadWriteOnce", "RWO"),
+        ("ReadOnlyMany", "ROX"),
+        ("ReadWriteMany", "RWX"),
+        ("ReadWriteOncePod", "RWOP"),
+    ]
+    .iter()
+    .filter(|(mode, _)| listed.contains(mode))
+    .map(|(_, short)| *short)
+    .collect::<Vec<_>>()
+    .join(",")
 }
 
 fn none_if_empty(v: String) -> String {
@@ -683,6 +735,77 @@ pub fn cells(group: &str, kind: &str, obj: &Value, now: Timestamp) -> Vec<Value>
                 json!(c),
                 json!(im),
                 json!(selector_string(&spec["selector"])),
+            ]
+        }
+        ("", "PersistentVolumeClaim") => {
+            let phase = if meta["deletionTimestamp"].is_null() {
+                s(&status["phase"])
+            } else {
+                "Terminating"
+            };
+            let volume = s(&spec["volumeName"]);
+            let (capacity, modes) = if volume.is_empty() {
+                (String::new(), String::new())
+            } else {
+                (
+                    s(&status["capacity"]["storage"]).to_string(),
+                    access_modes(&status["accessModes"]),
+                )
+            };
+            vec![
+                name,
+                json!(phase),
+                json!(volume),
+                json!(capacity),
+                json!(modes),
+                json!(s(&spec["storageClassName"])),
+                json!(unset_if_missing(&spec["volumeAttributesClassName"])),
+                json!(created),
+                json!(unset_if_missing(&spec["volumeMode"])),
+            ]
+        }
+        ("", "PersistentVolume") => {
+            let phase = if meta["deletionTimestamp"].is_null() {
+                s(&status["phase"])
+            } else {
+                "Terminating"
+            };
+            let claim = match &spec["claimRef"] {
+                Value::Object(claim) => format!(
+                    "{}/{}",
+                    s(claim.get("namespace").unwrap_or(&Value::Null)),
+                    s(claim.get("name").unwrap_or(&Value::Null))
+                ),
+                _ => String::new(),
+            };
+            vec![
+                name,
+                json!(s(&spec["capacity"]["storage"])),
+                json!(access_modes(&spec["accessModes"])),
+                json!(s(&spec["persistentVolumeReclaimPolicy"])),
+                json!(phase),
+                json!(claim),
+                json!(s(&spec["storageClassName"])),
+                json!(unset_if_missing(&spec["volumeAttributesClassName"])),
+                json!(s(&status["reason"])),
+                json!(created),
+                json!(unset_if_missing(&spec["volumeMode"])),
+            ]
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            let default_class = crate::storage_classes::is_default_class(obj);
+            let shown = if default_class {
+                format!("{} (default)", s(&meta["name"]))
+            } else {
+                s(&meta["name"]).to_string()
+            };
+            vec![
+                json!(shown),
+                json!(s(&obj["provisioner"])),
+                json!(obj["reclaimPolicy"].as_str().unwrap_or("Delete")),
+                json!(obj["volumeBindingMode"].as_str().unwrap_or("Immediate")),
+                json!(obj["allowVolumeExpansion"].as_bool().unwrap_or(false)),
+                json!(created),
             ]
         }
         ("batch", "CronJob") => {

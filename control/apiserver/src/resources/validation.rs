@@ -2,6 +2,7 @@
 
 mod cronjob;
 mod rbac;
+mod storage;
 
 use serde_json::Value;
 
@@ -271,6 +272,9 @@ pub fn object(group: &str, kind: &str, obj: &Value, causes: &mut Vec<FieldCause>
             workload(obj, causes, false);
         }
         ("batch", "CronJob") => cronjob::spec(obj, causes),
+        ("", "PersistentVolume") => storage::persistent_volume(obj, causes),
+        ("", "PersistentVolumeClaim") => storage::persistent_volume_claim(obj, causes),
+        ("storage.k8s.io", "StorageClass") => storage::storage_class(obj, causes),
         ("scheduling.k8s.io", "PriorityClass") => priority_class(obj, causes),
         ("policy", "PodDisruptionBudget") => disruption_budget(&obj["spec"], causes),
         ("rbac.authorization.k8s.io", "Role") => rbac::role(obj, true, causes),
@@ -644,6 +648,9 @@ pub fn update(group: &str, kind: &str, old: &Value, new: &Value, causes: &mut Ve
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
             rbac::binding_update(old, new, causes)
         }
+        ("", "PersistentVolume") => storage::persistent_volume_update(old, new, causes),
+        ("", "PersistentVolumeClaim") => storage::persistent_volume_claim_update(old, new, causes),
+        ("storage.k8s.io", "StorageClass") => storage::storage_class_update(old, new, causes),
         _ => {}
     }
 }

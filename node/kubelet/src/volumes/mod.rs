@@ -1,5 +1,6 @@
 //! A pod's volumes on the node. Each volume maps to the host directory its mounts bind:
-//! emptyDir ([`empty_dir`]) and hostPath ([`host_path`]) as they are; configMap
+//! emptyDir ([`empty_dir`]) and hostPath ([`host_path`]) as they are; persistentVolumeClaim
+//! ([`persistent_volume_claim`]) as its bound volume's directory on the node; configMap
 //! ([`config_map`]), secret ([`secret`]), downwardAPI ([`downward_api`]) and projected
 //! ([`projected`]) volumes as files the [`atomic_writer`] lays out under `..data`, on disk for
 //! configMaps and on a tmpfs for the others. [`set_up`] is idempotent and cheap when nothing
@@ -14,6 +15,7 @@ mod empty_dir;
 mod host_path;
 mod objects;
 mod ownership;
+mod persistent_volume_claim;
 mod projected;
 mod secret;
 mod service_account_token;
@@ -225,6 +227,12 @@ async fn set_up_one(
     if let Some(source) = &volume.host_path {
         return host_path::set_up(source).map_err(|e| reason(&e));
     }
+    if let Some(source) = &volume.persistent_volume_claim {
+        let namespace = host.pod.metadata.namespace.as_deref().unwrap_or("default");
+        return persistent_volume_claim::set_up(objects, namespace, source)
+            .await
+            .map_err(|e| reason(&e));
+    }
     let (payload, medium) = if let Some(source) = &volume.config_map {
         (config_map::payload(objects, source).await, Medium::Disk)
     } else if let Some(source) = &volume.secret {
@@ -243,7 +251,7 @@ async fn set_up_one(
     } else {
         return Err(
             "this volume type is not supported by Baton's kubelet (emptyDir, hostPath, \
-             configMap, secret, downwardAPI and projected are)"
+             configMap, secret, downwardAPI, projected and persistentVolumeClaim are)"
                 .into(),
         );
     };
@@ -259,6 +267,18 @@ async fn set_up_one(
         );
     }
     Ok(dir)
+}
+
+/// The volumes every mount of which is read-only: claims the pod mounts `readOnly`.
+pub fn read_only_volumes(pod: &Pod) -> std::collections::HashSet<String> {
+    pod_volumes(pod)
+        .filter(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.read_only == Some(true))
+        })
+        .map(|v| v.name.clone())
+        .collect()
 }
 
 /// When the pod worker should set the pod's volumes up again if nothing else wakes it: in

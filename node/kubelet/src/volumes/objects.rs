@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret};
 use kube::{Api, Client};
 
 use super::service_account_token::{TokenCache, TokenSpec};
@@ -16,6 +16,11 @@ pub trait ObjectSource {
     async fn config_map(&self, name: &str) -> Result<Option<ConfigMap>, String>;
     async fn secret(&self, name: &str) -> Result<Option<Secret>, String>;
     async fn service_account_token(&self, spec: &TokenSpec) -> Result<String, String>;
+    async fn persistent_volume_claim(
+        &self,
+        name: &str,
+    ) -> Result<Option<PersistentVolumeClaim>, String>;
+    async fn persistent_volume(&self, name: &str) -> Result<Option<PersistentVolume>, String>;
 }
 
 /// The API server as an [`ObjectSource`].
@@ -24,6 +29,8 @@ pub struct ApiObjects {
     client: Client,
     config_maps: Api<ConfigMap>,
     secrets: Api<Secret>,
+    claims: Api<PersistentVolumeClaim>,
+    volumes: Api<PersistentVolume>,
     tokens: Arc<TokenCache>,
 }
 
@@ -40,6 +47,8 @@ impl ApiObjects {
             client: client.clone(),
             config_maps: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client.clone(), namespace),
+            claims: Api::namespaced(client.clone(), namespace),
+            volumes: Api::all(client.clone()),
             tokens,
         }
     }
@@ -65,6 +74,17 @@ impl ObjectSource for ApiObjects {
     async fn service_account_token(&self, spec: &TokenSpec) -> Result<String, String> {
         self.tokens.get(&self.client, spec).await
     }
+
+    async fn persistent_volume_claim(
+        &self,
+        name: &str,
+    ) -> Result<Option<PersistentVolumeClaim>, String> {
+        self.claims.get_opt(name).await.map_err(message)
+    }
+
+    async fn persistent_volume(&self, name: &str) -> Result<Option<PersistentVolume>, String> {
+        self.volumes.get_opt(name).await.map_err(message)
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +102,8 @@ pub mod fake {
     pub struct FakeObjects {
         pub config_maps: BTreeMap<String, ConfigMap>,
         pub secrets: BTreeMap<String, Secret>,
+        pub claims: BTreeMap<String, PersistentVolumeClaim>,
+        pub volumes: BTreeMap<String, PersistentVolume>,
         pub failing: bool,
     }
 
@@ -138,6 +160,23 @@ pub mod fake {
                 spec.audience.as_deref().unwrap_or("api"),
                 spec.expiration_seconds
             ))
+        }
+
+        async fn persistent_volume_claim(
+            &self,
+            name: &str,
+        ) -> Result<Option<PersistentVolumeClaim>, String> {
+            if self.failing {
+                return Err(format!("persistentvolumeclaims \"{name}\" is forbidden"));
+            }
+            Ok(self.claims.get(name).cloned())
+        }
+
+        async fn persistent_volume(&self, name: &str) -> Result<Option<PersistentVolume>, String> {
+            if self.failing {
+                return Err(format!("persistentvolumes \"{name}\" is forbidden"));
+            }
+            Ok(self.volumes.get(name).cloned())
         }
     }
 }
