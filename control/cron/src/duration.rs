@@ -41,7 +41,8 @@ pub fn parse_go(text: &str) -> Result<u128, String> {
         let mut fraction = (0u128, 1u128);
         if let Some(after_dot) = rest.strip_prefix('.') {
             let fraction_len = digits(after_dot);
-            for d in after_dot[..fraction_len].bytes().take(30) {
+            // Go keeps about 19 digits; 18 keep the product below u128's limit.
+            for d in after_dot[..fraction_len].bytes().take(18) {
                 fraction = (fraction.0 * 10 + u128::from(d - b'0'), fraction.1 * 10);
             }
             rest = &after_dot[fraction_len..];
@@ -82,6 +83,11 @@ mod tests {
         assert_eq!(parse_go("1.5s"), Ok(1_500_000_000));
         assert_eq!(parse_go(".5m"), Ok(30_000_000_000));
         assert_eq!(parse_go("250ms"), Ok(250_000_000));
+        // Long fractions are cut, never overflow.
+        assert_eq!(
+            parse_go("0.99999999999999999999999999999999h"),
+            Ok(3_599_999_999_999)
+        );
         assert_eq!(parse_go("0"), Ok(0));
         assert_eq!(parse_go("-5m"), Ok(0));
         assert_eq!(

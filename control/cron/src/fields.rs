@@ -100,7 +100,8 @@ fn field(text: &str, bounds: &Bounds) -> Result<Field, ParseScheduleError> {
         bits: 0,
         star: false,
     };
-    for expr in text.split(',') {
+    // Empty items (`1,,5`, `0,30,`) are skipped, as upstream's parser skips them.
+    for expr in text.split(',').filter(|e| !e.is_empty()) {
         let part = range(expr, bounds)?;
         out.bits |= part.bits;
         out.star |= part.star;
@@ -218,6 +219,17 @@ mod tests {
         // A stepped `*` is no longer `*`; `*/1` and `?` still are.
         assert!(!f.minutes.star && !f.hours.star && f.days_of_week.star);
         assert!(Fields::parse("*/1 * * * *").unwrap().minutes.star);
+    }
+
+    #[test]
+    fn empty_list_items_are_skipped() {
+        let f = Fields::parse("0,30, * * * *").unwrap();
+        let minutes: Vec<u32> = (0..60).filter(|m| f.minutes.has(*m)).collect();
+        assert_eq!(minutes, [0, 30]);
+        assert_eq!(
+            Fields::parse("1,,5 * * * *").unwrap(),
+            Fields::parse("1,5 * * * *").unwrap()
+        );
     }
 
     #[test]

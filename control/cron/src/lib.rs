@@ -74,14 +74,17 @@ pub enum ParseScheduleError {
 #[error("unknown time zone {0}")]
 pub struct UnknownTimeZone(pub String);
 
-/// Looks a zone up in the bundled tz database; "" and "UTC" are UTC, as in Go.
+/// Looks a zone up in the bundled tz database, by its exact name (as Go's `LoadLocation`
+/// on Linux: `america/new_york` is not `America/New_York`); "" and "UTC" are UTC, as in Go.
 pub fn time_zone(name: &str) -> Result<TimeZone, UnknownTimeZone> {
     if name.is_empty() || name == "UTC" {
         return Ok(TimeZone::UTC);
     }
     jiff::tz::db()
         .get(name)
-        .map_err(|_| UnknownTimeZone(name.to_string()))
+        .ok()
+        .filter(|zone| zone.iana_name() == Some(name))
+        .ok_or_else(|| UnknownTimeZone(name.to_string()))
 }
 
 impl Schedule {
@@ -128,6 +131,36 @@ impl Schedule {
                 whole
                     .checked_add(jiff::SignedDuration::from_secs(*seconds))
                     .ok()
+            }
+        }
+    }
+}
+
+impl Schedule {
+    /// The first time strictly after `after` in the series that starts with the first fire
+    /// after `start`. For five fields that is simply the next fire after `after`; an `@every`
+    /// series keeps its own pace (`start` + n × the delay), wherever `after` falls.
+    pub fn next_in_series(
+        &self,
+        start: Timestamp,
+        after: Timestamp,
+        zone: &TimeZone,
+    ) -> Option<Timestamp> {
+        match &self.when {
+            When::Fields(_) => self.next_after(start.max(after), zone),
+            When::Every(seconds) => {
+                let first = self.next_after(start, zone)?;
+                if first > after {
+                    return Some(first);
+                }
+                let behind = after.as_second() - first.as_second();
+                let steps = behind / seconds + 1;
+                Timestamp::from_second(
+                    first
+                        .as_second()
+                        .checked_add(steps.checked_mul(*seconds)?)?,
+                )
+                .ok()
             }
         }
     }
@@ -274,6 +307,30 @@ mod tests {
     }
 
     #[test]
+    fn every_keeps_the_pace_of_its_series() {
+        let utc = TimeZone::UTC;
+        let every = Schedule::parse("@every 10m").unwrap();
+        // Started at 10:00 (first fire 10:10): after 10:33 comes 10:40, not 10:43.
+        assert_eq!(
+            every.next_in_series(ts("2026-11-30T10:00:00Z"), ts("2026-11-30T10:33:00Z"), &utc),
+            Some(ts("2026-11-30T10:40:00Z"))
+        );
+        assert_eq!(
+            every.next_in_series(ts("2026-11-30T10:00:00Z"), ts("2026-11-30T10:05:00Z"), &utc),
+            Some(ts("2026-11-30T10:10:00Z"))
+        );
+        assert_eq!(
+            every.next_in_series(ts("2026-11-30T10:00:00Z"), ts("2026-11-30T10:10:00Z"), &utc),
+            Some(ts("2026-11-30T10:20:00Z"))
+        );
+        let fields = Schedule::parse("*/10 * * * *").unwrap();
+        assert_eq!(
+            fields.next_in_series(ts("2026-11-30T10:00:00Z"), ts("2026-11-30T10:33:00Z"), &utc),
+            Some(ts("2026-11-30T10:40:00Z"))
+        );
+    }
+
+    #[test]
     fn day_fields_are_ored_when_both_are_restricted() {
         let utc = TimeZone::UTC;
         // 2026-12-01 is a Tuesday: the 1st matches the day of month.
@@ -339,5 +396,7 @@ mod tests {
             "unknown time zone Nowhere/Else"
         );
         assert!(time_zone("UTC").is_ok() && time_zone("Europe/Berlin").is_ok());
+        // Names are exact, as Go's.
+        assert!(time_zone("europe/berlin").is_err() && time_zone("utc").is_err());
     }
 }

@@ -94,14 +94,21 @@ pub fn decide(cron_job: &CronJob, now: Timestamp) -> Decision {
         .creation_timestamp
         .as_ref()
         .map_or(now, |t| t.0);
-    let mut earliest = last_scheduled.unwrap_or(created);
+    // The series the schedule runs in starts here (`@every` keeps its pace from it).
+    let anchor = last_scheduled.unwrap_or(created);
+    let mut earliest = anchor;
     if let Some(deadline) = spec.starting_deadline_seconds {
         let oldest_allowed = now
             .checked_sub(SignedDuration::from_secs(deadline))
-            .unwrap_or(now);
+            .unwrap_or(Timestamp::MIN);
         earliest = earliest.max(oldest_allowed);
     }
-    let Some(unmet) = most_recent_unmet(&schedule, &zone, earliest, now) else {
+    let series = Series {
+        schedule: &schedule,
+        zone: &zone,
+        anchor,
+    };
+    let Some(unmet) = most_recent_unmet(&series, earliest, now) else {
         decision.notes.push(Note::warning(
             "InvalidSchedule",
             format!(
@@ -117,8 +124,8 @@ pub fn decide(cron_job: &CronJob, now: Timestamp) -> Decision {
             "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew".into(),
         ));
     }
-    decision.requeue = schedule
-        .next_after(now.max(earliest), &zone)
+    decision.requeue = series
+        .next_after(now)
         .map(|next| duration_until(next, now) + NEXT_SCHEDULE_DELTA);
     let Some(scheduled) = unmet.time else {
         return decision;
@@ -163,16 +170,24 @@ struct Unmet {
     many_missed: bool,
 }
 
+/// A schedule's fires from its anchor on, read in its zone.
+struct Series<'a> {
+    schedule: &'a Schedule,
+    zone: &'a TimeZone,
+    anchor: Timestamp,
+}
+
+impl Series<'_> {
+    fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
+        self.schedule.next_in_series(self.anchor, after, self.zone)
+    }
+}
+
 /// `None` when the schedule never fires (within the parser's five years).
-fn most_recent_unmet(
-    schedule: &Schedule,
-    zone: &TimeZone,
-    earliest: Timestamp,
-    now: Timestamp,
-) -> Option<Unmet> {
-    let first = schedule.next_after(earliest, zone)?;
+fn most_recent_unmet(series: &Series<'_>, earliest: Timestamp, now: Timestamp) -> Option<Unmet> {
+    let first = series.next_after(earliest)?;
     let latest_from = |mut latest: Timestamp| {
-        while let Some(next) = schedule.next_after(latest, zone).filter(|t| *t <= now) {
+        while let Some(next) = series.next_after(latest).filter(|t| *t <= now) {
             latest = next;
         }
         latest
@@ -185,7 +200,7 @@ fn most_recent_unmet(
     }
     let mut latest = first;
     for _ in 0..MANY_MISSED {
-        match schedule.next_after(latest, zone).filter(|t| *t <= now) {
+        match series.next_after(latest).filter(|t| *t <= now) {
             Some(next) => latest = next,
             None => {
                 return Some(Unmet {
@@ -210,7 +225,7 @@ fn most_recent_unmet(
             .checked_sub(SignedDuration::from_secs(window))
             .unwrap_or(earliest)
             .max(earliest);
-        if let Some(found) = schedule.next_after(from, zone).filter(|t| *t <= now) {
+        if let Some(found) = series.next_after(from).filter(|t| *t <= now) {
             latest = found;
             break;
         }
@@ -356,6 +371,34 @@ mod tests {
         let d = decide(&hourly, ts("2026-11-30T10:17:30Z"));
         assert_eq!(d.start, Some(ts("2026-11-30T03:30:00Z")));
         assert_eq!(d.notes[0].reason, "TooManyMissedTimes");
+    }
+
+    #[test]
+    fn every_keeps_its_pace_whatever_wakes_the_controller() {
+        let cj = with_status(
+            cron_job("@every 10m", "2026-11-30T10:00:00Z"),
+            Some("2026-11-30T10:10:00Z"),
+            &["hello-29933890"],
+        );
+        // Woken by a Job event at 10:13: the next run is still 10:20.
+        let d = decide(&cj, ts("2026-11-30T10:13:00Z"));
+        assert_eq!(d.start, None);
+        assert_eq!(d.requeue, Some(Duration::from_millis(420_100)));
+        // Woken late, at 10:20:30: the 10:20 run starts.
+        let d = decide(&cj, ts("2026-11-30T10:20:30Z"));
+        assert_eq!(d.start, Some(ts("2026-11-30T10:20:00Z")));
+        // Many missed: the latest of the series, not of the look-back window.
+        let d = decide(&cj, ts("2026-12-02T10:25:30Z"));
+        assert_eq!(d.start, Some(ts("2026-12-02T10:20:00Z")));
+        assert_eq!(d.notes[0].reason, "TooManyMissedTimes");
+    }
+
+    #[test]
+    fn a_huge_starting_deadline_is_no_deadline() {
+        let mut cj = cron_job("0 * * * *", "2026-11-30T07:30:00Z");
+        cj.spec.as_mut().unwrap().starting_deadline_seconds = Some(i64::MAX);
+        let d = decide(&cj, ts("2026-11-30T10:20:00Z"));
+        assert_eq!(d.start, Some(ts("2026-11-30T10:00:00Z")));
     }
 
     #[test]

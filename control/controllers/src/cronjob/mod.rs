@@ -158,13 +158,21 @@ impl CronJobController {
         .await;
     }
 
-    async fn normal(&self, cron_job: &CronJob, reason: &'static str, message: String) {
+    /// A Normal event about `job` (named as the related object, which also keeps events
+    /// about different Jobs apart in the recorder's series).
+    async fn normal(
+        &self,
+        cron_job: &CronJob,
+        reason: &'static str,
+        message: String,
+        job: ObjectReference,
+    ) {
         let note = Note {
             warning: false,
             reason,
             message,
         };
-        self.note(cron_job, note, None).await;
+        self.note(cron_job, note, Some(job)).await;
     }
 
     async fn sync(&self, cached: &CronJob) -> Result<Action, SyncCronJobError> {
@@ -214,7 +222,7 @@ impl CronJobController {
                             job.name_any()
                         ),
                     },
-                    None,
+                    Some(job_reference(job)),
                 )
                 .await;
             } else if let (true, Some(condition)) = (listed, finished) {
@@ -224,7 +232,8 @@ impl CronJobController {
                     job.name_any(),
                     condition.type_
                 );
-                self.normal(&cron_job, "SawCompletedJob", message).await;
+                self.normal(&cron_job, "SawCompletedJob", message, job_reference(job))
+                    .await;
             }
             if finished.is_some_and(|c| c.type_ == COMPLETE)
                 && let Some(done) = job.status.as_ref().and_then(|s| s.completion_time.clone())
@@ -254,11 +263,14 @@ impl CronJobController {
             if gone {
                 remove_from_active(&mut status, reference.uid.as_deref());
                 let message = format!("Active job went missing: {job_name}");
-                self.normal(&cron_job, "MissingJob", message).await;
+                self.normal(&cron_job, "MissingJob", message, reference.clone())
+                    .await;
             }
         }
 
         let mut action = Action::await_change();
+        // A failure to start a Job still lets the status and the history be kept.
+        let mut failure = None;
         if cron_job.metadata.deletion_timestamp.is_none() {
             let mut current = cron_job.clone();
             current.status = Some(status.clone());
@@ -270,26 +282,38 @@ impl CronJobController {
                 action = Action::requeue(requeue);
             }
             if let Some(scheduled) = decision.start {
-                if decision.replace_active {
-                    self.delete_active(&cron_job, &job_api, &mut status).await?;
-                }
                 let zone = decision.zone.unwrap_or(jiff::tz::TimeZone::UTC);
-                let job = job_for(&cron_job, scheduled, &zone);
-                if let Some(started) = self.create_job(&cron_job, &job_api, &job).await? {
-                    status
-                        .active
-                        .get_or_insert_with(Vec::new)
-                        .push(job_reference(&started));
-                    status.last_schedule_time = Some(Time(scheduled));
+                let started = async {
+                    if decision.replace_active {
+                        self.delete_active(&cron_job, &job_api, &mut status).await?;
+                    }
+                    let job = job_for(&cron_job, scheduled, &zone);
+                    self.create_job(&cron_job, &job_api, &job).await
+                }
+                .await;
+                match started {
+                    Ok(Some(started)) => {
+                        status
+                            .active
+                            .get_or_insert_with(Vec::new)
+                            .push(job_reference(&started));
+                        status.last_schedule_time = Some(Time(scheduled));
+                    }
+                    Ok(None) => {}
+                    Err(e) => failure = Some(e),
                 }
             }
         }
         if status != before {
-            let patch = json!({"status": {
-                "active": status.active.as_ref().filter(|a| !a.is_empty()),
-                "lastScheduleTime": status.last_schedule_time,
-                "lastSuccessfulTime": status.last_successful_time,
-            }});
+            // Written only over the version these decisions were made from.
+            let patch = json!({
+                "metadata": {"resourceVersion": cron_job.metadata.resource_version},
+                "status": {
+                    "active": status.active.as_ref().filter(|a| !a.is_empty()),
+                    "lastScheduleTime": status.last_schedule_time,
+                    "lastSuccessfulTime": status.last_successful_time,
+                },
+            });
             cron_jobs
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -298,9 +322,14 @@ impl CronJobController {
 
         let children: Vec<&Job> = children.iter().map(Arc::as_ref).collect();
         for job in beyond_history_limits(&cron_job, &children) {
-            self.delete_job(&cron_job, &job_api, job).await?;
+            if let Err(e) = self.delete_job(&cron_job, &job_api, job).await {
+                failure.get_or_insert(e);
+            }
         }
-        Ok(action)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(action),
+        }
     }
 
     /// concurrencyPolicy Replace: deletes every running Job of the CronJob.
@@ -351,7 +380,8 @@ impl CronJobController {
             }
         }
         let message = format!("Deleted job {job_name}");
-        self.normal(cron_job, "SuccessfulDelete", message).await;
+        self.normal(cron_job, "SuccessfulDelete", message, job_reference(job))
+            .await;
         Ok(())
     }
 
@@ -393,7 +423,7 @@ impl CronJobController {
                     reason: "FailedCreate",
                     message,
                 };
-                self.note(cron_job, note, None).await;
+                self.note(cron_job, note, Some(job_reference(job))).await;
                 Err(SyncCronJobError::CreateJob(job_name, e))
             }
         }

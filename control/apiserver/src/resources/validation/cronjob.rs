@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::{non_negative, pod_spec, restart_policy_of_job};
+use super::{labels, non_negative, pod_spec, restart_policy_of_job};
 use crate::status::FieldCause;
 
 /// Upstream's limit: a Job's name (at most 63 characters) is the CronJob's plus
@@ -47,9 +47,7 @@ pub fn spec(obj: &Value, causes: &mut Vec<FieldCause>) {
             }
         }
     }
-    if let Some(zone) = spec.get("timeZone").filter(|z| !z.is_null()) {
-        time_zone(zone, causes);
-    }
+    non_negative(spec, "spec", "startingDeadlineSeconds", causes);
     match spec["concurrencyPolicy"].as_str() {
         Some("Allow" | "Forbid" | "Replace") => {}
         None | Some("") => causes.push(FieldCause::required("spec.concurrencyPolicy", "")),
@@ -59,14 +57,13 @@ pub fn spec(obj: &Value, causes: &mut Vec<FieldCause>) {
             &["Allow", "Forbid", "Replace"],
         )),
     }
-    for field in [
-        "startingDeadlineSeconds",
-        "successfulJobsHistoryLimit",
-        "failedJobsHistoryLimit",
-    ] {
+    job_template(&spec["jobTemplate"], causes);
+    for field in ["successfulJobsHistoryLimit", "failedJobsHistoryLimit"] {
         non_negative(spec, "spec", field, causes);
     }
-    job_template(&spec["jobTemplate"], causes);
+    if let Some(zone) = spec.get("timeZone").filter(|z| !z.is_null()) {
+        time_zone(zone, causes);
+    }
 }
 
 /// Upstream's `validateTimeZone`: a name of path-safe parts that the tz database knows,
@@ -105,8 +102,7 @@ fn time_zone(zone: &Value, causes: &mut Vec<FieldCause>) {
             zone,
             "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones",
         ));
-    }
-    if let Err(e) = baton_cron::time_zone(name) {
+    } else if let Err(e) = baton_cron::time_zone(name) {
         causes.push(FieldCause::invalid(FIELD, zone, e.to_string()));
     }
 }
@@ -115,6 +111,18 @@ fn time_zone(zone: &Value, causes: &mut Vec<FieldCause>) {
 fn job_template(template: &Value, causes: &mut Vec<FieldCause>) {
     let spec = &template["spec"];
     let at = "spec.jobTemplate.spec";
+    for field in ["parallelism", "completions", "backoffLimit"] {
+        non_negative(spec, at, field, causes);
+    }
+    let pod_template = &spec["template"];
+    labels(
+        &pod_template["metadata"]["labels"],
+        &format!("{at}.template.metadata.labels"),
+        causes,
+    );
+    let pod = &pod_template["spec"];
+    pod_spec(pod, &format!("{at}.template.spec"), causes);
+    restart_policy_of_job(pod, &format!("{at}.template.spec"), causes);
     if let Some(selector) = spec.get("selector").filter(|s| !s.is_null()) {
         causes.push(FieldCause::invalid(
             format!("{at}.selector"),
@@ -129,12 +137,6 @@ fn job_template(template: &Value, causes: &mut Vec<FieldCause>) {
             &["nil", "false"],
         ));
     }
-    for field in ["parallelism", "completions", "backoffLimit"] {
-        non_negative(spec, at, field, causes);
-    }
-    let pod = &spec["template"]["spec"];
-    pod_spec(pod, &format!("{at}.template.spec"), causes);
-    restart_policy_of_job(pod, &format!("{at}.template.spec"), causes);
 }
 
 #[cfg(test)]
@@ -198,7 +200,7 @@ mod tests {
         );
         zoned["spec"]["timeZone"] = json!("Local");
         assert_eq!(
-            messages(&zoned, false)[0],
+            messages(&zoned, false).concat(),
             "spec.timeZone: Invalid value: \"Local\": timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones"
         );
         let mut bad = cron_job("* * * * *");
@@ -209,11 +211,26 @@ mod tests {
         assert_eq!(
             messages(&bad, false),
             [
-                "spec.concurrencyPolicy: Unsupported value: \"Sometimes\": supported values: \"Allow\", \"Forbid\", \"Replace\"",
                 "spec.startingDeadlineSeconds: Invalid value: -1: must be greater than or equal to 0",
-                "spec.jobTemplate.spec.selector: Invalid value: {\"matchLabels\":{\"a\":\"b\"}}: `selector` will be auto-generated",
+                "spec.concurrencyPolicy: Unsupported value: \"Sometimes\": supported values: \"Allow\", \"Forbid\", \"Replace\"",
                 "spec.jobTemplate.spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\"",
+                "spec.jobTemplate.spec.selector: Invalid value: {\"matchLabels\":{\"a\":\"b\"}}: `selector` will be auto-generated",
             ]
+        );
+    }
+
+    #[test]
+    fn template_labels_are_checked() {
+        let mut bad = cron_job("* * * * *");
+        bad["spec"]["jobTemplate"]["spec"]["template"]["metadata"] =
+            json!({"labels": {"app": "-bad-"}});
+        let got = messages(&bad, false);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with(
+                "spec.jobTemplate.spec.template.metadata.labels: Invalid value: \"-bad-\""
+            ),
+            "{got:?}"
         );
     }
 
