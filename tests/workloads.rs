@@ -902,7 +902,10 @@ async fn cronjob_starts_missed_and_scheduled_jobs_and_keeps_its_history() {
     .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
     // (The next minute's Job may have started meanwhile.)
     assert!(
-        status.last_schedule_time.as_ref().is_some_and(|t| t.0 >= scheduled),
+        status
+            .last_schedule_time
+            .as_ref()
+            .is_some_and(|t| t.0 >= scheduled),
         "{status:?}"
     );
 

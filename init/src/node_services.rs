@@ -131,7 +131,15 @@ pub fn node_services(
             ServiceSpec::new(
                 "controller-manager",
                 role("controller-manager"),
-                &[&admin, &format!("--cluster-cidr={}", cluster.pod_cidr)],
+                &[
+                    &admin,
+                    &format!("--cluster-cidr={}", cluster.pod_cidr),
+                    &format!(
+                        "--local-path-root={}",
+                        path(&layout.state_dir.join("baton/local-path"))
+                    ),
+                    "--default-storage-class=standard",
+                ],
             )
             .after(&["apiserver"]),
         );

@@ -34,6 +34,10 @@ pub struct Context {
     pub terminated_pod_gc_threshold: i64,
     /// The CA bundle published as kube-root-ca.crt (--root-ca-file, else the kubeconfig's).
     pub root_ca_pem: Option<String>,
+    /// --local-path-root: where the local-path provisioner's volumes go on each node.
+    pub local_path_root: std::path::PathBuf,
+    /// --default-storage-class: the class to make at start ("" for none).
+    pub default_storage_class: String,
     /// The shared Pod cache indexed by node, made on first use (see `pods_by_node()`).
     pub(crate) pods_by_node: std::sync::OnceLock<std::sync::Arc<crate::pods_by_node::PodsByNode>>,
     /// Services and the Pods of each namespace, for the endpoint controllers, made on first
@@ -71,6 +75,8 @@ impl Context {
             node_startup_grace_period: args.node_startup_grace_period,
             terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
             root_ca_pem,
+            local_path_root: args.local_path_root.clone(),
+            default_storage_class: args.default_storage_class.clone(),
             pods_by_node: std::sync::OnceLock::new(),
             service_cache: std::sync::OnceLock::new(),
             client,

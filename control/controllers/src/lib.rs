@@ -30,6 +30,7 @@ mod serviceaccount;
 mod statefulset;
 mod taint_eviction;
 mod ttl_after_finished;
+mod volume;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,6 +81,15 @@ pub struct ControllerManagerArgs {
     /// default the CA the kubeconfig trusts for the API server.
     #[arg(long = "root-ca-file")]
     pub root_ca_file: Option<PathBuf>,
+    /// Where on each node the baton.dev/local-path provisioner puts the volumes it makes
+    /// (Baton's own flag).
+    #[arg(long = "local-path-root", default_value = "/var/lib/baton/local-path")]
+    pub local_path_root: PathBuf,
+    /// Make this StorageClass (the default class, provisioner baton.dev/local-path,
+    /// WaitForFirstConsumer) when the binder starts and no class of that name exists, as kind
+    /// and k3s install theirs; empty for none (Baton's own flag).
+    #[arg(long = "default-storage-class", default_value = "")]
+    pub default_storage_class: String,
 }
 
 /// The controller manager could not run.
@@ -138,6 +148,7 @@ const CONTROLLERS: &[(&str, StartFn)] = &[
     ("cronjob-controller", cronjob::start),
     ("ttl-after-finished-controller", ttl_after_finished::start),
     ("disruption-controller", disruption::start),
+    ("persistentvolume-binder-controller", volume::start),
 ];
 
 fn known_controllers() -> String {

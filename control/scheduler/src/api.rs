@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -128,17 +128,29 @@ impl ApiWriter {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    /// Binds the pod to `node` in the background; the result comes back on `results`.
+    /// Binds the pod to `node` in the background; the result comes back on `results`. The
+    /// claims given (`(namespace, name)`, waiting for their pod's node) are first annotated
+    /// with the node, so the volume binder binds or provisions their volumes there.
     pub fn bind(
         &self,
         info: Arc<PodInfo>,
         node: Arc<str>,
+        claims: Vec<(String, String)>,
         attempts: u32,
         results: mpsc::UnboundedSender<BindResult>,
     ) {
         let this = self.clone();
         tokio::spawn(async move {
             let _permit = this.binds.acquire().await;
+            if let Err(error) = this.select_node_for_claims(&claims, &node).await {
+                let _ = results.send(BindResult {
+                    info,
+                    node,
+                    attempts,
+                    error: Some(error),
+                });
+                return;
+            }
             let binding = Binding {
                 metadata: ObjectMeta {
                     name: Some(info.name().to_string()),
@@ -177,6 +189,30 @@ impl ApiWriter {
                 error,
             });
         });
+    }
+
+    /// Annotates each claim with the node its pod goes to.
+    async fn select_node_for_claims(
+        &self,
+        claims: &[(String, String)],
+        node: &str,
+    ) -> Result<(), BindError> {
+        for (namespace, name) in claims {
+            let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                baton_volume_binding::SELECTED_NODE_ANNOTATION: node,
+            }}});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| BindError {
+                    code: status_code(&e),
+                    message: match &e {
+                        kube::Error::Api(status) => status.message.clone(),
+                        other => other.to_string(),
+                    },
+                })?;
+        }
+        Ok(())
     }
 
     /// Records a scheduling failure on the pod: the PodScheduled condition (when it changes)

@@ -59,6 +59,8 @@ pub struct Cache {
     /// Non-terminating pods per spreading owner and zone (topology.kubernetes.io/zone of
     /// their node): what upstream's default zone spreading counts, kept up to date.
     owner_zones: HashMap<String, HashMap<String, u32>>,
+    /// PersistentVolumeClaims, PersistentVolumes and StorageClasses (VolumeBinding).
+    pub volumes: crate::plugins::volume_binding::VolumeObjects,
 }
 
 /// The zone label the default topology spreading uses.

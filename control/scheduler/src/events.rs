@@ -112,6 +112,8 @@ pub enum ClusterEvent<'a> {
     },
     /// A bound pod was deleted or terminated, freeing its resources.
     AssignedPodDelete(&'a PodInfo),
+    /// A PersistentVolumeClaim, PersistentVolume or StorageClass was added or changed.
+    VolumeChange,
 }
 
 impl ClusterEvent<'_> {
@@ -157,6 +159,7 @@ impl ClusterEvent<'_> {
             ]
             .into_iter()
             .collect(),
+            ClusterEvent::VolumeChange => [VolumeBinding].into_iter().collect(),
         }
     }
 
@@ -209,6 +212,7 @@ impl ClusterEvent<'_> {
                 })
             }
             (Plugin::NodePorts, ClusterEvent::NodeAdd(_)) => true,
+            (Plugin::VolumeBinding, ClusterEvent::NodeAdd(_) | ClusterEvent::VolumeChange) => true,
             (Plugin::NodePorts, ClusterEvent::AssignedPodDelete(gone)) => pod
                 .host_ports
                 .iter()

@@ -10,6 +10,7 @@ use crate::node_info::NodeInfo;
 use crate::plugins::{
     balanced_allocation, image_locality, inter_pod_affinity, node_affinity, node_name, node_ports,
     node_ready, node_resources_fit, node_unschedulable, pod_topology_spread, taint_toleration,
+    volume_binding,
 };
 use crate::pod_info::PodInfo;
 
@@ -28,13 +29,14 @@ pub enum Plugin {
     NodeAffinity,
     NodePorts,
     NodeResourcesFit,
+    VolumeBinding,
     PodTopologySpread,
     InterPodAffinity,
 }
 
 impl Plugin {
     /// Every filter plugin.
-    pub const ALL: [Plugin; 9] = [
+    pub const ALL: [Plugin; 10] = [
         Plugin::NodeUnschedulable,
         Plugin::NodeName,
         Plugin::TaintToleration,
@@ -42,6 +44,7 @@ impl Plugin {
         Plugin::NodeAffinity,
         Plugin::NodePorts,
         Plugin::NodeResourcesFit,
+        Plugin::VolumeBinding,
         Plugin::PodTopologySpread,
         Plugin::InterPodAffinity,
     ];
@@ -56,6 +59,7 @@ impl Plugin {
             Plugin::NodeAffinity => "NodeAffinity",
             Plugin::NodePorts => "NodePorts",
             Plugin::NodeResourcesFit => "NodeResourcesFit",
+            Plugin::VolumeBinding => "VolumeBinding",
             Plugin::PodTopologySpread => "PodTopologySpread",
             Plugin::InterPodAffinity => "InterPodAffinity",
         }
@@ -147,6 +151,8 @@ pub struct CycleState<'a> {
     pub spread: Option<pod_topology_spread::FilterState>,
     /// `None` when neither the pod nor any existing pod has required (anti-)affinity.
     pub inter_pod: Option<inter_pod_affinity::FilterState>,
+    /// `None` when the pod has no PersistentVolumeClaims.
+    pub volumes: Option<volume_binding::FilterState>,
 }
 
 /// The PreFilter step: per-pod state, and the node names the pod is restricted to (a node
@@ -156,12 +162,14 @@ pub fn pre_filter<'a>(
     cache: &Cache,
 ) -> Result<(CycleState<'a>, Option<BTreeSet<String>>), PreFilterRejection> {
     let (node_affinity, names) = node_affinity::pre_filter(pod)?;
+    let volumes = volume_binding::pre_filter(pod, &cache.volumes)?;
     Ok((
         CycleState {
             pod,
             spread: pod_topology_spread::pre_filter(pod, cache),
             inter_pod: inter_pod_affinity::pre_filter(pod, cache),
             node_affinity,
+            volumes,
         },
         names,
     ))
@@ -179,6 +187,9 @@ pub fn run_filters(state: &CycleState<'_>, node: &NodeInfo) -> Result<(), Reject
     }
     node_ports::filter(pod, node)?;
     node_resources_fit::filter(pod, node)?;
+    if let Some(volumes) = &state.volumes {
+        volume_binding::filter(volumes, node)?;
+    }
     if let Some(spread) = &state.spread {
         pod_topology_spread::filter(spread, pod, node)?;
     }

@@ -27,7 +27,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use baton_client::{Informer, InformerEvent};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
@@ -129,6 +132,30 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         &input_tx,
         Input::Namespace,
     );
+    let claims = to_loop(
+        Informer::new(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        &input_tx,
+        Input::Claim,
+    );
+    let volumes = to_loop(
+        Informer::new(
+            Api::<PersistentVolume>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        &input_tx,
+        Input::Volume,
+    );
+    let classes = to_loop(
+        Informer::new(
+            Api::<StorageClass>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+        &input_tx,
+        Input::Class,
+    );
     drop(input_tx);
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -143,6 +170,10 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
         tasks.spawn(async move { n.run().await });
         tasks.spawn(async move { s.run().await });
         tasks.spawn(async move { ns.run().await });
+        let (c, v, sc) = (claims.clone(), volumes.clone(), classes.clone());
+        tasks.spawn(async move { c.run().await });
+        tasks.spawn(async move { v.run().await });
+        tasks.spawn(async move { sc.run().await });
     }
     let scheduler = Scheduler::new(api::ApiWriter::new(client.clone()), bind_tx);
     let mut main_loop = tokio::spawn(scheduler.run(input_rx, bind_rx, lead_rx));
@@ -153,6 +184,9 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
             nodes.wait_until_ready(),
             services.wait_until_ready(),
             namespaces.wait_until_ready(),
+            claims.wait_until_ready(),
+            volumes.wait_until_ready(),
+            classes.wait_until_ready(),
         );
         tracing::info!("caches synced");
         let work = async {

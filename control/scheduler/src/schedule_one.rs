@@ -88,7 +88,8 @@ pub struct Algorithm {
 
 impl Algorithm {
     /// Chooses a node for `pod` (call `cache.prepare_order()` first). The PreFilter state is
-    /// handed back for the post-filter when nothing fits.
+    /// handed back: for the post-filter when nothing fits, for the claims to annotate with the
+    /// node when one does.
     pub fn schedule<'a>(
         &mut self,
         pod: &'a PodInfo,
@@ -131,7 +132,7 @@ impl Algorithm {
                     evaluated: 1,
                     feasible: 1,
                 },
-                None,
+                Some(state),
             );
         }
 
@@ -187,7 +188,7 @@ impl Algorithm {
                     evaluated,
                     feasible: 1,
                 },
-                None,
+                Some(state),
             );
         }
         let refs: Vec<&NodeInfo> = feasible.iter().map(|s| cache.node(*s)).collect();
@@ -202,7 +203,7 @@ impl Algorithm {
                 evaluated,
                 feasible: feasible.len(),
             },
-            None,
+            Some(state),
         )
     }
 

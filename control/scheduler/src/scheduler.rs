@@ -6,7 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{ApiWriter, BindResult, FailureReport};
@@ -40,6 +43,9 @@ pub enum Input {
     Pod(Change<Pod>),
     Namespace(Change<Namespace>),
     Service(Change<Service>),
+    Claim(Change<PersistentVolumeClaim>),
+    Volume(Change<PersistentVolume>),
+    Class(Change<StorageClass>),
 }
 
 /// Whether this scheduler schedules `pod` (schedulerName default-scheduler or unset; not
@@ -215,6 +221,27 @@ impl Scheduler {
                 svc.metadata.namespace.as_deref().unwrap_or_default(),
                 svc.metadata.name.as_deref().unwrap_or_default(),
             ),
+            Input::Claim(change) => {
+                match change {
+                    Change::Applied(claim) => self.cache.volumes.upsert_claim(claim),
+                    Change::Deleted(claim) => self.cache.volumes.remove_claim(&claim),
+                }
+                self.queue.on_event(&ClusterEvent::VolumeChange, now);
+            }
+            Input::Volume(change) => {
+                match change {
+                    Change::Applied(volume) => self.cache.volumes.upsert_volume(volume),
+                    Change::Deleted(volume) => self.cache.volumes.remove_volume(&volume),
+                }
+                self.queue.on_event(&ClusterEvent::VolumeChange, now);
+            }
+            Input::Class(change) => {
+                match change {
+                    Change::Applied(class) => self.cache.volumes.upsert_class(class),
+                    Change::Deleted(class) => self.cache.volumes.remove_class(&class),
+                }
+                self.queue.on_event(&ClusterEvent::VolumeChange, now);
+            }
         }
     }
 
@@ -330,8 +357,18 @@ impl Scheduler {
                 self.queue.done(&info.key);
                 self.nominator.remove(&info.key);
                 self.stats.scheduled += 1;
-                self.api
-                    .bind(info, node, popped.attempts, self.bind_results.clone());
+                let claims = state
+                    .as_ref()
+                    .and_then(|s| s.volumes.as_ref())
+                    .map(crate::plugins::volume_binding::claims_to_select)
+                    .unwrap_or_default();
+                self.api.bind(
+                    info,
+                    node,
+                    claims,
+                    popped.attempts,
+                    self.bind_results.clone(),
+                );
             }
             Outcome::NoNodes => {
                 self.fail(

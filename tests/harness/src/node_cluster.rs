@@ -27,6 +27,8 @@ pub struct NodeCluster {
     pub image: String,
     pub server: ApiServer,
     pub registry: Registry,
+    /// The scheduler, when the cluster was started with one.
+    _scheduler: Option<Component>,
     _controller_manager: Component,
     _etcd: Etcd,
     _images: TempDir,
@@ -52,23 +54,57 @@ impl NodeCluster {
     /// Starts everything with a node for each of `names`; `extra` are further kubelet flags.
     /// The calling thread enters the cluster's lab until the cluster is dropped.
     pub async fn start_nodes(binary: &Binary, names: &[&str], extra: &[&str]) -> Result<Self> {
+        Self::start_with(binary, names, extra, false).await
+    }
+
+    /// As [`NodeCluster::start_nodes`]; with `storage`, also a scheduler and the volume binder
+    /// with its local-path provisioner (volumes under the cluster's temporary directory,
+    /// default StorageClass `standard`).
+    pub async fn start_with(
+        binary: &Binary,
+        names: &[&str],
+        extra: &[&str],
+        storage: bool,
+    ) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut lab = Lab::enter()?;
         let etcd = Etcd::start().await?;
         let server = ApiServer::start_at(binary, &etcd.url(), Lab::gateway(), &[]).await?;
         let dir = TempDir::new("node-cluster")?;
+        // Pods mount their service account's token and the cluster CA: the accounts and the
+        // kube-root-ca.crt ConfigMaps must exist.
+        let mut controllers = "--controllers=node-ipam-controller,endpointslice-controller,serviceaccount-controller,root-ca-certificate-publisher-controller".to_string();
+        let local_path_root = format!(
+            "--local-path-root={}",
+            dir.path().join("local-path").display()
+        );
+        let mut controller_flags = vec![];
+        if storage {
+            controllers.push_str(",persistentvolume-binder-controller");
+            controller_flags.push(local_path_root.as_str());
+            controller_flags.push("--default-storage-class=standard");
+        }
+        controller_flags.push(controllers.as_str());
         let controller_manager = Component::start(
             binary,
             &server,
             &dir,
             "controller-manager",
             "controller-manager",
-            // Pods mount their service account's token and the cluster CA: the accounts and
-            // the kube-root-ca.crt ConfigMaps must exist.
-            &[
-                "--controllers=node-ipam-controller,endpointslice-controller,serviceaccount-controller,root-ca-certificate-publisher-controller",
-            ],
+            &controller_flags,
         )?;
+        let scheduler = if storage {
+            Some(Component::start(
+                binary,
+                &server,
+                &dir,
+                "scheduler",
+                "scheduler",
+                &[],
+            )?)
+        } else {
+            None
+        };
         let registry = Registry::start_at(Lab::gateway()).await?;
         let images = TempDir::new("images")?;
         let image = format!("{}/busybox:1.35", registry.host());
@@ -96,6 +132,7 @@ impl NodeCluster {
             image,
             server,
             registry,
+            _scheduler: scheduler,
             _controller_manager: controller_manager,
             _etcd: etcd,
             _images: images,

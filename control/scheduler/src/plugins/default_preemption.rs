@@ -218,6 +218,7 @@ fn select_victims(
                 node_affinity: state.node_affinity.clone(),
                 spread: spread.clone(),
                 inter_pod: inter_pod.clone(),
+                volumes: state.volumes.clone(),
             };
             filter_with_nominated(&trial, what_if, nominator)
         };
