@@ -47,6 +47,15 @@ pub fn claim_class(claim: &PersistentVolumeClaim) -> &str {
         .unwrap_or_default()
 }
 
+/// The volume a claim names (bound, or being bound), if any.
+pub fn claim_volume_name(claim: &PersistentVolumeClaim) -> Option<&str> {
+    claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
 fn volume_class(volume: &PersistentVolume) -> &str {
     volume
         .spec

@@ -36,7 +36,9 @@ use serde_json::json;
 use crate::Context;
 use crate::failure_backoff::FailureBackoff;
 use crate::pod_control::{api_error_message, key_of, publish_event};
-use baton_volume_binding::{SELECTED_NODE_ANNOTATION, claim_class, find_volume, is_bound_to};
+use baton_volume_binding::{
+    SELECTED_NODE_ANNOTATION, claim_class, claim_volume_name, find_volume, is_bound_to,
+};
 
 /// The annotation that names the provisioner expected to make a claim's volume.
 const STORAGE_PROVISIONER_ANNOTATION: &str = "volume.kubernetes.io/storage-provisioner";
@@ -217,12 +219,7 @@ fn unbound_claims(claims: &Store<PersistentVolumeClaim>) -> Vec<ObjectRef<Persis
     claims
         .state()
         .iter()
-        .filter(|c| {
-            c.spec
-                .as_ref()
-                .and_then(|s| s.volume_name.as_deref())
-                .is_none_or(str::is_empty)
-        })
+        .filter(|c| claim_volume_name(c).is_none())
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }
@@ -295,17 +292,33 @@ impl Binder {
         Api::namespaced(self.client.clone(), &claim.namespace().unwrap_or_default())
     }
 
+    /// Merge-patches the claim (its status when `status`).
+    async fn patch_claim(
+        &self,
+        claim: &PersistentVolumeClaim,
+        status: bool,
+        patch: serde_json::Value,
+    ) -> Result<(), SyncVolumeError> {
+        let api = self.claim_api(claim);
+        let (name, params, patch) = (
+            claim.name_any(),
+            PatchParams::default(),
+            Patch::Merge(&patch),
+        );
+        let result = if status {
+            api.patch_status(&name, &params, &patch).await
+        } else {
+            api.patch(&name, &params, &patch).await
+        };
+        result.map(drop).map_err(SyncVolumeError::UpdateClaim)
+    }
+
     async fn sync_claim(&self, claim: &PersistentVolumeClaim) -> Result<(), SyncVolumeError> {
         if claim.metadata.deletion_timestamp.is_some() {
             return Ok(());
         }
         let volumes = self.volumes.state();
-        let volume_name = claim
-            .spec
-            .as_ref()
-            .and_then(|s| s.volume_name.as_deref())
-            .filter(|n| !n.is_empty());
-        if let Some(volume_name) = volume_name {
+        if let Some(volume_name) = claim_volume_name(claim) {
             return self.sync_bound_claim(claim, volume_name, &volumes).await;
         }
         let node = claim
@@ -399,15 +412,7 @@ impl Binder {
             STORAGE_PROVISIONER_ANNOTATION: provisioner,
             BETA_STORAGE_PROVISIONER_ANNOTATION: provisioner,
         }}});
-        self.claim_api(claim)
-            .patch(
-                &claim.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(SyncVolumeError::UpdateClaim)?;
-        Ok(())
+        self.patch_claim(claim, false, patch).await
     }
 
     /// A claim that names its volume: finishes the binding, or marks the claim Lost.
@@ -432,14 +437,7 @@ impl Binder {
                 return Ok(());
             }
             let patch = json!({"status": {"phase": "Lost"}});
-            self.claim_api(claim)
-                .patch_status(
-                    &claim.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-                .map_err(SyncVolumeError::UpdateClaim)?;
+            self.patch_claim(claim, true, patch).await?;
             let note = "Bound claim has lost its PersistentVolume. Data on the volume is lost!";
             self.event(claim, true, "ClaimLost", note.into()).await;
             return Ok(());
@@ -501,7 +499,6 @@ impl Binder {
                 .await
                 .map_err(|e| SyncVolumeError::UpdateVolume(volume_name.clone(), e))?;
         }
-        let claims = self.claim_api(claim);
         let named = claim.spec.as_ref().and_then(|s| s.volume_name.as_deref());
         if named != Some(volume_name.as_str()) {
             let patch = json!({
@@ -511,14 +508,7 @@ impl Binder {
                 }},
                 "spec": {"volumeName": volume_name},
             });
-            claims
-                .patch(
-                    &claim.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-                .map_err(SyncVolumeError::UpdateClaim)?;
+            self.patch_claim(claim, false, patch).await?;
         }
         let spec = volume.spec.as_ref();
         let status = json!({
@@ -530,14 +520,8 @@ impl Binder {
             |s| json!({"phase": s.phase, "accessModes": s.access_modes, "capacity": s.capacity}),
         );
         if current.as_ref() != Some(&status) {
-            claims
-                .patch_status(
-                    &claim.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({ "status": status })),
-                )
-                .await
-                .map_err(SyncVolumeError::UpdateClaim)?;
+            self.patch_claim(claim, true, json!({ "status": status }))
+                .await?;
         }
         Ok(())
     }

@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use baton_volume_binding::{SELECTED_NODE_ANNOTATION, claim_class, find_volume, node_fits};
+use baton_volume_binding::{
+    SELECTED_NODE_ANNOTATION, claim_class, claim_volume_name, find_volume, node_fits,
+};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::ResourceExt;
@@ -126,12 +128,7 @@ pub fn pre_filter(
                 "persistentvolumeclaim {name:?} is being deleted"
             )));
         }
-        let volume_name = claim
-            .spec
-            .as_ref()
-            .and_then(|s| s.volume_name.as_deref())
-            .filter(|n| !n.is_empty());
-        if let Some(volume_name) = volume_name {
+        if let Some(volume_name) = claim_volume_name(claim) {
             match objects.volumes.get(volume_name) {
                 Some(volume) => state.bound.push(volume.clone()),
                 None => {
