@@ -65,14 +65,18 @@ async fn pod_with_claim(
 }
 
 async fn printed(cluster: &NodeCluster, pod: &str, line: &str) -> Result<()> {
-    let pods = cluster.pods();
-    let want = line.to_string();
     wait_until(
         &format!("pod {pod} to print {line:?}"),
         Duration::from_secs(90),
         || async {
-            let pod = pods.get(pod).await.ok()?;
-            cluster.stdout_lines(&pod).contains(&want).then_some(())
+            // Through the API server: the pod may be on either node.
+            let logs = cluster
+                .server
+                .kubectl(&kubectl_binaries()[0], &["logs", pod]);
+            String::from_utf8_lossy(&logs.stdout)
+                .lines()
+                .any(|l| l == line)
+                .then_some(())
         },
     )
     .await
@@ -91,7 +95,8 @@ async fn printed(cluster: &NodeCluster, pod: &str, line: &str) -> Result<()> {
 
 #[tokio::test]
 async fn the_default_class_provisions_on_the_pods_node_and_static_volumes_bind() -> Result<()> {
-    let cluster = NodeCluster::start_with(&binary(), &["storage-node"], &[], true).await?;
+    let cluster =
+        NodeCluster::start_with(&binary(), &["storage-a", "storage-b"], &[], true).await?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), "default");
     let volumes: Api<PersistentVolume> = Api::all(cluster.client.clone());
 
@@ -199,11 +204,14 @@ async fn the_default_class_provisions_on_the_pods_node_and_static_volumes_bind()
             "standard"
         ]
     );
+    // The volume is on the node the scheduler chose for the writer.
+    let node_of = |pod: &Pod| pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap();
+    let writer_node = node_of(&cluster.pods().get("writer").await?);
     let volume = volumes.get(&volume_name).await?;
     let affinity = serde_json::to_value(&volume.spec.as_ref().unwrap().node_affinity)?;
     assert_eq!(
         affinity["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0],
-        cluster.node.name
+        writer_node.as_str()
     );
 
     // The data outlives the pod.
@@ -219,6 +227,8 @@ async fn the_default_class_provisions_on_the_pods_node_and_static_volumes_bind()
     )
     .await?;
     printed(&cluster, "reader", "read=kept").await?;
+    // Of two nodes, the scheduler put the reader where the volume is.
+    assert_eq!(node_of(&cluster.pods().get("reader").await?), writer_node);
 
     // Without its pod and claim the volume goes (reclaim policy Delete).
     cluster
@@ -287,5 +297,17 @@ async fn the_default_class_provisions_on_the_pods_node_and_static_volumes_bind()
         },
     )
     .await?;
+    // ...and kept so (reclaim policy Retain).
+    let changed = wait_until(
+        "the static volume to change",
+        Duration::from_secs(3),
+        || async {
+            let v = volumes.get_opt("static").await.ok()?;
+            let phase = v.and_then(|v| v.status?.phase);
+            (phase.as_deref() != Some("Released")).then_some(phase)
+        },
+    )
+    .await;
+    assert!(changed.is_err(), "{changed:?}");
     Ok(())
 }

@@ -135,7 +135,7 @@ impl ApiWriter {
         &self,
         info: Arc<PodInfo>,
         node: Arc<str>,
-        claims: Vec<(String, String)>,
+        claims: Vec<crate::plugins::volume_binding::ClaimToSelect>,
         attempts: u32,
         results: mpsc::UnboundedSender<BindResult>,
     ) {
@@ -191,18 +191,21 @@ impl ApiWriter {
         });
     }
 
-    /// Annotates each claim with the node its pod goes to.
+    /// Annotates each claim with the node its pod goes to, over the version the decision saw
+    /// (a claim changed meanwhile fails the binding, and the pod is tried again).
     async fn select_node_for_claims(
         &self,
-        claims: &[(String, String)],
+        claims: &[crate::plugins::volume_binding::ClaimToSelect],
         node: &str,
     ) -> Result<(), BindError> {
-        for (namespace, name) in claims {
-            let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
-            let patch = serde_json::json!({"metadata": {"annotations": {
-                baton_volume_binding::SELECTED_NODE_ANNOTATION: node,
-            }}});
-            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        for claim in claims {
+            let api: Api<PersistentVolumeClaim> =
+                Api::namespaced(self.client.clone(), &claim.namespace);
+            let patch = serde_json::json!({"metadata": {
+                "resourceVersion": claim.resource_version,
+                "annotations": {baton_volume_binding::SELECTED_NODE_ANNOTATION: node},
+            }});
+            api.patch(&claim.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(|e| BindError {
                     code: status_code(&e),

@@ -357,11 +357,14 @@ impl Scheduler {
                 self.queue.done(&info.key);
                 self.nominator.remove(&info.key);
                 self.stats.scheduled += 1;
-                let claims = state
-                    .as_ref()
-                    .and_then(|s| s.volumes.as_ref())
-                    .map(crate::plugins::volume_binding::claims_to_select)
-                    .unwrap_or_default();
+                let claims = match state.as_ref().and_then(|s| s.volumes.as_ref()) {
+                    Some(volumes) => crate::plugins::volume_binding::select_node(
+                        volumes,
+                        &mut self.cache.volumes,
+                        &node,
+                    ),
+                    None => vec![],
+                };
                 self.api.bind(
                     info,
                     node,

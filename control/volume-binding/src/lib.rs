@@ -107,8 +107,9 @@ fn requirement_met(
     }
 }
 
-/// Whether an unclaimed volume satisfies the claim (on `node`, when one is chosen).
-fn satisfies(
+/// Whether a volume satisfies the claim (on `node`, when one is chosen): class, volume
+/// mode, access modes, size, selector, node affinity.
+pub fn satisfies(
     volume: &PersistentVolume,
     claim: &PersistentVolumeClaim,
     node: Option<&Node>,
@@ -150,8 +151,10 @@ pub fn find_volume<'a>(
         .filter(|v| v.metadata.deletion_timestamp.is_none());
     let mut best: Option<&PersistentVolume> = None;
     for volume in usable {
+        // A volume that names the claim is the claim's, or nothing is (upstream's binder
+        // neither falls back to another one).
         if is_bound_to(volume, claim) {
-            return Some(volume);
+            return node.is_none_or(|n| node_fits(volume, n)).then_some(volume);
         }
         let unclaimed = volume.spec.as_ref().is_some_and(|s| s.claim_ref.is_none());
         if !unclaimed || !satisfies(volume, claim, node) {

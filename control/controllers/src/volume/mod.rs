@@ -37,7 +37,7 @@ use crate::Context;
 use crate::failure_backoff::FailureBackoff;
 use crate::pod_control::{api_error_message, key_of, publish_event};
 use baton_volume_binding::{
-    SELECTED_NODE_ANNOTATION, claim_class, claim_volume_name, find_volume, is_bound_to,
+    SELECTED_NODE_ANNOTATION, claim_class, claim_volume_name, find_volume, is_bound_to, satisfies,
 };
 
 /// The annotation that names the provisioner expected to make a claim's volume.
@@ -321,18 +321,40 @@ impl Binder {
         if let Some(volume_name) = claim_volume_name(claim) {
             return self.sync_bound_claim(claim, volume_name, &volumes).await;
         }
+        let class_name = claim_class(claim);
+        let naming_no_class = claim
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.storage_class_name.is_none());
+        if naming_no_class && let Some(default) = self.default_class() {
+            // Upstream's retroactive default class: a claim made before the default class
+            // existed gets it now (the claim's change brings it back here).
+            let patch = json!({"spec": {"storageClassName": default}});
+            return self.patch_claim(claim, false, patch).await;
+        }
+        let class = (!class_name.is_empty())
+            .then(|| self.classes.get(&ObjectRef::new(class_name)))
+            .flatten();
         let node = claim
             .annotations()
             .get(SELECTED_NODE_ANNOTATION)
             .map(|name| (name.clone(), self.nodes.get(&ObjectRef::new(name))));
         let node_object = node.as_ref().and_then(|(_, n)| n.as_deref());
+        let waits_for_pod = class
+            .as_ref()
+            .is_some_and(|c| c.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer"));
+        // A claim of a WaitForFirstConsumer class binds nothing until its pod has a node.
+        if waits_for_pod && node_object.is_none() {
+            let note = match &node {
+                None => "waiting for first consumer to be created before binding".to_string(),
+                Some((name, _)) => format!("waiting for node {name:?} to be known"),
+            };
+            self.event(claim, false, "WaitForFirstConsumer", note).await;
+            return Ok(());
+        }
         if let Some(volume) = find_volume(claim, &volumes, node_object) {
             return self.bind(volume, claim).await;
         }
-        let class_name = claim_class(claim);
-        let class = (!class_name.is_empty())
-            .then(|| self.classes.get(&ObjectRef::new(class_name)))
-            .flatten();
         let Some(class) = class else {
             if class_name.is_empty() {
                 let note =
@@ -344,13 +366,6 @@ impl Binder {
             }
             return Ok(());
         };
-        let waits_for_pod = class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer");
-        if waits_for_pod && node.is_none() {
-            let note = "waiting for first consumer to be created before binding";
-            self.event(claim, false, "WaitForFirstConsumer", note.into())
-                .await;
-            return Ok(());
-        }
         self.expect_provisioner(claim, &class.provisioner).await?;
         if class.provisioner != local_path::PROVISIONER {
             let note = format!(
@@ -394,6 +409,29 @@ impl Binder {
         Ok(())
     }
 
+    /// The default class's name, if a class is marked default (the newest, as admission).
+    fn default_class(&self) -> Option<String> {
+        let default = |c: &StorageClass| {
+            [
+                "storageclass.kubernetes.io/is-default-class",
+                "storageclass.beta.kubernetes.io/is-default-class",
+            ]
+            .iter()
+            .any(|a| c.annotations().get(*a).map(String::as_str) == Some("true"))
+        };
+        self.classes
+            .state()
+            .into_iter()
+            .filter(|c| default(c))
+            .max_by_key(|c| {
+                (
+                    c.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    std::cmp::Reverse(c.name_any()),
+                )
+            })
+            .map(|c| c.name_any())
+    }
+
     /// Records on the claim which provisioner is expected to make its volume.
     async fn expect_provisioner(
         &self,
@@ -424,7 +462,13 @@ impl Binder {
     ) -> Result<(), SyncVolumeError> {
         let phase = claim.status.as_ref().and_then(|s| s.phase.as_deref());
         let Some(volume) = volumes.iter().find(|v| v.name_any() == volume_name) else {
-            if phase == Some("Lost") {
+            // A claim that names a volume not made yet waits for it; one that was bound to
+            // it has lost it.
+            let was_bound = claim
+                .annotations()
+                .get("pv.kubernetes.io/bind-completed")
+                .is_some();
+            if phase == Some("Lost") || !was_bound {
                 return Ok(());
             }
             // Not in the cache: make sure it is really gone.
@@ -443,8 +487,18 @@ impl Binder {
             return Ok(());
         };
         let free = volume.spec.as_ref().is_some_and(|s| s.claim_ref.is_none());
-        if is_bound_to(volume, claim) || free {
+        if is_bound_to(volume, claim) {
             return self.bind(volume, claim).await;
+        }
+        if free {
+            if satisfies(volume, claim, None) {
+                return self.bind(volume, claim).await;
+            }
+            let note = format!(
+                "Cannot bind to requested volume {volume_name:?}: it does not offer the claim's class, volume mode, access modes or size"
+            );
+            self.event(claim, true, "VolumeMismatch", note).await;
+            return Ok(());
         }
         if phase != Some("Bound") {
             let note = format!("volume {volume_name:?} already bound to a different claim.");
@@ -583,8 +637,19 @@ impl Binder {
         if fresh.as_ref().is_some_and(ours) {
             return Ok(());
         }
-        self.set_volume_phase(volume, "Released", None).await?;
-        self.reclaim(volume).await
+        // A Failed volume stays so (until an administrator acts); a Released one is
+        // reclaimed once.
+        match phase_of_volume(volume) {
+            Some("Failed") => Ok(()),
+            Some("Released") => self.reclaim(volume).await,
+            _ => {
+                self.set_volume_phase(volume, "Released", None).await?;
+                let mut released = volume.clone();
+                released.status.get_or_insert_with(Default::default).phase =
+                    Some("Released".into());
+                self.reclaim(&released).await
+            }
+        }
     }
 
     /// What happens to a Released volume, by its reclaim policy.

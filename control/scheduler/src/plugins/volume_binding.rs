@@ -27,6 +27,9 @@ pub const AFFINITY_CONFLICT: &str = "node(s) had volume node affinity conflict";
 pub const NO_VOLUME: &str = "node(s) didn't find available persistent volumes to bind";
 /// Why a pod waits for the binder.
 pub const UNBOUND_IMMEDIATE: &str = "pod has unbound immediate PersistentVolumeClaims";
+/// The reason of every node when a claim names a volume that does not exist.
+pub const VOLUME_MISSING: &str =
+    "node(s) unavailable due to one or more pvc(s) bound to non-existent pv(s)";
 /// The provisioner name of classes that provision nothing (static volumes only).
 const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
 
@@ -73,6 +76,22 @@ impl VolumeObjects {
     pub fn remove_class(&mut self, class: &StorageClass) {
         self.classes.remove(&class.name_any());
     }
+
+    /// Records that the claim's pod went to `node` before the API server has the annotation
+    /// (the scheduler's assumption: the claim's next pod must follow). Returns the claim's
+    /// resource version, which the annotation is then written over.
+    pub fn assume_selected_node(&mut self, key: &str, node: &str) -> Option<String> {
+        let claim = self.claims.get(key)?;
+        let resource_version = claim.metadata.resource_version.clone();
+        let mut assumed = (**claim).clone();
+        assumed
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(SELECTED_NODE_ANNOTATION.to_string(), node.to_string());
+        self.claims.insert(key.to_string(), Arc::new(assumed));
+        resource_version
+    }
 }
 
 /// A claim that waits for its pod's node.
@@ -91,6 +110,8 @@ pub struct FilterState {
     waiting: Vec<Waiting>,
     /// Every known volume, for the waiting claims.
     volumes: Vec<Arc<PersistentVolume>>,
+    /// A claim names a volume that does not exist.
+    volume_missing: bool,
 }
 
 /// `None` when the pod has no claims; an error when it cannot be scheduled anywhere now.
@@ -117,6 +138,7 @@ pub fn pre_filter(
         bound: vec![],
         waiting: vec![],
         volumes: vec![],
+        volume_missing: false,
     };
     for name in claim_names {
         let key = format!("{}/{name}", pod.namespace);
@@ -131,11 +153,7 @@ pub fn pre_filter(
         if let Some(volume_name) = claim_volume_name(claim) {
             match objects.volumes.get(volume_name) {
                 Some(volume) => state.bound.push(volume.clone()),
-                None => {
-                    return Err(reject(format!(
-                        "persistentvolume {volume_name:?} not found"
-                    )));
-                }
+                None => state.volume_missing = true,
             }
             continue;
         }
@@ -159,6 +177,13 @@ pub fn pre_filter(
 /// Rejects nodes a bound volume cannot be reached from, or where a waiting claim can get no
 /// volume.
 pub fn filter(state: &FilterState, node: &NodeInfo) -> Result<(), Rejection> {
+    if state.volume_missing {
+        return Err(Rejection::new(
+            Plugin::VolumeBinding,
+            Code::UnschedulableAndUnresolvable,
+            VOLUME_MISSING,
+        ));
+    }
     let Some(node_object) = node.node.as_deref() else {
         return Ok(());
     };
@@ -193,14 +218,38 @@ pub fn filter(state: &FilterState, node: &NodeInfo) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// The claims to annotate with the chosen node before the pod is bound:
-/// `(namespace, name)` of each waiting claim that has no node yet.
-pub fn claims_to_select(state: &FilterState) -> Vec<(String, String)> {
+/// A claim to annotate with its pod's node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToSelect {
+    pub namespace: String,
+    pub name: String,
+    /// The version the node is written over (`None`: unconditionally).
+    pub resource_version: Option<String>,
+}
+
+/// The claims to annotate with the chosen node before the pod is bound: each waiting claim
+/// that has no node yet. They are assumed to have it in `objects` at once, so that another
+/// pod of the same claim follows before the annotation comes back through the watch.
+pub fn select_node(
+    state: &FilterState,
+    objects: &mut VolumeObjects,
+    node: &str,
+) -> Vec<ClaimToSelect> {
     state
         .waiting
         .iter()
         .filter(|w| !w.claim.annotations().contains_key(SELECTED_NODE_ANNOTATION))
-        .map(|w| (w.claim.namespace().unwrap_or_default(), w.claim.name_any()))
+        .map(|w| {
+            let namespace = w.claim.namespace().unwrap_or_default();
+            let name = w.claim.name_any();
+            let resource_version =
+                objects.assume_selected_node(&format!("{namespace}/{name}"), node);
+            ClaimToSelect {
+                namespace,
+                name,
+                resource_version,
+            }
+        })
         .collect()
 }
 
@@ -317,7 +366,7 @@ mod tests {
         assert!(filter(&state, &node_info("node-a")).is_ok());
         let rejection = filter(&state, &node_info("node-b")).unwrap_err();
         assert_eq!(rejection.reasons, [AFFINITY_CONFLICT]);
-        assert!(claims_to_select(&state).is_empty());
+        assert!(select_node(&state, &mut VolumeObjects::default(), "node-a").is_empty());
     }
 
     #[test]
@@ -335,10 +384,17 @@ mod tests {
             .unwrap();
         // A provisioner makes the volume wherever the pod goes.
         assert!(filter(&state, &node_info("node-b")).is_ok());
+        let selected = select_node(&state, &mut objects, "node-b");
         assert_eq!(
-            claims_to_select(&state),
-            [("default".to_string(), "data".to_string())]
+            (selected[0].namespace.as_str(), selected[0].name.as_str()),
+            ("default", "data")
         );
+        // Assumed at once: the claim's next pod may only go to node-b.
+        let next = pre_filter(&pod_with_claim("data"), &objects)
+            .unwrap()
+            .unwrap();
+        assert!(filter(&next, &node_info("node-b")).is_ok());
+        assert!(filter(&next, &node_info("node-a")).is_err());
         // Static volumes only: the node needs one it can reach.
         objects.upsert_claim(claim("data", "static", None));
         let mut free = (*pinned_volume("pv-a", "node-a")).clone();
@@ -360,6 +416,6 @@ mod tests {
             .unwrap();
         assert!(filter(&state, &node_info("node-b")).is_ok());
         assert!(filter(&state, &node_info("node-a")).is_err());
-        assert!(claims_to_select(&state).is_empty());
+        assert!(select_node(&state, &mut objects, "node-b").is_empty());
     }
 }

@@ -27,6 +27,12 @@ pub enum ClaimVolumeError {
     LocalPathMissing { volume: String, path: String },
     #[error(transparent)]
     HostPath(#[from] host_path::HostPathError),
+    #[error("making {} writable", path.display())]
+    Permissions {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The host directory of a claim's volume.
@@ -84,12 +90,35 @@ pub async fn set_up(
     volume_path(&volume)
 }
 
+/// The provisioner whose volumes are made world-writable on first use.
+const LOCAL_PATH_PROVISIONER: &str = "baton.dev/local-path";
+
 /// The directory a PersistentVolume stands for on this node.
 fn volume_path(volume: &PersistentVolume) -> Result<PathBuf, ClaimVolumeError> {
     let name = volume.metadata.name.clone().unwrap_or_default();
     let spec = volume.spec.as_ref();
     if let Some(host_path) = spec.and_then(|s| s.host_path.as_ref()) {
-        return Ok(host_path::set_up(host_path)?);
+        let provisioned = volume
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("pv.kubernetes.io/provisioned-by"))
+            .is_some_and(|p| p == LOCAL_PATH_PROVISIONER);
+        let path = PathBuf::from(&host_path.path);
+        let new = !path.exists();
+        let dir = host_path::set_up(host_path)?;
+        // As local-path-provisioner makes its directories: writable by any user the pod
+        // runs as.
+        if provisioned && new {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(
+                |source| ClaimVolumeError::Permissions {
+                    path: dir.clone(),
+                    source,
+                },
+            )?;
+        }
+        return Ok(dir);
     }
     if let Some(local) = spec.and_then(|s| s.local.as_ref()) {
         let path = PathBuf::from(&local.path);
@@ -171,6 +200,32 @@ mod tests {
             .insert("pv-1".into(), volume(host_path, "claim-uid"));
         assert_eq!(set_up(&objects, "team", &source()).await.unwrap(), path);
         assert!(path.is_dir());
+        // A provisioned volume's new directory is writable by anyone.
+        let provisioned = dir.path().join("pvc-2");
+        let mut volume = objects.volumes["pv-1"].clone();
+        volume
+            .spec
+            .as_mut()
+            .unwrap()
+            .host_path
+            .as_mut()
+            .unwrap()
+            .path = provisioned.display().to_string();
+        volume.metadata.annotations = Some(
+            [(
+                "pv.kubernetes.io/provisioned-by".to_string(),
+                LOCAL_PATH_PROVISIONER.to_string(),
+            )]
+            .into(),
+        );
+        objects.volumes.insert("pv-1".into(), volume);
+        set_up(&objects, "team", &source()).await.unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&provisioned)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o777);
     }
 
     #[tokio::test]

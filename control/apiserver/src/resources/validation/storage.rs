@@ -180,14 +180,20 @@ pub fn persistent_volume_claim(obj: &Value, causes: &mut Vec<FieldCause>) {
 }
 
 /// A PersistentVolumeClaim update: the spec stays, except the storage requested (expansion),
-/// the volume attributes class, and the volume name while it is still empty (the binder
-/// sets it once).
+/// the volume attributes class, the volume name while it is still empty (the binder sets it
+/// once), and a class where none was named (the binder gives the default class).
 pub fn persistent_volume_claim_update(old: &Value, new: &Value, causes: &mut Vec<FieldCause>) {
-    let comparable = |spec: &Value, volume_name: &Value| {
+    // A claim that named no class may be given one (the retroactive default class).
+    let old_class = match &old["spec"]["storageClassName"] {
+        Value::Null => &new["spec"]["storageClassName"],
+        named => named,
+    };
+    let comparable = |spec: &Value, volume_name: &Value, class: &Value| {
         let mut spec = spec.clone();
         if let Some(map) = spec.as_object_mut() {
             map.remove("volumeAttributesClassName");
             map.insert("volumeName".into(), volume_name.clone());
+            map.insert("storageClassName".into(), class.clone());
             if let Some(resources) = map.get_mut("resources").and_then(Value::as_object_mut) {
                 resources.remove("requests");
             }
@@ -200,8 +206,13 @@ pub fn persistent_volume_claim_update(old: &Value, new: &Value, causes: &mut Vec
     } else {
         old_name
     };
-    if comparable(&old["spec"], name_set_once)
-        != comparable(&new["spec"], &new["spec"]["volumeName"])
+    let new_spec = &new["spec"];
+    if comparable(&old["spec"], name_set_once, old_class)
+        != comparable(
+            new_spec,
+            &new_spec["volumeName"],
+            &new_spec["storageClassName"],
+        )
     {
         causes.push(FieldCause::forbidden(
             "spec",
@@ -269,6 +280,12 @@ mod tests {
                 "spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"
             ]
         );
+        let mut unclassed = old.clone();
+        unclassed["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("storageClassName");
+        assert!(messages(|c| persistent_volume_claim_update(&unclassed, &old, c)).is_empty());
         let mut reclassed = old.clone();
         reclassed["spec"]["storageClassName"] = json!("fast");
         assert_eq!(
