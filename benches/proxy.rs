@@ -1,10 +1,12 @@
-//! kube-proxy benchmark (nftables mode): full and single-Service sync times for 1,000 and
-//! 10,000 Services with 2 endpoints each, and connection setup through a ClusterIP with 100 to
-//! 10,000 Services present. References measured in the same run: Debian's `nft -f` loading the
-//! same Services in upstream kube-proxy's nftables layout (a chain per Service and per
-//! endpoint, `numgen ... vmap` between them), in full and for the same single-Service change
-//! (what upstream's proxy, which writes nft text, pays), and connecting to the backend directly
-//! (no Service in the way). Runs as root inside network namespaces of its own.
+//! kube-proxy benchmark, per mode (nftables, iptables, and ipvs where the kernel has it): full
+//! and single-Service sync times for 1,000 and 10,000 Services with 2 endpoints each (an
+//! endpoint moving, and one coming and going), and connection setup through a ClusterIP with
+//! 100 to 10,000 Services present (also userspace). References measured in the same run:
+//! Debian's `nft -f` loading the same Services in upstream kube-proxy's nftables layout (a
+//! chain per Service and per endpoint, `numgen ... vmap` between them), in full and for the
+//! same endpoint move (what upstream's proxy, which writes nft text, pays), and connecting to
+//! the backend directly (no Service in the way). Runs as root inside network namespaces of its
+//! own.
 //!
 //! `CARGO_TARGET_DIR=/var/cache/baton/bench-target cargo bench --bench proxy`
 
@@ -16,8 +18,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton_network::{NetNs, Route, RouteSocket};
+use baton_proxy::args::ProxyMode;
+use baton_proxy::dataplane::Dataplane;
 use baton_proxy::nftables_rules::RuleSettings;
-use baton_proxy::nftables_sync::NftablesProxier;
 use baton_proxy::service_model::build_state;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -32,9 +35,19 @@ fn cluster_ip(i: usize) -> String {
     format!("10.96.{}.{}", i / 250, i % 250 + 1)
 }
 
+/// What happens to Service 0's endpoints in a single-Service change.
+#[derive(Clone, Copy)]
+enum Change {
+    /// One endpoint moves to another address; the number stays.
+    Move,
+    /// A third endpoint comes (odd rounds) and goes (even rounds), as a Deployment scaled up
+    /// and down.
+    Scale,
+}
+
 /// `n` Services with two endpoints each, plus the one in front of the local backend; `round`
-/// changes the endpoints of Service 0 (a single-Service change).
-fn objects(n: usize, round: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
+/// changes the endpoints of Service 0 (a single-Service change) as `change` says.
+fn objects(n: usize, round: usize, change: Change) -> (Vec<Service>, Vec<EndpointSlice>) {
     let mut services = Vec::with_capacity(n + 1);
     let mut slices = Vec::with_capacity(n + 1);
     let mut add = |name: String, ip: String, endpoints: Vec<String>, target: u16| {
@@ -60,16 +73,18 @@ fn objects(n: usize, round: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
         );
     };
     for i in 0..n {
-        let shift = if i == 0 { round } else { 0 };
-        add(
-            format!("svc-{i}"),
-            cluster_ip(i),
-            vec![
-                format!("10.244.{}.{}", (i + shift) / 250, (i + shift) % 250 + 2),
-                format!("10.245.{}.{}", i / 250, i % 250 + 2),
-            ],
-            8080,
-        );
+        let shift = match change {
+            Change::Move if i == 0 => round,
+            _ => 0,
+        };
+        let mut endpoints = vec![
+            format!("10.244.{}.{}", (i + shift) / 250, (i + shift) % 250 + 2),
+            format!("10.245.{}.{}", i / 250, i % 250 + 2),
+        ];
+        if matches!(change, Change::Scale) && i == 0 && round % 2 == 1 {
+            endpoints.push("10.246.0.2".into());
+        }
+        add(format!("svc-{i}"), cluster_ip(i), endpoints, 8080);
     }
     add(
         "front".into(),
@@ -111,63 +126,69 @@ fn namespace() -> NetNs {
 }
 
 struct SyncResult {
-    services: usize,
     rules: usize,
     full: Duration,
     full_kernel: Duration,
-    incremental: Duration,
-    incremental_kernel: Duration,
-    /// Upstream's layout through `nft -f`: the whole table, and the single-Service change.
-    nft_reference: (Option<Duration>, Option<Duration>),
+    /// p50 of 11 single-Service changes (and of which the kernel or iptables-restore): an
+    /// endpoint moving, and a third endpoint coming and going.
+    moved: (Duration, Duration),
+    scaled: (Duration, Duration),
 }
 
-/// Full sync, then single-Service changes, the way the proxy runs them: the Services and
-/// EndpointSlices are in its informers' caches already (built here before the clock starts);
-/// the first sync joins them all into service ports, later ones rebuild the ports of the one
-/// Service that changed, render them and apply the difference.
-fn measure_sync(n: usize) -> SyncResult {
-    let (services, slices) = objects(n, 0);
-    let changes: Vec<(Service, EndpointSlice)> = (1..=11)
+/// The single-Service changes of `change`: Service 0 and its slice, 11 rounds.
+fn changes(change: Change) -> Vec<(Service, EndpointSlice)> {
+    (1..=11)
         .map(|round| {
-            let (mut services, mut slices) = objects(1, round);
+            let (mut services, mut slices) = objects(1, round, change);
             (services.remove(0), slices.remove(0))
         })
-        .collect();
+        .collect()
+}
+
+/// Full sync, then single-Service changes, the way the proxy runs them in `mode`: the Services
+/// and EndpointSlices are in its informers' caches already (built here before the clock
+/// starts); the first sync joins them all into service ports, later ones rebuild the ports of
+/// the one Service that changed and apply them.
+fn measure_sync(mode: ProxyMode, n: usize) -> SyncResult {
+    let (services, slices) = objects(n, 0, Change::Move);
     let namespace = namespace();
     namespace
         .run(|| {
-            let mut proxier = NftablesProxier::new().expect("nftables socket");
+            let mut dataplane = Dataplane::open(mode).expect("dataplane");
             let started = Instant::now();
             let mut state = build_state(&services, &slices);
-            let full_kernel = proxier
-                .sync_state(&state, &settings())
-                .expect("full sync")
-                .apply_time;
+            let (stats, rules) = dataplane.sync(&state, &settings()).expect("full sync");
             let full = started.elapsed();
             state.mark_applied();
-            let rules = proxier.rule_count();
-            let mut times = Vec::new();
-            for (service, slice) in &changes {
-                let started = Instant::now();
-                state.update_service("bench", "svc-0", Some(service), std::slice::from_ref(slice));
-                let stats = proxier
-                    .sync_state(&state, &settings())
-                    .expect("incremental sync");
-                state.mark_applied();
-                times.push((started.elapsed(), stats.apply_time));
-                assert!(!stats.full && stats.changes > 0);
-            }
-            times.sort();
-            let (incremental, incremental_kernel) = times[times.len() / 2];
-            let nft_reference = upstream_reference(&services, &slices, &changes[0].1);
+            let mut median = |change: Change| {
+                let mut times = Vec::new();
+                for (service, slice) in &changes(change) {
+                    let started = Instant::now();
+                    state.update_service(
+                        "bench",
+                        "svc-0",
+                        Some(service),
+                        std::slice::from_ref(slice),
+                    );
+                    let (stats, _) = dataplane
+                        .sync(&state, &settings())
+                        .expect("incremental sync");
+                    state.mark_applied();
+                    times.push((started.elapsed(), stats.apply_time));
+                    assert!(!stats.full && stats.changes > 0);
+                }
+                times.sort();
+                times[times.len() / 2]
+            };
+            let moved = median(Change::Move);
+            let scaled = median(Change::Scale);
+            dataplane.clean_up().expect("clean up");
             SyncResult {
-                services: n,
                 rules,
                 full,
-                full_kernel,
-                incremental,
-                incremental_kernel,
-                nft_reference,
+                full_kernel: stats.apply_time,
+                moved,
+                scaled,
             }
         })
         .expect("run in namespace")
@@ -318,14 +339,27 @@ fn connect_rate(
     (rate, quantile(&times, 0.5), quantile(&times, 0.99))
 }
 
-fn measure_lookup(n: usize) -> ((f64, Duration, Duration), (f64, Duration, Duration)) {
+/// Connection setup through a ClusterIP in `mode` with `n` Services programmed, and straight to
+/// the backend: ((connections/s, p50, p99) through the Service, the same directly).
+fn measure_lookup(
+    mode: ProxyMode,
+    n: usize,
+) -> ((f64, Duration, Duration), (f64, Duration, Duration)) {
     let namespace = namespace();
     namespace
         .run(|| {
-            let mut proxier = NftablesProxier::new().expect("nftables socket");
-            let (services, slices) = objects(n, 0);
-            proxier
-                .sync_state(&build_state(&services, &slices), &settings())
+            // The userspace mode's listeners are tokio tasks; its threads start here, in the
+            // namespace.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let _entered = runtime.enter();
+            let mut dataplane = Dataplane::open(mode).expect("dataplane");
+            let (services, slices) = objects(n, 0, Change::Move);
+            dataplane
+                .sync(&build_state(&services, &slices), &settings())
                 .expect("sync");
             let listener = TcpListener::bind((BACKEND, 8080)).expect("backend");
             let count = 3000;
@@ -333,6 +367,7 @@ fn measure_lookup(n: usize) -> ((f64, Duration, Duration), (f64, Duration, Durat
             connect_rate(&listener, SocketAddr::from((FRONT, 80)), 200);
             let through = connect_rate(&listener, SocketAddr::from((FRONT, 80)), count);
             let direct = connect_rate(&listener, SocketAddr::from((BACKEND, 8080)), count);
+            dataplane.clean_up().expect("clean up");
             (through, direct)
         })
         .expect("run in namespace")
@@ -342,41 +377,80 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
+fn ms2(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Whether this kernel has IPVS (it is not here: CONFIG_IP_VS is unset).
+fn has_ipvs() -> bool {
+    std::path::Path::new("/proc/net/ip_vs").exists()
+}
+
 fn main() {
-    println!("# kube-proxy, nftables mode (2 cores, 24 GiB)\n");
-    println!(
-        "| Services | rules | full sync (of which the kernel) | single-Service change, p50 of 11 (of which the kernel) | reference: upstream's layout through `nft -f`, full / the same change |"
-    );
-    println!("|---:|---:|---:|---:|---:|");
-    for n in [1_000, 10_000] {
-        let r = measure_sync(n);
+    let mut sync_modes = vec![
+        ("nftables", ProxyMode::Nftables),
+        ("iptables", ProxyMode::Iptables),
+    ];
+    let mut lookup_modes = vec![
+        ("nftables", ProxyMode::Nftables),
+        ("iptables", ProxyMode::Iptables),
+        ("userspace", ProxyMode::Userspace),
+    ];
+    if has_ipvs() {
+        sync_modes.push(("ipvs", ProxyMode::Ipvs));
+        lookup_modes.push(("ipvs", ProxyMode::Ipvs));
+    }
+    println!("# kube-proxy sync and lookup (2 cores, 24 GiB)\n");
+    if !has_ipvs() {
         println!(
-            "| {} | {} | {} ({}) | {:.2} ms ({:.2} ms) | {} |",
-            r.services,
-            r.rules,
-            ms(r.full),
-            ms(r.full_kernel),
-            r.incremental.as_secs_f64() * 1000.0,
-            r.incremental_kernel.as_secs_f64() * 1000.0,
-            match r.nft_reference {
-                (Some(full), Some(change)) =>
-                    format!("{} / {:.1} ms", ms(full), change.as_secs_f64() * 1000.0),
-                _ => "nft failed or not installed".into(),
-            }
+            "ipvs mode not measured: this kernel has no IPVS (CONFIG_IP_VS; /proc/net/ip_vs is missing).\n"
         );
     }
     println!(
-        "\n| Services present | connections/s through a ClusterIP | p50 | p99 | reference: direct to the backend (conn/s, p50, p99) |"
+        "| mode | Services | rules | full sync (of which the kernel) | an endpoint moves, p50 of 11 (kernel) | an endpoint comes or goes, p50 of 11 (kernel) |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for n in [1_000, 10_000] {
+        for (name, mode) in &sync_modes {
+            let r = measure_sync(*mode, n);
+            println!(
+                "| {name} | {n} | {} | {} ({}) | {} ({}) | {} ({}) |",
+                r.rules,
+                ms(r.full),
+                ms(r.full_kernel),
+                ms2(r.moved.0),
+                ms2(r.moved.1),
+                ms2(r.scaled.0),
+                ms2(r.scaled.1),
+            );
+        }
+    }
+    println!(
+        "\n| Services | reference: upstream's nftables layout through `nft -f`, full | the same endpoint move |"
+    );
+    println!("|---:|---:|---:|");
+    for n in [1_000, 10_000] {
+        let (services, slices) = objects(n, 0, Change::Move);
+        let moved = &changes(Change::Move)[0].1;
+        match upstream_reference(&services, &slices, moved) {
+            (Some(full), Some(change)) => println!("| {n} | {} | {} |", ms(full), ms2(change)),
+            _ => println!("| {n} | nft failed or not installed | |"),
+        }
+    }
+    println!(
+        "\n| mode | Services present | connections/s through a ClusterIP | p50 | p99 | reference: direct to the backend (conn/s, p50, p99) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for n in [100, 1_000, 10_000] {
-        let ((rate, p50, p99), (direct, d50, d99)) = measure_lookup(n);
-        println!(
-            "| {n} | {rate:.0} | {} | {} | {direct:.0}, {}, {} |",
-            us(p50),
-            us(p99),
-            us(d50),
-            us(d99)
-        );
+        for (name, mode) in &lookup_modes {
+            let ((rate, p50, p99), (direct, d50, d99)) = measure_lookup(*mode, n);
+            println!(
+                "| {name} | {n} | {rate:.0} | {} | {} | {direct:.0}, {}, {} |",
+                us(p50),
+                us(p99),
+                us(d50),
+                us(d99)
+            );
+        }
     }
 }

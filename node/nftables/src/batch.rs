@@ -86,6 +86,10 @@ pub struct SetSpec {
     /// Elements expire this long after they were last added or updated (a set the packet
     /// path updates, through [`Expr::UpdateSet`](crate::Expr::UpdateSet)).
     pub timeout_ms: Option<u64>,
+    /// A set of ranges over a concatenation of fields of these lengths in bytes (the
+    /// kernel's `pipapo` set): each element holds its first key and its last
+    /// ([`Element::key_end`]), and a key in between matches.
+    pub interval_fields: Option<Vec<u32>>,
 }
 
 /// One element of a set or map.
@@ -93,6 +97,8 @@ pub struct SetSpec {
 pub struct Element {
     /// The key's bytes, as the lookup's register holds them.
     pub key: Vec<u8>,
+    /// In a set of ranges, the last key the element matches (`key` is the first).
+    pub key_end: Option<Vec<u8>>,
     /// A verdict map's value.
     pub verdict: Option<Verdict>,
     /// A data map's value.
@@ -149,7 +155,7 @@ impl Batch {
             kind,
             flags | NLM_F_REQUEST,
             family as u8,
-            attributes.bytes().to_vec(),
+            attributes.into_bytes(),
             what,
         ));
     }
@@ -250,9 +256,12 @@ impl Batch {
     /// Creates a named set or map (nothing if it exists).
     pub fn add_set(&mut self, family: Family, table: &str, set: &SetSpec) -> &mut Self {
         let mut a = Attributes::new();
-        // NFT_SET_MAP = 0x8, NFT_SET_TIMEOUT = 0x10, NFT_SET_EVAL (updated from the packet
-        // path) = 0x20.
+        // NFT_SET_INTERVAL = 0x4, NFT_SET_MAP = 0x8, NFT_SET_TIMEOUT = 0x10, NFT_SET_EVAL
+        // (updated from the packet path) = 0x20, NFT_SET_CONCAT = 0x80.
         let mut flags = 0;
+        if set.interval_fields.is_some() {
+            flags |= 0x4 | 0x80;
+        }
         if set.verdict_map || set.data.is_some() {
             flags |= 0x8;
         }
@@ -272,6 +281,19 @@ impl Batch {
         }
         if let Some(timeout) = set.timeout_ms {
             a.be64(11, timeout);
+        }
+        if let Some(fields) = &set.interval_fields {
+            // NFTA_SET_DESC = 9 > NFTA_SET_DESC_CONCAT = 2 > NFTA_LIST_ELEM = 1 >
+            // NFTA_SET_FIELD_LEN = 1.
+            a.nested(9, |desc| {
+                desc.nested(2, |concat| {
+                    for len in fields {
+                        concat.nested(1, |field| {
+                            field.be32(1, *len);
+                        });
+                    }
+                });
+            });
         }
         self.push(
             msg::NEWSET,
@@ -349,6 +371,12 @@ impl Batch {
                         e.nested(1, |key| {
                             key.raw(1, &element.key);
                         });
+                        if let Some(end) = &element.key_end {
+                            // NFTA_SET_ELEM_KEY_END = 10.
+                            e.nested(10, |key| {
+                                key.raw(1, end);
+                            });
+                        }
                         if let Some(verdict) = &element.verdict {
                             e.nested(2, |data| {
                                 data.nested(2, |v| verdict.encode(v));

@@ -129,6 +129,9 @@ pub enum Expr {
     },
     /// A random number in `0..modulus` into `dreg`.
     RandomNumber { dreg: u32, modulus: u32 },
+    /// Converts the 32-bit word in `sreg` from host to network byte order into `dreg` (so
+    /// that a range lookup compares it as a number).
+    HostToNetwork32 { sreg: u32, dreg: u32 },
     /// `fib daddr type` into `dreg`.
     FibDaddrType { dreg: u32 },
     /// Destination NAT to the address in `addr_reg` and, when given, the port in `port_reg`.
@@ -226,6 +229,7 @@ impl Expr {
             Expr::Immediate { .. } | Expr::Verdict(_) => "immediate",
             Expr::Lookup { .. } => "lookup",
             Expr::RandomNumber { .. } => "numgen",
+            Expr::HostToNetwork32 { .. } => "byteorder",
             Expr::FibDaddrType { .. } => "fib",
             Expr::Dnat { .. } => "nat",
             Expr::Masquerade => "masq",
@@ -309,6 +313,15 @@ impl Expr {
             Expr::RandomNumber { dreg, modulus } => {
                 // NFT_NG_RANDOM = 1.
                 a.be32(1, *dreg).be32(2, *modulus).be32(3, 1).be32(4, 0);
+            }
+            Expr::HostToNetwork32 { sreg, dreg } => {
+                // NFTA_BYTEORDER_SREG = 1, _DREG = 2, _OP = 3 (NFT_BYTEORDER_HTON = 1),
+                // _LEN = 4, _SIZE = 5.
+                a.be32(1, *sreg)
+                    .be32(2, *dreg)
+                    .be32(3, 1)
+                    .be32(4, 4)
+                    .be32(5, 4);
             }
             Expr::FibDaddrType { dreg } => {
                 // NFT_FIB_RESULT_ADDRTYPE = 3, NFTA_FIB_F_DADDR = 2.

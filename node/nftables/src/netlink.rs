@@ -21,20 +21,34 @@ impl Attributes {
 
     /// An attribute holding raw bytes.
     pub(crate) fn raw(&mut self, kind: u16, value: &[u8]) -> &mut Self {
-        let length = 4 + value.len();
-        self.bytes
-            .extend_from_slice(&u16::try_from(length).expect("attribute fits").to_ne_bytes());
-        self.bytes.extend_from_slice(&kind.to_ne_bytes());
+        let start = self.header(kind);
         self.bytes.extend_from_slice(value);
-        self.bytes.resize(self.bytes.len().next_multiple_of(4), 0);
-        self
+        self.finish(start)
     }
 
     /// A NUL-terminated string.
     pub(crate) fn string(&mut self, kind: u16, value: &str) -> &mut Self {
-        let mut bytes = value.as_bytes().to_vec();
-        bytes.push(0);
-        self.raw(kind, &bytes)
+        let start = self.header(kind);
+        self.bytes.extend_from_slice(value.as_bytes());
+        self.bytes.push(0);
+        self.finish(start)
+    }
+
+    /// Starts an attribute of `kind` (its length written by [`Attributes::finish`]); returns
+    /// where it starts.
+    fn header(&mut self, kind: u16) -> usize {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&[0, 0]);
+        self.bytes.extend_from_slice(&kind.to_ne_bytes());
+        start
+    }
+
+    /// Writes the length of the attribute that starts at `start` and pads it to 4 bytes.
+    fn finish(&mut self, start: usize) -> &mut Self {
+        let length = u16::try_from(self.bytes.len() - start).expect("attribute fits");
+        self.bytes[start..start + 2].copy_from_slice(&length.to_ne_bytes());
+        self.bytes.resize(self.bytes.len().next_multiple_of(4), 0);
+        self
     }
 
     /// A big-endian u32.
@@ -47,11 +61,16 @@ impl Attributes {
         self.raw(kind, &value.to_be_bytes())
     }
 
-    /// A nested attribute built by `build`.
+    /// A nested attribute built by `build` (written in place).
     pub(crate) fn nested(&mut self, kind: u16, build: impl FnOnce(&mut Attributes)) -> &mut Self {
-        let mut inner = Attributes::new();
-        build(&mut inner);
-        self.raw(kind | NLA_F_NESTED, &inner.bytes)
+        let start = self.header(kind | NLA_F_NESTED);
+        build(self);
+        self.finish(start)
+    }
+
+    /// The bytes, taken.
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.bytes
     }
 }
 

@@ -48,6 +48,7 @@ fn program(backend: Ipv4Addr) -> Batch {
                 verdict_map: true,
                 data: None,
                 timeout_ms: None,
+                interval_fields: None,
             },
         )
         .add_rule(

@@ -407,6 +407,7 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
                 verdict_map: false,
                 data: None,
                 timeout_ms: None,
+                interval_fields: None,
             },
         );
     }
@@ -420,6 +421,7 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
             verdict_map: false,
             data: None,
             timeout_ms: None,
+            interval_fields: None,
         },
     );
     batch.add_set(
@@ -437,6 +439,7 @@ fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
             verdict_map: false,
             data: None,
             timeout_ms: None,
+            interval_fields: None,
         },
     );
     let keys = |addresses: &mut dyn Iterator<Item = &ServiceAddress>| -> Vec<Element> {

@@ -58,9 +58,9 @@ pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 /// `IP . IP` for every endpoint address: after DNAT, a packet whose source is its destination
 /// is hairpin traffic.
 pub const HAIRPIN: &str = "hairpin";
-/// How many endpoint maps (`chain id . endpoint number` to the endpoint's `address . port`)
-/// the ports share.
-pub const ENDPOINT_MAPS: u8 = 64;
+/// How many endpoint maps (`chain id . range of picked numbers` to the endpoint's
+/// `address . port`) the ports share.
+pub const ENDPOINT_MAPS: u16 = 256;
 
 const SERVICES: &str = "services";
 const MASQUERADING: &str = "masquerading";
@@ -86,9 +86,10 @@ pub struct Ruleset {
     pub maps: BTreeMap<&'static str, BTreeMap<Vec<u8>, Verdict>>,
     /// Session affinity sets (client addresses that recently used an endpoint), by name.
     pub affinity_sets: BTreeMap<String, SetSpec>,
-    /// Elements of the endpoint maps, `chain id . endpoint number` to `address . port` (each
-    /// in the map [`endpoint_map_name`] gives for the key's first byte).
-    pub endpoints: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Elements of the endpoint maps: from their first key, `chain id . first number`, their
+    /// last and the endpoint's `address . port` (each in the map [`endpoint_map_name`] gives
+    /// for the key's first byte).
+    pub endpoints: BTreeMap<Vec<u8>, EndpointRange>,
     /// Endpoint addresses, whose `IP . IP` goes into the [`HAIRPIN`] set.
     pub hairpin: BTreeSet<Ipv4Addr>,
 }
@@ -161,6 +162,7 @@ pub fn maps() -> Vec<SetSpec> {
         verdict_map: true,
         data: None,
         timeout_ms: None,
+        interval_fields: None,
     })
     .collect()
 }
@@ -174,6 +176,7 @@ pub fn hairpin_set() -> SetSpec {
         verdict_map: false,
         data: None,
         timeout_ms: None,
+        interval_fields: None,
     }
 }
 
@@ -186,18 +189,19 @@ pub fn hairpin_element(ip: Ipv4Addr) -> Element {
 
 /// The endpoint map that holds the elements of the chain whose id starts with `id_byte`.
 pub fn endpoint_map_name(id_byte: u8) -> String {
-    format!("endpoints-{:02x}", id_byte % ENDPOINT_MAPS)
+    format!("endpoints-{:02x}", u16::from(id_byte) % ENDPOINT_MAPS)
 }
 
 /// The endpoint maps.
 pub fn endpoint_maps() -> Vec<SetSpec> {
     (0..ENDPOINT_MAPS)
-        .map(|i| endpoint_map(&endpoint_map_name(i)))
+        .map(|i| endpoint_map(&format!("endpoints-{i:02x}")))
         .collect()
 }
 
 fn endpoint_map(name: &str) -> SetSpec {
-    // Listed by nft as `mark . mark . mark`: the id's two halves and the endpoint number.
+    // Listed by nft as `mark . mark . mark`: the id's two halves and the range of picked
+    // numbers (in network byte order, unlike a mark's).
     let word = 19;
     SetSpec {
         name: name.into(),
@@ -209,6 +213,7 @@ fn endpoint_map(name: &str) -> SetSpec {
             8,
         )),
         timeout_ms: None,
+        interval_fields: Some(vec![4, 4, 4]),
     }
 }
 
@@ -223,41 +228,56 @@ pub fn chain_id(chain: &str) -> [u8; 8] {
         .to_be_bytes()
 }
 
-/// The endpoint-map elements of `chain`: endpoint `i` under `id . i` (`i` as the random
-/// number's register holds it, in host order).
-pub fn endpoint_elements(chain: &str, endpoints: &[&Endpoint]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+/// The numbers the endpoint pick draws from (`numgen random mod PICK_RANGE`): endpoint `i` of
+/// `n` takes the `i`-th of `n` equal ranges of them, so a change in the number of endpoints is
+/// a change of map elements only, never of the rule (the shares differ by at most one number
+/// in 65,536).
+pub const PICK_RANGE: u32 = 1 << 16;
+
+/// One endpoint-map element: its last key (the key is the first) and its `address . port`.
+pub type EndpointRange = (Vec<u8>, Vec<u8>);
+
+/// The endpoint-map elements of `chain`: endpoint `i` of `n` under `id . first..=last` (the
+/// `i`-th of `n` ranges of the pick's numbers, in network byte order as the lookup's register
+/// holds them).
+pub fn endpoint_elements(chain: &str, endpoints: &[&Endpoint]) -> BTreeMap<Vec<u8>, EndpointRange> {
     let id = chain_id(chain);
-    (0u32..)
+    let n = endpoints.len() as u64;
+    let bound = |i: u64| (u64::from(PICK_RANGE) * i / n) as u32;
+    (0u64..)
         .zip(endpoints)
         .map(|(i, endpoint)| {
-            let mut key = id.to_vec();
-            key.extend_from_slice(&i.to_ne_bytes());
+            let key = |value: u32| {
+                let mut key = id.to_vec();
+                key.extend_from_slice(&value.to_be_bytes());
+                key
+            };
             let mut data = endpoint.ip.octets().to_vec();
             data.extend_from_slice(&endpoint.port.to_be_bytes());
             data.extend_from_slice(&[0, 0]);
-            (key, data)
+            (key(bound(i)), (key(bound(i + 1) - 1), data))
         })
         .collect()
 }
 
-/// DNATs to one of `chain`'s `count` endpoints, picked at random.
-fn pick_from_map(chain: &str, count: usize, protocol: Protocol) -> Vec<Expr> {
+/// DNATs to one of `chain`'s endpoints, picked at random: a number in `0..PICK_RANGE` looked
+/// up with the chain's id in its endpoint map, whose ranges share the numbers out.
+fn pick_from_map(chain: &str) -> Vec<Expr> {
     let id = chain_id(chain);
     vec![
-        // DNAT with a port needs the protocol known.
-        Expr::l4proto(reg32(0)),
-        Expr::Cmp {
-            sreg: reg32(0),
-            op: CmpOp::Eq,
-            data: vec![protocol_number(protocol)],
-        },
+        // No protocol match before the DNAT to a port (nft would write one): the chain is
+        // reached only through map keys that hold the protocol.
         Expr::Immediate {
             dreg: reg32(0),
             data: id.to_vec(),
         },
         Expr::RandomNumber {
             dreg: reg32(2),
-            modulus: u32::try_from(count).unwrap_or(u32::MAX),
+            modulus: PICK_RANGE,
+        },
+        Expr::HostToNetwork32 {
+            sreg: reg32(2),
+            dreg: reg32(2),
         },
         Expr::Lookup {
             set: endpoint_map_name(id[0]),
@@ -547,7 +567,7 @@ fn pick_endpoint(
     }
     let targets: Vec<&Endpoint> = endpoints.iter().map(|(_, e)| e).collect();
     ruleset.endpoints.extend(endpoint_elements(chain, &targets));
-    vec![pick_from_map(chain, targets.len(), info.protocol)]
+    vec![pick_from_map(chain)]
 }
 
 /// Rules that send a packet to one of `endpoints` at random, each equally likely (rule `i`
@@ -702,6 +722,7 @@ fn render_port(
                     verdict_map: false,
                     data: None,
                     timeout_ms: Some(u64::from(seconds) * 1000),
+                    interval_fields: None,
                 },
             );
         }
@@ -836,18 +857,26 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_are_numbered_under_their_chain_id() {
-        let two = [endpoint(1), endpoint(2)];
-        let refs: Vec<&Endpoint> = two.iter().collect();
+    fn endpoints_share_the_picked_numbers_under_their_chain_id() {
+        let three = [endpoint(1), endpoint(2), endpoint(3)];
+        let refs: Vec<&Endpoint> = three.iter().collect();
         let a = endpoint_elements("svc-default/a/tcp/80", &refs);
         let b = endpoint_elements("svc-default/b/tcp/80", &refs);
-        assert_eq!(a.len(), 2);
+        assert_eq!(a.len(), 3);
         assert!(a.keys().all(|k| k.len() == 12 && !b.contains_key(k)));
-        let (key, data) = a
-            .iter()
-            .find(|(k, _)| k[8..] == 1u32.to_ne_bytes())
-            .unwrap();
-        assert_eq!(key[..8], chain_id("svc-default/a/tcp/80"));
+        let number = |key: &[u8]| u32::from_be_bytes(key[8..].try_into().unwrap());
+        // Ranges follow each other from 0 to the last number, 21,845 or 21,846 numbers each.
+        let mut next = 0;
+        for (key, (last, _)) in &a {
+            assert_eq!(key[..8], chain_id("svc-default/a/tcp/80"));
+            assert_eq!(last[..8], key[..8]);
+            assert_eq!(number(key), next);
+            let size = number(last) + 1 - number(key);
+            assert!((21_845..=21_846).contains(&size), "{size}");
+            next = number(last) + 1;
+        }
+        assert_eq!(next, PICK_RANGE);
+        let (_, (_, data)) = a.iter().nth(1).unwrap();
         assert_eq!(data, &[10, 244, 1, 2, 0x1f, 0x90, 0, 0]);
     }
 

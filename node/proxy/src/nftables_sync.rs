@@ -9,7 +9,7 @@ use std::time::Instant;
 use baton_nftables::{ApplyBatchError, Batch, Element, Family, NftSocket};
 
 use crate::nftables_rules::{
-    HAIRPIN, RuleSettings, Ruleset, TABLE, base_chains, base_ruleset, empty_ruleset,
+    EndpointRange, HAIRPIN, RuleSettings, Ruleset, TABLE, base_chains, base_ruleset, empty_ruleset,
     endpoint_map_name, endpoint_maps, hairpin_element, hairpin_set, maps, render_port_rules,
 };
 use crate::service_model::{Endpoint, ProxyState, ServicePortInfo, ServicePortKey};
@@ -74,17 +74,16 @@ impl NftablesProxier {
     ) -> Result<SyncStats, ApplyBatchError> {
         if self.settings.as_ref() != Some(settings) {
             let mut ports = BTreeMap::new();
-            let mut whole = base_ruleset();
             let mut hairpin = BTreeMap::new();
             for (key, (info, endpoints)) in &state.services {
                 let rules = render_port_rules(info, endpoints, settings);
-                whole.merge(&rules);
                 for ip in &rules.hairpin {
                     *hairpin.entry(*ip).or_default() += 1;
                 }
                 ports.insert(key.clone(), (info.clone(), endpoints.clone(), rules));
             }
-            let batch = full(&whole);
+            let base = base_ruleset();
+            let batch = full(&base, ports.values().map(|(_, _, rules)| rules), &hairpin);
             // Until it is applied, nothing is known to be there.
             self.settings = None;
             self.ports.clear();
@@ -92,10 +91,14 @@ impl NftablesProxier {
             let started = Instant::now();
             self.socket.apply(&batch)?;
             let apply_time = started.elapsed();
+            self.rules = base.rule_count()
+                + ports
+                    .values()
+                    .map(|(_, _, rules)| rules.chain_rule_count())
+                    .sum::<usize>();
             self.ports = ports;
             self.hairpin = hairpin;
             self.settings = Some(settings.clone());
-            self.rules = whole.rule_count();
             return Ok(SyncStats {
                 full: true,
                 changes: batch.len(),
@@ -227,14 +230,18 @@ fn elements(map: &BTreeMap<Vec<u8>, baton_nftables::Verdict>) -> Vec<Element> {
 }
 
 /// Adds endpoint-map elements, each to its map.
-fn add_endpoint_elements(batch: &mut Batch, endpoints: &BTreeMap<Vec<u8>, Vec<u8>>) {
+fn add_endpoint_elements<'a>(
+    batch: &mut Batch,
+    endpoints: impl IntoIterator<Item = (&'a Vec<u8>, &'a EndpointRange)>,
+) {
     let mut by_map: BTreeMap<String, Vec<Element>> = BTreeMap::new();
-    for (key, data) in endpoints {
+    for (key, (last, data)) in endpoints {
         by_map
             .entry(endpoint_map_name(key[0]))
             .or_default()
             .push(Element {
                 key: key.clone(),
+                key_end: Some(last.clone()),
                 data: Some(data.clone()),
                 ..Element::default()
             });
@@ -244,44 +251,63 @@ fn add_endpoint_elements(batch: &mut Batch, endpoints: &BTreeMap<Vec<u8>, Vec<u8
     }
 }
 
-/// Deletes the table and builds it again, all in one batch.
-fn full(wanted: &Ruleset) -> Batch {
+/// Deletes the table and builds it again, all in one batch: the fixed chains and maps of
+/// `base`, each service port's rules, and a hairpin element per endpoint address.
+fn full<'a>(
+    base: &'a Ruleset,
+    ports: impl Iterator<Item = &'a Ruleset> + Clone,
+    hairpin: &BTreeMap<Ipv4Addr, usize>,
+) -> Batch {
     let mut batch = Batch::new();
     batch
         .destroy_table(Family::Ip, TABLE)
         .add_table(Family::Ip, TABLE);
     for spec in maps()
-        .into_iter()
-        .chain([hairpin_set()])
-        .chain(endpoint_maps())
-        .chain(wanted.affinity_sets.values().cloned())
-    {
-        batch.add_set(Family::Ip, TABLE, &spec);
-    }
-    let hairpin: Vec<Element> = wanted
-        .hairpin
         .iter()
-        .map(|ip| hairpin_element(*ip))
-        .collect();
+        .chain([&hairpin_set()])
+        .chain(&endpoint_maps())
+        .chain(ports.clone().flat_map(|port| port.affinity_sets.values()))
+    {
+        batch.add_set(Family::Ip, TABLE, spec);
+    }
+    let hairpin: Vec<Element> = hairpin.keys().map(|ip| hairpin_element(*ip)).collect();
     if !hairpin.is_empty() {
         batch.add_elements(Family::Ip, TABLE, HAIRPIN, &hairpin);
     }
-    for name in wanted.chains.keys() {
+    let chains = || {
+        std::iter::once(base)
+            .chain(ports.clone())
+            .flat_map(|ruleset| ruleset.chains.iter())
+    };
+    for (name, _) in chains() {
         batch.add_chain(Family::Ip, TABLE, name, None);
     }
-    for (name, rules) in &wanted.chains {
+    for (name, rules) in chains() {
         for rule in rules {
             batch.add_rule(Family::Ip, TABLE, name, rule);
         }
     }
-    for (name, map) in &wanted.maps {
-        if !map.is_empty() {
-            batch.add_elements(Family::Ip, TABLE, name, &elements(map));
+    let mut by_map: BTreeMap<&str, Vec<Element>> = BTreeMap::new();
+    for ruleset in std::iter::once(base).chain(ports.clone()) {
+        for (name, map) in &ruleset.maps {
+            by_map
+                .entry(name)
+                .or_default()
+                .extend(map.iter().map(|(key, verdict)| Element {
+                    key: key.clone(),
+                    verdict: Some(verdict.clone()),
+                    ..Element::default()
+                }));
+        }
+    }
+    for (name, elements) in &by_map {
+        if !elements.is_empty() {
+            batch.add_elements(Family::Ip, TABLE, name, elements);
         }
     }
     // After the rules: the kernel checks each element against each rule looking its map up
     // when it comes, and each existing element when a rule comes; either way once.
-    add_endpoint_elements(&mut batch, &wanted.endpoints);
+    add_endpoint_elements(&mut batch, ports.flat_map(|port| port.endpoints.iter()));
     for (name, base, rules) in base_chains() {
         batch.add_chain(Family::Ip, TABLE, name, Some(&base));
         for rule in rules {
@@ -305,15 +331,19 @@ fn incremental_phases(applied: &Ruleset, wanted: &Ruleset) -> [Batch; 3] {
             batch.add_set(Family::Ip, TABLE, spec);
         }
     }
-    // Endpoints that went or changed, out first (an endpoint change that keeps the number of
-    // endpoints is only this and the additions below: no rule changes, so the kernel does not
+    // Endpoints that went or changed, out first (a change of a port's endpoints, in number
+    // too, is only this and the additions below: no rule changes, so the kernel does not
     // validate the table again).
     let mut gone: BTreeMap<String, Vec<Element>> = BTreeMap::new();
-    for (key, data) in &applied.endpoints {
-        if wanted.endpoints.get(key) != Some(data) {
+    for (key, range) in &applied.endpoints {
+        if wanted.endpoints.get(key) != Some(range) {
+            // A range is removed by its first and last key.
             gone.entry(endpoint_map_name(key[0]))
                 .or_default()
-                .push(Element::key(key.clone()));
+                .push(Element {
+                    key_end: Some(range.0.clone()),
+                    ..Element::key(key.clone())
+                });
         }
     }
     for (map, elements) in &gone {
@@ -373,13 +403,13 @@ fn incremental_phases(applied: &Ruleset, wanted: &Ruleset) -> [Batch; 3] {
             additions.add_elements(Family::Ip, TABLE, name, &elements(&added));
         }
     }
-    let added: BTreeMap<Vec<u8>, Vec<u8>> = wanted
-        .endpoints
-        .iter()
-        .filter(|(key, data)| applied.endpoints.get(*key) != Some(*data))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    add_endpoint_elements(&mut additions, &added);
+    add_endpoint_elements(
+        &mut additions,
+        wanted
+            .endpoints
+            .iter()
+            .filter(|(key, range)| applied.endpoints.get(*key) != Some(*range)),
+    );
     // Chains and sets that went, once nothing points at them.
     for name in removed {
         removals.delete_chain(Family::Ip, TABLE, name);

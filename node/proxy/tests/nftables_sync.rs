@@ -2,9 +2,9 @@
 //! makes: a full sync, then incremental ones as Services and endpoints come and go, each
 //! leaving exactly the chains and endpoint maps the rendering asks for.
 
-use baton_network::NetNs;
+use baton_network::{NetNs, Route, RouteSocket};
 use baton_nftables::{Family, NftSocket};
-use baton_proxy::nftables_rules::{RuleSettings, TABLE, render};
+use baton_proxy::nftables_rules::{ENDPOINT_MAPS, RuleSettings, TABLE, render};
 use baton_proxy::nftables_sync::NftablesProxier;
 use baton_proxy::service_model::build_state;
 use k8s_openapi::api::core::v1::Service;
@@ -46,7 +46,7 @@ fn endpoints(nft: &mut NftSocket) -> Vec<String> {
         .into_iter()
         .filter(|s| s.starts_with("endpoints-"))
         .collect();
-    assert_eq!(maps.len(), 64);
+    assert_eq!(maps.len(), usize::from(ENDPOINT_MAPS));
     let mut found: Vec<String> = maps
         .iter()
         .flat_map(|m| nft.set_elements(Family::Ip, TABLE, m).unwrap())
@@ -341,6 +341,98 @@ fn a_state_that_tracks_its_changes_is_synced_by_them_alone() {
             let held = endpoints(&mut nft);
             assert!(held.contains(&"10.244.8.8:8080".to_string()), "{held:?}");
             assert!(!held.contains(&"10.244.1.7:8080".to_string()), "{held:?}");
+        })
+        .unwrap();
+}
+
+/// Connects `count` times to `address`; returns how many connections each listener took.
+fn spread(listeners: &[std::net::TcpListener], address: &str, count: usize) -> Vec<usize> {
+    let mut taken = vec![0; listeners.len()];
+    for _ in 0..count {
+        let _stream = std::net::TcpStream::connect(address).unwrap();
+        // The connection is in exactly one listener's queue (once the handshake's last step
+        // arrived): find it. (Its source port is not the client's: an endpoint reached from
+        // its own address is hairpin traffic, masqueraded.)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let found = loop {
+            let found = listeners
+                .iter()
+                .position(|listener| listener.accept().is_ok());
+            if found.is_some() || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        taken[found.expect("no listener took the connection")] += 1;
+    }
+    taken
+}
+
+#[test]
+fn connections_spread_over_every_endpoint_as_their_number_changes() {
+    let settings = RuleSettings {
+        node_name: "n1".into(),
+        cluster_cidr: None,
+    };
+    let namespace = NetNs::create().unwrap();
+    namespace
+        .run(|| {
+            // Three endpoints on this namespace's loopback, the cluster IPs routed to it.
+            let mut routes = RouteSocket::open().unwrap();
+            let backends = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+            for backend in backends {
+                routes
+                    .add_address(1, format!("{backend}/32").parse().unwrap())
+                    .unwrap();
+            }
+            routes
+                .add_route(&Route {
+                    destination: "10.96.0.0/12".parse().unwrap(),
+                    gateway: None,
+                    interface: Some(1),
+                })
+                .unwrap();
+            let listeners: Vec<std::net::TcpListener> = backends
+                .iter()
+                .map(|b| {
+                    let listener = std::net::TcpListener::bind((*b, 8080)).unwrap();
+                    listener.set_nonblocking(true).unwrap();
+                    listener
+                })
+                .collect();
+            let web = service("web", "10.96.0.10", None);
+            let ready = |n: usize| -> Vec<(&str, bool)> {
+                backends[..n].iter().map(|b| (*b, true)).collect()
+            };
+            let mut proxier = NftablesProxier::new().unwrap();
+            let mut state = build_state(std::slice::from_ref(&web), &[slice("web", &ready(3))]);
+            proxier.sync_state(&state, &settings).unwrap();
+            state.mark_applied();
+            let rules = NftSocket::open()
+                .unwrap()
+                .rule_count(Family::Ip, TABLE)
+                .unwrap();
+            let taken = spread(&listeners, "10.96.0.10:80", 300);
+            assert!(taken.iter().all(|n| *n > 40), "{taken:?}");
+
+            // Scaled down to two, then up to three again: the rules stay as they are, only
+            // the endpoint map's ranges change, and every endpoint there takes connections.
+            for n in [2, 3] {
+                state.update_service("default", "web", Some(&web), &[slice("web", &ready(n))]);
+                let stats = proxier.sync_state(&state, &settings).unwrap();
+                assert!(!stats.full);
+                state.mark_applied();
+                let taken = spread(&listeners, "10.96.0.10:80", 300);
+                assert!(taken[..n].iter().all(|t| *t > 40), "{n}: {taken:?}");
+                assert!(taken[n..].iter().all(|t| *t == 0), "{n}: {taken:?}");
+                assert_eq!(
+                    NftSocket::open()
+                        .unwrap()
+                        .rule_count(Family::Ip, TABLE)
+                        .unwrap(),
+                    rules
+                );
+            }
         })
         .unwrap();
 }
