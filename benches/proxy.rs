@@ -1,7 +1,8 @@
 //! kube-proxy benchmark, per mode (nftables, iptables, and ipvs where the kernel has it): full
-//! and single-Service sync times for 1,000 and 10,000 Services with 2 endpoints each (an
-//! endpoint moving, and one coming and going), and connection setup through a ClusterIP with
-//! 100 to 10,000 Services present (also userspace). References measured in the same run:
+//! and single-Service sync times for 1,000 and 10,000 Services with 2 endpoints each (and 3,
+//! for nftables at 10,000; the single change: an endpoint moving, and one coming and going),
+//! and connection setup through a ClusterIP with 100 to 10,000 Services present (also
+//! userspace). References measured in the same run:
 //! Debian's `nft -f` loading the same Services in upstream kube-proxy's nftables layout (a
 //! chain per Service and per endpoint, `numgen ... vmap` between them), in full and for the
 //! same endpoint move (what upstream's proxy, which writes nft text, pays), and connecting to
@@ -45,9 +46,15 @@ enum Change {
     Scale,
 }
 
-/// `n` Services with two endpoints each, plus the one in front of the local backend; `round`
-/// changes the endpoints of Service 0 (a single-Service change) as `change` says.
-fn objects(n: usize, round: usize, change: Change) -> (Vec<Service>, Vec<EndpointSlice>) {
+/// `n` Services with `per_service` endpoints each (two or three; Service 0 always two), plus
+/// the one in front of the local backend; `round` changes the endpoints of Service 0 (a
+/// single-Service change) as `change` says.
+fn objects(
+    n: usize,
+    per_service: usize,
+    round: usize,
+    change: Change,
+) -> (Vec<Service>, Vec<EndpointSlice>) {
     let mut services = Vec::with_capacity(n + 1);
     let mut slices = Vec::with_capacity(n + 1);
     let mut add = |name: String, ip: String, endpoints: Vec<String>, target: u16| {
@@ -81,6 +88,9 @@ fn objects(n: usize, round: usize, change: Change) -> (Vec<Service>, Vec<Endpoin
             format!("10.244.{}.{}", (i + shift) / 250, (i + shift) % 250 + 2),
             format!("10.245.{}.{}", i / 250, i % 250 + 2),
         ];
+        if per_service == 3 && i != 0 {
+            endpoints.push(format!("10.246.{}.{}", i / 250, i % 250 + 2));
+        }
         if matches!(change, Change::Scale) && i == 0 && round % 2 == 1 {
             endpoints.push("10.246.0.2".into());
         }
@@ -139,7 +149,7 @@ struct SyncResult {
 fn changes(change: Change) -> Vec<(Service, EndpointSlice)> {
     (1..=11)
         .map(|round| {
-            let (mut services, mut slices) = objects(1, round, change);
+            let (mut services, mut slices) = objects(1, 2, round, change);
             (services.remove(0), slices.remove(0))
         })
         .collect()
@@ -149,8 +159,8 @@ fn changes(change: Change) -> Vec<(Service, EndpointSlice)> {
 /// and EndpointSlices are in its informers' caches already (built here before the clock
 /// starts); the first sync joins them all into service ports, later ones rebuild the ports of
 /// the one Service that changed and apply them.
-fn measure_sync(mode: ProxyMode, n: usize) -> SyncResult {
-    let (services, slices) = objects(n, 0, Change::Move);
+fn measure_sync(mode: ProxyMode, n: usize, per_service: usize) -> SyncResult {
+    let (services, slices) = objects(n, per_service, 0, Change::Move);
     let namespace = namespace();
     namespace
         .run(|| {
@@ -357,7 +367,7 @@ fn measure_lookup(
                 .expect("runtime");
             let _entered = runtime.enter();
             let mut dataplane = Dataplane::open(mode).expect("dataplane");
-            let (services, slices) = objects(n, 0, Change::Move);
+            let (services, slices) = objects(n, 2, 0, Change::Move);
             dataplane
                 .sync(&build_state(&services, &slices), &settings())
                 .expect("sync");
@@ -407,30 +417,37 @@ fn main() {
         );
     }
     println!(
-        "| mode | Services | rules | full sync (of which the kernel) | an endpoint moves, p50 of 11 (kernel) | an endpoint comes or goes, p50 of 11 (kernel) |"
+        "| mode | Services | endpoints each | rules | full sync (of which the kernel) | an endpoint moves, p50 of 11 (kernel) | an endpoint comes or goes, p50 of 11 (kernel) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut runs: Vec<(&str, ProxyMode, usize, usize)> = Vec::new();
     for n in [1_000, 10_000] {
         for (name, mode) in &sync_modes {
-            let r = measure_sync(*mode, n);
-            println!(
-                "| {name} | {n} | {} | {} ({}) | {} ({}) | {} ({}) |",
-                r.rules,
-                ms(r.full),
-                ms(r.full_kernel),
-                ms2(r.moved.0),
-                ms2(r.moved.1),
-                ms2(r.scaled.0),
-                ms2(r.scaled.1),
-            );
+            runs.push((name, *mode, n, 2));
         }
+    }
+    // Three endpoints: ranges that are not aligned halves cost the nftables mode's range sets
+    // more per element.
+    runs.push(("nftables", ProxyMode::Nftables, 10_000, 3));
+    for (name, mode, n, per_service) in runs {
+        let r = measure_sync(mode, n, per_service);
+        println!(
+            "| {name} | {n} | {per_service} | {} | {} ({}) | {} ({}) | {} ({}) |",
+            r.rules,
+            ms(r.full),
+            ms(r.full_kernel),
+            ms2(r.moved.0),
+            ms2(r.moved.1),
+            ms2(r.scaled.0),
+            ms2(r.scaled.1),
+        );
     }
     println!(
         "\n| Services | reference: upstream's nftables layout through `nft -f`, full | the same endpoint move |"
     );
     println!("|---:|---:|---:|");
     for n in [1_000, 10_000] {
-        let (services, slices) = objects(n, 0, Change::Move);
+        let (services, slices) = objects(n, 2, 0, Change::Move);
         let moved = &changes(Change::Move)[0].1;
         match upstream_reference(&services, &slices, moved) {
             (Some(full), Some(change)) => println!("| {n} | {} | {} |", ms(full), ms2(change)),

@@ -115,10 +115,37 @@ impl Element {
     }
 }
 
+/// One nf_tables message of a batch.
+#[derive(Debug, Clone)]
+pub(crate) struct Message {
+    pub(crate) kind: u16,
+    pub(crate) flags: u16,
+    pub(crate) family: u8,
+    pub(crate) attributes: Vec<u8>,
+    /// What it does, for error messages: a verb, and the attribute holding the name of what it
+    /// changes (read back only when the kernel refuses it, so a large batch formats nothing).
+    verb: &'static str,
+    name_attribute: u16,
+}
+
+impl Message {
+    /// What the message does, e.g. `add rule to chain services`.
+    pub(crate) fn describe(&self) -> String {
+        let name = crate::netlink::parse_attributes(&self.attributes)
+            .into_iter()
+            .find(|(kind, _)| *kind == self.name_attribute)
+            .map(|(_, value)| {
+                String::from_utf8_lossy(value.strip_suffix(&[0]).unwrap_or(value)).into_owned()
+            })
+            .unwrap_or_default();
+        format!("{} {name}", self.verb)
+    }
+}
+
 /// Messages waiting to be sent, with what each one does (for error messages).
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
-    pub(crate) messages: Vec<(u16, u16, u8, Vec<u8>, String)>,
+    pub(crate) messages: Vec<Message>,
 }
 
 impl Batch {
@@ -149,28 +176,23 @@ impl Batch {
         flags: u16,
         family: Family,
         attributes: Attributes,
-        what: String,
+        (verb, name_attribute): (&'static str, u16),
     ) {
-        self.messages.push((
+        self.messages.push(Message {
             kind,
-            flags | NLM_F_REQUEST,
-            family as u8,
-            attributes.into_bytes(),
-            what,
-        ));
+            flags: flags | NLM_F_REQUEST,
+            family: family as u8,
+            attributes: attributes.into_bytes(),
+            verb,
+            name_attribute,
+        });
     }
 
     /// Creates table `name` (nothing if it exists).
     pub fn add_table(&mut self, family: Family, name: &str) -> &mut Self {
         let mut a = Attributes::new();
         a.string(1, name);
-        self.push(
-            msg::NEWTABLE,
-            NLM_F_CREATE,
-            family,
-            a,
-            format!("add table {name}"),
-        );
+        self.push(msg::NEWTABLE, NLM_F_CREATE, family, a, ("add table", 1));
         self
     }
 
@@ -181,7 +203,7 @@ impl Batch {
         self.add_table(family, name);
         let mut a = Attributes::new();
         a.string(1, name);
-        self.push(msg::DELTABLE, 0, family, a, format!("delete table {name}"));
+        self.push(msg::DELTABLE, 0, family, a, ("delete table", 1));
         self
     }
 
@@ -202,13 +224,7 @@ impl Batch {
             // NF_ACCEPT policy.
             a.be32(5, 1).string(7, base.kind);
         }
-        self.push(
-            msg::NEWCHAIN,
-            NLM_F_CREATE,
-            family,
-            a,
-            format!("add chain {name}"),
-        );
+        self.push(msg::NEWCHAIN, NLM_F_CREATE, family, a, ("add chain", 3));
         self
     }
 
@@ -216,7 +232,7 @@ impl Batch {
     pub fn flush_chain(&mut self, family: Family, table: &str, name: &str) -> &mut Self {
         let mut a = Attributes::new();
         a.string(1, table).string(2, name);
-        self.push(msg::DELRULE, 0, family, a, format!("flush chain {name}"));
+        self.push(msg::DELRULE, 0, family, a, ("flush chain", 2));
         self
     }
 
@@ -224,7 +240,7 @@ impl Batch {
     pub fn delete_chain(&mut self, family: Family, table: &str, name: &str) -> &mut Self {
         let mut a = Attributes::new();
         a.string(1, table).string(3, name);
-        self.push(msg::DELCHAIN, 0, family, a, format!("delete chain {name}"));
+        self.push(msg::DELCHAIN, 0, family, a, ("delete chain", 3));
         self
     }
 
@@ -248,7 +264,7 @@ impl Batch {
             NLM_F_CREATE | NLM_F_APPEND,
             family,
             a,
-            format!("add rule to chain {chain}"),
+            ("add rule to chain", 2),
         );
         self
     }
@@ -295,13 +311,7 @@ impl Batch {
                 });
             });
         }
-        self.push(
-            msg::NEWSET,
-            NLM_F_CREATE,
-            family,
-            a,
-            format!("add set {}", set.name),
-        );
+        self.push(msg::NEWSET, NLM_F_CREATE, family, a, ("add set", 2));
         self
     }
 
@@ -309,7 +319,7 @@ impl Batch {
     pub fn delete_set(&mut self, family: Family, table: &str, name: &str) -> &mut Self {
         let mut a = Attributes::new();
         a.string(1, table).string(2, name);
-        self.push(msg::DELSET, 0, family, a, format!("delete set {name}"));
+        self.push(msg::DELSET, 0, family, a, ("delete set", 2));
         self
     }
 
@@ -360,7 +370,7 @@ impl Batch {
         table: &str,
         set: &str,
         elements: &[Element],
-        verb: &str,
+        verb: &'static str,
     ) -> &mut Self {
         // Keep each message well below the socket buffer.
         for chunk in elements.chunks(512) {
@@ -390,7 +400,7 @@ impl Batch {
                     });
                 }
             });
-            self.push(kind, flags, family, a, format!("{verb} set {set}"));
+            self.push(kind, flags, family, a, (verb, 2));
         }
         self
     }

@@ -12,7 +12,10 @@ pub(crate) struct Attributes {
 
 impl Attributes {
     pub(crate) fn new() -> Self {
-        Self::default()
+        // Most messages (a rule, a chain, a few elements) fit without growing.
+        Self {
+            bytes: Vec::with_capacity(256),
+        }
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {

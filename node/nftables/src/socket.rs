@@ -84,7 +84,15 @@ impl NftSocket {
         }
         let first = self.sequence.wrapping_add(1);
         let count = batch.messages.len();
-        let mut buffer = Vec::new();
+        // Each message: its attributes behind a 16-byte netlink and a 4-byte nfgenmsg header.
+        let mut buffer = Vec::with_capacity(
+            batch
+                .messages
+                .iter()
+                .map(|m| m.attributes.len() + 20)
+                .sum::<usize>()
+                + 40,
+        );
         push_message(
             &mut buffer,
             NFNL_MSG_BATCH_BEGIN,
@@ -94,21 +102,21 @@ impl NftSocket {
             NFNL_SUBSYS_NFTABLES,
             &[],
         );
-        for (index, (kind, flags, family, attributes, _)) in batch.messages.iter().enumerate() {
+        for (index, message) in batch.messages.iter().enumerate() {
             let sequence = first.wrapping_add(1 + index as u32);
             let flags = if index + 1 == count {
-                flags | NLM_F_ACK
+                message.flags | NLM_F_ACK
             } else {
-                *flags
+                message.flags
             };
             push_message(
                 &mut buffer,
-                (NFNL_SUBSYS_NFTABLES << 8) | kind,
+                (NFNL_SUBSYS_NFTABLES << 8) | message.kind,
                 flags,
                 sequence,
-                *family,
+                message.family,
                 0,
-                attributes,
+                &message.attributes,
             );
         }
         let end = first.wrapping_add(1 + count as u32);
@@ -164,7 +172,7 @@ impl NftSocket {
                 let code = i32::from_ne_bytes(message.payload[0..4].try_into().expect("errno"));
                 if code != 0 && refused.is_none() {
                     refused = Some(ApplyBatchError {
-                        operation: batch.messages[index].4.clone(),
+                        operation: batch.messages[index].describe(),
                         source: io::Error::from_raw_os_error(-code),
                     });
                 }
