@@ -338,7 +338,7 @@ impl Batch {
             table,
             set,
             elements,
-            "add to",
+            "add to set",
         )
     }
 
@@ -357,7 +357,7 @@ impl Batch {
             table,
             set,
             elements,
-            "remove from",
+            "remove from set",
         )
     }
 
@@ -372,8 +372,20 @@ impl Batch {
         elements: &[Element],
         verb: &'static str,
     ) -> &mut Self {
-        // Keep each message well below the socket buffer.
-        for chunk in elements.chunks(512) {
+        // The element list is one attribute, whose length is 16 bits: as many elements per
+        // message as fit, by the largest one (a verdict names a chain of up to 256 bytes).
+        let largest = elements
+            .iter()
+            .map(|e| {
+                64 + e.key.len()
+                    + e.key_end.as_ref().map_or(0, Vec::len)
+                    + e.data.as_ref().map_or(0, Vec::len)
+                    + e.verdict.as_ref().map_or(0, Verdict::encoded_len)
+            })
+            .max()
+            .unwrap_or(64);
+        let per_message = (60_000 / largest).clamp(1, 512);
+        for chunk in elements.chunks(per_message) {
             let mut a = Attributes::new();
             a.string(1, table).string(2, set).nested(3, |list| {
                 for element in chunk {

@@ -29,6 +29,14 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// About how many bytes the verdict takes encoded (its code and chain name).
+    pub(crate) fn encoded_len(&self) -> usize {
+        match self {
+            Verdict::Jump(chain) | Verdict::Goto(chain) => 16 + chain.len(),
+            _ => 12,
+        }
+    }
+
     pub(crate) fn encode(&self, attributes: &mut Attributes) {
         // NFTA_VERDICT_CODE = 1, NFTA_VERDICT_CHAIN = 2.
         let (code, chain): (i32, Option<&str>) = match self {

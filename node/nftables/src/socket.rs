@@ -272,28 +272,76 @@ impl NftSocket {
         family: Family,
         attributes: &[u8],
     ) -> Result<Vec<Vec<u8>>, ApplyBatchError> {
+        self.dump_subsystem((NFNL_SUBSYS_NFTABLES << 8) | kind, family as u8, attributes)
+    }
+
+    /// Sends one request of nfnetlink message type `kind` (subsystem and message) and waits
+    /// for its acknowledgement.
+    pub(crate) fn request(
+        &mut self,
+        kind: u16,
+        family: u8,
+        attributes: &[u8],
+    ) -> Result<(), io::Error> {
         self.sequence = self.sequence.wrapping_add(1);
         let sequence = self.sequence;
         let mut buffer = Vec::new();
         push_message(
             &mut buffer,
-            (NFNL_SUBSYS_NFTABLES << 8) | kind,
+            kind,
+            NLM_F_REQUEST | NLM_F_ACK,
+            sequence,
+            family,
+            0,
+            attributes,
+        );
+        self.socket.send(&buffer, 0)?;
+        let mut received = Vec::with_capacity(64 * 1024);
+        loop {
+            received.clear();
+            self.socket.recv(&mut received, 0)?;
+            for message in split_messages(&received) {
+                if message.sequence == sequence && message.kind == NLMSG_ERROR {
+                    let code = i32::from_ne_bytes(message.payload[0..4].try_into().expect("errno"));
+                    return match code {
+                        0 => Ok(()),
+                        code => Err(io::Error::from_raw_os_error(-code)),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The objects a dump of nfnetlink message type `kind` (subsystem and message) answers:
+    /// each one's attributes.
+    pub(crate) fn dump_subsystem(
+        &mut self,
+        kind: u16,
+        family: u8,
+        attributes: &[u8],
+    ) -> Result<Vec<Vec<u8>>, ApplyBatchError> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let sequence = self.sequence;
+        let mut buffer = Vec::new();
+        push_message(
+            &mut buffer,
+            kind,
             NLM_F_REQUEST | NLM_F_DUMP | NLM_F_ACK,
             sequence,
-            family as u8,
+            family,
             0,
             attributes,
         );
         self.socket
             .send(&buffer, 0)
-            .map_err(socket_error("send an nftables dump request"))?;
+            .map_err(socket_error("send a netfilter dump request"))?;
         let mut objects = Vec::new();
         let mut received = Vec::with_capacity(256 * 1024);
         loop {
             received.clear();
             self.socket
                 .recv(&mut received, 0)
-                .map_err(socket_error("read an nftables dump"))?;
+                .map_err(socket_error("read a netfilter dump"))?;
             for message in split_messages(&received) {
                 if message.sequence != sequence {
                     continue;
@@ -304,7 +352,7 @@ impl NftSocket {
                         let code =
                             i32::from_ne_bytes(message.payload[0..4].try_into().expect("errno"));
                         if code != 0 {
-                            return Err(socket_error("dump nftables objects")(
+                            return Err(socket_error("dump netfilter objects")(
                                 io::Error::from_raw_os_error(-code),
                             ));
                         }

@@ -14,6 +14,7 @@ pub mod nftables_rules;
 pub mod nftables_sync;
 pub mod proxy;
 pub mod service_model;
+pub mod stale_flows;
 pub mod userspace;
 
 pub use args::ProxyArgs;

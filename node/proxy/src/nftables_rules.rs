@@ -8,19 +8,21 @@
 //!   destinations, `meta l4proto . th dport` in `service-nodeports`: one lookup whatever the
 //!   number of Services;
 //! - a chain per service port (`svc-NS/NAME/PROTO/PORT`) DNATs to an endpoint picked at random:
-//!   it looks `chain id . numgen random mod N` up in one of 64 endpoint maps
-//!   (`endpoints-00` to `endpoints-3f`, by the id's first byte modulo 64), whose values are the
-//!   endpoints' `address . port` (the id is a 64-bit hash of the chain's name; N the number of
-//!   endpoints). A chain per externally reachable port (`ext-...`) marks for masquerading
-//!   (Cluster policy) or keeps to this node's endpoints (Local policy), then picks the same way
-//!   under its own id. Endpoints that change while their number stays are then a change of map
-//!   elements only: the kernel validates the jumps of the whole table when a batch adds a rule
-//!   or a verdict element, which at 10,000 Services costs tens of milliseconds, but not for
-//!   data elements. Why 64 shared maps: the kernel finds named sets by walking a list (an
-//!   interval map per port made a 10,000-Service table take 22 s to load), and checks every element added
-//!   against every rule that looks its map up (one map for all ports took 18 s); a rule cannot
-//!   hand its key to a shared rule elsewhere (the kernel refuses rules that read registers
-//!   they did not write);
+//!   it looks `chain id . numgen random mod 65536` (the number in network byte order) up in one
+//!   of 256 endpoint maps (`endpoints-00` to `endpoints-ff`, by the id's first byte), range
+//!   sets in which endpoint *i* of *n* holds the *i*-th of *n* equal ranges of the numbers
+//!   under the chain's id, with the endpoint's `address . port` as value (the id is a 64-bit
+//!   hash of the chain's name). A chain per externally reachable port (`ext-...`) marks for
+//!   masquerading (Cluster policy) or keeps to this node's endpoints (Local policy), then picks
+//!   the same way under its own id. The rule is the same whatever the endpoints, so endpoints
+//!   that move, come or go are a change of map elements only: the kernel validates the jumps
+//!   of the whole table when a batch adds a rule or a verdict element, which at 10,000
+//!   Services costs tens of milliseconds, but not for data elements. Why 256 shared maps: the
+//!   kernel finds named sets by walking a list (an interval map per port made a
+//!   10,000-Service table take 22 s to load), and checks every element added against every
+//!   rule that looks its map up (one map for all ports took 18 s); a rule cannot hand its key
+//!   to a shared rule elsewhere (the kernel refuses rules that read registers they did not
+//!   write);
 //! - with session affinity (ClientIP) a port keeps upstream's layout instead: a chain per
 //!   endpoint (`...__IP/PORT`) that records the client in the endpoint's affinity set and
 //!   DNATs, and rules that send a recorded client back to its endpoint;
@@ -242,6 +244,8 @@ pub type EndpointRange = (Vec<u8>, Vec<u8>);
 /// holds them).
 pub fn endpoint_elements(chain: &str, endpoints: &[&Endpoint]) -> BTreeMap<Vec<u8>, EndpointRange> {
     let id = chain_id(chain);
+    // Each endpoint needs one number at least: beyond 65,536 endpoints, the first 65,536.
+    let endpoints = &endpoints[..endpoints.len().min(PICK_RANGE as usize)];
     let n = endpoints.len() as u64;
     let bound = |i: u64| (u64::from(PICK_RANGE) * i / n) as u32;
     (0u64..)
@@ -642,26 +646,6 @@ pub fn render_port_rules(
 }
 
 impl Ruleset {
-    /// Adds `other`'s chains, elements and sets (names never collide between service ports).
-    pub fn merge(&mut self, other: &Ruleset) {
-        for (name, rules) in &other.chains {
-            self.chains.insert(name.clone(), rules.clone());
-        }
-        for (map, elements) in &other.maps {
-            let into = self.maps.entry(map).or_default();
-            for (key, verdict) in elements {
-                into.insert(key.clone(), verdict.clone());
-            }
-        }
-        for (name, set) in &other.affinity_sets {
-            self.affinity_sets.insert(name.clone(), set.clone());
-        }
-        for (key, data) in &other.endpoints {
-            self.endpoints.insert(key.clone(), data.clone());
-        }
-        self.hairpin.extend(&other.hairpin);
-    }
-
     /// Rules in the regular chains (without the base chains).
     pub fn chain_rule_count(&self) -> usize {
         self.chains.values().map(Vec::len).sum()

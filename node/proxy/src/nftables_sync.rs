@@ -287,22 +287,29 @@ fn full<'a>(
             batch.add_rule(Family::Ip, TABLE, name, rule);
         }
     }
-    let mut by_map: BTreeMap<&str, Vec<Element>> = BTreeMap::new();
+    // Keyed by the element's key: two Services may claim one address and port (external IPs
+    // are not checked for uniqueness), and the kernel refuses a batch adding a key twice; the
+    // last port's claim holds, as in an incremental sync.
+    let mut by_map: BTreeMap<&str, BTreeMap<&[u8], &baton_nftables::Verdict>> = BTreeMap::new();
     for ruleset in std::iter::once(base).chain(ports.clone()) {
         for (name, map) in &ruleset.maps {
             by_map
                 .entry(name)
                 .or_default()
-                .extend(map.iter().map(|(key, verdict)| Element {
-                    key: key.clone(),
-                    verdict: Some(verdict.clone()),
-                    ..Element::default()
-                }));
+                .extend(map.iter().map(|(key, verdict)| (key.as_slice(), verdict)));
         }
     }
-    for (name, elements) in &by_map {
+    for (name, map) in &by_map {
+        let elements: Vec<Element> = map
+            .iter()
+            .map(|(key, verdict)| Element {
+                key: key.to_vec(),
+                verdict: Some((*verdict).clone()),
+                ..Element::default()
+            })
+            .collect();
         if !elements.is_empty() {
-            batch.add_elements(Family::Ip, TABLE, name, elements);
+            batch.add_elements(Family::Ip, TABLE, name, &elements);
         }
     }
     // After the rules: the kernel checks each element against each rule looking its map up

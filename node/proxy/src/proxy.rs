@@ -14,11 +14,12 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
-use crate::args::{InvalidProxyFlagError, ProxyArgs};
+use crate::args::{InvalidProxyFlagError, ProxyArgs, ProxyMode};
 use crate::dataplane::Dataplane;
 use crate::metrics::{ProxyMetrics, serve};
 use crate::nftables_rules::RuleSettings;
 use crate::service_model::{ProxyState, WATCH_LABEL_SELECTOR, build_state, slice_service};
+use crate::stale_flows::{StaleUdpFlows, remove_stale_flows};
 
 /// How long a failed sync waits before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -111,6 +112,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
     // The desired state, kept between syncs and updated for the Services that changed.
     let mut state: Option<ProxyState> = None;
     let mut proxier = Some(proxier);
+    let mut stale_flows = StaleUdpFlows::default();
     tracing::info!(mode = ?mode, node = %settings.node_name, "proxy running");
     loop {
         if let Some(at) = last_sync.map(|t| t + args.min_sync_period) {
@@ -142,6 +144,20 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
         if result.is_ok() {
             // Later updates are tracked from here, so the next sync looks only at them.
             current.mark_applied();
+            // The userspace mode translates nothing: its UDP flows follow each datagram.
+            let gone = stale_flows.update(&current, &settings.node_name);
+            if mode != ProxyMode::Userspace && !gone.is_empty() {
+                let removed = tokio::task::spawn_blocking(move || remove_stale_flows(&gone))
+                    .await
+                    .expect("the flow clean-up does not panic");
+                match removed {
+                    Ok(count) => tracing::debug!(count, "removed UDP flows of gone endpoints"),
+                    Err(err) => tracing::warn!(
+                        err = %baton_client::error_chain(&err),
+                        "removing UDP flows of gone endpoints"
+                    ),
+                }
+            }
         }
         let service_ports = current.services.len();
         state = Some(current);

@@ -436,3 +436,49 @@ fn connections_spread_over_every_endpoint_as_their_number_changes() {
         })
         .unwrap();
 }
+
+#[test]
+fn a_full_sync_takes_services_that_claim_one_address_and_long_names() {
+    let settings = RuleSettings {
+        node_name: "n1".into(),
+        cluster_cidr: None,
+    };
+    let namespace = NetNs::create().unwrap();
+    namespace
+        .run(|| {
+            // Service b's external IP is service a's cluster IP, on the same port: nothing
+            // checks external IPs for uniqueness, so both claim one key of `service-ips`.
+            let a = service("a", "10.96.0.10", None);
+            let mut b = service("b", "10.96.0.11", None);
+            b.spec.as_mut().unwrap().external_ips = Some(vec!["10.96.0.10".into()]);
+            // And 600 Services whose names are as long as names go (63 characters, in a
+            // namespace of 63): their verdict elements do not fit 512 to a message.
+            let long = |i: usize| format!("{}-{i:03}", "s".repeat(59));
+            let mut services = vec![a, b];
+            let mut slices = vec![
+                slice("a", &[("10.244.1.2", true)]),
+                slice("b", &[("10.244.1.3", true)]),
+            ];
+            let namespace_name = "n".repeat(63);
+            for i in 0..600 {
+                let mut s = service(
+                    &long(i),
+                    &format!("10.97.{}.{}", i / 250, i % 250 + 1),
+                    None,
+                );
+                s.metadata.namespace = Some(namespace_name.clone());
+                let mut e = slice(&long(i), &[("10.244.2.2", true)]);
+                e.metadata.namespace = Some(namespace_name.clone());
+                services.push(s);
+                slices.push(e);
+            }
+            let mut proxier = NftablesProxier::new().unwrap();
+            let stats = proxier
+                .sync_state(&build_state(&services, &slices), &settings)
+                .unwrap();
+            assert!(stats.full);
+            let mut nft = NftSocket::open().unwrap();
+            assert_eq!(chains(&mut nft).len(), 602 + 1);
+        })
+        .unwrap();
+}
