@@ -38,6 +38,8 @@ pub struct TrackedFlow {
     pub original: FlowTuple,
     /// As replies come.
     pub reply: FlowTuple,
+    /// Its connection tracking zone (0 unless a rule set one).
+    pub zone: u16,
 }
 
 /// Reads a tuple (`CTA_TUPLE_IP` = 1 holding `CTA_IP_V4_SRC` = 1 and `_DST` = 2;
@@ -109,11 +111,13 @@ impl NftSocket {
         for object in &objects {
             let mut original = None;
             let mut reply = None;
-            // CTA_TUPLE_ORIG = 1, CTA_TUPLE_REPLY = 2.
+            let mut zone = 0;
+            // CTA_TUPLE_ORIG = 1, CTA_TUPLE_REPLY = 2, CTA_ZONE = 18.
             for (kind, value) in parse_attributes(object) {
                 match kind {
                     1 => original = parse_tuple(value),
                     2 => reply = parse_tuple(value),
+                    18 => zone = value.try_into().map_or(0, u16::from_be_bytes),
                     _ => {}
                 }
             }
@@ -124,6 +128,7 @@ impl NftSocket {
                     protocol,
                     original,
                     reply,
+                    zone,
                 });
             }
         }
@@ -134,6 +139,9 @@ impl NftSocket {
     pub fn remove_tracked_flow(&mut self, flow: &TrackedFlow) -> Result<(), ApplyBatchError> {
         let mut attributes = Attributes::new();
         encode_tuple(&mut attributes, 1, flow.protocol, &flow.original);
+        if flow.zone != 0 {
+            attributes.raw(18, &flow.zone.to_be_bytes());
+        }
         match self.request(
             (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
             FAMILY_IPV4,

@@ -275,6 +275,29 @@ impl NftSocket {
         self.dump_subsystem((NFNL_SUBSYS_NFTABLES << 8) | kind, family as u8, attributes)
     }
 
+    /// Sends one message outside a batch; returns its sequence number.
+    fn send_one(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        family: u8,
+        attributes: &[u8],
+    ) -> Result<u32, io::Error> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut buffer = Vec::new();
+        push_message(
+            &mut buffer,
+            kind,
+            flags,
+            self.sequence,
+            family,
+            0,
+            attributes,
+        );
+        self.socket.send(&buffer, 0)?;
+        Ok(self.sequence)
+    }
+
     /// Sends one request of nfnetlink message type `kind` (subsystem and message) and waits
     /// for its acknowledgement.
     pub(crate) fn request(
@@ -283,19 +306,7 @@ impl NftSocket {
         family: u8,
         attributes: &[u8],
     ) -> Result<(), io::Error> {
-        self.sequence = self.sequence.wrapping_add(1);
-        let sequence = self.sequence;
-        let mut buffer = Vec::new();
-        push_message(
-            &mut buffer,
-            kind,
-            NLM_F_REQUEST | NLM_F_ACK,
-            sequence,
-            family,
-            0,
-            attributes,
-        );
-        self.socket.send(&buffer, 0)?;
+        let sequence = self.send_one(kind, NLM_F_REQUEST | NLM_F_ACK, family, attributes)?;
         let mut received = Vec::with_capacity(64 * 1024);
         loop {
             received.clear();
@@ -320,20 +331,13 @@ impl NftSocket {
         family: u8,
         attributes: &[u8],
     ) -> Result<Vec<Vec<u8>>, ApplyBatchError> {
-        self.sequence = self.sequence.wrapping_add(1);
-        let sequence = self.sequence;
-        let mut buffer = Vec::new();
-        push_message(
-            &mut buffer,
-            kind,
-            NLM_F_REQUEST | NLM_F_DUMP | NLM_F_ACK,
-            sequence,
-            family,
-            0,
-            attributes,
-        );
-        self.socket
-            .send(&buffer, 0)
+        let sequence = self
+            .send_one(
+                kind,
+                NLM_F_REQUEST | NLM_F_DUMP | NLM_F_ACK,
+                family,
+                attributes,
+            )
             .map_err(socket_error("send a netfilter dump request"))?;
         let mut objects = Vec::new();
         let mut received = Vec::with_capacity(256 * 1024);

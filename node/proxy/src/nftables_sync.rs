@@ -288,8 +288,9 @@ fn full<'a>(
         }
     }
     // Keyed by the element's key: two Services may claim one address and port (external IPs
-    // are not checked for uniqueness), and the kernel refuses a batch adding a key twice; the
-    // last port's claim holds, as in an incremental sync.
+    // are not checked for uniqueness), and the kernel refuses a batch adding a key twice. The
+    // last port's claim holds here; an incremental sync that meets such a claim is refused and
+    // retried as a full sync, which settles it.
     let mut by_map: BTreeMap<&str, BTreeMap<&[u8], &baton_nftables::Verdict>> = BTreeMap::new();
     for ruleset in std::iter::once(base).chain(ports.clone()) {
         for (name, map) in &ruleset.maps {

@@ -145,16 +145,29 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
             // Later updates are tracked from here, so the next sync looks only at them.
             current.mark_applied();
             // The userspace mode translates nothing: its UDP flows follow each datagram.
-            let gone = stale_flows.update(&current, &settings.node_name);
-            if mode != ProxyMode::Userspace && !gone.is_empty() {
-                let removed = tokio::task::spawn_blocking(move || remove_stale_flows(&gone))
-                    .await
-                    .expect("the flow clean-up does not panic");
-                match removed {
-                    Ok(count) => tracing::debug!(count, "removed UDP flows of gone endpoints"),
+            if mode != ProxyMode::Userspace
+                && let Some(ports) = stale_flows.due(&current)
+            {
+                let (ports, cleaned) = tokio::task::spawn_blocking(move || {
+                    let cleaned = remove_stale_flows(&ports);
+                    (ports, cleaned)
+                })
+                .await
+                .expect("the flow clean-up does not panic");
+                match cleaned {
+                    Ok(done) => {
+                        if done.failed == 0 {
+                            stale_flows.cleaned(&ports);
+                        }
+                        tracing::debug!(
+                            removed = done.removed,
+                            failed = done.failed,
+                            "removed stale UDP flows"
+                        );
+                    }
                     Err(err) => tracing::warn!(
                         err = %baton_client::error_chain(&err),
-                        "removing UDP flows of gone endpoints"
+                        "removing stale UDP flows"
                     ),
                 }
             }
