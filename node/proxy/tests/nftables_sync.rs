@@ -2,7 +2,9 @@
 //! makes: a full sync, then incremental ones as Services and endpoints come and go, each
 //! leaving exactly the chains and endpoint maps the rendering asks for.
 
-use baton_network::{NetNs, Route, RouteSocket};
+mod support;
+
+use baton_network::NetNs;
 use baton_nftables::{Family, NftSocket};
 use baton_proxy::nftables_rules::{ENDPOINT_MAPS, RuleSettings, TABLE, render};
 use baton_proxy::nftables_sync::NftablesProxier;
@@ -378,20 +380,8 @@ fn connections_spread_over_every_endpoint_as_their_number_changes() {
     namespace
         .run(|| {
             // Three endpoints on this namespace's loopback, the cluster IPs routed to it.
-            let mut routes = RouteSocket::open().unwrap();
             let backends = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
-            for backend in backends {
-                routes
-                    .add_address(1, format!("{backend}/32").parse().unwrap())
-                    .unwrap();
-            }
-            routes
-                .add_route(&Route {
-                    destination: "10.96.0.0/12".parse().unwrap(),
-                    gateway: None,
-                    interface: Some(1),
-                })
-                .unwrap();
+            support::loopback_backends(&backends);
             let listeners: Vec<std::net::TcpListener> = backends
                 .iter()
                 .map(|b| {

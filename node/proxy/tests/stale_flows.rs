@@ -3,10 +3,12 @@
 //! endpoint that went, or keeps it untranslated if it sent before its Service had an endpoint,
 //! until the proxy removes the flow.
 
+mod support;
+
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use baton_network::{NetNs, Route, RouteSocket};
+use baton_network::NetNs;
 use baton_proxy::nftables_rules::RuleSettings;
 use baton_proxy::nftables_sync::NftablesProxier;
 use baton_proxy::service_model::build_state;
@@ -65,17 +67,7 @@ fn udp_flows_the_rules_would_not_make_are_removed() {
     let namespace = NetNs::create().unwrap();
     namespace
         .run(|| {
-            let mut routes = RouteSocket::open().unwrap();
-            for address in ["10.0.0.1/32", "10.0.0.2/32"] {
-                routes.add_address(1, address.parse().unwrap()).unwrap();
-            }
-            routes
-                .add_route(&Route {
-                    destination: "10.96.0.0/12".parse().unwrap(),
-                    gateway: None,
-                    interface: Some(1),
-                })
-                .unwrap();
+            support::loopback_backends(&["10.0.0.1", "10.0.0.2"]);
             let servers: Vec<UdpSocket> = ["10.0.0.1:5353", "10.0.0.2:5353"]
                 .iter()
                 .map(|a| {
