@@ -322,16 +322,27 @@ fn vmm(cli: VmmCli) -> ExitCode {
                 }
             }
         }
-        None => match baton_vmm::run(&cli.args) {
-            Ok(exit) => {
-                tracing::info!(%exit, "guest ended");
-                ExitCode::from(exit.exit_code())
+        None => {
+            let started = std::time::Instant::now();
+            let result = baton_vmm::VmConfig::from_args(&cli.args)
+                .map_err(anyhow::Error::from)
+                .and_then(|config| {
+                    if config.jail.is_some() {
+                        // The jailed child reports the guest's end (or its error) itself.
+                        return Ok(baton_vmm::jail::run_jailed(&config, started)?);
+                    }
+                    let exit = baton_vmm::run_process(&config, started)?.exit;
+                    tracing::info!(%exit, "guest ended");
+                    Ok(exit.exit_code())
+                });
+            match result {
+                Ok(code) => ExitCode::from(code),
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(err) => {
-                eprintln!("error: {:#}", anyhow::Error::from(err));
-                ExitCode::FAILURE
-            }
-        },
+        }
     }
 }
 

@@ -26,6 +26,7 @@ use crate::devices::virtio::vsock::{Vsock, VsockMuxer};
 use crate::devices::virtio::{Interrupt, MMIO_SLOT_LEN, MmioTransport, VirtioDevice};
 use crate::devices::{AddBusDeviceError, Bus, Buses};
 use crate::exit::{ExitTrigger, ResetCause, VmEvent, VmExit};
+use crate::jail::privileges::{DropPrivileges, DropPrivilegesError};
 use crate::memory::{CreateMemoryError, create_guest_memory};
 use crate::seccomp::{SeccompError, ThreadFilters};
 use crate::unix_socket::BoundSocket;
@@ -142,13 +143,18 @@ pub enum RunVmError {
         #[source]
         source: std::io::Error,
     },
+    /// The jailed VMM cannot drop its privileges.
+    #[error(transparent)]
+    DropPrivileges(#[from] DropPrivilegesError),
     /// The vCPU threads cannot be started.
     #[error("cannot start the vCPUs")]
     StartVcpus(#[from] StartVcpusError),
 }
 
 /// Runs a VM from `baton vmm` flags until the guest ends it; the [`VmExit`]'s
-/// [`exit_code`](VmExit::exit_code) is the process exit code.
+/// [`exit_code`](VmExit::exit_code) is the process exit code. For tests and embedders: the
+/// calling thread is not filtered and a jail in the flags is not acted on (see
+/// [`run_process`] and `crate::jail`).
 pub fn run(args: &VmmArgs) -> Result<VmExit, RunVmError> {
     let started = Instant::now();
     let config = VmConfig::from_args(args)?;
@@ -156,10 +162,34 @@ pub fn run(args: &VmmArgs) -> Result<VmExit, RunVmError> {
 }
 
 /// Runs a VM from a validated configuration; `started` is when the VMM began, for the
-/// time-to-first-entry figure in the outcome.
+/// time-to-first-entry figure in the outcome. `config.jail` is not acted on here: the jail is
+/// `baton vmm`'s (`crate::jail::run_jailed`), which forks.
 pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, RunVmError> {
+    start_vm(config, started, None, false)
+}
+
+/// Runs a VM from a validated configuration as the whole process (`baton vmm`): as
+/// [`run_config`], and the calling thread installs a seccomp filter of its own once the
+/// vCPUs run, so it must be the only thread of the process not serving the VM.
+pub fn run_process(config: &VmConfig, started: Instant) -> Result<RunOutcome, RunVmError> {
+    start_vm(config, started, None, true)
+}
+
+/// Builds the VM of `config` and runs it. With `privileges`, they are dropped once every
+/// device, socket and file is open and before any thread starts (a thread already running
+/// would keep them, and a filtered one could not change them). With `whole_process`, the
+/// calling thread is filtered once the vCPUs run.
+pub(crate) fn start_vm(
+    config: &VmConfig,
+    started: Instant,
+    privileges: Option<&DropPrivileges>,
+    whole_process: bool,
+) -> Result<RunOutcome, RunVmError> {
     let cpus = config.machine.cpus;
-    let filters = ThreadFilters::new(config.seccomp)?;
+    let mut filters = ThreadFilters::new(config.seccomp)?;
+    if whole_process {
+        filters = filters.with_main_thread();
+    }
     let kvm = open_kvm()?;
     let max = kvm.get_max_vcpus();
     if cpus as usize > max {
@@ -197,16 +227,19 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
     }
 
     // The devices first: a tap that cannot be opened leaves no console file behind.
-    let (mmio, device_threads, api_devices) = virtio_bus(&vm, config, &filters)?;
+    // A jailed VMM's sockets are removed by the jail's outer process.
+    let remove_sockets = privileges.is_none();
+    let (mmio, device_threads, api_devices) = virtio_bus(&vm, config, remove_sockets)?;
     let (exits_tx, exits) = std::sync::mpsc::channel();
     let control = Arc::new(VcpuControl::default());
     let api = match &config.api_sock {
         Some(path) => {
-            let socket =
-                BoundSocket::bind(path.clone()).map_err(|source| RunVmError::ApiSocket {
+            let socket = BoundSocket::bind(path.clone(), remove_sockets).map_err(|source| {
+                RunVmError::ApiSocket {
                     path: path.clone(),
                     source,
-                })?;
+                }
+            })?;
             let context = ApiContext {
                 cpus,
                 memory_mib: config.machine.memory_mib,
@@ -216,14 +249,7 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
                 events: exits_tx.clone(),
                 vsock_socket: config.vsock.as_ref().map(|v| v.uds_path.clone()),
             };
-            Some(
-                ApiServer::spawn(socket, context, &filters).map_err(|source| {
-                    RunVmError::DeviceThread {
-                        device: "api".into(),
-                        source,
-                    }
-                })?,
-            )
+            Some((socket, context))
         }
         None => None,
     };
@@ -231,6 +257,19 @@ pub fn run_config(config: &VmConfig, started: Instant) -> Result<RunOutcome, Run
     let buses = Buses {
         pio: legacy_bus(&vm, console, &exits_tx)?,
         mmio,
+    };
+    if let Some(privileges) = privileges {
+        privileges.apply()?;
+    }
+    let device_threads = device_threads.spawn(&filters)?;
+    let api = match api {
+        Some((socket, context)) => Some(ApiServer::spawn(socket, context, &filters).map_err(
+            |source| RunVmError::DeviceThread {
+                device: "api".into(),
+                source,
+            },
+        )?),
+        None => None,
     };
     tracing::info!(
         cpus,
@@ -278,16 +317,90 @@ pub struct DeviceThreads {
     vsock: Option<VsockMuxer>,
 }
 
+/// A network device's receive thread, ready to start.
+struct PendingNetReceiver {
+    name: String,
+    tap: Arc<File>,
+    wake: EventFd,
+    transport: Arc<Mutex<MmioTransport>>,
+    received: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The vsock muxer thread, ready to start.
+struct PendingVsockMuxer {
+    guest_cid: u32,
+    socket: BoundSocket,
+    wake: EventFd,
+    transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// The device threads of a VM whose devices are open, not started yet.
+#[derive(Default)]
+pub struct PendingDeviceThreads {
+    net: Vec<PendingNetReceiver>,
+    vsock: Option<PendingVsockMuxer>,
+}
+
+impl std::fmt::Debug for PendingDeviceThreads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingDeviceThreads")
+            .field("net", &self.net.len())
+            .field("vsock", &self.vsock.is_some())
+            .finish()
+    }
+}
+
+impl PendingDeviceThreads {
+    /// Starts the threads, each under its seccomp filter.
+    pub fn spawn(self, filters: &ThreadFilters) -> Result<DeviceThreads, RunVmError> {
+        let mut threads = DeviceThreads::default();
+        for pending in self.net {
+            let thread_name = format!("net-{}", pending.name);
+            threads.net.push(
+                NetReceiver::spawn(
+                    thread_name.clone(),
+                    pending.tap,
+                    pending.wake,
+                    pending.transport,
+                    pending.received,
+                    filters,
+                )
+                .map_err(|source| RunVmError::DeviceThread {
+                    device: thread_name,
+                    source,
+                })?,
+            );
+        }
+        if let Some(pending) = self.vsock {
+            threads.vsock = Some(
+                VsockMuxer::spawn(
+                    u64::from(pending.guest_cid),
+                    pending.socket,
+                    pending.wake,
+                    pending.transport,
+                    filters,
+                )
+                .map_err(|source| RunVmError::DeviceThread {
+                    device: "vsock".into(),
+                    source,
+                })?,
+            );
+        }
+        Ok(threads)
+    }
+}
+
 /// The virtio devices of `config` on the MMIO bus, each on its own interrupt line, and the
-/// threads serving them.
+/// threads that will serve them (started with [`PendingDeviceThreads::spawn`]). The vsock
+/// socket's file is removed when its thread ends if `remove_sockets`.
 pub fn virtio_bus(
     vm: &Vm,
     config: &VmConfig,
-    filters: &ThreadFilters,
-) -> Result<(Bus, DeviceThreads, Vec<ApiDevice>), RunVmError> {
+    remove_sockets: bool,
+) -> Result<(Bus, PendingDeviceThreads, Vec<ApiDevice>), RunVmError> {
     let mut bus = Bus::mmio();
     let mut api_devices = Vec::new();
-    let mut threads = DeviceThreads::default();
+    let mut threads = PendingDeviceThreads::default();
     let mut vsock_muxer = None;
     for VirtioSlot { kind, base, irq } in config.virtio_slots() {
         let event_fd = |what: &'static str| {
@@ -319,12 +432,12 @@ pub fn virtio_bus(
             }
             VirtioDeviceKind::Vsock => {
                 let vsock = config.vsock.as_ref().expect("a vsock slot has a vsock");
-                let socket = BoundSocket::bind(vsock.uds_path.clone()).map_err(|source| {
-                    RunVmError::VsockSocket {
+                let socket = BoundSocket::bind(vsock.uds_path.clone(), remove_sockets).map_err(
+                    |source| RunVmError::VsockSocket {
                         path: vsock.uds_path.clone(),
                         source,
-                    }
-                })?;
+                    },
+                )?;
                 let kick = event_fd("virtio-vsock")?;
                 let wake = kick.try_clone().map_err(|source| RunVmError::EventFd {
                     what: "virtio-vsock",
@@ -358,31 +471,21 @@ pub fn virtio_bus(
             transport: transport.clone(),
         });
         if let Some((tap_name, tap, wake, received)) = receiver {
-            let thread_name = format!("net-{tap_name}");
-            threads.net.push(
-                NetReceiver::spawn(
-                    thread_name.clone(),
-                    tap,
-                    wake,
-                    transport.clone(),
-                    received,
-                    filters,
-                )
-                .map_err(|source| RunVmError::DeviceThread {
-                    device: thread_name,
-                    source,
-                })?,
-            );
+            threads.net.push(PendingNetReceiver {
+                name: tap_name,
+                tap,
+                wake,
+                transport: transport.clone(),
+                received,
+            });
         }
         if let Some((guest_cid, socket, wake)) = vsock_muxer.take() {
-            threads.vsock = Some(
-                VsockMuxer::spawn(u64::from(guest_cid), socket, wake, transport, filters).map_err(
-                    |source| RunVmError::DeviceThread {
-                        device: "vsock".into(),
-                        source,
-                    },
-                )?,
-            );
+            threads.vsock = Some(PendingVsockMuxer {
+                guest_cid,
+                socket,
+                wake,
+                transport,
+            });
         }
     }
     Ok((bus, threads, api_devices))

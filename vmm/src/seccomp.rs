@@ -1,9 +1,9 @@
 //! Seccomp filters for the VMM's own threads (the seccompiler crate): each vCPU thread, each
 //! network device's receive thread and the vsock muxer install, before they touch anything
 //! the guest controls, a filter that allows only the system calls that thread makes; any
-//! other call kills the VMM (SIGSYS). The thread that calls `run` (the command's main
-//! thread, or a test's) is not filtered. `--no-seccomp` turns the filters off for
-//! debugging. The lists were taken from strace of every tiny-guest test, plus the calls of
+//! other call kills the VMM (SIGSYS). When the VMM is the whole process (`baton vmm`, jailed
+//! or not) its main thread installs a filter too, once the vCPUs run; a test's thread that
+//! calls `run_config` is not filtered. `--no-seccomp` turns the filters off for debugging. The lists were taken from strace of every tiny-guest test, plus the calls of
 //! paths the tests do not reach (flush, the entropy device, thread exit).
 
 use std::collections::BTreeMap;
@@ -25,7 +25,20 @@ pub enum ThreadKind {
     Vsock,
     /// The API: epoll, Unix sockets.
     Api,
+    /// The main thread of `baton vmm` once the vCPUs run: waiting for the VM's end and for
+    /// pause requests, kicking vCPU threads (tgkill), joining threads, closing and removing
+    /// the sockets, exit.
+    Main,
 }
+
+/// Every kind, in the order their filters are built.
+const KINDS: [ThreadKind; 5] = [
+    ThreadKind::Vcpu,
+    ThreadKind::NetReceive,
+    ThreadKind::Vsock,
+    ThreadKind::Api,
+    ThreadKind::Main,
+];
 
 /// A filter cannot be built or installed.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +118,12 @@ fn extra_calls(kind: ThreadKind) -> &'static [libc::c_long] {
             libc::SYS_shutdown,
             libc::SYS_fcntl,
         ],
+        ThreadKind::Main => &[
+            libc::SYS_tgkill,
+            libc::SYS_exit_group,
+            libc::SYS_unlink,
+            libc::SYS_unlinkat,
+        ],
     }
 }
 
@@ -136,7 +155,7 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                     vec![arg_equals(1, KVM_RUN)?, arg_equals(1, KVM_GET_REGS)?],
                 );
             }
-            ThreadKind::NetReceive => {}
+            ThreadKind::NetReceive | ThreadKind::Main => {}
             ThreadKind::Vsock | ThreadKind::Api => {
                 rules.insert(libc::SYS_ioctl, vec![arg_equals(1, FIONBIO)?]);
                 rules.insert(libc::SYS_socket, vec![arg_equals(0, libc::AF_UNIX as u64)?]);
@@ -154,41 +173,63 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     build().map_err(|source| SeccompError { kind, source })
 }
 
-/// The filters of a VM's threads, built before any thread starts; `None` when filtering
-/// is off.
+/// The filters of a VM's threads, built before any thread starts (empty when filtering is
+/// off), and whether the main thread takes one too.
 #[derive(Debug, Clone)]
-pub struct ThreadFilters(Option<std::sync::Arc<BTreeMap<u8, BpfProgram>>>);
+pub struct ThreadFilters {
+    programs: Option<std::sync::Arc<BTreeMap<u8, BpfProgram>>>,
+    main_thread: bool,
+}
 
 impl ThreadFilters {
-    /// Builds every filter, or none when `enabled` is false.
+    /// Builds every filter, or none when `enabled` is false. The main thread is not
+    /// filtered unless [`Self::with_main_thread`] says so.
     pub fn new(enabled: bool) -> Result<Self, SeccompError> {
         if !enabled {
-            return Ok(Self(None));
+            return Ok(Self::disabled());
         }
         let mut filters = BTreeMap::new();
-        for kind in [
-            ThreadKind::Vcpu,
-            ThreadKind::NetReceive,
-            ThreadKind::Vsock,
-            ThreadKind::Api,
-        ] {
+        for kind in KINDS {
             filters.insert(kind as u8, filter(kind)?);
         }
-        Ok(Self(Some(std::sync::Arc::new(filters))))
+        Ok(Self {
+            programs: Some(std::sync::Arc::new(filters)),
+            main_thread: false,
+        })
     }
 
     /// No filtering.
     pub fn disabled() -> Self {
-        Self(None)
+        Self {
+            programs: None,
+            main_thread: false,
+        }
+    }
+
+    /// The same filters, and the main thread filtered once the vCPUs run: for a VMM that
+    /// is the whole process.
+    pub fn with_main_thread(mut self) -> Self {
+        self.main_thread = true;
+        self
     }
 
     /// Installs `kind`'s filter on the calling thread (nothing when filtering is off).
     pub fn install(&self, kind: ThreadKind) -> Result<(), SeccompError> {
-        let Some(filters) = &self.0 else {
+        let Some(filters) = &self.programs else {
             return Ok(());
         };
         let program = &filters[&(kind as u8)];
         seccompiler::apply_filter(program).map_err(|source| SeccompError { kind, source })
+    }
+
+    /// Installs the main thread's filter on the calling thread when this VMM filters its
+    /// main thread.
+    pub fn install_on_main_thread(&self) -> Result<(), SeccompError> {
+        if self.main_thread {
+            self.install(ThreadKind::Main)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -231,12 +272,7 @@ mod tests {
 
     #[test]
     fn every_filter_builds() {
-        for kind in [
-            ThreadKind::Vcpu,
-            ThreadKind::NetReceive,
-            ThreadKind::Vsock,
-            ThreadKind::Api,
-        ] {
+        for kind in KINDS {
             let program = filter(kind).unwrap();
             assert!(
                 program.len() > 10,

@@ -1,5 +1,6 @@
 //! A Unix socket the VMM listens on (the vsock device's, the API's): made when bound,
-//! removed when dropped.
+//! removed when dropped (by the jail's outer process instead when the VMM is jailed: the
+//! user the VMM dropped to may not write the socket's directory).
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -9,13 +10,19 @@ use std::path::{Path, PathBuf};
 pub struct BoundSocket {
     listener: UnixListener,
     path: PathBuf,
+    remove_on_drop: bool,
 }
 
 impl BoundSocket {
-    /// Listens at `path`, which must be free.
-    pub fn bind(path: PathBuf) -> std::io::Result<Self> {
+    /// Listens at `path`, which must be free; the file is removed on drop when
+    /// `remove_on_drop`.
+    pub fn bind(path: PathBuf, remove_on_drop: bool) -> std::io::Result<Self> {
         let listener = UnixListener::bind(&path)?;
-        Ok(Self { listener, path })
+        Ok(Self {
+            listener,
+            path,
+            remove_on_drop,
+        })
     }
 
     /// The listener.
@@ -31,6 +38,9 @@ impl BoundSocket {
 
 impl Drop for BoundSocket {
     fn drop(&mut self) {
+        if !self.remove_on_drop {
+            return;
+        }
         if let Err(error) = std::fs::remove_file(&self.path) {
             tracing::warn!(%error, path = %self.path.display(), "socket file not removed");
         }

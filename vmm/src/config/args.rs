@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use super::jail::JailFile;
+
 /// Flags of `baton vmm`. Each flag overrides the same setting in `--config`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct VmmArgs {
@@ -42,10 +44,52 @@ pub struct VmmArgs {
     /// removed when it ends. Replaces the file's `api-sock`.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// Run the VM in a jail: a new mount namespace holding only the files the VM uses, a new
+    /// PID namespace, a cgroup with memory and CPU limits, and, once the devices are open,
+    /// the user and group of `--jail-uid`/`--jail-gid` without capabilities. Same as the
+    /// file's `jail` section.
+    #[arg(long)]
+    pub jail: bool,
+    /// The user ID the jailed VMM runs as [default: 65534, nobody]; implies `--jail`.
+    #[arg(long, value_name = "UID")]
+    pub jail_uid: Option<u32>,
+    /// The group ID the jailed VMM runs as [default: 65534, nogroup]; implies `--jail`.
+    #[arg(long, value_name = "GID")]
+    pub jail_gid: Option<u32>,
+    /// The jail cgroup's memory limit, guest memory included [default: guest memory + 128];
+    /// implies `--jail`.
+    #[arg(long, value_name = "MiB")]
+    pub jail_memory: Option<u64>,
+    /// The jail cgroup's CPU limit in CPUs, fractions allowed [default: one per vCPU];
+    /// implies `--jail`.
+    #[arg(long, value_name = "CPUS")]
+    pub jail_cpus: Option<f64>,
     /// Run the VMM's threads without their seccomp filters (for debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
     /// JSON configuration file (sections `boot-source`, `machine`, `console`, `drives`, `network-interfaces`, `vsock`, `api-sock`); flags override it.
     #[arg(long, value_name = "FILE.json")]
     pub config: Option<PathBuf>,
+}
+
+impl VmmArgs {
+    /// The jail the flags and the file's `jail` section ask for, flags winning; `None` when
+    /// neither asks for one.
+    pub fn jail_settings(&self, file: Option<JailFile>) -> Option<JailFile> {
+        let flagged = self.jail
+            || self.jail_uid.is_some()
+            || self.jail_gid.is_some()
+            || self.jail_memory.is_some()
+            || self.jail_cpus.is_some();
+        if !flagged && file.is_none() {
+            return None;
+        }
+        let file = file.unwrap_or_default();
+        Some(JailFile {
+            uid: self.jail_uid.or(file.uid),
+            gid: self.jail_gid.or(file.gid),
+            memory_mib: self.jail_memory.or(file.memory_mib),
+            cpus: self.jail_cpus.or(file.cpus),
+        })
+    }
 }

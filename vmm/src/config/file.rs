@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::ConfigError;
 use super::boot_source::BootSourceFile;
 use super::drive::DriveFile;
+use super::jail::JailFile;
 use super::machine::MachineFile;
 use super::net::NetFile;
 use super::vsock::VsockFile;
@@ -20,10 +21,11 @@ use super::vsock::VsockFile;
 ///   "console": "stdout",
 ///   "drives": [{ "path": "disk.raw", "read_only": false }],
 ///   "network-interfaces": [{ "tap": "tap0", "mac": "52:54:00:12:34:56" }],
-///   "vsock": { "guest_cid": 3, "uds_path": "/run/vm.vsock" }
+///   "vsock": { "guest_cid": 3, "uds_path": "/run/vm.vsock" },
+///   "jail": { "uid": 65534, "gid": 65534, "memory_mib": 384, "cpus": 2 }
 /// }
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// Kernel, initramfs parts and command line.
@@ -45,6 +47,8 @@ pub struct ConfigFile {
     /// The API socket's path.
     #[serde(rename = "api-sock")]
     pub api_sock: Option<std::path::PathBuf>,
+    /// The jail; present means jailed (`--jail`).
+    pub jail: Option<JailFile>,
 }
 
 impl ConfigFile {

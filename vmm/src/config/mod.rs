@@ -6,6 +6,7 @@ pub mod boot_source;
 pub mod console;
 pub mod drive;
 pub mod file;
+pub mod jail;
 pub mod machine;
 pub mod net;
 pub mod vsock;
@@ -17,6 +18,7 @@ pub use boot_source::BootSourceConfig;
 pub use console::ConsoleConfig;
 pub use drive::DriveConfig;
 pub use file::ConfigFile;
+pub use jail::JailConfig;
 pub use machine::MachineConfig;
 pub use net::NetConfig;
 pub use vsock::VsockConfig;
@@ -130,6 +132,16 @@ pub enum ConfigError {
     /// The command line has a NUL byte.
     #[error("--cmdline (boot-source.cmdline): contains a NUL byte")]
     CmdlineNul,
+    /// The jail's settings cannot be used.
+    #[error("{flag} {value}: {reason}")]
+    Jail {
+        /// The flag (and file field).
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// The console destination is not usable.
     #[error("--console (console) {value:?}: {reason}")]
     Console {
@@ -160,6 +172,8 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// The API socket's path: free, in an existing directory.
     pub api_sock: Option<PathBuf>,
+    /// Whether (and how) `baton vmm` runs the VM in a jail (`crate::jail`).
+    pub jail: Option<JailConfig>,
 }
 
 /// A virtio device of the VM, in the order devices take MMIO slots.
@@ -274,6 +288,10 @@ impl VmConfig {
                 reason,
             })?;
         }
+        let jail = args.jail_settings(file.jail);
+        let jail = jail
+            .map(|jail| JailConfig::new(jail, &machine))
+            .transpose()?;
         let config = Self {
             boot_source,
             machine,
@@ -283,6 +301,7 @@ impl VmConfig {
             vsock,
             seccomp: !args.no_seccomp,
             api_sock,
+            jail,
         };
         let len = config.kernel_cmdline().len();
         if len > MAX_CMDLINE_LEN {

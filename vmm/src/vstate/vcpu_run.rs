@@ -23,6 +23,9 @@ pub enum StartVcpusError {
     /// The kick signal cannot be set up.
     #[error(transparent)]
     Kick(#[from] KickError),
+    /// The main thread's seccomp filter cannot be installed.
+    #[error(transparent)]
+    MainFilter(#[from] crate::seccomp::SeccompError),
     /// The thread cannot be spawned.
     #[error("cannot spawn the thread of vCPU {index}")]
     Spawn {
@@ -84,6 +87,12 @@ pub fn run_vcpus(
     }
     drop(entered_tx);
     drop(exits_tx);
+    // From here the main thread only waits, kicks, joins and cleans up.
+    if spawn_error.is_none()
+        && let Err(error) = filters.install_on_main_thread()
+    {
+        spawn_error = Some(StartVcpusError::MainFilter(error));
+    }
 
     let exit = match spawn_error {
         Some(_) => None,

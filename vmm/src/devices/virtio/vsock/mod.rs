@@ -113,7 +113,7 @@ mod tests {
             }
             let muxer = VsockMuxer::spawn(
                 CID,
-                crate::unix_socket::BoundSocket::bind(path.clone()).unwrap(),
+                crate::unix_socket::BoundSocket::bind(path.clone(), true).unwrap(),
                 kick,
                 driver.transport.clone(),
                 &crate::seccomp::ThreadFilters::disabled(),
