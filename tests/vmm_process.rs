@@ -111,9 +111,13 @@ impl Vmm {
 }
 
 impl Drop for Vmm {
+    /// SIGTERM, so that a jailed VMM's outer process removes what it made.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let _ = child.wait();
         }
     }
@@ -376,7 +380,15 @@ fn a_jailed_vmm_sees_only_its_files_runs_unprivileged_and_leaves_nothing() {
 
     // Its cgroup has the limits asked for.
     let (memory, cpu) = v1_cgroup_dirs(pid);
-    assert!(memory.ends_with(format!("baton-vmm-{outer}")), "{memory:?}");
+    assert!(
+        memory
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("baton-vmm-{outer}-")),
+        "{memory:?}"
+    );
     assert_eq!(
         read_trimmed(&memory.join("memory.limit_in_bytes")),
         (200u64 << 20).to_string()
@@ -403,15 +415,13 @@ fn a_jailed_vmm_sees_only_its_files_runs_unprivileged_and_leaves_nothing() {
     assert!(guest.serial().contains("jailed\n"), "the console is kept");
 }
 
-#[test]
-fn sigterm_to_a_jailed_vmm_stops_it_and_leaves_nothing() {
-    if !kvm_available("sigterm_to_a_jailed_vmm_stops_it_and_leaves_nothing") {
-        return;
-    }
-    let guest = Guest::new();
-    let kernel = looping_guest(&guest);
-    let api = guest.console().with_file_name("api.sock");
-    let mut vmm = Vmm::start(
+/// A jailed VMM with default limits, its API socket in a directory of its own.
+fn start_jailed(guest: &Guest) -> (Vmm, PathBuf) {
+    let kernel = looping_guest(guest);
+    let sockets = guest.console().with_file_name("sockets");
+    std::fs::create_dir(&sockets).unwrap();
+    let api = sockets.join("api.sock");
+    let vmm = Vmm::start(
         baton()
             .arg("vmm")
             .arg("--kernel")
@@ -427,6 +437,20 @@ fn sigterm_to_a_jailed_vmm_stops_it_and_leaves_nothing() {
         Duration::from_secs(20),
         || api.exists().then_some(()),
     );
+    (vmm, api)
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+#[test]
+fn sigterm_to_a_jailed_vmm_stops_it_and_leaves_nothing() {
+    if !kvm_available("sigterm_to_a_jailed_vmm_stops_it_and_leaves_nothing") {
+        return;
+    }
+    let guest = Guest::new();
+    let (mut vmm, api) = start_jailed(&guest);
     let pid = vmm.jailed_pid();
     let outer = vmm.pid();
     let (memory, cpu) = v1_cgroup_dirs(pid);
@@ -437,11 +461,7 @@ fn sigterm_to_a_jailed_vmm_stops_it_and_leaves_nothing() {
     );
     assert_eq!(read_trimmed(&cpu.join("cpu.cfs_quota_us")), "100000");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(outer as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    signal(outer, nix::sys::signal::Signal::SIGTERM);
     let (status, stderr) = vmm.wait();
     assert_eq!(status.code(), Some(128 + 15), "{stderr}");
     assert!(!api.exists(), "socket removed");
@@ -455,6 +475,36 @@ fn sigterm_to_a_jailed_vmm_stops_it_and_leaves_nothing() {
             .join(format!("baton-vmm-jail.{outer}"))
             .exists()
     );
+}
+
+/// SIGKILL leaves the outer process no time to clean up, but the jailed VMM (which dropped
+/// its privileges, and with them the kernel's memory of its parent-death signal, until it
+/// asked again) must not outlive it. The test removes what the outer process could not.
+#[test]
+fn a_jailed_vmm_dies_with_its_killed_outer_process() {
+    if !kvm_available("a_jailed_vmm_dies_with_its_killed_outer_process") {
+        return;
+    }
+    let guest = Guest::new();
+    let (mut vmm, api) = start_jailed(&guest);
+    let pid = vmm.jailed_pid();
+    let outer = vmm.pid();
+    let (memory, cpu) = v1_cgroup_dirs(pid);
+    signal(outer, nix::sys::signal::Signal::SIGKILL);
+    let (status, _) = vmm.wait();
+    assert_eq!(status.code(), None, "killed");
+    wait_until("the jailed VMM to end", Duration::from_secs(10), || {
+        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+    });
+    let _ = std::fs::remove_file(&api);
+    for dir in [memory, cpu] {
+        wait_until(
+            "the cgroup to be removable",
+            Duration::from_secs(10),
+            || std::fs::remove_dir(&dir).ok(),
+        );
+    }
+    let _ = std::fs::remove_dir(std::env::temp_dir().join(format!("baton-vmm-jail.{outer}")));
 }
 
 #[test]
@@ -483,15 +533,18 @@ fn jail_settings_that_cannot_hold_the_vm_are_refused_before_anything_starts() {
     // A kernel that is not one: the jailed VMM reports it, and the console file the jail
     // made for it goes again with the cgroup.
     let not_a_kernel = guest.file("notakernel", b"just text");
-    let output = baton()
+    let child = baton()
         .arg("vmm")
         .arg("--kernel")
         .arg(&not_a_kernel)
         .arg("--console")
         .arg(guest.console())
         .arg("--jail")
-        .output()
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let outer = child.id();
+    let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
@@ -501,4 +554,15 @@ fn jail_settings_that_cannot_hold_the_vm_are_refused_before_anything_starts() {
         "{stderr}"
     );
     assert!(!guest.console().exists(), "no console file left");
+    // Its cgroups (made below this test's own) are gone too.
+    let (memory, cpu) = v1_cgroup_dirs(std::process::id());
+    for hierarchy in [memory, cpu] {
+        let prefix = format!("baton-vmm-{outer}-");
+        let left: Vec<_> = std::fs::read_dir(&hierarchy)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .collect();
+        assert!(left.is_empty(), "{left:?} in {}", hierarchy.display());
+    }
 }

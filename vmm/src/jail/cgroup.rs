@@ -1,7 +1,8 @@
 //! The jail's cgroup: the jailed VMM's memory and CPU limits. On a cgroup v1 host one
 //! directory in the memory hierarchy and one in the cpu hierarchy, below the cgroups this
 //! process is in; on a v2 host one directory below `/sys/fs/cgroup/baton-vmm` with the
-//! memory and cpu controllers enabled for it. Made before the VMM starts, removed after it
+//! memory and cpu controllers enabled for it (that parent stays, empty, as Docker's does:
+//! removing it would race with jails starting). Made before the VMM starts, removed after it
 //! ended.
 
 use std::path::{Path, PathBuf};
@@ -153,15 +154,43 @@ pub fn plan(proc_self_cgroup: &str, name: &str, jail: &JailConfig) -> Option<Jai
 }
 
 impl JailCgroup {
-    /// The jail cgroup `name` for this process's hierarchies.
+    /// The jail cgroup `name` for this process's hierarchies, each checked to be a cgroup
+    /// file system (where one is missing, /sys/fs/cgroup may be a plain tmpfs that would
+    /// take the limit files and enforce nothing).
     pub fn for_this_process(name: &str, jail: &JailConfig) -> Result<Self, JailCgroupError> {
         let own = Path::new("/proc/self/cgroup");
         let text = std::fs::read_to_string(own).map_err(fail("read", own))?;
-        plan(&text, name, jail).ok_or_else(|| JailCgroupError {
+        let plan = plan(&text, name, jail).ok_or_else(|| JailCgroupError {
             action: "find the memory and cpu controllers in",
             path: own.to_owned(),
             source: std::io::Error::other("neither cgroup v1 memory and cpu nor cgroup v2"),
-        })
+        })?;
+        for dir in &plan.dirs {
+            let hierarchy = dir
+                .enable_in
+                .first()
+                .cloned()
+                .or_else(|| dir.path.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from(CGROUP_ROOT));
+            let kind = nix::sys::statfs::statfs(&hierarchy)
+                .map_err(|e| fail("inspect", &hierarchy)(e.into()))?
+                .filesystem_type();
+            let expected = if dir.enable_in.is_empty() {
+                nix::sys::statfs::CGROUP_SUPER_MAGIC
+            } else {
+                nix::sys::statfs::CGROUP2_SUPER_MAGIC
+            };
+            if kind != expected {
+                return Err(JailCgroupError {
+                    action: "use",
+                    path: hierarchy,
+                    source: std::io::Error::other(
+                        "not a cgroup file system of the kind its processes list",
+                    ),
+                });
+            }
+        }
+        Ok(plan)
     }
 
     /// Makes the directories and writes the limits; on failure removes what it made.

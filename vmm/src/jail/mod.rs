@@ -18,12 +18,13 @@ pub mod privileges;
 pub mod root;
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
 use std::time::Instant;
 
 use nix::sched::CloneFlags;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
@@ -93,18 +94,19 @@ fn thread_count() -> usize {
 }
 
 /// What the outer process made and removes when the jailed VMM has ended.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Leftovers {
-    root: PathBuf,
+    root: Option<PathBuf>,
     cgroup: Option<JailCgroup>,
+    /// The sockets' paths, once the jailed VMM (which makes them) was started.
     sockets: Vec<PathBuf>,
     console_made: Option<PathBuf>,
 }
 
 impl Leftovers {
     /// Removes everything; `vmm_failed` also removes a console file the jail made and the
-    /// VMM never wrote to.
-    fn remove(&self, vmm_failed: bool) -> Result<(), JailError> {
+    /// VMM never wrote to. What cannot be removed is logged.
+    fn remove(&self, vmm_failed: bool) {
         for socket in &self.sockets {
             if let Err(error) = std::fs::remove_file(socket)
                 && error.kind() != std::io::ErrorKind::NotFound
@@ -118,14 +120,77 @@ impl Leftovers {
         {
             let _ = std::fs::remove_file(console);
         }
-        if let Err(error) = std::fs::remove_dir(&self.root) {
-            tracing::warn!(%error, path = %self.root.display(), "jail mount point not removed");
+        if let Some(root) = &self.root
+            && let Err(error) = std::fs::remove_dir(root)
+        {
+            tracing::warn!(%error, path = %root.display(), "jail mount point not removed");
         }
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.remove()?;
+        if let Some(cgroup) = &self.cgroup
+            && let Err(error) = cgroup.remove()
+        {
+            tracing::warn!(error = %error_chain(&error), "jail cgroup not removed");
         }
-        Ok(())
     }
+}
+
+/// The signals the outer process waits for (SIGCHLD, and those that stop the VM unless
+/// this process was started ignoring them, as under `nohup`), blocked from the start to the
+/// end of the clean-up, and SIGCHLD's disposition made the default so the child's end is
+/// reported.
+struct SignalGuard {
+    waited: SigSet,
+    previous_mask: SigSet,
+    previous_sigchld: SigAction,
+}
+
+impl SignalGuard {
+    fn block() -> Result<Self, JailError> {
+        let mut waited = SigSet::empty();
+        waited.add(Signal::SIGCHLD);
+        for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            if !ignored(signal)? {
+                waited.add(signal);
+            }
+        }
+        let mut previous_mask = SigSet::empty();
+        nix::sys::signal::sigprocmask(
+            SigmaskHow::SIG_BLOCK,
+            Some(&waited),
+            Some(&mut previous_mask),
+        )
+        .map_err(process_error("block signals"))?;
+        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+        // SAFETY: the default disposition installs no handler.
+        let previous_sigchld = unsafe { nix::sys::signal::sigaction(Signal::SIGCHLD, &default) }
+            .map_err(process_error("reset SIGCHLD's disposition"))?;
+        Ok(Self {
+            waited,
+            previous_mask,
+            previous_sigchld,
+        })
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        // SAFETY: restores the disposition this process had.
+        let _ = unsafe { nix::sys::signal::sigaction(Signal::SIGCHLD, &self.previous_sigchld) };
+        let _ =
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.previous_mask), None);
+    }
+}
+
+/// Whether this process ignores `signal` (read by setting the default and putting the old
+/// disposition back).
+fn ignored(signal: Signal) -> Result<bool, JailError> {
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: the default disposition installs no handler; the old one is put back at once.
+    let previous = unsafe { nix::sys::signal::sigaction(signal, &default) }
+        .map_err(process_error("read a signal's disposition"))?;
+    // SAFETY: puts back the disposition just read.
+    unsafe { nix::sys::signal::sigaction(signal, &previous) }
+        .map_err(process_error("restore a signal's disposition"))?;
+    Ok(previous.handler() == SigHandler::SigIgn)
 }
 
 /// Runs the VM of `config` in its jail and returns the exit code `baton vmm` ends with.
@@ -135,18 +200,9 @@ pub fn run_jailed(config: &VmConfig, started: Instant) -> Result<u8, JailError> 
     if threads != 1 {
         return Err(JailError::Threads { threads });
     }
-    let (config, entries) = jail_entries(config)?;
-    let mut leftovers = Leftovers {
-        root: std::env::temp_dir().join(format!("baton-vmm-jail.{}", std::process::id())),
-        cgroup: None,
-        sockets: config
-            .api_sock
-            .iter()
-            .chain(config.vsock.iter().map(|v| &v.uds_path))
-            .cloned()
-            .collect(),
-        console_made: None,
-    };
+    // From here to the end of the clean-up, a signal waits to be taken.
+    let signals = SignalGuard::block()?;
+    let mut leftovers = Leftovers::default();
     // The jail shows the console file, so it must exist before: made here as the VMM would
     // make it, and removed again if the VMM fails before writing to it.
     if let ConsoleConfig::File(path) = &config.console
@@ -162,9 +218,14 @@ pub fn run_jailed(config: &VmConfig, started: Instant) -> Result<u8, JailError> 
             })?;
         leftovers.console_made = Some(path.clone());
     }
-    let result = prepare_and_run(&config, &jail, &entries, &mut leftovers, started);
+    let result = jail_entries(config)
+        .map_err(JailError::from)
+        .and_then(|(config, entries)| {
+            prepare_and_run(&config, &jail, &entries, &mut leftovers, &signals, started)
+        });
     let failed = !matches!(result, Ok(code) if code != 1);
-    leftovers.remove(failed)?;
+    leftovers.remove(failed);
+    drop(signals);
     result
 }
 
@@ -173,54 +234,19 @@ fn prepare_and_run(
     jail: &JailConfig,
     entries: &[JailEntry],
     leftovers: &mut Leftovers,
+    signals: &SignalGuard,
     started: Instant,
 ) -> Result<u8, JailError> {
-    std::fs::create_dir(&leftovers.root).map_err(|source| JailError::Process {
+    let root = std::env::temp_dir().join(format!("baton-vmm-jail.{}", std::process::id()));
+    std::fs::create_dir(&root).map_err(|source| JailError::Process {
         action: "make the jail's mount point",
         source,
     })?;
-    let cgroup = JailCgroup::for_this_process(&format!("baton-vmm-{}", std::process::id()), jail)?;
+    leftovers.root = Some(root.clone());
+    let cgroup = JailCgroup::for_this_process(&cgroup_name(), jail)?;
     cgroup.create()?;
     leftovers.cgroup = Some(cgroup.clone());
 
-    // Signals that end the VM wait here, with the child's end, until they are taken.
-    let mut waited = SigSet::empty();
-    for signal in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-    ] {
-        waited.add(signal);
-    }
-    let mut previous = SigSet::empty();
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&waited), Some(&mut previous))
-        .map_err(process_error("block signals"))?;
-    let result = fork_and_wait(
-        config,
-        jail,
-        entries,
-        &cgroup,
-        &leftovers.root,
-        &waited,
-        &previous,
-        started,
-    );
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-fn fork_and_wait(
-    config: &VmConfig,
-    jail: &JailConfig,
-    entries: &[JailEntry],
-    cgroup: &JailCgroup,
-    root: &Path,
-    waited: &SigSet,
-    previous: &SigSet,
-    started: Instant,
-) -> Result<u8, JailError> {
     nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(process_error("make a PID namespace"))?;
     let (go_read, go_write) = nix::unistd::pipe().map_err(process_error("make a pipe"))?;
     // SAFETY: this process has one thread (checked above), so the child may go on running
@@ -228,8 +254,12 @@ fn fork_and_wait(
     match unsafe { nix::unistd::fork() }.map_err(process_error("fork the jailed VMM"))? {
         ForkResult::Child => {
             drop(go_write);
-            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(previous), None);
-            let code = match jailed_child(config, jail, entries, root, go_read, started) {
+            let _ = nix::sys::signal::sigprocmask(
+                SigmaskHow::SIG_SETMASK,
+                Some(&signals.previous_mask),
+                None,
+            );
+            let code = match jailed_child(config, jail, entries, &root, go_read, started) {
                 Ok(code) => code,
                 Err(error) => {
                     eprintln!("error: {}", error_chain(&*error));
@@ -240,6 +270,12 @@ fn fork_and_wait(
         }
         ForkResult::Parent { child } => {
             drop(go_read);
+            leftovers.sockets = config
+                .api_sock
+                .iter()
+                .chain(config.vsock.iter().map(|v| &v.uds_path))
+                .cloned()
+                .collect();
             let mut go = std::fs::File::from(go_write);
             if let Err(error) = cgroup.add(child.as_raw()) {
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
@@ -247,11 +283,26 @@ fn fork_and_wait(
                 return Err(error.into());
             }
             // The child waits for this byte: it runs in the cgroup from its first step.
+            // The pipe stays open until the child has ended: its hang-up tells the child
+            // that this process is gone.
             let _ = go.write_all(b"g");
+            let result = wait_for(child, &signals.waited, &cgroup);
             drop(go);
-            wait_for(child, waited, cgroup)
+            result
         }
     }
+}
+
+/// The jail cgroup's name: this process's ID and a random part (PIDs repeat across PID
+/// namespaces, and a v2 cgroup's name is host-wide).
+fn cgroup_name() -> String {
+    let mut random = [0u8; 4];
+    let _ = getrandom::fill(&mut random);
+    format!(
+        "baton-vmm-{}-{:08x}",
+        std::process::id(),
+        u32::from_le_bytes(random)
+    )
 }
 
 /// Waits for the jailed VMM to end, passing SIGTERM, SIGINT and SIGHUP on as SIGKILL.
@@ -291,14 +342,18 @@ fn jailed_child(
     jail: &JailConfig,
     entries: &[JailEntry],
     root: &Path,
-    go: OwnedFd,
+    outer: OwnedFd,
     started: Instant,
 ) -> Result<u8, Box<dyn std::error::Error>> {
     // Ends with the outer process, which is the one users signal.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(process_error("ask for SIGKILL when the outer process ends"))?;
     let mut byte = [0u8; 1];
-    if std::fs::File::from(go).read(&mut byte).ok() != Some(1) {
+    if (&std::fs::File::from(outer.try_clone()?))
+        .read(&mut byte)
+        .ok()
+        != Some(1)
+    {
         return Err("--jail: the outer process ended before the VM started".into());
     }
     nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC)
@@ -307,6 +362,7 @@ fn jailed_child(
     let privileges = DropPrivileges {
         uid: jail.uid,
         gid: jail.gid,
+        outer_alive: outer.as_raw_fd(),
     };
     let outcome = crate::microvm::start_vm(config, started, Some(&privileges), true)?;
     tracing::info!(exit = %outcome.exit, "guest ended");

@@ -6,6 +6,10 @@
 #![allow(unsafe_code)]
 
 use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
 
 /// The user and group the jailed VMM becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +18,9 @@ pub struct DropPrivileges {
     pub uid: u32,
     /// The group ID (the only group kept).
     pub gid: u32,
+    /// The read end of a pipe whose write end only the outer process holds: it hangs up
+    /// when that process has ended.
+    pub outer_alive: RawFd,
 }
 
 /// A step of dropping privileges failed.
@@ -128,6 +135,24 @@ impl DropPrivileges {
         // until they are cleared.
         clear_capabilities().map_err(fail("clearing the capabilities"))?;
         nix::sys::prctl::set_no_new_privs().map_err(|e| fail("setting no_new_privs")(e.into()))?;
+        // The kernel forgets the parent-death signal when credentials change: ask again,
+        // then make sure the outer process did not end before that.
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+            .map_err(|e| fail("asking for SIGKILL when the outer process ends")(e.into()))?;
+        // SAFETY: the descriptor stays open for the whole jailed run (`jail::jailed_child`
+        // holds it).
+        let pipe = unsafe { BorrowedFd::borrow_raw(self.outer_alive) };
+        let mut fds = [PollFd::new(pipe, PollFlags::POLLIN)];
+        nix::poll::poll(&mut fds, PollTimeout::ZERO)
+            .map_err(|e| fail("checking the outer process is alive")(e.into()))?;
+        if fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
+        {
+            return Err(fail("checking the outer process is alive")(
+                io::Error::other("it has ended"),
+            ));
+        }
         let left = capabilities().map_err(fail("reading the capabilities back"))?;
         if left
             .iter()

@@ -46,6 +46,16 @@ pub enum JailRootError {
         #[source]
         source: std::io::Error,
     },
+    /// A path cannot be shown in the jail the way the VM needs it.
+    #[error("--jail: {flag} {}: {reason}", path.display())]
+    Unusable {
+        /// The flag that named it.
+        flag: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
     /// A mount or directory step failed.
     #[error("--jail: cannot {action} {}", path.display())]
     Mount {
@@ -77,66 +87,106 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
     }
 }
 
-/// `path` made absolute without following a final symbolic or magic link (a
-/// `/proc/PID/ns/net` stays what it is); its directory is resolved.
-fn absolute(flag: &'static str, path: &Path) -> Result<PathBuf, JailRootError> {
-    let resolve = |source| JailRootError::Resolve {
-        flag,
-        path: path.to_owned(),
-        source,
-    };
+fn resolve_error(flag: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JailRootError {
+    let path = path.to_owned();
+    move |source| JailRootError::Resolve { flag, path, source }
+}
+
+/// `path` resolved: absolute, with no symbolic link anywhere (what the VMM opens is what is
+/// mounted).
+fn resolved(flag: &'static str, path: &Path) -> Result<PathBuf, JailRootError> {
+    std::fs::canonicalize(path).map_err(resolve_error(flag, path))
+}
+
+/// A path that may not exist yet (a socket) or is a magic link (`/proc/PID/ns/net`): its
+/// directory resolved, its name kept.
+fn resolved_directory(flag: &'static str, path: &Path) -> Result<PathBuf, JailRootError> {
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     let name = path
         .file_name()
-        .ok_or_else(|| resolve(std::io::Error::other("no file name")))?;
-    Ok(std::fs::canonicalize(parent).map_err(resolve)?.join(name))
+        .ok_or_else(|| resolve_error(flag, path)(std::io::Error::other("no file name")))?;
+    Ok(resolved(flag, parent)?.join(name))
 }
 
-/// The configuration with every path absolute (the jailed VMM's working directory is the
-/// jail's root), and what the jail shows.
+/// Named by which flag, for errors about entries.
+#[derive(Debug, Clone)]
+struct Named {
+    flag: &'static str,
+    entry: JailEntry,
+}
+
+/// The configuration with every path absolute and free of symbolic links (the jailed VMM's
+/// working directory is the jail's root), and what the jail shows. The console file must
+/// exist. Refused: a socket directly in `/`, a socket path too long once resolved, and a
+/// read-only file inside a socket's directory (the jail shows that directory writable).
+/// Writable files and directories inside a socket's directory are shown through it.
 pub fn jail_entries(config: &VmConfig) -> Result<(VmConfig, Vec<JailEntry>), JailRootError> {
     let mut config = config.clone();
-    let mut entries = Vec::new();
-    let file = |path: &PathBuf, read_only: bool| JailEntry {
-        path: path.clone(),
-        kind: EntryKind::File,
-        read_only,
+    let mut named = Vec::new();
+    let mut file = |flag: &'static str, path: &PathBuf, read_only: bool| {
+        named.push(Named {
+            flag,
+            entry: JailEntry {
+                path: path.clone(),
+                kind: EntryKind::File,
+                read_only,
+            },
+        })
     };
     let boot = &mut config.boot_source;
-    boot.kernel = absolute("--kernel", &boot.kernel)?;
-    entries.push(file(&boot.kernel, true));
+    boot.kernel = resolved("--kernel", &boot.kernel)?;
+    file("--kernel", &boot.kernel, true);
     for initrd in &mut boot.initrds {
-        *initrd = absolute("--initrd", initrd)?;
-        entries.push(file(initrd, true));
+        *initrd = resolved("--initrd", initrd)?;
+        file("--initrd", initrd, true);
     }
     for drive in &mut config.drives {
-        drive.path = absolute("--disk", &drive.path)?;
-        entries.push(file(&drive.path, drive.read_only));
+        drive.path = resolved("--disk", &drive.path)?;
+        file("--disk", &drive.path, drive.read_only);
     }
     if let ConsoleConfig::File(path) = &mut config.console {
-        *path = absolute("--console", path)?;
-        entries.push(file(path, false));
+        *path = resolved("--console", path)?;
+        file("--console", path, false);
     }
-    entries.push(file(&PathBuf::from("/dev/kvm"), false));
+    file("/dev/kvm", &PathBuf::from("/dev/kvm"), false);
     if !config.nets.is_empty() {
-        entries.push(file(&PathBuf::from("/dev/net/tun"), false));
+        file("--net", &PathBuf::from("/dev/net/tun"), false);
     }
     for net in &mut config.nets {
         if let Some(netns) = &mut net.netns {
-            *netns = absolute("--net netns", netns)?;
-            entries.push(file(netns, true));
+            // /run/netns/NAME resolves; /proc/PID/ns/net is a magic link and stays.
+            *netns = resolved("--net netns", netns)
+                .or_else(|_| resolved_directory("--net netns", netns))?;
+            file("--net netns", netns, true);
         }
     }
     let mut socket_dir = |flag: &'static str, path: &mut PathBuf| -> Result<(), JailRootError> {
-        *path = absolute(flag, path)?;
+        *path = resolved_directory(flag, path)?;
+        if path.as_os_str().len() > 107 {
+            return Err(JailRootError::Unusable {
+                flag,
+                path: path.clone(),
+                reason: "longer than a socket path may be (107 bytes) once resolved",
+            });
+        }
         let dir = path.parent().expect("an absolute path has a parent");
-        entries.push(JailEntry {
-            path: dir.to_owned(),
-            kind: EntryKind::Dir,
-            read_only: false,
+        if dir == Path::new("/") {
+            return Err(JailRootError::Unusable {
+                flag,
+                path: path.clone(),
+                reason: "the jail shows a socket's directory, and this one is /: put the socket in a directory of its own",
+            });
+        }
+        named.push(Named {
+            flag,
+            entry: JailEntry {
+                path: dir.to_owned(),
+                kind: EntryKind::Dir,
+                read_only: false,
+            },
         });
         Ok(())
     };
@@ -146,10 +196,32 @@ pub fn jail_entries(config: &VmConfig) -> Result<(VmConfig, Vec<JailEntry>), Jai
     if let Some(api) = &mut config.api_sock {
         socket_dir("--api-sock", api)?;
     }
-    // Directories first, so that a file inside one is mounted over what the directory
-    // shows (a read-only kernel next to a socket stays read-only).
-    entries.sort_by_key(|entry| entry.kind != EntryKind::Dir);
-    entries.dedup_by(|a, b| a.path == b.path && a.kind == b.kind);
+    let dirs: Vec<PathBuf> = named
+        .iter()
+        .filter(|n| n.entry.kind == EntryKind::Dir)
+        .map(|n| n.entry.path.clone())
+        .collect();
+    let mut entries: Vec<JailEntry> = Vec::new();
+    for Named { flag, entry } in named {
+        let inside = dirs
+            .iter()
+            .any(|dir| entry.path != *dir && entry.path.starts_with(dir));
+        match (inside, entry.read_only) {
+            // Shown through the directory, writable as it is.
+            (true, false) => continue,
+            (true, true) => {
+                return Err(JailRootError::Unusable {
+                    flag,
+                    path: entry.path,
+                    reason: "read-only, but in the directory of a socket, which the jail shows writable: keep sockets in a directory of their own",
+                });
+            }
+            (false, _) => {}
+        }
+        if !entries.contains(&entry) {
+            entries.push(entry);
+        }
+    }
     Ok((config, entries))
 }
 
@@ -170,18 +242,20 @@ pub fn enter_jail_root(root: &Path, entries: &[JailEntry]) -> Result<(), JailRoo
     .map_err(mount_error("mount a tmpfs on", root))?;
     for entry in entries {
         let target = root.join(entry.path.strip_prefix("/").unwrap_or(&entry.path));
-        // Inside a directory already bound the mount point is the host's own file: it is
-        // never made (or truncated) then, only used.
-        if target.symlink_metadata().is_err() {
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(io_error("make", parent))?;
-            }
-            match entry.kind {
-                EntryKind::Dir => std::fs::create_dir(&target),
-                EntryKind::File => std::fs::File::create(&target).map(drop),
-            }
-            .map_err(io_error("make the mount point", &target))?;
+        // Every mount point is new, in the tmpfs: no entry lies inside a bound directory
+        // (`jail_entries`), so nothing here is made (or followed) on the host.
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io_error("make", parent))?;
         }
+        match entry.kind {
+            EntryKind::Dir => std::fs::create_dir(&target),
+            EntryKind::File => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&target)
+                .map(drop),
+        }
+        .map_err(io_error("make the mount point", &target))?;
         nix::mount::mount(Some(&entry.path), &target, none, MsFlags::MS_BIND, none)
             .map_err(mount_error("bind-mount into the jail", &entry.path))?;
         if entry.read_only {
@@ -189,11 +263,11 @@ pub fn enter_jail_root(root: &Path, entries: &[JailEntry]) -> Result<(), JailRoo
                 none,
                 &target,
                 none,
+                // Not nodev: a read-only disk may be a block device.
                 MsFlags::MS_BIND
                     | MsFlags::MS_REMOUNT
                     | MsFlags::MS_RDONLY
                     | MsFlags::MS_NOSUID
-                    | MsFlags::MS_NODEV
                     | MsFlags::MS_NOEXEC,
                 none,
             )
@@ -211,7 +285,8 @@ pub fn enter_jail_root(root: &Path, entries: &[JailEntry]) -> Result<(), JailRoo
         none,
         "/",
         none,
-        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | tmpfs,
+        // A bind remount changes this mount alone, never the file system under it.
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | tmpfs,
         none,
     )
     .map_err(mount_error("make read-only", Path::new("/")))?;
@@ -234,6 +309,8 @@ mod tests {
         std::fs::write(&data, [0u8; 512]).unwrap();
         let sockets = dir.path().join("sockets");
         std::fs::create_dir(&sockets).unwrap();
+        // The jail makes the console file before it resolves the paths.
+        std::fs::write(dir.path().join("console.log"), b"").unwrap();
         let args = VmmArgs {
             kernel: Some(kernel.clone()),
             disk: vec![format!("{},ro", disk.display()), data.display().to_string()],
@@ -254,13 +331,45 @@ mod tests {
         assert_eq!(
             shown,
             vec![
-                (real.join("sockets"), EntryKind::Dir, false),
                 (real.join("vmlinux"), EntryKind::File, true),
                 (real.join("disk.raw"), EntryKind::File, true),
                 (real.join("data.raw"), EntryKind::File, false),
                 (real.join("console.log"), EntryKind::File, false),
                 (PathBuf::from("/dev/kvm"), EntryKind::File, false),
+                (real.join("sockets"), EntryKind::Dir, false),
             ]
         );
+
+        // A writable file in a socket's directory is shown through it; a read-only one
+        // would be writable there, and is refused; so is a socket in /.
+        let beside = VmmArgs {
+            console: Some(sockets.join("console.log").display().to_string()),
+            ..args.clone()
+        };
+        std::fs::write(sockets.join("console.log"), b"").unwrap();
+        let config = VmConfig::merge(&beside, ConfigFile::default()).unwrap();
+        let (_, entries) = jail_entries(&config).unwrap();
+        assert!(entries.iter().all(|e| !e.path.ends_with("console.log")));
+        let kernel_beside = sockets.join("vmlinux");
+        std::fs::write(&kernel_beside, b"k").unwrap();
+        let config = VmConfig::merge(
+            &VmmArgs {
+                kernel: Some(kernel_beside),
+                ..args.clone()
+            },
+            ConfigFile::default(),
+        )
+        .unwrap();
+        let err = jail_entries(&config).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--jail: --kernel ")
+                && err.contains("read-only, but in the directory of a socket"),
+            "{err}"
+        );
+        let mut in_root = config.clone();
+        in_root.boot_source.kernel = kernel.clone();
+        in_root.api_sock = Some(PathBuf::from("/baton-test-api.sock"));
+        let err = jail_entries(&in_root).unwrap_err().to_string();
+        assert!(err.contains("this one is /"), "{err}");
     }
 }
