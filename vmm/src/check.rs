@@ -197,7 +197,7 @@ pub fn run_tiny_guest() -> Result<TinyGuestRun, String> {
     let vcpu = Vcpu::new(&vm, 0).map_err(|e| format!("{e}: {}", source_of(&e)))?;
     vcpu.configure(&supported, 1)
         .map_err(|e| format!("{e}: {}", source_of(&e)))?;
-    vcpu.set_boot_entry(BootEntry {
+    vcpu.set_boot_entry(BootEntry::Linux64 {
         entry: HIMEM_START,
         zero_page: ZERO_PAGE_ADDR,
     })

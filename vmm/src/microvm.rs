@@ -211,7 +211,7 @@ pub(crate) fn start_vm(
         })
         .collect();
     let rsdp = write_acpi_tables(&memory, cpus, &acpi_devices)?;
-    let boot = load_linux(&memory, &boot_source, Some(rsdp))?;
+    let boot = load_linux(&memory, &boot_source, Some(rsdp), config.boot_protocol)?;
 
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

@@ -44,6 +44,10 @@ pub struct VmmArgs {
     /// removed when it ends. Replaces the file's `api-sock`.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// Boot an ELF kernel through its 64-bit Linux entry even when it offers a PVH entry
+    /// (by default the PVH entry is used when offered, as Firecracker does).
+    #[arg(long)]
+    pub no_pvh: bool,
     /// Run the VM in a jail: a new mount namespace holding only the files the VM uses, a new
     /// PID namespace, a cgroup with memory and CPU limits, and, once the devices are open,
     /// the user and group of `--jail-uid`/`--jail-gid` without capabilities. Same as the

@@ -24,6 +24,7 @@ pub use net::NetConfig;
 pub use vsock::VsockConfig;
 
 use crate::arch::x86_64::layout::virtio_mmio_slot;
+use crate::arch::x86_64::linux_boot::BootProtocol;
 use crate::devices::virtio::MMIO_SLOT_LEN;
 use boot_source::{DEFAULT_CMDLINE, MAX_CMDLINE_LEN};
 use drive::MAX_DEVICES;
@@ -174,6 +175,8 @@ pub struct VmConfig {
     pub api_sock: Option<PathBuf>,
     /// Whether (and how) `baton vmm` runs the VM in a jail (`crate::jail`).
     pub jail: Option<JailConfig>,
+    /// Which entry of an ELF kernel that offers a PVH entry boots it (`--no-pvh`).
+    pub boot_protocol: BootProtocol,
 }
 
 /// A virtio device of the VM, in the order devices take MMIO slots.
@@ -302,6 +305,11 @@ impl VmConfig {
             seccomp: !args.no_seccomp,
             api_sock,
             jail,
+            boot_protocol: if args.no_pvh {
+                BootProtocol::Linux64
+            } else {
+                BootProtocol::Auto
+            },
         };
         let len = config.kernel_cmdline().len();
         if len > MAX_CMDLINE_LEN {

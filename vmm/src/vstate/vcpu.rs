@@ -9,7 +9,7 @@ use crate::arch::x86_64::cpuid::{CpuTopology, filter_cpuid};
 use crate::arch::x86_64::lapic::set_lint;
 use crate::arch::x86_64::linux_boot::BootEntry;
 use crate::arch::x86_64::msr::boot_msr_entries;
-use crate::arch::x86_64::regs::{boot_fpu, boot_regs, set_long_mode};
+use crate::arch::x86_64::regs::{boot_fpu, boot_regs, pvh_regs, set_long_mode, set_protected_mode};
 
 /// A vCPU cannot be created or set up.
 #[derive(Debug, thiserror::Error)]
@@ -152,12 +152,21 @@ impl Vcpu {
             .fd
             .get_sregs()
             .map_err(self.ioctl_err("KVM_GET_SREGS"))?;
-        set_long_mode(&mut sregs);
+        let regs = match boot {
+            BootEntry::Linux64 { entry, zero_page } => {
+                set_long_mode(&mut sregs);
+                boot_regs(entry, zero_page)
+            }
+            BootEntry::Pvh { entry, start_info } => {
+                set_protected_mode(&mut sregs);
+                pvh_regs(entry, start_info)
+            }
+        };
         self.fd
             .set_sregs(&sregs)
             .map_err(self.ioctl_err("KVM_SET_SREGS"))?;
         self.fd
-            .set_regs(&boot_regs(boot.entry, boot.zero_page))
+            .set_regs(&regs)
             .map_err(self.ioctl_err("KVM_SET_REGS"))?;
         Ok(())
     }

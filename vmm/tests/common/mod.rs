@@ -119,8 +119,25 @@ impl Asm {
 
 /// An ELF64 executable with one PT_LOAD of `code` at physical 1 MiB, entered there.
 pub fn elf_kernel(code: &[u8]) -> Vec<u8> {
+    elf_kernel_with_note(code, None)
+}
+
+/// As [`elf_kernel`], with a PT_NOTE holding Xen's `XEN_ELFNOTE_PHYS32_ENTRY` note: the PVH
+/// entry at `pvh_offset` bytes into `code`.
+pub fn elf_kernel_with_pvh_entry(code: &[u8], pvh_offset: u32) -> Vec<u8> {
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes()); // namesz
+    note.extend_from_slice(&4u32.to_le_bytes()); // descsz
+    note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&(0x10_0000 + pvh_offset).to_le_bytes());
+    elf_kernel_with_note(code, Some(&note))
+}
+
+fn elf_kernel_with_note(code: &[u8], note: Option<&[u8]>) -> Vec<u8> {
     const LOAD: u64 = 0x10_0000;
-    const HEADERS: u64 = 64 + 56;
+    let phnum: u16 = if note.is_some() { 2 } else { 1 };
+    let headers = 64 + 56 * u64::from(phnum);
     let mut elf = Vec::new();
     elf.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
     elf.extend_from_slice(&2u16.to_le_bytes()); // e_type: EXEC
@@ -130,14 +147,14 @@ pub fn elf_kernel(code: &[u8]) -> Vec<u8> {
     elf.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
     elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
     elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    for half in [64u16, 56, 1, 64, 0, 0] {
+    for half in [64u16, 56, phnum, 64, 0, 0] {
         // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
         elf.extend_from_slice(&half.to_le_bytes());
     }
     elf.extend_from_slice(&1u32.to_le_bytes()); // p_type: LOAD
     elf.extend_from_slice(&5u32.to_le_bytes()); // p_flags: R+X
     for word in [
-        HEADERS,
+        headers,
         LOAD,
         LOAD,
         code.len() as u64,
@@ -147,8 +164,20 @@ pub fn elf_kernel(code: &[u8]) -> Vec<u8> {
         // p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
         elf.extend_from_slice(&word.to_le_bytes());
     }
-    assert_eq!(elf.len() as u64, HEADERS);
+    if let Some(note) = note {
+        elf.extend_from_slice(&4u32.to_le_bytes()); // p_type: NOTE
+        elf.extend_from_slice(&4u32.to_le_bytes()); // p_flags: R
+        let offset = (headers + code.len() as u64).next_multiple_of(4);
+        for word in [offset, 0, 0, note.len() as u64, note.len() as u64, 4] {
+            elf.extend_from_slice(&word.to_le_bytes());
+        }
+    }
+    assert_eq!(elf.len() as u64, headers);
     elf.extend_from_slice(code);
+    if let Some(note) = note {
+        elf.resize(elf.len().next_multiple_of(4), 0);
+        elf.extend_from_slice(note);
+    }
     elf
 }
 

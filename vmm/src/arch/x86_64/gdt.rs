@@ -5,6 +5,9 @@ use kvm_bindings::kvm_segment;
 /// Flags of a 64-bit code segment: granularity 4 KiB, long mode, present, ring 0,
 /// execute/read, accessed.
 pub const CODE64_FLAGS: u16 = 0xa09b;
+/// Flags of a 32-bit code segment: granularity 4 KiB, 32-bit, present, ring 0,
+/// execute/read, accessed.
+pub const CODE32_FLAGS: u16 = 0xc09b;
 /// Flags of a data segment: granularity 4 KiB, 32-bit, present, ring 0, read/write, accessed.
 pub const DATA_FLAGS: u16 = 0xc093;
 /// Flags of a 64-bit TSS: present, ring 0, busy TSS.
@@ -34,6 +37,15 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 pub const BOOT_GDT: [u64; 4] = [
     0,
     gdt_entry(CODE64_FLAGS, 0, 0xfffff),
+    gdt_entry(DATA_FLAGS, 0, 0xfffff),
+    gdt_entry(TSS_FLAGS, 0, 0xfffff),
+];
+
+/// The GDT of the PVH entry, which starts in 32-bit protected mode: the same layout with a
+/// 32-bit code segment.
+pub const PVH_GDT: [u64; 4] = [
+    0,
+    gdt_entry(CODE32_FLAGS, 0, 0xfffff),
     gdt_entry(DATA_FLAGS, 0, 0xfffff),
     gdt_entry(TSS_FLAGS, 0, 0xfffff),
 ];
@@ -87,6 +99,10 @@ mod tests {
         let data = segment_from_entry(BOOT_GDT[2], DATA_INDEX);
         assert_eq!(data.selector, 0x10);
         assert_eq!((data.type_, data.l, data.db), (0x3, 0, 1));
+
+        let code32 = segment_from_entry(PVH_GDT[1], CODE_INDEX);
+        assert_eq!(PVH_GDT[1], 0x00cf_9b00_0000_ffff);
+        assert_eq!((code32.l, code32.db, code32.type_), (0, 1, 0xb));
 
         let tss = segment_from_entry(BOOT_GDT[3], TSS_INDEX);
         assert_eq!((tss.selector, tss.type_, tss.s), (0x18, 0xb, 0));

@@ -42,6 +42,9 @@ pub struct LoadedKernel {
     pub end: u64,
     /// The bzImage's setup header, for the zero page.
     pub setup_header: Option<setup_header>,
+    /// The 32-bit PVH entry point an ELF kernel offers in its notes
+    /// (`XEN_ELFNOTE_PHYS32_ENTRY`).
+    pub pvh_entry: Option<u64>,
 }
 
 /// The kernel cannot be loaded.
@@ -126,18 +129,17 @@ pub fn load_kernel(
     let loaded = match format {
         KernelFormat::Elf => {
             let result = Elf::load(mem, None, &mut file, himem).map_err(load_err)?;
-            if let PvhBootCapability::PvhEntryPresent(pvh) = result.pvh_boot_cap {
-                tracing::debug!(
-                    pvh_entry = pvh.0,
-                    "kernel offers a PVH entry; booting through the 64-bit entry"
-                );
-            }
+            let pvh_entry = match result.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(pvh) => Some(pvh.0),
+                _ => None,
+            };
             LoadedKernel {
                 format,
                 entry: result.kernel_load.0,
                 start: result.kernel_load.0.min(HIMEM_START),
                 end: result.kernel_end,
                 setup_header: None,
+                pvh_entry,
             }
         }
         KernelFormat::BzImage => {
@@ -156,6 +158,7 @@ pub fn load_kernel(
                 start,
                 end,
                 setup_header: Some(header),
+                pvh_entry: None,
             }
         }
     };
@@ -167,6 +170,7 @@ pub fn load_kernel(
         entry = loaded.entry,
         start = loaded.start,
         end = loaded.end,
+        pvh_entry = loaded.pvh_entry,
         "kernel loaded"
     );
     Ok(loaded)

@@ -4,6 +4,12 @@
 pub const GDT_ADDR: u64 = 0x500;
 /// The boot IDT (empty: the kernel installs its own before enabling interrupts).
 pub const IDT_ADDR: u64 = 0x520;
+/// The PVH start info (`struct hvm_start_info`), passed in `ebx` at the PVH entry.
+pub const PVH_START_INFO_ADDR: u64 = 0x6000;
+/// The PVH module list (the initramfs).
+pub const PVH_MODLIST_ADDR: u64 = 0x6040;
+/// The PVH memory map, up to the zero page.
+pub const PVH_MEMMAP_ADDR: u64 = 0x6080;
 /// The zero page (`struct boot_params`), passed in `rsi`.
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// Initial stack pointer; the stack grows down below the page tables.

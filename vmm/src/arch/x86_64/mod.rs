@@ -12,4 +12,5 @@ pub mod layout;
 pub mod linux_boot;
 pub mod msr;
 pub mod paging;
+pub mod pvh;
 pub mod regs;

@@ -1,9 +1,10 @@
-//! Register state for the 64-bit Linux boot protocol: long mode, paging on, flat segments,
-//! `rsi` = zero page, `rip` = the kernel's 64-bit entry.
+//! Register state for the 64-bit Linux boot protocol (long mode, paging on, flat segments,
+//! `rsi` = zero page, `rip` = the kernel's 64-bit entry) and for the PVH entry (32-bit
+//! protected mode, paging off, flat segments, `ebx` = start info).
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 
-use super::gdt::{BOOT_GDT, CODE_INDEX, DATA_INDEX, TSS_INDEX, segment_from_entry};
+use super::gdt::{BOOT_GDT, CODE_INDEX, DATA_INDEX, PVH_GDT, TSS_INDEX, segment_from_entry};
 use super::layout::{BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PML4_ADDR};
 
 /// CR0: protected mode.
@@ -57,6 +58,41 @@ pub fn set_long_mode(sregs: &mut kvm_sregs) {
     sregs.efer |= EFER_LME | EFER_LMA;
 }
 
+/// General registers at the PVH entry (a stack too, though the protocol promises none:
+/// Linux sets up its own before its first call).
+pub fn pvh_regs(entry: u64, start_info: u64) -> kvm_regs {
+    kvm_regs {
+        rflags: RFLAGS_RESERVED,
+        rip: entry,
+        rbx: start_info,
+        rsp: BOOT_STACK_POINTER,
+        ..Default::default()
+    }
+}
+
+/// Puts `sregs` (as read from the vCPU) in 32-bit protected mode without paging on the PVH
+/// GDT, as the PVH entry asks.
+pub fn set_protected_mode(sregs: &mut kvm_sregs) {
+    let code = segment_from_entry(PVH_GDT[usize::from(CODE_INDEX)], CODE_INDEX);
+    let data = segment_from_entry(PVH_GDT[usize::from(DATA_INDEX)], DATA_INDEX);
+    let tss = segment_from_entry(PVH_GDT[usize::from(TSS_INDEX)], TSS_INDEX);
+    sregs.gdt.base = GDT_ADDR;
+    sregs.gdt.limit = (std::mem::size_of_val(&PVH_GDT) - 1) as u16;
+    sregs.idt.base = IDT_ADDR;
+    sregs.idt.limit = (std::mem::size_of::<u64>() - 1) as u16;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = tss;
+    sregs.cr0 = (sregs.cr0 | CR0_PE) & !CR0_PG;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+}
+
 /// FPU and SSE state at the entry.
 pub fn boot_fpu() -> kvm_fpu {
     kvm_fpu {
@@ -88,6 +124,24 @@ mod tests {
             assert_eq!((seg.selector, seg.type_, seg.present), (0x10, 3, 1));
         }
         assert_eq!(sregs.tr.selector, 0x18);
+    }
+
+    #[test]
+    fn pvh_state() {
+        let mut sregs = kvm_sregs {
+            cr0: 0x6000_0010,
+            cr4: CR4_PAE,
+            efer: EFER_LME,
+            ..Default::default()
+        };
+        set_protected_mode(&mut sregs);
+        assert_eq!(sregs.cr0, 0x6000_0011, "PE added, paging off");
+        assert_eq!((sregs.cr3, sregs.cr4, sregs.efer), (0, 0, 0));
+        assert_eq!((sregs.cs.selector, sregs.cs.l, sregs.cs.db), (0x08, 0, 1));
+        assert_eq!((sregs.ds.selector, sregs.ss.db), (0x10, 1));
+        let regs = pvh_regs(0x100_0040, 0x6000);
+        assert_eq!((regs.rip, regs.rbx, regs.rflags), (0x100_0040, 0x6000, 2));
+        assert_eq!(regs.rsp, 0x8ff0);
     }
 
     #[test]
