@@ -415,7 +415,8 @@ fn a_jailed_vmm_sees_only_its_files_runs_unprivileged_and_leaves_nothing() {
     assert!(guest.serial().contains("jailed\n"), "the console is kept");
 }
 
-/// A jailed VMM with default limits, its API socket in a directory of its own.
+/// A jailed VMM with default limits, its API and console sockets in a directory of their
+/// own; returns the sockets' directory.
 fn start_jailed(guest: &Guest) -> (Vmm, PathBuf) {
     let kernel = looping_guest(guest);
     let sockets = guest.console().with_file_name("sockets");
@@ -427,7 +428,7 @@ fn start_jailed(guest: &Guest) -> (Vmm, PathBuf) {
             .arg("--kernel")
             .arg(&kernel)
             .arg("--console")
-            .arg(guest.console())
+            .arg(format!("socket:{}", sockets.join("console.sock").display()))
             .arg("--api-sock")
             .arg(&api)
             .arg("--jail"),
@@ -437,7 +438,7 @@ fn start_jailed(guest: &Guest) -> (Vmm, PathBuf) {
         Duration::from_secs(20),
         || api.exists().then_some(()),
     );
-    (vmm, api)
+    (vmm, sockets)
 }
 
 fn signal(pid: u32, signal: nix::sys::signal::Signal) {
@@ -450,9 +451,18 @@ fn sigterm_to_a_jailed_vmm_stops_it_and_leaves_nothing() {
         return;
     }
     let guest = Guest::new();
-    let (mut vmm, api) = start_jailed(&guest);
+    let (mut vmm, sockets) = start_jailed(&guest);
     let pid = vmm.jailed_pid();
     let outer = vmm.pid();
+    // The console socket serves from inside the jail.
+    let mut console =
+        std::os::unix::net::UnixStream::connect(sockets.join("console.sock")).unwrap();
+    console
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut line = [0u8; 7];
+    std::io::Read::read_exact(&mut console, &mut line).unwrap();
+    assert_eq!(&line, b"jailed\n");
     let (memory, cpu) = v1_cgroup_dirs(pid);
     // The defaults: the guest's 128 MiB and 128 MiB more; one CPU per vCPU.
     assert_eq!(
@@ -464,7 +474,11 @@ fn sigterm_to_a_jailed_vmm_stops_it_and_leaves_nothing() {
     signal(outer, nix::sys::signal::Signal::SIGTERM);
     let (status, stderr) = vmm.wait();
     assert_eq!(status.code(), Some(128 + 15), "{stderr}");
-    assert!(!api.exists(), "socket removed");
+    assert_eq!(
+        std::fs::read_dir(&sockets).unwrap().count(),
+        0,
+        "API and console sockets removed"
+    );
     assert!(!memory.exists() && !cpu.exists(), "cgroups removed");
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
@@ -486,7 +500,7 @@ fn a_jailed_vmm_dies_with_its_killed_outer_process() {
         return;
     }
     let guest = Guest::new();
-    let (mut vmm, api) = start_jailed(&guest);
+    let (mut vmm, sockets) = start_jailed(&guest);
     let pid = vmm.jailed_pid();
     let outer = vmm.pid();
     let (memory, cpu) = v1_cgroup_dirs(pid);
@@ -496,7 +510,8 @@ fn a_jailed_vmm_dies_with_its_killed_outer_process() {
     wait_until("the jailed VMM to end", Duration::from_secs(10), || {
         (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
     });
-    let _ = std::fs::remove_file(&api);
+    let _ = std::fs::remove_file(sockets.join("api.sock"));
+    let _ = std::fs::remove_file(sockets.join("console.sock"));
     for dir in [memory, cpu] {
         wait_until(
             "the cgroup to be removable",

@@ -15,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::x86_64::layout::{HIMEM_START, ZERO_PAGE_ADDR};
 use crate::arch::x86_64::linux_boot::{BootEntry, write_boot_tables};
-use crate::devices::serial::ConsoleOutput;
+use crate::devices::serial::{ConsoleOutput, InputRoom};
 use crate::devices::{Bus, Buses};
 use crate::exit::{ResetCause, VmExit};
 use crate::memory::create_guest_memory;
@@ -204,8 +204,13 @@ pub fn run_tiny_guest() -> Result<TinyGuestRun, String> {
     .map_err(|e| format!("{e}: {}", source_of(&e)))?;
     let buffer = Arc::new(Mutex::new(Vec::new()));
     let (exits_tx, exits) = std::sync::mpsc::channel();
-    let bus = legacy_bus(&vm, ConsoleOutput::Buffer(buffer.clone()), &exits_tx)
-        .map_err(|e| e.to_string())?;
+    let (bus, _) = legacy_bus(
+        &vm,
+        ConsoleOutput::Buffer(buffer.clone()),
+        InputRoom::default(),
+        &exits_tx,
+    )
+    .map_err(|e| e.to_string())?;
     let buses = Buses {
         pio: bus,
         mmio: Bus::mmio(),

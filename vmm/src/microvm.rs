@@ -14,10 +14,11 @@ use crate::arch::x86_64::acpi::{AcpiVirtioDevice, WriteAcpiError, write_acpi_tab
 use crate::arch::x86_64::linux_boot::{LinuxBootError, load_linux};
 use crate::config::{BootSourceConfig, ConfigError, ConsoleConfig, VmConfig, VmmArgs};
 use crate::config::{NetConfig, VirtioDeviceKind, VirtioSlot};
+use crate::devices::console_socket::{ConsoleBacklog, ConsoleSocket};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::power::{PowerControl, SLEEP_CONTROL_LEN, SLEEP_CONTROL_PORT};
 use crate::devices::serial::{
-    COM1_IRQ, COM1_PORT, ConsoleOutput, IrqLine, SERIAL_PORT_LEN, SerialDevice,
+    COM1_IRQ, COM1_PORT, ConsoleOutput, InputRoom, IrqLine, SERIAL_PORT_LEN, SerialDevice,
 };
 use crate::devices::virtio::block::{Block, OpenDiskError};
 use crate::devices::virtio::net::{Net, NetReceiver};
@@ -116,6 +117,15 @@ pub enum RunVmError {
     /// The vsock device's socket cannot be made.
     #[error("--vsock {}: cannot listen on the socket", path.display())]
     VsockSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The console socket cannot be made.
+    #[error("--console socket:{}: cannot listen on the socket", path.display())]
+    ConsoleSocket {
         /// The socket path.
         path: PathBuf,
         /// The OS error.
@@ -253,11 +263,9 @@ pub(crate) fn start_vm(
         }
         None => None,
     };
-    let console = open_console(&config.console)?;
-    let buses = Buses {
-        pio: legacy_bus(&vm, console, &exits_tx)?,
-        mmio,
-    };
+    let console = open_console(&config.console, remove_sockets)?;
+    let (pio, serial) = legacy_bus(&vm, console.output, console.room, &exits_tx)?;
+    let buses = Buses { pio, mmio };
     if let Some(privileges) = privileges {
         privileges.apply()?;
     }
@@ -269,6 +277,17 @@ pub(crate) fn start_vm(
                 source,
             },
         )?),
+        None => None,
+    };
+    let console_socket = match console.socket {
+        Some((socket, backlog, room)) => Some(
+            ConsoleSocket::spawn(socket, backlog, serial, room, &filters).map_err(|source| {
+                RunVmError::DeviceThread {
+                    device: "console".into(),
+                    source,
+                }
+            })?,
+        ),
         None => None,
     };
     tracing::info!(
@@ -288,14 +307,23 @@ pub(crate) fn start_vm(
         control,
     )?;
     drop(api);
+    drop(console_socket);
     drop(device_threads);
     drop(vm);
     Ok(outcome)
 }
 
-fn open_console(console: &ConsoleConfig) -> Result<ConsoleOutput, RunVmError> {
-    match console {
-        ConsoleConfig::Stdout => Ok(ConsoleOutput::Stdout(std::io::stdout())),
+/// The console as opened: where COM1's output goes, what its UART reports input room to,
+/// and for a console socket, the socket, its backlog and the room eventfd for its thread.
+struct OpenConsole {
+    output: ConsoleOutput,
+    room: InputRoom,
+    socket: Option<(BoundSocket, Arc<ConsoleBacklog>, EventFd)>,
+}
+
+fn open_console(console: &ConsoleConfig, remove_socket: bool) -> Result<OpenConsole, RunVmError> {
+    let output = match console {
+        ConsoleConfig::Stdout => ConsoleOutput::Stdout(std::io::stdout()),
         // Appended to, as a serial log should be: a VMM started again after its guest
         // rebooted (a cluster node's monitor does that) keeps the earlier boots' lines.
         ConsoleConfig::File(path) => std::fs::OpenOptions::new()
@@ -306,8 +334,28 @@ fn open_console(console: &ConsoleConfig) -> Result<ConsoleOutput, RunVmError> {
             .map_err(|source| RunVmError::Console {
                 path: path.clone(),
                 source,
-            }),
-    }
+            })?,
+        ConsoleConfig::Socket(path) => {
+            let socket_error = |source| RunVmError::ConsoleSocket {
+                path: path.clone(),
+                source,
+            };
+            let socket = BoundSocket::bind(path.clone(), remove_socket).map_err(socket_error)?;
+            let backlog = ConsoleBacklog::new().map_err(socket_error)?;
+            let room = EventFd::new(libc::EFD_NONBLOCK).map_err(socket_error)?;
+            let uart_room = room.try_clone().map_err(socket_error)?;
+            return Ok(OpenConsole {
+                output: ConsoleOutput::Socket(backlog.clone()),
+                room: InputRoom(Some(uart_room)),
+                socket: Some((socket, backlog, room)),
+            });
+        }
+    };
+    Ok(OpenConsole {
+        output,
+        room: InputRoom::default(),
+        socket: None,
+    })
 }
 
 /// Threads serving virtio devices; dropping them stops them (and removes the vsock socket).
@@ -509,13 +557,15 @@ fn open_tap(net: &NetConfig) -> Result<File, RunVmError> {
     }
 }
 
-/// The legacy devices every VM has: COM1 on IRQ 4 writing to `console`, the i8042 whose
-/// reset ends the VM, and the sleep control register whose S5 powers it off.
+/// The legacy devices every VM has: COM1 on IRQ 4 writing to `console` (and reporting
+/// input room to `room`), the i8042 whose reset ends the VM, and the sleep control register
+/// whose S5 powers it off. Also returns COM1, for its input.
 pub fn legacy_bus(
     vm: &Vm,
     console: ConsoleOutput,
+    room: InputRoom,
     exits: &Sender<VmEvent>,
-) -> Result<Bus, RunVmError> {
+) -> Result<(Bus, Arc<Mutex<SerialDevice>>), RunVmError> {
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| RunVmError::EventFd {
         what: "COM1",
         source,
@@ -526,11 +576,12 @@ pub fn legacy_bus(
             source,
         })?;
     let mut bus = Bus::port_io();
+    let serial = Arc::new(Mutex::new(SerialDevice::new(IrqLine(irq), console, room)));
     bus.insert(
         "COM1",
         COM1_PORT.into(),
         SERIAL_PORT_LEN.into(),
-        Arc::new(Mutex::new(SerialDevice::new(IrqLine(irq), console))),
+        serial.clone(),
     )?;
     bus.insert(
         "i8042",
@@ -550,5 +601,5 @@ pub fn legacy_bus(
             VmExit::PowerOff,
         )))),
     )?;
-    Ok(bus)
+    Ok((bus, serial))
 }

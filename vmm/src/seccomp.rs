@@ -25,6 +25,8 @@ pub enum ThreadKind {
     Vsock,
     /// The API: epoll, Unix sockets.
     Api,
+    /// The console socket: epoll, Unix sockets, eventfds.
+    Console,
     /// The main thread of `baton vmm` once the vCPUs run: waiting for the VM's end and for
     /// pause requests, kicking vCPU threads (tgkill), joining threads, closing and removing
     /// the sockets, exit.
@@ -32,11 +34,12 @@ pub enum ThreadKind {
 }
 
 /// Every kind, in the order their filters are built.
-const KINDS: [ThreadKind; 5] = [
+const KINDS: [ThreadKind; 6] = [
     ThreadKind::Vcpu,
     ThreadKind::NetReceive,
     ThreadKind::Vsock,
     ThreadKind::Api,
+    ThreadKind::Console,
     ThreadKind::Main,
 ];
 
@@ -101,7 +104,7 @@ fn extra_calls(kind: ThreadKind) -> &'static [libc::c_long] {
             libc::SYS_read,
             libc::SYS_readv,
         ],
-        ThreadKind::Vsock | ThreadKind::Api => &[
+        ThreadKind::Vsock | ThreadKind::Api | ThreadKind::Console => &[
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_ctl,
@@ -156,7 +159,7 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                 );
             }
             ThreadKind::NetReceive | ThreadKind::Main => {}
-            ThreadKind::Vsock | ThreadKind::Api => {
+            ThreadKind::Vsock | ThreadKind::Api | ThreadKind::Console => {
                 rules.insert(libc::SYS_ioctl, vec![arg_equals(1, FIONBIO)?]);
                 rules.insert(libc::SYS_socket, vec![arg_equals(0, libc::AF_UNIX as u64)?]);
             }

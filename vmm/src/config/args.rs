@@ -22,8 +22,10 @@ pub struct VmmArgs {
     /// Guest memory in MiB, at least 64 [default: 128].
     #[arg(long, value_name = "MiB")]
     pub memory: Option<u64>,
-    /// Serial console output: `stdout` or a file path [default: stdout].
-    #[arg(long, value_name = "stdout|PATH")]
+    /// Serial console: output to `stdout` or a file path (appended to), or `socket:PATH`, a
+    /// Unix socket the VMM makes whose client reads the output and types input
+    /// [default: stdout].
+    #[arg(long, value_name = "stdout|PATH|socket:PATH")]
     pub console: Option<String>,
     /// A raw disk image as a virtio block device (`/dev/vda`, then `vdb`, ...); `,ro` makes
     /// it read-only. Repeat for more disks; replaces the file's `drives`.

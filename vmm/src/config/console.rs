@@ -9,20 +9,31 @@ use super::ConfigError;
 pub enum ConsoleConfig {
     /// The VMM's standard output.
     Stdout,
-    /// A file, created or truncated when the VM starts.
+    /// A file, created or appended to when the VM starts.
     File(PathBuf),
+    /// A Unix socket the VMM listens on (`socket:PATH`): its client reads the output and
+    /// types the input.
+    Socket(PathBuf),
 }
 
 impl ConsoleConfig {
-    /// Parses `stdout` or a file path, as `--console` takes it.
+    /// Parses `stdout`, `socket:PATH` or a file path, as `--console` takes it.
     pub fn parse(value: &str) -> Result<Self, ConfigError> {
         if value == "stdout" {
             return Ok(Self::Stdout);
         }
+        if let Some(path) = value.strip_prefix("socket:") {
+            let path = PathBuf::from(path);
+            super::check_free_socket_path(&path).map_err(|reason| ConfigError::Console {
+                value: value.to_owned(),
+                reason,
+            })?;
+            return Ok(Self::Socket(path));
+        }
         if value.is_empty() {
             return Err(ConfigError::Console {
                 value: value.to_owned(),
-                reason: "expected `stdout` or a file path",
+                reason: "expected `stdout`, `socket:PATH` or a file path",
             });
         }
         let path = PathBuf::from(value);

@@ -2,6 +2,7 @@
 //! devices on MMIO.
 
 pub mod bus;
+pub mod console_socket;
 pub mod i8042;
 pub mod power;
 pub mod serial;

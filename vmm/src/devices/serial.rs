@@ -1,15 +1,17 @@
 //! COM1: a 16550A-compatible UART (vm-superio) at port 0x3f8 on IRQ 4, writing the guest's
-//! output to the console destination. Guest input is not wired yet.
+//! output to the console destination; input comes from the console socket's client
+//! (`console_socket.rs`).
 
 use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::BusDevice;
+use super::console_socket::ConsoleBacklog;
 
 /// COM1's base port.
 pub const COM1_PORT: u16 = 0x3f8;
@@ -39,6 +41,8 @@ pub enum ConsoleOutput {
     File(File),
     /// Memory, for the self-test and tests.
     Buffer(Arc<Mutex<Vec<u8>>>),
+    /// The console socket's backlog.
+    Socket(Arc<ConsoleBacklog>),
 }
 
 impl Write for ConsoleOutput {
@@ -53,6 +57,10 @@ impl Write for ConsoleOutput {
                     .extend_from_slice(buf);
                 Ok(buf.len())
             }
+            ConsoleOutput::Socket(backlog) => {
+                backlog.push(buf);
+                Ok(buf.len())
+            }
         }
     }
 
@@ -60,14 +68,30 @@ impl Write for ConsoleOutput {
         match self {
             ConsoleOutput::Stdout(out) => out.flush(),
             ConsoleOutput::File(file) => file.flush(),
-            ConsoleOutput::Buffer(_) => Ok(()),
+            ConsoleOutput::Buffer(_) | ConsoleOutput::Socket(_) => Ok(()),
+        }
+    }
+}
+
+/// What the UART reports: its receive FIFO became empty (the console socket then reads more
+/// of its client's input).
+#[derive(Debug, Default)]
+pub struct InputRoom(pub Option<EventFd>);
+
+impl SerialEvents for InputRoom {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Some(room) = &self.0 {
+            let _ = room.write(1);
         }
     }
 }
 
 /// The UART model on the port I/O bus.
 pub struct SerialDevice {
-    uart: Serial<IrqLine, NoEvents, ConsoleOutput>,
+    uart: Serial<IrqLine, InputRoom, ConsoleOutput>,
 }
 
 impl std::fmt::Debug for SerialDevice {
@@ -77,10 +101,24 @@ impl std::fmt::Debug for SerialDevice {
 }
 
 impl SerialDevice {
-    /// A UART raising `irq` and writing to `output`.
-    pub fn new(irq: IrqLine, output: ConsoleOutput) -> Self {
+    /// A UART raising `irq`, writing to `output` and reporting to `room` when its receive
+    /// FIFO has emptied.
+    pub fn new(irq: IrqLine, output: ConsoleOutput, room: InputRoom) -> Self {
         Self {
-            uart: Serial::new(irq, output),
+            uart: Serial::with_events(irq, room, output),
+        }
+    }
+
+    /// Puts `input` into the receive FIFO (raising the received-data interrupt) as far as
+    /// it fits; returns how many bytes it took.
+    pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
+        match self.uart.enqueue_raw_bytes(input) {
+            Ok(taken) => taken,
+            Err(vm_superio::serial::Error::FullFifo) => 0,
+            Err(error) => {
+                tracing::warn!(?error, "serial input interrupt not raised");
+                0
+            }
         }
     }
 }
@@ -118,6 +156,7 @@ mod tests {
         let mut serial = SerialDevice::new(
             IrqLine(irq.try_clone().unwrap()),
             ConsoleOutput::Buffer(buffer.clone()),
+            InputRoom::default(),
         );
         for byte in b"hi\n" {
             serial.write(0, &[*byte]);

@@ -274,6 +274,10 @@ fn prepare_and_run(
                 .api_sock
                 .iter()
                 .chain(config.vsock.iter().map(|v| &v.uds_path))
+                .chain(match &config.console {
+                    ConsoleConfig::Socket(path) => Some(path),
+                    _ => None,
+                })
                 .cloned()
                 .collect();
             let mut go = std::fs::File::from(go_write);

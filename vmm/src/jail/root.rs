@@ -196,6 +196,9 @@ pub fn jail_entries(config: &VmConfig) -> Result<(VmConfig, Vec<JailEntry>), Jai
     if let Some(api) = &mut config.api_sock {
         socket_dir("--api-sock", api)?;
     }
+    if let ConsoleConfig::Socket(path) = &mut config.console {
+        socket_dir("--console", path)?;
+    }
     let dirs: Vec<PathBuf> = named
         .iter()
         .filter(|n| n.entry.kind == EntryKind::Dir)

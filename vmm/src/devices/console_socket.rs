@@ -1,0 +1,338 @@
+//! The serial console on a Unix socket (`--console socket:PATH`): one client at a time (a new
+//! connection replaces the old one) reads the guest's COM1 output and types its input.
+//! Output the guest writes while nobody is connected waits in a backlog (the last
+//! [`BACKLOG_LIMIT`] bytes), so a client that connects later sees the boot messages. Input
+//! goes into the UART's 64-byte receive FIFO; when it is full the thread stops reading the
+//! client until the guest has emptied the FIFO (the UART reports that), so typing faster than
+//! the guest reads loses nothing.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::serial::SerialDevice;
+use crate::seccomp::{ThreadFilters, ThreadKind, spawn_filtered};
+use crate::unix_socket::BoundSocket;
+
+/// Output kept for a client that is not connected yet, at most.
+pub const BACKLOG_LIMIT: usize = 64 * 1024;
+
+const LISTENER: u64 = 0;
+const CLIENT: u64 = 1;
+const OUTPUT: u64 = 2;
+const ROOM: u64 = 3;
+const STOP: u64 = 4;
+
+/// The guest's console output on its way to the client: filled by the UART (on vCPU
+/// threads), drained by the console thread.
+#[derive(Debug)]
+pub struct ConsoleBacklog {
+    bytes: Mutex<VecDeque<u8>>,
+    ready: EventFd,
+}
+
+impl ConsoleBacklog {
+    /// An empty backlog.
+    pub fn new() -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            bytes: Mutex::new(VecDeque::new()),
+            ready: EventFd::new(libc::EFD_NONBLOCK)?,
+        }))
+    }
+
+    /// Adds the guest's output, dropping the oldest beyond [`BACKLOG_LIMIT`].
+    pub fn push(&self, output: &[u8]) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+        bytes.extend(output);
+        let excess = bytes.len().saturating_sub(BACKLOG_LIMIT);
+        bytes.drain(..excess);
+        drop(bytes);
+        let _ = self.ready.write(1);
+    }
+
+    /// Writes as much as `client` takes; returns whether anything is left.
+    fn send(&self, client: &mut UnixStream) -> std::io::Result<bool> {
+        let mut bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+        while !bytes.is_empty() {
+            let (front, _) = bytes.as_slices();
+            match client.write(front) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    bytes.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+}
+
+/// The console thread; dropping it stops the thread (the socket file goes with it).
+#[derive(Debug)]
+pub struct ConsoleSocket {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+    _socket: BoundSocket,
+}
+
+impl ConsoleSocket {
+    /// Serves the console on `socket`: `backlog` to the client, the client's bytes into
+    /// `serial`, which signals `room` when its receive FIFO has emptied.
+    pub fn spawn(
+        socket: BoundSocket,
+        backlog: Arc<ConsoleBacklog>,
+        serial: Arc<Mutex<SerialDevice>>,
+        room: EventFd,
+        filters: &ThreadFilters,
+    ) -> std::io::Result<Self> {
+        let listener = socket.listener().try_clone()?;
+        listener.set_nonblocking(true)?;
+        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+        let epoll = Epoll::new()?;
+        for (fd, token) in [
+            (listener.as_raw_fd(), LISTENER),
+            (backlog.ready.as_raw_fd(), OUTPUT),
+            (room.as_raw_fd(), ROOM),
+            (stop.as_raw_fd(), STOP),
+        ] {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
+        let mut session = Session {
+            epoll,
+            backlog,
+            serial,
+            room,
+            client: None,
+            interest: EventSet::empty(),
+            input: Vec::new(),
+        };
+        let thread = spawn_filtered("console".into(), filters, ThreadKind::Console, move || {
+            let mut events = [EpollEvent::default(); 5];
+            loop {
+                let ready = match session.epoll.wait(-1, &mut events) {
+                    Ok(n) => n,
+                    Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                    Err(error) => {
+                        tracing::error!(%error, "console socket cannot wait");
+                        return;
+                    }
+                };
+                for event in &events[..ready] {
+                    match event.data() {
+                        STOP => return,
+                        LISTENER => {
+                            while let Ok((stream, _)) = listener.accept() {
+                                session.connect(stream);
+                            }
+                        }
+                        OUTPUT => {
+                            let _ = session.backlog.ready.read();
+                        }
+                        ROOM => {
+                            let _ = session.room.read();
+                            session.feed_guest();
+                        }
+                        CLIENT => {
+                            let set = event.event_set();
+                            if set.intersects(EventSet::IN | EventSet::HANG_UP) {
+                                session.read_client();
+                            }
+                            // A client that hung up while its input waits for the FIFO:
+                            // nothing more can come from it (what came still goes in).
+                            if set.intersects(EventSet::HANG_UP | EventSet::ERROR)
+                                && !session.input.is_empty()
+                            {
+                                session.disconnect();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                session.send_output();
+                session.update_interest();
+            }
+        })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            _socket: socket,
+        })
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        if self.stop.write(1).is_ok()
+            && let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the console socket thread panicked");
+        }
+    }
+}
+
+/// The console thread's state.
+struct Session {
+    epoll: Epoll,
+    backlog: Arc<ConsoleBacklog>,
+    serial: Arc<Mutex<SerialDevice>>,
+    room: EventFd,
+    client: Option<UnixStream>,
+    /// What the client's fd is registered for.
+    interest: EventSet,
+    /// Input read from the client that the UART's FIFO has not taken yet.
+    input: Vec<u8>,
+}
+
+impl Session {
+    fn connect(&mut self, stream: UnixStream) {
+        self.disconnect();
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let interest = EventSet::IN;
+        if self
+            .epoll
+            .ctl(
+                ControlOperation::Add,
+                stream.as_raw_fd(),
+                EpollEvent::new(interest, CLIENT),
+            )
+            .is_ok()
+        {
+            tracing::debug!("console client connected");
+            self.client = Some(stream);
+            self.interest = interest;
+        }
+    }
+
+    fn disconnect(&mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                client.as_raw_fd(),
+                EpollEvent::default(),
+            );
+            tracing::debug!("console client gone");
+        }
+    }
+
+    fn read_client(&mut self) {
+        if !self.input.is_empty() {
+            return;
+        }
+        let Some(client) = &mut self.client else {
+            return;
+        };
+        let mut buffer = [0u8; 4096];
+        match client.read(&mut buffer) {
+            Ok(0) => self.disconnect(),
+            Ok(n) => {
+                self.input.extend_from_slice(&buffer[..n]);
+                self.feed_guest();
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+            Err(_) => self.disconnect(),
+        }
+    }
+
+    /// Moves waiting input into the UART's FIFO, as much as fits.
+    fn feed_guest(&mut self) {
+        if self.input.is_empty() {
+            return;
+        }
+        let taken = self
+            .serial
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .enqueue_input(&self.input);
+        self.input.drain(..taken);
+    }
+
+    fn send_output(&mut self) {
+        let Some(client) = &mut self.client else {
+            return;
+        };
+        if self.backlog.send(client).is_err() {
+            self.disconnect();
+        }
+    }
+
+    /// Reads the client only while its input has been taken; waits for it to be writable
+    /// only while output waits.
+    fn update_interest(&mut self) {
+        let Some(client) = &self.client else {
+            return;
+        };
+        let mut wanted = EventSet::empty();
+        if self.input.is_empty() {
+            wanted |= EventSet::IN;
+        }
+        if !self.backlog.is_empty() {
+            wanted |= EventSet::OUT;
+        }
+        if wanted != self.interest
+            && self
+                .epoll
+                .ctl(
+                    ControlOperation::Modify,
+                    client.as_raw_fd(),
+                    EpollEvent::new(wanted, CLIENT),
+                )
+                .is_ok()
+        {
+            self.interest = wanted;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_keeps_the_latest_output_up_to_its_limit() {
+        let backlog = ConsoleBacklog::new().unwrap();
+        backlog.push(&vec![b'a'; BACKLOG_LIMIT]);
+        backlog.push(b"tail");
+        let (mut client, mut server) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let mut received = Vec::new();
+        loop {
+            let left = backlog.send(&mut server).unwrap();
+            let mut chunk = [0u8; 65536];
+            while let Ok(n) = client.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                received.extend_from_slice(&chunk[..n]);
+            }
+            if !left {
+                break;
+            }
+        }
+        assert_eq!(received.len(), BACKLOG_LIMIT);
+        assert!(received.ends_with(b"aaaatail"));
+        assert!(backlog.is_empty());
+    }
+}

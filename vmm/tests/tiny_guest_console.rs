@@ -1,0 +1,130 @@
+//! The serial console on a Unix socket (`--console socket:PATH`): a tiny guest writes
+//! "ready" before anyone is connected (the client still gets it), then reads COM1 by polling
+//! its line status, echoes each byte with its case flipped until a newline, says "bye" and
+//! powers off. The client sends 300 letters at once, far more than the UART's 64-byte FIFO
+//! holds, and gets every one back in order. Needs /dev/kvm, as tests/tiny_guests.rs explains.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use baton_vmm::{VmExit, VmmArgs};
+use common::{Asm, Guest, elf_kernel, kvm_available, spawn_vm, wait_until};
+
+fn echo_program() -> Vec<u8> {
+    let mut a = Asm::default();
+    a.mov_dx(0x3f8);
+    for byte in b"ready\n" {
+        a.out_al(*byte);
+    }
+    a.label("poll")
+        .mov_dx(0x3fd) // line status
+        .bytes(&[0xec]) // in al, dx
+        .bytes(&[0xa8, 0x01]) // test al, 1: data ready
+        .rel(&[0x74], "poll", 1) // jz poll
+        .mov_dx(0x3f8)
+        .bytes(&[0xec]) // in al, dx: the byte
+        .bytes(&[0x3c, b'\n']) // cmp al, '\n'
+        .rel(&[0x74], "done", 1) // je done
+        .bytes(&[0x34, 0x20, 0xee]) // xor al, 0x20; out dx, al
+        .rel(&[0xeb], "poll", 1)
+        .label("done");
+    for byte in b"\nbye\n" {
+        a.out_al(*byte);
+    }
+    a.mov_dx(0x600)
+        .out_al(0x34)
+        .label("halt")
+        .bytes(&[0xf4])
+        .rel(&[0xeb], "halt", 1);
+    a.finish()
+}
+
+/// Reads from `stream` until `received` ends with `end`.
+fn read_until(stream: &mut UnixStream, received: &mut Vec<u8>, end: &[u8]) {
+    let mut chunk = [0u8; 1024];
+    while !received.ends_with(end) {
+        let n = stream.read(&mut chunk).expect("console output");
+        assert!(
+            n > 0,
+            "console closed after {:?}",
+            String::from_utf8_lossy(received)
+        );
+        received.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn a_console_socket_client_sees_early_output_and_types_more_than_the_fifo_holds() {
+    if !kvm_available(
+        "a_console_socket_client_sees_early_output_and_types_more_than_the_fifo_holds",
+    ) {
+        return;
+    }
+    let guest = Guest::new();
+    let kernel = guest.file("vmlinux", &elf_kernel(&echo_program()));
+    let socket = guest.console().with_file_name("console.sock");
+    let api = guest.console().with_file_name("api.sock");
+    let done = spawn_vm(VmmArgs {
+        console: Some(format!("socket:{}", socket.display())),
+        api_sock: Some(api.clone()),
+        ..guest.args(kernel)
+    });
+    wait_until("the API socket", Duration::from_secs(10), || {
+        api.exists().then_some(())
+    });
+    // The guest has written "ready" (six port writes) before the client connects.
+    wait_until("the guest's first line", Duration::from_secs(10), || {
+        let answer = baton_vmm::api::request(&api, "metrics").ok()?;
+        let metrics: serde_json::Value = serde_json::from_str(&answer).ok()?;
+        (metrics["exits"]["io_out"].as_u64()? >= 6).then_some(())
+    });
+    let mut client = UnixStream::connect(&socket).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut received = Vec::new();
+    read_until(&mut client, &mut received, b"ready\n");
+    assert_eq!(received, b"ready\n");
+
+    let letters: Vec<u8> = (0..300).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut input = letters.clone();
+    input.push(b'\n');
+    client.write_all(&input).unwrap();
+    received.clear();
+    read_until(&mut client, &mut received, b"bye\n");
+    let mut expected: Vec<u8> = letters.iter().map(|b| b ^ 0x20).collect();
+    expected.extend_from_slice(b"\nbye\n");
+    assert_eq!(
+        String::from_utf8_lossy(&received),
+        String::from_utf8_lossy(&expected),
+        "every letter echoed once, in order"
+    );
+    let exit = done
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the VM ends");
+    assert_eq!(exit, Ok(VmExit::PowerOff));
+    assert!(!socket.exists(), "the console socket is removed");
+    assert!(!guest.console().exists(), "no console file was made");
+}
+
+#[test]
+fn a_busy_console_socket_path_is_refused() {
+    let guest = Guest::new();
+    let kernel = guest.file("vmlinux", &elf_kernel(&[0xf4]));
+    let busy = guest.file("console.sock", b"");
+    let err = baton_vmm::run(&VmmArgs {
+        console: Some(format!("socket:{}", busy.display())),
+        ..guest.args(kernel)
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "--console (console) \"socket:{}\": the path is busy: something exists there",
+            busy.display()
+        )
+    );
+}
