@@ -434,11 +434,22 @@ fn start_jailed(guest: &Guest) -> (Vmm, PathBuf) {
             .arg("--jail"),
     );
     wait_until(
-        "the jailed VMM's API socket",
+        "the jailed VMM's API and console sockets",
         Duration::from_secs(20),
-        || api.exists().then_some(()),
+        || (api.exists() && sockets.join("console.sock").exists()).then_some(()),
     );
     (vmm, sockets)
+}
+
+/// Whether process `pid` runs (exists and is not a zombie waiting to be reaped).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z')
+        })
+        .unwrap_or(false)
 }
 
 fn signal(pid: u32, signal: nix::sys::signal::Signal) {
@@ -508,7 +519,7 @@ fn a_jailed_vmm_dies_with_its_killed_outer_process() {
     let (status, _) = vmm.wait();
     assert_eq!(status.code(), None, "killed");
     wait_until("the jailed VMM to end", Duration::from_secs(10), || {
-        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        (!running(pid)).then_some(())
     });
     let _ = std::fs::remove_file(sockets.join("api.sock"));
     let _ = std::fs::remove_file(sockets.join("console.sock"));

@@ -25,7 +25,7 @@ pub enum ThreadKind {
     Vsock,
     /// The API: epoll, Unix sockets.
     Api,
-    /// The console socket: epoll, Unix sockets, eventfds.
+    /// The console socket: epoll, accepting and reading its client, eventfds.
     Console,
     /// The main thread of `baton vmm` once the vCPUs run: waiting for the VM's end and for
     /// pause requests, kicking vCPU threads (tgkill), joining threads, closing and removing
@@ -104,7 +104,18 @@ fn extra_calls(kind: ThreadKind) -> &'static [libc::c_long] {
             libc::SYS_read,
             libc::SYS_readv,
         ],
-        ThreadKind::Vsock | ThreadKind::Api | ThreadKind::Console => &[
+        ThreadKind::Console => &[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_ctl,
+            libc::SYS_read,
+            libc::SYS_readv,
+            libc::SYS_accept4,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_fcntl,
+        ],
+        ThreadKind::Vsock | ThreadKind::Api => &[
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_ctl,
@@ -159,9 +170,12 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                 );
             }
             ThreadKind::NetReceive | ThreadKind::Main => {}
-            ThreadKind::Vsock | ThreadKind::Api | ThreadKind::Console => {
+            ThreadKind::Vsock | ThreadKind::Api => {
                 rules.insert(libc::SYS_ioctl, vec![arg_equals(1, FIONBIO)?]);
                 rules.insert(libc::SYS_socket, vec![arg_equals(0, libc::AF_UNIX as u64)?]);
+            }
+            ThreadKind::Console => {
+                rules.insert(libc::SYS_ioctl, vec![arg_equals(1, FIONBIO)?]);
             }
         }
         let program: BpfProgram = SeccompFilter::new(

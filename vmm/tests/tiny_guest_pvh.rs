@@ -1,7 +1,8 @@
 //! The PVH entry through the whole VMM: an ELF kernel whose note offers a 32-bit PVH entry
 //! is entered there, in 32-bit protected mode without paging, with `ebx` pointing at the
 //! start info. The guest program (32-bit code the test assembles) checks the start info's
-//! magic, prints its module count, memory map entry count, the command line and the
+//! magic, prints CR0's paging bit (0: not the long mode the 64-bit entry runs in), its module
+//! count, memory map entry count, the command line and the
 //! initramfs module's bytes, and powers off. The same kernel with `--no-pvh` runs its 64-bit
 //! entry instead. Needs /dev/kvm, as tests/tiny_guests.rs explains.
 
@@ -34,6 +35,10 @@ fn kernel_code() -> (Vec<u8>, u32) {
         .bytes(&0x336e_c578u32.to_le_bytes())
         .rel(&[0x75], "bad_magic", 1) // jne bad_magic
         .out_al(b'P')
+        .out_al(b' ')
+        .bytes(&[0x0f, 0x20, 0xc0]) // mov eax, cr0
+        .bytes(&[0xc1, 0xe8, 0x1f]) // shr eax, 31: paging (1 in long mode)
+        .bytes(&[0x04, b'0', 0xee]) // add al, '0'; out dx, al
         .out_al(b' ')
         .bytes(&[0x8b, 0x43, 0x0c]) // mov eax, [ebx + 12]: nr_modules
         .bytes(&[0x04, b'0', 0xee]) // add al, '0'; out dx, al
@@ -89,8 +94,8 @@ fn a_kernel_offering_pvh_is_entered_there_with_its_start_info() {
     assert_eq!(exit.unwrap(), VmExit::PowerOff);
     assert_eq!(
         guest.serial(),
-        "P 1 3 console=ttyS0 baton.test=pvh virtio_mmio.device=4K@0xd0000000:5\nmodule bytes\n",
-        "magic, one module, the e820 map's 3 entries, the command line, the initramfs"
+        "P 0 1 3 console=ttyS0 baton.test=pvh virtio_mmio.device=4K@0xd0000000:5\nmodule bytes\n",
+        "magic, paging off, one module, the e820 map's 3 entries, the command line, the initramfs"
     );
 
     // --no-pvh: the 64-bit entry of the same kernel.

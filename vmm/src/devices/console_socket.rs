@@ -151,19 +151,7 @@ impl ConsoleSocket {
                             let _ = session.room.read();
                             session.feed_guest();
                         }
-                        CLIENT => {
-                            let set = event.event_set();
-                            if set.intersects(EventSet::IN | EventSet::HANG_UP) {
-                                session.read_client();
-                            }
-                            // A client that hung up while its input waits for the FIFO:
-                            // nothing more can come from it (what came still goes in).
-                            if set.intersects(EventSet::HANG_UP | EventSet::ERROR)
-                                && !session.input.is_empty()
-                            {
-                                session.disconnect();
-                            }
-                        }
+                        CLIENT => session.client_event(event.event_set()),
                         _ => {}
                     }
                 }
@@ -190,13 +178,38 @@ impl Drop for ConsoleSocket {
     }
 }
 
+/// The connected client.
+struct Client {
+    stream: UnixStream,
+    /// Whether its input may still come: false once a read returned end of file (a client
+    /// that shut down its sending side still gets the output).
+    reading: bool,
+    /// Whether it takes output: false once a write failed (a client that closed may still
+    /// have input waiting to be read).
+    writing: bool,
+    /// Whether epoll watches it: not once it hung up with input still unread, which is then
+    /// read as the FIFO takes it, without epoll reporting the hang-up again and again.
+    watched: bool,
+}
+
+/// Stops epoll watching `client`.
+fn unwatch(epoll: &Epoll, client: &Client) {
+    if client.watched {
+        let _ = epoll.ctl(
+            ControlOperation::Delete,
+            client.stream.as_raw_fd(),
+            EpollEvent::default(),
+        );
+    }
+}
+
 /// The console thread's state.
 struct Session {
     epoll: Epoll,
     backlog: Arc<ConsoleBacklog>,
     serial: Arc<Mutex<SerialDevice>>,
     room: EventFd,
-    client: Option<UnixStream>,
+    client: Option<Client>,
     /// What the client's fd is registered for.
     interest: EventSet,
     /// Input read from the client that the UART's FIFO has not taken yet.
@@ -220,19 +233,40 @@ impl Session {
             .is_ok()
         {
             tracing::debug!("console client connected");
-            self.client = Some(stream);
+            self.client = Some(Client {
+                stream,
+                reading: true,
+                writing: true,
+                watched: true,
+            });
             self.interest = interest;
         }
     }
 
     fn disconnect(&mut self) {
         if let Some(client) = self.client.take() {
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                client.as_raw_fd(),
-                EpollEvent::default(),
-            );
+            unwatch(&self.epoll, &client);
             tracing::debug!("console client gone");
+        }
+    }
+
+    /// The client's events: input, or its hang-up.
+    fn client_event(&mut self, set: EventSet) {
+        if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
+            self.read_client();
+        }
+        let Some(client) = &mut self.client else {
+            return;
+        };
+        // Hung up, or reset (it closed with our output unread): what it sent before still
+        // goes in as the FIFO takes it; reads end with end of file or the error.
+        if set.intersects(EventSet::HANG_UP | EventSet::ERROR) {
+            if client.reading && !self.input.is_empty() {
+                unwatch(&self.epoll, client);
+                client.watched = false;
+            } else if !client.reading {
+                self.disconnect();
+            }
         }
     }
 
@@ -243,9 +277,17 @@ impl Session {
         let Some(client) = &mut self.client else {
             return;
         };
+        if !client.reading {
+            return;
+        }
         let mut buffer = [0u8; 4096];
-        match client.read(&mut buffer) {
-            Ok(0) => self.disconnect(),
+        match client.stream.read(&mut buffer) {
+            Ok(0) => {
+                client.reading = false;
+                if !client.watched || !client.writing {
+                    self.disconnect();
+                }
+            }
             Ok(n) => {
                 self.input.extend_from_slice(&buffer[..n]);
                 self.feed_guest();
@@ -255,39 +297,51 @@ impl Session {
         }
     }
 
-    /// Moves waiting input into the UART's FIFO, as much as fits.
+    /// Moves waiting input into the UART's FIFO, as much as fits; a client that hung up is
+    /// read on as the FIFO empties.
     fn feed_guest(&mut self) {
-        if self.input.is_empty() {
-            return;
+        if !self.input.is_empty() {
+            let taken = self
+                .serial
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .enqueue_input(&self.input);
+            self.input.drain(..taken);
         }
-        let taken = self
-            .serial
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .enqueue_input(&self.input);
-        self.input.drain(..taken);
+        if self.input.is_empty() && self.client.as_ref().is_some_and(|c| !c.watched) {
+            self.read_client();
+        }
     }
 
     fn send_output(&mut self) {
         let Some(client) = &mut self.client else {
             return;
         };
-        if self.backlog.send(client).is_err() {
-            self.disconnect();
+        if !client.watched || !client.writing {
+            return;
+        }
+        if self.backlog.send(&mut client.stream).is_err() {
+            client.writing = false;
+            if !client.reading {
+                self.disconnect();
+            }
         }
     }
 
-    /// Reads the client only while its input has been taken; waits for it to be writable
-    /// only while output waits.
+    /// Reads the client only while its input has been taken and more may come; waits for it
+    /// to be writable only while output waits.
     fn update_interest(&mut self) {
         let Some(client) = &self.client else {
             return;
         };
+        if !client.watched {
+            return;
+        }
         let mut wanted = EventSet::empty();
-        if self.input.is_empty() {
+        if self.input.is_empty() && client.reading {
             wanted |= EventSet::IN;
         }
-        if !self.backlog.is_empty() {
+        if client.writing && !self.backlog.is_empty() {
             wanted |= EventSet::OUT;
         }
         if wanted != self.interest
@@ -295,7 +349,7 @@ impl Session {
                 .epoll
                 .ctl(
                     ControlOperation::Modify,
-                    client.as_raw_fd(),
+                    client.stream.as_raw_fd(),
                     EpollEvent::new(wanted, CLIENT),
                 )
                 .is_ok()

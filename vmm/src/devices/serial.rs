@@ -112,14 +112,13 @@ impl SerialDevice {
     /// Puts `input` into the receive FIFO (raising the received-data interrupt) as far as
     /// it fits; returns how many bytes it took.
     pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
+        let room = self.uart.fifo_capacity();
         match self.uart.enqueue_raw_bytes(input) {
-            Ok(taken) => taken,
-            Err(vm_superio::serial::Error::FullFifo) => 0,
-            Err(error) => {
-                tracing::warn!(?error, "serial input interrupt not raised");
-                0
-            }
+            Ok(_) | Err(vm_superio::serial::Error::FullFifo) => {}
+            // The bytes are in the FIFO even when the interrupt could not be raised.
+            Err(error) => tracing::warn!(?error, "serial input interrupt not raised"),
         }
+        room - self.uart.fifo_capacity()
     }
 }
 

@@ -180,17 +180,27 @@ impl Drop for SignalGuard {
     }
 }
 
-/// Whether this process ignores `signal` (read by setting the default and putting the old
-/// disposition back).
+/// Whether this process ignores `signal`.
 fn ignored(signal: Signal) -> Result<bool, JailError> {
-    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    // SAFETY: the default disposition installs no handler; the old one is put back at once.
-    let previous = unsafe { nix::sys::signal::sigaction(signal, &default) }
-        .map_err(process_error("read a signal's disposition"))?;
-    // SAFETY: puts back the disposition just read.
-    unsafe { nix::sys::signal::sigaction(signal, &previous) }
-        .map_err(process_error("restore a signal's disposition"))?;
-    Ok(previous.handler() == SigHandler::SigIgn)
+    let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: with a null new action, sigaction only writes the current one into `current`,
+    // which has room for it; no disposition changes, even for a moment.
+    let rc = unsafe {
+        libc::sigaction(
+            signal as libc::c_int,
+            std::ptr::null(),
+            current.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(JailError::Process {
+            action: "read a signal's disposition",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: sigaction succeeded and filled it in (it was zeroed before anyway).
+    let current = unsafe { current.assume_init() };
+    Ok(current.sa_sigaction == libc::SIG_IGN)
 }
 
 /// Runs the VM of `config` in its jail and returns the exit code `baton vmm` ends with.

@@ -16,11 +16,13 @@ pub const START_INFO_LEN: usize = 56;
 pub const MODLIST_ENTRY_LEN: usize = 32;
 /// Bytes of `struct hvm_memmap_table_entry`.
 pub const MEMMAP_ENTRY_LEN: usize = 24;
-/// Memory map entries that fit between the memory map's address and the zero page.
-pub const MAX_MEMMAP_ENTRIES: usize =
-    ((ZERO_PAGE_ADDR - PVH_MEMMAP_ADDR) as usize) / MEMMAP_ENTRY_LEN;
+/// Memory map entries Linux takes (`init_pvh_bootparams` stops at the zero page's 128 E820
+/// entries).
+pub const MAX_MEMMAP_ENTRIES: usize = 128;
 
-// The three structures do not overlap.
+// The three structures do not overlap, and the memory map ends before the zero page.
+const _: () =
+    assert!(PVH_MEMMAP_ADDR + (MAX_MEMMAP_ENTRIES * MEMMAP_ENTRY_LEN) as u64 <= ZERO_PAGE_ADDR);
 const _: () = assert!(PVH_START_INFO_ADDR + START_INFO_LEN as u64 <= PVH_MODLIST_ADDR);
 const _: () = assert!(PVH_MODLIST_ADDR + MODLIST_ENTRY_LEN as u64 <= PVH_MEMMAP_ADDR);
 

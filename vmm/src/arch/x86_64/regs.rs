@@ -9,6 +9,8 @@ use super::layout::{BOOT_STACK_POINTER, GDT_ADDR, IDT_ADDR, PML4_ADDR};
 
 /// CR0: protected mode.
 const CR0_PE: u64 = 1;
+/// CR0: extension type (always 1 on modern CPUs).
+const CR0_ET: u64 = 1 << 4;
 /// CR0: paging.
 const CR0_PG: u64 = 1 << 31;
 /// CR4: physical address extension.
@@ -87,7 +89,8 @@ pub fn set_protected_mode(sregs: &mut kvm_sregs) {
     sregs.gs = data;
     sregs.ss = data;
     sregs.tr = tss;
-    sregs.cr0 = (sregs.cr0 | CR0_PE) & !CR0_PG;
+    // Every bit but PE (and ET, fixed on modern CPUs) clear, as the PVH ABI asks.
+    sregs.cr0 = CR0_PE | CR0_ET;
     sregs.cr3 = 0;
     sregs.cr4 = 0;
     sregs.efer = 0;
@@ -135,7 +138,10 @@ mod tests {
             ..Default::default()
         };
         set_protected_mode(&mut sregs);
-        assert_eq!(sregs.cr0, 0x6000_0011, "PE added, paging off");
+        assert_eq!(
+            sregs.cr0, 0x11,
+            "PE and ET only: paging and caching bits clear"
+        );
         assert_eq!((sregs.cr3, sregs.cr4, sregs.efer), (0, 0, 0));
         assert_eq!((sregs.cs.selector, sregs.cs.l, sregs.cs.db), (0x08, 0, 1));
         assert_eq!((sregs.ds.selector, sregs.ss.db), (0x10, 1));
