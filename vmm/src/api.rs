@@ -20,7 +20,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -30,6 +29,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::virtio::MmioTransport;
 use crate::exit::{VmEvent, VmExit};
 use crate::seccomp::{ThreadFilters, ThreadKind, spawn_filtered};
+use crate::stoppable_thread::StoppableThread;
 use crate::unix_socket::BoundSocket;
 use crate::vstate::control::VcpuControl;
 
@@ -80,8 +80,7 @@ pub struct ApiContext {
 /// The API thread; dropping it stops the thread and removes the socket file.
 #[derive(Debug)]
 pub struct ApiServer {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    _thread: StoppableThread,
     _socket: BoundSocket,
 }
 
@@ -143,21 +142,9 @@ impl ApiServer {
             }
         })?;
         Ok(Self {
-            stop,
-            thread: Some(thread),
+            _thread: StoppableThread::new("api", stop, thread),
             _socket: socket,
         })
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        if self.stop.write(1).is_ok()
-            && let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the VMM API thread panicked");
-        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod jail;
 pub mod memory;
 pub mod microvm;
 pub mod seccomp;
+pub mod stoppable_thread;
 pub mod unix_socket;
 pub mod vstate;
 

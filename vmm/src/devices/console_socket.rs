@@ -11,13 +11,13 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::serial::SerialDevice;
 use crate::seccomp::{ThreadFilters, ThreadKind, spawn_filtered};
+use crate::stoppable_thread::StoppableThread;
 use crate::unix_socket::BoundSocket;
 
 /// Output kept for a client that is not connected yet, at most.
@@ -85,8 +85,7 @@ impl ConsoleBacklog {
 /// The console thread; dropping it stops the thread (the socket file goes with it).
 #[derive(Debug)]
 pub struct ConsoleSocket {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    _thread: StoppableThread,
     _socket: BoundSocket,
 }
 
@@ -160,21 +159,9 @@ impl ConsoleSocket {
             }
         })?;
         Ok(Self {
-            stop,
-            thread: Some(thread),
+            _thread: StoppableThread::new("console", stop, thread),
             _socket: socket,
         })
-    }
-}
-
-impl Drop for ConsoleSocket {
-    fn drop(&mut self) {
-        if self.stop.write(1).is_ok()
-            && let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the console socket thread panicked");
-        }
     }
 }
 

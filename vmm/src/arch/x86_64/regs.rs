@@ -38,22 +38,27 @@ pub fn boot_regs(entry: u64, zero_page: u64) -> kvm_regs {
     }
 }
 
-/// Puts `sregs` (as read from the vCPU) in 64-bit mode on the boot GDT and identity map.
-pub fn set_long_mode(sregs: &mut kvm_sregs) {
-    let code = segment_from_entry(BOOT_GDT[usize::from(CODE_INDEX)], CODE_INDEX);
-    let data = segment_from_entry(BOOT_GDT[usize::from(DATA_INDEX)], DATA_INDEX);
-    let tss = segment_from_entry(BOOT_GDT[usize::from(TSS_INDEX)], TSS_INDEX);
+/// Loads `gdt` (at [`GDT_ADDR`]), the empty IDT, and the flat segments of `gdt`'s code,
+/// data and TSS descriptors into `sregs`.
+fn load_flat_segments(sregs: &mut kvm_sregs, gdt: &[u64; 4]) {
+    let segment = |index: u8| segment_from_entry(gdt[usize::from(index)], index);
+    let data = segment(DATA_INDEX);
     sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
+    sregs.gdt.limit = (std::mem::size_of_val(gdt) - 1) as u16;
     sregs.idt.base = IDT_ADDR;
     sregs.idt.limit = (std::mem::size_of::<u64>() - 1) as u16;
-    sregs.cs = code;
+    sregs.cs = segment(CODE_INDEX);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = tss;
+    sregs.tr = segment(TSS_INDEX);
+}
+
+/// Puts `sregs` (as read from the vCPU) in 64-bit mode on the boot GDT and identity map.
+pub fn set_long_mode(sregs: &mut kvm_sregs) {
+    load_flat_segments(sregs, &BOOT_GDT);
     sregs.cr0 |= CR0_PE | CR0_PG;
     sregs.cr3 = PML4_ADDR;
     sregs.cr4 |= CR4_PAE;
@@ -75,20 +80,7 @@ pub fn pvh_regs(entry: u64, start_info: u64) -> kvm_regs {
 /// Puts `sregs` (as read from the vCPU) in 32-bit protected mode without paging on the PVH
 /// GDT, as the PVH entry asks.
 pub fn set_protected_mode(sregs: &mut kvm_sregs) {
-    let code = segment_from_entry(PVH_GDT[usize::from(CODE_INDEX)], CODE_INDEX);
-    let data = segment_from_entry(PVH_GDT[usize::from(DATA_INDEX)], DATA_INDEX);
-    let tss = segment_from_entry(PVH_GDT[usize::from(TSS_INDEX)], TSS_INDEX);
-    sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = (std::mem::size_of_val(&PVH_GDT) - 1) as u16;
-    sregs.idt.base = IDT_ADDR;
-    sregs.idt.limit = (std::mem::size_of::<u64>() - 1) as u16;
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = tss;
+    load_flat_segments(sregs, &PVH_GDT);
     // Every bit but PE (and ET, fixed on modern CPUs) clear, as the PVH ABI asks.
     sregs.cr0 = CR0_PE | CR0_ET;
     sregs.cr3 = 0;

@@ -8,7 +8,6 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
@@ -18,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::queue::{BrokenQueue, drain_queue, use_chains};
 use super::{MmioTransport, VIRTIO_F_VERSION_1, VirtioDevice, device_type, read_config_bytes};
 use crate::seccomp::{ThreadFilters, ThreadKind, spawn_filtered};
+use crate::stoppable_thread::StoppableThread;
 
 /// Feature: the configuration space has the MAC address.
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
@@ -185,8 +185,7 @@ pub fn deliver_frame(
 /// The receive thread of a network device.
 #[derive(Debug)]
 pub struct NetReceiver {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    _thread: StoppableThread,
 }
 
 const TAP_EVENT: u64 = 0;
@@ -232,23 +231,8 @@ impl NetReceiver {
             move || receive.run(),
         )?;
         Ok(Self {
-            stop,
-            thread: Some(thread),
+            _thread: StoppableThread::new(name, stop, thread),
         })
-    }
-}
-
-impl Drop for NetReceiver {
-    fn drop(&mut self) {
-        if let Err(error) = self.stop.write(1) {
-            tracing::warn!(%error, "virtio-net: receive thread not told to stop");
-            return;
-        }
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("virtio-net: the receive thread panicked");
-        }
     }
 }
 

@@ -23,7 +23,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use virtio_queue::{Reader, Writer};
@@ -35,6 +34,7 @@ use super::{RX_QUEUE, TX_QUEUE};
 use crate::devices::virtio::MmioTransport;
 use crate::devices::virtio::queue::{drain_queue, use_chains};
 use crate::seccomp::{ThreadFilters, ThreadKind, spawn_filtered};
+use crate::stoppable_thread::StoppableThread;
 use crate::unix_socket::BoundSocket;
 
 /// The receive buffer the muxer announces per connection.
@@ -63,8 +63,7 @@ const SOCKET_BASE: u64 = 3;
 /// The muxer thread; dropping it stops the thread and removes the device's socket file.
 #[derive(Debug)]
 pub struct VsockMuxer {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
+    _thread: StoppableThread,
     /// Dropped after the thread has stopped.
     _socket: BoundSocket,
 }
@@ -112,22 +111,9 @@ impl VsockMuxer {
             muxer.run()
         })?;
         Ok(Self {
-            stop,
-            thread: Some(thread),
+            _thread: StoppableThread::new("vsock", stop, thread),
             _socket: socket,
         })
-    }
-}
-
-impl Drop for VsockMuxer {
-    fn drop(&mut self) {
-        if let Err(error) = self.stop.write(1) {
-            tracing::warn!(%error, "virtio-vsock: muxer not told to stop");
-        } else if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("virtio-vsock: the muxer thread panicked");
-        }
     }
 }
 
