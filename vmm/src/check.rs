@@ -185,7 +185,7 @@ fn tiny_guest_program() -> Vec<u8> {
 pub fn run_tiny_guest() -> Result<TinyGuestRun, String> {
     let started = Instant::now();
     let kvm = open_kvm().map_err(|e| e.to_string())?;
-    let memory = create_guest_memory(2 << 20).map_err(|e| e.to_string())?;
+    let memory = create_guest_memory(2 << 20, false).map_err(|e| e.to_string())?;
     let vm = Vm::new(&kvm, &memory).map_err(|e| format!("{e}: {}", source_of(&e)))?;
     write_boot_tables(&memory).map_err(|e| e.to_string())?;
     memory

@@ -1,6 +1,11 @@
-//! Guest memory: anonymous private mappings (vm-memory), split around the 32-bit MMIO hole.
+//! Guest memory: anonymous private mappings (vm-memory), split around the 32-bit MMIO hole,
+//! on normal pages (reserved lazily) or on 2 MiB huge pages (hugetlb, reserved up front so
+//! that a pool too small fails the start rather than the guest).
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
 
 use crate::arch::x86_64::layout::{HIGH_RAM_START, MMIO32_START};
 
@@ -14,7 +19,20 @@ pub enum CreateMemoryError {
         mib: u64,
         /// vm-memory's error.
         #[source]
-        source: vm_memory::mmap::FromRangesError,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The host's huge page pool cannot hold the guest.
+    #[error(
+        "--hugepages: cannot map {mib} MiB of guest memory on 2 MiB huge pages; the host's pool (vm.nr_hugepages) has {free} free"
+    )]
+    Hugepages {
+        /// The size asked for.
+        mib: u64,
+        /// Free huge pages the host reports (HugePages_Free less HugePages_Rsvd).
+        free: u64,
+        /// The OS error.
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
     },
 }
 
@@ -29,16 +47,56 @@ pub fn layout_ranges(size: u64) -> Vec<(u64, u64)> {
     ranges
 }
 
-/// Maps `size` bytes of anonymous guest memory.
-pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, CreateMemoryError> {
-    let ranges: Vec<(GuestAddress, usize)> = layout_ranges(size)
-        .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| CreateMemoryError::Map {
-        mib: size >> 20,
-        source,
-    })
+/// Maps `size` bytes of anonymous guest memory, on 2 MiB huge pages when `hugepages`.
+pub fn create_guest_memory(
+    size: u64,
+    hugepages: bool,
+) -> Result<GuestMemoryMmap, CreateMemoryError> {
+    let mib = size >> 20;
+    let map_error =
+        |source: Box<dyn std::error::Error + Send + Sync>| CreateMemoryError::Map { mib, source };
+    let mut regions = Vec::new();
+    for (start, len) in layout_ranges(size) {
+        let flags = if hugepages {
+            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_HUGETLB
+        } else {
+            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE
+        };
+        let mapping = MmapRegionBuilder::new(len as usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags)
+            .with_hugetlbfs(hugepages)
+            .build()
+            .map_err(|source| {
+                if hugepages {
+                    CreateMemoryError::Hugepages {
+                        mib,
+                        free: free_hugepages(),
+                        source,
+                    }
+                } else {
+                    map_error(Box::new(source))
+                }
+            })?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+            .ok_or_else(|| map_error("the region overflows the guest address space".into()))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| map_error(Box::new(e)))
+}
+
+/// Huge pages the host could still hand out: HugePages_Free less HugePages_Rsvd
+/// (/proc/meminfo).
+pub fn free_hugepages() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    field("HugePages_Free:").saturating_sub(field("HugePages_Rsvd:"))
 }
 
 /// The RAM ranges (start, length) of `mem`.
@@ -72,7 +130,7 @@ mod tests {
 
     #[test]
     fn memory_is_mapped_as_laid_out() {
-        let mem = create_guest_memory(64 << 20).unwrap();
+        let mem = create_guest_memory(64 << 20, false).unwrap();
         assert_eq!(ram_ranges(&mem), vec![(0, 64 << 20)]);
         assert_eq!(low_ram_len(&mem), 64 << 20);
     }

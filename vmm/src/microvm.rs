@@ -205,7 +205,7 @@ pub(crate) fn start_vm(
     if cpus as usize > max {
         return Err(RunVmError::TooManyVcpus { cpus, max });
     }
-    let memory = create_guest_memory(config.machine.memory_bytes())?;
+    let memory = create_guest_memory(config.machine.memory_bytes(), config.machine.hugepages)?;
     let vm = Vm::new(&kvm, &memory)?;
     let boot_source = BootSourceConfig {
         cmdline: config.kernel_cmdline(),

@@ -17,7 +17,7 @@ use super::vsock::VsockFile;
 /// ```json
 /// {
 ///   "boot-source": { "kernel": "bzImage", "initrds": ["a.cpio", "b.cpio.gz"], "cmdline": "console=ttyS0" },
-///   "machine": { "cpus": 2, "memory_mib": 256 },
+///   "machine": { "cpus": 2, "memory_mib": 256, "hugepages": false },
 ///   "console": "stdout",
 ///   "drives": [{ "path": "disk.raw", "read_only": false }],
 ///   "network-interfaces": [{ "tap": "tap0", "mac": "52:54:00:12:34:56" }],

@@ -23,6 +23,8 @@ pub struct MachineFile {
     pub cpus: Option<u32>,
     /// Guest memory in MiB.
     pub memory_mib: Option<u64>,
+    /// Back guest memory with 2 MiB huge pages (`--hugepages`).
+    pub hugepages: Option<bool>,
 }
 
 /// Validated machine shape.
@@ -32,6 +34,8 @@ pub struct MachineConfig {
     pub cpus: u32,
     /// Guest memory in MiB, [`MIN_MEMORY_MIB`]..=[`MAX_MEMORY_MIB`].
     pub memory_mib: u64,
+    /// Whether guest memory is backed by 2 MiB huge pages (hugetlb).
+    pub hugepages: bool,
 }
 
 impl MachineConfig {
@@ -43,7 +47,25 @@ impl MachineConfig {
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
             return Err(ConfigError::Memory { memory_mib });
         }
-        Ok(Self { cpus, memory_mib })
+        Ok(Self {
+            cpus,
+            memory_mib,
+            hugepages: false,
+        })
+    }
+
+    /// The same machine with its memory on 2 MiB huge pages: the size must be a whole
+    /// number of them.
+    pub fn with_hugepages(self) -> Result<Self, ConfigError> {
+        if !self.memory_mib.is_multiple_of(2) {
+            return Err(ConfigError::HugepagesSize {
+                memory_mib: self.memory_mib,
+            });
+        }
+        Ok(Self {
+            hugepages: true,
+            ..self
+        })
     }
 
     /// Guest memory in bytes.

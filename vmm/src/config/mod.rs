@@ -78,6 +78,14 @@ pub enum ConfigError {
         /// The size given.
         memory_mib: u64,
     },
+    /// Huge pages asked for with a size that is not a whole number of them.
+    #[error(
+        "--memory (machine.memory_mib) {memory_mib} MiB: with --hugepages it must be a multiple of 2 MiB"
+    )]
+    HugepagesSize {
+        /// The size given.
+        memory_mib: u64,
+    },
     /// The command line is too long for the kernel.
     #[error("--cmdline (boot-source.cmdline): {len} bytes, at most {MAX_CMDLINE_LEN} fit")]
     CmdlineTooLong {
@@ -221,6 +229,11 @@ impl VmConfig {
                 .or(file.machine.memory_mib)
                 .unwrap_or(DEFAULT_MEMORY_MIB),
         )?;
+        let machine = if args.hugepages || file.machine.hugepages == Some(true) {
+            machine.with_hugepages()?
+        } else {
+            machine
+        };
         let kernel = args
             .kernel
             .clone()
