@@ -23,13 +23,14 @@ pub enum CreateMemoryError {
     },
     /// The host's huge page pool cannot hold the guest.
     #[error(
-        "--hugepages: cannot map {mib} MiB of guest memory on 2 MiB huge pages; the host's pool (vm.nr_hugepages) has {free} free"
+        "--hugepages: cannot map {mib} MiB of guest memory on 2 MiB huge pages; the host's pool ({HUGEPAGES_2MB}/nr_hugepages) has {} free",
+        free.map_or("an unknown number of pages".to_owned(), |n| n.to_string())
     )]
     Hugepages {
         /// The size asked for.
         mib: u64,
-        /// Free huge pages the host reports (HugePages_Free less HugePages_Rsvd).
-        free: u64,
+        /// Free 2 MiB pages the host reports, if it can be read (a jail shows no /sys).
+        free: Option<u64>,
         /// The OS error.
         #[source]
         source: vm_memory::mmap::MmapRegionError,
@@ -58,7 +59,8 @@ pub fn create_guest_memory(
     let mut regions = Vec::new();
     for (start, len) in layout_ranges(size) {
         let flags = if hugepages {
-            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_HUGETLB
+            // The size said: the host's default huge page size may be 1 GiB.
+            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_HUGETLB | libc::MAP_HUGE_2MB
         } else {
             libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE
         };
@@ -85,18 +87,19 @@ pub fn create_guest_memory(
     GuestMemoryMmap::from_regions(regions).map_err(|e| map_error(Box::new(e)))
 }
 
-/// Huge pages the host could still hand out: HugePages_Free less HugePages_Rsvd
-/// (/proc/meminfo).
-pub fn free_hugepages() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        meminfo
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or(0)
+/// Where the host describes its pool of 2 MiB huge pages.
+pub const HUGEPAGES_2MB: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+
+/// 2 MiB huge pages the host could still hand out (free less reserved), if it says.
+pub fn free_hugepages() -> Option<u64> {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("{HUGEPAGES_2MB}/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     };
-    field("HugePages_Free:").saturating_sub(field("HugePages_Rsvd:"))
+    Some(read("free_hugepages")?.saturating_sub(read("resv_hugepages")?))
 }
 
 /// The RAM ranges (start, length) of `mem`.

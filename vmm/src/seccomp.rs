@@ -109,11 +109,9 @@ fn extra_calls(kind: ThreadKind) -> &'static [libc::c_long] {
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_ctl,
             libc::SYS_read,
-            libc::SYS_readv,
             libc::SYS_accept4,
             libc::SYS_recvfrom,
             libc::SYS_sendto,
-            libc::SYS_fcntl,
         ],
         ThreadKind::Vsock | ThreadKind::Api => &[
             libc::SYS_epoll_wait,

@@ -46,8 +46,8 @@ pub struct VmmArgs {
     /// removed when it ends. Replaces the file's `api-sock`.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
-    /// Back guest memory with 2 MiB huge pages (hugetlb; the host's pool, vm.nr_hugepages,
-    /// must hold them: they are reserved when the VM starts). Same as `machine.hugepages`.
+    /// Back guest memory with 2 MiB huge pages (hugetlb; the host's pool of 2 MiB pages must
+    /// hold them: they are reserved when the VM starts). Same as `machine.hugepages`.
     #[arg(long)]
     pub hugepages: bool,
     /// Boot an ELF kernel through its 64-bit Linux entry even when it offers a PVH entry
