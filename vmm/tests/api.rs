@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use baton_vmm::{VmExit, VmmArgs};
-use common::{Asm, Guest, elf_kernel, kvm_available, spawn_vm, wait_until};
+use common::{Guest, elf_kernel, kvm_available, port_writing_loop, spawn_vm, wait_until};
 use serde_json::Value;
 
 fn ask(socket: &Path, request: &str) -> Value {
@@ -28,13 +28,7 @@ fn status_metrics_pause_resume_and_shutdown() {
         return;
     }
     let guest = Guest::new();
-    let mut program = Asm::default();
-    program
-        .bytes(&[0xb0, 0x00]) // mov al, 0
-        .label("loop")
-        .bytes(&[0xe6, 0x80]) // out 0x80, al
-        .rel(&[0xeb], "loop", 1);
-    let kernel = guest.file("vmlinux", &elf_kernel(&program.finish()));
+    let kernel = guest.file("vmlinux", &elf_kernel(&port_writing_loop()));
     let disk = guest.file("disk.raw", &[0u8; 4096]);
     let socket = guest.console().with_file_name("api.sock");
     let args = VmmArgs {

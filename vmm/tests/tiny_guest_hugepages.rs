@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use baton_vmm::memory::{HUGEPAGES_2MB, free_hugepages};
 use baton_vmm::{VmExit, VmmArgs};
-use common::{Asm, Guest, elf_kernel, kvm_available, spawn_vm, wait_until};
+use common::{Asm, Guest, elf_kernel, kvm_available, port_writing_loop, spawn_vm, wait_until};
 
 /// The host's pool of 2 MiB pages, grown for the test without surplus pages (which could
 /// let a guest larger than the pool start), and put back on drop.
@@ -60,17 +60,6 @@ impl Drop for HugepagePool {
     }
 }
 
-/// Writes to port 0x80 forever.
-fn looping_kernel(guest: &Guest) -> std::path::PathBuf {
-    let mut program = Asm::default();
-    program
-        .bytes(&[0xb0, 0x00]) // mov al, 0
-        .label("loop")
-        .bytes(&[0xe6, 0x80]) // out 0x80, al
-        .rel(&[0xeb], "loop", 1);
-    guest.file("vmlinux", &elf_kernel(&program.finish()))
-}
-
 /// Powers off at once.
 fn power_off_kernel(guest: &Guest) -> std::path::PathBuf {
     let mut program = Asm::default();
@@ -114,7 +103,7 @@ fn guest_memory_comes_from_the_huge_page_pool_and_goes_back() {
         memory: Some(64),
         hugepages: true,
         api_sock: Some(api.clone()),
-        ..guest.args(looping_kernel(&guest))
+        ..guest.args(guest.file("vmlinux", &elf_kernel(&port_writing_loop())))
     });
     wait_until("the API socket", Duration::from_secs(10), || {
         api.exists().then_some(())

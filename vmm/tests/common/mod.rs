@@ -117,6 +117,17 @@ impl Asm {
     }
 }
 
+/// A guest that writes to the unassigned port 0x80 forever (until the API stops it).
+pub fn port_writing_loop() -> Vec<u8> {
+    let mut program = Asm::default();
+    program
+        .bytes(&[0xb0, 0x00]) // mov al, 0
+        .label("loop")
+        .bytes(&[0xe6, 0x80]) // out 0x80, al
+        .rel(&[0xeb], "loop", 1);
+    program.finish()
+}
+
 /// An ELF64 executable with one PT_LOAD of `code` at physical 1 MiB, entered there.
 pub fn elf_kernel(code: &[u8]) -> Vec<u8> {
     elf_kernel_with_note(code, None)
