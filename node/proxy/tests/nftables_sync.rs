@@ -167,10 +167,7 @@ fn syncs_apply_exactly_the_rendered_chains() {
 
 #[test]
 fn state_syncs_render_only_what_changed_and_match_a_full_render() {
-    let settings = RuleSettings {
-        node_name: "n1".into(),
-        cluster_cidr: None,
-    };
+    let settings = support::node_settings();
     let namespace = NetNs::create().unwrap();
     namespace
         .run(|| {
@@ -270,10 +267,7 @@ fn state_syncs_render_only_what_changed_and_match_a_full_render() {
 
 #[test]
 fn a_state_that_tracks_its_changes_is_synced_by_them_alone() {
-    let settings = RuleSettings {
-        node_name: "n1".into(),
-        cluster_cidr: None,
-    };
+    let settings = support::node_settings();
     let namespace = NetNs::create().unwrap();
     namespace
         .run(|| {
@@ -372,10 +366,7 @@ fn spread(listeners: &[std::net::TcpListener], address: &str, count: usize) -> V
 
 #[test]
 fn connections_spread_over_every_endpoint_as_their_number_changes() {
-    let settings = RuleSettings {
-        node_name: "n1".into(),
-        cluster_cidr: None,
-    };
+    let settings = support::node_settings();
     let namespace = NetNs::create().unwrap();
     namespace
         .run(|| {
@@ -429,10 +420,7 @@ fn connections_spread_over_every_endpoint_as_their_number_changes() {
 
 #[test]
 fn a_full_sync_takes_services_that_claim_one_address_and_long_names() {
-    let settings = RuleSettings {
-        node_name: "n1".into(),
-        cluster_cidr: None,
-    };
+    let settings = support::node_settings();
     let namespace = NetNs::create().unwrap();
     namespace
         .run(|| {

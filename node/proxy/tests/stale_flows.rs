@@ -9,7 +9,6 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use baton_network::NetNs;
-use baton_proxy::nftables_rules::RuleSettings;
 use baton_proxy::nftables_sync::NftablesProxier;
 use baton_proxy::service_model::build_state;
 use baton_proxy::stale_flows::{StaleUdpFlows, remove_stale_flows};
@@ -60,10 +59,7 @@ fn reached(client: &UdpSocket, to: &str, servers: &[UdpSocket]) -> Option<usize>
 
 #[test]
 fn udp_flows_the_rules_would_not_make_are_removed() {
-    let settings = RuleSettings {
-        node_name: "n1".into(),
-        cluster_cidr: None,
-    };
+    let settings = support::node_settings();
     let namespace = NetNs::create().unwrap();
     namespace
         .run(|| {
