@@ -161,10 +161,28 @@ pub fn unmount_overlay(container_dir: &Path) -> Result<(), MountRootfsError> {
     }
 }
 
-/// Whether `path` is a mount point of this process's mount namespace (from
-/// /proc/self/mountinfo, whose mount point field escapes space, tab, newline and `\` in
-/// octal).
+/// Whether `path` is a mount point of this process's mount namespace: from statx's
+/// mount-root attribute (one system call, whatever the number of mounts), or on kernels
+/// older than 5.8 from /proc/self/mountinfo, whose mount point field escapes space, tab,
+/// newline and `\` in octal.
 pub fn is_mount_point(path: &Path) -> bool {
+    use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
+    match statx(CWD, path, AtFlags::NO_AUTOMOUNT, StatxFlags::empty()) {
+        Ok(found)
+            if found
+                .stx_attributes_mask
+                .contains(StatxAttributes::MOUNT_ROOT) =>
+        {
+            found.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        }
+        Ok(_) => listed_in_mountinfo(path),
+        Err(_) => false,
+    }
+}
+
+/// Whether `path` is a mount point listed in /proc/self/mountinfo (reading it costs time in
+/// proportion to the number of mounts).
+fn listed_in_mountinfo(path: &Path) -> bool {
     let Ok(path) = std::fs::canonicalize(path) else {
         return false;
     };
@@ -252,6 +270,8 @@ mod tests {
         let _guard = Unmount(container.clone());
         let rootfs = mount_overlay(&[top.clone(), base.clone()], &container).unwrap();
         assert!(is_mount_point(&rootfs));
+        assert!(listed_in_mountinfo(&rootfs));
+        assert!(!is_mount_point(&container) && !listed_in_mountinfo(&container));
         assert_eq!(
             mount_overlay(&[top, base.clone()], &container).unwrap(),
             rootfs
@@ -267,7 +287,7 @@ mod tests {
         let held = File::open(rootfs.join("bin/sh")).unwrap();
         unmount_overlay(&container).unwrap();
         drop(held);
-        assert!(!is_mount_point(&rootfs));
+        assert!(!is_mount_point(&rootfs) && !listed_in_mountinfo(&rootfs));
         unmount_overlay(&container).unwrap();
     }
 

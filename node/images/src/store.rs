@@ -146,15 +146,17 @@ impl ImageStore {
     }
 
     /// Records that a container uses image `id` now (image garbage collection removes the
-    /// least recently used images first). Unknown IDs are ignored.
+    /// least recently used images first). Unknown IDs are ignored, and the index is written
+    /// (with an fsync) only when the second changed: a burst of containers of one image
+    /// writes it once.
     pub fn mark_used(&self, id: &str) -> Result<(), ImageIndexError> {
         let now = now_secs();
         self.index().update(|images| match images.get_mut(id) {
-            Some(image) => {
+            Some(image) if image.last_used != now => {
                 image.last_used = now;
                 ((), true)
             }
-            None => ((), false),
+            _ => ((), false),
         })
     }
 
