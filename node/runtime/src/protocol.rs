@@ -65,6 +65,28 @@ pub(crate) enum Request {
     Shutdown,
 }
 
+impl Request {
+    /// The request's name, for logs.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::CreateSandbox(_) => "create sandbox",
+            Request::RemoveSandbox { .. } => "remove sandbox",
+            Request::CreateContainer(_) => "create container",
+            Request::StartContainer { .. } => "start container",
+            Request::SignalContainer { .. } => "signal container",
+            Request::RemoveContainer { .. } => "remove container",
+            Request::ContainerStatus { .. } => "container status",
+            Request::CloseStdin { .. } => "close stdin",
+            Request::ResizeTerminal { .. } => "resize terminal",
+            Request::ListContainers => "list containers",
+            Request::Exec(_) => "exec",
+            Request::ExecStatus { .. } => "exec status",
+            Request::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// What the runtime answers.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Response {

@@ -73,7 +73,11 @@ impl Component {
         let child = die_with_parent(&mut command)
             .arg(&self.role)
             .args(&self.args)
-            .env("BATON_LOG", "info")
+            // BATON_TEST_LOG sets the components' log filter for a closer look.
+            .env(
+                "BATON_LOG",
+                std::env::var("BATON_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
