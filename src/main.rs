@@ -47,8 +47,8 @@ enum Command {
         /// Directory of the runtime's state, socket and sandboxes.
         #[arg(long, default_value = "/run/baton/runtime")]
         root: PathBuf,
-        /// Instead of serving: kill every container and sandbox of the runtime process under
-        /// --root and stop it.
+        /// Instead of serving: kill every container and sandbox of the runtime processes under
+        /// --root (the first, and those in its `processes/<n>`) and stop them.
         #[arg(long)]
         shutdown: bool,
     },
@@ -266,13 +266,19 @@ fn main() -> ExitCode {
             shutdown: true,
         } => run_async(async move {
             // Only a running runtime process is stopped; none is started to be stopped.
-            let socket = root.join(baton_runtime::SOCKET_NAME);
-            if std::os::unix::net::UnixStream::connect(&socket).is_err() {
-                println!("no runtime process answers at {}", socket.display());
-                return Ok(());
+            for index in 0..baton_runtime::process_count_on_disk(&root) {
+                let process_root = baton_runtime::process_root(&root, index);
+                let socket = process_root.join(baton_runtime::SOCKET_NAME);
+                if std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                    println!("no runtime process answers at {}", socket.display());
+                    continue;
+                }
+                let client = baton_runtime::RuntimeClient::of_process(
+                    process_root,
+                    std::env::current_exe()?,
+                );
+                client.shutdown().await?;
             }
-            let client = baton_runtime::RuntimeClient::new(root, std::env::current_exe()?);
-            client.shutdown().await?;
             Ok(())
         }),
         Command::Cluster { command } => cluster::run(command),

@@ -30,11 +30,20 @@ struct Runtime {
 
 impl Runtime {
     fn new() -> Self {
+        Self::with_processes(1)
+    }
+
+    /// Pods spread over `processes` runtime processes, as a kubelet on that many CPUs runs.
+    fn with_processes(processes: usize) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("baton-rt")
             .tempdir()
             .unwrap();
-        let client = RuntimeClient::new(dir.path().join("root"), env!("CARGO_BIN_EXE_baton"));
+        let client = RuntimeClient::with_processes(
+            dir.path().join("root"),
+            env!("CARGO_BIN_EXE_baton"),
+            processes,
+        );
         let cgroup_parent = format!("/baton-test-{}", std::process::id());
         Self {
             client,
@@ -189,7 +198,7 @@ async fn a_container_with_stdin_reads_its_fifo_until_the_runtime_lets_go() {
     config.stdin = true;
     let pid = runtime.client.create_container(config).await.unwrap();
     runtime.client.start_container("reader").await.unwrap();
-    let fifo = baton_runtime::stdin_path(runtime.client.root(), "reader");
+    let fifo = baton_runtime::stdin_path(runtime.client.container_root("reader"), "reader");
     let log = runtime.log_path("reader");
     // Two writers in turn, as two attaches would be; each one's going does not end the input
     // (the runtime holds a writer too). A non-blocking open fails (ENXIO) if nobody reads.
@@ -243,7 +252,7 @@ async fn a_container_with_a_terminal_gets_input_and_window_size_through_it() {
         .resize_terminal("term", 100, 40)
         .await
         .unwrap();
-    let fifo = baton_runtime::stdin_path(runtime.client.root(), "term");
+    let fifo = baton_runtime::stdin_path(runtime.client.container_root("term"), "term");
     let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     std::io::Write::write_all(&mut writer, b"hello\n").unwrap();
     exited(pid).await;
@@ -479,6 +488,107 @@ async fn exec_runs_in_the_container_and_reports_its_exit_code() {
 }
 
 #[tokio::test]
+async fn pods_spread_over_several_runtime_processes_and_stay_reachable() {
+    let runtime = Runtime::with_processes(2);
+    let root = runtime.dir.path().join("root");
+    let pids = runtime.client.connect().await.unwrap();
+    assert_eq!(pids.len(), 2);
+    assert_ne!(pids[0], pids[1]);
+    // Each pod's sandbox and container land in one process's directory; six pods use both.
+    let mut used = std::collections::BTreeSet::new();
+    for pod in 0..6 {
+        let uid = format!("pod{pod}");
+        let id = format!("{uid}_main_0");
+        runtime
+            .client
+            .create_sandbox(SandboxConfig {
+                id: uid.clone(),
+                hostname: uid.clone(),
+                host_network: true,
+                host_ipc: true,
+                shm_size: 1 << 20,
+            })
+            .await
+            .unwrap();
+        let bundle = runtime.bundle(&id, &["sleep", "1000"], |_| {});
+        runtime
+            .client
+            .create_container(runtime.config(&id, bundle))
+            .await
+            .unwrap();
+        runtime.client.start_container(&id).await.unwrap();
+        let home = runtime.client.container_root(&id).to_owned();
+        assert_eq!(runtime.client.sandbox_root(&uid), home);
+        assert!(home.join("containers").join(&id).is_dir());
+        assert!(home.join("sandboxes").join(&uid).is_dir());
+        used.insert(home);
+    }
+    assert_eq!(
+        used,
+        [root.clone(), baton_runtime::process_root(&root, 1)].into()
+    );
+    assert_eq!(runtime.client.list_containers().await.unwrap().len(), 6);
+
+    // An exec in a container of the second process is asked about there.
+    let second = (0..6)
+        .map(|pod| format!("pod{pod}_main_0"))
+        .find(|id| runtime.client.container_root(id) != root)
+        .unwrap();
+    let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+    let pid = runtime
+        .client
+        .exec(
+            ExecConfig {
+                container_id: second.clone(),
+                args: vec!["sh".into(), "-c".into(), "exit 3".into()],
+                tty: false,
+            },
+            [null(), null(), null()],
+        )
+        .await
+        .unwrap();
+    exited(pid).await;
+    let exit = runtime
+        .client
+        .exec_status(pid)
+        .await
+        .unwrap()
+        .expect("exited");
+    assert_eq!(exit.exit_code, 3);
+
+    // A client configured for one process (the kubelet restarted with fewer) still reaches
+    // every container and sandbox where it lives.
+    let fewer = RuntimeClient::new(&root, env!("CARGO_BIN_EXE_baton"));
+    assert_eq!(fewer.list_containers().await.unwrap().len(), 6);
+    let status = fewer.container_status(&second).await.unwrap();
+    assert_eq!(status.state, ContainerState::Running);
+    fewer.remove_container(&second).await.unwrap();
+    let uid = second.split('_').next().unwrap();
+    fewer.remove_sandbox(uid).await.unwrap();
+    assert!(
+        !baton_runtime::process_root(&root, 1)
+            .join("sandboxes")
+            .join(uid)
+            .exists()
+    );
+    assert_eq!(runtime.client.list_containers().await.unwrap().len(), 5);
+
+    // Shutting down stops both processes and everything they ran.
+    let container_pids: Vec<i32> = runtime
+        .client
+        .list_containers()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|status| status.pid)
+        .collect();
+    runtime.client.shutdown().await.unwrap();
+    for pid in pids.into_iter().chain(container_pids) {
+        exited(pid).await;
+    }
+}
+
+#[tokio::test]
 async fn a_restarted_runtime_process_adopts_running_containers() {
     let runtime = Runtime::new();
     let bundle = runtime.bundle(
@@ -492,7 +602,9 @@ async fn a_restarted_runtime_process_adopts_running_containers() {
         .await
         .unwrap();
     runtime.client.start_container("ticker").await.unwrap();
-    let first = runtime.client.connect().await.unwrap();
+    let [first] = runtime.client.connect().await.unwrap()[..] else {
+        panic!("one runtime process");
+    };
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::SIGKILL).unwrap();
     exited(first).await;
     // The next call starts a new runtime process, which finds the container still running.
@@ -506,7 +618,7 @@ async fn a_restarted_runtime_process_adopts_running_containers() {
         .unwrap();
     assert_eq!(status.state, ContainerState::Running);
     assert_eq!(status.pid, Some(pid));
-    assert_ne!(runtime.client.connect().await.unwrap(), first);
+    assert_ne!(runtime.client.connect().await.unwrap(), [first]);
     // And goes on copying its output.
     let before = log_lines(&runtime.log_path("ticker")).len();
     wait_until("more output after the restart", || {

@@ -43,6 +43,11 @@ pub struct KubeletArgs {
     /// The runtime process's state and socket.
     #[arg(long, default_value = "/run/baton/runtime")]
     pub runtime_root: PathBuf,
+    /// How many runtime processes create containers side by side (each one single-threaded);
+    /// by default one per CPU, at most 4. The first lives in --runtime-root, the others in
+    /// its `processes/<n>`.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub runtime_processes: Option<u16>,
     /// The OCI image store.
     #[arg(long, default_value = "/var/lib/baton/images")]
     pub image_store: PathBuf,

@@ -83,9 +83,17 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         path: "/proc/self/exe".into(),
         source,
     })?;
-    let runtime = RuntimeClient::new(&args.runtime_root, program);
-    let runtime_pid = runtime.connect().await?;
-    tracing::info!(runtime_pid, "container runtime ready");
+    let processes = args.runtime_processes.map_or_else(
+        || {
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(4)
+        },
+        usize::from,
+    );
+    let runtime = RuntimeClient::with_processes(&args.runtime_root, program, processes);
+    let runtime_pids = runtime.connect().await?;
+    tracing::info!(?runtime_pids, "container runtime ready");
     let images = ImageStore::open(&args.image_store)?;
     let machine = Machine::read(&args.root_dir);
     let node_ip = args.node_ip.unwrap_or_else(default_node_ip);

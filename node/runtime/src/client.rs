@@ -1,14 +1,16 @@
-//! The kubelet's side: [`RuntimeClient`] sends one request at a time to the runtime process
-//! (from a thread of its own), starting it (`<program> runtime --root DIR`) when none answers,
-//! and waits for container exits on pidfds in the async runtime.
+//! The kubelet's side: [`RuntimeClient`] sends requests to one or more runtime processes, one
+//! at a time to each (from a thread of its own per process), starting a process (`<program>
+//! runtime --root DIR`) when none answers, and waits for container exits on pidfds in the async
+//! runtime.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use tokio::sync::oneshot;
 
@@ -36,11 +38,164 @@ pub enum RuntimeCallError {
     Protocol(&'static str),
 }
 
-/// A connection to the runtime process under one root directory. Requests go, one at a time,
-/// through one thread of the client's own that holds the connection (blocking socket I/O never
-/// occupies the async runtime's threads).
+/// The kubelet's client of its runtime processes. Each runtime process is single-threaded, so
+/// a node runs several (`with_processes`) to use more than one core: the first under `root`,
+/// the others under `root/processes/<n>`. A pod's sandbox and containers go to one process,
+/// chosen from the sandbox id (a container id's part before its first `_`, the kubelet's pod
+/// uid), and stay with it: calls about an existing sandbox or container go to the process
+/// whose directory holds it, even after the number of processes changed.
 #[derive(Clone, Debug)]
 pub struct RuntimeClient {
+    lines: Arc<[ProcessLine]>,
+    /// How many of `lines` take new sandboxes and containers; the rest (found on disk) only
+    /// hold what an earlier configuration put there.
+    spread: usize,
+    /// Which process ran each exec whose end has not been asked for yet.
+    exec_lines: Arc<Mutex<HashMap<i32, usize>>>,
+}
+
+/// The directory of runtime process `index` under the client's root.
+pub fn process_root(root: &Path, index: usize) -> PathBuf {
+    match index {
+        0 => root.to_owned(),
+        n => root.join(PROCESSES_DIR).join(n.to_string()),
+    }
+}
+
+/// Where the runtime processes after the first keep their directories.
+const PROCESSES_DIR: &str = "processes";
+
+/// How many runtime processes have directories under `root` (at least 1).
+pub fn process_count_on_disk(root: &Path) -> usize {
+    let mut count = 1;
+    while process_root(root, count).is_dir() {
+        count += 1;
+    }
+    count
+}
+
+impl RuntimeClient {
+    /// A client that gives new pods to the runtime process under `root` (and reaches any
+    /// others that earlier runs left under it), started from `program` (the `baton` binary)
+    /// when it is not running.
+    pub fn new(root: impl Into<PathBuf>, program: impl Into<PathBuf>) -> Self {
+        Self::with_processes(root, program, 1)
+    }
+
+    /// A client of exactly the one runtime process under `root`, whatever else is under it.
+    pub fn of_process(root: impl Into<PathBuf>, program: impl Into<PathBuf>) -> Self {
+        Self {
+            lines: Arc::new([ProcessLine::new(root.into(), program.into())]),
+            spread: 1,
+            exec_lines: Arc::default(),
+        }
+    }
+
+    /// A client that spreads pods over `processes` runtime processes under `root` (and keeps
+    /// reaching any more that earlier runs left there).
+    pub fn with_processes(
+        root: impl Into<PathBuf>,
+        program: impl Into<PathBuf>,
+        processes: usize,
+    ) -> Self {
+        let root = root.into();
+        let program = program.into();
+        let spread = processes.max(1);
+        let count = spread.max(process_count_on_disk(&root));
+        let lines: Arc<[ProcessLine]> = (0..count)
+            .map(|index| ProcessLine::new(process_root(&root, index), program.clone()))
+            .collect();
+        Self {
+            lines,
+            spread,
+            exec_lines: Arc::default(),
+        }
+    }
+
+    /// The root directories of the runtime processes.
+    pub fn roots(&self) -> impl Iterator<Item = &Path> {
+        self.lines.iter().map(|line| line.root.as_path())
+    }
+
+    /// The root directory of the process that holds (or would hold) sandbox `id`.
+    pub fn sandbox_root(&self, id: &str) -> &Path {
+        &self.lines[self.sandbox_line(id)].root
+    }
+
+    /// The root directory of the process that holds (or would hold) container `id`.
+    pub fn container_root(&self, id: &str) -> &Path {
+        &self.lines[self.container_line(id)].root
+    }
+
+    /// Connects to every runtime process now (starting those not running) and returns their
+    /// pids.
+    pub async fn connect(&self) -> Result<Vec<i32>, RuntimeCallError> {
+        let mut pids = Vec::with_capacity(self.lines.len());
+        for line in self.lines.iter() {
+            match line.call(Request::Ping, Vec::new()).await? {
+                Response::Pong { pid } => pids.push(pid),
+                _ => return Err(RuntimeCallError::Protocol("ping")),
+            }
+        }
+        Ok(pids)
+    }
+
+    /// Kills every container, removes every sandbox, and stops every runtime process.
+    pub async fn shutdown(&self) -> Result<(), RuntimeCallError> {
+        for line in self.lines.iter() {
+            match line.call(Request::Shutdown, Vec::new()).await? {
+                Response::Done => {}
+                _ => return Err(RuntimeCallError::Protocol("shutdown")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The process of the first directory `holds` says has `id`, else the one `id` spreads
+    /// to.
+    fn line_for(&self, id: &str, holds: impl Fn(&Path) -> bool) -> usize {
+        if self.lines.len() == 1 {
+            return 0;
+        }
+        self.lines
+            .iter()
+            .position(|line| holds(&line.root))
+            .unwrap_or_else(|| spread_index(id, self.spread))
+    }
+
+    fn sandbox_line(&self, id: &str) -> usize {
+        self.line_for(id, |root| crate::server::sandbox_exists(root, id))
+    }
+
+    fn container_line(&self, id: &str) -> usize {
+        self.line_for(id, |root| crate::server::container_exists(root, id))
+    }
+
+    async fn call_line(
+        &self,
+        line: usize,
+        request: Request,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Response, RuntimeCallError> {
+        self.lines[line].call(request, fds).await
+    }
+}
+
+/// The process (of `count`) that new sandbox or container `id` goes to: FNV-1a of its part
+/// before the first `_` (stable across builds, unlike std's hasher), so that a pod's sandbox
+/// and containers share one.
+fn spread_index(id: &str, count: usize) -> usize {
+    let group = id.split('_').next().unwrap_or(id);
+    let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % count.max(1) as u64) as usize
+}
+
+/// One runtime process: requests go, one at a time, through one thread of the client's own
+/// that holds the connection (blocking socket I/O never occupies the async runtime's threads).
+#[derive(Debug)]
+struct ProcessLine {
     root: PathBuf,
     requests: mpsc::Sender<Job>,
 }
@@ -53,15 +208,12 @@ struct Job {
     reply: oneshot::Sender<Result<Response, RuntimeCallError>>,
 }
 
-impl RuntimeClient {
-    /// A client of the runtime process under `root`, started from `program` (the `baton`
-    /// binary) when it is not running.
-    pub fn new(root: impl Into<PathBuf>, program: impl Into<PathBuf>) -> Self {
-        let root = root.into();
+impl ProcessLine {
+    fn new(root: PathBuf, program: PathBuf) -> Self {
         let (requests, jobs) = mpsc::channel::<Job>();
         let mut connection = Connection {
             root: root.clone(),
-            program: program.into(),
+            program,
             stream: None,
         };
         // The thread ends when the last clone of the client is dropped.
@@ -77,27 +229,6 @@ impl RuntimeClient {
             tracing::error!(%err, "starting the runtime client's thread");
         }
         Self { root, requests }
-    }
-
-    /// The runtime's root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Connects now (starting the runtime process if needed) and returns its pid.
-    pub async fn connect(&self) -> Result<i32, RuntimeCallError> {
-        match self.call(Request::Ping, Vec::new()).await? {
-            Response::Pong { pid } => Ok(pid),
-            _ => Err(RuntimeCallError::Protocol("ping")),
-        }
-    }
-
-    /// Kills every container, removes every sandbox, and stops the runtime process.
-    pub async fn shutdown(&self) -> Result<(), RuntimeCallError> {
-        match self.call(Request::Shutdown, Vec::new()).await? {
-            Response::Done => Ok(()),
-            _ => Err(RuntimeCallError::Protocol("shutdown")),
-        }
     }
 
     async fn call(
@@ -227,8 +358,9 @@ pub async fn wait_for_exit(pid: i32) -> std::io::Result<()> {
 
 impl ContainerRuntime for RuntimeClient {
     async fn create_sandbox(&self, config: SandboxConfig) -> Result<Sandbox, RuntimeCallError> {
+        let line = self.sandbox_line(&config.id);
         match self
-            .call(Request::CreateSandbox(config), Vec::new())
+            .call_line(line, Request::CreateSandbox(config), Vec::new())
             .await?
         {
             Response::Sandbox(sandbox) => Ok(sandbox),
@@ -238,15 +370,19 @@ impl ContainerRuntime for RuntimeClient {
 
     async fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeCallError> {
         let request = Request::RemoveSandbox { id: id.to_owned() };
-        match self.call(request, Vec::new()).await? {
+        match self
+            .call_line(self.sandbox_line(id), request, Vec::new())
+            .await?
+        {
             Response::Done => Ok(()),
             _ => Err(RuntimeCallError::Protocol("remove sandbox")),
         }
     }
 
     async fn create_container(&self, config: ContainerConfig) -> Result<i32, RuntimeCallError> {
+        let line = self.container_line(&config.id);
         match self
-            .call(Request::CreateContainer(config), Vec::new())
+            .call_line(line, Request::CreateContainer(config), Vec::new())
             .await?
         {
             Response::Created { pid } => Ok(pid),
@@ -256,7 +392,10 @@ impl ContainerRuntime for RuntimeClient {
 
     async fn start_container(&self, id: &str) -> Result<(), RuntimeCallError> {
         let request = Request::StartContainer { id: id.to_owned() };
-        match self.call(request, Vec::new()).await? {
+        match self
+            .call_line(self.container_line(id), request, Vec::new())
+            .await?
+        {
             Response::Done => Ok(()),
             _ => Err(RuntimeCallError::Protocol("start container")),
         }
@@ -267,7 +406,10 @@ impl ContainerRuntime for RuntimeClient {
             id: id.to_owned(),
             signal,
         };
-        match self.call(request, Vec::new()).await? {
+        match self
+            .call_line(self.container_line(id), request, Vec::new())
+            .await?
+        {
             Response::Done => Ok(()),
             _ => Err(RuntimeCallError::Protocol("signal container")),
         }
@@ -275,7 +417,10 @@ impl ContainerRuntime for RuntimeClient {
 
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeCallError> {
         let request = Request::RemoveContainer { id: id.to_owned() };
-        match self.call(request, Vec::new()).await? {
+        match self
+            .call_line(self.container_line(id), request, Vec::new())
+            .await?
+        {
             Response::Done => Ok(()),
             _ => Err(RuntimeCallError::Protocol("remove container")),
         }
@@ -283,7 +428,10 @@ impl ContainerRuntime for RuntimeClient {
 
     async fn close_stdin(&self, id: &str) -> Result<(), RuntimeCallError> {
         let request = Request::CloseStdin { id: id.to_owned() };
-        match self.call(request, Vec::new()).await? {
+        match self
+            .call_line(self.container_line(id), request, Vec::new())
+            .await?
+        {
             Response::Done => Ok(()),
             _ => Err(RuntimeCallError::Protocol("close stdin")),
         }
@@ -300,7 +448,10 @@ impl ContainerRuntime for RuntimeClient {
             width,
             height,
         };
-        match self.call(request, Vec::new()).await? {
+        match self
+            .call_line(self.container_line(id), request, Vec::new())
+            .await?
+        {
             Response::Done => Ok(()),
             _ => Err(RuntimeCallError::Protocol("resize terminal")),
         }
@@ -308,29 +459,69 @@ impl ContainerRuntime for RuntimeClient {
 
     async fn container_status(&self, id: &str) -> Result<ContainerStatus, RuntimeCallError> {
         let request = Request::ContainerStatus { id: id.to_owned() };
-        match self.call(request, Vec::new()).await? {
+        match self
+            .call_line(self.container_line(id), request, Vec::new())
+            .await?
+        {
             Response::Status(status) => Ok(status),
             _ => Err(RuntimeCallError::Protocol("container status")),
         }
     }
 
     async fn list_containers(&self) -> Result<Vec<ContainerStatus>, RuntimeCallError> {
-        match self.call(Request::ListContainers, Vec::new()).await? {
-            Response::List(list) => Ok(list),
-            _ => Err(RuntimeCallError::Protocol("list containers")),
+        let mut all = Vec::new();
+        for line in 0..self.lines.len() {
+            match self
+                .call_line(line, Request::ListContainers, Vec::new())
+                .await?
+            {
+                Response::List(list) => all.extend(list),
+                _ => return Err(RuntimeCallError::Protocol("list containers")),
+            }
         }
+        Ok(all)
     }
 
     async fn exec(&self, config: ExecConfig, stdio: [OwnedFd; 3]) -> Result<i32, RuntimeCallError> {
-        match self.call(Request::Exec(config), stdio.into()).await? {
-            Response::ExecStarted { pid } => Ok(pid),
+        let line = self.container_line(&config.container_id);
+        match self
+            .call_line(line, Request::Exec(config), stdio.into())
+            .await?
+        {
+            Response::ExecStarted { pid } => {
+                if self.lines.len() > 1 {
+                    self.exec_lines
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .insert(pid, line);
+                }
+                Ok(pid)
+            }
             _ => Err(RuntimeCallError::Protocol("exec")),
         }
     }
 
     async fn exec_status(&self, pid: i32) -> Result<Option<ExitStatus>, RuntimeCallError> {
-        match self.call(Request::ExecStatus { pid }, Vec::new()).await? {
-            Response::ExecStatus(exit) => Ok(exit),
+        let line = self
+            .exec_lines
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&pid)
+            .copied()
+            .unwrap_or(0);
+        match self
+            .call_line(line, Request::ExecStatus { pid }, Vec::new())
+            .await?
+        {
+            Response::ExecStatus(exit) => {
+                if exit.is_some() {
+                    self.exec_lines
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .remove(&pid);
+                }
+                Ok(exit)
+            }
             _ => Err(RuntimeCallError::Protocol("exec status")),
         }
     }

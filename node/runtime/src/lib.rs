@@ -1,7 +1,9 @@
 //! Baton's container runtime. youki's libcontainer is not safe to call from a multi-threaded
 //! process, so every container operation runs in a separate single-threaded *runtime process*
 //! ([`serve`], `baton runtime --root DIR`), and the kubelet talks to it through
-//! [`RuntimeClient`], one request at a time over a Unix socket. [`ContainerRuntime`] is the
+//! [`RuntimeClient`], one request at a time over a Unix socket. A node runs several such
+//! processes side by side (each with its own root directory), so that pods start on more
+//! than one core; the client gives each pod to one of them. [`ContainerRuntime`] is the
 //! operations as a trait, [`RuntimeClient`] its real implementation (the kubelet holds the
 //! client itself for now; a fake behind the trait is for unit tests to come).
 //!
@@ -17,7 +19,9 @@ mod types;
 use std::future::Future;
 use std::os::fd::OwnedFd;
 
-pub use client::{RuntimeCallError, RuntimeClient, wait_for_exit};
+pub use client::{
+    RuntimeCallError, RuntimeClient, process_count_on_disk, process_root, wait_for_exit,
+};
 
 /// The FIFO the stdin of container `id` reads from, under the runtime's root directory, when
 /// its [`ContainerConfig::stdin`] was set.

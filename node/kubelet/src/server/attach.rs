@@ -76,7 +76,10 @@ pub(crate) async fn attach(
         Err(refusal) => return *refusal,
     };
     let input: Input = if request.stdin && spec_stdin {
-        let fifo = baton_runtime::stdin_path(state.ctx.runtime.root(), &container_id);
+        let fifo = baton_runtime::stdin_path(
+            state.ctx.runtime.container_root(&container_id),
+            &container_id,
+        );
         match tokio::net::unix::pipe::OpenOptions::new().open_sender(&fifo) {
             Ok(sender) => Some(StdinWriter::spawn(sender)),
             // Nobody reads it any more (the process closed its stdin, or just exited): the

@@ -144,8 +144,9 @@ pub(crate) async fn port_forward(
     let target = Target {
         namespace: namespace.to_owned(),
         name: pod_name.to_owned(),
-        netns: (!host_network)
-            .then(|| baton_runtime::sandbox_network_path(state.ctx.runtime.root(), &uid)),
+        netns: (!host_network).then(|| {
+            baton_runtime::sandbox_network_path(state.ctx.runtime.sandbox_root(&uid), &uid)
+        }),
         uid,
     };
     let upgrade = hyper::upgrade::on(&mut req);

@@ -51,6 +51,9 @@ pub(crate) struct Output {
     pub stdin_writer: Option<OwnedFd>,
 }
 
+/// libcontainer's root under the runtime's: one state directory per container.
+pub(crate) const STATE_DIR: &str = "containers";
+
 /// The runtime's container directories.
 #[derive(Debug)]
 pub(crate) struct Containers {
@@ -77,7 +80,7 @@ impl Containers {
         }
         let this = Self {
             root: root.to_owned(),
-            state: root.join("containers"),
+            state: root.join(STATE_DIR),
             meta: root.join("meta"),
             io: root.join("io"),
             no_pivot,

@@ -29,6 +29,19 @@ use sandbox::HomeNamespaces;
 
 /// Name of the socket the runtime process listens on, inside its root directory.
 pub const SOCKET_NAME: &str = "runtime.sock";
+
+/// Where under its root the runtime process keeps its sandboxes.
+const SANDBOXES_DIR: &str = "sandboxes";
+
+/// Whether the runtime process under `root` holds sandbox `id`.
+pub(crate) fn sandbox_exists(root: &Path, id: &str) -> bool {
+    check_id(id).is_ok() && sandbox::sandbox_dir(&root.join(SANDBOXES_DIR), id).exists()
+}
+
+/// Whether the runtime process under `root` holds container `id`.
+pub(crate) fn container_exists(root: &Path, id: &str) -> bool {
+    check_id(id).is_ok() && root.join(containers::STATE_DIR).join(id).exists()
+}
 /// Most exits of exec'd processes kept for `ExecStatus`.
 const MAX_EXEC_EXITS: usize = 1024;
 /// oom_score_adj of the runtime process, as the kubelet's own (-999): the last to be killed.
@@ -97,7 +110,7 @@ pub fn serve(root: &Path, ready: Option<OwnedFd>) -> Result<(), ServeRuntimeErro
     };
     fs::create_dir_all(root).map_err(prepare)?;
     let _ = fs::write("/proc/self/oom_score_adj", OOM_SCORE_ADJ);
-    let sandboxes = root.join("sandboxes");
+    let sandboxes = root.join(SANDBOXES_DIR);
     fs::create_dir_all(&sandboxes).map_err(prepare)?;
     terminal::remove_stale_sockets(root);
     let socket = root.join(SOCKET_NAME);
@@ -272,8 +285,15 @@ impl Server {
             }
         };
         let (request, fds) = request;
+        let started = std::time::Instant::now();
+        let kind = request.kind();
         let response = self.handle(request, fds);
         restore_process_state();
+        tracing::debug!(
+            request = kind,
+            took_us = started.elapsed().as_micros() as u64,
+            "answered"
+        );
         if let Err(err) = send_frame(&mut self.clients[index], &response, &[]) {
             tracing::warn!(%err, "answering a request");
             return false;
