@@ -75,6 +75,9 @@ pub struct PodWorker {
     exit_sender: mpsc::UnboundedSender<String>,
     /// Processes watched and not yet seen to exit.
     watching: usize,
+    /// Containers whose watched process ended and whose exit is not recorded yet: only
+    /// these are asked of the runtime (a pod's syncs cost no runtime round trips otherwise).
+    exited: HashSet<String>,
     /// The pod's cgroup, removed with the pod.
     pod_cgroup: Option<String>,
     /// The status last posted.
@@ -148,6 +151,7 @@ impl PodWorker {
             exit_sender,
             pod_cgroup: Some(pod_cgroup),
             watching: 0,
+            exited: HashSet::new(),
             posted: pod.status.clone(),
             probes: ProbeManager::default(),
             probe_results,
@@ -238,6 +242,8 @@ impl PodWorker {
         let name = name.to_owned();
         let sender = self.exit_sender.clone();
         self.watching += 1;
+        // A new process of this container: an exit seen before is an earlier attempt's.
+        self.exited.remove(&name);
         tokio::spawn(async move {
             if let Err(err) = wait_for_exit(pid).await {
                 tracing::warn!(%err, pid, "watching a container's process");
@@ -277,7 +283,10 @@ impl PodWorker {
                         return;
                     }
                 }
-                Some(_) = self.exits.recv() => self.watching -= 1,
+                Some(name) = self.exits.recv() => {
+                    self.watching -= 1;
+                    self.exited.insert(name);
+                }
                 Some(report) = self.probe_results.recv() => self.probe_reports.push(report),
                 Ok(()) = self.network.changed() => {}
                 _ = sleep => {}
@@ -292,7 +301,7 @@ impl PodWorker {
         // Volumes fed by ConfigMaps and Secrets are set up again periodically (updates).
         let wake = wake.into_iter().chain(volumes::refresh_deadline(pod)).min();
         let wake = wake.into_iter().chain(self.sync_probes(pod)).min();
-        self.post_status(pod).await;
+        timed("status", &self.uid.clone(), self.post_status(pod)).await;
         wake
     }
 
@@ -314,6 +323,9 @@ impl PodWorker {
     async fn refresh_exits(&mut self) {
         let running = self.running_attempts();
         for (name, id) in running {
+            if !self.exited.contains(&name) {
+                continue;
+            }
             let Ok(status) = self.ctx.runtime.container_status(&id).await else {
                 continue;
             };
@@ -350,6 +362,7 @@ impl PodWorker {
             }
             backoff.failed(Instant::now());
             self.killing.remove(&id);
+            self.exited.remove(&name);
         }
     }
 
@@ -367,7 +380,7 @@ impl PodWorker {
         let retry = Instant::now() + crate::backoff::INITIAL;
         let sandbox = match &self.sandbox {
             Some(sandbox) => sandbox.clone(),
-            None => match self.create_sandbox(pod).await {
+            None => match timed("sandbox", &self.uid.clone(), self.create_sandbox(pod)).await {
                 Ok(sandbox) => sandbox,
                 Err(SandboxFailure::NetworkNotReady(message)) => {
                     // Woken when the network becomes ready (run's select).
@@ -384,12 +397,16 @@ impl PodWorker {
                 }
             },
         };
-        let volumes = match volumes::set_up(
-            &self.ctx.client,
-            &self.ctx.tokens,
-            pod,
-            &self.dirs,
-            &self.ctx.allocatable,
+        let volumes = match timed(
+            "volumes",
+            &self.uid,
+            volumes::set_up(
+                &self.ctx.client,
+                &self.ctx.tokens,
+                pod,
+                &self.dirs,
+                &self.ctx.allocatable,
+            ),
         )
         .await
         {
@@ -540,7 +557,7 @@ impl PodWorker {
             pod_ip,
             updates: self.updates.clone(),
         };
-        match start_container(&self.ctx, &request).await {
+        match timed("container", &self.uid, start_container(&self.ctx, &request)).await {
             Ok(started) => {
                 self.pull_backoff.remove(&image);
                 let track = self.tracks.entry(container.name.clone()).or_default();
@@ -946,7 +963,10 @@ impl PodWorker {
         let until = tokio::time::Instant::from_std(deadline);
         while self.watching > 0 {
             match tokio::time::timeout_at(until, self.exits.recv()).await {
-                Ok(Some(_)) => self.watching -= 1,
+                Ok(Some(name)) => {
+                    self.watching -= 1;
+                    self.exited.insert(name);
+                }
                 _ => return,
             }
         }
@@ -1054,6 +1074,19 @@ pub async fn deletion_requested(mut updates: watch::Receiver<PodUpdate>) {
 }
 
 /// Container `name` of the pod, regular or init.
+/// Awaits `step` of pod `uid`'s start, logging how long it took (debug).
+async fn timed<T>(step: &'static str, uid: &str, future: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let output = future.await;
+    tracing::debug!(
+        pod = uid,
+        step,
+        took_us = started.elapsed().as_micros() as u64,
+        "pod step"
+    );
+    output
+}
+
 fn pod_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
     let spec = pod.spec.as_ref()?;
     spec.containers
