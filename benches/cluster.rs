@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::pss_mib;
+
 const RUNS: usize = 3;
 
 fn baton(home: &Path, args: &[&str]) -> std::process::Output {
@@ -33,16 +36,6 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Proportional set size of a process, KiB (its share of pages it shares with others).
-fn pss_kib(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// PSS of the processes in a node's own memory cgroup (init and its services, not the pods,
 /// which live in the kubepods cgroups below it), MiB.
 fn node_pss_mib(cgroups: &[PathBuf]) -> f64 {
@@ -53,16 +46,16 @@ fn node_pss_mib(cgroups: &[PathBuf]) -> f64 {
     else {
         return 0.0;
     };
-    let mut total = 0;
+    let mut total = 0.0;
     for dir in [memory.clone(), memory.join("init")] {
         for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
             .unwrap_or_default()
             .lines()
         {
-            total += pss_kib(pid.trim());
+            total += pid.trim().parse().map_or(0.0, pss_mib);
         }
     }
-    total as f64 / 1024.0
+    total
 }
 
 fn etcd_to_health() -> Duration {

@@ -26,7 +26,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 
 mod support;
-use support::{memory_mib, ms, quantile};
+use support::{memory_mib, ms, pss_mib, quantile};
 
 const RUNTIME_ROUNDS: usize = 40;
 const PODS: usize = 100;
@@ -289,13 +289,14 @@ async fn startup_bench(binary: &Binary) -> anyhow::Result<Vec<String>> {
     // The kubelet runs several runtime processes (one per CPU): their memory together.
     let runtime_root = cluster.node.runtime_root();
     let runtime_processes = baton_runtime::process_count_on_disk(&runtime_root);
-    let (mut runtime_rss, mut runtime_peak) = (0.0, 0.0);
+    let (mut runtime_rss, mut runtime_peak, mut runtime_pss) = (0.0, 0.0, 0.0);
     for index in 0..runtime_processes {
         let pid_file = baton_runtime::process_root(&runtime_root, index).join("runtime.pid");
         let pid: u32 = std::fs::read_to_string(pid_file)?.trim().parse()?;
         let (rss, peak) = memory_mib(pid);
         runtime_rss += rss;
         runtime_peak += peak;
+        runtime_pss += pss_mib(pid);
     }
 
     let deleting = Instant::now();
@@ -339,7 +340,7 @@ async fn startup_bench(binary: &Binary) -> anyhow::Result<Vec<String>> {
             "  kubelet RSS with {PODS} pods     {kubelet_rss:.1} MiB (peak {kubelet_peak:.1} MiB; goal < 40 MiB)"
         ),
         format!(
-            "  runtime processes ({runtime_processes}) RSS    {runtime_rss:.1} MiB (peak {runtime_peak:.1} MiB)"
+            "  runtime processes ({runtime_processes}) RSS    {runtime_rss:.1} MiB (peak {runtime_peak:.1} MiB; PSS {runtime_pss:.1} MiB)"
         ),
     ])
 }

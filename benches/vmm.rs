@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{ms, quantile};
+use support::{ms, pss_mib, quantile};
 
 const RUNS: usize = 15;
 const CONCURRENT: usize = 20;
@@ -54,23 +54,6 @@ fn cpu_time(pid: u32) -> Duration {
         .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
     Duration::from_nanos(ns)
-}
-
-/// Proportional set size of `pid` in MiB (/proc/PID/smaps_rollup).
-fn pss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("Pss:"))
-        .and_then(|kib| {
-            kib.trim()
-                .trim_end_matches(" kB")
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 fn spawn(command: &mut Command) -> Child {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 /// The `q` quantile (0..=1) of sorted durations (nearest rank).
+#[allow(dead_code, reason = "not every benchmark reports durations")]
 pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q).ceil() as usize)
         .saturating_sub(1)
@@ -10,6 +11,7 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 /// A duration as whole milliseconds.
+#[allow(dead_code, reason = "not every benchmark reports durations")]
 pub fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
@@ -28,4 +30,17 @@ pub fn memory_mib(pid: u32) -> (f64, f64) {
             / 1024.0
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Proportional set size of a process in MiB (/proc/PID/smaps_rollup): its share of the pages
+/// it shares with others, so that the figures of processes running one binary add up.
+#[allow(dead_code, reason = "not every benchmark reads memory")]
+pub fn pss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .and_then(|kib| kib.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }

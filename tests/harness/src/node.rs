@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
@@ -44,6 +44,17 @@ impl KubeletNode {
         let dir = TempDir::new("kubelet")?;
         let cgroup_root = format!("/baton-test-{}-{name}", std::process::id());
         let path = |leaf: &str| dir.path().join(leaf).display().to_string();
+        // The runtime's root on a tmpfs of its own, as under a node's /run.
+        let runtime_root = dir.path().join("runtime");
+        std::fs::create_dir_all(&runtime_root)?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            &runtime_root,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0700,size=256m"),
+        )
+        .with_context(|| format!("mounting a tmpfs on {}", runtime_root.display()))?;
         let mut args = vec![
             format!("--hostname-override={name}"),
             format!("--node-ip={}", host.ip),
@@ -67,7 +78,8 @@ impl KubeletNode {
             "kubelet",
             "kubelet",
             &args,
-        )?;
+        )
+        .inspect_err(|_| unmount_below(dir.path()))?;
         let node = KubeletNode {
             name: name.to_owned(),
             ip: host.ip,
@@ -168,7 +180,7 @@ impl KubeletNode {
         self.dir.path().join("root")
     }
 
-    /// The runtime process's root directory.
+    /// The runtime processes' root directory (a tmpfs, as under a node's /run).
     pub fn runtime_root(&self) -> PathBuf {
         self.dir.path().join("runtime")
     }
