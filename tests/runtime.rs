@@ -563,7 +563,8 @@ async fn pods_spread_over_several_runtime_processes_and_stay_reachable() {
     let status = fewer.container_status(&second).await.unwrap();
     assert_eq!(status.state, ContainerState::Running);
     fewer.remove_container(&second).await.unwrap();
-    let uid = second.split('_').next().unwrap();
+    let uid_of_second = second.split('_').next().unwrap().to_owned();
+    let uid = uid_of_second.as_str();
     fewer.remove_sandbox(uid).await.unwrap();
     assert!(
         !baton_runtime::process_root(&root, 1)
@@ -572,6 +573,21 @@ async fn pods_spread_over_several_runtime_processes_and_stay_reachable() {
             .exists()
     );
     assert_eq!(runtime.client.list_containers().await.unwrap().len(), 5);
+    // A new container of a pod whose sandbox is in the second process goes there too, whatever
+    // the count the client was made with.
+    let sibling = (0..6)
+        .map(|pod| format!("pod{pod}"))
+        .find(|uid| *uid != uid_of_second && runtime.client.sandbox_root(uid) != root)
+        .unwrap();
+    let next = format!("{sibling}_sidecar_0");
+    let bundle = runtime.bundle(&next, &["sleep", "1000"], |_| {});
+    fewer
+        .create_container(runtime.config(&next, bundle))
+        .await
+        .unwrap();
+    let second_root = baton_runtime::process_root(&root, 1);
+    assert_eq!(fewer.container_root(&next), second_root);
+    assert!(second_root.join("containers").join(&next).is_dir());
 
     // Shutting down stops both processes and everything they ran.
     let container_pids: Vec<i32> = runtime
@@ -586,6 +602,9 @@ async fn pods_spread_over_several_runtime_processes_and_stay_reachable() {
     for pid in pids.into_iter().chain(container_pids) {
         exited(pid).await;
     }
+    // A later client starts no process for the second directory, which holds nothing now.
+    let later = RuntimeClient::new(&root, env!("CARGO_BIN_EXE_baton"));
+    assert_eq!(later.roots().collect::<Vec<_>>(), [root.as_path()]);
 }
 
 #[tokio::test]

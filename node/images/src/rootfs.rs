@@ -175,7 +175,10 @@ pub fn is_mount_point(path: &Path) -> bool {
         {
             found.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
         }
-        Ok(_) => listed_in_mountinfo(path),
+        // Kernels before 5.8 (no mount-root attribute), or statx refused (a seccomp filter).
+        Ok(_) | Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+            listed_in_mountinfo(path)
+        }
         Err(_) => false,
     }
 }

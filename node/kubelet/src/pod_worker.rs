@@ -55,6 +55,8 @@ const SIGKILL: i32 = 9;
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Default size of a pod's /dev/shm.
 const SHM_SIZE: u64 = 64 << 20;
+/// How soon a container whose exit was seen but not yet recorded is asked about again.
+const EXIT_RETRY: Duration = Duration::from_secs(1);
 
 /// The state of one pod's worker.
 pub struct PodWorker {
@@ -225,6 +227,9 @@ impl PodWorker {
                 if let (ContainerState::Running, Some(pid)) = (status.state, status.pid) {
                     self.watch_exit(&name, pid);
                 }
+                // Asked about at the first sync: it may have ended before its process was
+                // watched (and its pid been taken since).
+                self.exited.insert(name.clone());
                 track.restarts = attempt;
                 track.current = Some(attempt_of(attempt, &status));
                 track.ready = status.state == ContainerState::Running;
@@ -297,7 +302,15 @@ impl PodWorker {
     /// One pass over the pod; returns when it wants to be woken if nothing else happens.
     async fn sync(&mut self, pod: &Pod) -> Option<Instant> {
         self.refresh_exits().await;
+        // An exit seen but not recorded (the runtime could not be asked, or had not reaped
+        // the process yet) is asked about again soon.
+        let unrecorded = self
+            .running_attempts()
+            .iter()
+            .any(|(name, _)| self.exited.contains(name));
+        let exits_retry = unrecorded.then(|| Instant::now() + EXIT_RETRY);
         let wake = self.converge(pod).await;
+        let wake = wake.into_iter().chain(exits_retry).min();
         // Volumes fed by ConfigMaps and Secrets are set up again periodically (updates).
         let wake = wake.into_iter().chain(volumes::refresh_deadline(pod)).min();
         let wake = wake.into_iter().chain(self.sync_probes(pod)).min();
@@ -1073,7 +1086,6 @@ pub async fn deletion_requested(mut updates: watch::Receiver<PodUpdate>) {
     }
 }
 
-/// Container `name` of the pod, regular or init.
 /// Awaits `step` of pod `uid`'s start, logging how long it took (debug).
 async fn timed<T>(step: &'static str, uid: &str, future: impl Future<Output = T>) -> T {
     let started = Instant::now();
@@ -1087,6 +1099,7 @@ async fn timed<T>(step: &'static str, uid: &str, future: impl Future<Output = T>
     output
 }
 
+/// Container `name` of the pod, regular or init.
 fn pod_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
     let spec = pod.spec.as_ref()?;
     spec.containers

@@ -3,7 +3,7 @@
 //! runtime --root DIR`) when none answers, and waits for container exits on pidfds in the async
 //! runtime.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
@@ -51,7 +51,7 @@ pub struct RuntimeClient {
     /// hold what an earlier configuration put there.
     spread: usize,
     /// Which process ran each exec whose end has not been asked for yet.
-    exec_lines: Arc<Mutex<HashMap<i32, usize>>>,
+    exec_lines: Arc<Mutex<ExecLines>>,
 }
 
 /// The directory of runtime process `index` under the client's root.
@@ -101,9 +101,13 @@ impl RuntimeClient {
         let root = root.into();
         let program = program.into();
         let spread = processes.max(1);
-        let count = spread.max(process_count_on_disk(&root));
-        let lines: Arc<[ProcessLine]> = (0..count)
-            .map(|index| ProcessLine::new(process_root(&root, index), program.clone()))
+        // Processes beyond `spread` that an earlier run left are reached only while they hold
+        // sandboxes or containers (none is started just to sit idle).
+        let lines: Arc<[ProcessLine]> = (0..spread.max(process_count_on_disk(&root)))
+            .map(|index| process_root(&root, index))
+            .enumerate()
+            .filter(|(index, dir)| *index < spread || crate::server::holds_anything(dir))
+            .map(|(_, dir)| ProcessLine::new(dir, program.clone()))
             .collect();
         Self {
             lines,
@@ -140,15 +144,19 @@ impl RuntimeClient {
         Ok(pids)
     }
 
-    /// Kills every container, removes every sandbox, and stops every runtime process.
+    /// Kills every container, removes every sandbox, and stops every runtime process (each
+    /// one even when another fails; the first failure is returned).
     pub async fn shutdown(&self) -> Result<(), RuntimeCallError> {
+        let mut first_error = None;
         for line in self.lines.iter() {
-            match line.call(Request::Shutdown, Vec::new()).await? {
-                Response::Done => {}
-                _ => return Err(RuntimeCallError::Protocol("shutdown")),
-            }
+            let result = match line.call(Request::Shutdown, Vec::new()).await {
+                Ok(Response::Done) => continue,
+                Ok(_) => RuntimeCallError::Protocol("shutdown"),
+                Err(err) => err,
+            };
+            first_error.get_or_insert(result);
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The process of the first directory `holds` says has `id`, else the one `id` spreads
@@ -167,8 +175,21 @@ impl RuntimeClient {
         self.line_for(id, |root| crate::server::sandbox_exists(root, id))
     }
 
+    /// A container not on disk yet goes where its pod's sandbox is.
     fn container_line(&self, id: &str) -> usize {
-        self.line_for(id, |root| crate::server::container_exists(root, id))
+        if self.lines.len() == 1 {
+            return 0;
+        }
+        self.lines
+            .iter()
+            .position(|line| crate::server::container_exists(&line.root, id))
+            .unwrap_or_else(|| self.sandbox_line(sandbox_of(id)))
+    }
+
+    fn exec_lines(&self) -> std::sync::MutexGuard<'_, ExecLines> {
+        self.exec_lines
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     async fn call_line(
@@ -181,11 +202,51 @@ impl RuntimeClient {
     }
 }
 
-/// The process (of `count`) that new sandbox or container `id` goes to: FNV-1a of its part
-/// before the first `_` (stable across builds, unlike std's hasher), so that a pod's sandbox
-/// and containers share one.
+/// Which process ran each recent exec, so that its end is asked of that process; the oldest
+/// are forgotten beyond [`MAX_EXEC_LINES`] (their callers stopped asking long ago).
+#[derive(Debug, Default)]
+struct ExecLines {
+    lines: HashMap<i32, usize>,
+    order: VecDeque<i32>,
+}
+
+/// How many execs' processes [`ExecLines`] remembers.
+const MAX_EXEC_LINES: usize = 1024;
+
+impl ExecLines {
+    fn insert(&mut self, pid: i32, line: usize) {
+        if self.lines.insert(pid, line).is_none() {
+            self.order.push_back(pid);
+        }
+        while self.order.len() > MAX_EXEC_LINES {
+            if let Some(oldest) = self.order.pop_front() {
+                self.lines.remove(&oldest);
+            }
+        }
+    }
+
+    /// The process exec `pid` ran in (the first, for one not known).
+    fn line_of(&self, pid: i32) -> usize {
+        self.lines.get(&pid).copied().unwrap_or(0)
+    }
+
+    fn remove(&mut self, pid: i32) {
+        if self.lines.remove(&pid).is_some() {
+            self.order.retain(|known| *known != pid);
+        }
+    }
+}
+
+/// The sandbox a container id belongs to: its part before the first `_` (the kubelet's
+/// `<pod uid>_<name>_<attempt>`).
+fn sandbox_of(id: &str) -> &str {
+    id.split('_').next().unwrap_or(id)
+}
+
+/// The process (of `count`) that new sandbox or container `id` goes to: FNV-1a of its
+/// sandbox's id (stable across builds, unlike std's hasher).
 fn spread_index(id: &str, count: usize) -> usize {
-    let group = id.split('_').next().unwrap_or(id);
+    let group = sandbox_of(id);
     let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -490,10 +551,7 @@ impl ContainerRuntime for RuntimeClient {
         {
             Response::ExecStarted { pid } => {
                 if self.lines.len() > 1 {
-                    self.exec_lines
-                        .lock()
-                        .unwrap_or_else(|poison| poison.into_inner())
-                        .insert(pid, line);
+                    self.exec_lines().insert(pid, line);
                 }
                 Ok(pid)
             }
@@ -502,27 +560,24 @@ impl ContainerRuntime for RuntimeClient {
     }
 
     async fn exec_status(&self, pid: i32) -> Result<Option<ExitStatus>, RuntimeCallError> {
-        let line = self
-            .exec_lines
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(&pid)
-            .copied()
-            .unwrap_or(0);
-        match self
+        let line = self.exec_lines().line_of(pid);
+        let answer = self
             .call_line(line, Request::ExecStatus { pid }, Vec::new())
-            .await?
-        {
-            Response::ExecStatus(exit) => {
-                if exit.is_some() {
-                    self.exec_lines
-                        .lock()
-                        .unwrap_or_else(|poison| poison.into_inner())
-                        .remove(&pid);
-                }
-                Ok(exit)
+            .await;
+        match answer {
+            Ok(Response::ExecStatus(None)) => Ok(None),
+            Ok(Response::ExecStatus(Some(exit))) => {
+                self.exec_lines().remove(pid);
+                Ok(Some(exit))
             }
-            _ => Err(RuntimeCallError::Protocol("exec status")),
+            Ok(_) => {
+                self.exec_lines().remove(pid);
+                Err(RuntimeCallError::Protocol("exec status"))
+            }
+            Err(err) => {
+                self.exec_lines().remove(pid);
+                Err(err)
+            }
         }
     }
 }

@@ -38,6 +38,13 @@ pub(crate) fn sandbox_exists(root: &Path, id: &str) -> bool {
     check_id(id).is_ok() && sandbox::sandbox_dir(&root.join(SANDBOXES_DIR), id).exists()
 }
 
+/// Whether the runtime process under `root` holds any sandbox or container.
+pub(crate) fn holds_anything(root: &Path) -> bool {
+    [root.join(SANDBOXES_DIR), root.join(containers::STATE_DIR)]
+        .iter()
+        .any(|dir| fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()))
+}
+
 /// Whether the runtime process under `root` holds container `id`.
 pub(crate) fn container_exists(root: &Path, id: &str) -> bool {
     check_id(id).is_ok() && root.join(containers::STATE_DIR).join(id).exists()
