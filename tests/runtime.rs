@@ -605,6 +605,18 @@ async fn pods_spread_over_several_runtime_processes_and_stay_reachable() {
     // A later client starts no process for the second directory, which holds nothing now.
     let later = RuntimeClient::new(&root, env!("CARGO_BIN_EXE_baton"));
     assert_eq!(later.roots().collect::<Vec<_>>(), [root.as_path()]);
+    // But it reaches one that runs there, idle, to stop it.
+    let idle = RuntimeClient::of_process(
+        baton_runtime::process_root(&root, 1),
+        env!("CARGO_BIN_EXE_baton"),
+    );
+    let [idle_pid] = idle.connect().await.unwrap()[..] else {
+        panic!("one runtime process");
+    };
+    let later = RuntimeClient::new(&root, env!("CARGO_BIN_EXE_baton"));
+    assert_eq!(later.roots().count(), 2);
+    later.shutdown().await.unwrap();
+    exited(idle_pid).await;
 }
 
 #[tokio::test]

@@ -101,12 +101,17 @@ impl RuntimeClient {
         let root = root.into();
         let program = program.into();
         let spread = processes.max(1);
-        // Processes beyond `spread` that an earlier run left are reached only while they hold
-        // sandboxes or containers (none is started just to sit idle).
+        // Processes beyond `spread` that an earlier run left are reached while they run or
+        // hold sandboxes or containers (none is started just to sit idle, and a running one
+        // can still be shut down).
         let lines: Arc<[ProcessLine]> = (0..spread.max(process_count_on_disk(&root)))
             .map(|index| process_root(&root, index))
             .enumerate()
-            .filter(|(index, dir)| *index < spread || crate::server::holds_anything(dir))
+            .filter(|(index, dir)| {
+                *index < spread
+                    || crate::server::holds_anything(dir)
+                    || UnixStream::connect(dir.join(SOCKET_NAME)).is_ok()
+            })
             .map(|(_, dir)| ProcessLine::new(dir, program.clone()))
             .collect();
         Self {
