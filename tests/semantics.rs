@@ -441,6 +441,137 @@ async fn services_get_unique_addresses_released_on_delete() {
     assert_eq!(after.spec.unwrap().cluster_ip, before);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_load_balancers_hold_a_health_check_node_port() {
+    let (_etcd, _server, client) = start().await;
+    let svcs: Api<Service> = Api::namespaced(client, "default");
+    let lb = |name: &str, policy: &str, extra: serde_json::Value| -> Service {
+        let mut spec = json!({"type": "LoadBalancer", "externalTrafficPolicy": policy, "selector": {"app": name}, "ports": [{"port": 80}]});
+        baton_test_harness::merge_json(&mut spec, extra);
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    let health_port = |svc: &Service| svc.spec.as_ref().unwrap().health_check_node_port;
+    let refused = |err: kube::Error, text: &str| match err {
+        kube::Error::Api(status) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            assert!(status.message.contains(text), "{}", status.message);
+        }
+        other => panic!("{other:?}"),
+    };
+
+    // Local gets a health check node port from the NodePort range, besides the NodePort.
+    let web = svcs
+        .create(&PostParams::default(), &lb("web", "Local", json!({})))
+        .await
+        .unwrap();
+    let port = health_port(&web).expect("a health check node port");
+    assert!((30000..=32767).contains(&port));
+    assert_ne!(
+        Some(port),
+        web.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].node_port
+    );
+    // Cluster gets none.
+    let wide = svcs
+        .create(&PostParams::default(), &lb("wide", "Cluster", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(health_port(&wide), None);
+
+    // Refused: the port where it does not belong, a taken port, an unknown policy.
+    let err = svcs
+        .create(
+            &PostParams::default(),
+            &lb("where", "Cluster", json!({"healthCheckNodePort": 31999})),
+        )
+        .await
+        .unwrap_err();
+    refused(
+        err,
+        "spec.healthCheckNodePort: Invalid value: 31999: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+    );
+    let err = svcs
+        .create(
+            &PostParams::default(),
+            &lb("twice", "Local", json!({"healthCheckNodePort": port})),
+        )
+        .await
+        .unwrap_err();
+    refused(
+        err,
+        &format!(
+            "spec.healthCheckNodePort: Invalid value: {port}: provided port is already allocated"
+        ),
+    );
+    let err = svcs
+        .create(&PostParams::default(), &lb("odd", "Sometimes", json!({})))
+        .await
+        .unwrap_err();
+    refused(
+        err,
+        "spec.externalTrafficPolicy: Unsupported value: \"Sometimes\"",
+    );
+
+    // An update that leaves it out keeps it; one that changes it is refused.
+    let mut replaced = svcs.get("web").await.unwrap();
+    replaced.spec.as_mut().unwrap().health_check_node_port = None;
+    let replaced = svcs
+        .replace("web", &PostParams::default(), &replaced)
+        .await
+        .unwrap();
+    assert_eq!(health_port(&replaced), Some(port));
+    let other = if port == 32767 { 30000 } else { port + 1 };
+    let err = svcs
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"healthCheckNodePort": other}})),
+        )
+        .await
+        .unwrap_err();
+    refused(
+        err,
+        "spec.healthCheckNodePort: Forbidden: field is immutable",
+    );
+
+    // Cluster gives it up (another Service may take it), Local takes one again.
+    let cluster = svcs
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"externalTrafficPolicy": "Cluster"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(health_port(&cluster), None);
+    let taker = svcs
+        .create(
+            &PostParams::default(),
+            &lb("taker", "Local", json!({"healthCheckNodePort": port})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(health_port(&taker), Some(port));
+    let local = svcs
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"externalTrafficPolicy": "Local"}})),
+        )
+        .await
+        .unwrap();
+    let again = health_port(&local).expect("a new health check node port");
+    assert_ne!(again, port);
+
+    // Deleting the Service releases it.
+    svcs.delete("taker", &DeleteParams::default())
+        .await
+        .unwrap();
+    let node_port: Service = serde_json::from_value(json!({"metadata": {"name": "np"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": port}]}})).unwrap();
+    svcs.create(&PostParams::default(), &node_port)
+        .await
+        .unwrap();
+}
+
 trait TargetPort {
     fn ports_target_port_or_default(&self) -> i32;
 }

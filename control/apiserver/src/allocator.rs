@@ -239,6 +239,7 @@ pub fn held(svc: &serde_json::Value) -> (Vec<String>, Vec<i64>) {
         .into_iter()
         .flatten()
         .filter_map(|p| p["nodePort"].as_i64())
+        .chain(spec["healthCheckNodePort"].as_i64())
         .filter(|p| *p != 0)
         .collect();
     (ips, ports)

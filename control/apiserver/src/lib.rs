@@ -194,6 +194,23 @@ impl<S: Store> ApiServer<S> {
                 }
             }
         }
+        if services::needs_health_check_port(spec) {
+            let wanted = Some(services::health_check_port(spec)).filter(|p| *p != 0);
+            match self
+                .allocator
+                .claim_port(&self.store, wanted, &owner, "spec.healthCheckNodePort")
+                .await
+            {
+                Ok(port) => {
+                    allocated.ports.push(port);
+                    spec["healthCheckNodePort"] = json!(port);
+                }
+                Err(e) => {
+                    self.release(&allocated).await;
+                    return Err(e);
+                }
+            }
+        }
         Ok(allocated)
     }
 
@@ -213,7 +230,7 @@ impl<S: Store> ApiServer<S> {
         self.release(&Allocated { ips, ports }).await;
     }
 
-    /// Claims the NodePorts an update of a Service will need.
+    /// Claims the NodePorts (and health check node port) an update of a Service will need.
     pub async fn preallocate_for_update(
         &self,
         call: &handlers::Call<'_>,
@@ -228,33 +245,41 @@ impl<S: Store> ApiServer<S> {
         // refused when taken or out of range), so no two Services share one.
         let (_, held_now) = allocator::held(current);
         let mut explicit = vec![];
+        let mut named: Vec<(String, i64)> = vec![];
         if services::needs_node_ports(&merged["spec"]) {
             let ports = merged["spec"]["ports"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
             for (i, p) in ports.iter().enumerate() {
-                let Some(port) = p["nodePort"].as_i64().filter(|n| *n != 0) else {
-                    continue;
-                };
-                if held_now.contains(&port) || explicit.contains(&port) {
-                    continue;
+                if let Some(port) = p["nodePort"].as_i64().filter(|n| *n != 0) {
+                    named.push((format!("spec.ports[{i}].nodePort"), port));
                 }
-                let field = format!("spec.ports[{i}].nodePort");
-                match self
-                    .allocator
-                    .claim_port(&self.store, Some(port), &owner, &field)
-                    .await
-                {
-                    Ok(p) => explicit.push(p),
-                    Err(e) => {
-                        self.release(&Allocated {
-                            ips: vec![],
-                            ports: explicit,
-                        })
-                        .await;
-                        return Err(e);
-                    }
+            }
+        }
+        if services::needs_health_check_port(&merged["spec"]) {
+            let port = services::health_check_port(&merged["spec"]);
+            if port != 0 {
+                named.push(("spec.healthCheckNodePort".into(), port));
+            }
+        }
+        for (field, port) in named {
+            if held_now.contains(&port) || explicit.contains(&port) {
+                continue;
+            }
+            match self
+                .allocator
+                .claim_port(&self.store, Some(port), &owner, &field)
+                .await
+            {
+                Ok(p) => explicit.push(p),
+                Err(e) => {
+                    self.release(&Allocated {
+                        ips: vec![],
+                        ports: explicit,
+                    })
+                    .await;
+                    return Err(e);
                 }
             }
         }

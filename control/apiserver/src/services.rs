@@ -1,5 +1,6 @@
-//! Service address bookkeeping around updates: keeping allocated ClusterIPs and NodePorts when
-//! a client omits them, and handing out NodePorts claimed before the write.
+//! Service address bookkeeping around updates: keeping allocated ClusterIPs, NodePorts and
+//! health check node ports when a client omits them, and handing out ports claimed before the
+//! write.
 
 use serde_json::{Value, json};
 
@@ -17,7 +18,21 @@ pub fn needs_node_ports(spec: &Value) -> bool {
     matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer"))
 }
 
-/// Copies ClusterIPs and NodePorts from the stored Service where the update left them out.
+/// Whether a Service gets a health check node port: type LoadBalancer with
+/// `externalTrafficPolicy: Local` (upstream's `NeedsHealthCheck`), whose port kube-proxy serves
+/// so that load balancers send traffic only to nodes with local endpoints.
+pub fn needs_health_check_port(spec: &Value) -> bool {
+    spec["type"] == "LoadBalancer" && spec["externalTrafficPolicy"] == "Local"
+}
+
+/// The Service's health check node port (0 when unset).
+pub fn health_check_port(spec: &Value) -> i64 {
+    spec["healthCheckNodePort"].as_i64().unwrap_or(0)
+}
+
+/// Copies ClusterIPs, NodePorts and the health check node port from the stored Service where
+/// the update left them out; drops the health check node port an update no longer needs (when
+/// it still carries the stored one, as upstream's `dropTypeDependentFields`).
 pub fn keep_allocations(current: &Value, next: &mut Value) {
     let old = &current["spec"];
     let spec = &mut next["spec"];
@@ -52,19 +67,33 @@ pub fn keep_allocations(current: &Value, next: &mut Value) {
             }
         }
     }
+    let old_port = health_check_port(old);
+    if needs_health_check_port(spec) {
+        if health_check_port(spec) == 0 && old_port != 0 && needs_health_check_port(old) {
+            spec["healthCheckNodePort"] = json!(old_port);
+        }
+    } else if health_check_port(spec) == old_port
+        && let Some(m) = spec.as_object_mut()
+    {
+        m.remove("healthCheckNodePort");
+    }
 }
 
-/// How many ports of a Service still need a NodePort.
+/// How many node ports a Service still needs: its ports' NodePorts and its health check node
+/// port.
 pub fn missing_node_ports(svc: &Value) -> usize {
-    if !needs_node_ports(&svc["spec"]) {
-        return 0;
+    let spec = &svc["spec"];
+    let health_check = usize::from(needs_health_check_port(spec) && health_check_port(spec) == 0);
+    if !needs_node_ports(spec) {
+        return health_check;
     }
-    svc["spec"]["ports"]
+    spec["ports"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p["nodePort"].as_i64().unwrap_or(0) == 0)
         .count()
+        + health_check
 }
 
 /// NodePorts claimed before an update, assigned to the ports that lack one.
@@ -89,13 +118,17 @@ impl PortPool {
         self
     }
 
-    /// Assigns pool ports to the Service's ports that lack a NodePort.
+    /// Assigns pool ports to the Service's ports that lack a NodePort, then to its health
+    /// check node port if it needs one.
     pub fn fill(&self, svc: &mut Value) {
-        if self.ports.is_empty() || !needs_node_ports(&svc["spec"]) {
+        if self.ports.is_empty() {
             return;
         }
         let mut available = self.ports.iter();
-        if let Some(ports) = svc["spec"]["ports"].as_array_mut() {
+        let spec = &mut svc["spec"];
+        if needs_node_ports(spec)
+            && let Some(ports) = spec["ports"].as_array_mut()
+        {
             for p in ports.iter_mut() {
                 if p["nodePort"].as_i64().unwrap_or(0) == 0
                     && let Some(port) = available.next()
@@ -103,6 +136,12 @@ impl PortPool {
                     p["nodePort"] = json!(port);
                 }
             }
+        }
+        if needs_health_check_port(spec)
+            && health_check_port(spec) == 0
+            && let Some(port) = available.next()
+        {
+            spec["healthCheckNodePort"] = json!(port);
         }
     }
 

@@ -1,11 +1,13 @@
 //! `baton proxy`: kube-proxy for Baton nodes. It watches Services and EndpointSlices
 //! ([`service_model`]), renders the node's rules ([`nftables_rules`]) and applies only what
-//! changed ([`nftables_sync`]), reporting on /metrics and /healthz ([`metrics`]). The other
+//! changed ([`nftables_sync`]), reporting on /metrics and /healthz ([`metrics`]) and on the
+//! health check node ports of Services with a Local external policy ([`health_check`]). The other
 //! modes: upstream's iptables chains ([`iptables_rules`]), IPVS virtual services
 //! ([`ipvs_sync`]) and a proxy in the process ([`userspace`]).
 
 pub mod args;
 pub mod dataplane;
+pub mod health_check;
 pub mod iptables_rules;
 pub mod iptables_sync;
 pub mod ipvs_sync;

@@ -98,7 +98,7 @@ impl ProxyMetrics {
     }
 
     /// Healthy unless changes have waited too long to be applied.
-    fn healthy(&self) -> bool {
+    pub fn healthy(&self) -> bool {
         self.pending_since
             .is_none_or(|since| since.elapsed() < HEALTHY_WITHIN)
     }

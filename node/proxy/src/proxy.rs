@@ -3,6 +3,7 @@
 //! everything known and applies the difference.
 
 use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::args::{InvalidProxyFlagError, ProxyArgs, ProxyMode};
 use crate::dataplane::Dataplane;
+use crate::health_check::HealthCheckServers;
 use crate::metrics::{ProxyMetrics, serve};
 use crate::nftables_rules::RuleSettings;
 use crate::service_model::{ProxyState, WATCH_LABEL_SELECTOR, build_state, slice_service};
@@ -113,6 +115,8 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
     let mut state: Option<ProxyState> = None;
     let mut proxier = Some(proxier);
     let mut stale_flows = StaleUdpFlows::default();
+    let mut health_checks =
+        HealthCheckServers::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), metrics.clone());
     tracing::info!(mode = ?mode, node = %settings.node_name, "proxy running");
     loop {
         if let Some(at) = last_sync.map(|t| t + args.min_sync_period) {
@@ -173,6 +177,12 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
             }
         }
         let service_ports = current.services.len();
+        health_checks
+            .update(crate::health_check::health_checks(
+                &current,
+                &settings.node_name,
+            ))
+            .await;
         state = Some(current);
         let userspace_backends = dataplane.userspace_backends();
         proxier = Some(dataplane);

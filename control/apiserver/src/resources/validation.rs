@@ -598,6 +598,60 @@ fn service(obj: &Value, causes: &mut Vec<FieldCause>) {
             &["ClientIP", "None"],
         ));
     }
+    service_external_traffic(spec, ty, causes);
+}
+
+/// Upstream's `validateServiceExternalTrafficPolicy` for externally reachable Services (the
+/// policy's value), and the health check node port only where it belongs.
+fn service_external_traffic(spec: &Value, ty: &str, causes: &mut Vec<FieldCause>) {
+    if matches!(ty, "NodePort" | "LoadBalancer")
+        && let Some(policy) = spec["externalTrafficPolicy"].as_str()
+        && !["Cluster", "Local"].contains(&policy)
+    {
+        causes.push(FieldCause::not_supported(
+            "spec.externalTrafficPolicy",
+            policy,
+            &["Cluster", "Local"],
+        ));
+    }
+    let port = &spec["healthCheckNodePort"];
+    if port.as_i64().unwrap_or(0) == 0 {
+        return;
+    }
+    if !crate::services::needs_health_check_port(spec) {
+        causes.push(FieldCause::invalid(
+            "spec.healthCheckNodePort",
+            port,
+            "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+        ));
+    } else if spec["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| p["nodePort"] == *port)
+    {
+        causes.push(FieldCause::invalid(
+            "spec.healthCheckNodePort",
+            port,
+            "provided port is already allocated",
+        ));
+    }
+}
+
+/// Upstream's `validateServiceExternalTrafficFieldsUpdate`: a health check node port the
+/// Service keeps needing does not change.
+fn service_update(old: &Value, new: &Value, causes: &mut Vec<FieldCause>) {
+    use crate::services::{health_check_port, needs_health_check_port};
+    let (before, after) = (&old["spec"], &new["spec"]);
+    if needs_health_check_port(before)
+        && needs_health_check_port(after)
+        && health_check_port(before) != health_check_port(after)
+    {
+        causes.push(FieldCause::forbidden(
+            "spec.healthCheckNodePort",
+            "field is immutable",
+        ));
+    }
 }
 
 /// Fields that may not change once set, per kind: `(path, JSON pointer)`. Pods are checked by
@@ -638,6 +692,7 @@ pub fn update(group: &str, kind: &str, old: &Value, new: &Value, causes: &mut Ve
     }
     match (group, kind) {
         ("", "Pod") => pod_update(old, new, causes),
+        ("", "Service") => service_update(old, new, causes),
         ("", "Node") => node_update(old, new, causes),
         ("", "ConfigMap") => immutable_contents(old, new, &["data", "binaryData"], causes),
         ("", "Secret") => immutable_contents(old, new, &["data"], causes),
