@@ -4,8 +4,10 @@
 //! - nat: `KUBE-SERVICES` (one rule per service address, then `KUBE-NODEPORTS` for local
 //!   destinations), `KUBE-SVC-*` (masquerade off-cluster sources, then endpoints chosen with
 //!   `statistic --mode random`), `KUBE-SEP-*` (hairpin mark, DNAT), `KUBE-EXT-*` (external
-//!   traffic), `KUBE-MARK-MASQ` and `KUBE-POSTROUTING` (mark 0x4000, masquerade);
-//! - filter: `KUBE-SERVICES` and `KUBE-EXTERNAL-SERVICES` reject Services without endpoints.
+//!   traffic), `KUBE-FW-*` (load-balancer IPs from `loadBalancerSourceRanges` only),
+//!   `KUBE-MARK-MASQ` and `KUBE-POSTROUTING` (mark 0x4000, masquerade);
+//! - filter: `KUBE-SERVICES` and `KUBE-EXTERNAL-SERVICES` reject Services without endpoints,
+//!   and drop connections to a load-balancer IP that its firewall chain did not let through.
 //!
 //! Chain names hash the service port (and endpoint) as upstream does: the first 16 characters of
 //! the base32 of a SHA-256.
@@ -184,6 +186,13 @@ fn svc_chain(info: &ServicePortInfo) -> String {
 fn ext_chain(info: &ServicePortInfo) -> String {
     format!(
         "KUBE-EXT-{}",
+        hash16(&format!("{}{}", port_name(info), protocol_lower(info)))
+    )
+}
+
+fn fw_chain(info: &ServicePortInfo) -> String {
+    format!(
+        "KUBE-FW-{}",
         hash16(&format!("{}{}", port_name(info), protocol_lower(info)))
     )
 }
@@ -379,7 +388,45 @@ pub fn render_iptables(state: &ProxyState, settings: &RuleSettings) -> IptablesR
                 "REJECT --reject-with icmp-port-unreachable",
             ))
         };
-        for ip in info.external_ips.iter().chain(&info.load_balancer_ips) {
+        // Load-balancer IPs of a Service with loadBalancerSourceRanges go through its
+        // firewall chain, which goes on to the ext chain only for those sources; the others
+        // keep their destination and are dropped in the filter table.
+        let firewalled = target.is_ok() && !info.load_balancer_source_ranges.is_empty();
+        if firewalled && !info.load_balancer_ips.is_empty() {
+            let fw = fw_chain(info);
+            let sources = info
+                .load_balancer_source_ranges
+                .iter()
+                .map(ToString::to_string)
+                .chain(info.load_balancer_ips.iter().map(|ip| format!("{ip}/32")));
+            for source in sources {
+                ruleset.rule(
+                    Table::Nat,
+                    &fw,
+                    format!("-m comment --comment \"{name} loadbalancer IP\" -s {source} -j {ext}"),
+                );
+            }
+            for ip in &info.load_balancer_ips {
+                let address_match =
+                    format!("-m {proto} -p {proto} -d {ip}/32 --dport {}", info.port);
+                ruleset.rule(
+                    Table::Nat,
+                    "KUBE-SERVICES",
+                    format!(
+                        "-m comment --comment \"{name} loadbalancer IP\" {address_match} -j {fw}"
+                    ),
+                );
+                for chain in ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"] {
+                    ruleset.rule(
+                        Table::Filter,
+                        chain,
+                        format!("-m comment --comment \"{name} traffic not accepted by {fw}\" {address_match} -j DROP"),
+                    );
+                }
+            }
+        }
+        let load_balancer_ips = info.load_balancer_ips.iter().filter(|_| !firewalled);
+        for ip in info.external_ips.iter().chain(load_balancer_ips) {
             let address_match = format!("-m {proto} -p {proto} -d {ip}/32 --dport {}", info.port);
             match &target {
                 Ok(chain) => ruleset.rule(
@@ -477,6 +524,59 @@ mod tests {
         assert_ne!(name, hash16("default/web:httpudp"));
         // RFC 4648 base32 of SHA-256(""): 4OYMIQUY7QOBJGX36TEJS35ZEQT24QPEMSNZGTFESWMRW6CSXBKQ...
         assert_eq!(hash16(""), "4OYMIQUY7QOBJGX3");
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_go_through_a_firewall_chain() {
+        let service: k8s_openapi::api::core::v1::Service =
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "web", "namespace": "default" },
+                "spec": {
+                    "type": "LoadBalancer", "clusterIP": "10.96.0.10",
+                    "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080 }],
+                    "loadBalancerSourceRanges": ["10.1.0.0/16"],
+                },
+                "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.10" }] } },
+            }))
+            .unwrap();
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": "web-a", "namespace": "default",
+                    "labels": { "kubernetes.io/service-name": "web" },
+                },
+                "addressType": "IPv4",
+                "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+                "endpoints": [{ "addresses": ["10.244.1.2"], "conditions": { "ready": true } }],
+            }))
+            .unwrap();
+        let state = crate::service_model::build_state(&[service], &[slice]);
+        let settings = RuleSettings {
+            node_name: "n1".into(),
+            cluster_cidr: None,
+        };
+        let rules = render_iptables(&state, &settings);
+        let info = &state.services.values().next().unwrap().0;
+        let (fw, ext) = (fw_chain(info), ext_chain(info));
+        let chain = |table, name: &str| rules.chains[&(table, name.to_owned())].clone();
+        let fw_rules = chain(Table::Nat, &fw);
+        assert_eq!(fw_rules.len(), 2);
+        assert!(fw_rules[0].ends_with(&format!("-s 10.1.0.0/16 -j {ext}")));
+        assert!(fw_rules[1].ends_with(&format!("-s 192.0.2.10/32 -j {ext}")));
+        let to_fw: Vec<String> = chain(Table::Nat, "KUBE-SERVICES")
+            .into_iter()
+            .filter(|r| r.contains("-d 192.0.2.10/32"))
+            .collect();
+        assert_eq!(to_fw.len(), 1);
+        assert!(to_fw[0].ends_with(&format!("-j {fw}")));
+        for filter in ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"] {
+            assert!(
+                chain(Table::Filter, filter)
+                    .iter()
+                    .any(|r| r.contains("-d 192.0.2.10/32 --dport 80 -j DROP")),
+                "{filter}"
+            );
+        }
     }
 
     #[test]

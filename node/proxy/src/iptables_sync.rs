@@ -83,7 +83,7 @@ fn is_proxy_chain(chain: &str) -> bool {
             | "KUBE-POSTROUTING"
             | "KUBE-MARK-MASQ"
             | "KUBE-EXTERNAL-SERVICES"
-    ) || ["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-"]
+    ) || ["KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-FW-"]
         .iter()
         .any(|prefix| chain.starts_with(prefix))
 }

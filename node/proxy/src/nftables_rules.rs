@@ -798,23 +798,35 @@ fn render_port(
         ruleset.chains.insert(ext_chain.clone(), rules);
         Some(Verdict::Goto(ext_chain))
     };
-    let addresses: Vec<Ipv4Addr> = info
-        .external_ips
-        .iter()
-        .chain(&info.load_balancer_ips)
-        .copied()
-        .collect();
     // With somewhere to go, the service maps; with nowhere, the no-endpoint maps (refused).
     let (address_map, port_map, verdict) = match target {
         Some(verdict) => (SERVICE_IPS, SERVICE_NODEPORTS, verdict),
         None => (NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS, reject),
     };
-    for ip in addresses {
+    // Load-balancer IPs of a Service with loadBalancerSourceRanges go through its firewall.
+    let load_balancer_verdict = if address_map == SERVICE_IPS
+        && !info.load_balancer_source_ranges.is_empty()
+        && !info.load_balancer_ips.is_empty()
+    {
+        let fw_chain = port_chain_name("fw", info);
+        ruleset
+            .chains
+            .insert(fw_chain.clone(), firewall_rules(info, &verdict));
+        Verdict::Goto(fw_chain)
+    } else {
+        verdict.clone()
+    };
+    let addresses = info.external_ips.iter().map(|ip| (ip, &verdict)).chain(
+        info.load_balancer_ips
+            .iter()
+            .map(|ip| (ip, &load_balancer_verdict)),
+    );
+    for (ip, verdict) in addresses {
         ruleset
             .maps
             .get_mut(address_map)
             .expect("map")
-            .insert(address_key(ip, info.protocol, info.port), verdict.clone());
+            .insert(address_key(*ip, info.protocol, info.port), verdict.clone());
     }
     if let Some(node_port) = info.node_port {
         ruleset
@@ -823,6 +835,37 @@ fn render_port(
             .expect("map")
             .insert(port_key(info.protocol, node_port), verdict);
     }
+}
+
+/// A Service's firewall (upstream's `firewall-...` chains): connections to its load-balancer
+/// IPs from inside `loadBalancerSourceRanges`, or from a load-balancer IP itself (a load
+/// balancer that connects from its own address), go on to `allowed`; others are dropped.
+fn firewall_rules(info: &ServicePortInfo, allowed: &Verdict) -> Vec<Vec<Expr>> {
+    let ranges = info
+        .load_balancer_source_ranges
+        .iter()
+        .map(|range| (range.network(), range.netmask()));
+    let own = info
+        .load_balancer_ips
+        .iter()
+        .map(|ip| (*ip, Ipv4Addr::BROADCAST));
+    ranges
+        .chain(own)
+        .map(|(network, mask)| {
+            vec![
+                Expr::ip_saddr(reg32(0)),
+                Expr::Bitwise {
+                    sreg: reg32(0),
+                    dreg: reg32(0),
+                    mask: mask.octets().to_vec(),
+                    xor: vec![0; 4],
+                },
+                Expr::cmp_ip(reg32(0), CmpOp::Eq, network),
+                Expr::Verdict(allowed.clone()),
+            ]
+        })
+        .chain([vec![Expr::Verdict(Verdict::Drop)]])
+        .collect()
 }
 
 #[cfg(test)]

@@ -460,3 +460,68 @@ fn a_full_sync_takes_services_that_claim_one_address_and_long_names() {
         })
         .unwrap();
 }
+
+/// Whether a TCP connection from `source` to `destination` is accepted within 300 ms.
+fn connects_from(source: &str, destination: &str) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let attempt = socket.connect(destination.parse().unwrap());
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), attempt).await,
+            Ok(Ok(_))
+        )
+    })
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_only_their_clients() {
+    let settings = support::node_settings();
+    let namespace = NetNs::create().unwrap();
+    namespace
+        .run(|| {
+            // The endpoint and two clients on loopback, the load-balancer IP routed there too.
+            support::loopback_backends(&["10.0.0.1", "10.1.0.5", "10.2.0.5"]);
+            baton_network::RouteSocket::open()
+                .unwrap()
+                .add_route(&baton_network::Route {
+                    destination: "192.0.2.10/32".parse().unwrap(),
+                    gateway: None,
+                    interface: Some(baton_network::LOOPBACK_INDEX),
+                })
+                .unwrap();
+            let _listener = std::net::TcpListener::bind(("10.0.0.1", 8080)).unwrap();
+            let web: Service = serde_json::from_value(json!({
+                "metadata": { "name": "web", "namespace": "default" },
+                "spec": {
+                    "type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                    "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080 }],
+                    "loadBalancerSourceRanges": ["10.1.0.0/16"],
+                },
+                "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.10" }] } },
+            }))
+            .unwrap();
+            let state = build_state(&[web], &[slice("web", &[("10.0.0.1", true)])]);
+            let mut proxier = NftablesProxier::new().unwrap();
+            proxier.sync_state(&state, &settings).unwrap();
+
+            // Through the load balancer's IP only from inside the range; the cluster IP
+            // from anywhere.
+            assert!(connects_from("10.1.0.5", "192.0.2.10:80"));
+            assert!(!connects_from("10.2.0.5", "192.0.2.10:80"));
+            assert!(connects_from("10.2.0.5", "10.96.0.10:80"));
+            let all = NftSocket::open()
+                .unwrap()
+                .chains(Family::Ip, TABLE)
+                .unwrap();
+            assert!(
+                all.iter().any(|chain| chain == "fw-default/web/tcp/http"),
+                "{all:?}"
+            );
+        })
+        .unwrap();
+}
