@@ -477,14 +477,7 @@ async fn exec_runs_in_the_container_and_reports_its_exit_code() {
             .await
             .unwrap();
     assert!(output.contains("in-exec"), "{output}");
-    exited(pid).await;
-    let exit = runtime
-        .client
-        .exec_status(pid)
-        .await
-        .unwrap()
-        .expect("exited");
-    assert_eq!(exit.exit_code, 7);
+    assert_eq!(exec_exit(&runtime.client, pid).await.exit_code, 7);
 }
 
 #[tokio::test]
@@ -547,14 +540,7 @@ async fn pods_spread_over_several_runtime_processes_and_stay_reachable() {
         )
         .await
         .unwrap();
-    exited(pid).await;
-    let exit = runtime
-        .client
-        .exec_status(pid)
-        .await
-        .unwrap()
-        .expect("exited");
-    assert_eq!(exit.exit_code, 3);
+    assert_eq!(exec_exit(&runtime.client, pid).await.exit_code, 3);
 
     // A client configured for one process (the kubelet restarted with fewer) still reaches
     // every container and sandbox where it lives.
@@ -665,6 +651,12 @@ async fn wait_until(what: &str, condition: impl Fn() -> bool) {
     })
     .await
     .unwrap();
+}
+
+/// How exec'd process `pid` ended, once it has (30 s at most).
+async fn exec_exit(client: &RuntimeClient, pid: i32) -> baton_runtime::ExitStatus {
+    exited(pid).await;
+    client.exec_status(pid).await.unwrap().expect("exited")
 }
 
 /// Waits (30 s at most) until process `pid` has exited.

@@ -502,6 +502,15 @@ async fn local_load_balancers_hold_a_health_check_node_port() {
             "spec.healthCheckNodePort: Invalid value: {port}: provided port is already allocated"
         ),
     );
+    // An empty policy is unset: defaulted to Cluster.
+    let empty = svcs
+        .create(&PostParams::default(), &lb("empty", "", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        empty.spec.unwrap().external_traffic_policy.as_deref(),
+        Some("Cluster")
+    );
     let err = svcs
         .create(&PostParams::default(), &lb("odd", "Sometimes", json!({})))
         .await

@@ -149,7 +149,7 @@ impl<S: Store> ApiServer<S> {
         }
     }
 
-    /// Claims the ClusterIP and NodePorts of a new Service.
+    /// Claims the ClusterIP, NodePorts and health check node port of a new Service.
     pub async fn allocate_service(&self, svc: &mut Value) -> Result<Allocated, StatusError> {
         let mut allocated = Allocated::default();
         let owner = format!(
@@ -173,37 +173,33 @@ impl<S: Store> ApiServer<S> {
         } else if spec["clusterIP"] == "None" {
             spec["clusterIPs"] = json!(["None"]);
         }
+        // The NodePorts and health check node port it needs: those it names are claimed
+        // before any is picked for it, so that a pick never takes one it names.
+        let mut slots: Vec<(Option<usize>, String, Option<i64>)> = Vec::new();
         if services::needs_node_ports(spec) {
             let count = spec["ports"].as_array().map_or(0, Vec::len);
             for i in 0..count {
-                let field = format!("spec.ports[{i}].nodePort");
                 let wanted = spec["ports"][i]["nodePort"].as_i64().filter(|p| *p != 0);
-                match self
-                    .allocator
-                    .claim_port(&self.store, wanted, &owner, &field)
-                    .await
-                {
-                    Ok(port) => {
-                        allocated.ports.push(port);
-                        spec["ports"][i]["nodePort"] = json!(port);
-                    }
-                    Err(e) => {
-                        self.release(&allocated).await;
-                        return Err(e);
-                    }
-                }
+                slots.push((Some(i), format!("spec.ports[{i}].nodePort"), wanted));
             }
         }
         if services::needs_health_check_port(spec) {
             let wanted = Some(services::health_check_port(spec)).filter(|p| *p != 0);
+            slots.push((None, "spec.healthCheckNodePort".into(), wanted));
+        }
+        slots.sort_by_key(|(_, _, wanted)| wanted.is_none());
+        for (index, field, wanted) in slots {
             match self
                 .allocator
-                .claim_port(&self.store, wanted, &owner, "spec.healthCheckNodePort")
+                .claim_port(&self.store, wanted, &owner, &field)
                 .await
             {
                 Ok(port) => {
                     allocated.ports.push(port);
-                    spec["healthCheckNodePort"] = json!(port);
+                    match index {
+                        Some(i) => spec["ports"][i]["nodePort"] = json!(port),
+                        None => spec["healthCheckNodePort"] = json!(port),
+                    }
                 }
                 Err(e) => {
                     self.release(&allocated).await;

@@ -18,6 +18,11 @@ pub fn needs_node_ports(spec: &Value) -> bool {
     matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer"))
 }
 
+/// A service port's protocol, TCP when left out (the default applied later).
+fn protocol(port: &Value) -> &str {
+    port["protocol"].as_str().unwrap_or("TCP")
+}
+
 /// Whether a Service gets a health check node port: type LoadBalancer with
 /// `externalTrafficPolicy: Local` (upstream's `NeedsHealthCheck`), whose port kube-proxy serves
 /// so that load balancers send traffic only to nodes with local endpoints.
@@ -53,7 +58,7 @@ pub fn keep_allocations(current: &Value, next: &mut Value) {
                 if p["nodePort"].as_i64().unwrap_or(0) == 0
                     && let Some(prev) = old_ports
                         .iter()
-                        .find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
+                        .find(|o| o["port"] == p["port"] && protocol(o) == protocol(p))
                     && prev["nodePort"].as_i64().unwrap_or(0) != 0
                 {
                     p["nodePort"] = prev["nodePort"].clone();

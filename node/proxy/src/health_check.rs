@@ -84,41 +84,46 @@ impl HealthCheckServers {
     }
 
     /// Serves exactly the ports of `wanted`, each with its report: new ports start listening,
-    /// ports no longer wanted stop. A port that cannot be bound (taken by another program) is
-    /// logged and tried again at the next update.
+    /// ports no longer wanted stop. A port that cannot be bound now (another program holds
+    /// it) is tried again every second until it can.
     pub async fn update(&mut self, wanted: BTreeMap<u16, ServiceHealth>) {
-        self.servers.retain(|port, task| {
-            let keep = wanted.contains_key(port) && !task.is_finished();
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
+        self.keep_only(&wanted.keys().copied().collect());
         for port in wanted.keys() {
             if self.servers.contains_key(port) {
                 continue;
             }
             let address = SocketAddr::new(self.address, *port);
-            match tokio::net::TcpListener::bind(address).await {
-                Ok(listener) => {
-                    tracing::debug!(%address, "serving a health check node port");
-                    let task = tokio::spawn(serve(
-                        listener,
-                        *port,
-                        self.reports.clone(),
-                        self.metrics.clone(),
-                    ));
-                    self.servers.insert(*port, task);
-                }
+            let listener = match tokio::net::TcpListener::bind(address).await {
+                Ok(listener) => Some(listener),
                 Err(err) => {
-                    tracing::warn!(%address, %err, "cannot serve a health check node port");
+                    tracing::warn!(%address, %err, "cannot serve a health check node port yet; retrying every second");
+                    None
                 }
-            }
+            };
+            let task = tokio::spawn(serve(
+                address,
+                listener,
+                self.reports.clone(),
+                self.metrics.clone(),
+            ));
+            self.servers.insert(*port, task);
         }
         *self.reports.lock().unwrap_or_else(|p| p.into_inner()) = wanted;
     }
 
-    /// The ports served now.
+    /// Stops serving the ports not in `ports` (before a sync hands such a port to another
+    /// use).
+    pub fn keep_only(&mut self, ports: &BTreeSet<u16>) {
+        self.servers.retain(|port, task| {
+            let keep = ports.contains(port);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+    }
+
+    /// The ports served (or waiting to be bound) now.
     pub fn ports(&self) -> BTreeSet<u16> {
         self.servers.keys().copied().collect()
     }
@@ -132,25 +137,46 @@ impl Drop for HealthCheckServers {
     }
 }
 
+/// How long a client may take to send its request's head.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Binds `address` (unless `listener` is bound already), retrying every second, then answers
+/// each connection. Aborting the task closes the listener and every connection it accepted.
 async fn serve(
-    listener: tokio::net::TcpListener,
-    port: u16,
+    address: SocketAddr,
+    listener: Option<tokio::net::TcpListener>,
     reports: Arc<Mutex<BTreeMap<u16, ServiceHealth>>>,
     metrics: Arc<Mutex<ProxyMetrics>>,
 ) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // Out of descriptors or similar: wait a little rather than spin.
-                tracing::warn!(port, %err, "accepting on a health check node port");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
+    let listener = match listener {
+        Some(listener) => listener,
+        None => loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if let Ok(listener) = tokio::net::TcpListener::bind(address).await {
+                tracing::info!(%address, "serving a health check node port");
+                break listener;
             }
+        },
+    };
+    let port = address.port();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of descriptors or similar: wait a little rather than spin.
+                    tracing::warn!(port, %err, "accepting on a health check node port");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            // Finished connections are collected as they end.
+            Some(_) = connections.join_next() => continue,
         };
         let reports = reports.clone();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |_request| {
                 let report = reports
                     .lock()
@@ -161,6 +187,8 @@ async fn serve(
                 async move { Ok::<_, std::convert::Infallible>(answer(report, healthy)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -394,12 +394,7 @@ pub fn render_iptables(state: &ProxyState, settings: &RuleSettings) -> IptablesR
         let firewalled = target.is_ok() && !info.load_balancer_source_ranges.is_empty();
         if firewalled && !info.load_balancer_ips.is_empty() {
             let fw = fw_chain(info);
-            let sources = info
-                .load_balancer_source_ranges
-                .iter()
-                .map(ToString::to_string)
-                .chain(info.load_balancer_ips.iter().map(|ip| format!("{ip}/32")));
-            for source in sources {
+            for source in &info.load_balancer_source_ranges {
                 ruleset.rule(
                     Table::Nat,
                     &fw,
@@ -560,9 +555,8 @@ mod tests {
         let (fw, ext) = (fw_chain(info), ext_chain(info));
         let chain = |table, name: &str| rules.chains[&(table, name.to_owned())].clone();
         let fw_rules = chain(Table::Nat, &fw);
-        assert_eq!(fw_rules.len(), 2);
+        assert_eq!(fw_rules.len(), 1);
         assert!(fw_rules[0].ends_with(&format!("-s 10.1.0.0/16 -j {ext}")));
-        assert!(fw_rules[1].ends_with(&format!("-s 192.0.2.10/32 -j {ext}")));
         let to_fw: Vec<String> = chain(Table::Nat, "KUBE-SERVICES")
             .into_iter()
             .filter(|r| r.contains("-d 192.0.2.10/32"))

@@ -804,18 +804,16 @@ fn render_port(
         None => (NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS, reject),
     };
     // Load-balancer IPs of a Service with loadBalancerSourceRanges go through its firewall.
-    let load_balancer_verdict = if address_map == SERVICE_IPS
-        && !info.load_balancer_source_ranges.is_empty()
-        && !info.load_balancer_ips.is_empty()
-    {
-        let fw_chain = port_chain_name("fw", info);
-        ruleset
-            .chains
-            .insert(fw_chain.clone(), firewall_rules(info, &verdict));
-        Verdict::Goto(fw_chain)
-    } else {
-        verdict.clone()
-    };
+    let load_balancer_verdict =
+        if !info.load_balancer_source_ranges.is_empty() && !info.load_balancer_ips.is_empty() {
+            let fw_chain = port_chain_name("fw", info);
+            ruleset
+                .chains
+                .insert(fw_chain.clone(), firewall_rules(info, &verdict));
+            Verdict::Goto(fw_chain)
+        } else {
+            verdict.clone()
+        };
     let addresses = info.external_ips.iter().map(|ip| (ip, &verdict)).chain(
         info.load_balancer_ips
             .iter()
@@ -838,19 +836,12 @@ fn render_port(
 }
 
 /// A Service's firewall (upstream's `firewall-...` chains): connections to its load-balancer
-/// IPs from inside `loadBalancerSourceRanges`, or from a load-balancer IP itself (a load
-/// balancer that connects from its own address), go on to `allowed`; others are dropped.
+/// IPs from inside `loadBalancerSourceRanges` go on to `allowed` (the endpoints, or the
+/// rejection of a Service without any); others are dropped.
 fn firewall_rules(info: &ServicePortInfo, allowed: &Verdict) -> Vec<Vec<Expr>> {
-    let ranges = info
-        .load_balancer_source_ranges
+    info.load_balancer_source_ranges
         .iter()
-        .map(|range| (range.network(), range.netmask()));
-    let own = info
-        .load_balancer_ips
-        .iter()
-        .map(|ip| (*ip, Ipv4Addr::BROADCAST));
-    ranges
-        .chain(own)
+        .map(|range| (range.network(), range.netmask()))
         .map(|(network, mask)| {
             vec![
                 Expr::ip_saddr(reg32(0)),
@@ -905,6 +896,44 @@ mod tests {
         assert_eq!(next, PICK_RANGE);
         let (_, (_, data)) = a.iter().nth(1).unwrap();
         assert_eq!(data, &[10, 244, 1, 2, 0x1f, 0x90, 0, 0]);
+    }
+
+    #[test]
+    fn a_firewalled_load_balancer_without_endpoints_rejects_its_ranges_and_drops_the_rest() {
+        let service: k8s_openapi::api::core::v1::Service =
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "web", "namespace": "default" },
+                "spec": {
+                    "type": "LoadBalancer", "clusterIP": "10.96.0.10",
+                    "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080 }],
+                    "loadBalancerSourceRanges": ["10.1.0.0/16"],
+                },
+                "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.10" }] } },
+            }))
+            .unwrap();
+        let state = crate::service_model::build_state(
+            &[service],
+            &[] as &[k8s_openapi::api::discovery::v1::EndpointSlice],
+        );
+        let settings = RuleSettings {
+            node_name: "n1".into(),
+            cluster_cidr: None,
+        };
+        let ruleset = render(&state, &settings);
+        let key = address_key(Ipv4Addr::new(192, 0, 2, 10), Protocol::Tcp, 80);
+        let fw = "fw-default/web/tcp/http";
+        assert_eq!(
+            ruleset.maps[NO_ENDPOINT_SERVICES].get(&key),
+            Some(&Verdict::Goto(fw.into()))
+        );
+        assert!(!ruleset.maps[SERVICE_IPS].contains_key(&key));
+        let rules = &ruleset.chains[fw];
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            rules[0].last(),
+            Some(&Expr::Verdict(Verdict::Goto(REJECT.into())))
+        );
+        assert_eq!(rules[1], vec![Expr::Verdict(Verdict::Drop)]);
     }
 
     #[test]

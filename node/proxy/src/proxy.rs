@@ -135,6 +135,10 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
                 current
             }
         };
+        // Health check ports the Services gave up stop before the sync (one may become a
+        // node port); new ones start once the rules that take their traffic are in.
+        let health_ports = crate::health_check::health_checks(&current, &settings.node_name);
+        health_checks.keep_only(&health_ports.keys().copied().collect());
         let started = Instant::now();
         let mut dataplane = proxier.take().expect("the proxier is back after each sync");
         let sync_settings = settings.clone();
@@ -177,12 +181,9 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
             }
         }
         let service_ports = current.services.len();
-        health_checks
-            .update(crate::health_check::health_checks(
-                &current,
-                &settings.node_name,
-            ))
-            .await;
+        if result.is_ok() {
+            health_checks.update(health_ports).await;
+        }
         state = Some(current);
         let userspace_backends = dataplane.userspace_backends();
         proxier = Some(dataplane);

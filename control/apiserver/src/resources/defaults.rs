@@ -291,6 +291,10 @@ fn service(obj: &mut Value) {
         default(spec, "ipFamilies", json!(["IPv4"]));
     }
     if ty == "NodePort" || ty == "LoadBalancer" {
+        // An empty policy is unset, as upstream's defaulting reads it.
+        if spec["externalTrafficPolicy"] == "" {
+            spec["externalTrafficPolicy"] = Value::Null;
+        }
         default(spec, "externalTrafficPolicy", json!("Cluster"));
     }
     each_mut(spec, "ports", |p| {
