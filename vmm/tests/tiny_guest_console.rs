@@ -13,50 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use baton_vmm::{VmExit, VmmArgs};
-use common::{Asm, Guest, elf_kernel, kvm_available, spawn_vm, wait_until};
-
-fn echo_program() -> Vec<u8> {
-    let mut a = Asm::default();
-    a.mov_dx(0x3f8);
-    for byte in b"ready\n" {
-        a.out_al(*byte);
-    }
-    a.label("poll")
-        .mov_dx(0x3fd) // line status
-        .bytes(&[0xec]) // in al, dx
-        .bytes(&[0xa8, 0x01]) // test al, 1: data ready
-        .rel(&[0x74], "poll", 1) // jz poll
-        .mov_dx(0x3f8)
-        .bytes(&[0xec]) // in al, dx: the byte
-        .bytes(&[0x3c, b'\n']) // cmp al, '\n'
-        .rel(&[0x74], "done", 1) // je done
-        .bytes(&[0x34, 0x20, 0xee]) // xor al, 0x20; out dx, al
-        .rel(&[0xeb], "poll", 1)
-        .label("done");
-    for byte in b"\nbye\n" {
-        a.out_al(*byte);
-    }
-    a.mov_dx(0x600)
-        .out_al(0x34)
-        .label("halt")
-        .bytes(&[0xf4])
-        .rel(&[0xeb], "halt", 1);
-    a.finish()
-}
-
-/// Reads from `stream` until `received` ends with `end`.
-fn read_until(stream: &mut UnixStream, received: &mut Vec<u8>, end: &[u8]) {
-    let mut chunk = [0u8; 1024];
-    while !received.ends_with(end) {
-        let n = stream.read(&mut chunk).expect("console output");
-        assert!(
-            n > 0,
-            "console closed after {:?}",
-            String::from_utf8_lossy(received)
-        );
-        received.extend_from_slice(&chunk[..n]);
-    }
-}
+use common::{Guest, echo_program, elf_kernel, kvm_available, read_until, spawn_vm, wait_until};
 
 #[test]
 fn a_console_socket_client_sees_early_output_and_types_more_than_the_fifo_holds() {

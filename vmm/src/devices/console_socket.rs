@@ -126,8 +126,12 @@ impl ConsoleSocket {
         };
         let thread = spawn_filtered("console".into(), filters, ThreadKind::Console, move || {
             let mut events = [EpollEvent::default(); 5];
+            // Whether the listener is out of epoll after a failed accept (out of file
+            // descriptors: the pending client would wake epoll again and again).
+            let mut accept_paused = false;
             loop {
-                let ready = match session.epoll.wait(-1, &mut events) {
+                let timeout = if accept_paused { ACCEPT_RETRY_MS } else { -1 };
+                let ready = match session.epoll.wait(timeout, &mut events) {
                     Ok(n) => n,
                     Err(error) if error.kind() == ErrorKind::Interrupted => continue,
                     Err(error) => {
@@ -135,14 +139,33 @@ impl ConsoleSocket {
                         return;
                     }
                 };
+                if accept_paused {
+                    accept_paused = false;
+                    let _ = session.epoll.ctl(
+                        ControlOperation::Add,
+                        listener.as_raw_fd(),
+                        EpollEvent::new(EventSet::IN, LISTENER),
+                    );
+                }
                 for event in &events[..ready] {
                     match event.data() {
                         STOP => return,
-                        LISTENER => {
-                            while let Ok((stream, _)) = listener.accept() {
-                                session.connect(stream);
+                        LISTENER => loop {
+                            match listener.accept() {
+                                Ok((stream, _)) => session.connect(stream),
+                                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                                Err(error) => {
+                                    tracing::warn!(%error, "console socket cannot accept; retrying shortly");
+                                    let _ = session.epoll.ctl(
+                                        ControlOperation::Delete,
+                                        listener.as_raw_fd(),
+                                        EpollEvent::default(),
+                                    );
+                                    accept_paused = true;
+                                    break;
+                                }
                             }
-                        }
+                        },
                         OUTPUT => {
                             let _ = session.backlog.ready.read();
                         }
@@ -164,6 +187,9 @@ impl ConsoleSocket {
         })
     }
 }
+
+/// How long (ms) the console waits before accepting again after an accept failed.
+const ACCEPT_RETRY_MS: i32 = 100;
 
 /// The connected client.
 struct Client {

@@ -128,6 +128,51 @@ pub fn port_writing_loop() -> Vec<u8> {
     program.finish()
 }
 
+/// A console guest: writes "ready", then reads COM1 by polling its line status and echoes
+/// each byte with its case flipped until a newline, says "bye" and powers off.
+pub fn echo_program() -> Vec<u8> {
+    let mut a = Asm::default();
+    a.mov_dx(0x3f8);
+    for byte in b"ready\n" {
+        a.out_al(*byte);
+    }
+    a.label("poll")
+        .mov_dx(0x3fd) // line status
+        .bytes(&[0xec]) // in al, dx
+        .bytes(&[0xa8, 0x01]) // test al, 1: data ready
+        .rel(&[0x74], "poll", 1) // jz poll
+        .mov_dx(0x3f8)
+        .bytes(&[0xec]) // in al, dx: the byte
+        .bytes(&[0x3c, b'\n']) // cmp al, '\n'
+        .rel(&[0x74], "done", 1) // je done
+        .bytes(&[0x34, 0x20, 0xee]) // xor al, 0x20; out dx, al
+        .rel(&[0xeb], "poll", 1)
+        .label("done");
+    for byte in b"\nbye\n" {
+        a.out_al(*byte);
+    }
+    a.mov_dx(0x600)
+        .out_al(0x34)
+        .label("halt")
+        .bytes(&[0xf4])
+        .rel(&[0xeb], "halt", 1);
+    a.finish()
+}
+
+/// Reads from `stream` until `received` ends with `end`.
+pub fn read_until(stream: &mut std::os::unix::net::UnixStream, received: &mut Vec<u8>, end: &[u8]) {
+    let mut chunk = [0u8; 1024];
+    while !received.ends_with(end) {
+        let n = std::io::Read::read(stream, &mut chunk).expect("console output");
+        assert!(
+            n > 0,
+            "console closed after {:?}",
+            String::from_utf8_lossy(received)
+        );
+        received.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// An ELF64 executable with one PT_LOAD of `code` at physical 1 MiB, entered there.
 pub fn elf_kernel(code: &[u8]) -> Vec<u8> {
     elf_kernel_with_note(code, None)
