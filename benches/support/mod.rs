@@ -32,6 +32,22 @@ pub fn memory_mib(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// A process's resident memory split into anonymous (heap, stacks) and file-backed (the
+/// binary's pages it touched, shared with other processes of the same binary), in MiB.
+#[allow(dead_code, reason = "not every benchmark reads memory")]
+pub fn rss_split_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("RssAnon:"), field("RssFile:") + field("RssShmem:"))
+}
+
 /// Proportional set size of a process in MiB (/proc/PID/smaps_rollup): its share of the pages
 /// it shares with others, so that the figures of processes running one binary add up.
 #[allow(dead_code, reason = "not every benchmark reads memory")]
