@@ -520,6 +520,29 @@ async fn local_load_balancers_hold_a_health_check_node_port() {
         "spec.externalTrafficPolicy: Unsupported value: \"Sometimes\"",
     );
 
+    // The policy is for Services reached from outside only; one that stops being reached from
+    // outside drops the policy it had.
+    let internal: Service = serde_json::from_value(json!({"metadata": {"name": "internal"}, "spec": {"type": "ClusterIP", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}})).unwrap();
+    let err = svcs
+        .create(&PostParams::default(), &internal)
+        .await
+        .unwrap_err();
+    refused(
+        err,
+        "spec.externalTrafficPolicy: Invalid value: \"Local\": may only be set for externally-accessible services",
+    );
+    let inward = svcs
+        .patch(
+            "wide",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"type": "ClusterIP"}})),
+        )
+        .await
+        .unwrap();
+    let inward = inward.spec.unwrap();
+    assert_eq!(inward.external_traffic_policy, None);
+    assert_eq!(inward.ports.unwrap()[0].node_port, None);
+
     // An update that leaves it out keeps it; one that changes it is refused.
     let mut replaced = svcs.get("web").await.unwrap();
     replaced.spec.as_mut().unwrap().health_check_node_port = None;

@@ -23,6 +23,17 @@ fn protocol(port: &Value) -> &str {
     port["protocol"].as_str().unwrap_or("TCP")
 }
 
+/// Whether a Service is reached from outside the cluster (upstream's `ExternallyAccessible`):
+/// type NodePort or LoadBalancer, or a ClusterIP Service with external IPs. Only these take an
+/// `externalTrafficPolicy`.
+pub fn externally_accessible(spec: &Value) -> bool {
+    matches!(spec["type"].as_str(), Some("NodePort" | "LoadBalancer"))
+        || (spec["type"].as_str().is_none_or(|t| t == "ClusterIP")
+            && spec["externalIPs"]
+                .as_array()
+                .is_some_and(|ips| !ips.is_empty()))
+}
+
 /// Whether a Service gets a health check node port: type LoadBalancer with
 /// `externalTrafficPolicy: Local` (upstream's `NeedsHealthCheck`), whose port kube-proxy serves
 /// so that load balancers send traffic only to nodes with local endpoints.
@@ -71,6 +82,15 @@ pub fn keep_allocations(current: &Value, next: &mut Value) {
                 m.remove("nodePort");
             }
         }
+    }
+    // A Service that stops being reached from outside drops the policy it carried over (as
+    // upstream's `dropTypeDependentFields`); one it sets anew is refused by validation.
+    if externally_accessible(old)
+        && !externally_accessible(spec)
+        && spec["externalTrafficPolicy"] == old["externalTrafficPolicy"]
+        && let Some(m) = spec.as_object_mut()
+    {
+        m.remove("externalTrafficPolicy");
     }
     let old_port = health_check_port(old);
     if needs_health_check_port(spec) {

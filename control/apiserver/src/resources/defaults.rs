@@ -290,11 +290,11 @@ fn service(obj: &mut Value) {
         default(spec, "ipFamilyPolicy", json!("SingleStack"));
         default(spec, "ipFamilies", json!(["IPv4"]));
     }
-    if ty == "NodePort" || ty == "LoadBalancer" {
-        // An empty policy is unset, as upstream's defaulting reads it.
-        if spec["externalTrafficPolicy"] == "" {
-            spec["externalTrafficPolicy"] = Value::Null;
-        }
+    // An empty policy is unset, as upstream's defaulting reads it.
+    if spec["externalTrafficPolicy"] == "" {
+        spec["externalTrafficPolicy"] = Value::Null;
+    }
+    if crate::services::externally_accessible(spec) {
         default(spec, "externalTrafficPolicy", json!("Cluster"));
     }
     each_mut(spec, "ports", |p| {

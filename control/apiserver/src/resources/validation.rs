@@ -598,21 +598,30 @@ fn service(obj: &Value, causes: &mut Vec<FieldCause>) {
             &["ClientIP", "None"],
         ));
     }
-    service_external_traffic(spec, ty, causes);
+    service_external_traffic(spec, causes);
 }
 
-/// Upstream's `validateServiceExternalTrafficPolicy` for externally reachable Services (the
-/// policy's value), and the health check node port only where it belongs.
-fn service_external_traffic(spec: &Value, ty: &str, causes: &mut Vec<FieldCause>) {
-    if matches!(ty, "NodePort" | "LoadBalancer")
-        && let Some(policy) = spec["externalTrafficPolicy"].as_str()
-        && !["Cluster", "Local"].contains(&policy)
-    {
-        causes.push(FieldCause::not_supported(
-            "spec.externalTrafficPolicy",
-            policy,
-            &["Cluster", "Local"],
-        ));
+/// Upstream's `validateServiceExternalTrafficPolicy`: a policy only on Services reached from
+/// outside, Cluster or Local, and the health check node port only where it belongs.
+fn service_external_traffic(spec: &Value, causes: &mut Vec<FieldCause>) {
+    let policy = &spec["externalTrafficPolicy"];
+    match policy.as_str() {
+        None | Some("") => {}
+        Some(_) if !crate::services::externally_accessible(spec) => {
+            causes.push(FieldCause::invalid(
+                "spec.externalTrafficPolicy",
+                policy,
+                "may only be set for externally-accessible services",
+            ));
+        }
+        Some(value) if !["Cluster", "Local"].contains(&value) => {
+            causes.push(FieldCause::not_supported(
+                "spec.externalTrafficPolicy",
+                value,
+                &["Cluster", "Local"],
+            ));
+        }
+        Some(_) => {}
     }
     let port = &spec["healthCheckNodePort"];
     if port.as_i64().unwrap_or(0) == 0 {
