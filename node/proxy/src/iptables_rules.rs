@@ -523,17 +523,7 @@ mod tests {
 
     #[test]
     fn load_balancer_source_ranges_go_through_a_firewall_chain() {
-        let service: k8s_openapi::api::core::v1::Service =
-            serde_json::from_value(serde_json::json!({
-                "metadata": { "name": "web", "namespace": "default" },
-                "spec": {
-                    "type": "LoadBalancer", "clusterIP": "10.96.0.10",
-                    "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080 }],
-                    "loadBalancerSourceRanges": ["10.1.0.0/16"],
-                },
-                "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.10" }] } },
-            }))
-            .unwrap();
+        let service = crate::service_model::firewalled_load_balancer();
         let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
             serde_json::from_value(serde_json::json!({
                 "metadata": {

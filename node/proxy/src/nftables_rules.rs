@@ -900,17 +900,7 @@ mod tests {
 
     #[test]
     fn a_firewalled_load_balancer_without_endpoints_rejects_its_ranges_and_drops_the_rest() {
-        let service: k8s_openapi::api::core::v1::Service =
-            serde_json::from_value(serde_json::json!({
-                "metadata": { "name": "web", "namespace": "default" },
-                "spec": {
-                    "type": "LoadBalancer", "clusterIP": "10.96.0.10",
-                    "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080 }],
-                    "loadBalancerSourceRanges": ["10.1.0.0/16"],
-                },
-                "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.10" }] } },
-            }))
-            .unwrap();
+        let service = crate::service_model::firewalled_load_balancer();
         let state = crate::service_model::build_state(
             &[service],
             &[] as &[k8s_openapi::api::discovery::v1::EndpointSlice],

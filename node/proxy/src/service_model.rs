@@ -639,6 +639,22 @@ impl ProxyState {
     }
 }
 
+/// For the renderers' tests: LoadBalancer Service default/web (cluster IP 10.96.0.10, port
+/// http 80, node port 30080, load-balancer IP 192.0.2.10) open to 10.1.0.0/16 only.
+#[cfg(test)]
+pub(crate) fn firewalled_load_balancer() -> Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "web", "namespace": "default" },
+        "spec": {
+            "type": "LoadBalancer", "clusterIP": "10.96.0.10",
+            "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080 }],
+            "loadBalancerSourceRanges": ["10.1.0.0/16"],
+        },
+        "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.10" }] } },
+    }))
+    .expect("a valid Service")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
