@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
-use support::{memory_mib, ms, quantile};
+use support::{memory_mib, ms, quantile, rss_split_mib};
 
 const NODES: usize = 1_000;
 const PODS: usize = 10_000;
@@ -179,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
     let cm_pid = plane.controller_manager.pid().unwrap();
     let (sched_rss, sched_peak) = memory_mib(sched_pid);
     let (cm_rss, cm_peak) = memory_mib(cm_pid);
+    let split = [rss_split_mib(sched_pid), rss_split_mib(cm_pid)];
 
     // Phase 2, the steady flow: a 1,000-replica Deployment, from apply to all Running, with
     // each pod's time from creation to binding.
@@ -220,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
     bound_latencies.sort();
     let (sched_rss2, sched_peak2) = memory_mib(sched_pid);
     let (cm_rss2, cm_peak2) = memory_mib(cm_pid);
+    let split2 = [rss_split_mib(sched_pid), rss_split_mib(cm_pid)];
 
     // Phase 3, scheduler_perf's setup: a backlog of pods that stay Pending once bound, so the
     // API server's only write per pod while the scheduler works is its binding.
@@ -274,5 +276,12 @@ async fn main() -> anyhow::Result<()> {
         sched_rss2 + cm_rss2,
         sched_peak2 + cm_peak2
     );
+    for (pods, [(sched_anon, sched_file), (cm_anon, cm_file)]) in
+        [(PODS, split), (PODS + DEPLOYMENT_REPLICAS as usize, split2)]
+    {
+        println!(
+            "| of which anonymous (heap) / file-backed (the binary's pages), {pods} pods | scheduler {sched_anon:.0} / {sched_file:.0}, controller manager {cm_anon:.0} / {cm_file:.0} MiB | - | - |"
+        );
+    }
     Ok(())
 }

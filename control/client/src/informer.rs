@@ -9,8 +9,12 @@
 //! a Service). managedFields are dropped from cached objects: no controller reads them and they
 //! are a large part of every object; an informer may also be given a transform that drops more
 //! (client-go's `SetTransform`), as the control plane's Pod informers do (see `slim`).
+//!
+//! A user that keeps its own copies of what it hears (the scheduler's cache) need not pay for a
+//! second copy in the informer: a keys-only informer keeps just the key of each object, enough
+//! to tell which objects vanished across a re-list.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -48,6 +52,10 @@ type Handler<K> = Box<dyn Fn(&InformerEvent<'_, K>) + Send + Sync>;
 /// What an informer does to each object before caching it.
 pub type Transform<K> = fn(&mut K);
 
+/// How a keys-only informer makes the object of a deletion it found by re-listing: one
+/// carrying only the key's name, namespace and uid.
+type Tombstone<K> = fn(&ObjectRef<K>) -> K;
+
 /// One watch and cache of resource `K`, shared by the handlers registered on it.
 pub struct Informer<K>
 where
@@ -60,6 +68,8 @@ where
     writer: Mutex<Option<reflector::store::Writer<K>>>,
     handlers: Arc<Mutex<Vec<Handler<K>>>>,
     transform: Option<Transform<K>>,
+    /// Set for a keys-only informer (see `keys_only`).
+    tombstone: Option<Tombstone<K>>,
 }
 
 impl<K> Debug for Informer<K>
@@ -90,6 +100,35 @@ where
             writer: Mutex::new(Some(writer)),
             handlers: Arc::default(),
             transform: None,
+            tombstone: None,
+        }
+    }
+
+    /// The same informer keeping only the key of each object, not the object: its store stays
+    /// empty (though it still becomes ready), every change is reported with `old: None`, a
+    /// re-listed object is reported as soon as it arrives, and an object found gone by a
+    /// re-list is reported deleted with only its name, namespace and uid. For a user that keeps
+    /// its own copy of whatever it needs from each object.
+    pub fn keys_only(mut self) -> Self
+    where
+        K: Default,
+    {
+        self.tombstone = Some(Self::new_tombstone());
+        self
+    }
+
+    /// A tombstone maker for `K`: an object with only the key's name, namespace and uid.
+    fn new_tombstone() -> Tombstone<K>
+    where
+        K: Default,
+    {
+        |key| {
+            let mut obj = K::default();
+            let meta = obj.meta_mut();
+            meta.name = Some(key.name.clone());
+            meta.namespace = key.namespace.clone();
+            meta.uid = key.extra.uid.clone();
+            obj
         }
     }
 
@@ -101,7 +140,8 @@ where
         self
     }
 
-    /// The cache (ready once the first list has been read: see `wait_until_ready`).
+    /// The cache (ready once the first list has been read: see `wait_until_ready`); always
+    /// empty for a keys-only informer.
     pub fn store(&self) -> Store<K> {
         self.store.clone()
     }
@@ -154,6 +194,16 @@ where
         let mut events = watcher::watcher(self.api.clone(), self.config.clone())
             .default_backoff()
             .boxed();
+        if let Some(tombstone) = self.tombstone {
+            return run_keys_only(
+                &mut events,
+                &mut writer,
+                &handlers,
+                self.transform,
+                tombstone,
+            )
+            .await;
+        }
         while let Some(event) = events.next().await {
             let mut event = match event {
                 Ok(event) => event,
@@ -219,5 +269,182 @@ where
                 }
             }
         }
+    }
+}
+
+/// `run` for a keys-only informer: the writer only hears the list boundaries (so that the
+/// empty store becomes ready), and the informer remembers keys, not objects.
+async fn run_keys_only<K>(
+    events: &mut (impl futures::Stream<Item = watcher::Result<Event<K>>> + Unpin),
+    writer: &mut reflector::store::Writer<K>,
+    handlers: &Mutex<Vec<Handler<K>>>,
+    transform: Option<Transform<K>>,
+    tombstone: Tombstone<K>,
+) where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Hash + Eq + Clone + Default,
+{
+    let mut known: HashSet<ObjectRef<K>> = HashSet::new();
+    let mut listed: HashSet<ObjectRef<K>> = HashSet::new();
+    while let Some(event) = events.next().await {
+        let mut event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(resource = std::any::type_name::<K>(), error = %e, "watch failed; retrying");
+                continue;
+            }
+        };
+        let handlers = handlers.lock().expect("informer handlers");
+        let notify = |event: InformerEvent<'_, K>| handlers.iter().for_each(|h| h(&event));
+        match &mut event {
+            Event::Apply(obj) | Event::InitApply(obj) | Event::Delete(obj) => {
+                obj.meta_mut().managed_fields = None;
+                if let Some(transform) = transform {
+                    transform(obj);
+                }
+            }
+            Event::Init | Event::InitDone => {}
+        }
+        match &event {
+            Event::Apply(obj) => {
+                // The newest key, whose uid a later tombstone carries.
+                known.replace(ObjectRef::from_obj(obj));
+                notify(InformerEvent::Applied {
+                    old: None,
+                    new: obj,
+                });
+            }
+            Event::InitApply(obj) => {
+                listed.replace(ObjectRef::from_obj(obj));
+                notify(InformerEvent::Applied {
+                    old: None,
+                    new: obj,
+                });
+            }
+            Event::Delete(obj) => {
+                known.remove(&ObjectRef::from_obj(obj));
+                notify(InformerEvent::Deleted(obj));
+            }
+            Event::Init => {
+                listed.clear();
+                writer.apply_watcher_event(&event);
+            }
+            Event::InitDone => {
+                writer.apply_watcher_event(&event);
+                for key in known.difference(&listed) {
+                    notify(InformerEvent::Deleted(&tombstone(key)));
+                }
+                known = std::mem::take(&mut listed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    use super::*;
+
+    fn config_map(name: &str, uid: &str) -> ConfigMap {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(name.to_string());
+        cm.metadata.namespace = Some("ns".to_string());
+        cm.metadata.uid = Some(uid.to_string());
+        cm.data = Some([("k".to_string(), "v".to_string())].into());
+        cm
+    }
+
+    /// What handlers heard: ("applied"/"deleted", name, uid, whether data came along).
+    type Heard = Arc<Mutex<Vec<(&'static str, String, String, bool)>>>;
+
+    fn recording_handlers() -> (Mutex<Vec<Handler<ConfigMap>>>, Heard) {
+        let heard: Heard = Arc::default();
+        let log = heard.clone();
+        let handler: Handler<ConfigMap> = Box::new(move |event| {
+            let (what, obj) = match event {
+                InformerEvent::Applied { old, new } => {
+                    assert!(old.is_none(), "a keys-only informer has no old state");
+                    ("applied", *new)
+                }
+                InformerEvent::Deleted(obj) => ("deleted", *obj),
+            };
+            log.lock().unwrap().push((
+                what,
+                obj.metadata.name.clone().unwrap(),
+                obj.metadata.uid.clone().unwrap(),
+                obj.data.is_some(),
+            ));
+        });
+        (Mutex::new(vec![handler]), heard)
+    }
+
+    #[tokio::test]
+    async fn keys_only_reports_changes_and_what_a_relist_finds_gone_without_caching() {
+        let (handlers, heard) = recording_handlers();
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        let events = vec![
+            Event::Init,
+            Event::InitApply(config_map("a", "ua")),
+            Event::InitApply(config_map("b", "ub")),
+            Event::InitDone,
+            Event::Apply(config_map("c", "uc")),
+            Event::Delete(config_map("a", "ua")),
+            // A re-list (after a watch expired) that no longer holds "c" but a new "b".
+            Event::Init,
+            Event::InitApply(config_map("b", "ub2")),
+            Event::InitDone,
+            // A second re-list: "b" vanished, and its tombstone carries the newest uid.
+            Event::Init,
+            Event::InitDone,
+        ];
+        let mut stream = futures::stream::iter(events.into_iter().map(Ok));
+        let tombstone = Informer::new_tombstone();
+        run_keys_only(&mut stream, &mut writer, &handlers, None, tombstone).await;
+
+        let heard = heard.lock().unwrap().clone();
+        let expected: Vec<(&str, String, String, bool)> = [
+            ("applied", "a", "ua", true),
+            ("applied", "b", "ub", true),
+            ("applied", "c", "uc", true),
+            ("deleted", "a", "ua", true),
+            ("applied", "b", "ub2", true),
+            ("deleted", "c", "uc", false),
+            ("deleted", "b", "ub2", false),
+        ]
+        .into_iter()
+        .map(|(w, n, u, d)| (w, n.to_string(), u.to_string(), d))
+        .collect();
+        assert_eq!(heard, expected);
+        assert!(store.is_empty(), "a keys-only informer caches no object");
+        assert!(
+            store.wait_until_ready().await.is_ok(),
+            "its store is ready once listed"
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_only_applies_the_transform_before_handlers_hear() {
+        let (handlers, heard) = recording_handlers();
+        let (_store, mut writer) = reflector::store::<ConfigMap>();
+        let mut stream = futures::stream::iter(
+            [Event::Init, Event::InitApply(config_map("a", "ua"))]
+                .into_iter()
+                .map(Ok),
+        );
+        let drop_data: Transform<ConfigMap> = |cm| cm.data = None;
+        let tombstone = Informer::new_tombstone();
+        run_keys_only(
+            &mut stream,
+            &mut writer,
+            &handlers,
+            Some(drop_data),
+            tombstone,
+        )
+        .await;
+        assert_eq!(
+            heard.lock().unwrap().as_slice(),
+            [("applied", "a".to_string(), "ua".to_string(), false)]
+        );
     }
 }

@@ -31,7 +31,6 @@ use k8s_openapi::api::core::v1::{
     Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
@@ -63,27 +62,29 @@ pub enum SchedulerError {
     LoopStopped,
 }
 
-/// `informer`, its changes going to the scheduling loop as `wrap`ped inputs.
+/// A keys-only informer of the objects `api` and `config` select, its changes going to the
+/// scheduling loop as `wrap`ped inputs. The scheduler's cache keeps the one copy of what it
+/// needs of each object (slimmer still for bound pods), so the informer keeps none.
 fn to_loop<K>(
-    informer: Informer<K>,
+    api: Api<K>,
+    config: watcher::Config,
+    transform: Option<baton_client::informer::Transform<K>>,
     inputs: &mpsc::UnboundedSender<Input>,
     wrap: fn(Change<K>) -> Input,
 ) -> Arc<Informer<K>>
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource + Clone + Default + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Hash + Eq + Clone + Default,
 {
+    let mut informer = Informer::new(api, config).keys_only();
+    if let Some(transform) = transform {
+        informer = informer.with_transform(transform);
+    }
     let informer = Arc::new(informer);
     let tx = inputs.clone();
-    let store = informer.store();
     informer.on_event(move |event| {
         let change = match event {
-            // The informer has cached the object before telling: share that copy.
-            InformerEvent::Applied { new, .. } => Change::Applied(
-                store
-                    .get(&ObjectRef::from_obj(*new))
-                    .unwrap_or_else(|| Arc::new((*new).clone())),
-            ),
+            InformerEvent::Applied { new, .. } => Change::Applied(Arc::new((*new).clone())),
             InformerEvent::Deleted(old) => Change::Deleted(Arc::new((*old).clone())),
         };
         let _ = tx.send(wrap(change));
@@ -103,56 +104,51 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
     // Finished pods leave the watch (as deletions), as with upstream's scheduler informer.
     // Cached slimmed (baton_client::slim): the scheduler only patches pods.
     let pods = to_loop(
-        Informer::new(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
-        )
-        .with_transform(baton_client::slim::pod),
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
+        Some(baton_client::slim::pod),
         &input_tx,
         Input::Pod,
     );
     let nodes = to_loop(
-        Informer::new(Api::<Node>::all(client.clone()), watcher::Config::default()),
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        None,
         &input_tx,
         Input::Node,
     );
     let services = to_loop(
-        Informer::new(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        None,
         &input_tx,
         Input::Service,
     );
     let namespaces = to_loop(
-        Informer::new(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        None,
         &input_tx,
         Input::Namespace,
     );
     let claims = to_loop(
-        Informer::new(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default(),
+        None,
         &input_tx,
         Input::Claim,
     );
     let volumes = to_loop(
-        Informer::new(
-            Api::<PersistentVolume>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+        Api::<PersistentVolume>::all(client.clone()),
+        watcher::Config::default(),
+        None,
         &input_tx,
         Input::Volume,
     );
     let classes = to_loop(
-        Informer::new(
-            Api::<StorageClass>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+        Api::<StorageClass>::all(client.clone()),
+        watcher::Config::default(),
+        None,
         &input_tx,
         Input::Class,
     );
