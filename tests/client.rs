@@ -379,3 +379,86 @@ async fn bookmarks_advance_on_a_quiet_resource() {
     .expect("a bookmark at the store's newer revision");
     assert!(bookmark >= moved_to);
 }
+
+/// The inodes of this process's TCP sockets connected to `port` on loopback.
+fn sockets_to(port: u16) -> BTreeSet<u64> {
+    let own: BTreeSet<u64> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = u16::from_str_radix(fields[2].split(':').nth(1)?, 16).ok()?;
+            // 01: ESTABLISHED.
+            let inode: u64 = fields[9].parse().ok()?;
+            (remote_port == port && fields[3] == "01" && own.contains(&inode)).then_some(inode)
+        })
+        .collect()
+}
+
+/// The in-tree components' client (`baton_client`) speaks HTTP/2, as client-go does: its
+/// watches and requests in flight share one connection, where kube-rs's own HTTP/1.1 client
+/// needs one connection each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_component_client_multiplexes_watches_and_requests_over_one_connection() {
+    let etcd = Etcd::start().await.unwrap();
+    let server = ApiServer::start(&binary(), &etcd.url(), &[]).await.unwrap();
+    let port: u16 = server.url().rsplit(':').next().unwrap().parse().unwrap();
+    let before = sockets_to(port);
+
+    let config = baton_client::load_config(Some(&server.kubeconfig()), "client-test")
+        .await
+        .unwrap();
+    let client = baton_client::client(&config).unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let mut watches = Vec::new();
+    for _ in 0..4 {
+        let stream = api
+            .watch(&WatchParams::default(), "0")
+            .await
+            .unwrap()
+            .boxed();
+        watches.push(stream);
+    }
+    // Requests while the four watches are open, some at once.
+    let creates = (0..8).map(|i| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &configmap(&format!("m{i}"), "0"))
+                .await
+        }
+    });
+    for created in futures::future::join_all(creates).await {
+        created.unwrap();
+    }
+    // Every watch sees every object, so all four streams are live.
+    for stream in &mut watches {
+        let mut names = BTreeSet::new();
+        while names.len() < 8 {
+            match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+                Ok(Some(Ok(WatchEvent::Added(cm)))) => {
+                    names.insert(cm.metadata.name.unwrap());
+                }
+                other => panic!("watch event: {other:?}"),
+            }
+        }
+    }
+    let opened: Vec<u64> = sockets_to(port).difference(&before).copied().collect();
+    assert_eq!(
+        opened.len(),
+        1,
+        "four watches and eight requests over one connection, got {opened:?}"
+    );
+}

@@ -8,6 +8,7 @@ pub mod node_flags;
 pub mod node_lease;
 pub mod request_limit;
 pub mod slim;
+pub mod transport;
 
 use std::time::Duration;
 
@@ -54,7 +55,14 @@ pub async fn connect(
     user_agent: &str,
 ) -> Result<kube::Client, ConnectError> {
     let config = load_config(kubeconfig, user_agent).await?;
-    kube::Client::try_from(config).map_err(ConnectError::Client)
+    client(&config)
+}
+
+/// A client for `config`, over HTTP/2 (see [`transport`]).
+pub fn client(config: &kube::Config) -> Result<kube::Client, ConnectError> {
+    Ok(transport::client_builder(config)
+        .map_err(ConnectError::Client)?
+        .build())
 }
 
 /// Like [`connect`], with every request other than a watch given `timeout` for its answer's
@@ -72,7 +80,7 @@ pub async fn connect_with_request_timeout(
 }
 
 /// Like [`connect`], with at most `max_in_flight` requests other than watches in flight (see
-/// [`request_limit`]): for components whose bursts would otherwise open a connection per request.
+/// [`request_limit`]): for components whose bursts would otherwise flood the API server.
 /// Not for clients that read streaming answers slowly (`log_stream` with follow): those hold
 /// their permit while they read.
 pub async fn connect_with_request_limit(
@@ -91,7 +99,7 @@ async fn connect_with_layer(
     layer: &request_limit::RequestLimitLayer,
 ) -> Result<kube::Client, ConnectError> {
     let config = load_config(kubeconfig, user_agent).await?;
-    let builder = kube::client::ClientBuilder::try_from(config).map_err(ConnectError::Client)?;
+    let builder = transport::client_builder(&config).map_err(ConnectError::Client)?;
     Ok(builder.with_layer(layer).build())
 }
 

@@ -1,12 +1,11 @@
-//! A cap on the API requests a client has in flight, watches aside. kube-rs speaks HTTP/1.1,
-//! one request per connection at a time, so a burst of N concurrent requests opens N TLS
-//! connections (handshakes on both ends, and buffers kept while they idle in the pool). The
-//! kubelet starting 100 pods at once went from 14 to 139 sockets. With the cap, requests beyond
-//! it wait their turn and mostly reuse the connections already open (about twice the cap in
-//! sockets: hyper hands a finished connection back to its pool from a task of its own, so a
-//! waiter may open a new one first). Watches never wait: they hold a connection for as long as
-//! they run. A capped request gets [`REQUEST_TIMEOUT`] for its answer, so that requests stuck on
-//! a dead connection cannot hold every permit. A streaming answer read slowly (`log_stream` with
+//! A cap on the API requests a client has in flight, watches aside. Over HTTP/1.1 (kube-rs's
+//! own client) a burst of N concurrent requests opened N TLS connections: the kubelet starting
+//! 100 pods at once went from 14 to 139 sockets. The in-tree clients now speak HTTP/2
+//! ([`crate::transport`]), where such a burst is N streams of one connection; the cap still
+//! keeps one client's burst from flooding the API server (client-go's kubelet has its QPS and
+//! burst limits for the same reason). Requests beyond it wait their turn; watches never wait. A
+//! capped request gets [`REQUEST_TIMEOUT`] for its answer, so that requests stuck on a dead
+//! connection cannot hold every permit. A streaming answer read slowly (`log_stream` with
 //! follow) would hold its permit as long: clients that use those should not be capped.
 
 use std::future::Future;
