@@ -421,7 +421,7 @@ async fn the_component_client_multiplexes_watches_and_requests_over_one_connecti
     let config = baton_client::load_config(Some(&server.kubeconfig()), "client-test")
         .await
         .unwrap();
-    let client = baton_client::client(&config).unwrap();
+    let client = baton_client::client(&config).await.unwrap();
     let api: Api<ConfigMap> = Api::namespaced(client, "default");
     let mut watches = Vec::new();
     for _ in 0..4 {

@@ -272,6 +272,17 @@ where
     }
 }
 
+/// The key a keys-only informer remembers: name, namespace and uid (not the resourceVersion).
+fn key_of<K>(obj: &K) -> ObjectRef<K>
+where
+    K: Resource,
+    K::DynamicType: Default,
+{
+    let mut key = ObjectRef::from_obj(obj);
+    key.extra.resource_version = None;
+    key
+}
+
 /// `run` for a keys-only informer: the writer only hears the list boundaries (so that the
 /// empty store becomes ready), and the informer remembers keys, not objects.
 async fn run_keys_only<K>(
@@ -308,25 +319,29 @@ async fn run_keys_only<K>(
         match &event {
             Event::Apply(obj) => {
                 // The newest key, whose uid a later tombstone carries.
-                known.replace(ObjectRef::from_obj(obj));
+                known.replace(key_of(obj));
                 notify(InformerEvent::Applied {
                     old: None,
                     new: obj,
                 });
             }
             Event::InitApply(obj) => {
-                listed.replace(ObjectRef::from_obj(obj));
+                listed.replace(key_of(obj));
                 notify(InformerEvent::Applied {
                     old: None,
                     new: obj,
                 });
             }
             Event::Delete(obj) => {
-                known.remove(&ObjectRef::from_obj(obj));
+                known.remove(&key_of(obj));
                 notify(InformerEvent::Deleted(obj));
             }
             Event::Init => {
-                listed.clear();
+                // A list that failed part way was still reported: what it listed is known, so
+                // that the list starting now can find it gone.
+                for key in listed.drain() {
+                    known.replace(key);
+                }
                 writer.apply_watcher_event(&event);
             }
             Event::InitDone => {
@@ -420,6 +435,32 @@ mod tests {
         assert!(
             store.wait_until_ready().await.is_ok(),
             "its store is ready once listed"
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_only_finds_gone_what_only_a_failed_list_reported() {
+        let (handlers, heard) = recording_handlers();
+        let (_store, mut writer) = reflector::store::<ConfigMap>();
+        let events = vec![
+            Event::Init,
+            Event::InitDone,
+            // A re-list that fails after its first page (the watcher starts over with Init),
+            // then one that no longer holds "x".
+            Event::Init,
+            Event::InitApply(config_map("x", "ux")),
+            Event::Init,
+            Event::InitDone,
+        ];
+        let mut stream = futures::stream::iter(events.into_iter().map(Ok));
+        let tombstone = Informer::new_tombstone();
+        run_keys_only(&mut stream, &mut writer, &handlers, None, tombstone).await;
+        assert_eq!(
+            heard.lock().unwrap().as_slice(),
+            [
+                ("applied", "x".to_string(), "ux".to_string(), true),
+                ("deleted", "x".to_string(), "ux".to_string(), false),
+            ]
         );
     }
 

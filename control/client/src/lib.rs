@@ -45,7 +45,7 @@ pub enum ConnectError {
     #[error("inferring client configuration (no --kubeconfig given)")]
     Infer(#[source] kube::config::InferConfigError),
     #[error("building the client")]
-    Client(#[source] kube::Error),
+    Client(#[source] transport::BuildClientError),
 }
 
 /// A client for the cluster `kubeconfig` points at (or the usual inference: $KUBECONFIG,
@@ -55,14 +55,30 @@ pub async fn connect(
     user_agent: &str,
 ) -> Result<kube::Client, ConnectError> {
     let config = load_config(kubeconfig, user_agent).await?;
-    client(&config)
+    client(&config).await
 }
 
-/// A client for `config`, over HTTP/2 (see [`transport`]).
-pub fn client(config: &kube::Config) -> Result<kube::Client, ConnectError> {
-    Ok(transport::client_builder(config)
+/// A client for `config`, over HTTP/2 (see [`transport`]), its connection opened.
+pub async fn client(config: &kube::Config) -> Result<kube::Client, ConnectError> {
+    let client = transport::client_builder(config)
         .map_err(ConnectError::Client)?
-        .build())
+        .build();
+    open_connection(&client).await;
+    Ok(client)
+}
+
+/// How long [`open_connection`] waits for its request.
+const OPEN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Makes one request (the server's version), so that the connection is up, and known to speak
+/// HTTP/2, before the watches a component starts at once would each open one. A server that is
+/// not up yet is no error: the client connects when it is first used.
+async fn open_connection(client: &kube::Client) {
+    match tokio::time::timeout(OPEN_CONNECTION_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %error_chain(&e), "API server not answering yet"),
+        Err(_) => tracing::debug!("API server not answering yet"),
+    }
 }
 
 /// Like [`connect`], with every request other than a watch given `timeout` for its answer's
@@ -100,7 +116,9 @@ async fn connect_with_layer(
 ) -> Result<kube::Client, ConnectError> {
     let config = load_config(kubeconfig, user_agent).await?;
     let builder = transport::client_builder(&config).map_err(ConnectError::Client)?;
-    Ok(builder.with_layer(layer).build())
+    let client = builder.with_layer(layer).build();
+    open_connection(&client).await;
+    Ok(client)
 }
 
 /// The client configuration [`connect`] builds its client from.

@@ -3,9 +3,13 @@
 //! connection of its own and each request in flight one more, every one with its TLS state and
 //! read buffer: the controller manager, with a watch per resource, held dozens. Over HTTP/2 the
 //! watches and requests of a client are streams of one connection, kept alive with pings so that
-//! a dead peer is noticed (client-go's 30 s read-idle and 15 s ping timeouts). An API server that
-//! does not offer h2 by ALPN is spoken to in HTTP/1.1 on the same connector, without pings (and
-//! without kube's read timeout, which would also end connections idle in the pool).
+//! a dead peer is noticed (client-go's 30 s read-idle and 15 s ping timeouts), and with Go's
+//! flow-control windows, so that a few watch readers that fall behind cannot stall the rest. An
+//! API server that does not offer h2 by ALPN is spoken to in HTTP/1.1 on the same connector,
+//! without pings (and without kube's read timeout, which would also end connections idle in
+//! the pool). Requests started together before the first connection is up may each open one
+//! (HTTP/2 is known only once ALPN has answered), so the `connect` functions make one request
+//! first. Proxies are not supported: a configured one is refused.
 
 use std::future::Future;
 use std::io;
@@ -37,11 +41,37 @@ const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a connection attempt may take when the configuration names no limit.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The connection's flow-control window: what the client may have received and not yet read,
+/// over all streams (Go's HTTP/2 transport: 1 GiB).
+const CONNECTION_WINDOW: u32 = 1 << 30;
+/// A stream's flow-control window (Go's HTTP/2 transport: 4 MiB).
+const STREAM_WINDOW: u32 = 4 << 20;
+
+/// Building the HTTP/2 client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildClientError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("proxy {0} is configured, but Baton's components connect to the API server directly")]
+    Proxy(http::Uri),
+    #[error("tls-server-name {0:?} is not a valid DNS name or IP address")]
+    ServerName(String),
+}
 
 /// A builder of a kube client for `config` over HTTP/2 (see the module's doc), with kube's own
 /// layers: the cluster URL, authentication, extra headers (user agent, impersonation) and the
 /// retry of 429/503/504 answers when the configuration asks for it.
-pub fn client_builder(config: &kube::Config) -> Result<ClientBuilder<GenericService>, kube::Error> {
+pub fn client_builder(
+    config: &kube::Config,
+) -> Result<ClientBuilder<GenericService>, BuildClientError> {
+    if let Some(proxy) = &config.proxy_url {
+        return Err(BuildClientError::Proxy(proxy.clone()));
+    }
+    if let Some(name) = &config.tls_server_name
+        && ServerName::try_from(name.as_str()).is_err()
+    {
+        return Err(BuildClientError::ServerName(name.clone()));
+    }
     let mut tls = config.rustls_client_config()?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let connector = Connector {
@@ -53,6 +83,9 @@ pub fn client_builder(config: &kube::Config) -> Result<ClientBuilder<GenericServ
         .timer(TokioTimer::new())
         .http2_keep_alive_interval(PING_INTERVAL)
         .http2_keep_alive_timeout(PING_TIMEOUT)
+        .http2_keep_alive_while_idle(true)
+        .http2_initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_initial_stream_window_size(STREAM_WINDOW)
         .build(connector);
     let retry = config
         .default_retry

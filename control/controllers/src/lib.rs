@@ -211,7 +211,9 @@ pub async fn run(args: ControllerManagerArgs) -> Result<(), ControllerManagerErr
     let config =
         baton_client::load_config(args.kubeconfig.as_deref(), "kube-controller-manager").await?;
     let root_ca_pem = root_ca_from_file.or_else(|| baton_client::root_ca_pem(&config));
-    let client = baton_client::client(&config).map_err(ControllerManagerError::Connect)?;
+    let client = baton_client::client(&config)
+        .await
+        .map_err(ControllerManagerError::Connect)?;
     let work = run_controllers(client.clone(), args.clone(), root_ca_pem, enabled);
     if args.leader_election.leader_elect {
         let elector = baton_leader_election::LeaderElector::new(
