@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::plugins::image_locality::normalized_image_name;
 use crate::resources::{PodRequests, pod_requests};
 use crate::selector::{NO_LABELS, Selector};
 
@@ -87,6 +88,9 @@ pub struct PodInfo {
     pub uid: String,
     pub requests: PodRequests,
     pub host_ports: Vec<HostPort>,
+    /// The normalized names of the images of the pod's init containers and containers, in
+    /// that order (image locality scores them); empty once bound (see `slimmed`).
+    pub images: Vec<String>,
     pub required_affinity: Vec<AffinityTerm>,
     pub required_anti_affinity: Vec<AffinityTerm>,
     pub preferred_affinity: Vec<WeightedAffinityTerm>,
@@ -165,6 +169,11 @@ impl PodInfo {
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             requests: pod_requests(&pod),
             host_ports,
+            images: spec
+                .into_iter()
+                .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+                .map(|c| normalized_image_name(c.image.as_deref().unwrap_or_default()))
+                .collect(),
             required_affinity: terms(
                 &namespace,
                 pod_affinity.and_then(|a| {
@@ -199,6 +208,18 @@ impl PodInfo {
             namespace,
             pod,
         }
+    }
+
+    /// The same pending pod without its containers and init containers: what the scheduler
+    /// reads of them (requests, host ports, images) is derived already, and a backlog of
+    /// pending pods is held whole while it waits. The pod is changed in place when this info
+    /// holds the only reference to it (the scheduling loop's case), else copied.
+    pub fn without_containers(mut self) -> Self {
+        if let Some(spec) = Arc::make_mut(&mut self.pod).spec.as_mut() {
+            spec.containers = Vec::new();
+            spec.init_containers = None;
+        }
+        self
     }
 
     /// The same pod keeping only what the scheduler reads of a bound pod (identity, labels,
@@ -246,6 +267,7 @@ impl PodInfo {
                 spec,
                 status,
             }),
+            images: Vec::new(),
             ..self
         }
     }
@@ -578,6 +600,25 @@ mod tests {
         assert_eq!(slim.host_ports.len(), 1);
         assert_eq!(slim.priority, 7);
         assert_eq!(slim.spreading_owner.as_deref(), Some("rs"));
+    }
+
+    #[test]
+    fn pending_pods_without_containers_keep_what_was_derived_from_them() {
+        let info = pod("p")
+            .requests(&[("cpu", "500m")])
+            .host_port(8080, "UDP", "")
+            .image("registry.local/app")
+            .info();
+        let pending = std::sync::Arc::try_unwrap(info).unwrap();
+        let shared = pending.pod.clone();
+        let lean = pending.without_containers();
+        let spec = lean.pod.spec.as_ref().unwrap();
+        assert!(spec.containers.is_empty() && spec.init_containers.is_none());
+        assert_eq!(lean.requests.requests.milli_cpu, 500);
+        assert_eq!(lean.host_ports[0].port, 8080);
+        assert_eq!(lean.images, ["registry.local/app:latest"]);
+        // A pod someone else still holds is copied, not changed under them.
+        assert_eq!(shared.spec.as_ref().unwrap().containers.len(), 1);
     }
 
     #[test]

@@ -313,7 +313,7 @@ impl Scheduler {
             }
             return;
         }
-        let info = Arc::new(PodInfo::new(pod));
+        let info = Arc::new(PodInfo::new(pod).without_containers());
         // A pod whose binding is in flight keeps its assumption; remember the newer object.
         if self.cache.refresh_assumed(info.clone()) {
             return;

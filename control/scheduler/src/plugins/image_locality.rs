@@ -33,16 +33,10 @@ fn calculate_priority(sum: i64, containers: usize) -> i64 {
 
 /// Scores nodes by the (spread-scaled) size of the pod's images they already have.
 pub fn score(ctx: &ScoreContext<'_>, nodes: &[&NodeInfo], out: &mut [i64]) -> bool {
-    let Some(spec) = ctx.pod.pod.spec.as_ref() else {
+    if ctx.pod.pod.spec.is_none() {
         return false;
-    };
-    let images: Vec<String> = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter())
-        .map(|c| normalized_image_name(c.image.as_deref().unwrap_or_default()))
-        .collect();
+    }
+    let images = &ctx.pod.images;
     let total_nodes = ctx.cache.node_count().max(1) as f64;
     // The spread-scaled score of each image, looked up once per cycle.
     let scaled: Vec<f64> = images
