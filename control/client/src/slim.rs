@@ -57,6 +57,51 @@ pub fn pod(pod: &mut Pod) {
     }
 }
 
+/// The pod conditions the controller manager reads: readiness (availability, endpoints, the
+/// ranking of pods to delete) and the disruption mark (taint eviction).
+const CONTROLLER_CONDITIONS: [&str; 2] = ["Ready", "DisruptionTarget"];
+
+/// [`pod`], then also what the scheduler reads but no controller does: containers' images,
+/// resources and resize policies, the images and runtime ids in container statuses, and every
+/// condition but Ready and DisruptionTarget. For the controller manager's Pod cache.
+pub fn pod_for_controllers(slimmed: &mut Pod) {
+    pod(slimmed);
+    if let Some(spec) = slimmed.spec.as_mut() {
+        for container in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            container.image = None;
+            container.resources = None;
+            container.resize_policy = None;
+        }
+    }
+    if let Some(status) = slimmed.status.as_mut() {
+        if let Some(conditions) = status.conditions.as_mut() {
+            conditions.retain(|c| CONTROLLER_CONDITIONS.contains(&c.type_.as_str()));
+            conditions.shrink_to_fit();
+        }
+        for statuses in [
+            status.container_statuses.as_mut(),
+            status.init_container_statuses.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for container in statuses.iter_mut() {
+                container.image = String::new();
+                container.image_id = String::new();
+                container.container_id = None;
+                container.allocated_resources = None;
+                container.resources = None;
+                container.volume_mounts = None;
+                container.user = None;
+            }
+        }
+    }
+}
+
 /// The fields of a container that the control plane reads: its name, image (image
 /// locality), ports (named target ports, host ports), resources and resize policy (requests,
 /// in-place resizes) and restart policy (sidecars).
@@ -74,6 +119,8 @@ fn slim_container(container: Container) -> Container {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::PodCondition;
+
     use super::*;
 
     fn full_pod() -> Pod {
@@ -116,6 +163,48 @@ mod tests {
             }
         }))
         .expect("valid pod")
+    }
+
+    #[test]
+    fn controllers_keep_ports_readiness_and_restarts() {
+        let mut slimmed = full_pod();
+        {
+            let status = slimmed.status.as_mut().unwrap();
+            let conditions = status.conditions.as_mut().unwrap();
+            for type_ in ["PodScheduled", "DisruptionTarget", "Initialized"] {
+                conditions.push(PodCondition {
+                    type_: type_.to_string(),
+                    status: "True".to_string(),
+                    ..Default::default()
+                });
+            }
+        }
+        pod_for_controllers(&mut slimmed);
+
+        let spec = slimmed.spec.as_ref().unwrap();
+        let app = &spec.containers[0];
+        assert_eq!(app.name, "app");
+        assert_eq!(app.ports, full_pod().spec.unwrap().containers[0].ports);
+        assert!(app.image.is_none() && app.resources.is_none());
+        let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        assert!(sidecar.resources.is_none());
+
+        let status = slimmed.status.as_ref().unwrap();
+        let kept: Vec<&str> = status
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(kept, ["Ready", "DisruptionTarget"]);
+        let app_status = &status.container_statuses.as_ref().unwrap()[0];
+        assert_eq!(app_status.name, "app");
+        assert_eq!(app_status.restart_count, 2);
+        assert!(app_status.ready);
+        assert!(app_status.image.is_empty());
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(slimmed.metadata.labels, full_pod().metadata.labels);
     }
 
     #[test]

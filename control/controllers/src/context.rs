@@ -64,7 +64,7 @@ impl Context {
         Context {
             // Slimmed (baton_client::slim): controllers patch pods, never replace them.
             pods: Informer::new(Api::all(client.clone()), watcher::Config::default())
-                .with_transform(baton_client::slim::pod),
+                .with_transform(baton_client::slim::pod_for_controllers),
             nodes: Informer::new(Api::all(client.clone()), watcher::Config::default()),
             node_monitor_grace_period: args.node_monitor_grace_period,
             node_monitor_period: args.node_monitor_period,
