@@ -454,6 +454,32 @@ spec:
             .any(|l| l.starts_with("doomed-0") && l.contains("NotReady")),
         "{get}"
     );
+    // Its pods turn Ready False (upstream's MarkPodsNotReady), keeping their other conditions.
+    let doomed = running
+        .iter()
+        .find(|(_, node)| node == "doomed-0")
+        .map(|(name, _)| name.clone())
+        .expect("a pod on the doomed node");
+    let conditions = wait_until(
+        "the doomed node's pod not Ready",
+        Duration::from_secs(60),
+        || async {
+            let pod = pods.get(&doomed).await.ok()?;
+            let conditions = pod.status?.conditions?;
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "False")
+                .then_some(conditions)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    for kept in ["PodScheduled", "Initialized", "ContainersReady"] {
+        assert!(
+            conditions.iter().any(|c| c.type_ == kept),
+            "{kept} kept: {conditions:?}"
+        );
+    }
 
     // Its pods are evicted once their toleration runs out and come back on the others.
     wait_until(

@@ -451,32 +451,24 @@ async fn record_not_ready(recorder: &Recorder, node: &Node) {
     }
 }
 
+/// Sets the Pod's Ready condition False (its reason and message kept), as of the cached Pod's
+/// resourceVersion. A strategic patch of that one condition: the cached Pod keeps only the
+/// conditions controllers read, so the list is never written whole.
 async fn mark_pod_not_ready(state: &State, pod: &Pod) -> Result<(), kube::Error> {
-    let now = Time(Timestamp::now());
-    let conditions: Vec<_> = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|mut c| {
-            if c.type_ == "Ready" {
-                c.status = "False".into();
-                c.last_transition_time = Some(now.clone());
-            }
-            c
-        })
-        .collect();
     let patch = json!({
         "metadata": { "resourceVersion": pod.metadata.resource_version },
-        "status": { "conditions": conditions },
+        "status": { "conditions": [{
+            "type": "Ready",
+            "status": "False",
+            "lastTransitionTime": Time(Timestamp::now()),
+        }]},
     });
     let api: Api<Pod> = Api::namespaced(state.client.clone(), &pod.namespace().unwrap_or_default());
     match api
         .patch_status(
             &pod.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(&patch),
+            &Patch::Strategic(&patch),
         )
         .await
     {
