@@ -205,22 +205,9 @@ where
             .await;
         }
         while let Some(event) = events.next().await {
-            let mut event = match event {
-                Ok(event) => event,
-                Err(e) => {
-                    tracing::warn!(resource = std::any::type_name::<K>(), error = %e, "watch failed; retrying");
-                    continue;
-                }
+            let Some(event) = prepared(event, self.transform) else {
+                continue;
             };
-            match &mut event {
-                Event::Apply(obj) | Event::InitApply(obj) | Event::Delete(obj) => {
-                    obj.meta_mut().managed_fields = None;
-                    if let Some(transform) = self.transform {
-                        transform(obj);
-                    }
-                }
-                Event::Init | Event::InitDone => {}
-            }
             let handlers = handlers.lock().expect("informer handlers");
             let notify = |event: InformerEvent<'_, K>| handlers.iter().for_each(|h| h(&event));
             match &event {
@@ -272,6 +259,34 @@ where
     }
 }
 
+/// A watch event ready for the cache and the handlers: its object without managedFields and
+/// transformed; `None` (logged) for a failed watch, which the watcher retries.
+fn prepared<K>(
+    event: watcher::Result<Event<K>>,
+    transform: Option<Transform<K>>,
+) -> Option<Event<K>>
+where
+    K: Resource,
+{
+    let mut event = match event {
+        Ok(event) => event,
+        Err(e) => {
+            tracing::warn!(resource = std::any::type_name::<K>(), error = %e, "watch failed; retrying");
+            return None;
+        }
+    };
+    match &mut event {
+        Event::Apply(obj) | Event::InitApply(obj) | Event::Delete(obj) => {
+            obj.meta_mut().managed_fields = None;
+            if let Some(transform) = transform {
+                transform(obj);
+            }
+        }
+        Event::Init | Event::InitDone => {}
+    }
+    Some(event)
+}
+
 /// The key a keys-only informer remembers: name, namespace and uid (not the resourceVersion).
 fn key_of<K>(obj: &K) -> ObjectRef<K>
 where
@@ -298,24 +313,11 @@ async fn run_keys_only<K>(
     let mut known: HashSet<ObjectRef<K>> = HashSet::new();
     let mut listed: HashSet<ObjectRef<K>> = HashSet::new();
     while let Some(event) = events.next().await {
-        let mut event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                tracing::warn!(resource = std::any::type_name::<K>(), error = %e, "watch failed; retrying");
-                continue;
-            }
+        let Some(event) = prepared(event, transform) else {
+            continue;
         };
         let handlers = handlers.lock().expect("informer handlers");
         let notify = |event: InformerEvent<'_, K>| handlers.iter().for_each(|h| h(&event));
-        match &mut event {
-            Event::Apply(obj) | Event::InitApply(obj) | Event::Delete(obj) => {
-                obj.meta_mut().managed_fields = None;
-                if let Some(transform) = transform {
-                    transform(obj);
-                }
-            }
-            Event::Init | Event::InitDone => {}
-        }
         match &event {
             Event::Apply(obj) => {
                 // The newest key, whose uid a later tombstone carries.

@@ -67,8 +67,9 @@ pub async fn client(config: &kube::Config) -> Result<kube::Client, ConnectError>
     Ok(client)
 }
 
-/// How long [`open_connection`] waits for its request.
-const OPEN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`open_connection`] waits for its request: a server that is up answers in
+/// milliseconds, and one that is not must not hold a component's start for long.
+const OPEN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Makes one request (the server's version), so that the connection is up, and known to speak
 /// HTTP/2, before the watches a component starts at once would each open one. A server that is
@@ -126,7 +127,7 @@ pub async fn load_config(
     kubeconfig: Option<&Path>,
     user_agent: &str,
 ) -> Result<kube::Config, ConnectError> {
-    let mut config = match kubeconfig {
+    let (mut config, names_proxy) = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
                 ConnectError::ReadKubeconfig {
@@ -134,12 +135,25 @@ pub async fn load_config(
                     source,
                 }
             })?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
+            let names_proxy = file
+                .clusters
+                .iter()
+                .any(|c| c.cluster.as_ref().is_some_and(|c| c.proxy_url.is_some()));
+            let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
                 .await
-                .map_err(ConnectError::Config)?
+                .map_err(ConnectError::Config)?;
+            (config, names_proxy)
         }
-        None => kube::Config::infer().await.map_err(ConnectError::Infer)?,
+        None => (
+            kube::Config::infer().await.map_err(ConnectError::Infer)?,
+            false,
+        ),
     };
+    // kube takes $HTTPS_PROXY as the cluster's proxy when the kubeconfig names none; the
+    // components connect directly (kube-rs, built without its proxy features, never used it).
+    if !names_proxy && let Some(proxy) = config.proxy_url.take() {
+        tracing::warn!(%proxy, "ignoring HTTPS_PROXY: the API server is reached directly");
+    }
     if let Ok(value) = http::HeaderValue::from_str(user_agent) {
         config.headers.push((http::header::USER_AGENT, value));
     }

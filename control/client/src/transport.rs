@@ -9,7 +9,8 @@
 //! without pings (and without kube's read timeout, which would also end connections idle in
 //! the pool). Requests started together before the first connection is up may each open one
 //! (HTTP/2 is known only once ALPN has answered), so the `connect` functions make one request
-//! first. Proxies are not supported: a configured one is refused.
+//! first. Proxies are not supported: one the kubeconfig names is refused, and `load_config`
+//! ignores $HTTPS_PROXY (as kube-rs's client, built without its proxy features, did).
 
 use std::future::Future;
 use std::io;
@@ -52,7 +53,9 @@ const STREAM_WINDOW: u32 = 4 << 20;
 pub enum BuildClientError {
     #[error(transparent)]
     Kube(#[from] kube::Error),
-    #[error("proxy {0} is configured, but Baton's components connect to the API server directly")]
+    #[error(
+        "the kubeconfig names proxy {0}, but Baton's components connect to the API server directly"
+    )]
     Proxy(http::Uri),
     #[error("tls-server-name {0:?} is not a valid DNS name or IP address")]
     ServerName(String),

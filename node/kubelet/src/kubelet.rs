@@ -64,21 +64,23 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
             source,
         })?;
     }
-    let client = baton_client::connect_with_request_limit(
-        Some(&args.kubeconfig),
-        "kubelet",
-        API_REQUESTS_IN_FLIGHT,
-    )
-    .await?;
     // The node's registration, status and Lease go through a client of their own, as with
     // upstream's kubelet's heartbeat client: a burst of pod work does not queue ahead of the
-    // heartbeat, and a request stuck on a dead connection fails after upstream's 10 s.
-    let heartbeat_client = baton_client::connect_with_request_timeout(
-        Some(&args.kubeconfig),
-        "kubelet",
-        HEARTBEAT_TIMEOUT,
-    )
-    .await?;
+    // heartbeat, and a request stuck on a dead connection fails after upstream's 10 s. Both
+    // connect at once, so that an API server not up yet delays the start by one wait only.
+    let (client, heartbeat_client) = tokio::join!(
+        baton_client::connect_with_request_limit(
+            Some(&args.kubeconfig),
+            "kubelet",
+            API_REQUESTS_IN_FLIGHT,
+        ),
+        baton_client::connect_with_request_timeout(
+            Some(&args.kubeconfig),
+            "kubelet",
+            HEARTBEAT_TIMEOUT,
+        ),
+    );
+    let (client, heartbeat_client) = (client?, heartbeat_client?);
     let program = std::env::current_exe().map_err(|source| RunKubeletError::Prepare {
         path: "/proc/self/exe".into(),
         source,
