@@ -127,7 +127,7 @@ pub async fn load_config(
     kubeconfig: Option<&Path>,
     user_agent: &str,
 ) -> Result<kube::Config, ConnectError> {
-    let (mut config, names_proxy) = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
                 ConnectError::ReadKubeconfig {
@@ -135,25 +135,12 @@ pub async fn load_config(
                     source,
                 }
             })?;
-            let names_proxy = file
-                .clusters
-                .iter()
-                .any(|c| c.cluster.as_ref().is_some_and(|c| c.proxy_url.is_some()));
-            let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
                 .await
-                .map_err(ConnectError::Config)?;
-            (config, names_proxy)
+                .map_err(ConnectError::Config)?
         }
-        None => (
-            kube::Config::infer().await.map_err(ConnectError::Infer)?,
-            false,
-        ),
+        None => kube::Config::infer().await.map_err(ConnectError::Infer)?,
     };
-    // kube takes $HTTPS_PROXY as the cluster's proxy when the kubeconfig names none; the
-    // components connect directly (kube-rs, built without its proxy features, never used it).
-    if !names_proxy && let Some(proxy) = config.proxy_url.take() {
-        tracing::warn!(%proxy, "ignoring HTTPS_PROXY: the API server is reached directly");
-    }
     if let Ok(value) = http::HeaderValue::from_str(user_agent) {
         config.headers.push((http::header::USER_AGENT, value));
     }

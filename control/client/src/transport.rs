@@ -9,8 +9,9 @@
 //! without pings (and without kube's read timeout, which would also end connections idle in
 //! the pool). Requests started together before the first connection is up may each open one
 //! (HTTP/2 is known only once ALPN has answered), so the `connect` functions make one request
-//! first. Proxies are not supported: one the kubeconfig names is refused, and `load_config`
-//! ignores $HTTPS_PROXY (as kube-rs's client, built without its proxy features, did).
+//! first. Proxies are not supported: a configured one (the kubeconfig's proxy-url, else
+//! $HTTPS_PROXY, as kube reads them) is refused, as kube-rs's client without its proxy features
+//! refused it.
 
 use std::future::Future;
 use std::io;
@@ -54,7 +55,7 @@ pub enum BuildClientError {
     #[error(transparent)]
     Kube(#[from] kube::Error),
     #[error(
-        "the kubeconfig names proxy {0}, but Baton's components connect to the API server directly"
+        "proxy {0} is configured (the kubeconfig's proxy-url or $HTTPS_PROXY), but Baton's components connect to the API server directly"
     )]
     Proxy(http::Uri),
     #[error("tls-server-name {0:?} is not a valid DNS name or IP address")]
