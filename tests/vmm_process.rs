@@ -222,15 +222,15 @@ fn every_thread_of_baton_vmm_runs_under_a_seccomp_filter() {
     });
     // The main thread installs its filter once the vCPUs run, which may be just after the
     // guest's first line.
-    let filtered = |statuses: &Vec<String>| {
-        statuses.len() == 4 && statuses.iter().all(|s| s.contains("\nSeccomp:\t2\n"))
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut statuses = thread_statuses(vmm.pid());
-    while !filtered(&statuses) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-        statuses = thread_statuses(vmm.pid());
-    }
+    let statuses = wait_until(
+        "four threads, each under a seccomp filter",
+        Duration::from_secs(10),
+        || {
+            let statuses = thread_statuses(vmm.pid());
+            (statuses.len() == 4 && statuses.iter().all(|s| s.contains("\nSeccomp:\t2\n")))
+                .then_some(statuses)
+        },
+    );
     let names: Vec<&str> = statuses.iter().map(|s| s.lines().next().unwrap()).collect();
     assert_eq!(
         statuses.len(),

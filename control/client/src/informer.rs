@@ -186,11 +186,6 @@ where
             tracing::error!(resource = std::any::type_name::<K>(), "informer run twice");
             return;
         };
-        let handlers = self.handlers.clone();
-        let store = self.store.clone();
-        // During a (re-)list the cache keeps its old contents until the list is complete, so
-        // handlers hear about listed objects only then: (key, the cached state before the list).
-        let mut listed: HashMap<ObjectRef<K>, Option<Arc<K>>> = HashMap::new();
         let mut events = watcher::watcher(self.api.clone(), self.config.clone())
             .default_backoff()
             .boxed();
@@ -198,12 +193,17 @@ where
             return run_keys_only(
                 &mut events,
                 &mut writer,
-                &handlers,
+                &self.handlers,
                 self.transform,
                 tombstone,
             )
             .await;
         }
+        let handlers = self.handlers.clone();
+        let store = self.store.clone();
+        // During a (re-)list the cache keeps its old contents until the list is complete, so
+        // handlers hear about listed objects only then: (key, the cached state before the list).
+        let mut listed: HashMap<ObjectRef<K>, Option<Arc<K>>> = HashMap::new();
         while let Some(event) = events.next().await {
             let Some(event) = prepared(event, self.transform) else {
                 continue;

@@ -3,7 +3,7 @@
 //! hold every optional field inline: a `Volume` alone is 3 KiB); the scheduler and the controller
 //! manager each cache every Pod of the cluster, so what they never read is dropped on arrival.
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
 
 /// The annotation `kubectl apply` keeps its last applied configuration in: a second copy of
 /// the object that no controller reads.
@@ -41,13 +41,7 @@ pub fn pod(pod: &mut Pod) {
         }
     }
     if let Some(status) = pod.status.as_mut() {
-        for list in [
-            status.container_statuses.as_mut(),
-            status.init_container_statuses.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for list in container_statuses(status) {
             list.shrink_to_fit();
         }
         status.ephemeral_container_statuses = None;
@@ -55,6 +49,16 @@ pub fn pod(pod: &mut Pod) {
             conditions.shrink_to_fit();
         }
     }
+}
+
+/// The status lists of a pod's containers and init containers.
+fn container_statuses(status: &mut PodStatus) -> impl Iterator<Item = &mut Vec<ContainerStatus>> {
+    [
+        status.container_statuses.as_mut(),
+        status.init_container_statuses.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// The pod conditions the controller manager reads: readiness (availability, endpoints, the
@@ -82,13 +86,7 @@ pub fn pod_for_controllers(slimmed: &mut Pod) {
             conditions.retain(|c| CONTROLLER_CONDITIONS.contains(&c.type_.as_str()));
             conditions.shrink_to_fit();
         }
-        for statuses in [
-            status.container_statuses.as_mut(),
-            status.init_container_statuses.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for statuses in container_statuses(status) {
             for container in statuses.iter_mut() {
                 container.image = String::new();
                 container.image_id = String::new();
