@@ -2,7 +2,8 @@
 //! and single-Service sync times for 1,000 and 10,000 Services with 2 endpoints each (and 3,
 //! for nftables at 10,000; the single change: an endpoint moving, and one coming and going),
 //! and connection setup through a ClusterIP with 100 to 10,000 Services present (also
-//! userspace). References measured in the same run:
+//! userspace); where the kernel has no IPVS, the ipvs mode's own share of a sync, with a kernel
+//! that only counts requests. References measured in the same run:
 //! Debian's `nft -f` loading the same Services in upstream kube-proxy's nftables layout (a
 //! chain per Service and per endpoint, `numgen ... vmap` between them), in full and for the
 //! same endpoint move (what upstream's proxy, which writes nft text, pays), and connecting to
@@ -18,9 +19,11 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use baton_network::{NetNs, Route, RouteSocket};
+use baton_network::{Destination, NetNs, Route, RouteSocket, ServiceAddress};
 use baton_proxy::args::ProxyMode;
 use baton_proxy::dataplane::Dataplane;
+use baton_proxy::ipvs_rules::{IpvsChange, TableElements, render_ipvs};
+use baton_proxy::ipvs_sync::{IpvsError, IpvsKernel, IpvsProxier, KernelIpvs};
 use baton_proxy::nftables_rules::RuleSettings;
 use baton_proxy::service_model::build_state;
 use k8s_openapi::api::core::v1::Service;
@@ -391,6 +394,89 @@ fn ms2(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// A kernel that takes every ipvs request and counts it: the ipvs mode's own share where the
+/// kernel has no IPVS.
+#[derive(Debug, Default)]
+struct CountingKernel {
+    requests: usize,
+}
+
+impl IpvsKernel for CountingKernel {
+    fn read(&mut self) -> Result<KernelIpvs, IpvsError> {
+        self.requests += 2;
+        Ok(KernelIpvs {
+            node_addresses: vec![Ipv4Addr::new(192, 168, 1, 5)],
+            ..KernelIpvs::default()
+        })
+    }
+    fn destinations(
+        &mut self,
+        _: &ServiceAddress,
+    ) -> Result<std::collections::BTreeSet<Destination>, IpvsError> {
+        self.requests += 1;
+        Ok(Default::default())
+    }
+    fn apply(&mut self, _: &IpvsChange) -> Result<(), IpvsError> {
+        self.requests += 1;
+        Ok(())
+    }
+    fn replace_table(&mut self, _: &TableElements, _: &RuleSettings) -> Result<(), IpvsError> {
+        self.requests += 1;
+        Ok(())
+    }
+    fn update_table(&mut self, _: &TableElements, _: &TableElements) -> Result<(), IpvsError> {
+        self.requests += 1;
+        Ok(())
+    }
+    fn watch_node_addresses(&mut self) -> Result<Vec<Ipv4Addr>, IpvsError> {
+        Ok(vec![Ipv4Addr::new(192, 168, 1, 5)])
+    }
+    fn node_addresses_changed(&mut self) -> Result<bool, IpvsError> {
+        Ok(false)
+    }
+}
+
+/// The ipvs mode's own share of a sync of `n` Services: the full sync, and p50 of 11 endpoint
+/// moves (with the kernel requests each sends); the reference is what the mode did before
+/// its syncs became incremental, rendering every Service again for each change.
+fn measure_ipvs_share(n: usize) -> (Duration, Duration, usize, Duration) {
+    let (services, slices) = objects(n, 2, 0, Change::Move);
+    let mut proxier = IpvsProxier::with_kernel(CountingKernel::default());
+    let started = Instant::now();
+    let mut state = build_state(&services, &slices);
+    proxier.sync(&state, &settings()).expect("full sync");
+    let full = started.elapsed();
+    state.mark_applied();
+    let mut times = Vec::new();
+    let mut requests = 0;
+    let mut rendered = Vec::new();
+    for (service, slice) in &changes(Change::Move) {
+        let before = proxier.kernel().requests;
+        let started = Instant::now();
+        state.update_service("bench", "svc-0", Some(service), std::slice::from_ref(slice));
+        let stats = proxier.sync(&state, &settings()).expect("incremental sync");
+        state.mark_applied();
+        times.push(started.elapsed());
+        assert!(!stats.full && stats.changes > 0);
+        requests = proxier.kernel().requests - before;
+        let started = Instant::now();
+        std::hint::black_box(render_ipvs(
+            &state,
+            &settings(),
+            &[Ipv4Addr::new(192, 168, 1, 5)],
+        ));
+        rendered.push(started.elapsed());
+    }
+    times.sort();
+    rendered.sort();
+    (
+        full,
+        times[times.len() / 2],
+        requests,
+        rendered[rendered.len() / 2],
+    )
+}
+
 /// Whether this kernel has IPVS (it is not here: CONFIG_IP_VS is unset).
 fn has_ipvs() -> bool {
     std::path::Path::new("/proc/net/ip_vs").exists()
@@ -440,6 +526,19 @@ fn main() {
             ms2(r.moved.1),
             ms2(r.scaled.0),
             ms2(r.scaled.1),
+        );
+    }
+    println!(
+        "\n| Services | ipvs mode's own share (no kernel): full sync | an endpoint moves, p50 of 11 | kernel requests for it | reference: rendering every Service again, p50 |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for n in [1_000, 10_000] {
+        let (full, moved, requests, rendered) = measure_ipvs_share(n);
+        println!(
+            "| {n} | {} | {} | {requests} | {} |",
+            ms(full),
+            us(moved),
+            ms2(rendered)
         );
     }
     println!(

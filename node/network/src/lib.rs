@@ -6,6 +6,7 @@
 //! services through generic netlink ([`IpvsSocket`]); and a CNI runtime that runs the plugins a
 //! user brings instead of the bridge ([`cni`]).
 
+mod address_watch;
 mod addresses;
 mod bridge;
 pub mod cni;
@@ -21,6 +22,7 @@ mod routes;
 mod tap;
 mod tcp_relay;
 
+pub use address_watch::AddressWatch;
 pub use bridge::{
     BridgeConfig, BridgeNetwork, HOST_INTERFACE_PREFIX, POD_INTERFACE, PodAddress, PodNetworkError,
     host_interface,

@@ -1,54 +1,35 @@
-//! The ipvs mode: each service address (cluster IP, external IP, load-balancer IP, and each
-//! node address with a node port) is an IPVS virtual service with round-robin scheduling
-//! (persistent for session affinity) whose destinations are the endpoints, reached by NAT. The
-//! cluster IPs are put on the dummy interface `kube-ipvs0` so the node takes packets for them
-//! as its own, where IPVS sees them. Masquerading is left to netfilter, as upstream's ipvs mode
-//! does with iptables: a small nftables table marks connections to a service address from
-//! outside the cluster's pods (but not to the external addresses and node ports of a Service
-//! whose external traffic policy is Local, which keep the client's address) and masquerades
-//! them after IPVS chose the endpoint, masquerades a pod that reached itself through its
-//! Service (hairpin), and rejects new connections to the dummy interface's addresses on ports
-//! no Service serves (so host sockets listening on every address are not reachable there).
+//! Applies the ipvs mode's rendering ([`crate::ipvs_rules`]) incrementally, as the nftables
+//! mode does: the first sync (and any after a failure, a change of the node's addresses or of
+//! the settings, and one an hour, upstream's full sync period) reads what the kernel holds and
+//! changes the difference; the others render only the service ports that changed since the
+//! last sync and send what changed in them, without reading anything back. The netfilter
+//! table is replaced whole on a full sync and has set elements added and removed otherwise.
 //!
-//! Each sync compares with what the kernel has (virtual services, their destinations, the
-//! dummy interface's addresses) and changes only the difference; the nftables table is
-//! replaced in one batch. The mode touches only virtual services that are its own: those on
-//! the dummy interface's addresses, and those on a node address with a port in the node port
-//! range.
+//! The mode touches only virtual services that are its own: those on the dummy interface's
+//! addresses, and those on a node address with a port in the node port range.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use baton_network::{
-    Destination, IpvsProtocol, IpvsSocket, NetlinkError, RouteSocket, ServiceAddress,
+    AddressWatch, Destination, IpvsSocket, NetlinkError, RouteSocket, ServiceAddress,
     VirtualService,
 };
-use baton_nftables::{
-    ApplyBatchError, BaseChain, Batch, CmpOp, Element, Expr, Family, Hook, NftSocket, SetSpec,
-    data_type, reg32,
-};
-use ipnet::Ipv4Net;
+use baton_nftables::{ApplyBatchError, Batch, Family, NftSocket};
 
-use crate::nftables_rules::{
-    RuleSettings, address_key_of, ct_state_new, load_address_key, masquerade_marked, set_mark_bit,
+use crate::ipvs_rules::{
+    IPVS_INTERFACE, IPVS_TABLE, IpvsChange, IpvsState, NODE_PORT_RANGE, SetElement, TableElements,
+    host_net, ipvs_changes, netfilter_table, render_port, table_elements, table_update,
 };
+use crate::nftables_rules::RuleSettings;
 use crate::nftables_sync::SyncStats;
-use crate::service_model::{Endpoint, Protocol, ProxyState, categorize};
+use crate::service_model::{Endpoint, ProxyState, ServicePortInfo, ServicePortKey};
 
-/// The dummy interface holding the cluster IPs (upstream's name).
-pub const IPVS_INTERFACE: &str = "kube-ipvs0";
-/// The nftables table of the mode's masquerading.
-pub const IPVS_TABLE: &str = "baton-ipvs";
-/// The scheduler of every virtual service: round robin, upstream's default.
-const SCHEDULER: &str = "rr";
-const SERVICE_ADDRESSES: &str = "service-addresses";
-const MASQUERADE_ADDRESSES: &str = "masquerade-addresses";
-const INTERFACE_ADDRESSES: &str = "interface-addresses";
-const HAIRPIN: &str = "hairpin";
-/// Upstream's default node port range: a virtual service on a node address with a port in it
-/// is taken to be this mode's.
-pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+/// How often a sync compares with the kernel even without a reason to (upstream's
+/// `FullSyncPeriod`): what someone else changed is put back.
+const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
+
 /// sysctls the mode needs: conntrack entries for IPVS connections (so netfilter can
 /// masquerade them), and connections to a removed destination dropped rather than kept.
 const SYSCTLS: &[(&str, &str)] = &[
@@ -63,7 +44,7 @@ pub enum IpvsError {
     /// A netlink request (IPVS, an interface, an address) was refused.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    /// The masquerading table was refused.
+    /// The netfilter table was refused.
     #[error(transparent)]
     Nftables(#[from] ApplyBatchError),
     /// A sysctl the mode needs could not be set.
@@ -77,123 +58,277 @@ pub enum IpvsError {
     },
 }
 
-/// What the kernel should hold for a state.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IpvsState {
-    /// Virtual services with their destinations.
-    pub services: BTreeMap<ServiceAddress, (VirtualService, BTreeSet<Destination>)>,
-    /// Addresses to put on [`IPVS_INTERFACE`].
+/// What a full sync reads from the kernel.
+#[derive(Clone, Debug, Default)]
+pub struct KernelIpvs {
+    /// Every IPv4 address of the node but loopback's and the dummy interface's.
+    pub node_addresses: Vec<Ipv4Addr>,
+    /// The dummy interface's addresses.
     pub interface_addresses: BTreeSet<Ipv4Addr>,
-    /// Service addresses whose connections from outside the pods are masqueraded (all but the
-    /// external addresses and node ports of Services with a Local external traffic policy).
-    pub masquerade: BTreeSet<ServiceAddress>,
-    /// Endpoints that may reach themselves through a service: (address, protocol, port).
-    pub hairpin: BTreeSet<(Ipv4Addr, IpvsProtocol, u16)>,
+    /// Every IPv4 virtual service (this mode's and others').
+    pub services: Vec<VirtualService>,
 }
 
-fn ipvs_protocol(protocol: Protocol) -> IpvsProtocol {
-    match protocol {
-        Protocol::Tcp => IpvsProtocol::Tcp,
-        Protocol::Udp => IpvsProtocol::Udp,
-        Protocol::Sctp => IpvsProtocol::Sctp,
+/// The kernel as the ipvs mode programs it: IPVS, the dummy interface's addresses and the
+/// netfilter table. [`NetlinkKernel`] is the real one.
+pub trait IpvsKernel {
+    /// Sets up what the mode needs (sysctls, the dummy interface) and reads what is there.
+    fn read(&mut self) -> Result<KernelIpvs, IpvsError>;
+    /// A virtual service's destinations.
+    fn destinations(
+        &mut self,
+        address: &ServiceAddress,
+    ) -> Result<BTreeSet<Destination>, IpvsError>;
+    /// Makes one change.
+    fn apply(&mut self, change: &IpvsChange) -> Result<(), IpvsError>;
+    /// Replaces the netfilter table with one holding `elements`.
+    fn replace_table(
+        &mut self,
+        elements: &TableElements,
+        settings: &RuleSettings,
+    ) -> Result<(), IpvsError>;
+    /// Takes `removed` out of the table's sets and puts `added` in, in one batch.
+    fn update_table(
+        &mut self,
+        removed: &TableElements,
+        added: &TableElements,
+    ) -> Result<(), IpvsError>;
+    /// Starts noticing changes of the node's addresses; returns them as they are now.
+    fn watch_node_addresses(&mut self) -> Result<Vec<Ipv4Addr>, IpvsError>;
+    /// Whether a node address changed since [`IpvsKernel::watch_node_addresses`] (or the last
+    /// call).
+    fn node_addresses_changed(&mut self) -> Result<bool, IpvsError>;
+}
+
+/// One service port as last applied: its inputs and its rendering.
+type AppliedPort = (ServicePortInfo, Vec<Endpoint>, IpvsState);
+
+/// What the kernel holds after the last successful sync, per service port, with what the
+/// ports share counted.
+#[derive(Debug)]
+struct Applied {
+    settings: RuleSettings,
+    node_addresses: Vec<Ipv4Addr>,
+    ports: BTreeMap<ServicePortKey, AppliedPort>,
+    /// The ports rendering each service address; the last one's rendering is programmed, as
+    /// in [`crate::ipvs_rules::render_ipvs`].
+    owners: BTreeMap<ServiceAddress, BTreeSet<ServicePortKey>>,
+    /// How many ports put each address on the dummy interface.
+    interface_addresses: BTreeMap<Ipv4Addr, usize>,
+    /// How many ports put each element in each of the table's sets.
+    elements: BTreeMap<(&'static str, SetElement), usize>,
+    /// Virtual services and destinations programmed.
+    rules: usize,
+}
+
+/// What one update of [`Applied`] changes: before and after, over what it touched.
+struct Update {
+    before: IpvsState,
+    after: IpvsState,
+    removed: TableElements,
+    added: TableElements,
+}
+
+impl Applied {
+    fn new(settings: RuleSettings, node_addresses: Vec<Ipv4Addr>) -> Self {
+        Self {
+            settings,
+            node_addresses,
+            ports: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            interface_addresses: BTreeMap::new(),
+            elements: BTreeMap::new(),
+            rules: 0,
+        }
     }
-}
 
-/// The virtual services, addresses and hairpin entries for `state` on a node with
-/// `node_addresses` (where node ports are served).
-pub fn render_ipvs(
-    state: &ProxyState,
-    settings: &RuleSettings,
-    node_addresses: &[Ipv4Addr],
-) -> IpvsState {
-    let mut wanted = IpvsState::default();
-    for (info, endpoints) in state.services.values() {
-        let categorized = categorize(info, endpoints, &settings.node_name);
-        let internal = categorized.internal(info);
-        let external = categorized.external(info);
-        let protocol = ipvs_protocol(info.protocol);
-        let destinations = |endpoints: &[Endpoint]| -> BTreeSet<Destination> {
-            endpoints
+    /// The virtual service programmed at `address`.
+    fn programmed(
+        &self,
+        address: &ServiceAddress,
+    ) -> Option<&(VirtualService, BTreeSet<Destination>)> {
+        let owner = self.owners.get(address)?.last()?;
+        self.ports.get(owner)?.2.services.get(address)
+    }
+
+    /// What is programmed of `addresses` and `interface_addresses`.
+    fn view(
+        &self,
+        addresses: &BTreeSet<ServiceAddress>,
+        interface_addresses: &BTreeSet<Ipv4Addr>,
+    ) -> IpvsState {
+        IpvsState {
+            services: addresses
                 .iter()
-                .map(|endpoint| Destination {
-                    address: endpoint.ip,
-                    port: endpoint.port,
-                    weight: 1,
-                })
-                .collect()
-        };
-        let mut add = |address: Ipv4Addr, port: u16, endpoints: &[Endpoint], masquerade: bool| {
-            let service_address = ServiceAddress {
-                protocol,
-                address,
-                port,
-            };
-            if masquerade {
-                wanted.masquerade.insert(service_address);
-            }
-            wanted.services.insert(
-                service_address,
-                (
-                    VirtualService {
-                        address: service_address,
-                        scheduler: SCHEDULER.into(),
-                        persistence_seconds: info.session_affinity_seconds,
-                    },
-                    destinations(endpoints),
-                ),
-            );
-        };
-        let masquerade_external = !info.external_policy_local;
-        add(info.cluster_ip, info.port, internal, true);
-        wanted.interface_addresses.insert(info.cluster_ip);
-        for ip in info.external_ips.iter().chain(&info.load_balancer_ips) {
-            add(*ip, info.port, external, masquerade_external);
-            wanted.interface_addresses.insert(*ip);
-        }
-        if let Some(node_port) = info.node_port {
-            for ip in node_addresses {
-                add(*ip, node_port, external, masquerade_external);
-            }
-        }
-        for endpoint in &categorized.all_reachable {
-            wanted
-                .hairpin
-                .insert((endpoint.ip, protocol, endpoint.port));
+                .filter_map(|a| Some((*a, self.programmed(a)?.clone())))
+                .collect(),
+            interface_addresses: interface_addresses
+                .iter()
+                .filter(|ip| self.interface_addresses.contains_key(ip))
+                .copied()
+                .collect(),
+            ..IpvsState::default()
         }
     }
-    wanted
+
+    /// Renders the ports `changed` names again (`None`: the port is gone) and records them;
+    /// returns what that changes. A port whose inputs did not change is skipped.
+    fn update<'a>(
+        &mut self,
+        changed: impl Iterator<
+            Item = (
+                &'a ServicePortKey,
+                Option<&'a (ServicePortInfo, Vec<Endpoint>)>,
+            ),
+        >,
+    ) -> Update {
+        let mut renderings: Vec<(ServicePortKey, Option<AppliedPort>)> = Vec::new();
+        let mut addresses = BTreeSet::new();
+        let mut interface = BTreeSet::new();
+        for (key, port) in changed {
+            let old = self.ports.get(key);
+            if let (Some((info, endpoints, _)), Some((new_info, new_endpoints))) = (old, port)
+                && info == new_info
+                && endpoints == new_endpoints
+            {
+                continue;
+            }
+            if old.is_none() && port.is_none() {
+                continue;
+            }
+            let new = port.map(|(info, endpoints)| {
+                let rendered = render_port(info, endpoints, &self.settings, &self.node_addresses);
+                (info.clone(), endpoints.clone(), rendered)
+            });
+            for (_, _, rendering) in old.into_iter().chain(&new) {
+                addresses.extend(rendering.services.keys().copied());
+                interface.extend(rendering.interface_addresses.iter().copied());
+            }
+            renderings.push((key.clone(), new));
+        }
+        let before = self.view(&addresses, &interface);
+        let mut element_delta: BTreeMap<(&'static str, SetElement), isize> = BTreeMap::new();
+        for (key, new) in renderings {
+            let old = match new {
+                Some(port) => self.ports.insert(key.clone(), port),
+                None => self.ports.remove(&key),
+            };
+            let new = self.ports.get(&key);
+            for (rendering, step) in [(old.as_ref().map(|p| &p.2), -1), (new.map(|p| &p.2), 1)] {
+                let Some(rendering) = rendering else { continue };
+                for address in rendering.services.keys() {
+                    let owners = self.owners.entry(*address).or_default();
+                    if step > 0 {
+                        owners.insert(key.clone());
+                    } else {
+                        owners.remove(&key);
+                        if owners.is_empty() {
+                            self.owners.remove(address);
+                        }
+                    }
+                }
+                for ip in &rendering.interface_addresses {
+                    let count = self.interface_addresses.entry(*ip).or_default();
+                    *count = count.saturating_add_signed(step);
+                    if *count == 0 {
+                        self.interface_addresses.remove(ip);
+                    }
+                }
+                for (name, set) in table_elements(rendering) {
+                    for element in set {
+                        *element_delta.entry((name, element)).or_default() += step;
+                    }
+                }
+            }
+        }
+        let after = self.view(&addresses, &interface);
+        self.rules = self.rules + after.rule_count() - before.rule_count();
+        let mut removed = TableElements::new();
+        let mut added = TableElements::new();
+        for (key, delta) in element_delta {
+            if delta == 0 {
+                continue;
+            }
+            let count = self.elements.get(&key).copied().unwrap_or(0);
+            let new_count = count.saturating_add_signed(delta);
+            let (name, element) = key.clone();
+            match (count, new_count) {
+                (0, n) if n > 0 => {
+                    added.entry(name).or_default().insert(element);
+                }
+                (c, 0) if c > 0 => {
+                    removed.entry(name).or_default().insert(element);
+                }
+                _ => {}
+            }
+            if new_count == 0 {
+                self.elements.remove(&key);
+            } else {
+                self.elements.insert(key, new_count);
+            }
+        }
+        Update {
+            before,
+            after,
+            removed,
+            added,
+        }
+    }
 }
 
-/// What the masquerading table was last built from.
-type TableInputs = (
-    Vec<ServiceAddress>,
-    BTreeSet<ServiceAddress>,
-    BTreeSet<Ipv4Addr>,
-    BTreeSet<(Ipv4Addr, IpvsProtocol, u16)>,
-    Option<Ipv4Net>,
-);
-
-/// The ipvs dataplane.
-#[derive(Debug, Default)]
-pub struct IpvsProxier {
-    /// The sysctls are set (once per proxier).
-    sysctls_set: bool,
-    /// Virtual services and destinations programmed now.
-    programmed: usize,
-    /// The masquerading table's inputs as last applied: the table is sent again only when
-    /// they change.
-    table: Option<TableInputs>,
+/// The ipvs dataplane, over a kernel ([`NetlinkKernel`], or a model of one in unit tests).
+#[derive(Debug)]
+pub struct IpvsProxier<K = NetlinkKernel> {
+    kernel: K,
+    /// What the last successful sync left; `None` (at first, after a failure or a clean-up)
+    /// makes the next sync a full one.
+    applied: Option<Applied>,
+    /// When the last full sync was.
+    last_full: Option<Instant>,
+    /// The node addresses earlier syncs served node ports on: the virtual services left on
+    /// one that went away are this mode's too.
+    former_node_addresses: BTreeSet<Ipv4Addr>,
 }
 
-impl IpvsProxier {
-    /// A proxier that has programmed nothing yet.
+impl IpvsProxier<NetlinkKernel> {
+    /// A proxier that has programmed nothing yet, over the kernel of the calling thread's
+    /// network namespace (its sockets are opened by the first sync).
     pub fn new() -> Self {
-        Self::default()
+        Self::with_kernel(NetlinkKernel::default())
+    }
+
+    /// Removes this mode's virtual services, the dummy interface and the netfilter table.
+    pub fn clean_up(&mut self) -> Result<(), IpvsError> {
+        self.applied = None;
+        clean_up_ipvs()
+    }
+}
+
+impl Default for IpvsProxier<NetlinkKernel> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: IpvsKernel> IpvsProxier<K> {
+    /// A proxier over `kernel`.
+    pub fn with_kernel(kernel: K) -> Self {
+        Self {
+            kernel,
+            applied: None,
+            last_full: None,
+            former_node_addresses: BTreeSet::new(),
+        }
+    }
+
+    /// The kernel it programs.
+    pub fn kernel(&self) -> &K {
+        &self.kernel
     }
 
     /// Virtual services and destinations programmed by the last sync.
     pub fn rule_count(&self) -> usize {
-        self.programmed
+        self.applied.as_ref().map_or(0, |applied| applied.rules)
     }
 
     /// Makes the kernel hold what `state` asks for.
@@ -203,6 +338,222 @@ impl IpvsProxier {
         settings: &RuleSettings,
     ) -> Result<SyncStats, IpvsError> {
         let started = Instant::now();
+        let result = self.sync_inner(state, settings, started);
+        if result.is_err() {
+            // What the kernel holds is not known now: compare with it next time.
+            self.applied = None;
+        }
+        result
+    }
+
+    fn sync_inner(
+        &mut self,
+        state: &ProxyState,
+        settings: &RuleSettings,
+        started: Instant,
+    ) -> Result<SyncStats, IpvsError> {
+        let full_due = self
+            .last_full
+            .is_none_or(|at| at.elapsed() >= FULL_SYNC_PERIOD);
+        let applied = match self.applied.take() {
+            Some(applied)
+                if !full_due
+                    && applied.settings == *settings
+                    && !self.kernel.node_addresses_changed()? =>
+            {
+                applied
+            }
+            _ => return self.full_sync(state, settings, started),
+        };
+        let mut applied = applied;
+        // The ports to look at: those the state says changed since it was last applied, or,
+        // when it does not know, every port (compared with what was applied).
+        let update = match state.touched() {
+            Some(touched) => {
+                applied.update(touched.iter().map(|key| (key, state.services.get(key))))
+            }
+            None => {
+                let keys: BTreeSet<ServicePortKey> = applied
+                    .ports
+                    .keys()
+                    .chain(state.services.keys())
+                    .cloned()
+                    .collect();
+                applied.update(keys.iter().map(|key| (key, state.services.get(key))))
+            }
+        };
+        let changes = ipvs_changes(&update.before, &update.after);
+        for change in &changes {
+            self.kernel.apply(change)?;
+        }
+        let table_changes: usize = update
+            .removed
+            .values()
+            .chain(update.added.values())
+            .map(BTreeSet::len)
+            .sum();
+        if table_changes > 0 {
+            self.kernel.update_table(&update.removed, &update.added)?;
+        }
+        self.applied = Some(applied);
+        Ok(SyncStats {
+            full: false,
+            changes: changes.len() + table_changes,
+            apply_time: started.elapsed(),
+        })
+    }
+
+    /// Compares everything with what the kernel holds and changes the difference.
+    fn full_sync(
+        &mut self,
+        state: &ProxyState,
+        settings: &RuleSettings,
+        started: Instant,
+    ) -> Result<SyncStats, IpvsError> {
+        let kernel = self.kernel.read()?;
+        let mut applied = Applied::new(settings.clone(), kernel.node_addresses.clone());
+        // From nothing, the update's result is everything.
+        let Update {
+            after: wanted,
+            added: elements,
+            ..
+        } = applied.update(state.services.iter().map(|(key, port)| (key, Some(port))));
+        // This mode's virtual services: on the dummy interface's addresses (those there, and
+        // those about to be), and on node addresses (now or before) with a port in the node
+        // port range.
+        self.former_node_addresses
+            .extend(kernel.node_addresses.iter().copied());
+        let ours = |address: &ServiceAddress| {
+            kernel.interface_addresses.contains(&address.address)
+                || wanted.interface_addresses.contains(&address.address)
+                || (self.former_node_addresses.contains(&address.address)
+                    && NODE_PORT_RANGE.contains(&address.port))
+        };
+        let ours: Vec<&VirtualService> = kernel
+            .services
+            .iter()
+            .filter(|s| ours(&s.address))
+            .collect();
+        let mut present = IpvsState {
+            interface_addresses: kernel.interface_addresses.clone(),
+            ..IpvsState::default()
+        };
+        for service in ours {
+            // Destinations matter only where the service stays.
+            let destinations = if wanted.services.contains_key(&service.address) {
+                self.kernel.destinations(&service.address)?
+            } else {
+                BTreeSet::new()
+            };
+            present
+                .services
+                .insert(service.address, (service.clone(), destinations));
+        }
+        let changes = ipvs_changes(&present, &wanted);
+        for change in &changes {
+            self.kernel.apply(change)?;
+        }
+        self.kernel.replace_table(&elements, settings)?;
+        // The node's addresses are watched from here on; a change since they were read
+        // makes the next sync a full one again.
+        let now = self.kernel.watch_node_addresses()?;
+        self.last_full = Some(Instant::now());
+        if now == kernel.node_addresses {
+            self.applied = Some(applied);
+        } else {
+            tracing::debug!("the node's addresses changed during a full sync");
+        }
+        Ok(SyncStats {
+            full: true,
+            changes: changes.len() + elements.values().map(BTreeSet::len).sum::<usize>(),
+            apply_time: started.elapsed(),
+        })
+    }
+}
+
+/// The sockets of [`NetlinkKernel`].
+#[derive(Debug)]
+struct Sockets {
+    route: RouteSocket,
+    ipvs: IpvsSocket,
+    nft: NftSocket,
+    /// The dummy interface's index.
+    interface: u32,
+}
+
+/// The kernel of the network namespace the proxier's first sync ran in, through netlink.
+#[derive(Debug, Default)]
+pub struct NetlinkKernel {
+    sockets: Option<Sockets>,
+    watch: Option<AddressWatch>,
+    /// A node address change the watch reported while the sync's own changes were read
+    /// from it.
+    node_address_changed: bool,
+    /// Address changes made since the watch was last read.
+    unread_address_changes: usize,
+    sysctls_set: bool,
+}
+
+impl NetlinkKernel {
+    /// Reads the watch every 64 address changes, so that the notifications of a sync's own
+    /// changes to the dummy interface do not overflow its socket (which would count as a
+    /// node address change, and make the next sync a full one).
+    fn read_watch_now_and_then(&mut self, interface: u32) -> Result<(), IpvsError> {
+        self.unread_address_changes += 1;
+        if self.unread_address_changes >= 64
+            && let Some(watch) = &mut self.watch
+        {
+            self.node_address_changed |= watch.changed_except(interface)?;
+            self.unread_address_changes = 0;
+        }
+        Ok(())
+    }
+
+    fn sockets(&mut self) -> Result<&mut Sockets, IpvsError> {
+        if self.sockets.is_none() {
+            let mut route = RouteSocket::open()?;
+            let interface = match route.link(IPVS_INTERFACE)? {
+                Some(link) => link.index,
+                None => {
+                    route.create_dummy(IPVS_INTERFACE)?;
+                    route
+                        .link(IPVS_INTERFACE)?
+                        .map(|link| link.index)
+                        .ok_or_else(|| NetlinkError {
+                            operation: format!("find {IPVS_INTERFACE} after creating it"),
+                            source: std::io::ErrorKind::NotFound.into(),
+                        })?
+                }
+            };
+            self.sockets = Some(Sockets {
+                route,
+                ipvs: IpvsSocket::open()?,
+                nft: NftSocket::open()?,
+                interface,
+            });
+        }
+        Ok(self.sockets.as_mut().expect("opened above"))
+    }
+
+    /// (node addresses, the dummy interface's addresses).
+    fn addresses(&mut self) -> Result<(Vec<Ipv4Addr>, BTreeSet<Ipv4Addr>), IpvsError> {
+        let sockets = self.sockets()?;
+        let interface = sockets.interface;
+        let mut node = Vec::new();
+        let mut on_interface = BTreeSet::new();
+        for (index, net) in sockets.route.ipv4_addresses()? {
+            if index == interface {
+                on_interface.insert(net.addr());
+            } else if !net.addr().is_loopback() {
+                node.push(net.addr());
+            }
+        }
+        Ok((node, on_interface))
+    }
+}
+
+impl IpvsKernel for NetlinkKernel {
+    fn read(&mut self) -> Result<KernelIpvs, IpvsError> {
         if !self.sysctls_set {
             for (name, value) in SYSCTLS {
                 std::fs::write(format!("/proc/sys/{name}"), value)
@@ -210,138 +561,100 @@ impl IpvsProxier {
             }
             self.sysctls_set = true;
         }
-        let mut route = RouteSocket::open()?;
-        let interface = match route.link(IPVS_INTERFACE)? {
-            Some(link) => link.index,
-            None => {
-                route.create_dummy(IPVS_INTERFACE)?;
-                route
-                    .link(IPVS_INTERFACE)?
-                    .map(|link| link.index)
-                    .ok_or_else(|| NetlinkError {
-                        operation: format!("find {IPVS_INTERFACE} after creating it"),
-                        source: std::io::ErrorKind::NotFound.into(),
-                    })?
-            }
-        };
-        let addresses = route.ipv4_addresses()?;
-        let node_addresses: Vec<Ipv4Addr> = addresses
-            .iter()
-            .filter(|(index, net)| *index != interface && !net.addr().is_loopback())
-            .map(|(_, net)| net.addr())
-            .collect();
-        let wanted = render_ipvs(state, settings, &node_addresses);
-        let mut changes = 0;
-
-        // Addresses first: a virtual service on a cluster IP sees packets once it is local.
-        let present: BTreeSet<Ipv4Addr> = addresses
-            .iter()
-            .filter(|(index, _)| *index == interface)
-            .map(|(_, net)| net.addr())
-            .collect();
-        for ip in wanted.interface_addresses.difference(&present) {
-            route.add_address(interface, host_net(*ip))?;
-            changes += 1;
-        }
-
-        let mut ipvs = IpvsSocket::open()?;
-        let ours = |address: &ServiceAddress| {
-            present.contains(&address.address)
-                || wanted.interface_addresses.contains(&address.address)
-                || (node_addresses.contains(&address.address)
-                    && NODE_PORT_RANGE.contains(&address.port))
-        };
-        let programmed: BTreeMap<ServiceAddress, VirtualService> = ipvs
-            .services()?
-            .into_iter()
-            .filter(|service| ours(&service.address))
-            .map(|service| (service.address, service))
-            .collect();
-        for address in programmed.keys() {
-            if !wanted.services.contains_key(address) {
-                ipvs.delete_service(address)?;
-                changes += 1;
-            }
-        }
-        let mut count = 0;
-        for (address, (service, destinations)) in &wanted.services {
-            match programmed.get(address) {
-                None => {
-                    ipvs.add_service(service)?;
-                    changes += 1;
-                }
-                Some(existing) if existing != service => {
-                    ipvs.update_service(service)?;
-                    changes += 1;
-                }
-                Some(_) => {}
-            }
-            let present: BTreeMap<(Ipv4Addr, u16), Destination> =
-                if programmed.contains_key(address) {
-                    ipvs.destinations(address)?
-                        .into_iter()
-                        .map(|d| ((d.address, d.port), d))
-                        .collect()
-                } else {
-                    BTreeMap::new()
-                };
-            for (key, destination) in &present {
-                if !destinations.iter().any(|d| (d.address, d.port) == *key) {
-                    ipvs.delete_destination(address, destination)?;
-                    changes += 1;
-                }
-            }
-            for destination in destinations {
-                match present.get(&(destination.address, destination.port)) {
-                    None => {
-                        ipvs.add_destination(address, destination)?;
-                        changes += 1;
-                    }
-                    Some(existing) if existing.weight != destination.weight => {
-                        ipvs.update_destination(address, destination)?;
-                        changes += 1;
-                    }
-                    Some(_) => {}
-                }
-            }
-            count += 1 + destinations.len();
-        }
-        for ip in present.difference(&wanted.interface_addresses) {
-            route.delete_address(interface, host_net(*ip))?;
-            changes += 1;
-        }
-
-        let inputs: TableInputs = (
-            wanted.services.keys().copied().collect(),
-            wanted.masquerade.clone(),
-            wanted.interface_addresses.clone(),
-            wanted.hairpin.clone(),
-            settings.cluster_cidr,
-        );
-        if self.table.as_ref() != Some(&inputs) {
-            let batch = masquerade_table(&wanted, settings);
-            changes += batch.len();
-            NftSocket::open()?.apply(&batch)?;
-            self.table = Some(inputs);
-        }
-        self.programmed = count;
-        Ok(SyncStats {
-            full: false,
-            changes,
-            apply_time: started.elapsed(),
+        // Opened again each full sync: the dummy interface may have been removed.
+        self.sockets = None;
+        let (node_addresses, interface_addresses) = self.addresses()?;
+        let services = self.sockets()?.ipvs.services()?;
+        Ok(KernelIpvs {
+            node_addresses,
+            interface_addresses,
+            services,
         })
     }
 
-    /// Removes this mode's virtual services, the dummy interface and the masquerading table.
-    pub fn clean_up(&mut self) -> Result<(), IpvsError> {
-        self.table = None;
-        clean_up_ipvs()
+    fn destinations(
+        &mut self,
+        address: &ServiceAddress,
+    ) -> Result<BTreeSet<Destination>, IpvsError> {
+        Ok(self
+            .sockets()?
+            .ipvs
+            .destinations(address)?
+            .into_iter()
+            .collect())
+    }
+
+    fn apply(&mut self, change: &IpvsChange) -> Result<(), IpvsError> {
+        let sockets = self.sockets()?;
+        let interface = sockets.interface;
+        let ipvs = &mut sockets.ipvs;
+        match change {
+            IpvsChange::AddAddress(ip) => {
+                sockets.route.add_address(interface, host_net(*ip))?;
+                self.read_watch_now_and_then(interface)?;
+            }
+            IpvsChange::DeleteAddress(ip) => {
+                sockets.route.delete_address(interface, host_net(*ip))?;
+                self.read_watch_now_and_then(interface)?;
+            }
+            IpvsChange::AddService(service) => ipvs.add_service(service)?,
+            IpvsChange::UpdateService(service) => ipvs.update_service(service)?,
+            IpvsChange::DeleteService(address) => ipvs.delete_service(address)?,
+            IpvsChange::AddDestination(address, destination) => {
+                ipvs.add_destination(address, destination)?;
+            }
+            IpvsChange::UpdateDestination(address, destination) => {
+                ipvs.update_destination(address, destination)?;
+            }
+            IpvsChange::DeleteDestination(address, destination) => {
+                ipvs.delete_destination(address, destination)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn replace_table(
+        &mut self,
+        elements: &TableElements,
+        settings: &RuleSettings,
+    ) -> Result<(), IpvsError> {
+        let batch = netfilter_table(elements, settings);
+        self.sockets()?.nft.apply(&batch)?;
+        Ok(())
+    }
+
+    fn update_table(
+        &mut self,
+        removed: &TableElements,
+        added: &TableElements,
+    ) -> Result<(), IpvsError> {
+        let batch = table_update(removed, added);
+        self.sockets()?.nft.apply(&batch)?;
+        Ok(())
+    }
+
+    fn watch_node_addresses(&mut self) -> Result<Vec<Ipv4Addr>, IpvsError> {
+        // Subscribed before the addresses are read, so that no change falls between.
+        self.watch = Some(AddressWatch::open()?);
+        self.node_address_changed = false;
+        self.unread_address_changes = 0;
+        Ok(self.addresses()?.0)
+    }
+
+    fn node_addresses_changed(&mut self) -> Result<bool, IpvsError> {
+        let interface = self.sockets()?.interface;
+        let changed = match &mut self.watch {
+            Some(watch) => watch.changed_except(interface)?,
+            None => true,
+        };
+        self.unread_address_changes = 0;
+        Ok(std::mem::take(&mut self.node_address_changed) || changed)
     }
 }
 
 /// Removes what the ipvs mode programs (also when another mode starts): its virtual services
 /// (those on the dummy interface's addresses, and those on node addresses with a port in the
-/// node port range), the dummy interface and the masquerading table.
+/// node port range), the dummy interface and the netfilter table.
 pub fn clean_up_ipvs() -> Result<(), IpvsError> {
     let mut route = RouteSocket::open()?;
     let interface = route.link(IPVS_INTERFACE)?.map(|link| link.index);
@@ -376,307 +689,423 @@ pub fn clean_up_ipvs() -> Result<(), IpvsError> {
     Ok(())
 }
 
-fn host_net(ip: Ipv4Addr) -> Ipv4Net {
-    Ipv4Net::new(ip, 32).expect("/32 is a valid prefix")
-}
-
-/// `ip . proto . port` as the lookup's registers hold it (each field padded to 4 bytes).
-fn address_key(ip: Ipv4Addr, protocol: IpvsProtocol, port: u16) -> Vec<u8> {
-    address_key_of(ip, protocol.number(), port)
-}
-
-/// The masquerading table, whole: replaces the one there in one batch.
-fn masquerade_table(wanted: &IpvsState, settings: &RuleSettings) -> Batch {
-    let mut batch = Batch::new();
-    batch
-        .destroy_table(Family::Ip, IPVS_TABLE)
-        .add_table(Family::Ip, IPVS_TABLE);
-    let address = data_type::concat(&[
-        data_type::IPV4_ADDR,
-        data_type::INET_PROTO,
-        data_type::INET_SERVICE,
-    ]);
-    for name in [SERVICE_ADDRESSES, MASQUERADE_ADDRESSES] {
-        batch.add_set(
-            Family::Ip,
-            IPVS_TABLE,
-            &SetSpec {
-                name: name.into(),
-                key_type: address,
-                key_len: 12,
-                verdict_map: false,
-                data: None,
-                timeout_ms: None,
-                interval_fields: None,
-            },
-        );
-    }
-    batch.add_set(
-        Family::Ip,
-        IPVS_TABLE,
-        &SetSpec {
-            name: INTERFACE_ADDRESSES.into(),
-            key_type: data_type::IPV4_ADDR,
-            key_len: 4,
-            verdict_map: false,
-            data: None,
-            timeout_ms: None,
-            interval_fields: None,
-        },
-    );
-    batch.add_set(
-        Family::Ip,
-        IPVS_TABLE,
-        &SetSpec {
-            name: HAIRPIN.into(),
-            key_type: data_type::concat(&[
-                data_type::IPV4_ADDR,
-                data_type::INET_PROTO,
-                data_type::INET_SERVICE,
-                data_type::IPV4_ADDR,
-            ]),
-            key_len: 16,
-            verdict_map: false,
-            data: None,
-            timeout_ms: None,
-            interval_fields: None,
-        },
-    );
-    let keys = |addresses: &mut dyn Iterator<Item = &ServiceAddress>| -> Vec<Element> {
-        addresses
-            .map(|a| Element::key(address_key(a.address, a.protocol, a.port)))
-            .collect()
-    };
-    for (name, elements) in [
-        (SERVICE_ADDRESSES, keys(&mut wanted.services.keys())),
-        (MASQUERADE_ADDRESSES, keys(&mut wanted.masquerade.iter())),
-        (
-            INTERFACE_ADDRESSES,
-            wanted
-                .interface_addresses
-                .iter()
-                .map(|ip| Element::key(ip.octets().to_vec()))
-                .collect(),
-        ),
-    ] {
-        if !elements.is_empty() {
-            batch.add_elements(Family::Ip, IPVS_TABLE, name, &elements);
-        }
-    }
-    let hairpin: Vec<Element> = wanted
-        .hairpin
-        .iter()
-        .map(|(ip, protocol, port)| {
-            let mut key = address_key(*ip, *protocol, *port);
-            key.extend_from_slice(&ip.octets());
-            Element::key(key)
-        })
-        .collect();
-    if !hairpin.is_empty() {
-        batch.add_elements(Family::Ip, IPVS_TABLE, HAIRPIN, &hairpin);
-    }
-    // To a service address from outside the cluster's pods (all sources when the cluster's
-    // pod range is not known): mark for masquerading.
-    let lookup = |set: &str, invert: bool| Expr::Lookup {
-        set: set.into(),
-        sreg: reg32(0),
-        dreg: None,
-        invert,
-    };
-    let mut mark = load_address_key();
-    mark.push(lookup(MASQUERADE_ADDRESSES, false));
-    if let Some(cidr) = settings.cluster_cidr {
-        mark.extend([
-            Expr::ip_saddr(reg32(0)),
-            Expr::Bitwise {
-                sreg: reg32(0),
-                dreg: reg32(0),
-                mask: cidr.netmask().octets().to_vec(),
-                xor: vec![0; 4],
-            },
-            Expr::cmp_ip(reg32(0), CmpOp::Neq, cidr.network()),
-        ]);
-    }
-    mark.extend(set_mark_bit());
-    // After IPVS chose the endpoint: a packet from the endpoint to itself is masqueraded.
-    let mut hairpin_rule = load_address_key();
-    hairpin_rule.extend([
-        Expr::ip_saddr(reg32(3)),
-        lookup(HAIRPIN, false),
-        Expr::Masquerade,
-    ]);
-    // A new connection to a dummy interface address on a port no Service serves: rejected,
-    // not handed to a host socket listening on every address.
-    let mut filter = ct_state_new();
-    filter.extend([Expr::ip_daddr(reg32(0)), lookup(INTERFACE_ADDRESSES, false)]);
-    filter.extend(load_address_key());
-    filter.extend([lookup(SERVICE_ADDRESSES, true), Expr::Reject]);
-    let nat = |hook, priority| BaseChain {
-        kind: "nat",
-        hook,
-        priority,
-    };
-    for (name, base, rules) in [
-        (
-            "nat-prerouting",
-            nat(Hook::Prerouting, -100),
-            vec![mark.clone()],
-        ),
-        ("nat-output", nat(Hook::Output, -100), vec![mark]),
-        (
-            "nat-postrouting",
-            nat(Hook::Postrouting, 100),
-            std::iter::once(hairpin_rule)
-                .chain(masquerade_marked())
-                .collect(),
-        ),
-        (
-            "filter-input",
-            BaseChain {
-                kind: "filter",
-                hook: Hook::Input,
-                priority: 0,
-            },
-            vec![filter],
-        ),
-    ] {
-        batch.add_chain(Family::Ip, IPVS_TABLE, name, Some(&base));
-        for rule in rules {
-            batch.add_rule(Family::Ip, IPVS_TABLE, name, &rule);
-        }
-    }
-    batch
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service_model::{ServicePortInfo, ServicePortKey};
+    use crate::ipvs_rules::render_ipvs;
+    use crate::service_model::build_state;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use serde_json::json;
 
-    fn info(node_port: Option<u16>, affinity: Option<u32>) -> ServicePortInfo {
-        ServicePortInfo {
-            namespace: "default".into(),
-            name: "web".into(),
-            port_name: String::new(),
-            protocol: Protocol::Tcp,
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 20),
-            port: 80,
-            node_port,
-            session_affinity_seconds: affinity,
-            external_policy_local: false,
-            internal_policy_local: false,
-            external_ips: vec![Ipv4Addr::new(192, 0, 2, 10)],
-            load_balancer_ips: Vec::new(),
-            load_balancer_source_ranges: Vec::new(),
-            health_check_node_port: None,
+    /// IPVS, the dummy interface and the table's sets as data, refusing what the kernel
+    /// refuses (a service added twice, a destination of a service that is not there, an
+    /// element removed that is not there), so that a sync that sends the wrong change fails.
+    #[derive(Debug, Default)]
+    struct ModelKernel {
+        node_addresses: Vec<Ipv4Addr>,
+        interface_addresses: BTreeSet<Ipv4Addr>,
+        services: BTreeMap<ServiceAddress, (VirtualService, BTreeSet<Destination>)>,
+        table: Option<TableElements>,
+        /// Full reads of the kernel.
+        reads: usize,
+        /// Changes and table updates made.
+        changes: usize,
+        /// Set when a node address changes; cleared when read.
+        addresses_changed: bool,
+        /// Refuse the change after this many more.
+        fail_after: Option<usize>,
+    }
+
+    fn refused(what: String, kind: std::io::ErrorKind) -> IpvsError {
+        IpvsError::Netlink(NetlinkError {
+            operation: what,
+            source: kind.into(),
+        })
+    }
+
+    impl IpvsKernel for ModelKernel {
+        fn read(&mut self) -> Result<KernelIpvs, IpvsError> {
+            self.reads += 1;
+            Ok(KernelIpvs {
+                node_addresses: self.node_addresses.clone(),
+                interface_addresses: self.interface_addresses.clone(),
+                services: self.services.values().map(|(s, _)| s.clone()).collect(),
+            })
+        }
+
+        fn destinations(
+            &mut self,
+            address: &ServiceAddress,
+        ) -> Result<BTreeSet<Destination>, IpvsError> {
+            self.services
+                .get(address)
+                .map(|(_, d)| d.clone())
+                .ok_or_else(|| refused(format!("list {address}"), std::io::ErrorKind::NotFound))
+        }
+
+        fn apply(&mut self, change: &IpvsChange) -> Result<(), IpvsError> {
+            if let Some(left) = &mut self.fail_after {
+                if *left == 0 {
+                    return Err(refused(format!("{change:?}"), std::io::ErrorKind::Other));
+                }
+                *left -= 1;
+            }
+            self.changes += 1;
+            let missing = || refused(format!("{change:?}"), std::io::ErrorKind::NotFound);
+            let exists = || refused(format!("{change:?}"), std::io::ErrorKind::AlreadyExists);
+            match change {
+                IpvsChange::AddAddress(ip) => {
+                    self.interface_addresses.insert(*ip);
+                }
+                IpvsChange::DeleteAddress(ip) => {
+                    self.interface_addresses.remove(ip);
+                }
+                IpvsChange::AddService(service) => {
+                    if self.services.contains_key(&service.address) {
+                        return Err(exists());
+                    }
+                    self.services
+                        .insert(service.address, (service.clone(), BTreeSet::new()));
+                }
+                IpvsChange::UpdateService(service) => {
+                    let entry = self
+                        .services
+                        .get_mut(&service.address)
+                        .ok_or_else(missing)?;
+                    entry.0 = service.clone();
+                }
+                IpvsChange::DeleteService(address) => {
+                    self.services.remove(address).ok_or_else(missing)?;
+                }
+                IpvsChange::AddDestination(address, destination) => {
+                    let (_, destinations) = self.services.get_mut(address).ok_or_else(missing)?;
+                    if destinations
+                        .iter()
+                        .any(|d| (d.address, d.port) == (destination.address, destination.port))
+                    {
+                        return Err(exists());
+                    }
+                    destinations.insert(*destination);
+                }
+                IpvsChange::UpdateDestination(address, destination) => {
+                    let (_, destinations) = self.services.get_mut(address).ok_or_else(missing)?;
+                    let old = destinations
+                        .iter()
+                        .find(|d| (d.address, d.port) == (destination.address, destination.port))
+                        .copied()
+                        .ok_or_else(missing)?;
+                    destinations.remove(&old);
+                    destinations.insert(*destination);
+                }
+                IpvsChange::DeleteDestination(address, destination) => {
+                    let (_, destinations) = self.services.get_mut(address).ok_or_else(missing)?;
+                    if !destinations.remove(destination) {
+                        return Err(missing());
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        fn replace_table(
+            &mut self,
+            elements: &TableElements,
+            _settings: &RuleSettings,
+        ) -> Result<(), IpvsError> {
+            self.changes += 1;
+            self.table = Some(elements.clone());
+            Ok(())
+        }
+
+        fn update_table(
+            &mut self,
+            removed: &TableElements,
+            added: &TableElements,
+        ) -> Result<(), IpvsError> {
+            self.changes += 1;
+            let table = self.table.as_mut().ok_or_else(|| {
+                refused(
+                    "update a missing table".into(),
+                    std::io::ErrorKind::NotFound,
+                )
+            })?;
+            for (name, set) in removed {
+                for element in set {
+                    if !table.entry(name).or_default().remove(element) {
+                        return Err(refused(
+                            format!("remove a missing element of {name}"),
+                            std::io::ErrorKind::NotFound,
+                        ));
+                    }
+                }
+            }
+            for (name, set) in added {
+                table.entry(name).or_default().extend(set.iter().cloned());
+            }
+            Ok(())
+        }
+
+        fn watch_node_addresses(&mut self) -> Result<Vec<Ipv4Addr>, IpvsError> {
+            self.addresses_changed = false;
+            Ok(self.node_addresses.clone())
+        }
+
+        fn node_addresses_changed(&mut self) -> Result<bool, IpvsError> {
+            Ok(std::mem::take(&mut self.addresses_changed))
         }
     }
 
-    fn endpoint(last: u8, ready: bool) -> Endpoint {
-        Endpoint {
-            ip: Ipv4Addr::new(10, 244, 0, last),
-            port: 8080,
-            ready,
-            serving: ready,
-            terminating: false,
-            node_name: Some("node-1".into()),
+    /// A Service numbered `i`; `variant` picks its type, affinity, external IPs and source
+    /// ranges. Load-balancer and external IPs are shared between Services on purpose.
+    fn service(i: u8, variant: u64) -> Service {
+        let kind = ["ClusterIP", "NodePort", "LoadBalancer"][(variant % 3) as usize];
+        let mut spec = json!({
+            "type": kind,
+            "clusterIP": format!("10.96.0.{i}"),
+            "ports": [{ "name": "http", "port": 80, "protocol": "TCP" }],
+        });
+        if kind != "ClusterIP" {
+            spec["ports"][0]["nodePort"] = json!(30000 + u16::from(i));
         }
-    }
-
-    fn state(info: ServicePortInfo, endpoints: Vec<Endpoint>) -> ProxyState {
-        let mut state = ProxyState::default();
-        let key: ServicePortKey = info.key();
-        state.services.insert(key, (info, endpoints));
-        state
-    }
-
-    #[test]
-    fn each_service_address_is_a_virtual_service_of_the_ready_endpoints() {
-        let settings = RuleSettings {
-            node_name: "node-1".into(),
-            cluster_cidr: None,
-        };
-        let node = Ipv4Addr::new(192, 168, 1, 5);
-        let wanted = render_ipvs(
-            &state(
-                info(Some(30080), Some(600)),
-                vec![endpoint(7, true), endpoint(8, false)],
-            ),
-            &settings,
-            &[node],
-        );
-        let addresses: Vec<String> = wanted.services.keys().map(|a| a.to_string()).collect();
-        assert_eq!(
-            addresses,
-            [
-                "Tcp 10.96.0.20:80",
-                "Tcp 192.0.2.10:80",
-                "Tcp 192.168.1.5:30080"
-            ]
-        );
-        for (service, destinations) in wanted.services.values() {
-            assert_eq!(service.scheduler, "rr");
-            assert_eq!(service.persistence_seconds, Some(600));
-            // Only the ready endpoint.
-            let listed: Vec<(Ipv4Addr, u16)> =
-                destinations.iter().map(|d| (d.address, d.port)).collect();
-            assert_eq!(listed, [(Ipv4Addr::new(10, 244, 0, 7), 8080)]);
+        if variant & 8 != 0 {
+            spec["sessionAffinity"] = json!("ClientIP");
         }
-        assert_eq!(
-            wanted.interface_addresses.into_iter().collect::<Vec<_>>(),
-            [Ipv4Addr::new(10, 96, 0, 20), Ipv4Addr::new(192, 0, 2, 10)]
-        );
-        assert_eq!(
-            wanted.hairpin.into_iter().collect::<Vec<_>>(),
-            [(Ipv4Addr::new(10, 244, 0, 7), IpvsProtocol::Tcp, 8080)]
-        );
-        assert_eq!(
-            wanted.masquerade.len(),
-            3,
-            "a Cluster policy masquerades everywhere"
-        );
+        if variant & 16 != 0 {
+            spec["externalIPs"] = json!([format!("198.51.100.{}", i % 3)]);
+        }
+        if variant & 32 != 0 && kind == "LoadBalancer" {
+            spec["loadBalancerSourceRanges"] = json!(["10.1.0.0/16"]);
+        }
+        if variant & 64 != 0 && kind != "ClusterIP" {
+            spec["externalTrafficPolicy"] = json!("Local");
+        }
+        let mut service = json!({
+            "metadata": { "name": format!("svc-{i}"), "namespace": "default" },
+            "spec": spec,
+        });
+        if kind == "LoadBalancer" {
+            service["status"] =
+                json!({ "loadBalancer": { "ingress": [{ "ip": format!("192.0.2.{}", i % 4) }] } });
+        }
+        serde_json::from_value(service).expect("a valid Service")
     }
 
-    #[test]
-    fn a_local_traffic_policy_keeps_only_this_nodes_endpoints() {
-        let mut local = info(Some(30080), None);
-        local.external_policy_local = true;
-        let mut elsewhere = endpoint(9, true);
-        elsewhere.node_name = Some("node-2".into());
-        let wanted = render_ipvs(
-            &state(local, vec![endpoint(7, true), elsewhere]),
-            &RuleSettings {
-                node_name: "node-1".into(),
-                cluster_cidr: None,
+    /// Service `i`'s slice: endpoints 10.244.0.x, ready or not, on node-1 or node-2.
+    fn slice(i: u8, endpoints: &[(u8, bool)]) -> EndpointSlice {
+        let endpoints: Vec<_> = endpoints
+            .iter()
+            .map(|(last, ready)| {
+                json!({
+                    "addresses": [format!("10.244.0.{last}")],
+                    "conditions": { "ready": ready },
+                    "nodeName": if last % 2 == 0 { "node-1" } else { "node-2" },
+                })
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("svc-{i}-abcde"), "namespace": "default",
+                "labels": { "kubernetes.io/service-name": format!("svc-{i}") },
             },
-            &[Ipv4Addr::new(192, 168, 1, 5)],
-        );
-        let count = |ip: Ipv4Addr| {
-            wanted
-                .services
-                .iter()
-                .find(|(a, _)| a.address == ip)
-                .map(|(_, (_, d))| d.len())
-        };
-        assert_eq!(count(Ipv4Addr::new(10, 96, 0, 20)), Some(2));
-        assert_eq!(count(Ipv4Addr::new(192, 168, 1, 5)), Some(1));
-        // The external addresses and node ports keep the client's address; the cluster IP
-        // is still masqueraded from outside the pods.
-        let masqueraded: Vec<Ipv4Addr> = wanted.masquerade.iter().map(|a| a.address).collect();
-        assert_eq!(masqueraded, [Ipv4Addr::new(10, 96, 0, 20)]);
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+        }))
+        .expect("a valid EndpointSlice")
+    }
+
+    fn settings() -> RuleSettings {
+        RuleSettings {
+            node_name: "node-1".into(),
+            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+        }
+    }
+
+    /// The kernel holds exactly what a render of the whole state asks for.
+    fn assert_kernel_holds(proxier: &IpvsProxier<ModelKernel>, state: &ProxyState) {
+        let kernel = &proxier.kernel;
+        let wanted = render_ipvs(state, &settings(), &kernel.node_addresses);
+        assert_eq!(kernel.services, wanted.services);
+        assert_eq!(kernel.interface_addresses, wanted.interface_addresses);
+        let mut table = kernel.table.clone().expect("a table");
+        table.retain(|_, set| !set.is_empty());
+        let mut expected = table_elements(&wanted);
+        expected.retain(|_, set| !set.is_empty());
+        assert_eq!(table, expected);
+        assert_eq!(proxier.rule_count(), wanted.rule_count());
+    }
+
+    /// A small xorshift generator: the same sequence on every run.
+    struct Random(u64);
+
+    impl Random {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn node_kernel() -> ModelKernel {
+        ModelKernel {
+            node_addresses: vec![Ipv4Addr::new(192, 168, 1, 5)],
+            ..ModelKernel::default()
+        }
     }
 
     #[test]
-    fn set_keys_are_laid_out_as_the_rules_load_them() {
-        // ip . proto . port, each field padded to 4 bytes: what `ip daddr . meta l4proto .
-        // th dport` leaves in registers 0 to 2.
+    fn incremental_syncs_leave_the_kernel_as_a_full_sync_would() {
+        let mut proxier = IpvsProxier::with_kernel(node_kernel());
+        let mut state = ProxyState::default();
+        let mut random = Random(0x9e37_79b9_7f4a_7c15);
+        for step in 0..400 {
+            let i = (random.next() % 12) as u8;
+            let name = format!("svc-{i}");
+            match random.next() % 5 {
+                // Gone, with its slice.
+                0 => state.update_service::<EndpointSlice>("default", &name, None, &[]),
+                // Endpoints come, go, turn ready or not.
+                _ => {
+                    let endpoints: Vec<(u8, bool)> = (0..random.next() % 4)
+                        .map(|_| {
+                            (
+                                (random.next() % 6) as u8 + 1,
+                                !random.next().is_multiple_of(3),
+                            )
+                        })
+                        .collect();
+                    let service = service(i, random.next());
+                    state.update_service("default", &name, Some(&service), &[slice(i, &endpoints)]);
+                }
+            }
+            proxier
+                .sync(&state, &settings())
+                .unwrap_or_else(|err| panic!("step {step}: {err:?}"));
+            state.mark_applied();
+            assert_kernel_holds(&proxier, &state);
+        }
         assert_eq!(
-            address_key(Ipv4Addr::new(10, 96, 0, 20), IpvsProtocol::Tcp, 80),
-            [10, 96, 0, 20, 6, 0, 0, 0, 0, 80, 0, 0]
+            proxier.kernel.reads, 1,
+            "only the first sync read the kernel"
         );
-        assert_eq!(
-            address_key(Ipv4Addr::new(10, 96, 0, 10), IpvsProtocol::Udp, 53),
-            [10, 96, 0, 10, 17, 0, 0, 0, 0, 53, 0, 0]
+
+        // A state that does not know what changed is compared port by port.
+        let services: Vec<Service> = (0..12).map(|i| service(i, 2 | 32)).collect();
+        let slices: Vec<EndpointSlice> = (0..12).map(|i| slice(i, &[(2, true)])).collect();
+        let whole = build_state(&services, &slices);
+        assert!(whole.touched().is_none());
+        proxier.sync(&whole, &settings()).unwrap();
+        assert_kernel_holds(&proxier, &whole);
+        assert_eq!(proxier.kernel.reads, 1);
+    }
+
+    #[test]
+    fn one_changed_endpoint_is_one_destination_on_each_of_its_addresses() {
+        let mut proxier = IpvsProxier::with_kernel(node_kernel());
+        let services: Vec<Service> = (0..50).map(|i| service(i, 1)).collect();
+        let slices: Vec<EndpointSlice> = (0..50).map(|i| slice(i, &[(2, true)])).collect();
+        let mut state = build_state(&services, &slices);
+        let stats = proxier.sync(&state, &settings()).unwrap();
+        assert!(stats.full);
+        state.mark_applied();
+        let before = proxier.kernel.changes;
+        state.update_service(
+            "default",
+            "svc-7",
+            Some(&service(7, 1)),
+            &[slice(7, &[(2, true), (4, true)])],
         );
+        let stats = proxier.sync(&state, &settings()).unwrap();
+        assert!(!stats.full);
+        // A NodePort Service: the cluster IP and the node port get the new destination; the
+        // endpoint's hairpin element goes into the table in one update.
+        assert_eq!(proxier.kernel.changes - before, 3);
+        assert_eq!(stats.changes, 3);
+        assert_eq!(proxier.kernel.reads, 1);
+        assert_kernel_holds(&proxier, &state);
+    }
+
+    #[test]
+    fn a_failed_sync_is_followed_by_a_full_one_that_repairs_the_kernel() {
+        let mut proxier = IpvsProxier::with_kernel(node_kernel());
+        let mut state = ProxyState::default();
+        for i in 0..5 {
+            state.update_service(
+                "default",
+                &format!("svc-{i}"),
+                Some(&service(i, 2)),
+                &[slice(i, &[(2, true)])],
+            );
+        }
+        proxier.sync(&state, &settings()).unwrap();
+        state.mark_applied();
+        // Half of the next change is applied, then the kernel refuses.
+        proxier.kernel.fail_after = Some(2);
+        for i in 0..5 {
+            state.update_service(
+                "default",
+                &format!("svc-{i}"),
+                Some(&service(i, 2)),
+                &[slice(i, &[(4, true)])],
+            );
+        }
+        assert!(proxier.sync(&state, &settings()).is_err());
+        proxier.kernel.fail_after = None;
+        // Someone also removed a virtual service behind the proxy's back.
+        let cluster_ip = ServiceAddress {
+            protocol: baton_network::IpvsProtocol::Tcp,
+            address: Ipv4Addr::new(10, 96, 0, 3),
+            port: 80,
+        };
+        proxier.kernel.services.remove(&cluster_ip);
+        let stats = proxier.sync(&state, &settings()).unwrap();
+        assert!(stats.full, "the failure made the next sync a full one");
+        assert_eq!(proxier.kernel.reads, 2);
+        assert_kernel_holds(&proxier, &state);
+    }
+
+    #[test]
+    fn a_new_node_address_moves_the_node_ports_in_a_full_sync() {
+        let mut proxier = IpvsProxier::with_kernel(node_kernel());
+        let mut state = ProxyState::default();
+        state.update_service(
+            "default",
+            "svc-1",
+            Some(&service(1, 1)),
+            &[slice(1, &[(2, true)])],
+        );
+        proxier.sync(&state, &settings()).unwrap();
+        state.mark_applied();
+        // A user's virtual service on a node address outside the node port range is left.
+        let theirs = VirtualService {
+            address: ServiceAddress {
+                protocol: baton_network::IpvsProtocol::Tcp,
+                address: Ipv4Addr::new(192, 168, 1, 5),
+                port: 8443,
+            },
+            scheduler: "wrr".into(),
+            persistence_seconds: None,
+        };
+        proxier
+            .kernel
+            .apply(&IpvsChange::AddService(theirs.clone()))
+            .unwrap();
+        proxier.kernel.node_addresses = vec![Ipv4Addr::new(192, 168, 1, 6)];
+        proxier.kernel.addresses_changed = true;
+        let stats = proxier.sync(&state, &settings()).unwrap();
+        assert!(stats.full);
+        let node_ports: Vec<Ipv4Addr> = proxier
+            .kernel
+            .services
+            .keys()
+            .filter(|a| a.port == 30001)
+            .map(|a| a.address)
+            .collect();
+        assert_eq!(node_ports, [Ipv4Addr::new(192, 168, 1, 6)]);
+        assert!(proxier.kernel.services.contains_key(&theirs.address));
+        proxier.kernel.services.remove(&theirs.address);
+        assert_kernel_holds(&proxier, &state);
     }
 }

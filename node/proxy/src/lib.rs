@@ -3,13 +3,14 @@
 //! changed ([`nftables_sync`]), reporting on /metrics and /healthz ([`metrics`]) and on the
 //! health check node ports of Services with a Local external policy ([`health_check`]). The other
 //! modes: upstream's iptables chains ([`iptables_rules`]), IPVS virtual services
-//! ([`ipvs_sync`]) and a proxy in the process ([`userspace`]).
+//! ([`ipvs_rules`], applied by [`ipvs_sync`]) and a proxy in the process ([`userspace`]).
 
 pub mod args;
 pub mod dataplane;
 pub mod health_check;
 pub mod iptables_rules;
 pub mod iptables_sync;
+pub mod ipvs_rules;
 pub mod ipvs_sync;
 pub mod metrics;
 pub mod nftables_rules;

@@ -461,33 +461,6 @@ fn a_full_sync_takes_services_that_claim_one_address_and_long_names() {
         .unwrap();
 }
 
-/// What became of a TCP connection attempt.
-#[derive(Debug, PartialEq)]
-enum Attempt {
-    Connected,
-    Refused,
-    /// Nothing came back within 300 ms: the packet was dropped.
-    Dropped,
-}
-
-/// Tries a TCP connection from `source` to `destination`.
-fn connect_from(source: &str, destination: &str) -> Attempt {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-        let attempt = socket.connect(destination.parse().unwrap());
-        match tokio::time::timeout(std::time::Duration::from_millis(300), attempt).await {
-            Ok(Ok(_)) => Attempt::Connected,
-            Ok(Err(_)) => Attempt::Refused,
-            Err(_) => Attempt::Dropped,
-        }
-    })
-}
-
 #[test]
 fn load_balancer_source_ranges_admit_only_their_clients() {
     let settings = support::node_settings();
@@ -522,9 +495,18 @@ fn load_balancer_source_ranges_admit_only_their_clients() {
             // Through the load balancer's IP only from inside the range; the cluster IP
             // from anywhere.
             let (lb, cluster) = ("192.0.2.10:80", "10.96.0.10:80");
-            assert_eq!(connect_from("10.1.0.5", lb), Attempt::Connected);
-            assert_eq!(connect_from("10.2.0.5", lb), Attempt::Dropped);
-            assert_eq!(connect_from("10.2.0.5", cluster), Attempt::Connected);
+            assert_eq!(
+                support::connect_from("10.1.0.5", lb),
+                support::Attempt::Connected
+            );
+            assert_eq!(
+                support::connect_from("10.2.0.5", lb),
+                support::Attempt::Dropped
+            );
+            assert_eq!(
+                support::connect_from("10.2.0.5", cluster),
+                support::Attempt::Connected
+            );
             let all = NftSocket::open()
                 .unwrap()
                 .chains(Family::Ip, TABLE)

@@ -1,5 +1,8 @@
 //! What the proxy's kernel tests share.
 
+// Each test file uses a part of it.
+#![allow(dead_code)]
+
 use baton_network::{LOOPBACK_INDEX, Route, RouteSocket};
 use baton_proxy::nftables_rules::RuleSettings;
 
@@ -28,4 +31,31 @@ pub fn node_settings() -> RuleSettings {
         node_name: "n1".into(),
         cluster_cidr: None,
     }
+}
+
+/// What became of a TCP connection attempt.
+#[derive(Debug, PartialEq)]
+pub enum Attempt {
+    Connected,
+    Refused,
+    /// Nothing came back within 300 ms: the packet was dropped.
+    Dropped,
+}
+
+/// Tries a TCP connection from `source` to `destination`.
+pub fn connect_from(source: &str, destination: &str) -> Attempt {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let attempt = socket.connect(destination.parse().unwrap());
+        match tokio::time::timeout(std::time::Duration::from_millis(300), attempt).await {
+            Ok(Ok(_)) => Attempt::Connected,
+            Ok(Err(_)) => Attempt::Refused,
+            Err(_) => Attempt::Dropped,
+        }
+    })
 }
