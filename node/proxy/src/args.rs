@@ -24,6 +24,11 @@ pub struct ProxyArgs {
     /// Changes closer together than this are applied together.
     #[arg(long, default_value = "1s", value_parser = baton_client::parse_duration)]
     pub min_sync_period: Duration,
+    /// The longest time between two syncs: without a change, the rules are still synced this
+    /// often (what a mode checks then, e.g. the ipvs mode's node addresses and hourly full
+    /// sync, is acted on).
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    pub sync_period: Duration,
     /// Where /metrics (and /healthz) are served.
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: SocketAddr,
@@ -90,6 +95,14 @@ impl ProxyArgs {
     }
 }
 
+/// A duration above zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match baton_client::parse_duration(text)? {
+        zero if zero.is_zero() => Err("must be greater than 0".into()),
+        duration => Ok(duration),
+    }
+}
+
 /// Present when the kernel has IPVS (built in or loaded).
 const IPVS_PROC: &str = "/proc/net/ip_vs";
 
@@ -115,6 +128,24 @@ mod tests {
         Cli::parse_from(["proxy", "--kubeconfig=k", &format!("--proxy-mode={value}")])
             .args
             .mode()
+    }
+
+    #[test]
+    fn the_sync_period_is_30_seconds_unless_set_above_zero() {
+        let parse = |extra: &[&str]| {
+            Cli::try_parse_from(["proxy", "--kubeconfig=k"].iter().chain(extra))
+                .map(|cli| cli.args.sync_period)
+        };
+        assert_eq!(parse(&[]).unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            parse(&["--sync-period=2m"]).unwrap(),
+            Duration::from_secs(120)
+        );
+        let err = parse(&["--sync-period=0s"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--sync-period") && err.contains("must be greater than 0"),
+            "{err}"
+        );
     }
 
     #[test]

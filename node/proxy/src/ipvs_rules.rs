@@ -27,7 +27,8 @@ use baton_nftables::{
 use ipnet::Ipv4Net;
 
 use crate::nftables_rules::{
-    RuleSettings, address_key_of, ct_state_new, load_address_key, masquerade_marked, set_mark_bit,
+    RuleSettings, address_key_of, ct_state_new, load_address_key, masquerade_marked, saddr_in,
+    set_mark_bit,
 };
 use crate::service_model::{Endpoint, Protocol, ProxyState, ServicePortInfo, categorize};
 
@@ -65,27 +66,29 @@ pub struct IpvsState {
     pub masquerade: BTreeSet<ServiceAddress>,
     /// Endpoints that may reach themselves through a service: (address, protocol, port).
     pub hairpin: BTreeSet<(Ipv4Addr, IpvsProtocol, u16)>,
-    /// Load-balancer addresses of Services with `loadBalancerSourceRanges`.
-    pub firewalled: BTreeSet<ServiceAddress>,
-    /// The sources each firewalled address admits: its Service's ranges, and the address
-    /// itself when a range holds a node address (a client on the node reaches an address of
-    /// `kube-ipvs0` from that address), as upstream's ipvs mode does.
-    pub firewall_sources: BTreeSet<(ServiceAddress, Ipv4Net)>,
+    /// Load-balancer addresses of Services with `loadBalancerSourceRanges`, with the sources
+    /// each admits: its Service's ranges, and the address itself when a range holds a node
+    /// address (a client on the node reaches an address of `kube-ipvs0` from that address), as
+    /// upstream's ipvs mode does. The ranges are aggregated (none holds another, none
+    /// overlaps), as the kernel's set of ranges requires.
+    pub firewalls: BTreeMap<ServiceAddress, BTreeSet<Ipv4Net>>,
 }
 
 impl IpvsState {
-    /// Adds `port`'s rendering. A service address both hold becomes `port`'s, as with a later
-    /// service port in [`render_ipvs`].
+    /// Adds `port`'s rendering. A service address both hold becomes `port`'s, virtual service
+    /// and firewall (or none), as with a later service port in [`render_ipvs`].
     pub fn merge(&mut self, port: &IpvsState) {
-        self.services
-            .extend(port.services.iter().map(|(k, v)| (*k, v.clone())));
+        for (address, service) in &port.services {
+            self.services.insert(*address, service.clone());
+            match port.firewalls.get(address) {
+                Some(ranges) => self.firewalls.insert(*address, ranges.clone()),
+                None => self.firewalls.remove(address),
+            };
+        }
         self.interface_addresses
             .extend(port.interface_addresses.iter().copied());
         self.masquerade.extend(port.masquerade.iter().copied());
         self.hairpin.extend(port.hairpin.iter().copied());
-        self.firewalled.extend(port.firewalled.iter().copied());
-        self.firewall_sources
-            .extend(port.firewall_sources.iter().copied());
     }
 
     /// Virtual services and destinations.
@@ -182,14 +185,14 @@ pub fn render_port(
             .iter()
             .any(|range| node_addresses.iter().any(|ip| range.contains(ip)));
         for ip in &info.load_balancer_ips {
-            let address = service_address(*ip, info.port);
-            wanted.firewalled.insert(address);
-            for range in &info.load_balancer_source_ranges {
-                wanted.firewall_sources.insert((address, range.trunc()));
-            }
+            let mut sources = info.load_balancer_source_ranges.clone();
             if from_node {
-                wanted.firewall_sources.insert((address, host_net(*ip)));
+                sources.push(host_net(*ip));
             }
+            wanted.firewalls.insert(
+                service_address(*ip, info.port),
+                Ipv4Net::aggregate(&sources).into_iter().collect(),
+            );
         }
     }
     wanted
@@ -209,7 +212,7 @@ pub fn render_ipvs(
 }
 
 /// `ip/32`.
-pub(crate) fn host_net(ip: Ipv4Addr) -> Ipv4Net {
+pub fn host_net(ip: Ipv4Addr) -> Ipv4Net {
     Ipv4Net::new(ip, 32).expect("/32 is a valid prefix")
 }
 
@@ -301,7 +304,18 @@ fn address_key(address: &ServiceAddress) -> Vec<u8> {
 
 /// The elements `state` puts in the table's sets.
 pub fn table_elements(state: &IpvsState) -> TableElements {
-    let plain = |key: Vec<u8>| (key, None);
+    let mut elements = counted_elements(state);
+    elements.extend(firewall_elements(state));
+    elements
+}
+
+fn plain(key: Vec<u8>) -> SetElement {
+    (key, None)
+}
+
+/// The elements of the sets whose elements several service ports may each put in (so a sync
+/// counts them): service, masquerade and interface addresses, and hairpin entries.
+pub fn counted_elements(state: &IpvsState) -> TableElements {
     let mut elements = TableElements::new();
     elements.insert(
         SERVICE_ADDRESSES,
@@ -339,25 +353,34 @@ pub fn table_elements(state: &IpvsState) -> TableElements {
             })
             .collect(),
     );
+    elements
+}
+
+/// The elements of the firewall's sets, which follow the service port whose virtual service
+/// an address has (as the virtual service does).
+pub fn firewall_elements(state: &IpvsState) -> TableElements {
+    let mut elements = TableElements::new();
     elements.insert(
         FIREWALLED,
         state
-            .firewalled
-            .iter()
+            .firewalls
+            .keys()
             .map(|a| plain(address_key(a)))
             .collect(),
     );
     elements.insert(
         FIREWALL_SOURCES,
         state
-            .firewall_sources
+            .firewalls
             .iter()
-            .map(|(address, range)| {
-                let mut first = address_key(address);
-                let mut last = first.clone();
-                first.extend_from_slice(&range.network().octets());
-                last.extend_from_slice(&range.broadcast().octets());
-                (first, Some(last))
+            .flat_map(|(address, ranges)| {
+                ranges.iter().map(move |range| {
+                    let mut first = address_key(address);
+                    let mut last = first.clone();
+                    first.extend_from_slice(&range.network().octets());
+                    last.extend_from_slice(&range.broadcast().octets());
+                    (first, Some(last))
+                })
             })
             .collect(),
     );
@@ -432,16 +455,7 @@ pub fn netfilter_table(elements: &TableElements, settings: &RuleSettings) -> Bat
     let mut mark = load_address_key();
     mark.push(lookup(MASQUERADE_ADDRESSES, false));
     if let Some(cidr) = settings.cluster_cidr {
-        mark.extend([
-            Expr::ip_saddr(reg32(0)),
-            Expr::Bitwise {
-                sreg: reg32(0),
-                dreg: reg32(0),
-                mask: cidr.netmask().octets().to_vec(),
-                xor: vec![0; 4],
-            },
-            Expr::cmp_ip(reg32(0), CmpOp::Neq, cidr.network()),
-        ]);
+        mark.extend(saddr_in(cidr, CmpOp::Neq));
     }
     mark.extend(set_mark_bit());
     // After IPVS chose the endpoint: a packet from the endpoint to itself is masqueraded.
@@ -562,6 +576,10 @@ mod tests {
         }
     }
 
+    fn state_of(info: ServicePortInfo) -> ProxyState {
+        state(info, vec![endpoint(7, true)])
+    }
+
     fn state(info: ServicePortInfo, endpoints: Vec<Endpoint>) -> ProxyState {
         let mut state = ProxyState::default();
         let key: ServicePortKey = info.key();
@@ -617,7 +635,7 @@ mod tests {
             3,
             "a Cluster policy masquerades everywhere"
         );
-        assert!(wanted.firewalled.is_empty(), "no source ranges");
+        assert!(wanted.firewalls.is_empty(), "no source ranges");
     }
 
     #[test]
@@ -658,22 +676,53 @@ mod tests {
             address: Ipv4Addr::new(192, 0, 2, 10),
             port: 80,
         };
+        let ranges = |state: &IpvsState| -> Vec<(ServiceAddress, String)> {
+            state
+                .firewalls
+                .iter()
+                .flat_map(|(a, r)| r.iter().map(|r| (*a, r.to_string())))
+                .collect()
+        };
         // A node outside the ranges: only the ranges are admitted.
         let outside = render_ipvs(&state, &settings(), &[Ipv4Addr::new(192, 168, 1, 5)]);
-        assert_eq!(outside.firewalled.iter().collect::<Vec<_>>(), [&lb]);
-        assert_eq!(
-            outside.firewall_sources.iter().collect::<Vec<_>>(),
-            [&(lb, "10.1.0.0/16".parse().unwrap())]
-        );
+        assert_eq!(ranges(&outside), [(lb, "10.1.0.0/16".to_string())]);
         // A node inside them: the load-balancer address itself too, the source of the node's
         // own connections to it.
         let inside = render_ipvs(&state, &settings(), &[Ipv4Addr::new(10, 1, 2, 3)]);
         assert_eq!(
-            inside.firewall_sources.iter().collect::<Vec<_>>(),
+            ranges(&inside),
             [
-                &(lb, "10.1.0.0/16".parse().unwrap()),
-                &(lb, "192.0.2.10/32".parse().unwrap())
+                (lb, "10.1.0.0/16".to_string()),
+                (lb, "192.0.2.10/32".to_string())
             ]
+        );
+        // Ranges that hold one another, or the address itself, are aggregated: the kernel's
+        // set of ranges refuses an element inside another.
+        let mut open = info(None, None);
+        open.load_balancer_ips = vec![Ipv4Addr::new(10, 1, 0, 9)];
+        open.load_balancer_source_ranges = ["10.0.0.0/8", "10.1.0.0/16", "10.2.0.0/24"]
+            .map(|r| r.parse().unwrap())
+            .to_vec();
+        let nested = render_ipvs(
+            &state_of(open.clone()),
+            &settings(),
+            &[Ipv4Addr::new(10, 1, 2, 3)],
+        );
+        assert_eq!(
+            ranges(&nested)
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect::<Vec<_>>(),
+            ["10.0.0.0/8"]
+        );
+        open.load_balancer_source_ranges = vec!["0.0.0.0/0".parse().unwrap()];
+        let everyone = render_ipvs(&state_of(open), &settings(), &[Ipv4Addr::new(10, 1, 2, 3)]);
+        assert_eq!(
+            ranges(&everyone)
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect::<Vec<_>>(),
+            ["0.0.0.0/0"]
         );
         // As ranges of the concatenation: address . proto . port . first and last source.
         let elements = table_elements(&outside);

@@ -20,7 +20,8 @@ use baton_nftables::{ApplyBatchError, Batch, Family, NftSocket};
 
 use crate::ipvs_rules::{
     IPVS_INTERFACE, IPVS_TABLE, IpvsChange, IpvsState, NODE_PORT_RANGE, SetElement, TableElements,
-    host_net, ipvs_changes, netfilter_table, render_port, table_elements, table_update,
+    counted_elements, firewall_elements, host_net, ipvs_changes, netfilter_table, render_port,
+    table_update,
 };
 use crate::nftables_rules::RuleSettings;
 use crate::nftables_sync::SyncStats;
@@ -115,7 +116,8 @@ struct Applied {
     owners: BTreeMap<ServiceAddress, BTreeSet<ServicePortKey>>,
     /// How many ports put each address on the dummy interface.
     interface_addresses: BTreeMap<Ipv4Addr, usize>,
-    /// How many ports put each element in each of the table's sets.
+    /// How many ports put each element in each of the table's counted sets
+    /// ([`counted_elements`]).
     elements: BTreeMap<(&'static str, SetElement), usize>,
     /// Virtual services and destinations programmed.
     rules: usize,
@@ -125,8 +127,28 @@ struct Applied {
 struct Update {
     before: IpvsState,
     after: IpvsState,
-    removed: TableElements,
+    /// Elements to put in the table's sets.
     added: TableElements,
+    /// Elements to take out of the firewall's sets, in the batch that adds (so a firewall
+    /// changes at once, and a range leaves before one overlapping it comes).
+    firewall_removed: TableElements,
+    /// Elements to take out of the other sets, once IPVS no longer uses them.
+    removed: TableElements,
+}
+
+/// What `to` holds and `from` does not, set by set.
+fn elements_missing(from: &TableElements, to: &TableElements) -> TableElements {
+    to.iter()
+        .map(|(name, set)| {
+            let there = from.get(name);
+            let missing = set
+                .iter()
+                .filter(|e| !there.is_some_and(|t| t.contains(*e)))
+                .cloned()
+                .collect();
+            (*name, missing)
+        })
+        .collect()
 }
 
 impl Applied {
@@ -142,33 +164,37 @@ impl Applied {
         }
     }
 
-    /// The virtual service programmed at `address`.
-    fn programmed(
-        &self,
-        address: &ServiceAddress,
-    ) -> Option<&(VirtualService, BTreeSet<Destination>)> {
+    /// The rendering whose virtual service (and firewall) `address` has.
+    fn owner(&self, address: &ServiceAddress) -> Option<&IpvsState> {
         let owner = self.owners.get(address)?.last()?;
-        self.ports.get(owner)?.2.services.get(address)
+        self.ports.get(owner).map(|(_, _, rendering)| rendering)
     }
 
-    /// What is programmed of `addresses` and `interface_addresses`.
+    /// What is programmed of `addresses` (virtual services and firewalls) and
+    /// `interface_addresses`.
     fn view(
         &self,
         addresses: &BTreeSet<ServiceAddress>,
         interface_addresses: &BTreeSet<Ipv4Addr>,
     ) -> IpvsState {
-        IpvsState {
-            services: addresses
-                .iter()
-                .filter_map(|a| Some((*a, self.programmed(a)?.clone())))
-                .collect(),
-            interface_addresses: interface_addresses
-                .iter()
-                .filter(|ip| self.interface_addresses.contains_key(ip))
-                .copied()
-                .collect(),
-            ..IpvsState::default()
+        let mut state = IpvsState::default();
+        for address in addresses {
+            let Some(rendering) = self.owner(address) else {
+                continue;
+            };
+            if let Some(service) = rendering.services.get(address) {
+                state.services.insert(*address, service.clone());
+            }
+            if let Some(ranges) = rendering.firewalls.get(address) {
+                state.firewalls.insert(*address, ranges.clone());
+            }
         }
+        state.interface_addresses = interface_addresses
+            .iter()
+            .filter(|ip| self.interface_addresses.contains_key(ip))
+            .copied()
+            .collect();
+        state
     }
 
     /// Renders the ports `changed` names again (`None`: the port is gone) and records them;
@@ -234,7 +260,7 @@ impl Applied {
                         self.interface_addresses.remove(ip);
                     }
                 }
-                for (name, set) in table_elements(rendering) {
+                for (name, set) in counted_elements(rendering) {
                     for element in set {
                         *element_delta.entry((name, element)).or_default() += step;
                     }
@@ -244,7 +270,10 @@ impl Applied {
         let after = self.view(&addresses, &interface);
         self.rules = self.rules + after.rule_count() - before.rule_count();
         let mut removed = TableElements::new();
-        let mut added = TableElements::new();
+        let (firewall_before, firewall_after) =
+            (firewall_elements(&before), firewall_elements(&after));
+        let firewall_removed = elements_missing(&firewall_after, &firewall_before);
+        let mut added = elements_missing(&firewall_before, &firewall_after);
         for (key, delta) in element_delta {
             if delta == 0 {
                 continue;
@@ -270,8 +299,9 @@ impl Applied {
         Update {
             before,
             after,
-            removed,
             added,
+            firewall_removed,
+            removed,
         }
     }
 }
@@ -288,6 +318,8 @@ pub struct IpvsProxier<K = NetlinkKernel> {
     /// The node addresses earlier syncs served node ports on: the virtual services left on
     /// one that went away are this mode's too.
     former_node_addresses: BTreeSet<Ipv4Addr>,
+    /// Virtual services and destinations programmed by the last sync.
+    rules: usize,
 }
 
 impl IpvsProxier<NetlinkKernel> {
@@ -318,6 +350,7 @@ impl<K: IpvsKernel> IpvsProxier<K> {
             applied: None,
             last_full: None,
             former_node_addresses: BTreeSet::new(),
+            rules: 0,
         }
     }
 
@@ -328,7 +361,7 @@ impl<K: IpvsKernel> IpvsProxier<K> {
 
     /// Virtual services and destinations programmed by the last sync.
     pub fn rule_count(&self) -> usize {
-        self.applied.as_ref().map_or(0, |applied| applied.rules)
+        self.rules
     }
 
     /// Makes the kernel hold what `state` asks for.
@@ -383,18 +416,26 @@ impl<K: IpvsKernel> IpvsProxier<K> {
             }
         };
         let changes = ipvs_changes(&update.before, &update.after);
+        let count =
+            |elements: &TableElements| -> usize { elements.values().map(BTreeSet::len).sum() };
+        // What IPVS will use goes into the table first (a new load-balancer IP is firewalled
+        // before it is served, a new node port marked for masquerading); what it used leaves
+        // after.
+        let first = count(&update.added) + count(&update.firewall_removed);
+        if first > 0 {
+            self.kernel
+                .update_table(&update.firewall_removed, &update.added)?;
+        }
         for change in &changes {
             self.kernel.apply(change)?;
         }
-        let table_changes: usize = update
-            .removed
-            .values()
-            .chain(update.added.values())
-            .map(BTreeSet::len)
-            .sum();
-        if table_changes > 0 {
-            self.kernel.update_table(&update.removed, &update.added)?;
+        let last = count(&update.removed);
+        if last > 0 {
+            self.kernel
+                .update_table(&update.removed, &TableElements::new())?;
         }
+        let table_changes = first + last;
+        self.rules = applied.rules;
         self.applied = Some(applied);
         Ok(SyncStats {
             full: false,
@@ -418,6 +459,7 @@ impl<K: IpvsKernel> IpvsProxier<K> {
             added: elements,
             ..
         } = applied.update(state.services.iter().map(|(key, port)| (key, Some(port))));
+        self.rules = applied.rules;
         // This mode's virtual services: on the dummy interface's addresses (those there, and
         // those about to be), and on node addresses (now or before) with a port in the node
         // port range.
@@ -426,6 +468,7 @@ impl<K: IpvsKernel> IpvsProxier<K> {
         let ours = |address: &ServiceAddress| {
             kernel.interface_addresses.contains(&address.address)
                 || wanted.interface_addresses.contains(&address.address)
+                || wanted.services.contains_key(address)
                 || (self.former_node_addresses.contains(&address.address)
                     && NODE_PORT_RANGE.contains(&address.port))
         };
@@ -450,10 +493,19 @@ impl<K: IpvsKernel> IpvsProxier<K> {
                 .insert(service.address, (service.clone(), destinations));
         }
         let changes = ipvs_changes(&present, &wanted);
+        // The table first (its firewalls guard what IPVS is about to serve). A change the
+        // kernel refuses is reported, and the rest still made, so that one bad Service does not
+        // keep the others from being served; the sync then fails, and the next is full again.
+        let mut refused = self.kernel.replace_table(&elements, settings).err();
         for change in &changes {
-            self.kernel.apply(change)?;
+            if let Err(err) = self.kernel.apply(change) {
+                tracing::warn!(?change, err = %baton_client::error_chain(&err), "the kernel refused an IPVS change");
+                refused.get_or_insert(err);
+            }
         }
-        self.kernel.replace_table(&elements, settings)?;
+        if let Some(err) = refused {
+            return Err(err);
+        }
         // The node's addresses are watched from here on; a change since they were read
         // makes the next sync a full one again.
         let now = self.kernel.watch_node_addresses()?;
@@ -692,7 +744,7 @@ pub fn clean_up_ipvs() -> Result<(), IpvsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipvs_rules::render_ipvs;
+    use crate::ipvs_rules::{render_ipvs, table_elements};
     use crate::service_model::build_state;
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -715,6 +767,30 @@ mod tests {
         addresses_changed: bool,
         /// Refuse the change after this many more.
         fail_after: Option<usize>,
+        /// Always refuse to add this virtual service.
+        refuse: Option<ServiceAddress>,
+    }
+
+    /// As the kernel's set of ranges (`pipapo`) does: an element whose range meets one in the
+    /// set is refused.
+    fn check_ranges(table: &TableElements) -> Result<(), IpvsError> {
+        let Some(ranges) = table.get("firewall-sources") else {
+            return Ok(());
+        };
+        let ranges: Vec<&SetElement> = ranges.iter().collect();
+        for (i, (first, last)) in ranges.iter().enumerate() {
+            let last = last.as_ref().expect("a range");
+            for (other_first, other_last) in &ranges[i + 1..] {
+                let other_last = other_last.as_ref().expect("a range");
+                if first <= other_last && other_first <= last {
+                    return Err(refused(
+                        "add an overlapping range".into(),
+                        std::io::ErrorKind::AlreadyExists,
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn refused(what: String, kind: std::io::ErrorKind) -> IpvsError {
@@ -750,6 +826,14 @@ mod tests {
                     return Err(refused(format!("{change:?}"), std::io::ErrorKind::Other));
                 }
                 *left -= 1;
+            }
+            if let (IpvsChange::AddService(service), Some(refuse)) = (change, self.refuse)
+                && service.address == refuse
+            {
+                return Err(refused(
+                    format!("{change:?}"),
+                    std::io::ErrorKind::InvalidInput,
+                ));
             }
             self.changes += 1;
             let missing = || refused(format!("{change:?}"), std::io::ErrorKind::NotFound);
@@ -813,6 +897,7 @@ mod tests {
             elements: &TableElements,
             _settings: &RuleSettings,
         ) -> Result<(), IpvsError> {
+            check_ranges(elements)?;
             self.changes += 1;
             self.table = Some(elements.clone());
             Ok(())
@@ -843,7 +928,7 @@ mod tests {
             for (name, set) in added {
                 table.entry(name).or_default().extend(set.iter().cloned());
             }
-            Ok(())
+            check_ranges(table)
         }
 
         fn watch_node_addresses(&mut self) -> Result<Vec<Ipv4Addr>, IpvsError> {
@@ -875,7 +960,13 @@ mod tests {
             spec["externalIPs"] = json!([format!("198.51.100.{}", i % 3)]);
         }
         if variant & 32 != 0 && kind == "LoadBalancer" {
-            spec["loadBalancerSourceRanges"] = json!(["10.1.0.0/16"]);
+            // Ranges that hold one another, or every source (and so the node's address).
+            spec["loadBalancerSourceRanges"] = match variant & 384 {
+                0 => json!(["10.1.0.0/16"]),
+                128 => json!(["10.0.0.0/8", "10.1.0.0/16"]),
+                256 => json!(["0.0.0.0/0"]),
+                _ => json!(["192.168.0.0/16", "10.1.2.0/24"]),
+            };
         }
         if variant & 64 != 0 && kind != "ClusterIP" {
             spec["externalTrafficPolicy"] = json!("Local");
@@ -992,7 +1083,7 @@ mod tests {
         );
 
         // A state that does not know what changed is compared port by port.
-        let services: Vec<Service> = (0..12).map(|i| service(i, 2 | 32)).collect();
+        let services: Vec<Service> = (0..12).map(|i| service(i, 32)).collect();
         let slices: Vec<EndpointSlice> = (0..12).map(|i| slice(i, &[(2, true)])).collect();
         let whole = build_state(&services, &slices);
         assert!(whole.touched().is_none());
@@ -1107,5 +1198,77 @@ mod tests {
         assert!(proxier.kernel.services.contains_key(&theirs.address));
         proxier.kernel.services.remove(&theirs.address);
         assert_kernel_holds(&proxier, &state);
+    }
+
+    #[test]
+    fn a_refused_change_does_not_keep_a_full_sync_from_the_others() {
+        let mut kernel = node_kernel();
+        // Service 2's cluster IP cannot be added, whatever the proxy does.
+        kernel.refuse = Some(ServiceAddress {
+            protocol: baton_network::IpvsProtocol::Tcp,
+            address: Ipv4Addr::new(10, 96, 0, 2),
+            port: 80,
+        });
+        let mut proxier = IpvsProxier::with_kernel(kernel);
+        let mut state = ProxyState::default();
+        for i in 0..5 {
+            state.update_service(
+                "default",
+                &format!("svc-{i}"),
+                Some(&service(i, 32)),
+                &[slice(i, &[(2, true)])],
+            );
+        }
+        assert!(proxier.sync(&state, &settings()).is_err());
+        // The others are served, and the table (their firewalls) is in.
+        let served = |proxier: &IpvsProxier<ModelKernel>| {
+            proxier
+                .kernel
+                .services
+                .keys()
+                .filter(|a| a.address.octets()[..3] == [10, 96, 0])
+                .count()
+        };
+        assert_eq!(served(&proxier), 4);
+        assert!(
+            proxier
+                .kernel
+                .table
+                .as_ref()
+                .is_some_and(|t| !t["firewalled-addresses"].is_empty())
+        );
+        // Once the kernel takes it, the next sync (a full one) adds it.
+        proxier.kernel.refuse = None;
+        let stats = proxier.sync(&state, &settings()).unwrap();
+        assert!(stats.full);
+        assert_eq!(served(&proxier), 5);
+        assert_kernel_holds(&proxier, &state);
+    }
+
+    #[test]
+    fn a_restarted_proxy_takes_over_its_node_ports_outside_the_default_range() {
+        // A cluster whose node port range is not upstream's default.
+        let web: Service = serde_json::from_value(json!({
+            "metadata": { "name": "svc-40", "namespace": "default" },
+            "spec": {
+                "type": "NodePort", "clusterIP": "10.96.0.40",
+                "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "nodePort": 20080 }],
+            },
+        }))
+        .unwrap();
+        let state = build_state(&[web], &[slice(40, &[(2, true)])]);
+        let mut first = IpvsProxier::with_kernel(node_kernel());
+        first.sync(&state, &settings()).unwrap();
+        // The proxy restarts: a new proxier over the same kernel.
+        let mut second = IpvsProxier::with_kernel(first.kernel);
+        let before = second.kernel.changes;
+        let stats = second.sync(&state, &settings()).unwrap();
+        assert!(stats.full);
+        assert_eq!(
+            second.kernel.changes - before,
+            1,
+            "only the table is replaced; the virtual services are there"
+        );
+        assert_kernel_holds(&second, &state);
     }
 }

@@ -326,6 +326,21 @@ fn port_key_of(protocol: u8, port: u16) -> Vec<u8> {
     vec![protocol, 0, 0, 0, high, low, 0, 0]
 }
 
+/// `ip saddr & mask` compared with `range`'s network: with [`CmpOp::Eq`] the source is
+/// inside `range`, with [`CmpOp::Neq`] outside it (register 0).
+pub(crate) fn saddr_in(range: Ipv4Net, op: CmpOp) -> [Expr; 3] {
+    [
+        Expr::ip_saddr(reg32(0)),
+        Expr::Bitwise {
+            sreg: reg32(0),
+            dreg: reg32(0),
+            mask: range.netmask().octets().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::cmp_ip(reg32(0), op, range.network()),
+    ]
+}
+
 /// `ct state new`: the rule goes on only for a connection's first packet.
 pub(crate) fn ct_state_new() -> Vec<Expr> {
     vec![
@@ -745,17 +760,9 @@ fn render_port(
         if let Some(cidr) = settings.cluster_cidr {
             // From outside the cluster's pods to the cluster IP: masquerade, so replies come
             // back through this node.
-            rules.push(vec![
-                Expr::ip_saddr(reg32(0)),
-                Expr::Bitwise {
-                    sreg: reg32(0),
-                    dreg: reg32(0),
-                    mask: cidr.netmask().octets().to_vec(),
-                    xor: vec![0; 4],
-                },
-                Expr::cmp_ip(reg32(0), CmpOp::Neq, cidr.network()),
-                Expr::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into())),
-            ]);
+            let mut rule = saddr_in(cidr, CmpOp::Neq).to_vec();
+            rule.push(Expr::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into())));
+            rules.push(rule);
         }
         rules.extend(pick_endpoint(ruleset, &svc_chain, &internal, info));
         ruleset.chains.insert(svc_chain.clone(), rules);
@@ -841,19 +848,10 @@ fn render_port(
 fn firewall_rules(info: &ServicePortInfo, allowed: &Verdict) -> Vec<Vec<Expr>> {
     info.load_balancer_source_ranges
         .iter()
-        .map(|range| (range.network(), range.netmask()))
-        .map(|(network, mask)| {
-            vec![
-                Expr::ip_saddr(reg32(0)),
-                Expr::Bitwise {
-                    sreg: reg32(0),
-                    dreg: reg32(0),
-                    mask: mask.octets().to_vec(),
-                    xor: vec![0; 4],
-                },
-                Expr::cmp_ip(reg32(0), CmpOp::Eq, network),
-                Expr::Verdict(allowed.clone()),
-            ]
+        .map(|range| {
+            let mut rule = saddr_in(*range, CmpOp::Eq).to_vec();
+            rule.push(Expr::Verdict(allowed.clone()));
+            rule
         })
         .chain([vec![Expr::Verdict(Verdict::Drop)]])
         .collect()

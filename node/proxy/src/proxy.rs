@@ -1,6 +1,7 @@
 //! The sync loop: Services and EndpointSlices are watched; each change marks the dataplane
-//! dirty, and a sync (no sooner than --min-sync-period after the last) renders the rules from
-//! everything known and applies the difference.
+//! dirty, and a sync (no sooner than --min-sync-period after the last, and at the latest
+//! --sync-period after it) renders the rules from everything known and applies the
+//! difference.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -214,7 +215,8 @@ pub async fn run(args: ProxyArgs) -> Result<(), RunProxyError> {
             }
         }
         if ok {
-            if changed.changed().await.is_err() {
+            // The next change, or at the latest the sync period (upstream's --sync-period).
+            if let Ok(Err(_)) = tokio::time::timeout(args.sync_period, changed.changed()).await {
                 return Ok(());
             }
         } else {

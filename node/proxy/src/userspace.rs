@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use baton_network::{NetlinkError, RouteSocket};
-use ipnet::Ipv4Net;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use crate::ipvs_rules::host_net;
 use crate::nftables_rules::RuleSettings;
 use crate::service_model::{
     Endpoint, Protocol, ProxyState, ServicePortInfo, ServicePortKey, categorize,
@@ -309,10 +309,6 @@ fn sync_addresses(wanted: &BTreeSet<Ipv4Addr>) -> Result<(), UserspaceError> {
         socket.add_labeled_address(lo, host_net(*ip), ADDRESS_LABEL)?;
     }
     Ok(())
-}
-
-fn host_net(ip: Ipv4Addr) -> Ipv4Net {
-    Ipv4Net::new(ip, 32).expect("/32 is a valid prefix")
 }
 
 /// Opens a listener on `address` and serves it on `runtime`.

@@ -18,22 +18,22 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use support::{Attempt, connect_from};
 
-fn firewalled_load_balancer() -> Service {
+fn firewalled_load_balancer(ranges: &[&str]) -> Service {
     serde_json::from_value(json!({
         "metadata": { "name": "web", "namespace": "default" },
         "spec": {
             "type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
             "ports": [{ "name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080 }],
-            "loadBalancerSourceRanges": ["10.1.0.0/16"],
+            "loadBalancerSourceRanges": ranges,
         },
         "status": { "loadBalancer": { "ingress": [{ "ip": "192.0.2.10" }] } },
     }))
     .unwrap()
 }
 
-/// Loads the table a node with `node_address` renders for the Service.
-fn load_table(node_address: &str, settings: &RuleSettings) -> TableElements {
-    let state = build_state(&[firewalled_load_balancer()], &[] as &[EndpointSlice]);
+/// Loads the table a node with `node_address` renders for the Service open to `ranges`.
+fn load_table(ranges: &[&str], node_address: &str, settings: &RuleSettings) -> TableElements {
+    let state = build_state(&[firewalled_load_balancer(ranges)], &[] as &[EndpointSlice]);
     let wanted = render_ipvs(&state, settings, &[node_address.parse().unwrap()]);
     let elements = table_elements(&wanted);
     NftSocket::open()
@@ -59,7 +59,8 @@ fn load_balancer_source_ranges_admit_only_their_clients_in_the_ipvs_mode() {
             let lb = "192.0.2.10:80";
 
             // A node outside the ranges: only clients inside them get through.
-            let elements = load_table("192.168.1.5", &settings);
+            let range = ["10.1.0.0/16"];
+            let elements = load_table(&range, "192.168.1.5", &settings);
             assert_eq!(connect_from("10.1.0.5", lb), Attempt::Connected);
             assert_eq!(connect_from("10.2.0.5", lb), Attempt::Dropped);
             assert_eq!(
@@ -81,10 +82,20 @@ fn load_balancer_source_ranges_admit_only_their_clients_in_the_ipvs_mode() {
             assert_eq!(connect_from("10.1.0.5", lb), Attempt::Dropped);
 
             // A node inside the ranges: its own connections get through as well.
-            load_table("10.1.2.3", &settings);
+            load_table(&range, "10.1.2.3", &settings);
             assert_eq!(connect_from("192.0.2.10", lb), Attempt::Connected);
             assert_eq!(connect_from("10.1.0.5", lb), Attempt::Connected);
             assert_eq!(connect_from("10.2.0.5", lb), Attempt::Dropped);
+
+            // Ranges that hold one another and the node's own address (which the kernel's set
+            // of ranges would refuse side by side) are loaded aggregated.
+            load_table(
+                &["10.0.0.0/8", "10.1.0.0/16", "0.0.0.0/0"],
+                "10.1.2.3",
+                &settings,
+            );
+            assert_eq!(connect_from("10.2.0.5", lb), Attempt::Connected);
+            assert_eq!(connect_from("192.0.2.10", lb), Attempt::Connected);
         })
         .unwrap();
 }
