@@ -106,6 +106,12 @@ enum MaintenanceEnd {
 
 async fn boot(environment: Environment) -> PowerAction {
     let (state, receivers) = NodeState::new(environment, PathBuf::from("/"));
+    if environment == Environment::Machine {
+        let power = state.clone();
+        crate::vsock_power::listen(move |action| {
+            power.request_power(action);
+        });
+    }
     let mut boot = Boot {
         environment,
         timeline: BootTimeline::default(),
@@ -489,7 +495,8 @@ fn config_addresses(config: &MachineConfig) -> Vec<std::net::Ipv4Addr> {
 }
 
 /// The power requests init listens for from its first moment: SIGTERM or SIGINT power off;
-/// SIGRTMIN+5 reboots (systemd's signal for it); and the node API's reboot and shutdown. A
+/// SIGRTMIN+5 reboots (systemd's signal for it); and the node API's reboot and shutdown (and,
+/// on a machine with a vsock device, the VMM's: [`crate::vsock_power`]). A
 /// request that comes while the node still boots is kept (PID 1 of a PID namespace is sent
 /// only the signals it has handlers for, so the handlers must be there from the start).
 struct PowerSignals {

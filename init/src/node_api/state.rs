@@ -123,7 +123,9 @@ impl NodeState {
         self.lock().supervisor = Some(supervisor);
     }
 
-    pub(super) fn request_power(&self, action: PowerAction) -> bool {
+    /// Hands a power request to boot (the node API's, or one over vsock); false once boot no
+    /// longer takes them.
+    pub fn request_power(&self, action: PowerAction) -> bool {
         self.power.send(action).is_ok()
     }
 
