@@ -52,6 +52,9 @@ enum Command {
         #[arg(long)]
         shutdown: bool,
     },
+    /// The first process of a pod's shared PID namespace, started by the runtime process.
+    #[command(name = baton_runtime::PID_HOLDER_COMMAND, hide = true)]
+    PodPidHolder,
     /// Boot a Linux guest in a microVM on KVM (`baton vmm check`: can KVM boot Linux here?).
     Vmm(Box<VmmCli>),
     /// Create, list, inspect and destroy clusters on this machine.
@@ -257,6 +260,7 @@ fn main() -> ExitCode {
                 .await
                 .map_err(anyhow::Error::from)
         }),
+        Command::PodPidHolder => baton_runtime::run_pid_holder(),
         Command::Runtime {
             root,
             shutdown: false,

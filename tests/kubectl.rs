@@ -613,6 +613,26 @@ async fn scenario(binary: &Binary, bin: &Path) {
         "jsonpath={.spec.ingress[0].ports[0]} {.spec.policyTypes}",
     ]);
     assert_eq!(defaulted, r#"{"port":8080,"protocol":"TCP"} ["Ingress"]"#);
+
+    // Ephemeral containers are not served: `kubectl debug` says so, as against an upstream
+    // server without the subresource, instead of crashing on a 404 without details.
+    k.ok(&["run", "debugme", "-n", "demo", "--image=busybox:1.35"]);
+    let debug = k.run(&[
+        "debug",
+        "debugme",
+        "-n",
+        "demo",
+        "--image=busybox:1.35",
+        "--",
+        "true",
+    ]);
+    let stderr = String::from_utf8_lossy(&debug.stderr);
+    assert!(!debug.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ephemeral containers are disabled for this cluster")
+            && !stderr.contains("panic"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

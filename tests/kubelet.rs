@@ -112,6 +112,107 @@ async fn pods_run_complete_and_keep_their_output() -> Result<()> {
     Ok(())
 }
 
+/// The pid the runtime recorded for sandbox `uid`'s PID namespace holder, under `runtime_root`
+/// (or one of its `processes/N`).
+fn pid_holder_of(runtime_root: &std::path::Path, uid: &str) -> Option<u32> {
+    let roots = std::iter::once(runtime_root.to_path_buf()).chain(
+        std::fs::read_dir(runtime_root.join("processes"))
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| Some(entry.ok()?.path())),
+    );
+    roots
+        .filter_map(|root| {
+            std::fs::read_to_string(root.join("sandboxes").join(uid).join("pid-holder")).ok()
+        })
+        .find_map(|text| text.trim().parse().ok())
+}
+
+/// Whether process `pid` runs (a zombie, ended but not yet reaped, does not).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test]
+async fn containers_of_a_pod_sharing_its_process_namespace_see_one_another() -> Result<()> {
+    let cluster = NodeCluster::start(&binary(), "node-share-pid", &[]).await?;
+    let container = |name: &str, command: &str| json!({ "name": name, "image": cluster.image, "command": ["sh", "-c", command] });
+    let pod = cluster
+        .create_pod(
+            "shared",
+            "",
+            json!({ "spec": {
+                "shareProcessNamespace": true,
+                "containers": [
+                    container("main", "exec sleep 3601"),
+                    container(
+                        "watcher",
+                        "until ps | grep -q '[s]leep 3601'; do sleep 0.2; done; echo saw main; \
+                         echo pid 1 is $(tr '\\0' ' ' < /proc/1/cmdline); sleep 3600",
+                    ),
+                ],
+            }}),
+        )
+        .await?;
+    let uid = pod.metadata.uid.clone().unwrap();
+    cluster
+        .wait_for("the pod to run", "shared", |pod| {
+            (phase(pod) == Some("Running")).then_some(())
+        })
+        .await;
+    // The watcher sees main's process; PID 1 of their namespace is the holder, as upstream's
+    // pause container.
+    let log = cluster
+        .node
+        .pod_logs_dir()
+        .join(format!("default_shared_{uid}"))
+        .join("watcher/0.log");
+    let seen = wait_until(
+        "the watcher to see main",
+        Duration::from_secs(30),
+        || async {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|text| text.contains("stdout F pid 1 is"))
+        },
+    )
+    .await?;
+    assert!(seen.contains("stdout F saw main"), "{seen}");
+    assert!(seen.contains(baton_runtime::PID_HOLDER_COMMAND), "{seen}");
+    let holder = pid_holder_of(&cluster.node.runtime_root(), &uid).expect("the holder's pid");
+    assert!(runs(holder));
+    let cmdline = std::fs::read(format!("/proc/{holder}/cmdline"))?;
+    assert!(
+        cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == baton_runtime::PID_HOLDER_COMMAND.as_bytes()),
+        "{cmdline:?}"
+    );
+
+    // Deleting the pod ends the holder with it.
+    cluster
+        .pods()
+        .delete("shared", &DeleteParams::default())
+        .await?;
+    let pods = cluster.pods();
+    wait_until(
+        "the deleted pod to be gone",
+        Duration::from_secs(30),
+        || async { pods.get_opt("shared").await.ok()?.is_none().then_some(()) },
+    )
+    .await?;
+    // The holder ends with the pod's sandbox, and is reaped.
+    wait_until("the holder to end", Duration::from_secs(10), || async {
+        (!runs(holder)).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn failing_containers_restart_with_back_off() -> Result<()> {
     let cluster = NodeCluster::start(&binary(), "node-crash", &[]).await?;

@@ -307,6 +307,7 @@ async fn a_sandbox_gives_containers_their_hostname_and_network_namespace() {
             host_network: false,
             host_ipc: false,
             shm_size: 64 << 20,
+            share_pid: false,
         })
         .await
         .unwrap();
@@ -500,6 +501,7 @@ async fn pods_spread_over_several_runtime_processes_and_stay_reachable() {
                 host_network: true,
                 host_ipc: true,
                 shm_size: 1 << 20,
+                share_pid: false,
             })
             .await
             .unwrap();

@@ -182,13 +182,17 @@ impl StatusError {
         Self::new(StatusCode::NOT_FOUND, "NotFound", msg).with_details(subject, name)
     }
 
-    /// 404 NotFound for a path that names nothing.
+    /// 404 NotFound for a path that names nothing. Its `details` are there and empty, as
+    /// upstream's (`NewNotFound` of no resource): kubectl reads them to tell a missing
+    /// subresource (`kubectl debug`: "ephemeral containers are disabled") from a missing object.
     pub fn no_such_path() -> Self {
-        Self::new(
+        let mut status = Self::new(
             StatusCode::NOT_FOUND,
             "NotFound",
             "the server could not find the requested resource",
-        )
+        );
+        status.details = Some(Box::new(json!({})));
+        status
     }
 
     /// 405 MethodNotAllowed.

@@ -210,7 +210,7 @@ async fn create_and_start(
         network: request.sandbox.network.clone().unwrap_or_default(),
         ipc: request.sandbox.ipc.clone().unwrap_or_default(),
         uts: request.sandbox.uts.clone().unwrap_or_default(),
-        pid: None,
+        pid: request.sandbox.pid.clone(),
         shm: request.sandbox.shm.clone(),
     };
     let etc_files = PodEtcFiles {

@@ -658,6 +658,9 @@ impl PodWorker {
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             host_ipc: spec.and_then(|s| s.host_ipc).unwrap_or(false),
             shm_size: SHM_SIZE,
+            // With hostPID the containers are in the node's PID namespace instead.
+            share_pid: spec.and_then(|s| s.share_process_namespace) == Some(true)
+                && spec.and_then(|s| s.host_pid) != Some(true),
         };
         let sandbox = self
             .ctx

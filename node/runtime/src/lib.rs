@@ -12,6 +12,7 @@
 //! are seen through pidfds.
 
 mod client;
+mod pid_holder;
 mod protocol;
 mod server;
 mod types;
@@ -52,7 +53,8 @@ pub fn set_window_size(
 pub fn sandbox_network_path(root: &std::path::Path, id: &str) -> std::path::PathBuf {
     root.join("sandboxes").join(id).join("net")
 }
-pub use server::{SOCKET_NAME, ServeRuntimeError, serve};
+pub use pid_holder::run_pid_holder;
+pub use server::{PID_HOLDER_COMMAND, SOCKET_NAME, ServeRuntimeError, serve};
 pub use types::{
     ContainerConfig, ContainerState, ContainerStatus, ExecConfig, ExitStatus, Sandbox,
     SandboxConfig,

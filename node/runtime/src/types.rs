@@ -18,6 +18,9 @@ pub struct SandboxConfig {
     pub host_ipc: bool,
     /// Size of the pod's /dev/shm tmpfs in bytes.
     pub shm_size: u64,
+    /// Give the pod one PID namespace its containers share (`shareProcessNamespace`).
+    #[serde(default)]
+    pub share_pid: bool,
 }
 
 /// A created sandbox: bind-mounted namespace files that containers join by path, and the pod's
@@ -32,6 +35,9 @@ pub struct Sandbox {
     pub uts: Option<PathBuf>,
     /// The IPC namespace file.
     pub ipc: Option<PathBuf>,
+    /// The pod's PID namespace file, when its containers share one.
+    #[serde(default)]
+    pub pid: Option<PathBuf>,
     /// The pod's /dev/shm (a tmpfs mount point).
     pub shm: PathBuf,
 }

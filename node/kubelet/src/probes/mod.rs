@@ -351,6 +351,7 @@ mod tests {
             network: Some("/run/netns/uid".into()),
             uts: None,
             ipc: None,
+            pid: None,
             shm: "/shm".into(),
         };
         let mut pod = Pod::default();

@@ -9,6 +9,8 @@
 mod containers;
 mod cri_log;
 mod sandbox;
+
+pub use sandbox::PID_HOLDER_COMMAND;
 mod terminal;
 
 use std::collections::HashMap;
@@ -86,6 +88,9 @@ struct LogPump {
     stderr: Option<OwnedFd>,
 }
 
+/// How long removing a sandbox waits for its killed PID namespace holder to end.
+const PID_HOLDER_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Everything the server holds.
 #[derive(Debug)]
 struct Server {
@@ -105,6 +110,10 @@ struct Server {
     terminals: HashMap<String, terminal::Terminal>,
     /// The runtime's writers of containers' stdin FIFOs.
     stdin_writers: HashMap<String, OwnedFd>,
+    /// Killed PID namespace holders of removed sandboxes, reaped once they are gone (a holder
+    /// ends only once the processes of its namespace are reaped, some of them by this
+    /// process, so it is never waited for).
+    pid_holders: Vec<nix::unistd::Pid>,
     shutting_down: bool,
 }
 
@@ -132,6 +141,7 @@ pub fn serve(root: &Path, ready: Option<OwnedFd>) -> Result<(), ServeRuntimeErro
         clients: Vec::new(),
         watched: HashMap::new(),
         execs: HashMap::new(),
+        pid_holders: Vec::new(),
         exec_exits: HashMap::new(),
         exec_exit_order: std::collections::VecDeque::new(),
         pumps: HashMap::new(),
@@ -316,10 +326,14 @@ impl Server {
                 pid: std::process::id() as i32,
             }),
             Request::CreateSandbox(config) => {
-                sandbox::create(&self.sandboxes, &config, &self.home).map(Response::Sandbox)
+                sandbox::create(&self.sandboxes, &config, &self.home, &mut self.pid_holders)
+                    .map(Response::Sandbox)
             }
             Request::RemoveSandbox { id } => {
-                sandbox::remove(&self.sandboxes, &id).map(|()| Response::Done)
+                let removed = sandbox::remove(&self.sandboxes, &id, &mut self.pid_holders);
+                // Its containers were stopped and reaped before: its holder ends at once.
+                self.reap_pid_holders(PID_HOLDER_WAIT);
+                removed.map(|()| Response::Done)
             }
             Request::CreateContainer(config) => {
                 self.containers.create(&config).and_then(|(pid, output)| {
@@ -489,6 +503,28 @@ impl Server {
         for pid in exited {
             self.reap_exec(pid);
         }
+        self.reap_pid_holders(std::time::Duration::ZERO);
+    }
+
+    /// Reaps the killed PID namespace holders that are gone, waiting up to `wait` for each (a
+    /// killed holder ends as soon as the last process of its namespace is reaped).
+    fn reap_pid_holders(&mut self, wait: std::time::Duration) {
+        self.pid_holders.retain(|pid| {
+            if !wait.is_zero()
+                && let Ok(pidfd) = open_pidfd(pid.as_raw())
+            {
+                let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+                let timeout = rustix::event::Timespec {
+                    tv_sec: wait.as_secs() as i64,
+                    tv_nsec: i64::from(wait.subsec_nanos()),
+                };
+                let _ = poll(&mut fds, Some(&timeout));
+            }
+            matches!(
+                nix::sys::wait::waitpid(*pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+                Ok(nix::sys::wait::WaitStatus::StillAlive)
+            )
+        });
     }
 
     fn reap_container(&mut self, id: &str) {
@@ -526,7 +562,7 @@ impl Server {
             }
         }
         for id in sandbox::list(&self.sandboxes) {
-            if let Err(err) = sandbox::remove(&self.sandboxes, &id) {
+            if let Err(err) = sandbox::remove(&self.sandboxes, &id, &mut self.pid_holders) {
                 tracing::warn!(%err, "shutting down");
             }
         }

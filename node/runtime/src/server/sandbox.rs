@@ -3,6 +3,11 @@
 //! under `sandboxes/<id>/` (which keeps it alive with no process in it), and returns to the
 //! node's namespaces. Containers join the namespaces through those files. Safe only because
 //! the runtime process has one thread.
+//!
+//! A PID namespace is the exception: one whose first process ended takes no new ones. So a pod
+//! whose containers share one (`shareProcessNamespace`) gets a holder process as its PID 1
+//! (`baton pod-pid-holder`, [`crate::run_pid_holder`]), as upstream's pause container is there;
+//! it reaps what is orphaned in the namespace, and removing the sandbox kills it.
 
 use std::fs::{self, File};
 use std::os::fd::AsFd;
@@ -10,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use super::error_chain;
 use crate::types::{Sandbox, SandboxConfig};
@@ -21,6 +28,7 @@ pub(crate) struct HomeNamespaces {
     network: File,
     uts: File,
     ipc: File,
+    pid: File,
 }
 
 impl HomeNamespaces {
@@ -30,6 +38,7 @@ impl HomeNamespaces {
             network: File::open("/proc/thread-self/ns/net")?,
             uts: File::open("/proc/thread-self/ns/uts")?,
             ipc: File::open("/proc/thread-self/ns/ipc")?,
+            pid: File::open("/proc/thread-self/ns/pid")?,
         })
     }
 
@@ -43,12 +52,22 @@ impl HomeNamespaces {
         if flags.contains(CloneFlags::CLONE_NEWIPC) {
             setns(self.ipc.as_fd(), CloneFlags::CLONE_NEWIPC)?;
         }
+        if flags.contains(CloneFlags::CLONE_NEWPID) {
+            // The namespace the process's next children are born in: its own again.
+            setns(self.pid.as_fd(), CloneFlags::CLONE_NEWPID)?;
+        }
         Ok(())
     }
 }
 
 /// The network namespace's file in a sandbox directory (see [`crate::sandbox_network_path`]).
 const NETWORK: &str = "net";
+/// The PID namespace's file in a sandbox directory.
+const PID: &str = "pid";
+/// The file holding the pid (in the node's namespace) of the PID namespace's holder.
+const PID_HOLDER: &str = "pid-holder";
+/// The `baton` subcommand of a pod PID namespace's holder process ([`crate::run_pid_holder`]).
+pub const PID_HOLDER_COMMAND: &str = "pod-pid-holder";
 
 /// Where the sandbox `id` lives under the runtime's `sandboxes` directory.
 pub(crate) fn sandbox_dir(sandboxes: &Path, id: &str) -> PathBuf {
@@ -62,6 +81,7 @@ fn describe(dir: &Path, config: &SandboxConfig) -> Sandbox {
         network: (!config.host_network).then(|| dir.join(NETWORK)),
         uts: (!config.host_network).then(|| dir.join("uts")),
         ipc: (!config.host_ipc).then(|| dir.join("ipc")),
+        pid: config.share_pid.then(|| dir.join(PID)),
         shm: dir.join("shm"),
     }
 }
@@ -72,6 +92,7 @@ pub(crate) fn create(
     sandboxes: &Path,
     config: &SandboxConfig,
     home: &HomeNamespaces,
+    pid_holders: &mut Vec<Pid>,
 ) -> Result<Sandbox, String> {
     super::check_id(&config.id)?;
     let dir = sandbox_dir(sandboxes, &config.id);
@@ -79,10 +100,10 @@ pub(crate) fn create(
     if dir.join("ready").exists() {
         return Ok(sandbox);
     }
-    remove(sandboxes, &config.id)?;
+    remove(sandboxes, &config.id, pid_holders)?;
     let result = build(&dir, config, &sandbox, home);
     if let Err(message) = result {
-        if let Err(cleanup) = remove(sandboxes, &config.id) {
+        if let Err(cleanup) = remove(sandboxes, &config.id, pid_holders) {
             tracing::warn!(sandbox = %config.id, %cleanup, "cleaning up a failed sandbox");
         }
         return Err(format!("create sandbox {}: {message}", config.id));
@@ -125,7 +146,69 @@ fn build(
         }
         inside?;
     }
+    if config.share_pid {
+        start_pid_holder(dir, home)?;
+    }
     fs::write(dir.join("ready"), b"").map_err(|err| format!("{}: {err}", dir.display()))
+}
+
+/// Starts the holder of a new PID namespace (its PID 1), records its pid and bind-mounts its
+/// namespace onto the sandbox's `pid` file.
+fn start_pid_holder(dir: &Path, home: &HomeNamespaces) -> Result<(), String> {
+    // The process's next child is born in a new PID namespace, as its first process.
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|err| format!("unshare a PID namespace: {err}"))?;
+    let spawned = std::process::Command::new("/proc/self/exe")
+        .arg(PID_HOLDER_COMMAND)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Err(err) = home.restore(CloneFlags::CLONE_NEWPID) {
+        // Every later container would be born in this pod's PID namespace. Exit; the kubelet
+        // starts a new runtime process.
+        tracing::error!(%err, "cannot return to the node's PID namespace; exiting");
+        std::process::exit(70);
+    }
+    let holder = spawned.map_err(|err| format!("start the pod's PID namespace holder: {err}"))?;
+    let pid = holder.id();
+    fs::write(dir.join(PID_HOLDER), pid.to_string())
+        .map_err(|err| format!("{}: {err}", dir.display()))?;
+    let target = dir.join(PID);
+    File::create(&target).map_err(|err| format!("{}: {err}", target.display()))?;
+    let source = format!("/proc/{pid}/ns/pid");
+    mount(
+        Some(source.as_str()),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|err| format!("bind {source} on {}: {err}", target.display()))
+}
+
+/// Kills the sandbox's PID namespace holder (and with it whatever is left in the namespace),
+/// if the process of the recorded pid is still the one holding the sandbox's namespace; adds
+/// it to `pid_holders`, to be reaped once it is gone. Not waited for here: it ends only once
+/// the namespace's processes are reaped, and some are this process's children.
+fn stop_pid_holder(dir: &Path, pid_holders: &mut Vec<Pid>) {
+    let Some(pid) = fs::read_to_string(dir.join(PID_HOLDER))
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let identity = |path: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    };
+    let holding = identity(&dir.join(PID));
+    if holding.is_none() || identity(Path::new(&format!("/proc/{pid}/ns/pid"))) != holding {
+        return;
+    }
+    let pid = Pid::from_raw(pid);
+    if kill(pid, Signal::SIGKILL).is_ok() {
+        pid_holders.push(pid);
+    }
 }
 
 /// What is done while the thread is in the pod's new namespaces.
@@ -160,16 +243,18 @@ fn bind_namespace(kind: &str, target: &Path) -> Result<(), String> {
     .map_err(|err| format!("bind {source} on {}: {err}", target.display()))
 }
 
-/// Removes the sandbox: unmounts its namespace files and /dev/shm and deletes its directory.
-/// Removing a sandbox that does not exist succeeds.
-pub(crate) fn remove(sandboxes: &Path, id: &str) -> Result<(), String> {
+/// Removes the sandbox: kills its PID namespace holder (adding it to `pid_holders`),
+/// unmounts its namespace files and /dev/shm and deletes its directory. Removing a sandbox
+/// that does not exist succeeds.
+pub(crate) fn remove(sandboxes: &Path, id: &str, pid_holders: &mut Vec<Pid>) -> Result<(), String> {
     super::check_id(id)?;
     let dir = sandbox_dir(sandboxes, id);
     if !dir.exists() {
         return Ok(());
     }
     let _ = fs::remove_file(dir.join("ready"));
-    for name in ["net", "uts", "ipc", "shm"] {
+    stop_pid_holder(&dir, pid_holders);
+    for name in ["net", "uts", "ipc", PID, "shm"] {
         let path = dir.join(name);
         if path.exists() {
             match umount2(&path, MntFlags::MNT_DETACH) {
