@@ -1006,6 +1006,18 @@ mod tests {
         .expect("a valid EndpointSlice")
     }
 
+    /// Services 0 to `count - 1` of `variant`, each with one ready endpoint, 10.244.0.`last`.
+    fn set_services(state: &mut ProxyState, count: u8, variant: u64, last: u8) {
+        for i in 0..count {
+            state.update_service(
+                "default",
+                &format!("svc-{i}"),
+                Some(&service(i, variant)),
+                &[slice(i, &[(last, true)])],
+            );
+        }
+    }
+
     fn settings() -> RuleSettings {
         RuleSettings {
             node_name: "node-1".into(),
@@ -1122,26 +1134,12 @@ mod tests {
     fn a_failed_sync_is_followed_by_a_full_one_that_repairs_the_kernel() {
         let mut proxier = IpvsProxier::with_kernel(node_kernel());
         let mut state = ProxyState::default();
-        for i in 0..5 {
-            state.update_service(
-                "default",
-                &format!("svc-{i}"),
-                Some(&service(i, 2)),
-                &[slice(i, &[(2, true)])],
-            );
-        }
+        set_services(&mut state, 5, 2, 2);
         proxier.sync(&state, &settings()).unwrap();
         state.mark_applied();
         // Half of the next change is applied, then the kernel refuses.
         proxier.kernel.fail_after = Some(2);
-        for i in 0..5 {
-            state.update_service(
-                "default",
-                &format!("svc-{i}"),
-                Some(&service(i, 2)),
-                &[slice(i, &[(4, true)])],
-            );
-        }
+        set_services(&mut state, 5, 2, 4);
         assert!(proxier.sync(&state, &settings()).is_err());
         proxier.kernel.fail_after = None;
         // Someone also removed a virtual service behind the proxy's back.
@@ -1211,14 +1209,7 @@ mod tests {
         });
         let mut proxier = IpvsProxier::with_kernel(kernel);
         let mut state = ProxyState::default();
-        for i in 0..5 {
-            state.update_service(
-                "default",
-                &format!("svc-{i}"),
-                Some(&service(i, 32)),
-                &[slice(i, &[(2, true)])],
-            );
-        }
+        set_services(&mut state, 5, 32, 2);
         assert!(proxier.sync(&state, &settings()).is_err());
         // The others are served, and the table (their firewalls) is in.
         let served = |proxier: &IpvsProxier<ModelKernel>| {
