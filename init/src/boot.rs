@@ -106,12 +106,6 @@ enum MaintenanceEnd {
 
 async fn boot(environment: Environment) -> PowerAction {
     let (state, receivers) = NodeState::new(environment, PathBuf::from("/"));
-    if environment == Environment::Machine {
-        let power = state.clone();
-        crate::vsock_power::listen(move |action| {
-            power.request_power(action);
-        });
-    }
     let mut boot = Boot {
         environment,
         timeline: BootTimeline::default(),
@@ -129,7 +123,15 @@ async fn boot(environment: Environment) -> PowerAction {
 
 impl Boot {
     async fn run(&mut self) -> PowerAction {
-        if let Err(problem) = self.prepare_machine() {
+        let prepared = self.prepare_machine();
+        if self.environment == Environment::Machine {
+            // After the modules phase: Debian's kernel has the vsock core as a module.
+            let power = self.state.clone();
+            crate::vsock_power::listen(move |action| {
+                power.request_power(action);
+            });
+        }
+        if let Err(problem) = prepared {
             return self.stay_in_maintenance(vec![problem]).await;
         }
         let (config, source) = match self.load_config() {

@@ -1,20 +1,21 @@
 //! Power requests over vsock, without ACPI: `baton vmm`'s API `shutdown` connects to guest port
 //! [`POWER_PORT`] through the VM's vsock device and sends `shutdown\n` (`baton_vmm::api`). On a
-//! machine with a vsock device, init listens there from its first moment and turns `shutdown`
-//! (or `poweroff`) into a power-off request and `reboot` into a reboot, as the node API's
-//! calls do. A machine without one (QEMU without a vsock device, bare metal) logs that once and
-//! goes on: its power requests come through signals and the node API.
+//! machine whose kernel has vsock, init listens there once its modules are loaded, and turns
+//! `shutdown` (or `poweroff`) from the host (CID 2) into a power-off request and `reboot` into a
+//! reboot, as the node API's calls do. Where nothing can connect (no vsock device) the listener
+//! just waits; a kernel without vsock is logged once: power requests come through signals and
+//! the node API.
 
 use std::io::Read;
 use std::time::Duration;
 
-use vsock::{VMADDR_CID_ANY, VsockListener};
+use vsock::{VMADDR_CID_ANY, VMADDR_CID_HOST, VsockListener};
 
 use crate::power::PowerAction;
 
 /// The guest port the VMM's `shutdown` connects to (`baton_vmm::api::SHUTDOWN_PORT`).
 pub const POWER_PORT: u32 = 1024;
-/// How long a connection may take to send its request.
+/// How long a connection may take to send its whole request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest request read; a longer line is not a request.
 const MAX_REQUEST: usize = 64;
@@ -54,7 +55,34 @@ pub fn bind(port: u32) -> std::io::Result<VsockListener> {
     VsockListener::bind_with_cid_port(VMADDR_CID_ANY, port)
 }
 
-/// Takes requests on `listener` on a thread of its own, handing each to `request`.
+/// Reads one request from `stream` within [`REQUEST_TIMEOUT`] in all.
+fn read_request_in_time(stream: &mut vsock::VsockStream) -> std::io::Result<Option<PowerAction>> {
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+    let mut timed = TimedReader { stream, deadline };
+    read_request(&mut timed)
+}
+
+/// A stream whose reads all end by one deadline.
+struct TimedReader<'a> {
+    stream: &'a mut vsock::VsockStream,
+    deadline: std::time::Instant,
+}
+
+impl Read for TimedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+/// Takes requests from the host on `listener` on a thread of its own, handing each to
+/// `request`.
 pub fn serve(
     listener: VsockListener,
     request: impl Fn(PowerAction) + Send + 'static,
@@ -62,20 +90,23 @@ pub fn serve(
     std::thread::Builder::new()
         .name("vsock-power".into())
         .spawn(move || {
-            for stream in listener.incoming() {
-                let mut stream = match stream {
-                    Ok(stream) => stream,
+            loop {
+                let (mut stream, peer) = match listener.accept() {
+                    Ok(accepted) => accepted,
                     Err(err) => {
                         tracing::warn!(%err, "accepting a power request on vsock");
                         std::thread::sleep(ACCEPT_BACKOFF);
                         continue;
                     }
                 };
-                if let Err(err) = stream.set_read_timeout(Some(REQUEST_TIMEOUT)) {
-                    tracing::warn!(%err, "setting a vsock connection's timeout");
+                if peer.cid() != VMADDR_CID_HOST {
+                    tracing::warn!(
+                        cid = peer.cid(),
+                        "a power request on vsock not from the host"
+                    );
                     continue;
                 }
-                match read_request(&mut stream) {
+                match read_request_in_time(&mut stream) {
                     Ok(Some(action)) => {
                         tracing::info!(?action, "power request over vsock");
                         request(action);
@@ -91,11 +122,11 @@ pub fn serve(
         .map(drop)
 }
 
-/// On a machine with a vsock device: takes power requests on [`POWER_PORT`] from now on.
+/// On a machine whose kernel has vsock: takes power requests on [`POWER_PORT`] from now on.
 pub fn listen(request: impl Fn(PowerAction) + Send + 'static) {
     match bind(POWER_PORT).and_then(|listener| serve(listener, request)) {
         Ok(()) => tracing::info!(port = POWER_PORT, "taking power requests on vsock"),
-        Err(err) => tracing::info!(%err, "no power requests on vsock (no vsock device?)"),
+        Err(err) => tracing::info!(%err, "no power requests on vsock (the kernel has no vsock)"),
     }
 }
 
@@ -139,9 +170,9 @@ mod tests {
 
     #[test]
     fn the_listener_binds_where_the_machine_has_vsock() {
-        // This host has /dev/vsock (no transport to connect through, so the VMM's end to end
-        // path needs a Linux guest under the VMM: hardware KVM); a machine without it is told
-        // apart by the bind failing.
+        // This host's kernel has vsock (with no transport to connect through, so the VMM's end
+        // to end path needs a Linux guest under the VMM: hardware KVM); a kernel without it
+        // refuses the socket.
         let port = 40_000 + std::process::id() % 20_000;
         let bound = bind(port);
         if std::path::Path::new("/dev/vsock").exists() {
