@@ -193,6 +193,49 @@ async fn containers_of_a_pod_sharing_its_process_namespace_see_one_another() -> 
         "{cmdline:?}"
     );
 
+    // `kubectl debug --copy-to` makes such a pod (sharing processes is its default).
+    let kubectl = baton_test_harness::kubectl_binaries()
+        .into_iter()
+        .next()
+        .expect("a kubectl");
+    let image = format!("--image={}", cluster.image);
+    let out = cluster.server.kubectl(
+        &kubectl,
+        &[
+            "debug",
+            "shared",
+            "--copy-to=shared-copy",
+            "--same-node",
+            "--container=dbg",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "echo pid 1 is $(tr '\\0' ' ' < /proc/1/cmdline); sleep 3600",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pods = cluster.pods();
+    wait_until("the debug copy to run", Duration::from_secs(30), || async {
+        let logs = pods
+            .logs(
+                "shared-copy",
+                &kube::api::LogParams {
+                    container: Some("dbg".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .ok()?;
+        logs.contains(baton_runtime::PID_HOLDER_COMMAND)
+            .then_some(())
+    })
+    .await?;
+
     // Deleting the pod ends the holder with it.
     cluster
         .pods()
@@ -206,9 +249,11 @@ async fn containers_of_a_pod_sharing_its_process_namespace_see_one_another() -> 
     )
     .await?;
     // The holder ends with the pod's sandbox, and is reaped.
-    wait_until("the holder to end", Duration::from_secs(10), || async {
-        (!runs(holder)).then_some(())
-    })
+    wait_until(
+        "the holder to end and be reaped",
+        Duration::from_secs(10),
+        || async { (!std::path::Path::new(&format!("/proc/{holder}")).exists()).then_some(()) },
+    )
     .await?;
     Ok(())
 }

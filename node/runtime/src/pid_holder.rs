@@ -6,14 +6,16 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
-/// Reaps the processes orphaned in the namespace until SIGTERM or SIGINT ends it (a
-/// namespace's first process gets only the signals it asks for; they are blocked and waited
-/// for, so nothing runs in a signal handler).
+/// Reaps the processes orphaned in the namespace for as long as the namespace lives. A
+/// namespace's first process gets from inside it only the signals it asks for: this one asks
+/// for SIGCHLD alone (blocked and waited for, so nothing runs in a signal handler), so no
+/// process of the pod can end it; the runtime ends it with SIGKILL when it removes the
+/// sandbox. It leaves the runtime's session and process group, so that nothing aimed at
+/// those reaches it.
 pub fn run_pid_holder() -> ! {
+    let _ = nix::unistd::setsid();
     let mut signals = SigSet::empty();
-    for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
-        signals.add(signal);
-    }
+    signals.add(Signal::SIGCHLD);
     if let Err(err) = signals.thread_block() {
         eprintln!("pod-pid-holder: blocking signals: {err}");
         std::process::exit(1);
@@ -29,8 +31,6 @@ pub fn run_pid_holder() -> ! {
                 }
             }
         }
-        if let Ok(Signal::SIGTERM | Signal::SIGINT) = signals.wait() {
-            std::process::exit(0);
-        }
+        let _ = signals.wait();
     }
 }

@@ -538,6 +538,14 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<FieldCause>) {
             &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"],
         ));
     }
+    // Upstream checks these on its internal type, where both sit in the security context.
+    if spec["shareProcessNamespace"] == Value::Bool(true) && spec["hostPID"] == Value::Bool(true) {
+        causes.push(FieldCause::invalid(
+            format!("{path}.securityContext.shareProcessNamespace"),
+            &Value::Bool(true),
+            "ShareProcessNamespace and HostPID cannot both be enabled",
+        ));
+    }
     non_negative(spec, path, "terminationGracePeriodSeconds", causes);
 }
 
@@ -1248,6 +1256,35 @@ mod tests {
             causes[0].message,
             "Forbidden: node updates may not change podCIDR except from \"\" to valid"
         );
+    }
+
+    #[test]
+    fn a_pod_cannot_share_its_process_namespace_and_the_nodes() {
+        let mut causes = vec![];
+        object(
+            "",
+            "Pod",
+            &pod(json!({"shareProcessNamespace": true, "hostPID": true})),
+            &mut causes,
+        );
+        let shown: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "spec.securityContext.shareProcessNamespace: Invalid value: true: ShareProcessNamespace and HostPID cannot both be enabled"
+            ]
+        );
+        let mut causes = vec![];
+        object(
+            "",
+            "Pod",
+            &pod(json!({"shareProcessNamespace": true})),
+            &mut causes,
+        );
+        assert!(causes.is_empty(), "{causes:?}");
     }
 
     #[test]

@@ -330,9 +330,10 @@ impl Server {
                     .map(Response::Sandbox)
             }
             Request::RemoveSandbox { id } => {
+                let earlier = self.pid_holders.len();
                 let removed = sandbox::remove(&self.sandboxes, &id, &mut self.pid_holders);
                 // Its containers were stopped and reaped before: its holder ends at once.
-                self.reap_pid_holders(PID_HOLDER_WAIT);
+                self.reap_pid_holders(earlier, PID_HOLDER_WAIT);
                 removed.map(|()| Response::Done)
             }
             Request::CreateContainer(config) => {
@@ -503,14 +504,18 @@ impl Server {
         for pid in exited {
             self.reap_exec(pid);
         }
-        self.reap_pid_holders(std::time::Duration::ZERO);
+        self.reap_pid_holders(self.pid_holders.len(), std::time::Duration::ZERO);
     }
 
-    /// Reaps the killed PID namespace holders that are gone, waiting up to `wait` for each (a
-    /// killed holder ends as soon as the last process of its namespace is reaped).
-    fn reap_pid_holders(&mut self, wait: std::time::Duration) {
+    /// Reaps the killed PID namespace holders that are gone, waiting up to `wait` for each of
+    /// those from index `from` on (just killed; a killed holder ends as soon as the last
+    /// process of its namespace is reaped).
+    fn reap_pid_holders(&mut self, from: usize, wait: std::time::Duration) {
+        let mut index = 0;
         self.pid_holders.retain(|pid| {
-            if !wait.is_zero()
+            index += 1;
+            if index > from
+                && !wait.is_zero()
                 && let Ok(pidfd) = open_pidfd(pid.as_raw())
             {
                 let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
-use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::error_chain;
@@ -97,7 +96,8 @@ pub(crate) fn create(
     super::check_id(&config.id)?;
     let dir = sandbox_dir(sandboxes, &config.id);
     let sandbox = describe(&dir, config);
-    if dir.join("ready").exists() {
+    // A sandbox made before PID namespaces were shared has no `pid` file: made again.
+    if dir.join("ready").exists() && (!config.share_pid || dir.join(PID).exists()) {
         return Ok(sandbox);
     }
     remove(sandboxes, &config.id, pid_holders)?;
@@ -153,7 +153,8 @@ fn build(
 }
 
 /// Starts the holder of a new PID namespace (its PID 1), records its pid and bind-mounts its
-/// namespace onto the sandbox's `pid` file.
+/// namespace onto the sandbox's `pid` file. A holder whose sandbox cannot be finished is killed
+/// and reaped at once (nothing can have joined its namespace yet).
 fn start_pid_holder(dir: &Path, home: &HomeNamespaces) -> Result<(), String> {
     // The process's next child is born in a new PID namespace, as its first process.
     unshare(CloneFlags::CLONE_NEWPID).map_err(|err| format!("unshare a PID namespace: {err}"))?;
@@ -167,34 +168,52 @@ fn start_pid_holder(dir: &Path, home: &HomeNamespaces) -> Result<(), String> {
         // Every later container would be born in this pod's PID namespace. Exit; the kubelet
         // starts a new runtime process.
         tracing::error!(%err, "cannot return to the node's PID namespace; exiting");
+        if let Ok(mut holder) = spawned {
+            let _ = holder.kill();
+            let _ = holder.wait();
+        }
         std::process::exit(70);
     }
-    let holder = spawned.map_err(|err| format!("start the pod's PID namespace holder: {err}"))?;
+    let mut holder =
+        spawned.map_err(|err| format!("start the pod's PID namespace holder: {err}"))?;
     let pid = holder.id();
-    fs::write(dir.join(PID_HOLDER), pid.to_string())
-        .map_err(|err| format!("{}: {err}", dir.display()))?;
-    let target = dir.join(PID);
-    File::create(&target).map_err(|err| format!("{}: {err}", target.display()))?;
-    let source = format!("/proc/{pid}/ns/pid");
-    mount(
-        Some(source.as_str()),
-        &target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|err| format!("bind {source} on {}: {err}", target.display()))
+    let recorded = (|| {
+        let target = dir.join(PID);
+        File::create(&target).map_err(|err| format!("{}: {err}", target.display()))?;
+        let source = format!("/proc/{pid}/ns/pid");
+        mount(
+            Some(source.as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|err| format!("bind {source} on {}: {err}", target.display()))?;
+        fs::write(dir.join(PID_HOLDER), pid.to_string())
+            .map_err(|err| format!("{}: {err}", dir.display()))
+    })();
+    if recorded.is_err() {
+        let _ = holder.kill();
+        let _ = holder.wait();
+    }
+    recorded
 }
 
 /// Kills the sandbox's PID namespace holder (and with it whatever is left in the namespace),
-/// if the process of the recorded pid is still the one holding the sandbox's namespace; adds
-/// it to `pid_holders`, to be reaped once it is gone. Not waited for here: it ends only once
-/// the namespace's processes are reaped, and some are this process's children.
+/// if the process of the recorded pid is still the one holding the sandbox's namespace (asked
+/// through a pidfd, so that a pid used again since cannot be hit); adds it to `pid_holders`,
+/// to be reaped once it is gone. Not waited for here: it ends only once the namespace's
+/// processes are reaped, and some are this process's children.
 fn stop_pid_holder(dir: &Path, pid_holders: &mut Vec<Pid>) {
     let Some(pid) = fs::read_to_string(dir.join(PID_HOLDER))
         .ok()
         .and_then(|text| text.trim().parse::<i32>().ok())
     else {
+        return;
+    };
+    let Some(pidfd) = rustix::process::Pid::from_raw(pid).and_then(|pid| {
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+    }) else {
         return;
     };
     let identity = |path: &Path| {
@@ -205,9 +224,8 @@ fn stop_pid_holder(dir: &Path, pid_holders: &mut Vec<Pid>) {
     if holding.is_none() || identity(Path::new(&format!("/proc/{pid}/ns/pid"))) != holding {
         return;
     }
-    let pid = Pid::from_raw(pid);
-    if kill(pid, Signal::SIGKILL).is_ok() {
-        pid_holders.push(pid);
+    if rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL).is_ok() {
+        pid_holders.push(Pid::from_raw(pid));
     }
 }
 
