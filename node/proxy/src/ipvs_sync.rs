@@ -388,7 +388,7 @@ impl<K: IpvsKernel> IpvsProxier<K> {
         let full_due = self
             .last_full
             .is_none_or(|at| at.elapsed() >= FULL_SYNC_PERIOD);
-        let applied = match self.applied.take() {
+        let mut applied = match self.applied.take() {
             Some(applied)
                 if !full_due
                     && applied.settings == *settings
@@ -398,7 +398,6 @@ impl<K: IpvsKernel> IpvsProxier<K> {
             }
             _ => return self.full_sync(state, settings, started),
         };
-        let mut applied = applied;
         // The ports to look at: those the state says changed since it was last applied, or,
         // when it does not know, every port (compared with what was applied).
         let update = match state.touched() {
