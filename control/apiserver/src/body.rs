@@ -24,7 +24,14 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 /// A JSON response.
 pub fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
-    let bytes = serde_json::to_vec(value).expect("JSON values always serialize");
+    json_bytes_response(
+        code,
+        serde_json::to_vec(value).expect("JSON values always serialize"),
+    )
+}
+
+/// A JSON response from bytes already encoded.
+pub fn json_bytes_response(code: StatusCode, bytes: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = code;
     resp.headers_mut().insert(

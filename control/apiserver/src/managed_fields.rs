@@ -70,6 +70,21 @@ fn field_set_of(field: &str, v: &Value) -> Value {
     }
 }
 
+/// The FieldsV1 set of what a new object's creator sent, in the sorted order upstream
+/// writes: the same set as `to_fields_v1(&leaves(&field_set(obj)))`, built without the
+/// path sets.
+pub fn created_fields(obj: &Value) -> Value {
+    fn sort_keys(v: &mut Value) {
+        if let Value::Object(map) = v {
+            map.sort_keys();
+            map.values_mut().for_each(sort_keys);
+        }
+    }
+    let mut set = field_set(obj);
+    sort_keys(&mut set);
+    set
+}
+
 /// The owned paths of a FieldsV1 set: its leaves, and the keyed list items whose existence
 /// it owns (those marked with `.`).
 pub fn leaves(fields: &Value) -> BTreeSet<FieldPath> {
@@ -285,19 +300,51 @@ pub fn assign(
     }
     mine.extend(paths.iter().cloned());
     list.retain(|e| !is_entry(e, manager, operation, subresource));
-    let mut entry = json!({
-        "manager": manager,
-        "operation": operation,
-        "apiVersion": api_version,
-        "time": crate::handlers::now(),
-        "fieldsType": "FieldsV1",
-        "fieldsV1": to_fields_v1(&mine),
-    });
-    if let Some(sub) = subresource {
-        entry["subresource"] = json!(sub);
-    }
-    list.push(entry);
+    list.push(entry(
+        manager,
+        operation,
+        api_version,
+        subresource,
+        to_fields_v1(&mine),
+    ));
     store_entries(obj, list);
+}
+
+/// One managedFields entry, stamped now.
+fn entry(
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+    subresource: Option<&str>,
+    fields: Value,
+) -> Value {
+    let mut entry = Map::new();
+    entry.insert("manager".into(), manager.into());
+    entry.insert("operation".into(), operation.into());
+    entry.insert("apiVersion".into(), api_version.into());
+    entry.insert("time".into(), crate::handlers::now().into());
+    entry.insert("fieldsType".into(), "FieldsV1".into());
+    // Moved in, not through `json!`, which would copy it by serializing it.
+    entry.insert("fieldsV1".into(), fields);
+    if let Some(sub) = subresource {
+        entry.insert("subresource".into(), sub.into());
+    }
+    Value::Object(entry)
+}
+
+/// Records the creator of an object that has no managedFields yet: `fields` (its
+/// [`created_fields`]) become theirs, as an `Update`. The same as [`assign`] with those
+/// fields' leaves, without the path sets.
+pub fn record_create(obj: &mut Value, manager: &str, api_version: &str, fields: Value) {
+    let owns_something = fields.as_object().is_some_and(|m| !m.is_empty());
+    if let Some(meta) = obj["metadata"].as_object_mut() {
+        if owns_something {
+            let entry = entry(manager, "Update", api_version, None, fields);
+            meta.insert("managedFields".into(), Value::Array(vec![entry]));
+        } else {
+            meta.remove("managedFields");
+        }
+    }
 }
 
 /// Records an update (create, PUT or non-apply PATCH) by `manager`: the fields it changed
@@ -440,6 +487,49 @@ mod tests {
             "f:a".into()
         ]));
         assert_eq!(to_fields_v1(&l), set);
+    }
+
+    #[test]
+    fn a_creator_is_recorded_as_assign_records_it() {
+        let sent = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "n", "labels": {"z": "1", "a": "2"},
+                "finalizers": ["b/f", "a/f"], "uid": "ignored"},
+            "spec": {"volumes": [{"name": "v", "emptyDir": {}}],
+                "containers": [{"name": "web", "image": "i", "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                    "env": [{"name": "B", "value": "1"}, {"name": "A"}], "args": ["x"]},
+                    {"name": "side", "image": "j"}]},
+        });
+        let via_paths = {
+            let mut obj = sent.clone();
+            assign(
+                &mut obj,
+                "m",
+                "Update",
+                "v1",
+                None,
+                &leaves(&field_set(&sent)),
+                true,
+            );
+            obj
+        };
+        let direct = {
+            let mut obj = sent.clone();
+            record_create(&mut obj, "m", "v1", created_fields(&sent));
+            obj
+        };
+        let fields = |obj: &Value| {
+            let mut entry = obj["metadata"]["managedFields"][0].clone();
+            entry["time"] = Value::Null;
+            serde_json::to_string(&entry).unwrap()
+        };
+        // Compared as text: the order of keys must match too.
+        assert_eq!(fields(&direct), fields(&via_paths));
+        assert!(fields(&direct).contains(r#""f:labels":{"f:a":{},"f:z":{}}"#));
+        // A creator that set nothing owns nothing, and gets no entry.
+        let mut empty = json!({"metadata": {}});
+        record_create(&mut empty, "m", "v1", created_fields(&json!({})));
+        assert_eq!(empty, json!({"metadata": {}}));
     }
 
     #[test]

@@ -37,11 +37,70 @@ pub fn set_resource_version(obj: &mut Value, revision: i64) {
 
 /// Encodes an object for storage (without resourceVersion, which the store supplies).
 pub fn encode(obj: &Value) -> Bytes {
-    let mut obj = obj.clone();
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
+    Bytes::from(
+        serde_json::to_vec(&WithoutResourceVersion(obj)).expect("JSON values always serialize"),
+    )
+}
+
+/// Serializes an object as it is but for `metadata.resourceVersion`, without copying it.
+struct WithoutResourceVersion<'a>(&'a Value);
+
+/// An object's metadata, serialized without its `resourceVersion`.
+struct MetadataWithoutResourceVersion<'a>(&'a serde_json::Map<String, Value>);
+
+impl serde::Serialize for WithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(fields) = self.0 else {
+            return self.0.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(fields.len()))?;
+        for (key, value) in fields {
+            match value {
+                Value::Object(meta) if key == "metadata" => {
+                    map.serialize_entry(key, &MetadataWithoutResourceVersion(meta))?
+                }
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        map.end()
     }
-    Bytes::from(serde_json::to_vec(&obj).expect("JSON values always serialize"))
+}
+
+impl serde::Serialize for MetadataWithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let kept = self.0.iter().filter(|(key, _)| *key != "resourceVersion");
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in kept {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// Appends stored JSON to `out` with `metadata.resourceVersion` set to `revision`, copying
+/// the bytes rather than decoding them. Returns false, appending nothing, when the bytes are
+/// not a JSON object with a metadata object (the caller then decodes).
+pub fn write_with_resource_version(out: &mut Vec<u8>, raw: &[u8], revision: i64) -> bool {
+    let Some((head, tail)) = split_at_metadata(raw) else {
+        return false;
+    };
+    out.reserve(raw.len() + 32);
+    out.extend_from_slice(head);
+    out.extend_from_slice(b"\"resourceVersion\":\"");
+    out.extend_from_slice(revision.to_string().as_bytes());
+    out.push(b'"');
+    if !skip_ws_starts_with(tail, b'}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(tail);
+    true
+}
+
+/// Whether `raw` starts, after white space, with `byte`.
+fn skip_ws_starts_with(raw: &[u8], byte: u8) -> bool {
+    raw.get(skip_ws(raw, 0)) == Some(&byte)
 }
 
 /// Finds where the top-level `metadata` object of stored JSON opens, so a list can copy the
@@ -278,7 +337,7 @@ pub async fn guaranteed_update<S: Store>(
                         deleted: false,
                     });
                 }
-                let stored = encode(&resource.to_storage(next.clone()));
+                let stored = resource.stored_bytes(&next);
                 match store.update(key, stored, current.mod_revision).await {
                     Ok(revision) => {
                         set_resource_version(&mut next, revision);
@@ -341,21 +400,41 @@ mod tests {
     #[test]
     fn split_finds_top_level_metadata_only() {
         let raw = br#"{"apiVersion":"v1","spec":{"template":{"metadata":{"x":"}{\"metadata\":{"}}},"metadata":{"name":"a"}}"#;
-        let (head, tail) = split_at_metadata(raw).unwrap();
-        let mut out = head.to_vec();
-        out.extend_from_slice(br#""resourceVersion":"7","#);
-        out.extend_from_slice(tail);
+        let mut out = vec![];
+        assert!(write_with_resource_version(&mut out, raw, 7));
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["metadata"], json!({"resourceVersion": "7", "name": "a"}));
         assert_eq!(v["spec"]["template"]["metadata"]["x"], "}{\"metadata\":{");
         assert!(split_at_metadata(b"[1]").is_none());
         assert!(split_at_metadata(br#"{"metadata":"x"}"#).is_none());
+        assert!(!write_with_resource_version(
+            &mut out,
+            br#"{"metadata":"x"}"#,
+            7
+        ));
+    }
+
+    #[test]
+    fn resource_version_goes_into_empty_metadata() {
+        for raw in [
+            &br#"{"kind":"A","metadata":{}}"#[..],
+            br#"{"metadata":{ },"x":1}"#,
+        ] {
+            let mut out = vec![];
+            assert!(write_with_resource_version(&mut out, raw, 9));
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["metadata"], json!({"resourceVersion": "9"}));
+        }
     }
 
     #[test]
     fn encode_strips_resource_version() {
-        let obj = json!({"metadata": {"name": "a", "resourceVersion": "5"}});
+        let obj = json!({"kind": "Pod", "metadata": {"name": "a", "resourceVersion": "5", "labels": {"x": "y"}}, "spec": {"metadata": {"resourceVersion": "kept"}}});
         let stored: Value = serde_json::from_slice(&encode(&obj)).unwrap();
-        assert!(stored["metadata"].get("resourceVersion").is_none());
+        assert_eq!(
+            stored,
+            json!({"kind": "Pod", "metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"metadata": {"resourceVersion": "kept"}}})
+        );
+        assert_eq!(&encode(&json!([1, 2]))[..], b"[1,2]");
     }
 }

@@ -172,7 +172,7 @@ fn mount_token_volume(spec: &mut Value) {
             let mount = json!({ "name": name, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH });
             match container["volumeMounts"].as_array_mut() {
                 Some(mounts) => mounts.push(mount),
-                None => container["volumeMounts"] = json!([mount]),
+                None => container["volumeMounts"] = Value::Array(vec![mount]),
             }
             mounted = true;
         }
@@ -181,7 +181,7 @@ fn mount_token_volume(spec: &mut Value) {
         let volume = token_volume(&name);
         match spec["volumes"].as_array_mut() {
             Some(volumes) => volumes.push(volume),
-            None => spec["volumes"] = json!([volume]),
+            None => spec["volumes"] = Value::Array(vec![volume]),
         }
     }
 }

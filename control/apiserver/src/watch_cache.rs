@@ -111,21 +111,10 @@ impl CachedEvent {
                 line.extend_from_slice(b"{\"type\":\"");
                 line.extend_from_slice(self.kind.as_str().as_bytes());
                 line.extend_from_slice(b"\",\"object\":");
-                match crate::objects::split_at_metadata(&self.raw) {
-                    Some((head, tail)) => {
-                        line.extend_from_slice(head);
-                        line.extend_from_slice(
-                            format!("\"resourceVersion\":\"{}\"", self.revision).as_bytes(),
-                        );
-                        if !tail.starts_with(b"}") {
-                            line.push(b',');
-                        }
-                        line.extend_from_slice(tail);
-                    }
-                    None => {
-                        serde_json::to_writer(&mut line, self.object())
-                            .expect("JSON values always serialize");
-                    }
+                if !crate::objects::write_with_resource_version(&mut line, &self.raw, self.revision)
+                {
+                    serde_json::to_writer(&mut line, self.object())
+                        .expect("JSON values always serialize");
                 }
                 line.extend_from_slice(b"}\n");
                 Bytes::from(line)

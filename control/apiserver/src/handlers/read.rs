@@ -166,22 +166,10 @@ impl ListSink for RawItems {
         if self.count > 0 {
             self.out.push(b',');
         }
-        match crate::objects::split_at_metadata(&kv.value) {
-            Some((head, tail)) => {
-                self.out.extend_from_slice(head);
-                self.out.extend_from_slice(
-                    format!("\"resourceVersion\":\"{}\"", kv.mod_revision).as_bytes(),
-                );
-                if !tail.starts_with(b"}") {
-                    self.out.push(b',');
-                }
-                self.out.extend_from_slice(tail);
-            }
-            None => {
-                let obj = decode(&kv)?;
-                serde_json::to_writer(&mut self.out, &obj)
-                    .map_err(|e| StatusError::internal(e.to_string()))?;
-            }
+        if !crate::objects::write_with_resource_version(&mut self.out, &kv.value, kv.mod_revision) {
+            let obj = decode(&kv)?;
+            serde_json::to_writer(&mut self.out, &obj)
+                .map_err(|e| StatusError::internal(e.to_string()))?;
         }
         self.count += 1;
         Ok(true)

@@ -8,8 +8,8 @@ use baton_store::{Store, StoreError};
 
 use super::{Call, set_type};
 use crate::ApiServer;
-use crate::body::{Body, json_response, parse_object};
-use crate::objects::{Decision, encode, guaranteed_update, set_resource_version, store_error};
+use crate::body::{Body, json_bytes_response, json_response, parse_object};
+use crate::objects::{Decision, guaranteed_update, set_resource_version, store_error};
 use crate::patch::{self, PatchType};
 use crate::priority_admission;
 use crate::resources::{Resource, defaults, validation};
@@ -102,7 +102,7 @@ pub fn normalize(
     warnings: &mut Vec<String>,
 ) -> Result<Value, StatusError> {
     let resource = call.resource;
-    let out = (resource.normalize)(obj.clone()).map_err(|e| {
+    let out = (resource.normalize)(&obj).map_err(|e| {
         StatusError::bad_request(format!(
             "{} in version {:?} cannot be handled as a {}: {e}",
             resource.kind, resource.version, resource.kind
@@ -255,13 +255,33 @@ async fn check_namespace<S: Store>(
     Ok(())
 }
 
+/// A new object as written, with its stored bytes when they are also its served form.
+struct Created {
+    object: Value,
+    stored: Option<(bytes::Bytes, i64)>,
+}
+
+impl Created {
+    /// The object as a response: its stored bytes with the resourceVersion spliced in when it
+    /// has them, so it is not serialized a second time.
+    fn response(&self, code: StatusCode) -> Response<Body> {
+        if let Some((raw, revision)) = &self.stored {
+            let mut out = Vec::new();
+            if crate::objects::write_with_resource_version(&mut out, raw, *revision) {
+                return json_bytes_response(code, out);
+            }
+        }
+        json_response(code, &self.object)
+    }
+}
+
 /// Creates `obj` (already parsed) for a create or a create-on-apply.
 async fn create_object<S: Store>(
     server: &ApiServer<S>,
     call: &Call<'_>,
     mut obj: Value,
     warnings: &mut Vec<String>,
-) -> Result<Value, StatusError> {
+) -> Result<Created, StatusError> {
     let resource = call.resource;
     check_type(resource, &mut obj)?;
     if obj["metadata"]["resourceVersion"]
@@ -276,17 +296,14 @@ async fn create_object<S: Store>(
     let mut obj = normalize(call, obj, warnings)?;
     // The creator owns the fields it sent (not the defaults), unless an apply already said so.
     let applied = obj["metadata"].get("managedFields").is_some();
-    let requested = crate::managed_fields::leaves(&crate::managed_fields::field_set(&obj));
+    let requested = (!applied).then(|| crate::managed_fields::created_fields(&obj));
     prepare_new(&server.defaulting, resource, &mut obj);
-    if !applied {
-        crate::managed_fields::assign(
+    if let Some(fields) = requested {
+        crate::managed_fields::record_create(
             &mut obj,
             &call.manager(),
-            "Update",
             &resource.api_version(),
-            None,
-            &requested,
-            true,
+            fields,
         );
     }
     let name = obj["metadata"]["name"]
@@ -336,7 +353,10 @@ async fn create_object<S: Store>(
         if exists.is_some() {
             return Err(StatusError::already_exists(&resource.subject(), &name));
         }
-        return Ok(obj);
+        return Ok(Created {
+            object: obj,
+            stored: None,
+        });
     }
     let allocated = if resource.kind == "Service" && resource.group.is_empty() {
         server.allocate_service(&mut obj).await?
@@ -344,10 +364,8 @@ async fn create_object<S: Store>(
         Default::default()
     };
     let started = std::time::Instant::now();
-    let written = server
-        .store
-        .create(&key, encode(&resource.to_storage(obj.clone())))
-        .await;
+    let stored = resource.stored_bytes(&obj);
+    let written = server.store.create(&key, stored.clone()).await;
     server
         .metrics
         .observe_etcd("create", resource.plural, started.elapsed());
@@ -357,7 +375,10 @@ async fn create_object<S: Store>(
             if is_priority_class(resource) {
                 server.priority_classes.caught_up(revision).await;
             }
-            Ok(obj)
+            Ok(Created {
+                object: obj,
+                stored: resource.stored_as_served().then_some((stored, revision)),
+            })
         }
         Err(e) => {
             server.release(&allocated).await;
@@ -380,7 +401,7 @@ pub async fn create<S: Store>(
     let mut warnings = vec![];
     let created = create_object(server, call, obj, &mut warnings).await?;
     Ok(with_warnings(
-        json_response(StatusCode::CREATED, &created),
+        created.response(StatusCode::CREATED),
         &warnings,
     ))
 }
@@ -659,7 +680,7 @@ pub async fn update<S: Store>(
         server.release(&pool.claimed()).await;
         let created = create_object(server, call, original, &mut warnings).await?;
         return Ok(with_warnings(
-            json_response(StatusCode::CREATED, &created),
+            created.response(StatusCode::CREATED),
             &warnings,
         ));
     }
@@ -759,5 +780,7 @@ pub async fn create_for_apply<S: Store>(
     obj: Value,
 ) -> Result<Value, StatusError> {
     let mut warnings = vec![];
-    create_object(server, call, obj, &mut warnings).await
+    Ok(create_object(server, call, obj, &mut warnings)
+        .await?
+        .object)
 }

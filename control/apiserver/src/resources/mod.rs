@@ -55,7 +55,7 @@ pub struct Resource {
     pub storage_prefix: &'static str,
     /// Decodes an object into its typed form and back: rejects bodies that do not decode and
     /// drops fields the type does not know.
-    pub normalize: fn(Value) -> Result<Value, serde_json::Error>,
+    pub normalize: fn(&Value) -> Result<Value, serde_json::Error>,
     /// When objects are stored in another form (events.k8s.io Events are stored as core
     /// Events): the conversions into and out of storage.
     pub view: Option<StorageView>,
@@ -79,11 +79,11 @@ pub struct StorageView {
     pub from_storage: fn(Value) -> Value,
 }
 
-/// Round-trips a JSON object through its k8s-openapi type.
+/// Round-trips a JSON object through its k8s-openapi type (reading it in place, not a copy).
 pub fn roundtrip<T: DeserializeOwned + Serialize>(
-    value: Value,
+    value: &Value,
 ) -> Result<Value, serde_json::Error> {
-    let typed: T = serde_json::from_value(value)?;
+    let typed = T::deserialize(value)?;
     serde_json::to_value(typed)
 }
 
@@ -150,6 +150,21 @@ impl Resource {
             Some(view) => (view.from_storage)(obj),
             None => obj,
         }
+    }
+
+    /// The bytes an object of this resource's form is stored as (its stored form, without
+    /// resourceVersion); copied only when the stored form differs.
+    pub fn stored_bytes(&self, obj: &Value) -> bytes::Bytes {
+        match self.view {
+            Some(view) => crate::objects::encode(&(view.to_storage)(obj.clone())),
+            None => crate::objects::encode(obj),
+        }
+    }
+
+    /// Whether the stored form is this resource's form, so stored bytes can be served as
+    /// they are.
+    pub fn stored_as_served(&self) -> bool {
+        self.view.is_none()
     }
 
     /// Converts an object of this resource's form to its stored form.
