@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use baton_test_harness::{ApiServer, Binary, Etcd};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -205,6 +206,23 @@ async fn main() -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "bench");
     let etcd_client = etcd_client::Client::connect([etcd.url()], None).await?;
     let bytes = Arc::new(serde_json::to_vec(&pod("raw"))?);
+    // What the API server stores for such a pod (defaults, the token volume, managedFields):
+    // the bytes of the reference transactions, so that they cost etcd what a create does.
+    let sample: Pod = serde_json::from_value(pod("sample"))?;
+    pods.create(&PostParams::default(), &sample).await?;
+    let stored = {
+        let mut kv = etcd_client.kv_client();
+        let key = "/registry/pods/bench/sample";
+        let got = kv.get(key, None).await?;
+        let value = got
+            .kvs()
+            .first()
+            .context("the sample pod in etcd")?
+            .value()
+            .to_vec();
+        kv.delete(key, None).await?;
+        Arc::new(value)
+    };
 
     println!(
         "baton apiserver benchmark ({} cores)",
@@ -247,10 +265,12 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
         let raw_cpu = cpu_before.per_op_since(&pids, n);
-        // The same bytes as a create-if-absent transaction, what the API server sends.
+        // A create-if-absent transaction of what the API server stores for such a pod, under
+        // the prefix it watches: what a create costs etcd.
+        let cpu_before = CpuSplit::now(&pids);
         let txn = timed(n, concurrency, |i| {
             let mut kv = etcd_client.kv_client();
-            let bytes = bytes.clone();
+            let bytes = stored.clone();
             async move {
                 let key = format!("/registry/pods/rawbench/txn-{concurrency}-{i}");
                 let txn = etcd_client::Txn::new()
@@ -265,10 +285,11 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
         cpu_notes.push(format!(
-            "c={concurrency}: raw create-if-absent txn: {:.0}/s, p50 {}, p99 {}",
+            "c={concurrency}: raw create-if-absent txn of the stored bytes: {:.0}/s, p50 {}, p99 {}; {}",
             txn.throughput,
             ms(txn.p50),
-            ms(txn.p99)
+            ms(txn.p99),
+            cpu_before.per_op_since(&pids, n)
         ));
         let base = created;
         let cpu_before = CpuSplit::now(&pids);
@@ -296,7 +317,7 @@ async fn main() -> anyhow::Result<()> {
             p99_at_16 = api.p99;
         }
         let ratio = api.throughput / raw.throughput;
-        ratios.push((concurrency, ratio));
+        ratios.push((concurrency, ratio, api.throughput / txn.throughput));
         println!(
             "| {concurrency} | {:.0} | {} | {} | {:.0} | {} | {} | {:.0}% |",
             raw.throughput,
@@ -399,10 +420,16 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("| measure | result | goal |");
     println!("|---|---|---|");
-    for (c, r) in &ratios {
+    for (c, r, _) in &ratios {
         println!(
             "| API create throughput / raw etcd, concurrency {c} | {:.0}% | >= 60% |",
             r * 100.0
+        );
+    }
+    for (c, _, t) in &ratios {
+        println!(
+            "| reference: API create throughput / raw create-if-absent txn of the stored bytes, concurrency {c} | {:.0}% | |",
+            t * 100.0
         );
     }
     println!(
