@@ -193,6 +193,57 @@ async fn containers_of_a_pod_sharing_its_process_namespace_see_one_another() -> 
         "{cmdline:?}"
     );
 
+    // A holder killed from outside takes the namespace and the containers with it, as a
+    // killed pause container does upstream: the kubelet says the sandbox changed, a new
+    // holder makes a new namespace, and the containers restart in it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    cluster
+        .wait_for("both containers to restart and be ready", "shared", |pod| {
+            let statuses = pod.status.clone()?.container_statuses?;
+            (statuses.len() == 2 && statuses.iter().all(|s| s.restart_count >= 1 && s.ready))
+                .then_some(())
+        })
+        .await;
+    let renewed = wait_until("a new holder", Duration::from_secs(30), || async {
+        pid_holder_of(&cluster.node.runtime_root(), &uid).filter(|pid| *pid != holder && runs(*pid))
+    })
+    .await?;
+    let restarted_log = log.with_file_name("1.log");
+    let seen = wait_until(
+        "the restarted watcher to see main",
+        Duration::from_secs(30),
+        || async {
+            std::fs::read_to_string(&restarted_log)
+                .ok()
+                .filter(|text| text.contains("stdout F pid 1 is"))
+        },
+    )
+    .await?;
+    assert!(seen.contains(baton_runtime::PID_HOLDER_COMMAND), "{seen}");
+    wait_until(
+        "the SandboxChanged event",
+        Duration::from_secs(10),
+        || async {
+            let notes = cluster.event_notes("shared", "SandboxChanged").await;
+            notes
+                .iter()
+                .any(|note| note == "Pod sandbox changed, it will be killed and re-created.")
+                .then_some(())
+        },
+    )
+    .await?;
+    // The killed holder does not stay a zombie.
+    wait_until(
+        "the killed holder to be reaped",
+        Duration::from_secs(10),
+        || async { (!std::path::Path::new(&format!("/proc/{holder}")).exists()).then_some(()) },
+    )
+    .await?;
+    let holder = renewed;
+
     // `kubectl debug --copy-to` makes such a pod (sharing processes is its default).
     let kubectl = baton_test_harness::kubectl_binaries()
         .into_iter()

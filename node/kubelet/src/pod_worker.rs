@@ -391,6 +391,24 @@ impl PodWorker {
             self.start_time = Some(jiff::Timestamp::now());
         }
         let retry = Instant::now() + crate::backoff::INITIAL;
+        if let Some(sandbox) = &self.sandbox
+            && !baton_runtime::pid_namespace_alive(sandbox)
+        {
+            // The holder of the pod's PID namespace ended (killed from outside, as upstream's
+            // pause container can be), and the kernel killed the containers with it: the
+            // sandbox is asked for again, the runtime makes the namespace again, and the
+            // containers restart in it as their restart policy allows.
+            self.ctx
+                .event(
+                    pod,
+                    None,
+                    false,
+                    "SandboxChanged",
+                    "Pod sandbox changed, it will be killed and re-created.".into(),
+                )
+                .await;
+            self.sandbox = None;
+        }
         let sandbox = match &self.sandbox {
             Some(sandbox) => sandbox.clone(),
             None => match timed("sandbox", &self.uid.clone(), self.create_sandbox(pod)).await {
@@ -633,6 +651,26 @@ impl PodWorker {
         }
     }
 
+    /// What the runtime makes the pod's sandbox from.
+    fn sandbox_config(&self, pod: &Pod) -> SandboxConfig {
+        let spec = pod.spec.as_ref();
+        let hostname = pod_hostname(
+            pod,
+            &self.ctx.dns.node_hostname,
+            &self.ctx.dns.cluster_domain,
+        );
+        SandboxConfig {
+            id: self.uid.clone(),
+            hostname: hostname.chars().take(63).collect(),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            host_ipc: spec.and_then(|s| s.host_ipc).unwrap_or(false),
+            shm_size: SHM_SIZE,
+            // With hostPID the containers are in the node's PID namespace instead.
+            share_pid: spec.and_then(|s| s.share_process_namespace) == Some(true)
+                && spec.and_then(|s| s.host_pid) != Some(true),
+        }
+    }
+
     async fn create_sandbox(&mut self, pod: &Pod) -> Result<Sandbox, SandboxFailure> {
         let spec = pod.spec.as_ref();
         let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
@@ -647,29 +685,20 @@ impl PodWorker {
                 crate::pod_network::AttachPodError::NotReady(message).to_string(),
             ));
         }
-        let hostname = pod_hostname(
-            pod,
-            &self.ctx.dns.node_hostname,
-            &self.ctx.dns.cluster_domain,
-        );
-        let config = SandboxConfig {
-            id: self.uid.clone(),
-            hostname: hostname.chars().take(63).collect(),
-            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
-            host_ipc: spec.and_then(|s| s.host_ipc).unwrap_or(false),
-            shm_size: SHM_SIZE,
-            // With hostPID the containers are in the node's PID namespace instead.
-            share_pid: spec.and_then(|s| s.share_process_namespace) == Some(true)
-                && spec.and_then(|s| s.host_pid) != Some(true),
-        };
         let sandbox = self
             .ctx
             .runtime
-            .create_sandbox(config)
+            .create_sandbox(self.sandbox_config(pod))
             .await
             .map_err(|err| {
                 SandboxFailure::Failed(format!("Failed to create pod sandbox: {err}"))
             })?;
+        if !baton_runtime::pid_namespace_alive(&sandbox) {
+            return Err(SandboxFailure::Failed(
+                "Failed to create pod sandbox: the holder of the pod's PID namespace is not running"
+                    .into(),
+            ));
+        }
         if let Some(netns) = &sandbox.network {
             match self.ctx.network.attach(&self.uid, netns, pod).await {
                 Ok(ip) => self.pod_ip = Some(ip),

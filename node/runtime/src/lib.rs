@@ -54,7 +54,7 @@ pub fn sandbox_network_path(root: &std::path::Path, id: &str) -> std::path::Path
     root.join("sandboxes").join(id).join("net")
 }
 pub use pid_holder::run_pid_holder;
-pub use server::{PID_HOLDER_COMMAND, SOCKET_NAME, ServeRuntimeError, serve};
+pub use server::{PID_HOLDER_COMMAND, SOCKET_NAME, ServeRuntimeError, pid_namespace_alive, serve};
 pub use types::{
     ContainerConfig, ContainerState, ContainerStatus, ExecConfig, ExitStatus, Sandbox,
     SandboxConfig,

@@ -35,7 +35,6 @@ fn random_suffix() -> String {
 }
 
 /// Checks (and fills in) kind and apiVersion of a request body.
-/// Checks (and fills in) kind and apiVersion of a request body.
 pub fn check_type(resource: &Resource, obj: &mut Value) -> Result<(), StatusError> {
     let kind = obj["kind"].as_str().unwrap_or_default();
     let api_version = obj["apiVersion"].as_str().unwrap_or_default();
@@ -94,7 +93,6 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
     }
 }
 
-/// Decodes into the typed form (dropping unknown fields, or refusing them under Strict).
 /// Decodes into the typed form (dropping unknown fields, or refusing them under Strict).
 pub fn normalize(
     call: &Call<'_>,

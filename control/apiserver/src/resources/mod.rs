@@ -167,14 +167,6 @@ impl Resource {
         self.view.is_none()
     }
 
-    /// Converts an object of this resource's form to its stored form.
-    pub fn to_storage(&self, obj: Value) -> Value {
-        match self.view {
-            Some(view) => (view.to_storage)(obj),
-            None => obj,
-        }
-    }
-
     /// Whether this resource has the named subresource.
     pub fn subresource(&self, name: &str) -> Option<&'static Subresource> {
         self.subresources.iter().find(|s| s.name == name)

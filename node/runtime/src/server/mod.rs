@@ -10,7 +10,7 @@ mod containers;
 mod cri_log;
 mod sandbox;
 
-pub use sandbox::PID_HOLDER_COMMAND;
+pub use sandbox::{PID_HOLDER_COMMAND, pid_namespace_alive};
 mod terminal;
 
 use std::collections::HashMap;

@@ -98,6 +98,12 @@ pub(crate) fn create(
     let sandbox = describe(&dir, config);
     // A sandbox made before PID namespaces were shared has no `pid` file: made again.
     if dir.join("ready").exists() && (!config.share_pid || dir.join(PID).exists()) {
+        // A PID namespace whose holder ended is dead (nothing can be born in it): the holder
+        // and its namespace are made again, and the containers restart in the new one.
+        if config.share_pid && holder_of(&dir).is_none() {
+            renew_pid_holder(&dir, home, pid_holders)
+                .map_err(|message| format!("create sandbox {}: {message}", config.id))?;
+        }
         return Ok(sandbox);
     }
     remove(sandboxes, &config.id, pid_holders)?;
@@ -202,13 +208,11 @@ fn start_pid_holder(dir: &Path, home: &HomeNamespaces) -> Result<(), String> {
 /// Kills the sandbox's PID namespace holder (and with it whatever is left in the namespace),
 /// if the process of the recorded pid is still the one holding the sandbox's namespace (asked
 /// through a pidfd, so that a pid used again since cannot be hit); adds it to `pid_holders`,
-/// to be reaped once it is gone. Not waited for here: it ends only once the namespace's
+/// to be reaped once it is gone. A holder that already ended and waits to be reaped (killed
+/// from outside) is added too. Not waited for here: it ends only once the namespace's
 /// processes are reaped, and some are this process's children.
 fn stop_pid_holder(dir: &Path, pid_holders: &mut Vec<Pid>) {
-    let Some(pid) = fs::read_to_string(dir.join(PID_HOLDER))
-        .ok()
-        .and_then(|text| text.trim().parse::<i32>().ok())
-    else {
+    let Some(pid) = recorded_holder(dir) else {
         return;
     };
     let Some(pidfd) = rustix::process::Pid::from_raw(pid).and_then(|pid| {
@@ -216,17 +220,73 @@ fn stop_pid_holder(dir: &Path, pid_holders: &mut Vec<Pid>) {
     }) else {
         return;
     };
-    let identity = |path: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-    };
-    let holding = identity(&dir.join(PID));
-    if holding.is_none() || identity(Path::new(&format!("/proc/{pid}/ns/pid"))) != holding {
+    if !holds_namespace(dir, pid) {
         return;
     }
     if rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL).is_ok() {
         pid_holders.push(Pid::from_raw(pid));
     }
+}
+
+/// The pid the sandbox recorded for its PID namespace's holder.
+fn recorded_holder(dir: &Path) -> Option<i32> {
+    fs::read_to_string(dir.join(PID_HOLDER))
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+}
+
+/// Whether process `pid` is in the sandbox's PID namespace: true of its holder also once it
+/// ended, until it is reaped.
+fn holds_namespace(dir: &Path, pid: i32) -> bool {
+    let identity = |path: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    };
+    let holding = identity(&dir.join(PID));
+    holding.is_some() && identity(Path::new(&format!("/proc/{pid}/ns/pid"))) == holding
+}
+
+/// The pid of the sandbox's PID namespace holder while it runs; `None` once it is ending or
+/// ended (also while the kernel tears its namespace down, and until it is reaped), since
+/// then nothing can be born in the namespace.
+fn holder_of(dir: &Path) -> Option<i32> {
+    /// The kernel's PF_EXITING task flag: the process is exiting.
+    const EXITING: u64 = 0x4;
+    let pid = recorded_holder(dir)?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ended = matches!(fields.first()?.chars().next()?, 'Z' | 'X');
+    let exiting = fields.get(6)?.parse::<u64>().ok()? & EXITING != 0;
+    (!ended && !exiting && holds_namespace(dir, pid)).then_some(pid)
+}
+
+/// Whether the sandbox's PID namespace can still take containers: true of a sandbox that
+/// does not share one; false once the namespace's holder ended (killed from outside, say),
+/// until [`crate::ContainerRuntime::create_sandbox`] makes the namespace again.
+pub fn pid_namespace_alive(sandbox: &Sandbox) -> bool {
+    match sandbox.pid.as_deref().and_then(Path::parent) {
+        Some(dir) => holder_of(dir).is_some(),
+        None => true,
+    }
+}
+
+/// Replaces the ended holder of the sandbox's PID namespace with a new holder of a new
+/// namespace. The old holder, when it is this process's child, is reaped at the next request
+/// (see [`stop_pid_holder`]).
+fn renew_pid_holder(
+    dir: &Path,
+    home: &HomeNamespaces,
+    pid_holders: &mut Vec<Pid>,
+) -> Result<(), String> {
+    stop_pid_holder(dir, pid_holders);
+    let target = dir.join(PID);
+    match umount2(&target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(err) => return Err(format!("unmount {}: {err}", target.display())),
+    }
+    tracing::info!(sandbox = %dir.display(), "the PID namespace's holder ended; making a new one");
+    start_pid_holder(dir, home)
 }
 
 /// What is done while the thread is in the pod's new namespaces.
