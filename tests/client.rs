@@ -462,3 +462,57 @@ async fn the_component_client_multiplexes_watches_and_requests_over_one_connecti
         "four watches and eight requests over one connection, got {opened:?}"
     );
 }
+
+/// A change etcd sends as one message over gRPC's default 4 MiB limit (here a prefix delete of
+/// 5 MiB of objects, as `etcdctl del --prefix` makes) reaches watchers, and later changes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_etcd_change_over_four_mebibytes_reaches_watchers() {
+    let etcd = Etcd::start().await.unwrap();
+    let server = ApiServer::start(&binary(), &etcd.url(), &[]).await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client().await.unwrap(), "default");
+    let large = "x".repeat(900_000);
+    let mut names = vec![];
+    let mut last_rv = String::new();
+    for i in 0..6 {
+        let name = format!("large-{i}");
+        let created = api
+            .create(&PostParams::default(), &configmap(&name, &large))
+            .await
+            .unwrap();
+        last_rv = created.metadata.resource_version.unwrap();
+        names.push(name);
+    }
+    let mut stream = api
+        .watch(&WatchParams::default(), &last_rv)
+        .await
+        .unwrap()
+        .boxed();
+
+    let etcd_client = etcd_client::Client::connect([etcd.url()], None)
+        .await
+        .unwrap();
+    let deleted = etcd_client
+        .kv_client()
+        .delete(
+            "/registry/configmaps/default/large-",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted.deleted(), 6);
+    api.create(&PostParams::default(), &configmap("after", "0"))
+        .await
+        .unwrap();
+
+    let seen: Vec<(String, String)> = next_events(&mut stream, 7)
+        .await
+        .into_iter()
+        .map(|(kind, name, _)| (kind, name))
+        .collect();
+    let mut expected: Vec<(String, String)> = names
+        .iter()
+        .map(|name| ("DELETED".to_string(), name.clone()))
+        .collect();
+    expected.push(("ADDED".to_string(), "after".to_string()));
+    assert_eq!(seen, expected);
+}

@@ -25,8 +25,8 @@ pub struct EtcdTls {
     pub key_file: Option<PathBuf>,
 }
 
-/// The largest etcd response accepted (a list of many large objects); as upstream, far above
-/// gRPC's 4 MiB default.
+/// The largest etcd response accepted (a list of many large objects, a watch message of many
+/// changes); as upstream, far above gRPC's 4 MiB default.
 const MAX_RESPONSE: usize = 2 * 1024 * 1024 * 1024 - 1;
 
 /// A [`Store`] on an etcd v3 cluster.
@@ -285,6 +285,9 @@ impl Store for EtcdStore {
         let stream = self
             .watcher
             .watch_client()
+            // One message carries a whole revision (a prefix delete with its previous values)
+            // or, for a watch catching up, up to a thousand revisions: far above 4 MiB.
+            .max_decoding_message_size(MAX_RESPONSE)
             .watch(prefix, Some(options))
             .await
             .map_err(backend)?;

@@ -302,8 +302,9 @@ async fn serve_cached(
     bookmarks: bool,
     cache: Arc<crate::watch_cache::WatchCache>,
 ) -> Option<()> {
-    // Only changes after the requested revision: the live channel may still carry older ones
-    // that the cache had not yet received when the watch subscribed.
+    // The backlog and the live channel never overlap (the cache subscribes and sends under one
+    // lock), but when the requested revision is ahead of the cache, the live channel still
+    // carries changes at or before it. `last` is the newest revision sent, for bookmarks.
     let mut last = after;
     let crate::watch_cache::Subscription { backlog, mut live } = subscription;
     for event in backlog {
@@ -317,7 +318,7 @@ async fn serve_cached(
     loop {
         tokio::select! {
             delivery = live.recv() => match delivery {
-                Ok(Delivery::Event(event)) => forward(watcher, &event, &mut last, tx).await?,
+                Ok(Delivery::Event(event)) => forward(watcher, &event, after, &mut last, tx).await?,
                 // A lagging or reset watcher ends; the client resumes from its last resourceVersion.
                 Ok(Delivery::Reset) | Err(_) => return None,
             },
@@ -327,7 +328,7 @@ async fn serve_cached(
                 let latest = cache.latest_revision();
                 loop {
                     match live.try_recv() {
-                        Ok(Delivery::Event(event)) => forward(watcher, &event, &mut last, tx).await?,
+                        Ok(Delivery::Event(event)) => forward(watcher, &event, after, &mut last, tx).await?,
                         Ok(Delivery::Reset) | Err(broadcast::error::TryRecvError::Lagged(_)) => return None,
                         Err(_) => break,
                     }
@@ -338,17 +339,19 @@ async fn serve_cached(
     }
 }
 
-/// Sends one live event to the watcher, unless it is at or before what was already sent.
+/// Sends one live event to the watcher, unless it is at or before the requested revision.
+/// Several events may share a revision (etcd deleting many keys in one transaction): all go.
 async fn forward(
     watcher: &mut Watcher,
     event: &CachedEvent,
+    after: i64,
     last: &mut i64,
     tx: &mpsc::Sender<Bytes>,
 ) -> Option<()> {
-    if event.revision <= *last {
+    if event.revision <= after {
         return Some(());
     }
-    *last = event.revision;
+    *last = (*last).max(event.revision);
     if let Some(line) = watcher.event_line(event) {
         tx.send(line).await.ok()?;
     }
