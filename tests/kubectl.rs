@@ -614,23 +614,47 @@ async fn scenario(binary: &Binary, bin: &Path) {
     ]);
     assert_eq!(defaulted, r#"{"port":8080,"protocol":"TCP"} ["Ingress"]"#);
 
-    // Ephemeral containers are not served: `kubectl debug` says so, as against an upstream
-    // server without the subresource, instead of crashing on a 404 without details.
+    // `kubectl debug POD` adds an ephemeral container through the pod's ephemeralcontainers
+    // subresource; `kubectl describe` lists it.
     k.ok(&["run", "debugme", "-n", "demo", "--image=busybox:1.35"]);
-    let debug = k.run(&[
+    k.ok(&[
         "debug",
         "debugme",
         "-n",
         "demo",
         "--image=busybox:1.35",
+        "--container=dbg",
+        "--target=debugme",
         "--",
         "true",
     ]);
-    let stderr = String::from_utf8_lossy(&debug.stderr);
-    assert!(!debug.status.success(), "{stderr}");
+    let added = k.ok(&[
+        "get",
+        "pod",
+        "debugme",
+        "-n",
+        "demo",
+        "-o",
+        "jsonpath={.spec.ephemeralContainers[0].name} {.spec.ephemeralContainers[0].targetContainerName} {.spec.ephemeralContainers[0].terminationMessagePolicy}",
+    ]);
+    assert_eq!(added, "dbg debugme File");
+    let described = k.ok(&["describe", "pod", "debugme", "-n", "demo"]);
+    assert!(described.contains("Ephemeral Containers:"), "{described}");
+    // A pod's own update cannot change them, as upstream.
+    let refused = k.run(&[
+        "patch",
+        "pod",
+        "debugme",
+        "-n",
+        "demo",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/ephemeralContainers"}]"#,
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
     assert!(
-        stderr.contains("ephemeral containers are disabled for this cluster")
-            && !stderr.contains("panic"),
+        stderr.contains("pod updates may not change fields"),
         "{stderr}"
     );
 }

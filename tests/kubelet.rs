@@ -1160,3 +1160,116 @@ async fn kubectl_run_and_attach_feed_the_containers_stdin() -> Result<()> {
         .await;
     Ok(())
 }
+
+/// `kubectl debug POD --target`: an ephemeral container joins the running pod, sees the target
+/// container's processes, runs once, and reports its status and logs; `kubectl debug -i`
+/// attaches to one and feeds it input. Ephemeral containers cannot be removed again.
+#[tokio::test]
+async fn kubectl_debug_adds_ephemeral_containers_that_see_their_target() -> Result<()> {
+    let cluster = NodeCluster::start(&binary(), "node-debug", &[]).await?;
+    cluster
+        .create_pod("target", "exec sleep 3602", json!({}))
+        .await?;
+    cluster
+        .wait_for("the pod to run", "target", |pod| {
+            (phase(pod) == Some("Running")).then_some(())
+        })
+        .await;
+    let kubectl = baton_test_harness::kubectl_binaries()
+        .into_iter()
+        .next()
+        .expect("a kubectl");
+    let image = format!("--image={}", cluster.image);
+    let out = cluster.server.kubectl(
+        &kubectl,
+        &[
+            "debug",
+            "target",
+            "--target=main",
+            "--container=dbg",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "echo pid 1 is $(tr '\\0' ' ' < /proc/1/cmdline)",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = cluster
+        .wait_for("the debug container to finish", "target", |pod| {
+            let statuses = pod.status.clone()?.ephemeral_container_statuses?;
+            let dbg = statuses.into_iter().find(|s| s.name == "dbg")?;
+            dbg.state.clone()?.terminated.is_some().then_some(dbg)
+        })
+        .await;
+    let terminated = status.state.unwrap().terminated.unwrap();
+    assert_eq!(terminated.exit_code, 0, "{terminated:?}");
+    assert!(!status.ready);
+    let logs = cluster
+        .pods()
+        .logs(
+            "target",
+            &kube::api::LogParams {
+                container: Some("dbg".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    // PID 1 of the namespace it joined is the target's process.
+    assert_eq!(logs.trim(), "pid 1 is sleep 3602", "{logs}");
+    // The pod goes on: its container was not restarted, and it stays ready.
+    let pod = cluster.pods().get("target").await?;
+    let main = &pod.status.clone().unwrap().container_statuses.unwrap()[0];
+    assert!(main.ready && main.restart_count == 0, "{main:?}");
+    let spec = &pod.spec.clone().unwrap().ephemeral_containers.unwrap()[0];
+    assert_eq!(spec.target_container_name.as_deref(), Some("main"));
+
+    // kubectl debug -i: attached once running, fed kubectl's input.
+    let out = cluster.server.kubectl_with_input(
+        &kubectl,
+        &[
+            "debug",
+            "-i",
+            "target",
+            "--target=main",
+            "--container=shell",
+            &image,
+            "--",
+            "sh",
+        ],
+        Some("echo answer-$((6*7)); echo sees $(tr '\\0' ' ' < /proc/1/cmdline)\nexit\n"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("answer-42"), "{stdout}");
+    assert!(stdout.contains("sees sleep 3602"), "{stdout}");
+
+    // Once added, an ephemeral container stays: a write that drops it is refused.
+    let pods = cluster.pods();
+    let mut without = pods.get_ephemeral_containers("target").await?;
+    without.spec.as_mut().unwrap().ephemeral_containers = Some(vec![]);
+    let refused = pods
+        .replace_ephemeral_containers("target", &Default::default(), &without)
+        .await
+        .expect_err("removing ephemeral containers");
+    let kube::Error::Api(status) = refused else {
+        panic!("expected an API error, got {refused:?}")
+    };
+    assert_eq!(status.code, 422);
+    assert!(
+        status
+            .message
+            .contains("existing ephemeral containers \"dbg\" may not be removed"),
+        "{}",
+        status.message
+    );
+    Ok(())
+}

@@ -12,7 +12,7 @@ use baton_store::Store;
 
 use crate::ApiServer;
 use crate::body::{Body, json_response, parse_object};
-use crate::handlers::{Call, set_type};
+use crate::handlers::{Call, WrittenPart, set_type};
 use crate::managed_fields::{self, FieldPath};
 use crate::objects::guaranteed_update;
 use crate::patch::strategic_merge;
@@ -57,7 +57,7 @@ fn conflict_error(call: &Call<'_>, conflicts: &[managed_fields::Conflict]) -> St
 pub async fn server_side_apply<S: Store>(
     server: &ApiServer<S>,
     call: &Call<'_>,
-    status_only: bool,
+    part: WrittenPart,
 ) -> Result<Response<Body>, StatusError> {
     let resource = call.resource;
     let manager = call
@@ -76,7 +76,7 @@ pub async fn server_side_apply<S: Store>(
     crate::handlers::check_type(resource, &mut applied)?;
     let applied_paths: BTreeSet<FieldPath> =
         managed_fields::leaves(&managed_fields::field_set(&applied));
-    let subresource = status_only.then_some("status");
+    let subresource = part.subresource();
     let api_version = resource.api_version();
     let dry_run = call.query.dry_run()?;
     let mut warnings = vec![];
@@ -124,13 +124,8 @@ pub async fn server_side_apply<S: Store>(
                 true,
             );
             let next = crate::handlers::normalize(call, merged, &mut warnings)?;
-            let mut prepared = crate::handlers::prepare_update(
-                &server.defaulting,
-                resource,
-                current,
-                next,
-                status_only,
-            )?;
+            let mut prepared =
+                crate::handlers::prepare_update(&server.defaulting, resource, current, next, part)?;
             crate::priority_admission::admit_class_update(
                 &server.priority_classes,
                 resource,
@@ -144,7 +139,7 @@ pub async fn server_side_apply<S: Store>(
     match result {
         Ok(_) => crate::handlers::finish_write(server, call, result, &pool, &warnings).await,
         // Apply creates what does not exist yet (never through a subresource).
-        Err(e) if e.reason == "NotFound" && !status_only => {
+        Err(e) if e.reason == "NotFound" && part == WrittenPart::Object => {
             server.release(&pool.claimed()).await;
             let mut obj = applied.clone();
             managed_fields::assign(

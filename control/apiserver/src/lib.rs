@@ -10,6 +10,7 @@ pub mod body;
 pub mod compactor;
 pub mod config;
 pub mod discovery;
+pub mod ephemeral_containers;
 pub mod handlers;
 pub mod impersonation;
 pub mod managed_fields;

@@ -83,6 +83,8 @@ pub struct StartRequest<'a> {
     pub pod_ip: Option<&'a str>,
     /// The pod's updates: a postStart hook is cut short when the pod is deleted.
     pub updates: Option<watch::Receiver<PodUpdate>>,
+    /// A PID namespace to join instead of the pod's choice (an ephemeral container's target's).
+    pub pid_namespace: Option<PathBuf>,
 }
 
 /// Starts the attempt.
@@ -210,7 +212,10 @@ async fn create_and_start(
         network: request.sandbox.network.clone().unwrap_or_default(),
         ipc: request.sandbox.ipc.clone().unwrap_or_default(),
         uts: request.sandbox.uts.clone().unwrap_or_default(),
-        pid: request.sandbox.pid.clone(),
+        pid: request
+            .pid_namespace
+            .clone()
+            .or_else(|| request.sandbox.pid.clone()),
         shm: request.sandbox.shm.clone(),
     };
     let etc_files = PodEtcFiles {

@@ -66,7 +66,8 @@ impl KubeletContext {
     }
 }
 
-/// `spec.containers{name}` or `spec.initContainers{name}`, as upstream's event field paths.
+/// `spec.containers{name}`, `spec.initContainers{name}` or `spec.ephemeralContainers{name}`, as
+/// upstream's event field paths.
 fn container_field_path(pod: &Pod, name: &str) -> String {
     let is_init = pod
         .spec
@@ -75,6 +76,8 @@ fn container_field_path(pod: &Pod, name: &str) -> String {
         .is_some_and(|inits| inits.iter().any(|c| c.name == name));
     if is_init {
         format!("spec.initContainers{{{name}}}")
+    } else if crate::ephemeral_containers::is_ephemeral(pod, name) {
+        format!("spec.ephemeralContainers{{{name}}}")
     } else {
         format!("spec.containers{{{name}}}")
     }

@@ -24,6 +24,12 @@ pub fn images_in_use(ctx: &KubeletContext, pods: &[Arc<Pod>]) -> HashSet<String>
                 .iter()
                 .chain(spec.init_containers.iter().flatten())
                 .filter_map(|c| c.image.clone())
+                .chain(
+                    spec.ephemeral_containers
+                        .iter()
+                        .flatten()
+                        .filter_map(|c| c.image.clone()),
+                )
                 .collect::<Vec<_>>()
         })
         .filter_map(|reference| ctx.images.get(&reference).map(|image| image.id))

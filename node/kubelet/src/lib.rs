@@ -14,6 +14,7 @@ pub mod container_start;
 pub mod container_stop;
 pub mod context;
 pub mod env;
+pub mod ephemeral_containers;
 pub mod events;
 pub mod hooks;
 pub mod image_gc;

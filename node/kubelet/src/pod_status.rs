@@ -237,6 +237,14 @@ pub fn pod_status(
         .iter()
         .map(|c| container_status(c, tracks.get(&c.name).unwrap_or(&empty)))
         .collect();
+    let ephemeral_statuses: Vec<ContainerStatus> = crate::ephemeral_containers::of(pod)
+        .iter()
+        .map(|(c, _)| ContainerStatus {
+            // Nothing waits for an ephemeral container to be ready (upstream reports false).
+            ready: false,
+            ..container_status(c, tracks.get(&c.name).unwrap_or(&empty))
+        })
+        .collect();
     let phase = phase(pod, tracks);
 
     let incomplete: Vec<&str> = init_containers
@@ -339,6 +347,8 @@ pub fn pod_status(
         start_time: facts.start_time.map(time),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         container_statuses: Some(statuses),
+        ephemeral_container_statuses: (!ephemeral_statuses.is_empty())
+            .then_some(ephemeral_statuses),
         qos_class: Some(qos_class(pod).as_str().to_owned()),
         ..Default::default()
     }

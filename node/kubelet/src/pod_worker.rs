@@ -461,23 +461,28 @@ impl PodWorker {
             &self.ctx.dns.cluster_domain,
         );
 
+        // Ephemeral containers, each once, even before the pod is initialized (as upstream).
+        let mut wake = self
+            .start_ephemeral_containers(pod, &sandbox, &volumes, &hostname)
+            .await;
+
         // Init containers, one at a time, each to success.
         for init in spec.init_containers.iter().flatten() {
             let track = self.tracks.get(&init.name).cloned().unwrap_or_default();
             if track.running() {
-                return None;
+                return wake;
             }
             match track.current.as_ref().and_then(|a| a.exit.as_ref()) {
                 Some(exit) if exit.exit_code == 0 && track.waiting.is_none() => continue,
-                Some(_) if policy == "Never" => return None,
+                Some(_) if policy == "Never" => return wake,
                 _ => {}
             }
-            return self
-                .start_or_back_off(pod, init, &sandbox, &volumes, &hostname)
+            let at = self
+                .start_or_back_off(pod, init, &sandbox, &volumes, &hostname, None)
                 .await;
+            return earliest(wake, at);
         }
 
-        let mut wake: Option<Instant> = None;
         for container in &spec.containers {
             let track = self
                 .tracks
@@ -497,17 +502,75 @@ impl PodWorker {
                     continue;
                 }
             }
-            if let Some(at) = self
-                .start_or_back_off(pod, container, &sandbox, &volumes, &hostname)
-                .await
-            {
-                wake = Some(wake.map_or(at, |w| w.min(at)));
-            }
+            let at = self
+                .start_or_back_off(pod, container, &sandbox, &volumes, &hostname, None)
+                .await;
+            wake = earliest(wake, at);
         }
         wake
     }
 
-    /// Starts the next attempt of `container` unless its back-off forbids it now.
+    /// Starts the ephemeral containers that have not run yet, each in the PID namespace of
+    /// the container it targets; returns when to try again those that could not start.
+    async fn start_ephemeral_containers(
+        &mut self,
+        pod: &Pod,
+        sandbox: &Sandbox,
+        volumes: &HashMap<String, PathBuf>,
+        hostname: &str,
+    ) -> Option<Instant> {
+        let mut wake = None;
+        for (container, target) in crate::ephemeral_containers::of(pod) {
+            let started = self
+                .tracks
+                .get(&container.name)
+                .is_some_and(|t| t.current.is_some());
+            if started {
+                continue;
+            }
+            // With a shared process namespace, every container is already in the target's.
+            let shared = pod.spec.as_ref().and_then(|s| s.share_process_namespace) == Some(true);
+            let pid_namespace = match target.filter(|_| !shared) {
+                Some(target) => match self.pid_namespace_of(&target).await {
+                    Some(path) => Some(path),
+                    None => {
+                        let track = self.tracks.entry(container.name.clone()).or_default();
+                        track.waiting = Some((
+                            "CreateContainerError".into(),
+                            format!("target container {target:?} is not running"),
+                        ));
+                        wake = earliest(wake, Some(Instant::now() + crate::backoff::INITIAL));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let at = self
+                .start_or_back_off(pod, &container, sandbox, volumes, hostname, pid_namespace)
+                .await;
+            wake = earliest(wake, at);
+        }
+        wake
+    }
+
+    /// The PID namespace of the running container `name`, by its process.
+    async fn pid_namespace_of(&self, name: &str) -> Option<PathBuf> {
+        let track = self.tracks.get(name)?;
+        let attempt = track.current.as_ref().filter(|a| a.exit.is_none())?;
+        let status = self
+            .ctx
+            .runtime
+            .container_status(&attempt.container_id)
+            .await
+            .ok()?;
+        let pid = status
+            .pid
+            .filter(|_| status.state == ContainerState::Running)?;
+        Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))
+    }
+
+    /// Starts the next attempt of `container` unless its back-off forbids it now (in
+    /// `pid_namespace` rather than the pod's choice, for an ephemeral container's target).
     async fn start_or_back_off(
         &mut self,
         pod: &Pod,
@@ -515,6 +578,7 @@ impl PodWorker {
         sandbox: &Sandbox,
         volumes: &HashMap<String, PathBuf>,
         hostname: &str,
+        pid_namespace: Option<PathBuf>,
     ) -> Option<Instant> {
         let now = Instant::now();
         let image = container.image.clone().unwrap_or_default();
@@ -587,6 +651,7 @@ impl PodWorker {
             hostname,
             pod_ip,
             updates: self.updates.clone(),
+            pid_namespace,
         };
         match timed("container", &self.uid, start_container(&self.ctx, &request)).await {
             Ok(started) => {
@@ -1129,6 +1194,14 @@ async fn timed<T>(step: &'static str, uid: &str, future: impl Future<Output = T>
         "pod step"
     );
     output
+}
+
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Container `name` of the pod, regular or init.

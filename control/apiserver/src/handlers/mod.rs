@@ -9,8 +9,8 @@ mod watch;
 mod write;
 
 pub use write::{
-    check_type, create_for_apply, decision, finish_write, finished_deleting, normalize,
-    now_rfc3339 as now, prepare_update, service_ports,
+    WrittenPart, check_type, create_for_apply, decision, finish_write, finished_deleting,
+    normalize, now_rfc3339 as now, prepare_update, service_ports,
 };
 
 use bytes::Bytes;
@@ -107,8 +107,8 @@ pub async fn dispatch<S: Store>(
         "list" => read::list(server, &call).await,
         "watch" => watch::watch(server, &call).await,
         "create" => write::create(server, &call).await,
-        "update" => write::update(server, &call, false).await,
-        "patch" => write::patch(server, &call, false).await,
+        "update" => write::update(server, &call, WrittenPart::Object).await,
+        "patch" => write::patch(server, &call, WrittenPart::Object).await,
         "delete" => delete::delete(server, &call).await,
         "deletecollection" => delete::delete_collection(server, &call).await,
         other => Err(StatusError::method_not_supported(

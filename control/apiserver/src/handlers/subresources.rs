@@ -1,4 +1,4 @@
-//! Subresources: status, scale, binding, eviction, token (log/exec/attach/portforward are proxied to
+//! Subresources: status, ephemeralcontainers, scale, binding, eviction, token (log/exec/attach/portforward are proxied to
 //! the kubelet before they get here: see `node_proxy`).
 
 use http::{Response, StatusCode};
@@ -8,7 +8,7 @@ use baton_store::Store;
 
 use super::Call;
 use super::read::read_object;
-use super::write::{patch, update};
+use super::write::{WrittenPart, patch, update};
 use crate::ApiServer;
 use crate::body::{Body, json_response, parse_object};
 use crate::objects::{Decision, guaranteed_update};
@@ -23,10 +23,16 @@ pub async fn dispatch<S: Store>(
 ) -> Result<Response<Body>, StatusError> {
     let verb = call.info.verb;
     match (sub, verb) {
-        ("status", "get") => super::read::get(server, call).await,
-        ("status", "update") => update(server, call, true).await,
-        ("status", "patch") => patch(server, call, true).await,
-        ("finalize", "update") => update(server, call, false).await,
+        ("status" | "ephemeralcontainers", "get") => super::read::get(server, call).await,
+        ("status", "update") => update(server, call, WrittenPart::Status).await,
+        ("status", "patch") => patch(server, call, WrittenPart::Status).await,
+        ("ephemeralcontainers", "update") => {
+            update(server, call, WrittenPart::EphemeralContainers).await
+        }
+        ("ephemeralcontainers", "patch") => {
+            patch(server, call, WrittenPart::EphemeralContainers).await
+        }
+        ("finalize", "update") => update(server, call, WrittenPart::Object).await,
         ("scale", "get") => {
             let obj = read_object(server, call.resource, &call.key(), call.name()).await?;
             Ok(json_response(StatusCode::OK, &scale_of(&obj)))

@@ -404,15 +404,38 @@ pub async fn create<S: Store>(
     ))
 }
 
+/// What of an object a write may change: the whole object (but its status), its status (the
+/// `status` subresource), or a pod's ephemeral containers (`ephemeralcontainers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrittenPart {
+    Object,
+    Status,
+    EphemeralContainers,
+}
+
+impl WrittenPart {
+    /// The subresource that writes this part, as recorded in managedFields.
+    pub fn subresource(self) -> Option<&'static str> {
+        match self {
+            WrittenPart::Object => None,
+            WrittenPart::Status => Some("status"),
+            WrittenPart::EphemeralContainers => Some("ephemeralcontainers"),
+        }
+    }
+}
+
 /// Builds the object an update stores, from the current one and the client's.
 pub fn prepare_update(
     server: &defaults::DefaultingConfig,
     resource: &Resource,
     current: &Value,
     mut next: Value,
-    status_only: bool,
+    part: WrittenPart,
 ) -> Result<Value, StatusError> {
-    if status_only {
+    if part == WrittenPart::EphemeralContainers {
+        return crate::ephemeral_containers::prepare_update(resource, current, &next);
+    }
+    if part == WrittenPart::Status {
         let mut out = current.clone();
         out["status"] = next.get("status").cloned().unwrap_or(Value::Null);
         // Upstream's apps status strategies keep everything but spec and labels from the
@@ -589,22 +612,19 @@ fn creates_on_update(resource: &Resource) -> bool {
 /// what it changed, and whether to preview, delete or write.
 fn decide(
     call: &Call<'_>,
+    part: WrittenPart,
     current: &Value,
     mut prepared: Value,
     pool: &crate::services::PortPool,
     dry_run: bool,
 ) -> Decision {
     pool.fill(&mut prepared);
-    let subresource = match call.info.subresource.as_deref() {
-        Some("status") => Some("status"),
-        _ => None,
-    };
     crate::managed_fields::record_update(
         current,
         &mut prepared,
         &call.manager(),
         &call.resource.api_version(),
-        subresource,
+        part.subresource(),
     );
     decision(current, prepared, dry_run)
 }
@@ -621,11 +641,11 @@ pub fn decision(current: &Value, prepared: Value, dry_run: bool) -> Decision {
     }
 }
 
-/// PUT of the object or of its status.
+/// PUT of the object or of a part of it.
 pub async fn update<S: Store>(
     server: &ApiServer<S>,
     call: &Call<'_>,
-    status_only: bool,
+    part: WrittenPart,
 ) -> Result<Response<Body>, StatusError> {
     let resource = call.resource;
     let mut obj = parse_object(&call.body, call.content_type)?;
@@ -655,23 +675,18 @@ pub async fn update<S: Store>(
             return Err(StatusError::conflict(&resource.subject(), &name));
         }
         check_uid(call, current, &next, false)?;
-        let mut prepared = prepare_update(
-            &server.defaulting,
-            resource,
-            current,
-            next.clone(),
-            status_only,
-        )?;
+        let mut prepared =
+            prepare_update(&server.defaulting, resource, current, next.clone(), part)?;
         if finalize {
             prepared["spec"]["finalizers"] = next["spec"]["finalizers"].clone();
         }
         admit_update(server, resource, &prepared)?;
-        Ok(decide(call, current, prepared, &pool, dry_run))
+        Ok(decide(call, part, current, prepared, &pool, dry_run))
     })
     .await;
     if let Err(e) = &result
         && e.reason == "NotFound"
-        && !status_only
+        && part == WrittenPart::Object
         && creates_on_update(resource)
         && precondition.is_none()
     {
@@ -727,17 +742,17 @@ pub async fn finish_write<S: Store>(
     }
 }
 
-/// PATCH of the object or its status.
+/// PATCH of the object or a part of it.
 pub async fn patch<S: Store>(
     server: &ApiServer<S>,
     call: &Call<'_>,
-    status_only: bool,
+    part: WrittenPart,
 ) -> Result<Response<Body>, StatusError> {
     let resource = call.resource;
     let patch_type = PatchType::from_content_type(call.content_type)?;
     let name = call.name().to_string();
     if patch_type == PatchType::Apply {
-        return crate::apply::server_side_apply(server, call, status_only).await;
+        return crate::apply::server_side_apply(server, call, part).await;
     }
     let dry_run = call.query.dry_run()?;
     let mut warnings = vec![];
@@ -763,9 +778,9 @@ pub async fn patch<S: Store>(
         check_uid(call, current, &patched, true)?;
         set_type(resource, &mut patched);
         let next = normalize(call, patched, &mut warnings)?;
-        let prepared = prepare_update(&server.defaulting, resource, current, next, status_only)?;
+        let prepared = prepare_update(&server.defaulting, resource, current, next, part)?;
         admit_update(server, resource, &prepared)?;
-        Ok(decide(call, current, prepared, &pool, dry_run))
+        Ok(decide(call, part, current, prepared, &pool, dry_run))
     })
     .await;
     finish_write(server, call, result, &pool, &warnings).await

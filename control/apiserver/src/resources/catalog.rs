@@ -26,6 +26,11 @@ const SCALE: Subresource = Subresource {
 const POD_SUBRESOURCES: &[Subresource] = &[
     status("", "v1", "Pod"),
     Subresource {
+        name: "ephemeralcontainers",
+        kind: Some(("", "v1", "Pod")),
+        verbs: STATUS_VERBS,
+    },
+    Subresource {
         name: "binding",
         kind: Some(("", "v1", "Binding")),
         verbs: &["create"],

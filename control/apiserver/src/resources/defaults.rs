@@ -224,6 +224,7 @@ fn pod_spec(spec: &mut Value) {
     default(spec, "enableServiceLinks", json!(true));
     each_mut(spec, "containers", container);
     each_mut(spec, "initContainers", container);
+    ephemeral_containers(spec);
     each_mut(spec, "volumes", |v| {
         for source in ["configMap", "secret", "downwardAPI", "projected"] {
             if let Some(src) = v.get_mut(source).filter(|s| s.is_object()) {
@@ -240,6 +241,11 @@ fn pod_spec(spec: &mut Value) {
             }
         }
     });
+}
+
+/// Defaults of a pod spec's ephemeral containers (those of every container).
+pub fn ephemeral_containers(spec: &mut Value) {
+    each_mut(spec, "ephemeralContainers", container);
 }
 
 fn container(c: &mut Value) {

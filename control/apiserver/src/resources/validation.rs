@@ -1,6 +1,7 @@
 //! Validation with upstream's field paths and messages. A refused object is never stored.
 
 mod cronjob;
+pub mod ephemeral_containers;
 mod rbac;
 mod storage;
 
@@ -383,6 +384,9 @@ fn restart_policy_of_job(pod_spec: &Value, path: &str, causes: &mut Vec<FieldCau
 pub fn create(group: &str, kind: &str, obj: &Value, causes: &mut Vec<FieldCause>) {
     if (group, kind) == ("batch", "CronJob") {
         cronjob::create(obj, causes);
+    }
+    if (group, kind) == ("", "Pod") {
+        ephemeral_containers::create(&obj["spec"], causes);
     }
 }
 

@@ -73,7 +73,8 @@ pub struct SandboxNamespaces {
     pub network: PathBuf,
     pub ipc: PathBuf,
     pub uts: PathBuf,
-    /// The pod's PID namespace, when `shareProcessNamespace` is set.
+    /// The PID namespace to join: the pod's, when `shareProcessNamespace` is set, or the
+    /// target container's, for an ephemeral container that names one.
     pub pid: Option<PathBuf>,
     /// The pod's `/dev/shm` (a tmpfs shared by its containers; unused with `hostIPC`).
     pub shm: PathBuf,

@@ -1,6 +1,6 @@
 //! Linux namespaces of a pod's container: the pod's network, IPC and UTS namespaces joined by
 //! path (the host's for `hostNetwork`/`hostIPC`), a PID namespace of its own (the pod's with
-//! `shareProcessNamespace`, the host's with `hostPID`), a new mount namespace, and a new cgroup
+//! `shareProcessNamespace`, an ephemeral container's target's, the host's with `hostPID`), a new mount namespace, and a new cgroup
 //! namespace on cgroup v2 for unprivileged containers (as containerd); and the pod's hostname.
 
 use std::path::Path;
@@ -33,14 +33,11 @@ pub fn namespaces(
 
     let mut out = Vec::new();
     if !host_pid {
-        if share_pid {
-            let path = sandbox
-                .pid
-                .as_deref()
-                .ok_or(ContainerConfigError::NoPodPidNamespace)?;
-            out.push(namespace(LinuxNamespaceType::Pid, Some(path)));
-        } else {
-            out.push(namespace(LinuxNamespaceType::Pid, None));
+        match &sandbox.pid {
+            // The pod's (shareProcessNamespace), or an ephemeral container's target's.
+            Some(path) => out.push(namespace(LinuxNamespaceType::Pid, Some(path))),
+            None if share_pid => return Err(ContainerConfigError::NoPodPidNamespace),
+            None => out.push(namespace(LinuxNamespaceType::Pid, None)),
         }
     }
     if !host_ipc {
@@ -211,9 +208,14 @@ mod tests {
             ),
         ];
         for (what, spec, v2, privileged, want) in cases {
-            let got = namespaces(&pod(spec), &sandbox(true), v2, privileged).unwrap();
+            // The runtime holds a PID namespace for the pod only when its processes share one.
+            let shared = spec.share_process_namespace == Some(true);
+            let got = namespaces(&pod(spec), &sandbox(shared), v2, privileged).unwrap();
             assert_eq!(describe(&got), want, "{what}");
         }
+        // An ephemeral container joins its target's PID namespace, given as the sandbox's.
+        let target = namespaces(&pod(PodSpec::default()), &sandbox(true), false, false).unwrap();
+        assert_eq!(describe(&target)[0], "pid=/run/ns/pid");
         let shared = pod(PodSpec {
             share_process_namespace: Some(true),
             ..Default::default()

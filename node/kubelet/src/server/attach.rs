@@ -65,10 +65,8 @@ pub(crate) async fn attach(
         Ok(pod) => pod,
         Err(refusal) => return *refusal,
     };
-    let spec = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.iter().find(|c| c.name == container));
+    let spec = crate::ephemeral_containers::any_container(&pod, container);
+    let spec = spec.as_ref();
     let spec_stdin = spec.is_some_and(|c| c.stdin == Some(true));
     let spec_tty = spec.is_some_and(|c| c.tty == Some(true));
     let container_id = match running_container_or_not_found(state, &pod, container).await {
