@@ -200,27 +200,28 @@ impl WatchCache {
         self.history.lock().expect("watch cache lock").latest
     }
 
-    fn push(&self, event: CachedEvent) {
-        let event = Arc::new(event);
+    /// Adds the events of one store message (whole revisions; none for a progress notification,
+    /// which still tells the store's revision for bookmarks), all under one lock: a watcher
+    /// never sees the cache's latest revision while only part of a revision's events (a
+    /// transaction that changed several keys) is in the channel, so no bookmark comes between
+    /// them.
+    fn push_all(&self, events: impl IntoIterator<Item = CachedEvent>, revision: i64) {
         let mut history = self.history.lock().expect("watch cache lock");
-        history.latest = history.latest.max(event.revision);
-        history.bytes += event.stored_bytes();
-        history.events.push_back(event.clone());
-        while history.events.len() > HISTORY
-            || (history.bytes > HISTORY_BYTES && history.events.len() > 1)
-        {
-            if let Some(old) = history.events.pop_front() {
-                history.bytes -= old.stored_bytes();
-                history.oldest = old.revision;
+        for event in events {
+            let event = Arc::new(event);
+            history.latest = history.latest.max(event.revision);
+            history.bytes += event.stored_bytes();
+            history.events.push_back(event.clone());
+            while history.events.len() > HISTORY
+                || (history.bytes > HISTORY_BYTES && history.events.len() > 1)
+            {
+                if let Some(old) = history.events.pop_front() {
+                    history.bytes -= old.stored_bytes();
+                    history.oldest = old.revision;
+                }
             }
+            let _ = self.tx.send(Delivery::Event(event));
         }
-        let _ = self.tx.send(Delivery::Event(event));
-    }
-
-    /// Records that every change up to `revision` has been seen (a progress notification), so
-    /// bookmarks can carry the store's revision even when nothing under the prefix changes.
-    fn progress(&self, revision: i64) {
-        let mut history = self.history.lock().expect("watch cache lock");
         history.latest = history.latest.max(revision);
     }
 
@@ -345,13 +346,10 @@ async fn feed<S: Store>(store: Arc<S>, prefix: &'static str, cache: Arc<WatchCac
                 while let Some(batch) = stream.next().await {
                     match batch {
                         Ok(batch) => {
-                            for event in &batch.events {
-                                after = after.max(event.revision);
-                                if let Some(converted) = convert(event) {
-                                    cache.push(converted);
-                                }
+                            if let Some(last) = batch.events.last() {
+                                after = after.max(last.revision);
                             }
-                            cache.progress(batch.revision);
+                            cache.push_all(batch.events.iter().filter_map(convert), batch.revision);
                         }
                         Err(StoreError::Compacted { compacted, .. }) => {
                             tracing::warn!(
@@ -401,16 +399,44 @@ mod tests {
     }
 
     #[test]
+    fn events_of_one_revision_arrive_together() {
+        let cache = WatchCache::new(5);
+        let mut live = cache.subscribe(5).unwrap().live;
+        let event = |n: u8| {
+            CachedEvent::new(
+                EventType::Deleted,
+                7,
+                Bytes::from(vec![b'{', n, b'}']),
+                None,
+            )
+        };
+        cache.push_all([event(b'1'), event(b'2'), event(b'3')], 7);
+        assert_eq!(cache.latest_revision(), 7);
+        for _ in 0..3 {
+            match live.try_recv() {
+                Ok(Delivery::Event(e)) => assert_eq!(e.revision, 7),
+                _ => panic!("three events of revision 7"),
+            }
+        }
+        assert_eq!(cache.subscribe(6).unwrap().backlog.len(), 3);
+        assert!(cache.subscribe(7).unwrap().backlog.is_empty());
+        // A progress notification moves the revision alone.
+        cache.push_all([], 9);
+        assert_eq!(cache.latest_revision(), 9);
+    }
+
+    #[test]
     fn history_is_bounded_by_bytes_as_well_as_events() {
         let cache = WatchCache::new(0);
         let big = Bytes::from(vec![b' '; 1 << 20]);
         for revision in 1..=40 {
-            cache.push(CachedEvent::new(
+            let event = CachedEvent::new(
                 EventType::Modified,
                 revision,
                 big.clone(),
                 Some(big.clone()),
-            ));
+            );
+            cache.push_all([event], revision);
         }
         let history = cache.history.lock().unwrap();
         assert_eq!(history.events.len(), 8, "16 MiB hold eight 2 MiB events");
@@ -426,7 +452,7 @@ mod tests {
         );
         assert_eq!(cache.subscribe(32).unwrap().backlog.len(), 8);
         let huge = Bytes::from(vec![b' '; 32 << 20]);
-        cache.push(CachedEvent::new(EventType::Modified, 41, huge, None));
+        cache.push_all([CachedEvent::new(EventType::Modified, 41, huge, None)], 41);
         assert_eq!(
             cache.history.lock().unwrap().events.len(),
             1,

@@ -534,12 +534,34 @@ impl PodWorker {
                 Some(target) => match self.pid_namespace_of(&target).await {
                     Some(path) => Some(path),
                     None => {
+                        // As upstream when the target is not found: a config error, tried
+                        // again with back-off.
+                        let now = Instant::now();
+                        let backoff = self
+                            .crash_backoff
+                            .entry(container.name.clone())
+                            .or_default();
+                        if backoff.retry_at(now).is_none() {
+                            backoff.failed(now);
+                            self.ctx
+                                .event(
+                                    pod,
+                                    Some(&container.name),
+                                    true,
+                                    "Failed",
+                                    "Error: CreateContainerConfigError".into(),
+                                )
+                                .await;
+                        }
+                        let retry = self.crash_backoff[&container.name]
+                            .retry_at(now)
+                            .unwrap_or(now + crate::backoff::INITIAL);
                         let track = self.tracks.entry(container.name.clone()).or_default();
                         track.waiting = Some((
-                            "CreateContainerError".into(),
+                            "CreateContainerConfigError".into(),
                             format!("target container {target:?} is not running"),
                         ));
-                        wake = earliest(wake, Some(Instant::now() + crate::backoff::INITIAL));
+                        wake = earliest(wake, Some(retry));
                         continue;
                     }
                 },

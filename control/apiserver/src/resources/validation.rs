@@ -353,7 +353,7 @@ fn workload(obj: &Value, causes: &mut Vec<FieldCause>, restart_always: bool) {
         }
     }
     let template_spec = &spec["template"]["spec"];
-    pod_spec(template_spec, "spec.template.spec", causes);
+    pod_template_spec(template_spec, "spec.template.spec", causes);
     if restart_always {
         let policy = template_spec["restartPolicy"].as_str().unwrap_or("Always");
         if policy != "Always" {
@@ -403,6 +403,18 @@ fn go_map(labels: &Value) -> String {
         .map(|(k, v)| format!("{k:?}:{}", serde_json::to_string(v).unwrap_or_default()))
         .collect();
     format!("map[string]string{{{}}}", entries.join(", "))
+}
+
+/// The pod spec of a template (`path` is the spec's): a pod's checks, and no ephemeral
+/// containers (they are added to running pods only).
+fn pod_template_spec(spec: &Value, path: &str, causes: &mut Vec<FieldCause>) {
+    pod_spec(spec, path, causes);
+    if !is_empty_value(&spec["ephemeralContainers"]) {
+        causes.push(FieldCause::forbidden(
+            format!("{path}.ephemeralContainers"),
+            "ephemeral containers not allowed in pod template",
+        ));
+    }
 }
 
 fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<FieldCause>) {
@@ -473,6 +485,10 @@ fn pod_spec(spec: &Value, path: &str, causes: &mut Vec<FieldCause>) {
     for (list, field) in [
         (spec["containers"].as_array(), "containers"),
         (spec["initContainers"].as_array(), "initContainers"),
+        (
+            spec["ephemeralContainers"].as_array(),
+            "ephemeralContainers",
+        ),
     ] {
         for (i, c) in list.into_iter().flatten().enumerate() {
             for (j, m) in c["volumeMounts"]

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::{labels, non_negative, pod_spec, restart_policy_of_job};
+use super::{labels, non_negative, pod_template_spec, restart_policy_of_job};
 use crate::status::FieldCause;
 
 /// Upstream's limit: a Job's name (at most 63 characters) is the CronJob's plus
@@ -121,7 +121,7 @@ fn job_template(template: &Value, causes: &mut Vec<FieldCause>) {
         causes,
     );
     let pod = &pod_template["spec"];
-    pod_spec(pod, &format!("{at}.template.spec"), causes);
+    pod_template_spec(pod, &format!("{at}.template.spec"), causes);
     restart_policy_of_job(pod, &format!("{at}.template.spec"), causes);
     if let Some(selector) = spec.get("selector").filter(|s| !s.is_null()) {
         causes.push(FieldCause::invalid(

@@ -206,6 +206,28 @@ mod tests {
     }
 
     #[test]
+    fn pod_templates_have_none() {
+        let deployment = json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": spec(json!([{"name": "d", "image": "busybox"}])),
+                },
+            },
+        });
+        let mut causes = vec![];
+        super::super::object("apps", "Deployment", &deployment, &mut causes);
+        assert_eq!(
+            fields(&causes),
+            [
+                "spec.template.spec.ephemeralContainers: Forbidden: ephemeral containers not allowed in pod template"
+            ]
+        );
+    }
+
+    #[test]
     fn a_new_pod_has_none() {
         let mut causes = vec![];
         create(
