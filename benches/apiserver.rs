@@ -285,15 +285,6 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
         let txn_cpu = cpu_before.per_op_since(&pids, n);
-        // Gone again before the API creates, so that the API server's cache and RSS hold only
-        // the benchmark's pods.
-        etcd_client
-            .kv_client()
-            .delete(
-                "/registry/pods/rawbench/",
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            )
-            .await?;
         cpu_notes.push(format!(
             "c={concurrency}: raw create-if-absent txn of the stored bytes: {:.0}/s, p50 {}, p99 {}; {}",
             txn.throughput,
