@@ -15,17 +15,12 @@ pub fn prepare_update(
     next: &Value,
 ) -> Result<Value, StatusError> {
     let mut out = current.clone();
-    let list = next["spec"]
-        .get("ephemeralContainers")
-        .filter(|v| !v.is_null());
-    match (list, out["spec"].as_object_mut()) {
-        (Some(list), Some(spec)) => {
-            spec.insert("ephemeralContainers".into(), list.clone());
-        }
-        (None, Some(spec)) => {
-            spec.remove("ephemeralContainers");
-        }
-        (_, None) => {}
+    let list = &next["spec"]["ephemeralContainers"];
+    if let Some(spec) = out["spec"].as_object_mut() {
+        match list {
+            Value::Null => spec.remove("ephemeralContainers"),
+            list => spec.insert("ephemeralContainers".into(), list.clone()),
+        };
     }
     defaults::ephemeral_containers(&mut out["spec"]);
     let mut causes = vec![];

@@ -14,6 +14,13 @@ pub struct FieldCause {
     pub field: String,
 }
 
+/// `field: message`, as upstream prints a cause in an `Invalid` error's message.
+impl std::fmt::Display for FieldCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
 impl FieldCause {
     /// A value that is not allowed: `field: Invalid value: VALUE: detail`.
     pub fn invalid(field: impl Into<String>, value: &Value, detail: impl Into<String>) -> Self {
@@ -273,12 +280,9 @@ impl StatusError {
     /// 422 Invalid with field causes, worded as upstream's `NewInvalid`.
     pub fn invalid(subject: &Subject<'_>, name: &str, causes: Vec<FieldCause>) -> Self {
         let summary = if causes.len() == 1 {
-            format!("{}: {}", causes[0].field, causes[0].message)
+            causes[0].to_string()
         } else {
-            let parts: Vec<String> = causes
-                .iter()
-                .map(|c| format!("{}: {}", c.field, c.message))
-                .collect();
+            let parts: Vec<String> = causes.iter().map(ToString::to_string).collect();
             format!("[{}]", parts.join(", "))
         };
         let msg = format!(

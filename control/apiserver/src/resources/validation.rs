@@ -1287,10 +1287,7 @@ mod tests {
             &pod(json!({"shareProcessNamespace": true, "hostPID": true})),
             &mut causes,
         );
-        let shown: Vec<String> = causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect();
+        let shown: Vec<String> = causes.iter().map(ToString::to_string).collect();
         assert_eq!(
             shown,
             [
@@ -1340,10 +1337,7 @@ mod tests {
     fn update_errors(kind: &str, old: &Value, new: &Value) -> Vec<String> {
         let mut causes = vec![];
         update("", kind, old, new, &mut causes);
-        causes
-            .into_iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
+        causes.iter().map(ToString::to_string).collect()
     }
 
     fn pod(spec: Value) -> Value {
@@ -1650,10 +1644,7 @@ mod tests {
         let errors = |obj: &Value| -> Vec<String> {
             let mut causes = vec![];
             object("", "Pod", obj, &mut causes);
-            causes
-                .into_iter()
-                .map(|c| format!("{}: {}", c.field, c.message))
-                .collect()
+            causes.iter().map(ToString::to_string).collect()
         };
         let at = "spec.volumes[0].projected.sources[0].serviceAccountToken";
         assert!(errors(&pod(json!({"path": "token", "expirationSeconds": 3607}))).is_empty());
@@ -1677,10 +1668,7 @@ mod tests {
     fn class_errors(obj: &Value) -> Vec<String> {
         let mut causes = vec![];
         object("scheduling.k8s.io", "PriorityClass", obj, &mut causes);
-        causes
-            .into_iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
+        causes.iter().map(ToString::to_string).collect()
     }
 
     #[test]
@@ -1723,10 +1711,7 @@ mod tests {
             &new,
             &mut causes,
         );
-        let errors: Vec<String> = causes
-            .into_iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect();
+        let errors: Vec<String> = causes.iter().map(ToString::to_string).collect();
         assert_eq!(
             errors,
             [

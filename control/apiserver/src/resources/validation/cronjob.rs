@@ -150,10 +150,7 @@ mod tests {
         if creating {
             create(obj, &mut causes);
         }
-        causes
-            .into_iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
+        causes.iter().map(ToString::to_string).collect()
     }
 
     fn cron_job(schedule: &str) -> Value {

@@ -136,10 +136,7 @@ mod tests {
     }
 
     fn fields(causes: &[FieldCause]) -> Vec<String> {
-        causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
+        causes.iter().map(ToString::to_string).collect()
     }
 
     #[test]

@@ -129,10 +129,7 @@ mod tests {
     use serde_json::json;
 
     fn messages(causes: Vec<FieldCause>) -> Vec<String> {
-        causes
-            .into_iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
+        causes.iter().map(ToString::to_string).collect()
     }
 
     #[test]

@@ -229,10 +229,7 @@ mod tests {
     fn messages(check: impl Fn(&mut Vec<FieldCause>)) -> Vec<String> {
         let mut causes = vec![];
         check(&mut causes);
-        causes
-            .into_iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
+        causes.iter().map(ToString::to_string).collect()
     }
 
     #[test]
