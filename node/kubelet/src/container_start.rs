@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use baton_images::{Image, PullOptions};
-use baton_runtime::{ContainerConfig, ContainerRuntime, Sandbox};
+use baton_runtime::{ContainerConfig, ContainerRuntime, ContainerState, Sandbox};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, LifecycleHandler, Pod, Secret};
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
@@ -83,8 +83,40 @@ pub struct StartRequest<'a> {
     pub pod_ip: Option<&'a str>,
     /// The pod's updates: a postStart hook is cut short when the pod is deleted.
     pub updates: Option<watch::Receiver<PodUpdate>>,
-    /// A PID namespace to join instead of the pod's choice (an ephemeral container's target's).
-    pub pid_namespace: Option<PathBuf>,
+    /// For an ephemeral container that names one: the container whose PID namespace it joins.
+    pub target: Option<TargetContainer>,
+}
+
+/// The container an ephemeral container targets: its name, and the runtime id of its running
+/// attempt (none while it does not run).
+#[derive(Debug, Clone)]
+pub struct TargetContainer {
+    pub name: String,
+    pub running_id: Option<String>,
+}
+
+/// The PID namespace of the target's process; a config error while it does not run (as
+/// upstream, which retries it with back-off).
+async fn target_pid_namespace(
+    ctx: &KubeletContext,
+    target: &TargetContainer,
+) -> Result<PathBuf, StartFailure> {
+    let not_running = || {
+        StartFailure::new(
+            "CreateContainerConfigError",
+            format!("target container {:?} is not running", target.name),
+        )
+    };
+    let id = target.running_id.as_deref().ok_or_else(not_running)?;
+    let status = ctx
+        .runtime
+        .container_status(id)
+        .await
+        .map_err(|_| not_running())?;
+    match (status.state, status.pid) {
+        (ContainerState::Running, Some(pid)) => Ok(PathBuf::from(format!("/proc/{pid}/ns/pid"))),
+        _ => Err(not_running()),
+    }
 }
 
 /// Starts the attempt.
@@ -95,6 +127,10 @@ pub async fn start_container(
     let pod = request.pod;
     let container = request.container;
     let uid = pod.uid().unwrap_or_default();
+    let target_pid_namespace = match &request.target {
+        Some(target) => Some(target_pid_namespace(ctx, target).await?),
+        None => None,
+    };
     let image = ensure_image(ctx, pod, container).await?;
     let env = environment(ctx, pod, container, request.pod_ip).await?;
     let read_only = crate::volumes::read_only_volumes(pod);
@@ -109,7 +145,17 @@ pub async fn start_container(
             format!("mount the root filesystem: {err}"),
         )
     })?;
-    let result = create_and_start(ctx, request, &id, &bundle, &rootfs, &image, &env, &mounts).await;
+    let sandbox = SandboxNamespaces {
+        network: request.sandbox.network.clone().unwrap_or_default(),
+        ipc: request.sandbox.ipc.clone().unwrap_or_default(),
+        uts: request.sandbox.uts.clone().unwrap_or_default(),
+        pid: target_pid_namespace.or_else(|| request.sandbox.pid.clone()),
+        shm: request.sandbox.shm.clone(),
+    };
+    let result = create_and_start(
+        ctx, request, &sandbox, &id, &bundle, &rootfs, &image, &env, &mounts,
+    )
+    .await;
     if result.is_err() {
         let _ = ctx.runtime.remove_container(&id).await;
         if let Err(err) = baton_images::unmount_overlay(&bundle) {
@@ -189,6 +235,7 @@ async fn post_start(
 async fn create_and_start(
     ctx: &KubeletContext,
     request: &StartRequest<'_>,
+    sandbox: &SandboxNamespaces,
     id: &str,
     bundle: &std::path::Path,
     rootfs: &std::path::Path,
@@ -208,16 +255,6 @@ async fn create_and_start(
         )
     })?;
     let defaults = image_defaults(image);
-    let sandbox = SandboxNamespaces {
-        network: request.sandbox.network.clone().unwrap_or_default(),
-        ipc: request.sandbox.ipc.clone().unwrap_or_default(),
-        uts: request.sandbox.uts.clone().unwrap_or_default(),
-        pid: request
-            .pid_namespace
-            .clone()
-            .or_else(|| request.sandbox.pid.clone()),
-        shm: request.sandbox.shm.clone(),
-    };
     let etc_files = PodEtcFiles {
         hosts: request.dirs.etc_hosts(),
         resolv_conf: request.dirs.resolv_conf(),
@@ -232,7 +269,7 @@ async fn create_and_start(
         rootfs,
         env,
         volume_mounts: mounts,
-        sandbox: &sandbox,
+        sandbox,
         etc_files: &etc_files,
         termination_log: &termination_log,
         hostname: request.hostname,

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use crate::backoff::Backoff;
 use crate::container_spec::namespaces::pod_hostname;
 use crate::container_spec::pod_description;
-use crate::container_start::{StartRequest, parse_container_id, start_container};
+use crate::container_start::{StartRequest, TargetContainer, parse_container_id, start_container};
 use crate::container_stop::{StopRequest, stop_container};
 use crate::context::KubeletContext;
 use crate::pod_dirs::{PodDirs, etc_files};
@@ -519,6 +519,8 @@ impl PodWorker {
         volumes: &HashMap<String, PathBuf>,
         hostname: &str,
     ) -> Option<Instant> {
+        // With a shared process namespace, every container is already in the target's.
+        let shared = pod.spec.as_ref().and_then(|s| s.share_process_namespace) == Some(true);
         let mut wake = None;
         for (container, target) in crate::ephemeral_containers::of(pod) {
             let started = self
@@ -528,71 +530,25 @@ impl PodWorker {
             if started {
                 continue;
             }
-            // With a shared process namespace, every container is already in the target's.
-            let shared = pod.spec.as_ref().and_then(|s| s.share_process_namespace) == Some(true);
-            let pid_namespace = match target.filter(|_| !shared) {
-                Some(target) => match self.pid_namespace_of(&target).await {
-                    Some(path) => Some(path),
-                    None => {
-                        // As upstream when the target is not found: a config error, tried
-                        // again with back-off.
-                        let now = Instant::now();
-                        let backoff = self
-                            .crash_backoff
-                            .entry(container.name.clone())
-                            .or_default();
-                        if backoff.retry_at(now).is_none() {
-                            backoff.failed(now);
-                            self.ctx
-                                .event(
-                                    pod,
-                                    Some(&container.name),
-                                    true,
-                                    "Failed",
-                                    "Error: CreateContainerConfigError".into(),
-                                )
-                                .await;
-                        }
-                        let retry = self.crash_backoff[&container.name]
-                            .retry_at(now)
-                            .unwrap_or(now + crate::backoff::INITIAL);
-                        let track = self.tracks.entry(container.name.clone()).or_default();
-                        track.waiting = Some((
-                            "CreateContainerConfigError".into(),
-                            format!("target container {target:?} is not running"),
-                        ));
-                        wake = earliest(wake, Some(retry));
-                        continue;
-                    }
-                },
-                None => None,
-            };
+            let target = target.filter(|_| !shared).map(|name| TargetContainer {
+                running_id: self
+                    .tracks
+                    .get(&name)
+                    .and_then(|t| t.current.as_ref())
+                    .filter(|a| a.exit.is_none())
+                    .map(|a| a.container_id.clone()),
+                name,
+            });
             let at = self
-                .start_or_back_off(pod, &container, sandbox, volumes, hostname, pid_namespace)
+                .start_or_back_off(pod, &container, sandbox, volumes, hostname, target)
                 .await;
             wake = earliest(wake, at);
         }
         wake
     }
 
-    /// The PID namespace of the running container `name`, by its process.
-    async fn pid_namespace_of(&self, name: &str) -> Option<PathBuf> {
-        let track = self.tracks.get(name)?;
-        let attempt = track.current.as_ref().filter(|a| a.exit.is_none())?;
-        let status = self
-            .ctx
-            .runtime
-            .container_status(&attempt.container_id)
-            .await
-            .ok()?;
-        let pid = status
-            .pid
-            .filter(|_| status.state == ContainerState::Running)?;
-        Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))
-    }
-
-    /// Starts the next attempt of `container` unless its back-off forbids it now (in
-    /// `pid_namespace` rather than the pod's choice, for an ephemeral container's target).
+    /// Starts the next attempt of `container` unless its back-off forbids it now (with
+    /// `target`, an ephemeral container's, in that container's PID namespace).
     async fn start_or_back_off(
         &mut self,
         pod: &Pod,
@@ -600,7 +556,7 @@ impl PodWorker {
         sandbox: &Sandbox,
         volumes: &HashMap<String, PathBuf>,
         hostname: &str,
-        pid_namespace: Option<PathBuf>,
+        target: Option<TargetContainer>,
     ) -> Option<Instant> {
         let now = Instant::now();
         let image = container.image.clone().unwrap_or_default();
@@ -673,7 +629,7 @@ impl PodWorker {
             hostname,
             pod_ip,
             updates: self.updates.clone(),
-            pid_namespace,
+            target,
         };
         match timed("container", &self.uid, start_container(&self.ctx, &request)).await {
             Ok(started) => {
