@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use baton_cluster::state::process_alive;
 use baton_test_harness::{
     Binary, NodeCluster, main_status, pod_phase as phase, wait_until, waiting_reason,
 };
@@ -128,15 +129,6 @@ fn pid_holder_of(runtime_root: &std::path::Path, uid: &str) -> Option<u32> {
         .find_map(|text| text.trim().parse().ok())
 }
 
-/// Whether process `pid` runs (a zombie, ended but not yet reaped, does not).
-fn runs(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
-            .next()
-            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-    })
-}
-
 #[tokio::test]
 async fn containers_of_a_pod_sharing_its_process_namespace_see_one_another() -> Result<()> {
     let cluster = NodeCluster::start(&binary(), "node-share-pid", &[]).await?;
@@ -184,7 +176,7 @@ async fn containers_of_a_pod_sharing_its_process_namespace_see_one_another() -> 
     assert!(seen.contains("stdout F saw main"), "{seen}");
     assert!(seen.contains(baton_runtime::PID_HOLDER_COMMAND), "{seen}");
     let holder = pid_holder_of(&cluster.node.runtime_root(), &uid).expect("the holder's pid");
-    assert!(runs(holder));
+    assert!(process_alive(holder));
     let cmdline = std::fs::read(format!("/proc/{holder}/cmdline"))?;
     assert!(
         cmdline
@@ -208,7 +200,8 @@ async fn containers_of_a_pod_sharing_its_process_namespace_see_one_another() -> 
         })
         .await;
     let renewed = wait_until("a new holder", Duration::from_secs(30), || async {
-        pid_holder_of(&cluster.node.runtime_root(), &uid).filter(|pid| *pid != holder && runs(*pid))
+        pid_holder_of(&cluster.node.runtime_root(), &uid)
+            .filter(|pid| *pid != holder && process_alive(*pid))
     })
     .await?;
     let restarted_log = log.with_file_name("1.log");

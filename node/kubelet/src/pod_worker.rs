@@ -736,12 +736,6 @@ impl PodWorker {
             .map_err(|err| {
                 SandboxFailure::Failed(format!("Failed to create pod sandbox: {err}"))
             })?;
-        if !baton_runtime::pid_namespace_alive(&sandbox) {
-            return Err(SandboxFailure::Failed(
-                "Failed to create pod sandbox: the holder of the pod's PID namespace is not running"
-                    .into(),
-            ));
-        }
         if let Some(netns) = &sandbox.network {
             match self.ctx.network.attach(&self.uid, netns, pod).await {
                 Ok(ip) => self.pod_ip = Some(ip),

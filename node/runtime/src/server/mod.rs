@@ -110,10 +110,10 @@ struct Server {
     terminals: HashMap<String, terminal::Terminal>,
     /// The runtime's writers of containers' stdin FIFOs.
     stdin_writers: HashMap<String, OwnedFd>,
-    /// Killed PID namespace holders of removed sandboxes, reaped once they are gone (a holder
-    /// ends only once the processes of its namespace are reaped, some of them by this
-    /// process, so it is never waited for).
-    pid_holders: Vec<nix::unistd::Pid>,
+    /// pidfds of killed PID namespace holders (of removed sandboxes, or replaced in renewed
+    /// ones), reaped once they are gone (a holder ends only once the processes of its
+    /// namespace are reaped, some of them by this process, so it is never waited for long).
+    pid_holders: Vec<OwnedFd>,
     shutting_down: bool,
 }
 
@@ -333,7 +333,8 @@ impl Server {
                 let earlier = self.pid_holders.len();
                 let removed = sandbox::remove(&self.sandboxes, &id, &mut self.pid_holders);
                 // Its containers were stopped and reaped before: its holder ends at once.
-                self.reap_pid_holders(earlier, PID_HOLDER_WAIT);
+                self.wait_for_pid_holders(earlier);
+                self.reap_pid_holders();
                 removed.map(|()| Response::Done)
             }
             Request::CreateContainer(config) => {
@@ -504,31 +505,27 @@ impl Server {
         for pid in exited {
             self.reap_exec(pid);
         }
-        self.reap_pid_holders(self.pid_holders.len(), std::time::Duration::ZERO);
+        self.reap_pid_holders();
     }
 
-    /// Reaps the killed PID namespace holders that are gone, waiting up to `wait` for each of
-    /// those from index `from` on (just killed; a killed holder ends as soon as the last
-    /// process of its namespace is reaped).
-    fn reap_pid_holders(&mut self, from: usize, wait: std::time::Duration) {
-        let mut index = 0;
-        self.pid_holders.retain(|pid| {
-            index += 1;
-            if index > from
-                && !wait.is_zero()
-                && let Ok(pidfd) = open_pidfd(pid.as_raw())
-            {
-                let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-                let timeout = rustix::event::Timespec {
-                    tv_sec: wait.as_secs() as i64,
-                    tv_nsec: i64::from(wait.subsec_nanos()),
-                };
-                let _ = poll(&mut fds, Some(&timeout));
-            }
-            matches!(
-                nix::sys::wait::waitpid(*pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
-                Ok(nix::sys::wait::WaitStatus::StillAlive)
-            )
+    /// Waits up to [`PID_HOLDER_WAIT`] for each PID namespace holder killed since there were
+    /// `earlier` (a killed holder ends as soon as the last process of its namespace is reaped).
+    fn wait_for_pid_holders(&self, earlier: usize) {
+        let timeout = rustix::event::Timespec {
+            tv_sec: PID_HOLDER_WAIT.as_secs() as i64,
+            tv_nsec: i64::from(PID_HOLDER_WAIT.subsec_nanos()),
+        };
+        for pidfd in self.pid_holders.iter().skip(earlier) {
+            let _ = poll(&mut [PollFd::new(pidfd, PollFlags::IN)], Some(&timeout));
+        }
+    }
+
+    /// Reaps the killed PID namespace holders that are gone (and forgets those that are not
+    /// this process's children: their parent reaps them).
+    fn reap_pid_holders(&mut self) {
+        self.pid_holders.retain(|pidfd| {
+            let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+            matches!(waitid(WaitId::PidFd(pidfd.as_fd()), options), Ok(None))
         });
     }
 

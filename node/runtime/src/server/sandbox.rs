@@ -10,12 +10,11 @@
 //! it reaps what is orphaned in the namespace, and removing the sandbox kills it.
 
 use std::fs::{self, File};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
-use nix::unistd::Pid;
 
 use super::error_chain;
 use crate::types::{Sandbox, SandboxConfig};
@@ -91,16 +90,15 @@ pub(crate) fn create(
     sandboxes: &Path,
     config: &SandboxConfig,
     home: &HomeNamespaces,
-    pid_holders: &mut Vec<Pid>,
+    pid_holders: &mut Vec<OwnedFd>,
 ) -> Result<Sandbox, String> {
     super::check_id(&config.id)?;
     let dir = sandbox_dir(sandboxes, &config.id);
     let sandbox = describe(&dir, config);
-    // A sandbox made before PID namespaces were shared has no `pid` file: made again.
-    if dir.join("ready").exists() && (!config.share_pid || dir.join(PID).exists()) {
+    if dir.join("ready").exists() {
         // A PID namespace whose holder ended is dead (nothing can be born in it): the holder
         // and its namespace are made again, and the containers restart in the new one.
-        if config.share_pid && holder_of(&dir).is_none() {
+        if config.share_pid && !holder_runs(&dir) {
             renew_pid_holder(&dir, home, pid_holders)
                 .map_err(|message| format!("create sandbox {}: {message}", config.id))?;
         }
@@ -207,24 +205,22 @@ fn start_pid_holder(dir: &Path, home: &HomeNamespaces) -> Result<(), String> {
 
 /// Kills the sandbox's PID namespace holder (and with it whatever is left in the namespace),
 /// if the process of the recorded pid is still the one holding the sandbox's namespace (asked
-/// through a pidfd, so that a pid used again since cannot be hit); adds it to `pid_holders`,
-/// to be reaped once it is gone. A holder that already ended and waits to be reaped (killed
+/// through a pidfd, so that a pid used again since cannot be hit); adds its pidfd to
+/// `pid_holders`, to be reaped once it is gone. A holder that already ended and waits to be reaped (killed
 /// from outside) is added too. Not waited for here: it ends only once the namespace's
 /// processes are reaped, and some are this process's children.
-fn stop_pid_holder(dir: &Path, pid_holders: &mut Vec<Pid>) {
+fn stop_pid_holder(dir: &Path, pid_holders: &mut Vec<OwnedFd>) {
     let Some(pid) = recorded_holder(dir) else {
         return;
     };
-    let Some(pidfd) = rustix::process::Pid::from_raw(pid).and_then(|pid| {
-        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
-    }) else {
+    let Ok(pidfd) = super::open_pidfd(pid) else {
         return;
     };
     if !holds_namespace(dir, pid) {
         return;
     }
     if rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL).is_ok() {
-        pid_holders.push(Pid::from_raw(pid));
+        pid_holders.push(pidfd);
     }
 }
 
@@ -246,19 +242,22 @@ fn holds_namespace(dir: &Path, pid: i32) -> bool {
     holding.is_some() && identity(Path::new(&format!("/proc/{pid}/ns/pid"))) == holding
 }
 
-/// The pid of the sandbox's PID namespace holder while it runs; `None` once it is ending or
-/// ended (also while the kernel tears its namespace down, and until it is reaped), since
-/// then nothing can be born in the namespace.
-fn holder_of(dir: &Path) -> Option<i32> {
+/// Whether the sandbox's PID namespace holder runs: not once it is ending or ended (also
+/// while the kernel tears its namespace down, and until it is reaped), since then nothing can
+/// be born in the namespace.
+fn holder_runs(dir: &Path) -> bool {
     /// The kernel's PF_EXITING task flag: the process is exiting.
     const EXITING: u64 = 0x4;
-    let pid = recorded_holder(dir)?;
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ended = matches!(fields.first()?.chars().next()?, 'Z' | 'X');
-    let exiting = fields.get(6)?.parse::<u64>().ok()? & EXITING != 0;
-    (!ended && !exiting && holds_namespace(dir, pid)).then_some(pid)
+    let runs = || -> Option<bool> {
+        let pid = recorded_holder(dir)?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ended = matches!(fields.first()?.chars().next()?, 'Z' | 'X');
+        let exiting = fields.get(6)?.parse::<u64>().ok()? & EXITING != 0;
+        Some(!ended && !exiting && holds_namespace(dir, pid))
+    };
+    runs().unwrap_or(false)
 }
 
 /// Whether the sandbox's PID namespace can still take containers: true of a sandbox that
@@ -266,7 +265,7 @@ fn holder_of(dir: &Path) -> Option<i32> {
 /// until [`crate::ContainerRuntime::create_sandbox`] makes the namespace again.
 pub fn pid_namespace_alive(sandbox: &Sandbox) -> bool {
     match sandbox.pid.as_deref().and_then(Path::parent) {
-        Some(dir) => holder_of(dir).is_some(),
+        Some(dir) => holder_runs(dir),
         None => true,
     }
 }
@@ -277,7 +276,7 @@ pub fn pid_namespace_alive(sandbox: &Sandbox) -> bool {
 fn renew_pid_holder(
     dir: &Path,
     home: &HomeNamespaces,
-    pid_holders: &mut Vec<Pid>,
+    pid_holders: &mut Vec<OwnedFd>,
 ) -> Result<(), String> {
     stop_pid_holder(dir, pid_holders);
     let target = dir.join(PID);
@@ -324,7 +323,11 @@ fn bind_namespace(kind: &str, target: &Path) -> Result<(), String> {
 /// Removes the sandbox: kills its PID namespace holder (adding it to `pid_holders`),
 /// unmounts its namespace files and /dev/shm and deletes its directory. Removing a sandbox
 /// that does not exist succeeds.
-pub(crate) fn remove(sandboxes: &Path, id: &str, pid_holders: &mut Vec<Pid>) -> Result<(), String> {
+pub(crate) fn remove(
+    sandboxes: &Path,
+    id: &str,
+    pid_holders: &mut Vec<OwnedFd>,
+) -> Result<(), String> {
     super::check_id(id)?;
     let dir = sandbox_dir(sandboxes, id);
     if !dir.exists() {
