@@ -5,13 +5,13 @@
 
 use std::collections::BTreeSet;
 
-use http::{Response, StatusCode};
+use http::Response;
 use serde_json::json;
 
 use baton_store::Store;
 
 use crate::ApiServer;
-use crate::body::{Body, json_response, parse_object};
+use crate::body::{Body, parse_object};
 use crate::handlers::{Call, WrittenPart, set_type};
 use crate::managed_fields::{self, FieldPath};
 use crate::objects::guaranteed_update;
@@ -123,7 +123,7 @@ pub async fn server_side_apply<S: Store>(
                 &applied_paths,
                 true,
             );
-            let next = crate::handlers::normalize(call, merged, &mut warnings)?;
+            let next = crate::handlers::normalize(call, &merged, &mut warnings)?;
             let mut prepared =
                 crate::handlers::prepare_update(&server.defaulting, resource, current, next, part)?;
             crate::priority_admission::admit_class_update(
@@ -151,8 +151,7 @@ pub async fn server_side_apply<S: Store>(
                 &applied_paths,
                 true,
             );
-            let created = crate::handlers::create_for_apply(server, call, obj).await?;
-            Ok(json_response(StatusCode::CREATED, &created))
+            crate::handlers::create_for_apply(server, call, obj).await
         }
         Err(_) => crate::handlers::finish_write(server, call, result, &pool, &warnings).await,
     }

@@ -54,7 +54,8 @@ fn field_set_of(field: &str, v: &Value) -> Value {
             Some(key) => {
                 let mut out = Map::new();
                 for item in items {
-                    let id = json!({ key: item.get(key).cloned().unwrap_or(Value::Null) });
+                    let value = item.get(key).cloned().unwrap_or(Value::Null);
+                    let id = Value::Object(Map::from_iter([(key.to_string(), value)]));
                     let mut entry = match field_set_of("", item) {
                         Value::Object(m) => m,
                         _ => Map::new(),
@@ -337,13 +338,9 @@ fn entry(
 /// fields' leaves, without the path sets.
 pub fn record_create(obj: &mut Value, manager: &str, api_version: &str, fields: Value) {
     let owns_something = fields.as_object().is_some_and(|m| !m.is_empty());
-    if let Some(meta) = obj["metadata"].as_object_mut() {
-        if owns_something {
-            let entry = entry(manager, "Update", api_version, None, fields);
-            meta.insert("managedFields".into(), Value::Array(vec![entry]));
-        } else {
-            meta.remove("managedFields");
-        }
+    if owns_something && let Some(meta) = obj["metadata"].as_object_mut() {
+        let entry = entry(manager, "Update", api_version, None, fields);
+        meta.insert("managedFields".into(), Value::Array(vec![entry]));
     }
 }
 

@@ -1,6 +1,7 @@
 //! Objects in the store: JSON encoding, resourceVersion from the store revision, continue
 //! tokens, and the read-modify-write loop that every update goes through.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -88,9 +89,8 @@ pub fn write_with_resource_version(out: &mut Vec<u8>, raw: &[u8], revision: i64)
     };
     out.reserve(raw.len() + 32);
     out.extend_from_slice(head);
-    out.extend_from_slice(b"\"resourceVersion\":\"");
-    out.extend_from_slice(revision.to_string().as_bytes());
-    out.push(b'"');
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "\"resourceVersion\":\"{revision}\"");
     if !skip_ws_starts_with(tail, b'}') {
         out.push(b',');
     }
@@ -107,7 +107,7 @@ fn skip_ws_starts_with(raw: &[u8], byte: u8) -> bool {
 /// stored bytes and splice `resourceVersion` in without decoding: returns the bytes up to and
 /// including metadata's `{`, and the rest. `None` when the bytes are not a JSON object with a
 /// metadata object (the caller then decodes).
-pub fn split_at_metadata(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+fn split_at_metadata(raw: &[u8]) -> Option<(&[u8], &[u8])> {
     let mut i = skip_ws(raw, 0);
     if raw.get(i) != Some(&b'{') {
         return None;

@@ -344,8 +344,7 @@ pub async fn list<S: Store>(
     call: &Call<'_>,
 ) -> Result<Response<Body>, StatusError> {
     let params = list_params(call)?;
-    let raw_ok = call.resource.view.is_none();
-    if raw_ok
+    if call.resource.stored_as_served()
         && call.wanted == Wanted::Object
         && params.labels.is_empty()
         && params.fields.is_empty()
@@ -365,12 +364,7 @@ pub async fn list<S: Store>(
         let tail = serde_json::to_vec(&tail).expect("JSON");
         sink.out.extend_from_slice(b"],");
         sink.out.extend_from_slice(&tail[1..]);
-        let mut resp = Response::new(crate::body::full(sink.out));
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        return Ok(resp);
+        return Ok(crate::body::json_bytes_response(StatusCode::OK, sink.out));
     }
     let listed = read_list(server, call, &params).await?;
     let meta = list_metadata(

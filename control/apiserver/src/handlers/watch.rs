@@ -100,7 +100,7 @@ impl Watcher {
     }
 
     fn event_line(&mut self, event: &CachedEvent) -> Option<Bytes> {
-        if self.resource.view.is_some() {
+        if !self.resource.stored_as_served() {
             // Stored in another form (events.k8s.io Events): convert, then filter and encode.
             let object = self.resource.from_storage(event.object().clone());
             let previous = event

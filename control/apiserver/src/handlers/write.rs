@@ -96,18 +96,18 @@ fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<Strin
 /// Decodes into the typed form (dropping unknown fields, or refusing them under Strict).
 pub fn normalize(
     call: &Call<'_>,
-    obj: Value,
+    obj: &Value,
     warnings: &mut Vec<String>,
 ) -> Result<Value, StatusError> {
     let resource = call.resource;
-    let out = (resource.normalize)(&obj).map_err(|e| {
+    let out = (resource.normalize)(obj).map_err(|e| {
         StatusError::bad_request(format!(
             "{} in version {:?} cannot be handled as a {}: {e}",
             resource.kind, resource.version, resource.kind
         ))
     })?;
     let mut unknown = vec![];
-    unknown_fields(&obj, &out, "", &mut unknown);
+    unknown_fields(obj, &out, "", &mut unknown);
     if !unknown.is_empty() {
         let messages: Vec<String> = unknown
             .iter()
@@ -291,7 +291,7 @@ async fn create_object<S: Store>(
         ));
     }
     place(call, &mut obj)?;
-    let mut obj = normalize(call, obj, warnings)?;
+    let mut obj = normalize(call, &obj, warnings)?;
     // The creator owns the fields it sent (not the defaults), unless an apply already said so.
     let applied = obj["metadata"].get("managedFields").is_some();
     let requested = (!applied).then(|| crate::managed_fields::created_fields(&obj));
@@ -663,8 +663,7 @@ pub async fn update<S: Store>(
         .as_str()
         .filter(|s| !s.is_empty())
         .map(str::to_string);
-    let original = obj.clone();
-    let next = normalize(call, obj, &mut warnings)?;
+    let next = normalize(call, &obj, &mut warnings)?;
     let dry_run = call.query.dry_run()?;
     let finalize = call.info.subresource.as_deref() == Some("finalize");
     let pool = service_ports(server, call, dry_run, |_| Ok(next.clone())).await?;
@@ -691,7 +690,7 @@ pub async fn update<S: Store>(
         && precondition.is_none()
     {
         server.release(&pool.claimed()).await;
-        let created = create_object(server, call, original, &mut warnings).await?;
+        let created = create_object(server, call, obj, &mut warnings).await?;
         return Ok(with_warnings(
             created.response(StatusCode::CREATED),
             &warnings,
@@ -777,7 +776,7 @@ pub async fn patch<S: Store>(
         }
         check_uid(call, current, &patched, true)?;
         set_type(resource, &mut patched);
-        let next = normalize(call, patched, &mut warnings)?;
+        let next = normalize(call, &patched, &mut warnings)?;
         let prepared = prepare_update(&server.defaulting, resource, current, next, part)?;
         admit_update(server, resource, &prepared)?;
         Ok(decide(call, part, current, prepared, &pool, dry_run))
@@ -786,14 +785,43 @@ pub async fn patch<S: Store>(
     finish_write(server, call, result, &pool, &warnings).await
 }
 
-/// Creates an object for server-side apply when it does not exist yet.
+/// Creates an object for server-side apply when it does not exist yet, answered as a create.
 pub async fn create_for_apply<S: Store>(
     server: &ApiServer<S>,
     call: &Call<'_>,
     obj: Value,
-) -> Result<Value, StatusError> {
+) -> Result<Response<Body>, StatusError> {
     let mut warnings = vec![];
-    Ok(create_object(server, call, obj, &mut warnings)
-        .await?
-        .object)
+    let created = create_object(server, call, obj, &mut warnings).await?;
+    Ok(with_warnings(
+        created.response(StatusCode::CREATED),
+        &warnings,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_created_object_is_answered_from_its_stored_bytes() {
+        let object = json!({
+            "kind": "ConfigMap",
+            "apiVersion": "v1",
+            "metadata": {"name": "c", "namespace": "default", "resourceVersion": "17"},
+            "data": {"k": "v"},
+        });
+        let stored = crate::objects::encode(&object);
+        assert!(!String::from_utf8_lossy(&stored).contains("resourceVersion"));
+        let created = Created {
+            object: object.clone(),
+            stored: Some((stored, 17)),
+        };
+        let response = created.response(StatusCode::CREATED);
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let served: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(served, object);
+    }
 }
