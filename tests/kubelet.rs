@@ -238,31 +238,19 @@ async fn containers_of_a_pod_sharing_its_process_namespace_see_one_another() -> 
     let holder = renewed;
 
     // `kubectl debug --copy-to` makes such a pod (sharing processes is its default).
-    let kubectl = baton_test_harness::kubectl_binaries()
-        .into_iter()
-        .next()
-        .expect("a kubectl");
     let image = format!("--image={}", cluster.image);
-    let out = cluster.server.kubectl(
-        &kubectl,
-        &[
-            "debug",
-            "shared",
-            "--copy-to=shared-copy",
-            "--same-node",
-            "--container=dbg",
-            &image,
-            "--",
-            "sh",
-            "-c",
-            "echo pid 1 is $(tr '\\0' ' ' < /proc/1/cmdline); sleep 3600",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.kubectl_ok(&[
+        "debug",
+        "shared",
+        "--copy-to=shared-copy",
+        "--same-node",
+        "--container=dbg",
+        &image,
+        "--",
+        "sh",
+        "-c",
+        "echo pid 1 is $(tr '\\0' ' ' < /proc/1/cmdline); sleep 3600",
+    ]);
     let pods = cluster.pods();
     wait_until("the debug copy to run", Duration::from_secs(30), || async {
         let logs = pods
@@ -1168,30 +1156,18 @@ async fn kubectl_debug_adds_ephemeral_containers_that_see_their_target() -> Resu
             (phase(pod) == Some("Running")).then_some(())
         })
         .await;
-    let kubectl = baton_test_harness::kubectl_binaries()
-        .into_iter()
-        .next()
-        .expect("a kubectl");
     let image = format!("--image={}", cluster.image);
-    let out = cluster.server.kubectl(
-        &kubectl,
-        &[
-            "debug",
-            "target",
-            "--target=main",
-            "--container=dbg",
-            &image,
-            "--",
-            "sh",
-            "-c",
-            "echo pid 1 is $(tr '\\0' ' ' < /proc/1/cmdline)",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.kubectl_ok(&[
+        "debug",
+        "target",
+        "--target=main",
+        "--container=dbg",
+        &image,
+        "--",
+        "sh",
+        "-c",
+        "echo pid 1 is $(tr '\\0' ' ' < /proc/1/cmdline)",
+    ]);
     let status = cluster
         .wait_for("the debug container to finish", "target", |pod| {
             let statuses = pod.status.clone()?.ephemeral_container_statuses?;
@@ -1223,7 +1199,7 @@ async fn kubectl_debug_adds_ephemeral_containers_that_see_their_target() -> Resu
 
     // kubectl debug -i: attached once running, fed kubectl's input.
     let out = cluster.server.kubectl_with_input(
-        &kubectl,
+        &baton_test_harness::kubectl_binaries()[0],
         &[
             "debug",
             "-i",

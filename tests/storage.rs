@@ -16,16 +16,6 @@ fn binary() -> Binary {
     Binary(env!("CARGO_BIN_EXE_baton").into())
 }
 
-fn kubectl(cluster: &NodeCluster, args: &[&str]) -> String {
-    let out = cluster.server.kubectl(&kubectl_binaries()[0], args);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn claim(name: &str, class: Option<&str>) -> Result<PersistentVolumeClaim> {
     let mut claim = json!({
         "apiVersion": "v1",
@@ -155,10 +145,7 @@ async fn the_default_class_provisions_on_the_pods_node_and_static_volumes_bind()
     )
     .await?;
     assert_eq!(
-        kubectl(
-            &cluster,
-            &["get", "pvc", "data", "-o", "jsonpath={.status.phase}"]
-        ),
+        cluster.kubectl_ok(&["get", "pvc", "data", "-o", "jsonpath={.status.phase}"]),
         "Pending"
     );
 
@@ -177,7 +164,7 @@ async fn the_default_class_provisions_on_the_pods_node_and_static_volumes_bind()
         volume_name,
         format!("pvc-{}", bound.metadata.uid.clone().unwrap())
     );
-    let pvc_row = kubectl(&cluster, &["get", "pvc", "data", "--no-headers"]);
+    let pvc_row = cluster.kubectl_ok(&["get", "pvc", "data", "--no-headers"]);
     let pvc_row: Vec<&str> = pvc_row.split_whitespace().collect();
     assert_eq!(
         pvc_row[..6],
@@ -190,7 +177,7 @@ async fn the_default_class_provisions_on_the_pods_node_and_static_volumes_bind()
             "standard"
         ]
     );
-    let pv_row = kubectl(&cluster, &["get", "pv", &volume_name, "--no-headers"]);
+    let pv_row = cluster.kubectl_ok(&["get", "pv", &volume_name, "--no-headers"]);
     let pv_row: Vec<&str> = pv_row.split_whitespace().collect();
     assert_eq!(
         pv_row[..7],

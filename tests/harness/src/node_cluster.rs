@@ -141,6 +141,19 @@ impl NodeCluster {
         })
     }
 
+    /// Runs the first kubectl against the API server and requires success (the failure
+    /// message carries kubectl's errors and the kubelet's log); returns its trimmed output.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.server.kubectl(&crate::kubectl_binaries()[0], args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}\nkubelet log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.node.log()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Pods of the default namespace.
     pub fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.client.clone(), "default")
