@@ -82,5 +82,7 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
 
 #[cfg(test)]
 mod fuzz;
-#[cfg(test)]
-pub(crate) mod test_driver;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_cases;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod test_driver;

@@ -1,5 +1,6 @@
 //! A virtio driver on the host side, for device tests: it goes through the MMIO registers as
-//! a guest driver does and lays its split queue out in a guest memory of its own.
+//! a guest driver does and lays its split queue out in a guest memory of its own. Built for
+//! the unit tests and, with the `fuzzing` feature, for the `cargo fuzz` targets.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +22,7 @@ pub const BUFFERS: u64 = 0x10000;
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
 
+#[allow(missing_debug_implementations)] // Its transport holds a device trait object.
 pub struct TestDriver {
     pub transport: Arc<Mutex<MmioTransport>>,
     pub mem: GuestMemoryMmap,
