@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::api::{ApiContext, ApiDevice, ApiServer};
 use crate::arch::x86_64::acpi::{AcpiVirtioDevice, WriteAcpiError, write_acpi_tables};
 use crate::arch::x86_64::linux_boot::{LinuxBootError, load_linux};
+use crate::arch::x86_64::mptable::{WriteMpTableError, write_mp_table};
 use crate::config::{BootSourceConfig, ConfigError, ConsoleConfig, VmConfig, VmmArgs};
 use crate::config::{NetConfig, VirtioDeviceKind, VirtioSlot};
 use crate::devices::console_socket::{ConsoleBacklog, ConsoleSocket};
@@ -63,6 +64,9 @@ pub enum RunVmError {
     /// The ACPI tables cannot be written.
     #[error(transparent)]
     Acpi(#[from] WriteAcpiError),
+    /// The MP table cannot be written.
+    #[error(transparent)]
+    MpTable(#[from] WriteMpTableError),
     /// The kernel, initramfs or boot structures cannot be loaded.
     #[error(transparent)]
     Boot(#[from] LinuxBootError),
@@ -221,6 +225,7 @@ pub(crate) fn start_vm(
         })
         .collect();
     let rsdp = write_acpi_tables(&memory, cpus, &acpi_devices)?;
+    write_mp_table(&memory, cpus)?;
     let boot = load_linux(&memory, &boot_source, Some(rsdp), config.boot_protocol)?;
 
     let supported = kvm

@@ -269,7 +269,8 @@ fn put_bytes(a: &mut Asm, label: &'static str, n: u8) {
 }
 
 /// Follows the zero page's `acpi_rsdp_addr` to the RSDP, the XSDT, its two tables and the
-/// FADT's DSDT, writing each signature, then powers off through the FADT's port.
+/// FADT's DSDT, then the MP floating pointer in the last KiB of base memory to its
+/// configuration table, writing each signature, then powers off through the FADT's port.
 fn acpi_program() -> Vec<u8> {
     let mut a = Asm::default();
     a.bytes(&[0x49, 0x89, 0xf4]) // mov r12, rsi (zero page)
@@ -293,6 +294,11 @@ fn acpi_program() -> Vec<u8> {
         .bytes(&[0x4d, 0x8b, 0xbd, 140, 0, 0, 0]) // mov r15, [r13 + 140]: X_DSDT
         .bytes(&[0x4c, 0x89, 0xfe]); // mov rsi, r15
     put_bytes(&mut a, "dsdt", 4);
+    a.out_al(b' ').bytes(&[0xbe, 0x00, 0xfc, 0x09, 0x00]); // mov esi, 0x9fc00: the MP floating pointer
+    put_bytes(&mut a, "mp", 4);
+    a.out_al(b' ')
+        .bytes(&[0x8b, 0x34, 0x25, 0x04, 0xfc, 0x09, 0x00]); // mov esi, [0x9fc04]: its table
+    put_bytes(&mut a, "pcmp", 4);
     a.out_al(b'\n')
         .mov_dx(0x600)
         .out_al(0x34)
@@ -303,8 +309,8 @@ fn acpi_program() -> Vec<u8> {
 }
 
 #[test]
-fn guest_finds_the_acpi_tables_and_powers_off_through_the_fadt_port() {
-    if !kvm_available("guest_finds_the_acpi_tables_and_powers_off_through_the_fadt_port") {
+fn guest_finds_the_acpi_and_mp_tables_and_powers_off_through_the_fadt_port() {
+    if !kvm_available("guest_finds_the_acpi_and_mp_tables_and_powers_off_through_the_fadt_port") {
         return;
     }
     let guest = Guest::new();
@@ -313,6 +319,6 @@ fn guest_finds_the_acpi_tables_and_powers_off_through_the_fadt_port() {
         cpus: Some(2),
         ..guest.args(kernel)
     });
-    assert_eq!(guest.serial(), "RSD PTR  XSDT FACP APIC DSDT\n");
+    assert_eq!(guest.serial(), "RSD PTR  XSDT FACP APIC DSDT _MP_ PCMP\n");
     assert_eq!(exit.unwrap(), VmExit::PowerOff);
 }

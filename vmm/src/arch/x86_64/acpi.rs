@@ -17,17 +17,13 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::layout::{IOAPIC_ADDR, IOAPIC_ID, LAPIC_ADDR};
 use crate::devices::power::{SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
 
 /// Where the RSDP goes; the other tables follow it.
 pub const RSDP_ADDR: u64 = 0xe_0000;
 /// The end of the area the tables may use (the BIOS area ends at 1 MiB).
 const ACPI_END: u64 = 0x10_0000;
-/// The local APIC's address.
-const LAPIC_ADDR: u32 = 0xfee0_0000;
-/// KVM's in-kernel IOAPIC: its address and ID.
-const IOAPIC_ADDR: u32 = 0xfec0_0000;
-const IOAPIC_ID: u8 = 0xfe;
 const OEM_ID: [u8; 6] = *b"BATON ";
 const OEM_TABLE_ID: [u8; 8] = *b"BATONVMM";
 const OEM_REVISION: u32 = 1;

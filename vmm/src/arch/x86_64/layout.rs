@@ -42,6 +42,16 @@ pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 pub const FIRST_VIRTIO_IRQ: u32 = 5;
 /// The last interrupt line of the in-kernel IOAPIC.
 pub const LAST_IOAPIC_IRQ: u32 = 23;
+/// The local APIC's address.
+pub const LAPIC_ADDR: u32 = 0xfee0_0000;
+/// KVM's in-kernel IOAPIC: its address and ID (distinct from every vCPU's local APIC ID).
+pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+/// See [`IOAPIC_ADDR`].
+pub const IOAPIC_ID: u8 = 0xfe;
+/// The MP floating pointer (MultiProcessor Specification 1.4), at the start of the last KiB
+/// of base memory where Linux looks for it; the MP configuration table follows it, inside
+/// the reserved legacy hole.
+pub const MP_TABLE_ADDR: u64 = EBDA_START;
 
 /// The registers' address and the interrupt line of virtio device number `slot`.
 pub fn virtio_mmio_slot(slot: usize) -> (u64, u32) {

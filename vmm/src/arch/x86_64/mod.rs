@@ -1,4 +1,5 @@
-//! x86_64: the Linux 64-bit boot protocol, the vCPU state it needs, and the ACPI tables.
+//! x86_64: the Linux 64-bit boot protocol, the vCPU state it needs, the ACPI tables and the MP
+//! table.
 
 pub mod acpi;
 pub mod boot_params;
@@ -10,6 +11,7 @@ pub mod kernel;
 pub mod lapic;
 pub mod layout;
 pub mod linux_boot;
+pub mod mptable;
 pub mod msr;
 pub mod paging;
 pub mod pvh;
