@@ -1,10 +1,14 @@
 //! The node image booted as a machine under QEMU (software emulation, `-M pc`: KVM here cannot
 //! boot Linux), twice, one machine at a time:
 //!
-//! - **Direct kernel boot**: Debian's cloud kernel and Baton's initramfs, with a control-plane
-//!   machine configuration appended as an extra cpio archive (`baton image config-archive`).
-//!   init runs as the machine's PID 1: it loads the image's kernel modules, mounts cgroup v2,
-//!   configures the virtio NIC, and starts etcd, the API server and the rest. The test reaches
+//! - **Direct kernel boot**: Debian's cloud kernel and Baton's initramfs. The control-plane
+//!   machine configuration is served over HTTP by the test, as a provider's metadata endpoint
+//!   (`baton.config=http://10.0.2.100/...`, which QEMU's `guestfwd` leads to a loopback port
+//!   of the test's); the same configuration is also appended as an extra cpio archive
+//!   (`baton image config-archive`), which the command line outranks. init runs as the
+//!   machine's PID 1: it loads the image's kernel modules, mounts cgroup v2, gets a DHCP
+//!   lease from QEMU, fetches its configuration, gives the lease back, configures the virtio
+//!   NIC as the configuration says, and starts etcd, the API server and the rest. The test reaches
 //!   the API server and the node API through QEMU's user network (forwarded to 127.0.0.1 only,
 //!   and `restrict=on` so the guest reaches nothing else), runs a pod on the node, and shuts
 //!   the machine down through the node API.
@@ -145,6 +149,39 @@ fn refuses_a_bad_configuration(
     assert!(!output.exists());
 }
 
+/// The machine's metadata endpoint: a loopback port that QEMU's `guestfwd` connects to
+/// when it starts, carrying the guest's one connection. It answers the first request with
+/// the configuration.
+struct MetadataServer {
+    address: SocketAddr,
+    served: std::thread::JoinHandle<String>,
+}
+
+impl MetadataServer {
+    fn start(yaml: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let served = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(&stream);
+            let mut head = String::new();
+            while std::io::BufRead::read_line(&mut reader, &mut head).unwrap_or(0) > 2 {}
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\n\r\n{yaml}",
+                yaml.len()
+            );
+            std::io::Write::write_all(&mut &stream, response.as_bytes()).unwrap();
+            head
+        });
+        Self { address, served }
+    }
+
+    /// The request the guest made (the machine is up, so it made one).
+    fn request(self) -> String {
+        self.served.join().unwrap()
+    }
+}
+
 /// A node port the test's Services use, forwarded from the host.
 const GUEST_NODE_PORT: u16 = 30080;
 
@@ -162,7 +199,13 @@ struct Guest {
 impl Guest {
     /// Starts `qemu` (a command line without its network and console) with the API server's
     /// and the node API's ports forwarded to free loopback ports, for a machine of `ca`.
-    fn start(mut qemu: Command, ca: &baton_pki::ClusterCa, dir: &Path) -> Guest {
+    /// `netdev_options` are added to the user network's (`,guestfwd=...`).
+    fn start(
+        mut qemu: Command,
+        ca: &baton_pki::ClusterCa,
+        dir: &Path,
+        netdev_options: &str,
+    ) -> Guest {
         let api_port = free_loopback_port();
         let node_api_port = free_loopback_port();
         let node_port = free_loopback_port();
@@ -174,7 +217,7 @@ impl Guest {
             .args(["-monitor", "none", "-no-reboot"])
             .arg("-netdev")
             .arg(format!(
-                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:6443,hostfwd=tcp:127.0.0.1:{node_api_port}-:50000,hostfwd=tcp:127.0.0.1:{node_port}-:{GUEST_NODE_PORT}"
+                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:6443,hostfwd=tcp:127.0.0.1:{node_api_port}-:50000,hostfwd=tcp:127.0.0.1:{node_port}-:{GUEST_NODE_PORT}{netdev_options}"
             ))
             .args(["-device", "virtio-net-pci,netdev=net0"])
             .stdin(Stdio::null())
@@ -271,8 +314,9 @@ impl Guest {
     }
 }
 
-/// Direct kernel boot of the kernel and the initramfs, the configuration appended as a cpio
-/// archive; a pod runs; shutdown through the node API.
+/// Direct kernel boot of the kernel and the initramfs, the configuration from an HTTP
+/// metadata endpoint (and appended as a cpio archive, which the endpoint outranks); a pod
+/// runs; shutdown through the node API.
 fn direct_kernel_boot(baton: &str, dir: &Path, image: &Path) {
     let dir = &dir.join("direct");
     std::fs::create_dir_all(dir).unwrap();
@@ -296,7 +340,8 @@ fn direct_kernel_boot(baton: &str, dir: &Path, image: &Path) {
     // A bad configuration is refused by the archive tool, naming the file and the field.
     refuses_a_bad_configuration(baton, "config-archive", dir, &config);
 
-    // Boot.
+    // Boot, the configuration from the metadata endpoint.
+    let metadata = MetadataServer::start(config.to_yaml());
     let started = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args([
@@ -305,17 +350,34 @@ fn direct_kernel_boot(baton: &str, dir: &Path, image: &Path) {
     .arg(image.join("vmlinuz"))
     .arg("-initrd")
     .arg(&initrd_path)
-    .args(["-append", "console=ttyS0 panic=-1"]);
-    let guest = Guest::start(qemu, &ca, dir);
+    .args([
+        "-append",
+        "console=ttyS0 panic=-1 baton.config=http://10.0.2.100/nodes/control-plane-1.yaml",
+    ]);
+    let guest = Guest::start(
+        qemu,
+        &ca,
+        dir,
+        &format!(",guestfwd=tcp:10.0.2.100:80-tcp:{}", metadata.address),
+    );
     guest.wait_ready("control-plane-1", started, "direct kernel boot");
     let node = |args: &[&str]| guest.node(args);
     let kubectl = |args: &[&str]| guest.kubectl(args);
+    let request = metadata.request();
+    assert!(
+        request.starts_with("GET /nodes/control-plane-1.yaml HTTP/1.1\r\n"),
+        "{request}"
+    );
 
     // The node API over mutual TLS: a machine, every module loaded, every service ready.
     let status = node(&["status"]);
     assert!(status.status.success(), "{}", text(&status.stderr));
     let status = text(&status.stdout);
     assert!(status.contains("Environment:  Machine"), "{status}");
+    assert!(
+        status.contains("Config:       http://10.0.2.100/nodes/control-plane-1.yaml"),
+        "the command line's endpoint outranks the archive: {status}"
+    );
     assert!(
         status
             .lines()
@@ -461,7 +523,7 @@ fn uefi_disk_boot(baton: &str, dir: &Path, image: &Path) {
         &image.join("disk.qcow2"),
         &config_disk,
     );
-    let guest = Guest::start(qemu, &ca, dir);
+    let guest = Guest::start(qemu, &ca, dir, "");
     guest.wait_ready("control-plane-1", started, "UEFI boot from the disk image");
 
     // Booted from the unified kernel image: its command line, not one QEMU passed.

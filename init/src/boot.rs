@@ -10,13 +10,14 @@ use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::cgroups::{parse_proc_cgroup, setup_cgroups};
+use crate::config_fetch::{FETCH_WAIT, fetch_config};
 use crate::config_source::find_config;
 use crate::credentials::{CredentialPaths, write_credentials};
 use crate::environment::Environment;
 use crate::machine_config::MachineConfig;
 use crate::modules::load_modules;
 use crate::mounts::{early_mounts, mount_all, populate_sandbox_dev};
-use crate::network_setup::configure_network;
+use crate::network_setup::{DHCP_WAIT, configure_network};
 use crate::node_api::{self, AppliedConfig, Maintenance, NodeApiServer, NodeApiTls, NodeState};
 use crate::node_services::{NodeLayout, SECURE_PORT, node_services};
 use baton_client::error_chain;
@@ -134,7 +135,7 @@ impl Boot {
         if let Err(problem) = prepared {
             return self.stay_in_maintenance(vec![problem]).await;
         }
-        let (config, source) = match self.load_config() {
+        let (config, source) = match self.load_config().await {
             Ok(found) => found,
             Err(problems) => match self.maintenance(problems, true).await {
                 MaintenanceEnd::Power(action) => return action,
@@ -193,7 +194,7 @@ impl Boot {
     }
 
     /// Finds and validates the machine configuration; every problem when there is none usable.
-    fn load_config(&mut self) -> Result<(MachineConfig, String), Vec<String>> {
+    async fn load_config(&mut self) -> Result<(MachineConfig, String), Vec<String>> {
         // A sandbox's /proc/cmdline is the host's: not this node's.
         let cmdline = match self.environment {
             Environment::Machine => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
@@ -205,9 +206,19 @@ impl Boot {
             Environment::Machine => CONFIG_PARTITION_WAIT,
             Environment::Sandbox => std::time::Duration::ZERO,
         };
-        let found = match self.timeline.run("machine-config", || {
-            find_config(Path::new("/"), &cmdline, config_partition_wait)
-        }) {
+        // On a blocking thread: a metadata endpoint is fetched with retries.
+        let found = match self
+            .timeline
+            .run_blocking("machine-config", move || {
+                find_config(
+                    Path::new("/"),
+                    &cmdline,
+                    config_partition_wait,
+                    |endpoint| fetch_config(endpoint, DHCP_WAIT, FETCH_WAIT),
+                )
+            })
+            .await
+        {
             Ok(Some(found)) => found,
             Ok(None) => {
                 return Err(vec![
@@ -335,11 +346,7 @@ impl Boot {
         let network = config.machine.network.clone();
         let configured = timeline
             .run_blocking("network", move || {
-                configure_network(
-                    &network,
-                    Path::new("/etc/resolv.conf"),
-                    crate::network_setup::DHCP_WAIT,
-                )
+                configure_network(&network, Path::new("/etc/resolv.conf"), DHCP_WAIT)
             })
             .await
             .map_err(|err| error_chain(&err))?;

@@ -1,12 +1,15 @@
 //! Finding the machine configuration, in this order: one applied through the node API and
 //! staged on the node's state (`/var/lib/baton/machine-config.yaml`, where /var persists when
-//! init looks), the kernel command line (`baton.config=PATH`), a file in the image (`/etc/baton/machine-config.yaml`, which an
+//! init looks), the kernel command line (`baton.config=PATH`, or a metadata endpoint that
+//! `config_fetch.rs` fetches from: `http://IP[:PORT]/PATH`, `vsock:PORT`), a file in the image (`/etc/baton/machine-config.yaml`, which an
 //! extra cpio archive appended to the initramfs or the sandbox's creator places), and a
 //! partition named `BATON-CONFIG` holding `machine-config.yaml`.
 
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use crate::config_fetch::{FetchConfigError, MetadataEndpoint, ParseEndpointError};
 
 /// Where a configuration applied through the node API is kept for the next boot.
 pub const STAGED_CONFIG: &str = "var/lib/baton/machine-config.yaml";
@@ -41,11 +44,12 @@ pub enum FindConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The command line names a source this build cannot fetch from.
-    #[error(
-        "{CMDLINE_KEY}{0}: only a file path is supported yet (vsock and HTTP metadata endpoints are not built)"
-    )]
-    UnsupportedSource(String),
+    /// The command line names a source that cannot be used.
+    #[error(transparent)]
+    Endpoint(#[from] ParseEndpointError),
+    /// The command line names a metadata endpoint that gave no configuration.
+    #[error(transparent)]
+    Fetch(#[from] FetchConfigError),
     /// A file exists but cannot be read.
     #[error("reading {path}")]
     Read {
@@ -76,13 +80,15 @@ pub fn cmdline_config(cmdline: &str) -> Option<&str> {
         .find_map(|arg| arg.strip_prefix(CMDLINE_KEY))
 }
 
-/// Looks for the configuration under `root` (`/` on a node) given the kernel command line;
-/// when nothing before it gives one, waits up to `partition_wait` for a `BATON-CONFIG`
-/// partition (a disk's driver may still be probing it).
+/// Looks for the configuration under `root` (`/` on a node) given the kernel command line,
+/// fetching it with `fetch` when the command line names a metadata endpoint; when nothing
+/// before it gives one, waits up to `partition_wait` for a `BATON-CONFIG` partition (a
+/// disk's driver may still be probing it).
 pub fn find_config(
     root: &Path,
     cmdline: &str,
     partition_wait: std::time::Duration,
+    fetch: impl FnOnce(&MetadataEndpoint) -> Result<FoundConfig, FetchConfigError>,
 ) -> Result<Option<FoundConfig>, FindConfigError> {
     let staged = root.join(STAGED_CONFIG);
     match std::fs::read_to_string(&staged) {
@@ -101,8 +107,8 @@ pub fn find_config(
         }
     }
     if let Some(value) = cmdline_config(cmdline) {
-        if !value.starts_with('/') {
-            return Err(FindConfigError::UnsupportedSource(value.to_string()));
+        if let Some(endpoint) = MetadataEndpoint::parse(value)? {
+            return Ok(Some(fetch(&endpoint)?));
         }
         let path = root.join(value.trim_start_matches('/'));
         let yaml = std::fs::read_to_string(&path)
@@ -184,6 +190,34 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn no_fetch(endpoint: &MetadataEndpoint) -> Result<FoundConfig, FetchConfigError> {
+        panic!("nothing is fetched here, yet {endpoint} was")
+    }
+
+    #[test]
+    fn a_metadata_endpoint_on_the_command_line_is_fetched_before_the_image_file() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc/baton")).unwrap();
+        std::fs::write(root.path().join(CONFIG_IN_IMAGE), "image").unwrap();
+        let found = find_config(
+            root.path(),
+            "console=ttyS0 baton.config=vsock:1025",
+            Duration::ZERO,
+            |endpoint| {
+                Ok(FoundConfig {
+                    yaml: "fetched".into(),
+                    source: endpoint.to_string(),
+                })
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (found.yaml.as_str(), found.source.as_str()),
+            ("fetched", "vsock:2:1025")
+        );
+    }
+
     #[test]
     fn the_command_line_comes_before_the_image_file() {
         let root = tempfile::tempdir().unwrap();
@@ -194,6 +228,7 @@ mod tests {
             root.path(),
             "console=ttyS0 baton.config=/other.yaml",
             Duration::ZERO,
+            no_fetch,
         )
         .unwrap()
         .unwrap();
@@ -201,15 +236,25 @@ mod tests {
             (found.yaml.as_str(), found.source.as_str()),
             ("cmdline", "/other.yaml")
         );
-        let found = find_config(root.path(), "console=ttyS0", Duration::ZERO)
+        let found = find_config(root.path(), "console=ttyS0", Duration::ZERO, no_fetch)
             .unwrap()
             .unwrap();
         assert_eq!(found.source, "/etc/baton/machine-config.yaml");
-        let err =
-            find_config(root.path(), "baton.config=vsock:2:10000", Duration::ZERO).unwrap_err();
-        assert!(err.to_string().contains("vsock:2:10000"), "{err}");
-        let err =
-            find_config(root.path(), "baton.config=/missing.yaml", Duration::ZERO).unwrap_err();
+        let err = find_config(
+            root.path(),
+            "baton.config=other.yaml",
+            Duration::ZERO,
+            no_fetch,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("other.yaml"), "{err}");
+        let err = find_config(
+            root.path(),
+            "baton.config=/missing.yaml",
+            Duration::ZERO,
+            no_fetch,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("/missing.yaml"), "{err}");
     }
 
@@ -224,6 +269,7 @@ mod tests {
             root.path(),
             "baton.config=/etc/baton/machine-config.yaml",
             Duration::ZERO,
+            no_fetch,
         )
         .unwrap()
         .unwrap();

@@ -8,7 +8,9 @@
 pub mod api_balancer;
 pub mod apply_config;
 pub mod boot;
+pub mod bootstrap_network;
 pub mod cgroups;
+pub mod config_fetch;
 pub mod config_source;
 pub mod credentials;
 pub mod data_disk;

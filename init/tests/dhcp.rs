@@ -3,46 +3,16 @@
 //! configured as init does at boot. Nothing leaves the two namespaces, and both go with the
 //! test (dnsmasq is killed first).
 
+mod support;
+
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use baton_init::machine_config::{Interface, Network};
 use baton_init::network_setup::configure_network;
-use baton_network::{NetNs, RouteSocket};
+use baton_network::RouteSocket;
 use ipnet::Ipv4Net;
-
-const DNSMASQ: &str = "/usr/sbin/dnsmasq";
-
-/// dnsmasq, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A machine namespace with `eth0`, wired to a server namespace whose end holds 10.77.0.1/24.
-fn wire() -> (NetNs, NetNs) {
-    let server = NetNs::create().unwrap();
-    let machine = NetNs::create().unwrap();
-    server
-        .run(|| {
-            let mut socket = RouteSocket::open().unwrap();
-            socket
-                .create_veth("dhcp-srv", "eth0", &machine, 1500)
-                .unwrap();
-            let link = socket.link("dhcp-srv").unwrap().unwrap();
-            socket.set_link(link.index, None, None).unwrap();
-            socket
-                .add_address(link.index, "10.77.0.1/24".parse().unwrap())
-                .unwrap();
-        })
-        .unwrap();
-    (server, machine)
-}
+use support::{DNSMASQ, default_routes, start_dnsmasq, wire};
 
 fn machine_network(nameservers: Vec<IpAddr>) -> Network {
     Network {
@@ -168,41 +138,6 @@ fn an_interface_that_asks_gets_a_lease_applies_it_and_can_extend_it() {
         ),
         "{refused:?}"
     );
-}
-
-/// dnsmasq in `namespace` handing out `range` with `router`, its lease file in `dir`.
-fn start_dnsmasq(namespace: &NetNs, dir: &std::path::Path, range: &str, router: &str) -> Server {
-    namespace
-        .run(|| {
-            Command::new(DNSMASQ)
-                .args([
-                    "--keep-in-foreground",
-                    "--conf-file=/dev/null",
-                    "--port=0",
-                    "--interface=dhcp-srv",
-                    "--bind-interfaces",
-                    &format!("--dhcp-range={range},255.255.255.0,2m"),
-                    &format!("--dhcp-option=option:router,{router}"),
-                    "--dhcp-option=option:dns-server,10.77.0.53",
-                    "--dhcp-option=option:mtu,1400",
-                    "--dhcp-authoritative",
-                    &format!("--dhcp-leasefile={}", dir.join("leases").display()),
-                    &format!("--pid-file={}", dir.join("pid").display()),
-                ])
-                .spawn()
-                .map(Server)
-        })
-        .unwrap()
-        .unwrap()
-}
-
-/// `ip -4 route show default` in the calling thread's namespace.
-fn default_routes() -> String {
-    let out = Command::new("ip")
-        .args(["-4", "route", "show", "default"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[test]

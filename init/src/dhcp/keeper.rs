@@ -114,7 +114,11 @@ pub fn apply_lease(
 }
 
 /// Takes `lease`'s address and default route off interface `index`.
-fn remove_lease(socket: &mut RouteSocket, index: u32, lease: &Lease) -> Result<(), NetlinkError> {
+pub fn remove_lease(
+    socket: &mut RouteSocket,
+    index: u32,
+    lease: &Lease,
+) -> Result<(), NetlinkError> {
     if let Some(router) = lease.router {
         socket.delete_dhcp_route(&default_route(index, router))?;
     }

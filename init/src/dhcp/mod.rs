@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, sockopt};
 
 pub use keeper::{
-    KeepLeaseSettings, LeasePhase, apply_lease, keep_lease, lease_phase, write_resolvers,
+    KeepLeaseSettings, LeasePhase, apply_lease, keep_lease, lease_phase, remove_lease,
+    write_resolvers,
 };
 pub use message::Lease;
 use message::{Reply, Request};
