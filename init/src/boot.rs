@@ -4,11 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::bootstrap_network::BootstrapNetwork;
 use crate::cgroups::{parse_proc_cgroup, setup_cgroups};
 use crate::config_fetch::{FETCH_WAIT, fetch_config};
 use crate::config_source::find_config;
@@ -95,6 +96,9 @@ struct Boot {
     applied: mpsc::UnboundedReceiver<AppliedConfig>,
     state: Arc<NodeState>,
     api: Option<NodeApiServer>,
+    /// The DHCP lease a configuration was fetched through, given back before the
+    /// configuration's network is applied.
+    bootstrap_lease: Arc<Mutex<Option<BootstrapNetwork>>>,
 }
 
 /// How maintenance mode ended.
@@ -114,6 +118,7 @@ async fn boot(environment: Environment) -> PowerAction {
         applied: receivers.applied,
         state,
         api: None,
+        bootstrap_lease: Arc::default(),
     };
     let action = boot.run().await;
     if let Some(api) = boot.api.take() {
@@ -207,14 +212,16 @@ impl Boot {
             Environment::Sandbox => std::time::Duration::ZERO,
         };
         // On a blocking thread: a metadata endpoint is fetched with retries.
+        let lease = self.bootstrap_lease.clone();
         let found = match self
             .timeline
             .run_blocking("machine-config", move || {
+                let lease = lease;
                 find_config(
                     Path::new("/"),
                     &cmdline,
                     config_partition_wait,
-                    |endpoint| fetch_config(endpoint, DHCP_WAIT, FETCH_WAIT),
+                    |endpoint| fetch_config(endpoint, DHCP_WAIT, FETCH_WAIT, &lease),
                 )
             })
             .await
@@ -268,6 +275,13 @@ impl Boot {
     ) -> Result<(std::net::Ipv4Addr, NodeLayout), String> {
         let root = Path::new("/");
         let environment = self.environment;
+        let lease = self.bootstrap_lease.lock().map(|mut lease| lease.take());
+        if let Ok(Some(lease)) = lease {
+            let interface = lease.interface.clone();
+            if let Err(err) = lease.tear_down() {
+                tracing::warn!(%interface, "giving back the DHCP lease the configuration was fetched through: {err}");
+            }
+        }
         let timeline = &mut self.timeline;
         timeline
             .run("hostname", || {

@@ -1,6 +1,8 @@
 //! The network a node needs before it has its configuration, to fetch that configuration from
 //! an HTTP metadata endpoint: a DHCPv4 lease on the first Ethernet interface that gets one
-//! (in name order), as cloud images do. It is taken down again once the configuration is in
+//! (in name order), as cloud images do. Ethernet interfaces are a device's (no link kind) and
+//! veth ends (a node in a network namespace); software interfaces that kernel modules make
+//! when they load (`dummy0`, `bond0` ...) lead nowhere and are left alone. It is taken down again once the configuration is in
 //! hand, so that the configuration's own network starts from a clean interface; when no
 //! configuration came it stays, so the node API in maintenance mode can be reached.
 
@@ -56,7 +58,11 @@ pub fn bootstrap_network(dhcp_wait: Duration) -> Result<BootstrapNetwork, Bootst
         let candidates: Vec<_> = socket
             .links()?
             .into_iter()
-            .filter(|link| link.index != LOOPBACK_INDEX && link.controller.is_none())
+            .filter(|link| {
+                link.index != LOOPBACK_INDEX
+                    && link.controller.is_none()
+                    && link.kind.as_deref().is_none_or(|kind| kind == "veth")
+            })
             .filter_map(|link| {
                 let mac = link.mac.filter(|mac| mac.iter().any(|byte| *byte != 0))?;
                 Some((link.name, link.index, mac))
@@ -71,6 +77,7 @@ pub fn bootstrap_network(dhcp_wait: Duration) -> Result<BootstrapNetwork, Bootst
         std::thread::sleep(INTERFACE_POLL);
     };
     candidates.sort();
+    tracing::info!(interfaces = ?candidates.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), "asking for a DHCP lease to fetch the machine configuration");
     let share = dhcp_wait / candidates.len() as u32;
     let mut last = None;
     for (name, index, mac) in &candidates {

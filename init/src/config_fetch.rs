@@ -1,7 +1,8 @@
 //! The machine configuration from a metadata endpoint that the kernel command line names, for
 //! nodes whose provider serves each one its document:
 //! - `baton.config=http://IP[:PORT]/PATH`: a DHCP lease first (`bootstrap_network.rs`), then
-//!   an HTTP GET; the lease is given back once the document is in hand;
+//!   an HTTP GET; boot gives the lease back once the document is known to be valid, before
+//!   applying the configuration's network;
 //! - `baton.config=vsock:PORT` (or `vsock:CID:PORT`, CID 2, the host, by default): a
 //!   connection to the host over vsock, the document being everything the host writes
 //!   before it closes. Under Baton's VMM (and Firecracker) the host side is a Unix socket
@@ -12,12 +13,13 @@
 
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 
-use crate::bootstrap_network::{BootstrapNetworkError, bootstrap_network};
+use crate::bootstrap_network::{BootstrapNetwork, BootstrapNetworkError, bootstrap_network};
 use crate::config_source::{CMDLINE_KEY, FoundConfig};
 
 /// How long boot keeps trying to fetch the configuration.
@@ -174,36 +176,42 @@ pub enum FetchAttemptError {
 }
 
 /// Fetches the configuration from `endpoint`: for HTTP, after a DHCP lease (waiting up to
-/// `dhcp_wait` for one); then trying until `wait` has passed.
+/// `dhcp_wait` for one), which it leaves in `lease` whatever happens next; then trying until
+/// `wait` has passed. The caller gives the lease back once the configuration is known to be
+/// valid, just before applying its network: until then (a configuration that never came or
+/// is invalid) the node API of a node in maintenance mode answers on it.
 pub fn fetch_config(
     endpoint: &MetadataEndpoint,
     dhcp_wait: Duration,
     wait: Duration,
+    lease: &Mutex<Option<BootstrapNetwork>>,
 ) -> Result<FoundConfig, FetchConfigError> {
-    let network =
-        match endpoint {
-            MetadataEndpoint::Http { .. } => Some(bootstrap_network(dhcp_wait).map_err(
-                |source| FetchConfigError::Network {
-                    endpoint: endpoint.to_string(),
-                    source,
-                },
-            )?),
-            MetadataEndpoint::Vsock { .. } => None,
-        };
+    tracing::info!(%endpoint, "fetching the machine configuration");
+    if let MetadataEndpoint::Http { .. } = endpoint {
+        let network = bootstrap_network(dhcp_wait).map_err(|source| FetchConfigError::Network {
+            endpoint: endpoint.to_string(),
+            source,
+        })?;
+        *lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(network);
+    }
     let started = Instant::now();
     let deadline = started + wait;
     let mut pause = FIRST_PAUSE;
     let mut attempts = 0;
-    let yaml = loop {
+    loop {
         attempts += 1;
         let attempt = match endpoint {
             MetadataEndpoint::Http { uri, address } => http_get(uri, *address),
             MetadataEndpoint::Vsock { cid, port } => vsock_read(*cid, *port),
         };
         match attempt {
-            Ok(yaml) => break yaml,
+            Ok(yaml) => {
+                return Ok(FoundConfig {
+                    yaml,
+                    source: endpoint.to_string(),
+                });
+            }
             Err(last) if Instant::now() + pause >= deadline => {
-                // The lease stays: the node API in maintenance mode answers on it.
                 return Err(FetchConfigError::Unanswered {
                     endpoint: endpoint.to_string(),
                     attempts,
@@ -217,17 +225,7 @@ pub fn fetch_config(
                 pause = (pause * 2).min(MAX_PAUSE);
             }
         }
-    };
-    if let Some(network) = network {
-        let interface = network.interface.clone();
-        if let Err(err) = network.tear_down() {
-            tracing::warn!(%interface, "giving back the address used to fetch the configuration: {err}");
-        }
     }
-    Ok(FoundConfig {
-        yaml,
-        source: endpoint.to_string(),
-    })
 }
 
 /// One GET of `uri` from `address`, on a runtime of its own (boot calls this on a blocking

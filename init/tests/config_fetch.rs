@@ -1,7 +1,7 @@
 //! The machine configuration fetched from an HTTP metadata endpoint as init does at boot
 //! (`baton.config=http://...`): a machine namespace with nothing configured gets a lease from
 //! Debian's dnsmasq in a server namespace, fetches the document from an HTTP server there, and
-//! gives the lease back. Nothing leaves the two namespaces.
+//! hands the lease over for boot to give back. Nothing leaves the two namespaces.
 
 mod support;
 
@@ -124,8 +124,16 @@ fn a_configuration_is_fetched_after_a_lease_which_is_then_given_back() {
         ],
     );
     let endpoint = server.endpoint("/nodes/worker-1.yaml");
+    let lease = Mutex::new(None);
     let found = machine_ns
-        .run(|| fetch_config(&endpoint, Duration::from_secs(20), Duration::from_secs(30)))
+        .run(|| {
+            fetch_config(
+                &endpoint,
+                Duration::from_secs(20),
+                Duration::from_secs(30),
+                &lease,
+            )
+        })
         .unwrap()
         .unwrap();
     assert_eq!(found.yaml, DOCUMENT);
@@ -147,8 +155,15 @@ fn a_configuration_is_fetched_after_a_lease_which_is_then_given_back() {
             "{request}"
         );
     }
-    // The lease's address and default route are gone: the configuration's network starts
-    // from a clean interface.
+    // The lease is on eth0 until boot gives it back, before the configuration's network.
+    let (addresses, _) = machine_network(&machine_ns);
+    let lease = lease
+        .into_inner()
+        .unwrap()
+        .expect("the lease is handed over");
+    assert_eq!(lease.interface, "eth0");
+    assert_eq!(addresses, [lease.lease.address.to_string()]);
+    machine_ns.run(|| lease.tear_down()).unwrap().unwrap();
     assert_eq!(machine_network(&machine_ns), (Vec::new(), String::new()));
 }
 
@@ -159,8 +174,16 @@ fn an_endpoint_that_never_gives_a_configuration_is_named_and_the_lease_stays() {
     let _dhcp = start_dnsmasq(&server_ns, dir.path(), "10.77.0.50,10.77.0.60", "10.77.0.1");
     let server = MetadataServer::start(&server_ns, vec![("404 Not Found", "no such node")]);
     let endpoint = server.endpoint("/nodes/unknown.yaml");
+    let lease = Mutex::new(None);
     let err = machine_ns
-        .run(|| fetch_config(&endpoint, Duration::from_secs(20), Duration::from_secs(2)))
+        .run(|| {
+            fetch_config(
+                &endpoint,
+                Duration::from_secs(20),
+                Duration::from_secs(2),
+                &lease,
+            )
+        })
         .unwrap()
         .unwrap_err();
     let text = baton_client::error_chain(&err);
@@ -175,6 +198,7 @@ fn an_endpoint_that_never_gives_a_configuration_is_named_and_the_lease_stays() {
     );
     assert!(server.requests().len() >= 2, "it tried again");
     // The lease stays, so the node API in maintenance mode can be reached.
+    assert!(lease.lock().unwrap().is_some());
     let (addresses, routes) = machine_network(&machine_ns);
     assert_eq!(addresses.len(), 1, "{addresses:?}");
     assert!(addresses[0].starts_with("10.77.0."), "{addresses:?}");
@@ -186,8 +210,16 @@ fn without_a_dhcp_server_the_fetch_says_so() {
     let (server_ns, machine_ns) = wire();
     let server = MetadataServer::start(&server_ns, vec![("200 OK", DOCUMENT)]);
     let endpoint = server.endpoint("/c");
+    let lease = Mutex::new(None);
     let err = machine_ns
-        .run(|| fetch_config(&endpoint, Duration::from_secs(2), Duration::from_secs(2)))
+        .run(|| {
+            fetch_config(
+                &endpoint,
+                Duration::from_secs(2),
+                Duration::from_secs(2),
+                &lease,
+            )
+        })
         .unwrap()
         .unwrap_err();
     let text = baton_client::error_chain(&err);

@@ -51,8 +51,8 @@ pub enum Request {
 
 /// A message of the client's: a DHCP request of `kind` with transaction `xid` from `mac`.
 fn client_message(xid: u32, mac: &[u8; 6], kind: MessageType, ciaddr: Ipv4Addr) -> Message {
-    let unspecified = Ipv4Addr::UNSPECIFIED;
-    let mut message = Message::new_with_id(xid, ciaddr, unspecified, unspecified, unspecified, mac);
+    let mut message = blank_request();
+    message.set_xid(xid).set_chaddr(mac).set_ciaddr(ciaddr);
     // Until it has an address the client cannot take unicast answers: ask for broadcast.
     if ciaddr.is_unspecified() {
         message.set_flags(Flags::default().set_broadcast());
@@ -64,6 +64,20 @@ fn client_message(xid: u32, mac: &[u8; 6], kind: MessageType, ciaddr: Ipv4Addr) 
     options.insert(DhcpOption::ClientIdentifier(client_id));
     options.insert(DhcpOption::ParameterRequestList(REQUESTED.to_vec()));
     message
+}
+
+/// An empty BOOTREQUEST from an Ethernet client. Decoded from bytes rather than made by
+/// dhcproto's constructors: those start from `Message::default()`, which draws a transaction
+/// ID from `rand`, and that blocks until the kernel's random pool is initialized, which early
+/// in a boot without RDRAND or a virtio RNG takes minutes (seen under QEMU's emulation).
+fn blank_request() -> Message {
+    const FIXED_LEN: usize = 236;
+    let mut bytes = [0u8; FIXED_LEN + 5];
+    bytes[0] = 1; // BOOTREQUEST
+    bytes[1] = 1; // Ethernet
+    bytes[FIXED_LEN..FIXED_LEN + 4].copy_from_slice(&[99, 130, 83, 99]); // the magic cookie
+    bytes[FIXED_LEN + 4] = 255; // the end option
+    Message::decode(&mut Decoder::new(&bytes)).expect("the blank request decodes")
 }
 
 /// DHCPDISCOVER.
@@ -222,6 +236,10 @@ mod tests {
     fn requests_carry_what_each_state_needs() {
         let bytes = discover(7, &MAC);
         let message = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(message.opcode(), Opcode::BootRequest);
+        assert_eq!(message.xid(), 7);
+        assert_eq!(message.hlen(), 6);
+        assert_eq!(&bytes[236..240], &[99, 130, 83, 99], "the magic cookie");
         assert_eq!(message.opts().msg_type(), Some(MessageType::Discover));
         assert!(message.flags().broadcast());
         assert_eq!(&message.chaddr()[..6], &MAC);

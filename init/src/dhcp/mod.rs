@@ -63,6 +63,28 @@ pub enum DhcpExchangeError {
     },
 }
 
+/// A transaction ID. It needs to be unpredictable enough to tell this client's exchanges from
+/// others', not secret, and DHCP runs early in boot, before the kernel's random pool may be
+/// initialized (a machine with neither RDRAND nor a virtio RNG waits minutes for it, and
+/// `getrandom` blocks until then): so the pool's output is taken without waiting
+/// (GRND_INSECURE), and where the kernel cannot give that (before Linux 5.6, or not yet
+/// initialized), the clock mixed with the hardware address.
+fn transaction_id(mac: &[u8; 6]) -> u32 {
+    use rustix::rand::{GetRandomFlags, getrandom};
+    let mut bytes = [0u8; 4];
+    for flags in [GetRandomFlags::INSECURE, GetRandomFlags::NONBLOCK] {
+        if matches!(getrandom(&mut bytes, flags), Ok(4)) {
+            return u32::from_le_bytes(bytes);
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u32;
+    let mac = u32::from_le_bytes([mac[2], mac[3], mac[4], mac[5]]);
+    nanos ^ mac.rotate_left(16)
+}
+
 /// The client of one interface.
 #[derive(Debug)]
 pub struct DhcpClient {
@@ -135,7 +157,7 @@ impl DhcpClient {
         let started = Instant::now();
         let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT);
         loop {
-            let xid = rand::random();
+            let xid = transaction_id(&self.mac);
             let offer = self.exchange(
                 &message::discover(xid, &self.mac),
                 xid,
@@ -180,7 +202,7 @@ impl DhcpClient {
         } else {
             SocketAddrV4::new(lease.server, SERVER_PORT)
         };
-        let xid = rand::random();
+        let xid = transaction_id(&self.mac);
         let request = message::request(
             xid,
             &self.mac,

@@ -25,6 +25,8 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// The hardware (MAC) address, for interfaces that have one of six bytes.
     pub mac: Option<[u8; 6]>,
+    /// The kind of a software interface (`veth`, `bridge`, `dummy` ...); none for a device's.
+    pub kind: Option<String>,
 }
 
 impl Link {
@@ -36,6 +38,7 @@ impl Link {
             up: message.header.flags.contains(LinkFlags::Up),
             mtu: None,
             mac: None,
+            kind: None,
         };
         for attribute in &message.attributes {
             match attribute {
@@ -43,6 +46,12 @@ impl Link {
                 LinkAttribute::Controller(index) => link.controller = Some(*index),
                 LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
                 LinkAttribute::Address(bytes) => link.mac = bytes.as_slice().try_into().ok(),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.kind = infos.iter().find_map(|info| match info {
+                        LinkInfo::Kind(kind) => Some(kind.to_string()),
+                        _ => None,
+                    });
+                }
                 _ => {}
             }
         }
