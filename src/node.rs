@@ -25,7 +25,9 @@ pub struct NodeCli {
     /// The node's name in --cluster.
     #[arg(long, requires = "cluster")]
     node: Option<String>,
-    /// The node's address (`IP` or `IP:PORT`; port 50000 when left out).
+    /// The node's address (`IP` or `IP:PORT`; port 50000 when left out), or
+    /// `vsock:UDS_PATH` for a microVM's node reached through its VMM's vsock device (the Unix
+    /// socket given to `baton vmm --vsock CID,UDS_PATH`).
     #[arg(long, required_unless_present = "cluster")]
     endpoint: Option<String>,
     /// The cluster CA certificate the node's certificate must chain to (PEM).
@@ -115,18 +117,16 @@ fn resolve(cli: &NodeCli) -> anyhow::Result<(NodeTarget, ClientCredentials)> {
     let (mut target, mut credentials) = match (&cli.cluster, &cli.node, &cli.endpoint) {
         (Some(cluster), Some(node), _) => baton_cluster::node_access::node_access(cluster, node)?,
         (_, _, Some(endpoint)) => {
-            let address = parse_endpoint(endpoint)
-                .with_context(|| format!("--endpoint {endpoint}: not IP or IP:PORT"))?;
+            let target = parse_endpoint(endpoint).with_context(|| {
+                format!("--endpoint {endpoint}: not IP, IP:PORT or vsock:UDS_PATH")
+            })?;
             let ca_pem = match (&cli.ca, cli.insecure) {
                 (Some(path), _) => Some(read("--ca", path)?),
                 (None, true) => None,
                 (None, false) => anyhow::bail!("--ca is required with --endpoint (or --insecure)"),
             };
             (
-                NodeTarget {
-                    address,
-                    netns: None,
-                },
+                target,
                 ClientCredentials {
                     ca_pem,
                     client: None,
@@ -146,18 +146,33 @@ fn resolve(cli: &NodeCli) -> anyhow::Result<(NodeTarget, ClientCredentials)> {
     if cli.insecure {
         credentials.ca_pem = None;
     }
-    if let Some(netns) = &cli.netns {
-        target.netns = Some(netns.clone());
+    if let Some(path) = &cli.netns {
+        match &mut target {
+            NodeTarget::Tcp { netns, .. } => *netns = Some(path.clone()),
+            NodeTarget::Vsock { .. } => {
+                anyhow::bail!("--netns: a vsock endpoint is reached through its Unix socket")
+            }
+        }
     }
     Ok((target, credentials))
 }
 
-fn parse_endpoint(endpoint: &str) -> Option<SocketAddr> {
-    endpoint.parse::<SocketAddr>().ok().or_else(|| {
+fn parse_endpoint(endpoint: &str) -> Option<NodeTarget> {
+    if let Some(uds) = endpoint.strip_prefix("vsock:") {
+        return (!uds.is_empty()).then(|| NodeTarget::Vsock {
+            uds: PathBuf::from(uds),
+            port: u32::from(NODE_API_PORT),
+        });
+    }
+    let address = endpoint.parse::<SocketAddr>().ok().or_else(|| {
         Some(SocketAddr::new(
             endpoint.parse::<IpAddr>().ok()?,
             NODE_API_PORT,
         ))
+    })?;
+    Some(NodeTarget::Tcp {
+        address,
+        netns: None,
     })
 }
 
@@ -371,4 +386,31 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_name_an_address_or_a_vsock_socket() {
+        let tcp = |endpoint| match parse_endpoint(endpoint) {
+            Some(NodeTarget::Tcp { address, netns }) => {
+                assert!(netns.is_none());
+                Some(address.to_string())
+            }
+            _ => None,
+        };
+        assert_eq!(tcp("10.0.0.2").as_deref(), Some("10.0.0.2:50000"));
+        assert_eq!(tcp("10.0.0.2:6000").as_deref(), Some("10.0.0.2:6000"));
+        match parse_endpoint("vsock:/run/vm1/v.sock") {
+            Some(NodeTarget::Vsock { uds, port }) => {
+                assert_eq!(uds, PathBuf::from("/run/vm1/v.sock"));
+                assert_eq!(port, 50000);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_endpoint("vsock:").is_none());
+        assert!(parse_endpoint("node-1").is_none());
+    }
 }

@@ -136,6 +136,7 @@ impl Boot {
             crate::vsock_power::listen(move |action| {
                 power.request_power(action);
             });
+            node_api::vsock_relay::listen(node_api::listen_address());
         }
         if let Err(problem) = prepared {
             return self.stay_in_maintenance(vec![problem]).await;

@@ -1,9 +1,10 @@
 //! The client side: a tonic channel to one node over TLS that rustls sets up here, so that the
-//! connection may be made from inside a network namespace and, for a node in maintenance mode
-//! without a usable CA, without checking the node's certificate (`--insecure`).
+//! connection may be made from inside a network namespace or through a VMM's vsock device and,
+//! for a node in maintenance mode without a usable CA, without checking the node's certificate
+//! (`--insecure`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,15 +41,43 @@ impl std::fmt::Debug for ClientCredentials {
     }
 }
 
-/// Where the node is.
+/// Where the node is, and how to reach it.
 #[derive(Clone, Debug)]
-pub struct NodeTarget {
-    /// Its node API address.
-    pub address: SocketAddr,
-    /// A network namespace to connect from (a pinned namespace's path), when the node is not
-    /// reachable from the caller's own.
-    pub netns: Option<PathBuf>,
+pub enum NodeTarget {
+    /// Over TCP.
+    Tcp {
+        /// Its node API address.
+        address: SocketAddr,
+        /// A network namespace to connect from (a pinned namespace's path), when the node is
+        /// not reachable from the caller's own.
+        netns: Option<PathBuf>,
+    },
+    /// Through the vsock device of the microVM the node runs in: the host end of the device
+    /// is the Unix socket `uds`, where a connection writes `CONNECT PORT\n` and reads
+    /// `OK ...\n` before it carries the guest port's bytes (Baton's VMM and Firecracker both
+    /// work so). The node relays its vsock port to its node API.
+    Vsock {
+        /// The vsock device's Unix socket.
+        uds: PathBuf,
+        /// The guest's port ([`NODE_API_PORT`](crate::NODE_API_PORT)).
+        port: u32,
+    },
 }
+
+impl std::fmt::Display for NodeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp { address, .. } => write!(f, "{address}"),
+            Self::Vsock { uds, port } => write!(f, "vsock port {port} through {}", uds.display()),
+        }
+    }
+}
+
+/// The name the node's certificate is checked for over vsock, which has no address: the node
+/// API's certificate names `localhost` (a connection from this host only, as over loopback).
+const VSOCK_SERVER_NAME: &str = "localhost";
+/// The longest answer line to `CONNECT` read.
+const MAX_CONNECT_ANSWER: usize = 64;
 
 /// Why a connection to a node could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +94,10 @@ pub enum ConnectNodeError {
     #[error("TLS configuration")]
     Tls(#[from] rustls::Error),
     /// The channel could not be made.
-    #[error("connecting to the node API at {address}")]
+    #[error("connecting to the node API at {target}")]
     Connect {
-        /// The node's address.
-        address: SocketAddr,
+        /// Where the node is.
+        target: String,
         /// The cause.
         #[source]
         source: tonic::transport::Error,
@@ -81,32 +110,87 @@ pub async fn connect(
     credentials: &ClientCredentials,
 ) -> Result<NodeClient<Channel>, ConnectNodeError> {
     let tls = Arc::new(client_config(credentials)?);
-    let address = target.address;
-    let netns = target.netns.clone();
+    let route = target.clone();
     let connector = tower::service_fn(move |_: Uri| {
         let tls = tls.clone();
-        let netns = netns.clone();
+        let route = route.clone();
         async move {
-            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, open_tcp(address, netns))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))??;
-            let name = ServerName::IpAddress(address.ip().into());
-            let stream =
-                tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(tls).connect(name, tcp))
-                    .await
-                    .map_err(|_| {
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
-                    })??;
+            let timed_out =
+                |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_owned());
+            let (stream, name): (Box<dyn Transport>, ServerName<'static>) = match route {
+                NodeTarget::Tcp { address, netns } => {
+                    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, open_tcp(address, netns))
+                        .await
+                        .map_err(|_| timed_out("timed out"))??;
+                    (Box::new(tcp), ServerName::IpAddress(address.ip().into()))
+                }
+                NodeTarget::Vsock { uds, port } => {
+                    let stream = tokio::time::timeout(CONNECT_TIMEOUT, open_vsock(&uds, port))
+                        .await
+                        .map_err(|_| timed_out("timed out"))??;
+                    let name =
+                        ServerName::try_from(VSOCK_SERVER_NAME).map_err(std::io::Error::other)?;
+                    (Box::new(stream), name)
+                }
+            };
+            let stream = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                TlsConnector::from(tls).connect(name, stream),
+            )
+            .await
+            .map_err(|_| timed_out("TLS handshake timed out"))??;
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
+    let connect_error = |source| ConnectNodeError::Connect {
+        target: target.to_string(),
+        source,
+    };
     // The URI only names the authority for HTTP/2; the connector makes the connection.
-    let channel = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|source| ConnectNodeError::Connect { address, source })?
+    let authority = match target {
+        NodeTarget::Tcp { address, .. } => address.to_string(),
+        NodeTarget::Vsock { .. } => VSOCK_SERVER_NAME.to_owned(),
+    };
+    let channel = Endpoint::from_shared(format!("http://{authority}"))
+        .map_err(connect_error)?
         .connect_with_connector(connector)
         .await
-        .map_err(|source| ConnectNodeError::Connect { address, source })?;
+        .map_err(connect_error)?;
     Ok(NodeClient::new(channel))
+}
+
+/// A byte stream TLS runs over: TCP or a Unix socket.
+trait Transport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Transport for T {}
+
+/// A connection to guest port `port` through the vsock device whose host end is `uds`.
+async fn open_vsock(uds: &Path, port: u32) -> std::io::Result<tokio::net::UnixStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(uds).await?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await?;
+    // The answer, a byte at a time: what follows its newline is the guest's.
+    let mut answer = Vec::new();
+    loop {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' {
+            break;
+        }
+        if answer.len() == MAX_CONNECT_ANSWER {
+            return Err(std::io::Error::other(
+                "the VMM's answer to CONNECT has no end",
+            ));
+        }
+        answer.push(byte);
+    }
+    if !answer.starts_with(b"OK ") {
+        return Err(std::io::Error::other(format!(
+            "the VMM answered CONNECT {port} with {:?}: nothing listens on that guest port",
+            String::from_utf8_lossy(&answer)
+        )));
+    }
+    Ok(stream)
 }
 
 /// A TCP connection to `address`, opened inside `netns` when one is given.

@@ -9,6 +9,7 @@
 mod facts;
 mod service;
 mod state;
+pub mod vsock_relay;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;

@@ -103,7 +103,7 @@ pub fn node_access(
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
-    let target = NodeTarget {
+    let target = NodeTarget::Tcp {
         address: SocketAddr::from((found.ip, NODE_API_PORT)),
         netns: Some(state.netns.clone()),
     };

@@ -118,7 +118,7 @@ pub fn shut_down_vm_nodes(state: &ClusterState) {
         .map(|node| {
             (
                 node.name.clone(),
-                baton_node_api::NodeTarget {
+                baton_node_api::NodeTarget::Tcp {
                     address: std::net::SocketAddr::from((node.ip, baton_node_api::NODE_API_PORT)),
                     netns: Some(state.netns.clone()),
                 },
