@@ -66,12 +66,16 @@ pub fn run_init() -> u8 {
         }
     };
     let action = runtime.block_on(boot(environment));
-    drop(runtime);
+    // Not a plain drop, which would wait for a blocking phase still running (a configuration
+    // fetch that a power request cut short).
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     finish(environment, action)
 }
 
 /// A panic in PID 1 flushes what it can and reboots the machine (in a sandbox the process
 /// simply ends, and its creator sees why).
+/// How long init's runtime waits for blocking phases still running when boot ends.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a machine with no configuration elsewhere waits for a `BATON-CONFIG` partition.
 const CONFIG_PARTITION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -141,7 +145,13 @@ impl Boot {
         if let Err(problem) = prepared {
             return self.stay_in_maintenance(vec![problem]).await;
         }
-        let (config, source) = match self.load_config().await {
+        // A power request (SIGTERM, the VMM's vsock shutdown) ends a long wait for a
+        // configuration from a metadata endpoint.
+        let loaded = tokio::select! {
+            loaded = load_config(&mut self.timeline, self.environment, self.bootstrap_lease.clone()) => loaded,
+            action = self.power.request() => return action,
+        };
+        let (config, source) = match loaded {
             Ok(found) => found,
             Err(problems) => match self.maintenance(problems, true).await {
                 MaintenanceEnd::Power(action) => return action,
@@ -198,53 +208,72 @@ impl Boot {
         }
         Ok(())
     }
+}
 
-    /// Finds and validates the machine configuration; every problem when there is none usable.
-    async fn load_config(&mut self) -> Result<(MachineConfig, String), Vec<String>> {
-        // A sandbox's /proc/cmdline is the host's: not this node's.
-        let cmdline = match self.environment {
-            Environment::Machine => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
-            Environment::Sandbox => String::new(),
-        };
-        // On a machine a configuration disk may still be probing when nothing else gives a
-        // configuration; a sandbox has no disks of its own.
-        let config_partition_wait = match self.environment {
-            Environment::Machine => CONFIG_PARTITION_WAIT,
-            Environment::Sandbox => std::time::Duration::ZERO,
-        };
-        // On a blocking thread: a metadata endpoint is fetched with retries.
-        let lease = self.bootstrap_lease.clone();
-        let found = match self
-            .timeline
-            .run_blocking("machine-config", move || {
-                let lease = lease;
-                find_config(
-                    Path::new("/"),
-                    &cmdline,
-                    config_partition_wait,
-                    |endpoint| fetch_config(endpoint, DHCP_WAIT, FETCH_WAIT, &lease),
-                )
-            })
-            .await
-        {
-            Ok(Some(found)) => found,
-            Ok(None) => {
-                return Err(vec![
+/// Finds and validates the machine configuration; every problem when there is none usable. A
+/// DHCP lease it was fetched through is left in `lease`.
+async fn load_config(
+    timeline: &mut BootTimeline,
+    environment: Environment,
+    lease: Arc<Mutex<Option<BootstrapNetwork>>>,
+) -> Result<(MachineConfig, String), Vec<String>> {
+    // A sandbox's /proc/cmdline is the host's: not this node's.
+    let cmdline = match environment {
+        Environment::Machine => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+        Environment::Sandbox => String::new(),
+    };
+    // On a machine a configuration disk may still be probing when nothing else gives a
+    // configuration; a sandbox has no disks of its own.
+    let config_partition_wait = match environment {
+        Environment::Machine => CONFIG_PARTITION_WAIT,
+        Environment::Sandbox => std::time::Duration::ZERO,
+    };
+    // On a blocking thread: a metadata endpoint is fetched with retries.
+    let found = match timeline
+        .run_blocking("machine-config", move || {
+            let lease = lease;
+            find_config(
+                Path::new("/"),
+                &cmdline,
+                config_partition_wait,
+                |endpoint| fetch_config(endpoint, DHCP_WAIT, FETCH_WAIT, &lease),
+            )
+        })
+        .await
+    {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return Err(vec![
                     "no machine configuration: none applied through the node API, on the kernel command line, in /etc/baton, or on a BATON-CONFIG partition".into(),
                 ]);
-            }
-            Err(err) => return Err(vec![error_chain(&err)]),
-        };
-        match MachineConfig::parse(&found.yaml, &found.source) {
-            Ok(config) => Ok((config, found.source)),
-            Err(err) => {
-                let mut problems = vec![err.to_string()];
-                problems.extend(err.problems());
-                Err(problems)
-            }
+        }
+        Err(err) => return Err(vec![error_chain(&err)]),
+    };
+    match MachineConfig::parse(&found.yaml, &found.source) {
+        Ok(config) => Ok((config, found.source)),
+        Err(err) => {
+            let mut problems = vec![err.to_string()];
+            problems.extend(err.problems());
+            Err(problems)
         }
     }
+}
 
+/// Takes the DHCP lease a configuration was fetched through (if any) off its interface.
+fn give_back_bootstrap_lease(lease: &Mutex<Option<BootstrapNetwork>>) {
+    let taken = lease
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(lease) = taken {
+        let interface = lease.interface.clone();
+        if let Err(err) = lease.tear_down() {
+            tracing::warn!(%interface, "giving back the DHCP lease the configuration was fetched through: {}", error_chain(&err));
+        }
+    }
+}
+
+impl Boot {
     /// Serves the node API with TLS for `config` (mutual TLS against its CA), or for a node
     /// without a usable configuration; replaces the server already running.
     async fn serve_api(&mut self, config: Option<&MachineConfig>) {
@@ -276,13 +305,6 @@ impl Boot {
     ) -> Result<(std::net::Ipv4Addr, NodeLayout), String> {
         let root = Path::new("/");
         let environment = self.environment;
-        let lease = self.bootstrap_lease.lock().map(|mut lease| lease.take());
-        if let Ok(Some(lease)) = lease {
-            let interface = lease.interface.clone();
-            if let Err(err) = lease.tear_down() {
-                tracing::warn!(%interface, "giving back the DHCP lease the configuration was fetched through: {err}");
-            }
-        }
         let timeline = &mut self.timeline;
         timeline
             .run("hostname", || {
@@ -358,6 +380,7 @@ impl Boot {
                 );
             }
         }
+        give_back_bootstrap_lease(&self.bootstrap_lease);
         let network = config.machine.network.clone();
         let configured = timeline
             .run_blocking("network", move || {

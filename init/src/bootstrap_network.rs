@@ -1,10 +1,12 @@
 //! The network a node needs before it has its configuration, to fetch that configuration from
-//! an HTTP metadata endpoint: a DHCPv4 lease on the first Ethernet interface that gets one
-//! (in name order), as cloud images do. Ethernet interfaces are a device's (no link kind) and
-//! veth ends (a node in a network namespace); software interfaces that kernel modules make
-//! when they load (`dummy0`, `bond0` ...) lead nowhere and are left alone. It is taken down again once the configuration is in
-//! hand, so that the configuration's own network starts from a clean interface; when no
-//! configuration came it stays, so the node API in maintenance mode can be reached.
+//! an HTTP metadata endpoint: a DHCPv4 lease on the first Ethernet interface that gets one,
+//! in the kernel's order, as cloud images do. Ethernet interfaces are a device's (no link
+//! kind) and veth ends (a node in a network namespace); software interfaces that kernel
+//! modules make when they load (`dummy0`, `bond0` ...) lead nowhere and are left alone. The
+//! lease's address, default route and MTU are taken off again once a valid configuration is in
+//! hand, so that the configuration's own network does not meet them (the interfaces tried stay
+//! up); when none came the lease stays, so the node API in maintenance mode can be reached,
+//! but nothing renews it.
 
 use std::time::{Duration, Instant};
 
@@ -43,13 +45,15 @@ pub struct BootstrapNetwork {
     /// Its name.
     pub interface: String,
     index: u32,
+    /// Its MTU before the lease, put back when the lease brought another.
+    mtu: Option<u32>,
     /// The lease applied to it.
     pub lease: Lease,
 }
 
-/// Brings up loopback and every Ethernet interface, and asks a DHCP server on each in name
-/// order (`dhcp_wait` shared among them) until one grants a lease, which it applies (address
-/// and default route).
+/// Brings up loopback, then each Ethernet interface in turn (in the kernel's order), asking a
+/// DHCP server on each (`dhcp_wait` shared among them) until one grants a lease, which it
+/// applies (address, default route, MTU).
 pub fn bootstrap_network(dhcp_wait: Duration) -> Result<BootstrapNetwork, BootstrapNetworkError> {
     let mut socket = RouteSocket::open()?;
     socket.set_link(LOOPBACK_INDEX, None, None)?;
@@ -65,7 +69,7 @@ pub fn bootstrap_network(dhcp_wait: Duration) -> Result<BootstrapNetwork, Bootst
             })
             .filter_map(|link| {
                 let mac = link.mac.filter(|mac| mac.iter().any(|byte| *byte != 0))?;
-                Some((link.name, link.index, mac))
+                Some((link.index, link.name, mac, link.mtu))
             })
             .collect();
         if !candidates.is_empty() {
@@ -76,33 +80,38 @@ pub fn bootstrap_network(dhcp_wait: Duration) -> Result<BootstrapNetwork, Bootst
         }
         std::thread::sleep(INTERFACE_POLL);
     };
-    candidates.sort();
-    tracing::info!(interfaces = ?candidates.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), "asking for a DHCP lease to fetch the machine configuration");
+    candidates.sort_by_key(|(index, ..)| *index);
+    tracing::info!(interfaces = ?candidates.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(), "asking for a DHCP lease to fetch the machine configuration");
     let share = dhcp_wait / candidates.len() as u32;
     let mut last = None;
-    for (name, index, mac) in &candidates {
+    for (index, name, mac, mtu) in &candidates {
         socket.set_link(*index, None, None)?;
         let acquired = DhcpClient::open(name, *index, *mac)
             .and_then(|mut client| client.acquire(Instant::now() + share));
         match acquired {
             Ok(lease) => {
-                dhcp::apply_lease(&mut socket, *index, None, &lease, None)?;
+                if let Err(err) = dhcp::apply_lease(&mut socket, *index, None, &lease, None) {
+                    // Nothing half-applied stays behind.
+                    let _ = dhcp::remove_lease(&mut socket, *index, &lease);
+                    return Err(err.into());
+                }
                 tracing::info!(interface = %name, address = %lease.address, router = ?lease.router, "DHCP lease for fetching the machine configuration");
                 return Ok(BootstrapNetwork {
                     interface: name.clone(),
                     index: *index,
+                    mtu: *mtu,
                     lease,
                 });
             }
             Err(err) => {
-                tracing::warn!(interface = %name, "{err}");
+                tracing::warn!(interface = %name, "{}", baton_client::error_chain(&err));
                 last = Some(err);
             }
         }
     }
     let interfaces = candidates
         .iter()
-        .map(|(name, ..)| name.as_str())
+        .map(|(_, name, ..)| name.as_str())
         .collect::<Vec<_>>()
         .join(", ");
     Err(BootstrapNetworkError::NoLease {
@@ -112,9 +121,15 @@ pub fn bootstrap_network(dhcp_wait: Duration) -> Result<BootstrapNetwork, Bootst
 }
 
 impl BootstrapNetwork {
-    /// Takes the lease's address and default route off the interface again.
+    /// Takes the lease's address and default route off the interface again, and puts its MTU
+    /// back when the lease changed it.
     pub fn tear_down(self) -> Result<(), NetlinkError> {
         let mut socket = RouteSocket::open()?;
-        dhcp::remove_lease(&mut socket, self.index, &self.lease)
+        let removed = dhcp::remove_lease(&mut socket, self.index, &self.lease);
+        let restored = match (self.lease.mtu, self.mtu) {
+            (Some(_), Some(mtu)) => socket.set_link(self.index, None, Some(mtu)),
+            _ => Ok(()),
+        };
+        removed.and(restored)
     }
 }

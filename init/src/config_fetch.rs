@@ -152,6 +152,9 @@ pub enum FetchConfigError {
 /// Why one attempt failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchAttemptError {
+    /// The HTTP client's runtime could not start.
+    #[error("starting the HTTP client's runtime")]
+    Runtime(#[source] std::io::Error),
     /// The connection failed.
     #[error("connecting")]
     Connect(#[source] std::io::Error),
@@ -175,11 +178,12 @@ pub enum FetchAttemptError {
     TimedOut,
 }
 
-/// Fetches the configuration from `endpoint`: for HTTP, after a DHCP lease (waiting up to
-/// `dhcp_wait` for one), which it leaves in `lease` whatever happens next; then trying until
-/// `wait` has passed. The caller gives the lease back once the configuration is known to be
-/// valid, just before applying its network: until then (a configuration that never came or
-/// is invalid) the node API of a node in maintenance mode answers on it.
+/// Fetches the configuration from `endpoint`. For HTTP, first a DHCP lease: asked for
+/// `dhcp_wait` at a time until `wait` has passed (at least once), and left in `lease` whatever
+/// happens next. Then attempts until `wait` has passed since the lease (at least one). The
+/// caller gives the lease back once the configuration is known to be valid, just before
+/// applying its network: until then (a configuration that never came or is invalid) the node
+/// API of a node in maintenance mode answers on it.
 pub fn fetch_config(
     endpoint: &MetadataEndpoint,
     dhcp_wait: Duration,
@@ -188,10 +192,22 @@ pub fn fetch_config(
 ) -> Result<FoundConfig, FetchConfigError> {
     tracing::info!(%endpoint, "fetching the machine configuration");
     if let MetadataEndpoint::Http { .. } = endpoint {
-        let network = bootstrap_network(dhcp_wait).map_err(|source| FetchConfigError::Network {
-            endpoint: endpoint.to_string(),
-            source,
-        })?;
+        let deadline = Instant::now() + wait;
+        let network = loop {
+            match bootstrap_network(dhcp_wait) {
+                Ok(network) => break network,
+                Err(source) if Instant::now() + FIRST_PAUSE >= deadline => {
+                    return Err(FetchConfigError::Network {
+                        endpoint: endpoint.to_string(),
+                        source,
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(%endpoint, "no network to fetch the machine configuration: {}; trying again", baton_client::error_chain(&err));
+                    std::thread::sleep(FIRST_PAUSE);
+                }
+            }
+        };
         *lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(network);
     }
     let started = Instant::now();
@@ -235,7 +251,7 @@ fn http_get(uri: &http::Uri, address: SocketAddr) -> Result<String, FetchAttempt
         .enable_io()
         .enable_time()
         .build()
-        .map_err(FetchAttemptError::Connect)?;
+        .map_err(FetchAttemptError::Runtime)?;
     runtime.block_on(async {
         tokio::time::timeout(ATTEMPT_TIMEOUT, http_exchange(uri, address))
             .await
@@ -279,14 +295,31 @@ async fn http_exchange(uri: &http::Uri, address: SocketAddr) -> Result<String, F
     String::from_utf8(body.to_vec()).map_err(|_| FetchAttemptError::NotUtf8)
 }
 
-/// One connection to `cid`:`port`, read to its end.
+/// One connection to `cid`:`port`, read to its end within [`ATTEMPT_TIMEOUT`] in all.
 fn vsock_read(cid: u32, port: u32) -> Result<String, FetchAttemptError> {
     let stream =
         vsock::VsockStream::connect_with_cid_port(cid, port).map_err(FetchAttemptError::Connect)?;
-    stream
-        .set_read_timeout(Some(ATTEMPT_TIMEOUT))
-        .map_err(FetchAttemptError::Read)?;
-    read_document(stream)
+    read_document(ByDeadline {
+        stream,
+        deadline: Instant::now() + ATTEMPT_TIMEOUT,
+    })
+}
+
+/// A vsock stream whose reads all end by one deadline (a host that trickles bytes is cut off).
+struct ByDeadline {
+    stream: vsock::VsockStream,
+    deadline: Instant,
+}
+
+impl Read for ByDeadline {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
 }
 
 /// Everything `stream` gives until it ends, as text, at most [`MAX_CONFIG_BYTES`].
@@ -384,7 +417,7 @@ mod tests {
             read_document([0xff, 0xfe].as_slice()),
             Err(FetchAttemptError::NotUtf8)
         ));
-        // A host that writes and never closes: the attempt ends at the read timeout.
+        // A host that neither writes nor closes: the attempt ends at the read timeout.
         let (_host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
         guest
             .set_read_timeout(Some(Duration::from_millis(50)))

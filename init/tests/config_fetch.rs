@@ -163,8 +163,27 @@ fn a_configuration_is_fetched_after_a_lease_which_is_then_given_back() {
         .expect("the lease is handed over");
     assert_eq!(lease.interface, "eth0");
     assert_eq!(addresses, [lease.lease.address.to_string()]);
+    assert_eq!(eth0_mtu(&machine_ns), Some(1400), "the server's MTU");
     machine_ns.run(|| lease.tear_down()).unwrap().unwrap();
     assert_eq!(machine_network(&machine_ns), (Vec::new(), String::new()));
+    assert_eq!(
+        eth0_mtu(&machine_ns),
+        Some(1500),
+        "the MTU from before the lease"
+    );
+}
+
+fn eth0_mtu(machine: &NetNs) -> Option<u32> {
+    machine
+        .run(|| {
+            RouteSocket::open()
+                .unwrap()
+                .link("eth0")
+                .unwrap()
+                .unwrap()
+                .mtu
+        })
+        .unwrap()
 }
 
 #[test]

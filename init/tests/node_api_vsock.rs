@@ -18,14 +18,16 @@ use baton_node_api::{ClientCredentials, NodeTarget, connect};
 
 /// The VMM's end of the vsock device: takes `connections` connections, answers a `CONNECT
 /// 50000` with `OK` and relays it to the node API at `node_api`, and closes any other (as the
-/// VMM does when nothing listens on the guest port). Returns the handshake lines it read.
+/// VMM does when nothing listens on the guest port). Returns the handshake lines it read and
+/// the relays' threads.
 fn vmm_socket(
     listener: UnixListener,
     node_api: SocketAddr,
     connections: usize,
-) -> std::thread::JoinHandle<Vec<String>> {
+) -> std::thread::JoinHandle<(Vec<String>, Vec<std::thread::JoinHandle<()>>)> {
     std::thread::spawn(move || {
         let mut lines = Vec::new();
+        let mut relays = Vec::new();
         for _ in 0..connections {
             let (mut stream, _) = listener.accept().unwrap();
             let mut line = Vec::new();
@@ -37,11 +39,11 @@ fn vmm_socket(
             if line == "CONNECT 50000" {
                 stream.write_all(b"OK 1073741824\n").unwrap();
                 let node = TcpStream::connect(node_api).unwrap();
-                std::thread::spawn(move || relay(stream, node).unwrap());
+                relays.push(std::thread::spawn(move || relay(stream, node).unwrap()));
             }
             lines.push(line);
         }
-        lines
+        (lines, relays)
     })
 }
 
@@ -53,7 +55,18 @@ async fn the_node_api_answers_through_a_vmm_s_vsock_socket() {
         let free = TcpListener::bind("127.0.0.1:0").unwrap();
         free.local_addr().unwrap()
     };
-    let server = NodeApiServer::start(state, &NodeApiTls::maintenance().unwrap(), address);
+    // A worker's node API certificate as `baton cluster create` issues it (its name, its
+    // address and 127.0.0.1), and the administrator's client certificate.
+    let ca = baton_pki::ClusterCa::generate("vsock-test").unwrap();
+    let serving = ca
+        .issue_server(
+            "worker-1",
+            &["worker-1".into(), "10.0.0.2".into(), "127.0.0.1".into()],
+        )
+        .unwrap();
+    let admin = ca.issue_client("admin", Some("system:masters")).unwrap();
+    let tls = NodeApiTls::with_certificate(serving, ca.cert_pem().to_owned());
+    let server = NodeApiServer::start(state, &tls, address);
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(address).is_err() {
         assert!(Instant::now() < deadline, "the node API never listened");
@@ -62,10 +75,10 @@ async fn the_node_api_answers_through_a_vmm_s_vsock_socket() {
 
     let uds = dir.path().join("vsock.sock");
     let vmm = vmm_socket(UnixListener::bind(&uds).unwrap(), address, 2);
-    // A node in maintenance mode without a CA: no certificate either way (`--insecure`).
+    // The node's certificate is checked against the cluster CA, as `--ca` asks.
     let credentials = ClientCredentials {
-        ca_pem: None,
-        client: None,
+        ca_pem: Some(ca.cert_pem().to_owned()),
+        client: Some((admin.cert_pem, admin.key_pem)),
     };
     let mut client = connect(
         &NodeTarget::Vsock {
@@ -104,7 +117,17 @@ async fn the_node_api_answers_through_a_vmm_s_vsock_socket() {
         )),
         "{text}"
     );
-    assert_eq!(vmm.join().unwrap(), ["CONNECT 50000", "CONNECT 1234"]);
+    assert!(
+        text.ends_with(
+            "the VMM closed the connection after CONNECT 1234: nothing listens on that guest port"
+        ),
+        "{text}"
+    );
+    let (lines, relays) = vmm.join().unwrap();
+    assert_eq!(lines, ["CONNECT 50000", "CONNECT 1234"]);
     drop(client);
     server.stop().await;
+    for relay in relays {
+        relay.join().unwrap();
+    }
 }

@@ -73,9 +73,10 @@ impl std::fmt::Display for NodeTarget {
     }
 }
 
-/// The name the node's certificate is checked for over vsock, which has no address: the node
-/// API's certificate names `localhost` (a connection from this host only, as over loopback).
-const VSOCK_SERVER_NAME: &str = "localhost";
+/// The address the node's certificate is checked for over vsock, which has none: every node
+/// API certificate Baton issues names 127.0.0.1 (the node's loopback, where init relays a
+/// vsock connection to).
+const VSOCK_SERVER_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
 /// The longest answer line to `CONNECT` read.
 const MAX_CONNECT_ANSWER: usize = 64;
 
@@ -129,7 +130,7 @@ pub async fn connect(
                         .await
                         .map_err(|_| timed_out("timed out"))??;
                     let name =
-                        ServerName::try_from(VSOCK_SERVER_NAME).map_err(std::io::Error::other)?;
+                        ServerName::IpAddress(std::net::IpAddr::from(VSOCK_SERVER_ADDRESS).into());
                     (Box::new(stream), name)
                 }
             };
@@ -149,7 +150,7 @@ pub async fn connect(
     // The URI only names the authority for HTTP/2; the connector makes the connection.
     let authority = match target {
         NodeTarget::Tcp { address, .. } => address.to_string(),
-        NodeTarget::Vsock { .. } => VSOCK_SERVER_NAME.to_owned(),
+        NodeTarget::Vsock { .. } => VSOCK_SERVER_ADDRESS.to_string(),
     };
     let channel = Endpoint::from_shared(format!("http://{authority}"))
         .map_err(connect_error)?
@@ -170,10 +171,19 @@ async fn open_vsock(uds: &Path, port: u32) -> std::io::Result<tokio::net::UnixSt
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .await?;
-    // The answer, a byte at a time: what follows its newline is the guest's.
+    // The answer, a byte at a time: what follows its newline is the guest's. The VMM closes
+    // the connection without one when nothing listens on the guest port.
     let mut answer = Vec::new();
     loop {
-        let byte = stream.read_u8().await?;
+        let byte = stream.read_u8().await.map_err(|err| {
+            if err.kind() == std::io::ErrorKind::UnexpectedEof {
+                std::io::Error::other(format!(
+                    "the VMM closed the connection after CONNECT {port}: nothing listens on that guest port"
+                ))
+            } else {
+                err
+            }
+        })?;
         if byte == b'\n' {
             break;
         }
@@ -186,7 +196,7 @@ async fn open_vsock(uds: &Path, port: u32) -> std::io::Result<tokio::net::UnixSt
     }
     if !answer.starts_with(b"OK ") {
         return Err(std::io::Error::other(format!(
-            "the VMM answered CONNECT {port} with {:?}: nothing listens on that guest port",
+            "the VMM answered CONNECT {port} with {:?}, not OK",
             String::from_utf8_lossy(&answer)
         )));
     }

@@ -119,10 +119,13 @@ pub fn remove_lease(
     index: u32,
     lease: &Lease,
 ) -> Result<(), NetlinkError> {
-    if let Some(router) = lease.router {
-        socket.delete_dhcp_route(&default_route(index, router))?;
-    }
-    socket.delete_address(index, lease.address)
+    // Both, even when the first fails; the first failure is reported.
+    let route = match lease.router {
+        Some(router) => socket.delete_dhcp_route(&default_route(index, router)),
+        None => Ok(()),
+    };
+    let address = socket.delete_address(index, lease.address);
+    route.and(address)
 }
 
 fn default_route(index: u32, router: Ipv4Addr) -> Route {

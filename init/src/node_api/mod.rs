@@ -84,6 +84,14 @@ impl NodeApiTls {
         })
     }
 
+    /// TLS with a given serving certificate, callers checked against `client_ca`.
+    pub fn with_certificate(serving: CertAndKey, client_ca: String) -> Self {
+        NodeApiTls {
+            serving,
+            client_ca: Some(client_ca),
+        }
+    }
+
     /// TLS for a node in maintenance mode without a usable configuration: a self-signed
     /// certificate and no client authentication.
     pub fn maintenance() -> Result<Self, NodeApiTlsError> {

@@ -86,7 +86,7 @@ pub fn listen(tcp: SocketAddr) {
     });
     match served {
         Ok(()) => tracing::info!(port = NODE_API_PORT, "node API on vsock"),
-        Err(err) => tracing::info!(%err, "no node API on vsock (the kernel has no vsock)"),
+        Err(err) => tracing::info!(%err, "no node API on vsock"),
     }
 }
 

@@ -6,22 +6,27 @@ use std::sync::OnceLock;
 
 use baton_vmm::devices::virtio::fuzz_cases::{FuzzInput, block_case};
 
-/// A memfd as the disk: nothing is left on the file system when the fuzzer exits.
-fn disk() -> &'static PathBuf {
+/// The disk's size: 64 sectors.
+const DISK_BYTES: u64 = 64 * 512;
+
+/// A memfd as the disk (nothing is left on the file system when the fuzzer exits), zeroed
+/// before each input so that an input found to fail fails again alone.
+fn fresh_disk() -> &'static PathBuf {
     static DISK: OnceLock<(std::os::fd::OwnedFd, PathBuf)> = OnceLock::new();
-    let (_, path) = DISK.get_or_init(|| {
+    let (fd, path) = DISK.get_or_init(|| {
         let fd = rustix::fs::memfd_create("baton-fuzz-disk", rustix::fs::MemfdFlags::empty())
             .expect("memfd_create");
-        rustix::fs::ftruncate(&fd, 64 * 512).expect("sizing the disk");
         let path = PathBuf::from(format!(
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&fd)
         ));
         (fd, path)
     });
+    rustix::fs::ftruncate(fd, 0).expect("emptying the disk");
+    rustix::fs::ftruncate(fd, DISK_BYTES).expect("sizing the disk");
     path
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    block_case(&mut FuzzInput::new(data), disk());
+    block_case(&mut FuzzInput::new(data), fresh_disk());
 });

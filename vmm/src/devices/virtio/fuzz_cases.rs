@@ -34,6 +34,11 @@ pub trait Entropy {
             chunk.copy_from_slice(&value[..chunk.len()]);
         }
     }
+    /// Fills a large area (buffers, frames) whose exact bytes matter less than the choices
+    /// around them.
+    fn fill_bulk(&mut self, bytes: &mut [u8]) {
+        self.fill(bytes);
+    }
 }
 
 /// xorshift64*: small, seedable, good enough to explore.
@@ -49,9 +54,11 @@ impl Entropy for Xorshift {
     }
 }
 
-/// A fuzzer's input as the source of choices: its bytes, eight at a time, then (for the
-/// large buffer fills an input is too short for) an xorshift seeded from the input, so the
-/// same input always makes the same case.
+/// A fuzzer's input as the source of choices: its bytes, eight at a time, then an xorshift
+/// seeded from the input, so the same input always makes the same case. Bulk fills (128 KiB
+/// of buffers, frames) come from the xorshift only: they would otherwise eat the whole input,
+/// and the choices that steer the devices (descriptors, ring entries, indices, registers)
+/// would no longer be the input's.
 #[derive(Debug)]
 pub struct FuzzInput<'a> {
     bytes: &'a [u8],
@@ -73,6 +80,9 @@ impl<'a> FuzzInput<'a> {
 }
 
 impl Entropy for FuzzInput<'_> {
+    fn fill_bulk(&mut self, bytes: &mut [u8]) {
+        self.after.fill(bytes);
+    }
     fn next(&mut self) -> u64 {
         if self.bytes.is_empty() {
             return self.after.next();
@@ -124,7 +134,7 @@ fn scramble_queue(driver: &TestDriver, rng: &mut impl Entropy, q: u16) -> u16 {
     }
     // Buffers and indirect tables: random bytes over the buffer area.
     let mut buffers = vec![0u8; 0x2_0000];
-    rng.fill(&mut buffers);
+    rng.fill_bulk(&mut buffers);
     mem.write_slice(&buffers, GuestAddress(BUFFERS)).unwrap();
     let avail = AVAIL_RING + u64::from(q) * QUEUE_STRIDE;
     for slot in 0..u64::from(QUEUE_SIZE) {
@@ -187,7 +197,7 @@ pub fn net_case(rng: &mut impl Entropy) {
     for _ in 0..4 {
         scramble_queue(&driver, rng, 0);
         let mut frame = vec![0u8; rng.below(70_000) as usize];
-        rng.fill(&mut frame);
+        rng.fill_bulk(&mut frame);
         driver
             .transport
             .lock()
