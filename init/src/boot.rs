@@ -406,7 +406,27 @@ impl Boot {
             .ok_or_else(|| {
                 "machine.network.interfaces: no address for the node (none configured, and the node is not in cluster.controlPlane)".to_string()
             })?;
-        timeline.skip("clock", "the kernel keeps the clock (kvmclock or the RTC)");
+        match environment {
+            Environment::Sandbox => timeline.skip("clock", "a sandbox shares the host's clock"),
+            Environment::Machine if config.machine.time.servers.is_empty() => timeline.skip(
+                "clock",
+                "no machine.time.servers: the kernel keeps the clock (kvmclock or the RTC)",
+            ),
+            Environment::Machine => {
+                let servers = config.machine.time.servers.clone();
+                let set = timeline
+                    .run_blocking("clock", move || crate::time_sync::set_clock(&servers))
+                    .await;
+                // Not fatal: the node runs on the kernel's clock, and the thread tries again.
+                if let Err(err) = set {
+                    tracing::warn!("{}", error_chain(&err));
+                }
+                if let Err(err) = crate::time_sync::keep_clock(config.machine.time.servers.clone())
+                {
+                    tracing::warn!(%err, "starting the thread that keeps the clock");
+                }
+            }
+        }
         let credentials = timeline
             .run("credentials", || {
                 write_credentials(

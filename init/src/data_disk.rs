@@ -217,15 +217,18 @@ fn new_file_system() -> FormatOptions {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as u32);
+    // Identifiers, not secrets: a first boot formats before the random pool may be ready.
+    let mut bytes = [0u8; 16 + 16 + 4];
+    crate::entropy::identifier_bytes(&mut bytes);
     // A version 4 (random) UUID.
-    let mut uuid: [u8; 16] = rand::random();
+    let mut uuid: [u8; 16] = bytes[..16].try_into().expect("16 bytes");
     uuid[6] = (uuid[6] & 0x0f) | 0x40;
     uuid[8] = (uuid[8] & 0x3f) | 0x80;
     FormatOptions {
         label: DATA_DISK_LABEL.into(),
         uuid,
-        hash_seed: rand::random(),
-        journal_sequence: rand::random(),
+        hash_seed: bytes[16..32].try_into().expect("16 bytes"),
+        journal_sequence: u32::from_le_bytes(bytes[32..].try_into().expect("4 bytes")),
         now,
     }
 }

@@ -8,6 +8,32 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// Fills `bytes` from the kernel's pool without waiting for it to be initialized
+/// (GRND_INSECURE), for identifiers that must differ, not stay secret (DHCP transaction IDs,
+/// a new file system's UUID): early in a boot without RDRAND or a virtio RNG the pool may take
+/// minutes, and a plain `getrandom` waits that long. Where the kernel cannot give that
+/// (before Linux 5.6), the clock fills them. Never for keys.
+pub fn identifier_bytes(bytes: &mut [u8]) {
+    use rustix::rand::{GetRandomFlags, getrandom};
+    for flags in [GetRandomFlags::INSECURE, GetRandomFlags::NONBLOCK] {
+        if matches!(getrandom(&mut *bytes, flags), Ok(n) if n == bytes.len()) {
+            return;
+        }
+    }
+    let mut state = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
+        | 1;
+    for byte in bytes.iter_mut() {
+        // xorshift64: spreads the clock's bits over every byte.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+}
+
 /// Where the seed for the next boot is kept.
 pub const SEED_FILE: &str = "/var/lib/baton/random-seed";
 /// The seed's size: the kernel pool's (256 bits) many times over, as systemd saves 512 bytes.
@@ -104,6 +130,16 @@ fn save_seed(seed: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identifiers_differ_from_one_call_to_the_next() {
+        let mut first = [0u8; 36];
+        let mut second = [0u8; 36];
+        identifier_bytes(&mut first);
+        identifier_bytes(&mut second);
+        assert_ne!(first, second);
+        assert_ne!(first, [0u8; 36]);
+    }
 
     #[test]
     fn the_saved_seed_is_mixed_in_and_a_new_one_saved() {

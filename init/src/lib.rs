@@ -32,6 +32,7 @@ pub mod readiness;
 pub mod service;
 pub mod supervisor;
 pub mod sysctls;
+pub mod time_sync;
 pub mod vsock_host;
 pub mod vsock_power;
 

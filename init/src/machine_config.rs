@@ -84,6 +84,26 @@ pub struct Machine {
     /// Proxy settings.
     #[serde(default)]
     pub proxy: Proxy,
+    /// Where the clock comes from.
+    #[serde(default, skip_serializing_if = "Time::is_empty")]
+    pub time: Time,
+}
+
+/// Time settings of the machine.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Time {
+    /// NTP servers (IP addresses), asked in order: the clock is set from the first that
+    /// answers at boot, and checked against them afterwards. None: the kernel keeps the clock.
+    #[serde(default)]
+    pub servers: Vec<std::net::IpAddr>,
+}
+
+impl Time {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
 }
 
 /// Network settings of the machine.
@@ -649,6 +669,7 @@ pub(crate) mod tests_support {
                 kernel_args: Vec::new(),
                 kubelet: Kubelet::default(),
                 proxy: Proxy::default(),
+                time: Time::default(),
             },
             cluster: Cluster {
                 name: "demo".into(),
@@ -800,6 +821,10 @@ mod tests {
             .push("r:5000".into());
         full.machine.kubelet.extra_args.push("--max-pods=5".into());
         full.machine.proxy.extra_args.push("--v=2".into());
+        full.machine
+            .time
+            .servers
+            .push("192.0.2.123".parse().unwrap());
         full.cluster
             .dns
             .upstreams

@@ -63,26 +63,14 @@ pub enum DhcpExchangeError {
     },
 }
 
-/// A transaction ID. It needs to be unpredictable enough to tell this client's exchanges from
-/// others', not secret, and DHCP runs early in boot, before the kernel's random pool may be
-/// initialized (a machine with neither RDRAND nor a virtio RNG waits minutes for it, and
-/// `getrandom` blocks until then): so the pool's output is taken without waiting
-/// (GRND_INSECURE), and where the kernel cannot give that (before Linux 5.6, or not yet
-/// initialized), the clock mixed with the hardware address.
+/// A transaction ID: it tells this client's exchanges from others', and DHCP runs early in
+/// boot, before the kernel's random pool may be initialized, so it must not wait for it
+/// ([`identifier_bytes`](crate::entropy::identifier_bytes)); the hardware address is mixed in
+/// for machines that boot at the same instant.
 fn transaction_id(mac: &[u8; 6]) -> u32 {
-    use rustix::rand::{GetRandomFlags, getrandom};
     let mut bytes = [0u8; 4];
-    for flags in [GetRandomFlags::INSECURE, GetRandomFlags::NONBLOCK] {
-        if matches!(getrandom(&mut bytes, flags), Ok(4)) {
-            return u32::from_le_bytes(bytes);
-        }
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u32;
-    let mac = u32::from_le_bytes([mac[2], mac[3], mac[4], mac[5]]);
-    nanos ^ mac.rotate_left(16)
+    crate::entropy::identifier_bytes(&mut bytes);
+    u32::from_le_bytes(bytes) ^ u32::from_le_bytes([mac[2], mac[3], mac[4], mac[5]])
 }
 
 /// The client of one interface.

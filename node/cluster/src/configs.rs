@@ -128,6 +128,7 @@ pub fn machine_config(
                 },
             },
             proxy: Proxy::default(),
+            time: Default::default(),
         },
         cluster: Cluster {
             name: name.into(),
