@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config_source::STAGED_CONFIG;
-use crate::machine_config::MachineConfig;
+use crate::machine_config::{Cluster, Machine, MachineConfig};
 
 /// Fields a running node takes without a reboot.
 pub const LIVE_FIELDS: &[&str] = &["machine.sysctls"];
@@ -36,6 +36,31 @@ impl ApplyPlan {
 pub fn changed_fields(old: &MachineConfig, new: &MachineConfig) -> Vec<&'static str> {
     let (a, b) = (&old.machine, &new.machine);
     let (c, d) = (&old.cluster, &new.cluster);
+    // Every field is compared below: a field added to the document fails to compile here
+    // until it is.
+    let Machine {
+        role: _,
+        hostname: _,
+        network: _,
+        identity: _,
+        api_certificate: _,
+        data_disk: _,
+        sysctls: _,
+        kernel_args: _,
+        kubelet: _,
+        proxy: _,
+        time: _,
+    } = a;
+    let Cluster {
+        name: _,
+        endpoint: _,
+        ca: _,
+        service_account_key: _,
+        control_plane: _,
+        pod_cidr: _,
+        service_cidr: _,
+        dns: _,
+    } = c;
     let checks = [
         ("machine.role", a.role == b.role),
         ("machine.hostname", a.hostname == b.hostname),
@@ -50,9 +75,14 @@ pub fn changed_fields(old: &MachineConfig, new: &MachineConfig) -> Vec<&'static 
         ("machine.kernelArgs", a.kernel_args == b.kernel_args),
         ("machine.kubelet", a.kubelet == b.kubelet),
         ("machine.proxy", a.proxy == b.proxy),
+        ("machine.time", a.time == b.time),
         ("cluster.name", c.name == d.name),
         ("cluster.endpoint", c.endpoint == d.endpoint),
         ("cluster.ca", c.ca == d.ca),
+        (
+            "cluster.serviceAccountKey",
+            c.service_account_key == d.service_account_key,
+        ),
         ("cluster.controlPlane", c.control_plane == d.control_plane),
         ("cluster.podCIDR", c.pod_cidr == d.pod_cidr),
         ("cluster.serviceCIDR", c.service_cidr == d.service_cidr),
@@ -140,6 +170,17 @@ mod tests {
             changed,
             ["machine.hostname", "machine.sysctls", "machine.kubelet"]
         );
+        assert_eq!(plan(&changed, false), ApplyPlan::Staged);
+
+        // New time servers take effect at the next boot.
+        let mut timed = old.clone();
+        timed
+            .machine
+            .time
+            .servers
+            .push("192.0.2.123".parse().unwrap());
+        let changed = changed_fields(&old, &timed);
+        assert_eq!(changed, ["machine.time"]);
         assert_eq!(plan(&changed, false), ApplyPlan::Staged);
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::bootstrap_network::BootstrapNetwork;
 use crate::cgroups::{parse_proc_cgroup, setup_cgroups};
 use crate::config_fetch::{FETCH_WAIT, fetch_config};
-use crate::config_source::find_config;
+use crate::config_source::{find_config, initramfs_unpacking_failure};
 use crate::credentials::{CredentialPaths, write_credentials};
 use crate::environment::Environment;
 use crate::machine_config::MachineConfig;
@@ -243,9 +243,17 @@ async fn load_config(
     {
         Ok(Some(found)) => found,
         Ok(None) => {
-            return Err(vec![
-                    "no machine configuration: none applied through the node API, on the kernel command line, in /etc/baton, or on a BATON-CONFIG partition".into(),
-                ]);
+            let mut problems = vec![
+                "no machine configuration: none applied through the node API, on the kernel command line, in /etc/baton, or on a BATON-CONFIG partition".to_string(),
+            ];
+            if environment == Environment::Machine
+                && let Some(failure) = initramfs_unpacking_failure(kernel_log())
+            {
+                problems.push(format!(
+                    "the kernel did not unpack the whole initramfs ({failure}): a configuration archive appended to it is lost; too little memory for the image?"
+                ));
+            }
+            return Err(problems);
         }
         Err(err) => return Err(vec![error_chain(&err)]),
     };
@@ -612,4 +620,12 @@ impl PowerSignals {
 /// The credentials' paths on a node (for tools that read them).
 pub fn node_credentials() -> CredentialPaths {
     CredentialPaths::under(Path::new(CREDENTIALS_DIR))
+}
+
+/// The kernel's log records so far (none where /dev/kmsg cannot be read).
+fn kernel_log() -> Vec<String> {
+    let Ok(mut kmsg) = node_api::facts::open_kmsg(false) else {
+        return Vec::new();
+    };
+    std::iter::from_fn(|| node_api::facts::read_kmsg_record(&mut kmsg)).collect()
 }

@@ -73,6 +73,16 @@ pub enum FindConfigError {
     },
 }
 
+/// What the kernel says of a failed initramfs unpacking among its log `messages`, if it says
+/// anything: the kernel then drops the rest of the archive, so a configuration archive
+/// appended to the image's is lost (seen with too little memory for the whole archive).
+pub fn initramfs_unpacking_failure(messages: impl IntoIterator<Item = String>) -> Option<String> {
+    messages.into_iter().find_map(|message| {
+        let at = message.find("Initramfs unpacking failed")?;
+        Some(message[at..].trim_end().to_string())
+    })
+}
+
 /// The value of `baton.config=` on `cmdline`, if any.
 pub fn cmdline_config(cmdline: &str) -> Option<&str> {
     cmdline
@@ -189,6 +199,22 @@ fn read_partition(root: &Path, name: &str) -> Result<FoundConfig, FindConfigErro
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_failed_initramfs_unpacking_is_found_in_the_kernel_log() {
+        let log = |lines: &[&str]| lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            initramfs_unpacking_failure(log(&[
+                "6,100,1200,-;Trying to unpack rootfs image as initramfs...",
+                "0,101,2400,-;Initramfs unpacking failed: write error\n",
+            ])),
+            Some("Initramfs unpacking failed: write error".into())
+        );
+        assert_eq!(
+            initramfs_unpacking_failure(log(&["6,1,1,-;Freeing initrd memory: 52748K"])),
+            None
+        );
+    }
 
     fn no_fetch(endpoint: &MetadataEndpoint) -> Result<FoundConfig, FetchConfigError> {
         panic!("nothing is fetched here, yet {endpoint} was")

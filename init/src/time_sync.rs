@@ -16,6 +16,13 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1024);
 /// Offsets beyond this are stepped.
 pub const STEP_THRESHOLD: Duration = Duration::from_millis(128);
+/// A date the clock is surely past (1 January 2026, in ns since the epoch): NTP timestamps are
+/// read in the era nearest to the later of it and the machine's clock, which may start at 1970
+/// on a machine without an RTC.
+const ERA_PIVOT_NANOS: i128 = 1_767_225_600 * 1_000_000_000;
+/// Samples whose round trip took longer than this are not trusted to step the clock after
+/// boot: the offset's error is up to half the round trip.
+const MAX_KEEP_DELAY: Duration = Duration::from_millis(256);
 /// Seconds from the NTP era's start (1900) to the Unix epoch.
 const NTP_TO_UNIX_SECONDS: u64 = 2_208_988_800;
 /// A packet's size without extensions.
@@ -138,14 +145,19 @@ fn sample(reply: &[u8], sent: i128, received: i128) -> Result<Sample, &'static s
     if reply[24..32] != to_ntp(sent) {
         return Err("an answer to another request");
     }
-    if reply[40..48] == [0; 8] {
-        return Err("no transmit time");
+    if reply[40..48] == [0; 8] || reply[32..40] == [0; 8] {
+        return Err("no receive or transmit time");
     }
-    let server_received = from_ntp(&reply[32..40], sent);
-    let server_sent = from_ntp(&reply[40..48], sent);
+    let reference = sent.max(ERA_PIVOT_NANOS);
+    let server_received = from_ntp(&reply[32..40], reference);
+    let server_sent = from_ntp(&reply[40..48], reference);
+    let delay_nanos = (received - sent) - (server_sent - server_received);
+    if delay_nanos < 0 {
+        return Err("a negative round trip");
+    }
     Ok(Sample {
         offset_nanos: ((server_received - sent) + (server_sent - received)) / 2,
-        delay_nanos: (received - sent) - (server_sent - server_received),
+        delay_nanos,
         stratum,
     })
 }
@@ -163,10 +175,14 @@ pub fn query(server: SocketAddr) -> Result<Sample, QueryTimeError> {
     let sent = now_nanos();
     socket.send(&request(sent)).map_err(fail)?;
     let mut buffer = [0u8; 512];
+    let mut unusable = None;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return Err(QueryTimeError::NoAnswer { server });
+            return Err(match unusable {
+                Some(reason) => QueryTimeError::Unusable { server, reason },
+                None => QueryTimeError::NoAnswer { server },
+            });
         }
         socket.set_read_timeout(Some(left)).map_err(fail)?;
         let length = match socket.recv(&mut buffer) {
@@ -177,14 +193,17 @@ pub fn query(server: SocketAddr) -> Result<Sample, QueryTimeError> {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(QueryTimeError::NoAnswer { server });
+                continue;
             }
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(fail(err)),
         };
         let received = now_nanos();
-        return sample(&buffer[..length], sent, received)
-            .map_err(|reason| QueryTimeError::Unusable { server, reason });
+        // A stray or forged datagram does not end the wait for the real answer.
+        match sample(&buffer[..length], sent, received) {
+            Ok(sample) => return Ok(sample),
+            Err(reason) => unusable = Some(reason),
+        }
     }
 }
 
@@ -242,6 +261,9 @@ pub fn keep_clock(servers: Vec<IpAddr>) -> std::io::Result<()> {
             loop {
                 std::thread::sleep(POLL_INTERVAL);
                 match first_sample(&servers) {
+                    Ok((server, sample)) if sample.delay_nanos as u128 > MAX_KEEP_DELAY.as_nanos() => {
+                        tracing::warn!(%server, delay_ms = sample.delay_nanos as f64 / 1e6, "a time sample with too long a round trip to step the clock by");
+                    }
                     Ok((server, sample))
                         if sample.offset_nanos.unsigned_abs() > STEP_THRESHOLD.as_nanos() =>
                     {
@@ -283,6 +305,13 @@ mod tests {
         let later = 2_114_380_800_000_000_000i128;
         assert!((from_ntp(&to_ntp(later), now) - later).abs() < 2);
         assert_eq!(&to_ntp(0)[..4], &2_208_988_800u32.to_be_bytes());
+        // A machine whose clock starts at 1970 still reads a 2040 server time as 2040.
+        let sent_at_boot = 0i128;
+        let server_time = 2_208_988_800_000_000_000i128; // 2040-01-01
+        let mut reply = reply(&request(sent_at_boot), sent_at_boot, server_time, 0);
+        reply[1] = 1;
+        let sample = sample(&reply, sent_at_boot, sent_at_boot).unwrap();
+        assert!((sample.offset_nanos - server_time).abs() <= 2, "{sample:?}");
     }
 
     #[test]
@@ -295,7 +324,10 @@ mod tests {
         let received = sent + 21_000_000;
         let sample = sample(&reply, sent, received).unwrap();
         // NTP's fractions are 2^-32 s: a nanosecond or two of rounding.
-        assert!((sample.offset_nanos - 1_500_000_000).abs() <= 2, "{sample:?}");
+        assert!(
+            (sample.offset_nanos - 1_500_000_000).abs() <= 2,
+            "{sample:?}"
+        );
         assert!((sample.delay_nanos - 20_000_000).abs() <= 2, "{sample:?}");
         assert_eq!(sample.stratum, 2);
     }
@@ -321,6 +353,15 @@ mod tests {
         assert!(refused(&|r| r[1] = 0).starts_with("a stratum outside"));
         assert!(refused(&|r| r[1] = 16).starts_with("a stratum outside"));
         assert_eq!(refused(&|r| r[31] ^= 1), "an answer to another request");
-        assert_eq!(refused(&|r| r[40..48].fill(0)), "no transmit time");
+        assert_eq!(
+            refused(&|r| r[40..48].fill(0)),
+            "no receive or transmit time"
+        );
+        // The server says it took 5 ms to answer a request that came back at once.
+        let backwards = reply(&request(sent), sent, 0, 5_000_000);
+        assert_eq!(
+            sample(&backwards, sent, sent).unwrap_err(),
+            "a negative round trip"
+        );
     }
 }

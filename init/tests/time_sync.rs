@@ -1,7 +1,8 @@
 //! Init's SNTP client against a real NTP server: Debian's chronyd, serving its local clock
 //! (`local stratum 8`, and `-x`: it never touches the clock itself) on loopback in a network
 //! namespace of the test's. Only the query is tested here: setting the clock would set this
-//! host's. chronyd is killed and the namespace goes with the test.
+//! host's. chronyd is killed and the namespace goes with the test; it opens no command socket
+//! (`cmdport 0`, `bindcmdaddress /`), so a host chronyd's is left alone.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command};
@@ -27,7 +28,7 @@ fn start_chronyd(namespace: &NetNs, dir: &std::path::Path) -> Chronyd {
     std::fs::write(
         &conf,
         format!(
-            "local stratum 8\nallow 127.0.0.1\nbindaddress 127.0.0.1\nport 123\ncmdport 0\npidfile {}\n",
+            "local stratum 8\nallow 127.0.0.1\nbindaddress 127.0.0.1\nport 123\ncmdport 0\nbindcmdaddress /\npidfile {}\n",
             dir.join("chronyd.pid").display()
         ),
     )

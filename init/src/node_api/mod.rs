@@ -6,7 +6,7 @@
 //! certificate, asks for none, and answers only version, status, apply-config, reboot and
 //! shutdown (as Talos's maintenance mode does).
 
-mod facts;
+pub(crate) mod facts;
 mod service;
 mod state;
 pub mod vsock_relay;
