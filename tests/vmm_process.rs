@@ -223,19 +223,23 @@ fn every_thread_of_baton_vmm_runs_under_a_seccomp_filter() {
     // The main thread installs its filter once the vCPUs run, which may be just after the
     // guest's first line.
     let statuses = wait_until(
-        "four threads, each under a seccomp filter",
+        "five threads, each under a seccomp filter",
         Duration::from_secs(10),
         || {
             let statuses = thread_statuses(vmm.pid());
-            (statuses.len() == 4 && statuses.iter().all(|s| s.contains("\nSeccomp:\t2\n")))
+            (statuses.len() == 5 && statuses.iter().all(|s| s.contains("\nSeccomp:\t2\n")))
                 .then_some(statuses)
         },
     );
     let names: Vec<&str> = statuses.iter().map(|s| s.lines().next().unwrap()).collect();
     assert_eq!(
         statuses.len(),
-        4,
-        "main, two vCPU and API threads: {names:?}"
+        5,
+        "main, two vCPU, virtio notification (the entropy device's queue) and API threads: {names:?}"
+    );
+    assert!(
+        names.iter().any(|name| name.contains("virtio-notify")),
+        "{names:?}"
     );
     for status in &statuses {
         assert!(status.contains("\nSeccomp:\t2\n"), "{status}");
@@ -322,8 +326,8 @@ fn a_jailed_vmm_sees_only_its_files_runs_unprivileged_and_leaves_nothing() {
     let statuses = thread_statuses(pid);
     assert_eq!(
         statuses.len(),
-        5,
-        "main, vCPU, network receive, vsock and API threads"
+        6,
+        "main, vCPU, virtio notification, network receive, vsock and API threads"
     );
     for status in statuses {
         assert!(status.contains("\nCapEff:\t0000000000000000\n"), "{status}");

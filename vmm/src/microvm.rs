@@ -22,7 +22,9 @@ use crate::devices::serial::{
     COM1_IRQ, COM1_PORT, ConsoleOutput, InputRoom, IrqLine, SERIAL_PORT_LEN, SerialDevice,
 };
 use crate::devices::virtio::block::{Block, OpenDiskError};
+use crate::devices::virtio::mmio::reg::QUEUE_NOTIFY as QUEUE_NOTIFY_OFFSET;
 use crate::devices::virtio::net::{Net, NetReceiver};
+use crate::devices::virtio::notify_thread::{NotifyThread, QueueNotification};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockMuxer};
 use crate::devices::virtio::{Interrupt, MMIO_SLOT_LEN, MmioTransport, VirtioDevice};
@@ -102,6 +104,15 @@ pub enum RunVmError {
         /// KVM's error.
         #[source]
         source: RegisterIrqError,
+    },
+    /// A queue's notification cannot be handed to KVM.
+    #[error("cannot register the {device} queue notifications")]
+    QueueNotification {
+        /// The device.
+        device: &'static str,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
     },
     /// A device cannot be placed on the bus.
     #[error("cannot place a device")]
@@ -366,6 +377,7 @@ fn open_console(console: &ConsoleConfig, remove_socket: bool) -> Result<OpenCons
 /// Threads serving virtio devices; dropping them stops them (and removes the vsock socket).
 #[derive(Debug, Default)]
 pub struct DeviceThreads {
+    notify: Option<NotifyThread>,
     net: Vec<NetReceiver>,
     vsock: Option<VsockMuxer>,
 }
@@ -390,6 +402,7 @@ struct PendingVsockMuxer {
 /// The device threads of a VM whose devices are open, not started yet.
 #[derive(Default)]
 pub struct PendingDeviceThreads {
+    notifications: Vec<QueueNotification>,
     net: Vec<PendingNetReceiver>,
     vsock: Option<PendingVsockMuxer>,
 }
@@ -397,6 +410,7 @@ pub struct PendingDeviceThreads {
 impl std::fmt::Debug for PendingDeviceThreads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PendingDeviceThreads")
+            .field("notifications", &self.notifications.len())
             .field("net", &self.net.len())
             .field("vsock", &self.vsock.is_some())
             .finish()
@@ -407,6 +421,14 @@ impl PendingDeviceThreads {
     /// Starts the threads, each under its seccomp filter.
     pub fn spawn(self, filters: &ThreadFilters) -> Result<DeviceThreads, RunVmError> {
         let mut threads = DeviceThreads::default();
+        if !self.notifications.is_empty() {
+            threads.notify = Some(NotifyThread::spawn(self.notifications, filters).map_err(
+                |source| RunVmError::DeviceThread {
+                    device: "virtio-notify".into(),
+                    source,
+                },
+            )?);
+        }
         for pending in self.net {
             let thread_name = format!("net-{}", pending.name);
             threads.net.push(
@@ -510,6 +532,7 @@ pub fn virtio_bus(
                 device: name,
                 source,
             })?;
+        let queues = device.queue_max_sizes().len() as u32;
         let transport = Arc::new(Mutex::new(MmioTransport::new(
             format!("{name}@{base:#x}"),
             device,
@@ -517,6 +540,19 @@ pub fn virtio_bus(
             Arc::new(Interrupt::new(line)),
         )));
         bus.insert(name, base, MMIO_SLOT_LEN, transport.clone())?;
+        for queue in 0..queues {
+            let event = event_fd(name)?;
+            vm.register_mmio_notification(&event, base + QUEUE_NOTIFY_OFFSET, queue)
+                .map_err(|source| RunVmError::QueueNotification {
+                    device: name,
+                    source,
+                })?;
+            threads.notifications.push(QueueNotification {
+                event,
+                transport: transport.clone(),
+                queue,
+            });
+        }
         api_devices.push(ApiDevice {
             kind: name,
             base,

@@ -19,6 +19,9 @@ pub enum ThreadKind {
     /// A vCPU: KVM_RUN, the devices' port and MMIO handlers (serial output, block I/O, net
     /// transmit, entropy, eventfd interrupts).
     Vcpu,
+    /// The virtio notification thread: epoll, eventfds, and what the devices' queues do
+    /// (block I/O, net transmit, entropy, eventfd interrupts).
+    DeviceIo,
     /// A network device's receive thread: epoll, the tap, eventfds.
     NetReceive,
     /// The vsock muxer: epoll, Unix sockets, eventfds.
@@ -34,8 +37,9 @@ pub enum ThreadKind {
 }
 
 /// Every kind, in the order their filters are built.
-const KINDS: [ThreadKind; 6] = [
+const KINDS: [ThreadKind; 7] = [
     ThreadKind::Vcpu,
+    ThreadKind::DeviceIo,
     ThreadKind::NetReceive,
     ThreadKind::Vsock,
     ThreadKind::Api,
@@ -89,6 +93,17 @@ const COMMON: &[libc::c_long] = &[
 fn extra_calls(kind: ThreadKind) -> &'static [libc::c_long] {
     match kind {
         ThreadKind::Vcpu => &[
+            libc::SYS_read,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_fsync,
+            libc::SYS_fdatasync,
+        ],
+        ThreadKind::DeviceIo => &[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
             libc::SYS_read,
             libc::SYS_pread64,
             libc::SYS_pwrite64,
@@ -167,7 +182,7 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                     vec![arg_equals(1, KVM_RUN)?, arg_equals(1, KVM_GET_REGS)?],
                 );
             }
-            ThreadKind::NetReceive | ThreadKind::Main => {}
+            ThreadKind::NetReceive | ThreadKind::Main | ThreadKind::DeviceIo => {}
             ThreadKind::Vsock | ThreadKind::Api => {
                 rules.insert(libc::SYS_ioctl, vec![arg_equals(1, FIONBIO)?]);
                 rules.insert(libc::SYS_socket, vec![arg_equals(0, libc::AF_UNIX as u64)?]);

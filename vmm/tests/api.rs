@@ -125,3 +125,45 @@ fn a_busy_api_socket_path_is_refused() {
     );
     assert!(!guest.console().exists());
 }
+
+#[test]
+fn queue_notifications_do_not_leave_kvm_run() {
+    if !kvm_available("queue_notifications_do_not_leave_kvm_run") {
+        return;
+    }
+    // A guest that writes QueueNotify (queue 0) of its first virtio device, the entropy
+    // device at 0xd0000000, then port 0x80, in a loop: KVM signals the notification's
+    // eventfd for the first write and exits to the VMM only for the second.
+    let mut program = common::Asm::default();
+    program
+        .bytes(&[0xbb])
+        .bytes(&0xd000_0000u32.to_le_bytes()) // mov ebx, 0xd0000000
+        .bytes(&[0xb0, 0x00]) // mov al, 0
+        .label("loop")
+        .reg_write(0x050, 0) // mov dword [rbx + 0x50], 0: QueueNotify
+        .bytes(&[0xe6, 0x80]) // out 0x80, al
+        .rel(&[0xeb], "loop", 1);
+    let guest = Guest::new();
+    let kernel = guest.file("vmlinux", &elf_kernel(&program.finish()));
+    let socket = guest.console().with_file_name("api.sock");
+    let done = spawn_vm(VmmArgs {
+        api_sock: Some(socket.clone()),
+        ..guest.args(kernel)
+    });
+    wait_until("the API socket", Duration::from_secs(10), || {
+        socket.exists().then_some(())
+    });
+    wait_until("a thousand loops", Duration::from_secs(10), || {
+        (port_writes(&socket) > 1000).then_some(())
+    });
+    let metrics = ask(&socket, "metrics");
+    assert_eq!(
+        metrics["exits"]["mmio_write"], 0,
+        "no MMIO exit for the notifications: {metrics}"
+    );
+    assert_eq!(ask(&socket, "shutdown 0")["shutdown"], "requested");
+    let exit = done
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the VM stops");
+    assert_eq!(exit, Ok(VmExit::Stopped));
+}

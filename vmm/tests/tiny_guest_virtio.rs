@@ -24,6 +24,10 @@ trait VirtioAsm {
     fn put_text4(&mut self) -> &mut Self;
     fn put_hex8(&mut self) -> &mut Self;
     fn put_hex16(&mut self) -> &mut Self;
+    /// Waits (a bounded spin) for the used ring's index to reach `index`: the device runs
+    /// the queue on its notification thread, not during the QueueNotify write. `label` names
+    /// the loop.
+    fn wait_used_index(&mut self, label: &'static str, index: u32) -> &mut Self;
 }
 
 impl VirtioAsm for Asm {
@@ -47,6 +51,16 @@ impl VirtioAsm for Asm {
             .put_hex8()
             .bytes(&[0x89, 0xe8]) // mov eax, ebp
             .put_hex8()
+    }
+    fn wait_used_index(&mut self, label: &'static str, index: u32) -> &mut Self {
+        self.bytes(&[0xb9])
+            .bytes(&50_000_000u32.to_le_bytes()) // mov ecx, 50000000
+            .label(label)
+            .bytes(&[0xf3, 0x90]) // pause
+            .mem_op(&[0x0f, 0xb7], 0x87, 0x2002) // movzx eax, word [rdi + 0x2002]
+            .bytes(&[0x3d])
+            .bytes(&index.to_le_bytes()) // cmp eax, index
+            .rel(&[0xe0], label, 1) // loopne label
     }
 }
 
@@ -115,6 +129,7 @@ fn virtio_program() -> Vec<u8> {
         .mem_write(0x1004, 0) // avail ring[0] = 0, ring[1] = 0
         .mem_write(0x1000, 0x0001_0000) // avail flags 0, idx 1
         .reg_write(0x050, 0) // QueueNotify
+        .wait_used_index("first", 1)
         .bytes(&[0x0f, 0xb6, 0x87])
         .bytes(&0x3100u32.to_le_bytes()) // movzx eax, byte [rdi + 0x3100]
         .put_hex8()
@@ -135,6 +150,7 @@ fn virtio_program() -> Vec<u8> {
         .mem_write(0x3100, 0xff)
         .mem_write(0x1000, 0x0002_0000) // avail idx 2
         .reg_write(0x050, 0)
+        .wait_used_index("second", 2)
         .bytes(&[0x0f, 0xb6, 0x87])
         .bytes(&0x3100u32.to_le_bytes())
         .put_hex8()

@@ -118,6 +118,18 @@ impl Vm {
         &self.memory
     }
 
+    /// Makes KVM signal `evt` instead of exiting when the guest writes the 32-bit value `value`
+    /// to the MMIO address `address`.
+    pub fn register_mmio_notification(
+        &self,
+        evt: &EventFd,
+        address: u64,
+        value: u32,
+    ) -> Result<(), kvm_ioctls::Error> {
+        self.fd
+            .register_ioevent(evt, &kvm_ioctls::IoEventAddress::Mmio(address), value)
+    }
+
     /// Makes each write to `evt` raise interrupt line `gsi`.
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), RegisterIrqError> {
         self.fd

@@ -1,7 +1,8 @@
 //! Virtio devices on the MMIO transport (virtio 1.2, "modern" only): the transport's register
 //! file (`mmio.rs`), the interrupt it raises (`interrupt.rs`), the draining of a queue
-//! (`queue.rs`), and one file per device type. Devices run their requests on the vCPU thread
-//! that writes QueueNotify. Everything the guest controls (ring indices, descriptor
+//! (`queue.rs`), and one file per device type. Devices run their requests on the notification
+//! thread (`notify_thread.rs`), which KVM wakes through an ioeventfd per queue when the driver
+//! writes QueueNotify. Everything the guest controls (ring indices, descriptor
 //! addresses and lengths, request headers) is checked; a queue the driver corrupts marks the
 //! device as needing a reset (DEVICE_NEEDS_RESET), is logged, and never stops the VMM.
 
@@ -9,6 +10,7 @@ pub mod block;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod notify_thread;
 pub mod queue;
 pub mod rng;
 pub mod vsock;
