@@ -11,7 +11,9 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_init::config_fetch::{MetadataEndpoint, fetch_config};
+use baton_init::bootstrap_network::BootstrapNetwork;
+use baton_init::config_fetch::{FetchConfigError, MetadataEndpoint, fetch_config};
+use baton_init::config_source::FoundConfig;
 use baton_network::{NetNs, RouteSocket};
 use support::{default_routes, start_dnsmasq, wire};
 
@@ -92,6 +94,31 @@ impl Drop for MetadataServer {
     }
 }
 
+/// `fetch_config` in `machine` as boot calls it (with `dhcp` and `wait` seconds): its result
+/// and the lease it handed over.
+fn fetch_in(
+    machine: &NetNs,
+    endpoint: &MetadataEndpoint,
+    dhcp: u64,
+    wait: u64,
+) -> (
+    Result<FoundConfig, FetchConfigError>,
+    Option<BootstrapNetwork>,
+) {
+    let lease = Mutex::new(None);
+    let found = machine
+        .run(|| {
+            fetch_config(
+                endpoint,
+                Duration::from_secs(dhcp),
+                Duration::from_secs(wait),
+                &lease,
+            )
+        })
+        .unwrap();
+    (found, lease.into_inner().unwrap())
+}
+
 /// The machine namespace's IPv4 addresses on eth0 and its default routes.
 fn machine_network(machine: &NetNs) -> (Vec<String>, String) {
     machine
@@ -124,18 +151,8 @@ fn a_configuration_is_fetched_after_a_lease_which_is_then_given_back() {
         ],
     );
     let endpoint = server.endpoint("/nodes/worker-1.yaml");
-    let lease = Mutex::new(None);
-    let found = machine_ns
-        .run(|| {
-            fetch_config(
-                &endpoint,
-                Duration::from_secs(20),
-                Duration::from_secs(30),
-                &lease,
-            )
-        })
-        .unwrap()
-        .unwrap();
+    let (found, lease) = fetch_in(&machine_ns, &endpoint, 20, 30);
+    let found = found.unwrap();
     assert_eq!(found.yaml, DOCUMENT);
     assert_eq!(
         found.source,
@@ -157,10 +174,7 @@ fn a_configuration_is_fetched_after_a_lease_which_is_then_given_back() {
     }
     // The lease is on eth0 until boot gives it back, before the configuration's network.
     let (addresses, _) = machine_network(&machine_ns);
-    let lease = lease
-        .into_inner()
-        .unwrap()
-        .expect("the lease is handed over");
+    let lease = lease.expect("the lease is handed over");
     assert_eq!(lease.interface, "eth0");
     assert_eq!(addresses, [lease.lease.address.to_string()]);
     assert_eq!(eth0_mtu(&machine_ns), Some(1400), "the server's MTU");
@@ -193,18 +207,8 @@ fn an_endpoint_that_never_gives_a_configuration_is_named_and_the_lease_stays() {
     let _dhcp = start_dnsmasq(&server_ns, dir.path(), "10.77.0.50,10.77.0.60", "10.77.0.1");
     let server = MetadataServer::start(&server_ns, vec![("404 Not Found", "no such node")]);
     let endpoint = server.endpoint("/nodes/unknown.yaml");
-    let lease = Mutex::new(None);
-    let err = machine_ns
-        .run(|| {
-            fetch_config(
-                &endpoint,
-                Duration::from_secs(20),
-                Duration::from_secs(2),
-                &lease,
-            )
-        })
-        .unwrap()
-        .unwrap_err();
+    let (found, lease) = fetch_in(&machine_ns, &endpoint, 20, 2);
+    let err = found.unwrap_err();
     let text = baton_client::error_chain(&err);
     let prefix = format!(
         "baton.config=http://10.77.0.1:{}/nodes/unknown.yaml: no configuration after ",
@@ -217,7 +221,7 @@ fn an_endpoint_that_never_gives_a_configuration_is_named_and_the_lease_stays() {
     );
     assert!(server.requests().len() >= 2, "it tried again");
     // The lease stays, so the node API in maintenance mode can be reached.
-    assert!(lease.lock().unwrap().is_some());
+    assert!(lease.is_some());
     let (addresses, routes) = machine_network(&machine_ns);
     assert_eq!(addresses.len(), 1, "{addresses:?}");
     assert!(addresses[0].starts_with("10.77.0."), "{addresses:?}");
@@ -229,18 +233,8 @@ fn without_a_dhcp_server_the_fetch_says_so() {
     let (server_ns, machine_ns) = wire();
     let server = MetadataServer::start(&server_ns, vec![("200 OK", DOCUMENT)]);
     let endpoint = server.endpoint("/c");
-    let lease = Mutex::new(None);
-    let err = machine_ns
-        .run(|| {
-            fetch_config(
-                &endpoint,
-                Duration::from_secs(2),
-                Duration::from_secs(2),
-                &lease,
-            )
-        })
-        .unwrap()
-        .unwrap_err();
+    let (found, _) = fetch_in(&machine_ns, &endpoint, 2, 2);
+    let err = found.unwrap_err();
     let text = baton_client::error_chain(&err);
     let expected = format!(
         "baton.config=http://10.77.0.1:{}/c: no DHCP lease on eth0: DHCP on eth0: no server answered within",

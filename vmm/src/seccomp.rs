@@ -1,5 +1,6 @@
-//! Seccomp filters for the VMM's own threads (the seccompiler crate): each vCPU thread, each
-//! network device's receive thread and the vsock muxer install, before they touch anything
+//! Seccomp filters for the VMM's own threads (the seccompiler crate): each vCPU thread, the
+//! virtio notification thread, each network device's receive thread and the vsock muxer
+//! install, before they touch anything
 //! the guest controls, a filter that allows only the system calls that thread makes; any
 //! other call kills the VMM (SIGSYS). When the VMM is the whole process (`baton vmm`, jailed
 //! or not) its main thread installs a filter too, once the vCPUs run; a test's thread that
@@ -16,8 +17,8 @@ use seccompiler::{
 /// The kinds of VMM threads, each with its filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadKind {
-    /// A vCPU: KVM_RUN, the devices' port and MMIO handlers (serial output, block I/O, net
-    /// transmit, entropy, eventfd interrupts).
+    /// A vCPU: KVM_RUN, the devices' port and MMIO handlers (serial output, register
+    /// accesses, eventfd interrupts); no queue work, which the notification thread does.
     Vcpu,
     /// The virtio notification thread: epoll, eventfds, and what the devices' queues do
     /// (block I/O, net transmit, entropy, eventfd interrupts).
@@ -90,28 +91,35 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_exit,
 ];
 
+/// What running the devices' queues calls beyond [`COMMON`]: block I/O and eventfd reads. Only
+/// the notification thread runs queues: KVM catches every QueueNotify write that names a queue
+/// (an ioeventfd each), and a vCPU sees only writes that name none.
+const QUEUE_WORK: [libc::c_long; 7] = [
+    libc::SYS_read,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+];
+
+/// The notification thread's calls: waiting on the eventfds, then the queues' work.
+const DEVICE_IO: [libc::c_long; 9] = {
+    let mut calls = [libc::SYS_epoll_wait; 9];
+    calls[1] = libc::SYS_epoll_pwait;
+    let mut i = 0;
+    while i < QUEUE_WORK.len() {
+        calls[i + 2] = QUEUE_WORK[i];
+        i += 1;
+    }
+    calls
+};
+
 fn extra_calls(kind: ThreadKind) -> &'static [libc::c_long] {
     match kind {
-        ThreadKind::Vcpu => &[
-            libc::SYS_read,
-            libc::SYS_pread64,
-            libc::SYS_pwrite64,
-            libc::SYS_preadv,
-            libc::SYS_pwritev,
-            libc::SYS_fsync,
-            libc::SYS_fdatasync,
-        ],
-        ThreadKind::DeviceIo => &[
-            libc::SYS_epoll_wait,
-            libc::SYS_epoll_pwait,
-            libc::SYS_read,
-            libc::SYS_pread64,
-            libc::SYS_pwrite64,
-            libc::SYS_preadv,
-            libc::SYS_pwritev,
-            libc::SYS_fsync,
-            libc::SYS_fdatasync,
-        ],
+        ThreadKind::Vcpu => &[libc::SYS_read],
+        ThreadKind::DeviceIo => &DEVICE_IO,
         ThreadKind::NetReceive => &[
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,

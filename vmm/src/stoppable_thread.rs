@@ -1,6 +1,6 @@
 //! A VMM thread that is told to stop through an eventfd it waits on: dropping the handle
-//! writes the eventfd and joins the thread (the API, the console socket, each network
-//! device's receive thread, the vsock muxer).
+//! writes the eventfd and joins the thread (the API, the console socket, the virtio
+//! notification thread, each network device's receive thread, the vsock muxer).
 
 use std::thread::JoinHandle;
 

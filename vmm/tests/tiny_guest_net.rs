@@ -75,6 +75,15 @@ fn net_program() -> Vec<u8> {
         .bytes(&[0x45, 0x31, 0xc9]) // xor r9d, r9d: receive used index seen
         .bytes(&[0x41, 0xba, 1, 0, 0, 0]) // mov r10d, 1: receive available index
         .label("send")
+        // The device sends on its notification thread: wait (bounded) until it has used
+        // every frame offered so far, so the available ring never runs a queue ahead.
+        .bytes(&[0xb9])
+        .bytes(&50_000_000u32.to_le_bytes()) // mov ecx, 50000000
+        .label("sent")
+        .bytes(&[0xf3, 0x90]) // pause
+        .mem_op(&[0x0f, 0xb7], 0x87, 0x1_2002) // movzx eax, word [rdi + 0x12002]: tx used idx
+        .bytes(&[0x39, 0xf0]) // cmp eax, esi
+        .rel(&[0xe0], "sent", 1) // loopne sent
         .bytes(&[0xff, 0xc6]) // inc esi
         .bytes(&[0x66, 0x89, 0xb7])
         .bytes(&(0x1_1002u32).to_le_bytes()) // mov [rdi + 0x11002], si
