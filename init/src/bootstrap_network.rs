@@ -13,11 +13,7 @@ use std::time::{Duration, Instant};
 use baton_network::{LOOPBACK_INDEX, NetlinkError, RouteSocket};
 
 use crate::dhcp::{self, DhcpClient, DhcpExchangeError, Lease};
-
-/// How long it waits for a first Ethernet interface to appear (a driver still probing).
-const INTERFACE_WAIT: Duration = Duration::from_secs(10);
-/// How often it looks in the meantime.
-const INTERFACE_POLL: Duration = Duration::from_millis(50);
+use crate::network_setup::{INTERFACE_POLL, INTERFACE_WAIT};
 
 /// Why the network for fetching the configuration could not be brought up.
 #[derive(Debug, thiserror::Error)]

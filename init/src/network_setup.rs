@@ -15,9 +15,9 @@ use crate::machine_config::Network;
 pub const DHCP_WAIT: Duration = Duration::from_secs(30);
 
 /// How long init waits for an interface to appear (a driver still probing).
-const INTERFACE_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const INTERFACE_WAIT: Duration = Duration::from_secs(10);
 /// How often it looks in the meantime.
-const INTERFACE_POLL: Duration = Duration::from_millis(50);
+pub(crate) const INTERFACE_POLL: Duration = Duration::from_millis(50);
 
 /// Why the network could not be configured.
 #[derive(Debug, thiserror::Error)]
