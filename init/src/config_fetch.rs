@@ -21,6 +21,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 
 use crate::bootstrap_network::{BootstrapNetwork, BootstrapNetworkError, bootstrap_network};
 use crate::config_source::{CMDLINE_KEY, FoundConfig};
+use crate::vsock_host::ReadByDeadline;
 
 /// How long boot keeps trying to fetch the configuration.
 pub const FETCH_WAIT: Duration = Duration::from_secs(120);
@@ -299,27 +300,7 @@ async fn http_exchange(uri: &http::Uri, address: SocketAddr) -> Result<String, F
 fn vsock_read(cid: u32, port: u32) -> Result<String, FetchAttemptError> {
     let stream =
         vsock::VsockStream::connect_with_cid_port(cid, port).map_err(FetchAttemptError::Connect)?;
-    read_document(ByDeadline {
-        stream,
-        deadline: Instant::now() + ATTEMPT_TIMEOUT,
-    })
-}
-
-/// A vsock stream whose reads all end by one deadline (a host that trickles bytes is cut off).
-struct ByDeadline {
-    stream: vsock::VsockStream,
-    deadline: Instant,
-}
-
-impl Read for ByDeadline {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        self.stream.read(buf)
-    }
+    read_document(ReadByDeadline::new(stream, ATTEMPT_TIMEOUT))
 }
 
 /// Everything `stream` gives until it ends, as text, at most [`MAX_CONFIG_BYTES`].

@@ -12,6 +12,37 @@ use vsock::{VMADDR_CID_ANY, VMADDR_CID_HOST, VsockListener, VsockStream};
 /// next, rather than spinning on the waiting connection.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// A vsock stream whose reads all end by one deadline (a peer that trickles bytes is cut off).
+#[derive(Debug)]
+pub struct ReadByDeadline<S> {
+    stream: S,
+    deadline: std::time::Instant,
+}
+
+impl<S: std::borrow::BorrowMut<VsockStream>> ReadByDeadline<S> {
+    /// Reads of `stream` that end `within` from now.
+    pub fn new(stream: S, within: Duration) -> Self {
+        Self {
+            stream,
+            deadline: std::time::Instant::now() + within,
+        }
+    }
+}
+
+impl<S: std::borrow::BorrowMut<VsockStream>> std::io::Read for ReadByDeadline<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let stream = self.stream.borrow_mut();
+        stream.set_read_timeout(Some(left))?;
+        stream.read(buf)
+    }
+}
+
 /// Listens on vsock port `port` of this machine.
 pub fn bind(port: u32) -> std::io::Result<VsockListener> {
     VsockListener::bind_with_cid_port(VMADDR_CID_ANY, port)

@@ -12,7 +12,7 @@ use std::time::Duration;
 use vsock::VsockListener;
 
 use crate::power::PowerAction;
-use crate::vsock_host::{bind, serve_host_connections};
+use crate::vsock_host::{ReadByDeadline, bind, serve_host_connections};
 
 /// The guest port the VMM's `shutdown` connects to (`baton_vmm::api::SHUTDOWN_PORT`).
 pub const POWER_PORT: u32 = 1024;
@@ -50,28 +50,7 @@ pub fn read_request(stream: &mut impl Read) -> std::io::Result<Option<PowerActio
 
 /// Reads one request from `stream` within [`REQUEST_TIMEOUT`] in all.
 fn read_request_in_time(stream: &mut vsock::VsockStream) -> std::io::Result<Option<PowerAction>> {
-    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
-    let mut timed = TimedReader { stream, deadline };
-    read_request(&mut timed)
-}
-
-/// A stream whose reads all end by one deadline.
-struct TimedReader<'a> {
-    stream: &'a mut vsock::VsockStream,
-    deadline: std::time::Instant,
-}
-
-impl Read for TimedReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self
-            .deadline
-            .saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        self.stream.read(buf)
-    }
+    read_request(&mut ReadByDeadline::new(stream, REQUEST_TIMEOUT))
 }
 
 /// Takes requests from the host on `listener` on a thread of its own, handing each to

@@ -5,25 +5,19 @@
 //! (`cmdport 0`, `bindcmdaddress /`), so a host chronyd's is left alone.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton_init::time_sync::{Sample, first_sample, query};
 use baton_network::NetNs;
+use support::Server;
 
 const CHRONYD: &str = "/usr/sbin/chronyd";
 
+mod support;
+
 /// chronyd, killed when dropped.
-struct Chronyd(Child);
-
-impl Drop for Chronyd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_chronyd(namespace: &NetNs, dir: &std::path::Path) -> Chronyd {
+fn start_chronyd(namespace: &NetNs, dir: &std::path::Path) -> Server {
     let conf = dir.join("chrony.conf");
     std::fs::write(
         &conf,
@@ -45,7 +39,7 @@ fn start_chronyd(namespace: &NetNs, dir: &std::path::Path) -> Chronyd {
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
-                .map(Chronyd)
+                .map(Server)
         })
         .unwrap()
         .unwrap()

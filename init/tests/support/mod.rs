@@ -9,8 +9,8 @@ use baton_network::{NetNs, RouteSocket};
 
 pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 
-/// dnsmasq, killed when dropped.
-pub struct Server(Child);
+/// A server process (dnsmasq, chronyd), killed when dropped.
+pub struct Server(pub Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
