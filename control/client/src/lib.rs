@@ -3,6 +3,7 @@
 //! informers, so that one watch and one cache of a resource serve every controller in a process;
 //! and the node Lease heartbeat.
 
+pub mod cached_pod;
 pub mod informer;
 pub mod node_flags;
 pub mod node_lease;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use std::path::Path;
 
+pub use cached_pod::CachedPod;
 pub use informer::{Informer, InformerEvent};
 
 /// An error and its sources, `: `-separated, for logs (a source whose text repeats an earlier

@@ -1,20 +1,16 @@
-//! Slimmer cached copies of objects for the control plane's informers. A decoded Pod with one
-//! container and a service account volume takes about 17 KiB in memory (the k8s-openapi structs
-//! hold every optional field inline: a `Volume` alone is 3 KiB); the scheduler and the controller
-//! manager each cache every Pod of the cluster, so what they never read is dropped on arrival.
+//! Slimmer still: what each component drops from its cached Pods on arrival
+//! ([`CachedPod`](crate::cached_pod::CachedPod) already leaves out every field no component
+//! reads).
 
-use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
+use crate::cached_pod::{CachedContainerStatus, CachedPod, CachedPodStatus};
 
 /// The annotation `kubectl apply` keeps its last applied configuration in: a second copy of
 /// the object that no controller reads.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Drops from `pod` what neither the scheduler nor any controller reads from its cache:
-/// volumes other than PersistentVolumeClaims (the StatefulSet controller checks those), every
-/// container field but name, image, ports, resources, resizePolicy and restartPolicy,
-/// ephemeral containers, and kubectl's last-applied annotation; and gives back the spare
-/// capacity of the lists that remain. A slimmed Pod must never be written back whole.
-pub fn pod(pod: &mut Pod) {
+/// Drops kubectl's last-applied annotation from `pod` and gives back the spare capacity of
+/// its lists. For the scheduler's Pod cache.
+pub fn pod(pod: &mut CachedPod) {
     if let Some(annotations) = pod.metadata.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
     }
@@ -26,16 +22,10 @@ pub fn pod(pod: &mut Pod) {
             volumes.retain(|v| v.persistent_volume_claim.is_some());
             volumes.shrink_to_fit();
         }
-        for containers in [Some(&mut spec.containers), spec.init_containers.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            for container in containers.iter_mut() {
-                *container = slim_container(std::mem::take(container));
-            }
+        spec.containers.shrink_to_fit();
+        if let Some(containers) = spec.init_containers.as_mut() {
             containers.shrink_to_fit();
         }
-        spec.ephemeral_containers = None;
         if let Some(tolerations) = spec.tolerations.as_mut() {
             tolerations.shrink_to_fit();
         }
@@ -44,7 +34,6 @@ pub fn pod(pod: &mut Pod) {
         for list in container_statuses(status) {
             list.shrink_to_fit();
         }
-        status.ephemeral_container_statuses = None;
         if let Some(conditions) = status.conditions.as_mut() {
             conditions.shrink_to_fit();
         }
@@ -52,7 +41,9 @@ pub fn pod(pod: &mut Pod) {
 }
 
 /// The status lists of a pod's containers and init containers.
-fn container_statuses(status: &mut PodStatus) -> impl Iterator<Item = &mut Vec<ContainerStatus>> {
+fn container_statuses(
+    status: &mut CachedPodStatus,
+) -> impl Iterator<Item = &mut Vec<CachedContainerStatus>> {
     [
         status.container_statuses.as_mut(),
         status.init_container_statuses.as_mut(),
@@ -65,10 +56,11 @@ fn container_statuses(status: &mut PodStatus) -> impl Iterator<Item = &mut Vec<C
 /// ranking of pods to delete) and the disruption mark (taint eviction).
 const CONTROLLER_CONDITIONS: [&str; 2] = ["Ready", "DisruptionTarget"];
 
-/// [`pod`], then also what the scheduler reads but no controller does: containers' images,
-/// resources and resize policies, the images and runtime ids in container statuses, and every
-/// condition but Ready and DisruptionTarget. For the controller manager's Pod cache.
-pub fn pod_for_controllers(slimmed: &mut Pod) {
+/// [`pod`], then also what the scheduler reads but no controller does: containers' images
+/// and resources (in the spec and the statuses), and every condition but Ready and
+/// DisruptionTarget. For the controller
+/// manager's Pod cache.
+pub fn pod_for_controllers(slimmed: &mut CachedPod) {
     pod(slimmed);
     if let Some(spec) = slimmed.spec.as_mut() {
         for container in spec
@@ -78,7 +70,6 @@ pub fn pod_for_controllers(slimmed: &mut Pod) {
         {
             container.image = None;
             container.resources = None;
-            container.resize_policy = None;
         }
     }
     if let Some(status) = slimmed.status.as_mut() {
@@ -88,30 +79,10 @@ pub fn pod_for_controllers(slimmed: &mut Pod) {
         }
         for statuses in container_statuses(status) {
             for container in statuses.iter_mut() {
-                container.image = String::new();
-                container.image_id = String::new();
-                container.container_id = None;
                 container.allocated_resources = None;
                 container.resources = None;
-                container.volume_mounts = None;
-                container.user = None;
             }
         }
-    }
-}
-
-/// The fields of a container that the control plane reads: its name, image (image
-/// locality), ports (named target ports, host ports), resources and resize policy (requests,
-/// in-place resizes) and restart policy (sidecars).
-fn slim_container(container: Container) -> Container {
-    Container {
-        name: container.name,
-        image: container.image,
-        ports: container.ports,
-        resources: container.resources,
-        resize_policy: container.resize_policy,
-        restart_policy: container.restart_policy,
-        ..Container::default()
     }
 }
 
@@ -121,7 +92,7 @@ mod tests {
 
     use super::*;
 
-    fn full_pod() -> Pod {
+    fn full_pod() -> CachedPod {
         serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "web-0", "namespace": "default", "labels": {"app": "web"},
@@ -200,7 +171,6 @@ mod tests {
         assert_eq!(app_status.name, "app");
         assert_eq!(app_status.restart_count, 2);
         assert!(app_status.ready);
-        assert!(app_status.image.is_empty());
         assert_eq!(status.phase.as_deref(), Some("Running"));
         assert_eq!(slimmed.metadata.labels, full_pod().metadata.labels);
     }
@@ -237,13 +207,8 @@ mod tests {
             app.resources,
             full_pod().spec.unwrap().containers[0].resources
         );
-        assert!(app.command.is_none() && app.args.is_none() && app.env.is_none());
-        assert!(app.volume_mounts.is_none() && app.liveness_probe.is_none());
-        assert!(app.termination_message_path.is_none());
         let sidecar = &spec.init_containers.as_ref().unwrap()[0];
         assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
-        assert!(sidecar.command.is_none());
-        assert!(spec.ephemeral_containers.is_none());
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         assert_eq!(spec.tolerations, full_pod().spec.unwrap().tolerations);
 

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use baton_client::Informer;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use baton_client::{CachedPod, Informer};
+use k8s_openapi::api::core::v1::Node;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -15,8 +15,9 @@ use crate::ControllerManagerArgs;
 pub struct Context {
     /// The API server client every controller uses.
     pub client: Client,
-    /// Every Pod in the cluster, slimmed (`baton_client::slim::pod`).
-    pub pods: Informer<Pod>,
+    /// Every Pod in the cluster, as cached Pods slimmed for the controllers
+    /// (`baton_client::slim::pod_for_controllers`).
+    pub pods: Informer<CachedPod>,
     /// Every Node in the cluster.
     pub nodes: Informer<Node>,
     /// --node-monitor-grace-period: how long a Node may go without a heartbeat before it is

@@ -13,6 +13,7 @@
 //! and a `CalculateExpectedPodCountFailed` event. disruptionsAllowed is what healthy pods
 //! exceed desiredHealthy by (none while nothing is expected).
 
+use baton_client::CachedPod;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,6 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec, StatefulSet, StatefulSetSpec,
 };
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -92,7 +92,7 @@ pub struct ScalerStores {
 
 struct Disruption {
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     budgets: Informer<PodDisruptionBudget>,
     scalers: Scalers,
     recorder: Recorder,
@@ -213,20 +213,22 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     );
     let budget_store = budgets.store();
     // A pod that appears, changes or goes wakes the budgets that cover it.
-    let by_pods = ctx.pods.subscribe(move |event: &InformerEvent<'_, Pod>| {
-        let mut wake = Vec::new();
-        for pod in event.objects() {
-            let namespace = pod.namespace().unwrap_or_default();
-            for budget in budget_store.state() {
-                if budget.namespace().as_deref() == Some(namespace.as_str())
-                    && selector_of(&budget).is_some_and(|s| s.matches(pod.labels()))
-                {
-                    wake.push(ObjectRef::from_obj(budget.as_ref()));
+    let by_pods = ctx
+        .pods
+        .subscribe(move |event: &InformerEvent<'_, CachedPod>| {
+            let mut wake = Vec::new();
+            for pod in event.objects() {
+                let namespace = pod.namespace().unwrap_or_default();
+                for budget in budget_store.state() {
+                    if budget.namespace().as_deref() == Some(namespace.as_str())
+                        && selector_of(&budget).is_some_and(|s| s.matches(pod.labels()))
+                    {
+                        wake.push(ObjectRef::from_obj(budget.as_ref()));
+                    }
                 }
             }
-        }
-        wake
-    });
+            wake
+        });
     let scalers = Scalers {
         replica_sets: Informer::new(Api::all(ctx.client.clone()), watcher::Config::default())
             .with_transform(ReplicaSet::keep_scale_only),
@@ -314,7 +316,10 @@ pub fn counts_controller_scale(budget: &PodDisruptionBudget) -> bool {
 }
 
 /// The pods of `pods` (those in its namespace) that `budget` covers.
-pub fn covered_pods<'a>(budget: &PodDisruptionBudget, pods: &'a [Arc<Pod>]) -> Vec<&'a Pod> {
+pub fn covered_pods<'a>(
+    budget: &PodDisruptionBudget,
+    pods: &'a [Arc<CachedPod>],
+) -> Vec<&'a CachedPod> {
     match selector_of(budget) {
         Some(selector) => pods
             .iter()
@@ -331,7 +336,7 @@ pub fn covered_pods<'a>(budget: &PodDisruptionBudget, pods: &'a [Arc<Pod>]) -> V
 /// StatefulSet. Pods without a controller are listed as unmanaged.
 pub fn expected_scale(
     stores: &ScalerStores,
-    pods: &[&Pod],
+    pods: &[&CachedPod],
 ) -> Result<ExpectedScale, ExpectedScaleError> {
     let mut scales: BTreeMap<String, i32> = BTreeMap::new();
     let mut unmanaged = Vec::new();
@@ -394,7 +399,7 @@ fn replica_set_scale(stores: &ScalerStores, namespace: &str, set: &ReplicaSet) -
 /// also when the oldest disruption it still waits for times out.
 pub fn compute_status(
     budget: &PodDisruptionBudget,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     controller_scale: Option<i32>,
     now: jiff::Timestamp,
 ) -> (PodDisruptionBudgetStatus, Option<Duration>) {
@@ -491,7 +496,7 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     let namespace = budget.namespace().unwrap_or_default();
-    let pods: Vec<Arc<Pod>> = this
+    let pods: Vec<Arc<CachedPod>> = this
         .pods
         .state()
         .into_iter()
@@ -652,13 +657,14 @@ async fn fail_safe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
     use k8s_openapi::api::policy::v1::PodDisruptionBudgetSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use kube::api::ObjectMeta;
 
-    fn pod(name: &str, ready: bool) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn pod(name: &str, ready: bool) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 labels: Some(BTreeMap::from([("app".into(), "web".into())])),
@@ -674,7 +680,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     }
 
     fn budget(min: Option<IntOrString>, max: Option<IntOrString>) -> PodDisruptionBudget {
@@ -801,8 +807,8 @@ mod tests {
         .expect("valid object")
     }
 
-    fn pod_of(name: &str, owner: Option<(&str, &str, &str, &str)>) -> Pod {
-        owned::<Pod>(name, &format!("uid-{name}"), owner, 0)
+    fn pod_of(name: &str, owner: Option<(&str, &str, &str, &str)>) -> CachedPod {
+        CachedPod::from(owned::<Pod>(name, &format!("uid-{name}"), owner, 0))
     }
 
     #[test]
@@ -848,7 +854,7 @@ mod tests {
             pod_of("web-old-1", rs("web-old", "r4")),
             pod_of("bare", None),
         ];
-        let refs: Vec<&Pod> = pods.iter().collect();
+        let refs: Vec<&CachedPod> = pods.iter().collect();
         // The Deployment's 5 (once, for both of its ReplicaSets), the StatefulSet's 2, and the
         // ReplicaSets' own 4 and 6 where their Deployment is gone or another one.
         let direct = pod_of("web-x", Some(("apps/v1", "Deployment", "web", "d1")));

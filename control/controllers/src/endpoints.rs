@@ -4,6 +4,7 @@
 //! Service publishes not-ready addresses), with the ports each Pod resolves, grouped into
 //! subsets. Written only when its content changes; deleted when its Service goes.
 
+use baton_client::CachedPod;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use baton_client::{Informer, InformerEvent};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
@@ -317,7 +318,7 @@ fn wants_ipv6(svc: &Service) -> Option<bool> {
 /// The address of a Pod for the Service: its IP of the Service's family.
 fn pod_address(
     svc: &Service,
-    pod: &Pod,
+    pod: &CachedPod,
     ips: Vec<String>,
     want_v6: Option<bool>,
 ) -> Option<EndpointAddress> {
@@ -344,7 +345,7 @@ fn pod_address(
 /// The subsets for a Service over the Pods it selects: each Pod's address once per port it
 /// resolves, ports offered by the same set of addresses sharing a subset (upstream's
 /// RepackSubsets), sorted.
-pub fn desired_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
+pub fn desired_subsets(svc: &Service, pods: &[Arc<CachedPod>]) -> Vec<EndpointSubset> {
     let spec = svc.spec.as_ref();
     let publish = spec
         .and_then(|s| s.publish_not_ready_addresses)

@@ -7,6 +7,7 @@
 //! placeholder slice. Changes keep endpoints in the slices they are in, fill slices being
 //! written anyway before touching others, and reuse slices that would be deleted.
 
+use baton_client::CachedPod;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +15,7 @@ use baton_client::{Informer, InformerEvent};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, PostParams, Preconditions};
@@ -395,7 +396,7 @@ fn endpoint_key(e: &Endpoint) -> EndpointKey {
 /// hostname and target; terminal Pods and Pods without an IP left out.
 pub fn desired_endpoints(
     svc: &Service,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     address_type: &str,
     zone_of: &dyn Fn(&str) -> Option<String>,
 ) -> DesiredEndpoints {
@@ -735,7 +736,7 @@ mod tests {
         }
     }
 
-    fn pods(n: usize) -> Vec<Arc<Pod>> {
+    fn pods(n: usize) -> Vec<Arc<CachedPod>> {
         (0..n)
             .map(|i| {
                 Arc::new(pod(
@@ -751,7 +752,7 @@ mod tests {
         (node == "node-1").then(|| "zone-a".to_string())
     }
 
-    fn plan(svc: &Service, pods: &[Arc<Pod>], existing: &[Arc<EndpointSlice>]) -> SlicePlan {
+    fn plan(svc: &Service, pods: &[Arc<CachedPod>], existing: &[Arc<EndpointSlice>]) -> SlicePlan {
         let desired = desired_endpoints(svc, pods, "IPv4", &zone);
         plan_slices(
             svc,

@@ -6,6 +6,7 @@
 //! is reported as upstream's namespace conditions. Pods stop gracefully, so the controller
 //! looks again when the namespace's last Pod is gone, or after a delay that grows.
 
+use baton_client::CachedPod;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,27 +62,29 @@ struct State {
 pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     // Pods per namespace, to look at a terminating namespace again when its last Pod goes.
     let counts: Mutex<HashMap<String, usize>> = Mutex::default();
-    let by_pods = ctx.pods.subscribe(move |event: &InformerEvent<'_, Pod>| {
-        let mut counts = counts.lock().expect("pod counts");
-        match event {
-            InformerEvent::Applied { old: None, new } => {
-                *counts
-                    .entry(new.namespace().unwrap_or_default())
-                    .or_default() += 1;
-                None
+    let by_pods = ctx
+        .pods
+        .subscribe(move |event: &InformerEvent<'_, CachedPod>| {
+            let mut counts = counts.lock().expect("pod counts");
+            match event {
+                InformerEvent::Applied { old: None, new } => {
+                    *counts
+                        .entry(new.namespace().unwrap_or_default())
+                        .or_default() += 1;
+                    None
+                }
+                InformerEvent::Applied { .. } => None,
+                InformerEvent::Deleted(pod) => {
+                    let ns = pod.namespace().unwrap_or_default();
+                    let count = counts.entry(ns.clone()).or_default();
+                    *count = count.saturating_sub(1);
+                    (*count == 0).then(|| {
+                        counts.remove(&ns);
+                        ObjectRef::<Namespace>::new(&ns)
+                    })
+                }
             }
-            InformerEvent::Applied { .. } => None,
-            InformerEvent::Deleted(pod) => {
-                let ns = pod.namespace().unwrap_or_default();
-                let count = counts.entry(ns.clone()).or_default();
-                *count = count.saturating_sub(1);
-                (*count == 0).then(|| {
-                    counts.remove(&ns);
-                    ObjectRef::<Namespace>::new(&ns)
-                })
-            }
-        }
-    });
+        });
     let state = Arc::new(State {
         client: ctx.client.clone(),
         discovery: Mutex::default(),

@@ -9,6 +9,7 @@
 //! and PID pressure, an unavailable network and an unschedulable node; they go when the
 //! condition does. Each node is looked at again exactly when its heartbeat would expire.
 
+use baton_client::CachedPod;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,13 +171,13 @@ fn ready_status(node: &Node) -> Option<&str> {
 }
 
 /// Whether the Pod is bound to a node whose Ready condition is Unknown.
-fn on_lost_node(nodes: &Store<Node>, pod: &Pod) -> bool {
+fn on_lost_node(nodes: &Store<Node>, pod: &CachedPod) -> bool {
     node_of(pod)
         .and_then(|n| nodes.get(&ObjectRef::new(n)))
         .is_some_and(|n| ready_status(&n) == Some("Unknown"))
 }
 
-fn pod_error_policy(pod: Arc<Pod>, err: &UpdateNodeHealthError, state: Arc<State>) -> Action {
+fn pod_error_policy(pod: Arc<CachedPod>, err: &UpdateNodeHealthError, state: Arc<State>) -> Action {
     let delay = state
         .backoff
         .next_delay(&crate::pod_control::key_of(pod.as_ref()));
@@ -190,7 +191,10 @@ fn pod_error_policy(pod: Arc<Pod>, err: &UpdateNodeHealthError, state: Arc<State
 }
 
 /// Upstream's MarkPodsNotReady, per Pod: a Pod Ready on an unreachable node gets Ready False.
-async fn reconcile_pod(pod: Arc<Pod>, state: Arc<State>) -> Result<Action, UpdateNodeHealthError> {
+async fn reconcile_pod(
+    pod: Arc<CachedPod>,
+    state: Arc<State>,
+) -> Result<Action, UpdateNodeHealthError> {
     if is_pod_ready(&pod) && on_lost_node(&state.nodes, &pod) {
         let key = crate::pod_control::key_of(pod.as_ref());
         mark_pod_not_ready(&state, &pod)
@@ -454,7 +458,7 @@ async fn record_not_ready(recorder: &Recorder, node: &Node) {
 /// Sets the Pod's Ready condition False (its reason and message kept), as of the cached Pod's
 /// resourceVersion. A strategic patch of that one condition: the cached Pod keeps only the
 /// conditions controllers read, so the list is never written whole.
-async fn mark_pod_not_ready(state: &State, pod: &Pod) -> Result<(), kube::Error> {
+async fn mark_pod_not_ready(state: &State, pod: &CachedPod) -> Result<(), kube::Error> {
     let patch = json!({
         "metadata": { "resourceVersion": pod.metadata.resource_version },
         "status": { "conditions": [{

@@ -8,6 +8,7 @@
 //! it expects to observe, the Pod informer counts them down, and a reconcile does not act on
 //! Pod counts until they are observed (or five minutes passed, in case a watch event was lost).
 
+use baton_client::CachedPod;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -206,7 +207,7 @@ pub async fn create_in_batches_with(
 
 /// Deletes the named Pods at once; returns how many deletions failed and the first error
 /// (a Pod already gone counts as deleted).
-pub async fn delete_pods(api: &Api<Pod>, pods: &[&Pod]) -> (usize, Option<kube::Error>) {
+pub async fn delete_pods(api: &Api<Pod>, pods: &[&CachedPod]) -> (usize, Option<kube::Error>) {
     let params = DeleteParams::default();
     let names: Vec<String> = pods.iter().map(|pod| pod.name_any()).collect();
     let results = join_all(names.iter().map(|name| api.delete(name, &params))).await;
@@ -226,13 +227,13 @@ pub async fn delete_pods(api: &Api<Pod>, pods: &[&Pod]) -> (usize, Option<kube::
 }
 
 /// Whether `pod` is Ready (its Ready condition is True).
-pub fn is_pod_ready(pod: &Pod) -> bool {
+pub fn is_pod_ready(pod: &CachedPod) -> bool {
     ready_condition(pod).is_some_and(|c| c.status == "True")
 }
 
 /// Whether `pod` has been Ready for at least `min_ready_seconds` at `now` (upstream's
 /// IsPodAvailable).
-pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
+pub fn is_pod_available(pod: &CachedPod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
     let Some(ready) = ready_condition(pod).filter(|c| c.status == "True") else {
         return false;
     };
@@ -251,7 +252,7 @@ pub fn is_pod_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp)
         .is_some_and(|available_at| available_at < now)
 }
 
-fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+fn ready_condition(pod: &CachedPod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
     pod.status
         .as_ref()?
         .conditions
@@ -262,12 +263,12 @@ fn ready_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodConditio
 
 /// Whether `pod` still counts as one of its controller's replicas: not Succeeded, not Failed,
 /// not marked for deletion (upstream's FilterActivePods).
-pub fn is_pod_active(pod: &Pod) -> bool {
+pub fn is_pod_active(pod: &CachedPod) -> bool {
     !is_pod_terminal(pod) && pod.metadata.deletion_timestamp.is_none()
 }
 
 /// Whether `pod` has finished for good: phase Succeeded or Failed.
-pub fn is_pod_terminal(pod: &Pod) -> bool {
+pub fn is_pod_terminal(pod: &CachedPod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
@@ -284,7 +285,7 @@ pub fn api_error_message(error: &kube::Error) -> String {
 }
 
 /// The `namespace/name` key of `pod`'s controller when that controller is of kind `kind`.
-pub fn controller_key_of(pod: &Pod, kind: &str) -> Option<String> {
+pub fn controller_key_of(pod: &CachedPod, kind: &str) -> Option<String> {
     let owner = controller_of(&pod.metadata)?;
     (owner.kind == kind).then(|| {
         format!(
@@ -301,7 +302,7 @@ pub fn controller_key_of(pod: &Pod, kind: &str) -> Option<String> {
 pub fn observe_pod_event(
     expectations: &Expectations,
     kind: &str,
-    event: &baton_client::InformerEvent<'_, Pod>,
+    event: &baton_client::InformerEvent<'_, CachedPod>,
 ) {
     use baton_client::InformerEvent;
     match event {

@@ -7,6 +7,7 @@
 //! - beyond --terminated-pod-gc-threshold finished (Succeeded or Failed) Pods, the oldest are
 //!   deleted.
 
+use baton_client::CachedPod;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,7 +89,7 @@ pub enum Fate {
 
 /// The fate of a Pod: orphaned when bound to a node not in the cache; force-deleted when
 /// terminating and never scheduled, or terminating on an out-of-service node.
-pub fn fate(pod: &Pod, node: Option<Option<&Node>>) -> Fate {
+pub fn fate(pod: &CachedPod, node: Option<Option<&Node>>) -> Fate {
     let terminating = pod.metadata.deletion_timestamp.is_some();
     match node {
         None if terminating => Fate::ForceDelete,
@@ -103,14 +104,16 @@ pub fn fate(pod: &Pod, node: Option<Option<&Node>>) -> Fate {
 pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     let pods_by_node = ctx.pods_by_node();
     let nodes = ctx.nodes.store();
-    let by_pods = ctx.pods.subscribe(move |event: &InformerEvent<'_, Pod>| {
-        let InformerEvent::Applied { new, .. } = event else {
-            return None;
-        };
-        let node = node_of(new).map(|n| nodes.get(&ObjectRef::new(n)));
-        (fate(new, node.as_ref().map(|n| n.as_deref())) != Fate::Keep)
-            .then(|| ObjectRef::from_obj(*new))
-    });
+    let by_pods = ctx
+        .pods
+        .subscribe(move |event: &InformerEvent<'_, CachedPod>| {
+            let InformerEvent::Applied { new, .. } = event else {
+                return None;
+            };
+            let node = node_of(new).map(|n| nodes.get(&ObjectRef::new(n)));
+            (fate(new, node.as_ref().map(|n| n.as_deref())) != Fate::Keep)
+                .then(|| ObjectRef::from_obj(*new))
+        });
     let index = pods_by_node.clone();
     let by_nodes = ctx
         .nodes
@@ -175,7 +178,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     .boxed()
 }
 
-fn error_policy(pod: Arc<Pod>, err: &CollectPodError, state: Arc<State>) -> Action {
+fn error_policy(pod: Arc<CachedPod>, err: &CollectPodError, state: Arc<State>) -> Action {
     let delay = state
         .backoff
         .next_delay(&crate::pod_control::key_of(pod.as_ref()));
@@ -188,7 +191,7 @@ fn error_policy(pod: Arc<Pod>, err: &CollectPodError, state: Arc<State>) -> Acti
     Action::requeue(delay)
 }
 
-async fn reconcile(pod: Arc<Pod>, state: Arc<State>) -> Result<Action, CollectPodError> {
+async fn reconcile(pod: Arc<CachedPod>, state: Arc<State>) -> Result<Action, CollectPodError> {
     let key = crate::pod_control::key_of(pod.as_ref());
     let node_name = node_of(&pod).map(str::to_string);
     let node = node_name
@@ -249,7 +252,7 @@ async fn reconcile(pod: Arc<Pod>, state: Arc<State>) -> Result<Action, CollectPo
 /// (with the DisruptionTarget condition when its node is gone), then deleted with grace 0.
 async fn force_delete(
     client: &Client,
-    pod: &Pod,
+    pod: &CachedPod,
     key: &str,
     node_gone: bool,
 ) -> Result<(), CollectPodError> {
@@ -282,7 +285,7 @@ async fn force_delete(
 }
 
 /// Deletes a Pod with grace 0 (a Pod already gone, or replaced, counts as deleted).
-async fn delete_now(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+async fn delete_now(api: &Api<Pod>, pod: &CachedPod) -> Result<(), kube::Error> {
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
         preconditions: Some(Preconditions {
@@ -299,13 +302,13 @@ async fn delete_now(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
 }
 
 /// The finished Pods to delete to get back to `threshold`: the oldest by creation time.
-pub fn oldest_beyond(mut finished: Vec<Arc<Pod>>, threshold: i64) -> Vec<Arc<Pod>> {
+pub fn oldest_beyond(mut finished: Vec<Arc<CachedPod>>, threshold: i64) -> Vec<Arc<CachedPod>> {
     let excess = finished.len() as i64 - threshold;
     if threshold <= 0 || excess <= 0 {
         return vec![];
     }
     finished.sort_by(|a, b| {
-        let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let created = |p: &CachedPod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
         created(a)
             .cmp(&created(b))
             .then_with(|| a.metadata.name.cmp(&b.metadata.name))
@@ -317,7 +320,7 @@ pub fn oldest_beyond(mut finished: Vec<Arc<Pod>>, threshold: i64) -> Vec<Arc<Pod
 /// Deletes the oldest finished Pods whenever there are more than `threshold` of them.
 async fn trim_terminated(
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     threshold: i64,
     count: Arc<AtomicI64>,
     over: Arc<Notify>,
@@ -330,7 +333,7 @@ async fn trim_terminated(
             over.notified().await;
             continue;
         }
-        let finished: Vec<Arc<Pod>> = pods
+        let finished: Vec<Arc<CachedPod>> = pods
             .state()
             .into_iter()
             .filter(|p| is_pod_terminal(p))
@@ -367,13 +370,14 @@ async fn trim_terminated(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{
         NodeCondition, NodeSpec, NodeStatus, PodSpec, PodStatus, Taint,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
-    fn pod(name: &str, node: Option<&str>, phase: &str, created: &str) -> Pod {
-        Pod {
+    fn pod(name: &str, node: Option<&str>, phase: &str, created: &str) -> CachedPod {
+        CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
@@ -388,7 +392,7 @@ mod tests {
                 phase: Some(phase.into()),
                 ..Default::default()
             }),
-        }
+        })
     }
 
     fn node(ready: &str, out_of_service: bool) -> Node {
@@ -446,7 +450,7 @@ mod tests {
             Arc::new(pod("a", Some("n"), "Failed", "2025-01-01T00:00:00Z")),
             Arc::new(pod("b", Some("n"), "Succeeded", "2025-01-02T00:00:00Z")),
         ];
-        let names = |v: Vec<Arc<Pod>>| v.iter().map(|p| p.name_any()).collect::<Vec<_>>();
+        let names = |v: Vec<Arc<CachedPod>>| v.iter().map(|p| p.name_any()).collect::<Vec<_>>();
         assert_eq!(names(oldest_beyond(finished.clone(), 1)), ["a", "b"]);
         assert!(oldest_beyond(finished.clone(), 3).is_empty());
         assert!(oldest_beyond(finished, 0).is_empty());

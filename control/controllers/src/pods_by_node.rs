@@ -1,11 +1,11 @@
 //! An index of the shared Pod cache by node: the node controllers (lifecycle, taint eviction,
 //! pod GC) look up the Pods bound to one node without scanning every Pod.
 
+use baton_client::CachedPod;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use baton_client::{Informer, InformerEvent};
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
@@ -16,7 +16,7 @@ pub struct PodsByNode {
 }
 
 /// The node a Pod is bound to, if any.
-pub fn node_of(pod: &Pod) -> Option<&str> {
+pub fn node_of(pod: &CachedPod) -> Option<&str> {
     pod.spec
         .as_ref()?
         .node_name
@@ -36,14 +36,14 @@ impl crate::Context {
 
 impl PodsByNode {
     /// An index kept up to date from `pods` (register before the informer runs).
-    pub fn register(pods: &Informer<Pod>) -> Arc<Self> {
+    pub fn register(pods: &Informer<CachedPod>) -> Arc<Self> {
         let index = Arc::new(PodsByNode::default());
         let writer = index.clone();
         pods.on_event(move |event| writer.apply(event));
         index
     }
 
-    fn apply(&self, event: &InformerEvent<'_, Pod>) {
+    fn apply(&self, event: &InformerEvent<'_, CachedPod>) {
         let (old, new) = match event {
             InformerEvent::Applied { old, new } => (*old, Some(*new)),
             InformerEvent::Deleted(pod) => (Some(*pod), None),
@@ -70,7 +70,7 @@ impl PodsByNode {
     }
 
     /// References to the Pods bound to `node`.
-    pub fn pods_on(&self, node: &str) -> Vec<ObjectRef<Pod>> {
+    pub fn pods_on(&self, node: &str) -> Vec<ObjectRef<CachedPod>> {
         let by_node = self.by_node.lock().expect("pods by node");
         by_node
             .get(node)
@@ -96,11 +96,12 @@ impl PodsByNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::PodSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn pod(name: &str, node: Option<&str>) -> Pod {
-        Pod {
+    fn pod(name: &str, node: Option<&str>) -> CachedPod {
+        CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
@@ -111,7 +112,7 @@ mod tests {
                 ..Default::default()
             }),
             status: None,
-        }
+        })
     }
 
     #[test]

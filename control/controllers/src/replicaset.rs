@@ -13,6 +13,7 @@ pub(crate) mod pods;
 mod ranking;
 pub(crate) mod status;
 
+use baton_client::CachedPod;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
@@ -105,7 +106,7 @@ pub(crate) fn namespace_terminating(e: &kube::Error) -> bool {
 }
 
 /// The ReplicaSet that controls `pod`, by name.
-pub(crate) fn controlling_rs(pod: &Pod) -> Option<&str> {
+pub(crate) fn controlling_rs(pod: &CachedPod) -> Option<&str> {
     pod.metadata
         .owner_references
         .iter()
@@ -116,7 +117,7 @@ pub(crate) fn controlling_rs(pod: &Pod) -> Option<&str> {
 }
 
 /// The expectations key (`namespace/name`) of the ReplicaSet controlling `pod`.
-fn owner_key(pod: &Pod) -> Option<String> {
+fn owner_key(pod: &CachedPod) -> Option<String> {
     let name = controlling_rs(pod)?;
     Some(format!("{}/{}", pod.namespace().unwrap_or_default(), name))
 }
@@ -132,7 +133,7 @@ fn selector_of(rs: &ReplicaSet) -> Result<Selector, ParseExpressionError> {
 /// The controller's state shared by its reconciles and informer handlers.
 struct ReplicaSets {
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     replicasets: Store<ReplicaSet>,
     expectations: Expectations,
     /// Pods whose deletion was already counted (when their deletionTimestamp appeared), so the
@@ -204,7 +205,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
 /// The ReplicaSets to sync for a Pod change: its controller (before and after), and for an
 /// orphan that appeared or changed labels, every ReplicaSet that selects it (to adopt it).
 fn replicasets_for_pod_event(
-    event: &InformerEvent<'_, Pod>,
+    event: &InformerEvent<'_, CachedPod>,
     replicasets: &Store<ReplicaSet>,
 ) -> Vec<ObjectRef<ReplicaSet>> {
     let mut refs: Vec<ObjectRef<ReplicaSet>> = Vec::new();
@@ -241,7 +242,7 @@ fn replicasets_for_pod_event(
 impl ReplicaSets {
     /// Counts observed creations and deletions against expectations: a deletion once per Pod,
     /// when its deletionTimestamp appears or, if that was not seen, when it is gone.
-    fn observe_pod(&self, event: &InformerEvent<'_, Pod>) {
+    fn observe_pod(&self, event: &InformerEvent<'_, CachedPod>) {
         match event {
             InformerEvent::Applied { old, new } => {
                 let Some(owner) = owner_key(new) else { return };
@@ -272,7 +273,7 @@ impl ReplicaSets {
             rs: key.clone(),
             source,
         })?;
-        let candidates: Vec<Arc<Pod>> = self
+        let candidates: Vec<Arc<CachedPod>> = self
             .pods
             .state()
             .into_iter()
@@ -281,7 +282,8 @@ impl ReplicaSets {
             .collect();
         let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let rs_api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
-        let owned = claim::claim(&pod_api, &rs_api, rs, candidates, |pod| {
+        let cached_pod_api: Api<CachedPod> = Api::namespaced(self.client.clone(), &namespace);
+        let owned = claim::claim(&cached_pod_api, &rs_api, rs, candidates, |pod| {
             !selector.selects_all() && selector.matches(pod.labels())
         })
         .await
@@ -289,7 +291,7 @@ impl ReplicaSets {
             rs: key.clone(),
             source,
         })?;
-        let owned: Vec<&Pod> = owned.iter().map(AsRef::as_ref).collect();
+        let owned: Vec<&CachedPod> = owned.iter().map(AsRef::as_ref).collect();
 
         let manage_error = if needs_sync && rs.metadata.deletion_timestamp.is_none() {
             self.manage_replicas(rs, &key, &pod_api, &owned).await.err()
@@ -336,7 +338,7 @@ impl ReplicaSets {
         rs: &ReplicaSet,
         key: &str,
         api: &Api<Pod>,
-        owned: &[&Pod],
+        owned: &[&CachedPod],
     ) -> Result<(), SyncReplicaSetError> {
         let spec = rs.spec.clone().unwrap_or_default();
         let desired = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
@@ -393,7 +395,7 @@ impl ReplicaSets {
             let count = (owned.len() - desired).min(BURST_REPLICAS);
             tracing::debug!(replicaset = %key, extra = count, "too many replicas");
             let related = self.related_pods(rs);
-            let related: Vec<&Pod> = related.iter().map(AsRef::as_ref).collect();
+            let related: Vec<&CachedPod> = related.iter().map(AsRef::as_ref).collect();
             let victims = ranking::pods_to_delete(owned, &related, count, Timestamp::now());
             self.expectations.expect(key, 0, victims.len());
             let params = DeleteParams::default();
@@ -436,7 +438,7 @@ impl ReplicaSets {
 
     /// The Pods of every ReplicaSet with the same controller as `rs` (its Deployment's other
     /// ReplicaSets included), for spreading deletions; none when `rs` has no controller.
-    fn related_pods(&self, rs: &ReplicaSet) -> Vec<Arc<Pod>> {
+    fn related_pods(&self, rs: &ReplicaSet) -> Vec<Arc<CachedPod>> {
         let Some(controller) = pod_control::controller_uid(rs) else {
             return Vec::new();
         };

@@ -4,13 +4,14 @@
 //! last-change-trigger-time bookkeeping, and the detection of a cache that has not yet seen
 //! the controller's own writes.
 
+use baton_client::CachedPod;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_client::{Informer, InformerEvent};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -31,8 +32,8 @@ pub struct ServiceCache {
     pub services: Informer<Service>,
     services_by_ns: Mutex<HashMap<String, BTreeSet<String>>>,
     /// References (shared, cheap to copy out) to the Pods of each namespace.
-    pods_by_ns: Mutex<HashMap<String, HashSet<Arc<ObjectRef<Pod>>>>>,
-    pods: Store<Pod>,
+    pods_by_ns: Mutex<HashMap<String, HashSet<Arc<ObjectRef<CachedPod>>>>>,
+    pods: Store<CachedPod>,
     /// Whether a controller drives the Service watch already.
     driven: std::sync::atomic::AtomicBool,
 }
@@ -116,12 +117,12 @@ impl ServiceCache {
     }
 
     /// The Pods in the Service's namespace that its selector selects (in no particular order).
-    pub fn pods_for(&self, svc: &Service) -> Vec<Arc<Pod>> {
+    pub fn pods_for(&self, svc: &Service) -> Vec<Arc<CachedPod>> {
         let Some(selector) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
             return vec![];
         };
         let ns = svc.namespace().unwrap_or_default();
-        let refs: Vec<Arc<ObjectRef<Pod>>> = self
+        let refs: Vec<Arc<ObjectRef<CachedPod>>> = self
             .pods_by_ns
             .lock()
             .expect("pods by namespace")
@@ -138,7 +139,7 @@ impl ServiceCache {
     /// after the change, when something an endpoint is made of changed.
     pub fn services_for_pod_event(
         &self,
-        event: &InformerEvent<'_, Pod>,
+        event: &InformerEvent<'_, CachedPod>,
     ) -> Vec<ObjectRef<Service>> {
         if let InformerEvent::Applied {
             old: Some(old),
@@ -152,7 +153,7 @@ impl ServiceCache {
         if !event.objects().any(has_ip) {
             return vec![];
         }
-        let pods: Vec<&Pod> = event.objects().collect();
+        let pods: Vec<&CachedPod> = event.objects().collect();
         let ns = pods[0].namespace().unwrap_or_default();
         let names: Vec<String> = self
             .services_by_ns
@@ -180,7 +181,7 @@ impl ServiceCache {
     }
 }
 
-fn remove_name(by_ns: &mut HashMap<String, HashSet<Arc<ObjectRef<Pod>>>>, pod: &Pod) {
+fn remove_name(by_ns: &mut HashMap<String, HashSet<Arc<ObjectRef<CachedPod>>>>, pod: &CachedPod) {
     let ns = pod.namespace().unwrap_or_default();
     if let Some(set) = by_ns.get_mut(&ns) {
         set.remove(&ObjectRef::from_obj(pod));
@@ -202,8 +203,8 @@ pub fn selector_matches(
 }
 
 /// Whether anything an endpoint is made of differs between two states of a Pod.
-pub fn endpoint_facts_changed(old: &Pod, new: &Pod) -> bool {
-    let facts = |pod: &Pod| {
+pub fn endpoint_facts_changed(old: &CachedPod, new: &CachedPod) -> bool {
+    let facts = |pod: &CachedPod| {
         let spec = pod.spec.as_ref();
         (
             pod.metadata.labels.clone(),
@@ -220,7 +221,7 @@ pub fn endpoint_facts_changed(old: &Pod, new: &Pod) -> bool {
     facts(old) != facts(new)
 }
 
-fn ready_transition(pod: &Pod) -> Option<Timestamp> {
+fn ready_transition(pod: &CachedPod) -> Option<Timestamp> {
     pod.status
         .as_ref()?
         .conditions
@@ -233,7 +234,7 @@ fn ready_transition(pod: &Pod) -> Option<Timestamp> {
 }
 
 /// The Pod's IPs (status.podIPs, or status.podIP when only that is set).
-pub fn pod_ips(pod: &Pod) -> Vec<String> {
+pub fn pod_ips(pod: &CachedPod) -> Vec<String> {
     let Some(status) = pod.status.as_ref() else {
         return vec![];
     };
@@ -261,7 +262,7 @@ pub fn is_ipv6(ip: &str) -> bool {
 }
 
 /// Whether the Pod has an IP (without copying its IPs out).
-fn has_ip(pod: &Pod) -> bool {
+fn has_ip(pod: &CachedPod) -> bool {
     pod.status.as_ref().is_some_and(|s| {
         s.pod_ips.iter().flatten().any(|ip| !ip.ip.is_empty())
             || s.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
@@ -270,14 +271,14 @@ fn has_ip(pod: &Pod) -> bool {
 
 /// Upstream's ShouldPodBeInEndpoints: running (not terminal), with an IP, and not terminating
 /// unless terminating Pods are wanted.
-pub fn should_pod_be_in_endpoints(pod: &Pod, include_terminating: bool) -> bool {
+pub fn should_pod_be_in_endpoints(pod: &CachedPod, include_terminating: bool) -> bool {
     !is_pod_terminal(pod)
         && has_ip(pod)
         && (include_terminating || pod.metadata.deletion_timestamp.is_none())
 }
 
 /// The Pod's hostname, when the Service is its subdomain (upstream's ShouldSetHostname).
-pub fn endpoint_hostname(pod: &Pod, svc: &Service) -> Option<String> {
+pub fn endpoint_hostname(pod: &CachedPod, svc: &Service) -> Option<String> {
     let spec = pod.spec.as_ref()?;
     let hostname = spec.hostname.as_deref().filter(|h| !h.is_empty())?;
     (spec.subdomain.as_deref() == svc.metadata.name.as_deref()
@@ -292,7 +293,7 @@ pub fn is_headless(svc: &Service) -> bool {
 
 /// The port number a Service port reaches on the Pod: a number as is, a name looked up among
 /// the container ports (and those of sidecar init containers) of the same protocol.
-pub fn find_port(pod: &Pod, svc_port: &ServicePort) -> Option<i32> {
+pub fn find_port(pod: &CachedPod, svc_port: &ServicePort) -> Option<i32> {
     let protocol = svc_port.protocol.as_deref().unwrap_or("TCP");
     match &svc_port.target_port {
         None => Some(svc_port.port),
@@ -344,7 +345,7 @@ pub struct TriggerTimes {
 impl TriggerTimes {
     /// The last-change-trigger-time of a sync of `svc` over `pods`, and records what it saw.
     /// A Service synced for the first time reports its creation.
-    pub fn compute(&self, svc: &Service, pods: &[Arc<Pod>]) -> Option<Timestamp> {
+    pub fn compute(&self, svc: &Service, pods: &[Arc<CachedPod>]) -> Option<Timestamp> {
         let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
         let mut services = self.services.lock().expect("trigger times");
         let known = services.contains_key(&key);
@@ -573,14 +574,15 @@ pub fn namespace_terminating(err: &kube::Error) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{
         Container, ContainerPort, PodCondition, PodIP, PodSpec, PodStatus,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     /// A Pod for tests: `ip` (empty for none), Ready or not, with one named container port.
-    pub fn pod(name: &str, ip: &str, ready: bool) -> Pod {
-        Pod {
+    pub fn pod(name: &str, ip: &str, ready: bool) -> CachedPod {
+        CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
@@ -613,7 +615,7 @@ pub(crate) mod tests {
                 }]),
                 ..Default::default()
             }),
-        }
+        })
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! event TaintManagerEviction "Marking for deletion Pod <ns>/<name>". A scheduled eviction
 //! whose taint goes away is cancelled.
 
+use baton_client::CachedPod;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,7 +59,7 @@ fn no_execute(node: &Node) -> Vec<Taint> {
         .unwrap_or_default()
 }
 
-fn tolerations(pod: &Pod) -> &[Toleration] {
+fn tolerations(pod: &CachedPod) -> &[Toleration] {
     pod.spec
         .as_ref()
         .and_then(|s| s.tolerations.as_deref())
@@ -69,19 +70,22 @@ fn tolerations(pod: &Pod) -> &[Toleration] {
 pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
     let pods_by_node = ctx.pods_by_node();
     let nodes = ctx.nodes.store();
-    let by_pods = ctx.pods.subscribe(move |event: &InformerEvent<'_, Pod>| {
-        let InformerEvent::Applied { old, new } = event else {
-            return None;
-        };
-        let node = node_of(new)?;
-        let relevant = old
-            .is_none_or(|old| node_of(old) != Some(node) || tolerations(old) != tolerations(new));
-        let tainted = nodes
-            .get(&ObjectRef::new(node))
-            .is_some_and(|n| !no_execute(&n).is_empty());
-        (relevant && tainted && new.metadata.deletion_timestamp.is_none())
-            .then(|| ObjectRef::from_obj(*new))
-    });
+    let by_pods = ctx
+        .pods
+        .subscribe(move |event: &InformerEvent<'_, CachedPod>| {
+            let InformerEvent::Applied { old, new } = event else {
+                return None;
+            };
+            let node = node_of(new)?;
+            let relevant = old.is_none_or(|old| {
+                node_of(old) != Some(node) || tolerations(old) != tolerations(new)
+            });
+            let tainted = nodes
+                .get(&ObjectRef::new(node))
+                .is_some_and(|n| !no_execute(&n).is_empty());
+            (relevant && tainted && new.metadata.deletion_timestamp.is_none())
+                .then(|| ObjectRef::from_obj(*new))
+        });
     let index = pods_by_node.clone();
     let by_nodes = ctx.nodes.subscribe(move |event: &InformerEvent<'_, Node>| {
         let InformerEvent::Applied { old, new } = event else {
@@ -114,7 +118,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
         .boxed()
 }
 
-fn error_policy(pod: Arc<Pod>, err: &EvictPodError, state: Arc<State>) -> Action {
+fn error_policy(pod: Arc<CachedPod>, err: &EvictPodError, state: Arc<State>) -> Action {
     let delay = state
         .backoff
         .next_delay(&crate::pod_control::key_of(pod.as_ref()));
@@ -188,7 +192,7 @@ pub fn verdict(tolerations: &[Toleration], taints: &[Taint], now: Timestamp) -> 
     }
 }
 
-async fn reconcile(pod: Arc<Pod>, state: Arc<State>) -> Result<Action, EvictPodError> {
+async fn reconcile(pod: Arc<CachedPod>, state: Arc<State>) -> Result<Action, EvictPodError> {
     let key = crate::pod_control::key_of(pod.as_ref());
     let taints = node_of(&pod)
         .and_then(|n| state.nodes.get(&ObjectRef::new(n)))
@@ -227,7 +231,7 @@ async fn reconcile(pod: Arc<Pod>, state: Arc<State>) -> Result<Action, EvictPodE
     }
 }
 
-async fn record(recorder: &Recorder, pod: &Pod, note: String) {
+async fn record(recorder: &Recorder, pod: &CachedPod, note: String) {
     let event = Event {
         type_: EventType::Normal,
         reason: "TaintManagerEviction".into(),
@@ -241,7 +245,7 @@ async fn record(recorder: &Recorder, pod: &Pod, note: String) {
 }
 
 /// Upstream's addConditionAndDeletePod, with its event.
-async fn evict(state: &State, pod: &Pod, key: &str) -> Result<(), EvictPodError> {
+async fn evict(state: &State, pod: &CachedPod, key: &str) -> Result<(), EvictPodError> {
     tracing::info!(pod = %key, "evicting a pod from a NoExecute-tainted node");
     record(
         &state.recorder,

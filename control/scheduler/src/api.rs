@@ -2,6 +2,7 @@
 //! tasks: bindings (many in flight), the PodScheduled condition and FailedScheduling events
 //! of pods that fit nowhere, and preemption (evicting victims, nominating nodes).
 
+use baton_client::CachedPod;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, PersistentVolumeClaim, Pod};
@@ -42,7 +43,7 @@ pub struct BindError {
 /// A pod's failure to schedule, to record on the pod.
 #[derive(Debug)]
 pub struct FailureReport {
-    pub pod: Arc<Pod>,
+    pub pod: Arc<CachedPod>,
     /// "Unschedulable" or "SchedulerError".
     pub reason: &'static str,
     pub message: String,
@@ -87,7 +88,7 @@ pub fn truncate_note(message: &str) -> String {
     format!("{}{suffix}", &message[..end])
 }
 
-fn pod_reference(pod: &Pod, resource_version: Option<String>) -> ObjectReference {
+fn pod_reference(pod: &CachedPod, resource_version: Option<String>) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),

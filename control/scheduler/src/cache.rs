@@ -18,7 +18,7 @@ use crate::selector::Selector;
 
 /// A pod the cache counts against a node.
 #[derive(Debug, Clone)]
-pub struct CachedPod {
+pub struct CountedPod {
     pub info: Arc<PodInfo>,
     pub slot: usize,
     /// Chosen by this scheduler but not yet seen bound.
@@ -45,7 +45,7 @@ pub struct Cache {
     free: Vec<usize>,
     tree: NodeTree,
     zones: HashMap<usize, String>,
-    pods: HashMap<Arc<str>, CachedPod>,
+    pods: HashMap<Arc<str>, CountedPod>,
     /// How many nodes have each image name.
     image_nodes: HashMap<String, u32>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
@@ -308,7 +308,7 @@ impl Cache {
 
     /// The cache's entry for the pod with `key`.
     #[cfg(test)]
-    pub fn pod(&self, key: &str) -> Option<&CachedPod> {
+    pub fn pod(&self, key: &str) -> Option<&CountedPod> {
         self.pods.get(key)
     }
 
@@ -329,7 +329,7 @@ impl Cache {
         self.attach(slot, info.clone());
         self.pods.insert(
             info.key.clone(),
-            CachedPod {
+            CountedPod {
                 info,
                 slot,
                 assumed: false,
@@ -339,7 +339,7 @@ impl Cache {
     }
 
     /// Stops counting the pod with `key` (deleted, or terminated); returns its entry.
-    pub fn remove_pod(&mut self, key: &str) -> Option<CachedPod> {
+    pub fn remove_pod(&mut self, key: &str) -> Option<CountedPod> {
         let entry = self.pods.remove(key)?;
         self.detach(entry.slot, key);
         self.release_if_empty(entry.slot);
@@ -352,7 +352,7 @@ impl Cache {
         self.attach(slot, info.clone());
         self.pods.insert(
             info.key.clone(),
-            CachedPod {
+            CountedPod {
                 info,
                 slot,
                 assumed: true,
@@ -382,7 +382,7 @@ impl Cache {
         self.attach(slot, info.clone());
         self.pods.insert(
             info.key.clone(),
-            CachedPod {
+            CountedPod {
                 info,
                 slot,
                 assumed: true,

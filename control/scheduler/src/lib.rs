@@ -21,6 +21,7 @@ mod schedule_one;
 mod scheduler;
 mod selector;
 
+use baton_client::CachedPod;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 
 use baton_client::{Informer, InformerEvent};
 use k8s_openapi::api::core::v1::{
-    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Service,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::watcher;
@@ -104,7 +105,7 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
     // Finished pods leave the watch (as deletions), as with upstream's scheduler informer.
     // Cached slimmed (baton_client::slim): the scheduler only patches pods.
     let pods = to_loop(
-        Api::<Pod>::all(client.clone()),
+        Api::<CachedPod>::all(client.clone()),
         watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed"),
         Some(baton_client::slim::pod),
         &input_tx,

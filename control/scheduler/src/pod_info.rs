@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{
-    Pod, PodAffinityTerm, PodSpec, PodStatus, Toleration, WeightedPodAffinityTerm,
-};
+use baton_client::cached_pod::{CachedPod, CachedPodSpec, CachedPodStatus};
+use k8s_openapi::api::core::v1::{PodAffinityTerm, Toleration, WeightedPodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::plugins::image_locality::normalized_image_name;
@@ -14,7 +13,7 @@ use crate::resources::{PodRequests, pod_requests};
 use crate::selector::{NO_LABELS, Selector};
 
 /// The "namespace/name" key of a Pod.
-pub fn pod_key(pod: &Pod) -> String {
+pub fn pod_key(pod: &CachedPod) -> String {
     format!(
         "{}/{}",
         pod.metadata.namespace.as_deref().unwrap_or_default(),
@@ -81,7 +80,7 @@ pub struct WeightedAffinityTerm {
 /// A Pod and what the scheduler precomputes about it.
 #[derive(Debug)]
 pub struct PodInfo {
-    pub pod: Arc<Pod>,
+    pub pod: Arc<CachedPod>,
     /// "namespace/name".
     pub key: Arc<str>,
     pub namespace: String,
@@ -126,7 +125,7 @@ fn weighted_terms(
 
 impl PodInfo {
     /// Derives the scheduler's view of `pod`.
-    pub fn new(pod: Arc<Pod>) -> Self {
+    pub fn new(pod: Arc<CachedPod>) -> Self {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let spec = pod.spec.as_ref();
         let host_ports = spec
@@ -243,14 +242,14 @@ impl PodInfo {
             }),
             ..Default::default()
         };
-        let spec = pod.spec.as_ref().map(|s| PodSpec {
+        let spec = pod.spec.as_ref().map(|s| CachedPodSpec {
             node_name: s.node_name.clone(),
             priority: s.priority,
             affinity: s.affinity.clone(),
             scheduler_name: s.scheduler_name.clone(),
             ..Default::default()
         });
-        let status = pod.status.as_ref().map(|s| PodStatus {
+        let status = pod.status.as_ref().map(|s| CachedPodStatus {
             phase: s.phase.clone(),
             start_time: s.start_time.clone(),
             conditions: s.conditions.as_ref().map(|c| {
@@ -262,7 +261,7 @@ impl PodInfo {
             ..Default::default()
         });
         PodInfo {
-            pod: Arc::new(Pod {
+            pod: Arc::new(CachedPod {
                 metadata,
                 spec,
                 status,
@@ -318,6 +317,8 @@ pub(crate) mod testing {
 
     use std::collections::BTreeMap;
     use std::sync::Arc;
+
+    use baton_client::CachedPod;
 
     use k8s_openapi::api::core::v1::{
         Container, ContainerImage, ContainerPort, Node, NodeCondition, NodeSpec, NodeStatus, Pod,
@@ -521,8 +522,8 @@ pub(crate) mod testing {
             ]);
             self
         }
-        pub fn build(self) -> Arc<Pod> {
-            Arc::new(self.0)
+        pub fn build(self) -> Arc<CachedPod> {
+            Arc::new(CachedPod::from(self.0))
         }
         pub fn info(self) -> Arc<PodInfo> {
             Arc::new(PodInfo::new(self.build()))

@@ -4,12 +4,11 @@
 //! (or for 5 minutes, after which they are retried anyway). Pods with scheduling gates wait
 //! until the gates are gone. Nothing here polls: the owner sleeps until `next_wakeup`.
 
+use baton_client::CachedPod;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use k8s_openapi::api::core::v1::Pod;
 
 use crate::events::ClusterEvent;
 use crate::framework::{Plugin, PluginSet};
@@ -106,7 +105,7 @@ impl PartialOrd for TimedEntry {
     }
 }
 
-fn gated(pod: &Pod) -> bool {
+fn gated(pod: &CachedPod) -> bool {
     pod.spec
         .as_ref()
         .and_then(|s| s.scheduling_gates.as_ref())
@@ -114,7 +113,7 @@ fn gated(pod: &Pod) -> bool {
 }
 
 /// Whether an update changed more than the pod's status (upstream's isPodUpdated).
-fn spec_changed(old: &Pod, new: &Pod) -> bool {
+fn spec_changed(old: &CachedPod, new: &CachedPod) -> bool {
     old.spec != new.spec
         || old.metadata.labels != new.metadata.labels
         || old.metadata.annotations != new.metadata.annotations

@@ -1,9 +1,10 @@
 //! Resource amounts as the scheduler counts them: a pod's effective requests (containers,
 //! init and sidecar containers, overhead, in-place resizes) and a node's allocatable.
 
+use baton_client::cached_pod::{CachedContainer, CachedContainerStatus, CachedPod};
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, ContainerStatus, Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use baton_quantity::{parse_milli, parse_value};
@@ -128,8 +129,8 @@ pub struct PodRequests {
 /// The requests of `container`, taking an in-place resize into account the way upstream does:
 /// the larger of what the spec asks for and what the kubelet reports allocated or applied.
 fn container_requests(
-    container: &Container,
-    status: Option<&ContainerStatus>,
+    container: &CachedContainer,
+    status: Option<&CachedContainerStatus>,
     resize_infeasible: bool,
 ) -> (Resources, bool, bool) {
     let spec = container
@@ -168,16 +169,16 @@ fn container_requests(
 /// Computes a pod's requests: the sum of its containers, at least the largest need while any
 /// init container runs (sidecars, init containers with restartPolicy Always, keep running and
 /// add to both), plus the pod overhead.
-pub fn pod_requests(pod: &Pod) -> PodRequests {
+pub fn pod_requests(pod: &CachedPod) -> PodRequests {
     let Some(spec) = pod.spec.as_ref() else {
         return PodRequests::default();
     };
     let status = pod.status.as_ref();
     let resize_infeasible = status.and_then(|s| s.resize.as_deref()) == Some("Infeasible");
     fn find<'a>(
-        statuses: Option<&'a Vec<ContainerStatus>>,
+        statuses: Option<&'a Vec<CachedContainerStatus>>,
         name: &str,
-    ) -> Option<&'a ContainerStatus> {
+    ) -> Option<&'a CachedContainerStatus> {
         statuses.and_then(|list| list.iter().find(|s| s.name == name))
     }
     let container_statuses = status.and_then(|s| s.container_statuses.as_ref());
@@ -261,7 +262,10 @@ pub fn node_allocatable(node: &Node) -> (Resources, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ContainerStatus, PodSpec, PodStatus, ResourceRequirements};
+    use baton_client::cached_pod::{
+        CachedContainer, CachedContainerStatus, CachedPod, CachedPodSpec, CachedPodStatus,
+    };
+    use k8s_openapi::api::core::v1::ResourceRequirements;
 
     pub(crate) fn list(items: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
         items
@@ -270,8 +274,8 @@ mod tests {
             .collect()
     }
 
-    fn container(name: &str, requests: &[(&str, &str)], restart: Option<&str>) -> Container {
-        Container {
+    fn container(name: &str, requests: &[(&str, &str)], restart: Option<&str>) -> CachedContainer {
+        CachedContainer {
             name: name.into(),
             resources: Some(ResourceRequirements {
                 requests: (!requests.is_empty()).then(|| list(requests)),
@@ -282,9 +286,9 @@ mod tests {
         }
     }
 
-    fn pod(containers: Vec<Container>, init: Vec<Container>) -> Pod {
-        Pod {
-            spec: Some(PodSpec {
+    fn pod(containers: Vec<CachedContainer>, init: Vec<CachedContainer>) -> CachedPod {
+        CachedPod {
+            spec: Some(CachedPodSpec {
                 containers,
                 init_containers: Some(init),
                 ..Default::default()
@@ -352,14 +356,14 @@ mod tests {
     #[test]
     fn in_place_resize_counts_the_larger_amount() {
         let mut p = pod(vec![container("a", &[("cpu", "1")], None)], vec![]);
-        p.status = Some(PodStatus {
-            container_statuses: Some(vec![ContainerStatus {
+        p.status = Some(CachedPodStatus {
+            container_statuses: Some(vec![CachedContainerStatus {
                 name: "a".into(),
                 allocated_resources: Some(list(&[("cpu", "2")])),
-                resources: Some(ResourceRequirements {
+                resources: Some(Box::new(ResourceRequirements {
                     requests: Some(list(&[("cpu", "2")])),
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
             }]),
             ..Default::default()

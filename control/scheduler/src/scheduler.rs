@@ -3,11 +3,12 @@
 //! made on a consistent in-memory state. Decisions are bound asynchronously: the pod is
 //! assumed on its node at once and the loop goes on with the next pod.
 
+use baton_client::CachedPod;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
-    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Service,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use tokio::sync::{mpsc, watch};
@@ -40,7 +41,7 @@ pub enum Change<K> {
 #[derive(Debug)]
 pub enum Input {
     Node(Change<Node>),
-    Pod(Change<Pod>),
+    Pod(Change<CachedPod>),
     Namespace(Change<Namespace>),
     Service(Change<Service>),
     Claim(Change<PersistentVolumeClaim>),
@@ -50,7 +51,7 @@ pub enum Input {
 
 /// Whether this scheduler schedules `pod` (schedulerName default-scheduler or unset; not
 /// being deleted; not finished).
-pub fn responsible_for(pod: &Pod) -> bool {
+pub fn responsible_for(pod: &CachedPod) -> bool {
     let scheduler = pod
         .spec
         .as_ref()
@@ -275,7 +276,7 @@ impl Scheduler {
         }
     }
 
-    fn on_pod(&mut self, pod: Arc<Pod>, now: Instant) {
+    fn on_pod(&mut self, pod: Arc<CachedPod>, now: Instant) {
         let bound = pod
             .spec
             .as_ref()

@@ -3,6 +3,7 @@
 //! hash, numbered after every older one), duplicates are folded into one, and outdated
 //! revisions no Pod uses are pruned down to revisionHistoryLimit.
 
+use baton_client::CachedPod;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -56,7 +57,7 @@ pub async fn construct(
     client: &kube::Client,
     revisions: &Store<ControllerRevision>,
     ds: &DaemonSet,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
 ) -> Result<History, ConstructHistoryError> {
     let namespace = ds.namespace().unwrap_or_default();
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &namespace);
@@ -192,7 +193,7 @@ async fn dedup(
     api: &Api<ControllerRevision>,
     ds: &DaemonSet,
     mut current: Vec<Arc<ControllerRevision>>,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
 ) -> Result<Arc<ControllerRevision>, ConstructHistoryError> {
     current.sort_by_key(|r| r.revision);
     let keep = current.pop().expect("several");
@@ -240,7 +241,7 @@ pub async fn cleanup(
     client: &kube::Client,
     ds: &DaemonSet,
     old: &[Arc<ControllerRevision>],
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
 ) -> Result<(), kube::Error> {
     let limit = ds
         .spec

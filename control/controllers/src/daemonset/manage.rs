@@ -2,11 +2,12 @@
 //! daemon Pod, which daemon Pods must go (on nodes no longer eligible, failed or succeeded,
 //! or in excess), with failed Pods replaced only as their node's backoff allows.
 
+use baton_client::CachedPod;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 
 use super::eligibility::Placement;
 use crate::pod_control::{is_pod_available, is_pod_ready};
@@ -25,7 +26,7 @@ pub struct ManagePlan {
     /// Nodes to create a daemon Pod on.
     pub create_on: Vec<String>,
     /// Pods to delete.
-    pub delete: Vec<Arc<Pod>>,
+    pub delete: Vec<Arc<CachedPod>>,
     /// Events to record.
     pub notices: Vec<Notice>,
     /// When to look again, for a failed Pod whose replacement is held back.
@@ -48,9 +49,9 @@ pub struct ManageInput<'a> {
 pub fn plan(
     input: &ManageInput<'_>,
     nodes: &[Arc<Node>],
-    by_node: &HashMap<String, Vec<Arc<Pod>>>,
+    by_node: &HashMap<String, Vec<Arc<CachedPod>>>,
     mut backoff: impl FnMut(&str) -> Option<Duration>,
-    updated: impl Fn(&Pod) -> bool,
+    updated: impl Fn(&CachedPod) -> bool,
 ) -> ManagePlan {
     let mut plan = ManagePlan::default();
     for node in nodes {
@@ -107,9 +108,9 @@ fn keep_one(
     plan: &mut ManagePlan,
     node: &str,
     should_run: bool,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     backoff: &mut impl FnMut(&str) -> Option<Duration>,
-    updated: &impl Fn(&Pod) -> bool,
+    updated: &impl Fn(&CachedPod) -> bool,
 ) {
     let mut running = Vec::new();
     for pod in pods {
@@ -183,6 +184,7 @@ mod tests {
     use super::*;
     use crate::controller_revision::POD_REVISION_LABEL;
     use crate::daemonset::pods::by_node;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{NodeSpec, PodCondition, PodSpec, PodStatus, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -207,8 +209,15 @@ mod tests {
         })
     }
 
-    fn pod(name: &str, node: &str, phase: &str, ready: bool, hash: &str, age: i64) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn pod(
+        name: &str,
+        node: &str,
+        phase: &str,
+        ready: bool,
+        hash: &str,
+        age: i64,
+    ) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
@@ -230,7 +239,7 @@ mod tests {
                 }]),
                 ..Default::default()
             }),
-        })
+        }))
     }
 
     fn input(placement: &Placement, surge: bool) -> ManageInput<'_> {
@@ -242,7 +251,7 @@ mod tests {
         }
     }
 
-    fn names(pods: &[Arc<Pod>]) -> Vec<String> {
+    fn names(pods: &[Arc<CachedPod>]) -> Vec<String> {
         let mut v: Vec<_> = pods
             .iter()
             .map(|p| p.metadata.name.clone().unwrap())
@@ -251,7 +260,7 @@ mod tests {
         v
     }
 
-    fn updated(p: &Pod) -> bool {
+    fn updated(p: &CachedPod) -> bool {
         p.metadata.labels.as_ref().unwrap()[POD_REVISION_LABEL] == "new"
     }
 

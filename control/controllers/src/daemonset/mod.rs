@@ -18,6 +18,7 @@ mod rolling;
 mod status;
 
 use crate::pod_control::{controller_changes, create_pods_recorded};
+use baton_client::CachedPod;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,7 +70,7 @@ pub enum SyncDaemonSetError {
 
 struct DaemonSetController {
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     nodes: Store<Node>,
     revisions: Arc<Informer<ControllerRevision>>,
     expectations: Expectations,
@@ -195,7 +196,7 @@ impl DaemonSetController {
         }
         let namespace = ds.namespace().unwrap_or_default();
         let uid = ds.uid().unwrap_or_default();
-        let owned: Vec<Arc<Pod>> = self
+        let owned: Vec<Arc<CachedPod>> = self
             .pods
             .state()
             .into_iter()
@@ -210,7 +211,7 @@ impl DaemonSetController {
         let hash = history.hash.as_str();
         let placement = Placement::of(&spec.template.spec.clone().unwrap_or_default());
         let min_ready = spec.min_ready_seconds.unwrap_or(0);
-        let updated = |p: &Pod| pods::is_updated(p, ds, hash);
+        let updated = |p: &CachedPod| pods::is_updated(p, ds, hash);
         let mut retry_after = None;
         let mut outcome = Ok(());
         // Unobserved creations or deletions: only the status is brought up to date, and the
@@ -231,7 +232,8 @@ impl DaemonSetController {
                 .await;
         }
 
-        let counting: HashMap<String, Vec<Arc<Pod>>> = live_by_node(&owned).into_iter().collect();
+        let counting: HashMap<String, Vec<Arc<CachedPod>>> =
+            live_by_node(&owned).into_iter().collect();
         let counts = status::count(
             &placement,
             &nodes,
@@ -270,13 +272,13 @@ impl DaemonSetController {
         key: &str,
         spec: &k8s_openapi::api::apps::v1::DaemonSetSpec,
         nodes: &[Arc<Node>],
-        owned: &[Arc<Pod>],
+        owned: &[Arc<CachedPod>],
         placement: &Placement,
         history: &history::History,
         retry_after: &mut Option<Duration>,
     ) -> Result<(), SyncDaemonSetError> {
         let hash = history.hash.as_str();
-        let updated = |p: &Pod| pods::is_updated(p, ds, hash);
+        let updated = |p: &CachedPod| pods::is_updated(p, ds, hash);
         let uid = ds.uid().unwrap_or_default();
         let input = manage::ManageInput {
             placement,
@@ -343,7 +345,7 @@ impl DaemonSetController {
         &self,
         ds: &DaemonSet,
         key: &str,
-        mut delete: Vec<Arc<Pod>>,
+        mut delete: Vec<Arc<CachedPod>>,
         mut create_on: Vec<String>,
         hash: &str,
     ) -> Result<(), SyncDaemonSetError> {
@@ -456,8 +458,8 @@ impl DaemonSetController {
 
 /// Pods by node, without the finished Pods already being deleted (upstream's
 /// getNodesToDaemonPods without deleted terminal Pods), in a stable order.
-fn live_by_node(owned: &[Arc<Pod>]) -> BTreeMap<String, Vec<Arc<Pod>>> {
-    let live: Vec<Arc<Pod>> = owned
+fn live_by_node(owned: &[Arc<CachedPod>]) -> BTreeMap<String, Vec<Arc<CachedPod>>> {
+    let live: Vec<Arc<CachedPod>> = owned
         .iter()
         .filter(|p| {
             let terminal = matches!(
@@ -485,6 +487,7 @@ fn pod_reference(namespace: &str, name: &str) -> ObjectReference {
 mod tests {
     use super::*;
     use crate::pod_control::controller_ref_of;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{NodeSpec, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -551,7 +554,7 @@ mod tests {
     #[test]
     fn finished_pods_being_deleted_do_not_count() {
         let pod = |name: &str, phase: &str, deleting: bool| {
-            Arc::new(Pod {
+            Arc::new(CachedPod::from(Pod {
                 metadata: ObjectMeta {
                     name: Some(name.into()),
                     deletion_timestamp: deleting.then_some(
@@ -569,7 +572,7 @@ mod tests {
                     phase: Some(phase.into()),
                     ..Default::default()
                 }),
-            })
+            }))
         };
         let owned = [
             pod("a", "Failed", true),

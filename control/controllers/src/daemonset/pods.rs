@@ -2,6 +2,7 @@
 //! the node's name, as upstream does, so that the scheduler binds it), the node a Pod is for,
 //! and the order in which a node's Pods are considered.
 
+use baton_client::CachedPod;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,7 +55,7 @@ fn template_generation(ds: &DaemonSet) -> Option<i64> {
 
 /// Whether `pod` was made from the current template: its revision hash (or template
 /// generation) is the DaemonSet's.
-pub fn is_updated(pod: &Pod, ds: &DaemonSet, hash: &str) -> bool {
+pub fn is_updated(pod: &CachedPod, ds: &DaemonSet, hash: &str) -> bool {
     let labels = pod.metadata.labels.as_ref();
     let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
     let generation_matches = template_generation(ds)
@@ -84,7 +85,7 @@ fn pin_to_node(affinity: &mut Option<Affinity>, node: &str) {
 }
 
 /// The node a daemon Pod is for: where it is bound, or else the node its affinity names.
-pub fn target_node(pod: &Pod) -> Option<&str> {
+pub fn target_node(pod: &CachedPod) -> Option<&str> {
     let spec = pod.spec.as_ref()?;
     if let Some(name) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
         return Some(name);
@@ -109,8 +110,8 @@ pub fn target_node(pod: &Pod) -> Option<&str> {
 
 /// `pods` grouped by the node they are for, each group in `by_age` order; Pods whose node
 /// cannot be told are left out.
-pub fn by_node(pods: &[Arc<Pod>]) -> HashMap<String, Vec<Arc<Pod>>> {
-    let mut map: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+pub fn by_node(pods: &[Arc<CachedPod>]) -> HashMap<String, Vec<Arc<CachedPod>>> {
+    let mut map: HashMap<String, Vec<Arc<CachedPod>>> = HashMap::new();
     for pod in pods {
         match target_node(pod) {
             Some(node) => map.entry(node.to_string()).or_default().push(pod.clone()),
@@ -125,8 +126,8 @@ pub fn by_node(pods: &[Arc<Pod>]) -> HashMap<String, Vec<Arc<Pod>>> {
 
 /// Bound Pods first, then the oldest, then by name (upstream's
 /// podByCreationTimestampAndPhase).
-pub fn by_age(a: &Pod, b: &Pod) -> Ordering {
-    let bound = |p: &Pod| {
+pub fn by_age(a: &CachedPod, b: &CachedPod) -> Ordering {
+    let bound = |p: &CachedPod| {
         p.spec
             .as_ref()
             .and_then(|s| s.node_name.as_deref())
@@ -135,7 +136,7 @@ pub fn by_age(a: &Pod, b: &Pod) -> Ordering {
     bound(b)
         .cmp(&bound(a))
         .then_with(|| {
-            let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let created = |p: &CachedPod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
             created(a).cmp(&created(b))
         })
         .then_with(|| a.metadata.name.cmp(&b.metadata.name))
@@ -145,6 +146,7 @@ pub fn by_age(a: &Pod, b: &Pod) -> Ordering {
 mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::DaemonSetSpec;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -197,7 +199,7 @@ mod tests {
         let pod = daemon_pod(&ds(), "n1", "abc");
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.node_name, None);
-        assert_eq!(target_node(&pod), Some("n1"));
+        assert_eq!(target_node(&CachedPod::from(&pod)), Some("n1"));
         let terms = &spec
             .affinity
             .as_ref()
@@ -216,23 +218,25 @@ mod tests {
         assert_eq!(labels["app"], "agent");
         assert_eq!(pod.metadata.generate_name.as_deref(), Some("agent-"));
         assert_eq!(spec.tolerations.as_ref().unwrap().len(), 6);
-        assert!(is_updated(&pod, &ds(), "abc"));
-        assert!(!is_updated(&pod, &ds(), "def"));
+        assert!(is_updated(&CachedPod::from(&pod), &ds(), "abc"));
+        assert!(!is_updated(&CachedPod::from(&pod), &ds(), "def"));
     }
 
     #[test]
     fn bound_and_older_pods_come_first() {
-        let pod = |name: &str, node: Option<&str>, secs: i64| Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                creation_timestamp: Some(Time(jiff::Timestamp::from_second(secs).unwrap())),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                node_name: node.map(str::to_string),
-                ..Default::default()
-            }),
-            status: None,
+        let pod = |name: &str, node: Option<&str>, secs: i64| {
+            CachedPod::from(Pod {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    creation_timestamp: Some(Time(jiff::Timestamp::from_second(secs).unwrap())),
+                    ..Default::default()
+                },
+                spec: Some(PodSpec {
+                    node_name: node.map(str::to_string),
+                    ..Default::default()
+                }),
+                status: None,
+            })
         };
         let mut pods = [
             pod("young", Some("n"), 20),

@@ -3,11 +3,12 @@
 //! that at most maxUnavailable nodes lack an available daemon (or maxSurge nodes run two).
 //! The core loop then creates the missing Pods and removes the surplus.
 
+use baton_client::CachedPod;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::eligibility::Placement;
@@ -60,16 +61,19 @@ pub fn surge_and_unavailable(
 /// What the rolling update does in one reconcile.
 #[derive(Debug, Default)]
 pub struct RollingPlan {
-    pub delete: Vec<Arc<Pod>>,
+    pub delete: Vec<Arc<CachedPod>>,
     pub create_on: Vec<String>,
 }
 
 /// A node's Pod of the current revision and its outdated one, each if any.
-type NewAndOld = (Option<Arc<Pod>>, Option<Arc<Pod>>);
+type NewAndOld = (Option<Arc<CachedPod>>, Option<Arc<CachedPod>>);
 
 /// The new and the old Pod on one node (`None` when a node has more than one of either: the
 /// core loop cleans such nodes up first).
-fn new_and_old(pods: &[Arc<Pod>], updated: &impl Fn(&Pod) -> bool) -> Option<NewAndOld> {
+fn new_and_old(
+    pods: &[Arc<CachedPod>],
+    updated: &impl Fn(&CachedPod) -> bool,
+) -> Option<NewAndOld> {
     let (mut new, mut old) = (None, None);
     for pod in pods
         .iter()
@@ -90,16 +94,16 @@ pub fn plan(
     ds: &DaemonSet,
     placement: &Placement,
     nodes: &[Arc<Node>],
-    by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
+    by_node: &BTreeMap<String, Vec<Arc<CachedPod>>>,
     now: jiff::Timestamp,
-    updated: impl Fn(&Pod) -> bool,
+    updated: impl Fn(&CachedPod) -> bool,
 ) -> Result<RollingPlan, IntOrPercentError> {
     let min_ready = ds
         .spec
         .as_ref()
         .and_then(|s| s.min_ready_seconds)
         .unwrap_or(0);
-    let available = |p: &Pod| is_pod_available(p, min_ready, now);
+    let available = |p: &CachedPod| is_pod_available(p, min_ready, now);
     let mut nodes_to_pods = by_node.clone();
     let mut desired = 0;
     let mut eligible = std::collections::HashSet::new();
@@ -187,6 +191,7 @@ mod tests {
     use k8s_openapi::api::apps::v1::{
         DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
     };
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -216,8 +221,8 @@ mod tests {
         })
     }
 
-    fn pod(name: &str, node: &str, hash: &str, ready: bool) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn pod(name: &str, node: &str, hash: &str, ready: bool) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 labels: Some([(POD_REVISION_LABEL.to_string(), hash.to_string())].into()),
@@ -237,15 +242,15 @@ mod tests {
                 }]),
                 ..Default::default()
             }),
-        })
+        }))
     }
 
-    fn updated(p: &Pod) -> bool {
+    fn updated(p: &CachedPod) -> bool {
         p.metadata.labels.as_ref().unwrap()[POD_REVISION_LABEL] == "new"
     }
 
-    fn group(pods: &[Arc<Pod>]) -> BTreeMap<String, Vec<Arc<Pod>>> {
-        let mut map: BTreeMap<String, Vec<Arc<Pod>>> = BTreeMap::new();
+    fn group(pods: &[Arc<CachedPod>]) -> BTreeMap<String, Vec<Arc<CachedPod>>> {
+        let mut map: BTreeMap<String, Vec<Arc<CachedPod>>> = BTreeMap::new();
         for p in pods {
             let node = p.spec.as_ref().unwrap().node_name.clone().unwrap();
             map.entry(node).or_default().push(p.clone());
@@ -253,7 +258,7 @@ mod tests {
         map
     }
 
-    fn run(ds: &DaemonSet, pods: &[Arc<Pod>]) -> RollingPlan {
+    fn run(ds: &DaemonSet, pods: &[Arc<CachedPod>]) -> RollingPlan {
         let nodes = [node("a"), node("b"), node("c"), node("d")];
         plan(
             ds,
@@ -266,7 +271,7 @@ mod tests {
         .unwrap()
     }
 
-    fn names(pods: &[Arc<Pod>]) -> Vec<String> {
+    fn names(pods: &[Arc<CachedPod>]) -> Vec<String> {
         pods.iter()
             .map(|p| p.metadata.name.clone().unwrap())
             .collect()

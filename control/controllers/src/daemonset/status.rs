@@ -2,11 +2,12 @@
 //! run one, run one wrongly, and how many of those Pods are ready, available and current.
 //! `kubectl rollout status daemonset` compares these.
 
+use baton_client::CachedPod;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::DaemonSetStatus;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 
 use super::eligibility::Placement;
 use crate::pod_control::{is_pod_available, is_pod_ready};
@@ -27,10 +28,10 @@ pub struct Counts {
 pub fn count(
     placement: &Placement,
     nodes: &[Arc<Node>],
-    by_node: &HashMap<String, Vec<Arc<Pod>>>,
+    by_node: &HashMap<String, Vec<Arc<CachedPod>>>,
     min_ready_seconds: i32,
     now: jiff::Timestamp,
-    updated: impl Fn(&Pod) -> bool,
+    updated: impl Fn(&CachedPod) -> bool,
 ) -> Counts {
     let mut c = Counts::default();
     for node in nodes {
@@ -91,6 +92,7 @@ pub fn next_status(
 mod tests {
     use super::*;
     use crate::daemonset::pods::by_node;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{NodeSpec, PodCondition, PodSpec, PodStatus, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -114,8 +116,8 @@ mod tests {
         })
     }
 
-    fn pod(node: &str, ready_since: Option<i64>, current: bool) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn pod(node: &str, ready_since: Option<i64>, current: bool) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(format!("p-{node}")),
                 labels: Some([("current".to_string(), current.to_string())].into()),
@@ -140,7 +142,7 @@ mod tests {
                 }]),
                 ..Default::default()
             }),
-        })
+        }))
     }
 
     #[test]
@@ -158,7 +160,7 @@ mod tests {
             pod("t", Some(0), true),
         ];
         let now = jiff::Timestamp::from_second(100).unwrap();
-        let current = |p: &Pod| p.metadata.labels.as_ref().unwrap()["current"] == "true";
+        let current = |p: &CachedPod| p.metadata.labels.as_ref().unwrap()["current"] == "true";
         let c = count(&placement, &nodes, &by_node(&pods), 10, now, current);
         assert_eq!(
             c,

@@ -16,6 +16,7 @@ pub(crate) mod scale;
 mod status;
 mod sync;
 
+use baton_client::CachedPod;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
@@ -23,7 +24,6 @@ use baton_client::{Informer, InformerEvent};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
 use kube::core::{ParseExpressionError, Selector, SelectorExt};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -180,7 +180,7 @@ pub(crate) struct Deployments {
     client: Client,
     deployments: Store<Deployment>,
     replicasets: Store<ReplicaSet>,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     events: EventWriter,
     backoff: FailureBackoff,
 }
@@ -291,9 +291,9 @@ impl Deployments {
     /// The Recreate Deployment to sync when one of its old Pods is gone or finished.
     fn deployments_for_pod_event(
         &self,
-        event: &InformerEvent<'_, Pod>,
+        event: &InformerEvent<'_, CachedPod>,
     ) -> Option<ObjectRef<Deployment>> {
-        let finished = |pod: &Pod| {
+        let finished = |pod: &CachedPod| {
             matches!(
                 pod.status.as_ref().and_then(|s| s.phase.as_deref()),
                 Some("Succeeded" | "Failed")

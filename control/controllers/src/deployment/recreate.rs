@@ -2,10 +2,10 @@
 //! is left running (gone, or Succeeded or Failed), then create or grow the new ReplicaSet to
 //! spec.replicas.
 
+use baton_client::CachedPod;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
 
 use super::status::deployment_complete;
 use super::sync::Rollout;
@@ -13,7 +13,7 @@ use super::{SyncDeploymentError, desired, rs_spec, rs_status_replicas};
 
 /// Whether old Pods still run: an old ReplicaSet still counts replicas, or one of `old_pods`
 /// (the Pods of the Deployment's ReplicaSets other than the new one) is not finished.
-pub(super) fn old_pods_running(olds: &[&ReplicaSet], old_pods: &[&Pod]) -> bool {
+pub(super) fn old_pods_running(olds: &[&ReplicaSet], old_pods: &[&CachedPod]) -> bool {
     if olds.iter().map(|rs| rs_status_replicas(rs)).sum::<i32>() > 0 {
         return true;
     }
@@ -41,7 +41,7 @@ impl Rollout<'_> {
         let running = {
             let old_rses: Vec<&ReplicaSet> = olds.iter().map(|&i| &self.rs_list[i]).collect();
             let pods = self.pods_of(&olds);
-            let pods: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+            let pods: Vec<&CachedPod> = pods.iter().map(AsRef::as_ref).collect();
             old_pods_running(&old_rses, &pods)
         };
         if running {

@@ -7,11 +7,11 @@
 //! sync carry the current resourceVersion; a write that loses a race fails with a conflict and
 //! the sync is retried from the cache.
 
+use baton_client::CachedPod;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -113,7 +113,7 @@ impl<'a> Rollout<'a> {
 
     /// The Pods in the Deployment's namespace that its selector picks and the ReplicaSets
     /// `indices` control.
-    pub(super) fn pods_of(&self, indices: &[usize]) -> Vec<Arc<Pod>> {
+    pub(super) fn pods_of(&self, indices: &[usize]) -> Vec<Arc<CachedPod>> {
         let uids: Vec<&str> = indices
             .iter()
             .filter_map(|&i| self.rs_list[i].metadata.uid.as_deref())

@@ -2,11 +2,11 @@
 //! (found by discovery; Events excepted, as upstream), through metadata-only watches, and Pods
 //! through the shared Pod informer. Each change becomes a graph `Change`.
 
+use baton_client::CachedPod;
 use std::collections::{HashMap, HashSet};
 
 use baton_client::{Informer, InformerEvent};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::PartialObjectMeta;
 use kube::core::{ApiResource, DynamicObject};
@@ -111,7 +111,7 @@ pub fn observe(api_version: &str, kind: &str, meta: &ObjectMeta) -> Option<Obser
 
 /// Feeds Pod changes from the shared informer, skipping updates that change nothing the graph
 /// holds (most Pod updates are status updates).
-pub fn feed_pods(pods: &Informer<Pod>, tx: UnboundedSender<Change>) {
+pub fn feed_pods(pods: &Informer<CachedPod>, tx: UnboundedSender<Change>) {
     pods.on_event(move |event| match event {
         InformerEvent::Applied { old, new } => {
             if let Some(old) = old {

@@ -2,11 +2,10 @@
 //! first failure since the last success, doubling with each further one, at most 6 min,
 //! counted from the last failure's finish time. Kept in memory per Job, as upstream does.
 
+use baton_client::CachedPod;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
-
-use k8s_openapi::api::core::v1::Pod;
 
 /// The first delay.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
@@ -71,7 +70,7 @@ pub fn delay_for(failures: u32) -> Duration {
 
 /// When a Pod finished: the latest container termination, else when it stopped being Ready,
 /// else its deletion time, else its creation time.
-pub fn finish_time(pod: &Pod) -> jiff::Timestamp {
+pub fn finish_time(pod: &CachedPod) -> jiff::Timestamp {
     let status = pod.status.as_ref();
     let containers = status
         .and_then(|s| s.container_statuses.as_deref())

@@ -2,15 +2,14 @@
 //! `batch.kubernetes.io/job-completion-index` annotation), and sets of indexes as ordered
 //! intervals written the way status.completedIndexes is ("1,3-5,7").
 
+use baton_client::CachedPod;
 use std::fmt;
-
-use k8s_openapi::api::core::v1::Pod;
 
 /// The annotation (and label) with a Pod's completion index.
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 /// The completion index of `pod`, if it has a valid one.
-pub fn completion_index(pod: &Pod) -> Option<i32> {
+pub fn completion_index(pod: &CachedPod) -> Option<i32> {
     pod.metadata
         .annotations
         .as_ref()?
@@ -118,6 +117,7 @@ pub fn first_pending(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     #[test]
@@ -143,16 +143,18 @@ mod tests {
 
     #[test]
     fn index_comes_from_the_annotation() {
-        let pod = |v: &str| Pod {
-            metadata: ObjectMeta {
-                annotations: Some([(COMPLETION_INDEX.to_string(), v.to_string())].into()),
+        let pod = |v: &str| {
+            CachedPod::from(Pod {
+                metadata: ObjectMeta {
+                    annotations: Some([(COMPLETION_INDEX.to_string(), v.to_string())].into()),
+                    ..Default::default()
+                },
                 ..Default::default()
-            },
-            ..Default::default()
+            })
         };
         assert_eq!(completion_index(&pod("3")), Some(3));
         assert_eq!(completion_index(&pod("-1")), None);
         assert_eq!(completion_index(&pod("x")), None);
-        assert_eq!(completion_index(&Pod::default()), None);
+        assert_eq!(completion_index(&CachedPod::default()), None);
     }
 }

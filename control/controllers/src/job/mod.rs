@@ -17,6 +17,7 @@ mod pods;
 mod tracking;
 
 use crate::pod_control::{controller_changes, create_pods_recorded};
+use baton_client::CachedPod;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +73,7 @@ pub enum SyncJobError {
 
 struct JobController {
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     expectations: Expectations,
     finalizer_removals: FinalizerRemovals,
     outdated: OutdatedVersions,
@@ -142,7 +143,7 @@ pub fn start(ctx: &Arc<Context>) -> BoxFuture<'static, ()> {
 }
 
 /// Marks finalizer removals observed: a Job's Pod seen without the finalizer, or gone.
-fn observe_finalizers(removals: &FinalizerRemovals, event: &InformerEvent<'_, Pod>) {
+fn observe_finalizers(removals: &FinalizerRemovals, event: &InformerEvent<'_, CachedPod>) {
     let (pod, gone) = match event {
         InformerEvent::Applied { new, .. } => (*new, false),
         InformerEvent::Deleted(pod) => (*pod, true),
@@ -188,7 +189,7 @@ fn min_duration(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 
 /// restartPolicy OnFailure: whether the containers of running Pods restarted as often as
 /// the backoff limit allows failures.
-fn past_backoff_limit_on_failure(job: &Job, pods: &[Arc<Pod>]) -> bool {
+fn past_backoff_limit_on_failure(job: &Job, pods: &[Arc<CachedPod>]) -> bool {
     let spec = job.spec.as_ref();
     let restart = spec
         .and_then(|s| s.template.spec.as_ref())
@@ -251,7 +252,7 @@ impl JobController {
         }
         let namespace = cached.namespace().unwrap_or_default();
         let uid = cached.uid().unwrap_or_default();
-        let pods: Vec<Arc<Pod>> = self
+        let pods: Vec<Arc<CachedPod>> = self
             .pods
             .state()
             .into_iter()
@@ -268,7 +269,7 @@ impl JobController {
             self.outdated.forget(key);
             // A backup: every Pod was counted before the Job finished.
             let expected = self.finalizer_removals.expected(key);
-            let leftover: Vec<Arc<Pod>> = pods
+            let leftover: Vec<Arc<CachedPod>> = pods
                 .iter()
                 .filter(|p| has_tracking_finalizer(p))
                 .filter(|p| !expected.contains(p.metadata.uid.as_deref().unwrap_or_default()))
@@ -289,7 +290,7 @@ impl JobController {
             .get_or_insert_with(Default::default);
         let satisfied = self.expectations.satisfied(key);
         let expected_removals = self.finalizer_removals.expected(key);
-        let active_pods: Vec<Arc<Pod>> =
+        let active_pods: Vec<Arc<CachedPod>> =
             pods.iter().filter(|p| is_pod_active(p)).cloned().collect();
         let mut active = active_pods.len() as i32;
         let (new_succeeded, new_failed) = tracking::new_finished(&job, &pods, &expected_removals);
@@ -305,7 +306,7 @@ impl JobController {
             status.start_time = Some(Time(now));
         }
         let finish_times =
-            |list: &[Arc<Pod>]| list.iter().map(|p| finish_time(p)).collect::<Vec<_>>();
+            |list: &[Arc<CachedPod>]| list.iter().map(|p| finish_time(p)).collect::<Vec<_>>();
         let new_backoff = self
             .backoff
             .get(key)
@@ -487,7 +488,7 @@ impl JobController {
         &self,
         job: &Job,
         key: &str,
-        active_pods: &[Arc<Pod>],
+        active_pods: &[Arc<CachedPod>],
         succeeded: i32,
         terminating: i32,
         succeeded_indexes: &Intervals,
@@ -575,7 +576,13 @@ impl JobController {
 
     /// Deletes Pods the Job no longer wants; they lose the finalizer first, so they are not
     /// counted as failures (upstream's deleteJobPods).
-    async fn delete_job_pods(&self, job: &Job, key: &str, doomed: &[Arc<Pod>], out: &mut Managed) {
+    async fn delete_job_pods(
+        &self,
+        job: &Job,
+        key: &str,
+        doomed: &[Arc<CachedPod>],
+        out: &mut Managed,
+    ) {
         self.expectations.expect(key, 0, doomed.len());
         let api = self.pod_api(job);
         let patch = remove_finalizer_patch();
@@ -643,7 +650,7 @@ impl JobController {
     async fn delete_active(
         &self,
         job: &Job,
-        active: &[Arc<Pod>],
+        active: &[Arc<CachedPod>],
     ) -> (i32, i32, Option<SyncJobError>) {
         let api = self.pod_api(job);
         let results = join_all(active.iter().map(|pod| {
@@ -675,7 +682,7 @@ impl JobController {
     async fn remove_finalizers(
         &self,
         key: &str,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
     ) -> (HashSet<String>, Option<SyncJobError>) {
         let patch = remove_finalizer_patch();
         for pod in pods {
@@ -725,7 +732,7 @@ impl JobController {
         &self,
         job: &mut Job,
         key: &str,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
         expected_removals: &HashSet<String>,
         finished: Option<JobCondition>,
         needs_update: bool,
@@ -858,6 +865,7 @@ fn pod_ref(job: &Job, name: &str) -> ObjectReference {
 mod tests {
     use super::*;
     use k8s_openapi::api::batch::v1::JobSpec;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{ContainerStatus, PodSpec, PodStatus, PodTemplateSpec};
 
     fn job(restart: &str, limit: i32) -> Job {
@@ -878,8 +886,8 @@ mod tests {
         }
     }
 
-    fn restarted(count: i32) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn restarted(count: i32) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(Pod {
             status: Some(PodStatus {
                 phase: Some("Running".into()),
                 container_statuses: Some(vec![ContainerStatus {
@@ -889,7 +897,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     }
 
     #[test]
@@ -934,7 +942,7 @@ mod tests {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
         let removals = FinalizerRemovals::default();
         removals.expect("ns/pi", "u1");
-        let mut pod = Pod {
+        let mut pod = CachedPod::from(Pod {
             metadata: ObjectMeta {
                 namespace: Some("ns".into()),
                 uid: Some("u1".into()),
@@ -950,7 +958,7 @@ mod tests {
                 ..Default::default()
             },
             ..Default::default()
-        };
+        });
         observe_finalizers(
             &removals,
             &InformerEvent::Applied {

@@ -3,6 +3,7 @@
 //! never be deleted, so its finalizer is removed. Candidates come from Pod events; each is
 //! checked again against the Job cache and, before the patch, against the API server.
 
+use baton_client::CachedPod;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -30,7 +31,7 @@ pub enum Counter {
 }
 
 /// Who counts `pod`.
-pub fn counter(pod: &Pod) -> Counter {
+pub fn counter(pod: &CachedPod) -> Counter {
     let owner = pod
         .metadata
         .owner_references
@@ -50,7 +51,7 @@ pub fn counter(pod: &Pod) -> Counter {
 
 /// Whether `pod` may be an orphan judging from the cache: it holds the finalizer and no
 /// unfinished Job with its owner's uid is cached.
-pub fn maybe_orphan(pod: &Pod, jobs: &Store<Job>) -> bool {
+pub fn maybe_orphan(pod: &CachedPod, jobs: &Store<Job>) -> bool {
     if !has_tracking_finalizer(pod) {
         return false;
     }
@@ -69,7 +70,7 @@ pub fn maybe_orphan(pod: &Pod, jobs: &Store<Job>) -> bool {
 /// orphans; runs forever.
 pub async fn run(
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     jobs: Store<Job>,
     queue: UnboundedSender<(String, String)>,
     mut incoming: UnboundedReceiver<(String, String)>,
@@ -98,7 +99,7 @@ pub async fn run(
 
 /// Checks with the API server that the Pod's Job is gone (or another, or finished) and
 /// removes the finalizer.
-async fn confirm_and_release(client: &Client, pod: &Pod) -> Result<(), kube::Error> {
+async fn confirm_and_release(client: &Client, pod: &CachedPod) -> Result<(), kube::Error> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     if let Counter::Job(_, name, uid) = counter(pod) {
         let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
@@ -128,6 +129,7 @@ async fn confirm_and_release(client: &Client, pod: &Pod) -> Result<(), kube::Err
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
     #[test]
@@ -139,7 +141,7 @@ mod tests {
             },
             ..Default::default()
         };
-        assert_eq!(counter(&pod), Counter::Nobody);
+        assert_eq!(counter(&CachedPod::from(&pod)), Counter::Nobody);
         pod.metadata.owner_references = Some(vec![OwnerReference {
             api_version: "apps/v1".into(),
             kind: "ReplicaSet".into(),
@@ -148,7 +150,7 @@ mod tests {
             controller: Some(true),
             block_owner_deletion: None,
         }]);
-        assert_eq!(counter(&pod), Counter::NotAJob);
+        assert_eq!(counter(&CachedPod::from(&pod)), Counter::NotAJob);
         pod.metadata.owner_references = Some(vec![OwnerReference {
             api_version: "batch/v1".into(),
             kind: "Job".into(),
@@ -158,7 +160,7 @@ mod tests {
             block_owner_deletion: None,
         }]);
         assert_eq!(
-            counter(&pod),
+            counter(&CachedPod::from(&pod)),
             Counter::Job("ns".into(), "pi".into(), "u".into())
         );
     }

@@ -2,6 +2,7 @@
 //! Jobs the completion index), how a Pod's outcome is judged, and which active Pods go first
 //! when there are too many.
 
+use baton_client::CachedPod;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
@@ -24,26 +25,26 @@ pub fn is_indexed(job: &Job) -> bool {
 }
 
 /// Whether `pod` still waits to be counted.
-pub fn has_tracking_finalizer(pod: &Pod) -> bool {
+pub fn has_tracking_finalizer(pod: &CachedPod) -> bool {
     pod.metadata
         .finalizers
         .as_ref()
         .is_some_and(|f| f.iter().any(|x| x == TRACKING_FINALIZER))
 }
 
-fn phase(pod: &Pod) -> Option<&str> {
+fn phase(pod: &CachedPod) -> Option<&str> {
     pod.status.as_ref().and_then(|s| s.phase.as_deref())
 }
 
 /// Whether `pod` is being deleted while it has not finished.
-pub fn is_terminating(pod: &Pod) -> bool {
+pub fn is_terminating(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_some() && !matches!(phase(pod), Some("Succeeded" | "Failed"))
 }
 
 /// Whether a Pod counts as a failure (upstream's isPodFailed): Failed, or, unless only
 /// Failed Pods are replaced, being deleted without having succeeded (so that Pods that never
 /// get to finish, such as orphans, still count).
-pub fn is_failed(pod: &Pod, job: &Job) -> bool {
+pub fn is_failed(pod: &CachedPod, job: &Job) -> bool {
     if phase(pod) == Some("Failed") {
         return true;
     }
@@ -122,11 +123,11 @@ fn add_index_env(spec: &mut k8s_openapi::api::core::v1::PodSpec) {
 /// of range or a duplicate index, then the least advanced (upstream's ActivePods order).
 pub fn active_pods_for_removal(
     job: &Job,
-    active: &[Arc<Pod>],
+    active: &[Arc<CachedPod>],
     rm_at_least: usize,
-) -> Vec<Arc<Pod>> {
+) -> Vec<Arc<CachedPod>> {
     let mut remove = Vec::new();
-    let mut left: Vec<Arc<Pod>> = Vec::new();
+    let mut left: Vec<Arc<CachedPod>> = Vec::new();
     if is_indexed(job) {
         let completions = job.spec.as_ref().and_then(|s| s.completions).unwrap_or(0);
         let mut sorted = active.to_vec();
@@ -165,20 +166,20 @@ pub fn active_pods_for_removal(
 /// Orders Pods from the least to the most advanced: unscheduled before scheduled, Pending
 /// before Unknown before Running, not ready before ready, ready for less time first, more
 /// restarts first, newer first.
-pub fn less_active(a: &Pod, b: &Pod) -> Ordering {
-    let scheduled = |p: &Pod| {
+pub fn less_active(a: &CachedPod, b: &CachedPod) -> Ordering {
+    let scheduled = |p: &CachedPod| {
         p.spec
             .as_ref()
             .and_then(|s| s.node_name.as_deref())
             .is_some_and(|n| !n.is_empty())
     };
-    let phase_rank = |p: &Pod| match phase(p) {
+    let phase_rank = |p: &CachedPod| match phase(p) {
         Some("Pending") => 0,
         Some("Unknown") => 1,
         Some("Running") => 2,
         _ => 3,
     };
-    let ready_since = |p: &Pod| {
+    let ready_since = |p: &CachedPod| {
         p.status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
@@ -186,14 +187,14 @@ pub fn less_active(a: &Pod, b: &Pod) -> Ordering {
             .and_then(|c| c.last_transition_time.as_ref())
             .map(|t| t.0)
     };
-    let restarts = |p: &Pod| {
+    let restarts = |p: &CachedPod| {
         p.status
             .as_ref()
             .and_then(|s| s.container_statuses.as_ref())
             .map(|c| c.iter().map(|c| c.restart_count).max().unwrap_or(0))
             .unwrap_or(0)
     };
-    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let created = |p: &CachedPod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
     scheduled(a)
         .cmp(&scheduled(b))
         .then_with(|| phase_rank(a).cmp(&phase_rank(b)))
@@ -214,6 +215,7 @@ pub fn less_active(a: &Pod, b: &Pod) -> Ordering {
 mod tests {
     use super::*;
     use k8s_openapi::api::batch::v1::JobSpec;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{
         Container, PodCondition, PodSpec, PodStatus, PodTemplateSpec,
     };
@@ -246,8 +248,8 @@ mod tests {
         }
     }
 
-    fn pod(name: &str, index: Option<i32>, phase: &str, ready: bool, node: bool) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn pod(name: &str, index: Option<i32>, phase: &str, ready: bool, node: bool) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 annotations: index.map(|i| [(COMPLETION_INDEX.to_string(), i.to_string())].into()),
@@ -267,10 +269,10 @@ mod tests {
                 }]),
                 ..Default::default()
             }),
-        })
+        }))
     }
 
-    fn names(pods: &[Arc<Pod>]) -> Vec<String> {
+    fn names(pods: &[Arc<CachedPod>]) -> Vec<String> {
         pods.iter()
             .map(|p| p.metadata.name.clone().unwrap())
             .collect()
@@ -279,10 +281,10 @@ mod tests {
     #[test]
     fn pods_carry_the_finalizer_and_index() {
         let p = job_pod(&job(false), None);
-        assert!(has_tracking_finalizer(&p));
+        assert!(has_tracking_finalizer(&CachedPod::from(&p)));
         assert_eq!(p.metadata.generate_name.as_deref(), Some("pi-"));
         let p = job_pod(&job(true), Some(2));
-        assert_eq!(completion_index(&p), Some(2));
+        assert_eq!(completion_index(&CachedPod::from(&p)), Some(2));
         assert_eq!(p.metadata.labels.as_ref().unwrap()[COMPLETION_INDEX], "2");
         assert_eq!(p.metadata.generate_name.as_deref(), Some("pi-2-"));
         let spec = p.spec.as_ref().unwrap();

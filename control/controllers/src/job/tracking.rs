@@ -6,11 +6,11 @@
 //! steps leaves the Pod either still held by its finalizer or recorded as uncounted, so it is
 //! neither lost nor counted twice. A Job is marked finished only once nothing is uncounted.
 
+use baton_client::CachedPod;
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::conditions::{self, COMPLETE, FAILED, FAILURE_TARGET, SUCCESS_CRITERIA_MET};
@@ -20,7 +20,7 @@ use super::pods::{has_tracking_finalizer, is_failed, is_indexed};
 /// At most this many uids wait in uncountedTerminatedPods at once.
 pub const MAX_UNCOUNTED_PODS: usize = 500;
 
-fn uid(pod: &Pod) -> &str {
+fn uid(pod: &CachedPod) -> &str {
     pod.metadata.uid.as_deref().unwrap_or_default()
 }
 
@@ -29,7 +29,7 @@ fn completions(job: &Job) -> Option<i32> {
 }
 
 /// Whether `pod`'s completion index is valid for the Job (always, for NonIndexed Jobs).
-fn index_in_range(job: &Job, pod: &Pod) -> bool {
+fn index_in_range(job: &Job, pod: &CachedPod) -> bool {
     !is_indexed(job) || completion_index(pod).is_some_and(|i| i < completions(job).unwrap_or(0))
 }
 
@@ -47,15 +47,15 @@ pub fn uncounted(status: &JobStatus) -> (HashSet<String>, HashSet<String>) {
 /// Returns (succeeded, failed).
 pub fn new_finished(
     job: &Job,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     expected_removals: &HashSet<String>,
-) -> (Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
+) -> (Vec<Arc<CachedPod>>, Vec<Arc<CachedPod>>) {
     let (uncounted_succeeded, uncounted_failed) =
         uncounted(job.status.as_ref().unwrap_or(&JobStatus::default()));
-    let valid = |p: &Pod| {
+    let valid = |p: &CachedPod| {
         has_tracking_finalizer(p) && !expected_removals.contains(uid(p)) && index_in_range(job, p)
     };
-    let phase = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone());
+    let phase = |p: &CachedPod| p.status.as_ref().and_then(|s| s.phase.clone());
     let succeeded = pods
         .iter()
         .filter(|p| {
@@ -75,7 +75,7 @@ pub fn new_finished(
 
 /// The succeeded indexes of an Indexed Job: those recorded in status.completedIndexes, and
 /// those plus the indexes of succeeded Pods still to be counted. Returns (recorded, all).
-pub fn succeeded_indexes(job: &Job, pods: &[Arc<Pod>]) -> (Intervals, Intervals) {
+pub fn succeeded_indexes(job: &Job, pods: &[Arc<CachedPod>]) -> (Intervals, Intervals) {
     let completions = completions(job).unwrap_or(0);
     let recorded = Intervals::parse(
         job.status
@@ -104,7 +104,7 @@ pub fn succeeded_indexes(job: &Job, pods: &[Arc<Pod>]) -> (Intervals, Intervals)
 #[derive(Debug, Default)]
 pub struct Tracking {
     /// Pods whose finalizer is removed once `status` is written.
-    pub remove_finalizer: Vec<Arc<Pod>>,
+    pub remove_finalizer: Vec<Arc<CachedPod>>,
     /// Whether `status` has something new to write first.
     pub needs_flush: bool,
     /// Too many uncounted Pods: the rest wait for the next reconcile, and the Job is not
@@ -121,7 +121,7 @@ pub struct Tracking {
 pub fn track(
     job: &Job,
     status: &mut JobStatus,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     expected_removals: &HashSet<String>,
     finished: Option<JobCondition>,
     recorded_indexes: &Intervals,
@@ -295,6 +295,7 @@ mod tests {
     use crate::job::indexes::COMPLETION_INDEX;
     use crate::job::pods::TRACKING_FINALIZER;
     use k8s_openapi::api::batch::v1::JobSpec;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::PodStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -310,8 +311,8 @@ mod tests {
         }
     }
 
-    fn pod(id: &str, phase: &str, finalizer: bool, index: Option<i32>) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn pod(id: &str, phase: &str, finalizer: bool, index: Option<i32>) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(id.into()),
                 uid: Some(id.into()),
@@ -324,14 +325,14 @@ mod tests {
                 phase: Some(phase.into()),
                 ..Default::default()
             }),
-        })
+        }))
     }
 
     fn now() -> jiff::Timestamp {
         jiff::Timestamp::from_second(100).unwrap()
     }
 
-    fn names(pods: &[Arc<Pod>]) -> Vec<String> {
+    fn names(pods: &[Arc<CachedPod>]) -> Vec<String> {
         pods.iter()
             .map(|p| p.metadata.name.clone().unwrap())
             .collect()

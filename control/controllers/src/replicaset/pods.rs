@@ -2,15 +2,15 @@
 //! controller must look again to count it. Whether a Pod is active, ready or available at all
 //! is pod_control's (upstream's IsPodActive, IsPodReady, IsPodAvailable).
 
+use baton_client::CachedPod;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::pod_control::{is_pod_available, is_pod_ready};
 
 /// Since when the Pod has been ready (its Ready condition's lastTransitionTime), if it is.
-pub(crate) fn ready_since(pod: &Pod) -> Option<Timestamp> {
+pub(crate) fn ready_since(pod: &CachedPod) -> Option<Timestamp> {
     pod.status
         .as_ref()?
         .conditions
@@ -26,7 +26,7 @@ pub(crate) fn ready_since(pod: &Pod) -> Option<Timestamp> {
 /// the exact moment a controller must look again to count it (upstream requeues after
 /// minReadySeconds as a whole; this is the precise time).
 pub(crate) fn next_available_in<'a>(
-    pods: impl IntoIterator<Item = &'a Pod>,
+    pods: impl IntoIterator<Item = &'a CachedPod>,
     min_ready_seconds: i32,
     now: Timestamp,
 ) -> Option<Duration> {
@@ -48,12 +48,18 @@ pub(crate) fn next_available_in<'a>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     /// A test Pod: `phase`, ready since `ready_since` when given, on `node` when non-empty.
-    pub(crate) fn pod(name: &str, node: &str, phase: &str, ready_since: Option<Timestamp>) -> Pod {
-        Pod {
+    pub(crate) fn pod(
+        name: &str,
+        node: &str,
+        phase: &str,
+        ready_since: Option<Timestamp>,
+    ) -> CachedPod {
+        CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
@@ -76,7 +82,7 @@ pub(crate) mod tests {
                 }),
                 ..Default::default()
             }),
-        }
+        })
     }
 
     #[test]

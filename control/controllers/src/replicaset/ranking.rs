@@ -9,9 +9,9 @@
 //! criteria (restarts, creation) still apply first and uid comes last, which keeps the order
 //! total (a sort must never see a < b < c < a).
 
+use baton_client::CachedPod;
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 
 use super::pods;
@@ -24,11 +24,11 @@ const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 /// every ReplicaSet with the same controller (the Deployment's other ReplicaSets): a Pod whose
 /// node holds many of them goes first, spreading what remains.
 pub(crate) fn pods_to_delete<'a>(
-    active: &[&'a Pod],
-    related: &[&Pod],
+    active: &[&'a CachedPod],
+    related: &[&CachedPod],
     count: usize,
     now: Timestamp,
-) -> Vec<&'a Pod> {
+) -> Vec<&'a CachedPod> {
     if count >= active.len() {
         return active.to_vec();
     }
@@ -36,7 +36,7 @@ pub(crate) fn pods_to_delete<'a>(
     for pod in related.iter().filter(|p| is_pod_active(p)) {
         *on_node.entry(node_of(pod)).or_default() += 1;
     }
-    let mut ranked: Vec<(DeletionKey<'a>, &'a Pod)> = active
+    let mut ranked: Vec<(DeletionKey<'a>, &'a CachedPod)> = active
         .iter()
         .map(|pod| {
             let colocated = on_node.get(node_of(pod)).copied().unwrap_or(0);
@@ -47,7 +47,7 @@ pub(crate) fn pods_to_delete<'a>(
     ranked.into_iter().take(count).map(|(_, pod)| pod).collect()
 }
 
-fn node_of(pod: &Pod) -> &str {
+fn node_of(pod: &CachedPod) -> &str {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
@@ -94,7 +94,7 @@ impl Age {
 }
 
 impl<'a> DeletionKey<'a> {
-    fn of(pod: &'a Pod, crowding: usize, now: Timestamp) -> Self {
+    fn of(pod: &'a CachedPod, crowding: usize, now: Timestamp) -> Self {
         let status = pod.status.as_ref();
         let phase = match status.and_then(|s| s.phase.as_deref()) {
             Some("Unknown") => 1,
@@ -156,7 +156,7 @@ impl<'a> DeletionKey<'a> {
 mod tests {
     use super::*;
     use crate::replicaset::pods::tests::pod;
-    use k8s_openapi::api::core::v1::ContainerStatus;
+    use baton_client::cached_pod::CachedContainerStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::SignedDuration;
 
@@ -168,14 +168,14 @@ mod tests {
         now() - SignedDuration::from_secs(secs)
     }
 
-    fn names(pods: &[&Pod]) -> Vec<String> {
+    fn names(pods: &[&CachedPod]) -> Vec<String> {
         pods.iter()
             .map(|p| p.metadata.name.clone().unwrap())
             .collect()
     }
 
-    fn order(pods: &[Pod]) -> Vec<String> {
-        let refs: Vec<&Pod> = pods.iter().collect();
+    fn order(pods: &[CachedPod]) -> Vec<String> {
+        let refs: Vec<&CachedPod> = pods.iter().collect();
         names(&pods_to_delete(&refs, &refs, pods.len() - 1, now()))
     }
 
@@ -202,7 +202,7 @@ mod tests {
         dear.metadata.annotations = Some([(DELETION_COST.to_string(), "100".to_string())].into());
         let plain = pod("plain", "n3", "Running", Some(ago(10)));
         let pods = [dear, plain, cheap];
-        let refs: Vec<&Pod> = pods.iter().collect();
+        let refs: Vec<&CachedPod> = pods.iter().collect();
         assert_eq!(
             names(&pods_to_delete(&refs, &refs, 2, now())),
             ["cheap", "plain"]
@@ -224,7 +224,7 @@ mod tests {
         );
 
         let mut restarted = pod("restarted", "n1", "Running", Some(ago(10)));
-        restarted.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
+        restarted.status.as_mut().unwrap().container_statuses = Some(vec![CachedContainerStatus {
             name: "c".into(),
             restart_count: 3,
             ..Default::default()
@@ -234,7 +234,7 @@ mod tests {
         let mut older = pod("older", "n3", "Running", Some(ago(10)));
         older.metadata.creation_timestamp = Some(Time(ago(20_000)));
         let pods = [older, newer, restarted];
-        let refs: Vec<&Pod> = pods.iter().collect();
+        let refs: Vec<&CachedPod> = pods.iter().collect();
         assert_eq!(
             names(&pods_to_delete(&refs, &[], 3 - 1, now())),
             ["restarted", "newer"]
@@ -249,7 +249,7 @@ mod tests {
         let mut b = pod("b", "n2", "Running", Some(ago(1010)));
         b.metadata.creation_timestamp = Some(Time(ago(2000)));
         let pods = [a, b];
-        let refs: Vec<&Pod> = pods.iter().collect();
+        let refs: Vec<&CachedPod> = pods.iter().collect();
         assert_eq!(names(&pods_to_delete(&refs, &[], 1, now())), ["b"]);
     }
 
@@ -259,7 +259,7 @@ mod tests {
             pod("a", "n1", "Running", None),
             pod("b", "", "Pending", None),
         ];
-        let refs: Vec<&Pod> = pods.iter().collect();
+        let refs: Vec<&CachedPod> = pods.iter().collect();
         assert_eq!(pods_to_delete(&refs, &refs, 5, now()).len(), 2);
     }
 }

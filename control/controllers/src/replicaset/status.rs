@@ -2,10 +2,10 @@
 //! fullyLabeledReplicas, readyReplicas, availableReplicas, observedGeneration and the
 //! ReplicaFailure condition while creating or deleting Pods fails.
 
+use baton_client::CachedPod;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
@@ -18,7 +18,7 @@ pub(crate) const REPLICA_FAILURE: &str = "ReplicaFailure";
 /// of a failed creation or deletion in this sync, if any.
 pub(crate) fn calculate(
     rs: &ReplicaSet,
-    active: &[&Pod],
+    active: &[&CachedPod],
     manage_error: Option<&str>,
     now: Timestamp,
 ) -> ReplicaSetStatus {

@@ -5,11 +5,11 @@
 //! status.currentRevision names. Revisions neither current, nor the update, nor used by a Pod
 //! are pruned down to revisionHistoryLimit.
 
+use baton_client::CachedPod;
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -146,7 +146,7 @@ pub async fn truncate(
     client: &kube::Client,
     set: &StatefulSet,
     owned: &[Arc<ControllerRevision>],
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     revisions: &Revisions,
 ) -> Result<(), kube::Error> {
     let mut live: HashSet<String> = pods

@@ -2,6 +2,7 @@
 //! index, its hostname and subdomain (the governing Service), and the PersistentVolumeClaims
 //! `<claim>-<set>-<ordinal>` its volumes refer to.
 
+use baton_client::CachedPod;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -29,8 +30,12 @@ pub fn parent_and_ordinal(name: &str) -> Option<(&str, i32)> {
 }
 
 /// The ordinal of `pod` when it is a member of `set` (named after it).
-pub fn member_ordinal(set: &StatefulSet, pod: &Pod) -> Option<i32> {
-    let name = pod.metadata.name.as_deref()?;
+pub fn member_ordinal(set: &StatefulSet, pod: &CachedPod) -> Option<i32> {
+    member_name_ordinal(set, pod.metadata.name.as_deref()?)
+}
+
+/// The ordinal in the Pod name `name` when it names a member of `set`.
+pub fn member_name_ordinal(set: &StatefulSet, name: &str) -> Option<i32> {
     let (parent, ordinal) = parent_and_ordinal(name)?;
     (parent == set.name_any()).then_some(ordinal)
 }
@@ -146,7 +151,7 @@ pub fn new_pod(set: &StatefulSet, template: &PodTemplateSpec, ordinal: i32, revi
 }
 
 /// Whether `pod` carries the identity of its ordinal (name and labels).
-pub fn identity_matches(set: &StatefulSet, pod: &Pod) -> bool {
+pub fn identity_matches(set: &StatefulSet, pod: &CachedPod) -> bool {
     let Some(ordinal) = member_ordinal(set, pod) else {
         return false;
     };
@@ -157,7 +162,7 @@ pub fn identity_matches(set: &StatefulSet, pod: &Pod) -> bool {
 }
 
 /// Whether every claim template has a volume in `pod` using the ordinal's claim.
-pub fn storage_matches(set: &StatefulSet, pod: &Pod) -> bool {
+pub fn storage_matches(set: &StatefulSet, pod: &CachedPod) -> bool {
     let Some(ordinal) = member_ordinal(set, pod) else {
         return false;
     };
@@ -177,12 +182,12 @@ pub fn storage_matches(set: &StatefulSet, pod: &Pod) -> bool {
 }
 
 /// The revision a Pod was made from.
-pub fn pod_revision(pod: &Pod) -> Option<&str> {
+pub fn pod_revision(pod: &CachedPod) -> Option<&str> {
     pod.labels().get(POD_REVISION_LABEL).map(String::as_str)
 }
 
 /// Pods sorted by ordinal.
-pub fn by_ordinal(set: &StatefulSet, pods: &mut [Arc<Pod>]) {
+pub fn by_ordinal(set: &StatefulSet, pods: &mut [Arc<CachedPod>]) {
     pods.sort_by_key(|p| member_ordinal(set, p).unwrap_or(-1));
 }
 
@@ -276,8 +281,8 @@ mod tests {
             "www-web-2"
         );
         assert_eq!(volumes[1].name, "config");
-        assert!(identity_matches(&s, &pod));
-        assert!(storage_matches(&s, &pod));
+        assert!(identity_matches(&s, &CachedPod::from(&pod)));
+        assert!(storage_matches(&s, &CachedPod::from(&pod)));
         let claims = claims(&s, 2);
         assert_eq!(claims[0].1.name_any(), "www-web-2");
         assert_eq!(claims[0].1.labels()["app"], "web");
@@ -293,9 +298,9 @@ mod tests {
             .as_mut()
             .unwrap()
             .remove(POD_INDEX_LABEL);
-        assert!(!identity_matches(&s, &pod));
+        assert!(!identity_matches(&s, &CachedPod::from(&pod)));
         pod.spec.as_mut().unwrap().volumes = None;
-        assert!(!storage_matches(&s, &pod));
+        assert!(!storage_matches(&s, &CachedPod::from(&pod)));
     }
 
     #[test]

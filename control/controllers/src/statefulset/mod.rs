@@ -13,6 +13,7 @@ mod plan;
 mod status;
 
 use crate::pod_control::controller_changes;
+use baton_client::CachedPod;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,7 +68,7 @@ pub enum SyncStatefulSetError {
 
 struct StatefulSetController {
     client: Client,
-    pods: Store<Pod>,
+    pods: Store<CachedPod>,
     revisions: Arc<Informer<ControllerRevision>>,
     expectations: Expectations,
     errors: FailureBackoff,
@@ -145,7 +146,7 @@ impl StatefulSetController {
     async fn sync(&self, set: &StatefulSet, key: &str) -> Result<Action, SyncStatefulSetError> {
         let namespace = set.namespace().unwrap_or_default();
         let uid = set.uid().unwrap_or_default();
-        let mut pods: Vec<Arc<Pod>> = self
+        let mut pods: Vec<Arc<CachedPod>> = self
             .pods
             .state()
             .into_iter()
@@ -335,7 +336,7 @@ impl StatefulSetController {
                 self.delete_pod(set, key, pod).await
             }
             Step::Update(pod) => self.delete_pod(set, key, pod).await,
-            Step::EnsureClaims(pod) => self.ensure_claims(set, pod).await,
+            Step::EnsureClaims(pod) => self.ensure_claims(set, &pod.name_any()).await,
             Step::FixIdentity(pod) => {
                 let Some(ordinal) = identity::member_ordinal(set, pod) else {
                     return Ok(());
@@ -352,7 +353,7 @@ impl StatefulSetController {
                     )
                     .await
                     .map_err(|e| SyncStatefulSetError::UpdatePod(pod.name_any(), e))?;
-                self.ensure_claims(set, pod).await
+                self.ensure_claims(set, &pod.name_any()).await
             }
         }
     }
@@ -363,8 +364,8 @@ impl StatefulSetController {
 
     /// Creates the Pod's claims, then the Pod, with upstream's events.
     async fn create_pod(&self, set: &StatefulSet, pod: Pod) -> Result<(), SyncStatefulSetError> {
-        self.ensure_claims(set, &pod).await?;
         let name = pod.name_any();
+        self.ensure_claims(set, &name).await?;
         let regarding = set.object_ref(&());
         let result = self.pod_api(set).create(&PostParams::default(), &pod).await;
         match result {
@@ -411,7 +412,7 @@ impl StatefulSetController {
         &self,
         set: &StatefulSet,
         key: &str,
-        pod: &Pod,
+        pod: &CachedPod,
     ) -> Result<(), SyncStatefulSetError> {
         let name = pod.name_any();
         let regarding = set.object_ref(&());
@@ -466,9 +467,9 @@ impl StatefulSetController {
     async fn ensure_claims(
         &self,
         set: &StatefulSet,
-        pod: &Pod,
+        pod_name: &str,
     ) -> Result<(), SyncStatefulSetError> {
-        let Some(ordinal) = identity::member_ordinal(set, pod) else {
+        let Some(ordinal) = identity::member_name_ordinal(set, pod_name) else {
             return Ok(());
         };
         let api: Api<PersistentVolumeClaim> =
@@ -495,7 +496,7 @@ impl StatefulSetController {
                         Ok(_) => {
                             let note = format!(
                                 "create Claim {name} Pod {} in StatefulSet {} success",
-                                pod.name_any(),
+                                pod_name,
                                 set.name_any()
                             );
                             publish_event(
@@ -512,7 +513,7 @@ impl StatefulSetController {
                         Err(e) => {
                             let note = format!(
                                 "create Claim {name} for Pod {} in StatefulSet {} failed error: {}",
-                                pod.name_any(),
+                                pod_name,
                                 set.name_any(),
                                 api_error_message(&e)
                             );
@@ -540,7 +541,7 @@ impl StatefulSetController {
     async fn hand_claims_to_pod(
         &self,
         set: &StatefulSet,
-        pod: &Pod,
+        pod: &CachedPod,
     ) -> Result<(), SyncStatefulSetError> {
         let Some(ordinal) = identity::member_ordinal(set, pod) else {
             return Ok(());

@@ -9,10 +9,10 @@
 //! ordinal down to the partition, the first Pod not at the update revision, waiting while a
 //! Pod is unhealthy; OnDelete leaves outdated Pods alone.
 
+use baton_client::CachedPod;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
 
 use super::identity::{
     identity_matches, member_ordinal, pod_name, pod_revision, replicas, start_ordinal,
@@ -30,15 +30,15 @@ pub enum Step {
         at_update_revision: bool,
     },
     /// Delete a Failed or Succeeded Pod so that it is created anew.
-    Recreate(Arc<Pod>),
+    Recreate(Arc<CachedPod>),
     /// Create the missing claims of a pending Pod.
-    EnsureClaims(Arc<Pod>),
+    EnsureClaims(Arc<CachedPod>),
     /// Put the Pod's identity labels back (and its missing claims).
-    FixIdentity(Arc<Pod>),
+    FixIdentity(Arc<CachedPod>),
     /// Delete a Pod beyond the replica count.
-    ScaleDown(Arc<Pod>),
+    ScaleDown(Arc<CachedPod>),
     /// Delete an outdated Pod so that it comes back at the update revision.
-    Update(Arc<Pod>),
+    Update(Arc<CachedPod>),
 }
 
 /// The steps of one reconcile: phases run in order, the steps of a phase one by one when
@@ -54,7 +54,7 @@ pub struct Plan {
 pub struct PlanInput<'a> {
     pub set: &'a StatefulSet,
     /// The set's Pods (members with an ordinal).
-    pub pods: &'a [Arc<Pod>],
+    pub pods: &'a [Arc<CachedPod>],
     pub update_revision: &'a str,
     pub now: jiff::Timestamp,
 }
@@ -62,26 +62,30 @@ pub struct PlanInput<'a> {
 /// A replica position: its Pod, or the ordinal whose Pod is missing.
 #[derive(Debug, Clone)]
 enum Slot {
-    Pod(Arc<Pod>),
+    Pod(Arc<CachedPod>),
     Missing(i32),
 }
 
-fn phase(pod: &Pod) -> Option<&str> {
+fn phase(pod: &CachedPod) -> Option<&str> {
     pod.status.as_ref().and_then(|s| s.phase.as_deref())
 }
 
 /// Whether a Pod is being deleted.
-pub fn is_terminating(pod: &Pod) -> bool {
+pub fn is_terminating(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
 /// Running with its Ready condition True.
-pub fn is_running_and_ready(pod: &Pod) -> bool {
+pub fn is_running_and_ready(pod: &CachedPod) -> bool {
     phase(pod) == Some("Running") && is_pod_ready(pod)
 }
 
 /// Running and Ready for at least minReadySeconds.
-pub fn is_running_and_available(pod: &Pod, min_ready_seconds: i32, now: jiff::Timestamp) -> bool {
+pub fn is_running_and_available(
+    pod: &CachedPod,
+    min_ready_seconds: i32,
+    now: jiff::Timestamp,
+) -> bool {
     phase(pod) == Some("Running") && is_pod_available(pod, min_ready_seconds, now)
 }
 
@@ -152,7 +156,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .is_some_and(|t| !t.is_empty());
 
     let mut slots: Vec<Slot> = (start..=end).map(Slot::Missing).collect();
-    let mut condemned: Vec<Arc<Pod>> = Vec::new();
+    let mut condemned: Vec<Arc<CachedPod>> = Vec::new();
     for pod in input.pods {
         let Some(ordinal) = member_ordinal(set, pod) else {
             continue;
@@ -288,6 +292,7 @@ mod tests {
     use k8s_openapi::api::apps::v1::{
         RollingUpdateStatefulSetStrategy, StatefulSetSpec, StatefulSetUpdateStrategy,
     };
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -325,7 +330,7 @@ mod tests {
         Terminating,
     }
 
-    fn pod(ordinal: i32, state: State, revision: &str) -> Arc<Pod> {
+    fn pod(ordinal: i32, state: State, revision: &str) -> Arc<CachedPod> {
         let name = format!("web-{ordinal}");
         let (phase, ready) = match state {
             State::Pending => ("Pending", false),
@@ -333,7 +338,7 @@ mod tests {
             State::NotReady => ("Running", false),
             State::Failed => ("Failed", false),
         };
-        Arc::new(Pod {
+        Arc::new(CachedPod::from(Pod {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 namespace: Some("ns".into()),
@@ -360,10 +365,10 @@ mod tests {
                 }]),
                 ..Default::default()
             }),
-        })
+        }))
     }
 
-    fn run(set: &StatefulSet, pods: &[Arc<Pod>]) -> Vec<String> {
+    fn run(set: &StatefulSet, pods: &[Arc<CachedPod>]) -> Vec<String> {
         let plan = plan(&PlanInput {
             set,
             pods,

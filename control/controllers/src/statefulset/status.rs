@@ -2,10 +2,10 @@
 //! inconsistentStatus): replicas, ready, available, current and updated counts and the two
 //! revisions, which `kubectl rollout status statefulset` compares.
 
+use baton_client::CachedPod;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::Pod;
 
 use super::identity::pod_revision;
 use super::plan::{is_running_and_available, is_running_and_ready, is_terminating};
@@ -22,7 +22,7 @@ pub struct Counts {
 
 /// Counts `pods` (the set's Pods with an ordinal) against the two revision names.
 pub fn count(
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     min_ready_seconds: i32,
     now: jiff::Timestamp,
     current_revision: &str,
@@ -99,11 +99,12 @@ pub fn next_status(
 mod tests {
     use super::*;
     use crate::controller_revision::POD_REVISION_LABEL;
+    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
-    fn pod(revision: &str, ready_since: Option<i64>, terminating: bool) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn pod(revision: &str, ready_since: Option<i64>, terminating: bool) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(Pod {
             metadata: ObjectMeta {
                 labels: Some([(POD_REVISION_LABEL.to_string(), revision.to_string())].into()),
                 deletion_timestamp: terminating.then_some(Time(jiff::Timestamp::UNIX_EPOCH)),
@@ -126,7 +127,7 @@ mod tests {
                 }]),
                 ..Default::default()
             }),
-        })
+        }))
     }
 
     fn set(generation: i64) -> StatefulSet {

@@ -2,9 +2,10 @@
 //! matching preferred terms add their weights (score). A required affinity on `metadata.name`
 //! (how DaemonSet pods name their node) restricts the search to those nodes up front.
 
+use baton_client::CachedPod;
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod};
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm};
 
 use crate::framework::{
     Code, Plugin, PreFilterRejection, Rejection, ScoreContext, default_normalize,
@@ -140,7 +141,7 @@ pub struct RequiredNodeAffinity {
 
 impl RequiredNodeAffinity {
     /// The pod's requirements, or `None` when it has none.
-    pub fn of(pod: &Pod) -> Option<Self> {
+    pub fn of(pod: &CachedPod) -> Option<Self> {
         let spec = pod.spec.as_ref()?;
         let node_selector: Vec<(String, String)> = spec
             .node_selector
@@ -254,7 +255,7 @@ pub fn filter(required: &RequiredNodeAffinity, node: &NodeInfo) -> Result<(), Re
 
 /// A pod's preferred node affinity terms with their weights (empty or zero-weight terms are
 /// dropped, as upstream does).
-pub fn preferred_terms(pod: &Pod) -> Vec<(i64, Term)> {
+pub fn preferred_terms(pod: &CachedPod) -> Vec<(i64, Term)> {
     pod.spec
         .as_ref()
         .and_then(|s| s.affinity.as_ref())
