@@ -13,12 +13,13 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// A Pod, decoded with only the fields the control plane's caches read.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct CachedPod {
+    #[serde(deserialize_with = "null_as_default")]
     pub metadata: ObjectMeta,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spec: Option<CachedPodSpec>,
@@ -56,6 +57,7 @@ pub struct CachedPodSpec {
     /// Boxed, as the large fields that most pods leave unset are: a cache holds many Pods.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Box<Affinity>>,
+    #[serde(deserialize_with = "null_as_default")]
     pub containers: Vec<CachedContainer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_network: Option<bool>,
@@ -100,6 +102,7 @@ pub struct CachedPodSpec {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CachedContainer {
+    #[serde(deserialize_with = "null_as_default")]
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -116,6 +119,7 @@ pub struct CachedContainer {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CachedVolume {
+    #[serde(deserialize_with = "null_as_default")]
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
@@ -157,6 +161,7 @@ pub struct CachedPodStatus {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CachedContainerStatus {
+    #[serde(deserialize_with = "null_as_default")]
     pub name: String,
     /// What the kubelet allocated (the scheduler counts the larger of this and the spec).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,15 +169,27 @@ pub struct CachedContainerStatus {
     /// Boxed (208 bytes inline), as `state` is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_state: Option<Box<ContainerState>>,
+    #[serde(deserialize_with = "null_as_default")]
     pub ready: bool,
     /// The resources the kubelet applied (the scheduler counts these too).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<Box<ResourceRequirements>>,
+    #[serde(deserialize_with = "null_as_default")]
     pub restart_count: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<Box<ContainerState>>,
+}
+
+/// A JSON `null` read as the field's default, as k8s-openapi's decoders read it (a status
+/// written with `"ready": null` must not make every list and watch of Pods fail to decode).
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl From<k8s_openapi::api::core::v1::Pod> for CachedPod {
@@ -292,6 +309,29 @@ mod tests {
         let whole: Pod = serde_json::from_value(api_pod()).expect("a Pod decodes");
         let decoded: CachedPod = serde_json::from_value(api_pod()).expect("a Pod decodes");
         assert_eq!(CachedPod::from(&whole), decoded);
+    }
+
+    #[test]
+    fn null_values_decode_as_their_defaults_as_k8s_openapi_reads_them() {
+        let mut json = api_pod();
+        json["metadata"]["labels"] = serde_json::Value::Null;
+        json["spec"]["volumes"][0]["name"] = serde_json::Value::Null;
+        let status = &mut json["status"]["containerStatuses"][0];
+        for field in ["name", "ready", "restartCount", "state"] {
+            status[field] = serde_json::Value::Null;
+        }
+        let whole: Pod = serde_json::from_value(json.clone()).expect("k8s-openapi decodes it");
+        let cached: CachedPod = serde_json::from_value(json).expect("so does CachedPod");
+        assert_eq!(CachedPod::from(&whole), cached);
+        let app = &cached.status.unwrap().container_statuses.unwrap()[0];
+        assert!(app.name.is_empty() && !app.ready && app.restart_count == 0);
+        assert!(app.state.is_none());
+
+        let mut json = api_pod();
+        json["metadata"] = serde_json::Value::Null;
+        json["spec"]["containers"] = serde_json::Value::Null;
+        let cached: CachedPod = serde_json::from_value(json).expect("a null metadata decodes");
+        assert!(cached.metadata.name.is_none() && cached.spec.unwrap().containers.is_empty());
     }
 
     #[test]

@@ -58,8 +58,7 @@ const CONTROLLER_CONDITIONS: [&str; 2] = ["Ready", "DisruptionTarget"];
 
 /// [`pod`], then also what the scheduler reads but no controller does: containers' images
 /// and resources (in the spec and the statuses), and every condition but Ready and
-/// DisruptionTarget. For the controller
-/// manager's Pod cache.
+/// DisruptionTarget. For the controller manager's Pod cache.
 pub fn pod_for_controllers(slimmed: &mut CachedPod) {
     pod(slimmed);
     if let Some(spec) = slimmed.spec.as_mut() {

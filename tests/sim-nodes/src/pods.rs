@@ -7,9 +7,10 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use baton_client::CachedPod;
 use baton_client::{Informer, InformerEvent};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Config, Controller};
@@ -76,7 +77,7 @@ pub(crate) async fn run(client: Client, nodes: Arc<Vec<SimNode>>, concurrency: u
         Api::all(client.clone()),
         watcher::Config::default().labels(&format!("{SIMULATED_LABEL}=true")),
     );
-    let pod_informer: Informer<Pod> = Informer::new(
+    let pod_informer: Informer<CachedPod> = Informer::new(
         Api::all(client.clone()),
         watcher::Config::default().fields("spec.nodeName!="),
     );
@@ -126,14 +127,14 @@ pub(crate) async fn run(client: Client, nodes: Arc<Vec<SimNode>>, concurrency: u
     tokio::join!(informers, controller);
 }
 
-fn node_name(pod: &Pod) -> &str {
+fn node_name(pod: &CachedPod) -> &str {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .unwrap_or_default()
 }
 
-fn uid(pod: &Pod) -> &str {
+fn uid(pod: &CachedPod) -> &str {
     pod.metadata.uid.as_deref().unwrap_or_default()
 }
 
@@ -154,17 +155,18 @@ enum SimPodError {
     },
 }
 
-fn error_policy(_: Arc<Pod>, error: &SimPodError, _: Arc<State>) -> Action {
+fn error_policy(_: Arc<CachedPod>, error: &SimPodError, _: Arc<State>) -> Action {
     tracing::warn!(error = %error, "simulated pod update failed; retrying");
     Action::requeue(Duration::from_secs(1))
 }
 
-async fn reconcile(pod: Arc<Pod>, state: Arc<State>) -> Result<Action, SimPodError> {
+async fn reconcile(pod: Arc<CachedPod>, state: Arc<State>) -> Result<Action, SimPodError> {
     let node = node_name(&pod).to_string();
     if !state.nodes.contains_key(&node) {
         return Ok(Action::await_change());
     }
-    let api: Api<Pod> = Api::namespaced(state.client.clone(), &pod.namespace().unwrap_or_default());
+    let api: Api<CachedPod> =
+        Api::namespaced(state.client.clone(), &pod.namespace().unwrap_or_default());
     let name = pod.name_any();
     if pod.metadata.deletion_timestamp.is_some() {
         // Nothing runs, so the pod is gone at once: finish the deletion as a kubelet does.
@@ -252,7 +254,7 @@ async fn reconcile(pod: Arc<Pod>, state: Arc<State>) -> Result<Action, SimPodErr
     }
 }
 
-fn is_ready(pod: &Pod) -> bool {
+fn is_ready(pod: &CachedPod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -260,14 +262,14 @@ fn is_ready(pod: &Pod) -> bool {
 }
 
 /// Whether the pod's annotation asks it never to start.
-fn never_starts(pod: &Pod) -> bool {
+fn never_starts(pod: &CachedPod) -> bool {
     pod.annotations()
         .get(crate::NEVER_START_ANNOTATION)
         .is_some_and(|v| v == "true")
 }
 
 /// The phase a pod's annotations ask it to end in, and after how long.
-fn outcome(pod: &Pod) -> Option<(&'static str, Duration)> {
+fn outcome(pod: &CachedPod) -> Option<(&'static str, Duration)> {
     let annotations = pod.metadata.annotations.as_ref()?;
     let phase = match annotations.get(OUTCOME_ANNOTATION)?.as_str() {
         "Succeeded" => "Succeeded",
@@ -319,7 +321,7 @@ fn condition(type_: &str, status: &str) -> Value {
     json!({ "type": type_, "status": status, "lastTransitionTime": now() })
 }
 
-fn container_names(pod: &Pod) -> Vec<(String, String)> {
+fn container_names(pod: &CachedPod) -> Vec<(String, String)> {
     pod.spec
         .as_ref()
         .map(|s| {
@@ -331,7 +333,7 @@ fn container_names(pod: &Pod) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn running_status(pod: &Pod, node: &SimNode, ip: Ipv4Addr) -> Value {
+fn running_status(pod: &CachedPod, node: &SimNode, ip: Ipv4Addr) -> Value {
     let started = now();
     let containers: Vec<Value> = container_names(pod)
         .into_iter()
@@ -359,11 +361,10 @@ fn running_status(pod: &Pod, node: &SimNode, ip: Ipv4Addr) -> Value {
             condition("PodScheduled", "True"),
         ],
         "containerStatuses": containers,
-        "qosClass": pod.status.as_ref().and_then(|s| s.qos_class.clone()),
     }})
 }
 
-fn terminated_status(pod: &Pod, phase: &str) -> Value {
+fn terminated_status(pod: &CachedPod, phase: &str) -> Value {
     let (exit_code, reason) = if phase == "Succeeded" {
         (0, "Completed")
     } else {
