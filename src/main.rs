@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cluster;
+#[cfg(feature = "dhat-heap")]
+mod heap_profile;
 mod image;
 mod node;
 
@@ -229,6 +231,14 @@ fn main() -> ExitCode {
         },
         console,
     );
+    #[cfg(feature = "dhat-heap")]
+    heap_profile::start(match &cli.command {
+        Command::Scheduler(_) => "scheduler",
+        Command::ControllerManager(_) => "controller-manager",
+        Command::Apiserver(_) => "apiserver",
+        Command::Kubelet(_) => "kubelet",
+        _ => "other",
+    });
     let result = match cli.command {
         Command::Init { .. } => return ExitCode::from(baton_init::run_init()),
         Command::Apiserver(args) => run_async(async move {

@@ -51,19 +51,69 @@ pub struct FailureReport {
     pub nominated_node: Option<String>,
 }
 
+/// A binding waiting for a free worker: a few dozen bytes, where a task spawned to wait for
+/// its turn held its whole future (about 2.5 KiB; a backlog queued thousands).
+struct BindJob {
+    info: Arc<PodInfo>,
+    node: Arc<str>,
+    claims: Vec<crate::plugins::volume_binding::ClaimToSelect>,
+    attempts: u32,
+    results: mpsc::UnboundedSender<BindResult>,
+}
+
+/// Jobs waiting for a worker, and how many workers run (at most `max`). Both change under
+/// one lock, so that a worker never stops while a job waits.
+struct WorkQueue<J> {
+    waiting: std::collections::VecDeque<J>,
+    workers: usize,
+    max: usize,
+}
+
+impl<J> WorkQueue<J> {
+    fn new(max: usize) -> Self {
+        WorkQueue {
+            waiting: std::collections::VecDeque::new(),
+            workers: 0,
+            max,
+        }
+    }
+
+    /// Queues `job`, or hands it back when a new worker should start with it.
+    fn submit(&mut self, job: J) -> Option<J> {
+        if self.workers == self.max {
+            self.waiting.push_back(job);
+            return None;
+        }
+        self.workers += 1;
+        Some(job)
+    }
+
+    /// The next job for a worker that finished one, oldest first; `None` tells it to stop.
+    fn next(&mut self) -> Option<J> {
+        let next = self.waiting.pop_front();
+        if next.is_none() {
+            self.workers -= 1;
+        }
+        next
+    }
+}
+
 /// Writes to the API server for the scheduler.
 #[derive(Clone)]
 pub struct ApiWriter {
     client: Client,
     recorder: Recorder,
-    binds: Arc<Semaphore>,
+    binds: Arc<std::sync::Mutex<WorkQueue<BindJob>>>,
     reports: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for ApiWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiWriter")
-            .field("binds_available", &self.binds.available_permits())
+            .field(
+                "binds_waiting",
+                &self.binds.lock().expect("bind queue").waiting.len(),
+            )
             .field("reports_available", &self.reports.available_permits())
             .finish()
     }
@@ -120,7 +170,7 @@ impl ApiWriter {
         ApiWriter {
             client,
             recorder,
-            binds: Arc::new(Semaphore::new(MAX_BINDS_IN_FLIGHT)),
+            binds: Arc::new(std::sync::Mutex::new(WorkQueue::new(MAX_BINDS_IN_FLIGHT))),
             reports: Arc::new(Semaphore::new(MAX_REPORTS_IN_FLIGHT)),
         }
     }
@@ -140,55 +190,83 @@ impl ApiWriter {
         attempts: u32,
         results: mpsc::UnboundedSender<BindResult>,
     ) {
+        let job = BindJob {
+            info,
+            node,
+            claims,
+            attempts,
+            results,
+        };
+        let Some(mut job) = self.binds.lock().expect("bind queue").submit(job) else {
+            return;
+        };
         let this = self.clone();
         tokio::spawn(async move {
-            let _permit = this.binds.acquire().await;
-            if let Err(error) = this.select_node_for_claims(&claims, &node).await {
-                let _ = results.send(BindResult {
-                    info,
-                    node,
-                    attempts,
-                    error: Some(error),
-                });
-                return;
+            loop {
+                this.bind_one(job).await;
+                let next = this.binds.lock().expect("bind queue").next();
+                match next {
+                    Some(next) => job = next,
+                    None => return,
+                }
             }
-            let binding = Binding {
-                metadata: ObjectMeta {
-                    name: Some(info.name().to_string()),
-                    namespace: Some(info.namespace.clone()),
-                    uid: Some(info.uid.clone()),
-                    ..Default::default()
-                },
-                target: ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Node".into()),
-                    name: Some(node.to_string()),
-                    ..Default::default()
-                },
-            };
-            let result = this
-                .pods(&info.namespace)
-                .create_subresource::<_, serde_json::Value>(
-                    "binding",
-                    info.name(),
-                    &PostParams::default(),
-                    &binding,
-                )
-                .await;
-            let error = result.err().map(|e| BindError {
-                code: status_code(&e),
-                // What the API server said, as upstream shows it (not the client's wrapping).
-                message: match &e {
-                    kube::Error::Api(status) => status.message.clone(),
-                    other => other.to_string(),
-                },
-            });
+        });
+    }
+
+    /// Writes one binding and sends its result back.
+    async fn bind_one(&self, job: BindJob) {
+        let BindJob {
+            info,
+            node,
+            claims,
+            attempts,
+            results,
+        } = job;
+        if let Err(error) = self.select_node_for_claims(&claims, &node).await {
             let _ = results.send(BindResult {
                 info,
                 node,
                 attempts,
-                error,
+                error: Some(error),
             });
+            return;
+        }
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(info.name().to_string()),
+                namespace: Some(info.namespace.clone()),
+                uid: Some(info.uid.clone()),
+                ..Default::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.to_string()),
+                ..Default::default()
+            },
+        };
+        let result = self
+            .pods(&info.namespace)
+            .create_subresource::<_, serde_json::Value>(
+                "binding",
+                info.name(),
+                &PostParams::default(),
+                &binding,
+            )
+            .await;
+        let error = result.err().map(|e| BindError {
+            code: status_code(&e),
+            // What the API server said, as upstream shows it (not the client's wrapping).
+            message: match &e {
+                kube::Error::Api(status) => status.message.clone(),
+                other => other.to_string(),
+            },
+        });
+        let _ = results.send(BindResult {
+            info,
+            node,
+            attempts,
+            error,
         });
     }
 
@@ -386,7 +464,30 @@ impl ApiWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::truncate_note;
+    use super::{WorkQueue, truncate_note};
+
+    #[test]
+    fn queued_jobs_wait_for_a_worker_and_run_oldest_first() {
+        let mut queue = WorkQueue::new(2);
+        assert_eq!(queue.submit(1), Some(1));
+        assert_eq!(queue.submit(2), Some(2));
+        // Both workers are busy: these wait.
+        assert_eq!(queue.submit(3), None);
+        assert_eq!(queue.submit(4), None);
+        assert_eq!(queue.workers, 2);
+        // A worker that finishes takes the oldest waiting job.
+        assert_eq!(queue.next(), Some(3));
+        assert_eq!(queue.next(), Some(4));
+        assert_eq!(queue.workers, 2);
+        // Nothing waits: each finishing worker stops, and a new job starts a new one.
+        assert_eq!(queue.next(), None);
+        assert_eq!(queue.workers, 1);
+        assert_eq!(queue.submit(5), Some(5));
+        assert_eq!(queue.next(), None);
+        assert_eq!(queue.next(), None);
+        assert_eq!(queue.workers, 0);
+        assert!(queue.waiting.is_empty());
+    }
 
     #[test]
     fn notes_are_truncated_like_upstream() {

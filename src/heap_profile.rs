@@ -1,0 +1,32 @@
+//! Heap profiling for memory work, built only with `--features dhat-heap`: dhat becomes the
+//! global allocator, and a process whose role is listed in `BATON_DHAT_ROLES`
+//! (comma-separated: `scheduler,controller-manager`) writes `dhat-ROLE-PID.json` in
+//! `BATON_DHAT_DIR` (default: its working directory) `BATON_DHAT_SECONDS` seconds (default
+//! 120) after it starts: every
+//! allocation site with its bytes live at that moment and at the peak, for dhat's viewer
+//! (dh_view.html). Processes of other roles allocate through dhat's pass-through, unprofiled.
+
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+/// Starts profiling this process when `role` is listed in `BATON_DHAT_ROLES`.
+pub fn start(role: &str) {
+    let listed = std::env::var("BATON_DHAT_ROLES")
+        .is_ok_and(|roles| roles.split(',').any(|r| r.trim() == role));
+    if !listed {
+        return;
+    }
+    let seconds = std::env::var("BATON_DHAT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let dir = std::env::var_os("BATON_DHAT_DIR").unwrap_or_else(|| ".".into());
+    let file = std::path::Path::new(&dir).join(format!("dhat-{role}-{}.json", std::process::id()));
+    let profiler = dhat::Profiler::builder().file_name(file).build();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(seconds));
+        drop(profiler);
+    });
+}
