@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand};
 mod cluster;
 #[cfg(feature = "dhat-heap")]
 mod heap_profile;
-mod heap_trim;
 mod image;
 mod node;
 
@@ -240,17 +239,6 @@ fn main() -> ExitCode {
         Command::Kubelet(_) => "kubelet",
         _ => "other",
     });
-    if matches!(
-        cli.command,
-        Command::Apiserver(_)
-            | Command::Scheduler(_)
-            | Command::ControllerManager(_)
-            | Command::Kubelet(_)
-            | Command::Proxy(_)
-            | Command::Dns(_)
-    ) {
-        heap_trim::start();
-    }
     let result = match cli.command {
         Command::Init { .. } => return ExitCode::from(baton_init::run_init()),
         Command::Apiserver(args) => run_async(async move {
