@@ -4,7 +4,9 @@
 //! `BATON_DHAT_DIR` (default: its working directory) `BATON_DHAT_SECONDS` seconds (default
 //! 120) after it starts: every
 //! allocation site with its bytes live at that moment and at the peak, for dhat's viewer
-//! (dh_view.html). Processes of other roles allocate through dhat's pass-through, unprofiled.
+//! (dh_view.html). Processes of other roles allocate through dhat's pass-through, unprofiled
+//! but still behind dhat's one global lock, as every allocation of this build is: never take
+//! a benchmark's figures from it. A process that exits before the time writes nothing.
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
-//! The scheduler's writes to the API server, all made off the scheduling loop in their own
-//! tasks: bindings (many in flight), the PodScheduled condition and FailedScheduling events
-//! of pods that fit nowhere, and preemption (evicting victims, nominating nodes).
+//! The scheduler's writes to the API server, all made off the scheduling loop in tasks of
+//! their own: bindings (up to 128 workers, the rest queued), the PodScheduled condition and
+//! FailedScheduling events of pods that fit nowhere, and preemption (evicting victims,
+//! nominating nodes).
 
 use baton_client::CachedPod;
 use std::sync::Arc;
@@ -98,6 +99,71 @@ impl<J> WorkQueue<J> {
     }
 }
 
+/// Starts a worker of `queue` on a new task: it runs `job`, then the waiting jobs, until none
+/// waits. A worker whose job panics is replaced (the next waiting job gets a new worker), so
+/// the queue never loses a worker.
+fn spawn_worker<J, F, Fut>(queue: Arc<std::sync::Mutex<WorkQueue<J>>>, job: J, work: F)
+where
+    J: Send + 'static,
+    F: Fn(J) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    /// Hands the worker's place on when its task ends before the queue let it go (its job
+    /// panicked; tokio drops the task's future after catching the panic).
+    struct Place<J, F, Fut>
+    where
+        J: Send + 'static,
+        F: Fn(J) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        queue: Arc<std::sync::Mutex<WorkQueue<J>>>,
+        work: F,
+        released: bool,
+    }
+    impl<J, F, Fut> Drop for Place<J, F, Fut>
+    where
+        J: Send + 'static,
+        F: Fn(J) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        fn drop(&mut self) {
+            if self.released {
+                return;
+            }
+            tracing::error!("a queued API write panicked; its worker is replaced");
+            let next = self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .next();
+            if let Some(job) = next
+                && tokio::runtime::Handle::try_current().is_ok()
+            {
+                spawn_worker(self.queue.clone(), job, self.work.clone());
+            }
+        }
+    }
+    tokio::spawn(async move {
+        let mut place = Place {
+            queue: queue.clone(),
+            work: work.clone(),
+            released: false,
+        };
+        let mut job = job;
+        loop {
+            work(job).await;
+            let next = queue.lock().expect("work queue").next();
+            match next {
+                Some(next) => job = next,
+                None => {
+                    place.released = true;
+                    return;
+                }
+            }
+        }
+    });
+}
+
 /// Writes to the API server for the scheduler.
 #[derive(Clone)]
 pub struct ApiWriter {
@@ -110,6 +176,10 @@ pub struct ApiWriter {
 impl std::fmt::Debug for ApiWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiWriter")
+            .field(
+                "bind_workers",
+                &self.binds.lock().expect("bind queue").workers,
+            )
             .field(
                 "binds_waiting",
                 &self.binds.lock().expect("bind queue").waiting.len(),
@@ -197,19 +267,13 @@ impl ApiWriter {
             attempts,
             results,
         };
-        let Some(mut job) = self.binds.lock().expect("bind queue").submit(job) else {
+        let Some(job) = self.binds.lock().expect("bind queue").submit(job) else {
             return;
         };
         let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                this.bind_one(job).await;
-                let next = this.binds.lock().expect("bind queue").next();
-                match next {
-                    Some(next) => job = next,
-                    None => return,
-                }
-            }
+        spawn_worker(self.binds.clone(), job, move |job| {
+            let this = this.clone();
+            async move { this.bind_one(job).await }
         });
     }
 
@@ -464,7 +528,44 @@ impl ApiWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::{WorkQueue, truncate_note};
+    use std::sync::{Arc, Mutex};
+
+    use super::{WorkQueue, spawn_worker, truncate_note};
+
+    #[tokio::test]
+    async fn a_worker_whose_job_panics_is_replaced() {
+        let queue = Arc::new(Mutex::new(WorkQueue::new(1)));
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        let work = move |job: u32| {
+            let done = done_tx.clone();
+            async move {
+                assert_ne!(job, 1, "job 1 panics");
+                let _ = done.send(job);
+            }
+        };
+        let first = queue.lock().unwrap().submit(1).expect("a free worker");
+        assert_eq!(
+            queue.lock().unwrap().submit(2),
+            None,
+            "the one worker is busy"
+        );
+        assert_eq!(queue.lock().unwrap().submit(3), None);
+        spawn_worker(queue.clone(), first, work);
+        let wait = std::time::Duration::from_secs(5);
+        for expected in [2, 3] {
+            let done = tokio::time::timeout(wait, done_rx.recv()).await;
+            assert_eq!(done.expect("the waiting jobs ran"), Some(expected));
+        }
+        // The replacement worker stops once nothing waits: the place is free again.
+        tokio::time::timeout(wait, async {
+            while queue.lock().unwrap().workers != 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the worker's place is given back");
+        assert_eq!(queue.lock().unwrap().submit(4), Some(4));
+    }
 
     #[test]
     fn queued_jobs_wait_for_a_worker_and_run_oldest_first() {
