@@ -100,65 +100,26 @@ impl<J> WorkQueue<J> {
 }
 
 /// Starts a worker of `queue` on a new task: it runs `job`, then the waiting jobs, until none
-/// waits. A worker whose job panics is replaced (the next waiting job gets a new worker), so
-/// the queue never loses a worker.
+/// waits. Each job runs as a task of its own, so that a job that panics is logged and the
+/// worker goes on (the queue never loses a worker).
 fn spawn_worker<J, F, Fut>(queue: Arc<std::sync::Mutex<WorkQueue<J>>>, job: J, work: F)
 where
     J: Send + 'static,
-    F: Fn(J) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(J) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    /// Hands the worker's place on when its task ends before the queue let it go (its job
-    /// panicked; tokio drops the task's future after catching the panic).
-    struct Place<J, F, Fut>
-    where
-        J: Send + 'static,
-        F: Fn(J) -> Fut + Clone + Send + Sync + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        queue: Arc<std::sync::Mutex<WorkQueue<J>>>,
-        work: F,
-        released: bool,
-    }
-    impl<J, F, Fut> Drop for Place<J, F, Fut>
-    where
-        J: Send + 'static,
-        F: Fn(J) -> Fut + Clone + Send + Sync + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        fn drop(&mut self) {
-            if self.released {
-                return;
-            }
-            tracing::error!("a queued API write panicked; its worker is replaced");
-            let next = self
-                .queue
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .next();
-            if let Some(job) = next
-                && tokio::runtime::Handle::try_current().is_ok()
-            {
-                spawn_worker(self.queue.clone(), job, self.work.clone());
-            }
-        }
-    }
     tokio::spawn(async move {
-        let mut place = Place {
-            queue: queue.clone(),
-            work: work.clone(),
-            released: false,
-        };
         let mut job = job;
         loop {
-            work(job).await;
+            if let Err(e) = tokio::spawn(work(job)).await
+                && e.is_panic()
+            {
+                tracing::error!("a queued API write panicked");
+            }
             let next = queue.lock().expect("work queue").next();
             match next {
                 Some(next) => job = next,
-                None => {
-                    place.released = true;
-                    return;
-                }
+                None => return,
             }
         }
     });
