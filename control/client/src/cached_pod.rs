@@ -13,17 +13,15 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 
 /// A Pod, decoded with only the fields the control plane's caches read.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct CachedPod {
     #[serde(deserialize_with = "null_as_default")]
     pub metadata: ObjectMeta,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub spec: Option<CachedPodSpec>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<CachedPodStatus>,
 }
 
@@ -49,136 +47,98 @@ impl k8s_openapi::Metadata for CachedPod {
 }
 
 /// The fields of a PodSpec the control plane reads.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CachedPodSpec {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub active_deadline_seconds: Option<i64>,
     /// Boxed, as the large fields that most pods leave unset are: a cache holds many Pods.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Box<Affinity>>,
     #[serde(deserialize_with = "null_as_default")]
     pub containers: Vec<CachedContainer>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub host_network: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub init_containers: Option<Vec<CachedContainer>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub overhead: Option<BTreeMap<String, Quantity>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub preemption_policy: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
     /// Pod-level resources.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<Box<ResourceRequirements>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduler_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduling_gates: Option<Vec<PodSchedulingGate>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub termination_grace_period_seconds: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub volumes: Option<Vec<CachedVolume>>,
 }
 
 /// The fields of a Container the control plane reads: its name, image (image locality),
 /// ports (named target ports, host ports), resources (requests) and restart policy
 /// (sidecars).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CachedContainer {
     #[serde(deserialize_with = "null_as_default")]
     pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<ContainerPort>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<String>,
 }
 
 /// A volume as the control plane reads it: its name and, for a PersistentVolumeClaim
 /// volume, the claim (every other source is left out).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CachedVolume {
     #[serde(deserialize_with = "null_as_default")]
     pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
 }
 
 /// The fields of a PodStatus the control plane reads.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CachedPodStatus {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<PodCondition>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub container_statuses: Option<Vec<CachedContainerStatus>>,
-    #[serde(rename = "hostIP", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "hostIP")]
     pub host_ip: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub init_container_statuses: Option<Vec<CachedContainerStatus>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub nominated_node_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    #[serde(rename = "podIP", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "podIP")]
     pub pod_ip: Option<String>,
-    #[serde(rename = "podIPs", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "podIPs")]
     pub pod_ips: Option<Vec<PodIP>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// An in-place resize's state ("Infeasible" makes the scheduler count the spec's requests
     /// out).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub resize: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
 }
 
 /// The fields of a ContainerStatus the control plane reads.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CachedContainerStatus {
     #[serde(deserialize_with = "null_as_default")]
     pub name: String,
     /// What the kubelet allocated (the scheduler counts the larger of this and the spec).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub allocated_resources: Option<BTreeMap<String, Quantity>>,
     /// Boxed (208 bytes inline), as `state` is.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_state: Option<Box<ContainerState>>,
     #[serde(deserialize_with = "null_as_default")]
     pub ready: bool,
     /// The resources the kubelet applied (the scheduler counts these too).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<Box<ResourceRequirements>>,
     #[serde(deserialize_with = "null_as_default")]
     pub restart_count: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<Box<ContainerState>>,
 }
 

@@ -13,12 +13,11 @@
 //! and a `CalculateExpectedPodCountFailed` event. disruptionsAllowed is what healthy pods
 //! exceed desiredHealthy by (none while nothing is expected).
 
-use baton_client::CachedPod;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_client::{Informer, InformerEvent};
+use baton_client::{CachedPod, Informer, InformerEvent};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{

@@ -4,11 +4,10 @@
 //! Service publishes not-ready addresses), with the ports each Pod resolves, grouped into
 //! subsets. Written only when its content changes; deleted when its Service goes.
 
-use baton_client::CachedPod;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use baton_client::{Informer, InformerEvent};
+use baton_client::{CachedPod, Informer, InformerEvent};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{

@@ -7,11 +7,10 @@
 //! placeholder slice. Changes keep endpoints in the slices they are in, fill slices being
 //! written anyway before touching others, and reuse slices that would be deleted.
 
-use baton_client::CachedPod;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use baton_client::{Informer, InformerEvent};
+use baton_client::{CachedPod, Informer, InformerEvent};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;

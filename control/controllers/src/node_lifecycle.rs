@@ -9,12 +9,11 @@
 //! and PID pressure, an unavailable network and an unschedulable node; they go when the
 //! condition does. Each node is looked at again exactly when its heartbeat would expire.
 
-use baton_client::CachedPod;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_client::{Informer, InformerEvent};
+use baton_client::{CachedPod, Informer, InformerEvent};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use jiff::{SignedDuration, Timestamp};

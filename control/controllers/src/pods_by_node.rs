@@ -1,11 +1,10 @@
 //! An index of the shared Pod cache by node: the node controllers (lifecycle, taint eviction,
 //! pod GC) look up the Pods bound to one node without scanning every Pod.
 
-use baton_client::CachedPod;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use baton_client::{Informer, InformerEvent};
+use baton_client::{CachedPod, Informer, InformerEvent};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 

@@ -13,11 +13,10 @@ pub(crate) mod pods;
 mod ranking;
 pub(crate) mod status;
 
-use baton_client::CachedPod;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use baton_client::{Informer, InformerEvent};
+use baton_client::{CachedPod, Informer, InformerEvent};
 use futures::StreamExt;
 use futures::future::{BoxFuture, join_all};
 use k8s_openapi::api::apps::v1::ReplicaSet;

@@ -4,12 +4,11 @@
 //! last-change-trigger-time bookkeeping, and the detection of a cache that has not yet seen
 //! the controller's own writes.
 
-use baton_client::CachedPod;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton_client::{Informer, InformerEvent};
+use baton_client::{CachedPod, Informer, InformerEvent};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

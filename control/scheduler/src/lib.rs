@@ -21,13 +21,12 @@ mod schedule_one;
 mod scheduler;
 mod selector;
 
-use baton_client::CachedPod;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use baton_client::{Informer, InformerEvent};
+use baton_client::{CachedPod, Informer, InformerEvent};
 use k8s_openapi::api::core::v1::{
     Namespace, Node, PersistentVolume, PersistentVolumeClaim, Service,
 };

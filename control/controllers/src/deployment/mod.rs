@@ -16,11 +16,10 @@ pub(crate) mod scale;
 mod status;
 mod sync;
 
-use baton_client::CachedPod;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use baton_client::{Informer, InformerEvent};
+use baton_client::{CachedPod, Informer, InformerEvent};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};

@@ -2,10 +2,9 @@
 //! (found by discovery; Events excepted, as upstream), through metadata-only watches, and Pods
 //! through the shared Pod informer. Each change becomes a graph `Change`.
 
-use baton_client::CachedPod;
 use std::collections::{HashMap, HashSet};
 
-use baton_client::{Informer, InformerEvent};
+use baton_client::{CachedPod, Informer, InformerEvent};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::PartialObjectMeta;
