@@ -298,9 +298,9 @@ async fn http_exchange(uri: &http::Uri, address: SocketAddr) -> Result<String, F
 
 /// One connection to `cid`:`port`, read to its end within [`ATTEMPT_TIMEOUT`] in all.
 fn vsock_read(cid: u32, port: u32) -> Result<String, FetchAttemptError> {
-    let stream =
+    let mut stream =
         vsock::VsockStream::connect_with_cid_port(cid, port).map_err(FetchAttemptError::Connect)?;
-    read_document(ReadByDeadline::new(stream, ATTEMPT_TIMEOUT))
+    read_document(ReadByDeadline::new(&mut stream, ATTEMPT_TIMEOUT))
 }
 
 /// Everything `stream` gives until it ends, as text, at most [`MAX_CONFIG_BYTES`].

@@ -14,14 +14,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A vsock stream whose reads all end by one deadline (a peer that trickles bytes is cut off).
 #[derive(Debug)]
-pub struct ReadByDeadline<S> {
-    stream: S,
+pub struct ReadByDeadline<'a> {
+    stream: &'a mut VsockStream,
     deadline: std::time::Instant,
 }
 
-impl<S: std::borrow::BorrowMut<VsockStream>> ReadByDeadline<S> {
+impl<'a> ReadByDeadline<'a> {
     /// Reads of `stream` that end `within` from now.
-    pub fn new(stream: S, within: Duration) -> Self {
+    pub fn new(stream: &'a mut VsockStream, within: Duration) -> Self {
         Self {
             stream,
             deadline: std::time::Instant::now() + within,
@@ -29,7 +29,7 @@ impl<S: std::borrow::BorrowMut<VsockStream>> ReadByDeadline<S> {
     }
 }
 
-impl<S: std::borrow::BorrowMut<VsockStream>> std::io::Read for ReadByDeadline<S> {
+impl std::io::Read for ReadByDeadline<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let left = self
             .deadline
@@ -37,9 +37,8 @@ impl<S: std::borrow::BorrowMut<VsockStream>> std::io::Read for ReadByDeadline<S>
         if left.is_zero() {
             return Err(std::io::ErrorKind::TimedOut.into());
         }
-        let stream = self.stream.borrow_mut();
-        stream.set_read_timeout(Some(left))?;
-        stream.read(buf)
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
     }
 }
 

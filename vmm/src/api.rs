@@ -14,7 +14,7 @@
 //!
 //! `baton vmm api SOCKET REQUEST` sends a request and prints the answer.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -118,13 +118,13 @@ impl ApiServer {
                         .as_millis()
                         .min(i32::MAX as u128) as i32
                 });
-                let ready = match epoll.wait(timeout, &mut events) {
-                    Ok(n) => n,
-                    Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                    Err(error) => {
-                        tracing::error!(%error, "VMM API cannot wait");
-                        return;
-                    }
+                let Some(ready) = crate::stoppable_thread::wait_events(
+                    &epoll,
+                    timeout,
+                    &mut events,
+                    "the VMM API",
+                ) else {
+                    return;
                 };
                 if server.deadline.is_some_and(|d| Instant::now() >= d) {
                     tracing::warn!("the guest did not shut down in time: stopping the VM");

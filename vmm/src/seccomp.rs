@@ -91,10 +91,13 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_exit,
 ];
 
-/// What running the devices' queues calls beyond [`COMMON`]: block I/O and eventfd reads. Only
-/// the notification thread runs queues: KVM catches every QueueNotify write that names a queue
-/// (an ioeventfd each), and a vCPU sees only writes that name none.
-const QUEUE_WORK: [libc::c_long; 7] = [
+/// The notification thread's calls beyond [`COMMON`]: waiting on the queues' eventfds, then
+/// running the queues (block I/O and eventfd reads). Only this thread runs queues: KVM catches
+/// every QueueNotify write that names a queue (an ioeventfd each), and a vCPU sees only writes
+/// that name none.
+const DEVICE_IO: [libc::c_long; 9] = [
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
     libc::SYS_read,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
@@ -103,18 +106,6 @@ const QUEUE_WORK: [libc::c_long; 7] = [
     libc::SYS_fsync,
     libc::SYS_fdatasync,
 ];
-
-/// The notification thread's calls: waiting on the eventfds, then the queues' work.
-const DEVICE_IO: [libc::c_long; 9] = {
-    let mut calls = [libc::SYS_epoll_wait; 9];
-    calls[1] = libc::SYS_epoll_pwait;
-    let mut i = 0;
-    while i < QUEUE_WORK.len() {
-        calls[i + 2] = QUEUE_WORK[i];
-        i += 1;
-    }
-    calls
-};
 
 fn extra_calls(kind: ThreadKind) -> &'static [libc::c_long] {
     match kind {

@@ -36,3 +36,24 @@ impl Drop for StoppableThread {
         }
     }
 }
+
+/// Waits up to `timeout_ms` (-1: no limit) for events on `epoll`, retrying when a signal
+/// interrupts the wait. `None` when the wait fails, which is logged as `thread`'s: the thread
+/// then ends.
+pub fn wait_events(
+    epoll: &vmm_sys_util::epoll::Epoll,
+    timeout_ms: i32,
+    events: &mut [vmm_sys_util::epoll::EpollEvent],
+    thread: &str,
+) -> Option<usize> {
+    loop {
+        match epoll.wait(timeout_ms, events) {
+            Ok(ready) => return Some(ready),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                tracing::error!(%error, "{thread} cannot wait");
+                return None;
+            }
+        }
+    }
+}

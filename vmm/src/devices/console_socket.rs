@@ -131,13 +131,13 @@ impl ConsoleSocket {
             let mut accept_paused = false;
             loop {
                 let timeout = if accept_paused { ACCEPT_RETRY_MS } else { -1 };
-                let ready = match session.epoll.wait(timeout, &mut events) {
-                    Ok(n) => n,
-                    Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                    Err(error) => {
-                        tracing::error!(%error, "console socket cannot wait");
-                        return;
-                    }
+                let Some(ready) = crate::stoppable_thread::wait_events(
+                    &session.epoll,
+                    timeout,
+                    &mut events,
+                    "the console socket",
+                ) else {
+                    return;
                 };
                 if accept_paused {
                     accept_paused = false;

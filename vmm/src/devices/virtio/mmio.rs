@@ -298,13 +298,9 @@ impl MmioTransport {
         self.interrupt.raise(INTERRUPT_CONFIG_CHANGE);
     }
 
-    /// Runs queue `index` as a QueueNotify write of `index` does (the notification thread
-    /// calls this for writes KVM caught through an ioeventfd).
-    pub fn notify_queue(&mut self, index: u32) {
-        self.notify(index);
-    }
-
-    fn notify(&mut self, index: u32) {
+    /// Runs queue `index`, for a QueueNotify write of `index` (a vCPU's, or one KVM caught
+    /// through an ioeventfd and handed to the notification thread).
+    pub(crate) fn notify(&mut self, index: u32) {
         let index = index as usize;
         if self.queues.get(index).is_none() {
             tracing::warn!(device = %self.name, index, "notify of a queue that does not exist");

@@ -251,13 +251,13 @@ impl Receive {
         let mut events = [EpollEvent::default(); 3];
         let mut buffer = vec![0u8; MAX_FRAME];
         loop {
-            let ready = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    tracing::error!(%error, "virtio-net: receive thread cannot wait");
-                    return;
-                }
+            let Some(ready) = crate::stoppable_thread::wait_events(
+                &self.epoll,
+                -1,
+                &mut events,
+                "the virtio-net receive thread",
+            ) else {
+                return;
             };
             for event in &events[..ready] {
                 if event.data() == TAP_EVENT

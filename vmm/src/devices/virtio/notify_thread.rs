@@ -69,13 +69,13 @@ impl NotifyThread {
 fn run(epoll: &Epoll, notifications: &[QueueNotification], stop_token: u64) {
     let mut events = vec![EpollEvent::default(); notifications.len() + 1];
     loop {
-        let ready = match epoll.wait(-1, &mut events) {
-            Ok(ready) => ready,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(error) => {
-                tracing::error!(%error, "virtio: the notification thread cannot wait");
-                return;
-            }
+        let Some(ready) = crate::stoppable_thread::wait_events(
+            epoll,
+            -1,
+            &mut events,
+            "the virtio notification thread",
+        ) else {
+            return;
         };
         for event in &events[..ready] {
             let token = event.data();
@@ -93,7 +93,7 @@ fn run(epoll: &Epoll, notifications: &[QueueNotification], stop_token: u64) {
                 .transport
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .notify_queue(notification.queue);
+                .notify(notification.queue);
         }
     }
 }

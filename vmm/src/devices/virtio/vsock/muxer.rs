@@ -174,13 +174,13 @@ impl Muxer {
     fn run(mut self) {
         let mut events = vec![EpollEvent::default(); 32];
         loop {
-            let ready = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    tracing::error!(%error, "virtio-vsock: muxer cannot wait");
-                    return;
-                }
+            let Some(ready) = crate::stoppable_thread::wait_events(
+                &self.epoll,
+                -1,
+                &mut events,
+                "the virtio-vsock muxer",
+            ) else {
+                return;
             };
             for event in &events[..ready] {
                 match event.data() {
