@@ -36,57 +36,58 @@ impl ApplyPlan {
 pub fn changed_fields(old: &MachineConfig, new: &MachineConfig) -> Vec<&'static str> {
     let (a, b) = (&old.machine, &new.machine);
     let (c, d) = (&old.cluster, &new.cluster);
-    // Every field is compared below: a field added to the document fails to compile here
-    // until it is.
+    // Every field is bound here and compared below: a field added to the document fails to
+    // compile here, and its binding is unused (a warning, an error under clippy) until it is
+    // compared.
     let Machine {
-        role: _,
-        hostname: _,
-        network: _,
-        identity: _,
-        api_certificate: _,
-        data_disk: _,
-        sysctls: _,
-        kernel_args: _,
-        kubelet: _,
-        proxy: _,
-        time: _,
+        role,
+        hostname,
+        network,
+        identity,
+        api_certificate,
+        data_disk,
+        sysctls,
+        kernel_args,
+        kubelet,
+        proxy,
+        time,
     } = a;
     let Cluster {
-        name: _,
-        endpoint: _,
-        ca: _,
-        service_account_key: _,
-        control_plane: _,
-        pod_cidr: _,
-        service_cidr: _,
-        dns: _,
+        name,
+        endpoint,
+        ca,
+        service_account_key,
+        control_plane,
+        pod_cidr,
+        service_cidr,
+        dns,
     } = c;
     let checks = [
-        ("machine.role", a.role == b.role),
-        ("machine.hostname", a.hostname == b.hostname),
-        ("machine.network", a.network == b.network),
-        ("machine.identity", a.identity == b.identity),
+        ("machine.role", *role == b.role),
+        ("machine.hostname", *hostname == b.hostname),
+        ("machine.network", *network == b.network),
+        ("machine.identity", *identity == b.identity),
         (
             "machine.apiCertificate",
-            a.api_certificate == b.api_certificate,
+            *api_certificate == b.api_certificate,
         ),
-        ("machine.dataDisk", a.data_disk == b.data_disk),
-        ("machine.sysctls", a.sysctls == b.sysctls),
-        ("machine.kernelArgs", a.kernel_args == b.kernel_args),
-        ("machine.kubelet", a.kubelet == b.kubelet),
-        ("machine.proxy", a.proxy == b.proxy),
-        ("machine.time", a.time == b.time),
-        ("cluster.name", c.name == d.name),
-        ("cluster.endpoint", c.endpoint == d.endpoint),
-        ("cluster.ca", c.ca == d.ca),
+        ("machine.dataDisk", *data_disk == b.data_disk),
+        ("machine.sysctls", *sysctls == b.sysctls),
+        ("machine.kernelArgs", *kernel_args == b.kernel_args),
+        ("machine.kubelet", *kubelet == b.kubelet),
+        ("machine.proxy", *proxy == b.proxy),
+        ("machine.time", *time == b.time),
+        ("cluster.name", *name == d.name),
+        ("cluster.endpoint", *endpoint == d.endpoint),
+        ("cluster.ca", *ca == d.ca),
         (
             "cluster.serviceAccountKey",
-            c.service_account_key == d.service_account_key,
+            *service_account_key == d.service_account_key,
         ),
-        ("cluster.controlPlane", c.control_plane == d.control_plane),
-        ("cluster.podCIDR", c.pod_cidr == d.pod_cidr),
-        ("cluster.serviceCIDR", c.service_cidr == d.service_cidr),
-        ("cluster.dns", c.dns == d.dns),
+        ("cluster.controlPlane", *control_plane == d.control_plane),
+        ("cluster.podCIDR", *pod_cidr == d.pod_cidr),
+        ("cluster.serviceCIDR", *service_cidr == d.service_cidr),
+        ("cluster.dns", *dns == d.dns),
     ];
     checks
         .into_iter()
