@@ -273,7 +273,8 @@ impl PodWorkers {
         match event {
             InformerEvent::Applied { new, .. } => {
                 let Some(uid) = new.uid() else { return };
-                let update = PodUpdate::Present(Arc::new((*new).clone()));
+                let pod = Arc::new((*new).clone());
+                let update = PodUpdate::Present(pod.clone());
                 if let Some(sender) = workers.get(&uid)
                     && sender.send(update.clone()).is_ok()
                 {
@@ -282,7 +283,6 @@ impl PodWorkers {
                 let (sender, receiver) = watch::channel(update);
                 workers.insert(uid.clone(), sender);
                 let ctx = self.ctx.clone();
-                let pod = (*new).clone();
                 let existing = self
                     .existing
                     .lock()
@@ -290,10 +290,11 @@ impl PodWorkers {
                     .remove(&uid)
                     .unwrap_or_default();
                 tokio::spawn(async move {
-                    PodWorker::new(ctx, &pod, existing)
-                        .await
-                        .run(receiver)
-                        .await;
+                    // Boxed, so that a worker waiting for changes (most of its life) does not
+                    // keep the space of its start-up in its task.
+                    let worker = Box::pin(PodWorker::new(ctx, &pod, existing)).await;
+                    drop(pod);
+                    worker.run(receiver).await;
                 });
             }
             InformerEvent::Deleted(old) => {

@@ -263,15 +263,17 @@ impl PodWorker {
         loop {
             let update = updates.borrow_and_update().clone();
             let wake = match update {
+                // Each step boxed: the worker's task, waiting below most of the time, then
+                // holds only this loop's state, not the largest step's (tens of KiB per pod).
                 PodUpdate::Present(pod) if pod.metadata.deletion_timestamp.is_none() => {
-                    self.sync(&pod).await
+                    Box::pin(self.sync(&pod)).await
                 }
                 PodUpdate::Present(pod) => {
-                    self.terminate(Some(&pod)).await;
+                    Box::pin(self.terminate(Some(&pod))).await;
                     return;
                 }
                 PodUpdate::Gone => {
-                    self.terminate(None).await;
+                    Box::pin(self.terminate(None)).await;
                     return;
                 }
             };
