@@ -299,6 +299,24 @@ async fn startup_bench(binary: &Binary) -> anyhow::Result<Vec<String>> {
         runtime_peak += peak;
         runtime_pss += pss_mib(pid);
     }
+    // A heap profile of this moment, when the kubelet runs with `--features dhat-heap`
+    // (see docs/benchmarks.md).
+    if let Some(dir) = std::env::var_os("BATON_DHAT_DIR") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::write(dir.join("dump-kubelet"), "")?;
+        let profile = dir.join(format!("dhat-kubelet-{kubelet}.json"));
+        wait_until(
+            "the kubelet's heap profile",
+            Duration::from_secs(60),
+            || {
+                let written = std::fs::read(&profile)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+                async move { written.map(|_| ()) }
+            },
+        )
+        .await?;
+    }
 
     let deleting = Instant::now();
     pods.delete_collection(

@@ -2,13 +2,13 @@
 //! global allocator, and a process whose role is listed in `BATON_DHAT_ROLES`
 //! (comma-separated: `scheduler,controller-manager`) writes `dhat-ROLE-PID.json` in
 //! `BATON_DHAT_DIR` (default: its working directory) `BATON_DHAT_SECONDS` seconds (default
-//! 120) after it starts: every
-//! allocation site with its bytes live at that moment and at the peak, for dhat's viewer
-//! (dh_view.html). Processes of other roles allocate through dhat's pass-through, unprofiled
+//! 120) after it starts, or as soon as a file named `dump-ROLE` appears in that directory (a
+//! benchmark creates it when it measures memory): every allocation site with its bytes live
+//! at that moment and at the peak, for dhat's viewer (dh_view.html). Processes of other roles allocate through dhat's pass-through, unprofiled
 //! but still behind dhat's one global lock, as every allocation of this build is: never take
 //! a benchmark's figures from it. A process that exits before the time writes nothing.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -24,11 +24,16 @@ pub fn start(role: &str) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
-    let dir = std::env::var_os("BATON_DHAT_DIR").unwrap_or_else(|| ".".into());
-    let file = std::path::Path::new(&dir).join(format!("dhat-{role}-{}.json", std::process::id()));
+    let dir =
+        std::path::PathBuf::from(std::env::var_os("BATON_DHAT_DIR").unwrap_or_else(|| ".".into()));
+    let file = dir.join(format!("dhat-{role}-{}.json", std::process::id()));
+    let trigger = dir.join(format!("dump-{role}"));
     let profiler = dhat::Profiler::builder().file_name(file).build();
     std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(seconds));
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(seconds) && !trigger.exists() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         drop(profiler);
     });
 }
