@@ -45,15 +45,7 @@ enum Command {
     SimNodes(Box<baton_sim_nodes::SimNodesArgs>),
     /// The container runtime process the kubelet starts (single-threaded; drives libcontainer).
     #[command(hide = true)]
-    Runtime {
-        /// Directory of the runtime's state, socket and sandboxes.
-        #[arg(long, default_value = "/run/baton/runtime")]
-        root: PathBuf,
-        /// Instead of serving: kill every container and sandbox of the runtime processes under
-        /// --root (the first, and those in its `processes/<n>`) and stop them.
-        #[arg(long)]
-        shutdown: bool,
-    },
+    Runtime(Box<RuntimeArgs>),
     /// The first process of a pod's shared PID namespace, started by the runtime process.
     #[command(name = baton_runtime::PID_HOLDER_COMMAND, hide = true)]
     PodPidHolder,
@@ -83,6 +75,18 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+}
+
+/// Flags of `baton runtime`.
+#[derive(Debug, clap::Args)]
+struct RuntimeArgs {
+    /// Directory of the runtime's state, socket and sandboxes.
+    #[arg(long, default_value = "/run/baton/runtime")]
+    root: PathBuf,
+    /// Instead of serving: kill every container and sandbox of the runtime processes under
+    /// --root (the first, and those in its `processes/<n>`) and stop them.
+    #[arg(long)]
+    shutdown: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,8 +146,9 @@ fn parse_command(args: Vec<String>) -> Command {
         .iter()
         .skip(2)
         .any(|arg| matches!(arg.as_str(), "-h" | "--help" | "-V" | "--version"));
+    let pid_1 = std::process::id() == 1;
     match service_command(&args) {
-        Some(parsed) if !asks_for_help => parsed.unwrap_or_else(|err| err.exit()),
+        Some(parsed) if !asks_for_help || pid_1 => parsed.unwrap_or_else(|err| err.exit()),
         _ => Cli::parse_from(args).command,
     }
 }
@@ -160,6 +165,14 @@ fn service_command(args: &[String]) -> Option<Result<Command, clap::Error>> {
         "proxy" => parse_service("proxy", args).map(Command::Proxy),
         "dns" => parse_service("dns", args).map(Command::Dns),
         "sim-nodes" => parse_service("sim-nodes", args).map(Command::SimNodes),
+        "runtime" => parse_service("runtime", args).map(Command::Runtime),
+        // PID 1's arguments are the kernel command line's leftovers, whatever they are.
+        "init" if std::process::id() == 1 => Ok(Command::Init {
+            kernel_args: args[2..].to_vec(),
+        }),
+        name if name == baton_runtime::PID_HOLDER_COMMAND && args.len() == 2 => {
+            Ok(Command::PodPidHolder)
+        }
         _ => return None,
     })
 }
@@ -314,14 +327,9 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }),
         Command::PodPidHolder => baton_runtime::run_pid_holder(),
-        Command::Runtime {
-            root,
-            shutdown: false,
-        } => runtime(&root),
-        Command::Runtime {
-            root,
-            shutdown: true,
-        } => run_async(async move {
+        Command::Runtime(args) if !args.shutdown => runtime(&args.root),
+        Command::Runtime(args) => run_async(async move {
+            let root = args.root;
             // Only a running runtime process is stopped; none is started to be stopped.
             for index in 0..baton_runtime::process_count_on_disk(&root) {
                 let process_root = baton_runtime::process_root(&root, index);
@@ -459,6 +467,9 @@ mod tests {
             "baton proxy --kubeconfig k",
             "baton dns --kubeconfig k",
             "baton sim-nodes --kubeconfig k",
+            "baton runtime --root /run/r",
+            "baton runtime --shutdown",
+            "baton pod-pid-holder",
         ] {
             let alone = service_command(&args(line)).expect(line).expect(line);
             let whole = Cli::try_parse_from(args(line)).expect(line).command;
