@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::pss_mib;
+use support::{memory_mib, pss_mib, rss_split_mib};
 
 const RUNS: usize = 3;
 
@@ -56,6 +56,33 @@ fn node_pss_mib(cgroups: &[PathBuf]) -> f64 {
         }
     }
     total
+}
+
+/// Each process of a node's own memory cgroup: its name (comm), RSS, and RSS split into
+/// anonymous memory and the file pages it maps (the binary's, shared), MiB.
+fn node_processes(cgroups: &[PathBuf]) -> Vec<(String, f64, f64, f64)> {
+    let Some(memory) = cgroups
+        .iter()
+        .find(|c| c.components().any(|p| p.as_os_str() == "memory"))
+        .or_else(|| cgroups.iter().find(|c| c.join("memory.current").exists()))
+    else {
+        return Vec::new();
+    };
+    let mut processes = Vec::new();
+    for dir in [memory.clone(), memory.join("init")] {
+        for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|pid| pid.trim().parse::<u32>().ok())
+        {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let (rss, _) = memory_mib(pid);
+            let (anon, file) = rss_split_mib(pid);
+            processes.push((name.trim().to_string(), rss, anon, file));
+        }
+    }
+    processes.sort_by(|a, b| a.0.cmp(&b.0));
+    processes
 }
 
 fn etcd_to_health() -> Duration {
@@ -127,6 +154,8 @@ struct Run {
     total: Duration,
     control_plane_mib: f64,
     worker_mib: f64,
+    /// The processes of the control plane and of one worker, as [`node_processes`] reads them.
+    processes: Vec<(&'static str, Vec<(String, f64, f64, f64)>)>,
 }
 
 fn one_run(work: &Path, image: &Path, index: usize) -> Run {
@@ -195,6 +224,7 @@ fn one_run(work: &Path, image: &Path, index: usize) -> Run {
     .unwrap();
     let mut workers = Vec::new();
     let mut control_plane_mib = 0.0;
+    let mut processes = Vec::new();
     for node in state["nodes"].as_array().unwrap() {
         let cgroups: Vec<PathBuf> = node["cgroups"]
             .as_array()
@@ -204,8 +234,12 @@ fn one_run(work: &Path, image: &Path, index: usize) -> Run {
             .collect();
         let mib = node_pss_mib(&cgroups);
         if node["role"] == "worker" {
+            if workers.is_empty() {
+                processes.push(("worker", node_processes(&cgroups)));
+            }
             workers.push(mib);
         } else {
+            processes.push(("control plane", node_processes(&cgroups)));
             control_plane_mib = mib;
         }
     }
@@ -243,6 +277,7 @@ fn one_run(work: &Path, image: &Path, index: usize) -> Run {
         total: started.elapsed() - stop - start,
         control_plane_mib,
         worker_mib: workers.iter().sum::<f64>() / workers.len().max(1) as f64,
+        processes,
     }
 }
 
@@ -300,6 +335,16 @@ fn main() {
             run.control_plane_mib,
             run.worker_mib
         );
+    }
+    println!();
+    println!("Processes of the nodes in the last run (MiB):");
+    println!();
+    println!("| node | process | RSS | anonymous | file (the binary's pages) |");
+    println!("|---|---|---|---|---|");
+    for (node, processes) in &runs.last().expect("runs").processes {
+        for (name, rss, anon, file) in processes {
+            println!("| {node} | {name} | {rss:.1} | {anon:.1} | {file:.1} |");
+        }
     }
     println!();
     println!("| reference | figure |");

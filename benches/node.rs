@@ -26,7 +26,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 
 mod support;
-use support::{memory_mib, ms, pss_mib, quantile, rss_split_mib};
+use support::{memory_mib, ms, pss_mib, quantile, rss_split_mib, thread_count};
 
 const RUNTIME_ROUNDS: usize = 40;
 const PODS: usize = 100;
@@ -287,6 +287,7 @@ async fn startup_bench(binary: &Binary) -> anyhow::Result<Vec<String>> {
     let kubelet = cluster.node.kubelet_pid().unwrap_or(0);
     let (kubelet_rss, kubelet_peak) = memory_mib(kubelet);
     let (kubelet_anon, kubelet_file) = rss_split_mib(kubelet);
+    let kubelet_threads = thread_count(kubelet);
     // The kubelet runs several runtime processes (one per CPU): their memory together.
     let runtime_root = cluster.node.runtime_root();
     let runtime_processes = baton_runtime::process_count_on_disk(&runtime_root);
@@ -356,7 +357,7 @@ async fn startup_bench(binary: &Binary) -> anyhow::Result<Vec<String>> {
         format!("  all {PODS} Running after        {}", ms(all_running)),
         format!("  all {PODS} deleted after        {}", ms(deleted)),
         format!(
-            "  kubelet RSS with {PODS} pods     {kubelet_rss:.1} MiB (peak {kubelet_peak:.1} MiB; goal < 40 MiB): {kubelet_anon:.1} MiB anonymous, {kubelet_file:.1} MiB of the binary"
+            "  kubelet RSS with {PODS} pods     {kubelet_rss:.1} MiB (peak {kubelet_peak:.1} MiB; goal < 40 MiB): {kubelet_anon:.1} MiB anonymous, {kubelet_file:.1} MiB of the binary; {kubelet_threads} threads"
         ),
         format!(
             "  runtime processes ({runtime_processes}) RSS    {runtime_rss:.1} MiB (peak {runtime_peak:.1} MiB; PSS {runtime_pss:.1} MiB)"

@@ -48,6 +48,17 @@ pub fn rss_split_mib(pid: u32) -> (f64, f64) {
     (field("RssAnon:"), field("RssFile:") + field("RssShmem:"))
 }
 
+/// How many threads a process has now.
+#[allow(dead_code, reason = "not every benchmark reads memory")]
+pub fn thread_count(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Proportional set size of a process in MiB (/proc/PID/smaps_rollup): its share of the pages
 /// it shares with others, so that the figures of processes running one binary add up.
 #[allow(dead_code, reason = "not every benchmark reads memory")]

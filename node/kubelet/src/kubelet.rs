@@ -9,6 +9,7 @@ use baton_client::{Informer, InformerEvent};
 use baton_images::ImageStore;
 use baton_runtime::{ContainerRuntime, RuntimeClient};
 use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
@@ -219,7 +220,7 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
             existing.entry(uid.to_owned()).or_default().push(status);
         }
     }
-    let workers = PodWorkers::new(ctx.clone(), existing);
+    let workers = PodWorkers::new(ctx.clone(), informer.store(), existing);
     informer.on_event(move |event| workers.dispatch(event));
     let cleaner = informer.clone();
     tokio::spawn(async move {
@@ -250,6 +251,8 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
 #[derive(Debug, Clone)]
 struct PodWorkers {
     ctx: Arc<KubeletContext>,
+    /// The informer's cache, whose copy of a pod the pod's worker shares.
+    pods: Store<Pod>,
     workers: Arc<Mutex<HashMap<String, watch::Sender<PodUpdate>>>>,
     /// Containers found at start, by pod uid, until that pod's worker takes them.
     existing: Arc<Mutex<HashMap<String, Vec<baton_runtime::ContainerStatus>>>>,
@@ -258,10 +261,12 @@ struct PodWorkers {
 impl PodWorkers {
     fn new(
         ctx: Arc<KubeletContext>,
+        pods: Store<Pod>,
         existing: HashMap<String, Vec<baton_runtime::ContainerStatus>>,
     ) -> Self {
         Self {
             ctx,
+            pods,
             workers: Arc::default(),
             existing: Arc::new(Mutex::new(existing)),
         }
@@ -273,7 +278,12 @@ impl PodWorkers {
         match event {
             InformerEvent::Applied { new, .. } => {
                 let Some(uid) = new.uid() else { return };
-                let pod = Arc::new((*new).clone());
+                // The cache holds the pod already (it is updated before handlers hear of a
+                // change): one copy of each pod, not two.
+                let pod = self
+                    .pods
+                    .get(&ObjectRef::from_obj(*new))
+                    .unwrap_or_else(|| Arc::new((*new).clone()));
                 let update = PodUpdate::Present(pod.clone());
                 if let Some(sender) = workers.get(&uid)
                     && sender.send(update.clone()).is_ok()
