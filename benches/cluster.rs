@@ -58,9 +58,18 @@ fn node_pss_mib(cgroups: &[PathBuf]) -> f64 {
     total
 }
 
-/// Each process of a node's own memory cgroup: its name (comm), RSS, and RSS split into
-/// anonymous memory and the file pages it maps (the binary's, shared), MiB.
-fn node_processes(cgroups: &[PathBuf]) -> Vec<(String, f64, f64, f64)> {
+/// One process's memory, MiB.
+struct ProcessMemory {
+    /// Its name (comm).
+    name: String,
+    rss: f64,
+    anonymous: f64,
+    /// The file pages it maps: the binary's, shared with the other processes running it.
+    file: f64,
+}
+
+/// Each process of a node's own memory cgroup.
+fn node_processes(cgroups: &[PathBuf]) -> Vec<ProcessMemory> {
     let Some(memory) = cgroups
         .iter()
         .find(|c| c.components().any(|p| p.as_os_str() == "memory"))
@@ -78,10 +87,15 @@ fn node_processes(cgroups: &[PathBuf]) -> Vec<(String, f64, f64, f64)> {
             let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             let (rss, _) = memory_mib(pid);
             let (anon, file) = rss_split_mib(pid);
-            processes.push((name.trim().to_string(), rss, anon, file));
+            processes.push(ProcessMemory {
+                name: name.trim().to_string(),
+                rss,
+                anonymous: anon,
+                file,
+            });
         }
     }
-    processes.sort_by(|a, b| a.0.cmp(&b.0));
+    processes.sort_by(|a, b| a.name.cmp(&b.name));
     processes
 }
 
@@ -155,7 +169,7 @@ struct Run {
     control_plane_mib: f64,
     worker_mib: f64,
     /// The processes of the control plane and of one worker, as [`node_processes`] reads them.
-    processes: Vec<(&'static str, Vec<(String, f64, f64, f64)>)>,
+    processes: Vec<(&'static str, Vec<ProcessMemory>)>,
 }
 
 fn one_run(work: &Path, image: &Path, index: usize) -> Run {
@@ -342,8 +356,11 @@ fn main() {
     println!("| node | process | RSS | anonymous | file (the binary's pages) |");
     println!("|---|---|---|---|---|");
     for (node, processes) in &runs.last().expect("runs").processes {
-        for (name, rss, anon, file) in processes {
-            println!("| {node} | {name} | {rss:.1} | {anon:.1} | {file:.1} |");
+        for p in processes {
+            println!(
+                "| {node} | {} | {:.1} | {:.1} | {:.1} |",
+                p.name, p.rss, p.anonymous, p.file
+            );
         }
     }
     println!();
