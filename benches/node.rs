@@ -300,9 +300,12 @@ async fn startup_bench(binary: &Binary) -> anyhow::Result<Vec<String>> {
         runtime_peak += peak;
         runtime_pss += pss_mib(pid);
     }
-    // A heap profile of this moment, when the kubelet runs with `--features dhat-heap`
-    // (see docs/benchmarks.md).
-    if let Some(dir) = std::env::var_os("BATON_DHAT_DIR") {
+    // A heap profile of this moment, when the kubelet is profiled (`--features dhat-heap` and
+    // `kubelet` in BATON_DHAT_ROLES; see docs/benchmarks.md).
+    let profiled = cfg!(feature = "dhat-heap")
+        && std::env::var("BATON_DHAT_ROLES")
+            .is_ok_and(|roles| roles.split(',').any(|r| r.trim() == "kubelet"));
+    if let Some(dir) = std::env::var_os("BATON_DHAT_DIR").filter(|_| profiled) {
         let dir = std::path::PathBuf::from(dir);
         std::fs::write(dir.join("dump-kubelet"), "")?;
         let profile = dir.join(format!("dhat-kubelet-{kubelet}.json"));

@@ -28,6 +28,8 @@ pub fn start(role: &str) {
         std::path::PathBuf::from(std::env::var_os("BATON_DHAT_DIR").unwrap_or_else(|| ".".into()));
     let file = dir.join(format!("dhat-{role}-{}.json", std::process::id()));
     let trigger = dir.join(format!("dump-{role}"));
+    // A trigger left from an earlier process is not a request to this one.
+    let _ = std::fs::remove_file(&trigger);
     let profiler = dhat::Profiler::builder().file_name(file).build();
     std::thread::spawn(move || {
         let started = Instant::now();
@@ -35,5 +37,6 @@ pub fn start(role: &str) {
             std::thread::sleep(Duration::from_millis(200));
         }
         drop(profiler);
+        let _ = std::fs::remove_file(&trigger);
     });
 }

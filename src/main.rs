@@ -146,9 +146,10 @@ fn parse_command(args: Vec<String>) -> Command {
         .iter()
         .skip(2)
         .any(|arg| matches!(arg.as_str(), "-h" | "--help" | "-V" | "--version"));
-    let pid_1 = std::process::id() == 1;
+    // PID 1's words are the kernel command line's, never a request for help.
+    let init_as_pid_1 = args.get(1).is_some_and(|a| a == "init") && std::process::id() == 1;
     match service_command(&args) {
-        Some(parsed) if !asks_for_help || pid_1 => parsed.unwrap_or_else(|err| err.exit()),
+        Some(parsed) if !asks_for_help || init_as_pid_1 => parsed.unwrap_or_else(|err| err.exit()),
         _ => Cli::parse_from(args).command,
     }
 }

@@ -37,11 +37,20 @@ impl ImageReference {
         if reference.starts_with("sha256:") || is_hex64(reference) {
             return Err(error("an image ID is not an image name"));
         }
-        let parts = split_reference(reference).map_err(|err| error(err.reason()))?;
-        let (registry, repository) = split_domain(parts.name);
+        // As the distribution library's ParseNormalizedNamed: the registry and repository
+        // first, the repository checked for capitals, then the normalised whole parsed.
+        let (registry, remainder) = split_domain(reference);
+        let repository_part = remainder.split(':').next().unwrap_or_default();
+        if repository_part.to_ascii_lowercase() != repository_part {
+            return Err(error(&format!(
+                "invalid reference format: repository name ({repository_part}) must be lowercase"
+            )));
+        }
+        let normalized = format!("{registry}/{remainder}");
+        let parts = split_reference(&normalized).map_err(|err| error(err.reason()))?;
         Ok(Self {
-            registry,
-            repository,
+            repository: parts.name[registry.len() + 1..].to_string(),
+            registry: registry.to_string(),
             tag: match (parts.tag, parts.digest) {
                 (None, None) => Some("latest".to_string()),
                 (tag, _) => tag.map(str::to_string),
@@ -145,10 +154,9 @@ struct ReferenceParts<'a> {
 }
 
 /// Why a reference does not follow the grammar; the reasons are the distribution library's
-/// texts, which the kubelet's `InvalidImageName` messages carry.
+/// texts (and go-digest's, for digests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GrammarError {
-    NameEmpty,
     NameContainsUppercase,
     NameTooLong,
     InvalidFormat,
@@ -160,7 +168,6 @@ enum GrammarError {
 impl GrammarError {
     fn reason(self) -> &'static str {
         match self {
-            Self::NameEmpty => "repository name must have at least one component",
             Self::NameContainsUppercase => "repository name must be lowercase",
             Self::NameTooLong => "repository name must not be more than 255 characters",
             Self::InvalidFormat => "invalid reference format",
@@ -180,7 +187,8 @@ const NAME_TOTAL_LENGTH_MAX: usize = 255;
 /// ```text
 /// reference        := name [ ":" tag ] [ "@" digest ]
 /// name             := [ domain "/" ] path-component [ "/" path-component ]*
-/// domain           := domain-component [ "." domain-component ]* [ ":" [0-9]+ ]
+/// domain           := host [ ":" [0-9]+ ]
+/// host             := domain-component [ "." domain-component ]* | "[" [a-fA-F0-9:]+ "]"
 /// domain-component := [a-zA-Z0-9] | [a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]
 /// path-component   := [a-z0-9]+ [ separator [a-z0-9]+ ]*
 /// separator        := "." | "_" | "__" | "-"*
@@ -193,9 +201,6 @@ const NAME_TOTAL_LENGTH_MAX: usize = 255;
 /// the tag compiles into about 7 MiB of automaton that every process parsing a reference kept
 /// for good (the kubelet's largest allocation, measured with dhat).
 fn split_reference(reference: &str) -> Result<ReferenceParts<'_>, GrammarError> {
-    if reference.is_empty() {
-        return Err(GrammarError::NameEmpty);
-    }
     let parts = split_by_grammar(reference).ok_or_else(|| {
         // As the distribution library does: a reference valid but for its capitals.
         if split_by_grammar(&reference.to_ascii_lowercase()).is_some() {
@@ -270,11 +275,30 @@ fn is_path_component(component: &str) -> bool {
     }
 }
 
-/// `domain-component [ "." domain-component ]* [ ":" port ]`.
+/// `host [ ":" port ]`, the host a name or a bracketed IPv6 address.
 fn is_domain(domain: &str) -> bool {
-    let (host, port) = match domain.split_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (domain, None),
+    let (host, port) = if let Some(bracketed) = domain.strip_prefix('[') {
+        let Some((address, after)) = bracketed.split_once(']') else {
+            return false;
+        };
+        let port = match after {
+            "" => None,
+            after => match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return false,
+            },
+        };
+        let address_ok =
+            !address.is_empty() && address.bytes().all(|b| b.is_ascii_hexdigit() || b == b':');
+        if !address_ok {
+            return false;
+        }
+        (None, port)
+    } else {
+        match domain.split_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(domain), None),
+        }
     };
     let component = |c: &str| {
         let bytes = c.as_bytes();
@@ -285,7 +309,7 @@ fn is_domain(domain: &str) -> bool {
                 .iter()
                 .all(|&b| b.is_ascii_alphanumeric() || b == b'-')
     };
-    host.split('.').all(component)
+    host.is_none_or(|host| host.split('.').all(component))
         && port.is_none_or(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -314,7 +338,8 @@ fn is_digest_syntax(digest: &str) -> bool {
         && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The algorithms the distribution library knows, with their hex lengths.
+/// go-digest's checks: a known algorithm (sha256, sha384, sha512) with its length of
+/// lowercase hex; an algorithm it does not know is unsupported when well formed (lowercase).
 fn check_digest(digest: &str) -> Result<(), GrammarError> {
     let (algorithm, hex) = digest
         .split_once(':')
@@ -323,36 +348,46 @@ fn check_digest(digest: &str) -> Result<(), GrammarError> {
         "sha256" => 64,
         "sha384" => 96,
         "sha512" => 128,
+        _ if algorithm.bytes().any(|b| b.is_ascii_uppercase()) => {
+            return Err(GrammarError::DigestInvalidFormat);
+        }
         _ => return Err(GrammarError::DigestUnsupported),
     };
-    if hex.len() == length {
-        Ok(())
-    } else {
+    if hex.len() != length {
         Err(GrammarError::DigestInvalidLength)
+    } else if hex.bytes().any(|b| b.is_ascii_uppercase()) {
+        Err(GrammarError::DigestInvalidFormat)
+    } else {
+        Ok(())
     }
 }
 
-/// The registry and repository of a name, normalised as Docker does: a first component with
-/// a `.` or a `:`, or `localhost`, is a registry; otherwise the registry is Docker Hub, where
-/// a one-component name is an official image under `library/`.
-fn split_domain(name: &str) -> (String, String) {
-    let (registry, repository) = match name.split_once('/') {
-        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
-            (first, rest.to_string())
+/// The registry and the rest of a reference (repository, tag, digest), as the distribution
+/// library's splitDockerDomain does: a first component with a `.` or a `:`, `localhost`, or
+/// capitals is a registry; otherwise the registry is Docker Hub, where a one-component name is
+/// an official image under `library/`.
+fn split_domain(reference: &str) -> (&str, String) {
+    let (registry, rest) = match reference.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.bytes().any(|b| b.is_ascii_uppercase()) =>
+        {
+            (first, rest)
         }
-        _ => ("docker.io", name.to_string()),
+        _ => ("docker.io", reference),
     };
     let registry = if registry == "index.docker.io" {
         "docker.io"
     } else {
         registry
     };
-    let repository = if registry == "docker.io" && !repository.contains('/') {
-        format!("library/{repository}")
+    let rest = if registry == "docker.io" && !rest.contains('/') {
+        format!("library/{rest}")
     } else {
-        repository
+        rest.to_string()
     };
-    (registry.to_string(), repository)
+    (registry, rest)
 }
 
 #[cfg(test)]
@@ -449,7 +484,7 @@ mod tests {
             assert_eq!(parts(bad), invalid, "{bad}");
         }
         assert_eq!(parts(&format!("a:{}", "t".repeat(129))), invalid);
-        assert_eq!(parts(""), Err(GrammarError::NameEmpty));
+        assert_eq!(parts(""), invalid);
         assert_eq!(parts("Busybox"), Err(GrammarError::NameContainsUppercase));
         assert_eq!(parts(&"a".repeat(256)), Err(GrammarError::NameTooLong));
         let hex32 = "0123456789abcdef0123456789abcdef";
@@ -507,7 +542,17 @@ mod tests {
                 continue;
             }
             total += 1;
+            // A first component with capitals is a registry since distribution v0.6 (oci-spec
+            // still reads it as a Docker Hub path): both accept such names, with other parts.
+            let capital_registry = reference.split_once('/').is_some_and(|(first, _)| {
+                first.bytes().any(|b| b.is_ascii_uppercase()) && !first.contains(['.', ':'])
+            });
             let ours = ImageReference::parse(&reference).ok();
+            if capital_registry {
+                let theirs = reference.parse::<oci_client::Reference>().ok();
+                assert_eq!(ours.is_some(), theirs.is_some(), "{reference}");
+                continue;
+            }
             let theirs = reference.parse::<oci_client::Reference>().ok().map(|r| {
                 (
                     r.registry().to_string(),
@@ -531,6 +576,55 @@ mod tests {
         assert!(
             valid > total / 20 && valid < total - total / 20,
             "{valid} of {total} valid"
+        );
+    }
+
+    #[test]
+    fn normalises_and_refuses_as_parse_normalized_named() {
+        let parse = |r: &str| ImageReference::parse(r).map(|r| r.to_string());
+        // Capitals in the first of several components name a registry.
+        assert_eq!(parse("Reg/app").unwrap(), "Reg/app:latest");
+        assert_eq!(parse("[::1]:5000/app:1").unwrap(), "[::1]:5000/app:1");
+        assert_eq!(parse("[fe80::1]/a/b").unwrap(), "[fe80::1]/a/b:latest");
+        let reason = |r: &str| ImageReference::parse(r).unwrap_err().reason;
+        assert_eq!(
+            reason("Busybox"),
+            "invalid reference format: repository name (library/Busybox) must be lowercase"
+        );
+        assert_eq!(
+            reason("x.io/App:v1"),
+            "invalid reference format: repository name (App) must be lowercase"
+        );
+        assert_eq!(reason(""), "invalid reference format");
+        assert_eq!(reason("[::1/a"), "invalid reference format");
+        // The length counts the normalised name: docker.io/library/ and 240 letters.
+        assert_eq!(
+            reason(&"a".repeat(240)),
+            "repository name must not be more than 255 characters"
+        );
+        assert!(parse(&"a".repeat(237)).is_ok());
+        let upper = DIGEST.to_ascii_uppercase().replace("SHA256", "sha256");
+        assert_eq!(
+            reason(&format!("a@{upper}")),
+            "invalid checksum digest format"
+        );
+        let hex = &DIGEST[7..];
+        // As upstream, the repository part runs to the first `:`, here through the digest.
+        assert_eq!(
+            reason(&format!("a@SHA256:{hex}")),
+            "invalid reference format: repository name (library/a@SHA256) must be lowercase"
+        );
+        assert_eq!(
+            reason(&format!("a:1@Sha256:{hex}")),
+            "invalid checksum digest format"
+        );
+        assert_eq!(
+            reason(&format!("a@md5:{hex}")),
+            "unsupported digest algorithm"
+        );
+        assert_eq!(
+            reason(&format!("a@sha256:{hex}0")),
+            "invalid checksum digest length"
         );
     }
 
