@@ -371,6 +371,21 @@ async fn image_and_memory_errors_show_upstream_reasons() -> Result<()> {
         "{notes:?}"
     );
 
+    // A name that does not parse is never pulled: upstream's reason and message.
+    let pod = json!({ "spec": { "containers": [{ "name": "main", "image": "Busybox:1", "command": ["true"] }] } });
+    cluster.create_pod("bad-name", "true", pod).await?;
+    let waiting = cluster
+        .wait_for("InvalidImageName", "bad-name", |pod| {
+            let waiting = main_status(pod)?.state?.waiting?;
+            (waiting.reason.as_deref() == Some("InvalidImageName")).then_some(waiting)
+        })
+        .await;
+    let expected = "Failed to apply default image tag \"Busybox:1\": couldn't parse image name \"Busybox:1\": invalid reference format: repository name (library/Busybox) must be lowercase";
+    assert_eq!(waiting.message.as_deref(), Some(expected));
+    let notes = cluster.event_notes("bad-name", "InspectFailed").await;
+    assert!(notes.iter().any(|n| n == expected), "{notes:?}");
+    assert!(cluster.event_notes("bad-name", "Pulling").await.is_empty());
+
     // Its logs cannot be read yet: the kubelet's refusal reaches kubectl as a Status.
     let kubectl = baton_test_harness::kubectl_binaries().remove(0);
     let out = cluster.server.kubectl(&kubectl, &["logs", "no-image"]);

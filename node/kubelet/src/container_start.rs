@@ -338,6 +338,20 @@ async fn ensure_image(
     if reference.is_empty() {
         return Err(StartFailure::new("InvalidImageName", "no image given"));
     }
+    // Upstream's image manager: a name that does not parse is reported once per sync as
+    // InspectFailed and leaves the container waiting with InvalidImageName, never pulled.
+    if let Err(err) = baton_images::ImageReference::parse(&reference) {
+        let message = format!("Failed to apply default image tag \"{reference}\": {err}");
+        ctx.event(
+            pod,
+            Some(&container.name),
+            true,
+            "InspectFailed",
+            message.clone(),
+        )
+        .await;
+        return Err(StartFailure::new("InvalidImageName", message));
+    }
     let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
         let tag_latest = !reference.contains('@')
             && reference
