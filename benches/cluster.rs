@@ -36,26 +36,31 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// PSS of the processes in a node's own memory cgroup (init and its services, not the pods,
-/// which live in the kubepods cgroups below it), MiB.
-fn node_pss_mib(cgroups: &[PathBuf]) -> f64 {
+/// The processes in a node's own memory cgroup (init and its services, not the pods, which
+/// live in the kubepods cgroups below it).
+fn node_pids(cgroups: &[PathBuf]) -> Vec<u32> {
     let Some(memory) = cgroups
         .iter()
         .find(|c| c.components().any(|p| p.as_os_str() == "memory"))
         .or_else(|| cgroups.iter().find(|c| c.join("memory.current").exists()))
     else {
-        return 0.0;
+        return Vec::new();
     };
-    let mut total = 0.0;
-    for dir in [memory.clone(), memory.join("init")] {
-        for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-        {
-            total += pid.trim().parse().map_or(0.0, pss_mib);
-        }
-    }
-    total
+    [memory.clone(), memory.join("init")]
+        .iter()
+        .flat_map(|dir| {
+            std::fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|pid| pid.trim().parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// PSS of a node's own processes, MiB.
+fn node_pss_mib(cgroups: &[PathBuf]) -> f64 {
+    node_pids(cgroups).into_iter().map(pss_mib).sum()
 }
 
 /// One process's memory, MiB.
@@ -68,33 +73,22 @@ struct ProcessMemory {
     file: f64,
 }
 
-/// Each process of a node's own memory cgroup.
+/// Each of a node's own processes.
 fn node_processes(cgroups: &[PathBuf]) -> Vec<ProcessMemory> {
-    let Some(memory) = cgroups
-        .iter()
-        .find(|c| c.components().any(|p| p.as_os_str() == "memory"))
-        .or_else(|| cgroups.iter().find(|c| c.join("memory.current").exists()))
-    else {
-        return Vec::new();
-    };
-    let mut processes = Vec::new();
-    for dir in [memory.clone(), memory.join("init")] {
-        for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|pid| pid.trim().parse::<u32>().ok())
-        {
+    let mut processes: Vec<ProcessMemory> = node_pids(cgroups)
+        .into_iter()
+        .map(|pid| {
             let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             let (rss, _) = memory_mib(pid);
-            let (anon, file) = rss_split_mib(pid);
-            processes.push(ProcessMemory {
+            let (anonymous, file) = rss_split_mib(pid);
+            ProcessMemory {
                 name: name.trim().to_string(),
                 rss,
-                anonymous: anon,
+                anonymous,
                 file,
-            });
-        }
-    }
+            }
+        })
+        .collect();
     processes.sort_by(|a, b| a.name.cmp(&b.name));
     processes
 }
