@@ -25,7 +25,7 @@ mod store;
 mod unpack;
 
 pub use blobs::WriteBlobError;
-pub use digest::{InvalidDigestError, chain_ids};
+pub use digest::{InvalidDigestError, chain_ids, is_hex64};
 pub use gc::{DiskUsage, DiskUsageError, GarbageCollectError, GcReport};
 pub use image::{Image, ImageConfig, ImageLayer};
 pub use import::ImportImageError;

@@ -48,8 +48,14 @@ impl ImageReference {
         }
         let normalized = format!("{registry}/{remainder}");
         let parts = split_reference(&normalized).map_err(|err| error(err.reason()))?;
+        // The name starts with `registry/`: the registry holds no `@` that would start the
+        // digest (a digest never holds the `/` after it), and the tag comes after the last `/`.
+        let repository = &parts.name[registry.len() + 1..];
+        if repository.len() > NAME_TOTAL_LENGTH_MAX {
+            return Err(error(GrammarError::NameTooLong.reason()));
+        }
         Ok(Self {
-            repository: parts.name[registry.len() + 1..].to_string(),
+            repository: repository.to_string(),
             registry: registry.to_string(),
             tag: match (parts.tag, parts.digest) {
                 (None, None) => Some("latest".to_string()),
@@ -178,7 +184,8 @@ impl GrammarError {
     }
 }
 
-/// The longest name the distribution grammar allows.
+/// The longest repository path the distribution library allows (the registry not counted,
+/// since its v0.6).
 const NAME_TOTAL_LENGTH_MAX: usize = 255;
 
 /// Splits `reference` by the grammar of the distribution library's references (what Docker,
@@ -209,9 +216,6 @@ fn split_reference(reference: &str) -> Result<ReferenceParts<'_>, GrammarError> 
             GrammarError::InvalidFormat
         }
     })?;
-    if parts.name.len() > NAME_TOTAL_LENGTH_MAX {
-        return Err(GrammarError::NameTooLong);
-    }
     if let Some(digest) = parts.digest {
         check_digest(digest)?;
     }
@@ -486,7 +490,6 @@ mod tests {
         assert_eq!(parts(&format!("a:{}", "t".repeat(129))), invalid);
         assert_eq!(parts(""), invalid);
         assert_eq!(parts("Busybox"), Err(GrammarError::NameContainsUppercase));
-        assert_eq!(parts(&"a".repeat(256)), Err(GrammarError::NameTooLong));
         let hex32 = "0123456789abcdef0123456789abcdef";
         assert_eq!(
             parts(&format!("a@sha256:{hex32}")),
@@ -597,12 +600,13 @@ mod tests {
         );
         assert_eq!(reason(""), "invalid reference format");
         assert_eq!(reason("[::1/a"), "invalid reference format");
-        // The length counts the normalised name: docker.io/library/ and 240 letters.
+        // The length counts the repository path, library/ included, not the registry.
+        assert!(parse(&"a".repeat(247)).is_ok());
         assert_eq!(
-            reason(&"a".repeat(240)),
+            reason(&"a".repeat(248)),
             "repository name must not be more than 255 characters"
         );
-        assert!(parse(&"a".repeat(237)).is_ok());
+        assert!(parse(&format!("long-registry.example.com/{}", "a".repeat(255))).is_ok());
         let upper = DIGEST.to_ascii_uppercase().replace("SHA256", "sha256");
         assert_eq!(
             reason(&format!("a@{upper}")),
