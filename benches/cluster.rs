@@ -58,11 +58,6 @@ fn node_pids(cgroups: &[PathBuf]) -> Vec<u32> {
         .collect()
 }
 
-/// PSS of a node's own processes, MiB.
-fn node_pss_mib(cgroups: &[PathBuf]) -> f64 {
-    node_pids(cgroups).into_iter().map(pss_mib).sum()
-}
-
 /// One process's memory, MiB.
 struct ProcessMemory {
     /// Its name (comm).
@@ -71,6 +66,8 @@ struct ProcessMemory {
     anonymous: f64,
     /// The file pages it maps: the binary's, shared with the other processes running it.
     file: f64,
+    /// Its share of the pages it shares with others.
+    pss: f64,
 }
 
 /// Each of a node's own processes.
@@ -86,6 +83,7 @@ fn node_processes(cgroups: &[PathBuf]) -> Vec<ProcessMemory> {
                 rss,
                 anonymous,
                 file,
+                pss: pss_mib(pid),
             }
         })
         .collect();
@@ -240,14 +238,15 @@ fn one_run(work: &Path, image: &Path, index: usize) -> Run {
             .iter()
             .map(|c| PathBuf::from(c.as_str().unwrap()))
             .collect();
-        let mib = node_pss_mib(&cgroups);
+        let node_processes = node_processes(&cgroups);
+        let mib = node_processes.iter().map(|p| p.pss).sum();
         if node["role"] == "worker" {
             if workers.is_empty() {
-                processes.push(("worker", node_processes(&cgroups)));
+                processes.push(("worker", node_processes));
             }
             workers.push(mib);
         } else {
-            processes.push(("control plane", node_processes(&cgroups)));
+            processes.push(("control plane", node_processes));
             control_plane_mib = mib;
         }
     }

@@ -4,9 +4,10 @@
 //! `BATON_DHAT_DIR` (default: its working directory) `BATON_DHAT_SECONDS` seconds (default
 //! 120) after it starts, or as soon as a file named `dump-ROLE` appears in that directory (a
 //! benchmark creates it when it measures memory): every allocation site with its bytes live
-//! at that moment and at the peak, for dhat's viewer (dh_view.html). Processes of other roles allocate through dhat's pass-through, unprofiled
-//! but still behind dhat's one global lock, as every allocation of this build is: never take
-//! a benchmark's figures from it. A process that exits before the time writes nothing.
+//! at that moment and at the peak, for dhat's viewer (dh_view.html). Processes of other roles
+//! allocate through dhat's pass-through, unprofiled but still behind dhat's one global lock,
+//! as every allocation of this build is: never take a benchmark's figures from it. A process
+//! that exits before the time writes nothing.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ pub fn start(role: &str) {
     let profiler = dhat::Profiler::builder().file_name(file).build();
     std::thread::spawn(move || {
         let started = Instant::now();
+        // A deliberate poll, in profiling builds only: one stat of the trigger every 200 ms
+        // answers a benchmark's request well within the time it waits.
         while started.elapsed() < Duration::from_secs(seconds) && !trigger.exists() {
             std::thread::sleep(Duration::from_millis(200));
         }

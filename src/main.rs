@@ -136,8 +136,8 @@ enum PkiCommand {
     },
 }
 
-/// The command line's command. A service's flags are parsed with that service's arguments
-/// alone: building the whole command tree, every subcommand's arguments from a dozen crates,
+/// The command line's command. A service's flags (and the VMM's) are parsed with its
+/// arguments alone: building the whole command tree, every subcommand's arguments from a dozen crates,
 /// would touch code all over the binary, and each of its pages stays resident in every
 /// service process (measured: 120 page faults and 2.9 MiB of resident binary more). Help and
 /// version requests take the whole tree, for its texts.
@@ -154,7 +154,8 @@ fn parse_command(args: Vec<String>) -> Command {
     }
 }
 
-/// The service subcommand `args[1]` names, parsed alone; `None` for the other subcommands.
+/// The service (or VMM) subcommand `args[1]` names, parsed alone; `None` for the other
+/// subcommands.
 fn service_command(args: &[String]) -> Option<Result<Command, clap::Error>> {
     Some(match args.get(1)?.as_str() {
         "apiserver" => parse_service("apiserver", args).map(Command::Apiserver),
@@ -167,6 +168,8 @@ fn service_command(args: &[String]) -> Option<Result<Command, clap::Error>> {
         "dns" => parse_service("dns", args).map(Command::Dns),
         "sim-nodes" => parse_service("sim-nodes", args).map(Command::SimNodes),
         "runtime" => parse_service("runtime", args).map(Command::Runtime),
+        // The VMM's start time and memory are features (docs/benchmarks.md, "The VMM").
+        "vmm" => parse_service("vmm", args).map(Command::Vmm),
         // PID 1's arguments are the kernel command line's leftovers, whatever they are.
         "init" if std::process::id() == 1 => Ok(Command::Init {
             kernel_args: args[2..].to_vec(),
@@ -255,28 +258,8 @@ fn init_logging(default_filter: &str, console: bool) {
         .init();
 }
 
-/// `baton vmm ...` alone: the VMM's start-up builds only its own flags, not the whole
-/// command tree (a VMM's start time and memory are features; see docs/benchmarks.md).
-#[derive(Debug, Parser)]
-#[command(name = "baton", version)]
-struct VmmOnlyCli {
-    #[command(subcommand)]
-    command: VmmOnlyCommand,
-}
-
-#[derive(Debug, Subcommand)]
-enum VmmOnlyCommand {
-    /// Boot a Linux guest in a microVM on KVM (`baton vmm check`: can KVM boot Linux here?).
-    Vmm(Box<VmmCli>),
-}
-
 fn main() -> ExitCode {
     let args = args_with_role();
-    if args.get(1).map(String::as_str) == Some("vmm") {
-        let VmmOnlyCommand::Vmm(cli) = VmmOnlyCli::parse_from(args).command;
-        init_logging(DEFAULT_LOG_FILTER, false);
-        return vmm(*cli);
-    }
     let cli = Cli {
         command: parse_command(args),
     };
@@ -471,6 +454,9 @@ mod tests {
             "baton runtime --root /run/r",
             "baton runtime --shutdown",
             "baton pod-pid-holder",
+            "baton vmm --kernel k --cmdline c",
+            "baton vmm check",
+            "baton vmm api /run/v.sock shutdown 5",
         ] {
             let alone = service_command(&args(line)).expect(line).expect(line);
             let whole = Cli::try_parse_from(args(line)).expect(line).command;

@@ -25,14 +25,14 @@ mod store;
 mod unpack;
 
 pub use blobs::WriteBlobError;
-pub use digest::{InvalidDigestError, chain_ids, is_hex64};
+pub use digest::{InvalidDigestError, chain_ids};
 pub use gc::{DiskUsage, DiskUsageError, GarbageCollectError, GcReport};
 pub use image::{Image, ImageConfig, ImageLayer};
 pub use import::ImportImageError;
 pub use index::ImageIndexError;
 pub use manifest::InvalidImageError;
 pub use pull::{PullImageError, PullOptions, RegistryCredentials};
-pub use reference::{ImageReference, ParseReferenceError, normalize_reference};
+pub use reference::{ImageReference, ParseReferenceError, is_image_id, normalize_reference};
 pub use rootfs::{MountRootfsError, is_mount_point, mount_overlay, unmount_overlay};
 pub use store::{DEFAULT_ROOT, ImageStore, OpenStoreError, RemoveImageError};
 pub use unpack::{OVERLAY_OPAQUE_XATTR, UnpackLayerError};

@@ -33,8 +33,7 @@ impl ImageReference {
             reference: reference.to_string(),
             reason: reason.to_string(),
         };
-        // A bare image ID is not a name (the grammar would read `sha256` as a repository).
-        if reference.starts_with("sha256:") || is_hex64(reference) {
+        if is_image_id(reference) {
             return Err(error("an image ID is not an image name"));
         }
         // As the distribution library's ParseNormalizedNamed: the registry and repository
@@ -144,6 +143,13 @@ impl fmt::Display for ImageReference {
         }
         Ok(())
     }
+}
+
+/// Whether `reference` names an image by its ID (`sha256:<hex>`, or 64 hex digits) rather than
+/// by name; [`ImageReference::parse`] refuses those (the grammar would read `sha256` as a
+/// repository), and the store looks them up as IDs.
+pub fn is_image_id(reference: &str) -> bool {
+    reference.starts_with("sha256:") || is_hex64(reference)
 }
 
 /// `reference` in its full normalised form (`busybox` -> `docker.io/library/busybox:latest`).
@@ -541,7 +547,7 @@ mod tests {
             let reference: String = (0..1 + next(7))
                 .map(|_| pieces[next(pieces.len())])
                 .collect();
-            if reference.starts_with("sha256:") || is_hex64(&reference) {
+            if is_image_id(&reference) {
                 continue;
             }
             total += 1;

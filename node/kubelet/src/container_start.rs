@@ -341,8 +341,9 @@ async fn ensure_image(
     // Upstream's image manager: a name that does not parse is reported once per sync as
     // InspectFailed and leaves the container waiting with InvalidImageName, never pulled.
     // Image IDs are looked up as IDs below.
-    let image_id = reference.starts_with("sha256:") || baton_images::is_hex64(&reference);
-    if !image_id && let Err(err) = baton_images::ImageReference::parse(&reference) {
+    if !baton_images::is_image_id(&reference)
+        && let Err(err) = baton_images::ImageReference::parse(&reference)
+    {
         let message = format!("Failed to apply default image tag {reference:?}: {err}");
         ctx.event(
             pod,
