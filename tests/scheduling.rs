@@ -256,6 +256,23 @@ spec:
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
     assert_eq!(node, "big-0");
+    // Once bound, describe shows upstream's Scheduled event from the scheduler.
+    let describe = wait_until("Scheduled in describe", Duration::from_secs(30), || async {
+        let out = plane.apiserver.kubectl(&k, &["describe", "pod", "huge"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("Normal   Scheduled").then_some(text)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    let line = describe
+        .lines()
+        .find(|l| l.contains("Normal   Scheduled"))
+        .unwrap();
+    assert!(
+        line.contains("default-scheduler")
+            && line.ends_with("Successfully assigned default/huge to big-0"),
+        "{describe}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

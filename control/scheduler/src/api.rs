@@ -1,7 +1,8 @@
 //! The scheduler's writes to the API server, all made off the scheduling loop in tasks of
-//! their own: bindings (up to 128 workers, the rest queued), the PodScheduled condition and
-//! FailedScheduling events of pods that fit nowhere, and preemption (evicting victims,
-//! nominating nodes).
+//! their own: bindings (up to 128 workers, the rest queued), the Scheduled event of each pod
+//! bound (a few workers, at most 1,000 waiting, the rest dropped as upstream's event
+//! broadcaster drops them), the PodScheduled condition and FailedScheduling events of pods
+//! that fit nowhere, and preemption (evicting victims, nominating nodes).
 
 use baton_client::CachedPod;
 use std::sync::Arc;
@@ -20,6 +21,13 @@ use crate::pod_info::PodInfo;
 pub const MAX_BINDS_IN_FLIGHT: usize = 128;
 /// How many status, event and eviction writes may be in flight at once.
 pub const MAX_REPORTS_IN_FLIGHT: usize = 16;
+/// How many Scheduled events may be written at once: they yield to the bindings.
+pub const MAX_SCHEDULED_EVENTS_IN_FLIGHT: usize = 4;
+/// How many Scheduled events may wait; more are dropped, as upstream's event broadcaster
+/// drops events beyond its queue of 1,000 (`maxQueuedEvents`) rather than fall behind.
+pub const MAX_SCHEDULED_EVENTS_WAITING: usize = 1000;
+/// The name its events are reported under.
+const SCHEDULER_NAME: &str = "default-scheduler";
 /// The events API's limit on a note.
 const NOTE_LENGTH_LIMIT: usize = 1024;
 
@@ -62,27 +70,48 @@ struct BindJob {
     results: mpsc::UnboundedSender<BindResult>,
 }
 
+/// The Scheduled event of a pod just bound: "Successfully assigned NS/NAME to NODE".
+struct ScheduledEvent {
+    pod: ObjectReference,
+    node: Arc<str>,
+}
+
 /// Jobs waiting for a worker, and how many workers run (at most `max`). Both change under
 /// one lock, so that a worker never stops while a job waits.
 struct WorkQueue<J> {
     waiting: std::collections::VecDeque<J>,
     workers: usize,
     max: usize,
+    /// How many jobs may wait; a job beyond it is dropped.
+    max_waiting: usize,
+    /// How many jobs were dropped.
+    dropped: u64,
 }
 
 impl<J> WorkQueue<J> {
     fn new(max: usize) -> Self {
+        Self::bounded(max, usize::MAX)
+    }
+
+    fn bounded(max: usize, max_waiting: usize) -> Self {
         WorkQueue {
             waiting: std::collections::VecDeque::new(),
             workers: 0,
             max,
+            max_waiting,
+            dropped: 0,
         }
     }
 
-    /// Queues `job`, or hands it back when a new worker should start with it.
+    /// Queues `job` (or drops it when `max_waiting` jobs wait), or hands it back when a new
+    /// worker should start with it.
     fn submit(&mut self, job: J) -> Option<J> {
         if self.workers == self.max {
-            self.waiting.push_back(job);
+            if self.waiting.len() < self.max_waiting {
+                self.waiting.push_back(job);
+            } else {
+                self.dropped += 1;
+            }
             return None;
         }
         self.workers += 1;
@@ -130,7 +159,10 @@ where
 pub struct ApiWriter {
     client: Client,
     recorder: Recorder,
+    /// The reportingInstance of its events: "default-scheduler-HOSTNAME".
+    reporting_instance: String,
     binds: Arc<std::sync::Mutex<WorkQueue<BindJob>>>,
+    scheduled_events: Arc<std::sync::Mutex<WorkQueue<ScheduledEvent>>>,
     reports: Arc<Semaphore>,
 }
 
@@ -144,6 +176,10 @@ impl std::fmt::Debug for ApiWriter {
             .field(
                 "binds_waiting",
                 &self.binds.lock().expect("bind queue").waiting.len(),
+            )
+            .field(
+                "scheduled_events_dropped",
+                &self.scheduled_events.lock().expect("event queue").dropped,
             )
             .field("reports_available", &self.reports.available_permits())
             .finish()
@@ -191,17 +227,23 @@ fn status_code(error: &kube::Error) -> Option<u16> {
 impl ApiWriter {
     /// A writer reporting events as "default-scheduler".
     pub fn new(client: Client) -> Self {
+        let reporting_instance = format!("{SCHEDULER_NAME}-{}", hostname());
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
-                controller: "default-scheduler".into(),
-                instance: Some(format!("default-scheduler-{}", hostname())),
+                controller: SCHEDULER_NAME.into(),
+                instance: Some(reporting_instance.clone()),
             },
         );
         ApiWriter {
             client,
             recorder,
+            reporting_instance,
             binds: Arc::new(std::sync::Mutex::new(WorkQueue::new(MAX_BINDS_IN_FLIGHT))),
+            scheduled_events: Arc::new(std::sync::Mutex::new(WorkQueue::bounded(
+                MAX_SCHEDULED_EVENTS_IN_FLIGHT,
+                MAX_SCHEDULED_EVENTS_WAITING,
+            ))),
             reports: Arc::new(Semaphore::new(MAX_REPORTS_IN_FLIGHT)),
         }
     }
@@ -279,6 +321,9 @@ impl ApiWriter {
                 &binding,
             )
             .await;
+        if result.is_ok() {
+            self.record_scheduled(&info, &node);
+        }
         let error = result.err().map(|e| BindError {
             code: status_code(&e),
             // What the API server said, as upstream shows it (not the client's wrapping).
@@ -293,6 +338,70 @@ impl ApiWriter {
             attempts,
             error,
         });
+    }
+
+    /// Queues the pod's Scheduled event (upstream's "Successfully assigned NS/NAME to NODE",
+    /// action Binding), dropped when too many already wait.
+    fn record_scheduled(&self, info: &PodInfo, node: &Arc<str>) {
+        let job = ScheduledEvent {
+            pod: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(info.name().to_string()),
+                namespace: Some(info.namespace.clone()),
+                uid: Some(info.uid.clone()),
+                ..Default::default()
+            },
+            node: node.clone(),
+        };
+        let Some(job) = self
+            .scheduled_events
+            .lock()
+            .expect("event queue")
+            .submit(job)
+        else {
+            return;
+        };
+        let this = self.clone();
+        spawn_worker(self.scheduled_events.clone(), job, move |job| {
+            let this = this.clone();
+            async move { this.write_scheduled(job).await }
+        });
+    }
+
+    /// Creates a Scheduled event. A pod is bound once, so the event never repeats: it is
+    /// created, never counted into a series, and so not kept (kube's `Recorder` keeps every
+    /// event it wrote for its series, which would hold one per pod).
+    async fn write_scheduled(&self, job: ScheduledEvent) {
+        let namespace = job.pod.namespace.clone().unwrap_or_default();
+        let name = job.pod.name.clone().unwrap_or_default();
+        let now = jiff::Timestamp::now();
+        let event = k8s_openapi::api::events::v1::Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
+            event_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                now,
+            )),
+            type_: Some("Normal".into()),
+            reason: Some("Scheduled".into()),
+            action: Some("Binding".into()),
+            note: Some(format!(
+                "Successfully assigned {namespace}/{name} to {}",
+                job.node
+            )),
+            reporting_controller: Some(SCHEDULER_NAME.into()),
+            reporting_instance: Some(self.reporting_instance.clone()),
+            regarding: Some(job.pod),
+            ..Default::default()
+        };
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &namespace);
+        if let Err(e) = events.create(&PostParams::default(), &event).await {
+            tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "recording a Scheduled event failed");
+        }
     }
 
     /// Annotates each claim with the node its pod goes to, over the version the decision saw
@@ -549,6 +658,21 @@ mod tests {
         assert_eq!(queue.next(), None);
         assert_eq!(queue.workers, 0);
         assert!(queue.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_bounded_queue_drops_what_does_not_fit() {
+        let mut queue = WorkQueue::bounded(1, 2);
+        assert_eq!(queue.submit(1), Some(1));
+        assert_eq!(queue.submit(2), None);
+        assert_eq!(queue.submit(3), None);
+        // Two wait already: this one is dropped, and counted.
+        assert_eq!(queue.submit(4), None);
+        assert_eq!(queue.dropped, 1);
+        assert_eq!(queue.next(), Some(2));
+        assert_eq!(queue.next(), Some(3));
+        assert_eq!(queue.next(), None);
+        assert_eq!(queue.workers, 0);
     }
 
     #[test]
