@@ -1,0 +1,22 @@
+//! Lays the release binary's hot code out together: when `hot-code.order` (written by
+//! scripts/record-hot-code) is present, lld places the functions it lists first, in its
+//! order, so that each role's code shares pages instead of being spread over the binary
+//! (every process maps the pages its code lies in; see docs/benchmarks.md, "Hot code
+//! order"). Debug builds keep the default layout.
+
+use std::path::Path;
+
+fn main() {
+    println!("cargo:rerun-if-changed=hot-code.order");
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let order = Path::new(&dir).join("hot-code.order");
+    if std::env::var("PROFILE").as_deref() == Ok("release") && order.exists() {
+        println!(
+            "cargo:rustc-link-arg-bin=baton=-Wl,--symbol-ordering-file={}",
+            order.display()
+        );
+        // The file names the functions of the build it was recorded from; one that is gone
+        // or renamed since is skipped.
+        println!("cargo:rustc-link-arg-bin=baton=-Wl,--no-warn-symbol-ordering");
+    }
+}
