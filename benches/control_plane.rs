@@ -124,7 +124,14 @@ async fn main() -> anyhow::Result<()> {
         "starting etcd, API server, scheduler, controller manager and {NODES} simulated nodes"
     );
     let started = Instant::now();
-    let plane = ControlPlane::start(&binary, 0, &[]).await?;
+    // A heap-profiling build serializes every allocation behind one lock: the controller
+    // manager would miss its lease renewals and exit, so it runs without leader election.
+    let cm_args: &[&str] = if cfg!(feature = "dhat-heap") {
+        &["--leader-elect=false"]
+    } else {
+        &[]
+    };
+    let plane = ControlPlane::start(&binary, 0, cm_args).await?;
     let mut plane = plane;
     plane
         .add_sim_nodes("sim-nodes", NODES, "node-", &["--concurrency=64"])
@@ -180,6 +187,9 @@ async fn main() -> anyhow::Result<()> {
     let (sched_rss, sched_peak) = memory_mib(sched_pid);
     let (cm_rss, cm_peak) = memory_mib(cm_pid);
     let split = [rss_split_mib(sched_pid), rss_split_mib(cm_pid)];
+    // Heap profiles of this moment, when the components are profiled (see docs/benchmarks.md).
+    support::heap_profile("scheduler", sched_pid).await?;
+    support::heap_profile("controller-manager", cm_pid).await?;
 
     // Phase 2, the steady flow: a 1,000-replica Deployment, from apply to all Running, with
     // each pod's time from creation to binding.

@@ -300,27 +300,8 @@ async fn startup_bench(binary: &Binary) -> anyhow::Result<Vec<String>> {
         runtime_peak += peak;
         runtime_pss += pss_mib(pid);
     }
-    // A heap profile of this moment, when the kubelet is profiled (`--features dhat-heap` and
-    // `kubelet` in BATON_DHAT_ROLES; see docs/benchmarks.md).
-    let profiled = cfg!(feature = "dhat-heap")
-        && std::env::var("BATON_DHAT_ROLES")
-            .is_ok_and(|roles| roles.split(',').any(|r| r.trim() == "kubelet"));
-    if let Some(dir) = std::env::var_os("BATON_DHAT_DIR").filter(|_| profiled) {
-        let dir = std::path::PathBuf::from(dir);
-        std::fs::write(dir.join("dump-kubelet"), "")?;
-        let profile = dir.join(format!("dhat-kubelet-{kubelet}.json"));
-        wait_until(
-            "the kubelet's heap profile",
-            Duration::from_secs(60),
-            || {
-                let written = std::fs::read(&profile)
-                    .ok()
-                    .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
-                async move { written.map(|_| ()) }
-            },
-        )
-        .await?;
-    }
+    // A heap profile of this moment, when the kubelet is profiled (see docs/benchmarks.md).
+    support::heap_profile("kubelet", kubelet).await?;
 
     let deleting = Instant::now();
     pods.delete_collection(

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cluster;
+mod heap_arenas;
 #[cfg(feature = "dhat-heap")]
 mod heap_profile;
 mod image;
@@ -271,6 +272,12 @@ fn main() -> ExitCode {
         },
         console,
     );
+    if matches!(
+        cli.command,
+        Command::Scheduler(_) | Command::ControllerManager(_)
+    ) {
+        heap_arenas::use_one_arena();
+    }
     #[cfg(feature = "dhat-heap")]
     heap_profile::start(match &cli.command {
         Command::Scheduler(_) => "scheduler",

@@ -1,6 +1,9 @@
-//! What the benchmarks share: quantiles, millisecond formatting, process memory.
+//! What the benchmarks share: quantiles, millisecond formatting, process memory, heap
+//! profiles.
 
 use std::time::Duration;
+
+use baton_test_harness::wait_until;
 
 /// The `q` quantile (0..=1) of sorted durations (nearest rank).
 #[allow(dead_code, reason = "not every benchmark reports durations")]
@@ -70,4 +73,33 @@ pub fn pss_mib(pid: u32) -> f64 {
         .and_then(|kib| kib.split_whitespace().next()?.parse::<f64>().ok())
         .unwrap_or(0.0)
         / 1024.0
+}
+
+/// When this is a heap-profiling build (`--features dhat-heap`) and `role` is listed in
+/// BATON_DHAT_ROLES, asks the process `pid` of that role for its heap profile of this moment
+/// and waits until it is written (see docs/benchmarks.md); otherwise does nothing.
+#[allow(dead_code, reason = "not every benchmark profiles")]
+pub async fn heap_profile(role: &str, pid: u32) -> anyhow::Result<()> {
+    let profiled = cfg!(feature = "dhat-heap")
+        && std::env::var("BATON_DHAT_ROLES")
+            .is_ok_and(|roles| roles.split(',').any(|r| r.trim() == role));
+    let Some(dir) = std::env::var_os("BATON_DHAT_DIR").filter(|_| profiled) else {
+        return Ok(());
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::write(dir.join(format!("dump-{role}")), "")?;
+    let profile = dir.join(format!("dhat-{role}-{pid}.json"));
+    wait_until(
+        "the heap profile",
+        // dhat writes every allocation site of a busy process: minutes for a large one.
+        Duration::from_secs(600),
+        || {
+            let written = std::fs::read(&profile)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+            async move { written.map(|_| ()) }
+        },
+    )
+    .await?;
+    Ok(())
 }

@@ -1,6 +1,8 @@
-//! Slimmer still: what each component drops from its cached Pods on arrival
+//! Slimmer still: what each component drops from its cached Pods and Nodes on arrival
 //! ([`CachedPod`](crate::cached_pod::CachedPod) already leaves out every field no component
 //! reads).
+
+use k8s_openapi::api::core::v1::Node;
 
 use crate::cached_pod::{CachedContainerStatus, CachedPod, CachedPodStatus};
 
@@ -57,8 +59,9 @@ fn container_statuses(
 const CONTROLLER_CONDITIONS: [&str; 2] = ["Ready", "DisruptionTarget"];
 
 /// [`pod`], then also what the scheduler reads but no controller does: containers' images
-/// and resources (in the spec and the statuses), and every condition but Ready and
-/// DisruptionTarget. For the controller manager's Pod cache.
+/// and resources (in the spec and the statuses), every condition but Ready and
+/// DisruptionTarget, and containers' states but a termination. For the controller manager's
+/// Pod cache.
 pub fn pod_for_controllers(slimmed: &mut CachedPod) {
     pod(slimmed);
     if let Some(spec) = slimmed.spec.as_mut() {
@@ -80,8 +83,39 @@ pub fn pod_for_controllers(slimmed: &mut CachedPod) {
             for container in statuses.iter_mut() {
                 container.allocated_resources = None;
                 container.resources = None;
+                // Of a container's state the controllers read only a termination (a Job's
+                // backoff counts from its finish time); the last state nobody reads.
+                container.last_state = None;
+                if let Some(state) = container.state.as_mut() {
+                    if state.terminated.is_some() {
+                        state.running = None;
+                        state.waiting = None;
+                    } else {
+                        container.state = None;
+                    }
+                }
             }
         }
+    }
+}
+
+/// Drops from `node` what neither the scheduler nor any controller reads: its system info
+/// (versions, ids), addresses and kubelet endpoint. Conditions stay whole, as the node
+/// lifecycle controller writes them back. For the scheduler's Node cache (it scores images).
+pub fn node(node: &mut Node) {
+    if let Some(status) = node.status.as_mut() {
+        status.node_info = None;
+        status.addresses = None;
+        status.daemon_endpoints = None;
+    }
+}
+
+/// [`node`], and the node's image list, which only the scheduler reads. For the controller
+/// manager's Node cache.
+pub fn node_for_controllers(slimmed: &mut Node) {
+    node(slimmed);
+    if let Some(status) = slimmed.status.as_mut() {
+        status.images = None;
     }
 }
 
@@ -126,8 +160,17 @@ mod tests {
             "status": {
                 "phase": "Running",
                 "conditions": [{"type": "Ready", "status": "True"}],
-                "containerStatuses": [{"name": "app", "image": "nginx:1.25", "imageID": "",
-                    "ready": true, "restartCount": 2}]
+                "containerStatuses": [
+                    {"name": "app", "image": "nginx:1.25", "imageID": "", "ready": true,
+                        "restartCount": 2,
+                        "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}},
+                        "lastState": {"terminated": {"exitCode": 1,
+                            "finishedAt": "2026-01-01T00:00:00Z"}}},
+                    {"name": "done", "image": "busybox", "imageID": "", "ready": false,
+                        "restartCount": 0,
+                        "state": {"terminated": {"exitCode": 0,
+                            "finishedAt": "2026-01-01T00:00:02Z"}}}
+                ]
             }
         }))
         .expect("valid pod")
@@ -170,6 +213,11 @@ mod tests {
         assert_eq!(app_status.name, "app");
         assert_eq!(app_status.restart_count, 2);
         assert!(app_status.ready);
+        assert!(app_status.state.is_none() && app_status.last_state.is_none());
+        let done = &status.container_statuses.as_ref().unwrap()[1];
+        let terminated = done.state.as_ref().and_then(|s| s.terminated.as_ref());
+        assert_eq!(terminated.map(|t| t.exit_code), Some(0));
+        assert!(terminated.and_then(|t| t.finished_at.as_ref()).is_some());
         assert_eq!(status.phase.as_deref(), Some("Running"));
         assert_eq!(slimmed.metadata.labels, full_pod().metadata.labels);
     }
@@ -212,5 +260,46 @@ mod tests {
         assert_eq!(spec.tolerations, full_pod().spec.unwrap().tolerations);
 
         assert_eq!(slimmed.status, full_pod().status);
+    }
+
+    #[test]
+    fn nodes_keep_what_scheduling_and_node_health_read() {
+        let full: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "a"}},
+            "spec": {"podCIDR": "10.244.1.0/24", "unschedulable": true,
+                "taints": [{"key": "k", "effect": "NoSchedule"}]},
+            "status": {
+                "allocatable": {"cpu": "4"}, "capacity": {"cpu": "4"},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status"}],
+                "images": [{"names": ["nginx:1.25"], "sizeBytes": 1000}],
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                "nodeInfo": {"architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+                    "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "v1.33.0",
+                    "machineID": "", "operatingSystem": "linux", "osImage": "", "systemUUID": ""}
+            }
+        }))
+        .unwrap();
+        let mut for_scheduler = full.clone();
+        node(&mut for_scheduler);
+        let status = for_scheduler.status.as_ref().unwrap();
+        assert!(status.node_info.is_none() && status.addresses.is_none());
+        assert!(status.daemon_endpoints.is_none());
+        // What the scheduler and the controllers read stays.
+        assert_eq!(for_scheduler.metadata, full.metadata);
+        assert_eq!(for_scheduler.spec, full.spec);
+        assert_eq!(status.conditions, full.status.as_ref().unwrap().conditions);
+        assert_eq!(
+            status.allocatable,
+            full.status.as_ref().unwrap().allocatable
+        );
+        assert_eq!(status.images.as_ref().map(Vec::len), Some(1));
+
+        let mut for_controllers = full.clone();
+        node_for_controllers(&mut for_controllers);
+        let status = for_controllers.status.as_ref().unwrap();
+        assert!(status.images.is_none() && status.node_info.is_none());
+        assert_eq!(status.conditions, full.status.as_ref().unwrap().conditions);
     }
 }

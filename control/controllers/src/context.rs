@@ -18,7 +18,7 @@ pub struct Context {
     /// Every Pod in the cluster, as cached Pods slimmed for the controllers
     /// (`baton_client::slim::pod_for_controllers`).
     pub pods: Informer<CachedPod>,
-    /// Every Node in the cluster.
+    /// Every Node in the cluster, slimmed (`baton_client::slim::node_for_controllers`).
     pub nodes: Informer<Node>,
     /// --node-monitor-grace-period: how long a Node may go without a heartbeat before it is
     /// marked unhealthy.
@@ -66,7 +66,8 @@ impl Context {
             // Slimmed (baton_client::slim): controllers patch pods, never replace them.
             pods: Informer::new(Api::all(client.clone()), watcher::Config::default())
                 .with_transform(baton_client::slim::pod_for_controllers),
-            nodes: Informer::new(Api::all(client.clone()), watcher::Config::default()),
+            nodes: Informer::new(Api::all(client.clone()), watcher::Config::default())
+                .with_transform(baton_client::slim::node_for_controllers),
             node_monitor_grace_period: args.node_monitor_grace_period,
             node_monitor_period: args.node_monitor_period,
             node_cidrs: args

@@ -123,6 +123,10 @@ impl<J> WorkQueue<J> {
         let next = self.waiting.pop_front();
         if next.is_none() {
             self.workers -= 1;
+            // A drained backlog gives its room back.
+            if self.waiting.capacity() > 1024 {
+                self.waiting.shrink_to_fit();
+            }
         }
         next
     }

@@ -113,7 +113,7 @@ pub async fn run(args: SchedulerArgs) -> Result<(), SchedulerError> {
     let nodes = to_loop(
         Api::<Node>::all(client.clone()),
         watcher::Config::default(),
-        None,
+        Some(baton_client::slim::node),
         &input_tx,
         Input::Node,
     );

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use baton_client::cached_pod::{CachedPod, CachedPodSpec, CachedPodStatus};
+use baton_client::cached_pod::{CachedPod, CachedPodStatus};
 use k8s_openapi::api::core::v1::{PodAffinityTerm, Toleration, WeightedPodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -96,6 +96,11 @@ pub struct PodInfo {
     pub preferred_anti_affinity: Vec<WeightedAffinityTerm>,
     /// spec.priority (0 when unset).
     pub priority: i32,
+    /// spec.nodeName ("" when unassigned), kept here because a bound pod's spec is dropped
+    /// (see `slimmed`).
+    pub node_name: Box<str>,
+    /// The pod has pod affinity or anti-affinity of any kind (kept for the same reason).
+    pub has_pod_affinity: bool,
     /// The pod has a deletionTimestamp.
     pub terminating: bool,
     /// The UID of the pod's controller when it is a ReplicaSet, StatefulSet or
@@ -202,6 +207,11 @@ impl PodInfo {
                 }),
             ),
             priority: spec.and_then(|s| s.priority).unwrap_or(0),
+            node_name: spec
+                .and_then(|s| s.node_name.as_deref())
+                .unwrap_or_default()
+                .into(),
+            has_pod_affinity: pod_affinity.is_some() || pod_anti_affinity.is_some(),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             spreading_owner,
             namespace,
@@ -221,9 +231,11 @@ impl PodInfo {
         self
     }
 
-    /// The same pod keeping only what the scheduler reads of a bound pod (identity, labels,
-    /// owner, node, priority, affinity, start time and conditions): bound pods are many and
-    /// their requests, ports and terms are already derived.
+    /// The same pod keeping only what the scheduler reads of a bound pod: its identity,
+    /// labels, times and the status fields preemption reads (phase, start time, the
+    /// DisruptionTarget condition). Bound pods are many, and what else the scheduler reads of
+    /// them (requests, ports, affinity terms, owner, node, priority) is derived already, so
+    /// the spec and the owner references are dropped.
     pub fn slimmed(self) -> Self {
         let pod = &self.pod;
         let metadata = ObjectMeta {
@@ -234,36 +246,30 @@ impl PodInfo {
             labels: pod.metadata.labels.clone(),
             creation_timestamp: pod.metadata.creation_timestamp.clone(),
             deletion_timestamp: pod.metadata.deletion_timestamp.clone(),
-            owner_references: pod.metadata.owner_references.as_ref().map(|refs| {
-                refs.iter()
-                    .filter(|o| o.controller == Some(true))
-                    .cloned()
-                    .collect()
-            }),
             ..Default::default()
         };
-        let spec = pod.spec.as_ref().map(|s| CachedPodSpec {
-            node_name: s.node_name.clone(),
-            priority: s.priority,
-            affinity: s.affinity.clone(),
-            scheduler_name: s.scheduler_name.clone(),
-            ..Default::default()
-        });
         let status = pod.status.as_ref().map(|s| CachedPodStatus {
             phase: s.phase.clone(),
             start_time: s.start_time.clone(),
-            conditions: s.conditions.as_ref().map(|c| {
-                c.iter()
-                    .filter(|c| c.type_ == "DisruptionTarget")
-                    .cloned()
-                    .collect()
-            }),
+            conditions: s
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "DisruptionTarget")
+                .then(|| {
+                    s.conditions
+                        .iter()
+                        .flatten()
+                        .filter(|c| c.type_ == "DisruptionTarget")
+                        .cloned()
+                        .collect()
+                }),
             ..Default::default()
         });
         PodInfo {
             pod: Arc::new(CachedPod {
                 metadata,
-                spec,
+                spec: None,
                 status,
             }),
             images: Vec::new(),
@@ -292,17 +298,12 @@ impl PodInfo {
 
     /// spec.nodeName ("" when unassigned).
     pub fn node_name(&self) -> &str {
-        self.pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .unwrap_or_default()
+        &self.node_name
     }
 
     /// Whether the pod has pod affinity or anti-affinity of any kind.
     pub fn has_affinity(&self) -> bool {
-        let affinity = self.pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
-        affinity.is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
+        self.has_pod_affinity
     }
 
     /// Whether the pod has required anti-affinity terms.
@@ -592,9 +593,18 @@ mod tests {
             .node_name("n1")
             .priority(7)
             .owner("ReplicaSet", "rs")
+            .with_spec(|s| {
+                s.affinity = Some(k8s_openapi::api::core::v1::Affinity {
+                    pod_anti_affinity: Some(Default::default()),
+                    ..Default::default()
+                })
+            })
             .info();
         let slim = std::sync::Arc::try_unwrap(info).unwrap().slimmed();
-        assert!(slim.pod.spec.as_ref().unwrap().containers.is_empty());
+        // The spec and the owner references go; what was derived from them stays.
+        assert!(slim.pod.spec.is_none());
+        assert!(slim.pod.metadata.owner_references.is_none());
+        assert!(slim.has_affinity());
         assert_eq!(slim.node_name(), "n1");
         assert_eq!(slim.labels().get("app").map(String::as_str), Some("x"));
         assert_eq!(slim.requests.requests.milli_cpu, 1000);

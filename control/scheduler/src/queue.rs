@@ -33,6 +33,10 @@ pub enum QueueState {
     InFlight,
 }
 
+/// Room the queue keeps in its collections when they empty out: a backlog of thousands of
+/// pods grows them, and they would keep that size after it drains.
+const KEEP_CAPACITY: usize = 1024;
+
 /// A pod in the queue.
 #[derive(Debug)]
 pub struct QueuedPod {
@@ -268,6 +272,10 @@ impl SchedulingQueue {
     pub fn delete(&mut self, key: &str) -> Option<QueuedPod> {
         let entry = self.pods.remove(key)?;
         self.unindex(key, entry.rejected_by);
+        // A drained backlog gives its room back (a map never shrinks by itself).
+        if self.pods.capacity() > KEEP_CAPACITY && self.pods.len() * 8 < self.pods.capacity() {
+            self.pods.shrink_to(self.pods.len() * 2);
+        }
         Some(entry)
     }
 
@@ -383,6 +391,9 @@ impl SchedulingQueue {
                 info: entry.info.clone(),
                 attempts: entry.attempts,
             });
+        }
+        if self.active.capacity() > KEEP_CAPACITY {
+            self.active.shrink_to_fit();
         }
         None
     }
@@ -618,5 +629,25 @@ mod tests {
         q.delete("default/p");
         assert!(q.pop().is_none());
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_drained_backlog_gives_its_room_back() {
+        let mut q = SchedulingQueue::default();
+        let t0 = Instant::now();
+        for i in 0..5_000 {
+            q.add(pod(&format!("p{i}")).info(), t0);
+        }
+        assert!(q.pods.capacity() >= 5_000 && q.active.capacity() >= 5_000);
+        while let Some(popped) = q.pop() {
+            q.delete(&popped.info.key);
+        }
+        assert!(q.is_empty());
+        assert!(q.pods.capacity() <= KEEP_CAPACITY, "{}", q.pods.capacity());
+        assert!(
+            q.active.capacity() <= KEEP_CAPACITY,
+            "{}",
+            q.active.capacity()
+        );
     }
 }
