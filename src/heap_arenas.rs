@@ -3,9 +3,9 @@
 //! another in the allocator an arena of its own, and what is freed in one arena cannot hold
 //! what another thread allocates next: the scheduler's informer decodes a backlog of pending
 //! pods on one runtime thread while its loop keeps the bound pods on the other, so each arena
-//! grew to its own peak. With one arena the freed memory is reused (measured: 156 to 146 MiB
-//! for the two components at 10,000 pods, docs/benchmarks.md), at the cost of threads taking
-//! one lock in malloc, which two cores barely notice.
+//! grew to its own peak. With one arena the freed memory is reused (measured: the two
+//! components' anonymous memory at 10,000 pods fell from 114 to 106 MiB, docs/benchmarks.md),
+//! at the cost of threads taking one lock in malloc, which two cores barely notice.
 
 /// Limits this process to glibc's main heap arena. Call before any thread starts.
 #[allow(unsafe_code)] // one libc call, no memory of ours involved
