@@ -124,7 +124,7 @@ impl<J> WorkQueue<J> {
         if next.is_none() {
             self.workers -= 1;
             // A drained backlog gives its room back.
-            if self.waiting.capacity() > 1024 {
+            if self.waiting.capacity() > crate::queue::KEEP_CAPACITY {
                 self.waiting.shrink_to_fit();
             }
         }
@@ -662,6 +662,18 @@ mod tests {
         assert_eq!(queue.next(), None);
         assert_eq!(queue.workers, 0);
         assert!(queue.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_drained_backlog_of_jobs_gives_its_room_back() {
+        let mut queue = WorkQueue::new(1);
+        assert_eq!(queue.submit(0), Some(0));
+        for job in 1..5_000 {
+            assert_eq!(queue.submit(job), None);
+        }
+        assert!(queue.waiting.capacity() >= 4_999);
+        while queue.next().is_some() {}
+        assert!(queue.waiting.capacity() <= crate::queue::KEEP_CAPACITY);
     }
 
     #[test]

@@ -251,19 +251,13 @@ impl PodInfo {
         let status = pod.status.as_ref().map(|s| CachedPodStatus {
             phase: s.phase.clone(),
             start_time: s.start_time.clone(),
-            conditions: s
-                .conditions
-                .iter()
-                .flatten()
-                .any(|c| c.type_ == "DisruptionTarget")
-                .then(|| {
-                    s.conditions
-                        .iter()
-                        .flatten()
-                        .filter(|c| c.type_ == "DisruptionTarget")
-                        .cloned()
-                        .collect()
-                }),
+            // An empty list allocates nothing.
+            conditions: s.conditions.as_ref().map(|c| {
+                c.iter()
+                    .filter(|c| c.type_ == "DisruptionTarget")
+                    .cloned()
+                    .collect()
+            }),
             ..Default::default()
         });
         PodInfo {

@@ -33,9 +33,10 @@ pub enum QueueState {
     InFlight,
 }
 
-/// Room the queue keeps in its collections when they empty out: a backlog of thousands of
-/// pods grows them, and they would keep that size after it drains.
-const KEEP_CAPACITY: usize = 1024;
+/// Room the scheduler's queues (this one and the API writer's work queues) keep when they
+/// empty out: a backlog of thousands of pods grows them, and they would keep that size after
+/// it drains.
+pub(crate) const KEEP_CAPACITY: usize = 1024;
 
 /// A pod in the queue.
 #[derive(Debug)]
