@@ -465,8 +465,9 @@ pub fn console_tail(path: &Path, lines: usize) -> String {
 }
 
 /// Whether `condition` (a Node's) says Ready by a status posted at or after `booted_at`
-/// (seconds since the epoch) less a second of slack for the clock's rounding: a Node object
-/// from before a restart still says Ready, with an older heartbeat, until the node lifecycle
+/// (seconds since the epoch; status times count whole seconds, so `cluster start` boots the
+/// nodes no earlier than a second after the last run's processes ended): a Node object from
+/// before a restart still says Ready, with an older heartbeat, until the node lifecycle
 /// controller notices.
 fn ready_since(condition: &NodeCondition, booted_at: u64) -> bool {
     condition.type_ == "Ready"
@@ -474,7 +475,7 @@ fn ready_since(condition: &NodeCondition, booted_at: u64) -> bool {
         && condition
             .last_heartbeat_time
             .as_ref()
-            .is_some_and(|t| t.0.as_second() + 1 >= booted_at as i64)
+            .is_some_and(|t| t.0.as_second() >= booted_at as i64)
 }
 
 /// Waits until the API server answers /readyz through the forwarder.
@@ -610,9 +611,8 @@ mod tests {
         let booted_at = 1_800_000_000;
         // Posted before the stop: the Node object still says Ready.
         assert!(!ready_since(&ready_at(booted_at as i64 - 300), booted_at));
-        assert!(!ready_since(&ready_at(booted_at as i64 - 2), booted_at));
-        // Posted since the boot (the second it began included, and one before for rounding).
-        assert!(ready_since(&ready_at(booted_at as i64 - 1), booted_at));
+        assert!(!ready_since(&ready_at(booted_at as i64 - 1), booted_at));
+        // Posted since the boot (the second it began included).
         assert!(ready_since(&ready_at(booted_at as i64), booted_at));
         assert!(ready_since(&ready_at(booted_at as i64 + 3), booted_at));
         // Not Ready, or no heartbeat at all.

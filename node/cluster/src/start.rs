@@ -197,7 +197,10 @@ async fn boot(
     progress: &Progress,
 ) -> Result<Duration, BootClusterError> {
     let deadline = Instant::now() + wait;
-    let booted_at = crate::state::now_secs();
+    // Every process of the cluster's last run has ended (stop_cluster), but one may have posted
+    // its node's status within this very second, and status times count whole seconds: only a
+    // status from the next second on is surely from this boot, and the nodes boot no earlier.
+    let booted_at = crate::state::now_secs() + 1;
     if state.cpus.is_none() || state.memory_mib.is_none() {
         progress.note(&format!(
             "cluster {} was made before --cpus and --memory were recorded: its nodes start with the defaults ({} CPU, {} MiB)",
@@ -229,6 +232,7 @@ async fn boot(
         provider.name()
     ));
     let boot = attempt!(NodeBoot::of(state, provider), step);
+    sleep_until_second(booted_at).await;
     for (index, link) in links.iter().enumerate() {
         let node = state.nodes[index].clone();
         let to_boot = BootedNode {
@@ -259,6 +263,14 @@ async fn boot(
         ready_after.as_secs_f64()
     ));
     Ok(ready_after)
+}
+
+/// Sleeps until the wall clock reaches `second` (seconds since the epoch).
+async fn sleep_until_second(second: u64) {
+    let target = std::time::UNIX_EPOCH + Duration::from_secs(second);
+    if let Ok(left) = target.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
 }
 
 #[cfg(test)]
