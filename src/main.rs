@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cluster;
-mod heap_arenas;
+mod glibc_heap;
 #[cfg(feature = "dhat-heap")]
 mod heap_profile;
 mod image;
@@ -276,7 +276,8 @@ fn main() -> ExitCode {
         cli.command,
         Command::Scheduler(_) | Command::ControllerManager(_)
     ) {
-        heap_arenas::use_one_arena();
+        glibc_heap::use_one_arena();
+        glibc_heap::return_free_memory();
     }
     #[cfg(feature = "dhat-heap")]
     heap_profile::start(match &cli.command {
