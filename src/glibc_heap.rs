@@ -13,8 +13,8 @@
 //! heap, so the pages of a burst's freed objects (a backlog's pending pods, the buffers of a
 //! re-list) stay resident below whatever is still live. Go's runtime, which upstream's
 //! components run on, scavenges such pages in the background; [`return_free_memory`] does the
-//! same with `malloc_trim`, which releases every free page of the heap (MADV_DONTNEED), when
-//! the heap holds more than [`FREE_TO_KEEP`] free.
+//! same with `malloc_trim`, which releases every free page of the heap (MADV_DONTNEED), once
+//! the resident free heap has grown by more than [`FREE_TO_KEEP`] since the last trim.
 
 use std::time::Duration;
 
