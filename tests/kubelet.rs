@@ -2,6 +2,7 @@
 //! busybox test image built from busybox-static, and `baton kubelet` running pods through
 //! its libcontainer runtime process, as root. Pods are bound by setting spec.nodeName.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -9,8 +10,10 @@ use baton_cluster::state::process_alive;
 use baton_test_harness::{
     Binary, NodeCluster, main_status, pod_phase as phase, wait_until, waiting_reason,
 };
+use futures::{StreamExt, TryStreamExt};
 use kube::Api;
 use kube::api::DeleteParams;
+use kube::runtime::watcher;
 use serde_json::json;
 
 fn binary() -> Binary {
@@ -446,19 +449,48 @@ async fn a_restarted_kubelet_keeps_pods_running() -> Result<()> {
         .status
         .and_then(|s| s.pod_ip);
     assert!(ip_before.is_some(), "the pod has an IP on the pod network");
-    cluster.node.kubelet().restart()?;
-    // The kubelet is back (it posts the node's status again) and the container is the same.
-    let pods = cluster.pods();
     let name = cluster.node.name.clone();
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(cluster.client.clone(), "kube-node-lease");
+    let renewed_before = leases.get(&name).await?.spec.and_then(|s| s.renew_time);
+    // Every Ready condition the Node shows from here on: a restarted kubelet, whose Node has
+    // its pod CIDR already, never reports the node NotReady (as upstream's does not).
+    let ready_seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let node_watch = {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let ready_seen = ready_seen.clone();
+        let mut events = watcher::watcher(nodes, config).boxed();
+        // The watch's initial list (the node as the old kubelet left it) before the restart.
+        while !matches!(events.try_next().await?, Some(watcher::Event::InitDone)) {}
+        tokio::spawn(async move {
+            while let Ok(Some(event)) = events.try_next().await {
+                if let watcher::Event::Apply(node) = event {
+                    let ready = node
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find(|c| c.type_ == "Ready");
+                    if let Some(ready) = ready {
+                        let seen =
+                            format!("{} ({})", ready.status, ready.message.unwrap_or_default());
+                        ready_seen.lock().unwrap().push(seen);
+                    }
+                }
+            }
+        })
+    };
+    cluster.node.kubelet().restart()?;
+    // The kubelet is back (it posts the node's first status, then renews its lease) and the
+    // container is the same.
+    let pods = cluster.pods();
     wait_until(
         "the restarted kubelet to renew its lease",
         Duration::from_secs(60),
         || async {
-            let lease: Api<k8s_openapi::api::coordination::v1::Lease> =
-                Api::namespaced(cluster.client.clone(), "kube-node-lease");
-            let _ = nodes.get(&name).await.ok()?;
-            lease.get(&name).await.ok()?.spec?.renew_time.map(|_| ())
+            let renewed = leases.get(&name).await.ok()?.spec?.renew_time;
+            (renewed.is_some() && renewed != renewed_before).then_some(())
         },
     )
     .await?;
@@ -482,6 +514,12 @@ async fn a_restarted_kubelet_keeps_pods_running() -> Result<()> {
     assert_eq!(after.container_id, before.container_id);
     assert_eq!(after.restart_count, 0);
     assert!(after.state.unwrap().running.is_some());
+    node_watch.abort();
+    let ready_seen = ready_seen.lock().unwrap().clone();
+    assert!(
+        ready_seen.iter().all(|seen| seen.starts_with("True")),
+        "the Node's Ready condition after the restart: {ready_seen:?}"
+    );
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use crate::args::{InvalidFlagError, KubeletArgs, parse_labels, parse_reserved, p
 use crate::container_start::parse_container_id;
 use crate::context::KubeletContext;
 use crate::machine::{Machine, default_node_ip};
-use crate::node_status::{NodeIdentity, NodeStatusReporter};
+use crate::node_status::{NodeIdentity, NodeStatusReporter, RegisterNodeError};
 use crate::pod_dirs::DnsSettings;
 use crate::pod_network::{NetworkState, PodNetwork};
 use crate::pod_worker::{PodUpdate, PodWorker};
@@ -132,12 +132,7 @@ pub async fn run(args: KubeletArgs) -> Result<(), RunKubeletError> {
         ),
         _ => PodNetwork::new(&args.root_dir, node_ip),
     });
-    let network_not_ready = network
-        .subscribe()
-        .borrow()
-        .not_ready_message()
-        .unwrap_or_default();
-    let reporter = register_until_done(&heartbeat_client, identity, network_not_ready).await;
+    let reporter = register_until_done(&heartbeat_client, identity, &network, args.pod_cidr).await;
     let ctx = Arc::new(KubeletContext {
         tokens: Arc::default(),
         client: client.clone(),
@@ -353,23 +348,34 @@ async fn remove_orphans(ctx: &KubeletContext, known: &HashSet<String>) {
     }
 }
 
-/// Registers the node, retrying with backoff (100 ms doubling to 7 s, as upstream's kubelet)
-/// while the API server cannot take it: a node often starts before its control plane does.
+/// Registers the node and posts its first status, retrying with backoff (100 ms doubling to
+/// 7 s, as upstream's kubelet) while the API server cannot take it: a node often starts before
+/// its control plane does. A restarted kubelet's Node has its pod CIDR already: the bridge
+/// network is set up from it before the first status, which then says Ready rather than
+/// NotReady for the moment until the node network loop would have done it.
 async fn register_until_done(
     client: &kube::Client,
     identity: NodeIdentity,
-    network_not_ready: &'static str,
+    network: &PodNetwork,
+    fallback_cidr: Option<ipnet::Ipv4Net>,
 ) -> NodeStatusReporter {
     let mut delay = std::time::Duration::from_millis(100);
     loop {
-        match NodeStatusReporter::register(
-            client.clone(),
-            identity.clone(),
-            true,
-            network_not_ready,
-        )
-        .await
-        {
+        let registered = async {
+            let (mut reporter, node) =
+                NodeStatusReporter::register(client.clone(), identity.clone()).await?;
+            if network.cni().is_none()
+                && let Some(cidr) = crate::node_network::pod_cidr(&node).or(fallback_cidr)
+                && let Err(err) = network.set_up(cidr).await
+            {
+                // The node network loop tries again.
+                tracing::warn!(%err, "setting up the pod network");
+            }
+            let not_ready = network.subscribe().borrow().not_ready_message();
+            reporter.post_first(true, not_ready).await?;
+            Ok::<_, RegisterNodeError>(reporter)
+        };
+        match registered.await {
             Ok(reporter) => return reporter,
             Err(err) => {
                 tracing::warn!(

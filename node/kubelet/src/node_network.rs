@@ -140,7 +140,7 @@ async fn apply_masquerade(own: Ipv4Net, cluster: &BTreeSet<Ipv4Net>) -> bool {
 }
 
 /// A node's IPv4 pod CIDR.
-fn pod_cidr(node: &Node) -> Option<Ipv4Net> {
+pub(crate) fn pod_cidr(node: &Node) -> Option<Ipv4Net> {
     let spec = node.spec.as_ref()?;
     spec.pod_cidrs
         .iter()

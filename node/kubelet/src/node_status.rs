@@ -292,51 +292,68 @@ impl std::fmt::Debug for NodeStatusReporter {
 }
 
 impl NodeStatusReporter {
-    /// Registers the node (or takes over the Node of the same name) and posts its status.
+    /// Registers the node (or takes over the Node of the same name, as a restarted kubelet
+    /// does) and returns the Node as the API server holds it, whose spec.podCIDR a restarted
+    /// kubelet's network can set up from before the first status. Posts nothing:
+    /// [`NodeStatusReporter::post_first`] does.
     pub async fn register(
         client: Client,
         identity: NodeIdentity,
-        runtime_up: bool,
-        network_not_ready: &'static str,
-    ) -> Result<Self, RegisterNodeError> {
+    ) -> Result<(Self, Node), RegisterNodeError> {
         let api: Api<Node> = Api::all(client.clone());
         let name = identity.name.clone();
         let wrap = |source| RegisterNodeError::Api {
             node: name.clone(),
             source,
         };
-        match api.create(&PostParams::default(), &identity.node()).await {
-            Ok(_) => tracing::info!(node = %identity.name, "registered the node"),
+        let node = match api.create(&PostParams::default(), &identity.node()).await {
+            Ok(node) => {
+                tracing::info!(node = %identity.name, "registered the node");
+                node
+            }
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 // The Node exists (a restarted kubelet): make sure it carries our labels.
                 let labels = identity.node().metadata.labels.unwrap_or_default();
                 let patch = json!({ "metadata": { "labels": labels } });
-                api.patch(
-                    &identity.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-                .map_err(wrap)?;
+                let node = api
+                    .patch(
+                        &identity.name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                    .map_err(wrap)?;
                 tracing::info!(node = %identity.name, "the node was registered before");
+                node
             }
             Err(err) => return Err(wrap(err)),
-        }
-        let mut reporter = Self {
+        };
+        let reporter = Self {
             client,
             identity,
             posted: Vec::new(),
             last_post: None,
         };
-        // The pod network is not set up before the node exists (its pod CIDR is on the Node).
-        reporter
-            .update(runtime_up, Some(network_not_ready))
+        Ok((reporter, node))
+    }
+
+    /// Posts the registered node's first status and renews its Lease.
+    pub async fn post_first(
+        &mut self,
+        runtime_up: bool,
+        network_not_ready: Option<&'static str>,
+    ) -> Result<(), RegisterNodeError> {
+        let name = self.identity.name.clone();
+        let wrap = |source| RegisterNodeError::Api {
+            node: name.clone(),
+            source,
+        };
+        self.update(runtime_up, network_not_ready)
             .await
             .map_err(wrap)?;
-        baton_client::node_lease::renew_node_lease(&reporter.client, &reporter.identity.name)
+        baton_client::node_lease::renew_node_lease(&self.client, &self.identity.name)
             .await
-            .map_err(wrap)?;
-        Ok(reporter)
+            .map_err(wrap)
     }
 
     /// Posts the status if a condition changed or the report is due.
