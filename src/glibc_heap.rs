@@ -20,7 +20,7 @@ use std::time::Duration;
 
 /// Free heap memory left resident before it is given back: below this, trimming would only
 /// make the next allocations fault their pages in again.
-pub const FREE_TO_KEEP: usize = 4 << 20;
+const FREE_TO_KEEP: usize = 4 << 20;
 
 /// How often [`return_free_memory`] looks at the heap.
 const SCAVENGE_INTERVAL: Duration = Duration::from_secs(5);
@@ -44,6 +44,8 @@ pub fn return_free_memory() {
         .spawn(|| {
             let mut left_after_trim = 0;
             loop {
+                // The scavenger's period, not a wait for anything: a burst's freed pages are
+                // given back within SCAVENGE_INTERVAL.
                 std::thread::sleep(SCAVENGE_INTERVAL);
                 let free = resident_free_heap();
                 if free > left_after_trim + FREE_TO_KEEP {

@@ -462,7 +462,13 @@ async fn a_restarted_kubelet_keeps_pods_running() -> Result<()> {
         let ready_seen = ready_seen.clone();
         let mut events = watcher::watcher(nodes, config).boxed();
         // The watch's initial list (the node as the old kubelet left it) before the restart.
-        while !matches!(events.try_next().await?, Some(watcher::Event::InitDone)) {}
+        loop {
+            match events.try_next().await? {
+                Some(watcher::Event::InitDone) => break,
+                Some(_) => {}
+                None => anyhow::bail!("the Node watch ended before its initial list"),
+            }
+        }
         tokio::spawn(async move {
             while let Ok(Some(event)) = events.try_next().await {
                 if let watcher::Event::Apply(node) = event {

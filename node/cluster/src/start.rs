@@ -232,6 +232,8 @@ async fn boot(
         provider.name()
     ));
     let boot = attempt!(NodeBoot::of(state, provider), step);
+    // Under a second, and mostly spent making the network above: what makes `booted_at` a
+    // bound that the last run's statuses cannot reach.
     sleep_until_second(booted_at).await;
     for (index, link) in links.iter().enumerate() {
         let node = state.nodes[index].clone();
