@@ -14,6 +14,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
+mod support;
+use support::process_cpu_time;
+
 const TOTAL_PODS: usize = 10_000;
 const WATCHERS: usize = 1_000;
 
@@ -78,35 +81,20 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// CPU time (user + system) a process has used so far.
-fn cpu(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat; 12 and 13 of what follows the name
-    // (counted from 1: the state letter is the first, and some fields are negative, so every
-    // field is kept, not only those that parse).
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let ticks = field(11) + field(12);
-    Duration::from_millis(ticks * 10)
-}
-
 /// CPU used by etcd, the API server and this client over a phase.
 #[derive(Debug)]
 struct CpuSplit(Vec<(String, Duration)>);
 
 impl CpuSplit {
-    fn now(pids: &[(&str, String)]) -> Self {
-        Self(pids.iter().map(|(n, p)| (n.to_string(), cpu(p))).collect())
+    fn now(pids: &[(&str, u32)]) -> Self {
+        Self(
+            pids.iter()
+                .map(|(n, p)| (n.to_string(), process_cpu_time(*p)))
+                .collect(),
+        )
     }
 
-    fn per_op_since(&self, pids: &[(&str, String)], ops: usize) -> String {
+    fn per_op_since(&self, pids: &[(&str, u32)], ops: usize) -> String {
         let later = Self::now(pids);
         later
             .0
@@ -234,15 +222,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|");
     let pids = [
-        (
-            "etcd",
-            etcd.pid().map(|p| p.to_string()).unwrap_or_default(),
-        ),
-        (
-            "apiserver",
-            server.pid().map(|p| p.to_string()).unwrap_or_default(),
-        ),
-        ("client", "self".to_string()),
+        ("etcd", etcd.pid().unwrap_or_default()),
+        ("apiserver", server.pid().unwrap_or_default()),
+        ("client", std::process::id()),
     ];
     let mut cpu_notes = vec![];
     let mut created = 0usize;

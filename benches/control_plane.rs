@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
-use support::{memory_mib, ms, quantile, rss_split_mib};
+use support::{memory_mib, ms, process_cpu_time, quantile, rss_split_mib};
 
 const NODES: usize = 1_000;
 const PODS: usize = 10_000;
@@ -66,10 +66,47 @@ fn bound_times(seen_at: &Mutex<SeenAt>, namespace: &str) -> Vec<(Instant, Instan
         .collect()
 }
 
+/// What a backlog measured.
+struct Backlog {
+    /// Pods created.
+    created: usize,
+    /// Their creation rate, pods/s.
+    create_rate: f64,
+    /// The binding rate, pods/s.
+    bind_rate: f64,
+    /// CPU each process used from the first binding seen to the last, per 1,000 pods.
+    cpu_per_thousand: Vec<(&'static str, Duration)>,
+}
+
+impl Backlog {
+    /// The CPU split as a table cell.
+    fn cpu_cell(&self) -> String {
+        self.cpu_per_thousand
+            .iter()
+            .map(|(name, cpu)| format!("{name} {:.2}", cpu.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The processes whose CPU time a backlog reads: every component and this client.
+fn processes(plane: &ControlPlane) -> Vec<(&'static str, u32)> {
+    let mut pids = vec![
+        ("etcd", plane.etcd.pid()),
+        ("apiserver", plane.apiserver.pid()),
+        ("scheduler", plane.scheduler.pid()),
+        ("controller-manager", plane.controller_manager.pid()),
+    ];
+    pids.extend(plane.sim_nodes.iter().map(|s| ("sim-nodes", s.pid())));
+    pids.push(("benchmark client", Some(std::process::id())));
+    pids.into_iter()
+        .map(|(name, pid)| (name, pid.unwrap_or_default()))
+        .collect()
+}
+
 /// A backlog: `count` pods created in `namespace` while the scheduler is down, then bound as
 /// fast as it can once it is back (timed from its first binding to its last, so that leader
-/// election and cache sync are left out). Returns (pods created, their creation rate, the
-/// binding rate).
+/// election and cache sync are left out).
 async fn backlog(
     plane: &mut ControlPlane,
     client: &kube::Client,
@@ -77,7 +114,7 @@ async fn backlog(
     namespace: &str,
     count: usize,
     never_start: bool,
-) -> anyhow::Result<(usize, f64, f64)> {
+) -> anyhow::Result<Backlog> {
     plane.scheduler.stop();
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let create_start = Instant::now();
@@ -103,6 +140,12 @@ async fn backlog(
     );
     let create_rate = created as f64 / create_start.elapsed().as_secs_f64();
     plane.scheduler.restart()?;
+    let pids = processes(plane);
+    wait_until("the first binding", Duration::from_secs(120), || async {
+        (!bound_times(seen_at, namespace).is_empty()).then_some(())
+    })
+    .await?;
+    let cpu_before: Vec<Duration> = pids.iter().map(|(_, p)| process_cpu_time(*p)).collect();
     wait_until("the backlog bound", Duration::from_secs(600), || async {
         (bound_times(seen_at, namespace).len() >= created).then_some(())
     })
@@ -114,7 +157,20 @@ async fn backlog(
     let first = *binds.iter().min().expect("bound pods");
     let last = *binds.iter().max().expect("bound pods");
     let bind_rate = (created - 1) as f64 / last.duration_since(first).as_secs_f64();
-    Ok((created, create_rate, bind_rate))
+    let cpu_per_thousand = pids
+        .iter()
+        .zip(cpu_before)
+        .map(|((name, pid), before)| {
+            let used = process_cpu_time(*pid).saturating_sub(before);
+            (*name, used.mul_f64(1000.0 / created as f64))
+        })
+        .collect();
+    Ok(Backlog {
+        created,
+        create_rate,
+        bind_rate,
+        cpu_per_thousand,
+    })
 }
 
 #[tokio::main]
@@ -179,8 +235,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // Phase 1, a backlog: 10,000 pods created while the scheduler is down, then bound as fast
     // as it can once it is back, while the simulated nodes report each bound pod Running.
-    let (created, create_rate, bind_rate) =
-        backlog(&mut plane, &client, &seen_at, "bench", PODS, false).await?;
+    let bound = backlog(&mut plane, &client, &seen_at, "bench", PODS, false).await?;
 
     let sched_pid = plane.scheduler.pid().unwrap();
     let cm_pid = plane.controller_manager.pid().unwrap();
@@ -241,7 +296,7 @@ async fn main() -> anyhow::Result<()> {
             &serde_json::from_value(json!({"metadata": {"name": "bench-pending"}}))?,
         )
         .await?;
-    let (pending_created, pending_create_rate, pending_bind_rate) = backlog(
+    let pending = backlog(
         &mut plane,
         &client,
         &seen_at,
@@ -256,11 +311,15 @@ async fn main() -> anyhow::Result<()> {
     println!("| measure | Baton | reference (same run) | goal |");
     println!("|---|---|---|---|");
     println!(
-        "| backlog of {created} pods on {NODES} nodes: scheduling throughput, first to last binding | {bind_rate:.0} pods/s | API server accepted the same pods at {create_rate:.0}/s (concurrency {CREATE_CONCURRENCY}); upstream scheduler_perf SchedulingBasic ~91 pods/s | >= 1000 pods/s |"
+        "| backlog of {} pods on {NODES} nodes: scheduling throughput, first to last binding | {:.0} pods/s | API server accepted the same pods at {:.0}/s (concurrency {CREATE_CONCURRENCY}); upstream scheduler_perf SchedulingBasic ~91 pods/s | >= 1000 pods/s |",
+        bound.created, bound.bind_rate, bound.create_rate
     );
     println!(
-        "| backlog of {pending_created} pods that stay Pending once bound (scheduler_perf's setup), with {} pods bound already: scheduling throughput | {pending_bind_rate:.0} pods/s | API server accepted the same pods at {pending_create_rate:.0}/s | >= 1000 pods/s |",
-        created + DEPLOYMENT_REPLICAS as usize
+        "| backlog of {} pods that stay Pending once bound (scheduler_perf's setup), with {} pods bound already: scheduling throughput | {:.0} pods/s | API server accepted the same pods at {:.0}/s | >= 1000 pods/s |",
+        pending.created,
+        bound.created + DEPLOYMENT_REPLICAS as usize,
+        pending.bind_rate,
+        pending.create_rate
     );
     println!(
         "| {DEPLOYMENT_REPLICAS}-replica Deployment: each pod from creation to binding, p50 / p99 | {} / {} | - | p99 < 2 s |",
@@ -286,6 +345,12 @@ async fn main() -> anyhow::Result<()> {
         sched_rss2 + cm_rss2,
         sched_peak2 + cm_peak2
     );
+    for (what, backlog) in [("backlog", &bound), ("Pending backlog", &pending)] {
+        println!(
+            "| CPU seconds per 1,000 pods of the {what}, from the first binding to the last | {} | - | - |",
+            backlog.cpu_cell()
+        );
+    }
     for (pods, [(sched_anon, sched_file), (cm_anon, cm_file)]) in
         [(PODS, split), (PODS + DEPLOYMENT_REPLICAS as usize, split2)]
     {

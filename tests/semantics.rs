@@ -1370,3 +1370,75 @@ async fn priority_admission_resolves_pod_priorities_from_classes() {
         )
     );
 }
+
+/// Read-modify-writes start from the watch cache's copy of the object, which may lag behind
+/// etcd: concurrent writers must still lose no update, and a write naming the resourceVersion
+/// just returned must never be refused as stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_modify_writes_lose_no_update_and_honour_fresh_preconditions() {
+    let (_etcd, _server, client) = start().await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    maps.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "counter"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+
+    // 40 writers at once, each adding its own key: every key is there at the end.
+    let writers = (0..40).map(|i| {
+        let maps = maps.clone();
+        async move {
+            maps.patch(
+                "counter",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {format!("k{i}"): "1"}})),
+            )
+            .await
+        }
+    });
+    for written in futures::future::join_all(writers).await {
+        written.unwrap();
+    }
+    let data = maps.get("counter").await.unwrap().data.unwrap_or_default();
+    assert_eq!(data.len(), 40, "lost updates: {:?}", data.keys());
+
+    // Each write names the resourceVersion the previous one returned, at once.
+    let mut version = maps.get("counter").await.unwrap().metadata.resource_version;
+    for i in 0..30 {
+        let patch = json!({"metadata": {"resourceVersion": version}, "data": {"n": i.to_string()}});
+        let written = maps
+            .patch("counter", &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap_or_else(|e| panic!("write {i} with the current resourceVersion: {e}"));
+        assert_eq!(written.data.unwrap()["n"], i.to_string());
+        version = written.metadata.resource_version;
+    }
+    // A resourceVersion one write old is still refused.
+    let stale_version = version.clone();
+    maps.patch(
+        "counter",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"n": "latest"}})),
+    )
+    .await
+    .unwrap();
+    let err = maps
+        .patch(
+            "counter",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"resourceVersion": stale_version}, "data": {"n": "x"}}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409),
+        "{err:?}"
+    );
+    assert_eq!(
+        maps.get("counter").await.unwrap().data.unwrap()["n"],
+        "latest"
+    );
+}

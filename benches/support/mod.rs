@@ -51,6 +51,26 @@ pub fn rss_split_mib(pid: u32) -> (f64, f64) {
     (field("RssAnon:"), field("RssFile:") + field("RssShmem:"))
 }
 
+/// CPU time (user + system) a process has used so far, its exited threads included (from
+/// /proc/PID/stat, in 10 ms ticks).
+#[allow(dead_code, reason = "not every benchmark reads CPU time")]
+pub fn process_cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 of what follows the name
+    // (counted from 1: the state letter is the first, and some fields are negative, so every
+    // field is kept, not only those that parse).
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((field(11) + field(12)) * 10)
+}
+
 /// How many threads a process has now.
 #[allow(dead_code, reason = "not every benchmark reads memory")]
 pub fn thread_count(pid: u32) -> u32 {

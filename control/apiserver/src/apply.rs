@@ -14,7 +14,6 @@ use crate::ApiServer;
 use crate::body::{Body, parse_object};
 use crate::handlers::{Call, WrittenPart, set_type};
 use crate::managed_fields::{self, FieldPath};
-use crate::objects::guaranteed_update;
 use crate::patch::strategic_merge;
 use crate::status::{FieldCause, StatusError};
 
@@ -87,12 +86,8 @@ pub async fn server_side_apply<S: Store>(
         Ok(preview)
     })
     .await?;
-    let result = guaranteed_update(
-        &server.store,
-        resource,
-        &call.key(),
-        call.name(),
-        |current| {
+    let result = server
+        .guaranteed_update(resource, &call.key(), call.name(), |current| {
             // Only the last attempt's warnings are the answer's.
             warnings.clear();
             let conflicts: Vec<_> =
@@ -133,9 +128,8 @@ pub async fn server_side_apply<S: Store>(
             )?;
             pool.fill(&mut prepared);
             Ok(crate::handlers::decision(current, prepared, dry_run))
-        },
-    )
-    .await;
+        })
+        .await;
     match result {
         Ok(_) => crate::handlers::finish_write(server, call, result, &pool, &warnings).await,
         // Apply creates what does not exist yet (never through a subresource).

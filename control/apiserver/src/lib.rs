@@ -121,6 +121,23 @@ impl<S> std::fmt::Debug for ApiServer<S> {
 }
 
 impl<S: Store> ApiServer<S> {
+    /// Reads `key`, applies `change` and writes the result with compare-and-swap
+    /// ([`objects::guaranteed_update`]), starting from the watch cache's newest copy of the
+    /// object when it has one.
+    pub async fn guaranteed_update(
+        &self,
+        resource: &'static resources::Resource,
+        key: &str,
+        name: &str,
+        change: impl FnMut(&serde_json::Value) -> Result<objects::Decision, status::StatusError>,
+    ) -> Result<objects::Updated, status::StatusError> {
+        let cached = match self.caches.get(resource).await {
+            Ok(cache) => cache.latest(key),
+            Err(_) => None,
+        };
+        objects::guaranteed_update(&self.store, resource, key, name, cached, change).await
+    }
+
     /// Assembles the server state.
     pub fn new(
         store: Arc<S>,

@@ -23,19 +23,20 @@ pub fn field_set(obj: &Value) -> Value {
     Value::Object(out)
 }
 
+/// Fields the server sets, which no manager owns (left out of field sets at every level).
+fn is_server_set(field: &str) -> bool {
+    matches!(
+        field,
+        "resourceVersion" | "uid" | "creationTimestamp" | "managedFields" | "generation"
+    )
+}
+
 fn field_set_of(field: &str, v: &Value) -> Value {
     match v {
         Value::Object(map) => {
             let mut out = Map::new();
             for (k, child) in map {
-                if matches!(
-                    k.as_str(),
-                    "resourceVersion"
-                        | "uid"
-                        | "creationTimestamp"
-                        | "managedFields"
-                        | "generation"
-                ) {
+                if is_server_set(k) {
                     continue;
                 }
                 out.insert(format!("f:{k}"), field_set_of(k, child));
@@ -251,6 +252,49 @@ fn entries(obj: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Takes the entries out of an object that [`store_entries`] will put them back into.
+fn take_entries(obj: &mut Value) -> Vec<Value> {
+    match obj
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("managedFields"))
+        .map(Value::take)
+    {
+        Some(Value::Array(list)) => list,
+        _ => vec![],
+    }
+}
+
+/// Whether a FieldsV1 set owns nothing (the same as `leaves(fields).is_empty()`).
+fn owns_nothing(fields: &Value) -> bool {
+    fields
+        .as_object()
+        .is_none_or(|m| m.keys().all(|k| k == "."))
+}
+
+/// Whether a FieldsV1 set owns `path` (the same as `leaves(fields).contains(path)`).
+fn owns(fields: &Value, path: &[String]) -> bool {
+    let mut node = fields;
+    for seg in path {
+        match node.get(seg) {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    !path.is_empty() && (node.get(".").is_some() || owns_nothing(node))
+}
+
+/// Whether every path a FieldsV1 set owns is set in `obj` (the same as every leaf having a
+/// [`value_at`]), walked without building the paths.
+fn all_set(fields: &Value, obj: &Value) -> bool {
+    let Some(map) = fields.as_object() else {
+        return true;
+    };
+    map.iter()
+        .filter(|(seg, _)| seg.as_str() != ".")
+        .all(|(seg, child)| {
+            value_at(obj, std::slice::from_ref(seg)).is_some_and(|next| all_set(child, next))
+        })
+}
 fn is_entry(e: &Value, manager: &str, operation: &str, subresource: Option<&str>) -> bool {
     e["manager"] == manager
         && e["operation"] == operation
@@ -259,7 +303,7 @@ fn is_entry(e: &Value, manager: &str, operation: &str, subresource: Option<&str>
 
 /// Writes the entries back, dropping those that own nothing.
 fn store_entries(obj: &mut Value, mut list: Vec<Value>) {
-    list.retain(|e| !leaves(&e["fieldsV1"]).is_empty());
+    list.retain(|e| !owns_nothing(&e["fieldsV1"]));
     if let Some(meta) = obj["metadata"].as_object_mut() {
         if list.is_empty() {
             meta.remove("managedFields");
@@ -279,11 +323,11 @@ pub fn assign(
     paths: &BTreeSet<FieldPath>,
     replace_own: bool,
 ) {
-    let mut list = entries(obj);
-    for e in list
-        .iter_mut()
-        .filter(|e| !is_entry(e, manager, operation, subresource))
-    {
+    let mut list = take_entries(obj);
+    for e in list.iter_mut().filter(|e| {
+        !is_entry(e, manager, operation, subresource)
+            && paths.iter().any(|p| owns(&e["fieldsV1"], p))
+    }) {
         let mut owned = leaves(&e["fieldsV1"]);
         let before = owned.len();
         owned.retain(|p| !paths.contains(p));
@@ -353,22 +397,10 @@ pub fn record_update(
     api_version: &str,
     subresource: Option<&str>,
 ) {
-    let new_paths = leaves(&field_set(new));
-    let changed: BTreeSet<FieldPath> = new_paths
-        .iter()
-        // An item changes owner only when it is added; its fields are judged one by one.
-        .filter(|p| {
-            if is_item(p) {
-                value_at(old, p).is_none()
-            } else {
-                value_at(old, p) != value_at(new, p)
-            }
-        })
-        .cloned()
-        .collect();
+    let changed = changed_paths(old, new);
     // Fields that disappeared are no longer owned by anyone.
-    let mut list = entries(new);
-    for e in list.iter_mut() {
+    let mut list = take_entries(new);
+    for e in list.iter_mut().filter(|e| !all_set(&e["fieldsV1"], new)) {
         let owned = leaves(&e["fieldsV1"]);
         let kept: BTreeSet<FieldPath> = owned
             .iter()
@@ -390,6 +422,124 @@ pub fn record_update(
             &changed,
             false,
         );
+    }
+}
+
+/// The paths of `field_set(new)` that an update from `old` to `new` changed: a field whose
+/// value differs, or a keyed list item that `old` lacks (an item changes owner only when it
+/// is added; its fields are judged one by one). Walks both objects together and skips the
+/// parts they share, instead of building `new`'s whole field set.
+fn changed_paths(old: &Value, new: &Value) -> BTreeSet<FieldPath> {
+    let mut out = BTreeSet::new();
+    let mut prefix = vec![];
+    for (k, v) in new.as_object().into_iter().flatten() {
+        if k == "apiVersion" || k == "kind" || (k == "metadata" && v.is_null()) {
+            continue;
+        }
+        prefix.push(format!("f:{k}"));
+        changed_under(k, old.get(k), v, &mut prefix, &mut out);
+        prefix.pop();
+    }
+    out
+}
+
+/// [`changed_paths`] below `prefix`, where `old` and `new` are what [`value_at`] finds there.
+fn changed_under(
+    field: &str,
+    old: Option<&Value>,
+    new: &Value,
+    prefix: &mut FieldPath,
+    out: &mut BTreeSet<FieldPath>,
+) {
+    if old == Some(new) {
+        return;
+    }
+    match new {
+        Value::Object(map) if map.keys().any(|k| !is_server_set(k)) => {
+            for (k, child) in map.iter().filter(|(k, _)| !is_server_set(k)) {
+                prefix.push(format!("f:{k}"));
+                changed_under(k, old.and_then(|o| o.get(k)), child, prefix, out);
+                prefix.pop();
+            }
+        }
+        Value::Array(items) if !items.is_empty() && field == "finalizers" => {
+            for item in items {
+                if !old
+                    .and_then(Value::as_array)
+                    .is_some_and(|o| o.contains(item))
+                {
+                    let mut path = prefix.clone();
+                    path.push(format!("v:{item}"));
+                    out.insert(path);
+                }
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            let Some(key) = crate::patch::merge_key(field, items) else {
+                out.insert(prefix.clone());
+                return;
+            };
+            let ids: Vec<Option<&Value>> = items.iter().map(|i| i.get(key)).collect();
+            let unique = ids
+                .iter()
+                .enumerate()
+                .all(|(n, id)| id.is_some() && !ids[..n].contains(id));
+            if !unique {
+                // Items without the key, or twice the same key: [`value_at`] finds the first
+                // of them, so judge each path as it would.
+                changed_by_paths(field, old, new, prefix, out);
+                return;
+            }
+            let old_items = old.and_then(Value::as_array);
+            for (item, id) in items.iter().zip(ids) {
+                let old_item = old_items.and_then(|o| o.iter().find(|i| i.get(key) == id));
+                if old_item == Some(item) {
+                    continue;
+                }
+                let id = Value::Object(Map::from_iter([(
+                    key.to_string(),
+                    id.cloned().unwrap_or_default(),
+                )]));
+                prefix.push(format!("k:{id}"));
+                if old_item.is_none() {
+                    out.insert(prefix.clone());
+                }
+                for (k, child) in item.as_object().into_iter().flatten() {
+                    if is_server_set(k) {
+                        continue;
+                    }
+                    prefix.push(format!("f:{k}"));
+                    changed_under(k, old_item.and_then(|o| o.get(k)), child, prefix, out);
+                    prefix.pop();
+                }
+                prefix.pop();
+            }
+        }
+        // A leaf (a value, a list without keys, an empty object or list), and it changed.
+        _ => {
+            out.insert(prefix.clone());
+        }
+    }
+}
+
+/// [`changed_under`] the plain way: every path of the field set, judged with [`value_at`].
+fn changed_by_paths(
+    field: &str,
+    old: Option<&Value>,
+    new: &Value,
+    prefix: &FieldPath,
+    out: &mut BTreeSet<FieldPath>,
+) {
+    for path in leaves(&field_set_of(field, new)) {
+        let before = old.and_then(|o| value_at(o, &path));
+        let changed = if is_item(&path) {
+            before.is_none()
+        } else {
+            before != value_at(new, &path)
+        };
+        if changed {
+            out.insert(prefix.iter().chain(&path).cloned().collect());
+        }
     }
 }
 
@@ -554,6 +704,71 @@ mod tests {
         // The same value is shared ownership, not a conflict.
         let same = json!({"spec": {"replicas": 3}});
         assert!(conflicts(&obj, &same, &paths(&field_set(&same)), "ssa").is_empty());
+    }
+
+    /// `changed_paths` as first written: every leaf of the new field set, judged by value.
+    fn changed_plainly(old: &Value, new: &Value) -> BTreeSet<FieldPath> {
+        leaves(&field_set(new))
+            .into_iter()
+            .filter(|p| {
+                if is_item(p) {
+                    value_at(old, p).is_none()
+                } else {
+                    value_at(old, p) != value_at(new, p)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn changed_paths_are_the_changed_leaves_of_the_field_set() {
+        let base = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "n", "uid": "u", "resourceVersion": "5",
+                "labels": {"a": "1"}, "finalizers": ["x/f"], "annotations": {}},
+            "spec": {"nodeName": "", "containers": [
+                    {"name": "web", "image": "i", "ports": [{"containerPort": 80}], "args": ["a"]},
+                    {"name": "side", "image": "j"}],
+                "tolerations": [{"key": "k", "operator": "Exists"}]},
+            "status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "True"}]},
+        });
+        let changes: Vec<fn(&mut Value)> = vec![
+            |_| {},
+            |o| o["spec"]["nodeName"] = json!("node-1"),
+            |o| {
+                o["status"] = json!({"phase": "Running", "podIP": "10.0.0.1", "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Ready", "status": "True"}],
+                    "containerStatuses": [{"name": "web", "ready": true, "state": {"running": {}}}]});
+            },
+            |o| o["spec"]["containers"][0]["image"] = json!("i2"),
+            |o| o["spec"]["containers"][1] = json!({"name": "other", "image": "j"}),
+            |o| o["spec"]["containers"][0]["ports"] = json!([]),
+            |o| o["metadata"]["finalizers"] = json!(["x/f", "y/f"]),
+            |o| o["metadata"]["finalizers"] = json!([]),
+            |o| o["metadata"]["labels"] = json!({}),
+            |o| o["metadata"]["uid"] = json!("other"),
+            |o| o["metadata"]["annotations"] = json!({"resourceVersion": "x"}),
+            |o| o["spec"]["tolerations"][0]["operator"] = json!("Equal"),
+            |o| o["spec"] = json!("not an object"),
+            // Items without their key, and twice the same key: judged as value_at finds them.
+            |o| {
+                o["status"]["conditions"] = json!([{"status": "True"}, {"type": "A", "status": "1"}, {"type": "A", "status": "2"}]);
+            },
+            |o| o["spec"]["containers"][1]["name"] = json!("web"),
+        ];
+        for (n, change) in changes.iter().enumerate() {
+            let mut new = base.clone();
+            change(&mut new);
+            for (old, new) in [(&base, &new), (&new, &base), (&json!({}), &new)] {
+                assert_eq!(
+                    changed_paths(old, new),
+                    changed_plainly(old, new),
+                    "change {n}: {old} to {new}"
+                );
+            }
+        }
     }
 
     #[test]

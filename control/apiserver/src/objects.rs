@@ -274,6 +274,8 @@ pub struct Updated {
     pub written: bool,
     /// Whether the object was removed (its last finalizer went away).
     pub deleted: bool,
+    /// The bytes written and their revision, when the object was written.
+    pub stored: Option<(Bytes, i64)>,
 }
 
 /// What an update function decides.
@@ -290,27 +292,56 @@ pub enum Decision {
 /// Reads `key`, applies `change` and writes the result with compare-and-swap, retrying when
 /// another writer got there first. `change` sees the current object (with resourceVersion);
 /// it is called again on each retry, and only its last call's outcome counts.
+///
+/// `cached` is a first guess at the stored object (the watch cache's newest), which saves
+/// the read: a write from it is a compare-and-swap like any other, and any other outcome (an
+/// error, nothing to change, a dry run) is decided again on a fresh read, as upstream's
+/// GuaranteedUpdate does with its cached object.
 pub async fn guaranteed_update<S: Store>(
     store: &Arc<S>,
     resource: &Resource,
     key: &str,
     name: &str,
+    cached: Option<KeyValue>,
     mut change: impl FnMut(&Value) -> Result<Decision, StatusError>,
 ) -> Result<Updated, StatusError> {
+    let mut known = cached.map(|kv| (kv, false));
     for _ in 0..32 {
-        let current = store
-            .get(key)
-            .await
-            .map_err(|e| store_error(resource, name, e))?
-            .ok_or_else(|| StatusError::not_found(&resource.subject(), name))?;
+        let (current, fresh) = match known.take() {
+            Some(known) => known,
+            None => (
+                store
+                    .get(key)
+                    .await
+                    .map_err(|e| store_error(resource, name, e))?
+                    .ok_or_else(|| StatusError::not_found(&resource.subject(), name))?,
+                true,
+            ),
+        };
         let previous = resource.from_storage(decode(&current)?);
-        match change(&previous)? {
+        let decision = match change(&previous) {
+            Ok(decision) => decision,
+            Err(_) if !fresh => continue,
+            Err(e) => return Err(e),
+        };
+        // A conflict's answer holds the store's current object: the next try starts there.
+        let retry_from = |e: StoreError| match e {
+            StoreError::Conflict {
+                current: Some(current),
+                ..
+            } => Ok(Some((current, true))),
+            StoreError::Conflict { current: None, .. } => Ok(None),
+            e => Err(store_error(resource, name, e)),
+        };
+        match decision {
+            Decision::Preview(_) if !fresh => continue,
             Decision::Preview(object) => {
                 return Ok(Updated {
                     object,
                     previous,
                     written: false,
                     deleted: false,
+                    stored: None,
                 });
             }
             Decision::Delete => match store.delete(key, Some(current.mod_revision)).await {
@@ -322,23 +353,30 @@ pub async fn guaranteed_update<S: Store>(
                         previous,
                         written: true,
                         deleted: true,
+                        stored: None,
                     });
                 }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_error(resource, name, e)),
+                Err(e) => known = retry_from(e)?,
             },
             Decision::Write(mut next) => {
                 set_resource_version(&mut next, current.mod_revision);
                 if next == previous {
+                    if !fresh {
+                        continue;
+                    }
                     return Ok(Updated {
                         object: next,
                         previous,
                         written: false,
                         deleted: false,
+                        stored: None,
                     });
                 }
                 let stored = resource.stored_bytes(&next);
-                match store.update(key, stored, current.mod_revision).await {
+                match store
+                    .update(key, stored.clone(), current.mod_revision)
+                    .await
+                {
                     Ok(revision) => {
                         set_resource_version(&mut next, revision);
                         return Ok(Updated {
@@ -346,10 +384,10 @@ pub async fn guaranteed_update<S: Store>(
                             previous,
                             written: true,
                             deleted: false,
+                            stored: Some((stored, revision)),
                         });
                     }
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(store_error(resource, name, e)),
+                    Err(e) => known = retry_from(e)?,
                 }
             }
         }

@@ -8,9 +8,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use baton_store::{EventKind, Store, StoreError};
+use baton_store::{EventKind, KeyValue, Store, StoreError};
 use bytes::Bytes;
 use futures::StreamExt;
+use serde::de::DeserializeSeed;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -61,6 +62,11 @@ pub struct CachedEvent {
     /// The stored bytes of the object before the change, when known.
     previous_raw: Option<Bytes>,
     previous: OnceLock<Option<Value>>,
+    /// What selectors read of the object and of its previous state (see [`selectable`]).
+    selectable: OnceLock<Value>,
+    previous_selectable: OnceLock<Option<Value>>,
+    /// The object's metadata alone (for metadata-only watchers).
+    metadata: OnceLock<Value>,
     encoded: OnceLock<Bytes>,
 }
 
@@ -81,6 +87,9 @@ impl CachedEvent {
             object: OnceLock::new(),
             previous_raw,
             previous: OnceLock::new(),
+            selectable: OnceLock::new(),
+            previous_selectable: OnceLock::new(),
+            metadata: OnceLock::new(),
             encoded: OnceLock::new(),
         }
     }
@@ -102,24 +111,215 @@ impl CachedEvent {
             .as_ref()
     }
 
+    /// What label and field selectors can read of the object after the change: a watcher
+    /// filters on this without decoding the whole object.
+    pub fn selectable(&self) -> &Value {
+        self.selectable.get_or_init(|| selectable(&self.raw))
+    }
+
+    /// What selectors can read of the object before the change, when known.
+    pub fn previous_selectable(&self) -> Option<&Value> {
+        self.previous_selectable
+            .get_or_init(|| self.previous_raw.as_deref().map(selectable))
+            .as_ref()
+    }
+
+    /// The object's metadata with its resourceVersion, decoded without the rest of the object
+    /// (Null if the stored bytes hold none).
+    pub fn metadata(&self) -> &Value {
+        self.metadata
+            .get_or_init(|| metadata_of(&self.raw, self.revision))
+    }
+
+    /// The metadata of the object before the change, with this event's resourceVersion (Null
+    /// when unknown); not kept, as few watchers need it.
+    pub fn previous_metadata(&self) -> Value {
+        self.previous_raw
+            .as_deref()
+            .map_or(Value::Null, |raw| metadata_of(raw, self.revision))
+    }
+
     /// The event as one line of a JSON watch stream, built once and shared by all watchers:
     /// the stored bytes with the resourceVersion spliced in, no decoding.
     pub fn json_line(&self) -> Bytes {
         self.encoded
-            .get_or_init(|| {
-                let mut line = Vec::with_capacity(self.raw.len() + 64);
-                line.extend_from_slice(b"{\"type\":\"");
-                line.extend_from_slice(self.kind.as_str().as_bytes());
-                line.extend_from_slice(b"\",\"object\":");
-                if !crate::objects::write_with_resource_version(&mut line, &self.raw, self.revision)
-                {
-                    serde_json::to_writer(&mut line, self.object())
-                        .expect("JSON values always serialize");
-                }
-                line.extend_from_slice(b"}\n");
-                Bytes::from(line)
-            })
+            .get_or_init(|| self.line(self.kind, &self.raw, || self.object()))
             .clone()
+    }
+
+    /// The event as a filtered watcher sees it, as one line: a change that brought the object
+    /// into its selection is ADDED with the object; one that took it out is DELETED with the
+    /// object as it was before (as upstream's watch cache sends it), at this revision.
+    pub fn json_line_as(&self, kind: EventType) -> Bytes {
+        match (kind, &self.previous_raw) {
+            _ if kind == self.kind => self.json_line(),
+            (EventType::Deleted, Some(previous)) => {
+                self.line(kind, previous, || self.previous().unwrap_or(&Value::Null))
+            }
+            _ => self.line(kind, &self.raw, || self.object()),
+        }
+    }
+
+    /// One watch line of `kind` holding `raw` with this event's resourceVersion spliced in;
+    /// `decoded` serves when the bytes have no metadata to splice into.
+    fn line<'a>(
+        &'a self,
+        kind: EventType,
+        raw: &[u8],
+        decoded: impl FnOnce() -> &'a Value,
+    ) -> Bytes {
+        let mut line = Vec::with_capacity(raw.len() + 64);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_str().as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        if !crate::objects::write_with_resource_version(&mut line, raw, self.revision) {
+            // Decoded objects carry this event's resourceVersion already.
+            serde_json::to_writer(&mut line, decoded()).expect("JSON values always serialize");
+        }
+        line.extend_from_slice(b"}\n");
+        Bytes::from(line)
+    }
+}
+
+/// The part of a stored object that label and field selectors read: its top-level values and
+/// the plain values of its top-level objects (`metadata.name`, `spec.nodeName`,
+/// `involvedObject.uid`, `source.component`, ...), and `metadata.labels`. Lists and deeper
+/// objects are skipped while parsing, never built. Null if the bytes are not a JSON object.
+pub fn selectable(raw: &[u8]) -> Value {
+    let mut deserializer = serde_json::Deserializer::from_slice(raw);
+    Kept::Object(Depth::Root)
+        .deserialize(&mut deserializer)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// How deep in the object a value is, which decides what of it [`selectable`] keeps.
+#[derive(Clone, Copy)]
+enum Depth {
+    /// The object itself.
+    Root,
+    /// A top-level object (`metadata`, `spec`, `involvedObject`).
+    Section,
+    /// `metadata.labels`.
+    Labels,
+}
+
+/// What [`selectable`] keeps of one value: an object at a depth, or only a plain value.
+#[derive(Clone, Copy)]
+enum Kept {
+    Object(Depth),
+    Plain,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Kept {
+    type Value = Option<Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Kept {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Some(v.into()))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(v.into()))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(v.into()))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Some(Value::Null))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let Kept::Object(depth) = self else {
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            return Ok(None);
+        };
+        let mut kept = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let child = match (depth, key.as_str()) {
+                (Depth::Root, _) => Kept::Object(Depth::Section),
+                (Depth::Section, "labels") => Kept::Object(Depth::Labels),
+                _ => Kept::Plain,
+            };
+            if let Some(value) = map.next_value_seed(child)? {
+                kept.insert(key, value);
+            }
+        }
+        Ok(Some(Value::Object(kept)))
+    }
+}
+
+/// The `metadata` of a stored object with `revision` as its resourceVersion, decoded without
+/// the rest of the object.
+fn metadata_of(raw: &[u8], revision: i64) -> Value {
+    let mut deserializer = serde_json::Deserializer::from_slice(raw);
+    let mut metadata = MetadataOnly
+        .deserialize(&mut deserializer)
+        .unwrap_or_default();
+    if let Some(meta) = metadata.as_object_mut() {
+        meta.insert("resourceVersion".into(), revision.to_string().into());
+    }
+    metadata
+}
+
+/// Reads only the `metadata` of a stored object, skipping the rest while parsing.
+struct MetadataOnly;
+
+impl<'de> serde::de::DeserializeSeed<'de> for MetadataOnly {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for MetadataOnly {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut metadata = Value::Null;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "metadata" {
+                metadata = map.next_value()?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(metadata)
     }
 }
 
@@ -145,6 +345,10 @@ struct History {
 /// The watch cache of one resource.
 pub struct WatchCache {
     history: Mutex<History>,
+    /// The newest stored bytes and revision of every key seen changing since the cache
+    /// started: the first guess of a read-modify-write, whose compare-and-swap finds out if
+    /// it is stale, as upstream's GuaranteedUpdate uses its watch cache's object.
+    latest: Mutex<HashMap<String, (Bytes, i64)>>,
     tx: broadcast::Sender<Delivery>,
 }
 
@@ -173,8 +377,37 @@ impl WatchCache {
                 oldest: start,
                 latest: start,
             }),
+            latest: Mutex::new(HashMap::new()),
             tx,
         })
+    }
+
+    /// The newest value of `key` this cache has seen, if it saw the key change and not go.
+    pub fn latest(&self, key: &str) -> Option<KeyValue> {
+        let latest = self.latest.lock().expect("watch cache lock");
+        let (value, mod_revision) = latest.get(key)?;
+        Some(KeyValue {
+            key: key.to_string(),
+            value: value.clone(),
+            // Not known from a watch event, and not needed for a compare-and-swap.
+            create_revision: 0,
+            mod_revision: *mod_revision,
+        })
+    }
+
+    /// Remembers the newest value of each key a store message changed.
+    fn remember(&self, events: &[baton_store::WatchEvent]) {
+        let mut latest = self.latest.lock().expect("watch cache lock");
+        for event in events {
+            match event.kind {
+                EventKind::Put => {
+                    latest.insert(event.key.clone(), (event.value.clone(), event.revision));
+                }
+                EventKind::Delete => {
+                    latest.remove(&event.key);
+                }
+            }
+        }
     }
 
     /// Subscribes to changes after `after`, or `None` if the cache cannot serve that far back.
@@ -243,6 +476,8 @@ impl WatchCache {
     }
 
     fn reset(&self, start: i64) {
+        // Deletions may have been missed.
+        self.latest.lock().expect("watch cache lock").clear();
         let mut history = self.history.lock().expect("watch cache lock");
         history.events.clear();
         history.bytes = 0;
@@ -349,6 +584,7 @@ async fn feed<S: Store>(store: Arc<S>, prefix: &'static str, cache: Arc<WatchCac
                             if let Some(last) = batch.events.last() {
                                 after = after.max(last.revision);
                             }
+                            cache.remember(&batch.events);
                             cache.push_all(batch.events.iter().filter_map(convert), batch.revision);
                         }
                         Err(StoreError::Compacted { compacted, .. }) => {
@@ -378,6 +614,59 @@ async fn feed<S: Store>(store: Arc<S>, prefix: &'static str, cache: Arc<WatchCac
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selectors_read_the_same_of_the_selectable_part() {
+        use crate::selectors::{FieldSelector, LabelSelector};
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web", "tier": "fe"},
+                "annotations": {"note": "x"}, "ownerReferences": [{"uid": "u"}]},
+            "spec": {"nodeName": "node-3", "hostNetwork": true, "containers": [{"name": "c"}],
+                "securityContext": {"runAsUser": 1}},
+            "status": {"phase": "Running", "podIP": "10.0.0.9", "conditions": [{"type": "Ready"}]},
+        });
+        let raw = serde_json::to_vec(&pod).unwrap();
+        let part = selectable(&raw);
+        assert_eq!(
+            part,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web", "tier": "fe"}},
+                "spec": {"nodeName": "node-3", "hostNetwork": true},
+                "status": {"phase": "Running", "podIP": "10.0.0.9"},
+            })
+        );
+        for fields in [
+            "spec.nodeName=node-3",
+            "spec.nodeName!=node-3",
+            "spec.hostNetwork=true",
+            "status.phase=Running,metadata.namespace=shop",
+            "metadata.name=web-2",
+        ] {
+            let selector = FieldSelector::parse(fields, "", "Pod").unwrap();
+            assert_eq!(selector.matches(&part), selector.matches(&pod), "{fields}");
+        }
+        for labels in ["app=web", "tier in (be)", "!app"] {
+            let selector = LabelSelector::parse(labels).unwrap();
+            assert_eq!(
+                selector.matches(&part["metadata"]["labels"]),
+                selector.matches(&pod["metadata"]["labels"]),
+                "{labels}"
+            );
+        }
+        let event = serde_json::json!({"involvedObject": {"kind": "Pod", "name": "web-1"},
+            "source": {"component": "kubelet"}, "reason": "Pulled", "type": "Normal"});
+        let part = selectable(&serde_json::to_vec(&event).unwrap());
+        let selector = FieldSelector::parse(
+            "involvedObject.name=web-1,source=kubelet,reason=Pulled",
+            "",
+            "Event",
+        )
+        .unwrap();
+        assert!(selector.matches(&part));
+        assert_eq!(selectable(b"not json"), Value::Null);
+    }
 
     #[test]
     fn json_lines_splice_the_revision_without_decoding() {

@@ -10,7 +10,7 @@ use super::read::{list_params, read_list};
 use super::{Call, set_type};
 use crate::ApiServer;
 use crate::body::{Body, json_response, parse_object};
-use crate::objects::{Decision, guaranteed_update};
+use crate::objects::Decision;
 use crate::status::{StatusError, success_status};
 
 /// DeleteOptions from the body and the query.
@@ -73,7 +73,7 @@ async fn delete_one<S: Store>(
     opts: &DeleteOptions,
 ) -> Result<Outcome, StatusError> {
     let resource = call.resource;
-    let updated = guaranteed_update(&server.store, resource, key, name, |current| {
+    let updated = server.guaranteed_update(resource, key, name, |current| {
         let meta = &current["metadata"];
         if let Some(uid) = &opts.uid
             && meta["uid"].as_str() != Some(uid)

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use baton_store::{ListOptions, Store};
 
 use crate::ApiServer;
-use crate::objects::{Decision, decode, guaranteed_update, store_error};
+use crate::objects::{Decision, decode, store_error};
 use crate::resources;
 use crate::selectors::label_selector_matches;
 use crate::status::StatusError;
@@ -135,19 +135,19 @@ pub async fn take_disruption<S: Store>(
         return decide(budget, pod, &now).map(|_| ());
     }
     let name = budget["metadata"]["name"].as_str().unwrap_or_default();
-    guaranteed_update(
-        &server.store,
-        budgets,
-        &budgets.key(Some(namespace), name),
-        name,
-        |current| {
-            Ok(match decide(current, pod, &now)? {
-                Some(next) => Decision::Write(next),
-                None => Decision::Preview(current.clone()),
-            })
-        },
-    )
-    .await?;
+    server
+        .guaranteed_update(
+            budgets,
+            &budgets.key(Some(namespace), name),
+            name,
+            |current| {
+                Ok(match decide(current, pod, &now)? {
+                    Some(next) => Decision::Write(next),
+                    None => Decision::Preview(current.clone()),
+                })
+            },
+        )
+        .await?;
     tracing::debug!(
         pod = pod["metadata"]["name"].as_str(),
         budget = name,

@@ -11,7 +11,7 @@ use super::read::read_object;
 use super::write::{WrittenPart, patch, update};
 use crate::ApiServer;
 use crate::body::{Body, json_response, parse_object};
-use crate::objects::{Decision, guaranteed_update};
+use crate::objects::Decision;
 use crate::resources::printers::selector_to_string;
 use crate::status::{FieldCause, StatusError, success_status};
 
@@ -81,51 +81,52 @@ async fn scale<S: Store>(
     } else {
         None
     };
-    let result = guaranteed_update(&server.store, resource, &call.key(), &name, |current| {
-        let current_scale = scale_of(current);
-        let wanted = match patch_type {
-            Some(pt) => crate::patch::apply(&current_scale, pt, &body)?,
-            None => parse_object(&body, call.content_type)?,
-        };
-        if let Some(rv) = wanted["metadata"]["resourceVersion"].as_str()
-            && !rv.is_empty()
-            && current["metadata"]["resourceVersion"].as_str() != Some(rv)
-        {
-            return Err(StatusError::conflict(&resource.subject(), &name));
-        }
-        let replicas = wanted["spec"]["replicas"].as_i64().unwrap_or(0);
-        if replicas < 0 {
-            let subject = crate::status::Subject {
-                group: "autoscaling",
-                resource: "scale",
-                kind: "Scale",
+    let result = server
+        .guaranteed_update(resource, &call.key(), &name, |current| {
+            let current_scale = scale_of(current);
+            let wanted = match patch_type {
+                Some(pt) => crate::patch::apply(&current_scale, pt, &body)?,
+                None => parse_object(&body, call.content_type)?,
             };
-            return Err(StatusError::invalid(
-                &subject,
-                &name,
-                vec![FieldCause::invalid(
-                    "spec.replicas",
-                    &json!(replicas),
-                    "must be greater than or equal to 0",
-                )],
-            ));
-        }
-        let mut next = current.clone();
-        if next["spec"]["replicas"] != json!(replicas) {
-            next["spec"]["replicas"] = json!(replicas);
-            let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
-            next["metadata"]["generation"] = json!(generation);
-            crate::managed_fields::record_update(
-                current,
-                &mut next,
-                &call.manager(),
-                &resource.api_version(),
-                Some("scale"),
-            );
-        }
-        Ok(Decision::Write(next))
-    })
-    .await?;
+            if let Some(rv) = wanted["metadata"]["resourceVersion"].as_str()
+                && !rv.is_empty()
+                && current["metadata"]["resourceVersion"].as_str() != Some(rv)
+            {
+                return Err(StatusError::conflict(&resource.subject(), &name));
+            }
+            let replicas = wanted["spec"]["replicas"].as_i64().unwrap_or(0);
+            if replicas < 0 {
+                let subject = crate::status::Subject {
+                    group: "autoscaling",
+                    resource: "scale",
+                    kind: "Scale",
+                };
+                return Err(StatusError::invalid(
+                    &subject,
+                    &name,
+                    vec![FieldCause::invalid(
+                        "spec.replicas",
+                        &json!(replicas),
+                        "must be greater than or equal to 0",
+                    )],
+                ));
+            }
+            let mut next = current.clone();
+            if next["spec"]["replicas"] != json!(replicas) {
+                next["spec"]["replicas"] = json!(replicas);
+                let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+                next["metadata"]["generation"] = json!(generation);
+                crate::managed_fields::record_update(
+                    current,
+                    &mut next,
+                    &call.manager(),
+                    &resource.api_version(),
+                    Some("scale"),
+                );
+            }
+            Ok(Decision::Write(next))
+        })
+        .await?;
     Ok(json_response(StatusCode::OK, &scale_of(&result.object)))
 }
 
@@ -152,7 +153,7 @@ async fn binding<S: Store>(
     }
     let name = call.name().to_string();
     let resource = call.resource;
-    guaranteed_update(&server.store, resource, &call.key(), &name, |current| {
+    server.guaranteed_update(resource, &call.key(), &name, |current| {
         if !current["metadata"]["deletionTimestamp"].is_null() {
             return Err(StatusError::conflict_with(&resource.subject(), &name, "pod is being deleted, cannot be assigned to a host"));
         }

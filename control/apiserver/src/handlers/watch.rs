@@ -108,14 +108,68 @@ impl Watcher {
                 .cloned()
                 .map(|p| self.resource.from_storage(p));
             let kind = self.view(event.kind, &object, previous.as_ref())?;
-            return Some(self.encode(kind.as_str(), &object));
+            // A change that took the object out of the selection shows the object as it was.
+            let shown = match &previous {
+                Some(previous)
+                    if kind == EventType::Deleted && event.kind == EventType::Modified =>
+                {
+                    previous
+                }
+                _ => &object,
+            };
+            return Some(self.encode(kind.as_str(), shown));
         }
-        let kind = self.view(event.kind, event.object(), event.previous())?;
-        if !self.table && !self.metadata_only && kind == event.kind {
-            return Some(event.json_line());
+        let kind = if self.filtered {
+            self.view(event.kind, event.selectable(), event.previous_selectable())?
+        } else {
+            event.kind
+        };
+        // A change that took the object out of the selection shows the object as it was.
+        let left = kind == EventType::Deleted && event.kind == EventType::Modified;
+        if self.metadata_only {
+            return Some(if left {
+                metadata_line(kind.as_str(), &event.previous_metadata())
+            } else {
+                metadata_line(kind.as_str(), event.metadata())
+            });
         }
-        Some(self.encode(kind.as_str(), event.object()))
+        if !self.table {
+            return Some(event.json_line_as(kind));
+        }
+        let object = match event.previous() {
+            Some(previous) if left => previous,
+            _ => event.object(),
+        };
+        Some(self.encode(kind.as_str(), object))
     }
+}
+
+/// A watch event of a PartialObjectMetadata holding `metadata`.
+fn metadata_line(kind: &str, metadata: &Value) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        object: Partial<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Partial<'a> {
+        kind: &'static str,
+        #[serde(rename = "apiVersion")]
+        api_version: &'static str,
+        metadata: &'a Value,
+    }
+    let line = Line {
+        kind,
+        object: Partial {
+            kind: "PartialObjectMetadata",
+            api_version: "meta.k8s.io/v1",
+            metadata,
+        },
+    };
+    let mut bytes = serde_json::to_vec(&line).expect("JSON values always serialize");
+    bytes.push(b'\n');
+    Bytes::from(bytes)
 }
 
 fn table_for(resource: &'static Resource, include: &str, obj: &Value, meta: Value) -> Value {
@@ -400,5 +454,91 @@ fn watch_error(after: i64, e: StoreError) -> StatusError {
             tracing::warn!(error = %other, "direct store watch failed");
             StatusError::internal("watch of the store failed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selectors::{FieldSelector, LabelSelector};
+
+    fn watcher(metadata_only: bool, fields: &str) -> Watcher {
+        let resource = crate::resources::find_kind("", "Pod").expect("pods");
+        Watcher {
+            resource,
+            namespace: None,
+            filtered: !fields.is_empty(),
+            params: ListParams {
+                labels: LabelSelector::parse("").unwrap(),
+                fields: FieldSelector::parse(fields, "", "Pod").unwrap(),
+            },
+            table: false,
+            metadata_only,
+            include: "Metadata".into(),
+            sent_headers: false,
+            no_headers: false,
+        }
+    }
+
+    fn event(kind: EventType, object: &Value, previous: Option<&Value>) -> CachedEvent {
+        let bytes = |v: &Value| Bytes::from(serde_json::to_vec(v).unwrap());
+        CachedEvent::new(kind, 42, bytes(object), previous.map(bytes))
+    }
+
+    #[test]
+    fn metadata_watchers_get_the_metadata_of_the_whole_object() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "n", "ownerReferences": [{"uid": "u"}]},
+            "spec": {"nodeName": "a", "containers": [{"name": "c"}]}});
+        let event = event(EventType::Modified, &pod, Some(&pod));
+        let mut watcher = watcher(true, "");
+        let line = watcher.event_line(&event).unwrap();
+        let mut object = pod.clone();
+        object["metadata"]["resourceVersion"] = json!("42");
+        let expected = watcher.encode("MODIFIED", &object);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&line).unwrap(),
+            serde_json::from_slice::<Value>(&expected).unwrap()
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&line).unwrap()["object"]["metadata"]["resourceVersion"],
+            "42"
+        );
+    }
+
+    #[test]
+    fn filtered_watchers_see_objects_enter_and_leave_their_selection() {
+        let before = json!({"metadata": {"name": "p"}, "spec": {"nodeName": ""}});
+        let after = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "a"}});
+        let bound = event(EventType::Modified, &after, Some(&before));
+        let unassigned = |line: Option<Bytes>| {
+            line.map(|l| serde_json::from_slice::<Value>(&l).unwrap()["type"].clone())
+        };
+        assert_eq!(
+            unassigned(watcher(false, "spec.nodeName=").event_line(&bound)),
+            Some(json!("DELETED"))
+        );
+        // As upstream: the object as it was before the change, at the change's revision.
+        let line = watcher(false, "spec.nodeName=").event_line(&bound).unwrap();
+        let deleted: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(deleted["object"]["spec"]["nodeName"], "");
+        assert_eq!(deleted["object"]["metadata"]["resourceVersion"], "42");
+        let line = watcher(true, "spec.nodeName=").event_line(&bound).unwrap();
+        let deleted: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(deleted["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(deleted["object"]["metadata"]["resourceVersion"], "42");
+        let line = watcher(false, "spec.nodeName=a")
+            .event_line(&bound)
+            .unwrap();
+        let added: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(added["object"]["spec"]["nodeName"], "a");
+        assert_eq!(
+            unassigned(watcher(false, "spec.nodeName=a").event_line(&bound)),
+            Some(json!("ADDED"))
+        );
+        assert_eq!(
+            unassigned(watcher(true, "spec.nodeName=b").event_line(&bound)),
+            None
+        );
     }
 }

@@ -9,7 +9,7 @@ use baton_store::{Store, StoreError};
 use super::{Call, set_type};
 use crate::ApiServer;
 use crate::body::{Body, json_bytes_response, json_response, parse_object};
-use crate::objects::{Decision, guaranteed_update, set_resource_version, store_error};
+use crate::objects::{Decision, set_resource_version, store_error};
 use crate::patch::{self, PatchType};
 use crate::priority_admission;
 use crate::resources::{Resource, defaults, validation};
@@ -667,22 +667,23 @@ pub async fn update<S: Store>(
     let dry_run = call.query.dry_run()?;
     let finalize = call.info.subresource.as_deref() == Some("finalize");
     let pool = service_ports(server, call, dry_run, |_| Ok(next.clone())).await?;
-    let result = guaranteed_update(&server.store, resource, &call.key(), &name, |current| {
-        if let Some(rv) = &precondition
-            && current["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
-        {
-            return Err(StatusError::conflict(&resource.subject(), &name));
-        }
-        check_uid(call, current, &next, false)?;
-        let mut prepared =
-            prepare_update(&server.defaulting, resource, current, next.clone(), part)?;
-        if finalize {
-            prepared["spec"]["finalizers"] = next["spec"]["finalizers"].clone();
-        }
-        admit_update(server, resource, &prepared)?;
-        Ok(decide(call, part, current, prepared, &pool, dry_run))
-    })
-    .await;
+    let result = server
+        .guaranteed_update(resource, &call.key(), &name, |current| {
+            if let Some(rv) = &precondition
+                && current["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
+            {
+                return Err(StatusError::conflict(&resource.subject(), &name));
+            }
+            check_uid(call, current, &next, false)?;
+            let mut prepared =
+                prepare_update(&server.defaulting, resource, current, next.clone(), part)?;
+            if finalize {
+                prepared["spec"]["finalizers"] = next["spec"]["finalizers"].clone();
+            }
+            admit_update(server, resource, &prepared)?;
+            Ok(decide(call, part, current, prepared, &pool, dry_run))
+        })
+        .await;
     if let Err(e) = &result
         && e.reason == "NotFound"
         && part == WrittenPart::Object
@@ -712,7 +713,10 @@ pub async fn finish_write<S: Store>(
     match result {
         Ok(updated) => {
             let mut obj = updated.object;
+            let stored_type = (obj["apiVersion"].clone(), obj["kind"].clone());
             set_type(resource, &mut obj);
+            let typed_as_stored =
+                stored_type.0 == obj["apiVersion"] && stored_type.1 == obj["kind"];
             // Pods created after this answer see the class as written.
             if is_priority_class(resource)
                 && updated.written
@@ -730,6 +734,20 @@ pub async fn finish_write<S: Store>(
                     server
                         .release_unused(&updated.previous, &obj, pool, updated.written)
                         .await;
+                }
+            }
+            // The object as written is its stored bytes with the resourceVersion spliced in,
+            // when that is its served form: no second serialization.
+            if resource.stored_as_served()
+                && typed_as_stored
+                && let Some((raw, revision)) = &updated.stored
+            {
+                let mut out = Vec::new();
+                if crate::objects::write_with_resource_version(&mut out, raw, *revision) {
+                    return Ok(with_warnings(
+                        json_bytes_response(StatusCode::OK, out),
+                        warnings,
+                    ));
                 }
             }
             Ok(with_warnings(json_response(StatusCode::OK, &obj), warnings))
@@ -759,29 +777,30 @@ pub async fn patch<S: Store>(
         patch::apply(current, patch_type, &call.body)
     })
     .await?;
-    let result = guaranteed_update(&server.store, resource, &call.key(), &name, |current| {
-        // Only the last attempt's warnings are the answer's.
-        warnings.clear();
-        let mut patched = patch::apply(current, patch_type, &call.body)?;
-        if patched["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]
-            && patched["metadata"]["resourceVersion"].is_string()
-        {
-            return Err(StatusError::conflict(&resource.subject(), &name));
-        }
-        if patched["metadata"]["name"] != current["metadata"]["name"] {
-            return Err(StatusError::bad_request(format!(
-                "the name of the object ({}) does not match the name on the URL ({name})",
-                patched["metadata"]["name"].as_str().unwrap_or_default()
-            )));
-        }
-        check_uid(call, current, &patched, true)?;
-        set_type(resource, &mut patched);
-        let next = normalize(call, &patched, &mut warnings)?;
-        let prepared = prepare_update(&server.defaulting, resource, current, next, part)?;
-        admit_update(server, resource, &prepared)?;
-        Ok(decide(call, part, current, prepared, &pool, dry_run))
-    })
-    .await;
+    let result = server
+        .guaranteed_update(resource, &call.key(), &name, |current| {
+            // Only the last attempt's warnings are the answer's.
+            warnings.clear();
+            let mut patched = patch::apply(current, patch_type, &call.body)?;
+            if patched["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]
+                && patched["metadata"]["resourceVersion"].is_string()
+            {
+                return Err(StatusError::conflict(&resource.subject(), &name));
+            }
+            if patched["metadata"]["name"] != current["metadata"]["name"] {
+                return Err(StatusError::bad_request(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    patched["metadata"]["name"].as_str().unwrap_or_default()
+                )));
+            }
+            check_uid(call, current, &patched, true)?;
+            set_type(resource, &mut patched);
+            let next = normalize(call, &patched, &mut warnings)?;
+            let prepared = prepare_update(&server.defaulting, resource, current, next, part)?;
+            admit_update(server, resource, &prepared)?;
+            Ok(decide(call, part, current, prepared, &pool, dry_run))
+        })
+        .await;
     finish_write(server, call, result, &pool, &warnings).await
 }
 
