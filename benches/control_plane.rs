@@ -2,9 +2,10 @@
 //! while the scheduler is down, then bound by it (pods bound per second) while the simulated
 //! nodes report each bound pod Running; a 1,000-replica Deployment from apply to all Running,
 //! with each pod's time from creation to binding (p50/p99); the scheduler's and controller
-//! manager's memory at that scale; and last, a backlog of 5,000 more pods that the nodes leave
-//! Pending once bound, as upstream's scheduler_perf does (its fake nodes write no status). Run
-//! with `cargo bench --bench control_plane`.
+//! manager's memory at that scale; a backlog of 5,000 more pods that the nodes leave Pending
+//! once bound, as upstream's scheduler_perf does (its fake nodes write no status); and last,
+//! 10,000 more pods created in bulk while the scheduler runs, each timed from creation to
+//! binding. Run with `cargo bench --bench control_plane`.
 //!
 //! The reference measured in the same run is the rate at which the same API server accepted
 //! the pods (binding is one more write per pod); upstream's published anchor is
@@ -104,18 +105,14 @@ fn processes(plane: &ControlPlane) -> Vec<(&'static str, u32)> {
         .collect()
 }
 
-/// A backlog: `count` pods created in `namespace` while the scheduler is down, then bound as
-/// fast as it can once it is back (timed from its first binding to its last, so that leader
-/// election and cache sync are left out).
-async fn backlog(
-    plane: &mut ControlPlane,
+/// Creates `count` pods in `namespace`, `CREATE_CONCURRENCY` at a time; returns how many were
+/// created and at what rate.
+async fn create_pods(
     client: &kube::Client,
-    seen_at: &Mutex<SeenAt>,
     namespace: &str,
     count: usize,
     never_start: bool,
-) -> anyhow::Result<Backlog> {
-    plane.scheduler.stop();
+) -> anyhow::Result<(usize, f64)> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let create_start = Instant::now();
     let created = futures::stream::iter(0..count)
@@ -138,7 +135,25 @@ async fn backlog(
         created >= 2,
         "only {created} of {count} pods could be created"
     );
-    let create_rate = created as f64 / create_start.elapsed().as_secs_f64();
+    Ok((
+        created,
+        created as f64 / create_start.elapsed().as_secs_f64(),
+    ))
+}
+
+/// A backlog: `count` pods created in `namespace` while the scheduler is down, then bound as
+/// fast as it can once it is back (timed from its first binding to its last, so that leader
+/// election and cache sync are left out).
+async fn backlog(
+    plane: &mut ControlPlane,
+    client: &kube::Client,
+    seen_at: &Mutex<SeenAt>,
+    namespace: &str,
+    count: usize,
+    never_start: bool,
+) -> anyhow::Result<Backlog> {
+    plane.scheduler.stop();
+    let (created, create_rate) = create_pods(client, namespace, count, never_start).await?;
     plane.scheduler.restart()?;
     let pids = processes(plane);
     wait_until("the first binding", Duration::from_secs(120), || async {
@@ -305,6 +320,34 @@ async fn main() -> anyhow::Result<()> {
         true,
     )
     .await?;
+
+    // Phase 4, 10,000 pods created in bulk while the scheduler runs (and the simulated nodes
+    // report them Running): each pod's time from creation to binding, and the binding rate
+    // from the first pod seen to the last bound.
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "bench-bulk"}}))?,
+        )
+        .await?;
+    let (bulk_created, bulk_create_rate) = create_pods(&client, "bench-bulk", PODS, false).await?;
+    wait_until("the bulk bound", Duration::from_secs(600), || async {
+        (bound_times(&seen_at, "bench-bulk").len() >= bulk_created).then_some(())
+    })
+    .await?;
+    let bulk = bound_times(&seen_at, "bench-bulk");
+    let mut bulk_latencies: Vec<Duration> = bulk
+        .iter()
+        .map(|(seen, bound)| bound.saturating_duration_since(*seen))
+        .collect();
+    bulk_latencies.sort();
+    let bulk_first = bulk.iter().map(|(seen, _)| *seen).min().expect("bulk pods");
+    let bulk_last = bulk
+        .iter()
+        .map(|(_, bound)| *bound)
+        .max()
+        .expect("bulk pods");
+    let bulk_rate = bulk_created as f64 / bulk_last.duration_since(bulk_first).as_secs_f64();
     watch.abort();
 
     println!();
@@ -320,6 +363,15 @@ async fn main() -> anyhow::Result<()> {
         bound.created + DEPLOYMENT_REPLICAS as usize,
         pending.bind_rate,
         pending.create_rate
+    );
+    println!(
+        "| {bulk_created} pods created in bulk while the scheduler runs, with {} pods bound already: each pod from creation to binding, p50 / p99 | {} / {} | - | p99 < 2 s |",
+        pending.created + bound.created + DEPLOYMENT_REPLICAS as usize,
+        ms(quantile(&bulk_latencies, 0.5)),
+        ms(quantile(&bulk_latencies, 0.99))
+    );
+    println!(
+        "| the same bulk: pods bound per second, first pod seen to last bound | {bulk_rate:.0} pods/s | API server accepted the pods at {bulk_create_rate:.0}/s while binding them | >= 1000 pods/s |"
     );
     println!(
         "| {DEPLOYMENT_REPLICAS}-replica Deployment: each pod from creation to binding, p50 / p99 | {} / {} | - | p99 < 2 s |",

@@ -372,3 +372,70 @@ async fn a_standby_scheduler_takes_over_from_a_dead_leader() {
     );
     assert!(!first.log().contains(&format!("identity={holder}")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_priority_pod_preempts_a_lower_one() {
+    let mut plane = ControlPlane::start(&binary(), 0, &[])
+        .await
+        .expect("control plane");
+    plane
+        .add_sim_nodes("small", 1, "small-", &["--cpu=2"])
+        .await
+        .expect("small node");
+    let k = kubectl_binaries().remove(0);
+    let pod = |name: &str, class: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default}}
+spec:
+  priorityClassName: {class}
+  containers: [{{name: main, image: "busybox:1.36", resources: {{requests: {{cpu: 1500m}}}}}}]
+"#
+        )
+    };
+    apply(
+        &plane,
+        &k,
+        r#"
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: low}
+value: 100
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: high}
+value: 1000
+"#,
+    );
+    apply(&plane, &k, &pod("victim", "low"));
+    let pods: Api<Pod> = Api::namespaced(plane.apiserver.client().await.unwrap(), "default");
+    let bound = |name: &'static str| {
+        let pods = pods.clone();
+        async move { pods.get(name).await.ok()?.spec?.node_name }
+    };
+    wait_until(
+        "the low-priority pod bound",
+        Duration::from_secs(60),
+        || bound("victim"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+
+    // The node has room for one of them: the high-priority pod takes it, the other is evicted.
+    apply(&plane, &k, &pod("preemptor", "high"));
+    let node = wait_until(
+        "the high-priority pod bound",
+        Duration::from_secs(60),
+        || bound("preemptor"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", plane.logs()));
+    assert_eq!(node, "small-0");
+    assert!(
+        pods.get_opt("victim").await.unwrap().is_none(),
+        "the victim is still there"
+    );
+}

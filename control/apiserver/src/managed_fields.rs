@@ -428,7 +428,9 @@ pub fn record_update(
 /// The paths of `field_set(new)` that an update from `old` to `new` changed: a field whose
 /// value differs, or a keyed list item that `old` lacks (an item changes owner only when it
 /// is added; its fields are judged one by one). Walks both objects together and skips the
-/// parts they share, instead of building `new`'s whole field set.
+/// parts they share, instead of building `new`'s whole field set. A part both share changed
+/// nothing, even when it holds a list item that [`value_at`] cannot find (one without its
+/// merge key): judging every leaf one by one counted such an item as added by every update.
 fn changed_paths(old: &Value, new: &Value) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
     let mut prefix = vec![];
@@ -758,6 +760,16 @@ mod tests {
             },
             |o| o["spec"]["containers"][1]["name"] = json!("web"),
         ];
+        // An item without its merge key, in a part the update did not touch: not changed
+        // (judged leaf by leaf, every update would take it over).
+        let mut keyless = base.clone();
+        keyless["status"]["conditions"] = json!([{"status": "True"}]);
+        let mut updated = keyless.clone();
+        updated["spec"]["nodeName"] = json!("node-1");
+        assert_eq!(
+            changed_paths(&keyless, &updated),
+            BTreeSet::from([vec!["f:spec".to_string(), "f:nodeName".into()]])
+        );
         for (n, change) in changes.iter().enumerate() {
             let mut new = base.clone();
             change(&mut new);
