@@ -400,9 +400,13 @@ impl WatchCache {
         let mut latest = self.latest.lock().expect("watch cache lock");
         for event in events {
             match event.kind {
-                EventKind::Put => {
-                    latest.insert(event.key.clone(), (event.value.clone(), event.revision));
-                }
+                // A key already known is updated in place: no new copy of its name.
+                EventKind::Put => match latest.get_mut(&event.key) {
+                    Some(known) => *known = (event.value.clone(), event.revision),
+                    None => {
+                        latest.insert(event.key.clone(), (event.value.clone(), event.revision));
+                    }
+                },
                 EventKind::Delete => {
                     latest.remove(&event.key);
                 }

@@ -108,13 +108,8 @@ impl Watcher {
                 .cloned()
                 .map(|p| self.resource.from_storage(p));
             let kind = self.view(event.kind, &object, previous.as_ref())?;
-            // A change that took the object out of the selection shows the object as it was.
             let shown = match &previous {
-                Some(previous)
-                    if kind == EventType::Deleted && event.kind == EventType::Modified =>
-                {
-                    previous
-                }
+                Some(previous) if left_selection(kind, event.kind) => previous,
                 _ => &object,
             };
             return Some(self.encode(kind.as_str(), shown));
@@ -124,8 +119,7 @@ impl Watcher {
         } else {
             event.kind
         };
-        // A change that took the object out of the selection shows the object as it was.
-        let left = kind == EventType::Deleted && event.kind == EventType::Modified;
+        let left = left_selection(kind, event.kind);
         if self.metadata_only {
             return Some(if left {
                 metadata_line(kind.as_str(), &event.previous_metadata())
@@ -142,6 +136,12 @@ impl Watcher {
         };
         Some(self.encode(kind.as_str(), object))
     }
+}
+
+/// Whether a watcher sees a change as the object leaving its selection, which shows the object
+/// as it was before the change (as upstream's watch cache does).
+fn left_selection(seen: EventType, happened: EventType) -> bool {
+    seen == EventType::Deleted && happened == EventType::Modified
 }
 
 /// A watch event of a PartialObjectMetadata holding `metadata`.
